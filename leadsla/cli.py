@@ -1,0 +1,214 @@
+"""The `leadsla` command."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leadsla.logging import configure as configure_logging
+from leadsla.shared.settings import SERVICE_PORTS, Settings
+
+app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+SERVICES = tuple(SERVICE_PORTS)
+EXAMPLE_CONFIG = Path(__file__).parent / "example-config.yaml"
+DEV_WEBHOOK_PORT = 8009
+
+
+def _bootstrap_of(service: str):
+    return importlib.import_module(f"leadsla.services.{service}.bootstrap").bootstrap
+
+
+@app.command()
+def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
+    """Run one service against LEADSLA_DATABASE_URL and LEADSLA_KAFKA_BOOTSTRAP."""
+    from leadsla.shared.runtime import StartupError, run_service
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(run_service(service, _bootstrap_of(service), settings))
+    except StartupError as exc:
+        console.print(f"[red]cannot start {service}:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+async def _migrate(database_url: str) -> None:
+    from leadsla.shared.db import make_engine
+    from leadsla.shared.migrate import upgrade
+
+    engine = make_engine(database_url)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema to the current version."""
+    asyncio.run(_migrate(Settings().database_url))
+    console.print("database schema is current")
+
+
+async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
+    from leadsla.shared.config_store import apply_config
+    from leadsla.shared.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            return await apply_config(conn, text)
+    finally:
+        await engine.dispose()
+
+
+@config_app.command("apply")
+def config_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+    """Validate FILE and make it the active configuration (a new version if it changed)."""
+    from leadsla.shared.config import ConfigError
+
+    try:
+        version, changed = asyncio.run(_apply_config(Settings().database_url, file.read_text()))
+    except ConfigError as exc:
+        console.print(f"[red]{file}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
+
+
+async def _create_key(database_url: str, name: str, role: str) -> str:
+    from leadsla.shared.auth import create_key
+    from leadsla.shared.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            return await create_key(conn, name, role)  # type: ignore[arg-type]
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("create")
+def keys_create(
+    source: Annotated[str | None, typer.Option(help="a source key: may submit leads and activities")] = None,
+    admin: Annotated[str | None, typer.Option(help="an admin key: may also read and configure")] = None,
+) -> None:
+    """Create an API key and print it once; only its hash is stored."""
+    if (source is None) == (admin is None):
+        raise typer.BadParameter("give exactly one of --source NAME or --admin NAME")
+    key = asyncio.run(_create_key(Settings().database_url, source or admin or "", "source" if source else "admin"))
+    print(key)
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="where the embedded Postgres keeps its data")] = Path(".leadsla/dev"),
+    config: Annotated[Path, typer.Option(help="configuration file to apply")] = EXAMPLE_CONFIG,
+    kafka_port: Annotated[int, typer.Option(help="port of the embedded broker")] = 9092,
+    fresh: Annotated[bool, typer.Option(help="start from an empty database")] = False,
+) -> None:
+    """The whole system on this machine: embedded Postgres and broker, all five services."""
+    from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres, ServiceProcess, port_is_free, wait_until
+    from leadsla.webhook_receiver import WebhookReceiver
+
+    configure_logging("WARNING")
+    taken = [p for p in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT) if not port_is_free(p)]
+    if taken:
+        console.print(f"[red]ports in use: {', '.join(map(str, taken))}[/red] (is another `leadsla dev` running?)")
+        raise typer.Exit(2)
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir = data_dir.resolve()
+    postgres, broker = EmbeddedPostgres(data_dir / "pg"), EmbeddedBroker(kafka_port)
+    services: list[ServiceProcess] = []
+    webhook_secret = secrets.token_urlsafe(24)
+    receiver = WebhookReceiver(DEV_WEBHOOK_PORT, webhook_secret.encode(), _print_notification)
+    stop_requested = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        with console.status("starting embedded Postgres and broker"):
+            database_url = postgres.start()
+            bootstrap = broker.start()
+            asyncio.run(_migrate(database_url))
+            version, _ = asyncio.run(_apply_config(database_url, config.read_text()))
+            admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
+            receiver.start()
+        env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,
+               "LEADSLA_WEBHOOK_SECRET": webhook_secret}
+        services = [ServiceProcess(name, port, env, data_dir / "logs" / f"{name}.log")
+                    for name, port in SERVICE_PORTS.items()]
+        for service in services:
+            service.start()
+        with console.status("starting the five services (consumer groups take a few seconds to join)"):
+            wait_until(lambda: stop_requested or all(s.ready() for s in services), 90, "services to be ready", 0.25)
+        if not stop_requested:
+            _print_banner(services, bootstrap, admin_key, version, data_dir)
+        while not stop_requested:
+            for service in services:
+                if service.proc is not None and service.proc.poll() is not None:
+                    console.print(f"[red]{service.name} exited ({service.proc.returncode}); "
+                                  f"see {service.log_path}[/red]")
+                    request_stop()
+            time.sleep(0.2)
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        console.print("stopping…")
+        for service in services:
+            service.stop()
+        receiver.stop()
+        broker.stop()
+        postgres.stop()
+        console.print("stopped")
+
+
+def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_dir: Path) -> None:
+    table = Table(title="leadsla dev is running", show_header=True)
+    table.add_column("service")
+    table.add_column("url")
+    for s in services:
+        table.add_row(s.name, s.url)
+    table.add_row("kafka", bootstrap)
+    table.add_row("webhook receiver", f"http://127.0.0.1:{DEV_WEBHOOK_PORT}/hooks/leadsla")
+    console.print(table)
+    console.print(f"config version {version}; service logs in {data_dir / 'logs'}")
+    console.print(f"dev admin key: [bold]{admin_key}[/bold]")
+    print(f"LEADSLA_ADMIN_KEY={admin_key}", flush=True)
+    console.print("Ctrl-C stops everything.")
+
+
+def _print_notification(message: dict, valid: bool) -> None:
+    trigger = message.get("trigger", {})
+    recipient = message.get("recipient", {})
+    mark = "signed ok" if valid else "BAD SIGNATURE"
+    console.print(f"[yellow]webhook[/yellow] ({mark}) {trigger.get('type')} lead={message.get('lead_id')} "
+                  f"step={message.get('step')} to {recipient.get('role')}:{recipient.get('id')}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,46 @@
+from sqlalchemy import Column, DateTime, Index, String, Table, func, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from leadsla.shared.db import metadata
+
+SCHEMA = "intake"
+
+leads = Table(
+    "leads",
+    metadata,
+    Column("lead_id", String, primary_key=True),
+    Column("source", String, nullable=False),
+    Column("external_id", String),
+    Column("email", String),
+    Column("phone", String),
+    Column("tier", String, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("correlation_id", String, nullable=False),
+    Column("record", JSONB, nullable=False),
+    Index("ux_intake_leads_source_external", "source", "external_id", unique=True,
+          postgresql_where=text("external_id IS NOT NULL")),
+    Index("ix_intake_leads_email", "email", "received_at"),
+    Index("ix_intake_leads_phone", "phone", "received_at"),
+    schema=SCHEMA,
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("source", String, primary_key=True),
+    Column("key", String, primary_key=True),
+    Column("lead_id", String, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    schema=SCHEMA,
+)
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("activity_id", String, primary_key=True),
+    Column("lead_id", String, nullable=False, index=True),
+    Column("type", String, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("record", JSONB, nullable=False),
+    schema=SCHEMA,
+)

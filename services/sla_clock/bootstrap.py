@@ -1,0 +1,94 @@
+"""Composition root of the SLA clock: consumers that start and stop timers, and the loop that
+fires them on time."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Depends
+from sqlalchemy import select
+
+from leadsla.shared import metrics
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.consumer import Subscription
+from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent, utc_iso
+from leadsla.shared.http import ProblemError, require_key
+from leadsla.shared.runtime import ServiceContext, ServiceSpec
+from leadsla.shared.uow import UnitOfWork
+
+from .handlers import fire_due, next_due, on_activity, on_lead_assigned, on_lead_received, open_timer_counts
+from .tables import timers
+
+log = structlog.get_logger()
+FIRE_BATCH = 200
+GAUGE_REFRESH_SECONDS = 5.0
+
+
+def bootstrap(ctx: ServiceContext) -> ServiceSpec:
+    async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
+        config, version = ctx.config.config, ctx.config.version
+        if event.type == "lead.received":
+            await on_lead_received(uow, config, version, event)
+        elif event.type == "lead.assigned":
+            await on_lead_assigned(uow, config, version, event)
+        elif event.type == "activity.recorded":
+            await on_activity(uow, config, event, ctx.clock.now())
+
+    async def timer_loop(stop: asyncio.Event) -> None:
+        poll = ctx.settings.timer_poll_seconds
+        last_gauge = 0.0
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            fired, wait = 0, poll
+            try:
+                async with ctx.uow() as uow:
+                    fired = await fire_due(uow, ctx.config.config, ctx.clock.now(), FIRE_BATCH)
+                    upcoming = await next_due(uow)
+                    if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
+                        metrics.sla_open_timers.clear()
+                        for metric, tier, count in await open_timer_counts(uow):
+                            metrics.sla_open_timers.labels(metric, tier).set(count)
+                        last_gauge = loop.time()
+                    await uow.commit()
+                if upcoming is not None:
+                    # Sleep until the next deadline, so breaches leave on time, not on the next poll.
+                    wait = min(poll, max((upcoming - ctx.clock.now()).total_seconds(), 0.0))
+            except Exception as exc:  # database away: timers are durable, try again shortly
+                log.warning("timers.fire_failed", error=str(exc))
+            if fired >= FIRE_BATCH:
+                continue
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except TimeoutError:
+                pass
+
+    api = APIRouter()
+
+    @api.get("/v1/leads/{lead_id}/sla", dependencies=[Depends(require_key("source"))])
+    async def lead_sla(lead_id: str) -> dict[str, Any]:
+        async with ctx.engine.connect() as conn:
+            rows = (await conn.execute(select(timers).where(timers.c.lead_id == lead_id))).all()
+        if not rows:
+            raise ProblemError(404, "No SLA timers", f"No timers for lead {lead_id!r}.")
+        now = ctx.clock.now()
+        out = []
+        for row in rows:
+            calendar = BusinessCalendar(ctx.config.config.calendar(row.calendar))
+            end = row.closed_at or now
+            out.append({
+                "sla_id": row.sla_id, "metric": row.metric, "state": row.state,
+                "policy_id": row.policy_id, "policy_version": row.policy_version, "owner_id": row.owner_id,
+                "started_at": utc_iso(row.started_at), "due_at": utc_iso(row.due_at),
+                "closed_at": utc_iso(row.closed_at) if row.closed_at else None,
+                "elapsed_seconds": round(calendar.elapsed(row.started_at, end), 3),
+                "remaining_seconds": round(calendar.elapsed(end, row.due_at), 3),
+                "root_cause": row.root_cause,
+            })
+        return {"lead_id": lead_id, "timers": out}
+
+    return ServiceSpec(
+        subscriptions=[Subscription("sla_clock", (TOPIC_INTAKE, TOPIC_ROUTING), on_event)],
+        loops=[timer_loop],
+        routers=[api],
+    )

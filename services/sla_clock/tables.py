@@ -1,0 +1,44 @@
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, String, Table, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from leadsla.shared.db import metadata
+
+SCHEMA = "sla_clock"
+
+leads = Table(
+    "leads",
+    metadata,
+    Column("lead_id", String, primary_key=True),
+    Column("tier", String, nullable=False),
+    Column("source", String, nullable=False),
+    Column("contactable", Boolean, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("correlation_id", String),
+    Column("owner_id", String),
+    Column("first_touch_at", DateTime(timezone=True)),
+    schema=SCHEMA,
+)
+
+timers = Table(
+    "timers",
+    metadata,
+    Column("sla_id", String, primary_key=True),
+    Column("lead_id", String, nullable=False),
+    Column("metric", String, nullable=False),
+    Column("policy_id", String, nullable=False),
+    Column("policy_version", BigInteger, nullable=False),
+    Column("calendar", String, nullable=False),
+    Column("owner_id", String),
+    Column("tier", String, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    Column("warnings", JSONB, nullable=False),
+    Column("warned", JSONB, nullable=False),
+    Column("state", String, nullable=False),
+    Column("next_fire_at", DateTime(timezone=True)),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("root_cause", String),
+    UniqueConstraint("lead_id", "metric"),
+    Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
+    schema=SCHEMA,
+)

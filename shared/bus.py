@@ -1,0 +1,41 @@
+"""Kafka edges: topic creation and the producer. The broker gives at-least-once delivery only
+(no idempotent producer, no transactions), so correctness lives in the outbox and consumers."""
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from .events import ALL_TOPICS
+
+log = structlog.get_logger()
+
+
+async def ensure_topics(bootstrap: str, partitions: int, *, attempts: int = 30) -> None:
+    """Create the contract's topics if missing; waits for the broker to come up."""
+    for attempt in range(attempts):
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(t, partitions, 1) for t in ALL_TOPICS if t not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass  # another service created them first
+            return
+        except KafkaConnectionError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        finally:
+            await admin.close()
+
+
+def make_producer(bootstrap: str) -> AIOKafkaProducer:
+    # acks=all for durability; enable_idempotence stays off because the broker rejects it.
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)

@@ -1,0 +1,88 @@
+"""Configuration versions live in Postgres: `leadsla config apply FILE` validates and stores a
+new version; running services pick it up within `config_poll_seconds`."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import Config, config_digest, parse_config
+from .db import config_versions
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class VersionedConfig:
+    version: int
+    config: Config
+
+
+async def apply_config(conn: AsyncConnection, text: str) -> tuple[int, bool]:
+    """Validate and store `text`; returns (version, changed). Raises ConfigError when invalid."""
+    parse_config(text)
+    digest = config_digest(text)
+    latest = (
+        await conn.execute(
+            select(config_versions.c.version, config_versions.c.digest)
+            .order_by(config_versions.c.version.desc())
+            .limit(1)
+        )
+    ).first()
+    if latest is not None and latest.digest == digest:
+        return latest.version, False
+    version = await conn.scalar(
+        insert(config_versions).values(digest=digest, body=text).returning(config_versions.c.version)
+    )
+    return int(version), True
+
+
+async def load_latest(conn: AsyncConnection) -> VersionedConfig | None:
+    row = (
+        await conn.execute(
+            select(config_versions.c.version, config_versions.c.body)
+            .order_by(config_versions.c.version.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    return VersionedConfig(version=int(row.version), config=parse_config(row.body))
+
+
+class ConfigHolder:
+    """The effective configuration of a running service, refreshed in the background."""
+
+    def __init__(self, engine: AsyncEngine, current: VersionedConfig) -> None:
+        self._engine = engine
+        self.current = current
+
+    @property
+    def config(self) -> Config:
+        return self.current.config
+
+    @property
+    def version(self) -> int:
+        return self.current.version
+
+    async def refresh(self) -> bool:
+        async with self._engine.connect() as conn:
+            latest = await load_latest(conn)
+        if latest is not None and latest.version != self.current.version:
+            log.info("config.reloaded", old=self.current.version, new=latest.version)
+            self.current = latest
+            return True
+        return False
+
+    async def watch(self, stop: asyncio.Event, every: float) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except TimeoutError:
+                try:
+                    await self.refresh()
+                except Exception as exc:  # keep serving the last good version
+                    log.warning("config.refresh_failed", error=str(exc))

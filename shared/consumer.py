@@ -1,0 +1,178 @@
+"""The consumer loop: a Kafka consumer group with manual commits and per-event idempotency.
+
+For every record, in one Postgres transaction: record (consumer, event id) in
+`processed_events`, run the handler, write its outbox rows. Postgres commits first, Kafka
+offsets after, so a crash in between only redelivers records whose ids are already recorded.
+A record that can never be processed goes to `leads.deadletter` (through the outbox, in the
+same kind of transaction) with its bytes and the reason; the consumer goes on.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import metrics
+from .clock import Clock
+from .db import PROCESSED
+from .events import TOPIC_DEADLETTER, BadEvent, CloudEvent, DeadLetter, new_event
+from .uow import UnitOfWork
+
+log = structlog.get_logger()
+
+Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
+Decoder = Callable[[ConsumerRecord], CloudEvent]
+
+# Errors that say "the database or network is down", not "this record is bad": retry them.
+TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError, TimeoutError)
+
+
+def record_position(record: ConsumerRecord) -> str:
+    # The timestamp keeps positions unique when a memory-only broker restarts its offsets at 0.
+    return f"{record.topic}:{record.partition}:{record.offset}:{record.timestamp}"
+
+
+def decode_cloudevent(record: ConsumerRecord) -> CloudEvent:
+    return CloudEvent.from_bytes(record.value)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """What a service consumes: a consumer group over topics, with one handler."""
+
+    group: str
+    topics: tuple[str, ...]
+    handler: Handler
+    decode: Decoder = decode_cloudevent
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        service: str,
+        bootstrap: str,
+        engine: AsyncEngine,
+        relay_wakeup: asyncio.Event,
+        clock: Clock,
+    ) -> None:
+        self.sub = subscription
+        self._service = service
+        self._bootstrap = bootstrap
+        self._engine = engine
+        self._relay_wakeup = relay_wakeup
+        self._clock = clock
+        self._processed = PROCESSED[service]
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            *self.sub.topics,
+            bootstrap_servers=self._bootstrap,
+            group_id=self.sub.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=200,
+        )
+        await consumer.start()
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=300)
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._process(record, stop)
+                        if stop.is_set():
+                            break
+                    self._report_lag(consumer, tp, records[-1].offset + 1)
+                if batch:
+                    await consumer.commit()
+        finally:
+            # Leaving the group on the way out spares the others a session timeout.
+            await consumer.stop()
+
+    def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            metrics.consumer_lag.labels(tp.topic, self.sub.group).set(max(highwater - next_offset, 0))
+
+    async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> None:
+        try:
+            event = self.sub.decode(record)
+        except BadEvent as exc:
+            await self._retrying(lambda: self._deadletter(record, "undecodable", str(exc)), stop)
+            return
+        try:
+            await self._retrying(lambda: self._handle_once(event), stop)
+        except BadEvent as exc:
+            await self._retrying(lambda: self._deadletter(record, "invalid_data", str(exc)), stop)
+        except Exception as exc:  # a bug: park the record, keep the partition moving
+            log.exception("consumer.handler_failed", group=self.sub.group, event_id=event.id)
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._retrying(lambda: self._deadletter(record, "handler_error", reason), stop)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await attempt()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if stop.is_set():
+                    raise
+                log.warning("consumer.transient_error", group=self.sub.group, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _handle_once(self, event: CloudEvent) -> None:
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+            if not await self._first_time(uow, event.id):
+                return
+            await self.sub.handler(event, uow)
+            await uow.commit()
+
+    async def _first_time(self, uow: UnitOfWork, event_id: str) -> bool:
+        inserted = await uow.conn.execute(
+            pg_insert(self._processed)
+            .values(consumer=self.sub.group, event_id=event_id)
+            .on_conflict_do_nothing()
+            .returning(self._processed.c.event_id)
+        )
+        return inserted.first() is not None
+
+    async def _deadletter(self, record: ConsumerRecord, kind: str, reason: str) -> None:
+        """`kind` is a bounded metric label; `reason` is the full text, kept in the event."""
+        position = record_position(record)
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+            if not await self._first_time(uow, "deadletter:" + position):
+                return
+            key = record.key.decode(errors="replace") if record.key else None
+            uow.emit(
+                TOPIC_DEADLETTER,
+                new_event(
+                    "deadletter",
+                    service=self._service,
+                    lead_id=key or "",
+                    time=self._clock.now(),
+                    data=DeadLetter(
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=key,
+                        original_bytes_b64=base64.b64encode(record.value or b"").decode(),
+                        error=f"{kind}: {reason}"[:2000],
+                        service=self._service,
+                    ),
+                ),
+            )
+            await uow.commit()
+        log.warning("consumer.deadlettered", group=self.sub.group, position=position, kind=kind)
+        metrics.deadletter.labels(record.topic, kind).inc()

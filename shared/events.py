@@ -1,0 +1,294 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) and the typed payloads of the contract.
+
+Every event on the bus is a `CloudEvent`; its `data` is one of the payload models below,
+picked by `type` through `EVENT_DATA`.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+
+M = TypeVar("M", bound=BaseModel)
+
+CONTENT_TYPE = b"application/cloudevents+json"
+
+TOPIC_SUBMISSIONS_RAW = "leads.submissions.raw"
+TOPIC_ACTIVITIES_RAW = "leads.activities.raw"
+TOPIC_INTAKE = "leads.intake"
+TOPIC_ROUTING = "leads.routing"
+TOPIC_SLA = "leads.sla"
+TOPIC_NOTIFICATIONS = "leads.notifications"
+TOPIC_DEADLETTER = "leads.deadletter"
+ALL_TOPICS = (
+    TOPIC_SUBMISSIONS_RAW,
+    TOPIC_ACTIVITIES_RAW,
+    TOPIC_INTAKE,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_DEADLETTER,
+)
+
+
+def utc_iso(ts: datetime) -> str:
+    """RFC 3339 in UTC with a Z, the only time format on the wire."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime on the wire")
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @field_serializer("*", when_used="json")
+    def _times_in_utc(self, value: Any) -> Any:
+        return utc_iso(value) if isinstance(value, datetime) else value
+
+
+class CloudEvent(WireModel):
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    subject: str | None = None
+    time: datetime
+    datacontenttype: str = "application/json"
+    correlationid: str | None = None
+    causationid: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> CloudEvent:
+        """Parse one record value; raises `BadEvent` naming what is wrong."""
+        if not raw:
+            raise BadEvent("empty record value")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from exc
+
+    def data_as(self, model: type[M]) -> M:
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            raise BadEvent(f"{self.type} data invalid: " + describe_validation_error(exc)) from exc
+
+
+class BadEvent(ValueError):
+    """A record that can never be processed; it goes to the dead-letter topic."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def new_event(
+    type: str,
+    *,
+    service: str,
+    lead_id: str,
+    data: BaseModel,
+    time: datetime,
+    cause: CloudEvent | None = None,
+    correlation_id: str | None = None,
+    event_id: str | None = None,
+) -> CloudEvent:
+    """Build an event; `cause` carries the correlation id forward and becomes the causation id."""
+    event_id = event_id or str(uuid.uuid4())
+    return CloudEvent(
+        id=event_id,
+        source=f"leadsla/{service}",
+        type=type,
+        subject=lead_id,
+        time=time,
+        correlationid=correlation_id or (cause.correlationid if cause else None) or event_id,
+        causationid=cause.id if cause else None,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def deterministic_id(*parts: str) -> str:
+    """An event id derived from what caused it, so a retried handler emits the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "leadsla:" + ":".join(parts)))
+
+
+# ---- payloads -------------------------------------------------------------------------------
+
+
+class Contact(WireModel):
+    first_name: str | None = None
+    last_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    country: str | None = None
+    timezone: str | None = None
+    language: str | None = None
+
+
+class Company(WireModel):
+    name: str | None = None
+    domain: str | None = None
+    size: str | None = None
+    country: str | None = None
+
+
+class Intent(WireModel):
+    type: str
+    product: str | None = None
+    message: str | None = None
+
+
+class Consent(WireModel):
+    marketing: bool = False
+    contact: bool = True
+
+
+class LeadReceived(WireModel):
+    lead_id: str
+    source: str
+    external_id: str | None = None
+    tier: str
+    contact: Contact
+    company: Company
+    intent: Intent
+    score: float | None = None
+    consent: Consent
+    contactable: bool
+    received_at: datetime
+    submitted_at: datetime | None = None
+    missing_fields: list[str] = Field(default_factory=list)
+
+
+class LeadMerged(WireModel):
+    lead_id: str
+    duplicate_submission: dict[str, Any]
+    match_on: str
+
+
+class Disposition(WireModel):
+    status: str
+    reason: str | None = None
+
+
+class ActivityRecorded(WireModel):
+    lead_id: str
+    activity_id: str
+    type: str
+    actor: str | None = None
+    occurred_at: datetime
+    channel: str | None = None
+    outcome: str | None = None
+    disposition: Disposition | None = None
+
+
+class Candidate(WireModel):
+    owner_id: str
+    eligible: bool
+    why: str
+
+
+class LeadAssigned(WireModel):
+    lead_id: str
+    owner_id: str
+    team_id: str | None
+    rule_id: str | None
+    method: str
+    reason: str
+    assignment_no: int
+    candidates: list[Candidate]
+    assigned_at: datetime
+    tier: str | None = None
+
+
+class LeadReassigned(WireModel):
+    lead_id: str
+    from_owner_id: str | None
+    to_owner_id: str
+    reason: str
+    assignment_no: int
+
+
+class LeadQueued(WireModel):
+    lead_id: str
+    tier: str
+    queue: str
+    reason: str
+
+
+class SlaEventData(WireModel):
+    lead_id: str
+    sla_id: str
+    metric: str
+    policy_id: str
+    policy_version: int
+    owner_id: str | None
+    due_at: datetime
+    tier: str | None = None
+    percent: int | None = None
+    breached_at: datetime | None = None
+    root_cause: str | None = None
+    met_at: datetime | None = None
+    reason: str | None = None
+
+
+class EscalationTriggered(WireModel):
+    lead_id: str
+    escalation_id: str
+    policy_id: str
+    step: int
+    trigger_event_id: str
+    trigger_type: str
+    recipients: list[str]
+
+
+class NotificationResult(WireModel):
+    notification_id: str
+    lead_id: str
+    escalation_id: str
+    channel: str
+    recipient: str
+    attempts: int
+    idempotency_key: str
+    error: str | None = None
+
+
+class DeadLetter(WireModel):
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    original_bytes_b64: str
+    error: str
+    service: str
+
+
+EVENT_DATA: dict[str, type[WireModel]] = {
+    "lead.received": LeadReceived,
+    "lead.merged": LeadMerged,
+    "activity.recorded": ActivityRecorded,
+    "lead.assigned": LeadAssigned,
+    "lead.reassigned": LeadReassigned,
+    "lead.queued": LeadQueued,
+    "lead.dequeued": LeadQueued,
+    **{
+        f"sla.{kind}": SlaEventData
+        for kind in ("started", "warning", "met", "breached", "paused", "resumed", "cancelled")
+    },
+    "escalation.triggered": EscalationTriggered,
+    "notification.sent": NotificationResult,
+    "notification.failed": NotificationResult,
+    "deadletter": DeadLetter,
+}
+
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)

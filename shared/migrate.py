@@ -1,0 +1,43 @@
+"""Alembic, driven programmatically so `leadsla migrate`, `leadsla dev` and tests share one path."""
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VERSION_SCHEMA = "leadsla"
+
+
+def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@cache
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    return await conn.run_sync(
+        lambda sync: MigrationContext.configure(
+            sync, opts={"version_table_schema": VERSION_SCHEMA}
+        ).get_current_revision()
+    )
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        # Serialise concurrent `migrate` runs (several services starting at once).
+        await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7305128)")
+        await conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}")
+        await conn.run_sync(lambda sync: command.upgrade(_alembic_config(sync), "head"))

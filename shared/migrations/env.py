@@ -1,0 +1,19 @@
+"""Alembic environment: one migration history for all service schemas."""
+import importlib
+
+from alembic import context
+
+from leadsla.shared.db import SERVICE_SCHEMAS, metadata
+
+# Each service owns its tables; importing them registers them on the shared metadata.
+for _service in SERVICE_SCHEMAS:
+    importlib.import_module(f"leadsla.services.{_service}.tables")
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through `leadsla migrate`")
+
+context.configure(connection=connection, target_metadata=metadata, include_schemas=True,
+                  version_table_schema="leadsla")
+with context.begin_transaction():
+    context.run_migrations()

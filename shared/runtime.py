@@ -1,0 +1,136 @@
+"""Runs one service: engine, producer, outbox relay, consumers, background loops and the HTTP
+API in one asyncio process, stopped cleanly on SIGINT/SIGTERM."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .bus import ensure_topics, make_producer
+from .clock import Clock, SystemClock
+from .config_store import ConfigHolder, load_latest
+from .consumer import EventConsumer, Subscription
+from .db import make_engine
+from .http import InvalidRequestHook, create_app
+from .migrate import current_revision, head_revision
+from .outbox import OutboxRelay
+from .settings import SERVICE_PORTS, Settings
+from .uow import UnitOfWork
+
+log = structlog.get_logger()
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's handlers and routes may touch; built once per process."""
+
+    name: str
+    settings: Settings
+    engine: AsyncEngine
+    producer: AIOKafkaProducer
+    clock: Clock
+    config: ConfigHolder
+    relay_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    consumers: list[EventConsumer] = field(default_factory=list)
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.engine, self.name, self.relay_wakeup)
+
+
+Loop = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class ServiceSpec:
+    """What one service brings: its subscriptions, background loops and HTTP routes."""
+
+    subscriptions: list[Subscription] = field(default_factory=list)
+    loops: list[Loop] = field(default_factory=list)
+    routers: list[APIRouter] = field(default_factory=list)
+    on_invalid_request: InvalidRequestHook | None = None
+
+
+Bootstrap = Callable[[ServiceContext], ServiceSpec]
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says what to do."""
+
+
+class _Server(uvicorn.Server):
+    # We own SIGINT/SIGTERM so consumers and the relay stop in order, not just the HTTP server.
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock: Clock | None = None) -> None:
+    engine = make_engine(settings.database_url)
+    async with engine.connect() as conn:
+        revision = await current_revision(conn)
+        if revision != head_revision():
+            raise StartupError(f"database schema is at {revision}, needs {head_revision()}: run `leadsla migrate`")
+        versioned = await load_latest(conn)
+    if versioned is None:
+        raise StartupError("no configuration applied yet: run `leadsla config apply FILE`")
+
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions)
+    producer = make_producer(settings.kafka_bootstrap)
+    await producer.start()
+    ctx = ServiceContext(
+        name=name,
+        settings=settings,
+        engine=engine,
+        producer=producer,
+        clock=clock or SystemClock(),
+        config=ConfigHolder(engine, versioned),
+    )
+    spec = bootstrap(ctx)
+    ctx.consumers = [
+        EventConsumer(sub, service=name, bootstrap=settings.kafka_bootstrap, engine=engine,
+                      relay_wakeup=ctx.relay_wakeup, clock=ctx.clock)
+        for sub in spec.subscriptions
+    ]
+    relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup)
+    port = settings.http_port or SERVICE_PORTS[name]
+    server = _Server(uvicorn.Config(create_app(ctx, spec.routers, spec.on_invalid_request), host=settings.http_host, port=port,
+                                    log_level="warning", lifespan="off", access_log=False))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    workers = [
+        asyncio.create_task(relay.run(stop), name="outbox-relay"),
+        asyncio.create_task(ctx.config.watch(stop, settings.config_poll_seconds), name="config-watch"),
+        *(asyncio.create_task(c.run(stop), name=f"consumer-{c.sub.group}") for c in ctx.consumers),
+        *(asyncio.create_task(body(stop), name=f"loop-{i}") for i, body in enumerate(spec.loops)),
+    ]
+    http = asyncio.create_task(server.serve(), name="http")
+    log.info("service.started", service=name, port=port, config_version=versioned.version)
+    try:
+        # A worker that dies takes the process down: a supervisor restart beats a half-alive service.
+        done, _ = await asyncio.wait([*workers, http, asyncio.create_task(stop.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.exception() is not None and not isinstance(task.exception(), asyncio.CancelledError):
+                log.error("service.worker_failed", task=task.get_name(), error=repr(task.exception()))
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        server.should_exit = True
+        await asyncio.wait([*workers, http], timeout=15)
+        for task in [*workers, http]:
+            task.cancel()
+        await producer.stop()
+        await engine.dispose()
+        log.info("service.stopped", service=name)

@@ -1,0 +1,30 @@
+"""Connection settings come from the environment (LEADSLA_*); everything else is the YAML config."""
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_PORTS = {"intake": 8001, "router": 8002, "sla_clock": 8003, "notifier": 8004, "reporting": 8005}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADSLA_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_partitions: int = Field(default=6, ge=1)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    log_level: str = "INFO"
+    # How often a running service looks for a newly applied configuration version.
+    config_poll_seconds: float = Field(default=2.0, gt=0)
+    # How often the SLA clock looks for due timers when nothing wakes it earlier.
+    timer_poll_seconds: float = Field(default=1.0, gt=0)
+
+
+def database_url_for_asyncpg(url: str) -> str:
+    """Accept plain postgres URLs (as operators write them) and point SQLAlchemy at asyncpg."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    raise ValueError(f"LEADSLA_DATABASE_URL must be a postgresql:// URL, got scheme of {url.split(':', 1)[0]!r}")
