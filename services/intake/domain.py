@@ -33,9 +33,13 @@ def normalize_email(value: str) -> str:
     return result.normalized.lower()
 
 
+# Codes people use that ISO 3166 spells differently.
+COUNTRY_ALIASES = {"UK": "GB", "EL": "GR", "USA": "US", "ENGLAND": "GB", "SCOTLAND": "GB", "WALES": "GB"}
+
+
 def normalize_country(value: str) -> str:
-    """ISO 3166-1 alpha-2 from an alpha-2, alpha-3 or English name ('de', 'DEU', 'Germany')."""
-    text = value.strip()
+    """ISO 3166-1 alpha-2 from an alpha-2, alpha-3 or English name ('de', 'DEU', 'Germany', 'UK')."""
+    text = COUNTRY_ALIASES.get(value.strip().upper(), value.strip())
     try:
         country = pycountry.countries.lookup(text)
     except LookupError:

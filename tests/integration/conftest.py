@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from leadsla.shared.bus import make_producer
+from leadsla.shared.clock import ManualClock
+from leadsla.shared.config import parse_config
+from leadsla.shared.config_store import ConfigHolder, VersionedConfig
+from leadsla.shared.runtime import ServiceContext
+from leadsla.shared.settings import Settings
+
+
+@pytest.fixture(scope="session")
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = make_producer(kafka_bootstrap)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 11, 17, 9, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def make_ctx(
+    engine: AsyncEngine, producer: AIOKafkaProducer, clock: ManualClock, database_url: str, kafka_bootstrap: str
+) -> Callable[[str, str], ServiceContext]:
+    """A service's context wired to the real database and broker, with a manual clock."""
+
+    def build(service: str, config_yaml: str, version: int = 1) -> ServiceContext:
+        settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+        holder = ConfigHolder(engine, VersionedConfig(version, parse_config(config_yaml)))
+        return ServiceContext(name=service, settings=settings, engine=engine, producer=producer, clock=clock,
+                              config=holder, relay_wakeup=asyncio.Event())
+
+    return build

@@ -1,0 +1,74 @@
+"""The consumer loop: each event id has its effects once; bad records go to the dead-letter topic
+with their bytes and reason, and the consumer goes on."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from datetime import UTC, datetime
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import select
+
+from leadsla.shared.clock import ManualClock
+from leadsla.shared.consumer import EventConsumer, Subscription
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
+from leadsla.shared.uow import UnitOfWork
+from tests.support import eventually
+
+NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+
+
+async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, producer, kafka_bootstrap) -> None:
+    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    lead = f"lead-{uuid.uuid4()}"
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+        if event.data.get("reason") == "poison":
+            raise BadEvent("reason: poison is not allowed")
+        handled.append(event.id)
+        # An effect that lands in the outbox, so "done once" is visible in the database.
+        uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
+                                                cause=event, data=LeadQueued(**event.data)))
+
+    def event(reason: str) -> CloudEvent:
+        return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                         data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=reason))
+
+    first, second, poison = event("first"), event("second"), event("poison")
+    garbage = b"\x00not a cloudevent"
+    for value in (first.to_bytes(), garbage, first.to_bytes(), poison.to_bytes(), second.to_bytes()):
+        await producer.send_and_wait(topic, value, key=lead.encode())
+
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                             clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    outbox = OUTBOX["notifier"]
+
+    async def rows() -> list:
+        async with engine.connect() as conn:
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload).where(outbox.c.key == lead))
+            found = result.all()
+        return found if len(found) >= 4 else []
+
+    found = await eventually(rows, what="two effects and two dead letters")
+    stop.set()
+    await running
+
+    assert handled == [first.id, second.id]
+    effects = [CloudEvent.from_bytes(p) for t, p in found if t == "lead.dequeued"]
+    assert [e.causationid for e in effects] == [first.id, second.id]
+    letters = [CloudEvent.from_bytes(p).data for t, p in found if t == "deadletter"]
+    assert len(letters) == 2
+    by_bytes = {base64.b64decode(d["original_bytes_b64"]): d for d in letters}
+    assert by_bytes[garbage]["error"].startswith("undecodable: ")
+    assert by_bytes[garbage]["topic"] == topic and by_bytes[garbage]["offset"] == 1
+    assert by_bytes[poison.to_bytes()]["error"] == "invalid_data: reason: poison is not allowed"

@@ -1,0 +1,140 @@
+"""POST /v1/leads and activities through the real app, database and outbox."""
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from leadsla.services.intake.bootstrap import bootstrap
+from leadsla.shared.auth import create_key
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import CloudEvent
+from leadsla.shared.http import create_app
+
+CONFIG = """
+tiers:
+  default: C
+  rules: [{tier: A, when: {intent: [demo_request]}}]
+dedupe: {window: 30d, match_on: [email, phone]}
+disposition_reasons:
+  disqualified: [no_budget, student]
+"""
+
+
+@pytest.fixture
+async def api(make_ctx, engine):
+    ctx = make_ctx("intake", CONFIG)
+    spec = bootstrap(ctx)
+    app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    async with engine.begin() as conn:
+        source_key = await create_key(conn, "webform", "source")
+        admin_key = await create_key(conn, "ops", "admin")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://intake") as client:
+        client.headers["Authorization"] = f"Bearer {source_key}"
+        client.admin_key = admin_key  # type: ignore[attr-defined]
+        yield client
+
+
+def lead_body(email: str | None = None, **extra) -> dict:
+    return {"contact": {"email": email or f"{uuid.uuid4().hex[:8]}@example.com", "country": "GB"},
+            "intent": {"type": "demo_request"}, **extra}
+
+
+async def outbox_events(engine, lead_id: str) -> list[CloudEvent]:
+    table = OUTBOX["intake"]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(table.c.payload).where(table.c.key == lead_id).order_by(table.c.id))
+        return [CloudEvent.from_bytes(r.payload) for r in rows]
+
+
+async def test_an_accepted_lead_is_normalized_tiered_and_published(api, engine) -> None:
+    response = await api.post("/v1/leads", json={
+        "contact": {"email": "Grace.Hopper@Example.COM", "phone": "020 7946 0958", "country": "uk"},
+        "company": {"name": "Navy"}, "intent": {"type": "demo_request"},
+    })
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    [event] = await outbox_events(engine, body["lead_id"])
+    assert event.type == "lead.received" and event.subject == body["lead_id"]
+    data = event.data
+    assert data["source"] == "webform" and data["tier"] == "A"
+    assert data["contact"]["email"] == "grace.hopper@example.com"
+    assert data["contact"]["phone"] == "+442079460958" and data["contact"]["country"] == "GB"
+    assert data["contactable"] is True and data["missing_fields"] == []
+
+
+async def test_repeats_are_duplicates_by_key_external_id_or_identity(api, engine) -> None:
+    first = await api.post("/v1/leads", json=lead_body(), headers={"Idempotency-Key": "k-1"})
+    again = await api.post("/v1/leads", json=lead_body(), headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json() == {"lead_id": first.json()["lead_id"], "status": "duplicate"}
+
+    ext = await api.post("/v1/leads", json=lead_body(external_id="crm-42"))
+    ext_again = await api.post("/v1/leads", json=lead_body(external_id="crm-42"))
+    assert ext_again.json() == {"lead_id": ext.json()["lead_id"], "status": "duplicate"}
+
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    person = await api.post("/v1/leads", json=lead_body(email))
+    same_person = await api.post("/v1/leads", json=lead_body(email.upper()))
+    assert same_person.status_code == 200 and same_person.json()["lead_id"] == person.json()["lead_id"]
+    events = await outbox_events(engine, person.json()["lead_id"])
+    assert [e.type for e in events] == ["lead.received", "lead.merged"]
+    assert events[1].data["match_on"] == "email"
+
+
+async def test_invalid_input_is_problem_json_naming_fields(api) -> None:
+    response = await api.post("/v1/leads", json={"contact": {"email": "nope", "phone": "12"}, "intent": {}})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert {"contact.email", "contact.phone", "intent.type"} <= fields
+
+
+async def test_keys_are_required_and_roles_enforced(api) -> None:
+    assert (await api.post("/v1/leads", json=lead_body(), headers={"Authorization": ""})).status_code == 401
+    forged = await api.post("/v1/leads", json=lead_body(), headers={"Authorization": "Bearer lsk_abc_def"})
+    assert forged.status_code == 401
+    assert (await api.get("/v1/config")).status_code == 403
+    shown = await api.get("/v1/config", headers={"Authorization": f"Bearer {api.admin_key}"})
+    assert shown.status_code == 200 and shown.json()["version"] == 1
+
+
+async def test_bodies_over_64_kib_are_refused(api) -> None:
+    body = lead_body(custom_fields={"blob": "x" * 70_000})
+    response = await api.post("/v1/leads", json=body)
+    assert response.status_code == 413 and response.json()["status"] == 413
+
+
+async def test_activities(api, engine) -> None:
+    lead_id = (await api.post("/v1/leads", json=lead_body())).json()["lead_id"]
+    call = {"type": "call", "actor": "alice", "external_id": "crm-call-1", "outcome": "connected"}
+    first = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
+    again = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
+    assert first.status_code == 202 and again.json() == first.json()
+    events = await outbox_events(engine, lead_id)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]  # the repeat emitted nothing
+
+    unknown = await api.post(f"/v1/leads/{uuid.uuid4()}/activities", json=call)
+    assert unknown.status_code == 404
+    no_reason = await api.post(f"/v1/leads/{lead_id}/activities",
+                               json={"type": "disposition", "disposition": {"status": "disqualified"}})
+    assert no_reason.status_code == 422
+    assert no_reason.json()["errors"][0]["field"] == "disposition"
+    ok = await api.post(f"/v1/leads/{lead_id}/activities",
+                        json={"type": "disposition", "disposition": {"status": "disqualified", "reason": "student"}})
+    assert ok.status_code == 202
+
+
+async def test_health_and_metrics_without_personal_data(api) -> None:
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    await api.post("/v1/leads", json=lead_body(email))
+    assert (await api.get("/healthz")).status_code == 200
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    metrics = (await api.get("/metrics")).text
+    assert 'leadsla_leads_received_total{source="webform",tier="A"}' in metrics
+    assert email not in metrics and "@" not in metrics

@@ -1,0 +1,133 @@
+"""Durable SLA timers in Postgres, driven by a manual clock: start, warn, breach once, meet."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from leadsla.services.sla_clock.handlers import fire_due, on_activity, on_lead_assigned, on_lead_received
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import (
+    ActivityRecorded,
+    CloudEvent,
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    new_event,
+)
+
+CONFIG = """
+owners: [{id: alice}]
+sla_policies:
+  - id: demo-fast
+    filter: {tiers: [A]}
+    start_on: assigned
+    metrics: {first_response: {target: 5m, warn_at: [50]}}
+"""
+
+
+@pytest.fixture
+def ctx(make_ctx):
+    return make_ctx("sla_clock", CONFIG)
+
+
+def received(lead_id: str, now, contactable: bool = True) -> CloudEvent:
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email="a@example.com"), company=Company(),
+        intent=Intent(type="demo_request"), consent=Consent(), contactable=contactable, received_at=now))
+
+
+def assigned(lead_id: str, now, owner: str = "alice") -> CloudEvent:
+    return new_event("lead.assigned", service="router", lead_id=lead_id, time=now, data=LeadAssigned(
+        lead_id=lead_id, owner_id=owner, team_id="sdr", rule_id="r", method="round_robin", reason="rule_match",
+        assignment_no=1, candidates=[], assigned_at=now, tier="A"))
+
+
+def call(lead_id: str, at) -> CloudEvent:
+    return new_event("activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type="call", actor="alice", occurred_at=at))
+
+
+async def handle(ctx, fn, *args) -> None:
+    async with ctx.uow() as uow:
+        await fn(uow, *args)
+        await uow.commit()
+
+
+async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
+    table = OUTBOX["sla_clock"]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(table.c.payload).where(table.c.key == lead_id).order_by(table.c.id))
+        return [CloudEvent.from_bytes(r.payload) for r in rows]
+
+
+async def start_lead(ctx, clock) -> str:
+    lead_id = str(uuid.uuid4())
+    cfg = ctx.config.config
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()))
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()))
+    return lead_id
+
+
+async def fire(ctx, now) -> None:
+    await handle(ctx, fire_due, ctx.config.config, now)
+
+
+async def test_timer_warns_then_breaches_exactly_once(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    start = clock.now()
+    await fire(ctx, start + timedelta(seconds=149))
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started"]
+
+    await fire(ctx, start + timedelta(seconds=150))
+    await fire(ctx, start + timedelta(minutes=5))
+    await fire(ctx, start + timedelta(minutes=6))  # already breached: nothing more
+    events = await sla_events(engine, lead_id)
+    assert [e.type for e in events] == ["sla.started", "sla.warning", "sla.breached"]
+    assert events[1].data["percent"] == 50
+    breach = events[2].data
+    assert breach["owner_id"] == "alice" and breach["root_cause"] == "owner_missed"
+    assert breach["due_at"] == breach["breached_at"] == (start + timedelta(minutes=5)).isoformat().replace(
+        "+00:00", "Z")
+    assert events[2].causationid is None and events[2].correlationid == events[0].correlationid
+
+
+async def test_a_touch_before_the_deadline_meets_and_nothing_fires_later(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    await handle(ctx, on_activity, ctx.config.config, call(lead_id, clock.now() + timedelta(minutes=2)),
+                 clock.now())
+    await fire(ctx, clock.now() + timedelta(hours=1))
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.met"]
+
+
+async def test_a_touch_that_overtook_the_assignment_still_counts(ctx, clock, engine) -> None:
+    lead_id = str(uuid.uuid4())
+    cfg = ctx.config.config
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()))
+    await handle(ctx, on_activity, cfg, call(lead_id, clock.now() + timedelta(seconds=5)), clock.now())
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now() + timedelta(seconds=10)))
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.met"]
+
+
+async def test_uncontactable_lead_breach_says_missing_data(ctx, clock, engine) -> None:
+    lead_id = str(uuid.uuid4())
+    cfg = ctx.config.config
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now(), contactable=False))
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()))
+    await fire(ctx, clock.now() + timedelta(minutes=5))
+    assert (await sla_events(engine, lead_id))[-1].data["root_cause"] == "missing_data"
+
+
+async def test_replicas_racing_on_the_same_due_timer_fire_it_once(ctx, clock, engine) -> None:
+    leads = [await start_lead(ctx, clock) for _ in range(10)]
+    due = clock.now() + timedelta(minutes=5)
+    await asyncio.gather(*(fire(ctx, due) for _ in range(4)))
+    for lead_id in leads:
+        breaches = [e for e in await sla_events(engine, lead_id) if e.type == "sla.breached"]
+        assert len(breaches) == 1

@@ -1,0 +1,72 @@
+"""Helpers for tests that talk to the real broker and database."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from leadsla.shared.events import CloudEvent
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 30, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class TopicReader:
+    """Reads a topic from given offsets with hand-assigned partitions (no group join delay)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: list = []
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self._consumer.start()
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await self._consumer._client.force_metadata_update()  # noqa: SLF001 - topic just created
+            partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        # Start at the current end: a test sees only what happens after it starts reading.
+        for tp, offset in (await self._consumer.end_offsets(tps)).items():
+            self._consumer.seek(tp, offset)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._consumer is not None
+        await self._consumer.stop()
+
+    async def poll(self) -> list:
+        assert self._consumer is not None
+        batch = await self._consumer.getmany(timeout_ms=100)
+        for records in batch.values():
+            self.records.extend(records)
+        return self.records
+
+    def events(self, subject: str | None = None) -> list[CloudEvent]:
+        parsed = [CloudEvent.from_bytes(r.value) for r in self.records]
+        return [e for e in parsed if subject is None or e.subject == subject]
+
+    async def wait_for(self, predicate: Callable[[list[CloudEvent]], bool], timeout: float = 30,
+                       what: str = "events") -> list[CloudEvent]:
+        async def probe() -> list[CloudEvent] | None:
+            await self.poll()
+            events = self.events()
+            return events if predicate(events) else None
+
+        return await eventually(probe, timeout=timeout, what=what)

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from leadsla.shared.config import ConfigError, parse_config, parse_duration
+
+EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("45s", 45), ("5m", 300), ("1h30m", 5400), ("2d", 172800), (90, 90)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5x", "m5", "-1", 0, True])
+def test_bad_durations_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)  # type: ignore[arg-type]
+
+
+def test_the_shipped_example_is_valid() -> None:
+    config = parse_config(EXAMPLE.read_text())
+    assert config.sla_policies and config.routing.rules and config.escalation_policies
+
+
+def errors_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return str(info.value)
+
+
+def test_errors_name_the_path_of_the_bad_field() -> None:
+    message = errors_of(
+        "sla_policies:\n  - id: p\n    metrics:\n      first_response: {target: soon}\n"
+        "calendars:\n  c: {timezone: Mars/Olympus}\n"
+    )
+    assert "sla_policies.0.metrics.first_response.target" in message
+    assert "calendars.c.timezone" in message
+
+
+def test_references_must_resolve() -> None:
+    message = errors_of(
+        "owners: [{id: a}]\nteams: [{id: t, members: [a, ghost]}]\n"
+        "routing: {rules: [{id: r, team: nowhere}], fallback_owner: nobody}\n"
+    )
+    assert "teams.0.members.1: unknown owner 'ghost'" in message
+    assert "routing.rules.0.team: unknown team 'nowhere'" in message
+    assert "routing.fallback_owner: unknown owner 'nobody'" in message
+
+
+def test_unknown_keys_are_typos_not_silence() -> None:
+    assert "tiers.defualt" in errors_of("tiers: {defualt: A}\n")
+
+
+def test_webhooks_must_be_signed() -> None:
+    assert "secret" in errors_of("channels:\n  hook: {url: 'http://x'}\n")
+
+
+def test_webhook_secret_is_hidden_when_shown() -> None:
+    config = parse_config("channels:\n  hook: {url: 'http://x', secret: s3cret}\n")
+    assert "s3cret" not in str(config.model_dump(mode="json"))
+
+
+def test_not_yaml_is_a_clear_error() -> None:
+    assert "not valid YAML" in errors_of("tiers: [unclosed\n")
