@@ -232,6 +232,7 @@ class SlaEventData(WireModel):
     policy_version: int
     owner_id: str | None
     due_at: datetime
+    started_at: datetime | None = None
     tier: str | None = None
     percent: int | None = None
     breached_at: datetime | None = None

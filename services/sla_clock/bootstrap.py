@@ -29,9 +29,9 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
         config, version = ctx.config.config, ctx.config.version
         if event.type == "lead.received":
-            await on_lead_received(uow, config, version, event)
+            await on_lead_received(uow, config, version, event, ctx.clock.now())
         elif event.type == "lead.assigned":
-            await on_lead_assigned(uow, config, version, event)
+            await on_lead_assigned(uow, config, version, event, ctx.clock.now())
         elif event.type == "activity.recorded":
             await on_activity(uow, config, event, ctx.clock.now())
 

@@ -42,7 +42,8 @@ SERVICE = "sla_clock"
 METRIC = "first_response"
 
 
-async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent) -> None:
+async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+                           now: datetime) -> None:
     lead = event.data_as(LeadReceived)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid}
@@ -51,10 +52,11 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
                            .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts))
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "received":
-        await _start(uow, config, version, lead.lead_id, lead.received_at, None, event)
+        await _start(uow, config, version, lead.lead_id, lead.received_at, None, event, now)
 
 
-async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent) -> None:
+async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+                           now: datetime) -> None:
     assigned = event.data_as(LeadAssigned)
     lead = await _lead(uow, assigned.lead_id)
     if lead is None:
@@ -73,7 +75,7 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
     )
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "assigned":
-        await _start(uow, config, version, lead.lead_id, assigned.assigned_at, assigned.owner_id, event)
+        await _start(uow, config, version, lead.lead_id, assigned.assigned_at, assigned.owner_id, event, now)
 
 
 async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
@@ -118,7 +120,7 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
 
 async def _start(
     uow: UnitOfWork, config: Config, version: int, lead_id: str, start: datetime, owner_id: str | None,
-    cause: CloudEvent,
+    cause: CloudEvent, now: datetime,
 ) -> None:
     lead = await _lead(uow, lead_id)
     assert lead is not None
@@ -141,11 +143,11 @@ async def _start(
     ).on_conflict_do_nothing().returning(timers.c.sla_id))
     if inserted.first() is None:
         return  # this lead's timer already runs
-    uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, start))
+    uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
     if lead.first_touch_at is not None:  # the touch arrived before the clock started
         row = await _open_timer(uow, lead_id)
         assert row is not None
-        await _apply(uow, config, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, start)
+        await _apply(uow, config, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now)
 
 
 async def _apply(
@@ -196,7 +198,8 @@ def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: st
         event_id=deterministic_id(timer.sla_id, suffix),
         data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
                           policy_id=timer.policy_id, policy_version=timer.policy_version,
-                          owner_id=timer.owner_id, due_at=timer.due_at, tier=timer.tier, **extra),
+                          owner_id=timer.owner_id, started_at=timer.started_at, due_at=timer.due_at,
+                          tier=timer.tier, **extra),
     )
 
 

@@ -70,8 +70,8 @@ async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
 async def start_lead(ctx, clock) -> str:
     lead_id = str(uuid.uuid4())
     cfg = ctx.config.config
-    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()))
-    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()))
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()), clock.now())
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()), clock.now())
     return lead_id
 
 
@@ -109,17 +109,18 @@ async def test_a_touch_before_the_deadline_meets_and_nothing_fires_later(ctx, cl
 async def test_a_touch_that_overtook_the_assignment_still_counts(ctx, clock, engine) -> None:
     lead_id = str(uuid.uuid4())
     cfg = ctx.config.config
-    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()))
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()), clock.now())
     await handle(ctx, on_activity, cfg, call(lead_id, clock.now() + timedelta(seconds=5)), clock.now())
-    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now() + timedelta(seconds=10)))
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now() + timedelta(seconds=10)),
+                 clock.now() + timedelta(seconds=10))
     assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.met"]
 
 
 async def test_uncontactable_lead_breach_says_missing_data(ctx, clock, engine) -> None:
     lead_id = str(uuid.uuid4())
     cfg = ctx.config.config
-    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now(), contactable=False))
-    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()))
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now(), contactable=False), clock.now())
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()), clock.now())
     await fire(ctx, clock.now() + timedelta(minutes=5))
     assert (await sla_events(engine, lead_id))[-1].data["root_cause"] == "missing_data"
 

@@ -1,0 +1,227 @@
+"""The whole slice, each step real: five `leadsla serve` processes, the broker, Postgres and a
+webhook receiver. lead -> assignment -> SLA timer -> breach -> signed webhook -> timeline."""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from leadsla.devstack import ServiceProcess, free_port, wait_until
+from leadsla.shared.auth import create_key
+from leadsla.shared.config_store import apply_config
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
+from leadsla.shared.settings import SERVICE_PORTS
+from leadsla.webhook_receiver import WebhookReceiver
+from tests.support import TopicReader, eventually
+
+pytestmark = pytest.mark.e2e
+
+WEBHOOK_SECRET = "e2e-webhook-secret"
+CONFIG = """
+tiers:
+  default: C
+  rules:
+    - {tier: A, when: {intent: [demo_request]}}
+    - {tier: B, when: {intent: [trial]}}
+    - {tier: R, when: {intent: [restart_probe]}}
+owners:
+  - {id: alice, manager_id: maria}
+  - {id: bob, manager_id: maria}
+  - {id: maria}
+teams: [{id: sdr, members: [alice, bob]}]
+routing:
+  rules: [{id: inbound, team: sdr}]
+sla_policies:
+  - {id: demo-fast, filter: {tiers: [A]}, metrics: {first_response: {target: 3s, warn_at: [50]}}}
+  - {id: trial-slow, filter: {tiers: [B]}, metrics: {first_response: {target: 10m}}}
+  - {id: restart, filter: {tiers: [R]}, metrics: {first_response: {target: 8s, warn_at: []}}}
+channels:
+  hook: {url: "http://127.0.0.1:%(port)d/hook", secret: "%(secret)s"}
+escalation_policies:
+  - id: breach
+    triggers: [sla.breached]
+    steps: [{step: 1, notify: [owner], channels: [hook]}]
+"""
+
+
+@dataclass
+class System:
+    services: dict[str, ServiceProcess]
+    source_key: str
+    admin_key: str
+    webhooks: list[tuple[dict, bool]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, service: str) -> str:
+        return self.services[service].url
+
+    def hooks_for(self, lead_id: str) -> list[tuple[dict, bool]]:
+        with self.lock:
+            return [(m, ok) for m, ok in self.webhooks if m.get("lead_id") == lead_id]
+
+
+@pytest.fixture(scope="module")
+async def system(database_url: str, kafka_bootstrap: str, engine, tmp_path_factory) -> AsyncIterator[System]:
+    receiver_port = free_port()
+    async with engine.begin() as conn:
+        await apply_config(conn, CONFIG % {"port": receiver_port, "secret": WEBHOOK_SECRET})
+        source_key = await create_key(conn, "webform", "source")
+        admin_key = await create_key(conn, "e2e-admin", "admin")
+    logs = Path(tmp_path_factory.mktemp("logs"))
+    env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "LEADSLA_TIMER_POLL_SECONDS": "0.2", "LEADSLA_TOPIC_PARTITIONS": "3"}
+    services = {name: ServiceProcess(name, free_port(), env, logs / f"{name}.log") for name in SERVICE_PORTS}
+    system = System(services, source_key, admin_key)
+
+    def record(message: dict, valid: bool) -> None:
+        with system.lock:
+            system.webhooks.append((message, valid))
+
+    receiver = WebhookReceiver(receiver_port, WEBHOOK_SECRET.encode(), record)
+    receiver.start()
+    for service in services.values():
+        service.start()
+    try:
+        wait_until(lambda: all(s.ready() for s in services.values()), 90, "all five services ready", 0.2)
+        yield system
+    finally:
+        for service in services.values():
+            service.stop()
+        receiver.stop()
+
+
+async def post_lead(system: System, intent: str) -> str:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{system.url('intake')}/v1/leads",
+            headers={"Authorization": f"Bearer {system.source_key}"},
+            json={"contact": {"email": f"{uuid.uuid4().hex[:10]}@example.com", "country": "US"},
+                  "company": {"name": "Acme"}, "intent": {"type": intent}},
+        )
+    assert response.status_code == 201, response.text
+    return response.json()["lead_id"]
+
+
+async def timeline(system: System, lead_id: str) -> list[dict]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{system.url('reporting')}/v1/leads/{lead_id}",
+                                    headers={"Authorization": f"Bearer {system.admin_key}"})
+    return response.json()["timeline"] if response.status_code == 200 else []
+
+
+async def wait_for_types(system: System, lead_id: str, types: set[str], timeout: float = 40) -> list[dict]:
+    async def probe() -> list[dict] | None:
+        events = await timeline(system, lead_id)
+        return events if types <= {e["type"] for e in events} else None
+
+    return await eventually(probe, timeout=timeout, what=f"{sorted(types)} in the timeline of {lead_id}")
+
+
+async def test_unanswered_lead_breaches_and_the_owner_is_notified(system: System) -> None:
+    lead_id = await post_lead(system, "demo_request")
+
+    hooks = await eventually(lambda: _async(system.hooks_for(lead_id)), timeout=40, what="the breach webhook")
+    message, signature_ok = hooks[0]
+    assert signature_ok
+    assert message["trigger"]["type"] == "sla.breached"
+    assert message["trigger"]["root_cause"] == "owner_missed"
+    assert message["recipient"]["role"] == "owner"
+    assert message["_headers"]["idempotency-key"] == message["notification_id"]
+
+    events = await wait_for_types(system, lead_id, {
+        "lead.received", "lead.assigned", "sla.started", "sla.warning", "sla.breached",
+        "escalation.triggered", "notification.sent"})
+    order = [e["type"] for e in events]
+    assert order.index("lead.received") < order.index("lead.assigned") < order.index("sla.started")
+    assert order.index("sla.warning") < order.index("sla.breached") < order.index("notification.sent")
+    assigned = next(e for e in events if e["type"] == "lead.assigned")["data"]
+    assert message["recipient"]["id"] == assigned["owner_id"] in ("alice", "bob")
+    breach = next(e for e in events if e["type"] == "sla.breached")["data"]
+    # The breach leaves at the deadline, not at the next morning's batch job.
+    assert breach["breached_at"] == breach["due_at"]
+
+
+async def test_a_touch_in_time_meets_the_sla(system: System) -> None:
+    lead_id = await post_lead(system, "trial")
+    await wait_for_types(system, lead_id, {"sla.started"})
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{system.url('intake')}/v1/leads/{lead_id}/activities",
+                                     headers={"Authorization": f"Bearer {system.source_key}"},
+                                     json={"type": "call", "actor": "alice", "outcome": "connected"})
+        assert response.status_code == 202
+        await wait_for_types(system, lead_id, {"activity.recorded", "sla.met"})
+        sla = (await client.get(f"{system.url('sla_clock')}/v1/leads/{lead_id}/sla",
+                                headers={"Authorization": f"Bearer {system.source_key}"})).json()
+    [timer] = sla["timers"]
+    assert timer["state"] == "met" and timer["remaining_seconds"] > 500
+    assert system.hooks_for(lead_id) == []
+
+
+async def test_kafka_submissions_are_accepted_and_bad_records_dead_lettered(
+    system: System, kafka_bootstrap: str, producer_for_e2e
+) -> None:
+    external_id = f"kafka-{uuid.uuid4().hex[:8]}"
+    body = (b'{"source": "chat", "external_id": "%s", "contact": {"email": "k@example.com"},'
+            b' "intent": {"type": "trial"}}') % external_id.encode()
+    garbage = b"{this is not json"
+    async with TopicReader(kafka_bootstrap, TOPIC_INTAKE) as intake, \
+            TopicReader(kafka_bootstrap, TOPIC_DEADLETTER) as deadletter:
+        await producer_for_e2e.send_and_wait(TOPIC_SUBMISSIONS_RAW, garbage, key=b"whatever")
+        await producer_for_e2e.send_and_wait(TOPIC_SUBMISSIONS_RAW, body)
+        received = await intake.wait_for(
+            lambda es: any(e.data.get("external_id") == external_id for e in es), what="the Kafka lead")
+        letters = await deadletter.wait_for(
+            lambda es: any(base64.b64decode(e.data["original_bytes_b64"]) == garbage for e in es),
+            what="the dead letter")
+    lead = next(e for e in received if e.data.get("external_id") == external_id)
+    assert lead.type == "lead.received" and lead.data["source"] == "chat"
+    letter = next(e for e in letters if base64.b64decode(e.data["original_bytes_b64"]) == garbage).data
+    assert letter["topic"] == TOPIC_SUBMISSIONS_RAW and letter["service"] == "intake"
+    assert letter["error"].startswith("undecodable: not JSON")
+
+
+async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: System, engine) -> None:
+    lead_id = await post_lead(system, "restart_probe")
+    async with httpx.AsyncClient() as client:
+        async def open_timer() -> dict | None:
+            r = await client.get(f"{system.url('sla_clock')}/v1/leads/{lead_id}/sla",
+                                 headers={"Authorization": f"Bearer {system.source_key}"})
+            return r.json()["timers"][0] if r.status_code == 200 else None
+
+        timer = await eventually(open_timer, what="the timer to start")
+    assert timer["state"] == "open"
+    due = datetime.fromisoformat(timer["due_at"]).timestamp()
+
+    sla_clock = system.services["sla_clock"]
+    sla_clock.kill()  # SIGKILL: no shutdown hooks, the timer is only in Postgres now
+    wait_until(lambda: time.time() > due + 1, 30, "the deadline to pass while sla_clock is down")
+    assert system.hooks_for(lead_id) == []  # nobody fired it while the clock was dead
+    sla_clock.start()
+
+    hooks = await eventually(lambda: _async(system.hooks_for(lead_id)), timeout=60,
+                             what="the breach webhook after restart")
+    events = await wait_for_types(system, lead_id, {"sla.breached", "notification.sent"}, timeout=60)
+    assert [e["type"] for e in events].count("sla.breached") == 1
+    assert len(hooks) == 1 and hooks[0][1]
+    async with engine.connect() as conn:
+        table = OUTBOX["sla_clock"]
+        breaches = await conn.scalar(select(func.count()).select_from(table).where(
+            table.c.key == lead_id, table.c.event_type == "sla.breached"))
+    assert breaches == 1
+    # Leave the system as we found it: every service ready (the restarted one has rejoined its group).
+    wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
+    assert len(system.hooks_for(lead_id)) == 1
+
+
+async def _async(value):
+    return value
