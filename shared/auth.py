@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +48,27 @@ async def create_key(conn: AsyncConnection, name: str, role: Role) -> str:
         insert(api_keys).values(key_id=key_id, name=name, role=role, secret_sha256=_digest(secret))
     )
     return f"lsk_{key_id}_{secret}"
+
+
+class KeyCache:
+    """Verified keys, remembered briefly so a busy endpoint does not look each one up per request.
+    Entries are keyed by a digest of the presented key (the key itself is never kept); a revoked
+    key stops working within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._clock = ttl, clock
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, presented: str) -> Principal | None:
+        entry = self._entries.get(_digest(presented))
+        if entry is None or entry[1] < self._clock():
+            return None
+        return entry[0]
+
+    def put(self, presented: str, principal: Principal) -> None:
+        if len(self._entries) > 10_000:  # bounded: a flood of distinct keys cannot grow it forever
+            self._entries.clear()
+        self._entries[_digest(presented)] = (principal, self._clock() + self._ttl)
 
 
 async def verify_key(conn: AsyncConnection, presented: str) -> Principal | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -94,10 +95,18 @@ class EventConsumer:
                             break
                     self._report_lag(consumer, tp, records[-1].offset + 1)
                 if batch:
-                    await consumer.commit()
+                    await self._commit(consumer)
         finally:
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await consumer.commit()
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # A rebalance took the partitions away mid-batch. Their new owner re-reads from the last
+            # committed offset; the ids recorded in processed_events make that replay a no-op.
+            log.info("consumer.commit_skipped", group=self.sub.group, reason=type(exc).__name__)
 
     def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
         highwater = consumer.highwater(tp)

@@ -81,9 +81,6 @@ config_versions = Table(
 
 
 def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(
-        database_url_for_asyncpg(database_url),
-        pool_size=pool_size,
-        max_overflow=5,
-        pool_pre_ping=True,
-    )
+    # No pool_pre_ping: it costs a round trip per transaction, and a dead pooled connection
+    # already surfaces as a transient error that the consumer and relay loops retry.
+    return create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5)

@@ -132,8 +132,13 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
         if scheme.lower() != "bearer" or not presented:
             raise ProblemError(401, "Unauthorized", "Send `Authorization: Bearer <key>`.",
                                headers={"WWW-Authenticate": "Bearer"})
-        async with ctx.engine.connect() as conn:
-            principal = await verify_key(conn, presented.strip())
+        presented = presented.strip()
+        principal = ctx.key_cache.get(presented)
+        if principal is None:
+            async with ctx.engine.connect() as conn:
+                principal = await verify_key(conn, presented)
+            if principal is not None:
+                ctx.key_cache.put(presented, principal)
         if principal is None:
             raise ProblemError(401, "Unauthorized", "The key is unknown or revoked.",
                                headers={"WWW-Authenticate": "Bearer"})

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .auth import KeyCache
 from .bus import ensure_topics, make_producer
 from .clock import Clock, SystemClock
 from .config_store import ConfigHolder, load_latest
@@ -40,6 +41,7 @@ class ServiceContext:
     config: ConfigHolder
     relay_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     consumers: list[EventConsumer] = field(default_factory=list)
+    key_cache: KeyCache = field(default_factory=KeyCache)
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.engine, self.name, self.relay_wakeup)

@@ -72,3 +72,60 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     assert by_bytes[garbage]["error"].startswith("undecodable: ")
     assert by_bytes[garbage]["topic"] == topic and by_bytes[garbage]["offset"] == 1
     assert by_bytes[poison.to_bytes()]["error"] == "invalid_data: reason: poison is not allowed"
+
+
+async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engine, producer, kafka_bootstrap) -> None:
+    topic = f"test.rebalance.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 4, 1)])
+    await admin.close()
+    run = uuid.uuid4().hex[:8]
+    group = f"test-rebalance-{run}"
+
+    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+        uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=f"{run}-effect",
+                                                time=NOW, cause=event, data=LeadQueued(**event.data)))
+
+    def member() -> EventConsumer:
+        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+                             engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+
+    async def produce(n: int, start: int) -> set[str]:
+        ids = set()
+        for i in range(start, start + n):
+            event = new_event("lead.queued", service="router", lead_id=f"{run}-{i % 17}", time=NOW,
+                              data=LeadQueued(lead_id=f"{run}-{i % 17}", tier="A", queue="q", reason=str(i)))
+            await producer.send(topic, event.to_bytes(), key=event.subject.encode())
+            ids.add(event.id)
+        await producer.flush()
+        return ids
+
+    outbox = OUTBOX["notifier"]
+
+    async def causes() -> list[str]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(outbox.c.payload).where(outbox.c.key == f"{run}-effect"))
+            return [CloudEvent.from_bytes(r.payload).causationid for r in rows]
+
+    first, second = member(), member()
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    running_first = asyncio.create_task(first.run(stop_first))
+    expected = await produce(150, 0)
+    running_second = asyncio.create_task(second.run(stop_second))  # joins: the group rebalances
+    expected |= await produce(150, 150)
+    await eventually(lambda: _all_seen(causes, expected), timeout=60, what="every event after the join")
+
+    stop_first.set()  # leaves the group: the second member takes every partition
+    await running_first
+    expected |= await produce(100, 300)
+    await eventually(lambda: _all_seen(causes, expected), timeout=60, what="every event after the leave")
+    stop_second.set()
+    await running_second
+
+    seen = await causes()
+    assert len(seen) == len(set(seen)) == len(expected) == 400
+
+
+async def _all_seen(causes, expected: set[str]) -> bool:
+    return expected <= set(await causes())

@@ -1,0 +1,239 @@
+"""Throughput of leadsla's moving parts, each beside the raw limit it sits on, measured in one run.
+
+    python bench/pipeline.py [--events 20000]
+
+Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
+LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints events per second and the ratio to the peer:
+  raw broker    aiokafka producer, acks=all, CloudEvent-sized records
+  raw postgres  one-row INSERT transactions, one connection (one consumer handles events so)
+  outbox relay  committed outbox rows -> Kafka, marked sent                    (vs raw broker)
+  consumer      records -> idempotency row + reporting projection, one tx each (vs raw postgres)
+  timer firing  due timers -> sla.breached + state change                      (vs raw postgres)
+  intake HTTP   POST /v1/leads in-process (validation, dedupe, outbox)         (vs raw postgres)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import insert
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
+from leadsla.services.reporting.projections import project  # noqa: E402
+from leadsla.services.sla_clock.handlers import fire_due  # noqa: E402
+from leadsla.services.sla_clock.tables import leads as sla_leads  # noqa: E402
+from leadsla.services.sla_clock.tables import timers  # noqa: E402
+from leadsla.shared.auth import create_key  # noqa: E402
+from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
+from leadsla.shared.clock import ManualClock  # noqa: E402
+from leadsla.shared.config import parse_config  # noqa: E402
+from leadsla.shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
+from leadsla.shared.consumer import EventConsumer, Subscription  # noqa: E402
+from leadsla.shared.db import OUTBOX, make_engine  # noqa: E402
+from leadsla.shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
+from leadsla.shared.http import create_app  # noqa: E402
+from leadsla.shared.migrate import upgrade  # noqa: E402
+from leadsla.shared.outbox import OutboxRelay  # noqa: E402
+from leadsla.shared.runtime import ServiceContext  # noqa: E402
+from leadsla.shared.settings import Settings  # noqa: E402
+from leadsla.shared.uow import UnitOfWork  # noqa: E402
+
+NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+
+
+def sample_event(i: int):
+    lead = f"bench-{i % 500}"
+    return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                     data=LeadQueued(lead_id=lead, tier="A", queue="tier-A", reason=f"bench {i:08d} " + "x" * 350))
+
+
+async def raw_broker(bootstrap: str, n: int) -> float:
+    producer = make_producer(bootstrap)
+    await producer.start()
+    payloads = [(sample_event(i).to_bytes(), f"bench-{i % 500}".encode()) for i in range(n)]
+    start = time.perf_counter()
+    futures = [await producer.send("bench.raw", value, key=key) for value, key in payloads]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - start
+    await producer.stop()
+    return n / elapsed
+
+
+async def raw_postgres(dsn: str, n: int) -> float:
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial primary key, event_id text, body jsonb)")
+    body = sample_event(0).model_dump_json()
+    start = time.perf_counter()
+    for i in range(n):
+        async with conn.transaction():
+            await conn.execute("INSERT INTO bench_raw (event_id, body) VALUES ($1, $2)", str(i), body)
+    elapsed = time.perf_counter() - start
+    await conn.close()
+    return n / elapsed
+
+
+async def outbox_relay(engine, bootstrap: str, n: int) -> float:
+    async with UnitOfWork(engine, "router") as uow:
+        for i in range(n):
+            uow.emit(TOPIC_ROUTING, sample_event(i))
+        await uow.commit()
+    producer = make_producer(bootstrap)
+    await producer.start()
+    relay = OutboxRelay(engine, "router", producer, asyncio.Event())
+    start = time.perf_counter()
+    sent = 0
+    while sent < n:
+        sent += await relay.publish_batch()
+    elapsed = time.perf_counter() - start
+    await producer.stop()
+    return n / elapsed
+
+
+async def consumer(engine, bootstrap: str, n: int) -> float:
+    topic = f"bench.consume.{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 6, 1)])
+    await admin.close()
+    producer = make_producer(bootstrap)
+    await producer.start()
+    for i in range(n):
+        event = sample_event(i)
+        await producer.send(topic, event.to_bytes(), key=event.subject.encode())
+    await producer.flush()
+    await producer.stop()
+
+    done = asyncio.Event()
+    count = 0
+    first: float | None = None
+
+    async def handler(event, uow) -> None:
+        nonlocal count, first
+        first = first or time.perf_counter()
+        await project(uow, event)
+        count += 1
+        if count == n:
+            done.set()
+
+    member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), handler), service="reporting",
+                           bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    task = asyncio.create_task(member.run(stop))
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - (first or 0)
+    stop.set()
+    await task
+    return n / elapsed
+
+
+async def timer_firing(engine, n: int) -> float:
+    config = parse_config("owners: [{id: alice}]\n")
+    async with engine.begin() as conn:
+        ids = [f"bench-timer-{uuid.uuid4()}" for _ in range(n)]
+        await conn.execute(insert(sla_leads), [
+            {"lead_id": i, "tier": "A", "source": "web", "contactable": True, "received_at": NOW} for i in ids])
+        await conn.execute(insert(timers), [
+            {"sla_id": i, "lead_id": i, "metric": "first_response", "policy_id": "p", "policy_version": 1,
+             "calendar": "always", "owner_id": "alice", "tier": "A", "started_at": NOW,
+             "due_at": NOW + timedelta(minutes=5), "warnings": [], "warned": [], "state": "open",
+             "next_fire_at": NOW + timedelta(minutes=5)} for i in ids])
+    start = time.perf_counter()
+    fired = 0
+    while fired < n:
+        async with UnitOfWork(engine, "sla_clock") as uow:
+            fired += await fire_due(uow, config, NOW + timedelta(minutes=5))
+            await uow.commit()
+    return n / (time.perf_counter() - start)
+
+
+async def intake_http(engine, database_url: str, bootstrap: str, n: int) -> float:
+    producer = make_producer(bootstrap)
+    await producer.start()
+    settings = Settings(database_url=database_url, kafka_bootstrap=bootstrap)
+    ctx = ServiceContext(name="intake", settings=settings, engine=engine, producer=producer,
+                         clock=ManualClock(NOW), config=ConfigHolder(engine, VersionedConfig(1, parse_config(
+                             "tiers: {rules: [{tier: A, when: {intent: [demo_request]}}]}\n"))))
+    spec = intake_bootstrap(ctx)
+    app = create_app(ctx, spec.routers)
+    async with engine.begin() as conn:
+        key = await create_key(conn, "bench", "source")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        start = time.perf_counter()
+        for i in range(n):
+            r = await client.post("/v1/leads", json={
+                "contact": {"email": f"bench{i}-{uuid.uuid4().hex[:6]}@example.com", "phone": "+14155552671"},
+                "intent": {"type": "demo_request"}, "company": {"name": "Bench"}})
+            assert r.status_code in (200, 201), r.text
+        elapsed = time.perf_counter() - start
+    await producer.stop()
+    return n / elapsed
+
+
+async def main(events: int) -> None:
+    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
+    pg = broker = None
+    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
+    if not server_url:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        server_url = pg.start()
+    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=10)
+    try:
+        await upgrade(engine)
+        await ensure_topics(bootstrap, 6)
+        admin_kafka = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin_kafka.start()
+        await admin_kafka.create_topics([NewTopic("bench.raw", 6, 1)])
+        await admin_kafka.close()
+
+        small = max(events // 10, 500)
+        broker_rate = await raw_broker(bootstrap, events)
+        pg_rate = await raw_postgres(url.replace("postgresql+asyncpg://", "postgresql://"), small)
+        rows = [
+            ("raw broker (produce, acks=all)", broker_rate, None, events),
+            ("raw postgres (1-row tx)", pg_rate, None, small),
+            ("outbox relay -> Kafka", await outbox_relay(engine, bootstrap, events), broker_rate, events),
+            ("consumer + projection (1 tx/event)", await consumer(engine, bootstrap, small), pg_rate, small),
+            ("timer firing (breach + outbox)", await timer_firing(engine, small), pg_rate, small),
+            ("intake POST /v1/leads (in-process)", await intake_http(engine, url, bootstrap, small // 5), pg_rate,
+             small // 5),
+        ]
+        print(f"\n{'stage':40} {'n':>7} {'events/s':>10} {'vs peer':>8}")
+        for label, rate, peer, n in rows:
+            ratio = f"{rate / peer:7.2f}x" if peer else "   peer"
+            print(f"{label:40} {n:7d} {rate:10.0f} {ratio:>8}")
+    finally:
+        await engine.dispose()
+        if broker:
+            broker.stop()
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    asyncio.run(main(parser.parse_args().events))
