@@ -43,7 +43,7 @@ from leadsla.shared.clock import ManualClock  # noqa: E402
 from leadsla.shared.config import parse_config  # noqa: E402
 from leadsla.shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
 from leadsla.shared.consumer import EventConsumer, Subscription  # noqa: E402
-from leadsla.shared.db import OUTBOX, make_engine  # noqa: E402
+from leadsla.shared.db import make_engine  # noqa: E402
 from leadsla.shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
 from leadsla.shared.http import create_app  # noqa: E402
 from leadsla.shared.migrate import upgrade  # noqa: E402

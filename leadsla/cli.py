@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import os
 import secrets
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -126,7 +124,13 @@ def dev(
     fresh: Annotated[bool, typer.Option(help="start from an empty database")] = False,
 ) -> None:
     """The whole system on this machine: embedded Postgres and broker, all five services."""
-    from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres, ServiceProcess, port_is_free, wait_until
+    from leadsla.devstack import (
+        EmbeddedBroker,
+        EmbeddedPostgres,
+        ServiceProcess,
+        port_is_free,
+        wait_until,
+    )
     from leadsla.webhook_receiver import WebhookReceiver
 
     configure_logging("WARNING")

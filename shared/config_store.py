@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .aio import sleep_unless_stopped
 from .config import Config, config_digest, parse_config
 from .db import config_versions
 
@@ -25,13 +26,7 @@ async def apply_config(conn: AsyncConnection, text: str) -> tuple[int, bool]:
     """Validate and store `text`; returns (version, changed). Raises ConfigError when invalid."""
     parse_config(text)
     digest = config_digest(text)
-    latest = (
-        await conn.execute(
-            select(config_versions.c.version, config_versions.c.digest)
-            .order_by(config_versions.c.version.desc())
-            .limit(1)
-        )
-    ).first()
+    latest = await _latest_row(conn)
     if latest is not None and latest.digest == digest:
         return latest.version, False
     version = await conn.scalar(
@@ -40,14 +35,14 @@ async def apply_config(conn: AsyncConnection, text: str) -> tuple[int, bool]:
     return int(version), True
 
 
-async def load_latest(conn: AsyncConnection) -> VersionedConfig | None:
-    row = (
-        await conn.execute(
-            select(config_versions.c.version, config_versions.c.body)
-            .order_by(config_versions.c.version.desc())
-            .limit(1)
-        )
+async def _latest_row(conn: AsyncConnection):
+    return (
+        await conn.execute(select(config_versions).order_by(config_versions.c.version.desc()).limit(1))
     ).first()
+
+
+async def load_latest(conn: AsyncConnection) -> VersionedConfig | None:
+    row = await _latest_row(conn)
     if row is None:
         return None
     return VersionedConfig(version=int(row.version), config=parse_config(row.body))
@@ -79,10 +74,10 @@ class ConfigHolder:
 
     async def watch(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
+            await sleep_unless_stopped(stop, every)
+            if stop.is_set():
+                return
             try:
-                await asyncio.wait_for(stop.wait(), every)
-            except TimeoutError:
-                try:
-                    await self.refresh()
-                except Exception as exc:  # keep serving the last good version
-                    log.warning("config.refresh_failed", error=str(exc))
+                await self.refresh()
+            except Exception as exc:  # keep serving the last good version
+                log.warning("config.refresh_failed", error=str(exc))

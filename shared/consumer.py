@@ -117,16 +117,18 @@ class EventConsumer:
         try:
             event = self.sub.decode(record)
         except BadEvent as exc:
-            await self._retrying(lambda: self._deadletter(record, "undecodable", str(exc)), stop)
+            await self._park(record, "undecodable", str(exc), stop)
             return
         try:
             await self._retrying(lambda: self._handle_once(event), stop)
         except BadEvent as exc:
-            await self._retrying(lambda: self._deadletter(record, "invalid_data", str(exc)), stop)
+            await self._park(record, "invalid_data", str(exc), stop)
         except Exception as exc:  # a bug: park the record, keep the partition moving
             log.exception("consumer.handler_failed", group=self.sub.group, event_id=event.id)
-            reason = f"{type(exc).__name__}: {exc}"
-            await self._retrying(lambda: self._deadletter(record, "handler_error", reason), stop)
+            await self._park(record, "handler_error", f"{type(exc).__name__}: {exc}", stop)
+
+    async def _park(self, record: ConsumerRecord, kind: str, reason: str, stop: asyncio.Event) -> None:
+        await self._retrying(lambda: self._deadletter(record, kind, reason), stop)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
         delay = 0.1

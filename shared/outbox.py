@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
+from .aio import sleep_unless_stopped
 from .db import OUTBOX
 from .events import CONTENT_TYPE
 
@@ -87,18 +88,11 @@ class OutboxRelay:
                 raise
             except Exception as exc:  # broker or database down: the rows wait, nothing is lost
                 log.warning("outbox.publish_failed", error=str(exc), retry_in=backoff)
-                await _wait(stop, backoff)
+                await sleep_unless_stopped(stop, backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             if sent < self._batch_size:
                 await _wait_any(stop, self._wakeup, self._idle_poll)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres
-from leadsla.shared.bus import ensure_topics
+from leadsla.shared.bus import ensure_topics, make_producer
 from leadsla.shared.db import make_engine
 from leadsla.shared.migrate import upgrade
 
@@ -73,3 +74,11 @@ async def kafka_bootstrap() -> AsyncIterator[str]:
     yield bootstrap
     if broker is not None:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    producer = make_producer(kafka_bootstrap)
+    await producer.start()
+    yield producer
+    await producer.stop()

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import select
 
+from leadsla.shared.db import OUTBOX
 from leadsla.shared.events import CloudEvent
 
 T = TypeVar("T")
@@ -70,3 +74,23 @@ class TopicReader:
             return events if predicate(events) else None
 
         return await eventually(probe, timeout=timeout, what=what)
+
+
+async def outbox_events(engine, schema: str, key: str) -> list[CloudEvent]:
+    """The events a service committed for one lead (outbox key), in commit order."""
+    table = OUTBOX[schema]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(table.c.payload).where(table.c.key == key).order_by(table.c.id))
+        return [CloudEvent.from_bytes(r.payload) for r in rows]
+
+
+async def create_topic(bootstrap: str, partitions: int) -> str:
+    """A fresh topic of this test's own."""
+    topic = f"test.{uuid.uuid4().hex[:10]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+    return topic

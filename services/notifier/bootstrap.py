@@ -9,6 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
+from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.consumer import Subscription
 from leadsla.shared.events import TOPIC_SLA, CloudEvent
 from leadsla.shared.http import require_key
@@ -38,10 +39,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                 except Exception as exc:
                     log.warning("notifier.delivery_failed", error=str(exc))
                 if sent == 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), DELIVERY_POLL_SECONDS)
-                    except TimeoutError:
-                        pass
+                    await sleep_unless_stopped(stop, DELIVERY_POLL_SECONDS)
 
     api = APIRouter()
 

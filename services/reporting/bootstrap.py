@@ -6,7 +6,13 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, TOPIC_ROUTING, TOPIC_SLA, CloudEvent
+from leadsla.shared.events import (
+    TOPIC_INTAKE,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    CloudEvent,
+)
 from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork

@@ -7,6 +7,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
+from leadsla.shared.clock import Clock
 from leadsla.shared.config import Config
 from leadsla.shared.events import (
     TOPIC_ROUTING,
@@ -17,7 +18,6 @@ from leadsla.shared.events import (
     LeadReceived,
     new_event,
 )
-from leadsla.shared.clock import Clock
 from leadsla.shared.uow import UnitOfWork
 
 from .domain import LeadFacts, decide

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
 from leadsla.shared import metrics
+from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.consumer import Subscription
 from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent, utc_iso
@@ -17,7 +18,14 @@ from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
-from .handlers import fire_due, next_due, on_activity, on_lead_assigned, on_lead_received, open_timer_counts
+from .handlers import (
+    fire_due,
+    next_due,
+    on_activity,
+    on_lead_assigned,
+    on_lead_received,
+    open_timer_counts,
+)
 from .tables import timers
 
 log = structlog.get_logger()
@@ -56,12 +64,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                     wait = min(poll, max((upcoming - ctx.clock.now()).total_seconds(), 0.0))
             except Exception as exc:  # database away: timers are durable, try again shortly
                 log.warning("timers.fire_failed", error=str(exc))
-            if fired >= FIRE_BATCH:
-                continue
-            try:
-                await asyncio.wait_for(stop.wait(), wait)
-            except TimeoutError:
-                pass
+            if fired < FIRE_BATCH:
+                await sleep_unless_stopped(stop, wait)
 
     api = APIRouter()
 

@@ -1,4 +1,14 @@
-from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, String, Table, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata

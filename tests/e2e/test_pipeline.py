@@ -168,7 +168,7 @@ async def test_a_touch_in_time_meets_the_sla(system: System) -> None:
 
 
 async def test_kafka_submissions_are_accepted_and_bad_records_dead_lettered(
-    system: System, kafka_bootstrap: str, producer_for_e2e
+    system: System, kafka_bootstrap: str, producer
 ) -> None:
     external_id = f"kafka-{uuid.uuid4().hex[:8]}"
     body = (b'{"source": "chat", "external_id": "%s", "contact": {"email": "k@example.com"},'
@@ -176,8 +176,8 @@ async def test_kafka_submissions_are_accepted_and_bad_records_dead_lettered(
     garbage = b"{this is not json"
     async with TopicReader(kafka_bootstrap, TOPIC_INTAKE) as intake, \
             TopicReader(kafka_bootstrap, TOPIC_DEADLETTER) as deadletter:
-        await producer_for_e2e.send_and_wait(TOPIC_SUBMISSIONS_RAW, garbage, key=b"whatever")
-        await producer_for_e2e.send_and_wait(TOPIC_SUBMISSIONS_RAW, body)
+        await producer.send_and_wait(TOPIC_SUBMISSIONS_RAW, garbage, key=b"whatever")
+        await producer.send_and_wait(TOPIC_SUBMISSIONS_RAW, body)
         received = await intake.wait_for(
             lambda es: any(e.data.get("external_id") == external_id for e in es), what="the Kafka lead")
         letters = await deadletter.wait_for(

@@ -1,27 +1,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared.bus import make_producer
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.config import parse_config
 from leadsla.shared.config_store import ConfigHolder, VersionedConfig
 from leadsla.shared.runtime import ServiceContext
 from leadsla.shared.settings import Settings
-
-
-@pytest.fixture(scope="session")
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
-    producer = make_producer(kafka_bootstrap)
-    await producer.start()
-    yield producer
-    await producer.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import base64
 import uuid
 from datetime import UTC, datetime
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import select
 
 from leadsla.shared.clock import ManualClock
@@ -15,17 +14,13 @@ from leadsla.shared.consumer import EventConsumer, Subscription
 from leadsla.shared.db import OUTBOX
 from leadsla.shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
 from leadsla.shared.uow import UnitOfWork
-from tests.support import eventually
+from tests.support import create_topic, eventually
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 
 
 async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, producer, kafka_bootstrap) -> None:
-    topic = f"test.consumer.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 1, 1)])
-    await admin.close()
+    topic = await create_topic(kafka_bootstrap, partitions=1)
     lead = f"lead-{uuid.uuid4()}"
     handled: list[str] = []
 
@@ -75,11 +70,7 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
 
 
 async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engine, producer, kafka_bootstrap) -> None:
-    topic = f"test.rebalance.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(topic, 4, 1)])
-    await admin.close()
+    topic = await create_topic(kafka_bootstrap, partitions=4)
     run = uuid.uuid4().hex[:8]
     group = f"test-rebalance-{run}"
 

@@ -5,13 +5,11 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from leadsla.services.intake.bootstrap import bootstrap
 from leadsla.shared.auth import create_key
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import CloudEvent
 from leadsla.shared.http import create_app
+from tests.support import outbox_events
 
 CONFIG = """
 tiers:
@@ -43,13 +41,6 @@ def lead_body(email: str | None = None, **extra) -> dict:
             "intent": {"type": "demo_request"}, **extra}
 
 
-async def outbox_events(engine, lead_id: str) -> list[CloudEvent]:
-    table = OUTBOX["intake"]
-    async with engine.connect() as conn:
-        rows = await conn.execute(select(table.c.payload).where(table.c.key == lead_id).order_by(table.c.id))
-        return [CloudEvent.from_bytes(r.payload) for r in rows]
-
-
 async def test_an_accepted_lead_is_normalized_tiered_and_published(api, engine) -> None:
     response = await api.post("/v1/leads", json={
         "contact": {"email": "Grace.Hopper@Example.COM", "phone": "020 7946 0958", "country": "uk"},
@@ -58,7 +49,7 @@ async def test_an_accepted_lead_is_normalized_tiered_and_published(api, engine) 
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "accepted"
-    [event] = await outbox_events(engine, body["lead_id"])
+    [event] = await outbox_events(engine, "intake", body["lead_id"])
     assert event.type == "lead.received" and event.subject == body["lead_id"]
     data = event.data
     assert data["source"] == "webform" and data["tier"] == "A"
@@ -81,7 +72,7 @@ async def test_repeats_are_duplicates_by_key_external_id_or_identity(api, engine
     person = await api.post("/v1/leads", json=lead_body(email))
     same_person = await api.post("/v1/leads", json=lead_body(email.upper()))
     assert same_person.status_code == 200 and same_person.json()["lead_id"] == person.json()["lead_id"]
-    events = await outbox_events(engine, person.json()["lead_id"])
+    events = await outbox_events(engine, "intake", person.json()["lead_id"])
     assert [e.type for e in events] == ["lead.received", "lead.merged"]
     assert events[1].data["match_on"] == "email"
 
@@ -115,7 +106,7 @@ async def test_activities(api, engine) -> None:
     first = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
     again = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
     assert first.status_code == 202 and again.json() == first.json()
-    events = await outbox_events(engine, lead_id)
+    events = await outbox_events(engine, "intake", lead_id)
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]  # the repeat emitted nothing
 
     unknown = await api.post(f"/v1/leads/{uuid.uuid4()}/activities", json=call)

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
-
 from leadsla.services.router.handlers import route_lead
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import CloudEvent, Company, Consent, Contact, Intent, LeadReceived, new_event
+from leadsla.shared.events import (
+    CloudEvent,
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadReceived,
+    new_event,
+)
+from tests.support import outbox_events
 
 CONFIG = """
 owners: [{id: alice}, {id: bob}, {id: carol, status: away}]
@@ -25,10 +31,7 @@ def received(now) -> CloudEvent:
 
 
 async def routed(engine, lead_id: str) -> list[CloudEvent]:
-    table = OUTBOX["router"]
-    async with engine.connect() as conn:
-        rows = await conn.execute(select(table.c.payload).where(table.c.key == lead_id))
-        return [CloudEvent.from_bytes(r.payload) for r in rows]
+    return await outbox_events(engine, "router", lead_id)
 
 
 async def test_round_robin_alternates_and_skips_the_unavailable(make_ctx, clock, engine) -> None:

@@ -6,10 +6,13 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
-from leadsla.services.sla_clock.handlers import fire_due, on_activity, on_lead_assigned, on_lead_received
-from leadsla.shared.db import OUTBOX
+from leadsla.services.sla_clock.handlers import (
+    fire_due,
+    on_activity,
+    on_lead_assigned,
+    on_lead_received,
+)
 from leadsla.shared.events import (
     ActivityRecorded,
     CloudEvent,
@@ -21,6 +24,7 @@ from leadsla.shared.events import (
     LeadReceived,
     new_event,
 )
+from tests.support import outbox_events
 
 CONFIG = """
 owners: [{id: alice}]
@@ -61,10 +65,7 @@ async def handle(ctx, fn, *args) -> None:
 
 
 async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
-    table = OUTBOX["sla_clock"]
-    async with engine.connect() as conn:
-        rows = await conn.execute(select(table.c.payload).where(table.c.key == lead_id).order_by(table.c.id))
-        return [CloudEvent.from_bytes(r.payload) for r in rows]
+    return await outbox_events(engine, "sla_clock", lead_id)
 
 
 async def start_lead(ctx, clock) -> str:

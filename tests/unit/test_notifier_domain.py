@@ -2,7 +2,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadsla.services.notifier.domain import is_retryable, plan, recipients, retry_delay, sign, verify
+from leadsla.services.notifier.domain import (
+    is_retryable,
+    plan,
+    recipients,
+    retry_delay,
+    sign,
+    verify,
+)
 from leadsla.shared.config import parse_config
 
 CONFIG = parse_config("""
