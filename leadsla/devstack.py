@@ -139,9 +139,10 @@ class ServiceProcess:
         except httpx.HTTPError:
             return False
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Signal the process and wait; SIGKILL after `timeout`. Returns its exit code."""
         if self.proc is None:
-            return
+            return None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -149,7 +150,8 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.proc = None
+        code, self.proc = self.proc.returncode, None
+        return code
 
     def kill(self) -> None:
         """A crash, not a shutdown: SIGKILL, nothing gets to clean up."""

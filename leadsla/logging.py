@@ -11,6 +11,10 @@ import structlog
 def configure(level: str = "INFO") -> None:
     renderer = structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    logging.getLogger().setLevel(level)  # basicConfig leaves an already-configured root alone
+    # httpx logs every request URL at INFO; webhook URLs (Slack-style ones especially) are secrets.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -11,14 +11,21 @@ from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
 
 
 class WebhookReceiver:
-    def __init__(self, port: int, secret: bytes, on_message: Callable[[dict, bool], None]) -> None:
+    def __init__(
+        self,
+        port: int,
+        secret: bytes,
+        on_message: Callable[[dict, bool], None],
+        status_for_valid: Callable[[], int] = lambda: 204,
+    ) -> None:
+        """Answers 401 to a bad signature, else `status_for_valid()` (tests script failures with it)."""
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 valid = verify(receiver.secret, body, self.headers.get(SIGNATURE_HEADER, ""), int(time.time()))
-                self.send_response(204 if valid else 401)
+                self.send_response(status_for_valid() if valid else 401)
                 self.end_headers()
                 try:
                     message = json.loads(body)

@@ -223,5 +223,11 @@ async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: Sy
     assert len(system.hooks_for(lead_id)) == 1
 
 
+async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:
+    """Last in the module: what an orchestrator does on deploy. A hang would end in SIGKILL (-9)."""
+    codes = {name: service.stop() for name, service in system.services.items()}
+    assert codes == {name: 0 for name in system.services}
+
+
 async def _async(value):
     return value
