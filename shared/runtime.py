@@ -7,6 +7,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 import uvicorn
@@ -20,6 +21,7 @@ from .clock import Clock, SystemClock
 from .config_store import ConfigHolder, load_latest
 from .consumer import EventConsumer, Subscription
 from .db import make_engine
+from .housekeeping import run_housekeeping
 from .http import InvalidRequestHook, create_app
 from .migrate import current_revision, head_revision
 from .outbox import OutboxRelay
@@ -114,6 +116,9 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     workers = [
         asyncio.create_task(relay.run(stop), name="outbox-relay"),
         asyncio.create_task(ctx.config.watch(stop, settings.config_poll_seconds), name="config-watch"),
+        asyncio.create_task(run_housekeeping(
+            engine, name, ctx.clock, stop, keep_sent=timedelta(hours=settings.outbox_retention_hours),
+            keep_processed=timedelta(days=settings.processed_retention_days)), name="housekeeping"),
         *(asyncio.create_task(c.run(stop), name=f"consumer-{c.sub.group}") for c in ctx.consumers),
         *(asyncio.create_task(body(stop), name=f"loop-{i}") for i, body in enumerate(spec.loops)),
     ]

@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     config_poll_seconds: float = Field(default=2.0, gt=0)
     # How often the SLA clock looks for due timers when nothing wakes it earlier.
     timer_poll_seconds: float = Field(default=1.0, gt=0)
+    # Retention of published outbox rows, and of processed event ids (keep these longer than the
+    # broker keeps records, or a very late redelivery would be handled twice).
+    outbox_retention_hours: float = Field(default=24, gt=0)
+    processed_retention_days: float = Field(default=14, gt=0)
 
 
 def database_url_for_asyncpg(url: str) -> str:

@@ -39,6 +39,8 @@ from .domain import (
 from .tables import activities, idempotency_keys, leads
 
 SERVICE = "intake"
+# CRM clocks drift; beyond this an activity "in the future" is a plan, not a touch.
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ async def record_activity(
     problem = disposition_problem(activity.disposition, config.disposition_reasons)
     if problem:
         raise RejectedActivity("disposition", problem)
+    if activity.occurred_at is not None and activity.occurred_at > now + FUTURE_TOLERANCE:
+        raise RejectedActivity("occurred_at", "is in the future; record an activity once it has happened")
     activity_id = (
         deterministic_id("activity", lead_id, activity.external_id) if activity.external_id else str(uuid.uuid4())
     )

@@ -92,7 +92,8 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
         )
     row = await _open_timer(uow, lead.lead_id)
     if row is not None:
-        await _apply(uow, config, row, touch(_timer(row), activity.occurred_at), event, now)
+        # A touch stamped a little ahead by a drifting CRM clock happened no later than now.
+        await _apply(uow, config, row, touch(_timer(row), min(activity.occurred_at, now)), event, now)
 
 
 async def fire_due(uow: UnitOfWork, config: Config, now: datetime, limit: int = 200) -> int:

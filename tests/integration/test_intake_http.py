@@ -115,6 +115,9 @@ async def test_activities(api, engine) -> None:
                                json={"type": "disposition", "disposition": {"status": "disqualified"}})
     assert no_reason.status_code == 422
     assert no_reason.json()["errors"][0]["field"] == "disposition"
+    future = await api.post(f"/v1/leads/{lead_id}/activities",
+                            json={"type": "meeting", "occurred_at": "2030-01-01T10:00:00Z"})
+    assert future.status_code == 422 and future.json()["errors"][0]["field"] == "occurred_at"
     ok = await api.post(f"/v1/leads/{lead_id}/activities",
                         json={"type": "disposition", "disposition": {"status": "disqualified", "reason": "student"}})
     assert ok.status_code == 202

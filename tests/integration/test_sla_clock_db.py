@@ -107,6 +107,14 @@ async def test_a_touch_before_the_deadline_meets_and_nothing_fires_later(ctx, cl
     assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.met"]
 
 
+async def test_a_touch_stamped_slightly_ahead_meets_instead_of_breaching_early(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    # The CRM's clock runs ahead: the call says 09:06 although it is 09:04 and the deadline is 09:05.
+    now = clock.now() + timedelta(minutes=4)
+    await handle(ctx, on_activity, ctx.config.config, call(lead_id, clock.now() + timedelta(minutes=6)), now)
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.met"]
+
+
 async def test_a_touch_that_overtook_the_assignment_still_counts(ctx, clock, engine) -> None:
     lead_id = str(uuid.uuid4())
     cfg = ctx.config.config
