@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -88,21 +89,26 @@ class EventConsumer:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=300)
+                # Commit exactly what was handled: a bare commit() would also commit the records
+                # fetched but left unhandled when a shutdown arrives mid-batch, losing them.
+                done: dict[TopicPartition, OffsetAndMetadata] = {}
                 for tp, records in batch.items():
                     for record in records:
-                        await self._process(record, stop)
                         if stop.is_set():
                             break
-                    self._report_lag(consumer, tp, records[-1].offset + 1)
-                if batch:
-                    await self._commit(consumer)
+                        await self._process(record, stop)
+                        done[tp] = OffsetAndMetadata(record.offset + 1, "")
+                    if tp in done:
+                        self._report_lag(consumer, tp, done[tp].offset)
+                if done:
+                    await self._commit(consumer, done)
         finally:
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:
-            await consumer.commit()
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # A rebalance took the partitions away mid-batch. Their new owner re-reads from the last
             # committed offset; the ids recorded in processed_events make that replay a no-op.

@@ -120,3 +120,42 @@ async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engin
 
 async def _all_seen(causes, expected: set[str]) -> bool:
     return expected <= set(await causes())
+
+
+async def test_stopping_mid_batch_leaves_the_rest_for_the_next_member(engine, producer, kafka_bootstrap) -> None:
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    group = f"test-stop-{uuid.uuid4().hex[:6]}"
+    lead = f"lead-{uuid.uuid4()}"
+    sent = []
+    for n in range(10):
+        event = new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                          data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=str(n)))
+        await producer.send(topic, event.to_bytes(), key=lead.encode())
+        sent.append(event.id)
+    await producer.flush()
+
+    handled: list[str] = []
+    stop_first = asyncio.Event()
+
+    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+        handled.append(event.id)
+        if len(handled) == 3:
+            stop_first.set()  # shutdown arrives while the fetched batch still holds 7 records
+
+    def member() -> EventConsumer:
+        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+                             engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+
+    await member().run(stop_first)
+    assert handled == sent[:3]
+
+    stop_second = asyncio.Event()
+    second = asyncio.create_task(member().run(stop_second))
+    await eventually(lambda: _all_seen(lambda: _async_list(handled), set(sent)), timeout=30, what="the other seven")
+    stop_second.set()
+    await second
+    assert handled == sent  # nothing lost, nothing twice
+
+
+async def _async_list(items: list[str]) -> list[str]:
+    return items
