@@ -105,8 +105,9 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     ]
     relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup)
     port = settings.http_port or SERVICE_PORTS[name]
-    server = _Server(uvicorn.Config(create_app(ctx, spec.routers, spec.on_invalid_request), host=settings.http_host, port=port,
-                                    log_level="warning", lifespan="off", access_log=False))
+    app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    server = _Server(uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="off",
+                                    access_log=False))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
