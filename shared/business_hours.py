@@ -26,10 +26,6 @@ class BusinessCalendar:
         self._weekly = config.weekly_spans()
         self._holidays = frozenset(config.holidays)
 
-    @property
-    def always_open(self) -> bool:
-        return self._always
-
     def _spans_from(self, start: datetime) -> Iterator[tuple[datetime, datetime]]:
         """Open spans as UTC instants, in order, from the local day containing `start`."""
         day = start.astimezone(self._zone).date()

@@ -5,7 +5,6 @@ picked by `type` through `EVENT_DATA`.
 """
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -290,6 +289,3 @@ EVENT_DATA: dict[str, type[WireModel]] = {
     "deadletter": DeadLetter,
 }
 
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)

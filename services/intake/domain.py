@@ -73,8 +73,36 @@ def timezone_from_phone(e164: str) -> str | None:
     return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
 
 
+def storable(value: Any) -> Any:
+    """Refuse text Postgres cannot store (NUL, lone surrogates), however deep in the value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            storable(key)
+            storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            storable(item)
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_absent(cls, value: Any) -> Any:
+        # Forms send "" for fields left empty; that means "not given", not "an empty identifier".
+        # Nested models check their own fields, so errors name the innermost field.
+        if isinstance(value, str):
+            return storable(value) if value.strip() else None
+        return value
 
 
 class ContactIn(Strict):
@@ -132,6 +160,11 @@ class LeadSubmission(Strict):
     consent: ConsentIn = ConsentIn()
     custom_fields: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("custom_fields")
+    @classmethod
+    def _storable_custom_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return storable(value)
+
     @field_validator("submitted_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
@@ -182,9 +215,6 @@ def identity_keys(sub: LeadSubmission, match_on: list[str]) -> list[tuple[str, s
     if "phone" in match_on and sub.contact.phone:
         keys.append(("phone", sub.contact.phone))
     return keys
-
-
-ACTIVITY_TYPES = ("call", "email", "meeting", "sms", "chat", "note", "disposition")
 
 
 class DispositionIn(Strict):

@@ -116,3 +116,14 @@ def test_dispositions_follow_the_configured_reasons(status: str, reason: str | N
 def test_a_disposition_activity_needs_its_disposition() -> None:
     with pytest.raises(ValidationError, match="disposition"):
         ActivityIn.model_validate({"type": "disposition"})
+
+
+def test_blank_fields_from_forms_mean_not_given() -> None:
+    sub = submission(external_id="  ", contact={"email": "a@example.com", "phone": "", "country": ""})
+    assert sub.external_id is None and sub.contact.phone is None and sub.contact.country is None
+
+
+@pytest.mark.parametrize("text", ["nul\x00byte", "lone \ud800 surrogate"])
+def test_text_postgres_cannot_store_is_refused_by_field(text: str) -> None:
+    assert "intent.message" in bad_fields(intent={"type": "trial", "message": text})
+    assert "custom_fields" in bad_fields(custom_fields={"note": [text]})
