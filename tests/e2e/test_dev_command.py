@@ -1,0 +1,62 @@
+"""`leadsla dev`, the README's first command: comes up on its own, takes a lead, stops on Ctrl-C."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from leadsla.cli import DEV_WEBHOOK_PORT
+from leadsla.devstack import free_port, port_is_free, wait_until
+from leadsla.shared.settings import SERVICE_PORTS
+
+pytestmark = pytest.mark.e2e
+
+
+def test_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
+    taken = [p for p in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT) if not port_is_free(p)]
+    if taken:
+        pytest.skip(f"`leadsla dev` uses fixed ports and {taken} are taken (is a dev system running?)")
+    out = tmp_path / "out.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leadsla.cli", "dev", "--data-dir", str(tmp_path / "dev"),
+             "--kafka-port", str(free_port())],
+            stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        wait_until(lambda: "LEADSLA_ADMIN_KEY=" in out.read_text() or proc.poll() is not None, 120,
+                   "`leadsla dev` to print its admin key", 0.2)
+        assert proc.poll() is None, out.read_text()
+        key = re.search(r"LEADSLA_ADMIN_KEY=(\S+)", out.read_text()).group(1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        headers = {"Authorization": f"Bearer {key}"}
+
+        lead = httpx.post("http://127.0.0.1:8001/v1/leads", headers=headers, json={
+            "contact": {"email": "first@example.com"}, "intent": {"type": "demo_request"}})
+        assert lead.status_code == 201, lead.text
+        lead_id = lead.json()["lead_id"]
+
+        def assigned() -> bool:
+            r = httpx.get(f"http://127.0.0.1:8005/v1/leads/{lead_id}", headers=headers)
+            return r.status_code == 200 and {"lead.received", "lead.assigned", "sla.started"} <= {
+                e["type"] for e in r.json()["timeline"]}
+
+        wait_until(assigned, 60, "the lead's timeline", 0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, out.read_text()
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [c.cmdline() for c in alive]
+    assert all(port_is_free(p) for p in SERVICE_PORTS.values())
