@@ -92,7 +92,9 @@ def storable(value: Any) -> Any:
     return value
 
 
-class Strict(BaseModel):
+class FormInput(BaseModel):
+    """Input from forms and CRMs: unknown fields refused, blank fields absent, text storable."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     @field_validator("*", mode="before")
@@ -105,7 +107,7 @@ class Strict(BaseModel):
         return value
 
 
-class ContactIn(Strict):
+class ContactIn(FormInput):
     first_name: Short | None = None
     last_name: Short | None = None
     email: Annotated[str, AfterValidator(normalize_email)] | None = None
@@ -129,25 +131,25 @@ class ContactIn(Strict):
         return self
 
 
-class CompanyIn(Strict):
+class CompanyIn(FormInput):
     name: Short | None = None
     domain: Short | None = None
     size: Short | None = None
     country: Annotated[str, AfterValidator(normalize_country)] | None = None
 
 
-class IntentIn(Strict):
+class IntentIn(FormInput):
     type: Annotated[str, Field(min_length=1, max_length=60)]
     product: Short | None = None
     message: Annotated[str, Field(max_length=5000)] | None = None
 
 
-class ConsentIn(Strict):
+class ConsentIn(FormInput):
     marketing: bool = False
     contact: bool = True
 
 
-class LeadSubmission(Strict):
+class LeadSubmission(FormInput):
     """The body of POST /v1/leads (and of a bare record on leads.submissions.raw)."""
 
     source: Annotated[str, Field(min_length=1, max_length=60)] | None = None
@@ -217,12 +219,12 @@ def identity_keys(sub: LeadSubmission, match_on: list[str]) -> list[tuple[str, s
     return keys
 
 
-class DispositionIn(Strict):
+class DispositionIn(FormInput):
     status: Annotated[str, Field(min_length=1, max_length=60)]
     reason: Short | None = None
 
 
-class ActivityIn(Strict):
+class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
     external_id: Short | None = None

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
 from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config
+from leadsla.shared.config import Config, SlaPolicy
 from leadsla.shared.events import (
     TOPIC_SLA,
     ActivityRecorded,
@@ -48,11 +48,13 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid}
     # Upsert: an assignment that overtook this event may have created the row with less to go on.
-    await uow.conn.execute(pg_insert(leads).values(lead_id=lead.lead_id, **facts)
-                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts))
+    row = (await uow.conn.execute(
+        pg_insert(leads).values(lead_id=lead.lead_id, **facts)
+        .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts).returning(leads)
+    )).one()
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "received":
-        await _start(uow, config, version, lead.lead_id, lead.received_at, None, event, now)
+        await _start(uow, config, version, row, policy, lead.received_at, None, event, now)
 
 
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
@@ -75,7 +77,7 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
     )
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "assigned":
-        await _start(uow, config, version, lead.lead_id, assigned.assigned_at, assigned.owner_id, event, now)
+        await _start(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now)
 
 
 async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
@@ -120,13 +122,10 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
 
 
 async def _start(
-    uow: UnitOfWork, config: Config, version: int, lead_id: str, start: datetime, owner_id: str | None,
-    cause: CloudEvent, now: datetime,
+    uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
+    owner_id: str | None, cause: CloudEvent, now: datetime,
 ) -> None:
-    lead = await _lead(uow, lead_id)
-    assert lead is not None
-    policy = select_policy(config, lead.tier, lead.source)
-    assert policy is not None
+    lead_id = lead.lead_id
     calendar = BusinessCalendar(config.calendar(policy.calendar))
     target = policy.metrics[METRIC]
     sla_id = deterministic_id("sla", lead_id, METRIC)
