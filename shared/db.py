@@ -14,9 +14,10 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    select,
     text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .settings import database_url_for_asyncpg
 
@@ -78,6 +79,11 @@ config_versions = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     schema=PLATFORM_SCHEMA,
 )
+
+
+async def xact_lock(conn: AsyncConnection, name: str) -> None:
+    """Serialise transactions that touch the same `name` until this transaction ends."""
+    await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
 
 
 def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
 from leadsla.shared.config import Config
+from leadsla.shared.db import xact_lock
 from leadsla.shared.events import (
     TOPIC_INTAKE,
     ActivityRecorded,
@@ -73,7 +74,7 @@ async def submit_lead(
     source = sub.source or source
     if idempotency_key:
         # Serialise retries of the same key so both get the same answer.
-        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"idem:{source}:{idempotency_key}"))))
+        await xact_lock(conn, f"idem:{source}:{idempotency_key}")
         known = await conn.scalar(
             select(idempotency_keys.c.lead_id).where(
                 idempotency_keys.c.source == source, idempotency_keys.c.key == idempotency_key
@@ -83,7 +84,7 @@ async def submit_lead(
             metrics.leads_duplicates.labels(source).inc()
             return Accepted(known, "duplicate")
     if sub.external_id:
-        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"ext:{source}:{sub.external_id}"))))
+        await xact_lock(conn, f"ext:{source}:{sub.external_id}")
         known = await conn.scalar(
             select(leads.c.lead_id).where(leads.c.source == source, leads.c.external_id == sub.external_id)
         )
@@ -92,7 +93,7 @@ async def submit_lead(
 
     keys = identity_keys(sub, config.dedupe.match_on)
     for kind, value in sorted(keys):  # sorted: two requests lock in the same order
-        await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"id:{kind}:{value}"))))
+        await xact_lock(conn, f"id:{kind}:{value}")
     match = await _identity_match(uow, keys, since=now - timedelta(seconds=config.dedupe.window))
     if match is not None:
         lead_id, match_on, correlation_id = match

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from leadsla.shared import metrics
 from leadsla.shared.clock import Clock
 from leadsla.shared.config import Config
+from leadsla.shared.db import xact_lock
 from leadsla.shared.events import (
     TOPIC_ROUTING,
     ActivityRecorded,
@@ -45,7 +46,7 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
     facts = facts_of(lead)
     now = clock.now()
     # One routing decision at a time: round-robin cursors and loads must not race.
-    await uow.conn.execute(select(func.pg_advisory_xact_lock(func.hashtext("router.decide"))))
+    await xact_lock(uow.conn, "router.decide")
     cursor_rows = await uow.conn.execute(select(cursors.c.rule_id, cursors.c.last_index))
     load_rows = await uow.conn.execute(
         select(assignments.c.owner_id, func.count())
