@@ -95,7 +95,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     row = await _open_timer(uow, lead.lead_id)
     if row is not None:
         # A touch stamped a little ahead by a drifting CRM clock happened no later than now.
-        await _apply(uow, config, row, touch(_timer(row), min(activity.occurred_at, now)), event, now)
+        await _apply(uow, config, lead, row, touch(_timer(row), min(activity.occurred_at, now)), event, now)
 
 
 async def fire_due(uow: UnitOfWork, config: Config, now: datetime, limit: int = 200) -> int:
@@ -104,8 +104,11 @@ async def fire_due(uow: UnitOfWork, config: Config, now: datetime, limit: int = 
         select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= now)
         .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
     )).all()
+    by_id = {lead.lead_id: lead for lead in (await uow.conn.execute(
+        select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
+    )).all()} if rows else {}
     for row in rows:
-        await _apply(uow, config, row, tick(_timer(row), now), None, now)
+        await _apply(uow, config, by_id.get(row.lead_id), row, tick(_timer(row), now), None, now)
     return len(rows)
 
 
@@ -147,16 +150,17 @@ async def _start(
     if lead.first_touch_at is not None:  # the touch arrived before the clock started
         row = await _open_timer(uow, lead_id)
         assert row is not None
-        await _apply(uow, config, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now)
+        await _apply(uow, config, lead, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now)
 
 
 async def _apply(
-    uow: UnitOfWork, config: Config, row: Row, step: Step, cause: CloudEvent | None, now: datetime
+    uow: UnitOfWork, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
+    now: datetime,
 ) -> None:
+    """Store the timer's new state and emit its outcomes; `lead` is the caller's row for it."""
     if not step.outcomes:
         return
     timer = step.timer
-    lead = await _lead(uow, timer.lead_id)
     correlation = lead.correlation_id if lead else None
     values: dict = {"state": timer.state, "warned": list(timer.warned), "next_fire_at": timer.next_fire_at}
     for outcome in step.outcomes:
