@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,11 +18,16 @@ from leadsla.shared.events import CloudEvent
 T = TypeVar("T")
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 30, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
+async def eventually(
+    probe: Callable[[], Awaitable[T] | T], *, timeout: float = 30, what: str = "condition"
+) -> T:
+    """Poll `probe` (plain or async) until it returns something truthy; fail with `what` after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        result = await probe()
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:

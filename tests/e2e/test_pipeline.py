@@ -130,7 +130,7 @@ async def wait_for_types(system: System, lead_id: str, types: set[str], timeout:
 async def test_unanswered_lead_breaches_and_the_owner_is_notified(system: System) -> None:
     lead_id = await post_lead(system, "demo_request")
 
-    hooks = await eventually(lambda: _async(system.hooks_for(lead_id)), timeout=40, what="the breach webhook")
+    hooks = await eventually(lambda: system.hooks_for(lead_id), timeout=40, what="the breach webhook")
     message, signature_ok = hooks[0]
     assert signature_ok
     assert message["trigger"]["type"] == "sla.breached"
@@ -208,7 +208,7 @@ async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: Sy
     assert system.hooks_for(lead_id) == []  # nobody fired it while the clock was dead
     sla_clock.start()
 
-    hooks = await eventually(lambda: _async(system.hooks_for(lead_id)), timeout=60,
+    hooks = await eventually(lambda: system.hooks_for(lead_id), timeout=60,
                              what="the breach webhook after restart")
     events = await wait_for_types(system, lead_id, {"sla.breached", "notification.sent"}, timeout=60)
     assert [e["type"] for e in events].count("sla.breached") == 1
@@ -227,7 +227,3 @@ async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:
     """Last in the module: what an orchestrator does on deploy. A hang would end in SIGKILL (-9)."""
     codes = {name: service.stop() for name, service in system.services.items()}
     assert codes == {name: 0 for name in system.services}
-
-
-async def _async(value):
-    return value
