@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -17,23 +18,29 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
+from .aio import sleep_unless_stopped
 from .clock import Clock
-from .db import PROCESSED
-from .events import TOPIC_DEADLETTER, BadEvent, CloudEvent, DeadLetter, new_event
+from .db import PROCESSED, database_outage, deadletters, is_database_unavailable
+from .events import (
+    DEADLETTER_PREFIX_BYTES,
+    TOPIC_DEADLETTER,
+    BadEvent,
+    CloudEvent,
+    DeadLetter,
+    deterministic_id,
+    new_event,
+)
 from .uow import UnitOfWork
 
 log = structlog.get_logger()
 
 Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
 Decoder = Callable[[ConsumerRecord], CloudEvent]
-
-# Errors that say "the database or network is down", not "this record is bad": retry them.
-TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError, OSError, TimeoutError)
 
 
 def record_position(record: ConsumerRecord) -> str:
@@ -43,6 +50,10 @@ def record_position(record: ConsumerRecord) -> str:
 
 def decode_cloudevent(record: ConsumerRecord) -> CloudEvent:
     return CloudEvent.from_bytes(record.value)
+
+
+class _Interrupted(Exception):
+    """A shutdown arrived while the database was unavailable."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,10 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=200,
+            # A member that died without leaving is noticed within the session timeout; shorter
+            # than the default so a restarted service gets its partitions back sooner.
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
         )
         await consumer.start()
         self.ready.set()
@@ -96,13 +111,15 @@ class EventConsumer:
                     for record in records:
                         if stop.is_set():
                             break
-                        await self._process(record, stop)
+                        if not await self._process(record, stop):
+                            break  # stopping mid-outage: this record is redelivered to the next owner
                         done[tp] = OffsetAndMetadata(record.offset + 1, "")
                     if tp in done:
                         self._report_lag(consumer, tp, done[tp].offset)
                 if done:
                     await self._commit(consumer, done)
         finally:
+            self.ready.clear()
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
@@ -117,37 +134,66 @@ class EventConsumer:
     def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
         highwater = consumer.highwater(tp)
         if highwater is not None:
-            metrics.consumer_lag.labels(tp.topic, self.sub.group).set(max(highwater - next_offset, 0))
+            metrics.consumer_lag.labels(tp.topic, self.sub.group, str(tp.partition)).set(
+                max(highwater - next_offset, 0))
 
-    async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> None:
+    async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> bool:
+        """Handle or park one record; False when a shutdown interrupted a database outage."""
         try:
-            event = self.sub.decode(record)
-        except BadEvent as exc:
-            await self._park(record, "undecodable", str(exc), stop)
-            return
-        try:
-            await self._retrying(lambda: self._handle_once(event), stop)
-        except BadEvent as exc:
-            await self._park(record, "invalid_data", str(exc), stop)
-        except Exception as exc:  # a bug: park the record, keep the partition moving
-            log.exception("consumer.handler_failed", group=self.sub.group, event_id=event.id)
-            await self._park(record, "handler_error", f"{type(exc).__name__}: {exc}", stop)
+            try:
+                event = self.sub.decode(record)
+            except BadEvent as exc:
+                await self._park(record, "undecodable", str(exc), stop)
+                return True
+            except Exception as exc:  # any input can break a decoder; none may stop the partition
+                await self._park(record, "undecodable", f"{type(exc).__name__}: {exc}", stop)
+                return True
+            try:
+                await self._retrying(lambda: self._handle_once(event), stop)
+            except BadEvent as exc:
+                await self._park(record, "invalid_data", str(exc), stop)
+            except _Interrupted:
+                raise
+            except Exception as exc:  # a bug: park the record, keep the partition moving
+                log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
+                          error=type(exc).__name__)
+                await self._park(record, "handler_error", f"{type(exc).__name__}: {exc}", stop)
+            return True
+        except _Interrupted:
+            return False
 
     async def _park(self, record: ConsumerRecord, kind: str, reason: str, stop: asyncio.Event) -> None:
         await self._retrying(lambda: self._deadletter(record, kind, reason), stop)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-        delay = 0.1
+        """Run `attempt` until it stops failing because the database is unavailable: an outage
+        delays a record, it never turns a good record into a dead letter. An error that looks like
+        an outage while the database answers is this record's own: it goes on as such."""
+        delay, tries = 0.1, 0
         while True:
             try:
                 await attempt()
+                database_outage.up()
                 return
-            except TRANSIENT_ERRORS as exc:
-                if stop.is_set():
+            except Exception as exc:
+                if not is_database_unavailable(exc):
                     raise
-                log.warning("consumer.transient_error", group=self.sub.group, error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
+                if stop.is_set():
+                    raise _Interrupted from exc
+                tries += 1
+                if tries >= 3 and await self._database_answers():
+                    raise
+                database_outage.down(exc)
+                await sleep_unless_stopped(stop, delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with self._engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(text("SELECT 1")), 3.0)
+            return True
+        except Exception:
+            return False
 
     async def _handle_once(self, event: CloudEvent) -> None:
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
@@ -168,25 +214,38 @@ class EventConsumer:
     async def _deadletter(self, record: ConsumerRecord, kind: str, reason: str) -> None:
         """`kind` is a bounded metric label; `reason` is the full text, kept in the event."""
         position = record_position(record)
+        original = record.value or b""
+        letter_id = deterministic_id("deadletter", self._service, position)
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
             if not await self._first_time(uow, "deadletter:" + position):
                 return
             key = record.key.decode(errors="replace") if record.key else None
+            error = f"{kind}: {reason}"[:2000]
+            await uow.conn.execute(
+                pg_insert(deadletters)
+                .values(id=letter_id, service=self._service, topic=record.topic, partition=record.partition,
+                        offset=record.offset, key=key, original=original, error=error)
+                .on_conflict_do_nothing()
+            )
             uow.emit(
                 TOPIC_DEADLETTER,
                 new_event(
                     "deadletter",
                     service=self._service,
-                    lead_id=key or "",
+                    lead_id=(key or "")[:200],
                     time=self._clock.now(),
                     data=DeadLetter(
                         topic=record.topic,
                         partition=record.partition,
                         offset=record.offset,
-                        key=key,
-                        original_bytes_b64=base64.b64encode(record.value or b"").decode(),
-                        error=f"{kind}: {reason}"[:2000],
+                        key=key[:200] if key else None,
+                        original_bytes_b64=base64.b64encode(original[:DEADLETTER_PREFIX_BYTES]).decode(),
+                        error=error,
                         service=self._service,
+                        deadletter_id=letter_id,
+                        original_size=len(original),
+                        original_sha256=hashlib.sha256(original).hexdigest(),
+                        truncated=len(original) > DEADLETTER_PREFIX_BYTES,
                     ),
                 ),
             )

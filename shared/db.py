@@ -3,6 +3,9 @@ service schema has: `outbox` (events waiting to be published) and `processed_eve
 consumer has already handled, written in the same transaction as the handler's effects)."""
 from __future__ import annotations
 
+import time
+
+import structlog
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -17,9 +20,12 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .settings import database_url_for_asyncpg
+
+log = structlog.get_logger()
 
 SERVICE_SCHEMAS = ("intake", "router", "sla_clock", "notifier", "reporting")
 PLATFORM_SCHEMA = "leadsla"
@@ -39,7 +45,13 @@ def outbox_table(schema: str) -> Table:
         Column("payload", LargeBinary, nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("sent_at", DateTime(timezone=True)),
+        # A row the broker refuses for good (too large, say) is parked with the reason; it holds
+        # back only the later rows of its own key (lead), never other leads.
+        Column("parked_at", DateTime(timezone=True)),
+        Column("error", Text),
         Index(f"ix_{schema}_outbox_pending", "id", postgresql_where=text("sent_at IS NULL")),
+        Index(f"ix_{schema}_outbox_parked", "key", "id",
+              postgresql_where=text("parked_at IS NOT NULL AND sent_at IS NULL")),
         schema=schema,
     )
 
@@ -70,6 +82,23 @@ api_keys = Table(
     schema=PLATFORM_SCHEMA,
 )
 
+# Dead letters keep the original record whole here; the topic carries a reference and a prefix,
+# because the original wrapped in an envelope can exceed the broker's record limit.
+deadletters = Table(
+    "deadletters",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("service", String, nullable=False),
+    Column("topic", String, nullable=False),
+    Column("partition", BigInteger, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", Text),
+    Column("original", LargeBinary, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    schema=PLATFORM_SCHEMA,
+)
+
 config_versions = Table(
     "config_versions",
     metadata,
@@ -89,4 +118,63 @@ async def xact_lock(conn: AsyncConnection, name: str) -> None:
 def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
     # No pool_pre_ping: it costs a round trip per transaction, and a dead pooled connection
     # already surfaces as a transient error that the consumer and relay loops retry.
-    return create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5)
+    # hide_parameters: SQL errors end up in logs, and their parameters hold personal data.
+    # Short connect and pool timeouts: during an outage a request answers 503 in seconds
+    # instead of hanging for asyncpg's default minute.
+    return create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5,
+                               hide_parameters=True, pool_timeout=5, connect_args={"timeout": 5})
+
+
+# SQLSTATE classes and codes that mean "the database cannot serve right now", not "this is wrong":
+# connection exceptions, insufficient resources (too many connections), operator intervention
+# (admin/crash shutdown, starting up), serialization failures and deadlocks.
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57P")
+_RETRYABLE_SQLSTATES = ("40001", "40P01")
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) says the database is down or overloaded: retry later."""
+    import asyncpg  # local: keeps this module importable without touching the driver
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+            return True
+        # asyncpg raises InterfaceError for a closed connection, but DataError (a subclass) for a
+        # value it cannot encode: only the first is an outage.
+        if type(current) is asyncpg.InterfaceError and "connection" in str(current).lower():
+            return True
+        if isinstance(current, OSError) and not isinstance(current, FileNotFoundError):
+            return True
+        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+                                          or sqlstate in _RETRYABLE_SQLSTATES):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
+class OutageLog:
+    """Logs one line when the database becomes unreachable and one when it is back, instead of
+    a traceback per failed request or retry."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def down(self, exc: BaseException) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("database.unavailable", error=type(exc).__name__,
+                        sqlstate=getattr(getattr(exc, "orig", exc), "sqlstate", None))
+
+    def up(self) -> None:
+        if self.down_since is not None:
+            log.info("database.available_again", outage_seconds=round(time.monotonic() - self.down_since, 1))
+            self.down_since = None
+
+
+database_outage = OutageLog()

@@ -262,6 +262,10 @@ class NotificationResult(WireModel):
 
 
 class DeadLetter(WireModel):
+    """`original_bytes_b64` holds the whole record when it is small, else its first
+    `DEADLETTER_PREFIX_BYTES` (then `truncated` is true); the whole record is always kept in
+    Postgres (`leadsla.deadletters`, row `deadletter_id`), fetchable with `GET /v1/deadletters/{id}`."""
+
     topic: str
     partition: int
     offset: int
@@ -269,6 +273,14 @@ class DeadLetter(WireModel):
     original_bytes_b64: str
     error: str
     service: str
+    deadletter_id: str | None = None
+    original_size: int | None = None
+    original_sha256: str | None = None
+    truncated: bool = False
+
+
+# Bounded so that a dead letter always fits the broker's 1 MiB record limit, whatever it wraps.
+DEADLETTER_PREFIX_BYTES = 64 * 1024
 
 
 EVENT_DATA: dict[str, type[WireModel]] = {

@@ -6,16 +6,22 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import Principal, verify_key
+from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
+
+log = structlog.get_logger()
 
 if TYPE_CHECKING:
     from .runtime import ServiceContext
@@ -80,46 +86,84 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(ProblemError(exc.status_code, str(exc.detail)), request.url.path)
 
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_database_unavailable(exc):
+            log.error("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
+            return problem_response(ProblemError(500, "Internal error", "The request failed; nothing was stored."),
+                                    request.url.path)
+        # One log line per outage (OutageLog), not a traceback per request; nothing half-written,
+        # since every write is one transaction that did not commit.
+        database_outage.down(exc)
+        retry_after = str(getattr(request.app.state, "retry_after_seconds", 5))
+        return problem_response(
+            ProblemError(503, "Service unavailable", "The database is unreachable; nothing was stored. "
+                         "Retry after the time in Retry-After.", headers={"Retry-After": retry_after}),
+            request.url.path)
+
+    # Registered by class (not as the catch-all 500 handler, which Starlette re-raises and logs).
+    for error_class in (sa_exc.DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        app.add_exception_handler(error_class, _database_error)
+
+
+# Larger limits for the endpoints that take many items at once (path suffix -> bytes).
+BODY_LIMIT_OVERRIDES = {":batch": 5 * 1024 * 1024}
+
 
 class BodyLimitMiddleware:
-    """Refuse bodies over the limit with 413, whether or not Content-Length is honest."""
+    """Refuse bodies over the limit with 413, whether they declare a Content-Length or arrive
+    chunked: the body is read here, up to the limit, before the app sees it."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES,
+                 overrides: dict[str, int] | None = None) -> None:
         self.app, self.limit = app, limit
+        self.overrides = BODY_LIMIT_OVERRIDES if overrides is None else overrides
+
+    def limit_for(self, path: str) -> int:
+        for suffix, limit in self.overrides.items():
+            if path.endswith(suffix):
+                return limit
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope["path"])
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, limit)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                await self._too_large(scope, receive, send, limit)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = problem_response(
-            ProblemError(413, "Request body too large", f"Bodies are limited to {self.limit} bytes.")
+            ProblemError(413, "Request body too large", f"Bodies are limited to {limit} bytes.")
         )
         await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal]]:
@@ -155,6 +199,7 @@ def create_app(
 ) -> FastAPI:
     app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0")
     app.state.ctx = ctx
+    app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     app.add_middleware(BodyLimitMiddleware)
     install_error_handlers(app, on_invalid)
 
@@ -166,7 +211,14 @@ def create_app(
     async def readyz() -> JSONResponse:
         checks = await readiness(ctx)
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
+        if ctx.relay is not None:
+            health = ctx.relay.health
+            # Parked rows wait for an operator (alert OutboxRowsParked); other leads flow, so the
+            # service stays ready.
+            body["outbox"] = {"pending": health.pending, "parked": health.parked,
+                              "oldest_pending_seconds": round(health.oldest_pending_seconds, 1)}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
@@ -183,13 +235,20 @@ def create_app(
 
 async def readiness(ctx: ServiceContext) -> dict[str, str]:
     checks: dict[str, str] = {}
-    try:
+
+    async def database() -> str | None:
         async with ctx.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-            current = await current_revision(conn)
+            return await current_revision(conn)
+
+    try:
+        current = await asyncio.wait_for(database(), 3.0)
+        database_outage.up()
         checks["database"] = "ok"
         checks["migrations"] = "ok" if current == head_revision() else f"at {current}, need {head_revision()}"
     except Exception as exc:
+        if is_database_unavailable(exc):
+            database_outage.down(exc)
         checks["database"] = f"unreachable: {type(exc).__name__}"
     try:
         await asyncio.wait_for(ctx.producer.client.fetch_all_metadata(), 2.0)
@@ -197,4 +256,8 @@ async def readiness(ctx: ServiceContext) -> dict[str, str]:
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     checks["consumers"] = "ok" if all(c.ready.is_set() for c in ctx.consumers) else "joining"
+    down = [f"{w.name} ({w.last_error}, {w.restarts} restarts)" for w in ctx.workers.values() if not w.running]
+    checks["workers"] = "ok" if not down else "restarting: " + ", ".join(down)
+    if ctx.relay is not None:
+        checks["outbox"] = ctx.relay.problem() or "ok"
     return checks

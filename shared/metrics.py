@@ -31,6 +31,11 @@ time_to_first_response = Histogram(
 )
 notifications = Counter("leadsla_notifications_total", "Notification deliveries", ["channel", "status"])
 escalations = Counter("leadsla_escalations_total", "Escalations triggered", ["step"])
-consumer_lag = Gauge("leadsla_consumer_lag", "Records behind the partition end", ["topic", "group"])
-outbox_pending = Gauge("leadsla_outbox_pending", "Outbox rows not yet published")
+consumer_lag = Gauge("leadsla_consumer_lag", "Records behind the partition end", ["topic", "group", "partition"])
+outbox_pending = Gauge("leadsla_outbox_pending", "Outbox rows not yet published (parked ones included)")
+outbox_parked = Gauge("leadsla_outbox_parked", "Outbox rows the broker refused for good, waiting for an operator")
+outbox_oldest_pending_age = Gauge(
+    "leadsla_outbox_oldest_pending_age_seconds", "Age of the oldest outbox row not yet published"
+)
+worker_restarts = Counter("leadsla_worker_restarts_total", "Background tasks restarted after a crash", ["task"])
 deadletter = Counter("leadsla_deadletter_total", "Records sent to the dead-letter topic", ["topic", "reason"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -26,6 +26,7 @@ from .http import InvalidRequestHook, create_app
 from .migrate import current_revision, head_revision
 from .outbox import OutboxRelay
 from .settings import SERVICE_PORTS, Settings
+from .supervisor import Loop, WorkerState, supervise
 from .uow import UnitOfWork
 
 log = structlog.get_logger()
@@ -44,12 +45,11 @@ class ServiceContext:
     relay_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     consumers: list[EventConsumer] = field(default_factory=list)
     key_cache: KeyCache = field(default_factory=KeyCache)
+    relay: OutboxRelay | None = None
+    workers: dict[str, WorkerState] = field(default_factory=dict)
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.engine, self.name, self.relay_wakeup)
-
-
-Loop = Callable[[asyncio.Event], Awaitable[None]]
 
 
 @dataclass
@@ -103,7 +103,8 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
                       relay_wakeup=ctx.relay_wakeup, clock=ctx.clock)
         for sub in spec.subscriptions
     ]
-    relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup)
+    relay = ctx.relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup,
+                                    stuck_after_seconds=settings.outbox_stuck_seconds)
     port = settings.http_port or SERVICE_PORTS[name]
     app = create_app(ctx, spec.routers, spec.on_invalid_request)
     server = _Server(uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="off",
@@ -114,20 +115,26 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    workers = [
-        asyncio.create_task(relay.run(stop), name="outbox-relay"),
-        asyncio.create_task(ctx.config.watch(stop, settings.config_poll_seconds), name="config-watch"),
-        asyncio.create_task(run_housekeeping(
-            engine, name, ctx.clock, stop, keep_sent=timedelta(hours=settings.outbox_retention_hours),
-            keep_processed=timedelta(days=settings.processed_retention_days)), name="housekeeping"),
-        *(asyncio.create_task(c.run(stop), name=f"consumer-{c.sub.group}") for c in ctx.consumers),
-        *(asyncio.create_task(body(stop), name=f"loop-{i}") for i, body in enumerate(spec.loops)),
-    ]
+    async def housekeeping(stop: asyncio.Event) -> None:
+        await run_housekeeping(engine, name, ctx.clock, stop,
+                               keep_sent=timedelta(hours=settings.outbox_retention_hours),
+                               keep_processed=timedelta(days=settings.processed_retention_days))
+
+    loops: dict[str, Loop] = {
+        "outbox-relay": relay.run,
+        "config-watch": lambda stop: ctx.config.watch(stop, settings.config_poll_seconds),
+        "housekeeping": housekeeping,
+        **{f"consumer-{c.sub.group}": c.run for c in ctx.consumers},
+        **{f"loop-{i}": body for i, body in enumerate(spec.loops)},
+    }
+    ctx.workers = {task: WorkerState(task) for task in loops}
+    workers = [asyncio.create_task(supervise(task, body, stop, ctx.workers[task]), name=task)
+               for task, body in loops.items()]
     http = asyncio.create_task(server.serve(), name="http")
     log.info("service.started", service=name, port=port, config_version=versioned.version)
     try:
-        # A worker that dies takes the process down: a supervisor restart beats a half-alive service.
-        done, _ = await asyncio.wait([*workers, http, asyncio.create_task(stop.wait())],
+        # Background tasks restart themselves (supervise); only the HTTP server ending ends the process.
+        done, _ = await asyncio.wait([http, asyncio.create_task(stop.wait())],
                                      return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task.exception() is not None and not isinstance(task.exception(), asyncio.CancelledError):

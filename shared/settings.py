@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # broker keeps records, or a very late redelivery would be handled twice).
     outbox_retention_hours: float = Field(default=24, gt=0)
     processed_retention_days: float = Field(default=14, gt=0)
+    # An outbox row still unpublished after this long means the relay is stuck: /readyz fails.
+    outbox_stuck_seconds: float = Field(default=60, gt=0)
+    # What a client is told to wait (Retry-After) while the database is unreachable.
+    retry_after_seconds: int = Field(default=5, ge=1)
 
 
 def database_url_for_asyncpg(url: str) -> str:

@@ -18,6 +18,7 @@ from leadsla.shared.events import (
     describe_validation_error,
     deterministic_id,
 )
+from leadsla.shared.http import MAX_BODY_BYTES
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
@@ -26,10 +27,16 @@ from .domain import ActivityIn, LeadSubmission
 from .handlers import RejectedActivity, UnknownLead, record_activity, submit_lead
 
 RAW_SOURCE_PREFIX = "kafka:"
+MAX_RAW_RECORD_BYTES = MAX_BODY_BYTES
 
 
 def decode_raw(record: ConsumerRecord) -> CloudEvent:
     """Raw topics carry a CloudEvent or the bare JSON body of the matching HTTP endpoint."""
+    size = len(record.value or b"")
+    if size > MAX_RAW_RECORD_BYTES:
+        # The same limit as HTTP bodies: a lead this size is not a form submission, and its events
+        # would not fit the broker. The dead letter keeps it whole in Postgres.
+        raise BadEvent(f"too large: {size} bytes, the limit is {MAX_RAW_RECORD_BYTES} (as for HTTP bodies)")
     try:
         body = json.loads(record.value or b"")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -44,7 +44,8 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
     assert all(r.key == lead.encode() for r in reader.records if r.key == lead.encode())
     async with engine.connect() as conn:
         pending = await conn.scalar(
-            select(func.count()).select_from(OUTBOX["router"]).where(OUTBOX["router"].c.sent_at.is_(None))
+            select(func.count()).select_from(OUTBOX["router"])
+            .where(OUTBOX["router"].c.sent_at.is_(None), OUTBOX["router"].c.key == lead)
         )
     assert pending == 0
 
