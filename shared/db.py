@@ -146,7 +146,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
         # value it cannot encode: only the first is an outage.
         if type(current) is asyncpg.InterfaceError and "connection" in str(current).lower():
             return True
-        if isinstance(current, OSError) and not isinstance(current, FileNotFoundError):
+        if isinstance(current, OSError):  # refused, reset, or a unix socket that is gone
             return True
         sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
         if isinstance(sqlstate, str) and (sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES)

@@ -3,6 +3,7 @@ webhook receiver. lead -> assignment -> SLA timer -> breach -> signed webhook ->
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from leadsla.devstack import ServiceProcess, free_port, wait_until
 from leadsla.shared.auth import create_key
 from leadsla.shared.config_store import apply_config
-from leadsla.shared.db import OUTBOX
+from leadsla.shared.db import OUTBOX, deadletters
 from leadsla.shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
 from leadsla.shared.settings import SERVICE_PORTS
 from leadsla.webhook_receiver import WebhookReceiver
@@ -221,6 +222,36 @@ async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: Sy
     # Leave the system as we found it: every service ready (the restarted one has rejoined its group).
     wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
     assert len(system.hooks_for(lead_id)) == 1
+
+
+async def test_a_1mb_record_and_a_poison_record_stop_nothing(system: System, producer, engine) -> None:
+    """Once, a 1 MB record's dead letter (base64, over the broker's limit) blocked intake's relay
+    for good, and a 5,000-digit number crash-looped intake. Now both are dead letters and the
+    leads behind them, from Kafka and from HTTP, reach reporting."""
+    big = b'{"contact": {"email": "big@example.com"}, "intent": {"type": "trial"}, "x": "' + \
+        b"y" * 1_000_000 + b'"}'
+    poison = b'{"contact": {"email": "p@example.com"}, "intent": {"type": "trial"}, "score": ' + b"9" * 5000 + b"}"
+    external_id = f"after-{uuid.uuid4().hex[:8]}"
+    follower = json.dumps({"source": "chat", "external_id": external_id,
+                           "contact": {"email": f"{external_id}@example.com"}, "intent": {"type": "trial"}}).encode()
+    for value in (big, poison, follower):
+        await producer.send_and_wait(TOPIC_SUBMISSIONS_RAW, value, key=b"one-partition")
+    http_lead = await post_lead(system, "trial")
+
+    async def follower_id() -> str | None:
+        t = OUTBOX["intake"]
+        async with engine.connect() as conn:
+            return await conn.scalar(select(t.c.key).where(
+                t.c.event_type == "lead.received", t.c.payload.like(f'%"{external_id}"%'.encode())))
+
+    kafka_lead = await eventually(follower_id, timeout=60, what="the lead behind the 1 MB and poison records")
+    for lead_id in (kafka_lead, http_lead):
+        await wait_for_types(system, lead_id, {"lead.received", "lead.assigned"})
+    async with engine.connect() as conn:
+        kept = (await conn.execute(select(deadletters.c.original, deadletters.c.error)
+                                   .where(deadletters.c.key == "one-partition"))).all()
+    assert {row.original for row in kept} >= {big, poison}
+    assert system.services["intake"].ready()  # alive and ready, never restarted in between
 
 
 async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:

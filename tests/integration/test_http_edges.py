@@ -1,0 +1,55 @@
+"""HTTP edges every service shares: body limits however the body arrives, quiet readiness."""
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from leadsla.services.intake.bootstrap import bootstrap
+from leadsla.shared.auth import create_key
+from leadsla.shared.http import MAX_BODY_BYTES, create_app
+
+CONFIG = "tiers: {default: C}\n"
+
+
+@pytest.fixture
+async def client(make_ctx, engine):
+    ctx = make_ctx("intake", CONFIG)
+    spec = bootstrap(ctx)
+    app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    async with engine.begin() as conn:
+        key = await create_key(conn, "webform", "source")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413_not_a_400(client) -> None:
+    async def chunks():
+        for _ in range(MAX_BODY_BYTES // 1024 + 2):
+            yield b" " * 1024
+
+    response = await client.post("/v1/leads", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_chunked_body_under_the_limit_is_read_whole(client) -> None:
+    body = b'{"contact": {"email": "chunked@example.com"}, "intent": {"type": "trial"}}'
+
+    async def chunks():
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+
+    response = await client.post("/v1/leads", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code in (200, 201), response.text
+
+
+async def test_readiness_checks_write_no_info_logs(client, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    await client.get("/readyz")
+    caplog.clear()
+    await client.get("/readyz")
+    ours = [r for r in caplog.records if r.name != "httpx"]  # httpx: the test's own client
+    assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []
