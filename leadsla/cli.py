@@ -22,6 +22,8 @@ config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+outbox_app = typer.Typer(help="Outbox rows the broker refused (parked).", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
 console = Console(stderr=True)
 
 SERVICES = tuple(SERVICE_PORTS)
@@ -114,6 +116,56 @@ def keys_create(
         raise typer.BadParameter("give exactly one of --source NAME or --admin NAME")
     key = asyncio.run(_create_key(Settings().database_url, source or admin or "", "source" if source else "admin"))
     print(key)
+
+
+async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int, str]]:
+    from sqlalchemy import func, select
+
+    from leadsla.shared.db import OUTBOX, make_engine
+
+    engine = make_engine(database_url)
+    found = []
+    try:
+        async with engine.connect() as conn:
+            for service in SERVICES:
+                t = OUTBOX[service]
+                rows = await conn.execute(
+                    select(t.c.id, t.c.key, t.c.event_type, func.length(t.c.payload), t.c.error)
+                    .where(t.c.parked_at.is_not(None), t.c.sent_at.is_(None)).order_by(t.c.id))
+                found += [(service, *row) for row in rows]
+    finally:
+        await engine.dispose()
+    return found
+
+
+@outbox_app.command("list")
+def outbox_list() -> None:
+    """Show every parked outbox row: service, row id, lead, event type, size and the broker's error."""
+    rows = asyncio.run(_parked_rows(Settings().database_url))
+    table = Table("service", "row", "lead", "type", "bytes", "error")
+    for service, row_id, key, event_type, size, error in rows:
+        table.add_row(service, str(row_id), key, event_type, str(size), error or "")
+    Console().print(table if rows else "no parked rows")
+
+
+async def _release(database_url: str, services: tuple[str, ...]) -> int:
+    from leadsla.shared.db import make_engine
+    from leadsla.shared.outbox import release_parked
+
+    engine = make_engine(database_url)
+    try:
+        return sum([await release_parked(engine, service) for service in services])
+    finally:
+        await engine.dispose()
+
+
+@outbox_app.command("retry")
+def outbox_retry(service: Annotated[str | None, typer.Argument(help="only this service's rows")] = None) -> None:
+    """Give parked rows another try (after raising the broker's limit, say); they leave in order."""
+    if service is not None and service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    released = asyncio.run(_release(Settings().database_url, (service,) if service else SERVICES))
+    console.print(f"{released} parked rows released")
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """Real infrastructure for integration and e2e tests: a PostgreSQL server and a Kafka-compatible
-broker, taken from LEADSLA_TEST_DATABASE_URL / LEADSLA_TEST_KAFKA_BOOTSTRAP when set, otherwise
-started embedded for the session. Unit tests request none of these and start nothing."""
+broker, from the backend LEADSLA_TEST_BACKEND names (tests/backends.py: embedded by default,
+containers, external). Unit tests request none of these and start nothing."""
 from __future__ import annotations
 
 import os
@@ -18,15 +18,42 @@ from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres
 from leadsla.shared.bus import ensure_topics, make_producer
 from leadsla.shared.db import make_engine
 from leadsla.shared.migrate import upgrade
+from tests.backends import Backend, BackendError, choose_backend, containers, docker_problem
 
 TEST_PARTITIONS = 3
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A backend that cannot run stops the run at once with one line, before any test is collected.
+    try:
+        backend = choose_backend(os.environ)
+    except BackendError as exc:
+        pytest.exit(str(exc), returncode=4)
+    if backend.name == "containers" and (problem := docker_problem()):
+        pytest.exit(f"LEADSLA_TEST_BACKEND=containers: {problem}", returncode=4)
+
+
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get("LEADSLA_TEST_DATABASE_URL")
-    if given:
-        yield given
+def backend() -> Backend:
+    return choose_backend(os.environ)
+
+
+@pytest.fixture(scope="session")
+def container_addresses(backend: Backend) -> Iterator[tuple[str, str] | None]:
+    if backend.name != "containers":
+        yield None
+        return
+    with containers() as addresses:
+        yield addresses
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(backend: Backend, container_addresses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if container_addresses is not None:
+        yield container_addresses[0]
+        return
+    if backend.database_url:
+        yield backend.database_url
         return
     server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")))
     yield server.start()
@@ -62,8 +89,8 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture(scope="session")
-async def kafka_bootstrap() -> AsyncIterator[str]:
-    given = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
+async def kafka_bootstrap(backend: Backend, container_addresses) -> AsyncIterator[str]:
+    given = container_addresses[1] if container_addresses is not None else backend.kafka_bootstrap
     broker = None
     if given:
         bootstrap = given
