@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -225,6 +226,13 @@ async def main(events: int) -> None:
         for label, rate, peer, n in rows:
             ratio = f"{rate / peer:7.2f}x" if peer else "   peer"
             print(f"{label:40} {n:7d} {rate:10.0f} {ratio:>8}")
+        keys = ("raw_broker", "raw_postgres", "outbox_relay", "consumer", "timer_firing", "intake_http")
+        figures = {}
+        for key, (_, rate, peer, _) in zip(keys, rows, strict=True):
+            figures[f"pipeline_{key}_per_s"] = round(rate, 1)
+            if peer:
+                figures[f"pipeline_{key}_vs_peer"] = round(rate / peer, 3)
+        print("BENCH " + json.dumps(figures))
     finally:
         await engine.dispose()
         if broker:

@@ -1,0 +1,62 @@
+"""Runs every benchmark and ends with one line, `BENCH {json}`, holding every figure.
+
+    python bench/run_all.py [--quick] [--only pipeline,intake]
+
+Each script prints its own table and one `BENCH {json}` line of its figures; this collects those
+lines. A script that fails is reported (its figures are missing) and the others still run.
+`--quick` passes each script its small-size flags, for a smoke run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# script -> (arguments for a full run, arguments for --quick)
+SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
+    "pipeline.py": ([], ["--events", "2000"]),
+    "intake.py": ([], []),
+    "router.py": ([], []),
+    "notifier.py": ([], []),
+    "replay.py": ([], []),
+    "faults.py": (["--restarts"], ["--restarts"]),
+}
+
+
+def run(script: str, args: list[str]) -> dict:
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
+    sys.stdout.write(proc.stdout)
+    figures: dict = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH "):
+            figures.update(json.loads(line[len("BENCH "):]))
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stderr[-3000:])
+        print(f"!! {script} exited with {proc.returncode}")
+    print(f"-- {script}: {len(figures)} figures in {time.monotonic() - began:.0f}s", flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    only = {name if name.endswith(".py") else f"{name}.py" for name in args.only.split(",") if name}
+    figures: dict = {}
+    for script, (full, quick) in SCRIPTS.items():
+        if (only and script not in only) or not (HERE / script).exists():
+            continue
+        print(f"== {script}", flush=True)
+        figures.update(run(script, quick if args.quick else full))
+    print("BENCH " + json.dumps(figures, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
