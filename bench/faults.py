@@ -93,7 +93,8 @@ class Stack:
             key = await create_key(conn, "webform", "source")
         await engine.dispose()
         env = {"LEADSLA_DATABASE_URL": self.database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,
-               "LEADSLA_TOPIC_PARTITIONS": "3", "LEADSLA_TIMER_POLL_SECONDS": "0.2"}
+               "LEADSLA_TOPIC_PARTITIONS": "3", "LEADSLA_TIMER_POLL_SECONDS": "0.2",
+               "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": os.environ.get("LEADSLA_KAFKA_SESSION_TIMEOUT_MS", "2000")}
         self.services = {name: ServiceProcess(name, free_port(), env, self.workdir / "logs" / f"{name}.log")
                          for name in SERVICE_PORTS}
         for service in self.services.values():

@@ -214,7 +214,7 @@ def dev(
             admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
             receiver.start()
         env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,
-               "LEADSLA_WEBHOOK_SECRET": webhook_secret}
+               "LEADSLA_WEBHOOK_SECRET": webhook_secret, "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": "2000"}
         services = [ServiceProcess(name, port, env, data_dir / "logs" / f"{name}.log")
                     for name, port in SERVICE_PORTS.items()]
         for service in services:

@@ -76,6 +76,7 @@ class EventConsumer:
         engine: AsyncEngine,
         relay_wakeup: asyncio.Event,
         clock: Clock,
+        session_timeout_ms: int = 6000,
     ) -> None:
         self.sub = subscription
         self._service = service
@@ -84,6 +85,7 @@ class EventConsumer:
         self._relay_wakeup = relay_wakeup
         self._clock = clock
         self._processed = PROCESSED[service]
+        self._session_timeout_ms = session_timeout_ms
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -95,9 +97,10 @@ class EventConsumer:
             auto_offset_reset="earliest",
             max_poll_records=200,
             # A member that died without leaving is noticed within the session timeout; shorter
-            # than the default so a restarted service gets its partitions back sooner.
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
+            # than the client's default so a restarted service gets its partitions back sooner.
+            session_timeout_ms=self._session_timeout_ms,
+            heartbeat_interval_ms=max(self._session_timeout_ms // 5, 100),
+            rebalance_timeout_ms=max(self._session_timeout_ms, 1000),
         )
         await consumer.start()
         self.ready.set()

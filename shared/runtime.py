@@ -100,7 +100,8 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     spec = bootstrap(ctx)
     ctx.consumers = [
         EventConsumer(sub, service=name, bootstrap=settings.kafka_bootstrap, engine=engine,
-                      relay_wakeup=ctx.relay_wakeup, clock=ctx.clock)
+                      relay_wakeup=ctx.relay_wakeup, clock=ctx.clock,
+                      session_timeout_ms=settings.kafka_session_timeout_ms)
         for sub in spec.subscriptions
     ]
     relay = ctx.relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup,

@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     processed_retention_days: float = Field(default=14, gt=0)
     # An outbox row still unpublished after this long means the relay is stuck: /readyz fails.
     outbox_stuck_seconds: float = Field(default=60, gt=0)
+    # How long the broker waits for a silent consumer before giving its partitions to others. The
+    # embedded broker also delays every rejoin by about twice this, so `leadsla dev` runs it at
+    # 2 s; 6 s is Apache Kafka's minimum (group.min.session.timeout.ms).
+    kafka_session_timeout_ms: int = Field(default=6000, ge=500)
     # What a client is told to wait (Retry-After) while the database is unreachable.
     retry_after_seconds: int = Field(default=5, ge=1)
 

@@ -80,7 +80,8 @@ async def system(database_url: str, kafka_bootstrap: str, engine, tmp_path_facto
         admin_key = await create_key(conn, "e2e-admin", "admin")
     logs = Path(tmp_path_factory.mktemp("logs"))
     env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "LEADSLA_TIMER_POLL_SECONDS": "0.2", "LEADSLA_TOPIC_PARTITIONS": "3"}
+           "LEADSLA_TIMER_POLL_SECONDS": "0.2", "LEADSLA_TOPIC_PARTITIONS": "3",
+           "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": "2000"}
     services = {name: ServiceProcess(name, free_port(), env, logs / f"{name}.log") for name in SERVICE_PORTS}
     system = System(services, source_key, admin_key)
 
