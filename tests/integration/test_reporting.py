@@ -1,0 +1,180 @@
+"""Reporting on the real broker and Postgres: a scenario's events are published to the topics,
+reporting's own consumer projects them, and every report is checked against a recomputation
+from those same events (JSON and CSV)."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from leadsla.services.reporting.bootstrap import bootstrap
+from leadsla.services.reporting.tables import timeline
+from leadsla.shared.auth import create_key
+from leadsla.shared.clock import ManualClock
+from leadsla.shared.config import parse_config
+from leadsla.shared.config_store import ConfigHolder, VersionedConfig
+from leadsla.shared.consumer import EventConsumer, Subscription
+from leadsla.shared.events import utc_iso
+from leadsla.shared.http import create_app
+from leadsla.shared.runtime import ServiceContext
+from leadsla.shared.settings import Settings
+from tests.integration import reporting_scenario as scenario
+from tests.support import eventually
+
+GROUPS = ("tier", "owner", "team", "source", "policy", "week")
+
+
+@dataclass
+class Projected:
+    scenario: scenario.Scenario
+    client: httpx.AsyncClient
+    ctx: ServiceContext
+
+    def window(self) -> dict[str, str]:
+        # Generous end: breaches and dispositions of the last leads come a day after they arrive.
+        return {"from": utc_iso(self.scenario.start), "to": utc_iso(self.scenario.end + timedelta(days=3))}
+
+
+@pytest.fixture(scope="module")
+async def projected(engine, producer, database_url, kafka_bootstrap) -> AsyncIterator[Projected]:
+    s = scenario.build(seed=uuid.uuid4().int % 10_000)
+    clock = ManualClock(s.start + timedelta(days=6, hours=12))
+    ctx = ServiceContext(name="reporting", settings=Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap),
+                         engine=engine, producer=producer, clock=clock,
+                         config=ConfigHolder(engine, VersionedConfig(1, parse_config(scenario.CONFIG))),
+                         relay_wakeup=asyncio.Event())
+    spec = bootstrap(ctx)
+    [sub] = spec.subscriptions
+    # Its own group, so it reads the topics from the start, whatever other tests consumed.
+    consumer = EventConsumer(Subscription(f"reporting-test-{uuid.uuid4().hex[:6]}", sub.topics, sub.handler),
+                             service="reporting", bootstrap=kafka_bootstrap, engine=engine,
+                             relay_wakeup=ctx.relay_wakeup, clock=clock)
+    for topic, event in s.events:
+        await producer.send_and_wait(topic, event.to_bytes(), key=event.subject.encode())
+    topic, again = s.events[5]  # at-least-once delivery: the same event twice changes nothing
+    await producer.send_and_wait(topic, again.to_bytes(), key=again.subject.encode())
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    ids = [e.id for _, e in s.events]
+
+    async def all_projected() -> bool:
+        async with engine.connect() as conn:
+            return await conn.scalar(select(func.count()).where(timeline.c.event_id.in_(ids))) == len(ids)
+
+    async with engine.begin() as conn:
+        key = await create_key(conn, "reporting-test", "admin")
+    transport = httpx.ASGITransport(app=create_app(ctx, spec.routers))
+    try:
+        await eventually(all_projected, timeout=90, what="every scenario event in the timeline")
+        async with httpx.AsyncClient(transport=transport, base_url="http://reporting",
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
+            yield Projected(s, client, ctx)
+    finally:
+        stop.set()
+        await running
+
+
+def by_group(rows: list[dict], group: str) -> list[dict]:
+    return sorted(rows, key=lambda r: (r[group] is None, str(r[group]), r.get("metric", ""),
+                                       str(r.get("status")), str(r.get("reason")), str(r.get("root_cause"))))
+
+
+def assert_rows_match(actual: list[dict], expected: list[dict], group: str) -> None:
+    actual, expected = by_group(actual, group), by_group(expected, group)
+    assert [r[group] for r in actual] == [r[group] for r in expected]
+    for got, want in zip(actual, expected, strict=True):
+        for column, value in want.items():
+            assert got[column] == (pytest.approx(value, abs=0.002) if isinstance(value, float) else value), \
+                f"{group}={want[group]} {column}: got {got[column]}, recomputed {value}"
+
+
+async def get_report(p: Projected, name: str, **params: str) -> list[dict]:
+    response = await p.client.get(f"/v1/reports/{name}", params={**p.window(), **params})
+    assert response.status_code == 200, response.text
+    return response.json()["rows"]
+
+
+@pytest.mark.parametrize("group_by", GROUPS)
+async def test_sla_report_matches_a_recomputation_from_the_events(projected: Projected, group_by: str) -> None:
+    rows = await get_report(projected, "sla", group_by=group_by)
+    assert_rows_match(rows, scenario.expected_sla(projected.scenario, group_by), group_by)
+
+
+async def test_sla_report_counts_late_answers_in_time_to_first_response(projected: Projected) -> None:
+    rows = await get_report(projected, "sla", group_by="policy", metric="first_response")
+    [row] = [r for r in rows if r["policy"] == "office"]
+    # Business time on the office calendar is never more than wall time, and here often less.
+    assert row["ttfr_business_p90_seconds"] <= row["ttfr_p90_seconds"]
+    assert row["breached"] > 0 and row["ttfr_p90_seconds"] > 3600  # the late answers are in
+
+
+@pytest.mark.parametrize("group_by", ["tier", "owner", "team", "source", "week"])
+async def test_routing_report_matches_a_recomputation_from_the_events(projected: Projected, group_by: str) -> None:
+    rows = await get_report(projected, "routing", group_by=group_by)
+    assert_rows_match(rows, scenario.expected_routing(projected.scenario, group_by), group_by)
+
+
+async def test_dispositions_report_counts_by_status_and_reason(projected: Projected) -> None:
+    rows = await get_report(projected, "dispositions", group_by="tier")
+    assert rows == scenario.expected_dispositions(projected.scenario)
+
+
+async def test_breaches_report_splits_by_root_cause(projected: Projected) -> None:
+    rows = await get_report(projected, "breaches", group_by="tier")
+    assert_rows_match(rows, scenario.expected_breaches(projected.scenario), "tier")
+
+
+@pytest.mark.parametrize("name", ["sla", "routing", "dispositions", "breaches"])
+async def test_each_report_is_also_csv_with_the_same_columns_and_a_header(projected: Projected, name: str) -> None:
+    params = {**projected.window(), "group_by": "tier"}
+    as_json = (await projected.client.get(f"/v1/reports/{name}", params=params)).json()["rows"]
+    response = await projected.client.get(f"/v1/reports/{name}", params=params, headers={"Accept": "text/csv"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    reader = csv.DictReader(io.StringIO(response.text))
+    assert reader.fieldnames == list(as_json[0])
+    parsed = list(reader)
+    assert len(parsed) == len(as_json) > 0
+    for got, want in zip(parsed, as_json, strict=True):
+        assert got == {k: "" if v is None else str(v) for k, v in want.items()}
+
+
+async def test_an_empty_period_is_an_empty_report_and_its_csv_still_has_the_header(projected: Projected) -> None:
+    params = {"from": "1999-01-01T00:00:00Z", "to": "1999-01-02T00:00:00Z", "group_by": "owner"}
+    assert (await projected.client.get("/v1/reports/sla", params=params)).json() == {"rows": []}
+    csv_text = (await projected.client.get("/v1/reports/sla", params=params, headers={"Accept": "text/csv"})).text
+    assert csv_text.splitlines() == [",".join(["owner", "metric", "started", "met", "breached", "open", "cancelled",
+                                               "compliance", "ttfr_p50_seconds", "ttfr_p90_seconds",
+                                               "ttfr_business_p50_seconds", "ttfr_business_p90_seconds"])]
+
+
+async def test_bad_report_parameters_are_problems_naming_the_field(projected: Projected) -> None:
+    bad = await projected.client.get("/v1/reports/sla", params={"group_by": "planet"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+    assert "group_by" in bad.text
+    backwards = await projected.client.get("/v1/reports/sla", params={"from": "2031-01-02", "to": "2031-01-01"})
+    assert backwards.status_code == 422 and "to" in {e["field"] for e in backwards.json()["errors"]}
+
+
+async def test_reports_need_an_admin_key(projected: Projected, engine) -> None:
+    async with engine.begin() as conn:
+        source_key = await create_key(conn, "webform", "source")
+    response = await projected.client.get("/v1/reports/sla", headers={"Authorization": f"Bearer {source_key}"})
+    assert response.status_code == 403
+    assert (await projected.client.get("/v1/reports/sla", headers={"Authorization": ""})).status_code == 401
+
+
+async def test_an_unknown_event_type_is_kept_in_the_timeline(projected: Projected) -> None:
+    lead_id = projected.scenario.lead_ids[0]
+    found = (await projected.client.get(f"/v1/leads/{lead_id}")).json()
+    assert "lead.frobnicated" in [e["type"] for e in found["timeline"]]
+    assert found["lead"]["tier"] == "A" and found["lead"]["status"] == "dispositioned"
+
+
