@@ -16,13 +16,14 @@ import pytest
 from sqlalchemy import func, select
 
 from leadsla.services.reporting.bootstrap import bootstrap
+from leadsla.services.reporting.projections import project
 from leadsla.services.reporting.tables import timeline
 from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.config import parse_config
 from leadsla.shared.config_store import ConfigHolder, VersionedConfig
 from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.events import utc_iso
+from leadsla.shared.events import CloudEvent, utc_iso
 from leadsla.shared.http import create_app
 from leadsla.shared.runtime import ServiceContext
 from leadsla.shared.settings import Settings
@@ -178,3 +179,67 @@ async def test_an_unknown_event_type_is_kept_in_the_timeline(projected: Projecte
     assert found["lead"]["tier"] == "A" and found["lead"]["status"] == "dispositioned"
 
 
+
+
+# ---- the lead list ------------------------------------------------------------------------------
+
+
+async def all_pages(p: Projected, **params: str) -> list[dict]:
+    leads, cursor, pages = [], None, 0
+    while True:
+        response = await p.client.get("/v1/leads", params={**p.window(), "limit": "7", **params,
+                                                           **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["leads"]) <= 7
+        leads += body["leads"]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return leads
+        assert pages < 20, "the cursor never ends"
+
+
+async def test_lead_list_pages_through_every_lead_newest_first_exactly_once(projected: Projected) -> None:
+    leads = await all_pages(projected)
+    assert sorted(lead["lead_id"] for lead in leads) == sorted(projected.scenario.lead_ids)
+    received = [lead["received_at"] for lead in leads]
+    assert received == sorted(received, reverse=True)
+    assert "contact" not in leads[0] and "profile" not in leads[0]  # the list carries no personal data
+
+
+async def test_a_page_stays_stable_when_a_newer_lead_arrives(projected: Projected) -> None:
+    # Past the window the reports use, so no other test sees this lead.
+    window = {"from": utc_iso(projected.scenario.start), "to": utc_iso(projected.scenario.end + timedelta(days=5))}
+    first = (await projected.client.get("/v1/leads", params={**window, "limit": "5"})).json()
+    # A lead received after every other one lands on top; the cursor still continues where page one ended.
+    newest = projected.scenario.end + timedelta(days=4)
+    async with projected.ctx.engine.begin() as conn:
+        await project(conn, CloudEvent(id=str(uuid.uuid4()), source="test", type="lead.received",
+                                       subject=f"late-{uuid.uuid4().hex[:6]}", time=newest,
+                                       data={"source": "web", "tier": "C", "received_at": utc_iso(newest)}),
+                      None)
+    second = (await projected.client.get("/v1/leads", params={**window, "limit": "5",
+                                                              "cursor": first["next_cursor"]})).json()
+    assert second["leads"][0]["received_at"] < first["leads"][-1]["received_at"]
+    top = (await projected.client.get("/v1/leads", params={**window, "limit": "1"})).json()["leads"][0]
+    assert top["received_at"] == utc_iso(newest)
+
+
+@pytest.mark.parametrize("field,value", [("tier", "B"), ("source", "chat"), ("owner_id", "carol"),
+                                         ("team_id", "sdr"), ("status", "dispositioned"), ("breached", "true"),
+                                         ("breached", "false")])
+async def test_lead_list_filters(projected: Projected, field: str, value: str) -> None:
+    leads = [lead for lead in await all_pages(projected, **{field: value})
+             if lead["lead_id"] in projected.scenario.lead_ids]
+    assert leads, f"no lead with {field}={value}"
+    expected = value == "true" if field == "breached" else value
+    assert all(lead[field] == expected for lead in leads)
+    everyone = [lead for lead in await all_pages(projected) if lead["lead_id"] in projected.scenario.lead_ids]
+    assert len(leads) == sum(1 for lead in everyone if lead[field] == expected)
+
+
+async def test_lead_list_refuses_a_forged_cursor_naming_the_field(projected: Projected) -> None:
+    response = await projected.client.get("/v1/leads", params={"cursor": "not-a-cursor"})
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "cursor"
+    assert (await projected.client.get("/v1/leads", params={"limit": "0"})).status_code == 422
