@@ -169,7 +169,8 @@ def facts(s: Scenario) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
                 lead["touches"].append((_at(d["occurred_at"]), d.get("actor"), d["type"], d.get("outcome")))
         elif e.type.startswith("sla."):
             t = timers.setdefault(d["sla_id"], {"lead": e.subject, "state": "open"})
-            t.update(policy=d["policy_id"], owner=d["owner_id"], tier=d["tier"], started=_at(d["started_at"]))
+            t.update(policy=d["policy_id"], owner=d["owner_id"], tier=d["tier"], started=_at(d["started_at"]),
+                     due=_at(d["due_at"]))
             kind = e.type.removeprefix("sla.")
             if kind in ("met", "breached", "cancelled"):
                 t["state"] = kind

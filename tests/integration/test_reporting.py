@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import func, select
 
+from leadsla.devstack import free_port
 from leadsla.services.reporting.bootstrap import bootstrap
 from leadsla.services.reporting.projections import project
 from leadsla.services.reporting.tables import timeline
@@ -29,6 +34,8 @@ from leadsla.shared.runtime import ServiceContext
 from leadsla.shared.settings import Settings
 from tests.integration import reporting_scenario as scenario
 from tests.support import eventually
+
+from .board_dom import BoardDom
 
 GROUPS = ("tier", "owner", "team", "source", "policy", "week")
 
@@ -243,3 +250,75 @@ async def test_lead_list_refuses_a_forged_cursor_naming_the_field(projected: Pro
     response = await projected.client.get("/v1/leads", params={"cursor": "not-a-cursor"})
     assert response.status_code == 422 and response.json()["errors"][0]["field"] == "cursor"
     assert (await projected.client.get("/v1/leads", params={"limit": "0"})).status_code == 422
+
+
+# ---- the board, in a real browser ---------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Where the screenshot goes; CI can collect this directory.
+OUTPUT_DIR = Path(os.environ.get("LEADSLA_TEST_OUTPUT_DIR", Path(__file__).parents[2] / "test-output"))
+
+
+@pytest.fixture
+async def served_board(projected: Projected) -> AsyncIterator[str]:
+    """The reporting app on a real port, for a real browser."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(projected.ctx, bootstrap(projected.ctx).routers),
+                                           host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="the board's HTTP server")
+    try:
+        yield f"http://127.0.0.1:{port}/board"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def chromium(*args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+        f"--user-data-dir={OUTPUT_DIR / 'chromium-profile'}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+async def test_the_board_renders_in_chromium_with_timers_breaches_and_compliance(
+    projected: Projected, served_board: str
+) -> None:
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    now = projected.ctx.clock.now()
+    dom = await chromium("--dump-dom", served_board)
+    page = BoardDom.parse(dom)
+
+    _, timers, _ = scenario.facts(projected.scenario)
+    ours = set(projected.scenario.lead_ids)
+    open_rows = page.rows["open-timers"]
+    shown_open = [cells[0] for cells in open_rows if cells[0] in ours]
+    expected_open = sorted((t for t in timers.values() if t["state"] == "open"),
+                           key=lambda t: (t["due"], t["lead"]))
+    assert shown_open == [t["lead"] for t in expected_open]  # nearest to breach first
+    overdue = {t["lead"] for t in expected_open if t["due"] < now}
+    assert overdue and {cells[0] for cells in open_rows if "overdue" in cells[5]} & ours == overdue
+
+    today = [t["lead"] for t in timers.values()
+             if t["state"] == "breached" and t["breached_at"].date() == now.date()]
+    shown_breaches = {cells[0] for cells in page.rows["breaches-today"]} & ours
+    assert today and shown_breaches == set(today)
+
+    assert {"A", "B", "C"} <= set(page.bars)
+    assert all("%" in value for value in page.bars.values())
+    assert page.refresh_seconds and int(page.refresh_seconds) > 0  # auto-refresh
+
+    shot = OUTPUT_DIR / "board.png"
+    shot.unlink(missing_ok=True)
+    await chromium(f"--screenshot={shot}", "--window-size=1280,1000", served_board)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+async def test_the_board_needs_no_key_and_shows_no_contact_data(projected: Projected) -> None:
+    response = await projected.client.get("/board", headers={"Authorization": ""})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "@example.com" not in response.text
