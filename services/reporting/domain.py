@@ -164,3 +164,34 @@ def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
         t["ttfr_seconds"] = max((responded - started).total_seconds(), 0.0)
         t["ttfr_business_seconds"] = calendar.elapsed(started, responded) if calendar else t["ttfr_seconds"]
     return t
+
+
+def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: CloudEvent,
+                  calendar_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One event against one lead: its new facts and the timer rows that changed. `timers` are the
+    lead's timers this event may touch (the event's own, or every first_response timer for a
+    touch); `calendar_of(policy_id)` gives the policy's business calendar. The live projection
+    and the rebuild both go through here, so they cannot disagree."""
+    new = fold(lead, event)
+    first_touch = _at(new.get("first_response_at"))
+    changed: list[dict[str, Any]] = []
+    d = event.data
+    if event.type.startswith("sla.") and d.get("sla_id") and d.get("metric"):
+        timer = fold_timer(timers.get(d["sla_id"]), event)
+        changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
+    elif event.type == "activity.recorded" and is_touch(d):
+        # A late touch still answers the lead: it sets TTFR on a timer that already breached.
+        for timer in timers.values():
+            if timer["metric"] == "first_response":
+                changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
+    return new, changed
+
+
+def timers_touched_by(event: CloudEvent) -> str | None:
+    """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
+    (all of that metric), or None."""
+    if event.type.startswith("sla.") and event.data.get("sla_id") and event.data.get("metric"):
+        return "one"
+    if event.type == "activity.recorded" and is_touch(event.data):
+        return "first_response"
+    return None

@@ -3,10 +3,11 @@ consumer's transaction (the event id is recorded in `processed_events` and the t
 same transaction, so a redelivered event changes nothing). The rules are in `domain.py`."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,9 +15,10 @@ from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.config import Config
 from leadsla.shared.events import CloudEvent, utc_iso
 
-from .domain import fold, fold_timer, is_touch, with_response
+from .domain import project_event, timers_touched_by
 from .tables import lead_state, sla_timers, timeline
 
+READ_MODELS_LOCK = "reporting.read_models"
 TIMESTAMP_COLUMNS = ("received_at", "assigned_at", "first_response_at", "updated_at", "first_assigned_at",
                      "queued_at", "dequeued_at", "meeting_booked_at", "dispositioned_at")
 PLAIN_COLUMNS = ("source", "tier", "status", "owner_id", "team_id", "sla", "profile", "assignment_no",
@@ -29,6 +31,8 @@ async def project(conn: AsyncConnection, event: CloudEvent, config: Config | Non
     lead_id = event.subject or event.data.get("lead_id")
     if not lead_id:
         return
+    # Shared with every other live projection; a rebuild takes it exclusively (see replay.py).
+    await conn.execute(select(func.pg_advisory_xact_lock_shared(func.hashtext(READ_MODELS_LOCK))))
     # The timeline is keyed by event id, so this holds even for a second consumer group or a
     # processed id already pruned by housekeeping: an event is folded at most once.
     if await record_in_timeline(conn, lead_id, event):
@@ -45,38 +49,49 @@ async def record_in_timeline(conn: AsyncConnection, lead_id: str, event: CloudEv
 
 
 async def apply(conn: AsyncConnection, lead_id: str, event: CloudEvent, config: Config | None) -> None:
-    """Fold one event into the read models derived from the timeline (live and in a rebuild)."""
+    """Fold one event into the read models derived from the timeline."""
     row = (await conn.execute(
         select(lead_state).where(lead_state.c.lead_id == lead_id).with_for_update()
     )).mappings().first()
     current = _as_wire(dict(row)) if row else {"lead_id": lead_id}
-    new = fold(current, event)
-    values = {k: new.get(k) for k in PLAIN_COLUMNS}
-    values.update({k: _instant(new.get(k)) for k in TIMESTAMP_COLUMNS})
+    needed = timers_touched_by(event)
+    timers: dict[str, dict[str, Any]] = {}
+    if needed is not None:
+        which = (sla_timers.c.sla_id == event.data["sla_id"]) if needed == "one" else (
+            (sla_timers.c.lead_id == lead_id) & (sla_timers.c.metric == "first_response"))
+        rows = (await conn.execute(select(sla_timers).where(which).with_for_update())).mappings().all()
+        timers = {r["sla_id"]: dict(r) for r in rows}
+    new, changed = project_event(current, timers, event, calendars(config))
+    values = lead_values(new)
     await conn.execute(pg_insert(lead_state).values(lead_id=lead_id, **values)
                        .on_conflict_do_update(index_elements=[lead_state.c.lead_id], set_=values))
-    first_touch = _instant(new.get("first_response_at"))
-
-    if event.type.startswith("sla.") and event.data.get("sla_id") and event.data.get("metric"):
-        timer = (await conn.execute(
-            select(sla_timers).where(sla_timers.c.sla_id == event.data["sla_id"]).with_for_update()
-        )).mappings().first()
-        await _save_timer(conn, fold_timer(dict(timer) if timer else None, event), first_touch, config)
-    elif event.type == "activity.recorded" and is_touch(event.data):
-        # A late touch still answers the lead: it sets TTFR on a timer that already breached.
-        timers = (await conn.execute(select(sla_timers).where(
-            sla_timers.c.lead_id == lead_id, sla_timers.c.metric == "first_response").with_for_update()
-        )).mappings().all()
-        for timer in timers:
-            await _save_timer(conn, dict(timer), first_touch, config)
+    for timer in changed:
+        row_values = timer_values(timer)
+        await conn.execute(pg_insert(sla_timers).values(**row_values)
+                           .on_conflict_do_update(index_elements=[sla_timers.c.sla_id], set_=row_values))
 
 
-async def _save_timer(conn: AsyncConnection, timer: dict[str, Any], first_touch: datetime | None,
-                      config: Config | None) -> None:
-    timer = with_response(timer, first_touch, _policy_calendar(config, timer.get("policy_id")))
-    values = {k: timer.get(k) for k in TIMER_COLUMNS}
-    await conn.execute(pg_insert(sla_timers).values(**values)
-                       .on_conflict_do_update(index_elements=[sla_timers.c.sla_id], set_=values))
+def lead_values(lead: dict[str, Any]) -> dict[str, Any]:
+    """The lead's facts as column values (without lead_id)."""
+    values = {k: lead.get(k) for k in PLAIN_COLUMNS}
+    values.update({k: _instant(lead.get(k)) for k in TIMESTAMP_COLUMNS})
+    return values
+
+
+def timer_values(timer: dict[str, Any]) -> dict[str, Any]:
+    return {k: timer.get(k) for k in TIMER_COLUMNS}
+
+
+def calendars(config: Config | None) -> Callable[[str | None], BusinessCalendar | None]:
+    """policy id -> its business calendar, built once per policy."""
+    cache: dict[str | None, BusinessCalendar | None] = {}
+
+    def calendar_of(policy_id: str | None) -> BusinessCalendar | None:
+        if policy_id not in cache:
+            cache[policy_id] = _policy_calendar(config, policy_id)
+        return cache[policy_id]
+
+    return calendar_of
 
 
 def _policy_calendar(config: Config | None, policy_id: str | None) -> BusinessCalendar | None:

@@ -8,6 +8,7 @@ import csv
 import io
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,16 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from leadsla.devstack import free_port
 from leadsla.services.reporting.bootstrap import bootstrap
 from leadsla.services.reporting.projections import project
-from leadsla.services.reporting.tables import timeline
+from leadsla.services.reporting.replay import rebuild
+from leadsla.services.reporting.tables import lead_state, timeline
 from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.config import parse_config
-from leadsla.shared.config_store import ConfigHolder, VersionedConfig
+from leadsla.shared.config_store import ConfigHolder, VersionedConfig, apply_config
 from leadsla.shared.consumer import EventConsumer, Subscription
 from leadsla.shared.events import CloudEvent, utc_iso
 from leadsla.shared.http import create_app
@@ -322,3 +324,63 @@ async def test_the_board_needs_no_key_and_shows_no_contact_data(projected: Proje
     response = await projected.client.get("/board", headers={"Authorization": ""})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert "@example.com" not in response.text
+
+
+# ---- replay ---------------------------------------------------------------------------------------
+
+
+async def every_report(p: Projected) -> dict:
+    reports: dict = {}
+    for group in GROUPS:
+        for name in ("sla", "routing", "dispositions", "breaches"):
+            reports[(name, group)] = await get_report(p, name, group_by=group)
+    reports["leads"] = await all_pages(p)
+    return reports
+
+
+async def test_replay_rebuilds_the_read_models_and_every_report_is_identical(projected: Projected) -> None:
+    before = await every_report(projected)
+    result = await rebuild(projected.ctx.engine, projected.ctx.config.config)
+    assert result.events >= len({e.id for _, e in projected.scenario.events}) and result.differences == {}
+    assert await every_report(projected) == before
+    assert before[("sla", "tier")] and before["leads"]  # not two empty reports agreeing
+
+
+async def test_replay_verify_finds_a_damaged_row_and_changes_nothing_until_rebuilt(projected: Projected) -> None:
+    damaged = projected.scenario.lead_ids[3]
+    async with projected.ctx.engine.begin() as conn:
+        await conn.execute(update(lead_state).where(lead_state.c.lead_id == damaged).values(tier="Z"))
+    verified = await rebuild(projected.ctx.engine, projected.ctx.config.config, verify=True)
+    assert verified.differences == {"reporting.leads": 2}  # the live row, and its rebuilt twin
+    assert (await projected.client.get(f"/v1/leads/{damaged}")).json()["lead"]["tier"] == "Z"  # rolled back
+
+    await rebuild(projected.ctx.engine, projected.ctx.config.config)
+    assert (await projected.client.get(f"/v1/leads/{damaged}")).json()["lead"]["tier"] != "Z"
+    assert (await rebuild(projected.ctx.engine, projected.ctx.config.config, verify=True)).differences == {}
+
+
+async def test_the_replay_command_reports_events_per_second_and_exits_1_on_a_difference(
+    projected: Projected, database_url: str
+) -> None:
+    async with projected.ctx.engine.begin() as conn:
+        await apply_config(conn, scenario.CONFIG)  # replay measures business time on the active calendars
+    env = {**os.environ, "LEADSLA_DATABASE_URL": database_url}
+    leadsla = str(Path(sys.executable).parent / "leadsla")
+
+    async def run(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(leadsla, "replay", "reporting", *args, env=env,
+                                                       stdout=asyncio.subprocess.PIPE,
+                                                       stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+        return process.returncode, out.decode()
+
+    code, out = await run()
+    assert code == 0 and "events/s" in out, out
+    code, out = await run("--verify")
+    assert code == 0 and "match" in out, out
+    async with projected.ctx.engine.begin() as conn:
+        await conn.execute(update(lead_state).where(lead_state.c.lead_id == projected.scenario.lead_ids[4])
+                           .values(status="lost"))
+    code, out = await run("--verify")
+    assert code == 1 and "reporting.leads" in out, out
+    assert (await run())[0] == 0 and (await run("--verify"))[0] == 0
