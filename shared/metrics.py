@@ -2,7 +2,7 @@
 No lead, owner or personal data ever goes into a label."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 leads_received = Counter("leadsla_leads_received_total", "Leads accepted", ["source", "tier"])
 leads_duplicates = Counter("leadsla_leads_duplicates_total", "Repeat submissions", ["source"])
@@ -34,3 +34,33 @@ escalations = Counter("leadsla_escalations_total", "Escalations triggered", ["st
 consumer_lag = Gauge("leadsla_consumer_lag", "Records behind the partition end", ["topic", "group"])
 outbox_pending = Gauge("leadsla_outbox_pending", "Outbox rows not yet published")
 deadletter = Counter("leadsla_deadletter_total", "Records sent to the dead-letter topic", ["topic", "reason"])
+
+# Which service exports which family. A family a process never updates would show a misleading
+# flat zero on its /metrics (and double series in sums). Families not listed here (the shared
+# plumbing: consumer lag, outbox, dead letters; or any added later) go out from every service.
+OWNERS = {
+    family.name: service
+    for metric, service in (
+        (leads_received, "intake"), (leads_duplicates, "intake"), (leads_rejected, "intake"),
+        (assignments, "router"), (queue_depth, "router"), (routing_latency, "router"),
+        (sla_open_timers, "sla_clock"), (sla_warnings, "sla_clock"), (sla_breaches, "sla_clock"),
+        (sla_met, "sla_clock"), (sla_breach_lag, "sla_clock"), (time_to_first_response, "sla_clock"),
+        (notifications, "notifier"), (escalations, "notifier"),
+    )
+    for family in metric.describe()
+}
+
+
+class _OwnedBy:
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def collect(self):  # noqa: ANN201 - the registry protocol of prometheus_client
+        for family in REGISTRY.collect():
+            if OWNERS.get(family.name, self.service) == self.service:
+                yield family
+
+
+def exposition(service: str) -> bytes:
+    """The /metrics text of one service: its own families and the shared ones."""
+    return generate_latest(_OwnedBy(service))  # type: ignore[arg-type]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
-
 from leadsla.shared import metrics
+from leadsla.shared.settings import SERVICE_PORTS
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
@@ -44,11 +43,12 @@ def test_every_alert_fires_in_its_promtool_unit_test() -> None:
     assert alerts == fired, f"alerts without a firing test: {alerts - fired}"
 
 
-def test_the_metrics_text_passes_promtool_check_metrics() -> None:
+@pytest.mark.parametrize("service", SERVICE_PORTS)
+def test_each_services_metrics_text_passes_promtool_check_metrics(service: str) -> None:
     # Labelled families only appear once they have a child: give each one.
     metrics.deadletter.labels("leads.intake", "undecodable")
     metrics.consumer_lag.labels("leads.intake", "reporting")
     metrics.time_to_first_response.labels("A")
     metrics.sla_breaches.labels("first_response", "A", "owner_missed")
-    result = promtool("check", "metrics", stdin=generate_latest())
+    result = promtool("check", "metrics", stdin=metrics.exposition(service))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
