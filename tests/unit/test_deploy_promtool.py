@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from leadsla.shared import metrics
 from leadsla.shared.settings import SERVICE_PORTS
 
