@@ -3,10 +3,21 @@ No I/O; `projections.py` loads the rows, calls these, and writes the results."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.events import CloudEvent, utc_iso
+from leadsla.shared.events import utc_iso
+
+
+class Event(Protocol):
+    """What the fold reads of an event: a `CloudEvent`, or a row of the timeline in a rebuild."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 # Later lifecycle stages never fall back to earlier ones when events arrive out of order.
 STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "dispositioned": 4}
@@ -34,7 +45,7 @@ def is_touch(data: dict[str, Any]) -> bool:
     return data.get("type") in TOUCH_TYPES and not data.get("disposition")
 
 
-def fold(state: dict[str, Any], event: CloudEvent) -> dict[str, Any]:
+def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     """The lead's facts after `event` (timestamps as RFC 3339 strings). Unknown types only touch
     `updated_at`: they are in the timeline, and nothing here breaks on them."""
     s = {**state, "sla": dict(state.get("sla") or {}), "profile": dict(state.get("profile") or {})}
@@ -72,7 +83,7 @@ def fold(state: dict[str, Any], event: CloudEvent) -> dict[str, Any]:
     return s
 
 
-def _assign(s: dict[str, Any], d: dict[str, Any], event: CloudEvent) -> None:
+def _assign(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     number = d.get("assignment_no") or 1
     owner = d.get("owner_id") or d.get("to_owner_id")
     at = d.get("assigned_at") or utc_iso(event.time)
@@ -103,7 +114,7 @@ def _activity(s: dict[str, Any], d: dict[str, Any], advance: Any) -> None:
         s["meeting_booked_at"] = at
 
 
-def _sla_summary(s: dict[str, Any], event: CloudEvent) -> None:
+def _sla_summary(s: dict[str, Any], event: Event) -> None:
     d = event.data
     entry = dict(s["sla"].get(d["metric"]) or {})
     kind = event.type.removeprefix("sla.")
@@ -119,7 +130,7 @@ def _sla_summary(s: dict[str, Any], event: CloudEvent) -> None:
     s["sla"][d["metric"]] = entry
 
 
-def fold_timer(timer: dict[str, Any] | None, event: CloudEvent) -> dict[str, Any]:
+def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     """One SLA timer's row after an `sla.*` event. A final state (met, breached, cancelled)
     is never reopened by a `started` or `warning` that arrives late."""
     d = event.data
@@ -166,7 +177,7 @@ def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
     return t
 
 
-def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: CloudEvent,
+def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: Event,
                   calendar_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One event against one lead: its new facts and the timer rows that changed. `timers` are the
     lead's timers this event may touch (the event's own, or every first_response timer for a
@@ -187,7 +198,7 @@ def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event
     return new, changed
 
 
-def timers_touched_by(event: CloudEvent) -> str | None:
+def timers_touched_by(event: Event) -> str | None:
     """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
     (all of that metric), or None."""
     if event.type.startswith("sla.") and event.data.get("sla_id") and event.data.get("metric"):

@@ -6,16 +6,17 @@ exclusively: live projections wait, and nothing is half rebuilt if it fails.
 `verify=True` rebuilds the same way, compares with the live rows, and rolls back."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from leadsla.shared.config import Config
-from leadsla.shared.events import CloudEvent
 
 from .domain import project_event, timers_touched_by
 from .projections import READ_MODELS_LOCK, calendars, lead_values, timer_values
@@ -68,13 +69,31 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
     timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
     calendar_of = calendars(config)
     count = 0
-    rows = await conn.stream(select(timeline).order_by(timeline.c.position).execution_options(yield_per=BATCH))
-    async for r in rows.mappings():
-        # Trusted rows we wrote ourselves: skip validation, the fold reads type, time and data.
-        event = CloudEvent.model_construct(id=r["event_id"], source=r["source"], type=r["type"],
-                                           subject=r["lead_id"], time=r["time"], data=r["data"],
-                                           correlationid=r["correlation_id"], causationid=r["causation_id"])
-        lead_id = r["lead_id"]
+    columns = (timeline.c.lead_id, timeline.c.type, timeline.c.time, timeline.c.data)
+    rows = await conn.stream(select(*columns).order_by(timeline.c.position).execution_options(yield_per=BATCH))
+    # Whole batches per await: a row-by-row async iteration costs more than the fold itself.
+    async for batch in rows.partitions(BATCH):
+        count += _fold_batch(batch, leads, timers, calendar_of)
+        if progress is not None:
+            progress(len(batch))
+    await _write(conn, leads, timers)
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """What the fold reads of an event; rows we wrote ourselves need no validation."""
+
+    subject: str
+    type: str
+    time: Any
+    data: dict[str, Any]
+
+
+def _fold_batch(batch: Any, leads: dict[str, dict[str, Any]], timers: dict[str, dict[str, dict[str, Any]]],
+                calendar_of: Any) -> int:
+    for lead_id, type_, time_, data in batch:
+        event = _Recorded(lead_id, type_, time_, data)
         own = timers.setdefault(lead_id, {})
         needed = timers_touched_by(event)
         relevant = {} if needed is None else (
@@ -84,22 +103,20 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
         leads[lead_id] = lead
         for timer in changed:
             own[timer["sla_id"]] = timer
-        count += 1
-        if progress is not None and count % 500 == 0:
-            progress(500)
-    if progress is not None:
-        progress(count % 500)
-    await _write(conn, leads, timers)
-    return count
+    return len(batch)
 
 
 async def _write(conn: AsyncConnection, leads: dict[str, dict[str, Any]],
                  timers: dict[str, dict[str, dict[str, Any]]]) -> None:
     lead_rows = [{"lead_id": lead_id, **lead_values(lead)} for lead_id, lead in leads.items()]
     timer_rows = [timer_values(t) for own in timers.values() for t in own.values()]
+    # COPY, in this transaction: several times faster than INSERTs for a whole table.
+    raw = (await conn.get_raw_connection()).driver_connection
     for table, rows in ((lead_state, lead_rows), (sla_timers, timer_rows)):
-        for i in range(0, len(rows), BATCH):
-            await conn.execute(insert(table), rows[i:i + BATCH])
+        names = [c.name for c in table.columns]
+        as_json = {c.name for c in table.columns if isinstance(c.type, JSONB)}  # COPY takes JSON as text
+        records = [tuple(json.dumps(row[n]) if n in as_json else row.get(n) for n in names) for row in rows]
+        await raw.copy_records_to_table(table.name, schema_name=table.schema, columns=names, records=records)
 
 
 async def _differences(conn: AsyncConnection) -> dict[str, int]:
