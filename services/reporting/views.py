@@ -194,7 +194,7 @@ async def lead_with_timeline(conn: AsyncConnection, lead_id: str) -> dict[str, A
     if state is None:
         return None
     events = (await conn.execute(
-        select(timeline).where(timeline.c.lead_id == lead_id).order_by(timeline.c.time, timeline.c.event_id)
+        select(timeline).where(timeline.c.lead_id == lead_id).order_by(timeline.c.time, timeline.c.position)
     )).mappings().all()
     lead = {k: utc_iso(v) if isinstance(v, datetime) else v for k, v in state.items()}
     return {

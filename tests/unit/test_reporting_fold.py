@@ -99,3 +99,24 @@ def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner(
     for order in ((ASSIGNED, reassigned), (reassigned, ASSIGNED)):
         state = replay(RECEIVED, *order)
         assert (state["owner_id"], state["first_owner_id"], state["reassignments"]) == ("bob", "alice", 1)
+
+
+def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:
+    upgraded = event("lead.updated", tier="B", changed={"intent": {"old": "newsletter", "new": "trial"}})
+    assert replay(RECEIVED, upgraded)["tier"] == "B"
+
+
+def test_queue_meeting_and_disposition_facts_are_kept_for_the_reports() -> None:
+    queued = event("lead.queued", tier="A", queue="default", reason="nobody eligible")
+    meeting = event("activity.recorded", type="meeting", actor="alice", outcome="booked",
+                    occurred_at="2026-11-17T10:00:00Z")
+    earlier = event("activity.recorded", type="disposition", occurred_at="2026-11-17T11:00:00Z",
+                    disposition={"status": "qualified", "reason": None})
+    later = event("activity.recorded", type="disposition", occurred_at="2026-11-17T12:00:00Z",
+                  disposition={"status": "disqualified", "reason": "no_budget"})
+    state = replay(RECEIVED, queued, ASSIGNED, meeting, later, earlier)
+    assert state["queued_at"] == "2026-11-17T09:00:00Z" and state["first_assign_method"] is None
+    assert state["meeting_booked_at"] == "2026-11-17T10:00:00Z" and state["first_touch_actor"] == "alice"
+    # The latest disposition stands, whatever order they arrived in.
+    assert (state["disposition_status"], state["disposition_reason"]) == ("disqualified", "no_budget")
+    assert state["status"] == "dispositioned"
