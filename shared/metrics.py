@@ -12,7 +12,8 @@ queue_depth = Gauge("leadsla_queue_depth", "Leads waiting for an owner", ["tier"
 routing_latency = Histogram(
     "leadsla_routing_latency_seconds",
     "Lead received to lead assigned",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    # Seconds when someone is free; hours or days when the lead waits in the queue.
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 4 * 3600, 86400, 3 * 86400),
 )
 sla_open_timers = Gauge("leadsla_sla_open_timers", "Open SLA timers", ["metric", "tier"])
 sla_warnings = Counter("leadsla_sla_warnings_total", "SLA warnings", ["metric", "tier"])
@@ -21,13 +22,14 @@ sla_met = Counter("leadsla_sla_met_total", "SLAs met", ["metric", "tier"])
 sla_breach_lag = Histogram(
     "leadsla_sla_breach_lag_seconds",
     "Breach emit time minus due time",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    # Up to an hour: a stopped clock that restarts fires its overdue timers that late.
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
 time_to_first_response = Histogram(
     "leadsla_time_to_first_response_seconds",
     "Clock start to first qualifying touch",
     ["tier"],
-    buckets=(30, 60, 300, 900, 1800, 3600, 4 * 3600, 86400),
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 86400, 2 * 86400, 4 * 86400, 7 * 86400),
 )
 notifications = Counter("leadsla_notifications_total", "Notification deliveries", ["channel", "status"])
 escalations = Counter("leadsla_escalations_total", "Escalations triggered", ["step"])

@@ -24,3 +24,15 @@ def test_every_family_is_exported_by_some_service_and_plumbing_by_all() -> None:
     assert {"leadsla_outbox_pending"} <= everywhere
     owned = set().union(*(families(s) for s in SERVICE_PORTS))
     assert {f"leadsla_{name}" for name in ("queue_depth", "routing_latency_seconds", "sla_open_timers")} <= owned
+
+
+def bucket_bounds(histogram) -> list[float]:
+    [family] = histogram.collect()
+    return sorted({float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")})
+
+
+def test_waiting_time_histograms_resolve_seconds_and_days() -> None:
+    metrics.time_to_first_response.labels("bucket-check").observe(1)
+    for histogram in (metrics.time_to_first_response, metrics.routing_latency):
+        bounds = [b for b in bucket_bounds(histogram) if b != float("inf")]
+        assert bounds[0] <= 10 and bounds[-1] >= 2 * 86400, bounds
