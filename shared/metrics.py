@@ -36,6 +36,11 @@ escalations = Counter("leadsla_escalations_total", "Escalations triggered", ["st
 consumer_lag = Gauge("leadsla_consumer_lag", "Records behind the partition end", ["topic", "group"])
 outbox_pending = Gauge("leadsla_outbox_pending", "Outbox rows not yet published")
 deadletter = Counter("leadsla_deadletter_total", "Records sent to the dead-letter topic", ["topic", "reason"])
+sla_overdue_timers = Gauge(
+    "leadsla_sla_overdue_timers",
+    "Open SLA timers past their deadline with no breach seen (by reporting): a stopped SLA clock",
+    ["metric", "tier"],
+)
 
 # Which service exports which family. A family a process never updates would show a misleading
 # flat zero on its /metrics (and double series in sums). Families not listed here (the shared
@@ -48,6 +53,8 @@ OWNERS = {
         (sla_open_timers, "sla_clock"), (sla_warnings, "sla_clock"), (sla_breaches, "sla_clock"),
         (sla_met, "sla_clock"), (sla_breach_lag, "sla_clock"), (time_to_first_response, "sla_clock"),
         (notifications, "notifier"), (escalations, "notifier"),
+        # Measured outside the SLA clock, so it shows when the clock itself has stopped.
+        (sla_overdue_timers, "reporting"),
     )
     for family in metric.describe()
 }

@@ -1,7 +1,6 @@
-"""Composition root of reporting: one projector over every topic, and the query API."""
+"""Composition root of reporting: one projector over every topic, the query API, and the
+overdue-timer gauge."""
 from __future__ import annotations
-
-from fastapi import APIRouter
 
 from leadsla.shared.consumer import Subscription
 from leadsla.shared.events import (
@@ -14,7 +13,7 @@ from leadsla.shared.events import (
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
-from .entrypoints import routes
+from .entrypoints import overdue_loop, routes
 from .projections import project
 
 PROJECTED_TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
@@ -24,5 +23,5 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
         await project(uow.conn, event, ctx.config.config)
 
-    api: APIRouter = routes(ctx)
-    return ServiceSpec(subscriptions=[Subscription("reporting", PROJECTED_TOPICS, on_event)], routers=[api])
+    return ServiceSpec(subscriptions=[Subscription("reporting", PROJECTED_TOPICS, on_event)],
+                       loops=[overdue_loop(ctx)], routers=[routes(ctx)])

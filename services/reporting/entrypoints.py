@@ -1,20 +1,31 @@
-"""Reporting's HTTP routes: one lead, the lead list, the reports (JSON or CSV) and the board."""
+"""Reporting's HTTP routes (one lead, the lead list, the reports as JSON or CSV, the board) and
+its one loop (the overdue-timer gauge)."""
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
+from leadsla.shared import metrics
+from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.http import ProblemError, require_key
-from leadsla.shared.runtime import ServiceContext
+from leadsla.shared.runtime import Loop, ServiceContext
 
 from . import views
 from .board import render_board
+
+log = structlog.get_logger()
+OVERDUE_REFRESH_SECONDS = 15.0
+# A breach leaves at its deadline and reaches reporting a moment later; only past this margin is
+# an open timer a sign that the SLA clock is not firing.
+OVERDUE_GRACE = timedelta(minutes=1)
 
 GroupBy = Literal["tier", "owner", "team", "source", "policy", "week"]
 Metric = Literal["first_response", "next_action", "qualification"]
@@ -122,3 +133,24 @@ def routes(ctx: ServiceContext) -> APIRouter:
     outer.include_router(api)
     outer.include_router(board)
     return outer
+
+
+async def measure_overdue(ctx: ServiceContext) -> None:
+    """Seen from reporting, so it still tells the truth when the SLA clock has stopped."""
+    async with ctx.engine.connect() as conn:
+        counts = await views.overdue_timer_counts(conn, ctx.clock.now() - OVERDUE_GRACE)
+    metrics.sla_overdue_timers.clear()  # a label set with nothing overdue any more reads as absent
+    for metric, tier, count in counts:
+        metrics.sla_overdue_timers.labels(metric, tier).set(count)
+
+
+def overdue_loop(ctx: ServiceContext) -> Loop:
+    async def run(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await measure_overdue(ctx)
+            except Exception as exc:  # database away: measure again next time
+                log.warning("reporting.overdue_unmeasured", error=str(exc))
+            await sleep_unless_stopped(stop, OVERDUE_REFRESH_SECONDS)
+
+    return run

@@ -267,6 +267,16 @@ async def list_leads(conn: AsyncConnection, f: LeadFilter, limit: int,
     return leads, next_cursor
 
 
+async def overdue_timer_counts(conn: AsyncConnection, due_before: datetime) -> list[tuple[str, str, int]]:
+    """(metric, tier, count) of timers still open although due before `due_before`."""
+    rows = await conn.execute(text("""
+        SELECT t.metric, coalesce(t.tier, l.tier, 'unknown') AS tier, count(*) AS overdue
+        FROM reporting.sla_timers t LEFT JOIN reporting.leads l ON l.lead_id = t.lead_id
+        WHERE t.state = 'open' AND t.due_at < :due_before
+        GROUP BY 1, 2 ORDER BY 1, 2"""), {"due_before": due_before})
+    return [(r.metric, r.tier, r.overdue) for r in rows]
+
+
 # ---- the board --------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -22,9 +23,11 @@ from sqlalchemy import func, select, update
 
 from leadsla.devstack import free_port
 from leadsla.services.reporting.bootstrap import bootstrap
+from leadsla.services.reporting.entrypoints import measure_overdue
 from leadsla.services.reporting.projections import project
 from leadsla.services.reporting.replay import rebuild
 from leadsla.services.reporting.tables import lead_state, timeline
+from leadsla.shared import metrics
 from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.config import parse_config
@@ -384,3 +387,31 @@ async def test_the_replay_command_reports_events_per_second_and_exits_1_on_a_dif
     code, out = await run("--verify")
     assert code == 1 and "reporting.leads" in out, out
     assert (await run())[0] == 0 and (await run("--verify"))[0] == 0
+
+
+# ---- the overdue-timer gauge -------------------------------------------------------------------
+
+
+def overdue_gauge() -> dict[tuple[str, str], float]:
+    [family] = metrics.sla_overdue_timers.collect()
+    return {(s.labels["metric"], s.labels["tier"]): s.value for s in family.samples}
+
+
+async def test_open_timers_past_their_deadline_show_on_the_overdue_gauge(projected: Projected) -> None:
+    """What a stopped SLA clock looks like: timers still open after their deadline."""
+    now = projected.ctx.clock.now()
+    # Before the scenario nothing of it is overdue: whatever shows then belongs to other tests.
+    await measure_overdue(dataclasses.replace(projected.ctx, clock=ManualClock(projected.scenario.start)))
+    baseline = overdue_gauge()
+    await measure_overdue(projected.ctx)
+    _, timers, _ = scenario.facts(projected.scenario)
+    expected: dict[tuple[str, str], int] = {}
+    for t in timers.values():
+        if t["state"] == "open" and t["due"] < now - timedelta(minutes=1):
+            expected[("first_response", t["tier"])] = expected.get(("first_response", t["tier"]), 0) + 1
+    assert expected
+    measured = overdue_gauge()
+    keys = set(measured) | set(expected)
+    assert {k: measured.get(k, 0) - baseline.get(k, 0) for k in keys} == {k: expected.get(k, 0) for k in keys}
+    assert "leadsla_sla_overdue_timers" in metrics.exposition("reporting").decode()
+    assert "leadsla_sla_overdue_timers" not in metrics.exposition("sla_clock").decode()
