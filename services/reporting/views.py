@@ -16,9 +16,6 @@ from leadsla.shared.events import utc_iso
 
 from .tables import lead_state, timeline
 
-GROUPS = ("tier", "owner", "team", "source", "policy", "week")
-METRICS = ("first_response", "next_action", "qualification")
-
 # <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner and policy are the
 # timer's own: the person who held the clock and the promise it was measured against.
 _TIMER_GROUP = {
