@@ -125,7 +125,7 @@ async def consumer(engine, bootstrap: str, n: int) -> float:
     async def handler(event, uow) -> None:
         nonlocal count, first
         first = first or time.perf_counter()
-        await project(uow, event)
+        await project(uow.conn, event, None)
         count += 1
         if count == n:
             done.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class EventConsumer:
         relay_wakeup: asyncio.Event,
         clock: Clock,
         session_timeout_ms: int = 6000,
+        lag_interval: float = 5.0,
     ) -> None:
         self.sub = subscription
         self._service = service
@@ -86,6 +88,7 @@ class EventConsumer:
         self._clock = clock
         self._processed = PROCESSED[service]
         self._session_timeout_ms = session_timeout_ms
+        self._lag_interval = lag_interval
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -104,6 +107,7 @@ class EventConsumer:
         )
         await consumer.start()
         self.ready.set()
+        watching = asyncio.create_task(self._watch_lag(consumer, stop))
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=300)
@@ -117,12 +121,11 @@ class EventConsumer:
                         if not await self._process(record, stop):
                             break  # stopping mid-outage: this record is redelivered to the next owner
                         done[tp] = OffsetAndMetadata(record.offset + 1, "")
-                    if tp in done:
-                        self._report_lag(consumer, tp, done[tp].offset)
                 if done:
                     await self._commit(consumer, done)
         finally:
             self.ready.clear()
+            watching.cancel()
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
@@ -134,11 +137,29 @@ class EventConsumer:
             # committed offset; the ids recorded in processed_events make that replay a no-op.
             log.info("consumer.commit_skipped", group=self.sub.group, reason=type(exc).__name__)
 
-    def _report_lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int) -> None:
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            metrics.consumer_lag.labels(tp.topic, self.sub.group, str(tp.partition)).set(
-                max(highwater - next_offset, 0))
+    async def _watch_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Lag measured beside the loop, not in it: a consumer stuck on one record, or assigned
+        partitions that get no records, still shows how far behind it is."""
+        while not stop.is_set():
+            try:
+                await self._report_lag(consumer)
+            except Exception as exc:  # a rebalance or a broker hiccup: measure again next time
+                log.info("consumer.lag_unknown", group=self.sub.group, reason=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._lag_interval)
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        assigned = list(consumer.assignment())
+        if not assigned:
+            return
+        ends = await consumer.end_offsets(assigned)
+        lag: dict[str, int] = {}
+        for tp in assigned:
+            # The group's committed offset is what has been handled: the loop commits after each batch.
+            handled = await consumer.committed(tp) or 0
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(ends[tp] - handled, 0)
+        for topic, behind in lag.items():
+            metrics.consumer_lag.labels(topic, self.sub.group).set(behind)
 
     async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> bool:
         """Handle or park one record; False when a shutdown interrupted a database outage."""

@@ -11,12 +11,13 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import metrics
 from .auth import Principal, verify_key
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
@@ -222,7 +223,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return PlainTextResponse(metrics.exposition(ctx.name), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/config", dependencies=[Depends(require_key("admin"))])
     async def effective_config() -> dict[str, Any]:

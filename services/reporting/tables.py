@@ -1,4 +1,16 @@
-from sqlalchemy import Column, DateTime, Index, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Identity,
+    Index,
+    Integer,
+    String,
+    Table,
+    false,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata
@@ -16,7 +28,10 @@ timeline = Table(
     Column("correlation_id", String),
     Column("causation_id", String),
     Column("data", JSONB, nullable=False),
+    # Arrival order: a rebuild folds events in the order the live projection saw them.
+    Column("position", BigInteger, Identity(), nullable=False),
     Index("ix_reporting_timeline_lead", "lead_id", "time"),
+    Index("ix_reporting_timeline_position", "position", unique=True),
     schema=SCHEMA,
 )
 
@@ -35,5 +50,45 @@ lead_state = Table(
     Column("sla", JSONB, nullable=False),  # metric -> {state, due_at, ...}
     Column("profile", JSONB, nullable=False),  # contact, company, intent as received
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("assignment_no", Integer),
+    Column("first_owner_id", String),
+    Column("first_assign_method", String),
+    Column("first_assigned_at", DateTime(timezone=True)),
+    Column("reassignments", Integer, nullable=False, server_default="0"),
+    Column("queued_at", DateTime(timezone=True)),
+    Column("dequeued_at", DateTime(timezone=True)),
+    Column("first_touch_actor", String),
+    Column("meeting_booked_at", DateTime(timezone=True)),
+    Column("disposition_status", String),
+    Column("disposition_reason", String),
+    Column("dispositioned_at", DateTime(timezone=True)),
+    Column("breached", Boolean, nullable=False, server_default=false()),
+    Index("ix_reporting_leads_received", "received_at", "lead_id"),
+    schema=SCHEMA,
+)
+
+# One row per SLA timer (a lead has one first_response timer, and one next_action per follow-up).
+sla_timers = Table(
+    "sla_timers",
+    metadata,
+    Column("sla_id", String, primary_key=True),
+    Column("lead_id", String, nullable=False),
+    Column("metric", String, nullable=False),
+    Column("policy_id", String),
+    Column("tier", String),
+    Column("owner_id", String),
+    Column("state", String, nullable=False),  # open | paused | met | breached | cancelled
+    Column("started_at", DateTime(timezone=True)),
+    Column("due_at", DateTime(timezone=True)),
+    Column("met_at", DateTime(timezone=True)),
+    Column("breached_at", DateTime(timezone=True)),
+    Column("root_cause", String),
+    Column("cancel_reason", String),
+    Column("responded_at", DateTime(timezone=True)),
+    Column("ttfr_seconds", Float),
+    Column("ttfr_business_seconds", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_reporting_sla_timers_lead", "lead_id"),
+    Index("ix_reporting_sla_timers_started", "metric", "started_at"),
     schema=SCHEMA,
 )

@@ -1,6 +1,8 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from leadsla.services.reporting.projections import fold
+from leadsla.services.reporting.domain import fold, fold_timer, with_response
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.config import CalendarConfig
 from leadsla.shared.events import CloudEvent
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
@@ -40,3 +42,81 @@ def test_earliest_touch_is_the_first_response() -> None:
     early = event("activity.recorded", type="email", occurred_at="2026-11-17T09:02:00Z")
     state = replay(RECEIVED, late, early)
     assert state["first_response_at"] == "2026-11-17T09:02:00Z" and state["status"] == "responded"
+
+
+# ---- SLA timer rows and time to first response ------------------------------------------------
+
+TIMER = {"sla_id": "s", "metric": "first_response", "policy_id": "p", "policy_version": 1, "owner_id": "alice",
+         "tier": "A", "started_at": "2026-11-17T09:00:00Z", "due_at": "2026-11-17T09:05:00Z"}
+
+
+def sla(kind: str, **extra) -> CloudEvent:
+    return event(f"sla.{kind}", **{**TIMER, **extra})
+
+
+def test_a_late_started_or_warning_never_reopens_a_met_timer() -> None:
+    timer = fold_timer(None, sla("met", met_at="2026-11-17T09:02:00Z"))
+    for late in (sla("started"), sla("warning", percent=80), sla("resumed")):
+        timer = fold_timer(timer, late)
+    assert timer["state"] == "met"
+
+
+def test_pause_and_resume_move_an_open_timer_and_cancel_keeps_its_reason() -> None:
+    assert fold_timer(fold_timer(None, sla("started")), sla("paused"))["state"] == "paused"
+    assert fold_timer(fold_timer(None, sla("paused")), sla("resumed"))["state"] == "open"
+    cancelled = fold_timer(None, sla("cancelled", reason="opted_out"))
+    assert (cancelled["state"], cancelled["cancel_reason"]) == ("cancelled", "opted_out")
+
+
+def test_an_unknown_sla_event_kind_changes_no_state() -> None:
+    assert fold_timer(fold_timer(None, sla("started")), sla("snoozed"))["state"] == "open"
+
+
+def test_time_to_first_response_counts_a_late_answer_after_a_breach() -> None:
+    timer = fold_timer(None, sla("breached", breached_at="2026-11-17T09:05:00Z", root_cause="owner_missed"))
+    answered = with_response(timer, NOW + timedelta(hours=1), None)
+    assert answered["ttfr_seconds"] == 3600 and answered["ttfr_business_seconds"] == 3600
+
+
+def test_business_time_to_first_response_skips_closed_hours() -> None:
+    office = BusinessCalendar(CalendarConfig(timezone="UTC", hours={"tue": ["09:00-17:00"], "wed": ["09:00-17:00"]}))
+    timer = fold_timer(None, sla("started", started_at="2026-11-17T16:00:00Z"))
+    answered = with_response(timer, datetime(2026, 11, 18, 10, 0, tzinfo=UTC), office)
+    assert answered["ttfr_seconds"] == 18 * 3600 and answered["ttfr_business_seconds"] == 2 * 3600
+
+
+def test_a_met_timer_is_answered_when_it_was_met_not_by_an_earlier_non_qualifying_touch() -> None:
+    timer = fold_timer(None, sla("met", met_at="2026-11-17T09:03:00Z"))
+    assert with_response(timer, NOW + timedelta(minutes=1), None)["ttfr_seconds"] == 180
+
+
+def test_an_unanswered_timer_has_no_time_to_first_response() -> None:
+    assert with_response(fold_timer(None, sla("started")), None, None)["ttfr_seconds"] is None
+
+
+def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner() -> None:
+    reassigned = event("lead.reassigned", from_owner_id="alice", to_owner_id="bob", reason="r", assignment_no=2)
+    for order in ((ASSIGNED, reassigned), (reassigned, ASSIGNED)):
+        state = replay(RECEIVED, *order)
+        assert (state["owner_id"], state["first_owner_id"], state["reassignments"]) == ("bob", "alice", 1)
+
+
+def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:
+    upgraded = event("lead.updated", tier="B", changed={"intent": {"old": "newsletter", "new": "trial"}})
+    assert replay(RECEIVED, upgraded)["tier"] == "B"
+
+
+def test_queue_meeting_and_disposition_facts_are_kept_for_the_reports() -> None:
+    queued = event("lead.queued", tier="A", queue="default", reason="nobody eligible")
+    meeting = event("activity.recorded", type="meeting", actor="alice", outcome="booked",
+                    occurred_at="2026-11-17T10:00:00Z")
+    earlier = event("activity.recorded", type="disposition", occurred_at="2026-11-17T11:00:00Z",
+                    disposition={"status": "qualified", "reason": None})
+    later = event("activity.recorded", type="disposition", occurred_at="2026-11-17T12:00:00Z",
+                  disposition={"status": "disqualified", "reason": "no_budget"})
+    state = replay(RECEIVED, queued, ASSIGNED, meeting, later, earlier)
+    assert state["queued_at"] == "2026-11-17T09:00:00Z" and state["first_assign_method"] is None
+    assert state["meeting_booked_at"] == "2026-11-17T10:00:00Z" and state["first_touch_actor"] == "alice"
+    # The latest disposition stands, whatever order they arrived in.
+    assert (state["disposition_status"], state["disposition_reason"]) == ("disqualified", "no_budget")
+    assert state["status"] == "dispositioned"

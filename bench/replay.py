@@ -1,0 +1,117 @@
+"""Replay throughput: `leadsla replay reporting` (rebuild of the read models from the timeline)
+beside a raw aiokafka consume of the same records, measured in one run. Goal: >= 0.25x.
+
+    python bench/replay.py [--leads 5000]
+
+Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
+LEADSLA_TEST_KAFKA_BOOTSTRAP). The events are the reporting test scenario's (received,
+queued, assigned, SLA started/met/breached/cancelled, touches, dispositions, meetings).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import insert
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from leadsla.services.reporting.replay import rebuild  # noqa: E402
+from leadsla.services.reporting.tables import timeline  # noqa: E402
+from leadsla.shared.bus import make_producer  # noqa: E402
+from leadsla.shared.config import parse_config  # noqa: E402
+from leadsla.shared.db import make_engine  # noqa: E402
+from leadsla.shared.migrate import upgrade  # noqa: E402
+from tests.integration import reporting_scenario as scenario  # noqa: E402
+
+PARTITIONS = 6
+
+
+async def publish(bootstrap: str, topic: str, events: list) -> None:
+    producer = make_producer(bootstrap)
+    await producer.start()
+    futures = [await producer.send(topic, e.to_bytes(), key=e.subject.encode()) for e in events]
+    await asyncio.gather(*futures)
+    await producer.stop()
+
+
+async def raw_consume(bootstrap: str, topic: str, n: int) -> float:
+    """Records read with hand-assigned partitions (no group join), values not even parsed."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_poll_records=2000)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    count, start = 0, time.perf_counter()
+    try:
+        while count < n:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                count += len(records)
+    finally:
+        await consumer.stop()
+    return n / (time.perf_counter() - start)
+
+
+async def fill_timeline(engine, events: list) -> None:
+    rows = [{"event_id": e.id, "lead_id": e.subject, "type": e.type, "source": e.source, "time": e.time,
+             "correlation_id": e.correlationid, "causation_id": e.causationid, "data": e.data} for e in events]
+    async with engine.begin() as conn:
+        for i in range(0, len(rows), 5000):
+            await conn.execute(insert(timeline), rows[i:i + 5000])
+
+
+async def main(leads: int) -> None:
+    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
+    pg = broker = None
+    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
+    if not server_url:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        server_url = pg.start()
+    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    engine = make_engine(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+    try:
+        await upgrade(engine)
+        events = [e for _, e in scenario.build(seed=1, leads=leads).events]
+        topic = f"bench.replay.{uuid.uuid4().hex[:6]}"
+        kafka_admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await kafka_admin.start()
+        await kafka_admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+        await kafka_admin.close()
+        await publish(bootstrap, topic, events)
+        await fill_timeline(engine, events)
+
+        raw = await raw_consume(bootstrap, topic, len(events))
+        result = await rebuild(engine, parse_config(scenario.CONFIG))
+        replay = result.events_per_second
+        print(f"\n{'stage':40} {'n':>7} {'events/s':>10} {'vs peer':>8}")
+        print(f"{'raw aiokafka consume (assigned)':40} {len(events):7d} {raw:10.0f} {'peer':>8}")
+        print(f"{'replay reporting (rebuild read models)':40} {result.events:7d} {replay:10.0f} {replay / raw:7.2f}x")
+    finally:
+        await engine.dispose()
+        if broker:
+            broker.stop()
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leads", type=int, default=5000)
+    asyncio.run(main(parser.parse_args().leads))

@@ -1,0 +1,208 @@
+"""Reporting's pure rules: how each event changes a lead's facts and an SLA timer's row.
+No I/O; `projections.py` loads the rows, calls these, and writes the results."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.events import utc_iso
+
+
+class Event(Protocol):
+    """What the fold reads of an event: a `CloudEvent`, or a row of the timeline in a rebuild."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def time(self) -> datetime: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+# Later lifecycle stages never fall back to earlier ones when events arrive out of order.
+STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "dispositioned": 4}
+TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
+# A touch stamped a little before its timer started (CRM clocks drift) still answers it,
+# as sla_clock judges it.
+CLOCK_SKEW = timedelta(minutes=5)
+TERMINAL = frozenset({"met", "breached", "cancelled"})
+# sla.<kind> -> the timer state it leaves; kinds not listed (a future sla.* type) change nothing.
+SLA_STATE = {"started": "open", "warning": "open", "resumed": "open", "paused": "paused",
+             "met": "met", "breached": "breached", "cancelled": "cancelled"}
+
+
+def _at(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def _earlier(current: str | None, candidate: str) -> bool:
+    return current is None or _at(candidate) < _at(current)  # type: ignore[operator]
+
+
+def is_touch(data: dict[str, Any]) -> bool:
+    return data.get("type") in TOUCH_TYPES and not data.get("disposition")
+
+
+def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
+    """The lead's facts after `event` (timestamps as RFC 3339 strings). Unknown types only touch
+    `updated_at`: they are in the timeline, and nothing here breaks on them."""
+    s = {**state, "sla": dict(state.get("sla") or {}), "profile": dict(state.get("profile") or {})}
+    d = event.data
+
+    def advance(status: str) -> None:
+        if STATUS_RANK[status] >= STATUS_RANK.get(s.get("status") or "received", 0):
+            s["status"] = status
+
+    if event.type == "lead.received":
+        s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
+        s["profile"] = {k: d.get(k) for k in ("contact", "company", "intent", "score", "consent",
+                                               "contactable", "missing_fields", "external_id")}
+        advance("received")
+    elif event.type == "lead.updated":
+        if d.get("tier"):
+            s["tier"] = d["tier"]
+    elif event.type in ("lead.assigned", "lead.reassigned"):
+        _assign(s, d, event)
+        advance("assigned")
+    elif event.type == "lead.queued":
+        if _earlier(s.get("queued_at"), utc_iso(event.time)):
+            s["queued_at"] = utc_iso(event.time)
+        advance("queued")
+    elif event.type == "lead.dequeued":
+        s["dequeued_at"] = utc_iso(event.time)
+    elif event.type == "activity.recorded":
+        _activity(s, d, advance)
+    elif event.type.startswith("sla.") and d.get("metric"):
+        _sla_summary(s, event)
+    s["updated_at"] = utc_iso(event.time)
+    s.setdefault("status", "received")
+    s.setdefault("reassignments", 0)
+    s["breached"] = any(entry.get("state") == "breached" for entry in s["sla"].values())
+    return s
+
+
+def _assign(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    number = d.get("assignment_no") or 1
+    owner = d.get("owner_id") or d.get("to_owner_id")
+    at = d.get("assigned_at") or utc_iso(event.time)
+    if event.type == "lead.reassigned":
+        s["reassignments"] = (s.get("reassignments") or 0) + 1
+    # The highest assignment number is the current owner, whatever order the events came in.
+    if number >= (s.get("assignment_no") or 0):
+        s.update(assignment_no=number, owner_id=owner, assigned_at=at)
+        if "team_id" in d:
+            s["team_id"] = d["team_id"]
+    if event.type == "lead.assigned" and (s.get("first_owner_id") is None or number == 1):
+        s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at)
+        s.setdefault("team_id", d.get("team_id"))
+
+
+def _activity(s: dict[str, Any], d: dict[str, Any], advance: Any) -> None:
+    at = d["occurred_at"]
+    if d.get("disposition"):
+        if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
+            s.update(disposition_status=d["disposition"].get("status"),
+                     disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
+        advance("dispositioned")
+    elif is_touch(d):
+        if _earlier(s.get("first_response_at"), at):
+            s.update(first_response_at=at, first_touch_actor=d.get("actor"))
+        advance("responded")
+    if d.get("type") == "meeting" and d.get("outcome") == "booked" and _earlier(s.get("meeting_booked_at"), at):
+        s["meeting_booked_at"] = at
+
+
+def _sla_summary(s: dict[str, Any], event: Event) -> None:
+    d = event.data
+    entry = dict(s["sla"].get(d["metric"]) or {})
+    kind = event.type.removeprefix("sla.")
+    entry.update({k: d[k] for k in ("sla_id", "policy_id", "due_at") if d.get(k) is not None})
+    state = SLA_STATE.get(kind)
+    if kind == "warning":
+        entry["last_warning_percent"] = d.get("percent")
+    if state is not None and entry.get("state") not in TERMINAL:
+        entry["state"] = state
+    for key in ("breached_at", "root_cause", "met_at", "reason"):
+        if d.get(key) is not None:
+            entry[key] = d[key]
+    s["sla"][d["metric"]] = entry
+
+
+def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
+    """One SLA timer's row after an `sla.*` event. A final state (met, breached, cancelled)
+    is never reopened by a `started` or `warning` that arrives late."""
+    d = event.data
+    t = dict(timer or {"sla_id": d["sla_id"], "lead_id": d["lead_id"], "metric": d["metric"], "state": "open"})
+    kind = event.type.removeprefix("sla.")
+    for key in ("policy_id", "tier", "owner_id"):
+        if d.get(key) is not None:
+            t[key] = d[key]
+    for key in ("started_at", "due_at", "met_at", "breached_at"):
+        if d.get(key) is not None:
+            t[key] = _at(d[key])
+    if d.get("root_cause"):
+        t["root_cause"] = d["root_cause"]
+    if kind == "cancelled":
+        t["cancel_reason"] = d.get("reason")
+    state = SLA_STATE.get(kind)
+    if state is not None and t.get("state") not in TERMINAL:
+        t["state"] = state
+    t["updated_at"] = event.time
+    return t
+
+
+def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
+                  calendar: BusinessCalendar | None) -> dict[str, Any]:
+    """Time to first response for a first_response timer, late answers included: the met time
+    when the SLA was met, else the first touch after the clock started (a breached lead that is
+    called an hour late counts as an hour, not as nothing)."""
+    t = dict(timer)
+    if t["metric"] != "first_response" or t.get("started_at") is None:
+        return t
+    started = t["started_at"]
+    if t.get("state") == "met" and t.get("met_at") is not None:
+        responded = t["met_at"]
+    elif first_touch_at is not None and first_touch_at >= started - CLOCK_SKEW:
+        responded = first_touch_at
+    else:
+        responded = None
+    t["responded_at"] = responded
+    if responded is None:
+        t["ttfr_seconds"] = t["ttfr_business_seconds"] = None
+    else:
+        t["ttfr_seconds"] = max((responded - started).total_seconds(), 0.0)
+        t["ttfr_business_seconds"] = calendar.elapsed(started, responded) if calendar else t["ttfr_seconds"]
+    return t
+
+
+def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: Event,
+                  calendar_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One event against one lead: its new facts and the timer rows that changed. `timers` are the
+    lead's timers this event may touch (the event's own, or every first_response timer for a
+    touch); `calendar_of(policy_id)` gives the policy's business calendar. The live projection
+    and the rebuild both go through here, so they cannot disagree."""
+    new = fold(lead, event)
+    first_touch = _at(new.get("first_response_at"))
+    changed: list[dict[str, Any]] = []
+    d = event.data
+    if event.type.startswith("sla.") and d.get("sla_id") and d.get("metric"):
+        timer = fold_timer(timers.get(d["sla_id"]), event)
+        changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
+    elif event.type == "activity.recorded" and is_touch(d):
+        # A late touch still answers the lead: it sets TTFR on a timer that already breached.
+        for timer in timers.values():
+            if timer["metric"] == "first_response":
+                changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
+    return new, changed
+
+
+def timers_touched_by(event: Event) -> str | None:
+    """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
+    (all of that metric), or None."""
+    if event.type.startswith("sla.") and event.data.get("sla_id") and event.data.get("metric"):
+        return "one"
+    if event.type == "activity.recorded" and is_touch(event.data):
+        return "first_response"
+    return None

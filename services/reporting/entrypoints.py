@@ -1,0 +1,156 @@
+"""Reporting's HTTP routes (one lead, the lead list, the reports as JSON or CSV, the board) and
+its one loop (the overdue-timer gauge)."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from leadsla.shared import metrics
+from leadsla.shared.aio import sleep_unless_stopped
+from leadsla.shared.http import ProblemError, require_key
+from leadsla.shared.runtime import Loop, ServiceContext
+
+from . import views
+from .board import render_board
+
+log = structlog.get_logger()
+OVERDUE_REFRESH_SECONDS = 15.0
+# A breach leaves at its deadline and reaches reporting a moment later; only past this margin is
+# an open timer a sign that the SLA clock is not firing.
+OVERDUE_GRACE = timedelta(minutes=1)
+
+GroupBy = Literal["tier", "owner", "team", "source", "policy", "week"]
+Metric = Literal["first_response", "next_action", "qualification"]
+
+
+def _period(start: datetime | None, end: datetime | None) -> views.Period:
+    start, end = _utc(start), _utc(end)
+    if start is not None and end is not None and end <= start:
+        raise ProblemError(422, "Invalid period", "`to` must be after `from`.",
+                           errors=[{"field": "to", "message": "must be after from"}])
+    return views.Period(start, end)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # A time without an offset is read as UTC, the only zone reports are cut in.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def wants_csv(request: Request) -> bool:
+    return "text/csv" in request.headers.get("accept", "").lower()
+
+
+def report_response(request: Request, name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:
+    if not wants_csv(request):
+        return {"rows": rows}
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+
+
+FromQ = Annotated[datetime | None, Query(alias="from", description="start, inclusive (RFC 3339)")]
+ToQ = Annotated[datetime | None, Query(alias="to", description="end, exclusive (RFC 3339)")]
+GroupQ = Annotated[GroupBy, Query(description="row per tier, owner, team, source, policy or ISO week")]
+
+
+def routes(ctx: ServiceContext) -> APIRouter:
+    # Admin only: leads carry personal data, and per-owner performance is for managers.
+    api = APIRouter(dependencies=[Depends(require_key("admin"))])
+
+    async def read(query: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        async with ctx.engine.connect() as conn:
+            return await query(conn, *args)
+
+    @api.get("/v1/leads/{lead_id}")
+    async def get_lead(lead_id: str) -> dict[str, Any]:
+        found = await read(views.lead_with_timeline, lead_id)
+        if found is None:
+            raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r} in the read model (yet).")
+        return found
+
+    @api.get("/v1/leads")
+    async def list_leads(
+        start: FromQ = None, end: ToQ = None,
+        status: str | None = None, owner_id: str | None = None, team_id: str | None = None,
+        tier: str | None = None, source: str | None = None, breached: bool | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None,
+    ) -> dict[str, Any]:
+        f = views.LeadFilter(status=status, owner_id=owner_id, team_id=team_id, tier=tier, source=source,
+                             breached=breached, period=_period(start, end))
+        try:
+            leads, next_cursor = await read(views.list_leads, f, limit, cursor)
+        except views.BadCursor as exc:
+            raise ProblemError(422, "Invalid cursor", str(exc),
+                               errors=[{"field": "cursor", "message": str(exc)}]) from None
+        return {"leads": leads, "next_cursor": next_cursor}
+
+    @api.get("/v1/reports/sla")
+    async def sla_report(request: Request, start: FromQ = None, end: ToQ = None, group_by: GroupQ = "tier",
+                         metric: Metric = "first_response") -> Any:
+        rows = await read(views.sla_report, _period(start, end), group_by, metric)
+        return report_response(request, "sla", views.report_columns(group_by, views.SLA_COLUMNS), rows)
+
+    @api.get("/v1/reports/routing")
+    async def routing_report(request: Request, start: FromQ = None, end: ToQ = None,
+                             group_by: GroupQ = "tier") -> Any:
+        rows = await read(views.routing_report, _period(start, end), group_by)
+        return report_response(request, "routing", views.report_columns(group_by, views.ROUTING_COLUMNS), rows)
+
+    @api.get("/v1/reports/dispositions")
+    async def dispositions_report(request: Request, start: FromQ = None, end: ToQ = None,
+                                  group_by: GroupQ = "tier") -> Any:
+        rows = await read(views.dispositions_report, _period(start, end), group_by)
+        return report_response(request, "dispositions",
+                               views.report_columns(group_by, views.DISPOSITION_COLUMNS), rows)
+
+    @api.get("/v1/reports/breaches")
+    async def breaches_report(request: Request, start: FromQ = None, end: ToQ = None, group_by: GroupQ = "tier",
+                              metric: Metric | None = None) -> Any:
+        rows = await read(views.breaches_report, _period(start, end), group_by, metric)
+        return report_response(request, "breaches", views.report_columns(group_by, views.BREACH_COLUMNS), rows)
+
+    board = APIRouter()
+
+    # Open on purpose, for a wall screen: it shows lead ids, tiers and owner ids, no contact data.
+    @board.get("/board", response_class=HTMLResponse)
+    async def sla_board() -> HTMLResponse:
+        now = ctx.clock.now()
+        data = await read(views.board_data, now)
+        return HTMLResponse(render_board(data, now), headers={"Cache-Control": "no-store"})
+
+    outer = APIRouter()
+    outer.include_router(api)
+    outer.include_router(board)
+    return outer
+
+
+async def measure_overdue(ctx: ServiceContext) -> None:
+    """Seen from reporting, so it still tells the truth when the SLA clock has stopped."""
+    async with ctx.engine.connect() as conn:
+        counts = await views.overdue_timer_counts(conn, ctx.clock.now() - OVERDUE_GRACE)
+    metrics.sla_overdue_timers.clear()  # a label set with nothing overdue any more reads as absent
+    for metric, tier, count in counts:
+        metrics.sla_overdue_timers.labels(metric, tier).set(count)
+
+
+def overdue_loop(ctx: ServiceContext) -> Loop:
+    async def run(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await measure_overdue(ctx)
+            except Exception as exc:  # database away: measure again next time
+                log.warning("reporting.overdue_unmeasured", error=str(exc))
+            await sleep_unless_stopped(stop, OVERDUE_REFRESH_SECONDS)
+
+    return run

@@ -1,0 +1,50 @@
+"""consumer_lag tells the truth when it matters most: while a consumer is stuck."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from prometheus_client import REGISTRY
+
+from leadsla.shared.clock import SystemClock
+from leadsla.shared.consumer import EventConsumer, Subscription
+from leadsla.shared.events import CloudEvent
+from leadsla.shared.uow import UnitOfWork
+from tests.support import create_topic, eventually
+
+
+def lag(topic: str, group: str) -> float | None:
+    return REGISTRY.get_sample_value("leadsla_consumer_lag", {"topic": topic, "group": group})
+
+
+async def test_lag_grows_while_the_consumer_is_stuck_and_falls_when_it_moves_again(
+    engine, producer, kafka_bootstrap
+) -> None:
+    topic = await create_topic(kafka_bootstrap, 1)
+    group = f"test-lag-{uuid.uuid4().hex[:6]}"
+    unstuck = asyncio.Event()
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+        await unstuck.wait()  # e.g. a handler waiting on a lock that never comes
+        handled.append(event.id)
+
+    consumer = EventConsumer(Subscription(group, (topic,), handler), service="reporting", bootstrap=kafka_bootstrap,
+                             engine=engine, relay_wakeup=asyncio.Event(), clock=SystemClock(), lag_interval=0.2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        events = [CloudEvent(id=str(uuid.uuid4()), source="test", type="test.lag", subject="l",
+                             time=SystemClock().now()) for _ in range(6)]
+        for event in events:
+            await producer.send_and_wait(topic, event.to_bytes(), key=b"l")
+        # Nothing is handled, nothing committed: the lag still reports all six records.
+        await eventually(lambda: lag(topic, group) == 6, timeout=60, what="lag 6 while stuck")
+        assert handled == []
+        unstuck.set()
+        await eventually(lambda: lag(topic, group) == 0, timeout=60, what="lag back to 0")
+        assert len(handled) == 6
+    finally:
+        unstuck.set()
+        stop.set()
+        await running

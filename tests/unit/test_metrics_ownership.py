@@ -1,0 +1,38 @@
+"""Each service's /metrics carries the families it updates, plus the shared plumbing."""
+from __future__ import annotations
+
+import re
+
+from leadsla.shared import metrics
+from leadsla.shared.settings import SERVICE_PORTS
+
+
+def families(service: str) -> set[str]:
+    return set(re.findall(r"^# TYPE (leadsla_\w+) ", metrics.exposition(service).decode(), re.M))
+
+
+def test_only_the_owning_service_exports_a_contract_family() -> None:
+    assert "leadsla_queue_depth" in families("router")
+    assert "leadsla_queue_depth" not in families("sla_clock") | families("reporting") | families("intake")
+    assert "leadsla_sla_breach_lag_seconds" in families("sla_clock")
+    assert "leadsla_sla_breach_lag_seconds" not in families("router")
+    assert "leadsla_leads_received_total" not in families("notifier")
+
+
+def test_every_family_is_exported_by_some_service_and_plumbing_by_all() -> None:
+    everywhere = set.intersection(*(families(s) for s in SERVICE_PORTS))
+    assert {"leadsla_outbox_pending"} <= everywhere
+    owned = set().union(*(families(s) for s in SERVICE_PORTS))
+    assert {f"leadsla_{name}" for name in ("queue_depth", "routing_latency_seconds", "sla_open_timers")} <= owned
+
+
+def bucket_bounds(histogram) -> list[float]:
+    [family] = histogram.collect()
+    return sorted({float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")})
+
+
+def test_waiting_time_histograms_resolve_seconds_and_days() -> None:
+    metrics.time_to_first_response.labels("bucket-check").observe(1)
+    for histogram in (metrics.time_to_first_response, metrics.routing_latency):
+        bounds = [b for b in bucket_bounds(histogram) if b != float("inf")]
+        assert bounds[0] <= 10 and bounds[-1] >= 2 * 86400, bounds
