@@ -23,6 +23,9 @@ sla_breach_lag = Histogram(
     "Breach emit time minus due time",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+sla_clock_watermark_lag = Gauge(
+    "leadsla_sla_clock_watermark_lag_seconds", "Now minus the instant up to which the SLA clock has seen its inputs"
+)
 time_to_first_response = Histogram(
     "leadsla_time_to_first_response_seconds",
     "Clock start to first qualifying touch",

@@ -2,6 +2,7 @@
 Every function takes `now` as an argument; nothing here reads a clock."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -94,6 +95,18 @@ def tick(timer: Timer, now: datetime) -> Step:
     return Step(replace(timer, warned=tuple(sorted({*timer.warned, *due}))), tuple(Warned(p) for p in due))
 
 
+def judging_horizon(now: datetime, seen: datetime | None, tolerance: timedelta) -> datetime:
+    """How far the clock may judge: an outcome due at X is decided once every input up to X has
+    been consumed (`seen` >= X), or, unconfirmed, once X is `tolerance` in the past: then the
+    system, not a person, was too slow to know (see `breach_root_cause`)."""
+    return now - tolerance if seen is None else max(now - tolerance, min(seen, now))
+
+
+def judge(timer: Timer, now: datetime, seen: datetime | None, tolerance: timedelta) -> Step:
+    """`tick`, limited to what the clock has seen."""
+    return tick(timer, judging_horizon(now, seen, tolerance))
+
+
 def touch(timer: Timer, at: datetime) -> Step:
     """A qualifying touch: meets an open timer if it happened before the deadline."""
     if timer.state != "open" or at < timer.started_at - _CLOCK_SKEW:
@@ -101,8 +114,6 @@ def touch(timer: Timer, at: datetime) -> Step:
     if at <= timer.due_at:
         return Step(replace(timer, state="met"), (Met(at),))
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
-
-
 
 
 def root_cause(
@@ -116,3 +127,84 @@ def root_cause(
     if owner_calendar is not None and not owner_calendar.is_open(due_at):
         return "off_hours_coverage"
     return "owner_missed"
+
+
+def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime, tolerance: timedelta) -> str:
+    """A breach that leaves `tolerance` or more after its deadline is the system's delay (the clock
+    could not confirm in time that nothing was missed): it goes to lead ops, not to a person.
+    `judge` lets an unconfirmed breach leave exactly then, so it is never a person's."""
+    return "system_delay" if emitted_at - due_at >= tolerance else person_cause
+
+
+@dataclass(frozen=True)
+class ClockRules:
+    """Operational tolerances of the clock (from settings)."""
+
+    # How long after a deadline an unconfirmed breach may wait before it leaves as system_delay.
+    tolerance: timedelta = timedelta(seconds=60)
+    # How far a sender's occurred_at may precede intake's acceptance and still date the touch.
+    touch_skew: timedelta = timedelta(minutes=5)
+
+
+def touch_time(occurred_at: datetime, accepted_at: datetime, now: datetime, skew: timedelta) -> datetime:
+    """When a touch counts as made: the sender's occurred_at, kept within `skew` before intake
+    accepted it, and never after the acceptance (nor after `now`, if the clocks disagree)."""
+    return max(min(occurred_at, accepted_at, now), min(accepted_at, now) - skew)
+
+
+# --- The watermark: how far the clock has consumed its inputs ---------------------------------
+# A mark (offset, instant) on an input partition says "every record appended to this partition
+# before `instant` lies below `offset`". Two kinds: an empty fetch at offset E issued at t gives
+# (E, t); a record at offset o stamped s gives (o + 1, s). Once the clock's consumer has committed
+# past a mark's offset, the partition is consumed up to its instant.
+
+
+@dataclass(frozen=True)
+class PartitionMarks:
+    floor: datetime | None = None  # the best instant already consumed
+    pending: tuple[tuple[int, datetime], ...] = ()  # marks beyond the consumed offset
+
+
+def add_marks(state: PartitionMarks, marks: Iterable[tuple[int, datetime]]) -> PartitionMarks:
+    """Keep only useful marks: one is useless when another, at a lower-or-equal offset (reached no
+    later), has an equal-or-later instant (says at least as much)."""
+    kept: list[tuple[int, datetime]] = []
+    for offset, instant in sorted({*state.pending, *marks}, key=lambda m: (m[0], -m[1].timestamp())):
+        if not kept or instant > kept[-1][1]:
+            kept.append((offset, instant))
+    if state.floor is not None:
+        kept = [m for m in kept if m[1] > state.floor]
+    return replace(state, pending=tuple(kept))
+
+
+def consume(state: PartitionMarks, consumed_offset: int) -> PartitionMarks:
+    """The consumer committed up to `consumed_offset` (the next offset it will read)."""
+    reached = [t for o, t in state.pending if o <= consumed_offset]
+    floor = max([*reached, *([state.floor] if state.floor else [])], default=None)
+    return PartitionMarks(floor, tuple(m for m in state.pending if m[0] > consumed_offset))
+
+
+def inputs_seen_until(partitions: Mapping[object, PartitionMarks]) -> datetime | None:
+    """Every input partition is consumed up to this instant (None: not yet known for some)."""
+    floors = [p.floor for p in partitions.values()]
+    if not floors or any(f is None for f in floors):
+        return None
+    return min(f for f in floors if f is not None)
+
+
+def upstream_settled(checked_at: datetime, oldest_unpublished: datetime | None,
+                     commit_allowance: timedelta) -> datetime:
+    """Producers publish from their outbox: everything they stamped before this instant was on the
+    broker when `checked_at` was read. A transaction stamps its events up to `commit_allowance`
+    before it commits, so it may still be invisible at `checked_at`."""
+    bound = checked_at if oldest_unpublished is None else min(checked_at, oldest_unpublished)
+    return bound - commit_allowance
+
+
+def settled_watermark(checks: Iterable[tuple[datetime, datetime]], broker_seen: datetime | None) -> datetime | None:
+    """Combine upstream checks (checked_at, settled) with the broker side: a check counts once the
+    broker has been consumed past the moment it was made (what it saw published is then handled)."""
+    if broker_seen is None:
+        return None
+    usable = [settled for checked_at, settled in checks if checked_at <= broker_seen]
+    return max(usable, default=None)

@@ -25,15 +25,19 @@ from leadsla.shared.uow import UnitOfWork
 
 from .domain import (
     Breached,
+    ClockRules,
     Met,
     Step,
     Timer,
     Warned,
+    breach_root_cause,
     compute_deadline,
+    judge,
+    judging_horizon,
     root_cause,
     select_policy,
-    tick,
     touch,
+    touch_time,
     warning_schedule,
 )
 from .tables import leads, timers
@@ -43,7 +47,7 @@ METRIC = "first_response"
 
 
 async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime) -> None:
+                           now: datetime, rules: ClockRules = ClockRules()) -> None:
     lead = event.data_as(LeadReceived)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid}
@@ -54,11 +58,11 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
     )).one()
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "received":
-        await _start(uow, config, version, row, policy, lead.received_at, None, event, now)
+        await _start(uow, config, version, row, policy, lead.received_at, None, event, now, rules)
 
 
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime) -> None:
+                           now: datetime, rules: ClockRules = ClockRules()) -> None:
     assigned = event.data_as(LeadAssigned)
     lead = await _lead(uow, assigned.lead_id)
     if lead is None:
@@ -77,38 +81,44 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
     )
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "assigned":
-        await _start(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now)
+        await _start(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
+                     rules)
 
 
-async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+                      rules: ClockRules = ClockRules()) -> None:
     activity = event.data_as(ActivityRecorded)
+    # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
+    # from when it was made; the sender's own occurred_at only within a bounded skew before that.
+    at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
     lead = await _lead(uow, activity.lead_id)
     if lead is None:
         return
     policy = select_policy(config, lead.tier, lead.source)
     if policy is None or activity.type not in policy.qualifying_touches:
         return
-    if lead.first_touch_at is None or activity.occurred_at < lead.first_touch_at:
-        await uow.conn.execute(
-            update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=activity.occurred_at)
-        )
+    if lead.first_touch_at is None or at < lead.first_touch_at:
+        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=at))
     row = await _open_timer(uow, lead.lead_id)
     if row is not None:
-        # A touch stamped a little ahead by a drifting CRM clock happened no later than now.
-        await _apply(uow, config, lead, row, touch(_timer(row), min(activity.occurred_at, now)), event, now)
+        await _apply(uow, config, lead, row, touch(_timer(row), at), event, now, rules)
 
 
-async def fire_due(uow: UnitOfWork, config: Config, now: datetime, limit: int = 200) -> int:
-    """Emit every warning and breach due by `now`; rows are locked so replicas never double-fire."""
+async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: datetime | None,
+                   rules: ClockRules = ClockRules(), limit: int = 200) -> int:
+    """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
+    up to there; see domain.judge); rows are locked so replicas never double-fire."""
+    horizon = judging_horizon(now, seen, rules.tolerance)
     rows = (await uow.conn.execute(
-        select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= now)
+        select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
         .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
     )).all()
     by_id = {lead.lead_id: lead for lead in (await uow.conn.execute(
         select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
     )).all()} if rows else {}
     for row in rows:
-        await _apply(uow, config, by_id.get(row.lead_id), row, tick(_timer(row), now), None, now)
+        await _apply(uow, config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
+                     None, now, rules)
     return len(rows)
 
 
@@ -126,7 +136,7 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
 
 async def _start(
     uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
-    owner_id: str | None, cause: CloudEvent, now: datetime,
+    owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules,
 ) -> None:
     lead_id = lead.lead_id
     calendar = BusinessCalendar(config.calendar(policy.calendar))
@@ -150,12 +160,13 @@ async def _start(
     if lead.first_touch_at is not None:  # the touch arrived before the clock started
         row = await _open_timer(uow, lead_id)
         assert row is not None
-        await _apply(uow, config, lead, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now)
+        await _apply(uow, config, lead, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now,
+                     rules)
 
 
 async def _apply(
     uow: UnitOfWork, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
-    now: datetime,
+    now: datetime, rules: ClockRules,
 ) -> None:
     """Store the timer's new state and emit its outcomes; `lead` is the caller's row for it."""
     if not step.outcomes:
@@ -168,7 +179,7 @@ async def _apply(
             uow.emit(TOPIC_SLA, _event("sla.warning", timer, cause, correlation, now, percent=outcome.percent))
             metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
         elif isinstance(outcome, Breached):
-            cause_code = _root_cause(timer, lead, config)
+            cause_code = breach_root_cause(_root_cause(timer, lead, config), timer.due_at, now, rules.tolerance)
             values.update(closed_at=now, root_cause=cause_code)
             uow.emit(TOPIC_SLA, _event("sla.breached", timer, cause, correlation, now,
                                        breached_at=outcome.at, root_cause=cause_code))
