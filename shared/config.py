@@ -177,6 +177,10 @@ class Routing(Strict):
 class MetricTarget(Strict):
     target: Duration
     warn_at: list[int] = Field(default_factory=lambda: [50, 80])
+    # next_action only: the cadence is `touches` follow-ups, each due `target` after the previous
+    # touch, all within `within` of the first response; then the lead goes to nurture.
+    touches: int = Field(default=3, ge=1)
+    within: Duration | None = None
 
     @field_validator("warn_at")
     @classmethod
@@ -191,14 +195,28 @@ class PolicyFilter(Strict):
     sources: list[str] | None = None
 
 
+SlaMetric = Literal["first_response", "next_action", "qualification"]
+
+
+class TouchRule(Strict):
+    """An activity type that counts as a touch, only with these outcomes (None: any outcome) and
+    only for these metrics (None: all). E.g. a no_answer call as a cadence attempt only."""
+
+    type: str
+    outcomes: list[str] | None = None
+    metrics: list[SlaMetric] | None = None
+
+
 class SlaPolicy(Strict):
     id: str
     filter: PolicyFilter = PolicyFilter()
     start_on: Literal["received", "assigned"] = "assigned"
     on_reassign: Literal["continue", "reset"] = "continue"
     calendar: str = "always"
-    metrics: dict[Literal["first_response"], MetricTarget]
-    qualifying_touches: list[str] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
+    metrics: dict[SlaMetric, MetricTarget] = Field(min_length=1)
+    qualifying_touches: list[str | TouchRule] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
+    # Whose activities count: anyone's, or only the lead's current owner's.
+    touch_actors: Literal["anyone", "owner"] = "anyone"
 
 
 # ---- escalation and channels ----------------------------------------------------------------

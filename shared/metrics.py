@@ -29,7 +29,7 @@ sla_clock_watermark_lag = Gauge(
 time_to_first_response = Histogram(
     "leadsla_time_to_first_response_seconds",
     "Clock start to first qualifying touch",
-    ["tier"],
+    ["tier", "outcome"],  # outcome: met | breached (late first responses are observed too)
     buckets=(30, 60, 300, 900, 1800, 3600, 4 * 3600, 86400),
 )
 notifications = Counter("leadsla_notifications_total", "Notification deliveries", ["channel", "status"])

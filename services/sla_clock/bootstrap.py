@@ -11,9 +11,8 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
 from leadsla.shared import metrics
-from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent, utc_iso
+from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
 from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
@@ -24,10 +23,13 @@ from .handlers import (
     next_due,
     on_activity,
     on_lead_assigned,
+    on_lead_queued,
+    on_lead_reassigned,
     on_lead_received,
     open_timer_counts,
 )
 from .tables import timers
+from .views import timer_view
 from .watermark import InputWatermark, describe
 
 log = structlog.get_logger()
@@ -57,6 +59,10 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             await on_lead_assigned(uow, config, version, event, ctx.clock.now(), rules)
         elif event.type == "activity.recorded":
             await on_activity(uow, config, event, ctx.clock.now(), rules)
+        elif event.type == "lead.queued":
+            await on_lead_queued(uow, config, version, event, ctx.clock.now(), rules)
+        elif event.type == "lead.reassigned":
+            await on_lead_reassigned(uow, config, event, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
         poll = settings.timer_poll_seconds
@@ -96,24 +102,12 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     @api.get("/v1/leads/{lead_id}/sla", dependencies=[Depends(require_key("source"))])
     async def lead_sla(lead_id: str) -> dict[str, Any]:
         async with ctx.engine.connect() as conn:
-            rows = (await conn.execute(select(timers).where(timers.c.lead_id == lead_id))).all()
+            rows = (await conn.execute(
+                select(timers).where(timers.c.lead_id == lead_id).order_by(timers.c.started_at, timers.c.metric)
+            )).all()
         if not rows:
             raise ProblemError(404, "No SLA timers", f"No timers for lead {lead_id!r}.")
-        now = ctx.clock.now()
-        out = []
-        for row in rows:
-            calendar = BusinessCalendar(ctx.config.config.calendar(row.calendar))
-            end = row.closed_at or now
-            out.append({
-                "sla_id": row.sla_id, "metric": row.metric, "state": row.state,
-                "policy_id": row.policy_id, "policy_version": row.policy_version, "owner_id": row.owner_id,
-                "started_at": utc_iso(row.started_at), "due_at": utc_iso(row.due_at),
-                "closed_at": utc_iso(row.closed_at) if row.closed_at else None,
-                "elapsed_seconds": round(calendar.elapsed(row.started_at, end), 3),
-                "remaining_seconds": round(calendar.elapsed(end, row.due_at), 3),
-                "root_cause": row.root_cause,
-            })
-        return {"lead_id": lead_id, "timers": out}
+        return {"lead_id": lead_id, "timers": [timer_view(row, ctx.config.config, ctx.clock.now()) for row in rows]}
 
     @api.get("/v1/watermark", dependencies=[Depends(require_key("source"))])
     async def input_watermark() -> dict[str, Any]:

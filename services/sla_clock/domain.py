@@ -8,9 +8,9 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, SlaPolicy
+from leadsla.shared.config import Config, SlaPolicy, TouchRule
 
-TimerState = Literal["open", "met", "breached", "cancelled"]
+TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
 
 # Touches stamped a little before the timer started (CRM clocks drift) still count.
 _CLOCK_SKEW = timedelta(minutes=5)
@@ -49,6 +49,10 @@ class Timer:
     warnings: tuple[tuple[int, datetime], ...] = ()
     warned: tuple[int, ...] = ()
     state: TimerState = "open"
+    target_seconds: float | None = None
+    paused_at: datetime | None = None
+    paused_seconds: float = 0.0  # business time spent paused so far
+    step: int = 1  # next_action: which follow-up of the cadence is due
 
     @property
     def next_fire_at(self) -> datetime | None:
@@ -73,7 +77,29 @@ class Met:
     at: datetime
 
 
-Outcome = Warned | Breached | Met
+@dataclass(frozen=True)
+class Paused:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Resumed:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    reason: str  # opted_out | disqualified | merged | cadence_exhausted
+
+
+@dataclass(frozen=True)
+class Started:
+    """The timer (re)started: a cadence's next follow-up, or a reset on reassignment."""
+
+    at: datetime
+
+
+Outcome = Warned | Breached | Met | Paused | Resumed | Cancelled | Started
 
 
 @dataclass(frozen=True)
@@ -108,7 +134,10 @@ def judge(timer: Timer, now: datetime, seen: datetime | None, tolerance: timedel
 
 
 def touch(timer: Timer, at: datetime) -> Step:
-    """A qualifying touch: meets an open timer if it happened before the deadline."""
+    """A qualifying touch: meets an open timer if it happened before the deadline (a paused timer's
+    deadline is not running, so any touch meets it)."""
+    if timer.state == "paused" and at >= timer.started_at - _CLOCK_SKEW:
+        return Step(replace(timer, state="met", paused_at=None), (Met(at),))
     if timer.state != "open" or at < timer.started_at - _CLOCK_SKEW:
         return Step(timer)
     if at <= timer.due_at:
@@ -116,12 +145,112 @@ def touch(timer: Timer, at: datetime) -> Step:
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
 
 
+def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, version: int, owner_id: str | None,
+                tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1) -> Timer:
+    target = policy.metrics[metric]  # type: ignore[index]
+    return Timer(
+        sla_id=sla_id, lead_id=lead_id, metric=metric, policy_id=policy.id, policy_version=version,
+        owner_id=owner_id, tier=tier, started_at=start, due_at=compute_deadline(start, target.target, calendar),
+        warnings=warning_schedule(start, target.target, target.warn_at, calendar), target_seconds=target.target,
+        step=step,
+    )
+
+
+def pause(timer: Timer, at: datetime) -> Step:
+    if timer.state != "open":
+        return Step(timer)
+    return Step(replace(timer, state="paused", paused_at=at), (Paused(at),))
+
+
+def resume(timer: Timer, at: datetime, calendar: BusinessCalendar) -> Step:
+    """Restart a paused timer: its deadline and pending warnings move by the paused business time."""
+    if timer.state != "paused" or timer.paused_at is None:
+        return Step(timer)
+    paused = timer.paused_seconds + calendar.elapsed(timer.paused_at, max(at, timer.paused_at))
+    target = timer.target_seconds
+    if target is None:  # a timer from before pauses existed: its target is its business length
+        target = calendar.elapsed(timer.started_at, timer.due_at) - timer.paused_seconds
+    # Every pause so far lies before the deadline and the pending warnings: add it to each.
+    warnings = tuple((pct, at_ if pct in timer.warned else calendar.add(timer.started_at, target * pct / 100 + paused))
+                     for pct, at_ in timer.warnings)
+    moved = replace(timer, state="open", paused_at=None, paused_seconds=paused, target_seconds=target,
+                    due_at=calendar.add(timer.started_at, target + paused), warnings=warnings)
+    return Step(moved, (Resumed(at),))
+
+
+def cancel(timer: Timer, reason: str) -> Step:
+    if timer.state not in ("open", "paused"):
+        return Step(timer)
+    return Step(replace(timer, state="cancelled", paused_at=None), (Cancelled(reason),))
+
+
+def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:
+    """on_reassign: reset: the new owner gets the whole target from the reassignment."""
+    if timer.state not in ("open", "paused"):
+        return Step(timer)
+    fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
+                        timer.tier, at, calendar, timer.step)
+    return Step(fresh, (Started(at),))
+
+
+def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: datetime, calendar: BusinessCalendar,
+              *, ends_cadence: bool) -> Step:
+    """A next_action touch: meets the due follow-up, then either the next one starts (due `target`
+    after this touch) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
+    it met; the last of its `touches`, or its `within` window used up, cancels it as
+    cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
+    if timer.state == "open" and at < timer.started_at - _CLOCK_SKEW:
+        return Step(timer)
+    if timer.state not in ("open", "paused", "breached"):
+        return Step(timer)
+    outcomes: list[Outcome] = []
+    if timer.state != "breached":
+        met = touch(timer, at)
+        outcomes.extend(met.outcomes)
+        if met.timer.state == "breached":  # late: the breach is this step's outcome
+            return met
+    if ends_cadence:
+        if timer.state == "breached":
+            return Step(timer)  # the missed follow-up stays missed; nothing more is due
+        return Step(replace(timer, state="met", paused_at=None), tuple(outcomes))
+    cadence = policy.metrics["next_action"]  # type: ignore[index]
+    exhausted = timer.step >= cadence.touches or (
+        cadence.within is not None and calendar.elapsed(cadence_start, at) >= cadence.within)
+    if exhausted:
+        return Step(replace(timer, state="cancelled", paused_at=None),
+                    (*outcomes, Cancelled("cadence_exhausted")))
+    nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
+                      timer.tier, at, calendar, timer.step + 1)
+    return Step(nxt, (*outcomes, Started(at)))
+
+
+def touch_counts(policy: SlaPolicy, metric: str, activity_type: str, outcome: str | None, actor: str | None,
+                 owner_id: str | None) -> bool:
+    """Whether this activity is a touch for `metric` under the policy: type, outcome and actor."""
+    if policy.touch_actors == "owner" and owner_id is not None and actor != owner_id:
+        return False
+    for rule in policy.qualifying_touches:
+        if isinstance(rule, str):
+            if rule == activity_type:
+                return True
+        elif _rule_matches(rule, metric, activity_type, outcome):
+            return True
+    return False
+
+
+def _rule_matches(rule: TouchRule, metric: str, activity_type: str, outcome: str | None) -> bool:
+    return (rule.type == activity_type and (rule.outcomes is None or outcome in rule.outcomes)
+            and (rule.metrics is None or metric in rule.metrics))
+
+
 def root_cause(
-    *, owner_id: str | None, contactable: bool, owner_calendar: BusinessCalendar | None, due_at: datetime
+    *, owner_id: str | None, contactable: bool, owner_calendar: BusinessCalendar | None, due_at: datetime,
+    queued_reason: str | None = None,
 ) -> str:
     """The contract's root causes, most structural first."""
     if owner_id is None:
-        return "no_owner"
+        # The router queues a lead with reason at_capacity when every eligible owner was full.
+        return "capacity" if queued_reason and "capacity" in queued_reason else "no_owner"
     if not contactable:
         return "missing_data"
     if owner_calendar is not None and not owner_calendar.is_open(due_at):

@@ -16,34 +16,51 @@ from leadsla.shared.events import (
     ActivityRecorded,
     CloudEvent,
     LeadAssigned,
+    LeadQueued,
+    LeadReassigned,
     LeadReceived,
     SlaEventData,
     deterministic_id,
     new_event,
+    utc_iso,
 )
 from leadsla.shared.uow import UnitOfWork
 
 from .domain import (
     Breached,
+    Cancelled,
     ClockRules,
     Met,
+    Paused,
+    Resumed,
+    Started,
     Step,
     Timer,
     Warned,
     breach_root_cause,
-    compute_deadline,
+    cancel,
+    follow_up,
     judge,
     judging_horizon,
+    pause,
+    restart,
+    resume,
     root_cause,
     select_policy,
+    start_timer,
     touch,
+    touch_counts,
     touch_time,
-    warning_schedule,
 )
 from .tables import leads, timers
 
 SERVICE = "sla_clock"
-METRIC = "first_response"
+FIRST_RESPONSE, NEXT_ACTION, QUALIFICATION = "first_response", "next_action", "qualification"
+# These start with the lead's clock; next_action starts at the first response instead.
+CLOCK_METRICS = (FIRST_RESPONSE, QUALIFICATION)
+# A disposition with this status takes the lead out of the funnel: every timer is cancelled.
+DISQUALIFIED = "disqualified"
+LIVE = ("open", "paused")
 
 
 async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
@@ -58,7 +75,7 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
     )).one()
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "received":
-        await _start(uow, config, version, row, policy, lead.received_at, None, event, now, rules)
+        await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules)
 
 
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
@@ -72,17 +89,45 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
             lead_id=assigned.lead_id, tier=assigned.tier or "unknown", source="unknown", contactable=True,
             received_at=assigned.assigned_at, correlation_id=event.correlationid,
         ).on_conflict_do_nothing())
-        lead = await _lead(uow, assigned.lead_id)
+    await _set_owner(uow, assigned.lead_id, assigned.owner_id)
+    lead = await _lead(uow, assigned.lead_id)
     assert lead is not None
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(owner_id=assigned.owner_id))
-    await uow.conn.execute(
-        update(timers).where(timers.c.lead_id == lead.lead_id, timers.c.state == "open")
-        .values(owner_id=assigned.owner_id)
-    )
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and policy.start_on == "assigned":
-        await _start(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
-                     rules)
+        await _start_all(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
+                         rules)
+
+
+async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+                         now: datetime, rules: ClockRules = ClockRules()) -> None:
+    """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
+    so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
+    queued = event.data_as(LeadQueued)
+    await uow.conn.execute(pg_insert(leads).values(
+        lead_id=queued.lead_id, tier=queued.tier, source="unknown", contactable=True, received_at=event.time,
+        correlation_id=event.correlationid, queued_reason=queued.reason,
+    ).on_conflict_do_update(index_elements=[leads.c.lead_id], set_={"queued_reason": queued.reason}))
+    lead = await _lead(uow, queued.lead_id)
+    assert lead is not None
+    policy = select_policy(config, lead.tier, lead.source)
+    if policy is not None and lead.owner_id is None:
+        await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules)
+
+
+async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+                             rules: ClockRules = ClockRules()) -> None:
+    """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
+    moved = event.data_as(LeadReassigned)
+    lead = await _lead(uow, moved.lead_id)
+    if lead is None:
+        return
+    await _set_owner(uow, lead.lead_id, moved.to_owner_id)
+    policy = select_policy(config, lead.tier, lead.source)
+    if policy is None or policy.on_reassign != "reset":
+        return
+    for row in await _timers(uow, lead.lead_id, LIVE):
+        step = restart(_timer(row), policy, event.time, _calendar(config, row.calendar))
+        await _apply(uow, config, lead, row, step, event, now, rules)
 
 
 async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
@@ -92,16 +137,55 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     # from when it was made; the sender's own occurred_at only within a bounded skew before that.
     at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
     lead = await _lead(uow, activity.lead_id)
-    if lead is None:
+    if lead is None or lead.closed_reason is not None:
         return
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is None or activity.type not in policy.qualifying_touches:
+    if policy is None:
         return
-    if lead.first_touch_at is None or at < lead.first_touch_at:
+    rows = await _timers(uow, lead.lead_id, None)
+
+    if activity.type in ("pause", "resume"):
+        for row in rows:
+            timer = _timer(row)
+            step = pause(timer, at) if activity.type == "pause" else resume(timer, at, _calendar(config, row.calendar))
+            await _apply(uow, config, lead, row, step, event, now, rules)
+        return
+    disposition = activity.disposition.status if activity.disposition else None
+    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disposition == DISQUALIFIED else None
+    if leaving is not None:
+        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(closed_reason=leaving))
+        for row in rows:
+            await _apply(uow, config, lead, row, cancel(_timer(row), leaving), event, now, rules)
+        return
+
+    def counts(metric: str) -> bool:
+        return touch_counts(policy, metric, activity.type, activity.outcome, activity.actor, lead.owner_id)
+
+    first = counts(FIRST_RESPONSE)
+    ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
+    first_ever = first and lead.first_touch_at is None
+    if first and (lead.first_touch_at is None or at < lead.first_touch_at):
         await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=at))
-    row = await _open_timer(uow, lead.lead_id)
-    if row is not None:
-        await _apply(uow, config, lead, row, touch(_timer(row), at), event, now, rules)
+    for row in rows:
+        timer = _timer(row)
+        if row.metric == FIRST_RESPONSE and first:
+            step = touch(timer, at)
+            if first_ever and (timer.state == "breached" or step.timer.state == "breached"):
+                # A late first response is a response time too: Grafana shows the real distribution.
+                metrics.time_to_first_response.labels(timer.tier, "breached").observe(
+                    max((at - timer.started_at).total_seconds(), 0))
+        elif row.metric == QUALIFICATION and activity.type == "disposition":
+            step = touch(timer, at)
+        elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
+            step = follow_up(timer, policy, at, lead.first_touch_at or at, _calendar(config, row.calendar),
+                             ends_cadence=ends_cadence)
+        else:
+            continue
+        await _apply(uow, config, lead, row, step, event, now, rules)
+    if first_ever and rows and NEXT_ACTION in policy.metrics:
+        # The cadence of follow-ups starts at the first response.
+        await _start_one(uow, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
+                         now)
 
 
 async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: datetime | None,
@@ -134,34 +218,46 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def _start(
+async def _start_all(
     uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
     owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules,
 ) -> None:
-    lead_id = lead.lead_id
-    calendar = BusinessCalendar(config.calendar(policy.calendar))
-    target = policy.metrics[METRIC]
-    sla_id = deterministic_id("sla", lead_id, METRIC)
-    timer = Timer(
-        sla_id=sla_id, lead_id=lead_id, metric=METRIC, policy_id=policy.id, policy_version=version,
-        owner_id=owner_id, tier=lead.tier, started_at=start,
-        due_at=compute_deadline(start, target.target, calendar),
-        warnings=warning_schedule(start, target.target, target.warn_at, calendar),
-    )
+    if lead.closed_reason is not None:
+        return  # opted out or disqualified: nothing more to time
+    for metric in CLOCK_METRICS:
+        if metric in policy.metrics:
+            await _start_one(uow, config, version, lead, policy, metric, start, owner_id, cause, now)
+    if lead.first_touch_at is None:
+        return
+    # The touch arrived before the clock started.
+    at = max(lead.first_touch_at, start)
+    row = (await _timers(uow, lead.lead_id, ("open",), FIRST_RESPONSE)) or None
+    if row is not None:
+        await _apply(uow, config, lead, row[0], touch(_timer(row[0]), at), cause, now, rules)
+    if NEXT_ACTION in policy.metrics:
+        await _start_one(uow, config, version, lead, policy, NEXT_ACTION, at, owner_id, cause, now)
+
+
+async def _start_one(
+    uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
+    owner_id: str | None, cause: CloudEvent, now: datetime,
+) -> None:
+    sla_id = deterministic_id("sla", lead.lead_id, metric)
+    timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
+                        _calendar(config, policy.calendar))
     inserted = await uow.conn.execute(pg_insert(timers).values(
-        sla_id=sla_id, lead_id=lead_id, metric=METRIC, policy_id=policy.id, policy_version=version,
-        calendar=policy.calendar, owner_id=owner_id, tier=lead.tier, started_at=start, due_at=timer.due_at,
-        warnings=[[pct, at.isoformat()] for pct, at in timer.warnings], warned=[], state="open",
-        next_fire_at=timer.next_fire_at,
+        sla_id=sla_id, lead_id=lead.lead_id, metric=metric, policy_id=policy.id, policy_version=version,
+        calendar=policy.calendar, tier=lead.tier, **_columns(timer),
     ).on_conflict_do_nothing().returning(timers.c.sla_id))
-    if inserted.first() is None:
-        return  # this lead's timer already runs
-    uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
-    if lead.first_touch_at is not None:  # the touch arrived before the clock started
-        row = await _open_timer(uow, lead_id)
-        assert row is not None
-        await _apply(uow, config, lead, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now,
-                     rules)
+    if inserted.first() is not None:  # else this lead's timer for the metric already runs (or ran)
+        uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
+
+
+def _columns(timer: Timer) -> dict:
+    return {"owner_id": timer.owner_id, "started_at": timer.started_at, "due_at": timer.due_at,
+            "warnings": [[pct, at.isoformat()] for pct, at in timer.warnings], "warned": list(timer.warned),
+            "state": timer.state, "next_fire_at": timer.next_fire_at, "target_seconds": timer.target_seconds,
+            "paused_at": timer.paused_at, "paused_seconds": timer.paused_seconds, "step": timer.step}
 
 
 async def _apply(
@@ -171,26 +267,39 @@ async def _apply(
     """Store the timer's new state and emit its outcomes; `lead` is the caller's row for it."""
     if not step.outcomes:
         return
-    timer = step.timer
+    timer, before = step.timer, _timer(row)
     correlation = lead.correlation_id if lead else None
-    values: dict = {"state": timer.state, "warned": list(timer.warned), "next_fire_at": timer.next_fire_at}
+    values = _columns(timer)
     for outcome in step.outcomes:
         if isinstance(outcome, Warned):
             uow.emit(TOPIC_SLA, _event("sla.warning", timer, cause, correlation, now, percent=outcome.percent))
             metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
         elif isinstance(outcome, Breached):
-            cause_code = breach_root_cause(_root_cause(timer, lead, config), timer.due_at, now, rules.tolerance)
+            cause_code = breach_root_cause(_root_cause(before, lead, config), before.due_at, now, rules.tolerance)
             values.update(closed_at=now, root_cause=cause_code)
-            uow.emit(TOPIC_SLA, _event("sla.breached", timer, cause, correlation, now,
+            uow.emit(TOPIC_SLA, _event("sla.breached", before, cause, correlation, now,
                                        breached_at=outcome.at, root_cause=cause_code))
             metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc()
-            metrics.sla_breach_lag.observe(max((now - timer.due_at).total_seconds(), 0))
+            metrics.sla_breach_lag.observe(max((now - before.due_at).total_seconds(), 0))
         elif isinstance(outcome, Met):
             values.update(closed_at=outcome.at)
-            uow.emit(TOPIC_SLA, _event("sla.met", timer, cause, correlation, now, met_at=outcome.at))
+            uow.emit(TOPIC_SLA, _event("sla.met", before, cause, correlation, now, met_at=outcome.at))
             metrics.sla_met.labels(timer.metric, timer.tier).inc()
-            metrics.time_to_first_response.labels(timer.tier).observe(
-                max((outcome.at - timer.started_at).total_seconds(), 0))
+            if timer.metric == FIRST_RESPONSE:
+                metrics.time_to_first_response.labels(timer.tier, "met").observe(
+                    max((outcome.at - before.started_at).total_seconds(), 0))
+        elif isinstance(outcome, Paused):
+            uow.emit(TOPIC_SLA, _event("sla.paused", timer, cause, correlation, now, at=outcome.at,
+                                       paused_at=outcome.at))
+        elif isinstance(outcome, Resumed):
+            uow.emit(TOPIC_SLA, _event("sla.resumed", timer, cause, correlation, now, at=outcome.at,
+                                       resumed_at=outcome.at))
+        elif isinstance(outcome, Cancelled):
+            values.update(closed_at=now, reason=outcome.reason)
+            uow.emit(TOPIC_SLA, _event("sla.cancelled", timer, cause, correlation, now, reason=outcome.reason))
+        elif isinstance(outcome, Started):
+            values.update(closed_at=None, root_cause=None)
+            uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, correlation, now, at=outcome.at))
     await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(**values))
 
 
@@ -201,15 +310,22 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
         if owner is not None and owner.calendar:
             owner_calendar = BusinessCalendar(config.calendar(owner.calendar))
     return root_cause(owner_id=timer.owner_id, contactable=bool(lead.contactable) if lead else True,
-                      owner_calendar=owner_calendar, due_at=timer.due_at)
+                      owner_calendar=owner_calendar, due_at=timer.due_at,
+                      queued_reason=lead.queued_reason if lead else None)
 
 
 def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: str | None, now: datetime,
-           **extra: object) -> CloudEvent:
+           *, at: datetime | None = None, **extra: object) -> CloudEvent:
+    # Derived from the timer: the same transition always carries the same id. A run of the timer
+    # (a cadence step, a reset) is named by its start; pauses and resumes by their moment.
     suffix = kind if "percent" not in extra else f"{kind}.{extra['percent']}"
+    suffix += f"@{utc_iso(timer.started_at)}"
+    if at is not None:
+        suffix += f"@{utc_iso(at)}"
+    if timer.metric == NEXT_ACTION:
+        extra["step"] = timer.step
     return new_event(
         kind, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause, correlation_id=correlation_id,
-        # Derived from the timer: the same transition always carries the same id.
         event_id=deterministic_id(timer.sla_id, suffix),
         data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
                           policy_id=timer.policy_id, policy_version=timer.policy_version,
@@ -223,16 +339,31 @@ def _timer(row: Row) -> Timer:
         sla_id=row.sla_id, lead_id=row.lead_id, metric=row.metric, policy_id=row.policy_id,
         policy_version=row.policy_version, owner_id=row.owner_id, tier=row.tier, started_at=row.started_at,
         due_at=row.due_at, warnings=tuple((int(p), datetime.fromisoformat(at)) for p, at in row.warnings),
-        warned=tuple(int(p) for p in row.warned), state=row.state,
+        warned=tuple(int(p) for p in row.warned), state=row.state, target_seconds=row.target_seconds,
+        paused_at=row.paused_at, paused_seconds=row.paused_seconds, step=row.step,
     )
+
+
+def _calendar(config: Config, name: str) -> BusinessCalendar:
+    return BusinessCalendar(config.calendar(name))
 
 
 async def _lead(uow: UnitOfWork, lead_id: str) -> Row | None:
     return (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
 
 
-async def _open_timer(uow: UnitOfWork, lead_id: str) -> Row | None:
-    return (await uow.conn.execute(
-        select(timers).where(timers.c.lead_id == lead_id, timers.c.metric == METRIC, timers.c.state == "open")
-        .with_for_update()
-    )).first()
+async def _set_owner(uow: UnitOfWork, lead_id: str, owner_id: str) -> None:
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead_id).values(owner_id=owner_id))
+    await uow.conn.execute(update(timers).where(timers.c.lead_id == lead_id, timers.c.state.in_(LIVE))
+                           .values(owner_id=owner_id))
+
+
+async def _timers(uow: UnitOfWork, lead_id: str, states: tuple[str, ...] | None,
+                  metric: str | None = None) -> list[Row]:
+    """The lead's timers, locked: the caller changes them in this transaction."""
+    query = select(timers).where(timers.c.lead_id == lead_id)
+    if states is not None:
+        query = query.where(timers.c.state.in_(states))
+    if metric is not None:
+        query = query.where(timers.c.metric == metric)
+    return list((await uow.conn.execute(query.order_by(timers.c.metric).with_for_update())).all())

@@ -105,7 +105,7 @@ async def open_timer(client: httpx.AsyncClient, stack: Stack) -> tuple[str, date
         return r.json()["timers"][0] if r.status_code == 200 else None
 
     started = await eventually(timer, timeout=60, what="the lead's timer to start")
-    assert started["state"] == "open"
+    assert started["state"] == "running"
     return lead_id, datetime.fromisoformat(started["due_at"])
 
 
