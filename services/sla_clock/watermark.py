@@ -80,13 +80,14 @@ class InputWatermark:
     async def run(self, stop: asyncio.Event) -> None:
         client = AIOKafkaClient(bootstrap_servers=self._bootstrap)
         admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
-        backoff = 0.2
+        backoff, started, refreshed = 0.2, False, 0.0
         try:
-            await client.bootstrap()
-            await admin.start()
-            refreshed = 0.0
             while not stop.is_set():
                 try:
+                    if not started:
+                        await client.bootstrap()
+                        await admin.start()
+                        started = True
                     if time.monotonic() - refreshed > _METADATA_REFRESH_SECONDS:
                         await client.set_topics(self._topics)
                         await client.force_metadata_update()
@@ -101,7 +102,8 @@ class InputWatermark:
                     await sleep_unless_stopped(stop, backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
-            await admin.close()
+            if started:
+                await admin.close()
             await client.close()
 
     async def round(self, client: AIOKafkaClient, admin: AIOKafkaAdminClient) -> None:
@@ -132,8 +134,10 @@ class InputWatermark:
         async with self._engine.connect() as conn:
             for schema in self._producers:
                 t = OUTBOX[schema]
+                # Only our inputs: a dead letter stuck in a producer's outbox is not something we wait for.
                 created = await conn.scalar(
-                    select(t.c.created_at).where(t.c.sent_at.is_(None)).order_by(t.c.id).limit(1))
+                    select(t.c.created_at).where(t.c.sent_at.is_(None), t.c.topic.in_(self._topics))
+                    .order_by(t.c.id).limit(1))
                 if created is not None:
                     oldest.append(created)
         return min(oldest, default=None)

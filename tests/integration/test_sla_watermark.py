@@ -25,9 +25,6 @@ async def setup(kafka_bootstrap, engine) -> AsyncIterator[tuple[InputWatermark, 
     topic = await create_topic(kafka_bootstrap, 2)
     group = f"wm-{uuid.uuid4().hex[:8]}"
     # No relay runs in integration tests: rows other tests left unpublished would hold the watermark.
-    async with engine.begin() as conn:
-        await conn.execute(update(OUTBOX["intake"]).where(OUTBOX["intake"].c.sent_at.is_(None))
-                           .values(sent_at=datetime.now(UTC)))
     watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(), group=group,
                                topics=[topic], producers=["intake"], commit_allowance=ALLOWANCE, interval=0.05)
     stop = asyncio.Event()
@@ -74,17 +71,24 @@ async def test_the_watermark_waits_until_the_clocks_group_has_handled_every_publ
 
 
 async def test_an_event_a_producer_has_not_published_yet_holds_the_watermark(setup, engine) -> None:
-    watermark, _, _ = setup
+    watermark, topic, _ = setup
     await eventually(lambda: watermark.seen, what="the watermark of an empty topic")
     outbox = OUTBOX["intake"]
     async with engine.begin() as conn:
+        # A stuck dead letter is no input of the clock: it holds nothing.
+        letter = (await conn.execute(insert(outbox).values(
+            topic="leads.deadletter", key="lead", event_id=str(uuid.uuid4()), event_type="deadletter",
+            payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
+    await eventually(lambda: watermark.seen > letter.created_at, what="the watermark past a stuck dead letter")
+    async with engine.begin() as conn:
         # A touch intake accepted, stuck in its outbox (the broker is away, the relay is down...).
         row_id = (await conn.execute(insert(outbox).values(
-            topic="leads.intake", key="lead", event_id=str(uuid.uuid4()), event_type="activity.recorded",
+            topic=topic, key="lead", event_id=str(uuid.uuid4()), event_type="activity.recorded",
             payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
     await rounds_later(watermark, 5)
     assert watermark.seen < row_id.created_at
 
     async with engine.begin() as conn:
-        await conn.execute(update(outbox).where(outbox.c.id == row_id.id).values(sent_at=datetime.now(UTC)))
+        await conn.execute(update(outbox).where(outbox.c.id.in_([row_id.id, letter.id]))
+                           .values(sent_at=datetime.now(UTC)))
     await eventually(lambda: watermark.seen > row_id.created_at, what="the watermark once the row is published")
