@@ -148,6 +148,7 @@ class Team(Strict):
     name: str | None = None
     manager_id: str | None = None
     members: list[str]
+    calendar: str | None = None  # the team's hours and time zone
 
 
 class RuleMatch(Strict):
@@ -181,6 +182,13 @@ class MetricTarget(Strict):
     # touch, all within `within` of the first response; then the lead goes to nurture.
     touches: int = Field(default=3, ge=1)
     within: Duration | None = None
+    # Per-metric overrides of the policy's settings (None: the policy's).
+    calendar: str | None = None
+    start_on: Literal["received", "assigned"] | None = None
+    on_reassign: Literal["continue", "reset"] | None = None
+    # Whose time zone the calendar's hours are read in: the calendar's own, or the owner's (their
+    # calendar's zone), the lead's (contact.timezone) or the team's (its calendar's zone).
+    timezone: Literal["calendar", "owner", "lead", "team"] = "calendar"
 
     @field_validator("warn_at")
     @classmethod
@@ -295,6 +303,13 @@ class Config(Strict):
         for i, policy in enumerate(self.sla_policies):
             if policy.calendar not in calendars:
                 problems.append(f"sla_policies.{i}.calendar: unknown calendar {policy.calendar!r}")
+            for metric, target in policy.metrics.items():
+                if target.calendar is not None and target.calendar not in calendars:
+                    problems.append(
+                        f"sla_policies.{i}.metrics.{metric}.calendar: unknown calendar {target.calendar!r}")
+        for i, team in enumerate(self.teams):
+            if team.calendar and team.calendar not in calendars:
+                problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
         for i, policy in enumerate(self.escalation_policies):
             for j, step in enumerate(policy.steps):
                 for k, channel in enumerate(step.channels):

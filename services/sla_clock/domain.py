@@ -145,6 +145,26 @@ def touch(timer: Timer, at: datetime) -> Step:
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
 
 
+def metric_calendar(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].calendar or policy.calendar  # type: ignore[index]
+
+
+def metric_start_on(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].start_on or policy.start_on  # type: ignore[index]
+
+
+def metric_on_reassign(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].on_reassign or policy.on_reassign  # type: ignore[index]
+
+
+def metric_zone(policy: SlaPolicy, metric: str, *, owner_zone: str | None, lead_zone: str | None,
+                team_zone: str | None) -> str | None:
+    """The zone the metric's calendar is read in; None: the calendar's own (also when the chosen
+    party's zone is unknown, e.g. a lead without contact.timezone)."""
+    choice = policy.metrics[metric].timezone  # type: ignore[index]
+    return {"owner": owner_zone, "lead": lead_zone, "team": team_zone}.get(choice)
+
+
 def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, version: int, owner_id: str | None,
                 tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1) -> Timer:
     target = policy.metrics[metric]  # type: ignore[index]

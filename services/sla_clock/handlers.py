@@ -3,7 +3,9 @@ Timers live in Postgres, so a restart loses none and fires each once: the state 
 the event it emits commit in one transaction."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -42,6 +44,10 @@ from .domain import (
     follow_up,
     judge,
     judging_horizon,
+    metric_calendar,
+    metric_on_reassign,
+    metric_start_on,
+    metric_zone,
     pause,
     restart,
     resume,
@@ -67,15 +73,16 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
                            now: datetime, rules: ClockRules = ClockRules()) -> None:
     lead = event.data_as(LeadReceived)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
-             "received_at": lead.received_at, "correlation_id": event.correlationid}
+             "received_at": lead.received_at, "correlation_id": event.correlationid,
+             "timezone": _valid_zone(lead.contact.timezone)}
     # Upsert: an assignment that overtook this event may have created the row with less to go on.
     row = (await uow.conn.execute(
         pg_insert(leads).values(lead_id=lead.lead_id, **facts)
         .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts).returning(leads)
     )).one()
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is not None and policy.start_on == "received":
-        await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules)
+    if policy is not None:
+        await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
 
 
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
@@ -90,12 +97,13 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
             received_at=assigned.assigned_at, correlation_id=event.correlationid,
         ).on_conflict_do_nothing())
     await _set_owner(uow, assigned.lead_id, assigned.owner_id)
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(team_id=assigned.team_id))
     lead = await _lead(uow, assigned.lead_id)
     assert lead is not None
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is not None and policy.start_on == "assigned":
+    if policy is not None:
         await _start_all(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
-                         rules)
+                         rules, "assigned")
 
 
 async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
@@ -111,7 +119,7 @@ async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: C
     assert lead is not None
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
-        await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules)
+        await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
 
 
 async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
@@ -123,10 +131,17 @@ async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent,
         return
     await _set_owner(uow, lead.lead_id, moved.to_owner_id)
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is None or policy.on_reassign != "reset":
+    if policy is None:
         return
     for row in await _timers(uow, lead.lead_id, LIVE):
-        step = restart(_timer(row), policy, event.time, _calendar(config, row.calendar))
+        if metric_on_reassign(policy, row.metric) != "reset":
+            continue
+        # A reset reads the calendar in the new owner's zone, if the metric follows the owner.
+        zone = _zone(config, policy, row.metric, lead, moved.to_owner_id)
+        timer = _timer(row)
+        step = restart(replace(timer, owner_id=moved.to_owner_id), policy, event.time,
+                       _calendar(config, row.calendar, zone))
+        await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(timezone=zone))
         await _apply(uow, config, lead, row, step, event, now, rules)
 
 
@@ -147,7 +162,8 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     if activity.type in ("pause", "resume"):
         for row in rows:
             timer = _timer(row)
-            step = pause(timer, at) if activity.type == "pause" else resume(timer, at, _calendar(config, row.calendar))
+            step = (pause(timer, at) if activity.type == "pause"
+                    else resume(timer, at, _calendar(config, row.calendar, row.timezone)))
             await _apply(uow, config, lead, row, step, event, now, rules)
         return
     disposition = activity.disposition.status if activity.disposition else None
@@ -177,8 +193,8 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
         elif row.metric == QUALIFICATION and activity.type == "disposition":
             step = touch(timer, at)
         elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
-            step = follow_up(timer, policy, at, lead.first_touch_at or at, _calendar(config, row.calendar),
-                             ends_cadence=ends_cadence)
+            step = follow_up(timer, policy, at, lead.first_touch_at or at,
+                             _calendar(config, row.calendar, row.timezone), ends_cadence=ends_cadence)
         else:
             continue
         await _apply(uow, config, lead, row, step, event, now, rules)
@@ -220,12 +236,13 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
 
 async def _start_all(
     uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
-    owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules,
+    owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules, start_on: str | None,
 ) -> None:
+    """Start the metrics that start on `start_on` (None: all of them, as for a queued lead)."""
     if lead.closed_reason is not None:
         return  # opted out or disqualified: nothing more to time
     for metric in CLOCK_METRICS:
-        if metric in policy.metrics:
+        if metric in policy.metrics and start_on in (None, metric_start_on(policy, metric)):
             await _start_one(uow, config, version, lead, policy, metric, start, owner_id, cause, now)
     if lead.first_touch_at is None:
         return
@@ -243,11 +260,12 @@ async def _start_one(
     owner_id: str | None, cause: CloudEvent, now: datetime,
 ) -> None:
     sla_id = deterministic_id("sla", lead.lead_id, metric)
+    name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
     timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
-                        _calendar(config, policy.calendar))
+                        _calendar(config, name, zone))
     inserted = await uow.conn.execute(pg_insert(timers).values(
         sla_id=sla_id, lead_id=lead.lead_id, metric=metric, policy_id=policy.id, policy_version=version,
-        calendar=policy.calendar, tier=lead.tier, **_columns(timer),
+        calendar=name, timezone=zone, tier=lead.tier, **_columns(timer),
     ).on_conflict_do_nothing().returning(timers.c.sla_id))
     if inserted.first() is not None:  # else this lead's timer for the metric already runs (or ran)
         uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
@@ -344,8 +362,30 @@ def _timer(row: Row) -> Timer:
     )
 
 
-def _calendar(config: Config, name: str) -> BusinessCalendar:
-    return BusinessCalendar(config.calendar(name))
+def _calendar(config: Config, name: str, zone: str | None = None) -> BusinessCalendar:
+    calendar = config.calendar(name)
+    return BusinessCalendar(calendar.model_copy(update={"timezone": zone}) if zone else calendar)
+
+
+def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: str | None) -> str | None:
+    def calendar_zone(name: str | None) -> str | None:
+        return config.calendar(name).timezone if name else None
+
+    owner = config.owner(owner_id) if owner_id else None
+    team = next((t for t in config.teams if t.id == lead.team_id), None)
+    return metric_zone(policy, metric, owner_zone=calendar_zone(owner.calendar if owner else None),
+                       lead_zone=lead.timezone, team_zone=calendar_zone(team.calendar if team else None))
+
+
+def _valid_zone(name: str | None) -> str | None:
+    """contact.timezone is kept as sent: use it only if it is a real IANA zone."""
+    if not name:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
 
 
 async def _lead(uow: UnitOfWork, lead_id: str) -> Row | None:

@@ -30,6 +30,8 @@ leads = Table(
     Column("first_touch_at", DateTime(timezone=True)),
     Column("queued_reason", String),  # why the router queued it, while it has no owner
     Column("closed_reason", String),  # opted_out | disqualified: no timer starts any more
+    Column("timezone", String),  # the contact's IANA zone, when known
+    Column("team_id", String),
     schema=SCHEMA,
 )
 
@@ -57,6 +59,7 @@ timers = Table(
     Column("paused_seconds", Float, nullable=False, server_default="0"),  # business time spent paused
     Column("step", Integer, nullable=False, server_default="1"),  # next_action: which follow-up is due
     Column("reason", String),  # why it was cancelled
+    Column("timezone", String),  # the zone the calendar is read in, when not the calendar's own
     UniqueConstraint("lead_id", "metric"),
     Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
     schema=SCHEMA,

@@ -15,7 +15,10 @@ _STATES = {"open": "running"}
 
 
 def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
-    calendar = BusinessCalendar(config.calendar(row.calendar))
+    calendar_config = config.calendar(row.calendar)
+    if row.timezone:
+        calendar_config = calendar_config.model_copy(update={"timezone": row.timezone})
+    calendar = BusinessCalendar(calendar_config)
     # Time stops while paused and when the timer closes; paused business time never counts.
     end = row.closed_at or row.paused_at or now
     elapsed = max(calendar.elapsed(row.started_at, end) - row.paused_seconds, 0.0)

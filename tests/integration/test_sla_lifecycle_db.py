@@ -203,3 +203,59 @@ async def test_reassignment_resets_or_continues_the_clock_as_the_policy_says(ctx
     breach = next(e.data for e in await outbox_events(engine, "sla_clock", lead_id) if e.type == "sla.breached")
     assert breach["owner_id"] == "bob"
     assert breach["due_at"] == minutes(clock, due_minutes).isoformat().replace("+00:00", "Z")
+
+
+ZONES = """
+owners: [{id: alice, calendar: tokyo}, {id: bob}]
+teams: [{id: sdr, members: [alice, bob], calendar: west}]
+calendars:
+  office: {timezone: UTC, hours: {mon: ["09:00-17:00"], tue: ["09:00-17:00"], wed: ["09:00-17:00"],
+                                  thu: ["09:00-17:00"], fri: ["09:00-17:00"]}}
+  tokyo: {timezone: Asia/Tokyo}
+  west: {timezone: America/Los_Angeles}
+sla_policies:
+  - id: zones
+    calendar: office
+    metrics:
+      first_response: {target: 1h, warn_at: [], timezone: %s, on_reassign: reset}
+      qualification: {target: 1h, warn_at: [], start_on: received}
+"""
+
+
+@pytest.mark.parametrize(("zone", "due_utc"), [
+    ("calendar", "2026-11-17T10:00:00Z"),  # 09:00 UTC, office open: one hour later
+    ("lead", "2026-11-17T15:00:00Z"),  # 04:00 in New York: opens 09:00 EST = 14:00 UTC
+    ("owner", "2026-11-18T01:00:00Z"),  # 18:00 in Tokyo: opens Wednesday 09:00 JST = 00:00 UTC
+    ("team", "2026-11-17T18:00:00Z"),  # 01:00 in Los Angeles: opens 09:00 PST = 17:00 UTC
+])
+async def test_a_metric_reads_its_calendar_in_the_zone_of_whoever_the_policy_says(make_ctx, clock, engine, zone,
+                                                                                  due_utc) -> None:
+    ctx = make_ctx("sla_clock", ZONES % zone)
+    cfg = ctx.config.config
+    lead_id = str(uuid.uuid4())
+    lead = received(lead_id, clock.now())
+    lead = lead.model_copy(update={"data": {**lead.data, "contact": {"email": "a@example.com",
+                                                                     "timezone": "America/New_York"}}})
+    await handle(ctx, on_lead_received, cfg, 1, lead, clock.now())
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()), clock.now())
+    events = await outbox_events(engine, "sla_clock", lead_id)
+    # qualification starts on receipt (its own start_on), first_response on assignment (the policy's).
+    assert [(e.type, e.data["metric"]) for e in events] == [("sla.started", "qualification"),
+                                                            ("sla.started", "first_response")]
+    assert events[0].data["due_at"] == "2026-11-17T10:00:00Z"
+    assert events[1].data["due_at"] == due_utc
+
+
+async def test_on_reassign_can_differ_per_metric(make_ctx, clock, engine) -> None:
+    ctx = make_ctx("sla_clock", ZONES % "calendar")
+    cfg = ctx.config.config
+    lead_id = str(uuid.uuid4())
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()), clock.now())
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()), clock.now())
+    moved = new_event("lead.reassigned", service="router", lead_id=lead_id, time=minutes(clock, 30),
+                      data=LeadReassigned(lead_id=lead_id, from_owner_id="alice", to_owner_id="bob",
+                                          reason="manual", assignment_no=2))
+    await handle(ctx, on_lead_reassigned, cfg, moved, minutes(clock, 30))
+    restarted = [e.data for e in await outbox_events(engine, "sla_clock", lead_id)][2:]
+    assert [(d["metric"], d["owner_id"], d["due_at"]) for d in restarted] == [
+        ("first_response", "bob", "2026-11-17T10:30:00Z")]  # qualification continues, due 10:00

@@ -133,3 +133,13 @@ def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() ->
 def test_an_unowned_breach_says_why_nobody_owned_it(queued_reason, cause) -> None:
     assert root_cause(owner_id=None, contactable=True, owner_calendar=None, due_at=T0,
                       queued_reason=queued_reason) == cause
+
+
+def test_a_metric_calendar_must_exist() -> None:
+    with pytest.raises(ValueError, match=r"sla_policies.0.metrics.qualification.calendar: unknown calendar 'nope'"):
+        parse_config("sla_policies: [{id: p, metrics: {qualification: {target: 1d, calendar: nope}}}]")
+
+
+def test_a_policy_without_metrics_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"sla_policies.0.metrics"):
+        parse_config("sla_policies: [{id: p, metrics: {}}]")

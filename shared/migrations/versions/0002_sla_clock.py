@@ -19,12 +19,15 @@ def upgrade() -> None:
                   schema="sla_clock")
     op.add_column("timers", sa.Column("step", sa.Integer(), nullable=False, server_default="1"), schema="sla_clock")
     op.add_column("timers", sa.Column("reason", sa.String()), schema="sla_clock")
+    op.add_column("timers", sa.Column("timezone", sa.String()), schema="sla_clock")
     op.add_column("leads", sa.Column("queued_reason", sa.String()), schema="sla_clock")
     op.add_column("leads", sa.Column("closed_reason", sa.String()), schema="sla_clock")
+    op.add_column("leads", sa.Column("timezone", sa.String()), schema="sla_clock")
+    op.add_column("leads", sa.Column("team_id", sa.String()), schema="sla_clock")
 
 
 def downgrade() -> None:
-    for column in ("closed_reason", "queued_reason"):
+    for column in ("team_id", "timezone", "closed_reason", "queued_reason"):
         op.drop_column("leads", column, schema="sla_clock")
-    for column in ("reason", "step", "paused_seconds", "paused_at", "target_seconds"):
+    for column in ("timezone", "reason", "step", "paused_seconds", "paused_at", "target_seconds"):
         op.drop_column("timers", column, schema="sla_clock")
