@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,7 @@ from leadsla.devstack import EmbeddedBroker, ServiceProcess, free_port, wait_unt
 from leadsla.shared.auth import create_key
 from leadsla.shared.bus import ensure_topics
 from leadsla.shared.config_store import apply_config
+from leadsla.shared.events import utc_iso
 from tests.support import eventually, outbox_events
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +29,23 @@ TARGET_SECONDS = 6
 CONFIG = """
 tiers:
   default: C
-  rules: [{tier: W, when: {intent: [watermark_probe]}}]
+  rules: [{tier: W, when: {intent: [watermark_probe]}}, {tier: L, when: {intent: [lifecycle_probe]}}]
 owners: [{id: alice}, {id: bob}]
 teams: [{id: sdr, members: [alice, bob]}]
 routing:
   rules: [{id: inbound, team: sdr}]
 sla_policies:
   - {id: watermark, filter: {tiers: [W]}, metrics: {first_response: {target: %ds, warn_at: []}}}
+  - id: lifecycle
+    filter: {tiers: [L]}
+    metrics:
+      first_response: {target: 1h, warn_at: []}
+      next_action: {target: 1h, touches: 1, warn_at: []}
+      qualification: {target: 1d, warn_at: []}
+    qualifying_touches:
+      - {type: call, outcomes: [connected]}
+      - {type: call, outcomes: [no_answer], metrics: [next_action]}
+disposition_reasons: {qualified: [], disqualified: [no_budget]}
 """ % TARGET_SECONDS
 PERSON_CAUSES = {"owner_missed", "no_owner", "off_hours_coverage", "missing_data", "capacity"}
 
@@ -92,10 +103,16 @@ async def post(client: httpx.AsyncClient, stack: Stack, path: str, body: dict) -
                              headers={"Authorization": f"Bearer {stack.key}"})
 
 
-async def open_timer(client: httpx.AsyncClient, stack: Stack) -> tuple[str, datetime]:
+async def timers(client: httpx.AsyncClient, stack: Stack, lead_id: str) -> dict[str, dict]:
+    r = await client.get(f"{stack.url('sla_clock')}/v1/leads/{lead_id}/sla",
+                         headers={"Authorization": f"Bearer {stack.key}"})
+    return {t["metric"]: t for t in r.json()["timers"]} if r.status_code == 200 else {}
+
+
+async def open_timer(client: httpx.AsyncClient, stack: Stack, intent: str = "watermark_probe") -> tuple[str, datetime]:
     response = await post(client, stack, "/v1/leads", {
         "contact": {"email": f"{uuid.uuid4().hex[:10]}@example.com", "country": "US"},
-        "intent": {"type": "watermark_probe"}})
+        "intent": {"type": intent}})
     assert response.status_code == 201, response.text
     lead_id = response.json()["lead_id"]
 
@@ -156,3 +173,40 @@ async def test_sla_clock_restarted_across_a_deadline_with_the_touch_already_publ
         result = await outcome(engine, lead_id)
     assert result["type"] == "sla.met", result
     wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
+
+
+async def test_a_leads_life_over_the_bus_touch_rules_cadence_and_qualification(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        lead_id, _ = await open_timer(client, stack, "lifecycle_probe")
+        now = datetime.now(UTC)
+        unanswered, answered = now - timedelta(seconds=2), now - timedelta(seconds=1)
+        for outcome, at in (("no_answer", unanswered), ("connected", answered)):
+            r = await post(client, stack, f"/v1/leads/{lead_id}/activities",
+                           {"type": "call", "actor": "alice", "outcome": outcome, "occurred_at": utc_iso(at)})
+            assert r.status_code == 202, r.text
+
+        async def cadence_started() -> dict | None:
+            found = await timers(client, stack, lead_id)
+            return found if "next_action" in found else None
+
+        found = await eventually(cadence_started, timeout=60, what="the next_action cadence to start")
+        # The unanswered call was no first response; the answered one was.
+        assert found["first_response"]["state"] == "met"
+        assert found["first_response"]["closed_at"] == utc_iso(answered)
+        assert found["next_action"]["state"] == "running" and found["next_action"]["step"] == 1
+        assert found["qualification"]["state"] == "running"
+
+        # An unanswered call is an attempt for the cadence: its one follow-up is done, the lead goes to nurture.
+        await post(client, stack, f"/v1/leads/{lead_id}/activities",
+                   {"type": "call", "actor": "alice", "outcome": "no_answer"})
+        await post(client, stack, f"/v1/leads/{lead_id}/activities",
+                   {"type": "disposition", "actor": "alice", "disposition": {"status": "qualified"}})
+
+        async def settled() -> dict | None:
+            found = await timers(client, stack, lead_id)
+            return found if found["qualification"]["state"] != "running" else None
+
+        found = await eventually(settled, timeout=60, what="the qualification to be met")
+    assert found["next_action"]["state"] == "cancelled"
+    assert found["next_action"]["cancel_reason"] == "cadence_exhausted"
+    assert found["qualification"]["state"] == "met"
