@@ -25,7 +25,6 @@ from tests.support import eventually, outbox_events
 
 pytestmark = pytest.mark.e2e
 
-TARGET_SECONDS = 6
 CONFIG = """
 tiers:
   default: C
@@ -35,7 +34,7 @@ teams: [{id: sdr, members: [alice, bob]}]
 routing:
   rules: [{id: inbound, team: sdr}]
 sla_policies:
-  - {id: watermark, filter: {tiers: [W]}, metrics: {first_response: {target: %ds, warn_at: []}}}
+  - {id: watermark, filter: {tiers: [W]}, metrics: {first_response: {target: 6s, warn_at: []}}}
   - id: lifecycle
     filter: {tiers: [L]}
     metrics:
@@ -46,7 +45,7 @@ sla_policies:
       - {type: call, outcomes: [connected]}
       - {type: call, outcomes: [no_answer], metrics: [next_action]}
 disposition_reasons: {qualified: [], disqualified: [no_budget]}
-""" % TARGET_SECONDS
+"""
 PERSON_CAUSES = {"owner_missed", "no_owner", "off_hours_coverage", "missing_data", "capacity"}
 
 
