@@ -176,10 +176,18 @@ def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, versi
     )
 
 
+def _overdue(timer: Timer, at: datetime) -> Step | None:
+    """A pause or cancel made after the deadline of a timer still waiting to be judged (see
+    `judge`) comes too late: the breach happened first."""
+    if timer.state == "open" and at > timer.due_at:
+        return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
+    return None
+
+
 def pause(timer: Timer, at: datetime) -> Step:
     if timer.state != "open":
         return Step(timer)
-    return Step(replace(timer, state="paused", paused_at=at), (Paused(at),))
+    return _overdue(timer, at) or Step(replace(timer, state="paused", paused_at=at), (Paused(at),))
 
 
 def resume(timer: Timer, at: datetime, calendar: BusinessCalendar) -> Step:
@@ -198,10 +206,10 @@ def resume(timer: Timer, at: datetime, calendar: BusinessCalendar) -> Step:
     return Step(moved, (Resumed(at),))
 
 
-def cancel(timer: Timer, reason: str) -> Step:
+def cancel(timer: Timer, reason: str, at: datetime) -> Step:
     if timer.state not in ("open", "paused"):
         return Step(timer)
-    return Step(replace(timer, state="cancelled", paused_at=None), (Cancelled(reason),))
+    return _overdue(timer, at) or Step(replace(timer, state="cancelled", paused_at=None), (Cancelled(reason),))
 
 
 def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:

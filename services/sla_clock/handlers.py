@@ -171,7 +171,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     if leaving is not None:
         await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(closed_reason=leaving))
         for row in rows:
-            await _apply(uow, config, lead, row, cancel(_timer(row), leaving), event, now, rules)
+            await _apply(uow, config, lead, row, cancel(_timer(row), leaving, at), event, now, rules)
         return
 
     def counts(metric: str) -> bool:

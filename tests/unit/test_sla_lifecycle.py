@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leadsla.services.sla_clock.domain import (
+    Breached,
     Cancelled,
     Met,
     Paused,
@@ -91,9 +92,17 @@ def test_a_touch_while_paused_meets_the_sla() -> None:
 @pytest.mark.parametrize("reason", ["opted_out", "disqualified", "merged"])
 def test_cancel_ends_a_running_or_paused_timer_once(reason) -> None:
     for t in (timer(), pause(timer(), at(1)).timer):
-        step = cancel(t, reason)
+        step = cancel(t, reason, at(2))
         assert step.outcomes == (Cancelled(reason),) and step.timer.state == "cancelled"
-        assert cancel(step.timer, reason).outcomes == ()
+        assert cancel(step.timer, reason, at(3)).outcomes == ()
+
+
+def test_a_pause_or_cancel_after_an_unjudged_deadline_comes_too_late_the_breach_was_first() -> None:
+    # The timer waits for the watermark past its deadline (5 min); the opt-out was made at 6 min.
+    assert cancel(timer(), "opted_out", at(6)).outcomes == (Breached(at(5)),)
+    assert pause(timer(), at(6)).outcomes == (Breached(at(5)),)
+    # A paused timer's deadline is not running: cancelling it later is fine.
+    assert cancel(pause(timer(), at(1)).timer, "opted_out", at(60)).outcomes == (Cancelled("opted_out"),)
 
 
 def test_the_cadence_moves_to_the_next_follow_up_after_each_touch() -> None:
