@@ -7,6 +7,7 @@ was touched in time (the false breaches), and the breach lag of the leads nobody
 freeze: the broker is SIGSTOPped from before the touches until `--seconds` later, across every
         deadline (intake accepts the touches meanwhile; nothing reaches the bus).
 kill:   sla_clock is SIGKILLed before the touches and restarted `--seconds` later.
+none:   no fault: the breach lag is then the cost of waiting for the watermark.
 Intake, router and sla_clock run as `leadsla serve` processes on an embedded broker and Postgres.
 """
 from __future__ import annotations
@@ -127,6 +128,8 @@ async def main(n: int, fault: str, seconds: float) -> None:
 
 
 def fault_on(fault: str, broker: EmbeddedBroker, services: dict[str, ServiceProcess], on: bool) -> None:
+    if fault == "none":
+        return
     if fault == "freeze":
         os.kill(broker._proc.pid, signal.SIGSTOP if on else signal.SIGCONT)  # noqa: SLF001
     elif on:
@@ -138,7 +141,7 @@ def fault_on(fault: str, broker: EmbeddedBroker, services: dict[str, ServiceProc
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--leads", type=int, default=200)
-    parser.add_argument("--fault", choices=["freeze", "kill"], default="freeze")
+    parser.add_argument("--fault", choices=["freeze", "kill", "none"], default="freeze")
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
     asyncio.run(main(args.leads, args.fault, args.seconds))
