@@ -218,6 +218,8 @@ def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCal
         return Step(timer)
     fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                         timer.tier, at, calendar, timer.step)
+    if timer.state == "paused":  # a paused lead stays paused under its new owner
+        fresh = replace(fresh, state="paused", paused_at=at)
     return Step(fresh, (Started(at),))
 
 

@@ -135,6 +135,12 @@ def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() ->
     assert step.outcomes == (Started(at(4)),) and step.timer.due_at == at(9) and step.timer.warned == ()
 
 
+def test_a_paused_timer_reset_on_reassignment_stays_paused_until_resumed() -> None:
+    reset = restart(pause(timer(), at(1)).timer, POLICY, at(4), ALWAYS).timer
+    assert reset.state == "paused" and reset.next_fire_at is None
+    assert resume(reset, at(10), ALWAYS).timer.due_at == at(15)
+
+
 @pytest.mark.parametrize(("queued_reason", "cause"), [
     (None, "no_owner"), ("no_eligible_owner", "no_owner"), ("no_matching_rule", "no_owner"),
     ("at_capacity", "capacity"),
