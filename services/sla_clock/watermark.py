@@ -45,6 +45,7 @@ _FETCHES_PER_ROUND = 10
 _PARTITION_FETCH_BYTES = 256 * 1024
 _METADATA_REFRESH_SECONDS = 30.0
 _SHRUNK_ROUNDS = 3
+_OFFSET_OUT_OF_RANGE = 1
 
 
 class InputWatermark:
@@ -166,8 +167,13 @@ class InputWatermark:
                 for topic, parts in response.topics:
                     for partition, error_code, highwater, *rest in parts:
                         tp = TopicPartition(topic, partition)
-                        if error_code != 0 or tp not in open_:
+                        if tp not in open_:
                             continue
+                        if error_code == _OFFSET_OUT_OF_RANGE and highwater >= 0:
+                            self._next[tp] = highwater  # retention removed where we were: go to the end
+                            continue
+                        if error_code != 0:
+                            continue  # e.g. a leader moving: try again next round
                         if self._read_one(tp, highwater, MemoryRecords(rest[-1]), issued, found[tp]):
                             open_.discard(tp)
         return found
