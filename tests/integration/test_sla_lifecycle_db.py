@@ -3,6 +3,7 @@ three metrics, outcome- and actor-aware touches, pause and resume, cancellation,
 reassignment."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -259,3 +260,14 @@ async def test_on_reassign_can_differ_per_metric(make_ctx, clock, engine) -> Non
     restarted = [e.data for e in await outbox_events(engine, "sla_clock", lead_id)][2:]
     assert [(d["metric"], d["owner_id"], d["due_at"]) for d in restarted] == [
         ("first_response", "bob", "2026-11-17T10:30:00Z")]  # qualification continues, due 10:00
+
+
+async def test_a_touch_racing_the_deadline_gives_exactly_one_of_met_or_breached(ctx, clock, engine) -> None:
+    leads = [await start(ctx, clock) for _ in range(20)]
+    due = minutes(clock, 5)
+    touches = [act(ctx, activity(lead_id, due - timedelta(milliseconds=1))) for lead_id in leads]
+    firing = [fire(ctx, due + timedelta(seconds=1)) for _ in range(3)]
+    await asyncio.gather(*touches, *firing)
+    for lead_id in leads:
+        outcomes = [t for t in await history(engine, lead_id) if t[1] == "first_response" and t[0] != "sla.started"]
+        assert outcomes in ([("sla.met", "first_response")], [("sla.breached", "first_response")]), outcomes
