@@ -30,7 +30,7 @@ from .handlers import (
 )
 from .tables import timers
 from .views import timer_view
-from .watermark import InputWatermark, describe
+from .watermark import InputWatermark, describe, lag_seconds
 
 log = structlog.get_logger()
 FIRE_BATCH = 200
@@ -68,11 +68,14 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         poll = settings.timer_poll_seconds
         last_gauge = 0.0
         loop = asyncio.get_running_loop()
+        began = ctx.clock.now()
         while not stop.is_set():
             fired, wait = 0, poll
             # Cleared before reading, so an advance landing mid-round still wakes the next one.
             watermark.advanced.clear()
             seen = watermark.seen
+            # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
+            metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
             try:
                 async with ctx.uow() as uow:
                     fired = await fire_due(uow, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,

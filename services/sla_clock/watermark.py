@@ -23,7 +23,6 @@ from aiokafka.record import MemoryRecords
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared import metrics
 from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.clock import Clock
 from leadsla.shared.db import OUTBOX
@@ -127,8 +126,6 @@ class InputWatermark:
             self.seen = seen
             self.advanced.set()
         self.rounds += 1
-        if self.seen is not None:
-            metrics.sla_clock_watermark_lag.set(max((self._clock.now() - self.seen).total_seconds(), 0.0))
 
     async def _oldest_unpublished(self) -> datetime | None:
         oldest: list[datetime] = []
@@ -210,6 +207,11 @@ class InputWatermark:
         found.append((last + 1, latest))  # consuming through `last` is reading an event stamped `latest`
         self._next[tp] = max(last + 1, highwater)
         return False
+
+
+def lag_seconds(watermark: InputWatermark, now: datetime, since: datetime) -> float:
+    """How far behind `now` the clock's knowledge is (since `since`, the start, if never confirmed)."""
+    return max((now - (watermark.seen or since)).total_seconds(), 0.0)
 
 
 def describe(watermark: InputWatermark, now: datetime) -> dict[str, object]:

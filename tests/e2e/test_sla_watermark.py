@@ -125,6 +125,12 @@ async def open_timer(client: httpx.AsyncClient, stack: Stack, intent: str = "wat
     return lead_id, datetime.fromisoformat(started["due_at"])
 
 
+async def watermark_lag(client: httpx.AsyncClient, stack: Stack) -> bool:
+    text = (await client.get(f"{stack.url('sla_clock')}/metrics")).text
+    [line] = [x for x in text.splitlines() if x.startswith("leadsla_sla_clock_watermark_lag_seconds ")]
+    return float(line.split()[1]) > 3
+
+
 async def outcome(engine, lead_id: str) -> dict:
     """The timer's one outcome, as sla_clock committed it (its outbox), whether or not it is published yet."""
     async def closed() -> list | None:
@@ -148,6 +154,9 @@ async def test_a_touch_in_time_while_the_broker_is_frozen_across_the_deadline_is
                                  {"type": "call", "actor": "alice", "outcome": "connected"})
             assert touched.status_code == 202, touched.text
             assert datetime.now(due.tzinfo) < due, "the machine was too slow to touch before the deadline"
+            # Operators see the clock going blind (the gauge behind the LeadslaSlaClockBlind alert).
+            await eventually(lambda: watermark_lag(client, stack), timeout=60,
+                             what="the watermark lag to pass 3 s while the broker is frozen")
             wait_until(lambda: time.time() > due.timestamp() + 2, 60, "the deadline to pass, broker frozen")
         finally:
             freeze(stack.broker, False)
