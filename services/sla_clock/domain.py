@@ -1,5 +1,6 @@
-"""SLA timers, pure: deadlines in business time, what is due at `now`, and why a breach happened.
-Every function takes `now` as an argument; nothing here reads a clock."""
+"""SLA timers, pure: deadlines in business time, what is due at `now`, and why a breach happened;
+what a touch, pause, cancel or reassignment does to a timer; and the watermark, how far the clock
+has seen its inputs. Every function takes the time as an argument; nothing here reads a clock."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
