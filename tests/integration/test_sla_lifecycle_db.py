@@ -271,3 +271,21 @@ async def test_a_touch_racing_the_deadline_gives_exactly_one_of_met_or_breached(
     for lead_id in leads:
         outcomes = [t for t in await history(engine, lead_id) if t[1] == "first_response" and t[0] != "sla.started"]
         assert outcomes in ([("sla.met", "first_response")], [("sla.breached", "first_response")]), outcomes
+
+
+async def test_a_queued_lead_assigned_later_keeps_its_clock_from_receipt_and_the_owner_answers_for_it(
+    ctx, clock, engine
+) -> None:
+    lead_id = str(uuid.uuid4())
+    cfg = ctx.config.config
+    await handle(ctx, on_lead_received, cfg, 1, received(lead_id, clock.now()), clock.now())
+    queued = new_event("lead.queued", service="router", lead_id=lead_id, time=clock.now(),
+                       data=LeadQueued(lead_id=lead_id, tier="A", queue="tier-A", reason="at_capacity"))
+    await handle(ctx, on_lead_queued, cfg, 1, queued, clock.now())
+    # Dequeued and assigned three minutes later: the clock does not start again.
+    await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, minutes(clock, 3)), minutes(clock, 3))
+    await fire(ctx, minutes(clock, 5))
+    events = await outbox_events(engine, "sla_clock", lead_id)
+    assert [e.type for e in events if e.data["metric"] == "first_response"] == ["sla.started", "sla.breached"]
+    breach = events[-1].data
+    assert breach["owner_id"] == "alice" and breach["root_cause"] == "owner_missed"
