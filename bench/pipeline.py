@@ -156,7 +156,7 @@ async def timer_firing(engine, n: int) -> float:
     fired = 0
     while fired < n:
         async with UnitOfWork(engine, "sla_clock") as uow:
-            fired += await fire_due(uow, config, NOW + timedelta(minutes=5))
+            fired += await fire_due(uow, config, NOW + timedelta(minutes=5), seen=NOW + timedelta(minutes=5))
             await uow.commit()
     return n / (time.perf_counter() - start)
 

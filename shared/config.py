@@ -148,6 +148,7 @@ class Team(Strict):
     name: str | None = None
     manager_id: str | None = None
     members: list[str]
+    calendar: str | None = None  # the team's hours and time zone
 
 
 class RuleMatch(Strict):
@@ -177,6 +178,17 @@ class Routing(Strict):
 class MetricTarget(Strict):
     target: Duration
     warn_at: list[int] = Field(default_factory=lambda: [50, 80])
+    # next_action only: the cadence is `touches` follow-ups, each due `target` after the previous
+    # touch, all within `within` of the first response; then the lead goes to nurture.
+    touches: int = Field(default=3, ge=1)
+    within: Duration | None = None
+    # Per-metric overrides of the policy's settings (None: the policy's).
+    calendar: str | None = None
+    start_on: Literal["received", "assigned"] | None = None
+    on_reassign: Literal["continue", "reset"] | None = None
+    # Whose time zone the calendar's hours are read in: the calendar's own, or the owner's (their
+    # calendar's zone), the lead's (contact.timezone) or the team's (its calendar's zone).
+    timezone: Literal["calendar", "owner", "lead", "team"] = "calendar"
 
     @field_validator("warn_at")
     @classmethod
@@ -191,14 +203,28 @@ class PolicyFilter(Strict):
     sources: list[str] | None = None
 
 
+SlaMetric = Literal["first_response", "next_action", "qualification"]
+
+
+class TouchRule(Strict):
+    """An activity type that counts as a touch, only with these outcomes (None: any outcome) and
+    only for these metrics (None: all). E.g. a no_answer call as a cadence attempt only."""
+
+    type: str
+    outcomes: list[str] | None = None
+    metrics: list[SlaMetric] | None = None
+
+
 class SlaPolicy(Strict):
     id: str
     filter: PolicyFilter = PolicyFilter()
     start_on: Literal["received", "assigned"] = "assigned"
     on_reassign: Literal["continue", "reset"] = "continue"
     calendar: str = "always"
-    metrics: dict[Literal["first_response"], MetricTarget]
-    qualifying_touches: list[str] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
+    metrics: dict[SlaMetric, MetricTarget] = Field(min_length=1)
+    qualifying_touches: list[str | TouchRule] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
+    # Whose activities count: anyone's, or only the lead's current owner's.
+    touch_actors: Literal["anyone", "owner"] = "anyone"
 
 
 # ---- escalation and channels ----------------------------------------------------------------
@@ -277,6 +303,13 @@ class Config(Strict):
         for i, policy in enumerate(self.sla_policies):
             if policy.calendar not in calendars:
                 problems.append(f"sla_policies.{i}.calendar: unknown calendar {policy.calendar!r}")
+            for metric, target in policy.metrics.items():
+                if target.calendar is not None and target.calendar not in calendars:
+                    problems.append(
+                        f"sla_policies.{i}.metrics.{metric}.calendar: unknown calendar {target.calendar!r}")
+        for i, team in enumerate(self.teams):
+            if team.calendar and team.calendar not in calendars:
+                problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
         for i, policy in enumerate(self.escalation_policies):
             for j, step in enumerate(policy.steps):
                 for k, channel in enumerate(step.channels):

@@ -25,10 +25,13 @@ sla_breach_lag = Histogram(
     # Up to an hour: a stopped clock that restarts fires its overdue timers that late.
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
 )
+sla_clock_watermark_lag = Gauge(
+    "leadsla_sla_clock_watermark_lag_seconds", "Now minus the instant up to which the SLA clock has seen its inputs"
+)
 time_to_first_response = Histogram(
     "leadsla_time_to_first_response_seconds",
     "Clock start to first qualifying touch",
-    ["tier"],
+    ["tier", "outcome"],  # outcome: met | breached (late first responses are observed too)
     buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 8 * 3600, 86400, 2 * 86400, 4 * 86400, 7 * 86400),
 )
 notifications = Counter("leadsla_notifications_total", "Notification deliveries", ["channel", "status"])

@@ -20,6 +20,15 @@ class Settings(BaseSettings):
     config_poll_seconds: float = Field(default=2.0, gt=0)
     # How often the SLA clock looks for due timers when nothing wakes it earlier.
     timer_poll_seconds: float = Field(default=1.0, gt=0)
+    # The SLA clock judges a deadline once it has consumed its inputs up to it (its watermark);
+    # a breach it cannot confirm within this many seconds leaves with root cause system_delay.
+    sla_delay_tolerance_seconds: float = Field(default=60.0, ge=0)
+    # A touch is dated by intake's acceptance; the sender's occurred_at counts up to this much earlier.
+    sla_touch_skew_seconds: float = Field(default=300.0, ge=0)
+    # How long a producer's transaction may take from stamping an event to committing it.
+    sla_commit_allowance_seconds: float = Field(default=1.0, ge=0)
+    # How often the SLA clock re-reads its input partitions' ends and its consumer's offsets.
+    sla_watermark_interval_seconds: float = Field(default=0.2, gt=0)
     # Retention of published outbox rows, and of processed event ids (keep these longer than the
     # broker keeps records, or a very late redelivery would be handled twice).
     outbox_retention_hours: float = Field(default=24, gt=0)

@@ -3,6 +3,7 @@ fires them on time."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -10,48 +11,75 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
 from leadsla.shared import metrics
-from leadsla.shared.aio import sleep_unless_stopped
-from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent, utc_iso
+from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
 from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
+from .domain import ClockRules
 from .handlers import (
     fire_due,
     next_due,
     on_activity,
     on_lead_assigned,
+    on_lead_queued,
+    on_lead_reassigned,
     on_lead_received,
     open_timer_counts,
 )
 from .tables import timers
+from .views import timer_view
+from .watermark import InputWatermark, describe, lag_seconds
 
 log = structlog.get_logger()
 FIRE_BATCH = 200
 GAUGE_REFRESH_SECONDS = 5.0
+GROUP = "sla_clock"
+INPUTS = (TOPIC_INTAKE, TOPIC_ROUTING)
+# The services that publish our inputs from their outboxes.
+PRODUCERS = ("intake", "router")
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
+    settings = ctx.settings
+    rules = ClockRules(tolerance=timedelta(seconds=settings.sla_delay_tolerance_seconds),
+                       touch_skew=timedelta(seconds=settings.sla_touch_skew_seconds))
+    watermark = InputWatermark(
+        bootstrap=settings.kafka_bootstrap, engine=ctx.engine, clock=ctx.clock, group=GROUP, topics=INPUTS,
+        producers=PRODUCERS, commit_allowance=timedelta(seconds=settings.sla_commit_allowance_seconds),
+        interval=settings.sla_watermark_interval_seconds,
+    )
+
     async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
         config, version = ctx.config.config, ctx.config.version
         if event.type == "lead.received":
-            await on_lead_received(uow, config, version, event, ctx.clock.now())
+            await on_lead_received(uow, config, version, event, ctx.clock.now(), rules)
         elif event.type == "lead.assigned":
-            await on_lead_assigned(uow, config, version, event, ctx.clock.now())
+            await on_lead_assigned(uow, config, version, event, ctx.clock.now(), rules)
         elif event.type == "activity.recorded":
-            await on_activity(uow, config, event, ctx.clock.now())
+            await on_activity(uow, config, event, ctx.clock.now(), rules)
+        elif event.type == "lead.queued":
+            await on_lead_queued(uow, config, version, event, ctx.clock.now(), rules)
+        elif event.type == "lead.reassigned":
+            await on_lead_reassigned(uow, config, event, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
-        poll = ctx.settings.timer_poll_seconds
+        poll = settings.timer_poll_seconds
         last_gauge = 0.0
         loop = asyncio.get_running_loop()
+        began = ctx.clock.now()
         while not stop.is_set():
             fired, wait = 0, poll
+            # Cleared before reading, so an advance landing mid-round still wakes the next one.
+            watermark.advanced.clear()
+            seen = watermark.seen
+            # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
+            metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
             try:
                 async with ctx.uow() as uow:
-                    fired = await fire_due(uow, ctx.config.config, ctx.clock.now(), FIRE_BATCH)
+                    fired = await fire_due(uow, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
+                                           limit=FIRE_BATCH)
                     upcoming = await next_due(uow)
                     if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
                         metrics.sla_open_timers.clear()
@@ -60,39 +88,45 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                         last_gauge = loop.time()
                     await uow.commit()
                 if upcoming is not None:
-                    # Sleep until the next deadline, so breaches leave on time, not on the next poll.
-                    wait = min(poll, max((upcoming - ctx.clock.now()).total_seconds(), 0.0))
+                    now = ctx.clock.now()
+                    if upcoming <= now:
+                        # Due but not yet confirmed: wait for the watermark, or for the tolerance to end.
+                        wait = min(poll, max((upcoming + rules.tolerance - now).total_seconds(), 0.0))
+                    else:
+                        # Sleep until the next deadline, so breaches leave on time, not on the next poll.
+                        wait = min(poll, (upcoming - now).total_seconds())
             except Exception as exc:  # database away: timers are durable, try again shortly
                 log.warning("timers.fire_failed", error=str(exc))
             if fired < FIRE_BATCH:
-                await sleep_unless_stopped(stop, wait)
+                await _wait_any(stop, watermark.advanced, wait)
 
     api = APIRouter()
 
     @api.get("/v1/leads/{lead_id}/sla", dependencies=[Depends(require_key("source"))])
     async def lead_sla(lead_id: str) -> dict[str, Any]:
         async with ctx.engine.connect() as conn:
-            rows = (await conn.execute(select(timers).where(timers.c.lead_id == lead_id))).all()
+            rows = (await conn.execute(
+                select(timers).where(timers.c.lead_id == lead_id).order_by(timers.c.started_at, timers.c.metric)
+            )).all()
         if not rows:
             raise ProblemError(404, "No SLA timers", f"No timers for lead {lead_id!r}.")
-        now = ctx.clock.now()
-        out = []
-        for row in rows:
-            calendar = BusinessCalendar(ctx.config.config.calendar(row.calendar))
-            end = row.closed_at or now
-            out.append({
-                "sla_id": row.sla_id, "metric": row.metric, "state": row.state,
-                "policy_id": row.policy_id, "policy_version": row.policy_version, "owner_id": row.owner_id,
-                "started_at": utc_iso(row.started_at), "due_at": utc_iso(row.due_at),
-                "closed_at": utc_iso(row.closed_at) if row.closed_at else None,
-                "elapsed_seconds": round(calendar.elapsed(row.started_at, end), 3),
-                "remaining_seconds": round(calendar.elapsed(end, row.due_at), 3),
-                "root_cause": row.root_cause,
-            })
-        return {"lead_id": lead_id, "timers": out}
+        return {"lead_id": lead_id, "timers": [timer_view(row, ctx.config.config, ctx.clock.now()) for row in rows]}
+
+    @api.get("/v1/watermark", dependencies=[Depends(require_key("source"))])
+    async def input_watermark() -> dict[str, Any]:
+        return describe(watermark, ctx.clock.now())
 
     return ServiceSpec(
-        subscriptions=[Subscription("sla_clock", (TOPIC_INTAKE, TOPIC_ROUTING), on_event)],
-        loops=[timer_loop],
+        subscriptions=[Subscription(GROUP, INPUTS, on_event)],
+        loops=[timer_loop, watermark.run],
         routers=[api],
     )
+
+
+async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

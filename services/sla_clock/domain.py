@@ -1,15 +1,17 @@
-"""SLA timers, pure: deadlines in business time, what is due at `now`, and why a breach happened.
-Every function takes `now` as an argument; nothing here reads a clock."""
+"""SLA timers, pure: deadlines in business time, what is due at `now`, and why a breach happened;
+what a touch, pause, cancel or reassignment does to a timer; and the watermark, how far the clock
+has seen its inputs. Every function takes the time as an argument; nothing here reads a clock."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
 from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, SlaPolicy
+from leadsla.shared.config import Config, SlaPolicy, TouchRule
 
-TimerState = Literal["open", "met", "breached", "cancelled"]
+TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
 
 # Touches stamped a little before the timer started (CRM clocks drift) still count.
 _CLOCK_SKEW = timedelta(minutes=5)
@@ -48,6 +50,10 @@ class Timer:
     warnings: tuple[tuple[int, datetime], ...] = ()
     warned: tuple[int, ...] = ()
     state: TimerState = "open"
+    target_seconds: float | None = None
+    paused_at: datetime | None = None
+    paused_seconds: float = 0.0  # business time spent paused so far
+    step: int = 1  # next_action: which follow-up of the cadence is due
 
     @property
     def next_fire_at(self) -> datetime | None:
@@ -72,7 +78,29 @@ class Met:
     at: datetime
 
 
-Outcome = Warned | Breached | Met
+@dataclass(frozen=True)
+class Paused:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Resumed:
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    reason: str  # opted_out | disqualified | merged | cadence_exhausted
+
+
+@dataclass(frozen=True)
+class Started:
+    """The timer (re)started: a cadence's next follow-up, or a reset on reassignment."""
+
+    at: datetime
+
+
+Outcome = Warned | Breached | Met | Paused | Resumed | Cancelled | Started
 
 
 @dataclass(frozen=True)
@@ -94,8 +122,23 @@ def tick(timer: Timer, now: datetime) -> Step:
     return Step(replace(timer, warned=tuple(sorted({*timer.warned, *due}))), tuple(Warned(p) for p in due))
 
 
+def judging_horizon(now: datetime, seen: datetime | None, tolerance: timedelta) -> datetime:
+    """How far the clock may judge: an outcome due at X is decided once every input up to X has
+    been consumed (`seen` >= X), or, unconfirmed, once X is `tolerance` in the past: then the
+    system, not a person, was too slow to know (see `breach_root_cause`)."""
+    return now - tolerance if seen is None else max(now - tolerance, min(seen, now))
+
+
+def judge(timer: Timer, now: datetime, seen: datetime | None, tolerance: timedelta) -> Step:
+    """`tick`, limited to what the clock has seen."""
+    return tick(timer, judging_horizon(now, seen, tolerance))
+
+
 def touch(timer: Timer, at: datetime) -> Step:
-    """A qualifying touch: meets an open timer if it happened before the deadline."""
+    """A qualifying touch: meets an open timer if it happened before the deadline (a paused timer's
+    deadline is not running, so any touch meets it)."""
+    if timer.state == "paused" and at >= timer.started_at - _CLOCK_SKEW:
+        return Step(replace(timer, state="met", paused_at=None), (Met(at),))
     if timer.state != "open" or at < timer.started_at - _CLOCK_SKEW:
         return Step(timer)
     if at <= timer.due_at:
@@ -103,16 +146,225 @@ def touch(timer: Timer, at: datetime) -> Step:
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
 
 
+def metric_calendar(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].calendar or policy.calendar  # type: ignore[index]
+
+
+def metric_start_on(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].start_on or policy.start_on  # type: ignore[index]
+
+
+def metric_on_reassign(policy: SlaPolicy, metric: str) -> str:
+    return policy.metrics[metric].on_reassign or policy.on_reassign  # type: ignore[index]
+
+
+def metric_zone(policy: SlaPolicy, metric: str, *, owner_zone: str | None, lead_zone: str | None,
+                team_zone: str | None) -> str | None:
+    """The zone the metric's calendar is read in; None: the calendar's own (also when the chosen
+    party's zone is unknown, e.g. a lead without contact.timezone)."""
+    choice = policy.metrics[metric].timezone  # type: ignore[index]
+    return {"owner": owner_zone, "lead": lead_zone, "team": team_zone}.get(choice)
+
+
+def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, version: int, owner_id: str | None,
+                tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1) -> Timer:
+    target = policy.metrics[metric]  # type: ignore[index]
+    return Timer(
+        sla_id=sla_id, lead_id=lead_id, metric=metric, policy_id=policy.id, policy_version=version,
+        owner_id=owner_id, tier=tier, started_at=start, due_at=compute_deadline(start, target.target, calendar),
+        warnings=warning_schedule(start, target.target, target.warn_at, calendar), target_seconds=target.target,
+        step=step,
+    )
+
+
+def _overdue(timer: Timer, at: datetime) -> Step | None:
+    """A pause or cancel made after the deadline of a timer still waiting to be judged (see
+    `judge`) comes too late: the breach happened first."""
+    if timer.state == "open" and at > timer.due_at:
+        return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
+    return None
+
+
+def pause(timer: Timer, at: datetime) -> Step:
+    if timer.state != "open":
+        return Step(timer)
+    return _overdue(timer, at) or Step(replace(timer, state="paused", paused_at=at), (Paused(at),))
+
+
+def resume(timer: Timer, at: datetime, calendar: BusinessCalendar) -> Step:
+    """Restart a paused timer: its deadline and pending warnings move by the paused business time."""
+    if timer.state != "paused" or timer.paused_at is None:
+        return Step(timer)
+    paused = timer.paused_seconds + calendar.elapsed(timer.paused_at, max(at, timer.paused_at))
+    target = timer.target_seconds
+    if target is None:  # a timer from before pauses existed: its target is its business length
+        target = calendar.elapsed(timer.started_at, timer.due_at) - timer.paused_seconds
+    # Every pause so far lies before the deadline and the pending warnings: add it to each.
+    warnings = tuple((pct, at_ if pct in timer.warned else calendar.add(timer.started_at, target * pct / 100 + paused))
+                     for pct, at_ in timer.warnings)
+    moved = replace(timer, state="open", paused_at=None, paused_seconds=paused, target_seconds=target,
+                    due_at=calendar.add(timer.started_at, target + paused), warnings=warnings)
+    return Step(moved, (Resumed(at),))
+
+
+def cancel(timer: Timer, reason: str, at: datetime) -> Step:
+    if timer.state not in ("open", "paused"):
+        return Step(timer)
+    return _overdue(timer, at) or Step(replace(timer, state="cancelled", paused_at=None), (Cancelled(reason),))
+
+
+def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:
+    """on_reassign: reset: the new owner gets the whole target from the reassignment."""
+    if timer.state not in ("open", "paused"):
+        return Step(timer)
+    fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
+                        timer.tier, at, calendar, timer.step)
+    if timer.state == "paused":  # a paused lead stays paused under its new owner
+        fresh = replace(fresh, state="paused", paused_at=at)
+    return Step(fresh, (Started(at),))
+
+
+def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: datetime, calendar: BusinessCalendar,
+              *, ends_cadence: bool) -> Step:
+    """A next_action touch: meets the due follow-up, then either the next one starts (due `target`
+    after this touch) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
+    it met; the last of its `touches`, or its `within` window used up, cancels it as
+    cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
+    if timer.state == "open" and at < timer.started_at - _CLOCK_SKEW:
+        return Step(timer)
+    if timer.state not in ("open", "paused", "breached"):
+        return Step(timer)
+    outcomes: list[Outcome] = []
+    if timer.state != "breached":
+        met = touch(timer, at)
+        outcomes.extend(met.outcomes)
+        if met.timer.state == "breached":  # late: the breach is this step's outcome
+            return met
+    if ends_cadence:
+        if timer.state == "breached":
+            return Step(timer)  # the missed follow-up stays missed; nothing more is due
+        return Step(replace(timer, state="met", paused_at=None), tuple(outcomes))
+    cadence = policy.metrics["next_action"]  # type: ignore[index]
+    exhausted = timer.step >= cadence.touches or (
+        cadence.within is not None and calendar.elapsed(cadence_start, at) >= cadence.within)
+    if exhausted:
+        return Step(replace(timer, state="cancelled", paused_at=None),
+                    (*outcomes, Cancelled("cadence_exhausted")))
+    nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
+                      timer.tier, at, calendar, timer.step + 1)
+    return Step(nxt, (*outcomes, Started(at)))
+
+
+def touch_counts(policy: SlaPolicy, metric: str, activity_type: str, outcome: str | None, actor: str | None,
+                 owner_id: str | None) -> bool:
+    """Whether this activity is a touch for `metric` under the policy: type, outcome and actor."""
+    if policy.touch_actors == "owner" and owner_id is not None and actor != owner_id:
+        return False
+    for rule in policy.qualifying_touches:
+        if isinstance(rule, str):
+            if rule == activity_type:
+                return True
+        elif _rule_matches(rule, metric, activity_type, outcome):
+            return True
+    return False
+
+
+def _rule_matches(rule: TouchRule, metric: str, activity_type: str, outcome: str | None) -> bool:
+    return (rule.type == activity_type and (rule.outcomes is None or outcome in rule.outcomes)
+            and (rule.metrics is None or metric in rule.metrics))
 
 
 def root_cause(
-    *, owner_id: str | None, contactable: bool, owner_calendar: BusinessCalendar | None, due_at: datetime
+    *, owner_id: str | None, contactable: bool, owner_calendar: BusinessCalendar | None, due_at: datetime,
+    queued_reason: str | None = None,
 ) -> str:
     """The contract's root causes, most structural first."""
     if owner_id is None:
-        return "no_owner"
+        # The router queues a lead with reason at_capacity when every eligible owner was full.
+        return "capacity" if queued_reason and "capacity" in queued_reason else "no_owner"
     if not contactable:
         return "missing_data"
     if owner_calendar is not None and not owner_calendar.is_open(due_at):
         return "off_hours_coverage"
     return "owner_missed"
+
+
+def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime, tolerance: timedelta) -> str:
+    """A breach that leaves `tolerance` or more after its deadline is the system's delay (the clock
+    could not confirm in time that nothing was missed): it goes to lead ops, not to a person.
+    `judge` lets an unconfirmed breach leave exactly then, so it is never a person's."""
+    return "system_delay" if emitted_at - due_at >= tolerance else person_cause
+
+
+@dataclass(frozen=True)
+class ClockRules:
+    """Operational tolerances of the clock (from settings)."""
+
+    # How long after a deadline an unconfirmed breach may wait before it leaves as system_delay.
+    tolerance: timedelta = timedelta(seconds=60)
+    # How far a sender's occurred_at may precede intake's acceptance and still date the touch.
+    touch_skew: timedelta = timedelta(minutes=5)
+
+
+def touch_time(occurred_at: datetime, accepted_at: datetime, now: datetime, skew: timedelta) -> datetime:
+    """When a touch counts as made: the sender's occurred_at, kept within `skew` before intake
+    accepted it, and never after the acceptance (nor after `now`, if the clocks disagree)."""
+    return max(min(occurred_at, accepted_at, now), min(accepted_at, now) - skew)
+
+
+# --- The watermark: how far the clock has consumed its inputs ---------------------------------
+# A mark (offset, instant) on an input partition says "every record appended to this partition
+# before `instant` lies below `offset`". Two kinds: an empty fetch at offset E issued at t gives
+# (E, t); a record at offset o stamped s gives (o + 1, s). Once the clock's consumer has committed
+# past a mark's offset, the partition is consumed up to its instant.
+
+
+@dataclass(frozen=True)
+class PartitionMarks:
+    floor: datetime | None = None  # the best instant already consumed
+    pending: tuple[tuple[int, datetime], ...] = ()  # marks beyond the consumed offset
+
+
+def add_marks(state: PartitionMarks, marks: Iterable[tuple[int, datetime]]) -> PartitionMarks:
+    """Keep only useful marks: one is useless when another, at a lower-or-equal offset (reached no
+    later), has an equal-or-later instant (says at least as much)."""
+    kept: list[tuple[int, datetime]] = []
+    for offset, instant in sorted({*state.pending, *marks}, key=lambda m: (m[0], -m[1].timestamp())):
+        if not kept or instant > kept[-1][1]:
+            kept.append((offset, instant))
+    if state.floor is not None:
+        kept = [m for m in kept if m[1] > state.floor]
+    return replace(state, pending=tuple(kept))
+
+
+def consume(state: PartitionMarks, consumed_offset: int) -> PartitionMarks:
+    """The consumer committed up to `consumed_offset` (the next offset it will read)."""
+    reached = [t for o, t in state.pending if o <= consumed_offset]
+    floor = max([*reached, *([state.floor] if state.floor else [])], default=None)
+    return PartitionMarks(floor, tuple(m for m in state.pending if m[0] > consumed_offset))
+
+
+def inputs_seen_until(partitions: Mapping[object, PartitionMarks]) -> datetime | None:
+    """Every input partition is consumed up to this instant (None: not yet known for some)."""
+    floors = [p.floor for p in partitions.values()]
+    if not floors or any(f is None for f in floors):
+        return None
+    return min(f for f in floors if f is not None)
+
+
+def upstream_settled(checked_at: datetime, oldest_unpublished: datetime | None,
+                     commit_allowance: timedelta) -> datetime:
+    """Producers publish from their outbox: everything they stamped before this instant was on the
+    broker when `checked_at` was read. A transaction stamps its events up to `commit_allowance`
+    before it commits, so it may still be invisible at `checked_at`."""
+    bound = checked_at if oldest_unpublished is None else min(checked_at, oldest_unpublished)
+    return bound - commit_allowance
+
+
+def settled_watermark(checks: Iterable[tuple[datetime, datetime]], broker_seen: datetime | None) -> datetime | None:
+    """Combine upstream checks (checked_at, settled) with the broker side: a check counts once the
+    broker has been consumed past the moment it was made (what it saw published is then handled)."""
+    if broker_seen is None:
+        return None
+    usable = [settled for checked_at, settled in checks if checked_at <= broker_seen]
+    return max(usable, default=None)

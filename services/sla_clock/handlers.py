@@ -3,7 +3,9 @@ Timers live in Postgres, so a restart loses none and fires each once: the state 
 the event it emits commit in one transaction."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,49 +18,75 @@ from leadsla.shared.events import (
     ActivityRecorded,
     CloudEvent,
     LeadAssigned,
+    LeadQueued,
+    LeadReassigned,
     LeadReceived,
     SlaEventData,
     deterministic_id,
     new_event,
+    utc_iso,
 )
 from leadsla.shared.uow import UnitOfWork
 
 from .domain import (
     Breached,
+    Cancelled,
+    ClockRules,
     Met,
+    Paused,
+    Resumed,
+    Started,
     Step,
     Timer,
     Warned,
-    compute_deadline,
+    breach_root_cause,
+    cancel,
+    follow_up,
+    judge,
+    judging_horizon,
+    metric_calendar,
+    metric_on_reassign,
+    metric_start_on,
+    metric_zone,
+    pause,
+    restart,
+    resume,
     root_cause,
     select_policy,
-    tick,
+    start_timer,
     touch,
-    warning_schedule,
+    touch_counts,
+    touch_time,
 )
 from .tables import leads, timers
 
 SERVICE = "sla_clock"
-METRIC = "first_response"
+FIRST_RESPONSE, NEXT_ACTION, QUALIFICATION = "first_response", "next_action", "qualification"
+# These start with the lead's clock; next_action starts at the first response instead.
+CLOCK_METRICS = (FIRST_RESPONSE, QUALIFICATION)
+# A disposition with this status takes the lead out of the funnel: every timer is cancelled.
+DISQUALIFIED = "disqualified"
+LIVE = ("open", "paused")
 
 
 async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime) -> None:
+                           now: datetime, rules: ClockRules = ClockRules()) -> None:
     lead = event.data_as(LeadReceived)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
-             "received_at": lead.received_at, "correlation_id": event.correlationid}
+             "received_at": lead.received_at, "correlation_id": event.correlationid,
+             "timezone": _valid_zone(lead.contact.timezone)}
     # Upsert: an assignment that overtook this event may have created the row with less to go on.
     row = (await uow.conn.execute(
         pg_insert(leads).values(lead_id=lead.lead_id, **facts)
         .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts).returning(leads)
     )).one()
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is not None and policy.start_on == "received":
-        await _start(uow, config, version, row, policy, lead.received_at, None, event, now)
+    if policy is not None:
+        await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
 
 
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime) -> None:
+                           now: datetime, rules: ClockRules = ClockRules()) -> None:
     assigned = event.data_as(LeadAssigned)
     lead = await _lead(uow, assigned.lead_id)
     if lead is None:
@@ -68,47 +96,129 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
             lead_id=assigned.lead_id, tier=assigned.tier or "unknown", source="unknown", contactable=True,
             received_at=assigned.assigned_at, correlation_id=event.correlationid,
         ).on_conflict_do_nothing())
-        lead = await _lead(uow, assigned.lead_id)
+    await _set_owner(uow, assigned.lead_id, assigned.owner_id)
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(team_id=assigned.team_id))
+    lead = await _lead(uow, assigned.lead_id)
     assert lead is not None
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(owner_id=assigned.owner_id))
-    await uow.conn.execute(
-        update(timers).where(timers.c.lead_id == lead.lead_id, timers.c.state == "open")
-        .values(owner_id=assigned.owner_id)
-    )
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is not None and policy.start_on == "assigned":
-        await _start(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now)
+    if policy is not None:
+        await _start_all(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
+                         rules, "assigned")
 
 
-async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
-    activity = event.data_as(ActivityRecorded)
-    lead = await _lead(uow, activity.lead_id)
+async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+                         now: datetime, rules: ClockRules = ClockRules()) -> None:
+    """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
+    so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
+    queued = event.data_as(LeadQueued)
+    await uow.conn.execute(pg_insert(leads).values(
+        lead_id=queued.lead_id, tier=queued.tier, source="unknown", contactable=True, received_at=event.time,
+        correlation_id=event.correlationid, queued_reason=queued.reason,
+    ).on_conflict_do_update(index_elements=[leads.c.lead_id], set_={"queued_reason": queued.reason}))
+    lead = await _lead(uow, queued.lead_id)
+    assert lead is not None
+    policy = select_policy(config, lead.tier, lead.source)
+    if policy is not None and lead.owner_id is None:
+        await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
+
+
+async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+                             rules: ClockRules = ClockRules()) -> None:
+    """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
+    moved = event.data_as(LeadReassigned)
+    lead = await _lead(uow, moved.lead_id)
     if lead is None:
         return
+    await _set_owner(uow, lead.lead_id, moved.to_owner_id)
     policy = select_policy(config, lead.tier, lead.source)
-    if policy is None or activity.type not in policy.qualifying_touches:
+    if policy is None:
         return
-    if lead.first_touch_at is None or activity.occurred_at < lead.first_touch_at:
-        await uow.conn.execute(
-            update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=activity.occurred_at)
-        )
-    row = await _open_timer(uow, lead.lead_id)
-    if row is not None:
-        # A touch stamped a little ahead by a drifting CRM clock happened no later than now.
-        await _apply(uow, config, lead, row, touch(_timer(row), min(activity.occurred_at, now)), event, now)
+    for row in await _timers(uow, lead.lead_id, LIVE):
+        if metric_on_reassign(policy, row.metric) != "reset":
+            continue
+        # A reset reads the calendar in the new owner's zone, if the metric follows the owner.
+        zone = _zone(config, policy, row.metric, lead, moved.to_owner_id)
+        timer = _timer(row)
+        step = restart(replace(timer, owner_id=moved.to_owner_id), policy, event.time,
+                       _calendar(config, row.calendar, zone))
+        await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(timezone=zone))
+        await _apply(uow, config, lead, row, step, event, now, rules)
 
 
-async def fire_due(uow: UnitOfWork, config: Config, now: datetime, limit: int = 200) -> int:
-    """Emit every warning and breach due by `now`; rows are locked so replicas never double-fire."""
+async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+                      rules: ClockRules = ClockRules()) -> None:
+    activity = event.data_as(ActivityRecorded)
+    # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
+    # from when it was made; the sender's own occurred_at only within a bounded skew before that.
+    at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
+    lead = await _lead(uow, activity.lead_id)
+    if lead is None or lead.closed_reason is not None:
+        return
+    policy = select_policy(config, lead.tier, lead.source)
+    if policy is None:
+        return
+    rows = await _timers(uow, lead.lead_id, None)
+
+    if activity.type in ("pause", "resume"):
+        for row in rows:
+            timer = _timer(row)
+            step = (pause(timer, at) if activity.type == "pause"
+                    else resume(timer, at, _calendar(config, row.calendar, row.timezone)))
+            await _apply(uow, config, lead, row, step, event, now, rules)
+        return
+    disposition = activity.disposition.status if activity.disposition else None
+    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disposition == DISQUALIFIED else None
+    if leaving is not None:
+        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(closed_reason=leaving))
+        for row in rows:
+            await _apply(uow, config, lead, row, cancel(_timer(row), leaving, at), event, now, rules)
+        return
+
+    def counts(metric: str) -> bool:
+        return touch_counts(policy, metric, activity.type, activity.outcome, activity.actor, lead.owner_id)
+
+    first = counts(FIRST_RESPONSE)
+    ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
+    first_ever = first and lead.first_touch_at is None
+    if first and (lead.first_touch_at is None or at < lead.first_touch_at):
+        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=at))
+    for row in rows:
+        timer = _timer(row)
+        if row.metric == FIRST_RESPONSE and first:
+            step = touch(timer, at)
+            if first_ever and (timer.state == "breached" or step.timer.state == "breached"):
+                # A late first response is a response time too: Grafana shows the real distribution.
+                metrics.time_to_first_response.labels(timer.tier, "breached").observe(
+                    max((at - timer.started_at).total_seconds(), 0))
+        elif row.metric == QUALIFICATION and activity.type == "disposition":
+            step = touch(timer, at)
+        elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
+            step = follow_up(timer, policy, at, lead.first_touch_at or at,
+                             _calendar(config, row.calendar, row.timezone), ends_cadence=ends_cadence)
+        else:
+            continue
+        await _apply(uow, config, lead, row, step, event, now, rules)
+    if first_ever and rows and NEXT_ACTION in policy.metrics:
+        # The cadence of follow-ups starts at the first response.
+        await _start_one(uow, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
+                         now)
+
+
+async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: datetime | None,
+                   rules: ClockRules = ClockRules(), limit: int = 200) -> int:
+    """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
+    up to there; see domain.judge); rows are locked so replicas never double-fire."""
+    horizon = judging_horizon(now, seen, rules.tolerance)
     rows = (await uow.conn.execute(
-        select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= now)
+        select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
         .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
     )).all()
     by_id = {lead.lead_id: lead for lead in (await uow.conn.execute(
         select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
     )).all()} if rows else {}
     for row in rows:
-        await _apply(uow, config, by_id.get(row.lead_id), row, tick(_timer(row), now), None, now)
+        await _apply(uow, config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
+                     None, now, rules)
     return len(rows)
 
 
@@ -124,62 +234,90 @@ async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def _start(
+async def _start_all(
     uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
+    owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules, start_on: str | None,
+) -> None:
+    """Start the metrics that start on `start_on` (None: all of them, as for a queued lead)."""
+    if lead.closed_reason is not None:
+        return  # opted out or disqualified: nothing more to time
+    for metric in CLOCK_METRICS:
+        if metric in policy.metrics and start_on in (None, metric_start_on(policy, metric)):
+            await _start_one(uow, config, version, lead, policy, metric, start, owner_id, cause, now)
+    if lead.first_touch_at is None:
+        return
+    # The touch arrived before the clock started.
+    at = max(lead.first_touch_at, start)
+    row = (await _timers(uow, lead.lead_id, ("open",), FIRST_RESPONSE)) or None
+    if row is not None:
+        await _apply(uow, config, lead, row[0], touch(_timer(row[0]), at), cause, now, rules)
+    if NEXT_ACTION in policy.metrics:
+        await _start_one(uow, config, version, lead, policy, NEXT_ACTION, at, owner_id, cause, now)
+
+
+async def _start_one(
+    uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
     owner_id: str | None, cause: CloudEvent, now: datetime,
 ) -> None:
-    lead_id = lead.lead_id
-    calendar = BusinessCalendar(config.calendar(policy.calendar))
-    target = policy.metrics[METRIC]
-    sla_id = deterministic_id("sla", lead_id, METRIC)
-    timer = Timer(
-        sla_id=sla_id, lead_id=lead_id, metric=METRIC, policy_id=policy.id, policy_version=version,
-        owner_id=owner_id, tier=lead.tier, started_at=start,
-        due_at=compute_deadline(start, target.target, calendar),
-        warnings=warning_schedule(start, target.target, target.warn_at, calendar),
-    )
+    sla_id = deterministic_id("sla", lead.lead_id, metric)
+    name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
+    timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
+                        _calendar(config, name, zone))
     inserted = await uow.conn.execute(pg_insert(timers).values(
-        sla_id=sla_id, lead_id=lead_id, metric=METRIC, policy_id=policy.id, policy_version=version,
-        calendar=policy.calendar, owner_id=owner_id, tier=lead.tier, started_at=start, due_at=timer.due_at,
-        warnings=[[pct, at.isoformat()] for pct, at in timer.warnings], warned=[], state="open",
-        next_fire_at=timer.next_fire_at,
+        sla_id=sla_id, lead_id=lead.lead_id, metric=metric, policy_id=policy.id, policy_version=version,
+        calendar=name, timezone=zone, tier=lead.tier, **_columns(timer),
     ).on_conflict_do_nothing().returning(timers.c.sla_id))
-    if inserted.first() is None:
-        return  # this lead's timer already runs
-    uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
-    if lead.first_touch_at is not None:  # the touch arrived before the clock started
-        row = await _open_timer(uow, lead_id)
-        assert row is not None
-        await _apply(uow, config, lead, row, touch(_timer(row), max(lead.first_touch_at, start)), cause, now)
+    if inserted.first() is not None:  # else this lead's timer for the metric already runs (or ran)
+        uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
+
+
+def _columns(timer: Timer) -> dict:
+    return {"owner_id": timer.owner_id, "started_at": timer.started_at, "due_at": timer.due_at,
+            "warnings": [[pct, at.isoformat()] for pct, at in timer.warnings], "warned": list(timer.warned),
+            "state": timer.state, "next_fire_at": timer.next_fire_at, "target_seconds": timer.target_seconds,
+            "paused_at": timer.paused_at, "paused_seconds": timer.paused_seconds, "step": timer.step}
 
 
 async def _apply(
     uow: UnitOfWork, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
-    now: datetime,
+    now: datetime, rules: ClockRules,
 ) -> None:
     """Store the timer's new state and emit its outcomes; `lead` is the caller's row for it."""
     if not step.outcomes:
         return
-    timer = step.timer
+    timer, before = step.timer, _timer(row)
     correlation = lead.correlation_id if lead else None
-    values: dict = {"state": timer.state, "warned": list(timer.warned), "next_fire_at": timer.next_fire_at}
+    values = _columns(timer)
     for outcome in step.outcomes:
         if isinstance(outcome, Warned):
             uow.emit(TOPIC_SLA, _event("sla.warning", timer, cause, correlation, now, percent=outcome.percent))
             metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
         elif isinstance(outcome, Breached):
-            cause_code = _root_cause(timer, lead, config)
+            cause_code = breach_root_cause(_root_cause(before, lead, config), before.due_at, now, rules.tolerance)
             values.update(closed_at=now, root_cause=cause_code)
-            uow.emit(TOPIC_SLA, _event("sla.breached", timer, cause, correlation, now,
+            uow.emit(TOPIC_SLA, _event("sla.breached", before, cause, correlation, now,
                                        breached_at=outcome.at, root_cause=cause_code))
             metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc()
-            metrics.sla_breach_lag.observe(max((now - timer.due_at).total_seconds(), 0))
+            metrics.sla_breach_lag.observe(max((now - before.due_at).total_seconds(), 0))
         elif isinstance(outcome, Met):
             values.update(closed_at=outcome.at)
-            uow.emit(TOPIC_SLA, _event("sla.met", timer, cause, correlation, now, met_at=outcome.at))
+            uow.emit(TOPIC_SLA, _event("sla.met", before, cause, correlation, now, met_at=outcome.at))
             metrics.sla_met.labels(timer.metric, timer.tier).inc()
-            metrics.time_to_first_response.labels(timer.tier).observe(
-                max((outcome.at - timer.started_at).total_seconds(), 0))
+            if timer.metric == FIRST_RESPONSE:
+                metrics.time_to_first_response.labels(timer.tier, "met").observe(
+                    max((outcome.at - before.started_at).total_seconds(), 0))
+        elif isinstance(outcome, Paused):
+            uow.emit(TOPIC_SLA, _event("sla.paused", timer, cause, correlation, now, at=outcome.at,
+                                       paused_at=outcome.at))
+        elif isinstance(outcome, Resumed):
+            uow.emit(TOPIC_SLA, _event("sla.resumed", timer, cause, correlation, now, at=outcome.at,
+                                       resumed_at=outcome.at))
+        elif isinstance(outcome, Cancelled):
+            values.update(closed_at=now, reason=outcome.reason)
+            uow.emit(TOPIC_SLA, _event("sla.cancelled", timer, cause, correlation, now, reason=outcome.reason))
+        elif isinstance(outcome, Started):
+            values.update(closed_at=None, root_cause=None)
+            uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, correlation, now, at=outcome.at))
     await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(**values))
 
 
@@ -190,15 +328,22 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
         if owner is not None and owner.calendar:
             owner_calendar = BusinessCalendar(config.calendar(owner.calendar))
     return root_cause(owner_id=timer.owner_id, contactable=bool(lead.contactable) if lead else True,
-                      owner_calendar=owner_calendar, due_at=timer.due_at)
+                      owner_calendar=owner_calendar, due_at=timer.due_at,
+                      queued_reason=lead.queued_reason if lead else None)
 
 
 def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: str | None, now: datetime,
-           **extra: object) -> CloudEvent:
+           *, at: datetime | None = None, **extra: object) -> CloudEvent:
+    # Derived from the timer: the same transition always carries the same id. A run of the timer
+    # (a cadence step, a reset) is named by its start; pauses and resumes by their moment.
     suffix = kind if "percent" not in extra else f"{kind}.{extra['percent']}"
+    suffix += f"@{utc_iso(timer.started_at)}"
+    if at is not None:
+        suffix += f"@{utc_iso(at)}"
+    if timer.metric == NEXT_ACTION:
+        extra["step"] = timer.step
     return new_event(
         kind, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause, correlation_id=correlation_id,
-        # Derived from the timer: the same transition always carries the same id.
         event_id=deterministic_id(timer.sla_id, suffix),
         data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
                           policy_id=timer.policy_id, policy_version=timer.policy_version,
@@ -212,16 +357,53 @@ def _timer(row: Row) -> Timer:
         sla_id=row.sla_id, lead_id=row.lead_id, metric=row.metric, policy_id=row.policy_id,
         policy_version=row.policy_version, owner_id=row.owner_id, tier=row.tier, started_at=row.started_at,
         due_at=row.due_at, warnings=tuple((int(p), datetime.fromisoformat(at)) for p, at in row.warnings),
-        warned=tuple(int(p) for p in row.warned), state=row.state,
+        warned=tuple(int(p) for p in row.warned), state=row.state, target_seconds=row.target_seconds,
+        paused_at=row.paused_at, paused_seconds=row.paused_seconds, step=row.step,
     )
+
+
+def _calendar(config: Config, name: str, zone: str | None = None) -> BusinessCalendar:
+    calendar = config.calendar(name)
+    return BusinessCalendar(calendar.model_copy(update={"timezone": zone}) if zone else calendar)
+
+
+def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: str | None) -> str | None:
+    def calendar_zone(name: str | None) -> str | None:
+        return config.calendar(name).timezone if name else None
+
+    owner = config.owner(owner_id) if owner_id else None
+    team = next((t for t in config.teams if t.id == lead.team_id), None)
+    return metric_zone(policy, metric, owner_zone=calendar_zone(owner.calendar if owner else None),
+                       lead_zone=lead.timezone, team_zone=calendar_zone(team.calendar if team else None))
+
+
+def _valid_zone(name: str | None) -> str | None:
+    """contact.timezone is kept as sent: use it only if it is a real IANA zone."""
+    if not name:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
 
 
 async def _lead(uow: UnitOfWork, lead_id: str) -> Row | None:
     return (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
 
 
-async def _open_timer(uow: UnitOfWork, lead_id: str) -> Row | None:
-    return (await uow.conn.execute(
-        select(timers).where(timers.c.lead_id == lead_id, timers.c.metric == METRIC, timers.c.state == "open")
-        .with_for_update()
-    )).first()
+async def _set_owner(uow: UnitOfWork, lead_id: str, owner_id: str) -> None:
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead_id).values(owner_id=owner_id))
+    await uow.conn.execute(update(timers).where(timers.c.lead_id == lead_id, timers.c.state.in_(LIVE))
+                           .values(owner_id=owner_id))
+
+
+async def _timers(uow: UnitOfWork, lead_id: str, states: tuple[str, ...] | None,
+                  metric: str | None = None) -> list[Row]:
+    """The lead's timers, locked: the caller changes them in this transaction."""
+    query = select(timers).where(timers.c.lead_id == lead_id)
+    if states is not None:
+        query = query.where(timers.c.state.in_(states))
+    if metric is not None:
+        query = query.where(timers.c.metric == metric)
+    return list((await uow.conn.execute(query.order_by(timers.c.metric).with_for_update())).all())

@@ -3,7 +3,9 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
+    Integer,
     String,
     Table,
     UniqueConstraint,
@@ -26,6 +28,10 @@ leads = Table(
     Column("correlation_id", String),
     Column("owner_id", String),
     Column("first_touch_at", DateTime(timezone=True)),
+    Column("queued_reason", String),  # why the router queued it, while it has no owner
+    Column("closed_reason", String),  # opted_out | disqualified: no timer starts any more
+    Column("timezone", String),  # the contact's IANA zone, when known
+    Column("team_id", String),
     schema=SCHEMA,
 )
 
@@ -48,6 +54,12 @@ timers = Table(
     Column("next_fire_at", DateTime(timezone=True)),
     Column("closed_at", DateTime(timezone=True)),
     Column("root_cause", String),
+    Column("target_seconds", Float),
+    Column("paused_at", DateTime(timezone=True)),
+    Column("paused_seconds", Float, nullable=False, server_default="0"),  # business time spent paused
+    Column("step", Integer, nullable=False, server_default="1"),  # next_action: which follow-up is due
+    Column("reason", String),  # why it was cancelled
+    Column("timezone", String),  # the zone the calendar is read in, when not the calendar's own
     UniqueConstraint("lead_id", "metric"),
     Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
     schema=SCHEMA,

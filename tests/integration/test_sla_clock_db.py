@@ -76,8 +76,11 @@ async def start_lead(ctx, clock) -> str:
     return lead_id
 
 
-async def fire(ctx, now) -> None:
-    await handle(ctx, fire_due, ctx.config.config, now)
+async def fire(ctx, now, seen="caught up") -> None:
+    """Fire what is due at `now`, with the inputs consumed up to `seen` (by default: up to now)."""
+    async with ctx.uow() as uow:
+        await fire_due(uow, ctx.config.config, now, seen=now if seen == "caught up" else seen)
+        await uow.commit()
 
 
 async def test_timer_warns_then_breaches_exactly_once(ctx, clock, engine) -> None:
@@ -141,3 +144,52 @@ async def test_replicas_racing_on_the_same_due_timer_fire_it_once(ctx, clock, en
     for lead_id in leads:
         breaches = [e for e in await sla_events(engine, lead_id) if e.type == "sla.breached"]
         assert len(breaches) == 1
+
+
+def call_accepted(lead_id: str, occurred, accepted) -> CloudEvent:
+    """A call as intake publishes it: the event's time is when intake accepted it."""
+    return new_event("activity.recorded", service="intake", lead_id=lead_id, time=accepted, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type="call", actor="alice", occurred_at=occurred))
+
+
+async def test_a_due_breach_waits_until_the_clock_has_seen_its_inputs_up_to_the_deadline(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    due = clock.now() + timedelta(minutes=5)
+    # Ten seconds past the deadline, but the inputs are only consumed up to a second before it.
+    await fire(ctx, due + timedelta(seconds=10), seen=due - timedelta(seconds=1))
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.warning"]
+    # The touch intake accepted before the deadline arrives late: a met, not a breach.
+    late = call_accepted(lead_id, due - timedelta(seconds=3), accepted=due - timedelta(seconds=2))
+    await handle(ctx, on_activity, ctx.config.config, late, due + timedelta(seconds=12))
+    await fire(ctx, due + timedelta(seconds=20))
+    events = await sla_events(engine, lead_id)
+    assert [e.type for e in events] == ["sla.started", "sla.warning", "sla.met"]
+    assert events[-1].data["met_at"] == (due - timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
+
+
+async def test_a_breach_the_clock_cannot_confirm_within_the_tolerance_is_a_system_delay(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    due = clock.now() + timedelta(minutes=5)
+    await fire(ctx, due + timedelta(seconds=59), seen=None)  # nothing confirmed; the tolerance is 60 s
+    assert "sla.breached" not in [e.type for e in await sla_events(engine, lead_id)]
+    await fire(ctx, due + timedelta(seconds=60), seen=None)
+    breach = (await sla_events(engine, lead_id))[-1]
+    assert breach.type == "sla.breached" and breach.data["root_cause"] == "system_delay"
+    assert breach.data["breached_at"] == breach.data["due_at"]
+
+
+async def test_a_breach_confirmed_only_after_the_tolerance_is_a_system_delay_too(ctx, clock, engine) -> None:
+    # The clock was down for ten minutes: when it catches up, no touch was made, but the escalation
+    # leaves far too late for the owner to act on it; lead ops must know the system was behind.
+    lead_id = await start_lead(ctx, clock)
+    await fire(ctx, clock.now() + timedelta(minutes=15))
+    assert (await sla_events(engine, lead_id))[-1].data["root_cause"] == "system_delay"
+
+
+async def test_a_touch_backdated_beyond_the_skew_is_dated_by_its_acceptance(ctx, clock, engine) -> None:
+    lead_id = await start_lead(ctx, clock)
+    # Sent at 09:20 claiming 09:01; the deadline was 09:05 and the skew is 5 minutes.
+    sent = clock.now() + timedelta(minutes=20)
+    await handle(ctx, on_activity, ctx.config.config, call_accepted(lead_id, clock.now() + timedelta(minutes=1), sent),
+                 sent)
+    assert [e.type for e in await sla_events(engine, lead_id)] == ["sla.started", "sla.breached"]

@@ -49,7 +49,7 @@ def test_each_services_metrics_text_passes_promtool_check_metrics(service: str) 
     # Labelled families only appear once they have a child: give each one.
     metrics.deadletter.labels("leads.intake", "undecodable")
     metrics.consumer_lag.labels("leads.intake", "reporting")
-    metrics.time_to_first_response.labels("A")
+    metrics.time_to_first_response.labels("A", "met")
     metrics.sla_breaches.labels("first_response", "A", "owner_missed")
     result = promtool("check", "metrics", stdin=metrics.exposition(service))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

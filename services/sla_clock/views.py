@@ -1,0 +1,41 @@
+"""The read side: a lead's timers as GET /v1/leads/{lead_id}/sla shows them."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row
+
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.config import Config
+from leadsla.shared.events import utc_iso
+
+# The contract's names for a timer's state.
+_STATES = {"open": "running"}
+
+
+def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
+    calendar_config = config.calendar(row.calendar)
+    if row.timezone:
+        calendar_config = calendar_config.model_copy(update={"timezone": row.timezone})
+    calendar = BusinessCalendar(calendar_config)
+    # Time stops while paused and when the timer closes; paused business time never counts.
+    end = row.closed_at or row.paused_at or now
+    elapsed = max(calendar.elapsed(row.started_at, end) - row.paused_seconds, 0.0)
+    remaining = (row.target_seconds - elapsed if row.target_seconds is not None
+                 else calendar.elapsed(end, row.due_at))
+    view: dict[str, Any] = {
+        "sla_id": row.sla_id, "metric": row.metric, "state": _STATES.get(row.state, row.state),
+        "policy_id": row.policy_id, "policy_version": row.policy_version, "owner_id": row.owner_id,
+        "started_at": utc_iso(row.started_at), "due_at": utc_iso(row.due_at),
+        "closed_at": utc_iso(row.closed_at) if row.closed_at else None,
+        "elapsed_seconds": round(elapsed, 3), "remaining_seconds": round(remaining, 3),
+        "root_cause": row.root_cause,
+    }
+    if row.paused_at is not None:
+        view["paused_at"] = utc_iso(row.paused_at)
+    if row.reason is not None:
+        view["cancel_reason"] = row.reason
+    if row.metric == "next_action":
+        view["step"] = row.step
+    return view

@@ -1,0 +1,226 @@
+"""How far the SLA clock has consumed its inputs: the watermark its timer loop judges by.
+
+Each round: (1) read the producers' outboxes (intake, router) for the oldest event they have not
+published yet; (2) read every input partition to its end with our own fetches (no group; the
+broker's high watermark can lag, so "at the end" is an empty fetch, issued after the outbox
+check); (3) read the offsets the clock's consumer group has committed, which it does only after
+the handled events are in Postgres. domain.py turns those facts into one instant: every event
+stamped before it has been handled. See DESIGN.md "The clock judges only what it has seen".
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record import MemoryRecords
+from sqlalchemy import and_, exists, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from leadsla.shared.aio import sleep_unless_stopped
+from leadsla.shared.clock import Clock
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import utc_iso
+
+from .domain import (
+    PartitionMarks,
+    add_marks,
+    consume,
+    inputs_seen_until,
+    settled_watermark,
+    upstream_settled,
+)
+
+log = structlog.get_logger()
+
+# Follow a busy partition for at most this many fetches per round; its end is confirmed later.
+_FETCHES_PER_ROUND = 10
+_PARTITION_FETCH_BYTES = 256 * 1024
+_METADATA_REFRESH_SECONDS = 30.0
+_SHRUNK_ROUNDS = 3
+_OFFSET_OUT_OF_RANGE = 1
+
+
+class InputWatermark:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        engine: AsyncEngine,
+        clock: Clock,
+        group: str,
+        topics: Sequence[str],
+        producers: Sequence[str],
+        commit_allowance: timedelta,
+        interval: float,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._engine = engine
+        self._clock = clock
+        self._group = group
+        self._topics = tuple(topics)
+        self._producers = tuple(producers)
+        self._allowance = commit_allowance
+        self._interval = interval
+        self._marks: dict[TopicPartition, PartitionMarks] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._shrunk: dict[TopicPartition, int] = {}
+        self._checks: list[tuple[datetime, datetime]] = []
+        self.seen: datetime | None = None
+        self.rounds = 0  # completed rounds, for operators (and tests) to see it is alive
+        # Set whenever `seen` moves forward, so the timer loop judges at once.
+        self.advanced = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client = AIOKafkaClient(bootstrap_servers=self._bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        backoff, started, refreshed = 0.2, False, 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    if not started:
+                        await client.bootstrap()
+                        await admin.start()
+                        started = True
+                    if time.monotonic() - refreshed > _METADATA_REFRESH_SECONDS:
+                        await client.set_topics(self._topics)
+                        await client.force_metadata_update()
+                        refreshed = time.monotonic()
+                    await self.round(client, admin)
+                    backoff = 0.2
+                    await sleep_unless_stopped(stop, self._interval)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # broker or database away: the watermark stays, timers wait
+                    log.warning("watermark.round_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
+                    await sleep_unless_stopped(stop, backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if started:
+                await admin.close()
+            await client.close()
+
+    async def round(self, client: AIOKafkaClient, admin: AIOKafkaAdminClient) -> None:
+        checked_at = self._clock.now()
+        check = (checked_at, upstream_settled(checked_at, await self._oldest_unpublished(), self._allowance))
+        issued = self._clock.now()  # after the outbox check: what it saw sent is below our ends
+        partitions = self._partitions(client)
+        for tp, marks in (await self._read_to_end(client, partitions, issued)).items():
+            self._marks[tp] = add_marks(self._marks.get(tp, PartitionMarks()), marks)
+        committed = await admin.list_consumer_group_offsets(self._group, partitions=partitions)
+        for tp in partitions:
+            offset = committed[tp].offset if tp in committed else -1
+            self._marks[tp] = consume(self._marks.get(tp, PartitionMarks()), max(offset, 0))
+        broker_seen = inputs_seen_until({tp: self._marks[tp] for tp in partitions})
+        self._checks.append(check)
+        seen = settled_watermark(self._checks, broker_seen)
+        # Checks the broker has passed are spent, except the one that set `seen`.
+        self._checks = [c for c in self._checks if broker_seen is None or c[0] > broker_seen or c[1] == seen]
+        if seen is not None and (self.seen is None or seen > self.seen):
+            self.seen = seen
+            self.advanced.set()
+        self.rounds += 1
+
+    async def _oldest_unpublished(self) -> datetime | None:
+        oldest: list[datetime] = []
+        async with self._engine.connect() as conn:
+            for schema in self._producers:
+                t = OUTBOX[schema]
+                parked = t.alias("parked")
+                # A row the relay parked (and the later rows of its lead behind it) waits for an operator,
+                # not for the broker: waiting for it would turn every later breach into system_delay.
+                held = exists().where(and_(parked.c.key == t.c.key, parked.c.id <= t.c.id,
+                                           parked.c.parked_at.is_not(None), parked.c.sent_at.is_(None)))
+                # Only our inputs: a dead letter stuck in a producer's outbox is not something we wait for.
+                created = await conn.scalar(
+                    select(t.c.created_at).where(t.c.sent_at.is_(None), t.c.topic.in_(self._topics), ~held)
+                    .order_by(t.c.id).limit(1))
+                if created is not None:
+                    oldest.append(created)
+        return min(oldest, default=None)
+
+    def _partitions(self, client: AIOKafkaClient) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for topic in self._topics
+                for p in sorted(client.cluster.partitions_for_topic(topic) or ())]
+
+    async def _read_to_end(self, client: AIOKafkaClient, partitions: list[TopicPartition],
+                           issued: datetime) -> dict[TopicPartition, list[tuple[int, datetime]]]:
+        found: dict[TopicPartition, list[tuple[int, datetime]]] = {tp: [] for tp in partitions}
+        open_ = set(partitions)
+        for _ in range(_FETCHES_PER_ROUND):
+            if not open_:
+                break
+            by_node: dict[int, list[TopicPartition]] = {}
+            for tp in open_:
+                by_node.setdefault(client.cluster.leader_for_partition(tp), []).append(tp)
+            for node, tps in by_node.items():
+                topics: dict[str, list[tuple[int, int, int]]] = {}
+                for tp in tps:
+                    topics.setdefault(tp.topic, []).append((tp.partition, self._next.get(tp, 0),
+                                                            _PARTITION_FETCH_BYTES))
+                # A short long-poll: an empty answer must be a real answer, not a timeout of ours.
+                response = await client.send(node, FetchRequest(1, 1, 4 * 1024 * 1024, 0, list(topics.items())))
+                for topic, parts in response.topics:
+                    for partition, error_code, highwater, *rest in parts:
+                        tp = TopicPartition(topic, partition)
+                        if tp not in open_:
+                            continue
+                        if error_code == _OFFSET_OUT_OF_RANGE and highwater >= 0:
+                            self._next[tp] = highwater  # retention removed where we were: go to the end
+                            continue
+                        if error_code != 0:
+                            continue  # e.g. a leader moving: try again next round
+                        if self._read_one(tp, highwater, MemoryRecords(rest[-1]), issued, found[tp]):
+                            open_.discard(tp)
+        return found
+
+    def _read_one(self, tp: TopicPartition, highwater: int, records: MemoryRecords, issued: datetime,
+                  found: list[tuple[int, datetime]]) -> bool:
+        """Fold one partition's fetch answer into marks; True when it confirmed the end."""
+        fetched_at = self._next.get(tp, 0)
+        if highwater < fetched_at:
+            # Either the broker's high watermark lags (it can, briefly) or the log is shorter than
+            # where we were (a memory-only broker restarted). Confirm nothing; if it persists, start over.
+            self._shrunk[tp] = self._shrunk.get(tp, 0) + 1
+            if self._shrunk[tp] >= _SHRUNK_ROUNDS:
+                self._next[tp] = highwater
+                self._marks[tp] = PartitionMarks(self._marks.get(tp, PartitionMarks()).floor)
+                self._shrunk.pop(tp)
+            return True  # nothing more to learn from this partition in this round
+        self._shrunk.pop(tp, None)
+        last, latest = None, None
+        while (batch := records.next_batch()) is not None:
+            for record in batch:
+                if record.offset < fetched_at:
+                    continue  # a batch starting before our offset comes back whole
+                last = record.offset
+                stamp = datetime.fromtimestamp(record.timestamp / 1000, tz=issued.tzinfo)
+                latest = stamp if latest is None else max(latest, stamp)
+        if last is None:
+            if highwater > fetched_at:
+                self._next[tp] = highwater  # nothing at our offset yet the end is further: jump
+                return False
+            found.append((fetched_at, issued))  # an empty fetch at the end: the end as of `issued`
+            return True
+        assert latest is not None
+        found.append((last + 1, latest))  # consuming through `last` is reading an event stamped `latest`
+        self._next[tp] = max(last + 1, highwater)
+        return False
+
+
+def lag_seconds(watermark: InputWatermark, now: datetime, since: datetime) -> float:
+    """How far behind `now` the clock's knowledge is (since `since`, the start, if never confirmed)."""
+    return max((now - (watermark.seen or since)).total_seconds(), 0.0)
+
+
+def describe(watermark: InputWatermark, now: datetime) -> dict[str, object]:
+    """For /v1/watermark: where the clock stands, for an operator wondering why a breach waits."""
+    return {"seen_until": utc_iso(watermark.seen) if watermark.seen else None,
+            "lag_seconds": round((now - watermark.seen).total_seconds(), 3) if watermark.seen else None,
+            "rounds": watermark.rounds}

@@ -1,0 +1,94 @@
+"""The SLA clock's watermark on the real broker and Postgres: how far its consumer group has
+handled what the producers published."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy import insert, update
+
+from leadsla.services.sla_clock.watermark import InputWatermark
+from leadsla.shared.clock import SystemClock
+from leadsla.shared.db import OUTBOX
+from tests.support import create_topic, eventually
+
+ALLOWANCE = timedelta(milliseconds=200)
+
+
+@pytest.fixture
+async def setup(kafka_bootstrap, engine) -> AsyncIterator[tuple[InputWatermark, str, str]]:
+    topic = await create_topic(kafka_bootstrap, 2)
+    group = f"wm-{uuid.uuid4().hex[:8]}"
+    # No relay runs in integration tests: rows other tests left unpublished would hold the watermark.
+    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(), group=group,
+                               topics=[topic], producers=["intake"], commit_allowance=ALLOWANCE, interval=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watermark.run(stop))
+    yield watermark, topic, group
+    stop.set()
+    await task
+
+
+async def rounds_later(watermark: InputWatermark, n: int = 3) -> None:
+    target = watermark.rounds + n
+    await eventually(lambda: watermark.rounds >= target, what=f"{n} watermark rounds")
+
+
+async def commit(kafka_bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+    finally:
+        await consumer.stop()
+
+
+async def test_the_watermark_waits_until_the_clocks_group_has_handled_every_published_record(
+    setup, producer, kafka_bootstrap
+) -> None:
+    watermark, topic, group = setup
+    await producer.send_and_wait(topic, b"a lead event", key=b"k", partition=0)
+    published = datetime.now(UTC)
+    await rounds_later(watermark)
+    assert watermark.seen is None  # partition 0 holds a record nobody has handled
+
+    await commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 1})
+    seen = await eventually(lambda: watermark.seen, what="the watermark once the record is handled")
+    assert seen > published - ALLOWANCE
+
+    # More traffic, handled: the watermark keeps up with the clock.
+    for _ in range(3):
+        await producer.send_and_wait(topic, b"more", key=b"k", partition=1)
+    later = datetime.now(UTC)
+    await commit(kafka_bootstrap, group, {TopicPartition(topic, 0): 1, TopicPartition(topic, 1): 3})
+    await eventually(lambda: watermark.seen > later, what="the watermark past the later records")
+
+
+async def test_an_event_a_producer_has_not_published_yet_holds_the_watermark(setup, engine) -> None:
+    watermark, topic, _ = setup
+    await eventually(lambda: watermark.seen, what="the watermark of an empty topic")
+    outbox = OUTBOX["intake"]
+    async with engine.begin() as conn:
+        # A stuck dead letter is no input of the clock: it holds nothing.
+        letter = (await conn.execute(insert(outbox).values(
+            topic="leads.deadletter", key="lead", event_id=str(uuid.uuid4()), event_type="deadletter",
+            payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
+    await eventually(lambda: watermark.seen > letter.created_at, what="the watermark past a stuck dead letter")
+    async with engine.begin() as conn:
+        # A touch intake accepted, stuck in its outbox (the broker is away, the relay is down...).
+        row_id = (await conn.execute(insert(outbox).values(
+            topic=topic, key="lead", event_id=str(uuid.uuid4()), event_type="activity.recorded",
+            payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
+    await rounds_later(watermark, 5)
+    assert watermark.seen < row_id.created_at
+
+    async with engine.begin() as conn:
+        await conn.execute(update(outbox).where(outbox.c.id.in_([row_id.id, letter.id]))
+                           .values(sent_at=datetime.now(UTC)))
+    await eventually(lambda: watermark.seen > row_id.created_at, what="the watermark once the row is published")

@@ -1,0 +1,160 @@
+"""Pure rules of a lead's life on the SLA clock: which touches count, pauses, cancellation, the
+next_action cadence, reassignment resets, root causes of unowned leads."""
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from leadsla.services.sla_clock.domain import (
+    Breached,
+    Cancelled,
+    Met,
+    Paused,
+    Resumed,
+    Started,
+    cancel,
+    follow_up,
+    pause,
+    restart,
+    resume,
+    root_cause,
+    start_timer,
+    touch,
+    touch_counts,
+)
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.config import CalendarConfig, parse_config
+
+T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+ALWAYS = BusinessCalendar(CalendarConfig())
+CONFIG = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - id: p
+    touch_actors: owner
+    metrics:
+      first_response: {target: 5m, warn_at: [50]}
+      next_action: {target: 1h, touches: 3, within: 2h, warn_at: []}
+    qualifying_touches:
+      - email
+      - {type: call, outcomes: [connected]}
+      - {type: call, outcomes: [no_answer, voicemail], metrics: [next_action]}
+""")
+POLICY = CONFIG.sla_policies[0]
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def timer(metric: str = "first_response", start: datetime = T0, step: int = 1):
+    return start_timer("s", "l", metric, POLICY, 1, "alice", "A", start, ALWAYS, step)
+
+
+@pytest.mark.parametrize(("metric", "type_", "outcome", "actor", "counts"), [
+    ("first_response", "email", None, "alice", True),
+    ("first_response", "call", "connected", "alice", True),
+    ("first_response", "call", "no_answer", "alice", False),  # an attempt, not a response
+    ("next_action", "call", "no_answer", "alice", True),
+    ("next_action", "call", "voicemail", "alice", True),
+    ("next_action", "call", "busy", "alice", False),
+    ("first_response", "sms", None, "alice", False),  # not in this policy's list
+    ("first_response", "email", None, "bob", False),  # owner only
+])
+def test_what_counts_as_a_touch_is_per_policy_type_outcome_and_actor(metric, type_, outcome, actor, counts) -> None:
+    assert touch_counts(POLICY, metric, type_, outcome, actor, "alice") is counts
+
+
+def test_an_unowned_lead_counts_anyones_touch_even_under_owner_only() -> None:
+    assert touch_counts(POLICY, "first_response", "email", None, "bob", None)
+
+
+def test_a_pause_stops_the_deadline_and_a_resume_moves_it_by_the_paused_time() -> None:
+    paused = pause(timer(), at(1))
+    assert paused.outcomes == (Paused(at(1)),) and paused.timer.next_fire_at is None
+    resumed = resume(paused.timer, at(31), ALWAYS)
+    assert resumed.outcomes == (Resumed(at(31)),)
+    assert resumed.timer.due_at == at(35) and resumed.timer.warnings == ((50, at(32.5)),)
+    # A second pause adds up.
+    again = resume(pause(resumed.timer, at(33)).timer, at(43), ALWAYS).timer
+    assert again.due_at == at(45) and again.paused_seconds == 40 * 60
+
+
+def test_resume_without_pause_and_pause_of_a_closed_timer_change_nothing() -> None:
+    assert resume(timer(), at(1), ALWAYS).outcomes == ()
+    met = touch(timer(), at(1)).timer
+    assert pause(met, at(2)).outcomes == ()
+
+
+def test_a_touch_while_paused_meets_the_sla() -> None:
+    assert touch(pause(timer(), at(1)).timer, at(60)).outcomes == (Met(at(60)),)
+
+
+@pytest.mark.parametrize("reason", ["opted_out", "disqualified", "merged"])
+def test_cancel_ends_a_running_or_paused_timer_once(reason) -> None:
+    for t in (timer(), pause(timer(), at(1)).timer):
+        step = cancel(t, reason, at(2))
+        assert step.outcomes == (Cancelled(reason),) and step.timer.state == "cancelled"
+        assert cancel(step.timer, reason, at(3)).outcomes == ()
+
+
+def test_a_pause_or_cancel_after_an_unjudged_deadline_comes_too_late_the_breach_was_first() -> None:
+    # The timer waits for the watermark past its deadline (5 min); the opt-out was made at 6 min.
+    assert cancel(timer(), "opted_out", at(6)).outcomes == (Breached(at(5)),)
+    assert pause(timer(), at(6)).outcomes == (Breached(at(5)),)
+    # A paused timer's deadline is not running: cancelling it later is fine.
+    assert cancel(pause(timer(), at(1)).timer, "opted_out", at(60)).outcomes == (Cancelled("opted_out"),)
+
+
+def test_the_cadence_moves_to_the_next_follow_up_after_each_touch() -> None:
+    first = follow_up(timer("next_action", at(2)), POLICY, at(30), at(2), ALWAYS, ends_cadence=False)
+    assert first.outcomes == (Met(at(30)), Started(at(30)))
+    assert first.timer.step == 2 and first.timer.due_at == at(90) and first.timer.state == "open"
+
+
+def test_the_cadence_is_exhausted_after_its_touches_or_its_window() -> None:
+    last = follow_up(timer("next_action", at(2), step=3), POLICY, at(30), at(2), ALWAYS, ends_cadence=False)
+    assert last.outcomes == (Met(at(30)), Cancelled("cadence_exhausted")) and last.timer.state == "cancelled"
+    late = follow_up(timer("next_action", at(100), step=1), POLICY, at(125), at(2), ALWAYS, ends_cadence=False)
+    assert late.outcomes[-1] == Cancelled("cadence_exhausted")  # two hours after the first response
+
+
+def test_a_booked_meeting_ends_the_cadence_met() -> None:
+    step = follow_up(timer("next_action", at(2)), POLICY, at(30), at(2), ALWAYS, ends_cadence=True)
+    assert step.outcomes == (Met(at(30)),) and step.timer.state == "met" and step.timer.next_fire_at is None
+
+
+def test_a_touch_after_a_missed_follow_up_starts_the_next_one() -> None:
+    missed = follow_up(timer("next_action", at(2)), POLICY, at(70), at(2), ALWAYS, ends_cadence=False)
+    assert missed.timer.state == "breached"
+    step = follow_up(missed.timer, POLICY, at(75), at(2), ALWAYS, ends_cadence=False)
+    assert step.outcomes == (Started(at(75)),) and step.timer.step == 2 and step.timer.due_at == at(135)
+
+
+def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() -> None:
+    step = restart(timer(), POLICY, at(4), ALWAYS)
+    assert step.outcomes == (Started(at(4)),) and step.timer.due_at == at(9) and step.timer.warned == ()
+
+
+def test_a_paused_timer_reset_on_reassignment_stays_paused_until_resumed() -> None:
+    reset = restart(pause(timer(), at(1)).timer, POLICY, at(4), ALWAYS).timer
+    assert reset.state == "paused" and reset.next_fire_at is None
+    assert resume(reset, at(10), ALWAYS).timer.due_at == at(15)
+
+
+@pytest.mark.parametrize(("queued_reason", "cause"), [
+    (None, "no_owner"), ("no_eligible_owner", "no_owner"), ("no_matching_rule", "no_owner"),
+    ("at_capacity", "capacity"),
+])
+def test_an_unowned_breach_says_why_nobody_owned_it(queued_reason, cause) -> None:
+    assert root_cause(owner_id=None, contactable=True, owner_calendar=None, due_at=T0,
+                      queued_reason=queued_reason) == cause
+
+
+def test_a_metric_calendar_must_exist() -> None:
+    with pytest.raises(ValueError, match=r"sla_policies.0.metrics.qualification.calendar: unknown calendar 'nope'"):
+        parse_config("sla_policies: [{id: p, metrics: {qualification: {target: 1d, calendar: nope}}}]")
+
+
+def test_a_policy_without_metrics_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"sla_policies.0.metrics"):
+        parse_config("sla_policies: [{id: p, metrics: {}}]")

@@ -1,0 +1,37 @@
+"""What GET /v1/leads/{lead_id}/sla shows for a timer: contract state names, business time that
+stops while paused and when closed."""
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+from leadsla.services.sla_clock.views import timer_view
+from leadsla.shared.config import parse_config
+
+T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+CONFIG = parse_config("sla_policies: [{id: p, metrics: {first_response: {target: 10m}}}]")
+
+
+def row(**changes):
+    base = dict(sla_id="s", lead_id="l", metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
+                calendar="always", timezone=None, started_at=T0, due_at=T0 + timedelta(minutes=10), closed_at=None,
+                state="open", root_cause=None, target_seconds=600.0, paused_at=None, paused_seconds=0.0, step=1,
+                reason=None)
+    return SimpleNamespace(**{**base, **changes})
+
+
+def test_a_running_timer_shows_elapsed_and_remaining_business_time() -> None:
+    view = timer_view(row(), CONFIG, T0 + timedelta(minutes=4))
+    assert view["state"] == "running" and view["elapsed_seconds"] == 240 and view["remaining_seconds"] == 360
+
+
+def test_a_paused_timer_stops_counting_and_says_since_when() -> None:
+    paused = row(state="paused", paused_at=T0 + timedelta(minutes=3), paused_seconds=60.0)
+    view = timer_view(paused, CONFIG, T0 + timedelta(hours=5))
+    assert view["state"] == "paused" and view["paused_at"] == "2026-11-17T09:03:00Z"
+    assert view["elapsed_seconds"] == 120 and view["remaining_seconds"] == 480
+
+
+def test_a_cancelled_cadence_shows_its_reason_and_step() -> None:
+    view = timer_view(row(metric="next_action", state="cancelled", reason="cadence_exhausted", step=3,
+                          closed_at=T0 + timedelta(minutes=5)), CONFIG, T0 + timedelta(hours=1))
+    assert (view["state"], view["cancel_reason"], view["step"]) == ("cancelled", "cadence_exhausted", 3)
+    assert view["elapsed_seconds"] == 300
