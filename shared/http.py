@@ -14,6 +14,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import metrics
 from .auth import Principal, verify_key
 from .migrate import current_revision, head_revision
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from .runtime import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
+# Endpoints allowed a larger body than MAX_BODY_BYTES.
+BODY_LIMITS = {"/v1/leads:batch": 5 * 1024 * 1024}
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -78,7 +81,9 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(ProblemError(exc.status_code, str(exc.detail)), request.url.path)
+        return problem_response(
+            ProblemError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)), request.url.path
+        )
 
 
 class BodyLimitMiddleware:
@@ -91,8 +96,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = BODY_LIMITS.get(scope.get("path", ""), self.limit)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._too_large(scope, receive, send)
             return
         seen = 0
@@ -102,7 +108,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _BodyTooLarge
             return message
 
@@ -112,8 +118,12 @@ class BodyLimitMiddleware:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = BODY_LIMITS.get(scope.get("path", ""), self.limit)
+        if scope.get("path") in ("/v1/leads", "/v1/leads:batch"):
+            # The key is not checked yet, so the sender is unknown.
+            metrics.leads_rejected.labels("unknown", "too_large").inc()
         response = problem_response(
-            ProblemError(413, "Request body too large", f"Bodies are limited to {self.limit} bytes.")
+            ProblemError(413, "Request body too large", f"Bodies are limited to {limit} bytes.")
         )
         await response(scope, receive, send)
 

@@ -22,8 +22,9 @@ from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
 from .api import build_router
-from .domain import ActivityIn, LeadSubmission
-from .handlers import RejectedActivity, UnknownLead, record_activity, submit_lead
+from .domain import ActivityIn
+from .handlers import RejectedActivity, UnknownLead, count, record_activity, submit_lead
+from .normalize import Refused, read_submission
 
 RAW_SOURCE_PREFIX = "kafka:"
 
@@ -48,24 +49,34 @@ def decode_raw(record: ConsumerRecord) -> CloudEvent:
     )
 
 
-def _source_of(event: CloudEvent, body_source: str | None) -> str:
-    if body_source:
-        return body_source
-    return "kafka" if event.source.startswith(RAW_SOURCE_PREFIX) else event.source
+def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
+    """The source a raw record counts under (Kafka has no keys): the CloudEvent's `source`, else
+    the body's `source`, when it names a configured intake source; else "kafka". Metric labels
+    stay bounded whatever producers send."""
+    configured = ctx.config.config.intake.sources
+    body_source = event.data.get("source")
+    for name in (event.source, body_source):
+        if isinstance(name, str) and name in configured:
+            return name
+    return "kafka"
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     async def on_submission(event: CloudEvent, uow: UnitOfWork) -> None:
+        source = _source_of(event, ctx)
+        intake = ctx.config.config.intake
         try:
-            submission = LeadSubmission.model_validate(event.data)
-        except ValidationError as exc:
-            metrics.leads_rejected.labels(_source_of(event, None), "invalid").inc()
-            raise BadEvent("invalid submission: " + describe_validation_error(exc)) from None
-        source = _source_of(event, submission.source)
+            submission = read_submission(event.data, intake.source(source), intake.intent_aliases)
+        except Refused as exc:
+            metrics.leads_rejected.labels(source, "invalid").inc()
+            raise BadEvent(f"invalid submission: {exc}") from None
+        if not event.source.startswith(RAW_SOURCE_PREFIX):
+            submission.attributes.setdefault("ce_source", event.source)
         # A CloudEvent's own id is the producer's idempotency key for the submission.
         key = None if event.source.startswith(RAW_SOURCE_PREFIX) else event.id
-        await submit_lead(uow, ctx.config.config, submission, source=source, now=ctx.clock.now(),
-                          idempotency_key=key, cause=event)
+        result = await submit_lead(uow, ctx.config.config, submission, source=source, now=ctx.clock.now(),
+                                   idempotency_key=key, cause=event)
+        count(result, source)
 
     async def on_activity(event: CloudEvent, uow: UnitOfWork) -> None:
         data = dict(event.data)
@@ -85,8 +96,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
 
     def count_rejection(request: Request, errors: list[dict[str, str]]) -> None:
         principal = getattr(request.state, "principal", None)
-        if principal is not None and request.url.path == "/v1/leads":
-            metrics.leads_rejected.labels(principal.name, "invalid").inc()
+        if principal is not None and request.url.path.endswith("/activities"):
+            metrics.leads_rejected.labels(principal.name, "invalid_activity").inc()
 
     return ServiceSpec(
         subscriptions=[

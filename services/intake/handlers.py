@@ -1,10 +1,11 @@
 """Intake's service layer: accept a submission or an activity, inside one unit of work."""
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -16,13 +17,10 @@ from leadsla.shared.events import (
     TOPIC_INTAKE,
     ActivityRecorded,
     CloudEvent,
-    Company,
-    Consent,
-    Contact,
     Disposition,
-    Intent,
     LeadMerged,
     LeadReceived,
+    LeadUpdated,
     deterministic_id,
     new_event,
 )
@@ -30,13 +28,16 @@ from leadsla.shared.uow import UnitOfWork
 
 from .domain import (
     ActivityIn,
-    LeadSubmission,
     classify_tier,
     disposition_problem,
     identity_keys,
     is_contactable,
+    is_suppressed,
     missing_fields,
+    same_person,
+    tier_rank,
 )
+from .normalize import Issue, Submission, read_submission
 from .tables import activities, idempotency_keys, leads
 
 SERVICE = "intake"
@@ -48,6 +49,27 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 class Accepted:
     lead_id: str
     status: Literal["accepted", "duplicate"]
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    tier: str | None = None
+    upgraded: bool = False
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"lead_id": self.lead_id, "status": self.status}
+        if self.status == "accepted":
+            out["warnings"] = self.warnings
+        if self.upgraded:
+            out["upgraded"] = True
+        if self.tier is not None:
+            out["tier"] = self.tier
+        return out
+
+
+def count(result: Accepted, source: str) -> None:
+    """Metrics for a submission, counted once its transaction has committed."""
+    if result.status == "accepted":
+        metrics.leads_received.labels(source, result.tier or "").inc()
+    else:
+        metrics.leads_duplicates.labels(source).inc()
 
 
 class UnknownLead(LookupError):
@@ -63,15 +85,16 @@ class RejectedActivity(ValueError):
 async def submit_lead(
     uow: UnitOfWork,
     config: Config,
-    sub: LeadSubmission,
+    sub: Submission,
     *,
     source: str,
     now: datetime,
     idempotency_key: str | None = None,
     cause: CloudEvent | None = None,
 ) -> Accepted:
+    """Accept a normalized submission, or recognise it as a repeat of a known lead (and raise
+    that lead's tier when the repeat shows a higher intent)."""
     conn = uow.conn
-    source = sub.source or source
     if idempotency_key:
         # Serialise retries of the same key so both get the same answer.
         await xact_lock(conn, f"idem:{source}:{idempotency_key}")
@@ -80,64 +103,191 @@ async def submit_lead(
                 idempotency_keys.c.source == source, idempotency_keys.c.key == idempotency_key
             )
         )
-        if known:
-            metrics.leads_duplicates.labels(source).inc()
+        if known:  # the same request again: same answer, nothing else changes
             return Accepted(known, "duplicate")
+    tier = classify_tier(sub, source, config.tiers)
     if sub.external_id:
         await xact_lock(conn, f"ext:{source}:{sub.external_id}")
-        known = await conn.scalar(
-            select(leads.c.lead_id).where(leads.c.source == source, leads.c.external_id == sub.external_id)
-        )
+        known = (await conn.execute(
+            select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
+            .where(leads.c.source == source, leads.c.external_id == sub.external_id)
+        )).first()
         if known:
-            return await _duplicate(uow, source, idempotency_key, known)
+            upgraded = await _upgrade(uow, config, known, sub, tier, now, cause)
+            return await _duplicate(uow, source, idempotency_key, known.lead_id, upgraded)
 
     keys = identity_keys(sub, config.dedupe.match_on)
     for kind, value in sorted(keys):  # sorted: two requests lock in the same order
         await xact_lock(conn, f"id:{kind}:{value}")
-    match = await _identity_match(uow, keys, since=now - timedelta(seconds=config.dedupe.window))
+    match = await _identity_match(uow, sub, keys, config.dedupe.match_on,
+                                  since=now - timedelta(seconds=config.dedupe.window))
     if match is not None:
-        lead_id, match_on, correlation_id = match
+        row, match_on = match
         uow.emit(TOPIC_INTAKE, new_event(
-            "lead.merged", service=SERVICE, lead_id=lead_id, time=now, cause=cause,
-            correlation_id=correlation_id,
-            data=LeadMerged(lead_id=lead_id, match_on=match_on,
-                            duplicate_submission=sub.model_dump(mode="json", exclude_none=True)),
+            "lead.merged", service=SERVICE, lead_id=row.lead_id, time=now, cause=cause,
+            correlation_id=row.correlation_id,
+            data=LeadMerged(lead_id=row.lead_id, match_on=match_on, duplicate_submission=sub.snapshot()),
         ))
-        return await _duplicate(uow, source, idempotency_key, lead_id)
+        upgraded = await _upgrade(uow, config, row, sub, tier, now, cause)
+        return await _duplicate(uow, source, idempotency_key, row.lead_id, upgraded)
 
     lead_id = str(uuid.uuid4())
-    tier = classify_tier(sub, source, config.tiers)
+    suppressed = is_suppressed(sub.contact, config.intake.suppression)
     received = LeadReceived(
         lead_id=lead_id,
         source=source,
         external_id=sub.external_id,
         tier=tier,
-        contact=Contact(**sub.contact.model_dump()),
-        company=Company(**sub.company.model_dump()),
-        intent=Intent(**sub.intent.model_dump()),
+        contact=sub.contact,
+        company=sub.company,
+        intent=sub.intent,
         score=sub.score,
-        consent=Consent(**sub.consent.model_dump()),
-        contactable=is_contactable(sub),
+        consent=sub.consent,
+        contactable=is_contactable(sub, config.intake.suppression),
         received_at=now,
         submitted_at=sub.submitted_at,
         missing_fields=missing_fields(sub),
+        attributes=sub.attributes,
+        data_quality=sub.data_quality,
+        suppressed=suppressed,
     )
+    flawed = {i.field for i in sub.issues}
     event = new_event("lead.received", service=SERVICE, lead_id=lead_id, data=received, time=now, cause=cause)
     await conn.execute(leads.insert().values(
-        lead_id=lead_id, source=source, external_id=sub.external_id, email=sub.contact.email,
-        phone=sub.contact.phone, tier=tier, received_at=now, correlation_id=event.correlationid,
+        lead_id=lead_id, source=source, external_id=sub.external_id,
+        email=sub.contact.email if "contact.email" not in flawed else None,
+        phone=sub.contact.phone if "contact.phone" not in flawed else None,
+        tier=tier, received_at=now, correlation_id=event.correlationid,
         record=received.model_dump(mode="json"),
     ))
     await _remember_key(uow, source, idempotency_key, lead_id)
     uow.emit(TOPIC_INTAKE, event)
-    metrics.leads_received.labels(source, tier).inc()
-    return Accepted(lead_id, "accepted")
+    return Accepted(lead_id, "accepted", sub.warnings, tier)
 
 
-async def _duplicate(uow: UnitOfWork, source: str, idempotency_key: str | None, lead_id: str) -> Accepted:
+async def _upgrade(
+    uow: UnitOfWork, config: Config, row: Any, sub: Submission, tier: str, now: datetime,
+    cause: CloudEvent | None,
+) -> str | None:
+    """A repeat that ranks above the lead's tier (a demo request after a content download)
+    raises it: lead.updated with the new intent and tier. Returns the new tier, or None."""
+    if tier_rank(tier, config.tiers) >= tier_rank(row.tier, config.tiers):
+        return None
+    record = dict(row.record)
+    old_intent = record.get("intent")
+    new_intent = sub.intent.model_dump(mode="json", exclude_none=True)
+    record["intent"], record["tier"] = new_intent, tier
+    changed = {"intent": {"old": old_intent, "new": new_intent}, "tier": {"old": row.tier, "new": tier}}
+    await _apply_update(uow, row, record, changed, tier, "upgraded", now, cause)
+    return tier
+
+
+async def _apply_update(
+    uow: UnitOfWork, row: Any, record: dict[str, Any], changed: dict[str, dict[str, Any]], tier: str,
+    reason: str, now: datetime, cause: CloudEvent | None, data_quality: list[dict[str, Any]] | None = None,
+) -> None:
+    contact = record.get("contact") or {}
+    await uow.conn.execute(
+        leads.update().where(leads.c.lead_id == row.lead_id).values(
+            tier=tier, record=record,
+            email=contact.get("email") if "contact.email" not in _flawed(record) else None,
+            phone=contact.get("phone") if "contact.phone" not in _flawed(record) else None,
+        )
+    )
+    uow.emit(TOPIC_INTAKE, new_event(
+        "lead.updated", service=SERVICE, lead_id=row.lead_id, time=now, cause=cause,
+        correlation_id=row.correlation_id,
+        data=LeadUpdated(lead_id=row.lead_id, changed=changed, tier=tier, previous_tier=row.tier,
+                         reason=reason, contactable=record.get("contactable", True),
+                         data_quality=data_quality or []),
+    ))
+
+
+def _flawed(record: dict[str, Any]) -> set[str]:
+    return {q.get("field") for q in record.get("data_quality") or []}
+
+
+async def update_lead(
+    uow: UnitOfWork, config: Config, lead_id: str, patch: Submission, *, now: datetime,
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Complete or correct a lead's fields (PATCH): only the fields the patch gives change.
+    Emits lead.updated with each change (old and new) and the re-evaluated tier."""
+    await xact_lock(uow.conn, f"lead:{lead_id}")
+    row = (await uow.conn.execute(
+        select(leads.c.lead_id, leads.c.tier, leads.c.source, leads.c.record, leads.c.correlation_id)
+        .where(leads.c.lead_id == lead_id)
+    )).first()
+    if row is None:
+        raise UnknownLead(lead_id)
+    record = json.loads(json.dumps(row.record))
+    new = patch.snapshot()
+    changed: dict[str, dict[str, Any]] = {}
+    flawed = {i.field for i in patch.issues}
+    for name in sorted(patch.given):
+        section, _, key = name.partition(".")
+        if name in flawed and (record.get(section) or {}).get(key) is not None:
+            continue  # an unreadable correction never overwrites a value that was usable
+        targets = [key]
+        if name == "contact.phone":
+            targets.append("phone_extension")
+        if name == "company.size":
+            targets += ["size_band", "employees", "employees_min", "employees_max"]
+        if name == "company.website":
+            targets.append("domain")
+        for target in targets:
+            old_value = (record.get(section) or {}).get(target)
+            new_value = new[section].get(target)
+            if new_value is not None and new_value != old_value:
+                record.setdefault(section, {})[target] = new_value
+                changed[f"{section}.{target}"] = {"old": old_value, "new": new_value}
+    for name in ("external_id", "score", "submitted_at"):
+        if new.get(name) is not None and new[name] != record.get(name):
+            changed[name] = {"old": record.get(name), "new": new[name]}
+            record[name] = new[name]
+    for key, value in patch.attributes.items():
+        if (record.get("attributes") or {}).get(key) != value:
+            changed[f"attributes.{key}"] = {"old": (record.get("attributes") or {}).get(key), "new": value}
+            record.setdefault("attributes", {})[key] = value
+    if "consent" in new and patch.consent.model_fields_set:
+        for key in patch.consent.model_fields_set:
+            value = new["consent"].get(key)
+            if record.get("consent", {}).get(key) != value:
+                changed[f"consent.{key}"] = {"old": record.get("consent", {}).get(key), "new": value}
+                record.setdefault("consent", {})[key] = value
+    if not changed:
+        return row.tier, {}
+    # A corrected field drops its earlier data-quality note; the patch's own notes are added.
+    fixed = {k for k in changed}
+    record["data_quality"] = [q for q in record.get("data_quality") or [] if q.get("field") not in fixed]
+    record["data_quality"] += patch.data_quality
+    merged = read_submission(_as_body(record), config.intake.source(row.source), config.intake.intent_aliases)
+    merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
+    tier = classify_tier(merged, row.source, config.tiers)
+    record["tier"] = tier
+    record["missing_fields"] = missing_fields(merged)
+    record["contactable"] = bool(record.get("contactable", True)) and is_contactable(
+        merged, config.intake.suppression)
+    await _apply_update(uow, row, record, changed, tier, "patched", now, None, patch.data_quality)
+    return tier, changed
+
+
+def _as_body(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored lead record read back as a submission (to re-tier it after a change)."""
+    return {
+        "contact": {k: v for k, v in (record.get("contact") or {}).items() if k != "phone_extension"},
+        "company": {k: v for k, v in (record.get("company") or {}).items()
+                    if k in ("name", "domain", "website", "industry", "country", "size")},
+        "intent": record.get("intent"),
+        "score": record.get("score"),
+        "consent": {k: v for k, v in (record.get("consent") or {}).items() if k in ("marketing", "contact")},
+    }
+
+
+async def _duplicate(
+    uow: UnitOfWork, source: str, idempotency_key: str | None, lead_id: str, upgraded: str | None = None,
+) -> Accepted:
     await _remember_key(uow, source, idempotency_key, lead_id)
-    metrics.leads_duplicates.labels(source).inc()
-    return Accepted(lead_id, "duplicate")
+    return Accepted(lead_id, "duplicate", tier=upgraded, upgraded=upgraded is not None)
 
 
 async def _remember_key(uow: UnitOfWork, source: str, key: str | None, lead_id: str) -> None:
@@ -148,23 +298,25 @@ async def _remember_key(uow: UnitOfWork, source: str, key: str | None, lead_id: 
 
 
 async def _identity_match(
-    uow: UnitOfWork, keys: list[tuple[str, str]], since: datetime
-) -> tuple[str, str, str] | None:
+    uow: UnitOfWork, sub: Submission, keys: list[tuple[str, str]], match_on: list[str], since: datetime,
+) -> tuple[Any, str] | None:
+    """The earliest lead in the window that is this submission's person (see `same_person`)."""
     if not keys:
         return None
     conditions = [leads.c.email == v if kind == "email" else leads.c.phone == v for kind, v in keys]
-    row = (
+    rows = (
         await uow.conn.execute(
-            select(leads.c.lead_id, leads.c.email, leads.c.correlation_id)
+            select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
             .where(or_(*conditions), leads.c.received_at >= since)
             .order_by(leads.c.received_at)
-            .limit(1)
+            .limit(50)
         )
-    ).first()
-    if row is None:
-        return None
-    email = dict(keys).get("email")
-    return row.lead_id, "email" if email and row.email == email else "phone", row.correlation_id
+    ).all()
+    for row in rows:
+        match_on_kind = same_person(row.record.get("contact") or {}, sub.contact, match_on)
+        if match_on_kind:
+            return row, match_on_kind
+    return None
 
 
 async def record_activity(
@@ -178,7 +330,8 @@ async def record_activity(
 ) -> str:
     """Store a touch and emit activity.recorded; a repeat of the same external id changes nothing."""
     lead = (await uow.conn.execute(
-        select(leads.c.lead_id, leads.c.correlation_id).where(leads.c.lead_id == lead_id)
+        select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
+        .where(leads.c.lead_id == lead_id)
     )).first()
     if lead is None:
         raise UnknownLead(lead_id)
@@ -199,6 +352,7 @@ async def record_activity(
         channel=activity.channel,
         outcome=activity.outcome,
         disposition=Disposition(**activity.disposition.model_dump()) if activity.disposition else None,
+        reason=activity.reason,
     )
     inserted = await uow.conn.execute(
         pg_insert(activities)
@@ -212,4 +366,10 @@ async def record_activity(
             "activity.recorded", service=SERVICE, lead_id=lead_id, data=recorded, time=now,
             cause=cause, correlation_id=lead.correlation_id,
         ))
+        if activity.type == "opt_out" and lead.record.get("contactable", True):
+            # Consent withdrawn: nobody may contact the lead any more, so its SLAs stop.
+            record = dict(lead.record, contactable=False)
+            record["consent"] = dict(record.get("consent") or {}, contact=False)
+            await _apply_update(uow, lead, record, {"contactable": {"old": True, "new": False}},
+                                lead.tier, "opted_out", now, cause)
     return activity_id
