@@ -1,22 +1,25 @@
 """Intake's service layer: accept a submission or an activity, inside one unit of work."""
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
 from leadsla.shared.config import Config
 from leadsla.shared.db import xact_lock
 from leadsla.shared.events import (
+    TOPIC_DEADLETTER,
     TOPIC_INTAKE,
     ActivityRecorded,
     CloudEvent,
+    DeadLetter,
     Disposition,
     LeadMerged,
     LeadReceived,
@@ -38,7 +41,7 @@ from .domain import (
     tier_rank,
 )
 from .normalize import Issue, Submission, read_submission
-from .tables import activities, idempotency_keys, leads
+from .tables import activities, idempotency_keys, leads, pending_activities
 
 SERVICE = "intake"
 # CRM clocks drift; beyond this an activity "in the future" is a plan, not a touch.
@@ -162,6 +165,7 @@ async def submit_lead(
     ))
     await _remember_key(uow, source, idempotency_key, lead_id)
     uow.emit(TOPIC_INTAKE, event)
+    await _release_pending(uow, config, lead_id, sub.external_id, now)
     return Accepted(lead_id, "accepted", sub.warnings, tier)
 
 
@@ -373,3 +377,77 @@ async def record_activity(
             await _apply_update(uow, lead, record, {"contactable": {"old": True, "new": False}},
                                 lead.tier, "opted_out", now, cause)
     return activity_id
+
+
+# ---- activities that arrive on Kafka before their lead --------------------------------------
+
+
+@dataclass(frozen=True)
+class RawPosition:
+    """Where a raw record came from, kept so a parked record can still be dead-lettered."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    original: bytes
+
+
+async def resolve_lead(uow: UnitOfWork, ref: str) -> str | None:
+    """A lead by its id, else by the sender's external id (the newest lead with it)."""
+    found = await uow.conn.scalar(select(leads.c.lead_id).where(leads.c.lead_id == ref))
+    if found is None:
+        found = await uow.conn.scalar(
+            select(leads.c.lead_id).where(leads.c.external_id == ref).order_by(leads.c.received_at.desc()).limit(1)
+        )
+    return found
+
+
+async def park_activity(
+    uow: UnitOfWork, config: Config, ref: str, event: CloudEvent, position: RawPosition, now: datetime,
+) -> None:
+    await uow.conn.execute(pending_activities.insert().values(
+        lead_ref=ref, event=event.model_dump(mode="json"), topic=position.topic, partition=position.partition,
+        offset=position.offset, key=position.key, original=position.original, parked_at=now,
+        expires_at=now + timedelta(seconds=config.intake.activity_wait),
+    ))
+
+
+async def _release_pending(uow: UnitOfWork, config: Config, lead_id: str, external_id: str | None,
+                           now: datetime) -> None:
+    """Record the activities that were waiting for this lead (in the lead's transaction)."""
+    refs = [lead_id] + ([external_id] if external_id else [])
+    rows = (await uow.conn.execute(
+        delete(pending_activities).where(pending_activities.c.lead_ref.in_(refs))
+        .returning(*pending_activities.c)
+    )).all()
+    for row in sorted(rows, key=lambda r: r.id):
+        event = CloudEvent.model_validate(row.event)
+        activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"})
+        try:
+            await record_activity(uow, config, lead_id, activity, now=now, cause=event)
+        except RejectedActivity as exc:
+            _deadletter(uow, row, f"invalid_data: invalid activity: {exc.field}: {exc}", now)
+
+
+def _deadletter(uow: UnitOfWork, row: Any, error: str, now: datetime) -> None:
+    uow.emit(TOPIC_DEADLETTER, new_event(
+        "deadletter", service=SERVICE, lead_id=row.key or "", time=now,
+        event_id=deterministic_id("deadletter", "pending", row.topic, str(row.partition), str(row.offset)),
+        data=DeadLetter(topic=row.topic, partition=row.partition, offset=row.offset, key=row.key,
+                        original_bytes_b64=base64.b64encode(row.original).decode(), error=error[:2000],
+                        service=SERVICE),
+    ))
+
+
+async def expire_pending(uow: UnitOfWork, now: datetime, limit: int = 500) -> list[str]:
+    """Dead-letter parked activities whose lead never came; returns their topics (for metrics)."""
+    expired = select(pending_activities.c.id).where(pending_activities.c.expires_at <= now).order_by(
+        pending_activities.c.id).limit(limit).with_for_update(skip_locked=True)
+    rows = (await uow.conn.execute(
+        delete(pending_activities).where(pending_activities.c.id.in_(expired)).returning(*pending_activities.c)
+    )).all()
+    for row in rows:
+        waited = (row.expires_at - row.parked_at).total_seconds()
+        _deadletter(uow, row, f"unknown_lead: no lead {row.lead_ref!r} arrived within {waited:g}s", now)
+    return [row.topic for row in rows]
