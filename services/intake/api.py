@@ -16,7 +16,8 @@ from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext
 
 from . import openapi
-from .domain import ActivityIn, TokenBucket
+from .domain import ActivityIn, TokenBucket, intent_vocabulary
+from .groupcommit import GroupCommitter
 from .handlers import (
     Accepted,
     RejectedActivity,
@@ -72,6 +73,7 @@ def _is_deadlock(exc: DBAPIError) -> bool:
 def build_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["intake"])
     limiter = RateLimiter(ctx)
+    group = GroupCommitter(ctx.uow, lambda: ctx.config.config, ctx.clock.now)
     authenticate = require_key("source")
     bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="A source or admin key")
 
@@ -106,7 +108,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
 
     def read(body: Any, source: str, *, partial: bool = False) -> Submission:
         config = ctx.config.config.intake
-        return read_submission(body, config.source(source), config.intent_aliases, partial=partial)
+        return read_submission(body, config.source(source), intent_vocabulary(ctx.config.config), partial=partial)
 
     @router.post("/v1/leads", status_code=201, openapi_extra=openapi.POST_LEAD)
     async def post_lead(request: Request, principal: Sender) -> JSONResponse:
@@ -115,10 +117,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             submission = read(_parse_body(await request.body()), principal.name)
         except Refused as exc:
             raise _refusal(exc, principal.name) from None
-        async with ctx.uow() as uow:
-            result = await submit_lead(uow, ctx.config.config, submission, source=principal.name,
-                                       now=ctx.clock.now(), idempotency_key=key)
-            await uow.commit()
+        result = await group.submit(submission, source=principal.name, idempotency_key=key)
         count(result, principal.name)
         return JSONResponse(result.body(), status_code=201 if result.status == "accepted" else 200)
 

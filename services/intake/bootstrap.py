@@ -27,7 +27,7 @@ from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
 from .api import build_router
-from .domain import ActivityIn
+from .domain import ActivityIn, intent_vocabulary
 from .handlers import (
     RawPosition,
     RejectedActivity,
@@ -120,7 +120,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         source = _source_of(event, ctx)
         intake = ctx.config.config.intake
         try:
-            submission = read_submission(event.data, intake.source(source), intake.intent_aliases)
+            submission = read_submission(event.data, intake.source(source), intent_vocabulary(ctx.config.config))
         except Refused as exc:
             metrics.leads_rejected.labels(source, "invalid").inc()
             raise BadEvent(f"invalid submission: {exc}") from None

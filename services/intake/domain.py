@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leadsla.shared.config import Suppression, Tiers
+from leadsla.shared.config import Config, Suppression, Tiers
 from leadsla.shared.events import Contact
 
 from .normalize import Submission
@@ -95,6 +95,18 @@ def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
             continue
         return rule.tier
     return tiers.default
+
+
+def intent_vocabulary(config: Config) -> dict[str, list[str]]:
+    """Intent types the configuration names (tier rules, aliases): matched exactly before any
+    built-in spelling, so a configured 'event_demo' is not read as a demo request."""
+    vocabulary: dict[str, list[str]] = {}
+    for rule in config.tiers.rules:
+        for intent in rule.when.intent or []:
+            vocabulary.setdefault(intent, [])
+    for canonical, aliases in config.intake.intent_aliases.items():
+        vocabulary.setdefault(canonical, []).extend(aliases)
+    return vocabulary
 
 
 def tier_rank(tier: str, tiers: Tiers) -> int:

@@ -34,6 +34,7 @@ from .domain import (
     classify_tier,
     disposition_problem,
     identity_keys,
+    intent_vocabulary,
     is_contactable,
     is_suppressed,
     missing_fields,
@@ -264,7 +265,8 @@ async def update_lead(
     fixed = {k for k in changed}
     record["data_quality"] = [q for q in record.get("data_quality") or [] if q.get("field") not in fixed]
     record["data_quality"] += patch.data_quality
-    merged = read_submission(_as_body(record), config.intake.source(row.source), config.intake.intent_aliases)
+    merged = read_submission(_as_body(record), config.intake.source(row.source), intent_vocabulary(config),
+                             partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
     tier = classify_tier(merged, row.source, config.tiers)
     record["tier"] = tier
@@ -310,16 +312,20 @@ async def _identity_match(
     conditions = [leads.c.email == v if kind == "email" else leads.c.phone == v for kind, v in keys]
     rows = (
         await uow.conn.execute(
-            select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
+            select(leads.c.lead_id, leads.c.record["contact"].label("contact"))
             .where(or_(*conditions), leads.c.received_at >= since)
             .order_by(leads.c.received_at)
             .limit(50)
         )
     ).all()
     for row in rows:
-        match_on_kind = same_person(row.record.get("contact") or {}, sub.contact, match_on)
+        match_on_kind = same_person(row.contact or {}, sub.contact, match_on)
         if match_on_kind:
-            return row, match_on_kind
+            lead = (await uow.conn.execute(
+                select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
+                .where(leads.c.lead_id == row.lead_id)
+            )).one()
+            return lead, match_on_kind
     return None
 
 

@@ -502,8 +502,8 @@ def slug(text: str) -> str:
 @lru_cache(maxsize=64)
 def _intent_table(aliases: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
     """(alias slug, canonical type) pairs: configured aliases first, then the built-in ones."""
-    pairs = [(slug(alias), canonical) for canonical, spellings in aliases for alias in spellings]
-    pairs += [(canonical, canonical) for canonical, _ in aliases]
+    pairs = [(canonical, canonical) for canonical, _ in aliases]
+    pairs += [(slug(alias), canonical) for canonical, spellings in aliases for alias in spellings]
     for canonical, spellings in BUILTIN_INTENTS.items():
         pairs.append((canonical, canonical))
         pairs += [(slug(s), canonical) for s in spellings]
@@ -659,7 +659,10 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     not an object, or (unless `partial`, for PATCH) no usable email and no usable phone."""
     if not isinstance(body, dict):
         raise Refused([{"field": "(body)", "message": "must be a JSON object"}])
-    body = clean_text(body)
+    try:
+        body = clean_text(body)
+    except RecursionError:
+        raise Refused([{"field": "(body)", "message": "is nested too deeply"}]) from None
     r = _Reader()
     raw: dict[str, Any] = {"contact": {}, "company": {}, "intent": {}}
     flat: dict[str, dict[str, Any]] = {"contact": {}, "company": {}, "intent": {}}

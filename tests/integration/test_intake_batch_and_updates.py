@@ -201,3 +201,19 @@ async def test_leads_on_the_suppression_list_are_accepted_but_not_contactable(ap
     assert response.status_code == 201
     [event] = await outbox_events(engine, "intake", response.json()["lead_id"])
     assert event.data["contactable"] is False and event.data["suppressed"] is True
+
+
+async def test_concurrent_submissions_share_commits_without_mixing_up_answers(api, engine) -> None:
+    import asyncio
+
+    same = email()
+    bodies = [{"contact": {"email": email()}} for _ in range(20)] + [{"contact": {"email": same}}] * 5
+    responses = await asyncio.gather(*(api.post("/v1/leads", json=b) for b in bodies))
+    assert [r.status_code for r in responses[:20]] == [201] * 20
+    assert len({r.json()["lead_id"] for r in responses[:20]}) == 20
+    repeated = [r.json() for r in responses[20:]]
+    assert sorted(r["status"] for r in repeated) == ["accepted"] + ["duplicate"] * 4
+    assert len({r["lead_id"] for r in repeated}) == 1
+    for response in responses[:20]:  # every answer is backed by its own committed event
+        [event] = await outbox_events(engine, "intake", response.json()["lead_id"])
+        assert event.type == "lead.received"

@@ -63,11 +63,11 @@ async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer
     ref = f"crm-{uuid.uuid4().hex[:8]}"
     call = {"lead_id": ref, "type": "call", "external_id": f"{ref}-call", "outcome": "connected", "actor": "al"}
     await producer.send_and_wait(activities, json.dumps(call).encode(), key=ref.encode())
-    await eventually(lambda: parked(engine, ref), what="the activity parked for its lead")
+    await eventually(lambda: parked(engine, ref), what="the activity parked for its lead", timeout=120)
 
     lead = {"external_id": ref, "contact": {"email": f"{ref}@example.com"}, "intent": {"type": "Demo Request"}}
     await producer.send_and_wait(submissions, json.dumps(lead).encode())
-    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead")
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
     events = await eventually(lambda: _events_when(engine, lead_id, 2), what="lead and activity events")
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]
     assert events[1].data["type"] == "call" and events[1].data["outcome"] == "connected"
@@ -81,7 +81,7 @@ async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wai
     ref = f"ghost-{uuid.uuid4().hex[:8]}"
     value = json.dumps({"lead_id": ref, "type": "email"}).encode()
     await producer.send_and_wait(activities, value, key=ref.encode())
-    await eventually(lambda: parked(engine, ref), what="the activity parked")
+    await eventually(lambda: parked(engine, ref), what="the activity parked", timeout=120)
     clock.advance(timedelta(seconds=61))
 
     async def letter() -> CloudEvent | None:
@@ -91,7 +91,7 @@ async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wai
             found = [CloudEvent.from_bytes(r.payload) for r in rows]
         return found[0] if found else None
 
-    dead = await eventually(letter, what="the dead letter")
+    dead = await eventually(letter, what="the dead letter", timeout=120)
     assert dead.data["topic"] == activities and base64.b64decode(dead.data["original_bytes_b64"]) == value
     assert dead.data["error"].startswith("unknown_lead")
     assert await parked(engine, ref) == 0
@@ -112,7 +112,7 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
                   "data": {"external_id": structured_ref, "contact": {"phone": "+14155552671"}}}  # no `time`
     await producer.send_and_wait(submissions, json.dumps(structured).encode())
 
-    structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured")
+    structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured", timeout=120)
     binary_lead = await eventually(lambda: lead_with_external_id(engine, binary_ref), what="binary lead")
     [received] = await outbox_events(engine, "intake", binary_lead)
     assert received.data["attributes"]["ce_source"] == "https://forms.example/x"

@@ -8,12 +8,13 @@ from leadsla.services.intake.domain import (
     classify_tier,
     disposition_problem,
     identity_keys,
+    intent_vocabulary,
     is_contactable,
     missing_fields,
     same_person,
     tier_rank,
 )
-from leadsla.services.intake.normalize import Submission, read_submission
+from leadsla.services.intake.normalize import Refused, Submission, read_submission
 from leadsla.shared.config import IntakeSource, Suppression, parse_config
 from leadsla.shared.events import Contact
 
@@ -147,3 +148,25 @@ def test_a_token_bucket_allows_bursts_then_says_when_to_retry() -> None:
 @pytest.mark.parametrize("kind", ["pause", "resume", "opt_out"])
 def test_consent_and_pause_activities_are_known_types(kind: str) -> None:
     assert ActivityIn.model_validate({"type": kind, "reason": "asked"}).type == kind
+
+
+def test_configured_intent_types_are_matched_before_built_in_spellings() -> None:
+    config = parse_config("""
+tiers: {rules: [{tier: A, when: {intent: [event_demo]}}]}
+intake: {intent_aliases: {partner: [Become a partner]}}
+""")
+    vocabulary = intent_vocabulary(config)
+    assert read_submission({"contact": {"email": "a@example.com"}, "intent": "Event Demo"},
+                           IntakeSource(), vocabulary).intent.type == "event_demo"
+    assert read_submission({"contact": {"email": "a@example.com"}, "intent": "become a partner"},
+                           IntakeSource(), vocabulary).intent.type == "partner"
+
+
+def test_a_body_nested_too_deeply_is_refused_not_crashed() -> None:
+    body: dict = {"contact": {"email": "a@example.com"}}
+    inner = body
+    for _ in range(5000):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(Refused):
+        read_submission(body, IntakeSource())
