@@ -2,10 +2,11 @@
 Submissions are read by `normalize`. No I/O here; the same rules serve HTTP and Kafka input."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from leadsla.shared.config import Config, Suppression, Tiers
 from leadsla.shared.events import Contact
@@ -159,10 +160,19 @@ class DispositionIn(FormInput):
     reason: Short | None = None
 
 
+# The contract's outcomes per activity type; other outcomes are kept as sent.
+OUTCOMES = {
+    "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
+    "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
+    "email": ("sent", "replied", "bounced"),
+}
+
+
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
-    external_id: Short | None = None
+    # The sender's own activity id: a repeat with the same id changes nothing.
+    external_id: Annotated[Short | None, Field(validation_alias=AliasChoices("external_id", "activity_id"))] = None
     type: Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
     actor: Short | None = None
     occurred_at: datetime | None = None
@@ -171,8 +181,18 @@ class ActivityIn(FormInput):
     disposition: DispositionIn | None = None
     reason: Short | None = None  # why a pause (or an opt-out)
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_spelling(cls, value: Any) -> Any:
+        # "Call", "Opt-Out", "opt out": CRMs spell types their own way.
+        return re.sub(r"[\s-]+", "_", value.strip().lower()) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _disposition_present(self) -> ActivityIn:
+        if self.outcome:
+            spelled = re.sub(r"[\s-]+", "_", self.outcome.lower())
+            if spelled in OUTCOMES.get(self.type, ()):
+                self.outcome = spelled
         if self.type == "disposition" and self.disposition is None:
             raise ValueError("a disposition activity needs `disposition: {status, reason}`")
         if self.occurred_at is not None and self.occurred_at.tzinfo is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
@@ -99,9 +99,16 @@ async def submit_lead(
     """Accept a normalized submission, or recognise it as a repeat of a known lead (and raise
     that lead's tier when the repeat shows a higher intent)."""
     conn = uow.conn
+    keys = identity_keys(sub, config.dedupe.match_on)
+    # Serialise every request that could be the same lead (retries of a key, the same external
+    # id, the same person) so both get the same answer; one round trip, in a global order.
+    names = [f"id:{kind}:{value}" for kind, value in keys]
     if idempotency_key:
-        # Serialise retries of the same key so both get the same answer.
-        await xact_lock(conn, f"idem:{source}:{idempotency_key}")
+        names.append(f"idem:{source}:{idempotency_key}")
+    if sub.external_id:
+        names.append(f"ext:{source}:{sub.external_id}")
+    await _lock_all(conn, names)
+    if idempotency_key:
         known = await conn.scalar(
             select(idempotency_keys.c.lead_id).where(
                 idempotency_keys.c.source == source, idempotency_keys.c.key == idempotency_key
@@ -111,7 +118,6 @@ async def submit_lead(
             return Accepted(known, "duplicate")
     tier = classify_tier(sub, source, config.tiers)
     if sub.external_id:
-        await xact_lock(conn, f"ext:{source}:{sub.external_id}")
         known = (await conn.execute(
             select(leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id)
             .where(leads.c.source == source, leads.c.external_id == sub.external_id)
@@ -120,9 +126,6 @@ async def submit_lead(
             upgraded = await _upgrade(uow, config, known, sub, tier, now, cause)
             return await _duplicate(uow, source, idempotency_key, known.lead_id, upgraded)
 
-    keys = identity_keys(sub, config.dedupe.match_on)
-    for kind, value in sorted(keys):  # sorted: two requests lock in the same order
-        await xact_lock(conn, f"id:{kind}:{value}")
     match = await _identity_match(uow, sub, keys, config.dedupe.match_on,
                                   since=now - timedelta(seconds=config.dedupe.window))
     if match is not None:
@@ -166,7 +169,8 @@ async def submit_lead(
     ))
     await _remember_key(uow, source, idempotency_key, lead_id)
     uow.emit(TOPIC_INTAKE, event)
-    await _release_pending(uow, config, lead_id, sub.external_id, now)
+    if sub.external_id:  # only a sender's own id can name a lead before it exists
+        await _release_pending(uow, config, sub.external_id, lead_id, now)
     return Accepted(lead_id, "accepted", sub.warnings, tier)
 
 
@@ -287,6 +291,11 @@ def _as_body(record: dict[str, Any]) -> dict[str, Any]:
         "score": record.get("score"),
         "consent": {k: v for k, v in (record.get("consent") or {}).items() if k in ("marketing", "contact")},
     }
+
+
+async def _lock_all(conn: Any, names: list[str]) -> None:
+    if names:
+        await conn.execute(select(*(func.pg_advisory_xact_lock(func.hashtext(n)) for n in sorted(set(names)))))
 
 
 async def _duplicate(
@@ -419,12 +428,11 @@ async def park_activity(
     ))
 
 
-async def _release_pending(uow: UnitOfWork, config: Config, lead_id: str, external_id: str | None,
+async def _release_pending(uow: UnitOfWork, config: Config, external_id: str, lead_id: str,
                            now: datetime) -> None:
     """Record the activities that were waiting for this lead (in the lead's transaction)."""
-    refs = [lead_id] + ([external_id] if external_id else [])
     rows = (await uow.conn.execute(
-        delete(pending_activities).where(pending_activities.c.lead_ref.in_(refs))
+        delete(pending_activities).where(pending_activities.c.lead_ref == external_id)
         .returning(*pending_activities.c)
     )).all()
     for row in sorted(rows, key=lambda r: r.id):

@@ -109,7 +109,8 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
     retry = json.dumps({"external_id": binary_ref + "-retry", "contact": {"email": "other@example.com"}}).encode()
     await producer.send_and_wait(submissions, retry, headers=headers)
     structured = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "chat-widget", "type": "lead",
-                  "data": {"external_id": structured_ref, "contact": {"phone": "+14155552671"}}}  # no `time`
+                  "data": {"external_id": structured_ref,  # no `time`
+                           "contact": {"phone": "+14155552671", "email": f"{structured_ref}@example.com"}}}
     await producer.send_and_wait(submissions, json.dumps(structured).encode())
 
     structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured", timeout=120)

@@ -170,3 +170,19 @@ def test_a_body_nested_too_deeply_is_refused_not_crashed() -> None:
         inner = inner["x"]
     with pytest.raises(Refused):
         read_submission(body, IntakeSource())
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "outcome"),
+    [({"type": "Call", "outcome": "No Answer"}, "call", "no_answer"),
+     ({"type": "meeting", "outcome": "no-show"}, "meeting", "no_show"),
+     ({"type": "Opt-Out"}, "opt_out", None),
+     ({"type": "call", "outcome": "left a note"}, "call", "left a note")],
+)
+def test_activity_types_and_outcomes_are_read_in_any_spelling(body: dict, kind: str, outcome: str | None) -> None:
+    activity = ActivityIn.model_validate(body)
+    assert (activity.type, activity.outcome) == (kind, outcome)
+
+
+def test_the_senders_activity_id_is_its_idempotency_key() -> None:
+    assert ActivityIn.model_validate({"type": "call", "activity_id": "crm-1"}).external_id == "crm-1"
