@@ -20,11 +20,12 @@ from .domain import ActivityIn, TokenBucket, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
     Accepted,
+    LeadRequest,
     RejectedActivity,
     UnknownLead,
     count,
     record_activity,
-    submit_lead,
+    submit_leads,
     update_lead,
 )
 from .normalize import Refused, Submission, read_submission
@@ -145,12 +146,9 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         for attempt in range(3):
             try:
                 async with ctx.uow() as uow:
-                    accepted = [
-                        await submit_lead(uow, ctx.config.config, sub, source=principal.name,
-                                          now=ctx.clock.now(),
-                                          idempotency_key=f"{key}#{index}" if key else None)
-                        for index, sub in valid
-                    ]
+                    requests = [LeadRequest(sub, principal.name, f"{key}#{index}" if key else None)
+                                for index, sub in valid]
+                    accepted = await submit_leads(uow, ctx.config.config, requests, now=ctx.clock.now())
                     await uow.commit()
                 break
             except DBAPIError as exc:  # two batches locking the same people in opposite orders

@@ -17,7 +17,7 @@ from datetime import datetime
 from leadsla.shared.config import Config
 from leadsla.shared.uow import UnitOfWork
 
-from .handlers import Accepted, submit_lead
+from .handlers import Accepted, LeadRequest, submit_leads
 from .normalize import Submission
 
 MAX_GROUP = 200
@@ -62,8 +62,7 @@ class GroupCommitter:
     async def _run(self, group: list[_Request]) -> list[Accepted]:
         config, now = self._config(), self._now()
         async with self._uow() as uow:
-            results = [await submit_lead(uow, config, r.sub, source=r.source, now=now, idempotency_key=r.key)
-                       for r in group]
+            results = await submit_leads(uow, config, [LeadRequest(r.sub, r.source, r.key) for r in group], now=now)
             await uow.commit()
         return results
 

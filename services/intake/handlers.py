@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
@@ -138,6 +138,19 @@ async def submit_lead(
         upgraded = await _upgrade(uow, config, row, sub, tier, now, cause)
         return await _duplicate(uow, source, idempotency_key, row.lead_id, upgraded)
 
+    row, event, accepted = _new_lead(config, sub, source, tier, now, cause)
+    await conn.execute(leads.insert().values(**row))
+    await _remember_key(uow, source, idempotency_key, accepted.lead_id)
+    uow.emit(TOPIC_INTAKE, event)
+    if sub.external_id:  # only a sender's own id can name a lead before it exists
+        await _release_pending(uow, config, [(sub.external_id, accepted.lead_id)], now)
+    return accepted
+
+
+def _new_lead(
+    config: Config, sub: Submission, source: str, tier: str, now: datetime, cause: CloudEvent | None,
+) -> tuple[dict[str, Any], CloudEvent, Accepted]:
+    """The row, the lead.received event and the answer for a new lead."""
     lead_id = str(uuid.uuid4())
     suppressed = is_suppressed(sub.contact, config.intake.suppression)
     received = LeadReceived(
@@ -160,18 +173,98 @@ async def submit_lead(
     )
     flawed = {i.field for i in sub.issues}
     event = new_event("lead.received", service=SERVICE, lead_id=lead_id, data=received, time=now, cause=cause)
-    await conn.execute(leads.insert().values(
+    row = dict(
         lead_id=lead_id, source=source, external_id=sub.external_id,
         email=sub.contact.email if "contact.email" not in flawed else None,
         phone=sub.contact.phone if "contact.phone" not in flawed else None,
         tier=tier, received_at=now, correlation_id=event.correlationid,
         record=received.model_dump(mode="json"),
-    ))
-    await _remember_key(uow, source, idempotency_key, lead_id)
-    uow.emit(TOPIC_INTAKE, event)
-    if sub.external_id:  # only a sender's own id can name a lead before it exists
-        await _release_pending(uow, config, sub.external_id, lead_id, now)
-    return Accepted(lead_id, "accepted", sub.warnings, tier)
+    )
+    return row, event, Accepted(lead_id, "accepted", sub.warnings, tier)
+
+
+@dataclass(frozen=True)
+class LeadRequest:
+    sub: Submission
+    source: str
+    idempotency_key: str | None = None
+
+
+async def submit_leads(uow: UnitOfWork, config: Config, requests: list[LeadRequest], *,
+                       now: datetime) -> list[Accepted]:
+    """`submit_lead` for many leads in one transaction (a batch, or a group commit), with the
+    same answers, in a handful of round trips: lock everything once, look up every key once,
+    and insert the leads that match nothing in one statement. A lead that may repeat a known one
+    (or an earlier one of the same group) takes the one-by-one path, after the new leads before
+    it are written, so it sees them."""
+    conn = uow.conn
+    since = now - timedelta(seconds=config.dedupe.window)
+    names: list[str] = []
+    idem, exts, emails, phones = set(), set(), set(), set()
+    for r in requests:
+        keys = identity_keys(r.sub, config.dedupe.match_on)
+        names += [f"id:{kind}:{value}" for kind, value in keys]
+        emails |= {v for k, v in keys if k == "email"}
+        phones |= {v for k, v in keys if k == "phone"}
+        if r.idempotency_key:
+            names.append(f"idem:{r.source}:{r.idempotency_key}")
+            idem.add((r.source, r.idempotency_key))
+        if r.sub.external_id:
+            names.append(f"ext:{r.source}:{r.sub.external_id}")
+            exts.add((r.source, r.sub.external_id))
+    await _lock_all(conn, names)
+    taken: set[tuple[str, str]] = set()  # ("idem"|"ext"|"email"|"phone", value) known or used
+    if idem:
+        found = await conn.execute(select(idempotency_keys.c.source, idempotency_keys.c.key).where(
+            tuple_(idempotency_keys.c.source, idempotency_keys.c.key).in_(sorted(idem))))
+        taken |= {("idem", f"{r.source}:{r.key}") for r in found}
+    if exts:
+        found = await conn.execute(select(leads.c.source, leads.c.external_id).where(
+            tuple_(leads.c.source, leads.c.external_id).in_(sorted(exts))))
+        taken |= {("ext", f"{r.source}:{r.external_id}") for r in found}
+    if emails or phones:
+        found = await conn.execute(select(leads.c.email, leads.c.phone).where(
+            or_(leads.c.email.in_(sorted(emails)), leads.c.phone.in_(sorted(phones))), leads.c.received_at >= since))
+        for r in found:
+            taken |= {("email", r.email), ("phone", r.phone)}
+
+    results: list[Accepted] = []
+    rows: list[dict[str, Any]] = []
+    remembered: list[dict[str, str]] = []
+    released: list[tuple[str, str]] = []
+
+    async def flush() -> None:
+        if rows:
+            await conn.execute(leads.insert(), rows)
+        if remembered:
+            await conn.execute(pg_insert(idempotency_keys).on_conflict_do_nothing(), remembered)
+        if released:
+            await _release_pending(uow, config, released, now)
+        rows.clear(), remembered.clear(), released.clear()
+
+    for r in requests:
+        marks = {("email", v) if k == "email" else ("phone", v) for k, v in identity_keys(r.sub, config.dedupe.match_on)}
+        if r.idempotency_key:
+            marks.add(("idem", f"{r.source}:{r.idempotency_key}"))
+        if r.sub.external_id:
+            marks.add(("ext", f"{r.source}:{r.sub.external_id}"))
+        if marks & taken:
+            await flush()
+            results.append(await submit_lead(uow, config, r.sub, source=r.source, now=now,
+                                             idempotency_key=r.idempotency_key))
+        else:
+            tier = classify_tier(r.sub, r.source, config.tiers)
+            row, event, accepted = _new_lead(config, r.sub, r.source, tier, now, None)
+            rows.append(row)
+            uow.emit(TOPIC_INTAKE, event)
+            if r.idempotency_key:
+                remembered.append({"source": r.source, "key": r.idempotency_key, "lead_id": accepted.lead_id})
+            if r.sub.external_id:
+                released.append((r.sub.external_id, accepted.lead_id))
+            results.append(accepted)
+        taken |= marks
+    await flush()
+    return results
 
 
 async def _upgrade(
@@ -428,14 +521,17 @@ async def park_activity(
     ))
 
 
-async def _release_pending(uow: UnitOfWork, config: Config, external_id: str, lead_id: str,
+async def _release_pending(uow: UnitOfWork, config: Config, leads_by_ref: list[tuple[str, str]],
                            now: datetime) -> None:
-    """Record the activities that were waiting for this lead (in the lead's transaction)."""
+    """Record the activities that were waiting for these new leads ((external id, lead id)
+    pairs), in the leads' transaction."""
+    lead_of = dict(leads_by_ref)
     rows = (await uow.conn.execute(
-        delete(pending_activities).where(pending_activities.c.lead_ref == external_id)
+        delete(pending_activities).where(pending_activities.c.lead_ref.in_(sorted(lead_of)))
         .returning(*pending_activities.c)
     )).all()
     for row in sorted(rows, key=lambda r: r.id):
+        lead_id = lead_of[row.lead_ref]
         event = CloudEvent.model_validate(row.event)
         activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"})
         try:

@@ -217,3 +217,22 @@ async def test_concurrent_submissions_share_commits_without_mixing_up_answers(ap
     for response in responses[:20]:  # every answer is backed by its own committed event
         [event] = await outbox_events(engine, "intake", response.json()["lead_id"])
         assert event.type == "lead.received"
+
+
+async def test_a_batch_dedupes_and_upgrades_like_single_posts(api, engine) -> None:
+    known, repeated, switchboard = email(), email(), "+44 20 7946 0123"
+    first = (await api.post("/v1/leads", json={"contact": {"email": known}, "intent": {"type": "newsletter"}})).json()
+    leads = [
+        {"contact": {"email": repeated, "phone": switchboard, "first_name": "Ada"}},
+        {"contact": {"email": email(), "phone": switchboard, "first_name": "Bob"}},  # a colleague
+        {"contact": {"email": repeated.upper()}, "intent": {"type": "Book a demo"}},  # Ada again, keener
+        {"contact": {"email": known}, "intent": {"type": "Demo Request"}},  # the earlier lead, keener
+    ]
+    results = (await api.post("/v1/leads:batch", json={"leads": leads})).json()["results"]
+    assert [r["status"] for r in results] == ["accepted", "accepted", "duplicate", "duplicate"]
+    assert results[1]["lead_id"] != results[0]["lead_id"]
+    assert results[2]["lead_id"] == results[0]["lead_id"] and results[2]["upgraded"] is True
+    assert results[3] == {"index": 3, "lead_id": first["lead_id"], "status": "duplicate", "upgraded": True,
+                          "tier": "A"}
+    ada = [e.type for e in await outbox_events(engine, "intake", results[0]["lead_id"])]
+    assert ada == ["lead.received", "lead.merged", "lead.updated"]
