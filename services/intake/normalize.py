@@ -128,6 +128,15 @@ def fold(text: str) -> str:
 # ---- email ----------------------------------------------------------------------------------
 
 
+# Plain ASCII addresses (nearly all) are checked by this pattern alone; anything else (Unicode,
+# quoted local parts, special-use domains like .test) goes through the full validator.
+_PLAIN_EMAIL = re.compile(
+    r"(?=.{1,254}$)(?=[^@]{1,64}@)[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?!(?:local|localhost|test|invalid|onion|arpa|internal)$)"
+    r"[a-z]{2,63}"
+)
+
+
 def normalize_email(value: str) -> str:
     """Lower-cased address; 'mailto:' and 'Name <addr>' wrappers dropped. ValueError if unusable."""
     text = value.strip()
@@ -135,6 +144,8 @@ def normalize_email(value: str) -> str:
     if match:
         text = match.group(1)
     text = re.sub(r"^mailto:", "", text, flags=re.IGNORECASE).strip()
+    if _PLAIN_EMAIL.fullmatch(text.lower()):
+        return text.lower()
     try:
         result = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
@@ -189,6 +200,7 @@ def normalize_country(value: str) -> str:
 class Phone:
     e164: str
     extension: str | None
+    timezone: str | None  # when the number pins it down to exactly one
 
 
 def normalize_phone(value: str, region: str | None) -> Phone:
@@ -206,18 +218,14 @@ def normalize_phone(value: str, region: str | None) -> Phone:
         where = f" in {region}" if region and not text.startswith("+") else ""
         raise ValueError(f"is not a valid phone number{where}; kept as sent")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    return Phone(e164, number.extension or None)
+    zones = phone_timezones.time_zones_for_number(number)
+    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
+    return Phone(e164, number.extension or None, zone)
 
 
 def dialable(value: str) -> bool:
     """A number a person could still dial, even if it cannot be normalized."""
     return 7 <= sum(c.isdigit() for c in value) <= 17
-
-
-def timezone_from_phone(e164: str) -> str | None:
-    """The phone's time zone when the number pins it down to exactly one."""
-    zones = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
-    return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
 
 
 # ---- languages and time zones ---------------------------------------------------------------
@@ -752,14 +760,14 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
         except ValueError as exc:
             out["country"] = country
             r.warn("contact.country", str(exc), country)
-    phone_normalized = False
+    phone_zone = None
     if phone := raw.get("phone"):
         region = next((c for c in (out.get("country"), company_country, source.default_region)
                        if c and len(c) == 2 and c.isupper()), None)
         try:
             parsed = normalize_phone(phone, region)
             out["phone"], out["phone_extension"] = parsed.e164, parsed.extension
-            usable = phone_normalized = True
+            usable, phone_zone = True, parsed.timezone
         except ValueError as exc:
             out["phone"] = phone
             r.warn("contact.phone", str(exc), phone)
@@ -776,8 +784,8 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
         except ValueError as exc:
             out["timezone"] = zone
             r.warn("contact.timezone", str(exc), zone)
-    elif phone_normalized:
-        out["timezone"] = timezone_from_phone(out["phone"])
+    elif phone_zone:
+        out["timezone"] = phone_zone
     return Contact(**out), usable
 
 
