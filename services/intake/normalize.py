@@ -850,7 +850,10 @@ def _consent(r: _Reader, value: Any) -> Consent:
                 r.warn(f"consent.{name}", "is not yes or no; kept as sent", item)
                 out[f"{name}_as_sent"] = item
         else:
-            out[str(key)] = item  # consent is open: the sender's own consent fields stay as sent
+            # Consent is open: the sender's own consent fields stay in it as sent (and, like every
+            # field the contract does not name, under attributes).
+            out[str(key)] = item
+            r.keep(("consent", str(key)), item)
     return Consent(**out)
 
 
