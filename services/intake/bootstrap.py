@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime
 
 import structlog
-
 from aiokafka import ConsumerRecord
 from fastapi import Request
 from pydantic import ValidationError

@@ -1,4 +1,15 @@
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, String, Table, func, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata
