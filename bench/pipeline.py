@@ -167,7 +167,8 @@ async def intake_http(engine, database_url: str, bootstrap: str, n: int) -> floa
     settings = Settings(database_url=database_url, kafka_bootstrap=bootstrap)
     ctx = ServiceContext(name="intake", settings=settings, engine=engine, producer=producer,
                          clock=ManualClock(NOW), config=ConfigHolder(engine, VersionedConfig(1, parse_config(
-                             "tiers: {rules: [{tier: A, when: {intent: [demo_request]}}]}\n"))))
+                             "tiers: {rules: [{tier: A, when: {intent: [demo_request]}}]}\n"
+                             "intake: {rate_limit: {rate: 1000000, burst: 1000000}}\n"))))
     spec = intake_bootstrap(ctx)
     app = create_app(ctx, spec.routers)
     async with engine.begin() as conn:

@@ -266,6 +266,66 @@ class EscalationPolicy(Strict):
     steps: list[EscalationStep] = Field(min_length=1)
 
 
+# ---- intake ---------------------------------------------------------------------------------
+
+
+class RateLimit(Strict):
+    """A token bucket per key: `rate` requests a second on average, bursts up to `burst`."""
+
+    rate: float = Field(default=50.0, gt=0)
+    burst: int = Field(default=200, ge=1)
+
+
+class IntakeSource(Strict):
+    """Defaults for one source (the name a source key is bound to)."""
+
+    default_region: str | None = None  # ISO 3166 country for national phone numbers
+    timezone: str | None = None  # IANA zone for timestamps sent without an offset
+    default_intent: str | None = None
+    rate_limit: RateLimit | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"{value!r} is not an IANA time zone") from None
+        return value
+
+
+class Suppression(Strict):
+    """Contacts nobody may contact: leads matching these are accepted but not contactable."""
+
+    emails: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list)
+    phones: list[str] = Field(default_factory=list)
+
+
+class IntakeConfig(Strict):
+    default_region: str | None = None
+    timezone: str = "UTC"
+    default_intent: str = "inquiry"
+    # canonical intent type -> other spellings senders use ("Book a demo" -> demo_request)
+    intent_aliases: dict[str, list[str]] = Field(default_factory=dict)
+    rate_limit: RateLimit = RateLimit()
+    sources: dict[str, IntakeSource] = Field(default_factory=dict)
+    # how long an activity read from Kafka waits for a lead that has not arrived yet
+    activity_wait: Duration = 600
+    suppression: Suppression = Suppression()
+
+    def source(self, name: str) -> IntakeSource:
+        """The source's settings with the global defaults filled in."""
+        own = self.sources.get(name) or IntakeSource()
+        return IntakeSource(
+            default_region=own.default_region or self.default_region,
+            timezone=own.timezone or self.timezone,
+            default_intent=own.default_intent or self.default_intent,
+            rate_limit=own.rate_limit or self.rate_limit,
+        )
+
+
 # ---- the whole file -------------------------------------------------------------------------
 
 
@@ -281,6 +341,7 @@ class Config(Strict):
     disposition_reasons: dict[str, list[str]] = Field(default_factory=dict)
     escalation_policies: list[EscalationPolicy] = Field(default_factory=list)
     channels: dict[str, WebhookChannel] = Field(default_factory=dict)
+    intake: IntakeConfig = IntakeConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:

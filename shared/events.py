@@ -131,6 +131,8 @@ class Contact(WireModel):
     country: str | None = None
     timezone: str | None = None
     language: str | None = None
+    title: str | None = None
+    phone_extension: str | None = None
 
 
 class Company(WireModel):
@@ -138,6 +140,13 @@ class Company(WireModel):
     domain: str | None = None
     size: str | None = None
     country: str | None = None
+    website: str | None = None
+    industry: str | None = None
+    # size normalized both ways: a band like "201-500" and a head count (exact, or the band's bounds)
+    size_band: str | None = None
+    employees: int | None = None
+    employees_min: int | None = None
+    employees_max: int | None = None
 
 
 class Intent(WireModel):
@@ -165,6 +174,23 @@ class LeadReceived(WireModel):
     received_at: datetime
     submitted_at: datetime | None = None
     missing_fields: list[str] = Field(default_factory=list)
+    # everything the sender sent that the contract does not name, verbatim
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    # values kept as sent because they could not be normalized: [{field, message, value}]
+    data_quality: list[dict[str, Any]] = Field(default_factory=list)
+    suppressed: bool = False
+
+
+class LeadUpdated(WireModel):
+    """A lead's fields completed or corrected (PATCH), or its intent raised by a repeat."""
+
+    lead_id: str
+    changed: dict[str, dict[str, Any]]  # "contact.phone" -> {"old": ..., "new": ...}
+    tier: str
+    previous_tier: str
+    reason: str  # patched | upgraded | opted_out
+    contactable: bool = True
+    data_quality: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class LeadMerged(WireModel):
@@ -187,6 +213,7 @@ class ActivityRecorded(WireModel):
     channel: str | None = None
     outcome: str | None = None
     disposition: Disposition | None = None
+    reason: str | None = None
 
 
 class Candidate(WireModel):
@@ -286,6 +313,7 @@ DEADLETTER_PREFIX_BYTES = 64 * 1024
 EVENT_DATA: dict[str, type[WireModel]] = {
     "lead.received": LeadReceived,
     "lead.merged": LeadMerged,
+    "lead.updated": LeadUpdated,
     "activity.recorded": ActivityRecorded,
     "lead.assigned": LeadAssigned,
     "lead.reassigned": LeadReassigned,

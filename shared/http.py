@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .runtime import ServiceContext
 
 MAX_BODY_BYTES = 64 * 1024
+# Endpoints allowed a larger body than MAX_BODY_BYTES.
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -85,7 +86,9 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(ProblemError(exc.status_code, str(exc.detail)), request.url.path)
+        return problem_response(
+            ProblemError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)), request.url.path
+        )
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         if not is_database_unavailable(exc):
@@ -161,6 +164,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        if scope.get("path") in ("/v1/leads", "/v1/leads:batch"):
+            # The key is not checked yet, so the sender is unknown.
+            metrics.leads_rejected.labels("unknown", "too_large").inc()
         response = problem_response(
             ProblemError(413, "Request body too large", f"Bodies are limited to {limit} bytes.")
         )

@@ -1,43 +1,180 @@
 """HTTP entrypoints: turn requests into service-layer calls, nothing more."""
-from __future__ import annotations
 
-from typing import Annotated
+import json
+import math
+import time
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 
+from leadsla.shared import metrics
 from leadsla.shared.auth import Principal
 from leadsla.shared.http import ProblemError, require_key
 from leadsla.shared.runtime import ServiceContext
 
-from .domain import ActivityIn, LeadSubmission
-from .handlers import RejectedActivity, UnknownLead, record_activity, submit_lead
+from . import openapi
+from .domain import ActivityIn, TokenBucket, intent_vocabulary
+from .groupcommit import GroupCommitter
+from .handlers import (
+    Accepted,
+    LeadRequest,
+    RejectedActivity,
+    UnknownLead,
+    count,
+    record_activity,
+    submit_leads,
+    update_lead,
+)
+from .normalize import Refused, Submission, read_submission
+
+MAX_BATCH = 500
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class RateLimiter:
+    """One token bucket per key, sized by the key's source settings (in this process)."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        self._buckets: dict[str, tuple[TokenBucket, float, int]] = {}
+
+    def wait(self, principal: Principal) -> float:
+        limit = self._ctx.config.config.intake.source(principal.name).rate_limit
+        assert limit is not None
+        now = time.monotonic()
+        entry = self._buckets.get(principal.key_id)
+        if entry is None or entry[1:] != (limit.rate, limit.burst):  # new key or config changed
+            if len(self._buckets) > 10_000:
+                self._buckets.clear()
+            entry = (TokenBucket(limit.rate, limit.burst, now), limit.rate, limit.burst)
+            self._buckets[principal.key_id] = entry
+        return entry[0].take(now)
+
+
+def _parse_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        message = "is not JSON" if not isinstance(exc, RecursionError) else "is nested too deeply"
+        raise Refused([{"field": "(body)", "message": message}]) from None
+
+
+def _refusal(exc: Refused, source: str) -> ProblemError:
+    metrics.leads_rejected.labels(source, "invalid").inc()
+    return ProblemError(422, "Lead cannot be acted on", str(exc), exc.errors)
+
+
+def _is_deadlock(exc: DBAPIError) -> bool:
+    return "deadlock" in str(exc.orig).lower()
 
 
 def build_router(ctx: ServiceContext) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(tags=["intake"])
+    limiter = RateLimiter(ctx)
+    group = GroupCommitter(ctx.uow, lambda: ctx.config.config, ctx.clock.now)
+    authenticate = require_key("source")
+    bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="A source or admin key")
 
-    @router.post("/v1/leads", status_code=201)
-    async def post_lead(
-        submission: LeadSubmission,
-        principal: Annotated[Principal, Depends(require_key("source"))],
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    ) -> JSONResponse:
-        async with ctx.uow() as uow:
-            result = await submit_lead(
-                uow, ctx.config.config, submission, source=principal.name,
-                now=ctx.clock.now(), idempotency_key=idempotency_key,
-            )
-            await uow.commit()
-        status = 201 if result.status == "accepted" else 200
-        return JSONResponse({"lead_id": result.lead_id, "status": result.status}, status_code=status)
+    async def sender(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        """A valid key within its rate limit; refusals counted by reason."""
+        try:
+            principal = await authenticate(request)
+        except ProblemError as exc:
+            if exc.status == 401:
+                metrics.leads_rejected.labels("unknown", "unauthorized").inc()
+            raise
+        wait = limiter.wait(principal)
+        if wait > 0:
+            metrics.leads_rejected.labels(principal.name, "rate_limited").inc()
+            seconds = max(1, math.ceil(wait))
+            raise ProblemError(429, "Too many requests",
+                               f"This key may send {limiter_rate(ctx, principal)}; retry in {seconds}s.",
+                               headers={"Retry-After": str(seconds)})
+        return principal
 
-    @router.post("/v1/leads/{lead_id}/activities", status_code=202)
-    async def post_activity(
-        lead_id: str,
-        activity: ActivityIn,
-        principal: Annotated[Principal, Depends(require_key("source"))],
-    ) -> JSONResponse:
+    Sender = Annotated[Principal, Depends(sender)]
+
+    def idempotency_key(request: Request) -> str | None:
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY):
+            raise ProblemError(400, "Invalid Idempotency-Key",
+                               f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                               [{"field": "Idempotency-Key", "message": "1 to 200 characters"}])
+        return key.strip() if key else None
+
+    def read(body: Any, source: str, *, partial: bool = False) -> Submission:
+        config = ctx.config.config.intake
+        return read_submission(body, config.source(source), intent_vocabulary(ctx.config.config), partial=partial)
+
+    @router.post("/v1/leads", status_code=201, openapi_extra=openapi.POST_LEAD)
+    async def post_lead(request: Request, principal: Sender) -> JSONResponse:
+        key = idempotency_key(request)
+        try:
+            submission = read(_parse_body(await request.body()), principal.name)
+        except Refused as exc:
+            raise _refusal(exc, principal.name) from None
+        result = await group.submit(submission, source=principal.name, idempotency_key=key)
+        count(result, principal.name)
+        return JSONResponse(result.body(), status_code=201 if result.status == "accepted" else 200)
+
+    @router.post("/v1/leads:batch", status_code=200, openapi_extra=openapi.POST_BATCH)
+    async def post_batch(request: Request, principal: Sender) -> JSONResponse:
+        key = idempotency_key(request)
+        try:
+            body = _parse_body(await request.body())
+        except Refused as exc:
+            raise _refusal(exc, principal.name) from None
+        items = body.get("leads") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > MAX_BATCH:
+            metrics.leads_rejected.labels(principal.name, "invalid").inc()
+            raise ProblemError(422, "Invalid batch", f"Send {{\"leads\": [...]}} with 1 to {MAX_BATCH} leads.",
+                               [{"field": "leads", "message": f"a list of at most {MAX_BATCH} leads"}])
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        valid: list[tuple[int, Submission]] = []
+        for index, item in enumerate(items):
+            try:
+                valid.append((index, read(item, principal.name)))
+            except Refused as exc:
+                metrics.leads_rejected.labels(principal.name, "invalid").inc()
+                results[index] = {"index": index, "status": "invalid", "errors": exc.errors}
+        accepted: list[Accepted] = []
+        for attempt in range(3):
+            try:
+                async with ctx.uow() as uow:
+                    requests = [LeadRequest(sub, principal.name, f"{key}#{index}" if key else None)
+                                for index, sub in valid]
+                    accepted = await submit_leads(uow, ctx.config.config, requests, now=ctx.clock.now())
+                    await uow.commit()
+                break
+            except DBAPIError as exc:  # two batches locking the same people in opposite orders
+                if not _is_deadlock(exc) or attempt == 2:
+                    raise
+        for (index, _), result in zip(valid, accepted, strict=True):
+            count(result, principal.name)
+            results[index] = {"index": index, **result.body()}
+        return JSONResponse({"results": results})
+
+    @router.patch("/v1/leads/{lead_id}", openapi_extra=openapi.PATCH_LEAD)
+    async def patch_lead(lead_id: str, request: Request, principal: Sender) -> JSONResponse:
+        try:
+            patch = read(_parse_body(await request.body()), principal.name, partial=True)
+        except Refused as exc:
+            raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
+        try:
+            async with ctx.uow() as uow:
+                tier, changed = await update_lead(uow, ctx.config.config, lead_id, patch, now=ctx.clock.now())
+                await uow.commit()
+        except UnknownLead:
+            raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
+        return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
+
+    @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
+    async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender) -> JSONResponse:
         try:
             async with ctx.uow() as uow:
                 activity_id = await record_activity(uow, ctx.config.config, lead_id, activity, now=ctx.clock.now())
@@ -50,3 +187,9 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         return JSONResponse({"activity_id": activity_id}, status_code=202)
 
     return router
+
+
+def limiter_rate(ctx: ServiceContext, principal: Principal) -> str:
+    limit = ctx.config.config.intake.source(principal.name).rate_limit
+    assert limit is not None
+    return f"{limit.rate:g} requests a second (bursts of {limit.burst})"

@@ -1,14 +1,18 @@
 """Composition root of intake: HTTP routes plus consumers of the two raw input topics."""
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from datetime import UTC, datetime
 
+import structlog
 from aiokafka import ConsumerRecord
 from fastapi import Request
 from pydantic import ValidationError
 
 from leadsla.shared import metrics
+from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.consumer import Subscription, record_position
 from leadsla.shared.events import (
     TOPIC_ACTIVITIES_RAW,
@@ -23,15 +27,32 @@ from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
 from .api import build_router
-from .domain import ActivityIn, LeadSubmission
-from .handlers import RejectedActivity, UnknownLead, record_activity, submit_lead
+from .domain import ActivityIn, intent_vocabulary
+from .handlers import (
+    RawPosition,
+    RejectedActivity,
+    count,
+    expire_pending,
+    park_activity,
+    record_activity,
+    resolve_lead,
+    submit_lead,
+)
+from .normalize import Refused, read_submission
+
+log = structlog.get_logger()
 
 RAW_SOURCE_PREFIX = "kafka:"
 MAX_RAW_RECORD_BYTES = MAX_BODY_BYTES
+RAW_POSITION = "intakerawrecord"  # extension attribute: [topic, partition, offset, key, value base64]
+BARE = "intakebare"  # extension attribute: the record was a bare JSON body, not a CloudEvent
 
 
 def decode_raw(record: ConsumerRecord) -> CloudEvent:
-    """Raw topics carry a CloudEvent or the bare JSON body of the matching HTTP endpoint."""
+    """Raw topics carry the bare JSON body of the matching HTTP endpoint, or a CloudEvent in
+    the Kafka binding's structured mode (`time` optional) or binary mode (`ce_*` headers, the
+    record value is the data). Where the record came from rides along as extension attributes,
+    so an activity parked for its lead can still be dead-lettered with its bytes."""
     size = len(record.value or b"")
     if size > MAX_RAW_RECORD_BYTES:
         # The same limit as HTTP bodies: a lead this size is not a form submission, and its events
@@ -39,67 +60,131 @@ def decode_raw(record: ConsumerRecord) -> CloudEvent:
         raise BadEvent(f"too large: {size} bytes, the limit is {MAX_RAW_RECORD_BYTES} (as for HTTP bodies)")
     try:
         body = json.loads(record.value or b"")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadEvent("expected a JSON object")
-    if "specversion" in body:
-        return CloudEvent.from_bytes(record.value)
+    key = record.key.decode(errors="replace") if record.key else None
+    received = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    raw = {RAW_POSITION: [record.topic, record.partition, record.offset, key,
+                          base64.b64encode(record.value or b"").decode()]}
+    headers = {k.lower(): (v or b"").decode(errors="replace") for k, v in (record.headers or ())}
+    if "ce_id" in headers:  # binary mode
+        ce = {k[3:]: v for k, v in headers.items() if k.startswith("ce_")}
+        try:
+            return CloudEvent(
+                id=ce["id"], source=ce.get("source") or RAW_SOURCE_PREFIX + record.topic,
+                type=ce.get("type") or "raw", subject=ce.get("subject") or key,
+                time=ce.get("time") or received, data=body, **raw,
+            )
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from None
+    if "specversion" in body:  # structured mode
+        if not isinstance(body.get("data", {}), dict):
+            raise BadEvent("a CloudEvent on a raw topic needs a JSON object as its data")
+        try:
+            return CloudEvent.model_validate({"time": received, **body, **raw})
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from None
     return CloudEvent(
         id=deterministic_id("raw", record_position(record)),
         source=RAW_SOURCE_PREFIX + record.topic,
         type="raw",
-        subject=record.key.decode(errors="replace") if record.key else None,
-        time=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+        subject=key,
+        time=received,
         data=body,
+        **raw,
+        **{BARE: True},
     )
 
 
-def _source_of(event: CloudEvent, body_source: str | None) -> str:
-    if body_source:
-        return body_source
-    return "kafka" if event.source.startswith(RAW_SOURCE_PREFIX) else event.source
+def raw_position(event: CloudEvent) -> RawPosition:
+    topic, partition, offset, key, original = (event.model_extra or {})[RAW_POSITION]
+    return RawPosition(topic, partition, offset, key, base64.b64decode(original))
+
+
+def without_raw(event: CloudEvent) -> CloudEvent:
+    """The event as its sender meant it (what is kept while an activity waits)."""
+    extra = {k: v for k, v in (event.model_extra or {}).items() if k not in (RAW_POSITION, BARE)}
+    return CloudEvent.model_validate({**event.model_dump(exclude=set(event.model_extra or {})), **extra})
+
+
+def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
+    """The source a raw record counts under (Kafka has no keys): the CloudEvent's `source`, else
+    the body's `source`, when it names a configured intake source; else "kafka". Metric labels
+    stay bounded whatever producers send."""
+    configured = ctx.config.config.intake.sources
+    body_source = event.data.get("source")
+    for name in (event.source, body_source):
+        if isinstance(name, str) and name in configured:
+            return name
+    return "kafka"
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     async def on_submission(event: CloudEvent, uow: UnitOfWork) -> None:
+        source = _source_of(event, ctx)
+        intake = ctx.config.config.intake
         try:
-            submission = LeadSubmission.model_validate(event.data)
-        except ValidationError as exc:
-            metrics.leads_rejected.labels(_source_of(event, None), "invalid").inc()
-            raise BadEvent("invalid submission: " + describe_validation_error(exc)) from None
-        source = _source_of(event, submission.source)
-        # A CloudEvent's own id is the producer's idempotency key for the submission.
-        key = None if event.source.startswith(RAW_SOURCE_PREFIX) else event.id
-        await submit_lead(uow, ctx.config.config, submission, source=source, now=ctx.clock.now(),
-                          idempotency_key=key, cause=event)
+            submission = read_submission(event.data, intake.source(source), intent_vocabulary(ctx.config.config))
+        except Refused as exc:
+            metrics.leads_rejected.labels(source, "invalid").inc()
+            raise BadEvent(f"invalid submission: {exc}") from None
+        bare = bool((event.model_extra or {}).get(BARE))
+        if not bare:
+            submission.attributes.setdefault("ce_source", event.source)
+        # A CloudEvent's own id (ce_id) is the producer's idempotency key for the submission.
+        key = None if bare else event.id
+        result = await submit_lead(uow, ctx.config.config, submission, source=source, now=ctx.clock.now(),
+                                   idempotency_key=key, cause=event)
+        count(result, source)
 
     async def on_activity(event: CloudEvent, uow: UnitOfWork) -> None:
         data = dict(event.data)
-        lead_id = data.pop("lead_id", None) or event.subject
-        if not lead_id:
+        ref = data.pop("lead_id", None) or event.subject
+        if not ref or not isinstance(ref, str):
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
         try:
             activity = ActivityIn.model_validate(data)
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
+        config, now = ctx.config.config, ctx.clock.now()
+        lead_id = await resolve_lead(uow, ref)
+        if lead_id is None:
+            # The raw topics are consumed independently: the lead may still be on its way.
+            await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)
+            return
         try:
-            await record_activity(uow, ctx.config.config, lead_id, activity, now=ctx.clock.now(), cause=event)
-        except UnknownLead:
-            raise BadEvent(f"unknown lead {lead_id!r}") from None
+            await record_activity(uow, config, lead_id, activity, now=now, cause=without_raw(event))
         except RejectedActivity as exc:
             raise BadEvent(f"invalid activity: {exc.field}: {exc}") from None
 
+    async def expire_loop(stop: asyncio.Event) -> None:
+        """Dead-letter activities whose lead did not arrive within `intake.activity_wait`."""
+        while not stop.is_set():
+            try:
+                async with ctx.uow() as uow:
+                    topics = await expire_pending(uow, ctx.clock.now())
+                    await uow.commit()
+                for topic in topics:
+                    metrics.deadletter.labels(topic, "unknown_lead").inc()
+                if len(topics) == 500:
+                    continue  # more are due
+            except Exception as exc:  # the next round retries
+                log.warning("intake.expire_pending_failed", error=type(exc).__name__)
+            await sleep_unless_stopped(stop, min(30.0, ctx.config.config.intake.activity_wait / 10))
+
     def count_rejection(request: Request, errors: list[dict[str, str]]) -> None:
         principal = getattr(request.state, "principal", None)
-        if principal is not None and request.url.path == "/v1/leads":
-            metrics.leads_rejected.labels(principal.name, "invalid").inc()
+        if principal is not None and request.url.path.endswith("/activities"):
+            metrics.leads_rejected.labels(principal.name, "invalid_activity").inc()
 
     return ServiceSpec(
         subscriptions=[
             Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), on_submission, decode_raw),
             Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), on_activity, decode_raw),
         ],
+        loops=[expire_loop],
         routers=[build_router(ctx)],
         on_invalid_request=count_rejection,
     )

@@ -1,76 +1,19 @@
-"""Intake's pure domain: the submission schema, normalization, tiering and dedupe keys.
-No I/O here; the same rules serve HTTP and Kafka input."""
+"""Intake's pure domain: tiering, dedupe identity, consent, and the activity schema.
+Submissions are read by `normalize`. No I/O here; the same rules serve HTTP and Kafka input."""
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-import pycountry
-from email_validator import EmailNotValidError, validate_email
-from phonenumbers import timezone as phone_timezones
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leadsla.shared.config import Tiers
+from leadsla.shared.config import Config, Suppression, Tiers
+from leadsla.shared.events import Contact
+
+from .normalize import Submission
 
 Short = Annotated[str, Field(max_length=200)]
-
-
-def normalize_email(value: str) -> str:
-    try:
-        result = validate_email(value.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"not a valid email address: {exc}") from None
-    return result.normalized.lower()
-
-
-# Codes people use that ISO 3166 spells differently.
-COUNTRY_ALIASES = {"UK": "GB", "EL": "GR", "USA": "US", "ENGLAND": "GB", "SCOTLAND": "GB", "WALES": "GB"}
-
-
-def normalize_country(value: str) -> str:
-    """ISO 3166-1 alpha-2 from an alpha-2, alpha-3 or English name ('de', 'DEU', 'Germany', 'UK')."""
-    text = COUNTRY_ALIASES.get(value.strip().upper(), value.strip())
-    try:
-        country = pycountry.countries.lookup(text)
-    except LookupError:
-        raise ValueError(f"{value!r} is not a known country (use ISO 3166 codes like 'DE')") from None
-    return country.alpha_2
-
-
-def normalize_phone(value: str, country: str | None) -> str:
-    """E.164; a national number needs the contact's country to be read."""
-    try:
-        number = phonenumbers.parse(value, country)
-    except phonenumbers.NumberParseException:
-        hint = "" if country else " (add a + and country code, or the contact's country)"
-        raise ValueError(f"{value!r} is not a phone number{hint}") from None
-    if not phonenumbers.is_valid_number(number):
-        raise ValueError(f"{value!r} is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def validate_timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not an IANA time zone like 'Europe/Berlin'") from None
-    return value
-
-
-def timezone_from_phone(e164: str) -> str | None:
-    """The phone's time zone when the number pins it down to exactly one."""
-    zones = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
-    return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
 
 
 def storable(value: Any) -> Any:
@@ -93,7 +36,7 @@ def storable(value: Any) -> Any:
 
 
 class FormInput(BaseModel):
-    """Input from forms and CRMs: unknown fields refused, blank fields absent, text storable."""
+    """Input from CRMs (activities): unknown fields refused, blank fields absent, text storable."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -107,92 +50,38 @@ class FormInput(BaseModel):
         return value
 
 
-class ContactIn(FormInput):
-    first_name: Short | None = None
-    last_name: Short | None = None
-    email: Annotated[str, AfterValidator(normalize_email)] | None = None
-    # country comes before phone: a national phone number is read in the contact's country.
-    country: Annotated[str, AfterValidator(normalize_country)] | None = None
-    phone: Short | None = None
-    timezone: Annotated[str, AfterValidator(validate_timezone)] | None = None
-    language: Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] | None = None
-
-    @field_validator("phone")
-    @classmethod
-    def _e164(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else normalize_phone(value, info.data.get("country"))
-
-    @model_validator(mode="after")
-    def _reachable(self) -> ContactIn:
-        if not self.email and not self.phone:
-            raise ValueError("a contact needs an email or a phone")
-        if self.phone and self.timezone is None:
-            self.timezone = timezone_from_phone(self.phone)
-        return self
-
-
-class CompanyIn(FormInput):
-    name: Short | None = None
-    domain: Short | None = None
-    size: Short | None = None
-    country: Annotated[str, AfterValidator(normalize_country)] | None = None
-
-
-class IntentIn(FormInput):
-    type: Annotated[str, Field(min_length=1, max_length=60)]
-    product: Short | None = None
-    message: Annotated[str, Field(max_length=5000)] | None = None
-
-
-class ConsentIn(FormInput):
-    marketing: bool = False
-    contact: bool = True
-
-
-class LeadSubmission(FormInput):
-    """The body of POST /v1/leads (and of a bare record on leads.submissions.raw)."""
-
-    source: Annotated[str, Field(min_length=1, max_length=60)] | None = None
-    external_id: Short | None = None
-    submitted_at: datetime | None = None
-    contact: ContactIn
-    company: CompanyIn = CompanyIn()
-    intent: IntentIn
-    score: Annotated[float, Field(ge=0, le=100)] | None = None
-    consent: ConsentIn = ConsentIn()
-    custom_fields: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("custom_fields")
-    @classmethod
-    def _storable_custom_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return storable(value)
-
-    @field_validator("submitted_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("needs a UTC offset, e.g. 2026-11-22T10:00:00Z")
-        return value
-
-
 RECOMMENDED_FIELDS = ("contact.email", "contact.phone", "contact.country", "company.name")
 
 
-def missing_fields(sub: LeadSubmission) -> list[str]:
+def missing_fields(sub: Submission) -> list[str]:
+    """Recommended fields without a usable value (a value kept as sent with a warning is missing)."""
+    flawed = {i.field for i in sub.issues}
     present = {
-        "contact.email": sub.contact.email,
-        "contact.phone": sub.contact.phone,
-        "contact.country": sub.contact.country or sub.company.country,
+        "contact.email": sub.contact.email and "contact.email" not in flawed,
+        "contact.phone": sub.contact.phone and "contact.phone" not in flawed,
+        "contact.country": (sub.contact.country and "contact.country" not in flawed)
+        or (sub.company.country and "company.country" not in flawed),
         "company.name": sub.company.name,
     }
     return [name for name in RECOMMENDED_FIELDS if not present[name]]
 
 
-def is_contactable(sub: LeadSubmission) -> bool:
-    return sub.consent.contact and bool(sub.contact.email or sub.contact.phone)
+def is_suppressed(contact: Contact, suppression: Suppression) -> bool:
+    """On the configured do-not-contact list by email, email domain or phone."""
+    email = (contact.email or "").lower()
+    if email and email in {e.strip().lower() for e in suppression.emails}:
+        return True
+    domain = email.rpartition("@")[2]
+    if domain and domain in {d.strip().lower().lstrip("@") for d in suppression.domains}:
+        return True
+    return bool(contact.phone) and contact.phone in set(suppression.phones)
 
 
-def classify_tier(sub: LeadSubmission, source: str, tiers: Tiers) -> str:
+def is_contactable(sub: Submission, suppression: Suppression) -> bool:
+    return sub.consent.contact and not is_suppressed(sub.contact, suppression)
+
+
+def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
     """First matching rule wins; the default tier otherwise."""
     country = sub.contact.country or sub.company.country
     for rule in tiers.rules:
@@ -209,14 +98,61 @@ def classify_tier(sub: LeadSubmission, source: str, tiers: Tiers) -> str:
     return tiers.default
 
 
-def identity_keys(sub: LeadSubmission, match_on: list[str]) -> list[tuple[str, str]]:
-    """(kind, normalized value) pairs a repeat submission from the same person would share."""
+def intent_vocabulary(config: Config) -> dict[str, list[str]]:
+    """Intent types the configuration names (tier rules, aliases): matched exactly before any
+    built-in spelling, so a configured 'event_demo' is not read as a demo request."""
+    vocabulary: dict[str, list[str]] = {}
+    for rule in config.tiers.rules:
+        for intent in rule.when.intent or []:
+            vocabulary.setdefault(intent, [])
+    for canonical, aliases in config.intake.intent_aliases.items():
+        vocabulary.setdefault(canonical, []).extend(aliases)
+    return vocabulary
+
+
+def tier_rank(tier: str, tiers: Tiers) -> int:
+    """Lower is more urgent: tiers rank in the order the rules first name them, the default last."""
+    order: list[str] = []
+    for rule in tiers.rules:
+        if rule.tier not in order:
+            order.append(rule.tier)
+    if tiers.default not in order:
+        order.append(tiers.default)
+    return order.index(tier) if tier in order else len(order)
+
+
+def identity_keys(sub: Submission, match_on: list[str]) -> list[tuple[str, str]]:
+    """(kind, normalized value) pairs a repeat submission from the same person would share.
+    Values kept as sent (not normalized) never identify anyone."""
+    flawed = {i.field for i in sub.issues}
     keys = []
-    if "email" in match_on and sub.contact.email:
+    if "email" in match_on and sub.contact.email and "contact.email" not in flawed:
         keys.append(("email", sub.contact.email))
-    if "phone" in match_on and sub.contact.phone:
+    if "phone" in match_on and sub.contact.phone and "contact.phone" not in flawed:
         keys.append(("phone", sub.contact.phone))
     return keys
+
+
+def _differ(a: str | None, b: str | None) -> bool:
+    return bool(a and b and a.strip().casefold() != b.strip().casefold())
+
+
+def same_person(existing: dict[str, Any], new: Contact, match_on: list[str]) -> str | None:
+    """What identifies `new` as the person of an existing lead's contact, or None.
+    A shared phone alone is not an identity: colleagues share switchboards, so a phone match
+    counts only when emails and names do not contradict it."""
+    email = existing.get("email")
+    if "email" in match_on and email and new.email and email == new.email:
+        return "email"
+    if "phone" not in match_on or not existing.get("phone") or existing.get("phone") != new.phone:
+        return None
+    if _differ(email, new.email):
+        return None
+    if _differ(existing.get("first_name"), new.first_name) or _differ(existing.get("last_name"), new.last_name):
+        return None
+    if existing.get("phone_extension") and new.phone_extension and existing["phone_extension"] != new.phone_extension:
+        return None
+    return "phone"
 
 
 class DispositionIn(FormInput):
@@ -224,19 +160,39 @@ class DispositionIn(FormInput):
     reason: Short | None = None
 
 
+# The contract's outcomes per activity type; other outcomes are kept as sent.
+OUTCOMES = {
+    "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
+    "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
+    "email": ("sent", "replied", "bounced"),
+}
+
+
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
-    external_id: Short | None = None
-    type: Literal["call", "email", "meeting", "sms", "chat", "note", "disposition"]
+    # The sender's own activity id: a repeat with the same id changes nothing.
+    external_id: Annotated[Short | None, Field(validation_alias=AliasChoices("external_id", "activity_id"))] = None
+    type: Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
     actor: Short | None = None
     occurred_at: datetime | None = None
     channel: Short | None = None
     outcome: Short | None = None
     disposition: DispositionIn | None = None
+    reason: Short | None = None  # why a pause (or an opt-out)
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type_spelling(cls, value: Any) -> Any:
+        # "Call", "Opt-Out", "opt out": CRMs spell types their own way.
+        return re.sub(r"[\s-]+", "_", value.strip().lower()) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _disposition_present(self) -> ActivityIn:
+        if self.outcome:
+            spelled = re.sub(r"[\s-]+", "_", self.outcome.lower())
+            if spelled in OUTCOMES.get(self.type, ()):
+                self.outcome = spelled
         if self.type == "disposition" and self.disposition is None:
             raise ValueError("a disposition activity needs `disposition: {status, reason}`")
         if self.occurred_at is not None and self.occurred_at.tzinfo is None:
@@ -255,3 +211,21 @@ def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, li
     if allowed and disposition.reason not in allowed:
         return f"reason must be one of: {', '.join(allowed)}"
     return None
+
+
+class TokenBucket:
+    """Rate limit for one key: `rate` tokens a second, at most `burst` saved up. Pure: the
+    caller passes `now` (monotonic seconds)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.stamp = float(burst), now
+
+    def take(self, now: float, cost: int = 1) -> float:
+        """0 if allowed (tokens spent), else the seconds until `cost` tokens are there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return 0.0
+        return (min(cost, self.burst) - self.tokens) / self.rate

@@ -1,4 +1,15 @@
-from sqlalchemy import Column, DateTime, Index, String, Table, func, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata
@@ -42,5 +53,23 @@ activities = Table(
     Column("type", String, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("record", JSONB, nullable=False),
+    schema=SCHEMA,
+)
+
+# Activities read from Kafka before their lead (the raw topics are consumed independently):
+# parked until the lead arrives or `intake.activity_wait` runs out (then dead-lettered).
+pending_activities = Table(
+    "pending_activities",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("lead_ref", String, nullable=False, index=True),  # a lead id or a lead's external id
+    Column("event", JSONB, nullable=False),
+    Column("topic", String, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("key", String),
+    Column("original", LargeBinary, nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     schema=SCHEMA,
 )

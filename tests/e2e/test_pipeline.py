@@ -52,6 +52,8 @@ escalation_policies:
   - id: breach
     triggers: [sla.breached]
     steps: [{step: 1, notify: [owner], channels: [hook]}]
+intake:
+  sources: {chat: {}}  # a configured source: Kafka records naming it count under it
 """
 
 

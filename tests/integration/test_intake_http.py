@@ -77,12 +77,53 @@ async def test_repeats_are_duplicates_by_key_external_id_or_identity(api, engine
     assert events[1].data["match_on"] == "email"
 
 
-async def test_invalid_input_is_problem_json_naming_fields(api) -> None:
+async def test_only_leads_without_a_usable_email_or_phone_are_refused_naming_the_fields(api) -> None:
     response = await api.post("/v1/leads", json={"contact": {"email": "nope", "phone": "12"}, "intent": {}})
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     fields = {e["field"] for e in response.json()["errors"]}
-    assert {"contact.email", "contact.phone", "intent.type"} <= fields
+    assert {"contact", "contact.email", "contact.phone"} <= fields
+    for body in (b"[1, 2]", b"not json", b'"a string"'):
+        refused = await api.post("/v1/leads", content=body, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "(body)"
+
+
+async def test_values_that_cannot_be_normalized_are_kept_and_named_not_refused(api, engine) -> None:
+    response = await api.post("/v1/leads", json={
+        "contact": {"email": f"{uuid.uuid4().hex[:8]}@example.com", "phone": "n/a", "country": "Deutschland",
+                    "language": "en-us", "linkedin": "in/ada"},
+        "company": {"name": "Acme", "size": 250, "country": None},
+        "intent": {"type": "Demo Request"}, "score": "high", "utm_source": "google", "source": "typeform",
+        "submitted_at": "2026-11-17 08:00:00",
+    })
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert {w["field"] for w in body["warnings"]} == {"contact.phone", "score", "submitted_at"}
+    [event] = await outbox_events(engine, "intake", body["lead_id"])
+    data = event.data
+    assert data["source"] == "webform"  # from the key; the body's source is kept as an attribute
+    assert data["tier"] == "A" and data["intent"]["type"] == "demo_request"
+    assert data["contact"]["phone"] == "n/a" and data["contact"]["country"] == "DE"
+    assert data["contact"]["language"] == "en-US"
+    assert data["company"]["size_band"] == "201-500" and data["company"]["employees"] == 250
+    assert data["attributes"] == {"contact": {"linkedin": "in/ada"}, "utm_source": "google",
+                                  "source": "typeform", "score": "high"}
+    assert {q["field"] for q in data["data_quality"]} == {"contact.phone", "score", "submitted_at"}
+    assert "contact.phone" in data["missing_fields"]
+
+
+async def test_a_colleague_on_the_same_switchboard_is_a_lead_of_their_own(api, engine) -> None:
+    switchboard = "+44 20 7946 0000"
+    ada = await api.post("/v1/leads", json={
+        "contact": {"email": f"ada-{uuid.uuid4().hex[:6]}@acme.example", "first_name": "Ada", "phone": switchboard},
+        "intent": {"type": "demo_request"}})
+    bob = await api.post("/v1/leads", json={
+        "contact": {"email": f"bob-{uuid.uuid4().hex[:6]}@acme.example", "first_name": "Bob", "phone": switchboard},
+        "intent": {"type": "demo_request"}})
+    assert ada.status_code == 201 and bob.status_code == 201
+    assert ada.json()["lead_id"] != bob.json()["lead_id"]
+    ada_again = await api.post("/v1/leads", json={"contact": {"first_name": "ada", "phone": switchboard}})
+    assert ada_again.status_code == 200 and ada_again.json()["lead_id"] == ada.json()["lead_id"]
 
 
 async def test_keys_are_required_and_roles_enforced(api) -> None:
@@ -95,7 +136,7 @@ async def test_keys_are_required_and_roles_enforced(api) -> None:
 
 
 async def test_bodies_over_64_kib_are_refused(api) -> None:
-    body = lead_body(custom_fields={"blob": "x" * 70_000})
+    body = lead_body(attributes={"blob": "x" * 70_000})
     response = await api.post("/v1/leads", json=body)
     assert response.status_code == 413 and response.json()["status"] == 413
 

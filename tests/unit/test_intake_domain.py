@@ -4,13 +4,19 @@ from pydantic import ValidationError
 from leadsla.services.intake.domain import (
     ActivityIn,
     DispositionIn,
-    LeadSubmission,
+    TokenBucket,
     classify_tier,
     disposition_problem,
     identity_keys,
+    intent_vocabulary,
+    is_contactable,
     missing_fields,
+    same_person,
+    tier_rank,
 )
-from leadsla.shared.config import parse_config
+from leadsla.services.intake.normalize import Refused, Submission, read_submission
+from leadsla.shared.config import IntakeSource, Suppression, parse_config
+from leadsla.shared.events import Contact
 
 TIERS = parse_config("""
 tiers:
@@ -22,54 +28,9 @@ tiers:
 """).tiers
 
 
-def submission(**overrides) -> LeadSubmission:
+def submission(**overrides) -> Submission:
     body = {"contact": {"email": "ada@example.com"}, "intent": {"type": "newsletter"}, **overrides}
-    return LeadSubmission.model_validate(body)
-
-
-def bad_fields(**overrides) -> set[str]:
-    with pytest.raises(ValidationError) as info:
-        submission(**overrides)
-    return {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
-
-
-def test_contact_data_is_normalized() -> None:
-    sub = submission(contact={"email": " Ada.Lovelace@Example.COM ", "phone": "030 1234567", "country": "Germany"})
-    assert sub.contact.email == "ada.lovelace@example.com"
-    assert sub.contact.country == "DE"
-    assert sub.contact.phone == "+49301234567"
-    assert sub.contact.timezone == "Europe/Berlin"  # inferred from the phone
-
-
-@pytest.mark.parametrize(("given", "code"), [("de", "DE"), ("DEU", "DE"), ("United Kingdom", "GB"), ("uk", "GB")])
-def test_countries_become_iso_codes(given: str, code: str) -> None:
-    assert submission(contact={"email": "a@example.com", "country": given}).contact.country == code
-
-
-def test_international_phone_needs_no_country() -> None:
-    assert submission(contact={"phone": "+1 415 555 2671"}).contact.phone == "+14155552671"
-
-
-@pytest.mark.parametrize(
-    ("contact", "field"),
-    [
-        ({"email": "not-an-email"}, "contact.email"),
-        ({"phone": "12"}, "contact.phone"),
-        ({"email": "a@example.com", "country": "Atlantis"}, "contact.country"),
-        ({"email": "a@example.com", "timezone": "Mars/Base"}, "contact.timezone"),
-        ({"first_name": "Ada"}, "contact"),  # neither email nor phone
-    ],
-)
-def test_bad_contact_fields_are_named(contact: dict, field: str) -> None:
-    assert field in bad_fields(contact=contact)
-
-
-def test_unknown_top_level_fields_are_refused() -> None:
-    assert "emial" in bad_fields(emial="x")
-
-
-def test_submitted_at_needs_an_offset() -> None:
-    assert "submitted_at" in bad_fields(submitted_at="2026-11-22T10:00:00")
+    return read_submission(body, IntakeSource(default_intent="inquiry"))
 
 
 @pytest.mark.parametrize(
@@ -118,12 +79,110 @@ def test_a_disposition_activity_needs_its_disposition() -> None:
         ActivityIn.model_validate({"type": "disposition"})
 
 
-def test_blank_fields_from_forms_mean_not_given() -> None:
-    sub = submission(external_id="  ", contact={"email": "a@example.com", "phone": "", "country": ""})
-    assert sub.external_id is None and sub.contact.phone is None and sub.contact.country is None
+def test_missing_fields_count_values_kept_as_sent_as_missing() -> None:
+    sub = submission(contact={"email": "ada@example.com", "phone": "12345678", "country": "Atlantis"})
+    assert missing_fields(sub) == ["contact.phone", "contact.country", "company.name"]
 
 
-@pytest.mark.parametrize("text", ["nul\x00byte", "lone \ud800 surrogate"])
-def test_text_postgres_cannot_store_is_refused_by_field(text: str) -> None:
-    assert "intent.message" in bad_fields(intent={"type": "trial", "message": text})
-    assert "custom_fields" in bad_fields(custom_fields={"note": [text]})
+def test_values_kept_as_sent_never_identify_anyone() -> None:
+    sub = submission(contact={"email": "ada@example.com", "phone": "555 0100 9999"})
+    assert identity_keys(sub, ["email", "phone"]) == [("email", "ada@example.com")]
+
+
+def test_tiers_rank_in_rule_order_with_the_default_last() -> None:
+    assert [tier_rank(t, TIERS) for t in ("A", "B", "C", "Z")] == [0, 1, 2, 3]
+
+
+SWITCHBOARD = "+442079460958"
+
+
+@pytest.mark.parametrize(
+    ("existing", "new", "match"),
+    [
+        ({"email": "ada@example.com"}, Contact(email="ada@example.com"), "email"),
+        ({"email": "ada@example.com", "phone": SWITCHBOARD},
+         Contact(email="bob@example.com", phone=SWITCHBOARD), None),  # colleague on the switchboard
+        ({"first_name": "Ada", "phone": SWITCHBOARD},
+         Contact(first_name="Bob", phone=SWITCHBOARD), None),
+        ({"first_name": "Ada", "phone": SWITCHBOARD},
+         Contact(first_name="ada", phone=SWITCHBOARD), "phone"),
+        ({"phone": SWITCHBOARD}, Contact(phone=SWITCHBOARD, email="ada@example.com"), "phone"),
+        ({"phone": SWITCHBOARD, "phone_extension": "12"},
+         Contact(phone=SWITCHBOARD, phone_extension="34"), None),
+        ({"email": "ada@example.com"}, Contact(email="ada@example.com"), "email"),
+    ],
+)
+def test_a_shared_phone_is_an_identity_only_when_nothing_contradicts_it(
+    existing: dict, new: Contact, match: str | None
+) -> None:
+    assert same_person(existing, new, ["email", "phone"]) == match
+
+
+def test_phone_matches_can_be_switched_off() -> None:
+    assert same_person({"phone": SWITCHBOARD}, Contact(phone=SWITCHBOARD), ["email"]) is None
+
+
+@pytest.mark.parametrize(
+    ("contact", "consent", "contactable"),
+    [
+        ({"email": "ada@example.com"}, None, True),
+        ({"email": "ada@example.com"}, {"contact": "no"}, False),
+        ({"email": "ceo@blocked.example"}, None, False),
+        ({"email": "stop@example.com"}, None, False),
+        ({"phone": "+14155552671"}, None, False),
+    ],
+)
+def test_suppressed_or_unconsenting_leads_are_not_contactable(contact: dict, consent, contactable: bool) -> None:
+    suppression = Suppression(emails=["Stop@Example.com"], domains=["blocked.example"], phones=["+14155552671"])
+    assert is_contactable(submission(contact=contact, consent=consent), suppression) is contactable
+
+
+def test_a_token_bucket_allows_bursts_then_says_when_to_retry() -> None:
+    bucket = TokenBucket(rate=2, burst=3, now=0)
+    assert [bucket.take(0) for _ in range(3)] == [0, 0, 0]
+    assert bucket.take(0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0  # a token came back
+    assert bucket.take(10) == 0 and bucket.tokens == pytest.approx(2)  # never more than the burst
+
+
+@pytest.mark.parametrize("kind", ["pause", "resume", "opt_out"])
+def test_consent_and_pause_activities_are_known_types(kind: str) -> None:
+    assert ActivityIn.model_validate({"type": kind, "reason": "asked"}).type == kind
+
+
+def test_configured_intent_types_are_matched_before_built_in_spellings() -> None:
+    config = parse_config("""
+tiers: {rules: [{tier: A, when: {intent: [event_demo]}}]}
+intake: {intent_aliases: {partner: [Become a partner]}}
+""")
+    vocabulary = intent_vocabulary(config)
+    assert read_submission({"contact": {"email": "a@example.com"}, "intent": "Event Demo"},
+                           IntakeSource(), vocabulary).intent.type == "event_demo"
+    assert read_submission({"contact": {"email": "a@example.com"}, "intent": "become a partner"},
+                           IntakeSource(), vocabulary).intent.type == "partner"
+
+
+def test_a_body_nested_too_deeply_is_refused_not_crashed() -> None:
+    body: dict = {"contact": {"email": "a@example.com"}}
+    inner = body
+    for _ in range(5000):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(Refused):
+        read_submission(body, IntakeSource())
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "outcome"),
+    [({"type": "Call", "outcome": "No Answer"}, "call", "no_answer"),
+     ({"type": "meeting", "outcome": "no-show"}, "meeting", "no_show"),
+     ({"type": "Opt-Out"}, "opt_out", None),
+     ({"type": "call", "outcome": "left a note"}, "call", "left a note")],
+)
+def test_activity_types_and_outcomes_are_read_in_any_spelling(body: dict, kind: str, outcome: str | None) -> None:
+    activity = ActivityIn.model_validate(body)
+    assert (activity.type, activity.outcome) == (kind, outcome)
+
+
+def test_the_senders_activity_id_is_its_idempotency_key() -> None:
+    assert ActivityIn.model_validate({"type": "call", "activity_id": "crm-1"}).external_id == "crm-1"

@@ -1,0 +1,232 @@
+"""Intake throughput beside the raw limits it sits on, measured in one run on one machine.
+
+    python bench/intake.py [--leads 1000] [--concurrency 8]
+
+Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
+LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints leads per second and the ratio to each peer:
+  bare FastAPI         a FastAPI endpoint that parses a comparable JSON body and answers 201,
+                       served in-process (ASGI) and driven by the same httpx client
+  POST /v1/leads       one lead per request: normalization, dedupe, lead row + outbox, commit
+  POST /v1/leads:batch 500 leads per request, one transaction
+  raw broker           aiokafka produce (acks=all) + consume of the same bare bodies
+  Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the outbox
+Goals (issue 7): HTTP single >= 0.4x bare, Kafka path >= 0.5x raw broker.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
+from leadsla.shared.auth import create_key  # noqa: E402
+from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
+from leadsla.shared.clock import ManualClock  # noqa: E402
+from leadsla.shared.config import parse_config  # noqa: E402
+from leadsla.shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
+from leadsla.shared.consumer import EventConsumer, Subscription  # noqa: E402
+from leadsla.shared.db import make_engine  # noqa: E402
+from leadsla.shared.http import create_app  # noqa: E402
+from leadsla.shared.migrate import upgrade  # noqa: E402
+from leadsla.shared.runtime import ServiceContext  # noqa: E402
+from leadsla.shared.settings import Settings  # noqa: E402
+
+NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+CONFIG = """
+tiers: {rules: [{tier: A, when: {intent: [demo_request]}}]}
+intake: {default_region: US, rate_limit: {rate: 1000000, burst: 1000000}}
+"""
+RUN = uuid.uuid4().hex[:6]
+
+
+def lead(i: int) -> dict:
+    """A realistic form submission (nested, a national phone, a few extra fields)."""
+    return {"contact": {"first_name": "Ada", "last_name": f"Bench{i}", "email": f"b{i}-{RUN}@example.com",
+                        "phone": f"(415) 555-{i % 10000:04d}", "country": "US", "language": "en-us"},
+            "company": {"name": "Bench Inc", "size": 250, "website": "https://bench.example"},
+            "intent": {"type": "Demo Request", "message": "We would like a demo"},
+            "utm_source": "google", "utm_campaign": "q4"}
+
+
+async def drive(client: httpx.AsyncClient, path: str, bodies: list[dict], concurrency: int) -> float:
+    """Requests per second for POSTing `bodies` with `concurrency` requests in flight."""
+    queue = list(enumerate(bodies))
+
+    async def worker() -> None:
+        while queue:
+            _, body = queue.pop()
+            response = await client.post(path, json=body)
+            assert response.status_code in (200, 201), response.text
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(bodies) / (time.perf_counter() - start)
+
+
+def bare_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/leads")
+    async def post(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
+        return JSONResponse({"lead_id": str(uuid.uuid4()), "status": "accepted",
+                             "email": body["contact"]["email"]}, status_code=201)
+
+    return app
+
+
+def intake_context(engine, url: str, bootstrap: str, producer) -> ServiceContext:
+    settings = Settings(database_url=url, kafka_bootstrap=bootstrap)
+    return ServiceContext(name="intake", settings=settings, engine=engine, producer=producer,
+                          clock=ManualClock(NOW), config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))))
+
+
+async def http_rates(ctx: ServiceContext, engine, n: int, concurrency: int) -> tuple[float, float, float]:
+    spec = intake_bootstrap(ctx)
+    app = create_app(ctx, spec.routers)
+    async with engine.begin() as conn:
+        key = await create_key(conn, "bench", "source")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare_app()), base_url="http://bare",
+                                 headers=headers) as client:
+        bare = await drive(client, "/v1/leads", [lead(i) for i in range(n)], concurrency)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers=headers, timeout=120) as client:
+        single = await drive(client, "/v1/leads", [lead(n + i) for i in range(n)], concurrency)
+        batches = [{"leads": [lead(2 * n + b * 500 + i) for i in range(500)]} for b in range(max(n // 500, 2))]
+        batch = await drive(client, "/v1/leads:batch", batches, 1) * 500
+    return bare, single, batch
+
+
+async def new_topic(bootstrap: str) -> str:
+    topic = f"bench.intake.{uuid.uuid4().hex[:6]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 6, 1)])
+    await admin.close()
+    return topic
+
+
+async def produce(producer, topic: str, start: int, n: int) -> None:
+    futures = [await producer.send(topic, json.dumps(lead(start + i)).encode()) for i in range(n)]
+    await asyncio.gather(*futures)
+
+
+async def raw_broker(bootstrap: str, producer, n: int) -> float:
+    """Produce n bodies and read them back (assigned partitions, no group wait)."""
+    topic = await new_topic(bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - topic just created
+    consumer.assign([TopicPartition(topic, p) for p in range(6)])
+    start = time.perf_counter()
+    await produce(producer, topic, 10_000_000, n)
+    seen = 0
+    while seen < n:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            seen += len(records)
+    elapsed = time.perf_counter() - start
+    await consumer.stop()
+    return n / elapsed
+
+
+async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: int) -> float:
+    """Bare bodies on a raw topic -> intake's submission handler -> lead.received (outbox)."""
+    topic = await new_topic(bootstrap)
+    handler = intake_bootstrap(ctx).subscriptions[0]
+    done, count = asyncio.Event(), 0
+    first: float | None = None
+
+    async def counting(event, uow) -> None:
+        nonlocal count, first
+        first = first or time.perf_counter()
+        await handler.handler(event, uow)
+        count += 1
+        if count == n:
+            done.set()
+
+    member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), counting, handler.decode),
+                           service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                           clock=ctx.clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(member.run(stop))
+    await asyncio.wait_for(member.ready.wait(), 120)
+    start = time.perf_counter()
+    await produce(producer, topic, 20_000_000, n)
+    await asyncio.wait_for(done.wait(), 900)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await task
+    return n / elapsed
+
+
+async def main(n: int, concurrency: int) -> None:
+    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
+    pg = broker = None
+    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
+    if not server_url:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        server_url = pg.start()
+    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=max(10, concurrency + 2))
+    producer = make_producer(bootstrap)
+    try:
+        await upgrade(engine)
+        await ensure_topics(bootstrap, 6)
+        await producer.start()
+        ctx = intake_context(engine, url, bootstrap, producer)
+        bare, single, batch = await http_rates(ctx, engine, n, concurrency)
+        broker_rate = await raw_broker(bootstrap, producer, n)
+        kafka = await kafka_path(ctx, engine, bootstrap, producer, n)
+        rows = [
+            (f"bare FastAPI endpoint (c={concurrency})", bare, None),
+            (f"POST /v1/leads (c={concurrency})", single, bare),
+            ("POST /v1/leads:batch (500 per request)", batch, bare),
+            ("raw broker produce + consume", broker_rate, None),
+            ("Kafka raw topic -> lead.received", kafka, broker_rate),
+        ]
+        print(f"\n{'path':42} {'n':>6} {'leads/s':>9} {'vs peer':>8}")
+        for label, rate, peer in rows:
+            ratio = f"{rate / peer:7.2f}x" if peer else "   peer"
+            print(f"{label:42} {n:6d} {rate:9.0f} {ratio:>8}")
+    finally:
+        await producer.stop()
+        await engine.dispose()
+        if broker:
+            broker.stop()
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--leads", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    asyncio.run(main(args.leads, args.concurrency))

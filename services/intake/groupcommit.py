@@ -1,0 +1,77 @@
+"""Group commit for single-lead requests: concurrent POST /v1/leads share one transaction.
+
+A lead's cost is mostly round trips and the commit, not validation. Requests that arrive while a
+group is being written wait for the next group, so under load each commit carries many leads and
+at low load a request is written at once (no fixed delay). A request is answered only after its
+group has committed, so a 201 still means "durably accepted". If anything in a group fails, the
+group is rolled back and each of its requests runs again in a transaction of its own, so one bad
+request never fails the others.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from leadsla.shared.config import Config
+from leadsla.shared.uow import UnitOfWork
+
+from .handlers import Accepted, LeadRequest, submit_leads
+from .normalize import Submission
+
+MAX_GROUP = 200
+
+
+@dataclass
+class _Request:
+    sub: Submission
+    source: str
+    key: str | None
+    done: asyncio.Future[Accepted]
+
+
+class GroupCommitter:
+    def __init__(self, uow: Callable[[], UnitOfWork], config: Callable[[], Config],
+                 now: Callable[[], datetime]) -> None:
+        self._uow, self._config, self._now = uow, config, now
+        self._queue: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, sub: Submission, *, source: str, idempotency_key: str | None) -> Accepted:
+        request = _Request(sub, source, idempotency_key, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        return await request.done
+
+    async def _write(self) -> None:
+        await asyncio.sleep(0)  # let requests that arrived in the same tick join the first group
+        while self._queue:
+            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            try:
+                results = await self._run(group)
+            except Exception:
+                for request in group:  # one at a time, so only the failing request fails
+                    await self._settle(request)
+                continue
+            for request, result in zip(group, results, strict=True):
+                if not request.done.done():
+                    request.done.set_result(result)
+
+    async def _run(self, group: list[_Request]) -> list[Accepted]:
+        config, now = self._config(), self._now()
+        async with self._uow() as uow:
+            results = await submit_leads(uow, config, [LeadRequest(r.sub, r.source, r.key) for r in group], now=now)
+            await uow.commit()
+        return results
+
+    async def _settle(self, request: _Request) -> None:
+        try:
+            [result] = await self._run([request])
+        except Exception as exc:
+            if not request.done.done():
+                request.done.set_exception(exc)
+            return
+        if not request.done.done():
+            request.done.set_result(result)

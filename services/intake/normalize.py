@@ -1,0 +1,898 @@
+"""Lenient normalization of lead submissions: accept what real senders send, never lose a lead.
+
+A submission is refused only when it cannot be acted on (not a JSON object, or no usable email
+and no usable phone). Every other value that cannot be normalized is kept as sent and named in
+a warning; fields the contract does not name are kept verbatim under `attributes`. Pure: no I/O,
+`now` and the source's defaults are passed in.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo, available_timezones
+
+import phonenumbers
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from phonenumbers import timezone as phone_timezones
+
+from leadsla.shared.config import IntakeSource
+from leadsla.shared.events import Company, Consent, Contact, Intent
+
+from .country_names import NAMES as COUNTRY_NAMES
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A value kept as sent (or dropped, for typed fields) because it could not be normalized."""
+
+    field: str
+    message: str
+    value: Any = None
+
+    def warning(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+    def quality(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message, "value": self.value}
+
+
+@dataclass
+class Submission:
+    """A normalized submission: the contract's fields, the rest verbatim, and what was wrong."""
+
+    contact: Contact
+    company: Company
+    intent: Intent
+    consent: Consent
+    external_id: str | None = None
+    submitted_at: datetime | None = None
+    score: float | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    issues: list[Issue] = field(default_factory=list)
+    given: set[str] = field(default_factory=set)  # dotted names of the fields the sender gave
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        return [i.warning() for i in self.issues]
+
+    @property
+    def data_quality(self) -> list[dict[str, Any]]:
+        return [i.quality() for i in self.issues]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The normalized fields as JSON (what a merge or an update carries)."""
+        return {
+            "external_id": self.external_id,
+            "submitted_at": self.submitted_at.astimezone(UTC).isoformat() if self.submitted_at else None,
+            "score": self.score,
+            "contact": self.contact.model_dump(mode="json", exclude_none=True),
+            "company": self.company.model_dump(mode="json", exclude_none=True),
+            "intent": self.intent.model_dump(mode="json", exclude_none=True),
+            "consent": self.consent.model_dump(mode="json", exclude_none=True),
+            "attributes": self.attributes,
+        }
+
+
+class Refused(ValueError):
+    """The submission cannot be acted on; `errors` name the fields ([{field, message}])."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+
+def clean_text(value: Any) -> Any:
+    """Make text storable in Postgres (no NUL, no lone surrogates), however deep in the value."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {clean_text(k): clean_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_text(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        return str(value)  # jsonb and every consumer read integers as 64-bit at most
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def snake(name: str) -> str:
+    """'firstName', 'First Name', 'first-name' -> 'first_name' (to match field aliases)."""
+    name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
+    return re.sub(r"[\s\-.]+", "_", name).lower()
+
+
+def fold(text: str) -> str:
+    """Casefolded, accents and punctuation dropped: the key for name lookups."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return re.sub(r"[\W_]+", " ", text).strip()
+
+
+# ---- email ----------------------------------------------------------------------------------
+
+
+# Plain ASCII addresses (nearly all) are checked by this pattern alone; anything else (Unicode,
+# quoted local parts, special-use domains like .test) goes through the full validator.
+_PLAIN_EMAIL = re.compile(
+    r"(?=.{1,254}$)(?=[^@]{1,64}@)[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?!(?:local|localhost|test|invalid|onion|arpa|internal)$)"
+    r"[a-z]{2,63}"
+)
+
+
+def normalize_email(value: str) -> str:
+    """Lower-cased address; 'mailto:' and 'Name <addr>' wrappers dropped. ValueError if unusable."""
+    text = value.strip()
+    match = re.search(r"<([^<>]+)>", text)
+    if match:
+        text = match.group(1)
+    text = re.sub(r"^mailto:", "", text, flags=re.IGNORECASE).strip()
+    if _PLAIN_EMAIL.fullmatch(text.lower()):
+        return text.lower()
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a usable email address ({exc})") from None
+    return result.normalized.lower()
+
+
+# ---- countries ------------------------------------------------------------------------------
+
+COUNTRY_ALIASES = {
+    "uk": "GB", "u k": "GB", "great britain": "GB", "britain": "GB", "england": "GB",
+    "scotland": "GB", "wales": "GB", "northern ireland": "GB", "el": "GR", "usa": "US",
+    "u s": "US", "u s a": "US", "us of a": "US", "america": "US", "united states of america": "US",
+    "holland": "NL", "the netherlands": "NL", "korea": "KR", "south korea": "KR",
+    "republic of korea": "KR", "north korea": "KP", "russia": "RU", "czech republic": "CZ",
+    "ivory coast": "CI", "uae": "AE", "emirates": "AE", "vietnam": "VN", "burma": "MM",
+    "macedonia": "MK", "swaziland": "SZ", "turkey": "TR", "taiwan": "TW", "iran": "IR",
+    "syria": "SY", "laos": "LA", "bolivia": "BO", "venezuela": "VE", "tanzania": "TZ",
+    "moldova": "MD", "palestine": "PS", "vatican": "VA", "brunei": "BN", "cape verde": "CV",
+    "east timor": "TL", "congo": "CG", "drc": "CD", "prc": "CN", "mainland china": "CN",
+    "hong kong": "HK", "macau": "MO", "the philippines": "PH", "ksa": "SA",
+}
+
+
+@lru_cache(maxsize=4096)
+def normalize_country(value: str) -> str:
+    """ISO 3166-1 alpha-2 from a code (alpha-2/3), an English or own-language name or a common
+    alias ('de', 'DEU', 'Germany', 'Deutschland', 'UK'). ValueError if unknown."""
+    key = fold(value)
+    if not key:
+        raise ValueError("empty")
+    if key in COUNTRY_ALIASES:
+        return COUNTRY_ALIASES[key]
+    if key in COUNTRY_NAMES:
+        return COUNTRY_NAMES[key]
+    compact = key.replace(" ", "")
+    if len(compact) in (2, 3) and compact.isalpha():
+        found = pycountry.countries.get(alpha_2=compact.upper()) if len(compact) == 2 else (
+            pycountry.countries.get(alpha_3=compact.upper()))
+        if found is not None:
+            return found.alpha_2
+    try:
+        return pycountry.countries.lookup(value.strip()).alpha_2
+    except LookupError:
+        raise ValueError(f"{value!r} is not a known country; kept as sent") from None
+
+
+# ---- phones ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phone:
+    e164: str
+    extension: str | None
+    timezone: str | None  # when the number pins it down to exactly one
+
+
+def normalize_phone(value: str, region: str | None) -> Phone:
+    """E.164 (extension apart); a national number is read in `region`. ValueError if it cannot be."""
+    text = value.strip()
+    if region is None and text.startswith("00"):
+        text = "+" + text[2:]  # the international prefix most of the world dials
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        if region is None and not text.startswith("+"):
+            raise ValueError("has no country code and no country to read it in; kept as sent") from None
+        raise ValueError("is not a phone number; kept as sent") from None
+    if not phonenumbers.is_valid_number(number):
+        where = f" in {region}" if region and not text.startswith("+") else ""
+        raise ValueError(f"is not a valid phone number{where}; kept as sent")
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    zones = phone_timezones.time_zones_for_number(number)
+    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
+    return Phone(e164, number.extension or None, zone)
+
+
+def dialable(value: str) -> bool:
+    """A number a person could still dial, even if it cannot be normalized."""
+    return 7 <= sum(c.isdigit() for c in value) <= 17
+
+
+# ---- languages and time zones ---------------------------------------------------------------
+
+LANGUAGE_NAMES = {
+    "deutsch": "de", "espanol": "es", "castellano": "es", "francais": "fr", "italiano": "it",
+    "portugues": "pt", "nederlands": "nl", "polski": "pl", "svenska": "sv", "norsk": "no",
+    "dansk": "da", "suomi": "fi", "cestina": "cs", "magyar": "hu", "turkce": "tr",
+    "русский": "ru", "日本語": "ja", "中文": "zh", "한국어": "ko", "chinese": "zh",
+    "mandarin": "zh", "brazilian portuguese": "pt-BR", "american english": "en-US",
+    "british english": "en-GB",
+}
+
+
+@lru_cache(maxsize=2048)
+def normalize_language(value: str) -> str:
+    """A BCP 47 tag in canonical case from any common spelling: 'en-us', 'EN_US', 'zh_CN',
+    'en_US.UTF-8', 'English', 'Deutsch', 'eng'. ValueError if unknown."""
+    text = value.strip().split(".")[0].split("@")[0]
+    key = fold(text)
+    if key in LANGUAGE_NAMES:
+        return LANGUAGE_NAMES[key]
+    parts = [p for p in re.split(r"[-_\s]+", text) if p]
+    if parts and re.fullmatch(r"[A-Za-z]{2,3}", parts[0]) and all(
+        re.fullmatch(r"[A-Za-z]{4}|[A-Za-z]{2}|\d{3}", p) for p in parts[1:]
+    ):
+        primary = parts[0].lower()
+        if len(primary) == 3:
+            found = pycountry.languages.get(alpha_3=primary)
+            if found is None:
+                raise ValueError(f"{value!r} is not a known language; kept as sent")
+            primary = getattr(found, "alpha_2", primary)
+        elif pycountry.languages.get(alpha_2=primary) is None:
+            raise ValueError(f"{value!r} is not a known language; kept as sent")
+        rest = [p.title() if len(p) == 4 else p.upper() for p in parts[1:]]
+        return "-".join([primary, *rest])
+    try:
+        found = pycountry.languages.lookup(text)
+    except LookupError:
+        raise ValueError(f"{value!r} is not a known language; kept as sent") from None
+    return getattr(found, "alpha_2", None) or found.alpha_3
+
+
+# Abbreviations and the names calendar tools use; ambiguous ones (IST, CST) take the common reading.
+ZONE_ALIASES = {
+    "utc": "UTC", "gmt": "UTC", "z": "UTC", "zulu": "UTC", "est": "America/New_York",
+    "edt": "America/New_York", "et": "America/New_York", "eastern": "America/New_York",
+    "cst": "America/Chicago", "cdt": "America/Chicago", "ct": "America/Chicago",
+    "central": "America/Chicago", "mst": "America/Denver", "mdt": "America/Denver",
+    "mt": "America/Denver", "mountain": "America/Denver", "pst": "America/Los_Angeles",
+    "pdt": "America/Los_Angeles", "pt": "America/Los_Angeles", "pacific": "America/Los_Angeles",
+    "akst": "America/Anchorage", "akdt": "America/Anchorage", "hst": "Pacific/Honolulu",
+    "ast": "America/Halifax", "nst": "America/St_Johns", "bst": "Europe/London",
+    "wet": "Europe/Lisbon", "west": "Europe/Lisbon", "cet": "Europe/Paris", "cest": "Europe/Paris",
+    "met": "Europe/Paris", "eet": "Europe/Athens", "eest": "Europe/Athens", "msk": "Europe/Moscow",
+    "ist": "Asia/Kolkata", "pkt": "Asia/Karachi", "sgt": "Asia/Singapore", "hkt": "Asia/Hong_Kong",
+    "jst": "Asia/Tokyo", "kst": "Asia/Seoul", "awst": "Australia/Perth",
+    "acst": "Australia/Adelaide", "aest": "Australia/Sydney", "aedt": "Australia/Sydney",
+    "nzst": "Pacific/Auckland", "nzdt": "Pacific/Auckland", "brt": "America/Sao_Paulo",
+    "art": "America/Argentina/Buenos_Aires", "sast": "Africa/Johannesburg",
+    "eastern time": "America/New_York", "central time": "America/Chicago",
+    "mountain time": "America/Denver", "pacific time": "America/Los_Angeles",
+    "eastern time us canada": "America/New_York", "central time us canada": "America/Chicago",
+    "mountain time us canada": "America/Denver", "pacific time us canada": "America/Los_Angeles",
+    "eastern standard time": "America/New_York", "central standard time": "America/Chicago",
+    "mountain standard time": "America/Denver", "pacific standard time": "America/Los_Angeles",
+    "gmt standard time": "Europe/London", "w europe standard time": "Europe/Berlin",
+    "central european time": "Europe/Paris", "central european standard time": "Europe/Warsaw",
+    "romance standard time": "Europe/Paris", "india standard time": "Asia/Kolkata",
+    "china standard time": "Asia/Shanghai", "tokyo standard time": "Asia/Tokyo",
+    "aus eastern standard time": "Australia/Sydney", "arizona": "America/Phoenix",
+    "hawaii": "Pacific/Honolulu", "alaska": "America/Anchorage",
+}
+
+
+@lru_cache(maxsize=1)
+def _zones_by_key() -> dict[str, str]:
+    zones = {}
+    for name in available_timezones():
+        zones[name.casefold()] = name
+        city = fold(name.rsplit("/", 1)[-1])
+        zones.setdefault("city:" + city, name)
+    return zones
+
+
+@lru_cache(maxsize=2048)
+def normalize_timezone(value: str) -> str:
+    """An IANA name from an IANA name in any case, a common abbreviation ('PST', 'CET'), a
+    calendar tool's name ('Eastern Time (US & Canada)'), a city, or 'UTC+2'. ValueError if not."""
+    text = value.strip()
+    zones = _zones_by_key()
+    key = fold(text)
+    if key in ZONE_ALIASES:  # first: tzdata's legacy 'EST' or 'CET' have no daylight saving time
+        return ZONE_ALIASES[key]
+    if text.casefold() in zones:
+        return zones[text.casefold()]
+    offset = re.fullmatch(r"(?:utc|gmt)?\s*([+-])\s*(\d{1,2})(?::?00)?", text.casefold())
+    if offset:
+        hours = int(offset.group(2))
+        if hours == 0:
+            return "UTC"
+        if hours <= 14:
+            # Etc/GMT zones have POSIX signs: UTC+2 is Etc/GMT-2.
+            return f"Etc/GMT{'-' if offset.group(1) == '+' else '+'}{hours}"
+    if "city:" + key in zones:
+        return zones["city:" + key]
+    raise ValueError(f"{value!r} is not a known time zone (use an IANA name like 'Europe/Berlin')")
+
+
+# ---- timestamps, numbers, company size ------------------------------------------------------
+
+_LOCAL_FORMATS = (
+    "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M",
+    "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y %I:%M %p", "%m/%d/%Y %I:%M:%S %p",
+    "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y",
+)
+
+
+def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
+    """(aware datetime, whether the zone was assumed). ISO 8601, RFC 2822, a few common local
+    formats, or Unix seconds/milliseconds. Without an offset the time is read in `zone`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if abs(value) > 1e11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC), False
+        except (OverflowError, OSError, ValueError):
+            raise ValueError("is not a timestamp") from None
+    if not isinstance(value, str):
+        raise ValueError("is not a timestamp")
+    text = value.strip()
+    parsed: datetime | None = None
+    if re.fullmatch(r"\d{10}(\.\d+)?|\d{13}", text):
+        return parse_timestamp(float(text), zone)
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        try:
+            parsed = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            for fmt in _LOCAL_FORMATS:
+                try:
+                    parsed = datetime.strptime(text, fmt)
+                    break
+                except ValueError:
+                    continue
+    if parsed is None:
+        raise ValueError("is not a timestamp (use ISO 8601 with an offset, e.g. 2026-11-22T10:00:00Z)")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=ZoneInfo(zone)), True
+    return parsed, False
+
+
+def parse_number(value: Any) -> float:
+    """A number, or a numeric string ('85', ' 85.5 ', '85%', '8,5', '1,200'). ValueError if not."""
+    if isinstance(value, bool):
+        raise ValueError("is not a number")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip().rstrip("%").strip().replace(" ", "")
+        if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):
+            text = text.replace(",", "")
+        elif re.fullmatch(r"-?\d+,\d+", text):
+            text = text.replace(",", ".")
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError("is not a number") from None
+    else:
+        raise ValueError("is not a number")
+    if not math.isfinite(number):
+        raise ValueError("is not a finite number")
+    return number
+
+
+SIZE_BANDS = ((1, 10), (11, 50), (51, 200), (201, 500), (501, 1000), (1001, 5000), (5001, 10000))
+
+
+@dataclass(frozen=True)
+class Size:
+    band: str
+    employees: int | None
+    low: int
+    high: int | None
+
+
+def band_for(employees: int) -> str:
+    for low, high in SIZE_BANDS:
+        if employees <= high:
+            return f"{low}-{high}"
+    return "10001+"
+
+
+def _count(text: str) -> int:
+    text = text.replace(",", "").replace(" ", "").lower()
+    if not text.endswith(("k", "m")):
+        text = text.replace(".", "")  # "1.200": a thousands separator, not a decimal point
+    if text.endswith("k"):
+        return int(float(text[:-1]) * 1000)
+    if text.endswith("m"):
+        return int(float(text[:-1]) * 1_000_000)
+    return int(text)
+
+
+def normalize_size(value: Any) -> Size:
+    """A head count or a band ('201-500', '1,001 - 5,000 employees', '10k+', '<10') -> both."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 1 or value != int(value):
+            raise ValueError("is not a head count")
+        n = int(value)
+        low, _, high = band_for(n).partition("-")
+        return Size(band_for(n), n, int(low.rstrip("+")), int(high) if high else None)
+    if not isinstance(value, str):
+        raise ValueError("is not a head count or a band like '201-500'")
+    text = re.sub(r"(?i)\s*(employees?|people|staff|emps?|ppl)\b\.?", "", value.strip()).strip()
+    num = r"(\d[\d,. ]*[kKmM]?)"
+    try:
+        if re.fullmatch(num, text):
+            return normalize_size(_count(text))
+        if m := re.fullmatch(num + r"\s*(?:-|–|to)\s*" + num, text):
+            low, high = _count(m.group(1)), _count(m.group(2))
+            if 0 < low <= high:
+                return Size(f"{low}-{high}", None, low, high)
+        if m := re.fullmatch(num + r"\s*\+|(?i:over|more than|above)\s*" + num, text):
+            low = _count(m.group(1) or m.group(2))
+            return Size(f"{low}+", None, low, None)
+        if m := re.fullmatch(r"(?:<|(?i:under|less than|fewer than))\s*" + num, text):
+            high = _count(m.group(1)) - 1
+            if high >= 1:
+                return Size(f"1-{high}", None, 1, high)
+        if fold(text) in ("self employed", "just me", "solo", "freelancer", "1 person"):
+            return normalize_size(1)
+    except ValueError:
+        pass
+    raise ValueError("is not a head count or a band like '201-500'; kept as sent")
+
+
+BOOLEAN_WORDS = {
+    "true": True, "yes": True, "y": True, "1": True, "on": True, "checked": True, "agree": True,
+    "agreed": True, "opt in": True, "opted in": True, "granted": True, "accepted": True,
+    "false": False, "no": False, "n": False, "0": False, "off": False, "unchecked": False,
+    "opt out": False, "opted out": False, "denied": False, "declined": False, "": False,
+}
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and fold(value) in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[fold(value)]
+    raise ValueError("is not yes or no")
+
+
+# ---- intent ---------------------------------------------------------------------------------
+
+# Canonical intent types, strongest first, with the spellings senders use for them.
+BUILTIN_INTENTS: dict[str, list[str]] = {
+    "demo_request": ["demo", "request demo", "request a demo", "book a demo", "book demo",
+                     "schedule a demo", "schedule demo", "get a demo", "see a demo", "live demo",
+                     "product demo", "demo request", "demo requested", "request a meeting"],
+    "contact_sales": ["contact sales", "talk to sales", "speak to sales", "sales inquiry",
+                      "sales enquiry", "sales", "contact us", "contact me", "call me",
+                      "callback", "call back", "request a call", "request callback"],
+    "quote_request": ["quote", "request a quote", "get a quote", "rfq", "request quote"],
+    "pricing": ["pricing", "pricing request", "request pricing", "price"],
+    "trial": ["free trial", "start trial", "start free trial", "trial signup", "trial sign up",
+              "signup", "sign up", "free account"],
+    "webinar": ["webinar", "webinar registration", "webinar attendee", "webinar attended",
+                "event registration", "event", "workshop"],
+    "content_download": ["download", "content download", "ebook", "e book", "whitepaper",
+                         "white paper", "guide", "case study", "report", "datasheet"],
+    "newsletter": ["newsletter", "subscribe", "newsletter signup", "blog subscription"],
+}
+
+
+def slug(text: str) -> str:
+    return fold(snake(text)).replace(" ", "_")
+
+
+@lru_cache(maxsize=64)
+def _intent_table(aliases: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, str], ...]:
+    """(alias slug, canonical type) pairs: configured aliases first, then the built-in ones."""
+    pairs = [(canonical, canonical) for canonical, _ in aliases]
+    pairs += [(slug(alias), canonical) for canonical, spellings in aliases for alias in spellings]
+    for canonical, spellings in BUILTIN_INTENTS.items():
+        pairs.append((canonical, canonical))
+        pairs += [(slug(s), canonical) for s in spellings]
+    return tuple(pairs)
+
+
+def classify_intent(value: str, aliases: dict[str, list[str]] | None = None) -> str | None:
+    """The canonical intent type of a free-text one ('Demo Request', 'Book a demo!',
+    'Request-a-demo form'), matched case-, space- and punctuation-insensitively; None if unknown."""
+    table = _intent_table(tuple((k, tuple(v)) for k, v in (aliases or {}).items()))
+    key = slug(value)
+    for alias, canonical in table:
+        if key == alias:
+            return canonical
+    padded = f"_{key}_"
+    for alias, canonical in table:  # a known phrase inside longer text; strongest type first
+        if f"_{alias}_" in padded:
+            return canonical
+    return None
+
+
+# ---- the submission -------------------------------------------------------------------------
+
+# snake_case spellings senders use -> the contract's name, per object.
+CONTACT_FIELDS = {
+    "first_name": "first_name", "firstname": "first_name", "first": "first_name",
+    "given_name": "first_name", "fname": "first_name",
+    "last_name": "last_name", "lastname": "last_name", "last": "last_name", "surname": "last_name",
+    "family_name": "last_name", "lname": "last_name",
+    "name": "name", "full_name": "name", "fullname": "name", "contact_name": "name",
+    "email": "email", "email_address": "email", "e_mail": "email", "mail": "email",
+    "work_email": "email", "business_email": "email", "emailaddress": "email",
+    "phone": "phone", "phone_number": "phone", "phonenumber": "phone", "mobile": "phone",
+    "mobile_phone": "phone", "mobile_number": "phone", "telephone": "phone", "tel": "phone",
+    "cell": "phone", "cell_phone": "phone", "work_phone": "phone", "business_phone": "phone",
+    "phone_mobile": "phone",
+    "country": "country", "country_code": "country",
+    "timezone": "timezone", "time_zone": "timezone", "tz": "timezone",
+    "language": "language", "lang": "language", "locale": "language", "preferred_language": "language",
+    "title": "title", "job_title": "title", "jobtitle": "title", "position": "title",
+}
+COMPANY_FIELDS = {
+    "name": "name", "company_name": "name", "company": "name", "organization": "name",
+    "organisation": "name", "org": "name", "account_name": "name",
+    "domain": "domain", "website": "website", "url": "website", "web": "website",
+    "company_website": "website",
+    "size": "size", "employees": "size", "employee_count": "size", "employees_count": "size",
+    "company_size": "size", "headcount": "size", "num_employees": "size",
+    "number_of_employees": "size", "no_of_employees": "size",
+    "industry": "industry", "sector": "industry", "vertical": "industry",
+    "country": "country", "country_code": "country", "hq_country": "country",
+}
+INTENT_FIELDS = {
+    "type": "type", "intent": "type", "intent_type": "type", "form_type": "type",
+    "request_type": "type", "inquiry_type": "type", "enquiry_type": "type", "kind": "type",
+    "product": "product", "product_interest": "product", "interest": "product",
+    "message": "message", "comment": "message", "comments": "message", "notes": "message",
+    "question": "message", "description": "message",
+}
+# Flat top-level fields many form builders send instead of nested objects.
+FLAT_FIELDS = {
+    **{k: ("contact", v) for k, v in CONTACT_FIELDS.items()
+       if k not in ("name", "country", "country_code", "first", "last", "mail", "title", "position")},
+    "title": ("contact", "title"), "job_title": ("contact", "title"),
+    "full_name": ("contact", "name"),
+    "company": ("company", "name"), "company_name": ("company", "name"),
+    "company_size": ("company", "size"), "employees": ("company", "size"),
+    "employee_count": ("company", "size"), "website": ("company", "website"),
+    "company_website": ("company", "website"), "industry": ("company", "industry"),
+    "country": ("contact", "country"),
+    "intent_type": ("intent", "type"), "form_type": ("intent", "type"),
+    "request_type": ("intent", "type"), "message": ("intent", "message"),
+    "comments": ("intent", "message"), "product": ("intent", "product"),
+}
+TOP_FIELDS = {"source", "external_id", "submitted_at", "score", "contact", "company", "intent",
+              "consent", "attributes", "custom_fields"}
+TOP_ALIASES = {"externalid": "external_id", "id": "external_id", "lead_id": "external_id",
+               "created_at": "submitted_at", "submitted": "submitted_at", "timestamp": "submitted_at",
+               "lead_score": "score", "custom": "custom_fields"}
+
+
+class _Reader:
+    """Collects issues and unknown fields while the submission is read."""
+
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+        self.attributes: dict[str, Any] = {}
+        self.given: set[str] = set()
+
+    def keep(self, path: tuple[str, ...], value: Any) -> None:
+        """Keep an unknown field verbatim, nested under attributes as it was in the body."""
+        target = self.attributes
+        for part in path[:-1]:
+            existing = target.get(part)
+            if not isinstance(existing, dict):
+                existing = target[part] = {}
+            target = existing
+        target[path[-1]] = value
+
+    def warn(self, field_name: str, message: str, value: Any = None) -> None:
+        self.issues.append(Issue(field_name, message, value))
+
+    def text(self, name: str, value: Any) -> str | None:
+        """A scalar as stripped text; '' and null mean "not given"."""
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            self.warn(name, "is a boolean, expected text; kept as sent", value)
+            return str(value).lower()
+        if isinstance(value, float) and value == int(value) and abs(value) < 1e16:
+            value = int(value)
+        if isinstance(value, (int, float)):
+            return str(value)
+        if isinstance(value, list) and value and all(isinstance(v, (str, int)) for v in value):
+            if len(value) > 1:
+                self.warn(name, "several values given; the first is used, all kept in attributes", value)
+            return self.text(name, value[0])
+        if not isinstance(value, str):
+            raise TypeError
+        return value.strip() or None
+
+    def section(self, name: str, value: Any, fields: dict[str, str]) -> dict[str, Any]:
+        """Read one nested object: known fields by their aliases, the rest into attributes."""
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.warn(name, "is not an object; kept in attributes", value)
+            self.keep((name,), value)
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            target = fields.get(snake(str(key)))
+            if target is None or target in out:
+                self.keep((name, str(key)), item)
+                continue
+            try:
+                text = self.text(f"{name}.{target}", item)
+            except TypeError:
+                self.warn(f"{name}.{target}", "is not a text value; kept in attributes", item)
+                self.keep((name, str(key)), item)
+                continue
+            if text is not None:
+                out[target] = text
+                self.given.add(f"{name}.{target}")
+            if isinstance(item, list) and len(item) > 1:
+                self.keep((name, str(key)), item)
+        return out
+
+
+def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str]] | None = None,
+                    *, partial: bool = False) -> Submission:
+    """Normalize a submission leniently. Raises `Refused` only when the lead cannot be acted on:
+    not an object, or (unless `partial`, for PATCH) no usable email and no usable phone."""
+    if not isinstance(body, dict):
+        raise Refused([{"field": "(body)", "message": "must be a JSON object"}])
+    try:
+        body = clean_text(body)
+    except RecursionError:
+        raise Refused([{"field": "(body)", "message": "is nested too deeply"}]) from None
+    r = _Reader()
+    raw: dict[str, Any] = {"contact": {}, "company": {}, "intent": {}}
+    flat: dict[str, dict[str, Any]] = {"contact": {}, "company": {}, "intent": {}}
+    top: dict[str, Any] = {}
+    for key, value in body.items():
+        name = snake(str(key))
+        name = TOP_ALIASES.get(name, name)
+        if name in TOP_FIELDS and name not in top:
+            top[name] = value
+        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)):
+            section, target = FLAT_FIELDS[name]
+            flat[section].setdefault(target, value)
+        else:
+            r.keep((str(key),), value)
+    if "source" in top and top["source"] is not None:
+        r.keep(("source",), top["source"])  # the key decides the source; the body's is kept
+    for extra in ("custom_fields", "attributes"):
+        value = top.get(extra)
+        if isinstance(value, dict):
+            for k, v in value.items():
+                r.keep((str(k),), v)
+        elif value is not None:
+            r.keep((extra,), value)
+
+    company_value, intent_value = top.get("company"), top.get("intent")
+    if isinstance(company_value, str):
+        company_value = {"name": company_value}
+    if isinstance(intent_value, str):
+        intent_value = {"type": intent_value}
+    contact_value = top.get("contact")
+    if isinstance(contact_value, str) and "@" in contact_value:
+        contact_value = {"email": contact_value}
+    raw["contact"] = r.section("contact", contact_value, CONTACT_FIELDS)
+    raw["company"] = r.section("company", company_value, COMPANY_FIELDS)
+    raw["intent"] = r.section("intent", intent_value, INTENT_FIELDS)
+    for section, fields in flat.items():
+        for target, value in fields.items():
+            if target not in raw[section]:
+                try:
+                    text = r.text(f"{section}.{target}", value)
+                except TypeError:
+                    continue
+                if text is not None:
+                    raw[section][target] = text
+                    r.given.add(f"{section}.{target}")
+
+    company = _company(r, raw["company"])
+    contact, usable = _contact(r, raw["contact"], company.country, source)
+    if not usable and not partial:
+        errors = [{"field": "contact", "message": "needs a usable email or phone"}]
+        errors += [i.warning() for i in r.issues if i.field in ("contact.email", "contact.phone")]
+        raise Refused(errors)
+    intent = _intent(r, raw["intent"], source, aliases, partial)
+    return Submission(
+        contact=contact, company=company, intent=intent,
+        consent=_consent(r, top.get("consent")),
+        external_id=_external_id(r, top.get("external_id")),
+        submitted_at=_submitted_at(r, top.get("submitted_at"), source),
+        score=_score(r, top.get("score")),
+        attributes=r.attributes, issues=r.issues, given=r.given,
+    )
+
+
+def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
+             source: IntakeSource) -> tuple[Contact, bool]:
+    out: dict[str, Any] = {}
+    name = raw.pop("name", None)
+    if name and not raw.get("first_name") and not raw.get("last_name"):
+        first, _, last = name.rpartition(" ")
+        out["first_name"], out["last_name"] = (first, last) if first else (name, None)
+    elif name:
+        r.keep(("contact", "name"), name)
+    for key in ("first_name", "last_name", "title"):
+        if raw.get(key):
+            out[key] = raw[key]
+    usable = False
+    if email := raw.get("email"):
+        try:
+            out["email"] = normalize_email(email)
+            usable = True
+        except ValueError as exc:
+            out["email"] = email
+            r.warn("contact.email", str(exc), email)
+    if country := raw.get("country"):
+        try:
+            out["country"] = normalize_country(country)
+        except ValueError as exc:
+            out["country"] = country
+            r.warn("contact.country", str(exc), country)
+    phone_zone = None
+    if phone := raw.get("phone"):
+        region = next((c for c in (out.get("country"), company_country, source.default_region)
+                       if c and len(c) == 2 and c.isupper()), None)
+        try:
+            parsed = normalize_phone(phone, region)
+            out["phone"], out["phone_extension"] = parsed.e164, parsed.extension
+            usable, phone_zone = True, parsed.timezone
+        except ValueError as exc:
+            out["phone"] = phone
+            r.warn("contact.phone", str(exc), phone)
+            usable = usable or dialable(phone)
+    if language := raw.get("language"):
+        try:
+            out["language"] = normalize_language(language)
+        except ValueError as exc:
+            out["language"] = language
+            r.warn("contact.language", str(exc), language)
+    if zone := raw.get("timezone"):
+        try:
+            out["timezone"] = normalize_timezone(zone)
+        except ValueError as exc:
+            out["timezone"] = zone
+            r.warn("contact.timezone", str(exc), zone)
+    elif phone_zone:
+        out["timezone"] = phone_zone
+    return Contact(**out), usable
+
+
+def _company(r: _Reader, raw: dict[str, Any]) -> Company:
+    out: dict[str, Any] = {k: raw[k] for k in ("name", "industry", "website") if raw.get(k)}
+    if domain := raw.get("domain") or raw.get("website"):
+        host = re.sub(r"^[a-z]+://", "", domain.strip().lower()).split("/")[0].split("?")[0]
+        host = host.removeprefix("www.").split(":")[0]
+        if raw.get("domain") or "." in host:
+            out["domain"] = host if "." in host else raw["domain"]
+    if country := raw.get("country"):
+        try:
+            out["country"] = normalize_country(country)
+        except ValueError as exc:
+            out["country"] = country
+            r.warn("company.country", str(exc), country)
+    if (size := raw.get("size")) is not None:
+        try:
+            normalized = normalize_size(size)
+            out.update(size=normalized.band, size_band=normalized.band, employees=normalized.employees,
+                       employees_min=normalized.low, employees_max=normalized.high)
+        except ValueError as exc:
+            out["size"] = size
+            r.warn("company.size", str(exc), size)
+    return Company(**out)
+
+
+def _intent(r: _Reader, raw: dict[str, Any], source: IntakeSource,
+            aliases: dict[str, list[str]] | None, partial: bool) -> Intent:
+    out = {k: raw[k] for k in ("product", "message") if raw.get(k)}
+    given = raw.get("type")
+    if given is None:
+        if partial:
+            return Intent(type="", **out)
+        return Intent(type=source.default_intent or "inquiry", **out)
+    canonical = classify_intent(given, aliases)
+    if canonical is None:
+        canonical = slug(given) or "inquiry"
+        if canonical not in (aliases or {}):
+            r.warn("intent.type", f"{given!r} is not a known intent type; tiered by the default rules",
+                   given)
+    return Intent(type=canonical, **out)
+
+
+def _consent(r: _Reader, value: Any) -> Consent:
+    if value is None:
+        return Consent()
+    if not isinstance(value, dict):
+        try:
+            return Consent(marketing=parse_bool(value))
+        except ValueError:
+            r.warn("consent", "is not an object or yes/no; kept in attributes", value)
+            r.keep(("consent",), value)
+            return Consent()
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        name = snake(str(key))
+        if name in ("marketing", "contact"):
+            try:
+                out[name] = parse_bool(item)
+            except ValueError:
+                r.warn(f"consent.{name}", "is not yes or no; kept as sent", item)
+                out[f"{name}_as_sent"] = item
+        else:
+            # Consent is open: the sender's own consent fields stay in it as sent (and, like every
+            # field the contract does not name, under attributes).
+            out[str(key)] = item
+            r.keep(("consent", str(key)), item)
+    return Consent(**out)
+
+
+def _external_id(r: _Reader, value: Any) -> str | None:
+    try:
+        return r.text("external_id", value)
+    except TypeError:
+        r.warn("external_id", "is not text; kept in attributes", value)
+        r.keep(("external_id",), value)
+        return None
+
+
+def _submitted_at(r: _Reader, value: Any, source: IntakeSource) -> datetime | None:
+    if value is None or value == "":
+        return None
+    zone = source.timezone or "UTC"
+    try:
+        parsed, assumed = parse_timestamp(value, zone)
+    except ValueError as exc:
+        r.warn("submitted_at", f"{exc}; kept in attributes", value)
+        r.keep(("submitted_at",), value)
+        return None
+    if assumed:
+        r.warn("submitted_at", f"has no UTC offset; read in the source's time zone {zone}", value)
+    return parsed
+
+
+def _score(r: _Reader, value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = parse_number(value)
+    except ValueError as exc:
+        r.warn("score", f"{exc}; kept in attributes, not used for tiering", value)
+        r.keep(("score",), value)
+        return None
+    if not 0 <= number <= 100:
+        r.warn("score", "is outside 0-100; kept in attributes, not used for tiering", value)
+        r.keep(("score",), value)
+        return None
+    return number
+

@@ -1,0 +1,128 @@
+"""Intake's raw Kafka input on the real broker and Postgres: CloudEvents in binary and
+structured mode, and activities that arrive before their lead."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from leadsla.services.intake.bootstrap import bootstrap
+from leadsla.services.intake.tables import leads, pending_activities
+from leadsla.shared.consumer import EventConsumer, Subscription
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import CloudEvent
+from tests.support import create_topic, eventually, outbox_events
+
+CONFIG = """
+tiers:
+  default: C
+  rules: [{tier: A, when: {intent: [demo_request]}}]
+intake:
+  activity_wait: 60s
+"""
+
+
+@pytest.fixture
+async def intake(make_ctx, engine, kafka_bootstrap, clock):
+    """Intake's two raw-topic handlers consuming fresh topics of this test, plus its loops."""
+    ctx = make_ctx("intake", CONFIG)
+    spec = bootstrap(ctx)
+    submissions, activities = (await create_topic(kafka_bootstrap, 1), await create_topic(kafka_bootstrap, 1))
+    stop = asyncio.Event()
+    tasks = []
+    for sub, topic in zip(spec.subscriptions, (submissions, activities), strict=True):
+        consumer = EventConsumer(
+            Subscription(f"{sub.group}-{uuid.uuid4().hex[:6]}", (topic,), sub.handler, sub.decode),
+            service="intake", bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
+            clock=clock)
+        tasks.append(asyncio.create_task(consumer.run(stop)))
+    tasks += [asyncio.create_task(loop(stop)) for loop in spec.loops]
+    yield submissions, activities
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def lead_with_external_id(engine, external_id: str) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.scalar(select(leads.c.lead_id).where(leads.c.external_id == external_id))
+
+
+async def parked(engine, ref: str) -> int:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(pending_activities.c.id).where(pending_activities.c.lead_ref == ref))
+        return len(rows.all())
+
+
+async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer) -> None:
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    call = {"lead_id": ref, "type": "call", "external_id": f"{ref}-call", "outcome": "connected", "actor": "al"}
+    await producer.send_and_wait(activities, json.dumps(call).encode(), key=ref.encode())
+    await eventually(lambda: parked(engine, ref), what="the activity parked for its lead", timeout=120)
+
+    lead = {"external_id": ref, "contact": {"email": f"{ref}@example.com"}, "intent": {"type": "Demo Request"}}
+    await producer.send_and_wait(submissions, json.dumps(lead).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="lead and activity events")
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+    assert events[1].data["type"] == "call" and events[1].data["outcome"] == "connected"
+    assert await parked(engine, ref) == 0
+
+
+async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wait(
+    intake, engine, producer, clock
+) -> None:
+    _, activities = intake
+    ref = f"ghost-{uuid.uuid4().hex[:8]}"
+    value = json.dumps({"lead_id": ref, "type": "email"}).encode()
+    await producer.send_and_wait(activities, value, key=ref.encode())
+    await eventually(lambda: parked(engine, ref), what="the activity parked", timeout=120)
+    clock.advance(timedelta(seconds=61))
+
+    async def letter() -> CloudEvent | None:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(OUTBOX["intake"].c.payload).where(
+                OUTBOX["intake"].c.key == ref, OUTBOX["intake"].c.event_type == "deadletter"))
+            found = [CloudEvent.from_bytes(r.payload) for r in rows]
+        return found[0] if found else None
+
+    dead = await eventually(letter, what="the dead letter", timeout=120)
+    assert dead.data["topic"] == activities and base64.b64decode(dead.data["original_bytes_b64"]) == value
+    assert dead.data["error"].startswith("unknown_lead")
+    assert await parked(engine, ref) == 0
+
+
+async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intake, engine, producer) -> None:
+    submissions, _ = intake
+    binary_ref, structured_ref = f"bin-{uuid.uuid4().hex[:8]}", f"str-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"external_id": binary_ref, "contact": {"email": f"{binary_ref}@example.com"}}).encode()
+    ce_id = str(uuid.uuid4())
+    headers = [("ce_specversion", b"1.0"), ("ce_id", ce_id.encode()), ("ce_source", b"https://forms.example/x"),
+               ("ce_type", b"com.example.lead"), ("content-type", b"application/json")]
+    await producer.send_and_wait(submissions, body, headers=headers)
+    # The same event again with another body: ce_id is the idempotency key, so nothing new.
+    retry = json.dumps({"external_id": binary_ref + "-retry", "contact": {"email": "other@example.com"}}).encode()
+    await producer.send_and_wait(submissions, retry, headers=headers)
+    structured = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "chat-widget", "type": "lead",
+                  "data": {"external_id": structured_ref,  # no `time`
+                           "contact": {"phone": "+14155552671", "email": f"{structured_ref}@example.com"}}}
+    await producer.send_and_wait(submissions, json.dumps(structured).encode())
+
+    structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured", timeout=120)
+    binary_lead = await eventually(lambda: lead_with_external_id(engine, binary_ref), what="binary lead")
+    [received] = await outbox_events(engine, "intake", binary_lead)
+    assert received.data["attributes"]["ce_source"] == "https://forms.example/x"
+    assert received.causationid == ce_id
+    assert await lead_with_external_id(engine, binary_ref + "-retry") is None
+    [other] = await outbox_events(engine, "intake", structured_lead)
+    assert other.data["contact"]["phone"] == "+14155552671"
+
+
+async def _events_when(engine, lead_id: str, count: int) -> list[CloudEvent] | None:
+    events = await outbox_events(engine, "intake", lead_id)
+    return events if len(events) >= count else None

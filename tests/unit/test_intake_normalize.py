@@ -1,0 +1,361 @@
+"""Lenient intake: each normalization rule table-tested, then realistic payloads as real senders
+(form builders, chat widgets, webinar tools, lead-ad platforms, CRM imports) send them."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from leadsla.services.intake.normalize import (
+    Refused,
+    classify_intent,
+    normalize_country,
+    normalize_language,
+    normalize_phone,
+    normalize_size,
+    normalize_timezone,
+    parse_number,
+    parse_timestamp,
+    read_submission,
+)
+from leadsla.shared.config import IntakeSource
+
+US_FORMS = IntakeSource(default_region="US", timezone="America/New_York", default_intent="inquiry")
+NO_DEFAULTS = IntakeSource(default_intent="inquiry", timezone="UTC")
+
+
+@pytest.mark.parametrize(
+    ("given", "code"),
+    [("de", "DE"), ("DEU", "DE"), ("Germany", "DE"), ("Deutschland", "DE"), ("deutschland ", "DE"),
+     ("United Kingdom", "GB"), ("uk", "GB"), ("U.K.", "GB"), ("Great Britain", "GB"), ("England", "GB"),
+     ("USA", "US"), ("U.S.A.", "US"), ("United States of America", "US"), ("España", "ES"),
+     ("Espana", "ES"), ("Österreich", "AT"), ("Schweiz", "CH"), ("Suisse", "CH"), ("Nederland", "NL"),
+     ("Holland", "NL"), ("Brasil", "BR"), ("México", "MX"), ("日本", "JP"), ("中国", "CN"),
+     ("South Korea", "KR"), ("Russia", "RU"), ("Czech Republic", "CZ"), ("Türkiye", "TR"),
+     ("Turkey", "TR"), ("UAE", "AE"), ("Ivory Coast", "CI"), ("Polska", "PL"), ("Italia", "IT")],
+)
+def test_countries_are_read_from_codes_names_and_own_language_names(given: str, code: str) -> None:
+    assert normalize_country(given) == code
+
+
+@pytest.mark.parametrize("given", ["Atlantis", "Europe", "xx"])
+def test_unknown_countries_are_named(given: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_country(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "region", "e164", "extension"),
+    [("+1 415 555 2671", None, "+14155552671", None), ("(415) 555-2671", "US", "+14155552671", None),
+     ("415.555.2671 x204", "US", "+14155552671", "204"), ("+1-415-555-2671 ext. 12", None, "+14155552671", "12"),
+     ("030 1234567", "DE", "+49301234567", None), ("0049 30 1234567", None, "+49301234567", None),
+     ("020 7946 0958", "GB", "+442079460958", None), ("+44 (0)20 7946 0958", None, "+442079460958", None)],
+)
+def test_phones_become_e164_with_extensions_kept(given: str, region: str | None, e164: str,
+                                                 extension: str | None) -> None:
+    phone = normalize_phone(given, region)
+    assert (phone.e164, phone.extension) == (e164, extension)
+
+
+@pytest.mark.parametrize(("given", "region"), [("415 555 2671", None), ("12", "US"), ("call me", "US")])
+def test_phones_that_cannot_be_read_are_named(given: str, region: str | None) -> None:
+    with pytest.raises(ValueError):
+        normalize_phone(given, region)
+
+
+@pytest.mark.parametrize(
+    ("given", "tag"),
+    [("en", "en"), ("EN", "en"), ("en-us", "en-US"), ("en_US", "en-US"), ("EN-gb", "en-GB"),
+     ("zh_CN", "zh-CN"), ("zh-hans-cn", "zh-Hans-CN"), ("de_DE.UTF-8", "de-DE"), ("es-419", "es-419"),
+     ("English", "en"), ("german", "de"), ("Deutsch", "de"), ("Français", "fr"), ("eng", "en")],
+)
+def test_language_tags_in_any_common_spelling(given: str, tag: str) -> None:
+    assert normalize_language(given) == tag
+
+
+@pytest.mark.parametrize(
+    ("given", "zone"),
+    [("Europe/Berlin", "Europe/Berlin"), ("europe/berlin", "Europe/Berlin"), ("PST", "America/Los_Angeles"),
+     ("EST", "America/New_York"), ("CET", "Europe/Paris"), ("IST", "Asia/Kolkata"), ("UTC", "UTC"),
+     ("GMT", "UTC"), ("Eastern Time (US & Canada)", "America/New_York"), ("UTC+2", "Etc/GMT-2"),
+     ("GMT-05:00", "Etc/GMT+5"), ("Berlin", "Europe/Berlin"), ("Pacific Standard Time", "America/Los_Angeles")],
+)
+def test_time_zones_from_iana_names_and_common_abbreviations(given: str, zone: str) -> None:
+    assert normalize_timezone(given) == zone
+
+
+@pytest.mark.parametrize(
+    ("given", "band", "employees", "low", "high"),
+    [(250, "201-500", 250, 201, 500), ("250", "201-500", 250, 201, 500), ("1,200", "1001-5000", 1200, 1001, 5000),
+     ("201-500", "201-500", None, 201, 500), ("201 - 500 employees", "201-500", None, 201, 500),
+     ("1,001-5,000", "1001-5000", None, 1001, 5000), ("10k+", "10000+", None, 10000, None),
+     ("500+", "500+", None, 500, None), ("<10", "1-9", None, 1, 9), ("20000", "10001+", 20000, 10001, None),
+     ("Self-employed", "1-10", 1, 1, 10)],
+)
+def test_company_size_as_a_number_or_a_band_becomes_both(given: Any, band: str, employees: int | None,
+                                                         low: int, high: int | None) -> None:
+    size = normalize_size(given)
+    assert (size.band, size.employees, size.low, size.high) == (band, employees, low, high)
+
+
+@pytest.mark.parametrize(("given", "number"), [(85, 85.0), ("85", 85.0), (" 85.5 ", 85.5), ("85%", 85.0),
+                                               ("8,5", 8.5), ("1,200", 1200.0)])
+def test_scores_may_be_numeric_strings(given: Any, number: float) -> None:
+    assert parse_number(given) == number
+
+
+@pytest.mark.parametrize("given", ["high", True, "", None, "nan"])
+def test_non_numbers_are_not_scores(given: Any) -> None:
+    with pytest.raises(ValueError):
+        parse_number(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "utc", "assumed"),
+    [("2026-11-22T10:00:00Z", "2026-11-22T10:00:00", False),
+     ("2026-11-22T10:00:00+01:00", "2026-11-22T09:00:00", False),
+     ("2026-11-22T10:00:00", "2026-11-22T15:00:00", True),
+     ("2026-11-22 10:00:00", "2026-11-22T15:00:00", True),
+     ("11/22/2026 10:00 AM", "2026-11-22T15:00:00", True),
+     ("Sun, 22 Nov 2026 10:00:00 +0000", "2026-11-22T10:00:00", False),
+     (1795341600, "2026-11-22T10:00:00", False), (1795341600000, "2026-11-22T10:00:00", False)],
+)
+def test_timestamps_without_an_offset_are_read_in_the_sources_zone(given: Any, utc: str, assumed: bool) -> None:
+    parsed, was_assumed = parse_timestamp(given, "America/New_York")
+    assert parsed.astimezone(UTC).replace(tzinfo=None).isoformat() == utc and was_assumed is assumed
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [("demo_request", "demo_request"), ("Demo Request", "demo_request"), ("DEMO-REQUEST", "demo_request"),
+     ("  demo  request ", "demo_request"), ("Request a demo", "demo_request"), ("Book a Demo!", "demo_request"),
+     ("Website - Demo Request Form", "demo_request"), ("Contact Sales", "contact_sales"),
+     ("Talk to sales", "contact_sales"), ("Free Trial", "trial"), ("Whitepaper download", "content_download"),
+     ("eBook", "content_download"), ("Webinar Registration", "webinar"), ("Newsletter", "newsletter"),
+     ("Get a quote", "quote_request"), ("something else", None)],
+)
+def test_intent_types_match_case_and_space_insensitively(given: str, canonical: str | None) -> None:
+    assert classify_intent(given) == canonical
+
+
+def test_configured_intent_aliases_come_first() -> None:
+    aliases = {"demo_request": ["Hand raiser"], "partner": ["Become a partner"]}
+    assert classify_intent("hand-raiser", aliases) == "demo_request"
+    assert classify_intent("Become a Partner", aliases) == "partner"
+
+
+# ---- whole submissions ----------------------------------------------------------------------
+
+EMAIL = "ada@example.com"
+
+
+def read(body: Any, source: IntakeSource = US_FORMS):
+    return read_submission(body, source)
+
+
+def dig(sub, path: str) -> Any:
+    value: Any = sub.snapshot()
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[], "lead", 42, None, {}, {"contact": {"first_name": "Ada"}}, {"contact": {"email": "nope", "phone": "12"}},
+     {"contact": None, "company": {"name": "Acme"}}, {"contact": {"email": "ada@", "phone": "call me"}}],
+)
+def test_only_a_non_object_or_a_lead_without_usable_email_or_phone_is_refused(body: Any) -> None:
+    with pytest.raises(Refused) as info:
+        read(body)
+    assert info.value.errors[0]["field"] in ("(body)", "contact")
+
+
+def test_refusals_name_the_unusable_fields() -> None:
+    with pytest.raises(Refused) as info:
+        read({"contact": {"email": "nope", "phone": "12"}})
+    assert {e["field"] for e in info.value.errors} == {"contact", "contact.email", "contact.phone"}
+
+
+def test_unknown_fields_at_any_level_are_kept_verbatim_under_attributes() -> None:
+    sub = read({"contact": {"email": EMAIL, "linkedin": {"url": "x", "n": [1, 2]}}, "company": {"name": "A", "ticker": "ACME"},
+                "intent": {"type": "trial", "campaign_id": 7}, "utm_source": "google", "source": "typeform",
+                "attributes": {"plan": "pro"}, "custom_fields": {"q1": "yes"}})
+    assert sub.attributes == {
+        "contact": {"linkedin": {"url": "x", "n": [1, 2]}}, "company": {"ticker": "ACME"},
+        "intent": {"campaign_id": 7}, "utm_source": "google", "source": "typeform", "plan": "pro", "q1": "yes",
+    }
+    assert sub.warnings == []
+
+
+def test_a_missing_intent_takes_the_sources_default() -> None:
+    source = IntakeSource(default_intent="webinar", timezone="UTC")
+    assert read({"contact": {"email": EMAIL}}, source).intent.type == "webinar"
+    assert read({"contact": {"email": EMAIL}, "intent": None}, US_FORMS).intent.type == "inquiry"
+
+
+def test_national_phones_are_read_in_contact_then_company_then_source_country() -> None:
+    assert read({"contact": {"phone": "030 1234567", "country": "DE"}, "company": {"country": "US"}}
+                ).contact.phone == "+49301234567"
+    assert read({"contact": {"phone": "030 1234567"}, "company": {"country": "Deutschland"}}
+                ).contact.phone == "+49301234567"
+    assert read({"contact": {"phone": "(415) 555-2671"}}).contact.phone == "+14155552671"
+    kept = read({"contact": {"email": EMAIL, "phone": "(415) 555-2671"}}, NO_DEFAULTS)
+    assert kept.contact.phone == "(415) 555-2671" and kept.warnings[0]["field"] == "contact.phone"
+
+
+def test_text_postgres_cannot_store_is_cleaned_not_refused() -> None:
+    sub = read({"contact": {"email": EMAIL, "first_name": "A\x00da"}, "intent": {"message": "lone \ud800 x"}})
+    assert sub.contact.first_name == "Ada" and "\ud800" not in (sub.intent.message or "")
+
+
+def test_huge_integers_are_kept_as_text() -> None:
+    sub = read({"contact": {"email": EMAIL}, "crm_id": 10**30})
+    assert sub.attributes["crm_id"] == str(10**30)
+
+
+# Realistic payloads: (sender, source defaults, body, warned fields, expected normalized values).
+REAL_SENDERS: list[tuple[str, IntakeSource, dict[str, Any], set[str], dict[str, Any]]] = [
+    # -- form builders --
+    ("typeform flat fields, camelCase", US_FORMS,
+     {"firstName": "Ada", "lastName": "Lovelace", "email": "Ada@Example.com", "phoneNumber": "(415) 555-2671",
+      "company": "Analytical Engines", "jobTitle": "CTO", "form_id": "abc123", "hidden": {"utm_source": "google"}},
+     set(), {"contact.phone": "+14155552671", "contact.title": "CTO", "company.name": "Analytical Engines",
+             "attributes.form_id": "abc123", "attributes.hidden": {"utm_source": "google"}}),
+    ("hubspot-style form with US national phone and only the company's country", NO_DEFAULTS,
+     {"contact": {"email": "bo@acme.com", "phone": "415-555-2671"}, "company": {"name": "Acme", "country": "US"},
+      "intent": {"type": "Demo Request"}},
+     set(), {"contact.phone": "+14155552671", "intent.type": "demo_request"}),
+    ("webflow form with integer employee count and utm fields", US_FORMS,
+     {"contact": {"email": "cy@corp.io"}, "company": {"name": "Corp", "size": 250},
+      "utm_source": "linkedin", "utm_campaign": "q4", "intent": {"type": "contact_sales"}},
+     set(), {"company.size": "201-500", "company.employees": 250, "attributes.utm_campaign": "q4"}),
+    ("gravity forms with custom question answers", US_FORMS,
+     {"contact": {"email": "dee@x.org", "first_name": "Dee"}, "intent": {"type": "Request a demo"},
+      "questions": [{"q": "Budget?", "a": "$10k"}, {"q": "Timeline", "a": "Q1"}]},
+     set(), {"intent.type": "demo_request", "attributes.questions": [{"q": "Budget?", "a": "$10k"},
+                                                                    {"q": "Timeline", "a": "Q1"}]}),
+    ("wordpress form with an unreadable optional phone next to a valid email", US_FORMS,
+     {"contact": {"email": "ed@shop.com", "phone": "n/a"}, "intent": {"type": "pricing"}},
+     {"contact.phone"}, {"contact.email": "ed@shop.com", "contact.phone": "n/a"}),
+    ("german form with Deutschland and a national number", NO_DEFAULTS,
+     {"contact": {"email": "fritz@firma.de", "phone": "030 1234567", "country": "Deutschland",
+                  "language": "de-de"}, "intent": {"type": "Demo anfordern"}},
+     set(), {"contact.country": "DE", "contact.phone": "+49301234567", "contact.language": "de-DE",
+             "contact.timezone": "Europe/Berlin", "intent.type": "demo_request"}),
+    ("form with en-us language tag and a time zone abbreviation", US_FORMS,
+     {"contact": {"email": "gil@a.com", "language": "en-us", "timezone": "PST"}, "intent": "trial"},
+     set(), {"contact.language": "en-US", "contact.timezone": "America/Los_Angeles", "intent.type": "trial"}),
+    ("jotform with numeric-string score and blank optional fields", US_FORMS,
+     {"contact": {"email": "hal@b.com", "phone": "", "country": ""}, "score": "85", "company": {"name": ""}},
+     set(), {"score": 85.0, "contact.phone": None, "intent.type": "inquiry"}),
+    ("form with a company band and website only", US_FORMS,
+     {"contact": {"email": "ida@c.com"}, "company": {"website": "https://www.c.com/about", "size": "51-200"}},
+     set(), {"company.domain": "c.com", "company.size_band": "51-200", "company.employees_min": 51}),
+    # -- chat widgets --
+    ("intercom chat with a name and a phone only", US_FORMS,
+     {"contact": {"name": "Jo Smith", "phone": "+1 415 555 2671"}, "intent": {"type": "chat"},
+      "conversation_id": "c-1"},
+     {"intent.type"}, {"contact.first_name": "Jo", "contact.last_name": "Smith",
+                       "attributes.conversation_id": "c-1"}),
+    ("drift chat with a free-text intent", US_FORMS,
+     {"contact": {"email": "kim@d.com"}, "intent": {"type": "Talk to Sales", "message": "Need pricing for 50 seats"}},
+     set(), {"intent.type": "contact_sales", "intent.message": "Need pricing for 50 seats"}),
+    ("chat widget with null optional objects", US_FORMS,
+     {"contact": {"email": "lou@e.com"}, "company": None, "intent": None, "consent": None, "score": None},
+     set(), {"intent.type": "inquiry", "consent.contact": True}),
+    ("chat with a Windows time zone and an unknown language", US_FORMS,
+     {"contact": {"email": "max@f.com", "timezone": "Eastern Standard Time", "language": "Klingonese"}},
+     {"contact.language"}, {"contact.timezone": "America/New_York", "contact.language": "Klingonese"}),
+    # -- webinar tools --
+    ("zoom webinar registrant with a local timestamp", US_FORMS,
+     {"contact": {"email": "ned@g.com", "first_name": "Ned"}, "intent": {"type": "Webinar Registration"},
+      "submitted_at": "2026-11-22 10:00:00", "webinar_id": 987654321},
+     {"submitted_at"}, {"intent.type": "webinar", "submitted_at": "2026-11-22T15:00:00+00:00",
+                        "attributes.webinar_id": 987654321}),
+    ("on24 attendee with an epoch timestamp and country name", US_FORMS,
+     {"contact": {"email": "oda@h.com", "country": "United Kingdom"}, "intent": {"type": "webinar attended"},
+      "submitted_at": 1795341600},
+     set(), {"contact.country": "GB", "submitted_at": "2026-11-22T10:00:00+00:00"}),
+    ("goto webinar with an unreadable timestamp", US_FORMS,
+     {"contact": {"email": "pia@i.com"}, "intent": {"type": "webinar"}, "submitted_at": "yesterday"},
+     {"submitted_at"}, {"submitted_at": None, "attributes.submitted_at": "yesterday"}),
+    ("webinar tool with an unknown country", US_FORMS,
+     {"contact": {"email": "quin@j.com", "country": "Atlantis"}, "intent": {"type": "webinar"}},
+     {"contact.country"}, {"contact.country": "Atlantis"}),
+    # -- lead-ad platforms --
+    ("facebook lead ad with flat full_name and phone_number", US_FORMS,
+     {"full_name": "Ray Charles", "email": "ray@k.com", "phone_number": "+14155552671", "ad_id": "23851",
+      "form_id": "77", "platform": "fb"},
+     set(), {"contact.first_name": "Ray", "contact.last_name": "Charles", "attributes.ad_id": "23851"}),
+    ("linkedin lead gen with company size band and job title", US_FORMS,
+     {"contact": {"email": "sue@l.com", "title": "VP Sales", "country": "us"},
+      "company": {"name": "L Inc", "size": "1,001-5,000 employees", "industry": "Software"},
+      "intent": {"type": "Download whitepaper"}, "campaign": {"id": 5, "name": "Q4"}},
+     set(), {"company.size_band": "1001-5000", "company.industry": "Software", "intent.type": "content_download",
+             "attributes.campaign": {"id": 5, "name": "Q4"}}),
+    ("google lead form with a non-numeric score", US_FORMS,
+     {"contact": {"email": "tom@m.com"}, "score": "hot", "gclid": "abc"},
+     {"score"}, {"score": None, "attributes.score": "hot", "attributes.gclid": "abc"}),
+    ("lead ad with a phone in international format with 00", NO_DEFAULTS,
+     {"contact": {"phone": "0044 20 7946 0958", "first_name": "Uma"}},
+     set(), {"contact.phone": "+442079460958"}),
+    ("lead ad with a score out of range", US_FORMS,
+     {"contact": {"email": "val@n.com"}, "score": 850},
+     {"score"}, {"score": None, "attributes.score": 850}),
+    # -- CRM imports --
+    ("salesforce export with CRM field names", US_FORMS,
+     {"external_id": "00Q5e00000ABC", "contact": {"FirstName": "Wes", "LastName": "Lee", "Email": "wes@o.com",
+                                                   "MobilePhone": "415 555 2671", "Custom__c": "x"},
+      "company": {"Name": "O Corp", "NumberOfEmployees": 1200}, "LeadSource": "Web"},
+     set(), {"external_id": "00Q5e00000ABC", "contact.phone": "+14155552671", "company.employees": 1200,
+             "attributes.contact": {"Custom__c": "x"}, "attributes.LeadSource": "Web"}),
+    ("hubspot import with integer external id and consent strings", US_FORMS,
+     {"external_id": 12345, "contact": {"email": "xia@p.com"}, "consent": {"marketing": "yes", "contact": "true",
+                                                                          "gdpr_basis": "legitimate_interest"}},
+     set(), {"external_id": "12345", "consent.marketing": True, "consent.gdpr_basis": "legitimate_interest",
+             "attributes.consent": {"gdpr_basis": "legitimate_interest"}}),
+    ("pipedrive import with a phone given as a number", US_FORMS,
+     {"contact": {"email": "yan@q.com", "phone": 4155552671}, "intent": {"type": "Contact Sales"}},
+     set(), {"contact.phone": "+14155552671", "intent.type": "contact_sales"}),
+    ("zoho import with a mailto email and language name", US_FORMS,
+     {"contact": {"email": "mailto:Zed@R.com", "language": "English"}},
+     set(), {"contact.email": "zed@r.com", "contact.language": "en"}),
+    ("CRM import of a contact who refused contact", US_FORMS,
+     {"contact": {"email": "amy@s.com"}, "consent": {"contact": False}},
+     set(), {"consent.contact": False}),
+    ("csv import with an unusable email but a dialable national number and no country", NO_DEFAULTS,
+     {"contact": {"email": "ben at t dot com", "phone": "555 0100 4477"}},
+     {"contact.email", "contact.phone"}, {"contact.email": "ben at t dot com", "contact.phone": "555 0100 4477"}),
+    ("csv import with the country in its own language and a zh_CN tag", NO_DEFAULTS,
+     {"contact": {"email": "li@u.cn", "country": "中国", "language": "zh_CN", "timezone": "asia/shanghai"}},
+     set(), {"contact.country": "CN", "contact.language": "zh-CN", "contact.timezone": "Asia/Shanghai"}),
+    ("marketo export with an unreadable company size", US_FORMS,
+     {"contact": {"email": "mo@v.com"}, "company": {"name": "V", "size": "enterprise"}},
+     {"company.size"}, {"company.size": "enterprise"}),
+    ("CRM import with an offset-less submitted time and a source zone", IntakeSource(timezone="Europe/Berlin"),
+     {"contact": {"email": "nia@w.de"}, "submitted_at": "2026-11-22T10:00:00"},
+     {"submitted_at"}, {"submitted_at": "2026-11-22T09:00:00+00:00"}),
+]
+
+
+@pytest.mark.parametrize(("sender", "source", "body", "warned", "expected"), REAL_SENDERS,
+                         ids=[s[0] for s in REAL_SENDERS])
+def test_what_real_senders_send_is_accepted_with_the_right_warnings(
+    sender: str, source: IntakeSource, body: dict, warned: set[str], expected: dict[str, Any]
+) -> None:
+    sub = read(body, source)
+    assert {w["field"] for w in sub.warnings} == warned
+    for path, value in expected.items():
+        assert dig(sub, path) == value, path
+    assert {q["field"] for q in sub.data_quality} == warned
+
+
+def test_the_table_covers_every_kind_of_sender() -> None:
+    assert len(REAL_SENDERS) >= 30
+
+
+def test_a_realistic_accepted_lead_keeps_its_timestamp_aware() -> None:
+    sub = read({"contact": {"email": EMAIL}, "submitted_at": "2026-11-22T10:00:00Z"})
+    assert sub.submitted_at == datetime(2026, 11, 22, 10, tzinfo=UTC)
