@@ -1,99 +1,442 @@
-"""Router's service layer: route a received lead; close an assignment on a disposition."""
+"""Router's service layer: route a received lead, drain the queue, change an owner at runtime,
+reassign a lead, release capacity when a lead is closed. Each function runs inside the caller's
+unit of work: the state it changes and the events it emits commit together."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadsla.shared import metrics
 from leadsla.shared.clock import Clock
-from leadsla.shared.config import Config
+from leadsla.shared.config import Config, Owner
 from leadsla.shared.db import xact_lock
 from leadsla.shared.events import (
     TOPIC_ROUTING,
     ActivityRecorded,
+    Candidate,
     CloudEvent,
     LeadAssigned,
     LeadQueued,
+    LeadReassigned,
     LeadReceived,
+    WireModel,
     new_event,
 )
 from leadsla.shared.uow import UnitOfWork
 
-from .domain import LeadFacts, decide
-from .tables import assignments, cursors, queue
+from .domain import (
+    Decision,
+    LeadFacts,
+    RoutingState,
+    anyone_available,
+    decide,
+    effective_owner,
+    eligibility,
+    facts_of,
+    owner_day,
+    record,
+    release,
+)
+from .tables import assignments, cursors, daily_assignments, events, owner_state, queue
 
 SERVICE = "router"
+TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
+DRAIN_PAGE = 200
 
 
-def facts_of(lead: LeadReceived) -> LeadFacts:
-    return LeadFacts(
-        lead_id=lead.lead_id,
-        tier=lead.tier,
-        source=lead.source,
-        country=lead.contact.country or lead.company.country,
-        intent=lead.intent.type,
-        product=lead.intent.product,
-        language=lead.contact.language,
+class UnknownLead(LookupError):
+    pass
+
+
+class UnknownOwner(LookupError):
+    pass
+
+
+class SameOwner(ValueError):
+    pass
+
+
+class OwnerUpdated(WireModel):
+    """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
+
+    owner_id: str
+    changes: dict[str, Any]
+    actor: str | None = None
+
+
+async def lock_routing(conn: AsyncConnection) -> None:
+    # One routing decision at a time: round-robin cursors and loads must not race.
+    await xact_lock(conn, "router.decide")
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+
+async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, Owner]:
+    rows = await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))
+    changes = dict(rows.tuples().all())
+    return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+
+
+async def open_leads(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(
+        select(assignments.c.owner_id, func.count())
+        .where(assignments.c.closed_at.is_(None))
+        .group_by(assignments.c.owner_id)
     )
+    return dict(rows.tuples().all())
+
+
+async def assigned_today(conn: AsyncConnection, owners: Mapping[str, Owner], config: Config,
+                         now: datetime) -> dict[str, int]:
+    # Rows of the last few UTC days; each owner's "today" is picked in their own time zone.
+    rows = await conn.execute(
+        select(daily_assignments.c.owner_id, daily_assignments.c.day, daily_assignments.c.assigned)
+        .where(daily_assignments.c.day >= (now - timedelta(days=2)).date())
+    )
+    return {
+        owner_id: n for owner_id, day, n in rows.tuples()
+        if owner_id in owners and day == owner_day(owners[owner_id], config, now)
+    }
+
+
+async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, str]:
+    """Company domain -> owner of its most recently assigned open lead."""
+    if not domains:
+        return {}
+    rows = await conn.execute(
+        select(assignments.c.company_domain, assignments.c.owner_id)
+        .where(assignments.c.closed_at.is_(None), assignments.c.company_domain.in_(domains))
+        .order_by(assignments.c.company_domain, assignments.c.assigned_at.desc())
+        .distinct(assignments.c.company_domain)
+    )
+    return dict(rows.tuples().all())
+
+
+async def load_state(conn: AsyncConnection, config: Config, now: datetime) -> RoutingState:
+    owners = await effective_owners(conn, config)
+    cursor_rows = (await conn.execute(select(cursors.c.rule_id, cursors.c.last_index, cursors.c.counts))).all()
+    return RoutingState(
+        owners=owners,
+        open_leads=await open_leads(conn),
+        today=await assigned_today(conn, owners, config, now),
+        cursors={r.rule_id: r.last_index for r in cursor_rows},
+        weighted={r.rule_id: r.counts or {} for r in cursor_rows},
+    )
+
+
+def _with_account(state: RoutingState, facts: LeadFacts, by_domain: Mapping[str, str]) -> RoutingState:
+    owner = by_domain.get(facts.company_domain) if facts.company_domain else None
+    return replace(state, account_owner=owner)
+
+
+# ---- writing decisions ----------------------------------------------------------------------
+
+
+async def _store_assignment(conn: AsyncConnection, config: Config, state: RoutingState, facts: LeadFacts,
+                            decision: Decision, assignment_no: int, now: datetime) -> None:
+    assert decision.owner_id is not None
+    values = dict(owner_id=decision.owner_id, team_id=decision.team_id, rule_id=decision.rule_id,
+                  tier=facts.tier, assignment_no=assignment_no, assigned_at=now, facts=facts.to_json(),
+                  company_domain=facts.company_domain)
+    await conn.execute(
+        pg_insert(assignments).values(lead_id=facts.lead_id, **values)
+        .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values)
+    )
+    if decision.rule_id is not None and decision.next_cursor is not None:
+        await conn.execute(
+            pg_insert(cursors).values(rule_id=decision.rule_id, last_index=decision.next_cursor)
+            .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"last_index": decision.next_cursor})
+        )
+    if decision.rule_id is not None and decision.method == "weighted":
+        await conn.execute(text(
+            "INSERT INTO router.rr_cursors (rule_id, last_index, counts) "
+            "VALUES (:rule, -1, jsonb_build_object(CAST(:owner AS text), 1)) "
+            "ON CONFLICT (rule_id) DO UPDATE SET counts = coalesce(rr_cursors.counts, '{}'::jsonb) "
+            "|| jsonb_build_object(CAST(:owner AS text), coalesce((rr_cursors.counts ->> :owner)::int, 0) + 1)"
+        ), {"rule": decision.rule_id, "owner": decision.owner_id})
+    owner = state.owners.get(decision.owner_id)
+    day = owner_day(owner, config, now) if owner else now.date()
+    await conn.execute(
+        pg_insert(daily_assignments).values(owner_id=decision.owner_id, day=day, assigned=1)
+        .on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+                               set_={"assigned": daily_assignments.c.assigned + 1})
+    )
+
+
+def _emit_assigned(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
+                   cause: CloudEvent | None) -> None:
+    assert decision.owner_id is not None
+    uow.emit(TOPIC_ROUTING, new_event(
+        "lead.assigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
+        data=LeadAssigned(
+            lead_id=facts.lead_id, owner_id=decision.owner_id, team_id=decision.team_id,
+            rule_id=decision.rule_id, method=decision.method, reason=decision.reason,
+            assignment_no=assignment_no, candidates=list(decision.candidates), assigned_at=now,
+            tier=facts.tier, source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
+            missing_fields=list(decision.missing_fields),
+        ),
+    ))
+    metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc()
+
+
+async def _enqueue(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
+                   cause: CloudEvent | None) -> None:
+    await uow.conn.execute(pg_insert(queue).values(
+        lead_id=facts.lead_id, tier=facts.tier, reason=decision.reason, queued_at=now, facts=facts.to_json(),
+        assignment_no=assignment_no,
+    ).on_conflict_do_nothing())
+    uow.emit(TOPIC_ROUTING, new_event(
+        "lead.queued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
+        data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=decision.reason,
+                        missing_fields=list(decision.missing_fields), queued_at=now),
+    ))
+
+
+def _emit_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: datetime, now: datetime) -> None:
+    uow.emit(TOPIC_ROUTING, new_event(
+        "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
+                        queued_at=queued_at),
+    ))
+
+
+# ---- received leads -------------------------------------------------------------------------
 
 
 async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
     lead = event.data_as(LeadReceived)
     if await uow.conn.scalar(select(assignments.c.lead_id).where(assignments.c.lead_id == lead.lead_id)):
         return  # already routed (e.g. the same lead arrived twice under different event ids)
-    facts = facts_of(lead)
-    now = clock.now()
-    # One routing decision at a time: round-robin cursors and loads must not race.
-    await xact_lock(uow.conn, "router.decide")
-    cursor_rows = await uow.conn.execute(select(cursors.c.rule_id, cursors.c.last_index))
-    load_rows = await uow.conn.execute(
-        select(assignments.c.owner_id, func.count())
-        .where(assignments.c.closed_at.is_(None))
-        .group_by(assignments.c.owner_id)
-    )
-    decision = decide(config, facts, dict(cursor_rows.all()), dict(load_rows.all()), now)
-
-    if decision.owner_id is None:
-        await uow.conn.execute(pg_insert(queue).values(
-            lead_id=lead.lead_id, tier=lead.tier, reason=decision.reason, facts=asdict(facts),
-        ).on_conflict_do_nothing())
-        uow.emit(TOPIC_ROUTING, new_event(
-            "lead.queued", service=SERVICE, lead_id=lead.lead_id, time=now, cause=event,
-            data=LeadQueued(lead_id=lead.lead_id, tier=lead.tier, queue=f"tier-{lead.tier}", reason=decision.reason),
-        ))
-        metrics.queue_depth.labels(lead.tier).inc()
+    if await uow.conn.scalar(select(queue.c.lead_id).where(queue.c.lead_id == lead.lead_id)):
         return
-
-    if decision.next_cursor is not None and decision.rule_id is not None:
-        await uow.conn.execute(
-            pg_insert(cursors).values(rule_id=decision.rule_id, last_index=decision.next_cursor)
-            .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"last_index": decision.next_cursor})
-        )
-    await uow.conn.execute(assignments.insert().values(
-        lead_id=lead.lead_id, owner_id=decision.owner_id, team_id=decision.team_id, rule_id=decision.rule_id,
-        tier=lead.tier, assignment_no=1, assigned_at=now,
-    ))
-    uow.emit(TOPIC_ROUTING, new_event(
-        "lead.assigned", service=SERVICE, lead_id=lead.lead_id, time=now, cause=event,
-        data=LeadAssigned(
-            lead_id=lead.lead_id, owner_id=decision.owner_id, team_id=decision.team_id,
-            rule_id=decision.rule_id, method=decision.method, reason=decision.reason, assignment_no=1,
-            candidates=list(decision.candidates), assigned_at=now, tier=lead.tier,
-        ),
-    ))
-    metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc()
+    facts = facts_of(lead, event.correlationid)
+    now = clock.now()
+    await lock_routing(uow.conn)
+    state = await load_state(uow.conn, config, now)
+    if facts.company_domain:
+        state = _with_account(state, facts, await account_owners(uow.conn, {facts.company_domain}))
+    decision = decide(config, facts, state, now)
+    if decision.owner_id is None:
+        await _enqueue(uow, facts, decision, 1, now, event)
+        return
+    await _store_assignment(uow.conn, config, state, facts, decision, 1, now)
+    _emit_assigned(uow, facts, decision, 1, now, event)
     metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
 
 
-async def close_on_disposition(uow: UnitOfWork, event: CloudEvent) -> None:
-    """A dispositioned lead no longer counts against its owner's capacity."""
-    activity = event.data_as(ActivityRecorded)
-    if activity.disposition is None:
-        return
+# ---- the queue ------------------------------------------------------------------------------
+
+
+QueueKey = tuple[str, datetime, str]
+
+
+async def drain_queue(uow: UnitOfWork, config: Config, now: datetime, *, after: QueueKey | None = None,
+                      limit: int = DRAIN_PAGE) -> tuple[int, QueueKey | None]:
+    """Assign the queued leads someone can take now, in drain order (tier, then age), one page
+    from `after`. Returns (leads assigned, the key to continue from, or None at the end)."""
+    await lock_routing(uow.conn)
+    state = await load_state(uow.conn, config, now)
+    if not anyone_available(config, state, now):
+        return 0, None
+    order = (queue.c.tier, queue.c.queued_at, queue.c.lead_id)
+    stmt = select(queue).order_by(*order).limit(limit)
+    if after is not None:
+        stmt = stmt.where(tuple_(*order) > tuple_(*after))
+    rows = (await uow.conn.execute(stmt)).all()
+    page = [(row, LeadFacts.from_json(row.facts)) for row in rows]
+    by_domain = await account_owners(uow.conn, {f.company_domain for _, f in page if f.company_domain})
+    assigned = 0
+    for row, facts in page:
+        decision = decide(config, facts, _with_account(state, facts, by_domain), now)
+        if decision.owner_id is None:
+            continue
+        await uow.conn.execute(delete(queue).where(queue.c.lead_id == row.lead_id))
+        _emit_dequeued(uow, facts, "owner_available", row.queued_at, now)
+        await _store_assignment(uow.conn, config, state, facts, decision, row.assignment_no, now)
+        _emit_assigned(uow, facts, decision, row.assignment_no, now, None)
+        state = record(state, decision, config, now)
+        assigned += 1
+        if not anyone_available(config, state, now):
+            return assigned, None
+    last = (rows[-1].tier, rows[-1].queued_at, rows[-1].lead_id) if len(rows) == limit else None
+    return assigned, last
+
+
+async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(queue.c.tier, func.count()).group_by(queue.c.tier))
+    return dict(rows.tuples().all())
+
+
+# ---- owners at runtime ----------------------------------------------------------------------
+
+
+async def update_owner(uow: UnitOfWork, config: Config, now: datetime, owner_id: str, changes: dict[str, Any],
+                       actor: str | None) -> Owner:
+    """Apply a partial change to an owner, as an event on the owner's stream, at once.
+    Raises UnknownOwner, or pydantic's ValidationError when the result is not a valid owner."""
+    configured = config.owner(owner_id)
+    if configured is None:
+        raise UnknownOwner(owner_id)
+    await lock_routing(uow.conn)
+    row = (await uow.conn.execute(
+        select(owner_state.c.changes, owner_state.c.version).where(owner_state.c.owner_id == owner_id)
+    )).first()
+    version = (row.version if row else 0) + 1
+    merged = {**(row.changes if row else {}), **changes}
+    before = effective_owner(configured, row.changes if row else None)
+    after = effective_owner(configured, merged)
+    event = new_event("owner.updated", service=SERVICE, lead_id=owner_id, time=now,
+                      data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
+    # (stream_id, version) is unique: a concurrent writer of the same version fails, not both win.
+    await uow.conn.execute(events.insert().values(
+        stream_id=owner_id, version=version, type=event.type, event=event.model_dump(mode="json"),
+    ))
+    values = {"changes": merged, "version": version, "updated_at": now}
     await uow.conn.execute(
-        update(assignments)
-        .where(assignments.c.lead_id == activity.lead_id, assignments.c.closed_at.is_(None))
-        .values(closed_at=activity.occurred_at)
+        pg_insert(owner_state).values(owner_id=owner_id, **values)
+        .on_conflict_do_update(index_elements=[owner_state.c.owner_id], set_=values)
     )
+    if (after.status == "out_of_office" and before.status != "out_of_office"
+            and config.routing.on_out_of_office == "reroute_untouched"):
+        await _hand_back_untouched(uow, config, now, owner_id)
+    await drain_queue(uow, config, now)  # at once, in this transaction; the queue loop does the rest
+    return after
+
+
+async def _hand_back_untouched(uow: UnitOfWork, config: Config, now: datetime, owner_id: str) -> None:
+    rows = (await uow.conn.execute(
+        select(assignments).where(assignments.c.owner_id == owner_id, assignments.c.closed_at.is_(None),
+                                  assignments.c.touched_at.is_(None))
+        .order_by(assignments.c.tier, assignments.c.assigned_at)
+    )).all()
+    for row in rows:
+        await _reroute(uow, config, now, row, "owner_out_of_office")
+
+
+# ---- reassignment ---------------------------------------------------------------------------
+
+
+def _facts_of_row(row: Any) -> LeadFacts:
+    # Rows written before facts were kept carry only the tier.
+    return LeadFacts.from_json(row.facts) if row.facts else LeadFacts(lead_id=row.lead_id, tier=row.tier,
+                                                                       source="unknown")
+
+
+async def reassign(uow: UnitOfWork, config: Config, now: datetime, lead_id: str, to_owner: str | None,
+                   reason: str) -> dict[str, Any]:
+    """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
+    Raises UnknownLead, UnknownOwner (the named owner), SameOwner."""
+    if to_owner is not None and config.owner(to_owner) is None:
+        raise UnknownOwner(to_owner)
+    await lock_routing(uow.conn)
+    row = (await uow.conn.execute(
+        select(assignments).where(assignments.c.lead_id == lead_id).with_for_update()
+    )).first()
+    if row is None:
+        return await _assign_queued(uow, config, now, lead_id, to_owner, reason)
+    if to_owner == row.owner_id:
+        raise SameOwner(to_owner)
+    if to_owner is None:
+        return await _reroute(uow, config, now, row, reason)
+    state = await load_state(uow.conn, config, now)
+    facts = _facts_of_row(row)
+    why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
+    # An admin's choice stands even when the owner is not eligible; the candidate says so.
+    decision = Decision(to_owner, None, None, "manual", reason, (Candidate(
+        owner_id=to_owner, eligible=why_not is None, why=why_not or "named by the request"),))
+    return await _move(uow, config, state, now, row, facts, decision, reason)
+
+
+async def _move(uow: UnitOfWork, config: Config, state: RoutingState, now: datetime, row: Any, facts: LeadFacts,
+                decision: Decision, reason: str) -> dict[str, Any]:
+    assignment_no = row.assignment_no + 1
+    await _store_assignment(uow.conn, config, state, facts, decision, assignment_no, now)
+    assert decision.owner_id is not None
+    uow.emit(TOPIC_ROUTING, new_event(
+        "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        data=LeadReassigned(
+            lead_id=facts.lead_id, from_owner_id=row.owner_id, to_owner_id=decision.owner_id, reason=reason,
+            assignment_no=assignment_no, method=decision.method, team_id=decision.team_id,
+            rule_id=decision.rule_id, candidates=list(decision.candidates), assigned_at=now, tier=facts.tier,
+            source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
+        ),
+    ))
+    metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc()
+    if row.closed_at is None:
+        await drain_queue(uow, config, now)  # the previous owner has room again
+    return {"lead_id": facts.lead_id, "status": "reassigned", "owner_id": decision.owner_id,
+            "assignment_no": assignment_no}
+
+
+async def _reroute(uow: UnitOfWork, config: Config, now: datetime, row: Any, reason: str) -> dict[str, Any]:
+    facts = _facts_of_row(row)
+    state = await load_state(uow.conn, config, now)
+    if facts.company_domain:
+        by_domain = await account_owners(uow.conn, {facts.company_domain})
+        if by_domain.get(facts.company_domain) != row.owner_id:
+            state = _with_account(state, facts, by_domain)
+    state = release(state, row.owner_id) if row.closed_at is None else state
+    decision = decide(config, facts, state, now, exclude=frozenset({row.owner_id}))
+    if decision.owner_id is not None:
+        return await _move(uow, config, state, now, row, facts, decision, reason)
+    # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
+    # rather than staying with an owner it was taken from.
+    await uow.conn.execute(delete(assignments).where(assignments.c.lead_id == row.lead_id))
+    await _enqueue(uow, facts, decision, row.assignment_no + 1, now, None)
+    return {"lead_id": facts.lead_id, "status": "queued", "owner_id": None}
+
+
+async def _assign_queued(uow: UnitOfWork, config: Config, now: datetime, lead_id: str, to_owner: str | None,
+                         reason: str) -> dict[str, Any]:
+    row = (await uow.conn.execute(select(queue).where(queue.c.lead_id == lead_id).with_for_update())).first()
+    if row is None:
+        raise UnknownLead(lead_id)
+    facts = LeadFacts.from_json(row.facts)
+    state = await load_state(uow.conn, config, now)
+    if to_owner is None:
+        decision = decide(config, facts, state, now)
+        if decision.owner_id is None:
+            return {"lead_id": lead_id, "status": "queued", "owner_id": None}
+    else:
+        why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
+        decision = Decision(to_owner, None, None, "manual", reason, (Candidate(
+            owner_id=to_owner, eligible=why_not is None, why=why_not or "named by the request"),))
+    await uow.conn.execute(delete(queue).where(queue.c.lead_id == lead_id))
+    _emit_dequeued(uow, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
+    await _store_assignment(uow.conn, config, state, facts, decision, row.assignment_no, now)
+    _emit_assigned(uow, facts, decision, row.assignment_no, now, None)
+    return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
+            "assignment_no": row.assignment_no}
+
+
+# ---- activities -----------------------------------------------------------------------------
+
+
+async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+    """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
+    marks the lead as worked (an owner going out of office keeps worked leads)."""
+    activity = event.data_as(ActivityRecorded)
+    if activity.disposition is not None or activity.type == "opt_out":
+        closed = await uow.conn.execute(
+            update(assignments)
+            .where(assignments.c.lead_id == activity.lead_id, assignments.c.closed_at.is_(None))
+            .values(closed_at=activity.occurred_at)
+            .returning(assignments.c.lead_id)
+        )
+        if closed.first() is not None:
+            await drain_queue(uow, config, clock.now())
+    elif activity.type in TOUCHES:
+        await uow.conn.execute(
+            update(assignments)
+            .where(assignments.c.lead_id == activity.lead_id, assignments.c.touched_at.is_(None))
+            .values(touched_at=activity.occurred_at)
+        )
