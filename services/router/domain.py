@@ -180,7 +180,7 @@ class RoutingState:
     open_leads: Mapping[str, int] = field(default_factory=dict)
     today: Mapping[str, int] = field(default_factory=dict)  # assignments today, owner's own day
     cursors: Mapping[str, int] = field(default_factory=dict)  # rule -> index of the last owner
-    weighted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # rule -> owner -> count
+    weighted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # rule -> owner -> credit
     account_owner: str | None = None  # owner of an open lead of the same company domain
 
 
@@ -229,6 +229,7 @@ class Decision:
     candidates: tuple[Candidate, ...]
     next_cursor: int | None = None  # the round-robin position to store for the rule
     missing_fields: tuple[str, ...] = ()
+    weights: Mapping[str, int] | None = None  # the weighted method's new state for the rule
 
 
 def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
@@ -258,13 +259,13 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
         reason = "missing_data"  # the team cannot work it without these fields
         fallback = rule.fallback_owner or fallback
     else:
-        picked = _pick(config, rule, lead, state, consider)
+        picked = _pick(config, rule, state, consider)
         if picked is not None:
-            owner_id, cursor, team_id, why = picked
-            if why is not None:  # every eligible member was listed as "eligible": say why this one
-                candidates = [c.model_copy(update={"why": why}) if c.owner_id == owner_id and c.eligible else c
-                              for c in candidates]
-            return Decision(owner_id, team_id, rule.id, rule.method, "rule_match", tuple(candidates), cursor)
+            if picked.why is not None:  # every eligible member was listed as "eligible": say why this one
+                candidates = [c.model_copy(update={"why": picked.why})
+                              if c.owner_id == picked.owner_id and c.eligible else c for c in candidates]
+            return Decision(picked.owner_id, picked.team_id, rule.id, rule.method, "rule_match", tuple(candidates),
+                            picked.cursor, weights=picked.weights)
         reason = "no_eligible_owner"
         fallback = rule.fallback_owner or fallback
 
@@ -275,13 +276,20 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
     return Decision(None, team_id, rule_id, "queue", reason, tuple(candidates), None, missing)
 
 
-def _pick(config: Config, rule: RoutingRule, lead: LeadFacts, state: RoutingState,
-          consider) -> tuple[str, int | None, str | None, str | None] | None:
-    """The rule's method applied to its team: (owner, new round-robin cursor, team, why it was
-    picked among the eligible) or None."""
+@dataclass(frozen=True)
+class _Pick:
+    owner_id: str
+    team_id: str | None
+    cursor: int | None = None
+    why: str | None = None  # why this one among the eligible, when not by turn
+    weights: Mapping[str, int] | None = None
+
+
+def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _Pick | None:
+    """The rule's method applied to its team, or None when nobody in it is eligible."""
     if rule.method == "owner":
         assert rule.owner is not None
-        return (rule.owner, None, rule.team, None) if consider(rule.owner, "named by the rule") else None
+        return _Pick(rule.owner, rule.team) if consider(rule.owner, "named by the rule") else None
     team = next(t for t in config.teams if t.id == rule.team)
     members = team.members
     if rule.method == "round_robin":
@@ -290,24 +298,24 @@ def _pick(config: Config, rule: RoutingRule, lead: LeadFacts, state: RoutingStat
         for step in range(1, len(members) + 1):
             index = (last + step) % len(members)
             if consider(members[index], "next in turn"):
-                return members[index], index, team.id, None
+                return _Pick(members[index], team.id, cursor=index)
         return None
     eligible = [m for m in members if consider(m, "eligible")]
     if not eligible:
         return None
     if rule.method == "least_loaded":
         best = min(eligible, key=lambda m: (state.open_leads.get(m, 0), state.today.get(m, 0)))
-        why = f"fewest open leads ({state.open_leads.get(best, 0)})"
-    else:  # weighted: the owner furthest below their share of this rule's leads
-        counts = state.weighted.get(rule.id, {})
-
-        def share(m: str) -> float:
-            owner = state.owners[m]
-            return (counts.get(m, 0) + 1) / owner.weight
-
-        best = min(eligible, key=share)
-        why = f"furthest below their share (weight {state.owners[best].weight})"
-    return best, None, team.id, why
+        return _Pick(best, team.id, why=f"fewest open leads ({state.open_leads.get(best, 0)})")
+    # weighted: smooth weighted round robin. Every eligible owner earns their weight, the richest
+    # gets the lead and pays the total. Shares follow the weights at every prefix, and the state
+    # stays bounded, so an owner added later is not flooded while "catching up".
+    current = dict(state.weighted.get(rule.id, {}))
+    weight = {m: state.owners[m].weight for m in eligible}
+    for m in eligible:
+        current[m] = current.get(m, 0) + weight[m]
+    best = max(eligible, key=lambda m: current[m])  # max() keeps the first of equals: member order
+    current[best] -= sum(weight.values())
+    return _Pick(best, team.id, why=f"their turn by weight ({weight[best]})", weights=current)
 
 
 def record(state: RoutingState, decision: Decision, config: Config, now: datetime) -> RoutingState:
@@ -321,10 +329,8 @@ def record(state: RoutingState, decision: Decision, config: Config, now: datetim
     weighted = dict(state.weighted)
     if decision.rule_id is not None and decision.next_cursor is not None:
         cursors[decision.rule_id] = decision.next_cursor
-    if decision.rule_id is not None and decision.method == "weighted":
-        counts = dict(weighted.get(decision.rule_id, {}))
-        counts[owner_id] = counts.get(owner_id, 0) + 1
-        weighted[decision.rule_id] = counts
+    if decision.rule_id is not None and decision.weights is not None:
+        weighted[decision.rule_id] = decision.weights
     return replace(state, open_leads=open_leads, today=today, cursors=cursors, weighted=weighted,
                    account_owner=None)
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, exists, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -154,13 +154,12 @@ async def _store_assignment(conn: AsyncConnection, config: Config, state: Routin
             pg_insert(cursors).values(rule_id=decision.rule_id, last_index=decision.next_cursor)
             .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"last_index": decision.next_cursor})
         )
-    if decision.rule_id is not None and decision.method == "weighted":
-        await conn.execute(text(
-            "INSERT INTO router.rr_cursors (rule_id, last_index, counts) "
-            "VALUES (:rule, -1, jsonb_build_object(CAST(:owner AS text), 1)) "
-            "ON CONFLICT (rule_id) DO UPDATE SET counts = coalesce(rr_cursors.counts, '{}'::jsonb) "
-            "|| jsonb_build_object(CAST(:owner AS text), coalesce((rr_cursors.counts ->> :owner)::int, 0) + 1)"
-        ), {"rule": decision.rule_id, "owner": decision.owner_id})
+    if decision.rule_id is not None and decision.weights is not None:
+        weights = dict(decision.weights)
+        await conn.execute(
+            pg_insert(cursors).values(rule_id=decision.rule_id, last_index=-1, counts=weights)
+            .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"counts": weights})
+        )
     owner = state.owners.get(decision.owner_id)
     day = owner_day(owner, config, now) if owner else now.date()
     await conn.execute(
@@ -214,10 +213,13 @@ def _emit_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: da
 
 async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
     lead = event.data_as(LeadReceived)
+    # The same lead under another event id (a replay) may be in flight in another router: the
+    # lead's lock makes the second one see the first one's decision instead of deciding again.
+    await xact_lock(uow.conn, f"router.lead:{lead.lead_id}")
     if await uow.conn.scalar(select(assignments.c.lead_id).where(assignments.c.lead_id == lead.lead_id)):
-        return  # already routed (e.g. the same lead arrived twice under different event ids)
+        return  # already routed
     if await uow.conn.scalar(select(queue.c.lead_id).where(queue.c.lead_id == lead.lead_id)):
-        return
+        return  # already waiting
     facts = facts_of(lead, event.correlationid)
     now = clock.now()
     await lock_routing(uow.conn)
@@ -243,6 +245,8 @@ async def drain_queue(uow: UnitOfWork, config: Config, now: datetime, *, after: 
                       limit: int = DRAIN_PAGE) -> tuple[int, QueueKey | None]:
     """Assign the queued leads someone can take now, in drain order (tier, then age), one page
     from `after`. Returns (leads assigned, the key to continue from, or None at the end)."""
+    if not await uow.conn.scalar(select(exists().select_from(queue))):
+        return 0, None
     await lock_routing(uow.conn)
     state = await load_state(uow.conn, config, now)
     if not anyone_available(config, state, now):

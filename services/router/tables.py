@@ -43,7 +43,7 @@ cursors = Table(
     metadata,
     Column("rule_id", String, primary_key=True),
     Column("last_index", Integer, nullable=False),
-    Column("counts", JSONB),  # owner -> leads given under this rule (the `weighted` method)
+    Column("counts", JSONB),  # owner -> credit under the `weighted` method (smooth weighted round robin)
     schema=SCHEMA,
 )
 

@@ -1,0 +1,153 @@
+"""The router as it runs: its subscription on the real broker and its queue loop, against the
+real database. Leads are queued, then leave the queue when capacity frees or an absence ends;
+concurrent decisions never give one owner more than their capacity nor drift round robin."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from leadsla.services.router.bootstrap import bootstrap
+from leadsla.services.router.handlers import route_lead, update_owner
+from leadsla.services.router.tables import assignments, queue
+from leadsla.shared.consumer import EventConsumer, Subscription
+from leadsla.shared.events import (
+    ActivityRecorded,
+    CloudEvent,
+    Company,
+    Consent,
+    Contact,
+    Disposition,
+    Intent,
+    LeadReceived,
+    new_event,
+)
+from tests.support import create_topic, eventually, outbox_events
+
+CONFIG = """
+owners:
+  - {{id: ann-{s}, capacity: 1}}
+  - {{id: ben-{s}, status: out_of_office, until: "2026-11-17T10:00:00Z"}}
+teams: [{{id: sdr-{s}, members: [ann-{s}, ben-{s}]}}]
+routing:
+  queue_check_seconds: 0.2
+  rules: [{{id: rr-{s}, team: sdr-{s}}}]
+"""
+
+
+def received(now, tier: str = "A") -> CloudEvent:
+    lead_id = str(uuid.uuid4())
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="web", tier=tier, contact=Contact(email="x@example.com"), company=Company(),
+        intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
+
+
+def dispositioned(lead_id: str, now) -> CloudEvent:
+    return new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type="disposition", occurred_at=now,
+        disposition=Disposition(status="disqualified", reason="student")))
+
+
+@pytest.fixture
+async def empty_queue(engine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(queue))  # shared by the test database: start empty
+
+
+async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_absence_ends(
+    make_ctx, clock, engine, producer, kafka_bootstrap, empty_queue
+) -> None:
+    s = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", CONFIG.format(s=s))
+    spec = bootstrap(ctx)
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    [sub] = spec.subscriptions
+    consumer = EventConsumer(Subscription(f"router-{s}", (topic,), sub.handler), service="router",
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup, clock=clock)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(spec.loops[0](stop))]
+
+    async def types(lead_id: str) -> list[str]:
+        return [e.type for e in await outbox_events(engine, "router", lead_id)]
+
+    try:
+        leads = [received(clock.now()) for _ in range(3)]
+        for event in leads:
+            await producer.send_and_wait(topic, event.to_bytes(), key=event.subject.encode())
+        first, second, third = (e.subject for e in leads)
+        await eventually(lambda: types(third), what="the third lead routed")
+        assert await types(first) == ["lead.assigned"]
+        assert await types(second) == ["lead.queued"] and await types(third) == ["lead.queued"]
+
+        # Ann's lead is dispositioned: her one slot frees and the oldest queued lead takes it.
+        done = dispositioned(first, clock.now())
+        await producer.send_and_wait(topic, done.to_bytes(), key=first.encode())
+        await eventually(lambda: _ends_with_assignment(types(second)), what="second lead dequeued")
+        assert await types(second) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+
+        # Ben's absence ends at 10:00: the queue loop notices without anyone touching him.
+        clock.advance(timedelta(hours=1))
+        await eventually(lambda: _ends_with_assignment(types(third)), what="third lead dequeued")
+        [*_, assigned] = await outbox_events(engine, "router", third)
+        assert assigned.data["owner_id"] == f"ben-{s}"
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def _ends_with_assignment(types) -> bool:
+    found = await types
+    return bool(found) and found[-1] == "lead.assigned"
+
+
+CONCURRENT = """
+owners: [{{id: a-{s}, capacity: 7}}, {{id: b-{s}, capacity: 7}}, {{id: c-{s}, capacity: 7}}, {{id: d-{s}}}]
+teams: [{{id: t-{s}, members: [a-{s}, b-{s}, c-{s}]}}, {{id: u-{s}, members: [d-{s}]}}]
+routing:
+  rules:
+    - {{id: other-{s}, match: {{tiers: [Z]}}, team: u-{s}}}
+    - {{id: rr-{s}, team: t-{s}}}
+"""
+
+
+async def test_concurrent_decisions_keep_capacity_and_round_robin_exact(make_ctx, clock, engine,
+                                                                       empty_queue) -> None:
+    """Two routers (here: many concurrent transactions) deciding at once: nobody over capacity,
+    round robin as even as if the leads had come one at a time, each lead decided once."""
+    s = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", CONCURRENT.format(s=s))
+    events = [received(clock.now()) for _ in range(24)] + [received(clock.now(), tier="Z") for _ in range(6)]
+    events += events[:5]  # the same leads again, as after a rebalance
+
+    async def route(event: CloudEvent) -> None:
+        async with ctx.uow() as uow:
+            await route_lead(uow, ctx.config.config, clock, event)
+            await uow.commit()
+
+    await asyncio.gather(*(route(e) for e in events))
+    async with engine.connect() as conn:
+        per_owner = dict((await conn.execute(
+            select(assignments.c.owner_id, func.count())
+            .where(assignments.c.owner_id.like(f"%-{s}")).group_by(assignments.c.owner_id))).tuples().all())
+        queued = await conn.scalar(select(func.count()).select_from(queue))
+    assert per_owner == {f"a-{s}": 7, f"b-{s}": 7, f"c-{s}": 7, f"d-{s}": 6}
+    assert queued == 3
+    for event in events[:30]:
+        assert len(await outbox_events(engine, "router", event.subject)) == 1
+
+    # Capacity freed by a runtime change is used at once, and only up to the new capacity.
+    async with ctx.uow() as uow:
+        await update_owner(uow, ctx.config.config, clock.now(), f"a-{s}", {"capacity": 9}, "test")
+        await uow.commit()
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(queue)) == 1
+    counts = Counter()
+    for event in events[:24]:
+        [*_, last] = await outbox_events(engine, "router", event.subject)
+        if last.type == "lead.assigned":
+            counts[last.data["owner_id"]] += 1
+    assert counts[f"a-{s}"] == 9
