@@ -276,6 +276,20 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
     return Decision(None, team_id, rule_id, "queue", reason, tuple(candidates), None, missing)
 
 
+def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -> tuple[str | None, set[str]]:
+    """The rule a decision for `lead` advances and the owners it would normally pick from: what
+    the decision locks. Fallback owners join only when a decision actually reaches them."""
+    owners = {account_owner} if account_owner and config.routing.account_match else set()
+    rule = next((r for r in config.routing.rules if matches(r, lead, config)), None)
+    if rule is None:
+        return None, owners
+    if rule.owner:
+        owners.add(rule.owner)
+    if rule.team:
+        owners.update(next(t for t in config.teams if t.id == rule.team).members)
+    return rule.id, owners
+
+
 @dataclass(frozen=True)
 class _Pick:
     owner_id: str

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, tuple_, update
+from sqlalchemy import delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -36,6 +36,7 @@ from .domain import (
     RoutingState,
     anyone_available,
     decide,
+    decision_scope,
     effective_owner,
     eligibility,
     facts_of,
@@ -48,6 +49,7 @@ from .tables import assignments, cursors, daily_assignments, events, owner_state
 SERVICE = "router"
 TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 DRAIN_PAGE = 200
+MAX_SCOPE_WIDENINGS = 4
 
 
 class UnknownLead(LookupError):
@@ -70,9 +72,29 @@ class OwnerUpdated(WireModel):
     actor: str | None = None
 
 
+# Locking. A routing decision reads and advances its rule's cursor and its owners' loads. New
+# leads lock just those (the rule and the owners it may give the lead to, sorted, in one
+# statement), so decisions for different teams run in parallel, in one router or several.
+# Changes that touch many owners at once (draining the queue, reassignment, owner changes,
+# closing a lead) take the whole routing state exclusively; new leads hold it shared.
+ROUTING = "router.routing"
+
+
 async def lock_routing(conn: AsyncConnection) -> None:
-    # One routing decision at a time: round-robin cursors and loads must not race.
-    await xact_lock(conn, "router.decide")
+    """Exclusive: no new-lead decision runs until this transaction ends."""
+    await xact_lock(conn, ROUTING)
+
+
+async def _share_routing(conn: AsyncConnection) -> None:
+    await conn.execute(select(func.pg_advisory_xact_lock_shared(func.hashtext(ROUTING))))
+
+
+async def _lock_all(conn: AsyncConnection, keys: set[str]) -> None:
+    # In hash order: every transaction takes its locks in the same order, so none waits in a circle.
+    await conn.execute(text(
+        "SELECT pg_advisory_xact_lock(h) FROM "
+        "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
+    ), {"keys": sorted(keys)})
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -222,11 +244,23 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         return  # already waiting
     facts = facts_of(lead, event.correlationid)
     now = clock.now()
-    await lock_routing(uow.conn)
-    state = await load_state(uow.conn, config, now)
-    if facts.company_domain:
-        state = _with_account(state, facts, await account_owners(uow.conn, {facts.company_domain}))
-    decision = decide(config, facts, state, now)
+    await _share_routing(uow.conn)
+    by_domain = await account_owners(uow.conn, {facts.company_domain}) if facts.company_domain else {}
+    rule_id, owners = decision_scope(config, facts, by_domain.get(facts.company_domain or ""))
+    for _ in range(MAX_SCOPE_WIDENINGS):
+        attempt = await uow.conn.begin_nested()
+        await _lock_all(uow.conn, {f"router.rule:{rule_id}"} | {f"router.owner:{o}" for o in owners})
+        state = _with_account(await load_state(uow.conn, config, now), facts,
+                              await account_owners(uow.conn, {facts.company_domain}) if facts.company_domain else {})
+        decision = decide(config, facts, state, now)
+        if decision.owner_id is None or decision.owner_id in owners:
+            await attempt.commit()  # releases the savepoint; its locks stay with the transaction
+            break
+        # It went to an owner outside the locked scope (a fallback): undo the locks, widen, retry.
+        await attempt.rollback()
+        owners = owners | {decision.owner_id}
+    else:
+        raise RuntimeError(f"routing scope kept widening for lead {facts.lead_id}")
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
         return
@@ -430,6 +464,7 @@ async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: Clou
     marks the lead as worked (an owner going out of office keeps worked leads)."""
     activity = event.data_as(ActivityRecorded)
     if activity.disposition is not None or activity.type == "opt_out":
+        await lock_routing(uow.conn)  # before the row lock, as reassignment does
         closed = await uow.conn.execute(
             update(assignments)
             .where(assignments.c.lead_id == activity.lead_id, assignments.c.closed_at.is_(None))

@@ -42,7 +42,7 @@ routing:
 def received(now, tier: str = "A") -> CloudEvent:
     lead_id = str(uuid.uuid4())
     return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
-        lead_id=lead_id, source="web", tier=tier, contact=Contact(email="x@example.com"), company=Company(),
+        lead_id=lead_id, source="web", tier=tier, contact=Contact(email=f"x@{lead_id[:8]}.example"), company=Company(),
         intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
 
 
@@ -83,16 +83,27 @@ async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_abse
         assert await types(first) == ["lead.assigned"]
         assert await types(second) == ["lead.queued"] and await types(third) == ["lead.queued"]
 
-        # Ann's lead is dispositioned: her one slot frees and the oldest queued lead takes it.
+        # Ann's lead is dispositioned: her one slot frees and a queued lead takes it at once.
+        # (Both were queued at the same instant of the manual clock, so either may go first.)
         done = dispositioned(first, clock.now())
         await producer.send_and_wait(topic, done.to_bytes(), key=first.encode())
-        await eventually(lambda: _ends_with_assignment(types(second)), what="second lead dequeued")
-        assert await types(second) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+
+        async def one_dequeued() -> str | None:
+            for lead in (second, third):
+                if await _ends_with_assignment(types(lead)):
+                    return lead
+            return None
+
+        went = await eventually(one_dequeued, what="a queued lead dequeued")
+        waiting = third if went == second else second
+        assert await types(went) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+        assert (await outbox_events(engine, "router", went))[-1].data["owner_id"] == f"ann-{s}"
+        assert await types(waiting) == ["lead.queued"]
 
         # Ben's absence ends at 10:00: the queue loop notices without anyone touching him.
         clock.advance(timedelta(hours=1))
-        await eventually(lambda: _ends_with_assignment(types(third)), what="third lead dequeued")
-        [*_, assigned] = await outbox_events(engine, "router", third)
+        await eventually(lambda: _ends_with_assignment(types(waiting)), what="the other lead dequeued")
+        [*_, assigned] = await outbox_events(engine, "router", waiting)
         assert assigned.data["owner_id"] == f"ben-{s}"
     finally:
         stop.set()
@@ -151,3 +162,24 @@ async def test_concurrent_decisions_keep_capacity_and_round_robin_exact(make_ctx
         if last.type == "lead.assigned":
             counts[last.data["owner_id"]] += 1
     assert counts[f"a-{s}"] == 9
+
+
+async def test_a_decision_for_one_team_does_not_wait_for_another_teams_open_decision(make_ctx, clock, engine,
+                                                                                    empty_queue) -> None:
+    s = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", CONCURRENT.format(s=s))
+    config = ctx.config.config
+    async with ctx.uow() as slow:
+        await route_lead(slow, config, clock, received(clock.now()))  # team t: decided, not committed yet
+        other = received(clock.now(), tier="Z")
+
+        async def route_other_team() -> None:
+            async with ctx.uow() as uow:
+                await route_lead(uow, config, clock, other)
+                await uow.commit()
+
+        # Under one global lock this would wait for `slow` forever (it commits only afterwards).
+        await asyncio.wait_for(route_other_team(), timeout=60)
+        await slow.commit()
+    [assigned] = await outbox_events(engine, "router", other.subject)
+    assert assigned.data["owner_id"] == f"d-{s}"

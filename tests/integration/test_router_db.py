@@ -26,7 +26,7 @@ routing:
 def received(now) -> CloudEvent:
     lead_id = str(uuid.uuid4())
     return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
-        lead_id=lead_id, source="web", tier="A", contact=Contact(email="a@example.com"), company=Company(),
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email=f"a@{lead_id[:8]}.example"), company=Company(),
         intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
 
 

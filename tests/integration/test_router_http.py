@@ -56,7 +56,7 @@ class Router:
         now = self.ctx.clock.now()
         lead_id = str(uuid.uuid4())
         event = new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
-            lead_id=lead_id, source=source, tier=tier, contact=Contact(email="x@example.com"),
+            lead_id=lead_id, source=source, tier=tier, contact=Contact(email=f"x@{lead_id[:8]}.example"),
             company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
             contactable=True, received_at=now))
         async with self.ctx.uow() as uow:

@@ -229,3 +229,12 @@ def test_a_reroute_never_picks_the_owner_it_takes_the_lead_from() -> None:
 def test_facts_survive_a_round_trip_through_json() -> None:
     facts = LeadFacts("l", "A", "web", country="DE", attributes={"k": 1}, received_at=NOW, correlation_id="c")
     assert LeadFacts.from_json(facts.to_json()) == facts
+
+
+def test_a_decision_locks_its_rule_and_that_rules_owners_only() -> None:
+    from leadsla.services.router.domain import decision_scope
+
+    assert decision_scope(RULES, LeadFacts("l", "A", "web", country="AT", language="de"), None) == ("dach", {"de1"})
+    assert decision_scope(RULES, LeadFacts("l", "A", "web"), "jp") == ("general", {"gen1", "gen2", "jp"})
+    assert decision_scope(RULES, LeadFacts("l", "A", "web", attributes={"partner": "yes"}), None) == (
+        "partner", {"vip"})
