@@ -183,3 +183,79 @@ async def test_a_decision_for_one_team_does_not_wait_for_another_teams_open_deci
         await slow.commit()
     [assigned] = await outbox_events(engine, "router", other.subject)
     assert assigned.data["owner_id"] == f"d-{s}"
+
+
+TWO_ROUTERS = """
+owners: [{{id: a-{s}, capacity: 5}}, {{id: b-{s}, capacity: 5}}, {{id: c-{s}}}, {{id: d-{s}}}]
+teams: [{{id: capped-{s}, members: [a-{s}, b-{s}]}}, {{id: open-{s}, members: [c-{s}, d-{s}]}}]
+routing:
+  rules:
+    - {{id: open-{s}, match: {{tiers: [B]}}, team: open-{s}}}
+    - {{id: capped-{s}, team: capped-{s}}}
+"""
+
+
+async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_drift(
+    make_ctx, clock, engine, producer, kafka_bootstrap, empty_queue
+) -> None:
+    s = uuid.uuid4().hex[:6]
+    topic = await create_topic(kafka_bootstrap, partitions=3)
+    handled: list[Counter] = [Counter(), Counter()]
+    routers = []
+    for i in range(2):
+        ctx = make_ctx("router", TWO_ROUTERS.format(s=s))
+        [sub] = bootstrap(ctx).subscriptions
+
+        async def counting(event: CloudEvent, uow, _handler=sub.handler, _seen=handled[i]) -> None:
+            await _handler(event, uow)
+            _seen[event.subject] += 1
+
+        routers.append(EventConsumer(Subscription(f"router-{s}", (topic,), counting), service="router",
+                                     bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
+                                     clock=clock))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(r.run(stop)) for r in routers]
+    sent: list[CloudEvent] = []
+
+    async def send_wave() -> None:
+        for tier in ("A", "B") * 10:
+            event = received(clock.now(), tier=tier)
+            sent.append(event)
+            await producer.send_and_wait(topic, event.to_bytes(), key=event.subject.encode())
+        # A replay of leads already sent, as a rebalance or a restarted sender would cause.
+        for event in sent[-3:]:
+            replay = event.model_copy(update={"id": str(uuid.uuid4())})
+            await producer.send_and_wait(topic, replay.to_bytes(), key=event.subject.encode())
+
+    async def both_routers_working() -> bool:
+        if not (handled[0] and handled[1]) and len(sent) < 400:
+            await send_wave()  # keep leads coming until the group has split the partitions
+        return bool(handled[0] and handled[1])
+
+    try:
+        await eventually(both_routers_working, timeout=90, what="both routers handling leads")
+        await eventually(lambda: _all_routed(engine, sent), timeout=60, what="every lead routed")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    async with engine.connect() as conn:
+        per_owner = dict((await conn.execute(
+            select(assignments.c.owner_id, func.count())
+            .where(assignments.c.owner_id.like(f"%-{s}")).group_by(assignments.c.owner_id))).tuples().all())
+    tier_a = sum(1 for e in sent if e.data["tier"] == "A")
+    tier_b = len(sent) - tier_a
+    assert per_owner[f"a-{s}"] == per_owner[f"b-{s}"] == 5  # capacity held, no more
+    assert abs(per_owner[f"c-{s}"] - per_owner[f"d-{s}"]) <= 1  # round robin did not drift
+    assert per_owner[f"c-{s}"] + per_owner[f"d-{s}"] == tier_b
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(queue)) == tier_a - 10
+
+
+async def _all_routed(engine, sent: list[CloudEvent]) -> bool:
+    for event in sent:
+        found = await outbox_events(engine, "router", event.subject)
+        if len(found) != 1:  # exactly one decision per lead: assigned or queued
+            assert len(found) < 2, [e.type for e in found]
+            return False
+    return True
