@@ -259,3 +259,67 @@ async def _all_routed(engine, sent: list[CloudEvent]) -> bool:
             assert len(found) < 2, [e.type for e in found]
             return False
     return True
+
+
+SURGE = """
+owners: [{owners}]
+teams: [{{id: surge-{s}, members: [{members}]}}]
+routing:
+  rules: [{{id: surge-{s}, team: surge-{s}}}]
+"""
+
+
+async def test_a_surge_of_ten_thousand_queued_leads_drains_in_priority_order_within_capacity(
+    make_ctx, clock, engine, empty_queue
+) -> None:
+    from leadsla.services.router.domain import LeadFacts
+    from leadsla.services.router.entrypoints import drain_all
+
+    s = uuid.uuid4().hex[:6]
+    names = [f"o{i}-{s}" for i in range(5)]
+    config = SURGE.format(s=s, members=", ".join(names),
+                          owners=", ".join(f"{{id: {n}, status: away, capacity: 40}}" for n in names))
+    ctx = make_ctx("router", config)
+    # The surge arrived while everybody was away: 10,000 leads wait, in mixed tiers and ages.
+    start = clock.now() - timedelta(hours=1)
+    rows = []
+    for i in range(10_000):
+        tier = "ABC"[(i * 7) % 3]
+        lead_id = f"surge-{s}-{i:05d}"
+        rows.append({"lead_id": lead_id, "tier": tier, "reason": "no_eligible_owner",
+                     "queued_at": start + timedelta(milliseconds=i), "assignment_no": 1,
+                     "facts": LeadFacts(lead_id=lead_id, tier=tier, source="web").to_json()})
+    async with engine.begin() as conn:
+        await conn.execute(queue.insert(), rows)
+    drain_order = [r["lead_id"] for r in sorted(rows, key=lambda r: (r["tier"], r["queued_at"]))]
+
+    async def assigned() -> dict[str, str]:
+        async with engine.connect() as conn:
+            return dict((await conn.execute(select(assignments.c.lead_id, assignments.c.owner_id)
+                                            .where(assignments.c.lead_id.like(f"surge-{s}-%")))).tuples().all())
+
+    # Everybody comes back: 5 x 40 leads go out, the first 200 in drain order, 40 each.
+    for name in names:
+        async with ctx.uow() as uow:
+            await update_owner(uow, ctx.config.config, clock.now(), name, {"status": "active"}, "test")
+            await uow.commit()
+    await drain_all(ctx)
+    first = await assigned()
+    assert set(first) == set(drain_order[:200])
+    assert Counter(first.values()) == {name: 40 for name in names}
+
+    # Capacity frees (50 dispositions): the next 50 in drain order, and still nobody above 40.
+    async with engine.begin() as conn:
+        await conn.execute(assignments.update().where(assignments.c.lead_id.in_(drain_order[:50]))
+                           .values(closed_at=clock.now()))
+    await drain_all(ctx)
+    second = await assigned()
+    assert set(second) - set(first) == set(drain_order[200:250])
+    async with engine.connect() as conn:
+        open_now = dict((await conn.execute(
+            select(assignments.c.owner_id, func.count())
+            .where(assignments.c.owner_id.in_(names), assignments.c.closed_at.is_(None))
+            .group_by(assignments.c.owner_id))).tuples().all())
+        waiting = await conn.scalar(select(func.count()).select_from(queue))
+    assert all(n <= 40 for n in open_now.values()) and sum(open_now.values()) == 200
+    assert waiting == 10_000 - 250
