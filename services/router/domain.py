@@ -290,6 +290,11 @@ def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -
     return rule.id, owners
 
 
+def fallback_owners(config: Config) -> set[str]:
+    found = {r.fallback_owner for r in config.routing.rules if r.fallback_owner}
+    return found | ({config.routing.fallback_owner} if config.routing.fallback_owner else set())
+
+
 @dataclass(frozen=True)
 class _Pick:
     owner_id: str

@@ -3,6 +3,7 @@ reassign a lead, release capacity when a lead is closed. Each function runs insi
 unit of work: the state it changes and the events it emits commit together."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ from .domain import (
     effective_owner,
     eligibility,
     facts_of,
+    fallback_owners,
     owner_day,
     record,
     release,
@@ -106,28 +108,6 @@ async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, O
     return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
 
 
-async def open_leads(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(
-        select(assignments.c.owner_id, func.count())
-        .where(assignments.c.closed_at.is_(None))
-        .group_by(assignments.c.owner_id)
-    )
-    return dict(rows.tuples().all())
-
-
-async def assigned_today(conn: AsyncConnection, owners: Mapping[str, Owner], config: Config,
-                         now: datetime) -> dict[str, int]:
-    # Rows of the last few UTC days; each owner's "today" is picked in their own time zone.
-    rows = await conn.execute(
-        select(daily_assignments.c.owner_id, daily_assignments.c.day, daily_assignments.c.assigned)
-        .where(daily_assignments.c.day >= (now - timedelta(days=2)).date())
-    )
-    return {
-        owner_id: n for owner_id, day, n in rows.tuples()
-        if owner_id in owners and day == owner_day(owners[owner_id], config, now)
-    }
-
-
 async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, str]:
     """Company domain -> owner of its most recently assigned open lead."""
     if not domains:
@@ -141,15 +121,41 @@ async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, 
     return dict(rows.tuples().all())
 
 
-async def load_state(conn: AsyncConnection, config: Config, now: datetime) -> RoutingState:
-    owners = await effective_owners(conn, config)
-    cursor_rows = (await conn.execute(select(cursors.c.rule_id, cursors.c.last_index, cursors.c.counts))).all()
+def _state_sql(owners_filtered: bool, rules_filtered: bool) -> str:
+    # One round trip for everything a decision reads; with filters, only the owners and the
+    # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500).
+    owner_filter = " AND owner_id = ANY(CAST(:owners AS text[]))" if owners_filtered else ""
+    rule_filter = " WHERE rule_id = ANY(CAST(:rules AS text[]))" if rules_filtered else ""
+    return (
+        "SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j "
+        "FROM router.owner_state "
+        "UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL FROM router.assignments "
+        f"WHERE closed_at IS NULL{owner_filter} GROUP BY owner_id "
+        "UNION ALL SELECT 'day', owner_id, assigned, day, NULL FROM router.daily_assignments "
+        f"WHERE day >= CAST(:since AS date){owner_filter} "
+        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts FROM router.rr_cursors{rule_filter}"
+    )
+
+
+async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, owners: set[str] | None = None,
+                     rules: set[str] | None = None) -> RoutingState:
+    """The routing state; `owners`/`rules` limit the counts and cursors read to those."""
+    params: dict[str, Any] = {"since": (now - timedelta(days=2)).date()}
+    if owners is not None:
+        params["owners"] = sorted(owners)
+    if rules is not None:
+        params["rules"] = sorted(rules)
+    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).all()
+    changes = {r.k: r.j for r in rows if r.kind == "owner"}
+    effective = {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+    today = {r.k: r.n for r in rows if r.kind == "day" and r.k in effective
+             and r.day == owner_day(effective[r.k], config, now)}  # each owner's own day
     return RoutingState(
-        owners=owners,
-        open_leads=await open_leads(conn),
-        today=await assigned_today(conn, owners, config, now),
-        cursors={r.rule_id: r.last_index for r in cursor_rows},
-        weighted={r.rule_id: r.counts or {} for r in cursor_rows},
+        owners=effective,
+        open_leads={r.k: r.n for r in rows if r.kind == "open"},
+        today=today,
+        cursors={r.k: r.n for r in rows if r.kind == "cursor"},
+        weighted={r.k: r.j or {} for r in rows if r.kind == "cursor"},
     )
 
 
@@ -163,32 +169,34 @@ def _with_account(state: RoutingState, facts: LeadFacts, by_domain: Mapping[str,
 
 async def _store_assignment(conn: AsyncConnection, config: Config, state: RoutingState, facts: LeadFacts,
                             decision: Decision, assignment_no: int, now: datetime) -> None:
+    """The assignment, the owner's count for the day and the rule's cursor: one statement."""
     assert decision.owner_id is not None
-    values = dict(owner_id=decision.owner_id, team_id=decision.team_id, rule_id=decision.rule_id,
-                  tier=facts.tier, assignment_no=assignment_no, assigned_at=now, facts=facts.to_json(),
-                  company_domain=facts.company_domain)
-    await conn.execute(
-        pg_insert(assignments).values(lead_id=facts.lead_id, **values)
-        .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values)
-    )
-    if decision.rule_id is not None and decision.next_cursor is not None:
-        await conn.execute(
-            pg_insert(cursors).values(rule_id=decision.rule_id, last_index=decision.next_cursor)
-            .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"last_index": decision.next_cursor})
-        )
-    if decision.rule_id is not None and decision.weights is not None:
-        weights = dict(decision.weights)
-        await conn.execute(
-            pg_insert(cursors).values(rule_id=decision.rule_id, last_index=-1, counts=weights)
-            .on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={"counts": weights})
-        )
     owner = state.owners.get(decision.owner_id)
-    day = owner_day(owner, config, now) if owner else now.date()
-    await conn.execute(
-        pg_insert(daily_assignments).values(owner_id=decision.owner_id, day=day, assigned=1)
-        .on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
-                               set_={"assigned": daily_assignments.c.assigned + 1})
+    params: dict[str, Any] = {
+        "lead": facts.lead_id, "owner": decision.owner_id, "team": decision.team_id, "rule": decision.rule_id,
+        "tier": facts.tier, "no": assignment_no, "at": now, "facts": json.dumps(facts.to_json()),
+        "domain": facts.company_domain, "day": owner_day(owner, config, now) if owner else now.date(),
+    }
+    sql = (
+        "WITH a AS (INSERT INTO router.assignments (lead_id, owner_id, team_id, rule_id, tier, assignment_no, "
+        "assigned_at, facts, company_domain) VALUES (:lead, :owner, :team, :rule, :tier, :no, :at, "
+        "CAST(:facts AS jsonb), :domain) ON CONFLICT (lead_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, "
+        "team_id = EXCLUDED.team_id, rule_id = EXCLUDED.rule_id, tier = EXCLUDED.tier, "
+        "assignment_no = EXCLUDED.assignment_no, assigned_at = EXCLUDED.assigned_at, facts = EXCLUDED.facts, "
+        "company_domain = EXCLUDED.company_domain RETURNING 1), "
+        "d AS (INSERT INTO router.daily_assignments (owner_id, day, assigned) VALUES (:owner, :day, 1) "
+        "ON CONFLICT (owner_id, day) DO UPDATE SET assigned = router.daily_assignments.assigned + 1 RETURNING 1)"
     )
+    if decision.rule_id is not None and (decision.next_cursor is not None or decision.weights is not None):
+        params["cursor"] = decision.next_cursor
+        params["weights"] = json.dumps(dict(decision.weights)) if decision.weights is not None else None
+        sql += (
+            ", c AS (INSERT INTO router.rr_cursors (rule_id, last_index, counts) VALUES (:rule, "
+            "coalesce(CAST(:cursor AS int), -1), CAST(:weights AS jsonb)) ON CONFLICT (rule_id) DO UPDATE SET "
+            "last_index = coalesce(CAST(:cursor AS int), router.rr_cursors.last_index), "
+            "counts = coalesce(CAST(:weights AS jsonb), router.rr_cursors.counts) RETURNING 1)"
+        )
+    await conn.execute(text(sql + " SELECT 1"), params)
 
 
 def _emit_assigned(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
@@ -235,24 +243,28 @@ def _emit_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: da
 
 async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
     lead = event.data_as(LeadReceived)
-    # The same lead under another event id (a replay) may be in flight in another router: the
-    # lead's lock makes the second one see the first one's decision instead of deciding again.
-    await xact_lock(uow.conn, f"router.lead:{lead.lead_id}")
-    if await uow.conn.scalar(select(assignments.c.lead_id).where(assignments.c.lead_id == lead.lead_id)):
-        return  # already routed
-    if await uow.conn.scalar(select(queue.c.lead_id).where(queue.c.lead_id == lead.lead_id)):
-        return  # already waiting
     facts = facts_of(lead, event.correlationid)
     now = clock.now()
-    await _share_routing(uow.conn)
-    by_domain = await account_owners(uow.conn, {facts.company_domain}) if facts.company_domain else {}
-    rule_id, owners = decision_scope(config, facts, by_domain.get(facts.company_domain or ""))
+    conn = uow.conn
+    # The same lead under another event id (a replay) may be in flight in another router: the
+    # lead's lock makes the second one see the first one's decision instead of deciding again.
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lead)), "
+                            "pg_advisory_xact_lock_shared(hashtext(:routing))"),
+                       {"lead": f"router.lead:{lead.lead_id}", "routing": ROUTING})
+    known = (await conn.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = :lead) "
+        "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = :lead) AS known, "
+        "(SELECT owner_id FROM router.assignments WHERE company_domain = :domain AND closed_at IS NULL "
+        "ORDER BY assigned_at DESC LIMIT 1) AS account_owner"
+    ), {"lead": lead.lead_id, "domain": facts.company_domain})).one()
+    if known.known:
+        return  # already routed or waiting
+    rule_id, owners = decision_scope(config, facts, known.account_owner)
     for _ in range(MAX_SCOPE_WIDENINGS):
-        attempt = await uow.conn.begin_nested()
-        await _lock_all(uow.conn, {f"router.rule:{rule_id}"} | {f"router.owner:{o}" for o in owners})
-        state = _with_account(await load_state(uow.conn, config, now), facts,
-                              await account_owners(uow.conn, {facts.company_domain}) if facts.company_domain else {})
-        decision = decide(config, facts, state, now)
+        attempt = await conn.begin_nested()
+        await _lock_all(conn, {f"router.rule:{rule_id}"} | {f"router.owner:{o}" for o in owners})
+        state = await load_state(conn, config, now, owners=owners | fallback_owners(config), rules={rule_id or ""})
+        decision = decide(config, facts, replace(state, account_owner=known.account_owner), now)
         if decision.owner_id is None or decision.owner_id in owners:
             await attempt.commit()  # releases the savepoint; its locks stay with the transaction
             break
@@ -264,7 +276,7 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
         return
-    await _store_assignment(uow.conn, config, state, facts, decision, 1, now)
+    await _store_assignment(conn, config, state, facts, decision, 1, now)
     _emit_assigned(uow, facts, decision, 1, now, event)
     metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
 

@@ -10,15 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from leadsla.shared.config import Config
 from leadsla.shared.events import utc_iso
 
-from .domain import LeadFacts, RoutingState, current_status, eligibility
-from .handlers import assigned_today, effective_owners, open_leads
+from .domain import LeadFacts, current_status, eligibility
+from .handlers import load_state
 from .tables import owner_state, queue
 
 
 async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> list[dict[str, Any]]:
-    owners = await effective_owners(conn, config)
-    state = RoutingState(owners=owners, open_leads=await open_leads(conn),
-                         today=await assigned_today(conn, owners, config, now))
+    state = await load_state(conn, config, now)
+    owners = state.owners
     versions = dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.version))).tuples().all())
     teams: dict[str, list[str]] = {}
     for team in config.teams:
