@@ -8,7 +8,8 @@ LEADSLA_TEST_KAFKA_BOOTSTRAP), applies a configuration with `--owners` owners in
 (the production shape: its consumer, outbox relay and HTTP in one process), publishes
 `lead.received` events to leads.intake at `--rate` per second, and reads leads.routing.
 Latency per lead: the broker's ack of lead.received to the arrival of its lead.assigned.
-Prints p50 / p90 / p99 / max and the achieved rates.
+Prints p50 / p90 / p99 / max and the achieved rates, then the decisions per second of the
+router's handler called directly (its own cost, without consumer, relay and broker).
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ from leadsla.shared.events import (  # noqa: E402
     new_event,
 )
 from leadsla.shared.migrate import upgrade  # noqa: E402
+from leadsla.shared.clock import SystemClock  # noqa: E402
+from leadsla.shared.config import parse_config  # noqa: E402
+from leadsla.shared.uow import UnitOfWork  # noqa: E402
+from leadsla.services.router.handlers import route_lead  # noqa: E402
 
 COUNTRIES = ["GB", "DE", "FR", "ES", "IT", "NL", "BE", "SE", "NO", "DK", "FI", "PL", "CZ", "AT", "CH", "IE",
              "PT", "GR", "HU", "RO", "BG", "HR", "SI", "SK", "LT", "LV", "EE", "US", "CA", "MX", "BR", "AR",
@@ -132,6 +137,25 @@ async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[flo
     return latencies, total / send_elapsed, len(arrived) / done_elapsed
 
 
+async def in_process(engine, owners: int, rules: int, n: int = 300) -> float:
+    """Decisions per second calling the handler directly, one transaction each: the router's own
+    cost without the consumer, the relay and the broker around it."""
+    config = parse_config(config_yaml(owners, rules))
+    clock = SystemClock()
+
+    async def one(i: int) -> None:
+        async with UnitOfWork(engine, "router") as uow:
+            await route_lead(uow, config, clock, lead_received(i))
+            await uow.commit()
+
+    for i in range(20):
+        await one(i)
+    start = time.perf_counter()
+    for i in range(n):
+        await one(i)
+    return n / (time.perf_counter() - start)
+
+
 async def main(rate: float, seconds: float, owners: int, rules: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="leadsla-bench-router-"))
     pg = broker = router = None
@@ -175,6 +199,9 @@ async def main(rate: float, seconds: float, owners: int, rules: int) -> None:
               f"(sent {sent_rate:.0f}/s, routed {routed_rate:.0f}/s over the run)")
         print(f"lead.received acked -> lead.assigned read, ms: p50 {pct(0.50):.1f}  p90 {pct(0.90):.1f}  "
               f"p99 {pct(0.99):.1f}  max {ms[-1]:.1f}  mean {statistics.fmean(ms):.1f}")
+        router.stop()
+        router = None
+        print(f"route_lead in-process, one transaction per lead: {await in_process(engine, owners, rules):.0f} leads/s")
     finally:
         if router is not None:
             router.stop()
