@@ -19,6 +19,7 @@ from leadsla.shared.runtime import ServiceContext
 from . import views
 from .domain import current_status
 from .handlers import (
+    NobodyEligible,
     SameOwner,
     UnknownLead,
     UnknownOwner,
@@ -55,7 +56,7 @@ class OwnerChange(BaseModel):
 
 class ReassignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    owner_id: str | None = Field(min_length=1)  # null: route the lead again
+    owner_id: str | None = Field(default=None, min_length=1)  # null or left out: route the lead again
     reason: str = Field(min_length=1, max_length=200)
 
 
@@ -142,6 +143,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                 raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
             except SameOwner:
                 raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
+            except NobodyEligible:
+                raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
             await uow.commit()
         return result
 

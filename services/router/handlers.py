@@ -66,6 +66,10 @@ class SameOwner(ValueError):
     pass
 
 
+class NobodyEligible(LookupError):
+    pass
+
+
 class OwnerUpdated(WireModel):
     """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
 
@@ -384,7 +388,8 @@ def _facts_of_row(row: Any) -> LeadFacts:
 async def reassign(uow: UnitOfWork, config: Config, now: datetime, lead_id: str, to_owner: str | None,
                    reason: str) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
-    Raises UnknownLead, UnknownOwner (the named owner), SameOwner."""
+    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (a closed lead
+    that nobody else can take now)."""
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
     await lock_routing(uow.conn)
@@ -438,6 +443,8 @@ async def _reroute(uow: UnitOfWork, config: Config, now: datetime, row: Any, rea
     decision = decide(config, facts, state, now, exclude=frozenset({row.owner_id}))
     if decision.owner_id is not None:
         return await _move(uow, config, state, now, row, facts, decision, reason)
+    if row.closed_at is not None:
+        raise NobodyEligible(facts.lead_id)  # a closed lead is not worth a place in the queue
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from.
     await uow.conn.execute(delete(assignments).where(assignments.c.lead_id == row.lead_id))

@@ -276,3 +276,15 @@ async def test_an_open_lead_of_the_same_company_brings_the_next_one_to_its_owner
         follow = await router.receive(domain=domain)
         data = (await router.events(follow))[0].data
         assert (data["owner_id"], data["method"]) == (owner, "account_match")
+
+
+async def test_a_closed_lead_that_nobody_else_can_take_stays_where_it_is(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    await router.activity(lead, "disposition", Disposition(status="qualified"))
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200  # and cat is outside her hours
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"reason": "second opinion"})
+    assert response.status_code == 409
+    assert await router.types(lead) == ["lead.assigned"]
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
