@@ -13,13 +13,16 @@ from .handlers import on_activity, route_lead
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
+    wake_queue = asyncio.Event()
+
     async def on_intake(event: CloudEvent, uow: UnitOfWork) -> None:
         if event.type == "lead.received":
             await route_lead(uow, ctx.config.config, ctx.clock, event)
+            if any(e.type == "lead.queued" and e.data["reason"] == "queue_ahead" for e in uow.emitted):
+                wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
         elif event.type == "activity.recorded":
             await on_activity(uow, ctx.config.config, ctx.clock, event)
 
-    wake_queue = asyncio.Event()
     return ServiceSpec(
         subscriptions=[Subscription("router", (TOPIC_INTAKE,), on_intake)],
         routers=[build_api(ctx, wake_queue)],

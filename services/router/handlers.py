@@ -259,8 +259,9 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         "SELECT EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = :lead) "
         "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = :lead) AS known, "
         "(SELECT owner_id FROM router.assignments WHERE company_domain = :domain AND closed_at IS NULL "
-        "ORDER BY assigned_at DESC LIMIT 1) AS account_owner"
-    ), {"lead": lead.lead_id, "domain": facts.company_domain})).one()
+        "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
+        "EXISTS (SELECT 1 FROM router.queue WHERE tier <= :tier) AS queue_ahead"
+    ), {"lead": lead.lead_id, "domain": facts.company_domain, "tier": facts.tier})).one()
     if known.known:
         return  # already routed or waiting
     rule_id, owners = decision_scope(config, facts, known.account_owner)
@@ -277,12 +278,34 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         owners = owners | {decision.owner_id}
     else:
         raise RuntimeError(f"routing scope kept widening for lead {facts.lead_id}")
+    if decision.owner_id is not None and known.queue_ahead and await _wanted_by_queue(
+            conn, config, facts, decision.owner_id, state, now):
+        # Someone became free by time (working hours, an absence ending) before the queue check
+        # saw it: older leads of the same or a higher tier get them first.
+        decision = replace(decision, owner_id=None, method="queue", reason="queue_ahead")
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
         return
     await _store_assignment(conn, config, state, facts, decision, 1, now)
     _emit_assigned(uow, facts, decision, 1, now, event)
     metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
+
+
+async def _wanted_by_queue(conn: AsyncConnection, config: Config, lead: LeadFacts, owner_id: str,
+                           state: RoutingState, now: datetime) -> bool:
+    """Whether a queued lead that drains before `lead` could go to `owner_id` now."""
+    rows = await conn.execute(
+        select(queue.c.facts).where(queue.c.tier <= lead.tier)
+        .order_by(queue.c.tier, queue.c.queued_at).limit(DRAIN_PAGE)
+    )
+    owner = state.owners.get(owner_id)
+    for (raw,) in rows:
+        queued = LeadFacts.from_json(raw)
+        _, scope = decision_scope(config, queued, None)
+        if ((owner_id in scope or owner_id in fallback_owners(config))
+                and eligibility(owner, queued, state, config, now) is None):
+            return True
+    return False
 
 
 # ---- the queue ------------------------------------------------------------------------------

@@ -53,9 +53,13 @@ def dispositioned(lead_id: str, now) -> CloudEvent:
 
 
 @pytest.fixture
-async def empty_queue(engine) -> None:
+async def empty_queue(engine):
+    # The queue is shared by the whole test database: start empty, and leave it so.
     async with engine.begin() as conn:
-        await conn.execute(delete(queue))  # shared by the test database: start empty
+        await conn.execute(delete(queue))
+    yield
+    async with engine.begin() as conn:
+        await conn.execute(delete(queue))
 
 
 async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_absence_ends(

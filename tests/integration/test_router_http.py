@@ -15,6 +15,7 @@ from leadsla.services.router.handlers import on_activity, route_lead
 from leadsla.services.router.tables import events, queue
 from leadsla.shared import metrics
 from leadsla.shared.auth import create_key
+from leadsla.shared.db import OUTBOX
 from leadsla.shared.events import (
     ActivityRecorded,
     CloudEvent,
@@ -101,6 +102,8 @@ async def router(make_ctx, engine):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
         client.headers["Authorization"] = f"Bearer {admin}"
         yield Router(ctx, client, suffix, admin, source)
+    async with engine.begin() as conn:
+        await conn.execute(delete(queue))
 
 
 async def test_owners_show_status_capacity_open_leads_and_todays_assignments(router) -> None:
@@ -288,3 +291,20 @@ async def test_a_closed_lead_that_nobody_else_can_take_stays_where_it_is(router)
     assert response.status_code == 409
     assert await router.types(lead) == ["lead.assigned"]
     assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+
+async def test_a_new_lead_does_not_jump_older_queued_leads_when_working_hours_start(router) -> None:
+    waiting = await router.receive(tier="A", source="night")  # cat starts at 12:00; it is 09:00
+    assert await router.types(waiting) == ["lead.queued"]
+    router.ctx.clock.advance(timedelta(hours=3))  # 12:00: cat is free, the queue check has not run yet
+    newcomer = await router.receive(tier="B", source="night")
+    [queued] = await router.events(newcomer)
+    assert (queued.type, queued.data["reason"]) == ("lead.queued", "queue_ahead")
+    assert await drain_all(router.ctx) == 2
+    outbox = OUTBOX["router"]
+    async with router.ctx.engine.connect() as conn:
+        assigned = (await conn.execute(  # in commit order
+            select(outbox.c.key).where(outbox.c.key.in_([waiting, newcomer]),
+                                       outbox.c.event_type == "lead.assigned").order_by(outbox.c.id))).scalars().all()
+    assert assigned == [waiting, newcomer]
+    assert (await router.events(newcomer))[-1].data["owner_id"] == router.owner("cat")
