@@ -318,6 +318,7 @@ class EscalationStep(Strict):
     after: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0", "0s") else parse_duration(v))] = 0.0
     notify: list[Literal["owner", "manager", "lead_ops"]] = Field(default_factory=lambda: ["owner"])
     channels: list[str]
+    reassign: bool = False  # when the step fires, the router also routes the lead to someone else
 
 
 class EscalationPolicy(Strict):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, CloudEvent
+from leadsla.shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, CloudEvent
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
 from .entrypoints import build_api, queue_loop
-from .handlers import on_activity, route_lead
+from .handlers import on_activity, on_escalation, route_lead
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
@@ -23,8 +23,13 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         elif event.type == "activity.recorded":
             await on_activity(uow, ctx.config.config, ctx.clock, event)
 
+    async def on_notification(event: CloudEvent, uow: UnitOfWork) -> None:
+        if event.type == "escalation.triggered":
+            await on_escalation(uow, ctx.config.config, ctx.clock, event)
+
     return ServiceSpec(
-        subscriptions=[Subscription("router", (TOPIC_INTAKE,), on_intake)],
+        subscriptions=[Subscription("router", (TOPIC_INTAKE,), on_intake),
+                       Subscription("router-escalations", (TOPIC_NOTIFICATIONS,), on_notification)],
         routers=[build_api(ctx, wake_queue)],
         loops=[queue_loop(ctx, wake_queue)],
     )

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,6 +23,7 @@ from leadsla.shared.events import (
     ActivityRecorded,
     Candidate,
     CloudEvent,
+    EscalationTriggered,
     LeadAssigned,
     LeadQueued,
     LeadReassigned,
@@ -49,6 +51,7 @@ from .domain import (
 from .tables import assignments, cursors, daily_assignments, events, owner_state, queue
 
 SERVICE = "router"
+log = structlog.get_logger()
 TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 DRAIN_PAGE = 200
 MAX_SCOPE_WIDENINGS = 4
@@ -496,6 +499,24 @@ async def _assign_queued(uow: UnitOfWork, config: Config, now: datetime, lead_id
     _emit_assigned(uow, facts, decision, row.assignment_no, now, None)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
             "assignment_no": row.assignment_no}
+
+
+# ---- escalations ----------------------------------------------------------------------------
+
+
+async def on_escalation(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+    """An escalation step configured with `reassign: true` fired: route the lead again, away
+    from the owner who let it breach."""
+    data = event.data_as(EscalationTriggered)
+    policy = next((p for p in config.escalation_policies if p.id == data.policy_id), None)
+    step = next((s for s in policy.steps if s.step == data.step), None) if policy else None
+    if step is None or not step.reassign:
+        return
+    try:
+        await reassign(uow, config, clock.now(), data.lead_id, None, f"escalation:{data.policy_id}:{data.step}")
+    except (UnknownLead, NobodyEligible):
+        log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
+                 step=data.step)
 
 
 # ---- activities -----------------------------------------------------------------------------

@@ -69,7 +69,7 @@ async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_abse
     ctx = make_ctx("router", CONFIG.format(s=s))
     spec = bootstrap(ctx)
     topic = await create_topic(kafka_bootstrap, partitions=1)
-    [sub] = spec.subscriptions
+    sub = spec.subscriptions[0]  # leads.intake
     consumer = EventConsumer(Subscription(f"router-{s}", (topic,), sub.handler), service="router",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup, clock=clock)
     stop = asyncio.Event()
@@ -208,7 +208,7 @@ async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_dri
     routers = []
     for i in range(2):
         ctx = make_ctx("router", TWO_ROUTERS.format(s=s))
-        [sub] = bootstrap(ctx).subscriptions
+        sub = bootstrap(ctx).subscriptions[0]  # leads.intake
 
         async def counting(event: CloudEvent, uow, _handler=sub.handler, _seen=handled[i]) -> None:
             await _handler(event, uow)

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 
 from leadsla.services.router.bootstrap import bootstrap
 from leadsla.services.router.entrypoints import drain_all, refresh_queue_depth
-from leadsla.services.router.handlers import on_activity, route_lead
+from leadsla.services.router.handlers import on_activity, on_escalation, route_lead
 from leadsla.services.router.tables import events, queue
 from leadsla.shared import metrics
 from leadsla.shared.auth import create_key
@@ -23,6 +23,7 @@ from leadsla.shared.events import (
     Consent,
     Contact,
     Disposition,
+    EscalationTriggered,
     Intent,
     LeadReceived,
     new_event,
@@ -38,6 +39,13 @@ owners:
   - {{id: ben-{s}, capacity: 1}}
   - {{id: cat-{s}, calendar: late}}
 teams: [{{id: sdr-{s}, members: [ann-{s}, ben-{s}]}}, {{id: late-{s}, members: [cat-{s}]}}]
+channels:
+  hook: {{url: "http://127.0.0.1:9/hook", secret: s}}
+escalation_policies:
+  - id: breach-{s}
+    steps:
+      - {{step: 1, notify: [owner], channels: [hook]}}
+      - {{step: 2, after: 15m, notify: [manager], channels: [hook], reassign: true}}
 routing:
   on_out_of_office: reroute_untouched
   rules:
@@ -308,3 +316,27 @@ async def test_a_new_lead_does_not_jump_older_queued_leads_when_working_hours_st
                                        outbox.c.event_type == "lead.assigned").order_by(outbox.c.id))).scalars().all()
     assert assigned == [waiting, newcomer]
     assert (await router.events(newcomer))[-1].data["owner_id"] == router.owner("cat")
+
+
+async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(router) -> None:
+    lead = await router.receive()
+    first = (await router.events(lead))[0].data["owner_id"]
+
+    async def escalation(step: int) -> None:
+        event = new_event("escalation.triggered", service="notifier", lead_id=lead, time=router.ctx.clock.now(),
+                          data=EscalationTriggered(lead_id=lead, escalation_id=str(uuid.uuid4()),
+                                                   policy_id=f"breach-{router.s}", step=step,
+                                                   trigger_event_id="breach", trigger_type="sla.breached",
+                                                   recipients=[first]))
+        async with router.ctx.uow() as uow:
+            await on_escalation(uow, router.ctx.config.config, router.ctx.clock, event)
+            await uow.commit()
+
+    await escalation(1)  # notify only
+    assert await router.types(lead) == ["lead.assigned"]
+    await escalation(2)
+    reassigned = (await router.events(lead))[-1]
+    assert reassigned.type == "lead.reassigned"
+    assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
+    assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
+    assert reassigned.data["assignment_no"] == 2
