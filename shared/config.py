@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from datetime import date, time
+from datetime import date, datetime, time
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -132,15 +132,33 @@ class CalendarConfig(Strict):
 # ---- people and routing ---------------------------------------------------------------------
 
 
+OwnerStatus = Literal["active", "away", "offline", "out_of_office"]
+
+
+def _status_alias(value: object) -> object:
+    return "active" if value == "available" else value  # the first configs said "available"
+
+
 class Owner(Strict):
     id: str
     name: str | None = None
     email: str | None = None
     manager_id: str | None = None
-    status: Literal["available", "away", "offline"] = "available"
-    capacity: int | None = Field(default=None, ge=0)
+    status: Annotated[OwnerStatus, BeforeValidator(_status_alias)] = "active"
+    until: datetime | None = None  # when out_of_office ends; the owner is active again from then
+    capacity: int | None = Field(default=None, ge=0)  # open leads at once
+    daily_cap: int | None = Field(default=None, ge=0)  # assignments per day in the owner's calendar
+    weight: int = Field(default=1, ge=1)  # share under the `weighted` method
     languages: list[str] = Field(default_factory=list)
     calendar: str | None = None
+    working_hours: CalendarConfig | None = None  # the owner's own hours; wins over `calendar`
+
+    @field_validator("until")
+    @classmethod
+    def _aware_until(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-11-30T09:00:00Z")
+        return value
 
 
 class Team(Strict):
@@ -154,22 +172,90 @@ class Team(Strict):
 class RuleMatch(Strict):
     tiers: list[str] | None = None
     countries: list[str] | None = None
+    regions: list[str] | None = None  # names from `routing.regions`
     sources: list[str] | None = None
     intents: list[str] | None = None
     products: list[str] | None = None
     languages: list[str] | None = None
+    company_sizes: list[str] | None = None  # bands like "1-50", "201-500", "1000+"
+    industries: list[str] | None = None
+    attributes: dict[str, list[str]] | None = None  # any attribute of the lead -> accepted values
+
+    @field_validator("company_sizes")
+    @classmethod
+    def _bands(cls, value: list[str] | None) -> list[str] | None:
+        for band in value or []:
+            if size_band(band) is None:
+                raise ValueError(f"{band!r} is not a size band like '51-200' or '1000+'")
+        return value
+
+    @property
+    def is_catch_all(self) -> bool:
+        return all(getattr(self, name) is None for name in type(self).model_fields)
+
+
+_BAND = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)|\+)?\s*$")
+
+
+def size_band(text: str | int | float) -> tuple[int, int | None] | None:
+    """'201-500' -> (201, 500); '1000+' -> (1000, None); '42' -> (42, 42); else None."""
+    match = _BAND.match(str(text))
+    if not match:
+        return None
+    low = int(match.group(1))
+    if match.group(2) is not None:
+        return (low, int(match.group(2))) if int(match.group(2)) >= low else None
+    return (low, None) if str(text).strip().endswith("+") else (low, low)
+
+
+# Lead fields a rule may require; `attributes.<name>` is accepted too.
+REQUIRABLE_FIELDS = (
+    "contact.country", "contact.language", "contact.email", "contact.phone", "company.name",
+    "company.domain", "company.size", "company.industry", "intent.product",
+)
 
 
 class RoutingRule(Strict):
     id: str
     match: RuleMatch = RuleMatch()
-    team: str
-    method: Literal["round_robin"] = "round_robin"
+    team: str | None = None
+    method: Literal["round_robin", "weighted", "least_loaded", "owner"] = "round_robin"
+    owner: str | None = None  # the named owner of method `owner`
+    # Fields the team needs to work the lead; a lead without them goes to the fallback owner
+    # with reason `missing_data`.
+    requires: list[str] = Field(default_factory=list)
+    fallback_owner: str | None = None  # this rule's fallback; routing.fallback_owner otherwise
+
+    @field_validator("requires")
+    @classmethod
+    def _requirable(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in REQUIRABLE_FIELDS and not (name.startswith("attributes.") and len(name) > 11):
+                raise ValueError(f"{name!r} is not one of {', '.join(REQUIRABLE_FIELDS)} or attributes.<name>")
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> RoutingRule:
+        if self.method == "owner" and not self.owner:
+            raise ValueError("method `owner` needs `owner`")
+        if self.method != "owner" and not self.team:
+            raise ValueError(f"method `{self.method}` needs `team`")
+        return self
 
 
 class Routing(Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     fallback_owner: str | None = None
+    regions: dict[str, list[str]] = Field(default_factory=dict)  # region -> ISO country codes
+    # An open lead of the same company domain sends a new lead to that lead's owner, if eligible.
+    account_match: bool = True
+    # Tiers that may go to an owner outside their working hours (urgent leads).
+    off_hours_tiers: list[str] = Field(default_factory=list)
+    # What an owner's open, untouched leads do when the owner goes out of office.
+    on_out_of_office: Literal["keep", "reroute_untouched"] = "keep"
+    # How often the queue is checked for leads someone can now take (working hours starting,
+    # an absence ending); status and capacity changes drain it at once.
+    queue_check_seconds: float = Field(default=5.0, gt=0)
 
 
 # ---- SLA policies ---------------------------------------------------------------------------
@@ -258,6 +344,7 @@ class EscalationStep(Strict):
     after: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0", "0s") else parse_duration(v))] = 0.0
     notify: list[Literal["owner", "manager", "lead_ops"]] = Field(default_factory=lambda: ["owner"])
     channels: list[str]
+    reassign: bool = False  # when the step fires, the router also routes the lead to someone else
 
 
 class EscalationPolicy(Strict):
@@ -349,16 +436,21 @@ class Config(Strict):
         owners = {o.id for o in self.owners}
         teams = {t.id for t in self.teams}
         calendars = set(self.calendars) | {"always"}
+        problems.extend(self._duplicate_ids())
         for i, team in enumerate(self.teams):
+            if not team.members:
+                problems.append(f"teams.{i}.members: team {team.id!r} has no members")
             for j, member in enumerate(team.members):
                 if member not in owners:
                     problems.append(f"teams.{i}.members.{j}: unknown owner {member!r}")
+            if team.manager_id and team.manager_id not in owners:
+                problems.append(f"teams.{i}.manager_id: unknown owner {team.manager_id!r}")
         for i, owner in enumerate(self.owners):
             if owner.calendar and owner.calendar not in calendars:
                 problems.append(f"owners.{i}.calendar: unknown calendar {owner.calendar!r}")
-        for i, rule in enumerate(self.routing.rules):
-            if rule.team not in teams:
-                problems.append(f"routing.rules.{i}.team: unknown team {rule.team!r}")
+            if owner.manager_id and owner.manager_id not in owners:
+                problems.append(f"owners.{i}.manager_id: unknown owner {owner.manager_id!r}")
+        problems.extend(self._routing_problems(owners, teams))
         if self.routing.fallback_owner and self.routing.fallback_owner not in owners:
             problems.append(f"routing.fallback_owner: unknown owner {self.routing.fallback_owner!r}")
         for i, policy in enumerate(self.sla_policies):
@@ -381,6 +473,39 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _duplicate_ids(self) -> list[str]:
+        problems = []
+        for path, items in (("owners", self.owners), ("teams", self.teams), ("routing.rules", self.routing.rules),
+                            ("sla_policies", self.sla_policies), ("escalation_policies", self.escalation_policies)):
+            first: dict[str, int] = {}
+            for i, item in enumerate(items):
+                if item.id in first:
+                    problems.append(f"{path}.{i}.id: duplicate id {item.id!r} (also {path}.{first[item.id]})")
+                first.setdefault(item.id, i)
+        return problems
+
+    def _routing_problems(self, owners: set[str], teams: set[str]) -> list[str]:
+        problems = []
+        rules = self.routing.rules
+        for i, rule in enumerate(rules):
+            if rule.team is not None and rule.team not in teams:
+                problems.append(f"routing.rules.{i}.team: unknown team {rule.team!r}")
+            for field in ("owner", "fallback_owner"):
+                if getattr(rule, field) and getattr(rule, field) not in owners:
+                    problems.append(f"routing.rules.{i}.{field}: unknown owner {getattr(rule, field)!r}")
+            for j, region in enumerate(rule.match.regions or []):
+                if region not in self.routing.regions:
+                    problems.append(f"routing.rules.{i}.match.regions.{j}: unknown region {region!r}")
+        # Every lead must match some rule: the last rule matches everything and requires nothing.
+        if rules and not (rules[-1].match.is_catch_all and not rules[-1].requires):
+            problems.append(f"routing.rules: the last rule ({rules[-1].id!r}) must be a catch-all "
+                            "(no `match`, no `requires`) so that every lead has a rule")
+        for i, rule in enumerate(rules[:-1]):
+            if rule.match.is_catch_all and not rule.requires:
+                problems.append(f"routing.rules.{i + 1}: unreachable, rule {rule.id!r} before it matches every lead")
+                break
+        return problems
 
     def calendar(self, name: str) -> CalendarConfig:
         return self.calendars.get(name) or CalendarConfig()

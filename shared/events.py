@@ -233,6 +233,11 @@ class LeadAssigned(WireModel):
     candidates: list[Candidate]
     assigned_at: datetime
     tier: str | None = None
+    # Lead facts, so a consumer can act on the assignment before it has seen lead.received.
+    source: str | None = None
+    contactable: bool | None = None
+    received_at: datetime | None = None
+    missing_fields: list[str] = Field(default_factory=list)  # reason missing_data: what the rule needed
 
 
 class LeadReassigned(WireModel):
@@ -241,6 +246,15 @@ class LeadReassigned(WireModel):
     to_owner_id: str
     reason: str
     assignment_no: int
+    method: str | None = None  # manual (a named owner) or how a reroute picked the new owner
+    team_id: str | None = None
+    rule_id: str | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    assigned_at: datetime | None = None
+    tier: str | None = None
+    source: str | None = None
+    contactable: bool | None = None
+    received_at: datetime | None = None
 
 
 class LeadQueued(WireModel):
@@ -248,6 +262,8 @@ class LeadQueued(WireModel):
     tier: str
     queue: str
     reason: str
+    missing_fields: list[str] = Field(default_factory=list)
+    queued_at: datetime | None = None
 
 
 class SlaEventData(WireModel):

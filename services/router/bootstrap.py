@@ -1,38 +1,35 @@
 """Composition root of the router."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from sqlalchemy import select
+import asyncio
 
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, CloudEvent
-from leadsla.shared.http import require_key
+from leadsla.shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, CloudEvent
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
-from .handlers import close_on_disposition, route_lead
-from .tables import queue
+from .entrypoints import build_api, queue_loop
+from .handlers import on_activity, on_escalation, route_lead
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
+    wake_queue = asyncio.Event()
+
     async def on_intake(event: CloudEvent, uow: UnitOfWork) -> None:
         if event.type == "lead.received":
             await route_lead(uow, ctx.config.config, ctx.clock, event)
+            if any(e.type == "lead.queued" and e.data["reason"] == "queue_ahead" for e in uow.emitted):
+                wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
         elif event.type == "activity.recorded":
-            await close_on_disposition(uow, event)
+            await on_activity(uow, ctx.config.config, ctx.clock, event)
 
-    api = APIRouter()
+    async def on_notification(event: CloudEvent, uow: UnitOfWork) -> None:
+        if event.type == "escalation.triggered":
+            await on_escalation(uow, ctx.config.config, ctx.clock, event)
 
-    @api.get("/v1/queue", dependencies=[Depends(require_key("source"))])
-    async def get_queue() -> dict[str, list[dict[str, str]]]:
-        async with ctx.engine.connect() as conn:
-            rows = await conn.execute(
-                select(queue.c.lead_id, queue.c.tier, queue.c.reason, queue.c.queued_at)
-                .order_by(queue.c.tier, queue.c.queued_at)
-            )
-            return {"leads": [
-                {"lead_id": r.lead_id, "tier": r.tier, "reason": r.reason, "queued_at": r.queued_at.isoformat()}
-                for r in rows
-            ]}
-
-    return ServiceSpec(subscriptions=[Subscription("router", (TOPIC_INTAKE,), on_intake)], routers=[api])
+    return ServiceSpec(
+        subscriptions=[Subscription("router", (TOPIC_INTAKE,), on_intake),
+                       Subscription("router-escalations", (TOPIC_NOTIFICATIONS,), on_notification)],
+        routers=[build_api(ctx, wake_queue)],
+        loops=[queue_loop(ctx, wake_queue)],
+    )

@@ -1,13 +1,25 @@
-"""Routing decisions, pure: which rule matches a lead, who is eligible, whose turn it is."""
+"""Routing decisions, pure: which rule matches a lead, who is eligible, who gets it.
+
+Everything here takes the facts and `now` and returns a decision; the handlers load the state
+(runtime owner changes, open leads, today's counts, cursors) and store what was decided.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, Owner, RoutingRule
-from leadsla.shared.events import Candidate
+from leadsla.shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
+from leadsla.shared.events import Candidate, LeadReceived
+
+# A shared mailbox domain says nothing about the account a lead belongs to.
+FREE_MAIL_DOMAINS = frozenset({
+    "gmail.com", "googlemail.com", "yahoo.com", "hotmail.com", "outlook.com", "live.com", "icloud.com",
+    "me.com", "aol.com", "gmx.de", "gmx.net", "web.de", "proton.me", "protonmail.com", "mail.ru", "qq.com",
+})
 
 
 @dataclass(frozen=True)
@@ -15,10 +27,196 @@ class LeadFacts:
     lead_id: str
     tier: str
     source: str
-    country: str | None
-    intent: str | None
-    product: str | None
-    language: str | None
+    country: str | None = None
+    intent: str | None = None
+    product: str | None = None
+    language: str | None = None
+    company_name: str | None = None
+    company_domain: str | None = None
+    company_size: str | None = None
+    industry: str | None = None
+    email: bool = False  # whether there is one; the address itself is not kept here
+    phone: bool = False
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    contactable: bool = True
+    received_at: datetime | None = None
+    correlation_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["attributes"] = dict(self.attributes)
+        data["received_at"] = self.received_at.isoformat() if self.received_at else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LeadFacts:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("received_at"):
+            known["received_at"] = datetime.fromisoformat(known["received_at"])
+        return cls(**known)
+
+
+def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts:
+    company = lead.company.model_dump()
+    extra = lead.model_extra or {}
+    attributes = extra.get("attributes") or extra.get("custom_fields") or {}
+    domain = (company.get("domain") or "").strip().lower().removeprefix("www.") or None
+    if domain is None and lead.contact.email and "@" in lead.contact.email:
+        domain = lead.contact.email.rsplit("@", 1)[1].lower()
+    return LeadFacts(
+        lead_id=lead.lead_id,
+        tier=lead.tier,
+        source=lead.source,
+        country=lead.contact.country or lead.company.country,
+        intent=lead.intent.type,
+        product=lead.intent.product,
+        language=lead.contact.language,
+        company_name=company.get("name"),
+        company_domain=None if domain in FREE_MAIL_DOMAINS else domain,
+        company_size=None if company.get("size") is None else str(company["size"]),
+        industry=company.get("industry"),
+        email=bool(lead.contact.email),
+        phone=bool(lead.contact.phone),
+        attributes=attributes if isinstance(attributes, dict) else {},
+        contactable=lead.contactable,
+        received_at=lead.received_at,
+        correlation_id=correlation_id,
+    )
+
+
+def field_value(lead: LeadFacts, name: str) -> Any:
+    """The value of a requirable field (config.REQUIRABLE_FIELDS or attributes.<name>)."""
+    if name.startswith("attributes."):
+        return lead.attributes.get(name.removeprefix("attributes."))
+    return {
+        "contact.country": lead.country,
+        "contact.language": lead.language,
+        "contact.email": lead.email or None,
+        "contact.phone": lead.phone or None,
+        "company.name": lead.company_name,
+        "company.domain": lead.company_domain,
+        "company.size": lead.company_size,
+        "company.industry": lead.industry,
+        "intent.product": lead.product,
+    }[name]
+
+
+def missing_fields(rule: RoutingRule, lead: LeadFacts) -> list[str]:
+    return [name for name in rule.requires if field_value(lead, name) in (None, "", [], {})]
+
+
+def _size_in(size: str | None, bands: list[str]) -> bool:
+    lead_band = size_band(size) if size is not None else None
+    if lead_band is None:
+        return False
+    low = lead_band[0]  # a band given by the lead ("201-500") is placed by its lower bound
+    for band in bands:
+        b = size_band(band)
+        if b is not None and low >= b[0] and (b[1] is None or low <= b[1]):
+            return True
+    return False
+
+
+def _fold(value: Any) -> str | None:
+    return None if value is None else str(value).strip().casefold()
+
+
+def _in(value: Any, allowed: list[str]) -> bool:
+    return value is not None and _fold(value) in {_fold(a) for a in allowed}
+
+
+def matches(rule: RoutingRule, lead: LeadFacts, config: Config) -> bool:
+    m = rule.match
+    language = lead.language.split("-")[0] if lead.language else None
+    checks = [
+        m.tiers is None or _in(lead.tier, m.tiers),
+        m.countries is None or _in(lead.country, m.countries),
+        m.regions is None or any(_in(lead.country, config.routing.regions.get(r, [])) for r in m.regions),
+        m.sources is None or _in(lead.source, m.sources),
+        m.intents is None or _in(lead.intent, m.intents),
+        m.products is None or _in(lead.product, m.products),
+        m.languages is None or _in(language, m.languages) or _in(lead.language, m.languages),
+        m.company_sizes is None or _size_in(lead.company_size, m.company_sizes),
+        m.industries is None or _in(lead.industry, m.industries),
+        m.attributes is None or all(_in(lead.attributes.get(k), v) for k, v in m.attributes.items()),
+    ]
+    return all(checks)
+
+
+# ---- owners at runtime ----------------------------------------------------------------------
+
+
+def effective_owner(configured: Owner, changes: Mapping[str, Any] | None) -> Owner:
+    """The configured owner with the runtime changes (PUT /v1/owners/{id}) laid over it."""
+    if not changes:
+        return configured
+    return Owner.model_validate({**configured.model_dump(), **changes})
+
+
+def current_status(owner: Owner, now: datetime) -> str:
+    # An absence with an end is over at `until`, without anyone having to flip it back.
+    if owner.status == "out_of_office" and owner.until is not None and now >= owner.until:
+        return "active"
+    return owner.status
+
+
+def owner_calendar(owner: Owner, config: Config) -> CalendarConfig | None:
+    if owner.working_hours is not None:
+        return owner.working_hours
+    return config.calendar(owner.calendar) if owner.calendar else None
+
+
+def owner_day(owner: Owner, config: Config, now: datetime) -> date:
+    """Today in the owner's own time zone: daily caps reset at their midnight."""
+    calendar = owner_calendar(owner, config)
+    return now.astimezone(ZoneInfo(calendar.timezone if calendar else "UTC")).date()
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """What a decision needs besides the config: loaded by the handler, updated by `record`."""
+
+    owners: Mapping[str, Owner]  # effective owners (config + runtime changes)
+    open_leads: Mapping[str, int] = field(default_factory=dict)
+    today: Mapping[str, int] = field(default_factory=dict)  # assignments today, owner's own day
+    cursors: Mapping[str, int] = field(default_factory=dict)  # rule -> index of the last owner
+    weighted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # rule -> owner -> credit
+    account_owner: str | None = None  # owner of an open lead of the same company domain
+
+
+def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, config: Config,
+                now: datetime) -> str | None:
+    """Why an owner cannot take the lead now, or None when they can."""
+    if owner is None:
+        return "not configured"
+    status = current_status(owner, now)
+    if status == "out_of_office":
+        return f"out of office until {owner.until.isoformat()}" if owner.until else "out of office"
+    if status != "active":
+        return f"status {status}"
+    load = state.open_leads.get(owner.id, 0)
+    if owner.capacity is not None and load >= owner.capacity:
+        return f"at capacity ({load}/{owner.capacity})"
+    today = state.today.get(owner.id, 0)
+    if owner.daily_cap is not None and today >= owner.daily_cap:
+        return f"daily cap reached ({today}/{owner.daily_cap})"
+    if owner.languages and lead.language and lead.language.split("-")[0] not in owner.languages:
+        return f"does not speak {lead.language}"
+    calendar = owner_calendar(owner, config)
+    if calendar is not None and not BusinessCalendar(calendar).is_open(now):
+        if lead.tier not in config.routing.off_hours_tiers:
+            return "outside working hours"
+    return None
+
+
+def anyone_available(config: Config, state: RoutingState, now: datetime) -> bool:
+    """Cheap pre-check before draining the queue: could anybody take any lead at all?"""
+    probe = LeadFacts(lead_id="", tier=config.routing.off_hours_tiers[0] if config.routing.off_hours_tiers else "",
+                      source="")
+    return any(eligibility(o, probe, state, config, now) is None for o in state.owners.values())
+
+
+# ---- the decision ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -29,65 +227,133 @@ class Decision:
     method: str
     reason: str
     candidates: tuple[Candidate, ...]
-    next_cursor: int | None  # the round-robin position to store for the rule
+    next_cursor: int | None = None  # the round-robin position to store for the rule
+    missing_fields: tuple[str, ...] = ()
+    weights: Mapping[str, int] | None = None  # the weighted method's new state for the rule
 
 
-def matches(rule: RoutingRule, lead: LeadFacts) -> bool:
-    m = rule.match
-    return all(
-        allowed is None or value in allowed
-        for allowed, value in (
-            (m.tiers, lead.tier),
-            (m.countries, lead.country),
-            (m.sources, lead.source),
-            (m.intents, lead.intent),
-            (m.products, lead.product),
-            (m.languages, lead.language),
-        )
-    )
-
-
-def eligibility(owner: Owner | None, lead: LeadFacts, load: int, config: Config, now: datetime) -> str | None:
-    """Why an owner cannot take the lead now, or None when they can."""
-    if owner is None:
-        return "not configured"
-    if owner.status != "available":
-        return f"status {owner.status}"
-    if owner.capacity is not None and load >= owner.capacity:
-        return f"at capacity ({load}/{owner.capacity})"
-    if owner.languages and lead.language and lead.language.split("-")[0] not in owner.languages:
-        return f"does not speak {lead.language}"
-    if owner.calendar and not BusinessCalendar(config.calendar(owner.calendar)).is_open(now):
-        return "outside working hours"
-    return None
-
-
-def decide(
-    config: Config, lead: LeadFacts, cursors: Mapping[str, int], load: Mapping[str, int], now: datetime
-) -> Decision:
-    rule = next((r for r in config.routing.rules if matches(r, lead)), None)
+def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
+           exclude: frozenset[str] = frozenset()) -> Decision:
+    """Who gets the lead: the account's owner, else the first matching rule's pick, else the
+    fallback owner, else nobody (queue). `exclude`: owners who must not get it (a reroute)."""
     candidates: list[Candidate] = []
-    if rule is not None:
-        team = next(t for t in config.teams if t.id == rule.team)
-        members = team.members
-        last = cursors.get(rule.id, -1)
-        # Round robin: start just after whoever got the previous lead of this rule.
+
+    def consider(owner_id: str, why_eligible: str) -> bool:
+        if owner_id in exclude:
+            candidates.append(Candidate(owner_id=owner_id, eligible=False, why="being rerouted away"))
+            return False
+        why_not = eligibility(state.owners.get(owner_id), lead, state, config, now)
+        candidates.append(Candidate(owner_id=owner_id, eligible=why_not is None, why=why_not or why_eligible))
+        return why_not is None
+
+    if config.routing.account_match and state.account_owner and lead.company_domain:
+        if consider(state.account_owner, f"owns an open lead of {lead.company_domain}"):
+            return Decision(state.account_owner, None, None, "account_match", "account_match", tuple(candidates))
+
+    rule = next((r for r in config.routing.rules if matches(r, lead, config)), None)
+    fallback = config.routing.fallback_owner
+    missing: tuple[str, ...] = ()
+    if rule is None:
+        reason = "no_matching_rule"
+    elif missing := tuple(missing_fields(rule, lead)):
+        reason = "missing_data"  # the team cannot work it without these fields
+        fallback = rule.fallback_owner or fallback
+    else:
+        picked = _pick(config, rule, state, consider)
+        if picked is not None:
+            if picked.why is not None:  # every eligible member was listed as "eligible": say why this one
+                candidates = [c.model_copy(update={"why": picked.why})
+                              if c.owner_id == picked.owner_id and c.eligible else c for c in candidates]
+            return Decision(picked.owner_id, picked.team_id, rule.id, rule.method, "rule_match", tuple(candidates),
+                            picked.cursor, weights=picked.weights)
+        reason = "no_eligible_owner"
+        fallback = rule.fallback_owner or fallback
+
+    rule_id = rule.id if rule else None
+    team_id = rule.team if rule else None
+    if fallback is not None and consider(fallback, "fallback owner"):
+        return Decision(fallback, None, rule_id, "fallback", reason, tuple(candidates), None, missing)
+    return Decision(None, team_id, rule_id, "queue", reason, tuple(candidates), None, missing)
+
+
+def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -> tuple[str | None, set[str]]:
+    """The rule a decision for `lead` advances and the owners it would normally pick from: what
+    the decision locks. Fallback owners join only when a decision actually reaches them."""
+    owners = {account_owner} if account_owner and config.routing.account_match else set()
+    rule = next((r for r in config.routing.rules if matches(r, lead, config)), None)
+    if rule is None:
+        return None, owners
+    if rule.owner:
+        owners.add(rule.owner)
+    if rule.team:
+        owners.update(next(t for t in config.teams if t.id == rule.team).members)
+    return rule.id, owners
+
+
+def fallback_owners(config: Config) -> set[str]:
+    found = {r.fallback_owner for r in config.routing.rules if r.fallback_owner}
+    return found | ({config.routing.fallback_owner} if config.routing.fallback_owner else set())
+
+
+@dataclass(frozen=True)
+class _Pick:
+    owner_id: str
+    team_id: str | None
+    cursor: int | None = None
+    why: str | None = None  # why this one among the eligible, when not by turn
+    weights: Mapping[str, int] | None = None
+
+
+def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _Pick | None:
+    """The rule's method applied to its team, or None when nobody in it is eligible."""
+    if rule.method == "owner":
+        assert rule.owner is not None
+        return _Pick(rule.owner, rule.team) if consider(rule.owner, "named by the rule") else None
+    team = next(t for t in config.teams if t.id == rule.team)
+    members = team.members
+    if rule.method == "round_robin":
+        last = state.cursors.get(rule.id, -1)
+        # Start just after whoever got the previous lead of this rule.
         for step in range(1, len(members) + 1):
             index = (last + step) % len(members)
-            owner_id = members[index]
-            why_not = eligibility(config.owner(owner_id), lead, load.get(owner_id, 0), config, now)
-            candidates.append(Candidate(owner_id=owner_id, eligible=why_not is None, why=why_not or "next in turn"))
-            if why_not is None:
-                return Decision(owner_id, team.id, rule.id, "round_robin", "rule_match", tuple(candidates), index)
-        reason = "no_eligible_owner"
-    else:
-        reason = "no_matching_rule"
+            if consider(members[index], "next in turn"):
+                return _Pick(members[index], team.id, cursor=index)
+        return None
+    eligible = [m for m in members if consider(m, "eligible")]
+    if not eligible:
+        return None
+    if rule.method == "least_loaded":
+        best = min(eligible, key=lambda m: (state.open_leads.get(m, 0), state.today.get(m, 0)))
+        return _Pick(best, team.id, why=f"fewest open leads ({state.open_leads.get(best, 0)})")
+    # weighted: smooth weighted round robin. Every eligible owner earns their weight, the richest
+    # gets the lead and pays the total. Shares follow the weights at every prefix, and the state
+    # stays bounded, so an owner added later is not flooded while "catching up".
+    current = dict(state.weighted.get(rule.id, {}))
+    weight = {m: state.owners[m].weight for m in eligible}
+    for m in eligible:
+        current[m] = current.get(m, 0) + weight[m]
+    best = max(eligible, key=lambda m: current[m])  # max() keeps the first of equals: member order
+    current[best] -= sum(weight.values())
+    return _Pick(best, team.id, why=f"their turn by weight ({weight[best]})", weights=current)
 
-    fallback = config.routing.fallback_owner
-    if fallback is not None:
-        why_not = eligibility(config.owner(fallback), lead, load.get(fallback, 0), config, now)
-        candidates.append(Candidate(owner_id=fallback, eligible=why_not is None, why=why_not or "fallback owner"))
-        if why_not is None:
-            return Decision(fallback, None, rule.id if rule else None, "fallback", reason, tuple(candidates), None)
-    return Decision(None, rule.team if rule else None, rule.id if rule else None, "queue", reason,
-                    tuple(candidates), None)
+
+def record(state: RoutingState, decision: Decision, config: Config, now: datetime) -> RoutingState:
+    """The state after `decision` was applied: the next decision in a batch sees it."""
+    if decision.owner_id is None:
+        return state
+    owner_id = decision.owner_id
+    open_leads = {**state.open_leads, owner_id: state.open_leads.get(owner_id, 0) + 1}
+    today = {**state.today, owner_id: state.today.get(owner_id, 0) + 1}
+    cursors = dict(state.cursors)
+    weighted = dict(state.weighted)
+    if decision.rule_id is not None and decision.next_cursor is not None:
+        cursors[decision.rule_id] = decision.next_cursor
+    if decision.rule_id is not None and decision.weights is not None:
+        weighted[decision.rule_id] = decision.weights
+    return replace(state, open_leads=open_leads, today=today, cursors=cursors, weighted=weighted,
+                   account_owner=None)
+
+
+def release(state: RoutingState, owner_id: str) -> RoutingState:
+    """The state after one of `owner_id`'s open leads stopped counting."""
+    return replace(state, open_leads={**state.open_leads, owner_id: max(state.open_leads.get(owner_id, 1) - 1, 0)})

@@ -1,10 +1,24 @@
-from sqlalchemy import Column, DateTime, Integer, String, Table, func
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata
 
 SCHEMA = "router"
 
+# One row per lead the router owns: its current owner. The row stays when the lead is closed
+# (dispositioned, opted out); open rows (closed_at IS NULL) are what capacity counts.
 assignments = Table(
     "assignments",
     metadata,
@@ -16,6 +30,11 @@ assignments = Table(
     Column("assignment_no", Integer, nullable=False),
     Column("assigned_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True)),
+    Column("facts", JSONB),  # the lead facts routing used, to route it again on reassignment
+    Column("company_domain", String),
+    Column("touched_at", DateTime(timezone=True)),  # first touch (call, email, ...) by anyone
+    Index("ix_router_assignments_open_owner", "owner_id", postgresql_where=text("closed_at IS NULL")),
+    Index("ix_router_assignments_open_domain", "company_domain", postgresql_where=text("closed_at IS NULL")),
     schema=SCHEMA,
 )
 
@@ -24,6 +43,7 @@ cursors = Table(
     metadata,
     Column("rule_id", String, primary_key=True),
     Column("last_index", Integer, nullable=False),
+    Column("counts", JSONB),  # owner -> credit under the `weighted` method (smooth weighted round robin)
     schema=SCHEMA,
 )
 
@@ -35,5 +55,41 @@ queue = Table(
     Column("reason", String, nullable=False),
     Column("queued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("facts", JSONB, nullable=False),
+    Column("assignment_no", Integer, nullable=False, server_default="1"),  # the next assignment's number
+    schema=SCHEMA,
+)
+
+# The router's append-only event store; owner changes are events on the owner's stream.
+events = Table(
+    "events",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=True),
+    Column("stream_id", String, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", String, nullable=False),
+    Column("event", JSONB, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("stream_id", "version", name="uq_router_events_stream_version"),
+    schema=SCHEMA,
+)
+
+# Projection of the owner streams: the runtime changes that override the configuration file.
+owner_state = Table(
+    "owner_state",
+    metadata,
+    Column("owner_id", String, primary_key=True),
+    Column("changes", JSONB, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+# Assignments per owner per day (the day in the owner's own calendar), for daily caps.
+daily_assignments = Table(
+    "daily_assignments",
+    metadata,
+    Column("owner_id", String, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("assigned", Integer, nullable=False),
     schema=SCHEMA,
 )

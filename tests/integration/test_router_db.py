@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+from sqlalchemy import delete
+
 from leadsla.services.router.handlers import route_lead
+from leadsla.services.router.tables import queue
 from leadsla.shared.events import (
     CloudEvent,
     Company,
@@ -26,8 +30,14 @@ routing:
 def received(now) -> CloudEvent:
     lead_id = str(uuid.uuid4())
     return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
-        lead_id=lead_id, source="web", tier="A", contact=Contact(email="a@example.com"), company=Company(),
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email=f"a@{lead_id[:8]}.example"), company=Company(),
         intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
+
+
+@pytest.fixture(autouse=True)
+async def empty_queue(engine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(queue))  # queued leads of other tests would go first
 
 
 async def routed(engine, lead_id: str) -> list[CloudEvent]:

@@ -63,3 +63,44 @@ def test_webhook_secret_is_hidden_when_shown() -> None:
 
 def test_not_yaml_is_a_clear_error() -> None:
     assert "not valid YAML" in errors_of("tiers: [unclosed\n")
+
+
+def test_routing_config_refuses_duplicates_unknown_people_and_empty_teams() -> None:
+    message = errors_of(
+        "owners: [{id: a, manager_id: boss}, {id: a}]\n"
+        "teams: [{id: t, members: [a], manager_id: chief}, {id: empty, members: []}]\n"
+        "routing:\n  rules:\n"
+        "    - {id: r, match: {regions: [mars]}, team: t}\n"
+        "    - {id: r, method: owner, owner: ghost}\n"
+    )
+    assert "owners.1.id: duplicate id 'a' (also owners.0)" in message
+    assert "owners.0.manager_id: unknown owner 'boss'" in message
+    assert "teams.0.manager_id: unknown owner 'chief'" in message
+    assert "teams.1.members: team 'empty' has no members" in message
+    assert "routing.rules.1.id: duplicate id 'r' (also routing.rules.0)" in message
+    assert "routing.rules.0.match.regions.0: unknown region 'mars'" in message
+    assert "routing.rules.1.owner: unknown owner 'ghost'" in message
+
+
+def test_routing_needs_a_catch_all_rule_last() -> None:
+    message = errors_of(
+        "owners: [{id: a}]\nteams: [{id: t, members: [a]}]\n"
+        "routing: {rules: [{id: gb, match: {countries: [GB]}, team: t}]}\n"
+    )
+    assert "routing.rules: the last rule ('gb') must be a catch-all" in message
+    message = errors_of(
+        "owners: [{id: a}]\nteams: [{id: t, members: [a]}]\n"
+        "routing: {rules: [{id: all, team: t}, {id: gb, match: {countries: [GB]}, team: t}]}\n"
+    )
+    assert "routing.rules.1: unreachable, rule 'all' before it matches every lead" in message
+
+
+def test_rule_fields_are_checked_where_they_are_written() -> None:
+    message = errors_of(
+        "routing:\n  rules:\n"
+        "    - {id: r, match: {company_sizes: [huge]}, team: t, requires: [contact.shoe_size]}\n"
+        "    - {id: s, method: weighted}\n"
+    )
+    assert "routing.rules.0.match.company_sizes" in message and "'huge' is not a size band" in message
+    assert "routing.rules.0.requires" in message and "'contact.shoe_size'" in message
+    assert "routing.rules.1" in message and "method `weighted` needs `team`" in message

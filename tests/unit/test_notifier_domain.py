@@ -18,6 +18,7 @@ owners:
   - {id: bob}
   - {id: maria}
   - {id: ops}
+  - {id: tom}
 teams:
   - {id: sdr, manager_id: tom, members: [alice, bob]}
   - {id: other, members: [maria, ops]}

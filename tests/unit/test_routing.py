@@ -1,6 +1,18 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from leadsla.services.router.domain import LeadFacts, decide
+import pytest
+
+from leadsla.services.router.domain import (
+    LeadFacts,
+    RoutingState,
+    anyone_available,
+    current_status,
+    decide,
+    effective_owner,
+    eligibility,
+    owner_day,
+    record,
+)
 from leadsla.shared.config import parse_config
 
 NOW = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)  # a Tuesday
@@ -25,22 +37,26 @@ routing:
 """)
 
 
-def lead(country: str | None = "GB", language: str | None = None) -> LeadFacts:
-    return LeadFacts("l1", "A", "web", country, "demo_request", None, language)
+def lead(country: str | None = "GB", language: str | None = None, tier: str = "A", **more) -> LeadFacts:
+    return LeadFacts("l1", tier, "web", country=country, intent="demo_request", language=language, **more)
+
+
+def state(config=CONFIG, **kw) -> RoutingState:
+    return RoutingState(owners={o.id: o for o in config.owners}, **kw)
 
 
 def test_round_robin_takes_turns_among_eligible_owners() -> None:
-    cursors: dict[str, int] = {}
+    s = state()
     owners = []
     for _ in range(4):
-        decision = decide(CONFIG, lead(), cursors, {}, NOW)
+        decision = decide(CONFIG, lead(), s, NOW)
         owners.append(decision.owner_id)
-        cursors[decision.rule_id] = decision.next_cursor
+        s = record(s, decision, CONFIG, NOW)
     assert owners == ["a", "c", "a", "c"]  # b is away
 
 
 def test_every_candidate_says_why() -> None:
-    decision = decide(CONFIG, lead(), {"everyone": 0}, {}, NOW)
+    decision = decide(CONFIG, lead(), state(cursors={"everyone": 0}), NOW)
     assert decision.owner_id == "c"
     assert [(c.owner_id, c.eligible, c.why) for c in decision.candidates] == [
         ("b", False, "status away"),
@@ -49,13 +65,13 @@ def test_every_candidate_says_why() -> None:
 
 
 def test_capacity_is_respected() -> None:
-    decision = decide(CONFIG, lead(), {"everyone": 0}, {"c": 2}, NOW)
+    decision = decide(CONFIG, lead(), state(cursors={"everyone": 0}, open_leads={"c": 2}), NOW)
     assert decision.owner_id == "a"
     assert decision.candidates[1].why == "at capacity (2/2)"
 
 
 def test_working_hours_and_language_make_owners_ineligible_then_fallback() -> None:
-    decision = decide(CONFIG, lead(country="DE", language="fr"), {}, {}, NOW)
+    decision = decide(CONFIG, lead(country="DE", language="fr"), state(), NOW)
     assert decision.owner_id == "boss"
     assert decision.method == "fallback" and decision.reason == "no_eligible_owner"
     assert {c.owner_id: c.why for c in decision.candidates if not c.eligible} == {
@@ -66,5 +82,159 @@ def test_working_hours_and_language_make_owners_ineligible_then_fallback() -> No
 
 def test_queue_when_nobody_can_take_it() -> None:
     config = CONFIG.model_copy(update={"routing": CONFIG.routing.model_copy(update={"fallback_owner": None})})
-    decision = decide(config, lead(country="DE", language="fr"), {}, {}, NOW)
+    decision = decide(config, lead(country="DE", language="fr"), state(config), NOW)
     assert decision.owner_id is None and decision.method == "queue"
+
+
+def test_the_fallback_owner_must_be_eligible_like_anyone_else() -> None:
+    boss_away = effective_owner(CONFIG.owner("boss"), {"status": "away"})
+    s = state()
+    s = RoutingState(owners={**s.owners, "boss": boss_away})
+    decision = decide(CONFIG, lead(country="DE", language="fr"), s, NOW)
+    assert decision.owner_id is None and decision.reason == "no_eligible_owner"
+    assert decision.candidates[-1].why == "status away"
+
+
+# ---- eligibility, table-driven ------------------------------------------------------------
+
+HOURS = {"timezone": "Europe/Berlin", "hours": {"tue": ["09:00-12:00"]}}  # 10:00 UTC = 11:00 Berlin
+
+
+@pytest.mark.parametrize(("changes", "open_leads", "today", "tier", "expected"), [
+    ({}, 0, 0, "A", None),
+    ({"status": "away"}, 0, 0, "A", "status away"),
+    ({"status": "out_of_office"}, 0, 0, "A", "out of office"),
+    ({"status": "out_of_office", "until": "2026-11-20T09:00:00+00:00"}, 0, 0, "A",
+     "out of office until 2026-11-20T09:00:00+00:00"),
+    ({"status": "out_of_office", "until": "2026-11-17T09:59:00+00:00"}, 0, 0, "A", None),  # absence over
+    ({"capacity": 3}, 3, 0, "A", "at capacity (3/3)"),
+    ({"capacity": 3}, 2, 0, "A", None),
+    ({"daily_cap": 5}, 0, 5, "A", "daily cap reached (5/5)"),
+    ({"working_hours": HOURS}, 0, 0, "A", None),
+    ({"working_hours": {**HOURS, "hours": {"tue": ["12:00-17:00"]}}}, 0, 0, "B", "outside working hours"),
+    ({"working_hours": {**HOURS, "hours": {"tue": ["12:00-17:00"]}}}, 0, 0, "A", None),  # urgent tier
+])
+def test_eligibility(changes, open_leads, today, tier, expected) -> None:
+    config = parse_config("owners: [{id: x}]\nrouting: {off_hours_tiers: [A]}")
+    owner = effective_owner(config.owner("x"), changes)
+    s = RoutingState(owners={"x": owner}, open_leads={"x": open_leads}, today={"x": today})
+    assert eligibility(owner, lead(tier=tier), s, config, NOW) == expected
+
+
+def test_an_absence_ends_by_itself_at_until() -> None:
+    owner = effective_owner(CONFIG.owner("a"), {"status": "out_of_office", "until": "2026-11-18T08:00:00Z"})
+    assert current_status(owner, NOW) == "out_of_office"
+    assert current_status(owner, NOW + timedelta(days=1)) == "active"
+
+
+def test_daily_caps_count_in_the_owners_own_day() -> None:
+    owner = effective_owner(CONFIG.owner("a"), {"working_hours": {"timezone": "Pacific/Auckland"}})
+    assert owner_day(owner, CONFIG, NOW).isoformat() == "2026-11-17"
+    assert owner_day(owner, CONFIG, NOW + timedelta(hours=11)).isoformat() == "2026-11-18"
+
+
+def test_anyone_available_says_no_when_everybody_is_away() -> None:
+    config = parse_config("owners: [{id: x, status: away}, {id: y, capacity: 1}]")
+    s = RoutingState(owners={o.id: o for o in config.owners}, open_leads={"y": 1})
+    assert not anyone_available(config, s, NOW)
+    assert anyone_available(config, RoutingState(owners=s.owners), NOW)
+
+
+# ---- rules ----------------------------------------------------------------------------------
+
+RULES = parse_config("""
+owners: [{id: de1}, {id: ent1}, {id: ent2, weight: 3}, {id: fin}, {id: jp}, {id: vip}, {id: gen1}, {id: gen2},
+         {id: ops}]
+teams:
+  - {id: dach, members: [de1]}
+  - {id: enterprise, members: [ent1, ent2]}
+  - {id: finance, members: [fin]}
+  - {id: japan, members: [jp]}
+  - {id: general, members: [gen1, gen2]}
+routing:
+  regions: {dach: [DE, AT, CH]}
+  rules:
+    - {id: partner, match: {attributes: {partner: ["yes"]}}, method: owner, owner: vip}
+    - {id: enterprise, match: {company_sizes: ["1000+"]}, team: enterprise, method: weighted,
+       requires: [company.name]}
+    - {id: finance, match: {industries: [Finance], products: [ledger]}, team: finance}
+    - {id: dach, match: {regions: [dach], languages: [de]}, team: dach}
+    - {id: japan, match: {countries: [JP], tiers: [A], sources: [web]}, team: japan}
+    - {id: general, team: general, method: least_loaded}
+  fallback_owner: ops
+""")
+
+
+@pytest.mark.parametrize(("facts", "rule", "owner"), [
+    (dict(attributes={"partner": "yes"}), "partner", "vip"),
+    (dict(company_size="5000", company_name="Big"), "enterprise", "ent2"),
+    (dict(company_size="1001-5000", company_name="Big"), "enterprise", "ent2"),
+    (dict(company_size="51-200"), "general", "gen1"),
+    (dict(industry="finance", product="Ledger"), "finance", "fin"),
+    (dict(industry="finance"), "general", "gen1"),
+    (dict(country="AT", language="de-AT"), "dach", "de1"),
+    (dict(country="AT", language="en"), "general", "gen1"),
+    (dict(country="JP"), "japan", "jp"),
+    (dict(country="JP", tier="B"), "general", "gen1"),
+])
+def test_rule_conditions(facts, rule, owner) -> None:
+    facts = {"country": "GB", **facts}
+    tier = facts.pop("tier", "A")
+    decision = decide(RULES, LeadFacts("l", tier, "web", **facts), state(RULES), NOW)
+    assert (decision.rule_id, decision.owner_id) == (rule, owner)
+
+
+def test_a_lead_without_a_rules_required_field_goes_to_the_fallback_with_missing_data() -> None:
+    decision = decide(RULES, LeadFacts("l", "A", "web", company_size="2000"), state(RULES), NOW)
+    assert (decision.owner_id, decision.method, decision.reason) == ("ops", "fallback", "missing_data")
+    assert decision.missing_fields == ("company.name",)
+
+
+def test_weighted_gives_each_owner_their_share() -> None:
+    s = state(RULES)
+    got = []
+    for _ in range(8):
+        decision = decide(RULES, LeadFacts("l", "A", "web", company_size="5000", company_name="x"), s, NOW)
+        got.append(decision.owner_id)
+        s = record(s, decision, RULES, NOW)
+    assert got.count("ent2") == 6 and got.count("ent1") == 2
+
+
+def test_least_loaded_picks_the_owner_with_fewest_open_leads() -> None:
+    decision = decide(RULES, LeadFacts("l", "A", "web"), state(RULES, open_leads={"gen1": 4, "gen2": 1}), NOW)
+    assert decision.owner_id == "gen2"
+    assert next(c for c in decision.candidates if c.owner_id == "gen2").why == "fewest open leads (1)"
+
+
+def test_an_open_lead_of_the_same_company_sends_the_new_one_to_its_owner() -> None:
+    facts = LeadFacts("l", "A", "web", company_domain="acme.com")
+    decision = decide(RULES, facts, state(RULES, account_owner="jp"), NOW)
+    assert (decision.owner_id, decision.method, decision.reason) == ("jp", "account_match", "account_match")
+
+
+def test_account_match_yields_to_rules_when_that_owner_is_not_eligible() -> None:
+    facts = LeadFacts("l", "A", "web", company_domain="acme.com")
+    s = state(RULES, account_owner="jp")
+    s = RoutingState(owners={**s.owners, "jp": effective_owner(RULES.owner("jp"), {"status": "away"})},
+                     account_owner="jp")
+    decision = decide(RULES, facts, s, NOW)
+    assert decision.owner_id == "gen1" and decision.candidates[0].why == "status away"
+
+
+def test_a_reroute_never_picks_the_owner_it_takes_the_lead_from() -> None:
+    decision = decide(RULES, LeadFacts("l", "A", "web"), state(RULES), NOW, exclude=frozenset({"gen1"}))
+    assert decision.owner_id == "gen2"
+
+
+def test_facts_survive_a_round_trip_through_json() -> None:
+    facts = LeadFacts("l", "A", "web", country="DE", attributes={"k": 1}, received_at=NOW, correlation_id="c")
+    assert LeadFacts.from_json(facts.to_json()) == facts
+
+
+def test_a_decision_locks_its_rule_and_that_rules_owners_only() -> None:
+    from leadsla.services.router.domain import decision_scope
+
+    assert decision_scope(RULES, LeadFacts("l", "A", "web", country="AT", language="de"), None) == ("dach", {"de1"})
+    assert decision_scope(RULES, LeadFacts("l", "A", "web"), "jp") == ("general", {"gen1", "gen2", "jp"})
+    assert decision_scope(RULES, LeadFacts("l", "A", "web", attributes={"partner": "yes"}), None) == (
+        "partner", {"vip"})

@@ -1,0 +1,203 @@
+"""Router edges: HTTP routes (owners, reassignment, queue) and the queue loop."""
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, Literal
+
+import structlog
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import exc as sa_exc
+
+from leadsla.shared import metrics
+from leadsla.shared.config import CalendarConfig
+from leadsla.shared.http import ProblemError, field_errors, require_key
+from leadsla.shared.runtime import ServiceContext
+
+from . import views
+from .domain import current_status
+from .handlers import (
+    NobodyEligible,
+    SameOwner,
+    UnknownLead,
+    UnknownOwner,
+    drain_queue,
+    effective_owners,
+    queue_depths,
+    reassign,
+    update_owner,
+)
+
+log = structlog.get_logger()
+WRITE_RETRIES = 3  # a concurrent writer on the same owner stream: read again and retry
+
+
+class OwnerChange(BaseModel):
+    """PUT /v1/owners/{owner_id}: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: Literal["active", "away", "out_of_office"] | None = None
+    until: datetime | None = None
+    capacity: int | None = Field(default=None, ge=0)
+    daily_cap: int | None = Field(default=None, ge=0)
+    weight: int | None = Field(default=None, ge=1)
+    # A configured calendar's name, the owner's own hours, or null: no working-hours limit.
+    working_hours: str | CalendarConfig | None = None
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("needs a UTC offset, e.g. 2026-11-30T09:00:00Z")
+        return value
+
+
+class ReassignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner_id: str | None = Field(default=None, min_length=1)  # null or left out: route the lead again
+    reason: str = Field(min_length=1, max_length=200)
+
+
+def _invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(422, "Invalid request", "The request has invalid fields.", [{"field": field,
+                                                                                    "message": message}])
+
+
+def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_now: str, now: datetime) -> dict[str, Any]:
+    """The request as changes to the owner's stored fields; ProblemError (422) names the bad field."""
+    sent = body.model_fields_set
+    if not sent:
+        raise _invalid("(body)", "send at least one of status, until, capacity, daily_cap, weight, working_hours")
+    for name in ("status", "weight"):
+        if name in sent and getattr(body, name) is None:
+            raise _invalid(name, "cannot be null")
+    changes: dict[str, Any] = {k: getattr(body, k) for k in ("status", "capacity", "daily_cap", "weight")
+                               if k in sent}
+    status = body.status if "status" in sent else status_now
+    if "until" in sent:
+        if status != "out_of_office":
+            raise _invalid("until", "only applies with status out_of_office")
+        if body.until is not None and body.until <= now:
+            raise _invalid("until", "must be in the future")
+        changes["until"] = body.until.isoformat() if body.until else None
+    elif "status" in sent and body.status != "out_of_office":
+        changes["until"] = None  # back from an absence: its end date no longer applies
+    if "working_hours" in sent:
+        hours = body.working_hours
+        if isinstance(hours, str):
+            if hours not in ctx.config.config.calendars:
+                raise _invalid("working_hours", f"unknown calendar {hours!r}")
+            changes.update(calendar=hours, working_hours=None)
+        else:
+            changes.update(calendar=None, working_hours=hours.model_dump(mode="json") if hours else None)
+    return changes
+
+
+def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
+    api = APIRouter()
+    admin = require_key("admin")
+
+    @api.get("/v1/owners", dependencies=[Depends(admin)])
+    async def get_owners() -> dict[str, Any]:
+        async with ctx.engine.connect() as conn:
+            return {"owners": await views.list_owners(conn, ctx.config.config, ctx.clock.now())}
+
+    @api.put("/v1/owners/{owner_id}")
+    async def put_owner(owner_id: str, body: OwnerChange = Body(...),
+                        principal=Depends(admin)) -> JSONResponse:
+        config = ctx.config.config
+        if config.owner(owner_id) is None:
+            raise ProblemError(404, "Not found", f"No owner {owner_id!r} in the configuration.")
+        now = ctx.clock.now()
+        for attempt in range(WRITE_RETRIES):
+            async with ctx.uow() as uow:
+                owner = (await effective_owners(uow.conn, config))[owner_id]
+                changes = owner_changes(ctx, owner_id, body, current_status(owner, now), now)
+                try:
+                    await update_owner(uow, config, now, owner_id, changes, principal.name)
+                    await uow.commit()
+                except ValidationError as exc:
+                    raise ProblemError(422, "Invalid request", "The change makes an invalid owner.",
+                                       field_errors(exc.errors())) from exc
+                except sa_exc.IntegrityError:
+                    if attempt == WRITE_RETRIES - 1:
+                        raise ProblemError(409, "Conflict", "The owner changed concurrently; try again.") from None
+                    continue
+            break
+        wake_queue.set()  # the change may let queued leads go
+        async with ctx.engine.connect() as conn:
+            owner = next(o for o in await views.list_owners(conn, config, ctx.clock.now())
+                         if o["owner_id"] == owner_id)
+        return JSONResponse(owner)
+
+    @api.post("/v1/leads/{lead_id}/reassign", status_code=202)
+    async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
+        async with ctx.uow() as uow:
+            try:
+                result = await reassign(uow, ctx.config.config, ctx.clock.now(), lead_id, body.owner_id, body.reason)
+            except UnknownLead:
+                raise ProblemError(404, "Not found", f"The router knows no lead {lead_id!r}.") from None
+            except UnknownOwner:
+                raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
+            except SameOwner:
+                raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
+            except NobodyEligible:
+                raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
+            await uow.commit()
+        return result
+
+    @api.get("/v1/queue", dependencies=[Depends(require_key("source"))])
+    async def get_queue() -> dict[str, list[dict[str, Any]]]:
+        async with ctx.engine.connect() as conn:
+            return {"leads": await views.queued_leads(conn)}
+
+    return api
+
+
+async def drain_all(ctx: ServiceContext) -> int:
+    """Every queued lead someone can take now gets assigned, a page per transaction."""
+    total, after = 0, None
+    while True:
+        async with ctx.uow() as uow:
+            assigned, after = await drain_queue(uow, ctx.config.config, ctx.clock.now(), after=after)
+            await uow.commit()
+        total += assigned
+        if after is None:
+            return total
+
+
+_seen_tiers: set[str] = set()
+
+
+async def refresh_queue_depth(ctx: ServiceContext) -> dict[str, int]:
+    """queue_depth{tier} from the queue table itself: right after restarts, and it goes down."""
+    async with ctx.engine.connect() as conn:
+        depths = await queue_depths(conn)
+    _seen_tiers.update(depths)
+    for tier in _seen_tiers:
+        metrics.queue_depth.labels(tier).set(depths.get(tier, 0))
+    return depths
+
+
+def queue_loop(ctx: ServiceContext, wake: asyncio.Event):
+    """Drains the queue when woken (an owner changed) and every `queue_check_seconds` (working
+    hours starting, absences ending, config reloads adding owners), then reports the depth."""
+
+    async def run(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                wake.clear()
+                await drain_all(ctx)
+                await refresh_queue_depth(ctx)
+            except Exception as exc:  # the next round tries again; routing itself goes on
+                log.warning("router.queue_check_failed", error=repr(exc))
+            waits = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
+            await asyncio.wait(waits, timeout=ctx.config.config.routing.queue_check_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+
+    return run
+

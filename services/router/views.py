@@ -1,0 +1,60 @@
+"""Read side of the router: owners with their live load, the queue in drain order."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadsla.shared.config import Config
+from leadsla.shared.events import utc_iso
+
+from .domain import LeadFacts, current_status, eligibility
+from .handlers import load_state
+from .tables import owner_state, queue
+
+
+async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> list[dict[str, Any]]:
+    state = await load_state(conn, config, now)
+    owners = state.owners
+    versions = dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.version))).tuples().all())
+    teams: dict[str, list[str]] = {}
+    for team in config.teams:
+        for member in team.members:
+            teams.setdefault(member, []).append(team.id)
+    # Availability for an ordinary lead: whatever a specific lead adds (language, tier) aside.
+    probe = LeadFacts(lead_id="", tier="", source="")
+    return [
+        {
+            "owner_id": o.id,
+            "name": o.name,
+            "status": current_status(o, now),
+            "until": utc_iso(o.until) if o.until and current_status(o, now) == "out_of_office" else None,
+            "capacity": o.capacity,
+            "daily_cap": o.daily_cap,
+            "weight": o.weight,
+            "languages": list(o.languages),
+            "calendar": o.calendar,
+            "working_hours": o.working_hours.model_dump(mode="json") if o.working_hours else None,
+            "open_leads": state.open_leads.get(o.id, 0),
+            "assigned_today": state.today.get(o.id, 0),
+            "available_now": (why := eligibility(o, probe, state, config, now)) is None,
+            "unavailable_because": why,
+            "teams": teams.get(o.id, []),
+            "version": versions.get(o.id, 0),
+        }
+        for o in owners.values()
+    ]
+
+
+async def queued_leads(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(queue.c.lead_id, queue.c.tier, queue.c.reason, queue.c.queued_at, queue.c.facts)
+        .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id)
+    )
+    return [
+        {"lead_id": r.lead_id, "tier": r.tier, "reason": r.reason, "queued_at": utc_iso(r.queued_at),
+         "source": (r.facts or {}).get("source")}
+        for r in rows
+    ]

@@ -1,0 +1,342 @@
+"""The router's runtime API against the real database: owners changed while running, the queue
+draining as soon as someone can take a lead, reassignment, and capacity released."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import delete, select
+
+from leadsla.services.router.bootstrap import bootstrap
+from leadsla.services.router.entrypoints import drain_all, refresh_queue_depth
+from leadsla.services.router.handlers import on_activity, on_escalation, route_lead
+from leadsla.services.router.tables import events, queue
+from leadsla.shared import metrics
+from leadsla.shared.auth import create_key
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import (
+    ActivityRecorded,
+    CloudEvent,
+    Company,
+    Consent,
+    Contact,
+    Disposition,
+    EscalationTriggered,
+    Intent,
+    LeadReceived,
+    new_event,
+)
+from leadsla.shared.http import create_app
+from tests.support import outbox_events
+
+CONFIG = """
+calendars:
+  late: {{timezone: UTC, hours: {{tue: ["12:00-18:00"]}}}}
+owners:
+  - {{id: ann-{s}, capacity: 1}}
+  - {{id: ben-{s}, capacity: 1}}
+  - {{id: cat-{s}, calendar: late}}
+teams: [{{id: sdr-{s}, members: [ann-{s}, ben-{s}]}}, {{id: late-{s}, members: [cat-{s}]}}]
+channels:
+  hook: {{url: "http://127.0.0.1:9/hook", secret: s}}
+escalation_policies:
+  - id: breach-{s}
+    steps:
+      - {{step: 1, notify: [owner], channels: [hook]}}
+      - {{step: 2, after: 15m, notify: [manager], channels: [hook], reassign: true}}
+routing:
+  on_out_of_office: reroute_untouched
+  rules:
+    - {{id: late-{s}, match: {{sources: [night]}}, team: late-{s}}}
+    - {{id: rr-{s}, team: sdr-{s}}}
+"""
+
+
+class Router:
+    def __init__(self, ctx, client: httpx.AsyncClient, suffix: str, admin: str, source: str) -> None:
+        self.ctx, self.client, self.s, self.admin, self.source = ctx, client, suffix, admin, source
+
+    def owner(self, name: str) -> str:
+        return f"{name}-{self.s}"
+
+    async def receive(self, tier: str = "A", source: str = "web", domain: str | None = None) -> str:
+        now = self.ctx.clock.now()
+        lead_id = str(uuid.uuid4())
+        event = new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+            lead_id=lead_id, source=source, tier=tier, contact=Contact(email=f"x@{lead_id[:8]}.example"),
+            company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
+            contactable=True, received_at=now))
+        async with self.ctx.uow() as uow:
+            await route_lead(uow, self.ctx.config.config, self.ctx.clock, event)
+            await uow.commit()
+        return lead_id
+
+    async def activity(self, lead_id: str, type: str, disposition: Disposition | None = None) -> None:
+        now = self.ctx.clock.now()
+        event = new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
+            lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type, occurred_at=now, disposition=disposition))
+        async with self.ctx.uow() as uow:
+            await on_activity(uow, self.ctx.config.config, self.ctx.clock, event)
+            await uow.commit()
+
+    async def events(self, lead_id: str) -> list[CloudEvent]:
+        return await outbox_events(self.ctx.engine, "router", lead_id)
+
+    async def types(self, lead_id: str) -> list[str]:
+        return [e.type for e in await self.events(lead_id)]
+
+    async def put(self, name: str, **body) -> httpx.Response:
+        return await self.client.put(f"/v1/owners/{self.owner(name)}", json=body)
+
+    async def owners(self) -> dict[str, dict]:
+        response = await self.client.get("/v1/owners")
+        assert response.status_code == 200
+        return {o["owner_id"].removesuffix(f"-{self.s}"): o for o in response.json()["owners"]}
+
+
+@pytest.fixture
+async def router(make_ctx, engine):
+    async with engine.begin() as conn:
+        # The queue is shared by the whole test database: start each test with an empty one.
+        await conn.execute(delete(queue))
+        admin = await create_key(conn, "ops", "admin")
+        source = await create_key(conn, "webform", "source")
+    suffix = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", CONFIG.format(s=suffix))
+    spec = bootstrap(ctx)
+    app = create_app(ctx, spec.routers)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
+        client.headers["Authorization"] = f"Bearer {admin}"
+        yield Router(ctx, client, suffix, admin, source)
+    async with engine.begin() as conn:
+        await conn.execute(delete(queue))
+
+
+async def test_owners_show_status_capacity_open_leads_and_todays_assignments(router) -> None:
+    await router.receive()
+    await router.receive()
+    owners = await router.owners()
+    assert {k: (o["status"], o["capacity"], o["open_leads"], o["assigned_today"]) for k, o in owners.items()} == {
+        "ann": ("active", 1, 1, 1), "ben": ("active", 1, 1, 1), "cat": ("active", None, 0, 0)}
+    assert owners["ann"]["available_now"] is False and owners["ann"]["unavailable_because"] == "at capacity (1/1)"
+    assert owners["cat"]["unavailable_because"] == "outside working hours"
+
+
+async def test_owner_endpoints_need_an_admin_key(router) -> None:
+    source = {"Authorization": f"Bearer {router.source}"}
+    assert (await router.client.get("/v1/owners", headers=source)).status_code == 403
+    assert (await router.client.put(f"/v1/owners/{router.owner('ann')}", json={"status": "away"},
+                                    headers=source)).status_code == 403
+    assert (await router.client.get("/v1/owners", headers={"Authorization": ""})).status_code == 401
+
+
+async def test_an_owner_change_takes_effect_at_once_and_is_an_event_on_the_owners_stream(router) -> None:
+    response = await router.put("ann", status="away")
+    assert response.status_code == 200 and response.json()["status"] == "away"
+    first = await router.receive()
+    assert (await router.events(first))[0].data["owner_id"] == router.owner("ben")
+
+    response = await router.put("ann", status="active", capacity=5, daily_cap=10, weight=2)
+    assert response.status_code == 200
+    assert {k: response.json()[k] for k in ("status", "capacity", "daily_cap", "weight", "version")} == {
+        "status": "active", "capacity": 5, "daily_cap": 10, "weight": 2, "version": 2}
+    async with router.ctx.engine.connect() as conn:
+        stream = (await conn.execute(select(events.c.version, events.c.type, events.c.event)
+                                     .where(events.c.stream_id == router.owner("ann"))
+                                     .order_by(events.c.version))).all()
+    assert [(r.version, r.type) for r in stream] == [(1, "owner.updated"), (2, "owner.updated")]
+    assert stream[0].event["data"]["changes"] == {"status": "away", "until": None}
+    assert stream[1].event["data"]["actor"] == "ops"
+
+
+async def test_owner_changes_are_validated_and_unknown_owners_are_404(router) -> None:
+    missing = await router.client.put("/v1/owners/nobody", json={"status": "away"})
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    cases = [
+        ({"status": "on_holiday"}, "status"),
+        ({"capacity": -1}, "capacity"),
+        ({"until": "2026-12-01T09:00:00Z"}, "until"),  # only with out_of_office
+        ({"status": "out_of_office", "until": "2020-01-01T00:00:00Z"}, "until"),  # in the past
+        ({"working_hours": "no-such-calendar"}, "working_hours"),
+        ({"colour": "blue"}, "colour"),
+        ({}, "(body)"),
+    ]
+    for body, field in cases:
+        response = await router.put("ann", **body)
+        assert response.status_code == 422, body
+        assert field in {e["field"] for e in response.json()["errors"]}, (body, response.json())
+
+
+async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_again(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="out_of_office", until="2026-11-30T09:00:00Z")).status_code == 200
+    older_b = await router.receive(tier="B")
+    router.ctx.clock.advance(timedelta(seconds=1))
+    a = await router.receive(tier="A")
+    router.ctx.clock.advance(timedelta(seconds=1))
+    newer_b = await router.receive(tier="B")
+    assert await router.types(a) == ["lead.queued"]
+    queued = (await router.client.get("/v1/queue")).json()["leads"]
+    assert [q["lead_id"] for q in queued] == [a, older_b, newer_b]  # tier, then age
+    assert (await refresh_queue_depth(router.ctx)) == {"A": 1, "B": 2}
+    assert metrics.queue_depth.labels("B")._value.get() == 2
+
+    # One owner back with room for one lead: the highest tier goes first, in the same request.
+    assert (await router.put("ann", status="active")).status_code == 200
+    assert await router.types(a) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assigned = (await router.events(a))[-1].data
+    assert assigned["owner_id"] == router.owner("ann") and assigned["assignment_no"] == 1
+    assert assigned["source"] == "web" and assigned["received_at"] is not None
+    assert await router.types(older_b) == ["lead.queued"]
+
+    # Ann's lead is dispositioned: her capacity frees and the older B lead goes next.
+    await router.activity(a, "disposition", Disposition(status="qualified"))
+    assert await router.types(older_b) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert await router.types(newer_b) == ["lead.queued"]
+    assert (await refresh_queue_depth(router.ctx)) == {"B": 1}
+    assert metrics.queue_depth.labels("A")._value.get() == 0
+
+
+async def test_an_absence_that_ends_and_working_hours_that_start_drain_the_queue(router) -> None:
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    assert (await router.put("ben", status="away")).status_code == 200
+    lead = await router.receive()
+    night = await router.receive(source="night")  # cat works from 12:00; it is 09:00
+    assert await router.types(lead) == ["lead.queued"] and await router.types(night) == ["lead.queued"]
+
+    router.ctx.clock.advance(timedelta(hours=1))
+    assert await drain_all(router.ctx) == 1
+    assert (await router.events(lead))[-1].data["owner_id"] == router.owner("ann")
+    assert (await router.owners())["ann"]["status"] == "active"
+
+    router.ctx.clock.advance(timedelta(hours=2))
+    assert await drain_all(router.ctx) == 1
+    assert (await router.events(night))[-1].data["owner_id"] == router.owner("cat")
+
+
+async def test_reassign_to_a_named_owner_and_route_again(router) -> None:
+    lead = await router.receive()
+    first = (await router.events(lead))[0].data["owner_id"]
+    other = router.owner("ben") if first == router.owner("ann") else router.owner("ann")
+
+    response = await router.client.post(f"/v1/leads/{lead}/reassign",
+                                        json={"owner_id": router.owner("cat"), "reason": "speaks Welsh"})
+    assert response.status_code == 202 and response.json()["assignment_no"] == 2
+    reassigned = (await router.events(lead))[-1]
+    assert reassigned.type == "lead.reassigned"
+    assert {k: reassigned.data[k] for k in ("from_owner_id", "to_owner_id", "reason", "assignment_no")} == {
+        "from_owner_id": first, "to_owner_id": router.owner("cat"), "reason": "speaks Welsh", "assignment_no": 2}
+
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202
+    again = (await router.events(lead))[-1].data
+    assert again["from_owner_id"] == router.owner("cat") and again["assignment_no"] == 3
+    assert again["to_owner_id"] in (first, other)
+
+
+async def test_reassign_errors(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    post = router.client.post
+    assert (await post(f"/v1/leads/{uuid.uuid4()}/reassign", json={"owner_id": None, "reason": "x"})).status_code == 404
+    unknown = await post(f"/v1/leads/{lead}/reassign", json={"owner_id": "ghost", "reason": "x"})
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "owner_id"
+    assert (await post(f"/v1/leads/{lead}/reassign", json={"owner_id": owner, "reason": "x"})).status_code == 409
+    assert (await post(f"/v1/leads/{lead}/reassign", json={"owner_id": None})).status_code == 422
+
+
+async def test_reassignment_releases_capacity_and_the_queue_moves(router) -> None:
+    first, second = await router.receive(), await router.receive()  # ann and ben are both full now
+    waiting = await router.receive()
+    assert await router.types(waiting) == ["lead.queued"]
+    owner = (await router.events(first))[0].data["owner_id"]
+    response = await router.client.post(f"/v1/leads/{first}/reassign",
+                                        json={"owner_id": router.owner("cat"), "reason": "rebalance"})
+    assert response.status_code == 202
+    assert await router.types(waiting) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert (await router.events(waiting))[-1].data["owner_id"] == owner
+    assert second
+
+
+async def test_going_out_of_office_hands_back_open_untouched_leads(router) -> None:
+    assert (await router.put("ann", capacity=5)).status_code == 200
+    assert (await router.put("ben", capacity=5)).status_code == 200
+    leads = [await router.receive() for _ in range(4)]
+    anns = [lead for lead in leads if (await router.events(lead))[0].data["owner_id"] == router.owner("ann")]
+    assert len(anns) == 2
+    await router.activity(anns[0], "call")  # worked: stays with ann
+
+    assert (await router.put("ann", status="out_of_office", until="2026-11-30T09:00:00Z")).status_code == 200
+    assert await router.types(anns[0]) == ["lead.assigned"]
+    handed_back = (await router.events(anns[1]))[-1]
+    assert handed_back.type == "lead.reassigned"
+    assert handed_back.data["to_owner_id"] == router.owner("ben")
+    assert handed_back.data["reason"] == "owner_out_of_office"
+
+
+async def test_an_open_lead_of_the_same_company_brings_the_next_one_to_its_owner(router) -> None:
+    assert (await router.put("ann", capacity=5)).status_code == 200
+    assert (await router.put("ben", capacity=5)).status_code == 200
+    domain = f"acme-{router.s}.com"
+    first = await router.receive(domain=domain)
+    owner = (await router.events(first))[0].data["owner_id"]
+    for _ in range(2):
+        follow = await router.receive(domain=domain)
+        data = (await router.events(follow))[0].data
+        assert (data["owner_id"], data["method"]) == (owner, "account_match")
+
+
+async def test_a_closed_lead_that_nobody_else_can_take_stays_where_it_is(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    await router.activity(lead, "disposition", Disposition(status="qualified"))
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200  # and cat is outside her hours
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"reason": "second opinion"})
+    assert response.status_code == 409
+    assert await router.types(lead) == ["lead.assigned"]
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+
+async def test_a_new_lead_does_not_jump_older_queued_leads_when_working_hours_start(router) -> None:
+    waiting = await router.receive(tier="A", source="night")  # cat starts at 12:00; it is 09:00
+    assert await router.types(waiting) == ["lead.queued"]
+    router.ctx.clock.advance(timedelta(hours=3))  # 12:00: cat is free, the queue check has not run yet
+    newcomer = await router.receive(tier="B", source="night")
+    [queued] = await router.events(newcomer)
+    assert (queued.type, queued.data["reason"]) == ("lead.queued", "queue_ahead")
+    assert await drain_all(router.ctx) == 2
+    outbox = OUTBOX["router"]
+    async with router.ctx.engine.connect() as conn:
+        assigned = (await conn.execute(  # in commit order
+            select(outbox.c.key).where(outbox.c.key.in_([waiting, newcomer]),
+                                       outbox.c.event_type == "lead.assigned").order_by(outbox.c.id))).scalars().all()
+    assert assigned == [waiting, newcomer]
+    assert (await router.events(newcomer))[-1].data["owner_id"] == router.owner("cat")
+
+
+async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(router) -> None:
+    lead = await router.receive()
+    first = (await router.events(lead))[0].data["owner_id"]
+
+    async def escalation(step: int) -> None:
+        event = new_event("escalation.triggered", service="notifier", lead_id=lead, time=router.ctx.clock.now(),
+                          data=EscalationTriggered(lead_id=lead, escalation_id=str(uuid.uuid4()),
+                                                   policy_id=f"breach-{router.s}", step=step,
+                                                   trigger_event_id="breach", trigger_type="sla.breached",
+                                                   recipients=[first]))
+        async with router.ctx.uow() as uow:
+            await on_escalation(uow, router.ctx.config.config, router.ctx.clock, event)
+            await uow.commit()
+
+    await escalation(1)  # notify only
+    assert await router.types(lead) == ["lead.assigned"]
+    await escalation(2)
+    reassigned = (await router.events(lead))[-1]
+    assert reassigned.type == "lead.reassigned"
+    assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
+    assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
+    assert reassigned.data["assignment_no"] == 2
