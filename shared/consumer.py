@@ -99,6 +99,9 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=200,
+            # The broker holds an empty fetch this long: the client's 500 ms default added half a
+            # second to every hop of a quiet pipeline (lead -> assignment -> timer).
+            fetch_max_wait_ms=50,
             # A member that died without leaving is noticed within the session timeout; shorter
             # than the client's default so a restarted service gets its partitions back sooner.
             session_timeout_ms=self._session_timeout_ms,
