@@ -1,10 +1,11 @@
 """The consumer loop: a Kafka consumer group with manual commits and per-event idempotency.
 
-For every record, in one Postgres transaction: record (consumer, event id) in
-`processed_events`, run the handler, write its outbox rows. Postgres commits first, Kafka
-offsets after, so a crash in between only redelivers records whose ids are already recorded.
-A record that can never be processed goes to `leads.deadletter` (through the outbox, in the
-same kind of transaction) with its bytes and the reason; the consumer goes on.
+For every fetched batch, in one Postgres transaction: record the batch's (consumer, event id)
+pairs in `processed_events` (the ones already there are skipped), run each new event's handler
+under a savepoint, write the outbox rows. Postgres commits first, Kafka offsets after, so a crash
+in between only redelivers records whose ids are already recorded. A record that can never be
+processed goes to `leads.deadletter` (through the outbox, in the same transaction) with its
+bytes and the reason; the consumer goes on. A database outage is waited out, never dead-lettered.
 """
 from __future__ import annotations
 
@@ -117,13 +118,10 @@ class EventConsumer:
                 # Commit exactly what was handled: a bare commit() would also commit the records
                 # fetched but left unhandled when a shutdown arrives mid-batch, losing them.
                 done: dict[TopicPartition, OffsetAndMetadata] = {}
-                for tp, records in batch.items():
-                    for record in records:
-                        if stop.is_set():
-                            break
-                        if not await self._process(record, stop):
-                            break  # stopping mid-outage: this record is redelivered to the next owner
-                        done[tp] = OffsetAndMetadata(record.offset + 1, "")
+                records = [record for tp_records in batch.values() for record in tp_records]
+                handled = await self._process_batch(records, stop) if records else 0
+                for record in records[:handled]:
+                    done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
                 if done:
                     await self._commit(consumer, done)
         finally:
@@ -163,6 +161,81 @@ class EventConsumer:
             lag[tp.topic] = lag.get(tp.topic, 0) + max(ends[tp] - handled, 0)
         for topic, behind in lag.items():
             metrics.consumer_lag.labels(topic, self.sub.group).set(behind)
+
+    async def _process_batch(self, records: list[ConsumerRecord], stop: asyncio.Event) -> int:
+        """Handle a fetched batch in one transaction; returns how many records (a prefix) are done.
+
+        One commit per batch instead of per record is where the consumer's throughput comes from.
+        Each event's handler runs under a savepoint, so one that fails is rolled back alone and
+        dead-lettered in the same transaction. If the batch transaction itself fails for another
+        reason than an outage, the records go again one by one, each in its own transaction."""
+        decoded = [(record, *self._decode(record)) for record in records]
+        letters: list[tuple[ConsumerRecord, str, str]] = []
+        try:
+            await self._retrying(lambda: self._handle_batch(decoded, letters), stop)
+        except _Interrupted:
+            return 0
+        except Exception as exc:
+            log.warning("consumer.batch_failed", group=self.sub.group, error=type(exc).__name__,
+                        records=len(records), then="one by one")
+            for done, record in enumerate(records):
+                if stop.is_set() or not await self._process(record, stop):
+                    return done
+            return len(records)
+        for record, kind, _ in letters:
+            log.warning("consumer.deadlettered", group=self.sub.group, position=record_position(record), kind=kind)
+            metrics.deadletter.labels(record.topic, kind).inc()
+        return len(records)
+
+    def _decode(self, record: ConsumerRecord) -> tuple[CloudEvent | None, tuple[str, str] | None]:
+        try:
+            return self.sub.decode(record), None
+        except BadEvent as exc:
+            return None, ("undecodable", str(exc))
+        except Exception as exc:  # any input can break a decoder; none may stop the partition
+            return None, ("undecodable", f"{type(exc).__name__}: {exc}")
+
+    async def _handle_batch(self, decoded: list[tuple[ConsumerRecord, CloudEvent | None, tuple[str, str] | None]],
+                            letters: list[tuple[ConsumerRecord, str, str]]) -> None:
+        letters.clear()  # a retried attempt starts over
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+            ids = list(dict.fromkeys(event.id for _, event, _ in decoded if event is not None))
+            new: set[str] = set()
+            if ids:
+                inserted = await uow.conn.execute(
+                    pg_insert(self._processed)
+                    .values([{"consumer": self.sub.group, "event_id": event_id} for event_id in ids])
+                    .on_conflict_do_nothing()
+                    .returning(self._processed.c.event_id)
+                )
+                new = set(inserted.scalars())
+            for record, event, failure in decoded:
+                if failure is not None:
+                    letters.append((record, *failure))
+                    continue
+                assert event is not None
+                if event.id not in new:
+                    continue  # seen before (or twice in this batch): its effects are already there
+                new.discard(event.id)
+                mark = uow.mark()
+                savepoint = await uow.conn.begin_nested()
+                try:
+                    await self.sub.handler(event, uow)
+                    await savepoint.commit()
+                except Exception as exc:
+                    if is_database_unavailable(exc):
+                        raise  # the whole batch waits for the database
+                    await savepoint.rollback()
+                    uow.drop_since(mark)
+                    if isinstance(exc, BadEvent):
+                        letters.append((record, "invalid_data", str(exc)))
+                    else:
+                        log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
+                                  error=type(exc).__name__)
+                        letters.append((record, "handler_error", f"{type(exc).__name__}: {exc}"))
+            for record, kind, reason in letters:
+                await self._write_deadletter(uow, record, kind, reason)
+            await uow.commit()
 
     async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> bool:
         """Handle or park one record; False when a shutdown interrupted a database outage."""
@@ -240,42 +313,48 @@ class EventConsumer:
 
     async def _deadletter(self, record: ConsumerRecord, kind: str, reason: str) -> None:
         """`kind` is a bounded metric label; `reason` is the full text, kept in the event."""
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+            if not await self._write_deadletter(uow, record, kind, reason):
+                return
+            await uow.commit()
+        log.warning("consumer.deadlettered", group=self.sub.group, position=record_position(record), kind=kind)
+        metrics.deadletter.labels(record.topic, kind).inc()
+
+    async def _write_deadletter(self, uow: UnitOfWork, record: ConsumerRecord, kind: str, reason: str) -> bool:
+        """Keep the record whole in Postgres and emit its bounded dead letter; False if done before."""
         position = record_position(record)
         original = record.value or b""
         letter_id = deterministic_id("deadletter", self._service, position)
-        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
-            if not await self._first_time(uow, "deadletter:" + position):
-                return
-            key = record.key.decode(errors="replace") if record.key else None
-            error = f"{kind}: {reason}"[:2000]
-            await uow.conn.execute(
-                pg_insert(deadletters)
-                .values(id=letter_id, service=self._service, topic=record.topic, partition=record.partition,
-                        offset=record.offset, key=key, original=original, error=error)
-                .on_conflict_do_nothing()
-            )
-            uow.emit(
-                TOPIC_DEADLETTER,
-                new_event(
-                    "deadletter",
+        if not await self._first_time(uow, "deadletter:" + position):
+            return False
+        key = record.key.decode(errors="replace") if record.key else None
+        error = f"{kind}: {reason}"[:2000]
+        await uow.conn.execute(
+            pg_insert(deadletters)
+            .values(id=letter_id, service=self._service, topic=record.topic, partition=record.partition,
+                    offset=record.offset, key=key, original=original, error=error)
+            .on_conflict_do_nothing()
+        )
+        uow.emit(
+            TOPIC_DEADLETTER,
+            new_event(
+                "deadletter",
+                service=self._service,
+                lead_id=(key or "")[:200],
+                time=self._clock.now(),
+                data=DeadLetter(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=key[:200] if key else None,
+                    original_bytes_b64=base64.b64encode(original[:DEADLETTER_PREFIX_BYTES]).decode(),
+                    error=error,
                     service=self._service,
-                    lead_id=(key or "")[:200],
-                    time=self._clock.now(),
-                    data=DeadLetter(
-                        topic=record.topic,
-                        partition=record.partition,
-                        offset=record.offset,
-                        key=key[:200] if key else None,
-                        original_bytes_b64=base64.b64encode(original[:DEADLETTER_PREFIX_BYTES]).decode(),
-                        error=error,
-                        service=self._service,
-                        deadletter_id=letter_id,
-                        original_size=len(original),
-                        original_sha256=hashlib.sha256(original).hexdigest(),
-                        truncated=len(original) > DEADLETTER_PREFIX_BYTES,
-                    ),
+                    deadletter_id=letter_id,
+                    original_size=len(original),
+                    original_sha256=hashlib.sha256(original).hexdigest(),
+                    truncated=len(original) > DEADLETTER_PREFIX_BYTES,
                 ),
-            )
-            await uow.commit()
-        log.warning("consumer.deadlettered", group=self.sub.group, position=position, kind=kind)
-        metrics.deadletter.labels(record.topic, kind).inc()
+            ),
+        )
+        return True

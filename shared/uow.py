@@ -46,6 +46,13 @@ class UnitOfWork:
         """Queue an event; it is written to the outbox with the rest of this transaction."""
         self._pending.append((topic, event))
 
+    def mark(self) -> int:
+        """A point to drop emitted events back to (with a savepoint rolled back to the same point)."""
+        return len(self._pending)
+
+    def drop_since(self, mark: int) -> None:
+        del self._pending[mark:]
+
     @property
     def emitted(self) -> list[CloudEvent]:
         return [event for _, event in self._pending]

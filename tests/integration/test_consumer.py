@@ -122,7 +122,7 @@ async def _all_seen(causes, expected: set[str]) -> bool:
     return expected <= set(await causes())
 
 
-async def test_stopping_mid_batch_leaves_the_rest_for_the_next_member(engine, producer, kafka_bootstrap) -> None:
+async def test_stopping_mid_batch_loses_nothing_and_repeats_nothing(engine, producer, kafka_bootstrap) -> None:
     topic = await create_topic(kafka_bootstrap, partitions=1)
     group = f"test-stop-{uuid.uuid4().hex[:6]}"
     lead = f"lead-{uuid.uuid4()}"
@@ -140,14 +140,15 @@ async def test_stopping_mid_batch_leaves_the_rest_for_the_next_member(engine, pr
     async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
         handled.append(event.id)
         if len(handled) == 3:
-            stop_first.set()  # shutdown arrives while the fetched batch still holds 7 records
+            stop_first.set()  # shutdown arrives while the fetched batch still holds records
 
     def member() -> EventConsumer:
         return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
 
     await member().run(stop_first)
-    assert handled == sent[:3]
+    # A batch is one transaction: the first member finishes the one it holds, offsets committed.
+    assert len(handled) >= 3 and handled == sent[:len(handled)]
 
     stop_second = asyncio.Event()
     second = asyncio.create_task(member().run(stop_second))
