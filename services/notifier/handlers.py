@@ -1,24 +1,41 @@
-"""Notifier's service layer: plan escalations from SLA events, deliver them with retries.
+"""Notifier's service layer: what each consumed event changes, and the delivery cycle.
 
-No double sends: each delivery has an id derived from (trigger event, policy, step, channel,
-recipient), so a redelivered trigger plans nothing new; a delivery row is locked while it is
-sent, so two replicas never send it at once. A crash after the receiver answered but before
-the commit resends once; the `Idempotency-Key` header lets the receiver drop that repeat.
+Consuming (inside the consumer's transaction): lead facts for messages; escalation steps planned
+from sla.breached / sla.warning, each due at its delay; the rest of a chain cancelled by sla.met /
+sla.cancelled; and every event copied to the CRM subscriptions that want it.
+
+Delivering (`Deliverer.run_once`): due steps fire (their deliveries are written and
+escalation.triggered is emitted, in one transaction); then due deliveries are *leased*
+(attempts + 1, a lease token, a lease expiry) and that is committed; then they are sent outside
+any transaction; then each outcome is recorded, only if the lease is still ours. A crash after
+the send and before the record lets the lease expire and the delivery is sent again with the
+same idempotency key, which was stored when the delivery was written, never made at send time.
 """
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
-from datetime import datetime
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
-import httpx
-from sqlalchemy import Row, select, update
+import structlog
+from sqlalchemy import Row, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
+from leadsla.shared.clock import Clock
 from leadsla.shared.config import Config
 from leadsla.shared.events import (
+    TOPIC_DEADLETTER,
     TOPIC_NOTIFICATIONS,
+    TOPIC_SLA,
     CloudEvent,
+    DeadLetter,
     EscalationTriggered,
     NotificationResult,
     SlaEventData,
@@ -28,115 +45,369 @@ from leadsla.shared.events import (
 )
 from leadsla.shared.uow import UnitOfWork
 
-from .domain import SIGNATURE_HEADER, is_retryable, plan, retry_delay, sign
-from .tables import deliveries, escalations
+from .domain import (
+    CHAIN_STOPPING_TYPES,
+    ESCALATING_TYPES,
+    Attempt,
+    Decision,
+    LeadFacts,
+    decide,
+    idempotency_key,
+    plan_steps,
+    render,
+    step_recipients,
+    subscribed,
+)
+from .tables import deliveries, escalations, leads, subscription_deliveries, subscriptions
+
+log = structlog.get_logger()
 
 SERVICE = "notifier"
+SUBSCRIPTION_CHANNEL = "subscription"
+
+
+# ---- consuming ------------------------------------------------------------------------------
+
+
+async def on_event(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+    await project_lead(uow, event)
+    if event.type in ESCALATING_TYPES:
+        await escalate(uow, config, event, now)
+    elif event.type in CHAIN_STOPPING_TYPES:
+        await stop_chain(uow, event, now)
+    await fan_out(uow, event, now)
+
+
+async def project_lead(uow: UnitOfWork, event: CloudEvent) -> None:
+    """Keep what a message says about a lead: name, company, tier, owner."""
+    data = event.data
+    values: dict[str, Any] = {}
+    if event.type == "lead.received":
+        contact, company = data.get("contact") or {}, data.get("company") or {}
+        name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
+        values = {"name": name, "company": company.get("name"), "tier": data.get("tier"),
+                  "source": data.get("source"), "received_at": data.get("received_at")}
+    elif event.type == "lead.assigned":
+        values = {"owner_id": data.get("owner_id")}
+        if data.get("tier"):
+            values["tier"] = data["tier"]
+    elif event.type == "lead.reassigned":
+        values = {"owner_id": data.get("to_owner_id")}
+    elif event.type == "lead.updated" and isinstance(data.get("tier"), str):
+        values = {"tier": data["tier"]}
+    if not values or not data.get("lead_id"):
+        return
+    if isinstance(values.get("received_at"), str):
+        values["received_at"] = datetime.fromisoformat(values["received_at"].replace("Z", "+00:00"))
+    await uow.conn.execute(pg_insert(leads).values(lead_id=data["lead_id"], **values)
+                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
 
 
 async def escalate(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+    """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
     sla = event.data_as(SlaEventData)
-    planned = plan(config, event.type, sla.owner_id, now)
-    by_step: dict[tuple[str, int], list] = {}
-    for p in planned:
-        by_step.setdefault((p.policy_id, p.step), []).append(p)
-    for (policy_id, step), items in by_step.items():
-        escalation_id = deterministic_id("escalation", event.id, policy_id, str(step))
-        inserted = await uow.conn.execute(pg_insert(escalations).values(
-            escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=policy_id, step=step,
-            trigger_event_id=event.id, created_at=now,
-        ).on_conflict_do_nothing().returning(escalations.c.escalation_id))
-        if inserted.first() is None:
-            continue
-        people = sorted({p.recipient.id for p in items})
-        uow.emit(TOPIC_NOTIFICATIONS, new_event(
-            "escalation.triggered", service=SERVICE, lead_id=sla.lead_id, time=now, cause=event,
-            event_id=deterministic_id(escalation_id, "triggered"),
-            data=EscalationTriggered(lead_id=sla.lead_id, escalation_id=escalation_id, policy_id=policy_id,
-                                     step=step, trigger_event_id=event.id, trigger_type=event.type,
-                                     recipients=people),
-        ))
-        metrics.escalations.labels(str(step)).inc()
-        for p in items:
-            notification_id = deterministic_id(escalation_id, p.channel, p.recipient.id)
+    trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
+               "data": sla.model_dump(mode="json", exclude_none=True)}
+    for planned in plan_steps(config, event.type, now):
+        escalation_id = deterministic_id("escalation", event.id, planned.policy_id, str(planned.step))
+        await uow.conn.execute(pg_insert(escalations).values(
+            escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=planned.policy_id, step=planned.step,
+            trigger_event_id=event.id, created_at=now, sla_id=sla.sla_id, due_at=planned.due_at,
+            trigger=trigger,
+        ).on_conflict_do_nothing())
+
+
+async def stop_chain(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
+    sla_id = event.data.get("sla_id")
+    if not sla_id:
+        return
+    await uow.conn.execute(update(escalations).where(
+        escalations.c.sla_id == sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
+    ).values(cancelled_at=now))
+
+
+async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
+    """Queue the event for every live subscription that asked for its type."""
+    rows = (await uow.conn.execute(
+        select(subscriptions.c.id, subscriptions.c.event_types).where(subscriptions.c.deleted_at.is_(None))
+    )).all()
+    wanted = [r.id for r in rows if subscribed(r.event_types, event.type) and not _about_itself(event, r.id)]
+    if not wanted:
+        return
+    body = event.to_bytes()
+    await uow.conn.execute(pg_insert(subscription_deliveries).on_conflict_do_nothing(), [
+        {"subscription_id": sub_id, "lead_id": event.subject or "", "event_id": event.id,
+         "event_type": event.type, "body": body, "state": "pending", "next_attempt_at": now, "created_at": now}
+        for sub_id in wanted
+    ])
+
+
+def _about_itself(event: CloudEvent, subscription_id: str) -> bool:
+    # A subscriber that is down would otherwise be sent the news of its own failures, forever.
+    return event.type.startswith("notification.") and event.data.get("subscription_id") == subscription_id
+
+
+# ---- firing due steps -----------------------------------------------------------------------
+
+
+async def fire_due_steps(uow: UnitOfWork, config: Config, now: datetime, limit: int = 50) -> list[int]:
+    """Write the deliveries of every step now due and emit escalation.triggered; returns the
+    step numbers fired (for the metric, counted by the caller after commit)."""
+    due = (await uow.conn.execute(
+        select(escalations).where(escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
+                                  escalations.c.due_at <= now)
+        .order_by(escalations.c.due_at).limit(limit).with_for_update(skip_locked=True)
+    )).all()
+    fired = []
+    for esc in due:
+        if await _fire(uow, config, esc, now):
+            fired.append(esc.step)
+        await uow.conn.execute(update(escalations).where(escalations.c.escalation_id == esc.escalation_id)
+                               .values(triggered_at=now))
+    return fired
+
+
+async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> bool:
+    trigger = esc.trigger
+    sla = trigger["data"]
+    facts = await lead_facts(uow, config, esc.lead_id, sla.get("owner_id"))
+    # The owner now, not when the chain started: a reassigned lead escalates to its new owner.
+    people, channels = step_recipients(config, esc.policy_id, esc.step, facts.owner_id, sla.get("root_cause"))
+    if not people or not channels:
+        log.warning("notifier.step_reaches_nobody", escalation_id=esc.escalation_id, step=esc.step)
+        return False
+    for person in people:
+        message = render(facts, trigger["type"], sla, person, esc.step, config.notifier.link_base_url, now)
+        for channel in channels:
+            key = idempotency_key(esc.escalation_id, esc.step, person.id, channel)
             payload = {
-                "notification_id": notification_id,
-                "escalation_id": escalation_id,
-                "policy_id": policy_id,
-                "step": step,
-                "lead_id": sla.lead_id,
-                "recipient": {"id": p.recipient.id, "role": p.recipient.role, "name": p.recipient.name,
-                              "email": p.recipient.email},
-                "trigger": {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
-                            **sla.model_dump(mode="json", exclude_none=True)},
+                "notification_id": key,
+                "escalation_id": esc.escalation_id,
+                "policy_id": esc.policy_id,
+                "step": esc.step,
+                "lead_id": esc.lead_id,
+                "lead": {"name": facts.name, "company": facts.company, "tier": facts.tier,
+                         "owner_id": facts.owner_id, "owner_name": facts.owner_name, "link": message.link},
+                "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
+                "trigger": {"type": trigger["type"], "event_id": trigger["event_id"],
+                            "correlation_id": trigger.get("correlation_id"), **sla},
+                "message": {"subject": message.subject, "text": message.text, "html": message.html,
+                            "slack": message.slack},
             }
             await uow.conn.execute(pg_insert(deliveries).values(
-                notification_id=notification_id, escalation_id=escalation_id, lead_id=sla.lead_id,
-                channel=p.channel, recipient=p.recipient.id, payload=payload, state="pending",
-                next_attempt_at=p.send_at,
+                notification_id=key, idempotency_key=key, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
+                step=esc.step, channel=channel, recipient=person.id, payload=payload, state="pending",
+                next_attempt_at=now,
             ).on_conflict_do_nothing())
+    uow.emit(TOPIC_NOTIFICATIONS, new_event(
+        "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
+        correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
+        data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
+                                 step=esc.step, trigger_event_id=trigger["event_id"],
+                                 trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
+    ).model_copy(update={"causationid": trigger["event_id"]}))
+    return True
 
 
-async def deliver_due(uow: UnitOfWork, config: Config, client: httpx.AsyncClient, now: datetime,
-                      limit: int = 20) -> int:
+async def lead_facts(uow: UnitOfWork, config: Config, lead_id: str, fallback_owner: str | None) -> LeadFacts:
+    row = (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
+    owner_id = (row.owner_id if row else None) or fallback_owner
+    owner = config.owner(owner_id) if owner_id else None
+    return LeadFacts(lead_id=lead_id, name=row.name if row else None, company=row.company if row else None,
+                     tier=row.tier if row else None, owner_id=owner_id, owner_name=owner.name if owner else None)
+
+
+# ---- leasing, sending, recording ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leased:
+    kind: Literal["channel", "subscription"]
+    row: Row
+    token: str
+
+
+Sender = Callable[[Leased, datetime], Awaitable[Attempt]]
+
+
+async def lease_channel_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 50) -> list[Leased]:
+    token = secrets.token_hex(8)
+    d = deliveries
+    due = (select(d.c.notification_id).where(
+        d.c.state == "pending", d.c.next_attempt_at <= now,
+        (d.c.leased_until.is_(None)) | (d.c.leased_until <= now),
+    ).order_by(d.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).scalar_subquery()
     rows = (await uow.conn.execute(
-        select(deliveries).where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
-        .order_by(deliveries.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+        update(d).where(d.c.notification_id.in_(due))
+        .values(leased_until=now + lease, lease_token=token, attempts=d.c.attempts + 1).returning(d)
     )).all()
-    for row in rows:
-        await _deliver(uow, config, client, row, now)
-    return len(rows)
+    return [Leased("channel", row, token) for row in rows]
 
 
-async def _deliver(uow: UnitOfWork, config: Config, client: httpx.AsyncClient, row: Row, now: datetime) -> None:
-    channel = config.channels.get(row.channel)
-    attempts = row.attempts + 1
-    status: int | None = None
-    error: str | None = None
-    if channel is None:
-        error = f"channel {row.channel!r} is no longer configured"
+# Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order.
+# At most `per_subscription` per round: a subscriber that is down (and slow to refuse) takes its
+# share of each round, not the whole round.
+_LEASE_SUBSCRIPTION_DELIVERIES = text("""
+WITH candidates AS (
+  SELECT id FROM (
+    SELECT d.id, row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.id) AS n
+    FROM notifier.subscription_deliveries d
+    WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+      AND (d.leased_until IS NULL OR d.leased_until <= :now)
+      AND NOT EXISTS (SELECT 1 FROM notifier.subscription_deliveries e
+                      WHERE e.subscription_id = d.subscription_id AND e.lead_id = d.lead_id
+                        AND e.state = 'pending' AND e.id < d.id)
+  ) ranked
+  WHERE n <= :per_subscription ORDER BY id LIMIT :limit
+)
+UPDATE notifier.subscription_deliveries s
+SET leased_until = :until, lease_token = :token, attempts = s.attempts + 1
+FROM candidates c
+WHERE s.id = c.id AND s.state = 'pending' AND (s.leased_until IS NULL OR s.leased_until <= :now)
+RETURNING s.*
+""")
+
+
+async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 100,
+                                        per_subscription: int = 20) -> list[Leased]:
+    token = secrets.token_hex(8)
+    rows = (await uow.conn.execute(_LEASE_SUBSCRIPTION_DELIVERIES, {
+        "now": now, "until": now + lease, "token": token, "limit": limit, "per_subscription": per_subscription,
+    })).all()
+    return [Leased("subscription", row, token) for row in rows]
+
+
+async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt, now: datetime,
+                 jitter: float) -> str | None:
+    """Store the outcome if the lease is still ours; returns the final state (sent|failed), or
+    None while retrying or when another sender took the delivery over."""
+    row = item.row
+    if item.kind == "channel":
+        channel = config.channels.get(row.channel)
+        max_attempts = channel.max_attempts if channel else 1
+        table, key_col = deliveries, deliveries.c.notification_id
+        key = row.notification_id
     else:
-        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": row.notification_id,
-            "X-Leadsla-Notification-Id": row.notification_id,
-            SIGNATURE_HEADER: sign(channel.signing_secret(), body, int(now.timestamp())),
-        }
-        try:
-            response = await client.post(channel.url, content=body, headers=headers, timeout=channel.timeout_seconds)
-            status = response.status_code
-            if status >= 300:
-                error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        max_attempts = config.notifier.subscription_max_attempts
+        table, key_col = subscription_deliveries, subscription_deliveries.c.id
+        key = row.id
+    decision = decide(attempt, row.attempts, max_attempts, now, jitter)
+    values: dict[str, Any] = {"state": decision.state, "leased_until": None, "last_error": decision.error}
+    if decision.state == "sent":
+        values["sent_at"] = now
+    elif decision.state == "pending":
+        values["next_attempt_at"] = decision.next_attempt_at
+    updated = await uow.conn.execute(update(table).where(key_col == key, table.c.lease_token == item.token,
+                                                         table.c.state == "pending").values(**values))
+    if updated.rowcount == 0:
+        return None
+    if decision.state == "pending":
+        return None
+    _emit_outcome(uow, item, decision, now)
+    return decision.state
 
-    if error is None:
-        values = {"state": "sent", "attempts": attempts, "sent_at": now, "last_error": None}
-        outcome = "sent"
-    elif channel is not None and is_retryable(status) and attempts < channel.max_attempts:
-        values = {"attempts": attempts, "next_attempt_at": now + retry_delay(attempts), "last_error": error}
-        outcome = None
+
+def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: datetime) -> None:
+    row = item.row
+    if item.kind == "channel":
+        result = NotificationResult(
+            notification_id=row.notification_id, lead_id=row.lead_id, escalation_id=row.escalation_id,
+            channel=row.channel, recipient=row.recipient, attempts=row.attempts,
+            idempotency_key=row.idempotency_key, error=decision.error)
+        correlation_id = row.payload["trigger"].get("correlation_id")
+        body = _json_bytes(row.payload)
+        origin = TOPIC_SLA
     else:
-        values = {"state": "failed", "attempts": attempts, "last_error": error}
-        outcome = "failed"
-    await uow.conn.execute(update(deliveries).where(deliveries.c.notification_id == row.notification_id)
-                           .values(**values))
-    metrics.notifications.labels(row.channel, outcome or "retrying").inc()
-    if outcome is not None:
-        uow.emit(TOPIC_NOTIFICATIONS, new_event(
-            f"notification.{outcome}", service=SERVICE, lead_id=row.lead_id, time=now,
-            correlation_id=row.payload["trigger"].get("correlation_id"),
-            event_id=deterministic_id(row.notification_id, outcome),
-            data=NotificationResult(
-                notification_id=row.notification_id, lead_id=row.lead_id, escalation_id=row.escalation_id,
-                channel=row.channel, recipient=row.recipient, attempts=attempts,
-                idempotency_key=row.notification_id, error=error,
-            ),
+        if decision.state == "sent":
+            return  # one event per CRM delivery would swamp leads.notifications; failures matter
+        notification_id = deterministic_id("subscription", row.subscription_id, row.event_id)
+        result = NotificationResult(
+            notification_id=notification_id, lead_id=row.lead_id, channel=SUBSCRIPTION_CHANNEL,
+            recipient=row.subscription_id, attempts=row.attempts, idempotency_key=row.event_id,
+            error=decision.error, subscription_id=row.subscription_id, event_id=row.event_id)
+        correlation_id = None
+        body = bytes(row.body)
+        origin = row.event_type
+    event = new_event(f"notification.{decision.state}", service=SERVICE, lead_id=row.lead_id, time=now,
+                      correlation_id=correlation_id,
+                      event_id=deterministic_id(result.notification_id, decision.state), data=result)
+    uow.emit(TOPIC_NOTIFICATIONS, event)
+    if decision.state == "failed":
+        # The message itself is kept where operators look for what could not be done.
+        uow.emit(TOPIC_DEADLETTER, new_event(
+            "deadletter", service=SERVICE, lead_id=row.lead_id, time=now, cause=event,
+            event_id=deterministic_id(result.notification_id, "deadletter"),
+            data=DeadLetter(topic=TOPIC_NOTIFICATIONS, partition=-1, offset=-1, key=row.lead_id,
+                            original_bytes_b64=base64.b64encode(body[:512 * 1024]).decode(),
+                            error=f"delivery_failed: {decision.error}"[:2000], service=SERVICE,
+                            notification_id=result.notification_id, channel=result.channel,
+                            recipient=result.recipient, attempts=row.attempts, origin=origin),
         ))
+
+
+def _json_bytes(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+# ---- the cycle ------------------------------------------------------------------------------
+
+
+class Deliverer:
+    """One round: fire due steps, lease due deliveries (committed), send them concurrently with
+    no transaction open, record the outcomes."""
+
+    def __init__(self, uow: Callable[[], UnitOfWork], config: Callable[[], Config], send: Sender, clock: Clock,
+                 jitter: Callable[[], float] = random.random) -> None:
+        self._uow, self._config, self._send, self._clock, self._jitter = uow, config, send, clock, jitter
+
+    async def fire(self, now: datetime) -> int:
+        async with self._uow() as uow:
+            fired = await fire_due_steps(uow, self._config(), now)
+            await uow.commit()
+        for step in fired:
+            metrics.escalations.labels(str(step)).inc()
+        return len(fired)
+
+    async def lease(self, now: datetime) -> list[Leased]:
+        lease = timedelta(seconds=self._config().notifier.lease_seconds)
+        async with self._uow() as uow:
+            leased = [*await lease_channel_deliveries(uow, now, lease),
+                      *await lease_subscription_deliveries(uow, now, lease)]
+            await uow.commit()
+        return leased
+
+    async def send(self, leased: list[Leased], now: datetime) -> list[Attempt]:
+        return list(await asyncio.gather(*(self._send_one(item, now) for item in leased)))
+
+    async def _send_one(self, item: Leased, now: datetime) -> Attempt:
+        try:
+            return await self._send(item, now)
+        except Exception as exc:  # a sender bug must not lose the outcome of the others
+            log.exception("notifier.sender_failed", kind=item.kind)
+            return Attempt(error=f"{type(exc).__name__}: {exc}"[:500])
+
+    async def record(self, leased: list[Leased], attempts: list[Attempt], now: datetime) -> None:
+        config = self._config()
+        outcomes = []
+        async with self._uow() as uow:
+            for item, attempt in zip(leased, attempts, strict=True):
+                outcomes.append((item, await record(uow, config, item, attempt, now, self._jitter())))
+            await uow.commit()
+        for item, outcome in outcomes:
+            channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
+            metrics.notifications.labels(channel, outcome or "retrying").inc()
+
+    async def run_once(self) -> int:
+        fired = await self.fire(self._clock.now())
+        leased = await self.lease(self._clock.now())
+        if leased:
+            attempts = await self.send(leased, self._clock.now())
+            await self.record(leased, attempts, self._clock.now())
+        return fired + len(leased)
 
 
 def describe(row: Row) -> dict:
     return {"notification_id": row.notification_id, "channel": row.channel, "recipient": row.recipient,
-            "state": row.state, "attempts": row.attempts, "next_attempt_at": utc_iso(row.next_attempt_at),
-            "last_error": row.last_error}
+            "step": row.step, "state": row.state, "attempts": row.attempts,
+            "next_attempt_at": utc_iso(row.next_attempt_at), "last_error": row.last_error,
+            "idempotency_key": row.idempotency_key}
