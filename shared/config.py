@@ -292,6 +292,19 @@ Channel = Annotated[
 ]
 
 
+class QuietHours(Strict):
+    # Messages to people (Slack, email) wait until the recipient's calendar (owners.*.calendar)
+    # opens, except for leads of these tiers. Webhooks go to systems and are never held.
+    urgent_tiers: list[str] = Field(default_factory=list)
+
+
+class Digest(Strict):
+    # After `after` messages to one person on one people channel within `window`, the rest of
+    # that window's messages go as one digest at the window's end.
+    window: Duration = 300
+    after: int = Field(default=10, ge=1)
+
+
 class NotifierSettings(Strict):
     # Messages link to the lead at `<link_base_url>/v1/leads/<lead_id>` (e.g. your reporting URL
     # or a CRM deep link base); without it they carry no link.
@@ -301,6 +314,8 @@ class NotifierSettings(Strict):
     subscription_max_attempts: int = Field(default=8, ge=1)
     # A delivery leased for sending is retried after this long if its sender vanished (a crash).
     lease_seconds: float = Field(default=60.0, gt=0)
+    quiet_hours: QuietHours | None = None
+    digest: Digest | None = Digest()
 
 
 class EscalationStep(Strict):

@@ -11,14 +11,14 @@ from email.utils import format_datetime, make_msgid
 
 import aiosmtplib
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
 
-from .domain import SIGNATURE_HEADER, Attempt, sign
+from .domain import DIGEST_LINES, SIGNATURE_HEADER, Attempt, Recipient, render_digest, sign
 from .handlers import Leased
-from .tables import subscriptions
+from .tables import digest_items, subscriptions
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
 
@@ -115,11 +115,27 @@ class Senders:
         channel = config.channels.get(row.channel)
         if channel is None:
             return Attempt(status=410, error=f"channel {row.channel!r} is no longer configured")
+        payload = row.payload
+        if row.kind == "digest":
+            payload = {**payload, "message": await self._digest_message(row, config)}
         if isinstance(channel, WebhookChannel):
-            return await send_webhook(self._client, channel, row.payload, row.idempotency_key, now)
+            return await send_webhook(self._client, channel, payload, row.idempotency_key, now)
         if isinstance(channel, SlackChannel):
-            return await send_slack(self._client, channel, row.payload, row.idempotency_key)
-        return await send_email(channel, row.payload, row.idempotency_key, now)
+            return await send_slack(self._client, channel, payload, row.idempotency_key)
+        return await send_email(channel, payload, row.idempotency_key, now)
+
+    async def _digest_message(self, row, config: Config) -> dict:
+        async with self._engine.connect() as conn:
+            total = await conn.scalar(select(func.count()).select_from(digest_items)
+                                      .where(digest_items.c.notification_id == row.notification_id))
+            items = (await conn.execute(select(digest_items.c.item).where(
+                digest_items.c.notification_id == row.notification_id)
+                .order_by(digest_items.c.seq).limit(DIGEST_LINES))).scalars().all()
+        r = row.payload["recipient"]
+        message = render_digest(list(items), total or 0, Recipient(r["id"], r["role"], r.get("name"), r.get("email")),
+                                datetime.fromisoformat(row.payload["window_end"].replace("Z", "+00:00")),
+                                config.notifier.link_base_url)
+        return {"subject": message.subject, "text": message.text, "html": message.html, "slack": message.slack}
 
     async def _subscription(self, item: Leased, now: datetime) -> Attempt:
         row = item.row

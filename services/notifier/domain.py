@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
+from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.config import Config, EscalationPolicy
 from leadsla.shared.events import EVENT_DATA, deterministic_id
 
@@ -297,6 +298,21 @@ def render(lead: LeadFacts, trigger_type: str, sla: dict, recipient: Recipient, 
                    slack={"text": headline, "blocks": blocks}, link=link)
 
 
+def _slack_list(items: list[dict], total: int, limit: int = 2900) -> str:
+    """As many lines as a Slack section holds (3,000 characters), then how many more there are."""
+    lines: list[str] = []
+    size = 0
+    for item in items[:DIGEST_LINES]:
+        line = f"- {_slack(item['subject'])}" + (f" <{item['link']}|open>" if item.get("link") else "")
+        if size + len(line) + 40 > limit:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more")
+    return "\n".join(lines)
+
+
 def _fmt(ts: datetime | None) -> str:
     return ts.strftime("%Y-%m-%d %H:%M UTC") if ts else "?"
 
@@ -308,3 +324,60 @@ def _h(value: str) -> str:
 def _slack(value: str) -> str:
     # Slack mrkdwn: only these three need escaping; user text must not become markup or mentions.
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ---- quiet hours and storms -----------------------------------------------------------------
+
+PEOPLE_CHANNELS = ("slack", "email")
+
+
+def deliver_at(calendar: BusinessCalendar | None, now: datetime, tier: str | None,
+               urgent_tiers: list[str]) -> datetime:
+    """When a message to a person may go: now inside their working hours or for an urgent tier,
+    else when their calendar next opens."""
+    if calendar is None or (tier is not None and tier in urgent_tiers) or calendar.is_open(now):
+        return now
+    return calendar.add(now, 0)
+
+
+def digest_window(now: datetime, window_seconds: float) -> tuple[datetime, datetime]:
+    """The fixed window `now` falls in (aligned to the epoch, so every replica agrees)."""
+    epoch = now.timestamp()
+    start = epoch - epoch % window_seconds
+    return (datetime.fromtimestamp(start, now.tzinfo), datetime.fromtimestamp(start + window_seconds, now.tzinfo))
+
+
+def goes_to_digest(recent: int, after: int) -> bool:
+    """`recent`: messages already made for this person and channel in this window."""
+    return recent >= after
+
+
+def digest_key(recipient_id: str, channel: str, window_start: datetime) -> str:
+    return deterministic_id("digest", recipient_id, channel, window_start.isoformat())
+
+
+DIGEST_LINES = 25
+
+
+def render_digest(items: list[dict], total: int, recipient: Recipient, window_end: datetime,
+                  link_base: str | None) -> Message:
+    """One message standing for `total` escalations (the first `items` listed)."""
+    subject = f"{total} lead escalations for you (digest until {_fmt(window_end)})"
+    lines = [f"- {i['subject']}" + (f" {i['link']}" if i.get("link") else "") for i in items[:DIGEST_LINES]]
+    more = total - min(len(items), DIGEST_LINES)
+    if more > 0:
+        lines.append(f"... and {more} more")
+    board = f"{link_base.rstrip('/')}/board" if link_base else None
+    text = "\n".join([subject, "", *lines, *([f"All: {board}"] if board else [])]) + "\n"
+    html_items = "".join(
+        f"<li>{_h(i['subject'])}" + (f' <a href="{_h(i["link"])}">open</a>' if i.get("link") else "") + "</li>"
+        for i in items[:DIGEST_LINES])
+    html_more = f"<p>... and {more} more</p>" if more > 0 else ""
+    html = f"<html><body><h2>{_h(subject)}</h2><ul>{html_items}</ul>{html_more}</body></html>"
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
+              {"type": "section", "text": {"type": "mrkdwn", "text": _slack_list(items, total)}},
+              {"type": "context", "elements": [{"type": "mrkdwn", "text": f"to you as {recipient.role}"}]}]
+    if board:
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Open the board"}, "url": board}]})
+    return Message(subject=subject, text=text, html=html, slack={"text": subject, "blocks": blocks}, link=board)

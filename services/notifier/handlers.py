@@ -24,10 +24,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Row, select, text, update
+from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
+from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.clock import Clock
 from leadsla.shared.config import Config
 from leadsla.shared.events import (
@@ -48,17 +49,24 @@ from leadsla.shared.uow import UnitOfWork
 from .domain import (
     CHAIN_STOPPING_TYPES,
     ESCALATING_TYPES,
+    PEOPLE_CHANNELS,
     Attempt,
     Decision,
     LeadFacts,
+    Message,
+    Recipient,
     decide,
+    deliver_at,
+    digest_key,
+    digest_window,
+    goes_to_digest,
     idempotency_key,
     plan_steps,
     render,
     step_recipients,
     subscribed,
 )
-from .tables import deliveries, escalations, leads, subscription_deliveries, subscriptions
+from .tables import deliveries, digest_items, escalations, leads, subscription_deliveries, subscriptions
 
 log = structlog.get_logger()
 
@@ -180,6 +188,11 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
         message = render(facts, trigger["type"], sla, person, esc.step, config.notifier.link_base_url, now)
         for channel in channels:
             key = idempotency_key(esc.escalation_id, esc.step, person.id, channel)
+            send_at = now
+            if _for_people(config, channel):
+                send_at = _after_quiet_hours(config, person.id, facts.tier or sla.get("tier"), now)
+                if await _into_digest(uow, config, esc, person, channel, key, message, send_at, now):
+                    continue
             payload = {
                 "notification_id": key,
                 "escalation_id": esc.escalation_id,
@@ -197,7 +210,7 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
             await uow.conn.execute(pg_insert(deliveries).values(
                 notification_id=key, idempotency_key=key, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
                 step=esc.step, channel=channel, recipient=person.id, payload=payload, state="pending",
-                next_attempt_at=now,
+                next_attempt_at=send_at, created_at=now,
             ).on_conflict_do_nothing())
     uow.emit(TOPIC_NOTIFICATIONS, new_event(
         "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
@@ -206,6 +219,46 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
                                  step=esc.step, trigger_event_id=trigger["event_id"],
                                  trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
     ).model_copy(update={"causationid": trigger["event_id"]}))
+    return True
+
+
+def _for_people(config: Config, channel: str) -> bool:
+    found = config.channels.get(channel)
+    return found is not None and found.type in PEOPLE_CHANNELS
+
+
+def _after_quiet_hours(config: Config, person_id: str, tier: str | None, now: datetime) -> datetime:
+    quiet = config.notifier.quiet_hours
+    person = config.owner(person_id)
+    if quiet is None or person is None or person.calendar is None:
+        return now
+    return deliver_at(BusinessCalendar(config.calendar(person.calendar)), now, tier, quiet.urgent_tiers)
+
+
+async def _into_digest(uow: UnitOfWork, config: Config, esc: Row, person: Recipient, channel: str, key: str,
+                       message: Message, send_at: datetime, now: datetime) -> bool:
+    """In a storm, add this message to the person's digest for the window instead of sending it."""
+    digest = config.notifier.digest
+    if digest is None:
+        return False
+    start, end = digest_window(now, digest.window)
+    recent = await uow.conn.scalar(select(func.count()).select_from(deliveries).where(
+        deliveries.c.recipient == person.id, deliveries.c.channel == channel, deliveries.c.kind == "single",
+        deliveries.c.created_at >= start))
+    if not goes_to_digest(recent or 0, digest.after):
+        return False
+    digest_id = digest_key(person.id, channel, start)
+    await uow.conn.execute(pg_insert(deliveries).values(
+        notification_id=digest_id, idempotency_key=digest_id, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
+        step=esc.step, channel=channel, recipient=person.id, kind="digest", state="pending",
+        next_attempt_at=max(end, send_at), created_at=now,
+        payload={"notification_id": digest_id, "kind": "digest", "window_end": utc_iso(end),
+                 "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
+                 "trigger": {"correlation_id": esc.trigger.get("correlation_id")}},
+    ).on_conflict_do_nothing())
+    await uow.conn.execute(pg_insert(digest_items).values(
+        notification_id=digest_id, lead_id=esc.lead_id,
+        item={"subject": message.subject, "link": message.link, "step": esc.step, "idempotency_key": key}))
     return True
 
 

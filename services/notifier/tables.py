@@ -72,7 +72,21 @@ deliveries = Table(
     Column("step", Integer),
     Column("leased_until", DateTime(timezone=True)),
     Column("lease_token", String),
+    Column("kind", String, nullable=False, server_default="single"),  # single | digest
+    Column("created_at", DateTime(timezone=True)),
     Index("ix_notifier_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+    Index("ix_notifier_deliveries_recent", "recipient", "channel", "created_at"),
+    schema=SCHEMA,
+)
+
+# What a digest delivery collects, one row per message it replaces (appending stays cheap in a storm).
+digest_items = Table(
+    "digest_items",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("notification_id", String, nullable=False, index=True),
+    Column("lead_id", String, nullable=False),
+    Column("item", JSONB, nullable=False),
     schema=SCHEMA,
 )
 

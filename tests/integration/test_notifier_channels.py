@@ -117,3 +117,80 @@ async def test_a_mail_server_that_is_down_is_retried_not_given_up(make_ctx, cloc
                                                               deliveries.c.channel == "mail"))).all()
     assert [(r.state, r.attempts) for r in rows] == [("pending", 1), ("pending", 1)]
     assert all(r.last_error and "example.com" not in r.last_error for r in rows)
+
+
+def people_config(manager: str, extra: str) -> str:
+    return f"""
+calendars:
+  london: {{timezone: Europe/London, hours: {{mon: ["09:00-17:30"], tue: ["09:00-17:30"], wed: ["09:00-17:30"],
+                                             thu: ["09:00-17:30"], fri: ["09:00-17:30"]}}}}
+owners:
+  - {{id: alice, manager_id: {manager}}}
+  - {{id: {manager}, name: Storm Manager, calendar: london}}
+channels:
+  team-slack: {{type: slack, url_env: {SLACK_ENV}}}
+escalation_policies:
+  - id: breach
+    triggers: [sla.breached]
+    steps: [{{step: 1, notify: [manager], channels: [team-slack]}}]
+notifier: {{link_base_url: "https://leads.example.com", {extra}}}
+"""
+
+
+async def breach_leads(ctx, clock, tiers: list[str]) -> list[str]:
+    ids = []
+    for tier in tiers:
+        lead_id = str(uuid.uuid4())
+        ids.append(lead_id)
+        async with ctx.uow() as uow:
+            await on_event(uow, ctx.config.config, new_event(
+                "sla.breached", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaEventData(
+                    lead_id=lead_id, sla_id=lead_id, metric="first_response", policy_id="p", policy_version=1,
+                    owner_id="alice", due_at=clock.now(), breached_at=clock.now(), root_cause="owner_missed",
+                    tier=tier)), clock.now())
+            await uow.commit()
+    return ids
+
+
+async def test_a_storm_of_breaches_reaches_the_manager_as_a_few_messages_and_one_digest(make_ctx, clock,
+                                                                                    monkeypatch):
+    manager = f"m-{uuid.uuid4().hex[:8]}"
+    with SlackLikeReceiver() as slack:
+        monkeypatch.setenv(SLACK_ENV, slack.url)
+        ctx = make_ctx("notifier", people_config(manager, "digest: {window: 5m, after: 3}"))
+        async with httpx.AsyncClient() as http:
+            d = Deliverer(ctx.uow, lambda: ctx.config.config,
+                          Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
+            await breach_leads(ctx, clock, ["B"] * 40)
+            for _ in range(3):
+                await d.run_once()
+            assert len(slack.payloads) == 3  # the first three as they happen; the rest wait
+            clock.advance(timedelta(minutes=5))
+            await d.run_once()
+        assert len(slack.payloads) == 4
+        digest = slack.payloads[-1]
+        assert digest["text"].startswith("37 lead escalations for you")
+        *listed, more = digest["blocks"][1]["text"]["text"].split("\n")
+        assert len(listed) + int(more.removeprefix("... and ").removesuffix(" more")) == 37
+
+
+async def test_quiet_hours_hold_a_message_until_the_recipient_works_but_let_urgent_tiers_through(make_ctx,
+                                                                                               monkeypatch):
+    clock = ManualClock(datetime(2026, 11, 17, 22, 0, tzinfo=UTC))  # Tuesday evening in London
+    manager = f"m-{uuid.uuid4().hex[:8]}"
+    with SlackLikeReceiver() as slack:
+        monkeypatch.setenv(SLACK_ENV, slack.url)
+        ctx = make_ctx("notifier", people_config(manager, "quiet_hours: {urgent_tiers: [A]}"))
+        ctx.clock = clock
+        async with httpx.AsyncClient() as http:
+            d = Deliverer(ctx.uow, lambda: ctx.config.config,
+                          Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
+            await breach_leads(ctx, clock, ["A", "C"])
+            await d.run_once()
+            assert [p["text"].split(", tier ")[1][0] for p in slack.payloads] == ["A"]
+            clock.advance(timedelta(hours=10, minutes=59))  # 08:59 London
+            await d.run_once()
+            assert len(slack.payloads) == 1
+            clock.advance(timedelta(minutes=1))
+            await d.run_once()
+        assert [p["text"].split(", tier ")[1][0] for p in slack.payloads] == ["A", "C"]

@@ -8,6 +8,10 @@ from leadsla.services.notifier.domain import (
     Recipient,
     backoff,
     decide,
+    deliver_at,
+    digest_key,
+    digest_window,
+    goes_to_digest,
     humanize,
     idempotency_key,
     invalid_event_type,
@@ -16,13 +20,15 @@ from leadsla.services.notifier.domain import (
     plan_steps,
     recipients,
     render,
+    render_digest,
     roles_for,
     sign,
     step_recipients,
     subscribed,
     verify,
 )
-from leadsla.shared.config import ConfigError, parse_config
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.config import CalendarConfig, ConfigError, parse_config
 
 CONFIG = parse_config("""
 owners:
@@ -189,3 +195,31 @@ channels:
         "team-slack": "slack", "mail": "email", "hook": "webhook"}
     with pytest.raises(ConfigError, match="channels.team-slack.slack.url_env"):
         parse_config("channels: {team-slack: {type: slack, url: 'https://hooks.slack.com/x'}}")
+
+
+LONDON_OFFICE = BusinessCalendar(CalendarConfig(timezone="Europe/London", hours={
+    day: ["09:00-17:30"] for day in ("mon", "tue", "wed", "thu", "fri")}))
+
+
+def test_a_message_to_a_person_waits_for_their_working_hours_unless_the_tier_is_urgent() -> None:
+    evening = datetime(2026, 11, 17, 22, 0, tzinfo=UTC)  # a Tuesday, after hours in London
+    assert deliver_at(LONDON_OFFICE, evening, "B", ["A"]) == datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+    assert deliver_at(LONDON_OFFICE, evening, "A", ["A"]) == evening
+    assert deliver_at(LONDON_OFFICE, NOW, "B", ["A"]) == NOW  # 09:00 London: open
+    assert deliver_at(None, evening, "B", []) == evening  # no calendar: always reachable
+
+
+def test_digest_windows_are_aligned_so_every_replica_agrees() -> None:
+    start, end = digest_window(datetime(2026, 11, 17, 9, 7, 30, tzinfo=UTC), 300)
+    assert (start, end) == (datetime(2026, 11, 17, 9, 5, tzinfo=UTC), datetime(2026, 11, 17, 9, 10, tzinfo=UTC))
+    assert not goes_to_digest(2, after=3) and goes_to_digest(3, after=3)
+    assert digest_key("maria", "slack", start) == digest_key("maria", "slack", start)
+
+
+def test_a_digest_lists_the_first_escalations_and_counts_the_rest() -> None:
+    items = [{"subject": f"SLA breached: lead {n}", "link": f"https://x/v1/leads/{n}"} for n in range(40)]
+    msg = render_digest(items, 10_000, Recipient("maria", "manager"), NOW, "https://x")
+    assert msg.subject.startswith("10000 lead escalations for you")
+    assert "SLA breached: lead 0 https://x/v1/leads/0" in msg.text and "lead 30" not in msg.text
+    assert "... and 9975 more" in msg.text and msg.link == "https://x/board"
+    assert len(msg.slack["blocks"][1]["text"]["text"]) <= 3000

@@ -45,6 +45,18 @@ def upgrade() -> None:
     op.add_column("deliveries", sa.Column("lease_token", sa.String()), schema=S)
     op.execute("UPDATE notifier.deliveries SET idempotency_key = notification_id")
     op.alter_column("deliveries", "idempotency_key", nullable=False, schema=S)
+    # A storm to one person becomes digests: one row per (recipient, channel, window), its items apart.
+    op.add_column("deliveries", sa.Column("kind", sa.String(), nullable=False, server_default="single"), schema=S)
+    op.add_column("deliveries", sa.Column("created_at", sa.DateTime(timezone=True)), schema=S)
+    op.create_index("ix_notifier_deliveries_recent", "deliveries", ["recipient", "channel", "created_at"], schema=S)
+    op.create_table(
+        "digest_items",
+        sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=True),
+        sa.Column("notification_id", sa.String(), nullable=False, index=True),
+        sa.Column("lead_id", sa.String(), nullable=False),
+        sa.Column("item", postgresql.JSONB(), nullable=False),
+        schema=S,
+    )
 
     op.create_table(
         "subscriptions",
@@ -84,7 +96,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("subscription_deliveries", schema=S)
     op.drop_table("subscriptions", schema=S)
-    for column in ("lease_token", "leased_until", "step", "idempotency_key"):
+    op.drop_table("digest_items", schema=S)
+    op.drop_index("ix_notifier_deliveries_recent", table_name="deliveries", schema=S)
+    for column in ("created_at", "kind", "lease_token", "leased_until", "step", "idempotency_key"):
         op.drop_column("deliveries", column, schema=S)
     op.drop_index("ix_notifier_escalations_sla", table_name="escalations", schema=S)
     op.drop_index("ix_notifier_escalations_due", table_name="escalations", schema=S)
