@@ -1,0 +1,115 @@
+"""The notifier SIGKILLed while a webhook is in flight: after the restart the message is sent again
+with the same idempotency key (never a new one), and recorded as sent exactly once."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from leadsla.devstack import ServiceProcess, free_port, wait_until
+from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
+from leadsla.shared.config_store import apply_config
+from leadsla.shared.db import OUTBOX
+from leadsla.shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaEventData, new_event
+from tests.support import eventually
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "crash-test-secret"
+CONFIG = """
+owners: [{id: alice}]
+channels:
+  hook: {url: "http://127.0.0.1:%(port)d/hook", secret: "%(secret)s", timeout_seconds: 60}
+escalation_policies:
+  - id: breach
+    triggers: [sla.breached]
+    steps: [{step: 1, notify: [owner], channels: [hook]}]
+notifier: {lease_seconds: 2}
+"""
+
+
+class StallingReceiver:
+    """Records every request on arrival; holds the first one open until released."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.arrivals.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if len(receiver.arrivals) == 1:
+                    receiver.release.wait(60)
+                try:
+                    self.send_response(204)
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender is gone
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_url, kafka_bootstrap, engine,
+                                                                     producer, tmp_path_factory) -> None:
+    receiver = StallingReceiver()
+    async with engine.begin() as conn:
+        await apply_config(conn, CONFIG % {"port": receiver.port, "secret": SECRET})
+    env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "LEADSLA_TOPIC_PARTITIONS": "3"}
+    notifier = ServiceProcess("notifier", free_port(), env, Path(tmp_path_factory.mktemp("logs")) / "notifier.log")
+    notifier.start()
+    try:
+        wait_until(notifier.ready, 90, "the notifier to be ready", 0.2)
+        lead_id = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        breach = new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
+            lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
+            owner_id="alice", due_at=now, breached_at=now, root_cause="owner_missed"))
+        await producer.send_and_wait(TOPIC_SLA, breach.to_bytes(), key=lead_id.encode(),
+                                     headers=[("content-type", CONTENT_TYPE)])
+
+        await eventually(lambda: receiver.arrivals, timeout=60, what="the webhook to arrive")
+        notifier.kill()  # SIGKILL with the request in flight: sent, never recorded
+        receiver.release.set()
+        notifier.start()
+
+        await eventually(lambda: len(receiver.arrivals) >= 2, timeout=90, what="the resend after the restart")
+        (first_headers, first_body), (second_headers, second_body) = receiver.arrivals[:2]
+        assert first_headers["idempotency-key"] == second_headers["idempotency-key"]
+        assert first_body == second_body
+        for headers, body in receiver.arrivals[:2]:
+            assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER.lower()], int(time.time()))
+
+        table = OUTBOX["notifier"]
+
+        async def sent() -> list[CloudEvent]:
+            async with engine.connect() as conn:
+                rows = await conn.execute(select(table.c.payload).where(
+                    table.c.key == lead_id, table.c.event_type.like("notification.%")))
+                return [CloudEvent.from_bytes(r.payload) for r in rows]
+
+        [result] = await eventually(sent, timeout=30, what="notification.sent")
+        assert result.type == "notification.sent" and result.data["attempts"] == 2
+        assert result.data["idempotency_key"] == first_headers["idempotency-key"]
+        assert len(receiver.arrivals) == 2
+    finally:
+        assert notifier.stop() == 0
+        receiver.stop()
