@@ -1,10 +1,13 @@
-"""A tiny webhook receiver for `leadsla dev`: verifies each notification's signature and prints it."""
+"""A tiny webhook receiver for `leadsla dev` that verifies each notification's signature, and a
+mail catcher for its email channel."""
 from __future__ import annotations
 
 import json
 import threading
 import time
 from collections.abc import Callable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
@@ -48,3 +51,24 @@ class WebhookReceiver:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class MailCatcher:
+    """A local SMTP server for `leadsla dev` (aiosmtpd): accepts every mail and hands it over."""
+
+    def __init__(self, port: int, on_mail: Callable[[EmailMessage], None]) -> None:
+        from aiosmtpd.controller import Controller
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's name
+                on_mail(message_from_bytes(envelope.original_content or envelope.content, policy=policy.default))
+                return "250 OK"
+
+        self.port = port
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+
+    def start(self) -> None:
+        self._controller.start()
+
+    def stop(self) -> None:
+        self._controller.stop()
