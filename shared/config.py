@@ -206,6 +206,13 @@ class SlaPolicy(Strict):
 # ---- escalation and channels ----------------------------------------------------------------
 
 
+class RateLimit(Strict):
+    """At most `max` sends per `per` on one channel; the rest wait their turn (nothing is dropped)."""
+
+    max: int = Field(ge=1)
+    per: Duration = 60.0
+
+
 class WebhookChannel(Strict):
     type: Literal["webhook"] = "webhook"
     url: str
@@ -213,6 +220,7 @@ class WebhookChannel(Strict):
     secret_env: str | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    rate_limit: RateLimit | None = None
 
     @model_validator(mode="after")
     def _has_secret(self) -> WebhookChannel:
@@ -247,6 +255,7 @@ class SlackChannel(Strict):
     url_env: str
     timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    rate_limit: RateLimit | None = None
 
     def webhook_url(self) -> str:
         return _env_secret(self.url_env, "Slack webhook URL")
@@ -267,6 +276,7 @@ class EmailChannel(Strict):
     reply_to: str | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    rate_limit: RateLimit | None = None
 
     @model_validator(mode="after")
     def _login_complete(self) -> EmailChannel:

@@ -340,6 +340,11 @@ def deliver_at(calendar: BusinessCalendar | None, now: datetime, tier: str | Non
     return calendar.add(now, 0)
 
 
+def rate_room(max_sends: int, used: int) -> int:
+    """How many more sends a rate-limited channel may start now."""
+    return max(max_sends - used, 0)
+
+
 def digest_window(now: datetime, window_seconds: float) -> tuple[datetime, datetime]:
     """The fixed window `now` falls in (aligned to the epoch, so every replica agrees)."""
     epoch = now.timestamp()

@@ -62,6 +62,7 @@ from .domain import (
     goes_to_digest,
     idempotency_key,
     plan_steps,
+    rate_room,
     render,
     step_recipients,
     subscribed,
@@ -283,18 +284,37 @@ class Leased:
 Sender = Callable[[Leased, datetime], Awaitable[Attempt]]
 
 
-async def lease_channel_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 50) -> list[Leased]:
+async def lease_channel_deliveries(uow: UnitOfWork, config: Config, now: datetime, lease: timedelta,
+                                   limit: int = 50) -> list[Leased]:
+    """Lease due deliveries; a channel with a rate limit gets only its remaining room."""
     token = secrets.token_hex(8)
+    limited = {name: c.rate_limit for name, c in config.channels.items() if c.rate_limit is not None}
+    rows = await _lease_channel(uow, deliveries.c.channel.notin_(list(limited)), now, lease, token, limit)
+    for name, rule in limited.items():
+        room = rate_room(rule.max, await _used(uow, name, now - timedelta(seconds=rule.per), now))
+        if room:
+            rows += await _lease_channel(uow, deliveries.c.channel == name, now, lease, token, min(room, limit))
+    return [Leased("channel", row, token) for row in rows]
+
+
+async def _used(uow: UnitOfWork, channel: str, since: datetime, now: datetime) -> int:
+    """Sends of the window: those that went out, and those in flight now."""
+    d = deliveries
+    return await uow.conn.scalar(select(func.count()).select_from(d).where(d.c.channel == channel, (
+        (d.c.sent_at >= since) | ((d.c.state == "pending") & (d.c.leased_until > now))))) or 0
+
+
+async def _lease_channel(uow: UnitOfWork, which, now: datetime, lease: timedelta, token: str,
+                         limit: int) -> list[Row]:
     d = deliveries
     due = (select(d.c.notification_id).where(
-        d.c.state == "pending", d.c.next_attempt_at <= now,
+        which, d.c.state == "pending", d.c.next_attempt_at <= now,
         (d.c.leased_until.is_(None)) | (d.c.leased_until <= now),
     ).order_by(d.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).scalar_subquery()
-    rows = (await uow.conn.execute(
+    return list((await uow.conn.execute(
         update(d).where(d.c.notification_id.in_(due))
         .values(leased_until=now + lease, lease_token=token, attempts=d.c.attempts + 1).returning(d)
-    )).all()
-    return [Leased("channel", row, token) for row in rows]
+    )).all())
 
 
 # Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order.
@@ -424,7 +444,7 @@ class Deliverer:
     async def lease(self, now: datetime) -> list[Leased]:
         lease = timedelta(seconds=self._config().notifier.lease_seconds)
         async with self._uow() as uow:
-            leased = [*await lease_channel_deliveries(uow, now, lease),
+            leased = [*await lease_channel_deliveries(uow, self._config(), now, lease),
                       *await lease_subscription_deliveries(uow, now, lease)]
             await uow.commit()
         return leased

@@ -76,6 +76,7 @@ deliveries = Table(
     Column("created_at", DateTime(timezone=True)),
     Index("ix_notifier_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
     Index("ix_notifier_deliveries_recent", "recipient", "channel", "created_at"),
+    Index("ix_notifier_deliveries_sent", "channel", "sent_at"),
     schema=SCHEMA,
 )
 

@@ -226,3 +226,28 @@ async def test_a_crash_between_send_and_record_resends_the_same_key_once_the_lea
     events = await outbox_events(engine, "notifier", lead_id)
     assert [e.type for e in events if e.type.startswith("notification.")] == ["notification.sent"]
     assert events[-1].data["attempts"] == 2 and events[-1].data["idempotency_key"] == keys[0]
+
+
+async def test_a_rate_limited_channel_sends_its_quota_per_window_and_the_rest_wait(make_ctx, clock, receiver,
+                                                                                  http):
+    channel = f"limited-{uuid.uuid4().hex[:6]}"
+    config = config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
+        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
+                       f"rate_limit: {{max: 2, per: 1m}}}}\n")
+    ctx = make_ctx("notifier", config)
+    d = deliverer(ctx, clock, http)
+    leads = [str(uuid.uuid4()) for _ in range(5)]
+    await consume(ctx, *(sla_event("breached", lead_id, clock.now(), sla_id=lead_id) for lead_id in leads))
+
+    def sent() -> int:
+        return sum(len(to(receiver, lead_id)) for lead_id in leads)
+
+    await d.run_once()
+    await d.run_once()
+    assert sent() == 2
+    clock.advance(timedelta(seconds=61))
+    await d.run_once()
+    assert sent() == 4
+    clock.advance(timedelta(seconds=61))
+    await d.run_once()
+    assert sent() == 5

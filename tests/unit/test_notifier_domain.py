@@ -17,6 +17,7 @@ from leadsla.services.notifier.domain import (
     invalid_event_type,
     is_retryable,
     parse_retry_after,
+    rate_room,
     plan_steps,
     recipients,
     render,
@@ -223,3 +224,7 @@ def test_a_digest_lists_the_first_escalations_and_counts_the_rest() -> None:
     assert "SLA breached: lead 0 https://x/v1/leads/0" in msg.text and "lead 30" not in msg.text
     assert "... and 9975 more" in msg.text and msg.link == "https://x/board"
     assert len(msg.slack["blocks"][1]["text"]["text"]) <= 3000
+
+
+def test_a_rate_limited_channel_has_room_for_what_is_left_of_its_quota() -> None:
+    assert [rate_room(3, used) for used in (0, 2, 3, 7)] == [3, 1, 0, 0]

@@ -49,6 +49,7 @@ def upgrade() -> None:
     op.add_column("deliveries", sa.Column("kind", sa.String(), nullable=False, server_default="single"), schema=S)
     op.add_column("deliveries", sa.Column("created_at", sa.DateTime(timezone=True)), schema=S)
     op.create_index("ix_notifier_deliveries_recent", "deliveries", ["recipient", "channel", "created_at"], schema=S)
+    op.create_index("ix_notifier_deliveries_sent", "deliveries", ["channel", "sent_at"], schema=S)
     op.create_table(
         "digest_items",
         sa.Column("seq", sa.BigInteger(), primary_key=True, autoincrement=True),
@@ -97,6 +98,7 @@ def downgrade() -> None:
     op.drop_table("subscription_deliveries", schema=S)
     op.drop_table("subscriptions", schema=S)
     op.drop_table("digest_items", schema=S)
+    op.drop_index("ix_notifier_deliveries_sent", table_name="deliveries", schema=S)
     op.drop_index("ix_notifier_deliveries_recent", table_name="deliveries", schema=S)
     for column in ("created_at", "kind", "lease_token", "leased_until", "step", "idempotency_key"):
         op.drop_column("deliveries", column, schema=S)
