@@ -1,5 +1,6 @@
-"""The notifier SIGKILLed while a webhook is in flight: after the restart the message is sent again
-with the same idempotency key (never a new one), and recorded as sent exactly once."""
+"""The notifier as `leadsla serve notifier`: SIGKILLed while a webhook is in flight, it sends the
+message again after the restart with the same idempotency key (never a new one) and records it
+once; and a CRM subscription made over HTTP gets assignments from Kafka, in order, signed."""
 from __future__ import annotations
 
 import threading
@@ -9,6 +10,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -113,3 +115,43 @@ async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_u
     finally:
         assert notifier.stop() == 0
         receiver.stop()
+
+
+async def test_a_crm_subscription_gets_assignments_from_the_running_notifier(database_url, kafka_bootstrap, engine,
+                                                                             producer, tmp_path_factory) -> None:
+    from leadsla.shared.auth import create_key
+    from leadsla.shared.events import TOPIC_ROUTING, LeadAssigned
+    from tests.integration.receivers import HttpReceiver
+
+    async with engine.begin() as conn:
+        await apply_config(conn, "owners: [{id: alice}]\n")
+        admin_key = await create_key(conn, "crm-e2e", "admin")
+    env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "LEADSLA_TOPIC_PARTITIONS": "3"}
+    notifier = ServiceProcess("notifier", free_port(), env, Path(tmp_path_factory.mktemp("logs")) / "notifier.log")
+    notifier.start()
+    with HttpReceiver() as crm:
+        try:
+            wait_until(notifier.ready, 90, "the notifier to be ready", 0.2)
+            async with httpx.AsyncClient() as client:
+                response = await client.post(f"{notifier.url}/v1/subscriptions",
+                                             headers={"Authorization": f"Bearer {admin_key}"},
+                                             json={"url": crm.url, "event_types": ["lead.assigned"]})
+            assert response.status_code == 201, response.text
+            crm.secret = response.json()["secret"].encode()
+            lead_id = str(uuid.uuid4())
+            now = datetime.now(UTC)
+            sent = [new_event("lead.assigned", service="router", lead_id=lead_id, time=now, data=LeadAssigned(
+                lead_id=lead_id, owner_id="alice", team_id=None, rule_id=None, method="round_robin", reason="rule",
+                assignment_no=n, candidates=[], assigned_at=now)) for n in (1, 2, 3)]
+            for event in sent:
+                await producer.send_and_wait(TOPIC_ROUTING, event.to_bytes(), key=lead_id.encode(),
+                                             headers=[("content-type", CONTENT_TYPE)])
+            await eventually(lambda: len([m for m, _ in crm.received if m.get("subject") == lead_id]) >= 3,
+                             timeout=60, what="three assignments at the CRM")
+            got = [(m, ok) for m, ok in crm.received if m.get("subject") == lead_id]
+            assert [m["id"] for m, _ in got] == [e.id for e in sent]
+            assert all(ok for _, ok in got)
+            assert [m["_headers"]["idempotency-key"] for m, _ in got] == [e.id for e in sent]
+        finally:
+            assert notifier.stop() == 0
