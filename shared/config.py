@@ -326,6 +326,8 @@ class NotifierSettings(Strict):
     lease_seconds: float = Field(default=60.0, gt=0)
     quiet_hours: QuietHours | None = None
     digest: Digest | None = Digest()
+    # CRM deliveries that went out (or were cancelled) are kept this long; failed ones until removed.
+    keep_delivered: Duration = 7 * 86400
 
 
 class EscalationStep(Strict):

@@ -3,6 +3,7 @@ escalation steps and deliver in a background loop; serve the subscription API.""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import httpx
 import structlog
@@ -15,10 +16,11 @@ from leadsla.shared.uow import UnitOfWork
 
 from .api import build_router
 from .channels import Senders
-from .handlers import Deliverer, on_event
+from .handlers import Deliverer, on_event, prune_delivered
 
 log = structlog.get_logger()
 DELIVERY_POLL_SECONDS = 0.25
+RETENTION_EVERY_SECONDS = 3600
 TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
 
 
@@ -42,8 +44,21 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                 if done == 0:
                     await sleep_unless_stopped(stop, backoff)
 
+    async def retention_loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with ctx.uow() as uow:
+                    keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
+                    pruned = await prune_delivered(uow, ctx.clock.now() - keep)
+                    await uow.commit()
+                if pruned:
+                    log.info("notifier.pruned_deliveries", rows=pruned)
+            except Exception as exc:  # retention can wait for the next round
+                log.warning("notifier.prune_failed", error=type(exc).__name__)
+            await sleep_unless_stopped(stop, RETENTION_EVERY_SECONDS)
+
     return ServiceSpec(
         subscriptions=[Subscription("notifier", TOPICS, handle)],
-        loops=[delivery_loop],
+        loops=[delivery_loop, retention_loop],
         routers=[build_router(ctx)],
     )

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import Row, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from leadsla.shared import metrics
@@ -420,6 +420,14 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
 
 def _json_bytes(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def prune_delivered(uow: UnitOfWork, before: datetime) -> int:
+    """Retention: CRM deliveries done with (sent, cancelled) before `before`; failures stay for
+    operators."""
+    d = subscription_deliveries
+    gone = await uow.conn.execute(delete(d).where(d.c.state.in_(("sent", "cancelled")), d.c.created_at < before))
+    return gone.rowcount
 
 
 # ---- the cycle ------------------------------------------------------------------------------

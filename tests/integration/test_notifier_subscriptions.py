@@ -198,3 +198,24 @@ async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver
         await consume(ctx, assigned(lead_id, 2, clock.now()))
         await deliver()
         assert ids_for(crm, lead_id) == []
+
+
+async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay(api, ctx, clock, engine) -> None:
+    from sqlalchemy import insert, select
+
+    from leadsla.services.notifier.handlers import prune_delivered
+
+    sub_id = f"retention-{uuid.uuid4().hex[:8]}"
+    old, recent = clock.now() - timedelta(days=8), clock.now() - timedelta(days=1)
+    async with engine.begin() as conn:
+        await conn.execute(insert(subscription_deliveries), [
+            {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
+             "body": b"{}", "state": state, "next_attempt_at": when, "created_at": when}
+            for state in ("sent", "cancelled", "failed") for age, when in (("old", old), ("recent", recent))])
+    async with ctx.uow() as uow:
+        await prune_delivered(uow, clock.now() - timedelta(days=7))
+        await uow.commit()
+    async with engine.connect() as conn:
+        left = (await conn.execute(select(subscription_deliveries.c.event_id).where(
+            subscription_deliveries.c.subscription_id == sub_id))).scalars().all()
+    assert sorted(left) == ["e-cancelled-recent", "e-failed-old", "e-failed-recent", "e-sent-recent"]
