@@ -10,7 +10,13 @@ import structlog
 
 from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, TOPIC_ROUTING, TOPIC_SLA, CloudEvent
+from leadsla.shared.events import (
+    TOPIC_INTAKE,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    CloudEvent,
+)
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 

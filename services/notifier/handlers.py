@@ -67,7 +67,14 @@ from .domain import (
     step_recipients,
     subscribed,
 )
-from .tables import deliveries, digest_items, escalations, leads, subscription_deliveries, subscriptions
+from .tables import (
+    deliveries,
+    digest_items,
+    escalations,
+    leads,
+    subscription_deliveries,
+    subscriptions,
+)
 
 log = structlog.get_logger()
 

@@ -13,7 +13,16 @@ from leadsla.services.notifier.channels import Senders
 from leadsla.services.notifier.handlers import Deliverer, on_event
 from leadsla.services.notifier.tables import deliveries
 from leadsla.shared.clock import ManualClock
-from leadsla.shared.events import Company, Consent, Contact, Intent, LeadAssigned, LeadReceived, SlaEventData, new_event
+from leadsla.shared.events import (
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    SlaEventData,
+    new_event,
+)
 from tests.integration.receivers import SlackLikeReceiver, SmtpCatcher
 from tests.support import outbox_events
 
