@@ -29,7 +29,7 @@ from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from leadsla.services.notifier.channels import Senders  # noqa: E402
 from leadsla.services.notifier.handlers import Deliverer, on_event  # noqa: E402
 from leadsla.services.notifier.tables import subscriptions  # noqa: E402
-from leadsla.shared.clock import ManualClock  # noqa: E402
+from leadsla.shared.clock import ManualClock, SystemClock  # noqa: E402
 from leadsla.shared.config import parse_config  # noqa: E402
 from leadsla.shared.db import make_engine  # noqa: E402
 from leadsla.shared.events import LeadAssigned, SlaEventData, new_event  # noqa: E402
@@ -108,9 +108,12 @@ async def main(events: int) -> None:
                                            method="round_robin", reason="rule", assignment_no=i, candidates=[],
                                            assigned_at=clock.now())), clock.now())
                         await u.commit()
+                live = Deliverer(uow, lambda: config, Senders(http, engine, lambda: config), SystemClock())
                 started = time.perf_counter()
                 while len(crm.received) < events:
-                    await deliverer.run_once()
+                    if not await live.start_round():
+                        await asyncio.sleep(0.05)
+                await live.drain()
                 sent = time.perf_counter() - started
                 print(f"subscriptions: {events} signed CloudEvents over 100 leads delivered at {events / sent:,.0f}/s "
                       f"(in order per lead: one in flight per lead)")

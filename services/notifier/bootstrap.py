@@ -41,7 +41,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                                   Senders(client, ctx.engine, lambda: ctx.config.config), ctx.clock)
             while not stop.is_set():
                 try:
-                    done = await deliverer.run_once()
+                    done = await deliverer.start_round()
                     backoff = DELIVERY_POLL_SECONDS
                 except Exception as exc:  # database down: nothing is lost, leases expire and retry
                     log.warning("notifier.delivery_round_failed", error=type(exc).__name__)
@@ -49,6 +49,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                     backoff = min(backoff * 2, 5.0)
                 if done == 0:
                     await sleep_unless_stopped(stop, backoff)
+            await deliverer.drain(timeout=10)
 
     async def retention_loop(stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -11,7 +11,7 @@ from email.utils import format_datetime, make_msgid
 
 import aiosmtplib
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
@@ -101,6 +101,19 @@ class Senders:
 
     def __init__(self, client: httpx.AsyncClient, engine: AsyncEngine, config: Callable[[], Config]) -> None:
         self._client, self._engine, self._config = client, engine, config
+        # A subscription's url and secret never change (delete and create instead), so one read
+        # serves every delivery; a deleted one's pending deliveries are cancelled, never leased.
+        self._targets: dict[str, Row] = {}
+
+    async def _target(self, subscription_id: str) -> Row | None:
+        if subscription_id not in self._targets:
+            async with self._engine.connect() as conn:
+                found = (await conn.execute(select(subscriptions.c.url, subscriptions.c.secret)
+                                            .where(subscriptions.c.id == subscription_id))).first()
+            if found is None:
+                return None
+            self._targets[subscription_id] = found
+        return self._targets[subscription_id]
 
     async def __call__(self, item: Leased, now: datetime) -> Attempt:
         try:
@@ -139,9 +152,7 @@ class Senders:
 
     async def _subscription(self, item: Leased, now: datetime) -> Attempt:
         row = item.row
-        async with self._engine.connect() as conn:
-            sub = (await conn.execute(select(subscriptions.c.url, subscriptions.c.secret)
-                                      .where(subscriptions.c.id == row.subscription_id))).first()
+        sub = await self._target(row.subscription_id)
         if sub is None:
             return Attempt(status=410, error="subscription is gone")
         body = bytes(row.body)

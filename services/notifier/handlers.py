@@ -174,12 +174,10 @@ async def fire_due_steps(uow: UnitOfWork, config: Config, now: datetime, limit: 
                                   escalations.c.due_at <= now)
         .order_by(escalations.c.due_at).limit(limit).with_for_update(skip_locked=True)
     )).all()
-    fired = []
-    for esc in due:
-        if await _fire(uow, config, esc, now):
-            fired.append(esc.step)
-        await uow.conn.execute(update(escalations).where(escalations.c.escalation_id == esc.escalation_id)
-                               .values(triggered_at=now))
+    fired = [esc.step for esc in due if await _fire(uow, config, esc, now)]
+    if due:
+        await uow.conn.execute(update(escalations).where(
+            escalations.c.escalation_id.in_([esc.escalation_id for esc in due])).values(triggered_at=now))
     return fired
 
 
@@ -325,20 +323,23 @@ async def _lease_channel(uow: UnitOfWork, which, now: datetime, lease: timedelta
 
 
 # Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order.
-# At most `per_subscription` per round: a subscriber that is down (and slow to refuse) takes its
-# share of each round, not the whole round.
+# At most `per_subscription` in flight per subscription: a subscriber that is down (or slow to
+# answer) ties up its own share of the senders, never everyone's.
 _LEASE_SUBSCRIPTION_DELIVERIES = text("""
-WITH candidates AS (
-  SELECT id FROM (
-    SELECT d.id, row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.id) AS n
+WITH in_flight AS (
+  SELECT subscription_id, count(*) AS busy FROM notifier.subscription_deliveries
+  WHERE state = 'pending' AND leased_until > :now GROUP BY subscription_id
+), candidates AS (
+  SELECT ranked.id FROM (
+    SELECT d.id, d.subscription_id, row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.id) AS rn
     FROM notifier.subscription_deliveries d
     WHERE d.state = 'pending' AND d.next_attempt_at <= :now
       AND (d.leased_until IS NULL OR d.leased_until <= :now)
       AND NOT EXISTS (SELECT 1 FROM notifier.subscription_deliveries e
                       WHERE e.subscription_id = d.subscription_id AND e.lead_id = d.lead_id
                         AND e.state = 'pending' AND e.id < d.id)
-  ) ranked
-  WHERE n <= :per_subscription ORDER BY id LIMIT :limit
+  ) ranked LEFT JOIN in_flight f ON f.subscription_id = ranked.subscription_id
+  WHERE ranked.rn + coalesce(f.busy, 0) <= :per_subscription ORDER BY ranked.id LIMIT :limit
 )
 UPDATE notifier.subscription_deliveries s
 SET leased_until = :until, lease_token = :token, attempts = s.attempts + 1
@@ -348,7 +349,7 @@ RETURNING s.*
 """)
 
 
-async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 100,
+async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 200,
                                         per_subscription: int = 20) -> list[Leased]:
     token = secrets.token_hex(8)
     rows = (await uow.conn.execute(_LEASE_SUBSCRIPTION_DELIVERIES, {
@@ -441,12 +442,15 @@ async def prune_delivered(uow: UnitOfWork, before: datetime) -> int:
 
 
 class Deliverer:
-    """One round: fire due steps, lease due deliveries (committed), send them concurrently with
-    no transaction open, record the outcomes."""
+    """Rounds of: fire due steps; lease due deliveries (committed); send each with no transaction
+    open and record its outcome as soon as it is known. A round does not wait for slow receivers:
+    their sends finish in the background (bounded by `max_in_flight`) while the next rounds go on."""
 
     def __init__(self, uow: Callable[[], UnitOfWork], config: Callable[[], Config], send: Sender, clock: Clock,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random, max_in_flight: int = 200) -> None:
         self._uow, self._config, self._send, self._clock, self._jitter = uow, config, send, clock, jitter
+        self._max_in_flight = max_in_flight
+        self._in_flight: set[asyncio.Task] = set()
 
     async def fire(self, now: datetime) -> int:
         async with self._uow() as uow:
@@ -456,11 +460,12 @@ class Deliverer:
             metrics.escalations.labels(str(step)).inc()
         return len(fired)
 
-    async def lease(self, now: datetime) -> list[Leased]:
+    async def lease(self, now: datetime, room: int = 200) -> list[Leased]:
         lease = timedelta(seconds=self._config().notifier.lease_seconds)
         async with self._uow() as uow:
-            leased = [*await lease_channel_deliveries(uow, self._config(), now, lease),
-                      *await lease_subscription_deliveries(uow, now, lease)]
+            leased = await lease_channel_deliveries(uow, self._config(), now, lease, limit=min(room, 50))
+            if room > len(leased):
+                leased += await lease_subscription_deliveries(uow, now, lease, limit=room - len(leased))
             await uow.commit()
         return leased
 
@@ -485,13 +490,34 @@ class Deliverer:
             channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
             metrics.notifications.labels(channel, outcome or "retrying").inc()
 
-    async def run_once(self) -> int:
+    async def _deliver(self, item: Leased) -> None:
+        attempt = await self._send_one(item, self._clock.now())
+        try:
+            await self.record([item], [attempt], self._clock.now())
+        except Exception as exc:  # the database is down: the lease expires and the same key goes again
+            log.warning("notifier.record_failed", kind=item.kind, error=type(exc).__name__)
+
+    async def start_round(self) -> int:
+        """Fire and lease, and start the sends; returns how much work the round found."""
         fired = await self.fire(self._clock.now())
-        leased = await self.lease(self._clock.now())
-        if leased:
-            attempts = await self.send(leased, self._clock.now())
-            await self.record(leased, attempts, self._clock.now())
+        room = self._max_in_flight - len(self._in_flight)
+        leased = await self.lease(self._clock.now(), room) if room > 0 else []
+        for item in leased:
+            task = asyncio.create_task(self._deliver(item))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         return fired + len(leased)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the sends in flight (on shutdown: up to `timeout`, then their leases expire)."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+
+    async def run_once(self) -> int:
+        """One round, waiting for its sends: what tests and benchmarks step through."""
+        found = await self.start_round()
+        await self.drain()
+        return found
 
 
 def describe(row: Row) -> dict:

@@ -3,11 +3,9 @@ message again after the restart with the same idempotency key (never a new one) 
 once; and a CRM subscription made over HTTP gets assignments from Kafka, in order, signed."""
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
 from leadsla.shared.config_store import apply_config
 from leadsla.shared.db import OUTBOX
 from leadsla.shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaEventData, new_event
+from tests.integration.receivers import StallingReceiver
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -34,39 +33,6 @@ escalation_policies:
     steps: [{step: 1, notify: [owner], channels: [hook]}]
 notifier: {lease_seconds: 2}
 """
-
-
-class StallingReceiver:
-    """Records every request on arrival; holds the first one open until released."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[dict[str, str], bytes]] = []
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.arrivals.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                if len(receiver.arrivals) == 1:
-                    receiver.release.wait(60)
-                try:
-                    self.send_response(204)
-                    self.end_headers()
-                except OSError:
-                    pass  # the sender is gone
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
 
 
 async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_url, kafka_bootstrap, engine,

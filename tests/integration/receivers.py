@@ -108,3 +108,38 @@ class SlackLikeReceiver:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class StallingReceiver:
+    """Records every request on arrival; holds the first one (or, with `hold_all`, every one)
+    open until released."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        self.hold_all = False
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.arrivals.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                if receiver.hold_all or len(receiver.arrivals) == 1:
+                    receiver.release.wait(60)
+                try:
+                    self.send_response(204)
+                    self.end_headers()
+                except OSError:
+                    pass  # the sender is gone
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -21,12 +21,12 @@ from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.events import LeadAssigned, SlaEventData, new_event
 from leadsla.shared.http import create_app
-from tests.integration.receivers import HttpReceiver
-from tests.support import outbox_events
+from tests.integration.receivers import HttpReceiver, StallingReceiver
+from tests.support import eventually, outbox_events
 
 CONFIG = """
 owners: [{id: alice}]
-notifier: {subscription_max_attempts: 3}
+notifier: {subscription_max_attempts: 3, subscription_timeout_seconds: 30}
 """
 
 
@@ -219,3 +219,32 @@ async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay
         left = (await conn.execute(select(subscription_deliveries.c.event_id).where(
             subscription_deliveries.c.subscription_id == sub_id))).scalars().all()
     assert sorted(left) == ["e-cancelled-recent", "e-failed-old", "e-failed-recent", "e-sent-recent"]
+
+
+async def test_a_subscriber_that_never_answers_holds_up_nobody_else(api, ctx, clock) -> None:
+    stalled = StallingReceiver()
+    stalled.hold_all = True
+    try:
+        with HttpReceiver() as up:
+            await subscribe(api, up, ["lead.assigned"])
+            response = await api.post("/v1/subscriptions", json={
+                "url": f"http://127.0.0.1:{stalled.port}/hook", "event_types": ["lead.assigned"]})
+            assert response.status_code == 201
+            leads = [str(uuid.uuid4()) for _ in range(3)]
+            await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in leads))
+            async with httpx.AsyncClient() as http:
+                deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                      Senders(http, ctx.engine, lambda: ctx.config.config), clock)
+                await deliverer.start_round()
+                await eventually(lambda: {m["subject"] for m, _ in up.received} >= set(leads), timeout=20,
+                                 what="the live subscriber to get its events")
+                later = [str(uuid.uuid4()) for _ in range(2)]  # events that come while the sends hang
+                await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in later))
+                await deliverer.start_round()
+                await eventually(lambda: {m["subject"] for m, _ in up.received} >= set(later), timeout=20,
+                                 what="later events to reach the live subscriber")
+                assert len(stalled.arrivals) >= 1 and not stalled.release.is_set()  # still hanging
+                stalled.release.set()
+                await deliverer.drain()
+    finally:
+        stalled.stop()
