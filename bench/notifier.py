@@ -94,6 +94,7 @@ async def main(events: int) -> None:
                 print(f"storm: {events} breaches planned at {events / planned:,.0f}/s, "
                       f"fired at {events / fired:,.0f}/s; the manager got {len(slack.payloads)} Slack messages")
 
+                clock = SystemClock()  # the storm moved the manual clock ahead; CRM deliveries run on real time
                 crm.secret = b"bench-secret-0123456789"
                 async with engine.begin() as conn:
                     await conn.execute(subscriptions.insert().values(
@@ -108,7 +109,7 @@ async def main(events: int) -> None:
                                            method="round_robin", reason="rule", assignment_no=i, candidates=[],
                                            assigned_at=clock.now())), clock.now())
                         await u.commit()
-                live = Deliverer(uow, lambda: config, Senders(http, engine, lambda: config), SystemClock())
+                live = Deliverer(uow, lambda: config, Senders(http, engine, lambda: config), clock)
                 started = time.perf_counter()
                 while len(crm.received) < events:
                     if not await live.start_round():

@@ -13,6 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 drops connections when many deliveries arrive at once (each drop
+    # costs the sender a TCP retransmit, a second or more).
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class WebhookReceiver:
     def __init__(
         self,
@@ -41,7 +48,7 @@ class WebhookReceiver:
                 pass
 
         self.secret = secret
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
