@@ -140,6 +140,12 @@ async def stop_chain(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
     await uow.conn.execute(update(escalations).where(
         escalations.c.sla_id == sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
     ).values(cancelled_at=now))
+    # Messages held back by quiet hours and never tried are news nobody needs any more.
+    await uow.conn.execute(update(deliveries).where(
+        deliveries.c.escalation_id.in_(select(escalations.c.escalation_id).where(escalations.c.sla_id == sla_id)),
+        deliveries.c.state == "pending", deliveries.c.kind == "single", deliveries.c.attempts == 0,
+        deliveries.c.next_attempt_at > now,
+    ).values(state="cancelled"))
 
 
 async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:

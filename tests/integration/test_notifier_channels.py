@@ -195,8 +195,15 @@ async def test_quiet_hours_hold_a_message_until_the_recipient_works_but_let_urge
             d = Deliverer(ctx.uow, lambda: ctx.config.config,
                           Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
             await breach_leads(ctx, clock, ["A", "C"])
+            [answered_overnight] = await breach_leads(ctx, clock, ["B"])
             await d.run_once()
             assert [p["text"].split(", tier ")[1][0] for p in slack.payloads] == ["A"]
+            async with ctx.uow() as uow:  # the SLA is met before morning: its held message is dropped
+                await on_event(uow, ctx.config.config, new_event(
+                    "sla.met", service="sla_clock", lead_id=answered_overnight, time=clock.now(), data=SlaEventData(
+                        lead_id=answered_overnight, sla_id=answered_overnight, metric="first_response",
+                        policy_id="p", policy_version=1, owner_id="alice", due_at=clock.now())), clock.now())
+                await uow.commit()
             clock.advance(timedelta(hours=10, minutes=59))  # 08:59 London
             await d.run_once()
             assert len(slack.payloads) == 1
