@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from leadsla.services.notifier.channels import Senders  # noqa: E402
-from leadsla.services.notifier.handlers import Deliverer, on_event  # noqa: E402
+from leadsla.services.notifier.delivery import Deliverer  # noqa: E402
+from leadsla.services.notifier.handlers import on_event  # noqa: E402
 from leadsla.services.notifier.tables import subscriptions  # noqa: E402
 from leadsla.shared.clock import ManualClock, SystemClock  # noqa: E402
 from leadsla.shared.config import parse_config  # noqa: E402

@@ -22,7 +22,8 @@ from leadsla.shared.uow import UnitOfWork
 
 from .api import build_router
 from .channels import Senders
-from .handlers import Deliverer, on_event, prune_delivered
+from .delivery import Deliverer, prune_delivered
+from .handlers import on_event
 
 log = structlog.get_logger()
 DELIVERY_POLL_SECONDS = 0.25

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
 
+from .delivery import Leased
 from .domain import DIGEST_LINES, SIGNATURE_HEADER, Attempt, Recipient, render_digest, sign
-from .handlers import Leased
 from .tables import digest_items, subscriptions
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import update
 
 from leadsla.services.notifier.channels import Senders
-from leadsla.services.notifier.handlers import Deliverer, on_event
+from leadsla.services.notifier.delivery import Deliverer
+from leadsla.services.notifier.handlers import on_event
 from leadsla.services.notifier.tables import deliveries
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.events import (

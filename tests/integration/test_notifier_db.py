@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import update
 
 from leadsla.services.notifier.channels import Senders
+from leadsla.services.notifier.delivery import Deliverer
 from leadsla.services.notifier.domain import Attempt
-from leadsla.services.notifier.handlers import Deliverer, on_event
+from leadsla.services.notifier.handlers import on_event
 from leadsla.services.notifier.tables import deliveries, subscription_deliveries
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.events import SlaEventData, new_event

@@ -14,8 +14,9 @@ from sqlalchemy import update
 from leadsla.devstack import free_port
 from leadsla.services.notifier.bootstrap import bootstrap
 from leadsla.services.notifier.channels import Senders
+from leadsla.services.notifier.delivery import Deliverer
 from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
-from leadsla.services.notifier.handlers import Deliverer, on_event
+from leadsla.services.notifier.handlers import on_event
 from leadsla.services.notifier.tables import deliveries, subscription_deliveries, subscriptions
 from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
@@ -203,7 +204,7 @@ async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver
 async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay(api, ctx, clock, engine) -> None:
     from sqlalchemy import insert, select
 
-    from leadsla.services.notifier.handlers import prune_delivered
+    from leadsla.services.notifier.delivery import prune_delivered
 
     sub_id = f"retention-{uuid.uuid4().hex[:8]}"
     old, recent = clock.now() - timedelta(days=8), clock.now() - timedelta(days=1)
