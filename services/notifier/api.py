@@ -5,9 +5,10 @@ import secrets
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadsla.shared.events import utc_iso
 from leadsla.shared.http import ProblemError, require_key
@@ -36,6 +37,13 @@ def _check(body: SubscriptionIn) -> None:
             errors.append({"field": f"event_types.{i}", "message": why})
     if errors:
         raise ProblemError(422, "Invalid request", "The request has invalid fields.", errors)
+
+
+async def _existing(conn: AsyncConnection, subscription_id: str) -> None:
+    found = await conn.scalar(select(subscriptions.c.id).where(
+        subscriptions.c.id == subscription_id, subscriptions.c.deleted_at.is_(None)))
+    if found is None:
+        raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
 
 
 def build_router(ctx: ServiceContext) -> APIRouter:
@@ -85,6 +93,31 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                 subscription_deliveries.c.subscription_id == subscription_id,
                 subscription_deliveries.c.state == "pending").values(state="cancelled", leased_until=None))
         return Response(status_code=204)
+
+    @router.get("/v1/subscriptions/{subscription_id}/deliveries", dependencies=admin)
+    async def subscription_deliveries_of(subscription_id: str, state: str = "failed",
+                                         limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        """What a subscriber missed (or has pending): the operator's dead-letter view of a CRM."""
+        d = subscription_deliveries
+        async with ctx.engine.connect() as conn:
+            await _existing(conn, subscription_id)
+            rows = (await conn.execute(select(d).where(d.c.subscription_id == subscription_id, d.c.state == state)
+                                       .order_by(d.c.id).limit(limit))).all()
+        return {"deliveries": [
+            {"id": r.id, "event_id": r.event_id, "event_type": r.event_type, "lead_id": r.lead_id,
+             "state": r.state, "attempts": r.attempts, "last_error": r.last_error,
+             "created_at": utc_iso(r.created_at)} for r in rows]}
+
+    @router.post("/v1/subscriptions/{subscription_id}/redeliver", status_code=202, dependencies=admin)
+    async def redeliver(subscription_id: str) -> dict[str, Any]:
+        """Once the CRM is fixed: its failed deliveries go again (same event ids, same keys)."""
+        d = subscription_deliveries
+        async with ctx.engine.begin() as conn:
+            await _existing(conn, subscription_id)
+            requeued = await conn.execute(update(d).where(d.c.subscription_id == subscription_id, d.c.state == "failed")
+                                          .values(state="pending", attempts=0, next_attempt_at=ctx.clock.now(),
+                                                  leased_until=None, last_error=None))
+        return {"requeued": requeued.rowcount}
 
     @router.get("/v1/leads/{lead_id}/notifications", dependencies=admin)
     async def lead_notifications(lead_id: str) -> dict[str, Any]:

@@ -18,11 +18,11 @@ class HttpReceiver:
     """Answers 401 to a bad signature, else the next scripted status (204 once the script runs
     out). `received` keeps (parsed body + `_headers`, signature valid) in arrival order."""
 
-    def __init__(self, secret: str = "") -> None:
+    def __init__(self, secret: str = "", port: int | None = None) -> None:
         self.statuses: list[int] = []
         self.received: list[tuple[dict, bool]] = []
         self._lock = threading.Lock()
-        self._server = WebhookReceiver(free_port(), secret.encode(), self._record, self._status)
+        self._server = WebhookReceiver(port or free_port(), secret.encode(), self._record, self._status)
         self.url = f"http://127.0.0.1:{self._server.port}/hook"
 
     @property

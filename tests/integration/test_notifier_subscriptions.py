@@ -168,10 +168,12 @@ async def test_one_leads_events_arrive_in_order_even_when_the_first_is_retried(a
         assert all(valid for _, valid in crm.received)
 
 
-async def test_a_subscriber_that_stays_down_holds_up_nobody_else(api, ctx, clock, deliver, engine) -> None:
+async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_it_missed_once_fixed(
+        api, ctx, clock, deliver, engine) -> None:
     with HttpReceiver() as up, HttpReceiver() as down:
         await subscribe(api, up, ["lead.assigned"])
-        down.url = f"http://127.0.0.1:{free_port()}/nobody-listens"
+        down_port = free_port()
+        down.url = f"http://127.0.0.1:{down_port}/nobody-listens"
         down_id = await subscribe(api, down, ["lead.assigned"])
         leads = [str(uuid.uuid4()) for _ in range(3)]
         await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in leads))
@@ -188,6 +190,18 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else(api, ctx, clock
         assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
         assert failed.data["idempotency_key"] == failed.data["event_id"]
         assert [e.type for e in events if e.type == "deadletter"] == ["deadletter"]
+
+        # The CRM is fixed: an operator sees what it missed and sends it again, same ids and keys.
+        missed = (await api.get(f"/v1/subscriptions/{down_id}/deliveries")).json()["deliveries"]
+        assert {m["lead_id"] for m in missed} >= set(leads) and all(m["attempts"] == 3 for m in missed)
+        with HttpReceiver(port=down_port) as fixed:
+            fixed.secret = down.secret
+            requeued = await api.post(f"/v1/subscriptions/{down_id}/redeliver")
+            assert requeued.status_code == 202 and requeued.json()["requeued"] >= 3
+            await deliver()
+            assert {m["subject"] for m, _ in fixed.received} >= set(leads)
+            assert all(valid for _, valid in fixed.received)
+        assert (await api.post(f"/v1/subscriptions/{uuid.uuid4()}/redeliver")).status_code == 404
 
 
 async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver) -> None:
