@@ -29,6 +29,7 @@ console = Console(stderr=True)
 SERVICES = tuple(SERVICE_PORTS)
 EXAMPLE_CONFIG = Path(__file__).parent / "example-config.yaml"
 DEV_WEBHOOK_PORT = 8009
+DEV_SMTP_PORT = 8025
 
 
 def _bootstrap_of(service: str):
@@ -228,10 +229,10 @@ def dev(
         port_is_free,
         wait_until,
     )
-    from leadsla.webhook_receiver import WebhookReceiver
+    from leadsla.webhook_receiver import MailCatcher, WebhookReceiver
 
     configure_logging("WARNING")
-    taken = [p for p in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT) if not port_is_free(p)]
+    taken = [p for p in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT, DEV_SMTP_PORT) if not port_is_free(p)]
     if taken:
         console.print(f"[red]ports in use: {', '.join(map(str, taken))}[/red] (is another `leadsla dev` running?)")
         raise typer.Exit(2)
@@ -242,6 +243,7 @@ def dev(
     services: list[ServiceProcess] = []
     webhook_secret = secrets.token_urlsafe(24)
     receiver = WebhookReceiver(DEV_WEBHOOK_PORT, webhook_secret.encode(), _print_notification)
+    mail_catcher = MailCatcher(DEV_SMTP_PORT, _print_mail)
     stop_requested = False
 
     def request_stop(*_: object) -> None:
@@ -258,6 +260,7 @@ def dev(
             version, _ = asyncio.run(_apply_config(database_url, config.read_text()))
             admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
             receiver.start()
+            mail_catcher.start()
         env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,
                "LEADSLA_WEBHOOK_SECRET": webhook_secret, "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": "2000"}
         services = [ServiceProcess(name, port, env, data_dir / "logs" / f"{name}.log")
@@ -283,6 +286,7 @@ def dev(
         for service in services:
             service.stop()
         receiver.stop()
+        mail_catcher.stop()
         broker.stop()
         postgres.stop()
         console.print("stopped")
@@ -296,6 +300,7 @@ def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_d
         table.add_row(s.name, s.url)
     table.add_row("kafka", bootstrap)
     table.add_row("webhook receiver", f"http://127.0.0.1:{DEV_WEBHOOK_PORT}/hooks/leadsla")
+    table.add_row("SMTP catcher", f"smtp://127.0.0.1:{DEV_SMTP_PORT}")
     console.print(table)
     console.print(f"config version {version}; service logs in {data_dir / 'logs'}")
     console.print(f"dev admin key: [bold]{admin_key}[/bold]")
@@ -309,6 +314,10 @@ def _print_notification(message: dict, valid: bool) -> None:
     mark = "signed ok" if valid else "BAD SIGNATURE"
     console.print(f"[yellow]webhook[/yellow] ({mark}) {trigger.get('type')} lead={message.get('lead_id')} "
                   f"step={message.get('step')} to {recipient.get('role')}:{recipient.get('id')}")
+
+
+def _print_mail(mail) -> None:
+    console.print(f"[cyan]mail[/cyan] to {mail['To']}: {mail['Subject']}")
 
 
 if __name__ == "__main__":

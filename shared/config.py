@@ -8,7 +8,7 @@ import hashlib
 import os
 import re
 from datetime import date, datetime, time
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -16,8 +16,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -316,6 +318,13 @@ class SlaPolicy(Strict):
 # ---- escalation and channels ----------------------------------------------------------------
 
 
+class ChannelRateLimit(Strict):
+    """At most `max` sends per `per` on one channel; the rest wait their turn (nothing is dropped)."""
+
+    max: int = Field(ge=1)
+    per: Duration = 60.0
+
+
 class WebhookChannel(Strict):
     type: Literal["webhook"] = "webhook"
     url: str
@@ -323,6 +332,7 @@ class WebhookChannel(Strict):
     secret_env: str | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
+    rate_limit: ChannelRateLimit | None = None
 
     @model_validator(mode="after")
     def _has_secret(self) -> WebhookChannel:
@@ -335,8 +345,101 @@ class WebhookChannel(Strict):
             return self.secret.get_secret_value().encode()
         value = os.environ.get(self.secret_env or "")
         if not value:
-            raise RuntimeError(f"environment variable {self.secret_env} (webhook secret) is not set")
+            raise MissingSecret(f"environment variable {self.secret_env} (webhook secret) is not set")
         return value.encode()
+
+
+class MissingSecret(RuntimeError):
+    """A channel's secret is referenced by an environment variable that is not set."""
+
+
+def _env_secret(name: str | None, what: str) -> str:
+    value = os.environ.get(name or "")
+    if not value:
+        raise MissingSecret(f"environment variable {name} ({what}) is not set")
+    return value
+
+
+class SlackChannel(Strict):
+    """A Slack-compatible incoming webhook. Its URL is the secret, so it comes from the environment."""
+
+    type: Literal["slack"]
+    url_env: str
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    rate_limit: ChannelRateLimit | None = None
+
+    def webhook_url(self) -> str:
+        return _env_secret(self.url_env, "Slack webhook URL")
+
+
+class EmailChannel(Strict):
+    """Email over SMTP. `tls`: starttls (upgrade on the submission port), tls (implicit, 465) or
+    none (a local relay). The password comes from the environment only."""
+
+    type: Literal["email"]
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    validate_certs: bool = True
+    username: str | None = None
+    password_env: str | None = None
+    from_address: str = Field(alias="from")
+    reply_to: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    rate_limit: ChannelRateLimit | None = None
+
+    @model_validator(mode="after")
+    def _login_complete(self) -> EmailChannel:
+        if bool(self.username) != bool(self.password_env):
+            raise ValueError("`username` and `password_env` go together")
+        return self
+
+    def password(self) -> str | None:
+        return _env_secret(self.password_env, "SMTP password") if self.password_env else None
+
+
+def _channel_type(value: Any) -> str:
+    # `type` may be left out for webhooks: configurations written before other channels existed.
+    if isinstance(value, dict):
+        return value.get("type", "webhook")
+    return getattr(value, "type", "webhook")
+
+
+Channel = Annotated[
+    Annotated[WebhookChannel, Tag("webhook")] | Annotated[SlackChannel, Tag("slack")]
+    | Annotated[EmailChannel, Tag("email")],
+    Discriminator(_channel_type),
+]
+
+
+class QuietHours(Strict):
+    # Messages to people (Slack, email) wait until the recipient's calendar (owners.*.calendar)
+    # opens, except for leads of these tiers. Webhooks go to systems and are never held.
+    urgent_tiers: list[str] = Field(default_factory=list)
+
+
+class Digest(Strict):
+    # After `after` messages to one person on one people channel within `window`, the rest of
+    # that window's messages go as one digest at the window's end.
+    window: Duration = 300
+    after: int = Field(default=10, ge=1)
+
+
+class NotifierSettings(Strict):
+    # Messages link to the lead at `<link_base_url>/v1/leads/<lead_id>` (e.g. your reporting URL
+    # or a CRM deep link base); without it they carry no link.
+    link_base_url: str | None = None
+    # CRM subscriptions: how long one POST may take and how many tries before giving up.
+    subscription_timeout_seconds: float = Field(default=5.0, gt=0)
+    subscription_max_attempts: int = Field(default=8, ge=1)
+    # A delivery leased for sending is retried after this long if its sender vanished (a crash).
+    lease_seconds: float = Field(default=60.0, gt=0)
+    quiet_hours: QuietHours | None = None
+    digest: Digest | None = Digest()
+    # CRM deliveries that went out (or were cancelled) are kept this long; failed ones until removed.
+    keep_delivered: Duration = 7 * 86400
 
 
 class EscalationStep(Strict):
@@ -427,8 +530,9 @@ class Config(Strict):
     sla_policies: list[SlaPolicy] = Field(default_factory=list)
     disposition_reasons: dict[str, list[str]] = Field(default_factory=dict)
     escalation_policies: list[EscalationPolicy] = Field(default_factory=list)
-    channels: dict[str, WebhookChannel] = Field(default_factory=dict)
+    channels: dict[str, Channel] = Field(default_factory=dict)
     intake: IntakeConfig = IntakeConfig()
+    notifier: NotifierSettings = NotifierSettings()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Config:

@@ -296,12 +296,14 @@ class EscalationTriggered(WireModel):
 class NotificationResult(WireModel):
     notification_id: str
     lead_id: str
-    escalation_id: str
+    escalation_id: str | None = None  # None for a CRM subscription's delivery (see subscription_id)
     channel: str
     recipient: str
     attempts: int
     idempotency_key: str
     error: str | None = None
+    subscription_id: str | None = None
+    event_id: str | None = None  # the event a subscription delivery carried
 
 
 class DeadLetter(WireModel):

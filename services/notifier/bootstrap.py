@@ -1,57 +1,72 @@
-"""Composition root of the notifier: escalate on SLA events, deliver in a background loop."""
+"""Composition root of the notifier: consume lead, routing, SLA and its own events; fire
+escalation steps and deliver in a background loop; serve the subscription API."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from datetime import timedelta
 
 import httpx
 import structlog
-from fastapi import APIRouter, Depends
-from sqlalchemy import select
 
 from leadsla.shared.aio import sleep_unless_stopped
 from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_SLA, CloudEvent
-from leadsla.shared.http import require_key
+from leadsla.shared.events import (
+    TOPIC_INTAKE,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    CloudEvent,
+)
 from leadsla.shared.runtime import ServiceContext, ServiceSpec
 from leadsla.shared.uow import UnitOfWork
 
-from .handlers import deliver_due, describe, escalate
-from .tables import deliveries
+from .api import build_router
+from .channels import Senders
+from .delivery import Deliverer, prune_delivered
+from .handlers import on_event
 
 log = structlog.get_logger()
 DELIVERY_POLL_SECONDS = 0.25
+RETENTION_EVERY_SECONDS = 3600
+TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
-    async def on_sla(event: CloudEvent, uow: UnitOfWork) -> None:
-        if event.type in ("sla.breached", "sla.warning"):
-            await escalate(uow, ctx.config.config, event, ctx.clock.now())
+    async def handle(event: CloudEvent, uow: UnitOfWork) -> None:
+        await on_event(uow, ctx.config.config, event, ctx.clock.now())
 
     async def delivery_loop(stop: asyncio.Event) -> None:
+        backoff = DELIVERY_POLL_SECONDS
         async with httpx.AsyncClient(follow_redirects=False) as client:
+            deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                  Senders(client, ctx.engine, lambda: ctx.config.config), ctx.clock)
             while not stop.is_set():
-                sent = 0
                 try:
-                    async with ctx.uow() as uow:
-                        sent = await deliver_due(uow, ctx.config.config, client, ctx.clock.now())
-                        await uow.commit()
-                except Exception as exc:
-                    log.warning("notifier.delivery_failed", error=str(exc))
-                if sent == 0:
-                    await sleep_unless_stopped(stop, DELIVERY_POLL_SECONDS)
+                    done = await deliverer.start_round()
+                    backoff = DELIVERY_POLL_SECONDS
+                except Exception as exc:  # database down: nothing is lost, leases expire and retry
+                    log.warning("notifier.delivery_round_failed", error=type(exc).__name__)
+                    done = 0
+                    backoff = min(backoff * 2, 5.0)
+                if done == 0:
+                    await sleep_unless_stopped(stop, backoff)
+            await deliverer.drain(timeout=10)
 
-    api = APIRouter()
-
-    @api.get("/v1/leads/{lead_id}/notifications", dependencies=[Depends(require_key("admin"))])
-    async def lead_notifications(lead_id: str) -> dict[str, Any]:
-        async with ctx.engine.connect() as conn:
-            rows = (await conn.execute(select(deliveries).where(deliveries.c.lead_id == lead_id)
-                                       .order_by(deliveries.c.next_attempt_at))).all()
-        return {"lead_id": lead_id, "notifications": [describe(r) for r in rows]}
+    async def retention_loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with ctx.uow() as uow:
+                    keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
+                    pruned = await prune_delivered(uow, ctx.clock.now() - keep)
+                    await uow.commit()
+                if pruned:
+                    log.info("notifier.pruned_deliveries", rows=pruned)
+            except Exception as exc:  # retention can wait for the next round
+                log.warning("notifier.prune_failed", error=type(exc).__name__)
+            await sleep_unless_stopped(stop, RETENTION_EVERY_SECONDS)
 
     return ServiceSpec(
-        subscriptions=[Subscription("notifier", (TOPIC_SLA,), on_sla)],
-        loops=[delivery_loop],
-        routers=[api],
+        subscriptions=[Subscription("notifier", TOPICS, handle)],
+        loops=[delivery_loop, retention_loop],
+        routers=[build_router(ctx)],
     )

@@ -1,15 +1,26 @@
-"""Notifier's pure domain: who an escalation step reaches, webhook signatures, retry timing."""
+"""Notifier's pure domain: who an escalation step reaches, which events a CRM subscription
+takes, webhook signatures, and what to do after each delivery attempt (retry when, give up when).
+No I/O, no clock: every function takes `now` (and, for jitter, a random number) from its caller."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
+import html as html_lib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Literal
 
+from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.config import Config, EscalationPolicy
+from leadsla.shared.events import EVENT_DATA, deterministic_id
 
 SIGNATURE_HEADER = "X-Leadsla-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
+ESCALATING_TYPES = ("sla.breached", "sla.warning")
+# A met or cancelled SLA makes the rest of its escalation chain pointless.
+CHAIN_STOPPING_TYPES = ("sla.met", "sla.cancelled")
 
 
 @dataclass(frozen=True)
@@ -21,16 +32,28 @@ class Recipient:
 
 
 @dataclass(frozen=True)
-class PlannedDelivery:
+class PlannedStep:
     policy_id: str
     step: int
-    channel: str
-    recipient: Recipient
-    send_at: datetime
+    due_at: datetime
 
 
 def policies_for(config: Config, event_type: str) -> list[EscalationPolicy]:
     return [p for p in config.escalation_policies if event_type in p.triggers]
+
+
+def plan_steps(config: Config, event_type: str, triggered_at: datetime) -> list[PlannedStep]:
+    """Every step of every policy this event triggers, each due at its delay."""
+    return [PlannedStep(policy.id, step.step, triggered_at + timedelta(seconds=step.after))
+            for policy in policies_for(config, event_type) for step in policy.steps]
+
+
+def roles_for(roles: list[str], root_cause: str | None) -> list[str]:
+    """A breach the system caused (`system_delay`) is lead ops' to fix, not the owner's:
+    owner and manager give way to lead ops."""
+    if root_cause != "system_delay":
+        return roles
+    return ["lead_ops"]
 
 
 def recipients(config: Config, roles: list[str], owner_id: str | None) -> list[Recipient]:
@@ -59,15 +82,47 @@ def _person(config: Config, person_id: str, role: str) -> Recipient:
     return Recipient(id=person_id, role=role, name=owner.name if owner else None, email=owner.email if owner else None)
 
 
-def plan(config: Config, event_type: str, owner_id: str | None, triggered_at: datetime) -> list[PlannedDelivery]:
-    planned = []
-    for policy in policies_for(config, event_type):
-        for step in policy.steps:
-            for person in recipients(config, list(step.notify), owner_id):
-                for channel in step.channels:
-                    planned.append(PlannedDelivery(policy.id, step.step, channel, person,
-                                                   triggered_at + timedelta(seconds=step.after)))
-    return planned
+def step_recipients(config: Config, policy_id: str, step: int, owner_id: str | None,
+                    root_cause: str | None) -> tuple[list[Recipient], list[str]]:
+    """Who a due step reaches and over which channels (both empty if the step is gone from the
+    configuration since it was planned)."""
+    policy = next((p for p in config.escalation_policies if p.id == policy_id), None)
+    found = next((s for s in policy.steps if s.step == step), None) if policy else None
+    if found is None:
+        return [], []
+    return recipients(config, roles_for(list(found.notify), root_cause), owner_id), list(found.channels)
+
+
+def idempotency_key(escalation_id: str, step: int, recipient_id: str, channel: str) -> str:
+    """Derived from what the message is, never from when it was sent: every try of it, and a
+    resend after a crash, carries the same key. The channel is part of it because one person
+    reached by Slack and by email gets two different messages."""
+    return deterministic_id("notification", escalation_id, str(step), recipient_id, channel)
+
+
+# ---- subscriptions --------------------------------------------------------------------------
+
+
+def invalid_event_type(pattern: str) -> str | None:
+    """Why a subscription's event type is not acceptable, or None. `*` and `prefix.*` are
+    allowed; anything else must be an event type of the contract."""
+    if pattern == "*":
+        return None
+    if pattern.endswith(".*"):
+        prefix = pattern[:-1]
+        if any(t.startswith(prefix) for t in EVENT_DATA):
+            return None
+        return f"no event type starts with {prefix!r}"
+    if pattern in EVENT_DATA:
+        return None
+    return f"unknown event type {pattern!r}; known: {', '.join(sorted(EVENT_DATA))}"
+
+
+def subscribed(patterns: list[str], event_type: str) -> bool:
+    return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+
+
+# ---- signatures -----------------------------------------------------------------------------
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -90,11 +145,244 @@ def verify(secret: bytes, body: bytes, header: str, now: int,
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def retry_delay(attempts: int) -> timedelta:
-    """Exponential backoff from 1 s, capped at 5 minutes."""
-    return timedelta(seconds=min(2 ** max(attempts - 1, 0), 300))
+# ---- after an attempt -----------------------------------------------------------------------
+
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 300.0
+RETRY_AFTER_CAP = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one try of a delivery found out. `status` is None when no answer came back."""
+
+    status: int | None = None
+    error: str | None = None
+    retry_after: str | None = None  # the raw Retry-After header, if any
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status is not None and 200 <= self.status < 300
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: Literal["sent", "pending", "failed"]
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+
+
+def backoff(attempts: int, jitter: float) -> timedelta:
+    """Exponential from 1 s, capped at 5 minutes; `jitter` in [0, 1) spreads each wait over its
+    upper half, so receivers coming back up are not hit by every sender at the same instant."""
+    ceiling = min(BACKOFF_BASE_SECONDS * 2 ** max(attempts - 1, 0), BACKOFF_CAP_SECONDS)
+    return timedelta(seconds=ceiling / 2 + ceiling / 2 * jitter)
+
+
+def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
+    """Retry-After as seconds or an HTTP date; None when absent or unreadable; capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        wait = timedelta(seconds=int(value))
+    else:
+        try:
+            wait = parsedate_to_datetime(value) - now
+        except (TypeError, ValueError):
+            return None
+    return min(max(wait, timedelta(0)), RETRY_AFTER_CAP)
 
 
 def is_retryable(status: int | None) -> bool:
     """Network errors and 5xx, 408, 429 are worth retrying; other 4xx will fail again."""
     return status is None or status >= 500 or status in (408, 429)
+
+
+def decide(attempt: Attempt, attempts: int, max_attempts: int, now: datetime, jitter: float) -> Decision:
+    """The delivery's next state after its `attempts`-th try."""
+    if attempt.ok:
+        return Decision("sent")
+    error = attempt.error or f"HTTP {attempt.status}"
+    if not is_retryable(attempt.status) or attempts >= max_attempts:
+        return Decision("failed", error=error)
+    wait = backoff(attempts, jitter)
+    if attempt.status in (429, 503):
+        wait = max(wait, parse_retry_after(attempt.retry_after, now) or timedelta(0))
+    return Decision("pending", next_attempt_at=now + wait, error=error)
+
+
+# ---- what a person reads --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadFacts:
+    lead_id: str
+    name: str | None = None
+    company: str | None = None
+    tier: str | None = None
+    owner_id: str | None = None
+    owner_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: str
+    text: str
+    html: str
+    slack: dict
+    link: str | None
+
+
+def lead_link(base_url: str | None, lead_id: str) -> str | None:
+    return f"{base_url.rstrip('/')}/v1/leads/{lead_id}" if base_url else None
+
+
+def humanize(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
+def _iso(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def render(lead: LeadFacts, trigger_type: str, sla: dict, recipient: Recipient, step: int,
+           link_base: str | None, now: datetime) -> Message:
+    """One message, in plain text, HTML and Slack Block Kit: who, which lead, tier, how late, link."""
+    due_at, breached_at = _iso(sla.get("due_at")), _iso(sla.get("breached_at"))
+    who = lead.name or "A lead"
+    company = lead.company or "unknown company"
+    tier = lead.tier or sla.get("tier") or "?"
+    owner = lead.owner_name or lead.owner_id or sla.get("owner_id") or "nobody"
+    metric = str(sla.get("metric", "first_response")).replace("_", " ")
+    if trigger_type == "sla.breached":
+        late = humanize(now - due_at) if due_at else "?"
+        headline = f"SLA breached: {who} ({company}), tier {tier}, {late} late"
+        status = f"{metric} was due {_fmt(due_at)}; breached {_fmt(breached_at or due_at)}; {late} late now"
+    else:
+        left = humanize(due_at - now) if due_at else "?"
+        headline = f"SLA warning: {who} ({company}), tier {tier}, due in {left}"
+        status = f"{metric} {sla.get('percent', '?')}% of target used; due {_fmt(due_at)} (in {left})"
+    if sla.get("root_cause"):
+        status += f"; root cause: {sla['root_cause']}"
+    link = lead_link(link_base, lead.lead_id)
+    facts = [("Lead", f"{who}, {company}"), ("Tier", tier), ("Owner", owner), ("Status", status),
+             ("Escalation", f"step {step}, to you as {recipient.role}")]
+    text_lines = [headline, "", *(f"{k}: {v}" for k, v in facts)]
+    if link:
+        text_lines.append(f"Open: {link}")
+    html_rows = "".join(f"<tr><th align=left>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in facts)
+    html_link = f'<p><a href="{_h(link)}">Open the lead</a></p>' if link else ""
+    html = f"<html><body><h2>{_h(headline)}</h2><table>{html_rows}</table>{html_link}</body></html>"
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}:*\n{_slack(v)}"} for k, v in facts[:4]]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _slack(facts[4][1])}]},
+    ]
+    if link:
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Open the lead"}, "url": link}]})
+    return Message(subject=headline, text="\n".join(text_lines) + "\n", html=html,
+                   slack={"text": headline, "blocks": blocks}, link=link)
+
+
+def _slack_list(items: list[dict], total: int, limit: int = 2900) -> str:
+    """As many lines as a Slack section holds (3,000 characters), then how many more there are."""
+    lines: list[str] = []
+    size = 0
+    for item in items[:DIGEST_LINES]:
+        line = f"- {_slack(item['subject'])}" + (f" <{item['link']}|open>" if item.get("link") else "")
+        if size + len(line) + 40 > limit:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more")
+    return "\n".join(lines)
+
+
+def _fmt(ts: datetime | None) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M UTC") if ts else "?"
+
+
+def _h(value: str) -> str:
+    return html_lib.escape(value, quote=True)
+
+
+def _slack(value: str) -> str:
+    # Slack mrkdwn: only these three need escaping; user text must not become markup or mentions.
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ---- quiet hours and storms -----------------------------------------------------------------
+
+PEOPLE_CHANNELS = ("slack", "email")
+
+
+def deliver_at(calendar: BusinessCalendar | None, now: datetime, tier: str | None,
+               urgent_tiers: list[str]) -> datetime:
+    """When a message to a person may go: now inside their working hours or for an urgent tier,
+    else when their calendar next opens."""
+    if calendar is None or (tier is not None and tier in urgent_tiers) or calendar.is_open(now):
+        return now
+    return calendar.add(now, 0)
+
+
+def rate_room(max_sends: int, used: int) -> int:
+    """How many more sends a rate-limited channel may start now."""
+    return max(max_sends - used, 0)
+
+
+def digest_window(now: datetime, window_seconds: float) -> tuple[datetime, datetime]:
+    """The fixed window `now` falls in (aligned to the epoch, so every replica agrees)."""
+    epoch = now.timestamp()
+    start = epoch - epoch % window_seconds
+    return (datetime.fromtimestamp(start, now.tzinfo), datetime.fromtimestamp(start + window_seconds, now.tzinfo))
+
+
+def goes_to_digest(recent: int, after: int) -> bool:
+    """`recent`: messages already made for this person and channel in this window."""
+    return recent >= after
+
+
+def digest_key(recipient_id: str, channel: str, window_start: datetime) -> str:
+    return deterministic_id("digest", recipient_id, channel, window_start.isoformat())
+
+
+DIGEST_LINES = 25
+
+
+def render_digest(items: list[dict], total: int, recipient: Recipient, window_end: datetime,
+                  link_base: str | None) -> Message:
+    """One message standing for `total` escalations (the first `items` listed)."""
+    subject = f"{total} lead escalations for you (digest until {_fmt(window_end)})"
+    lines = [f"- {i['subject']}" + (f" {i['link']}" if i.get("link") else "") for i in items[:DIGEST_LINES]]
+    more = total - min(len(items), DIGEST_LINES)
+    if more > 0:
+        lines.append(f"... and {more} more")
+    board = f"{link_base.rstrip('/')}/board" if link_base else None
+    text = "\n".join([subject, "", *lines, *([f"All: {board}"] if board else [])]) + "\n"
+    html_items = "".join(
+        f"<li>{_h(i['subject'])}" + (f' <a href="{_h(i["link"])}">open</a>' if i.get("link") else "") + "</li>"
+        for i in items[:DIGEST_LINES])
+    html_more = f"<p>... and {more} more</p>" if more > 0 else ""
+    html = f"<html><body><h2>{_h(subject)}</h2><ul>{html_items}</ul>{html_more}</body></html>"
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
+              {"type": "section", "text": {"type": "mrkdwn", "text": _slack_list(items, total)}},
+              {"type": "context", "elements": [{"type": "mrkdwn", "text": f"to you as {recipient.role}"}]}]
+    if board:
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "text": {"type": "plain_text", "text": "Open the board"}, "url": board}]})
+    return Message(subject=subject, text=text, html=html, slack={"text": subject, "blocks": blocks}, link=board)

@@ -1,26 +1,27 @@
-"""Notifier's service layer: plan escalations from SLA events, deliver them with retries.
+"""Notifier's service layer: what each consumed event changes, and what a due step writes.
 
-No double sends: each delivery has an id derived from (trigger event, policy, step, channel,
-recipient), so a redelivered trigger plans nothing new; a delivery row is locked while it is
-sent, so two replicas never send it at once. A crash after the receiver answered but before
-the commit resends once; the `Idempotency-Key` header lets the receiver drop that repeat.
+Consuming (inside the consumer's transaction): lead facts for messages; escalation steps planned
+from sla.breached / sla.warning, each due at its delay; the rest of a chain cancelled by sla.met /
+sla.cancelled; and every event copied to the CRM subscriptions that want it.
+
+Firing (`fire_due_steps`): a due step's deliveries are written, each with its idempotency key,
+and escalation.triggered is emitted, in one transaction. Sending them is `delivery.py`'s job.
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
+from typing import Any
 
-import httpx
-from sqlalchemy import Row, select, update
+import structlog
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from leadsla.shared import metrics
+from leadsla.shared.business_hours import BusinessCalendar
 from leadsla.shared.config import Config
 from leadsla.shared.events import (
     TOPIC_NOTIFICATIONS,
     CloudEvent,
     EscalationTriggered,
-    NotificationResult,
     SlaEventData,
     deterministic_id,
     new_event,
@@ -28,115 +29,239 @@ from leadsla.shared.events import (
 )
 from leadsla.shared.uow import UnitOfWork
 
-from .domain import SIGNATURE_HEADER, is_retryable, plan, retry_delay, sign
-from .tables import deliveries, escalations
+from .domain import (
+    CHAIN_STOPPING_TYPES,
+    ESCALATING_TYPES,
+    PEOPLE_CHANNELS,
+    LeadFacts,
+    Message,
+    Recipient,
+    deliver_at,
+    digest_key,
+    digest_window,
+    goes_to_digest,
+    idempotency_key,
+    plan_steps,
+    render,
+    step_recipients,
+    subscribed,
+)
+from .tables import (
+    deliveries,
+    digest_items,
+    escalations,
+    leads,
+    subscription_deliveries,
+    subscriptions,
+)
+
+log = structlog.get_logger()
 
 SERVICE = "notifier"
 
 
+# ---- consuming ------------------------------------------------------------------------------
+
+
+async def on_event(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+    await project_lead(uow, event)
+    if event.type in ESCALATING_TYPES:
+        await escalate(uow, config, event, now)
+    elif event.type in CHAIN_STOPPING_TYPES:
+        await stop_chain(uow, event, now)
+    await fan_out(uow, event, now)
+
+
+async def project_lead(uow: UnitOfWork, event: CloudEvent) -> None:
+    """Keep what a message says about a lead: name, company, tier, owner."""
+    data = event.data
+    values: dict[str, Any] = {}
+    if event.type == "lead.received":
+        contact, company = data.get("contact") or {}, data.get("company") or {}
+        name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
+        values = {"name": name, "company": company.get("name"), "tier": data.get("tier"),
+                  "source": data.get("source"), "received_at": data.get("received_at")}
+    elif event.type == "lead.assigned":
+        values = {"owner_id": data.get("owner_id")}
+        if data.get("tier"):
+            values["tier"] = data["tier"]
+    elif event.type == "lead.reassigned":
+        values = {"owner_id": data.get("to_owner_id")}
+    elif event.type == "lead.updated" and isinstance(data.get("tier"), str):
+        values = {"tier": data["tier"]}
+    if not values or not data.get("lead_id"):
+        return
+    if isinstance(values.get("received_at"), str):
+        values["received_at"] = datetime.fromisoformat(values["received_at"].replace("Z", "+00:00"))
+    await uow.conn.execute(pg_insert(leads).values(lead_id=data["lead_id"], **values)
+                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
+
+
 async def escalate(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+    """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
     sla = event.data_as(SlaEventData)
-    planned = plan(config, event.type, sla.owner_id, now)
-    by_step: dict[tuple[str, int], list] = {}
-    for p in planned:
-        by_step.setdefault((p.policy_id, p.step), []).append(p)
-    for (policy_id, step), items in by_step.items():
-        escalation_id = deterministic_id("escalation", event.id, policy_id, str(step))
-        inserted = await uow.conn.execute(pg_insert(escalations).values(
-            escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=policy_id, step=step,
-            trigger_event_id=event.id, created_at=now,
-        ).on_conflict_do_nothing().returning(escalations.c.escalation_id))
-        if inserted.first() is None:
-            continue
-        people = sorted({p.recipient.id for p in items})
-        uow.emit(TOPIC_NOTIFICATIONS, new_event(
-            "escalation.triggered", service=SERVICE, lead_id=sla.lead_id, time=now, cause=event,
-            event_id=deterministic_id(escalation_id, "triggered"),
-            data=EscalationTriggered(lead_id=sla.lead_id, escalation_id=escalation_id, policy_id=policy_id,
-                                     step=step, trigger_event_id=event.id, trigger_type=event.type,
-                                     recipients=people),
-        ))
-        metrics.escalations.labels(str(step)).inc()
-        for p in items:
-            notification_id = deterministic_id(escalation_id, p.channel, p.recipient.id)
+    trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
+               "data": sla.model_dump(mode="json", exclude_none=True)}
+    for planned in plan_steps(config, event.type, now):
+        escalation_id = deterministic_id("escalation", event.id, planned.policy_id, str(planned.step))
+        await uow.conn.execute(pg_insert(escalations).values(
+            escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=planned.policy_id, step=planned.step,
+            trigger_event_id=event.id, created_at=now, sla_id=sla.sla_id, due_at=planned.due_at,
+            trigger=trigger,
+        ).on_conflict_do_nothing())
+
+
+async def stop_chain(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
+    sla_id = event.data.get("sla_id")
+    if not sla_id:
+        return
+    await uow.conn.execute(update(escalations).where(
+        escalations.c.sla_id == sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
+    ).values(cancelled_at=now))
+    # Messages held back by quiet hours and never tried are news nobody needs any more.
+    await uow.conn.execute(update(deliveries).where(
+        deliveries.c.escalation_id.in_(select(escalations.c.escalation_id).where(escalations.c.sla_id == sla_id)),
+        deliveries.c.state == "pending", deliveries.c.kind == "single", deliveries.c.attempts == 0,
+        deliveries.c.next_attempt_at > now,
+    ).values(state="cancelled"))
+
+
+async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
+    """Queue the event for every live subscription that asked for its type."""
+    rows = (await uow.conn.execute(
+        select(subscriptions.c.id, subscriptions.c.event_types).where(subscriptions.c.deleted_at.is_(None))
+    )).all()
+    wanted = [r.id for r in rows if subscribed(r.event_types, event.type) and not _about_itself(event, r.id)]
+    if not wanted:
+        return
+    body = event.to_bytes()
+    await uow.conn.execute(pg_insert(subscription_deliveries).on_conflict_do_nothing(), [
+        {"subscription_id": sub_id, "lead_id": event.subject or "", "event_id": event.id,
+         "event_type": event.type, "body": body, "state": "pending", "next_attempt_at": now, "created_at": now}
+        for sub_id in wanted
+    ])
+
+
+def _about_itself(event: CloudEvent, subscription_id: str) -> bool:
+    # A subscriber that is down would otherwise be sent the news of its own failures, forever.
+    return event.type.startswith("notification.") and event.data.get("subscription_id") == subscription_id
+
+
+# ---- firing due steps -----------------------------------------------------------------------
+
+
+async def fire_due_steps(uow: UnitOfWork, config: Config, now: datetime, limit: int = 50) -> list[int]:
+    """Write the deliveries of every step now due and emit escalation.triggered; returns the
+    step numbers fired (for the metric, counted by the caller after commit)."""
+    due = (await uow.conn.execute(
+        select(escalations).where(escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
+                                  escalations.c.due_at <= now)
+        .order_by(escalations.c.due_at).limit(limit).with_for_update(skip_locked=True)
+    )).all()
+    fired = [esc.step for esc in due if await _fire(uow, config, esc, now)]
+    if due:
+        await uow.conn.execute(update(escalations).where(
+            escalations.c.escalation_id.in_([esc.escalation_id for esc in due])).values(triggered_at=now))
+    return fired
+
+
+async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> bool:
+    trigger = esc.trigger
+    sla = trigger["data"]
+    facts = await lead_facts(uow, config, esc.lead_id, sla.get("owner_id"))
+    # The owner now, not when the chain started: a reassigned lead escalates to its new owner.
+    people, channels = step_recipients(config, esc.policy_id, esc.step, facts.owner_id, sla.get("root_cause"))
+    if not people or not channels:
+        log.warning("notifier.step_reaches_nobody", escalation_id=esc.escalation_id, step=esc.step)
+        return False
+    for person in people:
+        message = render(facts, trigger["type"], sla, person, esc.step, config.notifier.link_base_url, now)
+        for channel in channels:
+            key = idempotency_key(esc.escalation_id, esc.step, person.id, channel)
+            send_at = now
+            if _for_people(config, channel):
+                send_at = _after_quiet_hours(config, person.id, facts.tier or sla.get("tier"), now)
+                if await _into_digest(uow, config, esc, person, channel, key, message, send_at, now):
+                    continue
             payload = {
-                "notification_id": notification_id,
-                "escalation_id": escalation_id,
-                "policy_id": policy_id,
-                "step": step,
-                "lead_id": sla.lead_id,
-                "recipient": {"id": p.recipient.id, "role": p.recipient.role, "name": p.recipient.name,
-                              "email": p.recipient.email},
-                "trigger": {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
-                            **sla.model_dump(mode="json", exclude_none=True)},
+                "notification_id": key,
+                "escalation_id": esc.escalation_id,
+                "policy_id": esc.policy_id,
+                "step": esc.step,
+                "lead_id": esc.lead_id,
+                "lead": {"name": facts.name, "company": facts.company, "tier": facts.tier,
+                         "owner_id": facts.owner_id, "owner_name": facts.owner_name, "link": message.link},
+                "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
+                "trigger": {"type": trigger["type"], "event_id": trigger["event_id"],
+                            "correlation_id": trigger.get("correlation_id"), **sla},
+                "message": {"subject": message.subject, "text": message.text, "html": message.html,
+                            "slack": message.slack},
             }
             await uow.conn.execute(pg_insert(deliveries).values(
-                notification_id=notification_id, escalation_id=escalation_id, lead_id=sla.lead_id,
-                channel=p.channel, recipient=p.recipient.id, payload=payload, state="pending",
-                next_attempt_at=p.send_at,
+                notification_id=key, idempotency_key=key, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
+                step=esc.step, channel=channel, recipient=person.id, payload=payload, state="pending",
+                next_attempt_at=send_at, created_at=now,
             ).on_conflict_do_nothing())
+    uow.emit(TOPIC_NOTIFICATIONS, new_event(
+        "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
+        correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
+        data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
+                                 step=esc.step, trigger_event_id=trigger["event_id"],
+                                 trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
+    ).model_copy(update={"causationid": trigger["event_id"]}))
+    return True
 
 
-async def deliver_due(uow: UnitOfWork, config: Config, client: httpx.AsyncClient, now: datetime,
-                      limit: int = 20) -> int:
-    rows = (await uow.conn.execute(
-        select(deliveries).where(deliveries.c.state == "pending", deliveries.c.next_attempt_at <= now)
-        .order_by(deliveries.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
-    )).all()
-    for row in rows:
-        await _deliver(uow, config, client, row, now)
-    return len(rows)
+def _for_people(config: Config, channel: str) -> bool:
+    found = config.channels.get(channel)
+    return found is not None and found.type in PEOPLE_CHANNELS
 
 
-async def _deliver(uow: UnitOfWork, config: Config, client: httpx.AsyncClient, row: Row, now: datetime) -> None:
-    channel = config.channels.get(row.channel)
-    attempts = row.attempts + 1
-    status: int | None = None
-    error: str | None = None
-    if channel is None:
-        error = f"channel {row.channel!r} is no longer configured"
-    else:
-        body = json.dumps(row.payload, separators=(",", ":"), sort_keys=True).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": row.notification_id,
-            "X-Leadsla-Notification-Id": row.notification_id,
-            SIGNATURE_HEADER: sign(channel.signing_secret(), body, int(now.timestamp())),
-        }
-        try:
-            response = await client.post(channel.url, content=body, headers=headers, timeout=channel.timeout_seconds)
-            status = response.status_code
-            if status >= 300:
-                error = f"HTTP {status}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+def _after_quiet_hours(config: Config, person_id: str, tier: str | None, now: datetime) -> datetime:
+    quiet = config.notifier.quiet_hours
+    person = config.owner(person_id)
+    if quiet is None or person is None or person.calendar is None:
+        return now
+    return deliver_at(BusinessCalendar(config.calendar(person.calendar)), now, tier, quiet.urgent_tiers)
 
-    if error is None:
-        values = {"state": "sent", "attempts": attempts, "sent_at": now, "last_error": None}
-        outcome = "sent"
-    elif channel is not None and is_retryable(status) and attempts < channel.max_attempts:
-        values = {"attempts": attempts, "next_attempt_at": now + retry_delay(attempts), "last_error": error}
-        outcome = None
-    else:
-        values = {"state": "failed", "attempts": attempts, "last_error": error}
-        outcome = "failed"
-    await uow.conn.execute(update(deliveries).where(deliveries.c.notification_id == row.notification_id)
-                           .values(**values))
-    metrics.notifications.labels(row.channel, outcome or "retrying").inc()
-    if outcome is not None:
-        uow.emit(TOPIC_NOTIFICATIONS, new_event(
-            f"notification.{outcome}", service=SERVICE, lead_id=row.lead_id, time=now,
-            correlation_id=row.payload["trigger"].get("correlation_id"),
-            event_id=deterministic_id(row.notification_id, outcome),
-            data=NotificationResult(
-                notification_id=row.notification_id, lead_id=row.lead_id, escalation_id=row.escalation_id,
-                channel=row.channel, recipient=row.recipient, attempts=attempts,
-                idempotency_key=row.notification_id, error=error,
-            ),
-        ))
+
+async def _into_digest(uow: UnitOfWork, config: Config, esc: Row, person: Recipient, channel: str, key: str,
+                       message: Message, send_at: datetime, now: datetime) -> bool:
+    """In a storm, add this message to the person's digest for the window instead of sending it."""
+    digest = config.notifier.digest
+    if digest is None:
+        return False
+    start, end = digest_window(now, digest.window)
+    recent = await uow.conn.scalar(select(func.count()).select_from(deliveries).where(
+        deliveries.c.recipient == person.id, deliveries.c.channel == channel, deliveries.c.kind == "single",
+        deliveries.c.created_at >= start))
+    if not goes_to_digest(recent or 0, digest.after):
+        return False
+    digest_id = digest_key(person.id, channel, start)
+    await uow.conn.execute(pg_insert(deliveries).values(
+        notification_id=digest_id, idempotency_key=digest_id, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
+        step=esc.step, channel=channel, recipient=person.id, kind="digest", state="pending",
+        next_attempt_at=max(end, send_at), created_at=now,
+        payload={"notification_id": digest_id, "kind": "digest", "window_end": utc_iso(end),
+                 "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
+                 "trigger": {"correlation_id": esc.trigger.get("correlation_id")}},
+    ).on_conflict_do_nothing())
+    await uow.conn.execute(pg_insert(digest_items).values(
+        notification_id=digest_id, lead_id=esc.lead_id,
+        item={"subject": message.subject, "link": message.link, "step": esc.step, "idempotency_key": key}))
+    return True
+
+
+async def lead_facts(uow: UnitOfWork, config: Config, lead_id: str, fallback_owner: str | None) -> LeadFacts:
+    row = (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
+    owner_id = (row.owner_id if row else None) or fallback_owner
+    owner = config.owner(owner_id) if owner_id else None
+    return LeadFacts(lead_id=lead_id, name=row.name if row else None, company=row.company if row else None,
+                     tier=row.tier if row else None, owner_id=owner_id, owner_name=owner.name if owner else None)
 
 
 def describe(row: Row) -> dict:
     return {"notification_id": row.notification_id, "channel": row.channel, "recipient": row.recipient,
-            "state": row.state, "attempts": row.attempts, "next_attempt_at": utc_iso(row.next_attempt_at),
-            "last_error": row.last_error}
+            "step": row.step, "state": row.state, "attempts": row.attempts,
+            "next_attempt_at": utc_iso(row.next_attempt_at), "last_error": row.last_error,
+            "idempotency_key": row.idempotency_key}

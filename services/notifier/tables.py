@@ -1,10 +1,38 @@
-from sqlalchemy import Column, DateTime, Index, Integer, String, Table, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from leadsla.shared.db import metadata
 
 SCHEMA = "notifier"
 
+# What a message says about the lead (name, company, tier, owner), projected from
+# leads.intake and leads.routing.
+leads = Table(
+    "leads",
+    metadata,
+    Column("lead_id", String, primary_key=True),
+    Column("name", String),
+    Column("company", String),
+    Column("tier", String),
+    Column("source", String),
+    Column("owner_id", String),
+    Column("received_at", DateTime(timezone=True)),
+    schema=SCHEMA,
+)
+
+# One row per (trigger, policy, step): fired when due, unless the SLA was met or cancelled first.
 escalations = Table(
     "escalations",
     metadata,
@@ -14,6 +42,14 @@ escalations = Table(
     Column("step", Integer, nullable=False),
     Column("trigger_event_id", String, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sla_id", String),
+    Column("due_at", DateTime(timezone=True)),
+    Column("triggered_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("trigger", JSONB),
+    Index("ix_notifier_escalations_due", "due_at",
+          postgresql_where=text("triggered_at IS NULL AND cancelled_at IS NULL")),
+    Index("ix_notifier_escalations_sla", "sla_id"),
     schema=SCHEMA,
 )
 
@@ -31,6 +67,61 @@ deliveries = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text),
     Column("sent_at", DateTime(timezone=True)),
+    # Stored before the first send and sent with every try: a resend after a crash reuses it.
+    Column("idempotency_key", String, nullable=False),
+    Column("step", Integer),
+    Column("leased_until", DateTime(timezone=True)),
+    Column("lease_token", String),
+    Column("kind", String, nullable=False, server_default="single"),  # single | digest
+    Column("created_at", DateTime(timezone=True)),
     Index("ix_notifier_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+    Index("ix_notifier_deliveries_recent", "recipient", "channel", "created_at"),
+    Index("ix_notifier_deliveries_sent", "channel", "sent_at"),
+    schema=SCHEMA,
+)
+
+# What a digest delivery collects, one row per message it replaces (appending stays cheap in a storm).
+digest_items = Table(
+    "digest_items",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=True),
+    Column("notification_id", String, nullable=False, index=True),
+    Column("lead_id", String, nullable=False),
+    Column("item", JSONB, nullable=False),
+    schema=SCHEMA,
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("url", String, nullable=False),
+    Column("event_types", JSONB, nullable=False),
+    Column("secret", String, nullable=False),  # must sign, so kept as given; never logged
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+    schema=SCHEMA,
+)
+
+subscription_deliveries = Table(
+    "subscription_deliveries",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("subscription_id", String, nullable=False),
+    Column("lead_id", String, nullable=False),
+    Column("event_id", String, nullable=False),
+    Column("event_type", String, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", String, nullable=False),  # pending | sent | failed | cancelled
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("leased_until", DateTime(timezone=True)),
+    Column("lease_token", String),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    UniqueConstraint("subscription_id", "event_id", name="uq_notifier_subdeliveries_event"),
+    Index("ix_notifier_subdeliveries_pending", "subscription_id", "lead_id", "id",
+          postgresql_where=text("state = 'pending'")),
     schema=SCHEMA,
 )

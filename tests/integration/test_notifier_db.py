@@ -1,41 +1,26 @@
-"""Escalations and webhook delivery against a real receiver: retries with backoff, permanent
-failures, signatures, and no double sends."""
+"""Escalations and channel delivery against real receivers: steps fire when due, a met SLA stops
+the chain, retries with backoff, permanent failures, dead letters, signatures, no double sends,
+and a crash between send and record resending the same idempotency key."""
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import update
 
-from leadsla.devstack import free_port
-from leadsla.services.notifier.handlers import deliver_due, escalate
+from leadsla.services.notifier.channels import Senders
+from leadsla.services.notifier.delivery import Deliverer
+from leadsla.services.notifier.domain import Attempt
+from leadsla.services.notifier.handlers import on_event
+from leadsla.services.notifier.tables import deliveries, subscription_deliveries
 from leadsla.shared.clock import ManualClock
 from leadsla.shared.events import SlaEventData, new_event
-from leadsla.webhook_receiver import WebhookReceiver
+from tests.integration.receivers import HttpReceiver
 from tests.support import outbox_events
 
 SECRET = "notifier-test-secret"
-
-
-class ScriptedReceiver:
-    """A real HTTP receiver answering with scripted statuses (204 once the script runs out)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.statuses: list[int] = []
-        self.received: list[tuple[dict, bool]] = []
-        self._lock = threading.Lock()
-        self._server = WebhookReceiver(self.port, SECRET.encode(), self._record, self._status)
-
-    def _status(self) -> int:
-        with self._lock:
-            return self.statuses.pop(0) if self.statuses else 204
-
-    def _record(self, message: dict, valid: bool) -> None:
-        with self._lock:
-            self.received.append((message, valid))
 
 
 @pytest.fixture
@@ -46,80 +31,224 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def receiver():
-    r = ScriptedReceiver()
-    r._server.start()
-    yield r
-    r._server.stop()
+    with HttpReceiver(SECRET) as r:
+        yield r
 
 
-def config_for(receiver: ScriptedReceiver, max_attempts: int = 3) -> str:
+@pytest.fixture(autouse=True)
+async def _no_leftovers(engine):
+    yield
+    # The database is shared by the session: leave no due delivery for the next test to send.
+    async with engine.begin() as conn:
+        for table in (subscription_deliveries, deliveries):
+            await conn.execute(update(table).where(table.c.state == "pending").values(state="cancelled"))
+
+
+def config_for(receiver: HttpReceiver, max_attempts: int = 3, notify: str = "[owner, manager]") -> str:
     return f"""
-owners: [{{id: alice, manager_id: maria}}, {{id: maria}}]
+owners: [{{id: alice, manager_id: maria}}, {{id: maria}}, {{id: ops}}]
+lead_ops: [ops]
 channels:
-  hook: {{url: "http://127.0.0.1:{receiver.port}/hook", secret: "{SECRET}", max_attempts: {max_attempts}}}
+  hook: {{url: "{receiver.url}", secret: "{SECRET}", max_attempts: {max_attempts}}}
 escalation_policies:
   - id: breach
     triggers: [sla.breached]
-    steps: [{{step: 1, notify: [owner, manager], channels: [hook]}}]
+    steps:
+      - {{step: 1, notify: {notify}, channels: [hook]}}
+      - {{step: 2, after: 15m, notify: [lead_ops], channels: [hook]}}
 """
 
 
-def breach(lead_id: str, now):
-    return new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
-        lead_id=lead_id, sla_id="s", metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
-        due_at=now, breached_at=now, root_cause="owner_missed"))
+def sla_event(kind: str, lead_id: str, now, sla_id: str = "s", root_cause: str = "owner_missed"):
+    return new_event(f"sla.{kind}", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
+        lead_id=lead_id, sla_id=sla_id, metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
+        due_at=now, breached_at=now if kind == "breached" else None, root_cause=root_cause if kind == "breached" else None))
 
 
-async def run(ctx, fn, *args):
-    async with ctx.uow() as uow:
-        result = await fn(uow, *args)
-        await uow.commit()
-    return result
+async def consume(ctx, *events) -> None:
+    for event in events:
+        async with ctx.uow() as uow:
+            await on_event(uow, ctx.config.config, event, ctx.clock.now())
+            await uow.commit()
 
 
-async def test_a_breach_notifies_owner_and_manager_once_even_if_redelivered(make_ctx, clock, engine, receiver):
+@pytest.fixture
+async def http():
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def deliverer(ctx, clock, http) -> Deliverer:
+    return Deliverer(ctx.uow, lambda: ctx.config.config, Senders(http, ctx.engine, lambda: ctx.config.config),
+                     clock, jitter=lambda: 0.0)
+
+
+def to(receiver: HttpReceiver, lead_id: str) -> list[tuple[int, str]]:
+    return [(m["step"], m["recipient"]["id"]) for m, _ in receiver.received if m.get("lead_id") == lead_id]
+
+
+async def test_a_breach_notifies_owner_and_manager_once_even_if_redelivered(make_ctx, clock, engine, receiver, http):
     ctx = make_ctx("notifier", config_for(receiver))
     lead_id = str(uuid.uuid4())
-    trigger = breach(lead_id, clock.now())
-    await run(ctx, escalate, ctx.config.config, trigger, clock.now())
-    await run(ctx, escalate, ctx.config.config, trigger, clock.now())  # the same event delivered again
-    async with httpx.AsyncClient() as client:
-        assert await run(ctx, deliver_due, ctx.config.config, client, clock.now()) == 2
-        assert await run(ctx, deliver_due, ctx.config.config, client, clock.now() + timedelta(hours=1)) == 0
+    trigger = sla_event("breached", lead_id, clock.now())
+    await consume(ctx, trigger, trigger)  # the same event delivered twice
+    d = deliverer(ctx, clock, http)
+    await d.run_once()
+    await d.run_once()
 
-    assert sorted(m["recipient"]["id"] for m, _ in receiver.received) == ["alice", "maria"]
+    assert sorted(to(receiver, lead_id)) == [(1, "alice"), (1, "maria")]
     assert all(valid for _, valid in receiver.received)
     events = await outbox_events(engine, "notifier", lead_id)
     assert [e.type for e in events] == ["escalation.triggered", "notification.sent", "notification.sent"]
     assert events[0].data["recipients"] == ["alice", "maria"] and events[0].causationid == trigger.id
+    assert events[0].data["step"] == 1
 
 
-async def test_server_errors_are_retried_with_backoff_then_sent(make_ctx, clock, engine, receiver):
-    ctx = make_ctx("notifier", config_for(receiver).replace("notify: [owner, manager]", "notify: [owner]"))
+async def test_a_later_step_fires_only_when_due_and_a_met_sla_stops_the_chain(make_ctx, clock, engine, receiver,
+                                                                              http):
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    escalated, met = str(uuid.uuid4()), str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", escalated, clock.now(), sla_id=f"sla-{escalated}"),
+                  sla_event("breached", met, clock.now(), sla_id=f"sla-{met}"))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice")] and to(receiver, met) == [(1, "alice")]
+
+    await consume(ctx, sla_event("met", met, clock.now(), sla_id=f"sla-{met}"))
+    clock.advance(timedelta(minutes=14))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice")]  # step 2 is not due yet
+    clock.advance(timedelta(minutes=1))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
+    assert to(receiver, met) == [(1, "alice")]  # met before step 2: lead ops never bothered
+    triggered = [e.data["step"] for e in await outbox_events(engine, "notifier", met)
+                 if e.type == "escalation.triggered"]
+    assert triggered == [1]
+
+
+async def test_a_breach_the_system_caused_goes_to_lead_ops_not_the_owner(make_ctx, clock, receiver, http):
+    ctx = make_ctx("notifier", config_for(receiver))
     lead_id = str(uuid.uuid4())
-    receiver.statuses = [503, 503]
-    await run(ctx, escalate, ctx.config.config, breach(lead_id, clock.now()), clock.now())
-    now = clock.now()
-    async with httpx.AsyncClient() as client:
-        assert await run(ctx, deliver_due, ctx.config.config, client, now) == 1  # 503
-        assert await run(ctx, deliver_due, ctx.config.config, client, now) == 0  # not due again yet
-        assert await run(ctx, deliver_due, ctx.config.config, client, now + timedelta(seconds=1)) == 1  # 503
-        assert await run(ctx, deliver_due, ctx.config.config, client, now + timedelta(seconds=2)) == 0
-        assert await run(ctx, deliver_due, ctx.config.config, client, now + timedelta(seconds=3)) == 1  # 204
+    await consume(ctx, sla_event("breached", lead_id, clock.now(), root_cause="system_delay"))
+    await deliverer(ctx, clock, http).run_once()
+    assert to(receiver, lead_id) == [(1, "ops")]
+
+
+async def test_server_errors_are_retried_with_backoff_then_sent_with_one_key(make_ctx, clock, engine, receiver,
+                                                                            http):
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    lead_id = str(uuid.uuid4())
+    receiver.statuses = [503, 429]
+    await consume(ctx, sla_event("breached", lead_id, clock.now()))
+    await d.run_once()  # 503
+    await d.run_once()  # not due again yet
+    assert len(to(receiver, lead_id)) == 1
+    clock.advance(timedelta(seconds=1))
+    await d.run_once()  # 429
+    clock.advance(timedelta(seconds=1))
+    await d.run_once()  # 204
     [sent] = [e for e in await outbox_events(engine, "notifier", lead_id) if e.type.startswith("notification.")]
     assert sent.type == "notification.sent" and sent.data["attempts"] == 3
-    keys = {m["_headers"]["idempotency-key"] for m, _ in receiver.received}
-    assert len(receiver.received) == 3 and keys == {sent.data["idempotency_key"]}
+    keys = {m["_headers"]["idempotency-key"] for m, _ in receiver.received if m["lead_id"] == lead_id}
+    assert len(to(receiver, lead_id)) == 3 and keys == {sent.data["idempotency_key"]}
 
 
-async def test_client_errors_fail_at_once_and_are_reported(make_ctx, clock, engine, receiver):
-    ctx = make_ctx("notifier", config_for(receiver).replace("notify: [owner, manager]", "notify: [owner]"))
+async def test_a_429_is_retried_no_sooner_than_its_retry_after(make_ctx, clock, receiver, http):
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    lead_id = str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", lead_id, clock.now()))
+    await d.fire(clock.now())
+    [leased] = await d.lease(clock.now())
+
+    await d.record([leased], [Attempt(status=429, error="HTTP 429", retry_after="120")], clock.now())
+    clock.advance(timedelta(seconds=119))
+    assert await d.lease(clock.now()) == []
+    clock.advance(timedelta(seconds=1))
+    assert len(await d.lease(clock.now())) == 1
+
+
+async def test_client_errors_fail_at_once_and_are_dead_lettered(make_ctx, clock, engine, receiver, http):
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
     lead_id = str(uuid.uuid4())
     receiver.statuses = [410]
-    await run(ctx, escalate, ctx.config.config, breach(lead_id, clock.now()), clock.now())
-    async with httpx.AsyncClient() as client:
-        await run(ctx, deliver_due, ctx.config.config, client, clock.now())
-        assert await run(ctx, deliver_due, ctx.config.config, client, clock.now() + timedelta(hours=1)) == 0
-    [failed] = [e for e in await outbox_events(engine, "notifier", lead_id) if e.type.startswith("notification.")]
+    await consume(ctx, sla_event("breached", lead_id, clock.now()))
+    await d.run_once()
+    clock.advance(timedelta(minutes=10))  # long past any retry, before step 2
+    await d.run_once()
+    assert len(to(receiver, lead_id)) == 1
+    events = await outbox_events(engine, "notifier", lead_id)
+    [failed] = [e for e in events if e.type.startswith("notification.")]
     assert failed.type == "notification.failed"
     assert failed.data["attempts"] == 1 and failed.data["error"] == "HTTP 410"
+    [dead] = [e for e in events if e.type == "deadletter"]
+    assert dead.data["notification_id"] == failed.data["notification_id"] and "HTTP 410" in dead.data["error"]
+
+
+async def test_an_unreachable_receiver_fails_after_the_last_try(make_ctx, clock, engine, http):
+    with HttpReceiver(SECRET) as gone:
+        pass  # stopped: nothing listens on its port any more
+    ctx = make_ctx("notifier", config_for(gone, max_attempts=2, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    lead_id = str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", lead_id, clock.now()))
+    await d.run_once()
+    clock.advance(timedelta(seconds=5))
+    await d.run_once()
+    [failed] = [e for e in await outbox_events(engine, "notifier", lead_id) if e.type.startswith("notification.")]
+    assert failed.type == "notification.failed" and failed.data["attempts"] == 2
+    assert failed.data["error"] == "ConnectError"
+
+
+async def test_a_crash_between_send_and_record_resends_the_same_key_once_the_lease_expires(
+        make_ctx, clock, engine, receiver, http):
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    crashed, survivor = deliverer(ctx, clock, http), deliverer(ctx, clock, http)
+    lead_id = str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", lead_id, clock.now()))
+    await crashed.fire(clock.now())
+    leased = await crashed.lease(clock.now())
+    await crashed.send(leased, clock.now())  # the receiver got it; then the process died
+    assert len(to(receiver, lead_id)) == 1
+
+    await survivor.run_once()
+    assert len(to(receiver, lead_id)) == 1  # still leased: nobody sends it twice at once
+    clock.advance(timedelta(seconds=ctx.config.config.notifier.lease_seconds))
+    await survivor.run_once()
+    keys = [m["_headers"]["idempotency-key"] for m, _ in receiver.received if m["lead_id"] == lead_id]
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+    # The dead process's late record cannot overwrite the survivor's outcome.
+
+    await crashed.record(leased, [Attempt(status=500, error="HTTP 500")], clock.now())
+    events = await outbox_events(engine, "notifier", lead_id)
+    assert [e.type for e in events if e.type.startswith("notification.")] == ["notification.sent"]
+    assert events[-1].data["attempts"] == 2 and events[-1].data["idempotency_key"] == keys[0]
+
+
+async def test_a_rate_limited_channel_sends_its_quota_per_window_and_the_rest_wait(make_ctx, clock, receiver,
+                                                                                  http):
+    channel = f"limited-{uuid.uuid4().hex[:6]}"
+    config = config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
+        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
+                       f"rate_limit: {{max: 2, per: 1m}}}}\n")
+    ctx = make_ctx("notifier", config)
+    d = deliverer(ctx, clock, http)
+    leads = [str(uuid.uuid4()) for _ in range(5)]
+    await consume(ctx, *(sla_event("breached", lead_id, clock.now(), sla_id=lead_id) for lead_id in leads))
+
+    def sent() -> int:
+        return sum(len(to(receiver, lead_id)) for lead_id in leads)
+
+    await d.run_once()
+    await d.run_once()
+    assert sent() == 2
+    clock.advance(timedelta(seconds=61))
+    await d.run_once()
+    assert sent() == 4
+    clock.advance(timedelta(seconds=61))
+    await d.run_once()
+    assert sent() == 5

@@ -3,18 +3,37 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from leadsla.services.notifier.domain import (
+    Attempt,
+    LeadFacts,
+    Recipient,
+    backoff,
+    decide,
+    deliver_at,
+    digest_key,
+    digest_window,
+    goes_to_digest,
+    humanize,
+    idempotency_key,
+    invalid_event_type,
     is_retryable,
-    plan,
+    parse_retry_after,
+    plan_steps,
+    rate_room,
     recipients,
-    retry_delay,
+    render,
+    render_digest,
+    roles_for,
     sign,
+    step_recipients,
+    subscribed,
     verify,
 )
-from leadsla.shared.config import parse_config
+from leadsla.shared.business_hours import BusinessCalendar
+from leadsla.shared.config import CalendarConfig, ConfigError, parse_config
 
 CONFIG = parse_config("""
 owners:
-  - {id: alice, email: alice@example.com, manager_id: maria}
+  - {id: alice, name: Alice A, email: alice@example.com, manager_id: maria}
   - {id: bob}
   - {id: maria}
   - {id: ops}
@@ -46,14 +65,47 @@ def test_a_person_is_reached_once_and_missing_roles_are_skipped() -> None:
 
 
 def test_escalation_steps_are_planned_at_their_delays() -> None:
-    planned = plan(CONFIG, "sla.breached", "alice", NOW)
-    assert [(p.step, p.recipient.id, p.send_at - NOW) for p in planned] == [
-        (1, "alice", timedelta(0)),
-        (1, "maria", timedelta(0)),
-        (2, "ops", timedelta(minutes=15)),
-        (2, "maria", timedelta(minutes=15)),
-    ]
-    assert plan(CONFIG, "sla.warning", "alice", NOW) == []
+    planned = plan_steps(CONFIG, "sla.breached", NOW)
+    assert [(p.policy_id, p.step, p.due_at - NOW) for p in planned] == [
+        ("breach", 1, timedelta(0)), ("breach", 2, timedelta(minutes=15))]
+    assert plan_steps(CONFIG, "sla.warning", NOW) == []
+
+
+def test_a_breach_caused_by_the_system_goes_to_lead_ops_not_the_owner() -> None:
+    people, channels = step_recipients(CONFIG, "breach", 1, "alice", "system_delay")
+    assert [p.id for p in people] == ["ops", "maria"] and channels == ["hook"]
+    people, _ = step_recipients(CONFIG, "breach", 1, "alice", "owner_missed")
+    assert [p.id for p in people] == ["alice", "maria"]
+    assert roles_for(["owner"], None) == ["owner"]
+
+
+def test_a_step_removed_from_the_configuration_reaches_nobody() -> None:
+    assert step_recipients(CONFIG, "breach", 9, "alice", None) == ([], [])
+    assert step_recipients(CONFIG, "gone", 1, "alice", None) == ([], [])
+
+
+def test_idempotency_key_depends_on_what_the_message_is_not_when_it_is_sent() -> None:
+    key = idempotency_key("esc-1", 1, "alice", "hook")
+    assert key == idempotency_key("esc-1", 1, "alice", "hook")
+    assert len({key, idempotency_key("esc-1", 2, "alice", "hook"), idempotency_key("esc-1", 1, "maria", "hook"),
+                idempotency_key("esc-2", 1, "alice", "hook"), idempotency_key("esc-1", 1, "alice", "mail")}) == 5
+
+
+def test_subscriptions_match_exact_types_prefixes_and_everything() -> None:
+    assert subscribed(["lead.assigned"], "lead.assigned")
+    assert not subscribed(["lead.assigned"], "lead.reassigned")
+    assert subscribed(["sla.*"], "sla.breached") and not subscribed(["sla.*"], "lead.assigned")
+    assert subscribed(["*"], "notification.failed")
+
+
+@pytest.mark.parametrize("pattern", ["lead.assigned", "sla.*", "*", "notification.failed"])
+def test_known_event_types_and_patterns_are_accepted(pattern: str) -> None:
+    assert invalid_event_type(pattern) is None
+
+
+@pytest.mark.parametrize("pattern", ["lead.asigned", "nothing.*", "", "lead"])
+def test_unknown_event_types_are_refused_with_a_reason(pattern: str) -> None:
+    assert invalid_event_type(pattern)
 
 
 def test_signature_verifies_and_detects_tampering() -> None:
@@ -74,7 +126,106 @@ def test_malformed_signature_headers_fail_closed(header: str) -> None:
     assert not verify(b"secret", b"{}", header, now=1_800_000_000)
 
 
-def test_retry_policy() -> None:
-    assert [retry_delay(n).total_seconds() for n in (1, 2, 3, 10, 20)] == [1, 2, 4, 300, 300]
+def test_backoff_doubles_from_one_second_up_to_five_minutes_with_jitter_in_the_upper_half() -> None:
+    assert [backoff(n, 0.0).total_seconds() for n in (1, 2, 3, 10, 20)] == [0.5, 1, 2, 150, 150]
+    assert [backoff(n, 0.999).total_seconds() for n in (1, 2, 3)] == pytest.approx([1, 2, 4], rel=0.01)
+
+
+def test_what_is_worth_retrying() -> None:
     assert is_retryable(None) and is_retryable(503) and is_retryable(429) and is_retryable(408)
-    assert not is_retryable(400) and not is_retryable(404)
+    assert not is_retryable(400) and not is_retryable(404) and not is_retryable(410)
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_capped() -> None:
+    assert parse_retry_after("120", NOW) == timedelta(seconds=120)
+    assert parse_retry_after("Tue, 17 Nov 2026 09:10:00 GMT", NOW) == timedelta(minutes=10)
+    assert parse_retry_after("999999", NOW) == timedelta(hours=1)
+    assert parse_retry_after("soon", NOW) is None and parse_retry_after(None, NOW) is None
+
+
+def test_a_success_is_sent_and_a_client_error_fails_at_once() -> None:
+    assert decide(Attempt(status=204), 1, 5, NOW, 0.5).state == "sent"
+    failed = decide(Attempt(status=404, error="HTTP 404"), 1, 5, NOW, 0.5)
+    assert failed.state == "failed" and failed.error == "HTTP 404"
+
+
+def test_server_errors_and_timeouts_retry_until_the_last_attempt() -> None:
+    retry = decide(Attempt(status=502, error="HTTP 502"), 2, 5, NOW, 0.0)
+    assert retry.state == "pending" and retry.next_attempt_at == NOW + timedelta(seconds=1)
+    assert decide(Attempt(error="ConnectTimeout"), 1, 5, NOW, 0.0).state == "pending"
+    assert decide(Attempt(status=502, error="HTTP 502"), 5, 5, NOW, 0.0).state == "failed"
+
+
+def test_a_429_waits_as_long_as_the_receiver_asks() -> None:
+    wait = decide(Attempt(status=429, error="HTTP 429", retry_after="30"), 1, 5, NOW, 0.0)
+    assert wait.state == "pending" and wait.next_attempt_at == NOW + timedelta(seconds=30)
+
+
+def test_durations_read_like_a_person_would_say_them() -> None:
+    assert [humanize(timedelta(seconds=s)) for s in (5, 125, 3700, 90000)] == ["5 s", "2 min", "1 h 1 min", "1 d 1 h"]
+
+
+def test_a_breach_message_says_who_which_lead_tier_how_late_and_links_to_it() -> None:
+    lead = LeadFacts("lead-1", name="Ada Lovelace", company="Analytical <Engines>", tier="A", owner_id="alice",
+                     owner_name="Alice A")
+    sla = {"metric": "first_response", "due_at": "2026-11-17T08:48:00Z", "breached_at": "2026-11-17T08:48:00Z",
+           "root_cause": "owner_missed"}
+    msg = render(lead, "sla.breached", sla, Recipient("maria", "manager"), 1, "https://leads.example.com/", NOW)
+    assert msg.subject == "SLA breached: Ada Lovelace (Analytical <Engines>), tier A, 12 min late"
+    assert msg.link == "https://leads.example.com/v1/leads/lead-1"
+    for part in ("Owner: Alice A", "Tier: A", "2026-11-17 08:48 UTC", "owner_missed", msg.link):
+        assert part in msg.text
+    assert "Analytical &lt;Engines&gt;" in msg.html and "<Engines>" not in msg.html
+    assert msg.slack["blocks"][-1]["elements"][0]["url"] == msg.link
+    assert "&lt;Engines&gt;" in str(msg.slack["blocks"][1])
+
+
+def test_a_message_without_a_base_url_has_no_link() -> None:
+    msg = render(LeadFacts("l"), "sla.warning", {"due_at": "2026-11-17T09:05:00Z", "percent": 80},
+                 Recipient("alice", "owner"), 1, None, NOW)
+    assert msg.link is None and "due in 5 min" in msg.subject and "actions" not in str(msg.slack)
+
+
+def test_slack_and_email_channels_are_configured_with_secrets_from_the_environment() -> None:
+    config = parse_config("""
+channels:
+  team-slack: {type: slack, url_env: SLACK_URL}
+  mail: {type: email, host: smtp.example.com, from: leads@example.com, username: u, password_env: SMTP_PW}
+  hook: {url: "http://x", secret_env: HOOK}
+""")
+    assert {name: c.type for name, c in config.channels.items()} == {
+        "team-slack": "slack", "mail": "email", "hook": "webhook"}
+    with pytest.raises(ConfigError, match="channels.team-slack.slack.url_env"):
+        parse_config("channels: {team-slack: {type: slack, url: 'https://hooks.slack.com/x'}}")
+
+
+LONDON_OFFICE = BusinessCalendar(CalendarConfig(timezone="Europe/London", hours={
+    day: ["09:00-17:30"] for day in ("mon", "tue", "wed", "thu", "fri")}))
+
+
+def test_a_message_to_a_person_waits_for_their_working_hours_unless_the_tier_is_urgent() -> None:
+    evening = datetime(2026, 11, 17, 22, 0, tzinfo=UTC)  # a Tuesday, after hours in London
+    assert deliver_at(LONDON_OFFICE, evening, "B", ["A"]) == datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+    assert deliver_at(LONDON_OFFICE, evening, "A", ["A"]) == evening
+    assert deliver_at(LONDON_OFFICE, NOW, "B", ["A"]) == NOW  # 09:00 London: open
+    assert deliver_at(None, evening, "B", []) == evening  # no calendar: always reachable
+
+
+def test_digest_windows_are_aligned_so_every_replica_agrees() -> None:
+    start, end = digest_window(datetime(2026, 11, 17, 9, 7, 30, tzinfo=UTC), 300)
+    assert (start, end) == (datetime(2026, 11, 17, 9, 5, tzinfo=UTC), datetime(2026, 11, 17, 9, 10, tzinfo=UTC))
+    assert not goes_to_digest(2, after=3) and goes_to_digest(3, after=3)
+    assert digest_key("maria", "slack", start) == digest_key("maria", "slack", start)
+
+
+def test_a_digest_lists_the_first_escalations_and_counts_the_rest() -> None:
+    items = [{"subject": f"SLA breached: lead {n}", "link": f"https://x/v1/leads/{n}"} for n in range(40)]
+    msg = render_digest(items, 10_000, Recipient("maria", "manager"), NOW, "https://x")
+    assert msg.subject.startswith("10000 lead escalations for you")
+    assert "SLA breached: lead 0 https://x/v1/leads/0" in msg.text and "lead 30" not in msg.text
+    assert "... and 9975 more" in msg.text and msg.link == "https://x/board"
+    assert len(msg.slack["blocks"][1]["text"]["text"]) <= 3000
+
+
+def test_a_rate_limited_channel_has_room_for_what_is_left_of_its_quota() -> None:
+    assert [rate_room(3, used) for used in (0, 2, 3, 7)] == [3, 1, 0, 0]

@@ -1,0 +1,129 @@
+"""The notifier's HTTP routes: CRM event subscriptions (admin) and a lead's notifications."""
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadsla.shared.events import utc_iso
+from leadsla.shared.http import ProblemError, require_key
+from leadsla.shared.runtime import ServiceContext
+
+from .domain import invalid_event_type
+from .handlers import describe
+from .tables import deliveries, subscription_deliveries, subscriptions
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2000)
+    event_types: list[str] = Field(min_length=1, max_length=100)
+    secret: str | None = Field(default=None, min_length=16, max_length=200)
+
+
+def _check(body: SubscriptionIn) -> None:
+    errors = []
+    if not body.url.startswith(("https://", "http://")):
+        errors.append({"field": "url", "message": "must be an http:// or https:// URL"})
+    for i, pattern in enumerate(body.event_types):
+        why = invalid_event_type(pattern)
+        if why:
+            errors.append({"field": f"event_types.{i}", "message": why})
+    if errors:
+        raise ProblemError(422, "Invalid request", "The request has invalid fields.", errors)
+
+
+async def _existing(conn: AsyncConnection, subscription_id: str) -> None:
+    found = await conn.scalar(select(subscriptions.c.id).where(
+        subscriptions.c.id == subscription_id, subscriptions.c.deleted_at.is_(None)))
+    if found is None:
+        raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
+
+
+def build_router(ctx: ServiceContext) -> APIRouter:
+    router = APIRouter()
+    admin = [Depends(require_key("admin"))]
+
+    @router.post("/v1/subscriptions", status_code=201, dependencies=admin)
+    async def create_subscription(body: SubscriptionIn) -> dict[str, Any]:
+        _check(body)
+        sub_id = str(uuid.uuid4())
+        secret = body.secret or "whsec_" + secrets.token_urlsafe(32)
+        now = ctx.clock.now()
+        async with ctx.engine.begin() as conn:
+            await conn.execute(subscriptions.insert().values(
+                id=sub_id, url=body.url, event_types=sorted(set(body.event_types)), secret=secret, created_at=now))
+        # The only time the secret is shown: the receiver needs it to verify signatures.
+        return {"id": sub_id, "secret": secret, "url": body.url, "event_types": sorted(set(body.event_types)),
+                "created_at": utc_iso(now)}
+
+    @router.get("/v1/subscriptions", dependencies=admin)
+    async def list_subscriptions() -> dict[str, Any]:
+        d = subscription_deliveries
+        counts = (select(d.c.subscription_id, d.c.state, func.count().label("n"))
+                  .group_by(d.c.subscription_id, d.c.state).subquery())
+        async with ctx.engine.connect() as conn:
+            rows = (await conn.execute(select(subscriptions).where(subscriptions.c.deleted_at.is_(None))
+                                       .order_by(subscriptions.c.created_at))).all()
+            tallies = (await conn.execute(select(counts))).all()
+        by_sub: dict[str, dict[str, int]] = {}
+        for t in tallies:
+            by_sub.setdefault(t.subscription_id, {})[t.state] = t.n
+        return {"subscriptions": [
+            {"id": r.id, "url": r.url, "event_types": r.event_types, "created_at": utc_iso(r.created_at),
+             "deliveries": {s: by_sub.get(r.id, {}).get(s, 0) for s in ("pending", "sent", "failed")}}
+            for r in rows
+        ]}
+
+    @router.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
+    async def delete_subscription(subscription_id: str) -> Response:
+        now = ctx.clock.now()
+        async with ctx.engine.begin() as conn:
+            gone = await conn.execute(update(subscriptions).where(
+                subscriptions.c.id == subscription_id, subscriptions.c.deleted_at.is_(None)).values(deleted_at=now))
+            if gone.rowcount == 0:
+                raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
+            await conn.execute(update(subscription_deliveries).where(
+                subscription_deliveries.c.subscription_id == subscription_id,
+                subscription_deliveries.c.state == "pending").values(state="cancelled", leased_until=None))
+        return Response(status_code=204)
+
+    @router.get("/v1/subscriptions/{subscription_id}/deliveries", dependencies=admin)
+    async def subscription_deliveries_of(subscription_id: str, state: str = "failed",
+                                         limit: int = Query(100, ge=1, le=1000)) -> dict[str, Any]:
+        """What a subscriber missed (or has pending): the operator's dead-letter view of a CRM."""
+        d = subscription_deliveries
+        async with ctx.engine.connect() as conn:
+            await _existing(conn, subscription_id)
+            rows = (await conn.execute(select(d).where(d.c.subscription_id == subscription_id, d.c.state == state)
+                                       .order_by(d.c.id).limit(limit))).all()
+        return {"deliveries": [
+            {"id": r.id, "event_id": r.event_id, "event_type": r.event_type, "lead_id": r.lead_id,
+             "state": r.state, "attempts": r.attempts, "last_error": r.last_error,
+             "created_at": utc_iso(r.created_at)} for r in rows]}
+
+    @router.post("/v1/subscriptions/{subscription_id}/redeliver", status_code=202, dependencies=admin)
+    async def redeliver(subscription_id: str) -> dict[str, Any]:
+        """Once the CRM is fixed: its failed deliveries go again (same event ids, same keys)."""
+        d = subscription_deliveries
+        async with ctx.engine.begin() as conn:
+            await _existing(conn, subscription_id)
+            requeued = await conn.execute(update(d).where(d.c.subscription_id == subscription_id, d.c.state == "failed")
+                                          .values(state="pending", attempts=0, next_attempt_at=ctx.clock.now(),
+                                                  leased_until=None, last_error=None))
+        return {"requeued": requeued.rowcount}
+
+    @router.get("/v1/leads/{lead_id}/notifications", dependencies=admin)
+    async def lead_notifications(lead_id: str) -> dict[str, Any]:
+        async with ctx.engine.connect() as conn:
+            rows = (await conn.execute(select(deliveries).where(deliveries.c.lead_id == lead_id)
+                                       .order_by(deliveries.c.next_attempt_at))).all()
+        return {"lead_id": lead_id, "notifications": [describe(r) for r in rows]}
+
+    return router

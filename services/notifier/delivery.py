@@ -1,0 +1,286 @@
+"""Delivering: due deliveries are *leased* (attempts + 1, a lease token, a lease expiry) and that
+is committed; they are sent outside any transaction; each outcome is recorded only if the lease
+is still ours. A crash after the send and before the record lets the lease expire and the
+delivery goes again with the same idempotency key, which was stored when the delivery was
+written, never made at send time.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import Row, delete, func, select, text, update
+
+from leadsla.shared import metrics
+from leadsla.shared.clock import Clock
+from leadsla.shared.config import Config
+from leadsla.shared.events import (
+    TOPIC_DEADLETTER,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_SLA,
+    DeadLetter,
+    NotificationResult,
+    deterministic_id,
+    new_event,
+)
+from leadsla.shared.uow import UnitOfWork
+
+from .domain import Attempt, Decision, decide, rate_room
+from .handlers import SERVICE, fire_due_steps
+from .tables import deliveries, subscription_deliveries
+
+log = structlog.get_logger()
+
+SUBSCRIPTION_CHANNEL = "subscription"  # the `channel` of a CRM delivery in events and metrics
+
+
+# ---- leasing, sending, recording ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leased:
+    kind: Literal["channel", "subscription"]
+    row: Row
+    token: str
+
+
+Sender = Callable[[Leased, datetime], Awaitable[Attempt]]
+
+
+async def lease_channel_deliveries(uow: UnitOfWork, config: Config, now: datetime, lease: timedelta,
+                                   limit: int = 50) -> list[Leased]:
+    """Lease due deliveries; a channel with a rate limit gets only its remaining room."""
+    token = secrets.token_hex(8)
+    limited = {name: c.rate_limit for name, c in config.channels.items() if c.rate_limit is not None}
+    rows = await _lease_channel(uow, deliveries.c.channel.notin_(list(limited)), now, lease, token, limit)
+    for name, rule in limited.items():
+        room = rate_room(rule.max, await _used(uow, name, now - timedelta(seconds=rule.per), now))
+        if room:
+            rows += await _lease_channel(uow, deliveries.c.channel == name, now, lease, token, min(room, limit))
+    return [Leased("channel", row, token) for row in rows]
+
+
+async def _used(uow: UnitOfWork, channel: str, since: datetime, now: datetime) -> int:
+    """Sends of the window: those that went out, and those in flight now."""
+    d = deliveries
+    return await uow.conn.scalar(select(func.count()).select_from(d).where(d.c.channel == channel, (
+        (d.c.sent_at >= since) | ((d.c.state == "pending") & (d.c.leased_until > now))))) or 0
+
+
+async def _lease_channel(uow: UnitOfWork, which, now: datetime, lease: timedelta, token: str,
+                         limit: int) -> list[Row]:
+    d = deliveries
+    due = (select(d.c.notification_id).where(
+        which, d.c.state == "pending", d.c.next_attempt_at <= now,
+        (d.c.leased_until.is_(None)) | (d.c.leased_until <= now),
+    ).order_by(d.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).scalar_subquery()
+    return list((await uow.conn.execute(
+        update(d).where(d.c.notification_id.in_(due))
+        .values(leased_until=now + lease, lease_token=token, attempts=d.c.attempts + 1).returning(d)
+    )).all())
+
+
+# Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order.
+# At most `per_subscription` in flight per subscription: a subscriber that is down (or slow to
+# answer) ties up its own share of the senders, never everyone's.
+_LEASE_SUBSCRIPTION_DELIVERIES = text("""
+WITH in_flight AS (
+  SELECT subscription_id, count(*) AS busy FROM notifier.subscription_deliveries
+  WHERE state = 'pending' AND leased_until > :now GROUP BY subscription_id
+), candidates AS (
+  SELECT ranked.id FROM (
+    SELECT d.id, d.subscription_id, row_number() OVER (PARTITION BY d.subscription_id ORDER BY d.id) AS rn
+    FROM notifier.subscription_deliveries d
+    WHERE d.state = 'pending' AND d.next_attempt_at <= :now
+      AND (d.leased_until IS NULL OR d.leased_until <= :now)
+      AND NOT EXISTS (SELECT 1 FROM notifier.subscription_deliveries e
+                      WHERE e.subscription_id = d.subscription_id AND e.lead_id = d.lead_id
+                        AND e.state = 'pending' AND e.id < d.id)
+  ) ranked LEFT JOIN in_flight f ON f.subscription_id = ranked.subscription_id
+  WHERE ranked.rn + coalesce(f.busy, 0) <= :per_subscription ORDER BY ranked.id LIMIT :limit
+)
+UPDATE notifier.subscription_deliveries s
+SET leased_until = :until, lease_token = :token, attempts = s.attempts + 1
+FROM candidates c
+WHERE s.id = c.id AND s.state = 'pending' AND (s.leased_until IS NULL OR s.leased_until <= :now)
+RETURNING s.*
+""")
+
+
+async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 200,
+                                        per_subscription: int = 20) -> list[Leased]:
+    token = secrets.token_hex(8)
+    rows = (await uow.conn.execute(_LEASE_SUBSCRIPTION_DELIVERIES, {
+        "now": now, "until": now + lease, "token": token, "limit": limit, "per_subscription": per_subscription,
+    })).all()
+    return [Leased("subscription", row, token) for row in rows]
+
+
+async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt, now: datetime,
+                 jitter: float) -> str | None:
+    """Store the outcome if the lease is still ours; returns the final state (sent|failed), or
+    None while retrying or when another sender took the delivery over."""
+    row = item.row
+    if item.kind == "channel":
+        channel = config.channels.get(row.channel)
+        max_attempts = channel.max_attempts if channel else 1
+        table, key_col = deliveries, deliveries.c.notification_id
+        key = row.notification_id
+    else:
+        max_attempts = config.notifier.subscription_max_attempts
+        table, key_col = subscription_deliveries, subscription_deliveries.c.id
+        key = row.id
+    decision = decide(attempt, row.attempts, max_attempts, now, jitter)
+    values: dict[str, Any] = {"state": decision.state, "leased_until": None, "last_error": decision.error}
+    if decision.state == "sent":
+        values["sent_at"] = now
+    elif decision.state == "pending":
+        values["next_attempt_at"] = decision.next_attempt_at
+    updated = await uow.conn.execute(update(table).where(key_col == key, table.c.lease_token == item.token,
+                                                         table.c.state == "pending").values(**values))
+    if updated.rowcount == 0:
+        return None
+    if decision.state == "pending":
+        return None
+    _emit_outcome(uow, item, decision, now)
+    return decision.state
+
+
+def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: datetime) -> None:
+    row = item.row
+    if item.kind == "channel":
+        result = NotificationResult(
+            notification_id=row.notification_id, lead_id=row.lead_id, escalation_id=row.escalation_id,
+            channel=row.channel, recipient=row.recipient, attempts=row.attempts,
+            idempotency_key=row.idempotency_key, error=decision.error)
+        correlation_id = row.payload["trigger"].get("correlation_id")
+        body = _json_bytes(row.payload)
+        origin = TOPIC_SLA
+    else:
+        if decision.state == "sent":
+            return  # one event per CRM delivery would swamp leads.notifications; failures matter
+        notification_id = deterministic_id("subscription", row.subscription_id, row.event_id)
+        result = NotificationResult(
+            notification_id=notification_id, lead_id=row.lead_id, channel=SUBSCRIPTION_CHANNEL,
+            recipient=row.subscription_id, attempts=row.attempts, idempotency_key=row.event_id,
+            error=decision.error, subscription_id=row.subscription_id, event_id=row.event_id)
+        correlation_id = None
+        body = bytes(row.body)
+        origin = row.event_type
+    event = new_event(f"notification.{decision.state}", service=SERVICE, lead_id=row.lead_id, time=now,
+                      correlation_id=correlation_id,
+                      event_id=deterministic_id(result.notification_id, decision.state), data=result)
+    uow.emit(TOPIC_NOTIFICATIONS, event)
+    if decision.state == "failed":
+        # The message itself is kept where operators look for what could not be done.
+        uow.emit(TOPIC_DEADLETTER, new_event(
+            "deadletter", service=SERVICE, lead_id=row.lead_id, time=now, cause=event,
+            event_id=deterministic_id(result.notification_id, "deadletter"),
+            data=DeadLetter(topic=TOPIC_NOTIFICATIONS, partition=-1, offset=-1, key=row.lead_id,
+                            original_bytes_b64=base64.b64encode(body[:512 * 1024]).decode(),
+                            error=f"delivery_failed: {decision.error}"[:2000], service=SERVICE,
+                            notification_id=result.notification_id, channel=result.channel,
+                            recipient=result.recipient, attempts=row.attempts, origin=origin),
+        ))
+
+
+def _json_bytes(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def prune_delivered(uow: UnitOfWork, before: datetime) -> int:
+    """Retention: CRM deliveries done with (sent, cancelled) before `before`; failures stay for
+    operators."""
+    d = subscription_deliveries
+    gone = await uow.conn.execute(delete(d).where(d.c.state.in_(("sent", "cancelled")), d.c.created_at < before))
+    return gone.rowcount
+
+
+# ---- the cycle ------------------------------------------------------------------------------
+
+
+class Deliverer:
+    """Rounds of: fire due steps; lease due deliveries (committed); send each with no transaction
+    open and record its outcome as soon as it is known. A round does not wait for slow receivers:
+    their sends finish in the background (bounded by `max_in_flight`) while the next rounds go on."""
+
+    def __init__(self, uow: Callable[[], UnitOfWork], config: Callable[[], Config], send: Sender, clock: Clock,
+                 jitter: Callable[[], float] = random.random, max_in_flight: int = 200) -> None:
+        self._uow, self._config, self._send, self._clock, self._jitter = uow, config, send, clock, jitter
+        self._max_in_flight = max_in_flight
+        self._in_flight: set[asyncio.Task] = set()
+
+    async def fire(self, now: datetime) -> int:
+        async with self._uow() as uow:
+            fired = await fire_due_steps(uow, self._config(), now)
+            await uow.commit()
+        for step in fired:
+            metrics.escalations.labels(str(step)).inc()
+        return len(fired)
+
+    async def lease(self, now: datetime, room: int = 200) -> list[Leased]:
+        lease = timedelta(seconds=self._config().notifier.lease_seconds)
+        async with self._uow() as uow:
+            leased = await lease_channel_deliveries(uow, self._config(), now, lease, limit=min(room, 50))
+            if room > len(leased):
+                leased += await lease_subscription_deliveries(uow, now, lease, limit=room - len(leased))
+            await uow.commit()
+        return leased
+
+    async def send(self, leased: list[Leased], now: datetime) -> list[Attempt]:
+        return list(await asyncio.gather(*(self._send_one(item, now) for item in leased)))
+
+    async def _send_one(self, item: Leased, now: datetime) -> Attempt:
+        try:
+            return await self._send(item, now)
+        except Exception as exc:  # a sender bug must not lose the outcome of the others
+            log.exception("notifier.sender_failed", kind=item.kind)
+            return Attempt(error=f"{type(exc).__name__}: {exc}"[:500])
+
+    async def record(self, leased: list[Leased], attempts: list[Attempt], now: datetime) -> None:
+        config = self._config()
+        outcomes = []
+        async with self._uow() as uow:
+            for item, attempt in zip(leased, attempts, strict=True):
+                outcomes.append((item, await record(uow, config, item, attempt, now, self._jitter())))
+            await uow.commit()
+        for item, outcome in outcomes:
+            channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
+            metrics.notifications.labels(channel, outcome or "retrying").inc()
+
+    async def _deliver(self, item: Leased) -> None:
+        attempt = await self._send_one(item, self._clock.now())
+        try:
+            await self.record([item], [attempt], self._clock.now())
+        except Exception as exc:  # the database is down: the lease expires and the same key goes again
+            log.warning("notifier.record_failed", kind=item.kind, error=type(exc).__name__)
+
+    async def start_round(self) -> int:
+        """Fire and lease, and start the sends; returns how much work the round found."""
+        fired = await self.fire(self._clock.now())
+        room = self._max_in_flight - len(self._in_flight)
+        leased = await self.lease(self._clock.now(), room) if room > 0 else []
+        for item in leased:
+            task = asyncio.create_task(self._deliver(item))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        return fired + len(leased)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the sends in flight (on shutdown: up to `timeout`, then their leases expire)."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+
+    async def run_once(self) -> int:
+        """One round, waiting for its sends: what tests and benchmarks step through."""
+        found = await self.start_round()
+        await self.drain()
+        return found

@@ -1,0 +1,265 @@
+"""CRM subscriptions end to end against real local receivers: the admin API, signed CloudEvents
+with the event id as idempotency key, order per lead under failures, a dead subscriber that
+holds up nobody else, and giving up after the last try."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import update
+
+from leadsla.devstack import free_port
+from leadsla.services.notifier.bootstrap import bootstrap
+from leadsla.services.notifier.channels import Senders
+from leadsla.services.notifier.delivery import Deliverer
+from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
+from leadsla.services.notifier.handlers import on_event
+from leadsla.services.notifier.tables import deliveries, subscription_deliveries, subscriptions
+from leadsla.shared.auth import create_key
+from leadsla.shared.clock import ManualClock
+from leadsla.shared.events import LeadAssigned, SlaEventData, new_event
+from leadsla.shared.http import create_app
+from tests.integration.receivers import HttpReceiver, StallingReceiver
+from tests.support import eventually, outbox_events
+
+CONFIG = """
+owners: [{id: alice}]
+notifier: {subscription_max_attempts: 3, subscription_timeout_seconds: 30}
+"""
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    # Signatures carry the send time and receivers refuse old ones, so start from the real time.
+    return ManualClock(datetime.now(UTC))
+
+
+@pytest.fixture
+async def ctx(make_ctx, engine):
+    ctx = make_ctx("notifier", CONFIG)
+    yield ctx
+    # The database is shared by the session: leave no live subscription or due delivery behind.
+    async with engine.begin() as conn:
+        await conn.execute(update(subscriptions).where(subscriptions.c.deleted_at.is_(None))
+                           .values(deleted_at=datetime.now(UTC)))
+        for table in (subscription_deliveries, deliveries):
+            await conn.execute(update(table).where(table.c.state == "pending").values(state="cancelled"))
+
+
+@pytest.fixture
+async def api(ctx, engine):
+    app = create_app(ctx, bootstrap(ctx).routers)
+    async with engine.begin() as conn:
+        admin_key = await create_key(conn, "crm-admin", "admin")
+        source_key = await create_key(conn, "webform", "source")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as client:
+        client.headers["Authorization"] = f"Bearer {admin_key}"
+        client.source_key = source_key  # type: ignore[attr-defined]
+        yield client
+
+
+@pytest.fixture
+async def deliver(ctx, clock):
+    async with httpx.AsyncClient() as http:
+        deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                              Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
+        yield deliverer.run_once
+
+
+def assigned(lead_id: str, n: int, now: datetime):
+    return new_event("lead.assigned", service="router", lead_id=lead_id, time=now, data=LeadAssigned(
+        lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin", reason="rule",
+        assignment_no=n, candidates=[], assigned_at=now, tier="A"))
+
+
+async def consume(ctx, *events) -> None:
+    for event in events:
+        async with ctx.uow() as uow:
+            await on_event(uow, ctx.config.config, event, ctx.clock.now())
+            await uow.commit()
+
+
+async def subscribe(api, receiver: HttpReceiver, event_types: list[str]) -> str:
+    response = await api.post("/v1/subscriptions", json={"url": receiver.url, "event_types": event_types})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    receiver.secret = body["secret"].encode()
+    return body["id"]
+
+
+def ids_for(receiver: HttpReceiver, lead_id: str) -> list[str]:
+    return [m["id"] for m, _ in receiver.received if m.get("subject") == lead_id]
+
+
+async def test_admins_create_list_and_delete_subscriptions_and_the_secret_is_shown_once(api) -> None:
+    created = await api.post("/v1/subscriptions", json={
+        "url": "https://crm.example.com/leadsla", "event_types": ["lead.assigned", "sla.*"]})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["secret"].startswith("whsec_") and len(body["secret"]) > 30
+
+    own = await api.post("/v1/subscriptions", json={
+        "url": "https://crm.example.com/x", "event_types": ["lead.assigned"], "secret": "my-own-secret-0123456789"})
+    assert own.json()["secret"] == "my-own-secret-0123456789"
+
+    listed = (await api.get("/v1/subscriptions")).json()["subscriptions"]
+    mine = next(s for s in listed if s["id"] == body["id"])
+    assert mine["event_types"] == ["lead.assigned", "sla.*"] and "secret" not in mine
+    assert mine["deliveries"] == {"pending": 0, "sent": 0, "failed": 0}
+
+    assert (await api.delete(f"/v1/subscriptions/{body['id']}")).status_code == 204
+    assert (await api.delete(f"/v1/subscriptions/{body['id']}")).status_code == 404
+    assert body["id"] not in {s["id"] for s in (await api.get("/v1/subscriptions")).json()["subscriptions"]}
+
+
+async def test_a_bad_subscription_is_refused_naming_the_field(api) -> None:
+    response = await api.post("/v1/subscriptions", json={
+        "url": "ftp://crm.example.com", "event_types": ["lead.assigned", "lead.asigned"]})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert {e["field"] for e in response.json()["errors"]} == {"url", "event_types.1"}
+    assert (await api.post("/v1/subscriptions", json={"url": "https://x", "event_types": []})).status_code == 422
+
+
+async def test_subscriptions_need_an_admin_key(api) -> None:
+    headers = {"Authorization": f"Bearer {api.source_key}"}
+    assert (await api.get("/v1/subscriptions", headers=headers)).status_code == 403
+    assert (await api.get("/v1/subscriptions", headers={"Authorization": ""})).status_code == 401
+
+
+async def test_a_matching_event_is_posted_as_its_signed_cloudevent_with_its_id_as_idempotency_key(
+        api, ctx, clock, deliver) -> None:
+    with HttpReceiver() as crm:
+        await subscribe(api, crm, ["lead.assigned"])
+        lead_id = str(uuid.uuid4())
+        event = assigned(lead_id, 1, clock.now())
+        other = new_event("sla.started", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaEventData(
+            lead_id=lead_id, sla_id="s", metric="first_response", policy_id="p", policy_version=1,
+            owner_id="alice", due_at=clock.now()))
+        await consume(ctx, event, other, event)  # the same event twice, and one not subscribed to
+        await deliver()
+
+        [(message, valid)] = [(m, ok) for m, ok in crm.received if m.get("subject") == lead_id]
+        headers = message.pop("_headers")
+        assert valid and message == event.model_dump(mode="json", exclude_none=True)
+        assert headers["idempotency-key"] == event.id
+        assert headers["content-type"] == "application/cloudevents+json"
+        assert verify(crm.secret, event.to_bytes(), headers[SIGNATURE_HEADER.lower()], int(time.time()))
+
+
+async def test_one_leads_events_arrive_in_order_even_when_the_first_is_retried(api, ctx, clock, deliver) -> None:
+    with HttpReceiver() as crm:
+        await subscribe(api, crm, ["lead.*"])
+        lead_id = str(uuid.uuid4())
+        first, second, third = (assigned(lead_id, n, clock.now()) for n in (1, 2, 3))
+        await consume(ctx, first, second, third)
+        crm.statuses = [503]
+        await deliver()
+        assert ids_for(crm, lead_id) == [first.id]  # refused; the others wait behind it
+        await deliver()
+        assert ids_for(crm, lead_id) == [first.id]  # not due again yet
+        clock.advance(timedelta(seconds=2))
+        for _ in range(3):
+            await deliver()
+        assert ids_for(crm, lead_id) == [first.id, first.id, second.id, third.id]
+        assert all(valid for _, valid in crm.received)
+
+
+async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_it_missed_once_fixed(
+        api, ctx, clock, deliver, engine) -> None:
+    with HttpReceiver() as up, HttpReceiver() as down:
+        await subscribe(api, up, ["lead.assigned"])
+        down_port = free_port()
+        down.url = f"http://127.0.0.1:{down_port}/nobody-listens"
+        down_id = await subscribe(api, down, ["lead.assigned"])
+        leads = [str(uuid.uuid4()) for _ in range(3)]
+        await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in leads))
+        await deliver()
+        assert {m["subject"] for m, _ in up.received} >= set(leads)
+
+        for _ in range(3):  # the last tries, spaced by the backoff
+            clock.advance(timedelta(minutes=1))
+            await deliver()
+        listed = (await api.get("/v1/subscriptions")).json()["subscriptions"]
+        assert next(s for s in listed if s["id"] == down_id)["deliveries"]["failed"] >= 3
+        events = await outbox_events(engine, "notifier", leads[0])
+        [failed] = [e for e in events if e.type == "notification.failed"]
+        assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
+        assert failed.data["idempotency_key"] == failed.data["event_id"]
+        assert [e.type for e in events if e.type == "deadletter"] == ["deadletter"]
+
+        # The CRM is fixed: an operator sees what it missed and sends it again, same ids and keys.
+        missed = (await api.get(f"/v1/subscriptions/{down_id}/deliveries")).json()["deliveries"]
+        assert {m["lead_id"] for m in missed} >= set(leads) and all(m["attempts"] == 3 for m in missed)
+        with HttpReceiver(port=down_port) as fixed:
+            fixed.secret = down.secret
+            requeued = await api.post(f"/v1/subscriptions/{down_id}/redeliver")
+            assert requeued.status_code == 202 and requeued.json()["requeued"] >= 3
+            await deliver()
+            assert {m["subject"] for m, _ in fixed.received} >= set(leads)
+            assert all(valid for _, valid in fixed.received)
+        assert (await api.post(f"/v1/subscriptions/{uuid.uuid4()}/redeliver")).status_code == 404
+
+
+async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver) -> None:
+    with HttpReceiver() as crm:
+        sub_id = await subscribe(api, crm, ["lead.assigned"])
+        lead_id = str(uuid.uuid4())
+        await consume(ctx, assigned(lead_id, 1, clock.now()))
+        assert (await api.delete(f"/v1/subscriptions/{sub_id}")).status_code == 204
+        await consume(ctx, assigned(lead_id, 2, clock.now()))
+        await deliver()
+        assert ids_for(crm, lead_id) == []
+
+
+async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay(api, ctx, clock, engine) -> None:
+    from sqlalchemy import insert, select
+
+    from leadsla.services.notifier.delivery import prune_delivered
+
+    sub_id = f"retention-{uuid.uuid4().hex[:8]}"
+    old, recent = clock.now() - timedelta(days=8), clock.now() - timedelta(days=1)
+    async with engine.begin() as conn:
+        await conn.execute(insert(subscription_deliveries), [
+            {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
+             "body": b"{}", "state": state, "next_attempt_at": when, "created_at": when}
+            for state in ("sent", "cancelled", "failed") for age, when in (("old", old), ("recent", recent))])
+    async with ctx.uow() as uow:
+        await prune_delivered(uow, clock.now() - timedelta(days=7))
+        await uow.commit()
+    async with engine.connect() as conn:
+        left = (await conn.execute(select(subscription_deliveries.c.event_id).where(
+            subscription_deliveries.c.subscription_id == sub_id))).scalars().all()
+    assert sorted(left) == ["e-cancelled-recent", "e-failed-old", "e-failed-recent", "e-sent-recent"]
+
+
+async def test_a_subscriber_that_never_answers_holds_up_nobody_else(api, ctx, clock) -> None:
+    stalled = StallingReceiver()
+    stalled.hold_all = True
+    try:
+        with HttpReceiver() as up:
+            await subscribe(api, up, ["lead.assigned"])
+            response = await api.post("/v1/subscriptions", json={
+                "url": f"http://127.0.0.1:{stalled.port}/hook", "event_types": ["lead.assigned"]})
+            assert response.status_code == 201
+            leads = [str(uuid.uuid4()) for _ in range(3)]
+            await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in leads))
+            async with httpx.AsyncClient() as http:
+                deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                      Senders(http, ctx.engine, lambda: ctx.config.config), clock)
+                await deliverer.start_round()
+                await eventually(lambda: {m["subject"] for m, _ in up.received} >= set(leads), timeout=20,
+                                 what="the live subscriber to get its events")
+                later = [str(uuid.uuid4()) for _ in range(2)]  # events that come while the sends hang
+                await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in later))
+                await deliverer.start_round()
+                await eventually(lambda: {m["subject"] for m, _ in up.received} >= set(later), timeout=20,
+                                 what="later events to reach the live subscriber")
+                assert len(stalled.arrivals) >= 1 and not stalled.release.is_set()  # still hanging
+                stalled.release.set()
+                await deliverer.drain()
+    finally:
+        stalled.stop()
