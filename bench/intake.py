@@ -17,25 +17,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from infra import infrastructure
+
 from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
 from leadsla.shared.auth import create_key  # noqa: E402
 from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
@@ -178,22 +175,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     return n / elapsed
 
 
-async def main(n: int, concurrency: int) -> None:
-    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
-    pg = broker = None
-    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
-    if not server_url:
-        pg = EmbeddedPostgres(Path(tmp) / "pg")
-        server_url = pg.start()
-    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+async def run(url: str, bootstrap: str, n: int, concurrency: int) -> None:
     engine = make_engine(url, pool_size=max(10, concurrency + 2))
     producer = make_producer(bootstrap)
     try:
@@ -215,13 +197,19 @@ async def main(n: int, concurrency: int) -> None:
         for label, rate, peer in rows:
             ratio = f"{rate / peer:7.2f}x" if peer else "   peer"
             print(f"{label:42} {n:6d} {rate:9.0f} {ratio:>8}")
+        print("BENCH " + json.dumps({
+            "intake_bare_fastapi_per_s": round(bare, 1), "intake_post_per_s": round(single, 1),
+            "intake_post_vs_bare": round(single / bare, 3), "intake_batch_per_s": round(batch, 1),
+            "intake_batch_vs_bare": round(batch / bare, 3), "intake_kafka_per_s": round(kafka, 1),
+            "intake_kafka_vs_broker": round(kafka / broker_rate, 4)}))
     finally:
         await producer.stop()
         await engine.dispose()
-        if broker:
-            broker.stop()
-        if pg:
-            pg.stop()
+
+
+async def main(n: int, concurrency: int) -> None:
+    async with infrastructure() as (url, bootstrap):
+        await run(url, bootstrap, n, concurrency)
 
 
 if __name__ == "__main__":

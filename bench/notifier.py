@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -94,6 +95,9 @@ async def main(events: int) -> None:
                     pass
                 print(f"storm: {events} breaches planned at {events / planned:,.0f}/s, "
                       f"fired at {events / fired:,.0f}/s; the manager got {len(slack.payloads)} Slack messages")
+                print("BENCH " + json.dumps({"notifier_storm_planned_per_s": round(events / planned, 1),
+                                             "notifier_storm_fired_per_s": round(events / fired, 1),
+                                             "notifier_storm_messages_to_manager": len(slack.payloads)}))
 
                 clock = SystemClock()  # the storm moved the manual clock ahead; CRM deliveries run on real time
                 crm.secret = b"bench-secret-0123456789"
@@ -119,6 +123,7 @@ async def main(events: int) -> None:
                 sent = time.perf_counter() - started
                 print(f"subscriptions: {events} signed CloudEvents over 100 leads delivered at {events / sent:,.0f}/s "
                       f"(in order per lead: one in flight per lead)")
+                print("BENCH " + json.dumps({"notifier_subscription_deliveries_per_s": round(events / sent, 1)}))
     finally:
         await engine.dispose()
         if server is not None:

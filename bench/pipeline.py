@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,11 +26,11 @@ import asyncpg
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import insert
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from infra import infrastructure
+
 from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
 from leadsla.services.reporting.projections import project  # noqa: E402
 from leadsla.services.sla_clock.handlers import fire_due  # noqa: E402
@@ -186,22 +184,7 @@ async def intake_http(engine, database_url: str, bootstrap: str, n: int) -> floa
     return n / elapsed
 
 
-async def main(events: int) -> None:
-    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
-    pg = broker = None
-    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
-    if not server_url:
-        pg = EmbeddedPostgres(Path(tmp) / "pg")
-        server_url = pg.start()
-    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+async def run(url: str, bootstrap: str, events: int) -> None:
     engine = make_engine(url, pool_size=10)
     try:
         await upgrade(engine)
@@ -236,10 +219,11 @@ async def main(events: int) -> None:
         print("BENCH " + json.dumps(figures))
     finally:
         await engine.dispose()
-        if broker:
-            broker.stop()
-        if pg:
-            pg.stop()
+
+
+async def main(events: int) -> None:
+    async with infrastructure() as (url, bootstrap):
+        await run(url, bootstrap, events)
 
 
 if __name__ == "__main__":

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import insert
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from infra import infrastructure
+
 from leadsla.services.reporting.replay import rebuild  # noqa: E402
 from leadsla.services.reporting.tables import timeline  # noqa: E402
 from leadsla.shared.bus import make_producer  # noqa: E402
@@ -70,22 +68,8 @@ async def fill_timeline(engine, events: list) -> None:
             await conn.execute(insert(timeline), rows[i:i + 5000])
 
 
-async def main(leads: int) -> None:
-    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
-    pg = broker = None
-    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
-    if not server_url:
-        pg = EmbeddedPostgres(Path(tmp) / "pg")
-        server_url = pg.start()
-    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    engine = make_engine(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+async def run(url: str, bootstrap: str, leads: int) -> None:
+    engine = make_engine(url)
     try:
         await upgrade(engine)
         events = [e for _, e in scenario.build(seed=1, leads=leads).events]
@@ -103,12 +87,15 @@ async def main(leads: int) -> None:
         print(f"\n{'stage':40} {'n':>7} {'events/s':>10} {'vs peer':>8}")
         print(f"{'raw aiokafka consume (assigned)':40} {len(events):7d} {raw:10.0f} {'peer':>8}")
         print(f"{'replay reporting (rebuild read models)':40} {result.events:7d} {replay:10.0f} {replay / raw:7.2f}x")
+        print("BENCH " + json.dumps({"replay_raw_consume_per_s": round(raw, 1), "replay_reporting_per_s": round(replay, 1),
+                                     "replay_vs_raw_consume": round(replay / raw, 3)}))
     finally:
         await engine.dispose()
-        if broker:
-            broker.stop()
-        if pg:
-            pg.stop()
+
+
+async def main(leads: int) -> None:
+    async with infrastructure() as (url, bootstrap):
+        await run(url, bootstrap, leads)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import socket
 import statistics
 import sys
@@ -25,13 +25,13 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres, ServiceProcess  # noqa: E402
+from infra import infrastructure
+
+from leadsla.devstack import ServiceProcess  # noqa: E402
 from leadsla.services.router.handlers import route_lead  # noqa: E402
 from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
 from leadsla.shared.clock import SystemClock  # noqa: E402
@@ -156,22 +156,9 @@ async def in_process(engine, owners: int, rules: int, n: int = 300) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def main(rate: float, seconds: float, owners: int, rules: int) -> None:
+async def run(url: str, bootstrap: str, rate: float, seconds: float, owners: int, rules: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="leadsla-bench-router-"))
-    pg = broker = router = None
-    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
-    if not server_url:
-        pg = EmbeddedPostgres(tmp / "pg")
-        server_url = pg.start()
-    bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    name = f"leadsla_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    router = None
     engine = make_engine(url)
     try:
         await upgrade(engine)
@@ -201,15 +188,21 @@ async def main(rate: float, seconds: float, owners: int, rules: int) -> None:
               f"p99 {pct(0.99):.1f}  max {ms[-1]:.1f}  mean {statistics.fmean(ms):.1f}")
         router.stop()
         router = None
-        print(f"route_lead in-process, one transaction per lead: {await in_process(engine, owners, rules):.0f} leads/s")
+        in_process_rate = await in_process(engine, owners, rules)
+        print(f"route_lead in-process, one transaction per lead: {in_process_rate:.0f} leads/s")
+        print("BENCH " + json.dumps({"router_offered_per_s": rate, "router_routed_per_s": round(routed_rate, 1),
+                                     "router_latency_p50_ms": round(pct(0.50), 1),
+                                     "router_latency_p99_ms": round(pct(0.99), 1),
+                                     "router_in_process_per_s": round(in_process_rate, 1)}))
     finally:
         if router is not None:
             router.stop()
         await engine.dispose()
-        if broker:
-            broker.stop()
-        if pg:
-            pg.stop()
+
+
+async def main(rate: float, seconds: float, owners: int, rules: int) -> None:
+    async with infrastructure() as (url, bootstrap):
+        await run(url, bootstrap, rate, seconds, owners, rules)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ HERE = Path(__file__).resolve().parent
 # script -> (arguments for a full run, arguments for --quick)
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "pipeline.py": ([], ["--events", "2000"]),
-    "intake.py": ([], []),
-    "router.py": ([], []),
-    "notifier.py": ([], []),
-    "replay.py": ([], []),
+    "intake.py": ([], ["--leads", "300"]),
+    "router.py": ([], ["--seconds", "5", "--rate", "20"]),
+    "notifier.py": ([], ["--events", "200"]),
+    "replay.py": ([], ["--leads", "500"]),
     "faults.py": (["--restarts"], ["--restarts"]),
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -614,6 +615,17 @@ class _Reader:
     def warn(self, field_name: str, message: str, value: Any = None) -> None:
         self.issues.append(Issue(field_name, message, value))
 
+    def normalized(self, out: dict[str, Any], key: str, field_name: str,
+                   normalize: Callable[[Any], Any], value: Any) -> bool:
+        """`out[key]` = the normalized value; one that cannot be read is kept as sent, with a warning."""
+        try:
+            out[key] = normalize(value)
+            return True
+        except ValueError as exc:
+            out[key] = value
+            self.warn(field_name, str(exc), value)
+            return False
+
     def text(self, name: str, value: Any) -> str | None:
         """A scalar as stripped text; '' and null mean "not given"."""
         if value is None:
@@ -748,18 +760,9 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
             out[key] = raw[key]
     usable = False
     if email := raw.get("email"):
-        try:
-            out["email"] = normalize_email(email)
-            usable = True
-        except ValueError as exc:
-            out["email"] = email
-            r.warn("contact.email", str(exc), email)
+        usable = r.normalized(out, "email", "contact.email", normalize_email, email)
     if country := raw.get("country"):
-        try:
-            out["country"] = normalize_country(country)
-        except ValueError as exc:
-            out["country"] = country
-            r.warn("contact.country", str(exc), country)
+        r.normalized(out, "country", "contact.country", normalize_country, country)
     phone_zone = None
     if phone := raw.get("phone"):
         region = next((c for c in (out.get("country"), company_country, source.default_region)
@@ -773,17 +776,9 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
             r.warn("contact.phone", str(exc), phone)
             usable = usable or dialable(phone)
     if language := raw.get("language"):
-        try:
-            out["language"] = normalize_language(language)
-        except ValueError as exc:
-            out["language"] = language
-            r.warn("contact.language", str(exc), language)
+        r.normalized(out, "language", "contact.language", normalize_language, language)
     if zone := raw.get("timezone"):
-        try:
-            out["timezone"] = normalize_timezone(zone)
-        except ValueError as exc:
-            out["timezone"] = zone
-            r.warn("contact.timezone", str(exc), zone)
+        r.normalized(out, "timezone", "contact.timezone", normalize_timezone, zone)
     elif phone_zone:
         out["timezone"] = phone_zone
     return Contact(**out), usable
