@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import heapq
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -118,7 +119,9 @@ class EventConsumer:
                 # Commit exactly what was handled: a bare commit() would also commit the records
                 # fetched but left unhandled when a shutdown arrives mid-batch, losing them.
                 done: dict[TopicPartition, OffsetAndMetadata] = {}
-                records = [record for tp_records in batch.values() for record in tp_records]
+                # Partitions interleaved by record time (each partition's order kept): a consumer of
+                # several topics sees one lead's lead.received before the lead.assigned it caused.
+                records = list(heapq.merge(*batch.values(), key=lambda record: record.timestamp))
                 handled = await self._process_batch(records, stop) if records else 0
                 for record in records[:handled]:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")

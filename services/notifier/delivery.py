@@ -88,7 +88,8 @@ async def _lease_channel(uow: UnitOfWork, which, now: datetime, lease: timedelta
     )).all())
 
 
-# Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order.
+# Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order,
+# by event time (then arrival), so a lead.received read after its lead.assigned still goes first.
 # At most `per_subscription` in flight per subscription: a subscriber that is down (or slow to
 # answer) ties up its own share of the senders, never everyone's.
 _LEASE_SUBSCRIPTION_DELIVERIES = text("""
@@ -103,7 +104,7 @@ WITH in_flight AS (
       AND (d.leased_until IS NULL OR d.leased_until <= :now)
       AND NOT EXISTS (SELECT 1 FROM notifier.subscription_deliveries e
                       WHERE e.subscription_id = d.subscription_id AND e.lead_id = d.lead_id
-                        AND e.state = 'pending' AND e.id < d.id)
+                        AND e.state = 'pending' AND (e.event_time, e.id) < (d.event_time, d.id))
   ) ranked LEFT JOIN in_flight f ON f.subscription_id = ranked.subscription_id
   WHERE ranked.rn + coalesce(f.busy, 0) <= :per_subscription ORDER BY ranked.id LIMIT :limit
 )

@@ -137,7 +137,8 @@ async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
     body = event.to_bytes()
     await uow.conn.execute(pg_insert(subscription_deliveries).on_conflict_do_nothing(), [
         {"subscription_id": sub_id, "lead_id": event.subject or "", "event_id": event.id,
-         "event_type": event.type, "body": body, "state": "pending", "next_attempt_at": now, "created_at": now}
+         "event_type": event.type, "event_time": event.time, "body": body, "state": "pending",
+         "next_attempt_at": now, "created_at": now}
         for sub_id in wanted
     ])
 

@@ -111,6 +111,8 @@ subscription_deliveries = Table(
     Column("lead_id", String, nullable=False),
     Column("event_id", String, nullable=False),
     Column("event_type", String, nullable=False),
+    # The CloudEvent's time: one lead's events go out in this order, whichever topic each came from.
+    Column("event_time", DateTime(timezone=True), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("state", String, nullable=False),  # pending | sent | failed | cancelled
     Column("attempts", Integer, nullable=False, server_default="0"),

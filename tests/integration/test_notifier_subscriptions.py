@@ -20,7 +20,16 @@ from leadsla.services.notifier.handlers import on_event
 from leadsla.services.notifier.tables import deliveries, subscription_deliveries, subscriptions
 from leadsla.shared.auth import create_key
 from leadsla.shared.clock import ManualClock
-from leadsla.shared.events import LeadAssigned, SlaEventData, new_event
+from leadsla.shared.events import (
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    SlaEventData,
+    new_event,
+)
 from leadsla.shared.http import create_app
 from tests.integration.receivers import HttpReceiver, StallingReceiver
 from tests.support import eventually, outbox_events
@@ -150,6 +159,22 @@ async def test_a_matching_event_is_posted_as_its_signed_cloudevent_with_its_id_a
         assert verify(crm.secret, event.to_bytes(), headers[SIGNATURE_HEADER.lower()], int(time.time()))
 
 
+async def test_events_read_out_of_order_from_two_topics_go_out_in_event_time_order(api, ctx, clock, deliver) -> None:
+    """lead.assigned (leads.routing) can be read before the lead.received (leads.intake) it
+    follows; the CRM still gets the lead before its assignment."""
+    with HttpReceiver() as crm:
+        await subscribe(api, crm, ["lead.*"])
+        lead_id = str(uuid.uuid4())
+        received = new_event("lead.received", service="intake", lead_id=lead_id, time=clock.now(), data=LeadReceived(
+            lead_id=lead_id, source="webform", tier="A", contact=Contact(email="a@example.com"), company=Company(),
+            intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=clock.now()))
+        later = assigned(lead_id, 1, clock.now() + timedelta(milliseconds=80))
+        await consume(ctx, later, received)
+        for _ in range(2):
+            await deliver()
+        assert ids_for(crm, lead_id) == [received.id, later.id]
+
+
 async def test_one_leads_events_arrive_in_order_even_when_the_first_is_retried(api, ctx, clock, deliver) -> None:
     with HttpReceiver() as crm:
         await subscribe(api, crm, ["lead.*"])
@@ -225,7 +250,7 @@ async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay
     async with engine.begin() as conn:
         await conn.execute(insert(subscription_deliveries), [
             {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
-             "body": b"{}", "state": state, "next_attempt_at": when, "created_at": when}
+             "event_time": when, "body": b"{}", "state": state, "next_attempt_at": when, "created_at": when}
             for state in ("sent", "cancelled", "failed") for age, when in (("old", old), ("recent", recent))])
     async with ctx.uow() as uow:
         await prune_delivered(uow, clock.now() - timedelta(days=7))

@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("lead_id", sa.String(), nullable=False),
         sa.Column("event_id", sa.String(), nullable=False),
         sa.Column("event_type", sa.String(), nullable=False),
+        sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
         sa.Column("state", sa.String(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
