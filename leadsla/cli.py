@@ -270,7 +270,7 @@ def dev(
         with console.status("starting the five services (consumer groups take a few seconds to join)"):
             wait_until(lambda: stop_requested or all(s.ready() for s in services), 90, "services to be ready", 0.25)
         if not stop_requested:
-            _print_banner(services, bootstrap, admin_key, version, data_dir)
+            _print_banner(services, bootstrap, admin_key, version, data_dir, database_url)
         while not stop_requested:
             for service in services:
                 if service.proc is not None and service.proc.poll() is not None:
@@ -292,7 +292,8 @@ def dev(
         console.print("stopped")
 
 
-def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_dir: Path) -> None:
+def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_dir: Path,
+                  database_url: str) -> None:
     table = Table(title="leadsla dev is running", show_header=True)
     table.add_column("service")
     table.add_column("url")
@@ -304,7 +305,10 @@ def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_d
     console.print(table)
     console.print(f"config version {version}; service logs in {data_dir / 'logs'}")
     console.print(f"dev admin key: [bold]{admin_key}[/bold]")
+    # Lines to paste into another shell, so `leadsla replay`, `config apply` and `keys` reach this system.
     print(f"LEADSLA_ADMIN_KEY={admin_key}", flush=True)
+    print(f"LEADSLA_DATABASE_URL={database_url}", flush=True)
+    print(f"LEADSLA_KAFKA_BOOTSTRAP={bootstrap}", flush=True)
     console.print("Ctrl-C stops everything.")
 
 

@@ -35,6 +35,9 @@ def test_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
                    "`leadsla dev` to print its admin key", 0.2)
         assert proc.poll() is None, out.read_text()
         key = re.search(r"LEADSLA_ADMIN_KEY=(\S+)", out.read_text()).group(1)
+        # The lines a second shell pastes to point `leadsla replay` and friends at this system.
+        database_url = re.search(r"^LEADSLA_DATABASE_URL=(postgresql\S+)$", out.read_text(), re.M).group(1)
+        assert re.search(r"^LEADSLA_KAFKA_BOOTSTRAP=127\.0\.0\.1:\d+$", out.read_text(), re.M)
         children = psutil.Process(proc.pid).children(recursive=True)
         headers = {"Authorization": f"Bearer {key}"}
 
@@ -49,6 +52,10 @@ def test_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
                 e["type"] for e in r.json()["timeline"]}
 
         wait_until(assigned, 60, "the lead's timeline", 0.2)
+        replay = subprocess.run([sys.executable, "-m", "leadsla.cli", "replay", "reporting", "--verify"],
+                                env={**os.environ, "LEADSLA_DATABASE_URL": database_url}, capture_output=True,
+                                text=True, timeout=120)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         try:
