@@ -6,7 +6,7 @@ wall clock, which is wrong across DST changes, so local times are only used to f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from .config import CalendarConfig
@@ -22,26 +22,45 @@ class NeverOpen(ValueError):
 class BusinessCalendar:
     def __init__(self, config: CalendarConfig) -> None:
         self._zone = ZoneInfo(config.timezone)
-        self._always = config.hours is None
-        self._weekly = config.weekly_spans()
         self._holidays = frozenset(config.holidays)
+        # Without hours: open around the clock, holidays excepted.
+        self._always = config.hours is None and not self._holidays
+        self._weekly = (config.weekly_spans() if config.hours is not None
+                        else {day: [(time(0), None)] for day in range(7)})
 
     def _spans_from(self, start: datetime) -> Iterator[tuple[datetime, datetime]]:
         """Open spans as UTC instants, in order, from the local day containing `start`."""
         day = start.astimezone(self._zone).date()
+        reached = start  # overlapping spans count once: each one only from where the last ended
         for offset in range(MAX_DAYS_AHEAD):
             current = day + timedelta(days=offset)
             if current in self._holidays:
                 continue
             for begin, end in self._weekly[current.weekday()]:
-                a = datetime.combine(current, begin, self._zone).astimezone(UTC)
-                if end is None:
-                    b = datetime.combine(current + timedelta(days=1), time(0), self._zone).astimezone(UTC)
-                else:
-                    b = datetime.combine(current, end, self._zone).astimezone(UTC)
-                if b > start:
-                    yield max(a, start), b
+                a = max(self._instant(current, begin), reached)
+                b = self._instant(current + timedelta(days=1), time(0)) if end is None else self._instant(current, end)
+                if b > a:
+                    yield a, b
+                    reached = b
         raise NeverOpen(f"calendar has no open hours within {MAX_DAYS_AHEAD} days")
+
+    def _instant(self, day: date, at: time) -> datetime:
+        """When the local clock first reads `at` on `day` or later: a time in a fall-back repeated
+        hour at its first occurrence (a span open across the hour stays open through both); one in
+        a spring-forward gap when the gap ends (a plain fold=0 reading would land the jump later)."""
+        local = datetime.combine(day, at)
+        instant = local.replace(tzinfo=self._zone).astimezone(UTC)
+        if instant.astimezone(self._zone).replace(tzinfo=None) == local:
+            return instant
+        # In a gap: read with the offset after the change it lands before it; the change is between.
+        before, after = local.replace(tzinfo=self._zone, fold=1).astimezone(UTC), instant
+        while after - before > timedelta(seconds=1):
+            middle = before + timedelta(seconds=(after - before).total_seconds() // 2)
+            if middle.astimezone(self._zone).replace(tzinfo=None) >= local:
+                after = middle
+            else:
+                before = middle
+        return after
 
     def is_open(self, at: datetime) -> bool:
         if self._always:

@@ -128,7 +128,8 @@ class CalendarConfig(Strict):
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
         """Weekday number (Monday=0) -> sorted open spans; None when always open."""
         hours = self.hours or {}
-        return {i: sorted(_parse_span(s) for s in hours.get(day, [])) for i, day in enumerate(WEEKDAYS)}
+        return {i: sorted((_parse_span(s) for s in hours.get(day, [])), key=lambda span: span[0])
+                for i, day in enumerate(WEEKDAYS)}
 
 
 # ---- people and routing ---------------------------------------------------------------------

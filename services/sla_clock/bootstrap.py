@@ -26,6 +26,7 @@ from .handlers import (
     on_lead_queued,
     on_lead_reassigned,
     on_lead_received,
+    on_lead_updated,
     open_timer_counts,
 )
 from .tables import timers
@@ -63,6 +64,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             await on_lead_queued(uow, config, version, event, ctx.clock.now(), rules)
         elif event.type == "lead.reassigned":
             await on_lead_reassigned(uow, config, event, ctx.clock.now(), rules)
+        elif event.type == "lead.updated":
+            await on_lead_updated(uow, config, version, event, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
         poll = settings.timer_poll_seconds

@@ -71,6 +71,9 @@ class Warned:
 @dataclass(frozen=True)
 class Breached:
     at: datetime
+    # When the clock could first know: the deadline, or later for a deadline already past when
+    # its timer started (see `catch_up`); the breach's lateness is measured from here.
+    noticed: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Resumed:
 
 @dataclass(frozen=True)
 class Cancelled:
-    reason: str  # opted_out | disqualified | merged | cadence_exhausted
+    reason: str  # opted_out | disqualified | merged | cadence_exhausted | policy_changed
 
 
 @dataclass(frozen=True)
@@ -167,13 +170,18 @@ def metric_zone(policy: SlaPolicy, metric: str, *, owner_zone: str | None, lead_
 
 
 def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, version: int, owner_id: str | None,
-                tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1) -> Timer:
+                tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1,
+                paused_seconds: float = 0.0) -> Timer:
+    """`paused_seconds`: business time the lead already spent paused since `start` (a successor
+    under a new policy keeps its predecessor's pauses): the deadline and warnings move by it."""
     target = policy.metrics[metric]  # type: ignore[index]
     return Timer(
         sla_id=sla_id, lead_id=lead_id, metric=metric, policy_id=policy.id, policy_version=version,
-        owner_id=owner_id, tier=tier, started_at=start, due_at=compute_deadline(start, target.target, calendar),
-        warnings=warning_schedule(start, target.target, target.warn_at, calendar), target_seconds=target.target,
-        step=step,
+        owner_id=owner_id, tier=tier, started_at=start,
+        due_at=compute_deadline(start, target.target + paused_seconds, calendar),
+        warnings=tuple((pct, calendar.add(start, target.target * pct / 100 + paused_seconds))
+                       for pct in sorted(target.warn_at)),
+        target_seconds=target.target, step=step, paused_seconds=paused_seconds,
     )
 
 
@@ -253,6 +261,79 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
     nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                       timer.tier, at, calendar, timer.step + 1)
     return Step(nxt, (*outcomes, Started(at)))
+
+
+# --- A tier change: the lead's timers re-planned under the policy its new tier selects --------
+# Not a contract reason (opted_out | disqualified | merged | cadence_exhausted fit none): the
+# timer did not end for the lead's sake, a successor under the new policy replaces it.
+POLICY_CHANGED = "policy_changed"
+
+
+def clock_start(policy: SlaPolicy, metric: str, *, received_at: datetime, assigned_at: datetime | None,
+                first_touch_at: datetime | None, unowned_timed: bool) -> datetime | None:
+    """When the lead's clock for a metric it never had a timer for began under `policy`: its
+    receipt or first assignment (a queued lead is timed from receipt), the first response for the
+    cadence; None while that has not happened (the metric starts when it does)."""
+    if metric == "next_action":
+        return first_touch_at
+    if metric_start_on(policy, metric) == "received" or unowned_timed:
+        return received_at
+    return assigned_at
+
+
+@dataclass(frozen=True)
+class Successor:
+    """A timer to start under the new policy, where its predecessor's clock stood."""
+
+    metric: str
+    start: datetime
+    step: int = 1
+    paused_seconds: float = 0.0
+    paused: bool = False
+
+
+def replan(timers: Iterable[Timer], policy: SlaPolicy | None, at: datetime,
+           calendars: Mapping[str, BusinessCalendar], starts: Mapping[str, datetime | None],
+           ) -> tuple[list[tuple[Timer, Step]], list[Successor]]:
+    """The lead's tier now selects `policy` (another than its timers run under): every running or
+    paused timer ends (`policy_changed`; one already past its deadline at `at` breached first and
+    its metric stays decided), and the new policy's metrics run from the same clock start: a
+    faster tier does not give the owner a fresh window. A metric already met or breached stays
+    so; one never timed starts at `starts[metric]` (see `clock_start`), if that has come.
+    `timers`: the lead's current timers; `calendars`: the live ones' calendars by sla_id."""
+    ended: list[tuple[Timer, Step]] = []
+    successors: list[Successor] = []
+    metrics = policy.metrics if policy is not None else {}
+    for timer in timers:
+        if timer.state not in ("open", "paused"):
+            continue
+        step = cancel(timer, POLICY_CHANGED, at)
+        ended.append((timer, step))
+        if step.timer.state != "cancelled" or timer.metric not in metrics:
+            continue
+        paused = timer.paused_seconds
+        if timer.state == "paused" and timer.paused_at is not None:
+            paused += calendars[timer.sla_id].elapsed(timer.paused_at, max(at, timer.paused_at))
+        successors.append(Successor(timer.metric, timer.started_at, timer.step, paused, timer.state == "paused"))
+    decided = {t.metric for t in timers}
+    for metric in metrics:
+        start = starts.get(metric)
+        if metric not in decided and start is not None:
+            successors.append(Successor(metric, start))
+    return ended, successors
+
+
+def withdraws_consent(reason: str, changed: Mapping[str, Mapping[str, object]]) -> bool:
+    """A lead.updated that takes the lead out of reach: an opt-out, or contact consent withdrawn."""
+    return reason == "opted_out" or changed.get("consent.contact", {}).get("new") is False
+
+
+def catch_up(timer: Timer, at: datetime) -> Step:
+    """A timer started at `at` on a clock that began earlier (a successor): what is already due
+    happens now; a breach is one nobody could know of before `at`, so its lateness counts from there."""
+    step = tick(timer, at)
+    return Step(step.timer, tuple(Breached(o.at, noticed=max(at, o.at)) if isinstance(o, Breached) else o
+                                  for o in step.outcomes))
 
 
 def touch_counts(policy: SlaPolicy, metric: str, activity_type: str, outcome: str | None, actor: str | None,

@@ -21,6 +21,7 @@ from leadsla.shared.events import (
     LeadQueued,
     LeadReassigned,
     LeadReceived,
+    LeadUpdated,
     SlaEventData,
     deterministic_id,
     new_event,
@@ -29,6 +30,7 @@ from leadsla.shared.events import (
 from leadsla.shared.uow import UnitOfWork
 
 from .domain import (
+    POLICY_CHANGED,
     Breached,
     Cancelled,
     ClockRules,
@@ -41,6 +43,8 @@ from .domain import (
     Warned,
     breach_root_cause,
     cancel,
+    catch_up,
+    clock_start,
     follow_up,
     judge,
     judging_horizon,
@@ -49,6 +53,7 @@ from .domain import (
     metric_start_on,
     metric_zone,
     pause,
+    replan,
     restart,
     resume,
     root_cause,
@@ -57,6 +62,7 @@ from .domain import (
     touch,
     touch_counts,
     touch_time,
+    withdraws_consent,
 )
 from .tables import leads, timers
 
@@ -97,7 +103,8 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
             received_at=assigned.assigned_at, correlation_id=event.correlationid,
         ).on_conflict_do_nothing())
     await _set_owner(uow, assigned.lead_id, assigned.owner_id)
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(team_id=assigned.team_id))
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(
+        team_id=assigned.team_id, assigned_at=func.coalesce(leads.c.assigned_at, assigned.assigned_at)))
     lead = await _lead(uow, assigned.lead_id)
     assert lead is not None
     policy = select_policy(config, lead.tier, lead.source)
@@ -169,9 +176,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     disposition = activity.disposition.status if activity.disposition else None
     leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disposition == DISQUALIFIED else None
     if leaving is not None:
-        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(closed_reason=leaving))
-        for row in rows:
-            await _apply(uow, config, lead, row, cancel(_timer(row), leaving, at), event, now, rules)
+        await _leave(uow, config, lead, leaving, at, event, now, rules)
         return
 
     def counts(metric: str) -> bool:
@@ -183,6 +188,8 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     if first and (lead.first_touch_at is None or at < lead.first_touch_at):
         await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=at))
     for row in rows:
+        if row.metric not in policy.metrics:
+            continue  # decided under a policy the lead's tier no longer selects
         timer = _timer(row)
         if row.metric == FIRST_RESPONSE and first:
             step = touch(timer, at)
@@ -202,6 +209,51 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
         # The cadence of follow-ups starts at the first response.
         await _start_one(uow, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
                          now)
+
+
+async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: CloudEvent, now: datetime,
+                          rules: ClockRules = ClockRules()) -> None:
+    """A lead changed (PATCH, a repeat with higher intent, an opt-out): a withdrawn consent ends
+    its timers as an opt-out does; a new tier that selects another policy re-plans them."""
+    updated = event.data_as(LeadUpdated)
+    lead = await _lead(uow, updated.lead_id)
+    if lead is None:
+        return  # lead.received precedes it on the same partition: a lead we never timed
+    at = min(event.time, now)
+    if withdraws_consent(updated.reason, updated.changed):
+        await _leave(uow, config, lead, "opted_out", at, event, now, rules)
+        return
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(
+        tier=updated.tier, contactable=updated.contactable))
+    before = select_policy(config, lead.tier, lead.source)
+    lead = await _lead(uow, lead.lead_id)
+    assert lead is not None
+    policy = select_policy(config, lead.tier, lead.source)
+    if lead.closed_reason is not None or (before and before.id) == (policy and policy.id):
+        return  # out of the funnel, or the same policy: the timers stand as they are
+    current = [r for r in await _timers(uow, lead.lead_id, None) if r.reason != POLICY_CHANGED]
+    calendars = {r.sla_id: _calendar(config, r.calendar, r.timezone) for r in current if r.state in LIVE}
+    starts = {metric: clock_start(policy, metric, received_at=lead.received_at,
+                                  # assigned before assigned_at was kept: receipt, never a later start
+                                  assigned_at=lead.assigned_at or (lead.received_at if lead.owner_id else None),
+                                  first_touch_at=lead.first_touch_at,
+                                  unowned_timed=lead.owner_id is None and lead.queued_reason is not None)
+              for metric in (policy.metrics if policy else {})}
+    ended, successors = replan([_timer(r) for r in current], policy, at, calendars, starts)
+    rows = {r.sla_id: r for r in current}
+    for timer, step in ended:
+        await _apply(uow, config, lead, rows[timer.sla_id], step, event, now, rules)
+    for successor in successors:
+        assert policy is not None
+        row = await _start_one(uow, config, version, lead, policy, successor.metric, successor.start, lead.owner_id,
+                               event, now, step=successor.step, paused_seconds=successor.paused_seconds)
+        if row is None:
+            continue
+        step = catch_up(_timer(row), at)
+        if successor.paused and step.timer.state == "open":  # a paused lead stays paused
+            paused = pause(step.timer, at)
+            step = Step(paused.timer, (*step.outcomes, *paused.outcomes))
+        await _apply(uow, config, lead, row, step, event, now, rules)
 
 
 async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: datetime | None,
@@ -257,18 +309,34 @@ async def _start_all(
 
 async def _start_one(
     uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
-    owner_id: str | None, cause: CloudEvent, now: datetime,
-) -> None:
-    sla_id = deterministic_id("sla", lead.lead_id, metric)
+    owner_id: str | None, cause: CloudEvent, now: datetime, *, step: int = 1, paused_seconds: float = 0.0,
+) -> Row | None:
+    """Start the lead's timer for the metric, unless one already runs (or ran); the stored row."""
+    earlier = (await uow.conn.execute(
+        select(timers.c.reason).where(timers.c.lead_id == lead.lead_id, timers.c.metric == metric))).all()
+    if any(r.reason != POLICY_CHANGED for r in earlier):
+        return None
+    # The first timer of a metric keeps its historic id; a successor after a tier change is numbered.
+    sla_id = deterministic_id("sla", lead.lead_id, metric, *([str(len(earlier))] if earlier else []))
     name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
     timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
-                        _calendar(config, name, zone))
-    inserted = await uow.conn.execute(pg_insert(timers).values(
+                        _calendar(config, name, zone), step, paused_seconds)
+    inserted = (await uow.conn.execute(pg_insert(timers).values(
         sla_id=sla_id, lead_id=lead.lead_id, metric=metric, policy_id=policy.id, policy_version=version,
         calendar=name, timezone=zone, tier=lead.tier, **_columns(timer),
-    ).on_conflict_do_nothing().returning(timers.c.sla_id))
-    if inserted.first() is not None:  # else this lead's timer for the metric already runs (or ran)
+    ).on_conflict_do_nothing().returning(timers))).first()
+    if inserted is not None:  # else a concurrent start of the same timer won
         uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
+    return inserted
+
+
+async def _leave(uow: UnitOfWork, config: Config, lead: Row, reason: str, at: datetime, cause: CloudEvent,
+                 now: datetime, rules: ClockRules) -> None:
+    """The lead left the funnel (opted out, disqualified): every timer ends, none starts again."""
+    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(
+        closed_reason=func.coalesce(leads.c.closed_reason, reason)))
+    for row in await _timers(uow, lead.lead_id, LIVE):
+        await _apply(uow, config, lead, row, cancel(_timer(row), reason, at), cause, now, rules)
 
 
 def _columns(timer: Timer) -> dict:
@@ -293,12 +361,13 @@ async def _apply(
             uow.emit(TOPIC_SLA, _event("sla.warning", timer, cause, correlation, now, percent=outcome.percent))
             metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
         elif isinstance(outcome, Breached):
-            cause_code = breach_root_cause(_root_cause(before, lead, config), before.due_at, now, rules.tolerance)
+            noticed = outcome.noticed or before.due_at
+            cause_code = breach_root_cause(_root_cause(before, lead, config), noticed, now, rules.tolerance)
             values.update(closed_at=now, root_cause=cause_code)
             uow.emit(TOPIC_SLA, _event("sla.breached", before, cause, correlation, now,
                                        breached_at=outcome.at, root_cause=cause_code))
             metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc()
-            metrics.sla_breach_lag.observe(max((now - before.due_at).total_seconds(), 0))
+            metrics.sla_breach_lag.observe(max((now - noticed).total_seconds(), 0))
         elif isinstance(outcome, Met):
             values.update(closed_at=outcome.at)
             uow.emit(TOPIC_SLA, _event("sla.met", before, cause, correlation, now, met_at=outcome.at))

@@ -8,7 +8,6 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -32,6 +31,7 @@ leads = Table(
     Column("closed_reason", String),  # opted_out | disqualified: no timer starts any more
     Column("timezone", String),  # the contact's IANA zone, when known
     Column("team_id", String),
+    Column("assigned_at", DateTime(timezone=True)),  # the first assignment: a clock start a new policy keeps
     schema=SCHEMA,
 )
 
@@ -60,7 +60,10 @@ timers = Table(
     Column("step", Integer, nullable=False, server_default="1"),  # next_action: which follow-up is due
     Column("reason", String),  # why it was cancelled
     Column("timezone", String),  # the zone the calendar is read in, when not the calendar's own
-    UniqueConstraint("lead_id", "metric"),
+    # A tier change cancels a timer and starts its successor: one live timer per metric at a time.
+    Index("ux_sla_clock_timers_live", "lead_id", "metric", unique=True,
+          postgresql_where=text("state IN ('open', 'paused')")),
+    Index("ix_sla_clock_timers_lead", "lead_id"),
     Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
     schema=SCHEMA,
 )

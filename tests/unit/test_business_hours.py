@@ -72,3 +72,37 @@ def test_span_until_midnight() -> None:
     calendar = BusinessCalendar(CalendarConfig(timezone="UTC", hours={"mon": ["22:00-24:00"]}))
     assert calendar.add(utc(2026, 11, 23, 23, 0), 1800) == utc(2026, 11, 23, 23, 30)
     assert calendar.add(utc(2026, 11, 23, 23, 30), 3600) == utc(2026, 11, 30, 22, 30)
+
+
+def new_york(hours: dict[str, list[str]], **extra) -> BusinessCalendar:
+    return BusinessCalendar(CalendarConfig(timezone="America/New_York", hours=hours, **extra))
+
+
+def test_a_time_in_the_spring_forward_gap_takes_effect_when_the_gap_ends() -> None:
+    # 8 Mar 2026: New York jumps from 02:00 EST to 03:00 EDT (07:00Z). Open 02:30-04:00: from 03:00 EDT.
+    calendar = new_york({"sun": ["02:30-04:00"]})
+    assert calendar.add(utc(2026, 3, 7, 12, 0), 3600) == utc(2026, 3, 8, 8, 0)  # 04:00 EDT, not a week on
+    assert new_york({"sun": ["02:30-03:15"]}).elapsed(utc(2026, 3, 8, 0, 0), utc(2026, 3, 9, 0, 0)) == 900
+
+
+def test_a_span_open_across_the_repeated_fall_back_hour_stays_open_and_one_ending_in_it_ends_at_its_first_pass(
+) -> None:
+    # 1 Nov 2026: New York goes back from 02:00 EDT to 01:00 EST (06:00Z); 01:00-02:00 happens twice.
+    assert new_york({"sun": ["00:00-03:00"]}).elapsed(utc(2026, 11, 1, 0, 0), utc(2026, 11, 2, 0, 0)) == 4 * 3600
+    assert new_york({"sun": ["00:00-01:30"]}).elapsed(utc(2026, 11, 1, 0, 0), utc(2026, 11, 2, 0, 0)) == 1.5 * 3600
+
+
+def test_a_calendar_without_hours_still_keeps_its_holidays() -> None:
+    calendar = BusinessCalendar(CalendarConfig(holidays=[date(2026, 12, 25)]))
+    assert calendar.add(utc(2026, 12, 24, 23, 0), 7200) == utc(2026, 12, 26, 1, 0)
+    assert not calendar.is_open(utc(2026, 12, 25, 12, 0))
+
+
+def test_overlapping_spans_count_once() -> None:
+    calendar = BusinessCalendar(CalendarConfig(hours={"tue": ["09:00-17:00", "10:00-11:00"]}))
+    assert calendar.add(utc(2026, 11, 17, 9, 0), 8.5 * 3600) == utc(2026, 11, 24, 9, 30)
+
+
+def test_two_spans_with_the_same_start_one_to_midnight_are_one_calendar() -> None:
+    calendar = BusinessCalendar(CalendarConfig(hours={"tue": ["09:00-12:00", "09:00-24:00"]}))
+    assert calendar.elapsed(utc(2026, 11, 17, 0, 0), utc(2026, 11, 18, 0, 0)) == 15 * 3600

@@ -1,0 +1,194 @@
+"""The SLA clock at scale: memory with 1,000,000 open timers, breach lag when 10,000 timers fall
+due in the same second, and how many input events per second its handlers take.
+
+    python bench/sla_clock.py [--open 1000000] [--burst 10000] [--events 2000]
+
+Uses LEADSLA_TEST_DATABASE_URL (or an embedded PostgreSQL) and a database of its own, dropped at
+the end. Timers live in Postgres: the process holds only the batch it is firing, so its RSS is
+measured while it runs the timer loop's queries (fire_due, next_due) beside the open timers, and
+the gauge refresh (open timers counted per metric and tier, every 5 s) is timed too. The burst is
+fired as the timer loop fires it (batches of 200, real time), each breach's lag being the time
+from its deadline to its transaction's commit. Events/s: lead.received + lead.assigned through the
+handlers, one transaction each (the consumer's shape), without the broker.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from leadsla.devstack import EmbeddedPostgres  # noqa: E402
+from leadsla.services.sla_clock.handlers import (  # noqa: E402
+    fire_due,
+    next_due,
+    on_lead_assigned,
+    on_lead_received,
+    open_timer_counts,
+)
+from leadsla.shared.config import parse_config  # noqa: E402
+from leadsla.shared.db import make_engine  # noqa: E402
+from leadsla.shared.events import (  # noqa: E402
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    new_event,
+)
+from leadsla.shared.migrate import upgrade  # noqa: E402
+from leadsla.shared.uow import UnitOfWork  # noqa: E402
+
+CONFIG = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - id: p
+    filter: {tiers: [A]}
+    metrics: {first_response: {target: 5m, warn_at: []}}
+""")
+BATCH = 200  # the timer loop's FIRE_BATCH
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def insert_timers(engine, n: int, due: str, prefix: str) -> None:
+    """n open timers (and their leads) written by Postgres itself; `due`: SQL for row i's deadline."""
+    async with engine.begin() as conn:
+        await conn.execute(text(f"""
+            INSERT INTO sla_clock.leads (lead_id, tier, source, contactable, received_at, owner_id)
+            SELECT '{prefix}' || i, 'A', 'web', true, now(), 'alice' FROM generate_series(1, {n}) i"""))
+        await conn.execute(text(f"""
+            INSERT INTO sla_clock.timers (sla_id, lead_id, metric, policy_id, policy_version, calendar,
+                owner_id, tier, started_at, due_at, warnings, warned, state, next_fire_at, target_seconds)
+            SELECT '{prefix}' || i, '{prefix}' || i, 'first_response', 'p', 1, 'always', 'alice', 'A',
+                   now(), {due}, '[]', '[]', 'open', {due}, 300 FROM generate_series(1, {n}) i"""))
+
+
+async def timed(coro) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = await coro
+    return result, time.perf_counter() - start
+
+
+async def burst(engine, n: int) -> list[float]:
+    """n timers due within one second, 3 s from now, fired the way the timer loop fires them."""
+    due0 = datetime.now(UTC) + timedelta(seconds=3)
+    await insert_timers(engine, n, f"'{due0.isoformat()}'::timestamptz + (i % 1000) * interval '1 millisecond'",
+                        "burst-")
+    lags: list[float] = []
+    while len(lags) < n:
+        now = datetime.now(UTC)
+        async with UnitOfWork(engine, "sla_clock") as uow:
+            rows = (await uow.conn.execute(text(
+                "SELECT due_at FROM sla_clock.timers WHERE state = 'open' AND next_fire_at <= :now "
+                "ORDER BY next_fire_at LIMIT :limit"), {"now": now, "limit": BATCH})).all()
+            fired = await fire_due(uow, CONFIG, now, seen=now, limit=BATCH)
+            upcoming = await next_due(uow)
+            await uow.commit()
+        committed = datetime.now(UTC)
+        lags.extend((committed - r.due_at).total_seconds() for r in rows[:fired])
+        if fired < BATCH and upcoming is not None:
+            await asyncio.sleep(max(min((upcoming - datetime.now(UTC)).total_seconds(), 1.0), 0.0))
+    return lags
+
+
+async def consume(engine, n: int) -> float:
+    now = datetime.now(UTC)
+    events = []
+    for _ in range(n // 2):
+        lead_id = str(uuid.uuid4())
+        events.append((on_lead_received, new_event("lead.received", service="intake", lead_id=lead_id, time=now,
+                       data=LeadReceived(lead_id=lead_id, source="web", tier="A", contact=Contact(email="a@b.c"),
+                                         company=Company(), intent=Intent(type="demo_request"), consent=Consent(),
+                                         contactable=True, received_at=now))))
+        events.append((on_lead_assigned, new_event("lead.assigned", service="router", lead_id=lead_id, time=now,
+                       data=LeadAssigned(lead_id=lead_id, owner_id="alice", team_id="t", rule_id="r",
+                                         method="round_robin", reason="rule_match", assignment_no=1, candidates=[],
+                                         assigned_at=now, tier="A"))))
+    start = time.perf_counter()
+    for handler, event in events:
+        async with UnitOfWork(engine, "sla_clock") as uow:
+            await handler(uow, CONFIG, 1, event, now)
+            await uow.commit()
+    return len(events) / (time.perf_counter() - start)
+
+
+async def main(open_timers: int, burst_size: int, events: int) -> None:
+    tmp = tempfile.mkdtemp(prefix="leadsla-bench-")
+    pg = None
+    server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
+    if not server_url:
+        pg = EmbeddedPostgres(Path(tmp) / "pg")
+        server_url = pg.start()
+    raw = server_url.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"leadsla_bench_sla_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(raw)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url, pool_size=5)
+    figures: dict[str, float] = {}
+    try:
+        await upgrade(engine)
+        rss_before = rss_mb()
+        _, load = await timed(insert_timers(engine, open_timers, "now() + interval '30 days' + i * interval '1 second'",
+                                            "open-"))
+        async with engine.begin() as conn:
+            await conn.execute(text("ANALYZE sla_clock.timers"))
+        # The timer loop's rounds beside a million open timers: nothing due, nothing loaded.
+        rounds = []
+        for _ in range(50):
+            async with UnitOfWork(engine, "sla_clock") as uow:
+                now = datetime.now(UTC)
+                _, took = await timed(fire_due(uow, CONFIG, now, seen=now, limit=BATCH))
+                await next_due(uow)
+                await uow.commit()
+            rounds.append(took)
+        async with UnitOfWork(engine, "sla_clock") as uow:
+            counts, gauge = await timed(open_timer_counts(uow))
+        figures.update(open_timers=sum(c for _, _, c in counts), load_s=round(load, 1), rss_mb=round(rss_mb(), 1),
+                       rss_before_load_mb=round(rss_before, 1),
+                       idle_round_ms_p50=round(statistics.median(rounds) * 1000, 2),
+                       gauge_refresh_ms=round(gauge * 1000, 1))
+        lags = sorted(await burst(engine, burst_size))
+        figures.update(burst=burst_size, breach_lag_p50_s=round(lags[len(lags) // 2], 3),
+                       breach_lag_p99_s=round(lags[int(len(lags) * 0.99) - 1], 3),
+                       breach_lag_max_s=round(lags[-1], 3))
+        figures["handler_events_per_s"] = round(await consume(engine, events), 1)
+        figures["rss_end_mb"] = round(rss_mb(), 1)
+        print("BENCH " + json.dumps(figures))
+    finally:
+        await engine.dispose()
+        admin = await asyncpg.connect(raw)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        if pg:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--open", type=int, default=1_000_000)
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=2000)
+    args = parser.parse_args()
+    asyncio.run(main(args.open, args.burst, args.events))
