@@ -24,6 +24,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "router.py": ([], ["--seconds", "5", "--rate", "20"]),
     "notifier.py": ([], ["--events", "200"]),
     "replay.py": ([], ["--leads", "500"]),
+    "sla_clock.py": ([], ["--open", "20000", "--burst", "1000", "--events", "300"]),
     "faults.py": (["--restarts"], ["--restarts"]),
 }
 
