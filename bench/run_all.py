@@ -34,9 +34,12 @@ def run(script: str, args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
     sys.stdout.write(proc.stdout)
     figures: dict = {}
+    prefix = script.removesuffix(".py") + "_"
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH "):
-            figures.update(json.loads(line[len("BENCH "):]))
+            # Named by script, so two scripts' figures never overwrite each other.
+            figures.update({k if k.startswith(prefix) else prefix + k: v
+                            for k, v in json.loads(line[len("BENCH "):]).items()})
     if proc.returncode != 0:
         sys.stdout.write(proc.stderr[-3000:])
         print(f"!! {script} exited with {proc.returncode}")
