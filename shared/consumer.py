@@ -16,6 +16,7 @@ import hashlib
 import heapq
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -26,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
-from .aio import sleep_unless_stopped
+from .aio import next_backoff, sleep_unless_stopped
 from .clock import Clock
 from .db import PROCESSED, database_outage, deadletters, is_database_unavailable
 from .events import (
@@ -43,6 +44,9 @@ from .uow import UnitOfWork
 log = structlog.get_logger()
 
 Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
+# A fetched record with its event, or why it could not be decoded (kind, reason).
+Decoded = tuple[ConsumerRecord, CloudEvent | None, tuple[str, str] | None]
+T = TypeVar("T")
 Decoder = Callable[[ConsumerRecord], CloudEvent]
 
 
@@ -171,24 +175,37 @@ class EventConsumer:
         One commit per batch instead of per record is where the consumer's throughput comes from.
         Each event's handler runs under a savepoint, so one that fails is rolled back alone and
         dead-lettered in the same transaction. If the batch transaction itself fails for another
-        reason than an outage, the records go again one by one, each in its own transaction."""
+        reason than an outage, the records go again one by one, each in its own transaction, and
+        a record whose own transaction fails is parked."""
         decoded = [(record, *self._decode(record)) for record in records]
-        letters: list[tuple[ConsumerRecord, str, str]] = []
         try:
-            await self._retrying(lambda: self._handle_batch(decoded, letters), stop)
+            await self._in_one_transaction(decoded, stop)
+            return len(records)
         except _Interrupted:
             return 0
         except Exception as exc:
             log.warning("consumer.batch_failed", group=self.sub.group, error=type(exc).__name__,
                         records=len(records), then="one by one")
-            for done, record in enumerate(records):
-                if stop.is_set() or not await self._process(record, stop):
-                    return done
-            return len(records)
+        for done, item in enumerate(decoded):
+            if stop.is_set():
+                return done
+            try:
+                try:
+                    await self._in_one_transaction([item], stop)
+                except _Interrupted:
+                    raise
+                except Exception as exc:  # a bug: park the record, keep the partition moving
+                    log.error("consumer.handler_failed", group=self.sub.group, error=type(exc).__name__)
+                    await self._park(item[0], "handler_error", f"{type(exc).__name__}: {exc}", stop)
+            except _Interrupted:
+                return done  # stopping mid-outage: this record is redelivered to the next owner
+        return len(records)
+
+    async def _in_one_transaction(self, decoded: list[Decoded], stop: asyncio.Event) -> None:
+        letters = await self._retrying(lambda: self._handle_batch(decoded), stop)
         for record, kind, _ in letters:
             log.warning("consumer.deadlettered", group=self.sub.group, position=record_position(record), kind=kind)
             metrics.deadletter.labels(record.topic, kind).inc()
-        return len(records)
 
     def _decode(self, record: ConsumerRecord) -> tuple[CloudEvent | None, tuple[str, str] | None]:
         try:
@@ -198,9 +215,10 @@ class EventConsumer:
         except Exception as exc:  # any input can break a decoder; none may stop the partition
             return None, ("undecodable", f"{type(exc).__name__}: {exc}")
 
-    async def _handle_batch(self, decoded: list[tuple[ConsumerRecord, CloudEvent | None, tuple[str, str] | None]],
-                            letters: list[tuple[ConsumerRecord, str, str]]) -> None:
-        letters.clear()  # a retried attempt starts over
+    async def _handle_batch(self, decoded: list[Decoded]) -> list[tuple[ConsumerRecord, str, str]]:
+        """One transaction: the batch's tracking ids, each new event's handler under a savepoint,
+        the dead letters. Returns the dead letters (record, kind, reason) it wrote."""
+        letters: list[tuple[ConsumerRecord, str, str]] = []
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
             ids = list(dict.fromkeys(event.id for _, event, _ in decoded if event is not None))
             new: set[str] = set()
@@ -239,45 +257,21 @@ class EventConsumer:
             for record, kind, reason in letters:
                 await self._write_deadletter(uow, record, kind, reason)
             await uow.commit()
-
-    async def _process(self, record: ConsumerRecord, stop: asyncio.Event) -> bool:
-        """Handle or park one record; False when a shutdown interrupted a database outage."""
-        try:
-            try:
-                event = self.sub.decode(record)
-            except BadEvent as exc:
-                await self._park(record, "undecodable", str(exc), stop)
-                return True
-            except Exception as exc:  # any input can break a decoder; none may stop the partition
-                await self._park(record, "undecodable", f"{type(exc).__name__}: {exc}", stop)
-                return True
-            try:
-                await self._retrying(lambda: self._handle_once(event), stop)
-            except BadEvent as exc:
-                await self._park(record, "invalid_data", str(exc), stop)
-            except _Interrupted:
-                raise
-            except Exception as exc:  # a bug: park the record, keep the partition moving
-                log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
-                          error=type(exc).__name__)
-                await self._park(record, "handler_error", f"{type(exc).__name__}: {exc}", stop)
-            return True
-        except _Interrupted:
-            return False
+        return letters
 
     async def _park(self, record: ConsumerRecord, kind: str, reason: str, stop: asyncio.Event) -> None:
         await self._retrying(lambda: self._deadletter(record, kind, reason), stop)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
         """Run `attempt` until it stops failing because the database is unavailable: an outage
         delays a record, it never turns a good record into a dead letter. An error that looks like
         an outage while the database answers is this record's own: it goes on as such."""
-        delay, tries = 0.1, 0
+        delay, tries = 0.0, 0
         while True:
             try:
-                await attempt()
+                result = await attempt()
                 database_outage.up()
-                return
+                return result
             except Exception as exc:
                 if not is_database_unavailable(exc):
                     raise
@@ -287,8 +281,8 @@ class EventConsumer:
                 if tries >= 3 and await self._database_answers():
                     raise
                 database_outage.down(exc)
+                delay = next_backoff(delay, first=0.1, cap=5.0)
                 await sleep_unless_stopped(stop, delay)
-                delay = min(delay * 2, 5.0)
 
     async def _database_answers(self) -> bool:
         try:
@@ -297,13 +291,6 @@ class EventConsumer:
             return True
         except Exception:
             return False
-
-    async def _handle_once(self, event: CloudEvent) -> None:
-        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
-            if not await self._first_time(uow, event.id):
-                return
-            await self.sub.handler(event, uow)
-            await uow.commit()
 
     async def _first_time(self, uow: UnitOfWork, event_id: str) -> bool:
         inserted = await uow.conn.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import structlog
 from sqlalchemy import (
     BigInteger,
@@ -134,8 +135,6 @@ _RETRYABLE_SQLSTATES = ("40001", "40P01")
 
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) says the database is down or overloaded: retry later."""
-    import asyncpg  # local: keeps this module importable without touching the driver
-
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -29,7 +29,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
-from .aio import sleep_unless_stopped
+from .aio import next_backoff, sleep_unless_stopped
 from .db import OUTBOX
 from .events import CONTENT_TYPE
 
@@ -148,9 +148,12 @@ class OutboxRelay:
                     refused_keys.add(row.key)
                 outcomes.append(exc)
         acks = [o for o in outcomes if isinstance(o, asyncio.Future)]
-        results = iter(await asyncio.gather(*acks, return_exceptions=True))
-        return [(None if not isinstance(r := next(results), BaseException) else r)
-                if isinstance(o, asyncio.Future) else o for o in outcomes]
+        settled = iter(await asyncio.gather(*acks, return_exceptions=True))
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, asyncio.Future):  # acked (None) or the broker's error
+                result = next(settled)
+                outcomes[i] = result if isinstance(result, BaseException) else None
+        return outcomes
 
     async def read_health(self) -> OutboxHealth:
         """Pending and parked rows counted from the table, so the figures hold whatever the
@@ -194,7 +197,7 @@ class OutboxRelay:
                             retry_in=backoff)
                 await self._refresh_health()
                 await sleep_unless_stopped(stop, backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = next_backoff(backoff, cap=5.0)
                 continue
             await self._refresh_health()
             if sent < self._batch_size:

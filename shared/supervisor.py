@@ -12,16 +12,11 @@ from dataclasses import dataclass
 import structlog
 
 from . import metrics
-from .aio import sleep_unless_stopped
+from .aio import next_backoff, sleep_unless_stopped
 
 log = structlog.get_logger()
 
 Loop = Callable[[asyncio.Event], Awaitable[None]]
-
-
-def next_backoff(previous: float, *, first: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff: `first`, then doubling up to `cap`."""
-    return first if previous <= 0 else min(previous * 2, cap)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from datetime import timedelta
 import httpx
 import structlog
 
-from leadsla.shared.aio import sleep_unless_stopped
+from leadsla.shared.aio import next_backoff, sleep_unless_stopped
 from leadsla.shared.consumer import Subscription
 from leadsla.shared.events import (
     TOPIC_INTAKE,
@@ -47,7 +47,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                 except Exception as exc:  # database down: nothing is lost, leases expire and retry
                     log.warning("notifier.delivery_round_failed", error=type(exc).__name__)
                     done = 0
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = next_backoff(backoff, cap=5.0)
                 if done == 0:
                     await sleep_unless_stopped(stop, backoff)
             await deliverer.drain(timeout=10)

@@ -23,7 +23,7 @@ from aiokafka.record import MemoryRecords
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared.aio import sleep_unless_stopped
+from leadsla.shared.aio import next_backoff, sleep_unless_stopped
 from leadsla.shared.clock import Clock
 from leadsla.shared.db import OUTBOX
 from leadsla.shared.events import utc_iso
@@ -100,7 +100,7 @@ class InputWatermark:
                 except Exception as exc:  # broker or database away: the watermark stays, timers wait
                     log.warning("watermark.round_failed", error=f"{type(exc).__name__}: {exc}", retry_in=backoff)
                     await sleep_unless_stopped(stop, backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = next_backoff(backoff, cap=5.0)
         finally:
             if started:
                 await admin.close()

@@ -156,3 +156,51 @@ async def test_stopping_mid_batch_loses_nothing_and_repeats_nothing(engine, prod
     stop_second.set()
     await second
     assert handled == sent  # nothing lost, nothing twice
+
+
+async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_rest_take_effect(
+    engine, producer, kafka_bootstrap
+) -> None:
+    """A failure no savepoint can contain (a deferred constraint, checked only at commit) fails the
+    whole batch; its records then go one by one, so only the culprit is dead-lettered."""
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    lead = f"lead-{uuid.uuid4()}"
+    table = f"deferred_{uuid.uuid4().hex[:8]}"
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(
+            f"CREATE TABLE {table} (id int, CONSTRAINT {table}_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
+
+    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+        if event.data["reason"] == "culprit":  # passes here, fails the transaction's commit
+            await uow.conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1), (1)")
+        uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
+                                                cause=event, data=LeadQueued(**event.data)))
+
+    events = [new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                        data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=reason))
+              for reason in ("before", "culprit", "after")]
+    for event in events:
+        await producer.send(topic, event.to_bytes(), key=lead.encode())
+    await producer.flush()
+
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                             clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    outbox = OUTBOX["notifier"]
+
+    async def rows() -> list:
+        async with engine.connect() as conn:
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
+                                        .where(outbox.c.key == lead).order_by(outbox.c.id))
+            found = result.all()
+        return found if len(found) >= 3 else []
+
+    found = await eventually(rows, what="two effects and one dead letter")
+    stop.set()
+    await running
+    effects = [CloudEvent.from_bytes(p).causationid for t, p in found if t == "lead.dequeued"]
+    assert effects == [events[0].id, events[2].id]
+    [letter] = [CloudEvent.from_bytes(p).data for t, p in found if t == "deadletter"]
+    assert letter["offset"] == 1 and letter["error"].startswith("handler_error: ")
