@@ -1,7 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 LEADSLA_HTTP_HOST=0.0.0.0
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY leadsla ./leadsla
 COPY shared ./shared
 COPY services ./services

@@ -34,11 +34,11 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres, ServiceProcess, free_port, wait_until
-from leadsla.shared.auth import create_key
-from leadsla.shared.config_store import apply_config
-from leadsla.shared.db import make_engine
-from leadsla.shared.migrate import upgrade
-from leadsla.shared.settings import SERVICE_PORTS
+from shared.auth import create_key
+from shared.config_store import apply_config
+from shared.db import make_engine
+from shared.migrate import upgrade
+from shared.settings import SERVICE_PORTS
 
 CONFIG = """
 tiers:

@@ -27,16 +27,16 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
-from leadsla.services.notifier.channels import Senders  # noqa: E402
-from leadsla.services.notifier.delivery import Deliverer  # noqa: E402
-from leadsla.services.notifier.handlers import on_event  # noqa: E402
-from leadsla.services.notifier.tables import subscriptions  # noqa: E402
-from leadsla.shared.clock import ManualClock, SystemClock  # noqa: E402
-from leadsla.shared.config import parse_config  # noqa: E402
-from leadsla.shared.db import make_engine  # noqa: E402
-from leadsla.shared.events import LeadAssigned, SlaEventData, new_event  # noqa: E402
-from leadsla.shared.migrate import upgrade  # noqa: E402
-from leadsla.shared.uow import UnitOfWork  # noqa: E402
+from services.notifier.channels import Senders  # noqa: E402
+from services.notifier.delivery import Deliverer  # noqa: E402
+from services.notifier.handlers import on_event  # noqa: E402
+from services.notifier.tables import subscriptions  # noqa: E402
+from shared.clock import ManualClock, SystemClock  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.events import LeadAssigned, SlaEventData, new_event  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.uow import UnitOfWork  # noqa: E402
 from tests.integration.receivers import HttpReceiver, SlackLikeReceiver  # noqa: E402
 
 CONFIG = """

@@ -31,25 +31,25 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from infra import infrastructure
 
-from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
-from leadsla.services.reporting.projections import project  # noqa: E402
-from leadsla.services.sla_clock.handlers import fire_due  # noqa: E402
-from leadsla.services.sla_clock.tables import leads as sla_leads  # noqa: E402
-from leadsla.services.sla_clock.tables import timers  # noqa: E402
-from leadsla.shared.auth import create_key  # noqa: E402
-from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
-from leadsla.shared.clock import ManualClock  # noqa: E402
-from leadsla.shared.config import parse_config  # noqa: E402
-from leadsla.shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
-from leadsla.shared.consumer import EventConsumer, Subscription  # noqa: E402
-from leadsla.shared.db import make_engine  # noqa: E402
-from leadsla.shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
-from leadsla.shared.http import create_app  # noqa: E402
-from leadsla.shared.migrate import upgrade  # noqa: E402
-from leadsla.shared.outbox import OutboxRelay  # noqa: E402
-from leadsla.shared.runtime import ServiceContext  # noqa: E402
-from leadsla.shared.settings import Settings  # noqa: E402
-from leadsla.shared.uow import UnitOfWork  # noqa: E402
+from services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
+from services.reporting.projections import project  # noqa: E402
+from services.sla_clock.handlers import fire_due  # noqa: E402
+from services.sla_clock.tables import leads as sla_leads  # noqa: E402
+from services.sla_clock.tables import timers  # noqa: E402
+from shared.auth import create_key  # noqa: E402
+from shared.bus import ensure_topics, make_producer  # noqa: E402
+from shared.clock import ManualClock  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
+from shared.consumer import EventConsumer, Subscription  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
+from shared.http import create_app  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.outbox import OutboxRelay  # noqa: E402
+from shared.runtime import ServiceContext  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.uow import UnitOfWork  # noqa: E402
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 

@@ -25,12 +25,12 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from infra import infrastructure
 
-from leadsla.services.reporting.replay import rebuild  # noqa: E402
-from leadsla.services.reporting.tables import timeline  # noqa: E402
-from leadsla.shared.bus import make_producer  # noqa: E402
-from leadsla.shared.config import parse_config  # noqa: E402
-from leadsla.shared.db import make_engine  # noqa: E402
-from leadsla.shared.migrate import upgrade  # noqa: E402
+from services.reporting.replay import rebuild  # noqa: E402
+from services.reporting.tables import timeline  # noqa: E402
+from shared.bus import make_producer  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
 from tests.integration import reporting_scenario as scenario  # noqa: E402
 
 PARTITIONS = 6

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from infra import infrastructure
 
 from leadsla.devstack import ServiceProcess  # noqa: E402
-from leadsla.services.router.handlers import route_lead  # noqa: E402
-from leadsla.shared.bus import ensure_topics, make_producer  # noqa: E402
-from leadsla.shared.clock import SystemClock  # noqa: E402
-from leadsla.shared.config import parse_config  # noqa: E402
-from leadsla.shared.config_store import apply_config  # noqa: E402
-from leadsla.shared.db import make_engine  # noqa: E402
-from leadsla.shared.events import (  # noqa: E402
+from services.router.handlers import route_lead  # noqa: E402
+from shared.bus import ensure_topics, make_producer  # noqa: E402
+from shared.clock import SystemClock  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.config_store import apply_config  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.events import (  # noqa: E402
     TOPIC_INTAKE,
     TOPIC_ROUTING,
     CloudEvent,
@@ -49,8 +49,8 @@ from leadsla.shared.events import (  # noqa: E402
     LeadReceived,
     new_event,
 )
-from leadsla.shared.migrate import upgrade  # noqa: E402
-from leadsla.shared.uow import UnitOfWork  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.uow import UnitOfWork  # noqa: E402
 
 COUNTRIES = ["GB", "DE", "FR", "ES", "IT", "NL", "BE", "SE", "NO", "DK", "FI", "PL", "CZ", "AT", "CH", "IE",
              "PT", "GR", "HU", "RO", "BG", "HR", "SI", "SK", "LT", "LV", "EE", "US", "CA", "MX", "BR", "AR",

@@ -32,16 +32,16 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
-from leadsla.services.sla_clock.handlers import (  # noqa: E402
+from services.sla_clock.handlers import (  # noqa: E402
     fire_due,
     next_due,
     on_lead_assigned,
     on_lead_received,
     open_timer_counts,
 )
-from leadsla.shared.config import parse_config  # noqa: E402
-from leadsla.shared.db import make_engine  # noqa: E402
-from leadsla.shared.events import (  # noqa: E402
+from shared.config import parse_config  # noqa: E402
+from shared.db import make_engine  # noqa: E402
+from shared.events import (  # noqa: E402
     Company,
     Consent,
     Contact,
@@ -50,8 +50,8 @@ from leadsla.shared.events import (  # noqa: E402
     LeadReceived,
     new_event,
 )
-from leadsla.shared.migrate import upgrade  # noqa: E402
-from leadsla.shared.uow import UnitOfWork  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.uow import UnitOfWork  # noqa: E402
 
 CONFIG = parse_config("""
 owners: [{id: alice}]

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from leadsla.logging import configure as configure_logging
-from leadsla.shared.settings import SERVICE_PORTS, Settings
+from services import SERVICE_PORTS
+from shared.settings import Settings
 
 app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False)
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
@@ -33,13 +34,13 @@ DEV_SMTP_PORT = 8025
 
 
 def _bootstrap_of(service: str):
-    return importlib.import_module(f"leadsla.services.{service}.bootstrap").bootstrap
+    return importlib.import_module(f"services.{service}.bootstrap").bootstrap
 
 
 @app.command()
 def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
     """Run one service against LEADSLA_DATABASE_URL and LEADSLA_KAFKA_BOOTSTRAP."""
-    from leadsla.shared.runtime import StartupError, run_service
+    from shared.runtime import StartupError, run_service
 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
@@ -53,8 +54,8 @@ def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVI
 
 
 async def _migrate(database_url: str) -> None:
-    from leadsla.shared.db import make_engine
-    from leadsla.shared.migrate import upgrade
+    from shared.db import make_engine
+    from shared.migrate import upgrade
 
     engine = make_engine(database_url)
     try:
@@ -71,8 +72,8 @@ def migrate() -> None:
 
 
 async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
-    from leadsla.shared.config_store import apply_config
-    from leadsla.shared.db import make_engine
+    from shared.config_store import apply_config
+    from shared.db import make_engine
 
     engine = make_engine(database_url)
     try:
@@ -85,7 +86,7 @@ async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
 @config_app.command("apply")
 def config_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Validate FILE and make it the active configuration (a new version if it changed)."""
-    from leadsla.shared.config import ConfigError
+    from shared.config import ConfigError
 
     try:
         version, changed = asyncio.run(_apply_config(Settings().database_url, file.read_text()))
@@ -96,8 +97,8 @@ def config_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fals
 
 
 async def _create_key(database_url: str, name: str, role: str) -> str:
-    from leadsla.shared.auth import create_key
-    from leadsla.shared.db import make_engine
+    from shared.auth import create_key
+    from shared.db import make_engine
 
     engine = make_engine(database_url)
     try:
@@ -122,7 +123,7 @@ def keys_create(
 async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int, str]]:
     from sqlalchemy import func, select
 
-    from leadsla.shared.db import OUTBOX, make_engine
+    from shared.db import OUTBOX, make_engine
 
     engine = make_engine(database_url)
     found = []
@@ -150,8 +151,8 @@ def outbox_list() -> None:
 
 
 async def _release(database_url: str, services: tuple[str, ...]) -> int:
-    from leadsla.shared.db import make_engine
-    from leadsla.shared.outbox import release_parked
+    from shared.db import make_engine
+    from shared.outbox import release_parked
 
     engine = make_engine(database_url)
     try:
@@ -163,9 +164,9 @@ async def _release(database_url: str, services: tuple[str, ...]) -> int:
 async def _replay_reporting(database_url: str, verify: bool) -> tuple[int, float, dict[str, int]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from leadsla.services.reporting.replay import count_events, rebuild
-    from leadsla.shared.config_store import load_latest
-    from leadsla.shared.db import make_engine
+    from services.reporting.replay import count_events, rebuild
+    from shared.config_store import load_latest
+    from shared.db import make_engine
 
     engine = make_engine(database_url)
     try:

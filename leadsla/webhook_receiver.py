@@ -10,7 +10,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
+from services.notifier.domain import SIGNATURE_HEADER, verify
 
 
 class _Server(ThreadingHTTPServer):

@@ -24,11 +24,13 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from services import SERVICES
+
 from .settings import database_url_for_asyncpg
 
 log = structlog.get_logger()
 
-SERVICE_SCHEMAS = ("intake", "router", "sla_clock", "notifier", "reporting")
+SERVICE_SCHEMAS = tuple(s.schema for s in SERVICES.values())
 PLATFORM_SCHEMA = "leadsla"
 
 metadata = MetaData()

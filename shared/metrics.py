@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
 
+from services import SERVICES
+
 leads_received = Counter("leadsla_leads_received_total", "Leads accepted", ["source", "tier"])
 leads_duplicates = Counter("leadsla_leads_duplicates_total", "Repeat submissions", ["source"])
 leads_rejected = Counter("leadsla_leads_rejected_total", "Submissions rejected", ["source", "reason"])
@@ -51,21 +53,15 @@ sla_overdue_timers = Gauge(
     ["metric", "tier"],
 )
 
-# Which service exports which family. A family a process never updates would show a misleading
-# flat zero on its /metrics (and double series in sums). Families not listed here (the shared
-# plumbing: consumer lag, outbox, dead letters; or any added later) go out from every service.
+# Which service exports which family (declared in the services registry). A family a process
+# never updates would show a misleading flat zero on its /metrics (and double series in sums).
+# Families not listed (the shared plumbing: consumer lag, outbox, dead letters) go out from
+# every service.
 OWNERS = {
-    family.name: service
-    for metric, service in (
-        (leads_received, "intake"), (leads_duplicates, "intake"), (leads_rejected, "intake"),
-        (assignments, "router"), (queue_depth, "router"), (routing_latency, "router"),
-        (sla_open_timers, "sla_clock"), (sla_warnings, "sla_clock"), (sla_breaches, "sla_clock"),
-        (sla_met, "sla_clock"), (sla_breach_lag, "sla_clock"), (time_to_first_response, "sla_clock"),
-        (notifications, "notifier"), (escalations, "notifier"),
-        # Measured outside the SLA clock, so it shows when the clock itself has stopped.
-        (sla_overdue_timers, "reporting"),
-    )
-    for family in metric.describe()
+    family.name: service.name
+    for service in SERVICES.values()
+    for attribute in service.owned_metrics
+    for family in globals()[attribute].describe()
 }
 
 

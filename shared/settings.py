@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SERVICE_PORTS = {"intake": 8001, "router": 8002, "sla_clock": 8003, "notifier": 8004, "reporting": 8005}
+from services import SERVICE_PORTS  # noqa: F401 - re-exported for the CLI and tests
 
 
 class Settings(BaseSettings):

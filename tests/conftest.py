@@ -15,9 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres
-from leadsla.shared.bus import ensure_topics, make_producer
-from leadsla.shared.db import make_engine
-from leadsla.shared.migrate import upgrade
+from shared.bus import ensure_topics, make_producer
+from shared.db import make_engine
+from shared.migrate import upgrade
 from tests.backends import Backend, BackendError, choose_backend, containers, docker_problem
 
 TEST_PARTITIONS = 3

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import select
 
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import CloudEvent
+from shared.db import OUTBOX
+from shared.events import CloudEvent
 
 T = TypeVar("T")
 

@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 
-from leadsla.shared import metrics
-from leadsla.shared.auth import Principal
-from leadsla.shared.http import ProblemError, require_key
-from leadsla.shared.runtime import ServiceContext
+from shared import metrics
+from shared.auth import Principal
+from shared.http import ProblemError, require_key
+from shared.runtime import ServiceContext
 
 from . import openapi
 from .domain import ActivityIn, TokenBucket, intent_vocabulary

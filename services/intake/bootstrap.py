@@ -11,10 +11,10 @@ from aiokafka import ConsumerRecord
 from fastapi import Request
 from pydantic import ValidationError
 
-from leadsla.shared import metrics
-from leadsla.shared.aio import sleep_unless_stopped
-from leadsla.shared.consumer import Subscription, record_position
-from leadsla.shared.events import (
+from shared import metrics
+from shared.aio import sleep_unless_stopped
+from shared.consumer import Subscription, record_position
+from shared.events import (
     TOPIC_ACTIVITIES_RAW,
     TOPIC_SUBMISSIONS_RAW,
     BadEvent,
@@ -22,9 +22,9 @@ from leadsla.shared.events import (
     describe_validation_error,
     deterministic_id,
 )
-from leadsla.shared.http import MAX_BODY_BYTES
-from leadsla.shared.runtime import ServiceContext, ServiceSpec
-from leadsla.shared.uow import UnitOfWork
+from shared.http import MAX_BODY_BYTES
+from shared.runtime import ServiceContext, ServiceSpec
+from shared.uow import UnitOfWork
 
 from .api import build_router
 from .domain import ActivityIn, intent_vocabulary

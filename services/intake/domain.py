@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from leadsla.shared.config import Config, Suppression, Tiers
-from leadsla.shared.events import Contact
+from shared.config import Config, Suppression, Tiers
+from shared.events import Contact
 
 from .normalize import Submission
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from leadsla.shared.config import Config
-from leadsla.shared.uow import UnitOfWork
+from shared.config import Config
+from shared.uow import UnitOfWork
 
 from .handlers import Accepted, LeadRequest, submit_leads
 from .normalize import Submission

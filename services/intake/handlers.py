@@ -11,10 +11,10 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from leadsla.shared import metrics
-from leadsla.shared.config import Config
-from leadsla.shared.db import xact_lock
-from leadsla.shared.events import (
+from shared import metrics
+from shared.config import Config
+from shared.db import xact_lock
+from shared.events import (
     TOPIC_DEADLETTER,
     TOPIC_INTAKE,
     ActivityRecorded,
@@ -27,7 +27,7 @@ from leadsla.shared.events import (
     deterministic_id,
     new_event,
 )
-from leadsla.shared.uow import UnitOfWork
+from shared.uow import UnitOfWork
 
 from .domain import (
     ActivityIn,

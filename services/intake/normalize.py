@@ -23,8 +23,8 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from phonenumbers import timezone as phone_timezones
 
-from leadsla.shared.config import IntakeSource
-from leadsla.shared.events import Company, Consent, Contact, Intent
+from shared.config import IntakeSource
+from shared.events import Company, Consent, Contact, Intent
 
 from .country_names import NAMES as COUNTRY_NAMES
 

@@ -12,7 +12,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from leadsla.shared.db import metadata
+from shared.db import metadata
 
 SCHEMA = "intake"
 

@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from leadsla.shared.events import utc_iso
-from leadsla.shared.http import ProblemError, require_key
-from leadsla.shared.runtime import ServiceContext
+from shared.events import utc_iso
+from shared.http import ProblemError, require_key
+from shared.runtime import ServiceContext
 
 from .domain import invalid_event_type
 from .handlers import describe

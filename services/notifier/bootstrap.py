@@ -8,17 +8,17 @@ from datetime import timedelta
 import httpx
 import structlog
 
-from leadsla.shared.aio import next_backoff, sleep_unless_stopped
-from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import (
+from shared.aio import next_backoff, sleep_unless_stopped
+from shared.consumer import Subscription
+from shared.events import (
     TOPIC_INTAKE,
     TOPIC_NOTIFICATIONS,
     TOPIC_ROUTING,
     TOPIC_SLA,
     CloudEvent,
 )
-from leadsla.shared.runtime import ServiceContext, ServiceSpec
-from leadsla.shared.uow import UnitOfWork
+from shared.runtime import ServiceContext, ServiceSpec
+from shared.uow import UnitOfWork
 
 from .api import build_router
 from .channels import Senders

@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
+from shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
 
 from .delivery import Leased
 from .domain import DIGEST_LINES, SIGNATURE_HEADER, Attempt, Recipient, render_digest, sign

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import structlog
 from sqlalchemy import Row, delete, func, select, text, update
 
-from leadsla.shared import metrics
-from leadsla.shared.clock import Clock
-from leadsla.shared.config import Config
-from leadsla.shared.events import (
+from shared import metrics
+from shared.clock import Clock
+from shared.config import Config
+from shared.events import (
     TOPIC_DEADLETTER,
     TOPIC_NOTIFICATIONS,
     TOPIC_SLA,
@@ -31,7 +31,7 @@ from leadsla.shared.events import (
     deterministic_id,
     new_event,
 )
-from leadsla.shared.uow import UnitOfWork
+from shared.uow import UnitOfWork
 
 from .domain import Attempt, Decision, decide, rate_room
 from .handlers import SERVICE, fire_due_steps

@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, EscalationPolicy
-from leadsla.shared.events import EVENT_DATA, deterministic_id
+from shared.business_hours import BusinessCalendar
+from shared.config import Config, EscalationPolicy
+from shared.events import EVENT_DATA, deterministic_id
 
 SIGNATURE_HEADER = "X-Leadsla-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300

@@ -16,9 +16,9 @@ import structlog
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config
-from leadsla.shared.events import (
+from shared.business_hours import BusinessCalendar
+from shared.config import Config
+from shared.events import (
     TOPIC_NOTIFICATIONS,
     CloudEvent,
     EscalationTriggered,
@@ -27,7 +27,7 @@ from leadsla.shared.events import (
     new_event,
     utc_iso,
 )
-from leadsla.shared.uow import UnitOfWork
+from shared.uow import UnitOfWork
 
 from .domain import (
     CHAIN_STOPPING_TYPES,

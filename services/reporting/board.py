@@ -6,7 +6,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from leadsla.shared.events import utc_iso
+from shared.events import utc_iso
 
 REFRESH_SECONDS = 15
 

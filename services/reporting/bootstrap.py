@@ -2,16 +2,16 @@
 overdue-timer gauge."""
 from __future__ import annotations
 
-from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import (
+from shared.consumer import Subscription
+from shared.events import (
     TOPIC_INTAKE,
     TOPIC_NOTIFICATIONS,
     TOPIC_ROUTING,
     TOPIC_SLA,
     CloudEvent,
 )
-from leadsla.shared.runtime import ServiceContext, ServiceSpec
-from leadsla.shared.uow import UnitOfWork
+from shared.runtime import ServiceContext, ServiceSpec
+from shared.uow import UnitOfWork
 
 from .entrypoints import overdue_loop, routes
 from .projections import project

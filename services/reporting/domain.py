@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.events import utc_iso
+from shared.business_hours import BusinessCalendar
+from shared.events import utc_iso
 
 
 class Event(Protocol):

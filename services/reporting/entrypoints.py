@@ -13,10 +13,10 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from leadsla.shared import metrics
-from leadsla.shared.aio import sleep_unless_stopped
-from leadsla.shared.http import ProblemError, require_key
-from leadsla.shared.runtime import Loop, ServiceContext
+from shared import metrics
+from shared.aio import sleep_unless_stopped
+from shared.http import ProblemError, require_key
+from shared.runtime import Loop, ServiceContext
 
 from . import views
 from .board import render_board

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config
-from leadsla.shared.events import CloudEvent, utc_iso
+from shared.business_hours import BusinessCalendar
+from shared.config import Config
+from shared.events import CloudEvent, utc_iso
 
 from .domain import project_event, timers_touched_by
 from .tables import lead_state, sla_timers, timeline

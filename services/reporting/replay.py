@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from leadsla.shared.config import Config
+from shared.config import Config
 
 from .domain import project_event, timers_touched_by
 from .projections import READ_MODELS_LOCK, calendars, lead_values, timer_values

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from leadsla.shared.events import utc_iso
+from shared.events import utc_iso
 
 from .tables import lead_state, timeline
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
-from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, CloudEvent
-from leadsla.shared.runtime import ServiceContext, ServiceSpec
-from leadsla.shared.uow import UnitOfWork
+from shared.consumer import Subscription
+from shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, CloudEvent
+from shared.runtime import ServiceContext, ServiceSpec
+from shared.uow import UnitOfWork
 
 from .entrypoints import build_api, queue_loop
 from .handlers import on_activity, on_escalation, route_lead

@@ -11,9 +11,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
-from leadsla.shared.events import Candidate, LeadReceived
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
+from shared.events import Candidate, LeadReceived
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
 FREE_MAIL_DOMAINS = frozenset({

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import exc as sa_exc
 
-from leadsla.shared import metrics
-from leadsla.shared.config import CalendarConfig
-from leadsla.shared.http import ProblemError, field_errors, require_key
-from leadsla.shared.runtime import ServiceContext
+from shared import metrics
+from shared.config import CalendarConfig
+from shared.http import ProblemError, field_errors, require_key
+from shared.runtime import ServiceContext
 
 from . import views
 from .domain import current_status

@@ -14,11 +14,11 @@ from sqlalchemy import delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from leadsla.shared import metrics
-from leadsla.shared.clock import Clock
-from leadsla.shared.config import Config, Owner
-from leadsla.shared.db import xact_lock
-from leadsla.shared.events import (
+from shared import metrics
+from shared.clock import Clock
+from shared.config import Config, Owner
+from shared.db import xact_lock
+from shared.events import (
     TOPIC_ROUTING,
     ActivityRecorded,
     Candidate,
@@ -31,7 +31,7 @@ from leadsla.shared.events import (
     WireModel,
     new_event,
 )
-from leadsla.shared.uow import UnitOfWork
+from shared.uow import UnitOfWork
 
 from .domain import (
     Decision,

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from leadsla.shared.config import Config
-from leadsla.shared.events import utc_iso
+from shared.config import Config
+from shared.events import utc_iso
 
 from .domain import LeadFacts, current_status, eligibility
 from .handlers import load_state

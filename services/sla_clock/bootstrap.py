@@ -10,12 +10,12 @@ import structlog
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
-from leadsla.shared import metrics
-from leadsla.shared.consumer import Subscription
-from leadsla.shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
-from leadsla.shared.http import ProblemError, require_key
-from leadsla.shared.runtime import ServiceContext, ServiceSpec
-from leadsla.shared.uow import UnitOfWork
+from shared import metrics
+from shared.consumer import Subscription
+from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
+from shared.http import ProblemError, require_key
+from shared.runtime import ServiceContext, ServiceSpec
+from shared.uow import UnitOfWork
 
 from .domain import ClockRules
 from .handlers import (

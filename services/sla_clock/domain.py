@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, SlaPolicy, TouchRule
+from shared.business_hours import BusinessCalendar
+from shared.config import Config, SlaPolicy, TouchRule
 
 TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
 

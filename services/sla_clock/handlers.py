@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from leadsla.shared import metrics
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config, SlaPolicy
-from leadsla.shared.events import (
+from shared import metrics
+from shared.business_hours import BusinessCalendar
+from shared.config import Config, SlaPolicy
+from shared.events import (
     TOPIC_SLA,
     ActivityRecorded,
     CloudEvent,
@@ -27,7 +27,7 @@ from leadsla.shared.events import (
     new_event,
     utc_iso,
 )
-from leadsla.shared.uow import UnitOfWork
+from shared.uow import UnitOfWork
 
 from .domain import (
     POLICY_CHANGED,

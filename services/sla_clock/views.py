@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Row
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import Config
-from leadsla.shared.events import utc_iso
+from shared.business_hours import BusinessCalendar
+from shared.config import Config
+from shared.events import utc_iso
 
 # The contract's names for a timer's state.
 _STATES = {"open": "running"}

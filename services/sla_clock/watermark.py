@@ -23,10 +23,10 @@ from aiokafka.record import MemoryRecords
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared.aio import next_backoff, sleep_unless_stopped
-from leadsla.shared.clock import Clock
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import utc_iso
+from shared.aio import next_backoff, sleep_unless_stopped
+from shared.clock import Clock
+from shared.db import OUTBOX
+from shared.events import utc_iso
 
 from .domain import (
     PartitionMarks,

@@ -3,11 +3,12 @@ import importlib
 
 from alembic import context
 
-from leadsla.shared.db import SERVICE_SCHEMAS, metadata
+from services import SERVICE_NAMES
+from shared.db import metadata
 
 # Each service owns its tables; importing them registers them on the shared metadata.
-for _service in SERVICE_SCHEMAS:
-    importlib.import_module(f"leadsla.services.{_service}.tables")
+for _service in SERVICE_NAMES:
+    importlib.import_module(f"services.{_service}.tables")
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -14,7 +14,7 @@ import pytest
 
 from leadsla.cli import DEV_WEBHOOK_PORT
 from leadsla.devstack import free_port, port_is_free, wait_until
-from leadsla.shared.settings import SERVICE_PORTS
+from shared.settings import SERVICE_PORTS
 
 pytestmark = pytest.mark.e2e
 

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from leadsla.devstack import ServiceProcess, free_port, wait_until
-from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
-from leadsla.shared.config_store import apply_config
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaEventData, new_event
+from services.notifier.domain import SIGNATURE_HEADER, verify
+from shared.config_store import apply_config
+from shared.db import OUTBOX
+from shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaEventData, new_event
 from tests.integration.receivers import StallingReceiver
 from tests.support import eventually
 
@@ -85,8 +85,8 @@ async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_u
 
 async def test_a_crm_subscription_gets_assignments_from_the_running_notifier(database_url, kafka_bootstrap, engine,
                                                                              producer, tmp_path_factory) -> None:
-    from leadsla.shared.auth import create_key
-    from leadsla.shared.events import TOPIC_ROUTING, LeadAssigned
+    from shared.auth import create_key
+    from shared.events import TOPIC_ROUTING, LeadAssigned
     from tests.integration.receivers import HttpReceiver
 
     async with engine.begin() as conn:

@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import func, select
 
 from leadsla.devstack import ServiceProcess, free_port, wait_until
-from leadsla.shared.auth import create_key
-from leadsla.shared.config_store import apply_config
-from leadsla.shared.db import OUTBOX, deadletters
-from leadsla.shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
-from leadsla.shared.settings import SERVICE_PORTS
 from leadsla.webhook_receiver import WebhookReceiver
+from shared.auth import create_key
+from shared.config_store import apply_config
+from shared.db import OUTBOX, deadletters
+from shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
+from shared.settings import SERVICE_PORTS
 from tests.support import TopicReader, eventually
 
 pytestmark = pytest.mark.e2e

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from leadsla.devstack import EmbeddedBroker, ServiceProcess, free_port, wait_until
-from leadsla.shared.auth import create_key
-from leadsla.shared.bus import ensure_topics
-from leadsla.shared.config_store import apply_config
-from leadsla.shared.events import utc_iso
+from shared.auth import create_key
+from shared.bus import ensure_topics
+from shared.config_store import apply_config
+from shared.events import utc_iso
 from tests.support import eventually, outbox_events
 
 pytestmark = pytest.mark.e2e

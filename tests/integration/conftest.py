@@ -8,11 +8,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.config import parse_config
-from leadsla.shared.config_store import ConfigHolder, VersionedConfig
-from leadsla.shared.runtime import ServiceContext
-from leadsla.shared.settings import Settings
+from shared.clock import ManualClock
+from shared.config import parse_config
+from shared.config_store import ConfigHolder, VersionedConfig
+from shared.runtime import ServiceContext
+from shared.settings import Settings
 
 
 @pytest.fixture

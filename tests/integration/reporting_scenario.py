@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig
-from leadsla.shared.events import (
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig
+from shared.events import (
     TOPIC_INTAKE,
     TOPIC_NOTIFICATIONS,
     TOPIC_ROUTING,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from leadsla.shared.config import ConfigError
-from leadsla.shared.config_store import ConfigHolder, apply_config, load_latest
+from shared.config import ConfigError
+from shared.config_store import ConfigHolder, apply_config, load_latest
 
 
 async def test_apply_versions_changes_and_services_pick_them_up(engine) -> None:

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
-from leadsla.shared.uow import UnitOfWork
+from shared.clock import ManualClock
+from shared.consumer import EventConsumer, Subscription
+from shared.db import OUTBOX
+from shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
+from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)

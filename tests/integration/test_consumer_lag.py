@@ -6,10 +6,10 @@ import uuid
 
 from prometheus_client import REGISTRY
 
-from leadsla.shared.clock import SystemClock
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.events import CloudEvent
-from leadsla.shared.uow import UnitOfWork
+from shared.clock import SystemClock
+from shared.consumer import EventConsumer, Subscription
+from shared.events import CloudEvent
+from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
 
 

@@ -14,16 +14,16 @@ import pytest
 from sqlalchemy import func, select
 
 from leadsla.devstack import EmbeddedPostgres
-from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap
-from leadsla.shared.auth import create_key
-from leadsla.shared.config import parse_config
-from leadsla.shared.config_store import ConfigHolder, VersionedConfig
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.db import OUTBOX, database_outage, deadletters, make_engine
-from leadsla.shared.http import create_app
-from leadsla.shared.migrate import upgrade
-from leadsla.shared.runtime import ServiceContext
-from leadsla.shared.settings import Settings
+from services.intake.bootstrap import bootstrap as intake_bootstrap
+from shared.auth import create_key
+from shared.config import parse_config
+from shared.config_store import ConfigHolder, VersionedConfig
+from shared.consumer import EventConsumer, Subscription
+from shared.db import OUTBOX, database_outage, deadletters, make_engine
+from shared.http import create_app
+from shared.migrate import upgrade
+from shared.runtime import ServiceContext
+from shared.settings import Settings
 from tests.support import create_topic, eventually
 
 CONFIG = """

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select
 
-from leadsla.shared.db import OUTBOX, PROCESSED
-from leadsla.shared.housekeeping import prune
+from shared.db import OUTBOX, PROCESSED
+from shared.housekeeping import prune
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 

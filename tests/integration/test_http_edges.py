@@ -6,9 +6,9 @@ import logging
 import httpx
 import pytest
 
-from leadsla.services.intake.bootstrap import bootstrap
-from leadsla.shared.auth import create_key
-from leadsla.shared.http import MAX_BODY_BYTES, create_app
+from services.intake.bootstrap import bootstrap
+from shared.auth import create_key
+from shared.http import MAX_BODY_BYTES, create_app
 
 CONFIG = "tiers: {default: C}\n"
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from leadsla.services.intake.bootstrap import bootstrap
-from leadsla.shared.auth import create_key
-from leadsla.shared.http import create_app
+from services.intake.bootstrap import bootstrap
+from shared.auth import create_key
+from shared.http import create_app
 from tests.support import outbox_events
 
 CONFIG = """

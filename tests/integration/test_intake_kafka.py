@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from leadsla.services.intake.bootstrap import bootstrap
-from leadsla.services.intake.tables import leads, pending_activities
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import CloudEvent
+from services.intake.bootstrap import bootstrap
+from services.intake.tables import leads, pending_activities
+from shared.consumer import EventConsumer, Subscription
+from shared.db import OUTBOX
+from shared.events import CloudEvent
 from tests.support import create_topic, eventually, outbox_events
 
 CONFIG = """

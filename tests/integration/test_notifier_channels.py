@@ -9,12 +9,12 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from leadsla.services.notifier.channels import Senders
-from leadsla.services.notifier.delivery import Deliverer
-from leadsla.services.notifier.handlers import on_event
-from leadsla.services.notifier.tables import deliveries
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.events import (
+from services.notifier.channels import Senders
+from services.notifier.delivery import Deliverer
+from services.notifier.handlers import on_event
+from services.notifier.tables import deliveries
+from shared.clock import ManualClock
+from shared.events import (
     Company,
     Consent,
     Contact,

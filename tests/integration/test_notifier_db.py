@@ -10,13 +10,13 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from leadsla.services.notifier.channels import Senders
-from leadsla.services.notifier.delivery import Deliverer
-from leadsla.services.notifier.domain import Attempt
-from leadsla.services.notifier.handlers import on_event
-from leadsla.services.notifier.tables import deliveries, subscription_deliveries
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.events import SlaEventData, new_event
+from services.notifier.channels import Senders
+from services.notifier.delivery import Deliverer
+from services.notifier.domain import Attempt
+from services.notifier.handlers import on_event
+from services.notifier.tables import deliveries, subscription_deliveries
+from shared.clock import ManualClock
+from shared.events import SlaEventData, new_event
 from tests.integration.receivers import HttpReceiver
 from tests.support import outbox_events
 

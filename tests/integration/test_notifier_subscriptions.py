@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy import update
 
 from leadsla.devstack import free_port
-from leadsla.services.notifier.bootstrap import bootstrap
-from leadsla.services.notifier.channels import Senders
-from leadsla.services.notifier.delivery import Deliverer
-from leadsla.services.notifier.domain import SIGNATURE_HEADER, verify
-from leadsla.services.notifier.handlers import on_event
-from leadsla.services.notifier.tables import deliveries, subscription_deliveries, subscriptions
-from leadsla.shared.auth import create_key
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.events import (
+from services.notifier.bootstrap import bootstrap
+from services.notifier.channels import Senders
+from services.notifier.delivery import Deliverer
+from services.notifier.domain import SIGNATURE_HEADER, verify
+from services.notifier.handlers import on_event
+from services.notifier.tables import deliveries, subscription_deliveries, subscriptions
+from shared.auth import create_key
+from shared.clock import ManualClock
+from shared.events import (
     Company,
     Consent,
     Contact,
@@ -30,7 +30,7 @@ from leadsla.shared.events import (
     SlaEventData,
     new_event,
 )
-from leadsla.shared.http import create_app
+from shared.http import create_app
 from tests.integration.receivers import HttpReceiver, StallingReceiver
 from tests.support import eventually, outbox_events
 
@@ -243,7 +243,7 @@ async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver
 async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay(api, ctx, clock, engine) -> None:
     from sqlalchemy import insert, select
 
-    from leadsla.services.notifier.delivery import prune_delivered
+    from services.notifier.delivery import prune_delivered
 
     sub_id = f"retention-{uuid.uuid4().hex[:8]}"
     old, recent = clock.now() - timedelta(days=8), clock.now() - timedelta(days=1)

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import TOPIC_ROUTING, LeadQueued, new_event
-from leadsla.shared.outbox import OutboxRelay
-from leadsla.shared.uow import UnitOfWork
+from shared.db import OUTBOX
+from shared.events import TOPIC_ROUTING, LeadQueued, new_event
+from shared.outbox import OutboxRelay
+from shared.uow import UnitOfWork
 from tests.support import TopicReader
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)

@@ -12,18 +12,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from leadsla.services.intake.bootstrap import bootstrap as intake_bootstrap
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.db import OUTBOX, PROCESSED, deadletters
-from leadsla.shared.events import (
+from services.intake.bootstrap import bootstrap as intake_bootstrap
+from shared.consumer import EventConsumer, Subscription
+from shared.db import OUTBOX, PROCESSED, deadletters
+from shared.events import (
     DEADLETTER_PREFIX_BYTES,
     TOPIC_ROUTING,
     CloudEvent,
     LeadQueued,
     new_event,
 )
-from leadsla.shared.outbox import OutboxRelay, release_parked
-from leadsla.shared.uow import UnitOfWork
+from shared.outbox import OutboxRelay, release_parked
+from shared.uow import UnitOfWork
 from tests.support import TopicReader, create_topic, eventually
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)

@@ -22,21 +22,21 @@ import uvicorn
 from sqlalchemy import func, select, update
 
 from leadsla.devstack import free_port
-from leadsla.services.reporting.bootstrap import bootstrap
-from leadsla.services.reporting.entrypoints import measure_overdue
-from leadsla.services.reporting.projections import project
-from leadsla.services.reporting.replay import rebuild
-from leadsla.services.reporting.tables import lead_state, timeline
-from leadsla.shared import metrics
-from leadsla.shared.auth import create_key
-from leadsla.shared.clock import ManualClock
-from leadsla.shared.config import parse_config
-from leadsla.shared.config_store import ConfigHolder, VersionedConfig, apply_config
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.events import CloudEvent, utc_iso
-from leadsla.shared.http import create_app
-from leadsla.shared.runtime import ServiceContext
-from leadsla.shared.settings import Settings
+from services.reporting.bootstrap import bootstrap
+from services.reporting.entrypoints import measure_overdue
+from services.reporting.projections import project
+from services.reporting.replay import rebuild
+from services.reporting.tables import lead_state, timeline
+from shared import metrics
+from shared.auth import create_key
+from shared.clock import ManualClock
+from shared.config import parse_config
+from shared.config_store import ConfigHolder, VersionedConfig, apply_config
+from shared.consumer import EventConsumer, Subscription
+from shared.events import CloudEvent, utc_iso
+from shared.http import create_app
+from shared.runtime import ServiceContext
+from shared.settings import Settings
 from tests.integration import reporting_scenario as scenario
 from tests.support import eventually
 

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import delete, func, select
 
-from leadsla.services.router.bootstrap import bootstrap
-from leadsla.services.router.handlers import route_lead, update_owner
-from leadsla.services.router.tables import assignments, queue
-from leadsla.shared.consumer import EventConsumer, Subscription
-from leadsla.shared.events import (
+from services.router.bootstrap import bootstrap
+from services.router.handlers import route_lead, update_owner
+from services.router.tables import assignments, queue
+from shared.consumer import EventConsumer, Subscription
+from shared.events import (
     ActivityRecorded,
     CloudEvent,
     Company,
@@ -276,8 +276,8 @@ routing:
 async def test_a_surge_of_ten_thousand_queued_leads_drains_in_priority_order_within_capacity(
     make_ctx, clock, engine, empty_queue
 ) -> None:
-    from leadsla.services.router.domain import LeadFacts
-    from leadsla.services.router.entrypoints import drain_all
+    from services.router.domain import LeadFacts
+    from services.router.entrypoints import drain_all
 
     s = uuid.uuid4().hex[:6]
     names = [f"o{i}-{s}" for i in range(5)]

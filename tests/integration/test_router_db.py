@@ -6,9 +6,9 @@ import uuid
 import pytest
 from sqlalchemy import delete
 
-from leadsla.services.router.handlers import route_lead
-from leadsla.services.router.tables import queue
-from leadsla.shared.events import (
+from services.router.handlers import route_lead
+from services.router.tables import queue
+from shared.events import (
     CloudEvent,
     Company,
     Consent,

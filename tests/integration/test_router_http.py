@@ -9,14 +9,14 @@ import httpx
 import pytest
 from sqlalchemy import delete, select
 
-from leadsla.services.router.bootstrap import bootstrap
-from leadsla.services.router.entrypoints import drain_all, refresh_queue_depth
-from leadsla.services.router.handlers import on_activity, on_escalation, route_lead
-from leadsla.services.router.tables import events, queue
-from leadsla.shared import metrics
-from leadsla.shared.auth import create_key
-from leadsla.shared.db import OUTBOX
-from leadsla.shared.events import (
+from services.router.bootstrap import bootstrap
+from services.router.entrypoints import drain_all, refresh_queue_depth
+from services.router.handlers import on_activity, on_escalation, route_lead
+from services.router.tables import events, queue
+from shared import metrics
+from shared.auth import create_key
+from shared.db import OUTBOX
+from shared.events import (
     ActivityRecorded,
     CloudEvent,
     Company,
@@ -28,7 +28,7 @@ from leadsla.shared.events import (
     LeadReceived,
     new_event,
 )
-from leadsla.shared.http import create_app
+from shared.http import create_app
 from tests.support import outbox_events
 
 CONFIG = """

@@ -7,13 +7,13 @@ from datetime import timedelta
 
 import pytest
 
-from leadsla.services.sla_clock.handlers import (
+from services.sla_clock.handlers import (
     fire_due,
     on_activity,
     on_lead_assigned,
     on_lead_received,
 )
-from leadsla.shared.events import (
+from shared.events import (
     ActivityRecorded,
     CloudEvent,
     Company,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from leadsla.services.sla_clock.handlers import on_lead_assigned, on_lead_updated
-from leadsla.shared.events import CloudEvent, LeadUpdated, new_event
+from services.sla_clock.handlers import on_lead_assigned, on_lead_updated
+from shared.events import CloudEvent, LeadUpdated, new_event
 from tests.integration.test_sla_clock_db import assigned, handle
 from tests.integration.test_sla_lifecycle_db import act, activity, fire, minutes, start
 from tests.support import outbox_events

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from leadsla.services.sla_clock.handlers import (
+from services.sla_clock.handlers import (
     fire_due,
     on_activity,
     on_lead_assigned,
@@ -17,7 +17,7 @@ from leadsla.services.sla_clock.handlers import (
     on_lead_reassigned,
     on_lead_received,
 )
-from leadsla.shared.events import (
+from shared.events import (
     ActivityRecorded,
     CloudEvent,
     Disposition,

@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import insert, update
 
-from leadsla.services.sla_clock.watermark import InputWatermark
-from leadsla.shared.clock import SystemClock
-from leadsla.shared.db import OUTBOX
+from services.sla_clock.watermark import InputWatermark
+from shared.clock import SystemClock
+from shared.db import OUTBOX
 from tests.support import create_topic, eventually
 
 ALLOWANCE = timedelta(milliseconds=200)

@@ -1,4 +1,4 @@
-from leadsla.shared.auth import KeyCache, Principal, split_key
+from shared.auth import KeyCache, Principal, split_key
 
 ALICE = Principal(key_id="abc", name="webform", role="source")
 

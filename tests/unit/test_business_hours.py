@@ -2,8 +2,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig
 
 WEEKDAYS_9_TO_5 = {d: ["09:00-17:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leadsla.services.sla_clock.domain import compute_deadline, pause, resume, start_timer
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig, parse_config
+from services.sla_clock.domain import compute_deadline, pause, resume, start_timer
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig, parse_config
 
 EXAMPLES = int(os.environ.get("LEADSLA_ORACLE_EXAMPLES", "150"))
 # The full count takes minutes per test: beyond the suite's per-test timeout.

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from leadsla.shared.config import ConfigError, parse_config, parse_duration
+from shared.config import ConfigError, parse_config, parse_duration
 
 EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
 

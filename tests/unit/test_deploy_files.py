@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
-import leadsla.shared.metrics  # noqa: F401 - registers the metrics
-from leadsla.shared.settings import SERVICE_PORTS
+import shared.metrics  # noqa: F401 - registers the metrics
+from shared.settings import SERVICE_PORTS
 
 ROOT = Path(__file__).parents[2]
 CONTRACT_METRICS = {

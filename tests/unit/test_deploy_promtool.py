@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from leadsla.shared import metrics
-from leadsla.shared.settings import SERVICE_PORTS
+from shared import metrics
+from shared.settings import SERVICE_PORTS
 
 ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from leadsla.shared.events import (
+from shared.events import (
     EVENT_DATA,
     BadEvent,
     CloudEvent,

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from leadsla.services.intake.domain import (
+from services.intake.domain import (
     ActivityIn,
     DispositionIn,
     TokenBucket,
@@ -14,9 +14,9 @@ from leadsla.services.intake.domain import (
     same_person,
     tier_rank,
 )
-from leadsla.services.intake.normalize import Refused, Submission, read_submission
-from leadsla.shared.config import IntakeSource, Suppression, parse_config
-from leadsla.shared.events import Contact
+from services.intake.normalize import Refused, Submission, read_submission
+from shared.config import IntakeSource, Suppression, parse_config
+from shared.events import Contact
 
 TIERS = parse_config("""
 tiers:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from leadsla.services.intake.normalize import (
+from services.intake.normalize import (
     Refused,
     classify_intent,
     normalize_country,
@@ -19,7 +19,7 @@ from leadsla.services.intake.normalize import (
     parse_timestamp,
     read_submission,
 )
-from leadsla.shared.config import IntakeSource
+from shared.config import IntakeSource
 
 US_FORMS = IntakeSource(default_region="US", timezone="America/New_York", default_intent="inquiry")
 NO_DEFAULTS = IntakeSource(default_intent="inquiry", timezone="UTC")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from leadsla.shared import metrics
-from leadsla.shared.settings import SERVICE_PORTS
+from shared import metrics
+from shared.settings import SERVICE_PORTS
 
 
 def families(service: str) -> set[str]:

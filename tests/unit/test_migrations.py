@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from alembic.script import ScriptDirectory
 
-from leadsla.shared.migrate import _alembic_config
+from shared.migrate import _alembic_config
 
 
 def test_the_migrations_have_exactly_one_head() -> None:

@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadsla.services.notifier.domain import (
+from services.notifier.domain import (
     Attempt,
     LeadFacts,
     Recipient,
@@ -28,8 +28,8 @@ from leadsla.services.notifier.domain import (
     subscribed,
     verify,
 )
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig, ConfigError, parse_config
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig, ConfigError, parse_config
 
 CONFIG = parse_config("""
 owners:

@@ -1,9 +1,9 @@
 from datetime import UTC, datetime, timedelta
 
-from leadsla.services.reporting.domain import fold, fold_timer, with_response
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig
-from leadsla.shared.events import CloudEvent
+from services.reporting.domain import fold, fold_timer, with_response
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig
+from shared.events import CloudEvent
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 

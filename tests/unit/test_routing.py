@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadsla.services.router.domain import (
+from services.router.domain import (
     LeadFacts,
     RoutingState,
     anyone_available,
@@ -13,7 +13,7 @@ from leadsla.services.router.domain import (
     owner_day,
     record,
 )
-from leadsla.shared.config import parse_config
+from shared.config import parse_config
 
 NOW = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)  # a Tuesday
 CONFIG = parse_config("""
@@ -232,7 +232,7 @@ def test_facts_survive_a_round_trip_through_json() -> None:
 
 
 def test_a_decision_locks_its_rule_and_that_rules_owners_only() -> None:
-    from leadsla.services.router.domain import decision_scope
+    from services.router.domain import decision_scope
 
     assert decision_scope(RULES, LeadFacts("l", "A", "web", country="AT", language="de"), None) == ("dach", {"de1"})
     assert decision_scope(RULES, LeadFacts("l", "A", "web"), "jp") == ("general", {"gen1", "gen2", "jp"})

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadsla.services.sla_clock.domain import (
+from services.sla_clock.domain import (
     Breached,
     Cancelled,
     Met,
@@ -21,8 +21,8 @@ from leadsla.services.sla_clock.domain import (
     touch,
     touch_counts,
 )
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig, parse_config
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig, parse_config
 
 T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 ALWAYS = BusinessCalendar(CalendarConfig())

@@ -1,7 +1,7 @@
 """Pure rules of a tier change on the SLA clock: which timers end, which start, from when."""
 from datetime import UTC, datetime, timedelta
 
-from leadsla.services.sla_clock.domain import (
+from services.sla_clock.domain import (
     POLICY_CHANGED,
     Breached,
     Cancelled,
@@ -15,8 +15,8 @@ from leadsla.services.sla_clock.domain import (
     touch,
     withdraws_consent,
 )
-from leadsla.shared.business_hours import BusinessCalendar
-from leadsla.shared.config import CalendarConfig, parse_config
+from shared.business_hours import BusinessCalendar
+from shared.config import CalendarConfig, parse_config
 
 T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 ALWAYS = BusinessCalendar(CalendarConfig())

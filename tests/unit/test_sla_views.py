@@ -3,8 +3,8 @@ stops while paused and when closed."""
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from leadsla.services.sla_clock.views import timer_view
-from leadsla.shared.config import parse_config
+from services.sla_clock.views import timer_view
+from shared.config import parse_config
 
 T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 CONFIG = parse_config("sla_policies: [{id: p, metrics: {first_response: {target: 10m}}}]")

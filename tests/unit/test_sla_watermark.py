@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from leadsla.services.sla_clock.domain import (
+from services.sla_clock.domain import (
     Breached,
     Met,
     PartitionMarks,
