@@ -20,8 +20,9 @@ from leadsla.devstack import ServiceProcess, free_port, wait_until
 from leadsla.webhook_receiver import WebhookReceiver
 from shared.auth import create_key
 from shared.config_store import apply_config
-from shared.db import OUTBOX, deadletters
+from shared.db import deadletters
 from shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
+from shared.eventstore import EVENTS
 from shared.settings import SERVICE_PORTS
 from tests.support import TopicReader, eventually
 
@@ -218,7 +219,7 @@ async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: Sy
     assert [e["type"] for e in events].count("sla.breached") == 1
     assert len(hooks) == 1 and hooks[0][1]
     async with engine.connect() as conn:
-        table = OUTBOX["sla_clock"]
+        table = EVENTS["sla_clock"]
         breaches = await conn.scalar(select(func.count()).select_from(table).where(
             table.c.key == lead_id, table.c.event_type == "sla.breached"))
     assert breaches == 1
@@ -242,7 +243,7 @@ async def test_a_1mb_record_and_a_poison_record_stop_nothing(system: System, pro
     http_lead = await post_lead(system, "trial")
 
     async def follower_id() -> str | None:
-        t = OUTBOX["intake"]
+        t = EVENTS["intake"]
         async with engine.connect() as conn:
             return await conn.scalar(select(t.c.key).where(
                 t.c.event_type == "lead.received", t.c.payload.like(f'%"{external_id}"%'.encode())))
