@@ -29,6 +29,7 @@ from .handlers import (
     on_lead_updated,
     open_timer_counts,
 )
+from .projection import PROJECTION
 from .tables import timers
 from .views import timer_view
 from .watermark import InputWatermark, describe, lag_seconds
@@ -123,6 +124,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         subscriptions=[Subscription(GROUP, INPUTS, on_event)],
         loops=[timer_loop, watermark.run],
         routers=[api],
+        projection=PROJECTION,
     )
 
 

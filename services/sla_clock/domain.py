@@ -10,11 +10,73 @@ from typing import Literal
 
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy, TouchRule
+from shared.events import WireModel
 
 TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
 
 # Touches stamped a little before the timer started (CRM clocks drift) still count.
 _CLOCK_SKEW = timedelta(minutes=5)
+
+
+# --- What the clock keeps, as its own events ---------------------------------------------------
+# The clock's state (services/sla_clock/projection.py) is derived from its store alone: the
+# contract's sla.* events carry the timer as the transition leaves it (`timer`: a TimerRecord), and
+# two internal events, kept in the store and never published, carry what it notes about a lead.
+LEAD_NOTED = "sla_clock.lead_noted"
+OWNER_CHANGED = "sla_clock.owner_changed"
+
+
+class LeadFacts(WireModel):
+    """sla_clock.lead_noted: what the clock now knows about a lead (the whole record, so that the
+    last one noted is the lead's state), taken from lead.received/assigned/queued/updated and
+    from activities (the first response, the lead leaving the funnel)."""
+
+    lead_id: str
+    tier: str
+    source: str
+    contactable: bool
+    received_at: datetime
+    correlation_id: str | None = None
+    owner_id: str | None = None
+    first_touch_at: datetime | None = None
+    queued_reason: str | None = None
+    closed_reason: str | None = None
+    timezone: str | None = None
+    team_id: str | None = None
+    assigned_at: datetime | None = None
+
+
+class OwnerChanged(WireModel):
+    """sla_clock.owner_changed: the lead has a new owner, who takes over its running timers."""
+
+    lead_id: str
+    owner_id: str
+
+
+class TimerRecord(WireModel):
+    """A timer as an sla.* event leaves it: every stored column but its identity (sla_id, lead_id,
+    metric, which the event names). `next_fire_at`: when the clock next has to look at it (the
+    next pending warning, else the deadline; None unless open)."""
+
+    policy_id: str
+    policy_version: int
+    calendar: str
+    timezone: str | None = None
+    owner_id: str | None = None
+    tier: str
+    started_at: datetime
+    due_at: datetime
+    warnings: list[tuple[int, datetime]]
+    warned: list[int]
+    state: str
+    next_fire_at: datetime | None = None
+    closed_at: datetime | None = None
+    root_cause: str | None = None
+    target_seconds: float | None = None
+    paused_at: datetime | None = None
+    paused_seconds: float = 0.0
+    step: int = 1
+    reason: str | None = None
 
 
 def compute_deadline(start: datetime, target_seconds: float, calendar: BusinessCalendar) -> datetime:

@@ -1,14 +1,17 @@
 """The SLA clock's service layer: start timers, apply touches, fire what is due.
 Timers live in Postgres, so a restart loses none and fires each once: the state change and
-the event it emits commit in one transaction."""
+the event it emits commit in one transaction. The state (timers, leads) is a projection of the
+clock's own events (projection.py): handlers decide from it, then record events, and the same
+projector that replay runs writes the tables. A handler of an input event expects the lead's
+stream at the version it read, so two writers racing on one lead conflict and the loser is
+retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Row, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Row, func, select
 
 from shared import metrics
 from shared.business_hours import BusinessCalendar
@@ -30,16 +33,21 @@ from shared.events import (
 from shared.uow import UnitOfWork
 
 from .domain import (
+    LEAD_NOTED,
+    OWNER_CHANGED,
     POLICY_CHANGED,
     Breached,
     Cancelled,
     ClockRules,
+    LeadFacts,
     Met,
+    OwnerChanged,
     Paused,
     Resumed,
     Started,
     Step,
     Timer,
+    TimerRecord,
     Warned,
     breach_root_cause,
     cancel,
@@ -64,6 +72,7 @@ from .domain import (
     touch_time,
     withdraws_consent,
 )
+from .projection import PROJECTION
 from .tables import leads, timers
 
 SERVICE = "sla_clock"
@@ -78,14 +87,12 @@ LIVE = ("open", "paused")
 async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
                            now: datetime, rules: ClockRules = ClockRules()) -> None:
     lead = event.data_as(LeadReceived)
+    await uow.load_version(lead.lead_id)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
              "timezone": _valid_zone(lead.contact.timezone)}
-    # Upsert: an assignment that overtook this event may have created the row with less to go on.
-    row = (await uow.conn.execute(
-        pg_insert(leads).values(lead_id=lead.lead_id, **facts)
-        .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=facts).returning(leads)
-    )).one()
+    # An assignment that overtook this event may have noted the lead with less to go on.
+    row = await _note_lead(uow, lead.lead_id, event, now, facts, **facts)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
         await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
@@ -94,17 +101,15 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
 async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
                            now: datetime, rules: ClockRules = ClockRules()) -> None:
     assigned = event.data_as(LeadAssigned)
+    await uow.load_version(assigned.lead_id)
     lead = await _lead(uow, assigned.lead_id)
-    if lead is None:
-        # The assignment overtook the lead on another topic; the router only assigns known leads,
-        # so record what the assignment tells us and start from there.
-        await uow.conn.execute(pg_insert(leads).values(
-            lead_id=assigned.lead_id, tier=assigned.tier or "unknown", source="unknown", contactable=True,
-            received_at=assigned.assigned_at, correlation_id=event.correlationid,
-        ).on_conflict_do_nothing())
-    await _set_owner(uow, assigned.lead_id, assigned.owner_id)
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(
-        team_id=assigned.team_id, assigned_at=func.coalesce(leads.c.assigned_at, assigned.assigned_at)))
+    # If the assignment overtook the lead on another topic (the router only assigns known leads),
+    # note what the assignment tells us and start from there.
+    await _note_lead(uow, assigned.lead_id, event, now, {
+        "tier": assigned.tier or "unknown", "source": "unknown", "contactable": True,
+        "received_at": assigned.assigned_at, "correlation_id": event.correlationid,
+    }, team_id=assigned.team_id, assigned_at=(lead.assigned_at if lead and lead.assigned_at else assigned.assigned_at))
+    await _set_owner(uow, assigned.lead_id, assigned.owner_id, event, now)
     lead = await _lead(uow, assigned.lead_id)
     assert lead is not None
     policy = select_policy(config, lead.tier, lead.source)
@@ -118,12 +123,11 @@ async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: C
     """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
     so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
     queued = event.data_as(LeadQueued)
-    await uow.conn.execute(pg_insert(leads).values(
-        lead_id=queued.lead_id, tier=queued.tier, source="unknown", contactable=True, received_at=event.time,
-        correlation_id=event.correlationid, queued_reason=queued.reason,
-    ).on_conflict_do_update(index_elements=[leads.c.lead_id], set_={"queued_reason": queued.reason}))
-    lead = await _lead(uow, queued.lead_id)
-    assert lead is not None
+    await uow.load_version(queued.lead_id)
+    lead = await _note_lead(uow, queued.lead_id, event, now, {
+        "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
+        "correlation_id": event.correlationid,
+    }, queued_reason=queued.reason)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
         await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
@@ -133,10 +137,11 @@ async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent,
                              rules: ClockRules = ClockRules()) -> None:
     """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
     moved = event.data_as(LeadReassigned)
+    await uow.load_version(moved.lead_id)
     lead = await _lead(uow, moved.lead_id)
     if lead is None:
         return
-    await _set_owner(uow, lead.lead_id, moved.to_owner_id)
+    await _set_owner(uow, lead.lead_id, moved.to_owner_id, event, now)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is None:
         return
@@ -148,8 +153,7 @@ async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent,
         timer = _timer(row)
         step = restart(replace(timer, owner_id=moved.to_owner_id), policy, event.time,
                        _calendar(config, row.calendar, zone))
-        await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(timezone=zone))
-        await _apply(uow, config, lead, row, step, event, now, rules)
+        await _apply(uow, config, lead, row, step, event, now, rules, timezone=zone)
 
 
 async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
@@ -158,6 +162,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
     # from when it was made; the sender's own occurred_at only within a bounded skew before that.
     at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
+    await uow.load_version(activity.lead_id)
     lead = await _lead(uow, activity.lead_id)
     if lead is None or lead.closed_reason is not None:
         return
@@ -186,7 +191,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
     if first and (lead.first_touch_at is None or at < lead.first_touch_at):
-        await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(first_touch_at=at))
+        await _note_lead(uow, lead.lead_id, event, now, None, first_touch_at=at)
     for row in rows:
         if row.metric not in policy.metrics:
             continue  # decided under a policy the lead's tier no longer selects
@@ -216,6 +221,7 @@ async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: 
     """A lead changed (PATCH, a repeat with higher intent, an opt-out): a withdrawn consent ends
     its timers as an opt-out does; a new tier that selects another policy re-plans them."""
     updated = event.data_as(LeadUpdated)
+    await uow.load_version(updated.lead_id)
     lead = await _lead(uow, updated.lead_id)
     if lead is None:
         return  # lead.received precedes it on the same partition: a lead we never timed
@@ -223,11 +229,8 @@ async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: 
     if withdraws_consent(updated.reason, updated.changed):
         await _leave(uow, config, lead, "opted_out", at, event, now, rules)
         return
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(
-        tier=updated.tier, contactable=updated.contactable))
     before = select_policy(config, lead.tier, lead.source)
-    lead = await _lead(uow, lead.lead_id)
-    assert lead is not None
+    lead = await _note_lead(uow, lead.lead_id, event, now, None, tier=updated.tier, contactable=updated.contactable)
     policy = select_policy(config, lead.tier, lead.source)
     if lead.closed_reason is not None or (before and before.id) == (policy and policy.id):
         return  # out of the funnel, or the same policy: the timers stand as they are
@@ -268,9 +271,12 @@ async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: date
     by_id = {lead.lead_id: lead for lead in (await uow.conn.execute(
         select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
     )).all()} if rows else {}
+    # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
+    events: list[CloudEvent] = []
     for row in rows:
-        await _apply(uow, config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
-                     None, now, rules)
+        events += _outcomes(config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
+                            None, now, rules)
+    await _record(uow, events)
     return len(rows)
 
 
@@ -321,73 +327,97 @@ async def _start_one(
     name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
     timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
                         _calendar(config, name, zone), step, paused_seconds)
-    inserted = (await uow.conn.execute(pg_insert(timers).values(
-        sla_id=sla_id, lead_id=lead.lead_id, metric=metric, policy_id=policy.id, policy_version=version,
-        calendar=name, timezone=zone, tier=lead.tier, **_columns(timer),
-    ).on_conflict_do_nothing().returning(timers))).first()
-    if inserted is not None:  # else a concurrent start of the same timer won
-        uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, lead.correlation_id, now))
-    return inserted
+    state = {"calendar": name, "timezone": zone, "closed_at": None, "root_cause": None, "reason": None,
+             **_columns(timer)}
+    # A concurrent start of the same timer makes this command conflict at commit (the lead's
+    # stream moved): it is retried and then finds the timer started.
+    await _record(uow, [_event("sla.started", timer, cause, lead.correlation_id, now, state=state)])
+    return (await uow.conn.execute(select(timers).where(timers.c.sla_id == sla_id))).one()
 
 
 async def _leave(uow: UnitOfWork, config: Config, lead: Row, reason: str, at: datetime, cause: CloudEvent,
                  now: datetime, rules: ClockRules) -> None:
     """The lead left the funnel (opted out, disqualified): every timer ends, none starts again."""
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead.lead_id).values(
-        closed_reason=func.coalesce(leads.c.closed_reason, reason)))
+    await _note_lead(uow, lead.lead_id, cause, now, None, closed_reason=lead.closed_reason or reason)
     for row in await _timers(uow, lead.lead_id, LIVE):
         await _apply(uow, config, lead, row, cancel(_timer(row), reason, at), cause, now, rules)
 
 
 def _columns(timer: Timer) -> dict:
-    return {"owner_id": timer.owner_id, "started_at": timer.started_at, "due_at": timer.due_at,
-            "warnings": [[pct, at.isoformat()] for pct, at in timer.warnings], "warned": list(timer.warned),
+    return {"policy_id": timer.policy_id, "policy_version": timer.policy_version, "tier": timer.tier,
+            "owner_id": timer.owner_id, "started_at": timer.started_at, "due_at": timer.due_at,
+            "warnings": list(timer.warnings), "warned": list(timer.warned),
             "state": timer.state, "next_fire_at": timer.next_fire_at, "target_seconds": timer.target_seconds,
             "paused_at": timer.paused_at, "paused_seconds": timer.paused_seconds, "step": timer.step}
 
 
+# The stored columns a step leaves as they were unless one of its outcomes sets them.
+_KEPT = ("calendar", "timezone", "closed_at", "root_cause", "reason")
+
+
 async def _apply(
     uow: UnitOfWork, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
-    now: datetime, rules: ClockRules,
+    now: datetime, rules: ClockRules, *, timezone: str | None = None,
 ) -> None:
-    """Store the timer's new state and emit its outcomes; `lead` is the caller's row for it."""
+    """Record the step's outcomes, which carry the timer's new state; `lead` is the caller's row for it."""
+    await _record(uow, _outcomes(config, lead, row, step, cause, now, rules, timezone=timezone))
+
+
+def _outcomes(
+    config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None, now: datetime,
+    rules: ClockRules, *, timezone: str | None = None,
+) -> list[CloudEvent]:
+    """The sla.* events of a step, each carrying the timer as the whole step leaves it (so that the
+    last one recorded is the row's state); `timezone`: the zone its calendar is now read in."""
     if not step.outcomes:
-        return
+        return []
     timer, before = step.timer, _timer(row)
     correlation = lead.correlation_id if lead else None
-    values = _columns(timer)
+    state = {name: getattr(row, name) for name in _KEPT}
+    state.update(_columns(timer))
+    if timezone is not None:
+        state["timezone"] = timezone
+    events: list[tuple[str, Timer, dict]] = []
     for outcome in step.outcomes:
         if isinstance(outcome, Warned):
-            uow.emit(TOPIC_SLA, _event("sla.warning", timer, cause, correlation, now, percent=outcome.percent))
+            events.append(("sla.warning", timer, {"percent": outcome.percent}))
             metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
         elif isinstance(outcome, Breached):
             noticed = outcome.noticed or before.due_at
             cause_code = breach_root_cause(_root_cause(before, lead, config), noticed, now, rules.tolerance)
-            values.update(closed_at=now, root_cause=cause_code)
-            uow.emit(TOPIC_SLA, _event("sla.breached", before, cause, correlation, now,
-                                       breached_at=outcome.at, root_cause=cause_code))
+            state.update(closed_at=now, root_cause=cause_code)
+            events.append(("sla.breached", before, {"breached_at": outcome.at, "root_cause": cause_code}))
             metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc()
             metrics.sla_breach_lag.observe(max((now - noticed).total_seconds(), 0))
         elif isinstance(outcome, Met):
-            values.update(closed_at=outcome.at)
-            uow.emit(TOPIC_SLA, _event("sla.met", before, cause, correlation, now, met_at=outcome.at))
+            state.update(closed_at=outcome.at)
+            events.append(("sla.met", before, {"met_at": outcome.at}))
             metrics.sla_met.labels(timer.metric, timer.tier).inc()
             if timer.metric == FIRST_RESPONSE:
                 metrics.time_to_first_response.labels(timer.tier, "met").observe(
                     max((outcome.at - before.started_at).total_seconds(), 0))
         elif isinstance(outcome, Paused):
-            uow.emit(TOPIC_SLA, _event("sla.paused", timer, cause, correlation, now, at=outcome.at,
-                                       paused_at=outcome.at))
+            events.append(("sla.paused", timer, {"at": outcome.at, "paused_at": outcome.at}))
         elif isinstance(outcome, Resumed):
-            uow.emit(TOPIC_SLA, _event("sla.resumed", timer, cause, correlation, now, at=outcome.at,
-                                       resumed_at=outcome.at))
+            events.append(("sla.resumed", timer, {"at": outcome.at, "resumed_at": outcome.at}))
         elif isinstance(outcome, Cancelled):
-            values.update(closed_at=now, reason=outcome.reason)
-            uow.emit(TOPIC_SLA, _event("sla.cancelled", timer, cause, correlation, now, reason=outcome.reason))
+            state.update(closed_at=now, reason=outcome.reason)
+            events.append(("sla.cancelled", timer, {"reason": outcome.reason}))
         elif isinstance(outcome, Started):
-            values.update(closed_at=None, root_cause=None)
-            uow.emit(TOPIC_SLA, _event("sla.started", timer, cause, correlation, now, at=outcome.at))
-    await uow.conn.execute(update(timers).where(timers.c.sla_id == row.sla_id).values(**values))
+            state.update(closed_at=None, root_cause=None)
+            events.append(("sla.started", timer, {"at": outcome.at}))
+    return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
+
+
+async def _record(uow: UnitOfWork, events: list[CloudEvent]) -> None:
+    """Apply events to the clock's state tables and queue them for the store, in this transaction:
+    `uow.record` for a batch (the projection writes all of them with one statement per table).
+    sla.* events go to the sla topic; the clock's internal events stay in its store."""
+    if not events:
+        return
+    await PROJECTION.apply(uow.conn, events)
+    for event in events:
+        uow.emit(TOPIC_SLA if event.type.startswith("sla.") else None, event)
 
 
 def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
@@ -402,7 +432,7 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
 
 
 def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: str | None, now: datetime,
-           *, at: datetime | None = None, **extra: object) -> CloudEvent:
+           *, state: dict, at: datetime | None = None, **extra: object) -> CloudEvent:
     # Derived from the timer: the same transition always carries the same id. A run of the timer
     # (a cadence step, a reset) is named by its start; pauses and resumes by their moment.
     suffix = kind if "percent" not in extra else f"{kind}.{extra['percent']}"
@@ -417,7 +447,7 @@ def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: st
         data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
                           policy_id=timer.policy_id, policy_version=timer.policy_version,
                           owner_id=timer.owner_id, started_at=timer.started_at, due_at=timer.due_at,
-                          tier=timer.tier, **extra),
+                          tier=timer.tier, timer=TimerRecord(**state).model_dump(mode="json"), **extra),
     )
 
 
@@ -461,10 +491,27 @@ async def _lead(uow: UnitOfWork, lead_id: str) -> Row | None:
     return (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
 
 
-async def _set_owner(uow: UnitOfWork, lead_id: str, owner_id: str) -> None:
-    await uow.conn.execute(update(leads).where(leads.c.lead_id == lead_id).values(owner_id=owner_id))
-    await uow.conn.execute(update(timers).where(timers.c.lead_id == lead_id, timers.c.state.in_(LIVE))
-                           .values(owner_id=owner_id))
+async def _note_lead(uow: UnitOfWork, lead_id: str, cause: CloudEvent, now: datetime,
+                     defaults: dict | None, **changes: object) -> Row | None:
+    """Note new facts about a lead (sla_clock.lead_noted, the whole record); `defaults`: the record
+    of a lead not known yet (None: note nothing about an unknown lead). The lead's row after it."""
+    row = await _lead(uow, lead_id)
+    if row is None and defaults is None:
+        return None
+    current = dict(row._mapping) if row is not None else {"lead_id": lead_id, **defaults}  # type: ignore[arg-type]
+    if row is not None and all(current[k] == v for k, v in changes.items()):
+        return row  # nothing new
+    facts = LeadFacts(**{**current, **changes})
+    await _record(uow, [new_event(LEAD_NOTED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
+                                  event_id=deterministic_id(cause.id, LEAD_NOTED, lead_id), data=facts)])
+    return await _lead(uow, lead_id)
+
+
+async def _set_owner(uow: UnitOfWork, lead_id: str, owner_id: str, cause: CloudEvent, now: datetime) -> None:
+    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed)."""
+    await _record(uow, [new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
+                                  event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
+                                  data=OwnerChanged(lead_id=lead_id, owner_id=owner_id))])
 
 
 async def _timers(uow: UnitOfWork, lead_id: str, states: tuple[str, ...] | None,

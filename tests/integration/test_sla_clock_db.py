@@ -65,7 +65,8 @@ async def handle(ctx, fn, *args) -> None:
 
 
 async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
-    return await stored_events(engine, "sla_clock", lead_id)
+    """The lead's sla.* events in the clock's store (it keeps its internal sla_clock.* events there too)."""
+    return [e for e in await stored_events(engine, "sla_clock", lead_id) if e.type.startswith("sla.")]
 
 
 async def start_lead(ctx, clock) -> str:

@@ -1,0 +1,117 @@
+"""The SLA clock's decision state, `sla_clock.timers` and `sla_clock.leads`, as a projection of
+the clock's own event store.
+
+- A timer row is the `timer` (a `TimerRecord`) of the last sla.* event about it: sla.started,
+  sla.warning, sla.met, sla.breached, sla.paused, sla.resumed and sla.cancelled each carry the
+  timer as that transition leaves it (due_at, pending warnings, next_fire_at, pause bookkeeping,
+  root cause...). A re-plan after a tier change is sla.cancelled (policy_changed) for the old
+  timers and sla.started for their successors; a reset on reassignment is sla.started.
+- A lead row is the last `sla_clock.lead_noted` (internal, store only) about it.
+- `sla_clock.owner_changed` (internal) hands the lead and its running timers to a new owner.
+
+The projector never reads the clock or the configuration: everything it writes is in the events.
+Nothing is left out of the comparison (`ignore` is empty): both tables are decision state.
+
+Set-based: a page of events becomes one upsert per table for each run of events between two
+owner changes (the last state of a row in the run wins), so the timer loop fires a batch of
+timers with one statement, and replay goes a page at a time.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.events import CloudEvent
+from shared.replay import Projection
+
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord
+from .tables import leads, timers
+
+SERVICE = "sla_clock"
+TIMER_EVENTS = tuple(f"sla.{kind}" for kind in ("started", "warning", "met", "breached", "paused", "resumed",
+                                                "cancelled"))
+LIVE = ("open", "paused")
+# Rows per INSERT: well under Postgres' 65,535 bind parameters at 22 columns.
+_CHUNK = 1000
+
+
+@dataclass
+class _Staged:
+    """Rows waiting to be written, by primary key: the last state of each wins."""
+
+    timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def flush(self, conn: AsyncConnection) -> None:
+        # Rows leaving the live states first: a successor may take its predecessor's place in the
+        # one-live-timer-per-metric index within the same statement.
+        await _upsert(conn, timers, "sla_id", sorted(self.timers.values(), key=lambda r: r["state"] in LIVE))
+        await _upsert(conn, leads, "lead_id", list(self.leads.values()))
+        self.timers.clear()
+        self.leads.clear()
+
+
+def timer_row(event: CloudEvent) -> dict[str, Any] | None:
+    """The timers row an sla.* event leaves (None: an event from before timers were projected)."""
+    if "timer" not in event.data:
+        return None
+    state = TimerRecord.model_validate(event.data["timer"])
+    row = state.model_dump()
+    # Stored as the live path always stored them: [[percent, ISO time], ...].
+    row["warnings"] = [[pct, at.isoformat()] for pct, at in state.warnings]
+    row["warned"] = list(state.warned)
+    return {"sla_id": event.data["sla_id"], "lead_id": event.data["lead_id"], "metric": event.data["metric"], **row}
+
+
+async def _timer_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
+    row = timer_row(event)
+    if row is not None:
+        staged.timers[row["sla_id"]] = row
+
+
+async def _lead_noted(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
+    facts = LeadFacts.model_validate(event.data)
+    staged.leads[facts.lead_id] = facts.model_dump()
+
+
+async def _owner_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
+    # Reads what is staged (the lead's row, its timers' states): write it first.
+    await staged.flush(conn)
+    change = OwnerChanged.model_validate(event.data)
+    await conn.execute(update(leads).where(leads.c.lead_id == change.lead_id).values(owner_id=change.owner_id))
+    await conn.execute(update(timers).where(timers.c.lead_id == change.lead_id, timers.c.state.in_(LIVE))
+                       .values(owner_id=change.owner_id))
+
+
+Applier = Callable[[_Staged, AsyncConnection, CloudEvent], Awaitable[None]]
+APPLIERS: dict[str, Applier] = {
+    **{kind: _timer_changed for kind in TIMER_EVENTS},
+    LEAD_NOTED: _lead_noted,
+    OWNER_CHANGED: _owner_changed,
+}
+
+
+async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
+    """Apply stored events, in order, to the timers and leads tables (live or in a replay schema)."""
+    staged = _Staged()
+    for event in events:
+        applier = APPLIERS.get(event.type)
+        if applier is not None:  # anything else in the store (a dead letter) is no state of ours
+            await applier(staged, conn, event)
+    await staged.flush(conn)
+
+
+async def _upsert(conn: AsyncConnection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
+    for i in range(0, len(rows), _CHUNK):
+        statement = pg_insert(table).values(rows[i:i + _CHUNK])
+        await conn.execute(statement.on_conflict_do_update(
+            index_elements=[table.c[key]],
+            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key}))
+
+
+PROJECTION = Projection(service=SERVICE, tables=[timers, leads], apply=apply)
