@@ -12,9 +12,9 @@ the clock's own event store.
 The projector never reads the clock or the configuration: everything it writes is in the events.
 Nothing is left out of the comparison (`ignore` is empty): both tables are decision state.
 
-Set-based: a page of events becomes one upsert per table for each run of events between two
-owner changes (the last state of a row in the run wins), so the timer loop fires a batch of
-timers with one statement, and replay goes a page at a time.
+Set-based: a page of events becomes one upsert statement per table (executed for all its rows)
+for each run of events between two owner changes (the last state of a row in the run wins), so
+the timer loop writes a batch of fired timers with one statement, and replay goes a page at a time.
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ SERVICE = "sla_clock"
 TIMER_EVENTS = tuple(f"sla.{kind}" for kind in ("started", "warning", "met", "breached", "paused", "resumed",
                                                 "cancelled"))
 LIVE = ("open", "paused")
-# Rows per INSERT: well under Postgres' 65,535 bind parameters at 22 columns.
-_CHUNK = 1000
 
 
 @dataclass
@@ -107,11 +105,14 @@ async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
 
 
 async def _upsert(conn: AsyncConnection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
-    for i in range(0, len(rows), _CHUNK):
-        statement = pg_insert(table).values(rows[i:i + _CHUNK])
-        await conn.execute(statement.on_conflict_do_update(
-            index_elements=[table.c[key]],
-            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key}))
+    """One prepared statement for all the rows (executemany: the driver pipelines them); a
+    multi-row VALUES would cost more to compile than to run, and differently for every size."""
+    if not rows:
+        return
+    statement = pg_insert(table)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=[table.c[key]],
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key}), rows)
 
 
 PROJECTION = Projection(service=SERVICE, tables=[timers, leads], apply=apply)
