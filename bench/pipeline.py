@@ -33,6 +33,7 @@ from infra import infrastructure
 
 from services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
 from services.reporting.projections import project  # noqa: E402
+from services.sla_clock.adapters import PostgresClockStore  # noqa: E402
 from services.sla_clock.handlers import fire_due  # noqa: E402
 from services.sla_clock.tables import leads as sla_leads  # noqa: E402
 from services.sla_clock.tables import timers  # noqa: E402
@@ -154,7 +155,7 @@ async def timer_firing(engine, n: int) -> float:
     fired = 0
     while fired < n:
         async with UnitOfWork(engine, "sla_clock") as uow:
-            fired += await fire_due(uow, config, NOW + timedelta(minutes=5), seen=NOW + timedelta(minutes=5))
+            fired += await fire_due(PostgresClockStore(uow), config, NOW + timedelta(minutes=5), seen=NOW + timedelta(minutes=5))
             await uow.commit()
     return n / (time.perf_counter() - start)
 

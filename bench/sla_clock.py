@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
+from services.sla_clock.adapters import PostgresClockStore  # noqa: E402
 from services.sla_clock.handlers import (  # noqa: E402
     fire_due,
     next_due,
@@ -101,8 +102,8 @@ async def burst(engine, n: int) -> list[float]:
             rows = (await uow.conn.execute(text(
                 "SELECT due_at FROM sla_clock.timers WHERE state = 'open' AND next_fire_at <= :now "
                 "ORDER BY next_fire_at LIMIT :limit"), {"now": now, "limit": BATCH})).all()
-            fired = await fire_due(uow, CONFIG, now, seen=now, limit=BATCH)
-            upcoming = await next_due(uow)
+            fired = await fire_due(PostgresClockStore(uow), CONFIG, now, seen=now, limit=BATCH)
+            upcoming = await next_due(PostgresClockStore(uow))
             await uow.commit()
         committed = datetime.now(UTC)
         lags.extend((committed - r.due_at).total_seconds() for r in rows[:fired])
@@ -127,7 +128,7 @@ async def consume(engine, n: int) -> float:
     start = time.perf_counter()
     for handler, event in events:
         async with UnitOfWork(engine, "sla_clock") as uow:
-            await handler(uow, CONFIG, 1, event, now)
+            await handler(PostgresClockStore(uow), CONFIG, 1, event, now)
             await uow.commit()
     return len(events) / (time.perf_counter() - start)
 
@@ -159,12 +160,12 @@ async def main(open_timers: int, burst_size: int, events: int) -> None:
         for _ in range(50):
             async with UnitOfWork(engine, "sla_clock") as uow:
                 now = datetime.now(UTC)
-                _, took = await timed(fire_due(uow, CONFIG, now, seen=now, limit=BATCH))
-                await next_due(uow)
+                _, took = await timed(fire_due(PostgresClockStore(uow), CONFIG, now, seen=now, limit=BATCH))
+                await next_due(PostgresClockStore(uow))
                 await uow.commit()
             rounds.append(took)
         async with UnitOfWork(engine, "sla_clock") as uow:
-            counts, gauge = await timed(open_timer_counts(uow))
+            counts, gauge = await timed(open_timer_counts(PostgresClockStore(uow)))
         figures.update(open_timers=sum(c for _, _, c in counts), load_s=round(load, 1), rss_mb=round(rss_mb(), 1),
                        rss_before_load_mb=round(rss_before, 1),
                        idle_round_ms_p50=round(statistics.median(rounds) * 1000, 2),

@@ -17,6 +17,7 @@ from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext, ServiceSpec
 from shared.uow import UnitOfWork
 
+from .adapters import PostgresClockStore
 from .domain import ClockRules
 from .handlers import (
     fire_due,
@@ -55,18 +56,19 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
 
     async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
         config, version = ctx.config.config, ctx.config.version
+        store = PostgresClockStore(uow)
         if event.type == "lead.received":
-            await on_lead_received(uow, config, version, event, ctx.clock.now(), rules)
+            await on_lead_received(store, config, version, event, ctx.clock.now(), rules)
         elif event.type == "lead.assigned":
-            await on_lead_assigned(uow, config, version, event, ctx.clock.now(), rules)
+            await on_lead_assigned(store, config, version, event, ctx.clock.now(), rules)
         elif event.type == "activity.recorded":
-            await on_activity(uow, config, event, ctx.clock.now(), rules)
+            await on_activity(store, config, event, ctx.clock.now(), rules)
         elif event.type == "lead.queued":
-            await on_lead_queued(uow, config, version, event, ctx.clock.now(), rules)
+            await on_lead_queued(store, config, version, event, ctx.clock.now(), rules)
         elif event.type == "lead.reassigned":
-            await on_lead_reassigned(uow, config, event, ctx.clock.now(), rules)
+            await on_lead_reassigned(store, config, event, ctx.clock.now(), rules)
         elif event.type == "lead.updated":
-            await on_lead_updated(uow, config, version, event, ctx.clock.now(), rules)
+            await on_lead_updated(store, config, version, event, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
         poll = settings.timer_poll_seconds
@@ -82,12 +84,13 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
             try:
                 async with ctx.uow() as uow:
-                    fired = await fire_due(uow, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
+                    store = PostgresClockStore(uow)
+                    fired = await fire_due(store, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
                                            limit=FIRE_BATCH)
-                    upcoming = await next_due(uow)
+                    upcoming = await next_due(store)
                     if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
                         metrics.sla_open_timers.clear()
-                        for metric, tier, count in await open_timer_counts(uow):
+                        for metric, tier, count in await open_timer_counts(store):
                             metrics.sla_open_timers.labels(metric, tier).set(count)
                         last_gauge = loop.time()
                     await uow.commit()

@@ -1,7 +1,8 @@
 """The SLA clock's service layer: start timers, apply touches, fire what is due.
 Timers live in Postgres, so a restart loses none and fires each once: the state change and
 the event it emits commit in one transaction. The state (timers, leads) is a projection of the
-clock's own events (projection.py): handlers decide from it, then record events, and the same
+clock's own events (projection.py): handlers load it through a `ClockStore` (adapters.py: Postgres,
+or an in-memory fake in unit tests), decide (domain.py), then record events, and the same
 projector that replay runs writes the tables. A handler of an input event expects the lead's
 stream at the version it read, so two writers racing on one lead conflict and the loser is
 retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
@@ -9,15 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from sqlalchemy import Row, func, select
 
 from shared import metrics
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy
 from shared.events import (
-    TOPIC_SLA,
     ActivityRecorded,
     CloudEvent,
     LeadAssigned,
@@ -30,7 +29,6 @@ from shared.events import (
     new_event,
     utc_iso,
 )
-from shared.uow import UnitOfWork
 
 from .domain import (
     LEAD_NOTED,
@@ -72,8 +70,12 @@ from .domain import (
     touch_time,
     withdraws_consent,
 )
-from .projection import PROJECTION
-from .tables import leads, timers
+
+if TYPE_CHECKING:
+    from .adapters import ClockStore
+
+# A stored row of the timers or leads table, columns as attributes (see adapters.ClockStore).
+Row = Any
 
 SERVICE = "sla_clock"
 FIRST_RESPONSE, NEXT_ACTION, QUALIFICATION = "first_response", "next_action", "qualification"
@@ -84,68 +86,68 @@ DISQUALIFIED = "disqualified"
 LIVE = ("open", "paused")
 
 
-async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+async def on_lead_received(store: ClockStore, config: Config, version: int, event: CloudEvent,
                            now: datetime, rules: ClockRules = ClockRules()) -> None:
     lead = event.data_as(LeadReceived)
-    await uow.load_version(lead.lead_id)
+    await store.expect_lead(lead.lead_id)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
              "timezone": _valid_zone(lead.contact.timezone)}
     # An assignment that overtook this event may have noted the lead with less to go on.
-    row = await _note_lead(uow, lead.lead_id, event, now, facts, **facts)
+    row = await _note_lead(store, lead.lead_id, event, now, facts, **facts)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
-        await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
+        await _start_all(store, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
 
 
-async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+async def on_lead_assigned(store: ClockStore, config: Config, version: int, event: CloudEvent,
                            now: datetime, rules: ClockRules = ClockRules()) -> None:
     assigned = event.data_as(LeadAssigned)
-    await uow.load_version(assigned.lead_id)
-    lead = await _lead(uow, assigned.lead_id)
+    await store.expect_lead(assigned.lead_id)
+    lead = await store.lead(assigned.lead_id)
     # If the assignment overtook the lead on another topic (the router only assigns known leads),
     # note what the assignment tells us and start from there.
-    await _note_lead(uow, assigned.lead_id, event, now, {
+    await _note_lead(store, assigned.lead_id, event, now, {
         "tier": assigned.tier or "unknown", "source": "unknown", "contactable": True,
         "received_at": assigned.assigned_at, "correlation_id": event.correlationid,
     }, team_id=assigned.team_id, assigned_at=(lead.assigned_at if lead and lead.assigned_at else assigned.assigned_at))
-    await _set_owner(uow, assigned.lead_id, assigned.owner_id, event, now)
-    lead = await _lead(uow, assigned.lead_id)
+    await _set_owner(store, assigned.lead_id, assigned.owner_id, event, now)
+    lead = await store.lead(assigned.lead_id)
     assert lead is not None
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
-        await _start_all(uow, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
+        await _start_all(store, config, version, lead, policy, assigned.assigned_at, assigned.owner_id, event, now,
                          rules, "assigned")
 
 
-async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
+async def on_lead_queued(store: ClockStore, config: Config, version: int, event: CloudEvent,
                          now: datetime, rules: ClockRules = ClockRules()) -> None:
     """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
     so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
     queued = event.data_as(LeadQueued)
-    await uow.load_version(queued.lead_id)
-    lead = await _note_lead(uow, queued.lead_id, event, now, {
+    await store.expect_lead(queued.lead_id)
+    lead = await _note_lead(store, queued.lead_id, event, now, {
         "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
         "correlation_id": event.correlationid,
     }, queued_reason=queued.reason)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
-        await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
+        await _start_all(store, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
 
 
-async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+async def on_lead_reassigned(store: ClockStore, config: Config, event: CloudEvent, now: datetime,
                              rules: ClockRules = ClockRules()) -> None:
     """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
     moved = event.data_as(LeadReassigned)
-    await uow.load_version(moved.lead_id)
-    lead = await _lead(uow, moved.lead_id)
+    await store.expect_lead(moved.lead_id)
+    lead = await store.lead(moved.lead_id)
     if lead is None:
         return
-    await _set_owner(uow, lead.lead_id, moved.to_owner_id, event, now)
+    await _set_owner(store, lead.lead_id, moved.to_owner_id, event, now)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is None:
         return
-    for row in await _timers(uow, lead.lead_id, LIVE):
+    for row in await store.timers(lead.lead_id, LIVE):
         if metric_on_reassign(policy, row.metric) != "reset":
             continue
         # A reset reads the calendar in the new owner's zone, if the metric follows the owner.
@@ -153,35 +155,35 @@ async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent,
         timer = _timer(row)
         step = restart(replace(timer, owner_id=moved.to_owner_id), policy, event.time,
                        _calendar(config, row.calendar, zone))
-        await _apply(uow, config, lead, row, step, event, now, rules, timezone=zone)
+        await _apply(store, config, lead, row, step, event, now, rules, timezone=zone)
 
 
-async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
+async def on_activity(store: ClockStore, config: Config, event: CloudEvent, now: datetime,
                       rules: ClockRules = ClockRules()) -> None:
     activity = event.data_as(ActivityRecorded)
     # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
     # from when it was made; the sender's own occurred_at only within a bounded skew before that.
     at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
-    await uow.load_version(activity.lead_id)
-    lead = await _lead(uow, activity.lead_id)
+    await store.expect_lead(activity.lead_id)
+    lead = await store.lead(activity.lead_id)
     if lead is None or lead.closed_reason is not None:
         return
     policy = select_policy(config, lead.tier, lead.source)
     if policy is None:
         return
-    rows = await _timers(uow, lead.lead_id, None)
+    rows = await store.timers(lead.lead_id, None)
 
     if activity.type in ("pause", "resume"):
         for row in rows:
             timer = _timer(row)
             step = (pause(timer, at) if activity.type == "pause"
                     else resume(timer, at, _calendar(config, row.calendar, row.timezone)))
-            await _apply(uow, config, lead, row, step, event, now, rules)
+            await _apply(store, config, lead, row, step, event, now, rules)
         return
     disposition = activity.disposition.status if activity.disposition else None
     leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disposition == DISQUALIFIED else None
     if leaving is not None:
-        await _leave(uow, config, lead, leaving, at, event, now, rules)
+        await _leave(store, config, lead, leaving, at, event, now, rules)
         return
 
     def counts(metric: str) -> bool:
@@ -191,7 +193,7 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
     if first and (lead.first_touch_at is None or at < lead.first_touch_at):
-        await _note_lead(uow, lead.lead_id, event, now, None, first_touch_at=at)
+        await _note_lead(store, lead.lead_id, event, now, None, first_touch_at=at)
     for row in rows:
         if row.metric not in policy.metrics:
             continue  # decided under a policy the lead's tier no longer selects
@@ -209,32 +211,32 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
                              _calendar(config, row.calendar, row.timezone), ends_cadence=ends_cadence)
         else:
             continue
-        await _apply(uow, config, lead, row, step, event, now, rules)
+        await _apply(store, config, lead, row, step, event, now, rules)
     if first_ever and rows and NEXT_ACTION in policy.metrics:
         # The cadence of follow-ups starts at the first response.
-        await _start_one(uow, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
+        await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
                          now)
 
 
-async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: CloudEvent, now: datetime,
+async def on_lead_updated(store: ClockStore, config: Config, version: int, event: CloudEvent, now: datetime,
                           rules: ClockRules = ClockRules()) -> None:
     """A lead changed (PATCH, a repeat with higher intent, an opt-out): a withdrawn consent ends
     its timers as an opt-out does; a new tier that selects another policy re-plans them."""
     updated = event.data_as(LeadUpdated)
-    await uow.load_version(updated.lead_id)
-    lead = await _lead(uow, updated.lead_id)
+    await store.expect_lead(updated.lead_id)
+    lead = await store.lead(updated.lead_id)
     if lead is None:
         return  # lead.received precedes it on the same partition: a lead we never timed
     at = min(event.time, now)
     if withdraws_consent(updated.reason, updated.changed):
-        await _leave(uow, config, lead, "opted_out", at, event, now, rules)
+        await _leave(store, config, lead, "opted_out", at, event, now, rules)
         return
     before = select_policy(config, lead.tier, lead.source)
-    lead = await _note_lead(uow, lead.lead_id, event, now, None, tier=updated.tier, contactable=updated.contactable)
+    lead = await _note_lead(store, lead.lead_id, event, now, None, tier=updated.tier, contactable=updated.contactable)
     policy = select_policy(config, lead.tier, lead.source)
     if lead.closed_reason is not None or (before and before.id) == (policy and policy.id):
         return  # out of the funnel, or the same policy: the timers stand as they are
-    current = [r for r in await _timers(uow, lead.lead_id, None) if r.reason != POLICY_CHANGED]
+    current = [r for r in await store.timers(lead.lead_id, None) if r.reason != POLICY_CHANGED]
     calendars = {r.sla_id: _calendar(config, r.calendar, r.timezone) for r in current if r.state in LIVE}
     starts = {metric: clock_start(policy, metric, received_at=lead.received_at,
                                   # assigned before assigned_at was kept: receipt, never a later start
@@ -245,10 +247,10 @@ async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: 
     ended, successors = replan([_timer(r) for r in current], policy, at, calendars, starts)
     rows = {r.sla_id: r for r in current}
     for timer, step in ended:
-        await _apply(uow, config, lead, rows[timer.sla_id], step, event, now, rules)
+        await _apply(store, config, lead, rows[timer.sla_id], step, event, now, rules)
     for successor in successors:
         assert policy is not None
-        row = await _start_one(uow, config, version, lead, policy, successor.metric, successor.start, lead.owner_id,
+        row = await _start_one(store, config, version, lead, policy, successor.metric, successor.start, lead.owner_id,
                                event, now, step=successor.step, paused_seconds=successor.paused_seconds)
         if row is None:
             continue
@@ -256,44 +258,35 @@ async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: 
         if successor.paused and step.timer.state == "open":  # a paused lead stays paused
             paused = pause(step.timer, at)
             step = Step(paused.timer, (*step.outcomes, *paused.outcomes))
-        await _apply(uow, config, lead, row, step, event, now, rules)
+        await _apply(store, config, lead, row, step, event, now, rules)
 
 
-async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: datetime | None,
+async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: datetime | None,
                    rules: ClockRules = ClockRules(), limit: int = 200) -> int:
     """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
     up to there; see domain.judge); rows are locked so replicas never double-fire."""
     horizon = judging_horizon(now, seen, rules.tolerance)
-    rows = (await uow.conn.execute(
-        select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
-        .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
-    )).all()
-    by_id = {lead.lead_id: lead for lead in (await uow.conn.execute(
-        select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
-    )).all()} if rows else {}
+    rows = await store.due(horizon, limit)
+    by_id = await store.leads({r.lead_id for r in rows})
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
     for row in rows:
         events += _outcomes(config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
                             None, now, rules)
-    await _record(uow, events)
+    await store.record(events)
     return len(rows)
 
 
-async def next_due(uow: UnitOfWork) -> datetime | None:
-    return await uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
+async def next_due(store: ClockStore) -> datetime | None:
+    return await store.next_due()
 
 
-async def open_timer_counts(uow: UnitOfWork) -> list[tuple[str, str, int]]:
-    rows = await uow.conn.execute(
-        select(timers.c.metric, timers.c.tier, func.count()).where(timers.c.state == "open")
-        .group_by(timers.c.metric, timers.c.tier)
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
+async def open_timer_counts(store: ClockStore) -> list[tuple[str, str, int]]:
+    return await store.open_counts()
 
 
 async def _start_all(
-    uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
+    store: ClockStore, config: Config, version: int, lead: Row, policy: SlaPolicy, start: datetime,
     owner_id: str | None, cause: CloudEvent, now: datetime, rules: ClockRules, start_on: str | None,
 ) -> None:
     """Start the metrics that start on `start_on` (None: all of them, as for a queued lead)."""
@@ -301,26 +294,25 @@ async def _start_all(
         return  # opted out or disqualified: nothing more to time
     for metric in CLOCK_METRICS:
         if metric in policy.metrics and start_on in (None, metric_start_on(policy, metric)):
-            await _start_one(uow, config, version, lead, policy, metric, start, owner_id, cause, now)
+            await _start_one(store, config, version, lead, policy, metric, start, owner_id, cause, now)
     if lead.first_touch_at is None:
         return
     # The touch arrived before the clock started.
     at = max(lead.first_touch_at, start)
-    row = (await _timers(uow, lead.lead_id, ("open",), FIRST_RESPONSE)) or None
+    row = (await store.timers(lead.lead_id, ("open",), FIRST_RESPONSE)) or None
     if row is not None:
-        await _apply(uow, config, lead, row[0], touch(_timer(row[0]), at), cause, now, rules)
+        await _apply(store, config, lead, row[0], touch(_timer(row[0]), at), cause, now, rules)
     if NEXT_ACTION in policy.metrics:
-        await _start_one(uow, config, version, lead, policy, NEXT_ACTION, at, owner_id, cause, now)
+        await _start_one(store, config, version, lead, policy, NEXT_ACTION, at, owner_id, cause, now)
 
 
 async def _start_one(
-    uow: UnitOfWork, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
+    store: ClockStore, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
     owner_id: str | None, cause: CloudEvent, now: datetime, *, step: int = 1, paused_seconds: float = 0.0,
 ) -> Row | None:
     """Start the lead's timer for the metric, unless one already runs (or ran); the stored row."""
-    earlier = (await uow.conn.execute(
-        select(timers.c.reason).where(timers.c.lead_id == lead.lead_id, timers.c.metric == metric))).all()
-    if any(r.reason != POLICY_CHANGED for r in earlier):
+    earlier = await store.reasons(lead.lead_id, metric)
+    if any(reason != POLICY_CHANGED for reason in earlier):
         return None
     # The first timer of a metric keeps its historic id; a successor after a tier change is numbered.
     sla_id = deterministic_id("sla", lead.lead_id, metric, *([str(len(earlier))] if earlier else []))
@@ -331,16 +323,16 @@ async def _start_one(
              **_columns(timer)}
     # A concurrent start of the same timer makes this command conflict at commit (the lead's
     # stream moved): it is retried and then finds the timer started.
-    await _record(uow, [_event("sla.started", timer, cause, lead.correlation_id, now, state=state)])
-    return (await uow.conn.execute(select(timers).where(timers.c.sla_id == sla_id))).one()
+    await store.record([_event("sla.started", timer, cause, lead.correlation_id, now, state=state)])
+    return await store.timer(sla_id)
 
 
-async def _leave(uow: UnitOfWork, config: Config, lead: Row, reason: str, at: datetime, cause: CloudEvent,
+async def _leave(store: ClockStore, config: Config, lead: Row, reason: str, at: datetime, cause: CloudEvent,
                  now: datetime, rules: ClockRules) -> None:
     """The lead left the funnel (opted out, disqualified): every timer ends, none starts again."""
-    await _note_lead(uow, lead.lead_id, cause, now, None, closed_reason=lead.closed_reason or reason)
-    for row in await _timers(uow, lead.lead_id, LIVE):
-        await _apply(uow, config, lead, row, cancel(_timer(row), reason, at), cause, now, rules)
+    await _note_lead(store, lead.lead_id, cause, now, None, closed_reason=lead.closed_reason or reason)
+    for row in await store.timers(lead.lead_id, LIVE):
+        await _apply(store, config, lead, row, cancel(_timer(row), reason, at), cause, now, rules)
 
 
 def _columns(timer: Timer) -> dict:
@@ -356,11 +348,11 @@ _KEPT = ("calendar", "timezone", "closed_at", "root_cause", "reason")
 
 
 async def _apply(
-    uow: UnitOfWork, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
+    store: ClockStore, config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
     now: datetime, rules: ClockRules, *, timezone: str | None = None,
 ) -> None:
     """Record the step's outcomes, which carry the timer's new state; `lead` is the caller's row for it."""
-    await _record(uow, _outcomes(config, lead, row, step, cause, now, rules, timezone=timezone))
+    await store.record(_outcomes(config, lead, row, step, cause, now, rules, timezone=timezone))
 
 
 def _outcomes(
@@ -407,17 +399,6 @@ def _outcomes(
             state.update(closed_at=None, root_cause=None)
             events.append(("sla.started", timer, {"at": outcome.at}))
     return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
-
-
-async def _record(uow: UnitOfWork, events: list[CloudEvent]) -> None:
-    """Apply events to the clock's state tables and queue them for the store, in this transaction:
-    `uow.record` for a batch (the projection writes all of them with one statement per table).
-    sla.* events go to the sla topic; the clock's internal events stay in its store."""
-    if not events:
-        return
-    await PROJECTION.apply(uow.conn, events)
-    for event in events:
-        uow.emit(TOPIC_SLA if event.type.startswith("sla.") else None, event)
 
 
 def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
@@ -487,39 +468,24 @@ def _valid_zone(name: str | None) -> str | None:
     return name
 
 
-async def _lead(uow: UnitOfWork, lead_id: str) -> Row | None:
-    return (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
-
-
-async def _note_lead(uow: UnitOfWork, lead_id: str, cause: CloudEvent, now: datetime,
+async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: datetime,
                      defaults: dict | None, **changes: object) -> Row | None:
     """Note new facts about a lead (sla_clock.lead_noted, the whole record); `defaults`: the record
     of a lead not known yet (None: note nothing about an unknown lead). The lead's row after it."""
-    row = await _lead(uow, lead_id)
+    row = await store.lead(lead_id)
     if row is None and defaults is None:
         return None
     current = dict(row._mapping) if row is not None else {"lead_id": lead_id, **defaults}  # type: ignore[arg-type]
     if row is not None and all(current[k] == v for k, v in changes.items()):
         return row  # nothing new
     facts = LeadFacts(**{**current, **changes})
-    await _record(uow, [new_event(LEAD_NOTED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
+    await store.record([new_event(LEAD_NOTED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, LEAD_NOTED, lead_id), data=facts)])
-    return await _lead(uow, lead_id)
+    return await store.lead(lead_id)
 
 
-async def _set_owner(uow: UnitOfWork, lead_id: str, owner_id: str, cause: CloudEvent, now: datetime) -> None:
+async def _set_owner(store: ClockStore, lead_id: str, owner_id: str, cause: CloudEvent, now: datetime) -> None:
     """The lead and its running timers go to `owner_id` (sla_clock.owner_changed)."""
-    await _record(uow, [new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
+    await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
                                   data=OwnerChanged(lead_id=lead_id, owner_id=owner_id))])
-
-
-async def _timers(uow: UnitOfWork, lead_id: str, states: tuple[str, ...] | None,
-                  metric: str | None = None) -> list[Row]:
-    """The lead's timers, locked: the caller changes them in this transaction."""
-    query = select(timers).where(timers.c.lead_id == lead_id)
-    if states is not None:
-        query = query.where(timers.c.state.in_(states))
-    if metric is not None:
-        query = query.where(timers.c.metric == metric)
-    return list((await uow.conn.execute(query.order_by(timers.c.metric).with_for_update())).all())

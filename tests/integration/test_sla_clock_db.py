@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.handlers import (
     fire_due,
     on_activity,
@@ -60,7 +61,7 @@ def call(lead_id: str, at) -> CloudEvent:
 
 async def handle(ctx, fn, *args) -> None:
     async with ctx.uow() as uow:
-        await fn(uow, *args)
+        await fn(PostgresClockStore(uow), *args)
         await uow.commit()
 
 
@@ -80,7 +81,7 @@ async def start_lead(ctx, clock) -> str:
 async def fire(ctx, now, seen="caught up") -> None:
     """Fire what is due at `now`, with the inputs consumed up to `seen` (by default: up to now)."""
     async with ctx.uow() as uow:
-        await fire_due(uow, ctx.config.config, now, seen=now if seen == "caught up" else seen)
+        await fire_due(PostgresClockStore(uow), ctx.config.config, now, seen=now if seen == "caught up" else seen)
         await uow.commit()
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.handlers import (
     fire_due,
     on_activity,
@@ -79,7 +80,7 @@ async def act(ctx, event: CloudEvent) -> None:
 
 async def fire(ctx, now) -> None:
     async with ctx.uow() as uow:
-        await fire_due(uow, ctx.config.config, now, seen=now)
+        await fire_due(PostgresClockStore(uow), ctx.config.config, now, seen=now)
         await uow.commit()
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.handlers import (
     fire_due,
     on_activity,
@@ -104,9 +105,9 @@ class Clock:
         async def command() -> None:
             async with self.ctx.uow() as uow:
                 if fn is on_activity or fn is on_lead_reassigned:
-                    await fn(uow, cfg, event, now)
+                    await fn(PostgresClockStore(uow), cfg, event, now)
                 else:
-                    await fn(uow, cfg, 1, event, now)
+                    await fn(PostgresClockStore(uow), cfg, 1, event, now)
                 await uow.commit()
 
         await retry_on_conflict(command)
@@ -114,7 +115,7 @@ class Clock:
     async def fire(self) -> None:
         async with self.ctx.uow() as uow:
             now = self.ctx.clock.now()
-            await fire_due(uow, self.ctx.config.config, now, seen=now)
+            await fire_due(PostgresClockStore(uow), self.ctx.config.config, now, seen=now)
             await uow.commit()
 
     async def later(self, **delta: float) -> None:
@@ -257,7 +258,7 @@ async def test_an_assignment_racing_the_receipt_of_its_lead_conflicts_and_is_ret
     async def assign() -> None:
         async with sla.ctx.uow() as uow:
             try:
-                await on_lead_assigned(uow, cfg, 1, assigned(lead_id, now), now)
+                await on_lead_assigned(PostgresClockStore(uow), cfg, 1, assigned(lead_id, now), now)
                 await uow.commit()
                 attempts.append("committed")
             except ConcurrencyConflict:
@@ -265,7 +266,7 @@ async def test_an_assignment_racing_the_receipt_of_its_lead_conflicts_and_is_ret
                 raise
 
     async with sla.ctx.uow() as first:
-        await on_lead_received(first, cfg, 1, received(lead_id, now), now)
+        await on_lead_received(PostgresClockStore(first), cfg, 1, received(lead_id, now), now)
         racing = asyncio.create_task(retry_on_conflict(assign))
         await eventually(lambda: _waiting_on_a_lock(sla.engine), what="the assignment to wait for the receipt")
         await first.commit()

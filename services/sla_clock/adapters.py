@@ -1,0 +1,209 @@
+"""Where the clock's handlers read their state and record their events: the `ClockStore` port,
+its Postgres adapter (one unit of work: one transaction) and an in-memory fake for handler unit
+tests. Both run the same contract suite (tests/sla_store_contract.py).
+
+Reads return rows with the stored columns as attributes (the `timers` and `leads` tables).
+`record` is the only write: it applies the events to the state (the projection) and queues them
+for the event store, in the same transaction; sla.* events are published on the sla topic, the
+clock's internal events stay in its store.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import func, select
+
+from shared.events import TOPIC_SLA, CloudEvent
+from shared.uow import UnitOfWork
+
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
+from .projection import LIVE, PROJECTION, TIMER_EVENTS, timer_row
+from .tables import leads, timers
+
+
+def topic_of(event: CloudEvent) -> str | None:
+    return TOPIC_SLA if event.type.startswith("sla.") else None
+
+
+class ClockStore(Protocol):
+    """The SLA clock's state, for one unit of work."""
+
+    async def expect_lead(self, lead_id: str) -> None:
+        """Decide from the lead's current state: if another writer records about the lead before
+        this unit of work commits, the commit fails (ConcurrencyConflict) and the command is retried."""
+
+    async def lead(self, lead_id: str) -> Any | None: ...
+
+    async def leads(self, lead_ids: Iterable[str]) -> dict[str, Any]: ...
+
+    async def timers(self, lead_id: str, states: tuple[str, ...] | None = None,
+                     metric: str | None = None) -> list[Any]:
+        """The lead's timers by metric, held for this unit of work (the timer loop skips them)."""
+
+    async def timer(self, sla_id: str) -> Any: ...
+
+    async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
+        """The end reason of each timer the lead ever had for the metric (None: not cancelled)."""
+
+    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+        """Open timers to look at by `horizon`, soonest first, skipping those another unit of
+        work holds (so that replicas never fire one twice)."""
+
+    async def next_due(self) -> datetime | None: ...
+
+    async def open_counts(self) -> list[tuple[str, str, int]]: ...
+
+    async def record(self, events: Sequence[CloudEvent]) -> None: ...
+
+
+class PostgresClockStore:
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    async def expect_lead(self, lead_id: str) -> None:
+        await self.uow.load_version(lead_id)
+
+    async def lead(self, lead_id: str) -> Any | None:
+        return (await self.uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
+
+    async def leads(self, lead_ids: Iterable[str]) -> dict[str, Any]:
+        ids = list(lead_ids)
+        if not ids:
+            return {}
+        rows = await self.uow.conn.execute(select(leads).where(leads.c.lead_id.in_(ids)))
+        return {row.lead_id: row for row in rows}
+
+    async def timers(self, lead_id: str, states: tuple[str, ...] | None = None,
+                     metric: str | None = None) -> list[Any]:
+        query = select(timers).where(timers.c.lead_id == lead_id)
+        if states is not None:
+            query = query.where(timers.c.state.in_(states))
+        if metric is not None:
+            query = query.where(timers.c.metric == metric)
+        return list((await self.uow.conn.execute(query.order_by(timers.c.metric).with_for_update())).all())
+
+    async def timer(self, sla_id: str) -> Any:
+        return (await self.uow.conn.execute(select(timers).where(timers.c.sla_id == sla_id))).one()
+
+    async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
+        rows = await self.uow.conn.execute(
+            select(timers.c.reason).where(timers.c.lead_id == lead_id, timers.c.metric == metric))
+        return [r.reason for r in rows]
+
+    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+        return list((await self.uow.conn.execute(
+            select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
+            .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
+        )).all())
+
+    async def next_due(self) -> datetime | None:
+        return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
+
+    async def open_counts(self) -> list[tuple[str, str, int]]:
+        rows = await self.uow.conn.execute(
+            select(timers.c.metric, timers.c.tier, func.count()).where(timers.c.state == "open")
+            .group_by(timers.c.metric, timers.c.tier))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def record(self, events: Sequence[CloudEvent]) -> None:
+        # UnitOfWork.record, for a batch: the projection writes it with one statement per table.
+        if not events:
+            return
+        await PROJECTION.apply(self.uow.conn, events)
+        for event in events:
+            self.uow.emit(topic_of(event), event)
+
+
+class Record:
+    """A row of the fake: the stored columns as attributes, like a SQLAlchemy Row."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:
+        return f"Record({self.__dict__!r})"
+
+
+_TIMER_COLUMNS = tuple(c.name for c in timers.columns)
+_LEAD_COLUMNS = tuple(c.name for c in leads.columns)
+
+
+class InMemoryClockStore:
+    """The fake: the same state from the same events, in dicts. `recorded`: (topic, event) in order;
+    `expected`: the leads a handler decided about."""
+
+    def __init__(self) -> None:
+        self.timer_rows: dict[str, dict[str, Any]] = {}
+        self.lead_rows: dict[str, dict[str, Any]] = {}
+        self.recorded: list[tuple[str | None, CloudEvent]] = []
+        self.expected: list[str] = []
+
+    async def expect_lead(self, lead_id: str) -> None:
+        self.expected.append(lead_id)
+
+    async def lead(self, lead_id: str) -> Any | None:
+        row = self.lead_rows.get(lead_id)
+        return Record(row) if row is not None else None
+
+    async def leads(self, lead_ids: Iterable[str]) -> dict[str, Any]:
+        return {i: Record(self.lead_rows[i]) for i in lead_ids if i in self.lead_rows}
+
+    async def timers(self, lead_id: str, states: tuple[str, ...] | None = None,
+                     metric: str | None = None) -> list[Any]:
+        rows = [r for r in self.timer_rows.values() if r["lead_id"] == lead_id
+                and (states is None or r["state"] in states) and (metric is None or r["metric"] == metric)]
+        return [Record(r) for r in sorted(rows, key=lambda r: r["metric"])]
+
+    async def timer(self, sla_id: str) -> Any:
+        return Record(self.timer_rows[sla_id])
+
+    async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
+        return [r["reason"] for r in self.timer_rows.values() if r["lead_id"] == lead_id and r["metric"] == metric]
+
+    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+        rows = [r for r in self.timer_rows.values()
+                if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= horizon]
+        return [Record(r) for r in sorted(rows, key=lambda r: r["next_fire_at"])[:limit]]
+
+    async def next_due(self) -> datetime | None:
+        return min((r["next_fire_at"] for r in self.timer_rows.values()
+                    if r["state"] == "open" and r["next_fire_at"] is not None), default=None)
+
+    async def open_counts(self) -> list[tuple[str, str, int]]:
+        counts: dict[tuple[str, str], int] = {}
+        for r in self.timer_rows.values():
+            if r["state"] == "open":
+                counts[(r["metric"], r["tier"])] = counts.get((r["metric"], r["tier"]), 0) + 1
+        return [(metric, tier, n) for (metric, tier), n in sorted(counts.items())]
+
+    async def record(self, events: Sequence[CloudEvent]) -> None:
+        appliers = {**{kind: self._timer_changed for kind in TIMER_EVENTS}, LEAD_NOTED: self._lead_noted,
+                    OWNER_CHANGED: self._owner_changed}
+        for event in events:
+            applier = appliers.get(event.type)
+            if applier is not None:
+                applier(event)
+            self.recorded.append((topic_of(event), event))
+
+    def _timer_changed(self, event: CloudEvent) -> None:
+        row = timer_row(event)
+        if row is not None:
+            self.timer_rows[row["sla_id"]] = {c: row.get(c) for c in _TIMER_COLUMNS}
+
+    def _lead_noted(self, event: CloudEvent) -> None:
+        facts = LeadFacts.model_validate(event.data).model_dump()
+        self.lead_rows[facts["lead_id"]] = {c: facts.get(c) for c in _LEAD_COLUMNS}
+
+    def _owner_changed(self, event: CloudEvent) -> None:
+        change = OwnerChanged.model_validate(event.data)
+        if change.lead_id in self.lead_rows:
+            self.lead_rows[change.lead_id]["owner_id"] = change.owner_id
+        for r in self.timer_rows.values():
+            if r["lead_id"] == change.lead_id and r["state"] in LIVE:
+                r["owner_id"] = change.owner_id
