@@ -12,7 +12,15 @@ from sqlalchemy import select
 from shared.clock import ManualClock
 from shared.consumer import EventConsumer, Subscription
 from shared.db import OUTBOX
-from shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
+from shared.events import (
+    TOPIC_NOTIFICATIONS,
+    BadEvent,
+    CloudEvent,
+    LeadDequeued,
+    LeadQueued,
+    Received,
+    new_event,
+)
 from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
 
@@ -24,13 +32,14 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     lead = f"lead-{uuid.uuid4()}"
     handled: list[str] = []
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         if event.data.get("reason") == "poison":
             raise BadEvent("reason: poison is not allowed")
         handled.append(event.id)
         # An effect that lands in the outbox, so "done once" is visible in the database.
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
-                                                cause=event, data=LeadQueued(**event.data)))
+                                                cause=event, data=LeadDequeued(**event.data)))
 
     def event(reason: str) -> CloudEvent:
         return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
@@ -41,7 +50,7 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     for value in (first.to_bytes(), garbage, first.to_bytes(), poison.to_bytes(), second.to_bytes()):
         await producer.send_and_wait(topic, value, key=lead.encode())
 
-    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}), service="notifier",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
@@ -74,12 +83,13 @@ async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engin
     run = uuid.uuid4().hex[:8]
     group = f"test-rebalance-{run}"
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=f"{run}-effect",
-                                                time=NOW, cause=event, data=LeadQueued(**event.data)))
+                                                time=NOW, cause=event, data=LeadDequeued(**event.data)))
 
     def member() -> EventConsumer:
-        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+        return EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
 
     async def produce(n: int, start: int) -> set[str]:
@@ -137,13 +147,14 @@ async def test_stopping_mid_batch_loses_nothing_and_repeats_nothing(engine, prod
     handled: list[str] = []
     stop_first = asyncio.Event()
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         handled.append(event.id)
         if len(handled) == 3:
             stop_first.set()  # shutdown arrives while the fetched batch still holds records
 
     def member() -> EventConsumer:
-        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+        return EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
 
     await member().run(stop_first)
@@ -170,11 +181,12 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
         await conn.exec_driver_sql(
             f"CREATE TABLE {table} (id int, CONSTRAINT {table}_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         if event.data["reason"] == "culprit":  # passes here, fails the transaction's commit
             await uow.conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1), (1)")
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
-                                                cause=event, data=LeadQueued(**event.data)))
+                                                cause=event, data=LeadDequeued(**event.data)))
 
     events = [new_event("lead.queued", service="router", lead_id=lead, time=NOW,
                         data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=reason))
@@ -183,7 +195,7 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
         await producer.send(topic, event.to_bytes(), key=lead.encode())
     await producer.flush()
 
-    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}), service="notifier",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                              clock=ManualClock(NOW))
     stop = asyncio.Event()

@@ -7,7 +7,7 @@ from shared.events import (
     BadEvent,
     CloudEvent,
     LeadQueued,
-    SlaEventData,
+    SlaBreached,
     new_event,
 )
 
@@ -16,7 +16,7 @@ NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 
 def test_envelope_round_trips_and_times_are_utc_with_z() -> None:
     local = datetime(2026, 11, 17, 10, 0, tzinfo=timezone(timedelta(hours=1)))
-    event = new_event("sla.breached", service="sla_clock", lead_id="l1", time=local, data=SlaEventData(
+    event = new_event("sla.breached", service="sla_clock", lead_id="l1", time=local, data=SlaBreached(
         lead_id="l1", sla_id="s", metric="first_response", policy_id="p", policy_version=1, owner_id=None,
         due_at=local))
     raw = event.to_bytes()
