@@ -6,6 +6,7 @@ from shared.events import (
     EVENT_DATA,
     BadEvent,
     CloudEvent,
+    LeadDequeued,
     LeadQueued,
     SlaBreached,
     new_event,
@@ -29,7 +30,7 @@ def test_causation_and_correlation_chain() -> None:
     first = new_event("lead.queued", service="router", lead_id="l", time=NOW,
                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
     second = new_event("lead.dequeued", service="router", lead_id="l", time=NOW, cause=first,
-                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
+                       data=LeadDequeued(lead_id="l", tier="A", queue="q", reason="r"))
     assert first.correlationid == first.id
     assert second.correlationid == first.id and second.causationid == first.id
 
