@@ -21,6 +21,7 @@ from .envelope import (
 from .payloads import (
     DEADLETTER_PREFIX_BYTES,
     PAYLOADS,
+    SLA_PAYLOADS,
     ActivityRecorded,
     Candidate,
     Company,
@@ -55,12 +56,6 @@ from .payloads import (
 )
 from .received import Received
 
-# The registry under its former name (notifier's subscription patterns are checked against it).
-EVENT_DATA = PAYLOADS
-SLA_PAYLOADS: dict[str, type[SlaEventData]] = {
-    cls.TYPE.removeprefix("sla."): cls for cls in PAYLOADS.values() if issubclass(cls, SlaEventData)
-}
-
 __all__ = [
     "ALL_TOPICS",
     "ActivityRecorded",
@@ -74,7 +69,6 @@ __all__ = [
     "DEADLETTER_PREFIX_BYTES",
     "DeadLetter",
     "Disposition",
-    "EVENT_DATA",
     "EscalationTriggered",
     "Intent",
     "LeadAssigned",
@@ -88,10 +82,10 @@ __all__ = [
     "NotificationResult",
     "NotificationSent",
     "PAYLOADS",
+    "SLA_PAYLOADS",
     "Payload",
     "QueueChange",
     "Received",
-    "SLA_PAYLOADS",
     "SlaBreached",
     "SlaCancelled",
     "SlaEventData",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
-
-M = TypeVar("M", bound=BaseModel)
 
 CONTENT_TYPE = b"application/cloudevents+json"
 
@@ -69,12 +67,6 @@ class CloudEvent(WireModel):
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from exc
-
-    def data_as(self, model: type[M]) -> M:
-        try:
-            return model.model_validate(self.data)
-        except ValidationError as exc:
-            raise BadEvent(f"{self.type} data invalid: " + describe_validation_error(exc)) from exc
 
 
 class BadEvent(ValueError):

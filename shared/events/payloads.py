@@ -299,6 +299,12 @@ class DeadLetter(Payload):
 DEADLETTER_PREFIX_BYTES = 64 * 1024
 
 
+# sla.<kind> -> its payload class (the clock emits them by kind).
+SLA_PAYLOADS: dict[str, type[SlaEventData]] = {
+    cls.TYPE.removeprefix("sla."): cls for cls in PAYLOADS.values() if issubclass(cls, SlaEventData)
+}
+
+
 def payload_class(event_type: str) -> type[Payload] | None:
     return PAYLOADS.get(event_type)
 
