@@ -6,6 +6,10 @@ under a savepoint, write the outbox rows. Postgres commits first, Kafka offsets 
 in between only redelivers records whose ids are already recorded. A record that can never be
 processed goes to `leads.deadletter` (through the outbox, in the same transaction) with its
 bytes and the reason; the consumer goes on. A database outage is waited out, never dead-lettered.
+
+Dispatch is by payload class: a record's `data` is decoded into its type's payload class once,
+here at the edge, before the transaction; one whose data does not fit is a dead letter naming
+the field, and a type the subscription has no handler for is tracked and skipped.
 """
 from __future__ import annotations
 
@@ -268,6 +272,8 @@ class EventConsumer:
             return event, self.sub.typed(event), None
         except BadEvent as exc:  # the envelope is fine, its data does not fit its type
             return None, None, ("invalid_data", str(exc))
+        except Exception as exc:
+            return None, None, ("invalid_data", f"{type(exc).__name__}: {exc}")
 
     async def _handle_batch(self, decoded: list[Decoded]) -> list[tuple[ConsumerRecord, str, str]]:
         """One transaction: the batch's tracking ids, each new event's handler under a savepoint,
