@@ -168,8 +168,8 @@ async def inject(stack: Stack, fault: str, at: float, duration: float) -> None:
 
 async def audit(database_url: str, run: Run) -> dict:
     conn = await asyncpg.connect(database_url)
-    rows = await conn.fetch("SELECT key, event_type, payload FROM sla_clock.outbox "
-                            "WHERE event_type IN ('sla.met', 'sla.breached', 'sla.cancelled') ORDER BY id")
+    rows = await conn.fetch("SELECT key, event_type, payload FROM sla_clock.events "
+                            "WHERE event_type IN ('sla.met', 'sla.breached', 'sla.cancelled') ORDER BY position")
     await conn.close()
     outcome: dict[str, list[dict]] = {}
     for row in rows:

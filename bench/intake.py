@@ -6,10 +6,10 @@ Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints leads per second and the ratio to each peer:
   bare FastAPI         a FastAPI endpoint that parses a comparable JSON body and answers 201,
                        served in-process (ASGI) and driven by the same httpx client
-  POST /v1/leads       one lead per request: normalization, dedupe, lead row + outbox, commit
+  POST /v1/leads       one lead per request: normalization, dedupe, lead row + event store, commit
   POST /v1/leads:batch 500 leads per request, one transaction
   raw broker           aiokafka produce (acks=all) + consume of the same bare bodies
-  Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the outbox
+  Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the store
 Goals (issue 7): HTTP single >= 0.4x bare, Kafka path >= 0.5x raw broker.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ async def raw_broker(bootstrap: str, producer, n: int) -> float:
 
 
 async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: int) -> float:
-    """Bare bodies on a raw topic -> intake's submission handler -> lead.received (outbox)."""
+    """Bare bodies on a raw topic -> intake's submission handler -> lead.received (store)."""
     topic = await new_topic(bootstrap)
     handler = intake_bootstrap(ctx).subscriptions[0]
     done, count = asyncio.Event(), 0

@@ -6,10 +6,10 @@ Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints events per second and the ratio to the peer:
   raw broker    aiokafka producer, acks=all, CloudEvent-sized records
   raw postgres  one-row INSERT transactions, one connection (one consumer handles events so)
-  outbox relay  committed outbox rows -> Kafka, marked sent                    (vs raw broker)
+  relay         the event store -> Kafka, position tracked                   (vs raw broker)
   consumer      records -> idempotency row + reporting projection, one tx per batch (vs raw postgres)
   timer firing  due timers -> sla.breached + state change                      (vs raw postgres)
-  intake HTTP   POST /v1/leads in-process (validation, dedupe, outbox)         (vs raw postgres)
+  intake HTTP   POST /v1/leads in-process (validation, dedupe, store)          (vs raw postgres)
 """
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ async def run(url: str, bootstrap: str, events: int) -> None:
             ("raw postgres (1-row tx)", pg_rate, None, small),
             ("outbox relay -> Kafka", await outbox_relay(engine, bootstrap, events), broker_rate, events),
             ("consumer + projection (1 tx/batch)", await consumer(engine, bootstrap, small), pg_rate, small),
-            ("timer firing (breach + outbox)", await timer_firing(engine, small), pg_rate, small),
+            ("timer firing (breach + store)", await timer_firing(engine, small), pg_rate, small),
             ("intake POST /v1/leads (in-process)", await intake_http(engine, url, bootstrap, small // 5), pg_rate,
              small // 5),
         ]

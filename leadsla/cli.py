@@ -123,17 +123,19 @@ def keys_create(
 async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int, str]]:
     from sqlalchemy import func, select
 
-    from shared.db import OUTBOX, make_engine
+    from shared.db import make_engine
+    from shared.eventstore import EVENTS, PARKED
 
     engine = make_engine(database_url)
     found = []
     try:
         async with engine.connect() as conn:
             for service in SERVICES:
-                t = OUTBOX[service]
+                t, parked = EVENTS[service], PARKED[service]
                 rows = await conn.execute(
-                    select(t.c.id, t.c.key, t.c.event_type, func.length(t.c.payload), t.c.error)
-                    .where(t.c.parked_at.is_not(None), t.c.sent_at.is_(None)).order_by(t.c.id))
+                    select(t.c.position, t.c.key, t.c.event_type, func.length(t.c.payload),
+                           func.coalesce(parked.c.error, "held behind an earlier parked event of this lead"))
+                    .join(parked, parked.c.position == t.c.position).order_by(t.c.position))
                 found += [(service, *row) for row in rows]
     finally:
         await engine.dispose()
@@ -142,22 +144,26 @@ async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int,
 
 @outbox_app.command("list")
 def outbox_list() -> None:
-    """Show every parked outbox row: service, row id, lead, event type, size and the broker's error."""
+    """Show every parked event: service, store position, lead, event type, size and the broker's error."""
     rows = asyncio.run(_parked_rows(Settings().database_url))
-    table = Table("service", "row", "lead", "type", "bytes", "error")
+    table = Table("service", "position", "lead", "type", "bytes", "error")
     for service, row_id, key, event_type, size, error in rows:
         table.add_row(service, str(row_id), key, event_type, str(size), error or "")
     Console().print(table if rows else "no parked rows")
 
 
-async def _release(database_url: str, services: tuple[str, ...]) -> int:
+async def _release(settings: Settings, services: tuple[str, ...]) -> int:
+    from shared.bus import make_producer
     from shared.db import make_engine
     from shared.outbox import release_parked
 
-    engine = make_engine(database_url)
+    engine = make_engine(settings.database_url)
+    producer = make_producer(settings.kafka_bootstrap)
+    await producer.start()
     try:
-        return sum([await release_parked(engine, service) for service in services])
+        return sum([await release_parked(engine, service, producer) for service in services])
     finally:
+        await producer.stop()
         await engine.dispose()
 
 
@@ -185,34 +191,84 @@ async def _replay_reporting(database_url: str, verify: bool) -> tuple[int, float
 
 @outbox_app.command("retry")
 def outbox_retry(service: Annotated[str | None, typer.Argument(help="only this service's rows")] = None) -> None:
-    """Give parked rows another try (after raising the broker's limit, say); they leave in order."""
+    """Send parked events again (after raising the broker's limit, say); they leave in order."""
     if service is not None and service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    released = asyncio.run(_release(Settings().database_url, (service,) if service else SERVICES))
-    console.print(f"{released} parked rows released")
+    released = asyncio.run(_release(Settings(), (service,) if service else SERVICES))
+    console.print(f"{released} parked events sent")
+
+
+async def _skip(database_url: str, service: str, positions: list[int]) -> int:
+    from shared.db import make_engine
+    from shared.outbox import skip_parked
+
+    engine = make_engine(database_url)
+    try:
+        return await skip_parked(engine, service, positions)
+    finally:
+        await engine.dispose()
+
+
+@outbox_app.command("skip")
+def outbox_skip(service: Annotated[str, typer.Argument(help="the service whose store holds the rows")],
+                positions: Annotated[list[int], typer.Argument(help="store positions, from `outbox list`")]) -> None:
+    """Give up publishing refused events (they stay in the store); the lead's later events then go
+    with the next `outbox retry`."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    skipped = asyncio.run(_skip(Settings().database_url, service, positions))
+    console.print(f"{skipped} refused events skipped")
 
 
 @app.command()
 def replay(
-    service: Annotated[str, typer.Argument(help="the service whose state to rebuild: reporting")],
+    service: Annotated[str, typer.Argument(help="the service whose state to rebuild")],
     verify: Annotated[bool, typer.Option(help="rebuild aside, compare with the live state, exit 1 on a difference")]
     = False,
 ) -> None:
-    """Rebuild a service's state from its event record, with a progress bar and events/s."""
-    if service != "reporting":
-        console.print(f"[red]replay of {service!r} is not built yet[/red]; available: reporting")
-        raise typer.Exit(2)
+    """Rebuild a service's state from its event store (reporting: from the topics), with a
+    progress bar and events/s; --verify rebuilds aside and compares with the live tables."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     configure_logging("WARNING")
-    events, seconds, differences = asyncio.run(_replay_reporting(Settings().database_url, verify))
+    settings = Settings()
+    if service == "reporting":
+        events, seconds, differences = asyncio.run(_replay_reporting(settings.database_url, verify))
+        examples: dict[str, list[str]] = {}
+        source = "its input topics"
+    else:
+        result = asyncio.run(_replay_store(settings.database_url, service, verify))
+        events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
+        source = "its event store"
     rate = events / seconds if seconds > 0 else 0.0
-    console.print(f"{'verified' if verify else 'rebuilt'} reporting from {events} events in {seconds:.2f}s "
-                  f"({rate:,.0f} events/s)")
+    console.print(f"{'verified' if verify else 'rebuilt'} {service} from {events} events of {source} in "
+                  f"{seconds:.2f}s ({rate:,.0f} events/s)")
     if differences:
         for table, rows in differences.items():
             console.print(f"[red]{table}: {rows} rows differ from a rebuild[/red]")
+            for example in examples.get(table, []):
+                console.print(f"  {example}", markup=False)
         raise typer.Exit(1)
     if verify:
-        console.print("live read models match a rebuild")
+        console.print("live state matches a rebuild")
+
+
+async def _replay_store(database_url: str, service: str, verify: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from shared.db import make_engine
+    from shared.replay import rebuild, stored_events
+
+    projection = importlib.import_module(f"services.{service}.projection").PROJECTION
+    engine = make_engine(database_url)
+    try:
+        total = await stored_events(engine, service)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            task = bar.add_task(f"{'verifying' if verify else 'rebuilding'} {service}", total=total)
+            return await rebuild(engine, projection, verify=verify, progress=lambda n: bar.advance(task, n))
+    finally:
+        await engine.dispose()
 
 
 @app.command()

@@ -47,9 +47,13 @@ from .events import (
     new_event,
     payload_class,
 )
+from .eventstore import ConcurrencyConflict
+from .replay import Projection
 from .uow import UnitOfWork
 
 log = structlog.get_logger()
+
+CONFLICT_RETRIES = 5
 
 # One signature for every handler a subscription dispatches to: the unit of work, and the event
 # with its payload already decoded into the class the handler is registered under.
@@ -138,8 +142,10 @@ class EventConsumer:
         clock: Clock,
         session_timeout_ms: int = 6000,
         lag_interval: float = 5.0,
+        projection: Projection | None = None,
     ) -> None:
         self.sub = subscription
+        self._projection = projection
         self._service = service
         self._bootstrap = bootstrap
         self._engine = engine
@@ -279,7 +285,7 @@ class EventConsumer:
         """One transaction: the batch's tracking ids, each new event's handler under a savepoint,
         the dead letters. Returns the dead letters (record, kind, reason) it wrote."""
         letters: list[tuple[ConsumerRecord, str, str]] = []
-        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup, self._projection) as uow:
             ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
             new: set[str] = set()
             if ids:
@@ -325,15 +331,23 @@ class EventConsumer:
         await self._retrying(lambda: self._deadletter(record, kind, reason), stop)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        """Run `attempt` until it stops failing because the database is unavailable: an outage
+        """Run `attempt` until it stops failing because the database is unavailable (or a stream
+        moved under it): an outage
         delays a record, it never turns a good record into a dead letter. An error that looks like
         an outage while the database answers is this record's own: it goes on as such."""
-        delay, tries = 0.0, 0
+        delay, tries, conflicts = 0.0, 0, 0
         while True:
             try:
                 result = await attempt()
                 database_outage.up()
                 return result
+            except ConcurrencyConflict:
+                # Another writer appended to one of the batch's streams first: run the handlers
+                # again from fresh state.
+                conflicts += 1
+                if conflicts >= CONFLICT_RETRIES:
+                    raise
+                continue
             except Exception as exc:
                 if not is_database_unavailable(exc):
                     raise
@@ -365,7 +379,7 @@ class EventConsumer:
 
     async def _deadletter(self, record: ConsumerRecord, kind: str, reason: str) -> None:
         """`kind` is a bounded metric label; `reason` is the full text, kept in the event."""
-        async with UnitOfWork(self._engine, self._service, self._relay_wakeup) as uow:
+        async with UnitOfWork(self._engine, self._service, self._relay_wakeup, self._projection) as uow:
             if not await self._write_deadletter(uow, record, kind, reason):
                 return
             await uow.commit()

@@ -11,7 +11,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Index,
     LargeBinary,
     MetaData,
     String,
@@ -19,7 +18,6 @@ from sqlalchemy import (
     Text,
     func,
     select,
-    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -36,29 +34,6 @@ PLATFORM_SCHEMA = "leadsla"
 metadata = MetaData()
 
 
-def outbox_table(schema: str) -> Table:
-    return Table(
-        "outbox",
-        metadata,
-        Column("id", BigInteger, primary_key=True, autoincrement=True),
-        Column("topic", String, nullable=False),
-        Column("key", String, nullable=False),
-        Column("event_id", String, nullable=False),
-        Column("event_type", String, nullable=False),
-        Column("payload", LargeBinary, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("sent_at", DateTime(timezone=True)),
-        # A row the broker refuses for good (too large, say) is parked with the reason; it holds
-        # back only the later rows of its own key (lead), never other leads.
-        Column("parked_at", DateTime(timezone=True)),
-        Column("error", Text),
-        Index(f"ix_{schema}_outbox_pending", "id", postgresql_where=text("sent_at IS NULL")),
-        Index(f"ix_{schema}_outbox_parked", "key", "id",
-              postgresql_where=text("parked_at IS NOT NULL AND sent_at IS NULL")),
-        schema=schema,
-    )
-
-
 def processed_events_table(schema: str) -> Table:
     return Table(
         "processed_events",
@@ -70,7 +45,6 @@ def processed_events_table(schema: str) -> Table:
     )
 
 
-OUTBOX = {schema: outbox_table(schema) for schema in SERVICE_SCHEMAS}
 PROCESSED = {schema: processed_events_table(schema) for schema in SERVICE_SCHEMAS}
 
 api_keys = Table(

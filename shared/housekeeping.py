@@ -1,8 +1,8 @@
 """Retention for the bookkeeping tables every service schema has.
 
-Sent outbox rows are only kept for debugging. Processed event ids must outlive the broker's
-retention (a redelivered record whose id was pruned would be handled again), so they are kept
-much longer. Pending outbox rows are never touched.
+The event store is the system of record: nothing in it is deleted unless an operator sets a
+retention, and then only events already published. Processed event ids must outlive the
+broker's retention (a redelivered record whose id was pruned would be handled again).
 """
 from __future__ import annotations
 
@@ -10,36 +10,42 @@ import asyncio
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .aio import sleep_unless_stopped
+from .aio import run_loop
 from .clock import Clock
-from .db import OUTBOX, PROCESSED
+from .db import PROCESSED
+from .eventstore import EVENTS, RELAY
 
 log = structlog.get_logger()
 
 
 async def prune(
-    engine: AsyncEngine, schema: str, now: datetime, keep_sent: timedelta, keep_processed: timedelta
+    engine: AsyncEngine, schema: str, now: datetime, keep_events: timedelta | None, keep_processed: timedelta
 ) -> tuple[int, int]:
-    """Delete sent outbox rows and processed ids older than their retention; returns the counts."""
-    outbox, processed = OUTBOX[schema], PROCESSED[schema]
+    """Delete processed ids, and published events if a retention is set, older than their
+    retention; returns the counts."""
+    events, processed, relay = EVENTS[schema], PROCESSED[schema], RELAY[schema]
     async with engine.begin() as conn:
-        sent = await conn.execute(delete(outbox).where(outbox.c.sent_at < now - keep_sent))
+        pruned = 0
+        if keep_events is not None:
+            published = select(func.coalesce(func.max(relay.c.published_position), 0)).scalar_subquery()
+            pruned = (await conn.execute(delete(events).where(
+                events.c.recorded_at < now - keep_events, events.c.position <= published))).rowcount
         ids = await conn.execute(delete(processed).where(processed.c.processed_at < now - keep_processed))
-    return sent.rowcount, ids.rowcount
+    return pruned, ids.rowcount
 
 
 async def run_housekeeping(
     engine: AsyncEngine, schema: str, clock: Clock, stop: asyncio.Event, *,
-    keep_sent: timedelta, keep_processed: timedelta, every: float = 3600,
+    keep_events: timedelta | None, keep_processed: timedelta, every: float = 3600,
 ) -> None:
-    while not stop.is_set():
-        try:
-            sent, ids = await prune(engine, schema, clock.now(), keep_sent, keep_processed)
-            if sent or ids:
-                log.info("housekeeping.pruned", schema=schema, outbox_rows=sent, processed_ids=ids)
-        except Exception as exc:  # retention can wait for the next round
-            log.warning("housekeeping.failed", schema=schema, error=str(exc))
-        await sleep_unless_stopped(stop, every)
+    async def prune_round() -> float:
+        events, ids = await prune(engine, schema, clock.now(), keep_events, keep_processed)
+        if events or ids:
+            log.info("housekeeping.pruned", schema=schema, events=events, processed_ids=ids)
+        return every
+
+    await run_loop("housekeeping", prune_round, stop, idle=every, backoff_first=60, backoff_cap=every,
+                   schema=schema)

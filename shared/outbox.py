@@ -1,13 +1,16 @@
-"""The outbox relay: publishes committed outbox rows to Kafka in id order and marks them sent.
+"""The relay: publishes a service's event store to Kafka in position order and keeps the
+position it has published up to (`<schema>.relay_position`).
 
 One relay per service schema is active at a time (a transaction-scoped advisory lock), so a
-lead's events leave in the order they were committed even when several replicas run. A crash
-between the broker's ack and the `sent_at` update re-sends those rows: consumers dedupe by id.
+lead's events leave in the order they were appended even when several replicas run. Appends
+commit in position order (see eventstore), so the cursor never passes a row still to come. A
+crash between the broker's ack and the position update re-sends those rows: consumers dedupe by
+id.
 
 A row the broker refuses for good (larger than its record limit, say) is parked with the
 error instead of being retried forever: it holds back only the later rows of its own key
 (one lead's events stay in order), never other leads. Parked rows show in
-`leadsla_outbox_parked`, in `/readyz` and in an alert; an operator releases them with
+`leadsla_outbox_parked`, in `/readyz` and in an alert; an operator sends them again with
 `leadsla outbox retry`.
 """
 from __future__ import annotations
@@ -25,13 +28,14 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
-from .aio import next_backoff, sleep_unless_stopped
-from .db import OUTBOX
+from .aio import run_loop
 from .events import CONTENT_TYPE
+from .eventstore import EVENTS, PARKED, RELAY
 
 log = structlog.get_logger()
 
@@ -74,7 +78,7 @@ class OutboxRelay:
     ) -> None:
         self._engine = engine
         self._schema = schema
-        self._table = OUTBOX[schema]
+        self._table = EVENTS[schema]
         self._producer = producer
         self._wakeup = wakeup
         self._batch_size = batch_size
@@ -93,48 +97,53 @@ class OutboxRelay:
         return None
 
     async def publish_batch(self) -> int:
-        """Publish up to one batch; returns how many rows went out (or were parked)."""
-        t = self._table
-        parked = t.alias("parked")
+        """Publish the store's next rows after the published position; returns how many went
+        out (or were parked). The position moves in the same transaction as the parking."""
+        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
         async with self._engine.begin() as conn:
             if not await conn.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))):
                 return 0
-            earlier_row_parked = exists().where(and_(
-                parked.c.key == t.c.key, parked.c.id < t.c.id,
-                parked.c.parked_at.is_not(None), parked.c.sent_at.is_(None)))
+            position = await conn.scalar(select(relay.c.published_position).where(relay.c.id == 1)) or 0
             rows = (
                 await conn.execute(
-                    select(t.c.id, t.c.topic, t.c.key, t.c.payload)
-                    .where(t.c.sent_at.is_(None), t.c.parked_at.is_(None), ~earlier_row_parked)
-                    .order_by(t.c.id)
+                    select(t.c.position, t.c.topic, t.c.key, t.c.payload)
+                    .where(t.c.position > position)
+                    .order_by(t.c.position)
                     .limit(self._batch_size)
                 )
             ).all()
             if not rows:
                 return 0
-            outcomes = await self._send_in_order(rows)
-            sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
-            refused = [(row, outcome) for row, outcome in zip(rows, outcomes, strict=True)
-                       if isinstance(outcome, PERMANENT_SEND_ERRORS)]
+            held_keys = set((await conn.execute(
+                select(parked.c.key).where(parked.c.key.in_({r.key for r in rows})).distinct())).scalars())
+            to_send = [r for r in rows if r.topic is not None]
+            outcomes = await self._send_in_order(to_send, held_keys)
             failed = [o for o in outcomes if isinstance(o, BaseException)
                       and not isinstance(o, PERMANENT_SEND_ERRORS)]
-            if sent:
-                await conn.execute(update(t).where(t.c.id.in_(sent)).values(sent_at=func.now()))
-            for row, error in refused:
-                await conn.execute(update(t).where(t.c.id == row.id).values(
-                    parked_at=func.now(), error=f"{type(error).__name__}: {error}"[:2000]))
-                log.error("outbox.parked", schema=self._schema, row_id=row.id, topic=row.topic,
-                          size=len(row.payload), error=type(error).__name__)
-        if failed:
-            # Broker down or slow: whatever was acked is recorded; the rest goes again after a backoff.
-            raise failed[0]
-        return len(sent) + len(refused)
+            if failed:
+                # Broker down or slow: the position stays; acked rows go again (consumers dedupe by id).
+                raise failed[0]
+            to_park = []
+            for row, outcome in zip(to_send, outcomes, strict=True):
+                if isinstance(outcome, PERMANENT_SEND_ERRORS):
+                    to_park.append({"position": row.position, "key": row.key,
+                                    "error": f"{type(outcome).__name__}: {outcome}"[:2000]})
+                    log.error("outbox.parked", schema=self._schema, position=row.position, topic=row.topic,
+                              size=len(row.payload), error=type(outcome).__name__)
+                elif outcome is _HELD:
+                    to_park.append({"position": row.position, "key": row.key, "error": None})
+            if to_park:
+                await conn.execute(pg_insert(parked).values(to_park).on_conflict_do_nothing())
+            await conn.execute(
+                pg_insert(relay).values(id=1, published_position=rows[-1].position)
+                .on_conflict_do_update(index_elements=[relay.c.id],
+                                       set_={"published_position": rows[-1].position, "updated_at": func.now()}))
+        return len(rows)
 
-    async def _send_in_order(self, rows) -> list[BaseException | None | _Held]:
-        """Hand the rows to the producer in id order, then wait for every ack. A row refused on the
-        way in holds back the later rows of its key in this batch (they wait for the next round,
-        behind the parked row)."""
-        refused_keys: set[str] = set()
+    async def _send_in_order(self, rows, held_keys: set[str]) -> list[BaseException | None | _Held]:
+        """Hand the rows to the producer in position order, then wait for every ack. A row refused
+        on the way in, or whose key already has a parked row, is held (parked behind it)."""
+        refused_keys = set(held_keys)
         outcomes: list = []
         for row in rows:
             if row.key in refused_keys:
@@ -156,18 +165,18 @@ class OutboxRelay:
         return outcomes
 
     async def read_health(self) -> OutboxHealth:
-        """Pending and parked rows counted from the table, so the figures hold whatever the
+        """Unpublished and parked rows counted from the store, so the figures hold whatever the
         relay's last send did."""
-        t = self._table
+        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
         async with self._engine.connect() as conn:
-            row = (await conn.execute(
-                select(
-                    func.count().filter(t.c.parked_at.is_(None)),
-                    func.count().filter(t.c.parked_at.is_not(None)),
-                    func.extract("epoch", func.now() - func.min(t.c.created_at).filter(t.c.parked_at.is_(None))),
-                ).where(t.c.sent_at.is_(None))
+            position = select(func.coalesce(func.max(relay.c.published_position), 0)).scalar_subquery()
+            pending = (await conn.execute(
+                select(func.count(), func.extract("epoch", func.now() - func.min(t.c.recorded_at)))
+                .where(t.c.position > position, t.c.topic.is_not(None))
             )).one()
-        self.health = OutboxHealth(pending=row[0] + row[1], parked=row[1], oldest_pending_seconds=float(row[2] or 0))
+            parked_count = await conn.scalar(select(func.count()).select_from(parked)) or 0
+        self.health = OutboxHealth(pending=pending[0] + parked_count, parked=parked_count,
+                                   oldest_pending_seconds=float(pending[1] or 0))
         metrics.outbox_pending.set(self.health.pending)
         metrics.outbox_parked.set(self.health.parked)
         metrics.outbox_oldest_pending_age.set(self.health.oldest_pending_seconds)
@@ -183,41 +192,45 @@ class OutboxRelay:
             log.debug("outbox.health_unreadable", error=type(exc).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.2
-        while not stop.is_set():
-            # Cleared before reading so a commit landing mid-batch still wakes the next round.
-            self._wakeup.clear()
-            try:
-                sent = await self.publish_batch()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker or database down: the rows wait, nothing is lost
-                log.warning("outbox.publish_failed", schema=self._schema, error=type(exc).__name__,
-                            retry_in=backoff)
-                await self._refresh_health()
-                await sleep_unless_stopped(stop, backoff)
-                backoff = next_backoff(backoff, cap=5.0)
-                continue
+        async def publish_round() -> float | None:
+            sent = await self.publish_batch()
             await self._refresh_health()
-            if sent < self._batch_size:
-                await _wait_any(stop, self._wakeup, self._idle_poll)
+            return 0 if sent >= self._batch_size else None  # a full batch: more is waiting
+
+        await run_loop("outbox", publish_round, stop, idle=self._idle_poll, wakeup=self._wakeup,
+                       after_failure=self._refresh_health, schema=self._schema)
 
 
-async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-
-
-async def release_parked(engine: AsyncEngine, schema: str) -> int:
-    """Operator action: give every parked row of `schema` another try; returns how many."""
-    t = OUTBOX[schema]
+async def release_parked(engine: AsyncEngine, schema: str, producer: AIOKafkaProducer) -> int:
+    """Operator action: send every parked row of `schema` again, in position order; rows that go
+    out leave the parked table. Returns how many went out (the broker may refuse some again)."""
+    t, parked = EVENTS[schema], PARKED[schema]
     async with engine.begin() as conn:
-        result = await conn.execute(
-            update(t).where(t.c.parked_at.is_not(None), t.c.sent_at.is_(None)).values(parked_at=None)
-        )
+        rows = (await conn.execute(
+            select(t.c.position, t.c.topic, t.c.key, t.c.payload)
+            .join(parked, parked.c.position == t.c.position).order_by(t.c.position))).all()
+        sent = []
+        refused_keys: set[str] = set()
+        for row in rows:
+            if row.key in refused_keys:
+                continue
+            try:
+                await (await producer.send(row.topic, value=row.payload, key=row.key.encode(),
+                                           headers=[("content-type", CONTENT_TYPE)]))
+                sent.append(row.position)
+            except PERMANENT_SEND_ERRORS as exc:
+                refused_keys.add(row.key)
+                await conn.execute(update(parked).where(parked.c.position == row.position)
+                                   .values(error=f"{type(exc).__name__}: {exc}"[:2000], parked_at=func.now()))
+        if sent:
+            await conn.execute(delete(parked).where(parked.c.position.in_(sent)))
+    return len(sent)
+
+
+async def skip_parked(engine: AsyncEngine, schema: str, positions: list[int]) -> int:
+    """Operator action: give up publishing these refused rows (they stay in the store); the rows
+    held behind them go with the next `release_parked`. Returns how many were skipped."""
+    parked = PARKED[schema]
+    async with engine.begin() as conn:
+        result = await conn.execute(delete(parked).where(parked.c.position.in_(positions), parked.c.error.is_not(None)))
     return result.rowcount

@@ -25,6 +25,7 @@ from .housekeeping import run_housekeeping
 from .http import InvalidRequestHook, create_app
 from .migrate import current_revision, head_revision
 from .outbox import OutboxRelay
+from .replay import Projection
 from .settings import SERVICE_PORTS, Settings
 from .supervisor import Loop, WorkerState, supervise
 from .uow import UnitOfWork
@@ -47,9 +48,10 @@ class ServiceContext:
     key_cache: KeyCache = field(default_factory=KeyCache)
     relay: OutboxRelay | None = None
     workers: dict[str, WorkerState] = field(default_factory=dict)
+    projection: Projection | None = None  # the service's state as a projection of its events
 
     def uow(self) -> UnitOfWork:
-        return UnitOfWork(self.engine, self.name, self.relay_wakeup)
+        return UnitOfWork(self.engine, self.name, self.relay_wakeup, self.projection)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ServiceSpec:
     loops: list[Loop] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
     on_invalid_request: InvalidRequestHook | None = None
+    projection: Projection | None = None
 
 
 Bootstrap = Callable[[ServiceContext], ServiceSpec]
@@ -98,9 +101,10 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
         config=ConfigHolder(engine, versioned),
     )
     spec = bootstrap(ctx)
+    ctx.projection = spec.projection
     ctx.consumers = [
         EventConsumer(sub, service=name, bootstrap=settings.kafka_bootstrap, engine=engine,
-                      relay_wakeup=ctx.relay_wakeup, clock=ctx.clock,
+                      relay_wakeup=ctx.relay_wakeup, clock=ctx.clock, projection=ctx.projection,
                       session_timeout_ms=settings.kafka_session_timeout_ms)
         for sub in spec.subscriptions
     ]
@@ -118,7 +122,8 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
 
     async def housekeeping(stop: asyncio.Event) -> None:
         await run_housekeeping(engine, name, ctx.clock, stop,
-                               keep_sent=timedelta(hours=settings.outbox_retention_hours),
+                               keep_events=(timedelta(days=settings.event_retention_days)
+                                            if settings.event_retention_days else None),
                                keep_processed=timedelta(days=settings.processed_retention_days))
 
     loops: dict[str, Loop] = {

@@ -29,11 +29,13 @@ class Settings(BaseSettings):
     sla_commit_allowance_seconds: float = Field(default=1.0, ge=0)
     # How often the SLA clock re-reads its input partitions' ends and its consumer's offsets.
     sla_watermark_interval_seconds: float = Field(default=0.2, gt=0)
-    # Retention of published outbox rows, and of processed event ids (keep these longer than the
-    # broker keeps records, or a very late redelivery would be handled twice).
-    outbox_retention_hours: float = Field(default=24, gt=0)
+    # The event store keeps everything unless an operator sets a retention (published events
+    # older than this many days are then deleted; replay can only rebuild from what is kept).
+    event_retention_days: float | None = Field(default=None, gt=0)
+    # Processed event ids: keep these longer than the broker keeps records, or a very late
+    # redelivery would be handled twice.
     processed_retention_days: float = Field(default=14, gt=0)
-    # An outbox row still unpublished after this long means the relay is stuck: /readyz fails.
+    # A stored event still unpublished after this long means the relay is stuck: /readyz fails.
     outbox_stuck_seconds: float = Field(default=60, gt=0)
     # How long the broker waits for a silent consumer before giving its partitions to others. The
     # embedded broker also delays every rejoin by about twice this, so `leadsla dev` runs it at

@@ -1,23 +1,30 @@
 """The unit of work: one Postgres transaction holding a handler's state changes and the events
-it emits (as outbox rows). It rolls back unless `commit()` is called."""
+it emits, appended to the service's event store at commit. It rolls back unless `commit()` is
+called."""
 from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import OUTBOX
 from .events import CloudEvent
+from .eventstore import Pending, append, stream_version
+
+if TYPE_CHECKING:
+    from .replay import Projection
 
 
 class UnitOfWork:
-    def __init__(self, engine: AsyncEngine, schema: str, relay_wakeup: asyncio.Event | None = None):
+    def __init__(self, engine: AsyncEngine, schema: str, relay_wakeup: asyncio.Event | None = None,
+                 projection: Projection | None = None):
         self._engine = engine
+        self._projection = projection
         self._schema = schema
         self._relay_wakeup = relay_wakeup
-        self._pending: list[tuple[str, CloudEvent]] = []
+        self._pending: list[Pending] = []
+        self._expected: dict[str, int] = {}
         self._conn: AsyncConnection | None = None
         self.committed = False
 
@@ -42,36 +49,49 @@ class UnitOfWork:
         finally:
             await self._conn.close()
 
-    def emit(self, topic: str, event: CloudEvent) -> None:
-        """Queue an event; it is written to the outbox with the rest of this transaction."""
-        self._pending.append((topic, event))
+    @property
+    def schema(self) -> str:
+        return self._schema
 
-    def mark(self) -> int:
-        """A point to drop emitted events back to (with a savepoint rolled back to the same point)."""
-        return len(self._pending)
+    def emit(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        """Queue an event for the store (and, with a topic, for Kafka); it is appended with the
+        rest of this transaction. Its stream is the lead (the event's subject) unless given."""
+        self._pending.append(Pending(topic, event, stream or event.subject or event.id))
 
-    def drop_since(self, mark: int) -> None:
-        del self._pending[mark:]
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        """Apply an event to the service's state tables (its projection) and queue it for the
+        store: state and store change in this one transaction, by the same code replay runs."""
+        if self._projection is None:
+            raise RuntimeError(f"{self._schema} has no projection to record {event.type} through")
+        await self._projection.apply(self.conn, [event])
+        self.emit(topic, event, stream=stream)
+
+    async def load_version(self, stream_id: str) -> int:
+        """Read a stream's version and expect it at commit: if another writer appends to the
+        stream meanwhile, `commit()` raises `ConcurrencyConflict` and the command is retried."""
+        version = await stream_version(self.conn, self._schema, stream_id)
+        self._expected.setdefault(stream_id, version)
+        return self._expected[stream_id]
+
+    def expect(self, stream_id: str, version: int) -> None:
+        """Expect a stream at a version read some other way (a projection row's version)."""
+        self._expected.setdefault(stream_id, version)
+
+    def mark(self) -> tuple[int, dict[str, int]]:
+        """A point to drop emitted events and expectations back to (with a savepoint rolled
+        back to the same point)."""
+        return len(self._pending), dict(self._expected)
+
+    def drop_since(self, mark: tuple[int, dict[str, int]]) -> None:
+        del self._pending[mark[0]:]
+        self._expected = dict(mark[1])
 
     @property
     def emitted(self) -> list[CloudEvent]:
-        return [event for _, event in self._pending]
+        return [p.event for p in self._pending]
 
     async def commit(self) -> None:
-        if self._pending:
-            await self.conn.execute(
-                insert(OUTBOX[self._schema]),
-                [
-                    {
-                        "topic": topic,
-                        "key": event.subject or "",
-                        "event_id": event.id,
-                        "event_type": event.type,
-                        "payload": event.to_bytes(),
-                    }
-                    for topic, event in self._pending
-                ],
-            )
+        await append(self.conn, self._schema, self._pending, self._expected)
         await self.conn.commit()
         self.committed = True
         if self._pending and self._relay_wakeup is not None:

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import select
 
-from shared.db import OUTBOX
 from shared.events import CloudEvent, Received
+from shared.eventstore import EVENTS
 
 T = TypeVar("T")
 
@@ -82,11 +82,11 @@ class TopicReader:
         return await eventually(probe, timeout=timeout, what=what)
 
 
-async def outbox_events(engine, schema: str, key: str) -> list[CloudEvent]:
-    """The events a service committed for one lead (outbox key), in commit order."""
-    table = OUTBOX[schema]
+async def stored_events(engine, schema: str, key: str) -> list[CloudEvent]:
+    """The events a service stored for one lead (record key), in store order."""
+    table = EVENTS[schema]
     async with engine.connect() as conn:
-        rows = await conn.execute(select(table.c.payload).where(table.c.key == key).order_by(table.c.id))
+        rows = await conn.execute(select(table.c.payload).where(table.c.key == key).order_by(table.c.position))
         return [CloudEvent.from_bytes(r.payload) for r in rows]
 
 

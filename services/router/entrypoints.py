@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 
 from shared import metrics
 from shared.config import CalendarConfig
+from shared.eventstore import ConcurrencyConflict
 from shared.http import ProblemError, field_errors, require_key
 from shared.runtime import ServiceContext
 
@@ -121,7 +122,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                 except ValidationError as exc:
                     raise ProblemError(422, "Invalid request", "The change makes an invalid owner.",
                                        field_errors(exc.errors())) from exc
-                except sa_exc.IntegrityError:
+                except (ConcurrencyConflict, sa_exc.IntegrityError):
+                    # Another change of this owner won the race: retry from fresh state.
                     if attempt == WRITE_RETRIES - 1:
                         raise ProblemError(409, "Conflict", "The owner changed concurrently; try again.") from None
                     continue

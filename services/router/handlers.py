@@ -51,7 +51,7 @@ from .domain import (
     record,
     release,
 )
-from .tables import assignments, events, owner_state, queue
+from .tables import assignments, owner_state, queue
 
 SERVICE = "router"
 log = structlog.get_logger()
@@ -385,16 +385,16 @@ async def update_owner(uow: UnitOfWork, config: Config, now: datetime, owner_id:
     row = (await uow.conn.execute(
         select(owner_state.c.changes, owner_state.c.version).where(owner_state.c.owner_id == owner_id)
     )).first()
+    # The projection's version is the owner stream's: a concurrent change of the same owner
+    # makes this commit conflict, and the command is retried from fresh state.
+    uow.expect(owner_id, row.version if row else 0)
     version = (row.version if row else 0) + 1
     merged = {**(row.changes if row else {}), **changes}
     before = effective_owner(configured, row.changes if row else None)
     after = effective_owner(configured, merged)
     event = new_event("owner.updated", service=SERVICE, lead_id=owner_id, time=now,
                       data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
-    # (stream_id, version) is unique: a concurrent writer of the same version fails, not both win.
-    await uow.conn.execute(events.insert().values(
-        stream_id=owner_id, version=version, type=event.type, event=event.model_dump(mode="json"),
-    ))
+    uow.emit(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
     values = {"changes": merged, "version": version, "updated_at": now}
     await uow.conn.execute(
         pg_insert(owner_state).values(owner_id=owner_id, **values)

@@ -1,5 +1,4 @@
 from sqlalchemy import (
-    BigInteger,
     Column,
     Date,
     DateTime,
@@ -7,7 +6,6 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    UniqueConstraint,
     func,
     text,
 )
@@ -56,20 +54,6 @@ queue = Table(
     Column("queued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("facts", JSONB, nullable=False),
     Column("assignment_no", Integer, nullable=False, server_default="1"),  # the next assignment's number
-    schema=SCHEMA,
-)
-
-# The router's append-only event store; owner changes are events on the owner's stream.
-events = Table(
-    "events",
-    metadata,
-    Column("position", BigInteger, primary_key=True, autoincrement=True),
-    Column("stream_id", String, nullable=False),
-    Column("version", Integer, nullable=False),
-    Column("type", String, nullable=False),
-    Column("event", JSONB, nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    UniqueConstraint("stream_id", "version", name="uq_router_events_stream_version"),
     schema=SCHEMA,
 )
 

@@ -1,8 +1,8 @@
 """How far the SLA clock has consumed its inputs: the watermark its timer loop judges by.
 
-Each round: (1) read the producers' outboxes (intake, router) for the oldest event they have not
-published yet; (2) read every input partition to its end with our own fetches (no group; the
-broker's high watermark can lag, so "at the end" is an empty fetch, issued after the outbox
+Each round: (1) read the producers' event stores (intake, router) for the oldest event their relays have
+not published yet; (2) read every input partition to its end with our own fetches (no group; the
+broker's high watermark can lag, so "at the end" is an empty fetch, issued after the store
 check); (3) read the offsets the clock's consumer group has committed, which it does only after
 the handled events are in Postgres. domain.py turns those facts into one instant: every event
 stamped before it has been handled. See DESIGN.md "The clock judges only what it has seen".
@@ -20,13 +20,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record import MemoryRecords
-from sqlalchemy import and_, exists, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.aio import next_backoff, sleep_unless_stopped
 from shared.clock import Clock
-from shared.db import OUTBOX
 from shared.events import utc_iso
+from shared.eventstore import EVENTS, RELAY
 
 from .domain import (
     PartitionMarks,
@@ -131,18 +131,16 @@ class InputWatermark:
         oldest: list[datetime] = []
         async with self._engine.connect() as conn:
             for schema in self._producers:
-                t = OUTBOX[schema]
-                parked = t.alias("parked")
-                # A row the relay parked (and the later rows of its lead behind it) waits for an operator,
-                # not for the broker: waiting for it would turn every later breach into system_delay.
-                held = exists().where(and_(parked.c.key == t.c.key, parked.c.id <= t.c.id,
-                                           parked.c.parked_at.is_not(None), parked.c.sent_at.is_(None)))
-                # Only our inputs: a dead letter stuck in a producer's outbox is not something we wait for.
-                created = await conn.scalar(
-                    select(t.c.created_at).where(t.c.sent_at.is_(None), t.c.topic.in_(self._topics), ~held)
-                    .order_by(t.c.id).limit(1))
-                if created is not None:
-                    oldest.append(created)
+                t, relay = EVENTS[schema], RELAY[schema]
+                published = select(func.coalesce(func.max(relay.c.published_position), 0)).scalar_subquery()
+                # Parked rows are behind the relay's position: they wait for an operator, not for the
+                # broker, and waiting for them would turn every later breach into system_delay.
+                # Only our inputs: a dead letter not yet published is not something we wait for.
+                recorded = await conn.scalar(
+                    select(t.c.recorded_at).where(t.c.position > published, t.c.topic.in_(self._topics))
+                    .order_by(t.c.position).limit(1))
+                if recorded is not None:
+                    oldest.append(recorded)
         return min(oldest, default=None)
 
     def _partitions(self, client: AIOKafkaClient) -> list[TopicPartition]:

@@ -4,6 +4,7 @@ import importlib
 from alembic import context
 
 from services import SERVICE_NAMES
+from shared import eventstore  # noqa: F401 - registers every schema's event store tables
 from shared.db import metadata
 
 # Each service owns its tables; importing them registers them on the shared metadata.

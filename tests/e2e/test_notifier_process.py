@@ -15,8 +15,8 @@ from sqlalchemy import select
 from leadsla.devstack import ServiceProcess, free_port, wait_until
 from services.notifier.domain import SIGNATURE_HEADER, verify
 from shared.config_store import apply_config
-from shared.db import OUTBOX
 from shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaBreached, new_event
+from shared.eventstore import EVENTS
 from tests.integration.receivers import StallingReceiver
 from tests.support import eventually
 
@@ -66,7 +66,7 @@ async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_u
         for headers, body in receiver.arrivals[:2]:
             assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER.lower()], int(time.time()))
 
-        table = OUTBOX["notifier"]
+        table = EVENTS["notifier"]
 
         async def sent() -> list[CloudEvent]:
             async with engine.connect() as conn:

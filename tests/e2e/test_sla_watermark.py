@@ -21,7 +21,7 @@ from shared.auth import create_key
 from shared.bus import ensure_topics
 from shared.config_store import apply_config
 from shared.events import utc_iso
-from tests.support import eventually, outbox_events
+from tests.support import eventually, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +134,7 @@ async def watermark_lag(client: httpx.AsyncClient, stack: Stack) -> bool:
 async def outcome(engine, lead_id: str) -> dict:
     """The timer's one outcome, as sla_clock committed it (its outbox), whether or not it is published yet."""
     async def closed() -> list | None:
-        events = [e for e in await outbox_events(engine, "sla_clock", lead_id)
+        events = [e for e in await stored_events(engine, "sla_clock", lead_id)
                   if e.type in ("sla.met", "sla.breached")]
         return events or None
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from shared.clock import ManualClock
 from shared.consumer import EventConsumer, Subscription
-from shared.db import OUTBOX, PROCESSED
+from shared.db import PROCESSED
 from shared.events import (
     TOPIC_NOTIFICATIONS,
     BadEvent,
@@ -21,6 +21,7 @@ from shared.events import (
     Received,
     new_event,
 )
+from shared.eventstore import EVENTS
 from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
 
@@ -55,7 +56,7 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
-    outbox = OUTBOX["notifier"]
+    outbox = EVENTS["notifier"]
 
     async def rows() -> list:
         async with engine.connect() as conn:
@@ -102,7 +103,7 @@ async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engin
         await producer.flush()
         return ids
 
-    outbox = OUTBOX["notifier"]
+    outbox = EVENTS["notifier"]
 
     async def causes() -> list[str]:
         async with engine.connect() as conn:
@@ -200,12 +201,12 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
-    outbox = OUTBOX["notifier"]
+    outbox = EVENTS["notifier"]
 
     async def rows() -> list:
         async with engine.connect() as conn:
             result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
-                                        .where(outbox.c.key == lead).order_by(outbox.c.id))
+                                        .where(outbox.c.key == lead).order_by(outbox.c.position))
             found = result.all()
         return found if len(found) >= 3 else []
 
@@ -251,12 +252,12 @@ async def test_a_payload_that_does_not_fit_its_type_is_a_dead_letter_naming_the_
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
-    outbox = OUTBOX["notifier"]
+    outbox = EVENTS["notifier"]
 
     async def rows() -> list:
         async with engine.connect() as conn:
             result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
-                                        .where(outbox.c.key == lead).order_by(outbox.c.id))
+                                        .where(outbox.c.key == lead).order_by(outbox.c.position))
             found = result.all()
         return found if len(found) >= 3 else []
 

@@ -20,7 +20,8 @@ from shared.auth import create_key
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
 from shared.consumer import EventConsumer
-from shared.db import OUTBOX, database_outage, deadletters, make_engine
+from shared.db import database_outage, deadletters, make_engine
+from shared.eventstore import EVENTS
 from shared.http import create_app
 from shared.migrate import upgrade
 from shared.runtime import ServiceContext
@@ -109,7 +110,7 @@ async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothi
         assert accepted == 201
 
         async def kafka_lead_arrived() -> bool:
-            t = OUTBOX["intake"]
+            t = EVENTS["intake"]
             async with engine.connect() as conn:
                 return bool(await conn.scalar(select(func.count()).select_from(t).where(
                     t.c.event_type == "lead.received", t.c.payload.like(f'%"{kafka_email}"%'.encode()))))

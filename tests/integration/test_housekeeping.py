@@ -4,32 +4,44 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared.db import OUTBOX, PROCESSED
+from shared.db import PROCESSED
+from shared.eventstore import EVENTS, RELAY
 from shared.housekeeping import prune
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 
 
-async def test_prunes_old_bookkeeping_but_never_pending_events(engine) -> None:
-    outbox, processed = OUTBOX["reporting"], PROCESSED["reporting"]
-    key = f"hk-{uuid.uuid4()}"
+async def test_keeps_every_event_unless_a_retention_is_set_and_then_only_published_ones_go(engine) -> None:
+    store, relay, processed = EVENTS["reporting"], RELAY["reporting"], PROCESSED["reporting"]
+    stream = f"hk-{uuid.uuid4()}"
     consumer = f"hk-{uuid.uuid4()}"
-    rows = {"old sent": NOW - timedelta(days=2), "recent sent": NOW - timedelta(hours=1), "pending": None}
+    ages = {"old published": timedelta(days=40), "recent published": timedelta(hours=1),
+            "old unpublished": timedelta(days=40)}
     async with engine.begin() as conn:
-        await conn.execute(insert(outbox), [
-            {"topic": "t", "key": key, "event_id": label, "event_type": "x", "payload": b"{}",
-             "created_at": NOW - timedelta(days=30), "sent_at": sent_at}
-            for label, sent_at in rows.items()])
+        positions = {}
+        for version, (label, age) in enumerate(ages.items(), start=1):
+            positions[label] = await conn.scalar(insert(store).values(
+                stream_id=stream, version=version, topic="t", key=stream, event_id=label, event_type="x",
+                payload=b"{}", recorded_at=NOW - age).returning(store.c.position))
+        published = positions["recent published"]
+        await conn.execute(pg_insert(relay).values(id=1, published_position=published).on_conflict_do_update(
+            index_elements=[relay.c.id], set_={"published_position": published}))
         await conn.execute(insert(processed), [
             {"consumer": consumer, "event_id": "old", "processed_at": NOW - timedelta(days=15)},
             {"consumer": consumer, "event_id": "recent", "processed_at": NOW - timedelta(days=13)}])
 
-    await prune(engine, "reporting", NOW, keep_sent=timedelta(days=1), keep_processed=timedelta(days=14))
+    async def kept() -> set[str]:
+        async with engine.connect() as conn:
+            return set((await conn.execute(select(store.c.event_id).where(store.c.stream_id == stream))).scalars())
 
+    await prune(engine, "reporting", NOW, keep_events=None, keep_processed=timedelta(days=14))
+    assert await kept() == set(ages)  # the store is the system of record: nothing goes by default
+
+    await prune(engine, "reporting", NOW, keep_events=timedelta(days=30), keep_processed=timedelta(days=14))
+    assert await kept() == {"recent published", "old unpublished"}
     async with engine.connect() as conn:
-        kept = set((await conn.execute(select(outbox.c.event_id).where(outbox.c.key == key))).scalars())
         ids = set((await conn.execute(
             select(processed.c.event_id).where(processed.c.consumer == consumer))).scalars())
-    assert kept == {"recent sent", "pending"}
     assert ids == {"recent"}

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from services.intake.bootstrap import bootstrap
 from shared.auth import create_key
 from shared.http import create_app
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 tiers:
@@ -76,7 +76,7 @@ async def test_a_batch_gives_one_result_per_lead_in_order(api, engine) -> None:
     assert results[2]["lead_id"] == first.json()["lead_id"]
     assert results[4]["warnings"] == [{"field": "contact.phone", "message": results[4]["warnings"][0]["message"]}]
     assert results[5]["lead_id"] == results[4]["lead_id"]
-    [event] = await outbox_events(engine, "intake", results[0]["lead_id"])
+    [event] = await stored_events(engine, "intake", results[0]["lead_id"])
     assert event.type == "lead.received" and event.data["tier"] == "A"
 
 
@@ -144,7 +144,7 @@ async def test_a_patch_completes_fields_and_emits_lead_updated(api, engine) -> N
     assert body["tier"] == "B"
     assert body["changed"]["contact.phone"] == {"old": "n/a", "new": "+14155552671"}
     assert body["changed"]["contact.country"] == {"old": None, "new": "US"}
-    events = await outbox_events(engine, "intake", lead_id)
+    events = await stored_events(engine, "intake", lead_id)
     assert [e.type for e in events] == ["lead.received", "lead.updated"]
     update = events[1].data
     assert update["tier"] == "B" and update["previous_tier"] == "C" and update["reason"] == "patched"
@@ -153,7 +153,7 @@ async def test_a_patch_completes_fields_and_emits_lead_updated(api, engine) -> N
 
     unchanged = await api.patch(f"/v1/leads/{lead_id}", json={"company": {"name": "Acme"}})
     assert unchanged.json()["changed"] == {}
-    assert len(await outbox_events(engine, "intake", lead_id)) == 2
+    assert len(await stored_events(engine, "intake", lead_id)) == 2
     assert (await api.patch(f"/v1/leads/{uuid.uuid4()}", json={"company": {"name": "X"}})).status_code == 404
     assert (await api.patch(f"/v1/leads/{lead_id}", content=b"[]")).status_code == 422
 
@@ -173,7 +173,7 @@ async def test_a_repeat_with_higher_intent_upgrades_the_lead(api, engine) -> Non
     demo = await api.post("/v1/leads", json={"contact": {"email": person}, "intent": {"type": "Demo Request"}})
     assert demo.status_code == 200
     assert demo.json() == {"lead_id": first.json()["lead_id"], "status": "duplicate", "upgraded": True, "tier": "A"}
-    events = await outbox_events(engine, "intake", first.json()["lead_id"])
+    events = await stored_events(engine, "intake", first.json()["lead_id"])
     assert [e.type for e in events] == ["lead.received", "lead.merged", "lead.updated"]
     update = events[2].data
     assert update["reason"] == "upgraded" and update["tier"] == "A" and update["previous_tier"] == "C"
@@ -181,7 +181,7 @@ async def test_a_repeat_with_higher_intent_upgrades_the_lead(api, engine) -> Non
 
     lower = await api.post("/v1/leads", json={"contact": {"email": person}, "intent": {"type": "newsletter"}})
     assert lower.json() == {"lead_id": first.json()["lead_id"], "status": "duplicate"}
-    assert [e.type for e in await outbox_events(engine, "intake", first.json()["lead_id"])][-1] == "lead.merged"
+    assert [e.type for e in await stored_events(engine, "intake", first.json()["lead_id"])][-1] == "lead.merged"
 
 
 async def test_an_opt_out_makes_the_lead_not_contactable(api, engine) -> None:
@@ -190,7 +190,7 @@ async def test_an_opt_out_makes_the_lead_not_contactable(api, engine) -> None:
     first = await api.post(f"/v1/leads/{lead_id}/activities", json=opt_out)
     again = await api.post(f"/v1/leads/{lead_id}/activities", json=opt_out)
     assert first.status_code == 202 and again.json() == first.json()
-    events = await outbox_events(engine, "intake", lead_id)
+    events = await stored_events(engine, "intake", lead_id)
     assert [e.type for e in events] == ["lead.received", "activity.recorded", "lead.updated"]
     assert events[1].data["type"] == "opt_out" and events[1].data["reason"] == "asked by email"
     assert events[2].data["reason"] == "opted_out" and events[2].data["contactable"] is False
@@ -199,7 +199,7 @@ async def test_an_opt_out_makes_the_lead_not_contactable(api, engine) -> None:
 async def test_leads_on_the_suppression_list_are_accepted_but_not_contactable(api, engine) -> None:
     response = await api.post("/v1/leads", json={"contact": {"email": "ceo@donotcall.example"}})
     assert response.status_code == 201
-    [event] = await outbox_events(engine, "intake", response.json()["lead_id"])
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
     assert event.data["contactable"] is False and event.data["suppressed"] is True
 
 
@@ -215,7 +215,7 @@ async def test_concurrent_submissions_share_commits_without_mixing_up_answers(ap
     assert sorted(r["status"] for r in repeated) == ["accepted"] + ["duplicate"] * 4
     assert len({r["lead_id"] for r in repeated}) == 1
     for response in responses[:20]:  # every answer is backed by its own committed event
-        [event] = await outbox_events(engine, "intake", response.json()["lead_id"])
+        [event] = await stored_events(engine, "intake", response.json()["lead_id"])
         assert event.type == "lead.received"
 
 
@@ -234,5 +234,5 @@ async def test_a_batch_dedupes_and_upgrades_like_single_posts(api, engine) -> No
     assert results[2]["lead_id"] == results[0]["lead_id"] and results[2]["upgraded"] is True
     assert results[3] == {"index": 3, "lead_id": first["lead_id"], "status": "duplicate", "upgraded": True,
                           "tier": "A"}
-    ada = [e.type for e in await outbox_events(engine, "intake", results[0]["lead_id"])]
+    ada = [e.type for e in await stored_events(engine, "intake", results[0]["lead_id"])]
     assert ada == ["lead.received", "lead.merged", "lead.updated"]

@@ -9,7 +9,7 @@ import pytest
 from services.intake.bootstrap import bootstrap
 from shared.auth import create_key
 from shared.http import create_app
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 tiers:
@@ -49,7 +49,7 @@ async def test_an_accepted_lead_is_normalized_tiered_and_published(api, engine) 
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "accepted"
-    [event] = await outbox_events(engine, "intake", body["lead_id"])
+    [event] = await stored_events(engine, "intake", body["lead_id"])
     assert event.type == "lead.received" and event.subject == body["lead_id"]
     data = event.data
     assert data["source"] == "webform" and data["tier"] == "A"
@@ -72,7 +72,7 @@ async def test_repeats_are_duplicates_by_key_external_id_or_identity(api, engine
     person = await api.post("/v1/leads", json=lead_body(email))
     same_person = await api.post("/v1/leads", json=lead_body(email.upper()))
     assert same_person.status_code == 200 and same_person.json()["lead_id"] == person.json()["lead_id"]
-    events = await outbox_events(engine, "intake", person.json()["lead_id"])
+    events = await stored_events(engine, "intake", person.json()["lead_id"])
     assert [e.type for e in events] == ["lead.received", "lead.merged"]
     assert events[1].data["match_on"] == "email"
 
@@ -99,7 +99,7 @@ async def test_values_that_cannot_be_normalized_are_kept_and_named_not_refused(a
     assert response.status_code == 201, response.text
     body = response.json()
     assert {w["field"] for w in body["warnings"]} == {"contact.phone", "score", "submitted_at"}
-    [event] = await outbox_events(engine, "intake", body["lead_id"])
+    [event] = await stored_events(engine, "intake", body["lead_id"])
     data = event.data
     assert data["source"] == "webform"  # from the key; the body's source is kept as an attribute
     assert data["tier"] == "A" and data["intent"]["type"] == "demo_request"
@@ -147,7 +147,7 @@ async def test_activities(api, engine) -> None:
     first = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
     again = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
     assert first.status_code == 202 and again.json() == first.json()
-    events = await outbox_events(engine, "intake", lead_id)
+    events = await stored_events(engine, "intake", lead_id)
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]  # the repeat emitted nothing
 
     unknown = await api.post(f"/v1/leads/{uuid.uuid4()}/activities", json=call)

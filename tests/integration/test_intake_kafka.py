@@ -15,9 +15,9 @@ from sqlalchemy import select
 from services.intake.bootstrap import bootstrap
 from services.intake.tables import leads, pending_activities
 from shared.consumer import EventConsumer
-from shared.db import OUTBOX
 from shared.events import CloudEvent
-from tests.support import create_topic, eventually, outbox_events
+from shared.eventstore import EVENTS
+from tests.support import create_topic, eventually, stored_events
 
 CONFIG = """
 tiers:
@@ -87,8 +87,8 @@ async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wai
 
     async def letter() -> CloudEvent | None:
         async with engine.connect() as conn:
-            rows = await conn.execute(select(OUTBOX["intake"].c.payload).where(
-                OUTBOX["intake"].c.key == ref, OUTBOX["intake"].c.event_type == "deadletter"))
+            rows = await conn.execute(select(EVENTS["intake"].c.payload).where(
+                EVENTS["intake"].c.key == ref, EVENTS["intake"].c.event_type == "deadletter"))
             found = [CloudEvent.from_bytes(r.payload) for r in rows]
         return found[0] if found else None
 
@@ -116,14 +116,14 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
 
     structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured", timeout=120)
     binary_lead = await eventually(lambda: lead_with_external_id(engine, binary_ref), what="binary lead")
-    [received] = await outbox_events(engine, "intake", binary_lead)
+    [received] = await stored_events(engine, "intake", binary_lead)
     assert received.data["attributes"]["ce_source"] == "https://forms.example/x"
     assert received.causationid == ce_id
     assert await lead_with_external_id(engine, binary_ref + "-retry") is None
-    [other] = await outbox_events(engine, "intake", structured_lead)
+    [other] = await stored_events(engine, "intake", structured_lead)
     assert other.data["contact"]["phone"] == "+14155552671"
 
 
 async def _events_when(engine, lead_id: str, count: int) -> list[CloudEvent] | None:
-    events = await outbox_events(engine, "intake", lead_id)
+    events = await stored_events(engine, "intake", lead_id)
     return events if len(events) >= count else None

@@ -26,7 +26,7 @@ from shared.events import (
     new_event,
 )
 from tests.integration.receivers import SlackLikeReceiver, SmtpCatcher
-from tests.support import handle_event, outbox_events
+from tests.support import handle_event, stored_events
 
 SLACK_ENV = "LEADSLA_TEST_SLACK_URL"
 SMTP_PASSWORD_ENV = "LEADSLA_TEST_SMTP_PASSWORD"
@@ -113,7 +113,7 @@ async def test_slack_gets_a_block_kit_message_and_email_a_plain_and_html_mail(ma
         assert "Owner: Alice Owner" in mail.get_body(("plain",)).get_content()
         assert f'href="{link}"' in mail.get_body(("html",)).get_content()
 
-    sent = [e for e in await outbox_events(engine, "notifier", lead_id) if e.type == "notification.sent"]
+    sent = [e for e in await stored_events(engine, "notifier", lead_id) if e.type == "notification.sent"]
     assert sorted(e.data["channel"] for e in sent) == ["mail", "mail", "team-slack", "team-slack"]
 
 

@@ -32,7 +32,7 @@ from shared.events import (
 )
 from shared.http import create_app
 from tests.integration.receivers import HttpReceiver, StallingReceiver
-from tests.support import eventually, handle_event, outbox_events
+from tests.support import eventually, handle_event, stored_events
 
 CONFIG = """
 owners: [{id: alice}]
@@ -210,7 +210,7 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_i
             await deliver()
         listed = (await api.get("/v1/subscriptions")).json()["subscriptions"]
         assert next(s for s in listed if s["id"] == down_id)["deliveries"]["failed"] >= 3
-        events = await outbox_events(engine, "notifier", leads[0])
+        events = await stored_events(engine, "notifier", leads[0])
         [failed] = [e for e in events if e.type == "notification.failed"]
         assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
         assert failed.data["idempotency_key"] == failed.data["event_id"]

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from services.intake.bootstrap import bootstrap as intake_bootstrap
 from shared.consumer import EventConsumer
-from shared.db import OUTBOX, PROCESSED, deadletters
+from shared.db import PROCESSED, deadletters
 from shared.events import (
     DEADLETTER_PREFIX_BYTES,
     TOPIC_ROUTING,
@@ -23,7 +23,8 @@ from shared.events import (
     LeadQueued,
     new_event,
 )
-from shared.outbox import OutboxRelay, release_parked
+from shared.eventstore import EVENTS, PARKED
+from shared.outbox import OutboxRelay, release_parked, skip_parked
 from shared.uow import UnitOfWork
 from tests.support import TopicReader, create_topic, eventually
 
@@ -60,21 +61,21 @@ async def test_a_row_the_broker_refuses_is_parked_and_holds_back_only_its_own_le
         assert [e.data["queue"] for e in reader.events(huge_lead)] == []  # its later event waits behind it
         assert health.parked >= 1 and health.pending >= 2
 
-        t = OUTBOX["router"]
+        t, parked = EVENTS["router"], PARKED["router"]
         async with engine.connect() as conn:
-            parked = (await conn.execute(select(t.c.error).where(t.c.key == huge_lead, t.c.parked_at.is_not(None)))).all()
-        assert len(parked) == 1 and "TooLarge" in parked[0].error
+            refused = (await conn.execute(select(parked.c.position, parked.c.error).join(
+                t, t.c.position == parked.c.position).where(t.c.key == huge_lead).order_by(parked.c.position))).all()
+        # The huge row, refused with the broker's error; its lead's later row held behind it.
+        assert len(refused) == 2 and "TooLarge" in refused[0].error and refused[1].error is None
 
-        # The operator's way out: shrink or drop the row, then release it; order per lead is kept.
-        async with engine.begin() as conn:
-            await conn.execute(t.update().where(t.c.key == huge_lead, t.c.parked_at.is_not(None))
-                               .values(payload=queued(huge_lead, "shrunk").to_bytes()))
-        assert await release_parked(engine, "router") >= 1
-        while await relay.publish_batch():
-            pass
-        events = await reader.wait_for(lambda es: len([e for e in es if e.subject == huge_lead]) >= 2,
-                                       what="the released rows")
-    assert [e.data["queue"] for e in events if e.subject == huge_lead] == ["shrunk", "after-the-huge-one"]
+        # The operator's way out: retrying sends nothing while the row is still too large; skipping
+        # it (it stays in the store) lets the held row go, in order.
+        assert await release_parked(engine, "router", producer) == 0
+        assert await skip_parked(engine, "router", [refused[0].position]) == 1
+        assert await release_parked(engine, "router", producer) == 1
+        events = await reader.wait_for(lambda es: any(e.subject == huge_lead for e in es), what="the held row")
+        assert (await relay.read_health()).parked == 0
+    assert [e.data["queue"] for e in events if e.subject == huge_lead] == ["after-the-huge-one"]
 
 
 async def run_intake_consumer(make_ctx, kafka_bootstrap, engine, topic: str, group: str, until) -> None:
@@ -109,7 +110,7 @@ async def handled_count(engine, group: str) -> int:
 
 
 async def lead_received_for(engine, email: str) -> bool:
-    t = OUTBOX["intake"]
+    t = EVENTS["intake"]
     async with engine.connect() as conn:
         return bool(await conn.scalar(select(func.count()).select_from(t).where(
             t.c.event_type == "lead.received", t.c.payload.like(f'%"{email}"%'.encode()))))
@@ -141,8 +142,8 @@ async def test_poison_and_oversized_records_are_dead_lettered_and_the_next_lead_
         kept = (await conn.execute(select(deadletters.c.original, deadletters.c.id, deadletters.c.error)
                                    .where(deadletters.c.topic == topic).order_by(deadletters.c.offset))).all()
         letters = [CloudEvent.from_bytes(p) for (p,) in (await conn.execute(
-            select(OUTBOX["intake"].c.payload).where(OUTBOX["intake"].c.event_type == "deadletter",
-                                                     OUTBOX["intake"].c.payload.like(f'%"{topic}"%'.encode()))))]
+            select(EVENTS["intake"].c.payload).where(EVENTS["intake"].c.event_type == "deadletter",
+                                                     EVENTS["intake"].c.payload.like(f'%"{topic}"%'.encode()))))]
     assert [row.original for row in kept] == [huge_int, deep, oversized]  # whole, in Postgres
     assert "too large" in kept[2].error
     by_offset = {e.data["offset"]: e for e in letters}

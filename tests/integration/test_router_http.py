@@ -12,10 +12,9 @@ from sqlalchemy import delete, select
 from services.router.bootstrap import bootstrap
 from services.router.entrypoints import drain_all, refresh_queue_depth
 from services.router.handlers import RouterDeps, on_activity, on_escalation, route_lead
-from services.router.tables import events, queue
+from services.router.tables import queue
 from shared import metrics
 from shared.auth import create_key
-from shared.db import OUTBOX
 from shared.events import (
     ActivityRecorded,
     CloudEvent,
@@ -29,8 +28,9 @@ from shared.events import (
     Received,
     new_event,
 )
+from shared.eventstore import EVENTS, read_stream
 from shared.http import create_app
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 calendars:
@@ -83,7 +83,7 @@ class Router:
             await uow.commit()
 
     async def events(self, lead_id: str) -> list[CloudEvent]:
-        return await outbox_events(self.ctx.engine, "router", lead_id)
+        return await stored_events(self.ctx.engine, "router", lead_id)
 
     async def types(self, lead_id: str) -> list[str]:
         return [e.type for e in await self.events(lead_id)]
@@ -144,12 +144,10 @@ async def test_an_owner_change_takes_effect_at_once_and_is_an_event_on_the_owner
     assert {k: response.json()[k] for k in ("status", "capacity", "daily_cap", "weight", "version")} == {
         "status": "active", "capacity": 5, "daily_cap": 10, "weight": 2, "version": 2}
     async with router.ctx.engine.connect() as conn:
-        stream = (await conn.execute(select(events.c.version, events.c.type, events.c.event)
-                                     .where(events.c.stream_id == router.owner("ann"))
-                                     .order_by(events.c.version))).all()
-    assert [(r.version, r.type) for r in stream] == [(1, "owner.updated"), (2, "owner.updated")]
-    assert stream[0].event["data"]["changes"] == {"status": "away", "until": None}
-    assert stream[1].event["data"]["actor"] == "ops"
+        stream = await read_stream(conn, "router", router.owner("ann"))
+    assert [(e.version, e.event.type) for e in stream] == [(1, "owner.updated"), (2, "owner.updated")]
+    assert stream[0].event.data["changes"] == {"status": "away", "until": None}
+    assert stream[1].event.data["actor"] == "ops"
 
 
 async def test_owner_changes_are_validated_and_unknown_owners_are_404(router) -> None:
@@ -310,11 +308,11 @@ async def test_a_new_lead_does_not_jump_older_queued_leads_when_working_hours_st
     [queued] = await router.events(newcomer)
     assert (queued.type, queued.data["reason"]) == ("lead.queued", "queue_ahead")
     assert await drain_all(router.ctx) == 2
-    outbox = OUTBOX["router"]
+    outbox = EVENTS["router"]
     async with router.ctx.engine.connect() as conn:
         assigned = (await conn.execute(  # in commit order
             select(outbox.c.key).where(outbox.c.key.in_([waiting, newcomer]),
-                                       outbox.c.event_type == "lead.assigned").order_by(outbox.c.id))).scalars().all()
+                                       outbox.c.event_type == "lead.assigned").order_by(outbox.c.position))).scalars().all()
     assert assigned == [waiting, newcomer]
     assert (await router.events(newcomer))[-1].data["owner_id"] == router.owner("cat")
 

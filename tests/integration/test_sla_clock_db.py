@@ -27,7 +27,7 @@ from shared.events import (
     Received,
     new_event,
 )
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 owners: [{id: alice}]
@@ -70,7 +70,7 @@ async def handle(ctx, fn, config, *args, rules: ClockRules = ClockRules()) -> No
 
 
 async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
-    return await outbox_events(engine, "sla_clock", lead_id)
+    return await stored_events(engine, "sla_clock", lead_id)
 
 
 async def start_lead(ctx, clock) -> str:

@@ -9,7 +9,7 @@ from services.sla_clock.handlers import on_lead_assigned, on_lead_updated
 from shared.events import CloudEvent, LeadUpdated, new_event
 from tests.integration.test_sla_clock_db import assigned, handle
 from tests.integration.test_sla_lifecycle_db import act, activity, fire, minutes, start
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 owners: [{id: alice}, {id: bob}]
@@ -48,7 +48,7 @@ async def update(ctx, event: CloudEvent) -> None:
 async def sla(engine, lead_id: str) -> list[tuple]:
     """(type, metric, policy, due_at or reason) of every SLA event of the lead, in commit order."""
     return [(e.type, e.data["metric"], e.data["policy_id"], e.data.get("reason") or e.data.get("root_cause"))
-            for e in await outbox_events(engine, "sla_clock", lead_id)]
+            for e in await stored_events(engine, "sla_clock", lead_id)]
 
 
 def z(at) -> str:
@@ -60,7 +60,7 @@ async def test_an_upgrade_to_a_faster_tier_keeps_the_clock_start_so_the_owner_ge
 ) -> None:
     lead_id = await start(ctx, clock, "B")
     await update(ctx, updated(lead_id, minutes(clock, 3), "A", "B"))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     assert [(e.type, e.data["metric"], e.data["policy_id"], e.data.get("reason")) for e in events[2:]] == [
         ("sla.cancelled", "first_response", "slow", "policy_changed"),
         ("sla.cancelled", "qualification", "slow", "policy_changed"),
@@ -81,7 +81,7 @@ async def test_an_upgrade_after_the_faster_deadline_passed_breaches_at_once_as_t
 ) -> None:
     lead_id = await start(ctx, clock, "B")
     await update(ctx, updated(lead_id, minutes(clock, 20), "A", "B"))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     breach = events[-1]
     assert [e.type for e in events[-2:]] == ["sla.started", "sla.breached"]
     assert breach.data["breached_at"] == z(minutes(clock, 5)) and breach.data["root_cause"] == "owner_missed"
@@ -109,7 +109,7 @@ async def test_a_met_first_response_stays_met_and_the_new_cadence_starts_at_it(c
     lead_id = await start(ctx, clock, "B")
     await act(ctx, activity(lead_id, minutes(clock, 30)))  # met under slow's 1 h
     await update(ctx, updated(lead_id, minutes(clock, 40), "A", "B"))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     assert [(e.type, e.data["metric"], e.data["policy_id"]) for e in events[3:]] == [
         ("sla.cancelled", "qualification", "slow"), ("sla.started", "next_action", "fast")]
     assert events[-1].data["started_at"] == z(minutes(clock, 30))
@@ -120,7 +120,7 @@ async def test_a_downgrade_re_plans_too_and_a_later_upgrade_back_starts_a_third_
     lead_id = await start(ctx, clock, "A")
     await update(ctx, updated(lead_id, minutes(clock, 1), "B", "A", reason="patched"))
     await update(ctx, updated(lead_id, minutes(clock, 2), "A", "B", reason="patched"))
-    firsts = [e for e in await outbox_events(engine, "sla_clock", lead_id)
+    firsts = [e for e in await stored_events(engine, "sla_clock", lead_id)
               if e.data["metric"] == "first_response" and e.type in ("sla.started", "sla.cancelled")]
     assert [(e.type, e.data["policy_id"]) for e in firsts] == [
         ("sla.started", "fast"), ("sla.cancelled", "fast"), ("sla.started", "slow"), ("sla.cancelled", "slow"),
@@ -134,7 +134,7 @@ async def test_a_paused_lead_stays_paused_under_the_new_policy_and_keeps_its_pau
     await act(ctx, activity(lead_id, minutes(clock, 1), type_="pause", outcome=None))
     await update(ctx, updated(lead_id, minutes(clock, 10), "A", "B"))
     await act(ctx, activity(lead_id, minutes(clock, 20), type_="resume", outcome=None))
-    events = [e for e in await outbox_events(engine, "sla_clock", lead_id) if e.data["policy_id"] == "fast"]
+    events = [e for e in await stored_events(engine, "sla_clock", lead_id) if e.data["policy_id"] == "fast"]
     assert [e.type for e in events] == ["sla.started", "sla.paused", "sla.resumed"]
     # 1 min used before the pause, 19 min paused: 4 min are left after the resume.
     assert events[-1].data["due_at"] == z(minutes(clock, 24))

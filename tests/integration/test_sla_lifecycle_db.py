@@ -26,7 +26,7 @@ from shared.events import (
     new_event,
 )
 from tests.integration.test_sla_clock_db import assigned, handle, received
-from tests.support import outbox_events
+from tests.support import stored_events
 
 CONFIG = """
 owners: [{id: alice}, {id: bob}]
@@ -85,7 +85,7 @@ async def fire(ctx, now) -> None:
 
 async def history(engine, lead_id: str) -> list[tuple[str, str]]:
     """(type, metric) of every SLA event of the lead, in commit order."""
-    return [(e.type, e.data["metric"]) for e in await outbox_events(engine, "sla_clock", lead_id)]
+    return [(e.type, e.data["metric"]) for e in await stored_events(engine, "sla_clock", lead_id)]
 
 
 def minutes(clock, n: float):
@@ -97,7 +97,7 @@ async def test_all_three_metrics_start_with_the_lead_and_next_action_at_the_firs
     assert await history(engine, lead_id) == [("sla.started", "first_response"), ("sla.started", "qualification")]
     await act(ctx, activity(lead_id, minutes(clock, 2)))
     assert (await history(engine, lead_id))[2:] == [("sla.met", "first_response"), ("sla.started", "next_action")]
-    started = (await outbox_events(engine, "sla_clock", lead_id))[-1].data
+    started = (await stored_events(engine, "sla_clock", lead_id))[-1].data
     assert started["due_at"] == (minutes(clock, 62)).isoformat().replace("+00:00", "Z") and started["step"] == 1
 
 
@@ -108,7 +108,7 @@ async def test_a_no_answer_call_is_a_cadence_attempt_but_not_a_first_response(ct
     await act(ctx, activity(lead_id, minutes(clock, 2), type_="email", outcome=None))
     await act(ctx, activity(lead_id, minutes(clock, 30), outcome="no_answer"))  # follow-up 1 of 2
     await act(ctx, activity(lead_id, minutes(clock, 80), outcome="no_answer"))  # follow-up 2 of 2: cadence done
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     cadence = [(e.type, e.data.get("step"), e.data.get("reason")) for e in events if e.data["metric"] == "next_action"]
     assert cadence == [("sla.started", 1, None), ("sla.met", 1, None), ("sla.started", 2, None),
                        ("sla.met", 2, None), ("sla.cancelled", 2, "cadence_exhausted")]
@@ -141,7 +141,7 @@ async def test_pause_and_resume_move_every_running_deadline_by_the_paused_time(c
     await fire(ctx, minutes(clock, 6))  # the old deadline passes while paused: nothing
     await act(ctx, activity(lead_id, minutes(clock, 11), type_="resume", outcome=None))
     await fire(ctx, minutes(clock, 14.9))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     assert [(e.type, e.data["metric"]) for e in events][2:] == [
         ("sla.paused", "first_response"), ("sla.paused", "qualification"),
         ("sla.resumed", "first_response"), ("sla.resumed", "qualification"),
@@ -157,7 +157,7 @@ async def test_opt_out_cancels_every_running_timer_and_nothing_starts_again(ctx,
     await act(ctx, activity(lead_id, minutes(clock, 1), type_="opt_out", outcome=None))
     await act(ctx, activity(lead_id, minutes(clock, 2)))
     await fire(ctx, minutes(clock, 5000))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     assert [(e.type, e.data["metric"], e.data.get("reason")) for e in events][2:] == [
         ("sla.cancelled", "first_response", "opted_out"), ("sla.cancelled", "qualification", "opted_out")]
 
@@ -184,7 +184,7 @@ async def test_a_queued_lead_is_timed_from_receipt_and_its_breach_names_why(ctx,
                        data=LeadQueued(lead_id=lead_id, tier="A", queue="tier-A", reason=reason))
     await handle(ctx, on_lead_queued, cfg, 1, queued, minutes(clock, 0.1))
     await fire(ctx, minutes(clock, 5))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     breach = next(e.data for e in events if e.type == "sla.breached")
     assert breach["owner_id"] is None and breach["root_cause"] == cause
     assert breach["due_at"] == minutes(clock, 5).isoformat().replace("+00:00", "Z")
@@ -201,7 +201,7 @@ async def test_reassignment_resets_or_continues_the_clock_as_the_policy_says(ctx
     await fire(ctx, minutes(clock, due_minutes - 0.1))
     assert ("sla.breached", "first_response") not in await history(engine, lead_id)
     await fire(ctx, minutes(clock, due_minutes))
-    breach = next(e.data for e in await outbox_events(engine, "sla_clock", lead_id) if e.type == "sla.breached")
+    breach = next(e.data for e in await stored_events(engine, "sla_clock", lead_id) if e.type == "sla.breached")
     assert breach["owner_id"] == "bob"
     assert breach["due_at"] == minutes(clock, due_minutes).isoformat().replace("+00:00", "Z")
 
@@ -239,7 +239,7 @@ async def test_a_metric_reads_its_calendar_in_the_zone_of_whoever_the_policy_say
                                                                      "timezone": "America/New_York"}}})
     await handle(ctx, on_lead_received, cfg, 1, lead, clock.now())
     await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, clock.now()), clock.now())
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     # qualification starts on receipt (its own start_on), first_response on assignment (the policy's).
     assert [(e.type, e.data["metric"]) for e in events] == [("sla.started", "qualification"),
                                                             ("sla.started", "first_response")]
@@ -257,7 +257,7 @@ async def test_on_reassign_can_differ_per_metric(make_ctx, clock, engine) -> Non
                       data=LeadReassigned(lead_id=lead_id, from_owner_id="alice", to_owner_id="bob",
                                           reason="manual", assignment_no=2))
     await handle(ctx, on_lead_reassigned, cfg, moved, minutes(clock, 30))
-    restarted = [e.data for e in await outbox_events(engine, "sla_clock", lead_id)][2:]
+    restarted = [e.data for e in await stored_events(engine, "sla_clock", lead_id)][2:]
     assert [(d["metric"], d["owner_id"], d["due_at"]) for d in restarted] == [
         ("first_response", "bob", "2026-11-17T10:30:00Z")]  # qualification continues, due 10:00
 
@@ -285,7 +285,7 @@ async def test_a_queued_lead_assigned_later_keeps_its_clock_from_receipt_and_the
     # Dequeued and assigned three minutes later: the clock does not start again.
     await handle(ctx, on_lead_assigned, cfg, 1, assigned(lead_id, minutes(clock, 3)), minutes(clock, 3))
     await fire(ctx, minutes(clock, 5))
-    events = await outbox_events(engine, "sla_clock", lead_id)
+    events = await stored_events(engine, "sla_clock", lead_id)
     assert [e.type for e in events if e.data["metric"] == "first_response"] == ["sla.started", "sla.breached"]
     breach = events[-1].data
     assert breach["owner_id"] == "alice" and breach["root_cause"] == "owner_missed"

@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from sqlalchemy import insert, update
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from services.sla_clock.watermark import InputWatermark
 from shared.clock import SystemClock
-from shared.db import OUTBOX
+from shared.eventstore import EVENTS, RELAY
 from tests.support import create_topic, eventually
 
 ALLOWANCE = timedelta(milliseconds=200)
@@ -73,22 +74,26 @@ async def test_the_watermark_waits_until_the_clocks_group_has_handled_every_publ
 async def test_an_event_a_producer_has_not_published_yet_holds_the_watermark(setup, engine) -> None:
     watermark, topic, _ = setup
     await eventually(lambda: watermark.seen, what="the watermark of an empty topic")
-    outbox = OUTBOX["intake"]
-    async with engine.begin() as conn:
-        # A stuck dead letter is no input of the clock: it holds nothing.
-        letter = (await conn.execute(insert(outbox).values(
-            topic="leads.deadletter", key="lead", event_id=str(uuid.uuid4()), event_type="deadletter",
-            payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
-    await eventually(lambda: watermark.seen > letter.created_at, what="the watermark past a stuck dead letter")
-    async with engine.begin() as conn:
-        # A touch intake accepted, stuck in its outbox (the broker is away, the relay is down...).
-        row_id = (await conn.execute(insert(outbox).values(
-            topic=topic, key="lead", event_id=str(uuid.uuid4()), event_type="activity.recorded",
-            payload=b"{}").returning(outbox.c.id, outbox.c.created_at))).one()
-    await rounds_later(watermark, 5)
-    assert watermark.seen < row_id.created_at
+    store = EVENTS["intake"]
+
+    def stored(topic: str, event_type: str) -> dict:
+        return dict(stream_id=str(uuid.uuid4()), version=1, topic=topic, key="lead", event_id=str(uuid.uuid4()),
+                    event_type=event_type, payload=b"{}")
 
     async with engine.begin() as conn:
-        await conn.execute(update(outbox).where(outbox.c.id.in_([row_id.id, letter.id]))
-                           .values(sent_at=datetime.now(UTC)))
-    await eventually(lambda: watermark.seen > row_id.created_at, what="the watermark once the row is published")
+        # A stuck dead letter is no input of the clock: it holds nothing.
+        letter = (await conn.execute(insert(store).values(**stored("leads.deadletter", "deadletter"))
+                                     .returning(store.c.position, store.c.recorded_at))).one()
+    await eventually(lambda: watermark.seen > letter.recorded_at, what="the watermark past a stuck dead letter")
+    async with engine.begin() as conn:
+        # A touch intake accepted, not yet published (the broker is away, the relay is down...).
+        row = (await conn.execute(insert(store).values(**stored(topic, "activity.recorded"))
+                                  .returning(store.c.position, store.c.recorded_at))).one()
+    await rounds_later(watermark, 5)
+    assert watermark.seen < row.recorded_at
+
+    relay = RELAY["intake"]
+    async with engine.begin() as conn:  # what the relay records once it has published the row
+        await conn.execute(pg_insert(relay).values(id=1, published_position=row.position).on_conflict_do_update(
+            index_elements=[relay.c.id], set_={"published_position": row.position}))
+    await eventually(lambda: watermark.seen > row.recorded_at, what="the watermark once the row is published")

@@ -1,0 +1,203 @@
+"""Each service's event store: the append-only record of every event the service emitted.
+
+`<schema>.events` is the system of record. A row is one CloudEvent (the exact bytes that go to
+Kafka) with its global `position`, its stream (the lead id; the owner id for owner changes) and
+its `version` in that stream, unique per stream. The service's state tables are projections of
+these events, written in the same transaction as the append.
+
+Appends of one service are serialised by a transaction-scoped advisory lock taken just before
+the insert and held to commit, so positions become visible in order: the relay can publish by
+position with a plain cursor and never skip a row that commits late. The lock covers only the
+insert and the commit (a millisecond or two); batches amortise it.
+
+Optimistic concurrency: a command that read a stream's version (`expect`) and appends to it
+conflicts if someone else appended first; it is then retried from fresh state
+(`ConcurrencyConflict`, see `retry_on_conflict`).
+
+`topic` is NULL for events kept only in the store (a service's internal decisions); the relay
+publishes the others. Nothing is deleted unless `LEADSLA_EVENT_RETENTION_DAYS` is set.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .db import SERVICE_SCHEMAS, metadata
+from .events import CloudEvent
+
+T = TypeVar("T")
+
+
+def events_table(schema: str) -> Table:
+    return Table(
+        "events",
+        metadata,
+        Column("position", BigInteger, primary_key=True, autoincrement=True),
+        Column("stream_id", String, nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("event_id", String, nullable=False),
+        Column("event_type", String, nullable=False),
+        Column("topic", String),  # NULL: kept in the store only, never published
+        Column("key", String, nullable=False),  # the Kafka record key (the lead id)
+        Column("payload", LargeBinary, nullable=False),  # the CloudEvent, as published
+        Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        UniqueConstraint("stream_id", "version", name=f"uq_{schema}_events_stream_version"),
+        Index(f"ix_{schema}_events_event_id", "event_id"),
+        schema=schema,
+    )
+
+
+def relay_table(schema: str) -> Table:
+    """One row: the position up to which the relay has published (or parked) the store."""
+    return Table(
+        "relay_position",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("published_position", BigInteger, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        schema=schema,
+    )
+
+
+def parked_table(schema: str) -> Table:
+    """Store rows the relay could not publish: refused by the broker for good (with the error),
+    or held behind such a row of the same key so that one lead's events stay in order."""
+    return Table(
+        "parked",
+        metadata,
+        Column("position", BigInteger, primary_key=True),
+        Column("key", String, nullable=False),
+        Column("error", Text),  # NULL for a row held behind an earlier refused row of its key
+        Column("parked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index(f"ix_{schema}_parked_key", "key"),
+        schema=schema,
+    )
+
+
+EVENTS = {schema: events_table(schema) for schema in SERVICE_SCHEMAS}
+RELAY = {schema: relay_table(schema) for schema in SERVICE_SCHEMAS}
+PARKED = {schema: parked_table(schema) for schema in SERVICE_SCHEMAS}
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer appended to a stream after this command read it; retry from fresh state."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"stream {stream_id!r} is at version {actual}, expected {expected}")
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event to append: where it is published (None: nowhere) and the stream it belongs to."""
+
+    topic: str | None
+    event: CloudEvent
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    position: int
+    stream_id: str
+    version: int
+    topic: str | None
+    event: CloudEvent
+    recorded_at: datetime
+
+
+def append_lock_key(schema: str) -> int:
+    return zlib.crc32(f"leadsla.events.append.{schema}".encode())
+
+
+async def stream_version(conn: AsyncConnection, schema: str, stream_id: str) -> int:
+    t = EVENTS[schema]
+    return await conn.scalar(select(func.coalesce(func.max(t.c.version), 0)).where(t.c.stream_id == stream_id)) or 0
+
+
+async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
+                 expected: dict[str, int] | None = None) -> None:
+    """Append in order, in the caller's transaction; the caller commits right after (the append
+    lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
+    if not pending:
+        return
+    t = EVENTS[schema]
+    await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
+    streams = list(dict.fromkeys(p.stream_id for p in pending))
+    current = dict((await conn.execute(
+        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id.in_(streams)).group_by(t.c.stream_id)
+    )).tuples().all())
+    for stream_id, version in (expected or {}).items():
+        if current.get(stream_id, 0) != version:
+            raise ConcurrencyConflict(stream_id, version, current.get(stream_id, 0))
+    rows = []
+    for p in pending:
+        current[p.stream_id] = current.get(p.stream_id, 0) + 1
+        rows.append({
+            "stream_id": p.stream_id,
+            "version": current[p.stream_id],
+            "event_id": p.event.id,
+            "event_type": p.event.type,
+            "topic": p.topic,
+            "key": p.event.subject or "",
+            "payload": p.event.to_bytes(),
+        })
+    await conn.execute(insert(t), rows)
+
+
+def _stored(row) -> StoredEvent:
+    return StoredEvent(position=row.position, stream_id=row.stream_id, version=row.version, topic=row.topic,
+                       event=CloudEvent.from_bytes(row.payload), recorded_at=row.recorded_at)
+
+
+async def read_stream(conn: AsyncConnection, schema: str, stream_id: str) -> list[StoredEvent]:
+    """One stream's events in version order."""
+    t = EVENTS[schema]
+    rows = await conn.execute(select(t).where(t.c.stream_id == stream_id).order_by(t.c.version))
+    return [_stored(r) for r in rows]
+
+
+async def read_all(conn: AsyncConnection, schema: str, *, after: int = 0, limit: int = 1000,
+                   types: Iterable[str] | None = None) -> list[StoredEvent]:
+    """The store in position order, a page at a time (replay)."""
+    t = EVENTS[schema]
+    query = select(t).where(t.c.position > after).order_by(t.c.position).limit(limit)
+    if types is not None:
+        query = query.where(t.c.event_type.in_(list(types)))
+    return [_stored(r) for r in await conn.execute(query)]
+
+
+async def count(conn: AsyncConnection, schema: str) -> int:
+    return await conn.scalar(select(func.count()).select_from(EVENTS[schema])) or 0
+
+
+async def retry_on_conflict(command: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Run a command (which opens its own unit of work) again from fresh state when it loses a
+    race on a stream."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await command()
+        except ConcurrencyConflict:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
