@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from services.sla_clock.adapters import PostgresClockStore  # noqa: E402
 from services.sla_clock.handlers import (  # noqa: E402
+    SlaDeps,
     fire_due,
     next_due,
     on_lead_assigned,
@@ -49,6 +50,7 @@ from shared.events import (  # noqa: E402
     Intent,
     LeadAssigned,
     LeadReceived,
+    Received,
     new_event,
 )
 from shared.migrate import upgrade  # noqa: E402
@@ -128,7 +130,7 @@ async def consume(engine, n: int) -> float:
     start = time.perf_counter()
     for handler, event in events:
         async with UnitOfWork(engine, "sla_clock") as uow:
-            await handler(PostgresClockStore(uow), CONFIG, 1, event, now)
+            await handler(PostgresClockStore(uow), Received.of(event), SlaDeps(CONFIG, 1, now))
             await uow.commit()
     return len(events) / (time.perf_counter() - start)
 

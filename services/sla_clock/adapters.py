@@ -22,9 +22,12 @@ from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
 from .projection import LIVE, PROJECTION, TIMER_EVENTS, timer_row
 from .tables import leads, timers
 
+# Where each event the clock records is published; the others stay in its store.
+TOPICS = {kind: TOPIC_SLA for kind in TIMER_EVENTS}
+
 
 def topic_of(event: CloudEvent) -> str | None:
-    return TOPIC_SLA if event.type.startswith("sla.") else None
+    return TOPICS.get(event.type)
 
 
 class ClockStore(Protocol):

@@ -3,39 +3,33 @@ fires them on time."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from shared import metrics
-from shared.consumer import Subscription
-from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
+from shared.consumer import Subscription, bind
+from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, Received
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext, ServiceSpec
 from shared.uow import UnitOfWork
 
-from .adapters import PostgresClockStore
+from .adapters import ClockStore, PostgresClockStore
 from .domain import ClockRules
-from .handlers import (
-    fire_due,
-    next_due,
-    on_activity,
-    on_lead_assigned,
-    on_lead_queued,
-    on_lead_reassigned,
-    on_lead_received,
-    on_lead_updated,
-    open_timer_counts,
-)
+from .handlers import HANDLERS, SlaDeps, fire_due, next_due, open_timer_counts
 from .projection import PROJECTION
 from .tables import timers
 from .views import timer_view
 from .watermark import InputWatermark, describe, lag_seconds
 
 log = structlog.get_logger()
+StoreHandler = Callable[[ClockStore, Received[Any], SlaDeps], Awaitable[None]]
+UowHandler = Callable[[UnitOfWork, Received[Any], SlaDeps], Awaitable[None]]
 FIRE_BATCH = 200
 GAUGE_REFRESH_SECONDS = 5.0
 GROUP = "sla_clock"
@@ -54,21 +48,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         interval=settings.sla_watermark_interval_seconds,
     )
 
-    async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
-        config, version = ctx.config.config, ctx.config.version
-        store = PostgresClockStore(uow)
-        if event.type == "lead.received":
-            await on_lead_received(store, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "lead.assigned":
-            await on_lead_assigned(store, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "activity.recorded":
-            await on_activity(store, config, event, ctx.clock.now(), rules)
-        elif event.type == "lead.queued":
-            await on_lead_queued(store, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "lead.reassigned":
-            await on_lead_reassigned(store, config, event, ctx.clock.now(), rules)
-        elif event.type == "lead.updated":
-            await on_lead_updated(store, config, version, event, ctx.clock.now(), rules)
+    def deps() -> SlaDeps:
+        return SlaDeps(ctx.config.config, ctx.config.version, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
         poll = settings.timer_poll_seconds
@@ -124,11 +105,20 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         return describe(watermark, ctx.clock.now())
 
     return ServiceSpec(
-        subscriptions=[Subscription(GROUP, INPUTS, on_event)],
+        subscriptions=[Subscription(GROUP, INPUTS, bind(on_postgres(HANDLERS), deps))],
         loops=[timer_loop, watermark.run],
         routers=[api],
         projection=PROJECTION,
     )
+
+
+def on_postgres(handlers: Mapping[type[BaseModel], StoreHandler]) -> dict[type[BaseModel], UowHandler]:
+    """The handlers, each given the consumer's unit of work as a Postgres store."""
+    def bound(handler: StoreHandler) -> UowHandler:
+        async def handle(uow: UnitOfWork, received: Received[Any], deps: SlaDeps) -> None:
+            await handler(PostgresClockStore(uow), received, deps)
+        return handle
+    return {cls: bound(handler) for cls, handler in handlers.items()}
 
 
 async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:

@@ -8,7 +8,7 @@ stream at the version it read, so two writers racing on one lead conflict and th
 retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,6 +17,7 @@ from shared import metrics
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy
 from shared.events import (
+    SLA_PAYLOADS,
     ActivityRecorded,
     CloudEvent,
     LeadAssigned,
@@ -24,7 +25,7 @@ from shared.events import (
     LeadReassigned,
     LeadReceived,
     LeadUpdated,
-    SlaEventData,
+    Received,
     deterministic_id,
     new_event,
     utc_iso,
@@ -86,9 +87,20 @@ DISQUALIFIED = "disqualified"
 LIVE = ("open", "paused")
 
 
-async def on_lead_received(store: ClockStore, config: Config, version: int, event: CloudEvent,
-                           now: datetime, rules: ClockRules = ClockRules()) -> None:
-    lead = event.data_as(LeadReceived)
+@dataclass(frozen=True)
+class SlaDeps:
+    """What the clock's event handlers are given besides the event, taken when the event is
+    handled: the configuration and its version, the time, the lateness rules."""
+
+    config: Config
+    version: int
+    now: datetime
+    rules: ClockRules = ClockRules()
+
+
+async def on_lead_received(store: ClockStore, received: Received[LeadReceived], deps: SlaDeps) -> None:
+    event, lead = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await store.expect_lead(lead.lead_id)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
@@ -100,9 +112,9 @@ async def on_lead_received(store: ClockStore, config: Config, version: int, even
         await _start_all(store, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
 
 
-async def on_lead_assigned(store: ClockStore, config: Config, version: int, event: CloudEvent,
-                           now: datetime, rules: ClockRules = ClockRules()) -> None:
-    assigned = event.data_as(LeadAssigned)
+async def on_lead_assigned(store: ClockStore, received: Received[LeadAssigned], deps: SlaDeps) -> None:
+    event, assigned = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await store.expect_lead(assigned.lead_id)
     lead = await store.lead(assigned.lead_id)
     # If the assignment overtook the lead on another topic (the router only assigns known leads),
@@ -120,11 +132,11 @@ async def on_lead_assigned(store: ClockStore, config: Config, version: int, even
                          rules, "assigned")
 
 
-async def on_lead_queued(store: ClockStore, config: Config, version: int, event: CloudEvent,
-                         now: datetime, rules: ClockRules = ClockRules()) -> None:
+async def on_lead_queued(store: ClockStore, received: Received[LeadQueued], deps: SlaDeps) -> None:
     """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
     so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
-    queued = event.data_as(LeadQueued)
+    event, queued = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await store.expect_lead(queued.lead_id)
     lead = await _note_lead(store, queued.lead_id, event, now, {
         "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
@@ -135,10 +147,10 @@ async def on_lead_queued(store: ClockStore, config: Config, version: int, event:
         await _start_all(store, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
 
 
-async def on_lead_reassigned(store: ClockStore, config: Config, event: CloudEvent, now: datetime,
-                             rules: ClockRules = ClockRules()) -> None:
+async def on_lead_reassigned(store: ClockStore, received: Received[LeadReassigned], deps: SlaDeps) -> None:
     """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
-    moved = event.data_as(LeadReassigned)
+    event, moved = received.envelope, received.data
+    config, now, rules = deps.config, deps.now, deps.rules
     await store.expect_lead(moved.lead_id)
     lead = await store.lead(moved.lead_id)
     if lead is None:
@@ -158,9 +170,9 @@ async def on_lead_reassigned(store: ClockStore, config: Config, event: CloudEven
         await _apply(store, config, lead, row, step, event, now, rules, timezone=zone)
 
 
-async def on_activity(store: ClockStore, config: Config, event: CloudEvent, now: datetime,
-                      rules: ClockRules = ClockRules()) -> None:
-    activity = event.data_as(ActivityRecorded)
+async def on_activity(store: ClockStore, received: Received[ActivityRecorded], deps: SlaDeps) -> None:
+    event, activity = received.envelope, received.data
+    config, now, rules = deps.config, deps.now, deps.rules
     # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
     # from when it was made; the sender's own occurred_at only within a bounded skew before that.
     at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
@@ -218,11 +230,11 @@ async def on_activity(store: ClockStore, config: Config, event: CloudEvent, now:
                          now)
 
 
-async def on_lead_updated(store: ClockStore, config: Config, version: int, event: CloudEvent, now: datetime,
-                          rules: ClockRules = ClockRules()) -> None:
+async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], deps: SlaDeps) -> None:
     """A lead changed (PATCH, a repeat with higher intent, an opt-out): a withdrawn consent ends
     its timers as an opt-out does; a new tier that selects another policy re-plans them."""
-    updated = event.data_as(LeadUpdated)
+    event, updated = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await store.expect_lead(updated.lead_id)
     lead = await store.lead(updated.lead_id)
     if lead is None:
@@ -425,10 +437,10 @@ def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: st
     return new_event(
         kind, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause, correlation_id=correlation_id,
         event_id=deterministic_id(timer.sla_id, suffix),
-        data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
-                          policy_id=timer.policy_id, policy_version=timer.policy_version,
-                          owner_id=timer.owner_id, started_at=timer.started_at, due_at=timer.due_at,
-                          tier=timer.tier, timer=TimerRecord(**state).model_dump(mode="json"), **extra),
+        data=SLA_PAYLOADS[kind.removeprefix("sla.")](
+            lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric, policy_id=timer.policy_id,
+            policy_version=timer.policy_version, owner_id=timer.owner_id, started_at=timer.started_at,
+            due_at=timer.due_at, tier=timer.tier, timer=TimerRecord(**state).model_dump(mode="json"), **extra),
     )
 
 
@@ -489,3 +501,14 @@ async def _set_owner(store: ClockStore, lead_id: str, owner_id: str, cause: Clou
     await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
                                   data=OwnerChanged(lead_id=lead_id, owner_id=owner_id))])
+
+
+# What the clock does with each payload class it consumes (bound to a store and SlaDeps in bootstrap).
+HANDLERS = {
+    LeadReceived: on_lead_received,
+    LeadAssigned: on_lead_assigned,
+    ActivityRecorded: on_activity,
+    LeadQueued: on_lead_queued,
+    LeadReassigned: on_lead_reassigned,
+    LeadUpdated: on_lead_updated,
+}

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.handlers import (
+    SlaDeps,
     fire_due,
     on_activity,
     on_lead_assigned,
@@ -41,6 +42,7 @@ from shared.events import (
     LeadQueued,
     LeadReassigned,
     LeadUpdated,
+    Received,
     new_event,
 )
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
@@ -104,10 +106,7 @@ class Clock:
 
         async def command() -> None:
             async with self.ctx.uow() as uow:
-                if fn is on_activity or fn is on_lead_reassigned:
-                    await fn(PostgresClockStore(uow), cfg, event, now)
-                else:
-                    await fn(PostgresClockStore(uow), cfg, 1, event, now)
+                await fn(PostgresClockStore(uow), Received.of(event), SlaDeps(cfg, 1, now))
                 await uow.commit()
 
         await retry_on_conflict(command)
@@ -252,13 +251,14 @@ async def test_an_assignment_racing_the_receipt_of_its_lead_conflicts_and_is_ret
     """lead.received and lead.assigned come on two topics, so two consumers may take them at once.
     The assignment, not seeing the lead yet, would note it with what it knows (source unknown) over
     the receipt's facts; its stream moved, so it conflicts and runs again on the received lead."""
-    lead_id, now, cfg = str(uuid.uuid4()), sla.ctx.clock.now(), sla.ctx.config.config
+    lead_id, now = str(uuid.uuid4()), sla.ctx.clock.now()
+    deps = SlaDeps(sla.ctx.config.config, 1, now)
     attempts: list[str] = []
 
     async def assign() -> None:
         async with sla.ctx.uow() as uow:
             try:
-                await on_lead_assigned(PostgresClockStore(uow), cfg, 1, assigned(lead_id, now), now)
+                await on_lead_assigned(PostgresClockStore(uow), Received.of(assigned(lead_id, now)), deps)
                 await uow.commit()
                 attempts.append("committed")
             except ConcurrencyConflict:
@@ -266,7 +266,7 @@ async def test_an_assignment_racing_the_receipt_of_its_lead_conflicts_and_is_ret
                 raise
 
     async with sla.ctx.uow() as first:
-        await on_lead_received(PostgresClockStore(first), cfg, 1, received(lead_id, now), now)
+        await on_lead_received(PostgresClockStore(first), Received.of(received(lead_id, now)), deps)
         racing = asyncio.create_task(retry_on_conflict(assign))
         await eventually(lambda: _waiting_on_a_lock(sla.engine), what="the assignment to wait for the receipt")
         await first.commit()
