@@ -1,0 +1,156 @@
+"""The SLA clock's handlers through the in-memory store: no database, no broker. What they record
+(sla.* on the sla topic, the clock's own notes kept in its store) and the state those events leave."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.sla_clock.adapters import InMemoryClockStore
+from services.sla_clock.handlers import (
+    SlaDeps,
+    fire_due,
+    on_activity,
+    on_lead_assigned,
+    on_lead_received,
+    on_lead_updated,
+)
+from shared.config import parse_config
+from shared.events import (
+    TOPIC_SLA,
+    ActivityRecorded,
+    CloudEvent,
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    LeadUpdated,
+    Received,
+    new_event,
+)
+
+CONFIG = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - id: demo
+    filter: {tiers: [A]}
+    metrics:
+      first_response: {target: 5m, warn_at: [50]}
+      next_action: {target: 1h, touches: 2, warn_at: []}
+""")
+T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+
+
+def received(lead_id: str, at: datetime = T0) -> CloudEvent:
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=at, data=LeadReceived(
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email="a@example.com"), company=Company(),
+        intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=at))
+
+
+def assigned(lead_id: str, at: datetime = T0) -> CloudEvent:
+    return new_event("lead.assigned", service="router", lead_id=lead_id, time=at, data=LeadAssigned(
+        lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin", reason="rule_match",
+        assignment_no=1, candidates=[], assigned_at=at, tier="A"))
+
+
+def activity(lead_id: str, at: datetime, type_: str = "call") -> CloudEvent:
+    return new_event("activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type_, actor="alice", occurred_at=at))
+
+
+async def handle(store: InMemoryClockStore, handler, event: CloudEvent) -> None:
+    await handler(store, Received.of(event), SlaDeps(CONFIG, 1, event.time))
+
+
+async def started(store: InMemoryClockStore) -> str:
+    lead_id = str(uuid.uuid4())
+    await handle(store, on_lead_received, received(lead_id))
+    await handle(store, on_lead_assigned, assigned(lead_id))
+    return lead_id
+
+
+async def fire(store: InMemoryClockStore, now: datetime) -> int:
+    return await fire_due(store, CONFIG, now, seen=now)
+
+
+def types(store: InMemoryClockStore) -> list[tuple[str | None, str]]:
+    return [(topic, event.type) for topic, event in store.recorded]
+
+
+async def test_a_lead_is_noted_and_its_timer_started_on_the_sla_topic_the_notes_kept_in_the_store() -> None:
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    assert types(store) == [(None, "sla_clock.lead_noted"), (None, "sla_clock.lead_noted"),
+                            (None, "sla_clock.owner_changed"), (TOPIC_SLA, "sla.started")]
+    assert store.expected == [lead_id, lead_id]  # each input handler decided on the lead's version
+    lead = await store.lead(lead_id)
+    assert (lead.source, lead.owner_id, lead.team_id, lead.assigned_at) == ("web", "alice", "sdr", T0)
+    [timer] = await store.timers(lead_id)
+    assert (timer.metric, timer.state, timer.owner_id, timer.due_at, timer.next_fire_at) == (
+        "first_response", "open", "alice", T0 + timedelta(minutes=5), T0 + timedelta(seconds=150))
+
+
+async def test_the_timer_warns_then_breaches_once_and_each_event_carries_the_state_it_leaves() -> None:
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    assert await fire(store, T0 + timedelta(seconds=149)) == 0
+    assert await fire(store, T0 + timedelta(seconds=150)) == 1
+    warning = store.recorded[-1][1]
+    assert warning.data["percent"] == 50
+    assert warning.data["timer"]["warned"] == [50] and warning.data["timer"]["next_fire_at"].startswith(
+        "2026-11-17T09:05:00")
+    assert await fire(store, T0 + timedelta(minutes=5)) == 1
+    assert await fire(store, T0 + timedelta(minutes=6)) == 0
+    breach = store.recorded[-1][1]
+    assert (breach.type, breach.data["root_cause"], breach.data["timer"]["state"]) == (
+        "sla.breached", "owner_missed", "breached")
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause, timer.next_fire_at) == ("breached", "owner_missed", None)
+
+
+async def test_a_touch_in_time_meets_the_response_and_starts_the_cadence_so_nothing_fires_for_it() -> None:
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=2)))
+    assert types(store)[-3:] == [(None, "sla_clock.lead_noted"), (TOPIC_SLA, "sla.met"), (TOPIC_SLA, "sla.started")]
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert (timers["first_response"].state, timers["first_response"].closed_at) == ("met", T0 + timedelta(minutes=2))
+    assert timers["next_action"].state == "open"
+    assert (await store.lead(lead_id)).first_touch_at == T0 + timedelta(minutes=2)
+    assert await fire(store, T0 + timedelta(minutes=10)) == 0
+
+
+async def test_an_opt_out_cancels_every_running_timer_and_closes_the_lead() -> None:
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_lead_updated, new_event(
+        "lead.updated", service="intake", lead_id=lead_id, time=T0 + timedelta(minutes=1), data=LeadUpdated(
+            lead_id=lead_id, changed={"consent.contact": {"old": True, "new": False}}, tier="A", previous_tier="A",
+            reason="opted_out")))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.reason) == ("cancelled", "opted_out")
+    assert (await store.lead(lead_id)).closed_reason == "opted_out"
+    assert types(store)[-2:] == [(None, "sla_clock.lead_noted"), (TOPIC_SLA, "sla.cancelled")]
+
+
+async def test_an_assignment_before_its_lead_is_noted_from_what_it_says_and_completed_by_the_receipt() -> None:
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    await handle(store, on_lead_assigned, assigned(lead_id))
+    assert (await store.lead(lead_id)).source == "unknown"
+    await handle(store, on_lead_received, received(lead_id))
+    lead = await store.lead(lead_id)
+    assert (lead.source, lead.owner_id) == ("web", "alice")
+    assert len(await store.timers(lead_id)) == 1  # started once, by the assignment
+
+
+async def test_a_receipt_handled_again_notes_nothing_new_and_starts_nothing() -> None:
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    receipt = received(lead_id)
+    await handle(store, on_lead_received, receipt)
+    await handle(store, on_lead_assigned, assigned(lead_id))
+    before = len(store.recorded)
+    await handle(store, on_lead_received, receipt)
+    assert len(store.recorded) == before
