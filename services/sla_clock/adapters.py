@@ -9,7 +9,7 @@ clock's internal events stay in its store.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -59,6 +59,9 @@ class ClockStore(Protocol):
     async def open_counts(self) -> list[tuple[str, str, int]]: ...
 
     async def record(self, events: Sequence[CloudEvent]) -> None: ...
+
+    def observe(self, metric: Callable[[], None]) -> None:
+        """Count a metric once this unit of work has committed (never for a rolled-back one)."""
 
 
 class PostgresClockStore:
@@ -110,6 +113,9 @@ class PostgresClockStore:
             .group_by(timers.c.metric, timers.c.tier))
         return [(r[0], r[1], r[2]) for r in rows]
 
+    def observe(self, metric: Callable[[], None]) -> None:
+        self.uow.after_commit(metric)
+
     async def record(self, events: Sequence[CloudEvent]) -> None:
         # UnitOfWork.record, for a batch: the projection writes it with one statement per table.
         if not events:
@@ -146,6 +152,10 @@ class InMemoryClockStore:
         self.lead_rows: dict[str, dict[str, Any]] = {}
         self.recorded: list[tuple[str | None, CloudEvent]] = []
         self.expected: list[str] = []
+        self.observed: list[Callable[[], None]] = []  # metrics a commit would count
+
+    def observe(self, metric: Callable[[], None]) -> None:
+        self.observed.append(metric)
 
     async def expect_lead(self, lead_id: str) -> None:
         self.expected.append(lead_id)

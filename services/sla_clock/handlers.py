@@ -8,8 +8,10 @@ stream at the version it read, so two writers racing on one lead conflict and th
 retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -214,8 +216,8 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
             step = touch(timer, at)
             if first_ever and (timer.state == "breached" or step.timer.state == "breached"):
                 # A late first response is a response time too: Grafana shows the real distribution.
-                metrics.time_to_first_response.labels(timer.tier, "breached").observe(
-                    max((at - timer.started_at).total_seconds(), 0))
+                store.observe(partial(metrics.time_to_first_response.labels(timer.tier, "breached").observe,
+                                      max((at - timer.started_at).total_seconds(), 0)))
         elif row.metric == QUALIFICATION and activity.type == "disposition":
             step = touch(timer, at)
         elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
@@ -284,7 +286,7 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
     events: list[CloudEvent] = []
     for row in rows:
         events += _outcomes(config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
-                            None, now, rules)
+                            None, now, rules, store.observe)
     await store.record(events)
     return len(rows)
 
@@ -364,15 +366,16 @@ async def _apply(
     now: datetime, rules: ClockRules, *, timezone: str | None = None,
 ) -> None:
     """Record the step's outcomes, which carry the timer's new state; `lead` is the caller's row for it."""
-    await store.record(_outcomes(config, lead, row, step, cause, now, rules, timezone=timezone))
+    await store.record(_outcomes(config, lead, row, step, cause, now, rules, store.observe, timezone=timezone))
 
 
 def _outcomes(
     config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None, now: datetime,
-    rules: ClockRules, *, timezone: str | None = None,
+    rules: ClockRules, observe: Callable[[Callable[[], None]], None], *, timezone: str | None = None,
 ) -> list[CloudEvent]:
     """The sla.* events of a step, each carrying the timer as the whole step leaves it (so that the
-    last one recorded is the row's state); `timezone`: the zone its calendar is now read in."""
+    last one recorded is the row's state); `timezone`: the zone its calendar is now read in.
+    Metrics go to `observe`, counted once the step has committed."""
     if not step.outcomes:
         return []
     timer, before = step.timer, _timer(row)
@@ -385,21 +388,21 @@ def _outcomes(
     for outcome in step.outcomes:
         if isinstance(outcome, Warned):
             events.append(("sla.warning", timer, {"percent": outcome.percent}))
-            metrics.sla_warnings.labels(timer.metric, timer.tier).inc()
+            observe(metrics.sla_warnings.labels(timer.metric, timer.tier).inc)
         elif isinstance(outcome, Breached):
             noticed = outcome.noticed or before.due_at
             cause_code = breach_root_cause(_root_cause(before, lead, config), noticed, now, rules.tolerance)
             state.update(closed_at=now, root_cause=cause_code)
             events.append(("sla.breached", before, {"breached_at": outcome.at, "root_cause": cause_code}))
-            metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc()
-            metrics.sla_breach_lag.observe(max((now - noticed).total_seconds(), 0))
+            observe(metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc)
+            observe(partial(metrics.sla_breach_lag.observe, max((now - noticed).total_seconds(), 0)))
         elif isinstance(outcome, Met):
             state.update(closed_at=outcome.at)
             events.append(("sla.met", before, {"met_at": outcome.at}))
-            metrics.sla_met.labels(timer.metric, timer.tier).inc()
+            observe(metrics.sla_met.labels(timer.metric, timer.tier).inc)
             if timer.metric == FIRST_RESPONSE:
-                metrics.time_to_first_response.labels(timer.tier, "met").observe(
-                    max((outcome.at - before.started_at).total_seconds(), 0))
+                observe(partial(metrics.time_to_first_response.labels(timer.tier, "met").observe,
+                                max((outcome.at - before.started_at).total_seconds(), 0)))
         elif isinstance(outcome, Paused):
             events.append(("sla.paused", timer, {"at": outcome.at, "paused_at": outcome.at}))
         elif isinstance(outcome, Resumed):

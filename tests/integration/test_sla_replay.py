@@ -32,6 +32,7 @@ from services.sla_clock.handlers import (
 )
 from services.sla_clock.projection import PROJECTION
 from services.sla_clock.tables import leads, timers
+from shared import metrics
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig, apply_config
@@ -284,3 +285,26 @@ async def _waiting_on_a_lock(engine: AsyncEngine) -> bool:
     async with engine.connect() as conn:
         return bool(await conn.scalar(text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")))
+
+
+def breaches_counted(tier: str) -> float:
+    [family] = metrics.sla_breaches.collect()
+    return sum(s.value for s in family.samples
+               if s.name.endswith("_total") and s.labels["tier"] == tier and s.labels["metric"] == "first_response")
+
+
+async def test_a_breach_is_counted_once_it_has_committed_and_never_for_a_rolled_back_attempt(sla: Clock) -> None:
+    lead_id = await new_lead(sla, "C")  # tier C: this test's own label
+    due = sla.ctx.clock.now() + timedelta(minutes=30)
+    before = breaches_counted("C")
+    async with sla.ctx.uow() as uow:
+        assert await fire_due(PostgresClockStore(uow), sla.ctx.config.config, due, seen=due) >= 1
+        # rolled back: a replica lost its database, say
+    assert breaches_counted("C") == before
+    async with sla.ctx.uow() as uow:
+        await fire_due(PostgresClockStore(uow), sla.ctx.config.config, due, seen=due)
+        assert breaches_counted("C") == before  # decided, not yet committed
+        await uow.commit()
+    assert breaches_counted("C") == before + 1
+    async with sla.engine.connect() as conn:
+        assert await conn.scalar(select(timers.c.state).where(timers.c.lead_id == lead_id)) == "breached"

@@ -95,7 +95,9 @@ async def test_the_timer_warns_then_breaches_once_and_each_event_carries_the_sta
     store = InMemoryClockStore()
     lead_id = await started(store)
     assert await fire(store, T0 + timedelta(seconds=149)) == 0
+    assert store.observed == []
     assert await fire(store, T0 + timedelta(seconds=150)) == 1
+    assert len(store.observed) == 1  # the warning, to be counted when a commit makes it true
     warning = store.recorded[-1][1]
     assert warning.data["percent"] == 50
     assert warning.data["timer"]["warned"] == [50] and warning.data["timer"]["next_fire_at"].startswith(
@@ -103,6 +105,7 @@ async def test_the_timer_warns_then_breaches_once_and_each_event_carries_the_sta
     assert await fire(store, T0 + timedelta(minutes=5)) == 1
     assert await fire(store, T0 + timedelta(minutes=6)) == 0
     breach = store.recorded[-1][1]
+    assert len(store.observed) == 3  # and the breach, with its lag
     assert (breach.type, breach.data["root_cause"], breach.data["timer"]["state"]) == (
         "sla.breached", "owner_missed", "breached")
     [timer] = await store.timers(lead_id)
