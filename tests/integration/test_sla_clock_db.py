@@ -28,6 +28,7 @@ from shared.events import (
     Received,
     new_event,
 )
+from shared.eventstore import retry_on_conflict
 from tests.support import stored_events
 
 CONFIG = """
@@ -63,11 +64,17 @@ def call(lead_id: str, at) -> CloudEvent:
 
 
 async def handle(ctx, fn, config, *args, rules: ClockRules = ClockRules()) -> None:
-    """Run one handler as the consumer would: (config, [version,] event, now) make its deps."""
+    """Run one handler as the consumer would: (config, [version,] event, now) make its deps; again
+    from fresh state if another writer (the timer loop) recorded about the lead meanwhile."""
     *version, event, now = args
-    async with ctx.uow() as uow:
-        await fn(PostgresClockStore(uow), Received.of(event), SlaDeps(config, version[0] if version else 1, now, rules))
-        await uow.commit()
+
+    async def once() -> None:
+        async with ctx.uow() as uow:
+            await fn(PostgresClockStore(uow), Received.of(event),
+                     SlaDeps(config, version[0] if version else 1, now, rules))
+            await uow.commit()
+
+    await retry_on_conflict(once)
 
 
 async def sla_events(engine, lead_id: str) -> list[CloudEvent]:
