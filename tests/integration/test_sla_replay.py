@@ -85,15 +85,17 @@ async def own_database(postgres_server_url: str) -> AsyncIterator[str]:
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    await upgrade(engine)
-    async with engine.begin() as conn:
-        await apply_config(conn, CONFIG)
-    await engine.dispose()
-    yield url
-    admin = await asyncpg.connect(raw)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    try:
+        engine = make_engine(url)
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await apply_config(conn, CONFIG)
+        await engine.dispose()
+        yield url
+    finally:
+        admin = await asyncpg.connect(raw)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @dataclass
