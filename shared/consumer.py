@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import metrics
+from . import metrics, tracing
 from .aio import next_backoff, sleep_unless_stopped
 from .clock import Clock
 from .db import PROCESSED, database_outage, deadletters, is_database_unavailable
@@ -309,7 +309,8 @@ class EventConsumer:
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
                 try:
-                    await self.sub.dispatch(uow, event, typed)
+                    with tracing.handling(event, record.headers):
+                        await self.sub.dispatch(uow, event, typed)
                     await savepoint.commit()
                 except Exception as exc:
                     if is_database_unavailable(exc):
