@@ -1,7 +1,7 @@
 """The event interfaces integrators read: one JSON Schema per event type (the whole CloudEvent,
-its `data` generated from the payload model in `shared.events.EVENT_DATA`) and an AsyncAPI 3.0
+its `data` generated from the payload class registered for the type in `shared.events`) and an AsyncAPI 3.0
 document of the topics. Committed under docs/ (regenerate with `python -m shared.schemas`, checked
-by a unit test) and served by every service:
+by a unit test; also `leadsla schemas [--check]`) and served by every service:
 
   GET /v1/schemas                 the event types and where their schemas are
   GET /v1/schemas/{type}          one event type's JSON Schema (also /schemas/{type}.json)
@@ -73,14 +73,20 @@ TOPICS: dict[str, dict[str, Any]] = {
 }
 
 
+def registry() -> dict[str, type]:
+    """Event type -> payload class: `shared.events.PAYLOADS` once the events package has it,
+    `EVENT_DATA` before."""
+    return dict(getattr(events, "PAYLOADS", None) or events.EVENT_DATA)
+
+
 def event_types() -> list[str]:
-    return sorted(events.EVENT_DATA)
+    return sorted(registry())
 
 
 @functools.cache
 def event_schema(event_type: str) -> dict[str, Any]:
     """The JSON Schema of one event type: the CloudEvent envelope, `data` from its payload model."""
-    model = events.EVENT_DATA[event_type]
+    model = registry()[event_type]
     data = model.model_json_schema(mode="validation")
     defs = data.pop("$defs", {})
     envelope = events.CloudEvent.model_fields
@@ -119,7 +125,7 @@ def asyncapi() -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the topics, their messages and who sends and receives them."""
     messages: dict[str, Any] = {}
     for event_type in event_types():
-        model = events.EVENT_DATA[event_type]
+        model = registry()[event_type]
         messages[event_type] = {
             "name": event_type,
             "title": event_type,
@@ -241,7 +247,7 @@ def schema_router() -> APIRouter:
     @router.get("/v1/schemas/{event_type}", include_in_schema=False)
     async def one(event_type: str) -> Response:
         event_type = event_type.removesuffix(".json")
-        if event_type not in events.EVENT_DATA:
+        if event_type not in registry():
             from .http import ProblemError
 
             raise ProblemError(404, "Not found", f"No event type {event_type!r}; GET /v1/schemas lists them.")
