@@ -63,6 +63,7 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become log lines too, not bare text on stderr
     # httpx logs every request URL at INFO; webhook URLs (Slack-style ones especially) are secrets.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -322,3 +322,15 @@ async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:
     """Last in the module: what an orchestrator does on deploy. A hang would end in SIGKILL (-9)."""
     codes = {name: service.stop() for name, service in system.services.items()}
     assert codes == {name: 0 for name in system.services}
+
+
+def test_service_logs_are_json_lines_without_contact_details(system: System) -> None:
+    """After the run above (services stopped): every line each service wrote, its own and its
+    libraries', is one JSON object, and no lead's email address reached a log."""
+    for name, service in system.services.items():
+        lines = service.log_path.read_text().splitlines()
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)
+            assert isinstance(record, dict) and {"event", "level", "timestamp"} <= set(record), (name, line)
+        assert "@example.com" not in service.log_path.read_text(), name
