@@ -28,7 +28,7 @@ from shared.db import deadletters
 from shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
 from shared.eventstore import EVENTS, read_stream
 from shared.settings import SERVICE_PORTS
-from tests.support import TopicReader, eventually, outbox_events
+from tests.support import TopicReader, eventually, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +170,7 @@ async def test_the_callers_traceparent_follows_the_lead_through_every_hop(system
     chain = ["lead.received", "lead.assigned", "sla.started", "sla.warning", "sla.breached",
              "escalation.triggered", "notification.sent"]
     await wait_for_types(system, lead_id, set(chain))
-    events = [e for service in SERVICE_PORTS for e in await outbox_events(engine, service, lead_id)]
+    events = [e for service in SERVICE_PORTS for e in await stored_events(engine, service, lead_id)]
     assert set(chain) <= {e.type for e in events}
     spans = {e.type: tracing.parse(e.traceparent) for e in events}
     assert {t.trace_id for t in spans.values()} == {caller_trace}, {k: str(v) for k, v in spans.items()}

@@ -1,14 +1,14 @@
 """sla_clock: a lead keeps the traceparent of the event that made it known, so what its timers fire
 later (warnings, breaches) continues the trace of the request that submitted it
 
-Revision ID: 0004_trace_context
-Revises: 0003_sla_clock
+Revision ID: 0005_trace_context
+Revises: 0004_event_store
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_trace_context"
-down_revision = "0003_sla_clock"
+revision = "0005_trace_context"
+down_revision = "0004_event_store"
 branch_labels = None
 depends_on = None
 
