@@ -7,7 +7,25 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
-from shared.events import utc_iso
+from shared.events import (
+    PAYLOADS,
+    ActivityRecorded,
+    LeadAssigned,
+    LeadDequeued,
+    LeadQueued,
+    LeadReassigned,
+    LeadReceived,
+    LeadUpdated,
+    Payload,
+    SlaBreached,
+    SlaCancelled,
+    SlaMet,
+    SlaPaused,
+    SlaResumed,
+    SlaStarted,
+    SlaWarning,
+    utc_iso,
+)
 
 
 class Event(Protocol):
@@ -27,10 +45,15 @@ TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
 # as sla_clock judges it.
 CLOCK_SKEW = timedelta(minutes=5)
 TERMINAL = frozenset({"met", "breached", "cancelled"})
-# sla.* event type -> the timer state it leaves; types not listed (a future sla.* type) change nothing.
-SLA_STATE: dict[str, str] = {"sla.started": "open", "sla.warning": "open", "sla.resumed": "open",
-                             "sla.paused": "paused", "sla.met": "met", "sla.breached": "breached",
-                             "sla.cancelled": "cancelled"}
+# sla.* payload class -> the timer state it leaves.
+SLA_STATE: dict[type[Payload], str] = {SlaStarted: "open", SlaWarning: "open", SlaResumed: "open",
+                                       SlaPaused: "paused", SlaMet: "met", SlaBreached: "breached",
+                                       SlaCancelled: "cancelled"}
+
+
+def payload_class(event: Event) -> type[Payload] | None:
+    """The payload class of the event's type; None for a type the contract does not name."""
+    return PAYLOADS.get(event.type)
 
 
 def _at(value: Any) -> datetime | None:
@@ -57,7 +80,7 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
         if STATUS_RANK[status] >= STATUS_RANK.get(s.get("status") or "received", 0):
             s["status"] = status
 
-    projector = PROJECTORS.get(event.type)
+    projector = PROJECTORS.get(payload_class(event))  # type: ignore[arg-type]
     if projector is not None:
         projector(s, d, event, advance)
     s["updated_at"] = utc_iso(event.time)
@@ -142,10 +165,10 @@ def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advan
 def _sla_summary(s: dict[str, Any], event: Event) -> None:
     d = event.data
     entry = dict(s["sla"].get(d["metric"]) or {})
-    kind = event.type
+    kind = payload_class(event)
     entry.update({k: d[k] for k in ("sla_id", "policy_id", "due_at") if d.get(k) is not None})
-    state = SLA_STATE.get(kind)
-    if kind == "sla.warning":
+    state = SLA_STATE.get(kind)  # type: ignore[arg-type]
+    if kind is SlaWarning:
         entry["last_warning_percent"] = d.get("percent")
     if state is not None and entry.get("state") not in TERMINAL:
         entry["state"] = state
@@ -160,7 +183,7 @@ def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     is never reopened by a `started` or `warning` that arrives late."""
     d = event.data
     t = dict(timer or {"sla_id": d["sla_id"], "lead_id": d["lead_id"], "metric": d["metric"], "state": "open"})
-    kind = event.type
+    kind = payload_class(event)
     for key in ("policy_id", "tier", "owner_id"):
         if d.get(key) is not None:
             t[key] = d[key]
@@ -169,9 +192,9 @@ def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
             t[key] = _at(d[key])
     if d.get("root_cause"):
         t["root_cause"] = d["root_cause"]
-    if kind == "sla.cancelled":
+    if kind is SlaCancelled:
         t["cancel_reason"] = d.get("reason")
-    state = SLA_STATE.get(kind)
+    state = SLA_STATE.get(kind)  # type: ignore[arg-type]
     if state is not None and t.get("state") not in TERMINAL:
         t["state"] = state
     t["updated_at"] = event.time
@@ -226,22 +249,22 @@ def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event
 def timers_touched_by(event: Event) -> str | None:
     """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
     (all of that metric), or None."""
-    kind = event.type
+    kind = payload_class(event)
     if kind in SLA_STATE and event.data.get("sla_id") and event.data.get("metric"):
         return "one"
-    if kind == "activity.recorded" and is_touch(event.data):
+    if kind is ActivityRecorded and is_touch(event.data):
         return "first_response"
     return None
 
 
-# How each event type changes the lead's facts; other types only move `updated_at`.
-PROJECTORS: dict[str, Projector] = {
-    "lead.received": _received,
-    "lead.updated": _updated,
-    "lead.assigned": _assigned,
-    "lead.reassigned": _reassigned,
-    "lead.queued": _queued,
-    "lead.dequeued": _dequeued,
-    "activity.recorded": _activity,
-    **{kind: _sla for kind in SLA_STATE},
+# How each payload class changes the lead's facts; other types only move `updated_at`.
+PROJECTORS: dict[type[Payload], Projector] = {
+    LeadReceived: _received,
+    LeadUpdated: _updated,
+    LeadAssigned: _assigned,
+    LeadReassigned: _reassigned,
+    LeadQueued: _queued,
+    LeadDequeued: _dequeued,
+    ActivityRecorded: _activity,
+    **{cls: _sla for cls in SLA_STATE},
 }
