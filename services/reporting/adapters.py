@@ -1,6 +1,6 @@
 """Where reporting's read models live: the store interface the handler writes through, its
 Postgres implementation, and an in-memory one for handler unit tests (both pass the same
-contract suite, tests/reporting_store_contract.py).
+contract suite, tests/contracts/reporting_store.py).
 
 A lead's facts travel as the JSON-ish dict `domain.fold` works on (timestamps as RFC 3339
 strings); a timer as the dict `domain.fold_timer` works on (timestamps as datetimes), which is
