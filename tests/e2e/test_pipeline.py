@@ -315,7 +315,8 @@ async def test_every_services_state_is_a_replay_of_its_store(system: System, eng
         done = subprocess.run([sys.executable, "-m", "leadsla.cli", "replay", service, "--verify"], env=env,
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, f"{service}: {done.stdout}\n{done.stderr}"
-        assert "live state matches a rebuild" in done.stdout and "events/s" in done.stdout
+        said = done.stdout + done.stderr  # the CLI's console writes to stderr
+        assert "live state matches a rebuild" in said and "events/s" in said, said
 
 
 async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:
