@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from shared import tracing
 from shared.business_hours import BusinessCalendar
 from shared.config import Config
 from shared.events import (
@@ -108,7 +109,7 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
     """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
     event, sla, now = received.envelope, received.data, deps.now
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
-               "data": sla.model_dump(mode="json", exclude_none=True)}
+               "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     for planned in plan_steps(deps.config, event.type, now):
         escalation_id = deterministic_id("escalation", event.id, planned.policy_id, str(planned.step))
         await uow.conn.execute(pg_insert(escalations).values(
@@ -225,7 +226,8 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
                          "owner_id": facts.owner_id, "owner_name": facts.owner_name, "link": message.link},
                 "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
                 "trigger": {"type": trigger["type"], "event_id": trigger["event_id"],
-                            "correlation_id": trigger.get("correlation_id"), **sla},
+                            "correlation_id": trigger.get("correlation_id"),
+                            "traceparent": trigger.get("traceparent"), **sla},
                 "message": {"subject": message.subject, "text": message.text, "html": message.html,
                             "slack": message.slack},
             }
@@ -234,13 +236,15 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
                 step=esc.step, channel=channel, recipient=person.id, payload=payload, state="pending",
                 next_attempt_at=send_at, created_at=now,
             ).on_conflict_do_nothing())
-    uow.emit(TOPIC_NOTIFICATIONS, new_event(
-        "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
-        correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
-        data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
-                                 step=esc.step, trigger_event_id=trigger["event_id"],
-                                 trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
-    ).model_copy(update={"causationid": trigger["event_id"]}))
+    with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
+        triggered = new_event(
+            "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
+            correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
+            data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
+                                     step=esc.step, trigger_event_id=trigger["event_id"],
+                                     trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
+        )
+    uow.emit(TOPIC_NOTIFICATIONS, triggered.model_copy(update={"causationid": trigger["event_id"]}))
     return True
 
 

@@ -1,25 +1,32 @@
 """Rebuilds reporting's read models (lead facts, SLA timers) from its timeline, the record of
-every event it has consumed, in arrival order. The fold is the live one (`domain.project_event`),
-run in memory and written in bulk, inside one transaction that holds the read models
-exclusively: live projections wait, and nothing is half rebuilt if it fails.
+every event it has consumed, in arrival order. The fold is the live one (`domain.project_event`,
+which `handlers.project` runs against a store), run in memory (`fold_in_memory`) and written in
+bulk (one COPY per table), inside one transaction that holds the read models exclusively: live
+projections wait, and nothing is half rebuilt if it fails.
+
+Why not `shared.replay.Projection`: that framework replays a service's own event store, and
+reporting emits no events; its source is the timeline, the events of the other services'
+topics as they arrived, which is itself part of what the live projection writes.
 
 `verify=True` rebuilds the same way, compares with the live rows, and rolls back."""
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.config import Config
 
-from .domain import project_event, timers_touched_by
-from .projections import READ_MODELS_LOCK, calendars, lead_values, timer_values
+from .adapters import READ_MODELS_LOCK, lead_values
+from .domain import Event, project_event, timers_touched_by
+from .handlers import CalendarOf, calendars
 from .tables import lead_state, sla_timers, timeline
 
 BATCH = 2000
@@ -69,20 +76,43 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
     timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
     calendar_of = calendars(config)
     count = 0
-    columns = (timeline.c.lead_id, timeline.c.type, timeline.c.time, timeline.c.data)
-    rows = await conn.stream(select(*columns).order_by(timeline.c.position).execution_options(yield_per=BATCH))
-    # Whole batches per await: a row-by-row async iteration costs more than the fold itself.
-    async for batch in rows.partitions(BATCH):
-        count += _fold_batch(batch, leads, timers, calendar_of)
-        if progress is not None:
-            progress(len(batch))
-    await _write(conn, leads, timers)
+    # The driver's own cursor, in this transaction: SQLAlchemy's row objects cost more than the
+    # fold reads of them. JSONB arrives decoded (the dialect's codec on this connection).
+    raw = (await conn.get_raw_connection()).driver_connection
+    t = timeline.c
+    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name} "
+                              f"FROM {timeline.schema}.{timeline.name} ORDER BY {t.position.name}")
+    # The fold keeps every lead's facts and timers alive until the write, hundreds of thousands
+    # of dicts without a cycle among them; the cyclic collector would rescan them all at every
+    # full pass (a third of the rebuild's time), so it stays off until they are written.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        batch = await cursor.fetch(BATCH)
+        while batch:
+            # Ask for the next page before folding this one: Postgres produces it meanwhile.
+            upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
+            await asyncio.sleep(0)  # let the request go out
+            try:
+                fold_in_memory(map(_Recorded._make, batch), calendar_of, leads, timers)
+                count += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+            except BaseException:
+                # Leave the connection idle, so the rollback can use it.
+                await asyncio.gather(upcoming, return_exceptions=True)
+                raise
+            batch = await upcoming
+        await _write(raw, leads, timers)
+    finally:
+        if collecting:
+            gc.enable()
     return count
 
 
-@dataclass(frozen=True, slots=True)
-class _Recorded:
-    """What the fold reads of an event; rows we wrote ourselves need no validation."""
+class _Recorded(NamedTuple):
+    """What the fold reads of an event; rows we wrote ourselves need no validation (and a tuple
+    is the cheapest thing to build from a row)."""
 
     subject: str
     type: str
@@ -90,33 +120,52 @@ class _Recorded:
     data: dict[str, Any]
 
 
-def _fold_batch(batch: Any, leads: dict[str, dict[str, Any]], timers: dict[str, dict[str, dict[str, Any]]],
-                calendar_of: Any) -> int:
-    for lead_id, type_, time_, data in batch:
-        event = _Recorded(lead_id, type_, time_, data)
+def fold_in_memory(events: Iterable[Event], calendar_of: CalendarOf,
+                   leads: dict[str, dict[str, Any]] | None = None,
+                   timers: dict[str, dict[str, dict[str, Any]]] | None = None,
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """What `handlers.project` does to a store, done to dicts: lead id -> facts, and lead id ->
+    sla id -> timer. The events are the timeline's, so none is a redelivery."""
+    leads = {} if leads is None else leads
+    timers = {} if timers is None else timers
+    for event in events:
+        lead_id = event.subject  # type: ignore[attr-defined]
         own = timers.setdefault(lead_id, {})
         needed = timers_touched_by(event)
-        relevant = {} if needed is None else (
-            {k: v for k, v in own.items() if k == event.data["sla_id"]} if needed == "one"
-            else {k: v for k, v in own.items() if v["metric"] == "first_response"})
+        if needed is None:
+            relevant = {}
+        elif needed == "one":
+            sla_id = event.data["sla_id"]
+            relevant = {sla_id: own[sla_id]} if sla_id in own else {}
+        else:
+            relevant = {k: v for k, v in own.items() if v["metric"] == "first_response"}
         lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, relevant, event, calendar_of)
         leads[lead_id] = lead
         for timer in changed:
             own[timer["sla_id"]] = timer
-    return len(batch)
+    return leads, timers
 
 
-async def _write(conn: AsyncConnection, leads: dict[str, dict[str, Any]],
-                 timers: dict[str, dict[str, dict[str, Any]]]) -> None:
-    lead_rows = [{"lead_id": lead_id, **lead_values(lead)} for lead_id, lead in leads.items()]
-    timer_rows = [timer_values(t) for own in timers.values() for t in own.values()]
-    # COPY, in this transaction: several times faster than INSERTs for a whole table.
-    raw = (await conn.get_raw_connection()).driver_connection
-    for table, rows in ((lead_state, lead_rows), (sla_timers, timer_rows)):
-        names = [c.name for c in table.columns]
-        as_json = {c.name for c in table.columns if isinstance(c.type, JSONB)}  # COPY takes JSON as text
-        records = [tuple(json.dumps(row[n]) if n in as_json else row.get(n) for n in names) for row in rows]
-        await raw.copy_records_to_table(table.name, schema_name=table.schema, columns=names, records=records)
+# Column order of the COPYs, and how each column's value comes out of the fold's dicts.
+_LEAD_COLUMNS = tuple(c.name for c in lead_state.columns)
+_TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
+
+
+def _lead_record(lead_id: str, lead: dict[str, Any]) -> tuple[Any, ...]:
+    values = lead_values(lead)
+    # COPY takes JSONB as text.
+    values.update(lead_id=lead_id, sla=json.dumps(values["sla"]), profile=json.dumps(values["profile"]))
+    return tuple(values[name] for name in _LEAD_COLUMNS)
+
+
+async def _write(raw: Any, leads: dict[str, dict[str, Any]], timers: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """COPY, in this transaction: several times faster than INSERTs for a whole table."""
+    lead_records = [_lead_record(lead_id, lead) for lead_id, lead in leads.items()]
+    await raw.copy_records_to_table(lead_state.name, schema_name=lead_state.schema, columns=_LEAD_COLUMNS,
+                                    records=lead_records)
+    timer_records = [tuple(t.get(name) for name in _TIMER_COLUMNS) for own in timers.values() for t in own.values()]
+    await raw.copy_records_to_table(sla_timers.name, schema_name=sla_timers.schema, columns=_TIMER_COLUMNS,
+                                    records=timer_records)
 
 
 async def _differences(conn: AsyncConnection) -> dict[str, int]:

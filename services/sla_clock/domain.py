@@ -44,6 +44,7 @@ class LeadFacts(WireModel):
     timezone: str | None = None
     team_id: str | None = None
     assigned_at: datetime | None = None
+    traceparent: str | None = None  # of the event that made the lead known: its timers' events continue it
 
 
 class OwnerChanged(WireModel):

@@ -15,7 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy
 from shared.events import (
@@ -106,7 +106,7 @@ async def on_lead_received(store: ClockStore, received: Received[LeadReceived], 
     await store.expect_lead(lead.lead_id)
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
-             "timezone": _valid_zone(lead.contact.timezone)}
+             "traceparent": event.traceparent, "timezone": _valid_zone(lead.contact.timezone)}
     # An assignment that overtook this event may have noted the lead with less to go on.
     row = await _note_lead(store, lead.lead_id, event, now, facts, **facts)
     policy = select_policy(config, lead.tier, lead.source)
@@ -123,7 +123,7 @@ async def on_lead_assigned(store: ClockStore, received: Received[LeadAssigned], 
     # note what the assignment tells us and start from there.
     await _note_lead(store, assigned.lead_id, event, now, {
         "tier": assigned.tier or "unknown", "source": "unknown", "contactable": True,
-        "received_at": assigned.assigned_at, "correlation_id": event.correlationid,
+        "received_at": assigned.assigned_at, "correlation_id": event.correlationid, "traceparent": event.traceparent,
     }, team_id=assigned.team_id, assigned_at=(lead.assigned_at if lead and lead.assigned_at else assigned.assigned_at))
     await _set_owner(store, assigned.lead_id, assigned.owner_id, event, now)
     lead = await store.lead(assigned.lead_id)
@@ -142,7 +142,7 @@ async def on_lead_queued(store: ClockStore, received: Received[LeadQueued], deps
     await store.expect_lead(queued.lead_id)
     lead = await _note_lead(store, queued.lead_id, event, now, {
         "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
-        "correlation_id": event.correlationid,
+        "correlation_id": event.correlationid, "traceparent": event.traceparent,
     }, queued_reason=queued.reason)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
@@ -285,8 +285,10 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
     for row in rows:
-        events += _outcomes(config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
-                            None, now, rules, store.observe)
+        lead = by_id.get(row.lead_id)
+        with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
+            events += _outcomes(config, lead, row, judge(_timer(row), now, seen, rules.tolerance), None, now, rules,
+                                store.observe)
     await store.record(events)
     return len(rows)
 

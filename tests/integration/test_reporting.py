@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from leadsla.devstack import free_port
 from services.reporting.bootstrap import bootstrap
 from services.reporting.entrypoints import measure_overdue
 from services.reporting.projections import project
 from services.reporting.replay import rebuild
-from services.reporting.tables import lead_state, timeline
+from services.reporting.tables import lead_state, sla_timers, timeline
 from shared import metrics
 from shared.auth import create_key
 from shared.clock import ManualClock
@@ -387,6 +387,25 @@ async def test_the_replay_command_reports_events_per_second_and_exits_1_on_a_dif
     code, out = await run("--verify")
     assert code == 1 and "reporting.leads" in out, out
     assert (await run())[0] == 0 and (await run("--verify"))[0] == 0
+
+
+async def test_the_replay_command_restores_deleted_rows(projected: Projected, database_url: str) -> None:
+    async with projected.ctx.engine.begin() as conn:
+        await apply_config(conn, scenario.CONFIG)
+    before = await every_report(projected)
+    gone = projected.scenario.lead_ids[:5]
+    async with projected.ctx.engine.begin() as conn:
+        await conn.execute(delete(sla_timers).where(sla_timers.c.lead_id.in_(gone)))
+        await conn.execute(delete(lead_state).where(lead_state.c.lead_id.in_(gone)))
+    assert (await projected.client.get(f"/v1/leads/{gone[0]}")).status_code == 404
+    leadsla = str(Path(sys.executable).parent / "leadsla")
+    process = await asyncio.create_subprocess_exec(leadsla, "replay", "reporting",
+                                                   env={**os.environ, "LEADSLA_DATABASE_URL": database_url},
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, out.decode()
+    assert (await projected.client.get(f"/v1/leads/{gone[0]}")).status_code == 200
+    assert await every_report(projected) == before
 
 
 # ---- the overdue-timer gauge -------------------------------------------------------------------
