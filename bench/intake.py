@@ -162,7 +162,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
 
     member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), counting, handler.decode),
                            service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
-                           clock=ctx.clock)
+                           clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()
     task = asyncio.create_task(member.run(stop))
     await asyncio.wait_for(member.ready.wait(), 120)

@@ -191,6 +191,8 @@ class LeadUpdated(WireModel):
     reason: str  # patched | upgraded | opted_out
     contactable: bool = True
     data_quality: list[dict[str, Any]] = Field(default_factory=list)
+    # the lead's missing fields re-evaluated after the change (None: unchanged)
+    missing_fields: list[str] | None = None
 
 
 class LeadMerged(WireModel):

@@ -83,7 +83,7 @@ async def run_intake_consumer(make_ctx, kafka_bootstrap, engine, topic: str, gro
     real = intake_bootstrap(ctx).subscriptions[0]
     sub = Subscription(group, (topic,), real.handler, real.decode)
     consumer = EventConsumer(sub, service="intake", bootstrap=kafka_bootstrap, engine=engine,
-                             relay_wakeup=asyncio.Event(), clock=ctx.clock)
+                             relay_wakeup=asyncio.Event(), clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
     try:
