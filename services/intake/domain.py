@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -421,14 +421,14 @@ def lead_columns(record: dict[str, Any]) -> dict[str, Any]:
 
 # ---- internal events: kept in intake's store only (topic None), never published ------------
 
-KEY_BOUND = "intake.idempotency_key_bound"
-ACTIVITY_HELD = "intake.activity_held"
-ACTIVITY_RELEASED = "intake.activity_released"
+# Not in the contract's registry (`shared.events.PAYLOADS`): no other service ever sees them.
 
 
 class IdempotencyKeyBound(WireModel):
     """A source's idempotency key now answers with this lead (a replay gets "duplicate" and the
     lead id; no response body is stored, so nothing else is needed to answer it)."""
+
+    TYPE: ClassVar[str] = "intake.idempotency_key_bound"
 
     source: str
     key: str
@@ -438,6 +438,8 @@ class IdempotencyKeyBound(WireModel):
 
 class ActivityHeld(WireModel):
     """An activity read from Kafka before its lead: held until the lead arrives or `expires_at`."""
+
+    TYPE: ClassVar[str] = "intake.activity_held"
 
     hold_id: str  # derived from the raw record's position (topic, partition, offset)
     lead_ref: str  # a lead id or a lead's external id
@@ -454,8 +456,15 @@ class ActivityHeld(WireModel):
 class ActivityReleased(WireModel):
     """A held activity leaves the hold: recorded for its lead, rejected, or expired (dead-lettered)."""
 
+    TYPE: ClassVar[str] = "intake.activity_released"
+
     hold_id: str
     lead_ref: str
     outcome: Literal["recorded", "rejected", "expired"]
     lead_id: str | None = None
     released_at: datetime
+
+
+KEY_BOUND = IdempotencyKeyBound.TYPE
+ACTIVITY_HELD = ActivityHeld.TYPE
+ACTIVITY_RELEASED = ActivityReleased.TYPE

@@ -33,10 +33,16 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.events import CloudEvent
+from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.replay import Projection
 
-from .domain import ACTIVITY_HELD, ACTIVITY_RELEASED, KEY_BOUND, lead_columns, updated_record
+from .domain import (
+    ActivityHeld,
+    ActivityReleased,
+    IdempotencyKeyBound,
+    lead_columns,
+    updated_record,
+)
 from .tables import SCHEMA, activities, idempotency_keys, leads, pending_activities
 
 
@@ -120,14 +126,15 @@ async def _released(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None
         pending_activities.c.id.in_([e.data["hold_id"] for e in events])))
 
 
+# By payload class: the contract's (shared.events) and intake's internal ones (domain).
 APPLY: dict[str, Callable[[AsyncConnection, Sequence[CloudEvent]], Any]] = {
-    "lead.received": _received,
-    "lead.merged": _nothing,
-    "lead.updated": _updated,
-    "activity.recorded": _activity,
-    KEY_BOUND: _key_bound,
-    ACTIVITY_HELD: _held,
-    ACTIVITY_RELEASED: _released,
+    LeadReceived.TYPE: _received,
+    LeadMerged.TYPE: _nothing,
+    LeadUpdated.TYPE: _updated,
+    ActivityRecorded.TYPE: _activity,
+    IdempotencyKeyBound.TYPE: _key_bound,
+    ActivityHeld.TYPE: _held,
+    ActivityReleased.TYPE: _released,
 }
 
 

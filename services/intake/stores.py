@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.events import CloudEvent
+from shared.events import ActivityRecorded, CloudEvent, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
 from . import projection
@@ -205,9 +205,9 @@ class InMemoryIntakeStore:
         self.held.pop(event.data["hold_id"], None)
 
     _folds: dict[str, Callable[[InMemoryIntakeStore, CloudEvent], None]] = {
-        "lead.received": _received,
-        "lead.updated": _updated,
-        "activity.recorded": _activity,
+        LeadReceived.TYPE: _received,
+        LeadUpdated.TYPE: _updated,
+        ActivityRecorded.TYPE: _activity,
         KEY_BOUND: _key_bound,
         ACTIVITY_HELD: _held,
         ACTIVITY_RELEASED: _released,
