@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.engine import make_url
 
 from services.intake.bootstrap import bootstrap
@@ -33,6 +33,7 @@ from shared.migrate import upgrade
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+from tests.support import eventually
 
 CONFIG = """
 tiers:
@@ -168,6 +169,13 @@ async def traffic(database):
     return engine
 
 
+async def waiting_for_a_lock(conn) -> bool:
+    waiting = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+    await conn.rollback()
+    return bool(waiting)
+
+
 def api_client(ctx, app, key):
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
                              headers={"Authorization": f"Bearer {key}"})
@@ -212,4 +220,54 @@ async def test_leadsla_replay_restores_deleted_rows(traffic, database) -> None:
     async with engine.connect() as conn:
         after = {t.name: await conn.scalar(select(func.count()).select_from(t)) for t in tables}
     assert after == before
+    assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
+
+
+async def test_an_opt_out_racing_a_patch_on_one_lead_conflicts_and_the_retry_keeps_both(traffic) -> None:
+    """Two writers decide from the same lead state; the later commit conflicts on the lead's
+    stream, and its retry from fresh state keeps the other's change."""
+    from services.intake.domain import ActivityIn
+    from services.intake.handlers import record_activity, submit_lead, update_lead
+    from services.intake.normalize import read_submission
+    from shared.eventstore import ConcurrencyConflict, retry_on_conflict
+    from shared.uow import UnitOfWork
+
+    engine, config = traffic, parse_config(CONFIG)
+
+    def read(body: dict, partial: bool = False):
+        return read_submission(body, config.intake.source("webform"), {}, partial=partial)
+
+    def unit() -> UnitOfWork:
+        return UnitOfWork(engine, "intake", projection=PROJECTION)
+
+    async with unit() as uow:
+        accepted = await submit_lead(uow, PostgresIntakeStore(uow.conn), config, read({"contact": {"email": email()}}),
+                                     source="webform", now=NOW)
+        await uow.commit()
+    lead_id = accepted.lead_id
+    opting, patching = unit(), unit()
+    async with opting, patching:
+        await record_activity(opting, PostgresIntakeStore(opting.conn), config, lead_id,
+                              ActivityIn(type="opt_out"), now=NOW)
+        # The patch reads the lead's version and record, then waits for the opt-out's row lock.
+        deciding = asyncio.create_task(update_lead(patching, PostgresIntakeStore(patching.conn), config, lead_id,
+                                                   read({"company": {"name": "Acme"}}, partial=True), now=NOW))
+        async with engine.connect() as conn:
+            await eventually(lambda: waiting_for_a_lock(conn), what="the patch to wait for the row lock")
+        await opting.commit()
+        await deciding
+        with pytest.raises(ConcurrencyConflict):
+            await patching.commit()
+
+    async def patch() -> tuple:
+        async with unit() as uow:
+            result = await update_lead(uow, PostgresIntakeStore(uow.conn), config, lead_id,
+                                       read({"company": {"name": "Acme"}}, partial=True), now=NOW)
+            await uow.commit()
+        return result
+
+    await retry_on_conflict(patch)
+    async with engine.connect() as conn:
+        record = await conn.scalar(select(leads.c.record).where(leads.c.lead_id == lead_id))
+    assert record["contactable"] is False and record["company"]["name"] == "Acme"
     assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
