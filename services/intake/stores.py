@@ -1,7 +1,7 @@
 """Intake's adapters: what the handlers read, behind one small interface (`IntakeStore`), on
 Postgres and in memory. Writes never go through a store: handlers record events, and the
 projection (`projection.py`) writes the tables; the in-memory store folds the same events with the
-same row functions. `tests/*/test_intake_store_contract.py` runs one behaviour suite against both.
+same row functions. `tests/intake_store_contract.py` is one behaviour suite run against both.
 """
 from __future__ import annotations
 
