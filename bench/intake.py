@@ -166,7 +166,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     member = EventConsumer(replace(handler, group=f"bench-{uuid.uuid4().hex[:6]}", topics=(topic,),
                                    handlers={payload: counting}),
                            service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
-                           clock=ctx.clock)
+                           clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()
     task = asyncio.create_task(member.run(stop))
     await asyncio.wait_for(member.ready.wait(), 120)

@@ -143,7 +143,8 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
         return
     t = EVENTS[schema]
     await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
-    streams = list(dict.fromkeys(p.stream_id for p in pending))
+    # Streams read to decide (`expected`) are checked even when nothing is appended to them.
+    streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
     current = dict((await conn.execute(
         select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id.in_(streams)).group_by(t.c.stream_id)
     )).tuples().all())

@@ -4,7 +4,7 @@ called."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,17 @@ class UnitOfWork:
             raise RuntimeError(f"{self._schema} has no projection to record {event.type} through")
         await self._projection.apply(self.conn, [event])
         self.emit(topic, event, stream=stream)
+
+    async def record_all(self, records: Sequence[tuple[str | None, CloudEvent, str | None]]) -> None:
+        """`record` for many events (topic, event, stream) at once: the projection gets them in one
+        call, so it can write them in a few statements (a group commit of many requests)."""
+        if not records:
+            return
+        if self._projection is None:
+            raise RuntimeError(f"{self._schema} has no projection to record events through")
+        await self._projection.apply(self.conn, [event for _, event, _ in records])
+        for topic, event, stream in records:
+            self.emit(topic, event, stream=stream)
 
     async def load_version(self, stream_id: str) -> int:
         """Read a stream's version and expect it at commit: if another writer appends to the

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared import metrics
 from shared.auth import Principal
+from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
 
@@ -29,6 +30,7 @@ from .handlers import (
     update_lead,
 )
 from .normalize import Refused, Submission, read_submission
+from .stores import PostgresIntakeStore
 
 MAX_BATCH = 500
 MAX_IDEMPOTENCY_KEY = 200
@@ -142,14 +144,19 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             except Refused as exc:
                 metrics.leads_rejected.labels(principal.name, "invalid").inc()
                 results[index] = {"index": index, "status": "invalid", "errors": exc.errors}
+        requests = [LeadRequest(sub, principal.name, f"{key}#{index}" if key else None) for index, sub in valid]
+
+        async def submit() -> list[Accepted]:
+            async with ctx.uow() as uow:
+                accepted = await submit_leads(uow, PostgresIntakeStore(uow.conn), ctx.config.config, requests,
+                                              now=ctx.clock.now())
+                await uow.commit()
+            return accepted
+
         accepted: list[Accepted] = []
         for attempt in range(3):
             try:
-                async with ctx.uow() as uow:
-                    requests = [LeadRequest(sub, principal.name, f"{key}#{index}" if key else None)
-                                for index, sub in valid]
-                    accepted = await submit_leads(uow, ctx.config.config, requests, now=ctx.clock.now())
-                    await uow.commit()
+                accepted = await retry_on_conflict(submit)
                 break
             except DBAPIError as exc:  # two batches locking the same people in opposite orders
                 if not _is_deadlock(exc) or attempt == 2:
@@ -165,20 +172,30 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             patch = read(_parse_body(await request.body()), principal.name, partial=True)
         except Refused as exc:
             raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
-        try:
+        async def update() -> tuple[str, dict[str, Any]]:
             async with ctx.uow() as uow:
-                tier, changed = await update_lead(uow, ctx.config.config, lead_id, patch, now=ctx.clock.now())
+                result = await update_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id, patch,
+                                           now=ctx.clock.now())
                 await uow.commit()
+            return result
+
+        try:
+            tier, changed = await retry_on_conflict(update)
         except UnknownLead:
             raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
         return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
     async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender) -> JSONResponse:
-        try:
+        async def record() -> str:
             async with ctx.uow() as uow:
-                activity_id = await record_activity(uow, ctx.config.config, lead_id, activity, now=ctx.clock.now())
+                activity_id = await record_activity(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id,
+                                                    activity, now=ctx.clock.now())
                 await uow.commit()
+            return activity_id
+
+        try:
+            activity_id = await retry_on_conflict(record)
         except UnknownLead:
             raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
         except RejectedActivity as exc:

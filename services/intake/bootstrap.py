@@ -31,6 +31,7 @@ from shared.uow import UnitOfWork
 from .api import build_router
 from .domain import ActivityIn, intent_vocabulary
 from .handlers import (
+    EXPIRE_BATCH,
     RawPosition,
     RejectedActivity,
     count,
@@ -41,6 +42,8 @@ from .handlers import (
     submit_lead,
 )
 from .normalize import Refused, read_submission
+from .projection import PROJECTION
+from .stores import PostgresIntakeStore
 
 log = structlog.get_logger()
 
@@ -133,6 +136,10 @@ def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
+    # Units of work record through the projection from the start (routes built below keep
+    # `ctx.uow`; the runtime sets the same from the spec).
+    ctx.projection = PROJECTION
+
     async def on_submission(uow: UnitOfWork, received: Received[RawSubmission]) -> None:
         event = received.envelope
         source = _source_of(event, ctx)
@@ -147,7 +154,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             submission.attributes.setdefault("ce_source", event.source)
         # A CloudEvent's own id (ce_id) is the producer's idempotency key for the submission.
         key = None if bare else event.id
-        result = await submit_lead(uow, ctx.config.config, submission, source=source, now=ctx.clock.now(),
+        result = await submit_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, submission, source=source, now=ctx.clock.now(),
                                    idempotency_key=key, cause=event)
         count(result, source)
 
@@ -161,14 +168,14 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             activity = ActivityIn.model_validate(data)
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-        config, now = ctx.config.config, ctx.clock.now()
-        lead_id = await resolve_lead(uow, ref)
+        config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
+        lead_id = await resolve_lead(store, ref)
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.
             await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)
             return
         try:
-            await record_activity(uow, config, lead_id, activity, now=now, cause=without_raw(event))
+            await record_activity(uow, store, config, lead_id, activity, now=now, cause=without_raw(event))
         except RejectedActivity as exc:
             raise BadEvent(f"invalid activity: {exc.field}: {exc}") from None
 
@@ -177,11 +184,11 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         while not stop.is_set():
             try:
                 async with ctx.uow() as uow:
-                    topics = await expire_pending(uow, ctx.clock.now())
+                    topics = await expire_pending(uow, PostgresIntakeStore(uow.conn), ctx.clock.now())
                     await uow.commit()
                 for topic in topics:
                     metrics.deadletter.labels(topic, "unknown_lead").inc()
-                if len(topics) == 500:
+                if len(topics) == EXPIRE_BATCH:
                     continue  # more are due
             except Exception as exc:  # the next round retries
                 log.warning("intake.expire_pending_failed", error=type(exc).__name__)
@@ -203,4 +210,5 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         loops=[expire_loop],
         routers=[build_router(ctx)],
         on_invalid_request=count_rejection,
+        projection=PROJECTION,
     )

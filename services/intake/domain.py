@@ -1,17 +1,21 @@
-"""Intake's pure domain: tiering, dedupe identity, consent, and the activity schema.
-Submissions are read by `normalize`. No I/O here; the same rules serve HTTP and Kafka input."""
+"""Intake's pure domain: tiering, dedupe identity and precedence, consent, updates, the activity
+schema, and the service's internal events. Submissions are read by `normalize`. No I/O here; the
+same rules serve HTTP and Kafka input, and facts and `now` come in as arguments."""
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.config import Config, Suppression, Tiers
-from shared.events import Contact
+from shared.events import Contact, LeadUpdated, WireModel
 
-from .normalize import Submission
+from .normalize import Issue, Submission, read_submission
 
 Short = Annotated[str, Field(max_length=200)]
 
@@ -229,3 +233,238 @@ class TokenBucket:
             self.tokens -= cost
             return 0.0
         return (min(cost, self.burst) - self.tokens) / self.rate
+
+
+# ---- dedupe precedence ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownLead:
+    """A lead as intake keeps it: what a decision about a repeat needs."""
+
+    lead_id: str
+    tier: str
+    record: dict[str, Any]  # the lead.received data, with every update folded in
+    correlation_id: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DedupeFacts:
+    """What the store knows about a submission's identifiers (only those it has are looked up)."""
+
+    key_owner: str | None = None  # the lead this idempotency key already answered with
+    by_external_id: KnownLead | None = None  # the lead with this source's external id
+    candidates: Sequence[KnownLead] = ()  # leads in the window sharing an email or phone, oldest first
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The same request again (its idempotency key is known): same answer, nothing changes."""
+
+    lead_id: str
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """A known lead submitted again: by its external id (match_on None) or by its person."""
+
+    lead: KnownLead
+    match_on: str | None
+
+
+@dataclass(frozen=True)
+class New:
+    pass
+
+
+def dedupe(facts: DedupeFacts, contact: Contact, match_on: list[str]) -> Replay | Repeat | New:
+    """Precedence: the idempotency key, then the sender's external id, then the earliest lead in
+    the window that is the same person (`same_person`), else a new lead."""
+    if facts.key_owner is not None:
+        return Replay(facts.key_owner)
+    if facts.by_external_id is not None:
+        return Repeat(facts.by_external_id, None)
+    for lead in facts.candidates:
+        kind = same_person(lead.record.get("contact") or {}, contact, match_on)
+        if kind:
+            return Repeat(lead, kind)
+    return New()
+
+
+# ---- updates ------------------------------------------------------------------------------
+
+
+def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) -> LeadUpdated | None:
+    """A repeat that ranks above the lead's tier (a demo request after a content download)
+    raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
+    if tier_rank(tier, tiers) >= tier_rank(lead.tier, tiers):
+        return None
+    changed = {"intent": {"old": lead.record.get("intent"), "new": intent}, "tier": {"old": lead.tier, "new": tier}}
+    return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",
+                       contactable=lead.record.get("contactable", True))
+
+
+def opt_out(lead: KnownLead) -> LeadUpdated | None:
+    """Consent withdrawn: nobody may contact the lead any more (so its SLAs stop)."""
+    if not lead.record.get("contactable", True):
+        return None
+    changed: dict[str, dict[str, Any]] = {"contactable": {"old": True, "new": False}}
+    consent = (lead.record.get("consent") or {}).get("contact")
+    if consent is not False:
+        changed["consent.contact"] = {"old": consent, "new": False}
+    return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=lead.tier, previous_tier=lead.tier,
+                       reason="opted_out", contactable=False)
+
+
+def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdated | None:
+    """Complete or correct a lead's fields (PATCH): only the fields the patch gives change; each
+    change (old and new) and the re-evaluated tier, missing fields and contactability. None if
+    nothing changes."""
+    record = copy.deepcopy(lead.record)
+    new = patch.snapshot()
+    changed: dict[str, dict[str, Any]] = {}
+    flawed = {i.field for i in patch.issues}
+    for name in sorted(patch.given):
+        section, _, key = name.partition(".")
+        if name in flawed and (record.get(section) or {}).get(key) is not None:
+            continue  # an unreadable correction never overwrites a value that was usable
+        targets = [key]
+        if name == "contact.phone":
+            targets.append("phone_extension")
+        if name == "company.size":
+            targets += ["size_band", "employees", "employees_min", "employees_max"]
+        if name == "company.website":
+            targets.append("domain")
+        for target in targets:
+            old_value = (record.get(section) or {}).get(target)
+            new_value = new[section].get(target)
+            if new_value is not None and new_value != old_value:
+                record.setdefault(section, {})[target] = new_value
+                changed[f"{section}.{target}"] = {"old": old_value, "new": new_value}
+    for name in ("external_id", "score", "submitted_at"):
+        if new.get(name) is not None and new[name] != record.get(name):
+            changed[name] = {"old": record.get(name), "new": new[name]}
+            record[name] = new[name]
+    for key, value in patch.attributes.items():
+        if (record.get("attributes") or {}).get(key) != value:
+            changed[f"attributes.{key}"] = {"old": (record.get("attributes") or {}).get(key), "new": value}
+            record.setdefault("attributes", {})[key] = value
+    if "consent" in new and patch.consent.model_fields_set:
+        for key in patch.consent.model_fields_set:
+            value = new["consent"].get(key)
+            if record.get("consent", {}).get(key) != value:
+                changed[f"consent.{key}"] = {"old": record.get("consent", {}).get(key), "new": value}
+                record.setdefault("consent", {})[key] = value
+    if not changed:
+        return None
+    # A corrected field drops its earlier data-quality note; the patch's own notes are added.
+    record["data_quality"] = [q for q in record.get("data_quality") or [] if q.get("field") not in changed]
+    record["data_quality"] += patch.data_quality
+    merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
+                             partial=True)
+    merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
+    tier = classify_tier(merged, lead.source, config.tiers)
+    contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)
+    return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="patched",
+                       contactable=contactable, data_quality=patch.data_quality,
+                       missing_fields=missing_fields(merged))
+
+
+def _as_body(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored lead record read back as a submission (to re-tier it after a change)."""
+    return {
+        "contact": {k: v for k, v in (record.get("contact") or {}).items() if k != "phone_extension"},
+        "company": {k: v for k, v in (record.get("company") or {}).items()
+                    if k in ("name", "domain", "website", "industry", "country", "size")},
+        "intent": record.get("intent"),
+        "score": record.get("score"),
+        "consent": {k: v for k, v in (record.get("consent") or {}).items() if k in ("marketing", "contact")},
+    }
+
+
+def updated_record(record: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A lead's record with a lead.updated folded in (the projection's rule, live and in replay):
+    each changed path takes its new value ("contact.phone" -> record["contact"]["phone"]; an
+    attribute name may itself hold dots); a changed field drops its data-quality notes and the
+    update's notes are added; tier, contactability and (when given) missing fields as carried."""
+    record = copy.deepcopy(record)
+    changed: dict[str, dict[str, Any]] = update["changed"]
+    for path, change in changed.items():
+        section, dot, key = path.partition(".")
+        if dot:
+            record.setdefault(section, {})[key] = change["new"]
+        else:
+            record[section] = change["new"]
+    record["data_quality"] = [q for q in record.get("data_quality") or [] if q.get("field") not in changed]
+    record["data_quality"] += update.get("data_quality") or []
+    record["tier"] = update["tier"]
+    record["contactable"] = update.get("contactable", True)
+    if update.get("missing_fields") is not None:
+        record["missing_fields"] = update["missing_fields"]
+    return record
+
+
+def flawed_fields(record: dict[str, Any]) -> set[str]:
+    return {q.get("field") for q in record.get("data_quality") or []}
+
+
+def lead_columns(record: dict[str, Any]) -> dict[str, Any]:
+    """The dedupe index values of a lead's record: a value kept as sent identifies no one."""
+    contact, flawed = record.get("contact") or {}, flawed_fields(record)
+    return {
+        "email": contact.get("email") if "contact.email" not in flawed else None,
+        "phone": contact.get("phone") if "contact.phone" not in flawed else None,
+        "tier": record["tier"],
+    }
+
+
+# ---- internal events: kept in intake's store only (topic None), never published ------------
+
+# Not in the contract's registry (`shared.events.PAYLOADS`): no other service ever sees them.
+
+
+class IdempotencyKeyBound(WireModel):
+    """A source's idempotency key now answers with this lead (a replay gets "duplicate" and the
+    lead id; no response body is stored, so nothing else is needed to answer it)."""
+
+    TYPE: ClassVar[str] = "intake.idempotency_key_bound"
+
+    source: str
+    key: str
+    lead_id: str
+    bound_at: datetime
+
+
+class ActivityHeld(WireModel):
+    """An activity read from Kafka before its lead: held until the lead arrives or `expires_at`."""
+
+    TYPE: ClassVar[str] = "intake.activity_held"
+
+    hold_id: str  # derived from the raw record's position (topic, partition, offset)
+    lead_ref: str  # a lead id or a lead's external id
+    event: dict[str, Any]  # the activity's CloudEvent as its sender meant it
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    original_b64: str  # the raw record, for its dead letter
+    held_at: datetime
+    expires_at: datetime
+
+
+class ActivityReleased(WireModel):
+    """A held activity leaves the hold: recorded for its lead, rejected, or expired (dead-lettered)."""
+
+    TYPE: ClassVar[str] = "intake.activity_released"
+
+    hold_id: str
+    lead_ref: str
+    outcome: Literal["recorded", "rejected", "expired"]
+    lead_id: str | None = None
+    released_at: datetime
+
+
+KEY_BOUND = IdempotencyKeyBound.TYPE
+ACTIVITY_HELD = ActivityHeld.TYPE
+ACTIVITY_RELEASED = ActivityReleased.TYPE

@@ -5,7 +5,9 @@ group is being written wait for the next group, so under load each commit carrie
 at low load a request is written at once (no fixed delay). A request is answered only after its
 group has committed, so a 201 still means "durably accepted". If anything in a group fails, the
 group is rolled back and each of its requests runs again in a transaction of its own, so one bad
-request never fails the others.
+request never fails the others. Each lead is recorded through intake's projection (the new leads of
+a group together, see `submit_leads`); a group that loses a race on a lead's stream runs again
+from fresh state (`retry_on_conflict`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from datetime import datetime
 
 from shared import tracing
 from shared.config import Config
+from shared.eventstore import retry_on_conflict
 from shared.uow import UnitOfWork
 
 from .handlers import Accepted, LeadRequest, submit_leads
 from .normalize import Submission
+from .stores import PostgresIntakeStore
 
 MAX_GROUP = 200
 
@@ -66,10 +70,15 @@ class GroupCommitter:
 
     async def _run(self, group: list[_Request]) -> list[Accepted]:
         config, now = self._config(), self._now()
-        async with self._uow() as uow:
-            results = await submit_leads(uow, config, [LeadRequest(r.sub, r.source, r.key, r.trace) for r in group], now=now)
-            await uow.commit()
-        return results
+        requests = [LeadRequest(r.sub, r.source, r.key, r.trace) for r in group]
+
+        async def attempt() -> list[Accepted]:
+            async with self._uow() as uow:
+                results = await submit_leads(uow, PostgresIntakeStore(uow.conn), config, requests, now=now)
+                await uow.commit()
+            return results
+
+        return await retry_on_conflict(attempt)
 
     async def _settle(self, request: _Request) -> None:
         try:

@@ -61,7 +61,9 @@ activities = Table(
 pending_activities = Table(
     "pending_activities",
     metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    # the hold id, derived from the raw record's position (intake.activity_held), so replay
+    # reproduces it
+    Column("id", String, primary_key=True),
     Column("lead_ref", String, nullable=False, index=True),  # a lead id or a lead's external id
     Column("event", JSONB, nullable=False),
     Column("topic", String, nullable=False),

@@ -101,6 +101,8 @@ class LeadUpdated(Payload):
     reason: str  # patched | upgraded | opted_out
     contactable: bool = True
     data_quality: list[dict[str, Any]] = Field(default_factory=list)
+    # the lead's missing fields re-evaluated after the change (None: unchanged)
+    missing_fields: list[str] | None = None
 
 
 class LeadMerged(Payload):
@@ -211,6 +213,9 @@ class SlaEventData(Payload):
     root_cause: str | None = None
     met_at: datetime | None = None
     reason: str | None = None
+    # The whole timer as this step leaves it (due, warnings, pause, next fire time...): the SLA
+    # clock's state is a projection of these events. Extra detail for consumers; they may ignore it.
+    timer: dict[str, Any] | None = None
 
 
 class SlaStarted(SlaEventData):

@@ -74,7 +74,7 @@ async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothi
 
     consumer = EventConsumer(replace(real, group=f"outage-{uuid.uuid4().hex[:6]}", topics=(topic,), decode=decode),
                              service="intake", bootstrap=kafka_bootstrap, engine=engine,
-                             relay_wakeup=ctx.relay_wakeup, clock=clock)
+                             relay_wakeup=ctx.relay_wakeup, clock=clock, projection=spec.projection)
     stop = asyncio.Event()
     consuming = asyncio.create_task(consumer.run(stop))
     await eventually(consumer.ready.is_set, what="the consumer to join")

@@ -40,7 +40,7 @@ async def intake(make_ctx, engine, kafka_bootstrap, clock):
         consumer = EventConsumer(
             replace(sub, group=f"{sub.group}-{uuid.uuid4().hex[:6]}", topics=(topic,)),
             service="intake", bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
-            clock=clock)
+            clock=clock, projection=spec.projection)
         tasks.append(asyncio.create_task(consumer.run(stop)))
     tasks += [asyncio.create_task(loop(stop)) for loop in spec.loops]
     yield submissions, activities

@@ -84,7 +84,7 @@ async def run_intake_consumer(make_ctx, kafka_bootstrap, engine, topic: str, gro
     real = intake_bootstrap(ctx).subscriptions[0]
     sub = replace(real, group=group, topics=(topic,))
     consumer = EventConsumer(sub, service="intake", bootstrap=kafka_bootstrap, engine=engine,
-                             relay_wakeup=asyncio.Event(), clock=ctx.clock)
+                             relay_wakeup=asyncio.Event(), clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))
     try:

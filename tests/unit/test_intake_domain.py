@@ -3,9 +3,15 @@ from pydantic import ValidationError
 
 from services.intake.domain import (
     ActivityIn,
+    DedupeFacts,
     DispositionIn,
+    KnownLead,
+    New,
+    Repeat,
+    Replay,
     TokenBucket,
     classify_tier,
+    dedupe,
     disposition_problem,
     identity_keys,
     intent_vocabulary,
@@ -13,6 +19,7 @@ from services.intake.domain import (
     missing_fields,
     same_person,
     tier_rank,
+    updated_record,
 )
 from services.intake.normalize import Refused, Submission, read_submission
 from shared.config import IntakeSource, Suppression, parse_config
@@ -186,3 +193,48 @@ def test_activity_types_and_outcomes_are_read_in_any_spelling(body: dict, kind: 
 
 def test_the_senders_activity_id_is_its_idempotency_key() -> None:
     assert ActivityIn.model_validate({"type": "call", "activity_id": "crm-1"}).external_id == "crm-1"
+
+
+# ---- dedupe precedence and the update fold (services/intake/domain.py) ----------------------
+
+
+def known(lead_id: str, email: str | None = None, phone: str | None = None, first_name: str | None = None):
+    contact = {k: v for k, v in {"email": email, "phone": phone, "first_name": first_name}.items() if v}
+    return KnownLead(lead_id, "C", {"contact": contact}, f"corr-{lead_id}")
+
+
+ADA = Contact(email="ada@example.com", phone="+14155550100", first_name="Ada")
+
+
+@pytest.mark.parametrize(("facts", "expected"), [
+    (DedupeFacts(), New()),
+    (DedupeFacts(key_owner="k", by_external_id=known("x"), candidates=[known("c", "ada@example.com")]), Replay("k")),
+    (DedupeFacts(by_external_id=known("x"), candidates=[known("c", "ada@example.com")]), Repeat(known("x"), None)),
+    (DedupeFacts(candidates=[known("c", "ada@example.com")]), Repeat(known("c", "ada@example.com"), "email")),
+    # A colleague on the same switchboard (another email) is skipped; the next candidate is Ada by phone.
+    (DedupeFacts(candidates=[known("colleague", "bob@example.com", "+14155550100"), known("ada", None, "+14155550100")]),
+     Repeat(known("ada", None, "+14155550100"), "phone")),
+    (DedupeFacts(candidates=[known("grace", None, "+14155550100", "Grace")]), New()),
+], ids=["nothing", "key-first", "external-id-next", "same-email", "switchboard-skipped", "phone-other-name"])
+def test_dedupe_precedence(facts: DedupeFacts, expected) -> None:
+    assert dedupe(facts, ADA, ["email", "phone"]) == expected
+
+
+def test_an_update_folds_changed_paths_notes_tier_and_missing_fields_into_the_record() -> None:
+    record = {"contact": {"phone": "n/a"}, "attributes": {}, "tier": "C", "contactable": True,
+              "missing_fields": ["contact.phone"],
+              "data_quality": [{"field": "contact.phone", "message": "unreadable", "value": "n/a"},
+                               {"field": "contact.timezone", "message": "unknown", "value": "Mars"}]}
+    update = {"changed": {"contact.phone": {"old": "n/a", "new": "+14155550100"},
+                          "attributes.utm.source": {"old": None, "new": "ads"}, "score": {"old": None, "new": 42}},
+              "tier": "A", "contactable": True, "missing_fields": [],
+              "data_quality": [{"field": "company.country", "message": "unknown", "value": "Atlantis"}]}
+    folded = updated_record(record, update)
+    assert folded["contact"] == {"phone": "+14155550100"} and folded["attributes"] == {"utm.source": "ads"}
+    assert folded["score"] == 42 and folded["tier"] == "A" and folded["missing_fields"] == []
+    assert [q["field"] for q in folded["data_quality"]] == ["contact.timezone", "company.country"]
+    assert record["contact"] == {"phone": "n/a"}  # the input is left as it was
+    upgrade = updated_record(folded, {"changed": {"intent": {"old": None, "new": {"type": "demo_request"}}},
+                                      "tier": "A", "contactable": False})
+    assert upgrade["intent"] == {"type": "demo_request"} and upgrade["missing_fields"] == []
+    assert upgrade["contactable"] is False

@@ -1,0 +1,195 @@
+"""Intake's handlers through the in-memory store and a fake unit of work: no I/O."""
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.intake.domain import (
+    ACTIVITY_HELD,
+    ACTIVITY_RELEASED,
+    KEY_BOUND,
+    ActivityIn,
+    intent_vocabulary,
+)
+from services.intake.handlers import (
+    LeadRequest,
+    RawPosition,
+    RejectedActivity,
+    UnknownLead,
+    expire_pending,
+    park_activity,
+    record_activity,
+    submit_lead,
+    submit_leads,
+    update_lead,
+)
+from services.intake.normalize import read_submission
+from services.intake.stores import FakeUnitOfWork
+from shared.config import parse_config
+from shared.events import CloudEvent
+
+NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+CONFIG = parse_config("""
+tiers:
+  default: C
+  rules: [{tier: A, when: {intent: [demo_request]}}, {tier: B, when: {intent: [trial]}}]
+dedupe: {window: 30d, match_on: [email, phone]}
+disposition_reasons:
+  disqualified: [no_budget, student]
+intake:
+  activity_wait: 60s
+""")
+
+
+def sub(body: dict, *, partial: bool = False):
+    return read_submission(body, CONFIG.intake.source("webform"), intent_vocabulary(CONFIG), partial=partial)
+
+
+@pytest.fixture
+def uow() -> FakeUnitOfWork:
+    return FakeUnitOfWork()
+
+
+async def submit(uow: FakeUnitOfWork, body: dict, key: str | None = None, at: datetime = NOW):
+    result = await submit_lead(uow, uow.store, CONFIG, sub(body), source="webform", now=at, idempotency_key=key)
+    await uow.commit()
+    return result
+
+
+def types(uow: FakeUnitOfWork) -> list[str]:
+    return [p.event.type for p in uow.committed]
+
+
+async def test_a_new_lead_is_recorded_and_becomes_what_the_store_knows(uow) -> None:
+    result = await submit(uow, {"contact": {"email": "Ada@Example.com"}, "intent": {"type": "Demo Request"}})
+    assert result.status == "accepted" and result.tier == "A"
+    assert types(uow) == ["lead.received"] and uow.committed[0].topic == "leads.intake"
+    lead = await uow.store.lead(result.lead_id)
+    assert lead is not None and lead.record["contact"]["email"] == "ada@example.com" and lead.tier == "A"
+
+
+async def test_a_replayed_idempotency_key_gets_the_same_lead_and_records_nothing(uow) -> None:
+    first = await submit(uow, {"contact": {"email": "a@example.com"}}, key="k-1")
+    again = await submit(uow, {"contact": {"email": "other@example.com"}}, key="k-1")
+    assert (again.lead_id, again.status) == (first.lead_id, "duplicate")
+    assert types(uow) == ["lead.received", KEY_BOUND]
+    bound = uow.committed[1]
+    assert bound.topic is None and bound.stream_id == "idempotency:webform:k-1" and bound.event.subject is None
+
+
+async def test_a_repeat_by_external_id_is_a_duplicate_without_a_merge_and_binds_its_key(uow) -> None:
+    first = await submit(uow, {"external_id": "crm-1", "contact": {"email": "a@example.com"}})
+    again = await submit(uow, {"external_id": "crm-1", "contact": {"email": "b@example.com"}}, key="k-2")
+    assert (again.lead_id, again.status, again.upgraded) == (first.lead_id, "duplicate", False)
+    assert types(uow) == ["lead.received", KEY_BOUND]
+    assert uow.store.keys[("webform", "k-2")]["lead_id"] == first.lead_id
+
+
+async def test_the_same_person_with_a_higher_intent_is_merged_and_upgraded(uow) -> None:
+    first = await submit(uow, {"contact": {"email": "a@example.com"}, "intent": {"type": "ebook"}})
+    again = await submit(uow, {"contact": {"email": "a@example.com"}, "intent": {"type": "demo_request"}},
+                         at=NOW + timedelta(hours=1))
+    assert (again.lead_id, again.upgraded, again.tier) == (first.lead_id, True, "A")
+    assert types(uow) == ["lead.received", "lead.merged", "lead.updated"]
+    merged, update = uow.committed[1].event, uow.committed[2].event
+    assert merged.data["match_on"] == "email" and merged.correlationid == uow.committed[0].event.correlationid
+    assert update.data["reason"] == "upgraded" and update.data["previous_tier"] == "C"
+    lead = await uow.store.lead(first.lead_id)
+    assert lead.tier == "A" and lead.record["intent"]["type"] == "demo_request"
+
+
+async def test_a_repeat_reads_the_lead_s_stream_version_so_a_racing_writer_conflicts(uow) -> None:
+    first = await submit(uow, {"contact": {"email": "a@example.com"}})
+    await submit_lead(uow, uow.store, CONFIG, sub({"contact": {"email": "a@example.com"}}), source="webform",
+                      now=NOW)
+    assert uow.expected == {first.lead_id: 1}
+
+
+async def test_a_colleague_on_the_same_switchboard_is_a_lead_of_their_own(uow) -> None:
+    first = await submit(uow, {"contact": {"email": "a@example.com", "phone": "+14155550100"}})
+    other = await submit(uow, {"contact": {"email": "b@example.com", "phone": "+14155550100"}})
+    assert other.status == "accepted" and other.lead_id != first.lead_id
+
+
+async def test_a_group_records_its_new_leads_together_and_sends_repeats_one_by_one(uow) -> None:
+    requests = [LeadRequest(sub({"contact": {"email": e}}), "webform", k)
+                for e, k in (("a@example.com", "g-1"), ("b@example.com", None), ("a@example.com", "g-3"))]
+    results = await submit_leads(uow, uow.store, CONFIG, requests, now=NOW)
+    await uow.commit()
+    assert [r.status for r in results] == ["accepted", "accepted", "duplicate"]
+    assert results[2].lead_id == results[0].lead_id
+    assert types(uow) == ["lead.received", KEY_BOUND, "lead.received", "lead.merged", KEY_BOUND]
+    assert {k for _, k in uow.store.keys} == {"g-1", "g-3"}
+
+
+async def test_a_patch_records_the_changes_and_the_store_folds_them(uow) -> None:
+    lead = await submit(uow, {"contact": {"email": "a@example.com", "phone": "n/a"}, "intent": {"type": "inquiry"}})
+    tier, changed = await update_lead(uow, uow.store, CONFIG, lead.lead_id,
+                                      sub({"contact": {"phone": "+14155552671"}, "intent": {"type": "trial"}},
+                                          partial=True), now=NOW)
+    await uow.commit()
+    assert tier == "B" and changed["contact.phone"] == {"old": "n/a", "new": "+14155552671"}
+    assert types(uow) == ["lead.received", "lead.updated"]
+    known = await uow.store.lead(lead.lead_id)
+    assert known.record["contact"]["phone"] == "+14155552671" and known.record["data_quality"] == []
+    assert uow.store.leads[lead.lead_id]["phone"] == "+14155552671"
+    assert await update_lead(uow, uow.store, CONFIG, lead.lead_id, sub({"intent": {"type": "trial"}}, partial=True),
+                             now=NOW) == ("B", {})
+    with pytest.raises(UnknownLead):
+        await update_lead(uow, uow.store, CONFIG, "nobody", sub({"score": 3}, partial=True), now=NOW)
+
+
+async def test_an_opt_out_is_recorded_once_and_makes_the_lead_not_contactable(uow) -> None:
+    lead = await submit(uow, {"contact": {"email": "a@example.com"}})
+    opt_out = ActivityIn(type="opt_out", external_id="o-1", reason="asked")
+    first = await record_activity(uow, uow.store, CONFIG, lead.lead_id, opt_out, now=NOW)
+    again = await record_activity(uow, uow.store, CONFIG, lead.lead_id, opt_out, now=NOW)
+    await uow.commit()
+    assert first == again
+    assert types(uow) == ["lead.received", "activity.recorded", "lead.updated"]
+    update = uow.committed[2].event.data
+    assert update["reason"] == "opted_out" and update["changed"]["consent.contact"]["new"] is False
+    known = await uow.store.lead(lead.lead_id)
+    assert known.record["contactable"] is False and known.record["consent"]["contact"] is False
+
+
+async def test_an_activity_in_the_future_or_for_no_lead_is_refused(uow) -> None:
+    lead = await submit(uow, {"contact": {"email": "a@example.com"}})
+    with pytest.raises(RejectedActivity):
+        await record_activity(uow, uow.store, CONFIG, lead.lead_id,
+                              ActivityIn(type="call", occurred_at=NOW + timedelta(hours=1)), now=NOW)
+    with pytest.raises(UnknownLead):
+        await record_activity(uow, uow.store, CONFIG, "nobody", ActivityIn(type="call"), now=NOW)
+    assert types(uow) == ["lead.received"] and uow.pending == []
+
+
+async def park(uow: FakeUnitOfWork, ref: str, offset: int, data: dict, at: datetime = NOW) -> None:
+    event = CloudEvent(id=f"e-{offset}", source="crm", type="activity", subject=ref, time=at,
+                       data={"lead_id": ref, **data})
+    await park_activity(uow, CONFIG, ref, event, RawPosition("raw", 0, offset, ref, b'{"raw": 1}'), at)
+    await uow.commit()
+
+
+async def test_held_activities_are_recorded_when_their_lead_arrives(uow) -> None:
+    await park(uow, "crm-9", 1, {"type": "call", "external_id": "c-1"})
+    await park(uow, "crm-9", 2, {"type": "disposition", "disposition": {"status": "bogus"}})
+    assert [p.stream_id for p in uow.committed] == ["held:crm-9"] * 2
+    lead = await submit(uow, {"external_id": "crm-9", "contact": {"email": "a@example.com"}})
+    assert types(uow)[2:] == ["lead.received", "activity.recorded", ACTIVITY_RELEASED, "deadletter",
+                              ACTIVITY_RELEASED]
+    outcomes = [p.event.data["outcome"] for p in uow.committed if p.event.type == ACTIVITY_RELEASED]
+    assert outcomes == ["recorded", "rejected"]
+    assert uow.committed[3].event.data["lead_id"] == lead.lead_id and uow.store.held == {}
+
+
+async def test_held_activities_whose_lead_never_comes_are_dead_lettered(uow) -> None:
+    await park(uow, "crm-0", 1, {"type": "note"})
+    assert await expire_pending(uow, uow.store, NOW + timedelta(seconds=59)) == []
+    assert await expire_pending(uow, uow.store, NOW + timedelta(seconds=60)) == ["raw"]
+    await uow.commit()
+    assert types(uow) == [ACTIVITY_HELD, "deadletter", ACTIVITY_RELEASED]
+    letter = uow.committed[1].event.data
+    assert base64.b64decode(letter["original_bytes_b64"]) == b'{"raw": 1}'
+    assert letter["error"].startswith("unknown_lead") and uow.store.held == {}
