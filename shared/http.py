@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .auth import Principal, verify_key
+from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
 
@@ -184,12 +184,7 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
             raise ProblemError(401, "Unauthorized", "Send `Authorization: Bearer <key>`.",
                                headers={"WWW-Authenticate": "Bearer"})
         presented = presented.strip()
-        principal = ctx.key_cache.get(presented)
-        if principal is None:
-            async with ctx.engine.connect() as conn:
-                principal = await verify_key(conn, presented)
-            if principal is not None:
-                ctx.key_cache.put(presented, principal)
+        principal = await ctx.key_cache.verify(ctx.engine.connect, presented)
         if principal is None:
             raise ProblemError(401, "Unauthorized", "The key is unknown or revoked.",
                                headers={"WWW-Authenticate": "Bearer"})
