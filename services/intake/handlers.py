@@ -502,7 +502,11 @@ class RawPosition:
 
 
 async def resolve_lead(uow: UnitOfWork, ref: str) -> str | None:
-    """A lead by its id, else by the sender's external id (the newest lead with it)."""
+    """A lead by its id, else by the sender's external id (the newest lead with it). Locks the
+    reference first, as `_release_pending` does: a lead accepted concurrently is either seen here
+    or sees the activity parked (otherwise the park could land after its release, and wait out
+    `activity_wait` into a dead letter)."""
+    await _lock_all(uow.conn, [f"ref:{ref}"])
     found = await uow.conn.scalar(select(leads.c.lead_id).where(leads.c.lead_id == ref))
     if found is None:
         found = await uow.conn.scalar(
@@ -526,6 +530,7 @@ async def _release_pending(uow: UnitOfWork, config: Config, leads_by_ref: list[t
     """Record the activities that were waiting for these new leads ((external id, lead id)
     pairs), in the leads' transaction."""
     lead_of = dict(leads_by_ref)
+    await _lock_all(uow.conn, [f"ref:{ref}" for ref in lead_of])  # see resolve_lead
     rows = (await uow.conn.execute(
         delete(pending_activities).where(pending_activities.c.lead_ref.in_(sorted(lead_of)))
         .returning(*pending_activities.c)

@@ -49,6 +49,10 @@ TERMINAL = {"sla.met": "met", "sla.breached": "breached", "sla.cancelled": "canc
 class Violation:
     lead_id: str
     what: str
+    # "late_touch": a touch made before the deadline that intake recorded only after it (its
+    # sender retrying through an outage, or intake's consumer down) and the timer breached: a
+    # known gap of the SLA clock's watermark, reported on its own.
+    kind: str = "violation"
 
     def __str__(self) -> str:
         return f"{self.lead_id}: {self.what}"
@@ -59,8 +63,11 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
 
-    def add(self, lead_id: str | None, what: str) -> None:
-        self.violations.append(Violation(lead_id or "?", what))
+    def add(self, lead_id: str | None, what: str, kind: str = "violation") -> None:
+        self.violations.append(Violation(lead_id or "?", what, kind))
+
+    def of_kind(self, kind: str) -> list[Violation]:
+        return [v for v in self.violations if v.kind == kind]
 
     @property
     def ok(self) -> bool:
@@ -127,6 +134,9 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
     conn = await asyncpg.connect(_dsn(database_url))
     try:
         intake_leads = await conn.fetch("SELECT lead_id, source, external_id, received_at FROM intake.leads")
+        recorded_at = {r["key"]: r["first"] for r in await conn.fetch(
+            "SELECT key, min(created_at) AS first FROM intake.outbox WHERE event_type = 'activity.recorded' "
+            "GROUP BY key")}
         received = Counter(r["key"] for r in await conn.fetch(
             "SELECT key FROM intake.outbox WHERE event_type = 'lead.received'"))
         assignments = {r["lead_id"]: r for r in await conn.fetch(
@@ -236,8 +246,16 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
             if expected is not None and state != expected:
                 first = min(touches, default=None)
                 said = (f"touch at due{first - due:+.2f}s" if first is not None else "no touch")
+                # When intake recorded the first touch: after the deadline, its sender was retrying
+                # through an outage or intake's consumer was down (the known gap); before it, the
+                # SLA clock had the touch in time and misjudged anyway.
+                taken = _epoch(recorded_at[lead_id]) if lead_id in recorded_at else None
+                late = expected == "met" and taken is not None and taken > due
+                if taken is not None:
+                    said += f", recorded by intake at due{taken - due:+.2f}s"
                 report.add(lead_id, f"timer {state} (root cause {timer['root_cause']}), expected {expected}: "
-                                    f"{said} (via {sent.via}, touches via {[t.via for t in sent.touches]})")
+                                    f"{said} (via {sent.via}, touches via {[t.via for t in sent.touches]})",
+                           "late_touch" if late else "violation")
             if state == "breached":
                 ends = terminal.get(timer["sla_id"], [])
                 if ends:

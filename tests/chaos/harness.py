@@ -37,6 +37,7 @@ owners:
   - {id: carol, manager_id: maria}
   - {id: maria}
 teams: [{id: sdr, members: [alice, bob, carol]}]
+lead_ops: [maria]  # so every breach reaches someone, owned or not
 routing:
   rules: [{id: inbound, team: sdr}]
 sla_policies:
@@ -50,7 +51,7 @@ channels:
 escalation_policies:
   - id: breach
     triggers: [sla.breached]
-    steps: [{step: 1, notify: [owner], channels: [hook]}]
+    steps: [{step: 1, notify: [owner, lead_ops], channels: [hook]}]
 intake:
   rate_limit: {rate: 2000, burst: 4000}
   sources: {chat: {}}
@@ -171,6 +172,7 @@ class ChaosRun:
             await self.producer.send_and_wait(RAW_ACTIVITIES, json.dumps({**body, "lead_id": ref}).encode(),
                                               key=ref.encode())
             touch.accepted = True
+        touch.accepted_at = time.time() if touch.accepted else None
 
     async def _one_lead(self, client: httpx.AsyncClient, lead: SentLead, plan: str, touch_via: str) -> None:
         await asyncio.sleep(max(lead.sent_at - time.time(), 0))

@@ -13,6 +13,7 @@ class Touch:
     occurred_at: float  # epoch seconds, the sender's clock: the time it tells intake
     via: str  # "http" | "kafka"
     accepted: bool = False  # 202 over HTTP, acked by the broker over Kafka
+    accepted_at: float | None = None  # when intake (HTTP) or the broker (Kafka) took it
 
 
 @dataclass
