@@ -151,6 +151,18 @@ class ChaosRun:
             return response  # a refusal: not accepted
         return None
 
+    async def _produce(self, topic: str, value: dict, key: str) -> bool:
+        """At least once, as a real producer: a send that times out (broker frozen) is sent
+        again; intake takes a repeat of the same external id as the same lead or touch."""
+        for _ in range(10):
+            try:
+                await self.producer.send_and_wait(topic, json.dumps(value).encode(), key=key.encode())
+                return True
+            except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError and kin: try again
+                self.ledger.count(f"produce {topic} {type(exc).__name__}")
+                await asyncio.sleep(1)
+        return False
+
     def _lead_body(self, lead: SentLead) -> dict:
         body = {"external_id": lead.external_id,
                 "contact": {"email": lead.email, "first_name": "Chaos", "country": "GB"},
@@ -169,9 +181,7 @@ class ChaosRun:
             response = await self._post(client, f"/v1/leads/{ref}/activities", body, (202,))
             touch.accepted = response is not None and response.status_code == 202
         else:
-            await self.producer.send_and_wait(RAW_ACTIVITIES, json.dumps({**body, "lead_id": ref}).encode(),
-                                              key=ref.encode())
-            touch.accepted = True
+            touch.accepted = await self._produce(RAW_ACTIVITIES, {**body, "lead_id": ref}, ref)
         touch.accepted_at = time.time() if touch.accepted else None
 
     async def _one_lead(self, client: httpx.AsyncClient, lead: SentLead, plan: str, touch_via: str) -> None:
@@ -183,9 +193,9 @@ class ChaosRun:
                 return
             lead.lead_id = response.json()["lead_id"]
         else:
-            body = {**self._lead_body(lead), "source": "chat"}
-            await self.producer.send_and_wait(RAW_SUBMISSIONS, json.dumps(body).encode(),
-                                              key=lead.external_id.encode())
+            if not await self._produce(RAW_SUBMISSIONS, {**self._lead_body(lead), "source": "chat"},
+                                       lead.external_id):
+                return
         lead.accepted = True
         accepted_at = time.time()
         if plan == "none":
