@@ -104,8 +104,15 @@ class KeyCache:
             if self._clock() - self._checked_at > self._check_every:
                 async with self._lock:  # one version read per interval, not one per waiting request
                     if self._clock() - self._checked_at > self._check_every:
-                        self.observe(None)
-                        self.observe(await revocation_version(conn))
+                        try:
+                            version = await revocation_version(conn)
+                        except BaseException:
+                            self.observe(None)  # unknown: trust nothing cached
+                            raise
+                        self.observe(version)
+                principal = self.get(presented)  # still valid: the version did not change
+                if principal is not None:
+                    return principal
             # The version is read before the key: a revocation committed in between changes the
             # version, so the entry put below is dropped at the next check.
             version = self._version
