@@ -177,6 +177,9 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
 
     figures = Counter()
     lateness: list[float] = []
+    after_recovery: list[float] = []
+    causes: Counter = Counter()
+    windows = [(_epoch(f["at"]), _epoch(f["at"]) + f["seconds"]) for f in ledger.faults]
     for sent in ledger.leads:
         if not sent.accepted:
             figures["not_accepted"] += 1
@@ -260,6 +263,12 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
                 ends = terminal.get(timer["sla_id"], [])
                 if ends:
                     lateness.append(_epoch(ends[0][1]["time"]) - _epoch(timer["due_at"]))
+                    # Due while something was down: how soon after recovery it left, and as what.
+                    for fault in windows:
+                        if fault[0] <= _epoch(timer["due_at"]) <= fault[1]:
+                            after_recovery.append(_epoch(ends[0][1]["time"]) - fault[1])
+                            causes[ends[0][1]["data"].get("root_cause")] += 1
+                            break
                     if ends[0][1]["data"].get("root_cause") == "system_delay":
                         figures["breaches_system_delay"] += 1
                 if not deliveries[lead_id]:
@@ -294,6 +303,10 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
         figures["leads_in_intake_not_sent"] = len(unknown)
     report.figures = dict(figures)
     report.figures["touches_accepted"] = sum(1 for lead in ledger.leads for t in lead.touches if t.accepted)
+    if after_recovery:
+        report.figures["breaches_due_during_faults"] = len(after_recovery)
+        report.figures["breach_after_recovery_max_s"] = round(max(after_recovery), 2)
+        report.figures["breach_during_faults_root_causes"] = dict(causes)
     if lateness:
         report.figures["breach_lateness_p50_s"] = round(statistics.median(lateness), 2)
         report.figures["breach_lateness_max_s"] = round(max(lateness), 2)

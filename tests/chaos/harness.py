@@ -251,7 +251,7 @@ class ChaosRun:
         began = time.time()
         os.kill(pid, signal.SIGSTOP)
         try:
-            await self._probe_frozen_broker(outage, began + seconds)
+            await self._probe_frozen_broker(outage, began + max(seconds, 3))
             await asyncio.sleep(max(began + seconds - time.time(), 0))
         finally:
             os.kill(pid, signal.SIGCONT)
@@ -264,7 +264,9 @@ class ChaosRun:
         began = time.time()
         await asyncio.to_thread(self.stack.postgres.stop)
         try:
-            await self._probe_database_outage(outage, began + seconds)
+            # The outage lasts at least until the probes are done (a slow machine must not turn
+            # "no time to probe" into a failure), at most 20 s longer than asked.
+            await self._probe_database_outage(outage, began + seconds + 20)
             await asyncio.sleep(max(began + seconds - time.time(), 0))
         finally:
             await asyncio.to_thread(self.stack.postgres.start)
@@ -325,9 +327,6 @@ class ChaosRun:
 
             await asyncio.gather(*(not_ready(s) for s in self.stack.services))
             for service, method, path, body, key in self.write_requests():
-                if time.time() > until - 0.5:
-                    outage.problems.append(f"no time left to probe {method} {service}{path}")
-                    continue
                 try:
                     response = await client.request(method, f"{self.url(service)}{path}", json=body,
                                                     headers={"Authorization": f"Bearer {key}"})
@@ -345,7 +344,7 @@ class ChaosRun:
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(timeout=4, headers={"Authorization": f"Bearer {self.source_key}"}) as client:
             for i in range(3):
-                if time.time() > until - 1:
+                if i and time.time() > until - 1:
                     break
                 tag = f"{self.seed}-frozen-{uuid.uuid4().hex[:8]}"
                 lead = SentLead(n=-1, via="http", external_id=f"chaos-{tag}", email=f"chaos.{tag}@example.org",
