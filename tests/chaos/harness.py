@@ -213,8 +213,11 @@ class ChaosRun:
         start = time.time() + 0.5
         count = max(1, int(seconds * rate))
         tasks = []
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {self.source_key}"}, timeout=10,
-                                     limits=httpx.Limits(max_connections=50)) as client:
+        # No pool timeout: many senders retrying through an outage queue for a connection, as
+        # they would queue behind their own network stack, without counting that as a failure.
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {self.source_key}"},
+                                     timeout=httpx.Timeout(10, pool=None),
+                                     limits=httpx.Limits(max_connections=100)) as client:
             for n in range(count):
                 via = "http" if self.rng.random() < 0.6 else "kafka"
                 roll = self.rng.random()
@@ -375,6 +378,20 @@ class ChaosRun:
             if pending:
                 await asyncio.sleep(0.3)
         return sorted(pending)
+
+    async def diagnostics(self) -> str:
+        """Each service's /readyz and its consumer-lag lines, for a run that did not settle."""
+        lines = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            for name in self.stack.services:
+                try:
+                    lines.append(f"{name} readyz: {(await client.get(f'{self.url(name)}/readyz')).text}")
+                    metrics = (await client.get(f"{self.url(name)}/metrics")).text
+                    lines += [f"{name} {line}" for line in metrics.splitlines()
+                              if "lag" in line and not line.startswith("#")]
+                except httpx.HTTPError as exc:
+                    lines.append(f"{name}: {type(exc).__name__}")
+        return "\n".join(lines)
 
     async def metrics_text(self) -> str:
         async with httpx.AsyncClient(timeout=5) as client:

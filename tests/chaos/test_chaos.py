@@ -56,7 +56,9 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     long = chaos.seconds > BOUNDED_SECONDS
     await asyncio.gather(
         chaos.generate(chaos.seconds, chaos.rate),
-        chaos.inject(chaos.seconds, pause=8.0 if long else 1.0, outage_seconds=30.0 if long else 5.0),
+        # A long run leaves the system time to drain between faults (each fault 30 s, as in the
+        # issue); the bounded one packs one of each into its window.
+        chaos.inject(chaos.seconds, pause=40.0 if long else 1.0, outage_seconds=30.0 if long else 5.0),
     )
     load_done = time.monotonic()
     assert await chaos.wait_ready(90) == [], "a service did not come back by itself"
@@ -79,6 +81,10 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     print("faults:", chaos.ledger.faults)
     print("statuses:", chaos.ledger.statuses)
     print(f"ledger: {chaos.workdir / 'ledger.json'}; database: {chaos.database_url}")
+    for outage in chaos.outages:
+        print(f"{outage.kind}: {outage.checked} probes passed; problems: {outage.problems}")
+    if report.of_kind("violation"):
+        print(await chaos.diagnostics())
 
     assert chaos.server_errors == [], chaos.server_errors
     kinds = {o.kind for o in chaos.outages}
