@@ -64,7 +64,9 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     assert await chaos.wait_ready(90) == [], "a service did not come back by itself"
 
     # Settle: audit until clean (the backlog drains, the last timers end) or out of patience.
-    settle_until = time.monotonic() + (120 if long else 40)
+    # (A clean bounded run settles in seconds; a loaded machine, or a service killed just before
+    # the end, needs longer: the waiting ends as soon as the audit is clean.)
+    settle_until = time.monotonic() + (180 if long else 75)
     while True:
         report = await audit(chaos.database_url, chaos.ledger, delivered_keys=chaos.delivered_keys())
         if not report.of_kind("violation") or time.monotonic() > settle_until:
@@ -77,7 +79,7 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     report.figures.update(load_seconds=round(load_done - began, 1),
                           settle_seconds=round(time.monotonic() - load_done, 1),
                           faults=len(chaos.ledger.faults))
-    print(report.text(limit=200))
+    print(report.text(limit=40))
     print("faults:", chaos.ledger.faults)
     print("statuses:", chaos.ledger.statuses)
     print(f"ledger: {chaos.workdir / 'ledger.json'}; database: {chaos.database_url}")
@@ -90,7 +92,7 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     kinds = {o.kind for o in chaos.outages}
     assert {"broker frozen", "postgres stopped"} <= kinds
     assert [p for o in chaos.outages for p in o.problems] == []
-    assert report.of_kind("violation") == [], report.text()
+    assert report.of_kind("violation") == [], report.text(limit=40)
     if late := report.of_kind("late_touch"):
         # Known gap (reported, not yet fixed): the SLA clock breaches at the deadline even when a
         # touch made before it is still on its way, its sender retrying while intake was down.
