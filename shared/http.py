@@ -91,13 +91,17 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
         )
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-        if not is_database_unavailable(exc):
+        # No pooled connection came free in time (a burst right after an outage): the database
+        # cannot serve this request now, which is a 503 like an outage, not a 500.
+        busy = isinstance(exc, sa_exc.TimeoutError)
+        if not busy and not is_database_unavailable(exc):
             log.error("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
             return problem_response(ProblemError(500, "Internal error", "The request failed; nothing was stored."),
                                     request.url.path)
         # One log line per outage (OutageLog), not a traceback per request; nothing half-written,
         # since every write is one transaction that did not commit.
-        database_outage.down(exc)
+        if not busy:
+            database_outage.down(exc)
         retry_after = str(getattr(request.app.state, "retry_after_seconds", 5))
         return problem_response(
             ProblemError(503, "Service unavailable", "The database is unreachable; nothing was stored. "
@@ -105,7 +109,8 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
             request.url.path)
 
     # Registered by class (not as the catch-all 500 handler, which Starlette re-raises and logs).
-    for error_class in (sa_exc.DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    for error_class in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError, TimeoutError):
         app.add_exception_handler(error_class, _database_error)
 
 
