@@ -91,6 +91,23 @@ def _epoch(value: datetime | str) -> float:
     return value.timestamp()
 
 
+async def published_events(conn: asyncpg.Connection, schema: str, where: str = "TRUE") -> list:
+    """A service's events meant for a topic: key, topic, event_id, event_type, payload, created_at
+    (when its transaction began), sent (published), parked. Reads either layout: the outbox
+    (`<schema>.outbox`, sent_at per row) or the event store (`<schema>.events` with the relay's
+    published position and its parked rows)."""
+    if await conn.fetchval("SELECT to_regclass($1)", f"{schema}.outbox"):
+        return await conn.fetch(
+            f"SELECT key, topic, event_id, event_type, payload, created_at, sent_at IS NOT NULL AS sent, "
+            f"parked_at IS NOT NULL AS parked FROM {schema}.outbox WHERE {where} ORDER BY id")
+    return await conn.fetch(
+        f"SELECT e.key, e.topic, e.event_id, e.event_type, e.payload, e.recorded_at AS created_at, "
+        f"(e.position <= coalesce((SELECT max(published_position) FROM {schema}.relay_position), 0) "
+        f" AND p.position IS NULL) AS sent, p.position IS NOT NULL AS parked "
+        f"FROM {schema}.events e LEFT JOIN {schema}.parked p ON p.position = e.position "
+        f"WHERE e.topic IS NOT NULL AND ({where}) ORDER BY e.position")
+
+
 async def read_topics(bootstrap: str, topics: tuple[str, ...], idle: float = 1.5, timeout: float = 60) -> dict[str, Counter]:
     """Event ids on each topic, read from the beginning until nothing more arrives for `idle`
     seconds (the broker's high watermark can lag, so it is not trusted as the end)."""
@@ -134,25 +151,25 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
     conn = await asyncpg.connect(_dsn(database_url))
     try:
         intake_leads = await conn.fetch("SELECT lead_id, source, external_id, received_at FROM intake.leads")
-        recorded_at = {r["key"]: r["first"] for r in await conn.fetch(
-            "SELECT key, min(created_at) AS first FROM intake.outbox WHERE event_type = 'activity.recorded' "
-            "GROUP BY key")}
-        received = Counter(r["key"] for r in await conn.fetch(
-            "SELECT key FROM intake.outbox WHERE event_type = 'lead.received'"))
+        intake_events = await published_events(conn, "intake")
+        recorded_at: dict[str, datetime] = {}
+        for r in intake_events:
+            if r["event_type"] == "activity.recorded" and r["key"] not in recorded_at:
+                recorded_at[r["key"]] = r["created_at"]
+        received = Counter(r["key"] for r in intake_events if r["event_type"] == "lead.received")
         assignments = {r["lead_id"]: r for r in await conn.fetch(
             "SELECT lead_id, owner_id, assignment_no, closed_at FROM router.assignments")}
         queued = {r["lead_id"] for r in await conn.fetch("SELECT lead_id FROM router.queue")}
         assigned_events = defaultdict(list)
-        for r in await conn.fetch("SELECT id, key, payload FROM router.outbox WHERE event_type = 'lead.assigned' "
-                                  "ORDER BY id"):
+        for r in await published_events(conn, "router", "event_type = 'lead.assigned'"):
             assigned_events[r["key"]].append(json.loads(r["payload"])["data"])
         timers = defaultdict(list)
         for r in await conn.fetch("SELECT sla_id, lead_id, metric, state, started_at, due_at, closed_at, root_cause "
                                   "FROM sla_clock.timers"):
             timers[r["lead_id"]].append(r)
         terminal = defaultdict(list)
-        for r in await conn.fetch("SELECT event_type, payload FROM sla_clock.outbox "
-                                  "WHERE event_type IN ('sla.met', 'sla.breached', 'sla.cancelled') ORDER BY id"):
+        for r in await published_events(conn, "sla_clock",
+                                         "event_type IN ('sla.met', 'sla.breached', 'sla.cancelled')"):
             event = json.loads(r["payload"])
             terminal[event["data"]["sla_id"]].append((r["event_type"], event))
         deliveries = defaultdict(list)
@@ -162,7 +179,7 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
         key_counts = Counter(r["idempotency_key"] for rows in deliveries.values() for r in rows)
         outbox = defaultdict(list)
         for schema in SERVICE_SCHEMAS:
-            for r in await conn.fetch(f"SELECT key, topic, event_id, event_type, sent_at, parked_at FROM {schema}.outbox"):
+            for r in (intake_events if schema == "intake" else await published_events(conn, schema)):
                 outbox[r["key"]].append((schema, r))
         in_timeline = {r["event_id"] for r in await conn.fetch("SELECT event_id FROM reporting.timeline")}
     finally:
@@ -291,9 +308,9 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
             figures["events"] += 1
             if row["event_id"] not in in_timeline:
                 report.add(lead_id, f"reporting's timeline lacks {row['event_type']} ({schema}, {row['event_id']})")
-            if row["sent_at"] is None:
+            if not row["sent"]:
                 report.add(lead_id, f"{schema}'s {row['event_type']} not published"
-                                    f"{' (parked)' if row['parked_at'] else ''}")
+                                    f"{' (parked)' if row['parked'] else ''}")
             elif on_topics is not None and on_topics[row["topic"]][row["event_id"]] == 0:
                 report.add(lead_id, f"{schema}'s {row['event_type']} marked sent but not on {row['topic']}")
             elif on_topics is not None and on_topics[row["topic"]][row["event_id"]] > 1:

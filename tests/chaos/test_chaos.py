@@ -153,11 +153,19 @@ async def test_the_auditor_names_each_kind_of_violation(chaos: ChaosRun) -> None
     try:
         met = await conn.fetchrow("SELECT lead_id, sla_id FROM sla_clock.timers WHERE state = 'met' LIMIT 1")
         await conn.execute("UPDATE sla_clock.timers SET state = 'breached' WHERE sla_id = $1", met["sla_id"])
-        twice = await conn.fetchrow("SELECT * FROM router.outbox WHERE event_type = 'lead.assigned' "
-                                    "AND key <> $1 LIMIT 1", met["lead_id"])
-        await conn.execute("INSERT INTO router.outbox (topic, key, event_id, event_type, payload, sent_at) "
-                           "VALUES ($1, $2, $3, $4, $5, now())", twice["topic"], twice["key"],
-                           twice["event_id"] + "-again", twice["event_type"], twice["payload"])
+        if await conn.fetchval("SELECT to_regclass('router.outbox')"):
+            twice = await conn.fetchrow("SELECT * FROM router.outbox WHERE event_type = 'lead.assigned' "
+                                        "AND key <> $1 LIMIT 1", met["lead_id"])
+            await conn.execute("INSERT INTO router.outbox (topic, key, event_id, event_type, payload, sent_at) "
+                               "VALUES ($1, $2, $3, $4, $5, now())", twice["topic"], twice["key"],
+                               twice["event_id"] + "-again", twice["event_type"], twice["payload"])
+        else:  # the event store
+            twice = await conn.fetchrow("SELECT * FROM router.events WHERE event_type = 'lead.assigned' "
+                                        "AND key <> $1 LIMIT 1", met["lead_id"])
+            await conn.execute("INSERT INTO router.events (stream_id, version, event_id, event_type, topic, key, "
+                               "payload) VALUES ($1, $2, $3, $4, $5, $6, $7)", twice["stream_id"] + "-again",
+                               twice["version"], twice["event_id"] + "-again", twice["event_type"], twice["topic"],
+                               twice["key"], twice["payload"])
         owned = await conn.fetchrow("SELECT lead_id, tier, facts FROM router.assignments WHERE lead_id NOT IN ($1, $2) "
                                     "LIMIT 1", met["lead_id"], twice["key"])
         await conn.execute("INSERT INTO router.queue (lead_id, tier, reason, facts) VALUES ($1, $2, 'test', $3)",
