@@ -78,7 +78,10 @@ class Stack:
         self.broker = EmbeddedBroker()
         self.services: dict[str, ServiceProcess] = {}
 
-    async def start(self, target: int) -> tuple[str, str]:
+    async def start(self, target: int, config: str | None = None,
+                    extra_env: dict[str, str] | None = None) -> tuple[str, str]:
+        """Postgres, broker, schema, `config` (default: CONFIG with `target`), a source key and the
+        five services, ready; returns (source key, bootstrap). tests/chaos runs on this too."""
         server_url = self.postgres.start()
         admin = await asyncpg.connect(server_url)
         await admin.execute("DROP DATABASE IF EXISTS faults WITH (FORCE)")
@@ -89,12 +92,13 @@ class Stack:
         engine = make_engine(self.database_url)
         await upgrade(engine)
         async with engine.begin() as conn:
-            await apply_config(conn, CONFIG % {"target": target})
+            await apply_config(conn, config if config is not None else CONFIG % {"target": target})
             key = await create_key(conn, "webform", "source")
         await engine.dispose()
         env = {"LEADSLA_DATABASE_URL": self.database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,
                "LEADSLA_TOPIC_PARTITIONS": "3", "LEADSLA_TIMER_POLL_SECONDS": "0.2",
-               "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": os.environ.get("LEADSLA_KAFKA_SESSION_TIMEOUT_MS", "2000")}
+               "LEADSLA_KAFKA_SESSION_TIMEOUT_MS": os.environ.get("LEADSLA_KAFKA_SESSION_TIMEOUT_MS", "2000"),
+               **(extra_env or {})}
         self.services = {name: ServiceProcess(name, free_port(), env, self.workdir / "logs" / f"{name}.log")
                          for name in SERVICE_PORTS}
         for service in self.services.values():

@@ -120,6 +120,39 @@ def keys_create(
     print(key)
 
 
+async def _keys(database_url: str, revoke: str | None = None) -> list[dict] | bool:
+    from shared.auth import list_keys, revoke_key
+    from shared.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            return await revoke_key(conn, revoke) if revoke is not None else await list_keys(conn)
+    finally:
+        await engine.dispose()
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Show every key: id, name, role, created, revoked. Secrets are never stored, so never shown."""
+    rows = asyncio.run(_keys(Settings().database_url))
+    table = Table("key id", "name", "role", "created", "revoked")
+    for row in rows:  # type: ignore[union-attr]
+        revoked = row["revoked_at"]
+        table.add_row(row["key_id"], row["name"], row["role"], f"{row['created_at']:%Y-%m-%d %H:%M:%S}",
+                      f"{revoked:%Y-%m-%d %H:%M:%S}" if revoked else "")
+    Console().print(table if rows else "no keys")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key id (as `keys list` shows it) or the whole key")]) -> None:
+    """Revoke a key; every service refuses it within a second."""
+    if not asyncio.run(_keys(Settings().database_url, revoke=key)):
+        console.print(f"[red]no live key {key.split('_')[1] if key.startswith('lsk_') else key!r}[/red]")
+        raise typer.Exit(1)
+    console.print("key revoked")
+
+
 async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int, str]]:
     from sqlalchemy import func, select
 

@@ -2,15 +2,16 @@
 random bits, so a slow hash buys nothing); lookups are by key id, comparison in constant time."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .db import api_keys
@@ -51,24 +52,98 @@ async def create_key(conn: AsyncConnection, name: str, role: Role) -> str:
 
 
 class KeyCache:
-    """Verified keys, remembered briefly so a busy endpoint does not look each one up per request.
-    Entries are keyed by a digest of the presented key (the key itself is never kept); a revoked
-    key stops working within `ttl` seconds."""
+    """Verified keys, remembered so a busy endpoint does not look each one up per request.
 
-    def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl, self._clock = ttl, clock
+    Entries are keyed by a digest of the presented key (the key itself is never kept). Revocation
+    is not left to a TTL: every entry is trusted only while the keys table's revocation version
+    (how many keys exist, how many are revoked, the latest revocation) is the one seen when the
+    entry was made, and that version is re-read at most every `check_every` seconds (one tiny query
+    per process, however many keys are in use). A revoked key therefore stops working on every
+    service within `check_every` seconds. When the version cannot be read (database away) nothing
+    cached is trusted: the lookup goes to the database and fails like any other write would."""
+
+    def __init__(self, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 check_every: float = 0.5) -> None:
+        self._ttl, self._clock, self._check_every = ttl, clock, check_every
         self._entries: dict[str, tuple[Principal, float]] = {}
+        self._version: tuple | None = None
+        self._checked_at = float("-inf")
+        self._lock = asyncio.Lock()
 
     def get(self, presented: str) -> Principal | None:
+        """The cached principal, if its entry is young and the revocation version was confirmed
+        within `check_every` seconds; else None (ask the database)."""
+        now = self._clock()
+        if self._version is None or now - self._checked_at > self._check_every:
+            return None
         entry = self._entries.get(_digest(presented))
-        if entry is None or entry[1] < self._clock():
+        if entry is None or entry[1] < now:
             return None
         return entry[0]
 
     def put(self, presented: str, principal: Principal) -> None:
+        if self._version is None:
+            return  # nothing to check it against later
         if len(self._entries) > 10_000:  # bounded: a flood of distinct keys cannot grow it forever
             self._entries.clear()
         self._entries[_digest(presented)] = (principal, self._clock() + self._ttl)
+
+    def observe(self, version: tuple | None) -> None:
+        """Record the revocation version just read; a changed (or unknown) one drops every entry."""
+        if version is None or version != self._version:
+            self._entries.clear()
+        self._version, self._checked_at = version, self._clock() if version is not None else float("-inf")
+
+    async def verify(self, connect: Callable[[], Any], presented: str) -> Principal | None:
+        """The principal of a presented key, from the cache when it is still provably valid.
+        `connect()` gives an async context manager yielding an AsyncConnection."""
+        principal = self.get(presented)
+        if principal is not None:
+            return principal
+        async with connect() as conn:
+            if self._clock() - self._checked_at > self._check_every:
+                async with self._lock:  # one version read per interval, not one per waiting request
+                    if self._clock() - self._checked_at > self._check_every:
+                        try:
+                            version = await revocation_version(conn)
+                        except BaseException:
+                            self.observe(None)  # unknown: trust nothing cached
+                            raise
+                        self.observe(version)
+                principal = self.get(presented)  # still valid: the version did not change
+                if principal is not None:
+                    return principal
+            # The version is read before the key: a revocation committed in between changes the
+            # version, so the entry put below is dropped at the next check.
+            version = self._version
+            principal = await verify_key(conn, presented)
+        if principal is not None and version is not None and version == self._version:
+            self.put(presented, principal)
+        return principal
+
+
+async def revocation_version(conn: AsyncConnection) -> tuple:
+    """Changes whenever a key is created, revoked or deleted."""
+    row = (await conn.execute(select(func.count(), func.count(api_keys.c.revoked_at),
+                                     func.max(api_keys.c.revoked_at)))).one()
+    return tuple(row)
+
+
+async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every key without its secret (only the hash is stored; the hash is not shown either)."""
+    rows = await conn.execute(select(api_keys.c.key_id, api_keys.c.name, api_keys.c.role,
+                                     api_keys.c.created_at, api_keys.c.revoked_at)
+                              .order_by(api_keys.c.created_at, api_keys.c.key_id))
+    return [dict(row._mapping) for row in rows]
+
+
+async def revoke_key(conn: AsyncConnection, key: str) -> bool:
+    """Revoke by key id (or by the whole key, whose id part is used). False: no such live key."""
+    parts = split_key(key)
+    key_id = parts[0] if parts else key
+    result = await conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                                .values(revoked_at=func.now()))
+    return result.rowcount == 1
 
 
 async def verify_key(conn: AsyncConnection, presented: str) -> Principal | None:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .auth import Principal, verify_key
+from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
 from .schemas import schema_router
@@ -93,13 +93,17 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
         )
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-        if not is_database_unavailable(exc):
+        # No pooled connection came free in time (a burst right after an outage): the database
+        # cannot serve this request now, which is a 503 like an outage, not a 500.
+        busy = isinstance(exc, sa_exc.TimeoutError)
+        if not busy and not is_database_unavailable(exc):
             log.error("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
             return problem_response(ProblemError(500, "Internal error", "The request failed; nothing was stored."),
                                     request.url.path)
         # One log line per outage (OutageLog), not a traceback per request; nothing half-written,
         # since every write is one transaction that did not commit.
-        database_outage.down(exc)
+        if not busy:
+            database_outage.down(exc)
         retry_after = str(getattr(request.app.state, "retry_after_seconds", 5))
         return problem_response(
             ProblemError(503, "Service unavailable", "The database is unreachable; nothing was stored. "
@@ -107,7 +111,8 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
             request.url.path)
 
     # Registered by class (not as the catch-all 500 handler, which Starlette re-raises and logs).
-    for error_class in (sa_exc.DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+    for error_class in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError, TimeoutError):
         app.add_exception_handler(error_class, _database_error)
 
 
@@ -186,12 +191,7 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
             raise ProblemError(401, "Unauthorized", "Send `Authorization: Bearer <key>`.",
                                headers={"WWW-Authenticate": "Bearer"})
         presented = presented.strip()
-        principal = ctx.key_cache.get(presented)
-        if principal is None:
-            async with ctx.engine.connect() as conn:
-                principal = await verify_key(conn, presented)
-            if principal is not None:
-                ctx.key_cache.put(presented, principal)
+        principal = await ctx.key_cache.verify(ctx.engine.connect, presented)
         if principal is None:
             raise ProblemError(401, "Unauthorized", "The key is unknown or revoked.",
                                headers={"WWW-Authenticate": "Bearer"})

@@ -23,6 +23,11 @@ from tests.backends import Backend, BackendError, choose_backend, containers, do
 TEST_PARTITIONS = 3
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-long", action="store_true", default=False,
+                     help="tests/chaos: a long chaos run (600 s of load; LEADSLA_CHAOS_SECONDS sets another)")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     # A backend that cannot run stops the run at once with one line, before any test is collected.
     try:

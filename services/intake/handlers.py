@@ -373,7 +373,11 @@ class RawPosition:
 
 
 async def resolve_lead(store: IntakeStore, ref: str) -> str | None:
-    """A lead by its id, else by the sender's external id (the newest lead with it)."""
+    """A lead by its id, else by the sender's external id (the newest lead with it). Locks the
+    reference first, as `_release_held` does: a lead accepted concurrently is either seen here
+    or sees the activity held (otherwise the hold could land after its release, and wait out
+    `activity_wait` into a dead letter)."""
+    await store.lock([f"ref:{ref}"])
     return await store.resolve(ref)
 
 
@@ -405,6 +409,7 @@ async def _release_held(uow: Recorder, store: IntakeStore, config: Config, leads
     """Record the activities that were waiting for these new leads ((external id, lead id)
     pairs), in the leads' transaction."""
     lead_of = dict(leads_by_ref)
+    await store.lock([f"ref:{ref}" for ref in lead_of])  # see resolve_lead
     for held in await store.held_for(lead_of):
         lead_id = lead_of[held.lead_ref]
         event = CloudEvent.model_validate(held.event)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from leadsla.devstack import EmbeddedPostgres
 from services.intake.bootstrap import bootstrap as intake_bootstrap
@@ -126,3 +126,33 @@ async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothi
 async def _status_of(request) -> int | None:
     response = await request
     return response.status_code if response.status_code != 503 else None
+
+
+async def test_no_free_database_connection_is_a_503_not_a_500(database_url, producer, kafka_bootstrap, clock) -> None:
+    """Found by the long chaos run: right after Postgres came back, requests queued for a pooled
+    connection past the pool timeout (sqlalchemy's TimeoutError) and got 500s with a traceback."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.settings import database_url_for_asyncpg
+
+    engine = create_async_engine(database_url_for_asyncpg(database_url), pool_size=1, max_overflow=0,
+                                 pool_timeout=0.2)
+    async with engine.begin() as conn:
+        key = await create_key(conn, "webform", "source")
+    settings = Settings(database_url="postgresql://unused", kafka_bootstrap=kafka_bootstrap, retry_after_seconds=3)
+    ctx = ServiceContext(name="intake", settings=settings, engine=engine, producer=producer, clock=clock,
+                         config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
+                         relay_wakeup=asyncio.Event())
+    spec = intake_bootstrap(ctx)
+    app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    try:
+        async with engine.connect() as held, httpx.AsyncClient(  # the pool's only connection, taken
+                transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                headers={"Authorization": f"Bearer {key}"}) as client:
+            await held.execute(text("SELECT 1"))
+            response = await client.post("/v1/leads", json=lead())
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "3"
+        assert response.headers["content-type"] == "application/problem+json"
+    finally:
+        await engine.dispose()

@@ -9,12 +9,26 @@ def test_key_format() -> None:
         assert split_key(bad) is None
 
 
-def test_cached_keys_expire_and_are_not_stored_in_plaintext() -> None:
+def test_cached_keys_are_trusted_only_while_the_revocation_version_is_fresh() -> None:
     now = [0.0]
-    cache = KeyCache(ttl=30, clock=lambda: now[0])
+    cache = KeyCache(ttl=300, clock=lambda: now[0], check_every=0.5)
+    cache.put("lsk_abc_secret", ALICE)
+    assert cache.get("lsk_abc_secret") is None  # no version seen yet: nothing is kept
+    cache.observe((2, 0, None))
     cache.put("lsk_abc_secret", ALICE)
     assert cache.get("lsk_abc_secret") == ALICE
     assert cache.get("lsk_abc_other") is None
     assert "lsk_abc_secret" not in repr(cache.__dict__)
-    now[0] = 31
-    assert cache.get("lsk_abc_secret") is None  # a revoked key stops working within the ttl
+    now[0] = 0.6
+    assert cache.get("lsk_abc_secret") is None  # the version must be confirmed again first
+    cache.observe((2, 0, None))
+    assert cache.get("lsk_abc_secret") == ALICE  # unchanged version: the entry stands
+    cache.observe((2, 1, "2026-11-25T18:00:00Z"))
+    assert cache.get("lsk_abc_secret") is None  # a key was revoked somewhere: every entry goes
+    cache.observe((2, 1, "2026-11-25T18:00:00Z"))
+    cache.put("lsk_abc_secret", ALICE)
+    now[0] = 301
+    cache.observe((2, 1, "2026-11-25T18:00:00Z"))
+    assert cache.get("lsk_abc_secret") is None  # and entries are not kept forever
+    cache.observe(None)  # the version could not be read: trust nothing
+    assert cache.get("lsk_abc_secret") is None
