@@ -10,6 +10,7 @@ from shared.uow import UnitOfWork
 
 from .entrypoints import build_api, queue_loop
 from .handlers import on_activity, on_escalation, route_lead
+from .projection import PROJECTION
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
@@ -32,4 +33,5 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                        Subscription("router-escalations", (TOPIC_NOTIFICATIONS,), on_notification)],
         routers=[build_api(ctx, wake_queue)],
         loops=[queue_loop(ctx, wake_queue)],
+        projection=PROJECTION,
     )

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
 from shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
-from shared.events import Candidate, LeadReceived
+from shared.events import Candidate, LeadReceived, WireModel
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
 FREE_MAIL_DOMAINS = frozenset({
@@ -141,6 +141,57 @@ def matches(rule: RoutingRule, lead: LeadFacts, config: Config) -> bool:
         m.attributes is None or all(_in(lead.attributes.get(k), v) for k, v in m.attributes.items()),
     ]
     return all(checks)
+
+
+# ---- the router's internal events ----------------------------------------------------------
+# Kept in the router's store only (topic None): what its state needs beyond the contract events
+# (lead.assigned / lead.reassigned / lead.queued / lead.dequeued), so that every state table is a
+# projection of the store (services/router/projection.py). Each carries every value applied.
+
+LEAD_ROUTED = "router.lead_routed"
+LEAD_CLOSED = "router.lead_closed"
+LEAD_TOUCHED = "router.lead_touched"
+OWNER_UPDATED = "owner.updated"
+
+
+class LeadRouted(WireModel):
+    """The router's own part of a decision, recorded right after the contract event that
+    announced it (lead.assigned, lead.reassigned or lead.queued): the facts kept to route the
+    lead again, the day the owner's daily count grows on (the owner's own calendar day), the
+    rule's new round-robin position or weighted credits."""
+
+    lead_id: str
+    facts: dict[str, Any]
+    company_domain: str | None = None
+    assignment_no: int  # the lead's assignment number (a queued lead: the next one's)
+    owner_id: str | None = None  # None: queued
+    day: date | None = None  # the owner's day the assignment counts on
+    rule_id: str | None = None
+    cursor: int | None = None
+    weights: dict[str, int] | None = None
+
+
+class LeadClosed(WireModel):
+    """A disposition or an opt-out: the lead no longer counts against its owner's capacity."""
+
+    lead_id: str
+    closed_at: datetime
+    cause: str  # the activity type, or "disposition"
+
+
+class LeadTouched(WireModel):
+    """The first touch of an assigned lead (an owner going out of office keeps touched leads)."""
+
+    lead_id: str
+    touched_at: datetime
+
+
+class OwnerUpdated(WireModel):
+    """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
+
+    owner_id: str
+    changes: dict[str, Any]
+    actor: str | None = None
 
 
 # ---- owners at runtime ----------------------------------------------------------------------

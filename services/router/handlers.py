@@ -3,15 +3,13 @@ reassign a lead, release capacity when a lead is closed. Each function runs insi
 unit of work: the state it changes and the events it emits commit together."""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, exists, func, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import exists, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared import metrics
@@ -28,14 +26,22 @@ from shared.events import (
     LeadQueued,
     LeadReassigned,
     LeadReceived,
-    WireModel,
     new_event,
 )
+from shared.eventstore import EVENTS
 from shared.uow import UnitOfWork
 
 from .domain import (
+    LEAD_CLOSED,
+    LEAD_ROUTED,
+    LEAD_TOUCHED,
+    OWNER_UPDATED,
     Decision,
+    LeadClosed,
     LeadFacts,
+    LeadRouted,
+    LeadTouched,
+    OwnerUpdated,
     RoutingState,
     anyone_available,
     decide,
@@ -48,7 +54,9 @@ from .domain import (
     record,
     release,
 )
-from .tables import assignments, owner_state, queue
+from .tables import SCHEMA, assignments, owner_state, queue
+
+STORE = EVENTS[SCHEMA]
 
 SERVICE = "router"
 log = structlog.get_logger()
@@ -71,14 +79,6 @@ class SameOwner(ValueError):
 
 class NobodyEligible(LookupError):
     pass
-
-
-class OwnerUpdated(WireModel):
-    """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
-
-    owner_id: str
-    changes: dict[str, Any]
-    actor: str | None = None
 
 
 # Locking. A routing decision reads and advances its rule's cursor and its owners' loads. New
@@ -104,6 +104,12 @@ async def _lock_all(conn: AsyncConnection, keys: set[str]) -> None:
         "SELECT pg_advisory_xact_lock(h) FROM "
         "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
     ), {"keys": sorted(keys)})
+
+
+def _stream_version(lead_id):
+    """The lead's stream version, as a column of a query that reads its state row."""
+    return (select(func.coalesce(func.max(STORE.c.version), 0)).where(STORE.c.stream_id == lead_id)
+            .scalar_subquery().label("version"))
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -174,42 +180,27 @@ def _with_account(state: RoutingState, facts: LeadFacts, by_domain: Mapping[str,
 # ---- writing decisions ----------------------------------------------------------------------
 
 
-async def _store_assignment(conn: AsyncConnection, config: Config, state: RoutingState, facts: LeadFacts,
-                            decision: Decision, assignment_no: int, now: datetime) -> None:
-    """The assignment, the owner's count for the day and the rule's cursor: one statement."""
-    assert decision.owner_id is not None
-    owner = state.owners.get(decision.owner_id)
-    params: dict[str, Any] = {
-        "lead": facts.lead_id, "owner": decision.owner_id, "team": decision.team_id, "rule": decision.rule_id,
-        "tier": facts.tier, "no": assignment_no, "at": now, "facts": json.dumps(facts.to_json()),
-        "domain": facts.company_domain, "day": owner_day(owner, config, now) if owner else now.date(),
-    }
-    sql = (
-        "WITH a AS (INSERT INTO router.assignments (lead_id, owner_id, team_id, rule_id, tier, assignment_no, "
-        "assigned_at, facts, company_domain) VALUES (:lead, :owner, :team, :rule, :tier, :no, :at, "
-        "CAST(:facts AS jsonb), :domain) ON CONFLICT (lead_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, "
-        "team_id = EXCLUDED.team_id, rule_id = EXCLUDED.rule_id, tier = EXCLUDED.tier, "
-        "assignment_no = EXCLUDED.assignment_no, assigned_at = EXCLUDED.assigned_at, facts = EXCLUDED.facts, "
-        "company_domain = EXCLUDED.company_domain RETURNING 1), "
-        "d AS (INSERT INTO router.daily_assignments (owner_id, day, assigned) VALUES (:owner, :day, 1) "
-        "ON CONFLICT (owner_id, day) DO UPDATE SET assigned = router.daily_assignments.assigned + 1 RETURNING 1)"
-    )
-    if decision.rule_id is not None and (decision.next_cursor is not None or decision.weights is not None):
-        params["cursor"] = decision.next_cursor
-        params["weights"] = json.dumps(dict(decision.weights)) if decision.weights is not None else None
-        sql += (
-            ", c AS (INSERT INTO router.rr_cursors (rule_id, last_index, counts) VALUES (:rule, "
-            "coalesce(CAST(:cursor AS int), -1), CAST(:weights AS jsonb)) ON CONFLICT (rule_id) DO UPDATE SET "
-            "last_index = coalesce(CAST(:cursor AS int), router.rr_cursors.last_index), "
-            "counts = coalesce(CAST(:weights AS jsonb), router.rr_cursors.counts) RETURNING 1)"
-        )
-    await conn.execute(text(sql + " SELECT 1"), params)
+def _routed(facts: LeadFacts, decision: Decision, assignment_no: int, day, now: datetime,
+            cause: CloudEvent | None) -> CloudEvent:
+    """The router's own part of a decision (kept in its store only): see domain.LeadRouted."""
+    return new_event(LEAD_ROUTED, service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+                     correlation_id=None if cause else facts.correlation_id,
+                     data=LeadRouted(lead_id=facts.lead_id, facts=facts.to_json(), company_domain=facts.company_domain,
+                                     assignment_no=assignment_no, owner_id=decision.owner_id, day=day,
+                                     rule_id=decision.rule_id, cursor=decision.next_cursor,
+                                     weights=dict(decision.weights) if decision.weights is not None else None))
 
 
-def _emit_assigned(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
-                   cause: CloudEvent | None) -> None:
+def _owner_day(config: Config, state: RoutingState, owner_id: str, now: datetime):
+    owner = state.owners.get(owner_id)
+    return owner_day(owner, config, now) if owner else now.date()
+
+
+async def _record_assigned(uow: UnitOfWork, config: Config, state: RoutingState, facts: LeadFacts,
+                           decision: Decision, assignment_no: int, now: datetime, cause: CloudEvent | None) -> None:
+    """lead.assigned, then the decision's private part (facts, the owner's day, the rule's cursor)."""
     assert decision.owner_id is not None
-    uow.emit(TOPIC_ROUTING, new_event(
+    await uow.record(TOPIC_ROUTING, new_event(
         "lead.assigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadAssigned(
@@ -220,25 +211,26 @@ def _emit_assigned(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assign
             missing_fields=list(decision.missing_fields),
         ),
     ))
+    await uow.record(None, _routed(facts, decision, assignment_no,
+                                   _owner_day(config, state, decision.owner_id, now), now, cause))
     metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc()
 
 
 async def _enqueue(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
                    cause: CloudEvent | None) -> None:
-    await uow.conn.execute(pg_insert(queue).values(
-        lead_id=facts.lead_id, tier=facts.tier, reason=decision.reason, queued_at=now, facts=facts.to_json(),
-        assignment_no=assignment_no,
-    ).on_conflict_do_nothing())
-    uow.emit(TOPIC_ROUTING, new_event(
+    await uow.record(TOPIC_ROUTING, new_event(
         "lead.queued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=decision.reason,
                         missing_fields=list(decision.missing_fields), queued_at=now),
     ))
+    await uow.record(None, _routed(facts, replace(decision, owner_id=None, next_cursor=None, weights=None),
+                                   assignment_no, None, now, cause))
 
 
-def _emit_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: datetime, now: datetime) -> None:
-    uow.emit(TOPIC_ROUTING, new_event(
+async def _record_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: datetime,
+                           now: datetime) -> None:
+    await uow.record(TOPIC_ROUTING, new_event(
         "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
         data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
                         queued_at=queued_at),
@@ -263,10 +255,14 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = :lead) AS known, "
         "(SELECT owner_id FROM router.assignments WHERE company_domain = :domain AND closed_at IS NULL "
         "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
-        "EXISTS (SELECT 1 FROM router.queue WHERE tier <= :tier) AS queue_ahead"
+        "EXISTS (SELECT 1 FROM router.queue WHERE tier <= :tier) AS queue_ahead, "
+        "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = :lead) AS version"
     ), {"lead": lead.lead_id, "domain": facts.company_domain, "tier": facts.tier})).one()
     if known.known:
         return  # already routed or waiting
+    # Another writer of this lead's stream (a reassignment, a second router) makes the commit
+    # conflict, and the batch is retried from fresh state.
+    uow.expect(lead.lead_id, known.version)
     rule_id, owners = decision_scope(config, facts, known.account_owner)
     for _ in range(MAX_SCOPE_WIDENINGS):
         attempt = await conn.begin_nested()
@@ -289,8 +285,7 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
         return
-    await _store_assignment(conn, config, state, facts, decision, 1, now)
-    _emit_assigned(uow, facts, decision, 1, now, event)
+    await _record_assigned(uow, config, state, facts, decision, 1, now, event)
     metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
 
 
@@ -328,7 +323,7 @@ async def drain_queue(uow: UnitOfWork, config: Config, now: datetime, *, after: 
     if not anyone_available(config, state, now):
         return 0, None
     order = (queue.c.tier, queue.c.queued_at, queue.c.lead_id)
-    stmt = select(queue).order_by(*order).limit(limit)
+    stmt = select(queue, _stream_version(queue.c.lead_id)).order_by(*order).limit(limit)
     if after is not None:
         stmt = stmt.where(tuple_(*order) > tuple_(*after))
     rows = (await uow.conn.execute(stmt)).all()
@@ -339,10 +334,9 @@ async def drain_queue(uow: UnitOfWork, config: Config, now: datetime, *, after: 
         decision = decide(config, facts, _with_account(state, facts, by_domain), now)
         if decision.owner_id is None:
             continue
-        await uow.conn.execute(delete(queue).where(queue.c.lead_id == row.lead_id))
-        _emit_dequeued(uow, facts, "owner_available", row.queued_at, now)
-        await _store_assignment(uow.conn, config, state, facts, decision, row.assignment_no, now)
-        _emit_assigned(uow, facts, decision, row.assignment_no, now, None)
+        uow.expect(facts.lead_id, row.version)
+        await _record_dequeued(uow, facts, "owner_available", row.queued_at, now)
+        await _record_assigned(uow, config, state, facts, decision, row.assignment_no, now, None)
         state = record(state, decision, config, now)
         assigned += 1
         if not anyone_available(config, state, now):
@@ -373,18 +367,12 @@ async def update_owner(uow: UnitOfWork, config: Config, now: datetime, owner_id:
     # The projection's version is the owner stream's: a concurrent change of the same owner
     # makes this commit conflict, and the command is retried from fresh state.
     uow.expect(owner_id, row.version if row else 0)
-    version = (row.version if row else 0) + 1
     merged = {**(row.changes if row else {}), **changes}
     before = effective_owner(configured, row.changes if row else None)
     after = effective_owner(configured, merged)
-    event = new_event("owner.updated", service=SERVICE, lead_id=owner_id, time=now,
+    event = new_event(OWNER_UPDATED, service=SERVICE, lead_id=owner_id, time=now,
                       data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
-    uow.emit(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
-    values = {"changes": merged, "version": version, "updated_at": now}
-    await uow.conn.execute(
-        pg_insert(owner_state).values(owner_id=owner_id, **values)
-        .on_conflict_do_update(index_elements=[owner_state.c.owner_id], set_=values)
-    )
+    await uow.record(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
     if (after.status == "out_of_office" and before.status != "out_of_office"
             and config.routing.on_out_of_office == "reroute_untouched"):
         await _hand_back_untouched(uow, config, now, owner_id)
@@ -394,11 +382,13 @@ async def update_owner(uow: UnitOfWork, config: Config, now: datetime, owner_id:
 
 async def _hand_back_untouched(uow: UnitOfWork, config: Config, now: datetime, owner_id: str) -> None:
     rows = (await uow.conn.execute(
-        select(assignments).where(assignments.c.owner_id == owner_id, assignments.c.closed_at.is_(None),
-                                  assignments.c.touched_at.is_(None))
+        select(assignments, _stream_version(assignments.c.lead_id))
+        .where(assignments.c.owner_id == owner_id, assignments.c.closed_at.is_(None),
+               assignments.c.touched_at.is_(None))
         .order_by(assignments.c.tier, assignments.c.assigned_at)
     )).all()
     for row in rows:
+        uow.expect(row.lead_id, row.version)
         await _reroute(uow, config, now, row, "owner_out_of_office")
 
 
@@ -419,6 +409,7 @@ async def reassign(uow: UnitOfWork, config: Config, now: datetime, lead_id: str,
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
     await lock_routing(uow.conn)
+    await uow.load_version(lead_id)
     row = (await uow.conn.execute(
         select(assignments).where(assignments.c.lead_id == lead_id).with_for_update()
     )).first()
@@ -440,9 +431,8 @@ async def reassign(uow: UnitOfWork, config: Config, now: datetime, lead_id: str,
 async def _move(uow: UnitOfWork, config: Config, state: RoutingState, now: datetime, row: Any, facts: LeadFacts,
                 decision: Decision, reason: str) -> dict[str, Any]:
     assignment_no = row.assignment_no + 1
-    await _store_assignment(uow.conn, config, state, facts, decision, assignment_no, now)
     assert decision.owner_id is not None
-    uow.emit(TOPIC_ROUTING, new_event(
+    await uow.record(TOPIC_ROUTING, new_event(
         "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
         data=LeadReassigned(
             lead_id=facts.lead_id, from_owner_id=row.owner_id, to_owner_id=decision.owner_id, reason=reason,
@@ -451,6 +441,8 @@ async def _move(uow: UnitOfWork, config: Config, state: RoutingState, now: datet
             source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
         ),
     ))
+    await uow.record(None, _routed(facts, decision, assignment_no, _owner_day(config, state, decision.owner_id, now),
+                                   now, None))
     metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc()
     if row.closed_at is None:
         await drain_queue(uow, config, now)  # the previous owner has room again
@@ -473,7 +465,6 @@ async def _reroute(uow: UnitOfWork, config: Config, now: datetime, row: Any, rea
         raise NobodyEligible(facts.lead_id)  # a closed lead is not worth a place in the queue
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from.
-    await uow.conn.execute(delete(assignments).where(assignments.c.lead_id == row.lead_id))
     await _enqueue(uow, facts, decision, row.assignment_no + 1, now, None)
     return {"lead_id": facts.lead_id, "status": "queued", "owner_id": None}
 
@@ -493,10 +484,8 @@ async def _assign_queued(uow: UnitOfWork, config: Config, now: datetime, lead_id
         why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
         decision = Decision(to_owner, None, None, "manual", reason, (Candidate(
             owner_id=to_owner, eligible=why_not is None, why=why_not or "named by the request"),))
-    await uow.conn.execute(delete(queue).where(queue.c.lead_id == lead_id))
-    _emit_dequeued(uow, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
-    await _store_assignment(uow.conn, config, state, facts, decision, row.assignment_no, now)
-    _emit_assigned(uow, facts, decision, row.assignment_no, now, None)
+    await _record_dequeued(uow, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
+    await _record_assigned(uow, config, state, facts, decision, row.assignment_no, now, None)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
             "assignment_no": row.assignment_no}
 
@@ -526,19 +515,25 @@ async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: Clou
     """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
     marks the lead as worked (an owner going out of office keeps worked leads)."""
     activity = event.data_as(ActivityRecorded)
-    if activity.disposition is not None or activity.type == "opt_out":
+    closes = activity.disposition is not None or activity.type == "opt_out"
+    if not closes and activity.type not in TOUCHES:
+        return
+    if closes:
         await lock_routing(uow.conn)  # before the row lock, as reassignment does
-        closed = await uow.conn.execute(
-            update(assignments)
-            .where(assignments.c.lead_id == activity.lead_id, assignments.c.closed_at.is_(None))
-            .values(closed_at=activity.occurred_at)
-            .returning(assignments.c.lead_id)
-        )
-        if closed.first() is not None:
-            await drain_queue(uow, config, clock.now())
-    elif activity.type in TOUCHES:
-        await uow.conn.execute(
-            update(assignments)
-            .where(assignments.c.lead_id == activity.lead_id, assignments.c.touched_at.is_(None))
-            .values(touched_at=activity.occurred_at)
-        )
+    await uow.load_version(activity.lead_id)  # a concurrent decision on the lead: retry from fresh state
+    row = (await uow.conn.execute(
+        select(assignments.c.closed_at, assignments.c.touched_at).where(assignments.c.lead_id == activity.lead_id)
+    )).first()
+    now = clock.now()
+    if closes:
+        if row is None or row.closed_at is not None:
+            return
+        await uow.record(None, new_event(
+            LEAD_CLOSED, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
+            data=LeadClosed(lead_id=activity.lead_id, closed_at=activity.occurred_at,
+                            cause="disposition" if activity.disposition is not None else activity.type)))
+        await drain_queue(uow, config, now)
+    elif row is not None and row.touched_at is None:
+        await uow.record(None, new_event(
+            LEAD_TOUCHED, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
+            data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))

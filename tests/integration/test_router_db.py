@@ -17,7 +17,7 @@ from shared.events import (
     LeadReceived,
     new_event,
 )
-from tests.support import stored_events
+from tests.support import published_events
 
 CONFIG = """
 owners: [{id: alice}, {id: bob}, {id: carol, status: away}]
@@ -41,7 +41,7 @@ async def empty_queue(engine) -> None:
 
 
 async def routed(engine, lead_id: str) -> list[CloudEvent]:
-    return await stored_events(engine, "router", lead_id)
+    return await published_events(engine, "router", lead_id)
 
 
 async def test_round_robin_alternates_and_skips_the_unavailable(make_ctx, clock, engine) -> None:

@@ -1,0 +1,162 @@
+"""The router's decision state as a projection of its own event store.
+
+Every state table below changes only here, by applying a stored event; the handlers record
+events (`uow.record`) instead of writing the tables, and `leadsla replay router` runs this same
+function over the store, so the live tables and a rebuild cannot drift.
+
+| table               | events                                                             |
+| ------------------- | ------------------------------------------------------------------ |
+| `assignments`       | lead.assigned, lead.reassigned, lead.queued (taken back to the queue), |
+|                     | router.lead_routed (facts), router.lead_closed, router.lead_touched |
+| `queue`             | lead.queued, lead.dequeued, router.lead_routed (facts, next number) |
+| `daily_assignments` | router.lead_routed (the owner's day)                               |
+| `rr_cursors`        | router.lead_routed (the rule's cursor or weighted credits)         |
+| `owner_state`       | owner.updated (on the owner's stream)                              |
+
+Capacity is the count of open assignments: it is released by `router.lead_closed` (a
+disposition or opt-out), by `lead.reassigned` (the row moves to the new owner) and by
+`lead.queued` for a lead taken back to the queue; the queue shrinks by `lead.dequeued`.
+
+Events carry every value applied (times, days, counters); nothing here reads the clock or the
+configuration. The statements name tables through SQLAlchemy Core only, so that a rebuild can
+point them at a scratch schema (`schema_translate_map`). There is no bookkeeping column in these
+tables that is not derived from events, so nothing is ignored by `--verify`.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy import delete, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.events import CloudEvent, LeadAssigned, LeadQueued, LeadReassigned
+from shared.replay import Projection
+
+from .domain import (
+    LEAD_CLOSED,
+    LEAD_ROUTED,
+    LEAD_TOUCHED,
+    OWNER_UPDATED,
+    LeadClosed,
+    LeadRouted,
+    LeadTouched,
+    OwnerUpdated,
+)
+from .tables import SCHEMA, assignments, cursors, daily_assignments, owner_state, queue
+
+Applier = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]
+
+
+async def _assigned(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = LeadAssigned.model_validate(event.data)
+    values = {"owner_id": data.owner_id, "team_id": data.team_id, "rule_id": data.rule_id,
+              "tier": data.tier or "", "assignment_no": data.assignment_no, "assigned_at": data.assigned_at}
+    await conn.execute(pg_insert(assignments).values(lead_id=data.lead_id, **values)
+                       .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
+
+
+async def _reassigned(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = LeadReassigned.model_validate(event.data)
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id).values(
+        owner_id=data.to_owner_id, team_id=data.team_id, rule_id=data.rule_id, assignment_no=data.assignment_no,
+        assigned_at=data.assigned_at or event.time))
+
+
+async def _queued(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = LeadQueued.model_validate(event.data)
+    # A lead taken back from its owner (nobody else could take it) stops counting against them.
+    # The facts and the assignment number follow in router.lead_routed.
+    taken_back = delete(assignments).where(assignments.c.lead_id == data.lead_id).cte("taken_back")
+    await conn.execute(pg_insert(queue).values(
+        lead_id=data.lead_id, tier=data.tier, reason=data.reason, queued_at=data.queued_at or event.time,
+        facts={}, assignment_no=1,
+    ).on_conflict_do_nothing().add_cte(taken_back))
+
+
+async def _dequeued(conn: AsyncConnection, event: CloudEvent) -> None:
+    await conn.execute(delete(queue).where(queue.c.lead_id == event.data["lead_id"]))
+
+
+async def _routed(conn: AsyncConnection, event: CloudEvent) -> None:
+    """The decision's private part, in one statement: facts on the lead's row, the owner's count
+    for their day, the rule's cursor."""
+    data = LeadRouted.model_validate(event.data)
+    parts = []
+    if data.owner_id is None:
+        parts.append(update(queue).where(queue.c.lead_id == data.lead_id)
+                     .values(facts=data.facts, assignment_no=data.assignment_no).cte("routed_facts"))
+    else:
+        parts.append(update(assignments).where(assignments.c.lead_id == data.lead_id)
+                     .values(facts=data.facts, company_domain=data.company_domain).cte("routed_facts"))
+        if data.day is not None:
+            parts.append(pg_insert(daily_assignments).values(owner_id=data.owner_id, day=data.day, assigned=1)
+                         .on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+                                                set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
+    if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
+        insert_cursor = pg_insert(cursors).values(
+            rule_id=data.rule_id, last_index=-1 if data.cursor is None else data.cursor, counts=data.weights)
+        changed = {}
+        if data.cursor is not None:
+            changed["last_index"] = insert_cursor.excluded.last_index
+        if data.weights is not None:
+            changed["counts"] = insert_cursor.excluded.counts
+        parts.append(insert_cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_=changed)
+                     .cte("routed_cursor"))
+    statement = select(literal(1))
+    for part in parts:
+        statement = statement.add_cte(part)
+    await conn.execute(statement)
+
+
+async def _closed(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = LeadClosed.model_validate(event.data)
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
+                                                 assignments.c.closed_at.is_(None)).values(closed_at=data.closed_at))
+
+
+async def _touched(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = LeadTouched.model_validate(event.data)
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
+                                                 assignments.c.touched_at.is_(None)).values(touched_at=data.touched_at))
+
+
+async def _owner_updated(conn: AsyncConnection, event: CloudEvent) -> None:
+    data = OwnerUpdated.model_validate(event.data)
+    # The row's version is the owner stream's version: only owner.updated events are on it.
+    insert_owner = pg_insert(owner_state).values(owner_id=data.owner_id, changes=data.changes, version=1,
+                                                 updated_at=event.time)
+    await conn.execute(insert_owner.on_conflict_do_update(index_elements=[owner_state.c.owner_id], set_={
+        "changes": owner_state.c.changes.concat(insert_owner.excluded.changes),  # later keys win, as a dict merge
+        "version": owner_state.c.version + 1,
+        "updated_at": insert_owner.excluded.updated_at,
+    }))
+
+
+APPLIERS: dict[str, Applier] = {
+    "lead.assigned": _assigned,
+    "lead.reassigned": _reassigned,
+    "lead.queued": _queued,
+    "lead.dequeued": _dequeued,
+    LEAD_ROUTED: _routed,
+    LEAD_CLOSED: _closed,
+    LEAD_TOUCHED: _touched,
+    OWNER_UPDATED: _owner_updated,
+}
+
+
+async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
+    """Apply stored events, in store order, to the state tables (live: one at a time, in the
+    recording transaction; replay: a page at a time). Types the router stores but does not
+    project are skipped."""
+    for event in events:
+        applier = APPLIERS.get(event.type)
+        if applier is not None:
+            await applier(conn, event)
+
+
+PROJECTION = Projection(
+    service=SCHEMA,
+    tables=(assignments, cursors, queue, owner_state, daily_assignments),
+    apply=apply,
+)
