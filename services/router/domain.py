@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
@@ -148,17 +148,16 @@ def matches(rule: RoutingRule, lead: LeadFacts, config: Config) -> bool:
 # (lead.assigned / lead.reassigned / lead.queued / lead.dequeued), so that every state table is a
 # projection of the store (services/router/projection.py). Each carries every value applied.
 
-LEAD_ROUTED = "router.lead_routed"
-LEAD_CLOSED = "router.lead_closed"
-LEAD_TOUCHED = "router.lead_touched"
-OWNER_UPDATED = "owner.updated"
-
+# Each class names its type like the contract's payload classes, but stays out of the contract's
+# registry (shared.events.PAYLOADS): these events never leave the router.
 
 class LeadRouted(WireModel):
     """The router's own part of a decision, recorded right after the contract event that
     announced it (lead.assigned, lead.reassigned or lead.queued): the facts kept to route the
     lead again, the day the owner's daily count grows on (the owner's own calendar day), the
     rule's new round-robin position or weighted credits."""
+
+    TYPE: ClassVar[str] = "router.lead_routed"
 
     lead_id: str
     facts: dict[str, Any]
@@ -174,6 +173,8 @@ class LeadRouted(WireModel):
 class LeadClosed(WireModel):
     """A disposition or an opt-out: the lead no longer counts against its owner's capacity."""
 
+    TYPE: ClassVar[str] = "router.lead_closed"
+
     lead_id: str
     closed_at: datetime
     cause: str  # the activity type, or "disposition"
@@ -182,12 +183,16 @@ class LeadClosed(WireModel):
 class LeadTouched(WireModel):
     """The first touch of an assigned lead (an owner going out of office keeps touched leads)."""
 
+    TYPE: ClassVar[str] = "router.lead_touched"
+
     lead_id: str
     touched_at: datetime
 
 
 class OwnerUpdated(WireModel):
     """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
+
+    TYPE: ClassVar[str] = "owner.updated"
 
     owner_id: str
     changes: dict[str, Any]

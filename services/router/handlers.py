@@ -3,8 +3,9 @@ reassign a lead, release capacity when a lead is closed. Each function runs insi
 unit of work: the state it changes and the events it emits commit together."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,19 +24,17 @@ from shared.events import (
     CloudEvent,
     EscalationTriggered,
     LeadAssigned,
+    LeadDequeued,
     LeadQueued,
     LeadReassigned,
     LeadReceived,
+    Received,
     new_event,
 )
 from shared.eventstore import EVENTS
 from shared.uow import UnitOfWork
 
 from .domain import (
-    LEAD_CLOSED,
-    LEAD_ROUTED,
-    LEAD_TOUCHED,
-    OWNER_UPDATED,
     Decision,
     LeadClosed,
     LeadFacts,
@@ -63,6 +62,16 @@ log = structlog.get_logger()
 TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 DRAIN_PAGE = 200
 MAX_SCOPE_WIDENINGS = 4
+
+
+@dataclass(frozen=True)
+class RouterDeps:
+    """What the router's event handlers are given besides the event: the configuration of the
+    moment, the clock, and the queue loop's wake-up (set when a lead queues behind older ones)."""
+
+    config: Config
+    clock: Clock
+    wake_queue: asyncio.Event | None = None
 
 
 class UnknownLead(LookupError):
@@ -183,7 +192,7 @@ def _with_account(state: RoutingState, facts: LeadFacts, by_domain: Mapping[str,
 def _routed(facts: LeadFacts, decision: Decision, assignment_no: int, day, now: datetime,
             cause: CloudEvent | None) -> CloudEvent:
     """The router's own part of a decision (kept in its store only): see domain.LeadRouted."""
-    return new_event(LEAD_ROUTED, service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+    return new_event(LeadRouted.TYPE, service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
                      correlation_id=None if cause else facts.correlation_id,
                      data=LeadRouted(lead_id=facts.lead_id, facts=facts.to_json(), company_domain=facts.company_domain,
                                      assignment_no=assignment_no, owner_id=decision.owner_id, day=day,
@@ -232,18 +241,18 @@ async def _record_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queue
                            now: datetime) -> None:
     await uow.record(TOPIC_ROUTING, new_event(
         "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
-        data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
-                        queued_at=queued_at),
+        data=LeadDequeued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
+                          queued_at=queued_at),
     ))
 
 
 # ---- received leads -------------------------------------------------------------------------
 
 
-async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
-    lead = event.data_as(LeadReceived)
+async def route_lead(uow: UnitOfWork, received: Received[LeadReceived], deps: RouterDeps) -> None:
+    event, lead, config = received.envelope, received.data, deps.config
     facts = facts_of(lead, event.correlationid)
-    now = clock.now()
+    now = deps.clock.now()
     conn = uow.conn
     # The same lead under another event id (a replay) may be in flight in another router: the
     # lead's lock makes the second one see the first one's decision instead of deciding again.
@@ -284,6 +293,8 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         decision = replace(decision, owner_id=None, method="queue", reason="queue_ahead")
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
+        if decision.reason == "queue_ahead" and deps.wake_queue is not None:
+            deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
         return
     await _record_assigned(uow, config, state, facts, decision, 1, now, event)
     metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
@@ -370,7 +381,7 @@ async def update_owner(uow: UnitOfWork, config: Config, now: datetime, owner_id:
     merged = {**(row.changes if row else {}), **changes}
     before = effective_owner(configured, row.changes if row else None)
     after = effective_owner(configured, merged)
-    event = new_event(OWNER_UPDATED, service=SERVICE, lead_id=owner_id, time=now,
+    event = new_event(OwnerUpdated.TYPE, service=SERVICE, lead_id=owner_id, time=now,
                       data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
     await uow.record(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
     if (after.status == "out_of_office" and before.status != "out_of_office"
@@ -493,10 +504,10 @@ async def _assign_queued(uow: UnitOfWork, config: Config, now: datetime, lead_id
 # ---- escalations ----------------------------------------------------------------------------
 
 
-async def on_escalation(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+async def on_escalation(uow: UnitOfWork, received: Received[EscalationTriggered], deps: RouterDeps) -> None:
     """An escalation step configured with `reassign: true` fired: route the lead again, away
     from the owner who let it breach."""
-    data = event.data_as(EscalationTriggered)
+    data, config, clock = received.data, deps.config, deps.clock
     policy = next((p for p in config.escalation_policies if p.id == data.policy_id), None)
     step = next((s for s in policy.steps if s.step == data.step), None) if policy else None
     if step is None or not step.reassign:
@@ -511,10 +522,10 @@ async def on_escalation(uow: UnitOfWork, config: Config, clock: Clock, event: Cl
 # ---- activities -----------------------------------------------------------------------------
 
 
-async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+async def on_activity(uow: UnitOfWork, received: Received[ActivityRecorded], deps: RouterDeps) -> None:
     """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
     marks the lead as worked (an owner going out of office keeps worked leads)."""
-    activity = event.data_as(ActivityRecorded)
+    activity, config, clock, event = received.data, deps.config, deps.clock, received.envelope
     closes = activity.disposition is not None or activity.type == "opt_out"
     if not closes and activity.type not in TOUCHES:
         return
@@ -529,11 +540,16 @@ async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: Clou
         if row is None or row.closed_at is not None:
             return
         await uow.record(None, new_event(
-            LEAD_CLOSED, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
+            LeadClosed.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
             data=LeadClosed(lead_id=activity.lead_id, closed_at=activity.occurred_at,
                             cause="disposition" if activity.disposition is not None else activity.type)))
         await drain_queue(uow, config, now)
     elif row is not None and row.touched_at is None:
         await uow.record(None, new_event(
-            LEAD_TOUCHED, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
+            LeadTouched.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
             data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))
+
+
+# What each subscription does with each payload class (bound to RouterDeps in bootstrap).
+INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity}
+ESCALATION_HANDLERS = {EscalationTriggered: on_escalation}

@@ -25,46 +25,37 @@ tables that is not derived from events, so nothing is ignored by `--verify`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.events import CloudEvent, LeadAssigned, LeadQueued, LeadReassigned
+from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
 from shared.replay import Projection
 
-from .domain import (
-    LEAD_CLOSED,
-    LEAD_ROUTED,
-    LEAD_TOUCHED,
-    OWNER_UPDATED,
-    LeadClosed,
-    LeadRouted,
-    LeadTouched,
-    OwnerUpdated,
-)
+from .domain import LeadClosed, LeadRouted, LeadTouched, OwnerUpdated
 from .tables import SCHEMA, assignments, cursors, daily_assignments, owner_state, queue
 
-Applier = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]
+# An applier gets the event's payload, decoded into its class, and the envelope (its time).
+Applier = Callable[[AsyncConnection, Any, CloudEvent], Awaitable[None]]
 
 
-async def _assigned(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = LeadAssigned.model_validate(event.data)
+async def _assigned(conn: AsyncConnection, data: LeadAssigned, event: CloudEvent) -> None:
     values = {"owner_id": data.owner_id, "team_id": data.team_id, "rule_id": data.rule_id,
               "tier": data.tier or "", "assignment_no": data.assignment_no, "assigned_at": data.assigned_at}
     await conn.execute(pg_insert(assignments).values(lead_id=data.lead_id, **values)
                        .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
 
 
-async def _reassigned(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = LeadReassigned.model_validate(event.data)
+async def _reassigned(conn: AsyncConnection, data: LeadReassigned, event: CloudEvent) -> None:
     await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id).values(
         owner_id=data.to_owner_id, team_id=data.team_id, rule_id=data.rule_id, assignment_no=data.assignment_no,
         assigned_at=data.assigned_at or event.time))
 
 
-async def _queued(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = LeadQueued.model_validate(event.data)
+async def _queued(conn: AsyncConnection, data: LeadQueued, event: CloudEvent) -> None:
     # A lead taken back from its owner (nobody else could take it) stops counting against them.
     # The facts and the assignment number follow in router.lead_routed.
     taken_back = delete(assignments).where(assignments.c.lead_id == data.lead_id).cte("taken_back")
@@ -74,14 +65,13 @@ async def _queued(conn: AsyncConnection, event: CloudEvent) -> None:
     ).on_conflict_do_nothing().add_cte(taken_back))
 
 
-async def _dequeued(conn: AsyncConnection, event: CloudEvent) -> None:
-    await conn.execute(delete(queue).where(queue.c.lead_id == event.data["lead_id"]))
+async def _dequeued(conn: AsyncConnection, data: LeadDequeued, event: CloudEvent) -> None:
+    await conn.execute(delete(queue).where(queue.c.lead_id == data.lead_id))
 
 
-async def _routed(conn: AsyncConnection, event: CloudEvent) -> None:
+async def _routed(conn: AsyncConnection, data: LeadRouted, event: CloudEvent) -> None:
     """The decision's private part, in one statement: facts on the lead's row, the owner's count
     for their day, the rule's cursor."""
-    data = LeadRouted.model_validate(event.data)
     parts = []
     if data.owner_id is None:
         parts.append(update(queue).where(queue.c.lead_id == data.lead_id)
@@ -109,20 +99,17 @@ async def _routed(conn: AsyncConnection, event: CloudEvent) -> None:
     await conn.execute(statement)
 
 
-async def _closed(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = LeadClosed.model_validate(event.data)
+async def _closed(conn: AsyncConnection, data: LeadClosed, event: CloudEvent) -> None:
     await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
                                                  assignments.c.closed_at.is_(None)).values(closed_at=data.closed_at))
 
 
-async def _touched(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = LeadTouched.model_validate(event.data)
+async def _touched(conn: AsyncConnection, data: LeadTouched, event: CloudEvent) -> None:
     await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
                                                  assignments.c.touched_at.is_(None)).values(touched_at=data.touched_at))
 
 
-async def _owner_updated(conn: AsyncConnection, event: CloudEvent) -> None:
-    data = OwnerUpdated.model_validate(event.data)
+async def _owner_updated(conn: AsyncConnection, data: OwnerUpdated, event: CloudEvent) -> None:
     # The row's version is the owner stream's version: only owner.updated events are on it.
     insert_owner = pg_insert(owner_state).values(owner_id=data.owner_id, changes=data.changes, version=1,
                                                  updated_at=event.time)
@@ -133,16 +120,18 @@ async def _owner_updated(conn: AsyncConnection, event: CloudEvent) -> None:
     }))
 
 
-APPLIERS: dict[str, Applier] = {
-    "lead.assigned": _assigned,
-    "lead.reassigned": _reassigned,
-    "lead.queued": _queued,
-    "lead.dequeued": _dequeued,
-    LEAD_ROUTED: _routed,
-    LEAD_CLOSED: _closed,
-    LEAD_TOUCHED: _touched,
-    OWNER_UPDATED: _owner_updated,
+# Payload class -> what it does to the state. Every class names its event type (`TYPE`).
+APPLIERS: dict[type[BaseModel], Applier] = {
+    LeadAssigned: _assigned,
+    LeadReassigned: _reassigned,
+    LeadQueued: _queued,
+    LeadDequeued: _dequeued,
+    LeadRouted: _routed,
+    LeadClosed: _closed,
+    LeadTouched: _touched,
+    OwnerUpdated: _owner_updated,
 }
+_BY_TYPE: dict[str, tuple[type[BaseModel], Applier]] = {cls.TYPE: (cls, fn) for cls, fn in APPLIERS.items()}  # type: ignore[attr-defined]
 
 
 async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
@@ -150,9 +139,10 @@ async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
     recording transaction; replay: a page at a time). Types the router stores but does not
     project are skipped."""
     for event in events:
-        applier = APPLIERS.get(event.type)
-        if applier is not None:
-            await applier(conn, event)
+        found = _BY_TYPE.get(event.type)
+        if found is not None:
+            cls, applier = found
+            await applier(conn, cls.model_validate(event.data), event)
 
 
 PROJECTION = Projection(

@@ -20,7 +20,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.router.entrypoints import drain_all
-from services.router.handlers import on_activity, on_escalation, reassign, route_lead, update_owner
+from services.router.handlers import (
+    RouterDeps,
+    on_activity,
+    on_escalation,
+    reassign,
+    route_lead,
+    update_owner,
+)
 from services.router.projection import PROJECTION
 from services.router.tables import assignments, daily_assignments, owner_state, queue
 from shared.clock import ManualClock
@@ -36,6 +43,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    Received,
     new_event,
 )
 from shared.migrate import upgrade
@@ -104,6 +112,10 @@ class Traffic:
     database_url: str
     leads: dict[str, str] = field(default_factory=dict)  # name -> lead id
 
+    @property
+    def deps(self) -> RouterDeps:
+        return RouterDeps(self.ctx.config.config, self.clock)
+
     async def receive(self, name: str, tier: str = "A", source: str = "web", domain: str | None = None) -> str:
         now = self.clock.now()
         lead_id = self.leads[name] = str(uuid.uuid4())
@@ -112,7 +124,7 @@ class Traffic:
             company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
             contactable=True, received_at=now))
         async with self.ctx.uow() as uow:
-            await route_lead(uow, self.ctx.config.config, self.clock, event)
+            await route_lead(uow, Received.of(event), self.deps)
             await uow.commit()
         return lead_id
 
@@ -121,7 +133,7 @@ class Traffic:
         event = new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
             lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type, occurred_at=now, disposition=disposition))
         async with self.ctx.uow() as uow:
-            await on_activity(uow, self.ctx.config.config, self.clock, event)
+            await on_activity(uow, Received.of(event), self.deps)
             await uow.commit()
 
     async def owner(self, owner_id: str, **changes) -> None:
@@ -141,7 +153,7 @@ class Traffic:
                                                    policy_id="breach", step=1, trigger_event_id="breach",
                                                    trigger_type="sla.breached", recipients=["x"]))
         async with self.ctx.uow() as uow:
-            await on_escalation(uow, self.ctx.config.config, self.clock, event)
+            await on_escalation(uow, Received.of(event), self.deps)
             await uow.commit()
 
 
