@@ -18,6 +18,7 @@ from shared.http import ProblemError, field_errors, require_key
 from shared.runtime import ServiceContext
 
 from . import views
+from .adapters import effective_owners, queue_depths
 from .domain import current_status
 from .handlers import (
     NobodyEligible,
@@ -25,8 +26,6 @@ from .handlers import (
     UnknownLead,
     UnknownOwner,
     drain_queue,
-    effective_owners,
-    queue_depths,
     reassign,
     update_owner,
 )
