@@ -272,6 +272,10 @@ class PostgresRouterStore:
     async def load_version(self, stream: str) -> int:
         return await self.uow.load_version(stream)
 
+    async def commit(self) -> None:
+        """Commit the unit of work (handlers leave that to their caller)."""
+        await self.uow.commit()
+
     async def lock_routing(self) -> None:
         await lock_routing(self.conn)
 
@@ -391,32 +395,47 @@ class _Kept:
         pass
 
 
-class InMemoryRouterStore:
-    """The router's state in dictionaries: events recorded are applied as the projection applies
-    them, and kept (`events`, with their topic and stream) for tests to read. One instance is one
-    router's whole state; `commit()` checks the expected versions as the event store does."""
+@dataclass
+class InMemoryRouterData:
+    """One router's whole state in memory, shared by the units of work over it: the projection's
+    tables, and the committed events (topic, stream, event)."""
 
-    def __init__(self) -> None:
-        self.assignments: dict[str, _Row] = {}
-        self.queue: dict[str, _Waiting] = {}
-        self.owner_state: dict[str, tuple[dict[str, Any], int]] = {}
-        self.daily: dict[tuple[str, date], int] = {}
-        self.cursors: dict[str, tuple[int, dict[str, int] | None]] = {}
-        self.events: list[tuple[str | None, str, CloudEvent]] = []  # committed: topic, stream, event
+    assignments: dict[str, _Row] = field(default_factory=dict)
+    queue: dict[str, _Waiting] = field(default_factory=dict)
+    owner_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    daily: dict[tuple[str, date], int] = field(default_factory=dict)
+    cursors: dict[str, tuple[int, dict[str, int] | None]] = field(default_factory=dict)
+    events: list[tuple[str | None, str, CloudEvent]] = field(default_factory=list)
+
+    def version(self, stream: str) -> int:
+        return sum(1 for _, s, _ in self.events if s == stream)
+
+    @property
+    def recorded(self) -> list[CloudEvent]:
+        return [e for _, _, e in self.events]
+
+
+class InMemoryRouterStore:
+    """A unit of work over `InMemoryRouterData`: recorded events are applied at once, as the
+    projection applies them, and kept at `commit()`, which checks the expected versions as the
+    event store does. No isolation and no rollback: a unit test runs one unit at a time."""
+
+    def __init__(self, data: InMemoryRouterData | None = None) -> None:
+        self.data = data if data is not None else InMemoryRouterData()
         self.pending: list[tuple[str | None, str, CloudEvent]] = []
         self.expected: dict[str, int] = {}
 
     # -- recording --
 
     def version(self, stream: str) -> int:
-        """The committed version, as Postgres reads it (this unit of work's events append at commit)."""
-        return sum(1 for _, s, _ in self.events if s == stream)
+        """The committed version, as Postgres reads it (this unit's events append at commit)."""
+        return self.data.version(stream)
 
     async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
         found = _APPLIERS.get(event.type)
         if found is not None:
             cls, applier = found
-            applier(self, cls.model_validate(event.data), event)
+            applier(self.data, cls.model_validate(event.data), event)
         self.pending.append((topic, stream or event.subject or event.id, event))
 
     def expect(self, stream: str, version: int) -> None:
@@ -430,13 +449,20 @@ class InMemoryRouterStore:
         for stream, version in self.expected.items():
             if (actual := self.version(stream)) != version:
                 raise ConcurrencyConflict(stream, version, actual)
-        self.events.extend(self.pending)
+        self.data.events.extend(self.pending)
         self.pending.clear()
         self.expected.clear()
 
+    async def __aenter__(self) -> InMemoryRouterStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
     @property
-    def recorded(self) -> list[CloudEvent]:
-        return [e for _, _, e in [*self.events, *self.pending]]
+    def emitted(self) -> list[CloudEvent]:
+        """This unit's events, not yet committed."""
+        return [e for _, _, e in self.pending]
 
     # -- locks: one process, one task at a time --
 
@@ -453,9 +479,9 @@ class InMemoryRouterStore:
 
     async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext:
         owners = await self.account_owners({domain}) if domain else {}
-        return LeadContext(known=lead_id in self.assignments or lead_id in self.queue,
+        return LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
                            account_owner=owners.get(domain) if domain else None,
-                           queue_ahead=any(w.tier <= tier for w in self.queue.values()),
+                           queue_ahead=any(w.tier <= tier for w in self.data.queue.values()),
                            version=self.version(lead_id))
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
@@ -464,23 +490,23 @@ class InMemoryRouterStore:
             return owners is None or owner in owners
 
         open_leads: dict[str, int] = {}
-        for row in self.assignments.values():
+        for row in self.data.assignments.values():
             if row.closed_at is None and wanted(row.owner_id):
                 open_leads[row.owner_id] = open_leads.get(row.owner_id, 0) + 1
         since = (now - timedelta(days=2)).date()
-        chosen = {r: c for r, c in self.cursors.items() if rules is None or r in rules}
+        chosen = {r: c for r, c in self.data.cursors.items() if rules is None or r in rules}
         return _state_of(
             config, now,
-            changes={o: c for o, (c, _) in self.owner_state.items()},
+            changes={o: c for o, (c, _) in self.data.owner_state.items()},
             open_leads=open_leads,
-            days=[(o, d, n) for (o, d), n in self.daily.items() if d >= since and wanted(o)],
+            days=[(o, d, n) for (o, d), n in self.data.daily.items() if d >= since and wanted(o)],
             cursors={r: i for r, (i, _) in chosen.items()},
             weighted={r: w or {} for r, (_, w) in chosen.items()},
         )
 
     async def account_owners(self, domains: set[str]) -> dict[str, str]:
         newest: dict[str, _Row] = {}
-        for row in self.assignments.values():
+        for row in self.data.assignments.values():
             if row.closed_at is None and row.company_domain in domains:
                 if row.company_domain not in newest or row.assigned_at > newest[row.company_domain].assigned_at:
                     newest[row.company_domain] = row
@@ -499,23 +525,23 @@ class InMemoryRouterStore:
                           version=self.version(waiting.lead_id))
 
     async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None:
-        row = self.assignments.get(lead_id)
+        row = self.data.assignments.get(lead_id)
         return self._assignment(row) if row else None
 
     async def open_untouched(self, owner_id: str) -> list[Assignment]:
-        rows = [r for r in self.assignments.values()
+        rows = [r for r in self.data.assignments.values()
                 if r.owner_id == owner_id and r.closed_at is None and r.touched_at is None]
         return [self._assignment(r) for r in sorted(rows, key=lambda r: (r.tier, r.assigned_at))]
 
     async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None:
-        waiting = self.queue.get(lead_id)
+        waiting = self.data.queue.get(lead_id)
         return self._queued(waiting) if waiting else None
 
     def _drain_order(self) -> list[_Waiting]:
-        return sorted(self.queue.values(), key=lambda w: (w.tier, w.queued_at, w.lead_id))
+        return sorted(self.data.queue.values(), key=lambda w: (w.tier, w.queued_at, w.lead_id))
 
     async def queue_nonempty(self) -> bool:
-        return bool(self.queue)
+        return bool(self.data.queue)
 
     async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
         page = [w for w in self._drain_order() if after is None or (w.tier, w.queued_at, w.lead_id) > after]
@@ -526,25 +552,25 @@ class InMemoryRouterStore:
         return [facts_of_row(w.lead_id, w.tier, w.facts) for w in ahead]
 
     async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:
-        return self.owner_state.get(owner_id, (None, 0))
+        return self.data.owner_state.get(owner_id, (None, 0))
 
     async def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
-        for waiting in self.queue.values():
+        for waiting in self.data.queue.values():
             depths[waiting.tier] = depths.get(waiting.tier, 0) + 1
         return depths
 
 
 # The projection, in memory: the same events change the same state as projection.py's statements.
 
-def _assigned(store: InMemoryRouterStore, data: LeadAssigned, event: CloudEvent) -> None:
+def _assigned(store: InMemoryRouterData, data: LeadAssigned, event: CloudEvent) -> None:
     row = store.assignments.get(data.lead_id)
     values = {"owner_id": data.owner_id, "team_id": data.team_id, "rule_id": data.rule_id, "tier": data.tier or "",
               "assignment_no": data.assignment_no, "assigned_at": data.assigned_at}
     store.assignments[data.lead_id] = replace(row, **values) if row else _Row(lead_id=data.lead_id, **values)
 
 
-def _reassigned(store: InMemoryRouterStore, data: LeadReassigned, event: CloudEvent) -> None:
+def _reassigned(store: InMemoryRouterData, data: LeadReassigned, event: CloudEvent) -> None:
     row = store.assignments.get(data.lead_id)
     if row is not None:
         store.assignments[data.lead_id] = replace(
@@ -552,16 +578,16 @@ def _reassigned(store: InMemoryRouterStore, data: LeadReassigned, event: CloudEv
             assignment_no=data.assignment_no, assigned_at=data.assigned_at or event.time)
 
 
-def _queued_in(store: InMemoryRouterStore, data: LeadQueued, event: CloudEvent) -> None:
+def _queued_in(store: InMemoryRouterData, data: LeadQueued, event: CloudEvent) -> None:
     store.assignments.pop(data.lead_id, None)
     store.queue.setdefault(data.lead_id, _Waiting(data.lead_id, data.tier, data.reason, data.queued_at or event.time))
 
 
-def _dequeued(store: InMemoryRouterStore, data: LeadDequeued, event: CloudEvent) -> None:
+def _dequeued(store: InMemoryRouterData, data: LeadDequeued, event: CloudEvent) -> None:
     store.queue.pop(data.lead_id, None)
 
 
-def _routed(store: InMemoryRouterStore, data: LeadRouted, event: CloudEvent) -> None:
+def _routed(store: InMemoryRouterData, data: LeadRouted, event: CloudEvent) -> None:
     if data.owner_id is None:
         if (waiting := store.queue.get(data.lead_id)) is not None:
             waiting.facts, waiting.assignment_no = dict(data.facts), data.assignment_no
@@ -576,17 +602,17 @@ def _routed(store: InMemoryRouterStore, data: LeadRouted, event: CloudEvent) -> 
                                        weights if data.weights is None else dict(data.weights))
 
 
-def _closed(store: InMemoryRouterStore, data: LeadClosed, event: CloudEvent) -> None:
+def _closed(store: InMemoryRouterData, data: LeadClosed, event: CloudEvent) -> None:
     if (row := store.assignments.get(data.lead_id)) is not None and row.closed_at is None:
         row.closed_at = data.closed_at
 
 
-def _touched(store: InMemoryRouterStore, data: LeadTouched, event: CloudEvent) -> None:
+def _touched(store: InMemoryRouterData, data: LeadTouched, event: CloudEvent) -> None:
     if (row := store.assignments.get(data.lead_id)) is not None and row.touched_at is None:
         row.touched_at = data.touched_at
 
 
-def _owner_updated(store: InMemoryRouterStore, data: OwnerUpdated, event: CloudEvent) -> None:
+def _owner_updated(store: InMemoryRouterData, data: OwnerUpdated, event: CloudEvent) -> None:
     changes, version = store.owner_state.get(data.owner_id, ({}, 0))
     store.owner_state[data.owner_id] = ({**changes, **data.changes}, version + 1)
 

@@ -8,15 +8,12 @@ import asyncio
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.router.entrypoints import drain_all
@@ -33,7 +30,6 @@ from services.router.tables import assignments, daily_assignments, owner_state, 
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
-from shared.db import make_engine
 from shared.events import (
     ActivityRecorded,
     Company,
@@ -46,10 +42,10 @@ from shared.events import (
     Received,
     new_event,
 )
-from shared.migrate import upgrade
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+from tests.integration.router_support import OwnDatabase, own_database  # noqa: F401 - a fixture
 
 CONFIG = """
 calendars:
@@ -80,29 +76,6 @@ routing:
     - {id: least, match: {tiers: [C]}, team: ae, method: least_loaded}
     - {id: rr, team: sdr}
 """
-
-
-@dataclass(frozen=True)
-class OwnDatabase:
-    url: str
-    engine: AsyncEngine
-
-
-@pytest.fixture(scope="module")
-async def own_database(postgres_server_url: str) -> AsyncIterator[OwnDatabase]:
-    name = f"leadsla_router_replay_{uuid.uuid4().hex[:8]}"
-    dsn = postgres_server_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    await upgrade(engine)
-    yield OwnDatabase(url, engine)
-    await engine.dispose()
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 @dataclass
@@ -189,7 +162,7 @@ async def run_traffic(t: Traffic) -> None:
 
 
 @pytest.fixture(scope="module")
-async def traffic(own_database: OwnDatabase, producer, kafka_bootstrap: str) -> Traffic:
+async def traffic(own_database: OwnDatabase, producer, kafka_bootstrap: str) -> Traffic:  # noqa: F811
     own_engine = own_database.engine
     clock = ManualClock(datetime(2026, 11, 17, 9, 0, tzinfo=UTC))  # a Tuesday
     settings = Settings(database_url=own_database.url, kafka_bootstrap=kafka_bootstrap)
