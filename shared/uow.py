@@ -4,6 +4,7 @@ called."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ class UnitOfWork:
         self._relay_wakeup = relay_wakeup
         self._pending: list[Pending] = []
         self._expected: dict[str, int] = {}
+        self._after_commit: list[Callable[[], None]] = []
         self._conn: AsyncConnection | None = None
         self.committed = False
 
@@ -77,14 +79,19 @@ class UnitOfWork:
         """Expect a stream at a version read some other way (a projection row's version)."""
         self._expected.setdefault(stream_id, version)
 
-    def mark(self) -> tuple[int, dict[str, int]]:
-        """A point to drop emitted events and expectations back to (with a savepoint rolled
-        back to the same point)."""
-        return len(self._pending), dict(self._expected)
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this unit of work has committed (metrics count what happened)."""
+        self._after_commit.append(callback)
 
-    def drop_since(self, mark: tuple[int, dict[str, int]]) -> None:
+    def mark(self) -> tuple[int, dict[str, int], int]:
+        """A point to drop emitted events, expectations and after-commit callbacks back to (with
+        a savepoint rolled back to the same point)."""
+        return len(self._pending), dict(self._expected), len(self._after_commit)
+
+    def drop_since(self, mark: tuple[int, dict[str, int], int]) -> None:
         del self._pending[mark[0]:]
         self._expected = dict(mark[1])
+        del self._after_commit[mark[2]:]
 
     @property
     def emitted(self) -> list[CloudEvent]:
@@ -94,5 +101,8 @@ class UnitOfWork:
         await append(self.conn, self._schema, self._pending, self._expected)
         await self.conn.commit()
         self.committed = True
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
         if self._pending and self._relay_wakeup is not None:
             self._relay_wakeup.set()

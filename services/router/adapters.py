@@ -11,7 +11,7 @@ number of events recorded on it, which `expect` compares at commit.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -97,6 +97,9 @@ class RouterStore(Protocol):
         """Commit only if `stream` is still at `version` (else ConcurrencyConflict)."""
 
     async def load_version(self, stream: str) -> int: ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the unit of work has committed (metrics)."""
 
     # Locks (no-ops in memory): new leads hold the routing state shared and lock their scope;
     # changes that touch many owners take it exclusively.
@@ -276,6 +279,9 @@ class PostgresRouterStore:
         """Commit the unit of work (handlers leave that to their caller)."""
         await self.uow.commit()
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.uow.after_commit(callback)
+
     async def lock_routing(self) -> None:
         await lock_routing(self.conn)
 
@@ -424,6 +430,7 @@ class InMemoryRouterStore:
         self.data = data if data is not None else InMemoryRouterData()
         self.pending: list[tuple[str | None, str, CloudEvent]] = []
         self.expected: dict[str, int] = {}
+        self.callbacks: list[Callable[[], None]] = []
 
     # -- recording --
 
@@ -452,6 +459,12 @@ class InMemoryRouterStore:
         self.data.events.extend(self.pending)
         self.pending.clear()
         self.expected.clear()
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
     async def __aenter__(self) -> InMemoryRouterStore:
         return self

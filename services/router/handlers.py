@@ -134,7 +134,7 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
     ))
     await store.record(None, _routed(facts, decision, assignment_no,
                                    _owner_day(config, state, decision.owner_id, now), now, cause))
-    metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc()
+    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
 
 
 async def _enqueue(store: RouterStore, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
@@ -197,7 +197,8 @@ async def route_lead(uow: Any, received: Received[LeadReceived], deps: RouterDep
             deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
         return
     await _record_assigned(store, config, state, facts, decision, 1, now, event)
-    metrics.routing_latency.observe(max((now - lead.received_at).total_seconds(), 0))
+    latency = max((now - lead.received_at).total_seconds(), 0)
+    store.after_commit(lambda: metrics.routing_latency.observe(latency))
 
 
 async def _wanted_by_queue(store: RouterStore, config: Config, lead: LeadFacts, owner_id: str,
@@ -319,7 +320,7 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
     ))
     await store.record(None, _routed(facts, decision, assignment_no,
                                      _owner_day(config, state, decision.owner_id, now), now, None))
-    metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc()
+    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc)
     if row.closed_at is None:
         await drain_queue(store, config, now)  # the previous owner has room again
     return {"lead_id": facts.lead_id, "status": "reassigned", "owner_id": decision.owner_id,

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.router.adapters import InMemoryRouterData, InMemoryRouterStore
 from services.router.handlers import (
@@ -204,3 +205,20 @@ async def test_the_queue_drains_when_an_owner_gets_capacity_back(router) -> None
     await update_owner(router.store(), CONFIG, router.clock.now(), "boss", {"capacity": 1}, "admin")
     await router.commit()
     assert router.owner_of(waiting) == "boss" and not router.data.queue
+
+
+async def test_assignments_are_counted_only_once_committed(router) -> None:
+    def counted() -> float:
+        return REGISTRY.get_sample_value("leadsla_assignments_total",
+                                         {"team": "sdr", "method": "round_robin", "reason": "rule_match"}) or 0.0
+
+    before = counted()
+    now = router.clock.now()
+    lead_id = str(uuid.uuid4())
+    event = new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email="x@y.example"), company=Company(),
+        intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
+    await route_lead(None, Received.of(event), router.deps)
+    assert counted() == before  # decided, not committed: a rolled-back decision counts nothing
+    await router.commit()
+    assert counted() == before + 1
