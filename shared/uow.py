@@ -4,7 +4,7 @@ called."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,15 @@ class UnitOfWork:
             raise RuntimeError(f"{self._schema} has no projection to record {event.type} through")
         await self._projection.apply(self.conn, [event])
         self.emit(topic, event, stream=stream)
+
+    async def record_all(self, items: Sequence[tuple[str | None, CloudEvent]]) -> None:
+        """`record` for several events (topic, event) in one call to the projection, which may
+        apply them in fewer statements than one by one."""
+        if self._projection is None:
+            raise RuntimeError(f"{self._schema} has no projection to record through")
+        await self._projection.apply(self.conn, [event for _, event in items])
+        for topic, event in items:
+            self.emit(topic, event)
 
     async def load_version(self, stream_id: str) -> int:
         """Read a stream's version and expect it at commit: if another writer appends to the

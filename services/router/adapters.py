@@ -93,6 +93,9 @@ class RouterStore(Protocol):
     async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
         """Apply the event to the state and append it to the store (at commit)."""
 
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        """`record` for several events of their subjects' streams, in order."""
+
     def expect(self, stream: str, version: int) -> None:
         """Commit only if `stream` is still at `version` (else ConcurrencyConflict)."""
 
@@ -269,6 +272,9 @@ class PostgresRouterStore:
     async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
         await self.uow.record(topic, event, stream=stream)
 
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        await self.uow.record_all(items)  # one call: the projection may fuse them into one statement
+
     def expect(self, stream: str, version: int) -> None:
         self.uow.expect(stream, version)
 
@@ -444,6 +450,10 @@ class InMemoryRouterStore:
             cls, applier = found
             applier(self.data, cls.model_validate(event.data), event)
         self.pending.append((topic, stream or event.subject or event.id, event))
+
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        for topic, event in items:
+            await self.record(topic, event)
 
     def expect(self, stream: str, version: int) -> None:
         self.expected.setdefault(stream, version)

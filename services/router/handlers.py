@@ -121,7 +121,7 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
                            decision: Decision, assignment_no: int, now: datetime, cause: CloudEvent | None) -> None:
     """lead.assigned, then the decision's private part (facts, the owner's day, the rule's cursor)."""
     assert decision.owner_id is not None
-    await store.record(TOPIC_ROUTING, new_event(
+    assigned = new_event(
         "lead.assigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadAssigned(
@@ -131,9 +131,9 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
             tier=facts.tier, source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
             missing_fields=list(decision.missing_fields),
         ),
-    ))
-    await store.record(None, _routed(facts, decision, assignment_no,
-                                   _owner_day(config, state, decision.owner_id, now), now, cause))
+    )
+    routed = _routed(facts, decision, assignment_no, _owner_day(config, state, decision.owner_id, now), now, cause)
+    await store.record_all([(TOPIC_ROUTING, assigned), (None, routed)])  # applied as one statement
     store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
 
 

@@ -72,13 +72,37 @@ async def _dequeued(conn: AsyncConnection, data: LeadDequeued, event: CloudEvent
 async def _routed(conn: AsyncConnection, data: LeadRouted, event: CloudEvent) -> None:
     """The decision's private part, in one statement: facts on the lead's row, the owner's count
     for their day, the rule's cursor."""
-    parts = []
     if data.owner_id is None:
-        parts.append(update(queue).where(queue.c.lead_id == data.lead_id)
-                     .values(facts=data.facts, assignment_no=data.assignment_no).cte("routed_facts"))
+        facts = update(queue).where(queue.c.lead_id == data.lead_id).values(
+            facts=data.facts, assignment_no=data.assignment_no)
     else:
-        parts.append(update(assignments).where(assignments.c.lead_id == data.lead_id)
-                     .values(facts=data.facts, company_domain=data.company_domain).cte("routed_facts"))
+        facts = update(assignments).where(assignments.c.lead_id == data.lead_id).values(
+            facts=data.facts, company_domain=data.company_domain)
+    statement = select(literal(1)).add_cte(facts.cte("routed_facts"))
+    for part in _counters(data):
+        statement = statement.add_cte(part)
+    await conn.execute(statement)
+
+
+async def _assigned_and_routed(conn: AsyncConnection, assigned: LeadAssigned, routed: LeadRouted,
+                               event: CloudEvent) -> None:
+    """lead.assigned and its router.lead_routed, as recorded together: the row with its facts,
+    and the counters, in one statement (the same state as applying them one by one)."""
+    values = {"owner_id": assigned.owner_id, "team_id": assigned.team_id, "rule_id": assigned.rule_id,
+              "tier": assigned.tier or "", "assignment_no": assigned.assignment_no,
+              "assigned_at": assigned.assigned_at, "facts": routed.facts, "company_domain": routed.company_domain}
+    statement = (pg_insert(assignments).values(lead_id=assigned.lead_id, **values)
+                 .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
+    for part in _counters(routed):
+        statement = statement.add_cte(part)
+    await conn.execute(statement)
+
+
+def _counters(data: LeadRouted) -> list:
+    """The owner's count for their day and the rule's cursor, as statements for CTEs (tables
+    apart from the lead's row, so they combine with its statement)."""
+    parts = []
+    if data.owner_id is not None:
         if data.day is not None:
             parts.append(pg_insert(daily_assignments).values(owner_id=data.owner_id, day=data.day, assigned=1)
                          .on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
@@ -93,10 +117,7 @@ async def _routed(conn: AsyncConnection, data: LeadRouted, event: CloudEvent) ->
             changed["counts"] = insert_cursor.excluded.counts
         parts.append(insert_cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_=changed)
                      .cte("routed_cursor"))
-    statement = select(literal(1))
-    for part in parts:
-        statement = statement.add_cte(part)
-    await conn.execute(statement)
+    return parts
 
 
 async def _closed(conn: AsyncConnection, data: LeadClosed, event: CloudEvent) -> None:
@@ -132,17 +153,29 @@ APPLIERS: dict[type[BaseModel], Applier] = {
     OwnerUpdated: _owner_updated,
 }
 _BY_TYPE: dict[str, tuple[type[BaseModel], Applier]] = {cls.TYPE: (cls, fn) for cls, fn in APPLIERS.items()}  # type: ignore[attr-defined]
+# Two events of one lead that follow each other, applied in one statement when they come in one
+# call (a routing decision records them together; replay pages may split them, then one by one).
+FUSED = {(LeadAssigned.TYPE, LeadRouted.TYPE): _assigned_and_routed}
 
 
 async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
-    """Apply stored events, in store order, to the state tables (live: one at a time, in the
+    """Apply stored events, in store order, to the state tables (live: as recorded, in the
     recording transaction; replay: a page at a time). Types the router stores but does not
     project are skipped."""
-    for event in events:
+    i = 0
+    while i < len(events):
+        event, following = events[i], events[i + 1] if i + 1 < len(events) else None
+        fused = FUSED.get((event.type, following.type)) if following is not None else None
+        if fused is not None and following is not None and following.subject == event.subject:
+            first, second = _BY_TYPE[event.type][0], _BY_TYPE[following.type][0]
+            await fused(conn, first.model_validate(event.data), second.model_validate(following.data), event)
+            i += 2
+            continue
         found = _BY_TYPE.get(event.type)
         if found is not None:
             cls, applier = found
             await applier(conn, cls.model_validate(event.data), event)
+        i += 1
 
 
 PROJECTION = Projection(
