@@ -25,10 +25,12 @@ tables that is not derived from events, so nothing is ignored by `--verify`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, literal, select, update
+from sqlalchemy import bindparam, delete, literal, null, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -87,15 +89,46 @@ async def _routed(conn: AsyncConnection, data: LeadRouted, event: CloudEvent) ->
 async def _assigned_and_routed(conn: AsyncConnection, assigned: LeadAssigned, routed: LeadRouted,
                                event: CloudEvent) -> None:
     """lead.assigned and its router.lead_routed, as recorded together: the row with its facts,
-    and the counters, in one statement (the same state as applying them one by one)."""
-    values = {"owner_id": assigned.owner_id, "team_id": assigned.team_id, "rule_id": assigned.rule_id,
-              "tier": assigned.tier or "", "assignment_no": assigned.assignment_no,
-              "assigned_at": assigned.assigned_at, "facts": routed.facts, "company_domain": routed.company_domain}
-    statement = (pg_insert(assignments).values(lead_id=assigned.lead_id, **values)
+    and the counters, in one statement (the same state as applying them one by one). The hot
+    path of routing: the statement is built once per shape and run with parameters."""
+    if routed.owner_id != assigned.owner_id or routed.day is None:
+        await _assigned(conn, assigned, event)
+        await _routed(conn, routed, event)
+        return
+    with_rule = routed.rule_id is not None
+    statement = _fused_statement(with_rule and routed.cursor is not None, with_rule and routed.weights is not None)
+    await conn.execute(statement, {
+        "lead_id": assigned.lead_id, "owner_id": assigned.owner_id, "team_id": assigned.team_id,
+        "rule_id": assigned.rule_id, "tier": assigned.tier or "", "assignment_no": assigned.assignment_no,
+        "assigned_at": assigned.assigned_at, "facts": routed.facts, "company_domain": routed.company_domain,
+        "day": routed.day, "cursor_rule": routed.rule_id,
+        "last_index": -1 if routed.cursor is None else routed.cursor, "counts": routed.weights,
+    })
+
+
+@cache
+def _fused_statement(cursor: bool, weights: bool):
+    columns = ("owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts", "company_domain")
+    values = {name: bindparam(name, type_=assignments.c[name].type) for name in columns}
+    statement = (pg_insert(assignments).values(lead_id=bindparam("lead_id"), **values)
                  .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
-    for part in _counters(routed):
-        statement = statement.add_cte(part)
-    await conn.execute(statement)
+    day = pg_insert(daily_assignments).values(owner_id=bindparam("owner_id"), day=bindparam("day"), assigned=1)
+    statement = statement.add_cte(day.on_conflict_do_update(
+        index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+        set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
+    if cursor or weights:
+        insert_cursor = pg_insert(cursors).values(
+            rule_id=bindparam("cursor_rule", type_=cursors.c.rule_id.type),
+            last_index=bindparam("last_index", type_=cursors.c.last_index.type),
+            counts=bindparam("counts", type_=JSONB(none_as_null=True)))  # None: SQL NULL, as values() writes it
+        changed = {}
+        if cursor:
+            changed["last_index"] = insert_cursor.excluded.last_index
+        if weights:
+            changed["counts"] = insert_cursor.excluded.counts
+        statement = statement.add_cte(insert_cursor.on_conflict_do_update(
+            index_elements=[cursors.c.rule_id], set_=changed).cte("routed_cursor"))
+    return statement
 
 
 def _counters(data: LeadRouted) -> list:
@@ -109,7 +142,8 @@ def _counters(data: LeadRouted) -> list:
                                                 set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
     if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
         insert_cursor = pg_insert(cursors).values(
-            rule_id=data.rule_id, last_index=-1 if data.cursor is None else data.cursor, counts=data.weights)
+            rule_id=data.rule_id, last_index=-1 if data.cursor is None else data.cursor,
+            counts=null() if data.weights is None else data.weights)  # SQL NULL, not JSON null
         changed = {}
         if data.cursor is not None:
             changed["last_index"] = insert_cursor.excluded.last_index
