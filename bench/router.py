@@ -33,6 +33,7 @@ from infra import infrastructure
 
 from leadsla.devstack import ServiceProcess  # noqa: E402
 from services.router.handlers import RouterDeps, route_lead  # noqa: E402
+from services.router.projection import PROJECTION  # noqa: E402
 from shared.bus import ensure_topics, make_producer  # noqa: E402
 from shared.clock import SystemClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
@@ -145,7 +146,7 @@ async def in_process(engine, owners: int, rules: int, n: int = 300) -> float:
     clock = SystemClock()
 
     async def one(i: int) -> None:
-        async with UnitOfWork(engine, "router") as uow:
+        async with UnitOfWork(engine, "router", projection=PROJECTION) as uow:
             await route_lead(uow, Received.of(lead_received(i)), RouterDeps(config, clock))
             await uow.commit()
 

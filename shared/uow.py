@@ -68,16 +68,16 @@ class UnitOfWork:
         await self._projection.apply(self.conn, [event])
         self.emit(topic, event, stream=stream)
 
-    async def record_all(self, records: Sequence[tuple[str | None, CloudEvent, str | None]]) -> None:
-        """`record` for many events (topic, event, stream) at once: the projection gets them in one
-        call, so it can write them in a few statements (a group commit of many requests)."""
+    async def record_all(self, records: Sequence[tuple[str | None, CloudEvent] | tuple[str | None, CloudEvent, str | None]]) -> None:
+        """`record` for many events, (topic, event) or (topic, event, stream), in one call to the
+        projection, so it can write them in a few statements (a group commit of many requests)."""
         if not records:
             return
         if self._projection is None:
             raise RuntimeError(f"{self._schema} has no projection to record events through")
-        await self._projection.apply(self.conn, [event for _, event, _ in records])
-        for topic, event, stream in records:
-            self.emit(topic, event, stream=stream)
+        await self._projection.apply(self.conn, [r[1] for r in records])
+        for record in records:
+            self.emit(record[0], record[1], stream=record[2] if len(record) > 2 else None)
 
     async def load_version(self, stream_id: str) -> int:
         """Read a stream's version and expect it at commit: if another writer appends to the
@@ -113,7 +113,8 @@ class UnitOfWork:
         await append(self.conn, self._schema, self._pending, self._expected)
         await self.conn.commit()
         self.committed = True
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
         if self._pending and self._relay_wakeup is not None:
             self._relay_wakeup.set()
-        for callback in self._after_commit:
-            callback()

@@ -90,6 +90,16 @@ async def stored_events(engine, schema: str, key: str) -> list[CloudEvent]:
         return [CloudEvent.from_bytes(r.payload) for r in rows]
 
 
+async def published_events(engine, schema: str, key: str) -> list[CloudEvent]:
+    """The events a service stored for one lead that go to Kafka (not those kept in the store
+    only), in store order."""
+    table = EVENTS[schema]
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(table.c.payload).where(table.c.key == key, table.c.topic.is_not(None))
+                                  .order_by(table.c.position))
+        return [CloudEvent.from_bytes(r.payload) for r in rows]
+
+
 async def create_topic(bootstrap: str, partitions: int) -> str:
     """A fresh topic of this test's own."""
     topic = f"test.{uuid.uuid4().hex[:10]}"

@@ -9,6 +9,7 @@ from shared.runtime import ServiceContext, ServiceSpec
 
 from .entrypoints import build_api, queue_loop
 from .handlers import ESCALATION_HANDLERS, INTAKE_HANDLERS, RouterDeps
+from .projection import PROJECTION
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
@@ -22,4 +23,5 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                        Subscription("router-escalations", (TOPIC_NOTIFICATIONS,), bind(ESCALATION_HANDLERS, deps))],
         routers=[build_api(ctx, wake_queue)],
         loops=[queue_loop(ctx, wake_queue)],
+        projection=PROJECTION,
     )

@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
 from shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
-from shared.events import Candidate, LeadReceived
+from shared.events import Candidate, LeadReceived, WireModel
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
 FREE_MAIL_DOMAINS = frozenset({
@@ -141,6 +141,62 @@ def matches(rule: RoutingRule, lead: LeadFacts, config: Config) -> bool:
         m.attributes is None or all(_in(lead.attributes.get(k), v) for k, v in m.attributes.items()),
     ]
     return all(checks)
+
+
+# ---- the router's internal events ----------------------------------------------------------
+# Kept in the router's store only (topic None): what its state needs beyond the contract events
+# (lead.assigned / lead.reassigned / lead.queued / lead.dequeued), so that every state table is a
+# projection of the store (services/router/projection.py). Each carries every value applied.
+
+# Each class names its type like the contract's payload classes, but stays out of the contract's
+# registry (shared.events.PAYLOADS): these events never leave the router.
+
+class LeadRouted(WireModel):
+    """The router's own part of a decision, recorded right after the contract event that
+    announced it (lead.assigned, lead.reassigned or lead.queued): the facts kept to route the
+    lead again, the day the owner's daily count grows on (the owner's own calendar day), the
+    rule's new round-robin position or weighted credits."""
+
+    TYPE: ClassVar[str] = "router.lead_routed"
+
+    lead_id: str
+    facts: dict[str, Any]
+    company_domain: str | None = None
+    assignment_no: int  # the lead's assignment number (a queued lead: the next one's)
+    owner_id: str | None = None  # None: queued
+    day: date | None = None  # the owner's day the assignment counts on
+    rule_id: str | None = None
+    cursor: int | None = None
+    weights: dict[str, int] | None = None
+
+
+class LeadClosed(WireModel):
+    """A disposition or an opt-out: the lead no longer counts against its owner's capacity."""
+
+    TYPE: ClassVar[str] = "router.lead_closed"
+
+    lead_id: str
+    closed_at: datetime
+    cause: str  # the activity type, or "disposition"
+
+
+class LeadTouched(WireModel):
+    """The first touch of an assigned lead (an owner going out of office keeps touched leads)."""
+
+    TYPE: ClassVar[str] = "router.lead_touched"
+
+    lead_id: str
+    touched_at: datetime
+
+
+class OwnerUpdated(WireModel):
+    """An owner's runtime change, as stored on the owner's stream (not published on the bus)."""
+
+    TYPE: ClassVar[str] = "owner.updated"
+
+    owner_id: str
+    changes: dict[str, Any]
+    actor: str | None = None
 
 
 # ---- owners at runtime ----------------------------------------------------------------------

@@ -13,11 +13,12 @@ from sqlalchemy import exc as sa_exc
 
 from shared import metrics
 from shared.config import CalendarConfig
-from shared.eventstore import ConcurrencyConflict
+from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, field_errors, require_key
 from shared.runtime import ServiceContext
 
 from . import views
+from .adapters import effective_owners, queue_depths
 from .domain import current_status
 from .handlers import (
     NobodyEligible,
@@ -25,8 +26,6 @@ from .handlers import (
     UnknownLead,
     UnknownOwner,
     drain_queue,
-    effective_owners,
-    queue_depths,
     reassign,
     update_owner,
 )
@@ -136,19 +135,26 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
 
     @api.post("/v1/leads/{lead_id}/reassign", status_code=202)
     async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
-        async with ctx.uow() as uow:
-            try:
+        async def command() -> dict[str, Any]:
+            async with ctx.uow() as uow:
                 result = await reassign(uow, ctx.config.config, ctx.clock.now(), lead_id, body.owner_id, body.reason)
-            except UnknownLead:
-                raise ProblemError(404, "Not found", f"The router knows no lead {lead_id!r}.") from None
-            except UnknownOwner:
-                raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
-            except SameOwner:
-                raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
-            except NobodyEligible:
-                raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
-            await uow.commit()
-        return result
+                await uow.commit()
+            return result
+
+        try:
+            # Another writer of the lead's stream (a disposition, an escalation) got in first:
+            # decide again from the state it left.
+            return await retry_on_conflict(command)
+        except UnknownLead:
+            raise ProblemError(404, "Not found", f"The router knows no lead {lead_id!r}.") from None
+        except UnknownOwner:
+            raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
+        except SameOwner:
+            raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
+        except NobodyEligible:
+            raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
+        except ConcurrencyConflict:
+            raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
 
     @api.get("/v1/queue", dependencies=[Depends(require_key("source"))])
     async def get_queue() -> dict[str, list[dict[str, Any]]]:

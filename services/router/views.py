@@ -10,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shared.config import Config
 from shared.events import utc_iso
 
+from .adapters import load_state
 from .domain import LeadFacts, current_status, eligibility
-from .handlers import load_state
 from .tables import owner_state, queue
 
 

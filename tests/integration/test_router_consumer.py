@@ -28,7 +28,7 @@ from shared.events import (
     Received,
     new_event,
 )
-from tests.support import create_topic, eventually, stored_events
+from tests.support import create_topic, eventually, published_events
 
 CONFIG = """
 owners:
@@ -73,12 +73,13 @@ async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_abse
     topic = await create_topic(kafka_bootstrap, partitions=1)
     sub = spec.subscriptions[0]  # leads.intake
     consumer = EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,)), service="router",
-                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup, clock=clock)
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup, clock=clock,
+                             projection=spec.projection)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(spec.loops[0](stop))]
 
     async def types(lead_id: str) -> list[str]:
-        return [e.type for e in await stored_events(engine, "router", lead_id)]
+        return [e.type for e in await published_events(engine, "router", lead_id)]
 
     try:
         leads = [received(clock.now()) for _ in range(3)]
@@ -103,13 +104,13 @@ async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_abse
         went = await eventually(one_dequeued, what="a queued lead dequeued")
         waiting = third if went == second else second
         assert await types(went) == ["lead.queued", "lead.dequeued", "lead.assigned"]
-        assert (await stored_events(engine, "router", went))[-1].data["owner_id"] == f"ann-{s}"
+        assert (await published_events(engine, "router", went))[-1].data["owner_id"] == f"ann-{s}"
         assert await types(waiting) == ["lead.queued"]
 
         # Ben's absence ends at 10:00: the queue loop notices without anyone touching him.
         clock.advance(timedelta(hours=1))
         await eventually(lambda: _ends_with_assignment(types(waiting)), what="the other lead dequeued")
-        [*_, assigned] = await stored_events(engine, "router", waiting)
+        [*_, assigned] = await published_events(engine, "router", waiting)
         assert assigned.data["owner_id"] == f"ben-{s}"
     finally:
         stop.set()
@@ -154,7 +155,7 @@ async def test_concurrent_decisions_keep_capacity_and_round_robin_exact(make_ctx
     assert per_owner == {f"a-{s}": 7, f"b-{s}": 7, f"c-{s}": 7, f"d-{s}": 6}
     assert queued == 3
     for event in events[:30]:
-        assert len(await stored_events(engine, "router", event.subject)) == 1
+        assert len(await published_events(engine, "router", event.subject)) == 1
 
     # Capacity freed by a runtime change is used at once, and only up to the new capacity.
     async with ctx.uow() as uow:
@@ -164,7 +165,7 @@ async def test_concurrent_decisions_keep_capacity_and_round_robin_exact(make_ctx
         assert await conn.scalar(select(func.count()).select_from(queue)) == 1
     counts = Counter()
     for event in events[:24]:
-        [*_, last] = await stored_events(engine, "router", event.subject)
+        [*_, last] = await published_events(engine, "router", event.subject)
         if last.type == "lead.assigned":
             counts[last.data["owner_id"]] += 1
     assert counts[f"a-{s}"] == 9
@@ -187,7 +188,7 @@ async def test_a_decision_for_one_team_does_not_wait_for_another_teams_open_deci
         # Under one global lock this would wait for `slow` forever (it commits only afterwards).
         await asyncio.wait_for(route_other_team(), timeout=60)
         await slow.commit()
-    [assigned] = await stored_events(engine, "router", other.subject)
+    [assigned] = await published_events(engine, "router", other.subject)
     assert assigned.data["owner_id"] == f"d-{s}"
 
 
@@ -222,7 +223,7 @@ async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_dri
         routers.append(EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,), handlers=counted),
                                      service="router",
                                      bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
-                                     clock=clock))
+                                     clock=clock, projection=ctx.projection))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(r.run(stop)) for r in routers]
     sent: list[CloudEvent] = []
@@ -264,7 +265,7 @@ async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_dri
 
 async def _all_routed(engine, sent: list[CloudEvent]) -> bool:
     for event in sent:
-        found = await stored_events(engine, "router", event.subject)
+        found = await published_events(engine, "router", event.subject)
         if len(found) != 1:  # exactly one decision per lead: assigned or queued
             assert len(found) < 2, [e.type for e in found]
             return False

@@ -1,14 +1,16 @@
-"""Round robin survives across leads (the cursor is in Postgres) and a lead is routed once."""
+"""Round robin survives across leads (the cursor is in Postgres), a lead is routed once, and two
+writers racing on one lead's stream: one wins, the other decides again from fresh state."""
 from __future__ import annotations
 
 import uuid
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
-from services.router.handlers import RouterDeps, route_lead
-from services.router.tables import queue
+from services.router.handlers import RouterDeps, on_activity, route_lead
+from services.router.tables import assignments, queue
 from shared.events import (
+    ActivityRecorded,
     CloudEvent,
     Company,
     Consent,
@@ -18,7 +20,9 @@ from shared.events import (
     Received,
     new_event,
 )
-from tests.support import stored_events
+from shared.eventstore import ConcurrencyConflict, retry_on_conflict
+from shared.uow import UnitOfWork
+from tests.support import published_events, stored_events
 
 CONFIG = """
 owners: [{id: alice}, {id: bob}, {id: carol, status: away}]
@@ -42,7 +46,7 @@ async def empty_queue(engine) -> None:
 
 
 async def routed(engine, lead_id: str) -> list[CloudEvent]:
-    return await stored_events(engine, "router", lead_id)
+    return await published_events(engine, "router", lead_id)
 
 
 async def test_round_robin_alternates_and_skips_the_unavailable(make_ctx, clock, engine) -> None:
@@ -67,3 +71,66 @@ async def test_a_lead_received_twice_is_assigned_once(make_ctx, clock, engine) -
             await route_lead(uow, Received.of(event), RouterDeps(ctx.config.config, clock))
             await uow.commit()
     assert len(await routed(engine, event.subject)) == 1
+
+
+async def test_two_writers_racing_on_one_lead_one_wins_and_the_other_decides_again(make_ctx, clock, engine) -> None:
+    ctx = make_ctx("router", CONFIG % uuid.uuid4().hex[:6])
+    deps = RouterDeps(ctx.config.config, clock)
+    lead = received(clock.now())
+    async with ctx.uow() as uow:
+        await route_lead(uow, Received.of(lead), deps)
+        await uow.commit()
+
+    def touch(kind: str) -> CloudEvent:
+        return new_event("activity.recorded", service="intake", lead_id=lead.subject, time=clock.now(),
+                         data=ActivityRecorded(lead_id=lead.subject, activity_id=str(uuid.uuid4()), type=kind,
+                                               occurred_at=clock.now()))
+
+    attempts: list[str] = []
+
+    class CutIn(UnitOfWork):
+        """Lets the other writer touch the lead, and commit, right after this one read the lead
+        untouched and before it records."""
+
+        async def record(self, topic, event, *, stream=None) -> None:
+            if len(attempts) == 1:
+                async with ctx.uow() as other:
+                    await on_activity(other, Received.of(touch("call")), deps)
+                    await other.commit()
+            await super().record(topic, event, stream=stream)
+
+    async def touch_by_email() -> None:
+        attempts.append("email")
+        async with CutIn(engine, "router", projection=ctx.projection) as uow:
+            await on_activity(uow, Received.of(touch("email")), deps)
+            await uow.commit()
+
+    await retry_on_conflict(touch_by_email)
+
+    # The second lost the race (its read version moved), ran again from fresh state, and found the
+    # lead touched: one touch event, not two.
+    assert attempts == ["email", "email"]
+    kept = [e.type for e in await stored_events(engine, "router", lead.subject)]
+    assert kept.count("router.lead_touched") == 1
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(assignments.c.touched_at).where(assignments.c.lead_id == lead.subject))
+
+
+async def test_a_writer_that_read_an_old_version_of_the_lead_conflicts(make_ctx, clock, engine) -> None:
+    ctx = make_ctx("router", CONFIG % uuid.uuid4().hex[:6])
+    deps = RouterDeps(ctx.config.config, clock)
+    lead = received(clock.now())
+    async with ctx.uow() as uow:
+        await route_lead(uow, Received.of(lead), deps)
+        await uow.commit()
+    closing = new_event("activity.recorded", service="intake", lead_id=lead.subject, time=clock.now(),
+                        data=ActivityRecorded(lead_id=lead.subject, activity_id=str(uuid.uuid4()), type="opt_out",
+                                              occurred_at=clock.now()))
+    async with ctx.uow() as stale:
+        await stale.load_version(lead.subject)  # read before another writer appends
+        async with ctx.uow() as other:
+            await on_activity(other, Received.of(closing), deps)
+            await other.commit()
+        stale.emit(None, closing, stream=lead.subject)
+        with pytest.raises(ConcurrencyConflict):
+            await stale.commit()

@@ -30,7 +30,7 @@ from shared.events import (
 )
 from shared.eventstore import EVENTS, read_stream
 from shared.http import create_app
-from tests.support import stored_events
+from tests.support import published_events
 
 CONFIG = """
 calendars:
@@ -83,7 +83,7 @@ class Router:
             await uow.commit()
 
     async def events(self, lead_id: str) -> list[CloudEvent]:
-        return await stored_events(self.ctx.engine, "router", lead_id)
+        return await published_events(self.ctx.engine, "router", lead_id)
 
     async def types(self, lead_id: str) -> list[str]:
         return [e.type for e in await self.events(lead_id)]

@@ -1,0 +1,648 @@
+"""The router's store: what its handlers read, lock and record, behind `RouterStore`.
+
+`PostgresRouterStore` reads the projection tables (services/router/projection.py) in the unit
+of work's transaction and records through the unit of work (projection + event store, one
+transaction). `InMemoryRouterStore` is the same behaviour in dictionaries, for handler unit
+tests; tests/integration/test_router_store_contract.py runs one contract against both.
+
+The invariant both keep: the state a handler reads is exactly what the recorded events imply
+(the fake applies events in memory as the projection does in SQL), and a stream's version is the
+number of events recorded on it, which `expect` compares at commit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from sqlalchemy import exists, func, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.config import Config, Owner
+from shared.db import xact_lock
+from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
+from shared.eventstore import EVENTS, ConcurrencyConflict
+from shared.uow import UnitOfWork
+
+from .domain import (
+    LeadClosed,
+    LeadFacts,
+    LeadRouted,
+    LeadTouched,
+    OwnerUpdated,
+    RoutingState,
+    effective_owner,
+    owner_day,
+)
+from .tables import SCHEMA, assignments, owner_state, queue
+
+QueueKey = tuple[str, datetime, str]  # drain order: tier, queued_at, lead_id
+
+
+@dataclass(frozen=True)
+class LeadContext:
+    """What routing a new lead needs to know first, in one read."""
+
+    known: bool  # already assigned or queued
+    account_owner: str | None  # owner of the newest open lead of the same company domain
+    queue_ahead: bool  # a lead of the same or a higher tier is waiting
+    version: int  # the lead's stream version
+
+
+@dataclass(frozen=True)
+class Assignment:
+    lead_id: str
+    owner_id: str
+    tier: str
+    assignment_no: int
+    assigned_at: datetime
+    closed_at: datetime | None
+    touched_at: datetime | None
+    facts: LeadFacts
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class QueuedLead:
+    lead_id: str
+    tier: str
+    reason: str
+    queued_at: datetime
+    assignment_no: int
+    facts: LeadFacts
+    version: int = 0
+
+    @property
+    def key(self) -> QueueKey:
+        return (self.tier, self.queued_at, self.lead_id)
+
+
+class Scope(Protocol):
+    """Locks taken for one routing attempt: kept, or undone to try a wider scope."""
+
+    async def keep(self) -> None: ...
+
+    async def undo(self) -> None: ...
+
+
+class RouterStore(Protocol):
+    """The router's state for one unit of work, and the way its events are recorded."""
+
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        """Apply the event to the state and append it to the store (at commit)."""
+
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        """`record` for several events of their subjects' streams, in order."""
+
+    def expect(self, stream: str, version: int) -> None:
+        """Commit only if `stream` is still at `version` (else ConcurrencyConflict)."""
+
+    async def load_version(self, stream: str) -> int: ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the unit of work has committed (metrics)."""
+
+    # Locks (no-ops in memory): new leads hold the routing state shared and lock their scope;
+    # changes that touch many owners take it exclusively.
+    async def lock_routing(self) -> None: ...
+
+    async def lock_lead(self, lead_id: str) -> None: ...
+
+    async def lock_scope(self, keys: set[str]) -> Scope: ...
+
+    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext: ...
+
+    async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
+                         rules: set[str] | None = None) -> RoutingState: ...
+
+    async def account_owners(self, domains: set[str]) -> dict[str, str]: ...
+
+    async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None: ...
+
+    async def open_untouched(self, owner_id: str) -> list[Assignment]:
+        """The owner's open leads nobody has touched, by tier then age, with their versions."""
+
+    async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None: ...
+
+    async def queue_nonempty(self) -> bool: ...
+
+    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
+        """Queued leads in drain order (tier, then age), after `after`, with their versions."""
+
+    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
+        """Facts of queued leads that drain before a new lead of `tier`, in drain order."""
+
+    async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:
+        """The owner's runtime changes and their stream version (0: none yet)."""
+
+    async def queue_depths(self) -> dict[str, int]: ...
+
+
+def facts_of_row(lead_id: str, tier: str, raw: Mapping[str, Any] | None) -> LeadFacts:
+    # Rows written before facts were kept carry only the tier.
+    return LeadFacts.from_json(raw) if raw else LeadFacts(lead_id=lead_id, tier=tier, source="unknown")
+
+
+# ---- Postgres ---------------------------------------------------------------------------------
+
+# Locking. A routing decision reads and advances its rule's cursor and its owners' loads. New
+# leads lock just those (the rule and the owners it may give the lead to, sorted, in one
+# statement), so decisions for different teams run in parallel, in one router or several.
+# Changes that touch many owners at once (draining the queue, reassignment, owner changes,
+# closing a lead) take the whole routing state exclusively; new leads hold it shared.
+ROUTING = "router.routing"
+STORE = EVENTS[SCHEMA]
+
+
+async def lock_routing(conn: AsyncConnection) -> None:
+    """Exclusive: no new-lead decision runs until this transaction ends."""
+    await xact_lock(conn, ROUTING)
+
+
+def _stream_version(lead_id):
+    """The lead's stream version, as a column of a query that reads its state row."""
+    return (select(func.coalesce(func.max(STORE.c.version), 0)).where(STORE.c.stream_id == lead_id)
+            .scalar_subquery().label("version"))
+
+
+async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, Owner]:
+    rows = await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))
+    changes = dict(rows.tuples().all())
+    return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+
+
+async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, str]:
+    """Company domain -> owner of its most recently assigned open lead."""
+    if not domains:
+        return {}
+    rows = await conn.execute(
+        select(assignments.c.company_domain, assignments.c.owner_id)
+        .where(assignments.c.closed_at.is_(None), assignments.c.company_domain.in_(domains))
+        .order_by(assignments.c.company_domain, assignments.c.assigned_at.desc())
+        .distinct(assignments.c.company_domain)
+    )
+    return dict(rows.tuples().all())
+
+
+def _state_sql(owners_filtered: bool, rules_filtered: bool) -> str:
+    # One round trip for everything a decision reads; with filters, only the owners and the
+    # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500).
+    owner_filter = " AND owner_id = ANY(CAST(:owners AS text[]))" if owners_filtered else ""
+    rule_filter = " WHERE rule_id = ANY(CAST(:rules AS text[]))" if rules_filtered else ""
+    return (
+        "SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j "
+        "FROM router.owner_state "
+        "UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL FROM router.assignments "
+        f"WHERE closed_at IS NULL{owner_filter} GROUP BY owner_id "
+        "UNION ALL SELECT 'day', owner_id, assigned, day, NULL FROM router.daily_assignments "
+        f"WHERE day >= CAST(:since AS date){owner_filter} "
+        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts FROM router.rr_cursors{rule_filter}"
+    )
+
+
+def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_leads: Mapping[str, int],
+              days: Iterable[tuple[str, date, int]], cursors: Mapping[str, int],
+              weighted: Mapping[str, Mapping[str, int]]) -> RoutingState:
+    effective = {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+    today = {owner: n for owner, day, n in days if owner in effective
+             and day == owner_day(effective[owner], config, now)}  # each owner's own day
+    return RoutingState(owners=effective, open_leads=dict(open_leads), today=today, cursors=dict(cursors),
+                        weighted={k: dict(v) for k, v in weighted.items()})
+
+
+async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, owners: set[str] | None = None,
+                     rules: set[str] | None = None) -> RoutingState:
+    """The routing state; `owners`/`rules` limit the counts and cursors read to those."""
+    params: dict[str, Any] = {"since": (now - timedelta(days=2)).date()}
+    if owners is not None:
+        params["owners"] = sorted(owners)
+    if rules is not None:
+        params["rules"] = sorted(rules)
+    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).all()
+    return _state_of(
+        config, now,
+        changes={r.k: r.j for r in rows if r.kind == "owner"},
+        open_leads={r.k: r.n for r in rows if r.kind == "open"},
+        days=[(r.k, r.day, r.n) for r in rows if r.kind == "day"],
+        cursors={r.k: r.n for r in rows if r.kind == "cursor"},
+        weighted={r.k: r.j or {} for r in rows if r.kind == "cursor"},
+    )
+
+
+async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
+    rows = await conn.execute(select(queue.c.tier, func.count()).group_by(queue.c.tier))
+    return dict(rows.tuples().all())
+
+
+class _Savepoint:
+    def __init__(self, transaction) -> None:
+        self._transaction = transaction
+
+    async def keep(self) -> None:
+        await self._transaction.commit()  # releases the savepoint; its locks stay with the transaction
+
+    async def undo(self) -> None:
+        await self._transaction.rollback()  # and the locks taken under it
+
+
+def _assignment(row) -> Assignment:
+    return Assignment(lead_id=row.lead_id, owner_id=row.owner_id, tier=row.tier, assignment_no=row.assignment_no,
+                      assigned_at=row.assigned_at, closed_at=row.closed_at, touched_at=row.touched_at,
+                      facts=facts_of_row(row.lead_id, row.tier, row.facts), version=row.version)
+
+
+def _queued(row) -> QueuedLead:
+    return QueuedLead(lead_id=row.lead_id, tier=row.tier, reason=row.reason, queued_at=row.queued_at,
+                      assignment_no=row.assignment_no, facts=facts_of_row(row.lead_id, row.tier, row.facts),
+                      version=row.version)
+
+
+class PostgresRouterStore:
+    """The router's projection tables, read in the unit of work's transaction."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    @property
+    def conn(self) -> AsyncConnection:
+        return self.uow.conn
+
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        await self.uow.record(topic, event, stream=stream)
+
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        await self.uow.record_all(items)  # one call: the projection may fuse them into one statement
+
+    def expect(self, stream: str, version: int) -> None:
+        self.uow.expect(stream, version)
+
+    async def load_version(self, stream: str) -> int:
+        return await self.uow.load_version(stream)
+
+    async def commit(self) -> None:
+        """Commit the unit of work (handlers leave that to their caller)."""
+        await self.uow.commit()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.uow.after_commit(callback)
+
+    async def lock_routing(self) -> None:
+        await lock_routing(self.conn)
+
+    async def lock_lead(self, lead_id: str) -> None:
+        # The same lead under another event id (a replay) may be in flight in another router: the
+        # lead's lock makes the second one see the first one's decision instead of deciding again.
+        await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lead)), "
+                                     "pg_advisory_xact_lock_shared(hashtext(:routing))"),
+                                {"lead": f"router.lead:{lead_id}", "routing": ROUTING})
+
+    async def lock_scope(self, keys: set[str]) -> Scope:
+        attempt = await self.conn.begin_nested()
+        # In hash order: every transaction takes its locks in the same order, so none waits in a circle.
+        await self.conn.execute(text(
+            "SELECT pg_advisory_xact_lock(h) FROM "
+            "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
+        ), {"keys": sorted(keys)})
+        return _Savepoint(attempt)
+
+    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext:
+        row = (await self.conn.execute(text(
+            "SELECT EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = :lead) "
+            "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = :lead) AS known, "
+            "(SELECT owner_id FROM router.assignments WHERE company_domain = :domain AND closed_at IS NULL "
+            "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
+            "EXISTS (SELECT 1 FROM router.queue WHERE tier <= :tier) AS queue_ahead, "
+            "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = :lead) AS version"
+        ), {"lead": lead_id, "domain": domain, "tier": tier})).one()
+        return LeadContext(row.known, row.account_owner, row.queue_ahead, row.version)
+
+    async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
+                         rules: set[str] | None = None) -> RoutingState:
+        return await load_state(self.conn, config, now, owners=owners, rules=rules)
+
+    async def account_owners(self, domains: set[str]) -> dict[str, str]:
+        return await account_owners(self.conn, domains)
+
+    async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None:
+        stmt = select(assignments, _stream_version(assignments.c.lead_id)).where(assignments.c.lead_id == lead_id)
+        row = (await self.conn.execute(stmt.with_for_update(of=assignments) if for_update else stmt)).first()
+        return _assignment(row) if row else None
+
+    async def open_untouched(self, owner_id: str) -> list[Assignment]:
+        rows = await self.conn.execute(
+            select(assignments, _stream_version(assignments.c.lead_id))
+            .where(assignments.c.owner_id == owner_id, assignments.c.closed_at.is_(None),
+                   assignments.c.touched_at.is_(None))
+            .order_by(assignments.c.tier, assignments.c.assigned_at)
+        )
+        return [_assignment(r) for r in rows]
+
+    async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None:
+        stmt = select(queue, _stream_version(queue.c.lead_id)).where(queue.c.lead_id == lead_id)
+        row = (await self.conn.execute(stmt.with_for_update(of=queue) if for_update else stmt)).first()
+        return _queued(row) if row else None
+
+    async def queue_nonempty(self) -> bool:
+        return bool(await self.conn.scalar(select(exists().select_from(queue))))
+
+    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
+        order = (queue.c.tier, queue.c.queued_at, queue.c.lead_id)
+        stmt = select(queue, _stream_version(queue.c.lead_id)).order_by(*order).limit(limit)
+        if after is not None:
+            stmt = stmt.where(tuple_(*order) > tuple_(*after))
+        return [_queued(r) for r in await self.conn.execute(stmt)]
+
+    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
+        rows = await self.conn.execute(
+            select(queue.c.lead_id, queue.c.tier, queue.c.facts).where(queue.c.tier <= tier)
+            .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id).limit(limit)
+        )
+        return [facts_of_row(r.lead_id, r.tier, r.facts) for r in rows]
+
+    async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:
+        row = (await self.conn.execute(
+            select(owner_state.c.changes, owner_state.c.version).where(owner_state.c.owner_id == owner_id)
+        )).first()
+        return (row.changes, row.version) if row else (None, 0)
+
+    async def queue_depths(self) -> dict[str, int]:
+        return await queue_depths(self.conn)
+
+
+# ---- in memory --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    lead_id: str
+    owner_id: str
+    team_id: str | None
+    rule_id: str | None
+    tier: str
+    assignment_no: int
+    assigned_at: datetime
+    closed_at: datetime | None = None
+    touched_at: datetime | None = None
+    facts: dict[str, Any] | None = None
+    company_domain: str | None = None
+
+
+@dataclass
+class _Waiting:
+    lead_id: str
+    tier: str
+    reason: str
+    queued_at: datetime
+    facts: dict[str, Any] = field(default_factory=dict)
+    assignment_no: int = 1
+
+
+class _Kept:
+    async def keep(self) -> None:
+        pass
+
+    async def undo(self) -> None:
+        pass
+
+
+@dataclass
+class InMemoryRouterData:
+    """One router's whole state in memory, shared by the units of work over it: the projection's
+    tables, and the committed events (topic, stream, event)."""
+
+    assignments: dict[str, _Row] = field(default_factory=dict)
+    queue: dict[str, _Waiting] = field(default_factory=dict)
+    owner_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    daily: dict[tuple[str, date], int] = field(default_factory=dict)
+    cursors: dict[str, tuple[int, dict[str, int] | None]] = field(default_factory=dict)
+    events: list[tuple[str | None, str, CloudEvent]] = field(default_factory=list)
+
+    def version(self, stream: str) -> int:
+        return sum(1 for _, s, _ in self.events if s == stream)
+
+    @property
+    def recorded(self) -> list[CloudEvent]:
+        return [e for _, _, e in self.events]
+
+
+class InMemoryRouterStore:
+    """A unit of work over `InMemoryRouterData`: recorded events are applied at once, as the
+    projection applies them, and kept at `commit()`, which checks the expected versions as the
+    event store does. No isolation and no rollback: a unit test runs one unit at a time."""
+
+    def __init__(self, data: InMemoryRouterData | None = None) -> None:
+        self.data = data if data is not None else InMemoryRouterData()
+        self.pending: list[tuple[str | None, str, CloudEvent]] = []
+        self.expected: dict[str, int] = {}
+        self.callbacks: list[Callable[[], None]] = []
+
+    # -- recording --
+
+    def version(self, stream: str) -> int:
+        """The committed version, as Postgres reads it (this unit's events append at commit)."""
+        return self.data.version(stream)
+
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        found = _APPLIERS.get(event.type)
+        if found is not None:
+            cls, applier = found
+            applier(self.data, cls.model_validate(event.data), event)
+        self.pending.append((topic, stream or event.subject or event.id, event))
+
+    async def record_all(self, items: list[tuple[str | None, CloudEvent]]) -> None:
+        for topic, event in items:
+            await self.record(topic, event)
+
+    def expect(self, stream: str, version: int) -> None:
+        self.expected.setdefault(stream, version)
+
+    async def load_version(self, stream: str) -> int:
+        self.expected.setdefault(stream, self.version(stream))
+        return self.expected[stream]
+
+    async def commit(self) -> None:
+        for stream, version in self.expected.items():
+            if (actual := self.version(stream)) != version:
+                raise ConcurrencyConflict(stream, version, actual)
+        self.data.events.extend(self.pending)
+        self.pending.clear()
+        self.expected.clear()
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
+
+    async def __aenter__(self) -> InMemoryRouterStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    @property
+    def emitted(self) -> list[CloudEvent]:
+        """This unit's events, not yet committed."""
+        return [e for _, _, e in self.pending]
+
+    # -- locks: one process, one task at a time --
+
+    async def lock_routing(self) -> None:
+        pass
+
+    async def lock_lead(self, lead_id: str) -> None:
+        pass
+
+    async def lock_scope(self, keys: set[str]) -> Scope:
+        return _Kept()
+
+    # -- reads --
+
+    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext:
+        owners = await self.account_owners({domain}) if domain else {}
+        return LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
+                           account_owner=owners.get(domain) if domain else None,
+                           queue_ahead=any(w.tier <= tier for w in self.data.queue.values()),
+                           version=self.version(lead_id))
+
+    async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
+                         rules: set[str] | None = None) -> RoutingState:
+        def wanted(owner: str) -> bool:
+            return owners is None or owner in owners
+
+        open_leads: dict[str, int] = {}
+        for row in self.data.assignments.values():
+            if row.closed_at is None and wanted(row.owner_id):
+                open_leads[row.owner_id] = open_leads.get(row.owner_id, 0) + 1
+        since = (now - timedelta(days=2)).date()
+        chosen = {r: c for r, c in self.data.cursors.items() if rules is None or r in rules}
+        return _state_of(
+            config, now,
+            changes={o: c for o, (c, _) in self.data.owner_state.items()},
+            open_leads=open_leads,
+            days=[(o, d, n) for (o, d), n in self.data.daily.items() if d >= since and wanted(o)],
+            cursors={r: i for r, (i, _) in chosen.items()},
+            weighted={r: w or {} for r, (_, w) in chosen.items()},
+        )
+
+    async def account_owners(self, domains: set[str]) -> dict[str, str]:
+        newest: dict[str, _Row] = {}
+        for row in self.data.assignments.values():
+            if row.closed_at is None and row.company_domain in domains:
+                if row.company_domain not in newest or row.assigned_at > newest[row.company_domain].assigned_at:
+                    newest[row.company_domain] = row
+        return {d: r.owner_id for d, r in newest.items()}
+
+    def _assignment(self, row: _Row) -> Assignment:
+        return Assignment(lead_id=row.lead_id, owner_id=row.owner_id, tier=row.tier,
+                          assignment_no=row.assignment_no, assigned_at=row.assigned_at, closed_at=row.closed_at,
+                          touched_at=row.touched_at, facts=facts_of_row(row.lead_id, row.tier, row.facts),
+                          version=self.version(row.lead_id))
+
+    def _queued(self, waiting: _Waiting) -> QueuedLead:
+        return QueuedLead(lead_id=waiting.lead_id, tier=waiting.tier, reason=waiting.reason,
+                          queued_at=waiting.queued_at, assignment_no=waiting.assignment_no,
+                          facts=facts_of_row(waiting.lead_id, waiting.tier, waiting.facts),
+                          version=self.version(waiting.lead_id))
+
+    async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None:
+        row = self.data.assignments.get(lead_id)
+        return self._assignment(row) if row else None
+
+    async def open_untouched(self, owner_id: str) -> list[Assignment]:
+        rows = [r for r in self.data.assignments.values()
+                if r.owner_id == owner_id and r.closed_at is None and r.touched_at is None]
+        return [self._assignment(r) for r in sorted(rows, key=lambda r: (r.tier, r.assigned_at))]
+
+    async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None:
+        waiting = self.data.queue.get(lead_id)
+        return self._queued(waiting) if waiting else None
+
+    def _drain_order(self) -> list[_Waiting]:
+        return sorted(self.data.queue.values(), key=lambda w: (w.tier, w.queued_at, w.lead_id))
+
+    async def queue_nonempty(self) -> bool:
+        return bool(self.data.queue)
+
+    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
+        page = [w for w in self._drain_order() if after is None or (w.tier, w.queued_at, w.lead_id) > after]
+        return [self._queued(w) for w in page[:limit]]
+
+    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
+        ahead = [w for w in self._drain_order() if w.tier <= tier][:limit]
+        return [facts_of_row(w.lead_id, w.tier, w.facts) for w in ahead]
+
+    async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:
+        return self.data.owner_state.get(owner_id, (None, 0))
+
+    async def queue_depths(self) -> dict[str, int]:
+        depths: dict[str, int] = {}
+        for waiting in self.data.queue.values():
+            depths[waiting.tier] = depths.get(waiting.tier, 0) + 1
+        return depths
+
+
+# The projection, in memory: the same events change the same state as projection.py's statements.
+
+def _assigned(store: InMemoryRouterData, data: LeadAssigned, event: CloudEvent) -> None:
+    row = store.assignments.get(data.lead_id)
+    values = {"owner_id": data.owner_id, "team_id": data.team_id, "rule_id": data.rule_id, "tier": data.tier or "",
+              "assignment_no": data.assignment_no, "assigned_at": data.assigned_at}
+    store.assignments[data.lead_id] = replace(row, **values) if row else _Row(lead_id=data.lead_id, **values)
+
+
+def _reassigned(store: InMemoryRouterData, data: LeadReassigned, event: CloudEvent) -> None:
+    row = store.assignments.get(data.lead_id)
+    if row is not None:
+        store.assignments[data.lead_id] = replace(
+            row, owner_id=data.to_owner_id, team_id=data.team_id, rule_id=data.rule_id,
+            assignment_no=data.assignment_no, assigned_at=data.assigned_at or event.time)
+
+
+def _queued_in(store: InMemoryRouterData, data: LeadQueued, event: CloudEvent) -> None:
+    store.assignments.pop(data.lead_id, None)
+    store.queue.setdefault(data.lead_id, _Waiting(data.lead_id, data.tier, data.reason, data.queued_at or event.time))
+
+
+def _dequeued(store: InMemoryRouterData, data: LeadDequeued, event: CloudEvent) -> None:
+    store.queue.pop(data.lead_id, None)
+
+
+def _routed(store: InMemoryRouterData, data: LeadRouted, event: CloudEvent) -> None:
+    if data.owner_id is None:
+        if (waiting := store.queue.get(data.lead_id)) is not None:
+            waiting.facts, waiting.assignment_no = dict(data.facts), data.assignment_no
+    else:
+        if (row := store.assignments.get(data.lead_id)) is not None:
+            row.facts, row.company_domain = dict(data.facts), data.company_domain
+        if data.day is not None:
+            store.daily[(data.owner_id, data.day)] = store.daily.get((data.owner_id, data.day), 0) + 1
+    if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
+        index, weights = store.cursors.get(data.rule_id, (-1, None))
+        store.cursors[data.rule_id] = (index if data.cursor is None else data.cursor,
+                                       weights if data.weights is None else dict(data.weights))
+
+
+def _closed(store: InMemoryRouterData, data: LeadClosed, event: CloudEvent) -> None:
+    if (row := store.assignments.get(data.lead_id)) is not None and row.closed_at is None:
+        row.closed_at = data.closed_at
+
+
+def _touched(store: InMemoryRouterData, data: LeadTouched, event: CloudEvent) -> None:
+    if (row := store.assignments.get(data.lead_id)) is not None and row.touched_at is None:
+        row.touched_at = data.touched_at
+
+
+def _owner_updated(store: InMemoryRouterData, data: OwnerUpdated, event: CloudEvent) -> None:
+    changes, version = store.owner_state.get(data.owner_id, ({}, 0))
+    store.owner_state[data.owner_id] = ({**changes, **data.changes}, version + 1)
+
+
+_APPLIERS: dict[str, tuple[type[BaseModel], Any]] = {
+    cls.TYPE: (cls, fn) for cls, fn in {  # type: ignore[attr-defined]
+        LeadAssigned: _assigned, LeadReassigned: _reassigned, LeadQueued: _queued_in, LeadDequeued: _dequeued,
+        LeadRouted: _routed, LeadClosed: _closed, LeadTouched: _touched, OwnerUpdated: _owner_updated,
+    }.items()
+}

@@ -1,0 +1,219 @@
+"""The router's decision state as a projection of its own event store.
+
+Every state table below changes only here, by applying a stored event; the handlers record
+events (`uow.record`) instead of writing the tables, and `leadsla replay router` runs this same
+function over the store, so the live tables and a rebuild cannot drift.
+
+| table               | events                                                             |
+| ------------------- | ------------------------------------------------------------------ |
+| `assignments`       | lead.assigned, lead.reassigned, lead.queued (taken back to the queue), |
+|                     | router.lead_routed (facts), router.lead_closed, router.lead_touched |
+| `queue`             | lead.queued, lead.dequeued, router.lead_routed (facts, next number) |
+| `daily_assignments` | router.lead_routed (the owner's day)                               |
+| `rr_cursors`        | router.lead_routed (the rule's cursor or weighted credits)         |
+| `owner_state`       | owner.updated (on the owner's stream)                              |
+
+Capacity is the count of open assignments: it is released by `router.lead_closed` (a
+disposition or opt-out), by `lead.reassigned` (the row moves to the new owner) and by
+`lead.queued` for a lead taken back to the queue; the queue shrinks by `lead.dequeued`.
+
+Events carry every value applied (times, days, counters); nothing here reads the clock or the
+configuration. The statements name tables through SQLAlchemy Core only, so that a rebuild can
+point them at a scratch schema (`schema_translate_map`). There is no bookkeeping column in these
+tables that is not derived from events, so nothing is ignored by `--verify`.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import bindparam, delete, literal, null, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
+from shared.replay import Projection
+
+from .domain import LeadClosed, LeadRouted, LeadTouched, OwnerUpdated
+from .tables import SCHEMA, assignments, cursors, daily_assignments, owner_state, queue
+
+# An applier gets the event's payload, decoded into its class, and the envelope (its time).
+Applier = Callable[[AsyncConnection, Any, CloudEvent], Awaitable[None]]
+
+
+async def _assigned(conn: AsyncConnection, data: LeadAssigned, event: CloudEvent) -> None:
+    values = {"owner_id": data.owner_id, "team_id": data.team_id, "rule_id": data.rule_id,
+              "tier": data.tier or "", "assignment_no": data.assignment_no, "assigned_at": data.assigned_at}
+    await conn.execute(pg_insert(assignments).values(lead_id=data.lead_id, **values)
+                       .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
+
+
+async def _reassigned(conn: AsyncConnection, data: LeadReassigned, event: CloudEvent) -> None:
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id).values(
+        owner_id=data.to_owner_id, team_id=data.team_id, rule_id=data.rule_id, assignment_no=data.assignment_no,
+        assigned_at=data.assigned_at or event.time))
+
+
+async def _queued(conn: AsyncConnection, data: LeadQueued, event: CloudEvent) -> None:
+    # A lead taken back from its owner (nobody else could take it) stops counting against them.
+    # The facts and the assignment number follow in router.lead_routed.
+    taken_back = delete(assignments).where(assignments.c.lead_id == data.lead_id).cte("taken_back")
+    await conn.execute(pg_insert(queue).values(
+        lead_id=data.lead_id, tier=data.tier, reason=data.reason, queued_at=data.queued_at or event.time,
+        facts={}, assignment_no=1,
+    ).on_conflict_do_nothing().add_cte(taken_back))
+
+
+async def _dequeued(conn: AsyncConnection, data: LeadDequeued, event: CloudEvent) -> None:
+    await conn.execute(delete(queue).where(queue.c.lead_id == data.lead_id))
+
+
+async def _routed(conn: AsyncConnection, data: LeadRouted, event: CloudEvent) -> None:
+    """The decision's private part, in one statement: facts on the lead's row, the owner's count
+    for their day, the rule's cursor."""
+    if data.owner_id is None:
+        facts = update(queue).where(queue.c.lead_id == data.lead_id).values(
+            facts=data.facts, assignment_no=data.assignment_no)
+    else:
+        facts = update(assignments).where(assignments.c.lead_id == data.lead_id).values(
+            facts=data.facts, company_domain=data.company_domain)
+    statement = select(literal(1)).add_cte(facts.cte("routed_facts"))
+    for part in _counters(data):
+        statement = statement.add_cte(part)
+    await conn.execute(statement)
+
+
+async def _assigned_and_routed(conn: AsyncConnection, assigned: LeadAssigned, routed: LeadRouted,
+                               event: CloudEvent) -> None:
+    """lead.assigned and its router.lead_routed, as recorded together: the row with its facts,
+    and the counters, in one statement (the same state as applying them one by one). The hot
+    path of routing: the statement is built once per shape and run with parameters."""
+    if routed.owner_id != assigned.owner_id or routed.day is None:
+        await _assigned(conn, assigned, event)
+        await _routed(conn, routed, event)
+        return
+    with_rule = routed.rule_id is not None
+    statement = _fused_statement(with_rule and routed.cursor is not None, with_rule and routed.weights is not None)
+    await conn.execute(statement, {
+        "lead_id": assigned.lead_id, "owner_id": assigned.owner_id, "team_id": assigned.team_id,
+        "rule_id": assigned.rule_id, "tier": assigned.tier or "", "assignment_no": assigned.assignment_no,
+        "assigned_at": assigned.assigned_at, "facts": routed.facts, "company_domain": routed.company_domain,
+        "day": routed.day, "cursor_rule": routed.rule_id,
+        "last_index": -1 if routed.cursor is None else routed.cursor, "counts": routed.weights,
+    })
+
+
+@cache
+def _fused_statement(cursor: bool, weights: bool):
+    columns = ("owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts", "company_domain")
+    values = {name: bindparam(name, type_=assignments.c[name].type) for name in columns}
+    statement = (pg_insert(assignments).values(lead_id=bindparam("lead_id"), **values)
+                 .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
+    day = pg_insert(daily_assignments).values(owner_id=bindparam("owner_id"), day=bindparam("day"), assigned=1)
+    statement = statement.add_cte(day.on_conflict_do_update(
+        index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+        set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
+    if cursor or weights:
+        insert_cursor = pg_insert(cursors).values(
+            rule_id=bindparam("cursor_rule", type_=cursors.c.rule_id.type),
+            last_index=bindparam("last_index", type_=cursors.c.last_index.type),
+            counts=bindparam("counts", type_=JSONB(none_as_null=True)))  # None: SQL NULL, as values() writes it
+        changed = {}
+        if cursor:
+            changed["last_index"] = insert_cursor.excluded.last_index
+        if weights:
+            changed["counts"] = insert_cursor.excluded.counts
+        statement = statement.add_cte(insert_cursor.on_conflict_do_update(
+            index_elements=[cursors.c.rule_id], set_=changed).cte("routed_cursor"))
+    return statement
+
+
+def _counters(data: LeadRouted) -> list:
+    """The owner's count for their day and the rule's cursor, as statements for CTEs (tables
+    apart from the lead's row, so they combine with its statement)."""
+    parts = []
+    if data.owner_id is not None:
+        if data.day is not None:
+            parts.append(pg_insert(daily_assignments).values(owner_id=data.owner_id, day=data.day, assigned=1)
+                         .on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+                                                set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
+    if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
+        insert_cursor = pg_insert(cursors).values(
+            rule_id=data.rule_id, last_index=-1 if data.cursor is None else data.cursor,
+            counts=null() if data.weights is None else data.weights)  # SQL NULL, not JSON null
+        changed = {}
+        if data.cursor is not None:
+            changed["last_index"] = insert_cursor.excluded.last_index
+        if data.weights is not None:
+            changed["counts"] = insert_cursor.excluded.counts
+        parts.append(insert_cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_=changed)
+                     .cte("routed_cursor"))
+    return parts
+
+
+async def _closed(conn: AsyncConnection, data: LeadClosed, event: CloudEvent) -> None:
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
+                                                 assignments.c.closed_at.is_(None)).values(closed_at=data.closed_at))
+
+
+async def _touched(conn: AsyncConnection, data: LeadTouched, event: CloudEvent) -> None:
+    await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
+                                                 assignments.c.touched_at.is_(None)).values(touched_at=data.touched_at))
+
+
+async def _owner_updated(conn: AsyncConnection, data: OwnerUpdated, event: CloudEvent) -> None:
+    # The row's version is the owner stream's version: only owner.updated events are on it.
+    insert_owner = pg_insert(owner_state).values(owner_id=data.owner_id, changes=data.changes, version=1,
+                                                 updated_at=event.time)
+    await conn.execute(insert_owner.on_conflict_do_update(index_elements=[owner_state.c.owner_id], set_={
+        "changes": owner_state.c.changes.concat(insert_owner.excluded.changes),  # later keys win, as a dict merge
+        "version": owner_state.c.version + 1,
+        "updated_at": insert_owner.excluded.updated_at,
+    }))
+
+
+# Payload class -> what it does to the state. Every class names its event type (`TYPE`).
+APPLIERS: dict[type[BaseModel], Applier] = {
+    LeadAssigned: _assigned,
+    LeadReassigned: _reassigned,
+    LeadQueued: _queued,
+    LeadDequeued: _dequeued,
+    LeadRouted: _routed,
+    LeadClosed: _closed,
+    LeadTouched: _touched,
+    OwnerUpdated: _owner_updated,
+}
+_BY_TYPE: dict[str, tuple[type[BaseModel], Applier]] = {cls.TYPE: (cls, fn) for cls, fn in APPLIERS.items()}  # type: ignore[attr-defined]
+# Two events of one lead that follow each other, applied in one statement when they come in one
+# call (a routing decision records them together; replay pages may split them, then one by one).
+FUSED = {(LeadAssigned.TYPE, LeadRouted.TYPE): _assigned_and_routed}
+
+
+async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
+    """Apply stored events, in store order, to the state tables (live: as recorded, in the
+    recording transaction; replay: a page at a time). Types the router stores but does not
+    project are skipped."""
+    i = 0
+    while i < len(events):
+        event, following = events[i], events[i + 1] if i + 1 < len(events) else None
+        fused = FUSED.get((event.type, following.type)) if following is not None else None
+        if fused is not None and following is not None and following.subject == event.subject:
+            first, second = _BY_TYPE[event.type][0], _BY_TYPE[following.type][0]
+            await fused(conn, first.model_validate(event.data), second.model_validate(following.data), event)
+            i += 2
+            continue
+        found = _BY_TYPE.get(event.type)
+        if found is not None:
+            cls, applier = found
+            await applier(conn, cls.model_validate(event.data), event)
+        i += 1
+
+
+PROJECTION = Projection(
+    service=SCHEMA,
+    tables=(assignments, cursors, queue, owner_state, daily_assignments),
+    apply=apply,
+)

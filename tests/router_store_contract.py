@@ -1,0 +1,227 @@
+"""One behaviour contract for the router's store (services/router/adapters.py), run against the
+in-memory fake (tests/unit/test_router_store_fake.py) and Postgres
+(tests/integration/test_router_store_postgres.py): the events recorded through a store are read
+back the same way from both, so handler unit tests on the fake say something about production.
+
+A subclass provides `unit()`: an async context manager giving a store for one unit of work, with
+`commit()`; state committed by one unit is what the next one reads.
+"""
+from __future__ import annotations
+
+import uuid
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.router.domain import (
+    LeadClosed,
+    LeadFacts,
+    LeadRouted,
+    LeadTouched,
+    OwnerUpdated,
+    owner_day,
+)
+from shared.config import parse_config
+from shared.events import (
+    TOPIC_ROUTING,
+    CloudEvent,
+    LeadAssigned,
+    LeadDequeued,
+    LeadQueued,
+    LeadReassigned,
+    new_event,
+)
+from shared.eventstore import ConcurrencyConflict
+
+NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+CONFIG = parse_config("""
+calendars:
+  tokyo: {timezone: Asia/Tokyo, hours: {mon: ["09:00-18:00"]}}
+owners: [{id: ann}, {id: ben, calendar: tokyo}, {id: cat}]
+teams: [{id: sdr, members: [ann, ben, cat]}]
+routing:
+  rules: [{id: rr, team: sdr}]
+""")
+
+
+def event(type_: str, lead_id: str, data: Any, at: datetime = NOW) -> CloudEvent:
+    return new_event(type_, service="router", lead_id=lead_id, time=at, data=data)
+
+
+class RouterStoreContract:
+    """Subclasses set `unit` (see the module docstring)."""
+
+    def unit(self) -> AbstractAsyncContextManager[Any]:
+        raise NotImplementedError
+
+    # -- recording helpers: what the handlers record for each decision --
+
+    async def assign(self, owner: str, *, tier: str = "A", domain: str | None = None, at: datetime = NOW,
+                     rule: str | None = "rr", cursor: int | None = 0, weights: dict[str, int] | None = None,
+                     lead_id: str | None = None) -> str:
+        lead_id = lead_id or str(uuid.uuid4())
+        facts = LeadFacts(lead_id, tier, "web", country="GB", company_domain=domain, received_at=at)
+        async with self.unit() as store:
+            await store.record(TOPIC_ROUTING, event("lead.assigned", lead_id, LeadAssigned(
+                lead_id=lead_id, owner_id=owner, team_id="sdr", rule_id=rule, method="round_robin",
+                reason="rule_match", assignment_no=1, candidates=[], assigned_at=at, tier=tier), at))
+            await store.record(None, event(LeadRouted.TYPE, lead_id, LeadRouted(
+                lead_id=lead_id, facts=facts.to_json(), company_domain=domain, assignment_no=1, owner_id=owner,
+                day=owner_day(CONFIG.owner(owner), CONFIG, at), rule_id=rule, cursor=cursor, weights=weights), at))
+            await store.commit()
+        return lead_id
+
+    async def enqueue(self, tier: str = "A", *, at: datetime = NOW, assignment_no: int = 1,
+                      lead_id: str | None = None) -> str:
+        lead_id = lead_id or str(uuid.uuid4())
+        facts = LeadFacts(lead_id, tier, "web", country="GB", received_at=at)
+        async with self.unit() as store:
+            await store.record(TOPIC_ROUTING, event("lead.queued", lead_id, LeadQueued(
+                lead_id=lead_id, tier=tier, queue=f"tier-{tier}", reason="no_eligible_owner", queued_at=at), at))
+            await store.record(None, event(LeadRouted.TYPE, lead_id, LeadRouted(
+                lead_id=lead_id, facts=facts.to_json(), assignment_no=assignment_no), at))
+            await store.commit()
+        return lead_id
+
+    async def record(self, *events: tuple[str | None, CloudEvent], stream: str | None = None) -> None:
+        async with self.unit() as store:
+            for topic, e in events:
+                await store.record(topic, e, stream=stream)
+            await store.commit()
+
+    async def state(self, **kw):
+        async with self.unit() as store:
+            return await store.load_state(CONFIG, NOW, **kw)
+
+    # -- the contract --
+
+    async def test_an_assigned_lead_reads_back_with_its_facts_load_day_and_cursor(self) -> None:
+        lead_id = await self.assign("ben", domain="acme.example", cursor=1)
+        async with self.unit() as store:
+            row = await store.assignment(lead_id)
+            state = await store.load_state(CONFIG, NOW)
+        assert (row.owner_id, row.tier, row.assignment_no, row.closed_at, row.touched_at) == ("ben", "A", 1, None, None)
+        assert row.facts == LeadFacts(lead_id, "A", "web", country="GB", company_domain="acme.example",
+                                      received_at=NOW)
+        assert row.version == 2  # lead.assigned and router.lead_routed
+        assert state.open_leads["ben"] == 1 and state.today["ben"] == 1  # ben's own (Tokyo) day
+        assert state.cursors["rr"] == 1
+
+    async def test_counts_and_cursors_can_be_read_for_some_owners_and_rules_only(self) -> None:
+        await self.assign("ann", cursor=0)
+        await self.assign("cat", cursor=2)
+        state = await self.state(owners={"ann"}, rules={"other"})
+        assert state.open_leads == {"ann": 1} and set(state.today) == {"ann"} and state.cursors == {}
+        assert set(state.owners) == {"ann", "ben", "cat"}  # every configured owner, with runtime changes
+
+    async def test_yesterdays_assignments_do_not_count_today(self) -> None:
+        await self.assign("ann", at=NOW - timedelta(days=1))
+        state = await self.state()
+        assert state.open_leads["ann"] == 1 and state.today.get("ann", 0) == 0
+
+    async def test_the_weighted_credits_are_kept_per_rule(self) -> None:
+        await self.assign("ann", rule="w", cursor=None, weights={"ann": -1, "ben": 1})
+        await self.assign("ben", rule="w", cursor=None, weights={"ann": 1, "ben": -1})
+        state = await self.state()
+        assert state.weighted["w"] == {"ann": 1, "ben": -1} and state.cursors["w"] == -1
+
+    async def test_a_closed_lead_stops_counting_and_closes_once(self) -> None:
+        lead_id = await self.assign("ann")
+        await self.record((None, event(LeadClosed.TYPE, lead_id, LeadClosed(lead_id=lead_id, closed_at=NOW,
+                                                                           cause="disposition"))))
+        later = NOW + timedelta(hours=1)
+        await self.record((None, event(LeadClosed.TYPE, lead_id, LeadClosed(lead_id=lead_id, closed_at=later,
+                                                                           cause="opt_out"))))
+        async with self.unit() as store:
+            assert (await store.assignment(lead_id)).closed_at == NOW
+            assert (await store.load_state(CONFIG, NOW)).open_leads.get("ann", 0) == 0
+            assert (await store.load_state(CONFIG, NOW)).today["ann"] == 1  # assigned today all the same
+
+    async def test_the_first_touch_is_kept_and_touched_or_closed_leads_are_not_handed_back(self) -> None:
+        young, old, touched, closed = (await self.assign("ann", tier="B", at=NOW),
+                                       await self.assign("ann", tier="B", at=NOW - timedelta(minutes=5)),
+                                       await self.assign("ann"), await self.assign("ann"))
+        first, second = NOW + timedelta(minutes=1), NOW + timedelta(minutes=2)
+        for at in (first, second):
+            await self.record((None, event(LeadTouched.TYPE, touched, LeadTouched(lead_id=touched, touched_at=at))))
+        await self.record((None, event(LeadClosed.TYPE, closed, LeadClosed(lead_id=closed, closed_at=NOW,
+                                                                          cause="opt_out"))))
+        urgent = await self.assign("ann", tier="A")
+        async with self.unit() as store:
+            assert (await store.assignment(touched)).touched_at == first
+            assert [a.lead_id for a in await store.open_untouched("ann")] == [urgent, old, young]
+
+    async def test_a_reassigned_lead_moves_its_load_to_the_new_owner(self) -> None:
+        lead_id = await self.assign("ann")
+        await self.record((TOPIC_ROUTING, event("lead.reassigned", lead_id, LeadReassigned(
+            lead_id=lead_id, from_owner_id="ann", to_owner_id="cat", reason="test", assignment_no=2,
+            method="manual", assigned_at=NOW + timedelta(minutes=1)))))
+        async with self.unit() as store:
+            row = await store.assignment(lead_id)
+            state = await store.load_state(CONFIG, NOW)
+        assert (row.owner_id, row.assignment_no, row.assigned_at) == ("cat", 2, NOW + timedelta(minutes=1))
+        assert state.open_leads.get("ann", 0) == 0 and state.open_leads["cat"] == 1
+
+    async def test_the_queue_drains_by_tier_then_age_and_a_dequeued_lead_leaves_it(self) -> None:
+        b_old = await self.enqueue("B", at=NOW - timedelta(hours=1))
+        a_new = await self.enqueue("A", at=NOW, assignment_no=3)
+        b_new = await self.enqueue("B", at=NOW)
+        async with self.unit() as store:
+            assert await store.queue_nonempty()
+            page = await store.queue_page(None, 2)
+            assert [q.lead_id for q in page] == [a_new, b_old]
+            assert [q.lead_id for q in await store.queue_page(page[-1].key, 10)] == [b_new]
+            assert await store.queue_depths() == {"A": 1, "B": 2}
+            assert [f.lead_id for f in await store.queued_ahead("A", 10)] == [a_new]
+            queued = await store.queued(a_new)
+            assert (queued.assignment_no, queued.reason, queued.facts.tier, queued.version) == (
+                3, "no_eligible_owner", "A", 2)
+        for lead_id in (a_new, b_old, b_new):
+            await self.record((TOPIC_ROUTING, event("lead.dequeued", lead_id, LeadDequeued(
+                lead_id=lead_id, tier="A", queue="tier-A", reason="owner_available"))))
+        async with self.unit() as store:
+            assert not await store.queue_nonempty() and await store.queued(a_new) is None
+
+    async def test_a_lead_taken_back_to_the_queue_no_longer_counts_against_its_owner(self) -> None:
+        lead_id = await self.assign("ann")
+        await self.enqueue("A", lead_id=lead_id, assignment_no=2)
+        async with self.unit() as store:
+            assert await store.assignment(lead_id) is None
+            assert (await store.queued(lead_id)).assignment_no == 2
+            assert (await store.load_state(CONFIG, NOW)).open_leads.get("ann", 0) == 0
+
+    async def test_owner_changes_merge_and_count_versions_on_the_owners_stream(self) -> None:
+        for changes in ({"status": "away"}, {"capacity": 3}, {"status": "active"}):
+            await self.record((None, event(OwnerUpdated.TYPE, "cat", OwnerUpdated(owner_id="cat", changes=changes))),
+                              stream="cat")
+        async with self.unit() as store:
+            assert await store.owner_changes("cat") == ({"status": "active", "capacity": 3}, 3)
+            assert await store.owner_changes("ann") == (None, 0)
+            owners = (await store.load_state(CONFIG, NOW)).owners
+        assert owners["cat"].capacity == 3 and owners["cat"].status == "active" and owners["ann"].capacity is None
+
+    async def test_a_lead_context_says_known_account_owner_queue_ahead_and_version(self) -> None:
+        await self.assign("ann", domain="old.example", at=NOW - timedelta(minutes=2))
+        await self.assign("cat", domain="old.example", at=NOW - timedelta(minutes=1))
+        closed = await self.assign("ben", domain="old.example", at=NOW)
+        await self.record((None, event(LeadClosed.TYPE, closed, LeadClosed(lead_id=closed, closed_at=NOW,
+                                                                          cause="opt_out"))))
+        queued = await self.enqueue("B")
+        async with self.unit() as store:
+            assert await store.account_owners({"old.example", "none.example"}) == {"old.example": "cat"}
+            fresh = await store.lead_context("new-lead", "old.example", "A")
+            assert (fresh.known, fresh.account_owner, fresh.queue_ahead, fresh.version) == (False, "cat", False, 0)
+            waiting = await store.lead_context(queued, None, "B")
+            assert (waiting.known, waiting.account_owner, waiting.queue_ahead, waiting.version) == (True, None, True, 2)
+
+    async def test_a_unit_that_read_an_old_version_conflicts_at_commit(self) -> None:
+        lead_id = await self.assign("ann")
+        async with self.unit() as stale:
+            assert await stale.load_version(lead_id) == 2
+            await self.record((None, event(LeadTouched.TYPE, lead_id, LeadTouched(lead_id=lead_id, touched_at=NOW))))
+            await stale.record(None, event(LeadClosed.TYPE, lead_id, LeadClosed(lead_id=lead_id, closed_at=NOW,
+                                                                               cause="opt_out")))
+            with pytest.raises(ConcurrencyConflict):
+                await stale.commit()
