@@ -92,14 +92,23 @@ async def xact_lock(conn: AsyncConnection, name: str) -> None:
     await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))
 
 
-def make_engine(database_url: str, *, pool_size: int = 5) -> AsyncEngine:
+def application_name(service: str) -> str:
+    """How a service's connections name themselves in pg_stat_activity (the SLA clock's watermark
+    looks for the producers' open transactions by it)."""
+    return f"leadsla-{service}"
+
+
+def make_engine(database_url: str, *, pool_size: int = 5, service: str | None = None) -> AsyncEngine:
     # No pool_pre_ping: it costs a round trip per transaction, and a dead pooled connection
     # already surfaces as a transient error that the consumer and relay loops retry.
     # hide_parameters: SQL errors end up in logs, and their parameters hold personal data.
     # Short connect and pool timeouts: during an outage a request answers 503 in seconds
     # instead of hanging for asyncpg's default minute.
+    connect_args: dict = {"timeout": 5}
+    if service is not None:
+        connect_args["server_settings"] = {"application_name": application_name(service)}
     return create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5,
-                               hide_parameters=True, pool_timeout=5, connect_args={"timeout": 5})
+                               hide_parameters=True, pool_timeout=5, connect_args=connect_args)
 
 
 # SQLSTATE classes and codes that mean "the database cannot serve right now", not "this is wrong":

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
 from .aio import run_loop
+from .db import application_name
 from .events import CONTENT_TYPE
 from .eventstore import EVENTS, PARKED, RELAY
 from .tracing import record_headers
@@ -102,7 +103,12 @@ class OutboxRelay:
         out (or were parked). The position moves in the same transaction as the parking."""
         t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
         async with self._engine.begin() as conn:
-            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))):
+            # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
+            # transactions (they may hold stamped events), and the relay's hold none.
+            locked = (await conn.execute(select(
+                func.pg_try_advisory_xact_lock(self._lock_key),
+                func.set_config("application_name", f"{application_name(self._schema)}-relay", True)))).first()
+            if not locked[0]:
                 return 0
             position = await conn.scalar(select(relay.c.published_position).where(relay.c.id == 1)) or 0
             rows = (

@@ -80,7 +80,7 @@ class _Server(uvicorn.Server):
 
 
 async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock: Clock | None = None) -> None:
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, service=name)
     async with engine.connect() as conn:
         revision = await current_revision(conn)
         if revision != head_revision():

@@ -20,11 +20,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record import MemoryRecords
-from sqlalchemy import func, select
+from sqlalchemy import column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.aio import next_backoff, sleep_unless_stopped
 from shared.clock import Clock
+from shared.db import application_name
 from shared.events import utc_iso
 from shared.eventstore import EVENTS, RELAY
 
@@ -38,6 +39,10 @@ from .domain import (
 )
 
 log = structlog.get_logger()
+
+# The sessions Postgres is serving now (only the columns the watermark reads).
+activity = table("pg_stat_activity", column("pid"), column("application_name"), column("xact_start"),
+                 schema="pg_catalog")
 
 # Follow a busy partition for at most this many fetches per round; its end is confirmed later.
 _FETCHES_PER_ROUND = 10
@@ -141,6 +146,15 @@ class InputWatermark:
                     .order_by(t.c.position).limit(1))
                 if recorded is not None:
                     oldest.append(recorded)
+            # A producer transaction still open may hold events stamped since it began, invisible
+            # until it commits (intake handling a batch slowly after an outage). The relay names
+            # its own transactions apart: it stamps nothing.
+            began = await conn.scalar(
+                select(func.min(activity.c.xact_start)).where(
+                    activity.c.application_name.in_([application_name(p) for p in self._producers]),
+                    activity.c.xact_start.is_not(None), activity.c.pid != func.pg_backend_pid()))
+            if began is not None:
+                oldest.append(began)
         return min(oldest, default=None)
 
     def _partitions(self, client: AIOKafkaClient) -> list[TopicPartition]:

@@ -8,18 +8,18 @@ touch handled 7 s after that.
 
 The watermark must not pass an instant while a producer transaction that began before it is still
 open (e.g. by reading pg_stat_activity.xact_start of the producers' connections, which needs
-application_name set per service in shared/db.make_engine). Marked xfail until then."""
+application_name set per service in shared/db.make_engine). It now does."""
 from __future__ import annotations
 
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import text
 
 from services.sla_clock.watermark import InputWatermark
 from shared.clock import SystemClock
+from shared.db import make_engine
 from shared.events import CloudEvent
 from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
@@ -27,10 +27,10 @@ from tests.support import create_topic, eventually
 ALLOWANCE = timedelta(milliseconds=200)
 
 
-@pytest.mark.xfail(strict=True, reason="the watermark cannot see a producer's open transaction (chaos finding)")
 async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_still_open(
-    kafka_bootstrap, engine
+    kafka_bootstrap, engine, database_url
 ) -> None:
+    intake_engine = make_engine(database_url, service="intake")  # as intake's own process names itself
     topic = await create_topic(kafka_bootstrap, 1)
     watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
                                group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
@@ -38,7 +38,7 @@ async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_sti
     stop = asyncio.Event()
     running = asyncio.create_task(watermark.run(stop))
     try:
-        async with UnitOfWork(engine, "intake") as uow:  # intake handling a batch, slowly
+        async with UnitOfWork(intake_engine, "intake") as uow:  # intake handling a batch, slowly
             await uow.conn.execute(text("SELECT 1"))
             stamped = datetime.now(UTC)
             uow.emit(topic, CloudEvent(id=str(uuid.uuid4()), source="leadsla/intake", type="activity.recorded",
@@ -52,6 +52,7 @@ async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_sti
     finally:
         stop.set()
         await running
+        await intake_engine.dispose()
     assert seen_while_open is None or seen_while_open < stamped, (
         f"the watermark passed the stamp by {(seen_while_open - stamped).total_seconds():.2f}s "
         "while the event was uncommitted")
