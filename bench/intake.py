@@ -20,6 +20,7 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from shared.bus import ensure_topics, make_producer  # noqa: E402
 from shared.clock import ManualClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
-from shared.consumer import EventConsumer, Subscription  # noqa: E402
+from shared.consumer import EventConsumer  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.http import create_app  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
@@ -152,15 +153,18 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     done, count = asyncio.Event(), 0
     first: float | None = None
 
-    async def counting(event, uow) -> None:
+    [(payload, handle)] = handler.handlers.items()
+
+    async def counting(uow, received) -> None:
         nonlocal count, first
         first = first or time.perf_counter()
-        await handler.handler(event, uow)
+        await handle(uow, received)
         count += 1
         if count == n:
             done.set()
 
-    member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), counting, handler.decode),
+    member = EventConsumer(replace(handler, group=f"bench-{uuid.uuid4().hex[:6]}", topics=(topic,),
+                                   handlers={payload: counting}),
                            service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                            clock=ctx.clock)
     stop = asyncio.Event()

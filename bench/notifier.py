@@ -29,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from services.notifier.channels import Senders  # noqa: E402
 from services.notifier.delivery import Deliverer  # noqa: E402
-from services.notifier.handlers import on_event  # noqa: E402
+from services.notifier.handlers import HANDLERS, NotifierDeps  # noqa: E402
 from services.notifier.tables import subscriptions  # noqa: E402
 from shared.clock import ManualClock, SystemClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.db import make_engine  # noqa: E402
-from shared.events import LeadAssigned, SlaEventData, new_event  # noqa: E402
+from shared.events import LeadAssigned, SlaBreached, new_event  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.uow import UnitOfWork  # noqa: E402
 from tests.integration.receivers import HttpReceiver, SlackLikeReceiver  # noqa: E402
+from tests.support import handle_event  # noqa: E402
 
 CONFIG = """
 owners: [{id: alice, manager_id: maria}, {id: maria}]
@@ -79,11 +80,11 @@ async def main(events: int) -> None:
                 for i in range(events):
                     lead_id = f"storm-{i}"
                     async with uow() as u:
-                        await on_event(u, config, new_event("sla.breached", service="sla_clock", lead_id=lead_id,
-                                       time=clock.now(), data=SlaEventData(
+                        await handle_event(HANDLERS, u, new_event("sla.breached", service="sla_clock", lead_id=lead_id,
+                                       time=clock.now(), data=SlaBreached(
                                            lead_id=lead_id, sla_id=lead_id, metric="first_response", policy_id="p",
                                            policy_version=1, owner_id="alice", due_at=clock.now(),
-                                           breached_at=clock.now(), root_cause="owner_missed")), clock.now())
+                                           breached_at=clock.now(), root_cause="owner_missed")), NotifierDeps(config, clock.now()))
                         await u.commit()
                 planned = time.perf_counter() - started
                 started = time.perf_counter()
@@ -108,11 +109,11 @@ async def main(events: int) -> None:
                 for i in range(events):
                     lead_id = f"crm-{i % 100}"
                     async with uow() as u:
-                        await on_event(u, config, new_event("lead.assigned", service="router", lead_id=lead_id,
+                        await handle_event(HANDLERS, u, new_event("lead.assigned", service="router", lead_id=lead_id,
                                        time=clock.now(), data=LeadAssigned(
                                            lead_id=lead_id, owner_id="alice", team_id=None, rule_id=None,
                                            method="round_robin", reason="rule", assignment_no=i, candidates=[],
-                                           assigned_at=clock.now())), clock.now())
+                                           assigned_at=clock.now())), NotifierDeps(config, clock.now()))
                         await u.commit()
                 live = Deliverer(uow, lambda: config, Senders(http, engine, lambda: config), clock)
                 started = time.perf_counter()

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from infra import infrastructure
 
 from leadsla.devstack import ServiceProcess  # noqa: E402
-from services.router.handlers import route_lead  # noqa: E402
+from services.router.handlers import RouterDeps, route_lead  # noqa: E402
 from shared.bus import ensure_topics, make_producer  # noqa: E402
 from shared.clock import SystemClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
@@ -47,6 +47,7 @@ from shared.events import (  # noqa: E402
     Contact,
     Intent,
     LeadReceived,
+    Received,
     new_event,
 )
 from shared.migrate import upgrade  # noqa: E402
@@ -145,7 +146,7 @@ async def in_process(engine, owners: int, rules: int, n: int = 300) -> float:
 
     async def one(i: int) -> None:
         async with UnitOfWork(engine, "router") as uow:
-            await route_lead(uow, config, clock, lead_received(i))
+            await route_lead(uow, Received.of(lead_received(i)), RouterDeps(config, clock))
             await uow.commit()
 
     for i in range(20):

@@ -6,6 +6,10 @@ under a savepoint, write the outbox rows. Postgres commits first, Kafka offsets 
 in between only redelivers records whose ids are already recorded. A record that can never be
 processed goes to `leads.deadletter` (through the outbox, in the same transaction) with its
 bytes and the reason; the consumer goes on. A database outage is waited out, never dead-lettered.
+
+Dispatch is by payload class: a record's `data` is decoded into its type's payload class once,
+here at the edge, before the transaction; one whose data does not fit is a dead letter naming
+the field, and a type the subscription has no handler for is tracked and skipped.
 """
 from __future__ import annotations
 
@@ -14,14 +18,15 @@ import base64
 import contextlib
 import hashlib
 import heapq
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,8 +41,11 @@ from .events import (
     BadEvent,
     CloudEvent,
     DeadLetter,
+    Received,
+    decode_payload,
     deterministic_id,
     new_event,
+    payload_class,
 )
 from .eventstore import ConcurrencyConflict
 from .replay import Projection
@@ -47,11 +55,19 @@ log = structlog.get_logger()
 
 CONFLICT_RETRIES = 5
 
-Handler = Callable[[CloudEvent, UnitOfWork], Awaitable[None]]
-# A fetched record with its event, or why it could not be decoded (kind, reason).
-Decoded = tuple[ConsumerRecord, CloudEvent | None, tuple[str, str] | None]
+# One signature for every handler a subscription dispatches to: the unit of work, and the event
+# with its payload already decoded into the class the handler is registered under.
+Handler = Callable[[UnitOfWork, Received[Any]], Awaitable[None]]
+Handlers = Mapping[type[BaseModel], Handler]
+# For the types a subscription has no payload handler for (reporting keeps them in its timeline).
+Fallback = Callable[[UnitOfWork, CloudEvent], Awaitable[None]]
+# A fetched record: its envelope, its typed event when a handler wants it, or why it cannot be
+# processed (kind, reason). An envelope without a typed event is tracked and skipped.
+Decoded = tuple[ConsumerRecord, CloudEvent | None, Received[Any] | None, tuple[str, str] | None]
 T = TypeVar("T")
+D = TypeVar("D")
 Decoder = Callable[[ConsumerRecord], CloudEvent]
+PayloadOf = Callable[[CloudEvent], type[BaseModel] | None]
 
 
 def record_position(record: ConsumerRecord) -> str:
@@ -63,18 +79,55 @@ def decode_cloudevent(record: ConsumerRecord) -> CloudEvent:
     return CloudEvent.from_bytes(record.value)
 
 
+def contract_payload(event: CloudEvent) -> type[BaseModel] | None:
+    """The payload class of a contract event, by its type (`shared.events.PAYLOADS`)."""
+    return payload_class(event.type)
+
+
+def bind(handlers: Mapping[type[BaseModel], Callable[[UnitOfWork, Received[Any], D], Awaitable[None]]],
+         deps: Callable[[], D]) -> dict[type[BaseModel], Handler]:
+    """A service's handlers, each taking (uow, event, deps), as subscription handlers: `deps()` is
+    called for each event, so a handler sees the configuration and the time of that event."""
+    def bound(handler: Callable[[UnitOfWork, Received[Any], D], Awaitable[None]]) -> Handler:
+        async def handle(uow: UnitOfWork, event: Received[Any]) -> None:
+            await handler(uow, event, deps())
+        return handle
+    return {cls: bound(handler) for cls, handler in handlers.items()}
+
+
 class _Interrupted(Exception):
     """A shutdown arrived while the database was unavailable."""
 
 
 @dataclass(frozen=True)
 class Subscription:
-    """What a service consumes: a consumer group over topics, with one handler."""
+    """What a service consumes: a consumer group over topics, and a handler per payload class.
+
+    `payload_of` picks an event's payload class (by default its contract type); an event whose
+    class has a handler is decoded into it before any handler runs, and is a dead letter naming
+    the field when its data does not fit. Other events are tracked and skipped, or given to
+    `otherwise` when there is one."""
 
     group: str
     topics: tuple[str, ...]
-    handler: Handler
+    handlers: Handlers
     decode: Decoder = decode_cloudevent
+    payload_of: PayloadOf = contract_payload
+    otherwise: Fallback | None = field(default=None)
+
+    def typed(self, event: CloudEvent) -> Received[Any] | None:
+        """`event` with its payload decoded, or None when no handler here wants it; raises
+        `BadEvent` naming the field when it is wanted and its data does not fit."""
+        cls = self.payload_of(event)
+        if cls is None or cls not in self.handlers:
+            return None
+        return Received(event, decode_payload(event, cls))  # type: ignore[arg-type]
+
+    async def dispatch(self, uow: UnitOfWork, event: CloudEvent, typed: Received[Any] | None) -> None:
+        if typed is not None:
+            await self.handlers[type(typed.data)](uow, typed)
+        elif self.otherwise is not None:
+            await self.otherwise(uow, event)
 
 
 class EventConsumer:
@@ -213,20 +266,27 @@ class EventConsumer:
             log.warning("consumer.deadlettered", group=self.sub.group, position=record_position(record), kind=kind)
             metrics.deadletter.labels(record.topic, kind).inc()
 
-    def _decode(self, record: ConsumerRecord) -> tuple[CloudEvent | None, tuple[str, str] | None]:
+    def _decode(self, record: ConsumerRecord) -> tuple[CloudEvent | None, Received[Any] | None,
+                                                       tuple[str, str] | None]:
         try:
-            return self.sub.decode(record), None
+            event = self.sub.decode(record)
         except BadEvent as exc:
-            return None, ("undecodable", str(exc))
+            return None, None, ("undecodable", str(exc))
         except Exception as exc:  # any input can break a decoder; none may stop the partition
-            return None, ("undecodable", f"{type(exc).__name__}: {exc}")
+            return None, None, ("undecodable", f"{type(exc).__name__}: {exc}")
+        try:
+            return event, self.sub.typed(event), None
+        except BadEvent as exc:  # the envelope is fine, its data does not fit its type
+            return None, None, ("invalid_data", str(exc))
+        except Exception as exc:
+            return None, None, ("invalid_data", f"{type(exc).__name__}: {exc}")
 
     async def _handle_batch(self, decoded: list[Decoded]) -> list[tuple[ConsumerRecord, str, str]]:
         """One transaction: the batch's tracking ids, each new event's handler under a savepoint,
         the dead letters. Returns the dead letters (record, kind, reason) it wrote."""
         letters: list[tuple[ConsumerRecord, str, str]] = []
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup, self._projection) as uow:
-            ids = list(dict.fromkeys(event.id for _, event, _ in decoded if event is not None))
+            ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
             new: set[str] = set()
             if ids:
                 inserted = await uow.conn.execute(
@@ -236,7 +296,7 @@ class EventConsumer:
                     .returning(self._processed.c.event_id)
                 )
                 new = set(inserted.scalars())
-            for record, event, failure in decoded:
+            for record, event, typed, failure in decoded:
                 if failure is not None:
                     letters.append((record, *failure))
                     continue
@@ -244,10 +304,12 @@ class EventConsumer:
                 if event.id not in new:
                     continue  # seen before (or twice in this batch): its effects are already there
                 new.discard(event.id)
+                if typed is None and self.sub.otherwise is None:
+                    continue  # a type this subscription does not handle: tracked, nothing to do
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
                 try:
-                    await self.sub.handler(event, uow)
+                    await self.sub.dispatch(uow, event, typed)
                     await savepoint.commit()
                 except Exception as exc:
                     if is_database_unavailable(exc):

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import select
 
-from shared.events import CloudEvent
+from shared.events import CloudEvent, Received
 from shared.eventstore import EVENTS
 
 T = TypeVar("T")
@@ -100,3 +100,9 @@ async def create_topic(bootstrap: str, partitions: int) -> str:
     finally:
         await admin.close()
     return topic
+
+
+async def handle_event(handlers, uow, event: CloudEvent, deps) -> None:
+    """Give `event` to the handler its payload class is mapped to, decoded as the consumer does."""
+    received = Received.of(event)
+    await handlers[type(received.data)](uow, received, deps)

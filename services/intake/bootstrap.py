@@ -19,6 +19,8 @@ from shared.events import (
     TOPIC_SUBMISSIONS_RAW,
     BadEvent,
     CloudEvent,
+    Received,
+    WireModel,
     describe_validation_error,
     deterministic_id,
 )
@@ -98,6 +100,15 @@ def decode_raw(record: ConsumerRecord) -> CloudEvent:
     )
 
 
+class RawSubmission(WireModel):
+    """A record of the raw submissions topic: whatever its type, a body intake reads leniently
+    (`normalize.read_submission`), so it is taken as it is here."""
+
+
+class RawActivity(WireModel):
+    """A record of the raw activities topic, read by `ActivityIn` in the handler."""
+
+
 def raw_position(event: CloudEvent) -> RawPosition:
     topic, partition, offset, key, original = (event.model_extra or {})[RAW_POSITION]
     return RawPosition(topic, partition, offset, key, base64.b64decode(original))
@@ -122,7 +133,8 @@ def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
-    async def on_submission(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def on_submission(uow: UnitOfWork, received: Received[RawSubmission]) -> None:
+        event = received.envelope
         source = _source_of(event, ctx)
         intake = ctx.config.config.intake
         try:
@@ -139,7 +151,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
                                    idempotency_key=key, cause=event)
         count(result, source)
 
-    async def on_activity(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def on_activity(uow: UnitOfWork, received: Received[RawActivity]) -> None:
+        event = received.envelope
         data = dict(event.data)
         ref = data.pop("lead_id", None) or event.subject
         if not ref or not isinstance(ref, str):
@@ -181,8 +194,11 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
 
     return ServiceSpec(
         subscriptions=[
-            Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), on_submission, decode_raw),
-            Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), on_activity, decode_raw),
+            # Raw topics carry the senders' own types: every record is of the topic's one kind.
+            Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
+                         payload_of=lambda _: RawSubmission),
+            Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
+                         payload_of=lambda _: RawActivity),
         ],
         loops=[expire_loop],
         routers=[build_router(ctx)],

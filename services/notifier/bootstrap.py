@@ -9,21 +9,15 @@ import httpx
 import structlog
 
 from shared.aio import next_backoff, sleep_unless_stopped
-from shared.consumer import Subscription
-from shared.events import (
-    TOPIC_INTAKE,
-    TOPIC_NOTIFICATIONS,
-    TOPIC_ROUTING,
-    TOPIC_SLA,
-    CloudEvent,
-)
+from shared.consumer import Subscription, bind
+from shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, TOPIC_ROUTING, TOPIC_SLA, CloudEvent
 from shared.runtime import ServiceContext, ServiceSpec
 from shared.uow import UnitOfWork
 
 from .api import build_router
 from .channels import Senders
 from .delivery import Deliverer, prune_delivered
-from .handlers import on_event
+from .handlers import HANDLERS, NotifierDeps, fan_out
 
 log = structlog.get_logger()
 DELIVERY_POLL_SECONDS = 0.25
@@ -32,8 +26,11 @@ TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
-    async def handle(event: CloudEvent, uow: UnitOfWork) -> None:
-        await on_event(uow, ctx.config.config, event, ctx.clock.now())
+    def deps() -> NotifierDeps:
+        return NotifierDeps(ctx.config.config, ctx.clock.now())
+
+    async def unknown_type(uow: UnitOfWork, event: CloudEvent) -> None:
+        await fan_out(uow, event, ctx.clock.now())  # a subscription's "lead.*" wants a type added later too
 
     async def delivery_loop(stop: asyncio.Event) -> None:
         backoff = DELIVERY_POLL_SECONDS
@@ -66,7 +63,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             await sleep_unless_stopped(stop, RETENTION_EVERY_SECONDS)
 
     return ServiceSpec(
-        subscriptions=[Subscription("notifier", TOPICS, handle)],
+        subscriptions=[Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type)],
         loops=[delivery_loop, retention_loop],
         routers=[build_router(ctx)],
     )

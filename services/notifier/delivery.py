@@ -27,7 +27,8 @@ from shared.events import (
     TOPIC_NOTIFICATIONS,
     TOPIC_SLA,
     DeadLetter,
-    NotificationResult,
+    NotificationFailed,
+    NotificationSent,
     deterministic_id,
     new_event,
 )
@@ -157,8 +158,9 @@ async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt
 
 def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: datetime) -> None:
     row = item.row
+    outcome = NotificationSent if decision.state == "sent" else NotificationFailed
     if item.kind == "channel":
-        result = NotificationResult(
+        result = outcome(
             notification_id=row.notification_id, lead_id=row.lead_id, escalation_id=row.escalation_id,
             channel=row.channel, recipient=row.recipient, attempts=row.attempts,
             idempotency_key=row.idempotency_key, error=decision.error)
@@ -169,7 +171,7 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
         if decision.state == "sent":
             return  # one event per CRM delivery would swamp leads.notifications; failures matter
         notification_id = deterministic_id("subscription", row.subscription_id, row.event_id)
-        result = NotificationResult(
+        result = outcome(
             notification_id=notification_id, lead_id=row.lead_id, channel=SUBSCRIPTION_CHANNEL,
             recipient=row.subscription_id, attempts=row.attempts, idempotency_key=row.event_id,
             error=decision.error, subscription_id=row.subscription_id, event_id=row.event_id)

@@ -14,7 +14,7 @@ from typing import Literal
 
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, EscalationPolicy
-from shared.events import EVENT_DATA, deterministic_id
+from shared.events import PAYLOADS, deterministic_id
 
 SIGNATURE_HEADER = "X-Leadsla-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -110,12 +110,12 @@ def invalid_event_type(pattern: str) -> str | None:
         return None
     if pattern.endswith(".*"):
         prefix = pattern[:-1]
-        if any(t.startswith(prefix) for t in EVENT_DATA):
+        if any(t.startswith(prefix) for t in PAYLOADS):
             return None
         return f"no event type starts with {prefix!r}"
-    if pattern in EVENT_DATA:
+    if pattern in PAYLOADS:
         return None
-    return f"unknown event type {pattern!r}; known: {', '.join(sorted(EVENT_DATA))}"
+    return f"unknown event type {pattern!r}; known: {', '.join(sorted(PAYLOADS))}"
 
 
 def subscribed(patterns: list[str], event_type: str) -> bool:

@@ -9,6 +9,7 @@ and escalation.triggered is emitted, in one transaction. Sending them is `delive
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,9 +20,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from shared.business_hours import BusinessCalendar
 from shared.config import Config
 from shared.events import (
+    PAYLOADS,
     TOPIC_NOTIFICATIONS,
     CloudEvent,
     EscalationTriggered,
+    LeadAssigned,
+    LeadReassigned,
+    LeadReceived,
+    LeadUpdated,
+    NotificationResult,
+    Received,
     SlaEventData,
     deterministic_id,
     new_event,
@@ -63,58 +71,56 @@ SERVICE = "notifier"
 # ---- consuming ------------------------------------------------------------------------------
 
 
-async def on_event(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
-    await project_lead(uow, event)
-    if event.type in ESCALATING_TYPES:
-        await escalate(uow, config, event, now)
-    elif event.type in CHAIN_STOPPING_TYPES:
-        await stop_chain(uow, event, now)
-    await fan_out(uow, event, now)
+@dataclass(frozen=True)
+class NotifierDeps:
+    """What the notifier's event handlers are given besides the event."""
+
+    config: Config
+    now: datetime
 
 
-async def project_lead(uow: UnitOfWork, event: CloudEvent) -> None:
-    """Keep what a message says about a lead: name, company, tier, owner."""
-    data = event.data
-    values: dict[str, Any] = {}
-    if event.type == "lead.received":
-        contact, company = data.get("contact") or {}, data.get("company") or {}
-        name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
-        values = {"name": name, "company": company.get("name"), "tier": data.get("tier"),
-                  "source": data.get("source"), "received_at": data.get("received_at")}
-    elif event.type == "lead.assigned":
-        values = {"owner_id": data.get("owner_id")}
-        if data.get("tier"):
-            values["tier"] = data["tier"]
-    elif event.type == "lead.reassigned":
-        values = {"owner_id": data.get("to_owner_id")}
-    elif event.type == "lead.updated" and isinstance(data.get("tier"), str):
-        values = {"tier": data["tier"]}
-    if not values or not data.get("lead_id"):
-        return
-    if isinstance(values.get("received_at"), str):
-        values["received_at"] = datetime.fromisoformat(values["received_at"].replace("Z", "+00:00"))
-    await uow.conn.execute(pg_insert(leads).values(lead_id=data["lead_id"], **values)
-                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
+async def on_lead_received(uow: UnitOfWork, received: Received[LeadReceived], deps: NotifierDeps) -> None:
+    lead = received.data
+    name = " ".join(p for p in (lead.contact.first_name, lead.contact.last_name) if p) or None
+    await _keep_facts(uow, lead.lead_id, {"name": name, "company": lead.company.name, "tier": lead.tier,
+                                          "source": lead.source, "received_at": lead.received_at})
+    await fan_out(uow, received.envelope, deps.now)
 
 
-async def escalate(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime) -> None:
+async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], deps: NotifierDeps) -> None:
+    assigned = received.data
+    await _keep_facts(uow, assigned.lead_id, {"owner_id": assigned.owner_id,
+                                              **({"tier": assigned.tier} if assigned.tier else {})})
+    await fan_out(uow, received.envelope, deps.now)
+
+
+async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned], deps: NotifierDeps) -> None:
+    await _keep_facts(uow, received.data.lead_id, {"owner_id": received.data.to_owner_id})
+    await fan_out(uow, received.envelope, deps.now)
+
+
+async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
+    await _keep_facts(uow, received.data.lead_id, {"tier": received.data.tier})
+    await fan_out(uow, received.envelope, deps.now)
+
+
+async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
     """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
-    sla = event.data_as(SlaEventData)
+    event, sla, now = received.envelope, received.data, deps.now
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "data": sla.model_dump(mode="json", exclude_none=True)}
-    for planned in plan_steps(config, event.type, now):
+    for planned in plan_steps(deps.config, event.type, now):
         escalation_id = deterministic_id("escalation", event.id, planned.policy_id, str(planned.step))
         await uow.conn.execute(pg_insert(escalations).values(
             escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=planned.policy_id, step=planned.step,
             trigger_event_id=event.id, created_at=now, sla_id=sla.sla_id, due_at=planned.due_at,
             trigger=trigger,
         ).on_conflict_do_nothing())
+    await fan_out(uow, event, now)
 
 
-async def stop_chain(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
-    sla_id = event.data.get("sla_id")
-    if not sla_id:
-        return
+async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
+    sla_id, now = received.data.sla_id, deps.now
     await uow.conn.execute(update(escalations).where(
         escalations.c.sla_id == sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
     ).values(cancelled_at=now))
@@ -124,14 +130,30 @@ async def stop_chain(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
         deliveries.c.state == "pending", deliveries.c.kind == "single", deliveries.c.attempts == 0,
         deliveries.c.next_attempt_at > now,
     ).values(state="cancelled"))
+    await fan_out(uow, received.envelope, now)
 
 
-async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
-    """Queue the event for every live subscription that asked for its type."""
+async def on_notification(uow: UnitOfWork, received: Received[NotificationResult], deps: NotifierDeps) -> None:
+    # A subscriber that is down would otherwise be sent the news of its own failures, forever.
+    await fan_out(uow, received.envelope, deps.now, unless=received.data.subscription_id)
+
+
+async def on_other(uow: UnitOfWork, received: Received[Any], deps: NotifierDeps) -> None:
+    await fan_out(uow, received.envelope, deps.now)
+
+
+async def _keep_facts(uow: UnitOfWork, lead_id: str, values: dict[str, Any]) -> None:
+    """Keep what a message says about a lead: name, company, tier, owner."""
+    await uow.conn.execute(pg_insert(leads).values(lead_id=lead_id, **values)
+                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
+
+
+async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime, unless: str | None = None) -> None:
+    """Queue the event for every live subscription that asked for its type (but `unless`)."""
     rows = (await uow.conn.execute(
         select(subscriptions.c.id, subscriptions.c.event_types).where(subscriptions.c.deleted_at.is_(None))
     )).all()
-    wanted = [r.id for r in rows if subscribed(r.event_types, event.type) and not _about_itself(event, r.id)]
+    wanted = [r.id for r in rows if subscribed(r.event_types, event.type) and r.id != unless]
     if not wanted:
         return
     body = event.to_bytes()
@@ -143,9 +165,18 @@ async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime) -> None:
     ])
 
 
-def _about_itself(event: CloudEvent, subscription_id: str) -> bool:
-    # A subscriber that is down would otherwise be sent the news of its own failures, forever.
-    return event.type.startswith("notification.") and event.data.get("subscription_id") == subscription_id
+# What the notifier does with each payload class (bound to NotifierDeps in bootstrap): every
+# event is copied to the CRM subscriptions that want it; some also change lead facts or chains.
+HANDLERS = {
+    **{cls: on_other for cls in PAYLOADS.values()},
+    LeadReceived: on_lead_received,
+    LeadAssigned: on_lead_assigned,
+    LeadReassigned: on_lead_reassigned,
+    LeadUpdated: on_lead_updated,
+    **{PAYLOADS[t]: on_sla_escalating for t in ESCALATING_TYPES},
+    **{PAYLOADS[t]: on_sla_chain_stopping for t in CHAIN_STOPPING_TYPES},
+    **{cls: on_notification for cls in PAYLOADS.values() if issubclass(cls, NotificationResult)},
+}
 
 
 # ---- firing due steps -----------------------------------------------------------------------

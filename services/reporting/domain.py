@@ -2,11 +2,30 @@
 No I/O; `projections.py` loads the rows, calls these, and writes the results."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
-from shared.events import utc_iso
+from shared.events import (
+    PAYLOADS,
+    ActivityRecorded,
+    LeadAssigned,
+    LeadDequeued,
+    LeadQueued,
+    LeadReassigned,
+    LeadReceived,
+    LeadUpdated,
+    Payload,
+    SlaBreached,
+    SlaCancelled,
+    SlaMet,
+    SlaPaused,
+    SlaResumed,
+    SlaStarted,
+    SlaWarning,
+    utc_iso,
+)
 
 
 class Event(Protocol):
@@ -26,9 +45,15 @@ TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
 # as sla_clock judges it.
 CLOCK_SKEW = timedelta(minutes=5)
 TERMINAL = frozenset({"met", "breached", "cancelled"})
-# sla.<kind> -> the timer state it leaves; kinds not listed (a future sla.* type) change nothing.
-SLA_STATE = {"started": "open", "warning": "open", "resumed": "open", "paused": "paused",
-             "met": "met", "breached": "breached", "cancelled": "cancelled"}
+# sla.* payload class -> the timer state it leaves.
+SLA_STATE: dict[type[Payload], str] = {SlaStarted: "open", SlaWarning: "open", SlaResumed: "open",
+                                       SlaPaused: "paused", SlaMet: "met", SlaBreached: "breached",
+                                       SlaCancelled: "cancelled"}
+
+
+def payload_class(event: Event) -> type[Payload] | None:
+    """The payload class of the event's type; None for a type the contract does not name."""
+    return PAYLOADS.get(event.type)
 
 
 def _at(value: Any) -> datetime | None:
@@ -55,27 +80,9 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
         if STATUS_RANK[status] >= STATUS_RANK.get(s.get("status") or "received", 0):
             s["status"] = status
 
-    if event.type == "lead.received":
-        s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
-        s["profile"] = {k: d.get(k) for k in ("contact", "company", "intent", "score", "consent",
-                                               "contactable", "missing_fields", "external_id")}
-        advance("received")
-    elif event.type == "lead.updated":
-        if d.get("tier"):
-            s["tier"] = d["tier"]
-    elif event.type in ("lead.assigned", "lead.reassigned"):
-        _assign(s, d, event)
-        advance("assigned")
-    elif event.type == "lead.queued":
-        if _earlier(s.get("queued_at"), utc_iso(event.time)):
-            s["queued_at"] = utc_iso(event.time)
-        advance("queued")
-    elif event.type == "lead.dequeued":
-        s["dequeued_at"] = utc_iso(event.time)
-    elif event.type == "activity.recorded":
-        _activity(s, d, advance)
-    elif event.type.startswith("sla.") and d.get("metric"):
-        _sla_summary(s, event)
+    projector = PROJECTORS.get(payload_class(event))  # type: ignore[arg-type]
+    if projector is not None:
+        projector(s, d, event, advance)
     s["updated_at"] = utc_iso(event.time)
     s.setdefault("status", "received")
     s.setdefault("reassignments", 0)
@@ -83,23 +90,64 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     return s
 
 
-def _assign(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+Advance = Callable[[str], None]
+# How one event type changes the lead's facts: (facts, data, event, advance the status).
+Projector = Callable[[dict[str, Any], dict[str, Any], Event, Advance], None]
+
+
+def _received(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
+    s["profile"] = {k: d.get(k) for k in ("contact", "company", "intent", "score", "consent",
+                                           "contactable", "missing_fields", "external_id")}
+    advance("received")
+
+
+def _updated(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    if d.get("tier"):
+        s["tier"] = d["tier"]
+
+
+def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    _assign(s, d, event, first=True)
+    advance("assigned")
+
+
+def _reassigned(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    s["reassignments"] = (s.get("reassignments") or 0) + 1
+    _assign(s, d, event, first=False)
+    advance("assigned")
+
+
+def _queued(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    if _earlier(s.get("queued_at"), utc_iso(event.time)):
+        s["queued_at"] = utc_iso(event.time)
+    advance("queued")
+
+
+def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    s["dequeued_at"] = utc_iso(event.time)
+
+
+def _sla(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+    if d.get("metric"):
+        _sla_summary(s, event)
+
+
+def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
     number = d.get("assignment_no") or 1
     owner = d.get("owner_id") or d.get("to_owner_id")
     at = d.get("assigned_at") or utc_iso(event.time)
-    if event.type == "lead.reassigned":
-        s["reassignments"] = (s.get("reassignments") or 0) + 1
     # The highest assignment number is the current owner, whatever order the events came in.
     if number >= (s.get("assignment_no") or 0):
         s.update(assignment_no=number, owner_id=owner, assigned_at=at)
         if "team_id" in d:
             s["team_id"] = d["team_id"]
-    if event.type == "lead.assigned" and (s.get("first_owner_id") is None or number == 1):
+    if first and (s.get("first_owner_id") is None or number == 1):
         s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at)
         s.setdefault("team_id", d.get("team_id"))
 
 
-def _activity(s: dict[str, Any], d: dict[str, Any], advance: Any) -> None:
+def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
     at = d["occurred_at"]
     if d.get("disposition"):
         if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
@@ -117,10 +165,10 @@ def _activity(s: dict[str, Any], d: dict[str, Any], advance: Any) -> None:
 def _sla_summary(s: dict[str, Any], event: Event) -> None:
     d = event.data
     entry = dict(s["sla"].get(d["metric"]) or {})
-    kind = event.type.removeprefix("sla.")
+    kind = payload_class(event)
     entry.update({k: d[k] for k in ("sla_id", "policy_id", "due_at") if d.get(k) is not None})
-    state = SLA_STATE.get(kind)
-    if kind == "warning":
+    state = SLA_STATE.get(kind)  # type: ignore[arg-type]
+    if kind is SlaWarning:
         entry["last_warning_percent"] = d.get("percent")
     if state is not None and entry.get("state") not in TERMINAL:
         entry["state"] = state
@@ -135,7 +183,7 @@ def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     is never reopened by a `started` or `warning` that arrives late."""
     d = event.data
     t = dict(timer or {"sla_id": d["sla_id"], "lead_id": d["lead_id"], "metric": d["metric"], "state": "open"})
-    kind = event.type.removeprefix("sla.")
+    kind = payload_class(event)
     for key in ("policy_id", "tier", "owner_id"):
         if d.get(key) is not None:
             t[key] = d[key]
@@ -144,9 +192,9 @@ def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
             t[key] = _at(d[key])
     if d.get("root_cause"):
         t["root_cause"] = d["root_cause"]
-    if kind == "cancelled":
+    if kind is SlaCancelled:
         t["cancel_reason"] = d.get("reason")
-    state = SLA_STATE.get(kind)
+    state = SLA_STATE.get(kind)  # type: ignore[arg-type]
     if state is not None and t.get("state") not in TERMINAL:
         t["state"] = state
     t["updated_at"] = event.time
@@ -186,11 +234,11 @@ def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event
     new = fold(lead, event)
     first_touch = _at(new.get("first_response_at"))
     changed: list[dict[str, Any]] = []
-    d = event.data
-    if event.type.startswith("sla.") and d.get("sla_id") and d.get("metric"):
-        timer = fold_timer(timers.get(d["sla_id"]), event)
+    needed = timers_touched_by(event)
+    if needed == "one":
+        timer = fold_timer(timers.get(event.data["sla_id"]), event)
         changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
-    elif event.type == "activity.recorded" and is_touch(d):
+    elif needed == "first_response":
         # A late touch still answers the lead: it sets TTFR on a timer that already breached.
         for timer in timers.values():
             if timer["metric"] == "first_response":
@@ -201,8 +249,22 @@ def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event
 def timers_touched_by(event: Event) -> str | None:
     """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
     (all of that metric), or None."""
-    if event.type.startswith("sla.") and event.data.get("sla_id") and event.data.get("metric"):
+    kind = payload_class(event)
+    if kind in SLA_STATE and event.data.get("sla_id") and event.data.get("metric"):
         return "one"
-    if event.type == "activity.recorded" and is_touch(event.data):
+    if kind is ActivityRecorded and is_touch(event.data):
         return "first_response"
     return None
+
+
+# How each payload class changes the lead's facts; other types only move `updated_at`.
+PROJECTORS: dict[type[Payload], Projector] = {
+    LeadReceived: _received,
+    LeadUpdated: _updated,
+    LeadAssigned: _assigned,
+    LeadReassigned: _reassigned,
+    LeadQueued: _queued,
+    LeadDequeued: _dequeued,
+    ActivityRecorded: _activity,
+    **{cls: _sla for cls in SLA_STATE},
+}

@@ -4,6 +4,7 @@ same transaction, so a redelivered event changes nothing). The rules are in `dom
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.business_hours import BusinessCalendar
 from shared.config import Config
-from shared.events import CloudEvent, utc_iso
+from shared.events import PAYLOADS, CloudEvent, Received, utc_iso
+from shared.uow import UnitOfWork
 
 from .domain import project_event, timers_touched_by
 from .tables import lead_state, sla_timers, timeline
@@ -25,6 +27,22 @@ PLAIN_COLUMNS = ("source", "tier", "status", "owner_id", "team_id", "sla", "prof
                  "first_owner_id", "first_assign_method", "reassignments", "first_touch_actor",
                  "disposition_status", "disposition_reason", "breached")
 TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
+
+
+@dataclass(frozen=True)
+class ReportingDeps:
+    config: Config | None
+
+
+async def on_event(uow: UnitOfWork, received: Received[Any], deps: ReportingDeps) -> None:
+    """Every contract type is projected the same way: into the timeline, then folded (the fold
+    picks its projector by payload class, see `domain.PROJECTORS`)."""
+    await project(uow.conn, received.envelope, deps.config)
+
+
+# Reporting keeps every event its topics carry; types outside the contract go to the timeline
+# through the subscription's fallback (see bootstrap).
+HANDLERS = {cls: on_event for cls in PAYLOADS.values()}
 
 
 async def project(conn: AsyncConnection, event: CloudEvent, config: Config | None) -> None:

@@ -3,9 +3,10 @@ reassign a lead, release capacity when a lead is closed. Each function runs insi
 unit of work: the state it changes and the events it emits commit together."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,9 +26,11 @@ from shared.events import (
     CloudEvent,
     EscalationTriggered,
     LeadAssigned,
+    LeadDequeued,
     LeadQueued,
     LeadReassigned,
     LeadReceived,
+    Received,
     WireModel,
     new_event,
 )
@@ -55,6 +58,16 @@ log = structlog.get_logger()
 TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 DRAIN_PAGE = 200
 MAX_SCOPE_WIDENINGS = 4
+
+
+@dataclass(frozen=True)
+class RouterDeps:
+    """What the router's event handlers are given besides the event: the configuration of the
+    moment, the clock, and the queue loop's wake-up (set when a lead queues behind older ones)."""
+
+    config: Config
+    clock: Clock
+    wake_queue: asyncio.Event | None = None
 
 
 class UnknownLead(LookupError):
@@ -240,18 +253,18 @@ async def _enqueue(uow: UnitOfWork, facts: LeadFacts, decision: Decision, assign
 def _emit_dequeued(uow: UnitOfWork, facts: LeadFacts, reason: str, queued_at: datetime, now: datetime) -> None:
     uow.emit(TOPIC_ROUTING, new_event(
         "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
-        data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
-                        queued_at=queued_at),
+        data=LeadDequeued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
+                          queued_at=queued_at),
     ))
 
 
 # ---- received leads -------------------------------------------------------------------------
 
 
-async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
-    lead = event.data_as(LeadReceived)
+async def route_lead(uow: UnitOfWork, received: Received[LeadReceived], deps: RouterDeps) -> None:
+    event, lead, config = received.envelope, received.data, deps.config
     facts = facts_of(lead, event.correlationid)
-    now = clock.now()
+    now = deps.clock.now()
     conn = uow.conn
     # The same lead under another event id (a replay) may be in flight in another router: the
     # lead's lock makes the second one see the first one's decision instead of deciding again.
@@ -288,6 +301,8 @@ async def route_lead(uow: UnitOfWork, config: Config, clock: Clock, event: Cloud
         decision = replace(decision, owner_id=None, method="queue", reason="queue_ahead")
     if decision.owner_id is None:
         await _enqueue(uow, facts, decision, 1, now, event)
+        if decision.reason == "queue_ahead" and deps.wake_queue is not None:
+            deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
         return
     await _store_assignment(conn, config, state, facts, decision, 1, now)
     _emit_assigned(uow, facts, decision, 1, now, event)
@@ -504,10 +519,10 @@ async def _assign_queued(uow: UnitOfWork, config: Config, now: datetime, lead_id
 # ---- escalations ----------------------------------------------------------------------------
 
 
-async def on_escalation(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+async def on_escalation(uow: UnitOfWork, received: Received[EscalationTriggered], deps: RouterDeps) -> None:
     """An escalation step configured with `reassign: true` fired: route the lead again, away
     from the owner who let it breach."""
-    data = event.data_as(EscalationTriggered)
+    data, config, clock = received.data, deps.config, deps.clock
     policy = next((p for p in config.escalation_policies if p.id == data.policy_id), None)
     step = next((s for s in policy.steps if s.step == data.step), None) if policy else None
     if step is None or not step.reassign:
@@ -522,10 +537,10 @@ async def on_escalation(uow: UnitOfWork, config: Config, clock: Clock, event: Cl
 # ---- activities -----------------------------------------------------------------------------
 
 
-async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: CloudEvent) -> None:
+async def on_activity(uow: UnitOfWork, received: Received[ActivityRecorded], deps: RouterDeps) -> None:
     """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
     marks the lead as worked (an owner going out of office keeps worked leads)."""
-    activity = event.data_as(ActivityRecorded)
+    activity, config, clock = received.data, deps.config, deps.clock
     if activity.disposition is not None or activity.type == "opt_out":
         await lock_routing(uow.conn)  # before the row lock, as reassignment does
         closed = await uow.conn.execute(
@@ -542,3 +557,8 @@ async def on_activity(uow: UnitOfWork, config: Config, clock: Clock, event: Clou
             .where(assignments.c.lead_id == activity.lead_id, assignments.c.touched_at.is_(None))
             .values(touched_at=activity.occurred_at)
         )
+
+
+# What each subscription does with each payload class (bound to RouterDeps in bootstrap).
+INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity}
+ESCALATION_HANDLERS = {EscalationTriggered: on_escalation}

@@ -11,24 +11,13 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
 from shared import metrics
-from shared.consumer import Subscription
-from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, CloudEvent
+from shared.consumer import Subscription, bind
+from shared.events import TOPIC_INTAKE, TOPIC_ROUTING
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext, ServiceSpec
-from shared.uow import UnitOfWork
 
 from .domain import ClockRules
-from .handlers import (
-    fire_due,
-    next_due,
-    on_activity,
-    on_lead_assigned,
-    on_lead_queued,
-    on_lead_reassigned,
-    on_lead_received,
-    on_lead_updated,
-    open_timer_counts,
-)
+from .handlers import HANDLERS, SlaDeps, fire_due, next_due, open_timer_counts
 from .tables import timers
 from .views import timer_view
 from .watermark import InputWatermark, describe, lag_seconds
@@ -52,20 +41,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         interval=settings.sla_watermark_interval_seconds,
     )
 
-    async def on_event(event: CloudEvent, uow: UnitOfWork) -> None:
-        config, version = ctx.config.config, ctx.config.version
-        if event.type == "lead.received":
-            await on_lead_received(uow, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "lead.assigned":
-            await on_lead_assigned(uow, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "activity.recorded":
-            await on_activity(uow, config, event, ctx.clock.now(), rules)
-        elif event.type == "lead.queued":
-            await on_lead_queued(uow, config, version, event, ctx.clock.now(), rules)
-        elif event.type == "lead.reassigned":
-            await on_lead_reassigned(uow, config, event, ctx.clock.now(), rules)
-        elif event.type == "lead.updated":
-            await on_lead_updated(uow, config, version, event, ctx.clock.now(), rules)
+    def deps() -> SlaDeps:
+        return SlaDeps(ctx.config.config, ctx.config.version, ctx.clock.now(), rules)
 
     async def timer_loop(stop: asyncio.Event) -> None:
         poll = settings.timer_poll_seconds
@@ -120,7 +97,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         return describe(watermark, ctx.clock.now())
 
     return ServiceSpec(
-        subscriptions=[Subscription(GROUP, INPUTS, on_event)],
+        subscriptions=[Subscription(GROUP, INPUTS, bind(HANDLERS, deps))],
         loops=[timer_loop, watermark.run],
         routers=[api],
     )

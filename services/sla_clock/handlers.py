@@ -3,7 +3,7 @@ Timers live in Postgres, so a restart loses none and fires each once: the state 
 the event it emits commit in one transaction."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -14,6 +14,7 @@ from shared import metrics
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy
 from shared.events import (
+    SLA_PAYLOADS,
     TOPIC_SLA,
     ActivityRecorded,
     CloudEvent,
@@ -22,7 +23,7 @@ from shared.events import (
     LeadReassigned,
     LeadReceived,
     LeadUpdated,
-    SlaEventData,
+    Received,
     deterministic_id,
     new_event,
     utc_iso,
@@ -75,9 +76,20 @@ DISQUALIFIED = "disqualified"
 LIVE = ("open", "paused")
 
 
-async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime, rules: ClockRules = ClockRules()) -> None:
-    lead = event.data_as(LeadReceived)
+@dataclass(frozen=True)
+class SlaDeps:
+    """What the clock's event handlers are given besides the event, taken when the event is
+    handled: the configuration and its version, the time, the lateness rules."""
+
+    config: Config
+    version: int
+    now: datetime
+    rules: ClockRules = ClockRules()
+
+
+async def on_lead_received(uow: UnitOfWork, received: Received[LeadReceived], deps: SlaDeps) -> None:
+    event, lead = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
              "timezone": _valid_zone(lead.contact.timezone)}
@@ -91,9 +103,9 @@ async def on_lead_received(uow: UnitOfWork, config: Config, version: int, event:
         await _start_all(uow, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
 
 
-async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                           now: datetime, rules: ClockRules = ClockRules()) -> None:
-    assigned = event.data_as(LeadAssigned)
+async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], deps: SlaDeps) -> None:
+    event, assigned = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     lead = await _lead(uow, assigned.lead_id)
     if lead is None:
         # The assignment overtook the lead on another topic; the router only assigns known leads,
@@ -113,11 +125,11 @@ async def on_lead_assigned(uow: UnitOfWork, config: Config, version: int, event:
                          rules, "assigned")
 
 
-async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: CloudEvent,
-                         now: datetime, rules: ClockRules = ClockRules()) -> None:
+async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: SlaDeps) -> None:
     """No lead falls through: a lead nobody could take is timed from its receipt, owned by nobody,
     so its breach names the cause (no_owner, or capacity when every eligible owner was full)."""
-    queued = event.data_as(LeadQueued)
+    event, queued = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await uow.conn.execute(pg_insert(leads).values(
         lead_id=queued.lead_id, tier=queued.tier, source="unknown", contactable=True, received_at=event.time,
         correlation_id=event.correlationid, queued_reason=queued.reason,
@@ -129,10 +141,10 @@ async def on_lead_queued(uow: UnitOfWork, config: Config, version: int, event: C
         await _start_all(uow, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
 
 
-async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
-                             rules: ClockRules = ClockRules()) -> None:
+async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned], deps: SlaDeps) -> None:
     """The new owner takes over the running timers; with on_reassign: reset, from scratch."""
-    moved = event.data_as(LeadReassigned)
+    event, moved = received.envelope, received.data
+    config, now, rules = deps.config, deps.now, deps.rules
     lead = await _lead(uow, moved.lead_id)
     if lead is None:
         return
@@ -152,9 +164,9 @@ async def on_lead_reassigned(uow: UnitOfWork, config: Config, event: CloudEvent,
         await _apply(uow, config, lead, row, step, event, now, rules)
 
 
-async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: datetime,
-                      rules: ClockRules = ClockRules()) -> None:
-    activity = event.data_as(ActivityRecorded)
+async def on_activity(uow: UnitOfWork, received: Received[ActivityRecorded], deps: SlaDeps) -> None:
+    event, activity = received.envelope, received.data
+    config, now, rules = deps.config, deps.now, deps.rules
     # Dated by intake's acceptance (the event's time), so a touch that reached us late still counts
     # from when it was made; the sender's own occurred_at only within a bounded skew before that.
     at = touch_time(activity.occurred_at, event.time, now, rules.touch_skew)
@@ -211,11 +223,11 @@ async def on_activity(uow: UnitOfWork, config: Config, event: CloudEvent, now: d
                          now)
 
 
-async def on_lead_updated(uow: UnitOfWork, config: Config, version: int, event: CloudEvent, now: datetime,
-                          rules: ClockRules = ClockRules()) -> None:
+async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: SlaDeps) -> None:
     """A lead changed (PATCH, a repeat with higher intent, an opt-out): a withdrawn consent ends
     its timers as an opt-out does; a new tier that selects another policy re-plans them."""
-    updated = event.data_as(LeadUpdated)
+    event, updated = received.envelope, received.data
+    config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     lead = await _lead(uow, updated.lead_id)
     if lead is None:
         return  # lead.received precedes it on the same partition: a lead we never timed
@@ -414,10 +426,10 @@ def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: st
     return new_event(
         kind, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause, correlation_id=correlation_id,
         event_id=deterministic_id(timer.sla_id, suffix),
-        data=SlaEventData(lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric,
-                          policy_id=timer.policy_id, policy_version=timer.policy_version,
-                          owner_id=timer.owner_id, started_at=timer.started_at, due_at=timer.due_at,
-                          tier=timer.tier, **extra),
+        data=SLA_PAYLOADS[kind.removeprefix("sla.")](
+            lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric, policy_id=timer.policy_id,
+            policy_version=timer.policy_version, owner_id=timer.owner_id, started_at=timer.started_at,
+            due_at=timer.due_at, tier=timer.tier, **extra),
     )
 
 
@@ -476,3 +488,14 @@ async def _timers(uow: UnitOfWork, lead_id: str, states: tuple[str, ...] | None,
     if metric is not None:
         query = query.where(timers.c.metric == metric)
     return list((await uow.conn.execute(query.order_by(timers.c.metric).with_for_update())).all())
+
+
+# What the clock does with each payload class it consumes (bound to SlaDeps in bootstrap).
+HANDLERS = {
+    LeadReceived: on_lead_received,
+    LeadAssigned: on_lead_assigned,
+    ActivityRecorded: on_activity,
+    LeadQueued: on_lead_queued,
+    LeadReassigned: on_lead_reassigned,
+    LeadUpdated: on_lead_updated,
+}

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from leadsla.devstack import ServiceProcess, free_port, wait_until
 from services.notifier.domain import SIGNATURE_HEADER, verify
 from shared.config_store import apply_config
-from shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaEventData, new_event
+from shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaBreached, new_event
 from shared.eventstore import EVENTS
 from tests.integration.receivers import StallingReceiver
 from tests.support import eventually
@@ -48,7 +48,7 @@ async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_u
         wait_until(notifier.ready, 90, "the notifier to be ready", 0.2)
         lead_id = str(uuid.uuid4())
         now = datetime.now(UTC)
-        breach = new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
+        breach = new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaBreached(
             lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
             owner_id="alice", due_at=now, breached_at=now, root_cause="owner_missed"))
         await producer.send_and_wait(TOPIC_SLA, breach.to_bytes(), key=lead_id.encode(),

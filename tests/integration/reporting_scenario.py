@@ -70,7 +70,8 @@ def build(seed: int, leads: int = 30) -> Scenario:
         owner = ("alice", "bob", "carol")[i % 3 if i % 2 else (i + 1) % 3]
         received = start + timedelta(hours=11 * i, minutes=rnd.randrange(0, 50))
         s.add(TOPIC_INTAKE, "lead.received", lead_id, received, source=source, tier=tier,
-              received_at=received, contact={"email": f"{lead_id}@example.com"})
+              received_at=received, contact={"email": f"{lead_id}@example.com"}, company={},
+              intent={"type": "inquiry"}, consent={}, contactable=True)
         assigned = received + timedelta(seconds=2)
         if i % 4 == 1:
             s.add(TOPIC_ROUTING, "lead.queued", lead_id, received + timedelta(seconds=1), tier=tier,

@@ -11,7 +11,16 @@ from sqlalchemy import select
 
 from shared.clock import ManualClock
 from shared.consumer import EventConsumer, Subscription
-from shared.events import TOPIC_NOTIFICATIONS, BadEvent, CloudEvent, LeadQueued, new_event
+from shared.db import PROCESSED
+from shared.events import (
+    TOPIC_NOTIFICATIONS,
+    BadEvent,
+    CloudEvent,
+    LeadDequeued,
+    LeadQueued,
+    Received,
+    new_event,
+)
 from shared.eventstore import EVENTS
 from shared.uow import UnitOfWork
 from tests.support import create_topic, eventually
@@ -24,13 +33,14 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     lead = f"lead-{uuid.uuid4()}"
     handled: list[str] = []
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         if event.data.get("reason") == "poison":
             raise BadEvent("reason: poison is not allowed")
         handled.append(event.id)
         # An effect that lands in the outbox, so "done once" is visible in the database.
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
-                                                cause=event, data=LeadQueued(**event.data)))
+                                                cause=event, data=LeadDequeued(**event.data)))
 
     def event(reason: str) -> CloudEvent:
         return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
@@ -41,7 +51,7 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     for value in (first.to_bytes(), garbage, first.to_bytes(), poison.to_bytes(), second.to_bytes()):
         await producer.send_and_wait(topic, value, key=lead.encode())
 
-    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}), service="notifier",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
@@ -74,12 +84,13 @@ async def test_members_joining_and_leaving_lose_nothing_and_repeat_nothing(engin
     run = uuid.uuid4().hex[:8]
     group = f"test-rebalance-{run}"
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=f"{run}-effect",
-                                                time=NOW, cause=event, data=LeadQueued(**event.data)))
+                                                time=NOW, cause=event, data=LeadDequeued(**event.data)))
 
     def member() -> EventConsumer:
-        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+        return EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
 
     async def produce(n: int, start: int) -> set[str]:
@@ -137,13 +148,14 @@ async def test_stopping_mid_batch_loses_nothing_and_repeats_nothing(engine, prod
     handled: list[str] = []
     stop_first = asyncio.Event()
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         handled.append(event.id)
         if len(handled) == 3:
             stop_first.set()  # shutdown arrives while the fetched batch still holds records
 
     def member() -> EventConsumer:
-        return EventConsumer(Subscription(group, (topic,), handler), service="notifier", bootstrap=kafka_bootstrap,
+        return EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
 
     await member().run(stop_first)
@@ -170,11 +182,12 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
         await conn.exec_driver_sql(
             f"CREATE TABLE {table} (id int, CONSTRAINT {table}_once UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)")
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        event = received.envelope
         if event.data["reason"] == "culprit":  # passes here, fails the transaction's commit
             await uow.conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1), (1)")
         uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
-                                                cause=event, data=LeadQueued(**event.data)))
+                                                cause=event, data=LeadDequeued(**event.data)))
 
     events = [new_event("lead.queued", service="router", lead_id=lead, time=NOW,
                         data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=reason))
@@ -183,7 +196,7 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
         await producer.send(topic, event.to_bytes(), key=lead.encode())
     await producer.flush()
 
-    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), handler), service="notifier",
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}), service="notifier",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                              clock=ManualClock(NOW))
     stop = asyncio.Event()
@@ -204,3 +217,66 @@ async def test_a_record_that_fails_its_batch_at_commit_is_parked_alone_and_the_r
     assert effects == [events[0].id, events[2].id]
     [letter] = [CloudEvent.from_bytes(p).data for t, p in found if t == "deadletter"]
     assert letter["offset"] == 1 and letter["error"].startswith("handler_error: ")
+
+
+async def test_a_payload_that_does_not_fit_its_type_is_a_dead_letter_naming_the_field(
+    engine, producer, kafka_bootstrap
+) -> None:
+    """Data is decoded into the payload class before any handler runs: a record whose data does not
+    fit never reaches its handler, and its dead letter says which field. A type the subscription
+    has no handler for is skipped, whatever its data."""
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    lead = f"lead-{uuid.uuid4()}"
+    handled: list[LeadQueued] = []
+
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        handled.append(received.data)
+        uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
+                                                cause=received.envelope, data=LeadDequeued(**received.envelope.data)))
+
+    good = new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                     data=LeadQueued(lead_id=lead, tier="A", queue="q", reason="good"))
+    no_tier = CloudEvent(id=str(uuid.uuid4()), source="leadsla/router", type="lead.queued", subject=lead, time=NOW,
+                         data={"lead_id": lead, "queue": "q", "reason": "no tier"})
+    not_ours = CloudEvent(id=str(uuid.uuid4()), source="leadsla/router", type="lead.assigned", subject=lead,
+                          time=NOW, data={"lead_id": lead})  # invalid too, but nobody here wants it
+    after = new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                      data=LeadQueued(lead_id=lead, tier="B", queue="q", reason="after"))
+    for event in (good, no_tier, not_ours, after):
+        await producer.send(topic, event.to_bytes(), key=lead.encode())
+    await producer.flush()
+
+    group = f"test-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier",
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                             clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    outbox = EVENTS["notifier"]
+
+    async def rows() -> list:
+        async with engine.connect() as conn:
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
+                                        .where(outbox.c.key == lead).order_by(outbox.c.position))
+            found = result.all()
+        return found if len(found) >= 3 else []
+
+    found = await eventually(rows, what="two effects and one dead letter")
+    await eventually(lambda: consumer_done(engine, group, not_ours.id), what="the unhandled type tracked")
+    stop.set()
+    await running
+    assert [type(p) for p in handled] == [LeadQueued, LeadQueued]
+    assert [p.reason for p in handled] == ["good", "after"]
+    [letter] = [CloudEvent.from_bytes(p).data for t, p in found if t == "deadletter"]
+    assert letter["offset"] == 1
+    assert letter["error"].startswith("invalid_data: lead.queued data invalid: tier: ")
+    assert base64.b64decode(letter["original_bytes_b64"]) == no_tier.to_bytes()
+    assert sorted(t for t, _ in found) == ["deadletter", "lead.dequeued", "lead.dequeued"]
+
+
+async def consumer_done(engine, group: str, event_id: str) -> bool:
+    processed = PROCESSED["notifier"]
+    async with engine.connect() as conn:
+        found = await conn.scalar(select(processed.c.event_id).where(processed.c.consumer == group,
+                                                                     processed.c.event_id == event_id))
+    return found is not None

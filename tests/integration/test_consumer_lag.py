@@ -25,11 +25,11 @@ async def test_lag_grows_while_the_consumer_is_stuck_and_falls_when_it_moves_aga
     unstuck = asyncio.Event()
     handled: list[str] = []
 
-    async def handler(event: CloudEvent, uow: UnitOfWork) -> None:
+    async def handler(uow: UnitOfWork, event: CloudEvent) -> None:
         await unstuck.wait()  # e.g. a handler waiting on a lock that never comes
         handled.append(event.id)
 
-    consumer = EventConsumer(Subscription(group, (topic,), handler), service="reporting", bootstrap=kafka_bootstrap,
+    consumer = EventConsumer(Subscription(group, (topic,), {}, otherwise=handler), service="reporting", bootstrap=kafka_bootstrap,
                              engine=engine, relay_wakeup=asyncio.Event(), clock=SystemClock(), lag_interval=0.2)
     stop = asyncio.Event()
     running = asyncio.create_task(consumer.run(stop))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from services.intake.bootstrap import bootstrap as intake_bootstrap
 from shared.auth import create_key
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
-from shared.consumer import EventConsumer, Subscription
+from shared.consumer import EventConsumer
 from shared.db import database_outage, deadletters, make_engine
 from shared.eventstore import EVENTS
 from shared.http import create_app
@@ -71,7 +72,7 @@ async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothi
         decoded.set()
         return real.decode(record)
 
-    consumer = EventConsumer(Subscription(f"outage-{uuid.uuid4().hex[:6]}", (topic,), real.handler, decode),
+    consumer = EventConsumer(replace(real, group=f"outage-{uuid.uuid4().hex[:6]}", topics=(topic,), decode=decode),
                              service="intake", bootstrap=kafka_bootstrap, engine=engine,
                              relay_wakeup=ctx.relay_wakeup, clock=clock)
     stop = asyncio.Event()

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from services.intake.bootstrap import bootstrap
 from services.intake.tables import leads, pending_activities
-from shared.consumer import EventConsumer, Subscription
+from shared.consumer import EventConsumer
 from shared.events import CloudEvent
 from shared.eventstore import EVENTS
 from tests.support import create_topic, eventually, stored_events
@@ -37,7 +38,7 @@ async def intake(make_ctx, engine, kafka_bootstrap, clock):
     tasks = []
     for sub, topic in zip(spec.subscriptions, (submissions, activities), strict=True):
         consumer = EventConsumer(
-            Subscription(f"{sub.group}-{uuid.uuid4().hex[:6]}", (topic,), sub.handler, sub.decode),
+            replace(sub, group=f"{sub.group}-{uuid.uuid4().hex[:6]}", topics=(topic,)),
             service="intake", bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
             clock=clock)
         tasks.append(asyncio.create_task(consumer.run(stop)))

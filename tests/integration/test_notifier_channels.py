@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from services.notifier.channels import Senders
 from services.notifier.delivery import Deliverer
-from services.notifier.handlers import on_event
+from services.notifier.handlers import HANDLERS, NotifierDeps
 from services.notifier.tables import deliveries
 from shared.clock import ManualClock
 from shared.events import (
@@ -21,11 +21,12 @@ from shared.events import (
     Intent,
     LeadAssigned,
     LeadReceived,
-    SlaEventData,
+    SlaBreached,
+    SlaMet,
     new_event,
 )
 from tests.integration.receivers import SlackLikeReceiver, SmtpCatcher
-from tests.support import stored_events
+from tests.support import handle_event, stored_events
 
 SLACK_ENV = "LEADSLA_TEST_SLACK_URL"
 SMTP_PASSWORD_ENV = "LEADSLA_TEST_SMTP_PASSWORD"
@@ -71,7 +72,7 @@ def lead_events(lead_id: str, now: datetime) -> list:
                          data=LeadAssigned(lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r",
                                            method="round_robin", reason="rule", assignment_no=1, candidates=[],
                                            assigned_at=now - timedelta(minutes=20), tier="A"))
-    breached = new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
+    breached = new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaBreached(
         lead_id=lead_id, sla_id="s", metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
         due_at=now - timedelta(minutes=15), breached_at=now - timedelta(minutes=15), root_cause="owner_missed"))
     return [received, assigned, breached]
@@ -80,7 +81,7 @@ def lead_events(lead_id: str, now: datetime) -> list:
 async def escalate_and_deliver(ctx, clock, lead_id: str) -> None:
     for event in lead_events(lead_id, clock.now()):
         async with ctx.uow() as uow:
-            await on_event(uow, ctx.config.config, event, clock.now())
+            await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, clock.now()))
             await uow.commit()
     async with httpx.AsyncClient() as http:
         d = Deliverer(ctx.uow, lambda: ctx.config.config, Senders(http, ctx.engine, lambda: ctx.config.config),
@@ -153,11 +154,11 @@ async def breach_leads(ctx, clock, tiers: list[str]) -> list[str]:
         lead_id = str(uuid.uuid4())
         ids.append(lead_id)
         async with ctx.uow() as uow:
-            await on_event(uow, ctx.config.config, new_event(
-                "sla.breached", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaEventData(
+            await handle_event(HANDLERS, uow, new_event(
+                "sla.breached", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaBreached(
                     lead_id=lead_id, sla_id=lead_id, metric="first_response", policy_id="p", policy_version=1,
                     owner_id="alice", due_at=clock.now(), breached_at=clock.now(), root_cause="owner_missed",
-                    tier=tier)), clock.now())
+                    tier=tier)), NotifierDeps(ctx.config.config, clock.now()))
             await uow.commit()
     return ids
 
@@ -200,10 +201,10 @@ async def test_quiet_hours_hold_a_message_until_the_recipient_works_but_let_urge
             await d.run_once()
             assert [p["text"].split(", tier ")[1][0] for p in slack.payloads] == ["A"]
             async with ctx.uow() as uow:  # the SLA is met before morning: its held message is dropped
-                await on_event(uow, ctx.config.config, new_event(
-                    "sla.met", service="sla_clock", lead_id=answered_overnight, time=clock.now(), data=SlaEventData(
+                await handle_event(HANDLERS, uow, new_event(
+                    "sla.met", service="sla_clock", lead_id=answered_overnight, time=clock.now(), data=SlaMet(
                         lead_id=answered_overnight, sla_id=answered_overnight, metric="first_response",
-                        policy_id="p", policy_version=1, owner_id="alice", due_at=clock.now())), clock.now())
+                        policy_id="p", policy_version=1, owner_id="alice", due_at=clock.now())), NotifierDeps(ctx.config.config, clock.now()))
                 await uow.commit()
             clock.advance(timedelta(hours=10, minutes=59))  # 08:59 London
             await d.run_once()

@@ -13,12 +13,12 @@ from sqlalchemy import update
 from services.notifier.channels import Senders
 from services.notifier.delivery import Deliverer
 from services.notifier.domain import Attempt
-from services.notifier.handlers import on_event
+from services.notifier.handlers import HANDLERS, NotifierDeps
 from services.notifier.tables import deliveries, subscription_deliveries
 from shared.clock import ManualClock
-from shared.events import SlaEventData, new_event
+from shared.events import SLA_PAYLOADS, new_event
 from tests.integration.receivers import HttpReceiver
-from tests.support import stored_events
+from tests.support import handle_event, stored_events
 
 SECRET = "notifier-test-secret"
 
@@ -60,7 +60,7 @@ escalation_policies:
 
 
 def sla_event(kind: str, lead_id: str, now, sla_id: str = "s", root_cause: str = "owner_missed"):
-    return new_event(f"sla.{kind}", service="sla_clock", lead_id=lead_id, time=now, data=SlaEventData(
+    return new_event(f"sla.{kind}", service="sla_clock", lead_id=lead_id, time=now, data=SLA_PAYLOADS[kind](
         lead_id=lead_id, sla_id=sla_id, metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
         due_at=now, breached_at=now if kind == "breached" else None, root_cause=root_cause if kind == "breached" else None))
 
@@ -68,7 +68,7 @@ def sla_event(kind: str, lead_id: str, now, sla_id: str = "s", root_cause: str =
 async def consume(ctx, *events) -> None:
     for event in events:
         async with ctx.uow() as uow:
-            await on_event(uow, ctx.config.config, event, ctx.clock.now())
+            await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, ctx.clock.now()))
             await uow.commit()
 
 

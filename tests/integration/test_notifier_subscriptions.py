@@ -16,7 +16,7 @@ from services.notifier.bootstrap import bootstrap
 from services.notifier.channels import Senders
 from services.notifier.delivery import Deliverer
 from services.notifier.domain import SIGNATURE_HEADER, verify
-from services.notifier.handlers import on_event
+from services.notifier.handlers import HANDLERS, NotifierDeps
 from services.notifier.tables import deliveries, subscription_deliveries, subscriptions
 from shared.auth import create_key
 from shared.clock import ManualClock
@@ -27,12 +27,12 @@ from shared.events import (
     Intent,
     LeadAssigned,
     LeadReceived,
-    SlaEventData,
+    SlaStarted,
     new_event,
 )
 from shared.http import create_app
 from tests.integration.receivers import HttpReceiver, StallingReceiver
-from tests.support import eventually, stored_events
+from tests.support import eventually, handle_event, stored_events
 
 CONFIG = """
 owners: [{id: alice}]
@@ -87,7 +87,7 @@ def assigned(lead_id: str, n: int, now: datetime):
 async def consume(ctx, *events) -> None:
     for event in events:
         async with ctx.uow() as uow:
-            await on_event(uow, ctx.config.config, event, ctx.clock.now())
+            await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, ctx.clock.now()))
             await uow.commit()
 
 
@@ -145,7 +145,7 @@ async def test_a_matching_event_is_posted_as_its_signed_cloudevent_with_its_id_a
         await subscribe(api, crm, ["lead.assigned"])
         lead_id = str(uuid.uuid4())
         event = assigned(lead_id, 1, clock.now())
-        other = new_event("sla.started", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaEventData(
+        other = new_event("sla.started", service="sla_clock", lead_id=lead_id, time=clock.now(), data=SlaStarted(
             lead_id=lead_id, sla_id="s", metric="first_response", policy_id="p", policy_version=1,
             owner_id="alice", due_at=clock.now()))
         await consume(ctx, event, other, event)  # the same event twice, and one not subscribed to

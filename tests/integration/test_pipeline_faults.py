@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from services.intake.bootstrap import bootstrap as intake_bootstrap
-from shared.consumer import EventConsumer, Subscription
+from shared.consumer import EventConsumer
 from shared.db import PROCESSED, deadletters
 from shared.events import (
     DEADLETTER_PREFIX_BYTES,
@@ -81,7 +82,7 @@ async def run_intake_consumer(make_ctx, kafka_bootstrap, engine, topic: str, gro
     """Intake's real submission handler and decoder, consuming a topic of the test's own."""
     ctx = make_ctx("intake", CONFIG)
     real = intake_bootstrap(ctx).subscriptions[0]
-    sub = Subscription(group, (topic,), real.handler, real.decode)
+    sub = replace(real, group=group, topics=(topic,))
     consumer = EventConsumer(sub, service="intake", bootstrap=kafka_bootstrap, engine=engine,
                              relay_wakeup=asyncio.Event(), clock=ctx.clock)
     stop = asyncio.Event()

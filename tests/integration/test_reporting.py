@@ -12,7 +12,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig, apply_config
-from shared.consumer import EventConsumer, Subscription
+from shared.consumer import EventConsumer
 from shared.events import CloudEvent, utc_iso
 from shared.http import create_app
 from shared.runtime import ServiceContext
@@ -67,7 +67,7 @@ async def projected(engine, producer, database_url, kafka_bootstrap) -> AsyncIte
     spec = bootstrap(ctx)
     [sub] = spec.subscriptions
     # Its own group, so it reads the topics from the start, whatever other tests consumed.
-    consumer = EventConsumer(Subscription(f"reporting-test-{uuid.uuid4().hex[:6]}", sub.topics, sub.handler),
+    consumer = EventConsumer(replace(sub, group=f"reporting-test-{uuid.uuid4().hex[:6]}"),
                              service="reporting", bootstrap=kafka_bootstrap, engine=engine,
                              relay_wakeup=ctx.relay_wakeup, clock=clock)
     for topic, event in s.events:

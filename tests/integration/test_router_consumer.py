@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete, func, select
 
 from services.router.bootstrap import bootstrap
-from services.router.handlers import route_lead, update_owner
+from services.router.handlers import RouterDeps, route_lead, update_owner
 from services.router.tables import assignments, queue
-from shared.consumer import EventConsumer, Subscription
+from shared.consumer import EventConsumer
 from shared.events import (
     ActivityRecorded,
     CloudEvent,
@@ -24,6 +25,7 @@ from shared.events import (
     Disposition,
     Intent,
     LeadReceived,
+    Received,
     new_event,
 )
 from tests.support import create_topic, eventually, stored_events
@@ -70,7 +72,7 @@ async def test_queued_leads_leave_the_queue_when_capacity_frees_and_when_an_abse
     spec = bootstrap(ctx)
     topic = await create_topic(kafka_bootstrap, partitions=1)
     sub = spec.subscriptions[0]  # leads.intake
-    consumer = EventConsumer(Subscription(f"router-{s}", (topic,), sub.handler), service="router",
+    consumer = EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,)), service="router",
                              bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup, clock=clock)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(consumer.run(stop)), asyncio.create_task(spec.loops[0](stop))]
@@ -140,7 +142,7 @@ async def test_concurrent_decisions_keep_capacity_and_round_robin_exact(make_ctx
 
     async def route(event: CloudEvent) -> None:
         async with ctx.uow() as uow:
-            await route_lead(uow, ctx.config.config, clock, event)
+            await route_lead(uow, Received.of(event), RouterDeps(ctx.config.config, clock))
             await uow.commit()
 
     await asyncio.gather(*(route(e) for e in events))
@@ -174,12 +176,12 @@ async def test_a_decision_for_one_team_does_not_wait_for_another_teams_open_deci
     ctx = make_ctx("router", CONCURRENT.format(s=s))
     config = ctx.config.config
     async with ctx.uow() as slow:
-        await route_lead(slow, config, clock, received(clock.now()))  # team t: decided, not committed yet
+        await route_lead(slow, Received.of(received(clock.now())), RouterDeps(config, clock))  # team t: decided, not committed yet
         other = received(clock.now(), tier="Z")
 
         async def route_other_team() -> None:
             async with ctx.uow() as uow:
-                await route_lead(uow, config, clock, other)
+                await route_lead(uow, Received.of(other), RouterDeps(config, clock))
                 await uow.commit()
 
         # Under one global lock this would wait for `slow` forever (it commits only afterwards).
@@ -210,11 +212,15 @@ async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_dri
         ctx = make_ctx("router", TWO_ROUTERS.format(s=s))
         sub = bootstrap(ctx).subscriptions[0]  # leads.intake
 
-        async def counting(event: CloudEvent, uow, _handler=sub.handler, _seen=handled[i]) -> None:
-            await _handler(event, uow)
-            _seen[event.subject] += 1
+        def counting(handler, seen: Counter):
+            async def handle(uow, received) -> None:
+                await handler(uow, received)
+                seen[received.envelope.subject] += 1
+            return handle
 
-        routers.append(EventConsumer(Subscription(f"router-{s}", (topic,), counting), service="router",
+        counted = {cls: counting(handler, handled[i]) for cls, handler in sub.handlers.items()}
+        routers.append(EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,), handlers=counted),
+                                     service="router",
                                      bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
                                      clock=clock))
     stop = asyncio.Event()

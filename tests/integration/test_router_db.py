@@ -6,7 +6,7 @@ import uuid
 import pytest
 from sqlalchemy import delete
 
-from services.router.handlers import route_lead
+from services.router.handlers import RouterDeps, route_lead
 from services.router.tables import queue
 from shared.events import (
     CloudEvent,
@@ -15,6 +15,7 @@ from shared.events import (
     Contact,
     Intent,
     LeadReceived,
+    Received,
     new_event,
 )
 from tests.support import stored_events
@@ -50,7 +51,7 @@ async def test_round_robin_alternates_and_skips_the_unavailable(make_ctx, clock,
     for _ in range(4):
         event = received(clock.now())
         async with ctx.uow() as uow:
-            await route_lead(uow, ctx.config.config, clock, event)
+            await route_lead(uow, Received.of(event), RouterDeps(ctx.config.config, clock))
             await uow.commit()
         [assigned] = await routed(engine, event.subject)
         owners.append(assigned.data["owner_id"])
@@ -63,6 +64,6 @@ async def test_a_lead_received_twice_is_assigned_once(make_ctx, clock, engine) -
     event = received(clock.now())
     for _ in range(2):
         async with ctx.uow() as uow:
-            await route_lead(uow, ctx.config.config, clock, event)
+            await route_lead(uow, Received.of(event), RouterDeps(ctx.config.config, clock))
             await uow.commit()
     assert len(await routed(engine, event.subject)) == 1

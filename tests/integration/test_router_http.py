@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 
 from services.router.bootstrap import bootstrap
 from services.router.entrypoints import drain_all, refresh_queue_depth
-from services.router.handlers import on_activity, on_escalation, route_lead
+from services.router.handlers import RouterDeps, on_activity, on_escalation, route_lead
 from services.router.tables import queue
 from shared import metrics
 from shared.auth import create_key
@@ -25,6 +25,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    Received,
     new_event,
 )
 from shared.eventstore import EVENTS, read_stream
@@ -69,7 +70,7 @@ class Router:
             company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
             contactable=True, received_at=now))
         async with self.ctx.uow() as uow:
-            await route_lead(uow, self.ctx.config.config, self.ctx.clock, event)
+            await route_lead(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
             await uow.commit()
         return lead_id
 
@@ -78,7 +79,7 @@ class Router:
         event = new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
             lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type, occurred_at=now, disposition=disposition))
         async with self.ctx.uow() as uow:
-            await on_activity(uow, self.ctx.config.config, self.ctx.clock, event)
+            await on_activity(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
             await uow.commit()
 
     async def events(self, lead_id: str) -> list[CloudEvent]:
@@ -327,7 +328,7 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
                                                    trigger_event_id="breach", trigger_type="sla.breached",
                                                    recipients=[first]))
         async with router.ctx.uow() as uow:
-            await on_escalation(uow, router.ctx.config.config, router.ctx.clock, event)
+            await on_escalation(uow, Received.of(event), RouterDeps(router.ctx.config.config, router.ctx.clock))
             await uow.commit()
 
     await escalation(1)  # notify only

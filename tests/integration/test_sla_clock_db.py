@@ -7,7 +7,9 @@ from datetime import timedelta
 
 import pytest
 
+from services.sla_clock.domain import ClockRules
 from services.sla_clock.handlers import (
+    SlaDeps,
     fire_due,
     on_activity,
     on_lead_assigned,
@@ -22,6 +24,7 @@ from shared.events import (
     Intent,
     LeadAssigned,
     LeadReceived,
+    Received,
     new_event,
 )
 from tests.support import stored_events
@@ -58,9 +61,11 @@ def call(lead_id: str, at) -> CloudEvent:
         lead_id=lead_id, activity_id=str(uuid.uuid4()), type="call", actor="alice", occurred_at=at))
 
 
-async def handle(ctx, fn, *args) -> None:
+async def handle(ctx, fn, config, *args, rules: ClockRules = ClockRules()) -> None:
+    """Run one handler as the consumer would: (config, [version,] event, now) make its deps."""
+    *version, event, now = args
     async with ctx.uow() as uow:
-        await fn(uow, *args)
+        await fn(uow, Received.of(event), SlaDeps(config, version[0] if version else 1, now, rules))
         await uow.commit()
 
 

@@ -1,126 +1,33 @@
-"""The CloudEvents 1.0 envelope (structured JSON mode) and the typed payloads of the contract.
-
-Every event on the bus is a `CloudEvent`; its `data` is one of the payload models below,
-picked by `type` through `EVENT_DATA`.
+"""The payloads of the contract's event types: one class per type, each naming its type in
+`TYPE`. `PAYLOADS` (type -> class) is collected from the classes themselves as they are defined,
+so a class and its registry entry cannot drift apart. Classes without a `TYPE` (`SlaEventData`,
+`QueueChange`, `NotificationResult`, the nested models) are shared shapes, never an event's payload.
 """
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from datetime import datetime
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import Field, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+from .envelope import BadEvent, CloudEvent, WireModel, describe_validation_error
 
-CONTENT_TYPE = b"application/cloudevents+json"
-
-TOPIC_SUBMISSIONS_RAW = "leads.submissions.raw"
-TOPIC_ACTIVITIES_RAW = "leads.activities.raw"
-TOPIC_INTAKE = "leads.intake"
-TOPIC_ROUTING = "leads.routing"
-TOPIC_SLA = "leads.sla"
-TOPIC_NOTIFICATIONS = "leads.notifications"
-TOPIC_DEADLETTER = "leads.deadletter"
-ALL_TOPICS = (
-    TOPIC_SUBMISSIONS_RAW,
-    TOPIC_ACTIVITIES_RAW,
-    TOPIC_INTAKE,
-    TOPIC_ROUTING,
-    TOPIC_SLA,
-    TOPIC_NOTIFICATIONS,
-    TOPIC_DEADLETTER,
-)
+PAYLOADS: dict[str, type[Payload]] = {}
 
 
-def utc_iso(ts: datetime) -> str:
-    """RFC 3339 in UTC with a Z, the only time format on the wire."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime on the wire")
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+class Payload(WireModel):
+    """The `data` of one event type. A subclass that sets `TYPE` registers itself in `PAYLOADS`."""
 
+    TYPE: ClassVar[str]
 
-class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    @field_serializer("*", when_used="json")
-    def _times_in_utc(self, value: Any) -> Any:
-        return utc_iso(value) if isinstance(value, datetime) else value
-
-
-class CloudEvent(WireModel):
-    specversion: Literal["1.0"] = "1.0"
-    id: str = Field(min_length=1)
-    source: str = Field(min_length=1)
-    type: str = Field(min_length=1)
-    subject: str | None = None
-    time: datetime
-    datacontenttype: str = "application/json"
-    correlationid: str | None = None
-    causationid: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes | None) -> CloudEvent:
-        """Parse one record value; raises `BadEvent` naming what is wrong."""
-        if not raw:
-            raise BadEvent("empty record value")
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from exc
-
-    def data_as(self, model: type[M]) -> M:
-        try:
-            return model.model_validate(self.data)
-        except ValidationError as exc:
-            raise BadEvent(f"{self.type} data invalid: " + describe_validation_error(exc)) from exc
-
-
-class BadEvent(ValueError):
-    """A record that can never be processed; it goes to the dead-letter topic."""
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-    )
-
-
-def new_event(
-    type: str,
-    *,
-    service: str,
-    lead_id: str,
-    data: BaseModel,
-    time: datetime,
-    cause: CloudEvent | None = None,
-    correlation_id: str | None = None,
-    event_id: str | None = None,
-) -> CloudEvent:
-    """Build an event; `cause` carries the correlation id forward and becomes the causation id."""
-    event_id = event_id or str(uuid.uuid4())
-    return CloudEvent(
-        id=event_id,
-        source=f"leadsla/{service}",
-        type=type,
-        subject=lead_id,
-        time=time,
-        correlationid=correlation_id or (cause.correlationid if cause else None) or event_id,
-        causationid=cause.id if cause else None,
-        data=data.model_dump(mode="json"),
-    )
-
-
-def deterministic_id(*parts: str) -> str:
-    """An event id derived from what caused it, so a retried handler emits the same id."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "leadsla:" + ":".join(parts)))
-
-
-# ---- payloads -------------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        event_type = cls.__dict__.get("TYPE")
+        if event_type is None:
+            return
+        if event_type in PAYLOADS:
+            raise TypeError(f"two payload classes for {event_type!r}: {PAYLOADS[event_type].__name__}, {cls.__name__}")
+        PAYLOADS[event_type] = cls
 
 
 class Contact(WireModel):
@@ -160,7 +67,9 @@ class Consent(WireModel):
     contact: bool = True
 
 
-class LeadReceived(WireModel):
+class LeadReceived(Payload):
+    TYPE: ClassVar[str] = "lead.received"
+
     lead_id: str
     source: str
     external_id: str | None = None
@@ -181,8 +90,9 @@ class LeadReceived(WireModel):
     suppressed: bool = False
 
 
-class LeadUpdated(WireModel):
+class LeadUpdated(Payload):
     """A lead's fields completed or corrected (PATCH), or its intent raised by a repeat."""
+    TYPE: ClassVar[str] = "lead.updated"
 
     lead_id: str
     changed: dict[str, dict[str, Any]]  # "contact.phone" -> {"old": ..., "new": ...}
@@ -193,7 +103,9 @@ class LeadUpdated(WireModel):
     data_quality: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class LeadMerged(WireModel):
+class LeadMerged(Payload):
+    TYPE: ClassVar[str] = "lead.merged"
+
     lead_id: str
     duplicate_submission: dict[str, Any]
     match_on: str
@@ -204,7 +116,9 @@ class Disposition(WireModel):
     reason: str | None = None
 
 
-class ActivityRecorded(WireModel):
+class ActivityRecorded(Payload):
+    TYPE: ClassVar[str] = "activity.recorded"
+
     lead_id: str
     activity_id: str
     type: str
@@ -222,7 +136,9 @@ class Candidate(WireModel):
     why: str
 
 
-class LeadAssigned(WireModel):
+class LeadAssigned(Payload):
+    TYPE: ClassVar[str] = "lead.assigned"
+
     lead_id: str
     owner_id: str
     team_id: str | None
@@ -240,7 +156,9 @@ class LeadAssigned(WireModel):
     missing_fields: list[str] = Field(default_factory=list)  # reason missing_data: what the rule needed
 
 
-class LeadReassigned(WireModel):
+class LeadReassigned(Payload):
+    TYPE: ClassVar[str] = "lead.reassigned"
+
     lead_id: str
     from_owner_id: str | None
     to_owner_id: str
@@ -257,7 +175,9 @@ class LeadReassigned(WireModel):
     received_at: datetime | None = None
 
 
-class LeadQueued(WireModel):
+class QueueChange(Payload):
+    """A lead entering (`lead.queued`) or leaving (`lead.dequeued`) the routing queue."""
+
     lead_id: str
     tier: str
     queue: str
@@ -266,7 +186,17 @@ class LeadQueued(WireModel):
     queued_at: datetime | None = None
 
 
-class SlaEventData(WireModel):
+class LeadQueued(QueueChange):
+    TYPE: ClassVar[str] = "lead.queued"
+
+
+class LeadDequeued(QueueChange):
+    TYPE: ClassVar[str] = "lead.dequeued"
+
+
+class SlaEventData(Payload):
+    """What every sla.* event says about its timer; each type is its own subclass below."""
+
     lead_id: str
     sla_id: str
     metric: str
@@ -283,7 +213,37 @@ class SlaEventData(WireModel):
     reason: str | None = None
 
 
-class EscalationTriggered(WireModel):
+class SlaStarted(SlaEventData):
+    TYPE: ClassVar[str] = "sla.started"
+
+
+class SlaWarning(SlaEventData):
+    TYPE: ClassVar[str] = "sla.warning"
+
+
+class SlaMet(SlaEventData):
+    TYPE: ClassVar[str] = "sla.met"
+
+
+class SlaBreached(SlaEventData):
+    TYPE: ClassVar[str] = "sla.breached"
+
+
+class SlaPaused(SlaEventData):
+    TYPE: ClassVar[str] = "sla.paused"
+
+
+class SlaResumed(SlaEventData):
+    TYPE: ClassVar[str] = "sla.resumed"
+
+
+class SlaCancelled(SlaEventData):
+    TYPE: ClassVar[str] = "sla.cancelled"
+
+
+class EscalationTriggered(Payload):
+    TYPE: ClassVar[str] = "escalation.triggered"
+
     lead_id: str
     escalation_id: str
     policy_id: str
@@ -293,7 +253,9 @@ class EscalationTriggered(WireModel):
     recipients: list[str]
 
 
-class NotificationResult(WireModel):
+class NotificationResult(Payload):
+    """The outcome of one delivery; `notification.sent` and `notification.failed` below."""
+
     notification_id: str
     lead_id: str
     escalation_id: str | None = None  # None for a CRM subscription's delivery (see subscription_id)
@@ -306,10 +268,19 @@ class NotificationResult(WireModel):
     event_id: str | None = None  # the event a subscription delivery carried
 
 
-class DeadLetter(WireModel):
+class NotificationSent(NotificationResult):
+    TYPE: ClassVar[str] = "notification.sent"
+
+
+class NotificationFailed(NotificationResult):
+    TYPE: ClassVar[str] = "notification.failed"
+
+
+class DeadLetter(Payload):
     """`original_bytes_b64` holds the whole record when it is small, else its first
     `DEADLETTER_PREFIX_BYTES` (then `truncated` is true); the whole record is always kept in
     Postgres (`leadsla.deadletters`, row `deadletter_id`), fetchable with `GET /v1/deadletters/{id}`."""
+    TYPE: ClassVar[str] = "deadletter"
 
     topic: str
     partition: int
@@ -328,22 +299,22 @@ class DeadLetter(WireModel):
 DEADLETTER_PREFIX_BYTES = 64 * 1024
 
 
-EVENT_DATA: dict[str, type[WireModel]] = {
-    "lead.received": LeadReceived,
-    "lead.merged": LeadMerged,
-    "lead.updated": LeadUpdated,
-    "activity.recorded": ActivityRecorded,
-    "lead.assigned": LeadAssigned,
-    "lead.reassigned": LeadReassigned,
-    "lead.queued": LeadQueued,
-    "lead.dequeued": LeadQueued,
-    **{
-        f"sla.{kind}": SlaEventData
-        for kind in ("started", "warning", "met", "breached", "paused", "resumed", "cancelled")
-    },
-    "escalation.triggered": EscalationTriggered,
-    "notification.sent": NotificationResult,
-    "notification.failed": NotificationResult,
-    "deadletter": DeadLetter,
+# sla.<kind> -> its payload class (the clock emits them by kind).
+SLA_PAYLOADS: dict[str, type[SlaEventData]] = {
+    cls.TYPE.removeprefix("sla."): cls for cls in PAYLOADS.values() if issubclass(cls, SlaEventData)
 }
 
+
+def payload_class(event_type: str) -> type[Payload] | None:
+    return PAYLOADS.get(event_type)
+
+
+def decode_payload(event: CloudEvent, cls: type[Payload] | None = None) -> Payload:
+    """`event.data` as its type's payload (or as `cls`); raises `BadEvent` naming the bad field."""
+    cls = cls or PAYLOADS.get(event.type)
+    if cls is None:
+        raise BadEvent(f"unknown event type {event.type!r}")
+    try:
+        return cls.model_validate(event.data)
+    except ValidationError as exc:
+        raise BadEvent(f"{event.type} data invalid: " + describe_validation_error(exc)) from exc

@@ -1,0 +1,112 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode): the part of an event every consumer
+reads the same way, whatever its type. The typed payloads of `data` are in `payloads.py`."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+
+CONTENT_TYPE = b"application/cloudevents+json"
+
+TOPIC_SUBMISSIONS_RAW = "leads.submissions.raw"
+TOPIC_ACTIVITIES_RAW = "leads.activities.raw"
+TOPIC_INTAKE = "leads.intake"
+TOPIC_ROUTING = "leads.routing"
+TOPIC_SLA = "leads.sla"
+TOPIC_NOTIFICATIONS = "leads.notifications"
+TOPIC_DEADLETTER = "leads.deadletter"
+ALL_TOPICS = (
+    TOPIC_SUBMISSIONS_RAW,
+    TOPIC_ACTIVITIES_RAW,
+    TOPIC_INTAKE,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_DEADLETTER,
+)
+
+
+def utc_iso(ts: datetime) -> str:
+    """RFC 3339 in UTC with a Z, the only time format on the wire."""
+    if ts.tzinfo is None:
+        raise ValueError("naive datetime on the wire")
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @field_serializer("*", when_used="json")
+    def _times_in_utc(self, value: Any) -> Any:
+        return utc_iso(value) if isinstance(value, datetime) else value
+
+
+class CloudEvent(WireModel):
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    subject: str | None = None
+    time: datetime
+    datacontenttype: str = "application/json"
+    correlationid: str | None = None
+    causationid: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> CloudEvent:
+        """Parse one record value; raises `BadEvent` naming what is wrong."""
+        if not raw:
+            raise BadEvent("empty record value")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from exc
+
+
+class BadEvent(ValueError):
+    """A record that can never be processed; it goes to the dead-letter topic."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def new_event(
+    type: str,
+    *,
+    service: str,
+    lead_id: str,
+    data: BaseModel,
+    time: datetime,
+    cause: CloudEvent | None = None,
+    correlation_id: str | None = None,
+    event_id: str | None = None,
+) -> CloudEvent:
+    """Build an event; `cause` carries the correlation id forward and becomes the causation id."""
+    declared = getattr(data, "TYPE", None)
+    if declared is not None and declared != type:
+        raise ValueError(f"a {declared} payload ({data.__class__.__name__}) in a {type} event")
+    event_id = event_id or str(uuid.uuid4())
+    return CloudEvent(
+        id=event_id,
+        source=f"leadsla/{service}",
+        type=type,
+        subject=lead_id,
+        time=time,
+        correlationid=correlation_id or (cause.correlationid if cause else None) or event_id,
+        causationid=cause.id if cause else None,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def deterministic_id(*parts: str) -> str:
+    """An event id derived from what caused it, so a retried handler emits the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "leadsla:" + ":".join(parts)))
