@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -11,8 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
+from shared.replay import Projection
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+
+
+def _projection(service: str) -> Projection | None:
+    """The service's projection, as its bootstrap would give it (None for a service without)."""
+    try:
+        return importlib.import_module(f"services.{service}.projection").PROJECTION
+    except ModuleNotFoundError:
+        return None
 
 
 @pytest.fixture
@@ -30,6 +40,6 @@ def make_ctx(
         settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
         holder = ConfigHolder(engine, VersionedConfig(version, parse_config(config_yaml)))
         return ServiceContext(name=service, settings=settings, engine=engine, producer=producer, clock=clock,
-                              config=holder, relay_wakeup=asyncio.Event())
+                              config=holder, relay_wakeup=asyncio.Event(), projection=_projection(service))
 
     return build
