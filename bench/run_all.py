@@ -29,6 +29,28 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# The headline figures (issue 12's keys): each taken from a script's own figure, with the peer
+# or limit it is read against. Ratios are measured against their peer in the same run.
+HEADLINES: dict[str, tuple[str, str]] = {
+    "intake_http_vs_bare_fastapi": ("intake_post_vs_bare", "x a bare FastAPI endpoint (goal >= 0.4)"),
+    "intake_kafka_vs_raw_broker": ("intake_kafka_vs_broker", "x raw aiokafka produce"),
+    "consumer_vs_raw_postgres_tx": ("pipeline_consumer_vs_peer", "x one-row Postgres transactions (goal >= 1.0)"),
+    "relay_vs_raw_produce": ("pipeline_outbox_relay_vs_peer", "x raw aiokafka produce (goal >= 0.8)"),
+    "lead_to_assigned_p99_ms": ("router_latency_p99_ms", "ms at the offered rate (goal <= 50 at 200/s)"),
+    "breach_lag_p99_s": ("sla_clock_breach_lag_p99_s", "s for a burst of timers due at once (goal <= 1)"),
+    "open_timers_1m_rss_mb": ("sla_clock_rss_mb", "MB resident with the open timers loaded"),
+    "replay_vs_raw_consume": ("replay_vs_raw_consume", "x raw aiokafka consume (goal >= 0.25)"),
+}
+
+
+def headlines(figures: dict) -> dict:
+    found = {name: figures[source] for name, (source, _) in HEADLINES.items() if source in figures}
+    print(f"\n{'figure':<32} {'value':>10}  against")
+    for name, (_, against) in HEADLINES.items():
+        print(f"{name:<32} {found.get(name, 'missing')!s:>10}  {against}")
+    return found
+
+
 def run(script: str, args: list[str]) -> dict:
     began = time.monotonic()
     proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
@@ -59,6 +81,7 @@ def main() -> None:
             continue
         print(f"== {script}", flush=True)
         figures.update(run(script, quick if args.quick else full))
+    figures.update(headlines(figures))
     print("BENCH " + json.dumps(figures, sort_keys=True))
 
 

@@ -9,7 +9,7 @@ import structlog
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .aio import sleep_unless_stopped
+from .aio import run_loop, sleep_unless_stopped
 from .config import Config, config_digest, parse_config
 from .db import config_versions
 
@@ -73,11 +73,11 @@ class ConfigHolder:
         return False
 
     async def watch(self, stop: asyncio.Event, every: float) -> None:
-        while not stop.is_set():
-            await sleep_unless_stopped(stop, every)
-            if stop.is_set():
-                return
-            try:
-                await self.refresh()
-            except Exception as exc:  # keep serving the last good version
-                log.warning("config.refresh_failed", error=str(exc))
+        """Pick up a newly applied version within `every` seconds; on a failed read, keep
+        serving the last good version."""
+        async def refresh_round() -> float:
+            await self.refresh()
+            return every
+
+        await sleep_unless_stopped(stop, every)  # the version read at start is current
+        await run_loop("config", refresh_round, stop, idle=every, backoff_first=every, backoff_cap=every * 8)

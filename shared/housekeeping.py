@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .aio import sleep_unless_stopped
+from .aio import run_loop
 from .clock import Clock
 from .db import PROCESSED
 from .eventstore import EVENTS, RELAY
@@ -41,11 +41,11 @@ async def run_housekeeping(
     engine: AsyncEngine, schema: str, clock: Clock, stop: asyncio.Event, *,
     keep_events: timedelta | None, keep_processed: timedelta, every: float = 3600,
 ) -> None:
-    while not stop.is_set():
-        try:
-            events, ids = await prune(engine, schema, clock.now(), keep_events, keep_processed)
-            if events or ids:
-                log.info("housekeeping.pruned", schema=schema, events=events, processed_ids=ids)
-        except Exception as exc:  # retention can wait for the next round
-            log.warning("housekeeping.failed", schema=schema, error=str(exc))
-        await sleep_unless_stopped(stop, every)
+    async def prune_round() -> float:
+        events, ids = await prune(engine, schema, clock.now(), keep_events, keep_processed)
+        if events or ids:
+            log.info("housekeeping.pruned", schema=schema, events=events, processed_ids=ids)
+        return every
+
+    await run_loop("housekeeping", prune_round, stop, idle=every, backoff_first=60, backoff_cap=every,
+                   schema=schema)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import metrics
-from .aio import next_backoff, sleep_unless_stopped
+from .aio import run_loop
 from .events import CONTENT_TYPE
 from .eventstore import EVENTS, PARKED, RELAY
 
@@ -192,34 +192,13 @@ class OutboxRelay:
             log.debug("outbox.health_unreadable", error=type(exc).__name__)
 
     async def run(self, stop: asyncio.Event) -> None:
-        backoff = 0.2
-        while not stop.is_set():
-            # Cleared before reading so a commit landing mid-batch still wakes the next round.
-            self._wakeup.clear()
-            try:
-                sent = await self.publish_batch()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker or database down: the rows wait, nothing is lost
-                log.warning("outbox.publish_failed", schema=self._schema, error=type(exc).__name__,
-                            retry_in=backoff)
-                await self._refresh_health()
-                await sleep_unless_stopped(stop, backoff)
-                backoff = next_backoff(backoff, cap=5.0)
-                continue
+        async def publish_round() -> float | None:
+            sent = await self.publish_batch()
             await self._refresh_health()
-            if sent < self._batch_size:
-                await _wait_any(stop, self._wakeup, self._idle_poll)
+            return 0 if sent >= self._batch_size else None  # a full batch: more is waiting
 
-
-async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+        await run_loop("outbox", publish_round, stop, idle=self._idle_poll, wakeup=self._wakeup,
+                       after_failure=self._refresh_health, schema=self._schema)
 
 
 async def release_parked(engine: AsyncEngine, schema: str, producer: AIOKafkaProducer) -> int:
