@@ -238,3 +238,28 @@ class InMemoryStore:
             for (sub_id, _), d in self.subscription_deliveries.items():
                 if sub_id == e.subscription_id and d.state == "pending":
                     d.state = "cancelled"
+
+
+class InMemoryUnitOfWork:
+    """The unit of work the handler unit tests give handlers: what is recorded is applied to an
+    `InMemoryStore` at once (as the projection would be) and kept, in order, in `recorded`;
+    emitted events are kept in `emitted`. No database, no commit needed."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self.store = store
+        self.recorded: list[CloudEvent] = []
+        self.emitted: list[CloudEvent] = []
+        self.versions: dict[str, int] = {}
+
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        self.store.apply(event)
+        self.recorded.append(event)
+        self.emit(topic, event, stream=stream)
+
+    def emit(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        self.emitted.append(event)
+        key = stream or event.subject or event.id
+        self.versions[key] = self.versions.get(key, 0) + 1
+
+    async def load_version(self, stream_id: str) -> int:
+        return self.versions.get(stream_id, 0)
