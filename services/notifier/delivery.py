@@ -1,6 +1,8 @@
-"""Delivering: due deliveries are *leased* (attempts + 1, a lease token, a lease expiry) and that
-is committed; they are sent outside any transaction; each outcome is recorded only if the lease
-is still ours. A crash after the send and before the record lets the lease expire and the
+"""Delivering: due deliveries are *leased* (attempts + 1, a lease token, a lease expiry: the
+`notifier.deliveries_leased` event) and that is committed; they are sent outside any transaction;
+each outcome (`notifier.delivery_attempted`, with the contract's notification.sent/failed) is
+recorded only if the lease is still ours, checked under a row lock held to commit. What the
+outcome is (sent, retry at a backoff, failed) is domain.decide's call. A crash after the send and before the record lets the lease expire and the
 delivery goes again with the same idempotency key, which was stored when the delivery was
 written, never made at send time.
 """

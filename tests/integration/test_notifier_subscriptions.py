@@ -3,13 +3,14 @@ with the event id as idempotency key, order per lead under failures, a dead subs
 holds up nobody else, and giving up after the last try."""
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from leadsla.devstack import free_port
 from services.notifier.bootstrap import bootstrap
@@ -30,6 +31,7 @@ from shared.events import (
     SlaStarted,
     new_event,
 )
+from shared.eventstore import retry_on_conflict
 from shared.http import create_app
 from tests.integration.receivers import HttpReceiver, StallingReceiver
 from tests.support import eventually, handle_event, stored_events
@@ -199,6 +201,36 @@ async def test_an_assignment_waits_for_its_lead_received_when_the_intake_topic_l
         clock.advance(HOLD_FOR_RECEIVED)
         await deliver()
         assert ids_for(crm, lonely) == [orphan.id]
+
+
+async def test_a_lead_received_and_its_assignment_consumed_at_once_leave_nothing_held(api, ctx, clock, engine) -> None:
+    """Two consumers (leads.intake and leads.routing, on two replicas) handle one lead's
+    lead.received and lead.assigned at the same moment: whichever way they interleave, the
+    assignment is not left waiting for a lead.received already seen (a writer that decided on a
+    stale view of the lead conflicts and runs again from fresh state)."""
+    with HttpReceiver() as crm:
+        sub_id = await subscribe(api, crm, ["lead.received", "lead.assigned"])
+
+        async def handle(event) -> None:
+            async def once() -> None:
+                async with ctx.uow() as uow:
+                    await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, clock.now()))
+                    await uow.commit()
+            await retry_on_conflict(once)
+
+        for first_assigned in (True, False):
+            lead_id = str(uuid.uuid4())
+            received = new_event("lead.received", service="intake", lead_id=lead_id, time=clock.now(),
+                                 data=LeadReceived(lead_id=lead_id, source="webform", tier="A", contact=Contact(),
+                                                   company=Company(), intent=Intent(type="demo_request"),
+                                                   consent=Consent(), contactable=True, received_at=clock.now()))
+            both = [assigned(lead_id, 1, clock.now()), received]
+            await asyncio.gather(*(handle(e) for e in (both if first_assigned else both[::-1])))
+            async with engine.connect() as conn:
+                due = (await conn.execute(select(subscription_deliveries.c.event_type).where(
+                    subscription_deliveries.c.subscription_id == sub_id, subscription_deliveries.c.lead_id == lead_id,
+                    subscription_deliveries.c.next_attempt_at <= clock.now()))).scalars().all()
+            assert sorted(due) == ["lead.assigned", "lead.received"]
 
 
 async def test_one_leads_events_arrive_in_order_even_when_the_first_is_retried(api, ctx, clock, deliver) -> None:
