@@ -272,6 +272,18 @@ async def _replay_store(database_url: str, service: str, verify: bool):
 
 
 @app.command()
+def schemas(
+    check: Annotated[bool, typer.Option(help="exit 1 if the files are not what the models generate")] = False,
+    docs: Annotated[Path | None, typer.Option(help="where to write (default: the repository's docs/)")] = None,
+) -> None:
+    """Generate the JSON Schema of every event type and the AsyncAPI document (docs/)."""
+    from shared import schemas as generator
+
+    args = (["--check"] if check else []) + (["--docs", str(docs)] if docs else [])
+    raise typer.Exit(generator.main(args))
+
+
+@app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="where the embedded Postgres keeps its data")] = Path(".leadsla/dev"),
     config: Annotated[Path, typer.Option(help="configuration file to apply")] = EXAMPLE_CONFIG,

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import metrics
+from . import metrics, tracing
 from .aio import next_backoff, sleep_unless_stopped
 from .clock import Clock
 from .db import PROCESSED, database_outage, deadletters, is_database_unavailable
@@ -97,6 +97,10 @@ def bind(handlers: Mapping[type[BaseModel], Callable[[UnitOfWork, Received[Any],
 
 class _Interrupted(Exception):
     """A shutdown arrived while the database was unavailable."""
+
+
+class _NeedsIsolation(Exception):
+    """A handler failed in a batch run without savepoints: run the batch again with them."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,12 @@ class EventConsumer:
         a record whose own transaction fails is parked."""
         decoded = [(record, *self._decode(record)) for record in records]
         try:
-            await self._in_one_transaction(decoded, stop)
+            try:
+                # Optimistic first: no savepoint per event (two round trips each). A handler that
+                # fails rolls the whole batch back, which then runs again with savepoints.
+                await self._in_one_transaction(decoded, stop, isolate=len(decoded) == 1)
+            except _NeedsIsolation:
+                await self._in_one_transaction(decoded, stop, isolate=True)
             return len(records)
         except _Interrupted:
             return 0
@@ -260,8 +269,8 @@ class EventConsumer:
                 return done  # stopping mid-outage: this record is redelivered to the next owner
         return len(records)
 
-    async def _in_one_transaction(self, decoded: list[Decoded], stop: asyncio.Event) -> None:
-        letters = await self._retrying(lambda: self._handle_batch(decoded), stop)
+    async def _in_one_transaction(self, decoded: list[Decoded], stop: asyncio.Event, *, isolate: bool = True) -> None:
+        letters = await self._retrying(lambda: self._handle_batch(decoded, isolate), stop)
         for record, kind, _ in letters:
             log.warning("consumer.deadlettered", group=self.sub.group, position=record_position(record), kind=kind)
             metrics.deadletter.labels(record.topic, kind).inc()
@@ -281,9 +290,9 @@ class EventConsumer:
         except Exception as exc:
             return None, None, ("invalid_data", f"{type(exc).__name__}: {exc}")
 
-    async def _handle_batch(self, decoded: list[Decoded]) -> list[tuple[ConsumerRecord, str, str]]:
-        """One transaction: the batch's tracking ids, each new event's handler under a savepoint,
-        the dead letters. Returns the dead letters (record, kind, reason) it wrote."""
+    async def _handle_batch(self, decoded: list[Decoded], isolate: bool) -> list[tuple[ConsumerRecord, str, str]]:
+        """One transaction: the batch's tracking ids, each new event's handler (under a savepoint
+        when `isolate`), the dead letters. Returns the dead letters (record, kind, reason) it wrote."""
         letters: list[tuple[ConsumerRecord, str, str]] = []
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup, self._projection) as uow:
             ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
@@ -306,14 +315,23 @@ class EventConsumer:
                 new.discard(event.id)
                 if typed is None and self.sub.otherwise is None:
                     continue  # a type this subscription does not handle: tracked, nothing to do
+                if not isolate:
+                    try:
+                        await self.sub.dispatch(uow, event, typed)
+                    except Exception as exc:
+                        if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
+                            raise
+                        raise _NeedsIsolation from exc
+                    continue
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
                 try:
-                    await self.sub.dispatch(uow, event, typed)
+                    with tracing.handling(event, record.headers):
+                        await self.sub.dispatch(uow, event, typed)
                     await savepoint.commit()
                 except Exception as exc:
-                    if is_database_unavailable(exc):
-                        raise  # the whole batch waits for the database
+                    if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
+                        raise  # the whole batch waits for the database, or runs again from fresh state
                     await savepoint.rollback()
                     uow.drop_since(mark)
                     if isinstance(exc, BadEvent):

@@ -21,6 +21,8 @@ from . import metrics
 from .auth import Principal, verify_key
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
+from .schemas import schema_router
+from .tracing import TraceMiddleware
 
 log = structlog.get_logger()
 
@@ -208,6 +210,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(TraceMiddleware)
     install_error_handlers(app, on_invalid)
 
     @app.get("/healthz", include_in_schema=False)
@@ -235,6 +238,7 @@ def create_app(
     async def effective_config() -> dict[str, Any]:
         return {"version": ctx.config.version, "config": ctx.config.config.model_dump(mode="json")}
 
+    app.include_router(schema_router())
     for router in routers:
         app.include_router(router)
     return app

@@ -36,6 +36,7 @@ from . import metrics
 from .aio import run_loop
 from .events import CONTENT_TYPE
 from .eventstore import EVENTS, PARKED, RELAY
+from .tracing import record_headers
 
 log = structlog.get_logger()
 
@@ -151,7 +152,7 @@ class OutboxRelay:
                 continue
             try:
                 outcomes.append(await self._producer.send(
-                    row.topic, value=row.payload, key=row.key.encode(), headers=[("content-type", CONTENT_TYPE)]))
+                    row.topic, value=row.payload, key=row.key.encode(), headers=record_headers(row.payload, CONTENT_TYPE)))
             except Exception as exc:
                 if isinstance(exc, PERMANENT_SEND_ERRORS):
                     refused_keys.add(row.key)
@@ -216,7 +217,7 @@ async def release_parked(engine: AsyncEngine, schema: str, producer: AIOKafkaPro
                 continue
             try:
                 await (await producer.send(row.topic, value=row.payload, key=row.key.encode(),
-                                           headers=[("content-type", CONTENT_TYPE)]))
+                                           headers=record_headers(row.payload, CONTENT_TYPE)))
                 sent.append(row.position)
             except PERMANENT_SEND_ERRORS as exc:
                 refused_keys.add(row.key)

@@ -112,8 +112,9 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
                                     stuck_after_seconds=settings.outbox_stuck_seconds)
     port = settings.http_port or SERVICE_PORTS[name]
     app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    # log_config=None: uvicorn's own lines go through the root handler, JSON like the rest (leadsla.logging).
     server = _Server(uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="off",
-                                    access_log=False))
+                                    access_log=False, log_config=None))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

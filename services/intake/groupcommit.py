@@ -10,10 +10,12 @@ request never fails the others.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from shared import tracing
 from shared.config import Config
 from shared.uow import UnitOfWork
 
@@ -29,6 +31,7 @@ class _Request:
     source: str
     key: str | None
     done: asyncio.Future[Accepted]
+    trace: tracing.TraceContext | None = None
 
 
 class GroupCommitter:
@@ -39,10 +42,12 @@ class GroupCommitter:
         self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, sub: Submission, *, source: str, idempotency_key: str | None) -> Accepted:
-        request = _Request(sub, source, idempotency_key, asyncio.get_running_loop().create_future())
+        request = _Request(sub, source, idempotency_key, asyncio.get_running_loop().create_future(),
+                           tracing.current())
         self._queue.append(request)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+            # A context of its own: the writer serves many requests, not the first one's trace and logs.
+            self._writer = asyncio.create_task(self._write(), context=contextvars.Context())
         return await request.done
 
     async def _write(self) -> None:
@@ -62,7 +67,7 @@ class GroupCommitter:
     async def _run(self, group: list[_Request]) -> list[Accepted]:
         config, now = self._config(), self._now()
         async with self._uow() as uow:
-            results = await submit_leads(uow, config, [LeadRequest(r.sub, r.source, r.key) for r in group], now=now)
+            results = await submit_leads(uow, config, [LeadRequest(r.sub, r.source, r.key, r.trace) for r in group], now=now)
             await uow.commit()
         return results
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.config import Config
 from shared.db import xact_lock
 from shared.events import (
@@ -188,6 +188,7 @@ class LeadRequest:
     sub: Submission
     source: str
     idempotency_key: str | None = None
+    traceparent: tracing.TraceContext | None = None
 
 
 async def submit_leads(uow: UnitOfWork, config: Config, requests: list[LeadRequest], *,
@@ -243,26 +244,27 @@ async def submit_leads(uow: UnitOfWork, config: Config, requests: list[LeadReque
         rows.clear(), remembered.clear(), released.clear()
 
     for r in requests:
-        marks = {("email", v) if k == "email" else ("phone", v) for k, v in identity_keys(r.sub, config.dedupe.match_on)}
-        if r.idempotency_key:
-            marks.add(("idem", f"{r.source}:{r.idempotency_key}"))
-        if r.sub.external_id:
-            marks.add(("ext", f"{r.source}:{r.sub.external_id}"))
-        if marks & taken:
-            await flush()
-            results.append(await submit_lead(uow, config, r.sub, source=r.source, now=now,
-                                             idempotency_key=r.idempotency_key))
-        else:
-            tier = classify_tier(r.sub, r.source, config.tiers)
-            row, event, accepted = _new_lead(config, r.sub, r.source, tier, now, None)
-            rows.append(row)
-            uow.emit(TOPIC_INTAKE, event)
+        with tracing.use(r.traceparent):  # a group commit carries each request's own trace
+            marks = {("email", v) if k == "email" else ("phone", v) for k, v in identity_keys(r.sub, config.dedupe.match_on)}
             if r.idempotency_key:
-                remembered.append({"source": r.source, "key": r.idempotency_key, "lead_id": accepted.lead_id})
+                marks.add(("idem", f"{r.source}:{r.idempotency_key}"))
             if r.sub.external_id:
-                released.append((r.sub.external_id, accepted.lead_id))
-            results.append(accepted)
-        taken |= marks
+                marks.add(("ext", f"{r.source}:{r.sub.external_id}"))
+            if marks & taken:
+                await flush()
+                results.append(await submit_lead(uow, config, r.sub, source=r.source, now=now,
+                                                 idempotency_key=r.idempotency_key))
+            else:
+                tier = classify_tier(r.sub, r.source, config.tiers)
+                row, event, accepted = _new_lead(config, r.sub, r.source, tier, now, None)
+                rows.append(row)
+                uow.emit(TOPIC_INTAKE, event)
+                if r.idempotency_key:
+                    remembered.append({"source": r.source, "key": r.idempotency_key, "lead_id": accepted.lead_id})
+                if r.sub.external_id:
+                    released.append((r.sub.external_id, accepted.lead_id))
+                results.append(accepted)
+            taken |= marks
     await flush()
     return results
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import structlog
 from sqlalchemy import Row, func, select, text
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.clock import Clock
 from shared.config import Config
 from shared.events import (
@@ -187,6 +187,7 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
             channel=row.channel, recipient=row.recipient, attempts=row.attempts,
             idempotency_key=row.idempotency_key, error=decision.error)
         correlation_id = row.payload["trigger"].get("correlation_id")
+        parent = row.payload["trigger"].get("traceparent")
         body = _json_bytes(row.payload)
         origin = TOPIC_SLA
     else:
@@ -199,10 +200,12 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
             error=decision.error, subscription_id=row.subscription_id, event_id=row.event_id)
         correlation_id = None
         body = bytes(row.body)
+        parent = tracing.traceparent_in(body)
         origin = row.event_type
-    event = new_event(f"notification.{decision.state}", service=SERVICE, lead_id=row.lead_id, time=now,
-                      correlation_id=correlation_id,
-                      event_id=deterministic_id(result.notification_id, decision.state), data=result)
+    with tracing.use(parent):  # the trace of what was delivered
+        event = new_event(f"notification.{decision.state}", service=SERVICE, lead_id=row.lead_id, time=now,
+                          correlation_id=correlation_id,
+                          event_id=deterministic_id(result.notification_id, decision.state), data=result)
     uow.emit(TOPIC_NOTIFICATIONS, event)
     if decision.state == "failed":
         # The message itself is kept where operators look for what could not be done.

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Row
 
+from shared import tracing
 from shared.business_hours import BusinessCalendar
 from shared.config import Config
 from shared.events import (
@@ -132,7 +133,7 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
     """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
     event, sla, now = received.envelope, received.data, deps.now
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
-               "data": sla.model_dump(mode="json", exclude_none=True)}
+               "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
                                policy_id=p.policy_id, step=p.step, due_at=p.due_at)
              for p in plan_steps(deps.config, event.type, now)]
@@ -260,7 +261,8 @@ async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueE
                          "owner_id": facts.owner_id, "owner_name": facts.owner_name, "link": message.link},
                 "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
                 "trigger": {"type": trigger["type"], "event_id": trigger["event_id"],
-                            "correlation_id": trigger.get("correlation_id"), **sla},
+                            "correlation_id": trigger.get("correlation_id"),
+                            "traceparent": trigger.get("traceparent"), **sla},
                 "message": {"subject": message.subject, "text": message.text, "html": message.html,
                             "slack": message.slack},
             }
@@ -271,13 +273,15 @@ async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueE
                  time=now, stream=esc.lead_id, event_id=deterministic_id(esc.escalation_id, "fired"))
     if not made:
         return False
-    uow.emit(TOPIC_NOTIFICATIONS, new_event(
-        "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
-        correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
-        data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
-                                 step=esc.step, trigger_event_id=trigger["event_id"],
-                                 trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
-    ).model_copy(update={"causationid": trigger["event_id"]}))
+    with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
+        triggered = new_event(
+            "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
+            correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
+            data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
+                                     step=esc.step, trigger_event_id=trigger["event_id"],
+                                     trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),
+        )
+    uow.emit(TOPIC_NOTIFICATIONS, triggered.model_copy(update={"causationid": trigger["event_id"]}))
     return True
 
 

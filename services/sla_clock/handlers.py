@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, SlaPolicy
 from shared.events import (
@@ -92,7 +92,7 @@ async def on_lead_received(uow: UnitOfWork, received: Received[LeadReceived], de
     config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     facts = {"tier": lead.tier, "source": lead.source, "contactable": lead.contactable,
              "received_at": lead.received_at, "correlation_id": event.correlationid,
-             "timezone": _valid_zone(lead.contact.timezone)}
+             "traceparent": event.traceparent, "timezone": _valid_zone(lead.contact.timezone)}
     # Upsert: an assignment that overtook this event may have created the row with less to go on.
     row = (await uow.conn.execute(
         pg_insert(leads).values(lead_id=lead.lead_id, **facts)
@@ -112,7 +112,7 @@ async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], de
         # so record what the assignment tells us and start from there.
         await uow.conn.execute(pg_insert(leads).values(
             lead_id=assigned.lead_id, tier=assigned.tier or "unknown", source="unknown", contactable=True,
-            received_at=assigned.assigned_at, correlation_id=event.correlationid,
+            received_at=assigned.assigned_at, correlation_id=event.correlationid, traceparent=event.traceparent,
         ).on_conflict_do_nothing())
     await _set_owner(uow, assigned.lead_id, assigned.owner_id)
     await uow.conn.execute(update(leads).where(leads.c.lead_id == assigned.lead_id).values(
@@ -132,7 +132,7 @@ async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: 
     config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await uow.conn.execute(pg_insert(leads).values(
         lead_id=queued.lead_id, tier=queued.tier, source="unknown", contactable=True, received_at=event.time,
-        correlation_id=event.correlationid, queued_reason=queued.reason,
+        correlation_id=event.correlationid, traceparent=event.traceparent, queued_reason=queued.reason,
     ).on_conflict_do_update(index_elements=[leads.c.lead_id], set_={"queued_reason": queued.reason}))
     lead = await _lead(uow, queued.lead_id)
     assert lead is not None
@@ -281,8 +281,9 @@ async def fire_due(uow: UnitOfWork, config: Config, now: datetime, *, seen: date
         select(leads).where(leads.c.lead_id.in_([r.lead_id for r in rows]))
     )).all()} if rows else {}
     for row in rows:
-        await _apply(uow, config, by_id.get(row.lead_id), row, judge(_timer(row), now, seen, rules.tolerance),
-                     None, now, rules)
+        lead = by_id.get(row.lead_id)
+        with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
+            await _apply(uow, config, lead, row, judge(_timer(row), now, seen, rules.tolerance), None, now, rules)
     return len(rows)
 
 

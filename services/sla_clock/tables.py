@@ -32,6 +32,7 @@ leads = Table(
     Column("timezone", String),  # the contact's IANA zone, when known
     Column("team_id", String),
     Column("assigned_at", DateTime(timezone=True)),  # the first assignment: a clock start a new policy keeps
+    Column("traceparent", String),  # of the event that made the lead known: its timers' events continue it
     schema=SCHEMA,
 )
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
+from .. import tracing
+
 CONTENT_TYPE = b"application/cloudevents+json"
 
 TOPIC_SUBMISSIONS_RAW = "leads.submissions.raw"
@@ -53,6 +55,8 @@ class CloudEvent(WireModel):
     datacontenttype: str = "application/json"
     correlationid: str | None = None
     causationid: str | None = None
+    # CloudEvents distributed-tracing extension (W3C traceparent); written before `data` (see tracing).
+    traceparent: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -90,19 +94,22 @@ def new_event(
     correlation_id: str | None = None,
     event_id: str | None = None,
 ) -> CloudEvent:
-    """Build an event; `cause` carries the correlation id forward and becomes the causation id."""
+    """Build an event; `cause` carries the correlation id and trace forward and becomes the causation id."""
     declared = getattr(data, "TYPE", None)
     if declared is not None and declared != type:
         raise ValueError(f"a {declared} payload ({data.__class__.__name__}) in a {type} event")
     event_id = event_id or str(uuid.uuid4())
+    correlation_id = correlation_id or (cause.correlationid if cause else None) or event_id
     return CloudEvent(
         id=event_id,
         source=f"leadsla/{service}",
         type=type,
         subject=lead_id,
         time=time,
-        correlationid=correlation_id or (cause.correlationid if cause else None) or event_id,
+        correlationid=correlation_id,
         causationid=cause.id if cause else None,
+        traceparent=tracing.traceparent_for(event_id, cause_traceparent=cause.traceparent if cause else None,
+                                            correlation_id=correlation_id),
         data=data.model_dump(mode="json"),
     )
 

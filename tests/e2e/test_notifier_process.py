@@ -17,6 +17,7 @@ from services.notifier.domain import SIGNATURE_HEADER, verify
 from shared.config_store import apply_config
 from shared.events import CONTENT_TYPE, TOPIC_SLA, CloudEvent, SlaBreached, new_event
 from shared.eventstore import EVENTS
+from shared.tracing import record_headers
 from tests.integration.receivers import StallingReceiver
 from tests.support import eventually
 
@@ -52,7 +53,7 @@ async def test_notifier_killed_mid_delivery_resends_with_the_same_key(database_u
             lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
             owner_id="alice", due_at=now, breached_at=now, root_cause="owner_missed"))
         await producer.send_and_wait(TOPIC_SLA, breach.to_bytes(), key=lead_id.encode(),
-                                     headers=[("content-type", CONTENT_TYPE)])
+                                     headers=record_headers(breach.to_bytes(), CONTENT_TYPE))
 
         await eventually(lambda: receiver.arrivals, timeout=60, what="the webhook to arrive")
         notifier.kill()  # SIGKILL with the request in flight: sent, never recorded
@@ -112,7 +113,7 @@ async def test_a_crm_subscription_gets_assignments_from_the_running_notifier(dat
                 assignment_no=n, candidates=[], assigned_at=now)) for n in (1, 2, 3)]
             for event in sent:
                 await producer.send_and_wait(TOPIC_ROUTING, event.to_bytes(), key=lead_id.encode(),
-                                             headers=[("content-type", CONTENT_TYPE)])
+                                             headers=record_headers(event.to_bytes(), CONTENT_TYPE))
             await eventually(lambda: len([m for m, _ in crm.received if m.get("subject") == lead_id]) >= 3,
                              timeout=60, what="three assignments at the CRM")
             got = [(m, ok) for m, ok in crm.received if m.get("subject") == lead_id]

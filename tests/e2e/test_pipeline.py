@@ -21,13 +21,14 @@ from sqlalchemy import func, select
 
 from leadsla.devstack import ServiceProcess, free_port, wait_until
 from leadsla.webhook_receiver import WebhookReceiver
+from shared import tracing
 from shared.auth import create_key
 from shared.config_store import apply_config
 from shared.db import deadletters
 from shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
 from shared.eventstore import EVENTS, read_stream
 from shared.settings import SERVICE_PORTS
-from tests.support import TopicReader, eventually
+from tests.support import TopicReader, eventually, stored_events
 
 pytestmark = pytest.mark.e2e
 
@@ -108,11 +109,11 @@ async def system(database_url: str, kafka_bootstrap: str, engine, tmp_path_facto
         receiver.stop()
 
 
-async def post_lead(system: System, intent: str) -> str:
+async def post_lead(system: System, intent: str, headers: dict[str, str] | None = None) -> str:
     async with httpx.AsyncClient() as client:
         response = await client.post(
             f"{system.url('intake')}/v1/leads",
-            headers={"Authorization": f"Bearer {system.source_key}"},
+            headers={"Authorization": f"Bearer {system.source_key}", **(headers or {})},
             json={"contact": {"email": f"{uuid.uuid4().hex[:10]}@example.com", "country": "US"},
                   "company": {"name": "Acme"}, "intent": {"type": intent}},
         )
@@ -157,6 +158,25 @@ async def test_unanswered_lead_breaches_and_the_owner_is_notified(system: System
     breach = next(e for e in events if e["type"] == "sla.breached")["data"]
     # The breach leaves at the deadline, not at the next morning's batch job.
     assert breach["breached_at"] == breach["due_at"]
+
+
+async def test_the_callers_traceparent_follows_the_lead_through_every_hop(system: System, engine) -> None:
+    """W3C trace context from the HTTP request through intake, router, sla_clock (a breach fired by
+    its timer loop) and notifier (an escalation step fired by its loop, then the delivery): every
+    event is a span of the caller's trace, and the webhook carries it too. (The Kafka headers of
+    the same records are checked by tests/e2e/conftest.py.)"""
+    caller_trace = uuid.uuid4().hex
+    lead_id = await post_lead(system, "demo_request", {"traceparent": f"00-{caller_trace}-{'ab' * 8}-01"})
+    chain = ["lead.received", "lead.assigned", "sla.started", "sla.warning", "sla.breached",
+             "escalation.triggered", "notification.sent"]
+    await wait_for_types(system, lead_id, set(chain))
+    events = [e for service in SERVICE_PORTS for e in await stored_events(engine, service, lead_id)]
+    assert set(chain) <= {e.type for e in events}
+    spans = {e.type: tracing.parse(e.traceparent) for e in events}
+    assert {t.trace_id for t in spans.values()} == {caller_trace}, {k: str(v) for k, v in spans.items()}
+    assert len({t.span_id for t in spans.values()}) == len(spans)  # each event a span of its own
+    [(hook, valid)] = system.hooks_for(lead_id)
+    assert valid and tracing.parse(hook["trigger"]["traceparent"]).trace_id == caller_trace
 
 
 async def test_a_touch_in_time_meets_the_sla(system: System) -> None:
@@ -302,3 +322,15 @@ async def test_every_service_stops_cleanly_on_sigterm(system: System) -> None:
     """Last in the module: what an orchestrator does on deploy. A hang would end in SIGKILL (-9)."""
     codes = {name: service.stop() for name, service in system.services.items()}
     assert codes == {name: 0 for name in system.services}
+
+
+def test_service_logs_are_json_lines_without_contact_details(system: System) -> None:
+    """After the run above (services stopped): every line each service wrote, its own and its
+    libraries', is one JSON object, and no lead's email address reached a log."""
+    for name, service in system.services.items():
+        lines = service.log_path.read_text().splitlines()
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)
+            assert isinstance(record, dict) and {"event", "level", "timestamp"} <= set(record), (name, line)
+        assert "@example.com" not in service.log_path.read_text(), name

@@ -68,7 +68,9 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
     stop.set()
     await running
 
-    assert handled == [first.id, second.id]
+    # A handler may run again when its batch is rolled back and rerun with savepoints (the poison
+    # event fails the optimistic run); what it did counts once, in the database.
+    assert set(handled) == {first.id, second.id}
     effects = [CloudEvent.from_bytes(p) for t, p in found if t == "lead.dequeued"]
     assert [e.causationid for e in effects] == [first.id, second.id]
     letters = [CloudEvent.from_bytes(p).data for t, p in found if t == "deadletter"]

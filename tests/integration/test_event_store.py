@@ -14,6 +14,7 @@ from shared.eventstore import (
     ConcurrencyConflict,
     Pending,
     append,
+    append_lock_key,
     read_all,
     read_stream,
     retry_on_conflict,
@@ -103,11 +104,11 @@ async def test_a_leads_events_read_back_in_order_with_increasing_positions(engin
 async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, producer, kafka_bootstrap) -> None:
     """A transaction holding the append lock makes later appends wait: positions become visible in
     order, so the relay's cursor cannot skip a row that commits after a later one."""
-    early, late = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
+    lead = f"lead-{uuid.uuid4()}"  # one lead, so one partition: its records' order is the relay's
 
-    def queued(lead: str):
+    def queued(queue: str):
         return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
-                         data=LeadQueued(lead_id=lead, tier="A", queue="q", reason="t"))
+                         data=LeadQueued(lead_id=lead, tier="A", queue=queue, reason="t"))
 
     relay = OutboxRelay(engine, "router", producer, asyncio.Event())
     while await relay.publish_batch():
@@ -115,11 +116,11 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
     async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
         slow = await engine.connect()
         await slow.begin()
-        await append(slow, "router", [Pending(TOPIC_ROUTING, queued(early), early)])  # lock held, not committed
+        await append(slow, "router", [Pending(TOPIC_ROUTING, queued("early"), lead)])  # lock held, not committed
 
         async def fast_commit() -> None:
             async with UnitOfWork(engine, "router") as fast:
-                fast.emit(TOPIC_ROUTING, queued(late))
+                fast.emit(TOPIC_ROUTING, queued("late"))
                 await fast.commit()
 
         fast = asyncio.create_task(fast_commit())
@@ -127,7 +128,8 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
         async def fast_waits_for_the_lock() -> bool:
             async with engine.connect() as conn:
                 return bool(await conn.scalar(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")))
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
+                ), {"key": append_lock_key("router")}))
 
         await eventually(fast_waits_for_the_lock, what="the second append to wait for the first")
         assert await relay.publish_batch() == 0  # nothing visible past the cursor yet
@@ -136,6 +138,7 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
         await fast
         while await relay.publish_batch():
             pass
-        await reader.wait_for(lambda es: {e.subject for e in es} >= {early, late}, what="both leads")
-    subjects = [e.subject for e in reader.events() if e.subject in (early, late)]
-    assert subjects == [early, late]
+        await reader.wait_for(lambda es: len([e for e in es if e.subject == lead]) >= 2, what="both events")
+    assert [e.data["queue"] for e in reader.events(lead)] == ["early", "late"]
+    async with engine.connect() as conn:
+        assert [e.version for e in await read_stream(conn, "router", lead)] == [1, 2]

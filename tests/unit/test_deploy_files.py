@@ -76,3 +76,191 @@ def test_dockerfile_copies_what_exists() -> None:
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+
+
+# ---- docker-compose works when it first starts (issue 11.7) -----------------------------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+ONE_SHOT = {"setup"}
+
+
+def _env_file() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
+                if line.strip() and not line.startswith("#"))
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name, service in COMPOSE["services"].items():
+        if name in ONE_SHOT:
+            assert "healthcheck" not in service and service.get("restart") is None, name
+            continue
+        check = service.get("healthcheck")
+        assert check and check["test"][0] in ("CMD", "CMD-SHELL"), name
+    for name in SERVICE_PORTS:  # the services probe their own /readyz on their own port
+        assert COMPOSE["services"][name]["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.healthcheck", name]
+
+
+def test_start_order_follows_health() -> None:
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, (name, dependency)
+            expected = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": expected}, (name, dependency)
+            if dependency not in ONE_SHOT:
+                assert "healthcheck" in services[dependency], dependency
+    for name in SERVICE_PORTS:
+        assert {"setup", "postgres", "kafka"} <= set(services[name]["depends_on"]), name
+    assert {"receiver", "mailpit"} <= set(services["notifier"]["depends_on"])
+    assert set(services["setup"]["depends_on"]) == {"postgres"}
+
+
+def test_setup_migrates_applies_the_compose_config_and_keeps_an_admin_key_in_a_volume() -> None:
+    setup = COMPOSE["services"]["setup"]
+    assert setup["entrypoint"] == ["sh", "/deploy/setup.sh"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in setup["volumes"]}
+    assert mounts["/keys"] == "keys" and "keys" in COMPOSE["volumes"]
+    for target in ("/deploy/setup.sh", "/deploy/compose-config.yaml"):
+        assert (ROOT / mounts[target]).is_file(), target
+    script = (ROOT / "deploy" / "setup.sh").read_text()
+    assert "leadsla migrate" in script and 'leadsla config apply "$config"' in script
+    assert "leadsla keys create --admin" in script and "LEADSLA_ADMIN_KEY=" in script
+    assert "mkdir -p /keys && chown leadsla /keys" in (ROOT / "Dockerfile").read_text()  # writable by the image's user
+
+
+def test_the_compose_config_notifies_targets_inside_the_compose_network() -> None:
+    from urllib.parse import urlsplit
+
+    from shared.config import parse_config
+
+    config = parse_config((ROOT / "deploy" / "compose-config.yaml").read_text())
+    services = COMPOSE["services"]
+    webhooks = [c for c in config.channels.values() if c.type == "webhook"]
+    mails = [c for c in config.channels.values() if c.type == "email"]
+    assert webhooks and mails
+    receiver_port = re.search(r'RECEIVER_PORT", "(\d+)"', (ROOT / "deploy" / "receiver.py").read_text()).group(1)
+    for channel in webhooks:
+        url = urlsplit(channel.url)
+        assert (url.hostname, str(url.port)) == ("receiver", receiver_port)
+        assert channel.secret_env and channel.secret_env in services["receiver"]["environment"]
+        assert channel.secret_env in services["notifier"]["environment"]
+    for channel in mails:
+        assert (channel.host, channel.port) == ("mailpit", 1025)
+    for service in ("receiver", "mailpit"):
+        assert service in services and "healthcheck" in services[service]
+
+
+def test_images_are_pinned() -> None:
+    images = _env_file()
+    for name, service in COMPOSE["services"].items():
+        image = service["image"]
+        if image == "leadsla:dev":
+            continue
+        variable = re.fullmatch(r"\$\{(\w+):\?[^}]*\}", image).group(1)
+        tag = images[variable].rsplit(":", 1)[1]
+        assert re.fullmatch(r"v?\d+\.\d+(\.\d+)?", tag), (name, images[variable])  # a release, not a moving tag
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim", dockerfile, re.M)  # a patch release
+
+
+def _constraints() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "deploy" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, line
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_image_installs_exact_versions_of_every_runtime_dependency() -> None:
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/constraints.txt ./constraints.txt" in dockerfile
+    assert "PIP_CONSTRAINT=/app/constraints.txt" in dockerfile  # reaches the isolated build too
+    pins = _constraints()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for raw in project["project"]["dependencies"] + project["build-system"]["requires"]:
+        req = Requirement(raw)
+        name = canonicalize_name(req.name)
+        assert name in pins and req.specifier.contains(pins[name]), (raw, pins.get(name))
+    # Closed under dependencies: what a pinned package needs is pinned as well (checked with the
+    # metadata installed here, for the packages installed at their pinned version).
+    for name, version in pins.items():
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if dist.version != version:
+            continue
+        for raw in dist.requires or []:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                assert canonicalize_name(req.name) in pins, f"{name} needs {req.name}, not pinned"
+
+
+def test_the_healthcheck_probes_readyz(monkeypatch) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from shared import healthcheck
+
+    status = {"/readyz": 200}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("LEADSLA_HTTP_PORT", str(server.server_address[1]))
+        assert healthcheck.main(["intake"]) == 0
+        status["/readyz"] = 503
+        assert healthcheck.main(["intake"]) == 1
+        assert healthcheck.main(["nosuch"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert healthcheck.main(["intake"]) == 1  # nobody listening
+
+
+def test_the_receiver_accepts_only_signed_deliveries(monkeypatch) -> None:
+    import importlib.util
+    import threading
+    import time
+    from http.server import ThreadingHTTPServer
+
+    import httpx
+
+    from services.notifier.domain import SIGNATURE_HEADER, sign
+
+    monkeypatch.setenv("LEADSLA_WEBHOOK_SECRET", "s3cret")
+    spec = importlib.util.spec_from_file_location("compose_receiver", ROOT / "deploy" / "receiver.py")
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), receiver.Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    body = json.dumps({"lead_id": "l1", "trigger": {"type": "sla.breached"}}).encode()
+    try:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        signed = httpx.post(f"{url}/hooks/leadsla", content=body,
+                            headers={SIGNATURE_HEADER: sign(b"s3cret", body, int(time.time()))})
+        forged = httpx.post(f"{url}/hooks/leadsla", content=body,
+                            headers={SIGNATURE_HEADER: sign(b"other", body, int(time.time()))})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (signed.status_code, forged.status_code) == (204, 401)
