@@ -169,13 +169,20 @@ async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt
     if holder is None or holder.lease_token != item.token or holder.state != "pending":
         return None
     decision = decide(attempt, row.attempts, max_attempts, now, jitter)
-    await record_internal(uow, DeliveryAttempted(
-        lead_id=row.lead_id, **ref, state=decision.state, error=decision.error,
-        next_attempt_at=decision.next_attempt_at, at=now), time=now, stream=row.lead_id)
+    with tracing.use(_trace_of(item)):  # the trace of what was delivered
+        await record_internal(uow, DeliveryAttempted(
+            lead_id=row.lead_id, **ref, state=decision.state, error=decision.error,
+            next_attempt_at=decision.next_attempt_at, at=now), time=now, stream=row.lead_id)
     if decision.state == "pending":
         return None
     _emit_outcome(uow, item, decision, now)
     return decision.state
+
+
+def _trace_of(item: Leased) -> str | None:
+    if item.kind == "channel":
+        return item.row.payload["trigger"].get("traceparent")
+    return tracing.traceparent_in(bytes(item.row.body))
 
 
 def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: datetime) -> None:

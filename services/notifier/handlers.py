@@ -268,9 +268,10 @@ async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueE
             }
             made.append(NewDelivery(notification_id=key, channel=channel, recipient=person.id, payload=payload,
                                     next_attempt_at=send_at))
-    await record(uow, StepFired(lead_id=esc.lead_id, escalation_id=esc.escalation_id, step=esc.step, fired_at=now,
-                                deliveries=made, digest_items=digested),
-                 time=now, stream=esc.lead_id, event_id=deterministic_id(esc.escalation_id, "fired"))
+    with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
+        await record(uow, StepFired(lead_id=esc.lead_id, escalation_id=esc.escalation_id, step=esc.step,
+                                    fired_at=now, deliveries=made, digest_items=digested),
+                     time=now, stream=esc.lead_id, event_id=deterministic_id(esc.escalation_id, "fired"))
     if not made:
         return False
     with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
