@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from services.notifier.channels import Senders  # noqa: E402
 from services.notifier.delivery import Deliverer  # noqa: E402
-from services.notifier.handlers import HANDLERS, NotifierDeps  # noqa: E402
-from services.notifier.tables import subscriptions  # noqa: E402
+from services.notifier.domain import SubscriptionCreated  # noqa: E402
+from services.notifier.handlers import HANDLERS, NotifierDeps, record  # noqa: E402
+from services.notifier.projection import PROJECTION  # noqa: E402
 from shared.clock import ManualClock, SystemClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.db import make_engine  # noqa: E402
@@ -70,7 +71,7 @@ async def main(events: int) -> None:
     await upgrade(engine)
     config = parse_config(CONFIG)
     clock = ManualClock(datetime.now(UTC))
-    uow = lambda: UnitOfWork(engine, "notifier")  # noqa: E731
+    uow = lambda: UnitOfWork(engine, "notifier", projection=PROJECTION)  # noqa: E731
     try:
         with SlackLikeReceiver() as slack, HttpReceiver() as crm:
             os.environ["BENCH_SLACK_URL"] = slack.url
@@ -102,10 +103,11 @@ async def main(events: int) -> None:
 
                 clock = SystemClock()  # the storm moved the manual clock ahead; CRM deliveries run on real time
                 crm.secret = b"bench-secret-0123456789"
-                async with engine.begin() as conn:
-                    await conn.execute(subscriptions.insert().values(
-                        id="bench", url=crm.url, event_types=["lead.assigned"], secret="bench-secret-0123456789",
-                        created_at=clock.now()))
+                async with uow() as u:
+                    await record(u, SubscriptionCreated(
+                        subscription_id="bench", url=crm.url, event_types=["lead.assigned"],
+                        secret="bench-secret-0123456789", created_at=clock.now()), time=clock.now(), stream="bench")
+                    await u.commit()
                 for i in range(events):
                     lead_id = f"crm-{i % 100}"
                     async with uow() as u:

@@ -82,11 +82,15 @@ class TopicReader:
         return await eventually(probe, timeout=timeout, what=what)
 
 
-async def stored_events(engine, schema: str, key: str) -> list[CloudEvent]:
-    """The events a service stored for one lead (record key), in store order."""
+async def stored_events(engine, schema: str, key: str, *, published_only: bool = False) -> list[CloudEvent]:
+    """The events a service stored for one lead (record key), in store order; `published_only`:
+    without the service's internal events (those kept in its store only)."""
     table = EVENTS[schema]
+    query = select(table.c.payload).where(table.c.key == key).order_by(table.c.position)
+    if published_only:
+        query = query.where(table.c.topic.is_not(None))
     async with engine.connect() as conn:
-        rows = await conn.execute(select(table.c.payload).where(table.c.key == key).order_by(table.c.position))
+        rows = await conn.execute(query)
         return [CloudEvent.from_bytes(r.payload) for r in rows]
 
 

@@ -7,15 +7,21 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.events import utc_iso
+from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
 
-from .domain import invalid_event_type
-from .handlers import describe
+from .domain import (
+    SubscriptionCreated,
+    SubscriptionDeleted,
+    SubscriptionRedelivered,
+    invalid_event_type,
+)
+from .handlers import describe, record
 from .tables import deliveries, subscription_deliveries, subscriptions
 
 
@@ -56,9 +62,11 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         sub_id = str(uuid.uuid4())
         secret = body.secret or "whsec_" + secrets.token_urlsafe(32)
         now = ctx.clock.now()
-        async with ctx.engine.begin() as conn:
-            await conn.execute(subscriptions.insert().values(
-                id=sub_id, url=body.url, event_types=sorted(set(body.event_types)), secret=secret, created_at=now))
+        async with ctx.uow() as uow:
+            await record(uow, SubscriptionCreated(subscription_id=sub_id, url=body.url,
+                                                  event_types=sorted(set(body.event_types)), secret=secret,
+                                                  created_at=now), time=now, stream=sub_id)
+            await uow.commit()
         # The only time the secret is shown: the receiver needs it to verify signatures.
         return {"id": sub_id, "secret": secret, "url": body.url, "event_types": sorted(set(body.event_types)),
                 "created_at": utc_iso(now)}
@@ -83,15 +91,16 @@ def build_router(ctx: ServiceContext) -> APIRouter:
 
     @router.delete("/v1/subscriptions/{subscription_id}", status_code=204, dependencies=admin)
     async def delete_subscription(subscription_id: str) -> Response:
-        now = ctx.clock.now()
-        async with ctx.engine.begin() as conn:
-            gone = await conn.execute(update(subscriptions).where(
-                subscriptions.c.id == subscription_id, subscriptions.c.deleted_at.is_(None)).values(deleted_at=now))
-            if gone.rowcount == 0:
-                raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
-            await conn.execute(update(subscription_deliveries).where(
-                subscription_deliveries.c.subscription_id == subscription_id,
-                subscription_deliveries.c.state == "pending").values(state="cancelled", leased_until=None))
+        async def command() -> None:
+            now = ctx.clock.now()
+            async with ctx.uow() as uow:
+                await uow.load_version(subscription_id)  # deleted twice at once: one of them is a 404
+                await _existing(uow.conn, subscription_id)
+                await record(uow, SubscriptionDeleted(subscription_id=subscription_id, deleted_at=now), time=now,
+                             stream=subscription_id)
+                await uow.commit()
+
+        await retry_on_conflict(command)
         return Response(status_code=204)
 
     @router.get("/v1/subscriptions/{subscription_id}/deliveries", dependencies=admin)
@@ -112,12 +121,21 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def redeliver(subscription_id: str) -> dict[str, Any]:
         """Once the CRM is fixed: its failed deliveries go again (same event ids, same keys)."""
         d = subscription_deliveries
-        async with ctx.engine.begin() as conn:
-            await _existing(conn, subscription_id)
-            requeued = await conn.execute(update(d).where(d.c.subscription_id == subscription_id, d.c.state == "failed")
-                                          .values(state="pending", attempts=0, next_attempt_at=ctx.clock.now(),
-                                                  leased_until=None, last_error=None))
-        return {"requeued": requeued.rowcount}
+
+        async def command() -> int:
+            now = ctx.clock.now()
+            async with ctx.uow() as uow:
+                await uow.load_version(subscription_id)
+                await _existing(uow.conn, subscription_id)
+                failed = list((await uow.conn.execute(select(d.c.event_id).where(
+                    d.c.subscription_id == subscription_id, d.c.state == "failed").with_for_update())).scalars())
+                if failed:
+                    await record(uow, SubscriptionRedelivered(subscription_id=subscription_id, event_ids=failed,
+                                                              at=now), time=now, stream=subscription_id)
+                await uow.commit()
+            return len(failed)
+
+        return {"requeued": await retry_on_conflict(command)}
 
     @router.get("/v1/leads/{lead_id}/notifications", dependencies=admin)
     async def lead_notifications(lead_id: str) -> dict[str, Any]:

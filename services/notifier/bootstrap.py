@@ -18,6 +18,7 @@ from .api import build_router
 from .channels import Senders
 from .delivery import Deliverer, prune_delivered
 from .handlers import HANDLERS, NotifierDeps, fan_out
+from .projection import PROJECTION
 
 log = structlog.get_logger()
 DELIVERY_POLL_SECONDS = 0.25
@@ -54,7 +55,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
             try:
                 async with ctx.uow() as uow:
                     keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
-                    pruned = await prune_delivered(uow, ctx.clock.now() - keep)
+                    now = ctx.clock.now()
+                    pruned = await prune_delivered(uow, now - keep, now)
                     await uow.commit()
                 if pruned:
                     log.info("notifier.pruned_deliveries", rows=pruned)
@@ -66,4 +68,5 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         subscriptions=[Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type)],
         loops=[delivery_loop, retention_loop],
         routers=[build_router(ctx)],
+        projection=PROJECTION,
     )

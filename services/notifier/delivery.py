@@ -1,6 +1,8 @@
-"""Delivering: due deliveries are *leased* (attempts + 1, a lease token, a lease expiry) and that
-is committed; they are sent outside any transaction; each outcome is recorded only if the lease
-is still ours. A crash after the send and before the record lets the lease expire and the
+"""Delivering: due deliveries are *leased* (attempts + 1, a lease token, a lease expiry: the
+`notifier.deliveries_leased` event) and that is committed; they are sent outside any transaction;
+each outcome (`notifier.delivery_attempted`, with the contract's notification.sent/failed) is
+recorded only if the lease is still ours, checked under a row lock held to commit. What the
+outcome is (sent, retry at a backoff, failed) is domain.decide's call. A crash after the send and before the record lets the lease expire and the
 delivery goes again with the same idempotency key, which was stored when the delivery was
 written, never made at send time.
 """
@@ -17,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Row, delete, func, select, text, update
+from sqlalchemy import Row, func, select, text
 
 from shared import metrics, tracing
 from shared.clock import Clock
@@ -32,15 +34,27 @@ from shared.events import (
     deterministic_id,
     new_event,
 )
+from shared.eventstore import retry_on_conflict
 from shared.uow import UnitOfWork
 
-from .domain import Attempt, Decision, decide, rate_room
+from .domain import (
+    Attempt,
+    Decision,
+    DeliveriesLeased,
+    DeliveriesPruned,
+    DeliveryAttempted,
+    decide,
+    rate_room,
+)
 from .handlers import SERVICE, fire_due_steps
+from .handlers import record as record_internal
 from .tables import deliveries, subscription_deliveries
 
 log = structlog.get_logger()
 
 SUBSCRIPTION_CHANNEL = "subscription"  # the `channel` of a CRM delivery in events and metrics
+LEASE_STREAM = "notifier.leases"  # a lease round covers many leads: its events have a stream of their own
+RETENTION_STREAM = "notifier.retention"
 
 
 # ---- leasing, sending, recording ------------------------------------------------------------
@@ -57,16 +71,15 @@ Sender = Callable[[Leased, datetime], Awaitable[Attempt]]
 
 
 async def lease_channel_deliveries(uow: UnitOfWork, config: Config, now: datetime, lease: timedelta,
-                                   limit: int = 50) -> list[Leased]:
-    """Lease due deliveries; a channel with a rate limit gets only its remaining room."""
-    token = secrets.token_hex(8)
+                                   limit: int = 50) -> list[Row]:
+    """Due deliveries to lease; a channel with a rate limit gets only its remaining room."""
     limited = {name: c.rate_limit for name, c in config.channels.items() if c.rate_limit is not None}
-    rows = await _lease_channel(uow, deliveries.c.channel.notin_(list(limited)), now, lease, token, limit)
+    rows = await _due_channel(uow, deliveries.c.channel.notin_(list(limited)), now, limit)
     for name, rule in limited.items():
         room = rate_room(rule.max, await _used(uow, name, now - timedelta(seconds=rule.per), now))
         if room:
-            rows += await _lease_channel(uow, deliveries.c.channel == name, now, lease, token, min(room, limit))
-    return [Leased("channel", row, token) for row in rows]
+            rows += await _due_channel(uow, deliveries.c.channel == name, now, min(room, limit))
+    return rows
 
 
 async def _used(uow: UnitOfWork, channel: str, since: datetime, now: datetime) -> int:
@@ -76,24 +89,19 @@ async def _used(uow: UnitOfWork, channel: str, since: datetime, now: datetime) -
         (d.c.sent_at >= since) | ((d.c.state == "pending") & (d.c.leased_until > now))))) or 0
 
 
-async def _lease_channel(uow: UnitOfWork, which, now: datetime, lease: timedelta, token: str,
-                         limit: int) -> list[Row]:
+async def _due_channel(uow: UnitOfWork, which, now: datetime, limit: int) -> list[Row]:
     d = deliveries
-    due = (select(d.c.notification_id).where(
+    return list((await uow.conn.execute(select(d).where(
         which, d.c.state == "pending", d.c.next_attempt_at <= now,
         (d.c.leased_until.is_(None)) | (d.c.leased_until <= now),
-    ).order_by(d.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).scalar_subquery()
-    return list((await uow.conn.execute(
-        update(d).where(d.c.notification_id.in_(due))
-        .values(leased_until=now + lease, lease_token=token, attempts=d.c.attempts + 1).returning(d)
-    )).all())
+    ).order_by(d.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True))).all())
 
 
 # Per (subscription, lead) only the oldest pending event may go: one lead's events arrive in order,
 # by event time (then arrival), so a lead.received read after its lead.assigned still goes first.
 # At most `per_subscription` in flight per subscription: a subscriber that is down (or slow to
 # answer) ties up its own share of the senders, never everyone's.
-_LEASE_SUBSCRIPTION_DELIVERIES = text("""
+_DUE_SUBSCRIPTION_DELIVERIES = text("""
 WITH in_flight AS (
   SELECT subscription_id, count(*) AS busy FROM notifier.subscription_deliveries
   WHERE state = 'pending' AND leased_until > :now GROUP BY subscription_id
@@ -109,21 +117,36 @@ WITH in_flight AS (
   ) ranked LEFT JOIN in_flight f ON f.subscription_id = ranked.subscription_id
   WHERE ranked.rn + coalesce(f.busy, 0) <= :per_subscription ORDER BY ranked.id LIMIT :limit
 )
-UPDATE notifier.subscription_deliveries s
-SET leased_until = :until, lease_token = :token, attempts = s.attempts + 1
-FROM candidates c
-WHERE s.id = c.id AND s.state = 'pending' AND (s.leased_until IS NULL OR s.leased_until <= :now)
-RETURNING s.*
+SELECT s.* FROM notifier.subscription_deliveries s JOIN candidates c ON s.id = c.id
+WHERE s.state = 'pending' AND (s.leased_until IS NULL OR s.leased_until <= :now)
+FOR UPDATE OF s SKIP LOCKED
 """)
 
 
-async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, lease: timedelta, limit: int = 200,
-                                        per_subscription: int = 20) -> list[Leased]:
+async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, limit: int = 200,
+                                        per_subscription: int = 20) -> list[Row]:
+    return list((await uow.conn.execute(_DUE_SUBSCRIPTION_DELIVERIES, {
+        "now": now, "limit": limit, "per_subscription": per_subscription,
+    })).all())
+
+
+async def lease(uow: UnitOfWork, channel_rows: list[Row], subscription_rows: list[Row], now: datetime,
+                lease_for: timedelta) -> list[Leased]:
+    """Record the lease of these (locked) rows: each one's attempts + 1, a token, an expiry."""
+    if not channel_rows and not subscription_rows:
+        return []
     token = secrets.token_hex(8)
-    rows = (await uow.conn.execute(_LEASE_SUBSCRIPTION_DELIVERIES, {
-        "now": now, "until": now + lease, "token": token, "limit": limit, "per_subscription": per_subscription,
-    })).all()
-    return [Leased("subscription", row, token) for row in rows]
+    await record_internal(uow, DeliveriesLeased(
+        token=token, leased_until=now + lease_for, notification_ids=[r.notification_id for r in channel_rows],
+        subscription_deliveries=[(r.subscription_id, r.event_id) for r in subscription_rows],
+    ), time=now, stream=LEASE_STREAM)
+    # The rows as leased (attempts counted), read back from the projection.
+    d, s = deliveries, subscription_deliveries
+    leased = [Leased("channel", r, token) for r in (await uow.conn.execute(select(d).where(
+        d.c.notification_id.in_([r.notification_id for r in channel_rows])).order_by(d.c.next_attempt_at))).all()]
+    leased += [Leased("subscription", r, token) for r in (await uow.conn.execute(select(s).where(
+        s.c.id.in_([r.id for r in subscription_rows])).order_by(s.c.id))).all()]
+    return leased
 
 
 async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt, now: datetime,
@@ -134,26 +157,32 @@ async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt
     if item.kind == "channel":
         channel = config.channels.get(row.channel)
         max_attempts = channel.max_attempts if channel else 1
-        table, key_col = deliveries, deliveries.c.notification_id
-        key = row.notification_id
+        table, where = deliveries, deliveries.c.notification_id == row.notification_id
+        ref: dict[str, Any] = {"notification_id": row.notification_id}
     else:
         max_attempts = config.notifier.subscription_max_attempts
-        table, key_col = subscription_deliveries, subscription_deliveries.c.id
-        key = row.id
-    decision = decide(attempt, row.attempts, max_attempts, now, jitter)
-    values: dict[str, Any] = {"state": decision.state, "leased_until": None, "last_error": decision.error}
-    if decision.state == "sent":
-        values["sent_at"] = now
-    elif decision.state == "pending":
-        values["next_attempt_at"] = decision.next_attempt_at
-    updated = await uow.conn.execute(update(table).where(key_col == key, table.c.lease_token == item.token,
-                                                         table.c.state == "pending").values(**values))
-    if updated.rowcount == 0:
+        table, where = subscription_deliveries, subscription_deliveries.c.id == row.id
+        ref = {"subscription_id": row.subscription_id, "event_id": row.event_id}
+    # Locked until commit: no other sender can lease it between this check and the record.
+    holder = (await uow.conn.execute(select(table.c.lease_token, table.c.state).where(where)
+                                     .with_for_update())).first()
+    if holder is None or holder.lease_token != item.token or holder.state != "pending":
         return None
+    decision = decide(attempt, row.attempts, max_attempts, now, jitter)
+    with tracing.use(_trace_of(item)):  # the trace of what was delivered
+        await record_internal(uow, DeliveryAttempted(
+            lead_id=row.lead_id, **ref, state=decision.state, error=decision.error,
+            next_attempt_at=decision.next_attempt_at, at=now), time=now, stream=row.lead_id)
     if decision.state == "pending":
         return None
     _emit_outcome(uow, item, decision, now)
     return decision.state
+
+
+def _trace_of(item: Leased) -> str | None:
+    if item.kind == "channel":
+        return item.row.payload["trigger"].get("traceparent")
+    return tracing.traceparent_in(bytes(item.row.body))
 
 
 def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: datetime) -> None:
@@ -202,12 +231,15 @@ def _json_bytes(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-async def prune_delivered(uow: UnitOfWork, before: datetime) -> int:
+async def prune_delivered(uow: UnitOfWork, before: datetime, now: datetime) -> int:
     """Retention: CRM deliveries done with (sent, cancelled) before `before`; failures stay for
-    operators."""
+    operators. Recorded (`notifier.deliveries_pruned`) only when there is something to prune."""
     d = subscription_deliveries
-    gone = await uow.conn.execute(delete(d).where(d.c.state.in_(("sent", "cancelled")), d.c.created_at < before))
-    return gone.rowcount
+    prunable = await uow.conn.scalar(select(func.count()).select_from(d).where(
+        d.c.state.in_(("sent", "cancelled")), d.c.created_at < before)) or 0
+    if prunable:
+        await record_internal(uow, DeliveriesPruned(before=before, at=now), time=now, stream=RETENTION_STREAM)
+    return prunable
 
 
 # ---- the cycle ------------------------------------------------------------------------------
@@ -225,19 +257,25 @@ class Deliverer:
         self._in_flight: set[asyncio.Task] = set()
 
     async def fire(self, now: datetime) -> int:
-        async with self._uow() as uow:
-            fired = await fire_due_steps(uow, self._config(), now)
-            await uow.commit()
+        async def attempt() -> list[int]:
+            async with self._uow() as uow:
+                fired = await fire_due_steps(uow, self._config(), now)
+                await uow.commit()
+            return fired
+
+        fired = await retry_on_conflict(attempt)
         for step in fired:
             metrics.escalations.labels(str(step)).inc()
         return len(fired)
 
     async def lease(self, now: datetime, room: int = 200) -> list[Leased]:
-        lease = timedelta(seconds=self._config().notifier.lease_seconds)
+        lease_for = timedelta(seconds=self._config().notifier.lease_seconds)
         async with self._uow() as uow:
-            leased = await lease_channel_deliveries(uow, self._config(), now, lease, limit=min(room, 50))
-            if room > len(leased):
-                leased += await lease_subscription_deliveries(uow, now, lease, limit=room - len(leased))
+            channel_rows = await lease_channel_deliveries(uow, self._config(), now, lease_for, limit=min(room, 50))
+            subscription_rows = []
+            if room > len(channel_rows):
+                subscription_rows = await lease_subscription_deliveries(uow, now, limit=room - len(channel_rows))
+            leased = await lease(uow, channel_rows, subscription_rows, now, lease_for)
             await uow.commit()
         return leased
 
@@ -253,12 +291,16 @@ class Deliverer:
 
     async def record(self, leased: list[Leased], attempts: list[Attempt], now: datetime) -> None:
         config = self._config()
-        outcomes = []
-        async with self._uow() as uow:
-            for item, attempt in zip(leased, attempts, strict=True):
-                outcomes.append((item, await record(uow, config, item, attempt, now, self._jitter())))
-            await uow.commit()
-        for item, outcome in outcomes:
+        jitters = [self._jitter() for _ in leased]
+
+        async def attempt() -> list[tuple[Leased, str | None]]:
+            async with self._uow() as uow:
+                outcomes = [(item, await record(uow, config, item, result, now, jitter))
+                            for item, result, jitter in zip(leased, attempts, jitters, strict=True)]
+                await uow.commit()
+            return outcomes
+
+        for item, outcome in await retry_on_conflict(attempt):
             channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
             metrics.notifications.labels(channel, outcome or "retrying").inc()
 

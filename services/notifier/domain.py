@@ -10,11 +10,11 @@ import html as html_lib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from shared.business_hours import BusinessCalendar
 from shared.config import Config, EscalationPolicy
-from shared.events import PAYLOADS, deterministic_id
+from shared.events import PAYLOADS, WireModel, deterministic_id
 
 SIGNATURE_HEADER = "X-Leadsla-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -200,7 +200,9 @@ def is_retryable(status: int | None) -> bool:
 
 
 def decide(attempt: Attempt, attempts: int, max_attempts: int, now: datetime, jitter: float) -> Decision:
-    """The delivery's next state after its `attempts`-th try."""
+    """The delivery outcome tree, after its `attempts`-th try: sent (a 2xx), failed (a 4xx
+    other than 408/429, or the last try), else retry later (pending, at a backoff honouring
+    Retry-After)."""
     if attempt.ok:
         return Decision("sent")
     error = attempt.error or f"HTTP {attempt.status}"
@@ -386,3 +388,181 @@ def render_digest(items: list[dict], total: int, recipient: Recipient, window_en
         blocks.append({"type": "actions", "elements": [
             {"type": "button", "text": {"type": "plain_text", "text": "Open the board"}, "url": board}]})
     return Message(subject=subject, text=text, html=html, slack={"text": subject, "blocks": blocks}, link=board)
+
+
+# ---- CRM subscriptions: one lead's news in order (issue 10) ---------------------------------
+
+# How long a lead's events wait for its lead.received when the notifier has not seen it yet
+# (it lags on leads.intake only): long enough for a lagging consumer to catch up, short enough
+# that a lead.received that never comes delays nothing much.
+HOLD_FOR_RECEIVED = timedelta(seconds=60)
+
+
+def subscription_send_at(is_received: bool, received_seen: bool, wants_received: bool, now: datetime) -> datetime:
+    """When a subscription delivery may first go. A lead's other events wait for its lead.received
+    (bounded by HOLD_FOR_RECEIVED) if the subscription takes lead.received and the notifier has
+    not seen it yet; once seen, lead.received goes first because pending deliveries of one lead
+    leave in event-time order. `is_received`: this delivery is the lead.received."""
+    if is_received or received_seen or not wants_received:
+        return now
+    return now + HOLD_FOR_RECEIVED
+
+
+# ---- the notifier's own events (kept in its store only, never published) --------------------
+# Every change to the notifier's state tables is one of these (or a contract event it emits):
+# `projection.py` applies them live and on replay, so they carry every value the tables hold.
+
+INTERNAL: dict[str, type[InternalEvent]] = {}
+
+
+class InternalEvent(WireModel):
+    TYPE: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "TYPE" in cls.__dict__:
+            INTERNAL[cls.TYPE] = cls
+
+
+class LeadNoted(InternalEvent):
+    """What a message will say about a lead, taken from an input event (`fields`: the ones set)."""
+
+    TYPE: ClassVar[str] = "notifier.lead_noted"
+    lead_id: str
+    fields: list[str]
+    name: str | None = None
+    company: str | None = None
+    tier: str | None = None
+    source: str | None = None
+    received_at: datetime | None = None
+    owner_id: str | None = None
+
+
+class PlannedEscalation(WireModel):
+    escalation_id: str
+    policy_id: str
+    step: int
+    due_at: datetime
+
+
+class EscalationsPlanned(InternalEvent):
+    TYPE: ClassVar[str] = "notifier.escalations_planned"
+    lead_id: str
+    sla_id: str
+    trigger_event_id: str
+    trigger: dict[str, Any]
+    planned_at: datetime
+    steps: list[PlannedEscalation]
+
+
+class ChainStopped(InternalEvent):
+    """The SLA was met or cancelled: its steps not yet fired are cancelled, and so are its
+    messages held back by quiet hours and never tried."""
+
+    TYPE: ClassVar[str] = "notifier.chain_stopped"
+    lead_id: str
+    sla_id: str
+    stopped_at: datetime
+
+
+class NewDelivery(WireModel):
+    notification_id: str  # also its idempotency key
+    channel: str
+    recipient: str
+    kind: Literal["single", "digest"] = "single"
+    payload: dict[str, Any]
+    next_attempt_at: datetime
+
+
+class DigestEntry(WireModel):
+    notification_id: str  # the digest delivery it joins
+    item: dict[str, Any]
+
+
+class StepFired(InternalEvent):
+    """A due step: the deliveries it made (a digest's delivery is made once per window) and the
+    lines it added to digests. A step that reached nobody fires with neither."""
+
+    TYPE: ClassVar[str] = "notifier.step_fired"
+    lead_id: str
+    escalation_id: str
+    step: int
+    fired_at: datetime
+    deliveries: list[NewDelivery] = []
+    digest_items: list[DigestEntry] = []
+
+
+class QueuedFor(WireModel):
+    subscription_id: str
+    next_attempt_at: datetime
+
+
+class SubscriptionQueued(InternalEvent):
+    """An event copied to the subscriptions that want it; `body` is the CloudEvent as received.
+    A lead.received releases the lead's deliveries held back waiting for it."""
+
+    TYPE: ClassVar[str] = "notifier.subscription_queued"
+    lead_id: str
+    event_id: str
+    event_type: str
+    event_time: datetime
+    body: str
+    queued_at: datetime
+    deliveries: list[QueuedFor]
+    releases_held: bool = False
+
+
+class DeliveriesLeased(InternalEvent):
+    """A sender took these deliveries until `leased_until` (each one's attempts + 1)."""
+
+    TYPE: ClassVar[str] = "notifier.deliveries_leased"
+    token: str
+    leased_until: datetime
+    notification_ids: list[str] = []
+    subscription_deliveries: list[tuple[str, str]] = []  # (subscription id, event id)
+
+
+class DeliveryAttempted(InternalEvent):
+    """The outcome of one try, recorded while the lease was still the sender's."""
+
+    TYPE: ClassVar[str] = "notifier.delivery_attempted"
+    lead_id: str
+    notification_id: str | None = None  # a channel delivery
+    subscription_id: str | None = None  # or a subscription delivery: (subscription_id, event_id)
+    event_id: str | None = None
+    state: Literal["sent", "pending", "failed"]
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    at: datetime
+
+
+class SubscriptionCreated(InternalEvent):
+    TYPE: ClassVar[str] = "notifier.subscription_created"
+    subscription_id: str
+    url: str
+    event_types: list[str]
+    secret: str  # in the store only, as in the table: the subscription cannot sign without it
+    created_at: datetime
+
+
+class SubscriptionDeleted(InternalEvent):
+    TYPE: ClassVar[str] = "notifier.subscription_deleted"
+    subscription_id: str
+    deleted_at: datetime
+
+
+class SubscriptionRedelivered(InternalEvent):
+    """An operator sent a subscription's failed deliveries again (same event ids, same keys)."""
+
+    TYPE: ClassVar[str] = "notifier.subscription_redelivered"
+    subscription_id: str
+    event_ids: list[str]
+    at: datetime
+
+
+class DeliveriesPruned(InternalEvent):
+    """Retention: CRM deliveries done with (sent, cancelled) and made before `before` are gone."""
+
+    TYPE: ClassVar[str] = "notifier.deliveries_pruned"
+    before: datetime
+    at: datetime

@@ -1,21 +1,26 @@
 """Notifier's service layer: what each consumed event changes, and what a due step writes.
 
+Every handler loads what it needs through a `NotifierStore` (adapters.py: Postgres, or the
+in-memory fake of the unit tests), decides (domain.py) and records the notifier's own events
+(`uow.record`), which the projection (projection.py) applies to the state tables: no handler
+writes a table.
+
 Consuming (inside the consumer's transaction): lead facts for messages; escalation steps planned
 from sla.breached / sla.warning, each due at its delay; the rest of a chain cancelled by sla.met /
 sla.cancelled; and every event copied to the CRM subscriptions that want it.
 
-Firing (`fire_due_steps`): a due step's deliveries are written, each with its idempotency key,
-and escalation.triggered is emitted, in one transaction. Sending them is `delivery.py`'s job.
+Firing (`fire_due_steps`): a due step's deliveries are made, each with its idempotency key, and
+escalation.triggered is emitted, in one transaction. Sending them is `delivery.py`'s job.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Row
 
 from shared import tracing
 from shared.business_hours import BusinessCalendar
@@ -38,13 +43,24 @@ from shared.events import (
 )
 from shared.uow import UnitOfWork
 
+from .adapters import DueEscalation, NotifierStore, postgres_store
 from .domain import (
     CHAIN_STOPPING_TYPES,
     ESCALATING_TYPES,
     PEOPLE_CHANNELS,
+    ChainStopped,
+    DigestEntry,
+    EscalationsPlanned,
+    InternalEvent,
     LeadFacts,
+    LeadNoted,
     Message,
+    NewDelivery,
+    PlannedEscalation,
+    QueuedFor,
     Recipient,
+    StepFired,
+    SubscriptionQueued,
     deliver_at,
     digest_key,
     digest_window,
@@ -54,19 +70,26 @@ from .domain import (
     render,
     step_recipients,
     subscribed,
-)
-from .tables import (
-    deliveries,
-    digest_items,
-    escalations,
-    leads,
-    subscription_deliveries,
-    subscriptions,
+    subscription_send_at,
 )
 
 log = structlog.get_logger()
 
 SERVICE = "notifier"
+
+
+def internal(payload: InternalEvent, *, time: datetime, stream: str | None, event_id: str | None = None,
+             cause: CloudEvent | None = None) -> CloudEvent:
+    """One of the notifier's own events, for its store only (recorded with topic None)."""
+    event = new_event(payload.TYPE, service=SERVICE, lead_id=stream or "", data=payload, time=time, cause=cause,
+                      event_id=event_id)
+    return event if stream else event.model_copy(update={"subject": None})
+
+
+async def record(uow: UnitOfWork, payload: InternalEvent, *, time: datetime, stream: str,
+                 event_id: str | None = None, cause: CloudEvent | None = None) -> None:
+    await uow.record(None, internal(payload, time=time, stream=stream, event_id=event_id, cause=cause),
+                     stream=stream)
 
 
 # ---- consuming ------------------------------------------------------------------------------
@@ -78,31 +101,32 @@ class NotifierDeps:
 
     config: Config
     now: datetime
+    store: Callable[[UnitOfWork], NotifierStore] = field(default=postgres_store)
 
 
 async def on_lead_received(uow: UnitOfWork, received: Received[LeadReceived], deps: NotifierDeps) -> None:
     lead = received.data
     name = " ".join(p for p in (lead.contact.first_name, lead.contact.last_name) if p) or None
-    await _keep_facts(uow, lead.lead_id, {"name": name, "company": lead.company.name, "tier": lead.tier,
-                                          "source": lead.source, "received_at": lead.received_at})
-    await fan_out(uow, received.envelope, deps.now)
+    await _keep_facts(uow, received, deps, name=name, company=lead.company.name, tier=lead.tier,
+                      source=lead.source, received_at=lead.received_at)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow), is_received=True)
 
 
 async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], deps: NotifierDeps) -> None:
     assigned = received.data
-    await _keep_facts(uow, assigned.lead_id, {"owner_id": assigned.owner_id,
-                                              **({"tier": assigned.tier} if assigned.tier else {})})
-    await fan_out(uow, received.envelope, deps.now)
+    await _keep_facts(uow, received, deps, owner_id=assigned.owner_id,
+                      **({"tier": assigned.tier} if assigned.tier else {}))
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned], deps: NotifierDeps) -> None:
-    await _keep_facts(uow, received.data.lead_id, {"owner_id": received.data.to_owner_id})
-    await fan_out(uow, received.envelope, deps.now)
+    await _keep_facts(uow, received, deps, owner_id=received.data.to_owner_id)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
-    await _keep_facts(uow, received.data.lead_id, {"tier": received.data.tier})
-    await fan_out(uow, received.envelope, deps.now)
+    await _keep_facts(uow, received, deps, tier=received.data.tier)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
@@ -110,60 +134,68 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
     event, sla, now = received.envelope, received.data, deps.now
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
-    for planned in plan_steps(deps.config, event.type, now):
-        escalation_id = deterministic_id("escalation", event.id, planned.policy_id, str(planned.step))
-        await uow.conn.execute(pg_insert(escalations).values(
-            escalation_id=escalation_id, lead_id=sla.lead_id, policy_id=planned.policy_id, step=planned.step,
-            trigger_event_id=event.id, created_at=now, sla_id=sla.sla_id, due_at=planned.due_at,
-            trigger=trigger,
-        ).on_conflict_do_nothing())
-    await fan_out(uow, event, now)
+    steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
+                               policy_id=p.policy_id, step=p.step, due_at=p.due_at)
+             for p in plan_steps(deps.config, event.type, now)]
+    if steps:
+        await record(uow, EscalationsPlanned(lead_id=sla.lead_id, sla_id=sla.sla_id, trigger_event_id=event.id,
+                                             trigger=trigger, planned_at=now, steps=steps),
+                     time=now, stream=sla.lead_id, event_id=deterministic_id(event.id, "planned"), cause=event)
+    await fan_out(uow, event, now, store=deps.store(uow))
 
 
 async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
-    sla_id, now = received.data.sla_id, deps.now
-    await uow.conn.execute(update(escalations).where(
-        escalations.c.sla_id == sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
-    ).values(cancelled_at=now))
-    # Messages held back by quiet hours and never tried are news nobody needs any more.
-    await uow.conn.execute(update(deliveries).where(
-        deliveries.c.escalation_id.in_(select(escalations.c.escalation_id).where(escalations.c.sla_id == sla_id)),
-        deliveries.c.state == "pending", deliveries.c.kind == "single", deliveries.c.attempts == 0,
-        deliveries.c.next_attempt_at > now,
-    ).values(state="cancelled"))
-    await fan_out(uow, received.envelope, now)
+    sla, now = received.data, deps.now
+    store = deps.store(uow)
+    await uow.load_version(sla.lead_id)  # a step firing for this lead meanwhile: retry from fresh state
+    if await store.has_escalations(sla.sla_id):
+        # Steps not fired yet, and messages held back by quiet hours and never tried, are news
+        # nobody needs any more.
+        await record(uow, ChainStopped(lead_id=sla.lead_id, sla_id=sla.sla_id, stopped_at=now), time=now,
+                     stream=sla.lead_id, event_id=deterministic_id(received.id, "stopped"), cause=received.envelope)
+    await fan_out(uow, received.envelope, now, store=store)
 
 
 async def on_notification(uow: UnitOfWork, received: Received[NotificationResult], deps: NotifierDeps) -> None:
     # A subscriber that is down would otherwise be sent the news of its own failures, forever.
-    await fan_out(uow, received.envelope, deps.now, unless=received.data.subscription_id)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow), unless=received.data.subscription_id)
 
 
 async def on_other(uow: UnitOfWork, received: Received[Any], deps: NotifierDeps) -> None:
-    await fan_out(uow, received.envelope, deps.now)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
-async def _keep_facts(uow: UnitOfWork, lead_id: str, values: dict[str, Any]) -> None:
+async def _keep_facts(uow: UnitOfWork, received: Received[Any], deps: NotifierDeps, **facts: Any) -> None:
     """Keep what a message says about a lead: name, company, tier, owner."""
-    await uow.conn.execute(pg_insert(leads).values(lead_id=lead_id, **values)
-                           .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
+    lead_id = received.data.lead_id
+    await record(uow, LeadNoted(lead_id=lead_id, fields=sorted(facts), **facts), time=deps.now, stream=lead_id,
+                 event_id=deterministic_id(received.id, "noted"), cause=received.envelope)
 
 
-async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime, unless: str | None = None) -> None:
+async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime, *, store: NotifierStore | None = None,
+                  unless: str | None = None, is_received: bool = False) -> None:
     """Queue the event for every live subscription that asked for its type (but `unless`)."""
-    rows = (await uow.conn.execute(
-        select(subscriptions.c.id, subscriptions.c.event_types).where(subscriptions.c.deleted_at.is_(None))
-    )).all()
-    wanted = [r.id for r in rows if subscribed(r.event_types, event.type) and r.id != unless]
-    if not wanted:
+    store = store or postgres_store(uow)
+    wanted = [(sub_id, types) for sub_id, types in await store.live_subscriptions()
+              if subscribed(types, event.type) and sub_id != unless]
+    lead_id = event.subject or ""
+    if not wanted and not is_received:
         return
-    body = event.to_bytes()
-    await uow.conn.execute(pg_insert(subscription_deliveries).on_conflict_do_nothing(), [
-        {"subscription_id": sub_id, "lead_id": event.subject or "", "event_id": event.id,
-         "event_type": event.type, "event_time": event.time, "body": body, "state": "pending",
-         "next_attempt_at": now, "created_at": now}
-        for sub_id in wanted
-    ])
+    if lead_id:
+        # Deciding on the lead's state (seen its lead.received?): a lead.received consumed at the
+        # same time from the other topic makes one of the two retry from fresh state.
+        await uow.load_version(lead_id)
+    seen = is_received or not lead_id or await store.received_seen(lead_id)
+    queued = [QueuedFor(subscription_id=sub_id,
+                        next_attempt_at=subscription_send_at(is_received, seen, subscribed(types, "lead.received"),
+                                                             now))
+              for sub_id, types in wanted]
+    if not queued and not (is_received and await store.holds_for(lead_id, now)):
+        return
+    await record(uow, SubscriptionQueued(
+        lead_id=lead_id, event_id=event.id, event_type=event.type, event_time=event.time,
+        body=event.to_bytes().decode(), queued_at=now, deliveries=queued, releases_held=is_received,
+    ), time=now, stream=lead_id or event.id, event_id=deterministic_id(event.id, "queued"), cause=event)
 
 
 # What the notifier does with each payload class (bound to NotifierDeps in bootstrap): every
@@ -183,38 +215,41 @@ HANDLERS = {
 # ---- firing due steps -----------------------------------------------------------------------
 
 
-async def fire_due_steps(uow: UnitOfWork, config: Config, now: datetime, limit: int = 50) -> list[int]:
-    """Write the deliveries of every step now due and emit escalation.triggered; returns the
+async def fire_due_steps(uow: UnitOfWork, config: Config, now: datetime, limit: int = 50,
+                         store: NotifierStore | None = None) -> list[int]:
+    """Make the deliveries of every step now due and emit escalation.triggered; returns the
     step numbers fired (for the metric, counted by the caller after commit)."""
-    due = (await uow.conn.execute(
-        select(escalations).where(escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
-                                  escalations.c.due_at <= now)
-        .order_by(escalations.c.due_at).limit(limit).with_for_update(skip_locked=True)
-    )).all()
-    fired = [esc.step for esc in due if await _fire(uow, config, esc, now)]
-    if due:
-        await uow.conn.execute(update(escalations).where(
-            escalations.c.escalation_id.in_([esc.escalation_id for esc in due])).values(triggered_at=now))
+    store = store or postgres_store(uow)
+    fired = []
+    for esc in await store.due_escalations(now, limit):
+        # One step at a time: a storm's digest counts the deliveries the previous steps made.
+        if await _fire(uow, store, config, esc, now):
+            fired.append(esc.step)
     return fired
 
 
-async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> bool:
+async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueEscalation, now: datetime) -> bool:
     trigger = esc.trigger
     sla = trigger["data"]
-    facts = await lead_facts(uow, config, esc.lead_id, sla.get("owner_id"))
+    await uow.load_version(esc.lead_id)  # the chain stopped or the owner changed meanwhile: retry
+    facts = await lead_facts(store, config, esc.lead_id, sla.get("owner_id"))
     # The owner now, not when the chain started: a reassigned lead escalates to its new owner.
     people, channels = step_recipients(config, esc.policy_id, esc.step, facts.owner_id, sla.get("root_cause"))
+    made: list[NewDelivery] = []
+    digested: list[DigestEntry] = []
     if not people or not channels:
         log.warning("notifier.step_reaches_nobody", escalation_id=esc.escalation_id, step=esc.step)
-        return False
-    for person in people:
+    for person in people if channels else []:
         message = render(facts, trigger["type"], sla, person, esc.step, config.notifier.link_base_url, now)
         for channel in channels:
             key = idempotency_key(esc.escalation_id, esc.step, person.id, channel)
             send_at = now
             if _for_people(config, channel):
                 send_at = _after_quiet_hours(config, person.id, facts.tier or sla.get("tier"), now)
-                if await _into_digest(uow, config, esc, person, channel, key, message, send_at, now):
+                digest = await _into_digest(store, config, esc, person, channel, key, message, send_at, now)
+                if digest is not None:
+                    made.append(digest[0])
+                    digested.append(digest[1])
                     continue
             payload = {
                 "notification_id": key,
@@ -231,11 +266,14 @@ async def _fire(uow: UnitOfWork, config: Config, esc: Row, now: datetime) -> boo
                 "message": {"subject": message.subject, "text": message.text, "html": message.html,
                             "slack": message.slack},
             }
-            await uow.conn.execute(pg_insert(deliveries).values(
-                notification_id=key, idempotency_key=key, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
-                step=esc.step, channel=channel, recipient=person.id, payload=payload, state="pending",
-                next_attempt_at=send_at, created_at=now,
-            ).on_conflict_do_nothing())
+            made.append(NewDelivery(notification_id=key, channel=channel, recipient=person.id, payload=payload,
+                                    next_attempt_at=send_at))
+    with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
+        await record(uow, StepFired(lead_id=esc.lead_id, escalation_id=esc.escalation_id, step=esc.step,
+                                    fired_at=now, deliveries=made, digest_items=digested),
+                     time=now, stream=esc.lead_id, event_id=deterministic_id(esc.escalation_id, "fired"))
+    if not made:
+        return False
     with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
         triggered = new_event(
             "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
@@ -261,39 +299,34 @@ def _after_quiet_hours(config: Config, person_id: str, tier: str | None, now: da
     return deliver_at(BusinessCalendar(config.calendar(person.calendar)), now, tier, quiet.urgent_tiers)
 
 
-async def _into_digest(uow: UnitOfWork, config: Config, esc: Row, person: Recipient, channel: str, key: str,
-                       message: Message, send_at: datetime, now: datetime) -> bool:
+async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation, person: Recipient, channel: str,
+                       key: str, message: Message, send_at: datetime,
+                       now: datetime) -> tuple[NewDelivery, DigestEntry] | None:
     """In a storm, add this message to the person's digest for the window instead of sending it."""
     digest = config.notifier.digest
     if digest is None:
-        return False
+        return None
     start, end = digest_window(now, digest.window)
-    recent = await uow.conn.scalar(select(func.count()).select_from(deliveries).where(
-        deliveries.c.recipient == person.id, deliveries.c.channel == channel, deliveries.c.kind == "single",
-        deliveries.c.created_at >= start))
-    if not goes_to_digest(recent or 0, digest.after):
-        return False
+    if not goes_to_digest(await store.recent_singles(person.id, channel, start), digest.after):
+        return None
     digest_id = digest_key(person.id, channel, start)
-    await uow.conn.execute(pg_insert(deliveries).values(
-        notification_id=digest_id, idempotency_key=digest_id, escalation_id=esc.escalation_id, lead_id=esc.lead_id,
-        step=esc.step, channel=channel, recipient=person.id, kind="digest", state="pending",
-        next_attempt_at=max(end, send_at), created_at=now,
+    delivery = NewDelivery(
+        notification_id=digest_id, channel=channel, recipient=person.id, kind="digest",
+        next_attempt_at=max(end, send_at),
         payload={"notification_id": digest_id, "kind": "digest", "window_end": utc_iso(end),
                  "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
-                 "trigger": {"correlation_id": esc.trigger.get("correlation_id")}},
-    ).on_conflict_do_nothing())
-    await uow.conn.execute(pg_insert(digest_items).values(
-        notification_id=digest_id, lead_id=esc.lead_id,
-        item={"subject": message.subject, "link": message.link, "step": esc.step, "idempotency_key": key}))
-    return True
+                 "trigger": {"correlation_id": esc.trigger.get("correlation_id")}})
+    item = DigestEntry(notification_id=digest_id, item={"subject": message.subject, "link": message.link,
+                                                        "step": esc.step, "idempotency_key": key})
+    return delivery, item
 
 
-async def lead_facts(uow: UnitOfWork, config: Config, lead_id: str, fallback_owner: str | None) -> LeadFacts:
-    row = (await uow.conn.execute(select(leads).where(leads.c.lead_id == lead_id))).first()
-    owner_id = (row.owner_id if row else None) or fallback_owner
+async def lead_facts(store: NotifierStore, config: Config, lead_id: str, fallback_owner: str | None) -> LeadFacts:
+    known = await store.lead(lead_id)
+    owner_id = (known.owner_id if known else None) or fallback_owner
     owner = config.owner(owner_id) if owner_id else None
-    return LeadFacts(lead_id=lead_id, name=row.name if row else None, company=row.company if row else None,
-                     tier=row.tier if row else None, owner_id=owner_id, owner_name=owner.name if owner else None)
+    return LeadFacts(lead_id=lead_id, name=known.name if known else None, company=known.company if known else None,
+                     tier=known.tier if known else None, owner_id=owner_id, owner_name=owner.name if owner else None)
 
 
 def describe(row: Row) -> dict:

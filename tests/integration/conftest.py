@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import importlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -12,21 +12,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
+from shared.replay import Projection
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+
+
+def _projection(service: str) -> Projection | None:
+    """The service's projection, as its bootstrap would give it (None for a service without)."""
+    try:
+        return importlib.import_module(f"services.{service}.projection").PROJECTION
+    except ModuleNotFoundError:
+        return None
 
 
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(datetime(2026, 11, 17, 9, 0, tzinfo=UTC))
-
-
-def _projection(service: str):
-    """The service's projection, as its bootstrap gives it to the runtime (None: it has none yet)."""
-    module = f"services.{service}.projection"
-    if importlib.util.find_spec(module) is None:
-        return None
-    return importlib.import_module(module).PROJECTION
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ async def test_a_breach_notifies_owner_and_manager_once_even_if_redelivered(make
 
     assert sorted(to(receiver, lead_id)) == [(1, "alice"), (1, "maria")]
     assert all(valid for _, valid in receiver.received)
-    events = await stored_events(engine, "notifier", lead_id)
+    events = await stored_events(engine, "notifier", lead_id, published_only=True)
     assert [e.type for e in events] == ["escalation.triggered", "notification.sent", "notification.sent"]
     assert events[0].data["recipients"] == ["alice", "maria"] and events[0].causationid == trigger.id
     assert events[0].data["step"] == 1
@@ -122,7 +122,7 @@ async def test_a_later_step_fires_only_when_due_and_a_met_sla_stops_the_chain(ma
     await d.run_once()
     assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
     assert to(receiver, met) == [(1, "alice")]  # met before step 2: lead ops never bothered
-    triggered = [e.data["step"] for e in await stored_events(engine, "notifier", met)
+    triggered = [e.data["step"] for e in await stored_events(engine, "notifier", met, published_only=True)
                  if e.type == "escalation.triggered"]
     assert triggered == [1]
 
@@ -149,7 +149,7 @@ async def test_server_errors_are_retried_with_backoff_then_sent_with_one_key(mak
     await d.run_once()  # 429
     clock.advance(timedelta(seconds=1))
     await d.run_once()  # 204
-    [sent] = [e for e in await stored_events(engine, "notifier", lead_id) if e.type.startswith("notification.")]
+    [sent] = [e for e in await stored_events(engine, "notifier", lead_id, published_only=True) if e.type.startswith("notification.")]
     assert sent.type == "notification.sent" and sent.data["attempts"] == 3
     keys = {m["_headers"]["idempotency-key"] for m, _ in receiver.received if m["lead_id"] == lead_id}
     assert len(to(receiver, lead_id)) == 3 and keys == {sent.data["idempotency_key"]}
@@ -180,7 +180,7 @@ async def test_client_errors_fail_at_once_and_are_dead_lettered(make_ctx, clock,
     clock.advance(timedelta(minutes=10))  # long past any retry, before step 2
     await d.run_once()
     assert len(to(receiver, lead_id)) == 1
-    events = await stored_events(engine, "notifier", lead_id)
+    events = await stored_events(engine, "notifier", lead_id, published_only=True)
     [failed] = [e for e in events if e.type.startswith("notification.")]
     assert failed.type == "notification.failed"
     assert failed.data["attempts"] == 1 and failed.data["error"] == "HTTP 410"
@@ -198,7 +198,7 @@ async def test_an_unreachable_receiver_fails_after_the_last_try(make_ctx, clock,
     await d.run_once()
     clock.advance(timedelta(seconds=5))
     await d.run_once()
-    [failed] = [e for e in await stored_events(engine, "notifier", lead_id) if e.type.startswith("notification.")]
+    [failed] = [e for e in await stored_events(engine, "notifier", lead_id, published_only=True) if e.type.startswith("notification.")]
     assert failed.type == "notification.failed" and failed.data["attempts"] == 2
     assert failed.data["error"] == "ConnectError"
 
@@ -224,7 +224,7 @@ async def test_a_crash_between_send_and_record_resends_the_same_key_once_the_lea
     # The dead process's late record cannot overwrite the survivor's outcome.
 
     await crashed.record(leased, [Attempt(status=500, error="HTTP 500")], clock.now())
-    events = await stored_events(engine, "notifier", lead_id)
+    events = await stored_events(engine, "notifier", lead_id, published_only=True)
     assert [e.type for e in events if e.type.startswith("notification.")] == ["notification.sent"]
     assert events[-1].data["attempts"] == 2 and events[-1].data["idempotency_key"] == keys[0]
 

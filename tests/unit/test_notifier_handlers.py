@@ -1,0 +1,196 @@
+"""The notifier's handlers through the in-memory store and unit of work: no database, no
+broker. What they record is what the projection would apply."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.notifier.adapters import InMemoryStore, InMemoryUnitOfWork
+from services.notifier.domain import (
+    HOLD_FOR_RECEIVED,
+    ChainStopped,
+    EscalationsPlanned,
+    LeadNoted,
+    StepFired,
+    SubscriptionCreated,
+    SubscriptionQueued,
+)
+from services.notifier.handlers import HANDLERS, NotifierDeps, fire_due_steps, internal
+from shared.config import parse_config
+from shared.events import (
+    Company,
+    Consent,
+    Contact,
+    Intent,
+    LeadAssigned,
+    LeadReceived,
+    NotificationFailed,
+    SlaBreached,
+    SlaMet,
+    new_event,
+)
+from tests.support import handle_event
+
+NOW = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)
+CONFIG = parse_config("""
+owners: [{id: alice, name: Alice, manager_id: maria}, {id: maria}, {id: ops}]
+lead_ops: [ops]
+channels:
+  hook: {url: "http://127.0.0.1:9/hook", secret: "0123456789abcdef"}
+  team-slack: {type: slack, url_env: LEADSLA_UNIT_SLACK_URL}
+escalation_policies:
+  - id: breach
+    triggers: [sla.breached]
+    steps:
+      - {step: 1, notify: [owner, manager], channels: [hook]}
+      - {step: 2, after: 15m, notify: [lead_ops], channels: [hook]}
+  - id: storm
+    triggers: [sla.breached]
+    steps: [{step: 1, notify: [manager], channels: [team-slack]}]
+notifier: {link_base_url: "https://leads.example.com", digest: {window: 5m, after: 2}}
+""")
+
+
+def world() -> tuple[InMemoryStore, InMemoryUnitOfWork]:
+    store = InMemoryStore()
+    return store, InMemoryUnitOfWork(store)
+
+
+async def consume(uow: InMemoryUnitOfWork, event, now: datetime = NOW) -> None:
+    await handle_event(HANDLERS, uow, event, NotifierDeps(CONFIG, now, store=lambda _: uow.store))
+
+
+def breached(lead_id: str, now: datetime = NOW):
+    return new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=now, data=SlaBreached(
+        lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
+        owner_id="alice", due_at=now, breached_at=now, root_cause="owner_missed", tier="B"))
+
+
+def met(lead_id: str, now: datetime):
+    return new_event("sla.met", service="sla_clock", lead_id=lead_id, time=now, data=SlaMet(
+        lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
+        owner_id="alice", due_at=now))
+
+
+def received(lead_id: str, now: datetime = NOW):
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="webform", tier="A", contact=Contact(first_name="Ada", last_name="Byron"),
+        company=Company(name="Analytical"), intent=Intent(type="demo_request"), consent=Consent(),
+        contactable=True, received_at=now))
+
+
+def assigned(lead_id: str, now: datetime = NOW):
+    return new_event("lead.assigned", service="router", lead_id=lead_id, time=now, data=LeadAssigned(
+        lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin", reason="rule",
+        assignment_no=1, candidates=[], assigned_at=now, tier="A"))
+
+
+def recorded(uow: InMemoryUnitOfWork, cls):
+    return [cls.model_validate(e.data) for e in uow.recorded if e.type == cls.TYPE]
+
+
+async def subscribe(uow: InMemoryUnitOfWork, types: list[str]) -> str:
+    sub_id = str(uuid.uuid4())
+    await uow.record(None, internal(SubscriptionCreated(subscription_id=sub_id, url="http://127.0.0.1:9/",
+                                                        event_types=types, secret="s" * 20, created_at=NOW),
+                                    time=NOW, stream=sub_id))
+    return sub_id
+
+
+async def test_a_breach_plans_each_step_at_its_delay_and_the_due_one_fires_once() -> None:
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await consume(uow, breached(lead_id))
+    [plan] = recorded(uow, EscalationsPlanned)
+    assert sorted((s.policy_id, s.step, s.due_at - NOW) for s in plan.steps) == [
+        ("breach", 1, timedelta(0)), ("breach", 2, timedelta(minutes=15)), ("storm", 1, timedelta(0))]
+
+    assert sorted(await fire_due_steps(uow, CONFIG, NOW, store=store)) == [1, 1]
+    assert await fire_due_steps(uow, CONFIG, NOW, store=store) == []  # fired: not due any more
+    fired = {f.escalation_id: f for f in recorded(uow, StepFired)}
+    hook = next(f for f in fired.values() if f.deliveries[0].channel == "hook")
+    assert sorted(d.recipient for d in hook.deliveries) == ["alice", "maria"]
+    assert hook.deliveries[0].payload["message"]["text"].startswith("SLA breached")
+    triggered = [e for e in uow.emitted if e.type == "escalation.triggered"]
+    assert len(triggered) == 2 and all(e.causationid == plan.trigger_event_id for e in triggered)
+
+
+async def test_a_met_sla_stops_the_rest_of_its_chain() -> None:
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await consume(uow, breached(lead_id))
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    await consume(uow, met(lead_id, NOW + timedelta(minutes=5)))
+    assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
+    assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == []
+
+
+async def test_a_met_sla_with_no_escalation_records_nothing() -> None:
+    _, uow = world()
+    await consume(uow, met(str(uuid.uuid4()), NOW))
+    assert uow.recorded == []
+
+
+async def test_lead_facts_are_noted_and_messages_carry_them() -> None:
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await consume(uow, received(lead_id))
+    await consume(uow, assigned(lead_id))
+    assert [n.fields for n in recorded(uow, LeadNoted)] == [
+        ["company", "name", "received_at", "source", "tier"], ["owner_id", "tier"]]
+    await consume(uow, breached(lead_id))
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    lead = next(d.payload["lead"] for f in recorded(uow, StepFired) for d in f.deliveries if d.channel == "hook")
+    assert (lead["name"], lead["company"], lead["owner_name"]) == ("Ada Byron", "Analytical", "Alice")
+
+
+async def test_in_a_storm_a_managers_messages_go_into_one_digest_after_the_first_few() -> None:
+    store, uow = world()
+    for _ in range(5):
+        await consume(uow, breached(str(uuid.uuid4())))
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    slack = [d for f in recorded(uow, StepFired) for d in f.deliveries if d.channel == "team-slack"]
+    assert [d.kind for d in slack] == ["single", "single", "digest", "digest", "digest"]
+    assert len({d.notification_id for d in slack if d.kind == "digest"}) == 1
+    assert sum(len(f.digest_items) for f in recorded(uow, StepFired)) == 3
+
+
+async def test_an_assignment_waits_for_its_lead_received_and_is_released_by_it() -> None:
+    _, uow = world()
+    wants_received = await subscribe(uow, ["lead.*"])
+    only_assigned = await subscribe(uow, ["lead.assigned"])
+    lead_id = str(uuid.uuid4())
+    await consume(uow, assigned(lead_id))
+    [queued] = recorded(uow, SubscriptionQueued)
+    send_at = {q.subscription_id: q.next_attempt_at for q in queued.deliveries}
+    assert send_at == {wants_received: NOW + HOLD_FOR_RECEIVED, only_assigned: NOW}
+    assert not queued.releases_held
+
+    await consume(uow, received(lead_id), NOW + timedelta(seconds=3))
+    release = recorded(uow, SubscriptionQueued)[-1]
+    assert release.releases_held and [q.subscription_id for q in release.deliveries] == [wants_received]
+    assert uow.store.subscription_deliveries[(wants_received, queued.event_id)].next_attempt_at == \
+        NOW + timedelta(seconds=3)
+
+
+async def test_once_its_lead_received_was_seen_a_leads_news_goes_at_once() -> None:
+    _, uow = world()
+    sub_id = await subscribe(uow, ["lead.*"])
+    lead_id = str(uuid.uuid4())
+    await consume(uow, received(lead_id))
+    await consume(uow, assigned(lead_id))
+    assert [q.next_attempt_at for q in recorded(uow, SubscriptionQueued)[-1].deliveries] == [NOW]
+    assert sub_id
+
+
+async def test_a_subscription_is_not_sent_the_news_of_its_own_failures() -> None:
+    _, uow = world()
+    down = await subscribe(uow, ["notification.*"])
+    other = await subscribe(uow, ["notification.*"])
+    lead_id = str(uuid.uuid4())
+    failed = new_event("notification.failed", service="notifier", lead_id=lead_id, time=NOW, data=NotificationFailed(
+        notification_id="n", lead_id=lead_id, channel="subscription", recipient=down, attempts=3,
+        idempotency_key="k", subscription_id=down, event_id="e"))
+    await consume(uow, failed)
+    [queued] = recorded(uow, SubscriptionQueued)
+    assert [q.subscription_id for q in queued.deliveries] == [other]
