@@ -6,7 +6,7 @@ import pytest
 
 from services.intake.projection import PROJECTION
 from services.intake.stores import PostgresIntakeStore
-from tests.intake_store_contract import Harness, IntakeStoreContract
+from tests.contracts.intake_store import Harness, IntakeStoreContract
 
 
 class TestPostgresIntakeStore(IntakeStoreContract):

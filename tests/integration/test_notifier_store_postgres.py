@@ -9,7 +9,7 @@ import pytest
 from services.notifier.adapters import PostgresStore
 from services.notifier.projection import PROJECTION
 from shared.uow import UnitOfWork
-from tests.contract.notifier_store import NotifierStoreContract, event_of
+from tests.contracts.notifier_store import NotifierStoreContract, event_of
 
 
 class PostgresWorld:

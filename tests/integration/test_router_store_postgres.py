@@ -11,8 +11,8 @@ from sqlalchemy import text
 from services.router.adapters import PostgresRouterStore
 from services.router.projection import PROJECTION
 from shared.uow import UnitOfWork
+from tests.contracts.router_store import RouterStoreContract
 from tests.integration.router_support import OwnDatabase, own_database  # noqa: F401 - a fixture
-from tests.router_store_contract import RouterStoreContract
 
 
 class TestPostgresRouterStore(RouterStoreContract):

@@ -8,7 +8,7 @@ import pytest
 from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.projection import PROJECTION
 from shared.uow import UnitOfWork
-from tests.sla_store_contract import ClockStoreContract
+from tests.contracts.sla_store import ClockStoreContract
 
 
 class TestPostgresClockStore(ClockStoreContract):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.intake.stores import InMemoryIntakeStore
-from tests.intake_store_contract import Harness, IntakeStoreContract
+from tests.contracts.intake_store import Harness, IntakeStoreContract
 
 
 class TestInMemoryIntakeStore(IntakeStoreContract):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.notifier.adapters import InMemoryStore
-from tests.contract.notifier_store import NotifierStoreContract, event_of
+from tests.contracts.notifier_store import NotifierStoreContract, event_of
 
 
 class MemoryWorld:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.router.adapters import InMemoryRouterData, InMemoryRouterStore
-from tests.router_store_contract import RouterStoreContract
+from tests.contracts.router_store import RouterStoreContract
 
 
 class TestInMemoryRouterStore(RouterStoreContract):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.sla_clock.adapters import InMemoryClockStore
-from tests.sla_store_contract import ClockStoreContract
+from tests.contracts.sla_store import ClockStoreContract
 
 
 class TestInMemoryClockStore(ClockStoreContract):
