@@ -12,7 +12,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.aio import sleep_unless_stopped
+from shared.aio import run_loop
 from shared.consumer import Subscription, record_position
 from shared.events import (
     TOPIC_ACTIVITIES_RAW,
@@ -181,18 +181,19 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
 
     async def expire_loop(stop: asyncio.Event) -> None:
         """Dead-letter activities whose lead did not arrive within `intake.activity_wait`."""
-        while not stop.is_set():
-            try:
-                async with ctx.uow() as uow:
-                    topics = await expire_pending(uow, PostgresIntakeStore(uow.conn), ctx.clock.now())
-                    await uow.commit()
-                for topic in topics:
-                    metrics.deadletter.labels(topic, "unknown_lead").inc()
-                if len(topics) == EXPIRE_BATCH:
-                    continue  # more are due
-            except Exception as exc:  # the next round retries
-                log.warning("intake.expire_pending_failed", error=type(exc).__name__)
-            await sleep_unless_stopped(stop, min(30.0, ctx.config.config.intake.activity_wait / 10))
+
+        def every() -> float:
+            return min(30.0, ctx.config.config.intake.activity_wait / 10)
+
+        async def expire_round() -> float:
+            async with ctx.uow() as uow:
+                topics = await expire_pending(uow, PostgresIntakeStore(uow.conn), ctx.clock.now())
+                await uow.commit()
+            for topic in topics:
+                metrics.deadletter.labels(topic, "unknown_lead").inc()
+            return 0 if len(topics) == EXPIRE_BATCH else every()  # a full batch: more are due
+
+        await run_loop("intake.expire", expire_round, stop, idle=every())
 
     def count_rejection(request: Request, errors: list[dict[str, str]]) -> None:
         principal = getattr(request.state, "principal", None)

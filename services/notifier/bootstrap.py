@@ -8,7 +8,7 @@ from datetime import timedelta
 import httpx
 import structlog
 
-from shared.aio import next_backoff, sleep_unless_stopped
+from shared.aio import run_loop
 from shared.consumer import Subscription, bind
 from shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, TOPIC_ROUTING, TOPIC_SLA, CloudEvent
 from shared.runtime import ServiceContext, ServiceSpec
@@ -34,35 +34,31 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         await fan_out(uow, event, ctx.clock.now())  # a subscription's "lead.*" wants a type added later too
 
     async def delivery_loop(stop: asyncio.Event) -> None:
-        backoff = DELIVERY_POLL_SECONDS
         async with httpx.AsyncClient(follow_redirects=False) as client:
             deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
                                   Senders(client, ctx.engine, lambda: ctx.config.config), ctx.clock)
-            while not stop.is_set():
-                try:
-                    done = await deliverer.start_round()
-                    backoff = DELIVERY_POLL_SECONDS
-                except Exception as exc:  # database down: nothing is lost, leases expire and retry
-                    log.warning("notifier.delivery_round_failed", error=type(exc).__name__)
-                    done = 0
-                    backoff = next_backoff(backoff, cap=5.0)
-                if done == 0:
-                    await sleep_unless_stopped(stop, backoff)
+
+            async def delivery_round() -> float:
+                return 0 if await deliverer.start_round() else DELIVERY_POLL_SECONDS
+
+            # Database down: nothing is lost, leases expire and the round is tried after the backoff.
+            await run_loop("notifier.delivery", delivery_round, stop, idle=DELIVERY_POLL_SECONDS,
+                           backoff_first=DELIVERY_POLL_SECONDS)
             await deliverer.drain(timeout=10)
 
+    async def retention_round() -> float:
+        async with ctx.uow() as uow:
+            keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
+            now = ctx.clock.now()
+            pruned = await prune_delivered(uow, now - keep, now)
+            await uow.commit()
+        if pruned:
+            log.info("notifier.pruned_deliveries", rows=pruned)
+        return RETENTION_EVERY_SECONDS
+
     async def retention_loop(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                async with ctx.uow() as uow:
-                    keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
-                    now = ctx.clock.now()
-                    pruned = await prune_delivered(uow, now - keep, now)
-                    await uow.commit()
-                if pruned:
-                    log.info("notifier.pruned_deliveries", rows=pruned)
-            except Exception as exc:  # retention can wait for the next round
-                log.warning("notifier.prune_failed", error=type(exc).__name__)
-            await sleep_unless_stopped(stop, RETENTION_EVERY_SECONDS)
+        await run_loop("notifier.retention", retention_round, stop, idle=RETENTION_EVERY_SECONDS,
+                       backoff_first=60, backoff_cap=RETENTION_EVERY_SECONDS)
 
     return ServiceSpec(
         subscriptions=[Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type)],

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from shared import metrics
-from shared.aio import sleep_unless_stopped
+from shared.aio import run_loop
 from shared.http import ProblemError, require_key
 from shared.runtime import Loop, ServiceContext
 
@@ -145,12 +145,11 @@ async def measure_overdue(ctx: ServiceContext) -> None:
 
 
 def overdue_loop(ctx: ServiceContext) -> Loop:
+    async def measure_round() -> float:
+        await measure_overdue(ctx)
+        return OVERDUE_REFRESH_SECONDS
+
     async def run(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await measure_overdue(ctx)
-            except Exception as exc:  # database away: measure again next time
-                log.warning("reporting.overdue_unmeasured", error=str(exc))
-            await sleep_unless_stopped(stop, OVERDUE_REFRESH_SECONDS)
+        await run_loop("reporting.overdue", measure_round, stop, idle=OVERDUE_REFRESH_SECONDS)
 
     return run

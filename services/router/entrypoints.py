@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import exc as sa_exc
 
 from shared import metrics
+from shared.aio import run_loop
 from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, field_errors, require_key
@@ -193,19 +194,15 @@ def queue_loop(ctx: ServiceContext, wake: asyncio.Event):
     """Drains the queue when woken (an owner changed) and every `queue_check_seconds` (working
     hours starting, absences ending, config reloads adding owners), then reports the depth."""
 
+    async def drain_round() -> float | None:
+        await drain_all(ctx)
+        await refresh_queue_depth(ctx)
+        return ctx.config.config.routing.queue_check_seconds  # or less, when woken (config reloads count)
+
     async def run(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                wake.clear()
-                await drain_all(ctx)
-                await refresh_queue_depth(ctx)
-            except Exception as exc:  # the next round tries again; routing itself goes on
-                log.warning("router.queue_check_failed", error=repr(exc))
-            waits = [asyncio.create_task(wake.wait()), asyncio.create_task(stop.wait())]
-            await asyncio.wait(waits, timeout=ctx.config.config.routing.queue_check_seconds,
-                               return_when=asyncio.FIRST_COMPLETED)
-            for task in waits:
-                task.cancel()
+        # A failed round (database away) is tried again after the backoff; routing itself goes on.
+        await run_loop("router.queue", drain_round, stop, wakeup=wake,
+                       idle=ctx.config.config.routing.queue_check_seconds)
 
     return run
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from shared import metrics
+from shared.aio import run_loop
 from shared.consumer import Subscription, bind
 from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, Received
 from shared.http import ProblemError, require_key
@@ -56,37 +57,36 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         last_gauge = 0.0
         loop = asyncio.get_running_loop()
         began = ctx.clock.now()
-        while not stop.is_set():
-            fired, wait = 0, poll
-            # Cleared before reading, so an advance landing mid-round still wakes the next one.
-            watermark.advanced.clear()
-            seen = watermark.seen
+
+        async def fire_round() -> float:
+            nonlocal last_gauge
+            seen = watermark.seen  # read after the loop cleared `advanced`: a later advance wakes us
             # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
             metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
-            try:
-                async with ctx.uow() as uow:
-                    store = PostgresClockStore(uow)
-                    fired = await fire_due(store, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
-                                           limit=FIRE_BATCH)
-                    upcoming = await next_due(store)
-                    if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
-                        metrics.sla_open_timers.clear()
-                        for metric, tier, count in await open_timer_counts(store):
-                            metrics.sla_open_timers.labels(metric, tier).set(count)
-                        last_gauge = loop.time()
-                    await uow.commit()
-                if upcoming is not None:
-                    now = ctx.clock.now()
-                    if upcoming <= now:
-                        # Due but not yet confirmed: wait for the watermark, or for the tolerance to end.
-                        wait = min(poll, max((upcoming + rules.tolerance - now).total_seconds(), 0.0))
-                    else:
-                        # Sleep until the next deadline, so breaches leave on time, not on the next poll.
-                        wait = min(poll, (upcoming - now).total_seconds())
-            except Exception as exc:  # database away: timers are durable, try again shortly
-                log.warning("timers.fire_failed", error=str(exc))
-            if fired < FIRE_BATCH:
-                await _wait_any(stop, watermark.advanced, wait)
+            async with ctx.uow() as uow:
+                store = PostgresClockStore(uow)
+                fired = await fire_due(store, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
+                                       limit=FIRE_BATCH)
+                upcoming = await next_due(store)
+                if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
+                    metrics.sla_open_timers.clear()
+                    for metric, tier, count in await open_timer_counts(store):
+                        metrics.sla_open_timers.labels(metric, tier).set(count)
+                    last_gauge = loop.time()
+                await uow.commit()
+            if fired >= FIRE_BATCH:
+                return 0  # more are due: at once
+            if upcoming is None:
+                return poll
+            now = ctx.clock.now()
+            if upcoming <= now:
+                # Due but not yet confirmed: wait for the watermark, or for the tolerance to end.
+                return min(poll, max((upcoming + rules.tolerance - now).total_seconds(), 0.0))
+            # Sleep until the next deadline, so breaches leave on time, not on the next poll.
+            return min(poll, (upcoming - now).total_seconds())
+
+        # Timers are durable: a failed round (database away) is tried again after the backoff.
+        await run_loop("timers", fire_round, stop, idle=poll, wakeup=watermark.advanced)
 
     api = APIRouter()
 
@@ -119,12 +119,3 @@ def on_postgres(handlers: Mapping[type[BaseModel], StoreHandler]) -> dict[type[B
             await handler(PostgresClockStore(uow), received, deps)
         return handle
     return {cls: bound(handler) for cls, handler in handlers.items()}
-
-
-async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
