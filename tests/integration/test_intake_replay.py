@@ -11,11 +11,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.engine import make_url
 
 from services.intake.bootstrap import bootstrap
 from services.intake.handlers import RawPosition, expire_pending, park_activity
@@ -26,13 +24,12 @@ from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
-from shared.db import make_engine
 from shared.events import CloudEvent
 from shared.http import create_app
-from shared.migrate import upgrade
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+from tests.integration.own_database import fresh_database
 from tests.support import eventually
 
 CONFIG = """
@@ -52,19 +49,8 @@ ROOT = Path(__file__).parents[2]
 @pytest.fixture(scope="module")
 async def database(postgres_server_url: str):
     """A database of this module's own, migrated to head: (url, engine)."""
-    name = f"leadsla_intake_replay_{uuid.uuid4().hex[:8]}"
-    dsn = postgres_server_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    await upgrade(engine)
-    yield url, engine
-    await engine.dispose()
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with fresh_database(postgres_server_url, "leadsla_intake_replay") as own:
+        yield own.url, own.engine
 
 
 def email() -> str:

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.bootstrap import bootstrap
@@ -34,7 +32,6 @@ from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
-from shared.db import make_engine
 from shared.events import (
     Company,
     Consent,
@@ -49,10 +46,10 @@ from shared.events import (
     new_event,
 )
 from shared.http import create_app
-from shared.migrate import upgrade
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+from tests.integration.own_database import fresh_database
 from tests.integration.receivers import HttpReceiver, SlackLikeReceiver
 from tests.support import handle_event
 
@@ -90,15 +87,6 @@ notifier: {{subscription_max_attempts: 2, digest: {{window: 5m, after: 5}}, quie
 """
 
 
-async def _fresh_database(server_url: str) -> str:
-    name = f"leadsla_replay_{uuid.uuid4().hex[:10]}"
-    dsn = server_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
 @dataclass
 class Traffic:
     engine: AsyncEngine
@@ -129,98 +117,93 @@ def sla(kind, lead_id: str, now: datetime, tier: str = "B"):
 
 @pytest.fixture(scope="module")
 async def traffic(postgres_server_url: str, producer) -> Traffic:
-    database_url = await _fresh_database(postgres_server_url)
-    engine = make_engine(database_url)
-    await upgrade(engine)
-    clock = ManualClock(datetime.now(UTC))
-    with HttpReceiver(SECRET) as hook, HttpReceiver() as crm, HttpReceiver() as other, \
-            SlackLikeReceiver() as slack:
-        os.environ[SLACK_ENV] = slack.url
-        ctx = ServiceContext(name="notifier", settings=Settings(database_url=database_url), engine=engine,
-                             producer=producer, clock=clock, projection=PROJECTION, relay_wakeup=asyncio.Event(),
-                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(config(hook, clock.now())))))
-        app = create_app(ctx, bootstrap(ctx).routers)
-        async with engine.begin() as conn:
-            admin_key = await create_key(conn, "crm-admin", "admin")
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier",
-                                     headers={"Authorization": f"Bearer {admin_key}"}) as api, \
-                httpx.AsyncClient() as http:
-            async def subscribe(receiver: HttpReceiver, types: list[str]) -> str:
-                response = await api.post("/v1/subscriptions", json={"url": receiver.url, "event_types": types})
-                assert response.status_code == 201, response.text
-                receiver.secret = response.json()["secret"].encode()
-                return response.json()["id"]
+    async with fresh_database(postgres_server_url, "leadsla_notifier_replay") as own:
+        database_url, engine = own.url, own.engine
+        clock = ManualClock(datetime.now(UTC))
+        with HttpReceiver(SECRET) as hook, HttpReceiver() as crm, HttpReceiver() as other, \
+                SlackLikeReceiver() as slack:
+            os.environ[SLACK_ENV] = slack.url
+            ctx = ServiceContext(name="notifier", settings=Settings(database_url=database_url), engine=engine,
+                                 producer=producer, clock=clock, projection=PROJECTION, relay_wakeup=asyncio.Event(),
+                                 config=ConfigHolder(engine, VersionedConfig(1, parse_config(config(hook, clock.now())))))
+            app = create_app(ctx, bootstrap(ctx).routers)
+            async with engine.begin() as conn:
+                admin_key = await create_key(conn, "crm-admin", "admin")
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier",
+                                         headers={"Authorization": f"Bearer {admin_key}"}) as api, \
+                    httpx.AsyncClient() as http:
+                async def subscribe(receiver: HttpReceiver, types: list[str]) -> str:
+                    response = await api.post("/v1/subscriptions", json={"url": receiver.url, "event_types": types})
+                    assert response.status_code == 201, response.text
+                    receiver.secret = response.json()["secret"].encode()
+                    return response.json()["id"]
 
-            await subscribe(crm, ["lead.*", "sla.*"])
-            with HttpReceiver() as gone:
-                pass
-            dead = await subscribe(gone, ["lead.assigned"])
-            dropped = await subscribe(other, ["sla.breached"])
+                await subscribe(crm, ["lead.*", "sla.*"])
+                with HttpReceiver() as gone:
+                    pass
+                dead = await subscribe(gone, ["lead.assigned"])
+                dropped = await subscribe(other, ["sla.breached"])
 
-            async def consume(*events) -> None:
-                for event in events:
-                    async with ctx.uow() as uow:
-                        await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, clock.now()))
-                        await uow.commit()
+                async def consume(*events) -> None:
+                    for event in events:
+                        async with ctx.uow() as uow:
+                            await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, clock.now()))
+                            await uow.commit()
 
-            deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
-                                  Senders(http, engine, lambda: ctx.config.config), clock, jitter=lambda: 0.5)
-            crashed = Deliverer(ctx.uow, lambda: ctx.config.config,
-                                Senders(http, engine, lambda: ctx.config.config), clock, jitter=lambda: 0.5)
+                deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                      Senders(http, engine, lambda: ctx.config.config), clock, jitter=lambda: 0.5)
+                crashed = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                    Senders(http, engine, lambda: ctx.config.config), clock, jitter=lambda: 0.5)
 
-            lead_ids = [str(uuid.uuid4()) for _ in range(6)]
-            now = clock.now()
-            # Assignments read before their lead.received (held), one lead never received.
-            await consume(*(assigned(lead_id, now + timedelta(milliseconds=5)) for lead_id in lead_ids))
-            await consume(*(received(lead_id, now, tier="A" if i == 0 else "B")
-                            for i, lead_id in enumerate(lead_ids[:-1])))
-            await consume(new_event("lead.updated", service="intake", lead_id=lead_ids[1], time=now,
-                                    data=LeadUpdated(lead_id=lead_ids[1], changed={}, tier="A", previous_tier="B",
-                                                     reason="upgraded")),
-                          new_event("lead.reassigned", service="router", lead_id=lead_ids[2], time=now,
-                                    data=LeadReassigned(lead_id=lead_ids[2], from_owner_id="alice",
-                                                        to_owner_id="bob", reason="manual", assignment_no=2)))
-            hook.statuses = [503, 410]  # a retry, and a delivery that fails at once
-            await consume(*(sla("breached", lead_id, now, tier="A" if i == 0 else "B")
-                            for i, lead_id in enumerate(lead_ids[:5])))
-            await deliverer.run_once()
-            clock.advance(timedelta(seconds=2))
-            await deliverer.run_once()
-
-            # A crash between send and record: the lease expires and a survivor sends it again.
-            await consume(sla("breached", lead_ids[5], clock.now()))
-            await crashed.fire(clock.now())
-            leased = await crashed.lease(clock.now())
-            await crashed.send(leased, clock.now())
-            clock.advance(timedelta(seconds=ctx.config.config.notifier.lease_seconds))
-            await deliverer.run_once()
-            await crashed.record(leased, await crashed.send(leased, clock.now()), clock.now())  # too late
-
-            assert (await api.delete(f"/v1/subscriptions/{dropped}")).status_code == 204
-            clock.advance(timedelta(minutes=15))  # step 2: the manager, asleep: held (tier B), then digested
-            for _ in range(3):
+                lead_ids = [str(uuid.uuid4()) for _ in range(6)]
+                now = clock.now()
+                # Assignments read before their lead.received (held), one lead never received.
+                await consume(*(assigned(lead_id, now + timedelta(milliseconds=5)) for lead_id in lead_ids))
+                await consume(*(received(lead_id, now, tier="A" if i == 0 else "B")
+                                for i, lead_id in enumerate(lead_ids[:-1])))
+                await consume(new_event("lead.updated", service="intake", lead_id=lead_ids[1], time=now,
+                                        data=LeadUpdated(lead_id=lead_ids[1], changed={}, tier="A", previous_tier="B",
+                                                         reason="upgraded")),
+                              new_event("lead.reassigned", service="router", lead_id=lead_ids[2], time=now,
+                                        data=LeadReassigned(lead_id=lead_ids[2], from_owner_id="alice",
+                                                            to_owner_id="bob", reason="manual", assignment_no=2)))
+                hook.statuses = [503, 410]  # a retry, and a delivery that fails at once
+                await consume(*(sla("breached", lead_id, now, tier="A" if i == 0 else "B")
+                                for i, lead_id in enumerate(lead_ids[:5])))
                 await deliverer.run_once()
-                clock.advance(timedelta(seconds=30))
-            await consume(sla("met", lead_ids[3], clock.now()))  # its held message and step 3 are dropped
-            clock.advance(HOLD_FOR_RECEIVED)  # the lead never received goes at last
-            await deliverer.run_once()
-            assert (await api.post(f"/v1/subscriptions/{dead}/redeliver")).json()["requeued"] > 0
-            await deliverer.run_once()
-            clock.advance(timedelta(minutes=15))  # step 3: lead ops
-            await deliverer.run_once()
-            async with ctx.uow() as uow:  # retention, with a cut-off that takes what is done so far
-                assert await prune_delivered(uow, clock.now() - timedelta(minutes=30), clock.now()) > 0
-                await uow.commit()
-            await consume(received(str(uuid.uuid4()), clock.now()), assigned(lead_ids[0], clock.now(), "bob"))
-            await deliverer.run_once()
-            # (the later sends are refused: signatures older than 5 min of real time; failures are traffic too)
-            assert sum(ok for _, ok in crm.received) > 10 and hook.received and slack.payloads
-    os.environ.pop(SLACK_ENV, None)
-    yield Traffic(engine, database_url, lead_ids)
-    await engine.dispose()
-    admin = await asyncpg.connect(postgres_server_url.replace("postgresql+asyncpg://", "postgresql://"))
-    await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(database_url).database}" WITH (FORCE)')
-    await admin.close()
+                clock.advance(timedelta(seconds=2))
+                await deliverer.run_once()
+
+                # A crash between send and record: the lease expires and a survivor sends it again.
+                await consume(sla("breached", lead_ids[5], clock.now()))
+                await crashed.fire(clock.now())
+                leased = await crashed.lease(clock.now())
+                await crashed.send(leased, clock.now())
+                clock.advance(timedelta(seconds=ctx.config.config.notifier.lease_seconds))
+                await deliverer.run_once()
+                await crashed.record(leased, await crashed.send(leased, clock.now()), clock.now())  # too late
+
+                assert (await api.delete(f"/v1/subscriptions/{dropped}")).status_code == 204
+                clock.advance(timedelta(minutes=15))  # step 2: the manager, asleep: held (tier B), then digested
+                for _ in range(3):
+                    await deliverer.run_once()
+                    clock.advance(timedelta(seconds=30))
+                await consume(sla("met", lead_ids[3], clock.now()))  # its held message and step 3 are dropped
+                clock.advance(HOLD_FOR_RECEIVED)  # the lead never received goes at last
+                await deliverer.run_once()
+                assert (await api.post(f"/v1/subscriptions/{dead}/redeliver")).json()["requeued"] > 0
+                await deliverer.run_once()
+                clock.advance(timedelta(minutes=15))  # step 3: lead ops
+                await deliverer.run_once()
+                async with ctx.uow() as uow:  # retention, with a cut-off that takes what is done so far
+                    assert await prune_delivered(uow, clock.now() - timedelta(minutes=30), clock.now()) > 0
+                    await uow.commit()
+                await consume(received(str(uuid.uuid4()), clock.now()), assigned(lead_ids[0], clock.now(), "bob"))
+                await deliverer.run_once()
+                # (the later sends are refused: signatures older than 5 min of real time; failures are traffic too)
+                assert sum(ok for _, ok in crm.received) > 10 and hook.received and slack.payloads
+        os.environ.pop(SLACK_ENV, None)
+        yield Traffic(engine, database_url, lead_ids)
 
 
 async def counts(engine: AsyncEngine) -> dict[str, int]:

@@ -45,7 +45,7 @@ from shared.events import (
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
-from tests.integration.router_support import OwnDatabase, own_database  # noqa: F401 - a fixture
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 
 CONFIG = """
 calendars:

@@ -12,7 +12,7 @@ from services.router.adapters import PostgresRouterStore
 from services.router.projection import PROJECTION
 from shared.uow import UnitOfWork
 from tests.contracts.router_store import RouterStoreContract
-from tests.integration.router_support import OwnDatabase, own_database  # noqa: F401 - a fixture
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 
 
 class TestPostgresRouterStore(RouterStoreContract):

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sla_clock.adapters import PostgresClockStore
@@ -47,10 +45,10 @@ from shared.events import (
     new_event,
 )
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
-from shared.migrate import upgrade
 from shared.replay import rebuild
 from shared.runtime import ServiceContext
 from shared.settings import Settings
+from tests.integration.own_database import fresh_database
 from tests.integration.test_sla_clock_db import assigned, received
 from tests.integration.test_sla_lifecycle_db import activity
 from tests.support import eventually
@@ -79,23 +77,10 @@ sla_policies:
 
 @pytest.fixture(scope="module")
 async def own_database(postgres_server_url: str) -> AsyncIterator[str]:
-    name = f"leadsla_test_sla_replay_{uuid.uuid4().hex[:8]}"
-    raw = postgres_server_url.replace("postgresql+asyncpg://", "postgresql://")
-    admin = await asyncpg.connect(raw)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        engine = make_engine(url)
-        await upgrade(engine)
-        async with engine.begin() as conn:
+    async with fresh_database(postgres_server_url, "leadsla_sla_replay") as database:
+        async with database.engine.begin() as conn:
             await apply_config(conn, CONFIG)
-        await engine.dispose()
-        yield url
-    finally:
-        admin = await asyncpg.connect(raw)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        yield database.url
 
 
 @dataclass
