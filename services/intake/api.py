@@ -17,6 +17,7 @@ from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
 
 from . import openapi
+from .adapters import PostgresIntakeStore
 from .domain import ActivityIn, TokenBucket, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
@@ -30,7 +31,6 @@ from .handlers import (
     update_lead,
 )
 from .normalize import Refused, Submission, read_submission
-from .stores import PostgresIntakeStore
 
 MAX_BATCH = 500
 MAX_IDEMPOTENCY_KEY = 200

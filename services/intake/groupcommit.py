@@ -22,9 +22,9 @@ from shared.config import Config
 from shared.eventstore import retry_on_conflict
 from shared.uow import UnitOfWork
 
+from .adapters import PostgresIntakeStore
 from .handlers import Accepted, LeadRequest, submit_leads
 from .normalize import Submission
-from .stores import PostgresIntakeStore
 
 MAX_GROUP = 200
 

@@ -33,6 +33,7 @@ from shared.events import (
     new_event,
 )
 
+from .adapters import Held, IntakeStore
 from .domain import (
     ACTIVITY_HELD,
     ACTIVITY_RELEASED,
@@ -56,7 +57,6 @@ from .domain import (
     upgrade,
 )
 from .normalize import Submission
-from .stores import Held, IntakeStore
 
 SERVICE = "intake"
 # The most held activities one expiry round dead-letters.

@@ -1,4 +1,4 @@
-"""One behaviour contract for intake's store (`services.intake.stores.IntakeStore`), run against the
+"""One behaviour contract for intake's store (`services.intake.adapters.IntakeStore`), run against the
 in-memory store (tests/unit/test_intake_store_memory.py) and Postgres
 (tests/integration/test_intake_store_postgres.py). A subclass provides the `harness` fixture: the
 store under test and `apply`, which feeds it events the way recording does (the projection)."""
@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from services.intake.adapters import IntakeStore
 from services.intake.domain import (
     ActivityHeld,
     ActivityReleased,
     IdempotencyKeyBound,
 )
 from services.intake.handlers import internal_event
-from services.intake.stores import IntakeStore
 from shared.events import (
     ActivityRecorded,
     CloudEvent,

@@ -9,11 +9,11 @@ import uuid
 
 from sqlalchemy import func, select, text
 
+from services.intake.adapters import PostgresIntakeStore
 from services.intake.domain import intent_vocabulary
 from services.intake.handlers import RawPosition, park_activity, resolve_lead, submit_lead
 from services.intake.normalize import read_submission
 from services.intake.projection import PROJECTION
-from services.intake.stores import PostgresIntakeStore
 from services.intake.tables import activities, pending_activities
 from shared.events import CloudEvent
 from shared.uow import UnitOfWork

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select, text, update
 
+from services.intake.adapters import PostgresIntakeStore
 from services.intake.bootstrap import bootstrap
 from services.intake.handlers import RawPosition, expire_pending, park_activity
 from services.intake.projection import PROJECTION
-from services.intake.stores import PostgresIntakeStore
 from services.intake.tables import activities, idempotency_keys, leads, pending_activities
 from shared.auth import create_key
 from shared.clock import ManualClock

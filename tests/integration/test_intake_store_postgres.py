@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.intake.adapters import PostgresIntakeStore
 from services.intake.projection import PROJECTION
-from services.intake.stores import PostgresIntakeStore
 from tests.contracts.intake_store import Harness, IntakeStoreContract
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.intake.adapters import FakeUnitOfWork
 from services.intake.domain import (
     ACTIVITY_HELD,
     ACTIVITY_RELEASED,
@@ -26,7 +27,6 @@ from services.intake.handlers import (
     update_lead,
 )
 from services.intake.normalize import read_submission
-from services.intake.stores import FakeUnitOfWork
 from shared.config import parse_config
 from shared.events import CloudEvent
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.intake.stores import InMemoryIntakeStore
+from services.intake.adapters import InMemoryIntakeStore
 from tests.contracts.intake_store import Harness, IntakeStoreContract
 
 

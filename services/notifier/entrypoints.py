@@ -1,27 +1,46 @@
-"""The notifier's HTTP routes: CRM event subscriptions (admin) and a lead's notifications."""
+"""The notifier's entrypoints: the consumer of lead, routing, SLA and its own events; the loops
+that fire escalation steps, deliver and prune; the HTTP routes for CRM event subscriptions
+(admin) and a lead's notifications."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
+from datetime import timedelta
 from typing import Any
 
+import httpx
+import structlog
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.events import utc_iso
+from shared.aio import run_loop
+from shared.consumer import Subscription, bind
+from shared.events import (
+    TOPIC_INTAKE,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_ROUTING,
+    TOPIC_SLA,
+    CloudEvent,
+    utc_iso,
+)
 from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
+from shared.supervisor import Loop
+from shared.uow import UnitOfWork
 
+from .channels import Senders
+from .delivery import Deliverer, prune_delivered
 from .domain import (
     SubscriptionCreated,
     SubscriptionDeleted,
     SubscriptionRedelivered,
     invalid_event_type,
 )
-from .handlers import describe, record
+from .handlers import HANDLERS, NotifierDeps, describe, fan_out, record
 from .tables import deliveries, subscription_deliveries, subscriptions
 
 
@@ -145,3 +164,47 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         return {"lead_id": lead_id, "notifications": [describe(r) for r in rows]}
 
     return router
+
+
+log = structlog.get_logger()
+DELIVERY_POLL_SECONDS = 0.25
+RETENTION_EVERY_SECONDS = 3600
+TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
+
+
+def consumers_and_loops(ctx: ServiceContext) -> tuple[Subscription, list[Loop]]:
+    def deps() -> NotifierDeps:
+        return NotifierDeps(ctx.config.config, ctx.clock.now())
+
+    async def unknown_type(uow: UnitOfWork, event: CloudEvent) -> None:
+        await fan_out(uow, event, ctx.clock.now())  # a subscription's "lead.*" wants a type added later too
+
+    async def delivery_loop(stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            deliverer = Deliverer(ctx.uow, lambda: ctx.config.config,
+                                  Senders(client, ctx.engine, lambda: ctx.config.config), ctx.clock)
+
+            async def delivery_round() -> float:
+                return 0 if await deliverer.start_round() else DELIVERY_POLL_SECONDS
+
+            # Database down: nothing is lost, leases expire and the round is tried after the backoff.
+            await run_loop("notifier.delivery", delivery_round, stop, idle=DELIVERY_POLL_SECONDS,
+                           backoff_first=DELIVERY_POLL_SECONDS)
+            await deliverer.drain(timeout=10)
+
+    async def retention_round() -> float:
+        async with ctx.uow() as uow:
+            keep = timedelta(seconds=ctx.config.config.notifier.keep_delivered)
+            now = ctx.clock.now()
+            pruned = await prune_delivered(uow, now - keep, now)
+            await uow.commit()
+        if pruned:
+            log.info("notifier.pruned_deliveries", rows=pruned)
+        return RETENTION_EVERY_SECONDS
+
+    async def retention_loop(stop: asyncio.Event) -> None:
+        await run_loop("notifier.retention", retention_round, stop, idle=RETENTION_EVERY_SECONDS,
+                       backoff_first=60, backoff_cap=RETENTION_EVERY_SECONDS)
+
+    return (Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type),
+            [delivery_loop, retention_loop])

@@ -1,0 +1,206 @@
+"""Intake's entrypoints besides its HTTP routes (api.py): the consumers of the two raw input
+topics, and the loop that dead-letters activities whose lead never came."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from datetime import UTC, datetime
+
+import structlog
+from aiokafka import ConsumerRecord
+from fastapi import Request
+from pydantic import ValidationError
+
+from shared import metrics
+from shared.aio import run_loop
+from shared.consumer import Subscription, record_position
+from shared.events import (
+    TOPIC_ACTIVITIES_RAW,
+    TOPIC_SUBMISSIONS_RAW,
+    BadEvent,
+    CloudEvent,
+    Received,
+    WireModel,
+    describe_validation_error,
+    deterministic_id,
+)
+from shared.http import MAX_BODY_BYTES
+from shared.runtime import ServiceContext
+from shared.supervisor import Loop
+from shared.uow import UnitOfWork
+
+from .adapters import PostgresIntakeStore
+from .domain import ActivityIn, intent_vocabulary
+from .handlers import (
+    EXPIRE_BATCH,
+    RawPosition,
+    RejectedActivity,
+    count,
+    expire_pending,
+    park_activity,
+    record_activity,
+    resolve_lead,
+    submit_lead,
+)
+from .normalize import Refused, read_submission
+
+log = structlog.get_logger()
+
+RAW_SOURCE_PREFIX = "kafka:"
+MAX_RAW_RECORD_BYTES = MAX_BODY_BYTES
+RAW_POSITION = "intakerawrecord"  # extension attribute: [topic, partition, offset, key, value base64]
+BARE = "intakebare"  # extension attribute: the record was a bare JSON body, not a CloudEvent
+
+
+def decode_raw(record: ConsumerRecord) -> CloudEvent:
+    """Raw topics carry the bare JSON body of the matching HTTP endpoint, or a CloudEvent in
+    the Kafka binding's structured mode (`time` optional) or binary mode (`ce_*` headers, the
+    record value is the data). Where the record came from rides along as extension attributes,
+    so an activity parked for its lead can still be dead-lettered with its bytes."""
+    size = len(record.value or b"")
+    if size > MAX_RAW_RECORD_BYTES:
+        # The same limit as HTTP bodies: a lead this size is not a form submission, and its events
+        # would not fit the broker. The dead letter keeps it whole in Postgres.
+        raise BadEvent(f"too large: {size} bytes, the limit is {MAX_RAW_RECORD_BYTES} (as for HTTP bodies)")
+    try:
+        body = json.loads(record.value or b"")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadEvent(f"not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadEvent("expected a JSON object")
+    key = record.key.decode(errors="replace") if record.key else None
+    received = datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    raw = {RAW_POSITION: [record.topic, record.partition, record.offset, key,
+                          base64.b64encode(record.value or b"").decode()]}
+    headers = {k.lower(): (v or b"").decode(errors="replace") for k, v in (record.headers or ())}
+    if "ce_id" in headers:  # binary mode
+        ce = {k[3:]: v for k, v in headers.items() if k.startswith("ce_")}
+        try:
+            return CloudEvent(
+                id=ce["id"], source=ce.get("source") or RAW_SOURCE_PREFIX + record.topic,
+                type=ce.get("type") or "raw", subject=ce.get("subject") or key,
+                time=ce.get("time") or received, data=body, **raw,
+            )
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from None
+    if "specversion" in body:  # structured mode
+        if not isinstance(body.get("data", {}), dict):
+            raise BadEvent("a CloudEvent on a raw topic needs a JSON object as its data")
+        try:
+            return CloudEvent.model_validate({"time": received, **body, **raw})
+        except ValidationError as exc:
+            raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from None
+    return CloudEvent(
+        id=deterministic_id("raw", record_position(record)),
+        source=RAW_SOURCE_PREFIX + record.topic,
+        type="raw",
+        subject=key,
+        time=received,
+        data=body,
+        **raw,
+        **{BARE: True},
+    )
+
+
+class RawSubmission(WireModel):
+    """A record of the raw submissions topic: whatever its type, a body intake reads leniently
+    (`normalize.read_submission`), so it is taken as it is here."""
+
+
+class RawActivity(WireModel):
+    """A record of the raw activities topic, read by `ActivityIn` in the handler."""
+
+
+def raw_position(event: CloudEvent) -> RawPosition:
+    topic, partition, offset, key, original = (event.model_extra or {})[RAW_POSITION]
+    return RawPosition(topic, partition, offset, key, base64.b64decode(original))
+
+
+def without_raw(event: CloudEvent) -> CloudEvent:
+    """The event as its sender meant it (what is kept while an activity waits)."""
+    extra = {k: v for k, v in (event.model_extra or {}).items() if k not in (RAW_POSITION, BARE)}
+    return CloudEvent.model_validate({**event.model_dump(exclude=set(event.model_extra or {})), **extra})
+
+
+def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
+    """The source a raw record counts under (Kafka has no keys): the CloudEvent's `source`, else
+    the body's `source`, when it names a configured intake source; else "kafka". Metric labels
+    stay bounded whatever producers send."""
+    configured = ctx.config.config.intake.sources
+    body_source = event.data.get("source")
+    for name in (event.source, body_source):
+        if isinstance(name, str) and name in configured:
+            return name
+    return "kafka"
+
+
+def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
+    async def on_submission(uow: UnitOfWork, received: Received[RawSubmission]) -> None:
+        event = received.envelope
+        source = _source_of(event, ctx)
+        intake = ctx.config.config.intake
+        try:
+            submission = read_submission(event.data, intake.source(source), intent_vocabulary(ctx.config.config))
+        except Refused as exc:
+            metrics.leads_rejected.labels(source, "invalid").inc()
+            raise BadEvent(f"invalid submission: {exc}") from None
+        bare = bool((event.model_extra or {}).get(BARE))
+        if not bare:
+            submission.attributes.setdefault("ce_source", event.source)
+        # A CloudEvent's own id (ce_id) is the producer's idempotency key for the submission.
+        key = None if bare else event.id
+        result = await submit_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, submission, source=source, now=ctx.clock.now(),
+                                   idempotency_key=key, cause=event)
+        count(result, source)
+
+    async def on_activity(uow: UnitOfWork, received: Received[RawActivity]) -> None:
+        event = received.envelope
+        data = dict(event.data)
+        ref = data.pop("lead_id", None) or event.subject
+        if not ref or not isinstance(ref, str):
+            raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
+        try:
+            activity = ActivityIn.model_validate(data)
+        except ValidationError as exc:
+            raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
+        config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
+        lead_id = await resolve_lead(store, ref)
+        if lead_id is None:
+            # The raw topics are consumed independently: the lead may still be on its way.
+            await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)
+            return
+        try:
+            await record_activity(uow, store, config, lead_id, activity, now=now, cause=without_raw(event))
+        except RejectedActivity as exc:
+            raise BadEvent(f"invalid activity: {exc.field}: {exc}") from None
+
+    async def expire_loop(stop: asyncio.Event) -> None:
+        """Dead-letter activities whose lead did not arrive within `intake.activity_wait`."""
+
+        def every() -> float:
+            return min(30.0, ctx.config.config.intake.activity_wait / 10)
+
+        async def expire_round() -> float:
+            async with ctx.uow() as uow:
+                topics = await expire_pending(uow, PostgresIntakeStore(uow.conn), ctx.clock.now())
+                await uow.commit()
+            for topic in topics:
+                metrics.deadletter.labels(topic, "unknown_lead").inc()
+            return 0 if len(topics) == EXPIRE_BATCH else every()  # a full batch: more are due
+
+        await run_loop("intake.expire", expire_round, stop, idle=every())
+
+    return [
+        # Raw topics carry the senders' own types: every record is of the topic's one kind.
+        Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
+                     payload_of=lambda _: RawSubmission),
+        Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
+                     payload_of=lambda _: RawActivity),
+    ], [expire_loop]
+
+
+def count_rejection(request: Request, errors: list[dict[str, str]]) -> None:
+    principal = getattr(request.state, "principal", None)
+    if principal is not None and request.url.path.endswith("/activities"):
+        metrics.leads_rejected.labels(principal.name, "invalid_activity").inc()
