@@ -323,7 +323,7 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
     if after_recovery:
         report.figures["breaches_due_during_faults"] = len(after_recovery)
         report.figures["breach_after_recovery_max_s"] = round(max(after_recovery), 2)
-        report.figures["breach_during_faults_root_causes"] = dict(causes)
+        report.figures["breach_during_faults_root_causes"] = {cause or "none": n for cause, n in causes.items()}
     if lateness:
         report.figures["breach_lateness_p50_s"] = round(statistics.median(lateness), 2)
         report.figures["breach_lateness_max_s"] = round(max(lateness), 2)
