@@ -236,7 +236,8 @@ class EventConsumer:
         """Handle a fetched batch in one transaction; returns how many records (a prefix) are done.
 
         One commit per batch instead of per record is where the consumer's throughput comes from.
-        Each event's handler runs under a savepoint, so one that fails is rolled back alone and
+        The batch runs first without savepoints; if a handler fails, it runs again with each
+        event's handler under a savepoint, so the failing one is rolled back alone and
         dead-lettered in the same transaction. If the batch transaction itself fails for another
         reason than an outage, the records go again one by one, each in its own transaction, and
         a record whose own transaction fails is parked."""

@@ -66,6 +66,36 @@ class OutboxHealth:
     oldest_pending_seconds: float = 0.0
 
 
+async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -> list[BaseException | None | _Held]:
+    """Hand stored rows to the producer in position order, then wait for every ack: per row, None
+    (acked), the error, or held. A row refused on the way in, or whose key already has a parked
+    row, holds back the later rows of its key (one lead's events stay in order)."""
+    refused_keys = set(held_keys)
+    outcomes: list = []
+    for row in rows:
+        if row.key in refused_keys:
+            outcomes.append(_HELD)
+            continue
+        try:
+            outcomes.append(await producer.send(
+                row.topic, value=row.payload, key=row.key.encode(), headers=record_headers(row.payload, CONTENT_TYPE)))
+        except Exception as exc:
+            if isinstance(exc, PERMANENT_SEND_ERRORS):
+                refused_keys.add(row.key)
+            outcomes.append(exc)
+    acks = [o for o in outcomes if isinstance(o, asyncio.Future)]
+    settled = iter(await asyncio.gather(*acks, return_exceptions=True))
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, asyncio.Future):  # acked (None) or the broker's error
+            result = next(settled)
+            outcomes[i] = result if isinstance(result, BaseException) else None
+    return outcomes
+
+
+def _refusal(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:2000]
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -124,7 +154,7 @@ class OutboxRelay:
             held_keys = set((await conn.execute(
                 select(parked.c.key).where(parked.c.key.in_({r.key for r in rows})).distinct())).scalars())
             to_send = [r for r in rows if r.topic is not None]
-            outcomes = await self._send_in_order(to_send, held_keys)
+            outcomes = await send_in_order(self._producer, to_send, held_keys)
             failed = [o for o in outcomes if isinstance(o, BaseException)
                       and not isinstance(o, PERMANENT_SEND_ERRORS)]
             if failed:
@@ -133,8 +163,7 @@ class OutboxRelay:
             to_park = []
             for row, outcome in zip(to_send, outcomes, strict=True):
                 if isinstance(outcome, PERMANENT_SEND_ERRORS):
-                    to_park.append({"position": row.position, "key": row.key,
-                                    "error": f"{type(outcome).__name__}: {outcome}"[:2000]})
+                    to_park.append({"position": row.position, "key": row.key, "error": _refusal(outcome)})
                     log.error("outbox.parked", schema=self._schema, position=row.position, topic=row.topic,
                               size=len(row.payload), error=type(outcome).__name__)
                 elif outcome is _HELD:
@@ -146,30 +175,6 @@ class OutboxRelay:
                 .on_conflict_do_update(index_elements=[relay.c.id],
                                        set_={"published_position": rows[-1].position, "updated_at": func.now()}))
         return len(rows)
-
-    async def _send_in_order(self, rows, held_keys: set[str]) -> list[BaseException | None | _Held]:
-        """Hand the rows to the producer in position order, then wait for every ack. A row refused
-        on the way in, or whose key already has a parked row, is held (parked behind it)."""
-        refused_keys = set(held_keys)
-        outcomes: list = []
-        for row in rows:
-            if row.key in refused_keys:
-                outcomes.append(_HELD)
-                continue
-            try:
-                outcomes.append(await self._producer.send(
-                    row.topic, value=row.payload, key=row.key.encode(), headers=record_headers(row.payload, CONTENT_TYPE)))
-            except Exception as exc:
-                if isinstance(exc, PERMANENT_SEND_ERRORS):
-                    refused_keys.add(row.key)
-                outcomes.append(exc)
-        acks = [o for o in outcomes if isinstance(o, asyncio.Future)]
-        settled = iter(await asyncio.gather(*acks, return_exceptions=True))
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, asyncio.Future):  # acked (None) or the broker's error
-                result = next(settled)
-                outcomes[i] = result if isinstance(result, BaseException) else None
-        return outcomes
 
     async def read_health(self) -> OutboxHealth:
         """Unpublished and parked rows counted from the store, so the figures hold whatever the
@@ -216,19 +221,15 @@ async def release_parked(engine: AsyncEngine, schema: str, producer: AIOKafkaPro
         rows = (await conn.execute(
             select(t.c.position, t.c.topic, t.c.key, t.c.payload)
             .join(parked, parked.c.position == t.c.position).order_by(t.c.position))).all()
-        sent = []
-        refused_keys: set[str] = set()
-        for row in rows:
-            if row.key in refused_keys:
-                continue
-            try:
-                await (await producer.send(row.topic, value=row.payload, key=row.key.encode(),
-                                           headers=record_headers(row.payload, CONTENT_TYPE)))
-                sent.append(row.position)
-            except PERMANENT_SEND_ERRORS as exc:
-                refused_keys.add(row.key)
+        outcomes = await send_in_order(producer, rows, held_keys=set())
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, PERMANENT_SEND_ERRORS)]
+        if failed:
+            raise failed[0]  # the broker is away: nothing changes, try again later
+        sent = [row.position for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, PERMANENT_SEND_ERRORS):
                 await conn.execute(update(parked).where(parked.c.position == row.position)
-                                   .values(error=f"{type(exc).__name__}: {exc}"[:2000], parked_at=func.now()))
+                                   .values(error=_refusal(outcome), parked_at=func.now()))
         if sent:
             await conn.execute(delete(parked).where(parked.c.position.in_(sent)))
     return len(sent)

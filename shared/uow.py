@@ -63,10 +63,7 @@ class UnitOfWork:
     async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
         """Apply an event to the service's state tables (its projection) and queue it for the
         store: state and store change in this one transaction, by the same code replay runs."""
-        if self._projection is None:
-            raise RuntimeError(f"{self._schema} has no projection to record {event.type} through")
-        await self._projection.apply(self.conn, [event])
-        self.emit(topic, event, stream=stream)
+        await self.record_all([(topic, event, stream)])
 
     async def record_all(self, records: Sequence[tuple[str | None, CloudEvent] | tuple[str | None, CloudEvent, str | None]]) -> None:
         """`record` for many events, (topic, event) or (topic, event, stream), in one call to the
