@@ -73,16 +73,16 @@ def is_touch(data: dict[str, Any]) -> bool:
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     """The lead's facts after `event` (timestamps as RFC 3339 strings). Unknown types only touch
     `updated_at`: they are in the timeline, and nothing here breaks on them."""
-    s = {**state, "sla": dict(state.get("sla") or {}), "profile": dict(state.get("profile") or {})}
-    d = event.data
-
-    def advance(status: str) -> None:
-        if STATUS_RANK[status] >= STATUS_RANK.get(s.get("status") or "received", 0):
-            s["status"] = status
-
-    projector = PROJECTORS.get(payload_class(event))  # type: ignore[arg-type]
+    # A shallow copy is enough: the projectors replace `sla` and `profile`, never change them
+    # in place, so the old state stays as it was (a rebuild folds every event: copies count).
+    s = dict(state)
+    if not s.get("sla"):
+        s["sla"] = {}
+    if not s.get("profile"):
+        s["profile"] = {}
+    projector = PROJECTORS.get(PAYLOADS.get(event.type))  # type: ignore[arg-type]
     if projector is not None:
-        projector(s, d, event, advance)
+        projector(s, event.data, event)
     s["updated_at"] = utc_iso(event.time)
     s.setdefault("status", "received")
     s.setdefault("reassignments", 0)
@@ -90,45 +90,50 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     return s
 
 
-Advance = Callable[[str], None]
-# How one event type changes the lead's facts: (facts, data, event, advance the status).
-Projector = Callable[[dict[str, Any], dict[str, Any], Event, Advance], None]
+def _advance(s: dict[str, Any], status: str) -> None:
+    """Later lifecycle stages win, whatever order the events came in."""
+    if STATUS_RANK[status] >= STATUS_RANK.get(s.get("status") or "received", 0):
+        s["status"] = status
 
 
-def _received(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+# How one event type changes the lead's facts (a fresh shallow copy): (facts, data, event).
+Projector = Callable[[dict[str, Any], dict[str, Any], Event], None]
+
+
+def _received(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
     s["profile"] = {k: d.get(k) for k in ("contact", "company", "intent", "score", "consent",
                                            "contactable", "missing_fields", "external_id")}
-    advance("received")
+    _advance(s, "received")
 
 
-def _updated(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     if d.get("tier"):
         s["tier"] = d["tier"]
 
 
-def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     _assign(s, d, event, first=True)
-    advance("assigned")
+    _advance(s, "assigned")
 
 
-def _reassigned(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _reassigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s["reassignments"] = (s.get("reassignments") or 0) + 1
     _assign(s, d, event, first=False)
-    advance("assigned")
+    _advance(s, "assigned")
 
 
-def _queued(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     if _earlier(s.get("queued_at"), utc_iso(event.time)):
         s["queued_at"] = utc_iso(event.time)
-    advance("queued")
+    _advance(s, "queued")
 
 
-def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s["dequeued_at"] = utc_iso(event.time)
 
 
-def _sla(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _sla(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     if d.get("metric"):
         _sla_summary(s, event)
 
@@ -147,17 +152,17 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         s.setdefault("team_id", d.get("team_id"))
 
 
-def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, advance: Advance) -> None:
+def _activity(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     at = d["occurred_at"]
     if d.get("disposition"):
         if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
             s.update(disposition_status=d["disposition"].get("status"),
                      disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
-        advance("dispositioned")
+        _advance(s, "dispositioned")
     elif is_touch(d):
         if _earlier(s.get("first_response_at"), at):
             s.update(first_response_at=at, first_touch_actor=d.get("actor"))
-        advance("responded")
+        _advance(s, "responded")
     if d.get("type") == "meeting" and d.get("outcome") == "booked" and _earlier(s.get("meeting_booked_at"), at):
         s["meeting_booked_at"] = at
 
@@ -175,7 +180,7 @@ def _sla_summary(s: dict[str, Any], event: Event) -> None:
     for key in ("breached_at", "root_cause", "met_at", "reason"):
         if d.get(key) is not None:
             entry[key] = d[key]
-    s["sla"][d["metric"]] = entry
+    s["sla"] = {**s["sla"], d["metric"]: entry}
 
 
 def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
@@ -228,17 +233,18 @@ def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
 def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: Event,
                   calendar_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One event against one lead: its new facts and the timer rows that changed. `timers` are the
-    lead's timers this event may touch (the event's own, or every first_response timer for a
-    touch); `calendar_of(policy_id)` gives the policy's business calendar. The live projection
+    lead's timers, or at least those this event touches (see `timers_touched_by`); `calendar_of(policy_id)` gives the policy's business calendar. The live projection
     and the rebuild both go through here, so they cannot disagree."""
     new = fold(lead, event)
+    needed = timers_touched_by(event)
+    if needed is None:
+        return new, []
     first_touch = _at(new.get("first_response_at"))
     changed: list[dict[str, Any]] = []
-    needed = timers_touched_by(event)
     if needed == "one":
         timer = fold_timer(timers.get(event.data["sla_id"]), event)
         changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
-    elif needed == "first_response":
+    else:
         # A late touch still answers the lead: it sets TTFR on a timer that already breached.
         for timer in timers.values():
             if timer["metric"] == "first_response":

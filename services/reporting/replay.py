@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.config import Config
 
 from .adapters import READ_MODELS_LOCK, lead_values
-from .domain import Event, project_event, timers_touched_by
+from .domain import Event, project_event
 from .handlers import CalendarOf, calendars
 from .tables import lead_state, sla_timers, timeline
 
@@ -131,15 +131,8 @@ def fold_in_memory(events: Iterable[Event], calendar_of: CalendarOf,
     for event in events:
         lead_id = event.subject  # type: ignore[attr-defined]
         own = timers.setdefault(lead_id, {})
-        needed = timers_touched_by(event)
-        if needed is None:
-            relevant = {}
-        elif needed == "one":
-            sla_id = event.data["sla_id"]
-            relevant = {sla_id: own[sla_id]} if sla_id in own else {}
-        else:
-            relevant = {k: v for k, v in own.items() if v["metric"] == "first_response"}
-        lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, relevant, event, calendar_of)
+        # All the lead's timers: project_event picks the ones the event touches.
+        lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, own, event, calendar_of)
         leads[lead_id] = lead
         for timer in changed:
             own[timer["sla_id"]] = timer
@@ -154,7 +147,8 @@ _TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
 def _lead_record(lead_id: str, lead: dict[str, Any]) -> tuple[Any, ...]:
     values = lead_values(lead)
     # COPY takes JSONB as text.
-    values.update(lead_id=lead_id, sla=json.dumps(values["sla"]), profile=json.dumps(values["profile"]))
+    values.update(lead_id=lead_id, sla=orjson.dumps(values["sla"]).decode(),
+                  profile=orjson.dumps(values["profile"]).decode())
     return tuple(values[name] for name in _LEAD_COLUMNS)
 
 

@@ -32,9 +32,11 @@ ALL_TOPICS = (
 
 def utc_iso(ts: datetime) -> str:
     """RFC 3339 in UTC with a Z, the only time format on the wire."""
-    if ts.tzinfo is None:
-        raise ValueError("naive datetime on the wire")
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if ts.tzinfo is not UTC:
+        if ts.tzinfo is None:
+            raise ValueError("naive datetime on the wire")
+        ts = ts.astimezone(UTC)
+    return ts.isoformat().replace("+00:00", "Z")
 
 
 class WireModel(BaseModel):
