@@ -13,6 +13,8 @@ from .config import CalendarConfig
 
 # A calendar with no open hours in the next few years would loop forever; stop and say so.
 MAX_DAYS_AHEAD = 3 * 366
+# Span edges remembered per calendar (a few per day: years of them).
+_INSTANTS_KEPT = 10_000
 
 
 class NeverOpen(ValueError):
@@ -27,6 +29,9 @@ class BusinessCalendar:
         self._always = config.hours is None and not self._holidays
         self._weekly = (config.weekly_spans() if config.hours is not None
                         else {day: [(time(0), None)] for day in range(7)})
+        # (local day, local time) -> UTC instant: the same few span edges are asked for again and
+        # again (every deadline and elapsed time of the day), and the zone lookups cost.
+        self._instants: dict[tuple[date, time], datetime] = {}
 
     def _spans_from(self, start: datetime) -> Iterator[tuple[datetime, datetime]]:
         """Open spans as UTC instants, in order, from the local day containing `start`."""
@@ -45,6 +50,14 @@ class BusinessCalendar:
         raise NeverOpen(f"calendar has no open hours within {MAX_DAYS_AHEAD} days")
 
     def _instant(self, day: date, at: time) -> datetime:
+        found = self._instants.get((day, at))
+        if found is None:
+            if len(self._instants) >= _INSTANTS_KEPT:
+                self._instants.clear()
+            found = self._instants[day, at] = self._local_instant(day, at)
+        return found
+
+    def _local_instant(self, day: date, at: time) -> datetime:
         """When the local clock first reads `at` on `day` or later: a time in a fall-back repeated
         hour at its first occurrence (a span open across the hour stays open through both); one in
         a spring-forward gap when the gap ends (a plain fold=0 reading would land the jump later)."""

@@ -61,8 +61,8 @@ def timer_values(timer: dict[str, Any]) -> dict[str, Any]:
     return {k: timer.get(k) for k in TIMER_COLUMNS}
 
 
-def _instant(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _instant(value: str | datetime | None) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else value or None
 
 
 def as_wire(row: dict[str, Any]) -> dict[str, Any]:

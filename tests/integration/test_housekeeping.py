@@ -3,12 +3,23 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db import PROCESSED
 from shared.eventstore import EVENTS, RELAY
 from shared.housekeeping import prune
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
+
+
+@pytest.fixture
+def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
+    """A database of this module's own: these tests write stand-in rows (not CloudEvents) into
+    the stores, which a replay in a later test would read."""
+    return own_database.engine
+
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 

@@ -12,11 +12,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.sla_clock.watermark import InputWatermark
 from shared.clock import SystemClock
 from shared.eventstore import EVENTS, RELAY
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 from tests.support import create_topic, eventually
+
+
+@pytest.fixture
+def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
+    """A database of this module's own: these tests write stand-in rows (not CloudEvents) into
+    intake's store and move its relay, which the e2e tests' replay of intake would then read."""
+    return own_database.engine
+
 
 ALLOWANCE = timedelta(milliseconds=200)
 
