@@ -151,20 +151,28 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     topic = await new_topic(bootstrap)
     handler = intake_bootstrap(ctx).subscriptions[0]
     done, count = asyncio.Event(), 0
-    first: float | None = None
 
     [(payload, handle)] = handler.handlers.items()
+    handle_many = handler.batch_handlers[payload]
+
+    def committed(uow, k: int) -> None:
+        def note() -> None:
+            nonlocal count
+            count += k
+            if count >= n:
+                done.set()
+        uow.after_commit(note)
 
     async def counting(uow, received) -> None:
-        nonlocal count, first
-        first = first or time.perf_counter()
         await handle(uow, received)
-        count += 1
-        if count == n:
-            done.set()
+        committed(uow, 1)
+
+    async def counting_many(uow, batch) -> None:
+        await handle_many(uow, batch)
+        committed(uow, len(batch))
 
     member = EventConsumer(replace(handler, group=f"bench-{uuid.uuid4().hex[:6]}", topics=(topic,),
-                                   handlers={payload: counting}),
+                                   handlers={payload: counting}, batch_handlers={payload: counting_many}),
                            service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                            clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()
