@@ -506,10 +506,17 @@ class IntakeConfig(Strict):
     activity_wait: Duration = 600
     suppression: Suppression = Suppression()
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return IntakeSource._known_zone(value)  # refused when the file is read, not per request
+
     def source(self, name: str) -> IntakeSource:
-        """The source's settings with the global defaults filled in."""
+        """The source's settings with the global defaults filled in. Every value was validated
+        when the configuration was read, so the merge is not validated again (it runs for every
+        request and every raw record)."""
         own = self.sources.get(name) or IntakeSource()
-        return IntakeSource(
+        return IntakeSource.model_construct(
             default_region=own.default_region or self.default_region,
             timezone=own.timezone or self.timezone,
             default_intent=own.default_intent or self.default_intent,

@@ -59,6 +59,9 @@ CONFLICT_RETRIES = 5
 # with its payload already decoded into the class the handler is registered under.
 Handler = Callable[[UnitOfWork, Received[Any]], Awaitable[None]]
 Handlers = Mapping[type[BaseModel], Handler]
+# A handler for a run of consecutive new events of one payload class, in one go (intake's raw
+# submissions: one lock, one lookup and one insert for a fetched batch instead of per record).
+BatchHandler = Callable[[UnitOfWork, list[Received[Any]]], Awaitable[None]]
 # For the types a subscription has no payload handler for (reporting keeps them in its timeline).
 Fallback = Callable[[UnitOfWork, CloudEvent], Awaitable[None]]
 # A fetched record: its envelope, its typed event when a handler wants it, or why it cannot be
@@ -110,7 +113,12 @@ class Subscription:
     `payload_of` picks an event's payload class (by default its contract type); an event whose
     class has a handler is decoded into it before any handler runs, and is a dead letter naming
     the field when its data does not fit. Other events are tracked and skipped, or given to
-    `otherwise` when there is one."""
+    `otherwise` when there is one.
+
+    `batch_handlers` (optional, per payload class, beside its handler in `handlers`) take a run of
+    consecutive events of that class together in a batch's first, optimistic run; if it fails,
+    the batch runs again with each event's own handler under a savepoint, as for any failure, so
+    a bad record is still dead-lettered alone. The two must have the same effects."""
 
     group: str
     topics: tuple[str, ...]
@@ -118,6 +126,7 @@ class Subscription:
     decode: Decoder = decode_cloudevent
     payload_of: PayloadOf = contract_payload
     otherwise: Fallback | None = field(default=None)
+    batch_handlers: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
         """`event` with its payload decoded, or None when no handler here wants it; raises
@@ -306,6 +315,7 @@ class EventConsumer:
                     .returning(self._processed.c.event_id)
                 )
                 new = set(inserted.scalars())
+            run: list[Received[Any]] = []  # consecutive events for one batch handler (not isolated)
             for record, event, typed, failure in decoded:
                 if failure is not None:
                     letters.append((record, *failure))
@@ -317,12 +327,14 @@ class EventConsumer:
                 if typed is None and self.sub.otherwise is None:
                     continue  # a type this subscription does not handle: tracked, nothing to do
                 if not isolate:
-                    try:
-                        await self.sub.dispatch(uow, event, typed)
-                    except Exception as exc:
-                        if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
-                            raise
-                        raise _NeedsIsolation from exc
+                    cls = type(typed.data) if typed is not None else None
+                    if cls in self.sub.batch_handlers:
+                        if run and type(run[0].data) is not cls:
+                            await self._optimistic(self._run_batch(uow, run))
+                        run.append(typed)
+                        continue
+                    await self._optimistic(self._run_batch(uow, run))
+                    await self._optimistic(self.sub.dispatch(uow, event, typed))
                     continue
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
@@ -341,10 +353,27 @@ class EventConsumer:
                         log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
                                   error=type(exc).__name__)
                         letters.append((record, "handler_error", f"{type(exc).__name__}: {exc}"))
+            await self._optimistic(self._run_batch(uow, run))
             for record, kind, reason in letters:
                 await self._write_deadletter(uow, record, kind, reason)
             await uow.commit()
         return letters
+
+    async def _run_batch(self, uow: UnitOfWork, run: list[Received[Any]]) -> None:
+        """Hand a run of events of one payload class to its batch handler, and empty the run."""
+        if run:
+            events, run[:] = list(run), []
+            await self.sub.batch_handlers[type(events[0].data)](uow, events)
+
+    @staticmethod
+    async def _optimistic(work: Awaitable[None]) -> None:
+        """Handlers run without savepoints: a failure of theirs reruns the batch isolated."""
+        try:
+            await work
+        except Exception as exc:
+            if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
+                raise  # the whole batch waits for the database, or runs again from fresh state
+            raise _NeedsIsolation from exc
 
     async def _park(self, record: ConsumerRecord, kind: str, reason: str, stop: asyncio.Event) -> None:
         await self._retrying(lambda: self._deadletter(record, kind, reason), stop)

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import String, any_, cast, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.db import xact_locks
 from shared.events import ActivityRecorded, CloudEvent, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
@@ -91,9 +93,7 @@ class PostgresIntakeStore:
         self.conn = conn
 
     async def lock(self, names: Iterable[str]) -> None:
-        ordered = sorted(set(names))  # one global order: no deadlock between two requests
-        if ordered:
-            await self.conn.execute(select(*(func.pg_advisory_xact_lock(func.hashtext(n)) for n in ordered)))
+        await xact_locks(self.conn, names)
 
     async def dedupe_facts(self, source: str, key: str | None, external_id: str | None,
                            identity: Sequence[tuple[str, str]], since: datetime) -> DedupeFacts:
@@ -127,8 +127,10 @@ class PostgresIntakeStore:
                 tuple_(leads.c.source, leads.c.external_id).in_(sorted(external_ids))))
             taken |= {("ext", f"{r.source}:{r.external_id}") for r in found}
         if emails or phones:
+            # Arrays, not IN lists: one statement text (prepared once) whatever the group's size.
             found = await self.conn.execute(select(leads.c.email, leads.c.phone).where(
-                or_(leads.c.email.in_(sorted(emails)), leads.c.phone.in_(sorted(phones))),
+                or_(leads.c.email == any_(cast(sorted(emails), ARRAY(String))),
+                    leads.c.phone == any_(cast(sorted(phones), ARRAY(String)))),
                 leads.c.received_at >= since))
             for r in found:
                 taken |= {("email", r.email), ("phone", r.phone)}

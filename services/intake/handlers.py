@@ -227,6 +227,7 @@ class LeadRequest:
     source: str
     idempotency_key: str | None = None
     traceparent: tracing.TraceContext | None = None
+    cause: CloudEvent | None = None  # the raw record's event, for a lead taken from Kafka
 
 
 async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, requests: list[LeadRequest], *,
@@ -271,13 +272,13 @@ async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, reques
             if marks & taken:
                 await flush()
                 results.append(await submit_lead(uow, store, config, r.sub, source=r.source, now=now,
-                                                 idempotency_key=r.idempotency_key))
+                                                 idempotency_key=r.idempotency_key, cause=r.cause))
             else:
                 tier = classify_tier(r.sub, r.source, config.tiers)
-                event, accepted = _new_lead(config, r.sub, r.source, tier, now, None)
+                event, accepted = _new_lead(config, r.sub, r.source, tier, now, r.cause)
                 records.append((TOPIC_INTAKE, event, None))
                 if r.idempotency_key:
-                    records.append((None, _key_event(r.source, r.idempotency_key, accepted.lead_id, now, None),
+                    records.append((None, _key_event(r.source, r.idempotency_key, accepted.lead_id, now, r.cause),
                                     _key_stream(r.source, r.idempotency_key)))
                 if r.sub.external_id:
                     released.append((r.sub.external_id, accepted.lead_id))

@@ -113,6 +113,7 @@ def clean_text(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=4096)  # field names repeat from lead to lead
 def snake(name: str) -> str:
     """'firstName', 'First Name', 'first-name' -> 'first_name' (to match field aliases)."""
     name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())

@@ -10,11 +10,13 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from services.intake.bootstrap import bootstrap
 from services.intake.tables import leads, pending_activities
 from shared.consumer import EventConsumer
+from shared.db import deadletters
 from shared.events import CloudEvent
 from shared.eventstore import EVENTS
 from tests.support import create_topic, eventually, stored_events
@@ -127,3 +129,37 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
 async def _events_when(engine, lead_id: str, count: int) -> list[CloudEvent] | None:
     events = await stored_events(engine, "intake", lead_id)
     return events if len(events) >= count else None
+
+
+def _rejected() -> float:
+    return REGISTRY.get_sample_value("leadsla_leads_rejected_total", {"source": "kafka", "reason": "invalid"}) or 0
+
+
+async def test_a_fetched_batch_is_taken_together_and_a_refused_record_is_dead_lettered_alone(
+        intake, engine, producer) -> None:
+    """Records sent at once arrive in one fetch: the good ones are accepted together (a repeat
+    within the batch is recognised as one), the refused one is dead-lettered with its bytes."""
+    submissions, _ = intake
+    ref = uuid.uuid4().hex[:8]
+    first = {"external_id": f"first-{ref}", "contact": {"email": f"{ref}@example.com"}}
+    refused = json.dumps({"external_id": f"refused-{ref}", "contact": {"first_name": "No way to reach"}}).encode()
+    repeat = {"external_id": f"repeat-{ref}", "contact": {"email": f"{ref}@example.com"}, "intent": "demo request"}
+    last = {"external_id": f"last-{ref}", "contact": {"phone": "+14155552671", "email": f"last-{ref}@example.com"}}
+    before = _rejected()
+    sent = [await producer.send(submissions, value) for value in
+            (json.dumps(first).encode(), refused, json.dumps(repeat).encode(), json.dumps(last).encode())]
+    await asyncio.gather(*sent)
+
+    await eventually(lambda: lead_with_external_id(engine, f"last-{ref}"), what="the last lead", timeout=120)
+    lead_id = await lead_with_external_id(engine, f"first-{ref}")
+    assert lead_id is not None and await lead_with_external_id(engine, f"repeat-{ref}") is None
+    types = [e.type for e in await stored_events(engine, "intake", lead_id)]
+    assert types == ["lead.received", "lead.merged", "lead.updated"]  # the repeat raised the tier
+
+    async def letter():
+        async with engine.connect() as conn:
+            return (await conn.execute(select(deadletters).where(deadletters.c.topic == submissions))).first()
+
+    row = await eventually(letter, what="the refused record's dead letter")
+    assert row.original == refused and "invalid submission" in row.error
+    assert _rejected() == before + 1
