@@ -59,6 +59,8 @@ CONFLICT_RETRIES = 5
 # with its payload already decoded into the class the handler is registered under.
 Handler = Callable[[UnitOfWork, Received[Any]], Awaitable[None]]
 Handlers = Mapping[type[BaseModel], Handler]
+# A handler given a run of consecutive events of its class at once (fewer statements per event).
+BatchHandler = Callable[[UnitOfWork, list[Received[Any]]], Awaitable[None]]
 # For the types a subscription has no payload handler for (reporting keeps them in its timeline).
 Fallback = Callable[[UnitOfWork, CloudEvent], Awaitable[None]]
 # A fetched record: its envelope, its typed event when a handler wants it, or why it cannot be
@@ -118,17 +120,22 @@ class Subscription:
     decode: Decoder = decode_cloudevent
     payload_of: PayloadOf = contract_payload
     otherwise: Fallback | None = field(default=None)
+    # Payload classes handled a run at a time: consecutive new events of the class in a fetched
+    # batch go to the handler together (one at a time when the batch runs with savepoints).
+    batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
         """`event` with its payload decoded, or None when no handler here wants it; raises
         `BadEvent` naming the field when it is wanted and its data does not fit."""
         cls = self.payload_of(event)
-        if cls is None or cls not in self.handlers:
+        if cls is None or (cls not in self.handlers and cls not in self.batched):
             return None
         return Received(event, decode_payload(event, cls))  # type: ignore[arg-type]
 
     async def dispatch(self, uow: UnitOfWork, event: CloudEvent, typed: Received[Any] | None) -> None:
-        if typed is not None:
+        if typed is not None and type(typed.data) in self.batched:
+            await self.batched[type(typed.data)](uow, [typed])
+        elif typed is not None:
             await self.handlers[type(typed.data)](uow, typed)
         elif self.otherwise is not None:
             await self.otherwise(uow, event)
@@ -306,6 +313,7 @@ class EventConsumer:
                     .returning(self._processed.c.event_id)
                 )
                 new = set(inserted.scalars())
+            run: list[Received[Any]] = []  # consecutive events for one batched handler
             for record, event, typed, failure in decoded:
                 if failure is not None:
                     letters.append((record, *failure))
@@ -317,12 +325,13 @@ class EventConsumer:
                 if typed is None and self.sub.otherwise is None:
                     continue  # a type this subscription does not handle: tracked, nothing to do
                 if not isolate:
-                    try:
-                        await self.sub.dispatch(uow, event, typed)
-                    except Exception as exc:
-                        if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
-                            raise
-                        raise _NeedsIsolation from exc
+                    if run and type(run[0].data) is not type(typed.data if typed else None):
+                        await self._optimistic(self.sub.batched[type(run[0].data)](uow, run))
+                        run = []
+                    if typed is not None and type(typed.data) in self.sub.batched:
+                        run.append(typed)
+                    else:
+                        await self._optimistic(self.sub.dispatch(uow, event, typed))
                     continue
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
@@ -341,10 +350,22 @@ class EventConsumer:
                         log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
                                   error=type(exc).__name__)
                         letters.append((record, "handler_error", f"{type(exc).__name__}: {exc}"))
+            if run:
+                await self._optimistic(self.sub.batched[type(run[0].data)](uow, run))
             for record, kind, reason in letters:
                 await self._write_deadletter(uow, record, kind, reason)
             await uow.commit()
         return letters
+
+    @staticmethod
+    async def _optimistic(handled: Awaitable[None]) -> None:
+        """A handler run without a savepoint: a failure of its own sends the batch to isolation."""
+        try:
+            await handled
+        except Exception as exc:
+            if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
+                raise  # the whole batch waits for the database, or runs again from fresh state
+            raise _NeedsIsolation from exc
 
     async def _park(self, record: ConsumerRecord, kind: str, reason: str, stop: asyncio.Event) -> None:
         await self._retrying(lambda: self._deadletter(record, kind, reason), stop)
