@@ -222,15 +222,23 @@ async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, ow
         params["owners"] = sorted(owners)
     if rules is not None:
         params["rules"] = sorted(rules)
-    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).all()
-    return _state_of(
-        config, now,
-        changes={r.k: r.j for r in rows if r.kind == "owner"},
-        open_leads={r.k: r.n for r in rows if r.kind == "open"},
-        days=[(r.k, r.day, r.n) for r in rows if r.kind == "day"],
-        cursors={r.k: r.n for r in rows if r.kind == "cursor"},
-        weighted={r.k: r.j or {} for r in rows if r.kind == "cursor"},
-    )
+    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).tuples()
+    changes: dict[str, Any] = {}
+    open_leads: dict[str, int] = {}
+    days: list[tuple[str, date, int]] = []
+    cursors: dict[str, int] = {}
+    weighted: dict[str, Any] = {}
+    for kind, key, n, day, value in rows:  # one pass: a run's state can be a thousand rows
+        if kind == "open":
+            open_leads[key] = n
+        elif kind == "day":
+            days.append((key, day, n))
+        elif kind == "cursor":
+            cursors[key], weighted[key] = n, value or {}
+        else:
+            changes[key] = value
+    return _state_of(config, now, changes=changes, open_leads=open_leads, days=days, cursors=cursors,
+                     weighted=weighted)
 
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
