@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
-from shared.config import CalendarConfig, Config, Owner, RoutingRule, RuleMatch, size_band
+from shared.config import CalendarConfig, Config, Owner, RoutingRule, RuleMatch, Team, size_band
 from shared.events import Candidate, LeadReceived, WireModel
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
@@ -162,20 +162,54 @@ def _matcher(m: RuleMatch, config: Config) -> Callable[[LeadFacts], bool]:
     return lambda lead: all(check(lead) for check in checks)
 
 
+@dataclass
+class _Rules:
+    """A configuration's rules, compiled, and the rule found for each combination of the values
+    rules look at (leads repeat them: tier, country, source...), so most leads scan no rule."""
+
+    config: Config
+    rules: list[tuple[RoutingRule, Callable[[LeadFacts], bool]]]
+    attributes: tuple[str, ...]  # the attributes any rule looks at
+    teams: dict[str, Team]
+    found: dict[tuple[Any, ...], RoutingRule | None] = field(default_factory=dict)
+
+    def first(self, lead: LeadFacts) -> RoutingRule | None:
+        key = (lead.tier, lead.country, lead.source, lead.intent, lead.product, lead.language, lead.company_size,
+               lead.industry, *(_fold(lead.attributes.get(name)) for name in self.attributes))
+        if key in self.found:
+            return self.found[key]
+        if len(self.found) >= 50_000:
+            self.found.clear()
+        rule = self.found[key] = next((rule for rule, accepts in self.rules if accepts(lead)), None)
+        return rule
+
+
 # Rules compiled per configuration (a handful of versions live at a time; ids are checked
 # against the object, so a reused id never returns another configuration's rules).
-_COMPILED: dict[int, tuple[Config, list[tuple[RoutingRule, Callable[[LeadFacts], bool]]]]] = {}
+_COMPILED: dict[int, _Rules] = {}
+
+
+def _compiled(config: Config) -> _Rules:
+    compiled = _COMPILED.get(id(config))
+    if compiled is None or compiled.config is not config:
+        if len(_COMPILED) >= 8:
+            _COMPILED.clear()
+        rules = config.routing.rules
+        compiled = _COMPILED[id(config)] = _Rules(
+            config, [(rule, _matcher(rule.match, config)) for rule in rules],
+            tuple(sorted({name for rule in rules for name in (rule.match.attributes or {})})),
+            {team.id: team for team in config.teams})
+    return compiled
 
 
 def first_match(config: Config, lead: LeadFacts) -> RoutingRule | None:
     """The first rule, in configuration order, whose match accepts the lead."""
-    found = _COMPILED.get(id(config))
-    if found is None or found[0] is not config:
-        if len(_COMPILED) >= 8:
-            _COMPILED.clear()
-        found = _COMPILED[id(config)] = (config, [(rule, _matcher(rule.match, config))
-                                                  for rule in config.routing.rules])
-    return next((rule for rule, accepts in found[1] if accepts(lead)), None)
+    return _compiled(config).first(lead)
+
+
+def team_of(config: Config, rule: RoutingRule) -> Team:
+    assert rule.team is not None
+    return _compiled(config).teams[rule.team]
 
 
 # ---- the router's internal events ----------------------------------------------------------
@@ -377,7 +411,7 @@ def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -
     if rule.owner:
         owners.add(rule.owner)
     if rule.team:
-        owners.update(next(t for t in config.teams if t.id == rule.team).members)
+        owners.update(team_of(config, rule).members)
     return rule.id, owners
 
 
@@ -400,7 +434,7 @@ def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _
     if rule.method == "owner":
         assert rule.owner is not None
         return _Pick(rule.owner, rule.team) if consider(rule.owner, "named by the rule") else None
-    team = next(t for t in config.teams if t.id == rule.team)
+    team = team_of(config, rule)
     members = team.members
     if rule.method == "round_robin":
         last = state.cursors.get(rule.id, -1)
