@@ -21,8 +21,10 @@ class Settings(BaseSettings):
     # How often the SLA clock looks for due timers when nothing wakes it earlier.
     timer_poll_seconds: float = Field(default=1.0, gt=0)
     # The SLA clock judges a deadline once it has consumed its inputs up to it (its watermark);
-    # a breach it cannot confirm within this many seconds leaves with root cause system_delay.
+    # a breach that leaves this many seconds or more after its deadline has root cause system_delay.
     sla_delay_tolerance_seconds: float = Field(default=60.0, ge=0)
+    # ... and judges a deadline its watermark has not confirmed after this many seconds anyway.
+    sla_confirm_wait_seconds: float = Field(default=300.0, ge=0)
     # A touch is dated by intake's acceptance; the sender's occurred_at counts up to this much earlier.
     sla_touch_skew_seconds: float = Field(default=300.0, ge=0)
     # How long a producer's transaction may take from stamping an event to committing it.

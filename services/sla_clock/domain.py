@@ -188,16 +188,17 @@ def tick(timer: Timer, now: datetime) -> Step:
     return Step(replace(timer, warned=tuple(sorted({*timer.warned, *due}))), tuple(Warned(p) for p in due))
 
 
-def judging_horizon(now: datetime, seen: datetime | None, tolerance: timedelta) -> datetime:
+def judging_horizon(now: datetime, seen: datetime | None, confirm_wait: timedelta) -> datetime:
     """How far the clock may judge: an outcome due at X is decided once every input up to X has
-    been consumed (`seen` >= X), or, unconfirmed, once X is `tolerance` in the past: then the
-    system, not a person, was too slow to know (see `breach_root_cause`)."""
-    return now - tolerance if seen is None else max(now - tolerance, min(seen, now))
+    been consumed (`seen` >= X), or, never confirmed, once X is `confirm_wait` in the past (a
+    watermark that cannot move must not hold breaches for ever; by then it is the system's
+    delay, see `breach_root_cause`)."""
+    return now - confirm_wait if seen is None else max(now - confirm_wait, min(seen, now))
 
 
-def judge(timer: Timer, now: datetime, seen: datetime | None, tolerance: timedelta) -> Step:
+def judge(timer: Timer, now: datetime, seen: datetime | None, confirm_wait: timedelta) -> Step:
     """`tick`, limited to what the clock has seen."""
-    return tick(timer, judging_horizon(now, seen, tolerance))
+    return tick(timer, judging_horizon(now, seen, confirm_wait))
 
 
 def touch(timer: Timer, at: datetime) -> Step:
@@ -435,8 +436,7 @@ def root_cause(
 
 def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime, tolerance: timedelta) -> str:
     """A breach that leaves `tolerance` or more after its deadline is the system's delay (the clock
-    could not confirm in time that nothing was missed): it goes to lead ops, not to a person.
-    `judge` lets an unconfirmed breach leave exactly then, so it is never a person's."""
+    could not confirm in time that nothing was missed): it goes to lead ops, not to a person."""
     return "system_delay" if emitted_at - due_at >= tolerance else person_cause
 
 
@@ -444,8 +444,12 @@ def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime,
 class ClockRules:
     """Operational tolerances of the clock (from settings)."""
 
-    # How long after a deadline an unconfirmed breach may wait before it leaves as system_delay.
+    # A breach leaving this long or longer after its deadline carries root cause system_delay.
     tolerance: timedelta = timedelta(seconds=60)
+    # How long after a deadline the clock waits for its watermark to confirm it before judging
+    # anyway. Longer than the tolerance: a touch accepted in time but held up by an outage and
+    # the recovery after it (reconnect backoff, a backlog) still meets the SLA when it arrives.
+    confirm_wait: timedelta = timedelta(seconds=300)
     # How far a sender's occurred_at may precede intake's acceptance and still date the touch.
     touch_skew: timedelta = timedelta(minutes=5)
 

@@ -50,6 +50,7 @@ def make_watermark(ctx: ServiceContext) -> InputWatermark:
 
 def clock_rules(ctx: ServiceContext) -> ClockRules:
     return ClockRules(tolerance=timedelta(seconds=ctx.settings.sla_delay_tolerance_seconds),
+                      confirm_wait=timedelta(seconds=ctx.settings.sla_confirm_wait_seconds),
                       touch_skew=timedelta(seconds=ctx.settings.sla_touch_skew_seconds))
 
 
@@ -91,8 +92,8 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
                 return poll
             now = ctx.clock.now()
             if upcoming <= now:
-                # Due but not yet confirmed: wait for the watermark, or for the tolerance to end.
-                return min(poll, max((upcoming + rules.tolerance - now).total_seconds(), 0.0))
+                # Due but not yet confirmed: wait for the watermark, or for the wait to end.
+                return min(poll, max((upcoming + rules.confirm_wait - now).total_seconds(), 0.0))
             # Sleep until the next deadline, so breaches leave on time, not on the next poll.
             return min(poll, (upcoming - now).total_seconds())
 

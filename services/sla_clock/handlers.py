@@ -279,7 +279,7 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
                    rules: ClockRules = ClockRules(), limit: int = 200) -> int:
     """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
     up to there; see domain.judge); rows are locked so replicas never double-fire."""
-    horizon = judging_horizon(now, seen, rules.tolerance)
+    horizon = judging_horizon(now, seen, rules.confirm_wait)
     rows = await store.due(horizon, limit)
     by_id = await store.leads({r.lead_id for r in rows})
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
@@ -287,7 +287,7 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
     for row in rows:
         lead = by_id.get(row.lead_id)
         with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
-            events += _outcomes(config, lead, row, judge(_timer(row), now, seen, rules.tolerance), None, now, rules,
+            events += _outcomes(config, lead, row, judge(_timer(row), now, seen, rules.confirm_wait), None, now, rules,
                                 store.observe)
     await store.record(events)
     return len(rows)

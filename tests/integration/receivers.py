@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,20 +112,26 @@ class SlackLikeReceiver:
 
 
 class StallingReceiver:
-    """Records every request on arrival; holds the first one (or, with `hold_all`, every one)
-    open until released."""
+    """Records every request on arrival; holds the first one `holds` picks (or, with `hold_all`,
+    every one) open until released. A test on a shared broker picks its own lead's requests:
+    a notifier also escalates what earlier tests left on the topics."""
 
-    def __init__(self) -> None:
+    def __init__(self, holds: Callable[[bytes], bool] = lambda body: True) -> None:
         self.arrivals: list[tuple[dict[str, str], bytes]] = []
         self.release = threading.Event()
         self.hold_all = False
+        self._held = False
+        lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.arrivals.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                if receiver.hold_all or len(receiver.arrivals) == 1:
+                with lock:
+                    hold = receiver.hold_all or (not receiver._held and holds(body))
+                    receiver._held = receiver._held or hold
+                if hold:
                     receiver.release.wait(60)
                 try:
                     self.send_response(204)

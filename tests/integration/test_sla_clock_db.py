@@ -181,12 +181,13 @@ async def test_a_due_breach_waits_until_the_clock_has_seen_its_inputs_up_to_the_
     assert events[-1].data["met_at"] == (due - timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
 
 
-async def test_a_breach_the_clock_cannot_confirm_within_the_tolerance_is_a_system_delay(ctx, clock, engine) -> None:
+async def test_a_breach_the_clock_cannot_confirm_within_its_wait_is_a_system_delay(ctx, clock, engine) -> None:
     lead_id = await start_lead(ctx, clock)
     due = clock.now() + timedelta(minutes=5)
-    await fire(ctx, due + timedelta(seconds=59), seen=None)  # nothing confirmed; the tolerance is 60 s
+    # Nothing confirmed: past the 60 s tolerance, a touch held up by an outage may still come.
+    await fire(ctx, due + timedelta(seconds=299), seen=None)
     assert "sla.breached" not in [e.type for e in await sla_events(engine, lead_id)]
-    await fire(ctx, due + timedelta(seconds=60), seen=None)
+    await fire(ctx, due + timedelta(seconds=300), seen=None)  # the confirm wait (300 s) is over
     breach = (await sla_events(engine, lead_id))[-1]
     assert breach.type == "sla.breached" and breach.data["root_cause"] == "system_delay"
     assert breach.data["breached_at"] == breach.data["due_at"]

@@ -35,13 +35,13 @@ def timer() -> Timer:
 
 
 @pytest.mark.parametrize(("now", "seen", "outcomes"), [
-    # Nothing confirmed yet, within tolerance: the due breach waits.
+    # Nothing confirmed yet, within the wait: the due breach waits.
     (at(310), None, (Warned(50),)),
     (at(310), at(299), (Warned(50),)),
     # Inputs consumed up to the deadline: judge it.
     (at(310), at(300), (Breached(at(300)),)),
     (at(300.5), at(300.2), (Breached(at(300)),)),
-    # Unconfirmed past the tolerance: it leaves anyway.
+    # Unconfirmed past the wait (60 s here): it leaves anyway.
     (at(359.9), None, (Warned(50),)),
     (at(360), None, (Breached(at(300)),)),
     (at(361), at(100), (Breached(at(300)),)),
@@ -51,7 +51,7 @@ def timer() -> Timer:
     # A watermark ahead of the clock (another host's clock) never judges the future.
     (at(100), at(400), ()),
 ])
-def test_a_deadline_is_judged_only_once_its_inputs_are_seen_or_the_tolerance_is_over(now, seen, outcomes) -> None:
+def test_a_deadline_is_judged_only_once_its_inputs_are_seen_or_the_wait_is_over(now, seen, outcomes) -> None:
     assert judge(timer(), now, seen, TOLERANCE).outcomes == outcomes
 
 
