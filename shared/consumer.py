@@ -90,10 +90,14 @@ def bind(handlers: Mapping[type[BaseModel], Callable[[UnitOfWork, Received[Any],
          deps: Callable[[], D]) -> dict[type[BaseModel], Handler]:
     """A service's handlers, each taking (uow, event, deps), as subscription handlers: `deps()` is
     called for each event, so a handler sees the configuration and the time of that event."""
+    wrapped: dict[Any, Handler] = {}  # one wrapper per handler: a batched one's runs span classes
+
     def bound(handler: Callable[[UnitOfWork, Received[Any], D], Awaitable[None]]) -> Handler:
-        async def handle(uow: UnitOfWork, event: Received[Any]) -> None:
-            await handler(uow, event, deps())
-        return handle
+        if handler not in wrapped:
+            async def handle(uow: UnitOfWork, event: Received[Any]) -> None:
+                await handler(uow, event, deps())
+            wrapped[handler] = handle
+        return wrapped[handler]
     return {cls: bound(handler) for cls, handler in handlers.items()}
 
 
@@ -120,8 +124,8 @@ class Subscription:
     decode: Decoder = decode_cloudevent
     payload_of: PayloadOf = contract_payload
     otherwise: Fallback | None = field(default=None)
-    # Payload classes handled a run at a time: consecutive new events of the class in a fetched
-    # batch go to the handler together (one at a time when the batch runs with savepoints).
+    # Payload classes handled a run at a time: consecutive new events of classes with the same
+    # batch handler go to it together (one at a time when the batch runs with savepoints).
     batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
@@ -325,10 +329,11 @@ class EventConsumer:
                 if typed is None and self.sub.otherwise is None:
                     continue  # a type this subscription does not handle: tracked, nothing to do
                 if not isolate:
-                    if run and type(run[0].data) is not type(typed.data if typed else None):
+                    batch_handler = self.sub.batched.get(type(typed.data)) if typed is not None else None
+                    if run and self.sub.batched[type(run[0].data)] is not batch_handler:
                         await self._optimistic(self.sub.batched[type(run[0].data)](uow, run))
                         run = []
-                    if typed is not None and type(typed.data) in self.sub.batched:
+                    if typed is not None and batch_handler is not None:
                         run.append(typed)
                     else:
                         await self._optimistic(self.sub.dispatch(uow, event, typed))
