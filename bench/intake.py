@@ -178,7 +178,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     done, count = asyncio.Event(), 0
 
     [(payload, handle)] = handler.handlers.items()
-    handle_many = handler.batch_handlers[payload]
+    handle_many = handler.batched[payload]
 
     def committed(uow, k: int) -> None:
         def note() -> None:
@@ -197,7 +197,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
         committed(uow, len(batch))
 
     member = EventConsumer(replace(handler, group=f"bench-{uuid.uuid4().hex[:6]}", topics=(topic,),
-                                   handlers={payload: counting}, batch_handlers={payload: counting_many}),
+                                   handlers={payload: counting}, batched={payload: counting_many}),
                            service="intake", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
                            clock=ctx.clock, projection=ctx.projection)
     stop = asyncio.Event()

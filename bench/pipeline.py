@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from infra import infrastructure
 
 from services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
-from services.reporting.projections import project  # noqa: E402
+from services.reporting.projections import BATCHED, ReportingDeps, on_events  # noqa: E402
 from services.sla_clock.adapters import PostgresClockStore  # noqa: E402
 from services.sla_clock.handlers import fire_due  # noqa: E402
 from services.sla_clock.tables import leads as sla_leads  # noqa: E402
@@ -42,7 +42,7 @@ from shared.bus import ensure_topics, make_producer  # noqa: E402
 from shared.clock import ManualClock  # noqa: E402
 from shared.config import parse_config  # noqa: E402
 from shared.config_store import ConfigHolder, VersionedConfig  # noqa: E402
-from shared.consumer import EventConsumer, Subscription  # noqa: E402
+from shared.consumer import EventConsumer, Subscription, bind  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
 from shared.http import create_app  # noqa: E402
@@ -121,16 +121,24 @@ async def consumer(engine, bootstrap: str, n: int) -> float:
     count = 0
     first: float | None = None
 
-    async def handler(event, uow) -> None:
-        nonlocal count, first
+    # Reporting's own subscription (every event into the timeline and folded into the read
+    # models, a fetched batch's run at once), counting what has committed.
+    async def counted(uow: UnitOfWork, received: list, deps: ReportingDeps) -> None:
+        nonlocal first
         first = first or time.perf_counter()
-        await project(uow.conn, event, None)
-        count += 1
-        if count == n:
-            done.set()
+        await on_events(uow, received, deps)
 
-    member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), handler), service="reporting",
-                           bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+        def committed() -> None:
+            nonlocal count
+            count += len(received)
+            if count >= n:
+                done.set()
+        uow.after_commit(committed)
+
+    batched = bind({cls: counted for cls in BATCHED}, lambda: ReportingDeps(None))
+    member = EventConsumer(Subscription(f"bench-{uuid.uuid4().hex[:6]}", (topic,), {}, batched=batched),
+                           service="reporting", bootstrap=bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                           clock=ManualClock(NOW))
     stop = asyncio.Event()
     task = asyncio.create_task(member.run(stop))
     await asyncio.wait_for(done.wait(), 600)

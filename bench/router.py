@@ -8,14 +8,17 @@ LEADSLA_TEST_KAFKA_BOOTSTRAP), applies a configuration with `--owners` owners in
 (the production shape: its consumer, outbox relay and HTTP in one process), publishes
 `lead.received` events to leads.intake at `--rate` per second, and reads leads.routing.
 Latency per lead: the broker's ack of lead.received to the arrival of its lead.assigned.
-Prints p50 / p90 / p99 / max and the achieved rates, then the decisions per second of the
-router's handler called directly (its own cost, without consumer, relay and broker).
+Prints p50 / p90 / p99 / max and the achieved rates, the hops of the latency (from the
+lead.assigned record itself: its event time is the decision, its broker timestamp the relay's
+send), the router process's CPU seconds per lead, then the decisions per second of the router's
+handler called directly (its own cost, without consumer, relay and broker).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
@@ -91,7 +94,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[float], float, float]:
+Hops = dict[str, list[float]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[float], float, float, Hops]:
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
     await reader.start()
     await reader._client.force_metadata_update()  # noqa: SLF001
@@ -103,6 +115,8 @@ async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[flo
     await producer.start()
     acked: dict[str, float] = {}
     arrived: dict[str, float] = {}
+    # lead -> (decided: the event's time, sent: the relay's send, the record's broker timestamp)
+    stamps: dict[str, tuple[float, float]] = {}
     total = int(rate * seconds)
 
     async def read() -> None:
@@ -114,6 +128,7 @@ async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[flo
                     event = CloudEvent.from_bytes(record.value)
                     if event.type in ("lead.assigned", "lead.queued") and event.subject in acked:
                         arrived.setdefault(event.subject, now)
+                        stamps.setdefault(event.subject, (event.time.timestamp(), record.timestamp / 1000))
 
     reading = asyncio.create_task(read())
     start = time.perf_counter()
@@ -136,7 +151,13 @@ async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[flo
     await producer.stop()
     await reader.stop()
     latencies = [arrived[lead] - acked[lead] for lead in arrived]
-    return latencies, total / send_elapsed, len(arrived) / done_elapsed
+    hops: Hops = {"acked -> decided (consumer fetch, waiting batches)": [],
+                  "decided -> relay sent (handler, commit, relay wake-up and read)": [],
+                  "relay sent -> read (broker ack, reader fetch)": []}
+    for lead, (decided, sent) in stamps.items():
+        for name, value in zip(hops, (decided - acked[lead], sent - decided, arrived[lead] - sent), strict=True):
+            hops[name].append(value)
+    return latencies, total / send_elapsed, len(arrived) / done_elapsed, hops
 
 
 async def in_process(engine, owners: int, rules: int, n: int = 300) -> float:
@@ -177,17 +198,23 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, owners: int
                 raise RuntimeError(f"router not ready; see {tmp / 'router.log'}")
             await asyncio.sleep(0.2)
         await measure(bootstrap, rate, 2)  # warm-up: connections, caches, the group settled
-        latencies, sent_rate, routed_rate = await measure(bootstrap, rate, seconds)
-        latencies.sort()
-        ms = [x * 1000 for x in latencies]
+        assert router.proc is not None
+        cpu_before = cpu_seconds(router.proc.pid)
+        latencies, sent_rate, routed_rate, hops = await measure(bootstrap, rate, seconds)
+        router_cpu = cpu_seconds(router.proc.pid) - cpu_before
+        ms = sorted(x * 1000 for x in latencies)
 
-        def pct(p: float) -> float:
-            return ms[min(int(len(ms) * p), len(ms) - 1)]
+        def pct(p: float, values: list[float] = ms) -> float:
+            return values[min(int(len(values) * p), len(values) - 1)]
 
         print(f"\nrouter: {owners} owners, {rules} rules, {len(ms)} leads offered at {rate:.0f}/s "
               f"(sent {sent_rate:.0f}/s, routed {routed_rate:.0f}/s over the run)")
         print(f"lead.received acked -> lead.assigned read, ms: p50 {pct(0.50):.1f}  p90 {pct(0.90):.1f}  "
               f"p99 {pct(0.99):.1f}  max {ms[-1]:.1f}  mean {statistics.fmean(ms):.1f}")
+        for name, values in hops.items():
+            hop = sorted(v * 1000 for v in values)
+            print(f"  {name:<66} p50 {pct(0.5, hop):7.1f}  p99 {pct(0.99, hop):7.1f} ms")
+        print(f"router process CPU: {router_cpu:.1f} s for {len(ms)} leads ({router_cpu / len(ms) * 1000:.1f} ms per lead)")
         router.stop()
         router = None
         in_process_rate = await in_process(engine, owners, rules)
@@ -195,6 +222,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, owners: int
         print("BENCH " + json.dumps({"router_offered_per_s": rate, "router_routed_per_s": round(routed_rate, 1),
                                      "router_latency_p50_ms": round(pct(0.50), 1),
                                      "router_latency_p99_ms": round(pct(0.99), 1),
+                                     "router_cpu_ms_per_lead": round(router_cpu / len(ms) * 1000, 2),
                                      "router_in_process_per_s": round(in_process_rate, 1)}))
     finally:
         if router is not None:

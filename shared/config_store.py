@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .aio import run_loop, sleep_unless_stopped
@@ -65,6 +65,11 @@ class ConfigHolder:
 
     async def refresh(self) -> bool:
         async with self._engine.connect() as conn:
+            # The version first: parsing and validating a large file every poll cost a router with
+            # 500 owners a fifth of its CPU.
+            newest = await conn.scalar(select(func.max(config_versions.c.version)))
+            if newest is None or int(newest) == self.current.version:
+                return False
             latest = await load_latest(conn)
         if latest is not None and latest.version != self.current.version:
             log.info("config.reloaded", old=self.current.version, new=latest.version)

@@ -59,8 +59,7 @@ CONFLICT_RETRIES = 5
 # with its payload already decoded into the class the handler is registered under.
 Handler = Callable[[UnitOfWork, Received[Any]], Awaitable[None]]
 Handlers = Mapping[type[BaseModel], Handler]
-# A handler for a run of consecutive new events of one payload class, in one go (intake's raw
-# submissions: one lock, one lookup and one insert for a fetched batch instead of per record).
+# A handler given a run of consecutive events of its class at once (fewer statements per event).
 BatchHandler = Callable[[UnitOfWork, list[Received[Any]]], Awaitable[None]]
 # For the types a subscription has no payload handler for (reporting keeps them in its timeline).
 Fallback = Callable[[UnitOfWork, CloudEvent], Awaitable[None]]
@@ -91,10 +90,14 @@ def bind(handlers: Mapping[type[BaseModel], Callable[[UnitOfWork, Received[Any],
          deps: Callable[[], D]) -> dict[type[BaseModel], Handler]:
     """A service's handlers, each taking (uow, event, deps), as subscription handlers: `deps()` is
     called for each event, so a handler sees the configuration and the time of that event."""
+    wrapped: dict[Any, Handler] = {}  # one wrapper per handler: a batched one's runs span classes
+
     def bound(handler: Callable[[UnitOfWork, Received[Any], D], Awaitable[None]]) -> Handler:
-        async def handle(uow: UnitOfWork, event: Received[Any]) -> None:
-            await handler(uow, event, deps())
-        return handle
+        if handler not in wrapped:
+            async def handle(uow: UnitOfWork, event: Received[Any]) -> None:
+                await handler(uow, event, deps())
+            wrapped[handler] = handle
+        return wrapped[handler]
     return {cls: bound(handler) for cls, handler in handlers.items()}
 
 
@@ -113,12 +116,7 @@ class Subscription:
     `payload_of` picks an event's payload class (by default its contract type); an event whose
     class has a handler is decoded into it before any handler runs, and is a dead letter naming
     the field when its data does not fit. Other events are tracked and skipped, or given to
-    `otherwise` when there is one.
-
-    `batch_handlers` (optional, per payload class, beside its handler in `handlers`) take a run of
-    consecutive events of that class together in a batch's first, optimistic run; if it fails,
-    the batch runs again with each event's own handler under a savepoint, as for any failure, so
-    a bad record is still dead-lettered alone. The two must have the same effects."""
+    `otherwise` when there is one."""
 
     group: str
     topics: tuple[str, ...]
@@ -126,19 +124,26 @@ class Subscription:
     decode: Decoder = decode_cloudevent
     payload_of: PayloadOf = contract_payload
     otherwise: Fallback | None = field(default=None)
-    batch_handlers: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
+    # Payload classes handled a run at a time: in a batch's first, optimistic run, consecutive
+    # new events of classes with the same batch handler go to it together. When the batch runs
+    # again with savepoints (a failure), each event goes alone to its class's handler in
+    # `handlers` if it has one (intake's counts a refused record there), else to the batch
+    # handler as a run of one; the two must have the same effects.
+    batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
         """`event` with its payload decoded, or None when no handler here wants it; raises
         `BadEvent` naming the field when it is wanted and its data does not fit."""
         cls = self.payload_of(event)
-        if cls is None or cls not in self.handlers:
+        if cls is None or (cls not in self.handlers and cls not in self.batched):
             return None
         return Received(event, decode_payload(event, cls))  # type: ignore[arg-type]
 
     async def dispatch(self, uow: UnitOfWork, event: CloudEvent, typed: Received[Any] | None) -> None:
-        if typed is not None:
+        if typed is not None and type(typed.data) in self.handlers:
             await self.handlers[type(typed.data)](uow, typed)
+        elif typed is not None:
+            await self.batched[type(typed.data)](uow, [typed])
         elif self.otherwise is not None:
             await self.otherwise(uow, event)
 
@@ -315,7 +320,7 @@ class EventConsumer:
                     .returning(self._processed.c.event_id)
                 )
                 new = set(inserted.scalars())
-            run: list[Received[Any]] = []  # consecutive events for one batch handler (not isolated)
+            run: list[Received[Any]] = []  # consecutive events for one batched handler
             for record, event, typed, failure in decoded:
                 if failure is not None:
                     letters.append((record, *failure))
@@ -327,14 +332,14 @@ class EventConsumer:
                 if typed is None and self.sub.otherwise is None:
                     continue  # a type this subscription does not handle: tracked, nothing to do
                 if not isolate:
-                    cls = type(typed.data) if typed is not None else None
-                    if cls in self.sub.batch_handlers:
-                        if run and type(run[0].data) is not cls:
-                            await self._optimistic(self._run_batch(uow, run))
+                    batch_handler = self.sub.batched.get(type(typed.data)) if typed is not None else None
+                    if run and self.sub.batched[type(run[0].data)] is not batch_handler:
+                        await self._optimistic(self.sub.batched[type(run[0].data)](uow, run))
+                        run = []
+                    if typed is not None and batch_handler is not None:
                         run.append(typed)
-                        continue
-                    await self._optimistic(self._run_batch(uow, run))
-                    await self._optimistic(self.sub.dispatch(uow, event, typed))
+                    else:
+                        await self._optimistic(self.sub.dispatch(uow, event, typed))
                     continue
                 mark = uow.mark()
                 savepoint = await uow.conn.begin_nested()
@@ -353,23 +358,18 @@ class EventConsumer:
                         log.error("consumer.handler_failed", group=self.sub.group, event_id=event.id,
                                   error=type(exc).__name__)
                         letters.append((record, "handler_error", f"{type(exc).__name__}: {exc}"))
-            await self._optimistic(self._run_batch(uow, run))
+            if run:
+                await self._optimistic(self.sub.batched[type(run[0].data)](uow, run))
             for record, kind, reason in letters:
                 await self._write_deadletter(uow, record, kind, reason)
             await uow.commit()
         return letters
 
-    async def _run_batch(self, uow: UnitOfWork, run: list[Received[Any]]) -> None:
-        """Hand a run of events of one payload class to its batch handler, and empty the run."""
-        if run:
-            events, run[:] = list(run), []
-            await self.sub.batch_handlers[type(events[0].data)](uow, events)
-
     @staticmethod
-    async def _optimistic(work: Awaitable[None]) -> None:
-        """Handlers run without savepoints: a failure of theirs reruns the batch isolated."""
+    async def _optimistic(handled: Awaitable[None]) -> None:
+        """A handler run without a savepoint: a failure of its own sends the batch to isolation."""
         try:
-            await work
+            await handled
         except Exception as exc:
             if is_database_unavailable(exc) or isinstance(exc, ConcurrencyConflict):
                 raise  # the whole batch waits for the database, or runs again from fresh state

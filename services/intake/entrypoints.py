@@ -216,7 +216,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
     return [
         # Raw topics carry the senders' own types: every record is of the topic's one kind.
         Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
-                     payload_of=lambda _: RawSubmission, batch_handlers={RawSubmission: on_submissions}),
+                     payload_of=lambda _: RawSubmission, batched={RawSubmission: on_submissions}),
         Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
                      payload_of=lambda _: RawActivity),
     ], [expire_loop]

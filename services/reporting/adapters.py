@@ -8,6 +8,7 @@ also its row."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -29,24 +30,25 @@ TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
 
 
 class ReadModelStore(Protocol):
-    """Reporting's read models, within one transaction (the consumer's)."""
+    """Reporting's read models, within one transaction (the consumer's). Everything goes a run of
+    events at a time: one statement per table for a whole fetched batch, not per event."""
 
-    async def add_to_timeline(self, lead_id: str, event: CloudEvent) -> bool:
-        """Keep the event in the lead's timeline; False when it is there already (a redelivery),
-        in which case nothing else may change."""
+    async def add_to_timeline(self, entries: Sequence[tuple[str, CloudEvent]]) -> set[str]:
+        """Keep each (lead id, event) in its lead's timeline; the ids of the events that were not
+        there yet (a redelivered one is, and nothing else may change for it)."""
         ...
 
-    async def lead(self, lead_id: str) -> dict[str, Any] | None:
-        """The lead's facts, held until the transaction ends; None for a lead not seen yet."""
+    async def leads(self, lead_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """lead id -> the lead's facts, held until the transaction ends; leads not seen yet are
+        absent."""
         ...
 
-    async def timers(self, lead_id: str, *, sla_id: str | None = None,
-                     metric: str | None = None) -> dict[str, dict[str, Any]]:
-        """sla id -> timer row: the one timer `sla_id` names, or the lead's timers of `metric`."""
+    async def timers(self, lead_ids: Collection[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """lead id -> sla id -> timer row: every timer of those leads, held likewise."""
         ...
 
-    async def save(self, lead: dict[str, Any], timers: list[dict[str, Any]]) -> None:
-        """Write the lead's facts and the timers that changed (insert or replace)."""
+    async def save(self, leads: Iterable[dict[str, Any]], timers: Iterable[dict[str, Any]]) -> None:
+        """Write the leads' facts and the timers that changed (insert or replace)."""
         ...
 
 
@@ -76,38 +78,51 @@ class PostgresReadModels:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add_to_timeline(self, lead_id: str, event: CloudEvent) -> bool:
+    async def add_to_timeline(self, entries: Sequence[tuple[str, CloudEvent]]) -> set[str]:
+        if not entries:
+            return set()
         # Shared with every other live projection; a rebuild takes it exclusively (see replay.py).
         await self._conn.execute(select(func.pg_advisory_xact_lock_shared(func.hashtext(READ_MODELS_LOCK))))
         # Keyed by event id, so this holds even for a second consumer group or a processed id
         # already pruned by housekeeping: an event is folded at most once.
-        inserted = await self._conn.execute(pg_insert(timeline).values(
-            event_id=event.id, lead_id=lead_id, type=event.type, source=event.source, time=event.time,
-            correlation_id=event.correlationid, causation_id=event.causationid, data=event.data,
-        ).on_conflict_do_nothing().returning(timeline.c.event_id))
-        return inserted.first() is not None
+        inserted = await self._conn.execute(pg_insert(timeline).values([
+            {"event_id": event.id, "lead_id": lead_id, "type": event.type, "source": event.source,
+             "time": event.time, "correlation_id": event.correlationid, "causation_id": event.causationid,
+             "data": event.data} for lead_id, event in entries
+        ]).on_conflict_do_nothing().returning(timeline.c.event_id))
+        return set(inserted.scalars())
 
-    async def lead(self, lead_id: str) -> dict[str, Any] | None:
-        row = (await self._conn.execute(
-            select(lead_state).where(lead_state.c.lead_id == lead_id).with_for_update()
-        )).mappings().first()
-        return as_wire(dict(row)) if row else None
+    async def leads(self, lead_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        # In id order: two projectors locking overlapping leads cannot deadlock.
+        rows = (await self._conn.execute(
+            select(lead_state).where(lead_state.c.lead_id.in_(sorted(lead_ids)))
+            .order_by(lead_state.c.lead_id).with_for_update()
+        )).mappings().all()
+        return {r["lead_id"]: as_wire(dict(r)) for r in rows}
 
-    async def timers(self, lead_id: str, *, sla_id: str | None = None,
-                     metric: str | None = None) -> dict[str, dict[str, Any]]:
-        which = (sla_timers.c.sla_id == sla_id) if sla_id is not None else (
-            (sla_timers.c.lead_id == lead_id) & (sla_timers.c.metric == metric))
-        rows = (await self._conn.execute(select(sla_timers).where(which).with_for_update())).mappings().all()
-        return {r["sla_id"]: dict(r) for r in rows}
+    async def timers(self, lead_ids: Collection[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        rows = (await self._conn.execute(
+            select(sla_timers).where(sla_timers.c.lead_id.in_(sorted(lead_ids)))
+            .order_by(sla_timers.c.sla_id).with_for_update()
+        )).mappings().all()
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for r in rows:
+            found.setdefault(r["lead_id"], {})[r["sla_id"]] = dict(r)
+        return found
 
-    async def save(self, lead: dict[str, Any], timers: list[dict[str, Any]]) -> None:
-        values = lead_values(lead)
-        await self._conn.execute(pg_insert(lead_state).values(lead_id=lead["lead_id"], **values)
-                                 .on_conflict_do_update(index_elements=[lead_state.c.lead_id], set_=values))
-        for timer in timers:
-            row = timer_values(timer)
-            await self._conn.execute(pg_insert(sla_timers).values(**row)
-                                     .on_conflict_do_update(index_elements=[sla_timers.c.sla_id], set_=row))
+    async def save(self, leads: Iterable[dict[str, Any]], timers: Iterable[dict[str, Any]]) -> None:
+        lead_rows = [{"lead_id": lead["lead_id"], **lead_values(lead)} for lead in leads]
+        if lead_rows:
+            upsert = pg_insert(lead_state)
+            await self._conn.execute(upsert.on_conflict_do_update(
+                index_elements=[lead_state.c.lead_id],
+                set_={name: upsert.excluded[name] for name in (*PLAIN_COLUMNS, *TIMESTAMP_COLUMNS)}), lead_rows)
+        timer_rows = [timer_values(timer) for timer in timers]
+        if timer_rows:
+            upsert = pg_insert(sla_timers)
+            await self._conn.execute(upsert.on_conflict_do_update(
+                index_elements=[sla_timers.c.sla_id],
+                set_={name: upsert.excluded[name] for name in TIMER_COLUMNS if name != "sla_id"}), timer_rows)
 
 
 class InMemoryReadModels:
@@ -117,28 +132,30 @@ class InMemoryReadModels:
 
     def __init__(self) -> None:
         self.timeline: dict[str, tuple[str, CloudEvent]] = {}  # event id -> (lead id, event)
-        self.leads: dict[str, dict[str, Any]] = {}
+        self.leads_by_id: dict[str, dict[str, Any]] = {}
         self.sla_timers: dict[str, dict[str, Any]] = {}
 
-    async def add_to_timeline(self, lead_id: str, event: CloudEvent) -> bool:
-        if event.id in self.timeline:
-            return False
-        self.timeline[event.id] = (lead_id, event)
-        return True
+    async def add_to_timeline(self, entries: Sequence[tuple[str, CloudEvent]]) -> set[str]:
+        kept = set()
+        for lead_id, event in entries:
+            if event.id not in self.timeline:
+                self.timeline[event.id] = (lead_id, event)
+                kept.add(event.id)
+        return kept
 
-    async def lead(self, lead_id: str) -> dict[str, Any] | None:
-        found = self.leads.get(lead_id)
-        return None if found is None else copy.deepcopy(found)
+    async def leads(self, lead_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        return {i: copy.deepcopy(self.leads_by_id[i]) for i in lead_ids if i in self.leads_by_id}
 
-    async def timers(self, lead_id: str, *, sla_id: str | None = None,
-                     metric: str | None = None) -> dict[str, dict[str, Any]]:
-        if sla_id is not None:
-            found = self.sla_timers.get(sla_id)
-            return {} if found is None else {sla_id: dict(found)}
-        return {k: dict(t) for k, t in self.sla_timers.items() if t["lead_id"] == lead_id and t["metric"] == metric}
+    async def timers(self, lead_ids: Collection[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for sla_id, timer in self.sla_timers.items():
+            if timer["lead_id"] in lead_ids:
+                found.setdefault(timer["lead_id"], {})[sla_id] = dict(timer)
+        return found
 
-    async def save(self, lead: dict[str, Any], timers: list[dict[str, Any]]) -> None:
+    async def save(self, leads: Iterable[dict[str, Any]], timers: Iterable[dict[str, Any]]) -> None:
         # Through the column mapping and back, as a row round trip through Postgres would go.
-        self.leads[lead["lead_id"]] = as_wire({"lead_id": lead["lead_id"], **copy.deepcopy(lead_values(lead))})
+        for lead in leads:
+            self.leads_by_id[lead["lead_id"]] = as_wire({"lead_id": lead["lead_id"], **copy.deepcopy(lead_values(lead))})
         for timer in timers:
             self.sla_timers[timer["sla_id"]] = timer_values(timer)

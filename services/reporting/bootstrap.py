@@ -8,7 +8,7 @@ from shared.runtime import ServiceContext, ServiceSpec
 from shared.uow import UnitOfWork
 
 from .entrypoints import overdue_loop, routes
-from .projections import HANDLERS, ReportingDeps, project
+from .projections import BATCHED, ReportingDeps, project
 
 PROJECTED_TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
 
@@ -18,8 +18,9 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         return ReportingDeps(ctx.config.config)
 
     async def unknown_type(uow: UnitOfWork, event: CloudEvent) -> None:
-        await project(uow.conn, event, ctx.config.config)  # kept in the timeline; the fold skips it
+        await project(uow.conn, [event], ctx.config.config)  # kept in the timeline; the fold skips it
 
     return ServiceSpec(
-        subscriptions=[Subscription("reporting", PROJECTED_TOPICS, bind(HANDLERS, deps), otherwise=unknown_type)],
+        subscriptions=[Subscription("reporting", PROJECTED_TOPICS, {}, otherwise=unknown_type,
+                                    batched=bind(BATCHED, deps))],
         loops=[overdue_loop(ctx)], routers=[routes(ctx)])

@@ -2,7 +2,7 @@
 No I/O; `projections.py` loads the rows, calls these, and writes the results."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -252,6 +252,26 @@ def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event
             if timer["metric"] == "first_response":
                 changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
     return new, changed
+
+
+def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict[str, Any]],
+                timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
+    """`project_event` over events in order, each on its lead (`event.subject`): `leads` (lead id
+    -> facts) and `timers` (lead id -> sla id -> row) are updated in place. The live projection
+    (a fetched batch) and the rebuild (the whole timeline) both fold through here. Returns the
+    ids of the leads and of the timers that changed."""
+    changed_leads: set[str] = set()
+    changed_timers: set[str] = set()
+    for event in events:
+        lead_id = event.subject  # type: ignore[attr-defined]
+        own = timers.setdefault(lead_id, {})
+        lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, own, event, calendar_of)
+        leads[lead_id] = lead
+        changed_leads.add(lead_id)
+        for timer in changed:
+            own[timer["sla_id"]] = timer
+            changed_timers.add(timer["sla_id"])
+    return changed_leads, changed_timers
 
 
 def timers_touched_by(event: Event) -> str | None:

@@ -1,16 +1,16 @@
-"""Reporting's one handler: an event, kept in the lead's timeline, folded into the lead's facts
-and its SLA timers. Short orchestration through a `ReadModelStore`; the rules are in
+"""Reporting's one handler: a run of events, kept in their leads' timelines, folded into the
+leads' facts and their SLA timers. Short orchestration through a `ReadModelStore`; the rules are in
 `domain.py`, the SQL in `adapters.py`."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from shared.business_hours import BusinessCalendar
 from shared.config import Config
 from shared.events import CloudEvent
 
-from .domain import project_event, timers_touched_by
+from .domain import fold_events
 
 if TYPE_CHECKING:
     from .adapters import ReadModelStore
@@ -18,26 +18,25 @@ if TYPE_CHECKING:
 CalendarOf = Callable[[str | None], BusinessCalendar | None]
 
 
-async def project(store: ReadModelStore, event: CloudEvent, calendar_of: CalendarOf) -> bool:
-    """Fold one event into the read models; False when it changed nothing (no lead, or seen before)."""
-    lead_id = event.subject or event.data.get("lead_id")
-    if not lead_id or not await store.add_to_timeline(lead_id, event):
-        return False
-    lead = await store.lead(lead_id) or {"lead_id": lead_id}
-    timers = await _timers(store, lead_id, event)
-    new, changed = project_event(lead, timers, event, calendar_of)
-    await store.save(new, changed)
-    return True
-
-
-async def _timers(store: ReadModelStore, lead_id: str, event: CloudEvent) -> dict[str, dict]:
-    match timers_touched_by(event):
-        case "one":
-            return await store.timers(lead_id, sla_id=event.data["sla_id"])
-        case "first_response":
-            return await store.timers(lead_id, metric="first_response")
-        case _:
-            return {}
+async def project(store: ReadModelStore, events: Sequence[CloudEvent], calendar_of: CalendarOf) -> int:
+    """Fold a run of events, in order, into the read models: kept in their leads' timelines, then
+    the leads and their timers read once, folded in memory and written once. Returns how many
+    changed something (an event without a lead, or seen before, changes nothing)."""
+    entries = []
+    for event in events:
+        lead_id = event.subject or event.data.get("lead_id")
+        if lead_id:
+            entries.append((lead_id, event if event.subject else event.model_copy(update={"subject": lead_id})))
+    fresh = await store.add_to_timeline(entries)
+    todo = [event for _, event in entries if event.id in fresh]
+    if not todo:
+        return 0
+    lead_ids = {event.subject for event in todo}
+    leads, timers = await store.leads(lead_ids), await store.timers(lead_ids)
+    changed_leads, changed_timers = fold_events(todo, calendar_of, leads, timers)
+    await store.save([leads[i] for i in changed_leads],
+                     [t for own in timers.values() for sla_id, t in own.items() if sla_id in changed_timers])
+    return len(todo)
 
 
 def calendars(config: Config | None) -> CalendarOf:

@@ -22,16 +22,16 @@ class ReportingDeps:
     config: Config | None
 
 
-async def on_event(uow: UnitOfWork, received: Received[Any], deps: ReportingDeps) -> None:
-    """Every contract type is projected the same way: into the timeline, then folded (the fold
-    picks its projector by payload class, see `domain.PROJECTORS`)."""
-    await project(uow.conn, received.envelope, deps.config)
+async def on_events(uow: UnitOfWork, received: list[Received[Any]], deps: ReportingDeps) -> None:
+    """Every contract type is projected the same way, a run at a time: into the timeline, then
+    folded (the fold picks its projector by payload class, see `domain.PROJECTORS`)."""
+    await project(uow.conn, [r.envelope for r in received], deps.config)
 
 
-# Reporting keeps every event its topics carry; types outside the contract go to the timeline
-# through the subscription's fallback (see bootstrap).
-HANDLERS = {cls: on_event for cls in PAYLOADS.values()}
+# Reporting keeps every event its topics carry, a fetched batch's run of them at once; types
+# outside the contract go to the timeline through the subscription's fallback (see bootstrap).
+BATCHED = {cls: on_events for cls in PAYLOADS.values()}
 
 
-async def project(conn: AsyncConnection, event: CloudEvent, config: Config | None) -> None:
-    await handlers.project(PostgresReadModels(conn), event, handlers.calendars(config))
+async def project(conn: AsyncConnection, events: list[CloudEvent], config: Config | None) -> None:
+    await handlers.project(PostgresReadModels(conn), events, handlers.calendars(config))

@@ -1,6 +1,6 @@
 """Rebuilds reporting's read models (lead facts, SLA timers) from its timeline, the record of
-every event it has consumed, in arrival order. The fold is the live one (`domain.project_event`,
-which `handlers.project` runs against a store), run in memory (`fold_in_memory`) and written in
+every event it has consumed, in arrival order. The fold is the live one (`domain.fold_events`,
+which `handlers.project` runs on a batch's leads), run over the whole timeline in memory and written in
 bulk (one COPY per table), inside one transaction that holds the read models exclusively: live
 projections wait, and nothing is half rebuilt if it fails.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from shared.config import Config
 
 from .adapters import READ_MODELS_LOCK, lead_values
-from .domain import Event, project_event
-from .handlers import CalendarOf, calendars
+from .domain import fold_events
+from .handlers import calendars
 from .tables import lead_state, sla_timers, timeline
 
 BATCH = 2000
@@ -94,7 +94,7 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
             upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
             await asyncio.sleep(0)  # let the request go out
             try:
-                fold_in_memory(map(_Recorded._make, batch), calendar_of, leads, timers)
+                fold_events(map(_Recorded._make, batch), calendar_of, leads, timers)
                 count += len(batch)
                 if progress is not None:
                     progress(len(batch))
@@ -118,25 +118,6 @@ class _Recorded(NamedTuple):
     type: str
     time: Any
     data: dict[str, Any]
-
-
-def fold_in_memory(events: Iterable[Event], calendar_of: CalendarOf,
-                   leads: dict[str, dict[str, Any]] | None = None,
-                   timers: dict[str, dict[str, dict[str, Any]]] | None = None,
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
-    """What `handlers.project` does to a store, done to dicts: lead id -> facts, and lead id ->
-    sla id -> timer. The events are the timeline's, so none is a redelivery."""
-    leads = {} if leads is None else leads
-    timers = {} if timers is None else timers
-    for event in events:
-        lead_id = event.subject  # type: ignore[attr-defined]
-        own = timers.setdefault(lead_id, {})
-        # All the lead's timers: project_event picks the ones the event touches.
-        lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, own, event, calendar_of)
-        leads[lead_id] = lead
-        for timer in changed:
-            own[timer["sla_id"]] = timer
-    return leads, timers
 
 
 # Column order of the COPYs, and how each column's value comes out of the fold's dicts.

@@ -108,11 +108,13 @@ class RouterStore(Protocol):
     # changes that touch many owners take it exclusively.
     async def lock_routing(self) -> None: ...
 
-    async def lock_lead(self, lead_id: str) -> None: ...
+    async def lock_leads(self, lead_ids: list[str]) -> None: ...
 
-    async def lock_scope(self, keys: set[str]) -> Scope: ...
+    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
+        """Lock `keys`; `undoable`: under a savepoint, so that `undo` releases them again."""
 
-    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext: ...
+    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
+        """(lead_id, company domain, tier) -> what routing that lead needs to know first."""
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
                          rules: set[str] | None = None) -> RoutingState: ...
@@ -220,15 +222,23 @@ async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, ow
         params["owners"] = sorted(owners)
     if rules is not None:
         params["rules"] = sorted(rules)
-    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).all()
-    return _state_of(
-        config, now,
-        changes={r.k: r.j for r in rows if r.kind == "owner"},
-        open_leads={r.k: r.n for r in rows if r.kind == "open"},
-        days=[(r.k, r.day, r.n) for r in rows if r.kind == "day"],
-        cursors={r.k: r.n for r in rows if r.kind == "cursor"},
-        weighted={r.k: r.j or {} for r in rows if r.kind == "cursor"},
-    )
+    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).tuples()
+    changes: dict[str, Any] = {}
+    open_leads: dict[str, int] = {}
+    days: list[tuple[str, date, int]] = []
+    cursors: dict[str, int] = {}
+    weighted: dict[str, Any] = {}
+    for kind, key, n, day, value in rows:  # one pass: a run's state can be a thousand rows
+        if kind == "open":
+            open_leads[key] = n
+        elif kind == "day":
+            days.append((key, day, n))
+        elif kind == "cursor":
+            cursors[key], weighted[key] = n, value or {}
+        else:
+            changes[key] = value
+    return _state_of(config, now, changes=changes, open_leads=open_leads, days=days, cursors=cursors,
+                     weighted=weighted)
 
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
@@ -291,32 +301,39 @@ class PostgresRouterStore:
     async def lock_routing(self) -> None:
         await lock_routing(self.conn)
 
-    async def lock_lead(self, lead_id: str) -> None:
+    async def lock_leads(self, lead_ids: list[str]) -> None:
         # The same lead under another event id (a replay) may be in flight in another router: the
         # lead's lock makes the second one see the first one's decision instead of deciding again.
-        await self.conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:lead)), "
-                                     "pg_advisory_xact_lock_shared(hashtext(:routing))"),
-                                {"lead": f"router.lead:{lead_id}", "routing": ROUTING})
+        # Several leads in hash order, in one statement (see lock_scope), then the routing state shared.
+        await self.conn.execute(text(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('router.lead:' || k) AS h "
+            "FROM unnest(CAST(:leads AS text[])) AS k ORDER BY 1) AS ordered "
+            "UNION ALL SELECT pg_advisory_xact_lock_shared(hashtext(:routing))"
+        ), {"leads": lead_ids, "routing": ROUTING})
 
-    async def lock_scope(self, keys: set[str]) -> Scope:
-        attempt = await self.conn.begin_nested()
+    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
+        attempt = await self.conn.begin_nested() if undoable else None
         # In hash order: every transaction takes its locks in the same order, so none waits in a circle.
         await self.conn.execute(text(
             "SELECT pg_advisory_xact_lock(h) FROM "
             "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
         ), {"keys": sorted(keys)})
-        return _Savepoint(attempt)
+        return _Savepoint(attempt) if attempt is not None else _Kept()
 
-    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext:
-        row = (await self.conn.execute(text(
-            "SELECT EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = :lead) "
-            "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = :lead) AS known, "
-            "(SELECT owner_id FROM router.assignments WHERE company_domain = :domain AND closed_at IS NULL "
+    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
+        rows = await self.conn.execute(text(
+            "SELECT l.lead, "
+            "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
+            "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
+            "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
             "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
-            "EXISTS (SELECT 1 FROM router.queue WHERE tier <= :tier) AS queue_ahead, "
-            "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = :lead) AS version"
-        ), {"lead": lead_id, "domain": domain, "tier": tier})).one()
-        return LeadContext(row.known, row.account_owner, row.queue_ahead, row.version)
+            "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead, "
+            "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead) AS version "
+            "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
+            "AS l(lead, domain, tier)"
+        ), {"leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
+            "tiers": [tier for _, _, tier in leads]})
+        return {row.lead: LeadContext(row.known, row.account_owner, row.queue_ahead, row.version) for row in rows}
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
                          rules: set[str] | None = None) -> RoutingState:
@@ -492,20 +509,21 @@ class InMemoryRouterStore:
     async def lock_routing(self) -> None:
         pass
 
-    async def lock_lead(self, lead_id: str) -> None:
+    async def lock_leads(self, lead_ids: list[str]) -> None:
         pass
 
-    async def lock_scope(self, keys: set[str]) -> Scope:
+    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
         return _Kept()
 
     # -- reads --
 
-    async def lead_context(self, lead_id: str, domain: str | None, tier: str) -> LeadContext:
-        owners = await self.account_owners({domain}) if domain else {}
-        return LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
-                           account_owner=owners.get(domain) if domain else None,
-                           queue_ahead=any(w.tier <= tier for w in self.data.queue.values()),
-                           version=self.version(lead_id))
+    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
+        owners = await self.account_owners({domain for _, domain, _ in leads if domain})
+        return {lead_id: LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
+                                     account_owner=owners.get(domain) if domain else None,
+                                     queue_ahead=any(w.tier <= tier for w in self.data.queue.values()),
+                                     version=self.version(lead_id))
+                for lead_id, domain, tier in leads}
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
                          rules: set[str] | None = None) -> RoutingState:

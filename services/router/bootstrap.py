@@ -8,7 +8,7 @@ from shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS
 from shared.runtime import ServiceContext, ServiceSpec
 
 from .entrypoints import build_api, queue_loop
-from .handlers import ESCALATION_HANDLERS, INTAKE_HANDLERS, RouterDeps
+from .handlers import ESCALATION_HANDLERS, INTAKE_BATCHED, INTAKE_HANDLERS, RouterDeps
 from .projection import PROJECTION
 
 
@@ -19,7 +19,8 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         return RouterDeps(ctx.config.config, ctx.clock, wake_queue)
 
     return ServiceSpec(
-        subscriptions=[Subscription("router", (TOPIC_INTAKE,), bind(INTAKE_HANDLERS, deps)),
+        subscriptions=[Subscription("router", (TOPIC_INTAKE,), bind(INTAKE_HANDLERS, deps),
+                                    batched=bind(INTAKE_BATCHED, deps)),
                        Subscription("router-escalations", (TOPIC_NOTIFICATIONS,), bind(ESCALATION_HANDLERS, deps))],
         routers=[build_api(ctx, wake_queue)],
         loops=[queue_loop(ctx, wake_queue)],

@@ -5,14 +5,14 @@ Everything here takes the facts and `now` and returns a decision; the handlers l
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
-from shared.config import CalendarConfig, Config, Owner, RoutingRule, size_band
+from shared.config import CalendarConfig, Config, Owner, RoutingRule, RuleMatch, Team, size_band
 from shared.events import Candidate, LeadReceived, WireModel
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
@@ -43,7 +43,8 @@ class LeadFacts:
     correlation_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field: dataclasses.asdict deep-copies every value, a hot spot of routing.
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["attributes"] = dict(self.attributes)
         data["received_at"] = self.received_at.isoformat() if self.received_at else None
         return data
@@ -121,26 +122,94 @@ def _fold(value: Any) -> str | None:
     return None if value is None else str(value).strip().casefold()
 
 
-def _in(value: Any, allowed: list[str]) -> bool:
-    return value is not None and _fold(value) in {_fold(a) for a in allowed}
+def _folded(values: Iterable[Any]) -> frozenset[str | None]:
+    return frozenset(_fold(v) for v in values)
 
 
-def matches(rule: RoutingRule, lead: LeadFacts, config: Config) -> bool:
-    m = rule.match
-    language = lead.language.split("-")[0] if lead.language else None
-    checks = [
-        m.tiers is None or _in(lead.tier, m.tiers),
-        m.countries is None or _in(lead.country, m.countries),
-        m.regions is None or any(_in(lead.country, config.routing.regions.get(r, [])) for r in m.regions),
-        m.sources is None or _in(lead.source, m.sources),
-        m.intents is None or _in(lead.intent, m.intents),
-        m.products is None or _in(lead.product, m.products),
-        m.languages is None or _in(language, m.languages) or _in(lead.language, m.languages),
-        m.company_sizes is None or _size_in(lead.company_size, m.company_sizes),
-        m.industries is None or _in(lead.industry, m.industries),
-        m.attributes is None or all(_in(lead.attributes.get(k), v) for k, v in m.attributes.items()),
-    ]
-    return all(checks)
+def _matcher(m: RuleMatch, config: Config) -> Callable[[LeadFacts], bool]:
+    """A rule's match as one test of a lead, its accepted values folded once. A condition left
+    out accepts anything; a missing value of the lead matches no list (None is never folded in)."""
+    checks: list[Callable[[LeadFacts], bool]] = []
+
+    def accepts(values: Iterable[Any], value_of: Callable[[LeadFacts], Any]) -> None:
+        accepted = _folded(values) - {None}
+        checks.append(lambda lead: _fold(value_of(lead)) in accepted)
+
+    if m.tiers is not None:
+        accepts(m.tiers, lambda lead: lead.tier)
+    if m.countries is not None:
+        accepts(m.countries, lambda lead: lead.country)
+    if m.regions is not None:
+        accepts([c for r in m.regions for c in config.routing.regions.get(r, [])], lambda lead: lead.country)
+    if m.sources is not None:
+        accepts(m.sources, lambda lead: lead.source)
+    if m.intents is not None:
+        accepts(m.intents, lambda lead: lead.intent)
+    if m.products is not None:
+        accepts(m.products, lambda lead: lead.product)
+    if m.languages is not None:
+        languages = _folded(m.languages) - {None}
+        # "de-AT" matches a rule for "de" or for "de-AT".
+        checks.append(lambda lead: lead.language is not None and (
+            _fold(lead.language.split("-")[0]) in languages or _fold(lead.language) in languages))
+    if m.company_sizes is not None:
+        bands = m.company_sizes
+        checks.append(lambda lead: _size_in(lead.company_size, bands))
+    if m.industries is not None:
+        accepts(m.industries, lambda lead: lead.industry)
+    for key, values in (m.attributes or {}).items():
+        accepts(values, lambda lead, key=key: lead.attributes.get(key))
+    return lambda lead: all(check(lead) for check in checks)
+
+
+@dataclass
+class _Rules:
+    """A configuration's rules, compiled, and the rule found for each combination of the values
+    rules look at (leads repeat them: tier, country, source...), so most leads scan no rule."""
+
+    config: Config
+    rules: list[tuple[RoutingRule, Callable[[LeadFacts], bool]]]
+    attributes: tuple[str, ...]  # the attributes any rule looks at
+    teams: dict[str, Team]
+    found: dict[tuple[Any, ...], RoutingRule | None] = field(default_factory=dict)
+
+    def first(self, lead: LeadFacts) -> RoutingRule | None:
+        key = (lead.tier, lead.country, lead.source, lead.intent, lead.product, lead.language, lead.company_size,
+               lead.industry, *(_fold(lead.attributes.get(name)) for name in self.attributes))
+        if key in self.found:
+            return self.found[key]
+        if len(self.found) >= 50_000:
+            self.found.clear()
+        rule = self.found[key] = next((rule for rule, accepts in self.rules if accepts(lead)), None)
+        return rule
+
+
+# Rules compiled per configuration (a handful of versions live at a time; ids are checked
+# against the object, so a reused id never returns another configuration's rules).
+_COMPILED: dict[int, _Rules] = {}
+
+
+def _compiled(config: Config) -> _Rules:
+    compiled = _COMPILED.get(id(config))
+    if compiled is None or compiled.config is not config:
+        if len(_COMPILED) >= 8:
+            _COMPILED.clear()
+        rules = config.routing.rules
+        compiled = _COMPILED[id(config)] = _Rules(
+            config, [(rule, _matcher(rule.match, config)) for rule in rules],
+            tuple(sorted({name for rule in rules for name in (rule.match.attributes or {})})),
+            {team.id: team for team in config.teams})
+    return compiled
+
+
+def first_match(config: Config, lead: LeadFacts) -> RoutingRule | None:
+    """The first rule, in configuration order, whose match accepts the lead."""
+    return _compiled(config).first(lead)
+
+
+def team_of(config: Config, rule: RoutingRule) -> Team:
+    assert rule.team is not None
+    return _compiled(config).teams[rule.team]
 
 
 # ---- the router's internal events ----------------------------------------------------------
@@ -306,7 +375,7 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
         if consider(state.account_owner, f"owns an open lead of {lead.company_domain}"):
             return Decision(state.account_owner, None, None, "account_match", "account_match", tuple(candidates))
 
-    rule = next((r for r in config.routing.rules if matches(r, lead, config)), None)
+    rule = first_match(config, lead)
     fallback = config.routing.fallback_owner
     missing: tuple[str, ...] = ()
     if rule is None:
@@ -336,13 +405,13 @@ def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -
     """The rule a decision for `lead` advances and the owners it would normally pick from: what
     the decision locks. Fallback owners join only when a decision actually reaches them."""
     owners = {account_owner} if account_owner and config.routing.account_match else set()
-    rule = next((r for r in config.routing.rules if matches(r, lead, config)), None)
+    rule = first_match(config, lead)
     if rule is None:
         return None, owners
     if rule.owner:
         owners.add(rule.owner)
     if rule.team:
-        owners.update(next(t for t in config.teams if t.id == rule.team).members)
+        owners.update(team_of(config, rule).members)
     return rule.id, owners
 
 
@@ -365,7 +434,7 @@ def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _
     if rule.method == "owner":
         assert rule.owner is not None
         return _Pick(rule.owner, rule.team) if consider(rule.owner, "named by the rule") else None
-    team = next(t for t in config.teams if t.id == rule.team)
+    team = team_of(config, rule)
     members = team.members
     if rule.method == "round_robin":
         last = state.cursors.get(rule.id, -1)

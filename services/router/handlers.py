@@ -117,8 +117,21 @@ def _owner_day(config: Config, state: RoutingState, owner_id: str, now: datetime
     return owner_day(owner, config, now) if owner else now.date()
 
 
+Recorded = list[tuple[str | None, CloudEvent]]
+
+
 async def _record_assigned(store: RouterStore, config: Config, state: RoutingState, facts: LeadFacts,
                            decision: Decision, assignment_no: int, now: datetime, cause: CloudEvent | None) -> None:
+    await store.record_all(_assigned(config, state, facts, decision, assignment_no, now, cause))  # one statement
+    _count_assigned(store, decision)
+
+
+def _count_assigned(store: RouterStore, decision: Decision) -> None:
+    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
+
+
+def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: Decision, assignment_no: int,
+              now: datetime, cause: CloudEvent | None) -> Recorded:
     """lead.assigned, then the decision's private part (facts, the owner's day, the rule's cursor)."""
     assert decision.owner_id is not None
     assigned = new_event(
@@ -133,20 +146,24 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
         ),
     )
     routed = _routed(facts, decision, assignment_no, _owner_day(config, state, decision.owner_id, now), now, cause)
-    await store.record_all([(TOPIC_ROUTING, assigned), (None, routed)])  # applied as one statement
-    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
+    return [(TOPIC_ROUTING, assigned), (None, routed)]
 
 
 async def _enqueue(store: RouterStore, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
                    cause: CloudEvent | None) -> None:
-    await store.record(TOPIC_ROUTING, new_event(
+    await store.record_all(_queued(facts, decision, assignment_no, now, cause))
+
+
+def _queued(facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
+            cause: CloudEvent | None) -> Recorded:
+    queued = new_event(
         "lead.queued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=decision.reason,
                         missing_fields=list(decision.missing_fields), queued_at=now),
-    ))
-    await store.record(None, _routed(facts, replace(decision, owner_id=None, next_cursor=None, weights=None),
-                                   assignment_no, None, now, cause))
+    )
+    return [(TOPIC_ROUTING, queued), (None, _routed(facts, replace(decision, owner_id=None, next_cursor=None,
+                                                                   weights=None), assignment_no, None, now, cause))]
 
 
 async def _record_dequeued(store: RouterStore, facts: LeadFacts, reason: str, queued_at: datetime,
@@ -162,50 +179,110 @@ async def _record_dequeued(store: RouterStore, facts: LeadFacts, reason: str, qu
 
 
 async def route_lead(uow: Any, received: Received[LeadReceived], deps: RouterDeps) -> None:
-    event, lead, config = received.envelope, received.data, deps.config
+    await route_leads(uow, [received], deps)
+
+
+async def route_leads(uow: Any, run: list[Received[LeadReceived]], deps: RouterDeps) -> None:
+    """Route received leads, a run at a time (consecutive lead.received of a fetched batch): the
+    run's locks, the leads' context and the routing state are read once, each lead is decided in
+    turn on the state the earlier ones left (as if they had come one by one), and the decisions
+    are recorded in one call (the projection writes a run of assignments as one statement)."""
+    config, now = deps.config, deps.clock.now()
     store = deps.store(uow)
-    facts = facts_of(lead, event.correlationid)
-    now = deps.clock.now()
-    await store.lock_lead(lead.lead_id)
-    known = await store.lead_context(lead.lead_id, facts.company_domain, facts.tier)
-    if known.known:
-        return  # already routed or waiting
-    # Another writer of this lead's stream (a reassignment, a second router) makes the commit
-    # conflict, and the batch is retried from fresh state.
-    store.expect(lead.lead_id, known.version)
-    rule_id, owners = decision_scope(config, facts, known.account_owner)
+    leads: dict[str, tuple[CloudEvent, LeadFacts]] = {}
+    for received in run:  # the same lead twice (a replay under another event id): decided once
+        leads.setdefault(received.data.lead_id, (received.envelope, facts_of(received.data,
+                                                                              received.envelope.correlationid)))
+    await store.lock_leads(list(leads))
+    contexts = await store.lead_contexts([(f.lead_id, f.company_domain, f.tier) for _, f in leads.values()])
+    todo: list[_New] = []
+    for lead_id, (event, facts) in leads.items():
+        known = contexts[lead_id]
+        if known.known:
+            continue  # already routed or waiting
+        # Another writer of this lead's stream (a reassignment, a second router) makes the commit
+        # conflict, and the batch is retried from fresh state.
+        store.expect(lead_id, known.version)
+        todo.append(_New(event, facts, known.account_owner, known.queue_ahead))
+    if not todo:
+        return
+    scopes = [decision_scope(config, lead.facts, lead.account_owner) for lead in todo]
+    rules = {rule_id for rule_id, _ in scopes}
+    owners: set[str] = set().union(*(scope for _, scope in scopes))
+    fallbacks = fallback_owners(config)
     for _ in range(MAX_SCOPE_WIDENINGS):
-        attempt = await store.lock_scope({f"router.rule:{rule_id}"} | {f"router.owner:{o}" for o in owners})
-        state = await store.load_state(config, now, owners=owners | fallback_owners(config), rules={rule_id or ""})
-        decision = decide(config, facts, replace(state, account_owner=known.account_owner), now)
-        if decision.owner_id is None or decision.owner_id in owners:
+        # Under a savepoint only when a decision could leave the scope (a fallback owner outside it).
+        attempt = await store.lock_scope({f"router.rule:{r}" for r in rules} | {f"router.owner:{o}" for o in owners},
+                                         undoable=not fallbacks <= owners)
+        state = await store.load_state(config, now, owners=owners | fallbacks, rules={r or "" for r in rules})
+        decided = await _decide_run(store, config, todo, state, now)
+        outside = {d.owner_id for _, d in decided if d.owner_id is not None and d.owner_id not in owners}
+        if not outside:
             await attempt.keep()
             break
-        # It went to an owner outside the locked scope (a fallback): undo the locks, widen, retry.
+        # One went to an owner outside the locked scope (a fallback): undo the locks, widen, retry.
         await attempt.undo()
-        owners = owners | {decision.owner_id}
+        owners |= outside
     else:
-        raise RuntimeError(f"routing scope kept widening for lead {facts.lead_id}")
-    if decision.owner_id is not None and known.queue_ahead and await _wanted_by_queue(
-            store, config, facts, decision.owner_id, state, now):
-        # Someone became free by time (working hours, an absence ending) before the queue check
-        # saw it: older leads of the same or a higher tier get them first.
-        decision = replace(decision, owner_id=None, method="queue", reason="queue_ahead")
-    if decision.owner_id is None:
-        await _enqueue(store, facts, decision, 1, now, event)
-        if decision.reason == "queue_ahead" and deps.wake_queue is not None:
-            deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
-        return
-    await _record_assigned(store, config, state, facts, decision, 1, now, event)
-    latency = max((now - lead.received_at).total_seconds(), 0)
-    store.after_commit(lambda: metrics.routing_latency.observe(latency))
+        raise RuntimeError(f"routing scope kept widening for leads {[lead.facts.lead_id for lead in todo]}")
+    recorded: Recorded = []
+    for lead, decision in decided:
+        if decision.owner_id is None:
+            recorded += _queued(lead.facts, decision, 1, now, lead.event)
+            continue
+        recorded += _assigned(config, state, lead.facts, decision, 1, now, lead.event)  # state: for owners' days
+        _count_assigned(store, decision)
+        latency = max((now - lead.facts.received_at).total_seconds(), 0) if lead.facts.received_at else 0
+        store.after_commit(lambda latency=latency: metrics.routing_latency.observe(latency))
+    await store.record_all(recorded)
+    if deps.wake_queue is not None and any(d.reason == "queue_ahead" for _, d in decided):
+        deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)
 
 
-async def _wanted_by_queue(store: RouterStore, config: Config, lead: LeadFacts, owner_id: str,
-                           state: RoutingState, now: datetime) -> bool:
-    """Whether a queued lead that drains before `lead` could go to `owner_id` now."""
+@dataclass(frozen=True)
+class _New:
+    """A lead to route: its lead.received, its facts, and what was stored before the run."""
+
+    event: CloudEvent
+    facts: LeadFacts
+    account_owner: str | None
+    queue_ahead: bool
+
+
+async def _decide_run(store: RouterStore, config: Config, todo: list[_New], state: RoutingState,
+                      now: datetime) -> list[tuple[_New, Decision]]:
+    """Each lead of a run decided in turn, on the state the decisions before it left."""
+    decided: list[tuple[_New, Decision]] = []
+    by_domain: dict[str, str] = {}  # accounts this run assigned (newer than the stored ones)
+    queued: list[LeadFacts] = []  # leads this run sends to the queue (they drain after the stored ones)
+    ahead: dict[str, list[LeadFacts]] = {}  # stored queued leads ahead of a tier, read once per run
+    for lead in todo:
+        facts = lead.facts
+        account = by_domain.get(facts.company_domain, lead.account_owner) if facts.company_domain else None
+        decision = decide(config, facts, replace(state, account_owner=account), now)
+        if decision.owner_id is not None and (lead.queue_ahead or any(q.tier <= facts.tier for q in queued)):
+            if facts.tier not in ahead:
+                ahead[facts.tier] = await store.queued_ahead(facts.tier, DRAIN_PAGE)
+            waiting = ahead[facts.tier] + [q for q in queued if q.tier <= facts.tier]
+            if _wanted_by_queue(config, waiting, decision.owner_id, state, now):
+                # Someone became free by time (working hours, an absence ending) before the queue
+                # check saw it: older leads of the same or a higher tier get them first.
+                decision = replace(decision, owner_id=None, method="queue", reason="queue_ahead")
+        decided.append((lead, decision))
+        if decision.owner_id is None:
+            queued.append(facts)
+            continue
+        state = record(state, decision, config, now)
+        if facts.company_domain:
+            by_domain[facts.company_domain] = decision.owner_id
+    return decided
+
+
+def _wanted_by_queue(config: Config, waiting: list[LeadFacts], owner_id: str, state: RoutingState,
+                     now: datetime) -> bool:
+    """Whether a queued lead that drains before the new one could go to `owner_id` now."""
     owner = state.owners.get(owner_id)
-    for queued in await store.queued_ahead(lead.tier, DRAIN_PAGE):
+    for queued in waiting:
         _, scope = decision_scope(config, queued, None)
         if ((owner_id in scope or owner_id in fallback_owners(config))
                 and eligibility(owner, queued, state, config, now) is None):
@@ -419,4 +496,6 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
 
 # What each subscription does with each payload class (bound to RouterDeps in bootstrap).
 INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity}
+# Consecutive received leads are routed a run at a time (route_lead is the run of one).
+INTAKE_BATCHED = {LeadReceived: route_leads}
 ESCALATION_HANDLERS = {EscalationTriggered: on_escalation}

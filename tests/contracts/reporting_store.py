@@ -46,57 +46,53 @@ class ReadModelStoreContract:
 
     async def test_an_event_enters_the_timeline_once(self, store: ReadModelStore) -> None:
         lead_id = new_id("lead")
-        event = an_event(lead_id)
-        assert await store.add_to_timeline(lead_id, event) is True
-        assert await store.add_to_timeline(lead_id, event) is False
+        event, other = an_event(lead_id), an_event(new_id("lead"))
+        assert await store.add_to_timeline([(lead_id, event)]) == {event.id}
+        assert await store.add_to_timeline([(lead_id, event), (other.subject, other)]) == {other.id}
+        assert await store.add_to_timeline([]) == set()
 
-    async def test_a_lead_never_saved_is_none(self, store: ReadModelStore) -> None:
-        assert await store.lead(new_id("lead")) is None
+    async def test_a_lead_never_saved_is_absent(self, store: ReadModelStore) -> None:
+        assert await store.leads({new_id("lead")}) == {}
 
     async def test_saved_facts_come_back_with_timestamps_as_rfc3339_strings(self, store: ReadModelStore) -> None:
-        lead_id = new_id("lead")
+        lead_id, other = new_id("lead"), new_id("lead")
         saved = facts(lead_id)
-        await store.save(saved, [])
-        assert await store.lead(lead_id) == saved
+        await store.save([saved, facts(other)], [])
+        assert await store.leads({lead_id}) == {lead_id: saved}
+        assert set(await store.leads({lead_id, other, new_id("lead")})) == {lead_id, other}
 
     async def test_saving_again_replaces_the_facts(self, store: ReadModelStore) -> None:
         lead_id = new_id("lead")
-        await store.save(facts(lead_id), [])
+        await store.save([facts(lead_id)], [])
         later = facts(lead_id, status="responded", first_response_at=utc_iso(T0 + timedelta(minutes=1)),
                       first_touch_actor="alice", sla={"first_response": {"state": "met"}})
-        await store.save(later, [])
-        assert await store.lead(lead_id) == later
+        await store.save([later], [])
+        assert await store.leads({lead_id}) == {lead_id: later}
 
     async def test_changing_a_loaded_lead_does_not_change_the_store(self, store: ReadModelStore) -> None:
         lead_id = new_id("lead")
-        await store.save(facts(lead_id), [])
-        loaded = await store.lead(lead_id)
-        assert loaded is not None
+        await store.save([facts(lead_id)], [])
+        loaded = (await store.leads({lead_id}))[lead_id]
         loaded["sla"]["first_response"]["state"] = "breached"
-        assert (await store.lead(lead_id))["sla"]["first_response"]["state"] == "open"  # type: ignore[index]
+        assert (await store.leads({lead_id}))[lead_id]["sla"]["first_response"]["state"] == "open"
 
-    async def test_a_timer_is_found_by_its_id(self, store: ReadModelStore) -> None:
-        lead_id = new_id("lead")
-        mine, other = a_timer(lead_id), a_timer(lead_id, metric="next_action")
-        await store.save(facts(lead_id), [mine, other])
-        assert await store.timers(lead_id, sla_id=mine["sla_id"]) == {mine["sla_id"]: mine}
-        assert await store.timers(lead_id, sla_id=new_id("sla")) == {}
-
-    async def test_timers_by_metric_are_the_leads_own_of_that_metric(self, store: ReadModelStore) -> None:
-        lead_id, someone_else = new_id("lead"), new_id("lead")
-        first, second = a_timer(lead_id), a_timer(lead_id, started_at=T0 + timedelta(hours=1))
-        follow_up = a_timer(lead_id, metric="next_action")
-        await store.save(facts(lead_id), [first, second, follow_up])
-        await store.save(facts(someone_else), [a_timer(someone_else)])
-        found = await store.timers(lead_id, metric="first_response")
-        assert found == {first["sla_id"]: first, second["sla_id"]: second}
+    async def test_timers_are_found_by_their_leads(self, store: ReadModelStore) -> None:
+        lead_id, other, someone_else = new_id("lead"), new_id("lead"), new_id("lead")
+        first, follow_up = a_timer(lead_id), a_timer(lead_id, metric="next_action")
+        theirs = a_timer(other)
+        await store.save([facts(lead_id), facts(other), facts(someone_else)], [first, follow_up, theirs])
+        await store.save([], [a_timer(someone_else)])
+        found = await store.timers({lead_id, other})
+        assert found == {lead_id: {first["sla_id"]: first, follow_up["sla_id"]: follow_up},
+                         other: {theirs["sla_id"]: theirs}}
+        assert await store.timers({new_id("lead")}) == {}
 
     async def test_saving_a_timer_again_replaces_its_row(self, store: ReadModelStore) -> None:
         lead_id = new_id("lead")
         timer = a_timer(lead_id)
-        await store.save(facts(lead_id), [timer])
+        await store.save([facts(lead_id)], [timer])
         breached = {**timer, "state": "breached", "breached_at": T0 + timedelta(minutes=5),
                     "root_cause": "owner_missed", "responded_at": T0 + timedelta(hours=1),
                     "ttfr_seconds": 3600.0, "ttfr_business_seconds": 1800.0}
-        await store.save(facts(lead_id), [breached])
-        assert await store.timers(lead_id, sla_id=timer["sla_id"]) == {timer["sla_id"]: breached}
+        await store.save([facts(lead_id)], [breached])
+        assert await store.timers({lead_id}) == {lead_id: {timer["sla_id"]: breached}}

@@ -202,7 +202,7 @@ class RouterStoreContract:
             owners = (await store.load_state(CONFIG, NOW)).owners
         assert owners["cat"].capacity == 3 and owners["cat"].status == "active" and owners["ann"].capacity is None
 
-    async def test_a_lead_context_says_known_account_owner_queue_ahead_and_version(self) -> None:
+    async def test_lead_contexts_say_known_account_owner_queue_ahead_and_version(self) -> None:
         await self.assign("ann", domain="old.example", at=NOW - timedelta(minutes=2))
         await self.assign("cat", domain="old.example", at=NOW - timedelta(minutes=1))
         closed = await self.assign("ben", domain="old.example", at=NOW)
@@ -211,10 +211,12 @@ class RouterStoreContract:
         queued = await self.enqueue("B")
         async with self.unit() as store:
             assert await store.account_owners({"old.example", "none.example"}) == {"old.example": "cat"}
-            fresh = await store.lead_context("new-lead", "old.example", "A")
+            found = await store.lead_contexts([("new-lead", "old.example", "A"), (queued, None, "B"),
+                                               ("other-lead", "none.example", "C")])
+            fresh, waiting, other = found["new-lead"], found[queued], found["other-lead"]
             assert (fresh.known, fresh.account_owner, fresh.queue_ahead, fresh.version) == (False, "cat", False, 0)
-            waiting = await store.lead_context(queued, None, "B")
             assert (waiting.known, waiting.account_owner, waiting.queue_ahead, waiting.version) == (True, None, True, 2)
+            assert (other.known, other.account_owner, other.queue_ahead, other.version) == (False, None, True, 0)
 
     async def test_a_unit_that_read_an_old_version_conflicts_at_commit(self) -> None:
         lead_id = await self.assign("ann")

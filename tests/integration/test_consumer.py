@@ -282,3 +282,61 @@ async def consumer_done(engine, group: str, event_id: str) -> bool:
         found = await conn.scalar(select(processed.c.event_id).where(processed.c.consumer == group,
                                                                      processed.c.event_id == event_id))
     return found is not None
+
+
+async def test_a_batched_handler_gets_runs_of_consecutive_events_and_a_failing_run_goes_one_by_one(
+    engine, producer, kafka_bootstrap
+) -> None:
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    lead = f"lead-{uuid.uuid4()}"
+    runs: list[list[str]] = []
+    singles: list[str] = []
+
+    async def run_handler(uow: UnitOfWork, run: list[Received[LeadQueued]]) -> None:
+        runs.append([r.envelope.id for r in run])
+        if any(r.data.reason == "poison" for r in run):
+            raise BadEvent("reason: poison is not allowed")
+        for r in run:
+            uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
+                                                    cause=r.envelope, data=LeadDequeued(**r.envelope.data)))
+
+    async def single(uow: UnitOfWork, received: Received[LeadDequeued]) -> None:
+        singles.append(received.envelope.id)
+
+    def queued(reason: str) -> CloudEvent:
+        return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                         data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=reason))
+
+    q1, q2, q3, poison, q5 = (queued(r) for r in ("one", "two", "three", "poison", "five"))
+    between = new_event("lead.dequeued", service="router", lead_id=lead, time=NOW,
+                        data=LeadDequeued(lead_id=lead, tier="A", queue="q", reason="owner_available"))
+    # All sent before the consumer starts: its first fetch holds them all, in this order.
+    for event in (q1, q2, between, q3, q1, poison, q5):
+        await producer.send_and_wait(topic, event.to_bytes(), key=lead.encode())
+
+    sub = Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadDequeued: single},
+                       batched={LeadQueued: run_handler})
+    consumer = EventConsumer(sub, service="notifier", bootstrap=kafka_bootstrap, engine=engine,
+                             relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    outbox = EVENTS["notifier"]
+
+    async def rows() -> list:
+        async with engine.connect() as conn:
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload).where(outbox.c.key == lead))
+            found = result.all()
+        return found if len(found) >= 5 else []
+
+    found = await eventually(rows, what="four effects and a dead letter")
+    stop.set()
+    await running
+
+    # Optimistic first: the runs split by the other type, a repeated id left out; the failing
+    # run rolls the batch back, and every event then goes alone (under its own savepoint).
+    assert runs[:2] == [[q1.id, q2.id], [q3.id, poison.id, q5.id]]
+    assert runs[2:] == [[q1.id], [q2.id], [q3.id], [poison.id], [q5.id]]
+    assert set(singles) == {between.id}
+    effects = [CloudEvent.from_bytes(p) for t, p in found if t == "lead.dequeued"]
+    assert [e.causationid for e in effects] == [q1.id, q2.id, q3.id, q5.id]
+    assert [t for t, _ in found].count("deadletter") == 1

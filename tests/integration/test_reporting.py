@@ -20,6 +20,7 @@ import httpx
 import pytest
 import uvicorn
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.devstack import free_port
 from services.reporting.bootstrap import bootstrap
@@ -38,6 +39,7 @@ from shared.http import create_app
 from shared.runtime import ServiceContext
 from shared.settings import Settings
 from tests.integration import reporting_scenario as scenario
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 from tests.support import eventually
 
 from .board_dom import BoardDom
@@ -54,6 +56,18 @@ class Projected:
     def window(self) -> dict[str, str]:
         # Generous end: breaches and dispositions of the last leads come a day after they arrive.
         return {"from": utc_iso(self.scenario.start), "to": utc_iso(self.scenario.end + timedelta(days=3))}
+
+
+@pytest.fixture(scope="module")
+def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
+    """A database of this module's own: its read models are folded on the scenario's calendars
+    and rebuilt whole, and a later test's replay on other calendars would differ from them."""
+    return own_database.engine
+
+
+@pytest.fixture(scope="module")
+def database_url(own_database: OwnDatabase) -> str:  # noqa: F811
+    return own_database.url
 
 
 @pytest.fixture(scope="module")
@@ -227,9 +241,9 @@ async def test_a_page_stays_stable_when_a_newer_lead_arrives(projected: Projecte
     # A lead received after every other one lands on top; the cursor still continues where page one ended.
     newest = projected.scenario.end + timedelta(days=4)
     async with projected.ctx.engine.begin() as conn:
-        await project(conn, CloudEvent(id=str(uuid.uuid4()), source="test", type="lead.received",
-                                       subject=f"late-{uuid.uuid4().hex[:6]}", time=newest,
-                                       data={"source": "web", "tier": "C", "received_at": utc_iso(newest)}),
+        await project(conn, [CloudEvent(id=str(uuid.uuid4()), source="test", type="lead.received",
+                                        subject=f"late-{uuid.uuid4().hex[:6]}", time=newest,
+                                        data={"source": "web", "tier": "C", "received_at": utc_iso(newest)})],
                       None)
     second = (await projected.client.get("/v1/leads", params={**window, "limit": "5",
                                                               "cursor": first["next_cursor"]})).json()

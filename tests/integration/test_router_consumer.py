@@ -219,8 +219,16 @@ async def test_two_routers_sharing_the_consumer_group_never_double_assign_or_dri
                 seen[received.envelope.subject] += 1
             return handle
 
+        def counting_run(handler, seen: Counter):
+            async def handle(uow, run) -> None:
+                await handler(uow, run)
+                seen.update(received.envelope.subject for received in run)
+            return handle
+
         counted = {cls: counting(handler, handled[i]) for cls, handler in sub.handlers.items()}
-        routers.append(EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,), handlers=counted),
+        counted_runs = {cls: counting_run(handler, handled[i]) for cls, handler in sub.batched.items()}
+        routers.append(EventConsumer(replace(sub, group=f"router-{s}", topics=(topic,), handlers=counted,
+                                             batched=counted_runs),
                                      service="router",
                                      bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=ctx.relay_wakeup,
                                      clock=clock, projection=ctx.projection))

@@ -7,7 +7,7 @@ import pytest
 
 from services.notifier.handlers import HANDLERS as NOTIFIER
 from services.reporting.domain import PROJECTORS
-from services.reporting.projections import HANDLERS as REPORTING
+from services.reporting.projections import BATCHED as REPORTING
 from services.router.handlers import ESCALATION_HANDLERS, INTAKE_HANDLERS
 from services.sla_clock.handlers import HANDLERS as SLA_CLOCK
 from shared.events import (

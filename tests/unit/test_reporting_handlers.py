@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.reporting.adapters import InMemoryReadModels
+from services.reporting.domain import fold_events
 from services.reporting.handlers import calendars, project
-from services.reporting.replay import fold_in_memory
 from shared.config import parse_config
 from shared.events import CloudEvent, utc_iso
 from tests.integration import reporting_scenario as scenario
@@ -36,14 +36,15 @@ def touch(at: datetime, lead_id: str = "l1", actor: str = "alice") -> CloudEvent
 
 
 async def project_all(store: InMemoryReadModels, *events: CloudEvent) -> list[bool]:
-    return [await project(store, e, NO_CALENDARS) for e in events]
+    """One event at a time: whether each changed something."""
+    return [await project(store, [e], NO_CALENDARS) == 1 for e in events]
 
 
 async def test_a_received_lead_gets_its_facts_and_a_timeline_entry() -> None:
     store = InMemoryReadModels()
     first = received()
     assert await project_all(store, first) == [True]
-    lead = store.leads["l1"]
+    lead = store.leads_by_id["l1"]
     assert lead["tier"] == "A" and lead["status"] == "received" and lead["received_at"] == utc_iso(T0)
     assert list(store.timeline) == [first.id]
 
@@ -52,16 +53,16 @@ async def test_a_redelivered_event_changes_nothing() -> None:
     store = InMemoryReadModels()
     assign = event("lead.reassigned", owner_id="bob", assignment_no=2)
     await project_all(store, received(), assign)
-    before = {k: dict(v) for k, v in store.leads.items()}
+    before = {k: dict(v) for k, v in store.leads_by_id.items()}
     assert await project_all(store, assign) == [False]
-    assert store.leads == before and store.leads["l1"]["reassignments"] == 1
+    assert store.leads_by_id == before and store.leads_by_id["l1"]["reassignments"] == 1
 
 
 async def test_an_event_without_a_lead_is_ignored() -> None:
     store = InMemoryReadModels()
     orphan = CloudEvent(id="x", source="test", type="owner.changed", time=T0, data={"owner_id": "alice"})
     assert await project_all(store, orphan) == [False]
-    assert store.timeline == {} and store.leads == {}
+    assert store.timeline == {} and store.leads_by_id == {}
 
 
 async def test_an_unknown_type_is_kept_in_the_timeline_and_only_moves_updated_at() -> None:
@@ -70,8 +71,8 @@ async def test_an_unknown_type_is_kept_in_the_timeline_and_only_moves_updated_at
     odd = event("lead.frobnicated", at=T0 + timedelta(minutes=3), colour="blue")
     assert await project_all(store, odd) == [True]
     assert odd.id in store.timeline
-    assert store.leads["l1"]["updated_at"] == utc_iso(T0 + timedelta(minutes=3))
-    assert store.leads["l1"]["status"] == "received"
+    assert store.leads_by_id["l1"]["updated_at"] == utc_iso(T0 + timedelta(minutes=3))
+    assert store.leads_by_id["l1"]["status"] == "received"
 
 
 async def test_an_sla_event_writes_its_own_timer_only() -> None:
@@ -82,7 +83,7 @@ async def test_an_sla_event_writes_its_own_timer_only() -> None:
     await project_all(store, met)
     assert store.sla_timers["s1"]["state"] == "met" and store.sla_timers["s1"]["ttfr_seconds"] == 120.0
     assert store.sla_timers["s2"]["state"] == "open"
-    assert store.leads["l1"]["sla"]["first_response"]["state"] == "met"
+    assert store.leads_by_id["l1"]["sla"]["first_response"]["state"] == "met"
 
 
 async def test_a_late_touch_answers_a_breached_timer() -> None:
@@ -93,19 +94,35 @@ async def test_a_late_touch_answers_a_breached_timer() -> None:
     await project_all(store, received(), started(), breached, touch(T0 + timedelta(hours=1)))
     timer = store.sla_timers["s1"]
     assert timer["state"] == "breached" and timer["ttfr_seconds"] == 3600.0
-    assert store.leads["l1"]["status"] == "responded" and store.leads["l1"]["breached"] is True
+    assert store.leads_by_id["l1"]["status"] == "responded" and store.leads_by_id["l1"]["breached"] is True
 
 
-async def test_the_live_handler_and_the_rebuild_fold_agree_on_a_whole_scenario() -> None:
+async def test_the_live_handler_in_runs_of_any_length_and_the_rebuild_fold_agree_on_a_whole_scenario() -> None:
     s = scenario.build(seed=7, leads=40)
     events = [e for _, e in s.events]
     of = calendars(parse_config(scenario.CONFIG))
-    store = InMemoryReadModels()
+    one_by_one, in_runs = InMemoryReadModels(), InMemoryReadModels()
     for e in events:
-        await project(store, e, of)
-    leads, timers = fold_in_memory(events, of)
+        await project(one_by_one, [e], of)
+    for i in range(0, len(events), 7):  # a fetched batch's run: several events of one lead among others
+        await project(in_runs, events[i:i + 7], of)
+    leads: dict = {}
+    timers: dict = {}
+    fold_events(events, of, leads, timers)
     rebuilt = InMemoryReadModels()
-    for lead_id, lead in leads.items():
-        await rebuilt.save(lead, list(timers.get(lead_id, {}).values()))
-    assert store.leads == rebuilt.leads and store.sla_timers == rebuilt.sla_timers
-    assert any(t["state"] == "breached" for t in store.sla_timers.values())  # not two empty models agreeing
+    await rebuilt.save(leads.values(), [t for own in timers.values() for t in own.values()])
+    for store in (one_by_one, in_runs):
+        assert store.leads_by_id == rebuilt.leads_by_id and store.sla_timers == rebuilt.sla_timers
+    assert any(t["state"] == "breached" for t in rebuilt.sla_timers.values())  # not two empty models agreeing
+
+
+async def test_a_run_with_a_redelivered_event_and_an_event_without_a_lead_folds_the_rest() -> None:
+    store = InMemoryReadModels()
+    first = received()
+    await project(store, [first], NO_CALENDARS)
+    orphan = CloudEvent(id="x", source="test", type="owner.changed", time=T0, data={"owner_id": "alice"})
+    by_data = CloudEvent(id="y", source="test", type="lead.received", time=T0,
+                         data={"lead_id": "l2", "source": "web", "tier": "B", "received_at": utc_iso(T0)})
+    assert await project(store, [first, orphan, started("s1"), by_data], NO_CALENDARS) == 2
+    assert store.sla_timers["s1"]["state"] == "open" and store.leads_by_id["l2"]["tier"] == "B"
+    assert store.timeline["y"][0] == "l2"

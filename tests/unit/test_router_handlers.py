@@ -18,12 +18,14 @@ from services.router.handlers import (
     on_escalation,
     reassign,
     route_lead,
+    route_leads,
     update_owner,
 )
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.events import (
     ActivityRecorded,
+    CloudEvent,
     Company,
     Consent,
     Contact,
@@ -222,3 +224,49 @@ async def test_assignments_are_counted_only_once_committed(router) -> None:
     assert counted() == before  # decided, not committed: a rolled-back decision counts nothing
     await router.commit()
     assert counted() == before + 1
+
+
+ROOMY = parse_config("""
+owners:
+  - {id: ann, capacity: 3}
+  - {id: ben, capacity: 3}
+  - {id: boss, capacity: 1}
+teams: [{id: sdr, members: [ann, ben]}]
+routing:
+  fallback_owner: boss
+  rules: [{id: rr, team: sdr}]
+""")
+
+
+def received(lead_id: str, domain: str | None = None) -> CloudEvent:
+    now = datetime(2026, 11, 17, 10, 0, tzinfo=UTC)
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="web", tier="A", contact=Contact(email="x@gmail.com"),
+        company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
+        contactable=True, received_at=now))
+
+
+async def routed(config, runs: list[list[CloudEvent]]) -> list[tuple[str | None, str, str | None, str | None]]:
+    """Route each run in its own committed unit; the decisions, in the order recorded."""
+    data = InMemoryRouterData()
+    clock = ManualClock(datetime(2026, 11, 17, 10, 0, tzinfo=UTC))
+    for run in runs:
+        store = InMemoryRouterStore(data)
+        await route_leads(None, [Received.of(e) for e in run], RouterDeps(config, clock, store=lambda _uow, store=store: store))
+        await store.commit()
+    return [(e.subject, e.type, e.data.get("owner_id"), e.data.get("method")) for e in data.recorded
+            if e.type in ("lead.assigned", "lead.queued")]
+
+
+async def test_a_run_of_leads_is_decided_as_if_they_came_one_by_one() -> None:
+    # Round robin, capacity, the account of a lead earlier in the run, the fallback owner outside
+    # the rule's team (the run widens its scope), the queue, and a lead repeated in the run.
+    events = [received("a", "acme.example"), received("b"), received("c", "acme.example"), received("d"),
+              received("e"), received("f"), received("a"), received("g"), received("h"), received("i")]
+    one_by_one = await routed(ROOMY, [[e] for e in events])
+    assert await routed(ROOMY, [events]) == one_by_one
+    assert [(lead, owner or kind, method) for lead, kind, owner, method in one_by_one] == [
+        ("a", "ann", "round_robin"), ("b", "ben", "round_robin"), ("c", "ann", "account_match"),
+        ("d", "ann", "round_robin"), ("e", "ben", "round_robin"), ("f", "ben", "round_robin"),
+        ("g", "boss", "fallback"), ("h", "lead.queued", None), ("i", "lead.queued", None)]
+
