@@ -100,22 +100,25 @@ class KeyCache:
         principal = self.get(presented)
         if principal is not None:
             return principal
-        async with connect() as conn:
-            if self._clock() - self._checked_at > self._check_every:
-                async with self._lock:  # one version read per interval, not one per waiting request
-                    if self._clock() - self._checked_at > self._check_every:
-                        try:
+        if self._clock() - self._checked_at > self._check_every:
+            # One version read per interval, not one per waiting request; the others wait for it
+            # without holding a pooled connection (a burst of requests must not drain the pool).
+            async with self._lock:
+                if self._clock() - self._checked_at > self._check_every:
+                    try:
+                        async with connect() as conn:
                             version = await revocation_version(conn)
-                        except BaseException:
-                            self.observe(None)  # unknown: trust nothing cached
-                            raise
-                        self.observe(version)
-                principal = self.get(presented)  # still valid: the version did not change
-                if principal is not None:
-                    return principal
-            # The version is read before the key: a revocation committed in between changes the
-            # version, so the entry put below is dropped at the next check.
-            version = self._version
+                    except BaseException:
+                        self.observe(None)  # unknown: trust nothing cached
+                        raise
+                    self.observe(version)
+            principal = self.get(presented)  # still valid: the version did not change
+            if principal is not None:
+                return principal
+        # The version is read before the key: a revocation committed in between changes the
+        # version, so the entry put below is dropped at the next check.
+        version = self._version
+        async with connect() as conn:
             principal = await verify_key(conn, presented)
         if principal is not None and version is not None and version == self._version:
             self.put(presented, principal)
