@@ -186,7 +186,7 @@ async def route_leads(uow: Any, run: list[Received[LeadReceived]], deps: RouterD
     """Route received leads, a run at a time (consecutive lead.received of a fetched batch): the
     run's locks, the leads' context and the routing state are read once, each lead is decided in
     turn on the state the earlier ones left (as if they had come one by one), and the decisions
-    are recorded in one call (the projection writes a run of assignments as one statement)."""
+    are recorded in one call (the projection writes a run of assignments in one round trip)."""
     config, now = deps.config, deps.clock.now()
     store = deps.store(uow)
     leads: dict[str, tuple[CloudEvent, LeadFacts]] = {}
