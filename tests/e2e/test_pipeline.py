@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.devstack import ServiceProcess, free_port, wait_until
 from leadsla.webhook_receiver import WebhookReceiver
@@ -28,6 +29,7 @@ from shared.db import deadletters
 from shared.events import TOPIC_DEADLETTER, TOPIC_INTAKE, TOPIC_SUBMISSIONS_RAW
 from shared.eventstore import EVENTS, read_stream
 from shared.settings import SERVICE_PORTS
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 from tests.support import TopicReader, eventually, stored_events
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +78,18 @@ class System:
     def hooks_for(self, lead_id: str) -> list[tuple[dict, bool]]:
         with self.lock:
             return [(m, ok) for m, ok in self.webhooks if m.get("lead_id") == lead_id]
+
+
+@pytest.fixture(scope="module")
+def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
+    """A database of the pipeline's own: integration tests change state tables by hand (an
+    emptied queue, cancelled deliveries), and the replay test here verifies every table whole."""
+    return own_database.engine
+
+
+@pytest.fixture(scope="module")
+def database_url(own_database: OwnDatabase) -> str:  # noqa: F811
+    return own_database.url
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.router.bootstrap import bootstrap
 from services.router.handlers import RouterDeps, route_lead, update_owner
@@ -28,6 +29,7 @@ from shared.events import (
     Received,
     new_event,
 )
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 from tests.support import create_topic, eventually, published_events
 
 CONFIG = """
@@ -52,6 +54,18 @@ def dispositioned(lead_id: str, now) -> CloudEvent:
     return new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
         lead_id=lead_id, activity_id=str(uuid.uuid4()), type="disposition", occurred_at=now,
         disposition=Disposition(status="disqualified", reason="student")))
+
+
+@pytest.fixture
+def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
+    """A database of this module's own: its tests empty the router's queue and write stand-in
+    queue rows, which would make a later replay of the router's store differ."""
+    return own_database.engine
+
+
+@pytest.fixture
+def database_url(own_database: OwnDatabase) -> str:  # noqa: F811
+    return own_database.url
 
 
 @pytest.fixture
