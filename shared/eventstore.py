@@ -36,13 +36,15 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     func,
-    insert,
     select,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
-from .db import SERVICE_SCHEMAS, metadata
+from .db import SERVICE_SCHEMAS, insert_rows, json_rows, metadata
 from .events import CloudEvent
 
 T = TypeVar("T")
@@ -146,24 +148,30 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     # Streams read to decide (`expected`) are checked even when nothing is appended to them.
     streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
     current = dict((await conn.execute(
-        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id.in_(streams)).group_by(t.c.stream_id)
+        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == func.any(_ids(streams)))
+        .group_by(t.c.stream_id)
     )).tuples().all())
     for stream_id, version in (expected or {}).items():
         if current.get(stream_id, 0) != version:
             raise ConcurrencyConflict(stream_id, version, current.get(stream_id, 0))
-    rows = []
+    versions = []
     for p in pending:
         current[p.stream_id] = current.get(p.stream_id, 0) + 1
-        rows.append({
-            "stream_id": p.stream_id,
-            "version": current[p.stream_id],
-            "event_id": p.event.id,
-            "event_type": p.event.type,
-            "topic": p.topic,
-            "key": p.event.subject or "",
-            "payload": p.event.to_bytes(),
-        })
-    await conn.execute(insert(t), rows)
+        versions.append(current[p.stream_id])
+    # One statement for the whole batch, rows (and so positions) in order.
+    await conn.execute(_INSERTS[schema], {"rows": json_rows([
+        {"stream_id": p.stream_id, "version": version, "event_id": p.event.id, "event_type": p.event.type,
+         "topic": p.topic, "key": p.event.subject or "", "payload": p.event.to_bytes()}
+        for p, version in zip(pending, versions, strict=True)])})
+
+
+_INSERTS = {schema: insert_rows(EVENTS[schema], ("stream_id", "version", "event_id", "event_type", "topic", "key",
+                                                 "payload")) for schema in SERVICE_SCHEMAS}
+
+
+def _ids(ids: list[str]) -> BindParameter:
+    """`= ANY(:ids)`: one array parameter, not an IN list rendered anew for every length."""
+    return bindparam("ids", ids, type_=ARRAY(String))
 
 
 def _stored(row) -> StoredEvent:

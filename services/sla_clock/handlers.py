@@ -285,10 +285,10 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
     for row in rows:
-        lead = by_id.get(row.lead_id)
+        lead, timer = by_id.get(row.lead_id), _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
-            events += _outcomes(config, lead, row, judge(_timer(row), now, seen, rules.confirm_wait), None, now, rules,
-                                store.observe)
+            events += _outcomes(config, lead, row, judge(timer, now, seen, rules.confirm_wait), None, now, rules,
+                                store.observe, before=timer)
     await store.record(events)
     return len(rows)
 
@@ -374,13 +374,15 @@ async def _apply(
 def _outcomes(
     config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None, now: datetime,
     rules: ClockRules, observe: Callable[[Callable[[], None]], None], *, timezone: str | None = None,
+    before: Timer | None = None,
 ) -> list[CloudEvent]:
     """The sla.* events of a step, each carrying the timer as the whole step leaves it (so that the
-    last one recorded is the row's state); `timezone`: the zone its calendar is now read in.
-    Metrics go to `observe`, counted once the step has committed."""
+    last one recorded is the row's state); `timezone`: the zone its calendar is now read in;
+    `before`: the row's timer, when the caller has it already. Metrics go to `observe`, counted
+    once the step has committed."""
     if not step.outcomes:
         return []
-    timer, before = step.timer, _timer(row)
+    timer, before = step.timer, before or _timer(row)
     correlation = lead.correlation_id if lead else None
     state = {name: getattr(row, name) for name in _KEPT}
     state.update(_columns(timer))
@@ -442,10 +444,11 @@ def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: st
     return new_event(
         kind, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause, correlation_id=correlation_id,
         event_id=deterministic_id(timer.sla_id, suffix),
-        data=SLA_PAYLOADS[kind.removeprefix("sla.")](
+        # Built from the timer's typed fields: in wire form directly, without validating again.
+        data=SLA_PAYLOADS[kind.removeprefix("sla.")].wire(
             lead_id=timer.lead_id, sla_id=timer.sla_id, metric=timer.metric, policy_id=timer.policy_id,
             policy_version=timer.policy_version, owner_id=timer.owner_id, started_at=timer.started_at,
-            due_at=timer.due_at, tier=timer.tier, timer=TimerRecord(**state).model_dump(mode="json"), **extra),
+            due_at=timer.due_at, tier=timer.tier, timer=TimerRecord.wire(**state), **extra),
     )
 
 

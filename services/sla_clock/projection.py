@@ -12,20 +12,22 @@ the clock's own event store.
 The projector never reads the clock or the configuration: everything it writes is in the events.
 Nothing is left out of the comparison (`ignore` is empty): both tables are decision state.
 
-Set-based: a page of events becomes one upsert statement per table (executed for all its rows)
-for each run of events between two owner changes (the last state of a row in the run wins), so
+Set-based: a page of events becomes one upsert statement per table (all its rows in one
+statement) for each run of events between two owner changes (the last state of a row in the run wins), so
 the timer loop writes a batch of fired timers with one statement, and replay goes a page at a time.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.db import insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
@@ -55,19 +57,41 @@ class _Staged:
 
 
 def timer_row(event: CloudEvent) -> dict[str, Any] | None:
-    """The timers row an sla.* event leaves (None: an event from before timers were projected)."""
+    """The timers row an sla.* event leaves, typed (None: an event from before timers were projected)."""
     if "timer" not in event.data:
         return None
     state = TimerRecord.model_validate(event.data["timer"])
     row = state.model_dump()
-    # Stored as the live path always stored them: [[percent, ISO time], ...].
-    row["warnings"] = [[pct, at.isoformat()] for pct, at in state.warnings]
+    row["warnings"] = _stored_warnings(state.warnings)
     row["warned"] = list(state.warned)
     return {"sla_id": event.data["sla_id"], "lead_id": event.data["lead_id"], "metric": event.data["metric"], **row}
 
 
+def _wire_timer_row(event: CloudEvent) -> dict[str, Any] | None:
+    """`timer_row` as the event carries it, times as text: what the upsert sends (Postgres parses
+    the times), without parsing and dumping every column again."""
+    timer = event.data.get("timer")
+    if timer is None:
+        return None
+    row = {**_TIMER_DEFAULTS, **timer, "sla_id": event.data["sla_id"], "lead_id": event.data["lead_id"],
+           "metric": event.data["metric"]}
+    if row["warnings"]:
+        row["warnings"] = _stored_warnings([(pct, datetime.fromisoformat(at)) for pct, at in row["warnings"]])
+    return row
+
+
+def _stored_warnings(warnings: Iterable[tuple[int, datetime]]) -> list[list[Any]]:
+    """Stored as the live path always stored them: [[percent, ISO time], ...]."""
+    return [[pct, at.isoformat()] for pct, at in warnings]
+
+
+# What an older event's timer may lack.
+_TIMER_DEFAULTS = {name: info.get_default(call_default_factory=True)
+                   for name, info in TimerRecord.model_fields.items() if not info.is_required()}
+
+
 async def _timer_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
-    row = timer_row(event)
+    row = _wire_timer_row(event)
     if row is not None:
         staged.timers[row["sla_id"]] = row
 
@@ -105,14 +129,19 @@ async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
 
 
 async def _upsert(conn: AsyncConnection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
-    """One prepared statement for all the rows (executemany: the driver pipelines them); a
-    multi-row VALUES would cost more to compile than to run, and differently for every size."""
-    if not rows:
-        return
-    statement = pg_insert(table)
-    await conn.execute(statement.on_conflict_do_update(
+    """One statement for all the rows, in their order (see shared.db.insert_rows)."""
+    if rows:
+        await conn.execute(_UPSERTS[table.name], {"rows": json_rows(rows)})
+
+
+def _upsert_statement(table: Table, key: str) -> Insert:
+    statement = insert_rows(table, [c.name for c in table.columns])
+    return statement.on_conflict_do_update(
         index_elements=[table.c[key]],
-        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key}), rows)
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key})
+
+
+_UPSERTS = {timers.name: _upsert_statement(timers, "sla_id"), leads.name: _upsert_statement(leads, "lead_id")}
 
 
 PROJECTION = Projection(service=SERVICE, tables=[timers, leads], apply=apply)

@@ -3,7 +3,9 @@ reads the same way, whatever its type. The typed payloads of `data` are in `payl
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
@@ -46,6 +48,61 @@ class WireModel(BaseModel):
     def _times_in_utc(self, value: Any) -> Any:
         return utc_iso(value) if isinstance(value, datetime) else value
 
+    @classmethod
+    def wire(cls, **values: Any) -> dict[str, Any]:
+        """`cls(**values).model_dump(mode="json")` for values our own code built with the fields'
+        types, at a fraction of the cost: nothing is validated. For hot paths that build many
+        events (the SLA clock's timer loop); anything read from outside is validated instead.
+        A value that is itself the wire form of a model is taken as it is."""
+        out: dict[str, Any] = _Wired()
+        for name, required, default, to_float in _wire_fields(cls):
+            if name in values:
+                value = values.pop(name)
+                kind = type(value)
+                if kind is datetime:
+                    value = utc_iso(value)
+                elif to_float and kind is int:
+                    value = float(value)
+                elif kind not in _PLAIN:
+                    value = _jsonable(value)
+                out[name] = value
+            elif required:
+                raise TypeError(f"{cls.__name__}.wire: {name} is required")
+            else:
+                out[name] = default
+        for name, value in values.items():  # extra fields, after the declared ones as pydantic dumps them
+            out[name] = _jsonable(value)
+        return out
+
+
+@cache
+def _wire_fields(cls: type[WireModel]) -> tuple[tuple[str, bool, Any, bool], ...]:
+    return tuple((name, field.is_required(),
+                  None if field.is_required() else _jsonable(field.get_default(call_default_factory=True)),
+                  field.annotation in (float, float | None))
+                 for name, field in cls.model_fields.items())
+
+
+class _Wired(dict):
+    """A dict that `WireModel.wire` made: in wire form already."""
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None), _Wired})
+
+
+def _jsonable(value: Any) -> Any:
+    """A value as WireModel dumps it in JSON mode: times in UTC with a Z, tuples as lists."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if isinstance(value, datetime):
+        return utc_iso(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: v if type(v) in _PLAIN else _jsonable(v) for k, v in value.items()}
+    return value
+
 
 class CloudEvent(WireModel):
     specversion: Literal["1.0"] = "1.0"
@@ -60,6 +117,12 @@ class CloudEvent(WireModel):
     # CloudEvents distributed-tracing extension (W3C traceparent); written before `data` (see tracing).
     traceparent: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+    # `time` is the envelope's only datetime, and `data` is in wire form already: one call, not
+    # one per field (WireModel's serializer of the same name, narrowed).
+    @field_serializer("time", when_used="json")
+    def _times_in_utc(self, value: datetime) -> str:
+        return utc_iso(value)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode()
@@ -90,13 +153,14 @@ def new_event(
     *,
     service: str,
     lead_id: str,
-    data: BaseModel,
+    data: BaseModel | Mapping[str, Any],
     time: datetime,
     cause: CloudEvent | None = None,
     correlation_id: str | None = None,
     event_id: str | None = None,
 ) -> CloudEvent:
-    """Build an event; `cause` carries the correlation id and trace forward and becomes the causation id."""
+    """Build an event; `cause` carries the correlation id and trace forward and becomes the causation id.
+    `data`: the payload, or its wire form already (`WireModel.wire`)."""
     declared = getattr(data, "TYPE", None)
     if declared is not None and declared != type:
         raise ValueError(f"a {declared} payload ({data.__class__.__name__}) in a {type} event")
@@ -112,7 +176,7 @@ def new_event(
         causationid=cause.id if cause else None,
         traceparent=tracing.traceparent_for(event_id, cause_traceparent=cause.traceparent if cause else None,
                                             correlation_id=correlation_id),
-        data=data.model_dump(mode="json"),
+        data=data.model_dump(mode="json") if isinstance(data, BaseModel) else data,
     )
 
 
