@@ -20,7 +20,7 @@ from shared.uow import UnitOfWork
 
 from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
 from .projection import LIVE, PROJECTION, TIMER_EVENTS, timer_row
-from .tables import leads, timers
+from .tables import leads, open_timer_counts, timers
 
 # Where each event the clock records is published; the others stay in its store.
 TOPICS = {kind: TOPIC_SLA for kind in TIMER_EVENTS}
@@ -108,9 +108,10 @@ class PostgresClockStore:
         return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
 
     async def open_counts(self) -> list[tuple[str, str, int]]:
+        # Kept by the projection as it writes timers: a few rows, however many timers are open.
         rows = await self.uow.conn.execute(
-            select(timers.c.metric, timers.c.tier, func.count()).where(timers.c.state == "open")
-            .group_by(timers.c.metric, timers.c.tier))
+            select(open_timer_counts.c.metric, open_timer_counts.c.tier, open_timer_counts.c.open)
+            .order_by(open_timer_counts.c.metric, open_timer_counts.c.tier))
         return [(r[0], r[1], r[2]) for r in rows]
 
     def observe(self, metric: Callable[[], None]) -> None:

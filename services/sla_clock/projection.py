@@ -10,7 +10,10 @@ the clock's own event store.
 - `sla_clock.owner_changed` (internal) hands the lead and its running timers to a new owner.
 
 The projector never reads the clock or the configuration: everything it writes is in the events.
-Nothing is left out of the comparison (`ignore` is empty): both tables are decision state.
+Nothing is left out of the comparison (`ignore` is empty): the tables are decision state.
+
+The timers upsert also keeps `open_timer_counts` (open timers by metric and tier, for the gauge),
+in the same statement: it is decision state's summary, rebuilt and compared by replay like the rest.
 
 Set-based: a page of events becomes one upsert statement per table (all its rows in one
 statement) for each run of events between two owner changes (the last state of a row in the run wins), so
@@ -23,7 +26,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, update
+from sqlalchemy import (
+    JSON,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    delete,
+    func,
+    literal,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,7 +51,7 @@ from shared.events import CloudEvent
 from shared.replay import Projection
 
 from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord
-from .tables import leads, timers
+from .tables import leads, open_timer_counts, timers
 
 SERVICE = "sla_clock"
 TIMER_EVENTS = tuple(f"sla.{kind}" for kind in ("started", "warning", "met", "breached", "paused", "resumed",
@@ -129,9 +148,17 @@ async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
 
 
 async def _upsert(conn: AsyncConnection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
-    """One statement for all the rows, in their order (see shared.db.insert_rows)."""
-    if rows:
-        await conn.execute(_UPSERTS[table.name], {"rows": json_rows(rows)})
+    """One statement for all the rows, in their order (see shared.db.insert_rows); for timers, the
+    same statement moves the open counts by the rows it opens and closes."""
+    if not rows:
+        return
+    counted = await conn.execute(_UPSERTS[table.name], {"rows": json_rows(rows)})
+    if table is timers:
+        emptied = [(r.metric, r.tier) for r in counted if r.open == 0]
+        if emptied:  # their rows are ours (locked by the upsert) until commit
+            await conn.execute(delete(open_timer_counts).where(
+                tuple_(open_timer_counts.c.metric, open_timer_counts.c.tier).in_(emptied),
+                open_timer_counts.c.open == 0))
 
 
 def _upsert_statement(table: Table, key: str) -> Insert:
@@ -141,7 +168,31 @@ def _upsert_statement(table: Table, key: str) -> Insert:
         set_={c.name: statement.excluded[c.name] for c in table.columns if c.name != key})
 
 
-_UPSERTS = {timers.name: _upsert_statement(timers, "sla_id"), leads.name: _upsert_statement(leads, "lead_id")}
+def _timers_upsert() -> Insert:
+    """The timers upsert, and open_timer_counts moved by it: +1 for each row it leaves open, -1 for
+    each row that was open before it (one snapshot: the rows as they were). Keys in order, so that
+    two writers lock the counts in the same order; returns each moved key's count."""
+    upsert = _upsert_statement(timers, "sla_id")
+    written = upsert.returning(timers.c.metric, timers.c.tier, timers.c.state).cte("written")
+    sent = func.json_to_recordset(cast(bindparam("rows", type_=Text), JSON)).table_valued(
+        column("sla_id", String)).render_derived(with_types=True)  # the same rows, their keys only
+    before = (select(timers.c.metric, timers.c.tier)
+              .where(timers.c.state == "open", timers.c.sla_id.in_(select(sent.c.sla_id))).cte("before"))
+    moves = union_all(
+        select(written.c.metric, written.c.tier, literal(1).label("d")).where(written.c.state == "open"),
+        select(before.c.metric, before.c.tier, literal(-1).label("d")),
+    ).subquery("moves")
+    delta = (select(moves.c.metric, moves.c.tier, func.sum(moves.c.d).label("d"))
+             .group_by(moves.c.metric, moves.c.tier).having(func.sum(moves.c.d) != 0)
+             .order_by(moves.c.metric, moves.c.tier))
+    counts = pg_insert(open_timer_counts).from_select(["metric", "tier", "open"], delta)
+    return counts.on_conflict_do_update(
+        index_elements=[open_timer_counts.c.metric, open_timer_counts.c.tier],
+        set_={"open": open_timer_counts.c.open + counts.excluded.open},
+    ).returning(open_timer_counts.c.metric, open_timer_counts.c.tier, open_timer_counts.c.open)
 
 
-PROJECTION = Projection(service=SERVICE, tables=[timers, leads], apply=apply)
+_UPSERTS = {timers.name: _timers_upsert(), leads.name: _upsert_statement(leads, "lead_id")}
+
+
+PROJECTION = Projection(service=SERVICE, tables=[timers, leads, open_timer_counts], apply=apply)

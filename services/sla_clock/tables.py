@@ -68,3 +68,15 @@ timers = Table(
     Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
     schema=SCHEMA,
 )
+
+# Open timers by metric and tier (the leadsla_sla_open_timers gauge), kept by the projection in the
+# statement that writes the timers: the gauge reads a few rows instead of counting every open timer.
+# Keys whose count falls to zero are deleted, so the live table and a replay's agree row for row.
+open_timer_counts = Table(
+    "open_timer_counts",
+    metadata,
+    Column("metric", String, primary_key=True),
+    Column("tier", String, primary_key=True),
+    Column("open", BigInteger, nullable=False),
+    schema=SCHEMA,
+)

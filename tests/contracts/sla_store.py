@@ -118,3 +118,25 @@ class ClockStoreContract:
         assert [t.lead_id for t in await store.due(T0 + timedelta(seconds=29), 10)] == []
         counts = [c for c in await store.open_counts() if c[1] == tier]
         assert counts == [("first_response", tier, 2)]
+
+    async def test_open_counts_follow_timers_opening_and_closing_and_a_count_at_zero_goes(self, store) -> None:
+        one, two = new_id(), new_id()
+        tier = f"t-{uuid.uuid4().hex[:6]}"
+
+        async def counts() -> list[tuple[str, str, int]]:
+            return [c for c in await store.open_counts() if c[1] == tier]
+
+        await store.record([timer_event("started", one, "first_response", tier=tier),
+                            timer_event("started", two, "first_response", tier=tier),
+                            timer_event("started", one, "qualification", tier=tier)])
+        await store.record([timer_event("breached", one, "first_response", state="breached", tier=tier),
+                            timer_event("warning", two, "first_response", warned=(50,), tier=tier)])
+        assert await counts() == [("first_response", tier, 1), ("qualification", tier, 1)]
+        # Opened and closed within one batch: never counted.
+        three = new_id()
+        await store.record([timer_event("started", three, "first_response", tier=tier),
+                            timer_event("met", three, "first_response", state="met", tier=tier),
+                            timer_event("paused", two, "first_response", state="paused", tier=tier)])
+        assert await counts() == [("qualification", tier, 1)]
+        await store.record([timer_event("resumed", two, "first_response", tier=tier)])
+        assert await counts() == [("first_response", tier, 1), ("qualification", tier, 1)]
