@@ -27,6 +27,27 @@ def test_envelope_round_trips_and_times_are_utc_with_z() -> None:
     assert back == event and back.specversion == "1.0" and back.source == "leadsla/sla_clock"
 
 
+def test_wire_is_the_json_dump_of_the_validated_model_without_validating() -> None:
+    from services.sla_clock.domain import TimerRecord
+
+    local = datetime(2026, 11, 17, 10, 0, 0, 250, tzinfo=timezone(timedelta(hours=1)))
+    timer = {"policy_id": "p", "policy_version": 2, "calendar": "c", "tier": "A", "started_at": local,
+             "due_at": NOW, "warnings": [(50, NOW), (80, NOW)], "warned": [50], "state": "open",
+             "next_fire_at": NOW, "target_seconds": 300}  # an int where the field is a float
+    assert TimerRecord.wire(**timer) == TimerRecord(**timer).model_dump(mode="json")
+    # A time inside a list is in UTC with a Z too (the model's dump leaves its offset).
+    assert TimerRecord.wire(**{**timer, "warnings": [(50, local)]})["warnings"] == [[50, "2026-11-17T09:00:00.000250Z"]]
+    values = {"lead_id": "l1", "sla_id": "s", "metric": "next_action", "policy_id": "p", "policy_version": 1,
+              "owner_id": None, "due_at": local, "breached_at": NOW, "root_cause": "owner_missed",
+              "timer": TimerRecord.wire(**timer), "step": 2}  # `step`: an extra field
+    wired = SlaBreached.wire(**values)
+    assert wired == SlaBreached(**values).model_dump(mode="json")
+    event = new_event("sla.breached", service="sla_clock", lead_id="l1", time=local, data=wired)
+    assert CloudEvent.from_bytes(event.to_bytes()).data == wired
+    with pytest.raises(TypeError, match="sla_id"):
+        SlaBreached.wire(lead_id="l1")
+
+
 def test_causation_and_correlation_chain() -> None:
     first = new_event("lead.queued", service="router", lead_id="l", time=NOW,
                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
