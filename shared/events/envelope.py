@@ -68,8 +68,8 @@ class WireModel(BaseModel):
                 out[name] = value
             elif required:
                 raise TypeError(f"{cls.__name__}.wire: {name} is required")
-            else:
-                out[name] = default
+            else:  # a fresh copy of a list or dict default, as pydantic makes
+                out[name] = default if type(default) in _PLAIN else _jsonable(default)
         for name, value in values.items():  # extra fields, after the declared ones as pydantic dumps them
             out[name] = _jsonable(value)
         return out
