@@ -6,8 +6,8 @@ Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP), applies a realistic configuration (tiers, 3 teams of 8 owners,
 a country rule and a round-robin catch-all, an SLA policy per tier), runs the five services as
 `leadsla serve <name>` processes (as production and the e2e tests do) and offers leads through
-`POST /v1/leads:batch` on intake: `--batch` leads every batch/rate seconds, at most 8 requests in
-flight (a slower intake makes the offered rate fall short of the target).
+`POST /v1/leads:batch` on intake for `--seconds`: `--batch` leads every batch/rate seconds, at most 8
+requests in flight (a slower intake makes the offered rate fall short of the target).
 
 Every second it samples, per service: consumer lag (the broker's end offsets minus each group's
 committed offsets, summed over the groups and partitions the service's /metrics names in
@@ -239,7 +239,10 @@ async def offer(url: str, key: str, rate: float, seconds: float, batch: int, loa
             delay = start + n * batch / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await slots.acquire()
+            try:  # every slot taken until the time is up: the offering ends there
+                await asyncio.wait_for(slots.acquire(), start + seconds - time.monotonic())
+            except TimeoutError:
+                break
             load.offered += batch
             task = asyncio.create_task(post(n * batch))
             pending.add(task)
