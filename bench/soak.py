@@ -6,8 +6,8 @@ Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP), applies a realistic configuration (tiers, 3 teams of 8 owners,
 a country rule and a round-robin catch-all, an SLA policy per tier), runs the five services as
 `leadsla serve <name>` processes (as production and the e2e tests do) and offers leads through
-`POST /v1/leads:batch` on intake for `--seconds`: `--batch` leads every batch/rate seconds, at most 8
-requests in flight (a slower intake makes the offered rate fall short of the target).
+`POST /v1/leads:batch` on intake for `--seconds`: `--batch` leads (at most rate/10) every batch/rate
+seconds, at most 8 requests in flight (a slower intake makes the offered rate fall short of the target).
 
 Every second it samples, per service: consumer lag (the broker's end offsets minus each group's
 committed offsets, summed over the groups and partitions the service's /metrics names in
@@ -15,8 +15,9 @@ committed offsets, summed over the groups and partitions the service's /metrics 
 published position: store rows not yet on the bus, internal events included); and the progress:
 leads assigned (the router's `leadsla_assignments_total`) and SLA timers open (the SLA clock's
 `leadsla_sla_open_timers`, refreshed by it every 5 s). It prints a row every 10 s, then the rates
-over the load (assigned and SLA timers counted exactly in Postgres when the load stops), each
-service's max and final lag, and the seconds the backlog took to drain after the load stopped.
+over the load (when the load stops: assigned from the router's counter, SLA timers counted in
+Postgres), each service's max and final lag, its CPU seconds over the load (also per accepted
+lead), and the seconds the backlog took to drain after the load stopped.
 
 Lag counts as bounded when every service's mean lag over the load's last 10 s is at most twice its
 mean around a third of the way in (or two seconds' worth of leads, whichever is larger) and
@@ -346,7 +347,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
               f"after the drain: {final.assigned} assigned, "
               f"{timers_total} timers")
         print(f"{'service':<10} {'max lag':>8} {'lag@1/3':>8} {'lag@end':>8} {'final':>8} {'max backlog':>12} "
-              f"{'CPU s':>7} {'CPU ms/lead':>11}")
+              f"{'CPU s':>7} {'ms/accepted':>11}")
         for x in SERVICES:
             print(f"{x:<10} {max_lag[x]:>8} {mean_lag(third, x):>8.0f} {mean_lag(last10, x):>8.0f} "
                   f"{end.lag[x]:>8} {max_backlog[x]:>12} {cpu[x]:>7.1f} "
