@@ -113,6 +113,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """The server's CPU so far: the postmaster, the backends it has reaped, and those alive."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # exited just now (and counted in cutime once reaped)
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Sample:
     t: float
@@ -299,6 +319,13 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         pids = {name: s.proc.pid for name, s in services.items() if s.proc is not None}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         bench_cpu = time.process_time()
+        try:  # a server on this machine (the embedded one): its CPU is part of the pipeline's cost
+            data_dir = await db.fetchval("SHOW data_directory")
+            postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
+            pg_cpu = postgres_cpu_seconds(postmaster)
+        except (OSError, ValueError):
+            postmaster, pg_cpu = None, 0.0
+        busy = machine_busy()
         began = time.monotonic()
         offering = asyncio.create_task(offer(services["intake"].url, key, rate, seconds, batch, load))
         shown = 0
@@ -311,9 +338,11 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         load_seconds = offering.result()
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         bench_cpu = time.process_time() - bench_cpu
+        pg_cpu = postgres_cpu_seconds(postmaster) - pg_cpu if postmaster else float("nan")
+        busy = tuple(now - before for now, before in zip(machine_busy(), busy, strict=True))
         assigned_at_end = await probe.assigned()
         timers_at_end = await db.fetchval("SELECT count(*) FROM sla_clock.timers")
-        end = final = load.samples[-1]
+        final = load.samples[-1]
         # Drain: until no service is behind and every accepted lead has been assigned.
         drained_after = None
         while time.monotonic() - began - load_seconds < drain:
@@ -331,7 +360,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         floor = 2 * rate
         bounded_by = {x: mean_lag(last10, x) <= max(2 * mean_lag(third, x), floor) for x in SERVICES}
         bounded = all(bounded_by.values()) and drained_after is not None
-        max_lag = {x: max(s.lag[x] for s in during) for x in SERVICES}
+        max_lag = {x: max(s.lag[x] for s in load.samples) for x in SERVICES}  # the drain's too
         max_backlog = {x: max(s.backlog[x] for s in during) for x in SERVICES}
         growth = {x: mean_lag(last10, x) - mean_lag(third, x) for x in SERVICES}
         load_avg = os.getloadavg()[0]
@@ -342,6 +371,8 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         print(f"POST /v1/leads:batch ({batch} leads) latency ms: p50 {ms[len(ms) // 2]:.0f}  "
               f"p99 {ms[min(int(len(ms) * 0.99), len(ms) - 1)]:.0f}  max {ms[-1]:.0f}; "
               f"this process's CPU {bench_cpu:.1f} s")
+        print(f"Postgres CPU over the load {pg_cpu:.1f} s ({pg_cpu / max(load.accepted, 1) * 1000:.2f} ms per accepted "
+              f"lead); the machine's {os.cpu_count()} cores {busy[0] / busy[1] * 100:.0f}% busy")
         print(f"reached assignment during the load: {assigned_at_end} ({assigned_at_end / load_seconds:.0f}/s); "
               f"SLA timers started: {timers_at_end} ({timers_at_end / load_seconds:.0f}/s); "
               f"after the drain: {final.assigned} assigned, "
@@ -350,7 +381,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
               f"{'CPU s':>7} {'ms/accepted':>11}")
         for x in SERVICES:
             print(f"{x:<10} {max_lag[x]:>8} {mean_lag(third, x):>8.0f} {mean_lag(last10, x):>8.0f} "
-                  f"{end.lag[x]:>8} {max_backlog[x]:>12} {cpu[x]:>7.1f} "
+                  f"{final.lag[x]:>8} {max_backlog[x]:>12} {cpu[x]:>7.1f} "
                   f"{cpu[x] / max(load.accepted, 1) * 1000:>11.2f}")
         worst = max(SERVICES, key=lambda x: growth[x])
         drained = f"drained {drained_after:.0f} s after the load" if drained_after is not None \
@@ -364,11 +395,13 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             "soak_sla_started_per_s": round(timers_at_end / load_seconds, 1),
             "soak_max_lag": max(max_lag.values()),
             "soak_max_lag_by_service": max_lag,
-            "soak_final_lag_by_service": end.lag,
+            "soak_final_lag_by_service": final.lag,
             "soak_lag_bounded": bounded,
             "soak_drain_seconds": None if drained_after is None else round(drained_after, 1),
             "soak_cpu_ms_per_lead": {x: round(cpu[x] / max(load.accepted, 1) * 1000, 2) for x in SERVICES},
             "soak_batch_p99_ms": round(ms[min(int(len(ms) * 0.99), len(ms) - 1)], 1),
+            "soak_postgres_cpu_ms_per_lead": round(pg_cpu / max(load.accepted, 1) * 1000, 2),
+            "soak_machine_busy_pct": round(busy[0] / busy[1] * 100, 1),
             "soak_load_average": round(load_avg, 1),
         }))
     finally:
