@@ -43,7 +43,7 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "open_timers_1m_rss_mb": ("sla_clock_rss_mb", "MB resident with the open timers loaded"),
     "replay_vs_raw_consume": ("replay_vs_raw_consume", "x raw aiokafka consume (goal >= 0.25)"),
     "pipeline_sustained_leads_per_s": ("soak_assigned_per_s",
-                                       "leads/s reaching assignment with lag bounded (goal 1,000 for 5 min)"),
+                                       "leads/s reaching assignment; soak_lag_bounded says if lag stayed bounded (goal 1,000 for 5 min)"),
 }
 
 
