@@ -26,6 +26,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "replay.py": ([], ["--leads", "500"]),
     "sla_clock.py": ([], ["--open", "20000", "--burst", "1000", "--events", "300"]),
     "faults.py": (["--restarts"], ["--restarts"]),
+    # About 6 minutes: start-up, 5 minutes of load, at most 60 s of drain.
+    "soak.py": (["--seconds", "300", "--drain", "60"], ["--seconds", "20", "--rate", "100", "--drain", "30"]),
 }
 
 
@@ -40,6 +42,8 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "breach_lag_p99_s": ("sla_clock_breach_lag_p99_s", "s for a burst of timers due at once (goal <= 1)"),
     "open_timers_1m_rss_mb": ("sla_clock_rss_mb", "MB resident with the open timers loaded"),
     "replay_vs_raw_consume": ("replay_vs_raw_consume", "x raw aiokafka consume (goal >= 0.25)"),
+    "pipeline_sustained_leads_per_s": ("soak_assigned_per_s",
+                                       "leads/s reaching assignment; soak_lag_bounded says if lag stayed bounded (goal 1,000 for 5 min)"),
 }
 
 
