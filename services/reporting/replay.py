@@ -1,9 +1,8 @@
 """Rebuilds reporting's read models (lead facts, SLA timers) from its timeline, the record of
 every event it has consumed, in arrival order. The fold is the live one (`domain.fold_events`,
-which `handlers.project` runs on a batch's leads), run over the whole timeline in memory (half of
-the leads in a forked helper process, on the other core) and written in bulk (one COPY per
-table), inside one transaction that holds the read models exclusively: live projections wait,
-and nothing is half rebuilt if it fails.
+which `handlers.project` runs on a batch's leads), run over the whole timeline in memory and written in
+bulk (one COPY per table), inside one transaction that holds the read models exclusively: live
+projections wait, and nothing is half rebuilt if it fails.
 
 Why not `shared.replay.Projection`: that framework replays a service's own event store, and
 reporting emits no events; its source is the timeline, the events of the other services'
@@ -14,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 import orjson
@@ -76,22 +72,21 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
 
 
 async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress: Progress | None) -> int:
+    leads: dict[str, dict[str, Any]] = {}
+    timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
+    calendar_of = calendars(config)
     count = 0
     # The driver's own cursor, in this transaction: SQLAlchemy's row objects cost more than the
-    # fold reads of them. `data` comes as text: whoever folds the row decodes it.
+    # fold reads of them. JSONB arrives decoded (the dialect's codec on this connection).
     raw = (await conn.get_raw_connection()).driver_connection
     t = timeline.c
-    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name}::text "
+    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name} "
                               f"FROM {timeline.schema}.{timeline.name} ORDER BY {t.position.name}")
     # The fold keeps every lead's facts and timers alive until the write, hundreds of thousands
     # of dicts without a cycle among them; the cyclic collector would rescan them all at every
     # full pass (a third of the rebuild's time), so it stays off until they are written.
     collecting = gc.isenabled()
     gc.disable()
-    # The fold is Python CPU, and leads fold independently: half of them (by id) fold in a
-    # forked helper process on the other core, which sends back its COPY records at the end.
-    helper = _Helper.start(config)
-    mine = _Fold(config)
     try:
         batch = await cursor.fetch(BATCH)
         while batch:
@@ -99,12 +94,7 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
             upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
             await asyncio.sleep(0)  # let the request go out
             try:
-                rows = [tuple(row) for row in batch]
-                if helper is not None:
-                    theirs = [row for row in rows if hash(row[0]) & 1]
-                    rows = [row for row in rows if not hash(row[0]) & 1]
-                    helper.send(theirs)
-                mine.fold(rows)
+                fold_events(map(_Recorded._make, batch), calendar_of, leads, timers)
                 count += len(batch)
                 if progress is not None:
                     progress(len(batch))
@@ -113,15 +103,8 @@ async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress:
                 await asyncio.gather(upcoming, return_exceptions=True)
                 raise
             batch = await upcoming
-        lead_records, timer_records = mine.records()
-        if helper is not None:
-            their_leads, their_timers = await helper.records()
-            lead_records += their_leads
-            timer_records += their_timers
-        await _write(raw, lead_records, timer_records)
+        await _write(raw, leads, timers)
     finally:
-        if helper is not None:
-            helper.stop()
         if collecting:
             gc.enable()
     return count
@@ -137,75 +120,6 @@ class _Recorded(NamedTuple):
     data: dict[str, Any]
 
 
-class _Fold:
-    """Timeline rows (lead id, type, time, data as JSON text) folded into leads and timers, and
-    turned into COPY records at the end."""
-
-    def __init__(self, config: Config | None) -> None:
-        self._calendar_of = calendars(config)
-        self._leads: dict[str, dict[str, Any]] = {}
-        self._timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
-
-    def fold(self, rows: list[tuple[str, str, Any, str]]) -> None:
-        fold_events([_Recorded(lead, kind, at, orjson.loads(data)) for lead, kind, at, data in rows],
-                    self._calendar_of, self._leads, self._timers)
-
-    def records(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        return ([_lead_record(lead_id, lead) for lead_id, lead in self._leads.items()],
-                [tuple(map(t.get, _TIMER_COLUMNS)) for own in self._timers.values() for t in own.values()])
-
-
-class _Helper:
-    """A forked process folding the rows it is sent; `records()` ends it and returns its COPY
-    records. None where fork is unavailable: then the parent folds everything."""
-
-    def __init__(self, process: Any, pipe: Connection) -> None:
-        self._process, self._pipe = process, pipe
-
-    @classmethod
-    def start(cls, config: Config | None) -> _Helper | None:
-        if "fork" not in multiprocessing.get_all_start_methods():
-            return None
-        context = multiprocessing.get_context("fork")
-        ours, theirs = context.Pipe()
-        process = context.Process(target=_helper_main, args=(theirs, config), daemon=True)
-        process.start()
-        theirs.close()
-        return cls(process, ours)
-
-    def send(self, rows: list[tuple[str, str, Any, str]]) -> None:
-        self._pipe.send(rows)
-
-    async def records(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        self._pipe.send(None)
-        outcome = await asyncio.get_running_loop().run_in_executor(None, self._pipe.recv)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-    def stop(self) -> None:
-        self._pipe.close()
-        self._process.join(timeout=5)
-        if self._process.is_alive():
-            self._process.kill()
-
-
-def _helper_main(pipe: Connection, config: Config | None) -> None:
-    gc.disable()
-    try:
-        fold = _Fold(config)
-        while (rows := pipe.recv()) is not None:
-            fold.fold(rows)
-        pipe.send(fold.records())
-    except EOFError:
-        pass  # the parent gave up
-    except BaseException as exc:  # the parent raises it
-        pipe.send(RuntimeError(f"replay helper failed: {type(exc).__name__}: {exc}"))
-    finally:
-        pipe.close()
-        os._exit(0)  # a forked child: no atexit handlers, no inherited cleanup
-
-
 # Column order of the COPYs, and how each column's value comes out of the fold's dicts.
 _LEAD_COLUMNS = tuple(c.name for c in lead_state.columns)
 _TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
@@ -219,10 +133,12 @@ def _lead_record(lead_id: str, lead: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(values[name] for name in _LEAD_COLUMNS)
 
 
-async def _write(raw: Any, lead_records: list[tuple[Any, ...]], timer_records: list[tuple[Any, ...]]) -> None:
+async def _write(raw: Any, leads: dict[str, dict[str, Any]], timers: dict[str, dict[str, dict[str, Any]]]) -> None:
     """COPY, in this transaction: several times faster than INSERTs for a whole table."""
+    lead_records = [_lead_record(lead_id, lead) for lead_id, lead in leads.items()]
     await raw.copy_records_to_table(lead_state.name, schema_name=lead_state.schema, columns=_LEAD_COLUMNS,
                                     records=lead_records)
+    timer_records = [tuple(t.get(name) for name in _TIMER_COLUMNS) for own in timers.values() for t in own.values()]
     await raw.copy_records_to_table(sla_timers.name, schema_name=sla_timers.schema, columns=_TIMER_COLUMNS,
                                     records=timer_records)
 
