@@ -15,6 +15,12 @@ from sqlalchemy.engine import make_url
 from leadsla.devstack import EmbeddedBroker, EmbeddedPostgres
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def infrastructure() -> AsyncIterator[tuple[str, str]]:
     """Yields (database_url, kafka_bootstrap); stops what it started."""

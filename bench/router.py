@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,9 +30,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from infra import infrastructure
+from infra import cpu_seconds, infrastructure
 
-from leadsla.devstack import ServiceProcess  # noqa: E402
+from leadsla.devstack import ServiceProcess, free_port  # noqa: E402
 from services.router.handlers import RouterDeps, route_lead  # noqa: E402
 from services.router.projection import PROJECTION  # noqa: E402
 from shared.bus import ensure_topics, make_producer  # noqa: E402
@@ -88,19 +86,7 @@ def lead_received(i: int) -> CloudEvent:
         contactable=True, received_at=now))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 Hops = dict[str, list[float]]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(bootstrap: str, rate: float, seconds: float) -> tuple[list[float], float, float, Hops]:

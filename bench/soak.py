@@ -45,7 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from infra import infrastructure
+from infra import cpu_seconds, infrastructure
 
 from leadsla.devstack import ServiceProcess, free_port  # noqa: E402
 from shared.auth import create_key  # noqa: E402
@@ -105,12 +105,6 @@ def lead_body(i: int) -> dict:
             "company": {"name": f"Company {i % 5000}", "size": 250, "website": "https://soak.example"},
             "intent": {"type": INTENTS[i % len(INTENTS)], "message": "Please get in touch"},
             "utm_source": "google", "utm_campaign": "q4"}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:
