@@ -60,7 +60,9 @@ async def test_duplicates_are_ignored_and_bad_records_are_parked(engine, produce
 
     async def rows() -> list:
         async with engine.connect() as conn:
-            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload).where(outbox.c.key == lead))
+            # In store order: the relay marks rows published, which moves them in the heap.
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
+                                        .where(outbox.c.key == lead).order_by(outbox.c.position))
             found = result.all()
         return found if len(found) >= 4 else []
 
@@ -324,7 +326,9 @@ async def test_a_batched_handler_gets_runs_of_consecutive_events_and_a_failing_r
 
     async def rows() -> list:
         async with engine.connect() as conn:
-            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload).where(outbox.c.key == lead))
+            # In store order: the relay marks rows published, which moves them in the heap.
+            result = await conn.execute(select(outbox.c.event_type, outbox.c.payload)
+                                        .where(outbox.c.key == lead).order_by(outbox.c.position))
             found = result.all()
         return found if len(found) >= 5 else []
 
