@@ -66,11 +66,11 @@ class OutboxHealth:
     oldest_pending_seconds: float = 0.0
 
 
-async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -> list[BaseException | None | _Held]:
-    """Hand stored rows to the producer in position order, then wait for every ack: per row, None
-    (acked), the error, or held. A row refused on the way in, or whose key already has a parked
-    row, holds back the later rows of its key (one lead's events stay in order)."""
-    refused_keys = set(held_keys)
+async def enqueue_in_order(producer: AIOKafkaProducer, rows, refused_keys: set[str]) -> list:
+    """Hand stored rows to the producer in position order, without waiting for acks: per row, the
+    ack's future, the error, or held. A row refused on the way in, or whose key is in
+    `refused_keys` (a parked row), holds back the later rows of its key, here and in later calls
+    given the same set (one lead's events stay in order)."""
     outcomes: list = []
     for row in rows:
         if row.key in refused_keys:
@@ -83,13 +83,33 @@ async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -
             if isinstance(exc, PERMANENT_SEND_ERRORS):
                 refused_keys.add(row.key)
             outcomes.append(exc)
+    return outcomes
+
+
+async def settle(outcomes: list) -> list[BaseException | None | _Held]:
+    """Wait for every ack of `enqueue_in_order`'s outcomes: per row, None (acked), the error, or held."""
     acks = [o for o in outcomes if isinstance(o, asyncio.Future)]
     settled = iter(await asyncio.gather(*acks, return_exceptions=True))
-    for i, outcome in enumerate(outcomes):
+    results = []
+    for outcome in outcomes:
         if isinstance(outcome, asyncio.Future):  # acked (None) or the broker's error
             result = next(settled)
-            outcomes[i] = result if isinstance(result, BaseException) else None
-    return outcomes
+            outcome = result if isinstance(result, BaseException) else None
+        results.append(outcome)
+    return results
+
+
+async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -> list[BaseException | None | _Held]:
+    """`enqueue_in_order`, then wait for every ack."""
+    return await settle(await enqueue_in_order(producer, rows, set(held_keys)))
+
+
+@dataclass
+class _InFlight:
+    """A batch handed to the producer whose acks are still to come."""
+    rows: list
+    sent: list
+    outcomes: list
 
 
 def _refusal(error: BaseException) -> str:
@@ -104,8 +124,9 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         wakeup: asyncio.Event,
         *,
-        # Each batch waits for all its acks before the next is read: larger batches wait less often.
         batch_size: int = 2000,
+        # Batches per transaction (pipelined); a crash re-sends at most this many (consumers dedupe).
+        window: int = 8,
         idle_poll_seconds: float = 0.5,
         stuck_after_seconds: float = 60.0,
     ) -> None:
@@ -115,6 +136,7 @@ class OutboxRelay:
         self._producer = producer
         self._wakeup = wakeup
         self._batch_size = batch_size
+        self._window = window
         self._idle_poll = idle_poll_seconds
         self.stuck_after_seconds = stuck_after_seconds
         # Stable across processes: every replica of a service contends for the same lock.
@@ -131,8 +153,11 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish the store's next rows after the published position; returns how many went
-        out (or were parked). The position moves in the same transaction as the parking."""
-        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
+        out (or were parked). Up to `window` batches go in one transaction, pipelined: the next
+        batch is read and handed to the producer while the acks of the one before are on their
+        way, so the producer never waits for the database nor the database for the broker. The
+        position moves once, at the end, in the same transaction as the parking."""
+        relay = RELAY[self._schema]
         async with self._engine.begin() as conn:
             # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
             # transactions (they may hold stamped events), and the relay's hold none.
@@ -141,43 +166,63 @@ class OutboxRelay:
                 func.set_config("application_name", f"{application_name(self._schema)}-relay", True)))).first()
             if not locked[0]:
                 return 0
-            # One read (a round trip, not three): the rows after the published position, each
-            # saying whether its key has a parked row.
-            position = select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery()
-            rows = (
+            refused_keys: set[str] = set()  # keys with a parked row: their later rows are held
+            in_flight: _InFlight | None = None
+            rows = await self._read(conn, after=None)
+            published, published_to, batches = 0, 0, 0
+            while rows or in_flight:
+                current = None
+                if rows:
+                    batches += 1
+                    refused_keys |= {r.key for r in rows if r.held}
+                    sent = [r for r in rows if r.topic is not None]
+                    current = _InFlight(rows, sent, await enqueue_in_order(self._producer, sent, refused_keys))
+                    more = len(rows) >= self._batch_size and batches < self._window
+                    rows = await self._read(conn, after=rows[-1].position) if more else []
+                if in_flight:
+                    await self._settle(conn, in_flight, refused_keys, also_pending=current)
+                    published += len(in_flight.rows)
+                    published_to = in_flight.rows[-1].position
+                in_flight = current
+            if published:
                 await conn.execute(
-                    select(t.c.position, t.c.topic, t.c.key, t.c.payload,
-                           exists().where(parked.c.key == t.c.key).label("held"))
-                    .where(t.c.position > func.coalesce(position, 0))
-                    .order_by(t.c.position)
-                    .limit(self._batch_size)
-                )
-            ).all()
-            if not rows:
-                return 0
-            held_keys = {r.key for r in rows if r.held}
-            to_send = [r for r in rows if r.topic is not None]
-            outcomes = await send_in_order(self._producer, to_send, held_keys)
-            failed = [o for o in outcomes if isinstance(o, BaseException)
-                      and not isinstance(o, PERMANENT_SEND_ERRORS)]
-            if failed:
-                # Broker down or slow: the position stays; acked rows go again (consumers dedupe by id).
-                raise failed[0]
-            to_park = []
-            for row, outcome in zip(to_send, outcomes, strict=True):
-                if isinstance(outcome, PERMANENT_SEND_ERRORS):
-                    to_park.append({"position": row.position, "key": row.key, "error": _refusal(outcome)})
-                    log.error("outbox.parked", schema=self._schema, position=row.position, topic=row.topic,
-                              size=len(row.payload), error=type(outcome).__name__)
-                elif outcome is _HELD:
-                    to_park.append({"position": row.position, "key": row.key, "error": None})
-            if to_park:
-                await conn.execute(pg_insert(parked).values(to_park).on_conflict_do_nothing())
-            await conn.execute(
-                pg_insert(relay).values(id=1, published_position=rows[-1].position)
-                .on_conflict_do_update(index_elements=[relay.c.id],
-                                       set_={"published_position": rows[-1].position, "updated_at": func.now()}))
-        return len(rows)
+                    pg_insert(relay).values(id=1, published_position=published_to)
+                    .on_conflict_do_update(index_elements=[relay.c.id],
+                                           set_={"published_position": published_to, "updated_at": func.now()}))
+        return published
+
+    async def _read(self, conn, *, after: int | None) -> list:
+        """The next rows after `after` (None: the published position), each saying whether its key
+        has a parked row. One round trip."""
+        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
+        if after is None:
+            after = func.coalesce(select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery(), 0)
+        return (await conn.execute(
+            select(t.c.position, t.c.topic, t.c.key, t.c.payload,
+                   exists().where(parked.c.key == t.c.key).label("held"))
+            .where(t.c.position > after).order_by(t.c.position).limit(self._batch_size)
+        )).all()
+
+    async def _settle(self, conn, batch: _InFlight, refused_keys: set[str], *, also_pending: _InFlight | None) -> None:
+        """Wait for a batch's acks and park what the broker refused for good; raise when the broker
+        failed (the position stays: the acked rows go again and consumers dedupe by id)."""
+        outcomes = await settle(batch.outcomes)
+        failed = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, PERMANENT_SEND_ERRORS)]
+        if failed:
+            if also_pending is not None:  # let the next batch's sends finish before giving up on both
+                await settle(also_pending.outcomes)
+            raise failed[0]
+        to_park = []
+        for row, outcome in zip(batch.sent, outcomes, strict=True):
+            if isinstance(outcome, PERMANENT_SEND_ERRORS):
+                refused_keys.add(row.key)
+                to_park.append({"position": row.position, "key": row.key, "error": _refusal(outcome)})
+                log.error("outbox.parked", schema=self._schema, position=row.position, topic=row.topic,
+                          size=len(row.payload), error=type(outcome).__name__)
+            elif outcome is _HELD:
+                to_park.append({"position": row.position, "key": row.key, "error": None})
+        if to_park:
+            await conn.execute(pg_insert(PARKED[self._schema]).values(to_park).on_conflict_do_nothing())
 
     async def read_health(self) -> OutboxHealth:
         """Unpublished and parked rows counted from the store, so the figures hold whatever the
@@ -210,7 +255,7 @@ class OutboxRelay:
         async def publish_round() -> float | None:
             sent = await self.publish_batch()
             await self._refresh_health()
-            return 0 if sent >= self._batch_size else None  # a full batch: more is waiting
+            return 0 if sent >= self._batch_size * self._window else None  # a full window: more is waiting
 
         await run_loop("outbox", publish_round, stop, idle=self._idle_poll, wakeup=self._wakeup,
                        after_failure=self._refresh_health, schema=self._schema)

@@ -127,26 +127,40 @@ _ENVELOPE_KEY = b'"traceparent":"'
 _DATA_KEY = b'"data":'
 
 
-def traceparent_in(payload: bytes) -> str | None:
+# The shape this system writes (version 00): matched on the bytes, so the relay need not decode.
+_WRITTEN = re.compile(rb'"traceparent":"(00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})"')
+_ZERO_IDS = (b"-" + _ZERO_TRACE.encode() + b"-", b"-" + _ZERO_SPAN.encode() + b"-")
+
+
+def _traceparent_bytes(payload: bytes) -> bytes | None:
     """The envelope's traceparent, read from the serialized CloudEvent without parsing it: the
     attribute is written before `data`, and a quote inside a JSON string is always escaped, so the
     first match before `"data":` is the envelope's own."""
     end = payload.find(_DATA_KEY)
-    start = payload.find(_ENVELOPE_KEY, 0, end if end >= 0 else len(payload))
+    end = end if end >= 0 else len(payload)
+    written = _WRITTEN.search(payload, 0, end)
+    if written is not None:
+        value = written.group(1)
+        return None if any(zero in value for zero in _ZERO_IDS) else value
+    start = payload.find(_ENVELOPE_KEY, 0, end)
     if start < 0:
         return None
     start += len(_ENVELOPE_KEY)
-    context = parse(payload[start:start + 55])
-    return str(context) if context else None
+    context = parse(payload[start:start + 55])  # another version or a stray suffix: the full rules
+    return str(context).encode() if context else None
+
+
+def traceparent_in(payload: bytes) -> str | None:
+    value = _traceparent_bytes(payload)
+    return value.decode() if value else None
 
 
 def record_headers(payload: bytes, content_type: bytes) -> list[tuple[str, bytes]]:
     """The Kafka headers of an outbox row: CloudEvents binding content-type, and traceparent."""
-    headers = [("content-type", content_type)]
-    traceparent = traceparent_in(payload)
+    traceparent = _traceparent_bytes(payload)
     if traceparent:
-        headers.append((HEADER, traceparent.encode()))
-    return headers
+        return [("content-type", content_type), (HEADER, traceparent)]
+    return [("content-type", content_type)]
 
 
 # ---- HTTP -------------------------------------------------------------------------------------

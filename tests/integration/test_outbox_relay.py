@@ -5,10 +5,10 @@ import asyncio
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from shared.events import TOPIC_ROUTING, LeadQueued, new_event
-from shared.eventstore import EVENTS, RELAY
+from shared.eventstore import EVENTS, PARKED, RELAY
 from shared.outbox import OutboxRelay
 from shared.uow import UnitOfWork
 from tests.support import TopicReader
@@ -71,3 +71,33 @@ async def test_racing_relays_publish_each_row_once(engine, producer, kafka_boots
 
     queues = [e.data["queue"] for e in reader.events(lead)]
     assert queues == [f"q{n}" for n in range(50)]
+
+
+async def test_pipelined_batches_keep_each_leads_order_and_a_refused_row_holds_its_lead_across_batches(
+    engine, producer, kafka_bootstrap
+) -> None:
+    huge, other = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
+    async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
+        async with UnitOfWork(engine, "router") as uow:
+            uow.emit(TOPIC_ROUTING, queued(huge, 0).model_copy(update={"data": {**queued(huge, 0).data,
+                                                                             "reason": "x" * 1_200_000}}))
+            for n in range(1, 12):  # batches of 3: the huge lead's later rows fall in later batches
+                uow.emit(TOPIC_ROUTING, queued(huge if n % 4 == 0 else other, n))
+            await uow.commit()
+
+        relay = OutboxRelay(engine, "router", producer, asyncio.Event(), batch_size=3, window=3)
+        while await relay.publish_batch():
+            pass
+        events = await reader.wait_for(lambda es: len([e for e in es if e.subject == other]) >= 8,
+                                       what="the other lead's eight events")
+        await reader.poll()
+
+    assert [e.data["queue"] for e in events if e.subject == other] == [f"q{n}" for n in range(1, 12) if n % 4]
+    assert reader.events(huge) == []  # every later row of the refused lead waits behind it
+    parked = PARKED["router"]
+    async with engine.connect() as conn:
+        held = (await conn.execute(select(parked.c.error).where(parked.c.key == huge)
+                                   .order_by(parked.c.position))).scalars().all()
+    assert len(held) == 3 and "TooLarge" in held[0] and held[1:] == [None, None]
+    async with engine.begin() as conn:  # leave no parked rows behind for other tests' health figures
+        await conn.execute(delete(parked).where(parked.c.key == huge))

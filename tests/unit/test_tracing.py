@@ -120,3 +120,11 @@ def test_the_http_middleware_makes_the_request_header_the_parent() -> None:
     assert traced["bound"] == {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "lead_id": "l9"}
     assert tracing.parse(untraced["traceparent"]).trace_id != "4bf92f3577b34da6a3ce929d0e0e4736"
     assert untraced["bound"] == {"lead_id": "l9"}
+
+
+def test_the_relay_reads_other_versions_by_the_full_rules_and_drops_an_all_zero_trace() -> None:
+    later_version = INCOMING.replace("00-", "01-", 1) + "-future"
+    event = queued().model_copy(update={"traceparent": later_version})
+    assert tracing.traceparent_in(event.to_bytes()) == INCOMING  # understood as the version it knows
+    zero = queued().model_copy(update={"traceparent": f"00-{'0' * 32}-{'1' * 16}-01"})
+    assert tracing.record_headers(zero.to_bytes(), CONTENT_TYPE) == [("content-type", CONTENT_TYPE)]
