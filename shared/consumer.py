@@ -34,7 +34,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import metrics, tracing
 from .aio import next_backoff, sleep_unless_stopped
 from .clock import Clock
-from .db import PROCESSED, database_outage, deadletters, is_database_unavailable
+from .db import (
+    PROCESSED,
+    database_outage,
+    deadletters,
+    insert_rows,
+    is_database_unavailable,
+    json_rows,
+)
 from .events import (
     DEADLETTER_PREFIX_BYTES,
     TOPIC_DEADLETTER,
@@ -130,6 +137,10 @@ class Subscription:
     # `handlers` if it has one (intake's counts a refused record there), else to the batch
     # handler as a run of one; the two must have the same effects.
     batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
+    # How long the broker may hold a fetch that finds nothing. The broker notices new records only
+    # every so often within this wait (Tansu: records waited up to about half of it), so a
+    # latency-bound subscription takes less, at the cost of more empty fetches when idle.
+    fetch_max_wait_ms: int = 50
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
         """`event` with its payload decoded, or None when no handler here wants it; raises
@@ -170,6 +181,10 @@ class EventConsumer:
         self._relay_wakeup = relay_wakeup
         self._clock = clock
         self._processed = PROCESSED[service]
+        # A batch's ids in one statement that compiles once whatever the batch's size (a
+        # multi-row VALUES compiled anew for every batch).
+        self._track = (insert_rows(self._processed, ("consumer", "event_id")).on_conflict_do_nothing()
+                       .returning(self._processed.c.event_id))
         self._session_timeout_ms = session_timeout_ms
         self._lag_interval = lag_interval
         self.ready = asyncio.Event()
@@ -184,7 +199,7 @@ class EventConsumer:
             max_poll_records=200,
             # The broker holds an empty fetch this long: the client's 500 ms default added half a
             # second to every hop of a quiet pipeline (lead -> assignment -> timer).
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=self.sub.fetch_max_wait_ms,
             # A member that died without leaving is noticed within the session timeout; shorter
             # than the client's default so a restarted service gets its partitions back sooner.
             session_timeout_ms=self._session_timeout_ms,
@@ -194,6 +209,10 @@ class EventConsumer:
         await consumer.start()
         self.ready.set()
         watching = asyncio.create_task(self._watch_lag(consumer, stop))
+        # The offsets of the last batch, committed to Kafka while the next one is handled: the
+        # broker round trip is off the records' path. Postgres already holds the batch (and its
+        # processed ids), so a crash before this commit only redelivers records that are skipped.
+        committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=300)
@@ -207,10 +226,14 @@ class EventConsumer:
                 for record in records[:handled]:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
                 if done:
-                    await self._commit(consumer, done)
+                    if committing is not None:
+                        await committing  # commits go out in order: an older one never lands last
+                    committing = asyncio.create_task(self._commit(consumer, done))
         finally:
             self.ready.clear()
             watching.cancel()
+            if committing is not None:
+                await committing  # the last batch's offsets, before leaving the group
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
@@ -313,12 +336,8 @@ class EventConsumer:
             ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
             new: set[str] = set()
             if ids:
-                inserted = await uow.conn.execute(
-                    pg_insert(self._processed)
-                    .values([{"consumer": self.sub.group, "event_id": event_id} for event_id in ids])
-                    .on_conflict_do_nothing()
-                    .returning(self._processed.c.event_id)
-                )
+                inserted = await uow.conn.execute(self._track, {"rows": json_rows(
+                    [{"consumer": self.sub.group, "event_id": event_id} for event_id in ids])})
                 new = set(inserted.scalars())
             run: list[Received[Any]] = []  # consecutive events for one batched handler
             for record, event, typed, failure in decoded:

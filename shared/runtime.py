@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,6 +136,10 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
         **{f"loop-{i}": body for i, body in enumerate(spec.loops)},
     }
     ctx.workers = {task: WorkerState(task) for task in loops}
+    # Everything built so far (modules, schemas, the app: some 150,000 objects) lives as long as
+    # the process: out of the collector's reach, a full collection no longer walks it. Each one
+    # stopped the event loop for 130 to 190 ms of CPU, the router's p99 at 200 leads/s.
+    gc.freeze()
     workers = [asyncio.create_task(supervise(task, body, stop, ctx.workers[task]), name=task)
                for task, body in loops.items()]
     http = asyncio.create_task(server.serve(), name="http")

@@ -106,10 +106,11 @@ def _routed(facts: LeadFacts, decision: Decision, assignment_no: int, day: date 
     """The router's own part of a decision (kept in its store only): see domain.LeadRouted."""
     return new_event(LeadRouted.TYPE, service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
                      correlation_id=None if cause else facts.correlation_id,
-                     data=LeadRouted(lead_id=facts.lead_id, facts=facts.to_json(), company_domain=facts.company_domain,
-                                     assignment_no=assignment_no, owner_id=decision.owner_id, day=day,
-                                     rule_id=decision.rule_id, cursor=decision.next_cursor,
-                                     weights=dict(decision.weights) if decision.weights is not None else None))
+                     data=LeadRouted.wire(lead_id=facts.lead_id, facts=facts.to_json(),
+                                          company_domain=facts.company_domain, assignment_no=assignment_no,
+                                          owner_id=decision.owner_id, day=day.isoformat() if day else None,
+                                          rule_id=decision.rule_id, cursor=decision.next_cursor,
+                                          weights=dict(decision.weights) if decision.weights is not None else None))
 
 
 def _owner_day(config: Config, state: RoutingState, owner_id: str, now: datetime) -> date:
@@ -132,15 +133,19 @@ def _count_assigned(store: RouterStore, decision: Decision) -> None:
 
 def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: Decision, assignment_no: int,
               now: datetime, cause: CloudEvent | None) -> Recorded:
-    """lead.assigned, then the decision's private part (facts, the owner's day, the rule's cursor)."""
+    """lead.assigned, then the decision's private part (facts, the owner's day, the rule's cursor).
+    Both built in wire form without validation (`WireModel.wire`): every field comes from the
+    decision and the lead's facts, already typed; building them was a tenth of a decision's CPU."""
     assert decision.owner_id is not None
     assigned = new_event(
         "lead.assigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
-        data=LeadAssigned(
+        data=LeadAssigned.wire(
             lead_id=facts.lead_id, owner_id=decision.owner_id, team_id=decision.team_id,
             rule_id=decision.rule_id, method=decision.method, reason=decision.reason,
-            assignment_no=assignment_no, candidates=list(decision.candidates), assigned_at=now,
+            assignment_no=assignment_no, assigned_at=now,
+            candidates=[Candidate.wire(owner_id=c.owner_id, eligible=c.eligible, why=c.why)
+                        for c in decision.candidates],
             tier=facts.tier, source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
             missing_fields=list(decision.missing_fields),
         ),
