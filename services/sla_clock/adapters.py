@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 
 from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
@@ -53,6 +53,10 @@ class ClockStore(Protocol):
     async def due(self, horizon: datetime, limit: int) -> list[Any]:
         """Open timers to look at by `horizon`, soonest first, skipping those another unit of
         work holds (so that replicas never fire one twice)."""
+
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime, limit: int) -> list[Any]:
+        """Open timers by `until`, in (next_fire_at, sla_id) order after `after`, read without a
+        lock: to prepare what falls due next, never to decide."""
 
     async def next_due(self) -> datetime | None: ...
 
@@ -104,6 +108,13 @@ class PostgresClockStore:
             .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
         )).all())
 
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime, limit: int) -> list[Any]:
+        query = select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= until)
+        if after is not None:
+            query = query.where(tuple_(timers.c.next_fire_at, timers.c.sla_id) > tuple_(*after))
+        return list((await self.uow.conn.execute(
+            query.order_by(timers.c.next_fire_at, timers.c.sla_id).limit(limit))).all())
+
     async def next_due(self) -> datetime | None:
         return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
 
@@ -131,6 +142,11 @@ class Record:
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Record) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def _mapping(self) -> dict[str, Any]:
@@ -184,6 +200,11 @@ class InMemoryClockStore:
         rows = [r for r in self.timer_rows.values()
                 if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= horizon]
         return [Record(r) for r in sorted(rows, key=lambda r: r["next_fire_at"])[:limit]]
+
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime, limit: int) -> list[Any]:
+        rows = sorted(((r["next_fire_at"], r["sla_id"]), r) for r in self.timer_rows.values()
+                      if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= until)
+        return [Record(r) for key, r in rows if after is None or key > after][:limit]
 
     async def next_due(self) -> datetime | None:
         return min((r["next_fire_at"] for r in self.timer_rows.values()

@@ -68,6 +68,7 @@ from .domain import (
     root_cause,
     select_policy,
     start_timer,
+    tick,
     touch,
     touch_counts,
     touch_time,
@@ -276,20 +277,79 @@ async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], de
 
 
 async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: datetime | None,
-                   rules: ClockRules = ClockRules(), limit: int = 200) -> int:
+                   rules: ClockRules = ClockRules(), limit: int = 200, ready: Ready | None = None) -> int:
     """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
-    up to there; see domain.judge); rows are locked so replicas never double-fire."""
+    up to there; see domain.judge); rows are locked so replicas never double-fire. A breach drafted
+    ahead (`ready`, see prepare_due) from the rows as they still are is only stamped."""
     horizon = judging_horizon(now, seen, rules.confirm_wait)
     rows = await store.due(horizon, limit)
     by_id = await store.leads({r.lead_id for r in rows})
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
     for row in rows:
-        lead, timer = by_id.get(row.lead_id), _timer(row)
+        lead = by_id.get(row.lead_id)
+        draft = ready.take(row, lead, config) if ready is not None else None
+        if draft is not None:
+            events.append(_stamp(draft, now, rules, store.observe))
+            continue
+        timer = _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
             events += _outcomes(config, lead, row, judge(timer, now, seen, rules.confirm_wait), None, now, rules,
                                 store.observe, before=timer)
     await store.record(events)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class _Drafted:
+    row: Row
+    lead: Row | None
+    config: Config
+    draft: BreachDraft
+
+
+class Ready:
+    """Breaches drafted ahead of their deadlines (prepare_due), each with the rows and the
+    configuration it was drafted from: its event is a function of those (and of the moment, which
+    `_stamp` adds), so fire_due takes a draft only while they are unchanged (a touch, a pause, a
+    new owner or a new lead fact since: it builds the breach afresh). In memory only: nothing is
+    lost with it, a restarted clock builds its breaches at the deadline."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.drafts: dict[str, _Drafted] = {}
+        # (next_fire_at, sla_id) of the last timer read ahead: the next read goes on from there.
+        self.read_to: tuple[datetime, str] | None = None
+
+    def take(self, row: Row, lead: Row | None, config: Config) -> BreachDraft | None:
+        drafted = self.drafts.pop(row.sla_id, None)
+        if drafted is None or drafted.config is not config or drafted.row != row or drafted.lead != lead:
+            return None
+        return drafted.draft
+
+    def forget(self, horizon: datetime) -> None:
+        """Drop the drafts due by `horizon` that a round did not take: their timers changed, or
+        another replica fired them."""
+        self.drafts = {k: d for k, d in self.drafts.items() if d.row.due_at > horizon}
+
+    def room(self) -> int:
+        return max(self.capacity - len(self.drafts), 0)
+
+
+async def prepare_due(store: ClockStore, config: Config, ready: Ready, until: datetime, limit: int) -> int:
+    """Draft the breaches of open timers due by `until` (a read ahead of the deadline, no lock taken),
+    `limit` timers at a time after those read before; how many timers it read."""
+    rows = await store.ahead(ready.read_to, until, min(limit, ready.room()))
+    by_id = await store.leads({r.lead_id for r in rows})
+    for row in rows:
+        if row.next_fire_at != row.due_at:
+            continue  # a warning comes first: it and the breach are decided when due
+        lead, timer = by_id.get(row.lead_id), _timer(row)
+        with tracing.use(lead.traceparent if lead is not None else None):
+            draft = _draft_breach(config, lead, row, tick(timer, timer.due_at), None, timer)
+        ready.drafts[row.sla_id] = _Drafted(row, lead, config, draft)
+    if rows:
+        ready.read_to = (rows[-1].next_fire_at, rows[-1].sla_id)
     return len(rows)
 
 
@@ -383,6 +443,8 @@ def _outcomes(
     if not step.outcomes:
         return []
     timer, before = step.timer, before or _timer(row)
+    if isinstance(step.outcomes[0], Breached):  # a breach is always its step's only outcome
+        return [_stamp(_draft_breach(config, lead, row, step, cause, before, timezone=timezone), now, rules, observe)]
     correlation = lead.correlation_id if lead else None
     state = {name: getattr(row, name) for name in _KEPT}
     state.update(_columns(timer))
@@ -393,13 +455,6 @@ def _outcomes(
         if isinstance(outcome, Warned):
             events.append(("sla.warning", timer, {"percent": outcome.percent}))
             observe(metrics.sla_warnings.labels(timer.metric, timer.tier).inc)
-        elif isinstance(outcome, Breached):
-            noticed = outcome.noticed or before.due_at
-            cause_code = breach_root_cause(_root_cause(before, lead, config), noticed, now, rules.tolerance)
-            state.update(closed_at=now, root_cause=cause_code)
-            events.append(("sla.breached", before, {"breached_at": outcome.at, "root_cause": cause_code}))
-            observe(metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc)
-            observe(partial(metrics.sla_breach_lag.observe, max((now - noticed).total_seconds(), 0)))
         elif isinstance(outcome, Met):
             state.update(closed_at=outcome.at)
             events.append(("sla.met", before, {"met_at": outcome.at}))
@@ -418,6 +473,46 @@ def _outcomes(
             state.update(closed_at=None, root_cause=None)
             events.append(("sla.started", timer, {"at": outcome.at}))
     return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
+
+
+@dataclass(frozen=True)
+class BreachDraft:
+    """A breach's event built but for what depends on the moment it leaves: its time, the timer's
+    closed_at, and its root cause (system_delay once it leaves `tolerance` late; `person_cause`
+    before that). `_stamp` finishes it, in microseconds."""
+
+    event: CloudEvent  # time, closed_at and root_cause to be stamped
+    person_cause: str
+    noticed: datetime  # when the clock could first know: the breach's lateness counts from here
+    metric: str
+    tier: str
+
+
+def _draft_breach(config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
+                  before: Timer, *, timezone: str | None = None) -> BreachDraft:
+    outcome = step.outcomes[0]
+    assert isinstance(outcome, Breached) and len(step.outcomes) == 1
+    state = {name: getattr(row, name) for name in _KEPT}
+    state.update(_columns(step.timer), closed_at=None, root_cause=None)
+    if timezone is not None:
+        state["timezone"] = timezone
+    # Stamped with the deadline for now; `_stamp` sets the moment (the keys keep their places).
+    event = _event("sla.breached", before, cause, lead.correlation_id if lead else None, before.due_at,
+                   state=state, breached_at=outcome.at, root_cause=None)
+    return BreachDraft(event, _root_cause(before, lead, config), outcome.noticed or before.due_at,
+                       step.timer.metric, step.timer.tier)
+
+
+def _stamp(draft: BreachDraft, now: datetime, rules: ClockRules,
+           observe: Callable[[Callable[[], None]], None]) -> CloudEvent:
+    """The breach's event as it leaves at `now`: the same as built at `now` from the start."""
+    cause_code = breach_root_cause(draft.person_cause, draft.noticed, now, rules.tolerance)
+    observe(metrics.sla_breaches.labels(draft.metric, draft.tier, cause_code).inc)
+    observe(partial(metrics.sla_breach_lag.observe, max((now - draft.noticed).total_seconds(), 0)))
+    data = draft.event.data
+    stamped = {**data, "root_cause": cause_code,
+               "timer": {**data["timer"], "closed_at": utc_iso(now), "root_cause": cause_code}}
+    return draft.event.model_copy(update={"time": now, "data": stamped})
 
 
 def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:

@@ -119,6 +119,25 @@ class ClockStoreContract:
         counts = [c for c in await store.open_counts() if c[1] == tier]
         assert counts == [("first_response", tier, 2)]
 
+    async def test_timers_ahead_are_the_open_ones_by_a_time_in_order_after_a_position(self, store) -> None:
+        # Other tests' rows may come first: the contract's own are far in the future, one time apart.
+        far = datetime(2990, 1, 1, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 100_000)
+        ids = sorted(new_id() for _ in range(3))
+        late, tied, paused = new_id(), ids, new_id()
+        events = [timer_event("started", i, "first_response", warned=(50,), due_in=(far - T0).total_seconds())
+                  for i in tied]
+        events += [timer_event("started", late, "first_response", warned=(50,),
+                               due_in=(far - T0).total_seconds() + 60),
+                   timer_event("paused", paused, "first_response", state="paused",
+                               due_in=(far - T0).total_seconds() - 60)]
+        await store.record(events)
+        start = (far - timedelta(seconds=1), "")
+        ahead = await store.ahead(start, far + timedelta(seconds=60), 10)
+        assert [t.lead_id for t in ahead] == [*tied, late]
+        assert [t.lead_id for t in await store.ahead(start, far, 2)] == tied[:2]
+        assert [t.lead_id for t in await store.ahead((far, ahead[1].sla_id), far + timedelta(seconds=60), 10)] == [
+            tied[2], late]
+
     async def test_open_counts_follow_timers_opening_and_closing_and_a_count_at_zero_goes(self, store) -> None:
         one, two = new_id(), new_id()
         tier = f"t-{uuid.uuid4().hex[:6]}"
