@@ -143,11 +143,6 @@ class Record:
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Record) and self.__dict__ == other.__dict__
-
-    __hash__ = None  # type: ignore[assignment]
-
     @property
     def _mapping(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -37,7 +37,7 @@ UowHandler = Callable[[UnitOfWork, Received[Any], SlaDeps], Awaitable[None]]
 FIRE_BATCH = 500
 FIRE_WORKERS = 2
 # Breaches due within PREPARE_AHEAD are drafted before their deadline; at most READY_CAPACITY at once.
-PREPARE_AHEAD = timedelta(seconds=5)
+PREPARE_AHEAD = timedelta(seconds=10)
 READY_CAPACITY = 20_000
 GAUGE_REFRESH_SECONDS = 5.0
 GROUP = "sla_clock"
@@ -116,6 +116,8 @@ class Firing:
         if upcoming is None:
             return poll
         now = self.clock()
+        if fired and upcoming <= judging_horizon(now, seen, self.rules.confirm_wait):
+            return 0  # fell due (and is confirmed) while this round ran: at once
         if upcoming <= now:
             # Due but not yet confirmed: wait for the watermark, or for the wait to end.
             return min(poll, max((upcoming + self.rules.confirm_wait - now).total_seconds(), 0.0))

@@ -8,12 +8,17 @@ stream at the version it read, so two writers racing on one lead conflict and th
 retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from pydantic import PrivateAttr
 
 from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
@@ -302,8 +307,9 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
 
 @dataclass(frozen=True)
 class _Drafted:
-    row: Row
-    lead: Row | None
+    row: tuple  # the rows' values
+    lead: tuple | None
+    due_at: datetime
     config: Config
     draft: BreachDraft
 
@@ -323,17 +329,22 @@ class Ready:
 
     def take(self, row: Row, lead: Row | None, config: Config) -> BreachDraft | None:
         drafted = self.drafts.pop(row.sla_id, None)
-        if drafted is None or drafted.config is not config or drafted.row != row or drafted.lead != lead:
+        if drafted is None or drafted.config is not config or _values(row) != drafted.row or (
+                drafted.lead != (_values(lead) if lead is not None else None)):
             return None
         return drafted.draft
 
     def forget(self, horizon: datetime) -> None:
         """Drop the drafts due by `horizon` that a round did not take: their timers changed, or
         another replica fired them."""
-        self.drafts = {k: d for k, d in self.drafts.items() if d.row.due_at > horizon}
+        self.drafts = {k: d for k, d in self.drafts.items() if d.due_at > horizon}
 
     def room(self) -> int:
         return max(self.capacity - len(self.drafts), 0)
+
+
+def _values(row: Row) -> tuple:
+    return tuple(row._mapping.values())
 
 
 async def prepare_due(store: ClockStore, config: Config, ready: Ready, until: datetime, limit: int) -> int:
@@ -347,7 +358,8 @@ async def prepare_due(store: ClockStore, config: Config, ready: Ready, until: da
         lead, timer = by_id.get(row.lead_id), _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):
             draft = _draft_breach(config, lead, row, tick(timer, timer.due_at), None, timer)
-        ready.drafts[row.sla_id] = _Drafted(row, lead, config, draft)
+        ready.drafts[row.sla_id] = _Drafted(_values(row), _values(lead) if lead is not None else None, row.due_at,
+                                            config, draft)
     if rows:
         ready.read_to = (rows[-1].next_fire_at, rows[-1].sla_id)
     return len(rows)
@@ -475,17 +487,36 @@ def _outcomes(
     return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
 
 
+class _Stamped(CloudEvent):
+    """A breach's event as `_stamp` makes it: its bytes spliced from the draft's, which were
+    serialised once, ahead (to_bytes gives the same bytes as serialising it again)."""
+
+    _raw: bytes | None = PrivateAttr(default=None)
+
+    def to_bytes(self) -> bytes:
+        raw = self.__pydantic_private__["_raw"]  # type: ignore[index]  # not `self._raw`: a slow path in pydantic
+        return raw if raw is not None else super().to_bytes()
+
+
+# Marks where a draft's serialised event takes what `_stamp` adds; per process, so no value can be one.
+_MARK = f"\ue000{uuid.uuid4().hex}"
+_CLOSED_AT, _ROOT_CAUSE = (f"{_MARK}:{name}".encode() for name in ("closed_at", "root_cause"))
+_MARKED = re.compile(b'"(' + re.escape(_MARK.encode()) + b':[a-z_]+)"')
+
+
 @dataclass(frozen=True)
 class BreachDraft:
     """A breach's event built but for what depends on the moment it leaves: its time, the timer's
     closed_at, and its root cause (system_delay once it leaves `tolerance` late; `person_cause`
     before that). `_stamp` finishes it, in microseconds."""
 
-    event: CloudEvent  # time, closed_at and root_cause to be stamped
+    event: _Stamped  # time, closed_at and root_cause to be stamped
     person_cause: str
     noticed: datetime  # when the clock could first know: the breach's lateness counts from here
     metric: str
     tier: str
+    # The event serialised: up to its time, then alternately what follows and a mark's name.
+    pieces: tuple[bytes, ...]
 
 
 def _draft_breach(config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
@@ -499,20 +530,40 @@ def _draft_breach(config: Config, lead: Row | None, row: Row, step: Step, cause:
     # Stamped with the deadline for now; `_stamp` sets the moment (the keys keep their places).
     event = _event("sla.breached", before, cause, lead.correlation_id if lead else None, before.due_at,
                    state=state, breached_at=outcome.at, root_cause=None)
-    return BreachDraft(event, _root_cause(before, lead, config), outcome.noticed or before.due_at,
-                       step.timer.metric, step.timer.tier)
+    data, closed_at, root_cause = event.data, _CLOSED_AT.decode(), _ROOT_CAUSE.decode()
+    marked = {**data, "root_cause": root_cause,
+              "timer": {**data["timer"], "closed_at": closed_at, "root_cause": root_cause}}
+    head, _, rest = event.model_copy(update={"data": marked}).to_bytes().partition(_time_field(event.time))
+    return BreachDraft(_Stamped.model_validate(dict(event)), _root_cause(before, lead, config),
+                       outcome.noticed or before.due_at, step.timer.metric, step.timer.tier,
+                       (head, *_MARKED.split(rest)))
+
+
+def _time_field(at: datetime) -> bytes:
+    return b'"time":"' + utc_iso(at).encode() + b'"'
 
 
 def _stamp(draft: BreachDraft, now: datetime, rules: ClockRules,
            observe: Callable[[Callable[[], None]], None]) -> CloudEvent:
     """The breach's event as it leaves at `now`: the same as built at `now` from the start."""
     cause_code = breach_root_cause(draft.person_cause, draft.noticed, now, rules.tolerance)
-    observe(metrics.sla_breaches.labels(draft.metric, draft.tier, cause_code).inc)
+    observe(_breaches(draft.metric, draft.tier, cause_code).inc)
     observe(partial(metrics.sla_breach_lag.observe, max((now - draft.noticed).total_seconds(), 0)))
+    at = utc_iso(now)
     data = draft.event.data
-    stamped = {**data, "root_cause": cause_code,
-               "timer": {**data["timer"], "closed_at": utc_iso(now), "root_cause": cause_code}}
-    return draft.event.model_copy(update={"time": now, "data": stamped})
+    stamped = {**data, "root_cause": cause_code, "timer": {**data["timer"], "closed_at": at, "root_cause": cause_code}}
+    event = draft.event.model_copy(update={"time": now, "data": stamped})
+    values = {_CLOSED_AT: orjson.dumps(at), _ROOT_CAUSE: orjson.dumps(cause_code)}
+    head, *rest = draft.pieces
+    event.__pydantic_private__["_raw"] = b"".join(  # type: ignore[index]
+        (head, _time_field(now), *(values[p] if i % 2 else p for i, p in enumerate(rest))))
+    return event
+
+
+@cache
+def _breaches(metric: str, tier: str, cause: str) -> Any:
+    """The breach counter's child for these labels, looked up once (a burst counts thousands)."""
+    return metrics.sla_breaches.labels(metric, tier, cause)
 
 
 def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:

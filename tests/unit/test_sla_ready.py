@@ -60,6 +60,8 @@ async def test_a_drafted_breach_leaves_exactly_as_one_built_at_the_deadline(late
     built_ahead, built_then = await fired(ahead, DUE + late, ready), await fired(fresh, DUE + late)
     assert [e.type for e in built_ahead] == ["sla.breached"]
     assert [e.to_bytes() for e in built_ahead] == [e.to_bytes() for e in built_then]
+    # Spliced from the draft's bytes: the same as serialising the event again.
+    assert [e.to_bytes() for e in built_ahead] == [CloudEvent.to_bytes(e) for e in built_ahead]
     assert built_ahead[0].data["root_cause"] == ("system_delay" if late > timedelta(minutes=1) else "owner_missed")
     assert ahead.timer_rows == fresh.timer_rows and not ready.drafts
 
