@@ -287,39 +287,41 @@ async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: da
     up to there; see domain.judge); rows are locked so replicas never double-fire. A breach drafted
     ahead (`ready`, see prepare_due) from the rows as they still are is only stamped."""
     horizon = judging_horizon(now, seen, rules.confirm_wait)
-    rows = await store.due(horizon, limit)
-    by_id = await store.leads({r.lead_id for r in rows})
+    due = await store.due(horizon, limit)
+    drafts = {sla_id: draft for sla_id, version in due
+              if ready is not None and (draft := ready.take(sla_id, version, config)) is not None}
+    rows = await store.timers_by_id([sla_id for sla_id, _ in due if sla_id not in drafts])
+    by_id = await store.leads({r.lead_id for r in rows.values()})
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
-    for row in rows:
-        lead = by_id.get(row.lead_id)
-        draft = ready.take(row, lead, config) if ready is not None else None
+    for sla_id, _ in due:
+        draft = drafts.get(sla_id)
         if draft is not None:
             events.append(_stamp(draft, now, rules, store.observe))
             continue
-        timer = _timer(row)
+        row = rows[sla_id]
+        lead, timer = by_id.get(row.lead_id), _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
             events += _outcomes(config, lead, row, judge(timer, now, seen, rules.confirm_wait), None, now, rules,
                                 store.observe, before=timer)
     await store.record(events)
-    return len(rows)
+    return len(due)
 
 
 @dataclass(frozen=True)
 class _Drafted:
-    row: tuple  # the rows' values
-    lead: tuple | None
+    version: str  # of the timer's and its lead's rows it was drafted from (see ClockStore.due)
     due_at: datetime
     config: Config
     draft: BreachDraft
 
 
 class Ready:
-    """Breaches drafted ahead of their deadlines (prepare_due), each with the rows and the
-    configuration it was drafted from: its event is a function of those (and of the moment, which
-    `_stamp` adds), so fire_due takes a draft only while they are unchanged (a touch, a pause, a
-    new owner or a new lead fact since: it builds the breach afresh). In memory only: nothing is
-    lost with it, a restarted clock builds its breaches at the deadline."""
+    """Breaches drafted ahead of their deadlines (prepare_due), each with the version of the rows
+    and the configuration it was drafted from: its event is a function of those (and of the
+    moment, which `_stamp` adds), so fire_due takes a draft only while they are unchanged (a
+    touch, a pause, a new owner or a new lead fact since: it builds the breach afresh). In memory
+    only: nothing is lost with it, a restarted clock builds its breaches at the deadline."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -327,10 +329,9 @@ class Ready:
         # (next_fire_at, sla_id) of the last timer read ahead: the next read goes on from there.
         self.read_to: tuple[datetime, str] | None = None
 
-    def take(self, row: Row, lead: Row | None, config: Config) -> BreachDraft | None:
-        drafted = self.drafts.pop(row.sla_id, None)
-        if drafted is None or drafted.config is not config or _values(row) != drafted.row or (
-                drafted.lead != (_values(lead) if lead is not None else None)):
+    def take(self, sla_id: str, version: str, config: Config) -> BreachDraft | None:
+        drafted = self.drafts.pop(sla_id, None)
+        if drafted is None or drafted.version != version or drafted.config is not config:
             return None
         return drafted.draft
 
@@ -343,26 +344,23 @@ class Ready:
         return max(self.capacity - len(self.drafts), 0)
 
 
-def _values(row: Row) -> tuple:
-    return tuple(row._mapping.values())
-
-
 async def prepare_due(store: ClockStore, config: Config, ready: Ready, until: datetime, limit: int) -> int:
     """Draft the breaches of open timers due by `until` (a read ahead of the deadline, no lock taken),
     `limit` timers at a time after those read before; how many timers it read."""
-    rows = await store.ahead(ready.read_to, until, min(limit, ready.room()))
-    by_id = await store.leads({r.lead_id for r in rows})
-    for row in rows:
+    ahead = await store.ahead(ready.read_to, until, min(limit, ready.room()))
+    # Read after the versions: a lead written in between is newer than its version says (not taken).
+    by_id = await store.leads({row.lead_id for row, _ in ahead})
+    for row, version in ahead:
         if row.next_fire_at != row.due_at:
             continue  # a warning comes first: it and the breach are decided when due
         lead, timer = by_id.get(row.lead_id), _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):
             draft = _draft_breach(config, lead, row, tick(timer, timer.due_at), None, timer)
-        ready.drafts[row.sla_id] = _Drafted(_values(row), _values(lead) if lead is not None else None, row.due_at,
-                                            config, draft)
-    if rows:
-        ready.read_to = (rows[-1].next_fire_at, rows[-1].sla_id)
-    return len(rows)
+        ready.drafts[row.sla_id] = _Drafted(version, row.due_at, config, draft)
+    if ahead:
+        last = ahead[-1][0]
+        ready.read_to = (last.next_fire_at, last.sla_id)
+    return len(ahead)
 
 
 async def next_due(store: ClockStore) -> datetime | None:
