@@ -102,8 +102,12 @@ class Firing:
     async def round(self, config: Config, seen: datetime | None, poll: float) -> float:
         """One round (`seen`: how far the inputs are consumed); how long to wait before the next."""
         now = self.clock()
-        fired, upcoming = await fire(self.uow, config, now, seen=seen, rules=self.rules, workers=self.workers,
-                                     ready=self.ready)
+        try:
+            fired, upcoming = await fire(self.uow, config, now, seen=seen, rules=self.rules,
+                                         workers=self.workers, ready=self.ready)
+        except BaseException:
+            gc.enable()  # a failing burst is no burst (the loop backs off)
+            raise
         self.workers = FIRE_WORKERS if fired >= FIRE_BATCH * self.workers else 1
         if self.workers > 1:
             # A burst: the collector's older generations (a pass over every draft held, a tenth of a

@@ -531,6 +531,7 @@ def _draft_breach(config: Config, lead: Row | None, row: Row, step: Step, cause:
     data, closed_at, root_cause = event.data, _CLOSED_AT.decode(), _ROOT_CAUSE.decode()
     marked = {**data, "root_cause": root_cause,
               "timer": {**data["timer"], "closed_at": closed_at, "root_cause": root_cause}}
+    # The envelope's time comes before `data`: its first occurrence.
     head, _, rest = event.model_copy(update={"data": marked}).to_bytes().partition(_time_field(event.time))
     return BreachDraft(_Stamped.model_validate(dict(event)), _root_cause(before, lead, config),
                        outcome.noticed or before.due_at, step.timer.metric, step.timer.tier,
