@@ -37,8 +37,10 @@ UowHandler = Callable[[UnitOfWork, Received[Any], SlaDeps], Awaitable[None]]
 # FIRE_WORKERS batches run side by side.
 FIRE_BATCH = 500
 FIRE_WORKERS = 2
-# Breaches due within PREPARE_AHEAD are drafted before their deadline; at most READY_CAPACITY at once.
+# Breaches due within PREPARE_AHEAD are drafted before their deadline (those due within PREPARE_LEAST
+# are built when due); at most READY_CAPACITY at once.
 PREPARE_AHEAD = timedelta(seconds=10)
+PREPARE_LEAST = timedelta(seconds=1)
 READY_CAPACITY = 20_000
 GAUGE_REFRESH_SECONDS = 5.0
 GROUP = "sla_clock"
@@ -119,8 +121,9 @@ class Firing:
         # What was due and not taken will not be: its timer changed, or another replica fired it.
         self.ready.forget(judging_horizon(now, seen, self.rules.confirm_wait))
         async with self.uow() as unit:
-            read = await prepare_due(PostgresClockStore(unit), config, self.ready, self.clock() + PREPARE_AHEAD,
-                                     FIRE_BATCH)
+            now = self.clock()
+            read = await prepare_due(PostgresClockStore(unit), config, self.ready, now + PREPARE_LEAST,
+                                     now + PREPARE_AHEAD, FIRE_BATCH)
         if read == FIRE_BATCH:
             return 0  # more to read ahead
         if upcoming is None:

@@ -344,10 +344,14 @@ class Ready:
         return max(self.capacity - len(self.drafts), 0)
 
 
-async def prepare_due(store: ClockStore, config: Config, ready: Ready, until: datetime, limit: int) -> int:
-    """Draft the breaches of open timers due by `until` (a read ahead of the deadline, no lock taken),
-    `limit` timers at a time after those read before; how many timers it read."""
-    ahead = await store.ahead(ready.read_to, until, min(limit, ready.room()))
+async def prepare_due(store: ClockStore, config: Config, ready: Ready, since: datetime, until: datetime,
+                      limit: int) -> int:
+    """Draft the breaches of open timers due from `since` to `until` (a read ahead of the deadline,
+    no lock taken), `limit` timers at a time after those read before; how many timers it read. One
+    due before `since` is built when it falls due: drafting it would cost as much, and hold up the
+    rounds firing what is due meanwhile."""
+    after = max(ready.read_to or (since, ""), (since, ""))
+    ahead = await store.ahead(after, until, min(limit, ready.room()))
     # Read after the versions: a lead written in between is newer than its version says (not taken).
     by_id = await store.leads({row.lead_id for row, _ in ahead})
     for row, version in ahead:

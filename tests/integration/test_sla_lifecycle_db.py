@@ -287,7 +287,8 @@ async def test_a_touch_racing_a_breach_drafted_ahead_gives_exactly_one_of_met_or
     await fire(ctx, minutes(clock, 2.5))  # the warnings: the breaches are next
     ready = Ready(capacity=100_000)
     async with ctx.uow() as uow:
-        while await prepare_due(PostgresClockStore(uow), ctx.config.config, ready, due, limit=1000) == 1000:
+        while await prepare_due(PostgresClockStore(uow), ctx.config.config, ready, clock.now(), due,
+                                limit=1000) == 1000:
             pass
     sla_ids = {e.data["sla_id"] for lead_id in leads for e in await sla_events(engine, lead_id)
                if e.data["metric"] == "first_response"}

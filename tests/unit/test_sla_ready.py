@@ -45,7 +45,7 @@ async def warned(store: InMemoryClockStore, inputs: tuple[CloudEvent, ...] = ())
 
 async def drafted(store: InMemoryClockStore, config=CONFIG) -> Ready:
     ready = Ready(capacity=10)
-    await prepare_due(store, config, ready, DUE + timedelta(seconds=1), limit=10)
+    await prepare_due(store, config, ready, T0, DUE + timedelta(seconds=1), limit=10)
     return ready
 
 
@@ -70,8 +70,18 @@ async def test_a_timer_with_a_warning_still_to_come_is_read_but_not_drafted() ->
     store = InMemoryClockStore()
     await started(store)
     ready = Ready(capacity=10)
-    assert await prepare_due(store, CONFIG, ready, DUE, limit=10) == 1
+    assert await prepare_due(store, CONFIG, ready, T0, DUE, limit=10) == 1
     assert not ready.drafts
+
+
+async def test_a_breach_due_too_soon_to_be_worth_drafting_is_built_when_due() -> None:
+    store = InMemoryClockStore()
+    await warned(store)
+    ready = Ready(capacity=10)
+    # Drafting from a moment past the deadline: the timer is left to be built when due.
+    assert await prepare_due(store, CONFIG, ready, DUE + timedelta(milliseconds=1), DUE + timedelta(seconds=10),
+                             limit=10) == 0
+    assert [e.type for e in await fired(store, DUE, ready)] == ["sla.breached"]
 
 
 async def test_a_touch_after_the_draft_meets_the_timer_and_the_draft_is_forgotten() -> None:
