@@ -9,7 +9,7 @@ clock's internal events stay in its store.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -153,7 +153,7 @@ class PostgresClockStore:
             self.uow.emit(topic_of(event), event)
 
 
-# A row's xmin is the transaction that wrote this version of it: any write since gives another.
+# A row's xmin names the transaction that wrote this version of it: a write by any later one gives another.
 _VERSION = (cast(literal_column("sla_clock.timers.xmin"), Text) + ":"
             + func.coalesce(cast(literal_column("sla_clock.leads.xmin"), Text), "")).label("version")
 _WITH_LEAD = timers.outerjoin(leads, leads.c.lead_id == timers.c.lead_id)
@@ -168,9 +168,6 @@ class Record:
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.__dict__.update(values)
-
-    def __iter__(self) -> Iterator[Any]:  # its values in column order, as a Row's
-        return iter(self.__dict__.values())
 
     @property
     def _mapping(self) -> dict[str, Any]:
