@@ -7,10 +7,12 @@ Uses LEADSLA_TEST_DATABASE_URL (or an embedded PostgreSQL) and a database of its
 the end. Timers live in Postgres: the process holds only the batches it is firing, so its RSS is
 measured while it runs the timer loop's queries (fire_due, next_due) beside the open timers, and
 the gauge refresh (every 5 s: the open counts by metric and tier, which the projection keeps) is
-timed too. The burst is fired as the timer loop fires it (entrypoints.fire, real time: batches of
-FIRE_BATCH, FIRE_WORKERS side by side while a full batch was due), each breach's lag being the time
-from its deadline to its transaction's commit; burst_cpu_s is this process's CPU time for it (the
-figure that depends least on what else the machine runs). Events/s: lead.received + lead.assigned
+timed too. The burst is fired as the timer loop fires it (entrypoints.Firing, real time: batches of
+FIRE_BATCH, FIRE_WORKERS side by side while a full batch was due, breaches drafted up to
+PREPARE_AHEAD before their deadlines), each breach's lag being the time from its deadline to the
+commit of the transaction that published it to the outbox; burst_cpu_s is this process's CPU time
+from the timers' insert to the last commit, drafting included (the figure that depends least on
+what else the machine runs). Events/s: lead.received + lead.assigned
 through the handlers, one transaction each (the consumer's shape), without the broker.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from leadsla.devstack import EmbeddedPostgres  # noqa: E402
 from services.sla_clock.adapters import PostgresClockStore  # noqa: E402
 from services.sla_clock.domain import ClockRules  # noqa: E402
-from services.sla_clock.entrypoints import FIRE_BATCH, FIRE_WORKERS, fire  # noqa: E402
+from services.sla_clock.entrypoints import FIRE_BATCH, Firing  # noqa: E402
 from services.sla_clock.handlers import (  # noqa: E402
     SlaDeps,
     fire_due,
@@ -67,6 +69,9 @@ sla_policies:
     filter: {tiers: [A]}
     metrics: {first_response: {target: 5m, warn_at: []}}
 """)
+
+
+CAUGHT_UP = datetime.max.replace(tzinfo=UTC)
 
 
 def rss_mb() -> float:
@@ -113,23 +118,22 @@ class TimedUnitOfWork(UnitOfWork):
 
 async def burst(engine, n: int) -> tuple[list[float], float]:
     """n timers due within one second, 3 s from now, fired as the timer loop fires them
-    (entrypoints.fire: FIRE_WORKERS batches side by side while a full batch was due, else one, and
-    sleeping until the next deadline); the lags, and the CPU seconds this process spent."""
-    due0 = datetime.now(UTC) + timedelta(seconds=3)
+    (entrypoints.Firing: FIRE_WORKERS batches side by side while a full batch was due, else one,
+    drafting what falls due next, and sleeping until the next deadline); the lags, and the CPU
+    seconds this process spent, drafting included."""
+    due0 = datetime.now(UTC) + timedelta(seconds=12)
     await insert_timers(engine, n, f"'{due0.isoformat()}'::timestamptz + (i % 1000) * interval '1 millisecond'",
                         "burst-")
     lags: list[float] = []
     TimedUnitOfWork.lags = lags
-    workers, cpu = 1, 0.0
+    firing = Firing(lambda: TimedUnitOfWork(engine, "sla_clock"), ClockRules(), lambda: datetime.now(UTC))
+    cpu = 0.0
     while len(lags) < n:
-        now = datetime.now(UTC)
         started = time.process_time()
-        fired, upcoming = await fire(lambda: TimedUnitOfWork(engine, "sla_clock"), CONFIG,
-                                     now, seen=now, rules=ClockRules(), workers=workers)
+        # Its inputs always consumed: no breach waits for the watermark.
+        wait = await firing.round(CONFIG, seen=CAUGHT_UP, poll=1.0)
         cpu += time.process_time() - started
-        workers = FIRE_WORKERS if fired >= FIRE_BATCH * workers else 1
-        if workers == 1 and upcoming is not None:
-            await asyncio.sleep(max(min((upcoming - datetime.now(UTC)).total_seconds(), 1.0), 0.0))
+        await asyncio.sleep(wait)
     return lags, cpu
 
 
@@ -175,7 +179,7 @@ async def main(open_timers: int, burst_size: int, events: int) -> None:
         _, load = await timed(insert_timers(engine, open_timers, "now() + interval '30 days' + i * interval '1 second'",
                                             "open-"))
         async with engine.begin() as conn:
-            await conn.execute(text("ANALYZE sla_clock.timers"))
+            await conn.execute(text("ANALYZE sla_clock.timers, sla_clock.leads"))
         # The timer loop's rounds beside a million open timers: nothing due, nothing loaded.
         rounds = []
         for _ in range(50):

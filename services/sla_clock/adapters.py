@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import String, Text, bindparam, cast, func, literal_column, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import BindParameter
 
 from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
@@ -50,9 +52,18 @@ class ClockStore(Protocol):
     async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
         """The end reason of each timer the lead ever had for the metric (None: not cancelled)."""
 
-    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+    async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         """Open timers to look at by `horizon`, soonest first, skipping those another unit of
-        work holds (so that replicas never fire one twice)."""
+        work holds (so that replicas never fire one twice) and held for this one: (sla_id,
+        version), the version changing with every write of the timer's row or of its lead's."""
+
+    async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
+        """The timers' rows by sla_id (of timers this unit of work holds: `due`)."""
+
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime,
+                    limit: int) -> list[tuple[Any, str]]:
+        """Open timers by `until` with their versions (see `due`), in (next_fire_at, sla_id)
+        order after `after`, read without a lock: to prepare what falls due next, never to decide."""
 
     async def next_due(self) -> datetime | None: ...
 
@@ -98,11 +109,27 @@ class PostgresClockStore:
             select(timers.c.reason).where(timers.c.lead_id == lead_id, timers.c.metric == metric))
         return [r.reason for r in rows]
 
-    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+    async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         return list((await self.uow.conn.execute(
-            select(timers).where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
-            .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True)
-        )).all())
+            select(timers.c.sla_id, _VERSION).select_from(_WITH_LEAD)
+            .where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
+            .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True, of=timers)
+        )).tuples().all())
+
+    async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
+        if not sla_ids:
+            return {}
+        rows = await self.uow.conn.execute(select(timers).where(timers.c.sla_id == func.any(_texts(sla_ids))))
+        return {row.sla_id: row for row in rows}
+
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime,
+                    limit: int) -> list[tuple[Any, str]]:
+        query = (select(timers, _VERSION).select_from(_WITH_LEAD)
+                 .where(timers.c.state == "open", timers.c.next_fire_at <= until))
+        if after is not None:
+            query = query.where(tuple_(timers.c.next_fire_at, timers.c.sla_id) > tuple_(*after))
+        rows = await self.uow.conn.execute(query.order_by(timers.c.next_fire_at, timers.c.sla_id).limit(limit))
+        return [(row, row.version) for row in rows]
 
     async def next_due(self) -> datetime | None:
         return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
@@ -124,6 +151,16 @@ class PostgresClockStore:
         await PROJECTION.apply(self.uow.conn, events)
         for event in events:
             self.uow.emit(topic_of(event), event)
+
+
+# A row's xmin names the transaction that wrote this version of it: a write by any later one gives another.
+_VERSION = (cast(literal_column("sla_clock.timers.xmin"), Text) + ":"
+            + func.coalesce(cast(literal_column("sla_clock.leads.xmin"), Text), "")).label("version")
+_WITH_LEAD = timers.outerjoin(leads, leads.c.lead_id == timers.c.lead_id)
+
+
+def _texts(values: Sequence[str]) -> BindParameter:
+    return bindparam("values", list(values), type_=ARRAY(String))
 
 
 class Record:
@@ -154,6 +191,7 @@ class InMemoryClockStore:
         self.recorded: list[tuple[str | None, CloudEvent]] = []
         self.expected: list[str] = []
         self.observed: list[Callable[[], None]] = []  # metrics a commit would count
+        self.writes: dict[tuple[str, str], int] = {}  # rows' versions: ("timer" | "lead", id) -> writes
 
     def observe(self, metric: Callable[[], None]) -> None:
         self.observed.append(metric)
@@ -180,10 +218,23 @@ class InMemoryClockStore:
     async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
         return [r["reason"] for r in self.timer_rows.values() if r["lead_id"] == lead_id and r["metric"] == metric]
 
-    async def due(self, horizon: datetime, limit: int) -> list[Any]:
+    async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         rows = [r for r in self.timer_rows.values()
                 if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= horizon]
-        return [Record(r) for r in sorted(rows, key=lambda r: r["next_fire_at"])[:limit]]
+        return [(r["sla_id"], self._version(r)) for r in sorted(rows, key=lambda r: r["next_fire_at"])[:limit]]
+
+    async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
+        return {i: Record(self.timer_rows[i]) for i in sla_ids}
+
+    async def ahead(self, after: tuple[datetime, str] | None, until: datetime,
+                    limit: int) -> list[tuple[Any, str]]:
+        rows = sorted(((r["next_fire_at"], r["sla_id"]), r) for r in self.timer_rows.values()
+                      if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= until)
+        return [(Record(r), self._version(r)) for key, r in rows if after is None or key > after][:limit]
+
+    def _version(self, timer: dict[str, Any]) -> str:
+        lead = self.writes.get(("lead", timer["lead_id"])) if timer["lead_id"] in self.lead_rows else ""
+        return f"{self.writes.get(('timer', timer['sla_id']))}:{lead}"
 
     async def next_due(self) -> datetime | None:
         return min((r["next_fire_at"] for r in self.timer_rows.values()
@@ -209,15 +260,22 @@ class InMemoryClockStore:
         row = timer_row(event)
         if row is not None:
             self.timer_rows[row["sla_id"]] = {c: row.get(c) for c in _TIMER_COLUMNS}
+            self._wrote("timer", row["sla_id"])
+
+    def _wrote(self, table: str, key: str) -> None:
+        self.writes[(table, key)] = self.writes.get((table, key), 0) + 1
 
     def _lead_noted(self, event: CloudEvent) -> None:
         facts = LeadFacts.model_validate(event.data).model_dump()
         self.lead_rows[facts["lead_id"]] = {c: facts.get(c) for c in _LEAD_COLUMNS}
+        self._wrote("lead", facts["lead_id"])
 
     def _owner_changed(self, event: CloudEvent) -> None:
         change = OwnerChanged.model_validate(event.data)
         if change.lead_id in self.lead_rows:
             self.lead_rows[change.lead_id]["owner_id"] = change.owner_id
+            self._wrote("lead", change.lead_id)
         for r in self.timer_rows.values():
             if r["lead_id"] == change.lead_id and r["state"] in LIVE:
                 r["owner_id"] = change.owner_id
+                self._wrote("timer", r["sla_id"])

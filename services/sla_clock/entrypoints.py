@@ -3,6 +3,7 @@ them on time, and the HTTP reads."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,8 +24,8 @@ from shared.supervisor import Loop
 from shared.uow import UnitOfWork
 
 from .adapters import ClockStore, PostgresClockStore
-from .domain import ClockRules
-from .handlers import HANDLERS, SlaDeps, fire_due, next_due, open_timer_counts
+from .domain import ClockRules, judging_horizon
+from .handlers import HANDLERS, Ready, SlaDeps, fire_due, next_due, open_timer_counts, prepare_due
 from .tables import timers
 from .views import timer_view
 from .watermark import InputWatermark, describe, lag_seconds
@@ -36,6 +37,11 @@ UowHandler = Callable[[UnitOfWork, Received[Any], SlaDeps], Awaitable[None]]
 # FIRE_WORKERS batches run side by side.
 FIRE_BATCH = 500
 FIRE_WORKERS = 2
+# Breaches due within PREPARE_AHEAD are drafted before their deadline (those due within PREPARE_LEAST
+# are built when due); at most READY_CAPACITY at once.
+PREPARE_AHEAD = timedelta(seconds=10)
+PREPARE_LEAST = timedelta(seconds=1)
+READY_CAPACITY = 20_000
 GAUGE_REFRESH_SECONDS = 5.0
 GROUP = "sla_clock"
 INPUTS = (TOPIC_INTAKE, TOPIC_ROUTING)
@@ -66,14 +72,15 @@ def subscription(ctx: ServiceContext, rules: ClockRules) -> Subscription:
 
 
 async def fire(uow: Callable[[], UnitOfWork], config: Config, now: datetime, *, seen: datetime | None,
-               rules: ClockRules, workers: int = 1, batch: int = FIRE_BATCH) -> tuple[int, datetime | None]:
+               rules: ClockRules, workers: int = 1, batch: int = FIRE_BATCH,
+               ready: Ready | None = None) -> tuple[int, datetime | None]:
     """Fire `workers` batches of what is due side by side, each in its own transaction (the row
     locks keep them apart, as between replicas): one builds its events while another's statements
     run. How many fired, and the next deadline after them."""
     async def one() -> tuple[int, datetime | None]:
         async with uow() as unit:
             store = PostgresClockStore(unit)
-            fired = await fire_due(store, config, now, seen=seen, rules=rules, limit=batch)
+            fired = await fire_due(store, config, now, seen=seen, rules=rules, limit=batch, ready=ready)
             upcoming = await next_due(store)
             await unit.commit()
         return fired, upcoming
@@ -81,6 +88,54 @@ async def fire(uow: Callable[[], UnitOfWork], config: Config, now: datetime, *, 
     rounds = await asyncio.gather(*(one() for _ in range(workers)))
     upcoming = [u for _, u in rounds if u is not None]
     return sum(fired for fired, _ in rounds), min(upcoming, default=None)
+
+
+class Firing:
+    """The timer loop's rounds (bench/sla_clock.py runs them too): fire what is due, FIRE_WORKERS
+    batches side by side while a burst is due, else one; then, nothing more being due, draft a
+    batch of the breaches due within PREPARE_AHEAD (see handlers.Ready), so that a burst falling
+    due at once has only its writes left to do at its deadline."""
+
+    def __init__(self, uow: Callable[[], UnitOfWork], rules: ClockRules, clock: Callable[[], datetime]) -> None:
+        self.uow, self.rules, self.clock = uow, rules, clock
+        self.ready = Ready(READY_CAPACITY)
+        self.workers = 1
+
+    async def round(self, config: Config, seen: datetime | None, poll: float) -> float:
+        """One round (`seen`: how far the inputs are consumed); how long to wait before the next."""
+        now = self.clock()
+        try:
+            fired, upcoming = await fire(self.uow, config, now, seen=seen, rules=self.rules,
+                                         workers=self.workers, ready=self.ready)
+        except BaseException:
+            gc.enable()  # a failing burst is no burst (the loop backs off)
+            raise
+        self.workers = FIRE_WORKERS if fired >= FIRE_BATCH * self.workers else 1
+        if self.workers > 1:
+            # A burst: the collector's older generations (a pass over every draft held, a tenth of a
+            # second or more) wait until it has passed; the young one is still collected each round.
+            gc.disable()
+            gc.collect(0)
+            return 0  # more are due: at once
+        gc.enable()
+        # What was due and not taken will not be: its timer changed, or another replica fired it.
+        self.ready.forget(judging_horizon(now, seen, self.rules.confirm_wait))
+        async with self.uow() as unit:
+            now = self.clock()
+            read = await prepare_due(PostgresClockStore(unit), config, self.ready, now + PREPARE_LEAST,
+                                     now + PREPARE_AHEAD, FIRE_BATCH)
+        if read == FIRE_BATCH:
+            return 0  # more to read ahead
+        if upcoming is None:
+            return poll
+        now = self.clock()
+        if fired and upcoming <= judging_horizon(now, seen, self.rules.confirm_wait):
+            return 0  # fell due (and is confirmed) while this round ran: at once
+        if upcoming <= now:
+            # Due but not yet confirmed: wait for the watermark, or for the wait to end.
+            return min(poll, max((upcoming + self.rules.confirm_wait - now).total_seconds(), 0.0))
+        # Sleep until the next deadline, so breaches leave on time, not on the next poll.
+        return min(poll, (upcoming - now).total_seconds())
 
 
 def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules) -> Loop:
@@ -91,15 +146,13 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
         last_gauge = 0.0
         loop = asyncio.get_running_loop()
         began = ctx.clock.now()
-        workers = 1  # side by side while a burst is due, one at a time otherwise
+        firing = Firing(ctx.uow, rules, ctx.clock.now)
 
         async def fire_round() -> float:
-            nonlocal last_gauge, workers
+            nonlocal last_gauge
             seen = watermark.seen  # read after the loop cleared `advanced`: a later advance wakes us
             # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
             metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
-            fired, upcoming = await fire(ctx.uow, ctx.config.config, ctx.clock.now(), seen=seen, rules=rules,
-                                         workers=workers)
             if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
                 async with ctx.uow() as uow:
                     counts = await open_timer_counts(PostgresClockStore(uow))
@@ -107,17 +160,7 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
                 for metric, tier, count in counts:
                     metrics.sla_open_timers.labels(metric, tier).set(count)
                 last_gauge = loop.time()
-            workers = FIRE_WORKERS if fired >= FIRE_BATCH * workers else 1
-            if workers > 1:
-                return 0  # more are due: at once
-            if upcoming is None:
-                return poll
-            now = ctx.clock.now()
-            if upcoming <= now:
-                # Due but not yet confirmed: wait for the watermark, or for the wait to end.
-                return min(poll, max((upcoming + rules.confirm_wait - now).total_seconds(), 0.0))
-            # Sleep until the next deadline, so breaches leave on time, not on the next poll.
-            return min(poll, (upcoming - now).total_seconds())
+            return await firing.round(ctx.config.config, seen, poll)
 
         # Timers are durable: a failed round (database away) is tried again after the backoff.
         await run_loop("timers", fire_round, stop, idle=poll, wakeup=watermark.advanced)

@@ -8,12 +8,17 @@ stream at the version it read, so two writers racing on one lead conflict and th
 retried from fresh state; the timer loop relies on its row locks instead (SKIP LOCKED)."""
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from pydantic import PrivateAttr
 
 from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
@@ -68,6 +73,7 @@ from .domain import (
     root_cause,
     select_policy,
     start_timer,
+    tick,
     touch,
     touch_counts,
     touch_time,
@@ -276,21 +282,89 @@ async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], de
 
 
 async def fire_due(store: ClockStore, config: Config, now: datetime, *, seen: datetime | None,
-                   rules: ClockRules = ClockRules(), limit: int = 200) -> int:
+                   rules: ClockRules = ClockRules(), limit: int = 200, ready: Ready | None = None) -> int:
     """Emit every warning and breach due by what the clock has seen (`seen`: its inputs are consumed
-    up to there; see domain.judge); rows are locked so replicas never double-fire."""
+    up to there; see domain.judge); rows are locked so replicas never double-fire. A breach drafted
+    ahead (`ready`, see prepare_due) from the rows as they still are is only stamped."""
     horizon = judging_horizon(now, seen, rules.confirm_wait)
-    rows = await store.due(horizon, limit)
-    by_id = await store.leads({r.lead_id for r in rows})
+    due = await store.due(horizon, limit)
+    drafts = {sla_id: draft for sla_id, version in due
+              if ready is not None and (draft := ready.take(sla_id, version, config)) is not None}
+    rows = await store.timers_by_id([sla_id for sla_id, _ in due if sla_id not in drafts])
+    by_id = await store.leads({r.lead_id for r in rows.values()})
     # Set-based: the whole batch's events are recorded at once, one upsert for all its timers.
     events: list[CloudEvent] = []
-    for row in rows:
+    for sla_id, _ in due:
+        draft = drafts.get(sla_id)
+        if draft is not None:
+            events.append(_stamp(draft, now, rules, store.observe))
+            continue
+        row = rows[sla_id]
         lead, timer = by_id.get(row.lead_id), _timer(row)
         with tracing.use(lead.traceparent if lead is not None else None):  # the lead's trace, not a new one
             events += _outcomes(config, lead, row, judge(timer, now, seen, rules.confirm_wait), None, now, rules,
                                 store.observe, before=timer)
     await store.record(events)
-    return len(rows)
+    return len(due)
+
+
+@dataclass(frozen=True)
+class _Drafted:
+    version: str  # of the timer's and its lead's rows it was drafted from (see ClockStore.due)
+    due_at: datetime
+    config: Config
+    draft: BreachDraft
+
+
+class Ready:
+    """Breaches drafted ahead of their deadlines (prepare_due), each with the version of the rows
+    and the configuration it was drafted from: its event is a function of those (and of the
+    moment, which `_stamp` adds), so fire_due takes a draft only while they are unchanged (a
+    touch, a pause, a new owner or a new lead fact since: it builds the breach afresh). In memory
+    only: nothing is lost with it, a restarted clock builds its breaches at the deadline."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.drafts: dict[str, _Drafted] = {}
+        # (next_fire_at, sla_id) of the last timer read ahead: the next read goes on from there.
+        self.read_to: tuple[datetime, str] | None = None
+
+    def take(self, sla_id: str, version: str, config: Config) -> BreachDraft | None:
+        drafted = self.drafts.pop(sla_id, None)
+        if drafted is None or drafted.version != version or drafted.config is not config:
+            return None
+        return drafted.draft
+
+    def forget(self, horizon: datetime) -> None:
+        """Drop the drafts due by `horizon` that a round did not take: their timers changed, or
+        another replica fired them."""
+        self.drafts = {k: d for k, d in self.drafts.items() if d.due_at > horizon}
+
+    def room(self) -> int:
+        return max(self.capacity - len(self.drafts), 0)
+
+
+async def prepare_due(store: ClockStore, config: Config, ready: Ready, since: datetime, until: datetime,
+                      limit: int) -> int:
+    """Draft the breaches of open timers due from `since` to `until` (a read ahead of the deadline,
+    no lock taken), `limit` timers at a time after those read before; how many timers it read. One
+    due before `since` is built when it falls due: drafting it would cost as much, and hold up the
+    rounds firing what is due meanwhile."""
+    after = max(ready.read_to or (since, ""), (since, ""))
+    ahead = await store.ahead(after, until, min(limit, ready.room()))
+    # Read after the versions: a lead written in between is newer than its version says (not taken).
+    by_id = await store.leads({row.lead_id for row, _ in ahead})
+    for row, version in ahead:
+        if row.next_fire_at != row.due_at:
+            continue  # a warning comes first: it and the breach are decided when due
+        lead, timer = by_id.get(row.lead_id), _timer(row)
+        with tracing.use(lead.traceparent if lead is not None else None):
+            draft = _draft_breach(config, lead, row, tick(timer, timer.due_at), None, timer)
+        ready.drafts[row.sla_id] = _Drafted(version, row.due_at, config, draft)
+    if ahead:
+        last = ahead[-1][0]
+        ready.read_to = (last.next_fire_at, last.sla_id)
+    return len(ahead)
 
 
 async def next_due(store: ClockStore) -> datetime | None:
@@ -383,6 +457,8 @@ def _outcomes(
     if not step.outcomes:
         return []
     timer, before = step.timer, before or _timer(row)
+    if isinstance(step.outcomes[0], Breached):  # a breach is always its step's only outcome
+        return [_stamp(_draft_breach(config, lead, row, step, cause, before, timezone=timezone), now, rules, observe)]
     correlation = lead.correlation_id if lead else None
     state = {name: getattr(row, name) for name in _KEPT}
     state.update(_columns(timer))
@@ -393,13 +469,6 @@ def _outcomes(
         if isinstance(outcome, Warned):
             events.append(("sla.warning", timer, {"percent": outcome.percent}))
             observe(metrics.sla_warnings.labels(timer.metric, timer.tier).inc)
-        elif isinstance(outcome, Breached):
-            noticed = outcome.noticed or before.due_at
-            cause_code = breach_root_cause(_root_cause(before, lead, config), noticed, now, rules.tolerance)
-            state.update(closed_at=now, root_cause=cause_code)
-            events.append(("sla.breached", before, {"breached_at": outcome.at, "root_cause": cause_code}))
-            observe(metrics.sla_breaches.labels(timer.metric, timer.tier, cause_code).inc)
-            observe(partial(metrics.sla_breach_lag.observe, max((now - noticed).total_seconds(), 0)))
         elif isinstance(outcome, Met):
             state.update(closed_at=outcome.at)
             events.append(("sla.met", before, {"met_at": outcome.at}))
@@ -418,6 +487,86 @@ def _outcomes(
             state.update(closed_at=None, root_cause=None)
             events.append(("sla.started", timer, {"at": outcome.at}))
     return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
+
+
+class _Stamped(CloudEvent):
+    """A breach's event as `_stamp` makes it: its bytes spliced from the draft's, which were
+    serialised once, ahead (to_bytes gives the same bytes as serialising it again)."""
+
+    _raw: bytes | None = PrivateAttr(default=None)
+
+    def to_bytes(self) -> bytes:
+        raw = self.__pydantic_private__["_raw"]  # type: ignore[index]  # not `self._raw`: a slow path in pydantic
+        return raw if raw is not None else super().to_bytes()
+
+
+# Marks where a draft's serialised event takes what `_stamp` adds; per process, so no value can be one.
+_MARK = f"\ue000{uuid.uuid4().hex}"
+_CLOSED_AT, _ROOT_CAUSE = (f"{_MARK}:{name}".encode() for name in ("closed_at", "root_cause"))
+_MARKED = re.compile(b'"(' + re.escape(_MARK.encode()) + b':[a-z_]+)"')
+
+
+@dataclass(frozen=True)
+class BreachDraft:
+    """A breach's event built but for what depends on the moment it leaves: its time, the timer's
+    closed_at, and its root cause (system_delay once it leaves `tolerance` late; `person_cause`
+    before that). `_stamp` finishes it, in microseconds."""
+
+    event: _Stamped  # time, closed_at and root_cause to be stamped
+    person_cause: str
+    noticed: datetime  # when the clock could first know: the breach's lateness counts from here
+    metric: str
+    tier: str
+    # The event serialised: up to its time, then alternately what follows and a mark's name.
+    pieces: tuple[bytes, ...]
+
+
+def _draft_breach(config: Config, lead: Row | None, row: Row, step: Step, cause: CloudEvent | None,
+                  before: Timer, *, timezone: str | None = None) -> BreachDraft:
+    outcome = step.outcomes[0]
+    assert isinstance(outcome, Breached) and len(step.outcomes) == 1
+    state = {name: getattr(row, name) for name in _KEPT}
+    state.update(_columns(step.timer), closed_at=None, root_cause=None)
+    if timezone is not None:
+        state["timezone"] = timezone
+    # Stamped with the deadline for now; `_stamp` sets the moment (the keys keep their places).
+    event = _event("sla.breached", before, cause, lead.correlation_id if lead else None, before.due_at,
+                   state=state, breached_at=outcome.at, root_cause=None)
+    data, closed_at, root_cause = event.data, _CLOSED_AT.decode(), _ROOT_CAUSE.decode()
+    marked = {**data, "root_cause": root_cause,
+              "timer": {**data["timer"], "closed_at": closed_at, "root_cause": root_cause}}
+    # The envelope's time comes before `data`: its first occurrence.
+    head, _, rest = event.model_copy(update={"data": marked}).to_bytes().partition(_time_field(event.time))
+    return BreachDraft(_Stamped.model_validate(dict(event)), _root_cause(before, lead, config),
+                       outcome.noticed or before.due_at, step.timer.metric, step.timer.tier,
+                       (head, *_MARKED.split(rest)))
+
+
+def _time_field(at: datetime) -> bytes:
+    return b'"time":"' + utc_iso(at).encode() + b'"'
+
+
+def _stamp(draft: BreachDraft, now: datetime, rules: ClockRules,
+           observe: Callable[[Callable[[], None]], None]) -> CloudEvent:
+    """The breach's event as it leaves at `now`: the same as built at `now` from the start."""
+    cause_code = breach_root_cause(draft.person_cause, draft.noticed, now, rules.tolerance)
+    observe(_breaches(draft.metric, draft.tier, cause_code).inc)
+    observe(partial(metrics.sla_breach_lag.observe, max((now - draft.noticed).total_seconds(), 0)))
+    at = utc_iso(now)
+    data = draft.event.data
+    stamped = {**data, "root_cause": cause_code, "timer": {**data["timer"], "closed_at": at, "root_cause": cause_code}}
+    event = draft.event.model_copy(update={"time": now, "data": stamped})
+    values = {_CLOSED_AT: orjson.dumps(at), _ROOT_CAUSE: orjson.dumps(cause_code)}
+    head, *rest = draft.pieces
+    event.__pydantic_private__["_raw"] = b"".join(  # type: ignore[index]
+        (head, _time_field(now), *(values[p] if i % 2 else p for i, p in enumerate(rest))))
+    return event
+
+
+@cache
+def _breaches(metric: str, tier: str, cause: str) -> Any:
+    """The breach counter's child for these labels, looked up once (a burst counts thousands)."""
+    return metrics.sla_breaches.labels(metric, tier, cause)
 
 
 def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:

@@ -54,6 +54,10 @@ def new_id() -> str:
 
 
 class ClockStoreContract:
+    async def write_apart(self, store, events: list[CloudEvent]) -> None:
+        """Record as a unit of work of its own would (the Postgres store: in a subtransaction)."""
+        await store.record(events)
+
     async def test_a_noted_lead_reads_back_with_its_facts_and_the_last_note_wins(self, store) -> None:
         lead_id = new_id()
         assert await store.lead(lead_id) is None
@@ -113,11 +117,52 @@ class ClockStoreContract:
                             timer_event("started", soon, "first_response", due_in=60, tier=tier),
                             timer_event("paused", paused, "first_response", due_in=10, state="paused", tier=tier)])
         assert await store.next_due() == T0 + timedelta(seconds=30)
-        assert [t.lead_id for t in await store.due(T0 + timedelta(seconds=300), 10)] == [soon, later]
-        assert [t.lead_id for t in await store.due(T0 + timedelta(seconds=300), 1)] == [soon]
-        assert [t.lead_id for t in await store.due(T0 + timedelta(seconds=29), 10)] == []
+        assert [i for i, _ in await store.due(T0 + timedelta(seconds=300), 10)] == [
+            f"{soon}:first_response", f"{later}:first_response"]
+        assert [i for i, _ in await store.due(T0 + timedelta(seconds=300), 1)] == [f"{soon}:first_response"]
+        assert [i for i, _ in await store.due(T0 + timedelta(seconds=29), 10)] == []
+        rows = await store.timers_by_id([f"{soon}:first_response"])
+        assert [r.lead_id for r in rows.values()] == [soon]
         counts = [c for c in await store.open_counts() if c[1] == tier]
         assert counts == [("first_response", tier, 2)]
+
+    async def test_timers_ahead_are_the_open_ones_by_a_time_in_order_after_a_position(self, store) -> None:
+        # Other tests' rows may come first: the contract's own are far in the future, one time apart.
+        far = datetime(2990, 1, 1, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 100_000)
+        ids = sorted(new_id() for _ in range(3))
+        late, tied, paused = new_id(), ids, new_id()
+        events = [timer_event("started", i, "first_response", warned=(50,), due_in=(far - T0).total_seconds())
+                  for i in tied]
+        events += [timer_event("started", late, "first_response", warned=(50,),
+                               due_in=(far - T0).total_seconds() + 60),
+                   timer_event("paused", paused, "first_response", state="paused",
+                               due_in=(far - T0).total_seconds() - 60)]
+        await store.record(events)
+        start = (far - timedelta(seconds=1), "")
+        ahead = [row for row, _ in await store.ahead(start, far + timedelta(seconds=60), 10)]
+        assert [t.lead_id for t in ahead] == [*tied, late]
+        assert [t.lead_id for t, _ in await store.ahead(start, far, 2)] == tied[:2]
+        assert [t.lead_id for t, _ in await store.ahead((far, ahead[1].sla_id), far + timedelta(seconds=60), 10)] == [
+            tied[2], late]
+
+    async def test_a_timer_s_version_changes_with_every_write_of_its_row_or_its_lead_s(self, store) -> None:
+        lead_id, other = new_id(), new_id()
+        await store.record([timer_event("started", lead_id, "first_response", warned=(50,)),
+                            timer_event("started", other, "first_response", warned=(50,))])
+
+        async def version() -> str:
+            return dict(await store.due(T0 + timedelta(seconds=300), 100_000))[f"{lead_id}:first_response"]
+
+        versions = [await version()]
+        assert dict((r.sla_id, v) for r, v in await store.ahead(None, T0 + timedelta(seconds=300), 100_000))[
+            f"{lead_id}:first_response"] == versions[0]
+        await self.write_apart(store, [lead_noted(other)])  # another lead's: no change
+        assert await version() == versions[0]
+        for write in ([lead_noted(lead_id)], [lead_noted(lead_id, contactable=False)], [owner_changed(lead_id, "bob")],
+                      [timer_event("started", lead_id, "first_response", warned=(50,), due_in=200)]):
+            await self.write_apart(store, write)
+            versions.append(await version())
+        assert len(set(versions)) == len(versions)
 
     async def test_open_counts_follow_timers_opening_and_closing_and_a_count_at_zero_goes(self, store) -> None:
         one, two = new_id(), new_id()

@@ -11,12 +11,14 @@ import pytest
 
 from services.sla_clock.adapters import PostgresClockStore
 from services.sla_clock.handlers import (
+    Ready,
     fire_due,
     on_activity,
     on_lead_assigned,
     on_lead_queued,
     on_lead_reassigned,
     on_lead_received,
+    prepare_due,
 )
 from shared.events import (
     ActivityRecorded,
@@ -277,6 +279,37 @@ async def test_a_touch_racing_the_deadline_gives_exactly_one_of_met_or_breached(
     for lead_id in leads:
         outcomes = [t for t in await history(engine, lead_id) if t[1] == "first_response" and t[0] != "sla.started"]
         assert outcomes in ([("sla.met", "first_response")], [("sla.breached", "first_response")]), outcomes
+
+
+async def test_a_touch_racing_a_breach_drafted_ahead_gives_exactly_one_of_met_or_breached(ctx, clock, engine) -> None:
+    leads = [await start(ctx, clock) for _ in range(20)]
+    due = minutes(clock, 5)
+    await fire(ctx, minutes(clock, 2.5))  # the warnings: the breaches are next
+    ready = Ready(capacity=100_000)
+    async with ctx.uow() as uow:
+        while await prepare_due(PostgresClockStore(uow), ctx.config.config, ready, clock.now(), due,
+                                limit=1000) == 1000:
+            pass
+    sla_ids = {e.data["sla_id"] for lead_id in leads for e in await sla_events(engine, lead_id)
+               if e.data["metric"] == "first_response"}
+    assert sla_ids <= ready.drafts.keys()
+    # Half the touches land before the firing starts (their drafts are stale), half race it.
+    await asyncio.gather(*(act(ctx, activity(lead_id, due - timedelta(milliseconds=1))) for lead_id in leads[:10]))
+    touches = [act(ctx, activity(lead_id, due - timedelta(milliseconds=1))) for lead_id in leads[10:]]
+
+    async def fire_drafted() -> None:
+        async with ctx.uow() as uow:
+            await fire_due(PostgresClockStore(uow), ctx.config.config, due + timedelta(seconds=1),
+                           seen=due + timedelta(seconds=1), ready=ready)
+            await uow.commit()
+
+    await asyncio.gather(*touches, *(fire_drafted() for _ in range(3)))
+    for lead_id in leads:
+        outcomes = [t for t in await history(engine, lead_id)
+                    if t[1] == "first_response" and t[0] not in ("sla.started", "sla.warning")]
+        expected = [[("sla.met", "first_response")]] + ([[("sla.breached", "first_response")]]
+                                                       if lead_id in leads[10:] else [])
+        assert outcomes in expected, outcomes
 
 
 async def test_a_queued_lead_assigned_later_keeps_its_clock_from_receipt_and_the_owner_answers_for_it(

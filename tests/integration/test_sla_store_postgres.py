@@ -16,3 +16,7 @@ class TestPostgresClockStore(ClockStoreContract):
     async def store(self, engine) -> AsyncIterator[PostgresClockStore]:
         async with UnitOfWork(engine, "sla_clock", projection=PROJECTION) as uow:
             yield PostgresClockStore(uow)  # never committed: nothing is left behind
+
+    async def write_apart(self, store, events) -> None:
+        async with store.uow.conn.begin_nested():
+            await store.record(events)
