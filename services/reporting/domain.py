@@ -92,13 +92,9 @@ def _fold(state: dict[str, Any], event: Event, kind: type[Payload] | None) -> di
     s["updated_at"] = event.time
     s.setdefault("status", "received")
     s.setdefault("reassignments", 0)
-    if "breached" not in s:  # else as the last SLA event left it: nothing else changes it
-        s["breached"] = _any_breached(s["sla"])
+    if "breached" not in s:  # else as SLA events left it: nothing else changes it
+        s["breached"] = any(entry.get("state") == "breached" for entry in s["sla"].values())
     return s
-
-
-def _any_breached(sla: dict[str, dict[str, Any]]) -> bool:
-    return any(entry.get("state") == "breached" for entry in sla.values())
 
 
 def _advance(s: dict[str, Any], status: str) -> None:
@@ -165,7 +161,8 @@ def _sla_projector(kind: type[Payload]) -> Projector:
         if entry.get("state") not in TERMINAL:
             entry["state"] = state
         s["sla"] = {**s["sla"], metric: entry}
-        s["breached"] = _any_breached(s["sla"])
+        if entry["state"] == "breached":  # final: once a timer breached, the lead stays breached
+            s["breached"] = True
 
     return project
 
