@@ -134,7 +134,7 @@ async def _folded_leads(source: AsyncConnection, calendar_of: CalendarOf, timer_
         batch = await upcoming
         for lead_id in [i for i in leads if i != going_on or not batch]:
             yield _lead_record(leads.pop(lead_id))
-            timer_rows.extend(timer_row(timer) for timer in timers.pop(lead_id).values())
+            timer_rows.extend(map(timer_row, timers.pop(lead_id).values()))
 
 
 def _lead_record(lead: dict[str, Any]) -> list[Any]:
