@@ -75,6 +75,10 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     event's instant as it is, only ever written, never compared; formatting it for every event
     was a fifth of a rebuild's fold). Unknown types only touch `updated_at`: they are in the
     timeline, and nothing here breaks on them."""
+    return _fold(state, event, payload_class(event))
+
+
+def _fold(state: dict[str, Any], event: Event, kind: type[Payload] | None) -> dict[str, Any]:
     # A shallow copy is enough: the projectors replace `sla` and `profile`, never change them
     # in place, so the old state stays as it was (a rebuild folds every event: copies count).
     s = dict(state)
@@ -82,13 +86,14 @@ def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
         s["sla"] = {}
     if not s.get("profile"):
         s["profile"] = {}
-    projector = PROJECTORS.get(PAYLOADS.get(event.type))  # type: ignore[arg-type]
+    projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
     if projector is not None:
         projector(s, event.data, event)
     s["updated_at"] = event.time
     s.setdefault("status", "received")
     s.setdefault("reassignments", 0)
-    s["breached"] = any(entry.get("state") == "breached" for entry in s["sla"].values())
+    if "breached" not in s:  # else as SLA events left it: nothing else changes it
+        s["breached"] = any(entry.get("state") == "breached" for entry in s["sla"].values())
     return s
 
 
@@ -126,8 +131,9 @@ def _reassigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
 
 
 def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
-    if _earlier(s.get("queued_at"), utc_iso(event.time)):
-        s["queued_at"] = utc_iso(event.time)
+    at = utc_iso(event.time)
+    if _earlier(s.get("queued_at"), at):
+        s["queued_at"] = at
     _advance(s, "queued")
 
 
@@ -135,9 +141,34 @@ def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s["dequeued_at"] = utc_iso(event.time)
 
 
-def _sla(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
-    if d.get("metric"):
-        _sla_summary(s, event)
+def _sla_projector(kind: type[Payload]) -> Projector:
+    """How an `sla.*` event of `kind` changes the lead's summary of that timer (metric -> state,
+    due, ...): a projector per class, so the fold looks the state up once, not per event."""
+    state = SLA_STATE[kind]
+    warning = kind is SlaWarning
+
+    def project(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+        metric = d.get("metric")
+        if not metric:
+            return
+        entry = dict(s["sla"].get(metric) or {})
+        for key in _SUMMARY_FIELDS:
+            value = d.get(key)
+            if value is not None:
+                entry[key] = value
+        if warning:
+            entry["last_warning_percent"] = d.get("percent")
+        if entry.get("state") not in TERMINAL:
+            entry["state"] = state
+        s["sla"] = {**s["sla"], metric: entry}
+        if entry["state"] == "breached":  # final: once a timer breached, the lead stays breached
+            s["breached"] = True
+
+    return project
+
+
+# What an `sla.*` event copies into the lead's summary of its timer, when it carries it.
+_SUMMARY_FIELDS = ("sla_id", "policy_id", "due_at", "breached_at", "root_cause", "met_at", "reason")
 
 
 def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
@@ -169,34 +200,23 @@ def _activity(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
         s["meeting_booked_at"] = at
 
 
-def _sla_summary(s: dict[str, Any], event: Event) -> None:
-    d = event.data
-    entry = dict(s["sla"].get(d["metric"]) or {})
-    kind = payload_class(event)
-    entry.update({k: d[k] for k in ("sla_id", "policy_id", "due_at") if d.get(k) is not None})
-    state = SLA_STATE.get(kind)  # type: ignore[arg-type]
-    if kind is SlaWarning:
-        entry["last_warning_percent"] = d.get("percent")
-    if state is not None and entry.get("state") not in TERMINAL:
-        entry["state"] = state
-    for key in ("breached_at", "root_cause", "met_at", "reason"):
-        if d.get(key) is not None:
-            entry[key] = d[key]
-    s["sla"] = {**s["sla"], d["metric"]: entry}
-
-
 def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     """One SLA timer's row after an `sla.*` event. A final state (met, breached, cancelled)
     is never reopened by a `started` or `warning` that arrives late."""
+    return _fold_timer(timer, event, payload_class(event))
+
+
+def _fold_timer(timer: dict[str, Any] | None, event: Event, kind: type[Payload] | None) -> dict[str, Any]:
     d = event.data
     t = dict(timer or {"sla_id": d["sla_id"], "lead_id": d["lead_id"], "metric": d["metric"], "state": "open"})
-    kind = payload_class(event)
-    for key in ("policy_id", "tier", "owner_id"):
-        if d.get(key) is not None:
-            t[key] = d[key]
-    for key in ("started_at", "due_at", "met_at", "breached_at"):
-        if d.get(key) is not None:
-            t[key] = _at(d[key])
+    for key in _TIMER_FIELDS:
+        value = d.get(key)
+        if value is not None:
+            t[key] = value
+    for key in _TIMER_INSTANTS:
+        value = d.get(key)
+        if value is not None:
+            t[key] = _at(value)
     if d.get("root_cause"):
         t["root_cause"] = d["root_cause"]
     if kind is SlaCancelled:
@@ -208,12 +228,20 @@ def fold_timer(timer: dict[str, Any] | None, event: Event) -> dict[str, Any]:
     return t
 
 
+_TIMER_FIELDS = ("policy_id", "tier", "owner_id")
+_TIMER_INSTANTS = ("started_at", "due_at", "met_at", "breached_at")
+
+
 def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
                   calendar: BusinessCalendar | None) -> dict[str, Any]:
     """Time to first response for a first_response timer, late answers included: the met time
     when the SLA was met, else the first touch after the clock started (a breached lead that is
     called an hour late counts as an hour, not as nothing)."""
-    t = dict(timer)
+    return _respond(dict(timer), first_touch_at, calendar)
+
+
+def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: BusinessCalendar | None) -> dict[str, Any]:
+    """`with_response` on a row of the fold's own (a fresh copy): changed in place."""
     if t["metric"] != "first_response" or t.get("started_at") is None:
         return t
     started = t["started_at"]
@@ -234,55 +262,44 @@ def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
 
 def project_event(lead: dict[str, Any], timers: dict[str, dict[str, Any]], event: Event,
                   calendar_of: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One event against one lead: its new facts and the timer rows that changed. `timers` are the
-    lead's timers, or at least those this event touches (see `timers_touched_by`); `calendar_of(policy_id)` gives the policy's business calendar. The live projection
-    and the rebuild both go through here, so they cannot disagree."""
-    new = fold(lead, event)
-    needed = timers_touched_by(event)
-    if needed is None:
-        return new, []
-    first_touch = _at(new.get("first_response_at"))
-    changed: list[dict[str, Any]] = []
-    if needed == "one":
-        timer = fold_timer(timers.get(event.data["sla_id"]), event)
-        changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
-    else:
-        # A late touch still answers the lead: it sets TTFR on a timer that already breached.
-        for timer in timers.values():
-            if timer["metric"] == "first_response":
-                changed.append(with_response(timer, first_touch, calendar_of(timer.get("policy_id"))))
-    return new, changed
+    """One event against one lead: its new facts and the timer rows that changed (the event's
+    own for an `sla.*` event; for a touch, every first_response timer of the lead: a late touch
+    still answers a timer that already breached). `timers` are the lead's timers;
+    `calendar_of(policy_id)` gives the policy's business calendar."""
+    kind = payload_class(event)
+    new = _fold(lead, event, kind)
+    d = event.data
+    if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
+        timer = _fold_timer(timers.get(d["sla_id"]), event, kind)
+        return new, [_respond(timer, _at(new.get("first_response_at")), calendar_of(timer.get("policy_id")))]
+    if kind is ActivityRecorded and is_touch(d):
+        first_touch = _at(new.get("first_response_at"))
+        return new, [with_response(timer, first_touch, calendar_of(timer.get("policy_id")))
+                     for timer in timers.values() if timer["metric"] == "first_response"]
+    return new, []
 
 
 def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict[str, Any]],
                 timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
     """`project_event` over events in order, each on its lead (`event.subject`): `leads` (lead id
     -> facts) and `timers` (lead id -> sla id -> row) are updated in place. The live projection
-    (a fetched batch) and the rebuild (the whole timeline) both fold through here. Returns the
-    ids of the leads and of the timers that changed."""
+    (a fetched batch) and the rebuild (the whole timeline) both fold through here, so they
+    cannot disagree. Returns the ids of the leads and of the timers that changed."""
     changed_leads: set[str] = set()
     changed_timers: set[str] = set()
     for event in events:
         lead_id = event.subject  # type: ignore[attr-defined]
-        own = timers.setdefault(lead_id, {})
-        lead, changed = project_event(leads.get(lead_id) or {"lead_id": lead_id}, own, event, calendar_of)
-        leads[lead_id] = lead
+        own = timers.get(lead_id)
+        if own is None:
+            own = timers[lead_id] = {}
+        lead = leads.get(lead_id)
+        leads[lead_id], changed = project_event(lead if lead is not None else {"lead_id": lead_id}, own, event,
+                                                calendar_of)
         changed_leads.add(lead_id)
         for timer in changed:
             own[timer["sla_id"]] = timer
             changed_timers.add(timer["sla_id"])
     return changed_leads, changed_timers
-
-
-def timers_touched_by(event: Event) -> str | None:
-    """Which of the lead's timers `project_event` needs: 'one' (the event's), 'first_response'
-    (all of that metric), or None."""
-    kind = payload_class(event)
-    if kind in SLA_STATE and event.data.get("sla_id") and event.data.get("metric"):
-        return "one"
-    if kind is ActivityRecorded and is_touch(event.data):
-        return "first_response"
-    return None
 
 
 # How each payload class changes the lead's facts; other types only move `updated_at`.
@@ -294,5 +311,5 @@ PROJECTORS: dict[type[Payload], Projector] = {
     LeadQueued: _queued,
     LeadDequeued: _dequeued,
     ActivityRecorded: _activity,
-    **{cls: _sla for cls in SLA_STATE},
+    **{cls: _sla_projector(cls) for cls in SLA_STATE},
 }

@@ -1,8 +1,9 @@
 """Rebuilds reporting's read models (lead facts, SLA timers) from its timeline, the record of
 every event it has consumed, in arrival order. The fold is the live one (`domain.fold_events`,
-which `handlers.project` runs on a batch's leads), run over the whole timeline in memory and written in
-bulk (one COPY per table), inside one transaction that holds the read models exclusively: live
-projections wait, and nothing is half rebuilt if it fails.
+which `handlers.project` runs on a batch's leads), run lead by lead over the timeline and
+written in bulk (one COPY per table, the leads' while the fold goes on), inside one
+transaction that holds the read models exclusively: live projections wait, and nothing is half
+rebuilt if it fails.
 
 Why not `shared.replay.Projection`: that framework replays a service's own event store, and
 reporting emits no events; its source is the timeline, the events of the other services'
@@ -14,19 +15,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
+from orjson import loads
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.config import Config
 
-from .adapters import READ_MODELS_LOCK, lead_values
+from .adapters import LEAD_COLUMNS, READ_MODELS_LOCK, TIMER_COLUMNS, lead_row, timer_row
 from .domain import fold_events
-from .handlers import calendars
+from .handlers import CalendarOf, calendars
 from .tables import lead_state, sla_timers, timeline
 
 BATCH = 2000
@@ -62,7 +64,18 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
                 await conn.execute(text(f"CREATE TEMP TABLE live_{table.split('.')[1]} ON COMMIT DROP AS "
                                         f"SELECT * FROM {table}"))
         await conn.execute(text(f"TRUNCATE {', '.join(DERIVED)}"))
-        events = await _fold_timeline(conn, config, progress)
+        # The timeline is read on a connection of its own, while this one COPYs the leads folded
+        # so far. Nothing is added to it meanwhile: live projections wait for the lock we hold.
+        async with engine.connect() as source:
+            # Hundreds of thousands of short-lived dicts without a cycle among them: the cyclic
+            # collector would only rescan the ones still alive.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                events = await _rebuild_tables(conn, source, config, progress)
+            finally:
+                if collecting:
+                    gc.enable()
         differences = await _differences(conn) if verify else {}
         if verify:
             await tx.rollback()
@@ -71,43 +84,69 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
     return ReplayResult(events, time.perf_counter() - started, differences)
 
 
-async def _fold_timeline(conn: AsyncConnection, config: Config | None, progress: Progress | None) -> int:
+async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, config: Config | None,
+                          progress: Progress | None) -> int:
+    """Folds the timeline lead by lead, each lead's events in arrival order (the order the live
+    projection folded them in; leads do not depend on each other), so a lead's rows are final as
+    soon as its last event is folded: they are COPYed while the next leads are folded, and only
+    the leads of one page are in memory."""
+    # The drivers' own connections: SQLAlchemy's row objects cost more than the fold reads of them.
+    raw = (await conn.get_raw_connection()).driver_connection
+    timers: list[tuple[Any, ...]] = []
+    counted = [0]
+    await raw.copy_records_to_table(lead_state.name, schema_name=lead_state.schema, columns=LEAD_COLUMNS,
+                                    records=_folded_leads(source, calendars(config), timers, counted, progress))
+    await raw.copy_records_to_table(sla_timers.name, schema_name=sla_timers.schema, columns=TIMER_COLUMNS,
+                                    records=timers)
+    return counted[0]
+
+
+async def _folded_leads(source: AsyncConnection, calendar_of: CalendarOf, timer_rows: list[tuple[Any, ...]],
+                        counted: list[int], progress: Progress | None) -> AsyncIterator[list[Any]]:
+    """Each lead's COPY record once its events are folded; its timers' records go to `timer_rows`,
+    and `counted[0]` counts the events."""
+    await source.execute(text("SET TRANSACTION READ ONLY"))
+    # Rows come in lead order from the timeline's (lead_id, time) index, each lead's few events
+    # sorted by position as they pass; a sort of the whole timeline would spill to disk before
+    # the first row came out.
+    await source.execute(text("SET LOCAL enable_sort = off"))
+    raw = (await source.get_raw_connection()).driver_connection
+    t = timeline.c
+    # JSONB as text, decoded here: the dialect's codec costs a Python call per value and two copies.
+    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name}::text "
+                              f"FROM {timeline.schema}.{timeline.name} ORDER BY {t.lead_id.name}, {t.position.name}")
     leads: dict[str, dict[str, Any]] = {}
     timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
-    calendar_of = calendars(config)
-    count = 0
-    # The driver's own cursor, in this transaction: SQLAlchemy's row objects cost more than the
-    # fold reads of them. JSONB arrives decoded (the dialect's codec on this connection).
-    raw = (await conn.get_raw_connection()).driver_connection
-    t = timeline.c
-    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name} "
-                              f"FROM {timeline.schema}.{timeline.name} ORDER BY {t.position.name}")
-    # The fold keeps every lead's facts and timers alive until the write, hundreds of thousands
-    # of dicts without a cycle among them; the cyclic collector would rescan them all at every
-    # full pass (a third of the rebuild's time), so it stays off until they are written.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        batch = await cursor.fetch(BATCH)
-        while batch:
-            # Ask for the next page before folding this one: Postgres produces it meanwhile.
-            upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
-            await asyncio.sleep(0)  # let the request go out
-            try:
-                fold_events(map(_Recorded._make, batch), calendar_of, leads, timers)
-                count += len(batch)
-                if progress is not None:
-                    progress(len(batch))
-            except BaseException:
-                # Leave the connection idle, so the rollback can use it.
-                await asyncio.gather(upcoming, return_exceptions=True)
-                raise
-            batch = await upcoming
-        await _write(raw, leads, timers)
-    finally:
-        if collecting:
-            gc.enable()
-    return count
+    batch = await cursor.fetch(BATCH)
+    while batch:
+        # Ask for the next page before folding this one: Postgres produces it meanwhile.
+        upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
+        await asyncio.sleep(0)  # let the request go out
+        try:
+            fold_events([_Recorded(lead_id, kind, at, loads(data)) for lead_id, kind, at, data in batch],
+                        calendar_of, leads, timers)
+        except BaseException:
+            # Leave the connection idle, so it can go back to the pool.
+            await asyncio.gather(upcoming, return_exceptions=True)
+            raise
+        counted[0] += len(batch)
+        if progress is not None:
+            progress(len(batch))
+        going_on = batch[-1][0]  # the page's last lead may have more events in the next page
+        batch = await upcoming
+        for lead_id in [i for i in leads if i != going_on or not batch]:
+            yield _lead_record(leads.pop(lead_id))
+            timer_rows.extend(map(timer_row, timers.pop(lead_id).values()))
+
+
+def _lead_record(lead: dict[str, Any]) -> list[Any]:
+    row = lead_row(lead)
+    for i in _JSON_INDEXES:  # COPY takes JSONB as text
+        row[i] = orjson.dumps(row[i]).decode()
+    return row
+
+
+_JSON_INDEXES = tuple(LEAD_COLUMNS.index(name) for name in ("sla", "profile"))
 
 
 class _Recorded(NamedTuple):
@@ -118,29 +157,6 @@ class _Recorded(NamedTuple):
     type: str
     time: Any
     data: dict[str, Any]
-
-
-# Column order of the COPYs, and how each column's value comes out of the fold's dicts.
-_LEAD_COLUMNS = tuple(c.name for c in lead_state.columns)
-_TIMER_COLUMNS = tuple(c.name for c in sla_timers.columns)
-
-
-def _lead_record(lead_id: str, lead: dict[str, Any]) -> tuple[Any, ...]:
-    values = lead_values(lead)
-    # COPY takes JSONB as text.
-    values.update(lead_id=lead_id, sla=orjson.dumps(values["sla"]).decode(),
-                  profile=orjson.dumps(values["profile"]).decode())
-    return tuple(values[name] for name in _LEAD_COLUMNS)
-
-
-async def _write(raw: Any, leads: dict[str, dict[str, Any]], timers: dict[str, dict[str, dict[str, Any]]]) -> None:
-    """COPY, in this transaction: several times faster than INSERTs for a whole table."""
-    lead_records = [_lead_record(lead_id, lead) for lead_id, lead in leads.items()]
-    await raw.copy_records_to_table(lead_state.name, schema_name=lead_state.schema, columns=_LEAD_COLUMNS,
-                                    records=lead_records)
-    timer_records = [tuple(t.get(name) for name in _TIMER_COLUMNS) for own in timers.values() for t in own.values()]
-    await raw.copy_records_to_table(sla_timers.name, schema_name=sla_timers.schema, columns=_TIMER_COLUMNS,
-                                    records=timer_records)
 
 
 async def _differences(conn: AsyncConnection) -> dict[str, int]:
