@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from datetime import date, datetime, time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -653,3 +654,23 @@ def parse_config(text: str) -> Config:
 
 def config_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+_Built = TypeVar("_Built")
+
+
+def per_config(build: Callable[[Any], _Built]) -> Callable[[Any], _Built]:
+    """`build(config)`, kept per configuration object: what is derived from a configuration (compiled
+    rules, calendars with their caches) is built once, not on every call. A handful of versions live
+    at a time; ids are checked against the object, so a reused id never returns another one's."""
+    kept: dict[int, tuple[Any, _Built]] = {}
+
+    def derived(config: Any) -> _Built:
+        found = kept.get(id(config))
+        if found is None or found[0] is not config:
+            if len(kept) >= 8:
+                kept.clear()
+            found = kept[id(config)] = (config, build(config))
+        return found[1]
+
+    return derived

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.config import Config
+from shared.config import Config, per_config
 from shared.events import PAYLOADS, CloudEvent, Received
 from shared.uow import UnitOfWork
 
@@ -34,16 +34,9 @@ BATCHED = {cls: on_events for cls in PAYLOADS.values()}
 
 
 async def project(conn: AsyncConnection, events: list[CloudEvent], config: Config | None) -> None:
+    # The calendars kept from batch to batch while the configuration stays the same (a calendar
+    # remembers its span edges: built anew per batch, every batch started cold).
     await handlers.project(PostgresReadModels(conn), events, _calendars(config))
 
 
-# The calendars of the configuration in effect, kept from batch to batch while it stays the same
-# object (a calendar remembers its span edges: built anew per batch, every batch started cold).
-_in_effect: tuple[Config | None, handlers.CalendarOf] | None = None
-
-
-def _calendars(config: Config | None) -> handlers.CalendarOf:
-    global _in_effect
-    if _in_effect is None or _in_effect[0] is not config:
-        _in_effect = (config, handlers.calendars(config))
-    return _in_effect[1]
+_calendars = per_config(handlers.calendars)

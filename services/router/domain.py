@@ -12,7 +12,16 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
-from shared.config import CalendarConfig, Config, Owner, RoutingRule, RuleMatch, Team, size_band
+from shared.config import (
+    CalendarConfig,
+    Config,
+    Owner,
+    RoutingRule,
+    RuleMatch,
+    Team,
+    per_config,
+    size_band,
+)
 from shared.events import Candidate, LeadReceived, WireModel
 
 # A shared mailbox domain says nothing about the account a lead belongs to.
@@ -167,7 +176,6 @@ class _Rules:
     """A configuration's rules, compiled, and the rule found for each combination of the values
     rules look at (leads repeat them: tier, country, source...), so most leads scan no rule."""
 
-    config: Config
     rules: list[tuple[RoutingRule, Callable[[LeadFacts], bool]]]
     attributes: tuple[str, ...]  # the attributes any rule looks at
     teams: dict[str, Team]
@@ -184,22 +192,12 @@ class _Rules:
         return rule
 
 
-# Rules compiled per configuration (a handful of versions live at a time; ids are checked
-# against the object, so a reused id never returns another configuration's rules).
-_COMPILED: dict[int, _Rules] = {}
-
-
+@per_config
 def _compiled(config: Config) -> _Rules:
-    compiled = _COMPILED.get(id(config))
-    if compiled is None or compiled.config is not config:
-        if len(_COMPILED) >= 8:
-            _COMPILED.clear()
-        rules = config.routing.rules
-        compiled = _COMPILED[id(config)] = _Rules(
-            config, [(rule, _matcher(rule.match, config)) for rule in rules],
-            tuple(sorted({name for rule in rules for name in (rule.match.attributes or {})})),
-            {team.id: team for team in config.teams})
-    return compiled
+    rules = config.routing.rules
+    return _Rules([(rule, _matcher(rule.match, config)) for rule in rules],
+                  tuple(sorted({name for rule in rules for name in (rule.match.attributes or {})})),
+                  {team.id: team for team in config.teams})
 
 
 def first_match(config: Config, lead: LeadFacts) -> RoutingRule | None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, parse_config, parse_duration
+from shared.config import ConfigError, parse_config, parse_duration, per_config
 
 EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
 
@@ -104,3 +104,12 @@ def test_rule_fields_are_checked_where_they_are_written() -> None:
     assert "routing.rules.0.match.company_sizes" in message and "'huge' is not a size band" in message
     assert "routing.rules.0.requires" in message and "'contact.shoe_size'" in message
     assert "routing.rules.1" in message and "method `weighted` needs `team`" in message
+
+
+def test_what_is_derived_from_a_configuration_is_built_once_per_configuration_object() -> None:
+    built: list[object] = []
+    owners = per_config(lambda config: built.append(config) or [o.id for o in config.owners])
+    first, same_text = parse_config("owners: [{id: alice}]\n"), parse_config("owners: [{id: alice}]\n")
+    assert owners(first) == owners(first) == ["alice"]
+    assert owners(same_text) == ["alice"]  # another object (a new version) is built for itself
+    assert built == [first, same_text]
