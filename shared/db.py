@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -120,6 +121,12 @@ def _bytes_as_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def any_text(values: Iterable[str]) -> Any:
+    """`column == any_text(values)`: `= ANY(:values)` with one text[] parameter, a statement that
+    compiles once, not an IN list rendered anew for every length."""
+    return func.any(bindparam("values", list(values), type_=ARRAY(String)))
 
 
 async def xact_lock(conn: AsyncConnection, name: str) -> None:

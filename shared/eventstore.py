@@ -36,15 +36,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    bindparam,
     func,
     select,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import BindParameter
 
-from .db import SERVICE_SCHEMAS, insert_rows, json_rows, metadata
+from .db import SERVICE_SCHEMAS, any_text, insert_rows, json_rows, metadata
 from .events import CloudEvent
 
 T = TypeVar("T")
@@ -148,7 +145,7 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     # Streams read to decide (`expected`) are checked even when nothing is appended to them.
     streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
     current = dict((await conn.execute(
-        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == func.any(_ids(streams)))
+        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == any_text(streams))
         .group_by(t.c.stream_id)
     )).tuples().all())
     for stream_id, version in (expected or {}).items():
@@ -167,11 +164,6 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
 
 _INSERTS = {schema: insert_rows(EVENTS[schema], ("stream_id", "version", "event_id", "event_type", "topic", "key",
                                                  "payload")) for schema in SERVICE_SCHEMAS}
-
-
-def _ids(ids: list[str]) -> BindParameter:
-    """`= ANY(:ids)`: one array parameter, not an IN list rendered anew for every length."""
-    return bindparam("ids", ids, type_=ARRAY(String))
 
 
 def _stored(row) -> StoredEvent:

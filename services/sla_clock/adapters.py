@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, Text, bindparam, cast, func, literal_column, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.sql.elements import BindParameter
+from sqlalchemy import Text, cast, func, literal_column, select, tuple_
 
+from shared.db import any_text
 from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
 
@@ -119,7 +118,7 @@ class PostgresClockStore:
     async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
         if not sla_ids:
             return {}
-        rows = await self.uow.conn.execute(select(timers).where(timers.c.sla_id == func.any(_texts(sla_ids))))
+        rows = await self.uow.conn.execute(select(timers).where(timers.c.sla_id == any_text(sla_ids)))
         return {row.sla_id: row for row in rows}
 
     async def ahead(self, after: tuple[datetime, str] | None, until: datetime,
@@ -157,10 +156,6 @@ class PostgresClockStore:
 _VERSION = (cast(literal_column("sla_clock.timers.xmin"), Text) + ":"
             + func.coalesce(cast(literal_column("sla_clock.leads.xmin"), Text), "")).label("version")
 _WITH_LEAD = timers.outerjoin(leads, leads.c.lead_id == timers.c.lead_id)
-
-
-def _texts(values: Sequence[str]) -> BindParameter:
-    return bindparam("values", list(values), type_=ARRAY(String))
 
 
 class Record:
