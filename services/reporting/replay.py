@@ -1,7 +1,7 @@
 """Rebuilds reporting's read models (lead facts, SLA timers) from its timeline, the record of
 every event it has consumed, in arrival order. The fold is the live one (`domain.fold_events`,
-which `handlers.project` runs on a batch's leads), run lead by lead over the timeline and
-written in bulk (one COPY per table, the leads' while the fold goes on), inside one
+which `handlers.project` runs on a batch's leads), run a page of leads at a time over the
+timeline and written in bulk (COPY, each page's while the next is folded), inside one
 transaction that holds the read models exclusively: live projections wait, and nothing is half
 rebuilt if it fails.
 
@@ -17,6 +17,7 @@ import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -31,7 +32,7 @@ from .domain import fold_events
 from .handlers import CalendarOf, calendars
 from .tables import lead_state, sla_timers, timeline
 
-BATCH = 2000
+LEADS_PER_PAGE = 400
 # Compared by --verify: every derived table, row for row.
 DERIVED = ("reporting.leads", "reporting.sla_timers")
 
@@ -59,6 +60,9 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
     started = time.perf_counter()
     async with engine.connect() as conn, conn.begin() as tx:
         await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(READ_MODELS_LOCK))))
+        # Its commit need not wait for the disk: lost in a crash, the rebuild is undone whole and the
+        # read models are the live ones it replaced (any later commit flushes it along with its own).
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
         if verify:
             for table in DERIVED:
                 await conn.execute(text(f"CREATE TEMP TABLE live_{table.split('.')[1]} ON COMMIT DROP AS "
@@ -86,57 +90,73 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
 
 async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, config: Config | None,
                           progress: Progress | None) -> int:
-    """Folds the timeline lead by lead, each lead's events in arrival order (the order the live
-    projection folded them in; leads do not depend on each other), so a lead's rows are final as
-    soon as its last event is folded: they are COPYed while the next leads are folded, and only
-    the leads of one page are in memory."""
+    """Folds the timeline a page of leads at a time, each lead's events in arrival order (the
+    order the live projection folded them in; leads do not depend on each other). A page's rows
+    are final once it is folded: Postgres stores them while the next page is folded, and only
+    a few pages are in memory."""
     # The drivers' own connections: SQLAlchemy's row objects cost more than the fold reads of them.
     raw = (await conn.get_raw_connection()).driver_connection
-    timers: list[tuple[Any, ...]] = []
-    counted = [0]
+    events = 0
+    storing: asyncio.Future[None] | None = None
+    try:
+        async for leads, timers, folded in _folded_pages(source, calendars(config)):
+            if storing is not None:
+                await storing
+            storing = asyncio.ensure_future(_store(raw, leads, timers))
+            events += folded
+            if progress is not None:
+                progress(folded)
+        if storing is not None:
+            await storing
+    except BaseException:
+        if storing is not None:  # leave the connection idle, so it can go back to the pool
+            await asyncio.gather(storing, return_exceptions=True)
+        raise
+    return events
+
+
+async def _store(raw: Any, leads: list[list[Any]], timers: list[tuple[Any, ...]]) -> None:
     await raw.copy_records_to_table(lead_state.name, schema_name=lead_state.schema, columns=LEAD_COLUMNS,
-                                    records=_folded_leads(source, calendars(config), timers, counted, progress))
+                                    records=leads)
     await raw.copy_records_to_table(sla_timers.name, schema_name=sla_timers.schema, columns=TIMER_COLUMNS,
                                     records=timers)
-    return counted[0]
 
 
-async def _folded_leads(source: AsyncConnection, calendar_of: CalendarOf, timer_rows: list[tuple[Any, ...]],
-                        counted: list[int], progress: Progress | None) -> AsyncIterator[list[Any]]:
-    """Each lead's COPY record once its events are folded; its timers' records go to `timer_rows`,
-    and `counted[0]` counts the events."""
+async def _folded_pages(source: AsyncConnection, calendar_of: CalendarOf
+                        ) -> AsyncIterator[tuple[list[list[Any]], list[tuple[Any, ...]], int]]:
+    """Per page of leads: their COPY records, their timers', and how many events they had."""
     await source.execute(text("SET TRANSACTION READ ONLY"))
-    # Rows come in lead order from the timeline's (lead_id, time) index, each lead's few events
-    # sorted by position as they pass; a sort of the whole timeline would spill to disk before
-    # the first row came out.
+    # Leads come in order from the timeline's (lead_id, time) index, each lead's few events sorted
+    # by position as they pass; a sort or a hash of the whole timeline would spill to disk.
     await source.execute(text("SET LOCAL enable_sort = off"))
+    await source.execute(text("SET LOCAL TimeZone = 'UTC'"))  # the instants in the JSON below
     raw = (await source.get_raw_connection()).driver_connection
     t = timeline.c
-    # JSONB as text, decoded here: the dialect's codec costs a Python call per value and two copies.
-    cursor = await raw.cursor(f"SELECT {t.lead_id.name}, {t.type.name}, {t.time.name}, {t.data.name}::text "
-                              f"FROM {timeline.schema}.{timeline.name} ORDER BY {t.lead_id.name}, {t.position.name}")
-    leads: dict[str, dict[str, Any]] = {}
-    timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
-    batch = await cursor.fetch(BATCH)
-    while batch:
+    # A lead's events as one JSON array of [type, time, data], decoded here at once: a row and a
+    # decode per event cost this process a quarter more (0.10 against 0.08 CPU-s for 25,466 events).
+    cursor = await raw.cursor(
+        f"SELECT {t.lead_id.name}, json_agg(json_build_array({t.type.name}, {t.time.name}, {t.data.name}) "
+        f"ORDER BY {t.position.name})::text FROM {timeline.schema}.{timeline.name} "
+        f"GROUP BY {t.lead_id.name} ORDER BY {t.lead_id.name}")
+    page = await cursor.fetch(LEADS_PER_PAGE)
+    while page:
         # Ask for the next page before folding this one: Postgres produces it meanwhile.
-        upcoming = asyncio.ensure_future(cursor.fetch(BATCH))
+        upcoming = asyncio.ensure_future(cursor.fetch(LEADS_PER_PAGE))
         await asyncio.sleep(0)  # let the request go out
         try:
-            fold_events([_Recorded(lead_id, kind, at, loads(data)) for lead_id, kind, at, data in batch],
-                        calendar_of, leads, timers)
+            events = [_Recorded(lead_id, kind, datetime.fromisoformat(at), data)
+                      for lead_id, recorded in page for kind, at, data in loads(recorded)]
+            leads: dict[str, dict[str, Any]] = {}
+            timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
+            fold_events(events, calendar_of, leads, timers)
         except BaseException:
             # Leave the connection idle, so it can go back to the pool.
             await asyncio.gather(upcoming, return_exceptions=True)
             raise
-        counted[0] += len(batch)
-        if progress is not None:
-            progress(len(batch))
-        going_on = batch[-1][0]  # the page's last lead may have more events in the next page
-        batch = await upcoming
-        for lead_id in [i for i in leads if i != going_on or not batch]:
-            yield _lead_record(leads.pop(lead_id))
-            timer_rows.extend(map(timer_row, timers.pop(lead_id).values()))
+        folded = ([_lead_record(lead) for lead in leads.values()],
+                  [timer_row(timer) for own in timers.values() for timer in own.values()], len(events))
+        page = await upcoming
+        yield folded  # with no fetch in flight: the caller may stop here
 
 
 def _lead_record(lead: dict[str, Any]) -> list[Any]:
