@@ -140,14 +140,10 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
         return
-    t = EVENTS[schema]
-    await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
+    await conn.execute(_APPEND_LOCKS[schema])
     # Streams read to decide (`expected`) are checked even when nothing is appended to them.
     streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
-    current = dict((await conn.execute(
-        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == any_text(streams))
-        .group_by(t.c.stream_id)
-    )).tuples().all())
+    current = dict((await conn.execute(_VERSIONS[schema], {"values": streams})).tuples().all())
     for stream_id, version in (expected or {}).items():
         if current.get(stream_id, 0) != version:
             raise ConcurrencyConflict(stream_id, version, current.get(stream_id, 0))
@@ -162,6 +158,11 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
         for p, version in zip(pending, versions, strict=True)])})
 
 
+# Built once: an append runs these for every transaction of every service.
+_APPEND_LOCKS = {schema: select(func.pg_advisory_xact_lock(append_lock_key(schema))) for schema in SERVICE_SCHEMAS}
+_VERSIONS = {schema: select(EVENTS[schema].c.stream_id, func.max(EVENTS[schema].c.version))
+             .where(EVENTS[schema].c.stream_id == any_text(())).group_by(EVENTS[schema].c.stream_id)
+             for schema in SERVICE_SCHEMAS}
 _INSERTS = {schema: insert_rows(EVENTS[schema], ("stream_id", "version", "event_id", "event_type", "topic", "key",
                                                  "payload")) for schema in SERVICE_SCHEMAS}
 

@@ -80,9 +80,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     authenticate = require_key("source")
     bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="A source or admin key")
 
-    async def sender(
-        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-    ) -> Principal:
+    async def sender(request: Request) -> Principal:
         """A valid key within its rate limit; refusals counted by reason."""
         try:
             principal = await authenticate(request)
@@ -99,7 +97,12 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                                headers={"Retry-After": str(seconds)})
         return principal
 
-    Sender = Annotated[Principal, Depends(sender)]
+    async def sender_dependency(
+        request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        return await sender(request)
+
+    Sender = Annotated[Principal, Depends(sender_dependency)]
 
     def idempotency_key(request: Request) -> str | None:
         key = request.headers.get("idempotency-key")
@@ -113,8 +116,11 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         config = ctx.config.config.intake
         return read_submission(body, config.source(source), intent_vocabulary(ctx.config.config), partial=partial)
 
-    @router.post("/v1/leads", status_code=201, openapi_extra=openapi.POST_LEAD)
-    async def post_lead(request: Request, principal: Sender) -> JSONResponse:
+    # The two submission routes call `sender` themselves rather than through FastAPI's dependency
+    # solving (a fifth of a single post's cost); their OpenAPI security is declared by hand.
+    @router.post("/v1/leads", status_code=201, openapi_extra=openapi.with_bearer(openapi.POST_LEAD))
+    async def post_lead(request: Request) -> JSONResponse:
+        principal = await sender(request)
         key = idempotency_key(request)
         try:
             submission = read(_parse_body(await request.body()), principal.name)
@@ -124,8 +130,9 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         count(result, principal.name)
         return JSONResponse(result.body(), status_code=201 if result.status == "accepted" else 200)
 
-    @router.post("/v1/leads:batch", status_code=200, openapi_extra=openapi.POST_BATCH)
-    async def post_batch(request: Request, principal: Sender) -> JSONResponse:
+    @router.post("/v1/leads:batch", status_code=200, openapi_extra=openapi.with_bearer(openapi.POST_BATCH))
+    async def post_batch(request: Request) -> JSONResponse:
+        principal = await sender(request)
         key = idempotency_key(request)
         try:
             body = _parse_body(await request.body())

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.config import Config, Suppression, Tiers
+from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 
 from .normalize import Issue, Submission, read_submission
@@ -102,9 +102,11 @@ def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
     return tiers.default
 
 
+@per_config
 def intent_vocabulary(config: Config) -> dict[str, list[str]]:
     """Intent types the configuration names (tier rules, aliases): matched exactly before any
-    built-in spelling, so a configured 'event_demo' is not read as a demo request."""
+    built-in spelling, so a configured 'event_demo' is not read as a demo request. Built once per
+    configuration: callers only read it."""
     vocabulary: dict[str, list[str]] = {}
     for rule in config.tiers.rules:
         for intent in rule.when.intent or []:
