@@ -72,13 +72,20 @@ def missing_fields(sub: Submission) -> list[str]:
 
 def is_suppressed(contact: Contact, suppression: Suppression) -> bool:
     """On the configured do-not-contact list by email, email domain or phone."""
+    emails, domains, phones = _suppressed(suppression)
     email = (contact.email or "").lower()
-    if email and email in {e.strip().lower() for e in suppression.emails}:
+    if email and email in emails:
         return True
     domain = email.rpartition("@")[2]
-    if domain and domain in {d.strip().lower().lstrip("@") for d in suppression.domains}:
+    if domain and domain in domains:
         return True
-    return bool(contact.phone) and contact.phone in set(suppression.phones)
+    return bool(contact.phone) and contact.phone in phones
+
+
+@per_config  # the lists as sets, once per configuration (not twice per lead)
+def _suppressed(suppression: Suppression) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    return (frozenset(e.strip().lower() for e in suppression.emails),
+            frozenset(d.strip().lower().lstrip("@") for d in suppression.domains), frozenset(suppression.phones))
 
 
 def is_contactable(sub: Submission, suppression: Suppression) -> bool:
