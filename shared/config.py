@@ -515,14 +515,20 @@ class IntakeConfig(Strict):
     def source(self, name: str) -> IntakeSource:
         """The source's settings with the global defaults filled in. Every value was validated
         when the configuration was read, so the merge is not validated again (it runs for every
-        request and every raw record)."""
-        own = self.sources.get(name) or IntakeSource()
-        return IntakeSource.model_construct(
-            default_region=own.default_region or self.default_region,
-            timezone=own.timezone or self.timezone,
-            default_intent=own.default_intent or self.default_intent,
-            rate_limit=own.rate_limit or self.rate_limit,
-        )
+        request and every raw record), and each source's merge is kept with this configuration."""
+        merged = _merged_sources(self)
+        found = merged.get(name)
+        if found is None:
+            own = self.sources.get(name) or IntakeSource()
+            found = IntakeSource.model_construct(
+                default_region=own.default_region or self.default_region,
+                timezone=own.timezone or self.timezone,
+                default_intent=own.default_intent or self.default_intent,
+                rate_limit=own.rate_limit or self.rate_limit,
+            )
+            if len(merged) < 1000:  # names come from keys: bounded however many there are
+                merged[name] = found
+        return found
 
 
 # ---- the whole file -------------------------------------------------------------------------
@@ -674,3 +680,6 @@ def per_config(build: Callable[[Any], _Built]) -> Callable[[Any], _Built]:
         return found[1]
 
     return derived
+
+
+_merged_sources: Callable[[IntakeConfig], dict[str, IntakeSource]] = per_config(lambda _: {})

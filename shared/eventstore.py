@@ -35,13 +35,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TextClause,
     UniqueConstraint,
     func,
     select,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import SERVICE_SCHEMAS, any_text, insert_rows, json_rows, metadata
+from .db import SERVICE_SCHEMAS, json_rows, metadata
 from .events import CloudEvent
 
 T = TypeVar("T")
@@ -140,30 +142,50 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
         return
-    t = EVENTS[schema]
-    await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
-    # Streams read to decide (`expected`) are checked even when nothing is appended to them.
-    streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
-    current = dict((await conn.execute(
-        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == any_text(streams))
-        .group_by(t.c.stream_id)
-    )).tuples().all())
-    for stream_id, version in (expected or {}).items():
-        if current.get(stream_id, 0) != version:
-            raise ConcurrencyConflict(stream_id, version, current.get(stream_id, 0))
-    versions = []
-    for p in pending:
-        current[p.stream_id] = current.get(p.stream_id, 0) + 1
-        versions.append(current[p.stream_id])
-    # One statement for the whole batch, rows (and so positions) in order.
-    await conn.execute(_INSERTS[schema], {"rows": json_rows([
-        {"stream_id": p.stream_id, "version": version, "event_id": p.event.id, "event_type": p.event.type,
-         "topic": p.topic, "key": p.event.subject or "", "payload": p.event.to_bytes()}
-        for p, version in zip(pending, versions, strict=True)])})
+    await conn.execute(_APPEND_LOCKS[schema])
+    # Checking the expected versions, numbering and inserting: one statement, after the lock (its
+    # snapshot then sees every append committed before). Nothing is inserted if a stream moved.
+    moved = (await conn.execute(_APPENDS[schema], {
+        # Streams read to decide (`expected`) are checked even when nothing is appended to them.
+        "streams": list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})])),
+        "expected": json_rows([{"stream_id": k, "version": v} for k, v in (expected or {}).items()]),
+        "rows": json_rows([{"stream_id": p.stream_id, "event_id": p.event.id, "event_type": p.event.type,
+                            "topic": p.topic, "key": p.event.subject or "", "payload": p.event.to_bytes()}
+                           for p in pending]),
+    })).first()
+    if moved is not None:
+        raise ConcurrencyConflict(moved.stream_id, moved.expected, moved.actual)
 
 
-_INSERTS = {schema: insert_rows(EVENTS[schema], ("stream_id", "version", "event_id", "event_type", "topic", "key",
-                                                 "payload")) for schema in SERVICE_SCHEMAS}
+def _append_statement(schema: str) -> TextClause:
+    """Versions continue each stream's (the n-th new event of a stream gets its current version +
+    n); rows, and so positions, go in in their order."""
+    return text(f"""
+WITH current AS (
+    SELECT stream_id, max(version) AS version FROM {schema}.events
+    WHERE stream_id = ANY(CAST(:streams AS text[])) GROUP BY stream_id),
+moved AS (
+    SELECT e.stream_id, e.version AS expected, coalesce(c.version, 0) AS actual
+    FROM json_to_recordset(CAST(:expected AS json)) AS e(stream_id text, version int)
+    LEFT JOIN current AS c USING (stream_id)
+    WHERE coalesce(c.version, 0) <> e.version),
+added AS (
+    INSERT INTO {schema}.events (stream_id, version, event_id, event_type, topic, key, payload)
+    SELECT r.stream_id, coalesce(c.version, 0) + row_number() OVER (PARTITION BY r.stream_id ORDER BY r.n),
+           r.event_id, r.event_type, r.topic, r.key, convert_to(r.payload, 'UTF8')
+    FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS (stream_id text, event_id text, event_type text,
+                                                              topic text, key text, payload text))
+         WITH ORDINALITY AS r(stream_id, event_id, event_type, topic, key, payload, n)
+    LEFT JOIN current AS c USING (stream_id)
+    WHERE NOT EXISTS (SELECT FROM moved)
+    ORDER BY r.n
+    RETURNING 1)
+SELECT stream_id, expected, actual, (SELECT count(*) FROM added) AS added FROM moved""")
+
+
+# Built once: an append runs these for every transaction of every service.
+_APPEND_LOCKS = {schema: select(func.pg_advisory_xact_lock(append_lock_key(schema))) for schema in SERVICE_SCHEMAS}
+_APPENDS = {schema: _append_statement(schema) for schema in SERVICE_SCHEMAS}
 
 
 def _stored(row) -> StoredEvent:

@@ -185,5 +185,8 @@ class TraceMiddleware:
             bound["trace_id"] = parent.trace_id
         if match := _LEAD_PATH.match(scope.get("path", "")):
             bound["lead_id"] = match.group(1)
+        if parent is None and not bound:  # nothing to set (most requests): no context managers
+            await self.app(scope, receive, send)
+            return
         with use(parent), structlog.contextvars.bound_contextvars(**bound):
             await self.app(scope, receive, send)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, any_, cast, or_, select, tuple_
+from sqlalchemy import String, any_, bindparam, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -85,6 +85,12 @@ def _known(row: Any) -> KnownLead:
     return KnownLead(row.lead_id, row.tier, row.record, row.correlation_id, row.source)
 
 
+# Arrays, not IN lists: one statement (compiled and prepared once) whatever the group's size.
+_KNOWN_PEOPLE = select(leads.c.email, leads.c.phone).where(
+    or_(leads.c.email == any_(bindparam("emails", type_=ARRAY(String))),
+        leads.c.phone == any_(bindparam("phones", type_=ARRAY(String)))),
+    leads.c.received_at >= bindparam("since"))
+
 _LEAD = (leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id, leads.c.source)
 
 
@@ -127,11 +133,8 @@ class PostgresIntakeStore:
                 tuple_(leads.c.source, leads.c.external_id).in_(sorted(external_ids))))
             taken |= {("ext", f"{r.source}:{r.external_id}") for r in found}
         if emails or phones:
-            # Arrays, not IN lists: one statement text (prepared once) whatever the group's size.
-            found = await self.conn.execute(select(leads.c.email, leads.c.phone).where(
-                or_(leads.c.email == any_(cast(sorted(emails), ARRAY(String))),
-                    leads.c.phone == any_(cast(sorted(phones), ARRAY(String)))),
-                leads.c.received_at >= since))
+            found = await self.conn.execute(_KNOWN_PEOPLE, {"emails": sorted(emails), "phones": sorted(phones),
+                                                            "since": since})
             for r in found:
                 taken |= {("email", r.email), ("phone", r.phone)}
         return taken

@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.config import Config, Suppression, Tiers
+from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 
 from .normalize import Issue, Submission, read_submission
@@ -72,13 +72,20 @@ def missing_fields(sub: Submission) -> list[str]:
 
 def is_suppressed(contact: Contact, suppression: Suppression) -> bool:
     """On the configured do-not-contact list by email, email domain or phone."""
+    emails, domains, phones = _suppressed(suppression)
     email = (contact.email or "").lower()
-    if email and email in {e.strip().lower() for e in suppression.emails}:
+    if email and email in emails:
         return True
     domain = email.rpartition("@")[2]
-    if domain and domain in {d.strip().lower().lstrip("@") for d in suppression.domains}:
+    if domain and domain in domains:
         return True
-    return bool(contact.phone) and contact.phone in set(suppression.phones)
+    return bool(contact.phone) and contact.phone in phones
+
+
+@per_config  # the lists as sets, once per configuration (not twice per lead)
+def _suppressed(suppression: Suppression) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    return (frozenset(e.strip().lower() for e in suppression.emails),
+            frozenset(d.strip().lower().lstrip("@") for d in suppression.domains), frozenset(suppression.phones))
 
 
 def is_contactable(sub: Submission, suppression: Suppression) -> bool:
@@ -102,9 +109,11 @@ def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
     return tiers.default
 
 
+@per_config
 def intent_vocabulary(config: Config) -> dict[str, list[str]]:
     """Intent types the configuration names (tier rules, aliases): matched exactly before any
-    built-in spelling, so a configured 'event_demo' is not read as a demo request."""
+    built-in spelling, so a configured 'event_demo' is not read as a demo request. Built once per
+    configuration: callers only read it."""
     vocabulary: dict[str, list[str]] = {}
     for rule in config.tiers.rules:
         for intent in rule.when.intent or []:

@@ -184,16 +184,18 @@ def _new_lead(
 ) -> tuple[CloudEvent, Accepted]:
     """The lead.received event and the answer for a new lead."""
     lead_id = str(uuid.uuid4())
-    received = LeadReceived(
+    # In wire form directly (`WireModel.wire`): every value is our own, already validated
+    # (`test_lead_received_wire_form` holds it equal to the validated model's dump).
+    received = LeadReceived.wire(
         lead_id=lead_id,
         source=source,
         external_id=sub.external_id,
         tier=tier,
-        contact=sub.contact,
-        company=sub.company,
-        intent=sub.intent,
+        contact=sub.contact.model_dump(mode="json"),
+        company=sub.company.model_dump(mode="json"),
+        intent=sub.intent.model_dump(mode="json"),
         score=sub.score,
-        consent=sub.consent,
+        consent=sub.consent.model_dump(mode="json"),
         contactable=is_contactable(sub, config.intake.suppression),
         received_at=now,
         submitted_at=sub.submitted_at,

@@ -216,11 +216,17 @@ def normalize_phone(value: str, region: str | None) -> Phone:
         if region is None and not text.startswith("+"):
             raise ValueError("has no country code and no country to read it in; kept as sent") from None
         raise ValueError("is not a phone number; kept as sent") from None
-    if not phonenumbers.is_valid_number(number):
+    # The number's type once: valid means a known type (`is_valid_number`), and the time zones
+    # follow from it (`time_zones_for_number` would find the region and the type again).
+    kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         where = f" in {region}" if region and not text.startswith("+") else ""
         raise ValueError(f"is not a valid phone number{where}; kept as sent")
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    zones = phone_timezones.time_zones_for_number(number)
+    if phonenumbers.is_number_type_geographical(kind, number.country_code):
+        zones = phone_timezones.time_zones_for_geographical_number(number)
+    else:
+        zones = phone_timezones.time_zones_for_number(number)
     zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
     return Phone(e164, number.extension or None, zone)
 
@@ -442,6 +448,11 @@ def normalize_size(value: Any) -> Size:
         return Size(band_for(n), n, int(low.rstrip("+")), int(high) if high else None)
     if not isinstance(value, str):
         raise ValueError("is not a head count or a band like '201-500'")
+    return _size_of_text(value)
+
+
+@lru_cache(maxsize=1024)  # senders repeat their bands and head counts
+def _size_of_text(value: str) -> Size:
     text = re.sub(r"(?i)\s*(employees?|people|staff|emps?|ppl)\b\.?", "", value.strip()).strip()
     num = r"(\d[\d,. ]*[kKmM]?)"
     try:
@@ -523,7 +534,12 @@ def _intent_table(aliases: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tup
 def classify_intent(value: str, aliases: dict[str, list[str]] | None = None) -> str | None:
     """The canonical intent type of a free-text one ('Demo Request', 'Book a demo!',
     'Request-a-demo form'), matched case-, space- and punctuation-insensitively; None if unknown."""
-    table = _intent_table(tuple((k, tuple(v)) for k, v in (aliases or {}).items()))
+    return _classify(value, tuple((k, tuple(v)) for k, v in (aliases or {}).items()))
+
+
+@lru_cache(maxsize=4096)  # senders repeat their few spellings
+def _classify(value: str, aliases: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    table = _intent_table(aliases)
     key = slug(value)
     for alias, canonical in table:
         if key == alias:

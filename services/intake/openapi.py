@@ -48,6 +48,11 @@ SUBMISSION = {
 }
 
 
+def with_bearer(operation: dict[str, Any]) -> dict[str, Any]:
+    """An operation that checks the bearer key itself (not through a FastAPI dependency)."""
+    return {**operation, "security": [{"bearer": []}]}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 

@@ -33,6 +33,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.db import insert_rows, json_rows
 from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.replay import Projection
 
@@ -91,8 +92,12 @@ def held_row(event: CloudEvent) -> dict[str, Any]:
 # inserts of one kind go in one statement: a group commit or a replay page costs a few round trips.
 
 
+_INSERT_LEADS = insert_rows(leads, ("lead_id", "source", "external_id", "received_at", "correlation_id", "record",
+                                     "email", "phone", "tier"))
+
+
 async def _received(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
-    await conn.execute(leads.insert(), [lead_row(e) for e in events])
+    await conn.execute(_INSERT_LEADS, {"rows": json_rows([lead_row(e) for e in events])})
 
 
 async def _updated(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from shared.events import TOPIC_ROUTING, LeadQueued, new_event
+from shared.events import TOPIC_ROUTING, CloudEvent, LeadQueued, new_event
 from shared.eventstore import (
     ConcurrencyConflict,
     Pending,
@@ -142,3 +142,22 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
     assert [e.data["queue"] for e in reader.events(lead)] == ["early", "late"]
     async with engine.connect() as conn:
         assert [e.version for e in await read_stream(conn, "router", lead)] == [1, 2]
+
+
+async def test_a_batch_of_interleaved_streams_is_numbered_per_stream_and_stored_in_order(engine) -> None:
+    a, b = f"mix-a-{uuid.uuid4()}", f"mix-b-{uuid.uuid4()}"
+    async with UnitOfWork(engine, "router") as uow:
+        uow.emit(TOPIC_ROUTING, counted(a, 0))
+        await uow.commit()
+    async with UnitOfWork(engine, "router") as uow:
+        for i, stream in enumerate([b, a, b, b, a, a, b] * 20):
+            uow.emit(TOPIC_ROUTING, counted(stream, i))
+        await uow.commit()
+    async with engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT stream_id, version, payload FROM router.events WHERE stream_id IN (:a, :b) ORDER BY position"),
+            {"a": a, "b": b})).all()
+    counts = [Counted.model_validate(CloudEvent.from_bytes(r.payload).data).count for r in rows[1:]]
+    assert counts == list(range(140))  # positions in the order the events were emitted
+    assert [r.version for r in rows if r.stream_id == a] == list(range(1, 62))
+    assert [r.version for r in rows if r.stream_id == b] == list(range(1, 81))

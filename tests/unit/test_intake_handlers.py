@@ -28,7 +28,7 @@ from services.intake.handlers import (
 )
 from services.intake.normalize import read_submission
 from shared.config import parse_config
-from shared.events import CloudEvent
+from shared.events import CloudEvent, LeadReceived
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 CONFIG = parse_config("""
@@ -193,3 +193,25 @@ async def test_held_activities_whose_lead_never_comes_are_dead_lettered(uow) -> 
     letter = uow.committed[1].event.data
     assert base64.b64decode(letter["original_bytes_b64"]) == b'{"raw": 1}'
     assert letter["error"].startswith("unknown_lead") and uow.store.held == {}
+
+
+async def test_lead_received_wire_form(uow) -> None:
+    """lead.received is built in wire form without validation: the same data as the validated model."""
+    body = {"external_id": "x-1", "submitted_at": "2026-11-17T08:00:00", "score": 70,
+            "contact": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0958 ext. 12",
+                        "timezone": "CET", "language": "en_GB", "nickname": "ada"},
+            "company": {"name": "Analytical", "size": "201-500", "website": "https://www.analytical.example/x",
+                        "country": "Narnia"},
+            "intent": "Book a demo", "consent": {"marketing": "yes", "terms_version": 3},
+            "custom_fields": {"deep": {"list": [1, 2.5, None, "x"]}}}
+    await submit(uow, body)
+    [event] = [p.event for p in uow.committed if p.event.type == "lead.received"]
+    assert event.data == LeadReceived.model_validate(event.data).model_dump(mode="json")
+    submission = sub(body)
+    data = event.data
+    assert data["contact"] == submission.contact.model_dump(mode="json")
+    assert data["consent"] == submission.consent.model_dump(mode="json")
+    assert data["score"] == 70.0 and isinstance(data["score"], float)
+    assert data["received_at"] == "2026-11-17T09:00:00Z" and data["submitted_at"] == "2026-11-17T08:00:00Z"
+    assert list(data) == list(LeadReceived.model_fields)
+    assert data["data_quality"] == submission.data_quality and data["attributes"] == submission.attributes
