@@ -38,10 +38,12 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     select,
+    text,
 )
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import SERVICE_SCHEMAS, any_text, insert_rows, json_rows, metadata
+from .db import SERVICE_SCHEMAS, json_rows, metadata
 from .events import CloudEvent
 
 T = TypeVar("T")
@@ -140,30 +142,42 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
         return
-    t = EVENTS[schema]
     await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
-    # Streams read to decide (`expected`) are checked even when nothing is appended to them.
-    streams = list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})]))
-    current = dict((await conn.execute(
-        select(t.c.stream_id, func.max(t.c.version)).where(t.c.stream_id == any_text(streams))
-        .group_by(t.c.stream_id)
-    )).tuples().all())
-    for stream_id, version in (expected or {}).items():
-        if current.get(stream_id, 0) != version:
-            raise ConcurrencyConflict(stream_id, version, current.get(stream_id, 0))
-    versions = []
-    for p in pending:
-        current[p.stream_id] = current.get(p.stream_id, 0) + 1
-        versions.append(current[p.stream_id])
-    # One statement for the whole batch, rows (and so positions) in order.
-    await conn.execute(_INSERTS[schema], {"rows": json_rows([
-        {"stream_id": p.stream_id, "version": version, "event_id": p.event.id, "event_type": p.event.type,
-         "topic": p.topic, "key": p.event.subject or "", "payload": p.event.to_bytes()}
-        for p, version in zip(pending, versions, strict=True)])})
+    # One statement after the lock: the streams' versions, the check of `expected` (streams read
+    # to decide, checked even when nothing is appended to them), and the insert unless a check
+    # failed; it returns the failed checks.
+    failed = (await conn.execute(_APPENDS[schema], {
+        "expected": json_rows([{"stream_id": s, "version": v} for s, v in (expected or {}).items()]),
+        "rows": json_rows([
+            {"n": n, "stream_id": p.stream_id, "event_id": p.event.id, "event_type": p.event.type, "topic": p.topic,
+             "key": p.event.subject or "", "payload": p.event.to_bytes()} for n, p in enumerate(pending)]),
+    })).first()
+    if failed is not None:
+        raise ConcurrencyConflict(failed.stream_id, failed.expected, failed.actual)
 
 
-_INSERTS = {schema: insert_rows(EVENTS[schema], ("stream_id", "version", "event_id", "event_type", "topic", "key",
-                                                 "payload")) for schema in SERVICE_SCHEMAS}
+def _append_sql(schema: str) -> TextClause:
+    # Versions number on from each stream's current one, in the rows' order; positions (the
+    # sequence) are drawn in the rows' order, as the rows are given.
+    events = f'"{schema}".events'
+    return text(
+        "WITH r AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) "
+        "  AS r(n int, stream_id text, event_id text, event_type text, topic text, key text, payload text)), "
+        "e AS (SELECT * FROM json_to_recordset(CAST(:expected AS json)) AS e(stream_id text, version int)), "
+        "cur AS (SELECT s.stream_id, "
+        f"  coalesce((SELECT max(version) FROM {events} v WHERE v.stream_id = s.stream_id), 0) AS version "
+        "  FROM (SELECT stream_id FROM r UNION SELECT stream_id FROM e) AS s), "
+        "failed AS (SELECT e.stream_id, e.version AS expected, cur.version AS actual "
+        "  FROM e JOIN cur USING (stream_id) WHERE cur.version <> e.version), "
+        f"ins AS (INSERT INTO {events} (stream_id, version, event_id, event_type, topic, key, payload) "
+        "  SELECT r.stream_id, cur.version + row_number() OVER (PARTITION BY r.stream_id ORDER BY r.n), "
+        "    r.event_id, r.event_type, r.topic, r.key, convert_to(r.payload, 'UTF8') "
+        "  FROM r JOIN cur USING (stream_id) WHERE NOT EXISTS (SELECT 1 FROM failed) ORDER BY r.n) "
+        "SELECT stream_id, expected, actual FROM failed LIMIT 1"
+    )
+
+
+_APPENDS = {schema: _append_sql(schema) for schema in SERVICE_SCHEMAS}
 
 
 def _stored(row) -> StoredEvent:

@@ -142,3 +142,29 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
     assert [e.data["queue"] for e in reader.events(lead)] == ["early", "late"]
     async with engine.connect() as conn:
         assert [e.version for e in await read_stream(conn, "router", lead)] == [1, 2]
+
+
+async def test_one_append_of_interleaved_streams_keeps_the_given_order(engine) -> None:
+    """Positions follow the order the events were given in; each stream's versions number on from
+    its stored version; an expectation on a stream not appended to is checked too."""
+    a, b, idle = (f"{name}-{uuid.uuid4()}" for name in ("a", "b", "idle"))
+    async with UnitOfWork(engine, "router") as uow:
+        uow.emit(None, counted(a, 0))
+        await uow.commit()
+    async with UnitOfWork(engine, "router") as uow:
+        for n, stream in enumerate([b, a, b, b, a, a, b, a] * 5):
+            uow.emit(None, counted(stream, n))
+        uow.expect(idle, 0)
+        await uow.commit()
+    async with engine.connect() as conn:
+        stored = {s: await read_stream(conn, "router", s) for s in (a, b)}
+    assert [e.version for e in stored[a]] == list(range(1, 22))
+    assert [e.version for e in stored[b]] == list(range(1, 21))
+    both = sorted(stored[a][1:] + stored[b], key=lambda e: e.position)
+    assert [e.event.data["count"] for e in both] == list(range(40))
+    async with UnitOfWork(engine, "router") as uow:
+        uow.emit(None, counted(a, 99))
+        uow.expect(idle, 1)  # it has no events: version 0
+        with pytest.raises(ConcurrencyConflict) as conflict:
+            await uow.commit()
+    assert (conflict.value.stream_id, conflict.value.expected, conflict.value.actual) == (idle, 1, 0)
