@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import exists, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.config import Config, Owner
+from shared.config import Config, Owner, per_config
 from shared.db import xact_lock
 from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
 from shared.eventstore import EVENTS, ConcurrencyConflict
@@ -204,10 +205,19 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool) -> str:
     )
 
 
+@per_config
+def _owners_by_id(config: Config) -> Mapping[str, Owner]:
+    # Once per configuration: a batch lays only the owners with runtime changes over it (it built
+    # all 500 owners' mapping anew each time).
+    return MappingProxyType({o.id: o for o in config.owners})
+
+
 def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_leads: Mapping[str, int],
               days: Iterable[tuple[str, date, int]], cursors: Mapping[str, int],
               weighted: Mapping[str, Mapping[str, int]]) -> RoutingState:
-    effective = {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+    configured = _owners_by_id(config)  # shared, never changed: a decision reads it only
+    effective = {**configured, **{owner: effective_owner(configured[owner], changed)
+                                  for owner, changed in changes.items() if owner in configured}} if changes else configured
     today = {owner: n for owner, day, n in days if owner in effective
              and day == owner_day(effective[owner], config, now)}  # each owner's own day
     return RoutingState(owners=effective, open_leads=dict(open_leads), today=today, cursors=dict(cursors),
