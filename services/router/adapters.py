@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import cache
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import exists, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
 from shared.config import Config, Owner, per_config
 from shared.db import xact_lock
@@ -172,7 +174,7 @@ def _stream_version(lead_id):
 
 async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, Owner]:
     rows = await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))
-    changes = dict(rows.tuples().all())
+    changes = dict(rows.all())
     return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
 
 
@@ -186,15 +188,16 @@ async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, 
         .order_by(assignments.c.company_domain, assignments.c.assigned_at.desc())
         .distinct(assignments.c.company_domain)
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
-def _state_sql(owners_filtered: bool, rules_filtered: bool) -> str:
+@cache
+def _state_sql(owners_filtered: bool, rules_filtered: bool) -> TextClause:
     # One round trip for everything a decision reads; with filters, only the owners and the
     # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500).
     owner_filter = " AND owner_id = ANY(CAST(:owners AS text[]))" if owners_filtered else ""
     rule_filter = " WHERE rule_id = ANY(CAST(:rules AS text[]))" if rules_filtered else ""
-    return (
+    return text(
         "SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j "
         "FROM router.owner_state "
         "UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL FROM router.assignments "
@@ -232,7 +235,7 @@ async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, ow
         params["owners"] = sorted(owners)
     if rules is not None:
         params["rules"] = sorted(rules)
-    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).tuples()
+    rows = await conn.execute(_state_sql(owners is not None, rules is not None), params)
     changes: dict[str, Any] = {}
     open_leads: dict[str, int] = {}
     days: list[tuple[str, date, int]] = []
@@ -253,7 +256,7 @@ async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, ow
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(select(queue.c.tier, func.count()).group_by(queue.c.tier))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 class _Savepoint:
@@ -277,6 +280,29 @@ def _queued(row) -> QueuedLead:
     return QueuedLead(lead_id=row.lead_id, tier=row.tier, reason=row.reason, queued_at=row.queued_at,
                       assignment_no=row.assignment_no, facts=facts_of_row(row.lead_id, row.tier, row.facts),
                       version=row.version)
+
+
+# The hot path's statements, built once (a TextClause parses its text for parameters).
+_LOCK_LEADS = text(
+    "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('router.lead:' || k) AS h "
+    "FROM unnest(CAST(:leads AS text[])) AS k ORDER BY 1) AS ordered "
+    "UNION ALL SELECT pg_advisory_xact_lock_shared(hashtext(:routing))"
+)
+_LOCK_SCOPE = text(
+    "SELECT pg_advisory_xact_lock(h) FROM "
+    "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
+)
+_LEAD_CONTEXTS = text(
+    "SELECT l.lead, "
+    "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
+    "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
+    "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
+    "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
+    "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead, "
+    "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead) AS version "
+    "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
+    "AS l(lead, domain, tier)"
+)
 
 
 class PostgresRouterStore:
@@ -315,33 +341,16 @@ class PostgresRouterStore:
         # The same lead under another event id (a replay) may be in flight in another router: the
         # lead's lock makes the second one see the first one's decision instead of deciding again.
         # Several leads in hash order, in one statement (see lock_scope), then the routing state shared.
-        await self.conn.execute(text(
-            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('router.lead:' || k) AS h "
-            "FROM unnest(CAST(:leads AS text[])) AS k ORDER BY 1) AS ordered "
-            "UNION ALL SELECT pg_advisory_xact_lock_shared(hashtext(:routing))"
-        ), {"leads": lead_ids, "routing": ROUTING})
+        await self.conn.execute(_LOCK_LEADS, {"leads": lead_ids, "routing": ROUTING})
 
     async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
         attempt = await self.conn.begin_nested() if undoable else None
         # In hash order: every transaction takes its locks in the same order, so none waits in a circle.
-        await self.conn.execute(text(
-            "SELECT pg_advisory_xact_lock(h) FROM "
-            "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
-        ), {"keys": sorted(keys)})
+        await self.conn.execute(_LOCK_SCOPE, {"keys": sorted(keys)})
         return _Savepoint(attempt) if attempt is not None else _Kept()
 
     async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
-        rows = await self.conn.execute(text(
-            "SELECT l.lead, "
-            "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
-            "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
-            "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
-            "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
-            "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead, "
-            "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead) AS version "
-            "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
-            "AS l(lead, domain, tier)"
-        ), {"leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
+        rows = await self.conn.execute(_LEAD_CONTEXTS, {"leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
             "tiers": [tier for _, _, tier in leads]})
         return {row.lead: LeadContext(row.known, row.account_owner, row.queue_ahead, row.version) for row in rows}
 
