@@ -142,7 +142,7 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
         return
-    await conn.execute(select(func.pg_advisory_xact_lock(append_lock_key(schema))))
+    await conn.execute(_LOCKS[schema])
     # One statement after the lock: the streams' versions, the check of `expected` (streams read
     # to decide, checked even when nothing is appended to them), and the insert unless a check
     # failed; it returns the failed checks.
@@ -178,6 +178,7 @@ def _append_sql(schema: str) -> TextClause:
 
 
 _APPENDS = {schema: _append_sql(schema) for schema in SERVICE_SCHEMAS}
+_LOCKS = {schema: select(func.pg_advisory_xact_lock(append_lock_key(schema))) for schema in SERVICE_SCHEMAS}
 
 
 def _stored(row) -> StoredEvent:

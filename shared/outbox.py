@@ -28,7 +28,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import BigInteger, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -143,6 +143,11 @@ class OutboxRelay:
         self._lock_key = zlib.crc32(f"leadsla.outbox.{schema}".encode())
         self.health = OutboxHealth()
         self._health_read_at = 0.0
+        self._first_read, self._next_read = self._reads()
+        relay = RELAY[schema]
+        position = bindparam("position", type_=BigInteger)
+        self._move = pg_insert(relay).values(id=1, published_position=position).on_conflict_do_update(
+            index_elements=[relay.c.id], set_={"published_position": position, "updated_at": func.now()})
 
     def problem(self) -> str | None:
         """Why the relay is not keeping up, for `/readyz`; None when it is."""
@@ -159,7 +164,6 @@ class OutboxRelay:
         next batch is read when the last one was full, or when a commit woke the relay since the
         last read (rows committed meanwhile go out at once, not after this transaction's end).
         The position moves once, at the end, in the same transaction as the parking."""
-        relay = RELAY[self._schema]
         async with self._engine.begin() as conn:
             rows = await self._read(conn, after=None)
             if not rows:
@@ -185,10 +189,7 @@ class OutboxRelay:
                 if not rows and batches < self._window and self._woken():
                     rows = await self._read(conn, after=last)
             if published:
-                await conn.execute(
-                    pg_insert(relay).values(id=1, published_position=published_to)
-                    .on_conflict_do_update(index_elements=[relay.c.id],
-                                           set_={"published_position": published_to, "updated_at": func.now()}))
+                await conn.execute(self._move, {"position": published_to})
         return published
 
     def _woken(self) -> bool:
@@ -204,22 +205,25 @@ class OutboxRelay:
         trip. The first read of a transaction (`after` None) reads from the published position
         and takes the relay's lock in the same statement: it returns no rows unless the lock was
         taken (a gate evaluated once, before the scan)."""
+        if after is None:
+            return (await conn.execute(self._first_read)).all()
+        return (await conn.execute(self._next_read, {"after": after})).all()
+
+    def _reads(self):
+        """The two reads' statements (built once: building one cost more than running it)."""
         t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
         query = (select(t.c.position, t.c.topic, t.c.key, t.c.payload,
                         exists().where(parked.c.key == t.c.key).label("held"))
                  .order_by(t.c.position).limit(self._batch_size))
-        if after is None:
-            # Named apart for this transaction: the SLA clock's watermark waits for a producer's
-            # open transactions (they may hold stamped events), and the relay's hold none. The
-            # position is read in the statement's snapshot, taken just before the lock: if another
-            # relay moved it in between, rows are sent again (consumers dedupe by id), never skipped.
-            gate = select(func.pg_try_advisory_xact_lock(self._lock_key) & func.set_config(
-                "application_name", f"{application_name(self._schema)}-relay", True).is_not(None)).scalar_subquery()
-            published = select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery()
-            query = query.where(gate, t.c.position > func.coalesce(published, 0))
-        else:
-            query = query.where(t.c.position > after)
-        return (await conn.execute(query)).all()
+        # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
+        # transactions (they may hold stamped events), and the relay's hold none. The position is
+        # read in the statement's snapshot, taken just before the lock: if another relay moved it
+        # in between, rows are sent again (consumers dedupe by id), never skipped.
+        gate = select(func.pg_try_advisory_xact_lock(self._lock_key) & func.set_config(
+            "application_name", f"{application_name(self._schema)}-relay", True).is_not(None)).scalar_subquery()
+        published = select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery()
+        return (query.where(gate, t.c.position > func.coalesce(published, 0)),
+                query.where(t.c.position > bindparam("after", type_=BigInteger)))
 
     async def _settle(self, conn, batch: _InFlight, refused_keys: set[str], *, also_pending: _InFlight | None) -> None:
         """Wait for a batch's acks and park what the broker refused for good; raise when the broker
