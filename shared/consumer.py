@@ -137,9 +137,9 @@ class Subscription:
     # `handlers` if it has one (intake's counts a refused record there), else to the batch
     # handler as a run of one; the two must have the same effects.
     batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
-    # How long the broker may hold a fetch that finds nothing. The broker notices new records only
-    # every so often within this wait (Tansu: records waited up to about half of it), so a
-    # latency-bound subscription takes less, at the cost of more empty fetches when idle.
+    # How long the broker may hold a fetch that finds nothing. Tansu answers a held fetch only
+    # when this wait runs out, even when records arrived meanwhile, so a latency-bound
+    # subscription takes less, at the cost of more empty fetches when idle.
     fetch_max_wait_ms: int = 50
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
