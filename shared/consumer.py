@@ -137,9 +137,9 @@ class Subscription:
     # `handlers` if it has one (intake's counts a refused record there), else to the batch
     # handler as a run of one; the two must have the same effects.
     batched: Mapping[type[BaseModel], BatchHandler] = field(default_factory=dict)
-    # How long the broker may hold a fetch that finds nothing. The broker notices new records only
-    # every so often within this wait (Tansu: records waited up to about half of it), so a
-    # latency-bound subscription takes less, at the cost of more empty fetches when idle.
+    # How long the broker may hold a fetch that finds nothing. Tansu answers a held fetch only
+    # when this wait runs out, even when records arrived meanwhile, so a latency-bound
+    # subscription takes less, at the cost of more empty fetches when idle.
     fetch_max_wait_ms: int = 50
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
@@ -209,9 +209,12 @@ class EventConsumer:
         await consumer.start()
         self.ready.set()
         watching = asyncio.create_task(self._watch_lag(consumer, stop))
-        # The offsets of the last batch, committed to Kafka while the next one is handled: the
-        # broker round trip is off the records' path. Postgres already holds the batch (and its
-        # processed ids), so a crash before this commit only redelivers records that are skipped.
+        # The offsets of the batches handled, committed to Kafka while the next ones are handled:
+        # the broker round trip is off the records' path. One commit at a time, of the newest
+        # offsets (batches handled while one is on its way go together in the next). Postgres
+        # already holds the batches (and their processed ids), so a crash before a commit only
+        # redelivers records that are skipped.
+        to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
@@ -225,25 +228,29 @@ class EventConsumer:
                 handled = await self._process_batch(records, stop) if records else 0
                 for record in records[:handled]:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
-                if done:
-                    if committing is not None:
-                        await committing  # commits go out in order: an older one never lands last
-                    committing = asyncio.create_task(self._commit(consumer, done))
+                to_commit.update(done)
+                if to_commit and (committing is None or committing.done()):
+                    committing = asyncio.create_task(self._commit(consumer, to_commit))
         finally:
             self.ready.clear()
             watching.cancel()
             if committing is not None:
-                await committing  # the last batch's offsets, before leaving the group
+                await committing  # the last batches' offsets, before leaving the group
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            # A rebalance took the partitions away mid-batch. Their new owner re-reads from the last
-            # committed offset; the ids recorded in processed_events make that replay a no-op.
-            log.info("consumer.commit_skipped", group=self.sub.group, reason=type(exc).__name__)
+    async def _commit(self, consumer: AIOKafkaConsumer, pending: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Commit `pending` (emptied as it is taken) until nothing is left in it: commits go out
+        in order, so an older one never lands last."""
+        while pending:
+            offsets = dict(pending)
+            pending.clear()
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                # A rebalance took the partitions away mid-batch. Their new owner re-reads from the
+                # last committed offset; the ids recorded in processed_events make that replay a no-op.
+                log.info("consumer.commit_skipped", group=self.sub.group, reason=type(exc).__name__)
 
     async def _watch_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Lag measured beside the loop, not in it: a consumer stuck on one record, or assigned

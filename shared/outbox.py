@@ -28,7 +28,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import BigInteger, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -143,6 +143,11 @@ class OutboxRelay:
         self._lock_key = zlib.crc32(f"leadsla.outbox.{schema}".encode())
         self.health = OutboxHealth()
         self._health_read_at = 0.0
+        self._first_read, self._next_read = self._reads()
+        relay = RELAY[schema]
+        position = bindparam("position", type_=BigInteger)
+        self._move = pg_insert(relay).values(id=1, published_position=position).on_conflict_do_update(
+            index_elements=[relay.c.id], set_={"published_position": position, "updated_at": func.now()})
 
     def problem(self) -> str | None:
         """Why the relay is not keeping up, for `/readyz`; None when it is."""
@@ -155,21 +160,17 @@ class OutboxRelay:
         """Publish the store's next rows after the published position; returns how many went
         out (or were parked). Up to `window` batches go in one transaction, pipelined: the next
         batch is read and handed to the producer while the acks of the one before are on their
-        way, so the producer never waits for the database nor the database for the broker. The
-        position moves once, at the end, in the same transaction as the parking."""
-        relay = RELAY[self._schema]
+        way, so the producer never waits for the database nor the database for the broker. A
+        next batch is read when the last one was full, or when a commit woke the relay since the
+        last read (rows committed meanwhile go out at once, not after this transaction's end).
+        The position moves once, at the end, in the same transaction as the parking."""
         async with self._engine.begin() as conn:
-            # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
-            # transactions (they may hold stamped events), and the relay's hold none.
-            locked = (await conn.execute(select(
-                func.pg_try_advisory_xact_lock(self._lock_key),
-                func.set_config("application_name", f"{application_name(self._schema)}-relay", True)))).first()
-            if not locked[0]:
-                return 0
+            rows = await self._read(conn, after=None)
+            if not rows:
+                return 0  # nothing to publish, or another replica's relay holds the lock
             refused_keys: set[str] = set()  # keys with a parked row: their later rows are held
             in_flight: _InFlight | None = None
-            rows = await self._read(conn, after=None)
-            published, published_to, batches = 0, 0, 0
+            published, published_to, batches, last = 0, 0, 0, 0
             while rows or in_flight:
                 current = None
                 if rows:
@@ -177,31 +178,52 @@ class OutboxRelay:
                     refused_keys |= {r.key for r in rows if r.held}
                     sent = [r for r in rows if r.topic is not None]
                     current = _InFlight(rows, sent, await enqueue_in_order(self._producer, sent, refused_keys))
-                    more = len(rows) >= self._batch_size and batches < self._window
-                    rows = await self._read(conn, after=rows[-1].position) if more else []
+                    full, last, rows = len(rows) >= self._batch_size, rows[-1].position, []
+                    if batches < self._window and (full or self._woken()):
+                        rows = await self._read(conn, after=last)
                 if in_flight:
                     await self._settle(conn, in_flight, refused_keys, also_pending=current)
                     published += len(in_flight.rows)
                     published_to = in_flight.rows[-1].position
                 in_flight = current
+                if not rows and batches < self._window and self._woken():
+                    rows = await self._read(conn, after=last)
             if published:
-                await conn.execute(
-                    pg_insert(relay).values(id=1, published_position=published_to)
-                    .on_conflict_do_update(index_elements=[relay.c.id],
-                                           set_={"published_position": published_to, "updated_at": func.now()}))
+                await conn.execute(self._move, {"position": published_to})
         return published
 
+    def _woken(self) -> bool:
+        """Whether a commit woke the relay since the last read (cleared: the read that follows
+        sees that commit; a later one sets it again)."""
+        if not self._wakeup.is_set():
+            return False
+        self._wakeup.clear()
+        return True
+
     async def _read(self, conn, *, after: int | None) -> list:
-        """The next rows after `after` (None: the published position), each saying whether its key
-        has a parked row. One round trip."""
-        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
+        """The next rows after `after`, each saying whether its key has a parked row. One round
+        trip. The first read of a transaction (`after` None) reads from the published position
+        and takes the relay's lock in the same statement: it returns no rows unless the lock was
+        taken (a gate evaluated once, before the scan)."""
         if after is None:
-            after = func.coalesce(select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery(), 0)
-        return (await conn.execute(
-            select(t.c.position, t.c.topic, t.c.key, t.c.payload,
-                   exists().where(parked.c.key == t.c.key).label("held"))
-            .where(t.c.position > after).order_by(t.c.position).limit(self._batch_size)
-        )).all()
+            return (await conn.execute(self._first_read)).all()
+        return (await conn.execute(self._next_read, {"after": after})).all()
+
+    def _reads(self):
+        """The two reads' statements (built once: building one cost more than running it)."""
+        t, parked, relay = self._table, PARKED[self._schema], RELAY[self._schema]
+        query = (select(t.c.position, t.c.topic, t.c.key, t.c.payload,
+                        exists().where(parked.c.key == t.c.key).label("held"))
+                 .order_by(t.c.position).limit(self._batch_size))
+        # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
+        # transactions (they may hold stamped events), and the relay's hold none. The position is
+        # read in the statement's snapshot, taken just before the lock: if another relay moved it
+        # in between, rows are sent again (consumers dedupe by id), never skipped.
+        gate = select(func.pg_try_advisory_xact_lock(self._lock_key) & func.set_config(
+            "application_name", f"{application_name(self._schema)}-relay", True).is_not(None)).scalar_subquery()
+        published = select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery()
+        return (query.where(gate, t.c.position > func.coalesce(published, 0)),
+                query.where(t.c.position > bindparam("after", type_=BigInteger)))
 
     async def _settle(self, conn, batch: _InFlight, refused_keys: set[str], *, also_pending: _InFlight | None) -> None:
         """Wait for a batch's acks and park what the broker refused for good; raise when the broker

@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import cache
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import exists, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
 
-from shared.config import Config, Owner
+from shared.config import Config, Owner, per_config
 from shared.db import xact_lock
 from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
 from shared.eventstore import EVENTS, ConcurrencyConflict
@@ -108,13 +111,17 @@ class RouterStore(Protocol):
     # changes that touch many owners take it exclusively.
     async def lock_routing(self) -> None: ...
 
-    async def lock_leads(self, lead_ids: list[str]) -> None: ...
+    async def lock_run(self, lead_ids: list[str], keys: set[str], domains: set[str], *,
+                       undoable: bool = True) -> tuple[Scope, set[str]]:
+        """Lock, in one go, a run of new leads, the routing state (shared), `keys`, and the owners
+        of the newest open leads of `domains` (their account owners, looked up by the lock
+        itself); `undoable`: under a savepoint, so that `undo` releases them again. Returns the
+        scope and the account owners locked."""
 
-    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
-        """Lock `keys`; `undoable`: under a savepoint, so that `undo` releases them again."""
-
-    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
-        """(lead_id, company domain, tier) -> what routing that lead needs to know first."""
+    async def read_run(self, leads: list[tuple[str, str | None, str]], config: Config, now: datetime, *,
+                       owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
+        """What deciding a run reads, after its locks: per (lead_id, company domain, tier) what
+        routing that lead needs to know first, and the routing state of `owners` and `rules`."""
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
                          rules: set[str] | None = None) -> RoutingState: ...
@@ -171,7 +178,7 @@ def _stream_version(lead_id):
 
 async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, Owner]:
     rows = await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))
-    changes = dict(rows.tuples().all())
+    changes = dict(rows.all())
     return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
 
 
@@ -185,56 +192,98 @@ async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, 
         .order_by(assignments.c.company_domain, assignments.c.assigned_at.desc())
         .distinct(assignments.c.company_domain)
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
-def _state_sql(owners_filtered: bool, rules_filtered: bool) -> str:
+@cache
+def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = False) -> TextClause:
     # One round trip for everything a decision reads; with filters, only the owners and the
-    # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500).
+    # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500). With
+    # `contexts`, the leads' contexts come first (kind 'lead', three more columns).
     owner_filter = " AND owner_id = ANY(CAST(:owners AS text[]))" if owners_filtered else ""
     rule_filter = " WHERE rule_id = ANY(CAST(:rules AS text[]))" if rules_filtered else ""
-    return (
-        "SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j "
+    more = ", NULL, NULL, NULL" if contexts else ""
+    return text(
+        (_CONTEXTS + " UNION ALL " if contexts else "")
+        + f"SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j{more} "
         "FROM router.owner_state "
-        "UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL FROM router.assignments "
+        f"UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL{more} FROM router.assignments "
         f"WHERE closed_at IS NULL{owner_filter} GROUP BY owner_id "
-        "UNION ALL SELECT 'day', owner_id, assigned, day, NULL FROM router.daily_assignments "
+        f"UNION ALL SELECT 'day', owner_id, assigned, day, NULL{more} FROM router.daily_assignments "
         f"WHERE day >= CAST(:since AS date){owner_filter} "
-        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts FROM router.rr_cursors{rule_filter}"
+        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts{more} FROM router.rr_cursors{rule_filter}"
     )
+
+
+# Each lead's context, as rows of the state's shape: (kind 'lead', lead, its stream version,
+# NULL, NULL, known, account owner, queue ahead).
+_CONTEXTS = (
+    "SELECT 'lead' AS kind, l.lead AS k, "
+    "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead)::int AS n, "
+    "NULL::date AS day, NULL AS j, "
+    "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
+    "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
+    "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
+    "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
+    "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead "
+    "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
+    "AS l(lead, domain, tier)"
+)
+
+
+@per_config
+def _owners_by_id(config: Config) -> Mapping[str, Owner]:
+    # Once per configuration: a batch lays only the owners with runtime changes over it (it built
+    # all 500 owners' mapping anew each time).
+    return MappingProxyType({o.id: o for o in config.owners})
 
 
 def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_leads: Mapping[str, int],
               days: Iterable[tuple[str, date, int]], cursors: Mapping[str, int],
               weighted: Mapping[str, Mapping[str, int]]) -> RoutingState:
-    effective = {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+    configured = _owners_by_id(config)  # shared, never changed: a decision reads it only
+    effective = {**configured, **{owner: effective_owner(configured[owner], changed)
+                                  for owner, changed in changes.items() if owner in configured}} if changes else configured
     today = {owner: n for owner, day, n in days if owner in effective
              and day == owner_day(effective[owner], config, now)}  # each owner's own day
     return RoutingState(owners=effective, open_leads=dict(open_leads), today=today, cursors=dict(cursors),
                         weighted={k: dict(v) for k, v in weighted.items()})
 
 
-async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, owners: set[str] | None = None,
-                     rules: set[str] | None = None) -> RoutingState:
-    """The routing state; `owners`/`rules` limit the counts and cursors read to those."""
+def _state_params(now: datetime, owners: set[str] | None, rules: set[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {"since": (now - timedelta(days=2)).date()}
     if owners is not None:
         params["owners"] = sorted(owners)
     if rules is not None:
         params["rules"] = sorted(rules)
-    rows = (await conn.execute(text(_state_sql(owners is not None, rules is not None)), params)).tuples()
+    return params
+
+
+async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, owners: set[str] | None = None,
+                     rules: set[str] | None = None) -> RoutingState:
+    """The routing state; `owners`/`rules` limit the counts and cursors read to those."""
+    rows = await conn.execute(_state_sql(owners is not None, rules is not None), _state_params(now, owners, rules))
+    return _state_from(config, now, rows, {})
+
+
+def _state_from(config: Config, now: datetime, rows: Iterable[Any],
+                contexts: dict[str, LeadContext]) -> RoutingState:
+    """The state in `rows` (the leads' contexts among them go to `contexts`)."""
     changes: dict[str, Any] = {}
     open_leads: dict[str, int] = {}
     days: list[tuple[str, date, int]] = []
     cursors: dict[str, int] = {}
     weighted: dict[str, Any] = {}
-    for kind, key, n, day, value in rows:  # one pass: a run's state can be a thousand rows
+    for kind, key, n, day, value, *context in rows:  # one pass: a run's state can be a thousand rows
         if kind == "open":
             open_leads[key] = n
         elif kind == "day":
             days.append((key, day, n))
         elif kind == "cursor":
             cursors[key], weighted[key] = n, value or {}
+        elif kind == "lead":
+            known, account_owner, queue_ahead = context
+            contexts[key] = LeadContext(known, account_owner, queue_ahead, n)
         else:
             changes[key] = value
     return _state_of(config, now, changes=changes, open_leads=open_leads, days=days, cursors=cursors,
@@ -243,7 +292,7 @@ async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, ow
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
     rows = await conn.execute(select(queue.c.tier, func.count()).group_by(queue.c.tier))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 class _Savepoint:
@@ -267,6 +316,24 @@ def _queued(row) -> QueuedLead:
     return QueuedLead(lead_id=row.lead_id, tier=row.tier, reason=row.reason, queued_at=row.queued_at,
                       assignment_no=row.assignment_no, facts=facts_of_row(row.lead_id, row.tier, row.facts),
                       version=row.version)
+
+
+# Locks of a run of new leads, in one statement: the leads, the keys given and the account
+# owners of the domains given, all in hash order (every transaction takes its locks in the same
+# order, so none waits in a circle), then the routing state shared. The account owners are read
+# before the locks are granted (one statement, one snapshot): the decision reads them again after.
+_LOCK_RUN = text(
+    "WITH accounts AS (SELECT (SELECT owner_id FROM router.assignments WHERE company_domain = d "
+    "AND closed_at IS NULL ORDER BY assigned_at DESC LIMIT 1) AS owner_id "
+    "FROM unnest(CAST(:domains AS text[])) AS d), "
+    "keys AS (SELECT 'router.lead:' || k AS k FROM unnest(CAST(:leads AS text[])) AS k "
+    "UNION SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
+    "UNION SELECT 'router.owner:' || owner_id FROM accounts WHERE owner_id IS NOT NULL), "
+    "locked AS (SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext(k) AS h FROM keys ORDER BY 1) "
+    "AS ordered UNION ALL SELECT pg_advisory_xact_lock_shared(hashtext(:routing))) "
+    "SELECT (SELECT count(*) FROM locked) AS locks, "
+    "ARRAY(SELECT DISTINCT owner_id FROM accounts WHERE owner_id IS NOT NULL) AS accounts"
+)
 
 
 class PostgresRouterStore:
@@ -301,39 +368,23 @@ class PostgresRouterStore:
     async def lock_routing(self) -> None:
         await lock_routing(self.conn)
 
-    async def lock_leads(self, lead_ids: list[str]) -> None:
+    async def lock_run(self, lead_ids: list[str], keys: set[str], domains: set[str], *,
+                       undoable: bool = True) -> tuple[Scope, set[str]]:
         # The same lead under another event id (a replay) may be in flight in another router: the
         # lead's lock makes the second one see the first one's decision instead of deciding again.
-        # Several leads in hash order, in one statement (see lock_scope), then the routing state shared.
-        await self.conn.execute(text(
-            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtext('router.lead:' || k) AS h "
-            "FROM unnest(CAST(:leads AS text[])) AS k ORDER BY 1) AS ordered "
-            "UNION ALL SELECT pg_advisory_xact_lock_shared(hashtext(:routing))"
-        ), {"leads": lead_ids, "routing": ROUTING})
-
-    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
         attempt = await self.conn.begin_nested() if undoable else None
-        # In hash order: every transaction takes its locks in the same order, so none waits in a circle.
-        await self.conn.execute(text(
-            "SELECT pg_advisory_xact_lock(h) FROM "
-            "(SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ordered"
-        ), {"keys": sorted(keys)})
-        return _Savepoint(attempt) if attempt is not None else _Kept()
+        row = (await self.conn.execute(_LOCK_RUN, {"leads": lead_ids, "keys": sorted(keys),
+                                                   "domains": sorted(domains), "routing": ROUTING})).one()
+        return (_Savepoint(attempt) if attempt is not None else _Kept()), set(row.accounts)
 
-    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
-        rows = await self.conn.execute(text(
-            "SELECT l.lead, "
-            "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
-            "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
-            "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
-            "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
-            "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead, "
-            "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead) AS version "
-            "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
-            "AS l(lead, domain, tier)"
-        ), {"leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
-            "tiers": [tier for _, _, tier in leads]})
-        return {row.lead: LeadContext(row.known, row.account_owner, row.queue_ahead, row.version) for row in rows}
+    async def read_run(self, leads: list[tuple[str, str | None, str]], config: Config, now: datetime, *,
+                       owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
+        params = _state_params(now, owners, rules) | {
+            "leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
+            "tiers": [tier for _, _, tier in leads]}
+        contexts: dict[str, LeadContext] = {}
+        state = _state_from(config, now, await self.conn.execute(_state_sql(True, True, True), params), contexts)
+        return contexts, state
 
     async def load_state(self, config: Config, now: datetime, *, owners: set[str] | None = None,
                          rules: set[str] | None = None) -> RoutingState:
@@ -509,15 +560,17 @@ class InMemoryRouterStore:
     async def lock_routing(self) -> None:
         pass
 
-    async def lock_leads(self, lead_ids: list[str]) -> None:
-        pass
-
-    async def lock_scope(self, keys: set[str], *, undoable: bool = True) -> Scope:
-        return _Kept()
+    async def lock_run(self, lead_ids: list[str], keys: set[str], domains: set[str], *,
+                       undoable: bool = True) -> tuple[Scope, set[str]]:
+        return _Kept(), set((await self.account_owners(domains)).values())
 
     # -- reads --
 
-    async def lead_contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
+    async def read_run(self, leads: list[tuple[str, str | None, str]], config: Config, now: datetime, *,
+                       owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
+        return await self._contexts(leads), await self.load_state(config, now, owners=owners, rules=rules)
+
+    async def _contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
         owners = await self.account_owners({domain for _, domain, _ in leads if domain})
         return {lead_id: LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
                                      account_owner=owners.get(domain) if domain else None,

@@ -189,47 +189,56 @@ async def route_lead(uow: Any, received: Received[LeadReceived], deps: RouterDep
 
 async def route_leads(uow: Any, run: list[Received[LeadReceived]], deps: RouterDeps) -> None:
     """Route received leads, a run at a time (consecutive lead.received of a fetched batch): the
-    run's locks, the leads' context and the routing state are read once, each lead is decided in
-    turn on the state the earlier ones left (as if they had come one by one), and the decisions
-    are recorded in one call (the projection writes a run of assignments in one round trip)."""
+    run's locks are taken in one statement, the leads' context and the routing state read in
+    one, each lead is decided in turn on the state the earlier ones left (as if they had come
+    one by one), and the decisions are recorded in one call (the projection writes a run of
+    assignments in one round trip)."""
     config, now = deps.config, deps.clock.now()
     store = deps.store(uow)
     leads: dict[str, tuple[CloudEvent, LeadFacts]] = {}
     for received in run:  # the same lead twice (a replay under another event id): decided once
         leads.setdefault(received.data.lead_id, (received.envelope, facts_of(received.data,
                                                                               received.envelope.correlationid)))
-    await store.lock_leads(list(leads))
-    contexts = await store.lead_contexts([(f.lead_id, f.company_domain, f.tier) for _, f in leads.values()])
-    todo: list[_New] = []
-    for lead_id, (event, facts) in leads.items():
-        known = contexts[lead_id]
-        if known.known:
-            continue  # already routed or waiting
-        # Another writer of this lead's stream (a reassignment, a second router) makes the commit
-        # conflict, and the batch is retried from fresh state.
-        store.expect(lead_id, known.version)
-        todo.append(_New(event, facts, known.account_owner, known.queue_ahead))
-    if not todo:
-        return
-    scopes = [decision_scope(config, lead.facts, lead.account_owner) for lead in todo]
+    facts = [f for _, f in leads.values()]
+    # What the decisions lock is known before anything is read: each lead's rule and the owners
+    # it picks from, and (account routing) the owner of its company's newest open lead, which the
+    # lock statement looks up itself.
+    scopes = [decision_scope(config, f, None) for f in facts]
     rules = {rule_id for rule_id, _ in scopes}
     owners: set[str] = set().union(*(scope for _, scope in scopes))
+    domains = {f.company_domain for f in facts if f.company_domain} if config.routing.account_match else set()
     fallbacks = fallback_owners(config)
     for _ in range(MAX_SCOPE_WIDENINGS):
         # Under a savepoint only when a decision could leave the scope (a fallback owner outside it).
-        attempt = await store.lock_scope({f"router.rule:{r}" for r in rules} | {f"router.owner:{o}" for o in owners},
-                                         undoable=not fallbacks <= owners)
-        state = await store.load_state(config, now, owners=owners | fallbacks, rules={r or "" for r in rules})
+        attempt, accounts = await store.lock_run(
+            list(leads), {f"router.rule:{r}" for r in rules} | {f"router.owner:{o}" for o in owners}, domains,
+            undoable=not fallbacks <= owners)
+        owners |= accounts
+        contexts, state = await store.read_run([(f.lead_id, f.company_domain, f.tier) for f in facts], config, now,
+                                               owners=owners | fallbacks, rules={r or "" for r in rules})
+        todo: list[_New] = []
+        for lead_id, (event, lead_facts) in leads.items():
+            known = contexts[lead_id]
+            if known.known:
+                continue  # already routed or waiting
+            # Another writer of this lead's stream (a reassignment, a second router) makes the
+            # commit conflict, and the batch is retried from fresh state.
+            store.expect(lead_id, known.version)
+            todo.append(_New(event, lead_facts, known.account_owner, known.queue_ahead))
+        if not todo:
+            await attempt.keep()
+            return
         decided = await _decide_run(store, config, todo, state, now)
+        # Outside the locked scope: a fallback, or an account that changed hands since the lock.
         outside = {d.owner_id for _, d in decided if d.owner_id is not None and d.owner_id not in owners}
         if not outside:
             await attempt.keep()
             break
-        # One went to an owner outside the locked scope (a fallback): undo the locks, widen, retry.
+        # Undo the locks, widen, retry.
         await attempt.undo()
         owners |= outside
     else:
-        raise RuntimeError(f"routing scope kept widening for leads {[lead.facts.lead_id for lead in todo]}")
+        raise RuntimeError(f"routing scope kept widening for leads {list(leads)}")
     recorded: Recorded = []
     for lead, decision in decided:
         if decision.owner_id is None:

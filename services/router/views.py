@@ -18,7 +18,7 @@ from .tables import owner_state, queue
 async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> list[dict[str, Any]]:
     state = await load_state(conn, config, now)
     owners = state.owners
-    versions = dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.version))).tuples().all())
+    versions = dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.version))).all())
     teams: dict[str, list[str]] = {}
     for team in config.teams:
         for member in team.members:

@@ -202,7 +202,7 @@ class RouterStoreContract:
             owners = (await store.load_state(CONFIG, NOW)).owners
         assert owners["cat"].capacity == 3 and owners["cat"].status == "active" and owners["ann"].capacity is None
 
-    async def test_lead_contexts_say_known_account_owner_queue_ahead_and_version(self) -> None:
+    async def test_a_runs_reads_say_known_account_owner_queue_ahead_and_version_beside_the_state(self) -> None:
         await self.assign("ann", domain="old.example", at=NOW - timedelta(minutes=2))
         await self.assign("cat", domain="old.example", at=NOW - timedelta(minutes=1))
         closed = await self.assign("ben", domain="old.example", at=NOW)
@@ -211,8 +211,16 @@ class RouterStoreContract:
         queued = await self.enqueue("B")
         async with self.unit() as store:
             assert await store.account_owners({"old.example", "none.example"}) == {"old.example": "cat"}
-            found = await store.lead_contexts([("new-lead", "old.example", "A"), (queued, None, "B"),
-                                               ("other-lead", "none.example", "C")])
+            scope, accounts = await store.lock_run(["new-lead", queued], {"router.owner:ann"},
+                                                   {"old.example", "none.example"}, undoable=True)
+            assert accounts == {"cat"}  # the owners of the domains' newest open leads
+            await scope.keep()
+            found, state = await store.read_run([("new-lead", "old.example", "A"), (queued, None, "B"),
+                                                 ("other-lead", "none.example", "C")], CONFIG, NOW,
+                                                owners={"ann", "cat"}, rules={"rr"})
+            assert set(found) == {"new-lead", queued, "other-lead"}
+            assert state.open_leads == {"ann": 1, "cat": 1} and state.cursors == {"rr": 0}
+            assert set(state.owners) == {o.id for o in CONFIG.owners}
             fresh, waiting, other = found["new-lead"], found[queued], found["other-lead"]
             assert (fresh.known, fresh.account_owner, fresh.queue_ahead, fresh.version) == (False, "cat", False, 0)
             assert (waiting.known, waiting.account_owner, waiting.queue_ahead, waiting.version) == (True, None, True, 2)

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, select
 
-from services.router.handlers import RouterDeps, on_activity, route_lead
+from services.router.handlers import RouterDeps, on_activity, route_lead, route_leads
 from services.router.tables import assignments, queue
 from shared.events import (
     ActivityRecorded,
@@ -134,3 +134,44 @@ async def test_a_writer_that_read_an_old_version_of_the_lead_conflicts(make_ctx,
         stale.emit(None, closing, stream=lead.subject)
         with pytest.raises(ConcurrencyConflict):
             await stale.commit()
+
+
+def received_from(now, domain: str, tier: str) -> CloudEvent:
+    lead_id = str(uuid.uuid4())
+    return new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
+        lead_id=lead_id, source="web", tier=tier, contact=Contact(email=f"a@{domain}"), company=Company(),
+        intent=Intent(type="demo_request"), consent=Consent(), contactable=True, received_at=now))
+
+
+OUTSIDE = """
+owners: [{id: alice}, {id: bob, status: away}, {id: dana}, {id: zed}]
+teams: [{id: sdr, members: [alice]}, {id: vip, members: [dana]}, {id: gone, members: [bob]}]
+routing:
+  fallback_owner: zed
+  rules:
+    - {id: vip-%(s)s, match: {tiers: [B]}, team: vip}
+    - {id: gone-%(s)s, match: {tiers: [C]}, team: gone}
+    - {id: rr-%(s)s, team: sdr}
+"""
+
+
+async def test_decisions_that_leave_the_rules_team_lock_their_owner_first(make_ctx, clock, engine) -> None:
+    """An account's owner outside the rule's team (looked up by the run's lock statement) and a
+    fallback owner outside it (the scope widened under a savepoint) both get the lead."""
+    s = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", OUTSIDE % {"s": s})
+    domain = f"{s}.example"
+    vip, same_account, nobody_in_team = (received_from(clock.now(), domain, "B"),
+                                         received_from(clock.now(), domain, "A"),
+                                         received_from(clock.now(), f"other-{s}.example", "C"))
+    for event in (vip, [same_account, nobody_in_team]):
+        async with ctx.uow() as uow:
+            run = [Received.of(e) for e in (event if isinstance(event, list) else [event])]
+            await route_leads(uow, run, RouterDeps(ctx.config.config, clock))
+            await uow.commit()
+    owners = {}
+    for event in (vip, same_account, nobody_in_team):
+        [assigned] = await routed(engine, event.subject)
+        owners[event.subject] = (assigned.data["owner_id"], assigned.data["method"])
+    assert owners == {vip.subject: ("dana", "round_robin"), same_account.subject: ("dana", "account_match"),
+                      nobody_in_team.subject: ("zed", "fallback")}
