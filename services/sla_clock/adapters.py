@@ -113,7 +113,7 @@ class PostgresClockStore:
             select(timers.c.sla_id, _VERSION).select_from(_WITH_LEAD)
             .where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
             .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True, of=timers)
-        )).tuples().all())
+        )).all())  # rows unpack like tuples (Result.tuples() is deprecated and warns on every call)
 
     async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
         if not sla_ids:
