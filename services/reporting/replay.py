@@ -33,6 +33,7 @@ from .handlers import CalendarOf, calendars
 from .tables import lead_state, sla_timers, timeline
 
 LEADS_PER_PAGE = 400
+LEADS_PER_SLICE = 50
 # Compared by --verify: every derived table, row for row.
 DERIVED = ("reporting.leads", "reporting.sla_timers")
 
@@ -142,19 +143,25 @@ async def _folded_pages(source: AsyncConnection, calendar_of: CalendarOf
     while page:
         # Ask for the next page before folding this one: Postgres produces it meanwhile.
         upcoming = asyncio.ensure_future(cursor.fetch(LEADS_PER_PAGE))
-        await asyncio.sleep(0)  # let the request go out
+        leads: dict[str, dict[str, Any]] = {}
+        timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
+        count = 0
         try:
-            events = [_Recorded(lead_id, kind, datetime.fromisoformat(at), data)
-                      for lead_id, recorded in page for kind, at, data in loads(recorded)]
-            leads: dict[str, dict[str, Any]] = {}
-            timers: dict[str, dict[str, dict[str, Any]]] = {}  # lead id -> sla id -> row
-            fold_events(events, calendar_of, leads, timers)
+            for start in range(0, len(page), LEADS_PER_SLICE):
+                events = [_Recorded(lead_id, kind, datetime.fromisoformat(at), data)
+                          for lead_id, recorded in page[start:start + LEADS_PER_SLICE]
+                          for kind, at, data in loads(recorded)]
+                fold_events(events, calendar_of, leads, timers)
+                count += len(events)
+                # The previous page's COPY and the next page's fetch move on between slices: a
+                # page folded in one go left them waiting for it, and then this process for them.
+                await asyncio.sleep(0)
         except BaseException:
             # Leave the connection idle, so it can go back to the pool.
             await asyncio.gather(upcoming, return_exceptions=True)
             raise
         folded = ([_lead_record(lead) for lead in leads.values()],
-                  [timer_row(timer) for own in timers.values() for timer in own.values()], len(events))
+                  [timer_row(timer) for own in timers.values() for timer in own.values()], count)
         page = await upcoming
         yield folded  # with no fetch in flight: the caller may stop here
 
