@@ -44,7 +44,7 @@ from shared.consumer import EventConsumer  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.http import create_app  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
-from shared.runtime import ServiceContext  # noqa: E402
+from shared.runtime import ServiceContext, wire  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
@@ -118,7 +118,7 @@ class Rates:
 
 
 async def http_rounds(ctx: ServiceContext, engine, n: int, concurrency: int, rates: Rates, base: int) -> None:
-    spec = intake_bootstrap(ctx)
+    spec = wire(ctx, intake_bootstrap)
     app = create_app(ctx, spec.routers)
     async with engine.begin() as conn:
         key = await create_key(conn, "bench", "source")
@@ -174,7 +174,7 @@ async def raw_broker(bootstrap: str, producer, n: int, first: int) -> float:
 async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: int, first: int) -> float:
     """Bare bodies on a raw topic -> intake's submission handler -> lead.received (store)."""
     topic = await new_topic(bootstrap)
-    handler = intake_bootstrap(ctx).subscriptions[0]
+    handler = wire(ctx, intake_bootstrap).subscriptions[0]
     done, count = asyncio.Event(), 0
 
     [(payload, handle)] = handler.handlers.items()

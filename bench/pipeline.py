@@ -49,7 +49,7 @@ from shared.events import TOPIC_ROUTING, LeadQueued, new_event  # noqa: E402
 from shared.http import create_app  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.outbox import OutboxRelay  # noqa: E402
-from shared.runtime import ServiceContext  # noqa: E402
+from shared.runtime import ServiceContext, wire  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.uow import UnitOfWork  # noqa: E402
 
@@ -177,7 +177,7 @@ async def intake_http(engine, database_url: str, bootstrap: str, n: int) -> floa
                          clock=ManualClock(NOW), config=ConfigHolder(engine, VersionedConfig(1, parse_config(
                              "tiers: {rules: [{tier: A, when: {intent: [demo_request]}}]}\n"
                              "intake: {rate_limit: {rate: 1000000, burst: 1000000}}\n"))))
-    spec = intake_bootstrap(ctx)
+    spec = wire(ctx, intake_bootstrap)
     app = create_app(ctx, spec.routers)
     async with engine.begin() as conn:
         key = await create_key(conn, "bench", "source")

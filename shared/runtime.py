@@ -69,6 +69,15 @@ class ServiceSpec:
 Bootstrap = Callable[[ServiceContext], ServiceSpec]
 
 
+def wire(ctx: ServiceContext, bootstrap: Bootstrap) -> ServiceSpec:
+    """The service's spec, with its context recording through the service's projection (the
+    units of work of its routes and loops too): the runtime's wiring, for benchmarks and tests
+    that build a service without running it."""
+    spec = bootstrap(ctx)
+    ctx.projection = spec.projection
+    return spec
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message says what to do."""
 
@@ -101,8 +110,7 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
         clock=clock or SystemClock(),
         config=ConfigHolder(engine, versioned),
     )
-    spec = bootstrap(ctx)
-    ctx.projection = spec.projection
+    spec = wire(ctx, bootstrap)
     ctx.consumers = [
         EventConsumer(sub, service=name, bootstrap=settings.kafka_bootstrap, engine=engine,
                       relay_wakeup=ctx.relay_wakeup, clock=ctx.clock, projection=ctx.projection,

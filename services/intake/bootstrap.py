@@ -9,8 +9,6 @@ from .projection import PROJECTION
 
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
-    # Units of work record through the projection from the start (the routes keep `ctx.uow`).
-    ctx.projection = PROJECTION
     subscriptions, loops = consumers_and_loops(ctx)
     return ServiceSpec(subscriptions=subscriptions, loops=loops, routers=[build_router(ctx)],
                        on_invalid_request=count_rejection, projection=PROJECTION)

@@ -24,7 +24,7 @@ from shared.db import database_outage, deadletters, make_engine
 from shared.eventstore import EVENTS
 from shared.http import create_app
 from shared.migrate import upgrade
-from shared.runtime import ServiceContext
+from shared.runtime import ServiceContext, wire
 from shared.settings import Settings
 from tests.support import create_topic, eventually
 
@@ -60,7 +60,7 @@ async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothi
     ctx = ServiceContext(name="intake", settings=settings, engine=engine, producer=producer, clock=clock,
                          config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
                          relay_wakeup=asyncio.Event())
-    spec = intake_bootstrap(ctx)
+    spec = wire(ctx, intake_bootstrap)
     app = create_app(ctx, spec.routers, spec.on_invalid_request)
 
     # A consumer on a topic of the test's own; `decoded` tells that it has the record in hand.
@@ -143,7 +143,7 @@ async def test_no_free_database_connection_is_a_503_not_a_500(database_url, prod
     ctx = ServiceContext(name="intake", settings=settings, engine=engine, producer=producer, clock=clock,
                          config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
                          relay_wakeup=asyncio.Event())
-    spec = intake_bootstrap(ctx)
+    spec = wire(ctx, intake_bootstrap)
     app = create_app(ctx, spec.routers, spec.on_invalid_request)
     try:
         async with engine.connect() as held, httpx.AsyncClient(  # the pool's only connection, taken

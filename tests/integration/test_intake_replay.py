@@ -27,7 +27,7 @@ from shared.config_store import ConfigHolder, VersionedConfig
 from shared.events import CloudEvent
 from shared.http import create_app
 from shared.replay import rebuild
-from shared.runtime import ServiceContext
+from shared.runtime import ServiceContext, wire
 from shared.settings import Settings
 from tests.integration.own_database import fresh_database
 from tests.support import eventually
@@ -70,7 +70,7 @@ async def traffic(database):
     ctx = ServiceContext(name="intake", settings=Settings(database_url=url), engine=engine, producer=None,
                          clock=clock, config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
                          relay_wakeup=asyncio.Event())
-    spec = bootstrap(ctx)
+    spec = wire(ctx, bootstrap)
     async with engine.begin() as conn:
         key = await create_key(conn, "webform", "source")
     app = create_app(ctx, spec.routers, spec.on_invalid_request)

@@ -55,7 +55,7 @@ async def apps(engine, producer, database_url, kafka_bootstrap) -> AsyncIterator
     from shared.clock import SystemClock
     from shared.config import parse_config
     from shared.config_store import ConfigHolder, VersionedConfig
-    from shared.runtime import ServiceContext
+    from shared.runtime import ServiceContext, wire
     from shared.settings import Settings
 
     built = {}
@@ -64,7 +64,7 @@ async def apps(engine, producer, database_url, kafka_bootstrap) -> AsyncIterator
         ctx = ServiceContext(name=name, settings=settings, engine=engine, producer=producer, clock=SystemClock(),
                              config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
                              relay_wakeup=_asyncio.Event())
-        spec = importlib.import_module(f"services.{name}.bootstrap").bootstrap(ctx)
+        spec = wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap)
         built[name] = create_app(ctx, spec.routers, spec.on_invalid_request)
     yield built
 
