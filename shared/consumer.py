@@ -230,12 +230,14 @@ class EventConsumer:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
                 to_commit.update(done)
                 if to_commit and (committing is None or committing.done()):
-                    committing = asyncio.create_task(self._commit(consumer, to_commit))
+                    committing, to_commit = asyncio.create_task(self._commit(consumer, to_commit)), {}
         finally:
             self.ready.clear()
             watching.cancel()
             if committing is not None:
-                await committing  # the last batches' offsets, before leaving the group
+                await committing
+            if to_commit:  # the last batches' offsets, before leaving the group
+                await self._commit(consumer, to_commit)
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 

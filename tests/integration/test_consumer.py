@@ -7,6 +7,7 @@ import base64
 import uuid
 from datetime import UTC, datetime
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import select
 
 from shared.clock import ManualClock
@@ -344,3 +345,43 @@ async def test_a_batched_handler_gets_runs_of_consecutive_events_and_a_failing_r
     effects = [CloudEvent.from_bytes(p) for t, p in found if t == "lead.dequeued"]
     assert [e.causationid for e in effects] == [q1.id, q2.id, q3.id, q5.id]
     assert [t for t, _ in found].count("deadletter") == 1
+
+
+async def test_a_clean_stop_commits_the_offsets_of_every_handled_record(engine, producer, kafka_bootstrap) -> None:
+    """Commits go out one at a time while batches are handled; the batches handled while the last
+    one was on its way are committed on the way out, so a restart redelivers nothing."""
+    topic = await create_topic(kafka_bootstrap, partitions=2)
+    group = f"test-{uuid.uuid4().hex[:6]}"
+    handled: list[str] = []
+
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        handled.append(received.envelope.id)
+
+    consumer = EventConsumer(Subscription(group, (topic,), {LeadQueued: handler}), service="notifier",
+                             bootstrap=kafka_bootstrap, engine=engine, relay_wakeup=asyncio.Event(),
+                             clock=ManualClock(NOW))
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(consumer.ready.wait(), 60)
+    written: dict[TopicPartition, int] = {}  # partition -> the offset after its last record
+    for burst in range(10):  # in bursts: many batches, some handled while a commit is on its way
+        sending = []
+        for i in range(10):
+            lead = f"lead-{burst}-{i}-{uuid.uuid4()}"
+            sending.append(await producer.send(topic, new_event(
+                "lead.queued", service="router", lead_id=lead, time=NOW,
+                data=LeadQueued(lead_id=lead, tier="A", queue="q", reason="no_one_eligible")).to_bytes(),
+                key=lead.encode()))
+        for stored in await asyncio.gather(*sending):
+            tp = TopicPartition(topic, stored.partition)
+            written[tp] = max(written.get(tp, 0), stored.offset + 1)
+    await eventually(lambda: len(handled) >= 100 or None, what="every record handled")
+    stop.set()
+    await running
+
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await reader.start()
+    try:
+        assert {tp: await reader.committed(tp) for tp in written} == written
+    finally:
+        await reader.stop()
