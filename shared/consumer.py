@@ -211,7 +211,8 @@ class EventConsumer:
         watching = asyncio.create_task(self._watch_lag(consumer, stop))
         # The offsets of the batches handled, committed to Kafka while the next ones are handled:
         # the broker round trip is off the records' path. One commit at a time, of the newest
-        # offsets (batches handled while one is on its way go together in the next). Postgres
+        # offsets: the commit in flight drains `to_commit`, so the batches handled while it is on
+        # its way go together in its next round, and awaiting it on the way out commits them. Postgres
         # already holds the batches (and their processed ids), so a crash before a commit only
         # redelivers records that are skipped.
         to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -230,14 +231,12 @@ class EventConsumer:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
                 to_commit.update(done)
                 if to_commit and (committing is None or committing.done()):
-                    committing, to_commit = asyncio.create_task(self._commit(consumer, to_commit)), {}
+                    committing = asyncio.create_task(self._commit(consumer, to_commit))
         finally:
             self.ready.clear()
             watching.cancel()
             if committing is not None:
-                await committing
-            if to_commit:  # the last batches' offsets, before leaving the group
-                await self._commit(consumer, to_commit)
+                await committing  # the last batches' offsets, before leaving the group
             # Leaving the group on the way out spares the others a session timeout.
             await consumer.stop()
 
