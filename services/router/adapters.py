@@ -215,6 +215,11 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = Fal
     )
 
 
+# The account owner of a company domain: the owner of its newest open lead. One text for the lock
+# statement (which locks that owner) and the read after it (which routes to that owner).
+_ACCOUNT_OWNER = ("(SELECT owner_id FROM router.assignments WHERE company_domain = {domain} AND closed_at IS NULL "
+                  "ORDER BY assigned_at DESC LIMIT 1)")
+
 # Each lead's context, as rows of the state's shape: (kind 'lead', lead, its stream version,
 # NULL, NULL, known, account owner, queue ahead).
 _CONTEXTS = (
@@ -223,8 +228,7 @@ _CONTEXTS = (
     "NULL::date AS day, NULL AS j, "
     "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
     "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
-    "(SELECT owner_id FROM router.assignments WHERE company_domain = l.domain AND closed_at IS NULL "
-    "ORDER BY assigned_at DESC LIMIT 1) AS account_owner, "
+    + _ACCOUNT_OWNER.format(domain="l.domain") + " AS account_owner, "
     "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead "
     "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
     "AS l(lead, domain, tier)"
@@ -323,8 +327,7 @@ def _queued(row) -> QueuedLead:
 # order, so none waits in a circle), then the routing state shared. The account owners are read
 # before the locks are granted (one statement, one snapshot): the decision reads them again after.
 _LOCK_RUN = text(
-    "WITH accounts AS (SELECT (SELECT owner_id FROM router.assignments WHERE company_domain = d "
-    "AND closed_at IS NULL ORDER BY assigned_at DESC LIMIT 1) AS owner_id "
+    "WITH accounts AS (SELECT " + _ACCOUNT_OWNER.format(domain="d") + " AS owner_id "
     "FROM unnest(CAST(:domains AS text[])) AS d), "
     "keys AS (SELECT 'router.lead:' || k AS k FROM unnest(CAST(:leads AS text[])) AS k "
     "UNION SELECT k FROM unnest(CAST(:keys AS text[])) AS k "
