@@ -31,6 +31,8 @@ SERVICES = tuple(SERVICE_PORTS)
 EXAMPLE_CONFIG = Path(__file__).parent / "example-config.yaml"
 DEV_WEBHOOK_PORT = 8009
 DEV_SMTP_PORT = 8025
+# `leadsla dev` restarts a service that exits, unless it exits this often within a minute.
+DEV_MAX_EXITS_PER_MINUTE = 5
 
 
 def _bootstrap_of(service: str):
@@ -373,12 +375,24 @@ def dev(
             wait_until(lambda: stop_requested or all(s.ready() for s in services), 90, "services to be ready", 0.25)
         if not stop_requested:
             _print_banner(services, bootstrap, admin_key, version, data_dir, database_url)
+        # A service that dies is started again, as a supervisor would (the rest keep running and
+        # nothing is lost: it resumes from its store and its consumer group); one that keeps dying
+        # stops everything, its log says why.
+        exits: dict[str, list[float]] = {s.name: [] for s in services}
         while not stop_requested:
             for service in services:
-                if service.proc is not None and service.proc.poll() is not None:
-                    console.print(f"[red]{service.name} exited ({service.proc.returncode}); "
-                                  f"see {service.log_path}[/red]")
+                if service.proc is None or service.proc.poll() is None:
+                    continue
+                now = time.monotonic()
+                recent = exits[service.name] = [t for t in exits[service.name] if now - t < 60] + [now]
+                console.print(f"[red]{service.name} exited ({service.proc.returncode}); "
+                              f"see {service.log_path}[/red]")
+                if len(recent) >= DEV_MAX_EXITS_PER_MINUTE:
+                    console.print(f"[red]{service.name} keeps exiting: stopping everything[/red]")
                     request_stop()
+                    break
+                console.print(f"restarting {service.name}")
+                service.start()
             time.sleep(0.2)
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]{exc}[/red]")

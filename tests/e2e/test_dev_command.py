@@ -1,4 +1,5 @@
-"""`leadsla dev`, the README's first command: comes up on its own, takes a lead, stops on Ctrl-C."""
+"""`leadsla dev`, the README's first command: comes up on its own, takes a lead, restarts a service
+that dies, stops on Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -41,17 +42,30 @@ def test_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
         headers = {"Authorization": f"Bearer {key}"}
 
-        lead = httpx.post("http://127.0.0.1:8001/v1/leads", headers=headers, json={
-            "contact": {"email": "first@example.com"}, "intent": {"type": "demo_request"}})
-        assert lead.status_code == 201, lead.text
-        lead_id = lead.json()["lead_id"]
+        def send(email: str) -> str:
+            lead = httpx.post("http://127.0.0.1:8001/v1/leads", headers=headers, json={
+                "contact": {"email": email}, "intent": {"type": "demo_request"}})
+            assert lead.status_code == 201, lead.text
+            return lead.json()["lead_id"]
 
-        def assigned() -> bool:
+        def assigned(lead_id: str) -> bool:
             r = httpx.get(f"http://127.0.0.1:8005/v1/leads/{lead_id}", headers=headers)
             return r.status_code == 200 and {"lead.received", "lead.assigned", "sla.started"} <= {
                 e["type"] for e in r.json()["timeline"]}
 
-        wait_until(assigned, 60, "the lead's timeline", 0.2)
+        first = send("first@example.com")
+        wait_until(lambda: assigned(first), 60, "the lead's timeline", 0.2)
+
+        # A service killed mid-work is started again; the rest keep running, and the lead sent
+        # meanwhile is routed by the new process.
+        [router] = [c for c in children if "router" in c.cmdline()]
+        router.kill()
+        second = send("second@example.com")
+        wait_until(lambda: "restarting router" in out.read_text() or proc.poll() is not None, 30,
+                   "`leadsla dev` to restart the router", 0.2)
+        assert proc.poll() is None, out.read_text()
+        wait_until(lambda: assigned(second), 90, "the second lead's timeline", 0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
         replay = subprocess.run([sys.executable, "-m", "leadsla.cli", "replay", "reporting", "--verify"],
                                 env={**os.environ, "LEADSLA_DATABASE_URL": database_url}, capture_output=True,
                                 text=True, timeout=120)
