@@ -35,7 +35,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    TextClause,
     UniqueConstraint,
     func,
     select,
@@ -142,10 +141,11 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
         return
-    await conn.execute(_APPEND_LOCKS[schema])
-    # Checking the expected versions, numbering and inserting: one statement, after the lock (its
-    # snapshot then sees every append committed before). Nothing is inserted if a stream moved.
+    # The lock, then (in a snapshot taken after it, so every append committed before is seen)
+    # the check of the expected versions, the numbering and the insert: one call of the store's
+    # append function (migration 0008). Nothing is inserted if a stream moved.
     moved = (await conn.execute(_APPENDS[schema], {
+        "lock_key": append_lock_key(schema),
         # Streams read to decide (`expected`) are checked even when nothing is appended to them.
         "streams": list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})])),
         "expected": json_rows([{"stream_id": k, "version": v} for k, v in (expected or {}).items()]),
@@ -154,37 +154,12 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
                            for p in pending]),
     })).first()
     if moved is not None:
-        raise ConcurrencyConflict(moved.stream_id, moved.expected, moved.actual)
+        raise ConcurrencyConflict(*moved)
 
 
-def _append_statement(schema: str) -> TextClause:
-    """Versions continue each stream's (the n-th new event of a stream gets its current version +
-    n); rows, and so positions, go in in their order."""
-    return text(f"""
-WITH current AS (
-    SELECT stream_id, max(version) AS version FROM {schema}.events
-    WHERE stream_id = ANY(CAST(:streams AS text[])) GROUP BY stream_id),
-moved AS (
-    SELECT e.stream_id, e.version AS expected, coalesce(c.version, 0) AS actual
-    FROM json_to_recordset(CAST(:expected AS json)) AS e(stream_id text, version int)
-    LEFT JOIN current AS c USING (stream_id)
-    WHERE coalesce(c.version, 0) <> e.version),
-added AS (
-    INSERT INTO {schema}.events (stream_id, version, event_id, event_type, topic, key, payload)
-    SELECT r.stream_id, coalesce(c.version, 0) + row_number() OVER (PARTITION BY r.stream_id ORDER BY r.n),
-           r.event_id, r.event_type, r.topic, r.key, convert_to(r.payload, 'UTF8')
-    FROM ROWS FROM (json_to_recordset(CAST(:rows AS json)) AS (stream_id text, event_id text, event_type text,
-                                                              topic text, key text, payload text))
-         WITH ORDINALITY AS r(stream_id, event_id, event_type, topic, key, payload, n)
-    LEFT JOIN current AS c USING (stream_id)
-    WHERE NOT EXISTS (SELECT FROM moved)
-    ORDER BY r.n)
-SELECT stream_id, expected, actual FROM moved""")  # `added` runs though unread (a data-modifying WITH)
-
-
-# Built once: an append runs these for every transaction of every service.
-_APPEND_LOCKS = {schema: select(func.pg_advisory_xact_lock(append_lock_key(schema))) for schema in SERVICE_SCHEMAS}
-_APPENDS = {schema: _append_statement(schema) for schema in SERVICE_SCHEMAS}
+# Built once: an append runs this for every transaction of every service.
+_APPENDS = {schema: text(f"SELECT * FROM {schema}.append_events(:lock_key, CAST(:streams AS text[]), "
+                         "CAST(:expected AS json), CAST(:rows AS json))") for schema in SERVICE_SCHEMAS}
 
 
 def _stored(row) -> StoredEvent:

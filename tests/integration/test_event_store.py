@@ -50,6 +50,34 @@ async def test_two_writers_racing_on_a_stream_one_wins_the_other_conflicts(engin
         assert [e.version for e in await read_stream(conn, "router", stream)] == [1]
 
 
+async def test_an_append_that_waited_for_the_lock_sees_the_append_it_waited_for(engine) -> None:
+    """The version check runs after the append lock, in a snapshot taken after it: an append that
+    waited for another writer's append to the same stream conflicts (never a duplicate version)."""
+    stream = f"race-{uuid.uuid4()}"
+    first = await engine.connect()
+    await first.begin()
+    await append(first, "router", [Pending(None, counted(stream, 1), stream)], {stream: 0})  # lock held
+    async with UnitOfWork(engine, "router") as second:
+        second.expect(stream, 0)
+        second.emit(None, counted(stream, 1))
+        waiting = asyncio.create_task(second.commit())
+
+        async def second_waits_for_the_lock() -> bool:
+            async with engine.connect() as conn:
+                return bool(await conn.scalar(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
+                ), {"key": append_lock_key("router")}))
+
+        await eventually(second_waits_for_the_lock, what="the second append to wait for the first")
+        await first.commit()
+        await first.close()
+        with pytest.raises(ConcurrencyConflict) as conflict:
+            await waiting
+    assert (conflict.value.expected, conflict.value.actual) == (0, 1)
+    async with engine.connect() as conn:
+        assert [e.version for e in await read_stream(conn, "router", stream)] == [1]
+
+
 async def test_racing_commands_retry_from_fresh_state_and_none_is_lost(engine) -> None:
     """Eight commands each read the stream and append "the next count". Without the version check
     several would append the same count; with it, the losers retry and every count appears once."""
