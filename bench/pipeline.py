@@ -94,12 +94,12 @@ async def outbox_relay(engine, bootstrap: str, n: int) -> float:
         await uow.commit()
     producer = make_producer(bootstrap)
     await producer.start()
-    relay = OutboxRelay(engine, "router", producer, asyncio.Event())
-    start = time.perf_counter()
-    sent = 0
-    while sent < n:
-        sent += await relay.publish_batch()
-    elapsed = time.perf_counter() - start
+    async with OutboxRelay(engine, "router", producer, asyncio.Event()) as relay:
+        start = time.perf_counter()
+        sent = 0
+        while sent < n:
+            sent += await relay.publish_batch()
+        elapsed = time.perf_counter() - start
     await producer.stop()
     return n / elapsed
 

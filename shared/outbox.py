@@ -1,8 +1,9 @@
 """The relay: publishes a service's event store to Kafka in position order and keeps the
 position it has published up to (`<schema>.relay_position`).
 
-One relay per service schema is active at a time (a transaction-scoped advisory lock), so a
-lead's events leave in the order they were appended even when several replicas run. Appends
+One relay per service schema is active at a time (a session advisory lock, held on the relay's own
+connection for as long as it lives), so a lead's events leave in the order they were appended even
+when several replicas run. Appends
 commit in position order (see eventstore), so the cursor never passes a row still to come. A
 crash between the broker's ack and the position update re-sends those rows: consumers dedupe by
 id.
@@ -28,9 +29,9 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from sqlalchemy import BigInteger, bindparam, delete, exists, func, select, update
+from sqlalchemy import BigInteger, bindparam, case, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import metrics
 from .aio import run_loop
@@ -144,6 +145,9 @@ class OutboxRelay:
         self.health = OutboxHealth()
         self._health_read_at = 0.0
         self._first_read, self._next_read = self._reads()
+        self._take_lock = select(case((func.pg_try_advisory_lock(self._lock_key), func.set_config(
+            "application_name", f"{application_name(schema)}-relay", False))))
+        self._conn: AsyncConnection | None = None  # holds the lock while this relay is the active one
         relay = RELAY[schema]
         position = bindparam("position", type_=BigInteger)
         self._move = pg_insert(relay).values(id=1, published_position=position).on_conflict_do_update(
@@ -158,38 +162,82 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publish the store's next rows after the published position; returns how many went
-        out (or were parked). Up to `window` batches go in one transaction, pipelined: the next
-        batch is read and handed to the producer while the acks of the one before are on their
-        way, so the producer never waits for the database nor the database for the broker. A
-        next batch is read when the last one was full, or when a commit woke the relay since the
-        last read (rows committed meanwhile go out at once, not after this transaction's end).
-        The position moves once, at the end, in the same transaction as the parking."""
-        async with self._engine.begin() as conn:
-            rows = await self._read(conn, after=None)
-            if not rows:
-                return 0  # nothing to publish, or another replica's relay holds the lock
-            refused_keys: set[str] = set()  # keys with a parked row: their later rows are held
-            in_flight: _InFlight | None = None
-            published, published_to, batches, last = 0, 0, 0, 0
-            while rows or in_flight:
-                current = None
-                if rows:
-                    batches += 1
-                    refused_keys |= {r.key for r in rows if r.held}
-                    sent = [r for r in rows if r.topic is not None]
-                    current = _InFlight(rows, sent, await enqueue_in_order(self._producer, sent, refused_keys))
-                    full, last, rows = len(rows) >= self._batch_size, rows[-1].position, []
-                    if batches < self._window and (full or self._woken()):
-                        rows = await self._read(conn, after=last)
-                if in_flight:
-                    await self._settle(conn, in_flight, refused_keys, also_pending=current)
-                    published += len(in_flight.rows)
-                    published_to = in_flight.rows[-1].position
-                in_flight = current
-                if not rows and batches < self._window and self._woken():
+        out (or were parked). Up to `window` batches go in one round, pipelined: the next batch is
+        read and handed to the producer while the acks of the one before are on their way, so the
+        producer never waits for the database nor the database for the broker. A next batch is
+        read when the last one was full, or when a commit woke the relay since the last read (rows
+        committed meanwhile go out at once, not after this round's end). The position moves once,
+        at the end of the round.
+
+        Every statement runs on the relay's own connection, outside any transaction: each read is
+        one round trip, and the position's move another. What a crash can leave behind is a round
+        published (or parked) and its position not moved: those rows go again (consumers dedupe by
+        id; a parked row is parked again, no more than once)."""
+        conn = await self._connection()
+        if conn is None:
+            return 0  # another replica's relay holds the lock
+        try:
+            return await self._publish_round(conn)
+        except Exception:
+            await self.close()  # a connection in doubt goes, and the lock with it
+            raise
+
+    async def _connection(self) -> AsyncConnection | None:
+        """The relay's connection, holding the relay's lock; None when another relay holds it."""
+        if self._conn is None:
+            conn = await self._engine.connect()
+            try:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                # The lock, and only with it the connection's name: the SLA clock's watermark waits
+                # for a producer's open transactions (they may hold stamped events), and the relay's
+                # statements stamp nothing. A connection without the lock goes back to the pool as it was.
+                if await conn.scalar(self._take_lock) is None:
+                    await conn.close()
+                    return None
+            except BaseException:
+                await conn.invalidate()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def __aenter__(self) -> OutboxRelay:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Let the lock go: the connection is closed, not pooled (it holds the lock and its name)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.invalidate()
+
+    async def _publish_round(self, conn: AsyncConnection) -> int:
+        rows = await self._read(conn, after=None)
+        if not rows:
+            return 0
+        refused_keys: set[str] = set()  # keys with a parked row: their later rows are held
+        in_flight: _InFlight | None = None
+        published, published_to, batches, last = 0, 0, 0, 0
+        while rows or in_flight:
+            current = None
+            if rows:
+                batches += 1
+                refused_keys |= {r.key for r in rows if r.held}
+                sent = [r for r in rows if r.topic is not None]
+                current = _InFlight(rows, sent, await enqueue_in_order(self._producer, sent, refused_keys))
+                full, last, rows = len(rows) >= self._batch_size, rows[-1].position, []
+                if batches < self._window and (full or self._woken()):
                     rows = await self._read(conn, after=last)
-            if published:
-                await conn.execute(self._move, {"position": published_to})
+            if in_flight:
+                await self._settle(conn, in_flight, refused_keys, also_pending=current)
+                published += len(in_flight.rows)
+                published_to = in_flight.rows[-1].position
+            in_flight = current
+            if not rows and batches < self._window and self._woken():
+                rows = await self._read(conn, after=last)
+        if published:
+            await conn.execute(self._move, {"position": published_to})
         return published
 
     def _woken(self) -> bool:
@@ -201,10 +249,8 @@ class OutboxRelay:
         return True
 
     async def _read(self, conn, *, after: int | None) -> list:
-        """The next rows after `after`, each saying whether its key has a parked row. One round
-        trip. The first read of a transaction (`after` None) reads from the published position
-        and takes the relay's lock in the same statement: it returns no rows unless the lock was
-        taken (a gate evaluated once, before the scan)."""
+        """The next rows after `after` (None: after the published position), each saying whether
+        its key has a parked row. One round trip."""
         if after is None:
             return (await conn.execute(self._first_read)).all()
         return (await conn.execute(self._next_read, {"after": after})).all()
@@ -215,14 +261,8 @@ class OutboxRelay:
         query = (select(t.c.position, t.c.topic, t.c.key, t.c.payload,
                         exists().where(parked.c.key == t.c.key).label("held"))
                  .order_by(t.c.position).limit(self._batch_size))
-        # Named apart for this transaction: the SLA clock's watermark waits for a producer's open
-        # transactions (they may hold stamped events), and the relay's hold none. The position is
-        # read in the statement's snapshot, taken just before the lock: if another relay moved it
-        # in between, rows are sent again (consumers dedupe by id), never skipped.
-        gate = select(func.pg_try_advisory_xact_lock(self._lock_key) & func.set_config(
-            "application_name", f"{application_name(self._schema)}-relay", True).is_not(None)).scalar_subquery()
         published = select(relay.c.published_position).where(relay.c.id == 1).scalar_subquery()
-        return (query.where(gate, t.c.position > func.coalesce(published, 0)),
+        return (query.where(t.c.position > func.coalesce(published, 0)),
                 query.where(t.c.position > bindparam("after", type_=BigInteger)))
 
     async def _settle(self, conn, batch: _InFlight, refused_keys: set[str], *, also_pending: _InFlight | None) -> None:
@@ -279,8 +319,11 @@ class OutboxRelay:
             await self._refresh_health()
             return 0 if sent >= self._batch_size * self._window else None  # a full window: more is waiting
 
-        await run_loop("outbox", publish_round, stop, idle=self._idle_poll, wakeup=self._wakeup,
-                       after_failure=self._refresh_health, schema=self._schema)
+        try:
+            await run_loop("outbox", publish_round, stop, idle=self._idle_poll, wakeup=self._wakeup,
+                           after_failure=self._refresh_health, schema=self._schema)
+        finally:
+            await self.close()
 
 
 async def release_parked(engine: AsyncEngine, schema: str, producer: AIOKafkaProducer) -> int:

@@ -138,10 +138,10 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
         return new_event("lead.queued", service="router", lead_id=lead, time=NOW,
                          data=LeadQueued(lead_id=lead, tier="A", queue=queue, reason="t"))
 
-    relay = OutboxRelay(engine, "router", producer, asyncio.Event())
-    while await relay.publish_batch():
-        pass
-    async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
+    async with (OutboxRelay(engine, "router", producer, asyncio.Event()) as relay,
+                TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader):
+        while await relay.publish_batch():
+            pass
         slow = await engine.connect()
         await slow.begin()
         await append(slow, "router", [Pending(TOPIC_ROUTING, queued("early"), lead)])  # lock held, not committed

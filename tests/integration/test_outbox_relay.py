@@ -25,7 +25,8 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
     engine, producer, kafka_bootstrap
 ) -> None:
     lead = f"lead-{uuid.uuid4()}"
-    async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, asyncio.Event()) as relay):
         for n in range(5):
             async with UnitOfWork(engine, "router") as uow:
                 uow.emit(TOPIC_ROUTING, queued(lead, n))
@@ -33,7 +34,6 @@ async def test_committed_events_are_published_in_order_and_rolled_back_ones_neve
         async with UnitOfWork(engine, "router") as uow:
             uow.emit(TOPIC_ROUTING, queued(lead, 99))  # never committed
 
-        relay = OutboxRelay(engine, "router", producer, asyncio.Event())
         while await relay.publish_batch():
             pass
         events = await reader.wait_for(lambda es: len([e for e in es if e.subject == lead]) >= 5,
@@ -64,7 +64,11 @@ async def test_racing_relays_publish_each_row_once(engine, producer, kafka_boots
             for _ in range(40):
                 await relay.publish_batch()
 
-        await asyncio.gather(*(drain(r) for r in relays))
+        try:
+            await asyncio.gather(*(drain(r) for r in relays))
+        finally:
+            for relay in relays:
+                await relay.close()
         await reader.wait_for(lambda es: len([e for e in es if e.subject == lead]) >= 50, what="50 events")
         # Give any duplicate a chance to show up: read until the topic end is reached once more.
         await reader.poll()
@@ -77,7 +81,8 @@ async def test_pipelined_batches_keep_each_leads_order_and_a_refused_row_holds_i
     engine, producer, kafka_bootstrap
 ) -> None:
     huge, other = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
-    async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, asyncio.Event(), batch_size=3, window=3) as relay):
         async with UnitOfWork(engine, "router") as uow:
             uow.emit(TOPIC_ROUTING, queued(huge, 0).model_copy(update={"data": {**queued(huge, 0).data,
                                                                              "reason": "x" * 1_200_000}}))
@@ -85,7 +90,6 @@ async def test_pipelined_batches_keep_each_leads_order_and_a_refused_row_holds_i
                 uow.emit(TOPIC_ROUTING, queued(huge if n % 4 == 0 else other, n))
             await uow.commit()
 
-        relay = OutboxRelay(engine, "router", producer, asyncio.Event(), batch_size=3, window=3)
         while await relay.publish_batch():
             pass
         events = await reader.wait_for(lambda es: len([e for e in es if e.subject == other]) >= 8,
@@ -101,3 +105,29 @@ async def test_pipelined_batches_keep_each_leads_order_and_a_refused_row_holds_i
     assert len(held) == 3 and "TooLarge" in held[0] and held[1:] == [None, None]
     async with engine.begin() as conn:  # leave no parked rows behind for other tests' health figures
         await conn.execute(delete(parked).where(parked.c.key == huge))
+
+
+async def test_one_relay_publishes_while_it_lives_and_another_takes_over_when_it_is_gone(
+    engine, producer, kafka_bootstrap
+) -> None:
+    """The relay's lock is held on its own connection between rounds: a second relay (another
+    replica) publishes nothing until the first one is gone, then everything that was waiting."""
+    lead = f"lead-{uuid.uuid4()}"
+
+    async def commit_one(n: int) -> None:
+        async with UnitOfWork(engine, "router") as uow:
+            uow.emit(TOPIC_ROUTING, queued(lead, n))
+            await uow.commit()
+
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, asyncio.Event()) as first,
+                OutboxRelay(engine, "router", producer, asyncio.Event()) as second):
+        await commit_one(0)
+        while await first.publish_batch():
+            pass
+        await commit_one(1)
+        assert await second.publish_batch() == 0  # the first still holds the lock
+        await first.close()
+        assert await second.publish_batch() >= 1
+        await reader.wait_for(lambda es: len([e for e in es if e.subject == lead]) >= 2, what="both events")
+    assert [e.data["queue"] for e in reader.events(lead)] == ["q0", "q1"]

@@ -45,14 +45,14 @@ async def test_a_row_the_broker_refuses_is_parked_and_holds_back_only_its_own_le
     engine, producer, kafka_bootstrap
 ) -> None:
     huge_lead, other_lead = f"lead-{uuid.uuid4()}", f"lead-{uuid.uuid4()}"
-    async with TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader:
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, asyncio.Event()) as relay):
         async with UnitOfWork(engine, "router") as uow:
             uow.emit(TOPIC_ROUTING, queued(huge_lead, "x" * 1_200_000))  # over the 1 MiB record limit
             uow.emit(TOPIC_ROUTING, queued(huge_lead, "after-the-huge-one"))
             uow.emit(TOPIC_ROUTING, queued(other_lead, "other-lead"))
             await uow.commit()
 
-        relay = OutboxRelay(engine, "router", producer, asyncio.Event())
         for _ in range(5):  # a relay that retried the huge row forever would publish nothing
             await relay.publish_batch()
         await reader.wait_for(lambda es: any(e.subject == other_lead for e in es), what="the other lead's event")
