@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -135,26 +135,54 @@ async def stream_version(conn: AsyncConnection, schema: str, stream_id: str) -> 
     return await conn.scalar(select(func.coalesce(func.max(t.c.version), 0)).where(t.c.stream_id == stream_id)) or 0
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What an append put in the store: its rows (position, topic, key, payload) in position order,
+    and the last position committed before them. Once it commits, every row up to its last
+    position is either committed or never will be: the appends of a schema commit in order."""
+
+    committed_before: int
+    rows: list[StoreRow]
+
+
+class StoreRow(NamedTuple):
+    """A store row as the relay publishes it; `held`: its key has a parked row."""
+
+    position: int
+    topic: str | None
+    key: str
+    payload: bytes
+    held: bool = False
+
+
 async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
-                 expected: dict[str, int] | None = None) -> None:
+                 expected: dict[str, int] | None = None) -> Appended | None:
     """Append in order, in the caller's transaction; the caller commits right after (the append
     lock is held to commit). Raises `ConcurrencyConflict` if a stream in `expected` moved."""
     if not pending:
-        return
+        return None
+    payloads = [p.event.to_bytes() for p in pending]
     # The lock, then (in a snapshot taken after it, so every append committed before is seen)
     # the check of the expected versions, the numbering and the insert: one call of the store's
     # append function (migration 0008). Nothing is inserted if a stream moved.
-    moved = (await conn.execute(_APPENDS[schema], {
+    result = (await conn.execute(_APPENDS[schema], {
         "lock_key": append_lock_key(schema),
         # Streams read to decide (`expected`) are checked even when nothing is appended to them.
         "streams": list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})])),
         "expected": json_rows([{"stream_id": k, "version": v} for k, v in (expected or {}).items()]),
         "rows": json_rows([{"stream_id": p.stream_id, "event_id": p.event.id, "event_type": p.event.type,
-                            "topic": p.topic, "key": p.event.subject or "", "payload": p.event.to_bytes()}
-                           for p in pending]),
+                            "topic": p.topic, "key": p.event.subject or "", "payload": payload}
+                           for p, payload in zip(pending, payloads, strict=True)]),
     })).first()
-    if moved is not None:
-        raise ConcurrencyConflict(*moved)
+    assert result is not None
+    if result.moved_stream is not None:
+        raise ConcurrencyConflict(result.moved_stream, result.expected_version, result.actual_version)
+    if result.last_position - result.first_position + 1 != len(pending):
+        return None  # not one run of positions: nobody can tell the rows' positions apart
+    return Appended(result.committed_before, [
+        StoreRow(position, p.topic, p.event.subject or "", payload)
+        for position, p, payload in zip(range(result.first_position, result.last_position + 1), pending, payloads,
+                                        strict=True)])
 
 
 # Built once: an append runs this for every transaction of every service.

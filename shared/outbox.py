@@ -8,6 +8,11 @@ commit in position order (see eventstore), so the cursor never passes a row stil
 crash between the broker's ack and the position update re-sends those rows: consumers dedupe by
 id.
 
+The rows this process commits need not be read back: the unit of work hands them to the relay
+(`RelayWakeup`) with the last position committed before them, and the relay sends them from
+memory when nothing it has not seen lies between (it reads the store otherwise, and always while
+any row is parked).
+
 A row the broker refuses for good (larger than its record limit, say) is parked with the
 error instead of being retried forever: it holds back only the later rows of its own key
 (one lead's events stay in order), never other leads. Parked rows show in
@@ -37,7 +42,7 @@ from . import metrics
 from .aio import run_loop
 from .db import application_name
 from .events import CONTENT_TYPE
-from .eventstore import EVENTS, PARKED, RELAY
+from .eventstore import EVENTS, PARKED, RELAY, Appended, StoreRow
 from .tracing import record_headers
 
 log = structlog.get_logger()
@@ -105,6 +110,23 @@ async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -
     return await settle(await enqueue_in_order(producer, rows, set(held_keys)))
 
 
+class RelayWakeup(asyncio.Event):
+    """The relay's wake-up, which also carries the rows this process committed (see
+    `OutboxRelay._handed`). What the relay has not taken is bounded: past `keep` appends it
+    forgets them and reads the store (a standby replica's relay, a relay stuck on the broker)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        super().__init__()
+        self.appends: list[Appended] = []
+        self._keep = keep
+
+    def committed(self, appended: Appended) -> None:
+        if len(self.appends) >= self._keep:
+            self.appends.clear()
+        self.appends.append(appended)
+        self.set()
+
+
 @dataclass
 class _InFlight:
     """A batch handed to the producer whose acks are still to come."""
@@ -145,9 +167,16 @@ class OutboxRelay:
         self.health = OutboxHealth()
         self._health_read_at = 0.0
         self._first_read, self._next_read = self._reads()
+        parked = PARKED[schema]
         self._take_lock = select(case((func.pg_try_advisory_lock(self._lock_key), func.set_config(
-            "application_name", f"{application_name(schema)}-relay", False))))
+            "application_name", f"{application_name(schema)}-relay", False))),
+            ~exists().where(parked.c.position.is_not(None)))
         self._conn: AsyncConnection | None = None  # holds the lock while this relay is the active one
+        # While the lock is held: the position read up to (None: read the published one from the
+        # store), and whether the store has no parked row (rows handed over are sent only then).
+        self._cursor: int | None = None
+        self._none_parked = False
+        self.handed_rows = 0  # rows sent as handed over, never read back (a figure for tests)
         relay = RELAY[schema]
         position = bindparam("position", type_=BigInteger)
         self._move = pg_insert(relay).values(id=1, published_position=position).on_conflict_do_update(
@@ -175,6 +204,8 @@ class OutboxRelay:
         id; a parked row is parked again, no more than once)."""
         conn = await self._connection()
         if conn is None:
+            if isinstance(self._wakeup, RelayWakeup):
+                self._wakeup.appends.clear()  # the active relay reads them from the store
             return 0  # another replica's relay holds the lock
         try:
             return await self._publish_round(conn)
@@ -191,7 +222,8 @@ class OutboxRelay:
                 # The lock, and only with it the connection's name: the SLA clock's watermark waits
                 # for a producer's open transactions (they may hold stamped events), and the relay's
                 # statements stamp nothing. A connection without the lock goes back to the pool as it was.
-                if await conn.scalar(self._take_lock) is None:
+                named, self._none_parked = (await conn.execute(self._take_lock)).one()
+                if named is None:
                     await conn.close()
                     return None
             except BaseException:
@@ -208,12 +240,12 @@ class OutboxRelay:
 
     async def close(self) -> None:
         """Let the lock go: the connection is closed, not pooled (it holds the lock and its name)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._cursor = self._conn, None, None
         if conn is not None:
             await conn.invalidate()
 
     async def _publish_round(self, conn: AsyncConnection) -> int:
-        rows = await self._read(conn, after=None)
+        rows = await self._read(conn, after=self._cursor)
         if not rows:
             return 0
         refused_keys: set[str] = set()  # keys with a parked row: their later rows are held
@@ -238,6 +270,7 @@ class OutboxRelay:
                 rows = await self._read(conn, after=last)
         if published:
             await conn.execute(self._move, {"position": published_to})
+        self._cursor = published_to
         return published
 
     def _woken(self) -> bool:
@@ -250,10 +283,40 @@ class OutboxRelay:
 
     async def _read(self, conn, *, after: int | None) -> list:
         """The next rows after `after` (None: after the published position), each saying whether
-        its key has a parked row. One round trip."""
+        its key has a parked row: the rows handed over if they follow on, else from the store (one
+        round trip)."""
+        if after is not None:
+            handed = self._handed(after)
+            if handed:
+                self.handed_rows += len(handed)
+                return handed
         if after is None:
             return (await conn.execute(self._first_read)).all()
         return (await conn.execute(self._next_read, {"after": after})).all()
+
+    def _handed(self, after: int) -> list[StoreRow]:
+        """The rows this process committed after position `after`, when they follow on from it:
+        an append whose rows came after `after` and that saw nothing committed past `after`
+        before them (the appends of a schema commit in position order, so nothing can commit
+        between later). Empty when the store must be read (a gap: another process's rows, or
+        an append not handed over yet; a parked row, whose key's later rows must be held)."""
+        if not isinstance(self._wakeup, RelayWakeup) or not self._none_parked:
+            return []
+        appends = self._wakeup.appends
+        appends.sort(key=lambda a: a.rows[0].position)  # two commits' callbacks may run out of order
+        rows: list[StoreRow] = []
+        taken = 0
+        for appended in appends:
+            if appended.rows[-1].position <= after:
+                taken += 1  # already read from the store
+                continue
+            if appended.committed_before > after or len(rows) >= self._batch_size:
+                break
+            rows += [r for r in appended.rows if r.position > after]
+            after = appended.rows[-1].position
+            taken += 1
+        del appends[:taken]
+        return rows
 
     def _reads(self):
         """The two reads' statements (built once: building one cost more than running it)."""
@@ -284,6 +347,7 @@ class OutboxRelay:
             elif outcome is _HELD:
                 to_park.append({"position": row.position, "key": row.key, "error": None})
         if to_park:
+            self._none_parked = False
             await conn.execute(pg_insert(PARKED[self._schema]).values(to_park).on_conflict_do_nothing())
 
     async def read_health(self) -> OutboxHealth:
@@ -297,6 +361,7 @@ class OutboxRelay:
                 .where(t.c.position > position, t.c.topic.is_not(None))
             )).one()
             parked_count = await conn.scalar(select(func.count()).select_from(parked)) or 0
+        self._none_parked = self._none_parked or parked_count == 0  # an operator released the last
         self.health = OutboxHealth(pending=pending[0] + parked_count, parked=parked_count,
                                    oldest_pending_seconds=float(pending[1] or 0))
         metrics.outbox_pending.set(self.health.pending)

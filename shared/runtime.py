@@ -25,7 +25,7 @@ from .db import make_engine
 from .housekeeping import run_housekeeping
 from .http import InvalidRequestHook, create_app
 from .migrate import current_revision, head_revision
-from .outbox import OutboxRelay
+from .outbox import OutboxRelay, RelayWakeup
 from .replay import Projection
 from .settings import SERVICE_PORTS, Settings
 from .supervisor import Loop, WorkerState, supervise
@@ -44,7 +44,7 @@ class ServiceContext:
     producer: AIOKafkaProducer
     clock: Clock
     config: ConfigHolder
-    relay_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    relay_wakeup: asyncio.Event = field(default_factory=RelayWakeup)
     consumers: list[EventConsumer] = field(default_factory=list)
     key_cache: KeyCache = field(default_factory=KeyCache)
     relay: OutboxRelay | None = None

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .events import CloudEvent
 from .eventstore import Pending, append, stream_version
+from .outbox import RelayWakeup
 
 if TYPE_CHECKING:
     from .replay import Projection
@@ -107,11 +108,14 @@ class UnitOfWork:
         return [p.event for p in self._pending]
 
     async def commit(self) -> None:
-        await append(self.conn, self._schema, self._pending, self._expected)
+        appended = await append(self.conn, self._schema, self._pending, self._expected)
         await self.conn.commit()
         self.committed = True
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
         if self._pending and self._relay_wakeup is not None:
-            self._relay_wakeup.set()
+            if appended is not None and isinstance(self._relay_wakeup, RelayWakeup):
+                self._relay_wakeup.committed(appended)  # the relay sends them without reading them back
+            else:
+                self._relay_wakeup.set()

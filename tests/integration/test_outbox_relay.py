@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 
 from shared.events import TOPIC_ROUTING, LeadQueued, new_event
 from shared.eventstore import EVENTS, PARKED, RELAY
-from shared.outbox import OutboxRelay
+from shared.outbox import OutboxRelay, RelayWakeup
 from shared.uow import UnitOfWork
 from tests.support import TopicReader
 
@@ -131,3 +131,49 @@ async def test_one_relay_publishes_while_it_lives_and_another_takes_over_when_it
         assert await second.publish_batch() >= 1
         await reader.wait_for(lambda es: len([e for e in es if e.subject == lead]) >= 2, what="both events")
     assert [e.data["queue"] for e in reader.events(lead)] == ["q0", "q1"]
+
+
+async def test_rows_handed_over_at_commit_go_out_in_order_with_foreign_and_concurrent_commits(
+    engine, producer, kafka_bootstrap
+) -> None:
+    """What this process commits is handed to its relay, which sends it without reading it back
+    when nothing unseen lies between; a commit from elsewhere (a unit of work without the hand-over),
+    a rollback and commits racing each other make it read the store. Every committed event goes out
+    once, each lead's in order."""
+    wakeup = RelayWakeup()
+    leads = [f"lead-{uuid.uuid4()}" for _ in range(4)]
+    sent: dict[str, list[int]] = {lead: [] for lead in leads}
+
+    async def commit(lead: str, n: int, *, handed: bool = True) -> None:
+        async with UnitOfWork(engine, "router", wakeup if handed else asyncio.Event()) as uow:
+            uow.emit(TOPIC_ROUTING, queued(lead, n))
+            await uow.commit()
+        sent[lead].append(n)
+
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, wakeup) as relay):
+        await commit(leads[0], 0)
+        while await relay.publish_batch():  # the first round reads the store (nothing seen yet)
+            pass
+        for n in range(1, 4):  # one after the other: handed over
+            await commit(leads[0], n)
+            assert await relay.publish_batch() == 1
+        assert relay.handed_rows == 3
+        await commit(leads[1], 0, handed=False)  # another process's commit: a gap to read
+        await commit(leads[0], 4)
+        async with UnitOfWork(engine, "router", wakeup) as rolled_back:
+            rolled_back.emit(TOPIC_ROUTING, queued(leads[0], 99))
+        while await relay.publish_batch():
+            pass
+        for n in range(5, 15):  # four leads committing at once
+            await asyncio.gather(*(commit(lead, n) for lead in leads[1:]), commit(leads[0], n))
+            await relay.publish_batch()
+        while await relay.publish_batch():
+            pass
+        await reader.wait_for(lambda es: all(len(reader.events(lead)) >= len(sent[lead]) for lead in leads),
+                              what="every committed event")
+        await reader.poll()
+    for lead in leads:
+        assert [int(e.data["queue"][1:]) for e in reader.events(lead)] == sent[lead]
+    assert relay.handed_rows > 3  # the racing commits were handed over too, not all read back
+    assert not wakeup.appends  # nothing left behind

@@ -4,7 +4,9 @@ An append takes the service's append lock and then checks the expected versions,
 inserts. Those must run after the lock, in a snapshot taken after it (so they see every append
 committed before), which used to take two statements. A VOLATILE plpgsql function gives each of
 its statements a fresh snapshot under READ COMMITTED, so the lock and the statement after it now
-go in one call: one round trip less for every transaction of every service.
+go in one call: one round trip less for every transaction of every service. It also says which
+positions the rows took and the last position committed before them, so the process that
+committed can hand its rows to its relay without the relay reading them back (shared/outbox.py).
 
 Revision ID: 0008_append_function
 Revises: 0007_sla_open_counts
@@ -21,15 +23,20 @@ SCHEMAS = ("intake", "router", "sla_clock", "notifier", "reporting")
 
 
 def _function(schema: str) -> str:
-    # Returns the expected streams that moved (nothing is inserted then); `added` runs though
-    # unread (a data-modifying WITH). Versions continue each stream's (the n-th new event of a
-    # stream gets its current version + n); rows, and so positions, go in in the given order.
+    # Returns the expected streams that moved (nothing is inserted then), or one row saying what
+    # went in: the last position committed before (read under the lock) and the positions taken.
+    # Versions continue each stream's (the n-th new event of a stream gets its current version +
+    # n); rows, and so positions, go in in the given order.
     return f"""
 CREATE OR REPLACE FUNCTION {schema}.append_events(lock_key bigint, streams text[], expected json, rows json)
-RETURNS TABLE (moved_stream text, expected_version int, actual_version int)
+RETURNS TABLE (moved_stream text, expected_version int, actual_version int,
+               committed_before bigint, first_position bigint, last_position bigint, appended bigint)
 LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    before bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key);
+    SELECT coalesce(max(ev.position), 0) INTO before FROM {schema}.events AS ev;
     RETURN QUERY
     WITH current AS (
         SELECT ev.stream_id, max(ev.version) AS version FROM {schema}.events AS ev
@@ -48,8 +55,12 @@ BEGIN
              WITH ORDINALITY AS r(stream_id, event_id, event_type, topic, key, payload, n)
         LEFT JOIN current AS c ON c.stream_id = r.stream_id
         WHERE NOT EXISTS (SELECT FROM moved)
-        ORDER BY r.n)
-    SELECT m.stream_id, m.expected, m.actual FROM moved AS m;
+        ORDER BY r.n
+        RETURNING position)
+    SELECT m.stream_id, m.expected, m.actual, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint
+    FROM moved AS m
+    UNION ALL
+    SELECT NULL, NULL, NULL, before, min(a.position), max(a.position), count(*) FROM added AS a HAVING count(*) > 0;
 END
 $fn$"""
 
