@@ -55,7 +55,30 @@ def headlines(figures: dict) -> dict:
     return found
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs so far (Linux)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
+
+
+def settle(idle_share: float = 0.9, window: float = 0.5, at_most: float = 30.0) -> float:
+    """Wait until the machine is quiet (at least `idle_share` of the CPUs idle over `window`
+    seconds), at most `at_most` seconds; returns the seconds waited. The script before may leave
+    work behind (a database checkpointing on its way down), which would count against the next."""
+    began = time.monotonic()
+    while time.monotonic() - began < at_most:
+        idle0, total0 = _cpu_times()
+        time.sleep(window)
+        idle1, total1 = _cpu_times()
+        if total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle_share:
+            break
+    return time.monotonic() - began
+
+
 def run(script: str, args: list[str]) -> dict:
+    waited = settle()
+    if waited > 1:
+        print(f"-- waited {waited:.0f}s for the machine to be quiet", flush=True)
     began = time.monotonic()
     proc = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
     sys.stdout.write(proc.stdout)
