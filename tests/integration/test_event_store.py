@@ -30,6 +30,13 @@ class Counted(BaseModel):
     count: int
 
 
+async def an_append_waits_for_the_lock(engine) -> bool:
+    async with engine.connect() as conn:
+        return bool(await conn.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
+        ), {"key": append_lock_key("router")}))
+
+
 def counted(stream: str, count: int):
     return new_event("test.counted", service="router", lead_id=stream, time=NOW, data=Counted(count=count))
 
@@ -62,13 +69,7 @@ async def test_an_append_that_waited_for_the_lock_sees_the_append_it_waited_for(
         second.emit(None, counted(stream, 1))
         waiting = asyncio.create_task(second.commit())
 
-        async def second_waits_for_the_lock() -> bool:
-            async with engine.connect() as conn:
-                return bool(await conn.scalar(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
-                ), {"key": append_lock_key("router")}))
-
-        await eventually(second_waits_for_the_lock, what="the second append to wait for the first")
+        await eventually(lambda: an_append_waits_for_the_lock(engine), what="the second append to wait for the first")
         await first.commit()
         await first.close()
         with pytest.raises(ConcurrencyConflict) as conflict:
@@ -153,13 +154,7 @@ async def test_the_relay_never_passes_a_transaction_that_commits_late(engine, pr
 
         fast = asyncio.create_task(fast_commit())
 
-        async def fast_waits_for_the_lock() -> bool:
-            async with engine.connect() as conn:
-                return bool(await conn.scalar(text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = :key"
-                ), {"key": append_lock_key("router")}))
-
-        await eventually(fast_waits_for_the_lock, what="the second append to wait for the first")
+        await eventually(lambda: an_append_waits_for_the_lock(engine), what="the second append to wait for the first")
         assert await relay.publish_batch() == 0  # nothing visible past the cursor yet
         await slow.commit()
         await slow.close()
