@@ -112,19 +112,30 @@ async def send_in_order(producer: AIOKafkaProducer, rows, held_keys: set[str]) -
 
 class RelayWakeup(asyncio.Event):
     """The relay's wake-up, which also carries the rows this process committed (see
-    `OutboxRelay._handed`). What the relay has not taken is bounded: past `keep` appends it
+    `OutboxRelay._handed`). What the relay has not taken is bounded: past `keep_rows` rows it
     forgets them and reads the store (a standby replica's relay, a relay stuck on the broker)."""
 
-    def __init__(self, keep: int = 1000) -> None:
+    def __init__(self, keep_rows: int = 10_000) -> None:
         super().__init__()
         self.appends: list[Appended] = []
-        self._keep = keep
+        self._keep_rows = keep_rows
+        self._rows = 0
 
     def committed(self, appended: Appended) -> None:
-        if len(self.appends) >= self._keep:
-            self.appends.clear()
+        if self._rows + len(appended.rows) > self._keep_rows:
+            self.forget()
         self.appends.append(appended)
+        self._rows += len(appended.rows)
         self.set()
+
+    def taken(self, count: int) -> None:
+        """The first `count` appends are the relay's now."""
+        self._rows -= sum(len(a.rows) for a in self.appends[:count])
+        del self.appends[:count]
+
+    def forget(self) -> None:
+        self.appends.clear()
+        self._rows = 0
 
 
 @dataclass
@@ -205,7 +216,7 @@ class OutboxRelay:
         conn = await self._connection()
         if conn is None:
             if isinstance(self._wakeup, RelayWakeup):
-                self._wakeup.appends.clear()  # the active relay reads them from the store
+                self._wakeup.forget()  # the active relay reads them from the store
             return 0  # another replica's relay holds the lock
         try:
             return await self._publish_round(conn)
@@ -315,7 +326,7 @@ class OutboxRelay:
             rows += [r for r in appended.rows if r.position > after]
             after = appended.rows[-1].position
             taken += 1
-        del appends[:taken]
+        self._wakeup.taken(taken)
         return rows
 
     def _reads(self):
