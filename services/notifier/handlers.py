@@ -218,7 +218,7 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     a few statements for the whole run instead of several per event. The consumer runs a failing
     batch again event by event through `HANDLERS`."""
     leads = [lead for r in run for lead in (r.envelope.subject, getattr(r.data, "lead_id", None)) if lead]
-    slas = [r.data.sla_id for r in run if r.envelope.type in CHAIN_STOPPING_TYPES]
+    slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping]
     store = await run_store(uow.conn, leads, slas)
     await uow.load_versions(leads)
     run_uow, run_deps = RunUnitOfWork(uow, store), replace(deps, store=lambda _: store)

@@ -171,7 +171,8 @@ APPLIERS: dict[str, Applier] = {
 async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
     """Apply stored events, in order, to the timers and leads tables (live or in a replay schema)."""
     staged = _Staged()
-    changing = list(dict.fromkeys(event.data["lead_id"] for event in events if event.type == OWNER_CHANGED))
+    changing = list(dict.fromkeys(event.data["lead_id"] for event in events
+                                  if APPLIERS.get(event.type) is _owner_changed))
     if changing:
         await staged.load(conn, changing)
     for event in events:
