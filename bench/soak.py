@@ -1,6 +1,6 @@
 """The whole pipeline under a steady load: can it sustain `--rate` leads/s with consumer lag bounded?
 
-    python bench/soak.py [--rate 1000] [--seconds 300] [--batch 100] [--drain 60]
+    python bench/soak.py [--rate 1000] [--seconds 300] [--batch 100] [--drain 60] [--domains 5000]
 
 Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP), applies a realistic configuration (tiers, 3 teams of 8 owners,
@@ -97,12 +97,14 @@ intake:
 """
 
 
-def lead_body(i: int) -> dict:
-    """A web form submission: nested, a national phone of its own (dedupe matches on phones)."""
+def lead_body(i: int, domains: int) -> dict:
+    """A web form submission: nested, a national phone of its own (dedupe matches on phones), the
+    website of one of `domains` companies (the router gives a lead its account's owner: the owner
+    of the newest open lead of the same domain)."""
     return {"contact": {"first_name": "Ada", "last_name": f"Soak{i}", "email": f"s{i}-{RUN}@example.com",
                         "phone": f"(415) {200 + i // 10000 % 800}-{i % 10000:04d}",
                         "country": COUNTRIES[i % len(COUNTRIES)], "language": "en"},
-            "company": {"name": f"Company {i % 5000}", "size": 250, "website": "https://soak.example"},
+            "company": {"name": f"Company {i % 5000}", "size": 250, "website": f"https://c{i % domains}.soak.example"},
             "intent": {"type": INTENTS[i % len(INTENTS)], "message": "Please get in touch"},
             "utm_source": "google", "utm_campaign": "q4"}
 
@@ -227,7 +229,7 @@ class Probe:
         return Sample(time.monotonic() - began, load.offered, load.accepted, assigned, timers, lag, backlog)
 
 
-async def offer(url: str, key: str, rate: float, seconds: float, batch: int, load: Load) -> float:
+async def offer(url: str, key: str, rate: float, seconds: float, batch: int, domains: int, load: Load) -> float:
     """Posts batches on schedule; returns the seconds the offering took."""
     slots = asyncio.Semaphore(IN_FLIGHT)
     pending: set[asyncio.Task] = set()
@@ -238,7 +240,7 @@ async def offer(url: str, key: str, rate: float, seconds: float, batch: int, loa
             sent = time.monotonic()
             try:
                 response = await client.post(f"{url}/v1/leads:batch", headers=headers,
-                                             json={"leads": [lead_body(first + j) for j in range(batch)]})
+                                             json={"leads": [lead_body(first + j, domains) for j in range(batch)]})
                 load.latencies.append(time.monotonic() - sent)
                 if response.status_code == 200:
                     load.accepted += sum(r["status"] == "accepted" for r in response.json()["results"])
@@ -282,7 +284,7 @@ def print_row(rows: list[Sample]) -> None:
           f"{backlog:>8}", flush=True)
 
 
-async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int, drain: float) -> None:
+async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int, drain: float, domains: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="leadsla-bench-soak-"))
     engine = make_engine(url)
     await upgrade(engine)
@@ -321,7 +323,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             postmaster, pg_cpu = None, 0.0
         busy = machine_busy()
         began = time.monotonic()
-        offering = asyncio.create_task(offer(services["intake"].url, key, rate, seconds, batch, load))
+        offering = asyncio.create_task(offer(services["intake"].url, key, rate, seconds, batch, domains, load))
         shown = 0
         while not offering.done():
             await asyncio.wait({offering}, timeout=max(began + len(load.samples) + 1 - time.monotonic(), 0))
@@ -405,9 +407,9 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         await db.close()
 
 
-async def main(rate: float, seconds: float, batch: int, drain: float) -> None:
+async def main(rate: float, seconds: float, batch: int, drain: float, domains: int) -> None:
     async with infrastructure() as (url, bootstrap):
-        await run(url, bootstrap, rate, seconds, batch, drain)
+        await run(url, bootstrap, rate, seconds, batch, drain, domains)
 
 
 if __name__ == "__main__":
@@ -416,5 +418,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--batch", type=int, default=100, help="leads per request (at most 500)")
     parser.add_argument("--drain", type=float, default=60, help="seconds to wait for the backlog after the load")
+    parser.add_argument("--domains", type=int, default=5000,
+                        help="company websites, one per company name (before 2026-11-26 every lead had the same: 1)")
     args = parser.parse_args()
-    asyncio.run(main(args.rate, args.seconds, min(args.batch, max(int(args.rate // 10), 1), 500), args.drain))
+    asyncio.run(main(args.rate, args.seconds, min(args.batch, max(int(args.rate // 10), 1), 500), args.drain,
+                     args.domains))

@@ -5,6 +5,7 @@ contract suite (tests/contract/notifier_store.py) runs against both.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.db import any_text
 from shared.events import CloudEvent
 
 from .domain import (
@@ -263,3 +265,49 @@ class InMemoryUnitOfWork:
 
     async def load_version(self, stream_id: str) -> int:
         return self.versions.get(stream_id, 0)
+
+
+async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Sequence[str]) -> InMemoryStore:
+    """What a consumer's run of events reads, read at once (a statement per table): the known
+    leads, the live subscriptions, the leads' held subscription deliveries and the escalations of
+    the SLAs; the handlers then read and record through it in memory (`RunUnitOfWork`)."""
+    store = InMemoryStore()
+    for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids))):
+        store.leads[row.lead_id] = KnownLead(**row._asdict())
+    for row in await conn.execute(select(subscriptions.c.id, subscriptions.c.event_types)
+                                  .where(subscriptions.c.deleted_at.is_(None))):
+        store.subscriptions[row.id] = (list(row.event_types), None)
+    s = subscription_deliveries
+    for row in await conn.execute(select(s.c.subscription_id, s.c.event_id, s.c.lead_id, s.c.next_attempt_at)
+                                  .where(s.c.lead_id == any_text(lead_ids), s.c.state == "pending",
+                                         s.c.attempts == 0)):
+        store.subscription_deliveries[(row.subscription_id, row.event_id)] = _SubscriptionDelivery(
+            row.lead_id, row.next_attempt_at)
+    if sla_ids:
+        e = escalations
+        for row in await conn.execute(select(e).where(e.c.sla_id == any_text(sla_ids))):
+            store.escalations[row.escalation_id] = _Escalation(
+                DueEscalation(row.escalation_id, row.lead_id, row.policy_id, row.step, row.trigger), row.sla_id,
+                row.due_at, row.triggered_at, row.cancelled_at)
+    return store
+
+
+class RunUnitOfWork:
+    """The unit of work a consumer's run of events is decided through: what the handlers record
+    is applied to the run's `InMemoryStore` at once and kept; `flush` records it all in the real
+    unit of work, whose projection writes it in a few statements. Versions are the real ones
+    (read for the whole run first: `UnitOfWork.load_versions`)."""
+
+    def __init__(self, uow: UnitOfWork, store: InMemoryStore) -> None:
+        self.uow, self.store = uow, store
+        self.records: list[tuple[str | None, CloudEvent, str | None]] = []
+
+    async def record(self, topic: str | None, event: CloudEvent, *, stream: str | None = None) -> None:
+        self.store.apply(event)
+        self.records.append((topic, event, stream))
+
+    async def load_version(self, stream_id: str) -> int:
+        return await self.uow.load_version(stream_id)
+
+    async def flush(self) -> None:
+        await self.uow.record_all(self.records)

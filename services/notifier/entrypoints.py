@@ -40,7 +40,7 @@ from .domain import (
     SubscriptionRedelivered,
     invalid_event_type,
 )
-from .handlers import HANDLERS, NotifierDeps, describe, fan_out, record
+from .handlers import HANDLERS, NotifierDeps, describe, fan_out, on_run, record
 from .tables import deliveries, subscription_deliveries, subscriptions
 
 
@@ -206,5 +206,6 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[Subscription, list[Loop]]:
         await run_loop("notifier.retention", retention_round, stop, idle=RETENTION_EVERY_SECONDS,
                        backoff_first=60, backoff_cap=RETENTION_EVERY_SECONDS)
 
-    return (Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type),
+    return (Subscription("notifier", TOPICS, bind(HANDLERS, deps), otherwise=unknown_type,
+                         batched=bind(dict.fromkeys(HANDLERS, on_run), deps)),
             [delivery_loop, retention_loop])

@@ -21,12 +21,15 @@ table: their state changes are the internal events recorded beside them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.db import insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
@@ -58,9 +61,27 @@ d, s = deliveries, subscription_deliveries
 
 
 async def lead_noted(conn: AsyncConnection, e: LeadNoted) -> None:
-    values = {f: getattr(e, f) for f in e.fields}
-    await conn.execute(pg_insert(leads).values(lead_id=e.lead_id, **values)
-                       .on_conflict_do_update(index_elements=[leads.c.lead_id], set_=values))
+    await leads_noted(conn, {e.lead_id: {f: getattr(e, f) for f in e.fields}})
+
+
+async def leads_noted(conn: AsyncConnection, noted: dict[str, dict[str, Any]]) -> None:
+    """The facts noted about each lead (the fields set, nothing else): one upsert per set of
+    fields, whatever the number of leads."""
+    by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for lead_id, values in noted.items():
+        by_fields.setdefault(tuple(sorted(values)), []).append({"lead_id": lead_id, **values})
+    for fields, rows in by_fields.items():
+        await conn.execute(_noting(fields), {"rows": json_rows(rows)})
+
+
+@cache
+def _noting(fields: tuple[str, ...]) -> Insert:
+    """The upsert that sets `fields` of the leads it is given (compiled once per set of fields)."""
+    statement = insert_rows(leads, ("lead_id", *fields))
+    if not fields:
+        return statement.on_conflict_do_nothing()
+    return statement.on_conflict_do_update(index_elements=[leads.c.lead_id],
+                                           set_={f: statement.excluded[f] for f in fields})
 
 
 async def escalations_planned(conn: AsyncConnection, e: EscalationsPlanned) -> None:
@@ -176,10 +197,17 @@ assert set(APPLY) == set(INTERNAL.values()), "every internal event changes the s
 
 
 async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
+    # Lead facts are written last, merged per lead (the last value of each field wins), in one
+    # statement per set of fields: no other event reads or writes the leads table.
+    noted: dict[str, dict[str, Any]] = {}
     for event in events:
         cls = INTERNAL.get(event.type)
-        if cls is not None:  # contract events change no table (see the module docstring)
+        if cls is LeadNoted:
+            e = LeadNoted.model_validate(event.data)
+            noted.setdefault(e.lead_id, {}).update({f: getattr(e, f) for f in e.fields})
+        elif cls is not None:  # contract events change no table (see the module docstring)
             await APPLY[cls](conn, cls.model_validate(event.data))
+    await leads_noted(conn, noted)
 
 
 PROJECTION = Projection(

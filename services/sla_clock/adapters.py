@@ -20,7 +20,7 @@ from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
 
 from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
-from .projection import LIVE, PROJECTION, TIMER_EVENTS, timer_row
+from .projection import LIVE, PROJECTION, TIMER_EVENTS, plain, timer_row
 from .tables import leads, open_timer_counts, timers
 
 # Where each event the clock records is published; the others stay in its store.
@@ -274,3 +274,36 @@ class InMemoryClockStore:
             if r["lead_id"] == change.lead_id and r["state"] in LIVE:
                 r["owner_id"] = change.owner_id
                 self._wrote("timer", r["sla_id"])
+
+
+class RunClockStore(InMemoryClockStore):
+    """A consumer's run of events decided in memory and written at once: seeded with the stored
+    rows of the run's leads (their timers locked, as `PostgresClockStore.timers` locks them) and
+    their stream versions, in three statements; kept current as the handlers record by the same
+    fold as the fake (the contract suite holds it to the Postgres store); `flush` then writes all
+    the run recorded through the projection (one upsert per table) and queues it for the store."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        super().__init__()
+        self.uow = uow
+
+    @classmethod
+    async def load(cls, uow: UnitOfWork, lead_ids: Iterable[str]) -> RunClockStore:
+        store, ids = cls(uow), list(dict.fromkeys(lead_ids))
+        await uow.load_versions(ids)
+        for row in await uow.conn.execute(select(leads).where(leads.c.lead_id == any_text(ids))):
+            store.lead_rows[row.lead_id] = plain(row)
+        # In key order: two transactions locking some of the same timers never wait in a circle.
+        for row in await uow.conn.execute(select(timers).where(timers.c.lead_id == any_text(ids))
+                                          .order_by(timers.c.sla_id).with_for_update()):
+            store.timer_rows[row.sla_id] = plain(row)
+        return store
+
+    async def expect_lead(self, lead_id: str) -> None:
+        await self.uow.load_version(lead_id)  # read by `load`: no statement
+
+    def observe(self, metric: Callable[[], None]) -> None:
+        self.uow.after_commit(metric)
+
+    async def flush(self) -> None:
+        await PostgresClockStore(self.uow).record([event for _, event in self.recorded])

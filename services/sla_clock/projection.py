@@ -16,8 +16,10 @@ The timers upsert also keeps `open_timer_counts` (open timers by metric and tier
 in the same statement: it is decision state's summary, rebuilt and compared by replay like the rest.
 
 Set-based: a page of events becomes one upsert statement per table (all its rows in one
-statement) for each run of events between two owner changes (the last state of a row in the run wins), so
-the timer loop writes a batch of fired timers with one statement, and replay goes a page at a time.
+statement; the last state of a row in the page wins), so the timer loop writes a batch of fired
+timers with one statement, the consumer a run of events, and replay goes a page at a time. An
+owner change rewrites the lead's row and its live timers' rows in that upsert: the rows as stored
+before the page are read first (one statement per table) for the leads whose owner changes.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Row,
     String,
     Table,
     Text,
@@ -40,13 +43,12 @@ from sqlalchemy import (
     select,
     tuple_,
     union_all,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import insert_rows, json_rows
+from shared.db import any_text, insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
@@ -61,10 +63,37 @@ LIVE = ("open", "paused")
 
 @dataclass
 class _Staged:
-    """Rows waiting to be written, by primary key: the last state of each wins."""
+    """Rows waiting to be written, by primary key: the last state of each wins. `known_*`: rows as
+    stored before this page, of the leads whose owner changes in it (an owner change rewrites
+    them here, so it needs no statement of its own)."""
 
     timers: dict[str, dict[str, Any]] = field(default_factory=dict)
     leads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    known_timers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    known_leads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sla_ids: dict[str, set[str]] = field(default_factory=dict)  # lead id -> its timers known or staged
+
+    async def load(self, conn: AsyncConnection, lead_ids: list[str]) -> None:
+        """Read the stored lead rows and live timers of `lead_ids` (one statement each)."""
+        for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids))):
+            self.known_leads[row.lead_id] = plain(row)
+        for row in await conn.execute(select(timers).where(timers.c.lead_id == any_text(lead_ids),
+                                                           timers.c.state.in_(LIVE))):
+            self.stage_timer(plain(row), known=True)
+
+    def stage_timer(self, row: dict[str, Any], *, known: bool = False) -> None:
+        (self.known_timers if known else self.timers)[row["sla_id"]] = row
+        self.sla_ids.setdefault(row["lead_id"], set()).add(row["sla_id"])
+
+    def change_owner(self, lead_id: str, owner_id: str) -> None:
+        """The lead and its live timers, as they stand at this point of the page, to `owner_id`."""
+        lead = self.leads.get(lead_id) or self.known_leads.get(lead_id)
+        if lead is not None:
+            self.leads[lead_id] = {**lead, "owner_id": owner_id}
+        for sla_id in sorted(self.sla_ids.get(lead_id, ())):
+            row = self.timers.get(sla_id) or self.known_timers[sla_id]
+            if row["state"] in LIVE:
+                self.timers[sla_id] = {**row, "owner_id": owner_id}
 
     async def flush(self, conn: AsyncConnection) -> None:
         # Rows leaving the live states first: a successor may take its predecessor's place in the
@@ -73,6 +102,12 @@ class _Staged:
         await _upsert(conn, leads, "lead_id", list(self.leads.values()))
         self.timers.clear()
         self.leads.clear()
+
+
+def plain(row: Row) -> dict[str, Any]:
+    """A stored row as a dict with plain str keys (SQLAlchemy's are a str subclass, which the
+    JSON of an upsert's rows refuses)."""
+    return {str(name): value for name, value in row._mapping.items()}
 
 
 def timer_row(event: CloudEvent) -> dict[str, Any] | None:
@@ -112,7 +147,7 @@ _TIMER_DEFAULTS = {name: info.get_default(call_default_factory=True)
 async def _timer_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
     row = _wire_timer_row(event)
     if row is not None:
-        staged.timers[row["sla_id"]] = row
+        staged.stage_timer(row)
 
 
 async def _lead_noted(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
@@ -121,12 +156,8 @@ async def _lead_noted(staged: _Staged, conn: AsyncConnection, event: CloudEvent)
 
 
 async def _owner_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
-    # Reads what is staged (the lead's row, its timers' states): write it first.
-    await staged.flush(conn)
     change = OwnerChanged.model_validate(event.data)
-    await conn.execute(update(leads).where(leads.c.lead_id == change.lead_id).values(owner_id=change.owner_id))
-    await conn.execute(update(timers).where(timers.c.lead_id == change.lead_id, timers.c.state.in_(LIVE))
-                       .values(owner_id=change.owner_id))
+    staged.change_owner(change.lead_id, change.owner_id)
 
 
 Applier = Callable[[_Staged, AsyncConnection, CloudEvent], Awaitable[None]]
@@ -140,6 +171,10 @@ APPLIERS: dict[str, Applier] = {
 async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
     """Apply stored events, in order, to the timers and leads tables (live or in a replay schema)."""
     staged = _Staged()
+    changing = list(dict.fromkeys(event.data["lead_id"] for event in events
+                                  if APPLIERS.get(event.type) is _owner_changed))
+    if changing:
+        await staged.load(conn, changing)
     for event in events:
         applier = APPLIERS.get(event.type)
         if applier is not None:  # anything else in the store (a dead letter) is no state of ours
