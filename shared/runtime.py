@@ -78,6 +78,13 @@ def wire(ctx: ServiceContext, bootstrap: Bootstrap) -> ServiceSpec:
     return spec
 
 
+def service_engine(name: str, settings: Settings) -> AsyncEngine:
+    """A running service's engine: its connections named after it, its statements bounded by
+    the statement timeout."""
+    return make_engine(settings.database_url, service=name,
+                       statement_timeout=settings.database_statement_timeout_seconds)
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message says what to do."""
 
@@ -90,7 +97,7 @@ class _Server(uvicorn.Server):
 
 
 async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock: Clock | None = None) -> None:
-    engine = make_engine(settings.database_url, service=name)
+    engine = service_engine(name, settings)
     async with engine.connect() as conn:
         revision = await current_revision(conn)
         if revision != head_revision():
