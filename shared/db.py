@@ -199,7 +199,7 @@ def _discard_connection_on_timeout(context: ExceptionContext) -> None:
     when it answers again, finds the connection gone and rolls its transaction back."""
     if isinstance(context.original_exception, TimeoutError):
         context.is_disconnect = True
-        if context.connection is not None:
+        if context.connection is not None and not context.connection.invalidated:
             context.connection.connection.driver_connection.terminate()
 
 

@@ -5,11 +5,11 @@ group is being written wait for the next group, so under load each commit carrie
 at low load a request is written at once (no fixed delay). A request is answered only after its
 group has committed, so a 201 still means "durably accepted". If anything in a group fails, the
 group is rolled back and each of its requests runs again in a transaction of its own, so one bad
-request never fails the others; but when the database is unavailable (down, or not answering within
-the statement timeout), every request of the group fails at once: one at a time, the last would
-wait a timeout for each request before it. Each lead is recorded through intake's projection (the new leads of
-a group together, see `submit_leads`); a group that loses a race on a lead's stream runs again
-from fresh state (`retry_on_conflict`).
+request never fails the others; but when the database is unavailable (down, or not answering
+within the statement timeout), every request of the group fails at once: one at a time, the last
+would wait a timeout for each request before it. Each lead is recorded through intake's
+projection (the new leads of a group together, see `submit_leads`); a group that loses a race on
+a lead's stream runs again from fresh state (`retry_on_conflict`).
 """
 from __future__ import annotations
 
