@@ -6,8 +6,9 @@ at low load a request is written at once (no fixed delay). A request is answered
 group has committed, so a 201 still means "durably accepted". If anything in a group fails, the
 group is rolled back and each of its requests runs again in a transaction of its own, so one bad
 request never fails the others; but when the database is unavailable (down, or not answering
-within the statement timeout), every request of the group fails at once: one at a time, the last
-would wait a timeout for each request before it. Each lead is recorded through intake's
+within the statement timeout), every request of the group fails at once, and so do those that
+queued while it waited: one at a time, or group after group, the last would wait a database
+timeout for each request or group before it. Each lead is recorded through intake's
 projection (the new leads of a group together, see `submit_leads`); a group that loses a race on
 a lead's stream runs again from fresh state (`retry_on_conflict`).
 """
@@ -66,7 +67,8 @@ class GroupCommitter:
                 results = await self._run(group)
             except Exception as exc:
                 if is_database_unavailable(exc):
-                    for request in group:
+                    waited, self._queue = group + self._queue, []
+                    for request in waited:
                         _fail(request, exc)
                     continue
                 for request in group:  # one at a time, so only the failing request fails
