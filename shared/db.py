@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     column,
+    event,
     func,
     select,
     text,
@@ -32,6 +33,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import Insert
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services import SERVICES
@@ -149,13 +151,28 @@ async def xact_locks(conn: AsyncConnection, names: Iterable[str]) -> None:
         await conn.execute(_XACT_LOCKS, {"names": wanted})
 
 
+async def xact_lock_shared_waiting(conn: AsyncConnection, name: str, *, up_to: float) -> None:
+    """`pg_advisory_xact_lock_shared` on `name`, waiting up to `up_to` seconds whatever the
+    engine's statement timeout: for a lock that a long operation holds on purpose (a rebuild),
+    where waiting is no outage. Through asyncpg, whose calls take a timeout of their own."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    if not raw.is_in_transaction():  # SQLAlchemy begins with the first statement; the lock must be inside
+        await conn.execute(select(1))
+    await raw.execute("SELECT pg_advisory_xact_lock_shared(hashtext($1))", name, timeout=up_to)
+
+
 def application_name(service: str) -> str:
     """How a service's connections name themselves in pg_stat_activity (the SLA clock's watermark
     looks for the producers' open transactions by it)."""
     return f"leadsla-{service}"
 
 
-def make_engine(database_url: str, *, pool_size: int = 5, service: str | None = None) -> AsyncEngine:
+def make_engine(database_url: str, *, pool_size: int = 5, service: str | None = None,
+                statement_timeout: float | None = None) -> AsyncEngine:
+    """An engine with the project's settings. `statement_timeout` (a running service's, see
+    `Settings.database_statement_timeout_seconds`): a statement not answered within it fails with
+    TimeoutError, which `is_database_unavailable` counts as an outage. Without it (migrations,
+    replay, the CLI's other commands) a statement may take as long as it needs."""
     # No pool_pre_ping: it costs a round trip per transaction, and a dead pooled connection
     # already surfaces as a transient error that the consumer and relay loops retry.
     # hide_parameters: SQL errors end up in logs, and their parameters hold personal data.
@@ -164,9 +181,26 @@ def make_engine(database_url: str, *, pool_size: int = 5, service: str | None = 
     connect_args: dict = {"timeout": 5}
     if service is not None:
         connect_args["server_settings"] = {"application_name": application_name(service)}
-    return create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5,
-                               hide_parameters=True, pool_timeout=5, connect_args=connect_args,
-                               json_serializer=_json_text, json_deserializer=orjson.loads)
+    if statement_timeout is not None:
+        connect_args["command_timeout"] = statement_timeout
+    engine = create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5,
+                                 hide_parameters=True, pool_timeout=5, connect_args=connect_args,
+                                 json_serializer=_json_text, json_deserializer=orjson.loads)
+    if statement_timeout is not None:
+        event.listen(engine.sync_engine, "handle_error", _discard_connection_on_timeout)
+    return engine
+
+
+def _discard_connection_on_timeout(context: ExceptionContext) -> None:
+    """A statement that timed out leaves its connection waiting for the server to confirm the
+    cancel that asyncpg sends, and SQLAlchemy would roll it back, then close it gracefully: each
+    waits for a server that, frozen, never answers. So the connection is closed at once and
+    thrown away (not returned to the pool): the caller fails after one timeout, and the server,
+    when it answers again, finds the connection gone and rolls its transaction back."""
+    if isinstance(context.original_exception, TimeoutError):
+        context.is_disconnect = True
+        if context.connection is not None and not context.connection.invalidated:
+            context.connection.connection.driver_connection.terminate()
 
 
 def _json_text(value: object) -> str:
@@ -188,7 +222,11 @@ def is_database_unavailable(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (ConnectionError, TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+        # TimeoutError: no answer within the statement or connect timeout; sqlalchemy's: no pooled
+        # connection came free in time (a burst right after an outage, or every connection waiting
+        # on a server that does not answer).
+        if isinstance(current, (ConnectionError, TimeoutError, sa_exc.TimeoutError,
+                                asyncpg.exceptions.ConnectionDoesNotExistError)):
             return True
         # asyncpg raises InterfaceError for a closed connection, but DataError (a subclass) for a
         # value it cannot encode: only the first is an outage.

@@ -164,7 +164,7 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     payloads = [p.event.to_bytes() for p in pending]
     # The lock, then (in a snapshot taken after it, so every append committed before is seen)
     # the check of the expected versions, the numbering and the insert: one call of the store's
-    # append function (migration 0008). Nothing is inserted if a stream moved.
+    # append function (migration 0009). Nothing is inserted if a stream moved.
     result = (await conn.execute(_APPENDS[schema], {
         "lock_key": append_lock_key(schema),
         # Streams read to decide (`expected`) are checked even when nothing is appended to them.

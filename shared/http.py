@@ -105,9 +105,12 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
         if not busy:
             database_outage.down(exc)
         retry_after = str(getattr(request.app.state, "retry_after_seconds", 5))
+        # A statement that got no answer may have been the commit, which a server that answers
+        # again still carries out: the client is told so (a retried lead is recognised).
+        detail = (_NO_ANSWER if isinstance(exc, TimeoutError) else
+                  "The database is unreachable; nothing was stored. Retry after the time in Retry-After.")
         return problem_response(
-            ProblemError(503, "Service unavailable", "The database is unreachable; nothing was stored. "
-                         "Retry after the time in Retry-After.", headers={"Retry-After": retry_after}),
+            ProblemError(503, "Service unavailable", detail, headers={"Retry-After": retry_after}),
             request.url.path)
 
     # Registered by class (not as the catch-all 500 handler, which Starlette re-raises and logs).
@@ -115,6 +118,10 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
                         asyncpg.InterfaceError, TimeoutError):
         app.add_exception_handler(error_class, _database_error)
 
+
+_NO_ANSWER = ("The database did not answer in time. Retry after the time in Retry-After: the request was not "
+              "stored unless its commit had reached the database, and a lead sent again is recognised as the "
+              "same lead (its Idempotency-Key, or its contact within the dedupe window).")
 
 # Larger limits for the endpoints that take many items at once (path suffix -> bytes).
 BODY_LIMIT_OVERRIDES = {":batch": 5 * 1024 * 1024}

@@ -88,6 +88,13 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def service_engine(name: str, settings: Settings) -> AsyncEngine:
+    """A running service's engine: its connections named after it, its statements bounded by
+    the statement timeout."""
+    return make_engine(settings.database_url, service=name,
+                       statement_timeout=settings.database_statement_timeout_seconds)
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message says what to do."""
 
@@ -100,7 +107,7 @@ class _Server(uvicorn.Server):
 
 
 async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock: Clock | None = None) -> None:
-    engine = make_engine(settings.database_url, service=name)
+    engine = service_engine(name, settings)
     async with engine.connect() as conn:
         revision = await current_revision(conn)
         if revision != head_revision():

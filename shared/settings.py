@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=6000, ge=500)
     # What a client is told to wait (Retry-After) while the database is unreachable.
     retry_after_seconds: int = Field(default=5, ge=1)
+    # A running service's statements that get no answer within this long fail as "database
+    # unavailable" (a 503, a consumer's retry): a frozen or unreachable server whose connections
+    # stay open answers nothing and would otherwise hold a request for ever. Every statement of a
+    # running service takes milliseconds; the long ones (migrations, replay) run without it.
+    database_statement_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 def database_url_for_asyncpg(url: str) -> str:

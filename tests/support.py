@@ -116,6 +116,23 @@ async def create_topic(bootstrap: str, partitions: int) -> str:
     return topic
 
 
+async def start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit `group`'s offsets at `topic`'s current end: a consumer of the group then reads only
+    what is published from now on, not what earlier tests left on a shared topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic not seen yet
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.commit(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
 async def handle_event(handlers, uow, event: CloudEvent, deps) -> None:
     """Give `event` to the handler its payload class is mapped to, decoded as the consumer does."""
     received = Received.of(event)

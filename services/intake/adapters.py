@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import String, any_, bindparam, or_, select, tuple_
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import xact_locks
@@ -62,10 +61,12 @@ class IntakeStore(Protocol):
         """What is known under a submission's key, external id and identity keys (email/phone
         of leads received since `since`, oldest first)."""
 
-    async def known(self, keys: set[tuple[str, str]], external_ids: set[tuple[str, str]],
-                    emails: set[str], phones: set[str], since: datetime) -> set[tuple[str, str]]:
-        """Which of these identifiers are taken: ("idem", "source:key"), ("ext", "source:id"),
-        ("email", value), ("phone", value) (email and phone of leads received since `since`)."""
+    async def lock_and_find(self, names: Iterable[str], keys: set[tuple[str, str]],
+                            external_ids: set[tuple[str, str]], emails: set[str], phones: set[str],
+                            since: datetime) -> set[tuple[str, str]]:
+        """`lock(names)`, then which of these identifiers are taken, as seen once the locks are
+        held: ("idem", "source:key"), ("ext", "source:id"), ("email", value), ("phone", value)
+        (email and phone of leads received since `since`)."""
 
     async def lead(self, lead_id: str) -> KnownLead | None: ...
 
@@ -86,10 +87,10 @@ def _known(row: Any) -> KnownLead:
 
 
 # Arrays, not IN lists: one statement (compiled and prepared once) whatever the group's size.
-_KNOWN_PEOPLE = select(leads.c.email, leads.c.phone).where(
-    or_(leads.c.email == any_(bindparam("emails", type_=ARRAY(String))),
-        leads.c.phone == any_(bindparam("phones", type_=ARRAY(String)))),
-    leads.c.received_at >= bindparam("since"))
+_LOCK_AND_FIND = text(
+    "SELECT kind, value FROM intake.lock_and_find(CAST(:names AS text[]), CAST(:key_sources AS text[]), "
+    "CAST(:key_values AS text[]), CAST(:external_sources AS text[]), CAST(:external_ids AS text[]), "
+    "CAST(:emails AS text[]), CAST(:phones AS text[]), :since)")
 
 _LEAD = (leads.c.lead_id, leads.c.tier, leads.c.record, leads.c.correlation_id, leads.c.source)
 
@@ -121,23 +122,16 @@ class PostgresIntakeStore:
                                        .order_by(leads.c.received_at, leads.c.lead_id).limit(CANDIDATES))
         return DedupeFacts(candidates=[_known(r) for r in rows])
 
-    async def known(self, keys: set[tuple[str, str]], external_ids: set[tuple[str, str]],
-                    emails: set[str], phones: set[str], since: datetime) -> set[tuple[str, str]]:
-        taken: set[tuple[str, str]] = set()
-        if keys:
-            found = await self.conn.execute(select(idempotency_keys.c.source, idempotency_keys.c.key).where(
-                tuple_(idempotency_keys.c.source, idempotency_keys.c.key).in_(sorted(keys))))
-            taken |= {("idem", f"{r.source}:{r.key}") for r in found}
-        if external_ids:
-            found = await self.conn.execute(select(leads.c.source, leads.c.external_id).where(
-                tuple_(leads.c.source, leads.c.external_id).in_(sorted(external_ids))))
-            taken |= {("ext", f"{r.source}:{r.external_id}") for r in found}
-        if emails or phones:
-            found = await self.conn.execute(_KNOWN_PEOPLE, {"emails": sorted(emails), "phones": sorted(phones),
-                                                            "since": since})
-            for r in found:
-                taken |= {("email", r.email), ("phone", r.phone)}
-        return taken
+    async def lock_and_find(self, names: Iterable[str], keys: set[tuple[str, str]],
+                            external_ids: set[tuple[str, str]], emails: set[str], phones: set[str],
+                            since: datetime) -> set[tuple[str, str]]:
+        # One round trip (migration 0008): the locks, then the lookups in a snapshot taken after them.
+        keys_, externals = sorted(keys), sorted(external_ids)
+        found = await self.conn.execute(_LOCK_AND_FIND, {
+            "names": sorted(set(names)), "key_sources": [s for s, _ in keys_], "key_values": [k for _, k in keys_],
+            "external_sources": [s for s, _ in externals], "external_ids": [i for _, i in externals],
+            "emails": sorted(emails), "phones": sorted(phones), "since": since})
+        return {(r.kind, r.value) for r in found}
 
     async def lead(self, lead_id: str) -> KnownLead | None:
         row = (await self.conn.execute(select(*_LEAD).where(leads.c.lead_id == lead_id))).first()
@@ -240,8 +234,10 @@ class InMemoryIntakeStore:
                     return DedupeFacts(by_external_id=self._lead(row))
         return DedupeFacts(candidates=[self._lead(r) for r in self._by_identity(identity, since)[:CANDIDATES]])
 
-    async def known(self, keys: set[tuple[str, str]], external_ids: set[tuple[str, str]],
-                    emails: set[str], phones: set[str], since: datetime) -> set[tuple[str, str]]:
+    async def lock_and_find(self, names: Iterable[str], keys: set[tuple[str, str]],
+                            external_ids: set[tuple[str, str]], emails: set[str], phones: set[str],
+                            since: datetime) -> set[tuple[str, str]]:
+        await self.lock(names)
         taken = {("idem", f"{s}:{k}") for s, k in keys if (s, k) in self.keys}
         taken |= {("ext", f"{r['source']}:{r['external_id']}") for r in self.leads.values()
                   if (r["source"], r["external_id"]) in external_ids}

@@ -5,9 +5,12 @@ group is being written wait for the next group, so under load each commit carrie
 at low load a request is written at once (no fixed delay). A request is answered only after its
 group has committed, so a 201 still means "durably accepted". If anything in a group fails, the
 group is rolled back and each of its requests runs again in a transaction of its own, so one bad
-request never fails the others. Each lead is recorded through intake's projection (the new leads of
-a group together, see `submit_leads`); a group that loses a race on a lead's stream runs again
-from fresh state (`retry_on_conflict`).
+request never fails the others; but when the database is unavailable (down, or not answering
+within the statement timeout), every request of the group fails at once, and so do those that
+queued while it waited: one at a time, or group after group, the last would wait a database
+timeout for each request or group before it. Each lead is recorded through intake's
+projection (the new leads of a group together, see `submit_leads`); a group that loses a race on
+a lead's stream runs again from fresh state (`retry_on_conflict`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from datetime import datetime
 
 from shared import tracing
 from shared.config import Config
+from shared.db import is_database_unavailable
 from shared.eventstore import retry_on_conflict
 from shared.uow import UnitOfWork
 
@@ -61,7 +65,12 @@ class GroupCommitter:
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
             try:
                 results = await self._run(group)
-            except Exception:
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    waited, self._queue = group + self._queue, []
+                    for request in waited:
+                        _fail(request, exc)
+                    continue
                 for request in group:  # one at a time, so only the failing request fails
                     await self._settle(request)
                 continue
@@ -96,8 +105,12 @@ class GroupCommitter:
         try:
             [result] = await self._run([request])
         except Exception as exc:
-            if not request.done.done():
-                request.done.set_exception(exc)
+            _fail(request, exc)
             return
         if not request.done.done():
             request.done.set_result(result)
+
+
+def _fail(request: _Request, exc: Exception) -> None:
+    if not request.done.done():
+        request.done.set_exception(exc)

@@ -251,8 +251,7 @@ async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, reques
             idem.add((r.source, r.idempotency_key))
         if r.sub.external_id:
             exts.add((r.source, r.sub.external_id))
-    await store.lock(names)
-    taken = await store.known(idem, exts, emails, phones, since)  # ("idem"|"ext"|"email"|"phone", value)
+    taken = await store.lock_and_find(names, idem, exts, emails, phones, since)  # ("idem"|"ext"|"email"|"phone", value)
 
     results: list[Accepted] = []
     records: list[tuple[str | None, CloudEvent, str | None]] = []

@@ -13,16 +13,18 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, Protocol
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import insert_rows, json_rows
+from shared.db import insert_rows, json_rows, xact_lock_shared_waiting
 from shared.events import CloudEvent, utc_iso
 
 from .tables import lead_state, sla_timers, timeline
 
 READ_MODELS_LOCK = "reporting.read_models"
+# How long a live projection waits for a rebuild to end (`leadsla replay reporting`).
+REBUILD_WAIT_SECONDS = 24 * 3600
 TIMESTAMP_COLUMNS = ("received_at", "assigned_at", "first_response_at", "updated_at", "first_assigned_at",
                      "queued_at", "dequeued_at", "meeting_booked_at", "dispositioned_at")
 PLAIN_COLUMNS = ("source", "tier", "status", "owner_id", "team_id", "sla", "profile", "assignment_no",
@@ -100,8 +102,9 @@ class PostgresReadModels:
     async def add_to_timeline(self, entries: Sequence[tuple[str, CloudEvent]]) -> set[str]:
         if not entries:
             return set()
-        # Shared with every other live projection; a rebuild takes it exclusively (see replay.py).
-        await self._conn.execute(select(func.pg_advisory_xact_lock_shared(func.hashtext(READ_MODELS_LOCK))))
+        # Shared with every other live projection; a rebuild takes it exclusively (see replay.py)
+        # for as long as it runs, which may be longer than the statement timeout.
+        await xact_lock_shared_waiting(self._conn, READ_MODELS_LOCK, up_to=REBUILD_WAIT_SECONDS)
         # Keyed by event id, so this holds even for a second consumer group or a processed id
         # already pruned by housekeeping: an event is folded at most once.
         inserted = await self._conn.execute(_KEEP_IN_TIMELINE, {"rows": json_rows([

@@ -32,7 +32,7 @@ assignments = Table(
     Column("company_domain", String),
     Column("touched_at", DateTime(timezone=True)),  # first touch (call, email, ...) by anyone
     Index("ix_router_assignments_open_owner", "owner_id", postgresql_where=text("closed_at IS NULL")),
-    # The account owner's lookup: a domain's newest open lead (migration 0009).
+    # The account owner's lookup: a domain's newest open lead (migration 0010).
     Index("ix_router_assignments_open_domain", "company_domain", text("assigned_at DESC"),
           postgresql_where=text("closed_at IS NULL")),
     schema=SCHEMA,

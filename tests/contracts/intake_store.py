@@ -117,14 +117,20 @@ class IntakeStoreContract:
                                                  since=T0 - timedelta(days=30))
         assert [c.lead_id for c in facts.candidates] == [first.subject, second.subject]
 
-    async def test_known_names_the_identifiers_already_taken(self, harness) -> None:
+    async def test_lock_and_find_names_the_identifiers_already_taken(self, harness) -> None:
         email, key, external_id = unique() + "@x.example", unique("k-"), unique("crm-")
-        lead = received(email=email, external_id=external_id)
-        await harness.apply([lead, key_bound("webform", key, lead)])
-        taken = await harness.store.known({("webform", key), ("webform", "nope")}, {("webform", external_id)},
-                                          {email, "free@x.example"}, set(), since=T0)
-        assert {("idem", f"webform:{key}"), ("ext", f"webform:{external_id}"), ("email", email)} <= taken
-        assert ("idem", "webform:nope") not in taken and ("email", "free@x.example") not in taken
+        phone = "+1415" + str(uuid.uuid4().int)[:7]
+        lead = received(email=email, phone=phone, external_id=external_id)
+        old = received(email=unique() + "@x.example", phone="+1415" + str(uuid.uuid4().int)[:7],
+                       at=T0 - timedelta(days=40))
+        await harness.apply([lead, old, key_bound("webform", key, lead)])
+        taken = await harness.store.lock_and_find(
+            [f"id:email:{email}"], {("webform", key), ("webform", "nope")}, {("webform", external_id)},
+            {email, "free@x.example", old.data["contact"]["email"]}, set(), since=T0 - timedelta(days=30))
+        # A lead found by its email names its phone too.
+        assert taken == {("idem", f"webform:{key}"), ("ext", f"webform:{external_id}"), ("email", email),
+                         ("phone", phone)}
+        assert await harness.store.lock_and_find([], set(), set(), set(), set(), since=T0) == set()
 
     async def test_an_update_is_folded_into_the_lead_and_its_indexes(self, harness) -> None:
         lead = received(email=unique() + "@x.example", phone="n/a", flawed=["contact.phone"])

@@ -56,3 +56,33 @@ async def test_keeps_every_event_unless_a_retention_is_set_and_then_only_publish
         ids = set((await conn.execute(
             select(processed.c.event_id).where(processed.c.consumer == consumer))).scalars())
     assert ids == {"recent"}
+
+
+async def test_prunes_in_bounded_statements_until_everything_due_is_gone(engine) -> None:
+    """Each statement deletes a bounded part (a running service's statements have a timeout):
+    the oldest events a few at a time, processed ids a range of table pages at a time. Together
+    they delete exactly what one statement would."""
+    store, relay, processed = EVENTS["notifier"], RELAY["notifier"], PROCESSED["notifier"]
+    stream, consumer = f"hk-{uuid.uuid4()}", f"hk-{uuid.uuid4()}"
+    async with engine.begin() as conn:
+        positions = [await conn.scalar(insert(store).values(
+            stream_id=stream, version=version, topic="t", key=stream, event_id=f"{stream}-{version}", event_type="x",
+            payload=b"{}", recorded_at=NOW - timedelta(days=40 if version <= 7 else 1)).returning(store.c.position))
+            for version in range(1, 10)]
+        await conn.execute(pg_insert(relay).values(id=1, published_position=positions[-1]).on_conflict_do_update(
+            index_elements=[relay.c.id], set_={"published_position": positions[-1]}))
+        # Old and recent ids interleaved over many pages of the table.
+        await conn.execute(insert(processed), [
+            {"consumer": consumer, "event_id": f"{n:05}", "processed_at": NOW - timedelta(days=15 if n % 3 else 1)}
+            for n in range(3000)])
+
+    pruned, ids = await prune(engine, "notifier", NOW, keep_events=timedelta(days=30),
+                              keep_processed=timedelta(days=14), events_per_statement=2, pages_per_statement=1)
+
+    async with engine.connect() as conn:
+        kept_events = set((await conn.execute(select(store.c.event_id).where(store.c.stream_id == stream))).scalars())
+        kept_ids = set((await conn.execute(
+            select(processed.c.event_id).where(processed.c.consumer == consumer))).scalars())
+    assert kept_events == {f"{stream}-8", f"{stream}-9"}
+    assert kept_ids == {f"{n:05}" for n in range(0, 3000, 3)}
+    assert (pruned, ids) == (7, 2000)

@@ -1,4 +1,11 @@
+import asyncio
+import contextlib
+
+import pytest
+
 from shared.auth import KeyCache, Principal, split_key
+from shared.db import is_database_unavailable
+from tests.support import eventually
 
 ALICE = Principal(key_id="abc", name="webform", role="source")
 
@@ -32,3 +39,30 @@ def test_cached_keys_are_trusted_only_while_the_revocation_version_is_fresh() ->
     assert cache.get("lsk_abc_secret") is None  # and entries are not kept forever
     cache.observe(None)  # the version could not be read: trust nothing
     assert cache.get("lsk_abc_secret") is None
+
+
+async def test_requests_waiting_for_a_version_read_that_fails_fail_with_it_without_trying_again() -> None:
+    """A frozen database answers nothing: each waiting request trying again in turn made the last
+    of a burst wait one database timeout per request before it."""
+    now = [0.0]
+    cache = KeyCache(clock=lambda: now[0], check_every=0.5)
+    attempts, answer = [], asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def unanswered():
+        attempts.append(now[0])
+        await answer.wait()
+        raise TimeoutError
+        yield
+
+    burst = [asyncio.create_task(cache.verify(unanswered, "lsk_abc_secret")) for _ in range(5)]
+    await eventually(lambda: attempts, what="the first request to read the version")
+    answer.set()
+    results = await asyncio.gather(*burst, return_exceptions=True)
+    assert attempts == [0.0]
+    assert isinstance(results[0], TimeoutError)
+    assert all(isinstance(r, ConnectionError) and is_database_unavailable(r) for r in results[1:])
+    now[0] = 0.6  # the next check is due: the database is asked again
+    with pytest.raises(TimeoutError):
+        await cache.verify(unanswered, "lsk_abc_secret")
+    assert attempts == [0.0, 0.6]

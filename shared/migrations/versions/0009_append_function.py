@@ -8,13 +8,13 @@ go in one call: one round trip less for every transaction of every service. It a
 positions the rows took and the last position committed before them, so the process that
 committed can hand its rows to its relay without the relay reading them back (shared/outbox.py).
 
-Revision ID: 0008_append_function
-Revises: 0007_sla_open_counts
+Revision ID: 0009_append_function
+Revises: 0008_intake_lock_and_find
 """
 from alembic import op
 
-revision = "0008_append_function"
-down_revision = "0007_sla_open_counts"
+revision = "0009_append_function"
+down_revision = "0008_intake_lock_and_find"
 branch_labels = None
 depends_on = None
 

@@ -2,13 +2,13 @@
 ordered by assignment time, not by sorting every open lead of the domain for each new lead (a
 domain with thousands of open leads cost 26 ms a lead).
 
-Revision ID: 0009_router_account_index
-Revises: 0008_append_function
+Revision ID: 0010_router_account_index
+Revises: 0009_append_function
 """
 from alembic import op
 
-revision = "0009_router_account_index"
-down_revision = "0008_append_function"
+revision = "0010_router_account_index"
+down_revision = "0009_append_function"
 branch_labels = None
 depends_on = None
 
