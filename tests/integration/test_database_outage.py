@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import json
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select, text
 
 from leadsla.devstack import EmbeddedPostgres
@@ -29,7 +30,7 @@ from shared.eventstore import EVENTS
 from shared.http import create_app
 from shared.migrate import upgrade
 from shared.outbox import OutboxRelay
-from shared.runtime import ServiceContext, service_engine, wire
+from shared.runtime import ServiceContext, ServiceSpec, service_engine, wire
 from shared.settings import Settings
 from tests.support import create_topic, eventually, published_events, start_group_at_end
 
@@ -69,29 +70,46 @@ def service_context(name: str, url: str, producer, kafka_bootstrap: str, clock, 
                           relay_wakeup=asyncio.Event())
 
 
+@dataclass
+class IntakeUnderTest:
+    """Intake in-process as `leadsla serve` wires it, with a source key, and a topic of the test's
+    own for its raw-topic consumer; `decoded` tells that the consumer has a record in hand."""
+
+    ctx: ServiceContext
+    spec: ServiceSpec
+    app: FastAPI
+    key: str
+    topic: str
+    decoded: asyncio.Event
+
+    def raw_consumer(self, group: str, kafka_bootstrap: str, clock) -> EventConsumer:
+        real = self.spec.subscriptions[0]
+
+        def decode(record):
+            self.decoded.set()
+            return real.decode(record)
+
+        return EventConsumer(replace(real, group=group, topics=(self.topic,), decode=decode), service="intake",
+                             bootstrap=kafka_bootstrap, engine=self.ctx.engine, relay_wakeup=self.ctx.relay_wakeup,
+                             clock=clock, projection=self.spec.projection)
+
+
+async def intake_under_test(url: str, producer, kafka_bootstrap: str, clock) -> IntakeUnderTest:
+    ctx = service_context("intake", url, producer, kafka_bootstrap, clock, retry_after_seconds=7)
+    async with ctx.engine.begin() as conn:
+        key = await create_key(conn, "webform", "source")
+    spec = wire(ctx, intake_bootstrap)
+    return IntakeUnderTest(ctx, spec, create_app(ctx, spec.routers, spec.on_invalid_request), key,
+                           await create_topic(kafka_bootstrap, partitions=1), asyncio.Event())
+
+
 async def test_a_database_outage_gives_503s_and_waits_then_recovers_losing_nothing(
     own_postgres, producer, kafka_bootstrap, clock
 ) -> None:
     server, url = own_postgres
-    ctx = service_context("intake", url, producer, kafka_bootstrap, clock, retry_after_seconds=7)
-    engine = ctx.engine
-    async with engine.begin() as conn:
-        key = await create_key(conn, "webform", "source")
-    spec = wire(ctx, intake_bootstrap)
-    app = create_app(ctx, spec.routers, spec.on_invalid_request)
-
-    # A consumer on a topic of the test's own; `decoded` tells that it has the record in hand.
-    topic = await create_topic(kafka_bootstrap, partitions=1)
-    decoded = asyncio.Event()
-    real = spec.subscriptions[0]
-
-    def decode(record):
-        decoded.set()
-        return real.decode(record)
-
-    consumer = EventConsumer(replace(real, group=f"outage-{uuid.uuid4().hex[:6]}", topics=(topic,), decode=decode),
-                             service="intake", bootstrap=kafka_bootstrap, engine=engine,
-                             relay_wakeup=ctx.relay_wakeup, clock=clock, projection=spec.projection)
+    intake = await intake_under_test(url, producer, kafka_bootstrap, clock)
+    engine, key, app, topic, decoded = intake.ctx.engine, intake.key, intake.app, intake.topic, intake.decoded
+    consumer = intake.raw_consumer(f"outage-{uuid.uuid4().hex[:6]}", kafka_bootstrap, clock)
     stop = asyncio.Event()
     consuming = asyncio.create_task(consumer.run(stop))
     await eventually(consumer.ready.is_set, what="the consumer to join")
@@ -147,34 +165,22 @@ async def test_a_frozen_database_gives_503s_in_bounded_time_and_everything_recov
     """Postgres frozen (SIGSTOP): the connections stay open and nothing answers. Without a
     statement timeout a request waited for as long as the freeze lasted."""
     server, url = own_postgres
-    intake = service_context("intake", url, producer, kafka_bootstrap, clock, retry_after_seconds=7)
+    intake = await intake_under_test(url, producer, kafka_bootstrap, clock)
     router = service_context("router", url, producer, kafka_bootstrap, clock)
-    async with intake.engine.begin() as conn:
-        key = await create_key(conn, "webform", "source")
-    intake_spec, router_spec = wire(intake, intake_bootstrap), wire(router, router_bootstrap)
-    app = create_app(intake, intake_spec.routers, intake_spec.on_invalid_request)
+    router_spec = wire(router, router_bootstrap)
+    key, app, topic, decoded = intake.key, intake.app, intake.topic, intake.decoded
 
     # Intake's relay and its raw-topic consumer (on a topic of the test's own), and the router's
     # consumer of leads.intake, from the topic's end: everything that must carry on by itself.
-    topic = await create_topic(kafka_bootstrap, partitions=1)
-    decoded = asyncio.Event()
-    raw = intake_spec.subscriptions[0]
-
-    def decode(record):
-        decoded.set()
-        return raw.decode(record)
-
     routing_group = f"router-frozen-{uuid.uuid4().hex[:6]}"
     await start_group_at_end(kafka_bootstrap, routing_group, TOPIC_INTAKE)
     consumers = [
-        EventConsumer(replace(raw, group=f"frozen-{uuid.uuid4().hex[:6]}", topics=(topic,), decode=decode),
-                      service="intake", bootstrap=kafka_bootstrap, engine=intake.engine,
-                      relay_wakeup=intake.relay_wakeup, clock=clock, projection=intake_spec.projection),
+        intake.raw_consumer(f"frozen-{uuid.uuid4().hex[:6]}", kafka_bootstrap, clock),
         EventConsumer(replace(router_spec.subscriptions[0], group=routing_group), service="router",
                       bootstrap=kafka_bootstrap, engine=router.engine, relay_wakeup=router.relay_wakeup,
                       clock=clock, projection=router_spec.projection),
     ]
-    relay = OutboxRelay(intake.engine, "intake", producer, intake.relay_wakeup)
+    relay = OutboxRelay(intake.ctx.engine, "intake", producer, intake.ctx.relay_wakeup)
     stop = asyncio.Event()
     running = [asyncio.create_task(c.run(stop)) for c in consumers] + [asyncio.create_task(relay.run(stop))]
 
@@ -183,7 +189,7 @@ async def test_a_frozen_database_gives_503s_in_bounded_time_and_everything_recov
 
     async def lead_of(email: str) -> str | None:
         t = EVENTS["intake"]
-        async with intake.engine.connect() as conn:
+        async with intake.ctx.engine.connect() as conn:
             return await conn.scalar(select(t.c.key).where(
                 t.c.event_type == "lead.received", t.c.payload.like(f'%"{email}"%'.encode())))
 
@@ -200,7 +206,7 @@ async def test_a_frozen_database_gives_503s_in_bounded_time_and_everything_recov
             refused = [lead() for _ in range(8)]
             # Open connections in the pool, as a service under traffic has: the requests get
             # connections to a server that does not answer (a new one meets the connect timeout).
-            await _open_pooled_connections(intake.engine, 5)
+            await _open_pooled_connections(intake.ctx.engine, 5)
             with server.frozen():
                 database_outage.up()
                 await producer.send_and_wait(topic, json.dumps(lead(kafka_email)).encode())
@@ -230,9 +236,9 @@ async def test_a_frozen_database_gives_503s_in_bounded_time_and_everything_recov
     finally:
         stop.set()
         await asyncio.gather(*running)
-        async with intake.engine.connect() as conn:
+        async with intake.ctx.engine.connect() as conn:
             letters = await conn.scalar(select(func.count()).select_from(deadletters))
-        await intake.engine.dispose()
+        await intake.ctx.engine.dispose()
         await router.engine.dispose()
     assert letters == 0
 
