@@ -8,12 +8,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import any_text
 from .events import CloudEvent
-from .eventstore import EVENTS, Pending, append, stream_version
+from .eventstore import Pending, append, stream_versions
 from .outbox import RelayWakeup
 
 if TYPE_CHECKING:
@@ -82,20 +80,14 @@ class UnitOfWork:
     async def load_version(self, stream_id: str) -> int:
         """Read a stream's version and expect it at commit: if another writer appends to the
         stream meanwhile, `commit()` raises `ConcurrencyConflict` and the command is retried."""
-        if stream_id not in self._expected:  # expected once: the first version read is kept
-            self._expected[stream_id] = await stream_version(self.conn, self._schema, stream_id)
-        return self._expected[stream_id]
+        return (await self.load_versions([stream_id]))[stream_id]
 
     async def load_versions(self, stream_ids: Sequence[str]) -> dict[str, int]:
-        """`load_version` for many streams in one statement (a consumer's run of events)."""
+        """`load_version` for many streams in one statement (a consumer's run of events). Expected
+        once: the first version read of a stream is kept."""
         wanted = [s for s in dict.fromkeys(stream_ids) if s not in self._expected]
         if wanted:
-            events = EVENTS[self._schema]
-            found = dict((await self.conn.execute(
-                select(events.c.stream_id, func.max(events.c.version))
-                .where(events.c.stream_id == any_text(wanted)).group_by(events.c.stream_id))).all())
-            for stream_id in wanted:
-                self._expected[stream_id] = found.get(stream_id, 0)
+            self._expected.update(await stream_versions(self.conn, self._schema, wanted))
         return {s: self._expected[s] for s in stream_ids}
 
     def expect(self, stream_id: str, version: int) -> None:
