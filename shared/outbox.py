@@ -181,7 +181,7 @@ class OutboxRelay:
         parked = PARKED[schema]
         self._take_lock = select(case((func.pg_try_advisory_lock(self._lock_key), func.set_config(
             "application_name", f"{application_name(schema)}-relay", False))),
-            ~exists().where(parked.c.position.is_not(None)))
+            ~exists(select(parked.c.position)))
         self._conn: AsyncConnection | None = None  # holds the lock while this relay is the active one
         # While the lock is held: the position read up to (None: read the published one from the
         # store), and whether the store has no parked row (rows handed over are sent only then).
@@ -296,13 +296,12 @@ class OutboxRelay:
         """The next rows after `after` (None: after the published position), each saying whether
         its key has a parked row: the rows handed over if they follow on, else from the store (one
         round trip)."""
-        if after is not None:
-            handed = self._handed(after)
-            if handed:
-                self.handed_rows += len(handed)
-                return handed
         if after is None:
             return (await conn.execute(self._first_read)).all()
+        handed = self._handed(after)
+        if handed:
+            self.handed_rows += len(handed)
+            return handed
         return (await conn.execute(self._next_read, {"after": after})).all()
 
     def _handed(self, after: int) -> list[StoreRow]:
