@@ -186,13 +186,8 @@ async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, 
     """Company domain -> owner of its most recently assigned open lead."""
     if not domains:
         return {}
-    rows = await conn.execute(
-        select(assignments.c.company_domain, assignments.c.owner_id)
-        .where(assignments.c.closed_at.is_(None), assignments.c.company_domain.in_(domains))
-        .order_by(assignments.c.company_domain, assignments.c.assigned_at.desc())
-        .distinct(assignments.c.company_domain)
-    )
-    return dict(rows.all())
+    rows = await conn.execute(_ACCOUNT_OWNERS, {"domains": sorted(domains)})
+    return {domain: owner for domain, owner in rows if owner is not None}
 
 
 @cache
@@ -216,9 +211,11 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = Fal
 
 
 # The account owner of a company domain: the owner of its newest open lead. One text for the lock
-# statement (which locks that owner) and the read after it (which routes to that owner).
+# statement (which locks that owner), the read after it (which routes to that owner) and the
+# queue's drain (`account_owners`).
 _ACCOUNT_OWNER = ("(SELECT owner_id FROM router.assignments WHERE company_domain = {domain} AND closed_at IS NULL "
                   "ORDER BY assigned_at DESC LIMIT 1)")
+_ACCOUNT_OWNERS = text("SELECT d, " + _ACCOUNT_OWNER.format(domain="d") + " FROM unnest(CAST(:domains AS text[])) AS d")
 
 # Each lead's context, as rows of the state's shape: (kind 'lead', lead, its stream version,
 # NULL, NULL, known, account owner, queue ahead).
