@@ -20,7 +20,7 @@ from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
 
 from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
-from .projection import LIVE, PROJECTION, TIMER_EVENTS, plain, timer_row
+from .projection import LIVE, PROJECTION, TIMER_EVENTS, lead_rows, plain, timer_row
 from .tables import leads, open_timer_counts, timers
 
 # Where each event the clock records is published; the others stay in its store.
@@ -291,8 +291,7 @@ class RunClockStore(InMemoryClockStore):
     async def load(cls, uow: UnitOfWork, lead_ids: Iterable[str]) -> RunClockStore:
         store, ids = cls(uow), list(dict.fromkeys(lead_ids))
         await uow.load_versions(ids)
-        for row in await uow.conn.execute(select(leads).where(leads.c.lead_id == any_text(ids))):
-            store.lead_rows[row.lead_id] = plain(row)
+        store.lead_rows.update(await lead_rows(uow.conn, ids))
         # In key order: two transactions locking some of the same timers never wait in a circle.
         for row in await uow.conn.execute(select(timers).where(timers.c.lead_id == any_text(ids))
                                           .order_by(timers.c.sla_id).with_for_update()):

@@ -75,8 +75,7 @@ class _Staged:
 
     async def load(self, conn: AsyncConnection, lead_ids: list[str]) -> None:
         """Read the stored lead rows and live timers of `lead_ids` (one statement each)."""
-        for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids))):
-            self.known_leads[row.lead_id] = plain(row)
+        self.known_leads.update(await lead_rows(conn, lead_ids))
         for row in await conn.execute(select(timers).where(timers.c.lead_id == any_text(lead_ids),
                                                            timers.c.state.in_(LIVE))):
             self.stage_timer(plain(row), known=True)
@@ -108,6 +107,12 @@ def plain(row: Row) -> dict[str, Any]:
     """A stored row as a dict with plain str keys (SQLAlchemy's are a str subclass, which the
     JSON of an upsert's rows refuses)."""
     return {str(name): value for name, value in row._mapping.items()}
+
+
+async def lead_rows(conn: AsyncConnection, lead_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored rows of these leads, by lead id (one statement)."""
+    return {row.lead_id: plain(row)
+            for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids)))}
 
 
 def timer_row(event: CloudEvent) -> dict[str, Any] | None:
