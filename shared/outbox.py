@@ -14,7 +14,8 @@ memory when nothing it has not seen lies between (it reads the store otherwise, 
 any row is parked).
 
 A row the broker refuses for good (larger than its record limit, say) is parked with the
-error instead of being retried forever: it holds back only the later rows of its own key
+error instead of being retried forever (the relay sends record batches it builds itself, so a
+batch the broker refuses parks every row in it; a row too large is refused before it is sent): it holds back only the later rows of its own key
 (one lead's events stay in order), never other leads. Parked rows show in
 `leadsla_outbox_parked`, in `/readyz` and in an alert; an operator sends them again with
 `leadsla outbox retry`.
@@ -34,12 +35,16 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from sqlalchemy import BigInteger, bindparam, case, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import metrics
 from .aio import run_loop
+from .bus import MAX_REQUEST_BYTES
 from .db import application_name
 from .events import CONTENT_TYPE
 from .eventstore import EVENTS, PARKED, RELAY, Appended, StoreRow
@@ -72,35 +77,74 @@ class OutboxHealth:
     oldest_pending_seconds: float = 0.0
 
 
+@dataclass(eq=False)
+class _Batch:
+    """A record batch the relay builds for one topic partition; its future, once handed to the
+    producer, is every one of its records' ack."""
+    builder: BatchBuilder
+    future: asyncio.Future | None = None
+
+
 async def enqueue_in_order(producer: AIOKafkaProducer, rows, refused_keys: set[str]) -> list:
-    """Hand stored rows to the producer in position order, without waiting for acks: per row, the
-    ack's future, the error, or held. A row refused on the way in, or whose key is in
-    `refused_keys` (a parked row), holds back the later rows of its key, here and in later calls
-    given the same set (one lead's events stay in order)."""
+    """Hand stored rows to the producer in position order, without waiting for acks: per row, its
+    batch (whose ack is the row's), the error, or held. A row refused on the way in, or whose key
+    is in `refused_keys` (a parked row), holds back the later rows of its key, here and in later
+    calls given the same set (one lead's events stay in order).
+
+    The relay fills the producer's record batches itself, a partition's rows in order, as
+    `producer.send` would (the same partitioner, size limit and one batch per partition waiting
+    to go), without `send`'s per-record coroutine, partition lookup and future: those were most
+    of its cost. A batch the broker refuses for good fails every row in it."""
     outcomes: list = []
+    partitions: dict[str, list[int]] = {}
+    filling: dict[tuple[str, int], _Batch] = {}
     for row in rows:
         if row.key in refused_keys:
             outcomes.append(_HELD)
             continue
+        key = row.key.encode()
+        headers = record_headers(row.payload, CONTENT_TYPE)
         try:
-            outcomes.append(await producer.send(
-                row.topic, value=row.payload, key=row.key.encode(), headers=record_headers(row.payload, CONTENT_TYPE)))
+            if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, row.payload, headers) > MAX_REQUEST_BYTES:
+                raise MessageSizeTooLargeError(f"{len(row.payload)} bytes: larger than the largest request")
+            topic_partitions = partitions.get(row.topic)
+            if topic_partitions is None:
+                topic_partitions = partitions[row.topic] = sorted(await producer.partitions_for(row.topic))
         except Exception as exc:
             if isinstance(exc, PERMANENT_SEND_ERRORS):
                 refused_keys.add(row.key)
             outcomes.append(exc)
+            continue
+        tp = (row.topic, topic_partitions[(murmur2(key) & 0x7FFFFFFF) % len(topic_partitions)])
+        batch = filling.get(tp)
+        if batch is None:
+            batch = filling[tp] = _Batch(producer.create_batch())
+        if batch.builder.append(timestamp=None, key=key, value=row.payload, headers=headers) is None:  # full
+            await _hand_over(producer, tp, batch)
+            batch = filling[tp] = _Batch(producer.create_batch())
+            batch.builder.append(timestamp=None, key=key, value=row.payload, headers=headers)  # a first always fits
+        outcomes.append(batch)
+    for tp, batch in filling.items():
+        await _hand_over(producer, tp, batch)
     return outcomes
+
+
+async def _hand_over(producer: AIOKafkaProducer, tp: tuple[str, int], batch: _Batch) -> None:
+    batch.builder.close()
+    batch.future = await producer.send_batch(batch.builder, tp[0], partition=tp[1])
 
 
 async def settle(outcomes: list) -> list[BaseException | None | _Held]:
     """Wait for every ack of `enqueue_in_order`'s outcomes: per row, None (acked), the error, or held."""
-    acks = [o for o in outcomes if isinstance(o, asyncio.Future)]
-    settled = iter(await asyncio.gather(*acks, return_exceptions=True))
-    results = []
+    # Awaited one by one: most are done when reached (no suspension), and a batch's rows share one.
+    results: list[BaseException | None | _Held] = []
     for outcome in outcomes:
-        if isinstance(outcome, asyncio.Future):  # acked (None) or the broker's error
-            result = next(settled)
-            outcome = result if isinstance(result, BaseException) else None
+        if isinstance(outcome, _Batch):
+            try:
+                await outcome.future
+                outcome = None  # acked
+            except Exception as exc:  # the broker's error for this record's batch
+                outcome = exc
         results.append(outcome)
     return results
 

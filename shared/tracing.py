@@ -141,7 +141,7 @@ def _traceparent_bytes(payload: bytes) -> bytes | None:
     written = _WRITTEN.search(payload, 0, end)
     if written is not None:
         value = written.group(1)
-        return None if any(zero in value for zero in _ZERO_IDS) else value
+        return None if _ZERO_IDS[0] in value or _ZERO_IDS[1] in value else value
     start = payload.find(_ENVELOPE_KEY, 0, end)
     if start < 0:
         return None

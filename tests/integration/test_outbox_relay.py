@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, func, select
 
-from shared.events import TOPIC_ROUTING, LeadQueued, new_event
+from shared.events import TOPIC_ROUTING, CloudEvent, LeadQueued, new_event
 from shared.eventstore import EVENTS, PARKED, RELAY
 from shared.outbox import OutboxRelay, RelayWakeup
 from shared.uow import UnitOfWork
@@ -105,6 +105,35 @@ async def test_pipelined_batches_keep_each_leads_order_and_a_refused_row_holds_i
     assert len(held) == 3 and "TooLarge" in held[0] and held[1:] == [None, None]
     async with engine.begin() as conn:  # leave no parked rows behind for other tests' health figures
         await conn.execute(delete(parked).where(parked.c.key == huge))
+
+
+async def test_record_batches_the_relay_builds_keep_each_leads_order_and_partition(
+    engine, producer, kafka_bootstrap
+) -> None:
+    """The relay fills the producer's record batches itself: many batches per partition in one
+    round, each lead's events in order, and on the partition `producer.send` picks for its key
+    (the operator's `leadsla outbox retry` sends that way), headers included."""
+    leads = [f"lead-{uuid.uuid4()}" for _ in range(20)]
+    async with (TopicReader(kafka_bootstrap, TOPIC_ROUTING) as reader,
+                OutboxRelay(engine, "router", producer, asyncio.Event()) as relay):
+        async with UnitOfWork(engine, "router") as uow:
+            for n in range(400):  # about 300 kB: well past one 16 kB batch per partition
+                lead = leads[n % len(leads)]
+                uow.emit(TOPIC_ROUTING, queued(lead, n).model_copy(update={"data": {
+                    **queued(lead, n).data, "reason": f"{n:04d}" + "x" * 600}}))
+            await uow.commit()
+        while await relay.publish_batch():
+            pass
+        plain = {lead: await (await producer.send(TOPIC_ROUTING, queued(lead, -1).to_bytes(), key=lead.encode()))
+                 for lead in leads}
+        await reader.wait_for(lambda es: len([e for e in es if e.subject in plain]) >= 420, what="420 events")
+
+    for lead in leads:
+        records = [r for r in reader.records if r.key == lead.encode()]
+        queues = [CloudEvent.from_bytes(r.value).data["queue"] for r in records]
+        assert queues == [f"q{n}" for n in range(400) if leads[n % len(leads)] == lead] + ["q-1"]
+        assert {r.partition for r in records} == {plain[lead].partition}
+        assert all(dict(r.headers)["content-type"] == b"application/cloudevents+json" for r in records[:-1])
 
 
 async def test_one_relay_publishes_while_it_lives_and_another_takes_over_when_it_is_gone(
