@@ -18,6 +18,7 @@ import base64
 import contextlib
 import hashlib
 import heapq
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -40,6 +41,7 @@ from .db import (
     deadletters,
     insert_rows,
     is_database_unavailable,
+    is_timeout,
     json_rows,
 )
 from .events import (
@@ -172,8 +174,10 @@ class EventConsumer:
         session_timeout_ms: int = 6000,
         lag_interval: float = 5.0,
         projection: Projection | None = None,
+        busy_patience_seconds: float = 300.0,
     ) -> None:
         self.sub = subscription
+        self._busy_patience = busy_patience_seconds
         self._projection = projection
         self._service = service
         self._bootstrap = bootstrap
@@ -407,10 +411,14 @@ class EventConsumer:
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
         """Run `attempt` until it stops failing because the database is unavailable (or a stream
-        moved under it): an outage
-        delays a record, it never turns a good record into a dead letter. An error that looks like
-        an outage while the database answers is this record's own: it goes on as such."""
+        moved under it): an outage delays a record, it never turns a good record into a dead
+        letter. An error that looks like an outage while the database answers is this record's
+        own and goes on as such; but a statement timeout only after `busy_patience_seconds`:
+        while the database answers, a statement that keeps timing out most likely waits on a lock
+        another session holds (an operator's open transaction, say), which no record is to blame for."""
         delay, tries, conflicts = 0.0, 0, 0
+        first_failure: float | None = None
+        busy = False
         while True:
             try:
                 result = await attempt()
@@ -429,9 +437,15 @@ class EventConsumer:
                 if stop.is_set():
                     raise _Interrupted from exc
                 tries += 1
-                if tries >= 3 and await self._database_answers():
-                    raise
-                database_outage.down(exc)
+                first_failure = first_failure or time.monotonic()
+                if tries < 3 or not await self._database_answers():
+                    database_outage.down(exc)
+                elif not is_timeout(exc) or time.monotonic() - first_failure > self._busy_patience:
+                    raise  # the database answers: the failure is this record's own
+                elif not busy:  # answering, yet the statement timed out: blocked or busy, waited out
+                    busy = True
+                    log.warning("consumer.database_busy", group=self.sub.group,
+                                waiting_up_to_seconds=self._busy_patience)
                 delay = next_backoff(delay, first=0.1, cap=5.0)
                 await sleep_unless_stopped(stop, delay)
 

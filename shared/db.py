@@ -244,6 +244,18 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) is a statement that got no answer in time."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
 class OutageLog:
     """Logs one line when the database becomes unreachable and one when it is back, instead of
     a traceback per failed request or retry."""

@@ -131,7 +131,8 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     ctx.consumers = [
         EventConsumer(sub, service=name, bootstrap=settings.kafka_bootstrap, engine=engine,
                       relay_wakeup=ctx.relay_wakeup, clock=ctx.clock, projection=ctx.projection,
-                      session_timeout_ms=settings.kafka_session_timeout_ms)
+                      session_timeout_ms=settings.kafka_session_timeout_ms,
+                      busy_patience_seconds=settings.consumer_busy_patience_seconds)
         for sub in spec.subscriptions
     ]
     relay = ctx.relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup,

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # stay open answers nothing and would otherwise hold a request for ever. Every statement of a
     # running service takes milliseconds; the long ones (migrations, replay) run without it.
     database_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A consumer's statement that keeps timing out while the database answers is blocked (a lock
+    # another session holds) or the database is busy: waited out this long before the record
+    # counts as failing on its own (dead-lettered), so a held lock never dead-letters good records.
+    consumer_busy_patience_seconds: float = Field(default=300.0, gt=0)
 
 
 def database_url_for_asyncpg(url: str) -> str:

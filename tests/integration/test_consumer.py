@@ -8,11 +8,11 @@ import uuid
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from shared.clock import ManualClock
 from shared.consumer import EventConsumer, Subscription
-from shared.db import PROCESSED
+from shared.db import PROCESSED, application_name, make_engine
 from shared.events import (
     TOPIC_NOTIFICATIONS,
     BadEvent,
@@ -385,3 +385,93 @@ async def test_a_clean_stop_commits_the_offsets_of_every_handled_record(engine, 
         assert {tp: await reader.committed(tp) for tp in written} == written
     finally:
         await reader.stop()
+
+
+async def _lock_bound_consumer(kafka_bootstrap, producer, database_url, lock_key: int, *, patience: float):
+    """A consumer whose engine times statements out after 0.2 s (its connections named `name`)
+    and whose handler takes an advisory lock; returns (consumer, its engine, name, the event)."""
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    lead = f"lead-{uuid.uuid4()}"
+
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        await uow.conn.execute(select(func.pg_advisory_xact_lock(lock_key)))
+        event = received.envelope
+        uow.emit(TOPIC_NOTIFICATIONS, new_event("lead.dequeued", service="notifier", lead_id=lead, time=NOW,
+                                                cause=event, data=LeadDequeued(**event.data)))
+
+    event = new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                      data=LeadQueued(lead_id=lead, tier="A", queue="q", reason="locked"))
+    await producer.send_and_wait(topic, event.to_bytes(), key=lead.encode())
+    name = f"locked{uuid.uuid4().hex[:8]}"
+    timed = make_engine(database_url, service=name, statement_timeout=0.2)
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}),
+                             service="notifier", bootstrap=kafka_bootstrap, engine=timed,
+                             relay_wakeup=asyncio.Event(), clock=ManualClock(NOW), busy_patience_seconds=patience)
+    return consumer, timed, application_name(name), event
+
+
+async def _timed_out_attempts(engine, application: str) -> int:
+    """Attempts that timed out and still wait on a lock server-side: the client gave up on them,
+    the server finds out when the lock comes free."""
+    async with engine.connect() as conn:
+        return await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name "
+                                      "AND wait_event_type = 'Lock'"), {"name": application})
+
+
+async def _at_least(count: int, found) -> bool:
+    return await found >= count
+
+
+async def _stored(engine, event: CloudEvent) -> list[str]:
+    outbox = EVENTS["notifier"]
+    async with engine.connect() as conn:
+        return list((await conn.execute(select(outbox.c.event_type).where(outbox.c.key == event.subject)
+                                        .order_by(outbox.c.position))).scalars())
+
+
+async def test_a_record_blocked_by_a_lock_another_session_holds_waits_for_it_and_is_not_dead_lettered(
+    engine, producer, kafka_bootstrap, database_url
+) -> None:
+    """The database answers, but the handler's statement keeps timing out behind a lock an
+    operator's open transaction holds: the record waits (no dead letter, however many timeouts)
+    and takes effect once the lock is gone."""
+    lock_key = 7_000_000 + uuid.uuid4().int % 1_000_000
+    consumer, timed, application, event = await _lock_bound_consumer(kafka_bootstrap, producer, database_url,
+                                                                     lock_key, patience=300)
+    stop, running = asyncio.Event(), None
+    try:
+        async with engine.connect() as operator:
+            await operator.execute(select(func.pg_advisory_lock(lock_key)))
+            running = asyncio.create_task(consumer.run(stop))
+            # Six attempts were as many as a record got before it was dead-lettered.
+            await eventually(lambda: _at_least(7, _timed_out_attempts(engine, application)), timeout=60,
+                             what="seven timed-out attempts")
+            assert await _stored(engine, event) == []
+            await operator.execute(select(func.pg_advisory_unlock(lock_key)))
+        assert await eventually(lambda: _stored(engine, event), what="the effect") == ["lead.dequeued"]
+    finally:
+        stop.set()
+        if running is not None:
+            await running
+        await timed.dispose()
+
+
+async def test_a_record_whose_statement_times_out_past_the_patience_is_dead_lettered_and_the_consumer_goes_on(
+    engine, producer, kafka_bootstrap, database_url
+) -> None:
+    lock_key = 8_000_000 + uuid.uuid4().int % 1_000_000
+    consumer, timed, _, event = await _lock_bound_consumer(kafka_bootstrap, producer, database_url,
+                                                           lock_key, patience=1.0)
+    stop, running = asyncio.Event(), None
+    try:
+        async with engine.connect() as operator:
+            await operator.execute(select(func.pg_advisory_lock(lock_key)))
+            running = asyncio.create_task(consumer.run(stop))
+            stored = await eventually(lambda: _stored(engine, event), timeout=60, what="a dead letter")
+            await operator.execute(select(func.pg_advisory_unlock(lock_key)))
+        assert stored == ["deadletter"]
+    finally:
+        stop.set()
+        if running is not None:
+            await running
+        await timed.dispose()
