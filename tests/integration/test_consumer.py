@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import uuid
 from datetime import UTC, datetime
 
@@ -387,11 +388,13 @@ async def test_a_clean_stop_commits_the_offsets_of_every_handled_record(engine, 
         await reader.stop()
 
 
-async def _lock_bound_consumer(kafka_bootstrap, producer, database_url, lock_key: int, *, patience: float):
-    """A consumer whose engine times statements out after 0.2 s (its connections named `name`)
-    and whose handler takes an advisory lock; returns (consumer, its engine, name, the event)."""
+@contextlib.asynccontextmanager
+async def _consumer_behind_a_lock(engine, producer, kafka_bootstrap, database_url, *, patience: float):
+    """A consumer running with one record to handle, whose handler takes an advisory lock an
+    operator's session holds, and whose statements time out after 0.2 s; yields (the name its
+    connections go by, the record's event). The lock goes with the block."""
     topic = await create_topic(kafka_bootstrap, partitions=1)
-    lead = f"lead-{uuid.uuid4()}"
+    lead, lock_key = f"lead-{uuid.uuid4()}", uuid.uuid4().int % 1_000_000_000
 
     async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
         await uow.conn.execute(select(func.pg_advisory_xact_lock(lock_key)))
@@ -407,7 +410,18 @@ async def _lock_bound_consumer(kafka_bootstrap, producer, database_url, lock_key
     consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}),
                              service="notifier", bootstrap=kafka_bootstrap, engine=timed,
                              relay_wakeup=asyncio.Event(), clock=ManualClock(NOW), busy_patience_seconds=patience)
-    return consumer, timed, application_name(name), event
+    stop, running = asyncio.Event(), None
+    try:
+        async with engine.connect() as operator:
+            await operator.execute(select(func.pg_advisory_lock(lock_key)))
+            running = asyncio.create_task(consumer.run(stop))
+            yield application_name(name), event
+            await operator.execute(select(func.pg_advisory_unlock(lock_key)))
+    finally:
+        stop.set()
+        if running is not None:
+            await running
+        await timed.dispose()
 
 
 async def _timed_out_attempts(engine, application: str) -> int:
@@ -435,43 +449,18 @@ async def test_a_record_blocked_by_a_lock_another_session_holds_waits_for_it_and
     """The database answers, but the handler's statement keeps timing out behind a lock an
     operator's open transaction holds: the record waits (no dead letter, however many timeouts)
     and takes effect once the lock is gone."""
-    lock_key = 7_000_000 + uuid.uuid4().int % 1_000_000
-    consumer, timed, application, event = await _lock_bound_consumer(kafka_bootstrap, producer, database_url,
-                                                                     lock_key, patience=300)
-    stop, running = asyncio.Event(), None
-    try:
-        async with engine.connect() as operator:
-            await operator.execute(select(func.pg_advisory_lock(lock_key)))
-            running = asyncio.create_task(consumer.run(stop))
-            # Six attempts were as many as a record got before it was dead-lettered.
-            await eventually(lambda: _at_least(7, _timed_out_attempts(engine, application)), timeout=60,
-                             what="seven timed-out attempts")
-            assert await _stored(engine, event) == []
-            await operator.execute(select(func.pg_advisory_unlock(lock_key)))
-        assert await eventually(lambda: _stored(engine, event), what="the effect") == ["lead.dequeued"]
-    finally:
-        stop.set()
-        if running is not None:
-            await running
-        await timed.dispose()
+    async with _consumer_behind_a_lock(engine, producer, kafka_bootstrap, database_url, patience=300) as (
+            application, event):
+        # Six attempts were as many as a record got before it was dead-lettered.
+        await eventually(lambda: _at_least(7, _timed_out_attempts(engine, application)), timeout=60,
+                         what="seven timed-out attempts")
+        assert await _stored(engine, event) == []
+    assert await eventually(lambda: _stored(engine, event), what="the effect") == ["lead.dequeued"]
 
 
 async def test_a_record_whose_statement_times_out_past_the_patience_is_dead_lettered_and_the_consumer_goes_on(
     engine, producer, kafka_bootstrap, database_url
 ) -> None:
-    lock_key = 8_000_000 + uuid.uuid4().int % 1_000_000
-    consumer, timed, _, event = await _lock_bound_consumer(kafka_bootstrap, producer, database_url,
-                                                           lock_key, patience=1.0)
-    stop, running = asyncio.Event(), None
-    try:
-        async with engine.connect() as operator:
-            await operator.execute(select(func.pg_advisory_lock(lock_key)))
-            running = asyncio.create_task(consumer.run(stop))
-            stored = await eventually(lambda: _stored(engine, event), timeout=60, what="a dead letter")
-            await operator.execute(select(func.pg_advisory_unlock(lock_key)))
-        assert stored == ["deadletter"]
-    finally:
-        stop.set()
-        if running is not None:
-            await running
-        await timed.dispose()
+    async with _consumer_behind_a_lock(engine, producer, kafka_bootstrap, database_url, patience=1.0) as (_, event):
+        stored = await eventually(lambda: _stored(engine, event), timeout=60, what="a dead letter")
+    assert stored == ["deadletter"]
