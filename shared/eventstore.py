@@ -62,7 +62,6 @@ def events_table(schema: str) -> Table:
         Column("payload", LargeBinary, nullable=False),  # the CloudEvent, as published
         Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         UniqueConstraint("stream_id", "version", name=f"uq_{schema}_events_stream_version"),
-        Index(f"ix_{schema}_events_event_id", "event_id"),
         schema=schema,
     )
 

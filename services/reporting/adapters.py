@@ -17,7 +17,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import insert_rows, json_rows, xact_lock_shared_waiting
+from shared.db import any_text, insert_rows, json_rows, xact_lock_shared_waiting
 from shared.events import CloudEvent, utc_iso
 
 from .tables import lead_state, sla_timers, timeline
@@ -116,14 +116,14 @@ class PostgresReadModels:
     async def leads(self, lead_ids: Collection[str]) -> dict[str, dict[str, Any]]:
         # In id order: two projectors locking overlapping leads cannot deadlock.
         rows = (await self._conn.execute(
-            select(lead_state).where(lead_state.c.lead_id.in_(sorted(lead_ids)))
+            select(lead_state).where(lead_state.c.lead_id == any_text(sorted(lead_ids)))
             .order_by(lead_state.c.lead_id).with_for_update()
         )).mappings().all()
         return {r["lead_id"]: as_wire(dict(r)) for r in rows}
 
     async def timers(self, lead_ids: Collection[str]) -> dict[str, dict[str, dict[str, Any]]]:
         rows = (await self._conn.execute(
-            select(sla_timers).where(sla_timers.c.lead_id.in_(sorted(lead_ids)))
+            select(sla_timers).where(sla_timers.c.lead_id == any_text(sorted(lead_ids)))
             .order_by(sla_timers.c.sla_id).with_for_update()
         )).mappings().all()
         found: dict[str, dict[str, dict[str, Any]]] = {}

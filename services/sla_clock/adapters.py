@@ -187,6 +187,16 @@ class InMemoryClockStore:
         self.expected: list[str] = []
         self.observed: list[Callable[[], None]] = []  # metrics a commit would count
         self.writes: dict[tuple[str, str], int] = {}  # rows' versions: ("timer" | "lead", id) -> writes
+        # lead id -> its timers' ids: a run's lookups by lead read a lead's few timers, not every
+        # timer of the run (which made a run's handling quadratic in its length).
+        self._lead_timers: dict[str, dict[str, None]] = {}  # (ordered as timer_rows)
+
+    def put_timer(self, row: dict[str, Any]) -> None:
+        self.timer_rows[row["sla_id"]] = row
+        self._lead_timers.setdefault(row["lead_id"], {})[row["sla_id"]] = None
+
+    def _of_lead(self, lead_id: str) -> list[dict[str, Any]]:
+        return [self.timer_rows[i] for i in self._lead_timers.get(lead_id, ())]
 
     def observe(self, metric: Callable[[], None]) -> None:
         self.observed.append(metric)
@@ -203,15 +213,15 @@ class InMemoryClockStore:
 
     async def timers(self, lead_id: str, states: tuple[str, ...] | None = None,
                      metric: str | None = None) -> list[Any]:
-        rows = [r for r in self.timer_rows.values() if r["lead_id"] == lead_id
-                and (states is None or r["state"] in states) and (metric is None or r["metric"] == metric)]
+        rows = [r for r in self._of_lead(lead_id)
+                if (states is None or r["state"] in states) and (metric is None or r["metric"] == metric)]
         return [Record(r) for r in sorted(rows, key=lambda r: r["metric"])]
 
     async def timer(self, sla_id: str) -> Any:
         return Record(self.timer_rows[sla_id])
 
     async def reasons(self, lead_id: str, metric: str) -> list[str | None]:
-        return [r["reason"] for r in self.timer_rows.values() if r["lead_id"] == lead_id and r["metric"] == metric]
+        return [r["reason"] for r in self._of_lead(lead_id) if r["metric"] == metric]
 
     async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         rows = [r for r in self.timer_rows.values()
@@ -254,7 +264,7 @@ class InMemoryClockStore:
     def _timer_changed(self, event: CloudEvent) -> None:
         row = timer_row(event)
         if row is not None:
-            self.timer_rows[row["sla_id"]] = {c: row.get(c) for c in _TIMER_COLUMNS}
+            self.put_timer({c: row.get(c) for c in _TIMER_COLUMNS})
             self._wrote("timer", row["sla_id"])
 
     def _wrote(self, table: str, key: str) -> None:
@@ -270,8 +280,8 @@ class InMemoryClockStore:
         if change.lead_id in self.lead_rows:
             self.lead_rows[change.lead_id]["owner_id"] = change.owner_id
             self._wrote("lead", change.lead_id)
-        for r in self.timer_rows.values():
-            if r["lead_id"] == change.lead_id and r["state"] in LIVE:
+        for r in self._of_lead(change.lead_id):
+            if r["state"] in LIVE:
                 r["owner_id"] = change.owner_id
                 self._wrote("timer", r["sla_id"])
 
@@ -295,7 +305,7 @@ class RunClockStore(InMemoryClockStore):
         # In key order: two transactions locking some of the same timers never wait in a circle.
         for row in await uow.conn.execute(select(timers).where(timers.c.lead_id == any_text(ids))
                                           .order_by(timers.c.sla_id).with_for_update()):
-            store.timer_rows[row.sla_id] = plain(row)
+            store.put_timer(plain(row))
         return store
 
     async def expect_lead(self, lead_id: str) -> None:
