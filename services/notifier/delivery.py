@@ -48,6 +48,7 @@ from .domain import (
 )
 from .handlers import SERVICE, fire_due_steps
 from .handlers import record as record_internal
+from .projection import prunable
 from .tables import deliveries, subscription_deliveries
 
 log = structlog.get_logger()
@@ -55,6 +56,7 @@ log = structlog.get_logger()
 SUBSCRIPTION_CHANNEL = "subscription"  # the `channel` of a CRM delivery in events and metrics
 LEASE_STREAM = "notifier.leases"  # a lease round covers many leads: its events have a stream of their own
 RETENTION_STREAM = "notifier.retention"
+PRUNE_AT_ONCE = 5000  # deliveries removed by one retention transaction
 
 
 # ---- leasing, sending, recording ------------------------------------------------------------
@@ -231,15 +233,16 @@ def _json_bytes(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-async def prune_delivered(uow: UnitOfWork, before: datetime, now: datetime) -> int:
-    """Retention: CRM deliveries done with (sent, cancelled) before `before`; failures stay for
-    operators. Recorded (`notifier.deliveries_pruned`) only when there is something to prune."""
-    d = subscription_deliveries
-    prunable = await uow.conn.scalar(select(func.count()).select_from(d).where(
-        d.c.state.in_(("sent", "cancelled")), d.c.created_at < before)) or 0
-    if prunable:
-        await record_internal(uow, DeliveriesPruned(before=before, at=now), time=now, stream=RETENTION_STREAM)
-    return prunable
+async def prune_delivered(uow: UnitOfWork, before: datetime, now: datetime, up_to: int = PRUNE_AT_ONCE) -> int:
+    """Retention: the oldest `up_to` CRM deliveries done with (sent, cancelled) before `before`;
+    failures stay for operators. Returns how many go (`up_to`: call again, more may be due).
+    Bounded so that each statement stays well within the statement timeout however long the
+    table has grown. Recorded (`notifier.deliveries_pruned`) only when there is something to prune."""
+    going = await uow.conn.scalar(select(func.count()).select_from(prunable(before, up_to).subquery())) or 0
+    if going:
+        await record_internal(uow, DeliveriesPruned(before=before, at=now, up_to=up_to), time=now,
+                              stream=RETENTION_STREAM)
+    return going
 
 
 # ---- the cycle ------------------------------------------------------------------------------

@@ -561,8 +561,10 @@ class SubscriptionRedelivered(InternalEvent):
 
 
 class DeliveriesPruned(InternalEvent):
-    """Retention: CRM deliveries done with (sent, cancelled) and made before `before` are gone."""
+    """Retention: CRM deliveries done with (sent, cancelled) and made before `before` are gone, the
+    oldest `up_to` of them (by creation, then id; all of them in events recorded before the bound)."""
 
     TYPE: ClassVar[str] = "notifier.deliveries_pruned"
     before: datetime
     at: datetime
+    up_to: int | None = None

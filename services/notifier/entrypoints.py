@@ -33,7 +33,7 @@ from shared.supervisor import Loop
 from shared.uow import UnitOfWork
 
 from .channels import Senders
-from .delivery import Deliverer, prune_delivered
+from .delivery import PRUNE_AT_ONCE, Deliverer, prune_delivered
 from .domain import (
     SubscriptionCreated,
     SubscriptionDeleted,
@@ -200,7 +200,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[Subscription, list[Loop]]:
             await uow.commit()
         if pruned:
             log.info("notifier.pruned_deliveries", rows=pruned)
-        return RETENTION_EVERY_SECONDS
+        return 0 if pruned >= PRUNE_AT_ONCE else RETENTION_EVERY_SECONDS  # a full piece: more is due
 
     async def retention_loop(stop: asyncio.Event) -> None:
         await run_loop("notifier.retention", retention_round, stop, idle=RETENTION_EVERY_SECONDS,

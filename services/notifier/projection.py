@@ -21,6 +21,7 @@ table: their state changes are the internal events recorded beside them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -58,6 +59,7 @@ from .tables import (
 )
 
 d, s = deliveries, subscription_deliveries
+DONE_WITH = ("sent", "cancelled")  # CRM deliveries retention removes (failures stay for operators)
 
 
 async def lead_noted(conn: AsyncConnection, e: LeadNoted) -> None:
@@ -177,7 +179,14 @@ async def subscription_redelivered(conn: AsyncConnection, e: SubscriptionRedeliv
 
 
 async def deliveries_pruned(conn: AsyncConnection, e: DeliveriesPruned) -> None:
-    await conn.execute(delete(s).where(s.c.state.in_(("sent", "cancelled")), s.c.created_at < e.before))
+    await conn.execute(delete(s).where(s.c.id.in_(prunable(e.before, e.up_to))))
+
+
+def prunable(before: datetime, up_to: int | None):
+    """The ids of the deliveries retention removes: done with, made before `before`, the oldest
+    `up_to` (a replay removes the same rows: the order is total)."""
+    query = select(s.c.id).where(s.c.state.in_(DONE_WITH), s.c.created_at < before)
+    return query if up_to is None else query.order_by(s.c.created_at, s.c.id).limit(up_to)
 
 
 APPLY: dict[type[InternalEvent], Callable[[AsyncConnection, Any], Awaitable[None]]] = {

@@ -125,5 +125,8 @@ subscription_deliveries = Table(
     UniqueConstraint("subscription_id", "event_id", name="uq_notifier_subdeliveries_event"),
     Index("ix_notifier_subdeliveries_pending", "subscription_id", "lead_id", "id",
           postgresql_where=text("state = 'pending'")),
+    # Retention's order: the oldest deliveries done with first.
+    Index("ix_notifier_subdeliveries_done", "created_at", "id",
+          postgresql_where=text("state IN ('sent', 'cancelled')")),
     schema=SCHEMA,
 )

@@ -308,25 +308,40 @@ async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver
         assert ids_for(crm, lead_id) == []
 
 
-async def test_delivered_crm_events_are_pruned_after_retention_but_failures_stay(api, ctx, clock, engine) -> None:
+async def test_delivered_crm_events_are_pruned_after_retention_oldest_first_in_pieces_but_failures_stay(
+    api, ctx, clock, engine
+) -> None:
     from sqlalchemy import insert, select
 
     from services.notifier.delivery import prune_delivered
 
     sub_id = f"retention-{uuid.uuid4().hex[:8]}"
-    old, recent = clock.now() - timedelta(days=8), clock.now() - timedelta(days=1)
+    older, old, recent = (clock.now() - timedelta(days=d) for d in (9, 8, 1))
     async with engine.begin() as conn:
         await conn.execute(insert(subscription_deliveries), [
             {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
              "event_time": when, "body": b"{}", "state": state, "next_attempt_at": when, "created_at": when}
-            for state in ("sent", "cancelled", "failed") for age, when in (("old", old), ("recent", recent))])
-    async with ctx.uow() as uow:
-        await prune_delivered(uow, clock.now() - timedelta(days=7), clock.now())
-        await uow.commit()
-    async with engine.connect() as conn:
-        left = (await conn.execute(select(subscription_deliveries.c.event_id).where(
-            subscription_deliveries.c.subscription_id == sub_id))).scalars().all()
-    assert sorted(left) == ["e-cancelled-recent", "e-failed-old", "e-failed-recent", "e-sent-recent"]
+            for state in ("sent", "cancelled", "failed")
+            for age, when in (("older", older), ("old", old), ("recent", recent))])
+
+    async def left() -> list[str]:
+        async with engine.connect() as conn:
+            return sorted((await conn.execute(select(subscription_deliveries.c.event_id).where(
+                subscription_deliveries.c.subscription_id == sub_id))).scalars())
+
+    async def prune() -> int:
+        async with ctx.uow() as uow:
+            pruned = await prune_delivered(uow, clock.now() - timedelta(days=7), clock.now(), up_to=3)
+            await uow.commit()
+        return pruned
+
+    assert await prune() == 3  # a piece: the three oldest done with
+    assert await left() == ["e-cancelled-old", "e-cancelled-recent", "e-failed-old", "e-failed-older",
+                            "e-failed-recent", "e-sent-recent"]
+    assert await prune() == 1  # the rest, fewer than a piece: nothing more is due
+    assert await left() == ["e-cancelled-recent", "e-failed-old", "e-failed-older", "e-failed-recent",
+                            "e-sent-recent"]
+    assert await prune() == 0
 
 
 async def test_a_subscriber_that_never_answers_holds_up_nobody_else(api, ctx, clock) -> None:
