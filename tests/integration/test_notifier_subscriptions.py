@@ -316,7 +316,8 @@ async def test_delivered_crm_events_are_pruned_after_retention_oldest_first_in_p
     from services.notifier.delivery import prune_delivered
 
     sub_id = f"retention-{uuid.uuid4().hex[:8]}"
-    older, old, recent = (clock.now() - timedelta(days=d) for d in (9, 8, 1))
+    # Years back, so that no other test's deliveries are due with these (retention is for all).
+    older, old, recent = (clock.now() - timedelta(days=d) for d in (3009, 3008, 3001))
     async with engine.begin() as conn:
         await conn.execute(insert(subscription_deliveries), [
             {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
@@ -331,7 +332,7 @@ async def test_delivered_crm_events_are_pruned_after_retention_oldest_first_in_p
 
     async def prune() -> int:
         async with ctx.uow() as uow:
-            pruned = await prune_delivered(uow, clock.now() - timedelta(days=7), clock.now(), up_to=3)
+            pruned = await prune_delivered(uow, clock.now() - timedelta(days=3007), clock.now(), up_to=3)
             await uow.commit()
         return pruned
 
