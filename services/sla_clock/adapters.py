@@ -190,6 +190,8 @@ class InMemoryClockStore:
         # lead id -> its timers' ids: a run's lookups by lead read a lead's few timers, not every
         # timer of the run (which made a run's handling quadratic in its length).
         self._lead_timers: dict[str, dict[str, None]] = {}  # (ordered as timer_rows)
+        self._appliers = {**dict.fromkeys(TIMER_EVENTS, self._timer_changed), LEAD_NOTED: self._lead_noted,
+                          OWNER_CHANGED: self._owner_changed}  # what each recorded event changes
 
     def put_timer(self, row: dict[str, Any]) -> None:
         self.timer_rows[row["sla_id"]] = row
@@ -253,10 +255,8 @@ class InMemoryClockStore:
         return [(metric, tier, n) for (metric, tier), n in sorted(counts.items())]
 
     async def record(self, events: Sequence[CloudEvent]) -> None:
-        appliers = {**{kind: self._timer_changed for kind in TIMER_EVENTS}, LEAD_NOTED: self._lead_noted,
-                    OWNER_CHANGED: self._owner_changed}
         for event in events:
-            applier = appliers.get(event.type)
+            applier = self._appliers.get(event.type)
             if applier is not None:
                 applier(event)
             self.recorded.append((topic_of(event), event))
