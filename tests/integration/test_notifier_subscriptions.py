@@ -311,13 +311,16 @@ async def test_a_deleted_subscription_gets_nothing_more(api, ctx, clock, deliver
 async def test_delivered_crm_events_are_pruned_after_retention_oldest_first_in_pieces_but_failures_stay(
     api, ctx, clock, engine
 ) -> None:
-    from sqlalchemy import insert, select
+    from sqlalchemy import func, insert, select
 
     from services.notifier.delivery import prune_delivered
 
     sub_id = f"retention-{uuid.uuid4().hex[:8]}"
-    # Years back, so that no other test's deliveries are due with these (retention is for all).
-    older, old, recent = (clock.now() - timedelta(days=d) for d in (3009, 3008, 3001))
+    # Older than every delivery other tests left in the shared database, with a cut-off before
+    # all of those: retention is for every subscription, and these must be the only ones due.
+    async with engine.connect() as conn:
+        first = await conn.scalar(select(func.min(subscription_deliveries.c.created_at))) or clock.now()
+    older, old, recent, cut_off = (first - timedelta(days=d) for d in (9, 8, 1, 7))
     async with engine.begin() as conn:
         await conn.execute(insert(subscription_deliveries), [
             {"subscription_id": sub_id, "lead_id": "l", "event_id": f"e-{state}-{age}", "event_type": "lead.assigned",
@@ -332,7 +335,7 @@ async def test_delivered_crm_events_are_pruned_after_retention_oldest_first_in_p
 
     async def prune() -> int:
         async with ctx.uow() as uow:
-            pruned = await prune_delivered(uow, clock.now() - timedelta(days=3007), clock.now(), up_to=3)
+            pruned = await prune_delivered(uow, cut_off, clock.now(), up_to=3)
             await uow.commit()
         return pruned
 
