@@ -14,9 +14,10 @@ memory when nothing it has not seen lies between (it reads the store otherwise, 
 any row is parked).
 
 A row the broker refuses for good (larger than its record limit, say) is parked with the
-error instead of being retried forever (the relay sends record batches it builds itself, so a
-batch the broker refuses parks every row in it; a row too large is refused before it is sent): it holds back only the later rows of its own key
-(one lead's events stay in order), never other leads. Parked rows show in
+error instead of being retried forever: it holds back only the later rows of its own key (one
+lead's events stay in order), never other leads. (The relay sends record batches it builds
+itself: a batch the broker refuses parks every row in it; a row too large is refused before it
+is sent.) Parked rows show in
 `leadsla_outbox_parked`, in `/readyz` and in an alert; an operator sends them again with
 `leadsla outbox retry`.
 """
