@@ -17,9 +17,8 @@ A row the broker refuses for good (larger than its record limit, say) is parked 
 error instead of being retried forever: it holds back only the later rows of its own key (one
 lead's events stay in order), never other leads. (The relay sends record batches it builds
 itself: a batch the broker refuses parks every row in it; a row too large is refused before it
-is sent.) Parked rows show in
-`leadsla_outbox_parked`, in `/readyz` and in an alert; an operator sends them again with
-`leadsla outbox retry`.
+is sent.) Parked rows show in `leadsla_outbox_parked`, in `/readyz` and in an alert; an
+operator sends them again with `leadsla outbox retry`.
 """
 from __future__ import annotations
 
