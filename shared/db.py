@@ -5,7 +5,7 @@ the handler's effects)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -222,12 +222,19 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57P")
 _RETRYABLE_SQLSTATES = ("40001", "40P01")
 
 
-def is_database_unavailable(exc: BaseException) -> bool:
-    """True when `exc` (or what it wraps) says the database is down or overloaded: retry later."""
+def _wrapped(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps (a driver error under SQLAlchemy's, a cause, a context), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) says the database is down or overloaded: retry later."""
+    for current in _wrapped(exc):
         # TimeoutError: no answer within the statement or connect timeout; sqlalchemy's: no pooled
         # connection came free in time (a burst right after an outage, or every connection waiting
         # on a server that does not answer).
@@ -246,20 +253,12 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
     return False
 
 
 def is_timeout(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is a statement that got no answer in time."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, TimeoutError):
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False
+    return any(isinstance(current, TimeoutError) for current in _wrapped(exc))
 
 
 class OutageLog:
