@@ -35,7 +35,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
 )
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from sqlalchemy import BigInteger, bindparam, case, delete, exists, func, select, update
@@ -85,6 +85,9 @@ class _Batch:
     future: asyncio.Future | None = None
 
 
+_PARTITIONER = DefaultPartitioner()  # the producer's own: a key's records land where `send` puts them
+
+
 async def enqueue_in_order(producer: AIOKafkaProducer, rows, refused_keys: set[str]) -> list:
     """Hand stored rows to the producer in position order, without waiting for acks: per row, its
     batch (whose ack is the row's), the error, or held. A row refused on the way in, or whose key
@@ -115,7 +118,7 @@ async def enqueue_in_order(producer: AIOKafkaProducer, rows, refused_keys: set[s
                 refused_keys.add(row.key)
             outcomes.append(exc)
             continue
-        tp = (row.topic, topic_partitions[(murmur2(key) & 0x7FFFFFFF) % len(topic_partitions)])
+        tp = (row.topic, _PARTITIONER(key, topic_partitions, topic_partitions))
         batch = filling.get(tp)
         if batch is None:
             batch = filling[tp] = _Batch(producer.create_batch())
