@@ -35,6 +35,17 @@ async def eventually(
         await asyncio.sleep(0.05)
 
 
+async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of `topic` to a started consumer (no group join); returns them."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic just created or not seen yet
+        partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    return tps
+
+
 class TopicReader:
     """Reads a topic from given offsets with hand-assigned partitions (no group join delay)."""
 
@@ -46,12 +57,7 @@ class TopicReader:
     async def __aenter__(self) -> TopicReader:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            await self._consumer._client.force_metadata_update()  # noqa: SLF001 - topic just created
-            partitions = self._consumer.partitions_for_topic(self.topic) or set()
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self._consumer.assign(tps)
+        tps = await assign_all(self._consumer, self.topic)
         # Start at the current end: a test sees only what happens after it starts reading.
         for tp, offset in (await self._consumer.end_offsets(tps)).items():
             self._consumer.seek(tp, offset)
@@ -122,12 +128,7 @@ async def start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - a topic not seen yet
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
+        tps = await assign_all(consumer, topic)
         await consumer.commit(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
