@@ -10,6 +10,9 @@ LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints leads per second and the ratio to each 
   POST /v1/leads:batch 500 leads per request, one transaction
   raw broker           aiokafka produce (acks=all) + consume of the same bare bodies
   Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the store
+  no I/O               the same leads read, normalized, tiered and made into lead.received bytes in
+                       a loop, nothing else: a ceiling for the Kafka path on one core, as a ratio
+                       to the raw broker too (the Kafka path cannot go faster than its own CPU work)
 Goals (issue 7): HTTP single >= 0.4x bare, Kafka path >= 0.5x raw broker.
 """
 from __future__ import annotations
@@ -35,6 +38,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from infra import infrastructure
 
 from services.intake.bootstrap import bootstrap as intake_bootstrap  # noqa: E402
+from services.intake.domain import classify_tier, intent_vocabulary  # noqa: E402
+from services.intake.handlers import new_lead  # noqa: E402
+from services.intake.normalize import read_submission  # noqa: E402
 from shared.auth import create_key  # noqa: E402
 from shared.bus import ensure_topics, make_producer  # noqa: E402
 from shared.clock import ManualClock  # noqa: E402
@@ -212,6 +218,20 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     return n / elapsed
 
 
+async def no_io(ctx: ServiceContext, n: int, first: int) -> float:
+    """Leads per second of CPU for the per-lead work alone: read and normalize the body, tier it,
+    build lead.received and its bytes (what the Kafka path does besides I/O)."""
+    config = ctx.config.config
+    source, vocabulary = config.intake.source("bench"), intent_vocabulary(config)
+    bodies = [json.loads(json.dumps(lead(first + i))) for i in range(n)]  # as a consumer decodes them
+    cpu = time.process_time()
+    for body in bodies:
+        submission = read_submission(body, source, vocabulary)
+        event, _ = new_lead(config, submission, "bench", classify_tier(submission, "bench", config.tiers), NOW, None)
+        event.to_bytes()
+    return n / (time.process_time() - cpu)
+
+
 async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -> None:
     engine = make_engine(url, pool_size=max(10, concurrency + 2))
     producer = make_producer(bootstrap)
@@ -226,12 +246,14 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -
             await http_rounds(ctx, engine, n, concurrency, rates, base)
             await rates.measure("broker", n, raw_broker(bootstrap, producer, n, base + 2 * max(n, 1000)))
             await rates.measure("kafka", n, kafka_path(ctx, engine, bootstrap, producer, n, base + 3 * max(n, 1000)))
+            await rates.measure("no_io", n, no_io(ctx, n, base + 3 * max(n, 1000)))
         rows = [
             (f"bare FastAPI endpoint (c={concurrency})", "bare", None),
             (f"POST /v1/leads (c={concurrency})", "single", "bare"),
             ("POST /v1/leads:batch (500 per request)", "batch", "bare"),
             ("raw broker produce + consume", "broker", None),
             ("Kafka raw topic -> lead.received", "kafka", "broker"),
+            ("no I/O: normalize, tier, event (1 core)", "no_io", "broker"),
         ]
         print(f"\nbest of {rounds} alternating rounds; CPU: this process (client, app, driver), per lead")
         print(f"{'path':42} {'n':>6} {'leads/s':>9} {'vs peer':>8} {'CPU ms':>7}")
@@ -246,6 +268,8 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -
             "intake_post_vs_bare": round(single / bare, 3), "intake_batch_per_s": round(batch, 1),
             "intake_batch_vs_bare": round(batch / bare, 3), "intake_kafka_per_s": round(kafka, 1),
             "intake_kafka_vs_broker": round(kafka / broker_rate, 4),
+            "intake_no_io_per_s": round(rates.rate("no_io"), 1),
+            "intake_no_io_vs_broker": round(rates.rate("no_io") / broker_rate, 4),
             "intake_post_cpu_ms": round(rates.best["single"][1], 3),
             "intake_bare_cpu_ms": round(rates.best["bare"][1], 3),
             "intake_kafka_cpu_ms": round(rates.best["kafka"][1], 3)}))

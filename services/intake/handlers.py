@@ -157,7 +157,7 @@ async def submit_lead(
         return Accepted(decision.lead_id, "duplicate")
     tier = classify_tier(sub, source, config.tiers)
     if isinstance(decision, New):
-        event, accepted = _new_lead(config, sub, source, tier, now, cause)
+        event, accepted = new_lead(config, sub, source, tier, now, cause)
         await uow.record(TOPIC_INTAKE, event)
         await _bind_key(uow, source, idempotency_key, accepted.lead_id, now, cause)
         if sub.external_id:  # only a sender's own id can name a lead before it exists
@@ -179,10 +179,10 @@ async def submit_lead(
     return Accepted(lead.lead_id, "duplicate", tier=update.tier if update else None, upgraded=update is not None)
 
 
-def _new_lead(
+def new_lead(
     config: Config, sub: Submission, source: str, tier: str, now: datetime, cause: CloudEvent | None,
 ) -> tuple[CloudEvent, Accepted]:
-    """The lead.received event and the answer for a new lead."""
+    """The lead.received event and the answer for a new lead (pure: no I/O)."""
     lead_id = str(uuid.uuid4())
     # In wire form directly (`WireModel.wire`): every value is our own, already validated
     # (`test_lead_received_wire_form` holds it equal to the validated model's dump).
@@ -276,7 +276,7 @@ async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, reques
                                                  idempotency_key=r.idempotency_key, cause=r.cause))
             else:
                 tier = classify_tier(r.sub, r.source, config.tiers)
-                event, accepted = _new_lead(config, r.sub, r.source, tier, now, r.cause)
+                event, accepted = new_lead(config, r.sub, r.source, tier, now, r.cause)
                 records.append((TOPIC_INTAKE, event, None))
                 if r.idempotency_key:
                     records.append((None, _key_event(r.source, r.idempotency_key, accepted.lead_id, now, r.cause),
