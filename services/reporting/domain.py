@@ -70,6 +70,17 @@ def is_touch(data: dict[str, Any]) -> bool:
     return data.get("type") in TOUCH_TYPES and not data.get("disposition")
 
 
+# (the lead's facts, an activity's data) -> whether it answers the lead's first response.
+Answers = Callable[[dict[str, Any], dict[str, Any]], bool]
+
+
+class PolicyRules(Protocol):
+    """The SLA policies as the fold reads them (see `handlers.PolicyRules`)."""
+
+    def __call__(self, policy_id: str | None) -> BusinessCalendar | None: ...
+    def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
+
+
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     """The lead's facts after `event` (timestamps as RFC 3339 strings, but `updated_at`: the
     event's instant as it is, only ever written, never compared; formatting it for every event
@@ -96,11 +107,16 @@ def _own_copy(state: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def _fold(s: dict[str, Any], event: Event, kind: type[Payload] | None) -> None:
-    """`fold` into an own copy (`_own_copy`), in place."""
-    projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
-    if projector is not None:
-        projector(s, event.data, event)
+def _fold(s: dict[str, Any], event: Event, kind: type[Payload] | None,
+          answers: Answers | None = None) -> None:
+    """`fold` into an own copy (`_own_copy`), in place. `answers` judges first responses (any
+    touch without one)."""
+    if kind is ActivityRecorded:
+        _activity(s, event.data, event, answers)
+    else:
+        projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
+        if projector is not None:
+            projector(s, event.data, event)
     s["updated_at"] = event.time
 
 
@@ -192,14 +208,16 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         s.setdefault("team_id", d.get("team_id"))
 
 
-def _activity(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answers | None = None) -> None:
     at = d["occurred_at"]
     if d.get("disposition"):
         if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
             s.update(disposition_status=d["disposition"].get("status"),
                      disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
         _advance(s, "dispositioned")
-    elif is_touch(d):
+    elif is_touch(d) and (answers is None or answers(s, d)):
+        # A first response as the SLA clock judges it: what the lead's policy counts (an unanswered
+        # call may be a cadence attempt only), not any touch.
         if _earlier(s.get("first_response_at"), at):
             s.update(first_response_at=at, first_touch_actor=d.get("actor"))
         _advance(s, "responded")
@@ -267,7 +285,7 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     return t
 
 
-def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict[str, Any]],
+def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[str, dict[str, Any]],
                 timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
     """The events in order, each on its lead (`event.subject`): `leads` (lead id -> facts) and
     `timers` (lead id -> sla id -> row) are updated in place; a lead is copied at its first event
@@ -293,7 +311,7 @@ def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict
             changed_leads.add(lead_id)
         lead, own = found
         kind = PAYLOADS.get(event.type)
-        _fold(lead, event, kind)
+        _fold(lead, event, kind, calendar_of.answers)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
             timer = _fold_timer(own.get(d["sla_id"]), event, kind)

@@ -30,7 +30,8 @@ calendars:
   office: {timezone: UTC, hours: {mon: ["09:00-17:00"], tue: ["09:00-17:00"], wed: ["09:00-17:00"],
            thu: ["09:00-17:00"], fri: ["09:00-17:00"]}}
 sla_policies:
-  - {id: fast, filter: {tiers: [A]}, metrics: {first_response: {target: 5m}}}
+  - {id: fast, filter: {tiers: [A]}, metrics: {first_response: {target: 5m}},
+     qualifying_touches: [email, sms, meeting, {type: call, outcomes: [connected]}]}
   - {id: office, filter: {tiers: [B]}, calendar: office, metrics: {first_response: {target: 1h}}}
   - {id: day, filter: {tiers: [C]}, metrics: {first_response: {target: 1d}}}
 """
@@ -38,7 +39,15 @@ OFFICE = BusinessCalendar(CalendarConfig(timezone="UTC", hours={d: ["09:00-17:00
                                                                ("mon", "tue", "wed", "thu", "fri")}))
 POLICY = {"A": ("fast", 300), "B": ("office", 3600), "C": ("day", 86400)}
 TEAM = {"alice": "sdr", "bob": "sdr", "carol": "ae"}
-TOUCHES = {"call", "email", "meeting", "sms", "chat"}
+# What answers a first response under each policy (CONFIG): "fast" takes a call only when
+# connected; the others take the default touches (no chat).
+DEFAULT_TOUCHES = {"call", "email", "meeting", "sms"}
+
+
+def answers(policy: str, type_: str, outcome: str | None) -> bool:
+    if policy == "fast":
+        return type_ in {"email", "sms", "meeting"} or (type_ == "call" and outcome == "connected")
+    return type_ in DEFAULT_TOUCHES
 
 
 @dataclass
@@ -95,6 +104,11 @@ def build(seed: int, leads: int = 30) -> Scenario:
                   actor=toucher, occurred_at=touch, outcome="connected")
             s.add(TOPIC_SLA, "sla.met", lead_id, touch, **timer, met_at=touch)
         elif outcome in (1, 2):  # breached; the first one is answered late anyway
+            if outcome == 2:  # a touch that does not answer under the lead's policy, before the deadline
+                tried = assigned + (due - assigned) / 3
+                s.add(TOPIC_INTAKE, "activity.recorded", lead_id, tried, activity_id=f"t-{lead_id}",
+                      **({"type": "call", "outcome": "no_answer"} if tier == "A" else {"type": "chat"}),
+                      actor=toucher, occurred_at=tried)
             s.add(TOPIC_SLA, "sla.breached", lead_id, due, **timer, breached_at=due,
                   root_cause="owner_missed" if outcome == 1 else ("capacity", "no_owner")[i % 2])
             if outcome == 1:
@@ -151,7 +165,7 @@ def facts(s: Scenario) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
     dispositions: list[dict] = []
     for _, e in s.events:
         d = e.data
-        lead = leads.setdefault(e.subject, {"touches": [], "reassigned": 0})
+        lead = leads.setdefault(e.subject, {"touches": [], "meetings": 0, "reassigned": 0})
         if e.type == "lead.received":
             lead.update(tier=d["tier"], source=d["source"], received=_at(d["received_at"]))
         elif e.type == "lead.assigned" and d["assignment_no"] == 1:
@@ -166,8 +180,10 @@ def facts(s: Scenario) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
         elif e.type == "activity.recorded":
             if d.get("disposition"):
                 dispositions.append({"lead": e.subject, **d["disposition"], "at": _at(d["occurred_at"])})
-            elif d["type"] in TOUCHES:
+            elif answers(POLICY[lead["tier"]][0], d["type"], d.get("outcome")):
                 lead["touches"].append((_at(d["occurred_at"]), d.get("actor"), d["type"], d.get("outcome")))
+            if d["type"] == "meeting" and d.get("outcome") == "booked":
+                lead["meetings"] += 1
         elif e.type.startswith("sla."):
             t = timers.setdefault(d["sla_id"], {"lead": e.subject, "state": "open"})
             t.update(policy=d["policy_id"], owner=d["owner_id"], tier=d["tier"], started=_at(d["started_at"]),
@@ -229,7 +245,7 @@ def expected_routing(s: Scenario, group_by: str) -> list[dict]:
         queued = [lead for lead in ls if "queued" in lead]
         in_queue = [(lead["dequeued"] - lead["queued"]).total_seconds() for lead in queued]
         to_assign = [(lead["assigned"] - lead["received"]).total_seconds() for lead in ls]
-        meetings = sum(1 for lead in ls if any(t[2] == "meeting" and t[3] == "booked" for t in lead["touches"]))
+        meetings = sum(1 for lead in ls if lead["meetings"])
         rows.append({group_by: key, "leads": len(ls), "assigned": len(ls), "touched": len(touched),
                      "touched_by_first_owner": len(by_first), "routing_success": ratio(len(by_first), len(touched)),
                      "fallback": fallback, "fallback_rate": ratio(fallback, len(ls)), "queued": len(queued),
