@@ -169,12 +169,15 @@ def _sla_projector(kind: type[Payload]) -> Projector:
     due, ...): a projector per class, so the fold looks the state up once, not per event."""
     state = SLA_STATE[kind]
     warning = kind is SlaWarning
+    starts = kind is SlaStarted
 
     def project(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
         metric = d.get("metric")
         if not metric:
             return
         entry = dict(s["sla"].get(metric) or {})
+        if starts and _starts_anew(entry, d):
+            entry = {}  # the metric's next timer (a policy change's, a follow-up's): not the ended one's state
         for key in _SUMMARY_FIELDS:
             value = d.get(key)
             if value is not None:
@@ -191,7 +194,17 @@ def _sla_projector(kind: type[Payload]) -> Projector:
 
 
 # What an `sla.*` event copies into the lead's summary of its timer, when it carries it.
-_SUMMARY_FIELDS = ("sla_id", "policy_id", "due_at", "breached_at", "root_cause", "met_at", "reason")
+_SUMMARY_FIELDS = ("sla_id", "policy_id", "started_at", "due_at", "breached_at", "root_cause", "met_at", "reason")
+
+
+def _starts_anew(ended: dict[str, Any], d: dict[str, Any]) -> bool:
+    """Whether an `sla.started` opens another timer than the one that `ended` (met, breached or
+    cancelled): another sla_id (a policy change replaced it), or the same one started again at
+    another instant (the next follow-up of a next_action cadence keeps its sla_id). A late
+    `started` of the timer that ended is neither."""
+    if ended.get("state") not in TERMINAL:
+        return False
+    return d.get("sla_id") != ended.get("sla_id") or _at(d.get("started_at")) != _at(ended.get("started_at"))
 
 
 def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
@@ -314,7 +327,15 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
         _fold(lead, event, kind, calendar_of.answers)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
-            timer = _fold_timer(own.get(d["sla_id"]), event, kind)
+            current = own.get(d["sla_id"])
+            if kind is SlaStarted and current is not None and _starts_anew(current, d):
+                # A cadence's next follow-up: the step that ended keeps a row of its own (its met
+                # or breach counts), and the sla_id's row follows the new step.
+                done = {**current, "sla_id": f"{current['sla_id']}@{utc_iso(_at(current['started_at']))}"}
+                own[done["sla_id"]] = done
+                changed_timers.add(done["sla_id"])
+                current = None
+            timer = _fold_timer(current, event, kind)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer.get("policy_id")))
             changed_timers.add(timer["sla_id"])
