@@ -93,6 +93,11 @@ def step_recipients(config: Config, policy_id: str, step: int, owner_id: str | N
     return recipients(config, roles_for(list(found.notify), root_cause), owner_id), list(found.channels)
 
 
+def triggered_event_id(escalation_id: str) -> str:
+    """The id of an escalation step's `escalation.triggered`: the cause of its notifications."""
+    return deterministic_id(escalation_id, "triggered")
+
+
 def idempotency_key(escalation_id: str, step: int, recipient_id: str, channel: str) -> str:
     """Derived from what the message is, never from when it was sent: every try of it, and a
     resend after a crash, carries the same key. The channel is part of it because one person

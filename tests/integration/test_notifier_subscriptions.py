@@ -282,6 +282,7 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_i
         [failed] = [e for e in events if e.type == "notification.failed"]
         assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
         assert failed.data["idempotency_key"] == failed.data["event_id"]
+        assert failed.causationid == failed.data["event_id"]  # the envelope names what it was about
         assert [e.type for e in events if e.type == "deadletter"] == ["deadletter"]
 
         # The CRM is fixed: an operator sees what it missed and sends it again, same ids and keys.
