@@ -187,7 +187,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
         config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
-        lead_id = await resolve_lead(store, ref)
+        lead_id = await resolve_lead(store, ref, _source_of(event, ctx))
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.
             await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)

@@ -374,13 +374,14 @@ class RawPosition:
     original: bytes
 
 
-async def resolve_lead(store: IntakeStore, ref: str) -> str | None:
-    """A lead by its id, else by the sender's external id (the newest lead with it). Locks the
+async def resolve_lead(store: IntakeStore, ref: str, source: str | None = None) -> str | None:
+    """A lead by its id, else by the sender's external id (the newest of the sender's `source`, as
+    external ids are unique per source only; else the newest lead with it). Locks the
     reference first, as `_release_held` does: a lead accepted concurrently is either seen here
     or sees the activity held (otherwise the hold could land after its release, and wait out
     `activity_wait` into a dead letter)."""
     await store.lock([f"ref:{ref}"])
-    return await store.resolve(ref)
+    return await store.resolve(ref, source)
 
 
 def _held_stream(ref: str) -> str:
