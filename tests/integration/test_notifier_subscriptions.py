@@ -142,6 +142,9 @@ async def test_a_bad_subscription_is_refused_naming_the_field(api) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert {e["field"] for e in response.json()["errors"]} == {"url", "event_types.1"}
     assert (await api.post("/v1/subscriptions", json={"url": "https://x", "event_types": []})).status_code == 422
+    # The notifier never reads leads.deadletter: a subscription to it would wait for ever, silently.
+    response = await api.post("/v1/subscriptions", json={"url": "https://x", "event_types": ["deadletter"]})
+    assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == ["event_types.0"]
 
 
 async def test_subscriptions_need_an_admin_key(api) -> None:
