@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, or_, select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import xact_locks
@@ -74,7 +74,7 @@ class IntakeStore(Protocol):
 
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         """A lead by its id, else by a sender's external id: the newest lead of `source` with it
-        (external ids are unique per source only), else the newest of any source's."""
+        (external ids are unique per source only); with no source, the newest of any source's."""
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
         """Activities waiting for any of these lead refs, in the order they were held."""
@@ -145,9 +145,10 @@ class PostgresIntakeStore:
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         found = await self.conn.scalar(select(leads.c.lead_id).where(leads.c.lead_id == ref))
         if found is None:
-            others_last = case((leads.c.source == source, 0), else_=1)
-            found = await self.conn.scalar(select(leads.c.lead_id).where(leads.c.external_id == ref)
-                                           .order_by(others_last, leads.c.received_at.desc()).limit(1))
+            query = select(leads.c.lead_id).where(leads.c.external_id == ref)
+            if source is not None:
+                query = query.where(leads.c.source == source)
+            found = await self.conn.scalar(query.order_by(leads.c.received_at.desc()).limit(1))
         return found
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
@@ -257,8 +258,8 @@ class InMemoryIntakeStore:
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         if ref in self.leads:
             return ref
-        rows = [r for r in self.leads.values() if r["external_id"] == ref]
-        return max(rows, key=lambda r: (r["source"] == source, r["received_at"]))["lead_id"] if rows else None
+        rows = [r for r in self.leads.values() if r["external_id"] == ref and source in (None, r["source"])]
+        return max(rows, key=lambda r: r["received_at"])["lead_id"] if rows else None
 
     def _ordered(self, rows: Iterable[dict[str, Any]]) -> list[Held]:
         return [Held(**r) for r in sorted(rows, key=lambda r: (r["parked_at"], r["topic"], r["partition"], r["offset"]))]
