@@ -316,6 +316,21 @@ class SlaPolicy(Strict):
     # Whose activities count: anyone's, or only the lead's current owner's.
     touch_actors: Literal["anyone", "owner"] = "anyone"
 
+    def counts_as_touch(self, metric: str, activity_type: str, outcome: str | None, actor: str | None,
+                        owner_id: str | None) -> bool:
+        """Whether an activity is a touch for `metric` under this policy: type, outcome and actor.
+        The one rule for everyone who judges touches (the SLA clock, reporting's time to first response)."""
+        if self.touch_actors == "owner" and owner_id is not None and actor != owner_id:
+            return False
+        for rule in self.qualifying_touches:
+            if isinstance(rule, str):
+                if rule == activity_type:
+                    return True
+            elif (rule.type == activity_type and (rule.outcomes is None or outcome in rule.outcomes)
+                  and (rule.metrics is None or metric in rule.metrics)):
+                return True
+        return False
+
 
 # ---- escalation and channels ----------------------------------------------------------------
 
@@ -628,6 +643,14 @@ class Config(Strict):
 
     def calendar(self, name: str) -> CalendarConfig:
         return self.calendars.get(name) or CalendarConfig()
+
+    def sla_policy(self, tier: str, source: str) -> SlaPolicy | None:
+        """The SLA policy of a lead of this tier and source: the first whose filter matches."""
+        for policy in self.sla_policies:
+            f = policy.filter
+            if (f.tiers is None or tier in f.tiers) and (f.sources is None or source in f.sources):
+                return policy
+        return None
 
     def owner(self, owner_id: str) -> Owner | None:
         return next((o for o in self.owners if o.id == owner_id), None)

@@ -72,8 +72,9 @@ class IntakeStore(Protocol):
 
     async def has_activity(self, activity_id: str) -> bool: ...
 
-    async def resolve(self, ref: str) -> str | None:
-        """A lead by its id, else by a sender's external id (the newest lead with it)."""
+    async def resolve(self, ref: str, source: str | None = None) -> str | None:
+        """A lead by its id, else by a sender's external id: the newest lead of `source` with it
+        (external ids are unique per source only); with no source, the newest of any source's."""
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
         """Activities waiting for any of these lead refs, in the order they were held."""
@@ -141,11 +142,13 @@ class PostgresIntakeStore:
         found = await self.conn.scalar(select(activities.c.activity_id).where(activities.c.activity_id == activity_id))
         return found is not None
 
-    async def resolve(self, ref: str) -> str | None:
+    async def resolve(self, ref: str, source: str | None = None) -> str | None:
         found = await self.conn.scalar(select(leads.c.lead_id).where(leads.c.lead_id == ref))
         if found is None:
-            found = await self.conn.scalar(select(leads.c.lead_id).where(leads.c.external_id == ref)
-                                           .order_by(leads.c.received_at.desc()).limit(1))
+            query = select(leads.c.lead_id).where(leads.c.external_id == ref)
+            if source is not None:
+                query = query.where(leads.c.source == source)
+            found = await self.conn.scalar(query.order_by(leads.c.received_at.desc()).limit(1))
         return found
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
@@ -252,10 +255,10 @@ class InMemoryIntakeStore:
     async def has_activity(self, activity_id: str) -> bool:
         return activity_id in self.activities
 
-    async def resolve(self, ref: str) -> str | None:
+    async def resolve(self, ref: str, source: str | None = None) -> str | None:
         if ref in self.leads:
             return ref
-        rows = [r for r in self.leads.values() if r["external_id"] == ref]
+        rows = [r for r in self.leads.values() if r["external_id"] == ref and source in (None, r["source"])]
         return max(rows, key=lambda r: r["received_at"])["lead_id"] if rows else None
 
     def _ordered(self, rows: Iterable[dict[str, Any]]) -> list[Held]:

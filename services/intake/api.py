@@ -58,12 +58,27 @@ class RateLimiter:
         return entry[0].take(now)
 
 
-def _parse_body(raw: bytes) -> Any:
+def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
+    """The body's JSON. A body in a declared charset other than UTF-8 (older form tools send
+    ISO-8859-1 and say so) is read in it rather than refused."""
+    charset = _declared_charset(content_type)
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode(charset) if charset else raw)
+    except LookupError:
+        raise Refused([{"field": "(body)", "message": f"is in an unknown charset {charset!r}"}]) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         message = "is not JSON" if not isinstance(exc, RecursionError) else "is nested too deeply"
         raise Refused([{"field": "(body)", "message": message}]) from None
+
+
+def _declared_charset(content_type: str | None) -> str | None:
+    """The Content-Type's charset when it is not UTF-8 (JSON's own, read without a decode)."""
+    for param in (content_type or "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"').lower()
+            return None if charset in ("", "utf-8", "utf8") else charset
+    return None
 
 
 def _refusal(exc: Refused, source: str) -> ProblemError:
@@ -132,7 +147,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         principal = await sender(request)
         key = idempotency_key(request)
         try:
-            submission = read(_parse_body(await request.body()), principal.name)
+            submission = read(_parse_body(await request.body(), request.headers.get("content-type")), principal.name)
         except Refused as exc:
             raise _refusal(exc, principal.name) from None
         result = await group.submit(submission, source=principal.name, idempotency_key=key)
@@ -146,7 +161,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         principal = await sender(request)
         key = idempotency_key(request)
         try:
-            body = _parse_body(await request.body())
+            body = _parse_body(await request.body(), request.headers.get("content-type"))
         except Refused as exc:
             raise _refusal(exc, principal.name) from None
         items = body.get("leads") if isinstance(body, dict) else None
@@ -190,7 +205,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     @router.patch("/v1/leads/{lead_id}", openapi_extra=openapi.PATCH_LEAD)
     async def patch_lead(lead_id: str, request: Request, principal: Sender) -> JSONResponse:
         try:
-            patch = read(_parse_body(await request.body()), principal.name, partial=True)
+            patch = read(_parse_body(await request.body(), request.headers.get("content-type")), principal.name, partial=True)
         except Refused as exc:
             raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
         async def update() -> tuple[str, dict[str, Any]]:

@@ -39,6 +39,7 @@ from .handlers import (
     RejectedActivity,
     count,
     expire_pending,
+    named_source,
     park_activity,
     record_activity,
     resolve_lead,
@@ -125,15 +126,9 @@ def without_raw(event: CloudEvent) -> CloudEvent:
 
 
 def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
-    """The source a raw record counts under (Kafka has no keys): the CloudEvent's `source`, else
-    the body's `source`, when it names a configured intake source; else "kafka". Metric labels
-    stay bounded whatever producers send."""
-    configured = ctx.config.config.intake.sources
-    body_source = event.data.get("source")
-    for name in (event.source, body_source):
-        if isinstance(name, str) and name in configured:
-            return name
-    return "kafka"
+    """The source a raw record counts under (Kafka has no keys): the configured intake source it
+    names (`named_source`), else "kafka". Metric labels stay bounded whatever producers send."""
+    return named_source(event, ctx.config.config) or "kafka"
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
@@ -187,7 +182,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
         config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
-        lead_id = await resolve_lead(store, ref)
+        lead_id = await resolve_lead(store, ref, named_source(event, config))
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.
             await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)

@@ -161,7 +161,7 @@ async def submit_lead(
         await uow.record(TOPIC_INTAKE, event)
         await _bind_key(uow, source, idempotency_key, accepted.lead_id, now, cause)
         if sub.external_id:  # only a sender's own id can name a lead before it exists
-            await _release_held(uow, store, config, [(sub.external_id, accepted.lead_id)], now)
+            await _release_held(uow, store, config, [(sub.external_id, accepted.lead_id, source)], now)
         return accepted
     # A repeat: decide from the lead as it is at its stream's version.
     await uow.load_version(decision.lead.lead_id)
@@ -255,7 +255,7 @@ async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, reques
 
     results: list[Accepted] = []
     records: list[tuple[str | None, CloudEvent, str | None]] = []
-    released: list[tuple[str, str]] = []
+    released: list[tuple[str, str, str]] = []
 
     async def flush() -> None:
         await uow.record_all(records)
@@ -282,7 +282,7 @@ async def submit_leads(uow: Recorder, store: IntakeStore, config: Config, reques
                     records.append((None, _key_event(r.source, r.idempotency_key, accepted.lead_id, now, r.cause),
                                     _key_stream(r.source, r.idempotency_key)))
                 if r.sub.external_id:
-                    released.append((r.sub.external_id, accepted.lead_id))
+                    released.append((r.sub.external_id, accepted.lead_id, r.source))
                 results.append(accepted)
             taken |= marks
     await flush()
@@ -374,13 +374,25 @@ class RawPosition:
     original: bytes
 
 
-async def resolve_lead(store: IntakeStore, ref: str) -> str | None:
-    """A lead by its id, else by the sender's external id (the newest lead with it). Locks the
+def named_source(event: CloudEvent, config: Config) -> str | None:
+    """The configured intake source a raw record names: its CloudEvent `source`, else its body's
+    `source`; None when it names none (Kafka has no keys)."""
+    configured = config.intake.sources
+    for name in (event.source, event.data.get("source")):
+        if isinstance(name, str) and name in configured:
+            return name
+    return None
+
+
+async def resolve_lead(store: IntakeStore, ref: str, source: str | None = None) -> str | None:
+    """A lead by its id, else by the sender's external id: only among `source`'s leads when the
+    sender names its source (external ids are unique per source only), else the newest lead of
+    any source with it. Locks the
     reference first, as `_release_held` does: a lead accepted concurrently is either seen here
     or sees the activity held (otherwise the hold could land after its release, and wait out
     `activity_wait` into a dead letter)."""
     await store.lock([f"ref:{ref}"])
-    return await store.resolve(ref)
+    return await store.resolve(ref, source)
 
 
 def _held_stream(ref: str) -> str:
@@ -406,15 +418,21 @@ async def _release(uow: Recorder, held: Held, outcome: str, lead_id: str | None,
     await uow.record(None, internal_event(ACTIVITY_RELEASED, released, time=now), stream=_held_stream(held.lead_ref))
 
 
-async def _release_held(uow: Recorder, store: IntakeStore, config: Config, leads_by_ref: list[tuple[str, str]],
-                        now: datetime) -> None:
-    """Record the activities that were waiting for these new leads ((external id, lead id)
-    pairs), in the leads' transaction."""
-    lead_of = dict(leads_by_ref)
-    await store.lock([f"ref:{ref}" for ref in lead_of])  # see resolve_lead
-    for held in await store.held_for(lead_of):
-        lead_id = lead_of[held.lead_ref]
+async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
+                        leads_by_ref: list[tuple[str, str, str]], now: datetime) -> None:
+    """Record the activities that were waiting for these new leads ((external id, lead id,
+    source)), in the leads' transaction."""
+    leads_of: dict[str, list[tuple[str, str]]] = {}  # external id -> [(lead id, source)]
+    for ref, lead_id, source in leads_by_ref:
+        leads_of.setdefault(ref, []).append((lead_id, source))
+    await store.lock([f"ref:{ref}" for ref in leads_of])  # see resolve_lead
+    for held in await store.held_for(leads_of):
         event = CloudEvent.model_validate(held.event)
+        named = named_source(event, config)
+        # An activity that names its source waits for that source's lead (see resolve_lead).
+        lead_id = next((lead for lead, source in leads_of[held.lead_ref] if named in (None, source)), None)
+        if lead_id is None:
+            continue
         activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"})
         try:
             await record_activity(uow, store, config, lead_id, activity, now=now, cause=event)

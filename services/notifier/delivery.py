@@ -45,6 +45,7 @@ from .domain import (
     DeliveryAttempted,
     decide,
     rate_room,
+    triggered_event_id,
 )
 from .handlers import SERVICE, fire_due_steps
 from .handlers import record as record_internal
@@ -199,6 +200,8 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
         parent = row.payload["trigger"].get("traceparent")
         body = _json_bytes(row.payload)
         origin = TOPIC_SLA
+        # The escalation step's escalation.triggered (a digest: the step that opened it).
+        cause_id = triggered_event_id(row.escalation_id) if row.escalation_id else None
     else:
         if decision.state == "sent":
             return  # one event per CRM delivery would swamp leads.notifications; failures matter
@@ -211,10 +214,12 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
         body = bytes(row.body)
         parent = tracing.traceparent_in(body)
         origin = row.event_type
+        cause_id = row.event_id  # the event that was delivered
     with tracing.use(parent):  # the trace of what was delivered
         event = new_event(f"notification.{decision.state}", service=SERVICE, lead_id=row.lead_id, time=now,
                           correlation_id=correlation_id,
                           event_id=deterministic_id(result.notification_id, decision.state), data=result)
+    event = event.model_copy(update={"causationid": cause_id})
     uow.emit(TOPIC_NOTIFICATIONS, event)
     if decision.state == "failed":
         # The message itself is kept where operators look for what could not be done.

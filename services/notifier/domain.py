@@ -93,6 +93,11 @@ def step_recipients(config: Config, policy_id: str, step: int, owner_id: str | N
     return recipients(config, roles_for(list(found.notify), root_cause), owner_id), list(found.channels)
 
 
+def triggered_event_id(escalation_id: str) -> str:
+    """The id of an escalation step's `escalation.triggered`: the cause of its notifications."""
+    return deterministic_id(escalation_id, "triggered")
+
+
 def idempotency_key(escalation_id: str, step: int, recipient_id: str, channel: str) -> str:
     """Derived from what the message is, never from when it was sent: every try of it, and a
     resend after a crash, carries the same key. The channel is part of it because one person
@@ -103,19 +108,26 @@ def idempotency_key(escalation_id: str, step: int, recipient_id: str, channel: s
 # ---- subscriptions --------------------------------------------------------------------------
 
 
+# What a subscription can be sent: the contract's types on the topics the notifier reads. Dead
+# letters are not (they carry whatever bytes failed, and only operators read leads.deadletter).
+DELIVERABLE_TYPES = frozenset(PAYLOADS) - {"deadletter"}
+
+
 def invalid_event_type(pattern: str) -> str | None:
     """Why a subscription's event type is not acceptable, or None. `*` and `prefix.*` are
-    allowed; anything else must be an event type of the contract."""
+    allowed; anything else must be an event type of the contract that subscriptions are sent."""
     if pattern == "*":
         return None
     if pattern.endswith(".*"):
         prefix = pattern[:-1]
-        if any(t.startswith(prefix) for t in PAYLOADS):
+        if any(t.startswith(prefix) for t in DELIVERABLE_TYPES):
             return None
         return f"no event type starts with {prefix!r}"
-    if pattern in PAYLOADS:
+    if pattern in DELIVERABLE_TYPES:
         return None
-    return f"unknown event type {pattern!r}; known: {', '.join(sorted(PAYLOADS))}"
+    if pattern in PAYLOADS:
+        return f"{pattern!r} is not sent to subscriptions; operators read it on leads.deadletter"
+    return f"unknown event type {pattern!r}; known: {', '.join(sorted(DELIVERABLE_TYPES))}"
 
 
 def subscribed(patterns: list[str], event_type: str) -> bool:

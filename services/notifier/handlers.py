@@ -71,6 +71,7 @@ from .domain import (
     step_recipients,
     subscribed,
     subscription_send_at,
+    triggered_event_id,
 )
 
 log = structlog.get_logger()
@@ -292,7 +293,7 @@ async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueE
     with tracing.use(trigger.get("traceparent")):  # the trigger's trace, though fired later by a loop
         triggered = new_event(
             "escalation.triggered", service=SERVICE, lead_id=esc.lead_id, time=now,
-            correlation_id=trigger.get("correlation_id"), event_id=deterministic_id(esc.escalation_id, "triggered"),
+            correlation_id=trigger.get("correlation_id"), event_id=triggered_event_id(esc.escalation_id),
             data=EscalationTriggered(lead_id=esc.lead_id, escalation_id=esc.escalation_id, policy_id=esc.policy_id,
                                      step=esc.step, trigger_event_id=trigger["event_id"],
                                      trigger_type=trigger["type"], recipients=sorted(p.id for p in people)),

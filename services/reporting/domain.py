@@ -70,6 +70,17 @@ def is_touch(data: dict[str, Any]) -> bool:
     return data.get("type") in TOUCH_TYPES and not data.get("disposition")
 
 
+# (the lead's facts, an activity's data) -> whether it answers the lead's first response.
+Answers = Callable[[dict[str, Any], dict[str, Any]], bool]
+
+
+class PolicyRules(Protocol):
+    """The SLA policies as the fold reads them (see `handlers.PolicyRules`)."""
+
+    def __call__(self, policy_id: str | None) -> BusinessCalendar | None: ...
+    def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
+
+
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
     """The lead's facts after `event` (timestamps as RFC 3339 strings, but `updated_at`: the
     event's instant as it is, only ever written, never compared; formatting it for every event
@@ -96,11 +107,16 @@ def _own_copy(state: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def _fold(s: dict[str, Any], event: Event, kind: type[Payload] | None) -> None:
-    """`fold` into an own copy (`_own_copy`), in place."""
-    projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
-    if projector is not None:
-        projector(s, event.data, event)
+def _fold(s: dict[str, Any], event: Event, kind: type[Payload] | None,
+          answers: Answers | None = None) -> None:
+    """`fold` into an own copy (`_own_copy`), in place. `answers` judges first responses (any
+    touch without one)."""
+    if kind is ActivityRecorded:
+        _activity(s, event.data, event, answers)
+    else:
+        projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
+        if projector is not None:
+            projector(s, event.data, event)
     s["updated_at"] = event.time
 
 
@@ -153,12 +169,15 @@ def _sla_projector(kind: type[Payload]) -> Projector:
     due, ...): a projector per class, so the fold looks the state up once, not per event."""
     state = SLA_STATE[kind]
     warning = kind is SlaWarning
+    starts = kind is SlaStarted
 
     def project(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
         metric = d.get("metric")
         if not metric:
             return
         entry = dict(s["sla"].get(metric) or {})
+        if starts and _starts_anew(entry, d):
+            entry = {}  # the metric's next timer (a policy change's, a follow-up's): not the ended one's state
         for key in _SUMMARY_FIELDS:
             value = d.get(key)
             if value is not None:
@@ -175,7 +194,17 @@ def _sla_projector(kind: type[Payload]) -> Projector:
 
 
 # What an `sla.*` event copies into the lead's summary of its timer, when it carries it.
-_SUMMARY_FIELDS = ("sla_id", "policy_id", "due_at", "breached_at", "root_cause", "met_at", "reason")
+_SUMMARY_FIELDS = ("sla_id", "policy_id", "started_at", "due_at", "breached_at", "root_cause", "met_at", "reason")
+
+
+def _starts_anew(ended: dict[str, Any], d: dict[str, Any]) -> bool:
+    """Whether an `sla.started` opens another timer than the one that `ended` (met, breached or
+    cancelled): another sla_id (a policy change replaced it), or the same one started again at
+    another instant (the next follow-up of a next_action cadence keeps its sla_id). A late
+    `started` of the timer that ended is neither."""
+    if ended.get("state") not in TERMINAL:
+        return False
+    return d.get("sla_id") != ended.get("sla_id") or _at(d.get("started_at")) != _at(ended.get("started_at"))
 
 
 def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
@@ -192,14 +221,16 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         s.setdefault("team_id", d.get("team_id"))
 
 
-def _activity(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answers | None = None) -> None:
     at = d["occurred_at"]
     if d.get("disposition"):
         if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
             s.update(disposition_status=d["disposition"].get("status"),
                      disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
         _advance(s, "dispositioned")
-    elif is_touch(d):
+    elif is_touch(d) and (answers is None or answers(s, d)):
+        # A first response as the SLA clock judges it: what the lead's policy counts (an unanswered
+        # call may be a cadence attempt only), not any touch.
         if _earlier(s.get("first_response_at"), at):
             s.update(first_response_at=at, first_touch_actor=d.get("actor"))
         _advance(s, "responded")
@@ -267,7 +298,7 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     return t
 
 
-def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict[str, Any]],
+def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[str, dict[str, Any]],
                 timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
     """The events in order, each on its lead (`event.subject`): `leads` (lead id -> facts) and
     `timers` (lead id -> sla id -> row) are updated in place; a lead is copied at its first event
@@ -293,10 +324,18 @@ def fold_events(events: Iterable[Event], calendar_of: Any, leads: dict[str, dict
             changed_leads.add(lead_id)
         lead, own = found
         kind = PAYLOADS.get(event.type)
-        _fold(lead, event, kind)
+        _fold(lead, event, kind, calendar_of.answers)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
-            timer = _fold_timer(own.get(d["sla_id"]), event, kind)
+            current = own.get(d["sla_id"])
+            if kind is SlaStarted and current is not None and _starts_anew(current, d):
+                # A cadence's next follow-up: the step that ended keeps a row of its own (its met
+                # or breach counts), and the sla_id's row follows the new step.
+                done = {**current, "sla_id": f"{current['sla_id']}@{utc_iso(_at(current['started_at']))}"}
+                own[done["sla_id"]] = done
+                changed_timers.add(done["sla_id"])
+                current = None
+            timer = _fold_timer(current, event, kind)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer.get("policy_id")))
             changed_timers.add(timer["sla_id"])

@@ -3,22 +3,19 @@ leads' facts and their SLA timers. Short orchestration through a `ReadModelStore
 `domain.py`, the SQL in `adapters.py`."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from shared.business_hours import BusinessCalendar
-from shared.config import Config
+from shared.config import Config, SlaPolicy
 from shared.events import CloudEvent
 
-from .domain import fold_events
+from .domain import fold_events, is_touch
 
 if TYPE_CHECKING:
     from .adapters import ReadModelStore
 
-CalendarOf = Callable[[str | None], BusinessCalendar | None]
-
-
-async def project(store: ReadModelStore, events: Sequence[CloudEvent], calendar_of: CalendarOf) -> int:
+async def project(store: ReadModelStore, events: Sequence[CloudEvent], rules: PolicyRules) -> int:
     """Fold a run of events, in order, into the read models: kept in their leads' timelines, then
     the leads and their timers read once, folded in memory and written once. Returns how many
     changed something (an event without a lead, or seen before, changes nothing)."""
@@ -33,22 +30,44 @@ async def project(store: ReadModelStore, events: Sequence[CloudEvent], calendar_
         return 0
     lead_ids = {event.subject for event in todo}
     leads, timers = await store.leads(lead_ids), await store.timers(lead_ids)
-    changed_leads, changed_timers = fold_events(todo, calendar_of, leads, timers)
+    changed_leads, changed_timers = fold_events(todo, rules, leads, timers)
     await store.save([leads[i] for i in changed_leads],
                      [t for own in timers.values() for sla_id, t in own.items() if sla_id in changed_timers])
     return len(todo)
 
 
-def calendars(config: Config | None) -> CalendarOf:
-    """policy id -> its business calendar, built once per policy."""
-    cache: dict[str | None, BusinessCalendar | None] = {}
+class PolicyRules:
+    """What reporting needs of the SLA policies: policy id -> its business calendar (called like a
+    function, built once per policy), and whether an activity answers a lead's first response."""
 
-    def calendar_of(policy_id: str | None) -> BusinessCalendar | None:
-        if policy_id not in cache:
-            cache[policy_id] = _policy_calendar(config, policy_id)
-        return cache[policy_id]
+    def __init__(self, config: Config | None) -> None:
+        self._config = config
+        self._calendars: dict[str | None, BusinessCalendar | None] = {}
+        self._policies: dict[tuple[str, str], SlaPolicy | None] = {}
 
-    return calendar_of
+    def __call__(self, policy_id: str | None) -> BusinessCalendar | None:
+        if policy_id not in self._calendars:
+            self._calendars[policy_id] = _policy_calendar(self._config, policy_id)
+        return self._calendars[policy_id]
+
+    def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool:
+        """A first response under the lead's policy (the one the SLA clock judges it by: tier and
+        source); any touch when no policy is known."""
+        tier, source = lead.get("tier"), lead.get("source")
+        if self._config is None or tier is None or source is None:
+            return is_touch(activity)
+        if (tier, source) not in self._policies:
+            self._policies[(tier, source)] = self._config.sla_policy(tier, source)
+        policy = self._policies[(tier, source)]
+        if policy is None:
+            return is_touch(activity)
+        return policy.counts_as_touch("first_response", activity.get("type"), activity.get("outcome"),
+                                      activity.get("actor"), lead.get("owner_id"))
+
+
+def calendars(config: Config | None) -> PolicyRules:
+    """The policies' calendars and touch rules, each built once."""
+    return PolicyRules(config)
 
 
 def _policy_calendar(config: Config | None, policy_id: str | None) -> BusinessCalendar | None:

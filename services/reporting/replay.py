@@ -29,7 +29,7 @@ from shared.config import Config
 
 from .adapters import LEAD_COLUMNS, READ_MODELS_LOCK, TIMER_COLUMNS, lead_row, timer_row
 from .domain import fold_events
-from .handlers import CalendarOf, calendars
+from .handlers import PolicyRules, calendars
 from .tables import lead_state, sla_timers, timeline
 
 LEADS_PER_PAGE = 400
@@ -123,7 +123,7 @@ async def _store(raw: Any, leads: list[list[Any]], timers: list[tuple[Any, ...]]
                                     records=timers)
 
 
-async def _folded_pages(source: AsyncConnection, calendar_of: CalendarOf
+async def _folded_pages(source: AsyncConnection, rules: PolicyRules
                         ) -> AsyncIterator[tuple[list[list[Any]], list[tuple[Any, ...]], int]]:
     """Per page of leads: their COPY records, their timers', and how many events they had."""
     await source.execute(text("SET TRANSACTION READ ONLY"))
@@ -151,7 +151,7 @@ async def _folded_pages(source: AsyncConnection, calendar_of: CalendarOf
                 events = [_Recorded(lead_id, kind, datetime.fromisoformat(at), data)
                           for lead_id, recorded in page[start:start + LEADS_PER_SLICE]
                           for kind, at, data in loads(recorded)]
-                fold_events(events, calendar_of, leads, timers)
+                fold_events(events, rules, leads, timers)
                 count += len(events)
                 # The previous page's COPY and the next page's fetch move on between slices: a
                 # page folded in one go left them waiting for it, and then this process for them.

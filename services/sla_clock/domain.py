@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from shared.business_hours import BusinessCalendar
-from shared.config import Config, SlaPolicy, TouchRule
+from shared.config import Config, SlaPolicy
 from shared.events import WireModel
 
 TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
@@ -92,11 +92,7 @@ def warning_schedule(
 
 
 def select_policy(config: Config, tier: str, source: str) -> SlaPolicy | None:
-    for policy in config.sla_policies:
-        f = policy.filter
-        if (f.tiers is None or tier in f.tiers) and (f.sources is None or source in f.sources):
-            return policy
-    return None
+    return config.sla_policy(tier, source)
 
 
 @dataclass(frozen=True)
@@ -403,20 +399,7 @@ def catch_up(timer: Timer, at: datetime) -> Step:
 def touch_counts(policy: SlaPolicy, metric: str, activity_type: str, outcome: str | None, actor: str | None,
                  owner_id: str | None) -> bool:
     """Whether this activity is a touch for `metric` under the policy: type, outcome and actor."""
-    if policy.touch_actors == "owner" and owner_id is not None and actor != owner_id:
-        return False
-    for rule in policy.qualifying_touches:
-        if isinstance(rule, str):
-            if rule == activity_type:
-                return True
-        elif _rule_matches(rule, metric, activity_type, outcome):
-            return True
-    return False
-
-
-def _rule_matches(rule: TouchRule, metric: str, activity_type: str, outcome: str | None) -> bool:
-    return (rule.type == activity_type and (rule.outcomes is None or outcome in rule.outcomes)
-            and (rule.metrics is None or metric in rule.metrics))
+    return policy.counts_as_touch(metric, activity_type, outcome, actor, owner_id)
 
 
 def root_cause(

@@ -159,6 +159,9 @@ class IntakeStoreContract:
         await harness.apply([older, newer])
         assert await harness.store.resolve(older.subject) == older.subject
         assert await harness.store.resolve(external_id) == newer.subject
+        # External ids are unique per source only: a sender that names its source gets its own lead.
+        assert await harness.store.resolve(external_id, "webform") == older.subject
+        assert await harness.store.resolve(external_id, "partner") is None
         assert await harness.store.resolve(unique("crm-")) is None
 
     async def test_held_activities_wait_in_order_until_released_or_expired(self, harness) -> None:

@@ -1,6 +1,7 @@
 """POST /v1/leads and activities through the real app, database and outbox."""
 from __future__ import annotations
 
+import json
 import uuid
 
 import httpx
@@ -86,6 +87,19 @@ async def test_only_leads_without_a_usable_email_or_phone_are_refused_naming_the
     for body in (b"[1, 2]", b"not json", b'"a string"'):
         refused = await api.post("/v1/leads", content=body, headers={"Content-Type": "application/json"})
         assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "(body)"
+
+
+async def test_a_body_in_its_declared_charset_is_read_in_it(api, engine) -> None:
+    """Older form tools post ISO-8859-1 and say so: the lead is read, not refused as 'not JSON'."""
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    body = json.dumps({"contact": {"first_name": "J\u00fcrgen", "email": email}}, ensure_ascii=False).encode("iso-8859-1")
+    response = await api.post("/v1/leads", content=body,
+                              headers={"Content-Type": "application/json; charset=ISO-8859-1"})
+    assert response.status_code == 201, response.text
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
+    assert event.data["contact"]["first_name"] == "J\u00fcrgen"
+    unknown = await api.post("/v1/leads", content=body, headers={"Content-Type": "application/json; charset=x-nope"})
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "(body)"
 
 
 async def test_values_that_cannot_be_normalized_are_kept_and_named_not_refused(api, engine) -> None:

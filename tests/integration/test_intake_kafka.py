@@ -27,6 +27,7 @@ tiers:
   rules: [{tier: A, when: {intent: [demo_request]}}]
 intake:
   activity_wait: 60s
+  sources: {webform: {}, chat: {}}
 """
 
 
@@ -74,6 +75,36 @@ async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer
     events = await eventually(lambda: _events_when(engine, lead_id, 2), what="lead and activity events")
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]
     assert events[1].data["type"] == "call" and events[1].data["outcome"] == "connected"
+    assert await parked(engine, ref) == 0
+
+
+async def test_an_activity_by_external_id_goes_to_its_own_source_s_lead(intake, engine, producer) -> None:
+    """External ids are unique per source only: a CRM's touch that names its source (the
+    CloudEvent's `source`) lands on that source's lead, never on another source's lead with the
+    same id; while only the other one exists, it waits for its own."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+
+    async def submit(source: str) -> str:
+        lead = {"source": source, "external_id": ref, "contact": {"email": f"{ref}@{source}.example"}}
+        await producer.send_and_wait(submissions, json.dumps(lead).encode())
+
+        async def of_source() -> str | None:
+            async with engine.connect() as conn:
+                return await conn.scalar(select(leads.c.lead_id).where(leads.c.external_id == ref,
+                                                                       leads.c.source == source))
+
+        return await eventually(of_source, what=f"the {source} lead", timeout=120)
+
+    chat_lead = await submit("chat")
+    touch = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "webform", "type": "crm.activity",
+             "subject": ref, "data": {"type": "call", "outcome": "connected", "actor": "al"}}
+    await producer.send_and_wait(activities, json.dumps(touch).encode(), key=ref.encode())
+    await eventually(lambda: parked(engine, ref), what="the touch waiting for the webform lead", timeout=120)
+    webform_lead = await submit("webform")
+    events = await eventually(lambda: _events_when(engine, webform_lead, 2), what="the touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+    assert [e.type for e in await stored_events(engine, "intake", chat_lead)] == ["lead.received"]
     assert await parked(engine, ref) == 0
 
 

@@ -101,6 +101,9 @@ async def test_a_breach_notifies_owner_and_manager_once_even_if_redelivered(make
     events = await stored_events(engine, "notifier", lead_id, published_only=True)
     assert [e.type for e in events] == ["escalation.triggered", "notification.sent", "notification.sent"]
     assert events[0].data["recipients"] == ["alice", "maria"] and events[0].causationid == trigger.id
+    # Each notification's envelope names its cause, the escalation step (CONTRACT: causationid).
+    assert [e.causationid for e in events[1:]] == [events[0].id, events[0].id]
+    assert {e.correlationid for e in events} == {trigger.correlationid}
     assert events[0].data["step"] == 1
 
 

@@ -142,6 +142,9 @@ async def test_a_bad_subscription_is_refused_naming_the_field(api) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert {e["field"] for e in response.json()["errors"]} == {"url", "event_types.1"}
     assert (await api.post("/v1/subscriptions", json={"url": "https://x", "event_types": []})).status_code == 422
+    # The notifier never reads leads.deadletter: a subscription to it would wait for ever, silently.
+    response = await api.post("/v1/subscriptions", json={"url": "https://x", "event_types": ["deadletter"]})
+    assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == ["event_types.0"]
 
 
 async def test_subscriptions_need_an_admin_key(api) -> None:
@@ -282,6 +285,7 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_i
         [failed] = [e for e in events if e.type == "notification.failed"]
         assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
         assert failed.data["idempotency_key"] == failed.data["event_id"]
+        assert failed.causationid == failed.data["event_id"]  # the envelope names what it was about
         assert [e.type for e in events if e.type == "deadletter"] == ["deadletter"]
 
         # The CRM is fixed: an operator sees what it missed and sends it again, same ids and keys.

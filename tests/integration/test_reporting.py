@@ -143,6 +143,31 @@ async def test_sla_report_counts_late_answers_in_time_to_first_response(projecte
     assert row["breached"] > 0 and row["ttfr_p90_seconds"] > 3600  # the late answers are in
 
 
+async def test_each_follow_up_of_a_cadence_counts_though_the_clock_keeps_its_sla_id(projected: Projected) -> None:
+    """The SLA clock starts a next_action cadence's next follow-up under the same sla_id: the first
+    follow-up's met must not hide the second's breach, in the report or on the lead."""
+    rows = await get_report(projected, "sla", group_by="policy", metric="next_action")
+    [row] = [r for r in rows if r["policy"] == "fast"]
+    assert (row["started"], row["met"], row["breached"], row["open"]) == (2, 1, 1, 0)
+    lead = (await projected.client.get(f"/v1/leads/rep-{seed_of(projected)}-cadence")).json()["lead"]
+    assert lead["sla"]["next_action"]["state"] == "breached" and lead["breached"] is True
+
+
+async def test_a_timer_that_replaced_a_cancelled_one_breaches_the_lead(projected: Projected) -> None:
+    """A policy change cancels the lead's first_response timer and starts another: the lead shows
+    the new timer's breach, and the breached filter of the lead list finds it."""
+    lead_id = f"rep-{seed_of(projected)}-upgraded"
+    lead = (await projected.client.get(f"/v1/leads/{lead_id}")).json()["lead"]
+    assert lead["sla"]["first_response"]["state"] == "breached" and lead["breached"] is True
+    received = lead["received_at"]
+    listed = await projected.client.get("/v1/leads", params={"breached": "true", "from": received, "limit": 500})
+    assert lead_id in [item["lead_id"] for item in listed.json()["leads"]]
+
+
+def seed_of(p: Projected) -> str:
+    return p.scenario.lead_ids[0].split("-")[1]
+
+
 @pytest.mark.parametrize("group_by", ["tier", "owner", "team", "source", "week"])
 async def test_routing_report_matches_a_recomputation_from_the_events(projected: Projected, group_by: str) -> None:
     rows = await get_report(projected, "routing", group_by=group_by)

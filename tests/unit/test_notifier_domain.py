@@ -103,7 +103,7 @@ def test_known_event_types_and_patterns_are_accepted(pattern: str) -> None:
     assert invalid_event_type(pattern) is None
 
 
-@pytest.mark.parametrize("pattern", ["lead.asigned", "nothing.*", "", "lead"])
+@pytest.mark.parametrize("pattern", ["lead.asigned", "nothing.*", "", "lead", "deadletter"])
 def test_unknown_event_types_are_refused_with_a_reason(pattern: str) -> None:
     assert invalid_event_type(pattern)
 
