@@ -47,6 +47,11 @@ class ProblemError(Exception):
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
+def _auth_error(message: str) -> list[dict[str, str]]:
+    """A refused key as a field-level error like any other: the field is the header."""
+    return [{"field": "Authorization", "message": message}]
+
+
 def problem_response(err: ProblemError, instance: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": err.title, "status": err.status}
     if err.detail:
@@ -196,14 +201,14 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented:
             raise ProblemError(401, "Unauthorized", "Send `Authorization: Bearer <key>`.",
-                               headers={"WWW-Authenticate": "Bearer"})
+                               _auth_error("needs `Bearer <key>`"), headers={"WWW-Authenticate": "Bearer"})
         presented = presented.strip()
         principal = await ctx.key_cache.verify(ctx.engine.connect, presented)
         if principal is None:
             raise ProblemError(401, "Unauthorized", "The key is unknown or revoked.",
-                               headers={"WWW-Authenticate": "Bearer"})
+                               _auth_error("is an unknown or revoked key"), headers={"WWW-Authenticate": "Bearer"})
         if role == "admin" and not principal.is_admin:
-            raise ProblemError(403, "Forbidden", "This needs an admin key.")
+            raise ProblemError(403, "Forbidden", "This needs an admin key.", _auth_error("is not an admin key"))
         request.state.principal = principal
         return principal
 

@@ -90,6 +90,12 @@ def every_route(apps: dict[str, FastAPI]) -> list[tuple[str, str, str, str]]:
     return found
 
 
+def names_the_header(response: httpx.Response) -> bool:
+    """A problem+json body whose field-level errors name the Authorization header."""
+    return (response.headers.get("content-type", "").startswith("application/problem+json")
+            and [e["field"] for e in response.json().get("errors", [])] == ["Authorization"])
+
+
 async def test_every_route_refuses_missing_wrong_and_underprivileged_keys(apps, keys) -> None:
     routes = every_route(apps)
     assert {s for s, *_ in routes} == set(SERVICE_NAMES) and len(routes) >= 20
@@ -112,8 +118,10 @@ async def test_every_route_refuses_missing_wrong_and_underprivileged_keys(apps, 
                 response = await call(key)
                 if response.status_code != 401 or response.headers.get("www-authenticate") != "Bearer":
                     problems.append(f"{service} {method} {path} with {label}: {response.status_code}")
+                elif not names_the_header(response):
+                    problems.append(f"{service} {method} {path} with {label}: no field-level error {response.text}")
             source = await call(f"Bearer {keys['source']}")
-            if role == "admin" and source.status_code != 403:
+            if role == "admin" and (source.status_code != 403 or not names_the_header(source)):
                 problems.append(f"{service} {method} {path} (admin) with a source key: {source.status_code}")
             if role == "source" and source.status_code in (401, 403):
                 problems.append(f"{service} {method} {path} (source) refused a source key: {source.status_code}")
