@@ -108,7 +108,7 @@ def event_schema(event_type: str) -> dict[str, Any]:
             "time": {"type": "string", "format": "date-time"},
             "datacontenttype": {"const": envelope["datacontenttype"].default},
             "correlationid": {"type": "string", "description": "id of the submission that started it"},
-            "causationid": {"type": "string", "description": "id of the event that caused this one"},
+            "causationid": {"type": "string", "description": "id of the event that caused this one; without one on the bus (an HTTP request, a timer), the correlation id"},
             "traceparent": {"type": "string", "pattern": TRACEPARENT_PATTERN,
                             "description": "W3C trace context (CloudEvents distributed-tracing extension)"},
             "data": data,

@@ -160,6 +160,9 @@ def new_event(
     event_id: str | None = None,
 ) -> CloudEvent:
     """Build an event; `cause` carries the correlation id and trace forward and becomes the causation id.
+    Without a cause on the bus (an HTTP request, a timer), the causation id is the correlation id:
+    the chain's first event names itself, as its correlation id does, and a later one the chain's
+    origin; every event carries both (the contract's envelope).
     `data`: the payload, or its wire form already (`WireModel.wire`)."""
     declared = getattr(data, "TYPE", None)
     if declared is not None and declared != type:
@@ -173,7 +176,7 @@ def new_event(
         subject=lead_id,
         time=time,
         correlationid=correlation_id,
-        causationid=cause.id if cause else None,
+        causationid=cause.id if cause else correlation_id,
         traceparent=tracing.traceparent_for(event_id, cause_traceparent=cause.traceparent if cause else None,
                                             correlation_id=correlation_id),
         data=data.model_dump(mode="json") if isinstance(data, BaseModel) else data,

@@ -113,7 +113,8 @@ async def test_timer_warns_then_breaches_exactly_once(ctx, clock, engine) -> Non
     assert breach["owner_id"] == "alice" and breach["root_cause"] == "owner_missed"
     assert breach["due_at"] == breach["breached_at"] == (start + timedelta(minutes=5)).isoformat().replace(
         "+00:00", "Z")
-    assert events[2].causationid is None and events[2].correlationid == events[0].correlationid
+    # Fired by the clock, not by an event: caused by the chain's origin, the lead's submission.
+    assert events[2].causationid == events[2].correlationid == events[0].correlationid
 
 
 async def test_a_touch_before_the_deadline_meets_and_nothing_fires_later(ctx, clock, engine) -> None:

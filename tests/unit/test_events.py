@@ -54,7 +54,12 @@ def test_causation_and_correlation_chain() -> None:
     second = new_event("lead.dequeued", service="router", lead_id="l", time=NOW, cause=first,
                        data=LeadDequeued(lead_id="l", tier="A", queue="q", reason="r"))
     assert first.correlationid == first.id
+    assert first.causationid == first.id  # nothing on the bus caused it: it starts the chain
     assert second.correlationid == first.id and second.causationid == first.id
+    later = new_event("lead.reassigned", service="router", lead_id="l", time=NOW, correlation_id=first.id,
+                      data={"lead_id": "l"})  # an operator's request, later in the lead's chain
+    assert later.causationid == later.correlationid == first.id
+    assert '"causationid"' in later.to_bytes().decode()  # every event carries it (the contract's envelope)
 
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"id": "x"}'])
