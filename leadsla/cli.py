@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import importlib
 import secrets
 import shutil
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +37,58 @@ DEV_SMTP_PORT = 8025
 DEV_MAX_EXITS_PER_MINUTE = 5
 
 
+_Result = TypeVar("_Result")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    # markup=False: messages quote config paths and YAML ("metrics.x.[key]", "[ops"), which are
+    # not markup; soft_wrap: one line however long, so a script can read it.
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(work: Coroutine[Any, Any, _Result], settings: Settings) -> _Result:
+    """Run a command's work. A database or broker it cannot use ends the command with one line and
+    exit 2 (which a script tells from replay's 1, "differs"), not a traceback."""
+    try:
+        return asyncio.run(work)
+    except Exception as exc:
+        problem = _unusable_peer(exc, settings)
+        if problem is None:
+            raise
+        _fail(problem)
+
+
+def _unusable_peer(exc: BaseException, settings: Settings) -> str | None:
+    """One line naming the database or broker `exc` says cannot be used, and why; None when
+    `exc` is about something else."""
+    from aiokafka.errors import KafkaConnectionError
+    from asyncpg import PostgresError
+    from sqlalchemy.engine import make_url
+
+    from shared.db import is_database_unavailable, wrapped_errors
+    from shared.settings import DatabaseUrlError
+
+    try:
+        url = make_url(settings.database_url)  # never shown whole: it may hold a password
+        database = f"the database {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    except Exception:
+        database = "the database"
+    for error in wrapped_errors(exc):
+        if isinstance(error, DatabaseUrlError):
+            return str(error)
+        if isinstance(error, KafkaConnectionError):
+            return (f"cannot reach the broker at {settings.kafka_bootstrap} (LEADSLA_KAFKA_BOOTSTRAP): "
+                    "no broker answered there")
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if isinstance(error, PostgresError) and (sqlstate == "3D000" or sqlstate.startswith("28")):
+            return f"cannot use {database} (LEADSLA_DATABASE_URL): {error}"  # no such database, refused login
+    if is_database_unavailable(exc):
+        reason = next((str(e) for e in wrapped_errors(exc) if isinstance(e, OSError) and str(e)), "no answer")
+        return f"cannot reach {database} (LEADSLA_DATABASE_URL): {reason}"
+    return None
+
+
 def _bootstrap_of(service: str):
     return importlib.import_module(f"services.{service}.bootstrap").bootstrap
 
@@ -49,10 +103,9 @@ def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVI
     settings = Settings()
     configure_logging(settings.log_level)
     try:
-        asyncio.run(run_service(service, _bootstrap_of(service), settings))
+        _run(run_service(service, _bootstrap_of(service), settings), settings)
     except StartupError as exc:
-        console.print(f"[red]cannot start {service}:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _fail(f"cannot start {service}: {exc}")
 
 
 async def _migrate(database_url: str) -> None:
@@ -69,7 +122,8 @@ async def _migrate(database_url: str) -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the current version."""
-    asyncio.run(_migrate(Settings().database_url))
+    settings = Settings()
+    _run(_migrate(settings.database_url), settings)
     console.print("database schema is current")
 
 
@@ -85,17 +139,53 @@ async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
         await engine.dispose()
 
 
-@config_app.command("apply")
-def config_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
-    """Validate FILE and make it the active configuration (a new version if it changed)."""
-    from shared.config import ConfigError
+async def _preview_config(database_url: str, text: str):
+    from shared.config_store import preview_config
+    from shared.db import make_engine
 
+    engine = make_engine(database_url)
     try:
-        version, changed = asyncio.run(_apply_config(Settings().database_url, file.read_text()))
+        async with engine.connect() as conn:
+            return await preview_config(conn, text)
+    finally:
+        await engine.dispose()
+
+
+@config_app.command("apply")
+def config_apply(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate FILE and show what would change "
+                                          "(the sections and a diff against the active version); apply nothing")]
+    = False,
+) -> None:
+    """Validate FILE and make it the active configuration (a new version if it changed); running
+    services pick it up within seconds. Exit 2 when FILE is invalid, naming each bad field's path."""
+    from shared.config import ConfigError, changed_sections
+
+    settings = Settings()
+    text = file.read_text()
+    try:
+        if dry_run:
+            preview = _run(_preview_config(settings.database_url, text), settings)
+        else:
+            version, changed = _run(_apply_config(settings.database_url, text), settings)
     except ConfigError as exc:
-        console.print(f"[red]{file}: {exc}[/red]")
-        raise typer.Exit(2) from None
-    console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
+        _fail(f"{file}: {exc}")
+    if not dry_run:
+        console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
+        return
+    if not preview.changed:
+        console.print(f"no change: {file} is the active configuration (version {preview.active_version}); "
+                      "nothing applied (--dry-run)", markup=False)
+        return
+    active = "nothing applied yet" if preview.active_version is None else f"version {preview.active_version}"
+    sections = changed_sections(preview.active_text, text)
+    console.print(f"{file} is valid and would become a new version (active: {active}); sections that change: "
+                  f"{', '.join(sections) or 'none (comments or layout only)'}", markup=False)
+    before = f"active (version {preview.active_version})" if preview.active_version is not None else "nothing"
+    print("".join(difflib.unified_diff((preview.active_text or "").splitlines(keepends=True),
+                                       text.splitlines(keepends=True), before, str(file))), end="")
+    console.print("nothing applied (--dry-run)")
 
 
 async def _create_key(database_url: str, name: str, role: str) -> str:
@@ -118,7 +208,8 @@ def keys_create(
     """Create an API key and print it once; only its hash is stored."""
     if (source is None) == (admin is None):
         raise typer.BadParameter("give exactly one of --source NAME or --admin NAME")
-    key = asyncio.run(_create_key(Settings().database_url, source or admin or "", "source" if source else "admin"))
+    settings = Settings()
+    key = _run(_create_key(settings.database_url, source or admin or "", "source" if source else "admin"), settings)
     print(key)
 
 
@@ -137,7 +228,8 @@ async def _keys(database_url: str, revoke: str | None = None) -> list[dict] | bo
 @keys_app.command("list")
 def keys_list() -> None:
     """Show every key: id, name, role, created, revoked. Secrets are never stored, so never shown."""
-    rows = asyncio.run(_keys(Settings().database_url))
+    settings = Settings()
+    rows = _run(_keys(settings.database_url), settings)
     table = Table("key id", "name", "role", "created", "revoked")
     for row in rows:  # type: ignore[union-attr]
         revoked = row["revoked_at"]
@@ -149,9 +241,9 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="the key id (as `keys list` shows it) or the whole key")]) -> None:
     """Revoke a key; every service refuses it within a second."""
-    if not asyncio.run(_keys(Settings().database_url, revoke=key)):
-        console.print(f"[red]no live key {key.split('_')[1] if key.startswith('lsk_') else key!r}[/red]")
-        raise typer.Exit(1)
+    settings = Settings()
+    if not _run(_keys(settings.database_url, revoke=key), settings):
+        _fail(f"no live key {key.split('_')[1] if key.startswith('lsk_') else key!r}", 1)
     console.print("key revoked")
 
 
@@ -180,7 +272,8 @@ async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int,
 @outbox_app.command("list")
 def outbox_list() -> None:
     """Show every parked event: service, store position, lead, event type, size and the broker's error."""
-    rows = asyncio.run(_parked_rows(Settings().database_url))
+    settings = Settings()
+    rows = _run(_parked_rows(settings.database_url), settings)
     table = Table("service", "position", "lead", "type", "bytes", "error")
     for service, row_id, key, event_type, size, error in rows:
         table.add_row(service, str(row_id), key, event_type, str(size), error or "")
@@ -229,7 +322,8 @@ def outbox_retry(service: Annotated[str | None, typer.Argument(help="only this s
     """Send parked events again (after raising the broker's limit, say); they leave in order."""
     if service is not None and service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    released = asyncio.run(_release(Settings(), (service,) if service else SERVICES))
+    settings = Settings()
+    released = _run(_release(settings, (service,) if service else SERVICES), settings)
     console.print(f"{released} parked events sent")
 
 
@@ -251,7 +345,8 @@ def outbox_skip(service: Annotated[str, typer.Argument(help="the service whose s
     with the next `outbox retry`."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    skipped = asyncio.run(_skip(Settings().database_url, service, positions))
+    settings = Settings()
+    skipped = _run(_skip(settings.database_url, service, positions), settings)
     console.print(f"{skipped} refused events skipped")
 
 
@@ -268,11 +363,11 @@ def replay(
     configure_logging("WARNING")
     settings = Settings()
     if service == "reporting":
-        events, seconds, differences = asyncio.run(_replay_reporting(settings.database_url, verify))
+        events, seconds, differences = _run(_replay_reporting(settings.database_url, verify), settings)
         examples: dict[str, list[str]] = {}
         source = "its input topics"
     else:
-        result = asyncio.run(_replay_store(settings.database_url, service, verify))
+        result = _run(_replay_store(settings.database_url, service, verify), settings)
         events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
         source = "its event store"
     rate = events / seconds if seconds > 0 else 0.0

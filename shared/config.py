@@ -658,6 +658,14 @@ def parse_config(text: str) -> Config:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
+def changed_sections(old_text: str | None, new_text: str) -> list[str]:
+    """The top-level sections whose values differ between two valid configuration files (comments
+    and layout aside), in the new file's order; every section of the new one when there is no old."""
+    old = (yaml.safe_load(old_text) or {}) if old_text is not None else {}
+    new = yaml.safe_load(new_text) or {}
+    return [key for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
+
+
 def config_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -35,6 +35,26 @@ async def apply_config(conn: AsyncConnection, text: str) -> tuple[int, bool]:
     return int(version), True
 
 
+@dataclass(frozen=True)
+class ConfigPreview:
+    """What applying a file would do: the active version (None: nothing applied yet), its text,
+    and whether the file differs from it (as `apply_config` judges: by its digest)."""
+
+    active_version: int | None
+    active_text: str | None
+    changed: bool
+
+
+async def preview_config(conn: AsyncConnection, text: str) -> ConfigPreview:
+    """`apply_config` without storing anything (`config apply --dry-run`). Raises ConfigError
+    when invalid."""
+    parse_config(text)
+    latest = await _latest_row(conn)
+    if latest is None:
+        return ConfigPreview(None, None, True)
+    return ConfigPreview(int(latest.version), latest.body, latest.digest != config_digest(text))
+
+
 async def _latest_row(conn: AsyncConnection):
     return (
         await conn.execute(select(config_versions).order_by(config_versions.c.version.desc()).limit(1))

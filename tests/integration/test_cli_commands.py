@@ -1,0 +1,138 @@
+"""The operator commands as a sales-ops admin or an SRE runs them: `leadsla ...` in a process of
+its own against the real Postgres (a database of this module's own) and broker. What they rely
+on: a command that cannot reach what it needs says so in one line and exits 2 (replay's 1 means
+"differs"), never with a traceback; `config apply --dry-run` shows what would change and applies
+nothing; an error message reaches the terminal as written."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+from shared.db import config_versions
+from tests.integration.own_database import fresh_database
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "leadsla" / "example-config.yaml"
+
+
+@pytest.fixture(scope="module")
+async def database(postgres_server_url: str):
+    async with fresh_database(postgres_server_url, "leadsla_cli") as own:
+        yield own
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free once closed: nothing listens there
+
+
+async def leadsla(*args: str, database_url: str, kafka_bootstrap: str = "127.0.0.1:9",
+                  timeout: float = 120) -> tuple[int, str, str]:
+    """Run `leadsla ARGS`; (exit code, stdout, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LEADSLA_DATABASE_URL": database_url,
+           "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap, "LEADSLA_HTTP_PORT": str(closed_port())}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "leadsla.cli", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode, out.decode(), err.decode()
+
+
+def assert_one_line_error(code: int, out: str, err: str, *expected: str, after_logs: bool = False) -> None:
+    """Exit 2 and one line saying why; `after_logs`: a service's JSON log lines may come before it."""
+    assert code == 2, (out, err)
+    assert "Traceback" not in err + out, err
+    lines = err.strip().splitlines()
+    if after_logs:
+        lines = [line for line in lines if not line.startswith('{"event"')]
+    assert len(lines) == 1, err
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def unreachable_urls(server_url: str) -> dict[str, tuple[str, str]]:
+    """name -> (LEADSLA_DATABASE_URL, what the error line must say)."""
+    url = make_url(server_url)
+    return {
+        "closed port": (url.set(host="127.0.0.1", port=closed_port(), database="x").render_as_string(False),
+                        "cannot reach the database"),
+        "missing database": (url.set(database="no_such_leadsla_db").render_as_string(False),
+                             'database "no_such_leadsla_db" does not exist'),
+        "not a postgres URL": ("mysql://root@127.0.0.1/leadsla", "must be a postgresql:// URL"),
+    }
+
+
+@pytest.mark.parametrize(("command", "kind"), [
+    (["migrate"], "closed port"), (["migrate"], "missing database"), (["migrate"], "not a postgres URL"),
+    (["config", "apply", str(EXAMPLE)], "closed port"), (["keys", "list"], "missing database"),
+    (["keys", "create", "--admin", "ops"], "closed port"), (["keys", "revoke", "abc"], "not a postgres URL"),
+    (["replay", "intake", "--verify"], "closed port"), (["replay", "reporting", "--verify"], "missing database"),
+])
+async def test_a_database_it_cannot_use_ends_the_command_with_one_line_and_exit_2(
+        postgres_server_url: str, command: list[str], kind: str) -> None:
+    url, expected = unreachable_urls(postgres_server_url)[kind]
+    assert_one_line_error(*await leadsla(*command, database_url=url), expected)
+
+
+async def test_serve_with_a_broker_it_cannot_reach_ends_with_one_line_and_exit_2(database) -> None:
+    code, out, err = await leadsla("config", "apply", str(EXAMPLE), database_url=database.url)
+    assert code == 0, err
+    bootstrap = f"127.0.0.1:{closed_port()}"
+    assert_one_line_error(*await leadsla("serve", "intake", database_url=database.url, kafka_bootstrap=bootstrap),
+                          "cannot reach the broker", bootstrap, after_logs=True)
+
+
+async def test_serve_with_a_database_it_cannot_reach_ends_with_one_line_and_exit_2(postgres_server_url) -> None:
+    url, expected = unreachable_urls(postgres_server_url)["closed port"]
+    assert_one_line_error(*await leadsla("serve", "router", database_url=url), expected, after_logs=True)
+
+
+async def test_an_error_message_reaches_the_terminal_as_written(database, tmp_path: Path) -> None:
+    # Square brackets are markup to the terminal library: they were eaten ("...first_reply.: ...").
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("first_response: {target: 1h}", "first_reply: {target: 1h}"))
+    code, out, err = await leadsla("config", "apply", str(bad), database_url=database.url)
+    assert code == 2
+    assert "sla_policies.1.metrics.first_reply.[key]" in err
+
+
+async def versions(database) -> int:
+    async with database.engine.connect() as conn:
+        return await conn.scalar(select(func.count()).select_from(config_versions))
+
+
+async def test_config_apply_dry_run_shows_the_change_and_applies_nothing(database, tmp_path: Path) -> None:
+    code, _, err = await leadsla("config", "apply", str(EXAMPLE), database_url=database.url)
+    assert code == 0, err
+    before = await versions(database)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(EXAMPLE.read_text().replace("first_response: {target: 1h}", "first_response: {target: 2h}"))
+
+    code, out, err = await leadsla("config", "apply", "--dry-run", str(changed), database_url=database.url)
+    assert code == 0, err
+    shown = out + err
+    assert "-      first_response: {target: 1h}" in shown and "+      first_response: {target: 2h}" in shown
+    assert "sla_policies" in shown  # the sections that change
+    assert "nothing applied" in shown
+    assert await versions(database) == before
+
+    code, out, err = await leadsla("config", "apply", "--dry-run", str(EXAMPLE), database_url=database.url)
+    assert code == 0 and "no change" in out + err
+    assert await versions(database) == before
+
+
+async def test_config_apply_dry_run_refuses_an_invalid_file_like_apply(database, tmp_path: Path) -> None:
+    before = await versions(database)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("warn_at: [50, 80]", "warn_at: [50, 120]"))
+    code, _, err = await leadsla("config", "apply", "--dry-run", str(bad), database_url=database.url)
+    assert code == 2 and "sla_policies.0.metrics.first_response.warn_at" in err
+    assert await versions(database) == before
