@@ -569,6 +569,9 @@ class Config(Strict):
                 problems.append(f"owners.{i}.calendar: unknown calendar {owner.calendar!r}")
             if owner.manager_id and owner.manager_id not in owners:
                 problems.append(f"owners.{i}.manager_id: unknown owner {owner.manager_id!r}")
+        for i, owner_id in enumerate(self.lead_ops):
+            if owner_id not in owners:
+                problems.append(f"lead_ops.{i}: unknown owner {owner_id!r}")
         problems.extend(self._routing_problems(owners, teams))
         if self.routing.fallback_owner and self.routing.fallback_owner not in owners:
             problems.append(f"routing.fallback_owner: unknown owner {self.routing.fallback_owner!r}")
@@ -637,11 +640,61 @@ class ConfigError(ValueError):
     """The configuration file is not valid; the message names every bad field by its path."""
 
 
-def parse_config(text: str) -> Config:
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML whose dates stay text for the models to read: YAML's own reading of a date
+    like 2026-12-32 raised out of the parser with no path to the field."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[str]:
+    """Every mapping key written twice, by path: YAML keeps the last silently, so a second
+    `owners:` at the end of a long file would drop every owner above it."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[object, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            where = f"{path}.{name}" if path else str(name)
+            if name is not None and name != "<<" and name in lines:
+                problems.append(f"{where}: given twice (lines {lines[name]} and {key.start_mark.line + 1}); "
+                                "YAML would keep only the last")
+            lines.setdefault(name, key.start_mark.line + 1)
+            problems += _keys_given_twice(value, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _keys_given_twice(item, f"{path}.{i}" if path else str(i), seen)
+    return problems
+
+
+def load_yaml(text: str) -> Any:
+    """The file's YAML document (None when it holds none), read as the configuration is read."""
+    loader = _ConfigLoader(text)
     try:
-        raw = yaml.safe_load(text) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if problems := _keys_given_twice(node):
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def parse_config(text: str) -> Config:
+    raw = load_yaml(text)
+    if raw is None:
+        raise ConfigError("the configuration is empty (a blank or commented-out file): nothing to apply")
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a mapping at the top level")
     try:
@@ -661,8 +714,13 @@ def parse_config(text: str) -> Config:
 def changed_sections(old_text: str | None, new_text: str) -> list[str]:
     """The top-level sections whose values differ between two valid configuration files (comments
     and layout aside), in the new file's order; every section of the new one when there is no old."""
-    old = (yaml.safe_load(old_text) or {}) if old_text is not None else {}
-    new = yaml.safe_load(new_text) or {}
+    def sections(text: str) -> dict:
+        try:
+            return load_yaml(text) or {}
+        except ConfigError:  # a version stored before a check its text fails was added
+            return yaml.safe_load(text) or {}
+
+    old, new = (sections(old_text) if old_text is not None else {}), sections(new_text)
     return [key for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
 
 

@@ -113,3 +113,43 @@ def test_what_is_derived_from_a_configuration_is_built_once_per_configuration_ob
     assert owners(first) == owners(first) == ["alice"]
     assert owners(same_text) == ["alice"]  # another object (a new version) is built for itself
     assert built == [first, same_text]
+
+
+# ---- mistakes a sales-ops admin makes, each named by the path of the bad field ---------------
+
+
+def example_with(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_an_impossible_holiday_is_named_by_its_path_not_a_crash() -> None:
+    # YAML's own date reading raised a bare ValueError ("day is out of range for month").
+    message = errors_of(example_with("2026-12-28", "2026-12-32"))
+    assert "calendars.emea-business.holidays.1" in message
+
+
+def test_a_holiday_still_reads_as_a_date() -> None:
+    config = parse_config(EXAMPLE.read_text())
+    assert str(config.calendars["emea-business"].holidays[0]) == "2026-12-25"
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced() -> None:
+    # A second `owners:` at the end of a long file used to drop every owner above it.
+    text = EXAMPLE.read_text() + "\nowners:\n  - {id: zoe}\n"
+    message = errors_of(text)
+    assert "owners: given twice" in message
+    first, second = (i + 1 for i, line in enumerate(text.splitlines()) if line == "owners:")
+    assert f"lines {first} and {second}" in message
+    message = errors_of(example_with('mon: ["09:00-17:30"]', 'mon: ["09:00-17:30"]\n      mon: ["10:00-12:00"]'))
+    assert "calendars.emea-business.hours.mon: given twice" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# all commented out\n# owners: []\n"])
+def test_an_empty_file_is_refused(text: str) -> None:
+    assert "empty" in errors_of(text)
+
+
+def test_lead_ops_must_be_known_owners() -> None:
+    assert "lead_ops.0: unknown owner 'opss'" in errors_of(example_with("lead_ops: [ops]", "lead_ops: [opss]"))
