@@ -159,12 +159,16 @@ def config_apply(
     = False,
 ) -> None:
     """Validate FILE and make it the active configuration (a new version if it changed); running
-    services pick it up within seconds. Exit 2 when FILE is invalid, naming each bad field's path."""
-    from shared.config import ConfigError, changed_sections
+    services pick it up within seconds. Exit 2 when FILE is invalid, naming each bad field's path;
+    what is valid but likely a mistake (a tier no lead can have, a misspelt intent) is a warning."""
+    from services.intake.normalize import BUILTIN_INTENTS
+    from shared.config import ConfigError, changed_sections, config_warnings, parse_config
 
     settings = Settings()
     text = file.read_text()
     try:
+        for warning in config_warnings(parse_config(text), BUILTIN_INTENTS):
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
         if dry_run:
             preview = _run(_preview_config(settings.database_url, text), settings)
         else:

@@ -4,10 +4,11 @@ error names the path of the bad field (e.g. `sla_policies.0.metrics.first_respon
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -634,6 +635,38 @@ class Config(Strict):
 
     def owner(self, owner_id: str) -> Owner | None:
         return next((o for o in self.owners if o.id == owner_id), None)
+
+
+def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list[str]:
+    """What is valid but almost certainly not meant, by path; `config apply` shows these and applies
+    the file anyway. A tier no lead can have (a lead's tier is `tiers.default` or a rule's) picks
+    nothing where it is named. An intent type a rule names that is not a known one but nearly is
+    ('trail') is a typo: rules may name intent types of their own, and a lead matches those only
+    when sent with exactly that type."""
+    warnings = []
+    tiers = {config.tiers.default} | {rule.tier for rule in config.tiers.rules}
+    named = [(f"sla_policies.{i}.filter.tiers", p.filter.tiers) for i, p in enumerate(config.sla_policies)]
+    named += [(f"routing.rules.{i}.match.tiers", r.match.tiers) for i, r in enumerate(config.routing.rules)]
+    named += [("routing.off_hours_tiers", config.routing.off_hours_tiers)]
+    if config.notifier.quiet_hours is not None:
+        named += [("notifier.quiet_hours.urgent_tiers", config.notifier.quiet_hours.urgent_tiers)]
+    warnings += [f"{path}.{k}: no lead can have tier {tier!r} (leads get {', '.join(sorted(tiers))}: "
+                 "`tiers.default` or a tier of `tiers.rules`)"
+                 for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
+    known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
+             *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
+    configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
+    intents = [(f"tiers.rules.{i}.when.intent", r.when.intent, known) for i, r in enumerate(config.tiers.rules)]
+    # The tier rules' own types are the configuration's vocabulary (intake matches them exactly).
+    intents += [(f"routing.rules.{i}.match.intents", r.match.intents, known | configured)
+                for i, r in enumerate(config.routing.rules)]
+    for path, types, vocabulary in intents:
+        for k, intent in enumerate(types or []):
+            near = difflib.get_close_matches(intent, sorted(vocabulary - {intent}), n=1, cutoff=0.8)
+            if intent not in vocabulary and near:
+                warnings.append(f"{path}.{k}: intent type {intent!r} is not a known one; did you mean {near[0]!r}? "
+                                "(as written it matches only leads sent with exactly that type)")
+    return warnings
 
 
 class ConfigError(ValueError):

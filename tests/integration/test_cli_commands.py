@@ -136,3 +136,13 @@ async def test_config_apply_dry_run_refuses_an_invalid_file_like_apply(database,
     code, _, err = await leadsla("config", "apply", "--dry-run", str(bad), database_url=database.url)
     assert code == 2 and "sla_policies.0.metrics.first_response.warn_at" in err
     assert await versions(database) == before
+
+
+async def test_config_apply_warns_of_a_likely_mistake_and_applies_the_file(database, tmp_path: Path) -> None:
+    before = await versions(database)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(EXAMPLE.read_text().replace("when: {intent: [trial]}", "when: {intent: [trail]}"))
+    code, _, err = await leadsla("config", "apply", str(typo), database_url=database.url)
+    assert code == 0, err
+    assert "warning: tiers.rules.1.when.intent.0: intent type 'trail' is not a known one; did you mean 'trial'?" in err
+    assert await versions(database) == before + 1

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, parse_config, parse_duration, per_config
+from shared.config import ConfigError, config_warnings, parse_config, parse_duration, per_config
 
 EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
 
@@ -153,3 +153,27 @@ def test_an_empty_file_is_refused(text: str) -> None:
 
 def test_lead_ops_must_be_known_owners() -> None:
     assert "lead_ops.0: unknown owner 'opss'" in errors_of(example_with("lead_ops: [ops]", "lead_ops: [opss]"))
+
+
+def test_the_shipped_example_has_no_warnings() -> None:
+    from services.intake.normalize import BUILTIN_INTENTS
+
+    assert config_warnings(parse_config(EXAMPLE.read_text()), BUILTIN_INTENTS) == []
+
+
+def test_a_tier_no_lead_can_have_is_a_warning_where_it_is_named() -> None:
+    text = example_with("filter: {tiers: [C]}", "filter: {tiers: [D]}")
+    text = text.replace("quiet_hours: {urgent_tiers: [A]}", "quiet_hours: {urgent_tiers: [AA]}")
+    warnings = config_warnings(parse_config(text))
+    assert [w.split(":")[0] for w in warnings] == ["sla_policies.2.filter.tiers.0", "notifier.quiet_hours.urgent_tiers.0"]
+    assert "no lead can have tier 'D'" in warnings[0]
+
+
+def test_a_misspelt_intent_in_a_rule_is_a_warning_but_an_intent_of_its_own_is_not() -> None:
+    from services.intake.normalize import BUILTIN_INTENTS
+
+    text = example_with("when: {intent: [trial]}", "when: {intent: [trail, partner_referral]}")
+    warnings = config_warnings(parse_config(text), BUILTIN_INTENTS)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("tiers.rules.1.when.intent.0: intent type 'trail' is not a known one; "
+                                  "did you mean 'trial'?")
