@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,6 +51,24 @@ def parse_duration(value: str | int | float) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _country_code(value: str) -> str:
+    """An ISO 3166-1 alpha-2 code, as intake reads leads' countries: 'UK' or 'Germany' here
+    would match no lead."""
+    import phonenumbers  # here: most services never read a country, and these load large tables
+    import pycountry
+
+    if value in phonenumbers.SUPPORTED_REGIONS or pycountry.countries.get(alpha_2=value) is not None:
+        return value
+    try:
+        hint = f"; did you mean {pycountry.countries.lookup(value).alpha_2!r}?"
+    except LookupError:
+        hint = "; the United Kingdom is 'GB'" if value.upper() == "UK" else ""
+    raise ValueError(f"{value!r} is not an ISO 3166 alpha-2 country code like 'GB', 'DE' or 'US'{hint}")
+
+
+CountryCode = Annotated[str, AfterValidator(_country_code)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,7 +80,7 @@ class TierCondition(Strict):
     intent: list[str] | None = None
     source: list[str] | None = None
     min_score: float | None = None
-    countries: list[str] | None = None
+    countries: list[CountryCode] | None = None
 
 
 class TierRule(Strict):
@@ -176,7 +195,7 @@ class Team(Strict):
 
 class RuleMatch(Strict):
     tiers: list[str] | None = None
-    countries: list[str] | None = None
+    countries: list[CountryCode] | None = None
     regions: list[str] | None = None  # names from `routing.regions`
     sources: list[str] | None = None
     intents: list[str] | None = None
@@ -251,7 +270,7 @@ class RoutingRule(Strict):
 class Routing(Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     fallback_owner: str | None = None
-    regions: dict[str, list[str]] = Field(default_factory=dict)  # region -> ISO country codes
+    regions: dict[str, list[CountryCode]] = Field(default_factory=dict)  # region -> ISO country codes
     # An open lead of the same company domain sends a new lead to that lead's owner, if eligible.
     account_match: bool = True
     # Tiers that may go to an owner outside their working hours (urgent leads).
@@ -472,7 +491,7 @@ class RateLimit(Strict):
 class IntakeSource(Strict):
     """Defaults for one source (the name a source key is bound to)."""
 
-    default_region: str | None = None  # ISO 3166 country for national phone numbers
+    default_region: CountryCode | None = None  # ISO 3166 country for national phone numbers
     timezone: str | None = None  # IANA zone for timestamps sent without an offset
     default_intent: str | None = None
     rate_limit: RateLimit | None = None
@@ -497,7 +516,7 @@ class Suppression(Strict):
 
 
 class IntakeConfig(Strict):
-    default_region: str | None = None
+    default_region: CountryCode | None = None
     timezone: str = "UTC"
     default_intent: str = "inquiry"
     # canonical intent type -> other spellings senders use ("Book a demo" -> demo_request)

@@ -177,3 +177,11 @@ def test_a_misspelt_intent_in_a_rule_is_a_warning_but_an_intent_of_its_own_is_no
     assert len(warnings) == 1
     assert warnings[0].startswith("tiers.rules.1.when.intent.0: intent type 'trail' is not a known one; "
                                   "did you mean 'trial'?")
+
+
+def test_countries_are_iso_codes_as_leads_carry_them() -> None:
+    message = errors_of(example_with("uki: [GB, IE]", "uki: [UK, IE]")
+                        .replace("default_region: US\n  timezone", "default_region: USA\n  timezone"))
+    assert "routing.regions.uki.0: 'UK' is not an ISO 3166 alpha-2 country code" in message
+    assert "intake.default_region: 'USA' is not an ISO 3166 alpha-2 country code" in message and "'US'?" in message
+    assert "tiers.rules.0.when.countries.0" in errors_of("tiers: {rules: [{tier: A, when: {countries: [Germany]}}]}\n")
