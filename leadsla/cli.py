@@ -96,6 +96,7 @@ def _bootstrap_of(service: str):
 @app.command()
 def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
     """Run one service against LEADSLA_DATABASE_URL and LEADSLA_KAFKA_BOOTSTRAP."""
+    from shared.config import ConfigError
     from shared.runtime import StartupError, run_service
 
     if service not in SERVICES:
@@ -104,7 +105,7 @@ def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVI
     configure_logging(settings.log_level)
     try:
         _run(run_service(service, _bootstrap_of(service), settings), settings)
-    except StartupError as exc:
+    except (StartupError, ConfigError) as exc:
         _fail(f"cannot start {service}: {exc}")
 
 
@@ -364,10 +365,15 @@ def replay(
     progress bar and events/s; --verify rebuilds aside and compares with the live tables."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    from shared.config import ConfigError
+
     configure_logging("WARNING")
     settings = Settings()
     if service == "reporting":
-        events, seconds, differences = _run(_replay_reporting(settings.database_url, verify), settings)
+        try:
+            events, seconds, differences = _run(_replay_reporting(settings.database_url, verify), settings)
+        except ConfigError as exc:
+            _fail(f"cannot replay reporting: {exc}")
         examples: dict[str, list[str]] = {}
         source = "its input topics"
     else:

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .aio import run_loop, sleep_unless_stopped
-from .config import Config, config_digest, parse_config
+from .config import Config, ConfigError, config_digest, parse_config
 from .db import config_versions
 
 log = structlog.get_logger()
@@ -65,7 +65,11 @@ async def load_latest(conn: AsyncConnection) -> VersionedConfig | None:
     row = await _latest_row(conn)
     if row is None:
         return None
-    return VersionedConfig(version=int(row.version), config=parse_config(row.body))
+    try:
+        return VersionedConfig(version=int(row.version), config=parse_config(row.body))
+    except ConfigError as exc:  # applied before a check it fails was added
+        raise ConfigError(f"the active configuration, version {row.version}, is no longer valid; "
+                          f"apply a corrected file: {exc}") from None
 
 
 class ConfigHolder:

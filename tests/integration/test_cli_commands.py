@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
 
 from shared.db import config_versions
@@ -146,3 +146,19 @@ async def test_config_apply_warns_of_a_likely_mistake_and_applies_the_file(datab
     assert code == 0, err
     assert "warning: tiers.rules.1.when.intent.0: intent type 'trail' is not a known one; did you mean 'trial'?" in err
     assert await versions(database) == before + 1
+
+
+async def test_an_active_version_that_fails_a_newer_check_stops_serve_and_replay_with_what_to_do(database) -> None:
+    # A version stored by an older release, before the check it fails existed.
+    async with database.engine.begin() as conn:
+        version = await conn.scalar(insert(config_versions).values(digest="older-release", body="lead_ops: [ghost]\n")
+                                    .returning(config_versions.c.version))
+    try:
+        for command in (["serve", "router"], ["replay", "reporting"]):
+            code, out, err = await leadsla(*command, database_url=database.url)
+            assert code == 2 and "Traceback" not in err, err
+            assert f"the active configuration, version {version}, is no longer valid; apply a corrected file" in err
+            assert "lead_ops.0: unknown owner 'ghost'" in err
+    finally:
+        async with database.engine.begin() as conn:
+            await conn.execute(delete(config_versions).where(config_versions.c.version == version))
