@@ -432,7 +432,8 @@ def _channel_type(value: Any) -> str:
 Channel = Annotated[
     Annotated[WebhookChannel, Tag("webhook")] | Annotated[SlackChannel, Tag("slack")]
     | Annotated[EmailChannel, Tag("email")],
-    Discriminator(_channel_type),
+    Discriminator(_channel_type, custom_error_type="channel_type",
+                  custom_error_message="`type` must be webhook, slack or email (or left out for a webhook)"),
 ]
 
 

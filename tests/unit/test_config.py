@@ -185,3 +185,9 @@ def test_countries_are_iso_codes_as_leads_carry_them() -> None:
     assert "routing.regions.uki.0: 'UK' is not an ISO 3166 alpha-2 country code" in message
     assert "intake.default_region: 'USA' is not an ISO 3166 alpha-2 country code" in message and "'US'?" in message
     assert "tiers.rules.0.when.countries.0" in errors_of("tiers: {rules: [{tier: A, when: {countries: [Germany]}}]}\n")
+
+
+def test_an_unknown_channel_type_says_which_types_there_are() -> None:
+    message = errors_of(example_with("type: email\n", "type: e-mail\n"))
+    assert "channels.mail: `type` must be webhook, slack or email" in message
+    assert "_channel_type" not in message
