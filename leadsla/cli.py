@@ -20,7 +20,9 @@ from leadsla.logging import configure as configure_logging
 from services import SERVICE_PORTS
 from shared.settings import Settings
 
-app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False,
+                  epilog="Commands use the database LEADSLA_DATABASE_URL names; serve and outbox retry also the "
+                         "broker LEADSLA_KAFKA_BOOTSTRAP names. One they cannot use: one line, exit 2.")
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -357,12 +359,13 @@ def outbox_skip(service: Annotated[str, typer.Argument(help="the service whose s
 
 @app.command()
 def replay(
-    service: Annotated[str, typer.Argument(help="the service whose state to rebuild")],
+    service: Annotated[str, typer.Argument(help=f"the service whose state to rebuild: one of {', '.join(SERVICES)}")],
     verify: Annotated[bool, typer.Option(help="rebuild aside, compare with the live state, exit 1 on a difference")]
     = False,
 ) -> None:
-    """Rebuild a service's state from its event store (reporting: from the topics), with a
-    progress bar and events/s; --verify rebuilds aside and compares with the live tables."""
+    """Rebuild a service's state from its event store (reporting: its read models, from its
+    timeline of the events it consumed from the topics), with a progress bar and events/s;
+    --verify rebuilds aside, compares with the live tables and changes nothing."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     from shared.config import ConfigError
@@ -375,7 +378,7 @@ def replay(
         except ConfigError as exc:
             _fail(f"cannot replay reporting: {exc}")
         examples: dict[str, list[str]] = {}
-        source = "its input topics"
+        source = "its timeline"
     else:
         result = _run(_replay_store(settings.database_url, service, verify), settings)
         events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
