@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
 import difflib
 import importlib
 import secrets
@@ -154,6 +155,17 @@ async def _preview_config(database_url: str, text: str):
         await engine.dispose()
 
 
+def _read_text(file: Path) -> str:
+    """The file as text: UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as
+    editors on Windows save it; anything else ends the command with the line to fix."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        _fail(f"{file}: line {line} is not UTF-8 text; save the file as UTF-8")
+
+
 @config_app.command("apply")
 def config_apply(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
@@ -168,7 +180,7 @@ def config_apply(
     from shared.config import ConfigError, changed_sections, config_warnings, parse_config
 
     settings = Settings()
-    text = file.read_text()
+    text = _read_text(file)
     try:
         for warning in config_warnings(parse_config(text), BUILTIN_INTENTS):
             console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)

@@ -162,3 +162,16 @@ async def test_an_active_version_that_fails_a_newer_check_stops_serve_and_replay
     finally:
         async with database.engine.begin() as conn:
             await conn.execute(delete(config_versions).where(config_versions.c.version == version))
+
+
+async def test_a_file_saved_in_another_encoding_is_read_or_named_by_its_line(database, tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    windows = tmp_path / "notepad.yaml"
+    windows.write_text(text, encoding="utf-16")  # with its byte-order mark, as Notepad saves "Unicode"
+    code, out, err = await leadsla("config", "apply", "--dry-run", str(windows), database_url=database.url)
+    assert code == 0, err
+    latin = tmp_path / "latin1.yaml"
+    latin.write_text(text.replace("Bob Example", "Björn Example"), encoding="latin-1")
+    line = next(i + 1 for i, row in enumerate(text.splitlines()) if "Bob Example" in row)
+    assert_one_line_error(*await leadsla("config", "apply", str(latin), database_url=database.url),
+                          f"line {line} is not UTF-8 text")
