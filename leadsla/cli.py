@@ -86,6 +86,9 @@ def _unusable_peer(exc: BaseException, settings: Settings) -> str | None:
         sqlstate = getattr(error, "sqlstate", None) or ""
         if isinstance(error, PostgresError) and (sqlstate == "3D000" or sqlstate.startswith("28")):
             return f"cannot use {database} (LEADSLA_DATABASE_URL): {error}"  # no such database, refused login
+        if isinstance(error, PostgresError) and sqlstate in ("42P01", "3F000", "42703"):
+            # No such table, schema or column: a database never migrated, or migrated by an older release.
+            return f"{database} does not have this release's schema ({error}): run `leadsla migrate` first"
     if is_database_unavailable(exc):
         reason = next((str(e) for e in wrapped_errors(exc) if isinstance(e, OSError) and str(e)), "no answer")
         return f"cannot reach {database} (LEADSLA_DATABASE_URL): {reason}"

@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
@@ -175,3 +176,19 @@ async def test_a_file_saved_in_another_encoding_is_read_or_named_by_its_line(dat
     line = next(i + 1 for i, row in enumerate(text.splitlines()) if "Bob Example" in row)
     assert_one_line_error(*await leadsla("config", "apply", str(latin), database_url=database.url),
                           f"line {line} is not UTF-8 text")
+
+
+@pytest.mark.parametrize("command", [["config", "apply", str(EXAMPLE)], ["keys", "create", "--admin", "ops"],
+                                     ["replay", "intake", "--verify"]])
+async def test_a_database_not_migrated_says_to_run_migrate(postgres_server_url: str, command: list[str]) -> None:
+    dsn = postgres_server_url.replace("postgresql+asyncpg://", "postgresql://")
+    name = "leadsla_cli_unmigrated"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+        assert_one_line_error(*await leadsla(*command, database_url=url), "run `leadsla migrate` first")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
