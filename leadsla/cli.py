@@ -230,8 +230,13 @@ def keys_create(
     """Create an API key and print it once; only its hash is stored."""
     if (source is None) == (admin is None):
         raise typer.BadParameter("give exactly one of --source NAME or --admin NAME")
+    # The role comes from which option was given, never from its value: an empty --source "$NAME"
+    # made an admin key.
+    role, name = ("source", source) if source is not None else ("admin", admin or "")
+    if not name.strip():
+        raise typer.BadParameter(f"--{role} needs a name (a source key submits as that source)")
     settings = Settings()
-    key = _run(_create_key(settings.database_url, source or admin or "", "source" if source else "admin"), settings)
+    key = _run(_create_key(settings.database_url, name.strip(), role), settings)
     print(key)
 
 

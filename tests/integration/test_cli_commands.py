@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import make_url
 
-from shared.db import config_versions
+from shared.db import api_keys, config_versions
 from tests.integration.own_database import fresh_database
 
 ROOT = Path(__file__).parents[2]
@@ -192,3 +192,20 @@ async def test_a_database_not_migrated_says_to_run_migrate(postgres_server_url: 
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def key_roles(database) -> list[tuple[str, str]]:
+    async with database.engine.connect() as conn:
+        return [tuple(row) for row in await conn.execute(select(api_keys.c.name, api_keys.c.role)
+                                                         .order_by(api_keys.c.created_at))]
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+async def test_a_source_key_without_a_name_is_refused_never_made_an_admin_key(database, name: str) -> None:
+    # `keys create --source "$SOURCE"` with SOURCE unset made an admin key.
+    before = await key_roles(database)
+    code, out, err = await leadsla("keys", "create", "--source", name, database_url=database.url)
+    assert code == 2 and "--source needs a name" in err
+    assert "lsk_" not in out
+    assert await key_roles(database) == before
+
