@@ -583,6 +583,9 @@ class Config(Strict):
             for j, member in enumerate(team.members):
                 if member not in owners:
                     problems.append(f"teams.{i}.members.{j}: unknown owner {member!r}")
+                elif member in team.members[:j]:
+                    problems.append(f"teams.{i}.members.{j}: {member!r} is listed twice (also members."
+                                    f"{team.members.index(member)}); for a larger share use the owner's `weight`")
             if team.manager_id and team.manager_id not in owners:
                 problems.append(f"teams.{i}.manager_id: unknown owner {team.manager_id!r}")
         for i, owner in enumerate(self.owners):
@@ -607,6 +610,12 @@ class Config(Strict):
             if team.calendar and team.calendar not in calendars:
                 problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
         for i, policy in enumerate(self.escalation_policies):
+            numbers = [step.step for step in policy.steps]
+            for j, number in enumerate(numbers):
+                if number in numbers[:j]:
+                    # Steps are found by number: the second would send the first's messages again.
+                    problems.append(f"escalation_policies.{i}.steps.{j}.step: step {number} is already "
+                                    f"steps.{numbers.index(number)}; number each step once")
             for j, step in enumerate(policy.steps):
                 for k, channel in enumerate(step.channels):
                     if channel not in self.channels:

@@ -191,3 +191,14 @@ def test_an_unknown_channel_type_says_which_types_there_are() -> None:
     message = errors_of(example_with("type: email\n", "type: e-mail\n"))
     assert "channels.mail: `type` must be webhook, slack or email" in message
     assert "_channel_type" not in message
+
+
+def test_an_owner_listed_twice_in_a_team_is_refused() -> None:
+    message = errors_of(example_with("members: [alice, bob]", "members: [alice, bob, alice]"))
+    assert "teams.0.members.2: 'alice' is listed twice (also members.0)" in message
+
+
+def test_an_escalation_step_number_used_twice_is_refused() -> None:
+    # Steps are looked up by number: the second step 1 would have re-sent the first's messages.
+    message = errors_of(example_with("{step: 2, after: 15m", "{step: 1, after: 15m"))
+    assert "escalation_policies.0.steps.1.step: step 1 is already steps.0" in message
