@@ -769,8 +769,17 @@ def parse_config(text: str) -> Config:
             if not err["loc"]:  # cross-reference checks already name their paths
                 lines.extend(msg.split("; "))
             else:
-                lines.append(f"{path}: {msg}")
+                lines.append(f"{path}: {msg}{_yaml_typing_hint(err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _yaml_typing_hint(err: Any) -> str:
+    """Text was expected but YAML read a bare NO (Norway), yes, off or 007 as a boolean or number."""
+    value = err.get("input")
+    if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
+        return ""
+    read_as = "true or false (YAML reads yes/no/on/off so)" if isinstance(value, bool) else f"the number {value!r}"
+    return f"; YAML read the value as {read_as}: put it in quotes"
 
 
 def changed_sections(old_text: str | None, new_text: str) -> list[str]:

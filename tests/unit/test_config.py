@@ -202,3 +202,9 @@ def test_an_escalation_step_number_used_twice_is_refused() -> None:
     # Steps are looked up by number: the second step 1 would have re-sent the first's messages.
     message = errors_of(example_with("{step: 2, after: 15m", "{step: 1, after: 15m"))
     assert "escalation_policies.0.steps.1.step: step 1 is already steps.0" in message
+
+
+def test_a_bare_no_or_number_where_text_belongs_says_to_quote_it() -> None:
+    message = errors_of(example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, NO]"))
+    assert "routing.regions.nordics.1: Input should be a valid string; YAML read the value as true or false" in message
+    assert "put it in quotes" in errors_of(example_with("{id: ops, name", "{id: 007, name"))
