@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -100,7 +100,8 @@ class Dedupe(Strict):
 
 # ---- calendars ------------------------------------------------------------------------------
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = get_args(Weekday)
 _SPAN = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 
 
@@ -117,10 +118,19 @@ def _parse_span(text: str) -> tuple[time, time | None]:
     return time(h1, m1), end
 
 
+def _span(text: str) -> str:
+    _parse_span(text)
+    return text
+
+
+# Checked one by one, so an error names the span's own path (hours.mon.0).
+Span = Annotated[str, AfterValidator(_span)]
+
+
 class CalendarConfig(Strict):
     timezone: str = "UTC"
     # weekday -> spans like "09:00-17:30"; a calendar without hours is open around the clock.
-    hours: dict[str, list[str]] | None = None
+    hours: dict[Weekday, list[Span]] | None = None
     holidays: list[date] = Field(default_factory=list)
 
     @field_validator("timezone")
@@ -139,11 +149,6 @@ class CalendarConfig(Strict):
             return value
         if not any(value.values()):
             raise ValueError("a calendar with hours needs at least one open span (omit `hours` for 24x7)")
-        for day, spans in value.items():
-            if day not in WEEKDAYS:
-                raise ValueError(f"{day!r} is not one of {', '.join(WEEKDAYS)}")
-            for span in spans:
-                _parse_span(span)
         return value
 
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:

@@ -208,3 +208,10 @@ def test_a_bare_no_or_number_where_text_belongs_says_to_quote_it() -> None:
     message = errors_of(example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, NO]"))
     assert "routing.regions.nordics.1: Input should be a valid string; YAML read the value as true or false" in message
     assert "put it in quotes" in errors_of(example_with("{id: ops, name", "{id: 007, name"))
+
+
+def test_a_bad_span_or_weekday_is_named_by_its_own_path() -> None:
+    message = errors_of(example_with('fri: ["09:00-17:00"]', 'fri: ["09:00-17:00", "9-5"]'))
+    assert "calendars.emea-business.hours.fri.1: Value error, " not in message
+    assert "calendars.emea-business.hours.fri.1: '9-5' is not a span like '09:00-17:30'" in message
+    assert "calendars.emea-business.hours.monday" in errors_of(example_with('mon: ["09:00', 'monday: ["09:00'))
