@@ -129,9 +129,17 @@ async def _migrate(database_url: str) -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the current version."""
+    from alembic.util.exc import CommandError
+
+    from shared.migrate import head_revision
+
     settings = Settings()
-    _run(_migrate(settings.database_url), settings)
-    console.print("database schema is current")
+    try:
+        _run(_migrate(settings.database_url), settings)
+    except CommandError as exc:  # e.g. a revision this release does not have: a newer one migrated it
+        _fail(f"cannot migrate: {exc}; this release's newest schema is {head_revision()}, so the database is "
+              "probably from a newer release: run that release's `leadsla migrate`, or restore a backup")
+    console.print(f"database schema is current ({head_revision()})")
 
 
 async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
@@ -400,7 +408,10 @@ def replay(
         examples: dict[str, list[str]] = {}
         source = "its timeline"
     else:
-        result = _run(_replay_store(settings.database_url, service, verify), settings)
+        try:
+            result = _run(_replay_store(settings.database_url, service, verify), settings)
+        except _ServiceRunning as exc:
+            _fail(str(exc))
         events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
         source = "its event store"
     rate = events / seconds if seconds > 0 else 0.0
@@ -416,15 +427,31 @@ def replay(
         console.print("live state matches a rebuild")
 
 
+class _ServiceRunning(RuntimeError):
+    """A rebuild would replace the tables of a service that is writing them."""
+
+
 async def _replay_store(database_url: str, service: str, verify: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy import text
 
-    from shared.db import make_engine
+    from shared.db import application_name, make_engine
     from shared.replay import rebuild, stored_events
 
     projection = importlib.import_module(f"services.{service}.projection").PROJECTION
     engine = make_engine(database_url)
     try:
+        if not verify:
+            # The rebuild swaps the live tables for the rebuilt ones: whatever the service writes
+            # after the last event read would be dropped from its state (its events stay stored).
+            async with engine.connect() as conn:
+                live = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                              "current_database() AND application_name = :name"),
+                                         {"name": application_name(service)})
+            if live:
+                raise _ServiceRunning(f"{service} is running ({live} connections named {application_name(service)} "
+                                      "in pg_stat_activity): stop it first, a rebuild replaces its tables and would "
+                                      "drop what it writes meanwhile (--verify changes nothing and may run alongside)")
         total = await stored_events(engine, service)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:

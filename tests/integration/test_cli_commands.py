@@ -13,10 +13,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from shared.db import api_keys, config_versions
+from shared.db import api_keys, config_versions, make_engine
 from tests.integration.own_database import fresh_database
 
 ROOT = Path(__file__).parents[2]
@@ -55,8 +55,8 @@ def assert_one_line_error(code: int, out: str, err: str, *expected: str, after_l
     if after_logs:
         lines = [line for line in lines if not line.startswith('{"event"')]
     assert len(lines) == 1, err
-    for text in expected:
-        assert text in lines[0], lines[0]
+    for part in expected:
+        assert part in lines[0], lines[0]
 
 
 def unreachable_urls(server_url: str) -> dict[str, tuple[str, str]]:
@@ -166,14 +166,14 @@ async def test_an_active_version_that_fails_a_newer_check_stops_serve_and_replay
 
 
 async def test_a_file_saved_in_another_encoding_is_read_or_named_by_its_line(database, tmp_path: Path) -> None:
-    text = EXAMPLE.read_text()
+    example = EXAMPLE.read_text()
     windows = tmp_path / "notepad.yaml"
-    windows.write_text(text, encoding="utf-16")  # with its byte-order mark, as Notepad saves "Unicode"
+    windows.write_text(example, encoding="utf-16")  # with its byte-order mark, as Notepad saves "Unicode"
     code, out, err = await leadsla("config", "apply", "--dry-run", str(windows), database_url=database.url)
     assert code == 0, err
     latin = tmp_path / "latin1.yaml"
-    latin.write_text(text.replace("Bob Example", "Björn Example"), encoding="latin-1")
-    line = next(i + 1 for i, row in enumerate(text.splitlines()) if "Bob Example" in row)
+    latin.write_text(example.replace("Bob Example", "Björn Example"), encoding="latin-1")
+    line = next(i + 1 for i, row in enumerate(example.splitlines()) if "Bob Example" in row)
     assert_one_line_error(*await leadsla("config", "apply", str(latin), database_url=database.url),
                           f"line {line} is not UTF-8 text")
 
@@ -209,3 +209,28 @@ async def test_a_source_key_without_a_name_is_refused_never_made_an_admin_key(da
     assert "lsk_" not in out
     assert await key_roles(database) == before
 
+
+
+async def test_replay_refuses_to_replace_the_tables_of_a_service_that_is_running(database) -> None:
+    running = make_engine(database.url, service="router")  # how a running router connects
+    try:
+        async with running.connect():
+            assert_one_line_error(*await leadsla("replay", "router", database_url=database.url),
+                                  "router is running", "stop it first")
+            code, _, err = await leadsla("replay", "router", "--verify", database_url=database.url)
+            assert code == 0, err
+    finally:
+        await running.dispose()
+    code, _, err = await leadsla("replay", "router", database_url=database.url)
+    assert code == 0 and "rebuilt router from" in err, err
+
+
+async def test_a_database_from_a_newer_release_is_named_so_by_migrate_and_serve(postgres_server_url: str) -> None:
+    async with fresh_database(postgres_server_url, "leadsla_cli_newer") as newer:
+        async with newer.engine.begin() as conn:
+            await conn.execute(text("UPDATE leadsla.alembic_version SET version_num = '0099_from_the_future'"))
+        assert_one_line_error(*await leadsla("migrate", database_url=newer.url),
+                              "Can't locate revision identified by '0099_from_the_future'", "newer release")
+        code, _, err = await leadsla("serve", "intake", database_url=newer.url)
+        assert code == 2 and "0099_from_the_future, which this release does not know" in err, err
+        assert "run `leadsla migrate`" not in err  # it cannot help
