@@ -687,6 +687,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
     warnings += [f"{path}.{k}: no lead can have tier {tier!r} (leads get {', '.join(sorted(tiers))}: "
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
+    warnings += _shadowed_policies(config.sla_policies)
     known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
              *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
     configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
@@ -700,6 +701,22 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
             if intent not in vocabulary and near:
                 warnings.append(f"{path}.{k}: intent type {intent!r} is not a known one; did you mean {near[0]!r}? "
                                 "(as written it matches only leads sent with exactly that type)")
+    return warnings
+
+
+def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
+    """A lead gets the first policy whose filter it passes: one whose every lead an earlier
+    policy already takes never applies."""
+    def covers(earlier: list[str] | None, later: list[str] | None) -> bool:
+        return earlier is None or (later is not None and set(later) <= set(earlier))
+
+    warnings = []
+    for j, later in enumerate(policies):
+        for i, earlier in enumerate(policies[:j]):
+            if covers(earlier.filter.tiers, later.filter.tiers) and covers(earlier.filter.sources, later.filter.sources):
+                warnings.append(f"sla_policies.{j}: never applies: sla_policies.{i} ({earlier.id!r}) comes first "
+                                f"and takes every lead its filter passes (a lead gets the first policy that fits)")
+                break
     return warnings
 
 

@@ -215,3 +215,12 @@ def test_a_bad_span_or_weekday_is_named_by_its_own_path() -> None:
     assert "calendars.emea-business.hours.fri.1: Value error, " not in message
     assert "calendars.emea-business.hours.fri.1: '9-5' is not a span like '09:00-17:30'" in message
     assert "calendars.emea-business.hours.monday" in errors_of(example_with('mon: ["09:00', 'monday: ["09:00'))
+
+
+def test_a_policy_an_earlier_one_always_takes_first_is_a_warning() -> None:
+    text = example_with("filter: {tiers: [B]}", "filter: {tiers: [A]}")
+    assert config_warnings(parse_config(text)) == [
+        "sla_policies.1: never applies: sla_policies.0 ('demo-fast') comes first and takes every lead its filter "
+        "passes (a lead gets the first policy that fits)"]
+    narrower_first = example_with("filter: {tiers: [B]}", "filter: {tiers: [A, B]}")
+    assert config_warnings(parse_config(narrower_first)) == []
