@@ -322,8 +322,8 @@ async def _release(settings: Settings, services: tuple[str, ...]) -> int:
 
     engine = make_engine(settings.database_url)
     producer = make_producer(settings.kafka_bootstrap)
-    await producer.start()
     try:
+        await producer.start()  # inside: a broker that does not answer still leaves it stopped
         return sum([await release_parked(engine, service, producer) for service in services])
     finally:
         await producer.stop()

@@ -234,3 +234,10 @@ async def test_a_database_from_a_newer_release_is_named_so_by_migrate_and_serve(
         code, _, err = await leadsla("serve", "intake", database_url=newer.url)
         assert code == 2 and "0099_from_the_future, which this release does not know" in err, err
         assert "run `leadsla migrate`" not in err  # it cannot help
+
+
+async def test_outbox_retry_with_a_broker_it_cannot_reach_ends_with_one_line_and_exit_2(database) -> None:
+    bootstrap = f"127.0.0.1:{closed_port()}"
+    code, out, err = await leadsla("outbox", "retry", database_url=database.url, kafka_bootstrap=bootstrap)
+    assert_one_line_error(code, out, "\n".join(line for line in err.splitlines() if "Unable connect" not in line),
+                          "cannot reach the broker", bootstrap)  # the client's own log line may come first
