@@ -688,6 +688,11 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
     warnings += _shadowed_policies(config.sla_policies)
+    for i, policy in enumerate(config.sla_policies):
+        cadence = policy.metrics.get("next_action")
+        if cadence is not None and cadence.within is not None and cadence.within < cadence.target:
+            warnings.append(f"sla_policies.{i}.metrics.next_action.within: shorter than one follow-up's target: "
+                            "a follow-up made when due is already past the window, so the cadence ends there")
     known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
              *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
     configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}

@@ -224,3 +224,8 @@ def test_a_policy_an_earlier_one_always_takes_first_is_a_warning() -> None:
         "passes (a lead gets the first policy that fits)"]
     narrower_first = example_with("filter: {tiers: [B]}", "filter: {tiers: [A, B]}")
     assert config_warnings(parse_config(narrower_first)) == []
+
+
+def test_a_cadence_window_shorter_than_one_follow_up_is_a_warning() -> None:
+    warnings = config_warnings(parse_config(example_with("within: 14d", "within: 1h")))
+    assert [w.split(":")[0] for w in warnings] == ["sla_policies.0.metrics.next_action.within"]
