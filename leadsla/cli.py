@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import codecs
+import difflib
 import importlib
 import secrets
 import shutil
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,7 +21,9 @@ from leadsla.logging import configure as configure_logging
 from services import SERVICE_PORTS
 from shared.settings import Settings
 
-app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False,
+                  epilog="Commands use the database LEADSLA_DATABASE_URL names; serve and outbox retry also the "
+                         "broker LEADSLA_KAFKA_BOOTSTRAP names. One they cannot use: one line, exit 2.")
 config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -35,6 +40,61 @@ DEV_SMTP_PORT = 8025
 DEV_MAX_EXITS_PER_MINUTE = 5
 
 
+_Result = TypeVar("_Result")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    # markup=False: messages quote config paths and YAML ("metrics.x.[key]", "[ops"), which are
+    # not markup; soft_wrap: one line however long, so a script can read it.
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _run(work: Coroutine[Any, Any, _Result], settings: Settings) -> _Result:
+    """Run a command's work. A database or broker it cannot use ends the command with one line and
+    exit 2 (which a script tells from replay's 1, "differs"), not a traceback."""
+    try:
+        return asyncio.run(work)
+    except Exception as exc:
+        problem = _unusable_peer(exc, settings)
+        if problem is None:
+            raise
+        _fail(problem)
+
+
+def _unusable_peer(exc: BaseException, settings: Settings) -> str | None:
+    """One line naming the database or broker `exc` says cannot be used, and why; None when
+    `exc` is about something else."""
+    from aiokafka.errors import KafkaConnectionError
+    from asyncpg import PostgresError
+    from sqlalchemy.engine import make_url
+
+    from shared.db import is_database_unavailable, wrapped_errors
+    from shared.settings import DatabaseUrlError
+
+    try:
+        url = make_url(settings.database_url)  # never shown whole: it may hold a password
+        database = f"the database {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    except Exception:
+        database = "the database"
+    for error in wrapped_errors(exc):
+        if isinstance(error, DatabaseUrlError):
+            return str(error)
+        if isinstance(error, KafkaConnectionError):
+            return (f"cannot reach the broker at {settings.kafka_bootstrap} (LEADSLA_KAFKA_BOOTSTRAP): "
+                    "no broker answered there")
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        if isinstance(error, PostgresError) and (sqlstate == "3D000" or sqlstate.startswith("28")):
+            return f"cannot use {database} (LEADSLA_DATABASE_URL): {error}"  # no such database, refused login
+        if isinstance(error, PostgresError) and sqlstate in ("42P01", "3F000", "42703"):
+            # No such table, schema or column: a database never migrated, or migrated by an older release.
+            return f"{database} does not have this release's schema ({error}): run `leadsla migrate` first"
+    if is_database_unavailable(exc):
+        reason = next((str(e) for e in wrapped_errors(exc) if isinstance(e, OSError) and str(e)), "no answer")
+        return f"cannot reach {database} (LEADSLA_DATABASE_URL): {reason}"
+    return None
+
+
 def _bootstrap_of(service: str):
     return importlib.import_module(f"services.{service}.bootstrap").bootstrap
 
@@ -42,6 +102,7 @@ def _bootstrap_of(service: str):
 @app.command()
 def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVICES)}")]) -> None:
     """Run one service against LEADSLA_DATABASE_URL and LEADSLA_KAFKA_BOOTSTRAP."""
+    from shared.config import ConfigError
     from shared.runtime import StartupError, run_service
 
     if service not in SERVICES:
@@ -49,10 +110,9 @@ def serve(service: Annotated[str, typer.Argument(help=f"one of: {', '.join(SERVI
     settings = Settings()
     configure_logging(settings.log_level)
     try:
-        asyncio.run(run_service(service, _bootstrap_of(service), settings))
-    except StartupError as exc:
-        console.print(f"[red]cannot start {service}:[/red] {exc}")
-        raise typer.Exit(2) from None
+        _run(run_service(service, _bootstrap_of(service), settings), settings)
+    except (StartupError, ConfigError) as exc:
+        _fail(f"cannot start {service}: {exc}")
 
 
 async def _migrate(database_url: str) -> None:
@@ -69,8 +129,17 @@ async def _migrate(database_url: str) -> None:
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the current version."""
-    asyncio.run(_migrate(Settings().database_url))
-    console.print("database schema is current")
+    from alembic.util.exc import CommandError
+
+    from shared.migrate import head_revision
+
+    settings = Settings()
+    try:
+        _run(_migrate(settings.database_url), settings)
+    except CommandError as exc:  # e.g. a revision this release does not have: a newer one migrated it
+        _fail(f"cannot migrate: {exc}; this release's newest schema is {head_revision()}, so the database is "
+              "probably from a newer release: run that release's `leadsla migrate`, or restore a backup")
+    console.print(f"database schema is current ({head_revision()})")
 
 
 async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
@@ -85,17 +154,68 @@ async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
         await engine.dispose()
 
 
-@config_app.command("apply")
-def config_apply(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
-    """Validate FILE and make it the active configuration (a new version if it changed)."""
-    from shared.config import ConfigError
+async def _preview_config(database_url: str, text: str):
+    from shared.config_store import preview_config
+    from shared.db import make_engine
 
+    engine = make_engine(database_url)
     try:
-        version, changed = asyncio.run(_apply_config(Settings().database_url, file.read_text()))
+        async with engine.connect() as conn:
+            return await preview_config(conn, text)
+    finally:
+        await engine.dispose()
+
+
+def _read_text(file: Path) -> str:
+    """The file as text: UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as
+    editors on Windows save it; anything else ends the command with the line to fix."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        _fail(f"{file}: line {line} is not UTF-8 text; save the file as UTF-8")
+
+
+@config_app.command("apply")
+def config_apply(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate FILE and show what would change "
+                                          "(the sections and a diff against the active version); apply nothing")]
+    = False,
+) -> None:
+    """Validate FILE and make it the active configuration (a new version if it changed); running
+    services pick it up within seconds. Exit 2 when FILE is invalid, naming each bad field's path;
+    what is valid but likely a mistake (a tier no lead can have, a misspelt intent) is a warning."""
+    from services.intake.normalize import BUILTIN_INTENTS
+    from shared.config import ConfigError, changed_sections, config_warnings, parse_config
+
+    settings = Settings()
+    text = _read_text(file)
+    try:
+        for warning in config_warnings(parse_config(text), BUILTIN_INTENTS):
+            console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+        if dry_run:
+            preview = _run(_preview_config(settings.database_url, text), settings)
+        else:
+            version, changed = _run(_apply_config(settings.database_url, text), settings)
     except ConfigError as exc:
-        console.print(f"[red]{file}: {exc}[/red]")
-        raise typer.Exit(2) from None
-    console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
+        _fail(f"{file}: {exc}")
+    if not dry_run:
+        console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
+        return
+    if not preview.changed:
+        console.print(f"no change: {file} is the active configuration (version {preview.active_version}); "
+                      "nothing applied (--dry-run)", markup=False)
+        return
+    active = "nothing applied yet" if preview.active_version is None else f"version {preview.active_version}"
+    sections = changed_sections(preview.active_text, text)
+    console.print(f"{file} is valid and would become a new version (active: {active}); sections that change: "
+                  f"{', '.join(sections) or 'none (comments or layout only)'}", markup=False)
+    before = f"active (version {preview.active_version})" if preview.active_version is not None else "nothing"
+    print("".join(difflib.unified_diff((preview.active_text or "").splitlines(keepends=True),
+                                       text.splitlines(keepends=True), before, str(file))), end="")
+    console.print("nothing applied (--dry-run)")
 
 
 async def _create_key(database_url: str, name: str, role: str) -> str:
@@ -118,7 +238,13 @@ def keys_create(
     """Create an API key and print it once; only its hash is stored."""
     if (source is None) == (admin is None):
         raise typer.BadParameter("give exactly one of --source NAME or --admin NAME")
-    key = asyncio.run(_create_key(Settings().database_url, source or admin or "", "source" if source else "admin"))
+    # The role comes from which option was given, never from its value: an empty --source "$NAME"
+    # made an admin key.
+    role, name = ("source", source) if source is not None else ("admin", admin or "")
+    if not name.strip():
+        raise typer.BadParameter(f"--{role} needs a name (a source key submits as that source)")
+    settings = Settings()
+    key = _run(_create_key(settings.database_url, name.strip(), role), settings)
     print(key)
 
 
@@ -137,7 +263,8 @@ async def _keys(database_url: str, revoke: str | None = None) -> list[dict] | bo
 @keys_app.command("list")
 def keys_list() -> None:
     """Show every key: id, name, role, created, revoked. Secrets are never stored, so never shown."""
-    rows = asyncio.run(_keys(Settings().database_url))
+    settings = Settings()
+    rows = _run(_keys(settings.database_url), settings)
     table = Table("key id", "name", "role", "created", "revoked")
     for row in rows:  # type: ignore[union-attr]
         revoked = row["revoked_at"]
@@ -149,9 +276,9 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="the key id (as `keys list` shows it) or the whole key")]) -> None:
     """Revoke a key; every service refuses it within a second."""
-    if not asyncio.run(_keys(Settings().database_url, revoke=key)):
-        console.print(f"[red]no live key {key.split('_')[1] if key.startswith('lsk_') else key!r}[/red]")
-        raise typer.Exit(1)
+    settings = Settings()
+    if not _run(_keys(settings.database_url, revoke=key), settings):
+        _fail(f"no live key {key.split('_')[1] if key.startswith('lsk_') else key!r}", 1)
     console.print("key revoked")
 
 
@@ -180,7 +307,8 @@ async def _parked_rows(database_url: str) -> list[tuple[str, int, str, str, int,
 @outbox_app.command("list")
 def outbox_list() -> None:
     """Show every parked event: service, store position, lead, event type, size and the broker's error."""
-    rows = asyncio.run(_parked_rows(Settings().database_url))
+    settings = Settings()
+    rows = _run(_parked_rows(settings.database_url), settings)
     table = Table("service", "position", "lead", "type", "bytes", "error")
     for service, row_id, key, event_type, size, error in rows:
         table.add_row(service, str(row_id), key, event_type, str(size), error or "")
@@ -194,8 +322,8 @@ async def _release(settings: Settings, services: tuple[str, ...]) -> int:
 
     engine = make_engine(settings.database_url)
     producer = make_producer(settings.kafka_bootstrap)
-    await producer.start()
     try:
+        await producer.start()  # inside: a broker that does not answer still leaves it stopped
         return sum([await release_parked(engine, service, producer) for service in services])
     finally:
         await producer.stop()
@@ -229,7 +357,8 @@ def outbox_retry(service: Annotated[str | None, typer.Argument(help="only this s
     """Send parked events again (after raising the broker's limit, say); they leave in order."""
     if service is not None and service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    released = asyncio.run(_release(Settings(), (service,) if service else SERVICES))
+    settings = Settings()
+    released = _run(_release(settings, (service,) if service else SERVICES), settings)
     console.print(f"{released} parked events sent")
 
 
@@ -251,28 +380,38 @@ def outbox_skip(service: Annotated[str, typer.Argument(help="the service whose s
     with the next `outbox retry`."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    skipped = asyncio.run(_skip(Settings().database_url, service, positions))
+    settings = Settings()
+    skipped = _run(_skip(settings.database_url, service, positions), settings)
     console.print(f"{skipped} refused events skipped")
 
 
 @app.command()
 def replay(
-    service: Annotated[str, typer.Argument(help="the service whose state to rebuild")],
+    service: Annotated[str, typer.Argument(help=f"the service whose state to rebuild: one of {', '.join(SERVICES)}")],
     verify: Annotated[bool, typer.Option(help="rebuild aside, compare with the live state, exit 1 on a difference")]
     = False,
 ) -> None:
-    """Rebuild a service's state from its event store (reporting: from the topics), with a
-    progress bar and events/s; --verify rebuilds aside and compares with the live tables."""
+    """Rebuild a service's state from its event store (reporting: its read models, from its
+    timeline of the events it consumed from the topics), with a progress bar and events/s;
+    --verify rebuilds aside, compares with the live tables and changes nothing."""
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    from shared.config import ConfigError
+
     configure_logging("WARNING")
     settings = Settings()
     if service == "reporting":
-        events, seconds, differences = asyncio.run(_replay_reporting(settings.database_url, verify))
+        try:
+            events, seconds, differences = _run(_replay_reporting(settings.database_url, verify), settings)
+        except ConfigError as exc:
+            _fail(f"cannot replay reporting: {exc}")
         examples: dict[str, list[str]] = {}
-        source = "its input topics"
+        source = "its timeline"
     else:
-        result = asyncio.run(_replay_store(settings.database_url, service, verify))
+        try:
+            result = _run(_replay_store(settings.database_url, service, verify), settings)
+        except _ServiceRunning as exc:
+            _fail(str(exc))
         events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
         source = "its event store"
     rate = events / seconds if seconds > 0 else 0.0
@@ -288,15 +427,31 @@ def replay(
         console.print("live state matches a rebuild")
 
 
+class _ServiceRunning(RuntimeError):
+    """A rebuild would replace the tables of a service that is writing them."""
+
+
 async def _replay_store(database_url: str, service: str, verify: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy import text
 
-    from shared.db import make_engine
+    from shared.db import application_name, make_engine
     from shared.replay import rebuild, stored_events
 
     projection = importlib.import_module(f"services.{service}.projection").PROJECTION
     engine = make_engine(database_url)
     try:
+        if not verify:
+            # The rebuild swaps the live tables for the rebuilt ones: whatever the service writes
+            # after the last event read would be dropped from its state (its events stay stored).
+            async with engine.connect() as conn:
+                live = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                              "current_database() AND application_name = :name"),
+                                         {"name": application_name(service)})
+            if live:
+                raise _ServiceRunning(f"{service} is running ({live} connections named {application_name(service)} "
+                                      "in pg_stat_activity): stop it first, a rebuild replaces its tables and would "
+                                      "drop what it writes meanwhile (--verify changes nothing and may run alongside)")
         total = await stored_events(engine, service)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:

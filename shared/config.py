@@ -4,16 +4,18 @@ error names the path of the bad field (e.g. `sla_policies.0.metrics.first_respon
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import date, datetime, time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,6 +51,24 @@ def parse_duration(value: str | int | float) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _country_code(value: str) -> str:
+    """An ISO 3166-1 alpha-2 code, as intake reads leads' countries: 'UK' or 'Germany' here
+    would match no lead."""
+    import phonenumbers  # here: most services never read a country, and these load large tables
+    import pycountry
+
+    if value in phonenumbers.SUPPORTED_REGIONS or pycountry.countries.get(alpha_2=value) is not None:
+        return value
+    try:
+        hint = f"; did you mean {pycountry.countries.lookup(value).alpha_2!r}?"
+    except LookupError:
+        hint = "; the United Kingdom is 'GB'" if value.upper() == "UK" else ""
+    raise ValueError(f"{value!r} is not an ISO 3166 alpha-2 country code like 'GB', 'DE' or 'US'{hint}")
+
+
+CountryCode = Annotated[str, AfterValidator(_country_code)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -60,7 +80,7 @@ class TierCondition(Strict):
     intent: list[str] | None = None
     source: list[str] | None = None
     min_score: float | None = None
-    countries: list[str] | None = None
+    countries: list[CountryCode] | None = None
 
 
 class TierRule(Strict):
@@ -80,7 +100,8 @@ class Dedupe(Strict):
 
 # ---- calendars ------------------------------------------------------------------------------
 
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = get_args(Weekday)
 _SPAN = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 
 
@@ -97,10 +118,19 @@ def _parse_span(text: str) -> tuple[time, time | None]:
     return time(h1, m1), end
 
 
+def _span(text: str) -> str:
+    _parse_span(text)
+    return text
+
+
+# Checked one by one, so an error names the span's own path (hours.mon.0).
+Span = Annotated[str, AfterValidator(_span)]
+
+
 class CalendarConfig(Strict):
     timezone: str = "UTC"
     # weekday -> spans like "09:00-17:30"; a calendar without hours is open around the clock.
-    hours: dict[str, list[str]] | None = None
+    hours: dict[Weekday, list[Span]] | None = None
     holidays: list[date] = Field(default_factory=list)
 
     @field_validator("timezone")
@@ -119,11 +149,6 @@ class CalendarConfig(Strict):
             return value
         if not any(value.values()):
             raise ValueError("a calendar with hours needs at least one open span (omit `hours` for 24x7)")
-        for day, spans in value.items():
-            if day not in WEEKDAYS:
-                raise ValueError(f"{day!r} is not one of {', '.join(WEEKDAYS)}")
-            for span in spans:
-                _parse_span(span)
         return value
 
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
@@ -175,7 +200,7 @@ class Team(Strict):
 
 class RuleMatch(Strict):
     tiers: list[str] | None = None
-    countries: list[str] | None = None
+    countries: list[CountryCode] | None = None
     regions: list[str] | None = None  # names from `routing.regions`
     sources: list[str] | None = None
     intents: list[str] | None = None
@@ -250,7 +275,7 @@ class RoutingRule(Strict):
 class Routing(Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     fallback_owner: str | None = None
-    regions: dict[str, list[str]] = Field(default_factory=dict)  # region -> ISO country codes
+    regions: dict[str, list[CountryCode]] = Field(default_factory=dict)  # region -> ISO country codes
     # An open lead of the same company domain sends a new lead to that lead's owner, if eligible.
     account_match: bool = True
     # Tiers that may go to an owner outside their working hours (urgent leads).
@@ -427,7 +452,8 @@ def _channel_type(value: Any) -> str:
 Channel = Annotated[
     Annotated[WebhookChannel, Tag("webhook")] | Annotated[SlackChannel, Tag("slack")]
     | Annotated[EmailChannel, Tag("email")],
-    Discriminator(_channel_type),
+    Discriminator(_channel_type, custom_error_type="channel_type",
+                  custom_error_message="`type` must be webhook, slack or email (or left out for a webhook)"),
 ]
 
 
@@ -486,7 +512,7 @@ class RateLimit(Strict):
 class IntakeSource(Strict):
     """Defaults for one source (the name a source key is bound to)."""
 
-    default_region: str | None = None  # ISO 3166 country for national phone numbers
+    default_region: CountryCode | None = None  # ISO 3166 country for national phone numbers
     timezone: str | None = None  # IANA zone for timestamps sent without an offset
     default_intent: str | None = None
     rate_limit: RateLimit | None = None
@@ -511,7 +537,7 @@ class Suppression(Strict):
 
 
 class IntakeConfig(Strict):
-    default_region: str | None = None
+    default_region: CountryCode | None = None
     timezone: str = "UTC"
     default_intent: str = "inquiry"
     # canonical intent type -> other spellings senders use ("Book a demo" -> demo_request)
@@ -577,6 +603,9 @@ class Config(Strict):
             for j, member in enumerate(team.members):
                 if member not in owners:
                     problems.append(f"teams.{i}.members.{j}: unknown owner {member!r}")
+                elif member in team.members[:j]:
+                    problems.append(f"teams.{i}.members.{j}: {member!r} is listed twice (also members."
+                                    f"{team.members.index(member)}); for a larger share use the owner's `weight`")
             if team.manager_id and team.manager_id not in owners:
                 problems.append(f"teams.{i}.manager_id: unknown owner {team.manager_id!r}")
         for i, owner in enumerate(self.owners):
@@ -584,6 +613,9 @@ class Config(Strict):
                 problems.append(f"owners.{i}.calendar: unknown calendar {owner.calendar!r}")
             if owner.manager_id and owner.manager_id not in owners:
                 problems.append(f"owners.{i}.manager_id: unknown owner {owner.manager_id!r}")
+        for i, owner_id in enumerate(self.lead_ops):
+            if owner_id not in owners:
+                problems.append(f"lead_ops.{i}: unknown owner {owner_id!r}")
         problems.extend(self._routing_problems(owners, teams))
         if self.routing.fallback_owner and self.routing.fallback_owner not in owners:
             problems.append(f"routing.fallback_owner: unknown owner {self.routing.fallback_owner!r}")
@@ -598,6 +630,12 @@ class Config(Strict):
             if team.calendar and team.calendar not in calendars:
                 problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
         for i, policy in enumerate(self.escalation_policies):
+            numbers = [step.step for step in policy.steps]
+            for j, number in enumerate(numbers):
+                if number in numbers[:j]:
+                    # Steps are found by number: the second would send the first's messages again.
+                    problems.append(f"escalation_policies.{i}.steps.{j}.step: step {number} is already "
+                                    f"steps.{numbers.index(number)}; number each step once")
             for j, step in enumerate(policy.steps):
                 for k, channel in enumerate(step.channels):
                     if channel not in self.channels:
@@ -656,15 +694,119 @@ class Config(Strict):
         return next((o for o in self.owners if o.id == owner_id), None)
 
 
+def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list[str]:
+    """What is valid but almost certainly not meant, by path; `config apply` shows these and applies
+    the file anyway. A tier no lead can have (a lead's tier is `tiers.default` or a rule's) picks
+    nothing where it is named. An intent type a rule names that is not a known one but nearly is
+    ('trail') is a typo: rules may name intent types of their own, and a lead matches those only
+    when sent with exactly that type."""
+    warnings = []
+    tiers = {config.tiers.default} | {rule.tier for rule in config.tiers.rules}
+    named = [(f"sla_policies.{i}.filter.tiers", p.filter.tiers) for i, p in enumerate(config.sla_policies)]
+    named += [(f"routing.rules.{i}.match.tiers", r.match.tiers) for i, r in enumerate(config.routing.rules)]
+    named += [("routing.off_hours_tiers", config.routing.off_hours_tiers)]
+    if config.notifier.quiet_hours is not None:
+        named += [("notifier.quiet_hours.urgent_tiers", config.notifier.quiet_hours.urgent_tiers)]
+    warnings += [f"{path}.{k}: no lead can have tier {tier!r} (leads get {', '.join(sorted(tiers))}: "
+                 "`tiers.default` or a tier of `tiers.rules`)"
+                 for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
+    warnings += _shadowed_policies(config.sla_policies)
+    for i, policy in enumerate(config.sla_policies):
+        cadence = policy.metrics.get("next_action")
+        if cadence is not None and cadence.within is not None and cadence.within < cadence.target:
+            warnings.append(f"sla_policies.{i}.metrics.next_action.within: shorter than one follow-up's target: "
+                            "a follow-up made when due is already past the window, so the cadence ends there")
+    known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
+             *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
+    configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
+    intents = [(f"tiers.rules.{i}.when.intent", r.when.intent, known) for i, r in enumerate(config.tiers.rules)]
+    # The tier rules' own types are the configuration's vocabulary (intake matches them exactly).
+    intents += [(f"routing.rules.{i}.match.intents", r.match.intents, known | configured)
+                for i, r in enumerate(config.routing.rules)]
+    for path, types, vocabulary in intents:
+        for k, intent in enumerate(types or []):
+            near = difflib.get_close_matches(intent, sorted(vocabulary - {intent}), n=1, cutoff=0.8)
+            if intent not in vocabulary and near:
+                warnings.append(f"{path}.{k}: intent type {intent!r} is not a known one; did you mean {near[0]!r}? "
+                                "(as written it matches only leads sent with exactly that type)")
+    return warnings
+
+
+def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
+    """A lead gets the first policy whose filter it passes: one whose every lead an earlier
+    policy already takes never applies."""
+    def covers(earlier: list[str] | None, later: list[str] | None) -> bool:
+        return earlier is None or (later is not None and set(later) <= set(earlier))
+
+    warnings = []
+    for j, later in enumerate(policies):
+        for i, earlier in enumerate(policies[:j]):
+            if covers(earlier.filter.tiers, later.filter.tiers) and covers(earlier.filter.sources, later.filter.sources):
+                warnings.append(f"sla_policies.{j}: never applies: sla_policies.{i} ({earlier.id!r}) comes first "
+                                f"and takes every lead its filter passes (a lead gets the first policy that fits)")
+                break
+    return warnings
+
+
 class ConfigError(ValueError):
     """The configuration file is not valid; the message names every bad field by its path."""
 
 
-def parse_config(text: str) -> Config:
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML whose dates stay text for the models to read: YAML's own reading of a date
+    like 2026-12-32 raised out of the parser with no path to the field."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[str]:
+    """Every mapping key written twice, by path: YAML keeps the last silently, so a second
+    `owners:` at the end of a long file would drop every owner above it."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias of a node already walked
+        return []
+    seen.add(id(node))
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[object, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            where = f"{path}.{name}" if path else str(name)
+            if name is not None and name != "<<" and name in lines:
+                problems.append(f"{where}: given twice (lines {lines[name]} and {key.start_mark.line + 1}); "
+                                "YAML would keep only the last")
+            lines.setdefault(name, key.start_mark.line + 1)
+            problems += _keys_given_twice(value, where, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _keys_given_twice(item, f"{path}.{i}" if path else str(i), seen)
+    return problems
+
+
+def load_yaml(text: str) -> Any:
+    """The file's YAML document (None when it holds none), read as the configuration is read."""
+    loader = _ConfigLoader(text)
     try:
-        raw = yaml.safe_load(text) or {}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if problems := _keys_given_twice(node):
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+
+
+def parse_config(text: str) -> Config:
+    raw = load_yaml(text)
+    if raw is None:
+        raise ConfigError("the configuration is empty (a blank or commented-out file): nothing to apply")
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a mapping at the top level")
     try:
@@ -677,8 +819,30 @@ def parse_config(text: str) -> Config:
             if not err["loc"]:  # cross-reference checks already name their paths
                 lines.extend(msg.split("; "))
             else:
-                lines.append(f"{path}: {msg}")
+                lines.append(f"{path}: {msg}{_yaml_typing_hint(err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _yaml_typing_hint(err: Any) -> str:
+    """Text was expected but YAML read a bare NO (Norway), yes, off or 007 as a boolean or number."""
+    value = err.get("input")
+    if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
+        return ""
+    read_as = "true or false (YAML reads yes/no/on/off so)" if isinstance(value, bool) else f"the number {value!r}"
+    return f"; YAML read the value as {read_as}: put it in quotes"
+
+
+def changed_sections(old_text: str | None, new_text: str) -> list[str]:
+    """The top-level sections whose values differ between two valid configuration files (comments
+    and layout aside), in the new file's order; every section of the new one when there is no old."""
+    def sections(text: str) -> dict:
+        try:
+            return load_yaml(text) or {}
+        except ConfigError:  # a version stored before a check its text fails was added
+            return yaml.safe_load(text) or {}
+
+    old, new = (sections(old_text) if old_text is not None else {}), sections(new_text)
+    return [key for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
 
 
 def config_digest(text: str) -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .aio import run_loop, sleep_unless_stopped
-from .config import Config, config_digest, parse_config
+from .config import Config, ConfigError, config_digest, parse_config
 from .db import config_versions
 
 log = structlog.get_logger()
@@ -35,6 +35,26 @@ async def apply_config(conn: AsyncConnection, text: str) -> tuple[int, bool]:
     return int(version), True
 
 
+@dataclass(frozen=True)
+class ConfigPreview:
+    """What applying a file would do: the active version (None: nothing applied yet), its text,
+    and whether the file differs from it (as `apply_config` judges: by its digest)."""
+
+    active_version: int | None
+    active_text: str | None
+    changed: bool
+
+
+async def preview_config(conn: AsyncConnection, text: str) -> ConfigPreview:
+    """`apply_config` without storing anything (`config apply --dry-run`). Raises ConfigError
+    when invalid."""
+    parse_config(text)
+    latest = await _latest_row(conn)
+    if latest is None:
+        return ConfigPreview(None, None, True)
+    return ConfigPreview(int(latest.version), latest.body, latest.digest != config_digest(text))
+
+
 async def _latest_row(conn: AsyncConnection):
     return (
         await conn.execute(select(config_versions).order_by(config_versions.c.version.desc()).limit(1))
@@ -45,7 +65,11 @@ async def load_latest(conn: AsyncConnection) -> VersionedConfig | None:
     row = await _latest_row(conn)
     if row is None:
         return None
-    return VersionedConfig(version=int(row.version), config=parse_config(row.body))
+    try:
+        return VersionedConfig(version=int(row.version), config=parse_config(row.body))
+    except ConfigError as exc:  # applied before a check it fails was added
+        raise ConfigError(f"the active configuration, version {row.version}, is no longer valid; "
+                          f"apply a corrected file: {exc}") from None
 
 
 class ConfigHolder:

@@ -222,7 +222,7 @@ _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57P")
 _RETRYABLE_SQLSTATES = ("40001", "40P01")
 
 
-def _wrapped(exc: BaseException) -> Iterator[BaseException]:
+def wrapped_errors(exc: BaseException) -> Iterator[BaseException]:
     """`exc` and what it wraps (a driver error under SQLAlchemy's, a cause, a context), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -234,7 +234,7 @@ def _wrapped(exc: BaseException) -> Iterator[BaseException]:
 
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) says the database is down or overloaded: retry later."""
-    for current in _wrapped(exc):
+    for current in wrapped_errors(exc):
         # TimeoutError: no answer within the statement or connect timeout; sqlalchemy's: no pooled
         # connection came free in time (a burst right after an outage, or every connection waiting
         # on a server that does not answer).
@@ -258,7 +258,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 def is_timeout(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is a statement that got no answer in time."""
-    return any(isinstance(current, TimeoutError) for current in _wrapped(exc))
+    return any(isinstance(current, TimeoutError) for current in wrapped_errors(exc))
 
 
 class OutageLog:

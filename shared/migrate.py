@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -24,6 +25,14 @@ def _alembic_config(connection: Connection | None = None) -> AlembicConfig:
 @cache
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def is_known_revision(revision: str) -> bool:
+    """False for a revision this release has no migration for: a newer release migrated the database."""
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 async def current_revision(conn: AsyncConnection) -> str | None:

@@ -24,7 +24,7 @@ from .consumer import EventConsumer, Subscription
 from .db import make_engine
 from .housekeeping import run_housekeeping
 from .http import InvalidRequestHook, create_app
-from .migrate import current_revision, head_revision
+from .migrate import current_revision, head_revision, is_known_revision
 from .outbox import OutboxRelay, RelayWakeup
 from .replay import Projection
 from .settings import SERVICE_PORTS, Settings
@@ -110,6 +110,9 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     engine = service_engine(name, settings)
     async with engine.connect() as conn:
         revision = await current_revision(conn)
+        if revision is not None and revision != head_revision() and not is_known_revision(revision):
+            raise StartupError(f"database schema is at {revision}, which this release does not know (its newest is "
+                               f"{head_revision()}): the database is from a newer release")
         if revision != head_revision():
             raise StartupError(f"database schema is at {revision}, needs {head_revision()}: run `leadsla migrate`")
         versioned = await load_latest(conn)

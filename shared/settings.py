@@ -56,9 +56,13 @@ class Settings(BaseSettings):
     consumer_busy_patience_seconds: float = Field(default=300.0, gt=0)
 
 
+class DatabaseUrlError(ValueError):
+    """LEADSLA_DATABASE_URL is not a URL the project can use."""
+
+
 def database_url_for_asyncpg(url: str) -> str:
     """Accept plain postgres URLs (as operators write them) and point SQLAlchemy at asyncpg."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix):]
-    raise ValueError(f"LEADSLA_DATABASE_URL must be a postgresql:// URL, got scheme of {url.split(':', 1)[0]!r}")
+    raise DatabaseUrlError(f"LEADSLA_DATABASE_URL must be a postgresql:// URL, got scheme of {url.split(':', 1)[0]!r}")

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, parse_config, parse_duration, per_config
+from shared.config import ConfigError, config_warnings, parse_config, parse_duration, per_config
 
 EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
 
@@ -113,3 +113,119 @@ def test_what_is_derived_from_a_configuration_is_built_once_per_configuration_ob
     assert owners(first) == owners(first) == ["alice"]
     assert owners(same_text) == ["alice"]  # another object (a new version) is built for itself
     assert built == [first, same_text]
+
+
+# ---- mistakes a sales-ops admin makes, each named by the path of the bad field ---------------
+
+
+def example_with(old: str, new: str) -> str:
+    text = EXAMPLE.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def test_an_impossible_holiday_is_named_by_its_path_not_a_crash() -> None:
+    # YAML's own date reading raised a bare ValueError ("day is out of range for month").
+    message = errors_of(example_with("2026-12-28", "2026-12-32"))
+    assert "calendars.emea-business.holidays.1" in message
+
+
+def test_a_holiday_still_reads_as_a_date() -> None:
+    config = parse_config(EXAMPLE.read_text())
+    assert str(config.calendars["emea-business"].holidays[0]) == "2026-12-25"
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced() -> None:
+    # A second `owners:` at the end of a long file used to drop every owner above it.
+    text = EXAMPLE.read_text() + "\nowners:\n  - {id: zoe}\n"
+    message = errors_of(text)
+    assert "owners: given twice" in message
+    first, second = (i + 1 for i, line in enumerate(text.splitlines()) if line == "owners:")
+    assert f"lines {first} and {second}" in message
+    message = errors_of(example_with('mon: ["09:00-17:30"]', 'mon: ["09:00-17:30"]\n      mon: ["10:00-12:00"]'))
+    assert "calendars.emea-business.hours.mon: given twice" in message
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# all commented out\n# owners: []\n"])
+def test_an_empty_file_is_refused(text: str) -> None:
+    assert "empty" in errors_of(text)
+
+
+def test_lead_ops_must_be_known_owners() -> None:
+    assert "lead_ops.0: unknown owner 'opss'" in errors_of(example_with("lead_ops: [ops]", "lead_ops: [opss]"))
+
+
+def test_the_shipped_example_has_no_warnings() -> None:
+    from services.intake.normalize import BUILTIN_INTENTS
+
+    assert config_warnings(parse_config(EXAMPLE.read_text()), BUILTIN_INTENTS) == []
+
+
+def test_a_tier_no_lead_can_have_is_a_warning_where_it_is_named() -> None:
+    text = example_with("filter: {tiers: [C]}", "filter: {tiers: [D]}")
+    text = text.replace("quiet_hours: {urgent_tiers: [A]}", "quiet_hours: {urgent_tiers: [AA]}")
+    warnings = config_warnings(parse_config(text))
+    assert [w.split(":")[0] for w in warnings] == ["sla_policies.2.filter.tiers.0", "notifier.quiet_hours.urgent_tiers.0"]
+    assert "no lead can have tier 'D'" in warnings[0]
+
+
+def test_a_misspelt_intent_in_a_rule_is_a_warning_but_an_intent_of_its_own_is_not() -> None:
+    from services.intake.normalize import BUILTIN_INTENTS
+
+    text = example_with("when: {intent: [trial]}", "when: {intent: [trail, partner_referral]}")
+    warnings = config_warnings(parse_config(text), BUILTIN_INTENTS)
+    assert len(warnings) == 1
+    assert warnings[0].startswith("tiers.rules.1.when.intent.0: intent type 'trail' is not a known one; "
+                                  "did you mean 'trial'?")
+
+
+def test_countries_are_iso_codes_as_leads_carry_them() -> None:
+    message = errors_of(example_with("uki: [GB, IE]", "uki: [UK, IE]")
+                        .replace("default_region: US\n  timezone", "default_region: USA\n  timezone"))
+    assert "routing.regions.uki.0: 'UK' is not an ISO 3166 alpha-2 country code" in message
+    assert "intake.default_region: 'USA' is not an ISO 3166 alpha-2 country code" in message and "'US'?" in message
+    assert "tiers.rules.0.when.countries.0" in errors_of("tiers: {rules: [{tier: A, when: {countries: [Germany]}}]}\n")
+
+
+def test_an_unknown_channel_type_says_which_types_there_are() -> None:
+    message = errors_of(example_with("type: email\n", "type: e-mail\n"))
+    assert "channels.mail: `type` must be webhook, slack or email" in message
+    assert "_channel_type" not in message
+
+
+def test_an_owner_listed_twice_in_a_team_is_refused() -> None:
+    message = errors_of(example_with("members: [alice, bob]", "members: [alice, bob, alice]"))
+    assert "teams.0.members.2: 'alice' is listed twice (also members.0)" in message
+
+
+def test_an_escalation_step_number_used_twice_is_refused() -> None:
+    # Steps are looked up by number: the second step 1 would have re-sent the first's messages.
+    message = errors_of(example_with("{step: 2, after: 15m", "{step: 1, after: 15m"))
+    assert "escalation_policies.0.steps.1.step: step 1 is already steps.0" in message
+
+
+def test_a_bare_no_or_number_where_text_belongs_says_to_quote_it() -> None:
+    message = errors_of(example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, NO]"))
+    assert "routing.regions.nordics.1: Input should be a valid string; YAML read the value as true or false" in message
+    assert "put it in quotes" in errors_of(example_with("{id: ops, name", "{id: 007, name"))
+
+
+def test_a_bad_span_or_weekday_is_named_by_its_own_path() -> None:
+    message = errors_of(example_with('fri: ["09:00-17:00"]', 'fri: ["09:00-17:00", "9-5"]'))
+    assert "calendars.emea-business.hours.fri.1: Value error, " not in message
+    assert "calendars.emea-business.hours.fri.1: '9-5' is not a span like '09:00-17:30'" in message
+    assert "calendars.emea-business.hours.monday" in errors_of(example_with('mon: ["09:00', 'monday: ["09:00'))
+
+
+def test_a_policy_an_earlier_one_always_takes_first_is_a_warning() -> None:
+    text = example_with("filter: {tiers: [B]}", "filter: {tiers: [A]}")
+    assert config_warnings(parse_config(text)) == [
+        "sla_policies.1: never applies: sla_policies.0 ('demo-fast') comes first and takes every lead its filter "
+        "passes (a lead gets the first policy that fits)"]
+    narrower_first = example_with("filter: {tiers: [B]}", "filter: {tiers: [A, B]}")
+    assert config_warnings(parse_config(narrower_first)) == []
+
+
+def test_a_cadence_window_shorter_than_one_follow_up_is_a_warning() -> None:
+    warnings = config_warnings(parse_config(example_with("within: 14d", "within: 1h")))
+    assert [w.split(":")[0] for w in warnings] == ["sla_policies.0.metrics.next_action.within"]

@@ -1,0 +1,23 @@
+"""What `leadsla ... --help` tells an operator: the commands and options the contract names, and
+what each reads (no database or broker is needed to ask)."""
+from typer.testing import CliRunner
+
+from leadsla.cli import app
+from services import SERVICE_NAMES
+
+
+def help_of(*command: str) -> str:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_replay_help_names_the_services_and_where_reporting_rebuilds_from() -> None:
+    text = help_of("replay")
+    assert all(name in text for name in SERVICE_NAMES)
+    assert "timeline" in text and "--verify" in text
+
+
+def test_config_apply_help_offers_the_dry_run() -> None:
+    assert "--dry-run" in help_of("config", "apply")
+
