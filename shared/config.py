@@ -57,8 +57,9 @@ def _country_code(value: str) -> str:
     import phonenumbers  # here: most services never read a country, and these load large tables
     import pycountry
 
-    if value in phonenumbers.SUPPORTED_REGIONS or pycountry.countries.get(alpha_2=value) is not None:
-        return value
+    code = value.strip().upper()  # 'us' means US: leads' countries are read to upper-case codes
+    if len(code) == 2 and (code in phonenumbers.SUPPORTED_REGIONS or pycountry.countries.get(alpha_2=code) is not None):
+        return code
     try:
         hint = f"; did you mean {pycountry.countries.lookup(value).alpha_2!r}?"
     except LookupError:

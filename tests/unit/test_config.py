@@ -229,3 +229,8 @@ def test_a_policy_an_earlier_one_always_takes_first_is_a_warning() -> None:
 def test_a_cadence_window_shorter_than_one_follow_up_is_a_warning() -> None:
     warnings = config_warnings(parse_config(example_with("within: 14d", "within: 1h")))
     assert [w.split(":")[0] for w in warnings] == ["sla_policies.0.metrics.next_action.within"]
+
+
+def test_a_country_code_in_lower_case_is_read_as_the_code_leads_carry() -> None:
+    config = parse_config(example_with("uki: [GB, IE]", "uki: [gb, ie]"))
+    assert config.routing.regions["uki"] == ["GB", "IE"]
