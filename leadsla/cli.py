@@ -408,10 +408,7 @@ def replay(
         examples: dict[str, list[str]] = {}
         source = "its timeline"
     else:
-        try:
-            result = _run(_replay_store(settings.database_url, service, verify), settings)
-        except _ServiceRunning as exc:
-            _fail(str(exc))
+        result = _run(_replay_store(settings.database_url, service, verify), settings)
         events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
         source = "its event store"
     rate = events / seconds if seconds > 0 else 0.0
@@ -427,31 +424,15 @@ def replay(
         console.print("live state matches a rebuild")
 
 
-class _ServiceRunning(RuntimeError):
-    """A rebuild would replace the tables of a service that is writing them."""
-
-
 async def _replay_store(database_url: str, service: str, verify: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from sqlalchemy import text
 
-    from shared.db import application_name, make_engine
+    from shared.db import make_engine
     from shared.replay import rebuild, stored_events
 
     projection = importlib.import_module(f"services.{service}.projection").PROJECTION
     engine = make_engine(database_url)
     try:
-        if not verify:
-            # The rebuild swaps the live tables for the rebuilt ones: whatever the service writes
-            # after the last event read would be dropped from its state (its events stay stored).
-            async with engine.connect() as conn:
-                live = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                              "current_database() AND application_name = :name"),
-                                         {"name": application_name(service)})
-            if live:
-                raise _ServiceRunning(f"{service} is running ({live} connections named {application_name(service)} "
-                                      "in pg_stat_activity): stop it first, a rebuild replaces its tables and would "
-                                      "drop what it writes meanwhile (--verify changes nothing and may run alongside)")
         total = await stored_events(engine, service)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:

@@ -21,7 +21,7 @@ from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .events import CloudEvent
-from .eventstore import count, read_all
+from .eventstore import append_lock_key, count, read_all
 
 # Applies events, in order, to the state tables on the given connection (its transaction).
 Apply = Callable[[AsyncConnection, Sequence[CloudEvent]], Awaitable[None]]
@@ -93,6 +93,17 @@ async def rebuild(engine: AsyncEngine, projection: Projection, *, verify: bool,
                     differences[table.name] = len(rows)
                     examples[table.name] = [str(tuple(r)) for r in rows[:5]]
         else:
+            # The service may be running: the swap holds the store's append lock, which every
+            # commit of the service takes, and first applies what was committed since the last
+            # page. A write that commits during the swap waits for it; one that committed after
+            # the last page is in the rebuilt tables (it would otherwise be deleted with the rest).
+            await target.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key(service)})
+            while events := await read_all(source, service, after=after, limit=page):  # after the lock
+                await source.rollback()
+                await projection.apply(translated, [e.event for e in events])
+                replayed += len(events)
+                after = events[-1].position
+                progress(len(events))
             for table in projection.tables:
                 live, rebuilt = f'"{table.schema}"."{table.name}"', f'"{aside}"."{table.name}"'
                 await target.execute(text(f"DELETE FROM {live}"))

@@ -257,3 +257,54 @@ async def test_an_opt_out_racing_a_patch_on_one_lead_conflicts_and_the_retry_kee
         record = await conn.scalar(select(leads.c.record).where(leads.c.lead_id == lead_id))
     assert record["contactable"] is False and record["company"]["name"] == "Acme"
     assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
+
+
+async def locks_awaited(conn) -> int:
+    waiting = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity "
+                                     "WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+    await conn.rollback()
+    return waiting
+
+
+async def test_a_rebuild_while_intake_writes_keeps_what_was_committed_during_it(traffic) -> None:
+    """`leadsla replay intake` with intake running: a patch that commits while the rebuilt
+    tables are swapped in is in them afterwards, not deleted with the rows it changed."""
+    from services.intake.handlers import submit_lead, update_lead
+    from services.intake.normalize import read_submission
+    from shared.eventstore import append_lock_key
+    from shared.uow import UnitOfWork
+
+    engine, config = traffic, parse_config(CONFIG)
+
+    def read(body: dict, partial: bool = False):
+        return read_submission(body, config.intake.source("webform"), {}, partial=partial)
+
+    async with UnitOfWork(engine, "intake", projection=PROJECTION) as uow:
+        accepted = await submit_lead(uow, PostgresIntakeStore(uow.conn), config, read({"contact": {"email": email()}}),
+                                     source="webform", now=NOW)
+        await uow.commit()
+
+    async def patch() -> None:  # updates the lead's row, then waits for the store's append lock
+        async with UnitOfWork(engine, "intake", projection=PROJECTION) as uow:
+            await update_lead(uow, PostgresIntakeStore(uow.conn), config, accepted.lead_id,
+                              read({"company": {"name": "Globex"}}, partial=True), now=NOW)
+            await uow.commit()
+
+    async with engine.connect() as committing, engine.connect() as watch:
+        # Another of intake's commits holds the append lock: the patch waits behind it.
+        await committing.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key("intake")})
+        patching = asyncio.create_task(patch())
+        await eventually(lambda: waiting_for_a_lock(watch), what="the patch to wait for the append lock")
+        rebuilding = asyncio.create_task(rebuild(engine, PROJECTION, verify=False))
+
+        async def both_waiting() -> bool:
+            return await locks_awaited(watch) >= 2
+
+        await eventually(both_waiting, what="the rebuild to wait too")
+        await committing.commit()
+        await patching
+        await rebuilding
+    async with engine.connect() as conn:
+        record = await conn.scalar(select(leads.c.record).where(leads.c.lead_id == accepted.lead_id))
+    assert record["company"]["name"] == "Globex"
+    assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
