@@ -210,6 +210,16 @@ def team_of(config: Config, rule: RoutingRule) -> Team:
     return _compiled(config).teams[rule.team]
 
 
+def home_team(config: Config, owner_id: str, rule: RoutingRule | None) -> str | None:
+    """The team an owner works a lead for when no rule picked them (account match, fallback):
+    the matching rule's team if they are in it, else the first team listing them, else none.
+    Reports and lead lists by team count the lead there."""
+    teams = _compiled(config).teams
+    if rule is not None and rule.team is not None and owner_id in teams[rule.team].members:
+        return rule.team
+    return next((team.id for team in teams.values() if owner_id in team.members), None)
+
+
 # ---- the router's internal events ----------------------------------------------------------
 # Kept in the router's store only (topic None): what its state needs beyond the contract events
 # (lead.assigned / lead.reassigned / lead.queued / lead.dequeued), so that every state table is a
@@ -369,11 +379,12 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
         candidates.append(Candidate(owner_id=owner_id, eligible=why_not is None, why=why_not or why_eligible))
         return why_not is None
 
+    rule = first_match(config, lead)
     if config.routing.account_match and state.account_owner and lead.company_domain:
         if consider(state.account_owner, f"owns an open lead of {lead.company_domain}"):
-            return Decision(state.account_owner, None, None, "account_match", "account_match", tuple(candidates))
+            return Decision(state.account_owner, home_team(config, state.account_owner, rule), None,
+                            "account_match", "account_match", tuple(candidates))
 
-    rule = first_match(config, lead)
     fallback = config.routing.fallback_owner
     missing: tuple[str, ...] = ()
     if rule is None:
@@ -395,7 +406,8 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
     rule_id = rule.id if rule else None
     team_id = rule.team if rule else None
     if fallback is not None and consider(fallback, "fallback owner"):
-        return Decision(fallback, None, rule_id, "fallback", reason, tuple(candidates), None, missing)
+        return Decision(fallback, home_team(config, fallback, rule), rule_id, "fallback", reason, tuple(candidates),
+                        None, missing)
     return Decision(None, team_id, rule_id, "queue", reason, tuple(candidates), None, missing)
 
 

@@ -48,6 +48,8 @@ from .domain import (
     eligibility,
     facts_of,
     fallback_owners,
+    first_match,
+    home_team,
     owner_day,
     record,
     release,
@@ -391,9 +393,14 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
     facts = row.facts
     why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
     # An admin's choice stands even when the owner is not eligible; the candidate says so.
-    decision = Decision(to_owner, None, None, "manual", reason, (Candidate(
-        owner_id=to_owner, eligible=why_not is None, why=why_not or "named by the request"),))
+    decision = _named(config, facts, to_owner, reason, why_not)
     return await _move(store, config, state, now, row, facts, decision, reason)
+
+
+def _named(config: Config, facts: LeadFacts, owner_id: str, reason: str, why_not: str | None) -> Decision:
+    """An admin's choice of owner, in the owner's own team (`home_team`)."""
+    return Decision(owner_id, home_team(config, owner_id, first_match(config, facts)), None, "manual", reason,
+                    (Candidate(owner_id=owner_id, eligible=why_not is None, why=why_not or "named by the request"),))
 
 
 async def _move(store: RouterStore, config: Config, state: RoutingState, now: datetime, row: Assignment,
@@ -451,8 +458,7 @@ async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead
             return {"lead_id": lead_id, "status": "queued", "owner_id": None}
     else:
         why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
-        decision = Decision(to_owner, None, None, "manual", reason, (Candidate(
-            owner_id=to_owner, eligible=why_not is None, why=why_not or "named by the request"),))
+        decision = _named(config, facts, to_owner, reason, why_not)
     await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
     await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, None)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,

@@ -228,6 +228,7 @@ async def test_reassign_to_a_named_owner_and_route_again(router) -> None:
     assert reassigned.type == "lead.reassigned"
     assert {k: reassigned.data[k] for k in ("from_owner_id", "to_owner_id", "reason", "assignment_no")} == {
         "from_owner_id": first, "to_owner_id": router.owner("cat"), "reason": "speaks Welsh", "assignment_no": 2}
+    assert reassigned.data["team_id"] == router.owner("late")  # cat's own team: reports by team count the lead
 
     response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
     assert response.status_code == 202

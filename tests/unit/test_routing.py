@@ -221,6 +221,25 @@ def test_account_match_yields_to_rules_when_that_owner_is_not_eligible() -> None
     assert decision.owner_id == "gen1" and decision.candidates[0].why == "status away"
 
 
+def test_an_owner_not_picked_by_a_rule_works_the_lead_for_their_own_team() -> None:
+    # Reports and lead lists by team count account matches and fallbacks too: the matching rule's
+    # team if the owner is in it, else the first team listing them, else none.
+    config = parse_config("""
+owners: [{id: ann}, {id: ben}, {id: boss}]
+teams: [{id: emea, members: [ann]}, {id: us, members: [ben]}]
+routing: {fallback_owner: boss, rules: [{id: de, match: {countries: [DE]}, team: emea}, {id: rest, team: us}]}
+""")
+    matched = decide(config, LeadFacts("l", "A", "web", country="DE", company_domain="acme.com"),
+                     state(config, account_owner="ann"), NOW)
+    assert (matched.owner_id, matched.method, matched.team_id) == ("ann", "account_match", "emea")
+    elsewhere = decide(config, LeadFacts("l", "A", "web", country="FR", company_domain="acme.com"),
+                       state(config, account_owner="ann"), NOW)
+    assert (elsewhere.owner_id, elsewhere.team_id) == ("ann", "emea")  # her own team, not the rule's
+    away = RoutingState(owners={**state(config).owners, "ben": effective_owner(config.owner("ben"), {"status": "away"})})
+    fallback = decide(config, LeadFacts("l", "A", "web", country="FR"), away, NOW)
+    assert (fallback.owner_id, fallback.method, fallback.team_id) == ("boss", "fallback", None)  # in no team
+
+
 def test_a_reroute_never_picks_the_owner_it_takes_the_lead_from() -> None:
     decision = decide(RULES, LeadFacts("l", "A", "web"), state(RULES), NOW, exclude=frozenset({"gen1"}))
     assert decision.owner_id == "gen2"
