@@ -181,10 +181,13 @@ _seen_tiers: set[str] = set()
 
 
 async def refresh_queue_depth(ctx: ServiceContext) -> dict[str, int]:
-    """queue_depth{tier} from the queue table itself: right after restarts, and it goes down."""
+    """queue_depth{tier} from the queue table itself: right after restarts, and it goes down.
+    Every configured tier has a series from the start (0), so an alert on it has something to
+    read before the first lead ever waits."""
     async with ctx.engine.connect() as conn:
         depths = await queue_depths(conn)
-    _seen_tiers.update(depths)
+    tiers = ctx.config.config.tiers
+    _seen_tiers.update(depths, [tiers.default], [rule.tier for rule in tiers.rules])
     for tier in _seen_tiers:
         metrics.queue_depth.labels(tier).set(depths.get(tier, 0))
     return depths

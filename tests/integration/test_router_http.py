@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
 from services.router.bootstrap import bootstrap
@@ -196,6 +197,8 @@ async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_agai
     assert await router.types(newer_b) == ["lead.queued"]
     assert (await refresh_queue_depth(router.ctx)) == {"B": 1}
     assert metrics.queue_depth.labels("A")._value.get() == 0
+    # The configuration's default tier never queued here, and still has its series.
+    assert REGISTRY.get_sample_value("leadsla_queue_depth", {"tier": "C"}) == 0
 
 
 async def test_an_absence_that_ends_and_working_hours_that_start_drain_the_queue(router) -> None:
