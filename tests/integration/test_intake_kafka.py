@@ -146,7 +146,14 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
                   "data": {"external_id": structured_ref,  # no `time`
                            "contact": {"phone": "+14155552671", "email": f"{structured_ref}@example.com"}}}
     await producer.send_and_wait(submissions, json.dumps(structured).encode())
+    # The JSON format's other way to carry data: base64 in data_base64 (a producer with bytes in hand).
+    encoded_ref = f"b64-{uuid.uuid4().hex[:8]}"
+    encoded = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "ads", "type": "lead",
+               "datacontenttype": "application/json", "data_base64": base64.b64encode(json.dumps(
+                   {"external_id": encoded_ref, "contact": {"email": f"{encoded_ref}@example.com"}}).encode()).decode()}
+    await producer.send_and_wait(submissions, json.dumps(encoded).encode())
 
+    assert await eventually(lambda: lead_with_external_id(engine, encoded_ref), what="data_base64 lead", timeout=120)
     structured_lead = await eventually(lambda: lead_with_external_id(engine, structured_ref), what="structured", timeout=120)
     binary_lead = await eventually(lambda: lead_with_external_id(engine, binary_ref), what="binary lead")
     [received] = await stored_events(engine, "intake", binary_lead)
