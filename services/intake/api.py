@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -222,7 +222,15 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
-    async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender) -> JSONResponse:
+    async def post_activity(
+        lead_id: str, activity: ActivityIn, principal: Sender,
+        key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
+                                          description="The activity's id on the sender's side, when the body "
+                                                      "has no external_id: a retry with it changes nothing")] = None,
+    ) -> JSONResponse:
+        if activity.external_id is None and key and key.strip():
+            activity = activity.model_copy(update={"external_id": key.strip()})
+
         async def record() -> str:
             async with ctx.uow() as uow:
                 activity_id = await record_activity(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id,

@@ -163,6 +163,12 @@ async def test_activities(api, engine) -> None:
     assert first.status_code == 202 and again.json() == first.json()
     events = await stored_events(engine, "intake", lead_id)
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]  # the repeat emitted nothing
+    # A CRM that retries with an Idempotency-Key header instead of an id in the body.
+    email = {"type": "email", "actor": "alice"}
+    sent = [await api.post(f"/v1/leads/{lead_id}/activities", json=email, headers={"Idempotency-Key": "mail-7"})
+            for _ in range(2)]
+    assert [r.status_code for r in sent] == [202, 202] and sent[0].json() == sent[1].json()
+    assert [e.type for e in await stored_events(engine, "intake", lead_id)].count("activity.recorded") == 2
 
     unknown = await api.post(f"/v1/leads/{uuid.uuid4()}/activities", json=call)
     assert unknown.status_code == 404
