@@ -1,4 +1,6 @@
-"""Business-hours arithmetic over a calendar (IANA zone, weekly spans, holidays). Pure.
+"""Business-hours arithmetic over a calendar (IANA zone, weekly spans, holidays: its own dates
+and a country's public holidays). Pure: the public holidays come from the `holidays` package's
+tables.
 
 All arithmetic happens on UTC instants: Python subtracts two datetimes sharing a tzinfo on the
 wall clock, which is wrong across DST changes, so local times are only used to find the spans.
@@ -7,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from .config import CalendarConfig
@@ -21,12 +24,20 @@ class NeverOpen(ValueError):
     pass
 
 
+@lru_cache(maxsize=1024)  # a (country, subdivision, year) is computed once per process
+def public_holidays(country: str, subdivision: str | None, year: int) -> frozenset[date]:
+    import holidays  # here: a calendar without public holidays never needs its tables
+
+    return frozenset(holidays.country_holidays(country, subdiv=subdivision, years=year))
+
+
 class BusinessCalendar:
     def __init__(self, config: CalendarConfig) -> None:
         self._zone = ZoneInfo(config.timezone)
         self._holidays = frozenset(config.holidays)
+        self._public = config.public_holidays
         # Without hours: open around the clock, holidays excepted.
-        self._always = config.hours is None and not self._holidays
+        self._always = config.hours is None and not self._holidays and self._public is None
         self._weekly = (config.weekly_spans() if config.hours is not None
                         else {day: [(time(0), None)] for day in range(7)})
         # (local day, local time) -> UTC instant: the same few span edges are asked for again and
@@ -39,7 +50,8 @@ class BusinessCalendar:
         reached = start  # overlapping spans count once: each one only from where the last ended
         for offset in range(MAX_DAYS_AHEAD):
             current = day + timedelta(days=offset)
-            if current in self._holidays:
+            if current in self._holidays or (self._public is not None and current in public_holidays(
+                    self._public.country, self._public.subdivision, current.year)):
                 continue
             for begin, end in self._weekly[current.weekday()]:
                 a = max(self._instant(current, begin), reached)

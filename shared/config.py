@@ -128,11 +128,33 @@ def _span(text: str) -> str:
 Span = Annotated[str, AfterValidator(_span)]
 
 
+class PublicHolidays(Strict):
+    """A country's public holidays, from the `holidays` package, closed like the calendar's own
+    `holidays` dates (which still count): no list to keep up to date every year."""
+
+    country: str  # ISO 3166 alpha-2: US, DE, GB
+    subdivision: str | None = None  # a state or province where holidays differ: CA in the US, BY in DE
+
+    @model_validator(mode="after")
+    def _known(self) -> PublicHolidays:
+        import holidays  # here: most configurations name no public holidays, and its tables are large
+
+        supported = holidays.list_supported_countries()
+        if self.country not in supported:
+            raise ValueError(f"{self.country!r} is not a country with known public holidays; use an ISO 3166 "
+                             "alpha-2 code like 'US', 'DE' or 'GB'")
+        if self.subdivision is not None and self.subdivision not in supported[self.country]:
+            raise ValueError(f"{self.subdivision!r} is not a subdivision of {self.country}; known: "
+                             f"{', '.join(supported[self.country][:20])}{' ...' if len(supported[self.country]) > 20 else ''}")
+        return self
+
+
 class CalendarConfig(Strict):
     timezone: str = "UTC"
     # weekday -> spans like "09:00-17:30"; a calendar without hours is open around the clock.
     hours: dict[Weekday, list[Span]] | None = None
     holidays: list[date] = Field(default_factory=list)
+    public_holidays: PublicHolidays | None = None
 
     @field_validator("timezone")
     @classmethod

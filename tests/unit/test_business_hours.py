@@ -106,3 +106,27 @@ def test_overlapping_spans_count_once() -> None:
 def test_two_spans_with_the_same_start_one_to_midnight_are_one_calendar() -> None:
     calendar = BusinessCalendar(CalendarConfig(hours={"tue": ["09:00-12:00", "09:00-24:00"]}))
     assert calendar.elapsed(utc(2026, 11, 17, 0, 0), utc(2026, 11, 18, 0, 0)) == 15 * 3600
+
+
+def test_a_countrys_public_holidays_are_skipped_with_the_calendars_own_dates() -> None:
+    # Wednesday 25 Nov 2026 16:30 New York (21:30Z) + 1h: Thursday 26th is Thanksgiving.
+    assert new_york(WEEKDAYS_9_TO_5).add(utc(2026, 11, 25, 21, 30), 3600) == utc(2026, 11, 26, 14, 30)
+    us = new_york(WEEKDAYS_9_TO_5, public_holidays={"country": "US"})
+    assert us.add(utc(2026, 11, 25, 21, 30), 3600) == utc(2026, 11, 27, 14, 30)
+    assert not us.is_open(utc(2026, 11, 26, 15, 0))
+    # The calendar's own dates still count: the day after Thanksgiving off too, on to Monday.
+    bridge = new_york(WEEKDAYS_9_TO_5, public_holidays={"country": "US"}, holidays=[date(2026, 11, 27)])
+    assert bridge.add(utc(2026, 11, 25, 21, 30), 3600) == utc(2026, 11, 30, 14, 30)
+
+
+def test_a_subdivision_has_its_own_public_holidays() -> None:
+    # Epiphany (Wednesday 6 Jan 2027) is a holiday in Bavaria, not in Germany as a whole.
+    tuesday_late = utc(2027, 1, 5, 15, 30)  # 16:30 in Berlin
+    assert berlin(public_holidays={"country": "DE"}).add(tuesday_late, 3600) == utc(2027, 1, 6, 8, 30)
+    bavaria = berlin(public_holidays={"country": "DE", "subdivision": "BY"})
+    assert bavaria.add(tuesday_late, 3600) == utc(2027, 1, 7, 8, 30)
+
+
+def test_a_calendar_without_hours_still_keeps_its_public_holidays() -> None:
+    calendar = BusinessCalendar(CalendarConfig(public_holidays={"country": "GB"}))  # 25 Dec 2026: Christmas
+    assert not calendar.is_open(utc(2026, 12, 25, 12, 0)) and calendar.is_open(utc(2026, 12, 23, 12, 0))

@@ -234,3 +234,12 @@ def test_a_cadence_window_shorter_than_one_follow_up_is_a_warning() -> None:
 def test_a_country_code_in_lower_case_is_read_as_the_code_leads_carry() -> None:
     config = parse_config(example_with("uki: [GB, IE]", "uki: [gb, ie]"))
     assert config.routing.regions["uki"] == ["GB", "IE"]
+
+
+def test_public_holidays_name_a_known_country_and_subdivision() -> None:
+    config = parse_config("calendars: {ny: {timezone: America/New_York, public_holidays: {country: US, subdivision: NY}}}")
+    assert config.calendars["ny"].public_holidays.subdivision == "NY"
+    message = errors_of("calendars: {x: {public_holidays: {country: XX}}}")
+    assert "calendars.x.public_holidays" in message and "'XX' is not a country with known public holidays" in message
+    message = errors_of("calendars: {x: {public_holidays: {country: US, subdivision: ZZ}}}")
+    assert "calendars.x.public_holidays" in message and "'ZZ' is not a subdivision of US" in message
