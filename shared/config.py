@@ -837,13 +837,27 @@ def parse_config(text: str) -> Config:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"]) or "(root)"
+            path = _path(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if not err["loc"]:  # cross-reference checks already name their paths
                 lines.extend(msg.split("; "))
             else:
                 lines.append(f"{path}: {msg}{_yaml_typing_hint(err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+# Pydantic names the member of a union it tried (`str`, `TouchRule`, `function-after[...]`) in an
+# error's location; an admin knows the field by its path alone.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z][A-Za-z]*)$")
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p) and _is_type_name(p))]
+    return ".".join(parts) or "(root)"
+
+
+def _is_type_name(part: str) -> bool:
+    return part[0].islower() or isinstance(globals().get(part), type)  # a model of this module, not an id
 
 
 def _yaml_typing_hint(err: Any) -> str:

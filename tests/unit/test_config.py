@@ -243,3 +243,11 @@ def test_public_holidays_name_a_known_country_and_subdivision() -> None:
     assert "calendars.x.public_holidays" in message and "'XX' is not a country with known public holidays" in message
     message = errors_of("calendars: {x: {public_holidays: {country: US, subdivision: ZZ}}}")
     assert "calendars.x.public_holidays" in message and "'ZZ' is not a subdivision of US" in message
+
+
+def test_an_error_in_a_field_of_several_shapes_is_named_by_its_path_alone() -> None:
+    # Pydantic adds the union member it tried (str, TouchRule) to the location; an admin's file has no such key.
+    message = errors_of("sla_policies: [{id: p, metrics: {first_response: {target: 10m}}, "
+                        "qualifying_touches: [{type: call, outcome: 5}]}]\ncalendars: {EMEA: {timezone: Nowhere/X}}")
+    assert "sla_policies.0.qualifying_touches.0.outcome: " in message and "TouchRule." not in message
+    assert ".str:" not in message and "calendars.EMEA.timezone" in message  # an id in capitals stays
