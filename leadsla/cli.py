@@ -142,26 +142,19 @@ def migrate() -> None:
     console.print(f"database schema is current ({head_revision()})")
 
 
-async def _apply_config(database_url: str, text: str) -> tuple[int, bool]:
-    from shared.config_store import apply_config
+async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
+    """Apply a configuration file (a new version, in one transaction), or with `dry_run` only
+    compare it with the active version."""
+    from shared.config_store import apply_config, preview_config
     from shared.db import make_engine
 
     engine = make_engine(database_url)
     try:
+        if dry_run:
+            async with engine.connect() as conn:
+                return await preview_config(conn, text)
         async with engine.begin() as conn:
             return await apply_config(conn, text)
-    finally:
-        await engine.dispose()
-
-
-async def _preview_config(database_url: str, text: str):
-    from shared.config_store import preview_config
-    from shared.db import make_engine
-
-    engine = make_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            return await preview_config(conn, text)
     finally:
         await engine.dispose()
 
@@ -196,7 +189,7 @@ def config_apply(
         for warning in config_warnings(parse_config(text), BUILTIN_INTENTS):
             console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
         if dry_run:
-            preview = _run(_preview_config(settings.database_url, text), settings)
+            preview = _run(_apply_config(settings.database_url, text, dry_run=True), settings)
         else:
             version, changed = _run(_apply_config(settings.database_url, text), settings)
     except ConfigError as exc:
