@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -14,9 +15,10 @@ from .events import ALL_TOPICS
 log = structlog.get_logger()
 
 
-async def ensure_topics(bootstrap: str, partitions: int, *, attempts: int = 30) -> None:
-    """Create the contract's topics if missing; waits for the broker to come up."""
-    for attempt in range(attempts):
+async def ensure_topics(bootstrap: str, partitions: int, *, wait: float = 60.0) -> None:
+    """Create the contract's topics if missing; waits up to `wait` seconds for the broker to come up."""
+    deadline = asyncio.get_running_loop().time() + wait
+    for attempt in itertools.count():
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         try:
             await admin.start()
@@ -29,9 +31,10 @@ async def ensure_topics(bootstrap: str, partitions: int, *, attempts: int = 30) 
                     pass  # another service created them first
             return
         except KafkaConnectionError:
-            if attempt == attempts - 1:
+            pause = min(0.2 * 2**attempt, 2.0)
+            if asyncio.get_running_loop().time() + pause > deadline:
                 raise
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            await asyncio.sleep(pause)
         finally:
             await admin.close()
 

@@ -119,7 +119,7 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     if versioned is None:
         raise StartupError("no configuration applied yet: run `leadsla config apply FILE`")
 
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, wait=settings.kafka_startup_wait_seconds)
     producer = make_producer(settings.kafka_bootstrap)
     await producer.start()
     ctx = ServiceContext(

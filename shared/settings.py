@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # embedded broker also delays every rejoin by about twice this, so `leadsla dev` runs it at
     # 2 s; 6 s is Apache Kafka's minimum (group.min.session.timeout.ms).
     kafka_session_timeout_ms: int = Field(default=6000, ge=500)
+    # How long a starting service waits for the broker to come up (compose starts them together).
+    kafka_startup_wait_seconds: float = Field(default=60.0, ge=0)
     # What a client is told to wait (Retry-After) while the database is unreachable.
     retry_after_seconds: int = Field(default=5, ge=1)
     # A running service's statements that get no answer within this long fail as "database

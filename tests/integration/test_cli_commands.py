@@ -36,10 +36,10 @@ def closed_port() -> int:
 
 
 async def leadsla(*args: str, database_url: str, kafka_bootstrap: str = "127.0.0.1:9",
-                  timeout: float = 120) -> tuple[int, str, str]:
+                  timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run `leadsla ARGS`; (exit code, stdout, stderr)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LEADSLA_DATABASE_URL": database_url,
-           "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap, "LEADSLA_HTTP_PORT": str(closed_port())}
+           "LEADSLA_KAFKA_BOOTSTRAP": kafka_bootstrap, "LEADSLA_HTTP_PORT": str(closed_port()), **(env or {})}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "leadsla.cli", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -87,7 +87,8 @@ async def test_serve_with_a_broker_it_cannot_reach_ends_with_one_line_and_exit_2
     code, out, err = await leadsla("config", "apply", str(EXAMPLE), database_url=database.url)
     assert code == 0, err
     bootstrap = f"127.0.0.1:{closed_port()}"
-    assert_one_line_error(*await leadsla("serve", "intake", database_url=database.url, kafka_bootstrap=bootstrap),
+    assert_one_line_error(*await leadsla("serve", "intake", database_url=database.url, kafka_bootstrap=bootstrap,
+                                         env={"LEADSLA_KAFKA_STARTUP_WAIT_SECONDS": "3"}),
                           "cannot reach the broker", bootstrap, after_logs=True)
 
 
