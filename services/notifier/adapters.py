@@ -70,6 +70,9 @@ class NotifierStore(Protocol):
     async def has_escalations(self, sla_id: str) -> bool:
         """Whether any escalation step was planned for this SLA."""
 
+    async def pending_chains(self, lead_id: str) -> list[str]:
+        """The SLAs of a lead with escalation steps neither fired nor cancelled yet."""
+
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         """Steps due and neither fired nor cancelled, oldest first; Postgres locks them until
         commit (skipping ones another sender holds)."""
@@ -105,6 +108,14 @@ class PostgresStore:
         found = await self._conn.scalar(select(escalations.c.escalation_id)
                                          .where(escalations.c.sla_id == sla_id).limit(1))
         return found is not None
+
+    async def pending_chains(self, lead_id: str) -> list[str]:
+        e = escalations
+        rows = await self._conn.scalars(
+            select(e.c.sla_id).distinct()
+            .where(e.c.lead_id == lead_id, e.c.sla_id.is_not(None), e.c.triggered_at.is_(None),
+                   e.c.cancelled_at.is_(None)).order_by(e.c.sla_id))
+        return list(rows)
 
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         e = escalations
@@ -184,6 +195,10 @@ class InMemoryStore:
 
     async def has_escalations(self, sla_id: str) -> bool:
         return any(e.sla_id == sla_id for e in self.escalations.values())
+
+    async def pending_chains(self, lead_id: str) -> list[str]:
+        return sorted({e.sla_id for e in self.escalations.values()
+                       if e.due.lead_id == lead_id and e.triggered_at is None and e.cancelled_at is None})
 
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         due = sorted((e for e in self.escalations.values()

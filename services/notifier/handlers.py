@@ -127,6 +127,8 @@ async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned]
 
 async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
     await _keep_facts(uow, received, deps, tier=received.data.tier)
+    if received.data.reason == "opted_out":
+        await _stop_lead_chains(uow, received, deps)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
@@ -155,6 +157,17 @@ async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData
         await record(uow, ChainStopped(lead_id=sla.lead_id, sla_id=sla.sla_id, stopped_at=now), time=now,
                      stream=sla.lead_id, event_id=deterministic_id(received.id, "stopped"), cause=received.envelope)
     await fan_out(uow, received.envelope, now, store=store)
+
+
+async def _stop_lead_chains(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
+    """An opted-out lead escalates no further, also for an SLA breached before the opt-out (the
+    clock cancels only running timers, so no sla.cancelled stops that chain)."""
+    lead_id, now = received.data.lead_id, deps.now
+    store = deps.store(uow)
+    await uow.load_version(lead_id)  # a step firing for this lead meanwhile: retry from fresh state
+    for sla_id in await store.pending_chains(lead_id):
+        await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now), time=now, stream=lead_id,
+                     event_id=deterministic_id(received.id, "stopped", sla_id), cause=received.envelope)
 
 
 async def on_notification(uow: UnitOfWork, received: Received[NotificationResult], deps: NotifierDeps) -> None:

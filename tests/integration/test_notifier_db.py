@@ -16,7 +16,7 @@ from services.notifier.domain import Attempt
 from services.notifier.handlers import HANDLERS, NotifierDeps
 from services.notifier.tables import deliveries, subscription_deliveries
 from shared.clock import ManualClock
-from shared.events import SLA_PAYLOADS, new_event
+from shared.events import SLA_PAYLOADS, LeadUpdated, new_event
 from tests.integration.receivers import HttpReceiver
 from tests.support import handle_event, stored_events
 
@@ -128,6 +128,23 @@ async def test_a_later_step_fires_only_when_due_and_a_met_sla_stops_the_chain(ma
     triggered = [e.data["step"] for e in await stored_events(engine, "notifier", met, published_only=True)
                  if e.type == "escalation.triggered"]
     assert triggered == [1]
+
+
+async def test_an_opt_out_after_a_breach_stops_the_chain(make_ctx, clock, engine, receiver, http):
+    # The clock cancels only running timers: a breached SLA's chain gets no sla.cancelled.
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    escalated, opted_out = str(uuid.uuid4()), str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", escalated, clock.now(), sla_id=f"sla-{escalated}"),
+                  sla_event("breached", opted_out, clock.now(), sla_id=f"sla-{opted_out}"))
+    await d.run_once()
+    await consume(ctx, new_event("lead.updated", service="intake", lead_id=opted_out, time=clock.now(),
+                                 data=LeadUpdated(lead_id=opted_out, changed={"contactable": {"old": True, "new": False}},
+                                                  tier="A", previous_tier="A", reason="opted_out", contactable=False)))
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
+    assert to(receiver, opted_out) == [(1, "alice")]  # nothing escalates after the opt-out
 
 
 async def test_a_breach_the_system_caused_goes_to_lead_ops_not_the_owner(make_ctx, clock, receiver, http):

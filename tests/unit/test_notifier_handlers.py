@@ -24,6 +24,7 @@ from shared.events import (
     Intent,
     LeadAssigned,
     LeadReceived,
+    LeadUpdated,
     NotificationFailed,
     SlaBreached,
     SlaMet,
@@ -123,6 +124,24 @@ async def test_a_met_sla_stops_the_rest_of_its_chain() -> None:
     await consume(uow, met(lead_id, NOW + timedelta(minutes=5)))
     assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
     assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == []
+
+
+def opted_out(lead_id: str, now: datetime):
+    return new_event("lead.updated", service="intake", lead_id=lead_id, time=now, data=LeadUpdated(
+        lead_id=lead_id, changed={"contactable": {"old": True, "new": False}}, tier="A", previous_tier="A",
+        reason="opted_out", contactable=False))
+
+
+async def test_an_opt_out_after_a_breach_stops_the_rest_of_its_chain() -> None:
+    # The clock cancels only running timers: the breached one's chain gets no sla.cancelled.
+    store, uow = world()
+    lead_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    await consume(uow, breached(lead_id))
+    await consume(uow, breached(other))
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    await consume(uow, opted_out(lead_id, NOW + timedelta(minutes=5)))
+    assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
+    assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == [2]  # the other lead's
 
 
 async def test_a_met_sla_with_no_escalation_records_nothing() -> None:
