@@ -282,10 +282,12 @@ class InMemoryUnitOfWork:
         return self.versions.get(stream_id, 0)
 
 
-async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Sequence[str]) -> InMemoryStore:
+async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Sequence[str],
+                    chain_lead_ids: Sequence[str] = ()) -> InMemoryStore:
     """What a consumer's run of events reads, read at once (a statement per table): the known
     leads, the live subscriptions, the leads' held subscription deliveries and the escalations of
-    the SLAs; the handlers then read and record through it in memory (`RunUnitOfWork`)."""
+    the SLAs and of the leads whose chains may stop (opted out); the handlers then read and
+    record through it in memory (`RunUnitOfWork`)."""
     store = InMemoryStore()
     for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids))):
         store.leads[row.lead_id] = KnownLead(**row._asdict())
@@ -298,9 +300,11 @@ async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Seq
                                          s.c.attempts == 0)):
         store.subscription_deliveries[(row.subscription_id, row.event_id)] = _SubscriptionDelivery(
             row.lead_id, row.next_attempt_at)
-    if sla_ids:
-        e = escalations
-        for row in await conn.execute(select(e).where(e.c.sla_id == any_text(sla_ids))):
+    e = escalations
+    wanted = [e.c.sla_id == any_text(sla_ids)] if sla_ids else []
+    wanted += [e.c.lead_id == any_text(chain_lead_ids)] if chain_lead_ids else []
+    for where in wanted:  # one statement each: any_text's parameter has one name
+        for row in await conn.execute(select(e).where(where)):
             store.escalations[row.escalation_id] = _Escalation(
                 DueEscalation(row.escalation_id, row.lead_id, row.policy_id, row.step, row.trigger), row.sla_id,
                 row.due_at, row.triggered_at, row.cancelled_at)

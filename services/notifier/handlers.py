@@ -233,7 +233,8 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     batch again event by event through `HANDLERS`."""
     leads = [lead for r in run for lead in (r.envelope.subject, getattr(r.data, "lead_id", None)) if lead]
     slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping]
-    store = await run_store(uow.conn, leads, slas)
+    opted_out = [r.data.lead_id for r in run if isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out"]
+    store = await run_store(uow.conn, leads, slas, opted_out)
     await uow.load_versions(leads)
     run_uow, run_deps = RunUnitOfWork(uow, store), replace(deps, store=lambda _: store)
     for received in run:

@@ -36,6 +36,7 @@ from shared.events import (
     LeadAssigned,
     LeadReassigned,
     LeadReceived,
+    LeadUpdated,
     Received,
     SlaStarted,
     new_event,
@@ -408,9 +409,15 @@ def reassigned(lead_id: str, now: datetime):
         lead_id=lead_id, from_owner_id="alice", to_owner_id="bob", reason="manual", assignment_no=2))
 
 
+def opted_out(lead_id: str, now: datetime):
+    return new_event("lead.updated", service="intake", lead_id=lead_id, time=now, data=LeadUpdated(
+        lead_id=lead_id, changed={"contactable": {"old": True, "new": False}}, tier="A", previous_tier="A",
+        reason="opted_out", contactable=False))
+
+
 # Each life is given as the consumer's runs (a fetched batch each): what a run reads was written
 # by the run before it, or by itself. Each ends with its SLA met: no planned step is left for
-# another test's deliverer to fire.
+# another test's deliverer to fire (or opted out: the opt-out stops the chain).
 LIVES = {
     "breached_reassigned_met": lambda lead, t: [[received(lead, t)],
                                                 [assigned(lead, 1, t), sla("started", lead, t),
@@ -418,6 +425,9 @@ LIVES = {
     "assignment_before_receipt": lambda lead, t: [[assigned(lead, 1, t)],
                                                   [received(lead, t), sla("started", lead, t), sla("warning", lead, t)],
                                                   [sla("met", lead, t)]],
+    "breached_then_opted_out": lambda lead, t: [[received(lead, t)],
+                                                [assigned(lead, 1, t), sla("started", lead, t), sla("breached", lead, t)],
+                                                [opted_out(lead, t)]],
 }
 BLIND = ("id", "lead_id", "subject", "event_id", "trigger_event_id", "escalation_id", "sla_id", "body", "trigger",
          "causationid", "correlation_id", "traceparent")
