@@ -39,7 +39,9 @@ class Event(Protocol):
     def data(self) -> dict[str, Any]: ...
 
 # Later lifecycle stages never fall back to earlier ones when events arrive out of order.
-STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "dispositioned": 4}
+# nurture: the follow-up cadence ran out without a disposition (CONTRACT: cadence_exhausted); a
+# disposition made later still wins.
+STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "nurture": 4, "dispositioned": 5}
 TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
 # A touch stamped a little before its timer started (CRM clocks drift) still answers it,
 # as sla_clock judges it.
@@ -170,6 +172,7 @@ def _sla_projector(kind: type[Payload]) -> Projector:
     state = SLA_STATE[kind]
     warning = kind is SlaWarning
     starts = kind is SlaStarted
+    cancels = kind is SlaCancelled
 
     def project(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
         metric = d.get("metric")
@@ -189,6 +192,8 @@ def _sla_projector(kind: type[Payload]) -> Projector:
         s["sla"] = {**s["sla"], metric: entry}
         if entry["state"] == "breached":  # final: once a timer breached, the lead stays breached
             s["breached"] = True
+        if cancels and d.get("reason") == "cadence_exhausted":
+            _advance(s, "nurture")
 
     return project
 

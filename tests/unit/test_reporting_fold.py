@@ -33,6 +33,17 @@ def test_lifecycle() -> None:
     assert state["sla"]["first_response"]["root_cause"] == "owner_missed"
 
 
+def test_an_exhausted_cadence_makes_the_lead_nurture_until_a_disposition() -> None:
+    touched = event("activity.recorded", type="email", occurred_at="2026-11-17T09:02:00Z")
+    exhausted = event("sla.cancelled", metric="next_action", sla_id="n", policy_id="p",
+                      due_at="2026-11-18T09:02:00Z", reason="cadence_exhausted")
+    assert replay(RECEIVED, ASSIGNED, touched, exhausted)["status"] == "nurture"
+    assert replay(RECEIVED, ASSIGNED, exhausted, touched)["status"] == "nurture"
+    opted_out = event("sla.cancelled", metric="next_action", sla_id="n", policy_id="p",
+                      due_at="2026-11-18T09:02:00Z", reason="opted_out")
+    assert replay(RECEIVED, ASSIGNED, touched, opted_out)["status"] == "responded"
+
+
 def test_out_of_order_events_do_not_move_status_backwards() -> None:
     assert replay(ASSIGNED, RECEIVED)["status"] == "assigned"
 
