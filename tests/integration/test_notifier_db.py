@@ -107,15 +107,22 @@ async def test_a_breach_notifies_owner_and_manager_once_even_if_redelivered(make
     assert events[0].data["step"] == 1
 
 
+async def two_breached_leads(ctx, clock, d, receiver) -> tuple[str, str]:
+    """Two leads whose first_response breached, step 1 sent to the owner: one to escalate further,
+    one whose chain the test stops."""
+    escalated, stopped = str(uuid.uuid4()), str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", escalated, clock.now(), sla_id=f"sla-{escalated}"),
+                  sla_event("breached", stopped, clock.now(), sla_id=f"sla-{stopped}"))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice")] and to(receiver, stopped) == [(1, "alice")]
+    return escalated, stopped
+
+
 async def test_a_later_step_fires_only_when_due_and_a_met_sla_stops_the_chain(make_ctx, clock, engine, receiver,
                                                                               http):
     ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
     d = deliverer(ctx, clock, http)
-    escalated, met = str(uuid.uuid4()), str(uuid.uuid4())
-    await consume(ctx, sla_event("breached", escalated, clock.now(), sla_id=f"sla-{escalated}"),
-                  sla_event("breached", met, clock.now(), sla_id=f"sla-{met}"))
-    await d.run_once()
-    assert to(receiver, escalated) == [(1, "alice")] and to(receiver, met) == [(1, "alice")]
+    escalated, met = await two_breached_leads(ctx, clock, d, receiver)
 
     await consume(ctx, sla_event("met", met, clock.now(), sla_id=f"sla-{met}"))
     clock.advance(timedelta(minutes=14))
@@ -134,10 +141,7 @@ async def test_an_opt_out_after_a_breach_stops_the_chain(make_ctx, clock, engine
     # The clock cancels only running timers: a breached SLA's chain gets no sla.cancelled.
     ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
     d = deliverer(ctx, clock, http)
-    escalated, opted_out = str(uuid.uuid4()), str(uuid.uuid4())
-    await consume(ctx, sla_event("breached", escalated, clock.now(), sla_id=f"sla-{escalated}"),
-                  sla_event("breached", opted_out, clock.now(), sla_id=f"sla-{opted_out}"))
-    await d.run_once()
+    escalated, opted_out = await two_breached_leads(ctx, clock, d, receiver)
     await consume(ctx, new_event("lead.updated", service="intake", lead_id=opted_out, time=clock.now(),
                                  data=LeadUpdated(lead_id=opted_out, changed={"contactable": {"old": True, "new": False}},
                                                   tier="A", previous_tier="A", reason="opted_out", contactable=False)))
