@@ -66,16 +66,22 @@ async def rebuild(engine: AsyncEngine, projection: Projection, *, verify: bool,
                 f'CREATE TABLE "{aside}"."{table.name}" (LIKE "{table.schema}"."{table.name}" INCLUDING ALL)'))
         await target.commit()
         translated = await target.execution_options(schema_translate_map={service: aside})
-        after = 0
-        while True:
-            events = await read_all(source, service, after=after, limit=page)
-            await source.rollback()  # no long snapshot on the live store
-            if not events:
-                break
-            await projection.apply(translated, [e.event for e in events])
-            replayed += len(events)
-            after = events[-1].position
-            progress(len(events))
+
+        async def apply_from(after: int) -> int:
+            """Apply the store's events after position `after` to the aside tables, a page at a
+            time; returns the last position applied."""
+            nonlocal replayed
+            while True:
+                events = await read_all(source, service, after=after, limit=page)
+                await source.rollback()  # no long snapshot on the live store
+                if not events:
+                    return after
+                await projection.apply(translated, [e.event for e in events])
+                replayed += len(events)
+                after = events[-1].position
+                progress(len(events))
+
+        after = await apply_from(0)
         await target.commit()
         seconds = time.perf_counter() - started
         differences: dict[str, int] = {}
@@ -98,12 +104,7 @@ async def rebuild(engine: AsyncEngine, projection: Projection, *, verify: bool,
             # page. A write that commits during the swap waits for it; one that committed after
             # the last page is in the rebuilt tables (it would otherwise be deleted with the rest).
             await target.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key(service)})
-            while events := await read_all(source, service, after=after, limit=page):  # after the lock
-                await source.rollback()
-                await projection.apply(translated, [e.event for e in events])
-                replayed += len(events)
-                after = events[-1].position
-                progress(len(events))
+            await apply_from(after)  # read after the lock: every commit before it is seen
             for table in projection.tables:
                 live, rebuilt = f'"{table.schema}"."{table.name}"', f'"{aside}"."{table.name}"'
                 await target.execute(text(f"DELETE FROM {live}"))
