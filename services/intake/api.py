@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -69,6 +69,10 @@ def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         message = "is not JSON" if not isinstance(exc, RecursionError) else "is nested too deeply"
         raise Refused([{"field": "(body)", "message": message}]) from None
+
+
+async def _json_body(request: Request) -> Any:
+    return _parse_body(await request.body(), request.headers.get("content-type"))
 
 
 def _declared_charset(content_type: str | None) -> str | None:
@@ -147,7 +151,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         principal = await sender(request)
         key = idempotency_key(request)
         try:
-            submission = read(_parse_body(await request.body(), request.headers.get("content-type")), principal.name)
+            submission = read(await _json_body(request), principal.name)
         except Refused as exc:
             raise _refusal(exc, principal.name) from None
         result = await group.submit(submission, source=principal.name, idempotency_key=key)
@@ -161,7 +165,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         principal = await sender(request)
         key = idempotency_key(request)
         try:
-            body = _parse_body(await request.body(), request.headers.get("content-type"))
+            body = await _json_body(request)
         except Refused as exc:
             raise _refusal(exc, principal.name) from None
         items = body.get("leads") if isinstance(body, dict) else None
@@ -205,7 +209,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     @router.patch("/v1/leads/{lead_id}", openapi_extra=openapi.PATCH_LEAD)
     async def patch_lead(lead_id: str, request: Request, principal: Sender) -> JSONResponse:
         try:
-            patch = read(_parse_body(await request.body(), request.headers.get("content-type")), principal.name, partial=True)
+            patch = read(await _json_body(request), principal.name, partial=True)
         except Refused as exc:
             raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
         async def update() -> tuple[str, dict[str, Any]]:
@@ -222,14 +226,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
-    async def post_activity(
-        lead_id: str, activity: ActivityIn, principal: Sender,
-        key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=MAX_IDEMPOTENCY_KEY,
-                                          description="The activity's id on the sender's side, when the body "
-                                                      "has no external_id: a retry with it changes nothing")] = None,
-    ) -> JSONResponse:
-        if activity.external_id is None and key and key.strip():
-            activity = activity.model_copy(update={"external_id": key.strip()})
+    async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender, request: Request) -> JSONResponse:
+        key = idempotency_key(request)  # the activity's id on the sender's side when the body has none
+        if activity.external_id is None and key:
+            activity = activity.model_copy(update={"external_id": key})
 
         async def record() -> str:
             async with ctx.uow() as uow:

@@ -122,6 +122,8 @@ PATCH_LEAD = {
     },
 }
 POST_ACTIVITY = {
+    # The activity's id on the sender's side, when the body has no external_id: a retry changes nothing.
+    "parameters": [IDEMPOTENCY],
     "responses": {
         "202": _json({"type": "object", "properties": {"activity_id": {"type": "string"}}}, "Recorded"),
         "404": _problem("Unknown lead"),
