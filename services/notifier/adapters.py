@@ -70,8 +70,9 @@ class NotifierStore(Protocol):
     async def has_escalations(self, sla_id: str) -> bool:
         """Whether any escalation step was planned for this SLA."""
 
-    async def pending_chains(self, lead_id: str) -> list[str]:
-        """The SLAs of a lead with escalation steps neither fired nor cancelled yet."""
+    async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
+        """The SLAs of a lead with escalation steps neither fired nor cancelled yet, each with the
+        data of the event that triggered its chain."""
 
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         """Steps due and neither fired nor cancelled, oldest first; Postgres locks them until
@@ -109,13 +110,13 @@ class PostgresStore:
                                          .where(escalations.c.sla_id == sla_id).limit(1))
         return found is not None
 
-    async def pending_chains(self, lead_id: str) -> list[str]:
+    async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
         e = escalations
-        rows = await self._conn.scalars(
-            select(e.c.sla_id).distinct()
+        rows = await self._conn.execute(
+            select(e.c.sla_id, e.c.trigger)
             .where(e.c.lead_id == lead_id, e.c.sla_id.is_not(None), e.c.triggered_at.is_(None),
                    e.c.cancelled_at.is_(None)).order_by(e.c.sla_id))
-        return list(rows)
+        return {row.sla_id: row.trigger.get("data", {}) for row in rows}
 
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         e = escalations
@@ -196,9 +197,11 @@ class InMemoryStore:
     async def has_escalations(self, sla_id: str) -> bool:
         return any(e.sla_id == sla_id for e in self.escalations.values())
 
-    async def pending_chains(self, lead_id: str) -> list[str]:
-        return sorted({e.sla_id for e in self.escalations.values()
-                       if e.due.lead_id == lead_id and e.triggered_at is None and e.cancelled_at is None})
+    async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
+        pending = sorted((e for e in self.escalations.values()
+                          if e.due.lead_id == lead_id and e.triggered_at is None and e.cancelled_at is None),
+                         key=lambda e: e.sla_id)
+        return {e.sla_id: e.due.trigger.get("data", {}) for e in pending}
 
     async def due_escalations(self, now: datetime, limit: int) -> list[DueEscalation]:
         due = sorted((e for e in self.escalations.values()

@@ -48,6 +48,23 @@ def plan_steps(config: Config, event_type: str, triggered_at: datetime) -> list[
             for policy in policies_for(config, event_type) for step in policy.steps]
 
 
+def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outcome: str | None,
+                  actor: str | None, owner_id: str | None) -> bool:
+    """Whether an activity recorded after an escalation chain started answers what the chain
+    escalates (`sla`: its trigger's data), so its later steps have no news left to tell: a touch
+    for the SLA's metric under its policy, the rule the SLA clock judges by (a follow-up is also
+    answered by a disposition or a booked meeting, a qualification by a disposition). A breached
+    SLA stays breached and its clock emits nothing more for it, so the notifier judges the late
+    touch itself; an SLA under a policy the configuration no longer has is left to escalate."""
+    metric = sla.get("metric")
+    if metric == "qualification":
+        return activity_type == "disposition"
+    if metric == "next_action" and (activity_type == "disposition" or (activity_type, outcome) == ("meeting", "booked")):
+        return True
+    policy = next((p for p in config.sla_policies if p.id == sla.get("policy_id")), None)
+    return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
+
+
 def roles_for(roles: list[str], root_cause: str | None) -> list[str]:
     """A breach the system caused (`system_delay`) is lead ops' to fix, not the owner's:
     owner and manager give way to lead ops."""

@@ -7,7 +7,7 @@ writes a table.
 
 Consuming (inside the consumer's transaction): lead facts for messages; escalation steps planned
 from sla.breached / sla.warning, each due at its delay; the rest of a chain cancelled by sla.met /
-sla.cancelled; and every event copied to the CRM subscriptions that want it.
+sla.cancelled, an opt-out, or a late touch that answers it; and every event copied to the CRM subscriptions that want it.
 
 Firing (`fire_due_steps`): a due step's deliveries are made, each with its idempotency key, and
 escalation.triggered is emitted, in one transaction. Sending them is `delivery.py`'s job.
@@ -28,6 +28,7 @@ from shared.config import Config
 from shared.events import (
     PAYLOADS,
     TOPIC_NOTIFICATIONS,
+    ActivityRecorded,
     CloudEvent,
     EscalationTriggered,
     LeadAssigned,
@@ -61,6 +62,7 @@ from .domain import (
     Recipient,
     StepFired,
     SubscriptionQueued,
+    answers_chain,
     deliver_at,
     digest_key,
     digest_window,
@@ -159,13 +161,25 @@ async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData
     await fan_out(uow, received.envelope, now, store=store)
 
 
-async def _stop_lead_chains(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
-    """An opted-out lead escalates no further, also for an SLA breached before the opt-out (the
-    clock cancels only running timers, so no sla.cancelled stops that chain)."""
+async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecorded], deps: NotifierDeps) -> None:
+    activity = received.data
+    known = await deps.store(uow).lead(activity.lead_id)
+    owner_id = known.owner_id if known else None
+    await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
+        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id))
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
+
+
+async def _stop_lead_chains(uow: UnitOfWork, received: Received[Any], deps: NotifierDeps,
+                            answered: Callable[[dict[str, Any]], bool] = lambda sla: True) -> None:
+    """Stop the lead's chains whose steps have not fired yet (those `answered` by this event). An
+    opted-out lead escalates no further, and a late touch answers a breach: the clock cancels only
+    running timers and a breached one ends there, so no sla.met or sla.cancelled stops those chains."""
     lead_id, now = received.data.lead_id, deps.now
     store = deps.store(uow)
     await uow.load_version(lead_id)  # a step firing for this lead meanwhile: retry from fresh state
-    for sla_id in await store.pending_chains(lead_id):
+    stopping = [sla_id for sla_id, sla in (await store.pending_chains(lead_id)).items() if answered(sla)]
+    for sla_id in stopping:
         await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now), time=now, stream=lead_id,
                      event_id=deterministic_id(received.id, "stopped", sla_id), cause=received.envelope)
 
@@ -220,6 +234,7 @@ HANDLERS = {
     LeadAssigned: on_lead_assigned,
     LeadReassigned: on_lead_reassigned,
     LeadUpdated: on_lead_updated,
+    ActivityRecorded: on_activity_recorded,
     **{PAYLOADS[t]: on_sla_escalating for t in ESCALATING_TYPES},
     **{PAYLOADS[t]: on_sla_chain_stopping for t in CHAIN_STOPPING_TYPES},
     **{cls: on_notification for cls in PAYLOADS.values() if issubclass(cls, NotificationResult)},
@@ -233,8 +248,9 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     batch again event by event through `HANDLERS`."""
     leads = [lead for r in run for lead in (r.envelope.subject, getattr(r.data, "lead_id", None)) if lead]
     slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping]
-    opted_out = [r.data.lead_id for r in run if isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out"]
-    store = await run_store(uow.conn, leads, slas, opted_out)
+    chains_may_stop = [r.data.lead_id for r in run if isinstance(r.data, ActivityRecorded)
+                       or (isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out")]
+    store = await run_store(uow.conn, leads, slas, chains_may_stop)
     await uow.load_versions(leads)
     run_uow, run_deps = RunUnitOfWork(uow, store), replace(deps, store=lambda _: store)
     for received in run:

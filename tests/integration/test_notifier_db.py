@@ -13,10 +13,10 @@ from sqlalchemy import update
 from services.notifier.channels import Senders
 from services.notifier.delivery import Deliverer
 from services.notifier.domain import Attempt
-from services.notifier.handlers import HANDLERS, NotifierDeps
+from services.notifier.handlers import HANDLERS, NotifierDeps, on_run
 from services.notifier.tables import deliveries, subscription_deliveries
 from shared.clock import ManualClock
-from shared.events import SLA_PAYLOADS, LeadUpdated, new_event
+from shared.events import SLA_PAYLOADS, ActivityRecorded, LeadUpdated, Received, new_event
 from tests.integration.receivers import HttpReceiver
 from tests.support import handle_event, stored_events
 
@@ -276,3 +276,39 @@ async def test_a_rate_limited_channel_sends_its_quota_per_window_and_the_rest_wa
     clock.advance(timedelta(seconds=61))
     await d.run_once()
     assert sent() == 5
+
+
+def touch_event(lead_id: str, now, activity_type: str = "call", outcome: str | None = "connected"):
+    return new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type=activity_type, actor="alice", occurred_at=now,
+        outcome=outcome))
+
+
+TOUCHES = """
+sla_policies:
+  - id: p
+    metrics: {first_response: {target: 5m}}
+    qualifying_touches: [{type: call, outcomes: [connected]}, email]
+"""
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
+async def test_a_late_first_response_stops_the_chain_a_non_qualifying_touch_does_not(make_ctx, clock, engine,
+                                                                                   receiver, http, batched):
+    # The breach stands (the timer ends there, no sla.met follows), but once the owner has
+    # reached the buyer, telling lead ops 15 minutes later is noise.
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]") + TOUCHES)
+    d = deliverer(ctx, clock, http)
+    escalated, answered = await two_breached_leads(ctx, clock, d, receiver)
+    events = [touch_event(escalated, clock.now(), outcome="no_answer"),  # not a touch under policy p
+              touch_event(answered, clock.now())]
+    if batched:
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(e) for e in events], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    else:
+        await consume(ctx, *events)
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
+    assert to(receiver, answered) == [(1, "alice")]

@@ -6,6 +6,7 @@ from services.notifier.domain import (
     Attempt,
     LeadFacts,
     Recipient,
+    answers_chain,
     backoff,
     decide,
     deliver_at,
@@ -229,3 +230,30 @@ def test_a_digest_lists_the_first_escalations_and_counts_the_rest() -> None:
 
 def test_a_rate_limited_channel_has_room_for_what_is_left_of_its_quota() -> None:
     assert [rate_room(3, used) for used in (0, 2, 3, 7)] == [3, 1, 0, 0]
+
+
+ANSWERING = parse_config("""
+sla_policies:
+  - id: fast
+    metrics: {first_response: {target: 5m}, next_action: {target: 1d, touches: 3}, qualification: {target: 5d}}
+    qualifying_touches: [{type: call, outcomes: [connected]}, email]
+    touch_actors: owner
+""")
+
+
+@pytest.mark.parametrize(("metric", "policy", "activity", "outcome", "actor", "answers"), [
+    ("first_response", "fast", "call", "connected", "alice", True),
+    ("first_response", "fast", "call", "no_answer", "alice", False),  # not a touch under the policy
+    ("first_response", "fast", "email", None, "bob", False),  # only the owner's touches count
+    ("first_response", "fast", "note", None, "alice", False),
+    ("next_action", "fast", "email", None, "alice", True),
+    ("next_action", "fast", "disposition", None, "alice", True),  # ends the cadence
+    ("next_action", "fast", "meeting", "booked", "alice", True),
+    ("qualification", "fast", "disposition", None, "bob", True),
+    ("qualification", "fast", "call", "connected", "alice", False),
+    ("first_response", "gone", "call", "connected", "alice", False),  # policy no longer configured
+])
+def test_a_late_activity_answers_a_chain_by_the_rule_the_clock_judges(metric, policy, activity, outcome, actor,
+                                                                      answers):
+    sla = {"metric": metric, "policy_id": policy, "owner_id": "alice"}
+    assert answers_chain(ANSWERING, sla, activity, outcome, actor, "alice") is answers
