@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -230,6 +231,26 @@ async def test_kafka_submissions_are_accepted_and_bad_records_dead_lettered(
     letter = next(e for e in letters if base64.b64decode(e.data["original_bytes_b64"]) == garbage).data
     assert letter["topic"] == TOPIC_SUBMISSIONS_RAW and letter["service"] == "intake"
     assert letter["error"].startswith("undecodable: not JSON")
+
+
+async def test_compressed_kafka_submissions_are_read_with_every_codec(system: System, kafka_bootstrap: str) -> None:
+    """Producers compress (Java clients often with lz4, snappy or zstd). Once, a batch in any codec
+    but gzip crash-looped intake's consumer: the libraries to read it were not installed."""
+    external_ids = {codec: f"{codec}-{uuid.uuid4().hex[:8]}" for codec in ("gzip", "snappy", "lz4", "zstd")}
+    async with TopicReader(kafka_bootstrap, TOPIC_INTAKE) as intake:
+        for codec, external_id in external_ids.items():
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type=codec)
+            await producer.start()
+            try:
+                await producer.send_and_wait(TOPIC_SUBMISSIONS_RAW, json.dumps(
+                    {"source": "chat", "external_id": external_id, "contact": {"email": f"{external_id}@example.com"},
+                     "intent": {"type": "trial"}}).encode(), key=external_id.encode())
+            finally:
+                await producer.stop()
+        received = await intake.wait_for(lambda es: set(external_ids.values()) <= {
+            e.data.get("external_id") for e in es}, what="a lead from each compressed batch")
+    assert {e.data.get("external_id") for e in received} >= set(external_ids.values())
+    assert system.services["intake"].ready()
 
 
 async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: System, engine) -> None:
