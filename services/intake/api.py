@@ -245,7 +245,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         except RejectedActivity as exc:
             raise ProblemError(422, "Invalid activity", str(exc),
                                [{"field": exc.field, "message": str(exc)}]) from None
-        return JSONResponse({"activity_id": activity_id}, status_code=202)
+        return JSONResponse({"activity_id": activity_id, "warnings": activity.warnings()}, status_code=202)
 
     return router
 

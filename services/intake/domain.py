@@ -40,9 +40,11 @@ def storable(value: Any) -> Any:
 
 
 class FormInput(BaseModel):
-    """Input from CRMs (activities): unknown fields refused, blank fields absent, text storable."""
+    """Input from CRMs (activities): blank fields absent, text storable; unknown fields (a call's
+    duration, the CRM's own ids) kept verbatim as `model_extra`: refusing a touch for them would
+    lose it, and the SLA would breach for a call that was made."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -211,6 +213,19 @@ class ActivityIn(FormInput):
         if self.occurred_at is not None and self.occurred_at.tzinfo is None:
             raise ValueError("occurred_at needs a UTC offset")
         return self
+
+    def attributes(self) -> dict[str, Any]:
+        """The fields the contract does not name, as sent, nested where they were."""
+        kept = dict(self.model_extra or {})
+        if self.disposition is not None and self.disposition.model_extra:
+            kept["disposition"] = dict(self.disposition.model_extra)
+        return kept
+
+    def warnings(self) -> list[dict[str, str]]:
+        """The unknown fields named, so an integrator sees a misspelt `outcome` at once."""
+        unknown = [*(self.model_extra or {}),
+                   *(f"disposition.{name}" for name in (self.disposition.model_extra or {} if self.disposition else {}))]
+        return [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
 
 
 def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, list[str]]) -> str | None:

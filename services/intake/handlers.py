@@ -346,8 +346,10 @@ async def record_activity(
         occurred_at=activity.occurred_at or now,
         channel=activity.channel,
         outcome=activity.outcome,
-        disposition=Disposition(**activity.disposition.model_dump()) if activity.disposition else None,
+        disposition=Disposition(status=activity.disposition.status, reason=activity.disposition.reason)
+        if activity.disposition else None,
         reason=activity.reason,
+        attributes=activity.attributes() or None,
     )
     await uow.record(TOPIC_INTAKE, new_event(
         "activity.recorded", service=SERVICE, lead_id=lead_id, data=recorded, time=now,

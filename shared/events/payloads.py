@@ -130,6 +130,8 @@ class ActivityRecorded(Payload):
     outcome: str | None = None
     disposition: Disposition | None = None
     reason: str | None = None
+    # Fields the sender gave that the contract does not name (a call's duration, CRM ids), as sent.
+    attributes: dict[str, Any] | None = None
 
 
 class Candidate(WireModel):

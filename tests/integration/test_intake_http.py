@@ -184,6 +184,26 @@ async def test_activities(api, engine) -> None:
     assert ok.status_code == 202
 
 
+async def test_an_activity_with_fields_of_the_crm_s_own_is_recorded_with_them(api, engine) -> None:
+    """CRMs send more than the contract names (a call's duration, their own ids). Once, any
+    unknown field refused the touch with 422: the call was lost and the SLA breached for it."""
+    lead_id = (await api.post("/v1/leads", json=lead_body())).json()["lead_id"]
+    call = {"type": "call", "actor": "alice", "outcome": "connected", "duration_seconds": 312,
+            "crm": {"id": "00T5g00000abc", "owner": "alice@corp"}, "outcom": "typo",
+            "disposition": None}
+    response = await api.post(f"/v1/leads/{lead_id}/activities", json=call)
+    assert response.status_code == 202, response.text
+    assert {w["field"] for w in response.json()["warnings"]} == {"duration_seconds", "crm", "outcom"}
+    closed = await api.post(f"/v1/leads/{lead_id}/activities", json={
+        "type": "disposition", "disposition": {"status": "disqualified", "reason": "student", "note": "gap year"}})
+    assert closed.status_code == 202 and closed.json()["warnings"][0]["field"] == "disposition.note"
+    recorded = [e.data for e in await stored_events(engine, "intake", lead_id) if e.type == "activity.recorded"]
+    assert recorded[0]["outcome"] == "connected" and recorded[0]["attributes"] == {
+        "duration_seconds": 312, "crm": {"id": "00T5g00000abc", "owner": "alice@corp"}, "outcom": "typo"}
+    assert recorded[1]["disposition"] == {"status": "disqualified", "reason": "student"}
+    assert recorded[1]["attributes"] == {"disposition": {"note": "gap year"}}
+
+
 async def test_health_and_metrics_without_personal_data(api) -> None:
     email = f"{uuid.uuid4().hex[:8]}@example.com"
     await api.post("/v1/leads", json=lead_body(email))

@@ -65,7 +65,8 @@ async def parked(engine, ref: str) -> int:
 async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer) -> None:
     submissions, activities = intake
     ref = f"crm-{uuid.uuid4().hex[:8]}"
-    call = {"lead_id": ref, "type": "call", "external_id": f"{ref}-call", "outcome": "connected", "actor": "al"}
+    call = {"lead_id": ref, "type": "call", "external_id": f"{ref}-call", "outcome": "connected", "actor": "al",
+            "duration_seconds": 95}  # a field of the CRM's own is kept, not a reason to refuse the touch
     await producer.send_and_wait(activities, json.dumps(call).encode(), key=ref.encode())
     await eventually(lambda: parked(engine, ref), what="the activity parked for its lead", timeout=120)
 
@@ -75,6 +76,7 @@ async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer
     events = await eventually(lambda: _events_when(engine, lead_id, 2), what="lead and activity events")
     assert [e.type for e in events] == ["lead.received", "activity.recorded"]
     assert events[1].data["type"] == "call" and events[1].data["outcome"] == "connected"
+    assert events[1].data["attributes"] == {"duration_seconds": 95}
     assert await parked(engine, ref) == 0
 
 
