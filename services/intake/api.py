@@ -20,7 +20,7 @@ from shared.runtime import ServiceContext
 
 from . import openapi
 from .adapters import PostgresIntakeStore
-from .domain import ActivityIn, TokenBucket, intent_vocabulary
+from .domain import ActivityIn, TokenBucket, activity_zone, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
     Accepted,
@@ -230,6 +230,8 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         key = idempotency_key(request)  # the activity's id on the sender's side when the body has none
         if activity.external_id is None and key:
             activity = activity.model_copy(update={"external_id": key})
+        zone = activity_zone(ctx.config.config, principal.name)
+        warnings, activity = activity.warnings(zone), activity.dated(zone)
 
         async def record() -> str:
             async with ctx.uow() as uow:
@@ -245,7 +247,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         except RejectedActivity as exc:
             raise ProblemError(422, "Invalid activity", str(exc),
                                [{"field": exc.field, "message": str(exc)}]) from None
-        return JSONResponse({"activity_id": activity_id, "warnings": activity.warnings()}, status_code=202)
+        return JSONResponse({"activity_id": activity_id, "warnings": warnings}, status_code=202)
 
     return router
 

@@ -9,13 +9,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 
-from .normalize import Issue, Submission, read_submission
+from .normalize import Issue, Submission, parse_timestamp, read_submission
 
 Short = Annotated[str, Field(max_length=200)]
 
@@ -195,6 +205,28 @@ class ActivityIn(FormInput):
     outcome: Short | None = None
     disposition: DispositionIn | None = None
     reason: Short | None = None  # why a pause (or an opt-out)
+    # An occurred_at no timestamp format reads, as sent (kept in attributes; the touch is dated
+    # when intake accepts it).
+    _unreadable_time: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _read_time(cls, data: Any, handler: ModelWrapValidatorHandler[ActivityIn]) -> ActivityIn:
+        """occurred_at in any spelling `parse_timestamp` reads (ISO 8601, RFC 2822, common local
+        formats, Unix seconds or milliseconds); one without an offset stays naive until `dated`
+        reads it in the sender's zone. One nobody can read does not refuse the touch."""
+        unreadable = None
+        value = data.get("occurred_at") if isinstance(data, dict) else None
+        if value is not None and not isinstance(value, datetime) and not (isinstance(value, str) and not value.strip()):
+            try:
+                parsed, assumed = parse_timestamp(value, "UTC")
+            except ValueError:
+                unreadable, data = value, {**data, "occurred_at": None}
+            else:
+                data = {**data, "occurred_at": parsed.replace(tzinfo=None) if assumed else parsed}
+        activity = handler(data)
+        activity._unreadable_time = unreadable
+        return activity
 
     @field_validator("type", mode="before")
     @classmethod
@@ -210,22 +242,42 @@ class ActivityIn(FormInput):
                 self.outcome = spelled
         if self.type == "disposition" and self.disposition is None:
             raise ValueError("a disposition activity needs `disposition: {status, reason}`")
-        if self.occurred_at is not None and self.occurred_at.tzinfo is None:
-            raise ValueError("occurred_at needs a UTC offset")
         return self
 
+    def dated(self, zone: str) -> ActivityIn:
+        """The activity with an occurred_at sent without an offset read in `zone` (the sender's
+        source's time zone, as a lead's submitted_at is)."""
+        if self.occurred_at is None or self.occurred_at.tzinfo is not None:
+            return self
+        return self.model_copy(update={"occurred_at": self.occurred_at.replace(tzinfo=ZoneInfo(zone))})
+
     def attributes(self) -> dict[str, Any]:
-        """The fields the contract does not name, as sent, nested where they were."""
+        """The fields the contract does not name, and an unreadable occurred_at, as sent."""
         kept = dict(self.model_extra or {})
         if self.disposition is not None and self.disposition.model_extra:
             kept["disposition"] = dict(self.disposition.model_extra)
+        if self._unreadable_time is not None:
+            kept["occurred_at"] = self._unreadable_time
         return kept
 
-    def warnings(self) -> list[dict[str, str]]:
-        """The unknown fields named, so an integrator sees a misspelt `outcome` at once."""
+    def warnings(self, zone: str) -> list[dict[str, str]]:
+        """What was kept as sent or read by assumption, by field, so an integrator sees a
+        misspelt `outcome` or a CRM's local timestamps at once (call before `dated`)."""
         unknown = [*(self.model_extra or {}),
                    *(f"disposition.{name}" for name in (self.disposition.model_extra or {} if self.disposition else {}))]
-        return [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
+        found = [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
+        if self._unreadable_time is not None:
+            found.append({"field": "occurred_at", "message": "is not a timestamp; kept in attributes, "
+                                                             "the touch is dated when intake accepted it"})
+        elif self.occurred_at is not None and self.occurred_at.tzinfo is None:
+            found.append({"field": "occurred_at", "message": f"has no UTC offset; read in the source's time zone {zone}"})
+        return found
+
+
+def activity_zone(config: Config, source: str | None) -> str:
+    """The zone an activity's occurred_at without an offset is read in: its source's, else intake's
+    (a raw record naming no configured source counts as "kafka")."""
+    return config.intake.source(source or "kafka").timezone or "UTC"
 
 
 def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, list[str]]) -> str | None:

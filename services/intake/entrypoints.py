@@ -31,7 +31,7 @@ from shared.supervisor import Loop
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore
-from .domain import ActivityIn, intent_vocabulary
+from .domain import ActivityIn, activity_zone, intent_vocabulary
 from .handlers import (
     EXPIRE_BATCH,
     LeadRequest,
@@ -188,11 +188,11 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         ref = data.pop("lead_id", None) or event.subject
         if not ref or not isinstance(ref, str):
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
+        config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
         try:
-            activity = ActivityIn.model_validate(data)
+            activity = ActivityIn.model_validate(data).dated(activity_zone(config, named_source(event, config)))
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-        config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
         lead_id = await resolve_lead(store, ref, named_source(event, config))
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.

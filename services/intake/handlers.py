@@ -45,6 +45,7 @@ from .domain import (
     KnownLead,
     New,
     Replay,
+    activity_zone,
     classify_tier,
     dedupe,
     disposition_problem,
@@ -435,7 +436,8 @@ async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
         lead_id = next((lead for lead, source in leads_of[held.lead_ref] if named in (None, source)), None)
         if lead_id is None:
             continue
-        activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"})
+        activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"}).dated(
+            activity_zone(config, named))
         try:
             await record_activity(uow, store, config, lead_id, activity, now=now, cause=event)
         except RejectedActivity as exc:

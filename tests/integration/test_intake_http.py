@@ -197,7 +197,16 @@ async def test_an_activity_with_fields_of_the_crm_s_own_is_recorded_with_them(ap
     closed = await api.post(f"/v1/leads/{lead_id}/activities", json={
         "type": "disposition", "disposition": {"status": "disqualified", "reason": "student", "note": "gap year"}})
     assert closed.status_code == 202 and closed.json()["warnings"][0]["field"] == "disposition.note"
+    # A CRM's local timestamp is read in the source's zone (UTC here); one nobody can read is
+    # kept and the touch dated when intake accepted it. Both used to refuse the touch with 422.
+    local = await api.post(f"/v1/leads/{lead_id}/activities", json={"type": "email", "occurred_at": "2026-11-17 08:30"})
+    unread = await api.post(f"/v1/leads/{lead_id}/activities", json={"type": "note", "occurred_at": "after lunch"})
+    assert [r.status_code for r in (local, unread)] == [202, 202]
+    assert [w["field"] for w in local.json()["warnings"] + unread.json()["warnings"]] == ["occurred_at"] * 2
     recorded = [e.data for e in await stored_events(engine, "intake", lead_id) if e.type == "activity.recorded"]
+    assert recorded[2]["occurred_at"] == "2026-11-17T08:30:00Z"
+    assert recorded[3]["occurred_at"] == "2026-11-17T09:00:00Z" and recorded[3]["attributes"] == {
+        "occurred_at": "after lunch"}
     assert recorded[0]["outcome"] == "connected" and recorded[0]["attributes"] == {
         "duration_seconds": 312, "crm": {"id": "00T5g00000abc", "owner": "alice@corp"}, "outcom": "typo"}
     assert recorded[1]["disposition"] == {"status": "disqualified", "reason": "student"}

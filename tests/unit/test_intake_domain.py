@@ -1,3 +1,5 @@
+from datetime import UTC
+
 import pytest
 from pydantic import ValidationError
 
@@ -238,3 +240,23 @@ def test_an_update_folds_changed_paths_notes_tier_and_missing_fields_into_the_re
                                       "tier": "A", "contactable": False})
     assert upgrade["intent"] == {"type": "demo_request"} and upgrade["missing_fields"] == []
     assert upgrade["contactable"] is False
+
+
+@pytest.mark.parametrize(("sent", "occurred_at", "warning"), [
+    ("2026-11-26T14:05:00Z", "2026-11-26T14:05:00+00:00", None),
+    ("2026-11-26T09:05:00-05:00", "2026-11-26T14:05:00+00:00", None),
+    # A CRM's local time: read in the source's zone, as a lead's submitted_at is.
+    ("2026-11-26 09:05:00", "2026-11-26T14:05:00+00:00", "has no UTC offset; read in the source's time zone"),
+    ("11/26/2026 09:05", "2026-11-26T14:05:00+00:00", "has no UTC offset"),
+    (1795701900000, "2026-11-26T14:05:00+00:00", None),  # Unix milliseconds (HubSpot)
+    ("1795701900", "2026-11-26T14:05:00+00:00", None),
+    ("last tuesday", None, "is not a timestamp; kept in attributes"),  # dated when accepted
+])
+def test_an_activity_s_time_is_read_in_any_common_spelling_and_never_refuses_it(sent, occurred_at, warning) -> None:
+    activity = ActivityIn.model_validate({"type": "call", "occurred_at": sent})
+    warnings = activity.warnings("America/New_York")
+    dated = activity.dated("America/New_York")
+    assert (dated.occurred_at.astimezone(UTC).isoformat() if dated.occurred_at else None) == occurred_at
+    assert [w["message"] for w in warnings if w["field"] == "occurred_at" and warning in w["message"]] \
+        if warning else warnings == []
+    assert dated.attributes() == ({"occurred_at": sent} if occurred_at is None else {})
