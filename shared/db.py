@@ -256,6 +256,11 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def is_deadlock(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) is Postgres ending this transaction to break a deadlock."""
+    return any(getattr(current, "sqlstate", None) == "40P01" for current in wrapped_errors(exc))
+
+
 def is_timeout(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is a statement that got no answer in time."""
     return any(isinstance(current, TimeoutError) for current in wrapped_errors(exc))

@@ -18,12 +18,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Table, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .db import is_deadlock
 from .events import CloudEvent
 from .eventstore import append_lock_key, count, read_all
 
 # Applies events, in order, to the state tables on the given connection (its transaction).
+# A swap that loses a deadlock to a live commit runs again; more than a few in a row is not bad luck.
+SWAP_ATTEMPTS = 5
+
 Apply = Callable[[AsyncConnection, Sequence[CloudEvent]], Awaitable[None]]
 
 
@@ -81,6 +86,18 @@ async def rebuild(engine: AsyncEngine, projection: Projection, *, verify: bool,
                 after = events[-1].position
                 progress(len(events))
 
+        async def swap(after: int) -> None:
+            # The service may be running: the swap holds the store's append lock, which every
+            # commit of the service takes, and first applies what was committed since the last
+            # page. A write that commits during the swap waits for it; one that committed after
+            # the last page is in the rebuilt tables (it would otherwise be deleted with the rest).
+            await target.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key(service)})
+            await apply_from(after)  # read after the lock: every commit before it is seen
+            for table in projection.tables:
+                live, rebuilt = f'"{table.schema}"."{table.name}"', f'"{aside}"."{table.name}"'
+                await target.execute(text(f"DELETE FROM {live}"))
+                await target.execute(text(f"INSERT INTO {live} SELECT * FROM {rebuilt}"))
+
         after = await apply_from(0)
         await target.commit()
         seconds = time.perf_counter() - started
@@ -99,16 +116,19 @@ async def rebuild(engine: AsyncEngine, projection: Projection, *, verify: bool,
                     differences[table.name] = len(rows)
                     examples[table.name] = [str(tuple(r)) for r in rows[:5]]
         else:
-            # The service may be running: the swap holds the store's append lock, which every
-            # commit of the service takes, and first applies what was committed since the last
-            # page. A write that commits during the swap waits for it; one that committed after
-            # the last page is in the rebuilt tables (it would otherwise be deleted with the rest).
-            await target.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key(service)})
-            await apply_from(after)  # read after the lock: every commit before it is seen
-            for table in projection.tables:
-                live, rebuilt = f'"{table.schema}"."{table.name}"', f'"{aside}"."{table.name}"'
-                await target.execute(text(f"DELETE FROM {live}"))
-                await target.execute(text(f"INSERT INTO {live} SELECT * FROM {rebuilt}"))
+            counted = replayed
+            for attempt in range(1, SWAP_ATTEMPTS + 1):
+                try:
+                    await swap(after)
+                    break
+                except DBAPIError as exc:
+                    replayed = counted
+                    # A commit that wrote live rows before asking for the append lock we hold, while
+                    # we wait to delete those rows: Postgres ends one of the two. The writer retries
+                    # by itself; so does the swap, whose catch-up starts again from the last page.
+                    if attempt == SWAP_ATTEMPTS or not is_deadlock(exc):
+                        raise
+                    await target.rollback()
         await target.execute(text(f'DROP SCHEMA "{aside}" CASCADE'))
         await target.commit()
     return ReplayResult(replayed, seconds, differences, examples)

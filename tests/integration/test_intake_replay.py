@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from services.intake.adapters import PostgresIntakeStore
 from services.intake.bootstrap import bootstrap
@@ -29,6 +30,7 @@ from shared.http import create_app
 from shared.replay import rebuild
 from shared.runtime import ServiceContext, wire
 from shared.settings import Settings
+from shared.uow import UnitOfWork
 from tests.integration.own_database import fresh_database
 from tests.support import eventually
 
@@ -307,4 +309,34 @@ async def test_a_rebuild_while_intake_writes_keeps_what_was_committed_during_it(
     async with engine.connect() as conn:
         record = await conn.scalar(select(leads.c.record).where(leads.c.lead_id == accepted.lead_id))
     assert record["company"]["name"] == "Globex"
+    assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
+
+
+async def test_a_rebuild_that_deadlocks_with_a_live_commit_swaps_again(traffic) -> None:
+    """A commit that wrote a live row and then asks for the append lock the swap holds, while the
+    swap waits to delete that row: Postgres ends one of the two. Once, when that was the rebuild,
+    `leadsla replay` failed; now the swap runs again and the writer's commit goes through."""
+    from services.intake.handlers import submit_lead
+    from services.intake.normalize import read_submission
+    from shared.eventstore import append_lock_key
+
+    engine, config = traffic, parse_config(CONFIG)
+    async with UnitOfWork(engine, "intake", projection=PROJECTION) as uow:
+        accepted = await submit_lead(uow, PostgresIntakeStore(uow.conn), config, read_submission(
+            {"contact": {"email": email()}}, config.intake.source("webform"), {}), source="webform", now=NOW)
+        await uow.commit()
+
+    async with engine.connect() as writer, engine.connect() as watch:
+        # A live commit's first write (it changes nothing, so the store and the tables still agree).
+        await writer.execute(update(leads).where(leads.c.lead_id == accepted.lead_id).values(record=leads.c.record))
+        rebuilding = asyncio.create_task(rebuild(engine, PROJECTION, verify=False))
+        await eventually(lambda: waiting_for_a_lock(watch), what="the swap to wait for the writer's row")
+        try:  # the cycle closes; whichever Postgres ends, the other goes on
+            await writer.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": append_lock_key("intake")})
+        except DBAPIError:
+            await writer.rollback()
+        else:
+            await writer.commit()
+        result = await rebuilding
+    assert result.events > 0
     assert (await rebuild(engine, PROJECTION, verify=True)).differences == {}
