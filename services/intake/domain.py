@@ -185,6 +185,13 @@ class DispositionIn(FormInput):
     reason: Short | None = None
 
 
+# Other names CRMs and engagement tools give the contract's activity types.
+ACTIVITY_TYPE_ALIASES = {
+    "phone": "call", "phone_call": "call", "calls": "call", "e_mail": "email", "mail": "email",
+    "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
+    "do_not_contact": "opt_out", "optout": "opt_out",
+}
+
 # The contract's outcomes per activity type; other outcomes are kept as sent.
 OUTCOMES = {
     "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
@@ -231,8 +238,11 @@ class ActivityIn(FormInput):
     @field_validator("type", mode="before")
     @classmethod
     def _type_spelling(cls, value: Any) -> Any:
-        # "Call", "Opt-Out", "opt out": CRMs spell types their own way.
-        return re.sub(r"[\s-]+", "_", value.strip().lower()) if isinstance(value, str) else value
+        # "Call", "Opt-Out", "opt out", "Phone Call", "E-mail": CRMs spell types their own way.
+        if not isinstance(value, str):
+            return value
+        spelled = re.sub(r"[\s-]+", "_", value.strip().lower())
+        return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
 
     @model_validator(mode="after")
     def _disposition_present(self) -> ActivityIn:

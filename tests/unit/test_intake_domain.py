@@ -260,3 +260,11 @@ def test_an_activity_s_time_is_read_in_any_common_spelling_and_never_refuses_it(
     assert [w["message"] for w in warnings if w["field"] == "occurred_at" and warning in w["message"]] \
         if warning else warnings == []
     assert dated.attributes() == ({"occurred_at": sent} if occurred_at is None else {})
+
+
+@pytest.mark.parametrize(("sent", "type_"), [
+    ("Call", "call"), ("Phone Call", "call"), ("E-mail", "email"), ("Text Message", "sms"), ("opt out", "opt_out"),
+    ("Unsubscribe", "opt_out"), ("Live Chat", "chat"), ("meeting", "meeting"),
+])
+def test_activity_types_are_read_in_the_spellings_crms_use(sent: str, type_: str) -> None:
+    assert ActivityIn.model_validate({"type": sent}).type == type_
