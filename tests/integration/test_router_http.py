@@ -343,3 +343,11 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
     assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
     assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
     assert reassigned.data["assignment_no"] == 2
+
+
+async def test_a_body_that_is_not_json_is_422_on_the_body(router) -> None:
+    response = await router.client.put(f"/v1/owners/{router.owner('ann')}", content=b'{"capacity": ',
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "(body)" and error["message"].startswith("is not valid JSON"), error
