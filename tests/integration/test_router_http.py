@@ -345,9 +345,53 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
     assert reassigned.data["assignment_no"] == 2
 
 
+async def test_owner_changes_out_of_range_or_in_the_wrong_shape_are_422_naming_the_field(router) -> None:
+    cases = [
+        ({"capacity": 10**30}, "capacity"),  # was a 500: too large to store
+        ({"daily_cap": 10**20}, "daily_cap"),
+        ({"weight": 10**19}, "weight"),
+        ({"capacity": True}, "capacity"),  # was taken as a capacity of 1
+        ({"working_hours": {"timezone": "Mars/Base"}}, "working_hours.timezone"),
+        ({"working_hours": {"hours": {"mon": ["25:00-17:00"]}}}, "working_hours.hours.mon.0"),
+        ({"working_hours": {"hours": {"funday": ["09:00-17:00"]}}}, "working_hours.hours.funday.[key]"),
+        ({"working_hours": 5}, "working_hours"),
+    ]
+    for body, field in cases:
+        response = await router.put("ann", **body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        # Exactly the field sent, not pydantic's union members (working_hours.str, working_hours.CalendarConfig...).
+        assert [e["field"] for e in response.json()["errors"]] == [field], (body, response.json())
+    own = {"timezone": "Europe/Berlin", "hours": {"mon": ["09:00-17:00"]}}
+    response = await router.put("ann", working_hours=own, capacity=7)
+    assert response.status_code == 200, response.text
+    assert response.json()["working_hours"]["timezone"] == "Europe/Berlin" and response.json()["capacity"] == 7
+
+
 async def test_a_body_that_is_not_json_is_422_on_the_body(router) -> None:
     response = await router.client.put(f"/v1/owners/{router.owner('ann')}", content=b'{"capacity": ',
                                        headers={"content-type": "application/json"})
     assert response.status_code == 422
     [error] = response.json()["errors"]
     assert error["field"] == "(body)" and error["message"].startswith("is not valid JSON"), error
+
+
+async def test_out_of_office_again_after_an_absence_ran_out_is_an_absence(router) -> None:
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    router.ctx.clock.advance(timedelta(hours=2))
+    assert (await router.owners())["ann"]["status"] == "active"  # the absence is over by itself
+
+    # Out of office again, with no end this time: the old end date, long past, must not end it at once.
+    response = await router.put("ann", status="out_of_office")
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["until"]) == ("out_of_office", None)
+    lead = await router.receive()
+    assert (await router.events(lead))[0].data["owner_id"] == router.owner("ben")
+
+
+async def test_out_of_office_again_during_an_absence_keeps_its_end(router) -> None:
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    response = await router.put("ann", status="out_of_office")  # e.g. a client retrying
+    assert response.status_code == 200 and response.json()["until"] is not None
