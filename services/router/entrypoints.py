@@ -190,7 +190,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         except SameOwner:
             raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
         except NobodyEligible:
-            raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
+            raise ProblemError(409, "Conflict", "Nobody else can take this lead now; it stays with its owner.") from None
         except ConcurrencyConflict:
             raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
 

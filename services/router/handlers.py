@@ -375,8 +375,8 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
 async def reassign(target: RouterStore | UnitOfWork, config: Config, now: datetime, lead_id: str,
                    to_owner: str | None, reason: str) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
-    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (a closed lead
-    that nobody else can take now)."""
+    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (routing again:
+    nobody else can take the lead now, and it is closed or its owner can still work it)."""
     store = store_of(target)
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
@@ -388,7 +388,7 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
     if to_owner == row.owner_id:
         raise SameOwner(to_owner)
     if to_owner is None:
-        return await _reroute(store, config, now, row, reason)
+        return await _reroute(store, config, now, row, reason, stays_if_only_owner=True)
     state = await store.load_state(config, now)
     facts = row.facts
     why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
@@ -426,7 +426,11 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
 
 
 async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assignment,
-                   reason: str) -> dict[str, Any]:
+                   reason: str, *, stays_if_only_owner: bool = False) -> dict[str, Any]:
+    """Route the lead again, to someone other than its owner. Nobody else eligible: a closed
+    lead stays (NobodyEligible); an open one waits in the queue, unless `stays_if_only_owner`
+    and its owner can still take it: the queue would only hand it straight back to them, so it
+    stays with them (NobodyEligible) instead of a lead.queued the request never asked for."""
     facts = row.facts
     state = await store.load_state(config, now)
     if facts.company_domain:
@@ -439,6 +443,8 @@ async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assig
         return await _move(store, config, state, now, row, facts, decision, reason)
     if row.closed_at is not None:
         raise NobodyEligible(facts.lead_id)  # a closed lead is not worth a place in the queue
+    if stays_if_only_owner and decide(config, facts, state, now).owner_id == row.owner_id:
+        raise NobodyEligible(facts.lead_id)
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from (lead.queued takes it from them).
     await _enqueue(store, facts, decision, row.assignment_no + 1, now, None)

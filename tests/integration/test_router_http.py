@@ -395,3 +395,35 @@ async def test_out_of_office_again_during_an_absence_keeps_its_end(router) -> No
     assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
     response = await router.put("ann", status="out_of_office")  # e.g. a client retrying
     assert response.status_code == 200 and response.json()["until"] is not None
+
+
+async def test_routing_again_when_only_the_owner_can_take_the_lead_leaves_it_with_them(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200  # and cat is outside her hours
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    # Was 202 with lead.queued, and the queue handed the lead straight back to the same owner.
+    assert response.status_code == 409, response.text
+    assert "stays with its owner" in response.json()["detail"]
+    assert await router.types(lead) == ["lead.assigned"]
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+    # Someone else can take it again: routing again moves it, lead.reassigned with assignment_no + 1.
+    assert (await router.put(other, status="active")).status_code == 200
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202
+    moved = (await router.events(lead))[-1]
+    assert (moved.type, moved.data["to_owner_id"], moved.data["assignment_no"]) == (
+        "lead.reassigned", router.owner(other), 2)
+
+
+async def test_an_owner_who_cannot_take_the_lead_either_sends_it_to_the_queue_when_routed_again(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200
+    assert (await router.put(owner.removesuffix(f"-{router.s}"), status="away")).status_code == 200
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert await router.types(lead) == ["lead.assigned", "lead.queued"]
