@@ -130,7 +130,10 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
 
 
 def _count_assigned(store: RouterStore, decision: Decision) -> None:
-    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
+    # An admin's choice carries the request's free-text reason: never a label value (unbounded, and
+    # it may name people); it counts as a reassignment, as moving an assigned lead does (_move).
+    reason = "reassigned" if decision.method == "manual" else decision.reason
+    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, reason).inc)
 
 
 def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: Decision, assignment_no: int,

@@ -427,3 +427,21 @@ async def test_an_owner_who_cannot_take_the_lead_either_sends_it_to_the_queue_wh
     response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
     assert response.status_code == 202 and response.json()["status"] == "queued"
     assert await router.types(lead) == ["lead.assigned", "lead.queued"]
+
+
+async def test_assigning_a_queued_lead_by_hand_counts_without_the_free_text_reason_as_a_label(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    lead = await router.receive()
+    assert await router.types(lead) == ["lead.queued"]
+    reason = f"asked by jane-{router.s}@example.com"
+    labels = {"team": router.owner("sdr"), "method": "manual", "reason": "reassigned"}
+    before = REGISTRY.get_sample_value("leadsla_assignments_total", labels) or 0
+    response = await router.client.post(f"/v1/leads/{lead}/reassign",
+                                        json={"owner_id": router.owner("ann"), "reason": reason})
+    assert response.status_code == 202 and response.json()["owner_id"] == router.owner("ann")
+    assert await router.types(lead) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert REGISTRY.get_sample_value("leadsla_assignments_total", labels) == before + 1
+    exposed = [s for m in REGISTRY.collect() if m.name == "leadsla_assignments" for s in m.samples
+               if s.labels.get("reason") == reason]
+    assert exposed == []
