@@ -27,16 +27,18 @@ from shared.events import (
     LeadQueued,
     LeadReassigned,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
 from shared.uow import UnitOfWork
 
-from .adapters import Assignment, PostgresRouterStore, QueueKey, RouterStore
+from .adapters import Assignment, PostgresRouterStore, QueuedLead, QueueKey, RouterStore
 from .domain import (
     Decision,
     LeadClosed,
     LeadFacts,
+    LeadFactsUpdated,
     LeadRouted,
     LeadTouched,
     OwnerUpdated,
@@ -53,6 +55,7 @@ from .domain import (
     owner_day,
     record,
     release,
+    updated_facts,
 )
 
 SERVICE = "router"
@@ -523,8 +526,36 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
             data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))
 
 
+# ---- leads completed or corrected -------------------------------------------------------------
+
+
+async def on_lead_updated(uow: Any, received: Received[LeadUpdated], deps: RouterDeps) -> None:
+    """A lead's fields completed or corrected (PATCH), or its tier raised by a repeat: the facts
+    the router keeps follow, and a queued lead is tried again at once (a field a rule requires
+    now given, a new tier in the queue's order) instead of waiting for the fallback owner."""
+    data, config, now = received.data, deps.config, deps.clock.now()
+    store = deps.store(uow)
+    await store.lock_routing()  # before the row locks, as reassignment does
+    await store.load_version(data.lead_id)  # a concurrent decision on the lead: retry from fresh state
+    current: QueuedLead | Assignment | None = await store.queued(data.lead_id, for_update=True)
+    waiting = current is not None
+    if current is None:
+        current = await store.assignment(data.lead_id, for_update=True)
+    if current is None:
+        return  # not routed here (yet): its lead.received carries the facts
+    facts = updated_facts(current.facts, data.changed, data.tier, data.contactable)
+    if facts == current.facts:
+        return
+    await store.record(None, new_event(
+        LeadFactsUpdated.TYPE, service=SERVICE, lead_id=data.lead_id, time=now, cause=received.envelope,
+        data=LeadFactsUpdated(lead_id=data.lead_id, facts=facts.to_json(), company_domain=facts.company_domain,
+                              tier=facts.tier)))
+    if waiting:
+        await drain_queue(store, config, now)
+
+
 # What each subscription does with each payload class (bound to RouterDeps in bootstrap).
-INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity}
+INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity, LeadUpdated: on_lead_updated}
 # Consecutive received leads are routed a run at a time (route_lead is the run of one).
 INTAKE_BATCHED = {LeadReceived: route_leads}
 ESCALATION_HANDLERS = {EscalationTriggered: on_escalation}

@@ -12,7 +12,13 @@ from sqlalchemy import delete, select
 
 from services.router.bootstrap import bootstrap
 from services.router.entrypoints import drain_all, refresh_queue_depth
-from services.router.handlers import RouterDeps, on_activity, on_escalation, route_lead
+from services.router.handlers import (
+    RouterDeps,
+    on_activity,
+    on_escalation,
+    on_lead_updated,
+    route_lead,
+)
 from services.router.tables import queue
 from shared import metrics
 from shared.auth import create_key
@@ -26,6 +32,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
@@ -52,6 +59,7 @@ routing:
   on_out_of_office: reroute_untouched
   rules:
     - {{id: late-{s}, match: {{sources: [night]}}, team: late-{s}}}
+    - {{id: big-{s}, match: {{sources: [partner]}}, team: sdr-{s}, requires: [company.name]}}
     - {{id: rr-{s}, team: sdr-{s}}}
 """
 
@@ -81,6 +89,14 @@ class Router:
             lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type, occurred_at=now, disposition=disposition))
         async with self.ctx.uow() as uow:
             await on_activity(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
+            await uow.commit()
+
+    async def updated(self, lead_id: str, changed: dict, tier: str, previous_tier: str = "A") -> None:
+        now = self.ctx.clock.now()
+        event = new_event("lead.updated", service="intake", lead_id=lead_id, time=now, data=LeadUpdated(
+            lead_id=lead_id, changed=changed, tier=tier, previous_tier=previous_tier, reason="patched"))
+        async with self.ctx.uow() as uow:
+            await on_lead_updated(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
             await uow.commit()
 
     async def events(self, lead_id: str) -> list[CloudEvent]:
@@ -445,3 +461,46 @@ async def test_assigning_a_queued_lead_by_hand_counts_without_the_free_text_reas
     exposed = [s for m in REGISTRY.collect() if m.name == "leadsla_assignments" for s in m.samples
                if s.labels.get("reason") == reason]
     assert exposed == []
+
+
+async def test_a_lead_queued_for_missing_data_is_routed_as_soon_as_the_field_is_completed(router) -> None:
+    lead = await router.receive(source="partner")  # the rule needs company.name; there is no fallback owner
+    [queued] = await router.events(lead)
+    assert (queued.type, queued.data["reason"], queued.data["missing_fields"]) == (
+        "lead.queued", "missing_data", ["company.name"])
+
+    # PATCH /v1/leads/{id} gives the company's name: the team can work it now (it waited for a fallback owner).
+    await router.updated(lead, {"company.name": {"old": None, "new": "Big Corp"}}, tier="A")
+    assert await router.types(lead) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assigned = (await router.events(lead))[-1].data
+    assert assigned["rule_id"] == router.owner("big") and assigned["reason"] == "rule_match"
+    assert assigned["owner_id"] in (router.owner("ann"), router.owner("ben"))
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+
+async def test_a_queued_lead_whose_tier_is_raised_moves_up_the_queue(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    older_b = await router.receive(tier="B")
+    router.ctx.clock.advance(timedelta(seconds=1))
+    a = await router.receive(tier="A")
+    queue_order = [(q["lead_id"], q["tier"]) for q in (await router.client.get("/v1/queue")).json()["leads"]]
+    assert queue_order == [(a, "A"), (older_b, "B")]
+
+    await router.updated(older_b, {"intent.type": {"old": "trial", "new": "demo_request"}}, tier="A",
+                         previous_tier="B")
+    queue_order = [(q["lead_id"], q["tier"]) for q in (await router.client.get("/v1/queue")).json()["leads"]]
+    assert queue_order == [(older_b, "A"), (a, "A")]  # tier, then age
+    assert (await router.put("ann", status="active")).status_code == 200
+    assigned = (await router.events(older_b))[-1]
+    assert (assigned.type, assigned.data["tier"]) == ("lead.assigned", "A")
+
+
+async def test_an_update_of_an_assigned_lead_is_kept_for_routing_it_again(router) -> None:
+    lead = await router.receive(tier="B")
+    await router.updated(lead, {"intent.type": {"old": "trial", "new": "demo_request"}}, tier="A",
+                         previous_tier="B")
+    assert await router.types(lead) == ["lead.assigned"]  # an assigned lead stays where it is
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202
+    assert (await router.events(lead))[-1].data["tier"] == "A"
