@@ -194,10 +194,11 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         except ConcurrencyConflict:
             raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
 
-    @api.get("/v1/queue", dependencies=[Depends(require_key("source"))])
-    async def get_queue() -> dict[str, list[dict[str, Any]]]:
+    @api.get("/v1/queue")
+    async def get_queue(principal=Depends(require_key("source"))) -> dict[str, list[dict[str, Any]]]:
+        # A source key sees the leads it submitted (its source), an admin key the whole queue.
         async with ctx.engine.connect() as conn:
-            return {"leads": await views.queued_leads(conn)}
+            return {"leads": await views.queued_leads(conn, None if principal.is_admin else principal.name)}
 
     return api
 

@@ -504,3 +504,15 @@ async def test_an_update_of_an_assigned_lead_is_kept_for_routing_it_again(router
     response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
     assert response.status_code == 202
     assert (await router.events(lead))[-1].data["tier"] == "A"
+
+
+async def test_a_source_key_sees_only_its_own_leads_in_the_queue(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    own = await router.receive(source="webform")  # the source key's name
+    other = await router.receive(source="partner-portal")
+    source = {"Authorization": f"Bearer {router.source}"}
+    response = await router.client.get("/v1/queue", headers=source)
+    assert response.status_code == 200
+    assert [q["lead_id"] for q in response.json()["leads"]] == [own]  # was every source's queued leads
+    assert {q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]} == {own, other}
