@@ -180,9 +180,10 @@ def _queued(facts: LeadFacts, decision: Decision, assignment_no: int, now: datet
 
 
 async def _record_dequeued(store: RouterStore, facts: LeadFacts, reason: str, queued_at: datetime,
-                           now: datetime) -> None:
+                           now: datetime, cause: CloudEvent | None = None) -> None:
     await store.record(TOPIC_ROUTING, new_event(
-        "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
         data=LeadDequeued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
                           queued_at=queued_at),
     ))
@@ -500,8 +501,9 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
 
 
 async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: RouterDeps) -> None:
-    """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
-    marks the lead as worked (an owner going out of office keeps worked leads)."""
+    """A disposition or an opt-out ends the lead's claim on its owner's capacity, or takes it
+    out of the queue; any touch marks the lead as worked (an owner going out of office keeps
+    worked leads)."""
     activity, config, clock, event = received.data, deps.config, deps.clock, received.envelope
     store = deps.store(uow)
     closes = activity.disposition is not None or activity.type == "opt_out"
@@ -513,7 +515,15 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
     row = await store.assignment(activity.lead_id)
     now = clock.now()
     if closes:
-        if row is None or row.closed_at is not None:
+        if row is None:
+            # Closed while it waited (opted out, dispositioned): it leaves the queue, never to be
+            # assigned; nor do newer leads wait behind it.
+            waiting = await store.queued(activity.lead_id, for_update=True)
+            if waiting is not None:
+                reason = "opted_out" if activity.type == "opt_out" else "dispositioned"
+                await _record_dequeued(store, waiting.facts, reason, waiting.queued_at, now, cause=event)
+            return
+        if row.closed_at is not None:
             return
         await store.record(None, new_event(
             LeadClosed.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,

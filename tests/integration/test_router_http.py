@@ -516,3 +516,20 @@ async def test_a_source_key_sees_only_its_own_leads_in_the_queue(router) -> None
     assert response.status_code == 200
     assert [q["lead_id"] for q in response.json()["leads"]] == [own]  # was every source's queued leads
     assert {q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]} == {own, other}
+
+
+async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_unassigned(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    opted, disqualified, waiting = await router.receive(), await router.receive(), await router.receive()
+    await router.activity(opted, "opt_out")
+    await router.activity(disqualified, "disposition", Disposition(status="disqualified", reason="spam"))
+    for lead, reason in ((opted, "opted_out"), (disqualified, "dispositioned")):
+        assert await router.types(lead) == ["lead.queued", "lead.dequeued"]
+        assert (await router.events(lead))[-1].data["reason"] == reason
+    assert [q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]] == [waiting]
+
+    # Ann is back with room for one lead: it goes to the lead still waiting, not to one that opted out.
+    assert (await router.put("ann", status="active", capacity=1)).status_code == 200
+    assert await router.types(waiting) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert await router.types(opted) == ["lead.queued", "lead.dequeued"]
