@@ -44,6 +44,7 @@ from .domain import (
     OwnerUpdated,
     RoutingState,
     anyone_available,
+    current_status,
     decide,
     decision_scope,
     effective_owner,
@@ -367,7 +368,8 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
     event = new_event(OwnerUpdated.TYPE, service=SERVICE, lead_id=owner_id, time=now,
                       data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
     await store.record(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
-    if (after.status == "out_of_office" and before.status != "out_of_office"
+    # As the owner is seen now: an absence whose `until` has passed is over, though still stored.
+    if (current_status(after, now) == "out_of_office" and current_status(before, now) != "out_of_office"
             and config.routing.on_out_of_office == "reroute_untouched"):
         for row in await store.open_untouched(owner_id):
             store.expect(row.lead_id, row.version)

@@ -533,3 +533,20 @@ async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_
     assert (await router.put("ann", status="active", capacity=1)).status_code == 200
     assert await router.types(waiting) == ["lead.queued", "lead.dequeued", "lead.assigned"]
     assert await router.types(opted) == ["lead.queued", "lead.dequeued"]
+
+
+async def test_going_out_of_office_again_after_an_absence_ran_out_hands_back_untouched_leads(router) -> None:
+    assert (await router.put("ann", capacity=5)).status_code == 200
+    assert (await router.put("ben", capacity=5)).status_code == 200
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    router.ctx.clock.advance(timedelta(hours=2))  # ann is back by herself, and gets leads again
+    leads = [await router.receive() for _ in range(2)]
+    anns = [lead for lead in leads if (await router.events(lead))[0].data["owner_id"] == router.owner("ann")]
+    assert len(anns) == 1
+
+    assert (await router.put("ann", status="out_of_office")).status_code == 200
+    handed_back = (await router.events(anns[0]))[-1]
+    # The absence that ran out was still the stored status: going out again was not seen as a change.
+    assert (handed_back.type, handed_back.data["reason"], handed_back.data["to_owner_id"]) == (
+        "lead.reassigned", "owner_out_of_office", router.owner("ben"))
