@@ -382,8 +382,9 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
 
 
 async def reassign(target: RouterStore | UnitOfWork, config: Config, now: datetime, lead_id: str,
-                   to_owner: str | None, reason: str) -> dict[str, Any]:
+                   to_owner: str | None, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
+    `cause`: the event that asked for it (an escalation), the causation id of what is emitted.
     Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (routing again:
     nobody else can take the lead now, and it is closed or its owner can still work it)."""
     store = store_of(target)
@@ -393,17 +394,17 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
     await store.load_version(lead_id)
     row = await store.assignment(lead_id, for_update=True)
     if row is None:
-        return await _assign_queued(store, config, now, lead_id, to_owner, reason)
+        return await _assign_queued(store, config, now, lead_id, to_owner, reason, cause)
     if to_owner == row.owner_id:
         raise SameOwner(to_owner)
     if to_owner is None:
-        return await _reroute(store, config, now, row, reason, stays_if_only_owner=True)
+        return await _reroute(store, config, now, row, reason, stays_if_only_owner=True, cause=cause)
     state = await store.load_state(config, now)
     facts = row.facts
     why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
     # An admin's choice stands even when the owner is not eligible; the candidate says so.
     decision = _named(config, facts, to_owner, reason, why_not)
-    return await _move(store, config, state, now, row, facts, decision, reason)
+    return await _move(store, config, state, now, row, facts, decision, reason, cause)
 
 
 def _named(config: Config, facts: LeadFacts, owner_id: str, reason: str, why_not: str | None) -> Decision:
@@ -413,11 +414,12 @@ def _named(config: Config, facts: LeadFacts, owner_id: str, reason: str, why_not
 
 
 async def _move(store: RouterStore, config: Config, state: RoutingState, now: datetime, row: Assignment,
-                facts: LeadFacts, decision: Decision, reason: str) -> dict[str, Any]:
+                facts: LeadFacts, decision: Decision, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     assignment_no = row.assignment_no + 1
     assert decision.owner_id is not None
     await store.record(TOPIC_ROUTING, new_event(
-        "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
         data=LeadReassigned(
             lead_id=facts.lead_id, from_owner_id=row.owner_id, to_owner_id=decision.owner_id, reason=reason,
             assignment_no=assignment_no, method=decision.method, team_id=decision.team_id,
@@ -426,7 +428,7 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
         ),
     ))
     await store.record(None, _routed(facts, decision, assignment_no,
-                                     _owner_day(config, state, decision.owner_id, now), now, None))
+                                     _owner_day(config, state, decision.owner_id, now), now, cause))
     store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc)
     if row.closed_at is None:
         await drain_queue(store, config, now)  # the previous owner has room again
@@ -435,7 +437,8 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
 
 
 async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assignment,
-                   reason: str, *, stays_if_only_owner: bool = False) -> dict[str, Any]:
+                   reason: str, *, stays_if_only_owner: bool = False,
+                   cause: CloudEvent | None = None) -> dict[str, Any]:
     """Route the lead again, to someone other than its owner. Nobody else eligible: a closed
     lead stays (NobodyEligible); an open one waits in the queue, unless `stays_if_only_owner`
     and its owner can still take it: the queue would only hand it straight back to them, so it
@@ -449,19 +452,19 @@ async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assig
     state = release(state, row.owner_id) if row.closed_at is None else state
     decision = decide(config, facts, state, now, exclude=frozenset({row.owner_id}))
     if decision.owner_id is not None:
-        return await _move(store, config, state, now, row, facts, decision, reason)
+        return await _move(store, config, state, now, row, facts, decision, reason, cause)
     if row.closed_at is not None:
         raise NobodyEligible(facts.lead_id)  # a closed lead is not worth a place in the queue
     if stays_if_only_owner and decide(config, facts, state, now).owner_id == row.owner_id:
         raise NobodyEligible(facts.lead_id)
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from (lead.queued takes it from them).
-    await _enqueue(store, facts, decision, row.assignment_no + 1, now, None)
+    await _enqueue(store, facts, decision, row.assignment_no + 1, now, cause)
     return {"lead_id": facts.lead_id, "status": "queued", "owner_id": None}
 
 
 async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead_id: str, to_owner: str | None,
-                         reason: str) -> dict[str, Any]:
+                         reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     row = await store.queued(lead_id, for_update=True)
     if row is None:
         raise UnknownLead(lead_id)
@@ -474,8 +477,8 @@ async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead
     else:
         why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
         decision = _named(config, facts, to_owner, reason, why_not)
-    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
-    await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, None)
+    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now, cause)
+    await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, cause)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
             "assignment_no": row.assignment_no}
 
@@ -493,7 +496,7 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
         return
     try:
         await reassign(deps.store(uow), config, clock.now(), data.lead_id, None,
-                       f"escalation:{data.policy_id}:{data.step}")
+                       f"escalation:{data.policy_id}:{data.step}", cause=received.envelope)
     except (UnknownLead, NobodyEligible):
         log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)

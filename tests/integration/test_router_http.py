@@ -341,7 +341,7 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
     lead = await router.receive()
     first = (await router.events(lead))[0].data["owner_id"]
 
-    async def escalation(step: int) -> None:
+    async def escalation(step: int) -> CloudEvent:
         event = new_event("escalation.triggered", service="notifier", lead_id=lead, time=router.ctx.clock.now(),
                           data=EscalationTriggered(lead_id=lead, escalation_id=str(uuid.uuid4()),
                                                    policy_id=f"breach-{router.s}", step=step,
@@ -350,12 +350,14 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
         async with router.ctx.uow() as uow:
             await on_escalation(uow, Received.of(event), RouterDeps(router.ctx.config.config, router.ctx.clock))
             await uow.commit()
+        return event
 
     await escalation(1)  # notify only
     assert await router.types(lead) == ["lead.assigned"]
-    await escalation(2)
+    trigger = await escalation(2)
     reassigned = (await router.events(lead))[-1]
     assert reassigned.type == "lead.reassigned"
+    assert reassigned.causationid == trigger.id  # the escalation caused it (was the correlation id)
     assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
     assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
     assert reassigned.data["assignment_no"] == 2
