@@ -67,6 +67,12 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
     """Pydantic error list -> [{field: 'contact.email', message: ...}] without the 'body' prefix."""
     out = []
     for err in errors:
+        if err.get("type") == "json_invalid":  # its loc is a character position, not a field
+            where = err.get("loc", ())[-1:]
+            detail = (err.get("ctx") or {}).get("error")
+            out.append({"field": "(body)", "message": "is not valid JSON" + (f": {detail}" if detail else "")
+                        + (f" (at character {where[0]})" if where and isinstance(where[0], int) else "")})
+            continue
         loc = [str(p) for p in err.get("loc", ())]
         if loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]

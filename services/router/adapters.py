@@ -32,6 +32,7 @@ from shared.uow import UnitOfWork
 from .domain import (
     LeadClosed,
     LeadFacts,
+    LeadFactsUpdated,
     LeadRouted,
     LeadTouched,
     OwnerUpdated,
@@ -696,6 +697,13 @@ def _routed(store: InMemoryRouterData, data: LeadRouted, event: CloudEvent) -> N
                                        weights if data.weights is None else dict(data.weights))
 
 
+def _facts_updated(store: InMemoryRouterData, data: LeadFactsUpdated, event: CloudEvent) -> None:
+    if (waiting := store.queue.get(data.lead_id)) is not None:
+        waiting.facts, waiting.tier = dict(data.facts), data.tier
+    if (row := store.assignments.get(data.lead_id)) is not None:
+        row.facts, row.tier, row.company_domain = dict(data.facts), data.tier, data.company_domain
+
+
 def _closed(store: InMemoryRouterData, data: LeadClosed, event: CloudEvent) -> None:
     if (row := store.assignments.get(data.lead_id)) is not None and row.closed_at is None:
         row.closed_at = data.closed_at
@@ -715,5 +723,6 @@ _APPLIERS: dict[str, tuple[type[BaseModel], Any]] = {
     cls.TYPE: (cls, fn) for cls, fn in {  # type: ignore[attr-defined]
         LeadAssigned: _assigned, LeadReassigned: _reassigned, LeadQueued: _queued_in, LeadDequeued: _dequeued,
         LeadRouted: _routed, LeadClosed: _closed, LeadTouched: _touched, OwnerUpdated: _owner_updated,
+        LeadFactsUpdated: _facts_updated,
     }.items()
 }

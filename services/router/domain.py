@@ -94,6 +94,36 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
     )
 
 
+def _domain_of(value: Any) -> str | None:
+    domain = str(value or "").strip().lower().removeprefix("www.") or None
+    return None if domain in FREE_MAIL_DOMAINS else domain
+
+
+def updated_facts(facts: LeadFacts, changed: Mapping[str, Mapping[str, Any]], tier: str,
+                  contactable: bool) -> LeadFacts:
+    """The facts after a lead.updated (a PATCH completing or correcting fields, a repeat raising
+    the intent): what routing reads of the changed fields, and the re-evaluated tier."""
+    values: dict[str, Any] = {"tier": tier, "contactable": contactable}
+    attributes = dict(facts.attributes)
+    simple = {"contact.country": "country", "contact.language": "language", "company.name": "company_name",
+              "company.industry": "industry", "intent.type": "intent", "intent.product": "product"}
+    for name, change in changed.items():
+        new = change.get("new")
+        if name in simple:
+            values[simple[name]] = new
+        elif name == "company.country" and facts.country is None and "contact.country" not in changed:
+            values["country"] = new  # the contact's country wins, as on receipt
+        elif name == "company.domain":
+            values["company_domain"] = _domain_of(new)
+        elif name == "company.size":
+            values["company_size"] = None if new is None else str(new)
+        elif name in ("contact.email", "contact.phone"):
+            values[name.removeprefix("contact.")] = bool(new) or getattr(facts, name.removeprefix("contact."))
+        elif name.startswith("attributes."):
+            attributes[name.removeprefix("attributes.")] = new
+    return replace(facts, attributes=attributes, **values)
+
+
 def field_value(lead: LeadFacts, name: str) -> Any:
     """The value of a requirable field (config.REQUIRABLE_FIELDS or attributes.<name>)."""
     if name.startswith("attributes."):
@@ -245,6 +275,18 @@ class LeadRouted(WireModel):
     rule_id: str | None = None
     cursor: int | None = None
     weights: dict[str, int] | None = None
+
+
+class LeadFactsUpdated(WireModel):
+    """A lead.updated read by the router: the facts it keeps to route the lead (queued, or again
+    later) and its tier, as they are now. A queued lead may then leave the queue."""
+
+    TYPE: ClassVar[str] = "router.lead_facts_updated"
+
+    lead_id: str
+    facts: dict[str, Any]
+    company_domain: str | None = None
+    tier: str
 
 
 class LeadClosed(WireModel):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import exc as sa_exc
 
 from shared import metrics
@@ -33,6 +33,18 @@ from .handlers import (
 
 log = structlog.get_logger()
 WRITE_RETRIES = 3  # a concurrent writer on the same owner stream: read again and retry
+MAX_COUNT = 1_000_000  # capacity, daily_cap
+MAX_WEIGHT = 10_000
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is not a count of 1
+        raise ValueError("must be a whole number, not true/false")
+    return value
+
+
+# Bounded so that the change can be stored and added up (a huge number is a typo, not a plan).
+Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_COUNT)]
 
 
 class OwnerChange(BaseModel):
@@ -41,11 +53,22 @@ class OwnerChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["active", "away", "out_of_office"] | None = None
     until: datetime | None = None
-    capacity: int | None = Field(default=None, ge=0)
-    daily_cap: int | None = Field(default=None, ge=0)
-    weight: int | None = Field(default=None, ge=1)
-    # A configured calendar's name, the owner's own hours, or null: no working-hours limit.
-    working_hours: str | CalendarConfig | None = None
+    capacity: Count | None = None
+    daily_cap: Count | None = None
+    weight: Annotated[int, BeforeValidator(_no_bool), Field(ge=1, le=MAX_WEIGHT)] | None = None
+    # A configured calendar's name, the owner's own hours ({timezone, hours, holidays}: checked
+    # in owner_changes, so that an error names the field inside them), or null: no working-hours limit.
+    working_hours: Any = Field(
+        default=None, json_schema_extra={"description": "a configured calendar's name, or the owner's own hours "
+                                                        "{timezone, hours: {mon: [\"09:00-17:00\"]}, holidays}"})
+
+    @field_validator("working_hours")
+    @classmethod
+    def _name_or_hours(cls, value: Any) -> Any:
+        # One type check, so a wrong type is one error on `working_hours` (a union reports one per member).
+        if value is not None and not isinstance(value, str | dict):
+            raise ValueError("must be a calendar's name, the owner's own hours {timezone, hours, holidays}, or null")
+        return value
 
     @field_validator("until")
     @classmethod
@@ -66,8 +89,10 @@ def _invalid(field: str, message: str) -> ProblemError:
                                                                                     "message": message}])
 
 
-def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_now: str, now: datetime) -> dict[str, Any]:
-    """The request as changes to the owner's stored fields; ProblemError (422) names the bad field."""
+def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_now: str, now: datetime,
+                  until_now: datetime | None = None) -> dict[str, Any]:
+    """The request as changes to the owner's stored fields; ProblemError (422) names the bad field.
+    `until_now`: the end of the owner's stored absence, if any (it may be over already)."""
     sent = body.model_fields_set
     if not sent:
         raise _invalid("(body)", "send at least one of status, until, capacity, daily_cap, weight, working_hours")
@@ -85,6 +110,9 @@ def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_
         changes["until"] = body.until.isoformat() if body.until else None
     elif "status" in sent and body.status != "out_of_office":
         changes["until"] = None  # back from an absence: its end date no longer applies
+    elif "status" in sent and until_now is not None and until_now <= now:
+        # A new absence without an end: the end of an earlier one, already past, must not end it at once.
+        changes["until"] = None
     if "working_hours" in sent:
         hours = body.working_hours
         if isinstance(hours, str):
@@ -92,8 +120,17 @@ def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_
                 raise _invalid("working_hours", f"unknown calendar {hours!r}")
             changes.update(calendar=hours, working_hours=None)
         else:
-            changes.update(calendar=None, working_hours=hours.model_dump(mode="json") if hours else None)
+            changes.update(calendar=None, working_hours=_own_hours(hours).model_dump(mode="json") if hours else None)
     return changes
+
+
+def _own_hours(hours: dict[str, Any]) -> CalendarConfig:
+    try:
+        return CalendarConfig.model_validate(hours)
+    except ValidationError as exc:
+        errors = [{"field": "working_hours" if e["field"] == "(body)" else f"working_hours.{e['field']}",
+                   "message": e["message"]} for e in field_errors(exc.errors())]
+        raise ProblemError(422, "Invalid request", "The request has invalid fields.", errors) from None
 
 
 def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
@@ -115,7 +152,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         for attempt in range(WRITE_RETRIES):
             async with ctx.uow() as uow:
                 owner = (await effective_owners(uow.conn, config))[owner_id]
-                changes = owner_changes(ctx, owner_id, body, current_status(owner, now), now)
+                changes = owner_changes(ctx, owner_id, body, current_status(owner, now), now, owner.until)
                 try:
                     await update_owner(uow, config, now, owner_id, changes, principal.name)
                     await uow.commit()
@@ -153,14 +190,15 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         except SameOwner:
             raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
         except NobodyEligible:
-            raise ProblemError(409, "Conflict", "Nobody else can take this closed lead now.") from None
+            raise ProblemError(409, "Conflict", "Nobody else can take this lead now; it stays with its owner.") from None
         except ConcurrencyConflict:
             raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
 
-    @api.get("/v1/queue", dependencies=[Depends(require_key("source"))])
-    async def get_queue() -> dict[str, list[dict[str, Any]]]:
+    @api.get("/v1/queue")
+    async def get_queue(principal=Depends(require_key("source"))) -> dict[str, list[dict[str, Any]]]:
+        # A source key sees the leads it submitted (its source), an admin key the whole queue.
         async with ctx.engine.connect() as conn:
-            return {"leads": await views.queued_leads(conn)}
+            return {"leads": await views.queued_leads(conn, None if principal.is_admin else principal.name)}
 
     return api
 

@@ -27,21 +27,24 @@ from shared.events import (
     LeadQueued,
     LeadReassigned,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
 from shared.uow import UnitOfWork
 
-from .adapters import Assignment, PostgresRouterStore, QueueKey, RouterStore
+from .adapters import Assignment, PostgresRouterStore, QueuedLead, QueueKey, RouterStore
 from .domain import (
     Decision,
     LeadClosed,
     LeadFacts,
+    LeadFactsUpdated,
     LeadRouted,
     LeadTouched,
     OwnerUpdated,
     RoutingState,
     anyone_available,
+    current_status,
     decide,
     decision_scope,
     effective_owner,
@@ -53,6 +56,7 @@ from .domain import (
     owner_day,
     record,
     release,
+    updated_facts,
 )
 
 SERVICE = "router"
@@ -130,7 +134,10 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
 
 
 def _count_assigned(store: RouterStore, decision: Decision) -> None:
-    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, decision.reason).inc)
+    # An admin's choice carries the request's free-text reason: never a label value (unbounded, and
+    # it may name people); it counts as a reassignment, as moving an assigned lead does (_move).
+    reason = "reassigned" if decision.method == "manual" else decision.reason
+    store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, reason).inc)
 
 
 def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: Decision, assignment_no: int,
@@ -174,9 +181,10 @@ def _queued(facts: LeadFacts, decision: Decision, assignment_no: int, now: datet
 
 
 async def _record_dequeued(store: RouterStore, facts: LeadFacts, reason: str, queued_at: datetime,
-                           now: datetime) -> None:
+                           now: datetime, cause: CloudEvent | None = None) -> None:
     await store.record(TOPIC_ROUTING, new_event(
-        "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
         data=LeadDequeued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
                           queued_at=queued_at),
     ))
@@ -360,7 +368,8 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
     event = new_event(OwnerUpdated.TYPE, service=SERVICE, lead_id=owner_id, time=now,
                       data=OwnerUpdated(owner_id=owner_id, changes=changes, actor=actor))
     await store.record(None, event, stream=owner_id)  # kept in the router's store; not a contract topic event
-    if (after.status == "out_of_office" and before.status != "out_of_office"
+    # As the owner is seen now: an absence whose `until` has passed is over, though still stored.
+    if (current_status(after, now) == "out_of_office" and current_status(before, now) != "out_of_office"
             and config.routing.on_out_of_office == "reroute_untouched"):
         for row in await store.open_untouched(owner_id):
             store.expect(row.lead_id, row.version)
@@ -373,10 +382,11 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
 
 
 async def reassign(target: RouterStore | UnitOfWork, config: Config, now: datetime, lead_id: str,
-                   to_owner: str | None, reason: str) -> dict[str, Any]:
+                   to_owner: str | None, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
-    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (a closed lead
-    that nobody else can take now)."""
+    `cause`: the event that asked for it (an escalation), the causation id of what is emitted.
+    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (routing again:
+    nobody else can take the lead now, and it is closed or its owner can still work it)."""
     store = store_of(target)
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
@@ -384,17 +394,17 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
     await store.load_version(lead_id)
     row = await store.assignment(lead_id, for_update=True)
     if row is None:
-        return await _assign_queued(store, config, now, lead_id, to_owner, reason)
+        return await _assign_queued(store, config, now, lead_id, to_owner, reason, cause)
     if to_owner == row.owner_id:
         raise SameOwner(to_owner)
     if to_owner is None:
-        return await _reroute(store, config, now, row, reason)
+        return await _reroute(store, config, now, row, reason, stays_if_only_owner=True, cause=cause)
     state = await store.load_state(config, now)
     facts = row.facts
     why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
     # An admin's choice stands even when the owner is not eligible; the candidate says so.
     decision = _named(config, facts, to_owner, reason, why_not)
-    return await _move(store, config, state, now, row, facts, decision, reason)
+    return await _move(store, config, state, now, row, facts, decision, reason, cause)
 
 
 def _named(config: Config, facts: LeadFacts, owner_id: str, reason: str, why_not: str | None) -> Decision:
@@ -404,11 +414,12 @@ def _named(config: Config, facts: LeadFacts, owner_id: str, reason: str, why_not
 
 
 async def _move(store: RouterStore, config: Config, state: RoutingState, now: datetime, row: Assignment,
-                facts: LeadFacts, decision: Decision, reason: str) -> dict[str, Any]:
+                facts: LeadFacts, decision: Decision, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     assignment_no = row.assignment_no + 1
     assert decision.owner_id is not None
     await store.record(TOPIC_ROUTING, new_event(
-        "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, correlation_id=facts.correlation_id,
+        "lead.reassigned", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
+        correlation_id=None if cause else facts.correlation_id,
         data=LeadReassigned(
             lead_id=facts.lead_id, from_owner_id=row.owner_id, to_owner_id=decision.owner_id, reason=reason,
             assignment_no=assignment_no, method=decision.method, team_id=decision.team_id,
@@ -417,7 +428,7 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
         ),
     ))
     await store.record(None, _routed(facts, decision, assignment_no,
-                                     _owner_day(config, state, decision.owner_id, now), now, None))
+                                     _owner_day(config, state, decision.owner_id, now), now, cause))
     store.after_commit(metrics.assignments.labels(decision.team_id or "none", decision.method, "reassigned").inc)
     if row.closed_at is None:
         await drain_queue(store, config, now)  # the previous owner has room again
@@ -426,7 +437,12 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
 
 
 async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assignment,
-                   reason: str) -> dict[str, Any]:
+                   reason: str, *, stays_if_only_owner: bool = False,
+                   cause: CloudEvent | None = None) -> dict[str, Any]:
+    """Route the lead again, to someone other than its owner. Nobody else eligible: a closed
+    lead stays (NobodyEligible); an open one waits in the queue, unless `stays_if_only_owner`
+    and its owner can still take it: the queue would only hand it straight back to them, so it
+    stays with them (NobodyEligible) instead of a lead.queued the request never asked for."""
     facts = row.facts
     state = await store.load_state(config, now)
     if facts.company_domain:
@@ -436,17 +452,19 @@ async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assig
     state = release(state, row.owner_id) if row.closed_at is None else state
     decision = decide(config, facts, state, now, exclude=frozenset({row.owner_id}))
     if decision.owner_id is not None:
-        return await _move(store, config, state, now, row, facts, decision, reason)
+        return await _move(store, config, state, now, row, facts, decision, reason, cause)
     if row.closed_at is not None:
         raise NobodyEligible(facts.lead_id)  # a closed lead is not worth a place in the queue
+    if stays_if_only_owner and decide(config, facts, state, now).owner_id == row.owner_id:
+        raise NobodyEligible(facts.lead_id)
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from (lead.queued takes it from them).
-    await _enqueue(store, facts, decision, row.assignment_no + 1, now, None)
+    await _enqueue(store, facts, decision, row.assignment_no + 1, now, cause)
     return {"lead_id": facts.lead_id, "status": "queued", "owner_id": None}
 
 
 async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead_id: str, to_owner: str | None,
-                         reason: str) -> dict[str, Any]:
+                         reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     row = await store.queued(lead_id, for_update=True)
     if row is None:
         raise UnknownLead(lead_id)
@@ -459,8 +477,8 @@ async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead
     else:
         why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
         decision = _named(config, facts, to_owner, reason, why_not)
-    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now)
-    await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, None)
+    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now, cause)
+    await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, cause)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
             "assignment_no": row.assignment_no}
 
@@ -478,7 +496,7 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
         return
     try:
         await reassign(deps.store(uow), config, clock.now(), data.lead_id, None,
-                       f"escalation:{data.policy_id}:{data.step}")
+                       f"escalation:{data.policy_id}:{data.step}", cause=received.envelope)
     except (UnknownLead, NobodyEligible):
         log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)
@@ -488,8 +506,9 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
 
 
 async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: RouterDeps) -> None:
-    """A disposition or an opt-out ends the lead's claim on its owner's capacity; any touch
-    marks the lead as worked (an owner going out of office keeps worked leads)."""
+    """A disposition or an opt-out ends the lead's claim on its owner's capacity, or takes it
+    out of the queue; any touch marks the lead as worked (an owner going out of office keeps
+    worked leads)."""
     activity, config, clock, event = received.data, deps.config, deps.clock, received.envelope
     store = deps.store(uow)
     closes = activity.disposition is not None or activity.type == "opt_out"
@@ -501,7 +520,15 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
     row = await store.assignment(activity.lead_id)
     now = clock.now()
     if closes:
-        if row is None or row.closed_at is not None:
+        if row is None:
+            # Closed while it waited (opted out, dispositioned): it leaves the queue, never to be
+            # assigned; nor do newer leads wait behind it.
+            waiting = await store.queued(activity.lead_id, for_update=True)
+            if waiting is not None:
+                reason = "opted_out" if activity.type == "opt_out" else "dispositioned"
+                await _record_dequeued(store, waiting.facts, reason, waiting.queued_at, now, cause=event)
+            return
+        if row.closed_at is not None:
             return
         await store.record(None, new_event(
             LeadClosed.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
@@ -514,8 +541,36 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
             data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))
 
 
+# ---- leads completed or corrected -------------------------------------------------------------
+
+
+async def on_lead_updated(uow: Any, received: Received[LeadUpdated], deps: RouterDeps) -> None:
+    """A lead's fields completed or corrected (PATCH), or its tier raised by a repeat: the facts
+    the router keeps follow, and a queued lead is tried again at once (a field a rule requires
+    now given, a new tier in the queue's order) instead of waiting for the fallback owner."""
+    data, config, now = received.data, deps.config, deps.clock.now()
+    store = deps.store(uow)
+    await store.lock_routing()  # before the row locks, as reassignment does
+    await store.load_version(data.lead_id)  # a concurrent decision on the lead: retry from fresh state
+    current: QueuedLead | Assignment | None = await store.queued(data.lead_id, for_update=True)
+    waiting = current is not None
+    if current is None:
+        current = await store.assignment(data.lead_id, for_update=True)
+    if current is None:
+        return  # not routed here (yet): its lead.received carries the facts
+    facts = updated_facts(current.facts, data.changed, data.tier, data.contactable)
+    if facts == current.facts:
+        return
+    await store.record(None, new_event(
+        LeadFactsUpdated.TYPE, service=SERVICE, lead_id=data.lead_id, time=now, cause=received.envelope,
+        data=LeadFactsUpdated(lead_id=data.lead_id, facts=facts.to_json(), company_domain=facts.company_domain,
+                              tier=facts.tier)))
+    if waiting:
+        await drain_queue(store, config, now)
+
+
 # What each subscription does with each payload class (bound to RouterDeps in bootstrap).
-INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity}
+INTAKE_HANDLERS = {LeadReceived: route_lead, ActivityRecorded: on_activity, LeadUpdated: on_lead_updated}
 # Consecutive received leads are routed a run at a time (route_lead is the run of one).
 INTAKE_BATCHED = {LeadReceived: route_leads}
 ESCALATION_HANDLERS = {EscalationTriggered: on_escalation}

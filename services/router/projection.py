@@ -7,8 +7,10 @@ function over the store, so the live tables and a rebuild cannot drift.
 | table               | events                                                             |
 | ------------------- | ------------------------------------------------------------------ |
 | `assignments`       | lead.assigned, lead.reassigned, lead.queued (taken back to the queue), |
-|                     | router.lead_routed (facts), router.lead_closed, router.lead_touched |
-| `queue`             | lead.queued, lead.dequeued, router.lead_routed (facts, next number) |
+|                     | router.lead_routed (facts), router.lead_closed, router.lead_touched, |
+|                     | router.lead_facts_updated (facts, tier)                            |
+| `queue`             | lead.queued, lead.dequeued, router.lead_routed (facts, next number), |
+|                     | router.lead_facts_updated (facts, tier)                            |
 | `daily_assignments` | router.lead_routed (the owner's day)                               |
 | `rr_cursors`        | router.lead_routed (the rule's cursor or weighted credits)         |
 | `owner_state`       | owner.updated (on the owner's stream)                              |
@@ -38,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
 from shared.replay import Projection
 
-from .domain import LeadClosed, LeadRouted, LeadTouched, OwnerUpdated
+from .domain import LeadClosed, LeadFactsUpdated, LeadRouted, LeadTouched, OwnerUpdated
 from .tables import SCHEMA, assignments, cursors, daily_assignments, owner_state, queue
 
 # An applier gets the event's payload, decoded into its class, and the envelope (its time).
@@ -181,6 +183,14 @@ def _counters(data: LeadRouted) -> list:
     return parts
 
 
+async def _facts_updated(conn: AsyncConnection, data: LeadFactsUpdated, event: CloudEvent) -> None:
+    in_queue = update(queue).where(queue.c.lead_id == data.lead_id).values(facts=data.facts, tier=data.tier)
+    assigned = update(assignments).where(assignments.c.lead_id == data.lead_id).values(
+        facts=data.facts, tier=data.tier, company_domain=data.company_domain)
+    await conn.execute(select(literal(1)).add_cte(in_queue.cte("updated_queue")).add_cte(
+        assigned.cte("updated_assignment")))
+
+
 async def _closed(conn: AsyncConnection, data: LeadClosed, event: CloudEvent) -> None:
     await conn.execute(update(assignments).where(assignments.c.lead_id == data.lead_id,
                                                  assignments.c.closed_at.is_(None)).values(closed_at=data.closed_at))
@@ -210,6 +220,7 @@ APPLIERS: dict[type[BaseModel], Applier] = {
     LeadDequeued: _dequeued,
     LeadRouted: _routed,
     LeadClosed: _closed,
+    LeadFactsUpdated: _facts_updated,
     LeadTouched: _touched,
     OwnerUpdated: _owner_updated,
 }

@@ -48,11 +48,13 @@ async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> l
     ]
 
 
-async def queued_leads(conn: AsyncConnection) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        select(queue.c.lead_id, queue.c.tier, queue.c.reason, queue.c.queued_at, queue.c.facts)
-        .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id)
-    )
+async def queued_leads(conn: AsyncConnection, source: str | None = None) -> list[dict[str, Any]]:
+    """The queue in drain order; `source`: only that source's leads (what a source key sees)."""
+    statement = (select(queue.c.lead_id, queue.c.tier, queue.c.reason, queue.c.queued_at, queue.c.facts)
+                 .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id))
+    if source is not None:
+        statement = statement.where(queue.c.facts["source"].astext == source)
+    rows = await conn.execute(statement)
     return [
         {"lead_id": r.lead_id, "tier": r.tier, "reason": r.reason, "queued_at": utc_iso(r.queued_at),
          "source": (r.facts or {}).get("source")}

@@ -12,7 +12,13 @@ from sqlalchemy import delete, select
 
 from services.router.bootstrap import bootstrap
 from services.router.entrypoints import drain_all, refresh_queue_depth
-from services.router.handlers import RouterDeps, on_activity, on_escalation, route_lead
+from services.router.handlers import (
+    RouterDeps,
+    on_activity,
+    on_escalation,
+    on_lead_updated,
+    route_lead,
+)
 from services.router.tables import queue
 from shared import metrics
 from shared.auth import create_key
@@ -26,6 +32,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
@@ -52,6 +59,7 @@ routing:
   on_out_of_office: reroute_untouched
   rules:
     - {{id: late-{s}, match: {{sources: [night]}}, team: late-{s}}}
+    - {{id: big-{s}, match: {{sources: [partner]}}, team: sdr-{s}, requires: [company.name]}}
     - {{id: rr-{s}, team: sdr-{s}}}
 """
 
@@ -81,6 +89,14 @@ class Router:
             lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type, occurred_at=now, disposition=disposition))
         async with self.ctx.uow() as uow:
             await on_activity(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
+            await uow.commit()
+
+    async def updated(self, lead_id: str, changed: dict, tier: str, previous_tier: str = "A") -> None:
+        now = self.ctx.clock.now()
+        event = new_event("lead.updated", service="intake", lead_id=lead_id, time=now, data=LeadUpdated(
+            lead_id=lead_id, changed=changed, tier=tier, previous_tier=previous_tier, reason="patched"))
+        async with self.ctx.uow() as uow:
+            await on_lead_updated(uow, Received.of(event), RouterDeps(self.ctx.config.config, self.ctx.clock))
             await uow.commit()
 
     async def events(self, lead_id: str) -> list[CloudEvent]:
@@ -325,7 +341,7 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
     lead = await router.receive()
     first = (await router.events(lead))[0].data["owner_id"]
 
-    async def escalation(step: int) -> None:
+    async def escalation(step: int) -> CloudEvent:
         event = new_event("escalation.triggered", service="notifier", lead_id=lead, time=router.ctx.clock.now(),
                           data=EscalationTriggered(lead_id=lead, escalation_id=str(uuid.uuid4()),
                                                    policy_id=f"breach-{router.s}", step=step,
@@ -334,12 +350,205 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
         async with router.ctx.uow() as uow:
             await on_escalation(uow, Received.of(event), RouterDeps(router.ctx.config.config, router.ctx.clock))
             await uow.commit()
+        return event
 
     await escalation(1)  # notify only
     assert await router.types(lead) == ["lead.assigned"]
-    await escalation(2)
+    trigger = await escalation(2)
     reassigned = (await router.events(lead))[-1]
     assert reassigned.type == "lead.reassigned"
+    assert reassigned.causationid == trigger.id  # the escalation caused it (was the correlation id)
     assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
     assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
     assert reassigned.data["assignment_no"] == 2
+
+
+async def test_owner_changes_out_of_range_or_in_the_wrong_shape_are_422_naming_the_field(router) -> None:
+    cases = [
+        ({"capacity": 10**30}, "capacity"),  # was a 500: too large to store
+        ({"daily_cap": 10**20}, "daily_cap"),
+        ({"weight": 10**19}, "weight"),
+        ({"capacity": True}, "capacity"),  # was taken as a capacity of 1
+        ({"working_hours": {"timezone": "Mars/Base"}}, "working_hours.timezone"),
+        ({"working_hours": {"hours": {"mon": ["25:00-17:00"]}}}, "working_hours.hours.mon.0"),
+        ({"working_hours": {"hours": {"funday": ["09:00-17:00"]}}}, "working_hours.hours.funday.[key]"),
+        ({"working_hours": 5}, "working_hours"),
+    ]
+    for body, field in cases:
+        response = await router.put("ann", **body)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        # Exactly the field sent, not pydantic's union members (working_hours.str, working_hours.CalendarConfig...).
+        assert [e["field"] for e in response.json()["errors"]] == [field], (body, response.json())
+    own = {"timezone": "Europe/Berlin", "hours": {"mon": ["09:00-17:00"]}}
+    response = await router.put("ann", working_hours=own, capacity=7)
+    assert response.status_code == 200, response.text
+    assert response.json()["working_hours"]["timezone"] == "Europe/Berlin" and response.json()["capacity"] == 7
+
+
+async def test_a_body_that_is_not_json_is_422_on_the_body(router) -> None:
+    response = await router.client.put(f"/v1/owners/{router.owner('ann')}", content=b'{"capacity": ',
+                                       headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["field"] == "(body)" and error["message"].startswith("is not valid JSON"), error
+
+
+async def test_out_of_office_again_after_an_absence_ran_out_is_an_absence(router) -> None:
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    router.ctx.clock.advance(timedelta(hours=2))
+    assert (await router.owners())["ann"]["status"] == "active"  # the absence is over by itself
+
+    # Out of office again, with no end this time: the old end date, long past, must not end it at once.
+    response = await router.put("ann", status="out_of_office")
+    assert response.status_code == 200
+    assert (response.json()["status"], response.json()["until"]) == ("out_of_office", None)
+    lead = await router.receive()
+    assert (await router.events(lead))[0].data["owner_id"] == router.owner("ben")
+
+
+async def test_out_of_office_again_during_an_absence_keeps_its_end(router) -> None:
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    response = await router.put("ann", status="out_of_office")  # e.g. a client retrying
+    assert response.status_code == 200 and response.json()["until"] is not None
+
+
+async def test_routing_again_when_only_the_owner_can_take_the_lead_leaves_it_with_them(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200  # and cat is outside her hours
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    # Was 202 with lead.queued, and the queue handed the lead straight back to the same owner.
+    assert response.status_code == 409, response.text
+    assert "stays with its owner" in response.json()["detail"]
+    assert await router.types(lead) == ["lead.assigned"]
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+    # Someone else can take it again: routing again moves it, lead.reassigned with assignment_no + 1.
+    assert (await router.put(other, status="active")).status_code == 200
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202
+    moved = (await router.events(lead))[-1]
+    assert (moved.type, moved.data["to_owner_id"], moved.data["assignment_no"]) == (
+        "lead.reassigned", router.owner(other), 2)
+
+
+async def test_an_owner_who_cannot_take_the_lead_either_sends_it_to_the_queue_when_routed_again(router) -> None:
+    lead = await router.receive()
+    owner = (await router.events(lead))[0].data["owner_id"]
+    other = "ben" if owner == router.owner("ann") else "ann"
+    assert (await router.put(other, status="away")).status_code == 200
+    assert (await router.put(owner.removesuffix(f"-{router.s}"), status="away")).status_code == 200
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    assert await router.types(lead) == ["lead.assigned", "lead.queued"]
+
+
+async def test_assigning_a_queued_lead_by_hand_counts_without_the_free_text_reason_as_a_label(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    lead = await router.receive()
+    assert await router.types(lead) == ["lead.queued"]
+    reason = f"asked by jane-{router.s}@example.com"
+    labels = {"team": router.owner("sdr"), "method": "manual", "reason": "reassigned"}
+    before = REGISTRY.get_sample_value("leadsla_assignments_total", labels) or 0
+    response = await router.client.post(f"/v1/leads/{lead}/reassign",
+                                        json={"owner_id": router.owner("ann"), "reason": reason})
+    assert response.status_code == 202 and response.json()["owner_id"] == router.owner("ann")
+    assert await router.types(lead) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert REGISTRY.get_sample_value("leadsla_assignments_total", labels) == before + 1
+    exposed = [s for m in REGISTRY.collect() if m.name == "leadsla_assignments" for s in m.samples
+               if s.labels.get("reason") == reason]
+    assert exposed == []
+
+
+async def test_a_lead_queued_for_missing_data_is_routed_as_soon_as_the_field_is_completed(router) -> None:
+    lead = await router.receive(source="partner")  # the rule needs company.name; there is no fallback owner
+    [queued] = await router.events(lead)
+    assert (queued.type, queued.data["reason"], queued.data["missing_fields"]) == (
+        "lead.queued", "missing_data", ["company.name"])
+
+    # PATCH /v1/leads/{id} gives the company's name: the team can work it now (it waited for a fallback owner).
+    await router.updated(lead, {"company.name": {"old": None, "new": "Big Corp"}}, tier="A")
+    assert await router.types(lead) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assigned = (await router.events(lead))[-1].data
+    assert assigned["rule_id"] == router.owner("big") and assigned["reason"] == "rule_match"
+    assert assigned["owner_id"] in (router.owner("ann"), router.owner("ben"))
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+
+async def test_a_queued_lead_whose_tier_is_raised_moves_up_the_queue(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    older_b = await router.receive(tier="B")
+    router.ctx.clock.advance(timedelta(seconds=1))
+    a = await router.receive(tier="A")
+    queue_order = [(q["lead_id"], q["tier"]) for q in (await router.client.get("/v1/queue")).json()["leads"]]
+    assert queue_order == [(a, "A"), (older_b, "B")]
+
+    await router.updated(older_b, {"intent.type": {"old": "trial", "new": "demo_request"}}, tier="A",
+                         previous_tier="B")
+    queue_order = [(q["lead_id"], q["tier"]) for q in (await router.client.get("/v1/queue")).json()["leads"]]
+    assert queue_order == [(older_b, "A"), (a, "A")]  # tier, then age
+    assert (await router.put("ann", status="active")).status_code == 200
+    assigned = (await router.events(older_b))[-1]
+    assert (assigned.type, assigned.data["tier"]) == ("lead.assigned", "A")
+
+
+async def test_an_update_of_an_assigned_lead_is_kept_for_routing_it_again(router) -> None:
+    lead = await router.receive(tier="B")
+    await router.updated(lead, {"intent.type": {"old": "trial", "new": "demo_request"}}, tier="A",
+                         previous_tier="B")
+    assert await router.types(lead) == ["lead.assigned"]  # an assigned lead stays where it is
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
+    assert response.status_code == 202
+    assert (await router.events(lead))[-1].data["tier"] == "A"
+
+
+async def test_a_source_key_sees_only_its_own_leads_in_the_queue(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    own = await router.receive(source="webform")  # the source key's name
+    other = await router.receive(source="partner-portal")
+    source = {"Authorization": f"Bearer {router.source}"}
+    response = await router.client.get("/v1/queue", headers=source)
+    assert response.status_code == 200
+    assert [q["lead_id"] for q in response.json()["leads"]] == [own]  # was every source's queued leads
+    assert {q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]} == {own, other}
+
+
+async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_unassigned(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    opted, disqualified, waiting = await router.receive(), await router.receive(), await router.receive()
+    await router.activity(opted, "opt_out")
+    await router.activity(disqualified, "disposition", Disposition(status="disqualified", reason="spam"))
+    for lead, reason in ((opted, "opted_out"), (disqualified, "dispositioned")):
+        assert await router.types(lead) == ["lead.queued", "lead.dequeued"]
+        assert (await router.events(lead))[-1].data["reason"] == reason
+    assert [q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]] == [waiting]
+
+    # Ann is back with room for one lead: it goes to the lead still waiting, not to one that opted out.
+    assert (await router.put("ann", status="active", capacity=1)).status_code == 200
+    assert await router.types(waiting) == ["lead.queued", "lead.dequeued", "lead.assigned"]
+    assert await router.types(opted) == ["lead.queued", "lead.dequeued"]
+
+
+async def test_going_out_of_office_again_after_an_absence_ran_out_hands_back_untouched_leads(router) -> None:
+    assert (await router.put("ann", capacity=5)).status_code == 200
+    assert (await router.put("ben", capacity=5)).status_code == 200
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    router.ctx.clock.advance(timedelta(hours=2))  # ann is back by herself, and gets leads again
+    leads = [await router.receive() for _ in range(2)]
+    anns = [lead for lead in leads if (await router.events(lead))[0].data["owner_id"] == router.owner("ann")]
+    assert len(anns) == 1
+
+    assert (await router.put("ann", status="out_of_office")).status_code == 200
+    handed_back = (await router.events(anns[0]))[-1]
+    # The absence that ran out was still the stored status: going out again was not seen as a change.
+    assert (handed_back.type, handed_back.data["reason"], handed_back.data["to_owner_id"]) == (
+        "lead.reassigned", "owner_out_of_office", router.owner("ben"))

@@ -21,6 +21,7 @@ from services.router.handlers import (
     RouterDeps,
     on_activity,
     on_escalation,
+    on_lead_updated,
     reassign,
     route_lead,
     update_owner,
@@ -39,6 +40,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
@@ -119,6 +121,15 @@ class Traffic:
             await reassign(uow, self.ctx.config.config, self.clock.now(), self.leads[name], to_owner, "test")
             await uow.commit()
 
+    async def updated(self, name: str, changed: dict, tier: str) -> None:
+        lead_id = self.leads[name]
+        event = new_event("lead.updated", service="intake", lead_id=lead_id, time=self.clock.now(),
+                          data=LeadUpdated(lead_id=lead_id, changed=changed, tier=tier, previous_tier="B",
+                                           reason="patched"))
+        async with self.ctx.uow() as uow:
+            await on_lead_updated(uow, Received.of(event), self.deps)
+            await uow.commit()
+
     async def escalate(self, name: str) -> None:
         lead_id = self.leads[name]
         event = new_event("escalation.triggered", service="notifier", lead_id=lead_id, time=self.clock.now(),
@@ -159,6 +170,8 @@ async def run_traffic(t: Traffic) -> None:
     await drain_all(t.ctx)
     await t.owner("cat", status="away")
     await t.receive("night2", source="night")  # cat away, the fallback owner full: it waits
+    await t.updated("night2", {"company.name": {"old": None, "new": "Night Corp"}}, tier="A")  # still waits
+    await t.updated("c0", {"company.domain": {"old": None, "new": "c0.example"}}, tier="B")  # assigned: facts kept
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from services.router.domain import (
     eligibility,
     owner_day,
     record,
+    updated_facts,
 )
 from shared.config import parse_config
 
@@ -257,3 +258,27 @@ def test_a_decision_locks_its_rule_and_that_rules_owners_only() -> None:
     assert decision_scope(RULES, LeadFacts("l", "A", "web"), "jp") == ("general", {"gen1", "gen2", "jp"})
     assert decision_scope(RULES, LeadFacts("l", "A", "web", attributes={"partner": "yes"}), None) == (
         "partner", {"vip"})
+
+
+def test_a_lead_update_changes_the_facts_routing_reads() -> None:
+    facts = LeadFacts(lead_id="l", tier="B", source="web", country=None, company_domain=None,
+                      attributes={"segment": "smb"})
+    changed = {
+        "company.name": {"old": None, "new": "Big Corp"},
+        "company.domain": {"old": None, "new": "WWW.Big.example"},
+        "company.size": {"old": None, "new": 5000},
+        "company.country": {"old": None, "new": "DE"},
+        "contact.language": {"old": None, "new": "de"},
+        "intent.product": {"old": None, "new": "analytics"},
+        "contact.phone": {"old": None, "new": "+4930123456"},
+        "attributes.segment": {"old": "smb", "new": "enterprise"},
+        "score": {"old": 10, "new": 90},  # not read by routing
+    }
+    updated = updated_facts(facts, changed, tier="A", contactable=True)
+    assert (updated.tier, updated.company_name, updated.company_domain, updated.company_size, updated.country,
+            updated.language, updated.product, updated.phone, dict(updated.attributes)) == (
+        "A", "Big Corp", "big.example", "5000", "DE", "de", "analytics", True, {"segment": "enterprise"})
+    # The contact's country wins over the company's; a free-mail domain says nothing about the account.
+    with_country = LeadFacts(lead_id="l", tier="B", source="web", country="FR")
+    assert updated_facts(with_country, {"company.country": {"old": None, "new": "DE"}}, "B", True).country == "FR"
+    assert updated_facts(facts, {"company.domain": {"old": None, "new": "gmail.com"}}, "B", True).company_domain is None
