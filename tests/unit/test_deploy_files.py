@@ -404,3 +404,19 @@ def test_alert_rules_and_dashboard_only_use_labels_their_metrics_have() -> None:
             assert labels <= available, (expr, labels - available)
         shown = {a or b for a, b in _TEMPLATE_LABEL.findall(template)} - {"value", "$value"}
         assert shown <= (set().union(*grouped) if grouped else available), (expr, template)
+
+
+def test_prometheus_sends_firing_alerts_to_an_alertmanager_that_mails_them_inside_the_stack() -> None:
+    # Without an `alerting:` section Prometheus evaluates the rules and tells no one.
+    services = COMPOSE["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}
+    assert targets == {"alertmanager:9093"}
+    alertmanager = services["alertmanager"]
+    assert "9093:9093" in alertmanager["ports"] and "healthcheck" in alertmanager
+    mounted = ROOT / _mounts(alertmanager)["/etc/alertmanager/alertmanager.yml"]
+    assert mounted.resolve() == (ROOT / "deploy" / "alertmanager.yml").resolve()
+    routes = yaml.safe_load(mounted.read_text())
+    mails = [c for r in routes["receivers"] for c in r.get("email_configs", [])]
+    assert mails and all(c["smarthost"] == "mailpit:1025" for c in mails)
+    assert set(alertmanager["depends_on"]) == {"mailpit"}
