@@ -420,3 +420,19 @@ def test_prometheus_sends_firing_alerts_to_an_alertmanager_that_mails_them_insid
     mails = [c for r in routes["receivers"] for c in r.get("email_configs", [])]
     assert mails and all(c["smarthost"] == "mailpit:1025" for c in mails)
     assert set(alertmanager["depends_on"]) == {"mailpit"}
+
+
+def test_whatever_pages_someone_is_on_the_dashboard() -> None:
+    # The one paged opens the dashboard: every series a paging alert watches has a panel.
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    paging = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["labels"]["severity"] == "page"]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "leadsla.json").read_text())
+    panels = dashboard["panels"]
+    shown = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for expr in paging:
+        for name in set(re.findall(r"\b(leadsla_[a-z_]+|up)\b", expr)):
+            assert re.search(rf"\b{name}\b", shown), f"{name} pages (in {expr!r}) and has no panel"
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = [(p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy) for p in panels
+             for dx in range(p["gridPos"]["w"]) for dy in range(p["gridPos"]["h"])]
+    assert len(cells) == len(set(cells)), "panels overlap"
