@@ -96,6 +96,9 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
             continue
         check = service.get("healthcheck")
         assert check and check["test"][0] in ("CMD", "CMD-SHELL"), name
+        # Brought back after a crash, an OOM kill or a reboot of the host, the broker and the
+        # database as much as the services that wait for them.
+        assert service.get("restart") == "unless-stopped", name
     for name in SERVICE_PORTS:  # the services probe their own /readyz on their own port
         assert COMPOSE["services"][name]["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.healthcheck", name]
 
