@@ -439,3 +439,11 @@ def test_whatever_pages_someone_is_on_the_dashboard() -> None:
     cells = [(p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy) for p in panels
              for dx in range(p["gridPos"]["w"]) for dy in range(p["gridPos"]["h"])]
     assert len(cells) == len(set(cells)), "panels overlap"
+
+
+def test_docker_waits_for_a_stopping_service_to_drain() -> None:
+    from shared.runtime import SHUTDOWN_DRAIN_SECONDS
+
+    for name in SERVICE_PORTS:
+        grace = re.fullmatch(r"(\d+)s", COMPOSE["services"][name].get("stop_grace_period", "10s"))
+        assert int(grace.group(1)) >= SHUTDOWN_DRAIN_SECONDS + 5, name  # and time to close after it
