@@ -31,7 +31,7 @@ SERVICES: dict[str, ServiceInfo] = {
             "sla_clock",
             8003,
             ("sla_open_timers", "sla_warnings", "sla_breaches", "sla_met", "sla_breach_lag",
-             "time_to_first_response"),
+             "time_to_first_response", "sla_clock_watermark_lag"),
         ),
         ServiceInfo("notifier", 8004, ("notifications", "escalations")),
         # Overdue timers are measured outside the SLA clock, so they show when the clock has stopped.

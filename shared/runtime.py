@@ -95,6 +95,11 @@ def service_engine(name: str, settings: Settings) -> AsyncEngine:
                        statement_timeout=settings.database_statement_timeout_seconds)
 
 
+# On SIGTERM a service gives its consumers, relay and HTTP requests this long to finish, then
+# stops its producer and closes its connections (docker-compose's stop_grace_period allows for it).
+SHUTDOWN_DRAIN_SECONDS = 15
+
+
 class StartupError(RuntimeError):
     """The service cannot start; the message says what to do."""
 
@@ -181,7 +186,7 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     finally:
         stop.set()
         server.should_exit = True
-        await asyncio.wait([*workers, http], timeout=15)
+        await asyncio.wait([*workers, http], timeout=SHUTDOWN_DRAIN_SECONDS)
         for task in [*workers, http]:
             task.cancel()
         await producer.stop()

@@ -96,6 +96,9 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
             continue
         check = service.get("healthcheck")
         assert check and check["test"][0] in ("CMD", "CMD-SHELL"), name
+        # Brought back after a crash, an OOM kill or a reboot of the host, the broker and the
+        # database as much as the services that wait for them.
+        assert service.get("restart") == "unless-stopped", name
     for name in SERVICE_PORTS:  # the services probe their own /readyz on their own port
         assert COMPOSE["services"][name]["healthcheck"]["test"] == ["CMD", "python", "-m", "shared.healthcheck", name]
 
@@ -264,3 +267,183 @@ def test_the_receiver_accepts_only_signed_deliveries(monkeypatch) -> None:
         server.shutdown()
         server.server_close()
     assert (signed.status_code, forged.status_code) == (204, 401)
+
+
+# ---- what an SRE checks before deploying the compose stack -------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _interpolated(value: str) -> str:
+    """A compose value as docker compose renders it with nothing set: each ${VAR:-default} is its default."""
+    return _INTERPOLATION.sub(lambda m: m.group(2) or "", value)
+
+
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path -> source of each volume entry."""
+    return {m.split(":")[1]: m.split(":")[0] for m in service.get("volumes", [])}
+
+
+def test_every_leadsla_variable_the_deployment_sets_is_read_by_the_code() -> None:
+    from shared.config import parse_config
+    from shared.settings import Settings
+
+    fields = {f"LEADSLA_{name.upper()}" for name in Settings.model_fields}
+    secrets = {c.secret_env for c in parse_config((ROOT / "deploy" / "compose-config.yaml").read_text()).channels.values()
+               if getattr(c, "secret_env", None)}
+    set_here = {key for service in COMPOSE["services"].values() for key in (service.get("environment") or {})
+                if key.startswith("LEADSLA_")}
+    set_here |= set(re.findall(r"\b(LEADSLA_\w+)=", (ROOT / "Dockerfile").read_text()))
+    assert set_here and set_here <= fields | secrets, set_here - fields - secrets
+
+
+def test_the_services_reach_postgres_and_kafka_by_service_name_with_the_credentials_postgres_has() -> None:
+    from urllib.parse import urlsplit
+
+    services = COMPOSE["services"]
+    postgres = services["postgres"]["environment"]
+    kafka = services["kafka"]["environment"]
+    for name in [*SERVICE_PORTS, "setup"]:
+        env = services[name]["environment"]
+        url = urlsplit(_interpolated(env["LEADSLA_DATABASE_URL"]))
+        assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/" + postgres["POSTGRES_DB"]), name
+        assert (url.username, url.password) == (postgres["POSTGRES_USER"], _interpolated(postgres["POSTGRES_PASSWORD"]))
+        # The same variable sets both sides, so overriding it cannot leave them disagreeing.
+        assert _INTERPOLATION.findall(env["LEADSLA_DATABASE_URL"]) == _INTERPOLATION.findall(postgres["POSTGRES_PASSWORD"])
+        if name != "setup":
+            assert f"PLAINTEXT://{env['LEADSLA_KAFKA_BOOTSTRAP']}" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","), name
+    port = services["intake"]["environment"]["LEADSLA_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1]
+    assert f"PLAINTEXT://:{port}" in kafka["KAFKA_LISTENERS"].split(",")
+
+
+def test_secrets_are_overridable_and_their_defaults_documented_as_dev_only() -> None:
+    header = (ROOT / "docker-compose.yml").read_text().split("\nx-leadsla:", 1)[0]
+    assert "local try-out only" in header
+    for name, service in COMPOSE["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET", key) or re.search(r"://[^/]*@", str(value)):
+                variables = _INTERPOLATION.findall(str(value))
+                assert variables, f"{name}: {key} is written into docker-compose.yml"
+                for variable, _default in variables:
+                    assert variable in header, f"{variable} ({name}: {key}) is not named in the header"
+
+
+def test_stateful_services_keep_their_data_on_named_volumes() -> None:
+    import base64
+
+    services = COMPOSE["services"]
+    kafka = services["kafka"]
+    data = {
+        "postgres": "/var/lib/postgresql/data",
+        "kafka": kafka["environment"].get("KAFKA_LOG_DIRS"),  # the image's default is in /tmp
+        "prometheus": "/prometheus",
+    }
+    for name, path in data.items():
+        source = _mounts(services[name]).get(path)
+        assert source in (COMPOSE.get("volumes") or {}), (name, path)
+    # A fixed cluster id: the volume formatted under it is the one the next start finds.
+    cluster_id = kafka["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_prometheus_and_grafana_are_wired_to_what_compose_mounts() -> None:
+    from urllib.parse import urlsplit
+
+    services = COMPOSE["services"]
+    prometheus = _mounts(services["prometheus"])
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file
+        assert (ROOT / prometheus["/etc/prometheus/" + rule_file]).resolve() == (ROOT / "deploy" / rule_file).resolve()
+    assert (ROOT / prometheus["/etc/prometheus/prometheus.yml"]).resolve() == (ROOT / "deploy" / "prometheus.yml").resolve()
+
+    grafana = _mounts(services["grafana"])
+    provisioning = ROOT / grafana["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus" and f"{url.port}:{url.port}" in services["prometheus"]["ports"]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "leadsla.yml").read_text())["providers"]
+    dashboards = ROOT / grafana[provider["options"]["path"]]
+    assert sorted(p.name for p in dashboards.glob("*.json")) == ["leadsla.json"]
+    dashboard = json.loads((dashboards / "leadsla.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]} | {
+        t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {datasource["uid"]}
+
+
+_AGGREGATION = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+_SELECTOR = re.compile(r"\b(leadsla_[a-z_]+)\s*(?:\{([^}]*)\})?")
+_TEMPLATE_LABEL = re.compile(r"\$labels\.(\w+)|\{\{\s*(\w+)\s*\}\}")
+
+
+def _labels_by_series() -> dict[str, set[str]]:
+    """Series name -> the label names it carries (histogram buckets add `le`)."""
+    labels = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("leadsla_"):
+            continue
+        names = set(REGISTRY._names_to_collectors[family.name + SUFFIXES[family.type][0]]._labelnames)
+        for suffix in SUFFIXES[family.type]:
+            labels[family.name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    return labels
+
+
+def test_alert_rules_and_dashboard_only_use_labels_their_metrics_have() -> None:
+    known = _labels_by_series()
+    target_labels = {"instance", "job"}  # what Prometheus adds to every scraped series
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    queries = [(r["expr"], " ".join(r.get("annotations", {}).values())) for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "leadsla.json").read_text())
+    queries += [(t["expr"], t.get("legendFormat", "")) for p in dashboard["panels"] for t in p["targets"]]
+    for expr, template in queries:
+        selectors = _SELECTOR.findall(expr)
+        available = set().union(*(known[name] for name, _ in selectors)) | target_labels if selectors else None
+        if available is None:
+            continue  # Prometheus's own series (up)
+        for name, matchers in selectors:
+            used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+            assert used <= known[name] | target_labels, (expr, used - known[name])
+        grouped = [set(filter(None, (x.strip() for x in g.split(",")))) for g in _AGGREGATION.findall(expr)]
+        for labels in grouped:
+            assert labels <= available, (expr, labels - available)
+        shown = {a or b for a, b in _TEMPLATE_LABEL.findall(template)} - {"value", "$value"}
+        assert shown <= (set().union(*grouped) if grouped else available), (expr, template)
+
+
+def test_prometheus_sends_firing_alerts_to_an_alertmanager_that_mails_them_inside_the_stack() -> None:
+    # Without an `alerting:` section Prometheus evaluates the rules and tells no one.
+    services = COMPOSE["services"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = {t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]}
+    assert targets == {"alertmanager:9093"}
+    alertmanager = services["alertmanager"]
+    assert "9093:9093" in alertmanager["ports"] and "healthcheck" in alertmanager
+    mounted = ROOT / _mounts(alertmanager)["/etc/alertmanager/alertmanager.yml"]
+    assert mounted.resolve() == (ROOT / "deploy" / "alertmanager.yml").resolve()
+    routes = yaml.safe_load(mounted.read_text())
+    mails = [c for r in routes["receivers"] for c in r.get("email_configs", [])]
+    assert mails and all(c["smarthost"] == "mailpit:1025" for c in mails)
+    assert set(alertmanager["depends_on"]) == {"mailpit"}
+
+
+def test_whatever_pages_someone_is_on_the_dashboard() -> None:
+    # The one paged opens the dashboard: every series a paging alert watches has a panel.
+    rules = yaml.safe_load((ROOT / "deploy" / "alerts.yml").read_text())
+    paging = [r["expr"] for g in rules["groups"] for r in g["rules"] if r["labels"]["severity"] == "page"]
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "leadsla.json").read_text())
+    panels = dashboard["panels"]
+    shown = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for expr in paging:
+        for name in set(re.findall(r"\b(leadsla_[a-z_]+|up)\b", expr)):
+            assert re.search(rf"\b{name}\b", shown), f"{name} pages (in {expr!r}) and has no panel"
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = [(p["gridPos"]["x"] + dx, p["gridPos"]["y"] + dy) for p in panels
+             for dx in range(p["gridPos"]["w"]) for dy in range(p["gridPos"]["h"])]
+    assert len(cells) == len(set(cells)), "panels overlap"
+
+
+def test_docker_waits_for_a_stopping_service_to_drain() -> None:
+    from shared.runtime import SHUTDOWN_DRAIN_SECONDS
+
+    for name in SERVICE_PORTS:
+        grace = re.fullmatch(r"(\d+)s", COMPOSE["services"][name].get("stop_grace_period", "10s"))
+        assert int(grace.group(1)) >= SHUTDOWN_DRAIN_SECONDS + 5, name  # and time to close after it

@@ -53,3 +53,9 @@ def test_each_services_metrics_text_passes_promtool_check_metrics(service: str) 
     metrics.sla_breaches.labels("first_response", "A", "owner_missed")
     result = promtool("check", "metrics", stdin=metrics.exposition(service))
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed (Debian package `prometheus-alertmanager`)")
+def test_amtool_accepts_the_alertmanager_config() -> None:
+    result = subprocess.run(["amtool", "check-config", "alertmanager.yml"], capture_output=True, timeout=60, cwd=DEPLOY)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

@@ -36,3 +36,24 @@ def test_waiting_time_histograms_resolve_seconds_and_days() -> None:
     for histogram in (metrics.time_to_first_response, metrics.routing_latency):
         bounds = [b for b in bucket_bounds(histogram) if b != float("inf")]
         assert bounds[0] <= 10 and bounds[-1] >= 2 * 86400, bounds
+
+
+# The families every service updates (its consumers, its outbox relay, its supervised tasks); any
+# other family belongs to the one service that updates it and must be declared in its registry.
+PLUMBING = {
+    "leadsla_consumer_lag", "leadsla_outbox_pending", "leadsla_outbox_parked",
+    "leadsla_outbox_oldest_pending_age_seconds", "leadsla_worker_restarts_total", "leadsla_deadletter_total",
+}
+
+
+def test_only_the_shared_plumbing_goes_out_from_every_service() -> None:
+    everywhere = set.intersection(*(families(s) for s in SERVICE_PORTS))
+    # A counter with children also writes a `_created` family of its own.
+    assert {f for f in everywhere if not f.endswith("_created")} == PLUMBING
+
+
+def test_the_sla_clocks_watermark_lag_goes_out_from_the_sla_clock_only() -> None:
+    # Set only by the SLA clock: elsewhere it was a flat 0 that looked like a clock seeing everything.
+    assert "leadsla_sla_clock_watermark_lag_seconds" in families("sla_clock")
+    for service in set(SERVICE_PORTS) - {"sla_clock"}:
+        assert "leadsla_sla_clock_watermark_lag_seconds" not in families(service), service
