@@ -907,3 +907,14 @@ def per_config(build: Callable[[Any], _Built]) -> Callable[[Any], _Built]:
 
 
 _merged_sources: Callable[[IntakeConfig], dict[str, IntakeSource]] = per_config(lambda _: {})
+
+
+@per_config
+def named_sources(config: Config) -> frozenset[str]:
+    """Every source the configuration names: intake's sources, and those tier rules, routing rules
+    and SLA policies match on. A source outside it can match nothing, and stays out of metric
+    labels (their values must stay bounded whatever senders write)."""
+    return frozenset({*config.intake.sources,
+                      *(s for rule in config.tiers.rules for s in rule.when.source or ()),
+                      *(s for rule in config.routing.rules for s in rule.match.sources or ()),
+                      *(s for policy in config.sla_policies for s in policy.filter.sources or ())})

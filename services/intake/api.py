@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError
 
 from shared import metrics
 from shared.auth import Principal
+from shared.config import named_sources
+from shared.db import is_deadlock
 from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
@@ -36,6 +38,7 @@ from .normalize import Refused, Submission, read_submission
 
 MAX_BATCH = 500
 MAX_IDEMPOTENCY_KEY = 200
+MAX_SOURCE = 100  # an admin body's source, as a lead's source name
 
 
 class RateLimiter:
@@ -90,10 +93,6 @@ def _refusal(exc: Refused, source: str) -> ProblemError:
     return ProblemError(422, "Lead cannot be acted on", str(exc), exc.errors)
 
 
-def _is_deadlock(exc: DBAPIError) -> bool:
-    return "deadlock" in str(exc.orig).lower()
-
-
 class DirectRoute(APIRoute):
     """A route whose endpoint takes the request alone and answers a Response: called as it is,
     without FastAPI's dependency solving and response handling (the OpenAPI entry is the same)."""
@@ -141,6 +140,19 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                                [{"field": "Idempotency-Key", "message": "1 to 200 characters"}])
         return key.strip() if key else None
 
+    def source_of(principal: Principal, body: Any) -> str:
+        """The source a lead counts under. A source key is bound to its source; an admin key (an
+        operator or an integration sending for several sources) submits for the body's `source`."""
+        named = body.get("source") if principal.is_admin and isinstance(body, dict) else None
+        if isinstance(named, str) and named.strip() and len(named.strip()) <= MAX_SOURCE:
+            return named.strip()
+        return principal.name
+
+    def label(principal: Principal, source: str) -> str:
+        """The source as a metric label: the key's own name for a source the configuration does not
+        name (labels stay bounded whatever an admin body says)."""
+        return source if source == principal.name or source in named_sources(ctx.config.config) else principal.name
+
     def read(body: Any, source: str, *, partial: bool = False) -> Submission:
         config = ctx.config.config.intake
         return read_submission(body, config.source(source), intent_vocabulary(ctx.config.config), partial=partial)
@@ -150,12 +162,15 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     async def post_lead(request: Request) -> JSONResponse:
         principal = await sender(request)
         key = idempotency_key(request)
+        source = principal.name
         try:
-            submission = read(await _json_body(request), principal.name)
+            body = await _json_body(request)
+            source = source_of(principal, body)
+            submission = read(body, source)
         except Refused as exc:
-            raise _refusal(exc, principal.name) from None
-        result = await group.submit(submission, source=principal.name, idempotency_key=key)
-        count(result, principal.name)
+            raise _refusal(exc, label(principal, source)) from None
+        result = await group.submit(submission, source=source, idempotency_key=key)
+        count(result, label(principal, source))
         return JSONResponse(result.body(), status_code=201 if result.status == "accepted" else 200)
 
     router.add_api_route("/v1/leads", post_lead, methods=["POST"], status_code=201,
@@ -175,13 +190,14 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                                [{"field": "leads", "message": f"a list of at most {MAX_BATCH} leads"}])
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Submission]] = []
+        sources = [source_of(principal, item) for item in items]
         for index, item in enumerate(items):
             try:
-                valid.append((index, read(item, principal.name)))
+                valid.append((index, read(item, sources[index])))
             except Refused as exc:
-                metrics.leads_rejected.labels(principal.name, "invalid").inc()
+                metrics.leads_rejected.labels(label(principal, sources[index]), "invalid").inc()
                 results[index] = {"index": index, "status": "invalid", "errors": exc.errors}
-        requests = [LeadRequest(sub, principal.name, f"{key}#{index}" if key else None) for index, sub in valid]
+        requests = [LeadRequest(sub, sources[index], f"{key}#{index}" if key else None) for index, sub in valid]
 
         async def submit() -> list[Accepted]:
             async with ctx.uow() as uow:
@@ -196,10 +212,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
                 accepted = await retry_on_conflict(submit)
                 break
             except DBAPIError as exc:  # two batches locking the same people in opposite orders
-                if not _is_deadlock(exc) or attempt == 2:
+                if not is_deadlock(exc) or attempt == 2:
                     raise
         for (index, _), result in zip(valid, accepted, strict=True):
-            count(result, principal.name)
+            count(result, label(principal, sources[index]))
             results[index] = {"index": index, **result.body()}
         return JSONResponse({"results": results})
 

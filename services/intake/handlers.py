@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from shared import metrics, tracing
-from shared.config import Config
+from shared.config import Config, named_sources
 from shared.events import (
     TOPIC_DEADLETTER,
     TOPIC_INTAKE,
@@ -378,9 +378,9 @@ class RawPosition:
 
 
 def named_source(event: CloudEvent, config: Config) -> str | None:
-    """The configured intake source a raw record names: its CloudEvent `source`, else its body's
-    `source`; None when it names none (Kafka has no keys)."""
-    configured = config.intake.sources
+    """The source a raw record names, when the configuration names it too (`named_sources`): its
+    CloudEvent `source`, else its body's `source`; None when it names none (Kafka has no keys)."""
+    configured = named_sources(config)
     for name in (event.source, event.data.get("source")):
         if isinstance(name, str) and name in configured:
             return name

@@ -160,7 +160,9 @@ def new_event(
     event_id: str | None = None,
 ) -> CloudEvent:
     """Build an event; `cause` carries the correlation id and trace forward and becomes the causation id.
-    Without a cause on the bus (an HTTP request, a timer), the causation id is the correlation id:
+    A cause that has no correlation id (a sender's CloudEvent on a raw topic) is the chain's origin:
+    its id is the correlation id. Without a cause on the bus (an HTTP request, a timer), the
+    causation id is the correlation id:
     the chain's first event names itself, as its correlation id does, and a later one the chain's
     origin; every event carries both (the contract's envelope).
     `data`: the payload, or its wire form already (`WireModel.wire`)."""
@@ -168,7 +170,8 @@ def new_event(
     if declared is not None and declared != type:
         raise ValueError(f"a {declared} payload ({data.__class__.__name__}) in a {type} event")
     event_id = event_id or str(uuid.uuid4())
-    correlation_id = correlation_id or (cause.correlationid if cause else None) or event_id
+    # A cause without a correlation id is a sender's submission (a raw record): it started the chain.
+    correlation_id = correlation_id or ((cause.correlationid or cause.id) if cause else None) or event_id
     return CloudEvent(
         id=event_id,
         source=f"leadsla/{service}",

@@ -13,6 +13,7 @@ from shared.http import create_app
 from tests.support import stored_events
 
 CONFIG = """
+intake: {sources: {chat: {}}}
 tiers:
   default: C
   rules: [{tier: A, when: {intent: [demo_request]}}]
@@ -211,6 +212,27 @@ async def test_an_activity_with_fields_of_the_crm_s_own_is_recorded_with_them(ap
         "duration_seconds": 312, "crm": {"id": "00T5g00000abc", "owner": "alice@corp"}, "outcom": "typo"}
     assert recorded[1]["disposition"] == {"status": "disqualified", "reason": "student"}
     assert recorded[1]["attributes"] == {"disposition": {"note": "gap year"}}
+
+
+async def test_an_admin_key_submits_for_the_source_its_body_names(api, engine) -> None:
+    """A source key is bound to its source; the admin key (the one `leadsla dev` prints, or an
+    integration posting for several sources) submits for the body's `source`. Once, every such
+    lead counted as the key's name ("ops"), so no tier rule, route or SLA policy by source matched."""
+    admin = {"Authorization": f"Bearer {api.admin_key}"}
+    named = await api.post("/v1/leads", headers=admin, json=lead_body(source="chat"))
+    unnamed = await api.post("/v1/leads", headers=admin, json=lead_body(source="Website "))
+    silent = await api.post("/v1/leads", headers=admin, json=lead_body())
+    sources = [(await stored_events(engine, "intake", r.json()["lead_id"]))[0].data["source"]
+               for r in (named, unnamed, silent)]
+    assert sources == ["chat", "Website", "ops"]
+    keyed = await api.post("/v1/leads", json=lead_body(source="chat"))  # a source key stays its own source
+    assert (await stored_events(engine, "intake", keyed.json()["lead_id"]))[0].data["source"] == "webform"
+    batch = await api.post("/v1/leads:batch", headers=admin, json={"leads": [lead_body(source="chat"), lead_body()]})
+    assert [(await stored_events(engine, "intake", r["lead_id"]))[0].data["source"]
+            for r in batch.json()["results"]] == ["chat", "ops"]
+    # Metric labels stay bounded: a source the configuration does not name counts as the key.
+    metrics = (await api.get("/metrics")).text
+    assert 'leadsla_leads_received_total{source="chat",tier="A"}' in metrics and "Website" not in metrics
 
 
 async def test_health_and_metrics_without_personal_data(api) -> None:

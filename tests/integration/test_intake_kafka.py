@@ -160,10 +160,12 @@ async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intak
     binary_lead = await eventually(lambda: lead_with_external_id(engine, binary_ref), what="binary lead")
     [received] = await stored_events(engine, "intake", binary_lead)
     assert received.data["attributes"]["ce_source"] == "https://forms.example/x"
-    assert received.causationid == ce_id
+    # The sender's CloudEvent started the chain: the contract's correlationid is its id.
+    assert received.causationid == ce_id and received.correlationid == ce_id
     assert await lead_with_external_id(engine, binary_ref + "-retry") is None
     [other] = await stored_events(engine, "intake", structured_lead)
     assert other.data["contact"]["phone"] == "+14155552671"
+    assert other.correlationid == other.causationid == structured["id"]
 
 
 async def _events_when(engine, lead_id: str, count: int) -> list[CloudEvent] | None:
