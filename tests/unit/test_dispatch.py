@@ -43,7 +43,8 @@ def test_each_service_maps_registered_payload_classes_to_handlers_of_one_signatu
 
 
 def test_what_each_service_handles() -> None:
-    assert set(INTAKE_HANDLERS) == {LeadReceived, ActivityRecorded}
+    # lead.updated: a PATCH may complete a field a routing rule requires, or raise a queued tier.
+    assert set(INTAKE_HANDLERS) == {LeadReceived, ActivityRecorded, LeadUpdated}
     assert set(ESCALATION_HANDLERS) == {EscalationTriggered}
     assert set(SLA_CLOCK) == {LeadReceived, LeadAssigned, ActivityRecorded, LeadQueued, LeadReassigned, LeadUpdated}
     # A lead leaving the queue does not stop its clock: the assignment that follows does.
