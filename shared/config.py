@@ -93,6 +93,24 @@ class Tiers(Strict):
     default: str = "C"
     rules: list[TierRule] = Field(default_factory=list)
 
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The tiers, most urgent first: in the order the rules first name them, the default last
+        (kept per configuration). Names mean nothing by themselves: `hot, warm, cold` and
+        `high, medium, low` are ordered by the rules, not alphabetically."""
+        return _tier_order(self)
+
+    def rank(self, tier: str) -> int:
+        """Lower is more urgent: the tier's place in `order`; a tier the configuration does not
+        name (a lead queued under an older configuration) ranks after all of them."""
+        return _tier_ranks(self).get(tier, len(self.order))
+
+    def key(self, tier: str) -> tuple[int, str]:
+        """Where a tier's leads go in the router's queue: by rank, and between tiers the
+        configuration does not name (equal rank), by name. `key(a) <= key(b)`: a lead of `a`
+        drains before or with one of `b`."""
+        return (self.rank(tier), tier)
+
 
 class Dedupe(Strict):
     window: Duration = 30 * 86400
@@ -907,6 +925,16 @@ def per_config(build: Callable[[Any], _Built]) -> Callable[[Any], _Built]:
 
 
 _merged_sources: Callable[[IntakeConfig], dict[str, IntakeSource]] = per_config(lambda _: {})
+
+
+@per_config
+def _tier_order(tiers: Tiers) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*(rule.tier for rule in tiers.rules), tiers.default]))
+
+
+@per_config
+def _tier_ranks(tiers: Tiers) -> dict[str, int]:
+    return {tier: rank for rank, tier in enumerate(_tier_order(tiers))}
 
 
 @per_config

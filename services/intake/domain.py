@@ -137,13 +137,7 @@ def intent_vocabulary(config: Config) -> dict[str, list[str]]:
 
 def tier_rank(tier: str, tiers: Tiers) -> int:
     """Lower is more urgent: tiers rank in the order the rules first name them, the default last."""
-    order: list[str] = []
-    for rule in tiers.rules:
-        if rule.tier not in order:
-            order.append(rule.tier)
-    if tiers.default not in order:
-        order.append(tiers.default)
-    return order.index(tier) if tier in order else len(order)
+    return tiers.rank(tier)  # the rule is shared with the router's queue: shared/config.py
 
 
 def identity_keys(sub: Submission, match_on: list[str]) -> list[tuple[str, str]]:

@@ -19,11 +19,12 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from pydantic import BaseModel
-from sqlalchemy import exists, func, select, text, tuple_
+from sqlalchemy import Text, exists, func, literal, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 
-from shared.config import Config, Owner, per_config
+from shared.config import Config, Owner, Tiers, per_config
 from shared.db import xact_lock
 from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
 from shared.eventstore import EVENTS, ConcurrencyConflict
@@ -42,7 +43,10 @@ from .domain import (
 )
 from .tables import SCHEMA, assignments, owner_state, queue
 
-QueueKey = tuple[str, datetime, str]  # drain order: tier, queued_at, lead_id
+# Drain order: the tier's rank in the configuration (Tiers.key: rank, then name), queued_at, lead_id.
+# The rank is computed from the configuration of the moment, never stored: a new configuration
+# re-orders the queue at once, and replaying the events rebuilds the same table whatever it says.
+QueueKey = tuple[int, str, datetime, str]
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class LeadContext:
 
     known: bool  # already assigned or queued
     account_owner: str | None  # owner of the newest open lead of the same company domain
-    queue_ahead: bool  # a lead of the same or a higher tier is waiting
+    queue_ahead: bool  # a lead of the same or a higher tier (by the configuration's rank) is waiting
     version: int  # the lead's stream version
 
 
@@ -77,10 +81,11 @@ class QueuedLead:
     assignment_no: int
     facts: LeadFacts
     version: int = 0
+    rank: int = 0  # the tier's rank in the configuration the lead was read under (Tiers.rank)
 
     @property
     def key(self) -> QueueKey:
-        return (self.tier, self.queued_at, self.lead_id)
+        return (self.rank, self.tier, self.queued_at, self.lead_id)
 
 
 class Scope(Protocol):
@@ -131,23 +136,37 @@ class RouterStore(Protocol):
 
     async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None: ...
 
-    async def open_untouched(self, owner_id: str) -> list[Assignment]:
-        """The owner's open leads nobody has touched, by tier then age, with their versions."""
+    async def open_untouched(self, owner_id: str, tiers: Tiers) -> list[Assignment]:
+        """The owner's open leads nobody has touched, by tier (`tiers`' rank) then age, with their
+        versions."""
 
     async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None: ...
 
     async def queue_nonempty(self) -> bool: ...
 
-    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
-        """Queued leads in drain order (tier, then age), after `after`, with their versions."""
+    async def queue_page(self, after: QueueKey | None, limit: int, tiers: Tiers) -> list[QueuedLead]:
+        """Queued leads in drain order (tier by `tiers`' rank, then age), after `after`, with
+        their versions."""
 
-    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
+    async def queued_ahead(self, tier: str, limit: int, tiers: Tiers) -> list[LeadFacts]:
         """Facts of queued leads that drain before a new lead of `tier`, in drain order."""
 
     async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:
         """The owner's runtime changes and their stream version (0: none yet)."""
 
     async def queue_depths(self) -> dict[str, int]: ...
+
+
+def tier_rank_sql(column: Any, tiers: Tiers) -> Any:
+    """`tiers.rank(column)` in SQL, from the configuration given: the tier's place in
+    `tiers.order`, or after all of them for a tier it does not name."""
+    order = list(tiers.order)
+    return func.coalesce(func.array_position(literal(order, ARRAY(Text)), column) - 1, len(order))
+
+
+def drain_order(table: Any, tiers: Tiers, at: Any) -> tuple[Any, ...]:
+    """`QueueKey`'s columns for a table with a tier (and `at`, its age)."""
+    return (tier_rank_sql(table.c.tier, tiers), table.c.tier, at, table.c.lead_id)
 
 
 def facts_of_row(lead_id: str, tier: str, raw: Mapping[str, Any] | None) -> LeadFacts:
@@ -218,8 +237,16 @@ _ACCOUNT_OWNER = ("(SELECT owner_id FROM router.assignments WHERE company_domain
                   "ORDER BY assigned_at DESC LIMIT 1)")
 _ACCOUNT_OWNERS = text("SELECT d, " + _ACCOUNT_OWNER.format(domain="d") + " FROM unnest(CAST(:domains AS text[])) AS d")
 
+# A tier's rank (Tiers.rank) in SQL text, from the configuration's order in :tier_order.
+_RANK = ("coalesce(array_position(CAST(:tier_order AS text[]), {tier}) - 1, "
+         "cardinality(CAST(:tier_order AS text[])))")
+
 # Each lead's context, as rows of the state's shape: (kind 'lead', lead, its stream version,
-# NULL, NULL, known, account owner, queue ahead).
+# NULL, NULL, known, account owner, queue ahead). Queue ahead: a waiting lead's (rank, tier) is at
+# most the new lead's (Tiers.key), so `hot` is ahead of `cold` whatever the names sort as. Written
+# as "a tier among the configured ones up to the lead's own" so that it stays an index lookup on
+# the queue's tier (a hot lead behind a surge of cold ones reads no rows); a lead of a tier the
+# configuration does not name also waits behind unnamed tiers up to its own by name.
 _CONTEXTS = (
     "SELECT 'lead' AS kind, l.lead AS k, "
     "(SELECT coalesce(max(version), 0) FROM router.events WHERE stream_id = l.lead)::int AS n, "
@@ -227,7 +254,10 @@ _CONTEXTS = (
     "EXISTS (SELECT 1 FROM router.assignments WHERE lead_id = l.lead) "
     "OR EXISTS (SELECT 1 FROM router.queue WHERE lead_id = l.lead) AS known, "
     + _ACCOUNT_OWNER.format(domain="l.domain") + " AS account_owner, "
-    "EXISTS (SELECT 1 FROM router.queue WHERE tier <= l.tier) AS queue_ahead "
+    "(EXISTS (SELECT 1 FROM router.queue AS q WHERE q.tier = ANY((CAST(:tier_order AS text[]))[1:"
+    + _RANK.format(tier="l.tier") + " + 1])) "
+    "OR (array_position(CAST(:tier_order AS text[]), l.tier) IS NULL AND EXISTS (SELECT 1 FROM router.queue AS q "
+    "WHERE q.tier <= l.tier AND q.tier <> ALL(CAST(:tier_order AS text[]))))) AS queue_ahead "
     "FROM unnest(CAST(:leads AS text[]), CAST(:domains AS text[]), CAST(:tiers AS text[])) "
     "AS l(lead, domain, tier)"
 )
@@ -314,10 +344,10 @@ def _assignment(row) -> Assignment:
                       facts=facts_of_row(row.lead_id, row.tier, row.facts), version=row.version)
 
 
-def _queued(row) -> QueuedLead:
+def _queued(row, tiers: Tiers | None = None) -> QueuedLead:
     return QueuedLead(lead_id=row.lead_id, tier=row.tier, reason=row.reason, queued_at=row.queued_at,
                       assignment_no=row.assignment_no, facts=facts_of_row(row.lead_id, row.tier, row.facts),
-                      version=row.version)
+                      version=row.version, rank=tiers.rank(row.tier) if tiers is not None else 0)
 
 
 # Locks of a run of new leads, in one statement: the leads, the keys given and the account
@@ -382,7 +412,7 @@ class PostgresRouterStore:
                        owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
         params = _state_params(now, owners, rules) | {
             "leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
-            "tiers": [tier for _, _, tier in leads]}
+            "tiers": [tier for _, _, tier in leads], "tier_order": list(config.tiers.order)}
         contexts: dict[str, LeadContext] = {}
         state = _state_from(config, now, await self.conn.execute(_state_sql(True, True, True), params), contexts)
         return contexts, state
@@ -399,12 +429,12 @@ class PostgresRouterStore:
         row = (await self.conn.execute(stmt.with_for_update(of=assignments) if for_update else stmt)).first()
         return _assignment(row) if row else None
 
-    async def open_untouched(self, owner_id: str) -> list[Assignment]:
+    async def open_untouched(self, owner_id: str, tiers: Tiers) -> list[Assignment]:
         rows = await self.conn.execute(
             select(assignments, _stream_version(assignments.c.lead_id))
             .where(assignments.c.owner_id == owner_id, assignments.c.closed_at.is_(None),
                    assignments.c.touched_at.is_(None))
-            .order_by(assignments.c.tier, assignments.c.assigned_at)
+            .order_by(*drain_order(assignments, tiers, assignments.c.assigned_at))
         )
         return [_assignment(r) for r in rows]
 
@@ -416,17 +446,18 @@ class PostgresRouterStore:
     async def queue_nonempty(self) -> bool:
         return bool(await self.conn.scalar(select(exists().select_from(queue))))
 
-    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
-        order = (queue.c.tier, queue.c.queued_at, queue.c.lead_id)
+    async def queue_page(self, after: QueueKey | None, limit: int, tiers: Tiers) -> list[QueuedLead]:
+        order = drain_order(queue, tiers, queue.c.queued_at)
         stmt = select(queue, _stream_version(queue.c.lead_id)).order_by(*order).limit(limit)
         if after is not None:
             stmt = stmt.where(tuple_(*order) > tuple_(*after))
-        return [_queued(r) for r in await self.conn.execute(stmt)]
+        return [_queued(r, tiers) for r in await self.conn.execute(stmt)]
 
-    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
+    async def queued_ahead(self, tier: str, limit: int, tiers: Tiers) -> list[LeadFacts]:
+        order = drain_order(queue, tiers, queue.c.queued_at)
         rows = await self.conn.execute(
-            select(queue.c.lead_id, queue.c.tier, queue.c.facts).where(queue.c.tier <= tier)
-            .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id).limit(limit)
+            select(queue.c.lead_id, queue.c.tier, queue.c.facts)
+            .where(tuple_(*order[:2]) <= tuple_(*tiers.key(tier))).order_by(*order).limit(limit)
         )
         return [facts_of_row(r.lead_id, r.tier, r.facts) for r in rows]
 
@@ -569,13 +600,14 @@ class InMemoryRouterStore:
 
     async def read_run(self, leads: list[tuple[str, str | None, str]], config: Config, now: datetime, *,
                        owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
-        return await self._contexts(leads), await self.load_state(config, now, owners=owners, rules=rules)
+        return await self._contexts(leads, config), await self.load_state(config, now, owners=owners, rules=rules)
 
-    async def _contexts(self, leads: list[tuple[str, str | None, str]]) -> dict[str, LeadContext]:
+    async def _contexts(self, leads: list[tuple[str, str | None, str]], config: Config) -> dict[str, LeadContext]:
         owners = await self.account_owners({domain for _, domain, _ in leads if domain})
         return {lead_id: LeadContext(known=lead_id in self.data.assignments or lead_id in self.data.queue,
                                      account_owner=owners.get(domain) if domain else None,
-                                     queue_ahead=any(w.tier <= tier for w in self.data.queue.values()),
+                                     queue_ahead=any(config.tiers.key(w.tier) <= config.tiers.key(tier)
+                                                     for w in self.data.queue.values()),
                                      version=self.version(lead_id))
                 for lead_id, domain, tier in leads}
 
@@ -613,37 +645,43 @@ class InMemoryRouterStore:
                           touched_at=row.touched_at, facts=facts_of_row(row.lead_id, row.tier, row.facts),
                           version=self.version(row.lead_id))
 
-    def _queued(self, waiting: _Waiting) -> QueuedLead:
+    def _queued(self, waiting: _Waiting, tiers: Tiers | None = None) -> QueuedLead:
         return QueuedLead(lead_id=waiting.lead_id, tier=waiting.tier, reason=waiting.reason,
                           queued_at=waiting.queued_at, assignment_no=waiting.assignment_no,
                           facts=facts_of_row(waiting.lead_id, waiting.tier, waiting.facts),
-                          version=self.version(waiting.lead_id))
+                          version=self.version(waiting.lead_id),
+                          rank=tiers.rank(waiting.tier) if tiers is not None else 0)
 
     async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None:
         row = self.data.assignments.get(lead_id)
         return self._assignment(row) if row else None
 
-    async def open_untouched(self, owner_id: str) -> list[Assignment]:
+    async def open_untouched(self, owner_id: str, tiers: Tiers) -> list[Assignment]:
         rows = [r for r in self.data.assignments.values()
                 if r.owner_id == owner_id and r.closed_at is None and r.touched_at is None]
-        return [self._assignment(r) for r in sorted(rows, key=lambda r: (r.tier, r.assigned_at))]
+        return [self._assignment(r) for r in sorted(rows, key=lambda r: (*tiers.key(r.tier), r.assigned_at,
+                                                                          r.lead_id))]
 
     async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None:
         waiting = self.data.queue.get(lead_id)
         return self._queued(waiting) if waiting else None
 
-    def _drain_order(self) -> list[_Waiting]:
-        return sorted(self.data.queue.values(), key=lambda w: (w.tier, w.queued_at, w.lead_id))
+    @staticmethod
+    def _key(waiting: _Waiting, tiers: Tiers) -> QueueKey:
+        return (*tiers.key(waiting.tier), waiting.queued_at, waiting.lead_id)
+
+    def _drain_order(self, tiers: Tiers) -> list[_Waiting]:
+        return sorted(self.data.queue.values(), key=lambda w: self._key(w, tiers))
 
     async def queue_nonempty(self) -> bool:
         return bool(self.data.queue)
 
-    async def queue_page(self, after: QueueKey | None, limit: int) -> list[QueuedLead]:
-        page = [w for w in self._drain_order() if after is None or (w.tier, w.queued_at, w.lead_id) > after]
-        return [self._queued(w) for w in page[:limit]]
+    async def queue_page(self, after: QueueKey | None, limit: int, tiers: Tiers) -> list[QueuedLead]:
+        page = [w for w in self._drain_order(tiers) if after is None or self._key(w, tiers) > after]
+        return [self._queued(w, tiers) for w in page[:limit]]
 
-    async def queued_ahead(self, tier: str, limit: int) -> list[LeadFacts]:
-        ahead = [w for w in self._drain_order() if w.tier <= tier][:limit]
+    async def queued_ahead(self, tier: str, limit: int, tiers: Tiers) -> list[LeadFacts]:
+        ahead = [w for w in self._drain_order(tiers) if tiers.key(w.tier) <= tiers.key(tier)][:limit]
         return [facts_of_row(w.lead_id, w.tier, w.facts) for w in ahead]
 
     async def owner_changes(self, owner_id: str) -> tuple[dict[str, Any] | None, int]:

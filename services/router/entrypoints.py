@@ -198,7 +198,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
     async def get_queue(principal=Depends(require_key("source"))) -> dict[str, list[dict[str, Any]]]:
         # A source key sees the leads it submitted (its source), an admin key the whole queue.
         async with ctx.engine.connect() as conn:
-            return {"leads": await views.queued_leads(conn, None if principal.is_admin else principal.name)}
+            return {"leads": await views.queued_leads(conn, ctx.config.config.tiers,
+                                                      None if principal.is_admin else principal.name)}
 
     return api
 

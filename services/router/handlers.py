@@ -280,14 +280,16 @@ async def _decide_run(store: RouterStore, config: Config, todo: list[_New], stat
     by_domain: dict[str, str] = {}  # accounts this run assigned (newer than the stored ones)
     queued: list[LeadFacts] = []  # leads this run sends to the queue (they drain after the stored ones)
     ahead: dict[str, list[LeadFacts]] = {}  # stored queued leads ahead of a tier, read once per run
+    tiers = config.tiers  # the queue's order: the tiers' rank in the configuration, not their names
     for lead in todo:
         facts = lead.facts
         account = by_domain.get(facts.company_domain, lead.account_owner) if facts.company_domain else None
         decision = decide(config, facts, replace(state, account_owner=account), now)
-        if decision.owner_id is not None and (lead.queue_ahead or any(q.tier <= facts.tier for q in queued)):
+        mine = tiers.key(facts.tier)
+        if decision.owner_id is not None and (lead.queue_ahead or any(tiers.key(q.tier) <= mine for q in queued)):
             if facts.tier not in ahead:
-                ahead[facts.tier] = await store.queued_ahead(facts.tier, DRAIN_PAGE)
-            waiting = ahead[facts.tier] + [q for q in queued if q.tier <= facts.tier]
+                ahead[facts.tier] = await store.queued_ahead(facts.tier, DRAIN_PAGE, tiers)
+            waiting = ahead[facts.tier] + [q for q in queued if tiers.key(q.tier) <= mine]
             if _wanted_by_queue(config, waiting, decision.owner_id, state, now):
                 # Someone became free by time (working hours, an absence ending) before the queue
                 # check saw it: older leads of the same or a higher tier get them first.
@@ -319,8 +321,9 @@ def _wanted_by_queue(config: Config, waiting: list[LeadFacts], owner_id: str, st
 
 async def drain_queue(target: RouterStore | UnitOfWork, config: Config, now: datetime, *,
                       after: QueueKey | None = None, limit: int = DRAIN_PAGE) -> tuple[int, QueueKey | None]:
-    """Assign the queued leads someone can take now, in drain order (tier, then age), one page
-    from `after`. Returns (leads assigned, the key to continue from, or None at the end)."""
+    """Assign the queued leads someone can take now, in drain order (tier by the configuration's
+    rank, then age), one page from `after`. Returns (leads assigned, the key to continue from,
+    or None at the end)."""
     store = store_of(target)
     if not await store.queue_nonempty():
         return 0, None
@@ -328,7 +331,7 @@ async def drain_queue(target: RouterStore | UnitOfWork, config: Config, now: dat
     state = await store.load_state(config, now)
     if not anyone_available(config, state, now):
         return 0, None
-    page = await store.queue_page(after, limit)
+    page = await store.queue_page(after, limit, config.tiers)
     by_domain = await store.account_owners({q.facts.company_domain for q in page if q.facts.company_domain})
     assigned = 0
     for queued in page:
@@ -371,7 +374,7 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
     # As the owner is seen now: an absence whose `until` has passed is over, though still stored.
     if (current_status(after, now) == "out_of_office" and current_status(before, now) != "out_of_office"
             and config.routing.on_out_of_office == "reroute_untouched"):
-        for row in await store.open_untouched(owner_id):
+        for row in await store.open_untouched(owner_id, config.tiers):
             store.expect(row.lead_id, row.version)
             await _reroute(store, config, now, row, "owner_out_of_office")
     await drain_queue(store, config, now)  # at once, in this transaction; the queue loop does the rest

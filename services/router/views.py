@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.config import Config
+from shared.config import Config, Tiers
 from shared.events import utc_iso
 
-from .adapters import load_state
+from .adapters import drain_order, load_state
 from .domain import LeadFacts, current_status, eligibility
 from .tables import owner_state, queue
 
@@ -48,10 +48,11 @@ async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> l
     ]
 
 
-async def queued_leads(conn: AsyncConnection, source: str | None = None) -> list[dict[str, Any]]:
-    """The queue in drain order; `source`: only that source's leads (what a source key sees)."""
+async def queued_leads(conn: AsyncConnection, tiers: Tiers, source: str | None = None) -> list[dict[str, Any]]:
+    """The queue in drain order (`tiers`' rank, then age); `source`: only that source's leads
+    (what a source key sees)."""
     statement = (select(queue.c.lead_id, queue.c.tier, queue.c.reason, queue.c.queued_at, queue.c.facts)
-                 .order_by(queue.c.tier, queue.c.queued_at, queue.c.lead_id))
+                 .order_by(*drain_order(queue, tiers, queue.c.queued_at)))
     if source is not None:
         statement = statement.where(queue.c.facts["source"].astext == source)
     rows = await conn.execute(statement)

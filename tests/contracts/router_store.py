@@ -36,13 +36,28 @@ from shared.events import (
 from shared.eventstore import ConcurrencyConflict
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
-CONFIG = parse_config("""
+CONFIG_TEXT = """
 calendars:
   tokyo: {timezone: Asia/Tokyo, hours: {mon: ["09:00-18:00"]}}
 owners: [{id: ann}, {id: ben, calendar: tokyo}, {id: cat}]
 teams: [{id: sdr, members: [ann, ben, cat]}]
 routing:
   rules: [{id: rr, team: sdr}]
+"""
+CONFIG = parse_config(CONFIG_TEXT + """
+tiers:
+  default: C
+  rules:
+    - {tier: A, when: {intent: [demo_request]}}
+    - {tier: B, when: {intent: [pricing]}}
+""")
+# Tiers whose names sort otherwise than their urgency: the rules' order ranks them hot, warm, cold.
+RANKED = parse_config(CONFIG_TEXT + """
+tiers:
+  default: cold
+  rules:
+    - {tier: hot, when: {intent: [demo_request]}}
+    - {tier: warm, when: {intent: [pricing]}}
 """)
 
 
@@ -151,7 +166,7 @@ class RouterStoreContract:
         urgent = await self.assign("ann", tier="A")
         async with self.unit() as store:
             assert (await store.assignment(touched)).touched_at == first
-            assert [a.lead_id for a in await store.open_untouched("ann")] == [urgent, old, young]
+            assert [a.lead_id for a in await store.open_untouched("ann", CONFIG.tiers)] == [urgent, old, young]
 
     async def test_a_reassigned_lead_moves_its_load_to_the_new_owner(self) -> None:
         lead_id = await self.assign("ann")
@@ -170,11 +185,11 @@ class RouterStoreContract:
         b_new = await self.enqueue("B", at=NOW)
         async with self.unit() as store:
             assert await store.queue_nonempty()
-            page = await store.queue_page(None, 2)
+            page = await store.queue_page(None, 2, CONFIG.tiers)
             assert [q.lead_id for q in page] == [a_new, b_old]
-            assert [q.lead_id for q in await store.queue_page(page[-1].key, 10)] == [b_new]
+            assert [q.lead_id for q in await store.queue_page(page[-1].key, 10, CONFIG.tiers)] == [b_new]
             assert await store.queue_depths() == {"A": 1, "B": 2}
-            assert [f.lead_id for f in await store.queued_ahead("A", 10)] == [a_new]
+            assert [f.lead_id for f in await store.queued_ahead("A", 10, CONFIG.tiers)] == [a_new]
             queued = await store.queued(a_new)
             assert (queued.assignment_no, queued.reason, queued.facts.tier, queued.version) == (
                 3, "no_eligible_owner", "A", 2)
@@ -183,6 +198,45 @@ class RouterStoreContract:
                 lead_id=lead_id, tier="A", queue="tier-A", reason="owner_available"))))
         async with self.unit() as store:
             assert not await store.queue_nonempty() and await store.queued(a_new) is None
+
+    async def test_the_queue_drains_by_the_configurations_tier_rank_not_by_the_tiers_names(self) -> None:
+        tiers = RANKED.tiers
+        retired = await self.enqueue("lukewarm", at=NOW - timedelta(hours=4))  # a tier no longer configured
+        cold = await self.enqueue("cold", at=NOW - timedelta(hours=3))
+        hot_new = await self.enqueue("hot", at=NOW)
+        warm = await self.enqueue("warm", at=NOW - timedelta(hours=2))
+        hot_old = await self.enqueue("hot", at=NOW - timedelta(hours=1))
+        async with self.unit() as store:
+            page = await store.queue_page(None, 2, tiers)
+            assert [q.lead_id for q in page] == [hot_old, hot_new]
+            assert [q.lead_id for q in await store.queue_page(page[-1].key, 2, tiers)] == [warm, cold]
+            assert [q.lead_id for q in await store.queue_page((2, "cold", NOW - timedelta(hours=3), cold), 9,
+                                                              tiers)] == [retired]
+            assert [f.lead_id for f in await store.queued_ahead("warm", 10, tiers)] == [hot_old, hot_new, warm]
+            assert [f.lead_id for f in await store.queued_ahead("hot", 10, tiers)] == [hot_old, hot_new]
+        untouched = [await self.assign("ann", tier=t, at=NOW - timedelta(minutes=i))
+                     for i, t in enumerate(("cold", "hot", "warm"))]
+        async with self.unit() as store:
+            assert [a.lead_id for a in await store.open_untouched("ann", tiers)] == [
+                untouched[1], untouched[2], untouched[0]]
+
+    async def test_a_new_lead_waits_only_behind_queued_leads_of_its_rank_or_above(self) -> None:
+        async def ahead() -> dict[str, bool]:
+            async with self.unit() as store:
+                found, _ = await store.read_run([("hot-lead", None, "hot"), ("warm-lead", None, "warm"),
+                                                 ("cold-lead", None, "cold"), ("odd-lead", None, "lukewarm"),
+                                                 ("odder-lead", None, "zesty")],
+                                                RANKED, NOW, owners=set(), rules=set())
+            return {lead: context.queue_ahead for lead, context in found.items()}
+
+        warm = await self.enqueue("warm")
+        assert await ahead() == {"hot-lead": False, "warm-lead": True, "cold-lead": True, "odd-lead": True,
+                                 "odder-lead": True}
+        await self.record((TOPIC_ROUTING, event("lead.dequeued", warm, LeadDequeued(
+            lead_id=warm, tier="warm", queue="tier-warm", reason="owner_available"))))
+        await self.enqueue("retired")  # a tier the configuration no longer names: after all it names
+        assert await ahead() == {"hot-lead": False, "warm-lead": False, "cold-lead": False, "odd-lead": False,
+                                 "odder-lead": True}  # between unnamed tiers, by name
 
     async def test_a_lead_taken_back_to_the_queue_no_longer_counts_against_its_owner(self) -> None:
         lead_id = await self.assign("ann")

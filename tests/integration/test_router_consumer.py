@@ -295,6 +295,9 @@ async def _all_routed(engine, sent: list[CloudEvent]) -> bool:
 
 
 SURGE = """
+tiers:
+  default: C
+  rules: [{{tier: A, when: {{intent: [demo_request]}}}}, {{tier: B, when: {{intent: [pricing]}}}}]
 owners: [{owners}]
 teams: [{{id: surge-{s}, members: [{members}]}}]
 routing:
@@ -324,7 +327,8 @@ async def test_a_surge_of_ten_thousand_queued_leads_drains_in_priority_order_wit
                      "facts": LeadFacts(lead_id=lead_id, tier=tier, source="web").to_json()})
     async with engine.begin() as conn:
         await conn.execute(queue.insert(), rows)
-    drain_order = [r["lead_id"] for r in sorted(rows, key=lambda r: (r["tier"], r["queued_at"]))]
+    tiers = ctx.config.config.tiers  # A, B, C: the rules' order, the default last
+    drain_order = [r["lead_id"] for r in sorted(rows, key=lambda r: (tiers.rank(r["tier"]), r["queued_at"]))]
 
     async def assigned() -> dict[str, str]:
         async with engine.connect() as conn:

@@ -116,13 +116,34 @@ class Router:
 
 @pytest.fixture
 async def router(make_ctx, engine):
+    async for running in _router(make_ctx, engine, CONFIG):
+        yield running
+
+
+# Tiers named by urgency, not alphabetically: the rules' order says high, medium, low.
+RANKED_CONFIG = CONFIG + """
+tiers:
+  default: low
+  rules:
+    - {{tier: high, when: {{intent: [demo_request]}}}}
+    - {{tier: medium, when: {{intent: [pricing]}}}}
+"""
+
+
+@pytest.fixture
+async def ranked_router(make_ctx, engine):
+    async for running in _router(make_ctx, engine, RANKED_CONFIG):
+        yield running
+
+
+async def _router(make_ctx, engine, config: str):
     async with engine.begin() as conn:
         # The queue is shared by the whole test database: start each test with an empty one.
         await conn.execute(delete(queue))
         admin = await create_key(conn, "ops", "admin")
         source = await create_key(conn, "webform", "source")
     suffix = uuid.uuid4().hex[:6]
-    ctx = make_ctx("router", CONFIG.format(s=suffix))
+    ctx = make_ctx("router", config.format(s=suffix))
     spec = bootstrap(ctx)
     app = create_app(ctx, spec.routers)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
@@ -215,6 +236,41 @@ async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_agai
     assert metrics.queue_depth.labels("A")._value.get() == 0
     # The configuration's default tier never queued here, and still has its series.
     assert REGISTRY.get_sample_value("leadsla_queue_depth", {"tier": "C"}) == 0
+
+
+async def test_the_queue_drains_in_the_configurations_tier_order_not_by_the_tiers_names(ranked_router) -> None:
+    router = ranked_router
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="out_of_office", until="2026-11-30T09:00:00Z")).status_code == 200
+    leads = {}
+    for tier in ("low", "high", "medium"):  # oldest first
+        leads[tier] = await router.receive(tier=tier)
+        router.ctx.clock.advance(timedelta(seconds=1))
+        assert await router.types(leads[tier]) == ["lead.queued"]
+    order = [leads["high"], leads["medium"], leads["low"]]
+    # Drain order: by the rules' order (the default last); by name it was high, low, medium.
+    assert [q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]] == order
+
+    # Ann is back with room for all three: they leave the queue in that order, in this request.
+    assert (await router.put("ann", status="active", capacity=5)).status_code == 200
+    outbox = EVENTS["router"]
+    async with router.ctx.engine.connect() as conn:
+        assigned = (await conn.execute(  # in commit order
+            select(outbox.c.key).where(outbox.c.key.in_(order), outbox.c.event_type == "lead.assigned")
+            .order_by(outbox.c.position))).scalars().all()
+    assert assigned == order
+    assert (await router.client.get("/v1/queue")).json()["leads"] == []
+
+
+async def test_a_new_lead_does_not_jump_a_queued_lead_of_a_higher_ranked_tier(ranked_router) -> None:
+    router = ranked_router
+    waiting = await router.receive(tier="medium", source="night")  # cat starts at 12:00; it is 09:00
+    router.ctx.clock.advance(timedelta(hours=3))  # 12:00: cat is free, the queue check has not run yet
+    newcomer = await router.receive(tier="low", source="night")  # "low" < "medium" by name only
+    [queued] = await router.events(newcomer)
+    assert (queued.type, queued.data["reason"]) == ("lead.queued", "queue_ahead")
+    assert await drain_all(router.ctx) == 2
+    assert (await router.events(waiting))[-1].data["owner_id"] == router.owner("cat")
 
 
 async def test_an_absence_that_ends_and_working_hours_that_start_drain_the_queue(router) -> None:

@@ -251,3 +251,19 @@ def test_an_error_in_a_field_of_several_shapes_is_named_by_its_path_alone() -> N
                         "qualifying_touches: [{type: call, outcome: 5}]}]\ncalendars: {EMEA: {timezone: Nowhere/X}}")
     assert "sla_policies.0.qualifying_touches.0.outcome: " in message and "TouchRule." not in message
     assert ".str:" not in message and "calendars.EMEA.timezone" in message  # an id in capitals stays
+
+
+def test_tiers_rank_by_the_rules_order_not_by_their_names() -> None:
+    tiers = parse_config("""
+tiers:
+  default: cold
+  rules:
+    - {tier: hot, when: {intent: [demo_request]}}
+    - {tier: warm, when: {intent: [pricing]}}
+    - {tier: hot, when: {source: [partner]}}
+""").tiers
+    assert tiers.order == ("hot", "warm", "cold")  # as the rules first name them, the default last
+    assert [tiers.rank(t) for t in ("hot", "warm", "cold", "retired")] == [0, 1, 2, 3]  # unknown: after them
+    assert sorted(["cold", "retired", "warm", "hot", "archived"], key=tiers.key) == [
+        "hot", "warm", "cold", "archived", "retired"]  # tiers it does not name: after, by name
+    assert parse_config("tiers: {default: hot, rules: [{tier: hot}]}").tiers.order == ("hot",)
