@@ -15,20 +15,41 @@ from .events import ALL_TOPICS
 log = structlog.get_logger()
 
 
-async def ensure_topics(bootstrap: str, partitions: int, *, wait: float = 60.0) -> None:
-    """Create the contract's topics if missing; waits up to `wait` seconds for the broker to come up."""
+# CreateTopics error codes that mean "done": none, and the topic already exists (another
+# service created it first).
+_TOPIC_FINE = (0, 36)
+
+
+class TopicsRefused(RuntimeError):
+    pass
+
+
+def refused_topics(topic_errors: list[tuple]) -> list[str]:
+    """The broker's refusals in a CreateTopics answer, one line each (e.g. a replication factor
+    above the cluster's brokers); the client raises for none of them."""
+    return [f"{name}: {message or f'error {code}'}" for name, code, message, *_ in topic_errors
+            if code not in _TOPIC_FINE]
+
+
+async def ensure_topics(bootstrap: str, partitions: int, replication_factor: int = 1, *, wait: float = 60.0) -> None:
+    """Create the contract's topics if missing; waits up to `wait` seconds for the broker to come up.
+    Raises `TopicsRefused` when the broker refuses to create one: a service must not start on a
+    bus that cannot carry its events."""
     deadline = asyncio.get_running_loop().time() + wait
     for attempt in itertools.count():
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            missing = [NewTopic(t, partitions, 1) for t in ALL_TOPICS if t not in existing]
+            missing = [NewTopic(t, partitions, replication_factor) for t in ALL_TOPICS if t not in existing]
             if missing:
                 try:
-                    await admin.create_topics(missing)
+                    answer = await admin.create_topics(missing)
                 except TopicAlreadyExistsError:
-                    pass  # another service created them first
+                    return  # another service created them first
+                refused = refused_topics(answer.topic_errors)
+                if refused:
+                    raise TopicsRefused("the broker refused to create topics: " + "; ".join(refused))
             return
         except KafkaConnectionError:
             pause = min(0.2 * 2**attempt, 2.0)

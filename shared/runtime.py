@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .auth import KeyCache
-from .bus import ensure_topics, make_producer
+from .bus import TopicsRefused, ensure_topics, make_producer
 from .clock import Clock, SystemClock
 from .config_store import ConfigHolder, load_latest
 from .consumer import EventConsumer, Subscription
@@ -124,7 +124,11 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     if versioned is None:
         raise StartupError("no configuration applied yet: run `leadsla config apply FILE`")
 
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, wait=settings.kafka_startup_wait_seconds)
+    try:
+        await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.kafka_replication_factor,
+                            wait=settings.kafka_startup_wait_seconds)
+    except TopicsRefused as exc:
+        raise StartupError(f"{exc} (LEADSLA_KAFKA_REPLICATION_FACTOR is {settings.kafka_replication_factor})") from None
     producer = make_producer(settings.kafka_bootstrap)
     await producer.start()
     ctx = ServiceContext(

@@ -13,6 +13,8 @@ class Settings(BaseSettings):
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_partitions: int = Field(default=6, ge=1)
+    # Copies of each topic a service creates: 1 for one broker (dev, compose), 3 on a production cluster.
+    kafka_replication_factor: int = Field(default=1, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     log_level: str = "INFO"
