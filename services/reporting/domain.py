@@ -272,6 +272,19 @@ def _fold_timer(timer: dict[str, Any] | None, event: Event, kind: type[Payload] 
 
 
 _TIMER_FIELDS = ("policy_id", "tier", "owner_id")
+LIVE = frozenset({"open", "paused"})
+
+
+def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: Event) -> dict[str, Any]:
+    """A running timer's owner as the SLA clock holds it: an `sla.*` event names the owner when it
+    was sent, and leads.sla is read apart from leads.routing, so one sent before the lead's current
+    assignment (a warning, a start on receipt) may be folded after it and must not hand the timer
+    back to the previous owner."""
+    assigned_at = _at(lead.get("assigned_at"))
+    if (timer.get("state") in LIVE and lead.get("owner_id") and assigned_at is not None
+            and event.time < assigned_at and timer.get("owner_id") != lead["owner_id"]):
+        timer["owner_id"] = lead["owner_id"]
+    return timer
 _TIMER_INSTANTS = ("started_at", "due_at", "met_at", "breached_at")
 
 
@@ -340,10 +353,18 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 own[done["sla_id"]] = done
                 changed_timers.add(done["sla_id"])
                 current = None
-            timer = _fold_timer(current, event, kind)
+            timer = _held_by_current_owner(_fold_timer(current, event, kind), lead, event)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer.get("policy_id")))
             changed_timers.add(timer["sla_id"])
+        elif kind in (LeadAssigned, LeadReassigned) and lead.get("owner_id"):
+            # The SLA clock hands the running timers to the lead's owner (sla_clock.owner_changed,
+            # no sla.* event on the topic): so does the read model, or the board and the per-owner
+            # reports keep chasing the person the lead was taken from.
+            for sla_id, timer in own.items():
+                if timer.get("state") in LIVE and timer.get("owner_id") != lead["owner_id"]:
+                    own[sla_id] = {**timer, "owner_id": lead["owner_id"]}
+                    changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):
             first_touch = _at(lead.get("first_response_at"))
             for sla_id, timer in own.items():

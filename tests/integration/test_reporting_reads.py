@@ -1,0 +1,300 @@
+"""Reporting's read side as an operator meets it, on the real broker and Postgres: a lead's events
+are published to the topics the other services write, reporting's own consumer projects them, and
+the HTTP reads (reports, the board, the lead list) are checked against what the SLA clock holds."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.reporting.bootstrap import bootstrap
+from services.reporting.replay import rebuild
+from services.reporting.tables import timeline
+from shared.auth import create_key
+from shared.clock import ManualClock
+from shared.config import parse_config
+from shared.config_store import ConfigHolder, VersionedConfig
+from shared.consumer import EventConsumer
+from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, CloudEvent, utc_iso
+from shared.http import create_app
+from shared.runtime import ServiceContext
+from shared.settings import Settings
+from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
+from tests.support import eventually
+
+CONFIG = """
+owners: [{id: alice}, {id: bob}]
+teams: [{id: sdr, members: [alice, bob]}]
+routing: {rules: [{id: inbound, team: sdr}]}
+sla_policies:
+  - {id: fast, filter: {tiers: [A]}, metrics: {first_response: {target: 5m}, qualification: {target: 7d}}}
+"""
+# A day of its own, so the reports' periods hold only this module's leads whatever else the
+# broker's topics carry (the consumer reads them from the start).
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC) + timedelta(days=random.randrange(1, 5000))
+
+
+@dataclass
+class Reporting:
+    client: httpx.AsyncClient
+    engine: AsyncEngine
+    producer: AIOKafkaProducer
+
+    async def publish(self, *events: tuple[str, CloudEvent]) -> None:
+        for topic, event in events:
+            await self.producer.send_and_wait(topic, event.to_bytes(), key=event.subject.encode())
+        ids = [event.id for _, event in events]
+
+        async def projected() -> bool:
+            async with self.engine.connect() as conn:
+                return await conn.scalar(
+                    select(func.count()).where(timeline.c.event_id.in_(ids))
+                ) == len(ids)
+
+        await eventually(projected, timeout=60, what="the events in reporting's timeline")
+
+
+@pytest.fixture(scope="module")
+async def reporting(
+    own_database: OwnDatabase,  # noqa: F811
+    producer,
+    kafka_bootstrap,
+) -> AsyncIterator[Reporting]:
+    engine = own_database.engine
+    clock = ManualClock(NOW + timedelta(minutes=1))
+    ctx = ServiceContext(
+        name="reporting",
+        settings=Settings(database_url=own_database.url, kafka_bootstrap=kafka_bootstrap),
+        engine=engine,
+        producer=producer,
+        clock=clock,
+        config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
+        relay_wakeup=asyncio.Event(),
+    )
+    spec = bootstrap(ctx)
+    [sub] = spec.subscriptions
+    consumer = EventConsumer(
+        replace(sub, group=f"reporting-reads-{uuid.uuid4().hex[:6]}"),
+        service="reporting",
+        bootstrap=kafka_bootstrap,
+        engine=engine,
+        relay_wakeup=ctx.relay_wakeup,
+        clock=clock,
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    async with engine.begin() as conn:
+        key = await create_key(conn, "reporting-reads", "admin")
+    transport = httpx.ASGITransport(app=create_app(ctx, spec.routers))
+    try:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://reporting",
+            headers={"Authorization": f"Bearer {key}"},
+        ) as client:
+            yield Reporting(client, engine, producer)
+    finally:
+        stop.set()
+        await running
+
+
+def event(type_: str, lead_id: str, at: datetime, service: str, **data: Any) -> CloudEvent:
+    return CloudEvent(
+        id=str(uuid.uuid4()),
+        source=f"leadsla/{service}",
+        type=type_,
+        subject=lead_id,
+        time=at,
+        data={"lead_id": lead_id, **data},
+    )
+
+
+def received(lead_id: str, at: datetime) -> tuple[str, CloudEvent]:
+    return TOPIC_INTAKE, event(
+        "lead.received",
+        lead_id,
+        at,
+        "intake",
+        source="website",
+        tier="A",
+        received_at=utc_iso(at),
+        contact={"email": f"{lead_id}@example.com"},
+        company={},
+        intent={"type": "demo_request"},
+        consent={},
+        contactable=True,
+    )
+
+
+def assigned(lead_id: str, at: datetime, owner: str) -> tuple[str, CloudEvent]:
+    return TOPIC_ROUTING, event(
+        "lead.assigned",
+        lead_id,
+        at,
+        "router",
+        owner_id=owner,
+        team_id="sdr",
+        rule_id="inbound",
+        method="round_robin",
+        reason="rule_match",
+        assignment_no=1,
+        candidates=[],
+        assigned_at=utc_iso(at),
+        tier="A",
+        source="website",
+    )
+
+
+def reassigned(lead_id: str, at: datetime, old: str, new: str) -> tuple[str, CloudEvent]:
+    return TOPIC_ROUTING, event(
+        "lead.reassigned",
+        lead_id,
+        at,
+        "router",
+        from_owner_id=old,
+        to_owner_id=new,
+        reason="territory",
+        assignment_no=2,
+    )
+
+
+def sla_started(
+    lead_id: str, at: datetime, metric: str, owner: str, target: timedelta
+) -> tuple[str, CloudEvent]:
+    return TOPIC_SLA, event(
+        "sla.started",
+        lead_id,
+        at,
+        "sla_clock",
+        sla_id=str(uuid.uuid4()),
+        metric=metric,
+        policy_id="fast",
+        policy_version=1,
+        owner_id=owner,
+        tier="A",
+        started_at=utc_iso(at),
+        due_at=utc_iso(at + target),
+    )
+
+
+def sla_met(started: CloudEvent, at: datetime) -> tuple[str, CloudEvent]:
+    d = started.data
+    return TOPIC_SLA, event(
+        "sla.met",
+        d["lead_id"],
+        at,
+        "sla_clock",
+        **{
+            k: d[k]
+            for k in (
+                "sla_id",
+                "metric",
+                "policy_id",
+                "policy_version",
+                "owner_id",
+                "tier",
+                "started_at",
+                "due_at",
+            )
+        },
+        met_at=utc_iso(at),
+    )
+
+
+async def report_rows(r: Reporting, metric: str) -> dict[str, dict]:
+    response = await r.client.get(
+        "/v1/reports/sla",
+        params={
+            "group_by": "owner",
+            "metric": metric,
+            "from": utc_iso(NOW - timedelta(hours=1)),
+            "to": utc_iso(NOW + timedelta(hours=1)),
+        },
+    )
+    assert response.status_code == 200, response.text
+    return {row["owner"]: row for row in response.json()["rows"]}
+
+
+async def test_open_timers_follow_the_lead_to_its_new_owner(reporting: Reporting) -> None:
+    """The SLA clock hands a lead's running timers to the owner it is reassigned to (no sla.*
+    event says so); the board and the per-owner report must not keep chasing the old owner."""
+    lead_id = f"moved-{uuid.uuid4().hex[:8]}"
+    t = NOW
+    _, first = first_response = sla_started(
+        lead_id, t + timedelta(seconds=1), "first_response", "alice", timedelta(minutes=5)
+    )
+    qualification = sla_started(
+        lead_id, t + timedelta(seconds=1), "qualification", "alice", timedelta(days=7)
+    )
+    await reporting.publish(
+        received(lead_id, t),
+        assigned(lead_id, t, "alice"),
+        first_response,
+        qualification,
+        sla_met(first, t + timedelta(seconds=30)),
+    )
+    await reporting.publish(reassigned(lead_id, t + timedelta(seconds=40), "alice", "bob"))
+
+    # A timer judged before the reassignment stays its old owner's; the open one is bob's now.
+    first_rows = await report_rows(reporting, "first_response")
+    assert first_rows["alice"]["met"] == 1 and "bob" not in first_rows
+    qualification_rows = await report_rows(reporting, "qualification")
+    assert "alice" not in qualification_rows
+    assert qualification_rows["bob"]["open"] == 1
+    board = (await reporting.client.get("/board")).text
+    row = next(line for line in board.split("<tr>") if lead_id in line and "qualification" in line)
+    assert "<td>bob</td>" in row and "alice" not in row
+
+    # The rebuild folds the same way: replay --verify finds nothing to correct.
+    verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
+    assert not verified.differences
+
+
+async def test_an_sla_event_emitted_before_the_reassignment_keeps_the_new_owner(
+    reporting: Reporting,
+) -> None:
+    """leads.sla and leads.routing are read independently: a warning the clock sent while alice
+    held the lead may be projected after the reassignment, and must not hand the timer back."""
+    lead_id = f"late-{uuid.uuid4().hex[:8]}"
+    t = NOW
+    topic, started = sla_started(
+        lead_id, t + timedelta(seconds=1), "qualification", "alice", timedelta(days=7)
+    )
+    await reporting.publish(received(lead_id, t), assigned(lead_id, t, "alice"), (topic, started))
+    await reporting.publish(reassigned(lead_id, t + timedelta(seconds=40), "alice", "bob"))
+    warning = event(
+        "sla.warning",
+        lead_id,
+        t + timedelta(seconds=20),
+        "sla_clock",
+        percent=50,
+        **{
+            k: started.data[k]
+            for k in (
+                "sla_id",
+                "metric",
+                "policy_id",
+                "policy_version",
+                "owner_id",
+                "tier",
+                "started_at",
+                "due_at",
+            )
+        },
+    )
+    await reporting.publish((TOPIC_SLA, warning))
+
+    board = (await reporting.client.get("/board")).text
+    row = next(line for line in board.split("<tr>") if lead_id in line and "qualification" in line)
+    assert "<td>bob</td>" in row and "alice" not in row
