@@ -20,6 +20,7 @@ from shared.runtime import Loop, ServiceContext
 
 from . import views
 from .board import render_board
+from .domain import STATUS_RANK
 
 log = structlog.get_logger()
 OVERDUE_REFRESH_SECONDS = 15.0
@@ -29,6 +30,9 @@ OVERDUE_GRACE = timedelta(minutes=1)
 
 GroupBy = Literal["tier", "owner", "team", "source", "policy", "week"]
 Metric = Literal["first_response", "next_action", "qualification"]
+# Every status the fold gives a lead: a filter on any other reads as "no such leads" (a typo, a
+# status of another system) instead of the 422 naming it.
+LeadStatus = Literal[tuple(STATUS_RANK)]  # type: ignore[valid-type]
 
 
 def _period(start: datetime | None, end: datetime | None) -> views.Period:
@@ -82,7 +86,7 @@ def routes(ctx: ServiceContext) -> APIRouter:
     @api.get("/v1/leads")
     async def list_leads(
         start: FromQ = None, end: ToQ = None,
-        status: str | None = None, owner_id: str | None = None, team_id: str | None = None,
+        status: LeadStatus | None = None, owner_id: str | None = None, team_id: str | None = None,
         tier: str | None = None, source: str | None = None, breached: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None,
     ) -> dict[str, Any]:

@@ -298,3 +298,21 @@ async def test_an_sla_event_emitted_before_the_reassignment_keeps_the_new_owner(
     board = (await reporting.client.get("/board")).text
     row = next(line for line in board.split("<tr>") if lead_id in line and "qualification" in line)
     assert "<td>bob</td>" in row and "alice" not in row
+
+
+@pytest.mark.parametrize("status", ["open", "ASSIGNED", "closed"])
+async def test_lead_list_refuses_a_status_no_lead_can_have_naming_the_parameter(
+    reporting: Reporting, status: str
+) -> None:
+    """A typo in a filter reads as "no such leads" unless it is refused."""
+    response = await reporting.client.get("/v1/leads", params={"status": status})
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in response.json()["errors"]] == ["status"]
+
+
+async def test_lead_list_takes_every_status_a_lead_can_have(reporting: Reporting) -> None:
+    for status in ("received", "queued", "assigned", "responded", "nurture", "dispositioned"):
+        response = await reporting.client.get("/v1/leads", params={"status": status})
+        assert response.status_code == 200, response.text
+        assert all(lead["status"] == status for lead in response.json()["leads"])
