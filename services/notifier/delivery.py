@@ -311,6 +311,8 @@ class Deliverer:
         for item, outcome in await retry_on_conflict(attempt):
             channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
             metrics.notifications.labels(channel, outcome or "retrying").inc()
+            if outcome == "failed":  # its message went to leads.deadletter (_emit_outcome)
+                metrics.deadletter.labels(TOPIC_NOTIFICATIONS, "delivery_failed").inc()
 
     async def _deliver(self, item: Leased) -> None:
         attempt = await self._send_one(item, self._clock.now())

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import update
 
 from services.notifier.channels import Senders
@@ -16,7 +17,14 @@ from services.notifier.domain import Attempt
 from services.notifier.handlers import HANDLERS, NotifierDeps, on_run
 from services.notifier.tables import deliveries, subscription_deliveries
 from shared.clock import ManualClock
-from shared.events import SLA_PAYLOADS, ActivityRecorded, LeadUpdated, Received, new_event
+from shared.events import (
+    SLA_PAYLOADS,
+    TOPIC_NOTIFICATIONS,
+    ActivityRecorded,
+    LeadUpdated,
+    Received,
+    new_event,
+)
 from tests.integration.receivers import HttpReceiver
 from tests.support import handle_event, stored_events
 
@@ -210,6 +218,23 @@ async def test_client_errors_fail_at_once_and_are_dead_lettered(make_ctx, clock,
     assert failed.data["attempts"] == 1 and failed.data["error"] == "HTTP 410"
     [dead] = [e for e in events if e.type == "deadletter"]
     assert dead.data["notification_id"] == failed.data["notification_id"] and "HTTP 410" in dead.data["error"]
+
+
+def dead_letters_counted() -> float:
+    return REGISTRY.get_sample_value(
+        "leadsla_deadletter_total", {"topic": TOPIC_NOTIFICATIONS, "reason": "delivery_failed"}) or 0
+
+
+async def test_a_notification_given_up_on_counts_on_the_dead_letter_metric(make_ctx, clock, receiver, http):
+    """It goes to leads.deadletter like a record no consumer could handle; an alert on
+    leadsla_deadletter_total must not miss it."""
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    receiver.statuses = [410]
+    before = dead_letters_counted()
+    await consume(ctx, sla_event("breached", str(uuid.uuid4()), clock.now()))
+    await d.run_once()
+    assert dead_letters_counted() == before + 1
 
 
 async def test_an_unreachable_receiver_fails_after_the_last_try(make_ctx, clock, engine, http):
