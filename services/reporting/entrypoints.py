@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRoute
+from starlette.datastructures import QueryParams
 
 from shared import metrics
 from shared.aio import run_loop
@@ -68,9 +70,25 @@ ToQ = Annotated[datetime | None, Query(alias="to", description="end, exclusive (
 GroupQ = Annotated[GroupBy, Query(description="row per tier, owner, team, source, policy or ISO week")]
 
 
+class EmptyMeansUnset(APIRoute):
+    """A query parameter sent empty (`tier=`) is one left out: httpx sends a parameter given as
+    None that way, and so does a blank HTML form field. Else `tier=` filters on the empty string
+    (an empty list that reads as "no such leads") and `from=` is refused, for a filter not meant."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handle = super().get_route_handler()
+
+        async def without_empty_values(request: Request) -> Response:
+            given = QueryParams(request.scope["query_string"]).multi_items()
+            request.scope["query_string"] = str(QueryParams([(k, v) for k, v in given if v != ""])).encode()
+            return await handle(Request(request.scope, request.receive))
+
+        return without_empty_values
+
+
 def routes(ctx: ServiceContext) -> APIRouter:
     # Admin only: leads carry personal data, and per-owner performance is for managers.
-    api = APIRouter(dependencies=[Depends(require_key("admin"))])
+    api = APIRouter(dependencies=[Depends(require_key("admin"))], route_class=EmptyMeansUnset)
 
     async def read(query: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         async with ctx.engine.connect() as conn:

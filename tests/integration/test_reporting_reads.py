@@ -316,3 +316,23 @@ async def test_lead_list_takes_every_status_a_lead_can_have(reporting: Reporting
         response = await reporting.client.get("/v1/leads", params={"status": status})
         assert response.status_code == 200, response.text
         assert all(lead["status"] == status for lead in response.json()["leads"])
+
+
+async def test_a_filter_left_empty_is_no_filter(reporting: Reporting) -> None:
+    """httpx sends a parameter given as None as `name=`, and so does an HTML form left blank: an
+    integrator's client that passes every filter, set or not, reads what it would without them."""
+    lead_id = f"empty-{uuid.uuid4().hex[:8]}"
+    await reporting.publish(received(lead_id, NOW), assigned(lead_id, NOW, "alice"))
+    blank = dict.fromkeys(
+        ("status", "owner_id", "team_id", "tier", "source", "breached", "from", "to", "cursor")
+    )
+    plain = await reporting.client.get("/v1/leads", params={"limit": 500})
+    response = await reporting.client.get("/v1/leads", params={**blank, "limit": 500})
+    assert response.status_code == 200, response.text
+    assert lead_id in [lead["lead_id"] for lead in response.json()["leads"]]
+    assert response.json() == plain.json()
+    report = await reporting.client.get(
+        "/v1/reports/sla", params={"from": None, "to": None, "group_by": "owner", "metric": None}
+    )
+    assert report.status_code == 200, report.text
+    assert {row["metric"] for row in report.json()["rows"]} == {"first_response"}
