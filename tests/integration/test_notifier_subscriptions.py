@@ -148,6 +148,14 @@ async def test_a_bad_subscription_is_refused_naming_the_field(api) -> None:
     assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == ["event_types.0"]
 
 
+@pytest.mark.parametrize("body", [b'{"url": "https://crm.example.com/hook", ', b"url=https://crm.example.com"])
+async def test_a_body_that_is_not_json_is_a_problem_on_the_body_not_on_a_field_named_by_its_offset(api, body) -> None:
+    response = await api.post("/v1/subscriptions", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in response.json()["errors"]] == ["(body)"]
+
+
 async def test_subscriptions_need_an_admin_key(api) -> None:
     headers = {"Authorization": f"Bearer {api.source_key}"}
     assert (await api.get("/v1/subscriptions", headers=headers)).status_code == 403
