@@ -29,3 +29,14 @@ class ManualClock:
 
     def advance(self, delta: timedelta) -> None:
         self._now += delta
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware instant in UTC. ValueError when it has none within the years 1 to 9999, the range
+    Python keeps (an offset pushes 0001-01-01T00:00+01:00 and 9999-12-31T23:59-14:00 out of it):
+    an input to refuse or keep aside as sent, not an OverflowError when it is stored or put on
+    the wire."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the years 1 to 9999 in UTC") from None

@@ -17,6 +17,7 @@ from starlette.datastructures import QueryParams
 
 from shared import metrics
 from shared.aio import run_loop
+from shared.clock import as_utc
 from shared.http import ProblemError, require_key
 from shared.runtime import Loop, ServiceContext
 
@@ -38,16 +39,23 @@ LeadStatus = Literal[tuple(STATUS_RANK)]  # type: ignore[valid-type]
 
 
 def _period(start: datetime | None, end: datetime | None) -> views.Period:
-    start, end = _utc(start), _utc(end)
+    start, end = _utc(start, "from"), _utc(end, "to")
     if start is not None and end is not None and end <= start:
         raise ProblemError(422, "Invalid period", "`to` must be after `from`.",
                            errors=[{"field": "to", "message": "must be after from"}])
     return views.Period(start, end)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # A time without an offset is read as UTC, the only zone reports are cut in.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # read as UTC, the only zone reports are cut in
+        return value.replace(tzinfo=UTC)
+    try:
+        return as_utc(value)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid period", f"`{field}` {exc}.",
+                           errors=[{"field": field, "message": str(exc)}]) from None
 
 
 def wants_csv(request: Request) -> bool:

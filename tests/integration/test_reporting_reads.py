@@ -349,3 +349,16 @@ async def test_timers_started_while_the_lead_was_queued_take_the_owner_it_is_ass
     await reporting.publish(assigned(lead_id, t + timedelta(minutes=2), "bob"))
     rows = await report_rows(reporting, "first_response", t)
     assert None not in rows and rows["bob"]["open"] == 1
+
+
+@pytest.mark.parametrize(
+    "field,value", [("from", "0001-01-01T00:00:00+01:00"), ("to", "9999-12-31T23:59:59-14:00")]
+)
+@pytest.mark.parametrize("path", ["/v1/leads", "/v1/reports/sla", "/v1/reports/breaches"])
+async def test_a_period_edge_with_no_instant_in_utc_is_a_problem_naming_it(
+    reporting: Reporting, path: str, field: str, value: str
+) -> None:
+    """Valid ISO 8601, but its offset takes it outside the years 1 to 9999 in UTC: a 500 before."""
+    response = await reporting.client.get(path, params={field: value})
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
