@@ -23,6 +23,7 @@ import pycountry
 from email_validator import EmailNotValidError, validate_email
 from phonenumbers import timezone as phone_timezones
 
+from shared.clock import as_utc
 from shared.config import IntakeSource
 from shared.events import Company, Consent, Contact, Intent
 
@@ -381,9 +382,11 @@ def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
                     continue
     if parsed is None:
         raise ValueError("is not a timestamp (use ISO 8601 with an offset, e.g. 2026-11-22T10:00:00Z)")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=ZoneInfo(zone)), True
-    return parsed, False
+    assumed = parsed.tzinfo is None
+    if assumed:
+        parsed = parsed.replace(tzinfo=ZoneInfo(zone))
+    as_utc(parsed)  # an instant the wire (UTC) can carry, or a ValueError like any unreadable one
+    return parsed, assumed
 
 
 def parse_number(value: Any) -> float:

@@ -244,3 +244,29 @@ async def test_health_and_metrics_without_personal_data(api) -> None:
     metrics = (await api.get("/metrics")).text
     assert 'leadsla_leads_received_total{source="webform",tier="A"}' in metrics
     assert email not in metrics and "@" not in metrics
+
+
+@pytest.mark.parametrize("submitted_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+01:00"])
+async def test_a_submitted_at_with_no_instant_in_utc_is_kept_and_named_not_a_lost_lead(
+        api, engine, submitted_at) -> None:
+    """Valid ISO 8601 whose offset takes it outside the years 1 to 9999 in UTC: the lead answered
+    500 and was lost; like any timestamp that cannot be read, it is kept as sent and named."""
+    response = await api.post("/v1/leads", json={
+        "contact": {"email": f"{uuid.uuid4().hex[:8]}@example.com"}, "submitted_at": submitted_at})
+    assert response.status_code == 201, response.text
+    assert [w["field"] for w in response.json()["warnings"]] == ["submitted_at"]
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
+    assert event.data["submitted_at"] is None and event.data["attributes"]["submitted_at"] == submitted_at
+
+
+@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00"])
+async def test_an_occurred_at_with_no_instant_in_utc_is_kept_like_any_unreadable_one(api, engine, occurred_at) -> None:
+    """Valid ISO 8601 whose offset takes it outside the years 1 to 9999 in UTC: the touch answered
+    500 and was lost; it is kept under attributes and dated when intake accepted it."""
+    lead_id = (await api.post("/v1/leads", json=lead_body())).json()["lead_id"]
+    response = await api.post(f"/v1/leads/{lead_id}/activities",
+                              json={"type": "call", "actor": "alice", "occurred_at": occurred_at})
+    assert response.status_code == 202, response.text
+    assert [w["field"] for w in response.json()["warnings"]] == ["occurred_at"]
+    [recorded] = [e.data for e in await stored_events(engine, "intake", lead_id) if e.type == "activity.recorded"]
+    assert recorded["attributes"] == {"occurred_at": occurred_at}
