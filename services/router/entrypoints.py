@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 
 from shared import metrics
 from shared.aio import run_loop
+from shared.clock import as_utc
 from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, field_errors, require_key
@@ -75,6 +76,8 @@ class OwnerChange(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("needs a UTC offset, e.g. 2026-11-30T09:00:00Z")
+        if value is not None:
+            as_utc(value)  # else an OverflowError when it is compared or stored: a 500 for a bad field
         return value
 
 

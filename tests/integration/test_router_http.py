@@ -206,6 +206,13 @@ async def test_owner_changes_are_validated_and_unknown_owners_are_404(router) ->
         assert field in {e["field"] for e in response.json()["errors"]}, (body, response.json())
 
 
+async def test_an_absence_until_an_instant_with_none_in_utc_is_a_problem_naming_until(router) -> None:
+    """Valid ISO 8601 whose offset takes it past the year 9999 in UTC: a 500 before."""
+    response = await router.put("ann", status="out_of_office", until="9999-12-31T23:59:59-14:00")
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["until"]
+
+
 async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_again(router) -> None:
     for name in ("ann", "ben"):
         assert (await router.put(name, status="out_of_office", until="2026-11-30T09:00:00Z")).status_code == 200
