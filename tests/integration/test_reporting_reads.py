@@ -41,8 +41,9 @@ sla_policies:
   - {id: fast, filter: {tiers: [A]}, metrics: {first_response: {target: 5m}, qualification: {target: 7d}}}
 """
 # A day of its own, so the reports' periods hold only this module's leads whatever else the
-# broker's topics carry (the consumer reads them from the start).
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC) + timedelta(days=random.randrange(1, 5000))
+# broker's topics carry (the consumer reads them from the start); far past any other module's
+# scenario, so this module's open timers never come before theirs on a board (nearest due first).
+NOW = datetime(2090, 1, 1, 12, 0, tzinfo=UTC) + timedelta(days=random.randrange(1, 3000))
 
 
 @dataclass
