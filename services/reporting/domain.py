@@ -2,6 +2,7 @@
 No I/O; `projections.py` loads the rows, calls these, and writes the results."""
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -132,16 +133,38 @@ def _advance(s: dict[str, Any], status: str) -> None:
 Projector = Callable[[dict[str, Any], dict[str, Any], Event], None]
 
 
+# The lead's facts as lead.received carries them (the lead's `profile`).
+PROFILE_FIELDS = ("contact", "company", "intent", "score", "consent", "contactable", "missing_fields",
+                  "external_id")
+
+
 def _received(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
-    s["profile"] = {k: d.get(k) for k in ("contact", "company", "intent", "score", "consent",
-                                           "contactable", "missing_fields", "external_id")}
+    s["profile"] = {k: d.get(k) for k in PROFILE_FIELDS}
     _advance(s, "received")
 
 
 def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    """A PATCH's corrections, a repeat's raised intent, an opt-out's consent: the profile reads as
+    intake now holds the lead (the timeline keeps what was received)."""
     if d.get("tier"):
         s["tier"] = d["tier"]
+    profile = copy.deepcopy(s["profile"])  # replaced, never changed in place (see `_own_copy`)
+    for path, change in (d.get("changed") or {}).items():
+        *parents, name = path.split(".")
+        if (parents[0] if parents else name) not in PROFILE_FIELDS:
+            continue  # attributes and the like: kept in the timeline only
+        node = profile
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[name] = change.get("new") if isinstance(change, dict) else change
+    if "contactable" in d:
+        profile["contactable"] = d["contactable"]
+    if d.get("missing_fields") is not None:
+        profile["missing_fields"] = d["missing_fields"]
+    s["profile"] = profile
 
 
 def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:

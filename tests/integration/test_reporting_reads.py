@@ -363,3 +363,63 @@ async def test_a_period_edge_with_no_instant_in_utc_is_a_problem_naming_it(
     response = await reporting.client.get(path, params={field: value})
     assert response.status_code == 422, response.text
     assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def updated(
+    lead_id: str, at: datetime, reason: str, changed: dict, **data: Any
+) -> tuple[str, CloudEvent]:
+    return TOPIC_INTAKE, event(
+        "lead.updated",
+        lead_id,
+        at,
+        "intake",
+        changed=changed,
+        tier="A",
+        previous_tier="A",
+        reason=reason,
+        **data,
+    )
+
+
+async def test_a_lead_reads_as_its_updates_left_it(reporting: Reporting) -> None:
+    """A PATCH's correction and an opt-out change the lead's facts: GET /v1/leads/{id} showed
+    them as first received (an opted-out lead still contactable, with its consent to contact)."""
+    lead_id = f"updated-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=5)
+    await reporting.publish(
+        received(lead_id, t),
+        updated(
+            lead_id,
+            t + timedelta(minutes=1),
+            "patched",
+            {
+                "contact.phone": {"old": None, "new": "+442079460000"},
+                "company.size": {"old": None, "new": "1000+"},
+                "intent.type": {"old": "demo_request", "new": "contact_sales"},
+            },
+            missing_fields=[],
+        ),
+        updated(
+            lead_id,
+            t + timedelta(minutes=2),
+            "opted_out",
+            {
+                "contactable": {"old": True, "new": False},
+                "consent.contact": {"old": None, "new": False},
+            },
+            contactable=False,
+        ),
+    )
+    found = (await reporting.client.get(f"/v1/leads/{lead_id}")).json()
+    profile = found["lead"]["profile"]
+    assert profile["contact"] == {"email": f"{lead_id}@example.com", "phone": "+442079460000"}
+    assert profile["company"] == {"size": "1000+"}
+    assert profile["intent"] == {"type": "contact_sales"}
+    assert profile["consent"] == {"contact": False} and profile["contactable"] is False
+    assert profile["missing_fields"] == []
+    # The timeline keeps what was received.
+    [first] = [e for e in found["timeline"] if e["type"] == "lead.received"]
+    assert first["data"]["contact"] == {"email": f"{lead_id}@example.com"}
+
+    verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
+    assert not verified.differences
