@@ -198,7 +198,7 @@ async def lead_with_timeline(conn: AsyncConnection, lead_id: str) -> dict[str, A
         "lead": lead,
         "timeline": [
             {"time": utc_iso(e["time"]), "type": e["type"], "event_id": e["event_id"], "source": e["source"],
-             "causation_id": e["causation_id"], "data": e["data"]}
+             "correlation_id": e["correlation_id"], "causation_id": e["causation_id"], "data": e["data"]}
             for e in events
         ],
     }

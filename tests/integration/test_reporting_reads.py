@@ -423,3 +423,22 @@ async def test_a_lead_reads_as_its_updates_left_it(reporting: Reporting) -> None
 
     verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
     assert not verified.differences
+
+
+async def test_each_timeline_entry_names_the_submission_that_started_its_chain(
+    reporting: Reporting,
+) -> None:
+    """The envelope's correlationid is kept with each event; the timeline showed causation only, so
+    an integrator could not tie a lead's events to the submission they came from."""
+    lead_id = f"chain-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=6)
+    topic, first = received(lead_id, t)
+    first = first.model_copy(update={"correlationid": first.id})
+    _, then = assigned(lead_id, t + timedelta(seconds=1), "alice")  # two topics: ordered by time
+    then = then.model_copy(update={"correlationid": first.id, "causationid": first.id})
+    await reporting.publish((topic, first), (TOPIC_ROUTING, then))
+    found = (await reporting.client.get(f"/v1/leads/{lead_id}")).json()
+    assert [(e["type"], e["correlation_id"]) for e in found["timeline"]] == [
+        ("lead.received", first.id),
+        ("lead.assigned", first.id),
+    ]
