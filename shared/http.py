@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -140,6 +141,32 @@ _NO_ANSWER = ("The database did not answer in time. Retry after the time in Retr
 BODY_LIMIT_OVERRIDES = {":batch": 5 * 1024 * 1024}
 
 
+class NulRefusalMiddleware:
+    """Postgres text cannot hold a NUL character: one in the path or the query reached the database
+    and answered 500. An id with one names nothing (404); a query parameter with one is a 422
+    naming it. (Bodies are the routes' own: their models refuse it per field.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = None
+            if "\x00" in scope["path"]:
+                refused = ProblemError(404, "Not found", "No resource has an id with a NUL character.")
+            else:
+                named = [name for name, value in QueryParams(scope.get("query_string", b"")).multi_items()
+                         if "\x00" in name or "\x00" in value]
+                if named:
+                    refused = ProblemError(422, "Invalid request", "The request has invalid fields.",
+                                           [{"field": name.replace("\x00", ""), "message": "contains a NUL character"}
+                                            for name in dict.fromkeys(named)])
+            if refused is not None:
+                await problem_response(refused, scope["path"].replace("\x00", ""))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimitMiddleware:
     """Refuse bodies over the limit with 413, whether they declare a Content-Length or arrive
     chunked: the body is read here, up to the limit, before the app sees it."""
@@ -230,6 +257,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(NulRefusalMiddleware)
     app.add_middleware(TraceMiddleware)
     install_error_handlers(app, on_invalid)
 

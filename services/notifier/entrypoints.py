@@ -52,10 +52,27 @@ class SubscriptionIn(BaseModel):
     secret: str | None = Field(default=None, min_length=16, max_length=200)
 
 
+def _unstorable(text: str | None) -> str | None:
+    """Why Postgres cannot store `text` (it reached the database and answered 500), or None."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
 def _check(body: SubscriptionIn) -> None:
     errors = []
     if not body.url.startswith(("https://", "http://")):
         errors.append({"field": "url", "message": "must be an http:// or https:// URL"})
+    for field, value in (("url", body.url), ("secret", body.secret)):
+        why = _unstorable(value)
+        if why:
+            errors.append({"field": field, "message": why})
     for i, pattern in enumerate(body.event_types):
         why = invalid_event_type(pattern)
         if why:

@@ -136,6 +136,44 @@ async def test_every_route_refuses_missing_wrong_and_underprivileged_keys(apps, 
     assert problems == []
 
 
+async def test_a_nul_character_in_a_path_or_query_parameter_is_never_a_server_error(apps, keys) -> None:
+    """Postgres text cannot hold NUL: a NUL in an id or a filter reached the database and answered
+    500. An id with one names nothing (404); a query parameter with one is a 422 naming it."""
+    problems = []
+    for service, app in apps.items():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {keys['admin']}"}) as c:
+            for path, operations in app.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    body = b"{}" if method.upper() in WRITE_METHODS else None
+                    if "{" in path:
+                        url = "/".join("no%00such" if part.startswith("{") else part for part in path.split("/"))
+                        response = await c.request(method.upper(), url, content=body)
+                        if response.status_code != 404:
+                            problems.append(f"{service} {method} {path} NUL id: {response.status_code}")
+                    for param in operation.get("parameters", []):
+                        if param["in"] != "query":
+                            continue
+                        concrete = path.replace("{", "").replace("}", "")
+                        response = await c.request(method.upper(), f"{concrete}?{param['name']}=a%00b",
+                                                   content=body)
+                        fields = [e["field"] for e in response.json().get("errors", [])] \
+                            if response.status_code == 422 else []
+                        if fields != [param["name"]]:
+                            problems.append(f"{service} {method} {path} NUL in {param['name']}: "
+                                            f"{response.status_code} {fields}")
+    assert problems == []
+
+
+async def test_a_subscription_url_with_a_nul_character_is_a_problem_naming_it(apps, keys) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["notifier"]), base_url="http://t",
+                                 headers={"Authorization": f"Bearer {keys['admin']}"}) as c:
+        response = await c.post("/v1/subscriptions", json={"url": "https://crm.example.com/\u0000",
+                                                           "event_types": ["lead.assigned"]})
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["url"]
+
+
 async def test_keys_are_stored_hashed(engine, keys) -> None:
     async with engine.connect() as conn:
         rows = (await conn.execute(select(api_keys))).mappings().all()
