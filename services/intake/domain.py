@@ -24,29 +24,11 @@ from pydantic import (
 
 from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
+from shared.text import storable
 
 from .normalize import Issue, Submission, parse_timestamp, read_submission
 
 Short = Annotated[str, Field(max_length=200)]
-
-
-def storable(value: Any) -> Any:
-    """Refuse text Postgres cannot store (NUL, lone surrogates), however deep in the value."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("is not valid Unicode (a lone surrogate)") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            storable(key)
-            storable(item)
-    elif isinstance(value, list):
-        for item in value:
-            storable(item)
-    return value
 
 
 class FormInput(BaseModel):

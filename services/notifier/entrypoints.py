@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,6 +30,7 @@ from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
 from shared.runtime import ServiceContext
 from shared.supervisor import Loop
+from shared.text import storable
 from shared.uow import UnitOfWork
 
 from .channels import Senders
@@ -51,28 +52,16 @@ class SubscriptionIn(BaseModel):
     event_types: list[str] = Field(min_length=1, max_length=100)
     secret: str | None = Field(default=None, min_length=16, max_length=200)
 
-
-def _unstorable(text: str | None) -> str | None:
-    """Why Postgres cannot store `text` (it reached the database and answered 500), or None."""
-    if text is None:
-        return None
-    if "\x00" in text:
-        return "contains a NUL character"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid Unicode (a lone surrogate)"
-    return None
+    @field_validator("url", "secret")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return storable(value)  # else the insert fails: a 500
 
 
 def _check(body: SubscriptionIn) -> None:
     errors = []
     if not body.url.startswith(("https://", "http://")):
         errors.append({"field": "url", "message": "must be an http:// or https:// URL"})
-    for field, value in (("url", body.url), ("secret", body.secret)):
-        why = _unstorable(value)
-        if why:
-            errors.append({"field": field, "message": why})
     for i, pattern in enumerate(body.event_types):
         why = invalid_event_type(pattern)
         if why:
