@@ -18,6 +18,7 @@ from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, field_errors, require_key
 from shared.runtime import ServiceContext
+from shared.text import storable
 
 from . import views
 from .adapters import effective_owners, queue_depths
@@ -85,6 +86,11 @@ class ReassignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     owner_id: str | None = Field(default=None, min_length=1)  # null or left out: route the lead again
     reason: str = Field(min_length=1, max_length=200)
+
+    @field_validator("owner_id", "reason")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return storable(value)  # else lead.reassigned carries it and reporting dead-letters it
 
 
 def _invalid(field: str, message: str) -> ProblemError:

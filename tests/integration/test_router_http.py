@@ -330,6 +330,18 @@ async def test_reassign_errors(router) -> None:
     assert (await post(f"/v1/leads/{lead}/reassign", json={"owner_id": None})).status_code == 422
 
 
+@pytest.mark.parametrize("reason", [r"territory\u0000", r"territory \ud800"])  # JSON escapes, as sent
+async def test_a_reassign_reason_postgres_cannot_store_is_a_problem_naming_it(router, reason) -> None:
+    """It was accepted (202) and lead.reassigned carried it, so reporting, which keeps every event
+    as jsonb, dead-lettered it: the read model never learned of the reassignment."""
+    lead = await router.receive()
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", headers={"Content-Type": "application/json"},
+                                        content=f'{{"owner_id": null, "reason": "{reason}"}}'.encode())
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["reason"]
+    assert [e.type for e in await router.events(lead)] == ["lead.assigned"]
+
+
 async def test_reassignment_releases_capacity_and_the_queue_moves(router) -> None:
     first, second = await router.receive(), await router.receive()  # ann and ben are both full now
     waiting = await router.receive()
