@@ -41,8 +41,10 @@ class Event(Protocol):
 
 # Later lifecycle stages never fall back to earlier ones when events arrive out of order.
 # nurture: the follow-up cadence ran out without a disposition (CONTRACT: cadence_exhausted); a
-# disposition made later still wins.
-STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "nurture": 4, "dispositioned": 5}
+# disposition made later still wins. opted_out: the buyer asked not to be contacted; nothing after
+# that changes what the lead is (no timer runs, nothing escalates).
+STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "nurture": 4, "dispositioned": 5,
+               "opted_out": 6}
 TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
 # A touch stamped a little before its timer started (CRM clocks drift) still answers it,
 # as sla_clock judges it.
@@ -165,6 +167,8 @@ def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     if d.get("missing_fields") is not None:
         profile["missing_fields"] = d["missing_fields"]
     s["profile"] = profile
+    if d.get("reason") == "opted_out":
+        _advance(s, "opted_out")
 
 
 def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:

@@ -309,7 +309,7 @@ async def test_lead_list_refuses_a_status_no_lead_can_have_naming_the_parameter(
 
 
 async def test_lead_list_takes_every_status_a_lead_can_have(reporting: Reporting) -> None:
-    for status in ("received", "queued", "assigned", "responded", "nurture", "dispositioned"):
+    for status in ("received", "queued", "assigned", "responded", "nurture", "dispositioned", "opted_out"):
         response = await reporting.client.get("/v1/leads", params={"status": status})
         assert response.status_code == 200, response.text
         assert all(lead["status"] == status for lead in response.json()["leads"])

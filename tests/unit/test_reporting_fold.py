@@ -44,6 +44,17 @@ def test_an_exhausted_cadence_makes_the_lead_nurture_until_a_disposition() -> No
     assert replay(RECEIVED, ASSIGNED, touched, opted_out)["status"] == "responded"
 
 
+def test_an_opted_out_lead_reads_opted_out_whatever_comes_after() -> None:
+    """Once, an opted-out lead kept status `assigned`: the lead list showed it among the leads to work."""
+    opted_out = event("lead.updated", reason="opted_out", contactable=False, tier="A",
+                      changed={"contactable": {"old": True, "new": False}})
+    disposition = event("activity.recorded", type="disposition", occurred_at="2026-11-17T09:03:00Z",
+                        disposition={"status": "disqualified", "reason": "student"})
+    state = replay(RECEIVED, ASSIGNED, opted_out, disposition)
+    assert state["status"] == "opted_out" and state["profile"]["contactable"] is False
+    assert replay(RECEIVED, ASSIGNED, event("lead.updated", reason="corrected", tier="A"))["status"] == "assigned"
+
+
 def test_out_of_order_events_do_not_move_status_backwards() -> None:
     assert replay(ASSIGNED, RECEIVED)["status"] == "assigned"
 
