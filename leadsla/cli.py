@@ -144,17 +144,26 @@ def migrate() -> None:
 
 async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
     """Apply a configuration file (a new version, in one transaction), or with `dry_run` only
-    compare it with the active version."""
+    compare it with the active version; with what the file leaves behind in the running system
+    (warnings: owners it no longer names who hold open leads)."""
+    from services.router.views import open_leads_of_unknown_owners
+    from shared.config import parse_config
     from shared.config_store import apply_config, preview_config
     from shared.db import make_engine
 
     engine = make_engine(database_url)
     try:
+        async with engine.connect() as conn:
+            left = await open_leads_of_unknown_owners(conn, parse_config(text))
+        warnings = [f"owners: {owner} is not in the file but holds {n} open lead{'s' * (n != 1)}; they stay "
+                    f"assigned to {owner} (reassign them: POST /v1/leads/{{lead_id}}/reassign, or keep {owner} "
+                    "with status out_of_office and routing.on_out_of_office: reroute_untouched)"
+                    for owner, n in left.items()]
         if dry_run:
             async with engine.connect() as conn:
-                return await preview_config(conn, text)
+                return await preview_config(conn, text), warnings
         async with engine.begin() as conn:
-            return await apply_config(conn, text)
+            return await apply_config(conn, text), warnings
     finally:
         await engine.dispose()
 
@@ -189,11 +198,13 @@ def config_apply(
         for warning in config_warnings(parse_config(text), BUILTIN_INTENTS):
             console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
         if dry_run:
-            preview = _run(_apply_config(settings.database_url, text, dry_run=True), settings)
+            preview, left_behind = _run(_apply_config(settings.database_url, text, dry_run=True), settings)
         else:
-            version, changed = _run(_apply_config(settings.database_url, text), settings)
+            (version, changed), left_behind = _run(_apply_config(settings.database_url, text), settings)
     except ConfigError as exc:
         _fail(f"{file}: {exc}")
+    for warning in left_behind:
+        console.print(f"warning: {warning}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     if not dry_run:
         console.print(f"configuration version {version} {'applied' if changed else 'unchanged'}")
         return
@@ -490,7 +501,7 @@ def dev(
             database_url = postgres.start()
             bootstrap = broker.start()
             asyncio.run(_migrate(database_url))
-            version, _ = asyncio.run(_apply_config(database_url, config.read_text()))
+            (version, _), _ = asyncio.run(_apply_config(database_url, config.read_text()))
             admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
             receiver.start()
             mail_catcher.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.config import Config, Tiers
@@ -12,7 +12,7 @@ from shared.events import utc_iso
 
 from .adapters import drain_order, load_state
 from .domain import LeadFacts, current_status, eligibility
-from .tables import owner_state, queue
+from .tables import assignments, owner_state, queue
 
 
 async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> list[dict[str, Any]]:
@@ -61,3 +61,14 @@ async def queued_leads(conn: AsyncConnection, tiers: Tiers, source: str | None =
          "source": (r.facts or {}).get("source")}
         for r in rows
     ]
+
+
+async def open_leads_of_unknown_owners(conn: AsyncConnection, config: Config) -> dict[str, int]:
+    """Owners `config` does not name who still hold open leads, with how many: an owner taken out
+    of the file keeps their leads (nothing reroutes them), so `config apply` says so."""
+    known = [o.id for o in config.owners]
+    rows = await conn.execute(
+        select(assignments.c.owner_id, func.count()).where(assignments.c.closed_at.is_(None),
+                                                           assignments.c.owner_id.not_in(known))
+        .group_by(assignments.c.owner_id).order_by(assignments.c.owner_id))
+    return {owner: n for owner, n in rows}

@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -242,3 +243,25 @@ async def test_outbox_retry_with_a_broker_it_cannot_reach_ends_with_one_line_and
     code, out, err = await leadsla("outbox", "retry", database_url=database.url, kafka_bootstrap=bootstrap)
     assert_one_line_error(code, out, "\n".join(line for line in err.splitlines() if "Unable connect" not in line),
                           "cannot reach the broker", bootstrap)  # the client's own log line may come first
+
+
+async def test_config_apply_names_an_owner_taken_out_of_the_file_who_still_holds_leads(database, tmp_path: Path) -> None:
+    """Nothing reroutes an owner's leads when the owner leaves the file: they would sit with
+    someone who is gone, unseen in GET /v1/owners. `config apply` says so, dry run or not."""
+    from services.router.tables import assignments
+
+    engine = make_engine(database.url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(assignments), [
+                {"lead_id": f"left-{i}", "owner_id": "gone-rep", "tier": "A", "assignment_no": 1,
+                 "assigned_at": datetime(2026, 11, 20, 10, tzinfo=UTC), "closed_at": closed} for i, closed in
+                enumerate([None, None, datetime(2026, 11, 21, 10, tzinfo=UTC)])])  # a closed lead is nobody's worry
+        for dry_run in (["--dry-run"], []):
+            code, _, err = await leadsla("config", "apply", str(EXAMPLE), *dry_run, database_url=database.url)
+            assert code == 0, err
+            assert "warning: owners: gone-rep is not in the file but holds 2 open leads" in err
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(assignments).where(assignments.c.owner_id == "gone-rep"))
+        await engine.dispose()
