@@ -75,9 +75,7 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
                         + (f" (at character {where[0]})" if where and isinstance(where[0], int) else "")})
             continue
         loc = [str(p) for p in err.get("loc", ())]
-        if err.get("type") == "json_invalid":
-            loc = []  # its loc is ("body", <character offset>): the body is not JSON, no field is wrong
-        elif loc and loc[0] in ("body", "query", "path", "header"):
+        if loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]
         out.append({"field": ".".join(loc) or "(body)", "message": err["msg"].removeprefix("Value error, ")})
     return out
