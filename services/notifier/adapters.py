@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import String, and_, bindparam, func, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import any_text
@@ -289,7 +290,7 @@ async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Seq
                     chain_lead_ids: Sequence[str] = ()) -> InMemoryStore:
     """What a consumer's run of events reads, read at once (a statement per table): the known
     leads, the live subscriptions, the leads' held subscription deliveries and the escalations of
-    the SLAs and of the leads whose chains may stop (opted out); the handlers then read and
+    the SLAs and of the leads whose chains may stop (opted out, touched); the handlers then read and
     record through it in memory (`RunUnitOfWork`)."""
     store = InMemoryStore()
     for row in await conn.execute(select(leads).where(leads.c.lead_id == any_text(lead_ids))):
@@ -304,10 +305,16 @@ async def run_store(conn: AsyncConnection, lead_ids: Sequence[str], sla_ids: Seq
         store.subscription_deliveries[(row.subscription_id, row.event_id)] = _SubscriptionDelivery(
             row.lead_id, row.next_attempt_at)
     e = escalations
-    wanted = [e.c.sla_id == any_text(sla_ids)] if sla_ids else []
-    wanted += [e.c.lead_id == any_text(chain_lead_ids)] if chain_lead_ids else []
-    for where in wanted:  # one statement each: any_text's parameter has one name
-        for row in await conn.execute(select(e).where(where)):
+    # One statement for both (touches, the busiest type, may stop chains: a second one was a round
+    # trip more per run): every step of the SLAs that end, and the steps still to fire of the leads
+    # whose chains may stop (all that `pending_chains` reads of them).
+    wanted = [e.c.sla_id == func.any(bindparam("sla_ids", list(sla_ids), type_=ARRAY(String)))] if sla_ids else []
+    if chain_lead_ids:
+        wanted.append(and_(e.c.lead_id == func.any(bindparam("chain_lead_ids", list(chain_lead_ids),
+                                                             type_=ARRAY(String))),
+                           e.c.triggered_at.is_(None), e.c.cancelled_at.is_(None)))
+    if wanted:
+        for row in await conn.execute(select(e).where(or_(*wanted))):
             store.escalations[row.escalation_id] = _Escalation(
                 DueEscalation(row.escalation_id, row.lead_id, row.policy_id, row.step, row.trigger), row.sla_id,
                 row.due_at, row.triggered_at, row.cancelled_at)

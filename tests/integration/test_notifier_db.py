@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import update
 
 from services.notifier.channels import Senders
@@ -337,3 +338,31 @@ async def test_a_late_first_response_stops_the_chain_a_non_qualifying_touch_does
     await d.run_once()
     assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
     assert to(receiver, answered) == [(1, "alice")]
+
+
+async def test_a_run_with_chain_stopping_events_and_touches_reads_the_escalations_in_one_statement(
+        make_ctx, clock, engine, receiver, http):
+    """Touches (the busiest event type) may stop a chain, so a run reads their leads' pending
+    escalations; with an sla.met in the same run, that was a second statement on the escalations
+    (a round trip more per batch on the notifier's hot path)."""
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]") + TOUCHES)
+    d = deliverer(ctx, clock, http)
+    escalated, answered = await two_breached_leads(ctx, clock, d, receiver)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    sqlalchemy_event.listen(ctx.engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        run = [sla_event("met", escalated, clock.now(), sla_id=f"sla-{escalated}"), touch_event(answered, clock.now())]
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(e) for e in run], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    finally:
+        sqlalchemy_event.remove(ctx.engine.sync_engine, "before_cursor_execute", seen)
+    reads = [s for s in statements if s.startswith("SELECT notifier.escalations.")]
+    assert len(reads) == 1, reads
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice")] and to(receiver, answered) == [(1, "alice")]  # both stopped
