@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from shared.clock import as_utc
 from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
@@ -191,6 +192,8 @@ class ActivityIn(FormInput):
     # An occurred_at no timestamp format reads, as sent (kept in attributes; the touch is dated
     # when intake accepts it).
     _unreadable_time: Any = PrivateAttr(default=None)
+    # An occurred_at without an offset, as sent (kept if the sender's zone gives it no instant).
+    _local_time: Any = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -198,7 +201,7 @@ class ActivityIn(FormInput):
         """occurred_at in any spelling `parse_timestamp` reads (ISO 8601, RFC 2822, common local
         formats, Unix seconds or milliseconds); one without an offset stays naive until `dated`
         reads it in the sender's zone. One nobody can read does not refuse the touch."""
-        unreadable = None
+        unreadable = local = None
         value = data.get("occurred_at") if isinstance(data, dict) else None
         if value is not None and not isinstance(value, datetime) and not (isinstance(value, str) and not value.strip()):
             try:
@@ -207,8 +210,9 @@ class ActivityIn(FormInput):
                 unreadable, data = value, {**data, "occurred_at": None}
             else:
                 data = {**data, "occurred_at": parsed.replace(tzinfo=None) if assumed else parsed}
+                local = value if assumed else None
         activity = handler(data)
-        activity._unreadable_time = unreadable
+        activity._unreadable_time, activity._local_time = unreadable, local
         return activity
 
     @field_validator("type", mode="before")
@@ -235,7 +239,23 @@ class ActivityIn(FormInput):
         source's time zone, as a lead's submitted_at is)."""
         if self.occurred_at is None or self.occurred_at.tzinfo is not None:
             return self
-        return self.model_copy(update={"occurred_at": self.occurred_at.replace(tzinfo=ZoneInfo(zone))})
+        local = self._in_zone(zone)
+        if local is None:  # no instant in UTC: kept as sent, like one nobody can read
+            dated = self.model_copy(update={"occurred_at": None})
+            dated._unreadable_time = self._local_time if self._local_time is not None else self.occurred_at.isoformat()
+            return dated
+        return self.model_copy(update={"occurred_at": local})
+
+    def _in_zone(self, zone: str) -> datetime | None:
+        """The naive occurred_at read in `zone`; None when that takes it outside the years 1 to
+        9999 in UTC (0001-01-01 00:30 in Berlin): it could not be compared or put on the wire."""
+        assert self.occurred_at is not None
+        local = self.occurred_at.replace(tzinfo=ZoneInfo(zone))
+        try:
+            as_utc(local)
+        except ValueError:
+            return None
+        return local
 
     def attributes(self) -> dict[str, Any]:
         """The fields the contract does not name, and an unreadable occurred_at, as sent."""
@@ -255,6 +275,10 @@ class ActivityIn(FormInput):
         if self._unreadable_time is not None:
             found.append({"field": "occurred_at", "message": "is not a timestamp; kept in attributes, "
                                                              "the touch is dated when intake accepted it"})
+        elif self.occurred_at is not None and self.occurred_at.tzinfo is None and self._in_zone(zone) is None:
+            found.append({"field": "occurred_at", "message": f"has no instant in the years 1 to 9999 in UTC read in the "
+                                                             f"source's time zone {zone}; kept in attributes, the touch "
+                                                             "is dated when intake accepted it"})
         elif self.occurred_at is not None and self.occurred_at.tzinfo is None:
             found.append({"field": "occurred_at", "message": f"has no UTC offset; read in the source's time zone {zone}"})
         return found

@@ -268,3 +268,21 @@ def test_an_activity_s_time_is_read_in_any_common_spelling_and_never_refuses_it(
 ])
 def test_activity_types_are_read_in_the_spellings_crms_use(sent: str, type_: str) -> None:
     assert ActivityIn.model_validate({"type": sent}).type == type_
+
+
+@pytest.mark.parametrize(("sent", "zone"), [("0001-01-01 00:30", "Europe/Berlin"),
+                                            ("9999-12-31 23:00", "America/Los_Angeles")])
+def test_a_local_occurred_at_that_its_source_s_zone_takes_outside_the_years_1_to_9999_is_kept_as_sent(
+        sent: str, zone: str) -> None:
+    """Read in the source's zone, a local time at the calendar's edge has no instant in UTC: the
+    touch answered 500 (OverflowError putting it on the wire) or 422 'in the future', and was lost.
+    Like any unreadable occurred_at it is kept under attributes, named in warnings, and the touch
+    dated when intake accepts it."""
+    activity = ActivityIn.model_validate({"type": "call", "occurred_at": sent})
+    assert [w["field"] for w in activity.warnings(zone)] == ["occurred_at"]
+    assert "kept in attributes" in activity.warnings(zone)[0]["message"]
+    dated = activity.dated(zone)
+    assert dated.occurred_at is None and dated.attributes() == {"occurred_at": sent}
+    # A local time with an instant in UTC is read in the zone, as before.
+    assert ActivityIn.model_validate({"type": "call", "occurred_at": "2026-11-17 08:30"}).dated(
+        zone).occurred_at.utcoffset() is not None
