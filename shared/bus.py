@@ -27,7 +27,8 @@ class TopicsRefused(RuntimeError):
 def refused_topics(topic_errors: list[tuple]) -> list[str]:
     """The broker's refusals in a CreateTopics answer, one line each (e.g. a replication factor
     above the cluster's brokers); the client raises for none of them."""
-    return [f"{name}: {message or f'error {code}'}" for name, code, message, *_ in topic_errors
+    # (name, code, message) from CreateTopics v1 on; v0 answers (name, code).
+    return [f"{name}: {(rest[0] if rest else None) or f'error {code}'}" for name, code, *rest in topic_errors
             if code not in _TOPIC_FINE]
 
 

@@ -8,3 +8,4 @@ def test_a_topic_the_broker_refuses_is_named_and_one_that_exists_is_fine() -> No
     assert refused_topics(answer) == ["leads.sla: Replication factor: 3 larger than available brokers: 1.",
                                       "leads.deadletter: error 42"]
     assert refused_topics([("leads.intake", 0, None)]) == []
+    assert refused_topics([("leads.intake", 0), ("leads.sla", 41)]) == ["leads.sla: error 41"]  # CreateTopics v0
