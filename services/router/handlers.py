@@ -553,14 +553,22 @@ async def on_lead_updated(uow: Any, received: Received[LeadUpdated], deps: Route
     now given, a new tier in the queue's order) instead of waiting for the fallback owner."""
     data, config, now = received.data, deps.config, deps.clock.now()
     store = deps.store(uow)
+
+    async def lead_as_routed(*, for_update: bool) -> QueuedLead | Assignment | None:
+        return (await store.queued(data.lead_id, for_update=for_update)
+                or await store.assignment(data.lead_id, for_update=for_update))
+
+    # Most updates change nothing routing uses (a title, a note): seen without a lock, they take
+    # neither the routing lock, which new leads' decisions wait for, nor the lead's rows.
+    seen = await lead_as_routed(for_update=False)
+    if seen is None or updated_facts(seen.facts, data.changed, data.tier, data.contactable) == seen.facts:
+        return  # not routed here (yet; its lead.received carries the facts), or nothing to follow
     await store.lock_routing()  # before the row locks, as reassignment does
     await store.load_version(data.lead_id)  # a concurrent decision on the lead: retry from fresh state
-    current: QueuedLead | Assignment | None = await store.queued(data.lead_id, for_update=True)
-    waiting = current is not None
+    current = await lead_as_routed(for_update=True)
     if current is None:
-        current = await store.assignment(data.lead_id, for_update=True)
-    if current is None:
-        return  # not routed here (yet): its lead.received carries the facts
+        return
+    waiting = isinstance(current, QueuedLead)
     facts = updated_facts(current.facts, data.changed, data.tier, data.contactable)
     if facts == current.facts:
         return

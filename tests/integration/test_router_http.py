@@ -2,6 +2,7 @@
 draining as soon as someone can take a lead, reassignment, and capacity released."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
+from services.router.adapters import lock_routing
 from services.router.bootstrap import bootstrap
 from services.router.entrypoints import drain_all, refresh_queue_depth
 from services.router.handlers import (
@@ -581,6 +583,18 @@ async def test_an_update_of_an_assigned_lead_is_kept_for_routing_it_again(router
     response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
     assert response.status_code == 202
     assert (await router.events(lead))[-1].data["tier"] == "A"
+
+
+async def test_an_update_routing_does_not_use_waits_for_no_routing_decision(router) -> None:
+    """A PATCH of a field no rule reads (a job title) while another router holds the routing lock
+    (new leads being decided): it goes through at once, instead of queueing behind the decision and
+    holding every later one up in turn until its batch commits."""
+    lead = await router.receive(tier="A")
+    async with router.ctx.engine.connect() as deciding:
+        await lock_routing(deciding)
+        await asyncio.wait_for(router.updated(lead, {"contact.title": {"old": None, "new": "CTO"}}, tier="A"), 20)
+        await deciding.rollback()
+    assert await router.types(lead) == ["lead.assigned"]
 
 
 async def test_a_source_key_sees_only_its_own_leads_in_the_queue(router) -> None:
