@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 import difflib
+import hashlib
 import importlib
+import re
 import secrets
 import shutil
 import signal
@@ -217,9 +219,22 @@ def config_apply(
     console.print(f"{file} is valid and would become a new version (active: {active}); sections that change: "
                   f"{', '.join(sections) or 'none (comments or layout only)'}", markup=False)
     before = f"active (version {preview.active_version})" if preview.active_version is not None else "nothing"
-    print("".join(difflib.unified_diff((preview.active_text or "").splitlines(keepends=True),
-                                       text.splitlines(keepends=True), before, str(file))), end="")
+    print("".join(difflib.unified_diff(_masked_lines(preview.active_text or ""), _masked_lines(text),
+                                       before, str(file))), end="")
     console.print("nothing applied (--dry-run)")
+
+
+# A `secret:` value in the YAML (a webhook channel's inline signing secret), block or flow style.
+_SECRET_VALUE = re.compile(r"""(\bsecret\s*:\s*)("[^"]*"|'[^']*'|[^\s,}#]+)""")
+
+
+def _masked_lines(text: str) -> list[str]:
+    """The file's lines with each inline secret replaced by a short digest of it: a dry run's diff
+    still shows that a secret changes, without printing it (dry runs go to CI logs)."""
+    def mask(match: re.Match[str]) -> str:
+        digest = hashlib.sha256(match.group(2).strip("\"'").encode()).hexdigest()[:8]
+        return f"{match.group(1)}'********' (sha256 {digest}...)"
+    return [_SECRET_VALUE.sub(mask, line) for line in text.splitlines(keepends=True)]
 
 
 async def _create_key(database_url: str, name: str, role: str) -> str:

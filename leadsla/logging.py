@@ -51,6 +51,9 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        # Tracebacks become text before the redaction, which scrubs them too (an exception's
+        # message can carry an email or a phone: a driver's "Key (email)=(...)", a sender's error).
+        structlog.processors.format_exc_info,
         redact_personal_data,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -58,7 +61,7 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, renderer],
+                    renderer],
     ))
     root = logging.getLogger()
     root.handlers = [handler]
@@ -68,7 +71,7 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,

@@ -135,8 +135,10 @@ _NO_ANSWER = ("The database did not answer in time. Retry after the time in Retr
               "stored unless its commit had reached the database, and a lead sent again is recognised as the "
               "same lead (its Idempotency-Key, or its contact within the dedupe window).")
 
-# Larger limits for the endpoints that take many items at once (path suffix -> bytes).
-BODY_LIMIT_OVERRIDES = {":batch": 5 * 1024 * 1024}
+# Larger limits for the endpoints that take many items at once (exact path -> bytes). Exact: a
+# suffix match gave any path ending in ":batch" (PATCH /v1/leads/x:batch, PUT /v1/owners/x:batch,
+# any unknown path, with or without a key) the 5 MiB limit; and only on the service serving it.
+BODY_LIMIT_OVERRIDES = {"/v1/leads:batch": 5 * 1024 * 1024}
 
 
 class NulRefusalMiddleware:
@@ -175,10 +177,7 @@ class BodyLimitMiddleware:
         self.overrides = BODY_LIMIT_OVERRIDES if overrides is None else overrides
 
     def limit_for(self, path: str) -> int:
-        for suffix, limit in self.overrides.items():
-            if path.endswith(suffix):
-                return limit
-        return self.limit
+        return self.overrides.get(path, self.limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -254,7 +253,9 @@ def create_app(
     app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0")
     app.state.ctx = ctx
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
-    app.add_middleware(BodyLimitMiddleware)
+    # The larger limits apply only where the app serves that path (filled in once the routes are).
+    body_limits: dict[str, int] = {}
+    app.add_middleware(BodyLimitMiddleware, overrides=body_limits)
     app.add_middleware(NulRefusalMiddleware)
     app.add_middleware(TraceMiddleware)
     install_error_handlers(app, on_invalid)
@@ -287,6 +288,8 @@ def create_app(
     app.include_router(schema_router())
     for router in routers:
         app.include_router(router)
+    served = {getattr(route, "path", None) for router in routers for route in router.routes}
+    body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
     return app
 
 

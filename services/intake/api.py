@@ -27,6 +27,7 @@ from .groupcommit import GroupCommitter
 from .handlers import (
     Accepted,
     LeadRequest,
+    OtherSourcesLead,
     RejectedActivity,
     UnknownLead,
     count,
@@ -231,7 +232,8 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         async def update() -> tuple[str, dict[str, Any]]:
             async with ctx.uow() as uow:
                 result = await update_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id, patch,
-                                           now=ctx.clock.now())
+                                           now=ctx.clock.now(),
+                                           source=None if principal.is_admin else principal.name)
                 await uow.commit()
             return result
 
@@ -239,6 +241,11 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             tier, changed = await retry_on_conflict(update)
         except UnknownLead:
             raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
+        except OtherSourcesLead:
+            # Any source key could rewrite (and, in the answer's old values, read) any lead's contact.
+            raise ProblemError(403, "Forbidden", "A source key may change only the leads its source submitted; "
+                               "use an admin key.", [{"field": "Authorization",
+                                                     "message": "is the key of another source"}]) from None
         return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)

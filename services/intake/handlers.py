@@ -109,6 +109,10 @@ class UnknownLead(LookupError):
     pass
 
 
+class OtherSourcesLead(PermissionError):
+    """A source key's PATCH of a lead another source submitted."""
+
+
 class RejectedActivity(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -298,14 +302,18 @@ async def _record_update(uow: Recorder, lead: KnownLead, update: LeadUpdated, no
 
 async def update_lead(
     uow: Recorder, store: IntakeStore, config: Config, lead_id: str, patch: Submission, *, now: datetime,
+    source: str | None = None,
 ) -> tuple[str, dict[str, dict[str, Any]]]:
     """Complete or correct a lead's fields (PATCH): only the fields the patch gives change.
-    Records lead.updated with each change (old and new) and the re-evaluated tier."""
+    Records lead.updated with each change (old and new) and the re-evaluated tier. With `source`
+    (a source key's PATCH), only a lead of that source: the answer shows the old contact data."""
     await store.lock([f"lead:{lead_id}"])
     await uow.load_version(lead_id)
     lead = await store.lead(lead_id)
     if lead is None:
         raise UnknownLead(lead_id)
+    if source is not None and lead.source != source:
+        raise OtherSourcesLead(lead_id)
     update = patch_lead(lead, patch, config)
     if update is None:
         return lead.tier, {}

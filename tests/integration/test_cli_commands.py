@@ -132,6 +132,26 @@ async def test_config_apply_dry_run_shows_the_change_and_applies_nothing(databas
     assert await versions(database) == before
 
 
+async def test_config_apply_dry_run_never_prints_an_inline_secret(database, tmp_path: Path) -> None:
+    """The dry run's diff printed a webhook channel's inline `secret:` in clear, the active one (read
+    back from the database) and the new one: dry runs go to CI logs. Each is masked; the diff still
+    shows that it changes."""
+    inline = EXAMPLE.read_text().replace("secret_env: LEADSLA_WEBHOOK_SECRET", "secret: whsec_old_0123456789")
+    assert inline != EXAMPLE.read_text()
+    first = tmp_path / "first.yaml"
+    first.write_text(inline)
+    code, _, err = await leadsla("config", "apply", str(first), database_url=database.url)
+    assert code == 0, err
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(inline.replace("whsec_old_0123456789", '"whsec_new_9876543210"'))
+    code, out, err = await leadsla("config", "apply", "--dry-run", str(changed), database_url=database.url)
+    assert code == 0, err
+    shown = out + err
+    assert "whsec_old" not in shown and "whsec_new" not in shown
+    assert [line.split("(sha256")[0] for line in shown.splitlines() if line.startswith(("-", "+")) and "secret:" in line] \
+        == ["-    secret: '********' ", "+    secret: '********' "]
+
+
 async def test_config_apply_dry_run_refuses_an_invalid_file_like_apply(database, tmp_path: Path) -> None:
     before = await versions(database)
     bad = tmp_path / "bad.yaml"

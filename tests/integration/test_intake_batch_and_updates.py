@@ -236,3 +236,24 @@ async def test_a_batch_dedupes_and_upgrades_like_single_posts(api, engine) -> No
                           "tier": "A"}
     ada = [e.type for e in await stored_events(engine, "intake", results[0]["lead_id"])]
     assert ada == ["lead.received", "lead.merged", "lead.updated"]
+
+
+async def test_a_source_key_patches_only_its_own_sources_leads(app, engine, api) -> None:
+    """Any source key could PATCH any lead: rewrite another source's lead's contact, and read its
+    old email in the answer's `changed`. Another source's key now gets 403 (nothing changes); the
+    submitting source and admin keys still can."""
+    mine = email()
+    lead_id = (await api.post("/v1/leads", json={"contact": {"email": mine}})).json()["lead_id"]
+    async with await client_for(app, engine, f"other-{uuid.uuid4().hex[:6]}") as other:
+        refused = await other.patch(f"/v1/leads/{lead_id}", json={"contact": {"email": "attacker@evil.example"}})
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"] == "application/problem+json" and mine not in refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["Authorization"]
+    own = await api.patch(f"/v1/leads/{lead_id}", json={"company": {"name": "Acme"}})
+    assert own.status_code == 200 and own.json()["changed"] == {"company.name": {"old": None, "new": "Acme"}}
+    async with engine.begin() as conn:
+        admin_key = await create_key(conn, f"ops-{uuid.uuid4().hex[:6]}", "admin")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
+                                 headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+        fixed = await admin.patch(f"/v1/leads/{lead_id}", json={"company": {"name": "Acme GmbH"}})
+    assert fixed.status_code == 200, fixed.text

@@ -129,11 +129,30 @@ async def test_every_route_refuses_missing_wrong_and_underprivileged_keys(apps, 
             if admin.status_code in (401, 403) or admin.status_code >= 500:
                 problems.append(f"{service} {method} {path} with an admin key: {admin.status_code} {admin.text[:100]}")
             if method in WRITE_METHODS:
-                limit = next((v for k, v in BODY_LIMIT_OVERRIDES.items() if path.endswith(k)), MAX_BODY_BYTES)
+                limit = BODY_LIMIT_OVERRIDES.get(path, MAX_BODY_BYTES)
                 big = await call(f"Bearer {keys['admin']}", b"{" + b" " * limit + b"}")
                 if big.status_code != 413:
                     problems.append(f"{service} {method} {path} with {limit + 2} bytes: {big.status_code}")
     assert problems == []
+
+
+async def test_only_the_batch_route_takes_bodies_over_64_kib(apps, keys) -> None:
+    """The 5 MiB limit of `POST /v1/leads:batch` was given to every path ending in ":batch": a
+    lead or owner id ending so (or any unknown path, without a key) took a 5 MiB body past the
+    64 KiB limit into the route. Every other path keeps 64 KiB."""
+    over = b"{" + b" " * MAX_BODY_BYTES + b"}"
+    calls = [("intake", "PATCH", "/v1/leads/x:batch", keys["source"]), ("router", "PUT", "/v1/owners/x:batch", keys["admin"]),
+             ("notifier", "POST", "/v1/subscriptions:batch", keys["admin"]), ("reporting", "POST", "/v1/leads:batch", None)]
+    found = []
+    for service, method, url, key in calls:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[service]), base_url="http://t") as c:
+            headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+            found.append((service, method, url, (await c.request(method, url, headers=headers, content=over)).status_code))
+    assert found == [(s, m, u, 413) for s, m, u, _ in calls]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["intake"]), base_url="http://t") as c:
+        batch = await c.post("/v1/leads:batch", content=b'{"leads": []' + b" " * MAX_BODY_BYTES + b"}",
+                             headers={"Authorization": f"Bearer {keys['source']}", "Content-Type": "application/json"})
+    assert batch.status_code == 200, batch.text
 
 
 async def test_a_nul_character_in_a_path_or_query_parameter_is_never_a_server_error(apps, keys) -> None:

@@ -70,3 +70,21 @@ def test_emails_and_phone_numbers_never_reach_a_log_line(capsys) -> None:
     assert line["lead_id"] == "550e8400-e29b-41d4-a716-446655440000"
     assert line["at"] == "2026-11-25T17:55:58Z" and line["port"] == 8001
     assert stdlib["event"] == "to [redacted]"
+
+
+def test_a_logged_traceback_is_redacted_too(capsys) -> None:
+    """The redaction ran before the traceback was formatted: an exception whose message carried an
+    email or phone (a driver's "Key (email)=(...) already exists", a sender's error) reached the
+    log verbatim in the `exception` field, from structlog and from the standard library alike."""
+    configure("INFO", json=True)
+    try:
+        raise ValueError("Key (email)=(jane.doe@example.com) already exists; phone +1 (415) 555-0100")
+    except ValueError:
+        structlog.get_logger().exception("notifier.sender_failed", kind="subscription")
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    out = capsys.readouterr().err
+    lines = _by_event(out)
+    assert "@" not in out and "555-0100" not in out
+    for event in ("notifier.sender_failed", "Exception in ASGI application"):
+        assert "ValueError: Key (email)=([redacted]) already exists" in lines[event]["exception"]
+        assert "Traceback" in lines[event]["exception"]
