@@ -66,6 +66,11 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    # A library that configured its loggers itself (uvicorn with its default log_config: handlers
+    # of its own, propagate off) would write around the redaction: everything goes through root.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        own = logging.getLogger(name)
+        own.handlers, own.propagate = [], True
     logging.captureWarnings(True)  # Python warnings become log lines too, not bare text on stderr
     # httpx logs every request URL at INFO; webhook URLs (Slack-style ones especially) are secrets.
     for noisy in ("httpx", "httpcore"):

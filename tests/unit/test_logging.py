@@ -88,3 +88,15 @@ def test_a_logged_traceback_is_redacted_too(capsys) -> None:
     for event in ("notifier.sender_failed", "Exception in ASGI application"):
         assert "ValueError: Key (email)=([redacted]) already exists" in lines[event]["exception"]
         assert "Traceback" in lines[event]["exception"]
+
+
+def test_uvicorn_configured_by_its_own_defaults_still_logs_through_the_redaction(capsys) -> None:
+    """uvicorn's default log_config gives its loggers handlers of their own and turns propagation
+    off; a process where that happened first (a test server, an embedding app) logged around it."""
+    import uvicorn
+
+    uvicorn.Config(lambda scope, receive, send: None)  # applies uvicorn's LOGGING_CONFIG
+    configure("INFO", json=True)
+    logging.getLogger("uvicorn.error").error("client jane.doe@example.com sent garbage")
+    out = capsys.readouterr().err
+    assert "jane.doe" not in out and _by_event(out)["client [redacted] sent garbage"]
