@@ -139,9 +139,31 @@ def _received(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     _advance(s, "received")
 
 
+# The lead.updated paths the lead's profile shows (its first key: "contact.phone" -> contact).
+_PROFILE_SECTIONS = frozenset({"contact", "company", "intent", "consent", "score", "external_id"})
+
+
 def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    """A PATCH, an upgrade or an opt-out: the new tier, and each changed field's new value in the
+    profile (a copy: the old state stays as it was), with contactability and missing fields as
+    the event carries them. Before, the profile kept what the lead was received with, so an
+    opted-out lead still read as contactable."""
     if d.get("tier"):
         s["tier"] = d["tier"]
+    profile = dict(s.get("profile") or {})
+    for path, change in (d.get("changed") or {}).items():
+        section, dot, key = path.partition(".")
+        if section not in _PROFILE_SECTIONS or not isinstance(change, dict):
+            continue
+        if dot:
+            profile[section] = {**(profile.get(section) or {}), key: change.get("new")}
+        else:
+            profile[section] = change.get("new")
+    if d.get("contactable") is not None:
+        profile["contactable"] = d["contactable"]
+    if d.get("missing_fields") is not None:
+        profile["missing_fields"] = d["missing_fields"]
+    s["profile"] = profile
 
 
 def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
