@@ -176,7 +176,7 @@ async def _dev_config(database_url: str, config: Path | None) -> tuple[int, str]
                 active = await conn.scalar(select(func.max(config_versions.c.version)))
                 if active is not None:
                     return int(active), ("the active configuration, as `config apply` left it "
-                                         f"(--config {EXAMPLE_CONFIG.name} applies the example again)")
+                                         f"(--config {EXAMPLE_CONFIG} applies the example again)")
                 config = EXAMPLE_CONFIG
             version, _ = await apply_config(conn, _read_text(config))
             return version, f"{'the example ' if config == EXAMPLE_CONFIG else ''}{config}"
