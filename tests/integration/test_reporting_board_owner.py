@@ -1,6 +1,7 @@
 """The SLA board names whoever holds a timer now: a reassignment hands the lead's running timers
 to the new owner (the SLA clock's rule), so the board must not keep showing the owner the timer
 started with (seen following the README: alice, out of office, still named after the hand-over)."""
+
 from __future__ import annotations
 
 import uuid
@@ -16,24 +17,59 @@ from shared.events import new_event
 T0 = datetime(2001, 1, 1, 9, 0, tzinfo=UTC)
 
 
-async def test_the_board_shows_a_reassigned_leads_open_timer_under_its_new_owner(engine: AsyncEngine) -> None:
+async def test_the_board_shows_a_reassigned_leads_open_timer_under_its_new_owner(
+    engine: AsyncEngine,
+) -> None:
     lead = str(uuid.uuid4())
 
     def event(type_: str, seconds: int, service: str, **data) -> object:
-        return new_event(type_, service=service, lead_id=lead, time=T0 + timedelta(seconds=seconds),
-                         data={"lead_id": lead, **data})
+        return new_event(
+            type_,
+            service=service,
+            lead_id=lead,
+            time=T0 + timedelta(seconds=seconds),
+            data={"lead_id": lead, **data},
+        )
 
     timer = {"metric": "first_response", "policy_id": "demo-fast", "policy_version": 1, "tier": "A"}
     events = [
-        event("lead.received", 0, "intake", source="website", tier="A", received_at=T0.isoformat(),
-              contact={"email": "ada@example.com"}),
-        event("lead.assigned", 1, "router", owner_id="alice", team_id="sdr", assignment_no=1,
-              assigned_at=(T0 + timedelta(seconds=1)).isoformat()),
-        event("sla.started", 1, "sla_clock", sla_id=f"{lead}-fr", owner_id="alice", **timer,
-              started_at=(T0 + timedelta(seconds=1)).isoformat(),
-              due_at=(T0 + timedelta(minutes=5)).isoformat()),
-        event("lead.reassigned", 60, "router", from_owner_id="alice", to_owner_id="bob", reason="speaks German",
-              assignment_no=2),
+        event(
+            "lead.received",
+            0,
+            "intake",
+            source="website",
+            tier="A",
+            received_at=T0.isoformat(),
+            contact={"email": "ada@example.com"},
+        ),
+        event(
+            "lead.assigned",
+            1,
+            "router",
+            owner_id="alice",
+            team_id="sdr",
+            assignment_no=1,
+            assigned_at=(T0 + timedelta(seconds=1)).isoformat(),
+        ),
+        event(
+            "sla.started",
+            1,
+            "sla_clock",
+            sla_id=f"{lead}-fr",
+            owner_id="alice",
+            **timer,
+            started_at=(T0 + timedelta(seconds=1)).isoformat(),
+            due_at=(T0 + timedelta(minutes=5)).isoformat(),
+        ),
+        event(
+            "lead.reassigned",
+            60,
+            "router",
+            from_owner_id="alice",
+            to_owner_id="bob",
+            reason="speaks German",
+            assignment_no=2,
+        ),
     ]
     async with engine.connect() as conn:
         await conn.begin()
