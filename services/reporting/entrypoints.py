@@ -29,6 +29,9 @@ OVERDUE_GRACE = timedelta(minutes=1)
 
 GroupBy = Literal["tier", "owner", "team", "source", "policy", "week"]
 Metric = Literal["first_response", "next_action", "qualification"]
+# A lead's lifecycle stage (domain.STATUS_RANK): a filter on anything else matched nothing and
+# answered an empty list, so a typo ("open", "Assigned") read as "no such leads".
+LeadStatus = Literal["received", "queued", "assigned", "responded", "nurture", "dispositioned"]
 
 
 def _period(start: datetime | None, end: datetime | None) -> views.Period:
@@ -82,7 +85,7 @@ def routes(ctx: ServiceContext) -> APIRouter:
     @api.get("/v1/leads")
     async def list_leads(
         start: FromQ = None, end: ToQ = None,
-        status: str | None = None, owner_id: str | None = None, team_id: str | None = None,
+        status: LeadStatus | None = None, owner_id: str | None = None, team_id: str | None = None,
         tier: str | None = None, source: str | None = None, breached: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None,
     ) -> dict[str, Any]:
