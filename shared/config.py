@@ -757,6 +757,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
         if cadence is not None and cadence.within is not None and cadence.within < cadence.target:
             warnings.append(f"sla_policies.{i}.metrics.next_action.within: shorter than one follow-up's target: "
                             "a follow-up made when due is already past the window, so the cadence ends there")
+    warnings += _day_targets_on_business_calendars(config)
     known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
              *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
     configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
@@ -770,6 +771,43 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
             if intent not in vocabulary and near:
                 warnings.append(f"{path}.{k}: intent type {intent!r} is not a known one; did you mean {near[0]!r}? "
                                 "(as written it matches only leads sent with exactly that type)")
+    return warnings
+
+
+def _working_day_hours(calendar: CalendarConfig) -> float:
+    """The open hours of a calendar's usual working day: the most common length among the days
+    it opens (the longest of equally common ones); spans of a day that overlap count once."""
+    lengths: list[float] = []
+    for spans in calendar.weekly_spans().values():
+        minutes: set[int] = set()
+        for start, end in spans:
+            stop = 24 * 60 if end is None else end.hour * 60 + end.minute
+            minutes.update(range(start.hour * 60 + start.minute, stop))
+        if minutes:
+            lengths.append(len(minutes) / 60)
+    return max(lengths, key=lambda length: (lengths.count(length), length))
+
+
+def _day_targets_on_business_calendars(config: Config) -> list[str]:
+    """A target in whole days on a calendar with opening hours: durations count the calendar's
+    open time, so `1d` there is 24 open hours (about three working days of an office calendar),
+    not "within a working day", which is what a sales-ops admin writing it nearly always means."""
+    warnings = []
+    for i, policy in enumerate(config.sla_policies):
+        for metric, target in policy.metrics.items():
+            name = target.calendar or policy.calendar
+            calendar = config.calendars.get(name)
+            days = target.target / 86400
+            if calendar is None or calendar.hours is None or days < 1 or not days.is_integer():
+                continue
+            day = _working_day_hours(calendar)
+            hours, minutes = divmod(round(days * day * 60), 60)
+            meant = f"{hours}h" + (f"{minutes}m" if minutes else "")
+            warnings.append(
+                f"sla_policies.{i}.metrics.{metric}.target: {int(days)}d counts {int(days) * 24} open hours of "
+                f"calendar {name!r}, about {days * 24 / day:.1f} of its {day:g}-hour working days; for "
+                f"{'one working day' if days == 1 else f'{int(days)} working days'} write {meant} (or use "
+                f"`calendar: always` for {int(days) * 24} hours around the clock)")
     return warnings
 
 

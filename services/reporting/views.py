@@ -278,9 +278,12 @@ async def overdue_timer_counts(conn: AsyncConnection, due_before: datetime) -> l
 
 
 async def board_data(conn: AsyncConnection, now: datetime, open_limit: int = 25) -> dict[str, Any]:
-    """Open timers nearest to breach, today's breaches (UTC day), and 7-day compliance by tier."""
+    """Open timers nearest to breach, today's breaches (UTC day), and 7-day compliance by tier.
+    An open timer belongs to the lead's current owner (a reassignment hands the running timers
+    over, as the SLA clock does), not to the owner it started with."""
     open_timers = (await conn.execute(text("""
-        SELECT t.lead_id, t.metric, coalesce(t.tier, l.tier) AS tier, t.owner_id, t.due_at, t.policy_id
+        SELECT t.lead_id, t.metric, coalesce(t.tier, l.tier) AS tier, coalesce(l.owner_id, t.owner_id) AS owner_id,
+               t.due_at, t.policy_id
         FROM reporting.sla_timers t LEFT JOIN reporting.leads l ON l.lead_id = t.lead_id
         WHERE t.state = 'open' AND t.due_at IS NOT NULL
         ORDER BY t.due_at, t.lead_id LIMIT :limit"""), {"limit": open_limit})).mappings().all()

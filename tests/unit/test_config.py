@@ -231,6 +231,21 @@ def test_a_cadence_window_shorter_than_one_follow_up_is_a_warning() -> None:
     assert [w.split(":")[0] for w in warnings] == ["sla_policies.0.metrics.next_action.within"]
 
 
+def test_whole_days_on_a_calendar_with_hours_is_a_warning_saying_what_a_working_day_is() -> None:
+    # Seen as a sales-ops admin: "webinar sign-ups within a day" written `target: 1d` on an office
+    # calendar was due three working days later, with no word from `config apply`.
+    warnings = config_warnings(parse_config(example_with("{target: 8h30m}", "{target: 1d}")))
+    assert warnings == [
+        "sla_policies.2.metrics.first_response.target: 1d counts 24 open hours of calendar 'emea-business', "
+        "about 2.8 of its 8.5-hour working days; for one working day write 8h30m (or use `calendar: always` "
+        "for 24 hours around the clock)"]
+    two_days = config_warnings(parse_config(example_with("{target: 8h30m}", "{target: 2d}")))
+    assert "for 2 working days write 17h" in two_days[0]
+    # Around the clock (`always`, a calendar without hours), or not whole days: meant as written.
+    assert config_warnings(parse_config(example_with("{target: 8h30m}", "{target: 36h}"))) == []
+    assert config_warnings(parse_config(example_with("{target: 8h30m}", "{target: 1d, calendar: always}"))) == []
+
+
 def test_a_country_code_in_lower_case_is_read_as_the_code_leads_carry() -> None:
     config = parse_config(example_with("uki: [GB, IE]", "uki: [gb, ie]"))
     assert config.routing.regions["uki"] == ["GB", "IE"]

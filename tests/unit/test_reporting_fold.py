@@ -128,6 +128,28 @@ def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:
     assert replay(RECEIVED, upgraded)["tier"] == "B"
 
 
+def test_a_patch_and_an_opt_out_show_in_the_lead_profile() -> None:
+    received = event("lead.received", source="web", tier="C", received_at="2026-11-17T09:00:00Z",
+                     contact={"email": "a@example.com", "phone": None}, intent={"type": "webinar"},
+                     consent={"contact": True}, contactable=True, missing_fields=["contact.phone"])
+    patched = event("lead.updated", tier="A", previous_tier="C", reason="patched", contactable=True,
+                    missing_fields=[], changed={"contact.phone": {"old": None, "new": "+14155550100"},
+                                                "intent.type": {"old": "webinar", "new": "demo_request"},
+                                                "attributes.crm.id": {"old": None, "new": "x"}})
+    opted_out = event("lead.updated", tier="A", previous_tier="A", reason="opted_out", contactable=False,
+                      changed={"contactable": {"old": True, "new": False},
+                               "consent.contact": {"old": True, "new": False}})
+    before = replay(received)
+    state = fold(before, patched)
+    profile = state["profile"]
+    assert profile["contact"] == {"email": "a@example.com", "phone": "+14155550100"}
+    assert profile["intent"] == {"type": "demo_request"} and profile["missing_fields"] == []
+    assert before["profile"]["contact"]["phone"] is None  # the earlier state is not changed in place
+    profile = fold(state, opted_out)["profile"]
+    assert profile["contactable"] is False and profile["consent"] == {"contact": False}
+    assert profile["missing_fields"] == []  # an update without missing fields leaves them
+
+
 def test_queue_meeting_and_disposition_facts_are_kept_for_the_reports() -> None:
     queued = event("lead.queued", tier="A", queue="default", reason="nobody eligible")
     meeting = event("activity.recorded", type="meeting", actor="alice", outcome="booked",
