@@ -194,6 +194,9 @@ async def lead_with_timeline(conn: AsyncConnection, lead_id: str) -> dict[str, A
         select(timeline).where(timeline.c.lead_id == lead_id).order_by(timeline.c.time, timeline.c.position)
     )).mappings().all()
     lead = {k: utc_iso(v) if isinstance(v, datetime) else v for k, v in state.items()}
+    if isinstance(lead.get("sla"), dict):
+        lead["sla"] = {metric: {**entry, "state": shown_state(entry.get("state"))} if isinstance(entry, dict) else entry
+                       for metric, entry in lead["sla"].items()}
     return {
         "lead": lead,
         "timeline": [
@@ -202,6 +205,13 @@ async def lead_with_timeline(conn: AsyncConnection, lead_id: str) -> dict[str, A
             for e in events
         ],
     }
+
+
+def shown_state(state: str | None) -> str | None:
+    """A timer's state in the API's words, as the SLA clock shows it (CONTRACT: running | paused |
+    met | breached | cancelled); the read model keeps `open` for a running one (`open` is also the
+    SLA report's column of running and paused timers)."""
+    return "running" if state == "open" else state
 
 
 LIST_FIELDS = ("lead_id", "status", "source", "tier", "owner_id", "team_id", "received_at", "assigned_at",
@@ -258,7 +268,7 @@ async def list_leads(conn: AsyncConnection, f: LeadFilter, limit: int,
     leads = []
     for r in page:
         lead = {k: utc_iso(r[k]) if isinstance(r[k], datetime) else r[k] for k in LIST_FIELDS}
-        lead["sla"] = {metric: entry.get("state") for metric, entry in (r["sla"] or {}).items()}
+        lead["sla"] = {metric: shown_state(entry.get("state")) for metric, entry in (r["sla"] or {}).items()}
         leads.append(lead)
     next_cursor = encode_cursor(page[-1]["received_at"], page[-1]["lead_id"]) if len(rows) > limit else None
     return leads, next_cursor

@@ -164,6 +164,17 @@ async def test_a_timer_that_replaced_a_cancelled_one_breaches_the_lead(projected
     assert lead_id in [item["lead_id"] for item in listed.json()["leads"]]
 
 
+async def test_timer_states_read_as_the_sla_clock_names_them(projected: Projected) -> None:
+    """The lead list and the lead view called a running timer `open` where the SLA clock's endpoint
+    (and the contract) says `running`."""
+    listed = (await projected.client.get("/v1/leads", params={"limit": 500, **projected.window()})).json()["leads"]
+    states = {state for lead in listed for state in lead["sla"].values()}
+    assert "running" in states and states <= {"running", "paused", "met", "breached", "cancelled"}
+    running = next(lead["lead_id"] for lead in listed if "running" in lead["sla"].values())
+    shown = (await projected.client.get(f"/v1/leads/{running}")).json()["lead"]["sla"]
+    assert "running" in {entry["state"] for entry in shown.values()}
+
+
 def seed_of(p: Projected) -> str:
     return p.scenario.lead_ids[0].split("-")[1]
 
