@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 
 import aiosmtplib
 import httpx
@@ -70,7 +70,8 @@ def email_message(channel: EmailChannel, payload: dict, key: str, now: datetime)
     mail["Subject"] = message["subject"]
     mail["Date"] = format_datetime(now)
     # The same Message-ID on every try: mail systems drop the duplicate a crash could cause.
-    mail["Message-ID"] = make_msgid(idstring=key, domain="leadsla")
+    # (make_msgid would put a timestamp, the pid and a random number before the key.)
+    mail["Message-ID"] = f"<{key}@leadsla>"
     mail["Idempotency-Key"] = key
     mail.set_content(message["text"])
     mail.add_alternative(message["html"], subtype="html")
