@@ -340,9 +340,13 @@ def _for_people(config: Config, channel: str) -> bool:
 def _after_quiet_hours(config: Config, person_id: str, tier: str | None, now: datetime) -> datetime:
     quiet = config.notifier.quiet_hours
     person = config.owner(person_id)
-    if quiet is None or person is None or person.calendar is None:
+    if quiet is None or person is None:
         return now
-    return deliver_at(BusinessCalendar(config.calendar(person.calendar)), now, tier, quiet.urgent_tiers)
+    # The person's own working hours win over their calendar, as they do for routing.
+    hours = person.working_hours or (config.calendar(person.calendar) if person.calendar else None)
+    if hours is None:
+        return now
+    return deliver_at(BusinessCalendar(hours), now, tier, quiet.urgent_tiers)
 
 
 async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation, person: Recipient, channel: str,
