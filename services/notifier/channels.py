@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
 
 from .delivery import Leased
-from .domain import DIGEST_LINES, SIGNATURE_HEADER, Attempt, Recipient, render_digest, sign
+from .domain import (
+    DIGEST_LINES,
+    SIGNATURE_HEADER,
+    Attempt,
+    Recipient,
+    one_line,
+    render_digest,
+    sign,
+)
 from .tables import digest_items, subscriptions
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -67,7 +75,9 @@ def email_message(channel: EmailChannel, payload: dict, key: str, now: datetime)
     mail["To"] = payload["recipient"]["email"]
     if channel.reply_to:
         mail["Reply-To"] = channel.reply_to
-    mail["Subject"] = message["subject"]
+    # One line (a message rendered before lead fields were made single-line could hold a break,
+    # which the email library refuses: the mail would never go).
+    mail["Subject"] = one_line(message["subject"])
     mail["Date"] = format_datetime(now)
     # The same Message-ID on every try: mail systems drop the duplicate a crash could cause.
     # (make_msgid would put a timestamp, the pid and a random number before the key.)

@@ -293,10 +293,12 @@ def render(lead: LeadFacts, trigger_type: str, sla: dict, recipient: Recipient, 
            link_base: str | None, now: datetime) -> Message:
     """One message, in plain text, HTML and Slack Block Kit: who, which lead, tier, how late, link."""
     due_at, breached_at = _iso(sla.get("due_at")), _iso(sla.get("breached_at"))
-    who = lead.name or "A lead"
-    company = lead.company or "unknown company"
+    # A name or company typed with line breaks (or other control characters) would break a mail's
+    # Subject and a Slack header: each lead field is one line of text.
+    who = one_line(lead.name) or "A lead"
+    company = one_line(lead.company) or "unknown company"
     tier = lead.tier or sla.get("tier") or "?"
-    owner = lead.owner_name or lead.owner_id or sla.get("owner_id") or "nobody"
+    owner = one_line(lead.owner_name or lead.owner_id or sla.get("owner_id")) or "nobody"
     metric = str(sla.get("metric", "first_response")).replace("_", " ")
     if trigger_type == "sla.breached":
         late = humanize(now - due_at) if due_at else "?"
@@ -360,6 +362,13 @@ def _slack_list(items: list[dict], total: int, limit: int = 2900) -> dict:
         blocks.append({"type": "rich_text_section",
                        "elements": [{"type": "text", "text": f"... and {total - len(lines)} more"}]})
     return {"type": "rich_text", "elements": blocks}
+
+
+def one_line(value: str | None) -> str:
+    """`value` with every run of whitespace and control characters as one space."""
+    if not value:
+        return ""
+    return " ".join("".join(c if c.isprintable() else " " for c in value).split())
 
 
 def _fmt(ts: datetime | None) -> str:

@@ -4,6 +4,7 @@ from email import message_from_bytes, policy
 from aiosmtplib.email import flatten_message
 
 from services.notifier.channels import email_message
+from services.notifier.domain import LeadFacts, Recipient, render
 from shared.config import EmailChannel
 
 CHANNEL = EmailChannel.model_validate(
@@ -56,3 +57,34 @@ def test_a_mail_with_non_ascii_names_survives_the_wire() -> None:
     assert mail["From"] == "Lead alërts <alerts@example.com>" and mail["To"] == "yamada@example.jp"
     assert mail.get_body(("plain",)).get_content() == PAYLOAD["message"]["text"]
     assert "山田商事" in mail.get_body(("html",)).get_content()
+
+
+def test_a_subject_with_a_line_break_still_makes_a_mail() -> None:
+    # A lead named "Acme\r\nBcc: ..." made a Subject the email library refuses (ValueError): the
+    # escalation mail was retried until it failed and never reached anyone.
+    payload = {
+        **PAYLOAD,
+        "message": {**PAYLOAD["message"], "subject": "SLA breached: X (Acme\r\nBcc: evil@x.com)"},
+    }
+    mail = email_message(CHANNEL, payload, "k", NOW)
+    assert mail["Subject"] == "SLA breached: X (Acme Bcc: evil@x.com)" and mail["Bcc"] is None
+
+
+def test_lead_fields_are_rendered_on_one_line() -> None:
+    lead = LeadFacts(
+        "l", name="New\nLine X\r\nBcc: evil@x.com", company="Acme\u2028Corp\tLtd\x00", tier="A"
+    )
+    msg = render(
+        lead,
+        "sla.breached",
+        {"due_at": "2026-11-17T08:59:00Z"},
+        Recipient("m", "manager"),
+        1,
+        None,
+        NOW,
+    )
+    assert (
+        msg.subject
+        == "SLA breached: New Line X Bcc: evil@x.com (Acme Corp Ltd), tier A, 1 min late"
+    )
+    assert msg.slack["blocks"][0]["text"]["text"] == msg.subject
