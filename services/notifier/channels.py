@@ -98,6 +98,12 @@ async def send_email(channel: EmailChannel, payload: dict, key: str, now: dateti
             validate_certs=channel.validate_certs, username=channel.username, password=channel.password(),
             timeout=channel.timeout_seconds,
         )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        # Every recipient refused at RCPT TO (this is not an SMTPResponseException): a 5xx for
+        # each (no such mailbox) will not change; any 4xx may pass later.
+        codes = [refused.code for refused in exc.recipients]
+        status = 400 if codes and all(500 <= code < 600 for code in codes) else 503
+        return Attempt(status=status, error=f"SMTP {'/'.join(str(code) for code in codes)} recipient refused")
     except aiosmtplib.SMTPResponseException as exc:
         # 5xx: the server refuses this message for good; 4xx: try again later.
         status = 400 if 500 <= exc.code < 600 else 503
