@@ -14,11 +14,26 @@ branch_labels = None
 depends_on = None
 
 
+BACKFILL = """
+UPDATE notifier.deliveries d SET tried_at = t.at
+FROM (
+  SELECT DISTINCT ON (nid) nid, at FROM (
+    SELECT convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'notification_id' AS nid,
+           (convert_from(payload, 'UTF8')::jsonb -> 'data' ->> 'at')::timestamptz AS at, position
+    FROM notifier.events WHERE event_type = 'notifier.delivery_attempted'
+  ) attempted
+  WHERE nid IS NOT NULL ORDER BY nid, position DESC
+) t
+WHERE d.notification_id = t.nid
+"""
+
+
 def upgrade() -> None:
     op.add_column(
         "deliveries", sa.Column("tried_at", sa.DateTime(timezone=True)), schema="notifier"
     )
-    op.execute("UPDATE notifier.deliveries SET tried_at = sent_at WHERE sent_at IS NOT NULL")
+    # Each delivery's last recorded try, from the event store: what a replay's projection sets.
+    op.execute(BACKFILL)
     op.create_index(
         "ix_notifier_deliveries_tried", "deliveries", ["channel", "tried_at"], schema="notifier"
     )
