@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 
 import aiosmtplib
 import httpx
@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.config import Config, EmailChannel, MissingSecret, SlackChannel, WebhookChannel
 
 from .delivery import Leased
-from .domain import DIGEST_LINES, SIGNATURE_HEADER, Attempt, Recipient, render_digest, sign
+from .domain import (
+    DIGEST_LINES,
+    SIGNATURE_HEADER,
+    Attempt,
+    Recipient,
+    one_line,
+    render_digest,
+    sign,
+)
 from .tables import digest_items, subscriptions
 
 CLOUDEVENTS_JSON = "application/cloudevents+json"
@@ -67,10 +75,13 @@ def email_message(channel: EmailChannel, payload: dict, key: str, now: datetime)
     mail["To"] = payload["recipient"]["email"]
     if channel.reply_to:
         mail["Reply-To"] = channel.reply_to
-    mail["Subject"] = message["subject"]
+    # One line (a message rendered before lead fields were made single-line could hold a break,
+    # which the email library refuses: the mail would never go).
+    mail["Subject"] = one_line(message["subject"])
     mail["Date"] = format_datetime(now)
     # The same Message-ID on every try: mail systems drop the duplicate a crash could cause.
-    mail["Message-ID"] = make_msgid(idstring=key, domain="leadsla")
+    # (make_msgid would put a timestamp, the pid and a random number before the key.)
+    mail["Message-ID"] = f"<{key}@leadsla>"
     mail["Idempotency-Key"] = key
     mail.set_content(message["text"])
     mail.add_alternative(message["html"], subtype="html")
@@ -87,6 +98,12 @@ async def send_email(channel: EmailChannel, payload: dict, key: str, now: dateti
             validate_certs=channel.validate_certs, username=channel.username, password=channel.password(),
             timeout=channel.timeout_seconds,
         )
+    except aiosmtplib.SMTPRecipientsRefused as exc:
+        # Every recipient refused at RCPT TO (this is not an SMTPResponseException): a 5xx for
+        # each (no such mailbox) will not change; any 4xx may pass later.
+        codes = [refused.code for refused in exc.recipients]
+        status = 400 if codes and all(500 <= code < 600 for code in codes) else 503
+        return Attempt(status=status, error=f"SMTP {'/'.join(str(code) for code in codes)} recipient refused")
     except aiosmtplib.SMTPResponseException as exc:
         # 5xx: the server refuses this message for good; 4xx: try again later.
         status = 400 if 500 <= exc.code < 600 else 503

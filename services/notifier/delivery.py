@@ -86,10 +86,11 @@ async def lease_channel_deliveries(uow: UnitOfWork, config: Config, now: datetim
 
 
 async def _used(uow: UnitOfWork, channel: str, since: datetime, now: datetime) -> int:
-    """Sends of the window: those that went out, and those in flight now."""
+    """Sends of the window: every delivery tried in it (sent, failed or to be retried: a receiver
+    answering errors is sent to no more often than one answering 2xx), and those in flight now."""
     d = deliveries
     return await uow.conn.scalar(select(func.count()).select_from(d).where(d.c.channel == channel, (
-        (d.c.sent_at >= since) | ((d.c.state == "pending") & (d.c.leased_until > now))))) or 0
+        (d.c.tried_at >= since) | ((d.c.state == "pending") & (d.c.leased_until > now))))) or 0
 
 
 async def _due_channel(uow: UnitOfWork, which, now: datetime, limit: int) -> list[Row]:

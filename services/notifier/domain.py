@@ -293,10 +293,12 @@ def render(lead: LeadFacts, trigger_type: str, sla: dict, recipient: Recipient, 
            link_base: str | None, now: datetime) -> Message:
     """One message, in plain text, HTML and Slack Block Kit: who, which lead, tier, how late, link."""
     due_at, breached_at = _iso(sla.get("due_at")), _iso(sla.get("breached_at"))
-    who = lead.name or "A lead"
-    company = lead.company or "unknown company"
+    # A name or company typed with line breaks (or other control characters) would break a mail's
+    # Subject and a Slack header: each lead field is one line of text.
+    who = one_line(lead.name) or "A lead"
+    company = one_line(lead.company) or "unknown company"
     tier = lead.tier or sla.get("tier") or "?"
-    owner = lead.owner_name or lead.owner_id or sla.get("owner_id") or "nobody"
+    owner = one_line(lead.owner_name or lead.owner_id or sla.get("owner_id")) or "nobody"
     metric = str(sla.get("metric", "first_response")).replace("_", " ")
     if trigger_type == "sla.breached":
         late = humanize(now - due_at) if due_at else "?"
@@ -317,31 +319,56 @@ def render(lead: LeadFacts, trigger_type: str, sla: dict, recipient: Recipient, 
     html_rows = "".join(f"<tr><th align=left>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in facts)
     html_link = f'<p><a href="{_h(link)}">Open the lead</a></p>' if link else ""
     html = f"<html><body><h2>{_h(headline)}</h2><table>{html_rows}</table>{html_link}</body></html>"
+    # Lead fields are whatever a form sender typed: they go to Slack as plain text only, so a
+    # company named `<!channel>` or `*bold*` is shown as written, never as a mention or markup.
     blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}:*\n{_slack(v)}"} for k, v in facts[:4]]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": _slack(facts[4][1])}]},
+        {"type": "header", "text": _plain(headline[:150])},
+        {"type": "section", "fields": [_plain(f"{k}:\n{v}"[:2000]) for k, v in facts[:4]]},
+        {"type": "context", "elements": [_plain(facts[4][1])]},
     ]
     if link:
         blocks.append({"type": "actions", "elements": [
-            {"type": "button", "text": {"type": "plain_text", "text": "Open the lead"}, "url": link}]})
+            {"type": "button", "text": _plain("Open the lead"), "url": link}]})
     return Message(subject=headline, text="\n".join(text_lines) + "\n", html=html,
-                   slack={"text": headline, "blocks": blocks}, link=link)
+                   slack=_slack_message(headline, blocks), link=link)
 
 
-def _slack_list(items: list[dict], total: int, limit: int = 2900) -> str:
-    """As many lines as a Slack section holds (3,000 characters), then how many more there are."""
-    lines: list[str] = []
+def _plain(value: str) -> dict:
+    return {"type": "plain_text", "text": value, "emoji": False}
+
+
+def _slack_message(text: str, blocks: list[dict]) -> dict:
+    """The top-level `text` is the notification's fallback: with `mrkdwn: false` Slack shows it
+    unformatted, and escaping &, <, > keeps mentions (`<!channel>`) and links out of it."""
+    return {"text": _slack(text)[:3000], "mrkdwn": False, "blocks": blocks}
+
+
+def _slack_list(items: list[dict], total: int, limit: int = 2900) -> dict:
+    """A rich_text bullet list (literal text, no mrkdwn: a subject holds lead fields) of as many
+    escalations as `limit` characters hold, each with its link, then how many more there are."""
+    lines: list[dict] = []
     size = 0
     for item in items[:DIGEST_LINES]:
-        line = f"- {_slack(item['subject'])}" + (f" <{item['link']}|open>" if item.get("link") else "")
-        if size + len(line) + 40 > limit:
+        subject = item["subject"]
+        if size + len(subject) + 40 > limit:
             break
-        lines.append(line)
-        size += len(line) + 1
+        elements: list[dict] = [{"type": "text", "text": subject}]
+        if item.get("link"):
+            elements += [{"type": "text", "text": " "}, {"type": "link", "url": item["link"], "text": "open"}]
+        lines.append({"type": "rich_text_section", "elements": elements})
+        size += len(subject) + 1
+    blocks: list[dict] = [{"type": "rich_text_list", "style": "bullet", "elements": lines}] if lines else []
     if total > len(lines):
-        lines.append(f"... and {total - len(lines)} more")
-    return "\n".join(lines)
+        blocks.append({"type": "rich_text_section",
+                       "elements": [{"type": "text", "text": f"... and {total - len(lines)} more"}]})
+    return {"type": "rich_text", "elements": blocks}
+
+
+def one_line(value: str | None) -> str:
+    """`value` with every run of whitespace and control characters as one space."""
+    if not value:
+        return ""
+    return " ".join("".join(c if c.isprintable() else " " for c in value).split())
 
 
 def _fmt(ts: datetime | None) -> str:
@@ -410,13 +437,13 @@ def render_digest(items: list[dict], total: int, recipient: Recipient, window_en
         for i in items[:DIGEST_LINES])
     html_more = f"<p>... and {more} more</p>" if more > 0 else ""
     html = f"<html><body><h2>{_h(subject)}</h2><ul>{html_items}</ul>{html_more}</body></html>"
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
-              {"type": "section", "text": {"type": "mrkdwn", "text": _slack_list(items, total)}},
-              {"type": "context", "elements": [{"type": "mrkdwn", "text": f"to you as {recipient.role}"}]}]
+    blocks = [{"type": "header", "text": _plain(subject[:150])},
+              _slack_list(items, total),
+              {"type": "context", "elements": [_plain(f"to you as {recipient.role}")]}]
     if board:
         blocks.append({"type": "actions", "elements": [
-            {"type": "button", "text": {"type": "plain_text", "text": "Open the board"}, "url": board}]})
-    return Message(subject=subject, text=text, html=html, slack={"text": subject, "blocks": blocks}, link=board)
+            {"type": "button", "text": _plain("Open the board"), "url": board}]})
+    return Message(subject=subject, text=text, html=html, slack=_slack_message(subject, blocks), link=board)
 
 
 # ---- CRM subscriptions: one lead's news in order (issue 10) ---------------------------------

@@ -135,18 +135,27 @@ async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps
 
 
 async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
-    """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first."""
+    """Plan every step; each fires when due (see `fire_due_steps`), unless the chain stops first.
+    Steps are due their delay after the SLA event (never later than now): a notifier that read
+    it late (down, lagging) sends what is already due at once instead of starting the delays over."""
     event, sla, now = received.envelope, received.data, deps.now
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
                                policy_id=p.policy_id, step=p.step, due_at=p.due_at)
-             for p in plan_steps(deps.config, event.type, now)]
+             for p in plan_steps(deps.config, event.type, _happened(event, now))]
     if steps:
         await record(uow, EscalationsPlanned(lead_id=sla.lead_id, sla_id=sla.sla_id, trigger_event_id=event.id,
                                              trigger=trigger, planned_at=now, steps=steps),
                      time=now, stream=sla.lead_id, event_id=deterministic_id(event.id, "planned"), cause=event)
     await fan_out(uow, event, now, store=deps.store(uow))
+
+
+def _happened(event: CloudEvent, now: datetime) -> datetime:
+    """When an input event happened, as far as delays are reckoned: its time, never after now."""
+    if event.time.tzinfo is None:
+        return now
+    return min(event.time, now)
 
 
 async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData], deps: NotifierDeps) -> None:
@@ -340,9 +349,13 @@ def _for_people(config: Config, channel: str) -> bool:
 def _after_quiet_hours(config: Config, person_id: str, tier: str | None, now: datetime) -> datetime:
     quiet = config.notifier.quiet_hours
     person = config.owner(person_id)
-    if quiet is None or person is None or person.calendar is None:
+    if quiet is None or person is None:
         return now
-    return deliver_at(BusinessCalendar(config.calendar(person.calendar)), now, tier, quiet.urgent_tiers)
+    # The person's own working hours win over their calendar, as they do for routing.
+    hours = person.working_hours or (config.calendar(person.calendar) if person.calendar else None)
+    if hours is None:
+        return now
+    return deliver_at(BusinessCalendar(hours), now, tier, quiet.urgent_tiers)
 
 
 async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation, person: Recipient, channel: str,

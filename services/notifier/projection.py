@@ -150,7 +150,8 @@ async def delivery_attempted(conn: AsyncConnection, e: DeliveryAttempted) -> Non
     elif e.state == "pending":
         values["next_attempt_at"] = e.next_attempt_at
     if e.notification_id is not None:
-        await conn.execute(update(d).where(d.c.notification_id == e.notification_id).values(**values))
+        await conn.execute(update(d).where(d.c.notification_id == e.notification_id)
+                           .values(**values, tried_at=e.at))
     else:
         await conn.execute(update(s).where(s.c.subscription_id == e.subscription_id, s.c.event_id == e.event_id)
                            .values(**values))

@@ -74,9 +74,11 @@ deliveries = Table(
     Column("lease_token", String),
     Column("kind", String, nullable=False, server_default="single"),  # single | digest
     Column("created_at", DateTime(timezone=True)),
+    Column("tried_at", DateTime(timezone=True)),  # the last try's outcome recorded (rate limits count tries)
     Index("ix_notifier_deliveries_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
     Index("ix_notifier_deliveries_recent", "recipient", "channel", "created_at"),
     Index("ix_notifier_deliveries_sent", "channel", "sent_at"),
+    Index("ix_notifier_deliveries_tried", "channel", "tried_at"),
     schema=SCHEMA,
 )
 

@@ -181,8 +181,9 @@ async def test_a_storm_of_breaches_reaches_the_manager_as_a_few_messages_and_one
         assert len(slack.payloads) == 4
         digest = slack.payloads[-1]
         assert digest["text"].startswith("37 lead escalations for you")
-        *listed, more = digest["blocks"][1]["text"]["text"].split("\n")
-        assert len(listed) + int(more.removeprefix("... and ").removesuffix(" more")) == 37
+        listed, more = digest["blocks"][1]["elements"]  # rich_text: a bullet list, then the rest
+        more_text = more["elements"][0]["text"]
+        assert len(listed["elements"]) + int(more_text.removeprefix("... and ").removesuffix(" more")) == 37
 
 
 async def test_quiet_hours_hold_a_message_until_the_recipient_works_but_let_urgent_tiers_through(make_ctx,

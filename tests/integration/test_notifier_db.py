@@ -304,6 +304,32 @@ async def test_a_rate_limited_channel_sends_its_quota_per_window_and_the_rest_wa
     assert sent() == 5
 
 
+async def test_a_rate_limit_counts_the_tries_a_failing_receiver_was_sent_not_only_successes(
+        make_ctx, clock, receiver, http):
+    # Only sends that succeeded (and those in flight) counted: against a receiver answering 500,
+    # every retry found the quota free again and the channel sent far more than `max` a window.
+    channel = f"limited-{uuid.uuid4().hex[:6]}"
+    config = config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
+        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
+                       f"max_attempts: 5, rate_limit: {{max: 2, per: 1m}}}}\n")
+    ctx = make_ctx("notifier", config)
+    d = deliverer(ctx, clock, http)
+    leads = [str(uuid.uuid4()) for _ in range(3)]
+    receiver.statuses = [500] * 20
+    await consume(ctx, *(sla_event("breached", lead_id, clock.now(), sla_id=lead_id) for lead_id in leads))
+
+    def tries() -> int:
+        return sum(len(to(receiver, lead_id)) for lead_id in leads)
+
+    for _ in range(10):  # 10 s of rounds, each after every backoff has passed
+        await d.run_once()
+        clock.advance(timedelta(seconds=1))
+    assert tries() == 2
+    clock.advance(timedelta(seconds=60))
+    await d.run_once()
+    assert tries() == 4
+
+
 def touch_event(lead_id: str, now, activity_type: str = "call", outcome: str | None = "connected"):
     return new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
         lead_id=lead_id, activity_id=str(uuid.uuid4()), type=activity_type, actor="alice", occurred_at=now,

@@ -9,6 +9,7 @@ writing tables directly, which a replay would rightly report."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.bootstrap import bootstrap
@@ -53,6 +54,7 @@ from tests.integration.own_database import fresh_database
 from tests.integration.receivers import HttpReceiver, SlackLikeReceiver
 from tests.support import handle_event
 
+MIGRATION_0013 = importlib.import_module("shared.migrations.versions.0013_notacc_delivery_tries")
 SECRET = "notifier-replay-secret"
 SLACK_ENV = "LEADSLA_TEST_REPLAY_SLACK_URL"
 
@@ -261,3 +263,14 @@ async def test_the_replay_command_restores_deleted_rows(traffic: Traffic) -> Non
     assert await counts(traffic.engine) == before
     code, out = await run("--verify")
     assert code == 0 and "matches" in out, out
+
+
+async def test_migration_0013_backfills_each_deliverys_last_try_as_a_rebuild_would(traffic: Traffic) -> None:
+    # A database with deliveries from before `tried_at` existed: backfilled from sent_at only, the
+    # failed and retrying ones were left empty and `replay notifier --verify` exited 1.
+    async with traffic.engine.begin() as conn:
+        await conn.execute(update(deliveries).values(tried_at=None))
+        await conn.execute(text(MIGRATION_0013.BACKFILL))
+        tried = await conn.scalar(select(func.count()).select_from(deliveries).where(deliveries.c.tried_at.is_not(None)))
+    assert tried > 0
+    assert (await rebuild(traffic.engine, PROJECTION, verify=True)).differences == {}

@@ -178,7 +178,8 @@ def test_a_breach_message_says_who_which_lead_tier_how_late_and_links_to_it() ->
         assert part in msg.text
     assert "Analytical &lt;Engines&gt;" in msg.html and "<Engines>" not in msg.html
     assert msg.slack["blocks"][-1]["elements"][0]["url"] == msg.link
-    assert "&lt;Engines&gt;" in str(msg.slack["blocks"][1])
+    assert {"type": "plain_text", "text": "Lead:\nAda Lovelace, Analytical <Engines>", "emoji": False} in \
+        msg.slack["blocks"][1]["fields"]  # plain text: shown as written, never parsed
 
 
 def test_a_message_without_a_base_url_has_no_link() -> None:
@@ -225,7 +226,9 @@ def test_a_digest_lists_the_first_escalations_and_counts_the_rest() -> None:
     assert msg.subject.startswith("10000 lead escalations for you")
     assert "SLA breached: lead 0 https://x/v1/leads/0" in msg.text and "lead 30" not in msg.text
     assert "... and 9975 more" in msg.text and msg.link == "https://x/board"
-    assert len(msg.slack["blocks"][1]["text"]["text"]) <= 3000
+    listed = msg.slack["blocks"][1]["elements"]
+    assert sum(len(e["elements"][0]["text"]) for e in listed[0]["elements"]) <= 3000
+    assert listed[-1]["elements"][0]["text"] == f"... and {10_000 - len(listed[0]['elements'])} more"
 
 
 def test_a_rate_limited_channel_has_room_for_what_is_left_of_its_quota() -> None:
@@ -257,3 +260,46 @@ def test_a_late_activity_answers_a_chain_by_the_rule_the_clock_judges(metric, po
                                                                       answers):
     sla = {"metric": metric, "policy_id": policy, "owner_id": "alice"}
     assert answers_chain(ANSWERING, sla, activity, outcome, actor, "alice") is answers
+
+
+def _slack_texts(payload: dict) -> list[tuple[str, str]]:
+    """Every (type, text) Slack would parse in a message: the top-level text (mrkdwn unless the
+    message says `mrkdwn: false`) and each text object of its blocks."""
+    found = [("mrkdwn" if payload.get("mrkdwn", True) else "plain_text", payload["text"])]
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("plain_text", "mrkdwn") and "text" in node:
+                found.append((node["type"], node["text"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(payload["blocks"])
+    return found
+
+
+HOSTILE = "<!channel> *bold* _it_ ~s~ `c` <@U123> <https://evil.example|click>"
+
+
+def test_lead_fields_cannot_become_slack_mentions_links_or_formatting() -> None:
+    # A company named `<!channel>` pinged the whole channel through the message's top-level text
+    # (Slack reads it as mrkdwn), and `*bold*` in a name rendered as formatting in the fields.
+    lead = LeadFacts("lead-1", name="Zoë *Ångström*", company=HOSTILE, tier="A", owner_id="alice",
+                     owner_name="_Alice_")
+    sla = {"metric": "first_response", "due_at": "2026-11-17T08:48:00Z", "root_cause": "owner_missed"}
+    for trigger in ("sla.breached", "sla.warning"):
+        msg = render(lead, trigger, sla, Recipient("maria", "manager"), 1, "https://leads.example.com", NOW)
+        for kind, text in _slack_texts(msg.slack):
+            if kind == "mrkdwn":
+                assert "<" not in text and not any(c in text for c in "*_~`"), text
+        assert "<!channel>" not in msg.slack["text"]
+        assert "Zoë *Ångström*" in str(msg.slack["blocks"])  # shown as sent, as plain text
+    digest = render_digest([{"subject": msg.subject, "link": msg.link}], 1, Recipient("maria", "manager"), NOW,
+                           "https://x")
+    for kind, text in _slack_texts(digest.slack):
+        if kind == "mrkdwn":
+            assert "<" not in text and not any(c in text for c in "*_~`"), text
+    assert msg.link in str(digest.slack["blocks"])  # each listed lead still links to it

@@ -213,3 +213,47 @@ async def test_a_subscription_is_not_sent_the_news_of_its_own_failures() -> None
     await consume(uow, failed)
     [queued] = recorded(uow, SubscriptionQueued)
     assert [q.subscription_id for q in queued.deliveries] == [other]
+
+
+async def test_quiet_hours_follow_a_persons_own_working_hours() -> None:
+    # An owner's `working_hours` win over `calendar` (the router routes by them); quiet hours read
+    # only `calendar`, so a manager with their own hours was messaged in the middle of the night.
+    config = parse_config("""
+owners:
+  - {id: alice, manager_id: maria}
+  - id: maria
+    working_hours: {timezone: Europe/London, hours: {mon: ["09:00-17:30"], tue: ["09:00-17:30"],
+                    wed: ["09:00-17:30"], thu: ["09:00-17:30"], fri: ["09:00-17:30"]}}
+channels:
+  team-slack: {type: slack, url_env: LEADSLA_UNIT_SLACK_URL}
+escalation_policies:
+  - {id: breach, triggers: [sla.breached], steps: [{step: 1, notify: [manager], channels: [team-slack]}]}
+notifier: {quiet_hours: {urgent_tiers: [A]}}
+""")
+    evening = datetime(2026, 11, 17, 22, 0, tzinfo=UTC)  # a Tuesday, after hours in London
+    store, uow = world()
+    await handle_event(HANDLERS, uow, breached(str(uuid.uuid4()), evening),
+                       NotifierDeps(config, evening, store=lambda _: uow.store))
+    await fire_due_steps(uow, config, evening, store=store)
+    [delivery] = [d for f in recorded(uow, StepFired) for d in f.deliveries]
+    assert delivery.next_attempt_at == datetime(2026, 11, 18, 9, 0, tzinfo=UTC)
+
+
+async def test_steps_are_due_at_their_delay_after_the_breach_not_after_the_notifier_read_it() -> None:
+    # A notifier that was down (or lagging) 20 minutes planned "after: 15m" from when it read the
+    # breach: the manager heard 35 minutes after it instead of at once on its return.
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    later = NOW + timedelta(minutes=20)
+    await consume(uow, breached(lead_id, NOW), later)
+    [plan] = recorded(uow, EscalationsPlanned)
+    assert sorted((s.policy_id, s.step, s.due_at) for s in plan.steps) == [
+        ("breach", 1, NOW), ("breach", 2, NOW + timedelta(minutes=15)), ("storm", 1, NOW)]
+    assert sorted(await fire_due_steps(uow, CONFIG, later, store=store)) == [1, 1, 2]
+
+
+async def test_a_breach_stamped_ahead_of_the_notifiers_clock_is_planned_from_now() -> None:
+    store, uow = world()
+    await consume(uow, breached(str(uuid.uuid4()), NOW + timedelta(minutes=1)), NOW)
+    [plan] = recorded(uow, EscalationsPlanned)
+    assert min(s.due_at for s in plan.steps) == NOW
