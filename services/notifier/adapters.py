@@ -71,6 +71,9 @@ class NotifierStore(Protocol):
     async def has_escalations(self, sla_id: str) -> bool:
         """Whether any escalation step was planned for this SLA."""
 
+    async def pending_triggers(self, sla_id: str) -> set[str]:
+        """The events whose escalation steps for this SLA are neither fired nor cancelled yet."""
+
     async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
         """The SLAs of a lead with escalation steps neither fired nor cancelled yet, each with the
         data of the event that triggered its chain."""
@@ -110,6 +113,12 @@ class PostgresStore:
         found = await self._conn.scalar(select(escalations.c.escalation_id)
                                          .where(escalations.c.sla_id == sla_id).limit(1))
         return found is not None
+
+    async def pending_triggers(self, sla_id: str) -> set[str]:
+        e = escalations
+        rows = await self._conn.scalars(select(e.c.trigger_event_id).distinct().where(
+            e.c.sla_id == sla_id, e.c.triggered_at.is_(None), e.c.cancelled_at.is_(None)))
+        return set(rows)
 
     async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
         e = escalations
@@ -197,6 +206,10 @@ class InMemoryStore:
 
     async def has_escalations(self, sla_id: str) -> bool:
         return any(e.sla_id == sla_id for e in self.escalations.values())
+
+    async def pending_triggers(self, sla_id: str) -> set[str]:
+        return {e.due.trigger.get("event_id") for e in self.escalations.values()
+                if e.sla_id == sla_id and e.triggered_at is None and e.cancelled_at is None}
 
     async def pending_chains(self, lead_id: str) -> dict[str, dict[str, Any]]:
         pending = sorted((e for e in self.escalations.values()

@@ -65,6 +65,12 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
 
 
+def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:
+    """Whether an sla.warning read at `now` comes too late: its deadline has passed, nothing is
+    left to warn of."""
+    return due_at is not None and due_at <= now
+
+
 def roles_for(roles: list[str], root_cause: str | None) -> list[str]:
     """A breach the system caused (`system_delay`) is lead ops' to fix, not the owner's:
     owner and manager give way to lead ops."""

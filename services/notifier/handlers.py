@@ -37,7 +37,9 @@ from shared.events import (
     LeadUpdated,
     NotificationResult,
     Received,
+    SlaBreached,
     SlaEventData,
+    SlaWarning,
     deterministic_id,
     new_event,
     utc_iso,
@@ -68,6 +70,7 @@ from .domain import (
     digest_window,
     goes_to_digest,
     idempotency_key,
+    is_stale_warning,
     plan_steps,
     render,
     step_recipients,
@@ -139,6 +142,18 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
     Steps are due their delay after the SLA event (never later than now): a notifier that read
     it late (down, lagging) sends what is already due at once instead of starting the delays over."""
     event, sla, now = received.envelope, received.data, deps.now
+    store = deps.store(uow)
+    if isinstance(sla, SlaWarning) and is_stale_warning(sla.due_at, now):
+        # Read after its deadline (the notifier was down or behind): "due in 0 s" is no warning,
+        # and the breach, if there is one, escalates on its own.
+        await fan_out(uow, event, now, store=store)
+        return
+    if isinstance(sla, SlaBreached) and await store.pending_triggers(sla.sla_id) - {event.id}:
+        # The warnings' steps still to come are superseded by the breach's own chain (whose own
+        # steps, planned already if this breach is read again, stay).
+        await uow.load_version(sla.lead_id)  # a step firing for this lead meanwhile: retry from fresh state
+        await record(uow, ChainStopped(lead_id=sla.lead_id, sla_id=sla.sla_id, stopped_at=now), time=now,
+                     stream=sla.lead_id, event_id=deterministic_id(received.id, "stopped"), cause=event)
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
@@ -148,7 +163,7 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
         await record(uow, EscalationsPlanned(lead_id=sla.lead_id, sla_id=sla.sla_id, trigger_event_id=event.id,
                                              trigger=trigger, planned_at=now, steps=steps),
                      time=now, stream=sla.lead_id, event_id=deterministic_id(event.id, "planned"), cause=event)
-    await fan_out(uow, event, now, store=deps.store(uow))
+    await fan_out(uow, event, now, store=store)
 
 
 def _happened(event: CloudEvent, now: datetime) -> datetime:
@@ -256,7 +271,9 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     a few statements for the whole run instead of several per event. The consumer runs a failing
     batch again event by event through `HANDLERS`."""
     leads = [lead for r in run for lead in (r.envelope.subject, getattr(r.data, "lead_id", None)) if lead]
-    slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping]
+    # The SLAs whose chains may stop: met or cancelled, or breached (its warnings' steps).
+    slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping
+            or isinstance(r.data, SlaBreached)]
     chains_may_stop = [r.data.lead_id for r in run if isinstance(r.data, ActivityRecorded)
                        or (isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out")]
     store = await run_store(uow.conn, leads, slas, chains_may_stop)

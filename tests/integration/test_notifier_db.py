@@ -392,3 +392,48 @@ async def test_a_run_with_chain_stopping_events_and_touches_reads_the_escalation
     clock.advance(timedelta(minutes=15))
     await d.run_once()
     assert to(receiver, escalated) == [(1, "alice")] and to(receiver, answered) == [(1, "alice")]  # both stopped
+
+
+WARN_THEN_BREACH = """
+owners: [{id: alice, manager_id: maria}, {id: maria}, {id: ops}]
+lead_ops: [ops]
+channels:
+  hook: {url: "%s", secret: "%s", max_attempts: 3}
+escalation_policies:
+  - id: warn
+    triggers: [sla.warning]
+    steps:
+      - {step: 1, notify: [owner], channels: [hook]}
+      - {step: 2, after: 10m, notify: [manager], channels: [hook]}
+  - id: breach
+    triggers: [sla.breached]
+    steps:
+      - {step: 1, notify: [lead_ops], channels: [hook]}
+"""
+
+
+def warning_event(lead_id: str, now, due_at, sla_id: str):
+    return new_event("sla.warning", service="sla_clock", lead_id=lead_id, time=now, data=SLA_PAYLOADS["warning"](
+        lead_id=lead_id, sla_id=sla_id, metric="first_response", policy_id="p", policy_version=1, owner_id="alice",
+        due_at=due_at, percent=80))
+
+
+async def test_a_breach_supersedes_its_warnings_steps_and_a_warning_read_after_the_deadline_warns_nobody(
+        make_ctx, clock, receiver, http):
+    """The warning chain's manager step, due after the deadline, told the manager "80% of the time
+    used" beside the breach; and a warning the notifier read only after the deadline (it was down)
+    went out as "due in 0 s"."""
+    ctx = make_ctx("notifier", WARN_THEN_BREACH % (receiver.url, SECRET))
+    d = deliverer(ctx, clock, http)
+    warned, late = str(uuid.uuid4()), str(uuid.uuid4())
+    await consume(ctx, warning_event(warned, clock.now(), clock.now() + timedelta(minutes=1), f"sla-{warned}"))
+    await d.run_once()
+    assert to(receiver, warned) == [(1, "alice")]
+    clock.advance(timedelta(minutes=1))
+    await consume(ctx, sla_event("breached", warned, clock.now(), sla_id=f"sla-{warned}"),
+                  warning_event(late, clock.now() - timedelta(minutes=2), clock.now() - timedelta(seconds=1),
+                                f"sla-{late}"))
+    clock.advance(timedelta(minutes=10))
+    await d.run_once()
+    assert to(receiver, warned) == [(1, "alice"), (1, "ops")]  # no manager step from the warning
+    assert to(receiver, late) == []

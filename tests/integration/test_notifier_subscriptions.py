@@ -408,7 +408,8 @@ def received(lead_id: str, now: datetime):
 def sla(kind: str, lead_id: str, now: datetime):
     return new_event(f"sla.{kind}", service="sla_clock", lead_id=lead_id, time=now, data=SLA_PAYLOADS[kind](
         lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
-        owner_id="alice", due_at=now, breached_at=now if kind == "breached" else None,
+        owner_id="alice", due_at=now + timedelta(minutes=5) if kind == "warning" else now,  # a warning precedes it
+        breached_at=now if kind == "breached" else None,
         root_cause="owner_missed" if kind == "breached" else None, percent=50 if kind == "warning" else None))
 
 
