@@ -279,13 +279,17 @@ async def test_a_crash_between_send_and_record_resends_the_same_key_once_the_lea
     assert events[-1].data["attempts"] == 2 and events[-1].data["idempotency_key"] == keys[0]
 
 
+def limited_channel_config(receiver: HttpReceiver, settings: str = "") -> str:
+    """config_for's policy, through a channel of its own that sends at most 2 a minute."""
+    channel = f"limited-{uuid.uuid4().hex[:6]}"
+    return config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
+        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
+                       f"{settings}rate_limit: {{max: 2, per: 1m}}}}\n")
+
+
 async def test_a_rate_limited_channel_sends_its_quota_per_window_and_the_rest_wait(make_ctx, clock, receiver,
                                                                                   http):
-    channel = f"limited-{uuid.uuid4().hex[:6]}"
-    config = config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
-        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
-                       f"rate_limit: {{max: 2, per: 1m}}}}\n")
-    ctx = make_ctx("notifier", config)
+    ctx = make_ctx("notifier", limited_channel_config(receiver))
     d = deliverer(ctx, clock, http)
     leads = [str(uuid.uuid4()) for _ in range(5)]
     await consume(ctx, *(sla_event("breached", lead_id, clock.now(), sla_id=lead_id) for lead_id in leads))
@@ -308,11 +312,7 @@ async def test_a_rate_limit_counts_the_tries_a_failing_receiver_was_sent_not_onl
         make_ctx, clock, receiver, http):
     # Only sends that succeeded (and those in flight) counted: against a receiver answering 500,
     # every retry found the quota free again and the channel sent far more than `max` a window.
-    channel = f"limited-{uuid.uuid4().hex[:6]}"
-    config = config_for(receiver, notify="[owner]").replace("channels: [hook]", f"channels: [{channel}]").replace(
-        "channels:\n", f"channels:\n  {channel}: {{url: \"{receiver.url}\", secret: \"{SECRET}\", "
-                       f"max_attempts: 5, rate_limit: {{max: 2, per: 1m}}}}\n")
-    ctx = make_ctx("notifier", config)
+    ctx = make_ctx("notifier", limited_channel_config(receiver, "max_attempts: 5, "))
     d = deliverer(ctx, clock, http)
     leads = [str(uuid.uuid4()) for _ in range(3)]
     receiver.statuses = [500] * 20

@@ -189,6 +189,12 @@ def sla_started(
     )
 
 
+def timer_fields(data: dict) -> dict:
+    """What every sla.* event of a timer repeats of its sla.started."""
+    return {k: data[k] for k in ("sla_id", "metric", "policy_id", "policy_version", "owner_id", "tier", "started_at",
+                                 "due_at")}
+
+
 def sla_met(started: CloudEvent, at: datetime) -> tuple[str, CloudEvent]:
     d = started.data
     return TOPIC_SLA, event(
@@ -196,19 +202,7 @@ def sla_met(started: CloudEvent, at: datetime) -> tuple[str, CloudEvent]:
         d["lead_id"],
         at,
         "sla_clock",
-        **{
-            k: d[k]
-            for k in (
-                "sla_id",
-                "metric",
-                "policy_id",
-                "policy_version",
-                "owner_id",
-                "tier",
-                "started_at",
-                "due_at",
-            )
-        },
+        **timer_fields(d),
         met_at=utc_iso(at),
     )
 
@@ -277,19 +271,7 @@ async def test_an_sla_event_emitted_before_the_reassignment_keeps_the_new_owner(
         t + timedelta(seconds=20),
         "sla_clock",
         percent=50,
-        **{
-            k: started.data[k]
-            for k in (
-                "sla_id",
-                "metric",
-                "policy_id",
-                "policy_version",
-                "owner_id",
-                "tier",
-                "started_at",
-                "due_at",
-            )
-        },
+        **timer_fields(started.data),
     )
     await reporting.publish((TOPIC_SLA, warning))
 
