@@ -731,6 +731,10 @@ class Config(Strict):
                 return policy
         return None
 
+    def sla_policy_by_id(self, policy_id: str | None) -> SlaPolicy | None:
+        """The SLA policy a timer names (None for one the configuration no longer has)."""
+        return next((p for p in self.sla_policies if p.id == policy_id), None)
+
     def owner(self, owner_id: str) -> Owner | None:
         return next((o for o in self.owners if o.id == owner_id), None)
 

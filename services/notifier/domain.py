@@ -61,7 +61,7 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
         return activity_type == "disposition"
     if metric == "next_action" and (activity_type == "disposition" or (activity_type, outcome) == ("meeting", "booked")):
         return True
-    policy = next((p for p in config.sla_policies if p.id == sla.get("policy_id")), None)
+    policy = config.sla_policy_by_id(sla.get("policy_id"))
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
 
 

@@ -148,12 +148,12 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
         # and the breach, if there is one, escalates on its own.
         await fan_out(uow, event, now, store=store)
         return
-    if isinstance(sla, SlaBreached) and await store.pending_triggers(sla.sla_id) - {event.id}:
-        # The warnings' steps still to come are superseded by the breach's own chain (whose own
-        # steps, planned already if this breach is read again, stay).
+    if isinstance(sla, SlaBreached):
         await uow.load_version(sla.lead_id)  # a step firing for this lead meanwhile: retry from fresh state
-        await record(uow, ChainStopped(lead_id=sla.lead_id, sla_id=sla.sla_id, stopped_at=now), time=now,
-                     stream=sla.lead_id, event_id=deterministic_id(received.id, "stopped"), cause=event)
+        if await store.pending_triggers(sla.sla_id) - {event.id}:
+            # The warnings' steps still to come are superseded by the breach's own chain (whose own
+            # steps, planned already if this breach is read again, stay).
+            await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now)
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
@@ -180,8 +180,7 @@ async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData
     if await store.has_escalations(sla.sla_id):
         # Steps not fired yet, and messages held back by quiet hours and never tried, are news
         # nobody needs any more.
-        await record(uow, ChainStopped(lead_id=sla.lead_id, sla_id=sla.sla_id, stopped_at=now), time=now,
-                     stream=sla.lead_id, event_id=deterministic_id(received.id, "stopped"), cause=received.envelope)
+        await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now)
     await fan_out(uow, received.envelope, now, store=store)
 
 
@@ -204,8 +203,15 @@ async def _stop_lead_chains(uow: UnitOfWork, received: Received[Any], deps: Noti
     await uow.load_version(lead_id)  # a step firing for this lead meanwhile: retry from fresh state
     stopping = [sla_id for sla_id, sla in (await store.pending_chains(lead_id)).items() if answered(sla)]
     for sla_id in stopping:
-        await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now), time=now, stream=lead_id,
-                     event_id=deterministic_id(received.id, "stopped", sla_id), cause=received.envelope)
+        await _stop_chain(uow, received, lead_id, sla_id, now, sla_id)
+
+
+async def _stop_chain(uow: UnitOfWork, received: Received[Any], lead_id: str, sla_id: str, now: datetime,
+                      *id_parts: str) -> None:
+    """Record that the SLA's steps still to come are cancelled, because of `received` (its id and
+    `id_parts` make the stop's id, so a handler run again records the same stop)."""
+    await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now), time=now, stream=lead_id,
+                 event_id=deterministic_id(received.id, "stopped", *id_parts), cause=received.envelope)
 
 
 async def on_notification(uow: UnitOfWork, received: Received[NotificationResult], deps: NotifierDeps) -> None:

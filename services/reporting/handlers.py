@@ -74,5 +74,5 @@ def _policy_calendar(config: Config | None, policy_id: str | None) -> BusinessCa
     """Business time is measured on the policy's calendar; an unknown policy falls back to wall time."""
     if config is None:
         return None
-    policy = next((p for p in config.sla_policies if p.id == policy_id), None)
+    policy = config.sla_policy_by_id(policy_id)
     return BusinessCalendar(config.calendar(policy.calendar)) if policy else None
