@@ -118,11 +118,6 @@ def intent_vocabulary(config: Config) -> dict[str, list[str]]:
     return vocabulary
 
 
-def tier_rank(tier: str, tiers: Tiers) -> int:
-    """Lower is more urgent: tiers rank in the order the rules first name them, the default last."""
-    return tiers.rank(tier)  # the rule is shared with the router's queue: shared/config.py
-
-
 def identity_keys(sub: Submission, match_on: list[str]) -> list[tuple[str, str]]:
     """(kind, normalized value) pairs a repeat submission from the same person would share.
     Values kept as sent (not normalized) never identify anyone."""
@@ -384,7 +379,7 @@ def dedupe(facts: DedupeFacts, contact: Contact, match_on: list[str]) -> Replay 
 def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) -> LeadUpdated | None:
     """A repeat that ranks above the lead's tier (a demo request after a content download)
     raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
-    if tier_rank(tier, tiers) >= tier_rank(lead.tier, tiers):
+    if tiers.rank(tier) >= tiers.rank(lead.tier):  # the queue's rule too (shared/config.py)
         return None
     changed = {"intent": {"old": lead.record.get("intent"), "new": intent}, "tier": {"old": lead.tier, "new": tier}}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",

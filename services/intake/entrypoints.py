@@ -189,11 +189,12 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         if not ref or not isinstance(ref, str):
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
         config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
+        named = named_source(event, config)
         try:
-            activity = ActivityIn.model_validate(data).dated(activity_zone(config, named_source(event, config)))
+            activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-        lead_id = await resolve_lead(store, ref, named_source(event, config))
+        lead_id = await resolve_lead(store, ref, named)
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.
             await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)

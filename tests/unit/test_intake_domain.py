@@ -20,7 +20,6 @@ from services.intake.domain import (
     is_contactable,
     missing_fields,
     same_person,
-    tier_rank,
     updated_record,
 )
 from services.intake.normalize import Refused, Submission, read_submission
@@ -99,7 +98,7 @@ def test_values_kept_as_sent_never_identify_anyone() -> None:
 
 
 def test_tiers_rank_in_rule_order_with_the_default_last() -> None:
-    assert [tier_rank(t, TIERS) for t in ("A", "B", "C", "Z")] == [0, 1, 2, 3]
+    assert [TIERS.rank(t) for t in ("A", "B", "C", "Z")] == [0, 1, 2, 3]
 
 
 SWITCHBOARD = "+442079460958"
