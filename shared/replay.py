@@ -25,10 +25,10 @@ from .db import is_deadlock
 from .events import CloudEvent
 from .eventstore import append_lock_key, count, read_all
 
-# Applies events, in order, to the state tables on the given connection (its transaction).
 # A swap that loses a deadlock to a live commit runs again; more than a few in a row is not bad luck.
 SWAP_ATTEMPTS = 5
 
+# Applies events, in order, to the state tables on the given connection (its transaction).
 Apply = Callable[[AsyncConnection, Sequence[CloudEvent]], Awaitable[None]]
 
 

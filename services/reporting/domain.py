@@ -300,6 +300,7 @@ def _fold_timer(timer: dict[str, Any] | None, event: Event, kind: type[Payload] 
 
 _TIMER_FIELDS = ("policy_id", "tier", "owner_id")
 LIVE = frozenset({"open", "paused"})
+_TIMER_INSTANTS = ("started_at", "due_at", "met_at", "breached_at")
 
 
 def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: Event) -> dict[str, Any]:
@@ -312,7 +313,6 @@ def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: E
             and event.time < assigned_at and timer.get("owner_id") != lead["owner_id"]):
         timer["owner_id"] = lead["owner_id"]
     return timer
-_TIMER_INSTANTS = ("started_at", "due_at", "met_at", "breached_at")
 
 
 def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
