@@ -58,8 +58,34 @@ def _utc(value: datetime | None, field: str) -> datetime | None:
                            errors=[{"field": field, "message": str(exc)}]) from None
 
 
+def _accept_q(accept: str) -> dict[str, float]:
+    """Each media range an Accept header names, with its weight (RFC 9110 12.5.1; a bad q is 0)."""
+    weights: dict[str, float] = {}
+    for part in accept.lower().split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        if media:
+            weights[media] = max(q, weights.get(media, 0.0))
+    return weights
+
+
 def wants_csv(request: Request) -> bool:
-    return "text/csv" in request.headers.get("accept", "").lower()
+    """CSV when the client names text/csv (or text/*) and weighs it at least as high as JSON:
+    `application/json, text/csv;q=0.1` still wants JSON, `text/csv;q=0` refuses CSV. A client
+    that names neither (a browser's text/html, */*) gets JSON, as before."""
+    weights = _accept_q(request.headers.get("accept", ""))
+    csv_q = weights.get("text/csv", weights.get("text/*"))
+    if not csv_q:
+        return False
+    json_q = weights.get("application/json", weights.get("application/*", weights.get("*/*", 0.0)))
+    return csv_q >= json_q
 
 
 def report_response(request: Request, name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:

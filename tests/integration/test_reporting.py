@@ -209,6 +209,21 @@ async def test_each_report_is_also_csv_with_the_same_columns_and_a_header(projec
         assert got == {k: "" if v is None else str(v) for k, v in want.items()}
 
 
+@pytest.mark.parametrize(("accept", "csv_wanted"), [
+    ("text/csv", True),
+    ("text/csv, application/json;q=0.5", True),
+    ("application/json, text/csv;q=0.1", False),  # JSON preferred: a CSV fallback only
+    ("text/csv;q=0", False),  # RFC 9110: q=0 means "not acceptable"
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", False),  # a browser
+    ("*/*", False),
+])
+async def test_csv_is_chosen_by_the_accept_headers_weights(projected: Projected, accept: str,
+                                                           csv_wanted: bool) -> None:
+    response = await projected.client.get("/v1/reports/sla", params={"group_by": "tier"}, headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv" if csv_wanted else "application/json")
+
+
 async def test_an_empty_period_is_an_empty_report_and_its_csv_still_has_the_header(projected: Projected) -> None:
     params = {"from": "1999-01-01T00:00:00Z", "to": "1999-01-02T00:00:00Z", "group_by": "owner"}
     assert (await projected.client.get("/v1/reports/sla", params=params)).json() == {"rows": []}
