@@ -218,8 +218,11 @@ class BodyLimitMiddleware:
         if scope.get("path") in ("/v1/leads", "/v1/leads:batch"):
             # The key is not checked yet, so the sender is unknown.
             metrics.leads_rejected.labels("unknown", "too_large").inc()
+        # Field-level like every other problem (CONTRACT: problem+json with `errors`): the field is the body.
         response = problem_response(
-            ProblemError(413, "Request body too large", f"Bodies are limited to {limit} bytes.")
+            ProblemError(413, "Request body too large", f"Bodies are limited to {limit} bytes.",
+                         [{"field": "(body)", "message": f"is over the limit of {limit} bytes"}]),
+            instance=scope.get("path"),
         )
         await response(scope, receive, send)
 

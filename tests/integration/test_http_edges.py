@@ -35,6 +35,24 @@ async def test_a_chunked_body_over_the_limit_is_a_413_not_a_400(client) -> None:
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_413_is_a_problem_naming_the_body_as_its_field(client, chunked: bool) -> None:
+    """CONTRACT: errors are problem+json with field-level `errors`; a body over the limit names the
+    body, as a body that is not JSON does, and the request it answers."""
+    body = b'{"intent": {"message": "' + b"x" * MAX_BODY_BYTES + b'"}}'
+
+    async def chunks():
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    response = await client.post("/v1/leads", content=chunks() if chunked else body,
+                                 headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    problem = response.json()
+    assert problem["status"] == 413 and problem["instance"] == "/v1/leads"
+    assert [e["field"] for e in problem["errors"]] == ["(body)"]
+
+
 async def test_a_chunked_body_under_the_limit_is_read_whole(client) -> None:
     body = b'{"contact": {"email": "chunked@example.com"}, "intent": {"type": "trial"}}'
 
