@@ -1,5 +1,9 @@
 """What `leadsla ... --help` tells an operator: the commands and options the contract names, and
 what each reads (no database or broker is needed to ask)."""
+import subprocess
+import sys
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from leadsla.cli import app
@@ -21,3 +25,14 @@ def test_replay_help_names_the_services_and_where_reporting_rebuilds_from() -> N
 def test_config_apply_help_offers_the_dry_run() -> None:
     assert "--dry-run" in help_of("config", "apply")
 
+
+
+def test_python_dash_m_leadsla_is_the_leadsla_command() -> None:
+    """`python -m leadsla dev` (a checkout without the entry point on PATH) said "No module named
+    leadsla.__main__"."""
+    root = Path(__file__).parents[2]
+    result = subprocess.run([sys.executable, "-m", "leadsla", "replay", "--help"], cwd=root, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(root), "COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: leadsla replay" in " ".join(result.stdout.split())
