@@ -127,6 +127,18 @@ FOR UPDATE OF s SKIP LOCKED
 """)
 
 
+def _correlation_of(body: bytes) -> str | None:
+    """The correlation id of a stored CloudEvent (its own id when it started its chain)."""
+    try:
+        event = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    found = event.get("correlationid") or event.get("id")
+    return found if isinstance(found, str) else None
+
+
 async def lease_subscription_deliveries(uow: UnitOfWork, now: datetime, limit: int = 200,
                                         per_subscription: int = 20) -> list[Row]:
     return list((await uow.conn.execute(_DUE_SUBSCRIPTION_DELIVERIES, {
@@ -211,8 +223,10 @@ def _emit_outcome(uow: UnitOfWork, item: Leased, decision: Decision, now: dateti
             notification_id=notification_id, lead_id=row.lead_id, channel=SUBSCRIPTION_CHANNEL,
             recipient=row.subscription_id, attempts=row.attempts, idempotency_key=row.event_id,
             error=decision.error, subscription_id=row.subscription_id, event_id=row.event_id)
-        correlation_id = None
         body = bytes(row.body)
+        # The delivered event's chain (CONTRACT: correlationid is the submission that started it),
+        # not a chain of its own; only failures get here, so the parse is rare.
+        correlation_id = _correlation_of(body)
         parent = tracing.traceparent_in(body)
         origin = row.event_type
         cause_id = row.event_id  # the event that was delivered

@@ -90,10 +90,11 @@ async def deliver(ctx, clock):
         yield deliverer.run_once
 
 
-def assigned(lead_id: str, n: int, now: datetime):
-    return new_event("lead.assigned", service="router", lead_id=lead_id, time=now, data=LeadAssigned(
-        lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin", reason="rule",
-        assignment_no=n, candidates=[], assigned_at=now, tier="A"))
+def assigned(lead_id: str, n: int, now: datetime, correlation_id: str | None = None):
+    data = LeadAssigned(lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin",
+                        reason="rule", assignment_no=n, candidates=[], assigned_at=now, tier="A")
+    return new_event("lead.assigned", service="router", lead_id=lead_id, time=now, correlation_id=correlation_id,
+                     data=data)
 
 
 async def consume(ctx, *events) -> None:
@@ -281,7 +282,9 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_i
         down.url = f"http://127.0.0.1:{down_port}/nobody-listens"
         down_id = await subscribe(api, down, ["lead.assigned"])
         leads = [str(uuid.uuid4()) for _ in range(3)]
-        await consume(ctx, *(assigned(lead_id, 1, clock.now()) for lead_id in leads))
+        submission = str(uuid.uuid4())  # the lead.received that started the first lead's chain
+        await consume(ctx, *(assigned(lead_id, 1, clock.now(), submission if i == 0 else None)
+                             for i, lead_id in enumerate(leads)))
         await deliver()
         assert {m["subject"] for m, _ in up.received} >= set(leads)
 
@@ -295,6 +298,7 @@ async def test_a_subscriber_that_stays_down_holds_up_nobody_else_and_gets_what_i
         assert failed.data["subscription_id"] == down_id and failed.data["attempts"] == 3
         assert failed.data["idempotency_key"] == failed.data["event_id"]
         assert failed.causationid == failed.data["event_id"]  # the envelope names what it was about
+        assert failed.correlationid == submission  # CONTRACT: the submission that started it (was its own id)
         assert [e.type for e in events if e.type == "deadletter"] == ["deadletter"]
 
         # The CRM is fixed: an operator sees what it missed and sends it again, same ids and keys.
