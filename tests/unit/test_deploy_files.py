@@ -44,6 +44,32 @@ def test_every_contract_metric_is_defined() -> None:
     assert not missing
 
 
+# CONTRACT.md's metrics with the labels it names: a query written against the contract must keep
+# working, so each label is there (a metric may carry more: extending is allowed, renaming is not).
+CONTRACT_LABELS = {
+    "leads_received_total": {"source", "tier"}, "leads_duplicates_total": {"source"},
+    "leads_rejected_total": {"source", "reason"}, "assignments_total": {"team", "method", "reason"},
+    "queue_depth": {"tier"}, "routing_latency_seconds": set(), "sla_open_timers": {"metric", "tier"},
+    "sla_warnings_total": {"metric", "tier"}, "sla_breaches_total": {"metric", "tier", "root_cause"},
+    "sla_met_total": {"metric", "tier"}, "sla_breach_lag_seconds": set(),
+    "time_to_first_response_seconds": {"tier"}, "notifications_total": {"channel", "status"},
+    "escalations_total": {"step"}, "consumer_lag": {"topic", "group"}, "outbox_pending": set(),
+    "deadletter_total": {"topic", "reason"},
+}
+# No lead or owner ids (nor any personal data) as labels.
+FORBIDDEN_LABELS = {"lead_id", "owner_id", "owner", "email", "phone", "recipient", "key", "subject"}
+
+
+def test_every_contract_metric_has_the_contracts_labels_and_no_ids() -> None:
+    assert set(CONTRACT_LABELS) == CONTRACT_METRICS
+    by_name = {m._name: m for m in vars(shared.metrics).values() if hasattr(m, "_labelnames")}
+    for name, labels in CONTRACT_LABELS.items():
+        metric = by_name.get(f"leadsla_{name}") or by_name[f"leadsla_{name.removesuffix('_total')}"]
+        assert labels <= set(metric._labelnames), name
+    for metric in by_name.values():
+        assert not FORBIDDEN_LABELS & set(metric._labelnames), metric._name
+
+
 def test_compose_runs_every_service_from_one_image() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
