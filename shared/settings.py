@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     sla_confirm_wait_seconds: float = Field(default=300.0, ge=0)
     # A touch is dated by intake's acceptance; the sender's occurred_at counts up to this much earlier.
     sla_touch_skew_seconds: float = Field(default=300.0, ge=0)
+    # Intake beats this often while it can accept (its process up, the database answering) ...
+    intake_beat_seconds: float = Field(default=0.5, gt=0)
+    # ... and a silence this long means it could not (an outage; so do 3 s without the SLA clock
+    # reading its inputs). No deadline after an outage began is judged while it lasts and for this
+    # grace after it, while senders retry what it refused: a touch made in time then meets the SLA,
+    # and breaches due in the outage carry root cause system_delay.
+    intake_outage_gap_seconds: float = Field(default=2.0, gt=0)
+    sla_outage_grace_seconds: float = Field(default=30.0, ge=0)
     # How long a producer's transaction may take from stamping an event to committing it.
     sla_commit_allowance_seconds: float = Field(default=1.0, ge=0)
     # How often the SLA clock re-reads its input partitions' ends and its consumer's offsets.

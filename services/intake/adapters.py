@@ -5,12 +5,13 @@ same row functions. `tests/intake_store_contract.py` is one behaviour suite run 
 """
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import xact_locks
@@ -27,7 +28,7 @@ from .domain import (
     lead_columns,
     updated_record,
 )
-from .tables import activities, idempotency_keys, leads, pending_activities
+from .tables import activities, availability, idempotency_keys, leads, pending_activities
 
 # At most this many leads sharing an email or phone are weighed as the same person.
 CANDIDATES = 50
@@ -310,3 +311,31 @@ class FakeUnitOfWork:
     @property
     def emitted(self) -> list[CloudEvent]:
         return [p.event for p in self.pending]
+
+
+# The heartbeat, by the database's clock, so that beats of several processes (and hosts) and the SLA
+# clock's reading of them (sla_clock's watermark) use one clock. A run goes on only if its last beat
+# is recent by that clock: a beat held up (the database frozen, this process stalled) starts a new
+# run, so the silence shows as an outage even though the beat went through in the end.
+_BEAT = text("""
+WITH going_on AS (
+    UPDATE intake.availability SET last_beat = clock_timestamp()
+    WHERE interval_id = :interval_id AND last_beat >= clock_timestamp() - CAST(:gap AS interval)
+    RETURNING interval_id)
+INSERT INTO intake.availability (interval_id, first_beat, last_beat)
+SELECT :next_id, clock_timestamp(), clock_timestamp() WHERE NOT EXISTS (SELECT FROM going_on)
+RETURNING interval_id""")
+
+
+async def record_beat(conn: AsyncConnection, interval_id: str | None, gap: timedelta) -> str:
+    """Intake can accept now: extend run `interval_id`, or start a new one after a silence of more
+    than `gap`. The run the beat went to."""
+    next_id = uuid.uuid4().hex
+    started = await conn.scalar(_BEAT, {"interval_id": interval_id or next_id, "next_id": next_id, "gap": gap})
+    return started or interval_id or next_id
+
+
+async def forget_beats(conn: AsyncConnection, kept: timedelta) -> None:
+    """Drop runs that ended longer than `kept` ago (by the database's clock, as the beats)."""
+    await conn.execute(availability.delete().where(
+        availability.c.last_beat < func.clock_timestamp() - kept))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -30,7 +31,7 @@ from shared.runtime import ServiceContext
 from shared.supervisor import Loop
 from shared.uow import UnitOfWork
 
-from .adapters import PostgresIntakeStore
+from .adapters import PostgresIntakeStore, forget_beats, record_beat
 from .domain import ActivityIn, activity_zone, intent_vocabulary
 from .handlers import (
     EXPIRE_BATCH,
@@ -48,6 +49,10 @@ from .handlers import (
 from .normalize import Refused, read_submission
 
 log = structlog.get_logger()
+
+# Runs of heartbeats are kept a day (the SLA clock reads the last two), pruned every ten minutes.
+BEATS_KEPT = timedelta(days=1)
+BEATS_FORGET_EVERY = 600.0
 
 RAW_SOURCE_PREFIX = "kafka:"
 MAX_RAW_RECORD_BYTES = MAX_BODY_BYTES
@@ -220,13 +225,34 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
 
         await run_loop("intake.expire", expire_round, stop, idle=every())
 
+    async def beat_loop(stop: asyncio.Event) -> None:
+        """Say, every `intake_beat_seconds`, that intake can accept. A run of beats is one row; after
+        a silence (the database away, the process stalled) a new row starts, so the rows show when
+        intake could not accept and the SLA clock waits for senders' retries (sla_clock's
+        `intake_outage`)."""
+        settings = ctx.settings
+        gap = timedelta(seconds=settings.intake_outage_gap_seconds)
+        interval_id: str | None = None
+        last_forget = 0.0
+
+        async def beat_round() -> float:
+            nonlocal interval_id, last_forget
+            async with ctx.engine.begin() as conn:
+                interval_id = await record_beat(conn, interval_id, gap)
+                if time.monotonic() - last_forget > BEATS_FORGET_EVERY:
+                    await forget_beats(conn, BEATS_KEPT)
+                    last_forget = time.monotonic()
+            return settings.intake_beat_seconds
+
+        await run_loop("intake.beat", beat_round, stop, idle=settings.intake_beat_seconds)
+
     return [
         # Raw topics carry the senders' own types: every record is of the topic's one kind.
         Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
                      payload_of=lambda _: RawSubmission, batched={RawSubmission: on_submissions}),
         Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
                      payload_of=lambda _: RawActivity),
-    ], [expire_loop]
+    ], [expire_loop, beat_loop]
 
 
 def count_rejection(request: Request, errors: list[dict[str, str]]) -> None:

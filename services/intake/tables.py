@@ -75,3 +75,15 @@ pending_activities = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
     schema=SCHEMA,
 )
+
+# When intake could accept: one row per uninterrupted run of one process's heartbeats (a process
+# that could not beat for a while, the database away, starts a new row). The SLA clock reads it to
+# wait out intake's outages (sla_clock/domain.intake_hold); not a projection, replay leaves it.
+availability = Table(
+    "availability",
+    metadata,
+    Column("interval_id", String, primary_key=True),
+    Column("first_beat", DateTime(timezone=True), nullable=False),
+    Column("last_beat", DateTime(timezone=True), nullable=False, index=True),
+    schema=SCHEMA,
+)

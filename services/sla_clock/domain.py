@@ -417,10 +417,73 @@ def root_cause(
     return "owner_missed"
 
 
-def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime, tolerance: timedelta) -> str:
+def breach_root_cause(person_cause: str, due_at: datetime, emitted_at: datetime, tolerance: timedelta,
+                      outages: Iterable[Outage] = ()) -> str:
     """A breach that leaves `tolerance` or more after its deadline is the system's delay (the clock
-    could not confirm in time that nothing was missed): it goes to lead ops, not to a person."""
+    could not confirm in time that nothing was missed), and so is one whose deadline fell in an
+    outage of the clock's inputs (nobody could log a touch): it goes to lead ops, not to a person."""
+    if any(outage.covers(due_at) for outage in outages):
+        return "system_delay"
     return "system_delay" if emitted_at - due_at >= tolerance else person_cause
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A time touches could not reach the clock: intake could not accept them (from its last beat
+    to its first beat back), or the clock could not read its inputs (the broker away). `ended`
+    None: still out."""
+
+    began: datetime
+    ended: datetime | None = None
+
+    def covers(self, at: datetime) -> bool:
+        return self.began < at and (self.ended is None or at <= self.ended)
+
+
+@dataclass(frozen=True)
+class InputHold:
+    until: datetime | None = None  # judge no deadline after this (None: no hold)
+    outages: tuple[Outage, ...] = ()  # the latest outages, for breaches' root cause
+
+    def __and__(self, other: InputHold) -> InputHold:
+        untils = [u for u in (self.until, other.until) if u is not None]
+        return InputHold(min(untils, default=None), self.outages + other.outages)
+
+
+def after_outage(outage: Outage | None, now: datetime, grace: timedelta) -> InputHold:
+    """A touch made during an outage reaches the clock only when its sender retries, once the outage
+    is over: no deadline after the outage began is judged while it lasts and for `grace` after it
+    (then those due in it breach as system_delay, and a touch made before them and retried meets them)."""
+    if outage is None:
+        return InputHold()
+    if outage.ended is None or now < outage.ended + grace:
+        return InputHold(outage.began, (outage,))
+    return InputHold(None, (outage,))
+
+
+def intake_outage(runs: Iterable[tuple[datetime, datetime]], now: datetime, gap: timedelta) -> Outage | None:
+    """Intake's latest outage from its runs of heartbeats (first, last), every process's: runs less
+    than `gap` apart are one time of availability; a silence longer than `gap` is an outage (down,
+    or its database away). No runs at all: intake never ran here, no outage."""
+    spans: list[list[datetime]] = []
+    for first, last in sorted(runs):
+        if spans and first <= spans[-1][1] + gap:
+            spans[-1][1] = max(spans[-1][1], last)
+        else:
+            spans.append([first, last])
+    if not spans:
+        return None
+    back, last_beat = spans[-1]
+    if now - last_beat > gap:
+        return Outage(last_beat)
+    return Outage(spans[-2][1], back) if len(spans) > 1 else None
+
+
+def held_watermark(seen: datetime | None, hold: InputHold) -> datetime | None:
+    """The watermark the timer loop judges by: its inputs' (`seen`), no further than the hold."""
+    if seen is None or hold.until is None:
+        return seen
+    return min(seen, hold.until)
 
 
 @dataclass(frozen=True)
@@ -435,6 +498,9 @@ class ClockRules:
     confirm_wait: timedelta = timedelta(seconds=300)
     # How far a sender's occurred_at may precede intake's acceptance and still date the touch.
     touch_skew: timedelta = timedelta(minutes=5)
+    # The latest outages of the clock's inputs (the watermark's hold): breaches due in them are
+    # system_delay.
+    input_outages: tuple[Outage, ...] = ()
 
 
 def touch_time(occurred_at: datetime, accepted_at: datetime, now: datetime, skew: timedelta) -> datetime:

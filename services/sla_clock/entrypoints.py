@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +56,8 @@ def make_watermark(ctx: ServiceContext) -> InputWatermark:
         bootstrap=settings.kafka_bootstrap, engine=ctx.engine, clock=ctx.clock, group=GROUP, topics=INPUTS,
         producers=PRODUCERS, commit_allowance=timedelta(seconds=settings.sla_commit_allowance_seconds),
         interval=settings.sla_watermark_interval_seconds,
+        intake_gap=timedelta(seconds=settings.intake_outage_gap_seconds),
+        outage_grace=timedelta(seconds=settings.sla_outage_grace_seconds),
     )
 
 
@@ -161,7 +164,8 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
 
         async def fire_round() -> float:
             nonlocal last_gauge
-            seen = watermark.seen  # read after the loop cleared `advanced`: a later advance wakes us
+            seen = watermark.judged_until  # read after the loop cleared `advanced`: a later advance wakes us
+            firing.rules = replace(rules, input_outages=watermark.hold.outages)
             # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
             metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
             if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:

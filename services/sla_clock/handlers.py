@@ -549,7 +549,7 @@ def _time_field(at: datetime) -> bytes:
 def _stamp(draft: BreachDraft, now: datetime, rules: ClockRules,
            observe: Callable[[Callable[[], None]], None]) -> CloudEvent:
     """The breach's event as it leaves at `now`: the same as built at `now` from the start."""
-    cause_code = breach_root_cause(draft.person_cause, draft.noticed, now, rules.tolerance)
+    cause_code = breach_root_cause(draft.person_cause, draft.noticed, now, rules.tolerance, rules.input_outages)
     observe(_breaches(draft.metric, draft.tier, cause_code).inc)
     observe(partial(metrics.sla_breach_lag.observe, max((now - draft.noticed).total_seconds(), 0)))
     at = utc_iso(now)

@@ -30,10 +30,15 @@ from shared.events import utc_iso
 from shared.eventstore import EVENTS, RELAY
 
 from .domain import (
+    InputHold,
+    Outage,
     PartitionMarks,
     add_marks,
+    after_outage,
     consume,
+    held_watermark,
     inputs_seen_until,
+    intake_outage,
     settled_watermark,
     upstream_settled,
 )
@@ -43,6 +48,8 @@ log = structlog.get_logger()
 # The sessions Postgres is serving now (only the columns the watermark reads).
 activity = table("pg_stat_activity", column("pid"), column("application_name"), column("xact_start"),
                  schema="pg_catalog")
+# Intake's heartbeat runs (intake/tables.availability; services do not import each other).
+availability = table("availability", column("first_beat"), column("last_beat"), schema="intake")
 
 # Follow a busy partition for at most this many fetches per round; its end is confirmed later.
 _FETCHES_PER_ROUND = 10
@@ -50,6 +57,10 @@ _PARTITION_FETCH_BYTES = 256 * 1024
 _METADATA_REFRESH_SECONDS = 30.0
 _SHRUNK_ROUNDS = 3
 _OFFSET_OUT_OF_RANGE = 1
+# Intake's heartbeat runs read: enough to see its last outage and the run before it.
+_INTAKE_RUNS_READ = timedelta(hours=1)
+# Rounds this far apart mean the clock could not read its inputs in between (an outage of its own).
+_BLIND_AFTER = timedelta(seconds=3)
 
 
 class InputWatermark:
@@ -64,6 +75,8 @@ class InputWatermark:
         producers: Sequence[str],
         commit_allowance: timedelta,
         interval: float,
+        intake_gap: timedelta = timedelta(seconds=2),
+        outage_grace: timedelta = timedelta(seconds=30),
     ) -> None:
         self._bootstrap = bootstrap
         self._engine = engine
@@ -77,10 +90,19 @@ class InputWatermark:
         self._next: dict[TopicPartition, int] = {}
         self._shrunk: dict[TopicPartition, int] = {}
         self._checks: list[tuple[datetime, datetime]] = []
-        self.seen: datetime | None = None
+        self._intake_gap, self._outage_grace = intake_gap, outage_grace
+        self.seen: datetime | None = None  # every input stamped before it has been handled
+        self.hold = InputHold()  # after outages of intake or of our own reading (see `round`)
+        self._last_round: datetime | None = None
+        self._blind: Outage | None = None
         self.rounds = 0  # completed rounds, for operators (and tests) to see it is alive
-        # Set whenever `seen` moves forward, so the timer loop judges at once.
+        # Set whenever `judged_until` moves forward, so the timer loop judges at once.
         self.advanced = asyncio.Event()
+
+    @property
+    def judged_until(self) -> datetime | None:
+        """How far the timer loop may judge: what the clock has seen, held at an intake outage."""
+        return held_watermark(self.seen, self.hold)
 
     async def run(self, stop: asyncio.Event) -> None:
         client = AIOKafkaClient(bootstrap_servers=self._bootstrap)
@@ -127,10 +149,32 @@ class InputWatermark:
         seen = settled_watermark(self._checks, broker_seen)
         # Checks the broker has passed are spent, except the one that set `seen`.
         self._checks = [c for c in self._checks if broker_seen is None or c[0] > broker_seen or c[1] == seen]
+        before = self.judged_until
         if seen is not None and (self.seen is None or seen > self.seen):
             self.seen = seen
+        # Outages: intake not accepting (its heartbeat; with "intake" among the producers), and
+        # rounds of ours far apart (the broker or the database away, this process stalled).
+        now = self._clock.now()
+        if self._last_round is not None and now - self._last_round > _BLIND_AFTER:
+            self._blind = Outage(self._last_round, now)
+        self._last_round = now
+        hold = after_outage(self._blind, now, self._outage_grace)
+        if "intake" in self._producers:
+            runs, db_now = await self._intake_runs()
+            hold &= after_outage(intake_outage(runs, db_now, self._intake_gap), db_now, self._outage_grace)
+        self.hold = hold
+        after = self.judged_until
+        if after is not None and (before is None or after > before):
             self.advanced.set()
         self.rounds += 1
+
+    async def _intake_runs(self) -> tuple[list[tuple[datetime, datetime]], datetime]:
+        """Intake's recent heartbeat runs and the database's time (the beats' clock)."""
+        async with self._engine.connect() as conn:
+            now = await conn.scalar(select(func.clock_timestamp()))
+            rows = await conn.execute(select(availability.c.first_beat, availability.c.last_beat)
+                                      .where(availability.c.last_beat > now - _INTAKE_RUNS_READ))
+            return [(first, last) for first, last in rows], now
 
     async def _oldest_unpublished(self) -> datetime | None:
         oldest: list[datetime] = []
@@ -227,12 +271,18 @@ class InputWatermark:
 
 
 def lag_seconds(watermark: InputWatermark, now: datetime, since: datetime) -> float:
-    """How far behind `now` the clock's knowledge is (since `since`, the start, if never confirmed)."""
-    return max((now - (watermark.seen or since)).total_seconds(), 0.0)
+    """How far behind `now` the clock may judge (since `since`, the start, if never confirmed)."""
+    return max((now - (watermark.judged_until or since)).total_seconds(), 0.0)
 
 
 def describe(watermark: InputWatermark, now: datetime) -> dict[str, object]:
     """For /v1/watermark: where the clock stands, for an operator wondering why a breach waits."""
-    return {"seen_until": utc_iso(watermark.seen) if watermark.seen else None,
-            "lag_seconds": round((now - watermark.seen).total_seconds(), 3) if watermark.seen else None,
+    judged, hold = watermark.judged_until, watermark.hold
+    return {"seen_until": utc_iso(judged) if judged else None,
+            "lag_seconds": round((now - judged).total_seconds(), 3) if judged else None,
+            "inputs_seen_until": utc_iso(watermark.seen) if watermark.seen else None,
+            # After an outage (intake down, the broker away), judging waits for senders' retries.
+            "held_until": utc_iso(hold.until) if hold.until else None,
+            "outages": [{"from": utc_iso(o.began), "to": utc_iso(o.ended) if o.ended else None}
+                        for o in hold.outages],
             "rounds": watermark.rounds}

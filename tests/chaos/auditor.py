@@ -49,10 +49,6 @@ TERMINAL = {"sla.met": "met", "sla.breached": "breached", "sla.cancelled": "canc
 class Violation:
     lead_id: str
     what: str
-    # "late_touch": a touch made before the deadline that intake recorded only after it (its
-    # sender retrying through an outage, or intake's consumer down) and the timer breached: a
-    # known gap of the SLA clock's watermark, reported on its own.
-    kind: str = "violation"
 
     def __str__(self) -> str:
         return f"{self.lead_id}: {self.what}"
@@ -63,11 +59,8 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
 
-    def add(self, lead_id: str | None, what: str, kind: str = "violation") -> None:
-        self.violations.append(Violation(lead_id or "?", what, kind))
-
-    def of_kind(self, kind: str) -> list[Violation]:
-        return [v for v in self.violations if v.kind == kind]
+    def add(self, lead_id: str | None, what: str) -> None:
+        self.violations.append(Violation(lead_id or "?", what))
 
     @property
     def ok(self) -> bool:
@@ -267,15 +260,13 @@ async def audit(database_url: str, ledger: Ledger, bootstrap: str | None = None,
                 first = min(touches, default=None)
                 said = (f"touch at due{first - due:+.2f}s" if first is not None else "no touch")
                 # When intake recorded the first touch: after the deadline, its sender was retrying
-                # through an outage or intake's consumer was down (the known gap); before it, the
-                # SLA clock had the touch in time and misjudged anyway.
+                # through an outage (the clock waits for such retries); before it, the clock had
+                # the touch in time and misjudged anyway.
                 taken = _epoch(recorded_at[lead_id]) if lead_id in recorded_at else None
-                late = expected == "met" and taken is not None and taken > due
                 if taken is not None:
                     said += f", recorded by intake at due{taken - due:+.2f}s"
                 report.add(lead_id, f"timer {state} (root cause {timer['root_cause']}), expected {expected}: "
-                                    f"{said} (via {sent.via}, touches via {[t.via for t in sent.touches]})",
-                           "late_touch" if late else "violation")
+                                    f"{said} (via {sent.via}, touches via {[t.via for t in sent.touches]})")
             if state == "breached":
                 ends = terminal.get(timer["sla_id"], [])
                 if ends:

@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -69,7 +68,7 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     settle_until = time.monotonic() + (180 if long else 75)
     while True:
         report = await audit(chaos.database_url, chaos.ledger, delivered_keys=chaos.delivered_keys())
-        if not report.of_kind("violation") or time.monotonic() > settle_until:
+        if not report.violations or time.monotonic() > settle_until:
             break
         await asyncio.sleep(1)
     # Last, the full audit: with the topics read from the beginning.
@@ -85,19 +84,14 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     print(f"ledger: {chaos.workdir / 'ledger.json'}; database: {chaos.database_url}")
     for outage in chaos.outages:
         print(f"{outage.kind}: {outage.checked} probes passed; problems: {outage.problems}")
-    if report.of_kind("violation"):
+    if report.violations:
         print(await chaos.diagnostics())
 
     assert chaos.server_errors == [], chaos.server_errors
     kinds = {o.kind for o in chaos.outages}
     assert {"broker frozen", "postgres stopped"} <= kinds
     assert [p for o in chaos.outages for p in o.problems] == []
-    assert report.of_kind("violation") == [], report.text(limit=40)
-    if late := report.of_kind("late_touch"):
-        # Known gap (reported, not yet fixed): the SLA clock breaches at the deadline even when a
-        # touch made before it is still on its way, its sender retrying while intake was down.
-        warnings.warn(f"{len(late)} leads breached although touched in time (touch delayed by an outage): "
-                      + "; ".join(map(str, late[:3])), stacklevel=1)
+    assert report.violations == [], report.text(limit=40)
     accepted = [lead for lead in chaos.ledger.leads if lead.accepted]
     assert len(accepted) >= 0.9 * len(chaos.ledger.leads)
     assert report.figures.get("timers_met", 0) and report.figures.get("timers_breached", 0)

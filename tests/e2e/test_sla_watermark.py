@@ -46,6 +46,7 @@ sla_policies:
       - {type: call, outcomes: [no_answer], metrics: [next_action]}
 disposition_reasons: {qualified: [], disqualified: [no_budget]}
 """
+OUTAGE_GRACE = 8  # seconds the clock waits after intake is back for senders' retries
 PERSON_CAUSES = {"owner_missed", "no_owner", "off_hours_coverage", "missing_data", "capacity"}
 
 
@@ -77,7 +78,8 @@ async def stack(broker: EmbeddedBroker, database_url: str, engine, tmp_path_fact
         key = await create_key(conn, "watermark-e2e", "source")
     logs = Path(tmp_path_factory.mktemp("logs"))
     env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": broker.bootstrap,
-           "LEADSLA_TIMER_POLL_SECONDS": "0.2", "LEADSLA_TOPIC_PARTITIONS": "3"}
+           "LEADSLA_TIMER_POLL_SECONDS": "0.2", "LEADSLA_TOPIC_PARTITIONS": "3",
+           "LEADSLA_SLA_OUTAGE_GRACE_SECONDS": str(OUTAGE_GRACE)}
     services = {name: ServiceProcess(name, free_port(), env, logs / f"{name}.log")
                 for name in ("intake", "router", "sla_clock")}
     for service in services.values():
@@ -179,6 +181,33 @@ async def test_sla_clock_restarted_across_a_deadline_with_the_touch_already_publ
         result = await outcome(engine, lead_id)
     assert result["type"] == "sla.met", result
     wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
+
+
+async def test_intake_down_across_a_deadline_a_touch_retried_after_it_meets_and_no_touch_is_the_systems_delay(
+    stack: Stack, engine
+) -> None:
+    """A CRM's call logged while intake was down reaches it only when the CRM retries, after the
+    deadline: it was made in time, so it meets the SLA. A lead nobody touched breaches, but as the
+    system's delay (lead ops), not the owner's: nobody could have logged a touch."""
+    intake = stack.services["intake"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        touched_lead, due = await open_timer(client, stack)
+        untouched_lead, untouched_due = await open_timer(client, stack)
+        intake.kill()
+        called_at = datetime.now(UTC)  # the call, made now; the CRM's post of it is refused
+        assert called_at < due, "the machine was too slow to call before the deadline"
+        wait_until(lambda: time.time() > max(due, untouched_due).timestamp() + 1, 60,
+                   "both deadlines to pass while intake is down")
+        intake.start()
+        wait_until(intake.ready, 90, "intake to come back", 0.2)
+        # The CRM's retry, after the deadline, of the call made before it.
+        touched = await post(client, stack, f"/v1/leads/{touched_lead}/activities",
+                             {"type": "call", "actor": "alice", "outcome": "connected",
+                              "occurred_at": utc_iso(called_at)})
+        assert touched.status_code == 202, touched.text
+        met, missed = await outcome(engine, touched_lead), await outcome(engine, untouched_lead)
+    assert met["type"] == "sla.met", met
+    assert missed["type"] == "sla.breached" and missed["root_cause"] == "system_delay", missed
 
 
 async def test_a_leads_life_over_the_bus_touch_rules_cadence_and_qualification(stack: Stack) -> None:

@@ -5,14 +5,19 @@ import pytest
 
 from services.sla_clock.domain import (
     Breached,
+    InputHold,
     Met,
+    Outage,
     PartitionMarks,
     Timer,
     Warned,
     add_marks,
+    after_outage,
     breach_root_cause,
     consume,
+    held_watermark,
     inputs_seen_until,
+    intake_outage,
     judge,
     settled_watermark,
     touch,
@@ -141,3 +146,61 @@ def test_upstream_is_settled_up_to_its_oldest_unpublished_event(checked, oldest,
 ])
 def test_the_watermark_needs_both_the_producers_and_the_broker(checks, broker, watermark) -> None:
     assert settled_watermark(checks, broker) == watermark
+
+
+# --- Outages of the clock's inputs: intake's runs of heartbeats (first, last), every process's --
+GAP, GRACE = timedelta(seconds=2), timedelta(seconds=30)
+
+
+def test_no_heartbeat_at_all_is_no_outage() -> None:
+    # Intake never ran against this database (a clock tested alone): nothing to wait for.
+    assert intake_outage([], at(100), GAP) is None
+
+
+def test_intake_beating_without_a_gap_is_no_outage() -> None:
+    assert intake_outage([(at(0), at(99.8))], at(100), GAP) is None
+
+
+def test_runs_closer_than_the_gap_are_one_time_of_availability() -> None:
+    # Two replicas, or one process whose database answered late once.
+    assert intake_outage([(at(0), at(50)), (at(51.5), at(99.9)), (at(10), at(60))], at(100), GAP) is None
+    # A replica up through another one's restart.
+    assert intake_outage([(at(0), at(100)), (at(0), at(40)), (at(45), at(100))], at(100.2), GAP) is None
+
+
+def test_a_silent_intake_is_out_since_its_last_beat() -> None:
+    assert intake_outage([(at(0), at(90))], at(100), GAP) == Outage(at(90))
+    assert intake_outage([(at(0), at(90)), (at(120), at(130))], at(130), GAP) == Outage(at(90), at(120))
+
+
+def test_while_out_nothing_after_the_outage_began_is_judged() -> None:
+    hold = after_outage(Outage(at(90)), at(100), GRACE)
+    assert hold == InputHold(at(90), (Outage(at(90)),))
+    assert held_watermark(at(99), hold) == at(90)
+    assert held_watermark(at(80), hold) == at(80)  # the inputs' own watermark is lower: it rules
+    assert held_watermark(None, hold) is None
+
+
+def test_after_an_outage_the_hold_lasts_the_grace_then_lifts() -> None:
+    outage = Outage(at(90), at(120))
+    assert after_outage(outage, at(149), GRACE).until == at(90)
+    lifted = after_outage(outage, at(150.5), GRACE)
+    assert lifted == InputHold(None, (outage,))  # still named, for breaches' root cause
+    assert held_watermark(at(150), lifted) == at(150)
+    assert after_outage(None, at(150), GRACE) == InputHold()
+
+
+def test_two_holds_hold_at_the_earlier_and_name_both_outages() -> None:
+    intake, blind = Outage(at(90), at(120)), Outage(at(100), at(110))
+    both = after_outage(intake, at(125), GRACE) & after_outage(blind, at(125), GRACE)
+    assert both == InputHold(at(90), (intake, blind))
+
+
+def test_a_breach_due_in_an_outage_is_the_systems_delay() -> None:
+    outage = Outage(at(90), at(120))
+    assert breach_root_cause("owner_missed", at(100), at(121), TOLERANCE, (outage,)) == "system_delay"
+    assert breach_root_cause("owner_missed", at(120), at(151), TOLERANCE, (outage,)) == "system_delay"
+    # Due before it began, or after intake was back, it is the person's, judged as before.
+    assert breach_root_cause("owner_missed", at(90), at(91), TOLERANCE, (outage,)) == "owner_missed"
+    assert breach_root_cause("owner_missed", at(125), at(151), TOLERANCE, (outage,)) == "owner_missed"
+    assert breach_root_cause("owner_missed", at(500), at(501), TOLERANCE, (Outage(at(90)),)) == "system_delay"
