@@ -163,12 +163,19 @@ ACTIVITY_TYPE_ALIASES = {
     "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
     "do_not_contact": "opt_out", "optout": "opt_out",
 }
+# Open and click tracking, as engagement tools name it: an email activity with that outcome, kept
+# (the lead's timeline shows it) but no touch unless a policy's `qualifying_touches` lists it.
+ENGAGEMENT_TYPES = {
+    "email_open": "opened", "email_opened": "opened", "opened": "opened", "open": "opened",
+    "email_click": "clicked", "email_clicked": "clicked", "email_link_click": "clicked",
+    "link_click": "clicked", "clicked": "clicked", "click": "clicked",
+}
 
 # The contract's outcomes per activity type; other outcomes are kept as sent.
 OUTCOMES = {
     "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
     "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
-    "email": ("sent", "replied", "bounced"),
+    "email": ("sent", "replied", "bounced", "opened", "clicked"),
 }
 
 
@@ -209,6 +216,17 @@ class ActivityIn(FormInput):
         activity = handler(data)
         activity._unreadable_time, activity._local_time = unreadable, local
         return activity
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engagement(cls, data: Any) -> Any:
+        """"EMAIL_OPEN", "Email Clicked": an email whose outcome is the buyer's open or click."""
+        value = data.get("type") if isinstance(data, dict) else None
+        if isinstance(value, str):
+            outcome = ENGAGEMENT_TYPES.get(re.sub(r"[\s-]+", "_", value.strip().lower()))
+            if outcome is not None:
+                return {**data, "type": "email", "outcome": data.get("outcome") or outcome}
+        return data
 
     @field_validator("type", mode="before")
     @classmethod
