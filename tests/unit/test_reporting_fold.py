@@ -76,6 +76,21 @@ def sla(kind: str, **extra) -> CloudEvent:
     return event(f"sla.{kind}", **{**TIMER, **extra})
 
 
+def test_a_back_filled_touch_from_before_the_lead_came_is_no_first_response() -> None:
+    """A CRM back-filling history: a call three days before the lead came set its first response
+    three days before its receipt (status responded), and the real answer later never replaced it."""
+    old_call = event("activity.recorded", type="call", outcome="connected", occurred_at="2026-11-14T09:00:00Z")
+    answer = event("activity.recorded", type="call", outcome="connected", occurred_at="2026-11-17T09:03:00Z")
+    state = replay(RECEIVED, ASSIGNED, old_call)
+    assert state.get("first_response_at") is None and state["status"] == "assigned"
+    assert replay(RECEIVED, ASSIGNED, old_call, answer)["first_response_at"] == answer.data["occurred_at"]
+
+
+def test_an_email_opened_or_clicked_is_no_first_response() -> None:
+    opened = event("activity.recorded", type="email", outcome="opened", occurred_at="2026-11-17T09:02:00Z")
+    assert replay(RECEIVED, ASSIGNED, opened)["status"] == "assigned"
+
+
 def test_a_late_started_or_warning_never_reopens_a_met_timer() -> None:
     timer = fold_timer(None, sla("met", met_at="2026-11-17T09:02:00Z"))
     for late in (sla("started"), sla("warning", percent=80), sla("resumed")):
