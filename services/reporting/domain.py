@@ -182,6 +182,10 @@ def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
 
 
 def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    if (d.get("assignment_no") or 1) > 1:
+        # Handed out of the queue after being taken from its owner (lead.queued from_owner_id): the
+        # lead changed hands as a reassignment does.
+        s["reassignments"] = (s.get("reassignments") or 0) + 1
     _assign(s, d, event, first=True)
     _advance(s, "assigned")
 
@@ -196,6 +200,10 @@ def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     at = utc_iso(event.time)
     if _earlier(s.get("queued_at"), at):
         s["queued_at"] = at
+    number = d.get("assignment_no")
+    if d.get("from_owner_id") and number is not None and number > (s.get("assignment_no") or 0):
+        # Taken from its owner into the queue: nobody's until the hand-out (same number) comes.
+        s.update(assignment_no=number, owner_id=None)
     _advance(s, "queued")
 
 

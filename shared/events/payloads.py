@@ -188,10 +188,19 @@ class QueueChange(Payload):
     reason: str
     missing_fields: list[str] = Field(default_factory=list)
     queued_at: datetime | None = None
+    # The number the lead's assignment out of the queue will carry. A consumer that follows owners
+    # by assignment_no orders a lead's routing events by (assignment_no, then queue events before
+    # lead.assigned / lead.reassigned): a queue event of a higher number takes the lead from its
+    # owner, a replayed one of a lower or equal number changes nothing. None: stored before it was carried.
+    assignment_no: int | None = None
 
 
 class LeadQueued(QueueChange):
     TYPE: ClassVar[str] = "lead.queued"
+
+    # The owner the lead was taken from (rerouted: out of office, an escalation, a reassignment
+    # nobody else could take); None for a lead queued on arrival.
+    from_owner_id: str | None = None
 
 
 class LeadDequeued(QueueChange):

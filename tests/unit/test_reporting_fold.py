@@ -138,6 +138,21 @@ def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner(
         assert (state["owner_id"], state["first_owner_id"], state["reassignments"]) == ("bob", "alice", 1)
 
 
+def test_a_lead_taken_into_the_queue_is_nobody_s_until_handed_out_and_that_counts_as_a_reassignment() -> None:
+    """The owner out of office, nobody else free: the lead kept showing its old owner (the lead list
+    by owner_id listed it) and the hand-out to someone else was no reassignment in the reports."""
+    queued = CloudEvent(id="q", source="test", type="lead.queued", subject="l1", time=NOW, data={
+        "lead_id": "l1", "tier": "A", "queue": "tier-A", "reason": "no_eligible_owner", "assignment_no": 2,
+        "from_owner_id": "alice"})
+    handed = CloudEvent(id="a2", source="test", type="lead.assigned", subject="l1", time=NOW, data={
+        "lead_id": "l1", "owner_id": "bob", "team_id": "sdr", "assignment_no": 2, "assigned_at": "2026-11-17T09:10:00Z"})
+    waiting = replay(RECEIVED, ASSIGNED, queued)
+    assert waiting["owner_id"] is None
+    state = replay(RECEIVED, ASSIGNED, queued, handed)
+    assert (state["owner_id"], state["reassignments"], state["first_owner_id"]) == ("bob", 1, "alice")
+    assert replay(RECEIVED, ASSIGNED, handed, queued)["owner_id"] == "bob"  # a late queue event changes nothing
+
+
 def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:
     upgraded = event("lead.updated", tier="B", changed={"intent": {"old": "newsletter", "new": "trial"}})
     assert replay(RECEIVED, upgraded)["tier"] == "B"
