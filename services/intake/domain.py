@@ -399,7 +399,13 @@ def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) ->
     raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
     if tiers.rank(tier) >= tiers.rank(lead.tier):  # the queue's rule too (shared/config.py)
         return None
-    changed = {"intent": {"old": lead.record.get("intent"), "new": intent}, "tier": {"old": lead.tier, "new": tier}}
+    # One shape with PATCH's: a change per dotted field ("intent.type"), the repeat's intent
+    # replacing the lead's (a field it leaves out becomes None), and the tier.
+    before = lead.record.get("intent") or {}
+    changed: dict[str, dict[str, Any]] = {
+        f"intent.{key}": {"old": before.get(key), "new": intent.get(key)}
+        for key in sorted(set(before) | set(intent)) if before.get(key) != intent.get(key)}
+    changed["tier"] = {"old": lead.tier, "new": tier}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",
                        contactable=lead.record.get("contactable", True))
 
@@ -464,6 +470,8 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
                              partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
     tier = classify_tier(merged, lead.source, config.tiers)
+    if tier != lead.tier:
+        changed["tier"] = {"old": lead.tier, "new": tier}  # as an upgrade names it
     contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="patched",
                        contactable=contactable, data_quality=patch.data_quality,

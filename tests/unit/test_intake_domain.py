@@ -296,3 +296,15 @@ def test_a_local_occurred_at_that_its_source_s_zone_takes_outside_the_years_1_to
     # A local time with an instant in UTC is read in the zone, as before.
     assert ActivityIn.model_validate({"type": "call", "occurred_at": "2026-11-17 08:30"}).dated(
         zone).occurred_at.utcoffset() is not None
+
+
+def test_an_upgrade_names_each_changed_intent_field_as_a_patch_does() -> None:
+    from services.intake.domain import upgrade
+    from shared.config import parse_config
+    tiers = parse_config("tiers: {default: C, rules: [{tier: A, when: {intent: [demo_request]}}]}").tiers
+    lead = KnownLead(lead_id="l1", source="web", tier="C", correlation_id="c",
+                     record={"intent": {"type": "content_download", "message": None, "product": None}})
+    update = upgrade(lead, {"type": "demo_request", "product": "cloud"}, "A", tiers)
+    assert update.changed == {"intent.product": {"old": None, "new": "cloud"},
+                              "intent.type": {"old": "content_download", "new": "demo_request"},
+                              "tier": {"old": "C", "new": "A"}}
