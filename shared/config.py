@@ -362,6 +362,11 @@ class PolicyFilter(Strict):
 SlaMetric = Literal["first_response", "next_action", "qualification"]
 
 
+# Outcomes that record the buyer's engagement (open and click tracking), not anyone reaching out:
+# a rule without `outcomes` does not count them; a rule that lists them in `outcomes` does.
+ENGAGEMENT_OUTCOMES = frozenset({"opened", "clicked"})
+
+
 class TouchRule(Strict):
     """An activity type that counts as a touch, only with these outcomes (None: any outcome) and
     only for these metrics (None: all). E.g. a no_answer call as a cadence attempt only."""
@@ -388,11 +393,13 @@ class SlaPolicy(Strict):
         The one rule for everyone who judges touches (the SLA clock, reporting's time to first response)."""
         if self.touch_actors == "owner" and owner_id is not None and actor != owner_id:
             return False
+        engagement = outcome in ENGAGEMENT_OUTCOMES
         for rule in self.qualifying_touches:
             if isinstance(rule, str):
-                if rule == activity_type:
+                if rule == activity_type and not engagement:
                     return True
-            elif (rule.type == activity_type and (rule.outcomes is None or outcome in rule.outcomes)
+            elif (rule.type == activity_type
+                  and (outcome in rule.outcomes if rule.outcomes is not None else not engagement)
                   and (rule.metrics is None or metric in rule.metrics)):
                 return True
         return False

@@ -256,21 +256,25 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         zone = activity_zone(ctx.config.config, principal.name)
         warnings, activity = activity.warnings(zone), activity.dated(zone)
 
-        async def record() -> str:
+        async def record() -> tuple[str, str]:
             async with ctx.uow() as uow:
-                activity_id = await record_activity(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id,
-                                                    activity, now=ctx.clock.now())
+                store = PostgresIntakeStore(uow.conn)
+                # The lead by its id, else by the sender's own id for it (its external_id), as on
+                # Kafka: a CRM that knows only its record's id. A source key finds its source's leads.
+                resolved = await store.resolve(lead_id, None if principal.is_admin else principal.name) or lead_id
+                activity_id = await record_activity(uow, store, ctx.config.config, resolved, activity,
+                                                    now=ctx.clock.now())
                 await uow.commit()
-            return activity_id
+            return activity_id, resolved
 
         try:
-            activity_id = await retry_on_conflict(record)
+            activity_id, resolved = await retry_on_conflict(record)
         except UnknownLead:
             raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
         except RejectedActivity as exc:
             raise ProblemError(422, "Invalid activity", str(exc),
                                [{"field": exc.field, "message": str(exc)}]) from None
-        return JSONResponse({"activity_id": activity_id, "warnings": warnings}, status_code=202)
+        return JSONResponse({"activity_id": activity_id, "lead_id": resolved, "warnings": warnings}, status_code=202)
 
     return router
 

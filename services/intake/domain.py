@@ -163,12 +163,19 @@ ACTIVITY_TYPE_ALIASES = {
     "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
     "do_not_contact": "opt_out", "optout": "opt_out",
 }
+# Open and click tracking, as engagement tools name it: an email activity with that outcome, kept
+# (the lead's timeline shows it) but no touch unless a policy's `qualifying_touches` lists it.
+ENGAGEMENT_TYPES = {
+    "email_open": "opened", "email_opened": "opened", "opened": "opened", "open": "opened",
+    "email_click": "clicked", "email_clicked": "clicked", "email_link_click": "clicked",
+    "link_click": "clicked", "clicked": "clicked", "click": "clicked",
+}
 
 # The contract's outcomes per activity type; other outcomes are kept as sent.
 OUTCOMES = {
     "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
     "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
-    "email": ("sent", "replied", "bounced"),
+    "email": ("sent", "replied", "bounced", "opened", "clicked"),
 }
 
 
@@ -209,6 +216,17 @@ class ActivityIn(FormInput):
         activity = handler(data)
         activity._unreadable_time, activity._local_time = unreadable, local
         return activity
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engagement(cls, data: Any) -> Any:
+        """"EMAIL_OPEN", "Email Clicked": an email whose outcome is the buyer's open or click."""
+        value = data.get("type") if isinstance(data, dict) else None
+        if isinstance(value, str):
+            outcome = ENGAGEMENT_TYPES.get(re.sub(r"[\s-]+", "_", value.strip().lower()))
+            if outcome is not None:
+                return {**data, "type": "email", "outcome": data.get("outcome") or outcome}
+        return data
 
     @field_validator("type", mode="before")
     @classmethod
@@ -381,7 +399,13 @@ def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) ->
     raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
     if tiers.rank(tier) >= tiers.rank(lead.tier):  # the queue's rule too (shared/config.py)
         return None
-    changed = {"intent": {"old": lead.record.get("intent"), "new": intent}, "tier": {"old": lead.tier, "new": tier}}
+    # One shape with PATCH's: a change per dotted field ("intent.type"), the repeat's intent
+    # replacing the lead's (a field it leaves out becomes None), and the tier.
+    before = lead.record.get("intent") or {}
+    changed: dict[str, dict[str, Any]] = {
+        f"intent.{key}": {"old": before.get(key), "new": intent.get(key)}
+        for key in sorted(set(before) | set(intent)) if before.get(key) != intent.get(key)}
+    changed["tier"] = {"old": lead.tier, "new": tier}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",
                        contactable=lead.record.get("contactable", True))
 
@@ -446,6 +470,8 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
                              partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
     tier = classify_tier(merged, lead.source, config.tiers)
+    if tier != lead.tier:
+        changed["tier"] = {"old": lead.tier, "new": tier}  # as an upgrade names it
     contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="patched",
                        contactable=contactable, data_quality=patch.data_quality,

@@ -125,7 +125,8 @@ POST_ACTIVITY = {
     # The activity's id on the sender's side, when the body has no external_id: a retry changes nothing.
     "parameters": [IDEMPOTENCY],
     "responses": {
-        "202": _json({"type": "object", "properties": {"activity_id": {"type": "string"}, "warnings": WARNINGS}},
+        "202": _json({"type": "object", "properties": {"activity_id": {"type": "string"}, "lead_id": {"type": "string"},
+                                                       "warnings": WARNINGS}},
                      "Recorded (unknown fields kept in attributes, named in warnings)"),
         "404": _problem("Unknown lead"),
         "422": _problem("Invalid activity"),

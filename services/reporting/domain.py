@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
+from shared.config import ENGAGEMENT_OUTCOMES
 from shared.events import (
     PAYLOADS,
     ActivityRecorded,
@@ -72,7 +73,16 @@ def _earlier(current: str | None, candidate: str) -> bool:
 
 
 def is_touch(data: dict[str, Any]) -> bool:
-    return data.get("type") in TOUCH_TYPES and not data.get("disposition")
+    # An email opened or clicked is the buyer's engagement, no touch (shared.config.ENGAGEMENT_OUTCOMES).
+    return (data.get("type") in TOUCH_TYPES and not data.get("disposition")
+            and data.get("outcome") not in ENGAGEMENT_OUTCOMES)
+
+
+def _before_lead(s: dict[str, Any], at: str) -> bool:
+    """A touch made before the lead came (a CRM back-filling its history), as the SLA clock sees
+    it: no response to the lead (its `first_response_at` would precede its receipt)."""
+    received = _at(s.get("received_at"))
+    return received is not None and _at(at) < received - CLOCK_SKEW  # type: ignore[operator]
 
 
 # (the lead's facts, an activity's data) -> whether it answers the lead's first response.
@@ -172,6 +182,10 @@ def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
 
 
 def _assigned(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    if (d.get("assignment_no") or 1) > 1:
+        # Handed out of the queue after being taken from its owner (lead.queued from_owner_id): the
+        # lead changed hands as a reassignment does.
+        s["reassignments"] = (s.get("reassignments") or 0) + 1
     _assign(s, d, event, first=True)
     _advance(s, "assigned")
 
@@ -186,6 +200,10 @@ def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     at = utc_iso(event.time)
     if _earlier(s.get("queued_at"), at):
         s["queued_at"] = at
+    number = d.get("assignment_no")
+    if d.get("from_owner_id") and number is not None and number > (s.get("assignment_no") or 0):
+        # Taken from its owner into the queue: nobody's until the hand-out (same number) comes.
+        s.update(assignment_no=number, owner_id=None)
     _advance(s, "queued")
 
 
@@ -260,7 +278,7 @@ def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answe
             s.update(disposition_status=d["disposition"].get("status"),
                      disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
         _advance(s, "dispositioned")
-    elif is_touch(d) and (answers is None or answers(s, d)):
+    elif is_touch(d) and not _before_lead(s, at) and (answers is None or answers(s, d)):
         # A first response as the SLA clock judges it: what the lead's policy counts (an unanswered
         # call may be a cadence attempt only), not any touch.
         if _earlier(s.get("first_response_at"), at):

@@ -164,29 +164,30 @@ def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: D
 
 
 async def _enqueue(store: RouterStore, facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
-                   cause: CloudEvent | None) -> None:
-    await store.record_all(_queued(facts, decision, assignment_no, now, cause))
+                   cause: CloudEvent | None, from_owner_id: str | None = None) -> None:
+    await store.record_all(_queued(facts, decision, assignment_no, now, cause, from_owner_id))
 
 
 def _queued(facts: LeadFacts, decision: Decision, assignment_no: int, now: datetime,
-            cause: CloudEvent | None) -> Recorded:
+            cause: CloudEvent | None, from_owner_id: str | None = None) -> Recorded:
     queued = new_event(
         "lead.queued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadQueued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=decision.reason,
-                        missing_fields=list(decision.missing_fields), queued_at=now),
+                        missing_fields=list(decision.missing_fields), queued_at=now,
+                        assignment_no=assignment_no, from_owner_id=from_owner_id),
     )
     return [(TOPIC_ROUTING, queued), (None, _routed(facts, replace(decision, owner_id=None, next_cursor=None,
                                                                    weights=None), assignment_no, None, now, cause))]
 
 
 async def _record_dequeued(store: RouterStore, facts: LeadFacts, reason: str, queued_at: datetime,
-                           now: datetime, cause: CloudEvent | None = None) -> None:
+                           now: datetime, cause: CloudEvent | None = None, *, assignment_no: int) -> None:
     await store.record(TOPIC_ROUTING, new_event(
         "lead.dequeued", service=SERVICE, lead_id=facts.lead_id, time=now, cause=cause,
         correlation_id=None if cause else facts.correlation_id,
         data=LeadDequeued(lead_id=facts.lead_id, tier=facts.tier, queue=f"tier-{facts.tier}", reason=reason,
-                          queued_at=queued_at),
+                          queued_at=queued_at, assignment_no=assignment_no),
     ))
 
 
@@ -340,7 +341,8 @@ async def drain_queue(target: RouterStore | UnitOfWork, config: Config, now: dat
         if decision.owner_id is None:
             continue
         store.expect(facts.lead_id, queued.version)
-        await _record_dequeued(store, facts, "owner_available", queued.queued_at, now)
+        await _record_dequeued(store, facts, "owner_available", queued.queued_at, now,
+                               assignment_no=queued.assignment_no)
         await _record_assigned(store, config, state, facts, decision, queued.assignment_no, now, None)
         state = record(state, decision, config, now)
         assigned += 1
@@ -462,7 +464,7 @@ async def _reroute(store: RouterStore, config: Config, now: datetime, row: Assig
         raise NobodyEligible(facts.lead_id)
     # Nobody else can take it now: it waits in the queue (and drains like any queued lead)
     # rather than staying with an owner it was taken from (lead.queued takes it from them).
-    await _enqueue(store, facts, decision, row.assignment_no + 1, now, cause)
+    await _enqueue(store, facts, decision, row.assignment_no + 1, now, cause, from_owner_id=row.owner_id)
     return {"lead_id": facts.lead_id, "status": "queued", "owner_id": None}
 
 
@@ -480,7 +482,8 @@ async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead
     else:
         why_not = eligibility(state.owners.get(to_owner), facts, state, config, now)
         decision = _named(config, facts, to_owner, reason, why_not)
-    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now, cause)
+    await _record_dequeued(store, facts, "reassigned" if to_owner else "owner_available", row.queued_at, now, cause,
+                           assignment_no=row.assignment_no)
     await _record_assigned(store, config, state, facts, decision, row.assignment_no, now, cause)
     return {"lead_id": lead_id, "status": "assigned", "owner_id": decision.owner_id,
             "assignment_no": row.assignment_no}
@@ -529,7 +532,8 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
             waiting = await store.queued(activity.lead_id, for_update=True)
             if waiting is not None:
                 reason = "opted_out" if activity.type == "opt_out" else "dispositioned"
-                await _record_dequeued(store, waiting.facts, reason, waiting.queued_at, now, cause=event)
+                await _record_dequeued(store, waiting.facts, reason, waiting.queued_at, now, cause=event,
+                                       assignment_no=waiting.assignment_no)
             return
         if row.closed_at is not None:
             return

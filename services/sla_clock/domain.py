@@ -197,6 +197,14 @@ def judge(timer: Timer, now: datetime, seen: datetime | None, confirm_wait: time
     return tick(timer, judging_horizon(now, seen, confirm_wait))
 
 
+def made_before(occurred_at: datetime, start: datetime) -> bool:
+    """Whether a touch the sender dates `occurred_at` was made before a clock that began at `start`
+    (beyond the clocks' drift): history (a CRM back-filling a lead's past calls), no response to
+    it. Judged on the sender's own time, not on `touch_time`, which brings an old date forward to
+    within the skew of its acceptance and so into a clock that started minutes ago."""
+    return occurred_at < start - _CLOCK_SKEW
+
+
 def touch(timer: Timer, at: datetime) -> Step:
     """A qualifying touch: meets an open timer if it happened before the deadline (a paused timer's
     deadline is not running, so any touch meets it)."""

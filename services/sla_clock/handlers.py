@@ -62,6 +62,7 @@ from .domain import (
     follow_up,
     judge,
     judging_horizon,
+    made_before,
     metric_calendar,
     metric_on_reassign,
     metric_start_on,
@@ -209,6 +210,8 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     def counts(metric: str) -> bool:
         return touch_counts(policy, metric, activity.type, activity.outcome, activity.actor, lead.owner_id)
 
+    if made_before(activity.occurred_at, lead.received_at):
+        return  # a touch from before the lead came: it answers nothing the clock times
     first = counts(FIRST_RESPONSE)
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
@@ -218,6 +221,8 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
         if row.metric not in policy.metrics:
             continue  # decided under a policy the lead's tier no longer selects
         timer = _timer(row)
+        if made_before(activity.occurred_at, timer.started_at):
+            continue  # made before this timer's clock began (a follow-up step, a reset): not its touch
         if row.metric == FIRST_RESPONSE and first:
             step = touch(timer, at)
             if first_ever and (timer.state == "breached" or step.timer.state == "breached"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .envelope import BadEvent, CloudEvent, WireModel, describe_validation_error
 
@@ -90,12 +90,42 @@ class LeadReceived(Payload):
     suppressed: bool = False
 
 
+def dotted_changes(changed: dict[str, Any]) -> dict[str, Any]:
+    """`lead.updated.changed` in its one shape, a change per dotted field ("intent.type": {old,
+    new}). Repeats that raised the tier were stored, until 2026-11, with a section's whole objects
+    ("intent": {"old": {...}, "new": {...}}): read as their changed fields, so stored events replay."""
+    if all("." in path or not _sectioned(change) for path, change in changed.items()):
+        return changed
+    flat: dict[str, Any] = {}
+    for path, change in changed.items():
+        if "." in path or not _sectioned(change):
+            flat[path] = change
+            continue
+        old, new = change.get("old") or {}, change.get("new") or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                flat[f"{path}.{key}"] = {"old": old.get(key), "new": new.get(key)}
+    return flat
+
+
+def _sectioned(change: Any) -> bool:
+    return isinstance(change, dict) and (isinstance(change.get("old"), dict) or isinstance(change.get("new"), dict))
+
+
 class LeadUpdated(Payload):
     """A lead's fields completed or corrected (PATCH), or its intent raised by a repeat."""
     TYPE: ClassVar[str] = "lead.updated"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("changed"), dict):
+            return {**data, "changed": dotted_changes(data["changed"])}
+        return data
+
     lead_id: str
-    changed: dict[str, dict[str, Any]]  # "contact.phone" -> {"old": ..., "new": ...}
+    # "contact.phone" -> {"old": ..., "new": ...}; "tier" too when it changes
+    changed: dict[str, dict[str, Any]]
     tier: str
     previous_tier: str
     reason: str  # patched | upgraded | opted_out
@@ -188,10 +218,19 @@ class QueueChange(Payload):
     reason: str
     missing_fields: list[str] = Field(default_factory=list)
     queued_at: datetime | None = None
+    # The number the lead's assignment out of the queue will carry. A consumer that follows owners
+    # by assignment_no orders a lead's routing events by (assignment_no, then queue events before
+    # lead.assigned / lead.reassigned): a queue event of a higher number takes the lead from its
+    # owner, a replayed one of a lower or equal number changes nothing. None: stored before it was carried.
+    assignment_no: int | None = None
 
 
 class LeadQueued(QueueChange):
     TYPE: ClassVar[str] = "lead.queued"
+
+    # The owner the lead was taken from (rerouted: out of office, an escalation, a reassignment
+    # nobody else could take); None for a lead queued on arrival.
+    from_owner_id: str | None = None
 
 
 class LeadDequeued(QueueChange):

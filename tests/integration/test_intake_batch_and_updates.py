@@ -177,7 +177,12 @@ async def test_a_repeat_with_higher_intent_upgrades_the_lead(api, engine) -> Non
     assert [e.type for e in events] == ["lead.received", "lead.merged", "lead.updated"]
     update = events[2].data
     assert update["reason"] == "upgraded" and update["tier"] == "A" and update["previous_tier"] == "C"
-    assert update["changed"]["intent"]["new"]["type"] == "demo_request"
+    # PATCH's shape: a change per dotted field (it was the whole intent object, old and new), and the tier.
+    assert update["changed"] == {"intent.type": {"old": "content_download", "new": "demo_request"},
+                                 "tier": {"old": "C", "new": "A"}}
+    patched = await api.patch(f"/v1/leads/{first.json()['lead_id']}", json={"intent": {"type": "newsletter"}})
+    assert patched.json()["changed"] == {"intent.type": {"old": "demo_request", "new": "newsletter"},
+                                         "tier": {"old": "A", "new": "C"}}
 
     lower = await api.post("/v1/leads", json={"contact": {"email": person}, "intent": {"type": "newsletter"}})
     assert lower.json() == {"lead_id": first.json()["lead_id"], "status": "duplicate"}

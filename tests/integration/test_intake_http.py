@@ -185,6 +185,21 @@ async def test_activities(api, engine) -> None:
     assert ok.status_code == 202
 
 
+async def test_an_activity_for_a_lead_known_by_the_crm_s_own_id_is_recorded_on_that_lead(api, engine) -> None:
+    """A CRM knows the lead by its own record id (the lead's external_id). Kafka found the lead by
+    it; HTTP answered 404 and the touch was lost. The 202 names the lead it went to."""
+    crm_id = f"00Q{uuid.uuid4().hex[:12]}"
+    lead_id = (await api.post("/v1/leads", json=lead_body(external_id=crm_id))).json()["lead_id"]
+    call = {"type": "call", "actor": "alice", "outcome": "connected", "external_id": "00T-1"}
+    by_crm_id = await api.post(f"/v1/leads/{crm_id}/activities", json=call)
+    assert by_crm_id.status_code == 202 and by_crm_id.json()["lead_id"] == lead_id
+    again = await api.post(f"/v1/leads/{lead_id}/activities", json=call)  # the same touch by the lead id
+    assert again.json()["activity_id"] == by_crm_id.json()["activity_id"]
+    events = await stored_events(engine, "intake", lead_id)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+    assert (await api.post(f"/v1/leads/00Q-nobody-{uuid.uuid4().hex[:6]}/activities", json=call)).status_code == 404
+
+
 async def test_an_activity_with_fields_of_the_crm_s_own_is_recorded_with_them(api, engine) -> None:
     """CRMs send more than the contract names (a call's duration, their own ids). Once, any
     unknown field refused the touch with 422: the call was lost and the SLA breached for it."""

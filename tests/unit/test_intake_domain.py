@@ -269,6 +269,17 @@ def test_activity_types_are_read_in_the_spellings_crms_use(sent: str, type_: str
     assert ActivityIn.model_validate({"type": sent}).type == type_
 
 
+@pytest.mark.parametrize(("sent", "outcome"), [
+    ("EMAIL_OPEN", "opened"), ("Email Opened", "opened"), ("email_click", "clicked"), ("Email Link Click", "clicked"),
+])
+def test_open_and_click_tracking_is_an_email_with_that_outcome_not_a_422(sent: str, outcome: str) -> None:
+    """Engagement tools post opens and clicks as activity types of their own: they were refused
+    (422 naming the type); they are emails whose outcome the SLA policies do not count as a touch."""
+    activity = ActivityIn.model_validate({"type": sent, "occurred_at": "2026-11-26T14:05:00Z"})
+    assert (activity.type, activity.outcome) == ("email", outcome)
+    assert ActivityIn.model_validate({"type": "email", "outcome": "Opened"}).outcome == "opened"
+
+
 @pytest.mark.parametrize(("sent", "zone"), [("0001-01-01 00:30", "Europe/Berlin"),
                                             ("9999-12-31 23:00", "America/Los_Angeles")])
 def test_a_local_occurred_at_that_its_source_s_zone_takes_outside_the_years_1_to_9999_is_kept_as_sent(
@@ -285,3 +296,15 @@ def test_a_local_occurred_at_that_its_source_s_zone_takes_outside_the_years_1_to
     # A local time with an instant in UTC is read in the zone, as before.
     assert ActivityIn.model_validate({"type": "call", "occurred_at": "2026-11-17 08:30"}).dated(
         zone).occurred_at.utcoffset() is not None
+
+
+def test_an_upgrade_names_each_changed_intent_field_as_a_patch_does() -> None:
+    from services.intake.domain import upgrade
+    from shared.config import parse_config
+    tiers = parse_config("tiers: {default: C, rules: [{tier: A, when: {intent: [demo_request]}}]}").tiers
+    lead = KnownLead(lead_id="l1", source="web", tier="C", correlation_id="c",
+                     record={"intent": {"type": "content_download", "message": None, "product": None}})
+    update = upgrade(lead, {"type": "demo_request", "product": "cloud"}, "A", tiers)
+    assert update.changed == {"intent.product": {"old": None, "new": "cloud"},
+                              "intent.type": {"old": "content_download", "new": "demo_request"},
+                              "tier": {"old": "C", "new": "A"}}

@@ -125,3 +125,20 @@ def test_a_payload_that_does_not_fit_its_type_is_refused_naming_the_field() -> N
 def test_an_unknown_type_has_no_payload() -> None:
     with pytest.raises(BadEvent, match="unknown event type"):
         Received.of(CloudEvent(id="1", source="s", type="lead.frobnicated", time=NOW))
+
+
+def test_lead_updated_has_one_shape_and_an_upgrade_stored_with_whole_objects_reads_as_dotted_fields() -> None:
+    """Repeats that raised the tier stored `changed: {"intent": {"old": {...}, "new": {...}}}`
+    while PATCH says `"intent.type": {old, new}`: the router read no intent from the first (a rule
+    on intent never saw the upgrade). Stored events of that shape are read as PATCH's."""
+    from shared.events import LeadUpdated
+    stored = {"lead_id": "l1", "tier": "A", "previous_tier": "C", "reason": "upgraded", "changed": {
+        "intent": {"old": {"type": "content_download", "message": None, "product": "x"},
+                   "new": {"type": "demo_request"}},
+        "tier": {"old": "C", "new": "A"}}}
+    assert LeadUpdated.model_validate(stored).changed == {
+        "intent.type": {"old": "content_download", "new": "demo_request"},
+        "intent.product": {"old": "x", "new": None},
+        "tier": {"old": "C", "new": "A"}}
+    patched = {"contact.title": {"old": None, "new": "CTO"}, "contactable": {"old": True, "new": False}}
+    assert LeadUpdated.model_validate({**stored, "changed": patched}).changed == patched

@@ -76,6 +76,21 @@ def sla(kind: str, **extra) -> CloudEvent:
     return event(f"sla.{kind}", **{**TIMER, **extra})
 
 
+def test_a_back_filled_touch_from_before_the_lead_came_is_no_first_response() -> None:
+    """A CRM back-filling history: a call three days before the lead came set its first response
+    three days before its receipt (status responded), and the real answer later never replaced it."""
+    old_call = event("activity.recorded", type="call", outcome="connected", occurred_at="2026-11-14T09:00:00Z")
+    answer = event("activity.recorded", type="call", outcome="connected", occurred_at="2026-11-17T09:03:00Z")
+    state = replay(RECEIVED, ASSIGNED, old_call)
+    assert state.get("first_response_at") is None and state["status"] == "assigned"
+    assert replay(RECEIVED, ASSIGNED, old_call, answer)["first_response_at"] == answer.data["occurred_at"]
+
+
+def test_an_email_opened_or_clicked_is_no_first_response() -> None:
+    opened = event("activity.recorded", type="email", outcome="opened", occurred_at="2026-11-17T09:02:00Z")
+    assert replay(RECEIVED, ASSIGNED, opened)["status"] == "assigned"
+
+
 def test_a_late_started_or_warning_never_reopens_a_met_timer() -> None:
     timer = fold_timer(None, sla("met", met_at="2026-11-17T09:02:00Z"))
     for late in (sla("started"), sla("warning", percent=80), sla("resumed")):
@@ -121,6 +136,21 @@ def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner(
     for order in ((ASSIGNED, reassigned), (reassigned, ASSIGNED)):
         state = replay(RECEIVED, *order)
         assert (state["owner_id"], state["first_owner_id"], state["reassignments"]) == ("bob", "alice", 1)
+
+
+def test_a_lead_taken_into_the_queue_is_nobody_s_until_handed_out_and_that_counts_as_a_reassignment() -> None:
+    """The owner out of office, nobody else free: the lead kept showing its old owner (the lead list
+    by owner_id listed it) and the hand-out to someone else was no reassignment in the reports."""
+    queued = CloudEvent(id="q", source="test", type="lead.queued", subject="l1", time=NOW, data={
+        "lead_id": "l1", "tier": "A", "queue": "tier-A", "reason": "no_eligible_owner", "assignment_no": 2,
+        "from_owner_id": "alice"})
+    handed = CloudEvent(id="a2", source="test", type="lead.assigned", subject="l1", time=NOW, data={
+        "lead_id": "l1", "owner_id": "bob", "team_id": "sdr", "assignment_no": 2, "assigned_at": "2026-11-17T09:10:00Z"})
+    waiting = replay(RECEIVED, ASSIGNED, queued)
+    assert waiting["owner_id"] is None
+    state = replay(RECEIVED, ASSIGNED, queued, handed)
+    assert (state["owner_id"], state["reassignments"], state["first_owner_id"]) == ("bob", 1, "alice")
+    assert replay(RECEIVED, ASSIGNED, handed, queued)["owner_id"] == "bob"  # a late queue event changes nothing
 
 
 def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:

@@ -158,6 +158,28 @@ async def test_out_of_office_hands_back_untouched_leads_and_keeps_worked_ones(ro
     assert owner_stream == ["owner.updated"] and router.data.owner_state["ann"][1] == 1
 
 
+async def test_a_lead_taken_from_its_owner_into_the_queue_says_from_whom_and_numbers_the_hand_out(router) -> None:
+    """A CRM follows the owner from leads.routing alone. Taken from ann into the queue (nobody else
+    free), lead.queued said neither from whom nor which assignment it ended, so a sync job that keeps
+    the highest assignment_no never cleared ann; now the queue events carry the number the hand-out
+    will have, and lead.queued the owner it was taken from."""
+    lead_id = await router.receive()  # ann
+    await router.receive()  # ben, now full; boss has no capacity
+    await update_owner(router.store(), CONFIG, router.clock.now(), "ann", {"status": "out_of_office"}, "admin")
+    await router.commit()
+    queued = next(e for e in router.data.recorded if e.subject == lead_id and e.type == "lead.queued")
+    assert (queued.data["from_owner_id"], queued.data["assignment_no"]) == ("ann", 2)
+    await update_owner(router.store(), CONFIG, router.clock.now(), "ben", {"capacity": 2}, "admin")
+    await router.commit()
+    routing = [(e.type, e.data.get("assignment_no")) for e in router.data.recorded
+               if e.subject == lead_id and e.type.startswith("lead.")]
+    assert routing == [("lead.assigned", 1), ("lead.queued", 2), ("lead.dequeued", 2), ("lead.assigned", 2)]
+    # A lead queued on arrival: from nobody, the first assignment to come.
+    fresh = await router.receive()
+    first = next(e for e in router.data.recorded if e.subject == fresh and e.type == "lead.queued")
+    assert (first.data["from_owner_id"], first.data["assignment_no"]) == (None, 1)
+
+
 async def test_reassigning_to_a_named_owner_records_the_next_assignment_number(router) -> None:
     lead_id = await router.receive()  # ann
     result = await reassign(router.store(), CONFIG, router.clock.now(), lead_id, "ben", "vacation")

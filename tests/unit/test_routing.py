@@ -282,3 +282,15 @@ def test_a_lead_update_changes_the_facts_routing_reads() -> None:
     with_country = LeadFacts(lead_id="l", tier="B", source="web", country="FR")
     assert updated_facts(with_country, {"company.country": {"old": None, "new": "DE"}}, "B", True).country == "FR"
     assert updated_facts(facts, {"company.domain": {"old": None, "new": "gmail.com"}}, "B", True).company_domain is None
+
+
+def test_a_stored_upgrade_with_whole_intent_objects_changes_the_intent_routing_reads() -> None:
+    """An upgrade stored as `"intent": {"old": {...}, "new": {...}}` left the router's intent at
+    the old one (it reads dotted fields), so a rule on intent_types never matched the upgraded lead."""
+    from shared.events import LeadUpdated
+    stored = LeadUpdated.model_validate({"lead_id": "l1", "tier": "A", "previous_tier": "C", "reason": "upgraded",
+                                         "changed": {"intent": {"old": {"type": "content_download"},
+                                                                "new": {"type": "contact_sales"}},
+                                                     "tier": {"old": "C", "new": "A"}}})
+    after = updated_facts(LeadFacts("l1", "C", "web", intent="content_download"), stored.changed, stored.tier, True)
+    assert (after.intent, after.tier) == ("contact_sales", "A")

@@ -54,9 +54,10 @@ def assigned(lead_id: str, at: datetime = T0) -> CloudEvent:
         assignment_no=1, candidates=[], assigned_at=at, tier="A"))
 
 
-def activity(lead_id: str, at: datetime, type_: str = "call") -> CloudEvent:
+def activity(lead_id: str, at: datetime, type_: str = "call", occurred_at: datetime | None = None) -> CloudEvent:
+    """`at`: when intake accepted it; `occurred_at`: when the sender says it happened (default `at`)."""
     return new_event("activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
-        lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type_, actor="alice", occurred_at=at))
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type_, actor="alice", occurred_at=occurred_at or at))
 
 
 async def handle(store: InMemoryClockStore, handler, event: CloudEvent) -> None:
@@ -122,6 +123,38 @@ async def test_a_touch_in_time_meets_the_response_and_starts_the_cadence_so_noth
     assert timers["next_action"].state == "open"
     assert (await store.lead(lead_id)).first_touch_at == T0 + timedelta(minutes=2)
     assert await fire(store, T0 + timedelta(minutes=10)) == 0
+
+
+async def test_a_back_filled_touch_from_before_the_lead_came_answers_nothing() -> None:
+    """A CRM back-filling a lead's history posts a call made three days before the lead came: it
+    was brought forward to its acceptance less the skew, met the first response (closed before
+    the timer started) and started a cadence already overdue, which breached as system_delay."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    before = len(store.recorded)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=1),
+                                              occurred_at=T0 - timedelta(days=3)))
+    assert store.recorded[before:] == []
+    [timer] = await store.timers(lead_id)
+    assert timer.state == "open" and (await store.lead(lead_id)).first_touch_at is None
+    # A touch made a minute after the lead came, sent on time, still meets it.
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=2)))
+    assert {t.metric: t.state for t in await store.timers(lead_id)} == {"first_response": "met", "next_action": "open"}
+
+
+async def test_an_older_touch_arriving_after_a_newer_one_is_no_follow_up_of_the_cadence() -> None:
+    """Touches sent out of order: a call made before the one that started follow-up 2 (but sent
+    after it) was counted as that follow-up, the cadence moving on twice for one touch."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=30)))  # first response
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=50)))  # follow-up 1 met
+    [cadence] = [t for t in await store.timers(lead_id) if t.metric == "next_action"]
+    assert (cadence.step, cadence.state) == (2, "open")
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=51),
+                                              occurred_at=T0 + timedelta(minutes=35)))
+    [after] = [t for t in await store.timers(lead_id) if t.metric == "next_action"]
+    assert (after.step, after.state, after.due_at) == (2, "open", cadence.due_at)
 
 
 async def test_an_opt_out_cancels_every_running_timer_and_closes_the_lead() -> None:

@@ -64,6 +64,23 @@ def test_what_counts_as_a_touch_is_per_policy_type_outcome_and_actor(metric, typ
     assert touch_counts(POLICY, metric, type_, outcome, actor, "alice") is counts
 
 
+@pytest.mark.parametrize("outcome", ["opened", "clicked"])
+def test_an_email_opened_or_clicked_is_the_buyer_s_engagement_and_no_touch_unless_a_rule_lists_it(outcome) -> None:
+    """Open and click tracking (HubSpot, Outreach) post an email with outcome opened/clicked: the
+    buyer's doing, not a response. The policy's bare `email` met the first response with it."""
+    assert not touch_counts(POLICY, "first_response", "email", outcome, "alice", "alice")
+    assert not touch_counts(POLICY, "next_action", "email", outcome, "alice", "alice")
+    assert touch_counts(POLICY, "first_response", "email", "sent", "alice", "alice")
+    listed = parse_config(f"""
+owners: [{{id: alice}}]
+sla_policies:
+  - id: p
+    metrics: {{first_response: {{target: 5m}}}}
+    qualifying_touches: [{{type: email, outcomes: [sent, {outcome}]}}]
+""").sla_policies[0]
+    assert touch_counts(listed, "first_response", "email", outcome, "alice", "alice")
+
+
 def test_an_unowned_lead_counts_anyones_touch_even_under_owner_only() -> None:
     assert touch_counts(POLICY, "first_response", "email", None, "bob", None)
 
