@@ -49,13 +49,17 @@ def plan_steps(config: Config, event_type: str, triggered_at: datetime) -> list[
 
 
 def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outcome: str | None,
-                  actor: str | None, owner_id: str | None) -> bool:
+                  actor: str | None, owner_id: str | None, occurred_at: datetime | None = None) -> bool:
     """Whether an activity recorded after an escalation chain started answers what the chain
     escalates (`sla`: its trigger's data), so its later steps have no news left to tell: a touch
     for the SLA's metric under its policy, the rule the SLA clock judges by (a follow-up is also
     answered by a disposition or a booked meeting, a qualification by a disposition). A breached
     SLA stays breached and its clock emits nothing more for it, so the notifier judges the late
-    touch itself; an SLA under a policy the configuration no longer has is left to escalate."""
+    touch itself; an SLA under a policy the configuration no longer has is left to escalate. An
+    activity dated before the SLA's clock began (a CRM back-filling history) answers nothing."""
+    started = sla.get("started_at")
+    if occurred_at is not None and isinstance(started, str) and occurred_at < _parsed(started) - HISTORY_DRIFT:
+        return False
     metric = sla.get("metric")
     if metric == "qualification":
         return activity_type == "disposition"
@@ -63,6 +67,14 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
         return True
     policy = config.sla_policy_by_id(sla.get("policy_id"))
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
+
+
+# An activity dated this much before an SLA's clock began is history, not an answer to it (clocks drift).
+HISTORY_DRIFT = timedelta(minutes=5)
+
+
+def _parsed(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:

@@ -189,7 +189,7 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
     known = await deps.store(uow).lead(activity.lead_id)
     owner_id = known.owner_id if known else None
     await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
-        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id))
+        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at))
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from shared.business_hours import BusinessCalendar
 from shared.config import (
+    ENGAGEMENT_OUTCOMES,
     CalendarConfig,
     Config,
     Owner,
@@ -534,3 +535,17 @@ def record(state: RoutingState, decision: Decision, config: Config, now: datetim
 def release(state: RoutingState, owner_id: str) -> RoutingState:
     """The state after one of `owner_id`'s open leads stopped counting."""
     return replace(state, open_leads={**state.open_leads, owner_id: max(state.open_leads.get(owner_id, 1) - 1, 0)})
+
+
+# The kinds of activity that are someone working the lead (dispositions and opt-outs close it).
+TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
+# A touch dated this much before the assignment (a CRM back-filling history) is not the owner's.
+TOUCH_DRIFT = timedelta(minutes=5)
+
+
+def works_the_lead(activity_type: str, outcome: str | None, occurred_at: datetime, assigned_at: datetime) -> bool:
+    """Whether an activity shows the lead's owner working it (an owner going out of office keeps
+    such leads): a touch made since the assignment. The buyer opening or clicking an email is the
+    buyer's engagement, and a touch from before the assignment is history: neither is work."""
+    return (activity_type in TOUCHES and outcome not in ENGAGEMENT_OUTCOMES
+            and occurred_at >= assigned_at - TOUCH_DRIFT)

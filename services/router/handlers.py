@@ -35,6 +35,7 @@ from shared.uow import UnitOfWork
 
 from .adapters import Assignment, PostgresRouterStore, QueuedLead, QueueKey, RouterStore
 from .domain import (
+    TOUCHES,
     Decision,
     LeadClosed,
     LeadFacts,
@@ -57,11 +58,11 @@ from .domain import (
     record,
     release,
     updated_facts,
+    works_the_lead,
 )
 
 SERVICE = "router"
 log = structlog.get_logger()
-TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 DRAIN_PAGE = 200
 MAX_SCOPE_WIDENINGS = 4
 
@@ -542,7 +543,8 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
             data=LeadClosed(lead_id=activity.lead_id, closed_at=activity.occurred_at,
                             cause="disposition" if activity.disposition is not None else activity.type)))
         await drain_queue(store, config, now)
-    elif row is not None and row.touched_at is None:
+    elif (row is not None and row.touched_at is None
+          and works_the_lead(activity.type, activity.outcome, activity.occurred_at, row.assigned_at)):
         await store.record(None, new_event(
             LeadTouched.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
             data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))

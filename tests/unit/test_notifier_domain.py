@@ -262,6 +262,14 @@ def test_a_late_activity_answers_a_chain_by_the_rule_the_clock_judges(metric, po
     assert answers_chain(ANSWERING, sla, activity, outcome, actor, "alice") is answers
 
 
+def test_a_call_from_before_the_sla_began_a_back_filled_history_answers_no_chain() -> None:
+    started = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+    sla = {"metric": "first_response", "policy_id": "fast", "owner_id": "alice", "started_at": "2026-11-17T09:00:00Z"}
+    history, drifted = started - timedelta(days=3), started - timedelta(minutes=1)
+    assert answers_chain(ANSWERING, sla, "call", "connected", "alice", "alice", history) is False
+    assert answers_chain(ANSWERING, sla, "call", "connected", "alice", "alice", drifted) is True  # clocks drift
+
+
 def _slack_texts(payload: dict) -> list[tuple[str, str]]:
     """Every (type, text) Slack would parse in a message: the top-level text (mrkdwn unless the
     message says `mrkdwn: false`) and each text object of its blocks."""

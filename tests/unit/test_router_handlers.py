@@ -89,10 +89,12 @@ class Router:
         await self.commit()
         return lead_id
 
-    async def activity(self, lead_id: str, kind: str, disposition: Disposition | None = None) -> None:
+    async def activity(self, lead_id: str, kind: str, disposition: Disposition | None = None, *,
+                       outcome: str | None = None, occurred_at: datetime | None = None) -> None:
         now = self.clock.now()
         event = new_event("activity.recorded", service="intake", lead_id=lead_id, time=now, data=ActivityRecorded(
-            lead_id=lead_id, activity_id=str(uuid.uuid4()), type=kind, occurred_at=now, disposition=disposition))
+            lead_id=lead_id, activity_id=str(uuid.uuid4()), type=kind, occurred_at=occurred_at or now,
+            outcome=outcome, disposition=disposition))
         await on_activity(None, Received.of(event), self.deps)
         await self.commit()
 
@@ -292,3 +294,18 @@ async def test_a_run_of_leads_is_decided_as_if_they_came_one_by_one() -> None:
         ("d", "ann", "round_robin"), ("e", "ben", "round_robin"), ("f", "ben", "round_robin"),
         ("g", "boss", "fallback"), ("h", "lead.queued", None), ("i", "lead.queued", None)]
 
+
+
+async def test_an_opened_email_or_a_back_filled_call_is_not_the_owner_working_the_lead(router) -> None:
+    """Out of office with reroute_untouched: a lead whose only activity is the buyer opening an email,
+    or a call from before it was assigned (a CRM back-filling history), is handed back like an
+    untouched one."""
+    await update_owner(router.store(), CONFIG, router.clock.now(), "ben", {"capacity": 3}, "admin")
+    await router.commit()
+    opened, _, history = await router.receive(), await router.receive(), await router.receive()  # ann, ben, ann
+    await router.activity(opened, "email", outcome="opened")
+    await router.activity(history, "call", outcome="connected", occurred_at=router.clock.now() - timedelta(days=3))
+    assert "router.lead_touched" not in router.types(opened) + router.types(history)
+    await update_owner(router.store(), CONFIG, router.clock.now(), "ann", {"status": "out_of_office"}, "admin")
+    await router.commit()
+    assert (router.owner_of(opened), router.owner_of(history)) == ("ben", "ben")
