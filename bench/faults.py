@@ -3,15 +3,15 @@
 Runs the five services as processes on an embedded Postgres and the Tansu broker, sends leads
 over HTTP (half of them touched well before their deadline), and during the window where the
 touches and deadlines fall injects one fault: the broker frozen (SIGSTOP) for 30 s, Postgres
-stopped or frozen (SIGSTOP: its connections stay open, nothing answers) for 30 s, or kill -9 of
-random services. Senders behave like real ones: a 503 is retried
+stopped or frozen (SIGSTOP: its connections stay open, nothing answers) for 30 s, intake killed
+(kill -9) for 30 s, or kill -9 of random services. Senders behave like real ones: a 503 is retried
 after Retry-After, and a touch keeps the time the call happened (`occurred_at`).
 
 Then it reads sla_clock's events and counts, per fault, the touched leads that were breached
 and blamed on a person (the defect), breaches with root cause `system_delay`, and how late the
 untouched leads' breaches left.
 
-    python bench/faults.py [--leads 200] [--target 20] [--fault none,freeze-broker,stop-postgres,freeze-postgres,kill]
+    python bench/faults.py [--leads 200] [--target 20] [--fault none,freeze-broker,stop-postgres,freeze-postgres,kill-intake,kill]
 """
 from __future__ import annotations
 
@@ -169,6 +169,11 @@ async def inject(stack: Stack, fault: str, at: float, duration: float) -> None:
     elif fault == "freeze-postgres":
         with stack.postgres.frozen():
             await asyncio.sleep(duration)
+    elif fault == "kill-intake":  # senders' posts are refused until it is back, then retried
+        intake = stack.services["intake"]
+        intake.kill()
+        await asyncio.sleep(duration)
+        intake.start()
     elif fault == "kill":
         end = time.monotonic() + duration
         rng = random.Random(7)
@@ -252,7 +257,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=20, help="first-response target, seconds")
     parser.add_argument("--duration", type=float, default=30, help="how long each fault lasts, seconds")
     parser.add_argument("--spread", type=float, default=10, help="seconds over which leads arrive")
-    parser.add_argument("--fault", default="none,freeze-broker,stop-postgres,freeze-postgres,kill")
+    parser.add_argument("--fault", default="none,freeze-broker,stop-postgres,freeze-postgres,kill-intake,kill")
     parser.add_argument("--restarts", action="store_true", help="measure restart-to-ready times instead")
     args = parser.parse_args()
     if args.restarts:
