@@ -150,7 +150,9 @@ def normalize_email(value: str) -> str:
     if _PLAIN_EMAIL.fullmatch(text.lower()):
         return text.lower()
     try:
-        result = validate_email(text, check_deliverability=False)
+        # A quoted local part ('"john doe"@example.com') is rare but deliverable: refusing it would
+        # lose the lead. Bracketed IP literals stay refused (nobody is reached at one).
+        result = validate_email(text, check_deliverability=False, allow_quoted_local=True)
     except EmailNotValidError as exc:
         raise ValueError(f"not a usable email address ({exc})") from None
     return result.normalized.lower()

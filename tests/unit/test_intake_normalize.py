@@ -178,6 +178,17 @@ def test_refusals_name_the_unusable_fields() -> None:
     assert {e["field"] for e in info.value.errors} == {"contact", "contact.email", "contact.phone"}
 
 
+@pytest.mark.parametrize(("sent", "kept"), [
+    ('"john doe"@example.com', '"john doe"@example.com'), ('"J.R."@Example.com', '"j.r."@example.com'),
+    ('"ada"@example.com', "ada@example.com"),  # quotes nothing needs: the plain address
+])
+def test_a_quoted_local_part_is_a_usable_email_not_a_refusal(sent: str, kept: str) -> None:
+    """Found by fuzzing: '"john doe"@example.com' is deliverable, but a lead with it alone was refused."""
+    sub = read({"contact": {"email": sent}})
+    assert sub.contact.email == kept and sub.warnings == []
+    assert read({"contact": {"email": kept}}).contact.email == kept  # read again, unchanged
+
+
 def test_unknown_fields_at_any_level_are_kept_verbatim_under_attributes() -> None:
     sub = read({"contact": {"email": EMAIL, "linkedin": {"url": "x", "n": [1, 2]}}, "company": {"name": "A", "ticker": "ACME"},
                 "intent": {"type": "trial", "campaign_id": 7}, "utm_source": "google", "source": "typeform",
