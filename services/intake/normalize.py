@@ -616,6 +616,28 @@ TOP_ALIASES = {"externalid": "external_id", "id": "external_id", "lead_id": "ext
                "lead_score": "score", "custom": "custom_fields"}
 
 
+_ABSENT = object()
+
+
+def _free_name(target: dict[str, Any], name: str, fits: Callable[[Any], bool]) -> str:
+    """`name`, else the first of 'name_2', 'name_3'... that is absent from `target` or `fits`."""
+    candidate, n = name, 1
+    while (existing := target.get(candidate, _ABSENT)) is not _ABSENT and not fits(existing):
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+def _put(target: dict[str, Any], name: str, value: Any) -> None:
+    existing = target.get(name, _ABSENT)
+    if isinstance(existing, dict) and isinstance(value, dict):
+        merged = target[name] = dict(existing)  # a copy: the kept value may be in use elsewhere
+        for key, item in value.items():
+            _put(merged, key, item)
+        return
+    target[_free_name(target, name, lambda kept: kept == value)] = value
+
+
 class _Reader:
     """Collects issues and unknown fields while the submission is read."""
 
@@ -625,14 +647,15 @@ class _Reader:
         self.given: set[str] = set()
 
     def keep(self, path: tuple[str, ...], value: Any) -> None:
-        """Keep an unknown field verbatim, nested under attributes as it was in the body."""
+        """Keep an unknown field verbatim, nested under attributes as it was in the body. A name
+        already holding another value (a top-level field and a custom field of the same name, a
+        second spelling of one field) is never overwritten: objects merge, and a value that
+        cannot merge takes the name with a suffix ('plan_2')."""
         target = self.attributes
         for part in path[:-1]:
-            existing = target.get(part)
-            if not isinstance(existing, dict):
-                existing = target[part] = {}
-            target = existing
-        target[path[-1]] = value
+            part = _free_name(target, part, lambda existing: isinstance(existing, dict))
+            target = target.setdefault(part, {})
+        _put(target, path[-1], value)
 
     def warn(self, field_name: str, message: str, value: Any = None) -> None:
         self.issues.append(Issue(field_name, message, value))
@@ -714,10 +737,12 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
         name = TOP_ALIASES.get(name, name)
         if name in TOP_FIELDS and name not in top:
             top[name] = value
-        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)):
+        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)) and (
+                FLAT_FIELDS[name][1] not in flat[FLAT_FIELDS[name][0]]):
             section, target = FLAT_FIELDS[name]
-            flat[section].setdefault(target, value)
-        else:
+            flat[section][target] = (str(key), value)
+        else:  # unknown, or a second spelling of a flat field ('Email' after 'email'): kept
+
             r.keep((str(key),), value)
     if "source" in top and top["source"] is not None:
         r.keep(("source",), top["source"])  # the key decides the source; the body's is kept
@@ -741,15 +766,14 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     raw["company"] = r.section("company", company_value, COMPANY_FIELDS)
     raw["intent"] = r.section("intent", intent_value, INTENT_FIELDS)
     for section, fields in flat.items():
-        for target, value in fields.items():
+        for target, (key, value) in fields.items():
             if target not in raw[section]:
-                try:
-                    text = r.text(f"{section}.{target}", value)
-                except TypeError:
-                    continue
+                text = r.text(f"{section}.{target}", value)  # a scalar: never a TypeError
                 if text is not None:
                     raw[section][target] = text
                     r.given.add(f"{section}.{target}")
+            elif value is not None and str(value).strip() not in ("", raw[section][target]):
+                r.keep((key,), value)  # the nested object's value is used; this one is kept
 
     company = _company(r, raw["company"])
     contact, usable = _contact(r, raw["contact"], company.country, source)

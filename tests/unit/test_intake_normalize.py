@@ -200,6 +200,32 @@ def test_unknown_fields_at_any_level_are_kept_verbatim_under_attributes() -> Non
     assert sub.warnings == []
 
 
+@pytest.mark.parametrize(("body", "kept"), [
+    # A second spelling of a flat field: the first is used, the second kept.
+    ({"email": EMAIL, "E-Mail": "ada@work.example"}, {"E-Mail": "ada@work.example"}),
+    # A flat field beside the nested object's: the nested one is used, the flat one kept.
+    ({"contact": {"email": EMAIL}, "email": "ada@work.example"}, {"email": "ada@work.example"}),
+    ({"contact": {"email": EMAIL, "name": "Ada Lovelace"}, "full_name": "Augusta Ada King"},
+     {"full_name": "Augusta Ada King"}),
+    # A top-level field and a custom field of the same name: both kept, the second suffixed.
+    ({"contact": {"email": EMAIL}, "plan": "pro", "custom_fields": {"plan": "team"}}, {"plan": "pro", "plan_2": "team"}),
+    ({"contact": {"email": EMAIL}, "attributes": {"contact": "crm-7"}, "Contact": {"x": 1}},
+     {"contact": "crm-7", "Contact": {"x": 1}}),
+    ({"contact": {"email": EMAIL, "linkedin": "in/ada"}, "custom_fields": {"contact": "crm-7"}},
+     {"contact": "crm-7", "contact_2": {"linkedin": "in/ada"}}),
+    # Objects of the same name merge; an equal value is kept once.
+    ({"contact": {"email": EMAIL}, "utm": {"source": "ads"}, "custom_fields": {"utm": {"medium": "cpc"}, "x": 1},
+      "attributes": {"x": 1}}, {"utm": {"source": "ads", "medium": "cpc"}, "x": 1}),
+    # The same value twice is not a conflict.
+    ({"contact": {"email": EMAIL}, "email": " ada@example.com "}, {}),
+], ids=["flat-twice", "flat-and-nested", "name-flat-and-nested", "top-and-custom", "custom-and-top-object",
+        "custom-and-section", "objects-merge", "same-value"])
+def test_a_value_given_twice_is_kept_not_dropped(body: dict, kept: dict) -> None:
+    """Found by fuzzing: a second spelling of a field, a flat field beside the nested one, or a custom
+    field named like a top-level one was dropped (or overwrote the other) without a trace."""
+    assert read(body).attributes == kept
+
+
 def test_a_missing_intent_takes_the_sources_default() -> None:
     source = IntakeSource(default_intent="webinar", timezone="UTC")
     assert read({"contact": {"email": EMAIL}}, source).intent.type == "webinar"
