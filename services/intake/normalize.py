@@ -432,21 +432,30 @@ def band_for(employees: int) -> str:
     return "10001+"
 
 
+# No company employs more: a larger "head count" is not one (and past 64 bits it could not be
+# stored as the integer `employees`; a 400-digit '999…k' was an infinite float and a 500).
+MAX_HEAD_COUNT = 10**9
+
+
 def _count(text: str) -> int:
     text = text.replace(",", "").replace(" ", "").lower()
     if not text.endswith(("k", "m")):
         text = text.replace(".", "")  # "1.200": a thousands separator, not a decimal point
     if text.endswith("k"):
-        return int(float(text[:-1]) * 1000)
-    if text.endswith("m"):
-        return int(float(text[:-1]) * 1_000_000)
-    return int(text)
+        number: float = float(text[:-1]) * 1000
+    elif text.endswith("m"):
+        number = float(text[:-1]) * 1_000_000
+    else:
+        number = int(text)
+    if not number <= MAX_HEAD_COUNT:  # NaN and infinity too
+        raise ValueError("is not a head count")
+    return int(number)
 
 
 def normalize_size(value: Any) -> Size:
     """A head count or a band ('201-500', '1,001 - 5,000 employees', '10k+', '<10') -> both."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 1 or value != int(value):
+        if not 1 <= value <= MAX_HEAD_COUNT or value != int(value):
             raise ValueError("is not a head count")
         n = int(value)
         low, _, high = band_for(n).partition("-")

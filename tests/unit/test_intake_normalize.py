@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from services.intake.normalize import (
@@ -224,6 +225,19 @@ def test_a_value_given_twice_is_kept_not_dropped(body: dict, kept: dict) -> None
     """Found by fuzzing: a second spelling of a field, a flat field beside the nested one, or a custom
     field named like a top-level one was dropped (or overwrote the other) without a trace."""
     assert read(body).attributes == kept
+
+
+@pytest.mark.parametrize("size", ["9" * 400 + "k", "9" * 310 + "m", "1" + "0" * 30, "1" + "0" * 30 + " - " + "9" * 31,
+                                  10**30, "over " + "9" * 40, float("inf"), float("nan")],
+                         ids=["400-digit-k", "310-digit-m", "30-digit", "30-digit-band", "int-10e30", "over-40-digits",
+                              "inf", "nan"])
+def test_a_company_size_past_any_head_count_is_kept_as_sent_not_a_crash(size: Any) -> None:
+    """Found by fuzzing: '999…k' (400 digits) raised OverflowError (a 500, the lead lost), and a
+    30-digit count became an `employees` integer past 64 bits that the store could not write."""
+    sub = read({"contact": {"email": EMAIL}, "company": {"size": size}})
+    assert [w["field"] for w in sub.warnings] == ["company.size"]
+    assert sub.company.employees is None and sub.company.employees_min is None
+    orjson.dumps(sub.snapshot())  # as the event store writes it
 
 
 def test_a_missing_intent_takes_the_sources_default() -> None:
