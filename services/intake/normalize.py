@@ -647,6 +647,20 @@ def _put(target: dict[str, Any], name: str, value: Any) -> None:
     target[_free_name(target, name, lambda kept: kept == value)] = value
 
 
+def _unusable(fields: dict[str, str], key: Any, item: Any) -> bool:
+    """An email that has no @ or a phone with no number in it, given under one spelling: another
+    spelling of the field ('email': 'n/a', 'work_email': 'ada@acme.com') is read first, else the
+    junk one was used, the usable one only kept, and the lead refused. (A stable sort: the
+    sender's order otherwise.)"""
+    target = fields.get(snake(str(key)))
+    if target not in ("email", "phone"):
+        return False
+    first = item[0] if isinstance(item, list) and item else item
+    if isinstance(first, bool) or not isinstance(first, (str, int, float)):
+        return True
+    return "@" not in str(first) if target == "email" else not dialable(str(first))
+
+
 class _Reader:
     """Collects issues and unknown fields while the submission is read."""
 
@@ -708,7 +722,7 @@ class _Reader:
             self.keep((name,), value)
             return {}
         out: dict[str, Any] = {}
-        for key, item in value.items():
+        for key, item in sorted(value.items(), key=lambda pair: _unusable(fields, *pair)):
             target = fields.get(snake(str(key)))
             if target is None or target in out:
                 self.keep((name, str(key)), item)

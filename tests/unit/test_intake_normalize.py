@@ -240,6 +240,20 @@ def test_a_company_size_past_any_head_count_is_kept_as_sent_not_a_crash(size: An
     orjson.dumps(sub.snapshot())  # as the event store writes it
 
 
+@pytest.mark.parametrize(("contact", "email", "phone"), [
+    ({"email": "n/a", "work_email": "ada@acme.com"}, "ada@acme.com", None),
+    ({"E-Mail": False, "email": "Ada@Example.com"}, "ada@example.com", None),
+    ({"phone": "see below", "mobile": "+1 415 555 2671"}, None, "+14155552671"),
+    ({"phone": "", "tel": None, "mobile": ["n/a"], "cell": "+44 20 7946 0958"}, None, "+442079460958"),
+], ids=["email-na", "email-false", "phone-words", "phone-fourth"])
+def test_a_usable_email_or_phone_under_another_spelling_is_read_before_a_junk_one(contact, email, phone) -> None:
+    """Found by fuzzing: the first spelling was used even when it held no address ('n/a', false)
+    and the usable one under a second spelling was only kept: a lead giving only those was refused."""
+    sub = read({"contact": contact})
+    assert (sub.contact.email, sub.contact.phone) == (email, phone)
+    assert sub.warnings == []
+
+
 def test_a_missing_intent_takes_the_sources_default() -> None:
     source = IntakeSource(default_intent="webinar", timezone="UTC")
     assert read({"contact": {"email": EMAIL}}, source).intent.type == "webinar"
