@@ -264,7 +264,9 @@ class RuleMatch(Strict):
         return all(getattr(self, name) is None for name in type(self).model_fields)
 
 
-_BAND = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)|\+)?\s*$")
+# At most 18 digits a bound (64-bit): a lead's size kept as sent can be any text, and int() of
+# more than 4,300 digits raises, which stopped the router on the lead.
+_BAND = re.compile(r"^\s*(\d{1,18})\s*(?:-\s*(\d{1,18})|\+)?\s*$")
 
 
 def size_band(text: str | int | float) -> tuple[int, int | None] | None:

@@ -27,7 +27,7 @@ from shared.config import Config, Suppression, Tiers, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
 
-from .normalize import Issue, Submission, parse_timestamp, read_submission
+from .normalize import Issue, Submission, clean_text, parse_timestamp, read_submission
 
 Short = Annotated[str, Field(max_length=200)]
 
@@ -277,7 +277,10 @@ class ActivityIn(FormInput):
             kept["disposition"] = dict(self.disposition.model_extra)
         if self._unreadable_time is not None:
             kept["occurred_at"] = self._unreadable_time
-        return kept
+        # Made storable as a lead's unknown fields are (NUL dropped, a lone surrogate replaced, a
+        # huge integer or NaN as text): the declared fields refuse such text by name, but a CRM's
+        # own field must not cost the touch (the insert failed, 500, and the SLA breached).
+        return clean_text(kept)
 
     def warnings(self, zone: str) -> list[dict[str, str]]:
         """What was kept as sent or read by assumption, by field, so an integrator sees a

@@ -150,7 +150,9 @@ def normalize_email(value: str) -> str:
     if _PLAIN_EMAIL.fullmatch(text.lower()):
         return text.lower()
     try:
-        result = validate_email(text, check_deliverability=False)
+        # A quoted local part ('"john doe"@example.com') is rare but deliverable: refusing it would
+        # lose the lead. Bracketed IP literals stay refused (nobody is reached at one).
+        result = validate_email(text, check_deliverability=False, allow_quoted_local=True)
     except EmailNotValidError as exc:
         raise ValueError(f"not a usable email address ({exc})") from None
     return result.normalized.lower()
@@ -430,21 +432,30 @@ def band_for(employees: int) -> str:
     return "10001+"
 
 
+# No company employs more: a larger "head count" is not one (and past 64 bits it could not be
+# stored as the integer `employees`; a 400-digit '999…k' was an infinite float and a 500).
+MAX_HEAD_COUNT = 10**9
+
+
 def _count(text: str) -> int:
     text = text.replace(",", "").replace(" ", "").lower()
     if not text.endswith(("k", "m")):
         text = text.replace(".", "")  # "1.200": a thousands separator, not a decimal point
     if text.endswith("k"):
-        return int(float(text[:-1]) * 1000)
-    if text.endswith("m"):
-        return int(float(text[:-1]) * 1_000_000)
-    return int(text)
+        number: float = float(text[:-1]) * 1000
+    elif text.endswith("m"):
+        number = float(text[:-1]) * 1_000_000
+    else:
+        number = int(text)
+    if not number <= MAX_HEAD_COUNT:  # NaN and infinity too
+        raise ValueError("is not a head count")
+    return int(number)
 
 
 def normalize_size(value: Any) -> Size:
     """A head count or a band ('201-500', '1,001 - 5,000 employees', '10k+', '<10') -> both."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 1 or value != int(value):
+        if not 1 <= value <= MAX_HEAD_COUNT or value != int(value):
             raise ValueError("is not a head count")
         n = int(value)
         low, _, high = band_for(n).partition("-")
@@ -614,6 +625,42 @@ TOP_ALIASES = {"externalid": "external_id", "id": "external_id", "lead_id": "ext
                "lead_score": "score", "custom": "custom_fields"}
 
 
+_ABSENT = object()
+
+
+def _free_name(target: dict[str, Any], name: str, fits: Callable[[Any], bool]) -> str:
+    """`name`, else the first of 'name_2', 'name_3'... that is absent from `target` or `fits`."""
+    candidate, n = name, 1
+    while (existing := target.get(candidate, _ABSENT)) is not _ABSENT and not fits(existing):
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+def _put(target: dict[str, Any], name: str, value: Any) -> None:
+    existing = target.get(name, _ABSENT)
+    if isinstance(existing, dict) and isinstance(value, dict):
+        merged = target[name] = dict(existing)  # a copy: the kept value may be in use elsewhere
+        for key, item in value.items():
+            _put(merged, key, item)
+        return
+    target[_free_name(target, name, lambda kept: kept == value)] = value
+
+
+def _unusable(fields: dict[str, str], key: Any, item: Any) -> bool:
+    """An email that has no @ or a phone with no number in it, given under one spelling: another
+    spelling of the field ('email': 'n/a', 'work_email': 'ada@acme.com') is read first, else the
+    junk one was used, the usable one only kept, and the lead refused. (A stable sort: the
+    sender's order otherwise.)"""
+    target = fields.get(snake(str(key)))
+    if target not in ("email", "phone"):
+        return False
+    first = item[0] if isinstance(item, list) and item else item
+    if isinstance(first, bool) or not isinstance(first, (str, int, float)):
+        return True
+    return "@" not in str(first) if target == "email" else not dialable(str(first))
+
+
 class _Reader:
     """Collects issues and unknown fields while the submission is read."""
 
@@ -623,14 +670,15 @@ class _Reader:
         self.given: set[str] = set()
 
     def keep(self, path: tuple[str, ...], value: Any) -> None:
-        """Keep an unknown field verbatim, nested under attributes as it was in the body."""
+        """Keep an unknown field verbatim, nested under attributes as it was in the body. A name
+        already holding another value (a top-level field and a custom field of the same name, a
+        second spelling of one field) is never overwritten: objects merge, and a value that
+        cannot merge takes the name with a suffix ('plan_2')."""
         target = self.attributes
         for part in path[:-1]:
-            existing = target.get(part)
-            if not isinstance(existing, dict):
-                existing = target[part] = {}
-            target = existing
-        target[path[-1]] = value
+            part = _free_name(target, part, lambda existing: isinstance(existing, dict))
+            target = target.setdefault(part, {})
+        _put(target, path[-1], value)
 
     def warn(self, field_name: str, message: str, value: Any = None) -> None:
         self.issues.append(Issue(field_name, message, value))
@@ -674,7 +722,7 @@ class _Reader:
             self.keep((name,), value)
             return {}
         out: dict[str, Any] = {}
-        for key, item in value.items():
+        for key, item in sorted(value.items(), key=lambda pair: _unusable(fields, *pair)):
             target = fields.get(snake(str(key)))
             if target is None or target in out:
                 self.keep((name, str(key)), item)
@@ -712,10 +760,11 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
         name = TOP_ALIASES.get(name, name)
         if name in TOP_FIELDS and name not in top:
             top[name] = value
-        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)):
+        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)) and (
+                FLAT_FIELDS[name][1] not in flat[FLAT_FIELDS[name][0]]):
             section, target = FLAT_FIELDS[name]
-            flat[section].setdefault(target, value)
-        else:
+            flat[section][target] = (str(key), value)
+        else:  # unknown, or a second spelling of a flat field ('Email' after 'email'): kept
             r.keep((str(key),), value)
     if "source" in top and top["source"] is not None:
         r.keep(("source",), top["source"])  # the key decides the source; the body's is kept
@@ -739,15 +788,14 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     raw["company"] = r.section("company", company_value, COMPANY_FIELDS)
     raw["intent"] = r.section("intent", intent_value, INTENT_FIELDS)
     for section, fields in flat.items():
-        for target, value in fields.items():
+        for target, (key, value) in fields.items():
             if target not in raw[section]:
-                try:
-                    text = r.text(f"{section}.{target}", value)
-                except TypeError:
-                    continue
+                text = r.text(f"{section}.{target}", value)  # a scalar: never a TypeError
                 if text is not None:
                     raw[section][target] = text
                     r.given.add(f"{section}.{target}")
+            elif value is not None and str(value).strip() not in ("", raw[section][target]):
+                r.keep((key,), value)  # the nested object's value is used; this one is kept
 
     company = _company(r, raw["company"])
     contact, usable = _contact(r, raw["contact"], company.country, source)

@@ -1,5 +1,6 @@
 from datetime import UTC
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -22,9 +23,10 @@ from services.intake.domain import (
     same_person,
     updated_record,
 )
-from services.intake.normalize import Refused, Submission, read_submission
+from services.intake.normalize import Refused, Submission, clean_text, read_submission
 from shared.config import IntakeSource, Suppression, parse_config
 from shared.events import Contact
+from shared.text import storable
 
 TIERS = parse_config("""
 tiers:
@@ -308,3 +310,19 @@ def test_an_upgrade_names_each_changed_intent_field_as_a_patch_does() -> None:
     assert update.changed == {"intent.product": {"old": None, "new": "cloud"},
                               "intent.type": {"old": "content_download", "new": "demo_request"},
                               "tier": {"old": "C", "new": "A"}}
+
+
+@pytest.mark.parametrize("extra", [
+    {"crm_note": "a\x00b"}, {"crm": {"id": "\ud800"}}, {"\x00key": 1}, {"big": 2**80}, {"ratio": float("nan")},
+    {"disposition": {"status": "disqualified", "crm_code": "x\x00"}},
+], ids=["nul", "lone-surrogate", "nul-in-name", "huge-int", "nan", "in-disposition"])
+def test_an_activity_s_unknown_fields_are_kept_storable_not_refused(extra: dict) -> None:
+    """Found by fuzzing: an unknown field with a NUL, a lone surrogate or an integer past 64 bits
+    reached the insert as it was, and the touch was lost to a 500."""
+    body = {"type": "call", **extra}
+    if "disposition" in extra:
+        body = {"type": "disposition", "disposition": extra["disposition"]}
+    kept = ActivityIn.model_validate(body).attributes()
+    assert storable(kept) == kept
+    assert orjson.loads(orjson.dumps(kept)) == kept  # what the jsonb column gets back, unchanged
+    assert kept.keys() == {clean_text(k) for k in (extra if "disposition" not in extra else {"disposition": 1})}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from services.intake.normalize import (
@@ -178,6 +179,17 @@ def test_refusals_name_the_unusable_fields() -> None:
     assert {e["field"] for e in info.value.errors} == {"contact", "contact.email", "contact.phone"}
 
 
+@pytest.mark.parametrize(("sent", "kept"), [
+    ('"john doe"@example.com', '"john doe"@example.com'), ('"J.R."@Example.com', '"j.r."@example.com'),
+    ('"ada"@example.com', "ada@example.com"),  # quotes nothing needs: the plain address
+])
+def test_a_quoted_local_part_is_a_usable_email_not_a_refusal(sent: str, kept: str) -> None:
+    """Found by fuzzing: '"john doe"@example.com' is deliverable, but a lead with it alone was refused."""
+    sub = read({"contact": {"email": sent}})
+    assert sub.contact.email == kept and sub.warnings == []
+    assert read({"contact": {"email": kept}}).contact.email == kept  # read again, unchanged
+
+
 def test_unknown_fields_at_any_level_are_kept_verbatim_under_attributes() -> None:
     sub = read({"contact": {"email": EMAIL, "linkedin": {"url": "x", "n": [1, 2]}}, "company": {"name": "A", "ticker": "ACME"},
                 "intent": {"type": "trial", "campaign_id": 7}, "utm_source": "google", "source": "typeform",
@@ -186,6 +198,59 @@ def test_unknown_fields_at_any_level_are_kept_verbatim_under_attributes() -> Non
         "contact": {"linkedin": {"url": "x", "n": [1, 2]}}, "company": {"ticker": "ACME"},
         "intent": {"campaign_id": 7}, "utm_source": "google", "source": "typeform", "plan": "pro", "q1": "yes",
     }
+    assert sub.warnings == []
+
+
+@pytest.mark.parametrize(("body", "kept"), [
+    # A second spelling of a flat field: the first is used, the second kept.
+    ({"email": EMAIL, "E-Mail": "ada@work.example"}, {"E-Mail": "ada@work.example"}),
+    # A flat field beside the nested object's: the nested one is used, the flat one kept.
+    ({"contact": {"email": EMAIL}, "email": "ada@work.example"}, {"email": "ada@work.example"}),
+    ({"contact": {"email": EMAIL, "name": "Ada Lovelace"}, "full_name": "Augusta Ada King"},
+     {"full_name": "Augusta Ada King"}),
+    # A top-level field and a custom field of the same name: both kept, the second suffixed.
+    ({"contact": {"email": EMAIL}, "plan": "pro", "custom_fields": {"plan": "team"}}, {"plan": "pro", "plan_2": "team"}),
+    ({"contact": {"email": EMAIL}, "attributes": {"contact": "crm-7"}, "Contact": {"x": 1}},
+     {"contact": "crm-7", "Contact": {"x": 1}}),
+    ({"contact": {"email": EMAIL, "linkedin": "in/ada"}, "custom_fields": {"contact": "crm-7"}},
+     {"contact": "crm-7", "contact_2": {"linkedin": "in/ada"}}),
+    # Objects of the same name merge; an equal value is kept once.
+    ({"contact": {"email": EMAIL}, "utm": {"source": "ads"}, "custom_fields": {"utm": {"medium": "cpc"}, "x": 1},
+      "attributes": {"x": 1}}, {"utm": {"source": "ads", "medium": "cpc"}, "x": 1}),
+    # The same value twice is not a conflict.
+    ({"contact": {"email": EMAIL}, "email": " ada@example.com "}, {}),
+], ids=["flat-twice", "flat-and-nested", "name-flat-and-nested", "top-and-custom", "custom-and-top-object",
+        "custom-and-section", "objects-merge", "same-value"])
+def test_a_value_given_twice_is_kept_not_dropped(body: dict, kept: dict) -> None:
+    """Found by fuzzing: a second spelling of a field, a flat field beside the nested one, or a custom
+    field named like a top-level one was dropped (or overwrote the other) without a trace."""
+    assert read(body).attributes == kept
+
+
+@pytest.mark.parametrize("size", ["9" * 400 + "k", "9" * 310 + "m", "1" + "0" * 30, "1" + "0" * 30 + " - " + "9" * 31,
+                                  10**30, "over " + "9" * 40, float("inf"), float("nan")],
+                         ids=["400-digit-k", "310-digit-m", "30-digit", "30-digit-band", "int-10e30", "over-40-digits",
+                              "inf", "nan"])
+def test_a_company_size_past_any_head_count_is_kept_as_sent_not_a_crash(size: Any) -> None:
+    """Found by fuzzing: '999…k' (400 digits) raised OverflowError (a 500, the lead lost), and a
+    30-digit count became an `employees` integer past 64 bits that the store could not write."""
+    sub = read({"contact": {"email": EMAIL}, "company": {"size": size}})
+    assert [w["field"] for w in sub.warnings] == ["company.size"]
+    assert sub.company.employees is None and sub.company.employees_min is None
+    orjson.dumps(sub.snapshot())  # as the event store writes it
+
+
+@pytest.mark.parametrize(("contact", "email", "phone"), [
+    ({"email": "n/a", "work_email": "ada@acme.com"}, "ada@acme.com", None),
+    ({"E-Mail": False, "email": "Ada@Example.com"}, "ada@example.com", None),
+    ({"phone": "see below", "mobile": "+1 415 555 2671"}, None, "+14155552671"),
+    ({"phone": "", "tel": None, "mobile": ["n/a"], "cell": "+44 20 7946 0958"}, None, "+442079460958"),
+], ids=["email-na", "email-false", "phone-words", "phone-fourth"])
+def test_a_usable_email_or_phone_under_another_spelling_is_read_before_a_junk_one(contact, email, phone) -> None:
+    """Found by fuzzing: the first spelling was used even when it held no address ('n/a', false)
+    and the usable one under a second spelling was only kept: a lead giving only those was refused."""
+    sub = read({"contact": contact})
+    assert (sub.contact.email, sub.contact.phone) == (email, phone)
     assert sub.warnings == []
 
 

@@ -185,6 +185,15 @@ def test_rule_conditions(facts, rule, owner) -> None:
     assert (decision.rule_id, decision.owner_id) == (rule, owner)
 
 
+@pytest.mark.parametrize("size", ["9" * 5000, "1-" + "9" * 5000, "9" * 5000 + "+"], ids=["count", "band", "open-band"])
+def test_a_company_size_kept_as_sent_with_any_number_of_digits_matches_no_size_rule(size: str) -> None:
+    """Found by fuzzing: intake keeps an unreadable size as sent, and size_band's int() of more
+    than 4,300 digits raised ValueError: the router failed on the lead instead of routing it."""
+    decision = decide(RULES, LeadFacts("l", "A", "web", country="GB", company_size=size, company_name="Big"),
+                      state(RULES), NOW)
+    assert (decision.rule_id, decision.owner_id) == ("general", "gen1")
+
+
 def test_a_lead_without_a_rules_required_field_goes_to_the_fallback_with_missing_data() -> None:
     decision = decide(RULES, LeadFacts("l", "A", "web", company_size="2000"), state(RULES), NOW)
     assert (decision.owner_id, decision.method, decision.reason) == ("ops", "fallback", "missing_data")
