@@ -3,6 +3,8 @@ limit, bearer-key auth, and the /healthz, /readyz, /metrics and /v1/config endpo
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
+from .ratelimit import KeyLimiter
 from .schemas import schema_router
 from .tracing import TraceMiddleware
 
@@ -244,6 +247,13 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
                                _auth_error("is an unknown or revoked key"), headers={"WWW-Authenticate": "Bearer"})
         if role == "admin" and not principal.is_admin:
             raise ProblemError(403, "Forbidden", "This needs an admin key.", _auth_error("is not an admin key"))
+        limiter: KeyLimiter | None = getattr(request.app.state, "key_limiter", None)
+        if limiter is not None and (wait := limiter.wait(principal.key_id, time.monotonic())) > 0:
+            seconds = max(1, math.ceil(wait))
+            raise ProblemError(429, "Too many requests",
+                               f"This key may make {limiter.rate:g} requests a second here (bursts of "
+                               f"{limiter.burst}); retry in {seconds}s.",
+                               _auth_error("is over its rate limit"), headers={"Retry-After": str(seconds)})
         request.state.principal = principal
         return principal
 
@@ -251,10 +261,15 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
 
 
 def create_app(
-    ctx: ServiceContext, routers: list[APIRouter], on_invalid: InvalidRequestHook | None = None
+    ctx: ServiceContext, routers: list[APIRouter], on_invalid: InvalidRequestHook | None = None, *,
+    key_limits: bool = False,
 ) -> FastAPI:
+    """The service's app. `key_limits`: every keyed request counts against its key's limit
+    (`LEADSLA_API_RATE_LIMIT_PER_SECOND`; intake limits per source instead, in its routes)."""
     app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0")
     app.state.ctx = ctx
+    if key_limits:
+        app.state.key_limiter = KeyLimiter(ctx.settings.api_rate_limit_per_second, ctx.settings.api_rate_limit_burst)
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     # The larger limits apply only where the app serves that path (filled in once the routes are).
     body_limits: dict[str, int] = {}

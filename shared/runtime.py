@@ -64,6 +64,8 @@ class ServiceSpec:
     routers: list[APIRouter] = field(default_factory=list)
     on_invalid_request: InvalidRequestHook | None = None
     projection: Projection | None = None
+    # Limit each key's requests (LEADSLA_API_RATE_LIMIT_*); a service with limits of its own says no.
+    key_limits: bool = True
 
 
 Bootstrap = Callable[[ServiceContext], ServiceSpec]
@@ -150,7 +152,7 @@ async def run_service(name: str, bootstrap: Bootstrap, settings: Settings, clock
     relay = ctx.relay = OutboxRelay(engine, name, producer, ctx.relay_wakeup,
                                     stuck_after_seconds=settings.outbox_stuck_seconds)
     port = settings.http_port or SERVICE_PORTS[name]
-    app = create_app(ctx, spec.routers, spec.on_invalid_request)
+    app = create_app(ctx, spec.routers, spec.on_invalid_request, key_limits=spec.key_limits)
     # log_config=None: uvicorn's own lines go through the root handler, JSON like the rest (leadsla.logging).
     server = _Server(uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="off",
                                     access_log=False, log_config=None))

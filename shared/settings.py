@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=6000, ge=500)
     # How long a starting service waits for the broker to come up (compose starts them together).
     kafka_startup_wait_seconds: float = Field(default=60.0, ge=0)
+    # Requests a key may make to router, sla_clock, notifier and reporting (each process counts its
+    # own): a runaway script or a dashboard polling in a loop gets 429 with Retry-After, not the
+    # database's attention. Intake limits each source by its configuration (intake.rate_limit).
+    api_rate_limit_per_second: float = Field(default=50.0, gt=0)
+    api_rate_limit_burst: int = Field(default=200, ge=1)
     # What a client is told to wait (Retry-After) while the database is unreachable.
     retry_after_seconds: int = Field(default=5, ge=1)
     # A running service's statements that get no answer within this long fail as "database

@@ -18,11 +18,12 @@ from shared.config import named_sources
 from shared.db import is_deadlock
 from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, require_key
+from shared.ratelimit import TokenBucket
 from shared.runtime import ServiceContext
 
 from . import openapi
 from .adapters import PostgresIntakeStore
-from .domain import ActivityIn, TokenBucket, activity_zone, intent_vocabulary
+from .domain import ActivityIn, activity_zone, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
     Accepted,

@@ -11,4 +11,5 @@ from .projection import PROJECTION
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     subscriptions, loops = consumers_and_loops(ctx)
     return ServiceSpec(subscriptions=subscriptions, loops=loops, routers=[build_router(ctx)],
-                       on_invalid_request=count_rejection, projection=PROJECTION)
+                       on_invalid_request=count_rejection, projection=PROJECTION,
+                       key_limits=False)  # per source, by its configuration (intake.rate_limit), in its routes

@@ -319,24 +319,6 @@ def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, li
     return None
 
 
-class TokenBucket:
-    """Rate limit for one key: `rate` tokens a second, at most `burst` saved up. Pure: the
-    caller passes `now` (monotonic seconds)."""
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.stamp = float(burst), now
-
-    def take(self, now: float, cost: int = 1) -> float:
-        """0 if allowed (tokens spent), else the seconds until `cost` tokens are there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= cost:
-            self.tokens -= cost
-            return 0.0
-        return (min(cost, self.burst) - self.tokens) / self.rate
-
-
 # ---- dedupe precedence ----------------------------------------------------------------------
 
 

@@ -228,3 +228,39 @@ async def test_a_revoked_key_fails_on_every_service_within_a_second(apps, engine
     listed = await _keys(database_url)
     [row] = [r for r in listed if r["key_id"] == key.split("_")[1]]
     assert row["revoked_at"] is not None and "secret_sha256" not in row
+
+
+async def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_keys_go_on(
+    engine, producer, database_url, kafka_bootstrap, keys
+) -> None:
+    """Router, sla_clock, notifier and reporting limit each key (a script or a dashboard polling in
+    a loop); intake limits per source by its configuration instead."""
+    import asyncio as _asyncio
+
+    from shared.clock import SystemClock
+    from shared.config import parse_config
+    from shared.config_store import ConfigHolder, VersionedConfig
+    from shared.runtime import ServiceContext, wire
+    from shared.settings import Settings
+
+    settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap,
+                        api_rate_limit_per_second=0.2, api_rate_limit_burst=3)
+    specs = {}
+    for name in SERVICE_NAMES:
+        ctx = ServiceContext(name=name, settings=settings, engine=engine, producer=producer, clock=SystemClock(),
+                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
+                             relay_wakeup=_asyncio.Event())
+        specs[name] = (ctx, wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap))
+    assert {name: spec.key_limits for name, (_, spec) in specs.items()} == {
+        "intake": False, "router": True, "sla_clock": True, "notifier": True, "reporting": True}
+    ctx, spec = specs["router"]
+    app = create_app(ctx, spec.routers, spec.on_invalid_request, key_limits=spec.key_limits)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
+        admin, source = ({"Authorization": f"Bearer {keys[k]}"} for k in ("admin", "source"))
+        answers = [(await client.get("/v1/owners", headers=admin)).status_code for _ in range(3)]
+        limited = await client.get("/v1/owners", headers=admin)
+        other_key = await client.get("/v1/queue", headers=source)
+    assert answers == [200, 200, 200]
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert names_the_header(limited)
+    assert other_key.status_code == 200

@@ -12,7 +12,6 @@ from services.intake.domain import (
     New,
     Repeat,
     Replay,
-    TokenBucket,
     classify_tier,
     dedupe,
     disposition_problem,
@@ -145,14 +144,6 @@ def test_phone_matches_can_be_switched_off() -> None:
 def test_suppressed_or_unconsenting_leads_are_not_contactable(contact: dict, consent, contactable: bool) -> None:
     suppression = Suppression(emails=["Stop@Example.com"], domains=["blocked.example"], phones=["+14155552671"])
     assert is_contactable(submission(contact=contact, consent=consent), suppression) is contactable
-
-
-def test_a_token_bucket_allows_bursts_then_says_when_to_retry() -> None:
-    bucket = TokenBucket(rate=2, burst=3, now=0)
-    assert [bucket.take(0) for _ in range(3)] == [0, 0, 0]
-    assert bucket.take(0) == pytest.approx(0.5)
-    assert bucket.take(0.5) == 0  # a token came back
-    assert bucket.take(10) == 0 and bucket.tokens == pytest.approx(2)  # never more than the burst
 
 
 @pytest.mark.parametrize("kind", ["pause", "resume", "opt_out"])
