@@ -2,6 +2,7 @@
 reads the same way, whatever its type. The typed payloads of `data` are in `payloads.py`."""
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -187,5 +188,14 @@ def new_event(
 
 
 def deterministic_id(*parts: str) -> str:
-    """An event id derived from what caused it, so a retried handler emits the same id."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, "leadsla:" + ":".join(parts)))
+    """An event id derived from what caused it, so a retried handler emits the same id:
+    `str(uuid.uuid5(uuid.NAMESPACE_URL, "leadsla:" + ":".join(parts)))`, built here without the
+    UUID object (a third of the cost; several per event on the SLA clock's hot path)."""
+    digest = bytearray(hashlib.sha1(_ID_PREFIX + ":".join(parts).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ID_PREFIX = uuid.NAMESPACE_URL.bytes + b"leadsla:"
