@@ -50,6 +50,32 @@ def test_wire_is_the_json_dump_of_the_validated_model_without_validating() -> No
         SlaBreached.wire(lead_id="l1")
 
 
+def test_unwire_is_the_python_dump_of_the_model_validated_from_its_wire_form() -> None:
+    from pydantic import ValidationError
+
+    from services.sla_clock.domain import LeadFacts, TimerRecord
+
+    local = datetime(2026, 11, 17, 10, 0, 0, 250, tzinfo=timezone(timedelta(hours=1)))
+    timer = TimerRecord.wire(policy_id="p", policy_version=2, calendar="c", tier="A", started_at=local, due_at=NOW,
+                             warnings=[(50, NOW), (80, local)], warned=[50], state="open", next_fire_at=NOW,
+                             target_seconds=300)
+    for wired in (timer, {**timer, "paused_seconds": 3}, {k: v for k, v in timer.items() if k != "step"},
+                  {**timer, "extra": [1, "x"]}):
+        assert TimerRecord.unwire(wired) == TimerRecord.model_validate(wired).model_dump()
+    facts = LeadFacts.wire(lead_id="l1", tier="A", source="web", contactable=True, received_at=local,
+                           first_touch_at=NOW, owner_id="o")
+    for wired in (facts, {"lead_id": "l1", "tier": "A", "source": "web", "contactable": False,
+                          "received_at": "2026-11-17T09:00:00Z"}, {**facts, "received_at": "2026-11-17 09:00:00+00:00"}):
+        assert LeadFacts.unwire(wired) == LeadFacts.model_validate(wired).model_dump()
+    # What is not in the form `wire` writes goes through pydantic, which names what is wrong.
+    assert LeadFacts.unwire({**facts, "received_at": 1700000000}) == LeadFacts.model_validate(
+        {**facts, "received_at": 1700000000}).model_dump()
+    with pytest.raises(ValidationError, match="received_at"):
+        LeadFacts.unwire({**facts, "received_at": "yesterday"})
+    with pytest.raises(ValidationError, match="tier"):
+        LeadFacts.unwire({k: v for k, v in facts.items() if k != "tier"})
+
+
 def test_causation_and_correlation_chain() -> None:
     first = new_event("lead.queued", service="router", lead_id="l", time=NOW,
                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
