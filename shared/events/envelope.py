@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from functools import cache, partial
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
 
 from .. import tracing
@@ -193,6 +194,18 @@ class CloudEvent(WireModel):
         return utc_iso(value)
 
     def to_bytes(self) -> bytes:
+        """The event as published and stored: `model_dump_json(exclude_none=True)`, byte for byte,
+        made by orjson (several times faster; the SLA clock serialises every event it records).
+        Anything orjson does not write as pydantic does (a time or another object in `data`, a
+        key that is not a plain str, an extra field) takes pydantic's path."""
+        if not self.__pydantic_extra__:
+            envelope = {name: value for name, value in self.__dict__.items() if value is not None}
+            envelope["time"] = utc_iso(self.time)
+            try:
+                return orjson.dumps(envelope, option=orjson.OPT_PASSTHROUGH_DATETIME
+                                    | orjson.OPT_PASSTHROUGH_DATACLASS, default=_not_plain)
+            except TypeError:
+                pass
         return self.model_dump_json(exclude_none=True).encode()
 
     @classmethod
@@ -204,6 +217,10 @@ class CloudEvent(WireModel):
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from exc
+
+
+def _not_plain(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__}: for pydantic to serialise")
 
 
 class BadEvent(ValueError):

@@ -76,6 +76,24 @@ def test_unwire_is_the_python_dump_of_the_model_validated_from_its_wire_form() -
         LeadFacts.unwire({k: v for k, v in facts.items() if k != "tier"})
 
 
+class _Key(str):
+    pass
+
+
+@pytest.mark.parametrize("data", [
+    {}, {"a": None, "b": [1, 2.5, -0.0, 1e16, 3e-05, True, None, {"c": "\u00e9\u2028\x7f\x00\"\\/"}]},
+    {"nan": float("nan"), "inf": float("-inf"), "big": 2**63 - 1},
+    {"at": NOW}, {"when": [NOW.date()]}, {"nested": {_Key("k"): 1}}, {"k": _Key("v")},  # not plain JSON: pydantic's way
+])
+def test_an_events_bytes_are_its_pydantic_json_dump(data: dict) -> None:
+    event = new_event("lead.updated", service="intake", lead_id="l\u00e9", time=NOW + timedelta(microseconds=7),
+                      data=data)
+    assert event.to_bytes() == event.model_dump_json(exclude_none=True).encode()
+    extra = CloudEvent.model_validate({**event.model_dump(), "partitionkey": "p"})  # an extension attribute
+    assert extra.to_bytes() == extra.model_dump_json(exclude_none=True).encode()
+    assert CloudEvent.from_bytes(extra.to_bytes()).partitionkey == "p"  # type: ignore[attr-defined]
+
+
 def test_causation_and_correlation_chain() -> None:
     first = new_event("lead.queued", service="router", lead_id="l", time=NOW,
                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
