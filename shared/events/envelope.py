@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from functools import cache, partial
+from datetime import UTC, datetime, timezone
+from functools import cache, lru_cache, partial
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic_core import TzInfo
 
 from .. import tracing
 
@@ -36,6 +37,24 @@ ALL_TOPICS = (
 
 def utc_iso(ts: datetime) -> str:
     """RFC 3339 in UTC with a Z, the only time format on the wire."""
+    if type(ts.tzinfo) in _FIXED_OFFSETS:
+        return _utc_iso_of_instant(ts)
+    return _utc_iso(ts)
+
+
+# Zones of one offset: two equal times of these are one instant, and so one string. (Not a zone
+# with transitions: there, equal wall times of either side of a fold compare equal.)
+_FIXED_OFFSETS = frozenset({timezone, TzInfo})
+
+
+@lru_cache(maxsize=4096)
+def _utc_iso_of_instant(ts: datetime) -> str:
+    # A handler writes the same few times again and again (its event's, the lead's, the timer's),
+    # and pydantic's TzInfo makes each isoformat cost microseconds.
+    return _utc_iso(ts)
+
+
+def _utc_iso(ts: datetime) -> str:
     if ts.tzinfo is not UTC:
         if ts.tzinfo is None:
             raise ValueError("naive datetime on the wire")

@@ -94,6 +94,29 @@ def test_an_events_bytes_are_its_pydantic_json_dump(data: dict) -> None:
     assert CloudEvent.from_bytes(extra.to_bytes()).partitionkey == "p"  # type: ignore[attr-defined]
 
 
+def test_times_on_the_wire_name_their_instant_whatever_their_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from pydantic import BaseModel
+
+    from shared.events import utc_iso
+
+    class Stamped(BaseModel):
+        at: datetime
+
+    parsed = Stamped.model_validate({"at": "2026-11-17T10:00:00.5+01:00"}).at  # pydantic's own zone type
+    assert utc_iso(parsed) == utc_iso(NOW + timedelta(microseconds=500000)) == "2026-11-17T09:00:00.500000Z"
+    assert utc_iso(datetime(2026, 11, 17, 4, 0, tzinfo=timezone(timedelta(hours=-5)))) == "2026-11-17T09:00:00Z"
+    # Either side of a fold: equal as wall times, an hour apart as instants.
+    new_york = ZoneInfo("America/New_York")
+    first, second = (datetime(2026, 11, 1, 1, 30, fold=fold, tzinfo=new_york) for fold in (0, 1))
+    assert first == second
+    assert (utc_iso(first), utc_iso(second)) == ("2026-11-01T05:30:00Z", "2026-11-01T06:30:00Z")
+    assert (utc_iso(second), utc_iso(first)) == ("2026-11-01T06:30:00Z", "2026-11-01T05:30:00Z")
+    with pytest.raises(ValueError, match="naive"):
+        utc_iso(datetime(2026, 11, 17, 9, 0))
+
+
 def test_causation_and_correlation_chain() -> None:
     first = new_event("lead.queued", service="router", lead_id="l", time=NOW,
                       data=LeadQueued(lead_id="l", tier="A", queue="q", reason="r"))
