@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import structlog
@@ -43,8 +44,10 @@ class TraceContext:
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
 
 
+@lru_cache(maxsize=4096)
 def parse(value: str | bytes | None) -> TraceContext | None:
-    """A valid traceparent (W3C Trace Context level 1), or None for anything else."""
+    """A valid traceparent (W3C Trace Context level 1), or None for anything else. Cached: an
+    event's traceparent is parsed again for every event it causes (the context is immutable)."""
     if value is None:
         return None
     if isinstance(value, bytes):

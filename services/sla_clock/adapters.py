@@ -271,7 +271,7 @@ class InMemoryClockStore:
         self.writes[(table, key)] = self.writes.get((table, key), 0) + 1
 
     def _lead_noted(self, event: CloudEvent) -> None:
-        facts = LeadFacts.model_validate(event.data).model_dump()
+        facts = LeadFacts.unwire(event.data)
         self.lead_rows[facts["lead_id"]] = {c: facts.get(c) for c in _LEAD_COLUMNS}
         self._wrote("lead", facts["lead_id"])
 

@@ -652,7 +652,8 @@ async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: da
     current = dict(row._mapping) if row is not None else {"lead_id": lead_id, **defaults}  # type: ignore[arg-type]
     if row is not None and all(current[k] == v for k, v in changes.items()):
         return row  # nothing new
-    facts = LeadFacts(**{**current, **changes})
+    # The row's stored values and the handlers' typed ones: in wire form directly, without validating again.
+    facts = LeadFacts.wire(**{**current, **changes})
     await store.record([new_event(LEAD_NOTED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, LEAD_NOTED, lead_id), data=facts)])
     return await store.lead(lead_id)
@@ -662,7 +663,7 @@ async def _set_owner(store: ClockStore, lead_id: str, owner_id: str, cause: Clou
     """The lead and its running timers go to `owner_id` (sla_clock.owner_changed)."""
     await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
-                                  data=OwnerChanged(lead_id=lead_id, owner_id=owner_id))])
+                                  data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id))])
 
 
 # What the clock does with each payload class it consumes (bound to a store and SlaDeps in bootstrap).

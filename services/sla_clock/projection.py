@@ -119,10 +119,9 @@ def timer_row(event: CloudEvent) -> dict[str, Any] | None:
     """The timers row an sla.* event leaves, typed (None: an event from before timers were projected)."""
     if "timer" not in event.data:
         return None
-    state = TimerRecord.model_validate(event.data["timer"])
-    row = state.model_dump()
-    row["warnings"] = _stored_warnings(state.warnings)
-    row["warned"] = list(state.warned)
+    row = TimerRecord.unwire(event.data["timer"])
+    row["warnings"] = _stored_warnings(row["warnings"])
+    row["warned"] = list(row["warned"])
     return {"sla_id": event.data["sla_id"], "lead_id": event.data["lead_id"], "metric": event.data["metric"], **row}
 
 
@@ -156,8 +155,8 @@ async def _timer_changed(staged: _Staged, conn: AsyncConnection, event: CloudEve
 
 
 async def _lead_noted(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
-    facts = LeadFacts.model_validate(event.data)
-    staged.leads[facts.lead_id] = facts.model_dump()
+    facts = LeadFacts.unwire(event.data)
+    staged.leads[facts["lead_id"]] = facts
 
 
 async def _owner_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:

@@ -250,21 +250,21 @@ class InputWatermark:
                 self._shrunk.pop(tp)
             return True  # nothing more to learn from this partition in this round
         self._shrunk.pop(tp, None)
-        last, latest = None, None
+        last, latest_ms = None, -1
         while (batch := records.next_batch()) is not None:
             for record in batch:
                 if record.offset < fetched_at:
                     continue  # a batch starting before our offset comes back whole
                 last = record.offset
-                stamp = datetime.fromtimestamp(record.timestamp / 1000, tz=issued.tzinfo)
-                latest = stamp if latest is None else max(latest, stamp)
+                # The newest stamp as milliseconds, made a time once: this loop sees every input record.
+                latest_ms = max(latest_ms, record.timestamp)
         if last is None:
             if highwater > fetched_at:
                 self._next[tp] = highwater  # nothing at our offset yet the end is further: jump
                 return False
             found.append((fetched_at, issued))  # an empty fetch at the end: the end as of `issued`
             return True
-        assert latest is not None
+        latest = datetime.fromtimestamp(latest_ms / 1000, tz=issued.tzinfo)
         found.append((last + 1, latest))  # consuming through `last` is reading an event stamped `latest`
         self._next[tp] = max(last + 1, highwater)
         return False
