@@ -110,6 +110,36 @@ async def test_an_activity_by_external_id_goes_to_its_own_source_s_lead(intake, 
     assert await parked(engine, ref) == 0
 
 
+async def test_an_activity_for_a_merged_repeat_s_external_id_goes_to_the_surviving_lead(
+        intake, engine, producer) -> None:
+    """A CRM made its record from the person's second form fill, which intake merged into the
+    first lead: a touch held for that record's id is released to the lead when the merge
+    happens, and a later one finds the lead at once. Both were held, then dead-lettered."""
+    submissions, activities = intake
+    first, second = f"crm-{uuid.uuid4().hex[:8]}", f"crm-{uuid.uuid4().hex[:8]}"
+    email = f"{first}@example.com"
+
+    def touch(external_id: str) -> bytes:
+        return json.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "webform",
+                           "type": "crm.activity", "subject": second,
+                           "data": {"type": "call", "outcome": "connected", "external_id": external_id}}).encode()
+
+    await producer.send_and_wait(submissions, json.dumps({"source": "webform", "external_id": first,
+                                                          "contact": {"email": email}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, first), what="the first lead", timeout=120)
+    await producer.send_and_wait(activities, touch("early"), key=second.encode())
+    await eventually(lambda: parked(engine, second), what="the touch waiting for its lead", timeout=120)
+    await producer.send_and_wait(submissions, json.dumps({"source": "webform", "external_id": second,
+                                                          "contact": {"email": email.upper()}}).encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 3), what="the merge and the touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "lead.merged", "activity.recorded"]
+    assert await parked(engine, second) == 0
+    await producer.send_and_wait(activities, touch("late"), key=second.encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 4), what="the later touch", timeout=120)
+    assert events[3].type == "activity.recorded" and await parked(engine, second) == 0
+    assert await lead_with_external_id(engine, second) is None
+
+
 async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wait(
     intake, engine, producer, clock
 ) -> None:
