@@ -57,7 +57,7 @@ from .domain import (
     patch_lead,
     upgrade,
 )
-from .normalize import Submission
+from .normalize import Submission, clean_text
 
 SERVICE = "intake"
 # The most held activities one expiry round dead-letters.
@@ -419,7 +419,10 @@ async def park_activity(
     """Hold an activity until its lead arrives, at most `intake.activity_wait`."""
     held = ActivityHeld(
         hold_id=deterministic_id("held", position.topic, str(position.partition), str(position.offset)),
-        lead_ref=ref, event=event.model_dump(mode="json"), topic=position.topic, partition=position.partition,
+        # Storable (no NUL, no lone surrogate, as any JSON may carry): else the hold failed and
+        # the touch was dead-lettered at once. Its fields the contract names refuse such text
+        # before it is held; the rest reach `attributes` cleaned alike; the dead letter keeps the bytes.
+        lead_ref=ref, event=clean_text(event.model_dump(mode="json")), topic=position.topic, partition=position.partition,
         offset=position.offset, key=position.key, original_b64=base64.b64encode(position.original).decode(),
         held_at=now, expires_at=now + timedelta(seconds=config.intake.activity_wait),
     )

@@ -163,6 +163,45 @@ async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wai
     assert await parked(engine, ref) == 0
 
 
+async def test_a_held_activity_with_a_nul_or_a_lone_surrogate_is_released_or_dead_lettered(
+        intake, engine, producer, clock) -> None:
+    """Found by fuzzing: text Postgres cannot store (NUL, a lone surrogate; both valid JSON
+    escapes) in a touch that waits for its lead. It is held, then recorded when the lead comes
+    or dead-lettered with its bytes when the wait runs out: never a handler error or a stuck
+    partition."""
+    submissions, activities = intake
+    comes, never = f"crm-{uuid.uuid4().hex[:8]}", f"ghost-{uuid.uuid4().hex[:8]}"
+    sent = {}
+    for ref in (comes, never):
+        # The lead's id too, as the CRM sent it on the lead (whose external id is read cleaned).
+        touch = {"lead_id": ref + "\x00", "type": "call", "note": "a\x00b \ud800 c", "crm": {"k\x00": "\udfff"}}
+        sent[ref] = json.dumps(touch).encode()  # JSON escapes: \u0000, \ud800
+        await producer.send_and_wait(activities, sent[ref], key=ref.encode())
+    for ref in (comes, never):
+        await eventually(lambda ref=ref: parked(engine, ref), what="the touch held for its lead", timeout=120)
+
+    lead = {"external_id": comes + "\x00", "contact": {"email": f"{comes}@example.com"}}
+    await producer.send_and_wait(submissions, json.dumps(lead).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, comes), what="the lead", timeout=120)
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+    assert events[1].data["attributes"] == {"note": "ab ? c", "crm": {"k": "?"}} and await parked(engine, comes) == 0
+
+    clock.advance(timedelta(seconds=61))
+
+    async def letters() -> list[CloudEvent] | None:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(EVENTS["intake"].c.payload).where(
+                EVENTS["intake"].c.event_type == "deadletter", EVENTS["intake"].c.key.in_([comes, never])))
+            found = [CloudEvent.from_bytes(r.payload) for r in rows]
+        return found or None
+
+    [dead] = await eventually(letters, what="the dead letter", timeout=120)
+    assert dead.data["error"].startswith("unknown_lead") and dead.data["topic"] == activities
+    assert base64.b64decode(dead.data["original_bytes_b64"]) == sent[never]
+    assert await parked(engine, never) == 0
+
+
 async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intake, engine, producer) -> None:
     submissions, _ = intake
     binary_ref, structured_ref = f"bin-{uuid.uuid4().hex[:8]}", f"str-{uuid.uuid4().hex[:8]}"
