@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.db import xact_locks
-from shared.events import ActivityRecorded, CloudEvent, LeadReceived, LeadUpdated
+from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
 from . import projection
@@ -28,7 +28,14 @@ from .domain import (
     lead_columns,
     updated_record,
 )
-from .tables import activities, availability, idempotency_keys, leads, pending_activities
+from .tables import (
+    activities,
+    availability,
+    idempotency_keys,
+    leads,
+    merged_external_ids,
+    pending_activities,
+)
 
 # At most this many leads sharing an email or phone are weighed as the same person.
 CANDIDATES = 50
@@ -75,7 +82,9 @@ class IntakeStore(Protocol):
 
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         """A lead by its id, else by a sender's external id: the newest lead of `source` with it
-        (external ids are unique per source only); with no source, the newest of any source's."""
+        (external ids are unique per source only); with no source, the newest of any source's.
+        Else the lead a repeat with that external id was merged into (of `source`, or the
+        latest merge of any source's)."""
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
         """Activities waiting for any of these lead refs, in the order they were held."""
@@ -150,6 +159,11 @@ class PostgresIntakeStore:
             if source is not None:
                 query = query.where(leads.c.source == source)
             found = await self.conn.scalar(query.order_by(leads.c.received_at.desc()).limit(1))
+        if found is None:
+            query = select(merged_external_ids.c.lead_id).where(merged_external_ids.c.external_id == ref)
+            if source is not None:
+                query = query.where(merged_external_ids.c.source == source)
+            found = await self.conn.scalar(query.order_by(merged_external_ids.c.merged_at.desc()).limit(1))
         return found
 
     async def held_for(self, refs: Iterable[str]) -> list[Held]:
@@ -175,6 +189,7 @@ class InMemoryIntakeStore:
         self.keys: dict[tuple[str, str], dict[str, Any]] = {}
         self.activities: dict[str, dict[str, Any]] = {}
         self.held: dict[str, dict[str, Any]] = {}
+        self.merged: dict[tuple[str, str], dict[str, Any]] = {}  # (external id, source) -> row
         self.locked: list[str] = []
 
     def apply(self, events: Sequence[CloudEvent]) -> None:
@@ -193,6 +208,11 @@ class InMemoryIntakeStore:
             row["record"] = updated_record(row["record"], event.data)
             row.update(lead_columns(row["record"]))
 
+    def _merged(self, event: CloudEvent) -> None:
+        row = projection.merged_row(event)
+        if row is not None:
+            self.merged[(row["external_id"], row["source"])] = row
+
     def _activity(self, event: CloudEvent) -> None:
         self.activities.setdefault(event.data["activity_id"], projection.activity_row(event))
 
@@ -210,6 +230,7 @@ class InMemoryIntakeStore:
     _folds: dict[str, Callable[[InMemoryIntakeStore, CloudEvent], None]] = {
         LeadReceived.TYPE: _received,
         LeadUpdated.TYPE: _updated,
+        LeadMerged.TYPE: _merged,
         ActivityRecorded.TYPE: _activity,
         KEY_BOUND: _key_bound,
         ACTIVITY_HELD: _held,
@@ -260,7 +281,10 @@ class InMemoryIntakeStore:
         if ref in self.leads:
             return ref
         rows = [r for r in self.leads.values() if r["external_id"] == ref and source in (None, r["source"])]
-        return max(rows, key=lambda r: r["received_at"])["lead_id"] if rows else None
+        if rows:
+            return max(rows, key=lambda r: r["received_at"])["lead_id"]
+        merges = [r for (external_id, of), r in self.merged.items() if external_id == ref and source in (None, of)]
+        return max(merges, key=lambda r: r["merged_at"])["lead_id"] if merges else None
 
     def _ordered(self, rows: Iterable[dict[str, Any]]) -> list[Held]:
         return [Held(**r) for r in sorted(rows, key=lambda r: (r["parked_at"], r["topic"], r["partition"], r["offset"]))]

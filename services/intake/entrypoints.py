@@ -46,7 +46,7 @@ from .handlers import (
     resolve_lead,
     submit_leads,
 )
-from .normalize import Refused, read_submission
+from .normalize import Refused, clean_text, read_submission
 
 log = structlog.get_logger()
 
@@ -191,7 +191,9 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         event = received.envelope
         data = dict(event.data)
         ref = data.pop("lead_id", None) or event.subject
-        if not ref or not isinstance(ref, str):
+        # Read as a submission's external id is (a NUL in it failed the lookup: a handler error).
+        ref = clean_text(ref) if isinstance(ref, str) else None
+        if not ref:
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
         config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
         named = named_source(event, config)

@@ -57,7 +57,7 @@ from .domain import (
     patch_lead,
     upgrade,
 )
-from .normalize import Submission
+from .normalize import Submission, clean_text
 
 SERVICE = "intake"
 # The most held activities one expiry round dead-letters.
@@ -175,8 +175,11 @@ async def submit_lead(
         await uow.record(TOPIC_INTAKE, new_event(
             "lead.merged", service=SERVICE, lead_id=lead.lead_id, time=now, cause=cause,
             correlation_id=lead.correlation_id,
-            data=LeadMerged(lead_id=lead.lead_id, match_on=decision.match_on, duplicate_submission=sub.snapshot()),
+            data=LeadMerged(lead_id=lead.lead_id, match_on=decision.match_on, duplicate_submission=sub.snapshot(),
+                            source=source),
         ))
+        if sub.external_id:  # the repeat's own id now names this lead (projection.merged_row)
+            await _release_held(uow, store, config, [(sub.external_id, lead.lead_id, source)], now)
     update = upgrade(lead, sub.intent.model_dump(mode="json", exclude_none=True), tier, config.tiers)
     if update is not None:
         await _record_update(uow, lead, update, now, cause)
@@ -416,7 +419,10 @@ async def park_activity(
     """Hold an activity until its lead arrives, at most `intake.activity_wait`."""
     held = ActivityHeld(
         hold_id=deterministic_id("held", position.topic, str(position.partition), str(position.offset)),
-        lead_ref=ref, event=event.model_dump(mode="json"), topic=position.topic, partition=position.partition,
+        # Storable (no NUL, no lone surrogate, as any JSON may carry): else the hold failed and
+        # the touch was dead-lettered at once. Its fields the contract names refuse such text
+        # before it is held; the rest reach `attributes` cleaned alike; the dead letter keeps the bytes.
+        lead_ref=ref, event=clean_text(event.model_dump(mode="json")), topic=position.topic, partition=position.partition,
         offset=position.offset, key=position.key, original_b64=base64.b64encode(position.original).decode(),
         held_at=now, expires_at=now + timedelta(seconds=config.intake.activity_wait),
     )
@@ -431,8 +437,8 @@ async def _release(uow: Recorder, held: Held, outcome: str, lead_id: str | None,
 
 async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
                         leads_by_ref: list[tuple[str, str, str]], now: datetime) -> None:
-    """Record the activities that were waiting for these new leads ((external id, lead id,
-    source)), in the leads' transaction."""
+    """Record the activities that were waiting for these new leads, or for the external id of a
+    repeat merged into a lead ((external id, lead id, source)), in the leads' transaction."""
     leads_of: dict[str, list[tuple[str, str]]] = {}  # external id -> [(lead id, source)]
     for ref, lead_id, source in leads_by_ref:
         leads_of.setdefault(ref, []).append((lead_id, source))

@@ -652,7 +652,11 @@ def _unusable(fields: dict[str, str], key: Any, item: Any) -> bool:
     spelling of the field ('email': 'n/a', 'work_email': 'ada@acme.com') is read first, else the
     junk one was used, the usable one only kept, and the lead refused. (A stable sort: the
     sender's order otherwise.)"""
-    target = fields.get(snake(str(key)))
+    return _junk(fields.get(snake(str(key))), item)
+
+
+def _junk(target: str | None, item: Any) -> bool:
+    """`item` given for the contract's field `target` is an email or phone nobody can use."""
     if target not in ("email", "phone"):
         return False
     first = item[0] if isinstance(item, list) and item else item
@@ -668,6 +672,7 @@ class _Reader:
         self.issues: list[Issue] = []
         self.attributes: dict[str, Any] = {}
         self.given: set[str] = set()
+        self.read_from: dict[str, tuple[str, Any]] = {}  # "contact.email" -> (the key read, its value)
 
     def keep(self, path: tuple[str, ...], value: Any) -> None:
         """Keep an unknown field verbatim, nested under attributes as it was in the body. A name
@@ -736,6 +741,7 @@ class _Reader:
             if text is not None:
                 out[target] = text
                 self.given.add(f"{name}.{target}")
+                self.read_from[f"{name}.{target}"] = (str(key), item)
             if isinstance(item, list) and len(item) > 1:
                 self.keep((name, str(key)), item)
         return out
@@ -789,6 +795,14 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     raw["intent"] = r.section("intent", intent_value, INTENT_FIELDS)
     for section, fields in flat.items():
         for target, (key, value) in fields.items():
+            nested = raw[section].get(target)
+            if nested is not None and _junk(target, nested) and not _junk(target, value):
+                # Junk under the nested object ('n/a') gives way to a usable flat email or phone
+                # (else the lead was refused); the junk is kept, as a junk second spelling is.
+                nested_key, item = r.read_from[f"{section}.{target}"]
+                if not (isinstance(item, list) and len(item) > 1):  # a list is kept already
+                    r.keep((section, nested_key), item)
+                del raw[section][target]
             if target not in raw[section]:
                 text = r.text(f"{section}.{target}", value)  # a scalar: never a TypeError
                 if text is not None:

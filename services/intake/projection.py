@@ -9,8 +9,11 @@
 | `intake.activities`         | `activity.recorded`                                               |
 | `intake.pending_activities` | `intake.activity_held` (internal) adds, `intake.activity_released`|
 |                             | (internal: recorded, rejected or expired) removes                 |
+| `intake.merged_external_ids`| `lead.merged` with the repeat's external id and source: (source,  |
+|                             | external id) -> the lead it was merged into; a later merge wins   |
 
-`lead.merged` changes no table (the repeat's key binding and any upgrade are events of their own).
+Otherwise `lead.merged` changes no table (the repeat's key binding and any upgrade are events of
+their own). One recorded before it carried its source names no lead (see `merged_row`).
 
 Idempotency keys: the table maps a source's key to the lead it answered with; a replayed request
 is answered "duplicate" with that lead id, so no HTTP response is stored and the mapping is all
@@ -44,7 +47,14 @@ from .domain import (
     lead_columns,
     updated_record,
 )
-from .tables import SCHEMA, activities, idempotency_keys, leads, pending_activities
+from .tables import (
+    SCHEMA,
+    activities,
+    idempotency_keys,
+    leads,
+    merged_external_ids,
+    pending_activities,
+)
 
 
 def _time(value: str | datetime) -> datetime:
@@ -79,6 +89,17 @@ def activity_row(event: CloudEvent) -> dict[str, Any]:
             "occurred_at": _time(data["occurred_at"]), "record": data}
 
 
+def merged_row(event: CloudEvent) -> dict[str, Any] | None:
+    """The repeat's external id naming the lead it was merged into; None for a repeat without
+    one, or an event from before merges carried the repeat's source (an external id is unique
+    per source only: under a guessed source it could take another source's touches)."""
+    data = event.data
+    external_id, source = (data.get("duplicate_submission") or {}).get("external_id"), data.get("source")
+    if not external_id or not source:
+        return None
+    return {"external_id": external_id, "source": source, "lead_id": data["lead_id"], "merged_at": event.time}
+
+
 def held_row(event: CloudEvent) -> dict[str, Any]:
     data = event.data
     return {"id": data["hold_id"], "lead_ref": data["lead_ref"], "event": data["event"], "topic": data["topic"],
@@ -110,8 +131,15 @@ async def _updated(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
         await conn.execute(leads.update().where(leads.c.lead_id == lead_id).values(record=record, **lead_columns(record)))
 
 
-async def _nothing(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
-    pass
+async def _merged(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
+    # The last merge of each id (one statement cannot upsert a row twice).
+    rows = {(r["external_id"], r["source"]): r for r in map(merged_row, events) if r is not None}
+    if not rows:
+        return
+    insert = pg_insert(merged_external_ids)
+    await conn.execute(insert.on_conflict_do_update(
+        index_elements=[merged_external_ids.c.external_id, merged_external_ids.c.source],
+        set_={"lead_id": insert.excluded.lead_id, "merged_at": insert.excluded.merged_at}), list(rows.values()))
 
 
 async def _activity(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
@@ -134,7 +162,7 @@ async def _released(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None
 # By payload class: the contract's (shared.events) and intake's internal ones (domain).
 APPLY: dict[str, Callable[[AsyncConnection, Sequence[CloudEvent]], Any]] = {
     LeadReceived.TYPE: _received,
-    LeadMerged.TYPE: _nothing,
+    LeadMerged.TYPE: _merged,
     LeadUpdated.TYPE: _updated,
     ActivityRecorded.TYPE: _activity,
     IdempotencyKeyBound.TYPE: _key_bound,
@@ -152,4 +180,5 @@ async def apply(conn: AsyncConnection, events: Sequence[CloudEvent]) -> None:
             await writer(conn, list(run))
 
 
-PROJECTION = Projection(service=SCHEMA, tables=(leads, idempotency_keys, activities, pending_activities), apply=apply)
+PROJECTION = Projection(service=SCHEMA, tables=(leads, idempotency_keys, activities, pending_activities,
+                                                merged_external_ids), apply=apply)

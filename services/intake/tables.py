@@ -56,6 +56,18 @@ activities = Table(
     schema=SCHEMA,
 )
 
+# A merged repeat's own external id (the sender's record of the second form fill) -> the lead it
+# was merged into, so the sender's touches naming it find that lead (lead.merged; the latest wins).
+merged_external_ids = Table(
+    "merged_external_ids",
+    metadata,
+    Column("external_id", String, primary_key=True),
+    Column("source", String, primary_key=True),
+    Column("lead_id", String, nullable=False),
+    Column("merged_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
 # Activities read from Kafka before their lead (the raw topics are consumed independently):
 # parked until the lead arrives or `intake.activity_wait` runs out (then dead-lettered).
 pending_activities = Table(

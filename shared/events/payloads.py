@@ -141,6 +141,9 @@ class LeadMerged(Payload):
     lead_id: str
     duplicate_submission: dict[str, Any]
     match_on: str
+    # The repeat's source: its external id names the lead in that source only (absent on events
+    # recorded before it was carried).
+    source: str | None = None
 
 
 class Disposition(WireModel):

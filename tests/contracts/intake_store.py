@@ -24,6 +24,7 @@ from shared.events import (
     Consent,
     Contact,
     Intent,
+    LeadMerged,
     LeadReceived,
     LeadUpdated,
     deterministic_id,
@@ -60,6 +61,14 @@ def updated(lead: CloudEvent, changed: dict, *, tier: str = "C", data_quality: S
     data = LeadUpdated(lead_id=lead.subject, changed=changed, tier=tier, previous_tier="C", reason="patched",
                        data_quality=list(data_quality), missing_fields=missing_fields)
     return new_event("lead.updated", service="intake", lead_id=lead.subject, data=data, time=T0)
+
+
+def merged(lead: CloudEvent, external_id: str | None, source: str | None = "webform",
+           at: datetime = T0) -> CloudEvent:
+    """A repeat of `lead` from `source`, under an external id of its own."""
+    data = LeadMerged(lead_id=lead.subject, match_on="email", source=source,
+                      duplicate_submission={"external_id": external_id, "contact": {}})
+    return new_event("lead.merged", service="intake", lead_id=lead.subject, data=data, time=at)
 
 
 def activity(lead: CloudEvent, activity_id: str, kind: str = "call") -> CloudEvent:
@@ -163,6 +172,32 @@ class IntakeStoreContract:
         assert await harness.store.resolve(external_id, "webform") == older.subject
         assert await harness.store.resolve(external_id, "partner") is None
         assert await harness.store.resolve(unique("crm-")) is None
+
+    async def test_an_external_id_merged_into_a_lead_resolves_to_it_in_its_source(self, harness) -> None:
+        """A repeat's own external id (the sender's record of the second form fill) names the lead
+        it was merged into, for the repeat's source only; a lead's own external id comes first."""
+        survivor, later, ref, own = received(), received(), unique("crm-"), unique("crm-")
+        chat_lead = received(external_id=own, source="chat")
+        await harness.apply([survivor, later, chat_lead, merged(survivor, ref), merged(survivor, None),
+                             merged(later, own, "chat"), merged(later, own, "webform")])
+        assert await harness.store.resolve(ref, "webform") == survivor.subject
+        assert await harness.store.resolve(ref) == survivor.subject
+        assert await harness.store.resolve(ref, "chat") is None
+        assert await harness.store.resolve(own, "chat") == chat_lead.subject
+        assert await harness.store.resolve(own, "webform") == later.subject
+        # Merged again into another lead (identity moved on): the latest merge names it.
+        await harness.apply([merged(later, ref, at=T0 + timedelta(minutes=1))])
+        assert await harness.store.resolve(ref, "webform") == later.subject
+        again = unique("crm-")  # two merges of one id applied together (a replay's page)
+        await harness.apply([merged(later, again), merged(survivor, again, at=T0 + timedelta(minutes=2))])
+        assert await harness.store.resolve(again, "webform") == survivor.subject
+
+    async def test_a_merge_recorded_without_its_source_names_no_lead(self, harness) -> None:
+        """lead.merged events from before the source was recorded: the id's source is unknown,
+        and another source's id of the same spelling must not land on this lead."""
+        lead, ref = received(), unique("crm-")
+        await harness.apply([merged(lead, ref, source=None)])
+        assert await harness.store.resolve(ref) is None
 
     async def test_held_activities_wait_in_order_until_released_or_expired(self, harness) -> None:
         ref, other = unique("crm-"), unique("crm-")

@@ -200,6 +200,28 @@ async def test_an_activity_for_a_lead_known_by_the_crm_s_own_id_is_recorded_on_t
     assert (await api.post(f"/v1/leads/00Q-nobody-{uuid.uuid4().hex[:6]}/activities", json=call)).status_code == 404
 
 
+async def test_an_activity_by_the_external_id_of_a_merged_repeat_goes_to_the_surviving_lead(api, engine) -> None:
+    """The same person's second form fill is merged into the first lead; a CRM that made a
+    record of the second fill posts touches with that record's id. They answered 404 and were
+    lost; they belong to the lead the fill was merged into (in the sender's own source only)."""
+    first_id, second_id = f"00Q{uuid.uuid4().hex[:12]}", f"00Q{uuid.uuid4().hex[:12]}"
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    lead_id = (await api.post("/v1/leads", json=lead_body(email, external_id=first_id))).json()["lead_id"]
+    repeat = await api.post("/v1/leads", json=lead_body(email, external_id=second_id))
+    assert repeat.status_code == 200 and repeat.json()["lead_id"] == lead_id
+    call = {"type": "call", "actor": "alice", "outcome": "connected", "external_id": "00T-2"}
+    touch = await api.post(f"/v1/leads/{second_id}/activities", json=call)
+    assert touch.status_code == 202, touch.text
+    assert touch.json()["lead_id"] == lead_id
+    events = await stored_events(engine, "intake", lead_id)
+    assert [e.type for e in events] == ["lead.received", "lead.merged", "activity.recorded"]
+    async with engine.begin() as conn:
+        chat_key = await create_key(conn, "chat", "source")
+    other_source = await api.post(f"/v1/leads/{second_id}/activities", json=call,
+                                  headers={"Authorization": f"Bearer {chat_key}"})
+    assert other_source.status_code == 404
+
+
 async def test_an_activity_with_fields_of_the_crm_s_own_is_recorded_with_them(api, engine) -> None:
     """CRMs send more than the contract names (a call's duration, their own ids). Once, any
     unknown field refused the touch with 422: the call was lost and the SLA breached for it."""

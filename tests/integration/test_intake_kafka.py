@@ -110,6 +110,36 @@ async def test_an_activity_by_external_id_goes_to_its_own_source_s_lead(intake, 
     assert await parked(engine, ref) == 0
 
 
+async def test_an_activity_for_a_merged_repeat_s_external_id_goes_to_the_surviving_lead(
+        intake, engine, producer) -> None:
+    """A CRM made its record from the person's second form fill, which intake merged into the
+    first lead: a touch held for that record's id is released to the lead when the merge
+    happens, and a later one finds the lead at once. Both were held, then dead-lettered."""
+    submissions, activities = intake
+    first, second = f"crm-{uuid.uuid4().hex[:8]}", f"crm-{uuid.uuid4().hex[:8]}"
+    email = f"{first}@example.com"
+
+    def touch(external_id: str) -> bytes:
+        return json.dumps({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "webform",
+                           "type": "crm.activity", "subject": second,
+                           "data": {"type": "call", "outcome": "connected", "external_id": external_id}}).encode()
+
+    await producer.send_and_wait(submissions, json.dumps({"source": "webform", "external_id": first,
+                                                          "contact": {"email": email}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, first), what="the first lead", timeout=120)
+    await producer.send_and_wait(activities, touch("early"), key=second.encode())
+    await eventually(lambda: parked(engine, second), what="the touch waiting for its lead", timeout=120)
+    await producer.send_and_wait(submissions, json.dumps({"source": "webform", "external_id": second,
+                                                          "contact": {"email": email.upper()}}).encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 3), what="the merge and the touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "lead.merged", "activity.recorded"]
+    assert await parked(engine, second) == 0
+    await producer.send_and_wait(activities, touch("late"), key=second.encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 4), what="the later touch", timeout=120)
+    assert events[3].type == "activity.recorded" and await parked(engine, second) == 0
+    assert await lead_with_external_id(engine, second) is None
+
+
 async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wait(
     intake, engine, producer, clock
 ) -> None:
@@ -131,6 +161,45 @@ async def test_an_activity_whose_lead_never_comes_is_dead_lettered_after_the_wai
     assert dead.data["topic"] == activities and base64.b64decode(dead.data["original_bytes_b64"]) == value
     assert dead.data["error"].startswith("unknown_lead")
     assert await parked(engine, ref) == 0
+
+
+async def test_a_held_activity_with_a_nul_or_a_lone_surrogate_is_released_or_dead_lettered(
+        intake, engine, producer, clock) -> None:
+    """Found by fuzzing: text Postgres cannot store (NUL, a lone surrogate; both valid JSON
+    escapes) in a touch that waits for its lead. It is held, then recorded when the lead comes
+    or dead-lettered with its bytes when the wait runs out: never a handler error or a stuck
+    partition."""
+    submissions, activities = intake
+    comes, never = f"crm-{uuid.uuid4().hex[:8]}", f"ghost-{uuid.uuid4().hex[:8]}"
+    sent = {}
+    for ref in (comes, never):
+        # The lead's id too, as the CRM sent it on the lead (whose external id is read cleaned).
+        touch = {"lead_id": ref + "\x00", "type": "call", "note": "a\x00b \ud800 c", "crm": {"k\x00": "\udfff"}}
+        sent[ref] = json.dumps(touch).encode()  # JSON escapes: \u0000, \ud800
+        await producer.send_and_wait(activities, sent[ref], key=ref.encode())
+    for ref in (comes, never):
+        await eventually(lambda ref=ref: parked(engine, ref), what="the touch held for its lead", timeout=120)
+
+    lead = {"external_id": comes + "\x00", "contact": {"email": f"{comes}@example.com"}}
+    await producer.send_and_wait(submissions, json.dumps(lead).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, comes), what="the lead", timeout=120)
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+    assert events[1].data["attributes"] == {"note": "ab ? c", "crm": {"k": "?"}} and await parked(engine, comes) == 0
+
+    clock.advance(timedelta(seconds=61))
+
+    async def letters() -> list[CloudEvent] | None:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(EVENTS["intake"].c.payload).where(
+                EVENTS["intake"].c.event_type == "deadletter", EVENTS["intake"].c.key.in_([comes, never])))
+            found = [CloudEvent.from_bytes(r.payload) for r in rows]
+        return found or None
+
+    [dead] = await eventually(letters, what="the dead letter", timeout=120)
+    assert dead.data["error"].startswith("unknown_lead") and dead.data["topic"] == activities
+    assert base64.b64decode(dead.data["original_bytes_b64"]) == sent[never]
+    assert await parked(engine, never) == 0
 
 
 async def test_cloudevents_in_binary_and_structured_mode_are_accepted_once(intake, engine, producer) -> None:

@@ -20,7 +20,7 @@ from services.intake.adapters import PostgresIntakeStore
 from services.intake.bootstrap import bootstrap
 from services.intake.handlers import RawPosition, expire_pending, park_activity
 from services.intake.projection import PROJECTION
-from services.intake.tables import activities, idempotency_keys, leads, pending_activities
+from services.intake.tables import leads
 from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
@@ -140,19 +140,25 @@ async def traffic(database):
     await park("crm-late", type="call", external_id="late-1")
     await park("crm-late", type="meeting", outcome="booked")
     await park("crm-never", type="note")
+    await park("crm-merged", type="call", external_id="merged-1")
     clock.advance(timedelta(seconds=30))
     async with api_client(ctx, app, key) as api:
         released = await api.post("/v1/leads", json={"external_id": "crm-late", "contact": {"email": email()}})
         assert released.status_code == 201
+        # A repeat of a known person under an external id of its own: merged, and the touch held for it released.
+        merged = await api.post("/v1/leads", json={"external_id": "crm-merged", "contact": {"email": person}})
+        assert merged.json() == {"lead_id": low["lead_id"], "status": "duplicate"}
+        touched = await api.post("/v1/leads/crm-merged/activities", json={"type": "email"})
+        assert touched.status_code == 202 and touched.json()["lead_id"] == low["lead_id"]
     clock.advance(timedelta(seconds=45))  # crm-never's wait is over
     await park("crm-waiting", type="sms")
     async with ctx.uow() as uow:
         assert await expire_pending(uow, PostgresIntakeStore(uow.conn), clock.now()) == ["leads.activities.raw"]
         await uow.commit()
     async with engine.connect() as conn:
-        counts = {t.name: await conn.scalar(select(func.count()).select_from(t))
-                  for t in (leads, idempotency_keys, activities, pending_activities)}
-    assert counts["leads"] >= 20 and counts["idempotency_keys"] >= 8 and counts["activities"] >= 5
+        counts = {t.name: await conn.scalar(select(func.count()).select_from(t)) for t in PROJECTION.tables}
+    assert counts["leads"] >= 20 and counts["idempotency_keys"] >= 8 and counts["activities"] >= 7
+    assert counts["merged_external_ids"] == 1
     assert counts["pending_activities"] == 1
     return engine
 
@@ -192,7 +198,7 @@ async def test_verify_reports_a_corrupted_row(traffic) -> None:
 
 async def test_leadsla_replay_restores_deleted_rows(traffic, database) -> None:
     url, engine = database
-    tables = (leads, idempotency_keys, activities, pending_activities)
+    tables = PROJECTION.tables
     async with engine.connect() as conn:
         before = {t.name: await conn.scalar(select(func.count()).select_from(t)) for t in tables}
     async with engine.begin() as conn:

@@ -184,6 +184,21 @@ async def test_held_activities_are_recorded_when_their_lead_arrives(uow) -> None
     assert uow.committed[3].event.data["lead_id"] == lead.lead_id and uow.store.held == {}
 
 
+async def test_a_merged_repeat_s_external_id_names_the_lead_it_was_merged_into(uow) -> None:
+    """The second form fill of one person is merged; the CRM's record of it (its external id)
+    still names the person's lead: a touch held for it is recorded there, and later ones resolve."""
+    lead = await submit(uow, {"external_id": "crm-1", "contact": {"email": "ada@example.com"}})
+    await park(uow, "crm-2", 1, {"type": "call", "external_id": "c-1"})
+    repeat = await submit(uow, {"external_id": "crm-2", "contact": {"email": "Ada@Example.com"}})
+    assert (repeat.lead_id, repeat.status) == (lead.lead_id, "duplicate")
+    assert types(uow)[2:] == ["lead.merged", "activity.recorded", ACTIVITY_RELEASED]
+    merged = uow.committed[2].event.data
+    assert merged["source"] == "webform" and merged["duplicate_submission"]["external_id"] == "crm-2"
+    assert uow.committed[3].event.data["lead_id"] == lead.lead_id and uow.store.held == {}
+    assert await uow.store.resolve("crm-2", "webform") == lead.lead_id
+    assert await uow.store.resolve("crm-2", "chat") is None
+
+
 async def test_held_activities_whose_lead_never_comes_are_dead_lettered(uow) -> None:
     await park(uow, "crm-0", 1, {"type": "note"})
     assert await expire_pending(uow, uow.store, NOW + timedelta(seconds=59)) == []

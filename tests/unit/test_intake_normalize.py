@@ -254,6 +254,24 @@ def test_a_usable_email_or_phone_under_another_spelling_is_read_before_a_junk_on
     assert sub.warnings == []
 
 
+@pytest.mark.parametrize(("body", "email", "phone", "kept"), [
+    ({"email": "ada@acme.com", "contact": {"email": "n/a"}}, "ada@acme.com", None, {"contact": {"email": "n/a"}}),
+    ({"Work_Email": "Ada@Acme.com", "contact": {"E-Mail": False, "mail": "-"}}, "ada@acme.com", None,
+     {"contact": {"E-Mail": False, "mail": "-"}}),
+    ({"phone": "+1 415 555 2671", "contact": {"email": "n/a", "tel": "none"}}, "n/a", "+14155552671",
+     {"contact": {"tel": "none"}}),
+    # Both usable: the nested object's value is used, the flat one kept (as before).
+    ({"email": "ada@acme.com", "contact": {"email": "ada@home.example"}}, "ada@home.example", None,
+     {"email": "ada@acme.com"}),
+], ids=["email-na", "email-all-junk", "phone-words", "both-usable"])
+def test_a_usable_flat_email_or_phone_is_read_before_junk_in_the_contact(body, email, phone, kept) -> None:
+    """Found by fuzzing: a usable flat top-level email lost to junk under `contact` (the nested
+    value always won), and the lead was refused. The junk is kept in attributes."""
+    sub = read(body)
+    assert (sub.contact.email, sub.contact.phone) == (email, phone)
+    assert sub.attributes == kept
+
+
 def test_a_missing_intent_takes_the_sources_default() -> None:
     source = IntakeSource(default_intent="webinar", timezone="UTC")
     assert read({"contact": {"email": EMAIL}}, source).intent.type == "webinar"
