@@ -22,6 +22,7 @@ from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
+from .openapi import document_problems
 from .schemas import schema_router
 from .tracing import TraceMiddleware
 
@@ -247,6 +248,7 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
         request.state.principal = principal
         return principal
 
+    dependency.key_role = role  # type: ignore[attr-defined]  # read by shared.openapi to document it
     return dependency
 
 
@@ -293,6 +295,7 @@ def create_app(
         app.include_router(router)
     served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
+    document_problems(app)
     return app
 
 

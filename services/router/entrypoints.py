@@ -17,6 +17,7 @@ from shared.clock import as_utc
 from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, field_errors, require_key
+from shared.openapi import problem
 from shared.runtime import ServiceContext
 from shared.text import storable
 
@@ -151,7 +152,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         async with ctx.engine.connect() as conn:
             return {"owners": await views.list_owners(conn, ctx.config.config, ctx.clock.now())}
 
-    @api.put("/v1/owners/{owner_id}")
+    @api.put("/v1/owners/{owner_id}", responses={409: problem("The owner changed concurrently; try again")})
     async def put_owner(owner_id: str, body: OwnerChange = Body(...),
                         principal=Depends(admin)) -> JSONResponse:
         config = ctx.config.config
@@ -180,7 +181,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                          if o["owner_id"] == owner_id)
         return JSONResponse(owner)
 
-    @api.post("/v1/leads/{lead_id}/reassign", status_code=202)
+    @api.post("/v1/leads/{lead_id}/reassign", status_code=202, responses={
+        409: problem("Already that owner's, nobody else can take it now, or it kept changing concurrently")})
     async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
         async def command() -> dict[str, Any]:
             async with ctx.uow() as uow:

@@ -228,3 +228,33 @@ async def test_a_revoked_key_fails_on_every_service_within_a_second(apps, engine
     listed = await _keys(database_url)
     [row] = [r for r in listed if r["key_id"] == key.split("_")[1]]
     assert row["revoked_at"] is not None and "secret_sha256" not in row
+
+
+def _problem_documented(operation: dict, status: str) -> bool:
+    return "application/problem+json" in operation.get("responses", {}).get(status, {}).get("content", {})
+
+
+def test_every_openapi_documents_the_key_and_the_problems_its_routes_answer(apps) -> None:
+    """Only intake documented its key and problems: every other service's OpenAPI named no bearer
+    scheme and no 401/403 (which every keyed route answers), and documented 422 as FastAPI's
+    `{"detail": [...]}` in application/json, which no route answers (problem+json with `errors`)."""
+    problems = []
+    for service, app in apps.items():
+        document = app.openapi()
+        if "bearer" not in document.get("components", {}).get("securitySchemes", {}):
+            problems.append(f"{service}: no bearer security scheme")
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                route = (service, method.upper(), path)
+                if route in OPEN_ROUTES:
+                    continue
+                expected = ["401"] + (["403"] if route not in SOURCE_ROUTES else [])
+                expected += ["422"] if "422" in operation["responses"] else []
+                expected += ["404"] if "{" in path else []
+                expected += ["413"] if method.upper() in WRITE_METHODS else []
+                problems += [f"{service} {method} {path}: {status} is not documented as problem+json"
+                             for status in expected if not _problem_documented(operation, status)]
+                if operation.get("security") != [{"bearer": []}]:
+                    problems.append(f"{service} {method} {path}: no bearer security")
+        assert "HTTPValidationError" not in str(document), service
+    assert problems == []
