@@ -49,6 +49,19 @@ class ProblemError(Exception):
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
 
 
+def not_found(field: str, title: str, detail: str) -> ProblemError:
+    """A 404 for an id that names nothing, naming the parameter (CONTRACT: every problem names a field)."""
+    return ProblemError(404, title, detail, [{"field": field, "message": "names nothing here"}])
+
+
+def conflict(field: str, detail: str) -> ProblemError:
+    return ProblemError(409, "Conflict", detail, [{"field": field, "message": detail}])
+
+
+# What a request without a route names: its path (404) or its method (405).
+_ROUTING_FIELDS = {404: ("(path)", "is not a route here"), 405: ("(method)", "is not allowed on this route")}
+
+
 def _auth_error(message: str) -> list[dict[str, str]]:
     """A refused key as a field-level error like any other: the field is the header."""
     return [{"field": "Authorization", "message": message}]
@@ -101,8 +114,10 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        field, message = _ROUTING_FIELDS.get(exc.status_code, ("(request)", str(exc.detail)))
         return problem_response(
-            ProblemError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)), request.url.path
+            ProblemError(exc.status_code, str(exc.detail), errors=[{"field": field, "message": message}],
+                         headers=getattr(exc, "headers", None)), request.url.path
         )
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -154,7 +169,8 @@ class NulRefusalMiddleware:
         if scope["type"] == "http":
             refused = None
             if "\x00" in scope["path"]:
-                refused = ProblemError(404, "Not found", "No resource has an id with a NUL character.")
+                refused = ProblemError(404, "Not found", "No resource has an id with a NUL character.",
+                                       [{"field": "(path)", "message": "contains a NUL character"}])
             elif b"%00" in (query := scope.get("query_string", b"")) or b"\x00" in query:
                 # Parsed only when a NUL may be there: every request of every service passes here.
                 named = [name for name, value in QueryParams(query).multi_items() if "\x00" in name or "\x00" in value]

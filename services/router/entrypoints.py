@@ -16,7 +16,7 @@ from shared.aio import run_loop
 from shared.clock import as_utc
 from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
-from shared.http import ProblemError, field_errors, require_key
+from shared.http import ProblemError, conflict, field_errors, not_found, require_key
 from shared.openapi import problem
 from shared.runtime import ServiceContext
 from shared.text import storable
@@ -157,7 +157,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                         principal=Depends(admin)) -> JSONResponse:
         config = ctx.config.config
         if config.owner(owner_id) is None:
-            raise ProblemError(404, "Not found", f"No owner {owner_id!r} in the configuration.")
+            raise not_found("owner_id", "Not found", f"No owner {owner_id!r} in the configuration.")
         now = ctx.clock.now()
         for attempt in range(WRITE_RETRIES):
             async with ctx.uow() as uow:
@@ -172,7 +172,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                 except (ConcurrencyConflict, sa_exc.IntegrityError):
                     # Another change of this owner won the race: retry from fresh state.
                     if attempt == WRITE_RETRIES - 1:
-                        raise ProblemError(409, "Conflict", "The owner changed concurrently; try again.") from None
+                        raise conflict("owner_id", "The owner changed concurrently; try again.") from None
                     continue
             break
         wake_queue.set()  # the change may let queued leads go
@@ -195,15 +195,15 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
             # decide again from the state it left.
             return await retry_on_conflict(command)
         except UnknownLead:
-            raise ProblemError(404, "Not found", f"The router knows no lead {lead_id!r}.") from None
+            raise not_found("lead_id", "Not found", f"The router knows no lead {lead_id!r}.") from None
         except UnknownOwner:
             raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
         except SameOwner:
-            raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
+            raise conflict("owner_id", f"The lead is already owned by {body.owner_id!r}.") from None
         except NobodyEligible:
-            raise ProblemError(409, "Conflict", "Nobody else can take this lead now; it stays with its owner.") from None
+            raise conflict("owner_id", "Nobody else can take this lead now; it stays with its owner.") from None
         except ConcurrencyConflict:
-            raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
+            raise conflict("lead_id", "The lead kept changing concurrently; try again.") from None
 
     @api.get("/v1/queue")
     async def get_queue(principal=Depends(require_key("source"))) -> dict[str, list[dict[str, Any]]]:
