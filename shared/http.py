@@ -22,7 +22,7 @@ from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
-from .openapi import document_problems
+from .openapi import api_routes, document_problems, key_role
 from .schemas import schema_router
 from .tracing import TraceMiddleware
 
@@ -105,6 +105,14 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI reads the body before it solves the route's dependencies: a body that is not
+        # JSON was judged before the key was checked (a 422 where the caller without a key is owed 401).
+        try:
+            refused = await key_refusal(request)
+        except Exception as db_error:  # the key check is a database read like any other
+            return await _database_error(request, db_error)
+        if refused is not None:
+            return problem_response(refused, request.url.path)
         errors = field_errors(exc.errors())
         if on_invalid is not None:
             on_invalid(request, errors)
@@ -157,10 +165,18 @@ _NO_ANSWER = ("The database did not answer in time. Retry after the time in Retr
 BODY_LIMIT_OVERRIDES = {"/v1/leads:batch": 5 * 1024 * 1024}
 
 
+NUL_REFUSAL = "leadsla.nul_refusal"
+
+
 class NulRefusalMiddleware:
     """Postgres text cannot hold a NUL character: one in the path or the query reached the database
     and answered 500. An id with one names nothing (404); a query parameter with one is a 422
-    naming it. (Bodies are the routes' own: their models refuse it per field.)"""
+    naming it. (Bodies are the routes' own: their models refuse it per field.)
+
+    The refusal is left in the scope for the key check (require_key) to answer once the key
+    passed: without a key a caller gets its 401, not a judgement of what it sent. Every route
+    that reads the database checks a key (test_security_routes); the few that do not (probes,
+    schemas, the board) read no id or query value from the database."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -179,8 +195,7 @@ class NulRefusalMiddleware:
                                            [{"field": name.replace("\x00", ""), "message": "contains a NUL character"}
                                             for name in dict.fromkeys(named)])
             if refused is not None:
-                await problem_response(refused, scope["path"].replace("\x00", ""))(scope, receive, send)
-                return
+                scope[NUL_REFUSAL] = refused
         await self.app(scope, receive, send)
 
 
@@ -244,6 +259,19 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+async def key_refusal(request: Request) -> ProblemError | None:
+    """The refusal of the request's key by the route it reached (None: the key passes, or the
+    route needs none)."""
+    role = getattr(request.app.state, "key_roles", {}).get(request.scope.get("endpoint"))
+    if role is None:
+        return None
+    try:
+        await require_key(role)(request)
+    except ProblemError as exc:
+        return exc
+    return None
+
+
 def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal]]:
     """Dependency: a valid bearer key; `admin` routes also need an admin key."""
 
@@ -262,6 +290,9 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
         if role == "admin" and not principal.is_admin:
             raise ProblemError(403, "Forbidden", "This needs an admin key.", _auth_error("is not an admin key"))
         request.state.principal = principal
+        # A NUL character in the path or query (NulRefusalMiddleware), answered once the key passed.
+        if (refused := request.scope.get(NUL_REFUSAL)) is not None:
+            raise refused
         return principal
 
     dependency.key_role = role  # type: ignore[attr-defined]  # read by shared.openapi to document it
@@ -311,6 +342,9 @@ def create_app(
         app.include_router(router)
     served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
+    # Which key each endpoint checks, for key_refusal (a request refused before its dependencies run).
+    app.state.key_roles = {route.endpoint: role for route in api_routes(app.routes)
+                           if (role := key_role(route.dependant))}
     document_problems(app)
     return app
 

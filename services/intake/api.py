@@ -132,6 +132,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     ) -> Principal:
         return await sender(request)
 
+    sender_dependency.key_role = "source"  # type: ignore[attr-defined]  # shared.http checks it first
     Sender = Annotated[Principal, Depends(sender_dependency)]
 
     def idempotency_key(request: Request) -> str | None:
