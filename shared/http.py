@@ -105,6 +105,9 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _refuse_fields(request, field_errors(exc.errors()))
+
+    async def _refuse_fields(request: Request, errors: list[dict[str, str]]) -> JSONResponse:
         # FastAPI reads the body before it solves the route's dependencies: a body that is not
         # JSON was judged before the key was checked (a 422 where the caller without a key is owed 401).
         try:
@@ -113,7 +116,6 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
             return await _database_error(request, db_error)
         if refused is not None:
             return problem_response(refused, request.url.path)
-        errors = field_errors(exc.errors())
         if on_invalid is not None:
             on_invalid(request, errors)
         return problem_response(
@@ -122,6 +124,9 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8: not JSON, like any other (422).
+            return await _refuse_fields(request, [{"field": "(body)", "message": "is not valid JSON (not UTF-8)"}])
         field, message = _ROUTING_FIELDS.get(exc.status_code, ("(request)", str(exc.detail)))
         return problem_response(
             ProblemError(exc.status_code, str(exc.detail), errors=[{"field": field, "message": message}],
