@@ -24,6 +24,7 @@ from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .migrate import current_revision, head_revision
+from .openapi import api_routes, document_problems, key_role
 from .ratelimit import KeyLimiter
 from .schemas import schema_router
 from .tracing import TraceMiddleware
@@ -49,6 +50,19 @@ class ProblemError(Exception):
     ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail, self.errors, self.headers = status, title, detail, errors, headers
+
+
+def not_found(field: str, title: str, detail: str) -> ProblemError:
+    """A 404 for an id that names nothing, naming the parameter (CONTRACT: every problem names a field)."""
+    return ProblemError(404, title, detail, [{"field": field, "message": "names nothing here"}])
+
+
+def conflict(field: str, detail: str) -> ProblemError:
+    return ProblemError(409, "Conflict", detail, [{"field": field, "message": detail}])
+
+
+# What a request without a route names: its path (404) or its method (405).
+_ROUTING_FIELDS = {404: ("(path)", "is not a route here"), 405: ("(method)", "is not allowed on this route")}
 
 
 def _auth_error(message: str) -> list[dict[str, str]]:
@@ -94,7 +108,17 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = field_errors(exc.errors())
+        return await _refuse_fields(request, field_errors(exc.errors()))
+
+    async def _refuse_fields(request: Request, errors: list[dict[str, str]]) -> JSONResponse:
+        # FastAPI reads the body before it solves the route's dependencies: a body that is not
+        # JSON was judged before the key was checked (a 422 where the caller without a key is owed 401).
+        try:
+            refused = await key_refusal(request)
+        except Exception as db_error:  # the key check is a database read like any other
+            return await _database_error(request, db_error)
+        if refused is not None:
+            return problem_response(refused, request.url.path)
         if on_invalid is not None:
             on_invalid(request, errors)
         return problem_response(
@@ -103,8 +127,13 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8: not JSON, like any other (422).
+            return await _refuse_fields(request, [{"field": "(body)", "message": "is not valid JSON (not UTF-8)"}])
+        field, message = _ROUTING_FIELDS.get(exc.status_code, ("(request)", str(exc.detail)))
         return problem_response(
-            ProblemError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)), request.url.path
+            ProblemError(exc.status_code, str(exc.detail), errors=[{"field": field, "message": message}],
+                         headers=getattr(exc, "headers", None)), request.url.path
         )
 
     async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -144,10 +173,18 @@ _NO_ANSWER = ("The database did not answer in time. Retry after the time in Retr
 BODY_LIMIT_OVERRIDES = {"/v1/leads:batch": 5 * 1024 * 1024}
 
 
+NUL_REFUSAL = "leadsla.nul_refusal"
+
+
 class NulRefusalMiddleware:
     """Postgres text cannot hold a NUL character: one in the path or the query reached the database
     and answered 500. An id with one names nothing (404); a query parameter with one is a 422
-    naming it. (Bodies are the routes' own: their models refuse it per field.)"""
+    naming it. (Bodies are the routes' own: their models refuse it per field.)
+
+    The refusal is left in the scope for the key check (require_key) to answer once the key
+    passed: without a key a caller gets its 401, not a judgement of what it sent. Every route
+    that reads the database checks a key (test_security_routes); the few that do not (probes,
+    schemas, the board) read no id or query value from the database."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -156,7 +193,8 @@ class NulRefusalMiddleware:
         if scope["type"] == "http":
             refused = None
             if "\x00" in scope["path"]:
-                refused = ProblemError(404, "Not found", "No resource has an id with a NUL character.")
+                refused = ProblemError(404, "Not found", "No resource has an id with a NUL character.",
+                                       [{"field": "(path)", "message": "contains a NUL character"}])
             elif b"%00" in (query := scope.get("query_string", b"")) or b"\x00" in query:
                 # Parsed only when a NUL may be there: every request of every service passes here.
                 named = [name for name, value in QueryParams(query).multi_items() if "\x00" in name or "\x00" in value]
@@ -165,8 +203,7 @@ class NulRefusalMiddleware:
                                            [{"field": name.replace("\x00", ""), "message": "contains a NUL character"}
                                             for name in dict.fromkeys(named)])
             if refused is not None:
-                await problem_response(refused, scope["path"].replace("\x00", ""))(scope, receive, send)
-                return
+                scope[NUL_REFUSAL] = refused
         await self.app(scope, receive, send)
 
 
@@ -230,6 +267,19 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+async def key_refusal(request: Request) -> ProblemError | None:
+    """The refusal of the request's key by the route it reached (None: the key passes, or the
+    route needs none)."""
+    role = getattr(request.app.state, "key_roles", {}).get(request.scope.get("endpoint"))
+    if role is None:
+        return None
+    try:
+        await require_key(role)(request)
+    except ProblemError as exc:
+        return exc
+    return None
+
+
 def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal]]:
     """Dependency: a valid bearer key; `admin` routes also need an admin key."""
 
@@ -255,8 +305,12 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
                                f"{limiter.burst}); retry in {seconds}s.",
                                _auth_error("is over its rate limit"), headers={"Retry-After": str(seconds)})
         request.state.principal = principal
+        # A NUL character in the path or query (NulRefusalMiddleware), answered once the key passed.
+        if (refused := request.scope.get(NUL_REFUSAL)) is not None:
+            raise refused
         return principal
 
+    dependency.key_role = role  # type: ignore[attr-defined]  # read by shared.openapi to document it
     return dependency
 
 
@@ -308,6 +362,10 @@ def create_app(
         app.include_router(router)
     served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
+    # Which key each endpoint checks, for key_refusal (a request refused before its dependencies run).
+    app.state.key_roles = {route.endpoint: role for route in api_routes(app.routes)
+                           if (role := key_role(route.dependant))}
+    document_problems(app)
     return app
 
 

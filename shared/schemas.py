@@ -248,9 +248,9 @@ def schema_router() -> APIRouter:
     async def one(event_type: str) -> Response:
         event_type = event_type.removesuffix(".json")
         if event_type not in registry():
-            from .http import ProblemError
+            from .http import not_found
 
-            raise ProblemError(404, "Not found", f"No event type {event_type!r}; GET /v1/schemas lists them.")
+            raise not_found("event_type", "Not found", f"No event type {event_type!r}; GET /v1/schemas lists them.")
         return JSONResponse(event_schema(event_type), media_type="application/schema+json")
 
     @router.get("/schemas/{file_name}", include_in_schema=False)

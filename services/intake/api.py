@@ -17,7 +17,7 @@ from shared.auth import Principal
 from shared.config import named_sources
 from shared.db import is_deadlock
 from shared.eventstore import retry_on_conflict
-from shared.http import ProblemError, require_key
+from shared.http import ProblemError, not_found, require_key
 from shared.ratelimit import TokenBucket
 from shared.runtime import ServiceContext
 
@@ -124,6 +124,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             seconds = max(1, math.ceil(wait))
             raise ProblemError(429, "Too many requests",
                                f"This key may send {limiter_rate(ctx, principal)}; retry in {seconds}s.",
+                               [{"field": "Authorization", "message": "is over its rate limit"}],
                                headers={"Retry-After": str(seconds)})
         return principal
 
@@ -132,6 +133,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     ) -> Principal:
         return await sender(request)
 
+    sender_dependency.key_role = "source"  # type: ignore[attr-defined]  # shared.http checks it first
     Sender = Annotated[Principal, Depends(sender_dependency)]
 
     def idempotency_key(request: Request) -> str | None:
@@ -241,7 +243,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         try:
             tier, changed = await retry_on_conflict(update)
         except UnknownLead:
-            raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
+            raise not_found("lead_id", "Unknown lead", f"No lead {lead_id!r}.") from None
         except OtherSourcesLead:
             # Any source key could rewrite (and, in the answer's old values, read) any lead's contact.
             raise ProblemError(403, "Forbidden", "A source key may change only the leads its source submitted; "
@@ -271,7 +273,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         try:
             activity_id, resolved = await retry_on_conflict(record)
         except UnknownLead:
-            raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r}.") from None
+            raise not_found("lead_id", "Unknown lead", f"No lead {lead_id!r}.") from None
         except RejectedActivity as exc:
             raise ProblemError(422, "Invalid activity", str(exc),
                                [{"field": exc.field, "message": str(exc)}]) from None

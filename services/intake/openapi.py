@@ -4,21 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-PROBLEM = {
-    "type": "object",
-    "description": "RFC 9457 problem details",
-    "required": ["type", "title", "status"],
-    "properties": {
-        "type": {"type": "string", "example": "about:blank"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "instance": {"type": "string"},
-        "errors": {"type": "array", "items": {
-            "type": "object", "required": ["field", "message"],
-            "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
-    },
-}
+from shared.openapi import PROBLEM, problem
+
 WARNINGS = {"type": "array", "items": {
     "type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}
 _open = {"type": "object", "additionalProperties": True}
@@ -57,12 +44,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description,
-                           "content": {"application/problem+json": {"schema": PROBLEM}}}
-    if headers:
-        out["headers"] = headers
-    return out
+_problem = problem
 
 
 COMMON = {

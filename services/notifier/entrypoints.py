@@ -27,7 +27,7 @@ from shared.events import (
     utc_iso,
 )
 from shared.eventstore import retry_on_conflict
-from shared.http import ProblemError, require_key
+from shared.http import ProblemError, not_found, require_key
 from shared.runtime import ServiceContext
 from shared.supervisor import Loop
 from shared.text import storable
@@ -74,7 +74,7 @@ async def _existing(conn: AsyncConnection, subscription_id: str) -> None:
     found = await conn.scalar(select(subscriptions.c.id).where(
         subscriptions.c.id == subscription_id, subscriptions.c.deleted_at.is_(None)))
     if found is None:
-        raise ProblemError(404, "Not found", f"No subscription {subscription_id}.")
+        raise not_found("subscription_id", "Not found", f"No subscription {subscription_id}.")
 
 
 def build_router(ctx: ServiceContext) -> APIRouter:

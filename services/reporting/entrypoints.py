@@ -18,7 +18,7 @@ from starlette.datastructures import QueryParams
 from shared import metrics
 from shared.aio import run_loop
 from shared.clock import as_utc
-from shared.http import ProblemError, require_key
+from shared.http import ProblemError, not_found, require_key
 from shared.runtime import Loop, ServiceContext
 
 from . import views
@@ -132,7 +132,7 @@ def routes(ctx: ServiceContext) -> APIRouter:
     async def get_lead(lead_id: str) -> dict[str, Any]:
         found = await read(views.lead_with_timeline, lead_id)
         if found is None:
-            raise ProblemError(404, "Unknown lead", f"No lead {lead_id!r} in the read model (yet).")
+            raise not_found("lead_id", "Unknown lead", f"No lead {lead_id!r} in the read model (yet).")
         return found
 
     @api.get("/v1/leads")

@@ -16,7 +16,8 @@ from shared.aio import run_loop
 from shared.clock import as_utc
 from shared.config import CalendarConfig
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
-from shared.http import ProblemError, field_errors, require_key
+from shared.http import ProblemError, conflict, field_errors, not_found, require_key
+from shared.openapi import problem
 from shared.runtime import ServiceContext
 from shared.text import storable
 
@@ -151,12 +152,12 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         async with ctx.engine.connect() as conn:
             return {"owners": await views.list_owners(conn, ctx.config.config, ctx.clock.now())}
 
-    @api.put("/v1/owners/{owner_id}")
+    @api.put("/v1/owners/{owner_id}", responses={409: problem("The owner changed concurrently; try again")})
     async def put_owner(owner_id: str, body: OwnerChange = Body(...),
                         principal=Depends(admin)) -> JSONResponse:
         config = ctx.config.config
         if config.owner(owner_id) is None:
-            raise ProblemError(404, "Not found", f"No owner {owner_id!r} in the configuration.")
+            raise not_found("owner_id", "Not found", f"No owner {owner_id!r} in the configuration.")
         now = ctx.clock.now()
         for attempt in range(WRITE_RETRIES):
             async with ctx.uow() as uow:
@@ -171,7 +172,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                 except (ConcurrencyConflict, sa_exc.IntegrityError):
                     # Another change of this owner won the race: retry from fresh state.
                     if attempt == WRITE_RETRIES - 1:
-                        raise ProblemError(409, "Conflict", "The owner changed concurrently; try again.") from None
+                        raise conflict("owner_id", "The owner changed concurrently; try again.") from None
                     continue
             break
         wake_queue.set()  # the change may let queued leads go
@@ -180,7 +181,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
                          if o["owner_id"] == owner_id)
         return JSONResponse(owner)
 
-    @api.post("/v1/leads/{lead_id}/reassign", status_code=202)
+    @api.post("/v1/leads/{lead_id}/reassign", status_code=202, responses={
+        409: problem("Already that owner's, nobody else can take it now, or it kept changing concurrently")})
     async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
         async def command() -> dict[str, Any]:
             async with ctx.uow() as uow:
@@ -193,15 +195,15 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
             # decide again from the state it left.
             return await retry_on_conflict(command)
         except UnknownLead:
-            raise ProblemError(404, "Not found", f"The router knows no lead {lead_id!r}.") from None
+            raise not_found("lead_id", "Not found", f"The router knows no lead {lead_id!r}.") from None
         except UnknownOwner:
             raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
         except SameOwner:
-            raise ProblemError(409, "Conflict", f"The lead is already owned by {body.owner_id!r}.") from None
+            raise conflict("owner_id", f"The lead is already owned by {body.owner_id!r}.") from None
         except NobodyEligible:
-            raise ProblemError(409, "Conflict", "Nobody else can take this lead now; it stays with its owner.") from None
+            raise conflict("owner_id", "Nobody else can take this lead now; it stays with its owner.") from None
         except ConcurrencyConflict:
-            raise ProblemError(409, "Conflict", "The lead kept changing concurrently; try again.") from None
+            raise conflict("lead_id", "The lead kept changing concurrently; try again.") from None
 
     @api.get("/v1/queue")
     async def get_queue(principal=Depends(require_key("source"))) -> dict[str, list[dict[str, Any]]]:

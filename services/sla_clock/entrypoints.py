@@ -19,7 +19,7 @@ from shared.aio import run_loop
 from shared.config import Config
 from shared.consumer import Subscription, bind
 from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, Received
-from shared.http import ProblemError, require_key
+from shared.http import not_found, require_key
 from shared.runtime import ServiceContext
 from shared.supervisor import Loop
 from shared.uow import UnitOfWork
@@ -193,7 +193,7 @@ def build_api(ctx: ServiceContext, watermark: InputWatermark) -> APIRouter:
                 select(timers).where(timers.c.lead_id == lead_id).order_by(timers.c.started_at, timers.c.metric)
             )).all()
         if not rows:
-            raise ProblemError(404, "No SLA timers", f"No timers for lead {lead_id!r}.")
+            raise not_found("lead_id", "No SLA timers", f"No timers for lead {lead_id!r}.")
         return {"lead_id": lead_id, "timers": [timer_view(row, ctx.config.config, ctx.clock.now()) for row in rows]}
 
     @api.get("/v1/watermark", dependencies=[Depends(require_key("source"))])

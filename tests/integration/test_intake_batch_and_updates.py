@@ -110,6 +110,7 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(app, engine) 
         assert limited.status_code == 429
         assert limited.headers["content-type"] == "application/problem+json"
         assert int(limited.headers["Retry-After"]) >= 1
+        assert [e["field"] for e in limited.json()["errors"]] == ["Authorization"]  # the key, as field
         assert rejected("throttled", "rate_limited") == before + 2
 
 

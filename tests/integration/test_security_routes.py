@@ -264,3 +264,104 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_key
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert names_the_header(limited)
     assert other_key.status_code == 200
+    documented = app.openapi()["paths"]["/v1/owners"]["get"]["responses"]
+    assert "application/problem+json" in documented["429"]["content"]
+
+
+def _problem_documented(operation: dict, status: str) -> bool:
+    return "application/problem+json" in operation.get("responses", {}).get(status, {}).get("content", {})
+
+
+def test_every_openapi_documents_the_key_and_the_problems_its_routes_answer(apps) -> None:
+    """Only intake documented its key and problems: every other service's OpenAPI named no bearer
+    scheme and no 401/403 (which every keyed route answers), and documented 422 as FastAPI's
+    `{"detail": [...]}` in application/json, which no route answers (problem+json with `errors`)."""
+    problems = []
+    for service, app in apps.items():
+        document = app.openapi()
+        if "bearer" not in document.get("components", {}).get("securitySchemes", {}):
+            problems.append(f"{service}: no bearer security scheme")
+        for path, operations in document["paths"].items():
+            for method, operation in operations.items():
+                route = (service, method.upper(), path)
+                if route in OPEN_ROUTES:
+                    continue
+                expected = ["401"] + (["403"] if route not in SOURCE_ROUTES else [])
+                expected += ["422"] if "422" in operation["responses"] else []
+                expected += ["404"] if "{" in path else []
+                expected += ["413"] if method.upper() in WRITE_METHODS else []
+                problems += [f"{service} {method} {path}: {status} is not documented as problem+json"
+                             for status in expected if not _problem_documented(operation, status)]
+                if operation.get("security") != [{"bearer": []}]:
+                    problems.append(f"{service} {method} {path}: no bearer security")
+        assert "HTTPValidationError" not in str(document), service
+    assert problems == []
+
+
+async def test_an_id_naming_nothing_and_a_request_without_a_route_are_problems_naming_the_field(apps, keys) -> None:
+    """Found by schemathesis: a 404 for an unknown id (every service), a 409, a 404 for a path
+    no route serves and a 405 answered problem+json without `errors`, which the contract promises
+    on every problem. The field is the path parameter; `(path)` or `(method)` when no route matched."""
+    bodies = {("router", "PUT"): {"status": "away"}, ("router", "POST"): {"reason": "x"},
+              ("intake", "POST"): {"type": "note"}, ("intake", "PATCH"): {}}
+    found, expected = [], []
+    for service, method, path, url in every_route(apps):
+        if "{" not in path or (service, path) == ("notifier", "/v1/leads/{lead_id}/notifications"):
+            continue  # (a lead's notifications: the notifier keeps no list of leads; none is an empty list)
+        name = path[path.rindex("{") + 1:path.rindex("}")]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[service]), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {keys['admin']}"}) as c:
+            response = await c.request(method, url, json=bodies.get((service, method)))
+        found.append((service, method, path, response.status_code, [e["field"] for e in response.json().get("errors", [])]))
+        expected.append((service, method, path, 404, [name]))
+    assert found == expected
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["router"]), base_url="http://t",
+                                 headers={"Authorization": f"Bearer {keys['admin']}"}) as c:
+        responses = [await c.get("/v1/no-such-route"), await c.delete("/v1/config"), await c.put("/v1/owners/a%00b", json={"status": "away"})]
+    assert [(r.status_code, [e["field"] for e in r.json()["errors"]]) for r in responses] == \
+        [(404, ["(path)"]), (405, ["(method)"]), (404, ["(path)"])]
+
+
+async def test_the_key_is_checked_before_anything_the_request_sends_is_judged(apps, keys) -> None:
+    """Found by schemathesis: a body that is not JSON (FastAPI reads it before the route's key
+    check) and a NUL character in an id or a query value (refused by a middleware before any
+    route) answered 422 or 404 without a key, or with a source key on an admin route: a caller
+    without the right key is told only that (401, 403)."""
+    problems = []
+    for service, method, path, url in every_route(apps):
+        route = (service, method, path)
+        if route in OPEN_ROUTES:
+            continue
+        queries = [p["name"] for p in apps[service].openapi()["paths"][path][method.lower()].get("parameters", [])
+                   if p["in"] == "query"]
+        tries = [(url, b"not json" if method in WRITE_METHODS else None)]
+        if "{" in path:
+            tries.append((url.replace("no-such-id", "no%00such"), None))
+        tries += [(f"{url}?{name}=a%00b", None) for name in queries]
+        for target, body in tries:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[service]), base_url="http://t") as c:
+                for key, expected in ((None, 401), (keys["source"], 403 if route not in SOURCE_ROUTES else None)):
+                    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+                    response = await c.request(method, target, content=body, headers=headers)
+                    if expected is not None and (response.status_code != expected or not names_the_header(response)):
+                        problems.append(f"{service} {method} {target} {body!r} key={key is not None}: "
+                                        f"{response.status_code}, not {expected}")
+    assert problems == []
+
+
+async def test_a_body_that_is_not_utf8_is_not_json_like_any_other(apps, keys) -> None:
+    """Found by schemathesis: FastAPI answers a JSON body that is not UTF-8 with its own 400
+    ("There was an error parsing the body"), before the key check and undocumented; it is a
+    body that is not JSON, refused like any other: 401 without a key, else 422 naming (body)."""
+    found = []
+    for service, method, path, url in every_route(apps):
+        if "requestBody" not in apps[service].openapi()["paths"][path][method.lower()]:
+            continue
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[service]), base_url="http://t") as c:
+            for key in (None, keys["admin"]):
+                headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+                response = await c.request(method, url, content=b"\xec\xcbO\x01", headers=headers)
+                found.append((service, method, path, key is not None, response.status_code,
+                              [e["field"] for e in response.json().get("errors", [])]))
+    assert found == [(s, m, p, keyed, 422 if keyed else 401, ["(body)"] if keyed else ["Authorization"])
+                     for s, m, p, keyed, *_ in found]
