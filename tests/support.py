@@ -138,3 +138,26 @@ async def handle_event(handlers, uow, event: CloudEvent, deps) -> None:
     """Give `event` to the handler its payload class is mapped to, decoded as the consumer does."""
     received = Received.of(event)
     await handlers[type(received.data)](uow, received, deps)
+
+
+def service_apps(engine, producer, settings, config_yaml: str, *, key_limits: bool = False) -> dict:
+    """Every service's own app (bootstrap + create_app) on one engine, in-process, under one
+    configuration: {name: (app, spec)}. `key_limits`: as `leadsla serve` wires each (the spec's)."""
+    import importlib
+
+    from services import SERVICE_NAMES
+    from shared.clock import SystemClock
+    from shared.config import parse_config
+    from shared.config_store import ConfigHolder, VersionedConfig
+    from shared.http import create_app
+    from shared.runtime import ServiceContext, wire
+
+    built = {}
+    for name in SERVICE_NAMES:
+        ctx = ServiceContext(name=name, settings=settings, engine=engine, producer=producer, clock=SystemClock(),
+                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(config_yaml))),
+                             relay_wakeup=asyncio.Event())
+        spec = wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap)
+        built[name] = (create_app(ctx, spec.routers, spec.on_invalid_request,
+                                  key_limits=key_limits and spec.key_limits), spec)
+    return built

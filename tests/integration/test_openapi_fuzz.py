@@ -17,7 +17,6 @@ per operation; hypothesis then prints the failing request to copy).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -38,10 +37,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services import SERVICE_NAMES
 from shared.auth import create_key
-from shared.http import create_app
+from shared.settings import Settings
 from tests.integration.test_security_routes import OPEN_ROUTES, SOURCE_ROUTES
+from tests.support import service_apps
 
 LONG_RUN = int(os.environ.get("LEADSLA_SCHEMA_EXAMPLES", "0"))
 EXAMPLES = LONG_RUN or 15
@@ -85,23 +84,8 @@ CHECKS = [status_code_conformance, content_type_conformance, response_headers_co
 
 @pytest.fixture(scope="module")
 async def apps(engine, producer, database_url, kafka_bootstrap) -> AsyncIterator[dict[str, FastAPI]]:
-    import asyncio
-
-    from shared.clock import SystemClock
-    from shared.config import parse_config
-    from shared.config_store import ConfigHolder, VersionedConfig
-    from shared.runtime import ServiceContext, wire
-    from shared.settings import Settings
-
-    built = {}
-    for name in SERVICE_NAMES:
-        settings_ = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
-        ctx = ServiceContext(name=name, settings=settings_, engine=engine, producer=producer, clock=SystemClock(),
-                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
-                             relay_wakeup=asyncio.Event())
-        spec = wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap)
-        built[name] = create_app(ctx, spec.routers, spec.on_invalid_request)
-    yield built
+    settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    yield {name: app for name, (app, _) in service_apps(engine, producer, settings, CONFIG).items()}
 
 
 @pytest.fixture(scope="module")

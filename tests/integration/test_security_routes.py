@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import time
 from collections.abc import AsyncIterator
 
@@ -19,7 +18,9 @@ from leadsla.cli import _keys
 from services import SERVICE_NAMES
 from shared.auth import create_key
 from shared.db import api_keys
-from shared.http import BODY_LIMIT_OVERRIDES, MAX_BODY_BYTES, create_app
+from shared.http import BODY_LIMIT_OVERRIDES, MAX_BODY_BYTES
+from shared.settings import Settings
+from tests.support import service_apps
 
 CONFIG = """
 tiers: {default: A}
@@ -50,23 +51,8 @@ SOURCE_ROUTES = {
 
 @pytest.fixture(scope="module")
 async def apps(engine, producer, database_url, kafka_bootstrap) -> AsyncIterator[dict[str, FastAPI]]:
-    import asyncio as _asyncio
-
-    from shared.clock import SystemClock
-    from shared.config import parse_config
-    from shared.config_store import ConfigHolder, VersionedConfig
-    from shared.runtime import ServiceContext, wire
-    from shared.settings import Settings
-
-    built = {}
-    for name in SERVICE_NAMES:
-        settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
-        ctx = ServiceContext(name=name, settings=settings, engine=engine, producer=producer, clock=SystemClock(),
-                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
-                             relay_wakeup=_asyncio.Event())
-        spec = wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap)
-        built[name] = create_app(ctx, spec.routers, spec.on_invalid_request)
-    yield built
+    settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    yield {name: app for name, (app, _) in service_apps(engine, producer, settings, CONFIG).items()}
 
 
 @pytest.fixture(scope="module")
@@ -235,26 +221,12 @@ async def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_key
 ) -> None:
     """Router, sla_clock, notifier and reporting limit each key (a script or a dashboard polling in
     a loop); intake limits per source by its configuration instead."""
-    import asyncio as _asyncio
-
-    from shared.clock import SystemClock
-    from shared.config import parse_config
-    from shared.config_store import ConfigHolder, VersionedConfig
-    from shared.runtime import ServiceContext, wire
-    from shared.settings import Settings
-
     settings = Settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap,
                         api_rate_limit_per_second=0.2, api_rate_limit_burst=3)
-    specs = {}
-    for name in SERVICE_NAMES:
-        ctx = ServiceContext(name=name, settings=settings, engine=engine, producer=producer, clock=SystemClock(),
-                             config=ConfigHolder(engine, VersionedConfig(1, parse_config(CONFIG))),
-                             relay_wakeup=_asyncio.Event())
-        specs[name] = (ctx, wire(ctx, importlib.import_module(f"services.{name}.bootstrap").bootstrap))
-    assert {name: spec.key_limits for name, (_, spec) in specs.items()} == {
+    built = service_apps(engine, producer, settings, CONFIG, key_limits=True)
+    assert {name: spec.key_limits for name, (_, spec) in built.items()} == {
         "intake": False, "router": True, "sla_clock": True, "notifier": True, "reporting": True}
-    ctx, spec = specs["router"]
-    app = create_app(ctx, spec.routers, spec.on_invalid_request, key_limits=spec.key_limits)
+    app = built["router"][0]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://router") as client:
         admin, source = ({"Authorization": f"Bearer {keys[k]}"} for k in ("admin", "source"))
         answers = [(await client.get("/v1/owners", headers=admin)).status_code for _ in range(3)]
