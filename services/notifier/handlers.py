@@ -188,30 +188,35 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
     activity = received.data
     known = await deps.store(uow).lead(activity.lead_id)
     owner_id = known.owner_id if known else None
+    # The breach's steps already due when the touch was made still go: the owner was late.
     await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
-        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at))
+        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at),
+        due_after=min(activity.occurred_at, deps.now))
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def _stop_lead_chains(uow: UnitOfWork, received: Received[Any], deps: NotifierDeps,
-                            answered: Callable[[dict[str, Any]], bool] = lambda sla: True) -> None:
-    """Stop the lead's chains whose steps have not fired yet (those `answered` by this event). An
-    opted-out lead escalates no further, and a late touch answers a breach: the clock cancels only
-    running timers and a breached one ends there, so no sla.met or sla.cancelled stops those chains."""
+                            answered: Callable[[dict[str, Any]], bool] = lambda sla: True,
+                            due_after: datetime | None = None) -> None:
+    """Stop the lead's chains whose steps have not fired yet (those `answered` by this event; with
+    `due_after`, their steps due after it). An opted-out lead escalates no further, and a late touch
+    answers a breach: the clock cancels only running timers and a breached one ends there, so no
+    sla.met or sla.cancelled stops those chains."""
     lead_id, now = received.data.lead_id, deps.now
     store = deps.store(uow)
     await uow.load_version(lead_id)  # a step firing for this lead meanwhile: retry from fresh state
     stopping = [sla_id for sla_id, sla in (await store.pending_chains(lead_id)).items() if answered(sla)]
     for sla_id in stopping:
-        await _stop_chain(uow, received, lead_id, sla_id, now, sla_id)
+        await _stop_chain(uow, received, lead_id, sla_id, now, sla_id, due_after=due_after)
 
 
 async def _stop_chain(uow: UnitOfWork, received: Received[Any], lead_id: str, sla_id: str, now: datetime,
-                      *id_parts: str) -> None:
-    """Record that the SLA's steps still to come are cancelled, because of `received` (its id and
-    `id_parts` make the stop's id, so a handler run again records the same stop)."""
-    await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now), time=now, stream=lead_id,
-                 event_id=deterministic_id(received.id, "stopped", *id_parts), cause=received.envelope)
+                      *id_parts: str, due_after: datetime | None = None) -> None:
+    """Record that the SLA's steps still to come (due after `due_after`, if given) are cancelled,
+    because of `received` (its id and `id_parts` make the stop's id, so a handler run again records
+    the same stop)."""
+    await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now, due_after=due_after), time=now,
+                 stream=lead_id, event_id=deterministic_id(received.id, "stopped", *id_parts), cause=received.envelope)
 
 
 async def on_notification(uow: UnitOfWork, received: Received[NotificationResult], deps: NotifierDeps) -> None:

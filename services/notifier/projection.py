@@ -95,11 +95,14 @@ async def escalations_planned(conn: AsyncConnection, e: EscalationsPlanned) -> N
 
 
 async def chain_stopped(conn: AsyncConnection, e: ChainStopped) -> None:
+    chain = [escalations.c.sla_id == e.sla_id]
+    if e.due_after is not None:
+        chain.append(escalations.c.due_at > e.due_after)
     await conn.execute(update(escalations).where(
-        escalations.c.sla_id == e.sla_id, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
+        *chain, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
     ).values(cancelled_at=e.stopped_at))
     await conn.execute(update(d).where(
-        d.c.escalation_id.in_(select(escalations.c.escalation_id).where(escalations.c.sla_id == e.sla_id)),
+        d.c.escalation_id.in_(select(escalations.c.escalation_id).where(*chain)),
         d.c.state == "pending", d.c.kind == "single", d.c.attempts == 0, d.c.next_attempt_at > e.stopped_at,
     ).values(state="cancelled"))
 

@@ -345,6 +345,31 @@ sla_policies:
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
+async def test_a_late_touch_read_before_the_breachs_first_step_went_still_lets_it_go(make_ctx, clock, engine,
+                                                                                   receiver, http, batched):
+    """Found by the long chaos run: the owner's call a second after the deadline reached the
+    notifier before its delivery loop sent step 1, and stopped the chain whole: nobody heard of the
+    breach. The steps already due when the touch was made still go; only those after it stop."""
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]") + TOUCHES)
+    d = deliverer(ctx, clock, http)
+    lead = str(uuid.uuid4())
+    await consume(ctx, sla_event("breached", lead, clock.now(), sla_id=f"sla-{lead}"))
+    clock.advance(timedelta(seconds=1))
+    late = touch_event(lead, clock.now())
+    if batched:
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(late)], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    else:
+        await consume(ctx, late)
+    await d.run_once()
+    assert to(receiver, lead) == [(1, "alice")]
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, lead) == [(1, "alice")]  # step 2, due after the call: stopped
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
 async def test_a_late_first_response_stops_the_chain_a_non_qualifying_touch_does_not(make_ctx, clock, engine,
                                                                                    receiver, http, batched):
     # The breach stands (the timer ends there, no sla.met follows), but once the owner has
