@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -187,6 +188,7 @@ async def main(events: int, rounds: int) -> None:
         await engine.dispose()
         if server is not None:
             server.stop()
+            shutil.rmtree(server.data_dir.parent, ignore_errors=True)  # a full run writes about 2 GB
 
 
 if __name__ == "__main__":
