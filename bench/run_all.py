@@ -24,6 +24,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "router.py": ([], ["--seconds", "5", "--rate", "20"]),
     "notifier.py": ([], ["--events", "200"]),
     "replay.py": ([], ["--leads", "500"]),
+    "eventstore.py": ([], ["--events", "1000", "--rounds", "1"]),
     "sla_clock.py": ([], ["--open", "20000", "--burst", "1000", "--events", "300"]),
     "faults.py": (["--restarts"], ["--restarts"]),
     # About 6 minutes: start-up, 5 minutes of load, at most 60 s of drain.

@@ -42,7 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .db import SERVICE_SCHEMAS, any_text, json_rows, metadata
+from .db import SERVICE_SCHEMAS, any_text, metadata
 from .events import CloudEvent
 
 T = TypeVar("T")
@@ -162,17 +162,24 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
     if not pending:
         return None
     payloads = [p.event.to_bytes() for p in pending]
+    expected = expected or {}
     # The lock, then (in a snapshot taken after it, so every append committed before is seen)
     # the check of the expected versions, the numbering and the insert: one call of the store's
-    # append function (migration 0009). Nothing is inserted if a stream moved.
+    # append function (migrations 0009, 0016). Nothing is inserted if a stream moved. The rows go
+    # as a typed array per column, the payloads as bytea[] in binary: Postgres copies them as they
+    # are (as JSON, every payload was parsed, unescaped and converted back to bytes).
     result = (await conn.execute(_APPENDS[schema], {
         "lock_key": append_lock_key(schema),
         # Streams read to decide (`expected`) are checked even when nothing is appended to them.
-        "streams": list(dict.fromkeys([*(p.stream_id for p in pending), *(expected or {})])),
-        "expected": json_rows([{"stream_id": k, "version": v} for k, v in (expected or {}).items()]),
-        "rows": json_rows([{"stream_id": p.stream_id, "event_id": p.event.id, "event_type": p.event.type,
-                            "topic": p.topic, "key": p.event.subject or "", "payload": payload}
-                           for p, payload in zip(pending, payloads, strict=True)]),
+        "streams": list(dict.fromkeys([*(p.stream_id for p in pending), *expected])),
+        "expected_streams": list(expected),
+        "expected_versions": list(expected.values()),
+        "stream_ids": [p.stream_id for p in pending],
+        "event_ids": [p.event.id for p in pending],
+        "event_types": [p.event.type for p in pending],
+        "topics": [p.topic for p in pending],
+        "keys": [p.event.subject or "" for p in pending],
+        "payloads": payloads,
     })).first()
     assert result is not None
     if result.moved_stream is not None:
@@ -189,8 +196,11 @@ async def append(conn: AsyncConnection, schema: str, pending: list[Pending],
 _VERSIONS = {schema: select(EVENTS[schema].c.stream_id, func.max(EVENTS[schema].c.version))
              .where(EVENTS[schema].c.stream_id == any_text(())).group_by(EVENTS[schema].c.stream_id)
              for schema in SERVICE_SCHEMAS}
-_APPENDS = {schema: text(f"SELECT * FROM {schema}.append_events(:lock_key, CAST(:streams AS text[]), "
-                         "CAST(:expected AS json), CAST(:rows AS json))") for schema in SERVICE_SCHEMAS}
+_APPENDS = {schema: text(
+    f"SELECT * FROM {schema}.append_events(:lock_key, CAST(:streams AS text[]), CAST(:expected_streams AS text[]), "
+    "CAST(:expected_versions AS int[]), CAST(:stream_ids AS text[]), CAST(:event_ids AS text[]), "
+    "CAST(:event_types AS text[]), CAST(:topics AS text[]), CAST(:keys AS text[]), CAST(:payloads AS bytea[]))")
+    for schema in SERVICE_SCHEMAS}
 
 
 def _stored(row) -> StoredEvent:

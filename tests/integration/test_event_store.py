@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from shared.db import SERVICE_SCHEMAS
 from shared.events import TOPIC_ROUTING, LeadQueued, new_event
 from shared.eventstore import (
     ConcurrencyConflict,
@@ -191,3 +192,35 @@ async def test_one_append_of_interleaved_streams_keeps_the_given_order(engine) -
         with pytest.raises(ConcurrencyConflict) as conflict:
             await uow.commit()
     assert (conflict.value.stream_id, conflict.value.expected, conflict.value.actual) == (idle, 1, 0)
+
+
+async def test_every_service_schema_appends_through_the_array_function(engine) -> None:
+    """Migration 0016: each store's append takes its rows as typed arrays, the payloads as bytea[]
+    (sent in binary: no JSON for Postgres to parse per event)."""
+    async with engine.connect() as conn:
+        schemas = set((await conn.execute(text(
+            "SELECT n.nspname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE p.proname = 'append_events' AND 'bytea[]'::regtype = ANY(p.proargtypes::regtype[])"))).scalars())
+    assert schemas == set(SERVICE_SCHEMAS)
+
+
+async def test_payloads_topics_and_keys_are_stored_as_given(engine) -> None:
+    """The stored payload is the event's bytes exactly (escapes, non-ASCII, a NUL escape), a NULL
+    topic stays NULL, and the relay's rows carry the positions the rows took."""
+    lead = f"bytes-{uuid.uuid4()}"
+    odd = new_event("test.counted", service="router", lead_id=lead, time=NOW,
+                    data={"text": 'quote " backslash \\ nul \u0000 é ✓ 🚀 \n', "n": 1})
+    plain = counted(lead, 2)
+    async with engine.connect() as conn:
+        async with conn.begin():
+            appended = await append(conn, "router", [Pending(None, odd, lead), Pending("leads.queued", plain, lead)],
+                                    {lead: 0})
+        stored = await read_stream(conn, "router", lead)
+        raw = (await conn.execute(text("SELECT position, topic, key, payload FROM router.events "
+                                       "WHERE stream_id = :s ORDER BY position"), {"s": lead})).all()
+    assert appended is not None
+    assert [tuple(r) for r in raw] == [(row.position, row.topic, row.key, row.payload) for row in appended.rows]
+    assert [(r.topic, r.key, bytes(r.payload)) for r in raw] == [
+        (None, lead, odd.to_bytes()), ("leads.queued", lead, plain.to_bytes())]
+    assert [e.version for e in stored] == [1, 2]
+    assert stored[0].event.data["text"] == odd.data["text"]
