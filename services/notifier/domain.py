@@ -533,7 +533,7 @@ class ChainStopped(InternalEvent):
     """The SLA was met or cancelled: its steps not yet fired are cancelled, and so are its
     messages held back by quiet hours and never tried. With `due_after` (a late touch answering a
     breach), only the steps due after it: the breach did happen, so its steps already due when the
-    touch was made still tell it."""
+    touch was read still tell it."""
 
     TYPE: ClassVar[str] = "notifier.chain_stopped"
     lead_id: str

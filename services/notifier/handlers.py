@@ -188,10 +188,11 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
     activity = received.data
     known = await deps.store(uow).lead(activity.lead_id)
     owner_id = known.owner_id if known else None
-    # The breach's steps already due when the touch was made still go: the owner was late.
+    # Steps already due when the touch is read still go, fired or not (the breach did happen, and
+    # whether the delivery loop got to them first must not decide it); those still to come stop.
     await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
         deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at),
-        due_after=min(activity.occurred_at, deps.now))
+        due_after=deps.now)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 

@@ -349,7 +349,8 @@ async def test_a_late_touch_read_before_the_breachs_first_step_went_still_lets_i
                                                                                    receiver, http, batched):
     """Found by the long chaos run: the owner's call a second after the deadline reached the
     notifier before its delivery loop sent step 1, and stopped the chain whole: nobody heard of the
-    breach. The steps already due when the touch was made still go; only those after it stop."""
+    breach. The steps already due when the touch is read still go; only those after it stop (also
+    when the call was made before the breach left, held up by an outage: it was still late)."""
     ctx = make_ctx("notifier", config_for(receiver, notify="[owner]") + TOUCHES)
     d = deliverer(ctx, clock, http)
     lead = str(uuid.uuid4())
