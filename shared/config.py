@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -367,6 +367,16 @@ SlaMetric = Literal["first_response", "next_action", "qualification"]
 # Outcomes that record the buyer's engagement (open and click tracking), not anyone reaching out:
 # a rule without `outcomes` does not count them; a rule that lists them in `outcomes` does.
 ENGAGEMENT_OUTCOMES = frozenset({"opened", "clicked"})
+
+# A touch its sender dates more than this before a clock began (a timer, an assignment, an escalation)
+# is history: a CRM back-filling a lead's past, no response. Less is the senders' clocks drifting.
+HISTORY_DRIFT = timedelta(minutes=5)
+
+
+def is_history(occurred_at: datetime, began: datetime) -> bool:
+    """Whether a touch dated `occurred_at` was made before a clock that began at `began` (beyond the
+    clocks' drift): the one rule the SLA clock, the router and the notifier judge history by."""
+    return occurred_at < began - HISTORY_DRIFT
 
 
 class TouchRule(Strict):

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 
 from shared.business_hours import BusinessCalendar
-from shared.config import Config, EscalationPolicy
+from shared.config import Config, EscalationPolicy, is_history
 from shared.events import PAYLOADS, WireModel, deterministic_id
 
 SIGNATURE_HEADER = "X-Leadsla-Signature"
@@ -57,8 +57,8 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     SLA stays breached and its clock emits nothing more for it, so the notifier judges the late
     touch itself; an SLA under a policy the configuration no longer has is left to escalate. An
     activity dated before the SLA's clock began (a CRM back-filling history) answers nothing."""
-    started = sla.get("started_at")
-    if occurred_at is not None and isinstance(started, str) and occurred_at < _parsed(started) - HISTORY_DRIFT:
+    started = _iso(sla.get("started_at"))
+    if occurred_at is not None and started is not None and is_history(occurred_at, started):
         return False
     metric = sla.get("metric")
     if metric == "qualification":
@@ -67,14 +67,6 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
         return True
     policy = config.sla_policy_by_id(sla.get("policy_id"))
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
-
-
-# An activity dated this much before an SLA's clock began is history, not an answer to it (clocks drift).
-HISTORY_DRIFT = timedelta(minutes=5)
-
-
-def _parsed(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:

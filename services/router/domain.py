@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -20,6 +20,7 @@ from shared.config import (
     RoutingRule,
     RuleMatch,
     Team,
+    is_history,
     per_config,
     size_band,
 )
@@ -539,8 +540,6 @@ def release(state: RoutingState, owner_id: str) -> RoutingState:
 
 # The kinds of activity that are someone working the lead (dispositions and opt-outs close it).
 TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
-# A touch dated this much before the assignment (a CRM back-filling history) is not the owner's.
-TOUCH_DRIFT = timedelta(minutes=5)
 
 
 def works_the_lead(activity_type: str, outcome: str | None, occurred_at: datetime, assigned_at: datetime) -> bool:
@@ -548,4 +547,4 @@ def works_the_lead(activity_type: str, outcome: str | None, occurred_at: datetim
     such leads): a touch made since the assignment. The buyer opening or clicking an email is the
     buyer's engagement, and a touch from before the assignment is history: neither is work."""
     return (activity_type in TOUCHES and outcome not in ENGAGEMENT_OUTCOMES
-            and occurred_at >= assigned_at - TOUCH_DRIFT)
+            and not is_history(occurred_at, assigned_at))

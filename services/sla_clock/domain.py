@@ -9,13 +9,10 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from shared.business_hours import BusinessCalendar
-from shared.config import Config, SlaPolicy
+from shared.config import Config, SlaPolicy, is_history
 from shared.events import WireModel
 
 TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
-
-# Touches stamped a little before the timer started (CRM clocks drift) still count.
-_CLOCK_SKEW = timedelta(minutes=5)
 
 
 # --- What the clock keeps, as its own events ---------------------------------------------------
@@ -197,20 +194,13 @@ def judge(timer: Timer, now: datetime, seen: datetime | None, confirm_wait: time
     return tick(timer, judging_horizon(now, seen, confirm_wait))
 
 
-def made_before(occurred_at: datetime, start: datetime) -> bool:
-    """Whether a touch the sender dates `occurred_at` was made before a clock that began at `start`
-    (beyond the clocks' drift): history (a CRM back-filling a lead's past calls), no response to
-    it. Judged on the sender's own time, not on `touch_time`, which brings an old date forward to
-    within the skew of its acceptance and so into a clock that started minutes ago."""
-    return occurred_at < start - _CLOCK_SKEW
-
-
 def touch(timer: Timer, at: datetime) -> Step:
     """A qualifying touch: meets an open timer if it happened before the deadline (a paused timer's
     deadline is not running, so any touch meets it)."""
-    if timer.state == "paused" and at >= timer.started_at - _CLOCK_SKEW:
+    # Touches stamped a little before the timer started (CRM clocks drift) still count.
+    if timer.state == "paused" and not is_history(at, timer.started_at):
         return Step(replace(timer, state="met", paused_at=None), (Met(at),))
-    if timer.state != "open" or at < timer.started_at - _CLOCK_SKEW:
+    if timer.state != "open" or is_history(at, timer.started_at):
         return Step(timer)
     if at <= timer.due_at:
         return Step(replace(timer, state="met"), (Met(at),))
@@ -306,7 +296,7 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
     after this touch) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
     it met; the last of its `touches`, or its `within` window used up, cancels it as
     cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
-    if timer.state == "open" and at < timer.started_at - _CLOCK_SKEW:
+    if timer.state == "open" and is_history(at, timer.started_at):
         return Step(timer)
     if timer.state not in ("open", "paused", "breached"):
         return Step(timer)

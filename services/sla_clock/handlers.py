@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 
 from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
-from shared.config import Config, SlaPolicy
+from shared.config import Config, SlaPolicy, is_history
 from shared.events import (
     SLA_PAYLOADS,
     ActivityRecorded,
@@ -62,7 +62,6 @@ from .domain import (
     follow_up,
     judge,
     judging_horizon,
-    made_before,
     metric_calendar,
     metric_on_reassign,
     metric_start_on,
@@ -210,7 +209,9 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     def counts(metric: str) -> bool:
         return touch_counts(policy, metric, activity.type, activity.outcome, activity.actor, lead.owner_id)
 
-    if made_before(activity.occurred_at, lead.received_at):
+    # History is judged on the sender's own time, not on `touch_time`, which brings an old date
+    # forward to within the skew of its acceptance and so into a clock that started minutes ago.
+    if is_history(activity.occurred_at, lead.received_at):
         return  # a touch from before the lead came: it answers nothing the clock times
     first = counts(FIRST_RESPONSE)
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
@@ -221,7 +222,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
         if row.metric not in policy.metrics:
             continue  # decided under a policy the lead's tier no longer selects
         timer = _timer(row)
-        if made_before(activity.occurred_at, timer.started_at):
+        if is_history(activity.occurred_at, timer.started_at):
             continue  # made before this timer's clock began (a follow-up step, a reset): not its touch
         if row.metric == FIRST_RESPONSE and first:
             step = touch(timer, at)
