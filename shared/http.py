@@ -298,11 +298,12 @@ def require_key(role: str = "source") -> Callable[[Request], Awaitable[Principal
         if role == "admin" and not principal.is_admin:
             raise ProblemError(403, "Forbidden", "This needs an admin key.", _auth_error("is not an admin key"))
         limiter: KeyLimiter | None = getattr(request.app.state, "key_limiter", None)
-        if limiter is not None and (wait := limiter.wait(principal.key_id, time.monotonic())) > 0:
+        rate, burst = ctx.settings.api_rate_limit_per_second, ctx.settings.api_rate_limit_burst
+        if limiter is not None and (wait := limiter.wait(principal.key_id, time.monotonic(), rate, burst)) > 0:
             seconds = max(1, math.ceil(wait))
             raise ProblemError(429, "Too many requests",
-                               f"This key may make {limiter.rate:g} requests a second here (bursts of "
-                               f"{limiter.burst}); retry in {seconds}s.",
+                               f"This key may make {rate:g} requests a second here (bursts of {burst}); "
+                               f"retry in {seconds}s.",
                                _auth_error("is over its rate limit"), headers={"Retry-After": str(seconds)})
         request.state.principal = principal
         # A NUL character in the path or query (NulRefusalMiddleware), answered once the key passed.
@@ -323,7 +324,7 @@ def create_app(
     app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0")
     app.state.ctx = ctx
     if key_limits:
-        app.state.key_limiter = KeyLimiter(ctx.settings.api_rate_limit_per_second, ctx.settings.api_rate_limit_burst)
+        app.state.key_limiter = KeyLimiter()
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     # The larger limits apply only where the app serves that path (filled in once the routes are).
     body_limits: dict[str, int] = {}

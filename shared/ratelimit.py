@@ -21,19 +21,19 @@ class TokenBucket:
 
 
 class KeyLimiter:
-    """One bucket per key id, all of one size (a process's own count: each replica limits alone)."""
+    """One bucket per key id (a process's own count: each replica limits alone), of the size the
+    caller names; a bucket whose size changed (a configuration applied) starts anew, full."""
 
     MAX_KEYS = 10_000  # buckets kept; past it they start full again (keys are few in practice)
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
+    def __init__(self) -> None:
         self._buckets: dict[str, TokenBucket] = {}
 
-    def wait(self, key_id: str, now: float) -> float:
+    def wait(self, key_id: str, now: float, rate: float, burst: int) -> float:
         """0 if the key may go on now, else the seconds until it may."""
         bucket = self._buckets.get(key_id)
-        if bucket is None:
+        if bucket is None or (bucket.rate, bucket.burst) != (rate, burst):
             if len(self._buckets) >= self.MAX_KEYS:
                 self._buckets.clear()
-            bucket = self._buckets[key_id] = TokenBucket(self.rate, self.burst, now)
+            bucket = self._buckets[key_id] = TokenBucket(rate, burst, now)
         return bucket.take(now)

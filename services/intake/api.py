@@ -18,7 +18,7 @@ from shared.config import named_sources
 from shared.db import is_deadlock
 from shared.eventstore import retry_on_conflict
 from shared.http import ProblemError, not_found, require_key
-from shared.ratelimit import TokenBucket
+from shared.ratelimit import KeyLimiter
 from shared.runtime import ServiceContext
 
 from . import openapi
@@ -48,19 +48,12 @@ class RateLimiter:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self._buckets: dict[str, tuple[TokenBucket, float, int]] = {}
+        self._keys = KeyLimiter()
 
     def wait(self, principal: Principal) -> float:
         limit = self._ctx.config.config.intake.source(principal.name).rate_limit
         assert limit is not None
-        now = time.monotonic()
-        entry = self._buckets.get(principal.key_id)
-        if entry is None or entry[1:] != (limit.rate, limit.burst):  # new key or config changed
-            if len(self._buckets) > 10_000:
-                self._buckets.clear()
-            entry = (TokenBucket(limit.rate, limit.burst, now), limit.rate, limit.burst)
-            self._buckets[principal.key_id] = entry
-        return entry[0].take(now)
+        return self._keys.wait(principal.key_id, time.monotonic(), limit.rate, limit.burst)
 
 
 def _parse_body(raw: bytes, content_type: str | None = None) -> Any:

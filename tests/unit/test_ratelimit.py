@@ -13,7 +13,14 @@ def test_a_token_bucket_allows_bursts_then_says_when_to_retry() -> None:
 
 
 def test_each_key_has_its_own_bucket() -> None:
-    limiter = KeyLimiter(rate=1, burst=2)
-    assert [limiter.wait("a", 0) for _ in range(3)] == [0, 0, pytest.approx(1)]
-    assert limiter.wait("b", 0) == 0  # another key is not held back by the first
-    assert limiter.wait("a", 1) == 0
+    limiter = KeyLimiter()
+    assert [limiter.wait("a", 0, 1, 2) for _ in range(3)] == [0, 0, pytest.approx(1)]
+    assert limiter.wait("b", 0, 1, 2) == 0  # another key is not held back by the first
+    assert limiter.wait("a", 1, 1, 2) == 0
+
+
+def test_a_bucket_whose_size_changed_starts_anew() -> None:
+    # A configuration applied with another rate or burst for the key's source.
+    limiter = KeyLimiter()
+    assert [limiter.wait("a", 0, 1, 1) for _ in range(2)] == [0, pytest.approx(1)]
+    assert limiter.wait("a", 0, 1, 5) == 0
