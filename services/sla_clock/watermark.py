@@ -101,7 +101,7 @@ class InputWatermark:
 
     @property
     def judged_until(self) -> datetime | None:
-        """How far the timer loop may judge: what the clock has seen, held at an intake outage."""
+        """How far the timer loop may judge: what the clock has seen, held after an outage (`hold`)."""
         return held_watermark(self.seen, self.hold)
 
     async def run(self, stop: asyncio.Event) -> None:

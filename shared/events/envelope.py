@@ -95,7 +95,6 @@ class WireModel(BaseModel):
             out[name] = _jsonable(value)
         return out
 
-
     @classmethod
     def unwire(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         """`cls.model_validate(data).model_dump()` for data in the wire form our own code wrote
