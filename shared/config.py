@@ -367,6 +367,9 @@ SlaMetric = Literal["first_response", "next_action", "qualification"]
 # Outcomes that record the buyer's engagement (open and click tracking), not anyone reaching out:
 # a rule without `outcomes` does not count them; a rule that lists them in `outcomes` does.
 ENGAGEMENT_OUTCOMES = frozenset({"opened", "clicked"})
+# The activity types that are someone reaching the buyer (a note is none; a disposition or an
+# opt-out closes the lead).
+TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
 
 # A touch its sender dates more than this before a clock began (a timer, an assignment, an escalation)
 # is history: a CRM back-filling a lead's past, no response. Less is the senders' clocks drifting.

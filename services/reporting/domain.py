@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
-from shared.config import ENGAGEMENT_OUTCOMES
+from shared.config import ENGAGEMENT_OUTCOMES, TOUCH_TYPES, is_history
 from shared.events import (
     PAYLOADS,
     ActivityRecorded,
@@ -46,10 +46,6 @@ class Event(Protocol):
 # that changes what the lead is (no timer runs, nothing escalates).
 STATUS_RANK = {"received": 0, "queued": 1, "assigned": 2, "responded": 3, "nurture": 4, "dispositioned": 5,
                "opted_out": 6}
-TOUCH_TYPES = frozenset({"call", "email", "meeting", "sms", "chat"})
-# A touch stamped a little before its timer started (CRM clocks drift) still answers it,
-# as sla_clock judges it.
-CLOCK_SKEW = timedelta(minutes=5)
 TERMINAL = frozenset({"met", "breached", "cancelled"})
 # sla.* payload class -> the timer state it leaves.
 SLA_STATE: dict[type[Payload], str] = {SlaStarted: "open", SlaWarning: "open", SlaResumed: "open",
@@ -82,7 +78,7 @@ def _before_lead(s: dict[str, Any], at: str) -> bool:
     """A touch made before the lead came (a CRM back-filling its history), as the SLA clock sees
     it: no response to the lead (its `first_response_at` would precede its receipt)."""
     received = _at(s.get("received_at"))
-    return received is not None and _at(at) < received - CLOCK_SKEW  # type: ignore[operator]
+    return received is not None and is_history(_at(at), received)  # type: ignore[arg-type]
 
 
 # (the lead's facts, an activity's data) -> whether it answers the lead's first response.
@@ -348,7 +344,7 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     started = t["started_at"]
     if t.get("state") == "met" and t.get("met_at") is not None:
         responded = t["met_at"]
-    elif first_touch_at is not None and first_touch_at >= started - CLOCK_SKEW:
+    elif first_touch_at is not None and not is_history(first_touch_at, started):  # as sla_clock judges it
         responded = first_touch_at
     else:
         responded = None

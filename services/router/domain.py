@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from shared.business_hours import BusinessCalendar
 from shared.config import (
     ENGAGEMENT_OUTCOMES,
+    TOUCH_TYPES,
     CalendarConfig,
     Config,
     Owner,
@@ -538,13 +539,11 @@ def release(state: RoutingState, owner_id: str) -> RoutingState:
     return replace(state, open_leads={**state.open_leads, owner_id: max(state.open_leads.get(owner_id, 1) - 1, 0)})
 
 
-# The kinds of activity that are someone working the lead (dispositions and opt-outs close it).
-TOUCHES = frozenset({"call", "email", "sms", "chat", "meeting"})
 
 
 def works_the_lead(activity_type: str, outcome: str | None, occurred_at: datetime, assigned_at: datetime) -> bool:
     """Whether an activity shows the lead's owner working it (an owner going out of office keeps
     such leads): a touch made since the assignment. The buyer opening or clicking an email is the
     buyer's engagement, and a touch from before the assignment is history: neither is work."""
-    return (activity_type in TOUCHES and outcome not in ENGAGEMENT_OUTCOMES
+    return (activity_type in TOUCH_TYPES and outcome not in ENGAGEMENT_OUTCOMES
             and not is_history(occurred_at, assigned_at))

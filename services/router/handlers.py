@@ -15,7 +15,7 @@ import structlog
 
 from shared import metrics
 from shared.clock import Clock
-from shared.config import Config, Owner
+from shared.config import TOUCH_TYPES, Config, Owner
 from shared.events import (
     TOPIC_ROUTING,
     ActivityRecorded,
@@ -35,7 +35,6 @@ from shared.uow import UnitOfWork
 
 from .adapters import Assignment, PostgresRouterStore, QueuedLead, QueueKey, RouterStore
 from .domain import (
-    TOUCHES,
     Decision,
     LeadClosed,
     LeadFacts,
@@ -519,7 +518,7 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
     activity, config, clock, event = received.data, deps.config, deps.clock, received.envelope
     store = deps.store(uow)
     closes = activity.disposition is not None or activity.type == "opt_out"
-    if not closes and activity.type not in TOUCHES:
+    if not closes and activity.type not in TOUCH_TYPES:
         return
     if closes:
         await store.lock_routing()  # before the row lock, as reassignment does
