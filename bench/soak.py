@@ -161,6 +161,23 @@ async def print_statements(db: asyncpg.Connection, leads: int, top: int = 30) ->
               f"{query[:150]}")
 
 
+async def print_writes(db: asyncpg.Connection, leads: int, top: int = 20) -> None:
+    """Rows written per accepted lead by table (inserted, updated, deleted; HOT updates write no
+    index entry), with each table's indexes and size: where Postgres's write volume comes from."""
+    await db.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await db.fetch(
+        "SELECT schemaname || '.' || relname AS name, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del,"
+        " (SELECT count(*) FROM pg_index AS i WHERE i.indrelid = t.relid) AS indexes,"
+        " pg_total_relation_size(relid) AS bytes"
+        " FROM pg_stat_user_tables AS t ORDER BY n_tup_ins + n_tup_upd + n_tup_del DESC")
+    per = 1 / max(leads, 1)
+    print(f"\nrows written per accepted lead by table (top {top}), with its indexes and bytes per lead")
+    print(f"{'table':<34} {'ins':>6} {'upd':>6} {'(hot)':>6} {'del':>6} {'idx':>4} {'bytes':>7}")
+    for r in rows[:top]:
+        print(f"{r['name']:<34} {r['n_tup_ins'] * per:>6.2f} {r['n_tup_upd'] * per:>6.2f} "
+              f"{r['n_tup_hot_upd'] * per:>6.2f} {r['n_tup_del'] * per:>6.2f} {r['indexes']:>4} {r['bytes'] * per:>7.0f}")
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -440,6 +457,7 @@ async def run(url: str, bootstrap: str, rate: float, seconds: float, batch: int,
               f"timers): Postgres {pg_all / max(load.accepted, 1) * 1000:.2f}, broker "
               f"{broker_all / max(load.accepted, 1) * 1000:.2f}, "
               + ", ".join(f"{x} {cpu_all[x] / max(load.accepted, 1) * 1000:.2f}" for x in SERVICES))
+        await print_writes(db, load.accepted)
         worst = max(SERVICES, key=lambda x: growth[x])
         drained = f"drained {drained_after:.0f} s after the load" if drained_after is not None \
             else f"NOT drained within {drain:.0f} s"
