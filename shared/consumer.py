@@ -39,10 +39,8 @@ from .db import (
     PROCESSED,
     database_outage,
     deadletters,
-    insert_rows,
     is_database_unavailable,
     is_timeout,
-    json_rows,
 )
 from .events import (
     DEADLETTER_PREFIX_BYTES,
@@ -186,9 +184,12 @@ class EventConsumer:
         self._clock = clock
         self._processed = PROCESSED[service]
         # A batch's ids in one statement that compiles once whatever the batch's size (a
-        # multi-row VALUES compiled anew for every batch).
-        self._track = (insert_rows(self._processed, ("consumer", "event_id")).on_conflict_do_nothing()
-                       .returning(self._processed.c.event_id))
+        # multi-row VALUES compiled anew for every batch), as one text[] that Postgres reads
+        # without parsing (as a JSON document, every row was lexed and unescaped).
+        self._track = text(
+            f"INSERT INTO {service}.processed_events (consumer, event_id) "
+            "SELECT :consumer, id FROM unnest(CAST(:ids AS text[])) AS id "
+            "ON CONFLICT DO NOTHING RETURNING event_id")
         self._session_timeout_ms = session_timeout_ms
         self._lag_interval = lag_interval
         self.ready = asyncio.Event()
@@ -351,8 +352,7 @@ class EventConsumer:
             ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
             new: set[str] = set()
             if ids:
-                inserted = await uow.conn.execute(self._track, {"rows": json_rows(
-                    [{"consumer": self.sub.group, "event_id": event_id} for event_id in ids])})
+                inserted = await uow.conn.execute(self._track, {"consumer": self.sub.group, "ids": ids})
                 new = set(inserted.scalars())
             run: list[Received[Any]] = []  # consecutive events for one batched handler
             for record, event, typed, failure in decoded:
