@@ -28,12 +28,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
-from sqlalchemy import bindparam, delete, literal, null, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    ARRAY,
+    Date,
+    DateTime,
+    Integer,
+    String,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -104,60 +119,78 @@ class _AssignedRow(BaseModel):
 
 async def _assigned_and_routed(conn: AsyncConnection,
                                pairs: list[tuple[_AssignedRow, LeadRouted, CloudEvent]]) -> None:
-    """lead.assigned and its router.lead_routed, as recorded together: the row with its facts,
-    and the counters, in one statement (the same state as applying them one by one). The hot
-    path of routing: the statement is built once per shape and run with parameters, a run of
-    pairs as one executemany (one round trip; still applied one pair after the other)."""
-    shapes: list[tuple[tuple[bool, bool], list[dict[str, Any]]]] = []
+    """lead.assigned and its router.lead_routed, as recorded together: the rows with their facts
+    and the counters, in one statement for a whole run of pairs (the same state as applying them
+    one by one: the last assignment of a lead wins, an owner's day counts every one, a rule keeps
+    its last cursor and its last credits). The hot path of routing: one statement planned once per
+    run, where a statement per pair was planned and run for every lead."""
+    rows: list[tuple[Any, ...]] = []
     for assigned, routed, event in pairs:
         if routed.owner_id != assigned.owner_id or routed.day is None:
-            await _flush_fused(conn, shapes)
-            shapes = []
+            await _flush_fused(conn, rows)
+            rows = []
             await _assigned(conn, LeadAssigned.model_validate(event.data), event)
             await _routed(conn, routed, event)
             continue
-        with_rule = routed.rule_id is not None
-        shape = (with_rule and routed.cursor is not None, with_rule and routed.weights is not None)
-        if not shapes or shapes[-1][0] != shape:
-            shapes.append((shape, []))
-        shapes[-1][1].append({
-            "lead_id": assigned.lead_id, "owner_id": assigned.owner_id, "team_id": assigned.team_id,
-            "rule_id": assigned.rule_id, "tier": assigned.tier or "", "assignment_no": assigned.assignment_no,
-            "assigned_at": assigned.assigned_at, "facts": routed.facts, "company_domain": routed.company_domain,
-            "day": routed.day, "cursor_rule": routed.rule_id,
-            "last_index": -1 if routed.cursor is None else routed.cursor, "counts": routed.weights,
-        })
-    await _flush_fused(conn, shapes)
+        counted = routed.rule_id is not None and (routed.cursor is not None or routed.weights is not None)
+        rows.append((
+            assigned.lead_id, assigned.owner_id, assigned.team_id, assigned.rule_id, assigned.tier or "",
+            assigned.assignment_no, assigned.assigned_at, _json(routed.facts), routed.company_domain, routed.day,
+            routed.rule_id if counted else None,
+            # -1: no cursor in this decision (a cursor is an index into the rule's owners, never negative)
+            -1 if routed.cursor is None else routed.cursor,
+            None if routed.weights is None else _json(routed.weights)))
+    await _flush_fused(conn, rows)
 
 
-async def _flush_fused(conn: AsyncConnection, shapes: list[tuple[tuple[bool, bool], list[dict[str, Any]]]]) -> None:
-    for (cursor, weights), params in shapes:
-        await conn.execute(_fused_statement(cursor, weights), params if len(params) > 1 else params[0])
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
-@cache
-def _fused_statement(cursor: bool, weights: bool):
+async def _flush_fused(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        columns = zip(*rows, strict=True)  # one list per column, as the statement's arrays
+        await conn.execute(_FUSED, {name: list(values) for name, values in zip(_FUSED_COLUMNS, columns, strict=True)})
+
+
+_FUSED_COLUMNS = ("lead_id", "owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts",
+                  "company_domain", "day", "cursor_rule", "last_index", "counts")
+
+
+def _fused_statement():
+    """The run's rows arrive as one array per column (`unnest`, in order: `n`)."""
+    types = {"assignment_no": Integer, "assigned_at": DateTime(timezone=True), "day": Date, "last_index": Integer}
+    source = func.unnest(*(bindparam(name, type_=ARRAY(types.get(name, String))) for name in _FUSED_COLUMNS)
+                         ).table_valued(*_FUSED_COLUMNS, with_ordinality="n").render_derived()
+    run = select(source).cte("fused_run")
+    day = pg_insert(daily_assignments).from_select(
+        ["owner_id", "day", "assigned"],
+        select(run.c.owner_id, run.c.day, func.count()).group_by(run.c.owner_id, run.c.day))
+    day = day.on_conflict_do_update(index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
+                                    set_={"assigned": daily_assignments.c.assigned + day.excluded.assigned})
+
+    def last(value, present):  # the value of the last row of the rule that has one
+        return func.array_agg(aggregate_order_by(value, run.c.n.desc())).filter(present)[1]
+
+    counted = select(run.c.cursor_rule,
+                     func.coalesce(last(run.c.last_index, run.c.last_index >= 0), -1),
+                     cast(last(run.c.counts, run.c.counts.is_not(None)), JSONB)
+                     ).where(run.c.cursor_rule.is_not(None)).group_by(run.c.cursor_rule)
+    cursor = pg_insert(cursors).from_select(["rule_id", "last_index", "counts"], counted)
+    cursor = cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={
+        # A decision without a cursor (or credits) leaves the rule's as it was.
+        "last_index": case((cursor.excluded.last_index >= 0, cursor.excluded.last_index), else_=cursors.c.last_index),
+        "counts": func.coalesce(cursor.excluded.counts, cursors.c.counts)})
     columns = ("owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts", "company_domain")
-    values = {name: bindparam(name, type_=assignments.c[name].type) for name in columns}
-    statement = (pg_insert(assignments).values(lead_id=bindparam("lead_id"), **values)
-                 .on_conflict_do_update(index_elements=[assignments.c.lead_id], set_=values))
-    day = pg_insert(daily_assignments).values(owner_id=bindparam("owner_id"), day=bindparam("day"), assigned=1)
-    statement = statement.add_cte(day.on_conflict_do_update(
-        index_elements=[daily_assignments.c.owner_id, daily_assignments.c.day],
-        set_={"assigned": daily_assignments.c.assigned + 1}).cte("routed_day"))
-    if cursor or weights:
-        insert_cursor = pg_insert(cursors).values(
-            rule_id=bindparam("cursor_rule", type_=cursors.c.rule_id.type),
-            last_index=bindparam("last_index", type_=cursors.c.last_index.type),
-            counts=bindparam("counts", type_=JSONB(none_as_null=True)))  # None: SQL NULL, as values() writes it
-        changed = {}
-        if cursor:
-            changed["last_index"] = insert_cursor.excluded.last_index
-        if weights:
-            changed["counts"] = insert_cursor.excluded.counts
-        statement = statement.add_cte(insert_cursor.on_conflict_do_update(
-            index_elements=[cursors.c.rule_id], set_=changed).cte("routed_cursor"))
-    return statement
+    latest = (select(run.c.lead_id, *(cast(run.c.facts, JSONB) if c == "facts" else run.c[c] for c in columns))
+              .distinct(run.c.lead_id).order_by(run.c.lead_id, run.c.n.desc()))
+    statement = pg_insert(assignments).from_select(["lead_id", *columns], latest)
+    statement = statement.on_conflict_do_update(index_elements=[assignments.c.lead_id],
+                                                set_={c: statement.excluded[c] for c in columns})
+    return statement.add_cte(day.cte("routed_day")).add_cte(cursor.cte("routed_cursor"))
+
+
+_FUSED = _fused_statement()
 
 
 def _counters(data: LeadRouted) -> list:
