@@ -38,7 +38,9 @@ from .domain import (
     LeadTouched,
     OwnerUpdated,
     RoutingState,
+    capacity_changed,
     effective_owner,
+    open_counted,
     owner_day,
 )
 from .tables import SCHEMA, assignments, owner_state, queue
@@ -216,6 +218,9 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = Fal
     # rule in play (a decision on a 500-owner config reads ten owners' counts, not 500). With
     # `contexts`, the leads' contexts come first (kind 'lead', three more columns).
     owner_filter = " AND owner_id = ANY(CAST(:owners AS text[]))" if owners_filtered else ""
+    # Open leads only of the owners whose count a decision reads (`open_counted`).
+    counted = (" AND (owner_id = ANY(CAST(:counted AS text[])) OR owner_id IN "
+               "(SELECT owner_id FROM router.owner_state WHERE changes ? 'capacity'))") if owners_filtered else ""
     rule_filter = " WHERE rule_id = ANY(CAST(:rules AS text[]))" if rules_filtered else ""
     more = ", NULL, NULL, NULL" if contexts else ""
     return text(
@@ -223,7 +228,7 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = Fal
         + f"SELECT 'owner' AS kind, owner_id AS k, NULL::int AS n, NULL::date AS day, changes AS j{more} "
         "FROM router.owner_state "
         f"UNION ALL SELECT 'open', owner_id, count(*)::int, NULL, NULL{more} FROM router.assignments "
-        f"WHERE closed_at IS NULL{owner_filter} GROUP BY owner_id "
+        f"WHERE closed_at IS NULL{owner_filter}{counted} GROUP BY owner_id "
         f"UNION ALL SELECT 'day', owner_id, assigned, day, NULL{more} FROM router.daily_assignments "
         f"WHERE day >= CAST(:since AS date){owner_filter} "
         f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts{more} FROM router.rr_cursors{rule_filter}"
@@ -282,10 +287,11 @@ def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_le
                         weighted={k: dict(v) for k, v in weighted.items()})
 
 
-def _state_params(now: datetime, owners: set[str] | None, rules: set[str] | None) -> dict[str, Any]:
+def _state_params(config: Config, now: datetime, owners: set[str] | None, rules: set[str] | None) -> dict[str, Any]:
     params: dict[str, Any] = {"since": (now - timedelta(days=2)).date()}
     if owners is not None:
         params["owners"] = sorted(owners)
+        params["counted"] = sorted(owners & open_counted(config))
     if rules is not None:
         params["rules"] = sorted(rules)
     return params
@@ -294,7 +300,7 @@ def _state_params(now: datetime, owners: set[str] | None, rules: set[str] | None
 async def load_state(conn: AsyncConnection, config: Config, now: datetime, *, owners: set[str] | None = None,
                      rules: set[str] | None = None) -> RoutingState:
     """The routing state; `owners`/`rules` limit the counts and cursors read to those."""
-    rows = await conn.execute(_state_sql(owners is not None, rules is not None), _state_params(now, owners, rules))
+    rows = await conn.execute(_state_sql(owners is not None, rules is not None), _state_params(config, now, owners, rules))
     return _state_from(config, now, rows, {})
 
 
@@ -410,7 +416,7 @@ class PostgresRouterStore:
 
     async def read_run(self, leads: list[tuple[str, str | None, str]], config: Config, now: datetime, *,
                        owners: set[str], rules: set[str]) -> tuple[dict[str, LeadContext], RoutingState]:
-        params = _state_params(now, owners, rules) | {
+        params = _state_params(config, now, owners, rules) | {
             "leads": [lead for lead, _, _ in leads], "domains": [domain for _, domain, _ in leads],
             "tiers": [tier for _, _, tier in leads], "tier_order": list(config.tiers.order)}
         contexts: dict[str, LeadContext] = {}
@@ -616,9 +622,13 @@ class InMemoryRouterStore:
         def wanted(owner: str) -> bool:
             return owners is None or owner in owners
 
+        def counted(owner: str) -> bool:  # as the Postgres store reads them
+            return owners is None or (owner in owners and (
+                owner in open_counted(config) or capacity_changed(self.data.owner_state.get(owner, (None,))[0])))
+
         open_leads: dict[str, int] = {}
         for row in self.data.assignments.values():
-            if row.closed_at is None and wanted(row.owner_id):
+            if row.closed_at is None and counted(row.owner_id):
                 open_leads[row.owner_id] = open_leads.get(row.owner_id, 0) + 1
         since = (now - timedelta(days=2)).date()
         chosen = {r: c for r, c in self.data.cursors.items() if rules is None or r in rules}

@@ -324,6 +324,24 @@ class OwnerUpdated(WireModel):
 # ---- owners at runtime ----------------------------------------------------------------------
 
 
+@per_config
+def open_counted(config: Config) -> frozenset[str]:
+    """The owners whose open leads a decision reads: those with a capacity, and the members of
+    the teams a `least_loaded` rule picks from (plus, at run time, owners given a capacity since:
+    `capacity_changed`). Nobody else's count changes a decision, and counting it made every
+    routing run's read grow with each lead never closed (an owner without a capacity, in a CRM
+    that sends no dispositions, holds thousands: the run read them all, at every run)."""
+    teams = {team.id: team.members for team in config.teams}
+    balanced = {member for rule in config.routing.rules if rule.method == "least_loaded" and rule.team
+                for member in teams.get(rule.team, ())}
+    return frozenset({o.id for o in config.owners if o.capacity is not None} | balanced)
+
+
+def capacity_changed(changes: Mapping[str, Any] | None) -> bool:
+    """An owner's runtime changes set a capacity (PUT /v1/owners/{id}): their count is read too."""
+    return bool(changes) and "capacity" in changes  # type: ignore[operator]
+
+
 def effective_owner(configured: Owner, changes: Mapping[str, Any] | None) -> Owner:
     """The configured owner with the runtime changes (PUT /v1/owners/{id}) laid over it."""
     if not changes:

@@ -44,13 +44,17 @@ teams: [{id: sdr, members: [ann, ben, cat]}]
 routing:
   rules: [{id: rr, team: sdr}]
 """
-CONFIG = parse_config(CONFIG_TEXT + """
+TIERS_TEXT = """
 tiers:
   default: C
   rules:
     - {tier: A, when: {intent: [demo_request]}}
     - {tier: B, when: {intent: [pricing]}}
-""")
+"""
+CONFIG = parse_config(CONFIG_TEXT + TIERS_TEXT)
+# ann and cat with a capacity: a decision reads their open leads (`open_counted`).
+CAPPED = parse_config(CONFIG_TEXT.replace("{id: ann}", "{id: ann, capacity: 5}")
+                      .replace("{id: cat}", "{id: cat, capacity: 5}") + TIERS_TEXT)
 # Tiers whose names sort otherwise than their urgency: the rules' order ranks them hot, warm, cold.
 RANKED = parse_config(CONFIG_TEXT + """
 tiers:
@@ -127,9 +131,26 @@ class RouterStoreContract:
     async def test_counts_and_cursors_can_be_read_for_some_owners_and_rules_only(self) -> None:
         await self.assign("ann", cursor=0)
         await self.assign("cat", cursor=2)
-        state = await self.state(owners={"ann"}, rules={"other"})
+        async with self.unit() as store:
+            state = await store.load_state(CAPPED, NOW, owners={"ann"}, rules={"other"})
         assert state.open_leads == {"ann": 1} and set(state.today) == {"ann"} and state.cursors == {}
         assert set(state.owners) == {"ann", "ben", "cat"}  # every configured owner, with runtime changes
+
+    async def test_a_decision_reads_open_leads_only_of_owners_whose_count_can_change_it(self) -> None:
+        """Without a capacity, or a least_loaded rule to pick among them, an owner's open leads
+        change no decision: a decision's read skips them (an owner in a CRM that sends no
+        dispositions holds thousands), the full read (GET /v1/owners) counts them; a capacity
+        given at run time makes them count."""
+        await self.assign("ann")
+        await self.assign("cat")
+        assert (await self.state(owners={"ann", "cat"})).open_leads == {}
+        assert (await self.state()).open_leads == {"ann": 1, "cat": 1}
+        balanced = parse_config(CONFIG_TEXT.replace("{id: rr, team: sdr}", "{id: rr, team: sdr, method: least_loaded}"))
+        async with self.unit() as store:
+            assert (await store.load_state(balanced, NOW, owners={"ann", "cat"})).open_leads == {"ann": 1, "cat": 1}
+        await self.record((None, event(OwnerUpdated.TYPE, "cat", OwnerUpdated(owner_id="cat", changes={"capacity": 3}))),
+                          stream="cat")
+        assert (await self.state(owners={"ann", "cat"})).open_leads == {"cat": 1}
 
     async def test_yesterdays_assignments_do_not_count_today(self) -> None:
         await self.assign("ann", at=NOW - timedelta(days=1))
@@ -270,7 +291,7 @@ class RouterStoreContract:
             assert accounts == {"cat"}  # the owners of the domains' newest open leads
             await scope.keep()
             found, state = await store.read_run([("new-lead", "old.example", "A"), (queued, None, "B"),
-                                                 ("other-lead", "none.example", "C")], CONFIG, NOW,
+                                                 ("other-lead", "none.example", "C")], CAPPED, NOW,
                                                 owners={"ann", "cat"}, rules={"rr"})
             assert set(found) == {"new-lead", queued, "other-lead"}
             assert state.open_leads == {"ann": 1, "cat": 1} and state.cursors == {"rr": 0}
