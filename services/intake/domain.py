@@ -426,10 +426,15 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
             targets += ["size_band", "employees", "employees_min", "employees_max"]
         if name == "company.website":
             targets.append("domain")
+        # A changed phone or size replaces what was read from the old one, unset parts too (a
+        # size of 250 corrected to "1000+" has no exact count and no upper bound any more).
+        # A domain may have been given on its own, so a new website only ever sets it.
+        replaces = name in ("contact.phone", "company.size") and new[section].get(key) is not None \
+            and new[section].get(key) != (record.get(section) or {}).get(key)
         for target in targets:
             old_value = (record.get(section) or {}).get(target)
             new_value = new[section].get(target)
-            if new_value is not None and new_value != old_value:
+            if (new_value is not None or (replaces and target != key)) and new_value != old_value:
                 record.setdefault(section, {})[target] = new_value
                 changed[f"{section}.{target}"] = {"old": old_value, "new": new_value}
     for name in ("external_id", "score", "submitted_at"):
