@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -189,7 +190,8 @@ class ActivityIn(FormInput):
     occurred_at: datetime | None = None
     channel: Short | None = None
     outcome: Short | None = None
-    disposition: DispositionIn | None = None
+    # Validated when absent too: a disposition activity without one is refused naming the field.
+    disposition: Annotated[DispositionIn | None, Field(validate_default=True)] = None
     reason: Short | None = None  # why a pause (or an opt-out)
     # An occurred_at no timestamp format reads, as sent (kept in attributes; the touch is dated
     # when intake accepts it).
@@ -238,14 +240,19 @@ class ActivityIn(FormInput):
         return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
 
     @model_validator(mode="after")
-    def _disposition_present(self) -> ActivityIn:
+    def _outcome_spelling(self) -> ActivityIn:
         if self.outcome:
             spelled = re.sub(r"[\s-]+", "_", self.outcome.lower())
             if spelled in OUTCOMES.get(self.type, ()):
                 self.outcome = spelled
-        if self.type == "disposition" and self.disposition is None:
-            raise ValueError("a disposition activity needs `disposition: {status, reason}`")
         return self
+
+    @field_validator("disposition")
+    @classmethod
+    def _disposition_given(cls, value: DispositionIn | None, info: ValidationInfo) -> DispositionIn | None:
+        if value is None and info.data.get("type") == "disposition":
+            raise ValueError("a disposition activity needs `disposition: {status, reason}`")
+        return value
 
     def dated(self, zone: str) -> ActivityIn:
         """The activity with an occurred_at sent without an offset read in `zone` (the sender's

@@ -177,6 +177,10 @@ async def test_activities(api, engine) -> None:
                                json={"type": "disposition", "disposition": {"status": "disqualified"}})
     assert no_reason.status_code == 422
     assert no_reason.json()["errors"][0]["field"] == "disposition"
+    # A disposition with no `disposition` at all names that field too, not the whole body.
+    none_given = await api.post(f"/v1/leads/{lead_id}/activities", json={"type": "disposition", "actor": "alice"})
+    assert none_given.status_code == 422
+    assert [e["field"] for e in none_given.json()["errors"]] == ["disposition"]
     future = await api.post(f"/v1/leads/{lead_id}/activities",
                             json={"type": "meeting", "occurred_at": "2030-01-01T10:00:00Z"})
     assert future.status_code == 422 and future.json()["errors"][0]["field"] == "occurred_at"
