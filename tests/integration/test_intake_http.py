@@ -88,6 +88,10 @@ async def test_only_leads_without_a_usable_email_or_phone_are_refused_naming_the
     for body in (b"[1, 2]", b"not json", b'"a string"'):
         refused = await api.post("/v1/leads", content=body, headers={"Content-Type": "application/json"})
         assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "(body)"
+    # A batch posted to the single-lead endpoint: the answer says where it goes.
+    batch = await api.post("/v1/leads", json={"leads": [{"contact": {"email": "a@example.com"}}]})
+    assert batch.status_code == 422
+    assert "POST /v1/leads:batch" in {e["field"]: e["message"] for e in batch.json()["errors"]}["leads"]
 
 
 async def test_a_body_in_its_declared_charset_is_read_in_it(api, engine) -> None:
