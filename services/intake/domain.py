@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -189,7 +190,8 @@ class ActivityIn(FormInput):
     occurred_at: datetime | None = None
     channel: Short | None = None
     outcome: Short | None = None
-    disposition: DispositionIn | None = None
+    # Validated when absent too: a disposition activity without one is refused naming the field.
+    disposition: Annotated[DispositionIn | None, Field(validate_default=True)] = None
     reason: Short | None = None  # why a pause (or an opt-out)
     # An occurred_at no timestamp format reads, as sent (kept in attributes; the touch is dated
     # when intake accepts it).
@@ -238,14 +240,19 @@ class ActivityIn(FormInput):
         return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
 
     @model_validator(mode="after")
-    def _disposition_present(self) -> ActivityIn:
+    def _outcome_spelling(self) -> ActivityIn:
         if self.outcome:
             spelled = re.sub(r"[\s-]+", "_", self.outcome.lower())
             if spelled in OUTCOMES.get(self.type, ()):
                 self.outcome = spelled
-        if self.type == "disposition" and self.disposition is None:
-            raise ValueError("a disposition activity needs `disposition: {status, reason}`")
         return self
+
+    @field_validator("disposition")
+    @classmethod
+    def _disposition_given(cls, value: DispositionIn | None, info: ValidationInfo) -> DispositionIn | None:
+        if value is None and info.data.get("type") == "disposition":
+            raise ValueError("a disposition activity needs `disposition: {status, reason}`")
+        return value
 
     def dated(self, zone: str) -> ActivityIn:
         """The activity with an occurred_at sent without an offset read in `zone` (the sender's
@@ -426,10 +433,15 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
             targets += ["size_band", "employees", "employees_min", "employees_max"]
         if name == "company.website":
             targets.append("domain")
+        # A changed phone or size replaces what was read from the old one, unset parts too (a
+        # size of 250 corrected to "1000+" has no exact count and no upper bound any more).
+        # A domain may have been given on its own, so a new website only ever sets it.
+        replaces = name in ("contact.phone", "company.size") and new[section].get(key) is not None \
+            and new[section].get(key) != (record.get(section) or {}).get(key)
         for target in targets:
             old_value = (record.get(section) or {}).get(target)
             new_value = new[section].get(target)
-            if new_value is not None and new_value != old_value:
+            if (new_value is not None or (replaces and target != key)) and new_value != old_value:
                 record.setdefault(section, {})[target] = new_value
                 changed[f"{section}.{target}"] = {"old": old_value, "new": new_value}
     for name in ("external_id", "score", "submitted_at"):

@@ -816,6 +816,9 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     if not usable and not partial:
         errors = [{"field": "contact", "message": "needs a usable email or phone"}]
         errors += [i.warning() for i in r.issues if i.field in ("contact.email", "contact.phone")]
+        if isinstance(body.get("leads"), list):  # a batch sent where one lead goes: say where it goes
+            errors.insert(0, {"field": "leads", "message": "a batch of leads is the body of POST /v1/leads:batch; "
+                                                           "on Kafka, publish one lead per record"})
         raise Refused(errors)
     intent = _intent(r, raw["intent"], source, aliases, partial)
     return Submission(

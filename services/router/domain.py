@@ -435,6 +435,10 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
     candidates: list[Candidate] = []
 
     def consider(owner_id: str, why_eligible: str) -> bool:
+        # An owner considered again (the account's owner next in turn, the fallback owner a team
+        # member) keeps their first entry: `candidates` names each owner once.
+        if (seen := next((c for c in candidates if c.owner_id == owner_id), None)) is not None:
+            return seen.eligible
         if owner_id in exclude:
             candidates.append(Candidate(owner_id=owner_id, eligible=False, why="being rerouted away"))
             return False

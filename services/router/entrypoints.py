@@ -113,7 +113,9 @@ def owner_changes(ctx: ServiceContext, owner_id: str, body: OwnerChange, status_
                                if k in sent}
     status = body.status if "status" in sent else status_now
     if "until" in sent:
-        if status != "out_of_office":
+        # `until: null` beside another status is how a CRM sending the whole record says "no
+        # absence": that is what the status means anyway, so only an end date is refused.
+        if status != "out_of_office" and body.until is not None:
             raise _invalid("until", "only applies with status out_of_office")
         if body.until is not None and body.until <= now:
             raise _invalid("until", "must be in the future")

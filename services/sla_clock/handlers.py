@@ -115,6 +115,12 @@ async def on_lead_received(store: ClockStore, received: Received[LeadReceived], 
              "traceparent": event.traceparent, "timezone": _valid_zone(lead.contact.timezone)}
     # An assignment that overtook this event may have noted the lead with less to go on.
     row = await _note_lead(store, lead.lead_id, event, now, facts, **facts)
+    if not lead.consent.contact:
+        # Never consented to contact: the state a withdrawn consent leaves (`on_lead_updated`), so
+        # nothing is timed, breached or escalated; what an overtaking assignment started ends.
+        await _leave(store, config, row, "opted_out", max(event.time, row.assigned_at or event.time), event, now,
+                     rules)
+        return
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
         await _start_all(store, config, version, row, policy, lead.received_at, None, event, now, rules, "received")

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.intake.bootstrap import bootstrap
+from services.intake.domain import updated_record
 from shared.auth import create_key
 from shared.http import create_app
 from tests.support import stored_events
@@ -157,6 +158,28 @@ async def test_a_patch_completes_fields_and_emits_lead_updated(api, engine) -> N
     assert len(await stored_events(engine, "intake", lead_id)) == 2
     assert (await api.patch(f"/v1/leads/{uuid.uuid4()}", json={"company": {"name": "X"}})).status_code == 404
     assert (await api.patch(f"/v1/leads/{lead_id}", content=b"[]")).status_code == 422
+
+
+async def test_a_corrected_field_takes_its_derived_values_with_it(api, engine) -> None:
+    # A company size of 250 read as 201-500 (employees 250), corrected to "1000+", has no exact
+    # count and no upper bound: the old ones must go, or consumers folding lead.updated read a
+    # company of 250 employees, at least 1000 and at most 500. Likewise a corrected phone's extension.
+    lead_id = (await api.post("/v1/leads", json={
+        "contact": {"email": email(), "phone": "+1 415 555 2671 ext. 123"}, "company": {"size": 250}})).json()["lead_id"]
+    response = await api.patch(f"/v1/leads/{lead_id}", json={
+        "company": {"size": "1000+"}, "contact": {"phone": "+1 415 555 2672"}})
+    assert response.status_code == 200, response.text
+    changed = response.json()["changed"]
+    assert changed["company.size_band"] == {"old": "201-500", "new": "1000+"}
+    assert changed["company.employees_min"] == {"old": 201, "new": 1000}
+    assert changed["company.employees_max"] == {"old": 500, "new": None}
+    assert changed["company.employees"] == {"old": 250, "new": None}
+    assert changed["contact.phone_extension"] == {"old": "123", "new": None}
+    received, update = await stored_events(engine, "intake", lead_id)
+    record = updated_record(received.data, update.data)
+    assert record["company"] == {**received.data["company"], "size": "1000+", "size_band": "1000+",
+                                      "employees": None, "employees_min": 1000, "employees_max": None}
+    assert record["contact"]["phone"] == "+14155552672" and record["contact"]["phone_extension"] is None
 
 
 async def test_an_unreadable_correction_never_overwrites_a_usable_value(api) -> None:

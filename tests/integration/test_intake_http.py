@@ -88,6 +88,10 @@ async def test_only_leads_without_a_usable_email_or_phone_are_refused_naming_the
     for body in (b"[1, 2]", b"not json", b'"a string"'):
         refused = await api.post("/v1/leads", content=body, headers={"Content-Type": "application/json"})
         assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "(body)"
+    # A batch posted to the single-lead endpoint: the answer says where it goes.
+    batch = await api.post("/v1/leads", json={"leads": [{"contact": {"email": "a@example.com"}}]})
+    assert batch.status_code == 422
+    assert "POST /v1/leads:batch" in {e["field"]: e["message"] for e in batch.json()["errors"]}["leads"]
 
 
 async def test_a_body_in_its_declared_charset_is_read_in_it(api, engine) -> None:
@@ -177,6 +181,10 @@ async def test_activities(api, engine) -> None:
                                json={"type": "disposition", "disposition": {"status": "disqualified"}})
     assert no_reason.status_code == 422
     assert no_reason.json()["errors"][0]["field"] == "disposition"
+    # A disposition with no `disposition` at all names that field too, not the whole body.
+    none_given = await api.post(f"/v1/leads/{lead_id}/activities", json={"type": "disposition", "actor": "alice"})
+    assert none_given.status_code == 422
+    assert [e["field"] for e in none_given.json()["errors"]] == ["disposition"]
     future = await api.post(f"/v1/leads/{lead_id}/activities",
                             json={"type": "meeting", "occurred_at": "2030-01-01T10:00:00Z"})
     assert future.status_code == 422 and future.json()["errors"][0]["field"] == "occurred_at"

@@ -274,3 +274,22 @@ async def test_a_fetched_batch_is_taken_together_and_a_refused_record_is_dead_le
     row = await eventually(letter, what="the refused record's dead letter")
     assert row.original == refused and "invalid submission" in row.error
     assert _rejected() == before + 1
+
+
+async def test_a_batch_body_on_the_submissions_topic_is_dead_lettered_saying_so(intake, engine, producer) -> None:
+    """`{"leads": [...]}` is the body of POST /v1/leads:batch, not of POST /v1/leads: its dead
+    letter says so, where it said the lead had no email or phone (an operator went looking for
+    a lead without contact data, in a record holding several contactable ones)."""
+    submissions, _ = intake
+    ref = uuid.uuid4().hex[:8]
+    batch = json.dumps({"leads": [{"contact": {"email": f"{ref}-{i}@example.com"}} for i in range(2)]}).encode()
+    await (await producer.send(submissions, batch, key=ref.encode()))
+
+    async def letter():
+        async with engine.connect() as conn:
+            return (await conn.execute(select(deadletters).where(deadletters.c.topic == submissions,
+                                                                 deadletters.c.key == ref))).first()
+
+    row = await eventually(letter, what="the batch's dead letter", timeout=120)
+    assert row.original == batch
+    assert "leads: a batch" in row.error and "one lead per record" in row.error, row.error

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, select
 
-from services.router.handlers import RouterDeps, on_activity, route_lead, route_leads
+from services.router.handlers import RouterDeps, on_activity, route_lead, route_leads, update_owner
 from services.router.tables import assignments, queue
 from shared.events import (
     ActivityRecorded,
@@ -175,3 +175,38 @@ async def test_decisions_that_leave_the_rules_team_lock_their_owner_first(make_c
         owners[event.subject] = (assigned.data["owner_id"], assigned.data["method"])
     assert owners == {vip.subject: ("dana", "round_robin"), same_account.subject: ("dana", "account_match"),
                       nobody_in_team.subject: ("zed", "fallback")}
+
+
+ACCOUNT = """
+owners: [{id: amy-%(s)s}, {id: abe-%(s)s}]
+teams: [{id: t-%(s)s, members: [amy-%(s)s, abe-%(s)s]}]
+routing:
+  account_match: true
+  rules: [{id: rr-%(s)s, team: t-%(s)s}]
+"""
+
+
+async def test_lead_assigned_lists_each_candidate_once(make_ctx, clock, engine) -> None:
+    """An account's owner who cannot take the lead, and is next in the rule's turn as well, is one
+    candidate: a CRM reading `candidates` sees each owner once, with why they were passed over."""
+    s = uuid.uuid4().hex[:6]
+    ctx = make_ctx("router", ACCOUNT % {"s": s})
+    deps = RouterDeps(ctx.config.config, clock)
+    first, other, same_account = (received_from(clock.now(), f"{s}.example", "A"),
+                                  received_from(clock.now(), f"other-{s}.example", "A"),
+                                  received_from(clock.now(), f"{s}.example", "A"))
+    for event in (first, other):  # amy, then abe: amy is next in turn
+        async with ctx.uow() as uow:
+            await route_lead(uow, Received.of(event), deps)
+            await uow.commit()
+    async with ctx.uow() as uow:
+        await update_owner(uow, ctx.config.config, clock.now(), f"amy-{s}", {"status": "away"}, "test")
+        await uow.commit()
+    async with ctx.uow() as uow:
+        await route_lead(uow, Received.of(same_account), deps)
+        await uow.commit()
+    [assigned] = await routed(engine, same_account.subject)
+    assert assigned.data["owner_id"] == f"abe-{s}"
+    assert assigned.data["candidates"] == [
+        {"owner_id": f"amy-{s}", "eligible": False, "why": "status away"},
+        {"owner_id": f"abe-{s}", "eligible": True, "why": "next in turn"}]

@@ -641,3 +641,15 @@ async def test_going_out_of_office_again_after_an_absence_ran_out_hands_back_unt
     # The absence that ran out was still the stored status: going out again was not seen as a change.
     assert (handed_back.type, handed_back.data["reason"], handed_back.data["to_owner_id"]) == (
         "lead.reassigned", "owner_out_of_office", router.owner("ben"))
+
+
+async def test_back_from_an_absence_with_until_null_as_a_crm_sends_the_whole_record(router) -> None:
+    # A CRM syncing owners sends every field: `until: null` with a status other than
+    # out_of_office says "no absence end", which is what such a status means anyway.
+    until = router.ctx.clock.now() + timedelta(hours=1)
+    assert (await router.put("ann", status="out_of_office", until=until.isoformat())).status_code == 200
+    response = await router.put("ann", status="active", until=None)
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["until"]) == ("active", None)
+    assert (await router.put("ann", status="away", until=None)).status_code == 200
+    assert (await router.owners())["ann"]["until"] is None

@@ -3,11 +3,13 @@ re-plans the timers under the policy it selects, keeping the clock start; an opt
 withdrawn consent sent as lead.updated ends every timer for good."""
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
-from services.sla_clock.handlers import on_lead_assigned, on_lead_updated
+from services.sla_clock.handlers import on_lead_assigned, on_lead_received, on_lead_updated
 from shared.events import CloudEvent, LeadUpdated, new_event
-from tests.integration.test_sla_clock_db import assigned, handle
+from tests.integration.test_sla_clock_db import assigned, handle, received
 from tests.integration.test_sla_lifecycle_db import act, activity, fire, minutes, start
 from tests.support import stored_events
 
@@ -162,3 +164,24 @@ async def test_an_opt_out_or_withdrawn_consent_cancels_every_timer_and_none_star
     assert (await sla(engine, lead_id))[2:] == [
         ("sla.cancelled", "first_response", "slow", "opted_out"),
         ("sla.cancelled", "qualification", "slow", "opted_out")]
+
+
+def without_consent(lead_id: str, at) -> CloudEvent:
+    event = received(lead_id, at, contactable=False)
+    return event.model_copy(update={"data": {**event.data, "consent": {"marketing": False, "contact": False}}})
+
+
+@pytest.mark.parametrize("assignment_first", [False, True])
+async def test_a_lead_received_without_consent_to_contact_is_not_timed(ctx, clock, engine, assignment_first) -> None:
+    """Withdrawing consent ends every timer (above); a lead that never gave it is in the same
+    state from the start: no timer, so no breach and no manager escalated for a buyer who asked
+    not to be contacted. Timers an assignment that overtook the lead started end opted_out."""
+    lead_id = str(uuid.uuid4())
+    cfg = ctx.config.config
+    steps = [(on_lead_received, without_consent(lead_id, clock.now())), (on_lead_assigned, assigned(lead_id, clock.now()))]
+    for handler, event in (reversed(steps) if assignment_first else steps):
+        await handle(ctx, handler, cfg, 1, event, clock.now())
+    await fire(ctx, minutes(clock, 60 * 24 * 3))
+    assert await sla(engine, lead_id) == ([
+        ("sla.started", "first_response", "fast", None),
+        ("sla.cancelled", "first_response", "fast", "opted_out")] if assignment_first else [])
