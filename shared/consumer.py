@@ -141,6 +141,11 @@ class Subscription:
     # when this wait runs out, even when records arrived meanwhile, so a latency-bound
     # subscription takes less, at the cost of more empty fetches when idle.
     fetch_max_wait_ms: int = 50
+    # False: the handlers keep their own record of the events they have handled, keyed by event
+    # id in the same transaction (reporting's timeline), so a batch's ids get no rows in
+    # processed_events (a statement a batch and a row an event less); an id repeated within a
+    # batch still goes to the handlers once.
+    records_processed: bool = True
 
     def typed(self, event: CloudEvent) -> Received[Any] | None:
         """`event` with its payload decoded, or None when no handler here wants it; raises
@@ -351,9 +356,11 @@ class EventConsumer:
         async with UnitOfWork(self._engine, self._service, self._relay_wakeup, self._projection) as uow:
             ids = list(dict.fromkeys(event.id for _, event, _, _ in decoded if event is not None))
             new: set[str] = set()
-            if ids:
+            if ids and self.sub.records_processed:
                 inserted = await uow.conn.execute(self._track, {"consumer": self.sub.group, "ids": ids})
                 new = set(inserted.scalars())
+            elif ids:
+                new = set(ids)
             run: list[Received[Any]] = []  # consecutive events for one batched handler
             for record, event, typed, failure in decoded:
                 if failure is not None:

@@ -21,6 +21,7 @@ def bootstrap(ctx: ServiceContext) -> ServiceSpec:
         await project(uow.conn, [event], ctx.config.config)  # kept in the timeline; the fold skips it
 
     return ServiceSpec(
+        # The timeline is keyed by event id: an event is folded at most once without a processed id.
         subscriptions=[Subscription("reporting", PROJECTED_TOPICS, {}, otherwise=unknown_type,
-                                    batched=bind(BATCHED, deps))],
+                                    batched=bind(BATCHED, deps), records_processed=False)],
         loops=[overdue_loop(ctx)], routers=[routes(ctx)])

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from leadsla.devstack import free_port
@@ -127,6 +127,32 @@ async def get_report(p: Projected, name: str, **params: str) -> list[dict]:
     response = await p.client.get(f"/v1/reports/{name}", params={**p.window(), **params})
     assert response.status_code == 200, response.text
     return response.json()["rows"]
+
+
+async def test_an_event_delivered_again_after_its_batch_is_folded_once_without_processed_ids(
+        projected: Projected, producer, engine) -> None:
+    """Reporting keeps no processed ids (its timeline is keyed by event id): an event redelivered
+    in a later batch, after its first batch committed, is kept and folded once all the same."""
+    s = projected.scenario
+    topic, again = s.events[5]
+    async with engine.connect() as conn:
+        before = (await conn.execute(select(lead_state).where(lead_state.c.lead_id == again.subject))).one()
+    # A marker after it on the same partition (same key; a lead of its own): once the marker is
+    # in, so is the redelivery.
+    marker = again.model_copy(update={"id": str(uuid.uuid4()), "type": "test.marker", "subject": str(uuid.uuid4())})
+    await producer.send_and_wait(topic, again.to_bytes(), key=again.subject.encode())
+    await producer.send_and_wait(topic, marker.to_bytes(), key=again.subject.encode())
+
+    async def marker_kept() -> bool:
+        async with engine.connect() as conn:
+            return await conn.scalar(select(func.count()).where(timeline.c.event_id == marker.id)) == 1
+    await eventually(marker_kept, timeout=60, what="the marker in the timeline")
+    async with engine.connect() as conn:
+        kept = await conn.scalar(select(func.count()).where(timeline.c.event_id == again.id))
+        after = (await conn.execute(select(lead_state).where(lead_state.c.lead_id == again.subject))).one()
+        tracked = await conn.scalar(text("SELECT count(*) FROM reporting.processed_events "
+                                         "WHERE consumer LIKE 'reporting-test-%'"))
+    assert kept == 1 and after == before and tracked == 0
 
 
 @pytest.mark.parametrize("group_by", GROUPS)
