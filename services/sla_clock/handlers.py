@@ -131,12 +131,12 @@ async def on_lead_assigned(store: ClockStore, received: Received[LeadAssigned], 
     config, version, now, rules = deps.config, deps.version, deps.now, deps.rules
     await store.expect_lead(assigned.lead_id)
     lead = await store.lead(assigned.lead_id)
-    # If the assignment overtook the lead on another topic (the router only assigns known leads),
-    # note what the assignment tells us and start from there.
     # Running timers (a queued lead's) go to the owner with sla_clock.owner_changed; with none to
     # hand over, the owner is one more fact in the lead's note (one stored event less per lead).
     handover = bool(await store.timers(assigned.lead_id, LIVE)) if lead is not None else False
     owner = {} if handover else {"owner_id": assigned.owner_id}
+    # If the assignment overtook the lead on another topic (the router only assigns known leads),
+    # note what the assignment tells us and start from there.
     await _note_lead(store, assigned.lead_id, event, now, {
         "tier": assigned.tier or "unknown", "source": "unknown", "contactable": True,
         "received_at": assigned.assigned_at, "correlation_id": event.correlationid, "traceparent": event.traceparent,
