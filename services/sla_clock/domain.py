@@ -406,7 +406,10 @@ def root_cause(
 ) -> str:
     """The contract's root causes, most structural first."""
     if owner_id is None:
-        # The router queues a lead with reason at_capacity when every eligible owner was full.
+        # The router queues a lead with reason at_capacity when every eligible owner was full, and
+        # with missing_data when its rule's team cannot work it without fields the lead lacks.
+        if queued_reason == "missing_data":
+            return "missing_data"
         return "capacity" if queued_reason and "capacity" in queued_reason else "no_owner"
     if not contactable:
         return "missing_data"

@@ -160,7 +160,7 @@ def test_a_paused_timer_reset_on_reassignment_stays_paused_until_resumed() -> No
 
 @pytest.mark.parametrize(("queued_reason", "cause"), [
     (None, "no_owner"), ("no_eligible_owner", "no_owner"), ("no_matching_rule", "no_owner"),
-    ("at_capacity", "capacity"),
+    ("at_capacity", "capacity"), ("missing_data", "missing_data"),
 ])
 def test_an_unowned_breach_says_why_nobody_owned_it(queued_reason, cause) -> None:
     assert root_cause(owner_id=None, contactable=True, owner_calendar=None, due_at=T0,
