@@ -333,7 +333,7 @@ def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
                   calendar: BusinessCalendar | None) -> dict[str, Any]:
     """Time to first response for a first_response timer, late answers included: the met time
     when the SLA was met, else the first touch after the clock started (a breached lead that is
-    called an hour late counts as an hour, not as nothing)."""
+    called an hour late counts as an hour, not as nothing); none for a cancelled timer."""
     return _respond(dict(timer), first_touch_at, calendar)
 
 
@@ -344,6 +344,11 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     started = t["started_at"]
     if t.get("state") == "met" and t.get("met_at") is not None:
         responded = t["met_at"]
+    elif t.get("state") == "cancelled":
+        # Ended unanswered (a qualifying touch would have met it first): a later touch answers the
+        # timer that replaced it (a tier change's successor, from the same clock start), or no SLA
+        # at all (opted out, disqualified, merged); counted here it was the same answer twice.
+        responded = None
     elif first_touch_at is not None and not is_history(first_touch_at, started):  # as sla_clock judges it
         responded = first_touch_at
     else:

@@ -131,6 +131,16 @@ def test_an_unanswered_timer_has_no_time_to_first_response() -> None:
     assert with_response(fold_timer(None, sla("started")), None, None)["ttfr_seconds"] is None
 
 
+def test_a_cancelled_timer_has_no_time_to_first_response_though_the_lead_is_answered_later() -> None:
+    """A tier change cancels the timer (policy_changed) and its successor, from the same clock
+    start, is the one the answer meets: the cancelled one counted the same answer again, under the
+    old tier and policy (a lead upgraded from C to A was in tier C's time to first response)."""
+    for reason in ("policy_changed", "disqualified", "merged"):
+        cancelled = fold_timer(fold_timer(None, sla("started")), sla("cancelled", reason=reason))
+        answered = with_response(cancelled, NOW + timedelta(minutes=2), None)
+        assert answered["ttfr_seconds"] is None and answered["ttfr_business_seconds"] is None
+
+
 def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner() -> None:
     reassigned = event("lead.reassigned", from_owner_id="alice", to_owner_id="bob", reason="r", assignment_no=2)
     for order in ((ASSIGNED, reassigned), (reassigned, ASSIGNED)):
