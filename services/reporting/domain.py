@@ -263,7 +263,8 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         if "team_id" in d:
             s["team_id"] = d["team_id"]
     if first and (s.get("first_owner_id") is None or number == 1):
-        s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at)
+        s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at,
+                 first_team_id=d.get("team_id"))
         s.setdefault("team_id", d.get("team_id"))
 
 
@@ -326,6 +327,27 @@ def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: E
     if (timer.get("state") in LIVE and lead.get("owner_id") and assigned_at is not None
             and event.time < assigned_at and timer.get("owner_id") != lead["owner_id"]):
         timer["owner_id"] = lead["owner_id"]
+    return timer
+
+
+def _team_of(lead: dict[str, Any], owner_id: str | None) -> str | None:
+    """The team the lead was assigned in to `owner_id`, as far as the lead's facts tell: its
+    current owner's or its first owner's (an owner in between: unknown)."""
+    if owner_id is None:
+        return None
+    if owner_id == lead.get("owner_id"):
+        return lead.get("team_id")
+    if owner_id == lead.get("first_owner_id"):
+        return lead.get("first_team_id")
+    return None
+
+
+def _in_owner_team(timer: dict[str, Any], before: dict[str, Any] | None, lead: dict[str, Any]) -> dict[str, Any]:
+    """A timer counts for the team of the owner who held it (the SLA report by team), not the
+    lead's team now: a lead reassigned to another team leaves its judged SLAs where they were. Kept
+    while the owner stays; found anew when the owner changes (unknown: none)."""
+    if before is None or timer.get("owner_id") != before.get("owner_id") or timer.get("team_id") is None:
+        timer["team_id"] = _team_of(lead, timer.get("owner_id"))
     return timer
 
 
@@ -399,17 +421,22 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 own[done["sla_id"]] = done
                 changed_timers.add(done["sla_id"])
                 current = None
-            timer = _held_by_current_owner(_fold_timer(current, event, kind), lead, event)
+            timer = _in_owner_team(_held_by_current_owner(_fold_timer(current, event, kind), lead, event),
+                                   current, lead)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer.get("policy_id")))
             changed_timers.add(timer["sla_id"])
         elif kind in (LeadAssigned, LeadReassigned) and lead.get("owner_id"):
             # The SLA clock hands the running timers to the lead's owner (sla_clock.owner_changed,
             # no sla.* event on the topic): so does the read model, or the board and the per-owner
-            # reports keep chasing the person the lead was taken from.
+            # reports keep chasing the person the lead was taken from. A timer judged before this
+            # assignment arrived (leads.sla is read apart) learns its owner's team from it.
             for sla_id, timer in own.items():
                 if timer.get("state") in LIVE and timer.get("owner_id") != lead["owner_id"]:
-                    own[sla_id] = {**timer, "owner_id": lead["owner_id"]}
+                    own[sla_id] = {**timer, "owner_id": lead["owner_id"], "team_id": lead.get("team_id")}
+                    changed_timers.add(sla_id)
+                elif timer.get("team_id") is None and _team_of(lead, timer.get("owner_id")) is not None:
+                    own[sla_id] = {**timer, "team_id": _team_of(lead, timer.get("owner_id"))}
                     changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):
             first_touch = _at(lead.get("first_response_at"))

@@ -16,21 +16,21 @@ from shared.events import utc_iso
 
 from .tables import lead_state, timeline
 
-# <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner and policy are the
-# timer's own: the person who held the clock and the promise it was measured against.
+# <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner, team and policy are
+# the timer's own: the person who held the clock, their team, and the promise it was measured against.
 _TIMER_GROUP = {
     "tier": "coalesce(t.tier, l.tier)",
     "owner": "t.owner_id",
-    "team": "l.team_id",
+    "team": "t.team_id",
     "source": "l.source",
     "policy": "t.policy_id",
     "week": "to_char(date_trunc('week', t.started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
 }
-# Lead-level reports: the owner is the first one the router picked (routing success is theirs).
+# Lead-level reports: the owner and team are the first ones the router picked (routing success is theirs).
 _LEAD_GROUP = {
     "tier": "l.tier",
     "owner": "l.first_owner_id",
-    "team": "l.team_id",
+    "team": "l.first_team_id",
     "source": "l.source",
     "policy": "l.sla #>> '{first_response,policy_id}'",
     "week": "to_char(date_trunc('week', l.received_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",

@@ -464,3 +464,34 @@ async def test_a_lead_upgraded_to_another_tier_counts_its_first_response_once(re
         answers = await conn.scalar(select(func.count()).select_from(sla_timers).where(
             sla_timers.c.lead_id == lead_id, sla_timers.c.ttfr_seconds.is_not(None)))
     assert answers == 1
+
+
+async def test_reports_by_team_count_a_lead_moved_to_another_team_where_its_owner_was(reporting: Reporting) -> None:
+    """alice (sdr) met the first response, then the lead went to carol in team ae: the SLA report
+    by team counted alice's met SLA for ae (the lead's team now), and the routing report by team
+    counted the lead's routing (first owner alice's) for ae too, while by owner both said alice."""
+    lead_id = f"moved-team-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=8)
+    first_response = sla_started(lead_id, t, "first_response", "alice", timedelta(minutes=5))
+    qualification = sla_started(lead_id, t, "qualification", "alice", timedelta(days=7))
+    answer = t + timedelta(minutes=1)
+    await reporting.publish(received(lead_id, t), assigned(lead_id, t, "alice"), first_response, qualification,
+                            touched(lead_id, answer, "alice"), sla_met(first_response[1], answer))
+    await reporting.publish(with_data(reassigned(lead_id, t + timedelta(hours=1), "alice", "carol"), team_id="ae"))
+
+    async def by_team(name: str, **params: str) -> dict:
+        response = await reporting.client.get(f"/v1/reports/{name}", params={"group_by": "team", **window(t), **params})
+        assert response.status_code == 200, response.text
+        return {row["team"]: row for row in response.json()["rows"]}
+
+    first = await by_team("sla")
+    assert set(first) == {"sdr"} and (first["sdr"]["met"], first["sdr"]["ttfr_p50_seconds"]) == (1, 60.0)
+    open_now = await by_team("sla", metric="qualification")  # the running timer moved with the lead
+    assert set(open_now) == {"ae"} and open_now["ae"]["open"] == 1
+    routing = await by_team("routing")
+    assert set(routing) == {"sdr"} and (routing["sdr"]["touched_by_first_owner"], routing["sdr"]["reassigned"]) == (1, 1)
+    # The lead list filters by the team that has the lead now.
+    listed = (await reporting.client.get("/v1/leads", params={"team_id": "ae", **window(t)})).json()["leads"]
+    assert [lead["lead_id"] for lead in listed] == [lead_id]
+    verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
+    assert not verified.differences
