@@ -204,7 +204,11 @@ def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
 
 
 def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
-    s["dequeued_at"] = utc_iso(event.time)
+    # The end of the lead's first stay, as `queued_at` is its start: a later stay (its owner went
+    # out of office) must not stretch the time in queue over the days it spent with that owner.
+    at = utc_iso(event.time)
+    if _earlier(s.get("dequeued_at"), at):
+        s["dequeued_at"] = at
 
 
 def _sla_projector(kind: type[Payload]) -> Projector:

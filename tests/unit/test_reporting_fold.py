@@ -204,3 +204,18 @@ def test_queue_meeting_and_disposition_facts_are_kept_for_the_reports() -> None:
     # The latest disposition stands, whatever order they arrived in.
     assert (state["disposition_status"], state["disposition_reason"]) == ("disqualified", "no_budget")
     assert state["status"] == "dispositioned"
+
+
+def test_time_in_queue_is_the_lead_s_first_stay_not_from_its_first_queueing_to_its_last_dequeue() -> None:
+    """Queued on arrival for a minute, then three days with alice, then queued again when she went
+    out of office: the lead's queue time read as three days and an hour (first lead.queued to the
+    last lead.dequeued), time it spent with an owner. The routing report's time in queue is the
+    first stay (as its time to assignment is the first assignment's)."""
+    def at(minutes: int, type_: str, **data) -> CloudEvent:
+        return CloudEvent(id=f"{type_}{minutes}", source="test", type=type_, subject="l1",
+                          time=NOW + timedelta(minutes=minutes),
+                          data={"lead_id": "l1", "tier": "A", "queue": "tier-A", "reason": "r", **data})
+    state = replay(RECEIVED, at(0, "lead.queued"), at(1, "lead.dequeued"), ASSIGNED,
+                   at(3 * 24 * 60, "lead.queued", from_owner_id="alice", assignment_no=2),
+                   at(3 * 24 * 60 + 60, "lead.dequeued", assignment_no=2))
+    assert (state["queued_at"], state["dequeued_at"]) == ("2026-11-17T09:00:00Z", "2026-11-17T09:01:00Z")
