@@ -257,7 +257,15 @@ def _starts_anew(ended: dict[str, Any], d: dict[str, Any]) -> bool:
     return d.get("sla_id") != ended.get("sla_id") or _at(d.get("started_at")) != _at(ended.get("started_at"))
 
 
+# The lead facts an assignment carries (CONTRACT: to act before lead.received), taken only while
+# intake's own word on them has not come: lead.received and lead.updated set them for good.
+_CARRIED_FACTS = ("tier", "source", "received_at")
+
+
 def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
+    for key in _CARRIED_FACTS:
+        if s.get(key) is None and d.get(key) is not None:
+            s[key] = d[key]
     number = d.get("assignment_no") or 1
     owner = d.get("owner_id") or d.get("to_owner_id")
     at = d.get("assigned_at") or utc_iso(event.time)

@@ -219,3 +219,16 @@ def test_time_in_queue_is_the_lead_s_first_stay_not_from_its_first_queueing_to_i
                    at(3 * 24 * 60, "lead.queued", from_owner_id="alice", assignment_no=2),
                    at(3 * 24 * 60 + 60, "lead.dequeued", assignment_no=2))
     assert (state["queued_at"], state["dequeued_at"]) == ("2026-11-17T09:00:00Z", "2026-11-17T09:01:00Z")
+
+
+def test_an_assignment_folded_before_the_lead_s_receipt_gives_the_lead_facts_it_carries() -> None:
+    """CONTRACT: lead.assigned carries tier, source and received_at so a consumer can act before it
+    has seen lead.received (leads.routing may be read ahead of leads.intake). The lead read as
+    tier none, source none, and was missing from the lead list and the routing report until then."""
+    early = event("lead.assigned", owner_id="alice", team_id="sdr", assignment_no=1, method="round_robin",
+                  assigned_at="2026-11-17T09:00:01Z", tier="A", source="web", received_at="2026-11-17T09:00:00Z")
+    state = replay(early)
+    assert (state["tier"], state["source"], state["received_at"]) == ("A", "web", "2026-11-17T09:00:00Z")
+    upgraded = event("lead.updated", tier="B", changed={})
+    # What intake says wins once it comes, whatever the assignment said.
+    assert replay(early, RECEIVED)["tier"] == "A" and replay(RECEIVED, upgraded, early)["tier"] == "B"
