@@ -29,7 +29,7 @@ TIMESTAMP_COLUMNS = ("received_at", "assigned_at", "first_response_at", "updated
                      "queued_at", "dequeued_at", "meeting_booked_at", "dispositioned_at")
 PLAIN_COLUMNS = ("source", "tier", "status", "owner_id", "team_id", "sla", "profile", "assignment_no",
                  "first_owner_id", "first_assign_method", "reassignments", "first_touch_actor",
-                 "disposition_status", "disposition_reason", "breached")
+                 "disposition_status", "disposition_reason", "breached", "first_team_id")
 # Plain str (SQLAlchemy's names are a str subclass, which the JSON of a statement's rows refuses as keys).
 LEAD_COLUMNS = tuple(str(c.name) for c in lead_state.columns)
 TIMER_COLUMNS = tuple(str(c.name) for c in sla_timers.columns)

@@ -69,13 +69,18 @@ def render_board(data: dict[str, Any], now: datetime) -> str:
 <h1>SLA board</h1>
 <div class="stamp">as of {escape(utc_iso(now))} · refreshes every {REFRESH_SECONDS}s</div>
 <section id="compliance"><h2>First-response compliance by tier, last 7 days</h2>{bars}</section>
-<section id="open-timers"><h2>Open timers, nearest to breach</h2>
+<section id="open-timers"><h2>Open timers, nearest to breach{_shown(len(data["open"]), data.get("open_total"), "first")}</h2>
 <table><thead><tr><th>lead</th><th>tier</th><th>metric</th><th>owner</th><th>due (UTC)</th><th>remaining</th></tr></thead>
 <tbody>{open_rows}</tbody></table></section>
-<section id="breaches-today"><h2>Breaches today ({len(data["breaches"])})</h2>
+<section id="breaches-today"><h2>Breaches today ({data.get("breaches_today", len(data["breaches"]))}){_shown(len(data["breaches"]), data.get("breaches_today"), "the latest")}</h2>
 <table><thead><tr><th>lead</th><th>tier</th><th>metric</th><th>owner</th><th>breached at (UTC)</th><th>root cause</th></tr></thead>
 <tbody>{breach_rows}</tbody></table></section>
 </body></html>"""
+
+
+def _shown(listed: int, total: int | None, which: str) -> str:
+    """Says so when the rows listed are not all there are."""
+    return f" · {which} {listed} of {total}" if total is not None and total > listed else ""
 
 
 def _bar(row: dict[str, Any]) -> str:

@@ -204,7 +204,11 @@ def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
 
 
 def _dequeued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
-    s["dequeued_at"] = utc_iso(event.time)
+    # The end of the lead's first stay, as `queued_at` is its start: a later stay (its owner went
+    # out of office) must not stretch the time in queue over the days it spent with that owner.
+    at = utc_iso(event.time)
+    if _earlier(s.get("dequeued_at"), at):
+        s["dequeued_at"] = at
 
 
 def _sla_projector(kind: type[Payload]) -> Projector:
@@ -253,7 +257,15 @@ def _starts_anew(ended: dict[str, Any], d: dict[str, Any]) -> bool:
     return d.get("sla_id") != ended.get("sla_id") or _at(d.get("started_at")) != _at(ended.get("started_at"))
 
 
+# The lead facts an assignment carries (CONTRACT: to act before lead.received), taken only while
+# intake's own word on them has not come: lead.received and lead.updated set them for good.
+_CARRIED_FACTS = ("tier", "source", "received_at")
+
+
 def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) -> None:
+    for key in _CARRIED_FACTS:
+        if s.get(key) is None and d.get(key) is not None:
+            s[key] = d[key]
     number = d.get("assignment_no") or 1
     owner = d.get("owner_id") or d.get("to_owner_id")
     at = d.get("assigned_at") or utc_iso(event.time)
@@ -263,7 +275,8 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         if "team_id" in d:
             s["team_id"] = d["team_id"]
     if first and (s.get("first_owner_id") is None or number == 1):
-        s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at)
+        s.update(first_owner_id=owner, first_assign_method=d.get("method"), first_assigned_at=at,
+                 first_team_id=d.get("team_id"))
         s.setdefault("team_id", d.get("team_id"))
 
 
@@ -329,11 +342,32 @@ def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: E
     return timer
 
 
+def _team_of(lead: dict[str, Any], owner_id: str | None) -> str | None:
+    """The team the lead was assigned in to `owner_id`, as far as the lead's facts tell: its
+    current owner's or its first owner's (an owner in between: unknown)."""
+    if owner_id is None:
+        return None
+    if owner_id == lead.get("owner_id"):
+        return lead.get("team_id")
+    if owner_id == lead.get("first_owner_id"):
+        return lead.get("first_team_id")
+    return None
+
+
+def _in_owner_team(timer: dict[str, Any], before: dict[str, Any] | None, lead: dict[str, Any]) -> dict[str, Any]:
+    """A timer counts for the team of the owner who held it (the SLA report by team), not the
+    lead's team now: a lead reassigned to another team leaves its judged SLAs where they were. Kept
+    while the owner stays; found anew when the owner changes (unknown: none)."""
+    if before is None or timer.get("owner_id") != before.get("owner_id") or timer.get("team_id") is None:
+        timer["team_id"] = _team_of(lead, timer.get("owner_id"))
+    return timer
+
+
 def with_response(timer: dict[str, Any], first_touch_at: datetime | None,
                   calendar: BusinessCalendar | None) -> dict[str, Any]:
     """Time to first response for a first_response timer, late answers included: the met time
     when the SLA was met, else the first touch after the clock started (a breached lead that is
-    called an hour late counts as an hour, not as nothing)."""
+    called an hour late counts as an hour, not as nothing); none for a cancelled timer."""
     return _respond(dict(timer), first_touch_at, calendar)
 
 
@@ -344,6 +378,11 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     started = t["started_at"]
     if t.get("state") == "met" and t.get("met_at") is not None:
         responded = t["met_at"]
+    elif t.get("state") == "cancelled":
+        # Ended unanswered (a qualifying touch would have met it first): a later touch answers the
+        # timer that replaced it (a tier change's successor, from the same clock start), or no SLA
+        # at all (opted out, disqualified, merged); counted here it was the same answer twice.
+        responded = None
     elif first_touch_at is not None and not is_history(first_touch_at, started):  # as sla_clock judges it
         responded = first_touch_at
     else:
@@ -394,17 +433,22 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 own[done["sla_id"]] = done
                 changed_timers.add(done["sla_id"])
                 current = None
-            timer = _held_by_current_owner(_fold_timer(current, event, kind), lead, event)
+            timer = _in_owner_team(_held_by_current_owner(_fold_timer(current, event, kind), lead, event),
+                                   current, lead)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer.get("policy_id")))
             changed_timers.add(timer["sla_id"])
         elif kind in (LeadAssigned, LeadReassigned) and lead.get("owner_id"):
             # The SLA clock hands the running timers to the lead's owner (sla_clock.owner_changed,
             # no sla.* event on the topic): so does the read model, or the board and the per-owner
-            # reports keep chasing the person the lead was taken from.
+            # reports keep chasing the person the lead was taken from. A timer judged before this
+            # assignment arrived (leads.sla is read apart) learns its owner's team from it.
             for sla_id, timer in own.items():
                 if timer.get("state") in LIVE and timer.get("owner_id") != lead["owner_id"]:
-                    own[sla_id] = {**timer, "owner_id": lead["owner_id"]}
+                    own[sla_id] = {**timer, "owner_id": lead["owner_id"], "team_id": lead.get("team_id")}
+                    changed_timers.add(sla_id)
+                elif timer.get("team_id") is None and _team_of(lead, timer.get("owner_id")) is not None:
+                    own[sla_id] = {**timer, "team_id": _team_of(lead, timer.get("owner_id"))}
                     changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):
             first_touch = _at(lead.get("first_response_at"))

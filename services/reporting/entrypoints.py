@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 
@@ -88,15 +88,19 @@ def wants_csv(request: Request) -> bool:
     return csv_q >= json_q
 
 
+# One URL, JSON or CSV by the Accept header: a cache must key on it (RFC 9110 12.5.5).
+VARY = {"Vary": "Accept"}
+
+
 def report_response(request: Request, name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:
     if not wants_csv(request):
-        return {"rows": rows}
+        return JSONResponse({"rows": rows}, headers=VARY)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+                    headers={"Content-Disposition": f'attachment; filename="{name}.csv"', **VARY})
 
 
 FromQ = Annotated[datetime | None, Query(alias="from", description="start, inclusive (RFC 3339)")]

@@ -63,6 +63,7 @@ lead_state = Table(
     Column("disposition_reason", String),
     Column("dispositioned_at", DateTime(timezone=True)),
     Column("breached", Boolean, nullable=False, server_default=false()),
+    Column("first_team_id", String),  # the first assignment's team (routing success is theirs)
     Index("ix_reporting_leads_received", "received_at", "lead_id"),
     schema=SCHEMA,
 )
@@ -88,6 +89,7 @@ sla_timers = Table(
     Column("ttfr_seconds", Float),
     Column("ttfr_business_seconds", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("team_id", String),  # the team of the owner who held it (the SLA report by team)
     Index("ix_reporting_sla_timers_lead", "lead_id"),
     Index("ix_reporting_sla_timers_started", "metric", "started_at"),
     schema=SCHEMA,

@@ -16,21 +16,21 @@ from shared.events import utc_iso
 
 from .tables import lead_state, timeline
 
-# <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner and policy are the
-# timer's own: the person who held the clock and the promise it was measured against.
+# <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner, team and policy are
+# the timer's own: the person who held the clock, their team, and the promise it was measured against.
 _TIMER_GROUP = {
     "tier": "coalesce(t.tier, l.tier)",
     "owner": "t.owner_id",
-    "team": "l.team_id",
+    "team": "t.team_id",
     "source": "l.source",
     "policy": "t.policy_id",
     "week": "to_char(date_trunc('week', t.started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
 }
-# Lead-level reports: the owner is the first one the router picked (routing success is theirs).
+# Lead-level reports: the owner and team are the first ones the router picked (routing success is theirs).
 _LEAD_GROUP = {
     "tier": "l.tier",
     "owner": "l.first_owner_id",
-    "team": "l.team_id",
+    "team": "l.first_team_id",
     "source": "l.source",
     "policy": "l.sla #>> '{first_response,policy_id}'",
     "week": "to_char(date_trunc('week', l.received_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
@@ -287,10 +287,12 @@ async def overdue_timer_counts(conn: AsyncConnection, due_before: datetime) -> l
 # ---- the board --------------------------------------------------------------------------------
 
 
-async def board_data(conn: AsyncConnection, now: datetime, open_limit: int = 25) -> dict[str, Any]:
-    """Open timers nearest to breach, today's breaches (UTC day), and 7-day compliance by tier.
-    An open timer belongs to the lead's current owner (a reassignment hands the running timers
-    over, as the SLA clock does), not to the owner it started with."""
+async def board_data(conn: AsyncConnection, now: datetime, open_limit: int = 25,
+                     breach_limit: int = 50) -> dict[str, Any]:
+    """Open timers nearest to breach, today's breaches (UTC day), and 7-day compliance by tier,
+    with how many of each there are beyond the rows listed. An open timer belongs to the lead's
+    current owner (a reassignment hands the running timers over, as the SLA clock does), not to
+    the owner it started with."""
     open_timers = (await conn.execute(text("""
         SELECT t.lead_id, t.metric, coalesce(t.tier, l.tier) AS tier, coalesce(l.owner_id, t.owner_id) AS owner_id,
                t.due_at, t.policy_id
@@ -302,9 +304,17 @@ async def board_data(conn: AsyncConnection, now: datetime, open_limit: int = 25)
         SELECT t.lead_id, t.metric, coalesce(t.tier, l.tier) AS tier, t.owner_id, t.breached_at, t.root_cause
         FROM reporting.sla_timers t LEFT JOIN reporting.leads l ON l.lead_id = t.lead_id
         WHERE t.state = 'breached' AND t.breached_at >= :start AND t.breached_at < :end
-        ORDER BY t.breached_at DESC LIMIT 50"""), {"start": day_start, "end": day_start + timedelta(days=1)}
-    )).mappings().all()
+        ORDER BY t.breached_at DESC LIMIT :limit"""),
+        {"start": day_start, "end": day_start + timedelta(days=1), "limit": breach_limit})).mappings().all()
+    # The rows above are capped; the headings count them all (a day of 60 breaches is not 50).
+    totals = (await conn.execute(text("""
+        SELECT count(*) FILTER (WHERE state = 'open' AND due_at IS NOT NULL) AS open_total,
+               count(*) FILTER (WHERE state = 'breached' AND breached_at >= :start AND breached_at < :end)
+                   AS breaches_today
+        FROM reporting.sla_timers WHERE state IN ('open', 'breached')"""),
+        {"start": day_start, "end": day_start + timedelta(days=1)})).mappings().one()
     compliance = await sla_report(conn, Period(now - timedelta(days=7), now + timedelta(seconds=1)),
                                   "tier", "first_response")
     return {"open": [dict(r) for r in open_timers], "breaches": [dict(r) for r in breaches],
+            "open_total": totals["open_total"], "breaches_today": totals["breaches_today"],
             "compliance": compliance}

@@ -31,14 +31,14 @@ def facts(lead_id: str, **changes: Any) -> dict[str, Any]:
             "first_assigned_at": utc_iso(T0 + timedelta(seconds=2)), "reassignments": 0, "queued_at": None,
             "dequeued_at": None, "first_touch_actor": None, "meeting_booked_at": None,
             "disposition_status": None, "disposition_reason": None, "dispositioned_at": None, "breached": False,
-            **changes}
+            "first_team_id": "sdr", **changes}
 
 
 def a_timer(lead_id: str, sla_id: str | None = None, metric: str = "first_response", **changes: Any) -> dict[str, Any]:
     return {"sla_id": sla_id or new_id("sla"), "lead_id": lead_id, "metric": metric, "policy_id": "office",
             "tier": "A", "owner_id": "alice", "state": "open", "started_at": T0, "due_at": T0 + timedelta(minutes=5),
             "met_at": None, "breached_at": None, "root_cause": None, "cancel_reason": None, "responded_at": None,
-            "ttfr_seconds": None, "ttfr_business_seconds": None, "updated_at": T0, **changes}
+            "ttfr_seconds": None, "ttfr_business_seconds": None, "updated_at": T0, "team_id": "sdr", **changes}
 
 
 class ReadModelStoreContract:

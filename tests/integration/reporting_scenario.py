@@ -242,8 +242,9 @@ def facts(s: Scenario) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
                 t.update(breached_at=_at(d["breached_at"]), root_cause=d["root_cause"])
     for t in timers.values():
         touches = sorted(leads[t["lead"]]["touches"])
-        responded = t.get("met_at") or next((at for at, *_ in touches if at >= t["started"] - timedelta(minutes=5)),
-                                            None)
+        # A cancelled timer ended unanswered: a later touch is no response to it.
+        responded = None if t["state"] == "cancelled" else t.get("met_at") or next(
+            (at for at, *_ in touches if at >= t["started"] - timedelta(minutes=5)), None)
         t["ttfr"] = None if responded is None else (responded - t["started"]).total_seconds()
         calendar = OFFICE if t["policy"] == "office" else None
         t["ttfr_business"] = None if responded is None else (

@@ -250,6 +250,18 @@ async def test_csv_is_chosen_by_the_accept_headers_weights(projected: Projected,
     assert response.headers["content-type"].startswith("text/csv" if csv_wanted else "application/json")
 
 
+@pytest.mark.parametrize("name", ["sla", "routing", "dispositions", "breaches"])
+async def test_a_report_says_it_varies_by_accept_so_no_cache_serves_csv_for_json(projected: Projected,
+                                                                                  name: str) -> None:
+    """One URL, two representations chosen by Accept (RFC 9110 12.5.5): without `Vary: Accept` a
+    browser or proxy cache may hand a dashboard the CSV a spreadsheet asked for, or the reverse."""
+    for accept in ("application/json", "text/csv"):
+        response = await projected.client.get(f"/v1/reports/{name}", params={"group_by": "tier"},
+                                              headers={"Accept": accept})
+        assert response.status_code == 200
+        assert "accept" in {v.strip().lower() for v in response.headers.get("vary", "").split(",")}, accept
+
+
 async def test_an_empty_period_is_an_empty_report_and_its_csv_still_has_the_header(projected: Projected) -> None:
     params = {"from": "1999-01-01T00:00:00Z", "to": "1999-01-02T00:00:00Z", "group_by": "owner"}
     assert (await projected.client.get("/v1/reports/sla", params=params)).json() == {"rows": []}

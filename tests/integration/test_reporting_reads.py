@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.reporting.bootstrap import bootstrap
 from services.reporting.replay import rebuild
-from services.reporting.tables import timeline
+from services.reporting.tables import sla_timers, timeline
 from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
@@ -424,3 +424,74 @@ async def test_each_timeline_entry_names_the_submission_that_started_its_chain(
         ("lead.received", first.id),
         ("lead.assigned", first.id),
     ]
+
+
+def with_data(published: tuple[str, CloudEvent], **data: Any) -> tuple[str, CloudEvent]:
+    topic, e = published
+    return topic, e.model_copy(update={"data": {**e.data, **data}})
+
+
+def touched(lead_id: str, at: datetime, actor: str, type_: str = "email") -> tuple[str, CloudEvent]:
+    return TOPIC_INTAKE, event("activity.recorded", lead_id, at, "intake", activity_id=str(uuid.uuid4()),
+                               type=type_, actor=actor, occurred_at=utc_iso(at))
+
+
+async def test_a_lead_upgraded_to_another_tier_counts_its_first_response_once(reporting: Reporting) -> None:
+    """A tier change cancels the first_response timer (policy_changed) and starts its successor
+    from the same clock start. The answer meets the successor; the cancelled timer must not count
+    it again in the old tier's (and the week's) time to first response."""
+    lead_id = f"upgraded-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=7)
+    old = with_data(sla_started(lead_id, t, "first_response", "alice", timedelta(days=1)), tier="C",
+                    policy_id="day")
+    cancelled = TOPIC_SLA, event("sla.cancelled", lead_id, t + timedelta(seconds=5), "sla_clock",
+                                 **timer_fields(old[1].data), reason="policy_changed")
+    new = with_data(sla_started(lead_id, t + timedelta(seconds=5), "first_response", "alice",
+                                timedelta(minutes=5)), started_at=utc_iso(t), due_at=utc_iso(t + timedelta(minutes=5)))
+    answer = t + timedelta(minutes=2)
+    await reporting.publish(received(lead_id, t), assigned(lead_id, t, "alice"), old, cancelled, new,
+                            touched(lead_id, answer, "alice"), sla_met(new[1], answer))
+
+    by_tier = {row["tier"]: row for row in (await reporting.client.get(
+        "/v1/reports/sla", params={"group_by": "tier", **window(t)})).json()["rows"]}
+    assert (by_tier["C"]["cancelled"], by_tier["C"]["ttfr_p50_seconds"], by_tier["C"]["ttfr_p90_seconds"]) \
+        == (1, None, None)
+    assert (by_tier["A"]["met"], by_tier["A"]["ttfr_p50_seconds"]) == (1, 120.0)
+    [week] = (await reporting.client.get("/v1/reports/sla", params={"group_by": "week", **window(t)})).json()["rows"]
+    # One answer in the week: p50 and p90 of one value, not of the same value twice.
+    assert (week["started"], week["cancelled"], week["met"]) == (2, 1, 1)
+    async with reporting.engine.connect() as conn:
+        answers = await conn.scalar(select(func.count()).select_from(sla_timers).where(
+            sla_timers.c.lead_id == lead_id, sla_timers.c.ttfr_seconds.is_not(None)))
+    assert answers == 1
+
+
+async def test_reports_by_team_count_a_lead_moved_to_another_team_where_its_owner_was(reporting: Reporting) -> None:
+    """alice (sdr) met the first response, then the lead went to carol in team ae: the SLA report
+    by team counted alice's met SLA for ae (the lead's team now), and the routing report by team
+    counted the lead's routing (first owner alice's) for ae too, while by owner both said alice."""
+    lead_id = f"moved-team-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=8)
+    first_response = sla_started(lead_id, t, "first_response", "alice", timedelta(minutes=5))
+    qualification = sla_started(lead_id, t, "qualification", "alice", timedelta(days=7))
+    answer = t + timedelta(minutes=1)
+    await reporting.publish(received(lead_id, t), assigned(lead_id, t, "alice"), first_response, qualification,
+                            touched(lead_id, answer, "alice"), sla_met(first_response[1], answer))
+    await reporting.publish(with_data(reassigned(lead_id, t + timedelta(hours=1), "alice", "carol"), team_id="ae"))
+
+    async def by_team(name: str, **params: str) -> dict:
+        response = await reporting.client.get(f"/v1/reports/{name}", params={"group_by": "team", **window(t), **params})
+        assert response.status_code == 200, response.text
+        return {row["team"]: row for row in response.json()["rows"]}
+
+    first = await by_team("sla")
+    assert set(first) == {"sdr"} and (first["sdr"]["met"], first["sdr"]["ttfr_p50_seconds"]) == (1, 60.0)
+    open_now = await by_team("sla", metric="qualification")  # the running timer moved with the lead
+    assert set(open_now) == {"ae"} and open_now["ae"]["open"] == 1
+    routing = await by_team("routing")
+    assert set(routing) == {"sdr"} and (routing["sdr"]["touched_by_first_owner"], routing["sdr"]["reassigned"]) == (1, 1)
+    # The lead list filters by the team that has the lead now.
+    listed = (await reporting.client.get("/v1/leads", params={"team_id": "ae", **window(t)})).json()["leads"]
+    assert [lead["lead_id"] for lead in listed] == [lead_id]
+    verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
+    assert not verified.differences

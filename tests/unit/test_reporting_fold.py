@@ -131,6 +131,16 @@ def test_an_unanswered_timer_has_no_time_to_first_response() -> None:
     assert with_response(fold_timer(None, sla("started")), None, None)["ttfr_seconds"] is None
 
 
+def test_a_cancelled_timer_has_no_time_to_first_response_though_the_lead_is_answered_later() -> None:
+    """A tier change cancels the timer (policy_changed) and its successor, from the same clock
+    start, is the one the answer meets: the cancelled one counted the same answer again, under the
+    old tier and policy (a lead upgraded from C to A was in tier C's time to first response)."""
+    for reason in ("policy_changed", "disqualified", "merged"):
+        cancelled = fold_timer(fold_timer(None, sla("started")), sla("cancelled", reason=reason))
+        answered = with_response(cancelled, NOW + timedelta(minutes=2), None)
+        assert answered["ttfr_seconds"] is None and answered["ttfr_business_seconds"] is None
+
+
 def test_reassignment_events_in_any_order_leave_the_highest_assignment_as_owner() -> None:
     reassigned = event("lead.reassigned", from_owner_id="alice", to_owner_id="bob", reason="r", assignment_no=2)
     for order in ((ASSIGNED, reassigned), (reassigned, ASSIGNED)):
@@ -194,3 +204,31 @@ def test_queue_meeting_and_disposition_facts_are_kept_for_the_reports() -> None:
     # The latest disposition stands, whatever order they arrived in.
     assert (state["disposition_status"], state["disposition_reason"]) == ("disqualified", "no_budget")
     assert state["status"] == "dispositioned"
+
+
+def test_time_in_queue_is_the_lead_s_first_stay_not_from_its_first_queueing_to_its_last_dequeue() -> None:
+    """Queued on arrival for a minute, then three days with alice, then queued again when she went
+    out of office: the lead's queue time read as three days and an hour (first lead.queued to the
+    last lead.dequeued), time it spent with an owner. The routing report's time in queue is the
+    first stay (as its time to assignment is the first assignment's)."""
+    def at(minutes: int, type_: str, **data) -> CloudEvent:
+        return CloudEvent(id=f"{type_}{minutes}", source="test", type=type_, subject="l1",
+                          time=NOW + timedelta(minutes=minutes),
+                          data={"lead_id": "l1", "tier": "A", "queue": "tier-A", "reason": "r", **data})
+    state = replay(RECEIVED, at(0, "lead.queued"), at(1, "lead.dequeued"), ASSIGNED,
+                   at(3 * 24 * 60, "lead.queued", from_owner_id="alice", assignment_no=2),
+                   at(3 * 24 * 60 + 60, "lead.dequeued", assignment_no=2))
+    assert (state["queued_at"], state["dequeued_at"]) == ("2026-11-17T09:00:00Z", "2026-11-17T09:01:00Z")
+
+
+def test_an_assignment_folded_before_the_lead_s_receipt_gives_the_lead_facts_it_carries() -> None:
+    """CONTRACT: lead.assigned carries tier, source and received_at so a consumer can act before it
+    has seen lead.received (leads.routing may be read ahead of leads.intake). The lead read as
+    tier none, source none, and was missing from the lead list and the routing report until then."""
+    early = event("lead.assigned", owner_id="alice", team_id="sdr", assignment_no=1, method="round_robin",
+                  assigned_at="2026-11-17T09:00:01Z", tier="A", source="web", received_at="2026-11-17T09:00:00Z")
+    state = replay(early)
+    assert (state["tier"], state["source"], state["received_at"]) == ("A", "web", "2026-11-17T09:00:00Z")
+    upgraded = event("lead.updated", tier="B", changed={})
+    # What intake says wins once it comes, whatever the assignment said.
+    assert replay(early, RECEIVED)["tier"] == "A" and replay(RECEIVED, upgraded, early)["tier"] == "B"

@@ -126,3 +126,43 @@ async def test_a_run_with_a_redelivered_event_and_an_event_without_a_lead_folds_
     assert await project(store, [first, orphan, started("s1"), by_data], NO_CALENDARS) == 2
     assert store.sla_timers["s1"]["state"] == "open" and store.leads_by_id["l2"]["tier"] == "B"
     assert store.timeline["y"][0] == "l2"
+
+
+def assigned(owner: str, team: str, number: int, at: datetime, lead_id: str = "l1") -> CloudEvent:
+    kind = "lead.assigned" if number == 1 else "lead.reassigned"
+    return event(kind, lead_id, at, owner_id=owner, to_owner_id=owner, team_id=team, assignment_no=number,
+                 method="round_robin", assigned_at=at)
+
+
+def met(sla_id: str, at: datetime, owner: str = "alice") -> CloudEvent:
+    return event("sla.met", sla_id=sla_id, metric="first_response", policy_id="fast", tier="A", owner_id=owner,
+                 started_at=T0, due_at=T0 + timedelta(minutes=5), met_at=at)
+
+
+async def test_a_timer_stays_in_the_team_of_the_owner_who_held_it_when_the_lead_moves_to_another_team() -> None:
+    """The SLA report by team read the lead's current team: alice (sdr) met the SLA, the lead went
+    to carol (ae) an hour later, and the met timer counted for ae while the owner column said alice.
+    A running timer moves with the lead, to its new owner and team."""
+    store = InMemoryReadModels()
+    qualification = event("sla.started", sla_id="q1", metric="qualification", policy_id="fast", tier="A",
+                          owner_id="alice", started_at=T0, due_at=T0 + timedelta(days=7))
+    await project_all(store, received(), assigned("alice", "sdr", 1, T0), started("s1"), qualification,
+                      met("s1", T0 + timedelta(minutes=1)), assigned("carol", "ae", 2, T0 + timedelta(hours=1)))
+    assert (store.sla_timers["s1"]["owner_id"], store.sla_timers["s1"]["team_id"]) == ("alice", "sdr")
+    assert (store.sla_timers["q1"]["owner_id"], store.sla_timers["q1"]["team_id"]) == ("carol", "ae")
+    lead = store.leads_by_id["l1"]
+    # The lead's first team stays, as its first owner does (routing success is theirs).
+    assert (lead["team_id"], lead["first_owner_id"], lead["first_team_id"]) == ("ae", "alice", "sdr")
+
+
+async def test_a_timer_judged_before_its_assignment_arrived_takes_its_owner_s_team_when_it_does() -> None:
+    """leads.sla and leads.routing are read apart: the met may be folded before the assignment."""
+    for order in ("met first", "reassigned first"):
+        store = InMemoryReadModels()
+        judged = [started("s1"), met("s1", T0 + timedelta(minutes=1))]
+        routed = [assigned("alice", "sdr", 1, T0), assigned("carol", "ae", 2, T0 + timedelta(hours=1))]
+        if order == "reassigned first":
+            routed.reverse()
+        await project_all(store, received(), *judged, *routed)
+        assert store.sla_timers["s1"]["team_id"] == "sdr", order
+        assert store.leads_by_id["l1"]["first_team_id"] == "sdr", order
