@@ -250,8 +250,9 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
         else:
             continue
         await _apply(store, config, lead, row, step, event, now, rules)
-    if first_ever and rows and NEXT_ACTION in policy.metrics:
-        # The cadence of follow-ups starts at the first response.
+    if first_ever and rows and NEXT_ACTION in policy.metrics and not ends_cadence:
+        # The cadence of follow-ups starts at the first response, unless that response already
+        # ends it (a booked meeting, a disposition): no buyer is left to chase.
         await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
                          now)
 

@@ -191,3 +191,20 @@ async def test_a_receipt_handled_again_notes_nothing_new_and_starts_nothing() ->
     before = len(store.recorded)
     await handle(store, on_lead_received, receipt)
     assert len(store.recorded) == before
+
+
+async def test_a_first_response_that_books_a_meeting_starts_no_cadence_of_follow_ups() -> None:
+    """The cadence chases a buyer nobody has reached yet; a meeting booked with the first touch
+    has nothing left to chase, so no follow-up falls due, breaches and escalates to the manager."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    at = T0 + timedelta(minutes=1)
+    meeting = new_event("activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type="meeting", outcome="booked", actor="alice",
+        occurred_at=at))
+    await handle(store, on_activity, meeting)
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert timers["first_response"].state == "met"
+    assert "next_action" not in timers
+    assert await fire(store, T0 + timedelta(hours=2)) == 0
+
