@@ -123,7 +123,9 @@ async def on_lead_received(store: ClockStore, received: Received[LeadReceived], 
         return
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
-        await _start_all(store, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
+        # The owner an overtaking assignment noted: a timer started now is theirs, not nobody's.
+        await _start_all(store, config, version, row, policy, lead.received_at, row.owner_id, event, now, rules,
+                         "received")
 
 
 async def on_lead_assigned(store: ClockStore, received: Received[LeadAssigned], deps: SlaDeps) -> None:

@@ -208,3 +208,23 @@ async def test_a_first_response_that_books_a_meeting_starts_no_cadence_of_follow
     assert "next_action" not in timers
     assert await fire(store, T0 + timedelta(hours=2)) == 0
 
+
+async def test_a_timer_started_on_receipt_after_an_overtaking_assignment_belongs_to_the_assigned_owner() -> None:
+    """lead.assigned (leads.routing) can reach the clock before lead.received (leads.intake): a
+    timer that starts on receipt then must still name the owner, or its breach would blame nobody
+    (no_owner) and its escalation reach no owner or manager."""
+    config = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - {id: on-receipt, start_on: received, metrics: {first_response: {target: 5m, warn_at: []}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_assigned, assigned(lead_id)), (on_lead_received, received(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    [timer] = await store.timers(lead_id)
+    assert timer.owner_id == "alice"
+    assert store.recorded[-1][1].data["owner_id"] == "alice"
+    await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "owner_missed")
