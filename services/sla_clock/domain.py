@@ -293,7 +293,7 @@ def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCal
 def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: datetime, calendar: BusinessCalendar,
               *, ends_cadence: bool) -> Step:
     """A next_action touch: meets the due follow-up, then either the next one starts (due `target`
-    after this touch) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
+    after this touch; paused, while the lead is) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
     it met; the last of its `touches`, or its `within` window used up, cancels it as
     cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
     if timer.state == "open" and is_history(at, timer.started_at):
@@ -318,6 +318,8 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
                     (*outcomes, Cancelled("cadence_exhausted")))
     nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                       timer.tier, at, calendar, timer.step + 1)
+    if timer.state == "paused":  # the lead is paused: the next follow-up waits for the resume
+        return Step(replace(nxt, state="paused", paused_at=at), (*outcomes, Started(at), Paused(at)))
     return Step(nxt, (*outcomes, Started(at)))
 
 

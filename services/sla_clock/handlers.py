@@ -230,6 +230,9 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     first = counts(FIRST_RESPONSE)
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
+    # The lead is paused if any of its timers is (a response while paused meets its timer, which
+    # then no longer says so): a cadence that starts now starts paused too.
+    paused = any(row.state == "paused" for row in rows)
     if first and (lead.first_touch_at is None or at < lead.first_touch_at):
         await _note_lead(store, lead.lead_id, event, now, None, first_touch_at=at)
     for row in rows:
@@ -255,8 +258,10 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     if first_ever and rows and NEXT_ACTION in policy.metrics and not ends_cadence:
         # The cadence of follow-ups starts at the first response, unless that response already
         # ends it (a booked meeting, a disposition): no buyer is left to chase.
-        await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
-                         now)
+        cadence = await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at,
+                                   lead.owner_id, event, now)
+        if cadence is not None and paused:
+            await _apply(store, config, lead, cadence, pause(_timer(cadence), at), event, now, rules)
 
 
 async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], deps: SlaDeps) -> None:

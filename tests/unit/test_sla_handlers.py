@@ -228,3 +228,19 @@ sla_policies:
     await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))
     [timer] = await store.timers(lead_id)
     assert (timer.state, timer.root_cause) == ("breached", "owner_missed")
+
+
+async def test_a_first_response_made_while_the_lead_is_paused_starts_its_cadence_paused() -> None:
+    """Paused, then answered (the rep replies "talk after your holiday"): the response meets, and
+    the first follow-up waits for the resume rather than breaching while the lead is paused."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=1), type_="pause"))
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=2), type_="email"))
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert timers["first_response"].state == "met"
+    assert (timers["next_action"].state, timers["next_action"].next_fire_at) == ("paused", None)
+    assert await fire(store, T0 + timedelta(hours=3)) == 0
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(hours=3), type_="resume"))
+    [cadence] = [t for t in await store.timers(lead_id) if t.metric == "next_action"]
+    assert (cadence.state, cadence.due_at) == ("open", T0 + timedelta(hours=4))

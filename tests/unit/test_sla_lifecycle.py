@@ -147,6 +147,16 @@ def test_a_touch_after_a_missed_follow_up_starts_the_next_one() -> None:
     assert step.outcomes == (Started(at(75)),) and step.timer.step == 2 and step.timer.due_at == at(135)
 
 
+def test_a_follow_up_made_while_the_lead_is_paused_starts_the_next_one_paused() -> None:
+    """The lead is paused (the buyer asked for quiet): a touch meets the due follow-up, but the
+    next one waits for the resume instead of falling due, breaching and escalating meanwhile."""
+    paused = pause(timer("next_action", at(2)), at(10)).timer
+    step = follow_up(paused, POLICY, at(30), at(2), ALWAYS, ends_cadence=False)
+    assert step.outcomes == (Met(at(30)), Started(at(30)), Paused(at(30)))
+    assert (step.timer.step, step.timer.state, step.timer.next_fire_at) == (2, "paused", None)
+    assert resume(step.timer, at(100), ALWAYS).timer.due_at == at(160)  # a whole target from the resume
+
+
 def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() -> None:
     step = restart(timer(), POLICY, at(4), ALWAYS)
     assert step.outcomes == (Started(at(4)),) and step.timer.due_at == at(9) and step.timer.warned == ()
