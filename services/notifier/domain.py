@@ -69,6 +69,13 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
 
 
+def of_an_earlier_run(sla: dict[str, Any], sla_id: str, started_at: datetime) -> bool:
+    """Whether a chain's trigger (`sla`: its data) tells of an earlier run of the timer `sla_id`,
+    which has started again at `started_at` (reset on reassignment): its deadline no longer stands."""
+    started = _iso(sla.get("started_at"))
+    return sla.get("sla_id") == sla_id and started is not None and started != started_at
+
+
 def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:
     """Whether an sla.warning read at `now` comes too late: its deadline has passed, nothing is
     left to warn of."""
