@@ -45,10 +45,11 @@ class LeadFacts(WireModel):
 
 
 class OwnerChanged(WireModel):
-    """sla_clock.owner_changed: the lead has a new owner, who takes over its running timers."""
+    """sla_clock.owner_changed: the lead has a new owner, who takes over its running timers (None:
+    taken from its owner into the queue, nobody's until assigned again)."""
 
     lead_id: str
-    owner_id: str
+    owner_id: str | None
 
 
 class TimerRecord(WireModel):

@@ -164,6 +164,11 @@ async def on_lead_queued(store: ClockStore, received: Received[LeadQueued], deps
         "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
         "correlation_id": event.correlationid, "traceparent": event.traceparent,
     }, queued_reason=queued.reason)
+    if lead.owner_id is not None:
+        # Taken from its owner into the queue: they no longer have it, so a breach from here is
+        # the queue's (no_owner, capacity), not theirs to be blamed and escalated for.
+        await _set_owner(store, queued.lead_id, None, event, now)
+        lead = await store.lead(queued.lead_id)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
         await _start_all(store, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
@@ -680,8 +685,9 @@ async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: da
     return await store.lead(lead_id)
 
 
-async def _set_owner(store: ClockStore, lead_id: str, owner_id: str, cause: CloudEvent, now: datetime) -> None:
-    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed)."""
+async def _set_owner(store: ClockStore, lead_id: str, owner_id: str | None, cause: CloudEvent,
+                     now: datetime) -> None:
+    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed; None: to nobody)."""
     await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
                                   data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id))])

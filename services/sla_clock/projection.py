@@ -84,7 +84,7 @@ class _Staged:
         (self.known_timers if known else self.timers)[row["sla_id"]] = row
         self.sla_ids.setdefault(row["lead_id"], set()).add(row["sla_id"])
 
-    def change_owner(self, lead_id: str, owner_id: str) -> None:
+    def change_owner(self, lead_id: str, owner_id: str | None) -> None:
         """The lead and its live timers, as they stand at this point of the page, to `owner_id`."""
         lead = self.leads.get(lead_id) or self.known_leads.get(lead_id)
         if lead is not None:

@@ -11,6 +11,7 @@ from services.sla_clock.handlers import (
     fire_due,
     on_activity,
     on_lead_assigned,
+    on_lead_queued,
     on_lead_received,
     on_lead_updated,
 )
@@ -24,6 +25,7 @@ from shared.events import (
     Contact,
     Intent,
     LeadAssigned,
+    LeadQueued,
     LeadReceived,
     LeadUpdated,
     Received,
@@ -244,3 +246,23 @@ async def test_a_first_response_made_while_the_lead_is_paused_starts_its_cadence
     await handle(store, on_activity, activity(lead_id, T0 + timedelta(hours=3), type_="resume"))
     [cadence] = [t for t in await store.timers(lead_id) if t.metric == "next_action"]
     assert (cadence.state, cadence.due_at) == ("open", T0 + timedelta(hours=4))
+
+
+async def test_a_lead_taken_from_its_owner_and_queued_is_timed_as_nobodys() -> None:
+    """Rerouted away from its owner (out of office, a reassignment nobody else can take) into the
+    queue: the owner no longer has the lead, so its breach is the queue's (capacity here), not
+    owner_missed blamed on them, and its escalation does not go to them and their manager."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    at = T0 + timedelta(minutes=1)
+    await handle(store, on_lead_queued, new_event("lead.queued", service="router", lead_id=lead_id, time=at,
+                                                  data=LeadQueued(lead_id=lead_id, tier="A", queue="tier-A",
+                                                                  reason="at_capacity", assignment_no=2,
+                                                                  from_owner_id="alice")))
+    assert (await store.lead(lead_id)).owner_id is None
+    [timer] = await store.timers(lead_id)
+    assert timer.owner_id is None
+    await fire(store, T0 + timedelta(minutes=5))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "capacity")
+    assert store.recorded[-1][1].data["owner_id"] is None
