@@ -32,6 +32,7 @@ from shared.events import (
     CloudEvent,
     EscalationTriggered,
     LeadAssigned,
+    LeadQueued,
     LeadReassigned,
     LeadReceived,
     LeadUpdated,
@@ -129,6 +130,13 @@ async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], de
 
 async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned], deps: NotifierDeps) -> None:
     await _keep_facts(uow, received, deps, owner_id=received.data.to_owner_id)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
+
+
+async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: NotifierDeps) -> None:
+    if received.data.from_owner_id is not None:
+        # Taken from its owner into the queue: nobody's now, so its escalations do not go to them.
+        await _keep_facts(uow, received, deps, owner_id=None)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
@@ -283,6 +291,7 @@ HANDLERS = {
     LeadReceived: on_lead_received,
     LeadAssigned: on_lead_assigned,
     LeadReassigned: on_lead_reassigned,
+    LeadQueued: on_lead_queued,
     LeadUpdated: on_lead_updated,
     ActivityRecorded: on_activity_recorded,
     **{PAYLOADS[t]: on_sla_escalating for t in ESCALATING_TYPES},

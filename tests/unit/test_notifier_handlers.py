@@ -24,6 +24,7 @@ from shared.events import (
     Contact,
     Intent,
     LeadAssigned,
+    LeadQueued,
     LeadReceived,
     LeadUpdated,
     NotificationFailed,
@@ -299,3 +300,21 @@ async def test_a_timer_started_again_stops_the_warning_chain_of_its_previous_run
     await consume_(sla_run_event("started", lead_id, reset, reset, owner_id="bob"), reset)
     assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
     assert await fire_due_steps(uow, WARN_CONFIG, NOW + timedelta(hours=1), store=store) == []
+
+
+async def test_a_lead_taken_from_its_owner_into_the_queue_escalates_to_lead_ops_not_the_former_owner() -> None:
+    """Rerouted away from alice, nobody could take it: its breach (no owner on it) must not reach
+    alice and her manager because the notifier still remembered her as the owner."""
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await consume(uow, received(lead_id))
+    await consume(uow, assigned(lead_id))
+    await consume(uow, new_event("lead.queued", service="router", lead_id=lead_id, time=NOW, data=LeadQueued(
+        lead_id=lead_id, tier="A", queue="tier-A", reason="no_eligible_owner", assignment_no=2,
+        from_owner_id="alice")))
+    breach = breached(lead_id)
+    breach.data.update(owner_id=None, root_cause="no_owner")
+    await consume(uow, breach)
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    hook = next(f for f in recorded(uow, StepFired) if f.deliveries and f.deliveries[0].channel == "hook")
+    assert [d.recipient for d in hook.deliveries] == ["ops"]
