@@ -604,8 +604,9 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
     owner_calendar = None
     if timer.owner_id:
         owner = config.owner(timer.owner_id)
-        if owner is not None and owner.calendar:
-            owner_calendar = BusinessCalendar(config.calendar(owner.calendar))
+        hours = config.owner_hours(owner) if owner is not None else None
+        if hours is not None:
+            owner_calendar = BusinessCalendar(hours)
     return root_cause(owner_id=timer.owner_id, contactable=bool(lead.contactable) if lead else True,
                       owner_calendar=owner_calendar, due_at=timer.due_at,
                       queued_reason=lead.queued_reason if lead else None)
@@ -652,8 +653,9 @@ def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: s
         return config.calendar(name).timezone if name else None
 
     owner = config.owner(owner_id) if owner_id else None
+    owner_hours = config.owner_hours(owner) if owner else None
     team = next((t for t in config.teams if t.id == lead.team_id), None)
-    return metric_zone(policy, metric, owner_zone=calendar_zone(owner.calendar if owner else None),
+    return metric_zone(policy, metric, owner_zone=owner_hours.timezone if owner_hours else None,
                        lead_zone=lead.timezone, team_zone=calendar_zone(team.calendar if team else None))
 
 

@@ -266,3 +266,35 @@ async def test_a_lead_taken_from_its_owner_and_queued_is_timed_as_nobodys() -> N
     [timer] = await store.timers(lead_id)
     assert (timer.state, timer.root_cause) == ("breached", "capacity")
     assert store.recorded[-1][1].data["owner_id"] is None
+
+
+async def test_a_breach_due_outside_the_owners_own_working_hours_is_off_hours_coverage() -> None:
+    """An owner's `working_hours` win over a calendar for routing and quiet hours; the clock read
+    only `calendar`, so a breach due at night for someone who works 09:00-17:00 was owner_missed."""
+    config = parse_config("""
+owners: [{id: alice, working_hours: {timezone: UTC, hours: {tue: ["10:00-17:00"]}}}]
+sla_policies:
+  - {id: demo, metrics: {first_response: {target: 5m, warn_at: []}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))  # Tue 09:05
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "off_hours_coverage")
+
+
+async def test_a_metric_read_in_the_owners_zone_takes_it_from_their_own_working_hours() -> None:
+    config = parse_config("""
+calendars: {biz: {timezone: UTC, hours: {tue: ["09:00-17:00"]}}}
+owners: [{id: alice, working_hours: {timezone: Asia/Tokyo, hours: {tue: ["09:00-17:00"]}}}]
+sla_policies:
+  - {id: demo, calendar: biz, metrics: {first_response: {target: 5m, warn_at: [], timezone: owner}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    [timer] = await store.timers(lead_id)
+    assert timer.timezone == "Asia/Tokyo"
