@@ -281,8 +281,10 @@ def cancel(timer: Timer, reason: str, at: datetime) -> Step:
 
 
 def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:
-    """on_reassign: reset: the new owner gets the whole target from the reassignment."""
-    if timer.state not in ("open", "paused"):
+    """on_reassign: reset: the new owner gets the whole target from the reassignment. Not once the
+    deadline has passed: the breach came first, and a fresh window would wipe it. It is left to be
+    judged (not breached here: a touch made in time may still be on its way on the intake topic)."""
+    if timer.state not in ("open", "paused") or (timer.state == "open" and at > timer.due_at):
         return Step(timer)
     fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                         timer.tier, at, calendar, timer.step)

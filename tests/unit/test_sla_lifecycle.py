@@ -18,6 +18,7 @@ from services.sla_clock.domain import (
     resume,
     root_cause,
     start_timer,
+    tick,
     touch,
     touch_counts,
 )
@@ -160,6 +161,16 @@ def test_a_follow_up_made_while_the_lead_is_paused_starts_the_next_one_paused() 
 def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() -> None:
     step = restart(timer(), POLICY, at(4), ALWAYS)
     assert step.outcomes == (Started(at(4)),) and step.timer.due_at == at(9) and step.timer.warned == ()
+
+
+def test_a_reset_after_an_unjudged_deadline_comes_too_late_the_breach_was_first() -> None:
+    """Like a pause or a cancel: a reassignment made after the deadline, read before the clock
+    judged it (its watermark lags by a second, an outage by minutes), must not wipe the breach
+    with a fresh window for the new owner. It is left to the clock to judge (a touch made in time
+    may still be on its way on another topic)."""
+    late = restart(timer(), POLICY, at(6), ALWAYS)
+    assert late.outcomes == () and late.timer.due_at == at(5)
+    assert tick(late.timer, at(6)).outcomes == (Breached(at(5)),)
 
 
 def test_a_paused_timer_reset_on_reassignment_stays_paused_until_resumed() -> None:
