@@ -50,6 +50,18 @@ class OwnerChanged(WireModel):
 
     lead_id: str
     owner_id: str | None
+    # When the change was made: a running timer whose deadline had passed by then stays its
+    # previous owner's (the miss was theirs; the clock may not have judged it yet). None: every
+    # live timer goes (events stored before this was kept).
+    as_of: datetime | None = None
+
+
+def keeps_owner(state: str, due_at: datetime | str, as_of: datetime | None) -> bool:
+    """Whether a live timer stays with its owner through an owner change made at `as_of`."""
+    if as_of is None or state != "open":
+        return False
+    due = datetime.fromisoformat(due_at) if isinstance(due_at, str) else due_at
+    return due < as_of
 
 
 class TimerRecord(WireModel):

@@ -689,10 +689,12 @@ async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: da
 
 async def _set_owner(store: ClockStore, lead_id: str, owner_id: str | None, cause: CloudEvent,
                      now: datetime) -> None:
-    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed; None: to nobody)."""
+    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed; None: to nobody),
+    but a timer already past its deadline when the change was made (`cause`'s time) stays with
+    the owner who missed it, until the clock judges it."""
     await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
-                                  data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id))])
+                                  data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id, as_of=cause.time))])
 
 
 # What the clock does with each payload class it consumes (bound to a store and SlaDeps in bootstrap).

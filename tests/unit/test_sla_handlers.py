@@ -12,6 +12,7 @@ from services.sla_clock.handlers import (
     on_activity,
     on_lead_assigned,
     on_lead_queued,
+    on_lead_reassigned,
     on_lead_received,
     on_lead_updated,
 )
@@ -26,6 +27,7 @@ from shared.events import (
     Intent,
     LeadAssigned,
     LeadQueued,
+    LeadReassigned,
     LeadReceived,
     LeadUpdated,
     Received,
@@ -298,3 +300,29 @@ sla_policies:
         await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
     [timer] = await store.timers(lead_id)
     assert timer.timezone == "Asia/Tokyo"
+
+
+async def test_a_deadline_missed_before_a_reassignment_is_the_previous_owners_breach() -> None:
+    """Due at 09:05, reassigned to bob at 09:05:30 before the clock judged the deadline (its watermark
+    lags; an outage holds it for minutes): the miss was alice's, so the breach names her, not bob,
+    who got the lead after it was already late. A timer not yet due goes to bob as before."""
+    config = parse_config("""
+owners: [{id: alice}, {id: bob}]
+sla_policies:
+  - id: demo
+    metrics: {first_response: {target: 5m, warn_at: []}, qualification: {target: 1h, warn_at: []}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    moved_at = T0 + timedelta(minutes=5, seconds=30)
+    moved = new_event("lead.reassigned", service="router", lead_id=lead_id, time=moved_at, data=LeadReassigned(
+        lead_id=lead_id, from_owner_id="alice", to_owner_id="bob", reason="manual", assignment_no=2))
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id)),
+                           (on_lead_reassigned, moved)):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert (timers["first_response"].owner_id, timers["qualification"].owner_id) == ("alice", "bob")
+    await fire_due(store, config, moved_at, seen=moved_at)
+    breach = store.recorded[-1][1]
+    assert (breach.type, breach.data["owner_id"], breach.data["root_cause"]) == ("sla.breached", "alice",
+                                                                                "owner_missed")
