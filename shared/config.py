@@ -760,6 +760,12 @@ class Config(Strict):
     def owner(self, owner_id: str) -> Owner | None:
         return next((o for o in self.owners if o.id == owner_id), None)
 
+    def owner_hours(self, owner: Owner) -> CalendarConfig | None:
+        """The owner's hours: their own `working_hours`, which win over their `calendar`."""
+        if owner.working_hours is not None:
+            return owner.working_hours
+        return self.calendar(owner.calendar) if owner.calendar else None
+
 
 def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list[str]:
     """What is valid but almost certainly not meant, by path; `config apply` shows these and applies

@@ -69,18 +69,28 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
 
 
+def of_an_earlier_run(sla: dict[str, Any], sla_id: str, started_at: datetime) -> bool:
+    """Whether a chain's trigger (`sla`: its data) tells of an earlier run of the timer `sla_id`,
+    which has started again at `started_at` (reset on reassignment): its deadline no longer stands."""
+    started = _iso(sla.get("started_at"))
+    return sla.get("sla_id") == sla_id and started is not None and started != started_at
+
+
 def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:
     """Whether an sla.warning read at `now` comes too late: its deadline has passed, nothing is
     left to warn of."""
     return due_at is not None and due_at <= now
 
 
-def roles_for(roles: list[str], root_cause: str | None) -> list[str]:
+def roles_for(roles: list[str], root_cause: str | None, *, owned: bool = True) -> list[str]:
     """A breach the system caused (`system_delay`) is lead ops' to fix, not the owner's:
-    owner and manager give way to lead ops."""
-    if root_cause != "system_delay":
+    owner and manager give way to lead ops. So do they for a lead nobody owns (queued: its
+    breach is no_owner or capacity), who has neither: the step would reach nobody."""
+    if root_cause == "system_delay":
+        return ["lead_ops"]
+    if owned:
         return roles
-    return ["lead_ops"]
+    return list(dict.fromkeys("lead_ops" if role in ("owner", "manager") else role for role in roles))
 
 
 def recipients(config: Config, roles: list[str], owner_id: str | None) -> list[Recipient]:
@@ -117,7 +127,8 @@ def step_recipients(config: Config, policy_id: str, step: int, owner_id: str | N
     found = next((s for s in policy.steps if s.step == step), None) if policy else None
     if found is None:
         return [], []
-    return recipients(config, roles_for(list(found.notify), root_cause), owner_id), list(found.channels)
+    roles = roles_for(list(found.notify), root_cause, owned=owner_id is not None)
+    return recipients(config, roles, owner_id), list(found.channels)
 
 
 def triggered_event_id(escalation_id: str) -> str:

@@ -32,6 +32,7 @@ from shared.events import (
     CloudEvent,
     EscalationTriggered,
     LeadAssigned,
+    LeadQueued,
     LeadReassigned,
     LeadReceived,
     LeadUpdated,
@@ -39,6 +40,7 @@ from shared.events import (
     Received,
     SlaBreached,
     SlaEventData,
+    SlaStarted,
     SlaWarning,
     deterministic_id,
     new_event,
@@ -71,6 +73,7 @@ from .domain import (
     goes_to_digest,
     idempotency_key,
     is_stale_warning,
+    of_an_earlier_run,
     plan_steps,
     render,
     step_recipients,
@@ -130,6 +133,13 @@ async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned]
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
+async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: NotifierDeps) -> None:
+    if received.data.from_owner_id is not None:
+        # Taken from its owner into the queue: nobody's now, so its escalations do not go to them.
+        await _keep_facts(uow, received, deps, owner_id=None)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
+
+
 async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
     await _keep_facts(uow, received, deps, tier=received.data.tier)
     if received.data.reason == "opted_out":
@@ -182,6 +192,18 @@ async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData
         # nobody needs any more.
         await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now)
     await fan_out(uow, received.envelope, now, store=store)
+
+
+async def on_sla_started(uow: UnitOfWork, received: Received[SlaStarted], deps: NotifierDeps) -> None:
+    """A timer started again (reset on reassignment): the steps still to come of its previous
+    run's chains tell of a deadline that no longer stands, so they stop (those already due go, as
+    for a touch: whether the delivery loop had fired them yet must not decide it)."""
+    sla = received.data
+    if sla.started_at is not None:
+        started_at = sla.started_at
+        await _stop_lead_chains(uow, received, deps, lambda data: of_an_earlier_run(data, sla.sla_id, started_at),
+                                due_after=deps.now)
+    await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecorded], deps: NotifierDeps) -> None:
@@ -269,10 +291,12 @@ HANDLERS = {
     LeadReceived: on_lead_received,
     LeadAssigned: on_lead_assigned,
     LeadReassigned: on_lead_reassigned,
+    LeadQueued: on_lead_queued,
     LeadUpdated: on_lead_updated,
     ActivityRecorded: on_activity_recorded,
     **{PAYLOADS[t]: on_sla_escalating for t in ESCALATING_TYPES},
     **{PAYLOADS[t]: on_sla_chain_stopping for t in CHAIN_STOPPING_TYPES},
+    SlaStarted: on_sla_started,
     **{cls: on_notification for cls in PAYLOADS.values() if issubclass(cls, NotificationResult)},
 }
 
@@ -286,7 +310,7 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     # The SLAs whose chains may stop: met or cancelled, or breached (its warnings' steps).
     slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping
             or isinstance(r.data, SlaBreached)]
-    chains_may_stop = [r.data.lead_id for r in run if isinstance(r.data, ActivityRecorded)
+    chains_may_stop = [r.data.lead_id for r in run if isinstance(r.data, ActivityRecorded | SlaStarted)
                        or (isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out")]
     store = await run_store(uow.conn, leads, slas, chains_may_stop)
     await uow.load_versions(leads)

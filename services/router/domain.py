@@ -380,6 +380,10 @@ class RoutingState:
     account_owner: str | None = None  # owner of an open lead of the same company domain
 
 
+# How `eligibility` begins the reason of an owner who is full.
+FULL = ("at capacity", "daily cap reached")
+
+
 def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, config: Config,
                 now: datetime) -> str | None:
     """Why an owner cannot take the lead now, or None when they can."""
@@ -467,7 +471,10 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
                               if c.owner_id == picked.owner_id and c.eligible else c for c in candidates]
             return Decision(picked.owner_id, picked.team_id, rule.id, rule.method, "rule_match", tuple(candidates),
                             picked.cursor, weights=picked.weights)
-        reason = "no_eligible_owner"
+        # Every member full (capacity, daily cap) is a shortage of people, which the SLA clock
+        # blames a queued lead's breach on (root cause `capacity`); anything else is nobody eligible.
+        full = [c.why.startswith(FULL) for c in candidates if not c.eligible]
+        reason = "at_capacity" if full and all(full) else "no_eligible_owner"
         fallback = rule.fallback_owner or fallback
 
     rule_id = rule.id if rule else None

@@ -19,7 +19,7 @@ from shared.db import any_text
 from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
 
-from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, keeps_owner
 from .projection import LIVE, PROJECTION, TIMER_EVENTS, lead_rows, plain, timer_row
 from .tables import leads, open_timer_counts, timers
 
@@ -281,7 +281,7 @@ class InMemoryClockStore:
             self.lead_rows[change.lead_id]["owner_id"] = change.owner_id
             self._wrote("lead", change.lead_id)
         for r in self._of_lead(change.lead_id):
-            if r["state"] in LIVE:
+            if r["state"] in LIVE and not keeps_owner(r["state"], r["due_at"], change.as_of):
                 r["owner_id"] = change.owner_id
                 self._wrote("timer", r["sla_id"])
 

@@ -45,10 +45,23 @@ class LeadFacts(WireModel):
 
 
 class OwnerChanged(WireModel):
-    """sla_clock.owner_changed: the lead has a new owner, who takes over its running timers."""
+    """sla_clock.owner_changed: the lead has a new owner, who takes over its running timers (None:
+    taken from its owner into the queue, nobody's until assigned again)."""
 
     lead_id: str
-    owner_id: str
+    owner_id: str | None
+    # When the change was made: a running timer whose deadline had passed by then stays its
+    # previous owner's (the miss was theirs; the clock may not have judged it yet). None: every
+    # live timer goes (events stored before this was kept).
+    as_of: datetime | None = None
+
+
+def keeps_owner(state: str, due_at: datetime | str, as_of: datetime | None) -> bool:
+    """Whether a live timer stays with its owner through an owner change made at `as_of`."""
+    if as_of is None or state != "open":
+        return False
+    due = datetime.fromisoformat(due_at) if isinstance(due_at, str) else due_at
+    return due < as_of
 
 
 class TimerRecord(WireModel):
@@ -280,8 +293,10 @@ def cancel(timer: Timer, reason: str, at: datetime) -> Step:
 
 
 def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:
-    """on_reassign: reset: the new owner gets the whole target from the reassignment."""
-    if timer.state not in ("open", "paused"):
+    """on_reassign: reset: the new owner gets the whole target from the reassignment. Not once the
+    deadline has passed: the breach came first, and a fresh window would wipe it. It is left to be
+    judged (not breached here: a touch made in time may still be on its way on the intake topic)."""
+    if timer.state not in ("open", "paused") or (timer.state == "open" and at > timer.due_at):
         return Step(timer)
     fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                         timer.tier, at, calendar, timer.step)
@@ -293,7 +308,7 @@ def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCal
 def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: datetime, calendar: BusinessCalendar,
               *, ends_cadence: bool) -> Step:
     """A next_action touch: meets the due follow-up, then either the next one starts (due `target`
-    after this touch) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
+    after this touch; paused, while the lead is) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
     it met; the last of its `touches`, or its `within` window used up, cancels it as
     cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
     if timer.state == "open" and is_history(at, timer.started_at):
@@ -318,6 +333,8 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
                     (*outcomes, Cancelled("cadence_exhausted")))
     nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                       timer.tier, at, calendar, timer.step + 1)
+    if timer.state == "paused":  # the lead is paused: the next follow-up waits for the resume
+        return Step(replace(nxt, state="paused", paused_at=at), (*outcomes, Started(at), Paused(at)))
     return Step(nxt, (*outcomes, Started(at)))
 
 

@@ -123,7 +123,9 @@ async def on_lead_received(store: ClockStore, received: Received[LeadReceived], 
         return
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None:
-        await _start_all(store, config, version, row, policy, lead.received_at, None, event, now, rules, "received")
+        # The owner an overtaking assignment noted: a timer started now is theirs, not nobody's.
+        await _start_all(store, config, version, row, policy, lead.received_at, row.owner_id, event, now, rules,
+                         "received")
 
 
 async def on_lead_assigned(store: ClockStore, received: Received[LeadAssigned], deps: SlaDeps) -> None:
@@ -162,6 +164,11 @@ async def on_lead_queued(store: ClockStore, received: Received[LeadQueued], deps
         "tier": queued.tier, "source": "unknown", "contactable": True, "received_at": event.time,
         "correlation_id": event.correlationid, "traceparent": event.traceparent,
     }, queued_reason=queued.reason)
+    if lead.owner_id is not None:
+        # Taken from its owner into the queue: they no longer have it, so a breach from here is
+        # the queue's (no_owner, capacity), not theirs to be blamed and escalated for.
+        await _set_owner(store, queued.lead_id, None, event, now)
+        lead = await store.lead(queued.lead_id)
     policy = select_policy(config, lead.tier, lead.source)
     if policy is not None and lead.owner_id is None:
         await _start_all(store, config, version, lead, policy, lead.received_at, None, event, now, rules, None)
@@ -228,6 +235,9 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     first = counts(FIRST_RESPONSE)
     ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
+    # The lead is paused if any of its timers is (a response while paused meets its timer, which
+    # then no longer says so): a cadence that starts now starts paused too.
+    paused = any(row.state == "paused" for row in rows)
     if first and (lead.first_touch_at is None or at < lead.first_touch_at):
         await _note_lead(store, lead.lead_id, event, now, None, first_touch_at=at)
     for row in rows:
@@ -250,10 +260,13 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
         else:
             continue
         await _apply(store, config, lead, row, step, event, now, rules)
-    if first_ever and rows and NEXT_ACTION in policy.metrics:
-        # The cadence of follow-ups starts at the first response.
-        await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at, lead.owner_id, event,
-                         now)
+    if first_ever and rows and NEXT_ACTION in policy.metrics and not ends_cadence:
+        # The cadence of follow-ups starts at the first response, unless that response already
+        # ends it (a booked meeting, a disposition): no buyer is left to chase.
+        cadence = await _start_one(store, config, rows[0].policy_version, lead, policy, NEXT_ACTION, at,
+                                   lead.owner_id, event, now)
+        if cadence is not None and paused:
+            await _apply(store, config, lead, cadence, pause(_timer(cadence), at), event, now, rules)
 
 
 async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], deps: SlaDeps) -> None:
@@ -591,8 +604,9 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
     owner_calendar = None
     if timer.owner_id:
         owner = config.owner(timer.owner_id)
-        if owner is not None and owner.calendar:
-            owner_calendar = BusinessCalendar(config.calendar(owner.calendar))
+        hours = config.owner_hours(owner) if owner is not None else None
+        if hours is not None:
+            owner_calendar = BusinessCalendar(hours)
     return root_cause(owner_id=timer.owner_id, contactable=bool(lead.contactable) if lead else True,
                       owner_calendar=owner_calendar, due_at=timer.due_at,
                       queued_reason=lead.queued_reason if lead else None)
@@ -639,8 +653,9 @@ def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: s
         return config.calendar(name).timezone if name else None
 
     owner = config.owner(owner_id) if owner_id else None
+    owner_hours = config.owner_hours(owner) if owner else None
     team = next((t for t in config.teams if t.id == lead.team_id), None)
-    return metric_zone(policy, metric, owner_zone=calendar_zone(owner.calendar if owner else None),
+    return metric_zone(policy, metric, owner_zone=owner_hours.timezone if owner_hours else None,
                        lead_zone=lead.timezone, team_zone=calendar_zone(team.calendar if team else None))
 
 
@@ -672,11 +687,14 @@ async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: da
     return await store.lead(lead_id)
 
 
-async def _set_owner(store: ClockStore, lead_id: str, owner_id: str, cause: CloudEvent, now: datetime) -> None:
-    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed)."""
+async def _set_owner(store: ClockStore, lead_id: str, owner_id: str | None, cause: CloudEvent,
+                     now: datetime) -> None:
+    """The lead and its running timers go to `owner_id` (sla_clock.owner_changed; None: to nobody),
+    but a timer already past its deadline when the change was made (`cause`'s time) stays with
+    the owner who missed it, until the clock judges it."""
     await store.record([new_event(OWNER_CHANGED, service=SERVICE, lead_id=lead_id, time=now, cause=cause,
                                   event_id=deterministic_id(cause.id, OWNER_CHANGED, lead_id),
-                                  data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id))])
+                                  data=OwnerChanged.wire(lead_id=lead_id, owner_id=owner_id, as_of=cause.time))])
 
 
 # What the clock does with each payload class it consumes (bound to a store and SlaDeps in bootstrap).

@@ -52,7 +52,7 @@ from shared.db import any_text, insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
-from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord, keeps_owner
 from .tables import leads, open_timer_counts, timers
 
 SERVICE = "sla_clock"
@@ -84,14 +84,15 @@ class _Staged:
         (self.known_timers if known else self.timers)[row["sla_id"]] = row
         self.sla_ids.setdefault(row["lead_id"], set()).add(row["sla_id"])
 
-    def change_owner(self, lead_id: str, owner_id: str) -> None:
-        """The lead and its live timers, as they stand at this point of the page, to `owner_id`."""
+    def change_owner(self, lead_id: str, owner_id: str | None, as_of: datetime | None = None) -> None:
+        """The lead and its live timers, as they stand at this point of the page, to `owner_id`
+        (but those already past their deadline `as_of`: see `keeps_owner`)."""
         lead = self.leads.get(lead_id) or self.known_leads.get(lead_id)
         if lead is not None:
             self.leads[lead_id] = {**lead, "owner_id": owner_id}
         for sla_id in sorted(self.sla_ids.get(lead_id, ())):
             row = self.timers.get(sla_id) or self.known_timers[sla_id]
-            if row["state"] in LIVE:
+            if row["state"] in LIVE and not keeps_owner(row["state"], row["due_at"], as_of):
                 self.timers[sla_id] = {**row, "owner_id": owner_id}
 
     async def flush(self, conn: AsyncConnection) -> None:
@@ -161,7 +162,7 @@ async def _lead_noted(staged: _Staged, conn: AsyncConnection, event: CloudEvent)
 
 async def _owner_changed(staged: _Staged, conn: AsyncConnection, event: CloudEvent) -> None:
     change = OwnerChanged.model_validate(event.data)
-    staged.change_owner(change.lead_id, change.owner_id)
+    staged.change_owner(change.lead_id, change.owner_id, change.as_of)
 
 
 Applier = Callable[[_Staged, AsyncConnection, CloudEvent], Awaitable[None]]

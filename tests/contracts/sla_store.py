@@ -27,9 +27,9 @@ def lead_noted(lead_id: str, **facts: Any) -> CloudEvent:
                      data=LeadFacts(lead_id=lead_id, **values))
 
 
-def owner_changed(lead_id: str, owner_id: str) -> CloudEvent:
+def owner_changed(lead_id: str, owner_id: str | None, as_of: datetime | None = None) -> CloudEvent:
     return new_event(OWNER_CHANGED, service="sla_clock", lead_id=lead_id, time=T0,
-                     data=OwnerChanged(lead_id=lead_id, owner_id=owner_id))
+                     data=OwnerChanged(lead_id=lead_id, owner_id=owner_id, as_of=as_of))
 
 
 def timer_event(kind: str, lead_id: str, metric: str, *, sla_id: str | None = None, tier: str = "A",
@@ -109,6 +109,25 @@ class ClockStoreContract:
         assert (await store.lead(lead_id)).owner_id == "bob"
         assert {t.metric: t.owner_id for t in await store.timers(lead_id)} == {
             "first_response": "bob", "next_action": "bob", "qualification": "alice"}
+
+    async def test_a_running_timer_past_its_deadline_when_the_owner_changed_stays_the_previous_owners(
+            self, store) -> None:
+        lead_id = new_id()
+        await self.write_apart(store, [lead_noted(lead_id, owner_id="alice"),
+                                       timer_event("started", lead_id, "first_response", due_in=60),
+                                       timer_event("started", lead_id, "qualification", due_in=3600),
+                                       timer_event("paused", lead_id, "next_action", state="paused", due_in=60)])
+        # Apart: the Postgres store reads the stored rows (times typed), not the batch's own (text).
+        await self.write_apart(store, [owner_changed(lead_id, None, as_of=T0 + timedelta(seconds=90))])
+        assert (await store.lead(lead_id)).owner_id is None
+        assert {t.metric: t.owner_id for t in await store.timers(lead_id)} == {
+            "first_response": "alice", "qualification": None, "next_action": None}
+        # In one batch with the timers' own events (their rows as the events carry them).
+        other = new_id()
+        await store.record([lead_noted(other, owner_id="alice"), timer_event("started", other, "first_response",
+                                                                             due_in=60),
+                            owner_changed(other, "bob", as_of=T0 + timedelta(seconds=90))])
+        assert [t.owner_id for t in await store.timers(other)] == ["alice"]
 
     async def test_due_timers_are_the_open_ones_by_the_horizon_soonest_first(self, store) -> None:
         soon, later, paused = new_id(), new_id(), new_id()

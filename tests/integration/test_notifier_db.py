@@ -463,3 +463,33 @@ async def test_a_breach_supersedes_its_warnings_steps_and_a_warning_read_after_t
     await d.run_once()
     assert to(receiver, warned) == [(1, "alice"), (1, "ops")]  # no manager step from the warning
     assert to(receiver, late) == []
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
+async def test_a_timer_reset_on_reassignment_stops_the_warning_steps_of_its_previous_run(make_ctx, clock, receiver,
+                                                                                       http, batched):
+    """The warning told the owner; reassigned with on_reassign: reset, the new owner has the whole
+    target again, so the manager is not told 10 minutes later that the old window is running out."""
+    ctx = make_ctx("notifier", WARN_THEN_BREACH % (receiver.url, SECRET))
+    d = deliverer(ctx, clock, http)
+    lead_id = str(uuid.uuid4())
+    first_run = clock.now() - timedelta(minutes=4)
+    warning = warning_event(lead_id, clock.now(), clock.now() + timedelta(minutes=1), f"sla-{lead_id}")
+    warning.data["started_at"] = first_run.isoformat()
+    await consume(ctx, warning)
+    await d.run_once()
+    assert to(receiver, lead_id) == [(1, "alice")]
+    clock.advance(timedelta(minutes=1))
+    reset = new_event("sla.started", service="sla_clock", lead_id=lead_id, time=clock.now(),
+                      data=SLA_PAYLOADS["started"](lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response",
+                                                   policy_id="p", policy_version=1, owner_id="alice",
+                                                   started_at=clock.now(), due_at=clock.now() + timedelta(minutes=5)))
+    if batched:
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(reset)], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    else:
+        await consume(ctx, reset)
+    clock.advance(timedelta(minutes=10))
+    await d.run_once()
+    assert to(receiver, lead_id) == [(1, "alice")]

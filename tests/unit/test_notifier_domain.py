@@ -80,6 +80,18 @@ def test_a_breach_caused_by_the_system_goes_to_lead_ops_not_the_owner() -> None:
     assert roles_for(["owner"], None) == ["owner"]
 
 
+@pytest.mark.parametrize("root_cause", ["no_owner", "capacity", None])
+def test_a_step_for_a_lead_nobody_owns_goes_to_lead_ops_instead_of_the_missing_owner_and_manager(root_cause) -> None:
+    """A queued lead's breach (no_owner, capacity) or warning has no owner and so no manager: the
+    step would reach nobody (the first step of the usual policy is owner + manager), and the lead
+    nobody could take would wait unseen for the next step, or for ever with a one-step policy."""
+    people, channels = step_recipients(CONFIG, "breach", 1, None, root_cause)
+    assert [p.id for p in people] == ["ops", "maria"] and [p.role for p in people] == ["lead_ops", "lead_ops"]
+    assert channels == ["hook"]
+    # Owned again when the step fires (dequeued meanwhile): the step reaches the owner as planned.
+    assert [p.id for p in step_recipients(CONFIG, "breach", 1, "alice", root_cause)[0]] == ["alice", "maria"]
+
+
 def test_a_step_removed_from_the_configuration_reaches_nobody() -> None:
     assert step_recipients(CONFIG, "breach", 9, "alice", None) == ([], [])
     assert step_recipients(CONFIG, "gone", 1, "alice", None) == ([], [])

@@ -18,11 +18,13 @@ from services.notifier.domain import (
 from services.notifier.handlers import HANDLERS, NotifierDeps, fire_due_steps, internal
 from shared.config import parse_config
 from shared.events import (
+    SLA_PAYLOADS,
     Company,
     Consent,
     Contact,
     Intent,
     LeadAssigned,
+    LeadQueued,
     LeadReceived,
     LeadUpdated,
     NotificationFailed,
@@ -257,3 +259,62 @@ async def test_a_breach_stamped_ahead_of_the_notifiers_clock_is_planned_from_now
     await consume(uow, breached(str(uuid.uuid4()), NOW + timedelta(minutes=1)), NOW)
     [plan] = recorded(uow, EscalationsPlanned)
     assert min(s.due_at for s in plan.steps) == NOW
+
+
+WARN_CONFIG = parse_config("""
+owners: [{id: alice, manager_id: maria}, {id: bob, manager_id: maria}, {id: maria}]
+channels:
+  hook: {url: "http://127.0.0.1:9/hook", secret: "0123456789abcdef"}
+escalation_policies:
+  - id: warn
+    triggers: [sla.warning]
+    steps:
+      - {step: 1, notify: [owner], channels: [hook]}
+      - {step: 2, after: 10m, notify: [manager], channels: [hook]}
+""")
+
+
+def sla_run_event(kind: str, lead_id: str, now: datetime, started_at: datetime, owner_id: str = "alice"):
+    return new_event(f"sla.{kind}", service="sla_clock", lead_id=lead_id, time=now, data=SLA_PAYLOADS[kind](
+        lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
+        owner_id=owner_id, started_at=started_at, due_at=started_at + timedelta(hours=1),
+        percent=50 if kind == "warning" else None))
+
+
+async def test_a_timer_started_again_stops_the_warning_chain_of_its_previous_run() -> None:
+    """Reassigned with on_reassign: reset, the timer starts again with the whole target for the
+    new owner: the manager is not told 10 minutes later that the old window is half gone."""
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    started = NOW - timedelta(minutes=30)
+
+    async def consume_(event, now: datetime = NOW) -> None:
+        await handle_event(HANDLERS, uow, event, NotifierDeps(WARN_CONFIG, now, store=lambda _: uow.store))
+
+    await consume_(sla_run_event("started", lead_id, started, started))
+    await consume_(sla_run_event("warning", lead_id, NOW, started))
+    assert await fire_due_steps(uow, WARN_CONFIG, NOW, store=store) == [1]
+    await consume_(sla_run_event("started", lead_id, started, started), NOW)  # the first run's, again: no restart
+    assert recorded(uow, ChainStopped) == []
+    reset = NOW + timedelta(minutes=2)
+    await consume_(sla_run_event("started", lead_id, reset, reset, owner_id="bob"), reset)
+    assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
+    assert await fire_due_steps(uow, WARN_CONFIG, NOW + timedelta(hours=1), store=store) == []
+
+
+async def test_a_lead_taken_from_its_owner_into_the_queue_escalates_to_lead_ops_not_the_former_owner() -> None:
+    """Rerouted away from alice, nobody could take it: its breach (no owner on it) must not reach
+    alice and her manager because the notifier still remembered her as the owner."""
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await consume(uow, received(lead_id))
+    await consume(uow, assigned(lead_id))
+    await consume(uow, new_event("lead.queued", service="router", lead_id=lead_id, time=NOW, data=LeadQueued(
+        lead_id=lead_id, tier="A", queue="tier-A", reason="no_eligible_owner", assignment_no=2,
+        from_owner_id="alice")))
+    breach = breached(lead_id)
+    breach.data.update(owner_id=None, root_cause="no_owner")
+    await consume(uow, breach)
+    await fire_due_steps(uow, CONFIG, NOW, store=store)
+    hook = next(f for f in recorded(uow, StepFired) if f.deliveries and f.deliveries[0].channel == "hook")
+    assert [d.recipient for d in hook.deliveries] == ["ops"]

@@ -87,6 +87,25 @@ def test_queue_when_nobody_can_take_it() -> None:
     assert decision.owner_id is None and decision.method == "queue"
 
 
+def test_a_lead_queued_because_every_candidate_is_full_says_at_capacity() -> None:
+    """The SLA clock blames a queued lead's breach on `capacity` only when the queue reason names
+    capacity: a team whose every member is at capacity or at their daily cap is that case, and
+    a team away or off hours is not."""
+    config = parse_config("""
+owners: [{id: a, capacity: 1}, {id: b, daily_cap: 2}, {id: c, status: away}]
+teams: [{id: full, members: [a, b]}, {id: mixed, members: [a, c]}]
+routing:
+  rules:
+    - {id: full-team, match: {tiers: [A]}, team: full}
+    - {id: mixed-team, team: mixed}
+""")
+    s = state(config, open_leads={"a": 1}, today={"b": 2})
+    full = decide(config, lead(tier="A"), s, NOW)
+    assert (full.owner_id, full.method, full.reason) == (None, "queue", "at_capacity")
+    mixed = decide(config, lead(tier="B"), s, NOW)
+    assert (mixed.owner_id, mixed.reason) == (None, "no_eligible_owner")
+
+
 def test_the_fallback_owner_must_be_eligible_like_anyone_else() -> None:
     boss_away = effective_owner(CONFIG.owner("boss"), {"status": "away"})
     s = state()

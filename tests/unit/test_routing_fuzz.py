@@ -75,7 +75,7 @@ def assert_one_decision(config: Config, decision) -> None:
         assert decision.owner_id in OWNERS
     else:
         assert decision.method == "queue"
-        assert decision.reason in ("no_matching_rule", "missing_data", "no_eligible_owner")
+        assert decision.reason in ("no_matching_rule", "missing_data", "no_eligible_owner", "at_capacity")
 
 
 @fuzz(60)

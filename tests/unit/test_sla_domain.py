@@ -8,8 +8,11 @@ from services.sla_clock.domain import (
     Timer,
     Warned,
     compute_deadline,
+    pause,
+    resume,
     root_cause,
     select_policy,
+    start_timer,
     tick,
     touch,
     warning_schedule,
@@ -109,3 +112,45 @@ def test_first_matching_policy_applies() -> None:
     assert select_policy(config, "A", "web").id == "web-a"
     assert select_policy(config, "A", "chat").id == "any-a"
     assert select_policy(config, "C", "web") is None
+
+
+LONDON_OFFICE = {d: ["09:00-17:30"] for d in ("mon", "tue", "wed", "thu", "fri")}
+LONDON_POLICY = parse_config("""
+calendars:
+  london: {timezone: Europe/London}
+sla_policies:
+  - {id: p, calendar: london, metrics: {first_response: {target: 4h, warn_at: [25, 50, 75]}}}
+""").sla_policies[0]
+
+
+def test_a_timers_warnings_and_deadline_skip_a_run_of_holidays_and_the_weekend_between() -> None:
+    """Christmas in London: Thu 24 and Fri 25 Dec closed, then the weekend, then the Monday
+    substitute holiday (28 Dec): a lead in on Wednesday 16:30 has an hour that day, and the rest
+    of its four business hours from Tuesday 09:00. Each warning is its share of business time."""
+    london = BusinessCalendar(CalendarConfig(timezone="Europe/London", hours=LONDON_OFFICE,
+                                             holidays=["2026-12-24", "2026-12-25", "2026-12-28"]))
+    start = datetime(2026, 12, 23, 16, 30, tzinfo=UTC)  # GMT: London time is UTC
+    t = start_timer("s", "l", "first_response", LONDON_POLICY, 1, "alice", "A", start, london)
+    assert [(pct, when) for pct, when in t.warnings] == [
+        (25, datetime(2026, 12, 23, 17, 30, tzinfo=UTC)),  # closing time on Wednesday: the first hour used
+        (50, datetime(2026, 12, 29, 10, 0, tzinfo=UTC)),
+        (75, datetime(2026, 12, 29, 11, 0, tzinfo=UTC)),
+    ]
+    assert t.due_at == datetime(2026, 12, 29, 12, 0, tzinfo=UTC)
+    # Nothing falls due over the holidays: a tick on Christmas Day finds only the 25% warning.
+    assert tick(t, datetime(2026, 12, 25, 12, 0, tzinfo=UTC)).outcomes == (Warned(25),)
+
+
+def test_a_timer_across_the_spring_forward_weekend_counts_business_hours_not_wall_hours() -> None:
+    """London moves to BST on Sunday 29 Mar 2026: Friday 16:30 GMT + 2 business hours is one hour
+    on Friday and one from Monday 09:00 BST (08:00Z), so 09:00Z (10:00Z if read in GMT); a pause
+    over the weekend (closed time) moves nothing."""
+    london = BusinessCalendar(CalendarConfig(timezone="Europe/London", hours=LONDON_OFFICE))
+    policy = LONDON_POLICY.model_copy(update={"metrics": {"first_response": LONDON_POLICY.metrics[
+        "first_response"].model_copy(update={"target": 7200.0, "warn_at": [50]})}})
+    start = datetime(2026, 3, 27, 16, 30, tzinfo=UTC)
+    t = start_timer("s", "l", "first_response", policy, 1, "alice", "A", start, london)
+    assert t.warnings == ((50, datetime(2026, 3, 27, 17, 30, tzinfo=UTC)),)
+    assert t.due_at == datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
+    paused = pause(t, datetime(2026, 3, 28, 10, 0, tzinfo=UTC)).timer
+    assert resume(paused, datetime(2026, 3, 30, 7, 59, tzinfo=UTC), london).timer.due_at == t.due_at

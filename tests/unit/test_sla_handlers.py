@@ -11,6 +11,8 @@ from services.sla_clock.handlers import (
     fire_due,
     on_activity,
     on_lead_assigned,
+    on_lead_queued,
+    on_lead_reassigned,
     on_lead_received,
     on_lead_updated,
 )
@@ -24,6 +26,8 @@ from shared.events import (
     Contact,
     Intent,
     LeadAssigned,
+    LeadQueued,
+    LeadReassigned,
     LeadReceived,
     LeadUpdated,
     Received,
@@ -191,3 +195,134 @@ async def test_a_receipt_handled_again_notes_nothing_new_and_starts_nothing() ->
     before = len(store.recorded)
     await handle(store, on_lead_received, receipt)
     assert len(store.recorded) == before
+
+
+async def test_a_first_response_that_books_a_meeting_starts_no_cadence_of_follow_ups() -> None:
+    """The cadence chases a buyer nobody has reached yet; a meeting booked with the first touch
+    has nothing left to chase, so no follow-up falls due, breaches and escalates to the manager."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    at = T0 + timedelta(minutes=1)
+    meeting = new_event("activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
+        lead_id=lead_id, activity_id=str(uuid.uuid4()), type="meeting", outcome="booked", actor="alice",
+        occurred_at=at))
+    await handle(store, on_activity, meeting)
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert timers["first_response"].state == "met"
+    assert "next_action" not in timers
+    assert await fire(store, T0 + timedelta(hours=2)) == 0
+
+
+async def test_a_timer_started_on_receipt_after_an_overtaking_assignment_belongs_to_the_assigned_owner() -> None:
+    """lead.assigned (leads.routing) can reach the clock before lead.received (leads.intake): a
+    timer that starts on receipt then must still name the owner, or its breach would blame nobody
+    (no_owner) and its escalation reach no owner or manager."""
+    config = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - {id: on-receipt, start_on: received, metrics: {first_response: {target: 5m, warn_at: []}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_assigned, assigned(lead_id)), (on_lead_received, received(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    [timer] = await store.timers(lead_id)
+    assert timer.owner_id == "alice"
+    assert store.recorded[-1][1].data["owner_id"] == "alice"
+    await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "owner_missed")
+
+
+async def test_a_first_response_made_while_the_lead_is_paused_starts_its_cadence_paused() -> None:
+    """Paused, then answered (the rep replies "talk after your holiday"): the response meets, and
+    the first follow-up waits for the resume rather than breaching while the lead is paused."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=1), type_="pause"))
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=2), type_="email"))
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert timers["first_response"].state == "met"
+    assert (timers["next_action"].state, timers["next_action"].next_fire_at) == ("paused", None)
+    assert await fire(store, T0 + timedelta(hours=3)) == 0
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(hours=3), type_="resume"))
+    [cadence] = [t for t in await store.timers(lead_id) if t.metric == "next_action"]
+    assert (cadence.state, cadence.due_at) == ("open", T0 + timedelta(hours=4))
+
+
+async def test_a_lead_taken_from_its_owner_and_queued_is_timed_as_nobodys() -> None:
+    """Rerouted away from its owner (out of office, a reassignment nobody else can take) into the
+    queue: the owner no longer has the lead, so its breach is the queue's (capacity here), not
+    owner_missed blamed on them, and its escalation does not go to them and their manager."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    at = T0 + timedelta(minutes=1)
+    await handle(store, on_lead_queued, new_event("lead.queued", service="router", lead_id=lead_id, time=at,
+                                                  data=LeadQueued(lead_id=lead_id, tier="A", queue="tier-A",
+                                                                  reason="at_capacity", assignment_no=2,
+                                                                  from_owner_id="alice")))
+    assert (await store.lead(lead_id)).owner_id is None
+    [timer] = await store.timers(lead_id)
+    assert timer.owner_id is None
+    await fire(store, T0 + timedelta(minutes=5))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "capacity")
+    assert store.recorded[-1][1].data["owner_id"] is None
+
+
+async def test_a_breach_due_outside_the_owners_own_working_hours_is_off_hours_coverage() -> None:
+    """An owner's `working_hours` win over a calendar for routing and quiet hours; the clock read
+    only `calendar`, so a breach due at night for someone who works 09:00-17:00 was owner_missed."""
+    config = parse_config("""
+owners: [{id: alice, working_hours: {timezone: UTC, hours: {tue: ["10:00-17:00"]}}}]
+sla_policies:
+  - {id: demo, metrics: {first_response: {target: 5m, warn_at: []}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))  # Tue 09:05
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.root_cause) == ("breached", "off_hours_coverage")
+
+
+async def test_a_metric_read_in_the_owners_zone_takes_it_from_their_own_working_hours() -> None:
+    config = parse_config("""
+calendars: {biz: {timezone: UTC, hours: {tue: ["09:00-17:00"]}}}
+owners: [{id: alice, working_hours: {timezone: Asia/Tokyo, hours: {tue: ["09:00-17:00"]}}}]
+sla_policies:
+  - {id: demo, calendar: biz, metrics: {first_response: {target: 5m, warn_at: [], timezone: owner}}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    [timer] = await store.timers(lead_id)
+    assert timer.timezone == "Asia/Tokyo"
+
+
+async def test_a_deadline_missed_before_a_reassignment_is_the_previous_owners_breach() -> None:
+    """Due at 09:05, reassigned to bob at 09:05:30 before the clock judged the deadline (its watermark
+    lags; an outage holds it for minutes): the miss was alice's, so the breach names her, not bob,
+    who got the lead after it was already late. A timer not yet due goes to bob as before."""
+    config = parse_config("""
+owners: [{id: alice}, {id: bob}]
+sla_policies:
+  - id: demo
+    metrics: {first_response: {target: 5m, warn_at: []}, qualification: {target: 1h, warn_at: []}}
+""")
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    moved_at = T0 + timedelta(minutes=5, seconds=30)
+    moved = new_event("lead.reassigned", service="router", lead_id=lead_id, time=moved_at, data=LeadReassigned(
+        lead_id=lead_id, from_owner_id="alice", to_owner_id="bob", reason="manual", assignment_no=2))
+    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id)),
+                           (on_lead_reassigned, moved)):
+        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    timers = {t.metric: t for t in await store.timers(lead_id)}
+    assert (timers["first_response"].owner_id, timers["qualification"].owner_id) == ("alice", "bob")
+    await fire_due(store, config, moved_at, seen=moved_at)
+    breach = store.recorded[-1][1]
+    assert (breach.type, breach.data["owner_id"], breach.data["root_cause"]) == ("sla.breached", "alice",
+                                                                                "owner_missed")

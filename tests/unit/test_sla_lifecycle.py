@@ -18,6 +18,7 @@ from services.sla_clock.domain import (
     resume,
     root_cause,
     start_timer,
+    tick,
     touch,
     touch_counts,
 )
@@ -147,9 +148,29 @@ def test_a_touch_after_a_missed_follow_up_starts_the_next_one() -> None:
     assert step.outcomes == (Started(at(75)),) and step.timer.step == 2 and step.timer.due_at == at(135)
 
 
+def test_a_follow_up_made_while_the_lead_is_paused_starts_the_next_one_paused() -> None:
+    """The lead is paused (the buyer asked for quiet): a touch meets the due follow-up, but the
+    next one waits for the resume instead of falling due, breaching and escalating meanwhile."""
+    paused = pause(timer("next_action", at(2)), at(10)).timer
+    step = follow_up(paused, POLICY, at(30), at(2), ALWAYS, ends_cadence=False)
+    assert step.outcomes == (Met(at(30)), Started(at(30)), Paused(at(30)))
+    assert (step.timer.step, step.timer.state, step.timer.next_fire_at) == (2, "paused", None)
+    assert resume(step.timer, at(100), ALWAYS).timer.due_at == at(160)  # a whole target from the resume
+
+
 def test_reset_on_reassignment_gives_the_whole_target_from_the_reassignment() -> None:
     step = restart(timer(), POLICY, at(4), ALWAYS)
     assert step.outcomes == (Started(at(4)),) and step.timer.due_at == at(9) and step.timer.warned == ()
+
+
+def test_a_reset_after_an_unjudged_deadline_comes_too_late_the_breach_was_first() -> None:
+    """Like a pause or a cancel: a reassignment made after the deadline, read before the clock
+    judged it (its watermark lags by a second, an outage by minutes), must not wipe the breach
+    with a fresh window for the new owner. It is left to the clock to judge (a touch made in time
+    may still be on its way on another topic)."""
+    late = restart(timer(), POLICY, at(6), ALWAYS)
+    assert late.outcomes == () and late.timer.due_at == at(5)
+    assert tick(late.timer, at(6)).outcomes == (Breached(at(5)),)
 
 
 def test_a_paused_timer_reset_on_reassignment_stays_paused_until_resumed() -> None:
