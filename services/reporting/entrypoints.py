@@ -92,13 +92,24 @@ def wants_csv(request: Request) -> bool:
 VARY = {"Vary": "Accept"}
 
 
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): sources and reasons come
+# from senders, and these files are opened in Excel by sales managers.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text value as a spreadsheet shows it verbatim: one that would start a formula gets a
+    leading apostrophe. Numbers (a negative one too) pass as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def report_response(request: Request, name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:
     if not wants_csv(request):
         return JSONResponse({"rows": rows}, headers=VARY)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in rows)
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="{name}.csv"', **VARY})
 

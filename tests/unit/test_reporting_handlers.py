@@ -5,8 +5,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from services.reporting.adapters import InMemoryReadModels
 from services.reporting.domain import fold_events
+from services.reporting.entrypoints import csv_cell
 from services.reporting.handlers import calendars, project
 from shared.config import parse_config
 from shared.events import CloudEvent, utc_iso
@@ -166,3 +169,12 @@ async def test_a_timer_judged_before_its_assignment_arrived_takes_its_owner_s_te
         await project_all(store, received(), *judged, *routed)
         assert store.sla_timers["s1"]["team_id"] == "sdr", order
         assert store.leads_by_id["l1"]["first_team_id"] == "sdr", order
+
+
+@pytest.mark.parametrize(("value", "cell"), [
+    ("=HYPERLINK(\"http://x\",\"y\")", "'=HYPERLINK(\"http://x\",\"y\")"), ("+1", "'+1"), ("-2+3", "'-2+3"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tcmd", "'\tcmd"), ("webinar", "webinar"), ("", ""), (-5, -5), (0.25, 0.25),
+    (None, None),
+])
+def test_a_csv_cell_that_a_spreadsheet_would_run_as_a_formula_is_shown_as_text(value, cell) -> None:
+    assert csv_cell(value) == cell
