@@ -141,12 +141,24 @@ _PLAIN_EMAIL = re.compile(
 
 
 def normalize_email(value: str) -> str:
-    """Lower-cased address; 'mailto:' and 'Name <addr>' wrappers dropped. ValueError if unusable."""
+    """Lower-cased address; 'mailto:' (with its '?subject=...') and 'Name <addr>' wrappers, a
+    trailing full stop or separator and spaces around the '@' dropped; of several addresses in
+    one field ('a@x.com; b@y.com', as CRM exports join them) the first usable. ValueError if none."""
     text = value.strip()
     match = re.search(r"<([^<>]+)>", text)
     if match:
         text = match.group(1)
-    text = re.sub(r"^mailto:", "", text, flags=re.IGNORECASE).strip()
+    if re.match(r"mailto:", text, flags=re.IGNORECASE):
+        text = text[len("mailto:"):].split("?", 1)[0]
+    text = re.sub(r"\s*@\s*", "@", text).strip().rstrip(".,;:").strip()
+    if text.count("@") > 1 and not text.startswith('"'):  # a quoted local part may hold an '@'
+        problem: ValueError | None = None
+        for part in re.split(r"[,;\s]+", text):
+            try:
+                return normalize_email(part)
+            except ValueError as exc:
+                problem = problem or exc
+        raise problem or ValueError("not a usable email address")
     if _PLAIN_EMAIL.fullmatch(text.lower()):
         return text.lower()
     try:
@@ -211,8 +223,28 @@ class Phone:
 def normalize_phone(value: str, region: str | None) -> Phone:
     """E.164 (extension apart); a national number is read in `region`. ValueError if it cannot be."""
     text = value.strip()
-    if region is None and text.startswith("00"):
-        text = "+" + text[2:]  # the international prefix most of the world dials
+    # '00' is the international prefix most of the world dials, typed after a '+' too ('+0044',
+    # '+00 44'). A number the region cannot read otherwise is read with it as '+' (no national
+    # number or country code starts so), so a US form's '0044 20 ...' is usable (the US dials
+    # abroad with 011); tried second, so a region's own prefix ('0011' in AU) still reads first.
+    abroad = re.sub(r"^\+?\s*0\s*0\s*(?=[1-9])", "+", text)
+    try:
+        number, kind = _parsed(text, region)
+    except ValueError:
+        if abroad == text:
+            raise
+        number, kind = _parsed(abroad, region)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if phonenumbers.is_number_type_geographical(kind, number.country_code):
+        zones = phone_timezones.time_zones_for_geographical_number(number)
+    else:
+        zones = phone_timezones.time_zones_for_number(number)
+    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
+    return Phone(e164, number.extension or None, zone)
+
+
+def _parsed(text: str, region: str | None) -> tuple[phonenumbers.PhoneNumber, int]:
+    """The number and its type; ValueError if it is no valid number read in `region`."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -225,13 +257,7 @@ def normalize_phone(value: str, region: str | None) -> Phone:
     if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         where = f" in {region}" if region and not text.startswith("+") else ""
         raise ValueError(f"is not a valid phone number{where}; kept as sent")
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if phonenumbers.is_number_type_geographical(kind, number.country_code):
-        zones = phone_timezones.time_zones_for_geographical_number(number)
-    else:
-        zones = phone_timezones.time_zones_for_number(number)
-    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
-    return Phone(e164, number.extension or None, zone)
+    return number, kind
 
 
 def dialable(value: str) -> bool:
@@ -673,6 +699,8 @@ class _Reader:
         self.attributes: dict[str, Any] = {}
         self.given: set[str] = set()
         self.read_from: dict[str, tuple[str, Any]] = {}  # "contact.email" -> (the key read, its value)
+        # "contact.email" -> (where in the body the value used was sent, as sent): nested or flat
+        self.sent_at: dict[str, tuple[tuple[str, ...], Any]] = {}
 
     def keep(self, path: tuple[str, ...], value: Any) -> None:
         """Keep an unknown field verbatim, nested under attributes as it was in the body. A name
@@ -742,6 +770,7 @@ class _Reader:
                 out[target] = text
                 self.given.add(f"{name}.{target}")
                 self.read_from[f"{name}.{target}"] = (str(key), item)
+                self.sent_at[f"{name}.{target}"] = ((name, str(key)), item)
             if isinstance(item, list) and len(item) > 1:
                 self.keep((name, str(key)), item)
         return out
@@ -808,6 +837,7 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
                 if text is not None:
                     raw[section][target] = text
                     r.given.add(f"{section}.{target}")
+                    r.sent_at[f"{section}.{target}"] = ((key,), value)
             elif value is not None and str(value).strip() not in ("", raw[section][target]):
                 r.keep((key,), value)  # the nested object's value is used; this one is kept
 
@@ -846,6 +876,12 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
     usable = False
     if email := raw.get("email"):
         usable = r.normalized(out, "email", "contact.email", normalize_email, email)
+        if usable and email.count("@") > 1 and not email.lstrip().startswith('"'):
+            # Several addresses in one field: the first usable one is the contact's; the field as
+            # sent (a list is kept already) keeps the others where the sender put them.
+            path, item = r.sent_at.get("contact.email", (("contact", "email"), email))
+            if not isinstance(item, list):
+                r.keep(path, item)
     if country := raw.get("country"):
         r.normalized(out, "country", "contact.country", normalize_country, country)
     phone_zone = None

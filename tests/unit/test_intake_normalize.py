@@ -442,3 +442,30 @@ def test_the_table_covers_every_kind_of_sender() -> None:
 def test_a_realistic_accepted_lead_keeps_its_timestamp_aware() -> None:
     sub = read({"contact": {"email": EMAIL}, "submitted_at": "2026-11-22T10:00:00Z"})
     assert sub.submitted_at == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("sent", "used"), [
+    ("ADA@Example.com.", "ada@example.com"),  # the sentence's full stop
+    ("ada@example.com;", "ada@example.com"),
+    ("ada @ example.com", "ada@example.com"),
+    ("mailto:ada@example.com?subject=Demo", "ada@example.com"),  # a pasted mailto link
+    ("ada@example.com; bob@example.com", "ada@example.com"),  # CRM exports join a contact's addresses
+    ("ada@example.com, bob@example.com", "ada@example.com"),
+    ("nope@; ada@example.com", "ada@example.com"),
+])
+def test_an_email_field_with_punctuation_or_several_addresses_is_usable_not_a_refusal(sent: str, used: str) -> None:
+    """A lead with only such an email was refused (422) though anyone could write to it."""
+    sub = read({"contact": {"email": sent}})
+    assert sub.contact.email == used and sub.warnings == []
+    if sent.count("@") > 1:  # the other addresses are kept, as sent
+        assert sub.attributes == {"contact": {"email": sent}}
+
+
+@pytest.mark.parametrize(("given", "region"), [
+    ("+00 44 20 7946 0958", None), ("+0044 20 7946 0958", None), ("0044 20 7946 0958", "US"),
+    ("0044-20-7946-0958", "JP"), ("+ 44 20 7946 0958", "DE"),
+])
+def test_a_00_international_prefix_is_read_wherever_the_number_is_read(given: str, region: str | None) -> None:
+    """'00' is how most of the world dials abroad, and form users type it after a '+' too: a
+    number with it was refused in a country that dials abroad otherwise (the US: 011)."""
+    assert normalize_phone(given, region).e164 == "+442079460958"
