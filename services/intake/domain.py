@@ -386,9 +386,12 @@ def dedupe(facts: DedupeFacts, contact: Contact, match_on: list[str]) -> Replay 
 # ---- updates ------------------------------------------------------------------------------
 
 
-def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) -> LeadUpdated | None:
+def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers,
+            score: float | None = None) -> LeadUpdated | None:
     """A repeat that ranks above the lead's tier (a demo request after a content download)
-    raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
+    raises it: lead.updated with the new intent and tier, and the repeat's score when higher
+    (what may have raised it: else the lead kept its old score, and the next PATCH re-tiered it
+    from that, back down). None if it does not rank higher."""
     if tiers.rank(tier) >= tiers.rank(lead.tier):  # the queue's rule too (shared/config.py)
         return None
     # One shape with PATCH's: a change per dotted field ("intent.type"), the repeat's intent
@@ -397,6 +400,9 @@ def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) ->
     changed: dict[str, dict[str, Any]] = {
         f"intent.{key}": {"old": before.get(key), "new": intent.get(key)}
         for key in sorted(set(before) | set(intent)) if before.get(key) != intent.get(key)}
+    old_score = lead.record.get("score")
+    if score is not None and (old_score is None or score > old_score):  # a higher score never lowers a tier
+        changed["score"] = {"old": old_score, "new": score}
     changed["tier"] = {"old": lead.tier, "new": tier}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",
                        contactable=lead.record.get("contactable", True))
