@@ -396,13 +396,18 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
     today = state.today.get(owner.id, 0)
     if owner.daily_cap is not None and today >= owner.daily_cap:
         return f"daily cap reached ({today}/{owner.daily_cap})"
-    if owner.languages and lead.language and lead.language.split("-")[0] not in owner.languages:
+    if owner.languages and lead.language and _primary(lead.language) not in {_primary(t) for t in owner.languages}:
         return f"does not speak {lead.language}"
     calendar = owner_calendar(owner, config)
     if calendar is not None and not BusinessCalendar(calendar).is_open(now):
         if lead.tier not in config.routing.off_hours_tiers:
             return "outside working hours"
     return None
+
+
+def _primary(tag: str) -> str:
+    """A language tag's language: an owner who speaks `en-US` (or `EN`) speaks to an `en-GB` lead."""
+    return tag.replace("_", "-").split("-")[0].strip().casefold()
 
 
 def anyone_available(config: Config, state: RoutingState, now: datetime) -> bool:

@@ -303,3 +303,19 @@ def test_a_stored_upgrade_with_whole_intent_objects_changes_the_intent_routing_r
                                                      "tier": {"old": "C", "new": "A"}}})
     after = updated_facts(LeadFacts("l1", "C", "web", intent="content_download"), stored.changed, stored.tier, True)
     assert (after.intent, after.tier) == ("contact_sales", "A")
+
+
+@pytest.mark.parametrize(("spoken", "lead_language", "eligible"), [
+    (["en-US", "ES"], "en-US", True), (["en-US", "ES"], "en", True), (["en-US", "ES"], "es-MX", True),
+    (["EN"], "en-GB", True), (["de"], "de-AT", True), (["en-US"], "de", False),
+])
+def test_an_owner_s_languages_count_in_any_case_and_with_a_region(spoken, lead_language, eligible) -> None:
+    """An owner configured as speaking `en-US` (or `EN`) was ineligible for every English lead:
+    the lead's primary language was looked up among the owner's tags as written."""
+    config = parse_config(f"""
+owners: [{{id: a, languages: {spoken}}}]
+teams: [{{id: t, members: [a]}}]
+routing: {{rules: [{{id: all, team: t}}]}}
+""")
+    decision = decide(config, lead(language=lead_language), state(config), NOW)
+    assert (decision.owner_id == "a") is eligible
