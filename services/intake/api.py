@@ -225,16 +225,20 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             patch = read(await _json_body(request), principal.name, partial=True)
         except Refused as exc:
             raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
-        async def update() -> tuple[str, dict[str, Any]]:
+        async def update() -> tuple[str, str, dict[str, Any]]:
             async with ctx.uow() as uow:
-                result = await update_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id, patch,
-                                           now=ctx.clock.now(),
-                                           source=None if principal.is_admin else principal.name)
+                store = PostgresIntakeStore(uow.conn)
+                source = None if principal.is_admin else principal.name
+                # The lead by its id, else by the sender's own id for it, as activities find it
+                # (a source key: among its own source's leads only).
+                resolved = await store.resolve(lead_id, source) or lead_id
+                tier, changed = await update_lead(uow, store, ctx.config.config, resolved, patch,
+                                                  now=ctx.clock.now(), source=source)
                 await uow.commit()
-            return result
+            return resolved, tier, changed
 
         try:
-            tier, changed = await retry_on_conflict(update)
+            resolved, tier, changed = await retry_on_conflict(update)
         except UnknownLead:
             raise not_found("lead_id", "Unknown lead", f"No lead {lead_id!r}.") from None
         except OtherSourcesLead:
@@ -242,7 +246,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             raise ProblemError(403, "Forbidden", "A source key may change only the leads its source submitted; "
                                "use an admin key.", [{"field": "Authorization",
                                                      "message": "is the key of another source"}]) from None
-        return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
+        return JSONResponse({"lead_id": resolved, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
     async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender, request: Request) -> JSONResponse:
