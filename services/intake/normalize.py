@@ -1006,9 +1006,7 @@ def _score(r: _Reader, value: Any) -> float | None:
         r.warn("score", f"{exc}; kept in attributes, not used for tiering", value)
         r.keep(("score",), value)
         return None
-    if not 0 <= number <= 100:
-        r.warn("score", "is outside 0-100; kept in attributes, not used for tiering", value)
-        r.keep(("score",), value)
-        return None
+    # Any finite number: marketing automation scores have no cap (Pardot and Marketo run to
+    # hundreds, negative scoring goes below 0), and tier rules' min_score is set on their scale.
     return number
 

@@ -384,9 +384,14 @@ REAL_SENDERS: list[tuple[str, IntakeSource, dict[str, Any], set[str], dict[str, 
     ("lead ad with a phone in international format with 00", NO_DEFAULTS,
      {"contact": {"phone": "0044 20 7946 0958", "first_name": "Uma"}},
      set(), {"contact.phone": "+442079460958"}),
-    ("lead ad with a score out of range", US_FORMS,
+    # Marketing automation scores have no cap (Pardot, Marketo, HubSpot: 850, or -15 after negative
+    # scoring): a tier rule's min_score of 150 must see them, not a score dropped as "out of range".
+    ("marketing automation score past 100", US_FORMS,
      {"contact": {"email": "val@n.com"}, "score": 850},
-     {"score"}, {"score": None, "attributes.score": 850}),
+     set(), {"score": 850.0, "attributes.score": None}),
+    ("marketing automation score below 0 as text", US_FORMS,
+     {"contact": {"email": "val@n.com"}, "lead_score": "-15"},
+     set(), {"score": -15.0, "attributes.score": None}),
     # -- CRM imports --
     ("salesforce export with CRM field names", US_FORMS,
      {"external_id": "00Q5e00000ABC", "contact": {"FirstName": "Wes", "LastName": "Lee", "Email": "wes@o.com",
