@@ -86,7 +86,7 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         language=lead.contact.language,
         company_name=company.get("name"),
         company_domain=None if domain in FREE_MAIL_DOMAINS else domain,
-        company_size=None if company.get("size") is None else str(company["size"]),
+        company_size=_size_of(company.get("size"), company.get("employees")),
         industry=company.get("industry"),
         email=bool(lead.contact.email),
         phone=bool(lead.contact.phone),
@@ -95,6 +95,15 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         received_at=lead.received_at,
         correlation_id=correlation_id,
     )
+
+
+def _size_of(size: Any, employees: Any) -> str | None:
+    """The company size a rule's bands place: the exact head count when the sender gave one
+    (intake also reads 150 into the standard band 51-200, whose lower bound would put it in a
+    "1-99" segment), else the size as read (a band is placed by its lower bound)."""
+    if isinstance(employees, int) and not isinstance(employees, bool):
+        return str(employees)
+    return None if size is None else str(size)
 
 
 def _domain_of(value: Any) -> str | None:
@@ -119,7 +128,9 @@ def updated_facts(facts: LeadFacts, changed: Mapping[str, Mapping[str, Any]], ti
         elif name == "company.domain":
             values["company_domain"] = _domain_of(new)
         elif name == "company.size":
-            values["company_size"] = None if new is None else str(new)
+            values["company_size"] = _size_of(new, (changed.get("company.employees") or {}).get("new"))
+        elif name == "company.employees" and new is not None:  # 150 corrected to 160: the band is the same
+            values["company_size"] = _size_of(None, new)
         elif name in ("contact.email", "contact.phone"):
             values[name.removeprefix("contact.")] = bool(new) or getattr(facts, name.removeprefix("contact."))
         elif name.startswith("attributes."):

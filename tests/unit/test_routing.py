@@ -10,6 +10,7 @@ from services.router.domain import (
     decide,
     effective_owner,
     eligibility,
+    facts_of,
     owner_day,
     record,
     updated_facts,
@@ -319,3 +320,36 @@ routing: {{rules: [{{id: all, team: t}}]}}
 """)
     decision = decide(config, lead(language=lead_language), state(config), NOW)
     assert (decision.owner_id == "a") is eligible
+
+
+SEGMENTS = parse_config("""
+owners: [{id: small}, {id: mid}, {id: big}]
+teams: [{id: small, members: [small]}, {id: mid, members: [mid]}, {id: big, members: [big]}]
+routing:
+  rules:
+    - {id: small, match: {company_sizes: ["1-99"]}, team: small}
+    - {id: mid, match: {company_sizes: ["100-999"]}, team: mid}
+    - {id: big, team: big}
+""")
+
+
+@pytest.mark.parametrize(("employees", "band", "segment"), [
+    (150, "51-200", "mid"), (60, "51-200", "small"), (950, "501-1000", "mid"), (1000, "501-1000", "big")])
+def test_an_exact_head_count_is_routed_by_the_count_not_by_its_standard_band(employees, band, segment) -> None:
+    """A company of 150 went to the 1-99 segment: intake reads 150 into the band 51-200, and the
+    router placed the lead by the band's lower bound (51), not by the count the sender gave."""
+    from shared.events import Company, Consent, Contact, Intent, LeadReceived
+    low, high = (int(n) for n in band.split("-"))
+    received = LeadReceived(
+        lead_id="l1", source="web", tier="A", contact=Contact(email="a@b.example"), intent=Intent(type="demo_request"),
+        company=Company(size=band, size_band=band, employees=employees, employees_min=low, employees_max=high),
+        consent=Consent(), contactable=True, received_at=NOW)
+    assert decide(SEGMENTS, facts_of(received), state(SEGMENTS), NOW).owner_id == segment
+    # A PATCH that corrects the size to an exact count changes both: the count is what routes.
+    patched = updated_facts(facts_of(received.model_copy(update={"company": Company()})), {
+        "company.size": {"old": None, "new": band}, "company.size_band": {"old": None, "new": band},
+        "company.employees": {"old": None, "new": employees}}, "A", True)
+    assert decide(SEGMENTS, patched, state(SEGMENTS), NOW).owner_id == segment
+    # A count corrected within its band changes only `employees`.
+    recounted = updated_facts(patched, {"company.employees": {"old": employees, "new": 99}}, "A", True)
+    assert decide(SEGMENTS, recounted, state(SEGMENTS), NOW).owner_id == "small"
