@@ -420,6 +420,10 @@ def opt_out(lead: KnownLead) -> LeadUpdated | None:
                        reason="opted_out", contactable=False)
 
 
+# The lead's fields `classify_tier` reads (besides its source, which a PATCH never changes).
+TIER_INPUTS = ("intent.type", "score", "contact.country", "company.country")
+
+
 def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdated | None:
     """Complete or correct a lead's fields (PATCH): only the fields the patch gives change; each
     change (old and new) and the re-evaluated tier, missing fields and contactability. None if
@@ -472,7 +476,11 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
                              partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
-    tier = classify_tier(merged, lead.source, config.tiers)
+    # Re-tiered only when a field the tier rules read changed: the lead's tier may come from more
+    # than its record (a repeat from a partner source raised it, the rules changed since), and a
+    # corrected title must not move it, nor its SLA.
+    retier = any(name in changed for name in TIER_INPUTS)
+    tier = classify_tier(merged, lead.source, config.tiers) if retier else lead.tier
     if tier != lead.tier:
         changed["tier"] = {"old": lead.tier, "new": tier}  # as an upgrade names it
     contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)
