@@ -381,9 +381,10 @@ _LOCAL_FORMATS = (
 )
 
 
-def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
+def parse_timestamp(value: Any, zone: str, *, zone_named: bool = True) -> tuple[datetime, bool]:
     """(aware datetime, whether the zone was assumed). ISO 8601, RFC 2822, a few common local
-    formats, or Unix seconds/milliseconds. Without an offset the time is read in `zone`."""
+    formats (`zone_named`: also followed by a zone's name), or Unix seconds/milliseconds.
+    Without an offset the time is read in `zone`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) > 1e11 else value
         try:
@@ -409,12 +410,29 @@ def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
                 except ValueError:
                     continue
     if parsed is None:
+        named = _in_named_zone(text) if zone_named else None
+        if named is not None:
+            return named, False
         raise ValueError("is not a timestamp (use ISO 8601 with an offset, e.g. 2026-11-22T10:00:00Z)")
     assumed = parsed.tzinfo is None
     if assumed:
         parsed = parsed.replace(tzinfo=ZoneInfo(zone))
     as_utc(parsed)  # an instant the wire (UTC) can carry, or a ValueError like any unreadable one
     return parsed, assumed
+
+
+def _in_named_zone(text: str) -> datetime | None:
+    """A local time followed by its zone's name ('2026-11-22 10:00:00 UTC', as Rails writes it;
+    '10:00 PST'; '... Europe/Berlin'), read in that zone; None if it is not one."""
+    match = re.fullmatch(r"(.+?)\s+([A-Za-z][A-Za-z_/+\-]*)", text)
+    if match is None:
+        return None
+    try:
+        zone = normalize_timezone(match.group(2))
+        parsed, assumed = parse_timestamp(match.group(1), zone, zone_named=False)  # one name, at the end
+    except ValueError:
+        return None
+    return parsed if assumed else None  # '...+01:00 UTC' names two zones: not read
 
 
 def parse_number(value: Any) -> float:

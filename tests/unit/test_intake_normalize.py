@@ -120,7 +120,11 @@ def test_non_numbers_are_not_scores(given: Any) -> None:
      ("2026-11-22 10:00:00", "2026-11-22T15:00:00", True),
      ("11/22/2026 10:00 AM", "2026-11-22T15:00:00", True),
      ("Sun, 22 Nov 2026 10:00:00 +0000", "2026-11-22T10:00:00", False),
-     (1795341600, "2026-11-22T10:00:00", False), (1795341600000, "2026-11-22T10:00:00", False)],
+     (1795341600, "2026-11-22T10:00:00", False), (1795341600000, "2026-11-22T10:00:00", False),
+     # A zone named after the time, as Rails ("... UTC") and many exports write it: no assumption.
+     ("2026-11-22 10:00:00 UTC", "2026-11-22T10:00:00", False),
+     ("2026-11-22 10:00 PST", "2026-11-22T18:00:00", False),
+     ("11/22/2026 10:00 AM Europe/Berlin", "2026-11-22T09:00:00", False)],
 )
 def test_timestamps_without_an_offset_are_read_in_the_sources_zone(given: Any, utc: str, assumed: bool) -> None:
     parsed, was_assumed = parse_timestamp(given, "America/New_York")
