@@ -884,8 +884,12 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
     out: dict[str, Any] = {}
     name = raw.pop("name", None)
     if name and not raw.get("first_name") and not raw.get("last_name"):
-        first, _, last = name.rpartition(" ")
-        out["first_name"], out["last_name"] = (first, last) if first else (name, None)
+        if "," in name:  # "Lovelace, Ada": the order CRM exports and directories write
+            last, _, first = (part.strip() for part in name.partition(","))
+            out["first_name"], out["last_name"] = (first, last or None) if first else (last or None, None)
+        else:
+            first, _, last = name.rpartition(" ")
+            out["first_name"], out["last_name"] = (first, last) if first else (name, None)
     elif name:
         r.keep(("contact", "name"), name)
     for key in ("first_name", "last_name", "title"):

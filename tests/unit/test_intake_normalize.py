@@ -478,3 +478,13 @@ def test_a_00_international_prefix_is_read_wherever_the_number_is_read(given: st
     """'00' is how most of the world dials abroad, and form users type it after a '+' too: a
     number with it was refused in a country that dials abroad otherwise (the US: 011)."""
     assert normalize_phone(given, region).e164 == "+442079460958"
+
+
+@pytest.mark.parametrize(("name", "first", "last"), [
+    ("Ada Lovelace", "Ada", "Lovelace"), ("Lovelace, Ada", "Ada", "Lovelace"),
+    ("van Rossum, Guido", "Guido", "van Rossum"), ("Cher", "Cher", None), ("Lovelace,", "Lovelace", None),
+])
+def test_a_full_name_is_split_in_either_order_crms_write_it(name: str, first: str, last: str | None) -> None:
+    """'Lovelace, Ada' (CRM exports, directories) became first name 'Lovelace,' and last name 'Ada'."""
+    contact = read({"contact": {"email": EMAIL, "name": name}}).contact
+    assert (contact.first_name, contact.last_name) == (first, last)
