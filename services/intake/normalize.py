@@ -879,11 +879,19 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     )
 
 
+# What follows a comma after a full name without being a first name ("Ada Lovelace, PhD").
+NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv", "phd", "md", "mba", "cpa", "esq", "dds", "rn", "pe",
+                           "jd", "msc", "bsc", "ma", "ba", "cfa", "pmp"})
+
+
 def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
              source: IntakeSource) -> tuple[Contact, bool]:
     out: dict[str, Any] = {}
     name = raw.pop("name", None)
     if name and not raw.get("first_name") and not raw.get("last_name"):
+        before, _, after = name.partition(",")
+        if after and fold(after) in NAME_SUFFIXES:  # "Ada Lovelace, PhD": a suffix, not a first name
+            name = before.strip()
         if "," in name:  # "Lovelace, Ada": the order CRM exports and directories write
             last, _, first = (part.strip() for part in name.partition(","))
             out["first_name"], out["last_name"] = (first, last or None) if first else (last or None, None)

@@ -483,6 +483,7 @@ def test_a_00_international_prefix_is_read_wherever_the_number_is_read(given: st
 @pytest.mark.parametrize(("name", "first", "last"), [
     ("Ada Lovelace", "Ada", "Lovelace"), ("Lovelace, Ada", "Ada", "Lovelace"),
     ("van Rossum, Guido", "Guido", "van Rossum"), ("Cher", "Cher", None), ("Lovelace,", "Lovelace", None),
+    ("Ada Lovelace, PhD", "Ada", "Lovelace"), ("Martin Luther King, Jr.", "Martin Luther", "King"),
 ])
 def test_a_full_name_is_split_in_either_order_crms_write_it(name: str, first: str, last: str | None) -> None:
     """'Lovelace, Ada' (CRM exports, directories) became first name 'Lovelace,' and last name 'Ada'."""
