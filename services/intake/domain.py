@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from shared.clock import as_utc
-from shared.config import Config, Suppression, Tiers, per_config
+from shared.config import Config, Suppression, Tiers, lead_country, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
 
@@ -90,7 +90,7 @@ def is_contactable(sub: Submission, suppression: Suppression) -> bool:
 
 def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
     """First matching rule wins; the default tier otherwise."""
-    country = sub.contact.country or sub.company.country
+    country = lead_country(sub.contact.country, sub.company.country)
     for rule in tiers.rules:
         when = rule.when
         if when.intent is not None and sub.intent.type not in when.intent:

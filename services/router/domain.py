@@ -21,7 +21,9 @@ from shared.config import (
     RoutingRule,
     RuleMatch,
     Team,
+    is_country_code,
     is_history,
+    lead_country,
     per_config,
     size_band,
 )
@@ -80,7 +82,7 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         lead_id=lead.lead_id,
         tier=lead.tier,
         source=lead.source,
-        country=lead.contact.country or lead.company.country,
+        country=lead_country(lead.contact.country, lead.company.country),
         intent=lead.intent.type,
         product=lead.intent.product,
         language=lead.contact.language,
@@ -117,14 +119,18 @@ def updated_facts(facts: LeadFacts, changed: Mapping[str, Mapping[str, Any]], ti
     the intent): what routing reads of the changed fields, and the re-evaluated tier."""
     values: dict[str, Any] = {"tier": tier, "contactable": contactable}
     attributes = dict(facts.attributes)
-    simple = {"contact.country": "country", "contact.language": "language", "company.name": "company_name",
+    simple = {"contact.language": "language", "company.name": "company_name",
               "company.industry": "industry", "intent.type": "intent", "intent.product": "product"}
     for name, change in changed.items():
         new = change.get("new")
         if name in simple:
             values[simple[name]] = new
-        elif name == "company.country" and facts.country is None and "contact.country" not in changed:
-            values["country"] = new  # the contact's country wins, as on receipt
+        elif name == "contact.country":
+            # The contact's country wins, as on receipt; one kept as sent leaves a usable one in place
+            # (the company's: intake never overwrites a usable country with an unreadable one).
+            values["country"] = lead_country(new, facts.country)
+        elif name == "company.country" and "contact.country" not in changed and not is_country_code(facts.country):
+            values["country"] = lead_country(new, facts.country)  # no usable contact country: the company's
         elif name == "company.domain":
             values["company_domain"] = _domain_of(new)
         elif name == "company.size":

@@ -353,3 +353,25 @@ def test_an_exact_head_count_is_routed_by_the_count_not_by_its_standard_band(emp
     # A count corrected within its band changes only `employees`.
     recounted = updated_facts(patched, {"company.employees": {"old": employees, "new": 99}}, "A", True)
     assert decide(SEGMENTS, recounted, state(SEGMENTS), NOW).owner_id == "small"
+
+
+def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_territory() -> None:
+    """'Deutchland' (kept as sent by intake) hid the company's DE: the lead missed the DE rule."""
+    from shared.events import Company, Consent, Contact, Intent, LeadReceived
+    received = LeadReceived(
+        lead_id="l1", source="web", tier="A", contact=Contact(email="a@b.example", country="Deutchland"),
+        company=Company(country="DE"), intent=Intent(type="demo_request"), consent=Consent(), contactable=True,
+        received_at=NOW)
+    assert facts_of(received).country == "DE"
+    assert decide(CONFIG, facts_of(received), state(), NOW).rule_id == "de-only"
+    # Nothing usable at all: the contact's value as sent, as before (no rule names it).
+    junk = received.model_copy(update={"company": Company(country="Prussia")})
+    assert facts_of(junk).country == "Deutchland"
+    # A PATCH adding the company's country, or correcting the contact's, is followed the same way.
+    no_company = facts_of(received.model_copy(update={"company": Company()}))
+    assert no_company.country == "Deutchland"
+    assert updated_facts(no_company, {"company.country": {"old": None, "new": "DE"}}, "A", True).country == "DE"
+    with_company = facts_of(received)
+    assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "Prussia"}}, "A",
+                         True).country == "DE"
+    assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "AT"}}, "A", True).country == "AT"
