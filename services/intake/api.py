@@ -5,6 +5,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -58,8 +59,17 @@ class RateLimiter:
 
 def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
     """The body's JSON. A body in a declared charset other than UTF-8 (older form tools send
-    ISO-8859-1 and say so) is read in it rather than refused."""
+    ISO-8859-1 and say so) is read in it rather than refused. A form post's fields
+    (application/x-www-form-urlencoded: an HTML form posting straight here, a form tool's "send as
+    form data" webhook) are read as the JSON object they stand for."""
     charset = _declared_charset(content_type)
+    if (content_type or "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            return _form_fields(raw.decode(charset or "utf-8"))
+        except LookupError:
+            raise Refused([{"field": "(body)", "message": f"is in an unknown charset {charset!r}"}]) from None
+        except (UnicodeDecodeError, ValueError):
+            raise Refused([{"field": "(body)", "message": "is not form data"}]) from None
     try:
         return json.loads(raw.decode(charset) if charset else raw)
     except LookupError:
@@ -67,6 +77,38 @@ def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         message = "is not JSON" if not isinstance(exc, RecursionError) else "is nested too deeply"
         raise Refused([{"field": "(body)", "message": message}]) from None
+
+
+def _form_fields(text: str) -> dict[str, Any]:
+    """Form fields as an object: PHP-style brackets nest ('contact[email]'), '[]' and repeated
+    names make lists; a lone `data.json` field holding an object (Unbounce) is that object."""
+    body: dict[str, Any] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=1000):
+        head, *rest = name.split("[")
+        path = [head, *(part.rstrip("]") for part in rest)] if head and all(p.endswith("]") for p in rest) else [name]
+        listed = path[-1] == "" and len(path) > 1
+        path = path[:-1] if listed else path
+        target = body
+        for part in path[:-1]:
+            if not isinstance(target.get(part, {}), dict):  # 'a=1&a[b]=2': the flat name is kept as sent
+                target, path = body, [name]
+                break
+            target = target.setdefault(part, {})
+        key = path[-1]
+        if key in target:
+            kept = target[key]
+            target[key] = [*kept, value] if isinstance(kept, list) else [kept, value]
+        else:
+            target[key] = [value] if listed else value
+    wrapped = body.get("data.json")
+    if len(body) <= 2 and isinstance(wrapped, str):  # beside it at most data.xml
+        try:
+            inner = json.loads(wrapped)
+        except (json.JSONDecodeError, RecursionError):
+            inner = None
+        if isinstance(inner, dict):
+            return inner
+    return body
 
 
 async def _json_body(request: Request) -> Any:

@@ -699,6 +699,12 @@ def _unusable(fields: dict[str, str], key: Any, item: Any) -> bool:
     return _junk(fields.get(snake(str(key))), item)
 
 
+def _scalars(value: Any) -> bool:
+    """A non-empty list of text or numbers: how some tools send every field (Unbounce: ["ada@..."])."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)  # what `_Reader.text` reads
+
+
 def _junk(target: str | None, item: Any) -> bool:
     """`item` given for the contract's field `target` is an email or phone nobody can use."""
     if target not in ("email", "phone"):
@@ -813,7 +819,7 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
         name = TOP_ALIASES.get(name, name)
         if name in TOP_FIELDS and name not in top:
             top[name] = value
-        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)) and (
+        elif name in FLAT_FIELDS and (not isinstance(value, (dict, list)) or _scalars(value)) and (
                 FLAT_FIELDS[name][1] not in flat[FLAT_FIELDS[name][0]]):
             section, target = FLAT_FIELDS[name]
             flat[section][target] = (str(key), value)
@@ -851,11 +857,13 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
                     r.keep((section, nested_key), item)
                 del raw[section][target]
             if target not in raw[section]:
-                text = r.text(f"{section}.{target}", value)  # a scalar: never a TypeError
+                text = r.text(f"{section}.{target}", value)  # scalars: never a TypeError
                 if text is not None:
                     raw[section][target] = text
                     r.given.add(f"{section}.{target}")
                     r.sent_at[f"{section}.{target}"] = ((key,), value)
+                if isinstance(value, list) and len(value) > 1:  # the first is used, all are kept
+                    r.keep((key,), value)
             elif value is not None and str(value).strip() not in ("", raw[section][target]):
                 r.keep((key,), value)  # the nested object's value is used; this one is kept
 

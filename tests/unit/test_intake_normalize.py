@@ -489,3 +489,14 @@ def test_a_full_name_is_split_in_either_order_crms_write_it(name: str, first: st
     """'Lovelace, Ada' (CRM exports, directories) became first name 'Lovelace,' and last name 'Ada'."""
     contact = read({"contact": {"email": EMAIL, "name": name}}).contact
     assert (contact.first_name, contact.last_name) == (first, last)
+
+
+def test_flat_fields_sent_as_one_value_lists_are_read_as_their_value() -> None:
+    """Unbounce (and other tools posting every field as a list) sent {"email": ["ada@..."]}:
+    a flat field given as a list was kept in attributes, and the lead refused without an email."""
+    sub = read({"email": ["Ada@Example.com"], "phone_number": ["(415) 555-2671"], "page_name": ["Demo"]})
+    assert (sub.contact.email, sub.contact.phone) == ("ada@example.com", "+14155552671")
+    assert sub.attributes == {"page_name": ["Demo"]} and sub.warnings == []
+    several = read({"email": ["ada@example.com", "ada@work.example"]})
+    assert several.contact.email == "ada@example.com"
+    assert several.attributes == {"email": ["ada@example.com", "ada@work.example"]}
