@@ -5,6 +5,7 @@ Everything here takes the facts and `now` and returns a decision; the handlers l
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -413,13 +414,19 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
     today = state.today.get(owner.id, 0)
     if owner.daily_cap is not None and today >= owner.daily_cap:
         return f"daily cap reached ({today}/{owner.daily_cap})"
-    if owner.languages and lead.language and _primary(lead.language) not in {_primary(t) for t in owner.languages}:
+    if (owner.languages and lead.language and _LANGUAGE_TAG.fullmatch(lead.language)
+            and _primary(lead.language) not in {_primary(t) for t in owner.languages}):
         return f"does not speak {lead.language}"
     calendar = owner_calendar(owner, config)
     if calendar is not None and not BusinessCalendar(calendar).is_open(now):
         if lead.tier not in config.routing.off_hours_tiers:
             return "outside working hours"
     return None
+
+
+# A language as intake normalizes it (a BCP 47 tag); one it kept as sent ('Englisch') is unknown,
+# and an unknown language limits no owner, as a lead without one does.
+_LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 
 
 def _primary(tag: str) -> str:

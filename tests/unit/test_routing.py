@@ -375,3 +375,15 @@ def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_territory
     assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "Prussia"}}, "A",
                          True).country == "DE"
     assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "AT"}}, "A", True).country == "AT"
+
+
+def test_a_language_intake_could_not_read_limits_no_owner() -> None:
+    """A language kept as sent ('Englisch') made every owner with languages ineligible ("does not
+    speak Englisch"), as if the lead were known to speak none of theirs; unknown, it limits nobody."""
+    config = parse_config("""
+owners: [{id: a, languages: [en, de]}]
+teams: [{id: t, members: [a]}]
+routing: {rules: [{id: all, team: t}]}
+""")
+    assert decide(config, lead(language="Englisch"), state(config), NOW).owner_id == "a"
+    assert decide(config, lead(language="fr-CA"), state(config), NOW).owner_id is None
