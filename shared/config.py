@@ -70,6 +70,21 @@ def _country_code(value: str) -> str:
 CountryCode = Annotated[str, AfterValidator(_country_code)]
 
 
+def lead_country(contact: str | None, company: str | None) -> str | None:
+    """The country a lead is tiered and routed by: the contact's, else the company's. A value
+    intake kept as sent ('Deutchland': not an upper-case ISO code) gives way to a code the other
+    has, and is used only when neither has one (no rule names it, so it matches none)."""
+    for value in (contact, company):
+        if is_country_code(value):
+            return value
+    return contact or company
+
+
+def is_country_code(value: str | None) -> bool:
+    """A country as intake normalizes it (ISO 3166-1 alpha-2), not one it kept as sent."""
+    return value is not None and len(value) == 2 and value.isalpha() and value.isupper()
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

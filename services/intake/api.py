@@ -5,6 +5,7 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -58,8 +59,17 @@ class RateLimiter:
 
 def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
     """The body's JSON. A body in a declared charset other than UTF-8 (older form tools send
-    ISO-8859-1 and say so) is read in it rather than refused."""
+    ISO-8859-1 and say so) is read in it rather than refused. A form post's fields
+    (application/x-www-form-urlencoded: an HTML form posting straight here, a form tool's "send as
+    form data" webhook) are read as the JSON object they stand for."""
     charset = _declared_charset(content_type)
+    if (content_type or "").split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            return _form_fields(raw.decode(charset or "utf-8"))
+        except LookupError:
+            raise Refused([{"field": "(body)", "message": f"is in an unknown charset {charset!r}"}]) from None
+        except (UnicodeDecodeError, ValueError):
+            raise Refused([{"field": "(body)", "message": "is not form data"}]) from None
     try:
         return json.loads(raw.decode(charset) if charset else raw)
     except LookupError:
@@ -67,6 +77,38 @@ def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         message = "is not JSON" if not isinstance(exc, RecursionError) else "is nested too deeply"
         raise Refused([{"field": "(body)", "message": message}]) from None
+
+
+def _form_fields(text: str) -> dict[str, Any]:
+    """Form fields as an object: PHP-style brackets nest ('contact[email]'), '[]' and repeated
+    names make lists; a lone `data.json` field holding an object (Unbounce) is that object."""
+    body: dict[str, Any] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=1000):
+        head, *rest = name.split("[")
+        path = [head, *(part.rstrip("]") for part in rest)] if head and all(p.endswith("]") for p in rest) else [name]
+        listed = path[-1] == "" and len(path) > 1
+        path = path[:-1] if listed else path
+        target = body
+        for part in path[:-1]:
+            if not isinstance(target.get(part, {}), dict):  # 'a=1&a[b]=2': the flat name is kept as sent
+                target, path = body, [name]
+                break
+            target = target.setdefault(part, {})
+        key = path[-1]
+        if key in target:
+            kept = target[key]
+            target[key] = [*kept, value] if isinstance(kept, list) else [kept, value]
+        else:
+            target[key] = [value] if listed else value
+    wrapped = body.get("data.json")
+    if len(body) <= 2 and isinstance(wrapped, str):  # beside it at most data.xml
+        try:
+            inner = json.loads(wrapped)
+        except (json.JSONDecodeError, RecursionError):
+            inner = None
+        if isinstance(inner, dict):
+            return inner
+    return body
 
 
 async def _json_body(request: Request) -> Any:
@@ -225,16 +267,20 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             patch = read(await _json_body(request), principal.name, partial=True)
         except Refused as exc:
             raise ProblemError(422, "Invalid update", str(exc), exc.errors) from None
-        async def update() -> tuple[str, dict[str, Any]]:
+        async def update() -> tuple[str, str, dict[str, Any]]:
             async with ctx.uow() as uow:
-                result = await update_lead(uow, PostgresIntakeStore(uow.conn), ctx.config.config, lead_id, patch,
-                                           now=ctx.clock.now(),
-                                           source=None if principal.is_admin else principal.name)
+                store = PostgresIntakeStore(uow.conn)
+                source = None if principal.is_admin else principal.name
+                # The lead by its id, else by the sender's own id for it, as activities find it
+                # (a source key: among its own source's leads only).
+                resolved = await store.resolve(lead_id, source) or lead_id
+                tier, changed = await update_lead(uow, store, ctx.config.config, resolved, patch,
+                                                  now=ctx.clock.now(), source=source)
                 await uow.commit()
-            return result
+            return resolved, tier, changed
 
         try:
-            tier, changed = await retry_on_conflict(update)
+            resolved, tier, changed = await retry_on_conflict(update)
         except UnknownLead:
             raise not_found("lead_id", "Unknown lead", f"No lead {lead_id!r}.") from None
         except OtherSourcesLead:
@@ -242,7 +288,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             raise ProblemError(403, "Forbidden", "A source key may change only the leads its source submitted; "
                                "use an admin key.", [{"field": "Authorization",
                                                      "message": "is the key of another source"}]) from None
-        return JSONResponse({"lead_id": lead_id, "tier": tier, "changed": changed, "warnings": patch.warnings})
+        return JSONResponse({"lead_id": resolved, "tier": tier, "changed": changed, "warnings": patch.warnings})
 
     @router.post("/v1/leads/{lead_id}/activities", status_code=202, openapi_extra=openapi.POST_ACTIVITY)
     async def post_activity(lead_id: str, activity: ActivityIn, principal: Sender, request: Request) -> JSONResponse:

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from shared.clock import as_utc
-from shared.config import Config, Suppression, Tiers, per_config
+from shared.config import Config, Suppression, Tiers, lead_country, per_config
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
 
@@ -90,7 +90,7 @@ def is_contactable(sub: Submission, suppression: Suppression) -> bool:
 
 def classify_tier(sub: Submission, source: str, tiers: Tiers) -> str:
     """First matching rule wins; the default tier otherwise."""
-    country = sub.contact.country or sub.company.country
+    country = lead_country(sub.contact.country, sub.company.country)
     for rule in tiers.rules:
         when = rule.when
         if when.intent is not None and sub.intent.type not in when.intent:
@@ -386,9 +386,12 @@ def dedupe(facts: DedupeFacts, contact: Contact, match_on: list[str]) -> Replay 
 # ---- updates ------------------------------------------------------------------------------
 
 
-def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) -> LeadUpdated | None:
+def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers,
+            score: float | None = None) -> LeadUpdated | None:
     """A repeat that ranks above the lead's tier (a demo request after a content download)
-    raises it: lead.updated with the new intent and tier. None if it does not rank higher."""
+    raises it: lead.updated with the new intent and tier, and the repeat's score when higher
+    (what may have raised it: else the lead kept its old score, and the next PATCH re-tiered it
+    from that, back down). None if it does not rank higher."""
     if tiers.rank(tier) >= tiers.rank(lead.tier):  # the queue's rule too (shared/config.py)
         return None
     # One shape with PATCH's: a change per dotted field ("intent.type"), the repeat's intent
@@ -397,6 +400,9 @@ def upgrade(lead: KnownLead, intent: dict[str, Any], tier: str, tiers: Tiers) ->
     changed: dict[str, dict[str, Any]] = {
         f"intent.{key}": {"old": before.get(key), "new": intent.get(key)}
         for key in sorted(set(before) | set(intent)) if before.get(key) != intent.get(key)}
+    old_score = lead.record.get("score")
+    if score is not None and (old_score is None or score > old_score):  # a higher score never lowers a tier
+        changed["score"] = {"old": old_score, "new": score}
     changed["tier"] = {"old": lead.tier, "new": tier}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="upgraded",
                        contactable=lead.record.get("contactable", True))
@@ -412,6 +418,10 @@ def opt_out(lead: KnownLead) -> LeadUpdated | None:
         changed["consent.contact"] = {"old": consent, "new": False}
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=lead.tier, previous_tier=lead.tier,
                        reason="opted_out", contactable=False)
+
+
+# The lead's fields `classify_tier` reads (besides its source, which a PATCH never changes).
+TIER_INPUTS = ("intent.type", "score", "contact.country", "company.country")
 
 
 def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdated | None:
@@ -466,7 +476,11 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
                              partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
-    tier = classify_tier(merged, lead.source, config.tiers)
+    # Re-tiered only when a field the tier rules read changed: the lead's tier may come from more
+    # than its record (a repeat from a partner source raised it, the rules changed since), and a
+    # corrected title must not move it, nor its SLA.
+    retier = any(name in changed for name in TIER_INPUTS)
+    tier = classify_tier(merged, lead.source, config.tiers) if retier else lead.tier
     if tier != lead.tier:
         changed["tier"] = {"old": lead.tier, "new": tier}  # as an upgrade names it
     contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)

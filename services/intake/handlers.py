@@ -180,7 +180,7 @@ async def submit_lead(
         ))
         if sub.external_id:  # the repeat's own id now names this lead (projection.merged_row)
             await _release_held(uow, store, config, [(sub.external_id, lead.lead_id, source)], now)
-    update = upgrade(lead, sub.intent.model_dump(mode="json", exclude_none=True), tier, config.tiers)
+    update = upgrade(lead, sub.intent.model_dump(mode="json", exclude_none=True), tier, config.tiers, sub.score)
     if update is not None:
         await _record_update(uow, lead, update, now, cause)
     await _bind_key(uow, source, idempotency_key, lead.lead_id, now, cause)

@@ -141,12 +141,24 @@ _PLAIN_EMAIL = re.compile(
 
 
 def normalize_email(value: str) -> str:
-    """Lower-cased address; 'mailto:' and 'Name <addr>' wrappers dropped. ValueError if unusable."""
+    """Lower-cased address; 'mailto:' (with its '?subject=...') and 'Name <addr>' wrappers, a
+    trailing full stop or separator and spaces around the '@' dropped; of several addresses in
+    one field ('a@x.com; b@y.com', as CRM exports join them) the first usable. ValueError if none."""
     text = value.strip()
     match = re.search(r"<([^<>]+)>", text)
     if match:
         text = match.group(1)
-    text = re.sub(r"^mailto:", "", text, flags=re.IGNORECASE).strip()
+    if re.match(r"mailto:", text, flags=re.IGNORECASE):
+        text = text[len("mailto:"):].split("?", 1)[0]
+    text = re.sub(r"\s*@\s*", "@", text).strip().rstrip(".,;:").strip()
+    if text.count("@") > 1 and not text.startswith('"'):  # a quoted local part may hold an '@'
+        problem: ValueError | None = None
+        for part in re.split(r"[,;\s]+", text):
+            try:
+                return normalize_email(part)
+            except ValueError as exc:
+                problem = problem or exc
+        raise problem or ValueError("not a usable email address")
     if _PLAIN_EMAIL.fullmatch(text.lower()):
         return text.lower()
     try:
@@ -211,8 +223,28 @@ class Phone:
 def normalize_phone(value: str, region: str | None) -> Phone:
     """E.164 (extension apart); a national number is read in `region`. ValueError if it cannot be."""
     text = value.strip()
-    if region is None and text.startswith("00"):
-        text = "+" + text[2:]  # the international prefix most of the world dials
+    # '00' is the international prefix most of the world dials, typed after a '+' too ('+0044',
+    # '+00 44'). A number the region cannot read otherwise is read with it as '+' (no national
+    # number or country code starts so), so a US form's '0044 20 ...' is usable (the US dials
+    # abroad with 011); tried second, so a region's own prefix ('0011' in AU) still reads first.
+    abroad = re.sub(r"^\+?\s*0\s*0\s*(?=[1-9])", "+", text)
+    try:
+        number, kind = _parsed(text, region)
+    except ValueError:
+        if abroad == text:
+            raise
+        number, kind = _parsed(abroad, region)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if phonenumbers.is_number_type_geographical(kind, number.country_code):
+        zones = phone_timezones.time_zones_for_geographical_number(number)
+    else:
+        zones = phone_timezones.time_zones_for_number(number)
+    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
+    return Phone(e164, number.extension or None, zone)
+
+
+def _parsed(text: str, region: str | None) -> tuple[phonenumbers.PhoneNumber, int]:
+    """The number and its type; ValueError if it is no valid number read in `region`."""
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -225,13 +257,7 @@ def normalize_phone(value: str, region: str | None) -> Phone:
     if kind == phonenumbers.PhoneNumberType.UNKNOWN:
         where = f" in {region}" if region and not text.startswith("+") else ""
         raise ValueError(f"is not a valid phone number{where}; kept as sent")
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if phonenumbers.is_number_type_geographical(kind, number.country_code):
-        zones = phone_timezones.time_zones_for_geographical_number(number)
-    else:
-        zones = phone_timezones.time_zones_for_number(number)
-    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
-    return Phone(e164, number.extension or None, zone)
+    return number, kind
 
 
 def dialable(value: str) -> bool:
@@ -355,9 +381,10 @@ _LOCAL_FORMATS = (
 )
 
 
-def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
+def parse_timestamp(value: Any, zone: str, *, zone_named: bool = True) -> tuple[datetime, bool]:
     """(aware datetime, whether the zone was assumed). ISO 8601, RFC 2822, a few common local
-    formats, or Unix seconds/milliseconds. Without an offset the time is read in `zone`."""
+    formats (`zone_named`: also followed by a zone's name), or Unix seconds/milliseconds.
+    Without an offset the time is read in `zone`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if abs(value) > 1e11 else value
         try:
@@ -383,12 +410,29 @@ def parse_timestamp(value: Any, zone: str) -> tuple[datetime, bool]:
                 except ValueError:
                     continue
     if parsed is None:
+        named = _in_named_zone(text) if zone_named else None
+        if named is not None:
+            return named, False
         raise ValueError("is not a timestamp (use ISO 8601 with an offset, e.g. 2026-11-22T10:00:00Z)")
     assumed = parsed.tzinfo is None
     if assumed:
         parsed = parsed.replace(tzinfo=ZoneInfo(zone))
     as_utc(parsed)  # an instant the wire (UTC) can carry, or a ValueError like any unreadable one
     return parsed, assumed
+
+
+def _in_named_zone(text: str) -> datetime | None:
+    """A local time followed by its zone's name ('2026-11-22 10:00:00 UTC', as Rails writes it;
+    '10:00 PST'; '... Europe/Berlin'), read in that zone; None if it is not one."""
+    match = re.fullmatch(r"(.+?)\s+([A-Za-z][A-Za-z_/+\-]*)", text)
+    if match is None:
+        return None
+    try:
+        zone = normalize_timezone(match.group(2))
+        parsed, assumed = parse_timestamp(match.group(1), zone, zone_named=False)  # one name, at the end
+    except ValueError:
+        return None
+    return parsed if assumed else None  # '...+01:00 UTC' names two zones: not read
 
 
 def parse_number(value: Any) -> float:
@@ -655,6 +699,12 @@ def _unusable(fields: dict[str, str], key: Any, item: Any) -> bool:
     return _junk(fields.get(snake(str(key))), item)
 
 
+def _scalars(value: Any) -> bool:
+    """A non-empty list of text or numbers: how some tools send every field (Unbounce: ["ada@..."])."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)  # what `_Reader.text` reads
+
+
 def _junk(target: str | None, item: Any) -> bool:
     """`item` given for the contract's field `target` is an email or phone nobody can use."""
     if target not in ("email", "phone"):
@@ -673,6 +723,8 @@ class _Reader:
         self.attributes: dict[str, Any] = {}
         self.given: set[str] = set()
         self.read_from: dict[str, tuple[str, Any]] = {}  # "contact.email" -> (the key read, its value)
+        # "contact.email" -> (where in the body the value used was sent, as sent): nested or flat
+        self.sent_at: dict[str, tuple[tuple[str, ...], Any]] = {}
 
     def keep(self, path: tuple[str, ...], value: Any) -> None:
         """Keep an unknown field verbatim, nested under attributes as it was in the body. A name
@@ -742,6 +794,7 @@ class _Reader:
                 out[target] = text
                 self.given.add(f"{name}.{target}")
                 self.read_from[f"{name}.{target}"] = (str(key), item)
+                self.sent_at[f"{name}.{target}"] = ((name, str(key)), item)
             if isinstance(item, list) and len(item) > 1:
                 self.keep((name, str(key)), item)
         return out
@@ -766,7 +819,7 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
         name = TOP_ALIASES.get(name, name)
         if name in TOP_FIELDS and name not in top:
             top[name] = value
-        elif name in FLAT_FIELDS and not isinstance(value, (dict, list)) and (
+        elif name in FLAT_FIELDS and (not isinstance(value, (dict, list)) or _scalars(value)) and (
                 FLAT_FIELDS[name][1] not in flat[FLAT_FIELDS[name][0]]):
             section, target = FLAT_FIELDS[name]
             flat[section][target] = (str(key), value)
@@ -804,10 +857,13 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
                     r.keep((section, nested_key), item)
                 del raw[section][target]
             if target not in raw[section]:
-                text = r.text(f"{section}.{target}", value)  # a scalar: never a TypeError
+                text = r.text(f"{section}.{target}", value)  # scalars: never a TypeError
                 if text is not None:
                     raw[section][target] = text
                     r.given.add(f"{section}.{target}")
+                    r.sent_at[f"{section}.{target}"] = ((key,), value)
+                if isinstance(value, list) and len(value) > 1:  # the first is used, all are kept
+                    r.keep((key,), value)
             elif value is not None and str(value).strip() not in ("", raw[section][target]):
                 r.keep((key,), value)  # the nested object's value is used; this one is kept
 
@@ -831,13 +887,25 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     )
 
 
+# What follows a comma after a full name without being a first name ("Ada Lovelace, PhD").
+NAME_SUFFIXES = frozenset({"jr", "sr", "ii", "iii", "iv", "phd", "md", "mba", "cpa", "esq", "dds", "rn", "pe",
+                           "jd", "msc", "bsc", "ma", "ba", "cfa", "pmp"})
+
+
 def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
              source: IntakeSource) -> tuple[Contact, bool]:
     out: dict[str, Any] = {}
     name = raw.pop("name", None)
     if name and not raw.get("first_name") and not raw.get("last_name"):
-        first, _, last = name.rpartition(" ")
-        out["first_name"], out["last_name"] = (first, last) if first else (name, None)
+        before, _, after = name.partition(",")
+        if after and fold(after) in NAME_SUFFIXES:  # "Ada Lovelace, PhD": a suffix, not a first name
+            name = before.strip()
+        if "," in name:  # "Lovelace, Ada": the order CRM exports and directories write
+            last, _, first = (part.strip() for part in name.partition(","))
+            out["first_name"], out["last_name"] = (first, last or None) if first else (last or None, None)
+        else:
+            first, _, last = name.rpartition(" ")
+            out["first_name"], out["last_name"] = (first, last) if first else (name, None)
     elif name:
         r.keep(("contact", "name"), name)
     for key in ("first_name", "last_name", "title"):
@@ -846,6 +914,12 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
     usable = False
     if email := raw.get("email"):
         usable = r.normalized(out, "email", "contact.email", normalize_email, email)
+        if usable and email.count("@") > 1 and not email.lstrip().startswith('"'):
+            # Several addresses in one field: the first usable one is the contact's; the field as
+            # sent (a list is kept already) keeps the others where the sender put them.
+            path, item = r.sent_at.get("contact.email", (("contact", "email"), email))
+            if not isinstance(item, list):
+                r.keep(path, item)
     if country := raw.get("country"):
         r.normalized(out, "country", "contact.country", normalize_country, country)
     phone_zone = None
@@ -970,9 +1044,7 @@ def _score(r: _Reader, value: Any) -> float | None:
         r.warn("score", f"{exc}; kept in attributes, not used for tiering", value)
         r.keep(("score",), value)
         return None
-    if not 0 <= number <= 100:
-        r.warn("score", "is outside 0-100; kept in attributes, not used for tiering", value)
-        r.keep(("score",), value)
-        return None
+    # Any finite number: marketing automation scores have no cap (Pardot and Marketo run to
+    # hundreds, negative scoring goes below 0), and tier rules' min_score is set on their scale.
     return number
 

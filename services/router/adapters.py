@@ -45,10 +45,13 @@ from .domain import (
 )
 from .tables import SCHEMA, assignments, owner_state, queue
 
-# Drain order: the tier's rank in the configuration (Tiers.key: rank, then name), queued_at, lead_id.
+# Drain order: the tier's rank in the configuration (Tiers.key: rank, then name), queued_at, the
+# lead's received_at (as its facts hold it: ISO text in UTC, which sorts as the instants do), lead_id.
 # The rank is computed from the configuration of the moment, never stored: a new configuration
 # re-orders the queue at once, and replaying the events rebuilds the same table whatever it says.
-QueueKey = tuple[int, str, datetime, str]
+# received_at orders the leads one run queued (they share queued_at, its transaction's now): else
+# they drained by their random ids, a lead received seconds after another often first.
+QueueKey = tuple[int, str, datetime, str, str]
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,11 @@ class QueuedLead:
     facts: LeadFacts
     version: int = 0
     rank: int = 0  # the tier's rank in the configuration the lead was read under (Tiers.rank)
+    received: str = ""  # the lead's received_at as its stored facts hold it (see QueueKey)
 
     @property
     def key(self) -> QueueKey:
-        return (self.rank, self.tier, self.queued_at, self.lead_id)
+        return (self.rank, self.tier, self.queued_at, self.received, self.lead_id)
 
 
 class Scope(Protocol):
@@ -167,8 +171,14 @@ def tier_rank_sql(column: Any, tiers: Tiers) -> Any:
 
 
 def drain_order(table: Any, tiers: Tiers, at: Any) -> tuple[Any, ...]:
-    """`QueueKey`'s columns for a table with a tier (and `at`, its age)."""
-    return (tier_rank_sql(table.c.tier, tiers), table.c.tier, at, table.c.lead_id)
+    """`QueueKey`'s columns for a table with a tier and facts (and `at`, its age)."""
+    return (tier_rank_sql(table.c.tier, tiers), table.c.tier, at,
+            func.coalesce(table.c.facts["received_at"].astext, ""), table.c.lead_id)
+
+
+def received_text(facts: Mapping[str, Any] | None) -> str:
+    """The lead's received_at as `drain_order` reads it from its stored facts."""
+    return (facts or {}).get("received_at") or ""
 
 
 def facts_of_row(lead_id: str, tier: str, raw: Mapping[str, Any] | None) -> LeadFacts:
@@ -353,7 +363,8 @@ def _assignment(row) -> Assignment:
 def _queued(row, tiers: Tiers | None = None) -> QueuedLead:
     return QueuedLead(lead_id=row.lead_id, tier=row.tier, reason=row.reason, queued_at=row.queued_at,
                       assignment_no=row.assignment_no, facts=facts_of_row(row.lead_id, row.tier, row.facts),
-                      version=row.version, rank=tiers.rank(row.tier) if tiers is not None else 0)
+                      version=row.version, rank=tiers.rank(row.tier) if tiers is not None else 0,
+                      received=received_text(row.facts))
 
 
 # Locks of a run of new leads, in one statement: the leads, the keys given and the account
@@ -660,7 +671,8 @@ class InMemoryRouterStore:
                           queued_at=waiting.queued_at, assignment_no=waiting.assignment_no,
                           facts=facts_of_row(waiting.lead_id, waiting.tier, waiting.facts),
                           version=self.version(waiting.lead_id),
-                          rank=tiers.rank(waiting.tier) if tiers is not None else 0)
+                          rank=tiers.rank(waiting.tier) if tiers is not None else 0,
+                          received=received_text(waiting.facts))
 
     async def assignment(self, lead_id: str, *, for_update: bool = False) -> Assignment | None:
         row = self.data.assignments.get(lead_id)
@@ -670,7 +682,7 @@ class InMemoryRouterStore:
         rows = [r for r in self.data.assignments.values()
                 if r.owner_id == owner_id and r.closed_at is None and r.touched_at is None]
         return [self._assignment(r) for r in sorted(rows, key=lambda r: (*tiers.key(r.tier), r.assigned_at,
-                                                                          r.lead_id))]
+                                                                          received_text(r.facts), r.lead_id))]
 
     async def queued(self, lead_id: str, *, for_update: bool = False) -> QueuedLead | None:
         waiting = self.data.queue.get(lead_id)
@@ -678,7 +690,7 @@ class InMemoryRouterStore:
 
     @staticmethod
     def _key(waiting: _Waiting, tiers: Tiers) -> QueueKey:
-        return (*tiers.key(waiting.tier), waiting.queued_at, waiting.lead_id)
+        return (*tiers.key(waiting.tier), waiting.queued_at, received_text(waiting.facts), waiting.lead_id)
 
     def _drain_order(self, tiers: Tiers) -> list[_Waiting]:
         return sorted(self.data.queue.values(), key=lambda w: self._key(w, tiers))

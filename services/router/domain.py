@@ -5,6 +5,7 @@ Everything here takes the facts and `now` and returns a decision; the handlers l
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
@@ -21,7 +22,9 @@ from shared.config import (
     RoutingRule,
     RuleMatch,
     Team,
+    is_country_code,
     is_history,
+    lead_country,
     per_config,
     size_band,
 )
@@ -80,13 +83,13 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         lead_id=lead.lead_id,
         tier=lead.tier,
         source=lead.source,
-        country=lead.contact.country or lead.company.country,
+        country=lead_country(lead.contact.country, lead.company.country),
         intent=lead.intent.type,
         product=lead.intent.product,
         language=lead.contact.language,
         company_name=company.get("name"),
         company_domain=None if domain in FREE_MAIL_DOMAINS else domain,
-        company_size=None if company.get("size") is None else str(company["size"]),
+        company_size=_size_of(company.get("size"), company.get("employees")),
         industry=company.get("industry"),
         email=bool(lead.contact.email),
         phone=bool(lead.contact.phone),
@@ -95,6 +98,15 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         received_at=lead.received_at,
         correlation_id=correlation_id,
     )
+
+
+def _size_of(size: Any, employees: Any) -> str | None:
+    """The company size a rule's bands place: the exact head count when the sender gave one
+    (intake also reads 150 into the standard band 51-200, whose lower bound would put it in a
+    "1-99" segment), else the size as read (a band is placed by its lower bound)."""
+    if isinstance(employees, int) and not isinstance(employees, bool):
+        return str(employees)
+    return None if size is None else str(size)
 
 
 def _domain_of(value: Any) -> str | None:
@@ -108,18 +120,24 @@ def updated_facts(facts: LeadFacts, changed: Mapping[str, Mapping[str, Any]], ti
     the intent): what routing reads of the changed fields, and the re-evaluated tier."""
     values: dict[str, Any] = {"tier": tier, "contactable": contactable}
     attributes = dict(facts.attributes)
-    simple = {"contact.country": "country", "contact.language": "language", "company.name": "company_name",
+    simple = {"contact.language": "language", "company.name": "company_name",
               "company.industry": "industry", "intent.type": "intent", "intent.product": "product"}
     for name, change in changed.items():
         new = change.get("new")
         if name in simple:
             values[simple[name]] = new
-        elif name == "company.country" and facts.country is None and "contact.country" not in changed:
-            values["country"] = new  # the contact's country wins, as on receipt
+        elif name == "contact.country":
+            # The contact's country wins, as on receipt; one kept as sent leaves a usable one in place
+            # (the company's: intake never overwrites a usable country with an unreadable one).
+            values["country"] = lead_country(new, facts.country)
+        elif name == "company.country" and "contact.country" not in changed and not is_country_code(facts.country):
+            values["country"] = lead_country(new, facts.country)  # no usable contact country: the company's
         elif name == "company.domain":
             values["company_domain"] = _domain_of(new)
         elif name == "company.size":
-            values["company_size"] = None if new is None else str(new)
+            values["company_size"] = _size_of(new, (changed.get("company.employees") or {}).get("new"))
+        elif name == "company.employees" and new is not None:  # 150 corrected to 160: the band is the same
+            values["company_size"] = _size_of(None, new)
         elif name in ("contact.email", "contact.phone"):
             values[name.removeprefix("contact.")] = bool(new) or getattr(facts, name.removeprefix("contact."))
         elif name.startswith("attributes."):
@@ -400,13 +418,24 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
     today = state.today.get(owner.id, 0)
     if owner.daily_cap is not None and today >= owner.daily_cap:
         return f"daily cap reached ({today}/{owner.daily_cap})"
-    if owner.languages and lead.language and lead.language.split("-")[0] not in owner.languages:
+    if (owner.languages and lead.language and _LANGUAGE_TAG.fullmatch(lead.language)
+            and _primary(lead.language) not in {_primary(t) for t in owner.languages}):
         return f"does not speak {lead.language}"
     calendar = owner_calendar(owner, config)
     if calendar is not None and not BusinessCalendar(calendar).is_open(now):
         if lead.tier not in config.routing.off_hours_tiers:
             return "outside working hours"
     return None
+
+
+# A language as intake normalizes it (a BCP 47 tag); one it kept as sent ('Englisch') is unknown,
+# and an unknown language limits no owner, as a lead without one does.
+_LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
+
+
+def _primary(tag: str) -> str:
+    """A language tag's language: an owner who speaks `en-US` (or `EN`) speaks to an `en-GB` lead."""
+    return tag.replace("_", "-").split("-")[0].strip().casefold()
 
 
 def anyone_available(config: Config, state: RoutingState, now: datetime) -> bool:

@@ -93,9 +93,9 @@ class RouterStoreContract:
         return lead_id
 
     async def enqueue(self, tier: str = "A", *, at: datetime = NOW, assignment_no: int = 1,
-                      lead_id: str | None = None) -> str:
+                      lead_id: str | None = None, received_at: datetime | None = None) -> str:
         lead_id = lead_id or str(uuid.uuid4())
-        facts = LeadFacts(lead_id, tier, "web", country="GB", received_at=at)
+        facts = LeadFacts(lead_id, tier, "web", country="GB", received_at=received_at or at)
         async with self.unit() as store:
             await store.record(TOPIC_ROUTING, event("lead.queued", lead_id, LeadQueued(
                 lead_id=lead_id, tier=tier, queue=f"tier-{tier}", reason="no_eligible_owner", queued_at=at), at))
@@ -220,6 +220,19 @@ class RouterStoreContract:
         async with self.unit() as store:
             assert not await store.queue_nonempty() and await store.queued(a_new) is None
 
+    async def test_leads_queued_at_one_instant_drain_oldest_received_first(self) -> None:
+        """A run of new leads that all queue is one transaction, so they share `queued_at`: they
+        drained in the order of their random ids, a lead received seconds later often first."""
+        first, second, third = (f"{prefix}-{uuid.uuid4()}" for prefix in ("z", "m", "a"))  # ids sort backwards
+        for lead_id, received in ((first, NOW - timedelta(seconds=3)), (third, NOW - timedelta(seconds=1)),
+                                  (second, NOW - timedelta(seconds=2))):
+            await self.enqueue("A", at=NOW, lead_id=lead_id, received_at=received)
+        async with self.unit() as store:
+            page = await store.queue_page(None, 2, CONFIG.tiers)
+            assert [q.lead_id for q in page] == [first, second]
+            assert [q.lead_id for q in await store.queue_page(page[-1].key, 2, CONFIG.tiers)] == [third]
+            assert [f.lead_id for f in await store.queued_ahead("A", 10, CONFIG.tiers)] == [first, second, third]
+
     async def test_the_queue_drains_by_the_configurations_tier_rank_not_by_the_tiers_names(self) -> None:
         tiers = RANKED.tiers
         retired = await self.enqueue("lukewarm", at=NOW - timedelta(hours=4))  # a tier no longer configured
@@ -231,7 +244,8 @@ class RouterStoreContract:
             page = await store.queue_page(None, 2, tiers)
             assert [q.lead_id for q in page] == [hot_old, hot_new]
             assert [q.lead_id for q in await store.queue_page(page[-1].key, 2, tiers)] == [warm, cold]
-            assert [q.lead_id for q in await store.queue_page((2, "cold", NOW - timedelta(hours=3), cold), 9,
+            cold_at = NOW - timedelta(hours=3)
+            assert [q.lead_id for q in await store.queue_page((2, "cold", cold_at, cold_at.isoformat(), cold), 9,
                                                               tiers)] == [retired]
             assert [f.lead_id for f in await store.queued_ahead("warm", 10, tiers)] == [hot_old, hot_new, warm]
             assert [f.lead_id for f in await store.queued_ahead("hot", 10, tiers)] == [hot_old, hot_new]

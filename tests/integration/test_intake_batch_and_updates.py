@@ -286,3 +286,17 @@ async def test_a_source_key_patches_only_its_own_sources_leads(app, engine, api)
                                  headers={"Authorization": f"Bearer {admin_key}"}) as admin:
         fixed = await admin.patch(f"/v1/leads/{lead_id}", json={"company": {"name": "Acme GmbH"}})
     assert fixed.status_code == 200, fixed.text
+
+
+async def test_a_patch_finds_the_lead_by_the_senders_own_id_as_activities_do(app, engine, api) -> None:
+    """A CRM that knows only its record's id (the lead's external_id) could log touches by it but
+    its PATCH got 404. A source key finds only its own source's leads by it."""
+    external_id = f"crm-{uuid.uuid4().hex[:8]}"
+    lead_id = (await api.post("/v1/leads", json={"contact": {"email": email()}, "external_id": external_id,
+                                                 "intent": {"type": "ebook"}})).json()["lead_id"]
+    patched = await api.patch(f"/v1/leads/{external_id}", json={"intent": {"type": "trial"}})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["lead_id"] == lead_id and patched.json()["tier"] == "B"
+    assert [e.type for e in await stored_events(engine, "intake", lead_id)] == ["lead.received", "lead.updated"]
+    async with await client_for(app, engine, f"other-{uuid.uuid4().hex[:6]}") as other:
+        assert (await other.patch(f"/v1/leads/{external_id}", json={"company": {"name": "X"}})).status_code == 404

@@ -315,3 +315,28 @@ async def test_an_occurred_at_with_no_instant_in_utc_is_kept_like_any_unreadable
     assert [w["field"] for w in response.json()["warnings"]] == ["occurred_at"]
     [recorded] = [e.data for e in await stored_events(engine, "intake", lead_id) if e.type == "activity.recorded"]
     assert recorded["attributes"] == {"occurred_at": occurred_at}
+
+
+async def test_a_form_encoded_post_is_read_as_the_same_lead(api, engine) -> None:
+    """An HTML form posting straight to intake (or a form tool's 'send as form data' webhook)
+    was refused as 'not JSON'; its fields are read as a JSON body's would be, PHP-style
+    brackets as nested objects and repeated keys as lists."""
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    form = (f"contact[email]={email.upper()}&contact[country]=uk&company=Navy&intent=Demo+Request"
+            "&interests[]=ledger&interests[]=payroll&utm_source=google")
+    response = await api.post("/v1/leads", content=form.encode(),
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 201, response.text
+    assert response.json()["tier"] == "A"
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
+    assert (event.data["contact"]["email"], event.data["contact"]["country"]) == (email, "GB")
+    assert event.data["company"]["name"] == "Navy"
+    assert event.data["attributes"] == {"interests": ["ledger", "payroll"], "utm_source": "google"}
+    # Unbounce and others send the fields as JSON in one `data.json` field.
+    wrapped = await api.post("/v1/leads", content=b"data.json=" + json.dumps(
+        {"email": [f"x{email}"], "page_name": ["Demo"]}).encode().replace(b"&", b"%26"),
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert wrapped.status_code == 201, wrapped.text
+    refused = await api.post("/v1/leads", content=b"first_name=Ada",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "contact"

@@ -317,3 +317,11 @@ def test_an_activity_s_unknown_fields_are_kept_storable_not_refused(extra: dict)
     assert storable(kept) == kept
     assert orjson.loads(orjson.dumps(kept)) == kept  # what the jsonb column gets back, unchanged
     assert kept.keys() == {clean_text(k) for k in (extra if "disposition" not in extra else {"disposition": 1})}
+
+
+def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_tiering() -> None:
+    """'Deutchland' (kept as sent, with a warning) hid the company's DE from a tier rule on countries."""
+    config = parse_config("tiers: {default: C, rules: [{tier: A, when: {countries: [DE]}}]}")
+    sub = read_submission({"contact": {"email": "a@b.example", "country": "Deutchland"}, "company": {"country": "DE"}},
+                          config.intake.source("web"))
+    assert classify_tier(sub, "web", config.tiers) == "A"

@@ -230,3 +230,54 @@ async def test_lead_received_wire_form(uow) -> None:
     assert data["received_at"] == "2026-11-17T09:00:00Z" and data["submitted_at"] == "2026-11-17T08:00:00Z"
     assert list(data) == list(LeadReceived.model_fields)
     assert data["data_quality"] == submission.data_quality and data["attributes"] == submission.attributes
+
+
+SCORED = parse_config("""
+tiers:
+  default: C
+  rules: [{tier: A, when: {min_score: 80}}, {tier: B, when: {intent: [trial]}}]
+dedupe: {window: 30d, match_on: [email]}
+""")
+
+
+async def test_a_repeat_whose_higher_score_raises_the_tier_keeps_that_score_for_later_re_tiering(uow) -> None:
+    """The upgrade named the intent only: the lead kept its old score, so a later PATCH of any
+    field (a title) re-tiered it from the old score, back down to C."""
+    def scored(body: dict, partial: bool = False):
+        return read_submission(body, SCORED.intake.source("webform"), intent_vocabulary(SCORED), partial=partial)
+
+    first = await submit_lead(uow, uow.store, SCORED, scored({"contact": {"email": "a@example.com"}, "score": 20}),
+                              source="webform", now=NOW)
+    again = await submit_lead(uow, uow.store, SCORED, scored({"contact": {"email": "a@example.com"}, "score": "95%"}),
+                              source="webform", now=NOW + timedelta(hours=1))
+    await uow.commit()
+    assert (again.upgraded, again.tier) == (True, "A")
+    assert uow.committed[-1].event.data["changed"]["score"] == {"old": 20.0, "new": 95.0}
+    tier, changed = await update_lead(uow, uow.store, SCORED, first.lead_id,
+                                      scored({"contact": {"title": "CTO"}}, partial=True), now=NOW + timedelta(hours=2))
+    assert tier == "A" and "tier" not in changed
+
+
+BY_SOURCE = parse_config("""
+tiers:
+  default: C
+  rules: [{tier: A, when: {source: [partner]}}, {tier: B, when: {intent: [trial]}}]
+dedupe: {window: 30d, match_on: [email]}
+""")
+
+
+async def test_a_patch_of_a_field_tiering_does_not_read_keeps_the_tier_a_repeat_raised(uow) -> None:
+    """A partner's repeat of a web lead raises it to A (the partner's rule); the lead keeps its
+    first source, so a PATCH of its title re-tiered it from that source, back down to C."""
+    def read(body: dict, partial: bool = False):
+        return read_submission(body, BY_SOURCE.intake.source("web"), intent_vocabulary(BY_SOURCE), partial=partial)
+
+    first = await submit_lead(uow, uow.store, BY_SOURCE, read({"contact": {"email": "a@example.com"}}),
+                              source="web", now=NOW)
+    again = await submit_lead(uow, uow.store, BY_SOURCE, read({"contact": {"email": "a@example.com"}}),
+                              source="partner", now=NOW + timedelta(hours=1))
+    await uow.commit()
+    assert (first.tier, again.tier) == ("C", "A")
+    tier, changed = await update_lead(uow, uow.store, BY_SOURCE, first.lead_id,
+                                      read({"contact": {"title": "CTO"}}, partial=True), now=NOW + timedelta(hours=2))
+    assert (tier, changed) == ("A", {"contact.title": {"old": None, "new": "CTO"}})

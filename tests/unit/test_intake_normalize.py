@@ -120,7 +120,11 @@ def test_non_numbers_are_not_scores(given: Any) -> None:
      ("2026-11-22 10:00:00", "2026-11-22T15:00:00", True),
      ("11/22/2026 10:00 AM", "2026-11-22T15:00:00", True),
      ("Sun, 22 Nov 2026 10:00:00 +0000", "2026-11-22T10:00:00", False),
-     (1795341600, "2026-11-22T10:00:00", False), (1795341600000, "2026-11-22T10:00:00", False)],
+     (1795341600, "2026-11-22T10:00:00", False), (1795341600000, "2026-11-22T10:00:00", False),
+     # A zone named after the time, as Rails ("... UTC") and many exports write it: no assumption.
+     ("2026-11-22 10:00:00 UTC", "2026-11-22T10:00:00", False),
+     ("2026-11-22 10:00 PST", "2026-11-22T18:00:00", False),
+     ("11/22/2026 10:00 AM Europe/Berlin", "2026-11-22T09:00:00", False)],
 )
 def test_timestamps_without_an_offset_are_read_in_the_sources_zone(given: Any, utc: str, assumed: bool) -> None:
     parsed, was_assumed = parse_timestamp(given, "America/New_York")
@@ -384,9 +388,14 @@ REAL_SENDERS: list[tuple[str, IntakeSource, dict[str, Any], set[str], dict[str, 
     ("lead ad with a phone in international format with 00", NO_DEFAULTS,
      {"contact": {"phone": "0044 20 7946 0958", "first_name": "Uma"}},
      set(), {"contact.phone": "+442079460958"}),
-    ("lead ad with a score out of range", US_FORMS,
+    # Marketing automation scores have no cap (Pardot, Marketo, HubSpot: 850, or -15 after negative
+    # scoring): a tier rule's min_score of 150 must see them, not a score dropped as "out of range".
+    ("marketing automation score past 100", US_FORMS,
      {"contact": {"email": "val@n.com"}, "score": 850},
-     {"score"}, {"score": None, "attributes.score": 850}),
+     set(), {"score": 850.0, "attributes.score": None}),
+    ("marketing automation score below 0 as text", US_FORMS,
+     {"contact": {"email": "val@n.com"}, "lead_score": "-15"},
+     set(), {"score": -15.0, "attributes.score": None}),
     # -- CRM imports --
     ("salesforce export with CRM field names", US_FORMS,
      {"external_id": "00Q5e00000ABC", "contact": {"FirstName": "Wes", "LastName": "Lee", "Email": "wes@o.com",
@@ -442,3 +451,52 @@ def test_the_table_covers_every_kind_of_sender() -> None:
 def test_a_realistic_accepted_lead_keeps_its_timestamp_aware() -> None:
     sub = read({"contact": {"email": EMAIL}, "submitted_at": "2026-11-22T10:00:00Z"})
     assert sub.submitted_at == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("sent", "used"), [
+    ("ADA@Example.com.", "ada@example.com"),  # the sentence's full stop
+    ("ada@example.com;", "ada@example.com"),
+    ("ada @ example.com", "ada@example.com"),
+    ("mailto:ada@example.com?subject=Demo", "ada@example.com"),  # a pasted mailto link
+    ("ada@example.com; bob@example.com", "ada@example.com"),  # CRM exports join a contact's addresses
+    ("ada@example.com, bob@example.com", "ada@example.com"),
+    ("nope@; ada@example.com", "ada@example.com"),
+])
+def test_an_email_field_with_punctuation_or_several_addresses_is_usable_not_a_refusal(sent: str, used: str) -> None:
+    """A lead with only such an email was refused (422) though anyone could write to it."""
+    sub = read({"contact": {"email": sent}})
+    assert sub.contact.email == used and sub.warnings == []
+    if sent.count("@") > 1:  # the other addresses are kept, as sent
+        assert sub.attributes == {"contact": {"email": sent}}
+
+
+@pytest.mark.parametrize(("given", "region"), [
+    ("+00 44 20 7946 0958", None), ("+0044 20 7946 0958", None), ("0044 20 7946 0958", "US"),
+    ("0044-20-7946-0958", "JP"), ("+ 44 20 7946 0958", "DE"),
+])
+def test_a_00_international_prefix_is_read_wherever_the_number_is_read(given: str, region: str | None) -> None:
+    """'00' is how most of the world dials abroad, and form users type it after a '+' too: a
+    number with it was refused in a country that dials abroad otherwise (the US: 011)."""
+    assert normalize_phone(given, region).e164 == "+442079460958"
+
+
+@pytest.mark.parametrize(("name", "first", "last"), [
+    ("Ada Lovelace", "Ada", "Lovelace"), ("Lovelace, Ada", "Ada", "Lovelace"),
+    ("van Rossum, Guido", "Guido", "van Rossum"), ("Cher", "Cher", None), ("Lovelace,", "Lovelace", None),
+    ("Ada Lovelace, PhD", "Ada", "Lovelace"), ("Martin Luther King, Jr.", "Martin Luther", "King"),
+])
+def test_a_full_name_is_split_in_either_order_crms_write_it(name: str, first: str, last: str | None) -> None:
+    """'Lovelace, Ada' (CRM exports, directories) became first name 'Lovelace,' and last name 'Ada'."""
+    contact = read({"contact": {"email": EMAIL, "name": name}}).contact
+    assert (contact.first_name, contact.last_name) == (first, last)
+
+
+def test_flat_fields_sent_as_one_value_lists_are_read_as_their_value() -> None:
+    """Unbounce (and other tools posting every field as a list) sent {"email": ["ada@..."]}:
+    a flat field given as a list was kept in attributes, and the lead refused without an email."""
+    sub = read({"email": ["Ada@Example.com"], "phone_number": ["(415) 555-2671"], "page_name": ["Demo"]})
+    assert (sub.contact.email, sub.contact.phone) == ("ada@example.com", "+14155552671")
+    assert sub.attributes == {"page_name": ["Demo"]} and sub.warnings == []
+    several = read({"email": ["ada@example.com", "ada@work.example"]})
+    assert several.contact.email == "ada@example.com"
+    assert several.attributes == {"email": ["ada@example.com", "ada@work.example"]}

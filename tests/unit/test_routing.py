@@ -10,6 +10,7 @@ from services.router.domain import (
     decide,
     effective_owner,
     eligibility,
+    facts_of,
     owner_day,
     record,
     updated_facts,
@@ -322,3 +323,86 @@ def test_a_stored_upgrade_with_whole_intent_objects_changes_the_intent_routing_r
                                                      "tier": {"old": "C", "new": "A"}}})
     after = updated_facts(LeadFacts("l1", "C", "web", intent="content_download"), stored.changed, stored.tier, True)
     assert (after.intent, after.tier) == ("contact_sales", "A")
+
+
+@pytest.mark.parametrize(("spoken", "lead_language", "eligible"), [
+    (["en-US", "ES"], "en-US", True), (["en-US", "ES"], "en", True), (["en-US", "ES"], "es-MX", True),
+    (["EN"], "en-GB", True), (["de"], "de-AT", True), (["en-US"], "de", False),
+])
+def test_an_owner_s_languages_count_in_any_case_and_with_a_region(spoken, lead_language, eligible) -> None:
+    """An owner configured as speaking `en-US` (or `EN`) was ineligible for every English lead:
+    the lead's primary language was looked up among the owner's tags as written."""
+    config = parse_config(f"""
+owners: [{{id: a, languages: {spoken}}}]
+teams: [{{id: t, members: [a]}}]
+routing: {{rules: [{{id: all, team: t}}]}}
+""")
+    decision = decide(config, lead(language=lead_language), state(config), NOW)
+    assert (decision.owner_id == "a") is eligible
+
+
+SEGMENTS = parse_config("""
+owners: [{id: small}, {id: mid}, {id: big}]
+teams: [{id: small, members: [small]}, {id: mid, members: [mid]}, {id: big, members: [big]}]
+routing:
+  rules:
+    - {id: small, match: {company_sizes: ["1-99"]}, team: small}
+    - {id: mid, match: {company_sizes: ["100-999"]}, team: mid}
+    - {id: big, team: big}
+""")
+
+
+@pytest.mark.parametrize(("employees", "band", "segment"), [
+    (150, "51-200", "mid"), (60, "51-200", "small"), (950, "501-1000", "mid"), (1000, "501-1000", "big")])
+def test_an_exact_head_count_is_routed_by_the_count_not_by_its_standard_band(employees, band, segment) -> None:
+    """A company of 150 went to the 1-99 segment: intake reads 150 into the band 51-200, and the
+    router placed the lead by the band's lower bound (51), not by the count the sender gave."""
+    from shared.events import Company, Consent, Contact, Intent, LeadReceived
+    low, high = (int(n) for n in band.split("-"))
+    received = LeadReceived(
+        lead_id="l1", source="web", tier="A", contact=Contact(email="a@b.example"), intent=Intent(type="demo_request"),
+        company=Company(size=band, size_band=band, employees=employees, employees_min=low, employees_max=high),
+        consent=Consent(), contactable=True, received_at=NOW)
+    assert decide(SEGMENTS, facts_of(received), state(SEGMENTS), NOW).owner_id == segment
+    # A PATCH that corrects the size to an exact count changes both: the count is what routes.
+    patched = updated_facts(facts_of(received.model_copy(update={"company": Company()})), {
+        "company.size": {"old": None, "new": band}, "company.size_band": {"old": None, "new": band},
+        "company.employees": {"old": None, "new": employees}}, "A", True)
+    assert decide(SEGMENTS, patched, state(SEGMENTS), NOW).owner_id == segment
+    # A count corrected within its band changes only `employees`.
+    recounted = updated_facts(patched, {"company.employees": {"old": employees, "new": 99}}, "A", True)
+    assert decide(SEGMENTS, recounted, state(SEGMENTS), NOW).owner_id == "small"
+
+
+def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_territory() -> None:
+    """'Deutchland' (kept as sent by intake) hid the company's DE: the lead missed the DE rule."""
+    from shared.events import Company, Consent, Contact, Intent, LeadReceived
+    received = LeadReceived(
+        lead_id="l1", source="web", tier="A", contact=Contact(email="a@b.example", country="Deutchland"),
+        company=Company(country="DE"), intent=Intent(type="demo_request"), consent=Consent(), contactable=True,
+        received_at=NOW)
+    assert facts_of(received).country == "DE"
+    assert decide(CONFIG, facts_of(received), state(), NOW).rule_id == "de-only"
+    # Nothing usable at all: the contact's value as sent, as before (no rule names it).
+    junk = received.model_copy(update={"company": Company(country="Prussia")})
+    assert facts_of(junk).country == "Deutchland"
+    # A PATCH adding the company's country, or correcting the contact's, is followed the same way.
+    no_company = facts_of(received.model_copy(update={"company": Company()}))
+    assert no_company.country == "Deutchland"
+    assert updated_facts(no_company, {"company.country": {"old": None, "new": "DE"}}, "A", True).country == "DE"
+    with_company = facts_of(received)
+    assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "Prussia"}}, "A",
+                         True).country == "DE"
+    assert updated_facts(with_company, {"contact.country": {"old": "Deutchland", "new": "AT"}}, "A", True).country == "AT"
+
+
+def test_a_language_intake_could_not_read_limits_no_owner() -> None:
+    """A language kept as sent ('Englisch') made every owner with languages ineligible ("does not
+    speak Englisch"), as if the lead were known to speak none of theirs; unknown, it limits nobody."""
+    config = parse_config("""
+owners: [{id: a, languages: [en, de]}]
+teams: [{id: t, members: [a]}]
+routing: {rules: [{id: all, team: t}]}
+""")
+    assert decide(config, lead(language="Englisch"), state(config), NOW).owner_id == "a"
+    assert decide(config, lead(language="fr-CA"), state(config), NOW).owner_id is None
