@@ -225,7 +225,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         items = body.get("leads") if isinstance(body, dict) else None
         if not isinstance(items, list) or len(items) > MAX_BATCH:
             metrics.leads_rejected.labels(principal.name, "invalid").inc()
-            raise ProblemError(422, "Invalid batch", f"Send {{\"leads\": [...]}} with 1 to {MAX_BATCH} leads.",
+            raise ProblemError(422, "Invalid batch", f"Send {{\"leads\": [...]}} with up to {MAX_BATCH} leads.",
                                [{"field": "leads", "message": f"a list of at most {MAX_BATCH} leads"}])
         results: list[dict[str, Any] | None] = [None] * len(items)
         valid: list[tuple[int, Submission]] = []
