@@ -21,6 +21,9 @@ def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
     calendar = BusinessCalendar(calendar_config)
     # Time stops while paused and when the timer closes; paused business time never counts.
     end = row.closed_at or row.paused_at or now
+    if row.state == "breached":
+        # Its window ended at the deadline; closed_at is when the clock judged it (later in an outage).
+        end = min(end, row.due_at)
     elapsed = max(calendar.elapsed(row.started_at, end) - row.paused_seconds, 0.0)
     remaining = (row.target_seconds - elapsed if row.target_seconds is not None
                  else calendar.elapsed(end, row.due_at))

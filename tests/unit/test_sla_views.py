@@ -35,3 +35,10 @@ def test_a_cancelled_cadence_shows_its_reason_and_step() -> None:
                           closed_at=T0 + timedelta(minutes=5)), CONFIG, T0 + timedelta(hours=1))
     assert (view["state"], view["cancel_reason"], view["step"]) == ("cancelled", "cadence_exhausted", 3)
     assert view["elapsed_seconds"] == 300
+
+
+def test_a_breached_timer_shows_its_whole_window_used_however_late_it_was_judged() -> None:
+    judged_late = row(state="breached", root_cause="system_delay", closed_at=T0 + timedelta(minutes=11, seconds=30))
+    view = timer_view(judged_late, CONFIG, T0 + timedelta(hours=1))
+    assert view["state"] == "breached" and view["closed_at"] == "2026-11-17T09:11:30Z"
+    assert view["elapsed_seconds"] == 600 and view["remaining_seconds"] == 0
