@@ -23,14 +23,17 @@ from leadsla.logging import configure as configure_logging
 from services import SERVICE_PORTS
 from shared.settings import Settings
 
+# Help text as Markdown: typer's "rich" mode keeps a docstring's single line breaks in the
+# command lists, which broke every multi-line summary mid-sentence.
 app = typer.Typer(help="leadsla: no sales lead waits.", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode="markdown",
                   epilog="Commands use the database LEADSLA_DATABASE_URL names; serve and outbox retry also the "
                          "broker LEADSLA_KAFKA_BOOTSTRAP names. One they cannot use: one line, exit 2.")
-config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration versions.", no_args_is_help=True, rich_markup_mode="markdown")
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
-outbox_app = typer.Typer(help="Outbox rows the broker refused (parked).", no_args_is_help=True)
+outbox_app = typer.Typer(help="Outbox rows the broker refused (parked).", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(outbox_app, name="outbox")
 console = Console(stderr=True)
 

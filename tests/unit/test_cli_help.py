@@ -36,3 +36,12 @@ def test_python_dash_m_leadsla_is_the_leadsla_command() -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage: leadsla replay" in " ".join(result.stdout.split())
+
+
+def test_command_lists_flow_each_summary_instead_of_breaking_it_where_the_docstring_does() -> None:
+    """`leadsla --help` listed `replay` as "... its read │ models, from its │ timeline of ...": the
+    docstring's own line breaks, kept, left half-empty lines in the middle of a sentence."""
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "its read models, from its timeline of the events" in listing, listing
+    config = CliRunner().invoke(app, ["config", "--help"], env={"COLUMNS": "200"}).output
+    assert "if it changed); running services pick it up" in config, config
