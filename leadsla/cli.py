@@ -277,6 +277,19 @@ async def _create_key(database_url: str, name: str, role: str) -> str:
         await engine.dispose()
 
 
+async def _dev_admin_key(database_url: str) -> str:
+    """This start's admin key; the earlier starts' are revoked (each start prints its own)."""
+    from shared.auth import replace_named_key
+    from shared.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            return await replace_named_key(conn, "dev-admin", "admin")
+    finally:
+        await engine.dispose()
+
+
 @keys_app.command("create")
 def keys_create(
     source: Annotated[str | None, typer.Option(help="a source key: may submit leads and activities")] = None,
@@ -548,7 +561,7 @@ def dev(
             bootstrap = broker.start()
             asyncio.run(_migrate(database_url))
             version, config_origin = asyncio.run(_dev_config(database_url, config))
-            admin_key = asyncio.run(_create_key(database_url, "dev-admin", "admin"))
+            admin_key = asyncio.run(_dev_admin_key(database_url))
             receiver.start()
             mail_catcher.start()
         env = {"LEADSLA_DATABASE_URL": database_url, "LEADSLA_KAFKA_BOOTSTRAP": bootstrap,

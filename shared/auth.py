@@ -151,6 +151,14 @@ async def list_keys(conn: AsyncConnection) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in rows]
 
 
+async def replace_named_key(conn: AsyncConnection, name: str, role: Role) -> str:
+    """A new key named `name`, the live keys of that name revoked (`leadsla dev`'s admin key: one
+    per start, not one more valid admin key left behind by every start)."""
+    await conn.execute(update(api_keys).where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+                       .values(revoked_at=func.now()))
+    return await create_key(conn, name, role)
+
+
 async def revoke_key(conn: AsyncConnection, key: str) -> bool:
     """Revoke by key id (or by the whole key, whose id part is used). False: no such live key."""
     parts = split_key(key)

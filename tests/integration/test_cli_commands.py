@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
+from leadsla.cli import _dev_admin_key
+from shared.auth import verify_key
 from shared.db import api_keys, config_versions, make_engine
 from tests.integration.own_database import fresh_database
 
@@ -285,3 +287,14 @@ async def test_config_apply_names_an_owner_taken_out_of_the_file_who_still_holds
         async with engine.begin() as conn:
             await conn.execute(delete(assignments).where(assignments.c.owner_id == "gone-rep"))
         await engine.dispose()
+
+
+async def test_each_dev_start_revokes_the_admin_key_the_one_before_printed(database) -> None:
+    earlier = await _dev_admin_key(database.url)
+    latest = await _dev_admin_key(database.url)
+    async with database.engine.connect() as conn:
+        assert await verify_key(conn, earlier) is None
+        principal = await verify_key(conn, latest)
+        live = (await conn.execute(select(func.count()).select_from(api_keys).where(
+            api_keys.c.name == "dev-admin", api_keys.c.revoked_at.is_(None)))).scalar_one()
+    assert principal is not None and principal.is_admin and live == 1
