@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -31,20 +32,33 @@ from pydantic import (
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+_SECONDS = re.compile(r"^\d+(?:\.\d*)?$")
+_CLOCK_TIME = re.compile(r"^(\d+):\d\d(?::\d\d)?$")
+# Ten years: longer is a typo, and a deadline that far would overflow the dates it is added to.
+MAX_DURATION = 3650 * 86400.0
+
+
 def parse_duration(value: str | int | float) -> float:
-    """'90s', '5m', '1h30m', '2d' or a number of seconds -> seconds."""
+    """'90s', '5m', '1h30m', '2d' or a number of seconds (also in quotes: '300') -> seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration like '5m', '1h30m' or a number of seconds")
     if isinstance(value, (int, float)):
         seconds = float(value)
+    elif _SECONDS.match(value.strip()):
+        seconds = float(value.strip())
     else:
         match = _DURATION.match(value.strip())
         if not value.strip() or not match:
-            raise ValueError(f"{value!r} is not a duration like '5m', '1h30m', '2d' or '45s'")
+            clock = _CLOCK_TIME.match(value.strip())
+            hint = (f"; write {int(clock.group(1))}m for minutes or {int(clock.group(1))}h for hours"
+                    if clock else "")
+            raise ValueError(f"{value!r} is not a duration like '5m', '1h30m', '2d' or '45s'{hint}")
         d, h, m, s = (int(g or 0) for g in match.groups())
         seconds = float(((d * 24 + h) * 60 + m) * 60 + s)
-    if seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than ten years (3650d)")
     return seconds
 
 
@@ -71,7 +85,8 @@ CountryCode = Annotated[str, AfterValidator(_country_code)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads .inf and .nan as numbers; no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---- tiers and dedupe -----------------------------------------------------------------------
@@ -865,13 +880,27 @@ class ConfigError(ValueError):
 
 class _ConfigLoader(yaml.SafeLoader):
     """Safe YAML whose dates stay text for the models to read: YAML's own reading of a date
-    like 2026-12-32 raised out of the parser with no path to the field."""
+    like 2026-12-32 raised out of the parser with no path to the field. Booleans are only
+    true/false and there are no base-60 numbers, as in YAML 1.2: YAML 1.1 read Norway's `NO`,
+    Ontario's `ON` or a reason `no` as booleans, and `5:00` as the number 300 (5 minutes or
+    5 hours?). Boolean fields still take yes/no/on/off, as text."""
 
 
+_RETYPED = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float"}
 _ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _RETYPED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# YAML 1.1's numbers less the base-60 forms (190:20:30).
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X),
+    list("-+0123456789"))
 
 
 def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[str]:
@@ -953,7 +982,7 @@ def _yaml_typing_hint(err: Any) -> str:
     value = err.get("input")
     if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
         return ""
-    read_as = "true or false (YAML reads yes/no/on/off so)" if isinstance(value, bool) else f"the number {value!r}"
+    read_as = "true or false" if isinstance(value, bool) else f"the number {value!r}"
     return f"; YAML read the value as {read_as}: put it in quotes"
 
 
