@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
+from itertools import pairwise
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,6 +26,7 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -136,7 +138,7 @@ class Dedupe(Strict):
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = get_args(Weekday)
-_SPAN = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+_SPAN = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")  # 9:00-17:30 too
 
 
 def _parse_span(text: str) -> tuple[time, time | None]:
@@ -161,11 +163,23 @@ def _span(text: str) -> str:
 Span = Annotated[str, AfterValidator(_span)]
 
 
+def _apart(spans: list[str]) -> list[str]:
+    """A day's spans may touch (09:00-12:00, 12:00-17:00) but not overlap: an overlap is a typo
+    (11:00 for 13:00) that would otherwise quietly open the day longer than meant."""
+    ordered = sorted(((_parse_span(text), i, text) for i, text in enumerate(spans)), key=lambda s: s[0][0])
+    for ((_, end), i, text), ((start, _), j, other) in pairwise(ordered):
+        if end is None or start < end:
+            first, second = sorted([(i, text), (j, other)])
+            raise ValueError(f"{first[1]!r} ({{day}}.{first[0]}) and {second[1]!r} ({{day}}.{second[0]}) overlap")
+    return spans
+
+
 class PublicHolidays(Strict):
     """A country's public holidays, from the `holidays` package, closed like the calendar's own
     `holidays` dates (which still count): no list to keep up to date every year."""
 
-    country: str  # ISO 3166 alpha-2: US, DE, GB
+    # ISO 3166 alpha-2: US, DE, GB ('gb' is GB, as everywhere else in the file)
+    country: Annotated[str, AfterValidator(lambda code: code.strip().upper())]
     subdivision: str | None = None  # a state or province where holidays differ: CA in the US, BY in DE
 
     @model_validator(mode="after")
@@ -206,6 +220,22 @@ class CalendarConfig(Strict):
         if not any(value.values()):
             raise ValueError("a calendar with hours needs at least one open span (omit `hours` for 24x7)")
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _spans_apart(cls, data: Any, handler: Callable[[Any], CalendarConfig], info: ValidationInfo) -> CalendarConfig:
+        calendar = handler(data)
+        if (info.context or {}).get("stored"):
+            return calendar  # hours stored before this check: business hours count an overlap once
+        for day, spans in (calendar.hours or {}).items():
+            try:
+                _apart(spans)
+            except ValueError as exc:
+                # Named by the day's path: hours.mon, as an error in one span is hours.mon.0.
+                raise ValidationError.from_exception_data(cls.__name__, [{
+                    "type": "value_error", "loc": ("hours", day), "input": spans,
+                    "ctx": {"error": ValueError(str(exc).format(day=day))}}]) from None
+        return calendar
 
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
         """Weekday number (Monday=0) -> sorted open spans; None when always open."""

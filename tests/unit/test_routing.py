@@ -141,6 +141,13 @@ def test_eligibility(changes, open_leads, today, tier, expected) -> None:
     assert eligibility(owner, lead(tier=tier), s, config, NOW) == expected
 
 
+def test_working_hours_stored_before_overlaps_were_refused_still_apply() -> None:
+    # PUT /v1/owners refuses overlapping spans now; an owner's stored ones must not stop routing.
+    hours = {**HOURS, "hours": {"tue": ["09:00-12:00", "11:00-17:00"]}}
+    owner = effective_owner(CONFIG.owner("a"), {"working_hours": hours})
+    assert owner.working_hours.hours["tue"] == ["09:00-12:00", "11:00-17:00"]
+
+
 def test_an_absence_ends_by_itself_at_until() -> None:
     owner = effective_owner(CONFIG.owner("a"), {"status": "out_of_office", "until": "2026-11-18T08:00:00Z"})
     assert current_status(owner, NOW) == "out_of_office"
