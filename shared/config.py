@@ -91,14 +91,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _matches_something(values: list[Any] | None) -> list[Any] | None:
+    if values is not None and not values:
+        raise ValueError("an empty list matches no lead; leave the condition out to match any")
+    return values
+
+
+_T = TypeVar("_T")
+# A condition's accepted values: left out, it accepts anything; an empty list would accept nothing.
+Condition = Annotated[list[_T] | None, AfterValidator(_matches_something)]
+
+
 # ---- tiers and dedupe -----------------------------------------------------------------------
 
 
 class TierCondition(Strict):
-    intent: list[str] | None = None
-    source: list[str] | None = None
+    intent: Condition[str] = None
+    source: Condition[str] = None
     min_score: float | None = None
-    countries: list[CountryCode] | None = None
+    countries: Condition[CountryCode] = None
 
 
 class TierRule(Strict):
@@ -285,16 +296,17 @@ class Team(Strict):
 
 
 class RuleMatch(Strict):
-    tiers: list[str] | None = None
-    countries: list[CountryCode] | None = None
-    regions: list[str] | None = None  # names from `routing.regions`
-    sources: list[str] | None = None
-    intents: list[str] | None = None
-    products: list[str] | None = None
-    languages: list[str] | None = None
-    company_sizes: list[str] | None = None  # bands like "1-50", "201-500", "1000+"
-    industries: list[str] | None = None
-    attributes: dict[str, list[str]] | None = None  # any attribute of the lead -> accepted values
+    tiers: Condition[str] = None
+    countries: Condition[CountryCode] = None
+    regions: Condition[str] = None  # names from `routing.regions`
+    sources: Condition[str] = None
+    intents: Condition[str] = None
+    products: Condition[str] = None
+    languages: Condition[str] = None
+    company_sizes: Condition[str] = None  # bands like "1-50", "201-500", "1000+"
+    industries: Condition[str] = None
+    # any attribute of the lead -> accepted values
+    attributes: dict[str, Annotated[list[str], AfterValidator(_matches_something)]] | None = None
 
     @field_validator("company_sizes")
     @classmethod
@@ -363,7 +375,8 @@ class RoutingRule(Strict):
 class Routing(Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     fallback_owner: str | None = None
-    regions: dict[str, list[CountryCode]] = Field(default_factory=dict)  # region -> ISO country codes
+    # region -> ISO country codes
+    regions: dict[str, Annotated[list[CountryCode], AfterValidator(_matches_something)]] = Field(default_factory=dict)
     # An open lead of the same company domain sends a new lead to that lead's owner, if eligible.
     account_match: bool = True
     # Tiers that may go to an owner outside their working hours (urgent leads).
@@ -402,8 +415,8 @@ class MetricTarget(Strict):
 
 
 class PolicyFilter(Strict):
-    tiers: list[str] | None = None
-    sources: list[str] | None = None
+    tiers: Condition[str] = None
+    sources: Condition[str] = None
 
 
 SlaMetric = Literal["first_response", "next_action", "qualification"]
@@ -782,7 +795,8 @@ class Config(Strict):
             problems.append(f"routing.rules: the last rule ({rules[-1].id!r}) must be a catch-all "
                             "(no `match`, no `requires`) so that every lead has a rule")
         for i, rule in enumerate(rules[:-1]):
-            if rule.match.is_catch_all and not rule.requires:
+            # `requires` does not pass a lead on: one without the fields goes to the fallback owner.
+            if rule.match.is_catch_all:
                 problems.append(f"routing.rules.{i + 1}: unreachable, rule {rule.id!r} before it matches every lead")
                 break
         return problems
@@ -829,6 +843,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
     warnings += _shadowed_policies(config.sla_policies)
+    warnings += _shadowed_rules(config.routing.rules, config.routing.regions)
     for i, policy in enumerate(config.sla_policies):
         cadence = policy.metrics.get("next_action")
         if cadence is not None and cadence.within is not None and cadence.within < cadence.target:
@@ -900,6 +915,43 @@ def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
             if covers(earlier.filter.tiers, later.filter.tiers) and covers(earlier.filter.sources, later.filter.sources):
                 warnings.append(f"sla_policies.{j}: never applies: sla_policies.{i} ({earlier.id!r}) comes first "
                                 f"and takes every lead its filter passes (a lead gets the first policy that fits)")
+                break
+    return warnings
+
+
+def _covers(earlier: RuleMatch, later: RuleMatch, regions: dict[str, list[str]]) -> bool:
+    """Whether every lead `later` matches, `earlier` matches too: each of its conditions is left
+    out or accepts all that `later`'s accepts (values compared as the router folds them, regions
+    by their countries)."""
+    def folded(values: list[str]) -> set[str]:
+        return {str(v).strip().casefold() for v in values}
+
+    def wider(mine: list[str] | None, theirs: list[str] | None) -> bool:
+        return mine is None or (theirs is not None and folded(theirs) <= folded(mine))
+
+    def countries(names: list[str] | None) -> list[str] | None:
+        return None if names is None else [c for name in names for c in regions.get(name, [])]
+
+    fields = [name for name in type(earlier).model_fields if name not in ("attributes", "regions")]
+    if not all(wider(getattr(earlier, name), getattr(later, name)) for name in fields):
+        return False
+    if not wider(countries(earlier.regions), countries(later.regions)):
+        return False
+    theirs = later.attributes or {}
+    return all(key in theirs and wider(values, theirs[key]) for key, values in (earlier.attributes or {}).items())
+
+
+def _shadowed_rules(rules: list[RoutingRule], regions: dict[str, list[str]]) -> list[str]:
+    """A lead goes by the first rule it matches: one whose every lead an earlier rule already
+    matches never routes anything. (A rule after a catch-all is an error, not this warning.)"""
+    warnings = []
+    for j, later in enumerate(rules):
+        for i, earlier in enumerate(rules[:j]):
+            if earlier.match.is_catch_all:
+                break
+            if _covers(earlier.match, later.match, regions) and not later.match.is_catch_all:
+                warnings.append(f"routing.rules.{j}: never matches: routing.rules.{i} ({earlier.id!r}) comes first "
+                                "and takes every lead it matches (a lead goes by the first rule that matches)")
                 break
     return warnings
 

@@ -371,8 +371,9 @@ def test_a_rule_after_one_that_takes_every_lead_is_unreachable_even_if_that_one_
 def test_a_rule_an_earlier_rule_always_takes_first_is_a_warning() -> None:
     text = example_with("- {id: inbound-round-robin",
                         "- {id: uki-any, match: {regions: [uki]}, team: sdr}\n"
-                        "    - {id: uki-big, match: {regions: [uki], company_sizes: [\"1000+\"], tiers: [A]}, team: sdr}\n"
+                        "    - {id: uki-tier-a, match: {regions: [UKI], tiers: [A]}, team: sdr}\n"
                         "    - {id: inbound-round-robin")
+    text = text.replace("uki: [GB, IE]", "uki: [GB, IE], UKI: [GB]")
     assert config_warnings(parse_config(text)) == [
         "routing.rules.2: never matches: routing.rules.1 ('uki-any') comes first and takes every lead it "
         "matches (a lead goes by the first rule that matches)"]
