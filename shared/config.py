@@ -91,6 +91,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _errors_at(model: type, problems: list[tuple[tuple[str | int, ...], Any, str]]) -> ValidationError:
+    """Errors of a model's check named by the paths of the fields inside it (loc, input, message),
+    as a field's own validator would name them: a check across fields knows the exact one."""
+    return ValidationError.from_exception_data(model.__name__, [
+        {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+        for loc, value, message in problems])
+
+
 def _matches_something(values: list[Any] | None) -> list[Any] | None:
     if values is not None and not values:
         raise ValueError("an empty list matches no lead; leave the condition out to match any")
@@ -243,9 +251,7 @@ class CalendarConfig(Strict):
                 _apart(spans)
             except ValueError as exc:
                 # Named by the day's path: hours.mon, as an error in one span is hours.mon.0.
-                raise ValidationError.from_exception_data(cls.__name__, [{
-                    "type": "value_error", "loc": ("hours", day), "input": spans,
-                    "ctx": {"error": ValueError(str(exc).format(day=day))}}]) from None
+                raise _errors_at(cls, [(("hours", day), spans, str(exc).format(day=day))]) from None
         return calendar
 
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
@@ -440,6 +446,25 @@ def is_history(occurred_at: datetime, began: datetime) -> bool:
     return occurred_at < began - HISTORY_DRIFT
 
 
+# The contract's activity types; intake reads other names CRMs and engagement tools give them as these.
+ActivityType = Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
+ACTIVITY_TYPES: tuple[str, ...] = get_args(ActivityType)
+ACTIVITY_TYPE_ALIASES = {
+    "phone": "call", "phone_call": "call", "calls": "call", "e_mail": "email", "mail": "email",
+    "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
+    "do_not_contact": "opt_out", "optout": "opt_out",
+}
+# The contract's outcomes per activity type; other outcomes are kept as sent.
+OUTCOMES = {
+    "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
+    "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
+    "email": ("sent", "replied", "bounced", "opened", "clicked"),
+}
+# Activities that never count as a touch, whatever a policy lists: they pause, resume or close.
+NEVER_TOUCHES = {"pause": "it pauses the clocks", "resume": "it resumes the clocks",
+                 "opt_out": "it closes the lead"}
+
+
 class TouchRule(Strict):
     """An activity type that counts as a touch, only with these outcomes (None: any outcome) and
     only for these metrics (None: all). E.g. a no_answer call as a cadence attempt only."""
@@ -459,6 +484,27 @@ class SlaPolicy(Strict):
     qualifying_touches: list[str | TouchRule] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
     # Whose activities count: anyone's, or only the lead's current owner's.
     touch_actors: Literal["anyone", "owner"] = "anyone"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _touches_are_activities(cls, data: Any, handler: Callable[[Any], SlaPolicy]) -> SlaPolicy:
+        """A touch names an activity type intake records (as it reads them: 'phone' is a call);
+        anything else would never count, and the clock would breach leads that were answered."""
+        policy = handler(data)
+        problems = []
+        for i, rule in enumerate(policy.qualifying_touches):
+            kind, loc = (rule, ("qualifying_touches", i)) if isinstance(rule, str) else (
+                rule.type, ("qualifying_touches", i, "type"))
+            if kind in NEVER_TOUCHES:
+                problems.append((loc, kind, f"{'an' if kind[0] in 'aeiou' else 'a'} {kind.replace('_', '-')} is never a touch: {NEVER_TOUCHES[kind]}"))
+            elif kind not in ACTIVITY_TYPES:
+                near = ACTIVITY_TYPE_ALIASES.get(kind) or next(iter(difflib.get_close_matches(
+                    kind, ACTIVITY_TYPES, n=1, cutoff=0.6)), None)
+                problems.append((loc, kind, f"{kind!r} is not an activity type"
+                                 + (f"; did you mean {near!r}?" if near else f" ({', '.join(ACTIVITY_TYPES)})")))
+        if problems:
+            raise _errors_at(cls, problems)
+        return policy
 
     def counts_as_touch(self, metric: str, activity_type: str, outcome: str | None, actor: str | None,
                         owner_id: str | None) -> bool:
@@ -850,6 +896,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
             warnings.append(f"sla_policies.{i}.metrics.next_action.within: shorter than one follow-up's target: "
                             "a follow-up made when due is already past the window, so the cadence ends there")
     warnings += _day_targets_on_business_calendars(config)
+    warnings += _misspelt_outcomes(config.sla_policies)
     known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
              *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
     configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
@@ -863,6 +910,24 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
             if intent not in vocabulary and near:
                 warnings.append(f"{path}.{k}: intent type {intent!r} is not a known one; did you mean {near[0]!r}? "
                                 "(as written it matches only leads sent with exactly that type)")
+    return warnings
+
+
+def _misspelt_outcomes(policies: list[SlaPolicy]) -> list[str]:
+    """An outcome a touch rule names that is one letter from one of the contract's ('conected'):
+    senders' own outcomes are kept as sent, so a rule may name them, but a typo never matches."""
+    warnings = []
+    for i, policy in enumerate(policies):
+        for j, rule in enumerate(policy.qualifying_touches):
+            if isinstance(rule, str):
+                continue
+            known = {*OUTCOMES.get(rule.type, ()), *ENGAGEMENT_OUTCOMES}
+            for k, outcome in enumerate(rule.outcomes or []):
+                near = difflib.get_close_matches(outcome, sorted(known), n=1, cutoff=0.8)
+                if outcome not in known and near:
+                    warnings.append(f"sla_policies.{i}.qualifying_touches.{j}.outcomes.{k}: outcome {outcome!r} is "
+                                    f"not a known {rule.type} outcome; did you mean {near[0]!r}? (as written it "
+                                    "matches only activities sent with exactly that outcome)")
     return warnings
 
 
