@@ -11,8 +11,10 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
+from email.utils import parseaddr
 from itertools import pairwise
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -84,6 +86,31 @@ def _country_code(value: str) -> str:
 
 
 CountryCode = Annotated[str, AfterValidator(_country_code)]
+
+
+def _http_url(value: str | None) -> str | None:
+    """An absolute http(s) URL: without its scheme and host a webhook fails at every send, after the
+    configuration was accepted, and a message's link leads nowhere."""
+    if value is not None:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL like 'https://hooks.example.com/leadsla'")
+    return value
+
+
+def _email_address(value: str | None) -> str | None:
+    """An address, bare or with a name ('leadsla <alerts@example.com>'): mail to anything else is
+    refused by the server at every send."""
+    if value is not None:
+        _, address = parseaddr(value)
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain) or " " in address:
+            raise ValueError(f"{value!r} is not an email address like 'alerts@example.com'")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
 
 
 class Strict(BaseModel):
@@ -274,7 +301,7 @@ def _status_alias(value: object) -> object:
 class Owner(Strict):
     id: str
     name: str | None = None
-    email: str | None = None
+    email: EmailAddress | None = None
     manager_id: str | None = None
     status: Annotated[OwnerStatus, BeforeValidator(_status_alias)] = "active"
     until: datetime | None = None  # when out_of_office ends; the owner is active again from then
@@ -536,7 +563,7 @@ class ChannelRateLimit(Strict):
 
 class WebhookChannel(Strict):
     type: Literal["webhook"] = "webhook"
-    url: str
+    url: HttpUrl
     secret: SecretStr | None = None
     secret_env: str | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
@@ -593,8 +620,8 @@ class EmailChannel(Strict):
     validate_certs: bool = True
     username: str | None = None
     password_env: str | None = None
-    from_address: str = Field(alias="from")
-    reply_to: str | None = None
+    from_address: EmailAddress = Field(alias="from")
+    reply_to: EmailAddress | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     rate_limit: ChannelRateLimit | None = None
@@ -624,6 +651,9 @@ Channel = Annotated[
 ]
 
 
+_CHANNEL_TYPES = ("webhook", "slack", "email")
+
+
 class QuietHours(Strict):
     # Messages to people (Slack, email) wait until the recipient's calendar (owners.*.calendar)
     # opens, except for leads of these tiers. Webhooks go to systems and are never held.
@@ -640,7 +670,7 @@ class Digest(Strict):
 class NotifierSettings(Strict):
     # Messages link to the lead at `<link_base_url>/v1/leads/<lead_id>` (e.g. your reporting URL
     # or a CRM deep link base); without it they carry no link.
-    link_base_url: str | None = None
+    link_base_url: HttpUrl | None = None
     # CRM subscriptions: how long one POST may take and how many tries before giving up.
     subscription_timeout_seconds: float = Field(default=5.0, gt=0)
     subscription_max_attempts: int = Field(default=8, ge=1)
@@ -652,11 +682,17 @@ class NotifierSettings(Strict):
     keep_delivered: Duration = 7 * 86400
 
 
+def _some_channel(channels: list[str]) -> list[str]:
+    if not channels:
+        raise ValueError("a step needs at least one channel (a step without one would tell nobody)")
+    return channels
+
+
 class EscalationStep(Strict):
     step: int = Field(ge=1)
     after: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0", "0s") else parse_duration(v))] = 0.0
     notify: list[Literal["owner", "manager", "lead_ops"]] = Field(default_factory=lambda: ["owner"])
-    channels: list[str]
+    channels: Annotated[list[str], AfterValidator(_some_channel)]
     reassign: bool = False  # when the step fires, the router also routes the lead to someone else
 
 
@@ -1117,6 +1153,8 @@ _UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z][A-Za-
 
 def _path(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p) and _is_type_name(p))]
+    if len(parts) > 2 and parts[0] == "channels" and parts[2] in _CHANNEL_TYPES:
+        del parts[2]  # the channel's type, which pydantic adds to the location: `type` is a key of its own
     return ".".join(parts) or "(root)"
 
 

@@ -413,3 +413,8 @@ def test_urls_and_addresses_are_checked_when_the_file_is_read() -> None:
     assert "notifier.link_base_url: 'reporting.internal' is not an http(s) URL" in message
     assert "channels.mail.from: 'leadsla alerts' is not an email address" in message
     assert "owners.0.email: 'alice' is not an email address" in message
+
+
+def test_an_error_in_a_channel_is_named_by_the_channels_path_without_its_type() -> None:
+    message = errors_of(example_with("port: 8025", "port: 0"))
+    assert "channels.mail.port: Input should be greater than or equal to 1" in message
