@@ -291,6 +291,27 @@ class CalendarConfig(Strict):
 # ---- people and routing ---------------------------------------------------------------------
 
 
+def _language_code(value: str) -> str:
+    """An ISO 639 code as the primary language of the tags leads carry ('DE', 'de-AT', 'deu' -> 'de'):
+    the router compares a lead's primary language with these, so `DE` matched no German lead."""
+    import pycountry  # here: most configurations name no languages, and its tables are large
+
+    primary = re.split(r"[-_]", value.strip())[0].lower()
+    found = None
+    if len(primary) == 2:
+        found = pycountry.languages.get(alpha_2=primary)
+    elif len(primary) == 3:
+        found = pycountry.languages.get(alpha_3=primary)
+    if found is not None:
+        return getattr(found, "alpha_2", None) or found.alpha_3
+    try:
+        named = pycountry.languages.lookup(value.strip())
+        hint = f"; did you mean {getattr(named, 'alpha_2', None) or named.alpha_3!r}?"
+    except LookupError:
+        hint = " like 'en', 'de' or 'pt'"
+    raise ValueError(f"{value!r} is not a language code{hint}")
+
+
 OwnerStatus = Literal["active", "away", "offline", "out_of_office"]
 
 
@@ -308,7 +329,8 @@ class Owner(Strict):
     capacity: int | None = Field(default=None, ge=0)  # open leads at once
     daily_cap: int | None = Field(default=None, ge=0)  # assignments per day in the owner's calendar
     weight: int = Field(default=1, ge=1)  # share under the `weighted` method
-    languages: list[str] = Field(default_factory=list)
+    # Languages the owner speaks, read as the primary language of a lead's tag ('de' for de-AT).
+    languages: list[Annotated[str, AfterValidator(_language_code)]] = Field(default_factory=list)
     calendar: str | None = None
     working_hours: CalendarConfig | None = None  # the owner's own hours; wins over `calendar`
 

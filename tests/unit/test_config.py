@@ -418,3 +418,8 @@ def test_urls_and_addresses_are_checked_when_the_file_is_read() -> None:
 def test_an_error_in_a_channel_is_named_by_the_channels_path_without_its_type() -> None:
     message = errors_of(example_with("port: 8025", "port: 0"))
     assert "channels.mail.port: Input should be greater than or equal to 1" in message
+
+
+def test_an_owners_language_that_is_no_language_code_is_refused_by_path() -> None:
+    message = errors_of(example_with("{id: alice, name", "{id: alice, languages: [German], name"))
+    assert "owners.0.languages.0: 'German' is not a language code; did you mean 'de'?" in message

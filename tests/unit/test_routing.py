@@ -329,3 +329,14 @@ def test_a_stored_upgrade_with_whole_intent_objects_changes_the_intent_routing_r
                                                      "tier": {"old": "C", "new": "A"}}})
     after = updated_facts(LeadFacts("l1", "C", "web", intent="content_download"), stored.changed, stored.tier, True)
     assert (after.intent, after.tier) == ("contact_sales", "A")
+
+
+@pytest.mark.parametrize("spoken", ["DE", "de-AT", "de_DE", "deu"])
+def test_an_owner_speaking_german_however_the_file_spells_it_gets_german_leads(spoken: str) -> None:
+    # Leads' languages are canonical tags ("de-AT"); owners' were compared as written, so `DE`
+    # or `de-AT` in the file left the owner ineligible for every German lead.
+    config = parse_config(f"owners: [{{id: x, languages: [{spoken}]}}]")
+    owner = config.owner("x")
+    s = RoutingState(owners={"x": owner}, open_leads={"x": 0}, today={"x": 0})
+    assert eligibility(owner, lead(language="de-AT"), s, config, NOW) is None
+    assert eligibility(owner, lead(language="fr"), s, config, NOW) == "does not speak fr"
