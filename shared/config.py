@@ -753,6 +753,22 @@ class IntakeSource(Strict):
         return value
 
 
+def _e164(text: str, region: str | None) -> str:
+    import phonenumbers  # here: most services never read a phone, and its tables are large
+
+    text = text.strip()
+    if region is None and text.startswith("00"):
+        text = "+" + text[2:]  # the international prefix most of the world dials (as intake reads leads')
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        if region is None and not text.startswith("+"):
+            raise ValueError("has no country code (+44 ...) and there is no intake.default_region to read "
+                             "it in") from None
+        raise ValueError("is not a phone number") from None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
 class Suppression(Strict):
     """Contacts nobody may contact: leads matching these are accepted but not contactable."""
 
@@ -777,6 +793,22 @@ class IntakeConfig(Strict):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return IntakeSource._known_zone(value)  # refused when the file is read, not per request
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _suppressed_phones_in_e164(cls, data: Any, handler: Callable[[Any], IntakeConfig]) -> IntakeConfig:
+        """Suppressed phones as intake writes leads' phones (E.164, a national number read in
+        `default_region`): compared as written, '+1 (415) 555-2671' suppressed nobody."""
+        intake = handler(data)
+        phones, problems = [], []
+        for i, text in enumerate(intake.suppression.phones):
+            try:
+                phones.append(_e164(text, intake.default_region))
+            except ValueError as exc:
+                problems.append((("suppression", "phones", i), text, f"{text!r} {exc}"))
+        if problems:
+            raise _errors_at(cls, problems)
+        return intake.model_copy(update={"suppression": intake.suppression.model_copy(update={"phones": phones})})
 
     def source(self, name: str) -> IntakeSource:
         """The source's settings with the global defaults filled in. Every value was validated

@@ -423,3 +423,10 @@ def test_an_error_in_a_channel_is_named_by_the_channels_path_without_its_type() 
 def test_an_owners_language_that_is_no_language_code_is_refused_by_path() -> None:
     message = errors_of(example_with("{id: alice, name", "{id: alice, languages: [German], name"))
     assert "owners.0.languages.0: 'German' is not a language code; did you mean 'de'?" in message
+
+
+def test_a_suppressed_phone_that_is_no_phone_number_is_refused_by_path() -> None:
+    message = errors_of(example_with("phones: []", "phones: ['+1 415 555 2671', call me]"))
+    assert "intake.suppression.phones.1: 'call me' is not a phone number" in message
+    message = errors_of(example_with("phones: []", "phones: ['07946 001800']").replace("default_region: US\n  timezone", "timezone"))
+    assert "intake.suppression.phones.0: '07946 001800' has no country code" in message

@@ -317,3 +317,14 @@ def test_an_activity_s_unknown_fields_are_kept_storable_not_refused(extra: dict)
     assert storable(kept) == kept
     assert orjson.loads(orjson.dumps(kept)) == kept  # what the jsonb column gets back, unchanged
     assert kept.keys() == {clean_text(k) for k in (extra if "disposition" not in extra else {"disposition": 1})}
+
+
+def test_a_suppressed_phone_written_as_people_write_numbers_suppresses_the_lead() -> None:
+    # Leads' phones are compared in E.164; the file's were compared as written, so "+1 (415)
+    # 555-2671" suppressed nobody and a do-not-contact number was routed and called.
+    config = parse_config("intake:\n  default_region: GB\n"
+                          "  suppression: {phones: ['+1 (415) 555-2671', '020 7946 0018', 0044 20 7946 0019]}\n")
+    suppression = config.intake.suppression
+    for phone in ("+14155552671", "+442079460018", "+442079460019"):
+        assert not is_contactable(submission(contact={"phone": phone}), suppression), phone
+    assert is_contactable(submission(contact={"phone": "+442079460020"}), suppression)
