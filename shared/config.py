@@ -978,6 +978,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
     warnings += [f"{path}.{k}: no lead can have tier {tier!r} (leads get {', '.join(sorted(tiers))}: "
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
+    warnings += _shadowed_tier_rules(config.tiers)
     warnings += _shadowed_policies(config.sla_policies)
     warnings += _shadowed_rules(config.routing.rules, config.routing.regions)
     for i, policy in enumerate(config.sla_policies):
@@ -1056,6 +1057,17 @@ def _day_targets_on_business_calendars(config: Config) -> list[str]:
                 f"{'one working day' if days == 1 else f'{int(days)} working days'} write {meant} (or use "
                 f"`calendar: always` for {int(days) * 24} hours around the clock)")
     return warnings
+
+
+def _shadowed_tier_rules(tiers: Tiers) -> list[str]:
+    """A tier rule without conditions gives every lead its tier: the rules after it and the default
+    never apply (a rule with an empty `when` is easy to leave behind when editing one out)."""
+    first = next((i for i, rule in enumerate(tiers.rules) if rule.when == TierCondition()), None)
+    if first is None:
+        return []
+    why = (f"never applies: tiers.rules.{first} has no `when` and gives every lead tier {tiers.rules[first].tier!r} "
+           "first (a lead gets the first rule that fits)")
+    return [*(f"tiers.rules.{i}: {why}" for i in range(first + 1, len(tiers.rules))), f"tiers.default: {why}"]
 
 
 def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:

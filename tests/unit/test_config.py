@@ -430,3 +430,12 @@ def test_a_suppressed_phone_that_is_no_phone_number_is_refused_by_path() -> None
     assert "intake.suppression.phones.1: 'call me' is not a phone number" in message
     message = errors_of(example_with("phones: []", "phones: ['07946 001800']").replace("default_region: US\n  timezone", "timezone"))
     assert "intake.suppression.phones.0: '07946 001800' has no country code" in message
+
+
+def test_tier_rules_after_one_without_conditions_are_a_warning() -> None:
+    text = example_with("    - tier: B\n      when: {intent: [trial]}\n", "    - tier: B\n")
+    assert config_warnings(parse_config(text)) == [
+        "tiers.rules.2: never applies: tiers.rules.1 has no `when` and gives every lead tier 'B' first "
+        "(a lead gets the first rule that fits)",
+        "tiers.default: never applies: tiers.rules.1 has no `when` and gives every lead tier 'B' first "
+        "(a lead gets the first rule that fits)"]
