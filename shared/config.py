@@ -794,21 +794,21 @@ class IntakeConfig(Strict):
     def _known_zone(cls, value: str) -> str:
         return IntakeSource._known_zone(value)  # refused when the file is read, not per request
 
-    @model_validator(mode="wrap")
+    @field_validator("suppression")
     @classmethod
-    def _suppressed_phones_in_e164(cls, data: Any, handler: Callable[[Any], IntakeConfig]) -> IntakeConfig:
+    def _suppressed_phones_in_e164(cls, value: Suppression, info: ValidationInfo) -> Suppression:
         """Suppressed phones as intake writes leads' phones (E.164, a national number read in
         `default_region`): compared as written, '+1 (415) 555-2671' suppressed nobody."""
-        intake = handler(data)
+        region = info.data.get("default_region")
         phones, problems = [], []
-        for i, text in enumerate(intake.suppression.phones):
+        for i, text in enumerate(value.phones):
             try:
-                phones.append(_e164(text, intake.default_region))
+                phones.append(_e164(text, region))
             except ValueError as exc:
-                problems.append((("suppression", "phones", i), text, f"{text!r} {exc}"))
+                problems.append((("phones", i), text, f"{text!r} {exc}"))
         if problems:
-            raise _errors_at(cls, problems)
-        return intake.model_copy(update={"suppression": intake.suppression.model_copy(update={"phones": phones})})
+            raise _errors_at(Suppression, problems)
+        return value.model_copy(update={"phones": phones})
 
     def source(self, name: str) -> IntakeSource:
         """The source's settings with the global defaults filled in. Every value was validated
