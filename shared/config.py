@@ -267,19 +267,21 @@ class CalendarConfig(Strict):
             raise ValueError("a calendar with hours needs at least one open span (omit `hours` for 24x7)")
         return value
 
-    @model_validator(mode="wrap")
+    @field_validator("hours")
     @classmethod
-    def _spans_apart(cls, data: Any, handler: Callable[[Any], CalendarConfig], info: ValidationInfo) -> CalendarConfig:
-        calendar = handler(data)
+    def _spans_apart(cls, value: dict[str, list[str]] | None, info: ValidationInfo) -> dict[str, list[str]] | None:
         if (info.context or {}).get("stored"):
-            return calendar  # hours stored before this check: business hours count an overlap once
-        for day, spans in (calendar.hours or {}).items():
+            return value  # hours stored before this check: business hours count an overlap once
+        problems = []
+        for day, spans in (value or {}).items():
             try:
                 _apart(spans)
             except ValueError as exc:
                 # Named by the day's path: hours.mon, as an error in one span is hours.mon.0.
-                raise _errors_at(cls, [(("hours", day), spans, str(exc).format(day=day))]) from None
-        return calendar
+                problems.append(((day,), spans, str(exc).format(day=day)))
+        if problems:
+            raise _errors_at(cls, problems)
+        return value
 
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
         """Weekday number (Monday=0) -> sorted open spans; None when always open."""
@@ -534,16 +536,14 @@ class SlaPolicy(Strict):
     # Whose activities count: anyone's, or only the lead's current owner's.
     touch_actors: Literal["anyone", "owner"] = "anyone"
 
-    @model_validator(mode="wrap")
+    @field_validator("qualifying_touches")
     @classmethod
-    def _touches_are_activities(cls, data: Any, handler: Callable[[Any], SlaPolicy]) -> SlaPolicy:
+    def _touches_are_activities(cls, value: list[str | TouchRule]) -> list[str | TouchRule]:
         """A touch names an activity type intake records (as it reads them: 'phone' is a call);
         anything else would never count, and the clock would breach leads that were answered."""
-        policy = handler(data)
         problems = []
-        for i, rule in enumerate(policy.qualifying_touches):
-            kind, loc = (rule, ("qualifying_touches", i)) if isinstance(rule, str) else (
-                rule.type, ("qualifying_touches", i, "type"))
+        for i, rule in enumerate(value):
+            kind, loc = (rule, (i,)) if isinstance(rule, str) else (rule.type, (i, "type"))
             if kind in NEVER_TOUCHES:
                 problems.append((loc, kind, f"{'an' if kind[0] in 'aeiou' else 'a'} {kind.replace('_', '-')} is never a touch: {NEVER_TOUCHES[kind]}"))
             elif kind not in ACTIVITY_TYPES:
@@ -553,7 +553,7 @@ class SlaPolicy(Strict):
                                  + (f"; did you mean {near!r}?" if near else f" ({', '.join(ACTIVITY_TYPES)})")))
         if problems:
             raise _errors_at(cls, problems)
-        return policy
+        return value
 
     def counts_as_touch(self, metric: str, activity_type: str, outcome: str | None, actor: str | None,
                         owner_id: str | None) -> bool:

@@ -439,3 +439,11 @@ def test_tier_rules_after_one_without_conditions_are_a_warning() -> None:
         "(a lead gets the first rule that fits)",
         "tiers.default: never applies: tiers.rules.1 has no `when` and gives every lead tier 'B' first "
         "(a lead gets the first rule that fits)"]
+
+
+def test_a_bad_touch_or_overlap_is_named_beside_the_other_errors_of_its_policy_or_calendar() -> None:
+    message = errors_of(example_with("{target: 5m, warn_at", "{target: soon, warn_at").replace("      - sms\n", "      - smss\n")
+                        .replace('mon: ["09:00-17:30"]', 'mon: ["09:00-12:00", "11:00-17:30"]')
+                        .replace("timezone: Europe/London", "timezone: Europe/Londn"))
+    assert "sla_policies.0.metrics.first_response.target" in message and "sla_policies.0.qualifying_touches.1" in message
+    assert "calendars.emea-business.timezone" in message and "calendars.emea-business.hours.mon" in message
