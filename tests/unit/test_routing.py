@@ -340,3 +340,10 @@ def test_an_owner_speaking_german_however_the_file_spells_it_gets_german_leads(s
     s = RoutingState(owners={"x": owner}, open_leads={"x": 0}, today={"x": 0})
     assert eligibility(owner, lead(language="de-AT"), s, config, NOW) is None
     assert eligibility(owner, lead(language="fr"), s, config, NOW) == "does not speak fr"
+
+
+def test_account_match_off_routes_a_lead_of_a_company_with_an_open_lead_by_the_rules() -> None:
+    off = RULES.model_copy(update={"routing": RULES.routing.model_copy(update={"account_match": False})})
+    facts = LeadFacts("l", "A", "web", company_domain="acme.com")
+    decision = decide(off, facts, state(off, account_owner="jp"), NOW)
+    assert decision.method != "account_match" and decision.reason == "rule_match"
