@@ -290,6 +290,11 @@ class CalendarConfig(Strict):
                 for i, day in enumerate(WEEKDAYS)}
 
 
+# How far ahead business-hours arithmetic looks for open time (shared.business_hours): a calendar
+# with no open hours in that long is taken as never open.
+BUSINESS_HORIZON_DAYS = 3 * 366
+
+
 # ---- people and routing ---------------------------------------------------------------------
 
 
@@ -883,6 +888,7 @@ class Config(Strict):
                 if target.calendar is not None and target.calendar not in calendars:
                     problems.append(
                         f"sla_policies.{i}.metrics.{metric}.calendar: unknown calendar {target.calendar!r}")
+        problems.extend(self._targets_beyond_horizon())
         for i, team in enumerate(self.teams):
             if team.calendar and team.calendar not in calendars:
                 problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
@@ -902,6 +908,24 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _targets_beyond_horizon(self) -> list[str]:
+        """A target (or cadence window) longer than the open time its calendar has within the three
+        years business-hours arithmetic looks ahead can never come due: the clock raised instead."""
+        problems = []
+        for i, policy in enumerate(self.sla_policies):
+            for metric, target in policy.metrics.items():
+                name = target.calendar or policy.calendar
+                calendar = self.calendars.get(name)
+                if calendar is None or calendar.hours is None:
+                    continue
+                weekly = sum(_open_minutes(spans) for spans in calendar.weekly_spans().values()) * 60
+                for field, seconds in (("target", target.target), ("within", target.within)):
+                    if seconds is not None and seconds > weekly * (BUSINESS_HORIZON_DAYS // 7):
+                        problems.append(
+                            f"sla_policies.{i}.metrics.{metric}.{field}: {seconds / 3600:g}h of open time is more than "
+                            f"calendar {name!r} opens in three years ({weekly / 3600:g}h a week)")
+        return problems
 
     def _duplicate_ids(self) -> list[str]:
         problems = []
@@ -1022,17 +1046,18 @@ def _misspelt_outcomes(policies: list[SlaPolicy]) -> list[str]:
     return warnings
 
 
+def _open_minutes(spans: list[tuple[time, time | None]]) -> int:
+    """The minutes a day's spans are open, overlaps once."""
+    minutes: set[int] = set()
+    for start, end in spans:
+        minutes.update(range(start.hour * 60 + start.minute, 24 * 60 if end is None else end.hour * 60 + end.minute))
+    return len(minutes)
+
+
 def _working_day_hours(calendar: CalendarConfig) -> float:
     """The open hours of a calendar's usual working day: the most common length among the days
     it opens (the longest of equally common ones); spans of a day that overlap count once."""
-    lengths: list[float] = []
-    for spans in calendar.weekly_spans().values():
-        minutes: set[int] = set()
-        for start, end in spans:
-            stop = 24 * 60 if end is None else end.hour * 60 + end.minute
-            minutes.update(range(start.hour * 60 + start.minute, stop))
-        if minutes:
-            lengths.append(len(minutes) / 60)
+    lengths = [minutes / 60 for spans in calendar.weekly_spans().values() if (minutes := _open_minutes(spans))]
     return max(lengths, key=lambda length: (lengths.count(length), length))
 
 

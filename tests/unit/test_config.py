@@ -447,3 +447,15 @@ def test_a_bad_touch_or_overlap_is_named_beside_the_other_errors_of_its_policy_o
                         .replace("timezone: Europe/London", "timezone: Europe/Londn"))
     assert "sla_policies.0.metrics.first_response.target" in message and "sla_policies.0.qualifying_touches.1" in message
     assert "calendars.emea-business.timezone" in message and "calendars.emea-business.hours.mon" in message
+
+
+def test_a_target_more_open_time_than_the_calendar_has_in_three_years_is_refused() -> None:
+    # The clock looks three years ahead for open hours; past that it raised on every lead.
+    text = ("calendars: {weekly-hour: {hours: {mon: ['09:00-10:00']}}}\n"
+            "sla_policies: [{id: p, calendar: weekly-hour, metrics: {qualification: {target: 200h}, "
+            "next_action: {target: 1h, within: 10d}}}]\n")
+    message = errors_of(text)
+    assert ("sla_policies.0.metrics.qualification.target: 200h of open time is more than calendar 'weekly-hour' "
+            "opens in three years (1h a week)") in message
+    assert "sla_policies.0.metrics.next_action.within: 240h of open time is more" in message
+    parse_config(text.replace("200h", "150h").replace("10d", "6d"))
