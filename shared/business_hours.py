@@ -12,10 +12,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from .config import CalendarConfig
+from .config import BUSINESS_HORIZON_DAYS, CalendarConfig
 
-# A calendar with no open hours in the next few years would loop forever; stop and say so.
-MAX_DAYS_AHEAD = 3 * 366
+# A calendar with no open hours in the next few years would loop forever; stop and say so
+# (the configuration refuses a target longer than that).
+MAX_DAYS_AHEAD = BUSINESS_HORIZON_DAYS
 # Span edges remembered per calendar (a few per day: years of them).
 _INSTANTS_KEPT = 10_000
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
 from datetime import date, datetime, time, timedelta
+from email.utils import parseaddr
+from itertools import pairwise
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -24,6 +28,7 @@ from pydantic import (
     SecretStr,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,20 +36,33 @@ from pydantic import (
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+_SECONDS = re.compile(r"^\d+(?:\.\d*)?$")
+_CLOCK_TIME = re.compile(r"^(\d+):\d\d(?::\d\d)?$")
+# Ten years: longer is a typo, and a deadline that far would overflow the dates it is added to.
+MAX_DURATION = 3650 * 86400.0
+
+
 def parse_duration(value: str | int | float) -> float:
-    """'90s', '5m', '1h30m', '2d' or a number of seconds -> seconds."""
+    """'90s', '5m', '1h30m', '2d' or a number of seconds (also in quotes: '300') -> seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration like '5m', '1h30m' or a number of seconds")
     if isinstance(value, (int, float)):
         seconds = float(value)
+    elif _SECONDS.match(value.strip()):
+        seconds = float(value.strip())
     else:
         match = _DURATION.match(value.strip())
         if not value.strip() or not match:
-            raise ValueError(f"{value!r} is not a duration like '5m', '1h30m', '2d' or '45s'")
+            clock = _CLOCK_TIME.match(value.strip())
+            hint = (f"; write {int(clock.group(1))}m for minutes or {int(clock.group(1))}h for hours"
+                    if clock else "")
+            raise ValueError(f"{value!r} is not a duration like '5m', '1h30m', '2d' or '45s'{hint}")
         d, h, m, s = (int(g or 0) for g in match.groups())
         seconds = float(((d * 24 + h) * 60 + m) * 60 + s)
-    if seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than ten years (3650d)")
     return seconds
 
 
@@ -85,18 +103,63 @@ def is_country_code(value: str | None) -> bool:
     return value is not None and len(value) == 2 and value.isalpha() and value.isupper()
 
 
+def _http_url(value: str | None) -> str | None:
+    """An absolute http(s) URL: without its scheme and host a webhook fails at every send, after the
+    configuration was accepted, and a message's link leads nowhere."""
+    if value is not None:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL like 'https://hooks.example.com/leadsla'")
+    return value
+
+
+def _email_address(value: str | None) -> str | None:
+    """An address, bare or with a name ('leadsla <alerts@example.com>'): mail to anything else is
+    refused by the server at every send."""
+    if value is not None:
+        _, address = parseaddr(value)
+        local, at, domain = address.rpartition("@")
+        if not (local and at and domain) or " " in address:
+            raise ValueError(f"{value!r} is not an email address like 'alerts@example.com'")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+EmailAddress = Annotated[str, AfterValidator(_email_address)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML reads .inf and .nan as numbers; no setting means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _errors_at(model: type, problems: list[tuple[tuple[str | int, ...], Any, str]]) -> ValidationError:
+    """Errors of a model's check named by the paths of the fields inside it (loc, input, message),
+    as a field's own validator would name them: a check across fields knows the exact one."""
+    return ValidationError.from_exception_data(model.__name__, [
+        {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+        for loc, value, message in problems])
+
+
+def _matches_something(values: list[Any] | None) -> list[Any] | None:
+    if values is not None and not values:
+        raise ValueError("an empty list matches no lead; leave the condition out to match any")
+    return values
+
+
+_T = TypeVar("_T")
+# A condition's accepted values: left out, it accepts anything; an empty list would accept nothing.
+Condition = Annotated[list[_T] | None, AfterValidator(_matches_something)]
 
 
 # ---- tiers and dedupe -----------------------------------------------------------------------
 
 
 class TierCondition(Strict):
-    intent: list[str] | None = None
-    source: list[str] | None = None
+    intent: Condition[str] = None
+    source: Condition[str] = None
     min_score: float | None = None
-    countries: list[CountryCode] | None = None
+    countries: Condition[CountryCode] = None
 
 
 class TierRule(Strict):
@@ -136,7 +199,7 @@ class Dedupe(Strict):
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = get_args(Weekday)
-_SPAN = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+_SPAN = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")  # 9:00-17:30 too
 
 
 def _parse_span(text: str) -> tuple[time, time | None]:
@@ -161,11 +224,23 @@ def _span(text: str) -> str:
 Span = Annotated[str, AfterValidator(_span)]
 
 
+def _apart(spans: list[str]) -> list[str]:
+    """A day's spans may touch (09:00-12:00, 12:00-17:00) but not overlap: an overlap is a typo
+    (11:00 for 13:00) that would otherwise quietly open the day longer than meant."""
+    ordered = sorted(((_parse_span(text), i, text) for i, text in enumerate(spans)), key=lambda s: s[0][0])
+    for ((_, end), i, text), ((start, _), j, other) in pairwise(ordered):
+        if end is None or start < end:
+            first, second = sorted([(i, text), (j, other)])
+            raise ValueError(f"{first[1]!r} ({{day}}.{first[0]}) and {second[1]!r} ({{day}}.{second[0]}) overlap")
+    return spans
+
+
 class PublicHolidays(Strict):
     """A country's public holidays, from the `holidays` package, closed like the calendar's own
     `holidays` dates (which still count): no list to keep up to date every year."""
 
-    country: str  # ISO 3166 alpha-2: US, DE, GB
+    # ISO 3166 alpha-2: US, DE, GB ('gb' is GB, as everywhere else in the file)
+    country: Annotated[str, AfterValidator(lambda code: code.strip().upper())]
     subdivision: str | None = None  # a state or province where holidays differ: CA in the US, BY in DE
 
     @model_validator(mode="after")
@@ -207,6 +282,22 @@ class CalendarConfig(Strict):
             raise ValueError("a calendar with hours needs at least one open span (omit `hours` for 24x7)")
         return value
 
+    @field_validator("hours")
+    @classmethod
+    def _spans_apart(cls, value: dict[str, list[str]] | None, info: ValidationInfo) -> dict[str, list[str]] | None:
+        if (info.context or {}).get("stored"):
+            return value  # hours stored before this check: business hours count an overlap once
+        problems = []
+        for day, spans in (value or {}).items():
+            try:
+                _apart(spans)
+            except ValueError as exc:
+                # Named by the day's path: hours.mon, as an error in one span is hours.mon.0.
+                problems.append(((day,), spans, str(exc).format(day=day)))
+        if problems:
+            raise _errors_at(cls, problems)
+        return value
+
     def weekly_spans(self) -> dict[int, list[tuple[time, time | None]]]:
         """Weekday number (Monday=0) -> sorted open spans; None when always open."""
         hours = self.hours or {}
@@ -214,7 +305,33 @@ class CalendarConfig(Strict):
                 for i, day in enumerate(WEEKDAYS)}
 
 
+# How far ahead business-hours arithmetic looks for open time (shared.business_hours): a calendar
+# with no open hours in that long is taken as never open.
+BUSINESS_HORIZON_DAYS = 3 * 366
+
+
 # ---- people and routing ---------------------------------------------------------------------
+
+
+def _language_code(value: str) -> str:
+    """An ISO 639 code as the primary language of the tags leads carry ('DE', 'de-AT', 'deu' -> 'de'):
+    the router compares a lead's primary language with these, so `DE` matched no German lead."""
+    import pycountry  # here: most configurations name no languages, and its tables are large
+
+    primary = re.split(r"[-_]", value.strip())[0].lower()
+    found = None
+    if len(primary) == 2:
+        found = pycountry.languages.get(alpha_2=primary)
+    elif len(primary) == 3:
+        found = pycountry.languages.get(alpha_3=primary)
+    if found is not None:
+        return getattr(found, "alpha_2", None) or found.alpha_3
+    try:
+        named = pycountry.languages.lookup(value.strip())
+        hint = f"; did you mean {getattr(named, 'alpha_2', None) or named.alpha_3!r}?"
+    except LookupError:
+        hint = " like 'en', 'de' or 'pt'"
+    raise ValueError(f"{value!r} is not a language code{hint}")
 
 
 OwnerStatus = Literal["active", "away", "offline", "out_of_office"]
@@ -227,14 +344,15 @@ def _status_alias(value: object) -> object:
 class Owner(Strict):
     id: str
     name: str | None = None
-    email: str | None = None
+    email: EmailAddress | None = None
     manager_id: str | None = None
     status: Annotated[OwnerStatus, BeforeValidator(_status_alias)] = "active"
     until: datetime | None = None  # when out_of_office ends; the owner is active again from then
     capacity: int | None = Field(default=None, ge=0)  # open leads at once
     daily_cap: int | None = Field(default=None, ge=0)  # assignments per day in the owner's calendar
     weight: int = Field(default=1, ge=1)  # share under the `weighted` method
-    languages: list[str] = Field(default_factory=list)
+    # Languages the owner speaks, read as the primary language of a lead's tag ('de' for de-AT).
+    languages: list[Annotated[str, AfterValidator(_language_code)]] = Field(default_factory=list)
     calendar: str | None = None
     working_hours: CalendarConfig | None = None  # the owner's own hours; wins over `calendar`
 
@@ -255,16 +373,17 @@ class Team(Strict):
 
 
 class RuleMatch(Strict):
-    tiers: list[str] | None = None
-    countries: list[CountryCode] | None = None
-    regions: list[str] | None = None  # names from `routing.regions`
-    sources: list[str] | None = None
-    intents: list[str] | None = None
-    products: list[str] | None = None
-    languages: list[str] | None = None
-    company_sizes: list[str] | None = None  # bands like "1-50", "201-500", "1000+"
-    industries: list[str] | None = None
-    attributes: dict[str, list[str]] | None = None  # any attribute of the lead -> accepted values
+    tiers: Condition[str] = None
+    countries: Condition[CountryCode] = None
+    regions: Condition[str] = None  # names from `routing.regions`
+    sources: Condition[str] = None
+    intents: Condition[str] = None
+    products: Condition[str] = None
+    languages: Condition[str] = None
+    company_sizes: Condition[str] = None  # bands like "1-50", "201-500", "1000+"
+    industries: Condition[str] = None
+    # any attribute of the lead -> accepted values
+    attributes: dict[str, Annotated[list[str], AfterValidator(_matches_something)]] | None = None
 
     @field_validator("company_sizes")
     @classmethod
@@ -333,7 +452,8 @@ class RoutingRule(Strict):
 class Routing(Strict):
     rules: list[RoutingRule] = Field(default_factory=list)
     fallback_owner: str | None = None
-    regions: dict[str, list[CountryCode]] = Field(default_factory=dict)  # region -> ISO country codes
+    # region -> ISO country codes
+    regions: dict[str, Annotated[list[CountryCode], AfterValidator(_matches_something)]] = Field(default_factory=dict)
     # An open lead of the same company domain sends a new lead to that lead's owner, if eligible.
     account_match: bool = True
     # Tiers that may go to an owner outside their working hours (urgent leads).
@@ -372,8 +492,8 @@ class MetricTarget(Strict):
 
 
 class PolicyFilter(Strict):
-    tiers: list[str] | None = None
-    sources: list[str] | None = None
+    tiers: Condition[str] = None
+    sources: Condition[str] = None
 
 
 SlaMetric = Literal["first_response", "next_action", "qualification"]
@@ -397,6 +517,25 @@ def is_history(occurred_at: datetime, began: datetime) -> bool:
     return occurred_at < began - HISTORY_DRIFT
 
 
+# The contract's activity types; intake reads other names CRMs and engagement tools give them as these.
+ActivityType = Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
+ACTIVITY_TYPES: tuple[str, ...] = get_args(ActivityType)
+ACTIVITY_TYPE_ALIASES = {
+    "phone": "call", "phone_call": "call", "calls": "call", "e_mail": "email", "mail": "email",
+    "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
+    "do_not_contact": "opt_out", "optout": "opt_out",
+}
+# The contract's outcomes per activity type; other outcomes are kept as sent.
+OUTCOMES = {
+    "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
+    "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
+    "email": ("sent", "replied", "bounced", "opened", "clicked"),
+}
+# Activities that never count as a touch, whatever a policy lists: they pause, resume or close.
+NEVER_TOUCHES = {"pause": "it pauses the clocks", "resume": "it resumes the clocks",
+                 "opt_out": "it closes the lead"}
+
+
 class TouchRule(Strict):
     """An activity type that counts as a touch, only with these outcomes (None: any outcome) and
     only for these metrics (None: all). E.g. a no_answer call as a cadence attempt only."""
@@ -416,6 +555,25 @@ class SlaPolicy(Strict):
     qualifying_touches: list[str | TouchRule] = Field(default_factory=lambda: ["call", "email", "meeting", "sms"])
     # Whose activities count: anyone's, or only the lead's current owner's.
     touch_actors: Literal["anyone", "owner"] = "anyone"
+
+    @field_validator("qualifying_touches")
+    @classmethod
+    def _touches_are_activities(cls, value: list[str | TouchRule]) -> list[str | TouchRule]:
+        """A touch names an activity type intake records (as it reads them: 'phone' is a call);
+        anything else would never count, and the clock would breach leads that were answered."""
+        problems = []
+        for i, rule in enumerate(value):
+            kind, loc = (rule, (i,)) if isinstance(rule, str) else (rule.type, (i, "type"))
+            if kind in NEVER_TOUCHES:
+                problems.append((loc, kind, f"{'an' if kind[0] in 'aeiou' else 'a'} {kind.replace('_', '-')} is never a touch: {NEVER_TOUCHES[kind]}"))
+            elif kind not in ACTIVITY_TYPES:
+                near = ACTIVITY_TYPE_ALIASES.get(kind) or next(iter(difflib.get_close_matches(
+                    kind, ACTIVITY_TYPES, n=1, cutoff=0.6)), None)
+                problems.append((loc, kind, f"{kind!r} is not an activity type"
+                                 + (f"; did you mean {near!r}?" if near else f" ({', '.join(ACTIVITY_TYPES)})")))
+        if problems:
+            raise _errors_at(cls, problems)
+        return value
 
     def counts_as_touch(self, metric: str, activity_type: str, outcome: str | None, actor: str | None,
                         owner_id: str | None) -> bool:
@@ -447,7 +605,7 @@ class ChannelRateLimit(Strict):
 
 class WebhookChannel(Strict):
     type: Literal["webhook"] = "webhook"
-    url: str
+    url: HttpUrl
     secret: SecretStr | None = None
     secret_env: str | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
@@ -504,8 +662,8 @@ class EmailChannel(Strict):
     validate_certs: bool = True
     username: str | None = None
     password_env: str | None = None
-    from_address: str = Field(alias="from")
-    reply_to: str | None = None
+    from_address: EmailAddress = Field(alias="from")
+    reply_to: EmailAddress | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     rate_limit: ChannelRateLimit | None = None
@@ -535,6 +693,9 @@ Channel = Annotated[
 ]
 
 
+_CHANNEL_TYPES = ("webhook", "slack", "email")
+
+
 class QuietHours(Strict):
     # Messages to people (Slack, email) wait until the recipient's calendar (owners.*.calendar)
     # opens, except for leads of these tiers. Webhooks go to systems and are never held.
@@ -551,7 +712,7 @@ class Digest(Strict):
 class NotifierSettings(Strict):
     # Messages link to the lead at `<link_base_url>/v1/leads/<lead_id>` (e.g. your reporting URL
     # or a CRM deep link base); without it they carry no link.
-    link_base_url: str | None = None
+    link_base_url: HttpUrl | None = None
     # CRM subscriptions: how long one POST may take and how many tries before giving up.
     subscription_timeout_seconds: float = Field(default=5.0, gt=0)
     subscription_max_attempts: int = Field(default=8, ge=1)
@@ -563,11 +724,17 @@ class NotifierSettings(Strict):
     keep_delivered: Duration = 7 * 86400
 
 
+def _some_channel(channels: list[str]) -> list[str]:
+    if not channels:
+        raise ValueError("a step needs at least one channel (a step without one would tell nobody)")
+    return channels
+
+
 class EscalationStep(Strict):
     step: int = Field(ge=1)
     after: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0", "0s") else parse_duration(v))] = 0.0
     notify: list[Literal["owner", "manager", "lead_ops"]] = Field(default_factory=lambda: ["owner"])
-    channels: list[str]
+    channels: Annotated[list[str], AfterValidator(_some_channel)]
     reassign: bool = False  # when the step fires, the router also routes the lead to someone else
 
 
@@ -606,6 +773,22 @@ class IntakeSource(Strict):
         return value
 
 
+def _e164(text: str, region: str | None) -> str:
+    import phonenumbers  # here: most services never read a phone, and its tables are large
+
+    text = text.strip()
+    if region is None and text.startswith("00"):
+        text = "+" + text[2:]  # the international prefix most of the world dials (as intake reads leads')
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        if region is None and not text.startswith("+"):
+            raise ValueError("has no country code (+44 ...) and there is no intake.default_region to read "
+                             "it in") from None
+        raise ValueError("is not a phone number") from None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
 class Suppression(Strict):
     """Contacts nobody may contact: leads matching these are accepted but not contactable."""
 
@@ -630,6 +813,22 @@ class IntakeConfig(Strict):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return IntakeSource._known_zone(value)  # refused when the file is read, not per request
+
+    @field_validator("suppression")
+    @classmethod
+    def _suppressed_phones_in_e164(cls, value: Suppression, info: ValidationInfo) -> Suppression:
+        """Suppressed phones as intake writes leads' phones (E.164, a national number read in
+        `default_region`): compared as written, '+1 (415) 555-2671' suppressed nobody."""
+        region = info.data.get("default_region")
+        phones, problems = [], []
+        for i, text in enumerate(value.phones):
+            try:
+                phones.append(_e164(text, region))
+            except ValueError as exc:
+                problems.append((("phones", i), text, f"{text!r} {exc}"))
+        if problems:
+            raise _errors_at(Suppression, problems)
+        return value.model_copy(update={"phones": phones})
 
     def source(self, name: str) -> IntakeSource:
         """The source's settings with the global defaults filled in. Every value was validated
@@ -704,6 +903,7 @@ class Config(Strict):
                 if target.calendar is not None and target.calendar not in calendars:
                     problems.append(
                         f"sla_policies.{i}.metrics.{metric}.calendar: unknown calendar {target.calendar!r}")
+        problems.extend(self._targets_beyond_horizon())
         for i, team in enumerate(self.teams):
             if team.calendar and team.calendar not in calendars:
                 problems.append(f"teams.{i}.calendar: unknown calendar {team.calendar!r}")
@@ -723,6 +923,24 @@ class Config(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _targets_beyond_horizon(self) -> list[str]:
+        """A target (or cadence window) longer than the open time its calendar has within the three
+        years business-hours arithmetic looks ahead can never come due: the clock raised instead."""
+        problems = []
+        for i, policy in enumerate(self.sla_policies):
+            for metric, target in policy.metrics.items():
+                name = target.calendar or policy.calendar
+                calendar = self.calendars.get(name)
+                if calendar is None or calendar.hours is None:
+                    continue
+                weekly = sum(_open_minutes(spans) for spans in calendar.weekly_spans().values()) * 60
+                for field, seconds in (("target", target.target), ("within", target.within)):
+                    if seconds is not None and seconds > weekly * (BUSINESS_HORIZON_DAYS // 7):
+                        problems.append(
+                            f"sla_policies.{i}.metrics.{metric}.{field}: {seconds / 3600:g}h of open time is more than "
+                            f"calendar {name!r} opens in three years ({weekly / 3600:g}h a week)")
+        return problems
 
     def _duplicate_ids(self) -> list[str]:
         problems = []
@@ -752,7 +970,8 @@ class Config(Strict):
             problems.append(f"routing.rules: the last rule ({rules[-1].id!r}) must be a catch-all "
                             "(no `match`, no `requires`) so that every lead has a rule")
         for i, rule in enumerate(rules[:-1]):
-            if rule.match.is_catch_all and not rule.requires:
+            # `requires` does not pass a lead on: one without the fields goes to the fallback owner.
+            if rule.match.is_catch_all:
                 problems.append(f"routing.rules.{i + 1}: unreachable, rule {rule.id!r} before it matches every lead")
                 break
         return problems
@@ -798,13 +1017,16 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
     warnings += [f"{path}.{k}: no lead can have tier {tier!r} (leads get {', '.join(sorted(tiers))}: "
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
+    warnings += _shadowed_tier_rules(config.tiers)
     warnings += _shadowed_policies(config.sla_policies)
+    warnings += _shadowed_rules(config.routing.rules, config.routing.regions)
     for i, policy in enumerate(config.sla_policies):
         cadence = policy.metrics.get("next_action")
         if cadence is not None and cadence.within is not None and cadence.within < cadence.target:
             warnings.append(f"sla_policies.{i}.metrics.next_action.within: shorter than one follow-up's target: "
                             "a follow-up made when due is already past the window, so the cadence ends there")
     warnings += _day_targets_on_business_calendars(config)
+    warnings += _misspelt_outcomes(config.sla_policies)
     known = {*builtin_intents, *config.intake.intent_aliases, config.intake.default_intent,
              *(s.default_intent for s in config.intake.sources.values() if s.default_intent)}
     configured = {intent for rule in config.tiers.rules for intent in rule.when.intent or []}
@@ -821,17 +1043,36 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
     return warnings
 
 
+def _misspelt_outcomes(policies: list[SlaPolicy]) -> list[str]:
+    """An outcome a touch rule names that is one letter from one of the contract's ('conected'):
+    senders' own outcomes are kept as sent, so a rule may name them, but a typo never matches."""
+    warnings = []
+    for i, policy in enumerate(policies):
+        for j, rule in enumerate(policy.qualifying_touches):
+            if isinstance(rule, str):
+                continue
+            known = {*OUTCOMES.get(rule.type, ()), *ENGAGEMENT_OUTCOMES}
+            for k, outcome in enumerate(rule.outcomes or []):
+                near = difflib.get_close_matches(outcome, sorted(known), n=1, cutoff=0.8)
+                if outcome not in known and near:
+                    warnings.append(f"sla_policies.{i}.qualifying_touches.{j}.outcomes.{k}: outcome {outcome!r} is "
+                                    f"not a known {rule.type} outcome; did you mean {near[0]!r}? (as written it "
+                                    "matches only activities sent with exactly that outcome)")
+    return warnings
+
+
+def _open_minutes(spans: list[tuple[time, time | None]]) -> int:
+    """The minutes a day's spans are open, overlaps once."""
+    minutes: set[int] = set()
+    for start, end in spans:
+        minutes.update(range(start.hour * 60 + start.minute, 24 * 60 if end is None else end.hour * 60 + end.minute))
+    return len(minutes)
+
+
 def _working_day_hours(calendar: CalendarConfig) -> float:
     """The open hours of a calendar's usual working day: the most common length among the days
     it opens (the longest of equally common ones); spans of a day that overlap count once."""
-    lengths: list[float] = []
-    for spans in calendar.weekly_spans().values():
-        minutes: set[int] = set()
-        for start, end in spans:
-            stop = 24 * 60 if end is None else end.hour * 60 + end.minute
-            minutes.update(range(start.hour * 60 + start.minute, stop))
-        if minutes:
-            lengths.append(len(minutes) / 60)
+    lengths = [minutes / 60 for spans in calendar.weekly_spans().values() if (minutes := _open_minutes(spans))]
     return max(lengths, key=lambda length: (lengths.count(length), length))
 
 
@@ -858,6 +1099,17 @@ def _day_targets_on_business_calendars(config: Config) -> list[str]:
     return warnings
 
 
+def _shadowed_tier_rules(tiers: Tiers) -> list[str]:
+    """A tier rule without conditions gives every lead its tier: the rules after it and the default
+    never apply (a rule with an empty `when` is easy to leave behind when editing one out)."""
+    first = next((i for i, rule in enumerate(tiers.rules) if rule.when == TierCondition()), None)
+    if first is None:
+        return []
+    why = (f"never applies: tiers.rules.{first} has no `when` and gives every lead tier {tiers.rules[first].tier!r} "
+           "first (a lead gets the first rule that fits)")
+    return [*(f"tiers.rules.{i}: {why}" for i in range(first + 1, len(tiers.rules))), f"tiers.default: {why}"]
+
+
 def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
     """A lead gets the first policy whose filter it passes: one whose every lead an earlier
     policy already takes never applies."""
@@ -874,19 +1126,70 @@ def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
     return warnings
 
 
+def _covers(earlier: RuleMatch, later: RuleMatch, regions: dict[str, list[str]]) -> bool:
+    """Whether every lead `later` matches, `earlier` matches too: each of its conditions is left
+    out or accepts all that `later`'s accepts (values compared as the router folds them, regions
+    by their countries)."""
+    def folded(values: list[str]) -> set[str]:
+        return {str(v).strip().casefold() for v in values}
+
+    def wider(mine: list[str] | None, theirs: list[str] | None) -> bool:
+        return mine is None or (theirs is not None and folded(theirs) <= folded(mine))
+
+    def countries(names: list[str] | None) -> list[str] | None:
+        return None if names is None else [c for name in names for c in regions.get(name, [])]
+
+    fields = [name for name in type(earlier).model_fields if name not in ("attributes", "regions")]
+    if not all(wider(getattr(earlier, name), getattr(later, name)) for name in fields):
+        return False
+    if not wider(countries(earlier.regions), countries(later.regions)):
+        return False
+    theirs = later.attributes or {}
+    return all(key in theirs and wider(values, theirs[key]) for key, values in (earlier.attributes or {}).items())
+
+
+def _shadowed_rules(rules: list[RoutingRule], regions: dict[str, list[str]]) -> list[str]:
+    """A lead goes by the first rule it matches: one whose every lead an earlier rule already
+    matches never routes anything. (A rule after a catch-all is an error, not this warning.)"""
+    warnings = []
+    for j, later in enumerate(rules):
+        for i, earlier in enumerate(rules[:j]):
+            if earlier.match.is_catch_all:
+                break
+            if _covers(earlier.match, later.match, regions) and not later.match.is_catch_all:
+                warnings.append(f"routing.rules.{j}: never matches: routing.rules.{i} ({earlier.id!r}) comes first "
+                                "and takes every lead it matches (a lead goes by the first rule that matches)")
+                break
+    return warnings
+
+
 class ConfigError(ValueError):
     """The configuration file is not valid; the message names every bad field by its path."""
 
 
 class _ConfigLoader(yaml.SafeLoader):
     """Safe YAML whose dates stay text for the models to read: YAML's own reading of a date
-    like 2026-12-32 raised out of the parser with no path to the field."""
+    like 2026-12-32 raised out of the parser with no path to the field. Booleans are only
+    true/false and there are no base-60 numbers, as in YAML 1.2: YAML 1.1 read Norway's `NO`,
+    Ontario's `ON` or a reason `no` as booleans, and `5:00` as the number 300 (5 minutes or
+    5 hours?). Boolean fields still take yes/no/on/off, as text."""
 
 
+_RETYPED = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float"}
 _ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in _RETYPED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# YAML 1.1's numbers less the base-60 forms (190:20:30).
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X),
+    list("-+0123456789"))
 
 
 def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[str]:
@@ -956,6 +1259,8 @@ _UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z][A-Za-
 
 def _path(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p) and _is_type_name(p))]
+    if len(parts) > 2 and parts[0] == "channels" and parts[2] in _CHANNEL_TYPES:
+        del parts[2]  # the channel's type, which pydantic adds to the location: `type` is a key of its own
     return ".".join(parts) or "(root)"
 
 
@@ -968,7 +1273,7 @@ def _yaml_typing_hint(err: Any) -> str:
     value = err.get("input")
     if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
         return ""
-    read_as = "true or false (YAML reads yes/no/on/off so)" if isinstance(value, bool) else f"the number {value!r}"
+    read_as = "true or false" if isinstance(value, bool) else f"the number {value!r}"
     return f"; YAML read the value as {read_as}: put it in quotes"
 
 

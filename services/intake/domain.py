@@ -24,7 +24,16 @@ from pydantic import (
 )
 
 from shared.clock import as_utc
-from shared.config import Config, Suppression, Tiers, lead_country, per_config
+from shared.config import (
+    ACTIVITY_TYPE_ALIASES,
+    OUTCOMES,
+    ActivityType,
+    Config,
+    Suppression,
+    Tiers,
+    lead_country,
+    per_config,
+)
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
 
@@ -158,12 +167,6 @@ class DispositionIn(FormInput):
     reason: Short | None = None
 
 
-# Other names CRMs and engagement tools give the contract's activity types.
-ACTIVITY_TYPE_ALIASES = {
-    "phone": "call", "phone_call": "call", "calls": "call", "e_mail": "email", "mail": "email",
-    "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
-    "do_not_contact": "opt_out", "optout": "opt_out",
-}
 # Open and click tracking, as engagement tools name it: an email activity with that outcome, kept
 # (the lead's timeline shows it) but no touch unless a policy's `qualifying_touches` lists it.
 ENGAGEMENT_TYPES = {
@@ -172,20 +175,12 @@ ENGAGEMENT_TYPES = {
     "link_click": "clicked", "clicked": "clicked", "click": "clicked",
 }
 
-# The contract's outcomes per activity type; other outcomes are kept as sent.
-OUTCOMES = {
-    "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
-    "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
-    "email": ("sent", "replied", "bounced", "opened", "clicked"),
-}
-
-
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
     # The sender's own activity id: a repeat with the same id changes nothing.
     external_id: Annotated[Short | None, Field(validation_alias=AliasChoices("external_id", "activity_id"))] = None
-    type: Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
+    type: ActivityType
     actor: Short | None = None
     occurred_at: datetime | None = None
     channel: Short | None = None

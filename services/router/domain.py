@@ -364,7 +364,8 @@ def effective_owner(configured: Owner, changes: Mapping[str, Any] | None) -> Own
     """The configured owner with the runtime changes (PUT /v1/owners/{id}) laid over it."""
     if not changes:
         return configured
-    return Owner.model_validate({**configured.model_dump(), **changes})
+    # Stored: working hours an operator set before a check was added to them still apply.
+    return Owner.model_validate({**configured.model_dump(), **changes}, context={"stored": True})
 
 
 def current_status(owner: Owner, now: datetime) -> str:

@@ -1,3 +1,4 @@
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -204,8 +205,8 @@ def test_an_escalation_step_number_used_twice_is_refused() -> None:
     assert "escalation_policies.0.steps.1.step: step 1 is already steps.0" in message
 
 
-def test_a_bare_no_or_number_where_text_belongs_says_to_quote_it() -> None:
-    message = errors_of(example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, NO]"))
+def test_a_bare_number_or_true_where_text_belongs_says_to_quote_it() -> None:
+    message = errors_of(example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, true]"))
     assert "routing.regions.nordics.1: Input should be a valid string; YAML read the value as true or false" in message
     assert "put it in quotes" in errors_of(example_with("{id: ops, name", "{id: 007, name"))
 
@@ -282,3 +283,179 @@ tiers:
     assert sorted(["cold", "retired", "warm", "hot", "archived"], key=tiers.key) == [
         "hot", "warm", "cold", "archived", "retired"]  # tiers it does not name: after, by name
     assert parse_config("tiers: {default: hot, rules: [{tier: hot}]}").tiers.order == ("hot",)
+
+
+# ---- YAML's quirks where an admin writes text ---------------------------------------------------
+
+
+def test_norway_on_and_off_are_text_where_text_is_expected_and_booleans_where_booleans_are() -> None:
+    # YAML 1.1 reads NO, yes, on, off as booleans: Norway's code, Ontario's, a reason named `no`.
+    config = parse_config(
+        example_with("uki: [GB, IE]", "uki: [GB, IE], nordics: [SE, NO]")
+        .replace("# public_holidays: {country: GB, subdivision: ENG}", "public_holidays: {country: CA, subdivision: ON}")
+        .replace("account_match: true", "account_match: yes")
+        .replace("no_budget, no_authority", "no, no_authority"))
+    assert config.routing.regions["nordics"] == ["SE", "NO"]
+    assert config.calendars["emea-business"].public_holidays.subdivision == "ON"
+    assert config.routing.account_match is True
+    assert config.disposition_reasons["disqualified"][0] == "no"
+    assert parse_config(example_with("account_match: true", "account_match: off")).routing.account_match is False
+
+
+def test_a_clock_time_where_a_duration_belongs_is_refused_not_read_as_seconds() -> None:
+    # YAML 1.1 reads 5:00 as the base-60 number 300: 5 minutes or 5 hours, nobody can tell.
+    message = errors_of(example_with("{target: 5m, warn_at", "{target: 5:00, warn_at"))
+    assert "sla_policies.0.metrics.first_response.target: '5:00' is not a duration" in message
+    assert "write 5m for minutes or 5h for hours" in message
+    assert "calendars.emea-business.hours.mon.0: '9:00' is not a span" in errors_of(
+        example_with('mon: ["09:00-17:30"]', "mon: [9:00]"))
+
+
+@pytest.mark.parametrize("bad", [".inf", ".nan", "99999999999d", "1e400"])
+def test_a_duration_must_be_a_finite_number_of_seconds_within_ten_years(bad: str) -> None:
+    message = errors_of(example_with("{target: 5m, warn_at", f"{{target: {bad}, warn_at"))
+    assert "sla_policies.0.metrics.first_response.target: " in message
+
+
+def test_a_number_of_seconds_in_quotes_is_a_number_of_seconds() -> None:
+    config = parse_config(example_with("{target: 5m, warn_at", "{target: '300', warn_at"))
+    assert config.sla_policies[0].metrics["first_response"].target == 300
+
+
+@pytest.mark.parametrize("field", ["queue_check_seconds: .nan", "queue_check_seconds: .inf"])
+def test_numbers_must_be_finite(field: str) -> None:
+    assert "routing.queue_check_seconds" in errors_of(example_with("queue_check_seconds: 5", field))
+
+
+# ---- calendars ----------------------------------------------------------------------------------
+
+
+def test_overlapping_spans_of_a_day_are_refused_naming_both() -> None:
+    message = errors_of(example_with('mon: ["09:00-17:30"]', 'mon: ["09:00-12:00", "11:00-17:30"]'))
+    assert "calendars.emea-business.hours.mon: '09:00-12:00' (mon.0) and '11:00-17:30' (mon.1) overlap" in message
+    # Back to back is not an overlap.
+    parse_config(example_with('mon: ["09:00-17:30"]', 'mon: ["13:00-17:30", "09:00-13:00"]'))
+
+
+def test_a_span_with_a_one_digit_hour_or_spaces_is_read() -> None:
+    config = parse_config(example_with('mon: ["09:00-17:30"]', 'mon: ["9:00 - 17:30"]'))
+    assert config.calendars["emea-business"].weekly_spans()[0] == [(time(9), time(17, 30))]
+
+
+def test_public_holidays_country_in_lower_case_is_the_code() -> None:
+    config = parse_config("calendars: {x: {public_holidays: {country: gb, subdivision: ENG}}}")
+    assert config.calendars["x"].public_holidays.country == "GB"
+
+
+# ---- rules that can never match -------------------------------------------------------------------
+
+
+def test_an_empty_list_in_a_condition_matches_no_lead_and_is_refused() -> None:
+    message = errors_of(example_with("match: {regions: [uki], company_sizes", "match: {tiers: [], regions: [uki], company_sizes")
+                        .replace("filter: {tiers: [B]}", "filter: {tiers: [B], sources: []}")
+                        .replace("when: {intent: [trial]}", "when: {intent: []}")
+                        .replace("uki: [GB, IE]", "uki: [GB, IE], nowhere: []"))
+    assert "routing.rules.0.match.tiers: an empty list matches no lead" in message
+    assert "sla_policies.1.filter.sources: an empty list matches no lead" in message
+    assert "tiers.rules.1.when.intent: an empty list matches no lead" in message
+    assert "routing.regions.nowhere: an empty list matches no lead" in message
+
+
+def test_a_rule_after_one_that_takes_every_lead_is_unreachable_even_if_that_one_requires_fields() -> None:
+    # A rule takes every lead it matches; one it cannot work (missing fields) goes to the fallback.
+    message = errors_of(example_with("match: {regions: [uki], company_sizes: [\"1000+\"]}, team: sdr,",
+                                     "team: sdr,"))
+    assert "routing.rules.1: unreachable, rule 'enterprise-uki' before it matches every lead" in message
+
+
+def test_a_rule_an_earlier_rule_always_takes_first_is_a_warning() -> None:
+    text = example_with("- {id: inbound-round-robin",
+                        "- {id: uki-any, match: {regions: [uki]}, team: sdr}\n"
+                        "    - {id: uki-tier-a, match: {regions: [UKI], tiers: [A]}, team: sdr}\n"
+                        "    - {id: inbound-round-robin")
+    text = text.replace("uki: [GB, IE]", "uki: [GB, IE], UKI: [GB]")
+    assert config_warnings(parse_config(text)) == [
+        "routing.rules.2: never matches: routing.rules.1 ('uki-any') comes first and takes every lead it "
+        "matches (a lead goes by the first rule that matches)"]
+
+
+# ---- touches, escalations and channels -------------------------------------------------------
+
+
+def test_a_qualifying_touch_of_no_activity_type_is_refused() -> None:
+    message = errors_of(example_with("      - sms\n", "      - smss\n      - phone\n      - pause\n")
+                        .replace("{type: call, outcomes: [connected]}", "{type: cal, outcomes: [connected]}"))
+    assert "sla_policies.0.qualifying_touches.1: 'smss' is not an activity type; did you mean 'sms'?" in message
+    assert "sla_policies.0.qualifying_touches.2: 'phone' is not an activity type; did you mean 'call'?" in message
+    assert "sla_policies.0.qualifying_touches.3: a pause is never a touch" in message
+    assert "sla_policies.0.qualifying_touches.5.type: 'cal' is not an activity type; did you mean 'call'?" in message
+
+
+def test_a_misspelt_outcome_of_a_touch_is_a_warning() -> None:
+    text = example_with("{type: call, outcomes: [connected]}", "{type: call, outcomes: [conected]}")
+    assert config_warnings(parse_config(text)) == [
+        "sla_policies.0.qualifying_touches.3.outcomes.0: outcome 'conected' is not a known call outcome; did you "
+        "mean 'connected'? (as written it matches only activities sent with exactly that outcome)"]
+
+
+def test_an_escalation_step_without_channels_is_refused() -> None:
+    message = errors_of(example_with("notify: [owner, manager], channels: [ops-webhook, mail]",
+                                     "notify: [owner, manager], channels: []"))
+    assert "escalation_policies.0.steps.0.channels: a step needs at least one channel" in message
+
+
+def test_urls_and_addresses_are_checked_when_the_file_is_read() -> None:
+    message = errors_of(example_with("url: http://127.0.0.1:8009/hooks/leadsla", "url: 127.0.0.1:8009/hooks")
+                        .replace("link_base_url: http://127.0.0.1:8005", "link_base_url: reporting.internal")
+                        .replace('from: "leadsla <alerts@example.com>"', 'from: "leadsla alerts"')
+                        .replace("email: alice@example.com", "email: alice"))
+    assert "channels.ops-webhook.url: '127.0.0.1:8009/hooks' is not an http(s) URL" in message
+    assert "notifier.link_base_url: 'reporting.internal' is not an http(s) URL" in message
+    assert "channels.mail.from: 'leadsla alerts' is not an email address" in message
+    assert "owners.0.email: 'alice' is not an email address" in message
+
+
+def test_an_error_in_a_channel_is_named_by_the_channels_path_without_its_type() -> None:
+    message = errors_of(example_with("port: 8025", "port: 0"))
+    assert "channels.mail.port: Input should be greater than or equal to 1" in message
+
+
+def test_an_owners_language_that_is_no_language_code_is_refused_by_path() -> None:
+    message = errors_of(example_with("{id: alice, name", "{id: alice, languages: [German], name"))
+    assert "owners.0.languages.0: 'German' is not a language code; did you mean 'de'?" in message
+
+
+def test_a_suppressed_phone_that_is_no_phone_number_is_refused_by_path() -> None:
+    message = errors_of(example_with("phones: []", "phones: ['+1 415 555 2671', call me]"))
+    assert "intake.suppression.phones.1: 'call me' is not a phone number" in message
+    message = errors_of(example_with("phones: []", "phones: ['07946 001800']").replace("default_region: US\n  timezone", "timezone"))
+    assert "intake.suppression.phones.0: '07946 001800' has no country code" in message
+
+
+def test_tier_rules_after_one_without_conditions_are_a_warning() -> None:
+    text = example_with("    - tier: B\n      when: {intent: [trial]}\n", "    - tier: B\n")
+    assert config_warnings(parse_config(text)) == [
+        "tiers.rules.2: never applies: tiers.rules.1 has no `when` and gives every lead tier 'B' first "
+        "(a lead gets the first rule that fits)",
+        "tiers.default: never applies: tiers.rules.1 has no `when` and gives every lead tier 'B' first "
+        "(a lead gets the first rule that fits)"]
+
+
+def test_a_bad_touch_or_overlap_is_named_beside_the_other_errors_of_its_policy_or_calendar() -> None:
+    message = errors_of(example_with("{target: 5m, warn_at", "{target: soon, warn_at").replace("      - sms\n", "      - smss\n")
+                        .replace('mon: ["09:00-17:30"]', 'mon: ["09:00-12:00", "11:00-17:30"]')
+                        .replace("timezone: Europe/London", "timezone: Europe/Londn"))
+    assert "sla_policies.0.metrics.first_response.target" in message and "sla_policies.0.qualifying_touches.1" in message
+    assert "calendars.emea-business.timezone" in message and "calendars.emea-business.hours.mon" in message
+
+
+def test_a_target_more_open_time_than_the_calendar_has_in_three_years_is_refused() -> None:
+    # The clock looks three years ahead for open hours; past that it raised on every lead.
+    text = ("calendars: {weekly-hour: {hours: {mon: ['09:00-10:00']}}}\n"
+            "sla_policies: [{id: p, calendar: weekly-hour, metrics: {qualification: {target: 200h}, "
+            "next_action: {target: 1h, within: 10d}}}]\n")
+    message = errors_of(text)
+    assert ("sla_policies.0.metrics.qualification.target: 200h of open time is more than calendar 'weekly-hour' "
+            "opens in three years (1h a week)") in message
+    assert "sla_policies.0.metrics.next_action.within: 240h of open time is more" in message
+    parse_config(text.replace("200h", "150h").replace("10d", "6d"))

@@ -325,3 +325,14 @@ def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_tiering()
     sub = read_submission({"contact": {"email": "a@b.example", "country": "Deutchland"}, "company": {"country": "DE"}},
                           config.intake.source("web"))
     assert classify_tier(sub, "web", config.tiers) == "A"
+
+
+def test_a_suppressed_phone_written_as_people_write_numbers_suppresses_the_lead() -> None:
+    # Leads' phones are compared in E.164; the file's were compared as written, so "+1 (415)
+    # 555-2671" suppressed nobody and a do-not-contact number was routed and called.
+    config = parse_config("intake:\n  default_region: GB\n"
+                          "  suppression: {phones: ['+1 (415) 555-2671', '020 7946 0018', 0044 20 7946 0019]}\n")
+    suppression = config.intake.suppression
+    for phone in ("+14155552671", "+442079460018", "+442079460019"):
+        assert not is_contactable(submission(contact={"phone": phone}), suppression), phone
+    assert is_contactable(submission(contact={"phone": "+442079460020"}), suppression)

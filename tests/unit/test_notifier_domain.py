@@ -209,7 +209,7 @@ channels:
 """)
     assert {name: c.type for name, c in config.channels.items()} == {
         "team-slack": "slack", "mail": "email", "hook": "webhook"}
-    with pytest.raises(ConfigError, match="channels.team-slack.slack.url_env"):
+    with pytest.raises(ConfigError, match="channels.team-slack.url_env"):
         parse_config("channels: {team-slack: {type: slack, url: 'https://hooks.slack.com/x'}}")
 
 

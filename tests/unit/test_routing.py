@@ -142,6 +142,13 @@ def test_eligibility(changes, open_leads, today, tier, expected) -> None:
     assert eligibility(owner, lead(tier=tier), s, config, NOW) == expected
 
 
+def test_working_hours_stored_before_overlaps_were_refused_still_apply() -> None:
+    # PUT /v1/owners refuses overlapping spans now; an owner's stored ones must not stop routing.
+    hours = {**HOURS, "hours": {"tue": ["09:00-12:00", "11:00-17:00"]}}
+    owner = effective_owner(CONFIG.owner("a"), {"working_hours": hours})
+    assert owner.working_hours.hours["tue"] == ["09:00-12:00", "11:00-17:00"]
+
+
 def test_an_absence_ends_by_itself_at_until() -> None:
     owner = effective_owner(CONFIG.owner("a"), {"status": "out_of_office", "until": "2026-11-18T08:00:00Z"})
     assert current_status(owner, NOW) == "out_of_office"
@@ -406,3 +413,21 @@ routing: {rules: [{id: all, team: t}]}
 """)
     assert decide(config, lead(language="Englisch"), state(config), NOW).owner_id == "a"
     assert decide(config, lead(language="fr-CA"), state(config), NOW).owner_id is None
+
+
+@pytest.mark.parametrize("spoken", ["DE", "de-AT", "de_DE", "deu"])
+def test_an_owner_speaking_german_however_the_file_spells_it_gets_german_leads(spoken: str) -> None:
+    # Leads' languages are canonical tags ("de-AT"); owners' were compared as written, so `DE`
+    # or `de-AT` in the file left the owner ineligible for every German lead.
+    config = parse_config(f"owners: [{{id: x, languages: [{spoken}]}}]")
+    owner = config.owner("x")
+    s = RoutingState(owners={"x": owner}, open_leads={"x": 0}, today={"x": 0})
+    assert eligibility(owner, lead(language="de-AT"), s, config, NOW) is None
+    assert eligibility(owner, lead(language="fr"), s, config, NOW) == "does not speak fr"
+
+
+def test_account_match_off_routes_a_lead_of_a_company_with_an_open_lead_by_the_rules() -> None:
+    off = RULES.model_copy(update={"routing": RULES.routing.model_copy(update={"account_match": False})})
+    facts = LeadFacts("l", "A", "web", company_domain="acme.com")
+    decision = decide(off, facts, state(off, account_owner="jp"), NOW)
+    assert decision.method != "account_match" and decision.reason == "rule_match"

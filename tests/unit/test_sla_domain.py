@@ -154,3 +154,33 @@ def test_a_timer_across_the_spring_forward_weekend_counts_business_hours_not_wal
     assert t.due_at == datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
     paused = pause(t, datetime(2026, 3, 28, 10, 0, tzinfo=UTC)).timer
     assert resume(paused, datetime(2026, 3, 30, 7, 59, tzinfo=UTC), london).timer.due_at == t.due_at
+
+
+def test_a_metrics_own_settings_win_over_its_policys_and_its_zone_is_the_chosen_partys() -> None:
+    from services.sla_clock.domain import (
+        metric_calendar,
+        metric_on_reassign,
+        metric_start_on,
+        metric_zone,
+    )
+
+    config = parse_config("""
+calendars: {office: {timezone: Europe/London, hours: {mon: ["09:00-17:00"]}}}
+sla_policies:
+  - id: p
+    start_on: assigned
+    on_reassign: continue
+    calendar: always
+    metrics:
+      first_response: {target: 5m, timezone: lead}
+      next_action: {target: 1h, calendar: office, start_on: received, on_reassign: reset, timezone: team}
+      qualification: {target: 7d}
+""")
+    policy = config.sla_policies[0]
+    zones = {"owner_zone": "Asia/Tokyo", "lead_zone": "America/Denver", "team_zone": "Europe/Berlin"}
+    assert [metric_calendar(policy, m) for m in ("first_response", "next_action")] == ["always", "office"]
+    assert [metric_start_on(policy, m) for m in ("first_response", "next_action")] == ["assigned", "received"]
+    assert [metric_on_reassign(policy, m) for m in ("first_response", "next_action")] == ["continue", "reset"]
+    assert [metric_zone(policy, m, **zones) for m in ("first_response", "next_action", "qualification")] == [
+        "America/Denver", "Europe/Berlin", None]  # `calendar`: the calendar's own zone
+    assert metric_zone(policy, "first_response", **{**zones, "lead_zone": None}) is None  # unknown: the calendar's
