@@ -523,13 +523,32 @@ ACTIVITY_TYPES: tuple[str, ...] = get_args(ActivityType)
 ACTIVITY_TYPE_ALIASES = {
     "phone": "call", "phone_call": "call", "calls": "call", "e_mail": "email", "mail": "email",
     "text": "sms", "text_message": "sms", "live_chat": "chat", "unsubscribe": "opt_out", "unsubscribed": "opt_out",
-    "do_not_contact": "opt_out", "optout": "opt_out",
+    "do_not_contact": "opt_out", "optout": "opt_out", "opted_out": "opt_out",
+    # Plurals, directions and CRM object names (Salesforce logs a call as "Logged Call", books a
+    # meeting as an "Appointment"; engagement tools say "Outbound Call", "Email Sent").
+    "outbound_call": "call", "inbound_call": "call", "logged_call": "call", "call_logged": "call",
+    "emails": "email", "email_sent": "email", "sent_email": "email", "outbound_email": "email",
+    "meetings": "meeting", "appointment": "meeting", "notes": "note", "sms_message": "sms",
+    "chats": "chat", "snooze": "pause", "unpause": "resume", "unsnooze": "resume",
 }
 # The contract's outcomes per activity type; other outcomes are kept as sent.
 OUTCOMES = {
     "call": ("connected", "no_answer", "voicemail", "busy", "wrong_number"),
     "meeting": ("booked", "held", "no_show", "cancelled", "rescheduled"),
     "email": ("sent", "replied", "bounced", "opened", "clicked"),
+}
+# Outcomes as CRMs and engagement tools spell them (HubSpot meetings: SCHEDULED, COMPLETED,
+# CANCELED; Salesloft and Outreach calls: Answered, Left Voicemail, Bad Number), read as the
+# contract's, so a policy's `outcomes` and the cadence's "booked meeting" see them.
+OUTCOME_ALIASES = {
+    "call": {"answered": "connected", "connect": "connected", "left_voicemail": "voicemail",
+             "left_vm": "voicemail", "voice_mail": "voicemail", "left_voice_mail": "voicemail", "vm": "voicemail",
+             "not_answered": "no_answer", "unanswered": "no_answer", "noanswer": "no_answer",
+             "bad_number": "wrong_number", "invalid_number": "wrong_number", "line_busy": "busy"},
+    "meeting": {"scheduled": "booked", "meeting_booked": "booked", "completed": "held", "attended": "held",
+                "occurred": "held", "noshow": "no_show", "did_not_attend": "no_show", "canceled": "cancelled"},
+    "email": {"reply": "replied", "bounce": "bounced", "hard_bounce": "bounced", "soft_bounce": "bounced",
+              "open": "opened", "click": "clicked"},
 }
 # Activities that never count as a touch, whatever a policy lists: they pause, resume or close.
 NEVER_TOUCHES = {"pause": "it pauses the clocks", "resume": "it resumes the clocks",

@@ -26,6 +26,7 @@ from pydantic import (
 from shared.clock import as_utc
 from shared.config import (
     ACTIVITY_TYPE_ALIASES,
+    OUTCOME_ALIASES,
     OUTCOMES,
     ActivityType,
     Config,
@@ -174,6 +175,20 @@ ENGAGEMENT_TYPES = {
     "email_click": "clicked", "email_clicked": "clicked", "email_link_click": "clicked",
     "link_click": "clicked", "clicked": "clicked", "click": "clicked",
 }
+# Types that name their outcome too ("Meeting Booked", "Voicemail"): that type with that outcome.
+TYPES_WITH_OUTCOME = {
+    **{name: ("email", outcome) for name, outcome in ENGAGEMENT_TYPES.items()},
+    "meeting_booked": ("meeting", "booked"), "meeting_scheduled": ("meeting", "booked"),
+    "meeting_held": ("meeting", "held"), "meeting_completed": ("meeting", "held"),
+    "meeting_no_show": ("meeting", "no_show"), "voicemail": ("call", "voicemail"),
+    "left_voicemail": ("call", "voicemail"), "email_reply": ("email", "replied"),
+    "email_replied": ("email", "replied"), "email_bounced": ("email", "bounced"),
+}
+
+
+def _spelled(value: str) -> str:
+    return re.sub(r"[\s-]+", "_", value.strip().lower())
+
 
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
@@ -217,12 +232,13 @@ class ActivityIn(FormInput):
     @model_validator(mode="before")
     @classmethod
     def _engagement(cls, data: Any) -> Any:
-        """"EMAIL_OPEN", "Email Clicked": an email whose outcome is the buyer's open or click."""
+        """"EMAIL_OPEN", "Email Clicked": an email whose outcome is the buyer's open or click;
+        "Meeting Booked", "Voicemail": a meeting or call with that outcome."""
         value = data.get("type") if isinstance(data, dict) else None
         if isinstance(value, str):
-            outcome = ENGAGEMENT_TYPES.get(re.sub(r"[\s-]+", "_", value.strip().lower()))
-            if outcome is not None:
-                return {**data, "type": "email", "outcome": data.get("outcome") or outcome}
+            found = TYPES_WITH_OUTCOME.get(_spelled(value))
+            if found is not None:
+                return {**data, "type": found[0], "outcome": data.get("outcome") or found[1]}
         return data
 
     @field_validator("type", mode="before")
@@ -231,16 +247,23 @@ class ActivityIn(FormInput):
         # "Call", "Opt-Out", "opt out", "Phone Call", "E-mail": CRMs spell types their own way.
         if not isinstance(value, str):
             return value
-        spelled = re.sub(r"[\s-]+", "_", value.strip().lower())
+        spelled = _spelled(value)
         return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
 
     @model_validator(mode="after")
     def _outcome_spelling(self) -> ActivityIn:
         if self.outcome:
-            spelled = re.sub(r"[\s-]+", "_", self.outcome.lower())
+            spelled = _spelled(self.outcome)
+            spelled = OUTCOME_ALIASES.get(self.type, {}).get(spelled, spelled)
             if spelled in OUTCOMES.get(self.type, ()):
                 self.outcome = spelled
         return self
+
+    def _unknown_outcome(self) -> bool:
+        """An outcome none of its type's known outcomes (kept as sent): no policy naming
+        outcomes can count it."""
+        known = OUTCOMES.get(self.type)
+        return bool(known and self.outcome and self.outcome not in known)
 
     @field_validator("disposition")
     @classmethod
@@ -290,6 +313,9 @@ class ActivityIn(FormInput):
         unknown = [*(self.model_extra or {}),
                    *(f"disposition.{name}" for name in (self.disposition.model_extra or {} if self.disposition else {}))]
         found = [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
+        if self._unknown_outcome():
+            found.append({"field": "outcome", "message": f"is not a known {self.type} outcome "
+                                                         f"({', '.join(OUTCOMES[self.type])}); kept as sent"})
         if self._unreadable_time is not None:
             found.append({"field": "occurred_at", "message": "is not a timestamp; kept in attributes, "
                                                              "the touch is dated when intake accepted it"})

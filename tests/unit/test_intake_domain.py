@@ -336,3 +336,45 @@ def test_a_suppressed_phone_written_as_people_write_numbers_suppresses_the_lead(
     for phone in ("+14155552671", "+442079460018", "+442079460019"):
         assert not is_contactable(submission(contact={"phone": phone}), suppression), phone
     assert is_contactable(submission(contact={"phone": "+442079460020"}), suppression)
+
+
+@pytest.mark.parametrize(("sent", "outcome"), [
+    # Call results as HubSpot, Salesloft and Outreach name them.
+    ({"type": "call", "outcome": "Answered"}, "connected"), ({"type": "call", "outcome": "Left Voicemail"}, "voicemail"),
+    ({"type": "call", "outcome": "Left VM"}, "voicemail"), ({"type": "call", "outcome": "Not Answered"}, "no_answer"),
+    ({"type": "call", "outcome": "Bad Number"}, "wrong_number"),
+    # Meeting outcomes as HubSpot names them (SCHEDULED, COMPLETED, CANCELED).
+    ({"type": "meeting", "outcome": "SCHEDULED"}, "booked"), ({"type": "meeting", "outcome": "Completed"}, "held"),
+    ({"type": "meeting", "outcome": "Attended"}, "held"), ({"type": "meeting", "outcome": "noshow"}, "no_show"),
+    ({"type": "meeting", "outcome": "CANCELED"}, "cancelled"),
+    ({"type": "email", "outcome": "Reply"}, "replied"), ({"type": "email", "outcome": "Hard Bounce"}, "bounced"),
+])
+def test_outcomes_are_read_in_the_spellings_crms_use(sent: dict, outcome: str) -> None:
+    """A HubSpot meeting COMPLETED or a Salesloft "Left Voicemail" call was kept as sent: a policy
+    counting `{type: call, outcomes: [connected]}` missed an answered call, and a SCHEDULED meeting
+    did not end the cadence as booked."""
+    activity = ActivityIn.model_validate(sent)
+    assert activity.outcome == outcome and activity.warnings("UTC") == []
+
+
+def test_an_outcome_no_policy_can_name_is_kept_and_named_in_the_warnings() -> None:
+    """Kept as sent (it never refuses the touch), and said, so an integrator sees a misspelt
+    outcome at once instead of a touch that no policy counts."""
+    activity = ActivityIn.model_validate({"type": "call", "outcome": "left a note"})
+    assert activity.outcome == "left a note"
+    [warning] = activity.warnings("UTC")
+    assert warning["field"] == "outcome" and "connected" in warning["message"]
+    assert ActivityIn.model_validate({"type": "note", "outcome": "anything"}).warnings("UTC") == []
+
+
+@pytest.mark.parametrize(("sent", "type_", "outcome"), [
+    ("Outbound Call", "call", None), ("Logged Call", "call", None), ("Inbound Call", "call", None),
+    ("Emails", "email", None), ("Email Sent", "email", None), ("Notes", "note", None), ("Meetings", "meeting", None),
+    ("Appointment", "meeting", None), ("Meeting Booked", "meeting", "booked"), ("Meeting Completed", "meeting", "held"),
+    ("Voicemail", "call", "voicemail"), ("Email Reply", "email", "replied"), ("SMS Message", "sms", None),
+    ("Snooze", "pause", None), ("Unpause", "resume", None), ("Opted Out", "opt_out", None),
+])
+def test_more_activity_types_are_read_in_the_spellings_crms_use(sent: str, type_: str, outcome: str | None) -> None:
+    """These were 422 naming `type`: the touch was lost and the SLA breached for a call made."""
+    activity = ActivityIn.model_validate({"type": sent})
+    assert (activity.type, activity.outcome) == (type_, outcome)
