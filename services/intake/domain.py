@@ -334,17 +334,36 @@ def activity_zone(config: Config, source: str | None) -> str:
     return config.intake.source(source or "kafka").timezone or "UTC"
 
 
+def _configured(value: str | None, names: Sequence[str]) -> str | None:
+    """`value` as the configuration spells it: exactly, else ignoring case, spaces and hyphens
+    (a CRM picklist shows "No Budget" for the admin's `no_budget`)."""
+    if value is None or value in names:
+        return value
+    return next((name for name in names if _spelled(name) == _spelled(value)), None)
+
+
+def read_disposition(disposition: DispositionIn | None, reasons: dict[str, list[str]],
+                     ) -> tuple[DispositionIn | None, tuple[str, str] | None]:
+    """The disposition in the configured spelling, or the field that makes it unacceptable under
+    the configured reasons and why."""
+    if disposition is None:
+        return None, None
+    status = _configured(disposition.status, list(reasons))
+    if status is None:
+        known = ", ".join(sorted(reasons)) or "none configured"
+        return disposition, ("disposition.status", f"unknown disposition status {disposition.status!r} (known: {known})")
+    reason, allowed = disposition.reason, reasons[status]
+    if allowed:
+        reason = _configured(reason, allowed)
+        if reason is None:
+            return disposition, ("disposition.reason", f"reason must be one of: {', '.join(allowed)}")
+    return disposition.model_copy(update={"status": status, "reason": reason}), None
+
+
 def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, list[str]]) -> str | None:
     """Why a disposition is not acceptable under the configured reasons, or None."""
-    if disposition is None:
-        return None
-    if disposition.status not in reasons:
-        known = ", ".join(sorted(reasons)) or "none configured"
-        return f"unknown disposition status {disposition.status!r} (known: {known})"
-    allowed = reasons[disposition.status]
-    if allowed and disposition.reason not in allowed:
-        return f"reason must be one of: {', '.join(allowed)}"
-    return None
+    problem = read_disposition(disposition, reasons)[1]
+    return problem[1] if problem else None
 
 
 # ---- dedupe precedence ----------------------------------------------------------------------

@@ -48,13 +48,13 @@ from .domain import (
     activity_zone,
     classify_tier,
     dedupe,
-    disposition_problem,
     identity_keys,
     is_contactable,
     is_suppressed,
     missing_fields,
     opt_out,
     patch_lead,
+    read_disposition,
     upgrade,
 )
 from .normalize import Submission, clean_text
@@ -340,9 +340,10 @@ async def record_activity(
     lead = await store.lead(lead_id)
     if lead is None:
         raise UnknownLead(lead_id)
-    problem = disposition_problem(activity.disposition, config.disposition_reasons)
+    disposition, problem = read_disposition(activity.disposition, config.disposition_reasons)
     if problem:
-        raise RejectedActivity("disposition", problem)
+        raise RejectedActivity(*problem)
+    activity = activity.model_copy(update={"disposition": disposition})
     if activity.occurred_at is not None and activity.occurred_at > now + FUTURE_TOLERANCE:
         raise RejectedActivity("occurred_at", "is in the future; record an activity once it has happened")
     activity_id = (

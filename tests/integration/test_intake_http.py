@@ -180,7 +180,18 @@ async def test_activities(api, engine) -> None:
     no_reason = await api.post(f"/v1/leads/{lead_id}/activities",
                                json={"type": "disposition", "disposition": {"status": "disqualified"}})
     assert no_reason.status_code == 422
-    assert no_reason.json()["errors"][0]["field"] == "disposition"
+    assert no_reason.json()["errors"][0]["field"] == "disposition.reason"
+    # A reason not in the configured list names that field; the picklist's label of a configured
+    # one is recorded in the configured spelling.
+    bored = await api.post(f"/v1/leads/{lead_id}/activities",
+                           json={"type": "disposition", "disposition": {"status": "disqualified", "reason": "bored"}})
+    assert bored.status_code == 422 and [e["field"] for e in bored.json()["errors"]] == ["disposition.reason"]
+    labelled = await api.post(f"/v1/leads/{lead_id}/activities", json={
+        "type": "Disposition", "disposition": {"status": "Disqualified", "reason": "No Budget"}})
+    assert labelled.status_code == 202, labelled.text
+    [recorded] = [e.data for e in await stored_events(engine, "intake", lead_id)
+                  if e.type == "activity.recorded" and e.data["type"] == "disposition"]
+    assert recorded["disposition"] == {"status": "disqualified", "reason": "no_budget"}
     # A disposition with no `disposition` at all names that field too, not the whole body.
     none_given = await api.post(f"/v1/leads/{lead_id}/activities", json={"type": "disposition", "actor": "alice"})
     assert none_given.status_code == 422

@@ -19,6 +19,7 @@ from services.intake.domain import (
     intent_vocabulary,
     is_contactable,
     missing_fields,
+    read_disposition,
     same_person,
     updated_record,
 )
@@ -81,6 +82,27 @@ REASONS = {"disqualified": ["no_budget", "student"], "qualified": []}
 )
 def test_dispositions_follow_the_configured_reasons(status: str, reason: str | None, problem: str | None) -> None:
     assert disposition_problem(DispositionIn(status=status, reason=reason), REASONS) == problem
+
+
+@pytest.mark.parametrize(("status", "reason", "read", "problem"), [
+    # A CRM picklist's label for a configured value: read as the configured spelling.
+    ("Disqualified", "No Budget", ("disqualified", "no_budget"), None),
+    ("DISQUALIFIED", "no-budget", ("disqualified", "no_budget"), None),
+    ("Qualified", "Big fish", ("qualified", "Big fish"), None),  # any reason where none are listed
+    # A refusal names the innermost field, as every other error of the body does.
+    ("won", None, None, ("disposition.status", "unknown disposition status 'won'")),
+    ("disqualified", "bored", None, ("disposition.reason", "reason must be one of: no_budget, student")),
+    ("disqualified", None, None, ("disposition.reason", "reason must be one of")),
+])
+def test_a_disposition_is_read_in_the_configured_spelling_or_refused_naming_its_field(
+        status: str, reason: str | None, read, problem) -> None:
+    """"Disqualified" / "No Budget" (the label a CRM picklist shows for the configured value) was a
+    422: the disposition was lost and the qualification SLA breached for a lead that was closed."""
+    found, refused = read_disposition(DispositionIn(status=status, reason=reason), REASONS)
+    if read is None:
+        assert refused is not None and refused[0] == problem[0] and refused[1].startswith(problem[1])
+    else:
+        assert refused is None and (found.status, found.reason) == read
 
 
 def test_a_disposition_activity_needs_its_disposition() -> None:
