@@ -52,11 +52,15 @@ class FormInput(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _blank_is_absent(cls, value: Any) -> Any:
+    def _blank_is_absent(cls, value: Any, info: ValidationInfo) -> Any:
         # Forms send "" for fields left empty; that means "not given", not "an empty identifier".
         # Nested models check their own fields, so errors name the innermost field.
         if isinstance(value, str):
             return storable(value) if value.strip() else None
+        # CRMs number their records and users (HubSpot's engagement and owner ids): an id sent as
+        # a number is its text, as a lead's numeric external_id is (a bool is no id).
+        if isinstance(value, int) and not isinstance(value, bool) and info.field_name != "occurred_at":
+            return str(value)
         return value
 
 

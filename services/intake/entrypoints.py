@@ -191,7 +191,10 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         event = received.envelope
         data = dict(event.data)
         ref = data.pop("lead_id", None) or event.subject
-        # Read as a submission's external id is (a NUL in it failed the lookup: a handler error).
+        # Read as a submission's external id is (a NUL in it failed the lookup: a handler error;
+        # a CRM's numeric record id, HubSpot's, is its text).
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            ref = str(ref)
         ref = clean_text(ref) if isinstance(ref, str) else None
         if not ref:
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")

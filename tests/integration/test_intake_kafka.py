@@ -80,6 +80,26 @@ async def test_an_activity_before_its_lead_waits_for_it(intake, engine, producer
     assert await parked(engine, ref) == 0
 
 
+async def test_a_touch_naming_its_lead_by_a_numeric_crm_id_is_recorded_on_that_lead(intake, engine, producer) -> None:
+    """HubSpot numbers its records: `lead_id: 5101` (the lead's numeric external_id) and a numeric
+    engagement id were dead-lettered ("an activity needs lead_id"), the touch lost."""
+    submissions, activities = intake
+    crm_id = int(uuid.uuid4().int % 10**12)
+    lead = {"external_id": crm_id, "contact": {"email": f"{crm_id}@example.com"}}
+    await producer.send_and_wait(submissions, json.dumps(lead).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, str(crm_id)), what="the lead", timeout=120)
+    touch = {"lead_id": crm_id, "type": "CALL", "external_id": crm_id + 1, "actor": 51234, "outcome": "Answered"}
+    for _ in range(2):  # resent by the CRM: recorded once, by its numeric id
+        await producer.send_and_wait(activities, json.dumps(touch).encode(), key=str(crm_id).encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
+    assert events[1].data["actor"] == "51234" and events[1].data["outcome"] == "connected"
+    await producer.send_and_wait(activities, json.dumps({**touch, "external_id": crm_id + 2}).encode(),
+                                 key=str(crm_id).encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 3), what="the next touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded", "activity.recorded"]
+    assert events[2].data["activity_id"] != events[1].data["activity_id"]  # not the resend twice
+
+
 async def test_an_activity_by_external_id_goes_to_its_own_source_s_lead(intake, engine, producer) -> None:
     """External ids are unique per source only: a CRM's touch that names its source (the
     CloudEvent's `source`) lands on that source's lead, never on another source's lead with the

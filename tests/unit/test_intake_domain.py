@@ -1,4 +1,4 @@
-from datetime import UTC
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -400,3 +400,15 @@ def test_more_activity_types_are_read_in_the_spellings_crms_use(sent: str, type_
     """These were 422 naming `type`: the touch was lost and the SLA breached for a call made."""
     activity = ActivityIn.model_validate({"type": sent})
     assert (activity.type, activity.outcome) == (type_, outcome)
+
+
+def test_numeric_ids_of_a_crm_are_read_as_text_as_a_lead_s_external_id_is() -> None:
+    """HubSpot's engagement and owner ids are numbers: a touch with `external_id: 9123456` or
+    `actor: 51234` was a 422 naming the field and lost, though a lead's numeric external_id is read."""
+    activity = ActivityIn.model_validate({"type": "call", "external_id": 9123456, "actor": 51234,
+                                         "disposition": {"status": 3, "reason": 7}, "occurred_at": 1795701900})
+    assert (activity.external_id, activity.actor) == ("9123456", "51234")
+    assert (activity.disposition.status, activity.disposition.reason) == ("3", "7")
+    assert activity.occurred_at == datetime(2026, 11, 26, 14, 5, tzinfo=UTC)
+    with pytest.raises(ValidationError, match="actor"):
+        ActivityIn.model_validate({"type": "call", "actor": True})
