@@ -212,6 +212,9 @@ class ActivityIn(FormInput):
     _unreadable_time: Any = PrivateAttr(default=None)
     # An occurred_at without an offset, as sent (kept if the sender's zone gives it no instant).
     _local_time: Any = PrivateAttr(default=None)
+    # A disposition sent as text on another type of activity (a call's result, as Salesloft
+    # names it), as sent: kept in attributes, never a reason to refuse the touch.
+    _text_disposition: Any = PrivateAttr(default=None)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -229,8 +232,17 @@ class ActivityIn(FormInput):
             else:
                 data = {**data, "occurred_at": parsed.replace(tzinfo=None) if assumed else parsed}
                 local = value if assumed else None
+        text_disposition = None
+        if isinstance(data, dict) and isinstance(data.get("disposition"), str) and data["disposition"].strip():
+            kind = data.get("type")
+            kind = ACTIVITY_TYPE_ALIASES.get(_spelled(kind), _spelled(kind)) if isinstance(kind, str) else kind
+            if kind == "disposition":  # "Qualified": the status
+                data = {**data, "disposition": {"status": data["disposition"]}}
+            else:
+                text_disposition, data = data["disposition"], {**data, "disposition": None}
         activity = handler(data)
         activity._unreadable_time, activity._local_time = unreadable, local
+        activity._text_disposition = text_disposition
         return activity
 
     @model_validator(mode="before")
@@ -306,6 +318,8 @@ class ActivityIn(FormInput):
             kept["disposition"] = dict(self.disposition.model_extra)
         if self._unreadable_time is not None:
             kept["occurred_at"] = self._unreadable_time
+        if self._text_disposition is not None:
+            kept["disposition"] = self._text_disposition
         # Made storable as a lead's unknown fields are (NUL dropped, a lone surrogate replaced, a
         # huge integer or NaN as text): the declared fields refuse such text by name, but a CRM's
         # own field must not cost the touch (the insert failed, 500, and the SLA breached).
@@ -317,6 +331,8 @@ class ActivityIn(FormInput):
         unknown = [*(self.model_extra or {}),
                    *(f"disposition.{name}" for name in (self.disposition.model_extra or {} if self.disposition else {}))]
         found = [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
+        if self._text_disposition is not None:
+            found.append({"field": "disposition", "message": "is not {status, reason}; kept in attributes"})
         if self._unknown_outcome():
             found.append({"field": "outcome", "message": f"is not a known {self.type} outcome "
                                                          f"({', '.join(OUTCOMES[self.type])}); kept as sent"})

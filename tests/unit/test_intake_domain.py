@@ -412,3 +412,16 @@ def test_numeric_ids_of_a_crm_are_read_as_text_as_a_lead_s_external_id_is() -> N
     assert activity.occurred_at == datetime(2026, 11, 26, 14, 5, tzinfo=UTC)
     with pytest.raises(ValidationError, match="actor"):
         ActivityIn.model_validate({"type": "call", "actor": True})
+
+
+def test_a_call_s_disposition_as_text_is_kept_not_a_reason_to_refuse_the_call() -> None:
+    """Salesloft and Outreach name a call's result its `disposition` ("Connected"): the call was a
+    422 naming `disposition` and lost. It is kept in attributes, said in the warnings; a
+    disposition activity's text is its status."""
+    call = ActivityIn.model_validate({"type": "call", "disposition": "Connected", "outcome": "connected"})
+    assert call.disposition is None and call.attributes() == {"disposition": "Connected"}
+    assert [w["field"] for w in call.warnings("UTC")] == ["disposition"]
+    closed = ActivityIn.model_validate({"type": "Disposition", "disposition": "Qualified"})
+    assert closed.disposition.status == "Qualified" and closed.attributes() == {}
+    with pytest.raises(ValidationError, match="disposition"):
+        ActivityIn.model_validate({"type": "disposition", "disposition": ["x"]})
