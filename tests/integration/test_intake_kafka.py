@@ -313,3 +313,33 @@ async def test_a_batch_body_on_the_submissions_topic_is_dead_lettered_saying_so(
     row = await eventually(letter, what="the batch's dead letter", timeout=120)
     assert row.original == batch
     assert "leads: a batch" in row.error and "one lead per record" in row.error, row.error
+
+
+async def test_bad_touches_on_the_raw_topic_are_dead_lettered_with_their_bytes_and_field_and_the_rest_flow(
+        intake, engine, producer) -> None:
+    """A CRM's bad records (not JSON, a type nobody reads, a disposition status not configured)
+    go to leads.deadletter, each with its bytes and a reason naming the field; the touch behind
+    them is recorded."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait(submissions, json.dumps({"external_id": ref,
+                                                          "contact": {"email": f"{ref}@example.com"}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    bad = [b"{not json", json.dumps({"lead_id": ref, "type": "fax"}).encode(),
+           json.dumps({"lead_id": ref, "type": "disposition", "disposition": {"status": "won"}}).encode()]
+    for value in [*bad, json.dumps({"lead_id": ref, "type": "call", "outcome": "connected"}).encode()]:
+        await producer.send_and_wait(activities, value, key=ref.encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the good touch", timeout=120)
+    assert [e.type for e in events] == ["lead.received", "activity.recorded"]
+
+    async def letters() -> list[CloudEvent] | None:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(EVENTS["intake"].c.payload).where(
+                EVENTS["intake"].c.key == ref, EVENTS["intake"].c.event_type == "deadletter"))
+            found = [CloudEvent.from_bytes(r.payload) for r in rows]
+        return found if len(found) == len(bad) else None
+
+    dead = sorted(await eventually(letters, what="the dead letters", timeout=120), key=lambda e: e.data["offset"])
+    assert [base64.b64decode(d.data["original_bytes_b64"]) for d in dead] == bad
+    assert "not JSON" in dead[0].data["error"] and "type" in dead[1].data["error"]
+    assert "disposition.status" in dead[2].data["error"] and all(d.data["topic"] == activities for d in dead)
