@@ -300,6 +300,16 @@ class ActivityIn(FormInput):
             return dated
         return self.model_copy(update={"occurred_at": local})
 
+    def undated_if_after(self, limit: datetime) -> ActivityIn:
+        """The activity without its occurred_at when that is later than `limit` only because it
+        was sent without an offset and read in an assumed zone (a CRM's local time ahead of UTC):
+        kept as sent, like one nobody can read, rather than refused as a touch "in the future"."""
+        if self.occurred_at is None or self._local_time is None or self.occurred_at <= limit:
+            return self
+        undated = self.model_copy(update={"occurred_at": None})
+        undated._unreadable_time = self._local_time
+        return undated
+
     def _in_zone(self, zone: str) -> datetime | None:
         """The naive occurred_at read in `zone`; None when that takes it outside the years 1 to
         9999 in UTC (0001-01-01 00:30 in Berlin): it could not be compared or put on the wire."""

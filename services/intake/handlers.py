@@ -344,6 +344,7 @@ async def record_activity(
     if problem:
         raise RejectedActivity(*problem)
     activity = activity.model_copy(update={"disposition": disposition})
+    activity = activity.undated_if_after(now + FUTURE_TOLERANCE)
     if activity.occurred_at is not None and activity.occurred_at > now + FUTURE_TOLERANCE:
         raise RejectedActivity("occurred_at", "is in the future; record an activity once it has happened")
     activity_id = (

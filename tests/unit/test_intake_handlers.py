@@ -165,6 +165,23 @@ async def test_an_activity_in_the_future_or_for_no_lead_is_refused(uow) -> None:
     assert types(uow) == ["lead.received"] and uow.pending == []
 
 
+async def test_a_local_time_that_the_assumed_zone_puts_in_the_future_is_kept_not_refused(uow) -> None:
+    """A CRM in Berlin sends local times without an offset and its source has no time zone: read
+    as UTC, a call made a minute ago is an hour ahead and was a 422 ("in the future"), the call
+    lost. The zone was a guess: the time is kept as sent and the touch dated when accepted. An
+    explicit offset in the future is still refused."""
+    lead = await submit(uow, {"contact": {"email": "a@example.com"}})
+    sent = (NOW + timedelta(minutes=59)).strftime("%Y-%m-%d %H:%M:%S")
+    activity = ActivityIn.model_validate({"type": "call", "occurred_at": sent}).dated("UTC")
+    await record_activity(uow, uow.store, CONFIG, lead.lead_id, activity, now=NOW)
+    await uow.commit()
+    [recorded] = [p.event.data for p in uow.committed if p.event.type == "activity.recorded"]
+    assert recorded["occurred_at"] == NOW.isoformat().replace("+00:00", "Z") and recorded["attributes"] == {"occurred_at": sent}
+    with pytest.raises(RejectedActivity):
+        await record_activity(uow, uow.store, CONFIG, lead.lead_id, ActivityIn.model_validate(
+            {"type": "call", "occurred_at": (NOW + timedelta(minutes=59)).isoformat()}).dated("UTC"), now=NOW)
+
+
 async def park(uow: FakeUnitOfWork, ref: str, offset: int, data: dict, at: datetime = NOW) -> None:
     event = CloudEvent(id=f"e-{offset}", source="crm", type="activity", subject=ref, time=at,
                        data={"lead_id": ref, **data})
