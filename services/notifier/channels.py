@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -72,7 +73,10 @@ def email_message(channel: EmailChannel, payload: dict, key: str, now: datetime)
     message = payload["message"]
     mail = EmailMessage()
     mail["From"] = channel.from_address
-    mail["To"] = payload["recipient"]["email"]
+    recipient = payload["recipient"]
+    # The person's name beside the address, as a mail client shows who it is to (any script: the
+    # email library encodes it).
+    mail["To"] = Address(display_name=one_line(recipient.get("name")), addr_spec=recipient["email"])
     if channel.reply_to:
         mail["Reply-To"] = channel.reply_to
     # One line (a message rendered before lead fields were made single-line could hold a break,
@@ -80,12 +84,22 @@ def email_message(channel: EmailChannel, payload: dict, key: str, now: datetime)
     mail["Subject"] = one_line(message["subject"])
     mail["Date"] = format_datetime(now)
     # The same Message-ID on every try: mail systems drop the duplicate a crash could cause.
-    # (make_msgid would put a timestamp, the pid and a random number before the key.)
-    mail["Message-ID"] = f"<{key}@leadsla>"
+    # (make_msgid would put a timestamp, the pid and a random number before the key.) Its right
+    # side is the sender's domain: spam filters score an id without a dotted domain as forged.
+    mail["Message-ID"] = f"<{key}@{_domain_of(channel.from_address)}>"
     mail["Idempotency-Key"] = key
+    # An automatic message (RFC 3834; Exchange reads the second): out-of-office replies from
+    # everyone away would otherwise all go to the Reply-To, lead ops' mailbox.
+    mail["Auto-Submitted"] = "auto-generated"
+    mail["X-Auto-Response-Suppress"] = "All"
     mail.set_content(message["text"])
     mail.add_alternative(message["html"], subtype="html")
     return mail
+
+
+def _domain_of(address: str) -> str:
+    """The domain of `"Name <user@domain>"` or `user@domain` (config checks it is an address)."""
+    return address.rsplit("@", 1)[-1].rstrip(">").strip() or "leadsla.invalid"
 
 
 async def send_email(channel: EmailChannel, payload: dict, key: str, now: datetime) -> Attempt:

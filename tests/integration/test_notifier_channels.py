@@ -106,9 +106,11 @@ async def test_slack_gets_a_block_kit_message_and_email_a_plain_and_html_mail(ma
         assert mine[0]["blocks"][-1]["elements"][0]["url"] == link
 
         mails = [m for m in smtp.messages if link in m.get_body(("plain",)).get_content()]
-        assert sorted(m["To"] for m in mails) == ["alice@example.com", "maria@example.com"]
+        assert sorted(m["To"] for m in mails) == ["Alice Owner <alice@example.com>",
+                                                  "Maria Manager <maria@example.com>"]
         mail = mails[0]
         assert mail["From"] == "leadsla <alerts@example.com>" and mail["Reply-To"] == "leadops@example.com"
+        assert mail["Auto-Submitted"] == "auto-generated" and mail["Message-ID"].endswith("@example.com>")
         assert mail["Subject"] == "SLA breached: Ada Lovelace (Analytical Engines), tier A, 15 min late"
         assert "Owner: Alice Owner" in mail.get_body(("plain",)).get_content()
         assert f'href="{link}"' in mail.get_body(("html",)).get_content()

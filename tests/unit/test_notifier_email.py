@@ -42,7 +42,7 @@ def test_every_try_of_a_mail_carries_the_same_message_id() -> None:
     assert (
         first["Message-ID"]
         == again["Message-ID"]
-        == "<7ae96216-0328-502a-84e7-a8cda475902e@leadsla>"
+        == "<7ae96216-0328-502a-84e7-a8cda475902e@example.com>"
     )
     other = email_message(CHANNEL, PAYLOAD, "d619f869-1f9f-54c7-9db6-e4dd40ce701d", NOW)
     assert other["Message-ID"] != first["Message-ID"]
@@ -54,7 +54,7 @@ def test_a_mail_with_non_ascii_names_survives_the_wire() -> None:
     wire.decode("ascii")
     mail = message_from_bytes(wire, policy=policy.default)
     assert mail["Subject"] == PAYLOAD["message"]["subject"]
-    assert mail["From"] == "Lead alërts <alerts@example.com>" and mail["To"] == "yamada@example.jp"
+    assert mail["From"] == "Lead alërts <alerts@example.com>" and mail["To"] == "山田 太郎 <yamada@example.jp>"
     assert mail.get_body(("plain",)).get_content() == PAYLOAD["message"]["text"]
     assert "山田商事" in mail.get_body(("html",)).get_content()
 
@@ -88,3 +88,23 @@ def test_lead_fields_are_rendered_on_one_line() -> None:
         == "SLA breached: New Line X Bcc: evil@x.com (Acme Corp Ltd), tier A, 1 min late"
     )
     assert msg.slack["blocks"][0]["text"]["text"] == msg.subject
+
+
+def test_a_mail_is_marked_automatic_so_out_of_office_replies_stay_away() -> None:
+    # Without Auto-Submitted (RFC 3834), every manager away on holiday answered every escalation
+    # with an out-of-office reply, to the Reply-To: lead ops' mailbox filled with them.
+    mail = email_message(CHANNEL, PAYLOAD, "k", NOW)
+    assert mail["Auto-Submitted"] == "auto-generated"
+    assert mail["X-Auto-Response-Suppress"] == "All"  # Exchange and Outlook read this instead
+
+
+def test_a_mail_names_its_recipient_and_its_message_id_has_a_domain() -> None:
+    # To was the bare address, and the Message-ID's right side `leadsla` had no dot, which spam
+    # filters score as a forged id (SpamAssassin MSGID_NOFQDN): the sender's domain is used.
+    wire = flatten_message(email_message(CHANNEL, PAYLOAD, "k", NOW), cte_type="7bit")
+    mail = message_from_bytes(wire, policy=policy.default)
+    assert mail["To"] == "山田 太郎 <yamada@example.jp>"
+    assert mail["To"].addresses[0].addr_spec == "yamada@example.jp"
+    assert mail["Message-ID"] == "<k@example.com>"
+    nameless = {**PAYLOAD, "recipient": {**PAYLOAD["recipient"], "name": None}}
+    assert email_message(CHANNEL, nameless, "k", NOW)["To"] == "yamada@example.jp"
