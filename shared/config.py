@@ -1037,6 +1037,7 @@ def config_warnings(config: Config, builtin_intents: Iterable[str] = ()) -> list
                  "`tiers.default` or a tier of `tiers.rules`)"
                  for path, named_tiers in named for k, tier in enumerate(named_tiers or []) if tier not in tiers]
     warnings += _shadowed_tier_rules(config.tiers)
+    warnings += _unmailable_people(config)
     warnings += _shadowed_policies(config.sla_policies)
     warnings += _shadowed_rules(config.routing.rules, config.routing.regions)
     for i, policy in enumerate(config.sla_policies):
@@ -1180,6 +1181,31 @@ def _shadowed_rules(rules: list[RoutingRule], regions: dict[str, list[str]]) -> 
                                 "and takes every lead it matches (a lead goes by the first rule that matches)")
                 break
     return warnings
+
+
+def _unmailable_people(config: Config) -> list[str]:
+    """People an escalation step mails who have no `email`: each such mail fails at once (the
+    recipient has no address) into dead letters. Who a role can reach: `owner` any team member
+    or fallback owner, `manager` any manager named, `lead_ops` those listed; and any step can reach
+    lead ops (a `system_delay` breach, or a lead nobody owns, goes to them instead)."""
+    owners = {config.routing.fallback_owner} | {r.fallback_owner for r in config.routing.rules}
+    owners |= {member for team in config.teams for member in team.members}
+    managers = {o.manager_id for o in config.owners} | {t.manager_id for t in config.teams}
+    reach = {"owner": owners, "manager": managers, "lead_ops": set(config.lead_ops)}
+    warned = []
+    for i, person in enumerate(config.owners):
+        if person.email:
+            continue
+        found = next(((p, s, role, channel) for p, policy in enumerate(config.escalation_policies)
+                      for s, step in enumerate(policy.steps)
+                      for channel in step.channels
+                      if getattr(config.channels.get(channel), "type", None) == "email"
+                      for role in [*step.notify, "lead_ops"] if person.id in reach[role]), None)
+        if found is not None:
+            p, s, role, channel = found
+            warned.append(f"owners.{i} ({person.id!r}): no email, but escalation_policies.{p}.steps.{s} reaches "
+                          f"them as {role} by email channel {channel!r}: each such mail fails at once")
+    return warned
 
 
 class ConfigError(ValueError):

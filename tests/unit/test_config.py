@@ -459,3 +459,18 @@ def test_a_target_more_open_time_than_the_calendar_has_in_three_years_is_refused
             "opens in three years (1h a week)") in message
     assert "sla_policies.0.metrics.next_action.within: 240h of open time is more" in message
     parse_config(text.replace("200h", "150h").replace("10d", "6d"))
+
+
+def test_a_person_an_email_step_reaches_without_an_email_address_is_a_warning() -> None:
+    # Seen as a lead-ops admin: lead ops without `email` on an escalation step by mail was
+    # accepted, and every escalation's mail to them failed at once (recipient has no email
+    # address) into dead letters, with no word from `config apply`.
+    text = example_with("{id: ops, name: Lead Ops, email: leadops@example.com}", "{id: ops, name: Lead Ops}")
+    text = text.replace("{id: maria, name: Maria Manager, email: maria@example.com}", "{id: maria}")
+    assert config_warnings(parse_config(text)) == [
+        "owners.2 ('maria'): no email, but escalation_policies.0.steps.0 reaches them as owner by email "
+        "channel 'mail': each such mail fails at once",  # routing.fallback_owner, and alice's manager
+        "owners.3 ('ops'): no email, but escalation_policies.0.steps.0 reaches them as lead_ops by email "
+        "channel 'mail': each such mail fails at once",  # a system_delay breach goes to lead ops
+    ]
+    assert config_warnings(parse_config(text.replace("channels: [ops-webhook, mail]", "channels: [ops-webhook]"))) == []
