@@ -361,7 +361,8 @@ def _plain(value: str) -> dict:
 def _slack_message(text: str, blocks: list[dict]) -> dict:
     """The top-level `text` is the notification's fallback: with `mrkdwn: false` Slack shows it
     unformatted, and escaping &, <, > keeps mentions (`<!channel>`) and links out of it."""
-    return {"text": _slack(text)[:3000], "mrkdwn": False, "blocks": blocks}
+    # Cut before escaping: a cut after it could fall inside `&amp;` and show a stray `&am`.
+    return {"text": _slack(text[:3000]), "mrkdwn": False, "blocks": blocks}
 
 
 def _slack_list(items: list[dict], total: int, limit: int = 2900) -> dict:

@@ -323,3 +323,12 @@ def test_lead_fields_cannot_become_slack_mentions_links_or_formatting() -> None:
         if kind == "mrkdwn":
             assert "<" not in text and not any(c in text for c in "*_~`"), text
     assert msg.link in str(digest.slack["blocks"])  # each listed lead still links to it
+
+
+def test_a_long_name_with_ampersands_is_cut_before_it_is_escaped_for_slack() -> None:
+    # The fallback text was escaped and then cut at 3,000 characters, so a cut could fall inside
+    # `&amp;` and the notification showed a stray `&am`.
+    lead = LeadFacts("lead-1", name="&" * 4000, company="Acme", tier="A")
+    sla = {"metric": "first_response", "due_at": "2026-11-17T08:48:00Z"}
+    text = render(lead, "sla.breached", sla, Recipient("maria", "manager"), 1, None, NOW).slack["text"]
+    assert text.startswith("SLA breached: &amp;") and "&" not in text.replace("&amp;", "")
