@@ -732,6 +732,22 @@ class NotifierSettings(Strict):
     # Messages link to the lead at `<link_base_url>/v1/leads/<lead_id>` (e.g. your reporting URL
     # or a CRM deep link base); without it they carry no link.
     link_base_url: HttpUrl | None = None
+    # Or any link with the lead's id in it, a CRM's for one: `https://crm.example.com/x?id={lead_id}`
+    # (wins over link_base_url for the lead; a digest still links to `<link_base_url>/board`).
+    link_template: str | None = None
+
+    @field_validator("link_template")
+    @classmethod
+    def _template_has_lead_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "{lead_id}" not in value:
+                raise ValueError(f"{value!r} has no {{lead_id}} (where the lead's id goes)")
+            try:
+                _http_url(value.replace("{lead_id}", "x"))  # a URL once the id is in
+            except ValueError:
+                raise ValueError(f"{value!r} is not an http(s) URL like "
+                                 "'https://crm.example.com/leads/{lead_id}'") from None
+        return value
     # CRM subscriptions: how long one POST may take and how many tries before giving up.
     subscription_timeout_seconds: float = Field(default=5.0, gt=0)
     subscription_max_attempts: int = Field(default=8, ge=1)

@@ -287,6 +287,9 @@ class Message:
 
 
 def lead_link(base_url: str | None, lead_id: str) -> str | None:
+    """`base_url` is `notifier.link_template` (with `{lead_id}`) or `link_base_url`."""
+    if base_url and "{lead_id}" in base_url:
+        return base_url.replace("{lead_id}", lead_id)
     return f"{base_url.rstrip('/')}/v1/leads/{lead_id}" if base_url else None
 
 

@@ -347,8 +347,9 @@ async def _fire(uow: UnitOfWork, store: NotifierStore, config: Config, esc: DueE
     digested: list[DigestEntry] = []
     if not people or not channels:
         log.warning("notifier.step_reaches_nobody", escalation_id=esc.escalation_id, step=esc.step)
+    link = config.notifier.link_template or config.notifier.link_base_url
     for person in people if channels else []:
-        message = render(facts, trigger["type"], sla, person, esc.step, config.notifier.link_base_url, now)
+        message = render(facts, trigger["type"], sla, person, esc.step, link, now)
         for channel in channels:
             key = idempotency_key(esc.escalation_id, esc.step, person.id, channel)
             send_at = now

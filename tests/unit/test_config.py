@@ -474,3 +474,12 @@ def test_a_person_an_email_step_reaches_without_an_email_address_is_a_warning() 
         "channel 'mail': each such mail fails at once",  # a system_delay breach goes to lead ops
     ]
     assert config_warnings(parse_config(text.replace("channels: [ops-webhook, mail]", "channels: [ops-webhook]"))) == []
+
+
+def test_a_link_template_needs_the_lead_id_and_an_http_url() -> None:
+    message = errors_of(EXAMPLE.read_text().replace(
+        "link_base_url: http://127.0.0.1:8005", "link_template: https://crm.example.com/leads"))
+    assert "notifier.link_template: 'https://crm.example.com/leads' has no {lead_id}" in message
+    message = errors_of(EXAMPLE.read_text().replace(
+        "link_base_url: http://127.0.0.1:8005", "link_template: crm/{lead_id}"))
+    assert "notifier.link_template: 'crm/{lead_id}' is not an http(s) URL" in message

@@ -318,3 +318,23 @@ async def test_a_lead_taken_from_its_owner_into_the_queue_escalates_to_lead_ops_
     await fire_due_steps(uow, CONFIG, NOW, store=store)
     hook = next(f for f in recorded(uow, StepFired) if f.deliveries and f.deliveries[0].channel == "hook")
     assert [d.recipient for d in hook.deliveries] == ["ops"]
+
+
+async def test_a_link_template_links_messages_to_the_lead_in_the_crm() -> None:
+    # Seen as a sales manager: the only link was `<link_base_url>/v1/leads/<id>`, reporting's API,
+    # which answers a browser 401 without an admin key; a CRM deep link could not be written.
+    config = parse_config("""
+owners: [{id: alice, manager_id: maria}, {id: maria}]
+channels:
+  team-slack: {type: slack, url_env: LEADSLA_UNIT_SLACK_URL}
+escalation_policies:
+  - {id: breach, triggers: [sla.breached], steps: [{step: 1, notify: [owner], channels: [team-slack]}]}
+notifier: {link_base_url: "https://leads.example.com", link_template: "https://crm.example.com/open?ext={lead_id}"}
+""")
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    await handle_event(HANDLERS, uow, breached(lead_id), NotifierDeps(config, NOW, store=lambda _: uow.store))
+    await fire_due_steps(uow, config, NOW, store=store)
+    [made] = [d for f in recorded(uow, StepFired) for d in f.deliveries]
+    assert made.payload["lead"]["link"] == f"https://crm.example.com/open?ext={lead_id}"
+    assert made.payload["message"]["slack"]["blocks"][-1]["elements"][0]["url"] == made.payload["lead"]["link"]
