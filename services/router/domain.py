@@ -420,7 +420,7 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
     if owner.daily_cap is not None and today >= owner.daily_cap:
         return f"daily cap reached ({today}/{owner.daily_cap})"
     if (owner.languages and lead.language and _LANGUAGE_TAG.fullmatch(lead.language)
-            and _primary(lead.language) not in {_primary(t) for t in owner.languages}):
+            and _primary(lead.language) not in owner.languages):  # the configuration reads them as codes
         return f"does not speak {lead.language}"
     calendar = owner_calendar(owner, config)
     if calendar is not None and not BusinessCalendar(calendar).is_open(now):
@@ -435,7 +435,8 @@ _LANGUAGE_TAG = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 
 
 def _primary(tag: str) -> str:
-    """A language tag's language: an owner who speaks `en-US` (or `EN`) speaks to an `en-GB` lead."""
+    """A lead's language tag's language, as owners' languages are read (`en` for en-GB): an owner
+    who speaks `en-US` (or `EN`) speaks to an `en-GB` lead."""
     return tag.replace("_", "-").split("-")[0].strip().casefold()
 
 
