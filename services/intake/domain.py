@@ -194,6 +194,15 @@ def _spelled(value: str) -> str:
     return re.sub(r"[\s-]+", "_", value.strip().lower())
 
 
+def _activity_type(value: Any) -> Any:
+    """A type as the contract names it: "Call", "Opt-Out", "opt out", "Phone Call", "E-mail" (CRMs
+    spell types their own way); anything but text as it is."""
+    if not isinstance(value, str):
+        return value
+    spelled = _spelled(value)
+    return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
+
+
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
@@ -234,9 +243,7 @@ class ActivityIn(FormInput):
                 local = value if assumed else None
         text_disposition = None
         if isinstance(data, dict) and isinstance(data.get("disposition"), str) and data["disposition"].strip():
-            kind = data.get("type")
-            kind = ACTIVITY_TYPE_ALIASES.get(_spelled(kind), _spelled(kind)) if isinstance(kind, str) else kind
-            if kind == "disposition":  # "Qualified": the status
+            if _activity_type(data.get("type")) == "disposition":  # "Qualified": the status
                 data = {**data, "disposition": {"status": data["disposition"]}}
             else:
                 text_disposition, data = data["disposition"], {**data, "disposition": None}
@@ -260,11 +267,7 @@ class ActivityIn(FormInput):
     @field_validator("type", mode="before")
     @classmethod
     def _type_spelling(cls, value: Any) -> Any:
-        # "Call", "Opt-Out", "opt out", "Phone Call", "E-mail": CRMs spell types their own way.
-        if not isinstance(value, str):
-            return value
-        spelled = _spelled(value)
-        return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
+        return _activity_type(value)
 
     @model_validator(mode="after")
     def _outcome_spelling(self) -> ActivityIn:
@@ -388,12 +391,6 @@ def read_disposition(disposition: DispositionIn | None, reasons: dict[str, list[
         if reason is None:
             return disposition, ("disposition.reason", f"reason must be one of: {', '.join(allowed)}")
     return disposition.model_copy(update={"status": status, "reason": reason}), None
-
-
-def disposition_problem(disposition: DispositionIn | None, reasons: dict[str, list[str]]) -> str | None:
-    """Why a disposition is not acceptable under the configured reasons, or None."""
-    problem = read_disposition(disposition, reasons)[1]
-    return problem[1] if problem else None
 
 
 # ---- dedupe precedence ----------------------------------------------------------------------

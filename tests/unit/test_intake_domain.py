@@ -14,7 +14,6 @@ from services.intake.domain import (
     Replay,
     classify_tier,
     dedupe,
-    disposition_problem,
     identity_keys,
     intent_vocabulary,
     is_contactable,
@@ -81,7 +80,8 @@ REASONS = {"disqualified": ["no_budget", "student"], "qualified": []}
     ],
 )
 def test_dispositions_follow_the_configured_reasons(status: str, reason: str | None, problem: str | None) -> None:
-    assert disposition_problem(DispositionIn(status=status, reason=reason), REASONS) == problem
+    found = read_disposition(DispositionIn(status=status, reason=reason), REASONS)[1]
+    assert (found[1] if found else None) == problem
 
 
 @pytest.mark.parametrize(("status", "reason", "read", "problem"), [
