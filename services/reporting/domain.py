@@ -447,8 +447,8 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 if timer.get("state") in LIVE and timer.get("owner_id") != lead["owner_id"]:
                     own[sla_id] = {**timer, "owner_id": lead["owner_id"], "team_id": lead.get("team_id")}
                     changed_timers.add(sla_id)
-                elif timer.get("team_id") is None and _team_of(lead, timer.get("owner_id")) is not None:
-                    own[sla_id] = {**timer, "team_id": _team_of(lead, timer.get("owner_id"))}
+                elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"))) is not None:
+                    own[sla_id] = {**timer, "team_id": team}
                     changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):
             first_touch = _at(lead.get("first_response_at"))
