@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -13,6 +13,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
@@ -267,6 +268,53 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the request alone and answers a Response: called as it is,
+    without FastAPI's dependency solving and response handling (the OpenAPI entry is the same),
+    and reached straight from the middleware (DirectDispatch) rather than through the router."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
+
+
+class DirectDispatch:
+    """Requests for a `DirectRoute` (method and exact path) go straight to its endpoint. Below
+    the app's own middleware, Starlette's exception middleware, FastAPI's exit stack and the
+    router (which tries every route in turn) cost intake's POST /v1/leads a tenth of its CPU. An
+    error the endpoint raises is answered by the app's exception handlers, as from the router;
+    anything else (other methods, a trailing slash, a root path) takes the router."""
+
+    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], APIRoute],
+                 handlers: Mapping[Any, Callable[..., Any]]) -> None:
+        self.app, self.routes, self.handlers = app, routes, handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", ""))) if scope["type"] == "http" else None
+        if route is None or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        scope.update(endpoint=route.endpoint, route=route, path_params={})
+        request = Request(scope, receive, send)
+        try:
+            response = await route.endpoint(request)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)
+
+    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
+        # As Starlette's ExceptionMiddleware looks one up; the catch-all (Exception, 500) is the
+        # server error middleware's, above this one.
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            if (handler := self.handlers.get(cls)) is not None:
+                return handler
+        return None
+
+
 async def key_refusal(request: Request) -> ProblemError | None:
     """The refusal of the request's key by the route it reached (None: the key passes, or the
     route needs none)."""
@@ -328,6 +376,8 @@ def create_app(
     app.state.retry_after_seconds = ctx.settings.retry_after_seconds
     # The larger limits apply only where the app serves that path (filled in once the routes are).
     body_limits: dict[str, int] = {}
+    direct: dict[tuple[str, str], APIRoute] = {}
+    app.add_middleware(DirectDispatch, routes=direct, handlers=app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, overrides=body_limits)
     app.add_middleware(NulRefusalMiddleware)
     app.add_middleware(TraceMiddleware)
@@ -363,6 +413,8 @@ def create_app(
         app.include_router(router)
     served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
+    direct.update({(method, route.path): route for route in api_routes(app.routes) if isinstance(route, DirectRoute)
+                   for method in route.methods})
     # Which key each endpoint checks, for key_refusal (a request refused before its dependencies run).
     app.state.key_roles = {route.endpoint: role for route in api_routes(app.routes)
                            if (role := key_role(route.dependant))}

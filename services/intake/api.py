@@ -3,13 +3,11 @@
 import json
 import math
 import time
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 
@@ -18,7 +16,7 @@ from shared.auth import Principal
 from shared.config import named_sources
 from shared.db import is_deadlock
 from shared.eventstore import retry_on_conflict
-from shared.http import ProblemError, not_found, require_key
+from shared.http import DirectRoute, ProblemError, not_found, require_key
 from shared.ratelimit import KeyLimiter
 from shared.runtime import ServiceContext
 
@@ -128,14 +126,6 @@ def _declared_charset(content_type: str | None) -> str | None:
 def _refusal(exc: Refused, source: str) -> ProblemError:
     metrics.leads_rejected.labels(source, "invalid").inc()
     return ProblemError(422, "Lead cannot be acted on", str(exc), exc.errors)
-
-
-class DirectRoute(APIRoute):
-    """A route whose endpoint takes the request alone and answers a Response: called as it is,
-    without FastAPI's dependency solving and response handling (the OpenAPI entry is the same)."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return self.endpoint
 
 
 def build_router(ctx: ServiceContext) -> APIRouter:

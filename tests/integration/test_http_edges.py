@@ -71,3 +71,39 @@ async def test_readiness_checks_write_no_info_logs(client, caplog) -> None:
     await client.get("/readyz")
     ours = [r for r in caplog.records if r.name != "httpx"]  # httpx: the test's own client
     assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []
+
+
+async def test_a_direct_route_answers_as_the_router_would(make_ctx) -> None:
+    """Intake's submission routes skip the router (shared.http.DirectDispatch): what they raise
+    is still answered by the app's exception handlers (a database error a 503 with Retry-After,
+    a refusal its problem), other methods and a trailing slash still reach the router (405, 404)."""
+    from fastapi import APIRouter, Request
+    from fastapi.responses import JSONResponse
+    from sqlalchemy import exc as sa_exc
+
+    from shared.http import DirectRoute, ProblemError
+
+    router = APIRouter()
+
+    async def fails(request: Request) -> JSONResponse:
+        kind = request.query_params.get("kind")
+        if kind == "refused":
+            raise ProblemError(422, "Lead cannot be acted on", "No contact.", [{"field": "contact", "message": "x"}])
+        if kind == "database":
+            raise sa_exc.DBAPIError("INSERT", {}, ConnectionRefusedError("database away"))
+        return JSONResponse({"kind": kind}, status_code=201)
+
+    router.add_api_route("/v1/direct", fails, methods=["POST"], route_class_override=DirectRoute)
+    app = create_app(make_ctx("intake", CONFIG), [router])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake") as client:
+        ok = await client.post("/v1/direct?kind=fine")
+        refused = await client.post("/v1/direct?kind=refused")
+        database = await client.post("/v1/direct?kind=database")
+        wrong_method = await client.get("/v1/direct")
+        slash = await client.post("/v1/direct/")
+    assert ok.status_code == 201 and ok.json() == {"kind": "fine"}
+    assert refused.status_code == 422 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["errors"] == [{"field": "contact", "message": "x"}]
+    assert database.status_code == 503 and database.headers["Retry-After"]
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
+    assert slash.status_code in (307, 404)
