@@ -1,12 +1,16 @@
 """Intake throughput beside the raw limits it sits on, measured in one run on one machine.
 
-    python bench/intake.py [--leads 1000] [--concurrency 8] [--rounds 3]
+    python bench/intake.py [--leads 1000] [--concurrency 8] [--busy 32] [--rounds 3]
 
 Starts an embedded PostgreSQL and broker (or uses LEADSLA_TEST_DATABASE_URL /
 LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints leads per second and the ratio to each peer:
   bare FastAPI         a FastAPI endpoint that parses a comparable JSON body and answers 201,
                        served in-process (ASGI) and driven by the same httpx client
-  POST /v1/leads       one lead per request: normalization, dedupe, lead row + event store, commit
+  POST /v1/leads       one lead per request: normalization, dedupe, lead row + event store, commit;
+                       at --concurrency requests in flight, and at --busy in flight (a burst: the
+                       group commit writes every request waiting in one transaction, so the more
+                       wait, the less each costs; while a group commits, the process has nothing
+                       else to do unless more requests are in flight than the group holds)
   POST /v1/leads:batch 500 leads per request, one transaction
   raw broker           aiokafka produce (acks=all) + consume of the same bare bodies
   Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the store
@@ -50,7 +54,7 @@ from shared.consumer import EventConsumer  # noqa: E402
 from shared.db import make_engine  # noqa: E402
 from shared.http import create_app  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
-from shared.runtime import ServiceContext, wire  # noqa: E402
+from shared.runtime import ServiceContext, freeze_startup_heap, wire  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
@@ -123,7 +127,8 @@ class Rates:
         return self.best[name][0]
 
 
-async def http_rounds(ctx: ServiceContext, engine, n: int, concurrency: int, rates: Rates, base: int) -> None:
+async def http_rounds(ctx: ServiceContext, engine, n: int, concurrency: int, busy: int, rates: Rates,
+                      base: int) -> None:
     spec = wire(ctx, intake_bootstrap)
     app = create_app(ctx, spec.routers)
     async with engine.begin() as conn:
@@ -132,10 +137,13 @@ async def http_rounds(ctx: ServiceContext, engine, n: int, concurrency: int, rat
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare_app()), base_url="http://bare",
                                  headers=headers) as client:
         await rates.measure("bare", n, drive(client, "/v1/leads", [lead(base + i) for i in range(n)], concurrency))
+        await rates.measure("bare_busy", n, drive(client, "/v1/leads", [lead(base + i) for i in range(n)], busy))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://intake",
                                  headers=headers, timeout=120) as client:
         await rates.measure("single", n, drive(client, "/v1/leads", [lead(base + i) for i in range(n)],
                                               concurrency))
+        await rates.measure("single_busy", n, drive(client, "/v1/leads",
+                                                   [lead(base + 5 * max(n, 1000) + i) for i in range(n)], busy))
         count = max(n // 500, 2)
         batches = [{"leads": [lead(base + n + b * 500 + i) for i in range(500)]} for b in range(count)]
         await rates.measure("batch", count * 500, per_lead(drive(client, "/v1/leads:batch", batches, 1), 500))
@@ -232,7 +240,7 @@ async def no_io(ctx: ServiceContext, n: int, first: int) -> float:
     return n / (time.process_time() - cpu)
 
 
-async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -> None:
+async def run(url: str, bootstrap: str, n: int, concurrency: int, busy: int, rounds: int) -> None:
     engine = make_engine(url, pool_size=max(10, concurrency + 2))
     producer = make_producer(bootstrap)
     rates = Rates()
@@ -241,15 +249,18 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -
         await ensure_topics(bootstrap, 6)
         await producer.start()
         ctx = intake_context(engine, url, bootstrap, producer)
+        freeze_startup_heap()  # as a service does once it has started
         for r in range(rounds):  # alternating, so a burst of load elsewhere hits every path alike
-            base = (r + 1) * 4 * max(n, 1000)  # fresh people each round (no duplicates)
-            await http_rounds(ctx, engine, n, concurrency, rates, base)
+            base = (r + 1) * 6 * max(n, 1000)  # fresh people each round (no duplicates)
+            await http_rounds(ctx, engine, n, concurrency, busy, rates, base)
             await rates.measure("broker", n, raw_broker(bootstrap, producer, n, base + 2 * max(n, 1000)))
             await rates.measure("kafka", n, kafka_path(ctx, engine, bootstrap, producer, n, base + 3 * max(n, 1000)))
             await rates.measure("no_io", n, no_io(ctx, n, base + 3 * max(n, 1000)))
         rows = [
             (f"bare FastAPI endpoint (c={concurrency})", "bare", None),
             (f"POST /v1/leads (c={concurrency})", "single", "bare"),
+            (f"bare FastAPI endpoint (c={busy})", "bare_busy", None),
+            (f"POST /v1/leads (c={busy})", "single_busy", "bare_busy"),
             ("POST /v1/leads:batch (500 per request)", "batch", "bare"),
             ("raw broker produce + consume", "broker", None),
             ("Kafka raw topic -> lead.received", "kafka", "broker"),
@@ -266,6 +277,9 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -
         print("BENCH " + json.dumps({
             "intake_bare_fastapi_per_s": round(bare, 1), "intake_post_per_s": round(single, 1),
             "intake_post_vs_bare": round(single / bare, 3), "intake_batch_per_s": round(batch, 1),
+            "intake_post_busy_per_s": round(rates.rate("single_busy"), 1),
+            "intake_post_busy_vs_bare": round(rates.rate("single_busy") / rates.rate("bare_busy"), 3),
+            "intake_post_busy_cpu_ms": round(rates.best["single_busy"][1], 3),
             "intake_batch_vs_bare": round(batch / bare, 3), "intake_kafka_per_s": round(kafka, 1),
             "intake_kafka_vs_broker": round(kafka / broker_rate, 4),
             "intake_no_io_per_s": round(rates.rate("no_io"), 1),
@@ -278,15 +292,16 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, rounds: int) -
         await engine.dispose()
 
 
-async def main(n: int, concurrency: int, rounds: int) -> None:
+async def main(n: int, concurrency: int, busy: int, rounds: int) -> None:
     async with infrastructure() as (url, bootstrap):
-        await run(url, bootstrap, n, concurrency, rounds)
+        await run(url, bootstrap, n, concurrency, busy, rounds)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--leads", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--busy", type=int, default=32, help="requests in flight in a burst")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(main(args.leads, args.concurrency, args.rounds))
+    asyncio.run(main(args.leads, args.concurrency, args.busy, args.rounds))

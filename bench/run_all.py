@@ -36,6 +36,8 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
 # or limit it is read against. Ratios are measured against their peer in the same run.
 HEADLINES: dict[str, tuple[str, str]] = {
     "intake_http_vs_bare_fastapi": ("intake_post_vs_bare", "x a bare FastAPI endpoint (goal >= 0.4)"),
+    "intake_http_vs_bare_fastapi_busy": ("intake_post_busy_vs_bare",
+                                         "x a bare FastAPI endpoint, 32 requests in flight (goal >= 0.4)"),
     "intake_kafka_vs_raw_broker": ("intake_kafka_vs_broker", "x raw aiokafka produce"),
     "consumer_vs_raw_postgres_tx": ("pipeline_consumer_vs_peer", "x one-row Postgres transactions (goal >= 1.0)"),
     "relay_vs_raw_produce": ("pipeline_outbox_relay_vs_peer", "x raw aiokafka produce (goal >= 0.8)"),
