@@ -16,7 +16,7 @@ from services.sla_clock.handlers import (
     on_lead_received,
     on_lead_updated,
 )
-from shared.config import parse_config
+from shared.config import Config, parse_config
 from shared.events import (
     TOPIC_SLA,
     ActivityRecorded,
@@ -64,14 +64,14 @@ def activity(lead_id: str, at: datetime, type_: str = "call", occurred_at: datet
         lead_id=lead_id, activity_id=str(uuid.uuid4()), type=type_, actor="alice", occurred_at=occurred_at or at))
 
 
-async def handle(store: InMemoryClockStore, handler, event: CloudEvent) -> None:
-    await handler(store, Received.of(event), SlaDeps(CONFIG, 1, event.time))
+async def handle(store: InMemoryClockStore, handler, event: CloudEvent, config: Config = CONFIG) -> None:
+    await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
 
 
-async def started(store: InMemoryClockStore) -> str:
+async def started(store: InMemoryClockStore, config: Config = CONFIG) -> str:
     lead_id = str(uuid.uuid4())
-    await handle(store, on_lead_received, received(lead_id))
-    await handle(store, on_lead_assigned, assigned(lead_id))
+    await handle(store, on_lead_received, received(lead_id), config)
+    await handle(store, on_lead_assigned, assigned(lead_id), config)
     return lead_id
 
 
@@ -224,8 +224,8 @@ sla_policies:
 """)
     store = InMemoryClockStore()
     lead_id = str(uuid.uuid4())
-    for handler, event in ((on_lead_assigned, assigned(lead_id)), (on_lead_received, received(lead_id))):
-        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    await handle(store, on_lead_assigned, assigned(lead_id), config)
+    await handle(store, on_lead_received, received(lead_id), config)
     [timer] = await store.timers(lead_id)
     assert timer.owner_id == "alice"
     assert store.recorded[-1][1].data["owner_id"] == "alice"
@@ -279,9 +279,7 @@ sla_policies:
   - {id: demo, metrics: {first_response: {target: 5m, warn_at: []}}}
 """)
     store = InMemoryClockStore()
-    lead_id = str(uuid.uuid4())
-    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
-        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    lead_id = await started(store, config)
     await fire_due(store, config, T0 + timedelta(minutes=5), seen=T0 + timedelta(minutes=5))  # Tue 09:05
     [timer] = await store.timers(lead_id)
     assert (timer.state, timer.root_cause) == ("breached", "off_hours_coverage")
@@ -295,9 +293,7 @@ sla_policies:
   - {id: demo, calendar: biz, metrics: {first_response: {target: 5m, warn_at: [], timezone: owner}}}
 """)
     store = InMemoryClockStore()
-    lead_id = str(uuid.uuid4())
-    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id))):
-        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    lead_id = await started(store, config)
     [timer] = await store.timers(lead_id)
     assert timer.timezone == "Asia/Tokyo"
 
@@ -313,13 +309,11 @@ sla_policies:
     metrics: {first_response: {target: 5m, warn_at: []}, qualification: {target: 1h, warn_at: []}}
 """)
     store = InMemoryClockStore()
-    lead_id = str(uuid.uuid4())
+    lead_id = await started(store, config)
     moved_at = T0 + timedelta(minutes=5, seconds=30)
-    moved = new_event("lead.reassigned", service="router", lead_id=lead_id, time=moved_at, data=LeadReassigned(
-        lead_id=lead_id, from_owner_id="alice", to_owner_id="bob", reason="manual", assignment_no=2))
-    for handler, event in ((on_lead_received, received(lead_id)), (on_lead_assigned, assigned(lead_id)),
-                           (on_lead_reassigned, moved)):
-        await handler(store, Received.of(event), SlaDeps(config, 1, event.time))
+    await handle(store, on_lead_reassigned, new_event(
+        "lead.reassigned", service="router", lead_id=lead_id, time=moved_at, data=LeadReassigned(
+            lead_id=lead_id, from_owner_id="alice", to_owner_id="bob", reason="manual", assignment_no=2)), config)
     timers = {t.metric: t for t in await store.timers(lead_id)}
     assert (timers["first_response"].owner_id, timers["qualification"].owner_id) == ("alice", "bob")
     await fire_due(store, config, moved_at, seen=moved_at)
