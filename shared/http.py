@@ -413,11 +413,11 @@ def create_app(
         app.include_router(router)
     served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
-    direct.update({(method, route.path): route for route in api_routes(app.routes) if isinstance(route, DirectRoute)
+    routes = api_routes(app.routes)
+    direct.update({(method, route.path): route for route in routes if isinstance(route, DirectRoute)
                    for method in route.methods})
     # Which key each endpoint checks, for key_refusal (a request refused before its dependencies run).
-    app.state.key_roles = {route.endpoint: role for route in api_routes(app.routes)
-                           if (role := key_role(route.dependant))}
+    app.state.key_roles = {route.endpoint: role for route in routes if (role := key_role(route.dependant))}
     document_problems(app)
     return app
 
