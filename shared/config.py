@@ -809,19 +809,17 @@ class IntakeSource(Strict):
 
 
 def _e164(text: str, region: str | None) -> str:
-    import phonenumbers  # here: most services never read a phone, and its tables are large
+    """A suppressed phone as intake writes a lead's (`shared.phones`), so the two compare equal."""
+    # Imported here: most services never read a phone, and its tables are large.
+    from .phones import normalize_phone
 
-    text = text.strip()
-    if region is None and text.startswith("00"):
-        text = "+" + text[2:]  # the international prefix most of the world dials (as intake reads leads')
     try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        if region is None and not text.startswith("+"):
+        return normalize_phone(text, region).e164
+    except ValueError as exc:
+        if region is None and not text.strip().startswith("+"):
             raise ValueError("has no country code (+44 ...) and there is no intake.default_region to read "
                              "it in") from None
-        raise ValueError("is not a phone number") from None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        raise ValueError(str(exc)) from None
 
 
 class Suppression(Strict):

@@ -18,14 +18,13 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-import phonenumbers
 import pycountry
 from email_validator import EmailNotValidError, validate_email
-from phonenumbers import timezone as phone_timezones
 
 from shared.clock import as_utc
 from shared.config import IntakeSource
 from shared.events import Company, Consent, Contact, Intent
+from shared.phones import normalize_phone
 
 from .country_names import NAMES as COUNTRY_NAMES
 
@@ -211,53 +210,6 @@ def normalize_country(value: str) -> str:
 
 
 # ---- phones ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Phone:
-    e164: str
-    extension: str | None
-    timezone: str | None  # when the number pins it down to exactly one
-
-
-def normalize_phone(value: str, region: str | None) -> Phone:
-    """E.164 (extension apart); a national number is read in `region`. ValueError if it cannot be."""
-    text = value.strip()
-    # '00' is the international prefix most of the world dials, typed after a '+' too ('+0044',
-    # '+00 44'). A number the region cannot read otherwise is read with it as '+' (no national
-    # number or country code starts so), so a US form's '0044 20 ...' is usable (the US dials
-    # abroad with 011); tried second, so a region's own prefix ('0011' in AU) still reads first.
-    abroad = re.sub(r"^\+?\s*0\s*0\s*(?=[1-9])", "+", text)
-    try:
-        number, kind = _parsed(text, region)
-    except ValueError:
-        if abroad == text:
-            raise
-        number, kind = _parsed(abroad, region)
-    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if phonenumbers.is_number_type_geographical(kind, number.country_code):
-        zones = phone_timezones.time_zones_for_geographical_number(number)
-    else:
-        zones = phone_timezones.time_zones_for_number(number)
-    zone = zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else None
-    return Phone(e164, number.extension or None, zone)
-
-
-def _parsed(text: str, region: str | None) -> tuple[phonenumbers.PhoneNumber, int]:
-    """The number and its type; ValueError if it is no valid number read in `region`."""
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
-        if region is None and not text.startswith("+"):
-            raise ValueError("has no country code and no country to read it in; kept as sent") from None
-        raise ValueError("is not a phone number; kept as sent") from None
-    # The number's type once: valid means a known type (`is_valid_number`), and the time zones
-    # follow from it (`time_zones_for_number` would find the region and the type again).
-    kind = phonenumbers.number_type(number)
-    if kind == phonenumbers.PhoneNumberType.UNKNOWN:
-        where = f" in {region}" if region and not text.startswith("+") else ""
-        raise ValueError(f"is not a valid phone number{where}; kept as sent")
-    return number, kind
 
 
 def dialable(value: str) -> bool:
@@ -932,7 +884,7 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
             usable, phone_zone = True, parsed.timezone
         except ValueError as exc:
             out["phone"] = phone
-            r.warn("contact.phone", str(exc), phone)
+            r.warn("contact.phone", f"{exc}; kept as sent", phone)
             usable = usable or dialable(phone)
     if language := raw.get("language"):
         r.normalized(out, "language", "contact.language", normalize_language, language)

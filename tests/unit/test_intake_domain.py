@@ -360,6 +360,18 @@ def test_a_suppressed_phone_written_as_people_write_numbers_suppresses_the_lead(
     assert is_contactable(submission(contact={"phone": "+442079460020"}), suppression)
 
 
+def test_a_suppressed_phone_is_read_as_intake_reads_the_lead_s() -> None:
+    # In a US file, '0044 20 7946 0958' was read as a US national number (+100442079460958) while a
+    # US form's lead with the same digits is +442079460958: the do-not-contact number suppressed
+    # nobody. '+0044 ...' (accepted on leads) refused the whole file.
+    config = parse_config("intake:\n  default_region: US\n"
+                          "  suppression: {phones: ['0044 20 7946 0958', '+0044 20 7946 0959']}\n")
+    us_forms = config.intake.source("web")
+    for typed in ("0044 20 7946 0958", "+44 20 7946 0959"):
+        lead = read_submission({"contact": {"email": "a@b.example", "phone": typed}}, us_forms)
+        assert not is_contactable(lead, config.intake.suppression), typed
+
+
 @pytest.mark.parametrize(("sent", "outcome"), [
     # Call results as HubSpot, Salesloft and Outreach name them.
     ({"type": "call", "outcome": "Answered"}, "connected"), ({"type": "call", "outcome": "Left Voicemail"}, "voicemail"),

@@ -13,7 +13,6 @@ from services.intake.normalize import (
     classify_intent,
     normalize_country,
     normalize_language,
-    normalize_phone,
     normalize_size,
     normalize_timezone,
     parse_number,
@@ -21,6 +20,7 @@ from services.intake.normalize import (
     read_submission,
 )
 from shared.config import IntakeSource
+from shared.phones import normalize_phone
 
 US_FORMS = IntakeSource(default_region="US", timezone="America/New_York", default_intent="inquiry")
 NO_DEFAULTS = IntakeSource(default_intent="inquiry", timezone="UTC")
