@@ -18,6 +18,12 @@ class Phone:
     timezone: str | None  # when the number pins it down to exactly one
 
 
+def dialling_region(code: str | None) -> str | None:
+    """`code` if numbers can be read in it: an ISO country or a numbering region that is none (AC,
+    Ascension Island; TA, Tristan da Cunha); None for 'EU', 'XX' or nothing."""
+    return code if code in phonenumbers.SUPPORTED_REGIONS else None
+
+
 def normalize_phone(value: str, region: str | None) -> Phone:
     """E.164 (extension apart); a national number is read in `region`. ValueError if it cannot be."""
     text = value.strip()

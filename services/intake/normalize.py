@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo, available_timezones
 
 import pycountry
@@ -24,7 +25,7 @@ from email_validator import EmailNotValidError, validate_email
 from shared.clock import as_utc
 from shared.config import IntakeSource
 from shared.events import Company, Consent, Contact, Intent
-from shared.phones import normalize_phone
+from shared.phones import Phone, dialling_region, normalize_phone
 
 from .country_names import NAMES as COUNTRY_NAMES
 
@@ -113,9 +114,15 @@ def clean_text(value: Any) -> Any:
     return value
 
 
+_INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff]")  # zero-width spaces and joiners, BOM
+
+
 @lru_cache(maxsize=4096)  # field names repeat from lead to lead
 def snake(name: str) -> str:
     """'firstName', 'First Name', 'first-name' -> 'first_name' (to match field aliases)."""
+    # Form labels as keys: 'Email *', 'Email (required)', 'Your Email', 'Tel.', a CSV's BOM.
+    name = re.sub(r"\([^()]*\)|\[[^\[\]]*\]", " ", _INVISIBLE.sub("", name)).strip(" \t*:?.")
+    name = re.sub(r"(?i)^your[\s_\-]+", "", name)
     name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
     return re.sub(r"[\s\-.]+", "_", name).lower()
 
@@ -144,15 +151,22 @@ def normalize_email(value: str) -> str:
     trailing full stop or separator and spaces around the '@' dropped; of several addresses in
     one field ('a@x.com; b@y.com', as CRM exports join them) the first usable. ValueError if none."""
     text = value.strip()
+    if not text.isascii():  # a full-width '＠' (CJK input), a BOM or zero-width space pasted along
+        text = _INVISIBLE.sub("", unicodedata.normalize("NFKC", text)).strip()
     match = re.search(r"<([^<>]+)>", text)
     if match:
         text = match.group(1)
     if re.match(r"mailto:", text, flags=re.IGNORECASE):
-        text = text[len("mailto:"):].split("?", 1)[0]
+        text = unquote(text[len("mailto:"):].split("?", 1)[0])
+    # A spreadsheet's text apostrophe, brackets, a trailing '(Name)' comment or separator.
+    text = re.sub(r"\s*\([^()@]*\)$", "", text.lstrip("'").strip().strip("[]"))
     text = re.sub(r"\s*@\s*", "@", text).strip().rstrip(".,;:").strip()
     if text.count("@") > 1 and not text.startswith('"'):  # a quoted local part may hold an '@'
+        parts = [part for part in re.split(r"[,;\s]+", text) if part]
+        if len(parts) == 1:  # 'ada@@acme.com': one address, unusable (read again, it recursed forever)
+            raise ValueError("not a usable email address (more than one '@')")
         problem: ValueError | None = None
-        for part in re.split(r"[,;\s]+", text):
+        for part in parts:
             try:
                 return normalize_email(part)
             except ValueError as exc:
@@ -193,6 +207,8 @@ def normalize_country(value: str) -> str:
     key = fold(value)
     if not key:
         raise ValueError("empty")
+    if key == "n a" and not value.strip().isalpha():  # 'N/A', 'n.a.': not given, not Namibia
+        raise ValueError("is not a country (not applicable?); kept as sent")
     if key in COUNTRY_ALIASES:
         return COUNTRY_ALIASES[key]
     if key in COUNTRY_NAMES:
@@ -210,6 +226,20 @@ def normalize_country(value: str) -> str:
 
 
 # ---- phones ---------------------------------------------------------------------------------
+
+
+_PHONE_SEPARATORS = re.compile(r"\s*(?:[,;/|\n]|\bor\b)\s*", flags=re.IGNORECASE)
+
+
+def _first_phone(numbers: list[str], region: str | None) -> Phone:
+    """Of several numbers in one field, the first usable one (ValueError: the first one's)."""
+    problem: ValueError | None = None
+    for number in numbers:
+        try:
+            return normalize_phone(number, region)
+        except ValueError as exc:
+            problem = problem or exc
+    raise problem or ValueError("is not a phone number")
 
 
 def dialable(value: str) -> bool:
@@ -349,11 +379,18 @@ def parse_timestamp(value: Any, zone: str, *, zone_named: bool = True) -> tuple[
     parsed: datetime | None = None
     if re.fullmatch(r"\d{10}(\.\d+)?|\d{13}", text):
         return parse_timestamp(float(text), zone)
+    if js := _JS_DATE.fullmatch(text):  # JavaScript's Date.toString(): the zone's name in brackets
+        text = " ".join(js.groups())
     try:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
         try:
             parsed = parsedate_to_datetime(text)
+            if parsed.tzinfo is None:  # '-0000' (UTC, RFC 5322) or a zone's name it does not know
+                if text.endswith("-0000"):
+                    parsed = parsed.replace(tzinfo=UTC)
+                elif zone_named and (named := _in_named_zone(re.sub(r"^[A-Za-z]{3},\s*", "", text))):
+                    return named, False
         except (TypeError, ValueError, IndexError):
             for fmt in _LOCAL_FORMATS:
                 try:
@@ -371,6 +408,9 @@ def parse_timestamp(value: Any, zone: str, *, zone_named: bool = True) -> tuple[
         parsed = parsed.replace(tzinfo=ZoneInfo(zone))
     as_utc(parsed)  # an instant the wire (UTC) can carry, or a ValueError like any unreadable one
     return parsed, assumed
+
+
+_JS_DATE = re.compile(r"[A-Za-z]{3} ([A-Za-z]{3} \d{1,2} \d{4} \d{2}:\d{2}:\d{2}) GMT([+-]\d{4})(?: \(.*\))?")
 
 
 def _in_named_zone(text: str) -> datetime | None:
@@ -434,16 +474,15 @@ MAX_HEAD_COUNT = 10**9
 
 
 def _count(text: str) -> int:
-    text = text.replace(",", "").replace(" ", "").lower()
-    if not text.endswith(("k", "m")):
-        text = text.replace(".", "")  # "1.200": a thousands separator, not a decimal point
-    if text.endswith("k"):
-        number: float = float(text[:-1]) * 1000
-    elif text.endswith("m"):
-        number = float(text[:-1]) * 1_000_000
-    else:
-        number = int(text)
-    if not number <= MAX_HEAD_COUNT:  # NaN and infinity too
+    text = text.replace(" ", "").lower()
+    scale = {"k": 1000, "m": 1_000_000}.get(text[-1:], 1)
+    text = text.rstrip("km")
+    if re.fullmatch(r"\d{1,3}(?:([.,])\d{3})(?:\1\d{3})*", text):
+        text = re.sub(r"[.,]", "", text)  # "1,200", "1.200": thousands separators
+    else:  # "250.0", "1,5k": a decimal point (a head count written 250.0 was read as 2,500)
+        text = text.replace(",", ".")
+    number = float(text) * scale
+    if not number <= MAX_HEAD_COUNT or number != int(number):  # NaN, infinity and 1.5 people too
         raise ValueError("is not a head count")
     return int(number)
 
@@ -571,11 +610,14 @@ CONTACT_FIELDS = {
     "family_name": "last_name", "lname": "last_name",
     "name": "name", "full_name": "name", "fullname": "name", "contact_name": "name",
     "email": "email", "email_address": "email", "e_mail": "email", "mail": "email",
-    "work_email": "email", "business_email": "email", "emailaddress": "email",
+    "work_email": "email", "business_email": "email", "emailaddress": "email", "contact_email": "email",
+    "company_email": "email", "business_email_address": "email", "work_email_address": "email",
+    "e_mail_address": "email", "e_mail_adresse": "email", "email_adresse": "email",
     "phone": "phone", "phone_number": "phone", "phonenumber": "phone", "mobile": "phone",
     "mobile_phone": "phone", "mobile_number": "phone", "telephone": "phone", "tel": "phone",
     "cell": "phone", "cell_phone": "phone", "work_phone": "phone", "business_phone": "phone",
-    "phone_mobile": "phone",
+    "phone_mobile": "phone", "telephone_number": "phone", "direct_phone": "phone", "phone_no": "phone",
+    "workphone": "phone", "contact_number": "phone", "cellphone": "phone", "mobilephone": "phone",
     "country": "country", "country_code": "country",
     "timezone": "timezone", "time_zone": "timezone", "tz": "timezone",
     "language": "language", "lang": "language", "locale": "language", "preferred_language": "language",
@@ -607,7 +649,8 @@ FLAT_FIELDS = {
     "full_name": ("contact", "name"),
     "company": ("company", "name"), "company_name": ("company", "name"),
     "company_size": ("company", "size"), "employees": ("company", "size"),
-    "employee_count": ("company", "size"), "website": ("company", "website"),
+    "employee_count": ("company", "size"), "number_of_employees": ("company", "size"),
+    "num_employees": ("company", "size"), "numemployees": ("company", "size"), "website": ("company", "website"),
     "company_website": ("company", "website"), "industry": ("company", "industry"),
     "country": ("contact", "country"),
     "intent_type": ("intent", "type"), "form_type": ("intent", "type"),
@@ -618,7 +661,8 @@ TOP_FIELDS = {"source", "external_id", "submitted_at", "score", "contact", "comp
               "consent", "attributes", "custom_fields"}
 TOP_ALIASES = {"externalid": "external_id", "id": "external_id", "lead_id": "external_id",
                "created_at": "submitted_at", "submitted": "submitted_at", "timestamp": "submitted_at",
-               "lead_score": "score", "custom": "custom_fields"}
+               "created_time": "submitted_at", "create_time": "submitted_at",
+               "lead_score": "score", "hubspotscore": "score", "custom": "custom_fields"}
 
 
 _ABSENT = object()
@@ -664,7 +708,20 @@ def _junk(target: str | None, item: Any) -> bool:
     first = item[0] if isinstance(item, list) and item else item
     if isinstance(first, bool) or not isinstance(first, (str, int, float)):
         return True
-    return "@" not in str(first) if target == "email" else not dialable(str(first))
+    if target == "phone":
+        return not dialable(str(first))
+    local, _, domain = str(first).strip().rpartition("@")  # 'ada@' or '@acme.com' reach nobody
+    return not local.strip() or "." not in domain
+
+
+def _unfilled(pair: tuple[Any, Any]) -> bool:
+    """A top-level field given empty (null, '') or, for an email or phone, unusable."""
+    key, value = pair
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return True
+    name = snake(str(key))
+    flat = FLAT_FIELDS.get(name)
+    return flat is not None and _junk(flat[1], value)
 
 
 class _Reader:
@@ -766,7 +823,10 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     raw: dict[str, Any] = {"contact": {}, "company": {}, "intent": {}}
     flat: dict[str, dict[str, Any]] = {"contact": {}, "company": {}, "intent": {}}
     top: dict[str, Any] = {}
-    for key, value in body.items():
+    # A spelling with nothing usable ('email': '' or 'n/a', then 'work_email': 'ada@acme.com', as
+    # CRM exports send unfilled fields) is read after the others, so a usable one is not shadowed
+    # and kept aside (the lead was refused). A stable sort: the sender's order otherwise.
+    for key, value in sorted(body.items(), key=_unfilled):
         name = snake(str(key))
         name = TOP_ALIASES.get(name, name)
         if name in TOP_FIELDS and name not in top:
@@ -820,6 +880,8 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
                 r.keep((key,), value)  # the nested object's value is used; this one is kept
 
     company = _company(r, raw["company"])
+    if _junk("email", raw["contact"].get("email")) and _junk("phone", raw["contact"].get("phone")):
+        _contact_from_labels(r, raw["contact"])
     contact, usable = _contact(r, raw["contact"], company.country, source)
     if not usable and not partial:
         errors = [{"field": "contact", "message": "needs a usable email or phone"}]
@@ -837,6 +899,27 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
         score=_score(r, top.get("score")),
         attributes=r.attributes, issues=r.issues, given=r.given,
     )
+
+
+# Words in a field's name that say it holds the contact's email or phone, whatever the label
+# around them ('Business Email Address', 'E-Mail-Adresse', 'email_1', 'Mobile Phone Number').
+_LABELS = {"email": ("mail",), "phone": ("phone", "mobile", "cell", "tel")}
+
+
+def _contact_from_labels(r: _Reader, contact: dict[str, Any]) -> None:
+    """Without an email or phone it could use, before a lead is refused: a field of the body (or
+    of its contact) unknown by name whose name says email or phone and whose value looks usable is
+    read as the contact's, with a warning naming it (a form builder's labels are endless)."""
+    nested = r.attributes.get("contact")
+    unknown = [*r.attributes.items(), *(nested.items() if isinstance(nested, dict) else ())]
+    for target, words in _LABELS.items():
+        for key, value in unknown:
+            value = value[0] if _scalars(value) else value
+            if isinstance(value, str) and any(w in snake(key) for w in words) and not _junk(target, value):
+                contact[target] = value.strip()
+                # Named by the field sent: a warning on contact.email would mark it kept as sent.
+                r.warn(str(key), f"read as contact.{target}; kept here too", value)
+                break
 
 
 # What follows a comma after a full name without being a first name ("Ada Lovelace, PhD").
@@ -876,10 +959,18 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
         r.normalized(out, "country", "contact.country", normalize_country, country)
     phone_zone = None
     if phone := raw.get("phone"):
-        region = next((c for c in (out.get("country"), company_country, source.default_region)
-                       if c and len(c) == 2 and c.isupper()), None)
+        # A country kept as sent ('EU') gives way to the next: it must not hide the company's.
+        region = next(filter(None, map(dialling_region, (out.get("country"), company_country))),
+                      source.default_region)
+        numbers = [part for part in _PHONE_SEPARATORS.split(phone) if dialable(part)]
         try:
-            parsed = normalize_phone(phone, region)
+            if len(numbers) > 1:  # '+1 415 555 2671, +1 212 555 0100' (or ';': not an extension)
+                parsed = _first_phone(numbers, region)
+                path, item = r.sent_at.get("contact.phone", (("contact", "phone"), phone))
+                if not isinstance(item, list):  # the field as sent keeps the others (a list is kept already)
+                    r.keep(path, item)
+            else:
+                parsed = normalize_phone(phone, region)
             out["phone"], out["phone_extension"] = parsed.e164, parsed.extension
             usable, phone_zone = True, parsed.timezone
         except ValueError as exc:

@@ -500,3 +500,112 @@ def test_flat_fields_sent_as_one_value_lists_are_read_as_their_value() -> None:
     several = read({"email": ["ada@example.com", "ada@work.example"]})
     assert several.contact.email == "ada@example.com"
     assert several.attributes == {"email": ["ada@example.com", "ada@work.example"]}
+
+
+# ---- payloads an audit with real senders' habits found mishandled (tenth session) ----------
+
+
+@pytest.mark.parametrize("email", ["ada@@acme.com", "ada@acme.com@", "a@b@c.com", "@@", "@" * 60000])
+def test_an_email_with_an_at_too_many_is_kept_as_sent_beside_a_usable_phone(email: str) -> None:
+    """Two '@' that no separator splits made `normalize_email` read the same text again until
+    RecursionError: a 500 for a lead with a good phone (and a whole batch failed with it)."""
+    sub = read({"email": email, "phone": "+1 415 555 2671"})
+    assert sub.contact.phone == "+14155552671"
+    assert [w["field"] for w in sub.warnings] == ["contact.email"]
+
+
+@pytest.mark.parametrize(("sent", "used"), [
+    ("ada@example.com\u200b", EMAIL), ("\ufeffada@example.com", EMAIL), ("ada＠example.com", EMAIL),
+    ("ada@example.com (Ada)", EMAIL), ("[ada@example.com]", EMAIL), ("mailto:Ada%40Example.com", EMAIL),
+    ("'ada@example.com", EMAIL), ("bob@@y.example; ada@example.com", EMAIL),
+])
+def test_an_email_pasted_with_invisible_or_wrapping_characters_is_usable(sent: str, used: str) -> None:
+    assert read({"contact": {"email": sent}}).contact.email == used
+
+
+@pytest.mark.parametrize(("body", "email", "phone"), [
+    ({"email": "", "work_email": EMAIL}, EMAIL, None),
+    ({"email": None, "Email": EMAIL}, EMAIL, None),
+    ({"Phone": "", "MobilePhone": "+14155552671"}, None, "+14155552671"),
+    ({"phone": "n/a", "mobile_phone": "(415) 555-2671"}, None, "+14155552671"),
+    ({"contact": {"email": "ada@", "work_email": EMAIL}}, EMAIL, None),
+    ({"contact": {"email": "ada@"}, "email": EMAIL}, EMAIL, None),
+])
+def test_an_unfilled_first_spelling_does_not_hide_a_usable_later_one(body: dict, email, phone) -> None:
+    """CRM exports send every field, unfilled ones empty: the first spelling was read whatever it
+    held, the usable one only kept in attributes, and the lead refused."""
+    sub = read(body)
+    assert (sub.contact.email, sub.contact.phone) == (email, phone)
+
+
+def test_unfilled_top_level_fields_do_not_hide_their_aliases() -> None:
+    sub = read({"email": EMAIL, "score": "", "lead_score": 85, "external_id": "", "id": "123",
+                "submitted_at": None, "created_at": "2026-11-22T10:00:00Z"})
+    assert (sub.score, sub.external_id) == (85, "123")
+    assert sub.submitted_at == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("label", ["\ufeffEmail", "Email *", "Email (required)", "Your Email", "your-email",
+                                   "contact_email", "Company Email", "Business Email Address", "E-Mail-Adresse"])
+def test_an_email_under_a_form_label_is_the_contact_s(label: str) -> None:
+    sub = read({label: "Ada@Example.com"})
+    assert sub.contact.email == EMAIL and sub.warnings == []
+
+
+@pytest.mark.parametrize("label", ["Phone *", "Tel.", "Telephone Number", "Direct Phone", "Phone No", "workphone",
+                                   "Contact Number"])
+def test_a_phone_under_a_form_label_is_the_contact_s(label: str) -> None:
+    assert read({label: "(415) 555-2671"}).contact.phone == "+14155552671"
+
+
+def test_a_lead_about_to_be_refused_takes_its_email_from_a_field_named_for_one() -> None:
+    """Form labels are endless ('Mail', 'email_1', 'EmailAddr1'): before refusing a lead with no
+    known email or phone field, a field whose name says so and whose value is usable is read,
+    named in a warning, and kept where it was sent."""
+    sub = read({"first_name": "Ada", "email_1": "Ada@Example.com", "referrer": "bob"})
+    assert sub.contact.email == EMAIL
+    assert sub.warnings == [{"field": "email_1", "message": "read as contact.email; kept here too"}]
+    assert sub.attributes == {"email_1": "Ada@Example.com", "referrer": "bob"}
+    with pytest.raises(Refused):
+        read({"first_name": "Ada", "referrer": "bob@example.com"})  # a name that does not say email
+
+
+@pytest.mark.parametrize("sent", ["+1 415 555 2671, +1 212 555 0100", "+14155552671 / +12125550100",
+                                  "(415) 555-2671 or (212) 555-0100", "4155552671;2125550100",
+                                  "(415) 555-2671\n(212) 555-0100"])
+def test_several_phones_in_one_field_give_the_first_and_keep_the_field(sent: str) -> None:
+    """Refused without an email; ';' read the second number as the first one's extension."""
+    sub = read({"phone": sent})
+    assert (sub.contact.phone, sub.contact.phone_extension) == ("+14155552671", None)
+    assert sub.attributes == {"phone": sent}
+
+
+@pytest.mark.parametrize(("size", "employees"), [("250.0", 250), ("250.00", 250), ("1000.0", 1000), ("1,5k", 1500),
+                                                 ("1.5k", 1500), ("1.200", 1200), ("1,200", 1200)])
+def test_a_head_count_with_a_decimal_point_is_not_ten_times_larger(size: str, employees: int) -> None:
+    assert normalize_size(size).employees == employees
+
+
+@pytest.mark.parametrize("size", ["1.5", 1.5, "12,5"])
+def test_a_fraction_of_a_person_is_no_head_count(size: Any) -> None:
+    with pytest.raises(ValueError):
+        normalize_size(size)
+
+
+@pytest.mark.parametrize(("sent", "utc"), [
+    ("Sun Nov 22 2026 10:00:00 GMT+0200 (Central European Summer Time)", "2026-11-22T08:00:00+00:00"),
+    ("Sun, 22 Nov 2026 10:00:00 CET", "2026-11-22T09:00:00+00:00"),
+    ("Sun, 22 Nov 2026 10:00:00 JST", "2026-11-22T01:00:00+00:00"),
+    ("Sun, 22 Nov 2026 10:00:00 -0000", "2026-11-22T10:00:00+00:00"),
+])
+def test_a_timestamp_with_a_zone_the_mail_parser_does_not_know_is_read_in_that_zone(sent: str, utc: str) -> None:
+    """They were read in the source's zone, with a warning that they had no offset."""
+    parsed, assumed = parse_timestamp(sent, "America/New_York")
+    assert (parsed.astimezone(UTC).isoformat(), assumed) == (utc, False)
+
+
+@pytest.mark.parametrize("country", ["EU", "XX", "N/A", "n.a."])
+def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_the_phone(country: str) -> None:
+    sub = read({"contact": {"phone": "020 7946 0958", "country": country}, "company": {"country": "GB"}})
+    assert sub.contact.phone == "+442079460958"
+    assert [w["field"] for w in sub.warnings] == ["contact.country"]
