@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
 import pycountry
@@ -530,6 +530,7 @@ BOOLEAN_WORDS = {
     "agreed": True, "opt in": True, "opted in": True, "granted": True, "accepted": True,
     "false": False, "no": False, "n": False, "0": False, "off": False, "unchecked": False,
     "opt out": False, "opted out": False, "denied": False, "declined": False, "": False,
+    "subscribed": True, "unsubscribed": False, "do not contact": False, "revoked": False, "withdrawn": False,
 }
 
 
@@ -989,10 +990,12 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
 def _company(r: _Reader, raw: dict[str, Any]) -> Company:
     out: dict[str, Any] = {k: raw[k] for k in ("name", "industry", "website") if raw.get(k)}
     if domain := raw.get("domain") or raw.get("website"):
-        host = re.sub(r"^[a-z]+://", "", domain.strip().lower()).split("/")[0].split("?")[0]
-        host = host.removeprefix("www.").split(":")[0]
-        if raw.get("domain") or "." in host:
-            out["domain"] = host if "." in host else raw["domain"]
+        host = _host(domain)
+        if host:
+            out["domain"] = host
+        elif raw.get("domain"):
+            out["domain"] = raw["domain"]
+            r.warn("company.domain", "is not a domain name; kept as sent", raw["domain"])
     if country := raw.get("country"):
         try:
             out["country"] = normalize_country(country)
@@ -1008,6 +1011,20 @@ def _company(r: _Reader, raw: dict[str, Any]) -> Company:
             out["size"] = size
             r.warn("company.size", str(exc), size)
     return Company(**out)
+
+
+def _host(text: str) -> str | None:
+    """The host of a domain, URL or address ('https://user@www.Acme.com:8443/x#y', 'ACME.COM.',
+    'ada@acme.com'), without 'www.'; None if it has none ('Acme Inc')."""
+    text = text.strip().lower()
+    if "@" in text and "://" not in text:
+        text = text.rpartition("@")[2]
+    try:
+        host = urlsplit(text if "://" in text else "//" + text.lstrip("/")).hostname or ""
+    except ValueError:  # an unclosed '[' of an IPv6 literal
+        return None
+    host = host.removeprefix("www.").rstrip(".")
+    return host if "." in host and re.fullmatch(r"[\w.-]+", host) else None
 
 
 def _intent(r: _Reader, raw: dict[str, Any], source: IntakeSource,
@@ -1040,7 +1057,12 @@ def _consent(r: _Reader, value: Any) -> Consent:
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = snake(str(key))
-        if name in ("marketing", "contact"):
+        if name in ("marketing", "contact") and (item is None or name in out):
+            if item is not None:  # given twice ('Marketing' after 'marketing'): the first holds
+                r.warn(f"consent.{name}", f"given again as {str(key)!r}; the first is used, this one kept in "
+                                          "attributes", item)
+            r.keep(("consent", str(key)), item)
+        elif name in ("marketing", "contact"):
             try:
                 out[name] = parse_bool(item)
             except ValueError:

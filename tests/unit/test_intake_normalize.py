@@ -609,3 +609,35 @@ def test_a_contact_country_kept_as_sent_gives_way_to_the_company_s_for_the_phone
     sub = read({"contact": {"phone": "020 7946 0958", "country": country}, "company": {"country": "GB"}})
     assert sub.contact.phone == "+442079460958"
     assert [w["field"] for w in sub.warnings] == ["contact.country"]
+
+
+@pytest.mark.parametrize(("consent", "contact", "marketing"), [
+    ({"contact": "unsubscribed"}, False, False), ({"contact": "Do not contact"}, False, False),
+    ({"marketing": "Subscribed"}, True, True), ({"contact": None}, True, False),
+])
+def test_consent_words_crms_use_are_read(consent: dict, contact: bool, marketing: bool) -> None:
+    """'unsubscribed' left the lead contactable (only a warning), and a null was warned about."""
+    sub = read({"email": EMAIL, "consent": consent})
+    assert (sub.consent.contact, sub.consent.marketing, sub.warnings) == (contact, marketing, [])
+
+
+def test_a_consent_given_twice_keeps_the_second_and_says_so() -> None:
+    sub = read({"email": EMAIL, "consent": {"marketing": "Yes", "Marketing": "No"}})
+    assert sub.consent.marketing is True and sub.attributes == {"consent": {"Marketing": "No"}}
+    assert [w["field"] for w in sub.warnings] == ["consent.marketing"]
+
+
+@pytest.mark.parametrize(("company", "domain"), [
+    ({"domain": "ACME.COM."}, "acme.com"), ({"domain": "@acme.com"}, "acme.com"), ({"domain": "ada@acme.com"}, "acme.com"),
+    ({"website": "http://acme.com#pricing"}, "acme.com"), ({"website": "https://user@www.acme.com:8443/x"}, "acme.com"),
+    ({"website": "//acme.com"}, "acme.com"), ({"website": "Acme"}, None),
+])
+def test_a_company_domain_is_the_host_however_it_was_written(company: dict, domain: str | None) -> None:
+    """The domain matches a lead to its account's owner: 'acme.com#pricing' or 'acme.com.' matched nobody."""
+    sub = read({"email": EMAIL, "company": company})
+    assert (sub.company.domain, sub.warnings) == (domain, [])
+
+
+def test_a_domain_that_is_none_is_kept_as_sent_and_named() -> None:
+    sub = read({"email": EMAIL, "company": {"domain": "Acme Inc"}})
+    assert sub.company.domain == "Acme Inc" and [w["field"] for w in sub.warnings] == ["company.domain"]
