@@ -38,7 +38,7 @@ from shared.config import (
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import storable
 
-from .normalize import Issue, Submission, clean_text, parse_timestamp, read_submission
+from .normalize import Issue, Submission, clean_text, flawed, parse_timestamp, read_submission
 
 Short = Annotated[str, Field(max_length=200)]
 
@@ -69,12 +69,12 @@ RECOMMENDED_FIELDS = ("contact.email", "contact.phone", "contact.country", "comp
 
 def missing_fields(sub: Submission) -> list[str]:
     """Recommended fields without a usable value (a value kept as sent with a warning is missing)."""
-    flawed = {i.field for i in sub.issues}
+    kept = flawed(sub.issues)
     present = {
-        "contact.email": sub.contact.email and "contact.email" not in flawed,
-        "contact.phone": sub.contact.phone and "contact.phone" not in flawed,
-        "contact.country": (sub.contact.country and "contact.country" not in flawed)
-        or (sub.company.country and "company.country" not in flawed),
+        "contact.email": sub.contact.email and "contact.email" not in kept,
+        "contact.phone": sub.contact.phone and "contact.phone" not in kept,
+        "contact.country": (sub.contact.country and "contact.country" not in kept)
+        or (sub.company.country and "company.country" not in kept),
         "company.name": sub.company.name,
     }
     return [name for name in RECOMMENDED_FIELDS if not present[name]]
@@ -136,11 +136,11 @@ def intent_vocabulary(config: Config) -> dict[str, list[str]]:
 def identity_keys(sub: Submission, match_on: list[str]) -> list[tuple[str, str]]:
     """(kind, normalized value) pairs a repeat submission from the same person would share.
     Values kept as sent (not normalized) never identify anyone."""
-    flawed = {i.field for i in sub.issues}
+    kept = flawed(sub.issues)
     keys = []
-    if "email" in match_on and sub.contact.email and "contact.email" not in flawed:
+    if "email" in match_on and sub.contact.email and "contact.email" not in kept:
         keys.append(("email", sub.contact.email))
-    if "phone" in match_on and sub.contact.phone and "contact.phone" not in flawed:
+    if "phone" in match_on and sub.contact.phone and "contact.phone" not in kept:
         keys.append(("phone", sub.contact.phone))
     return keys
 
@@ -498,10 +498,10 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     record = copy.deepcopy(lead.record)
     new = patch.snapshot()
     changed: dict[str, dict[str, Any]] = {}
-    flawed = {i.field for i in patch.issues}
+    kept = flawed(patch.issues)
     for name in sorted(patch.given):
         section, _, key = name.partition(".")
-        if name in flawed and (record.get(section) or {}).get(key) is not None:
+        if name in kept and (record.get(section) or {}).get(key) is not None:
             continue  # an unreadable correction never overwrites a value that was usable
         targets = [key]
         if name == "contact.phone":
@@ -542,7 +542,8 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     record["data_quality"] += patch.data_quality
     merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
                              partial=True)
-    merged.issues = [Issue(q["field"], q["message"], q.get("value")) for q in record["data_quality"]]
+    merged.issues = [Issue(q["field"], q["message"], q.get("value"), q.get("kept_as_sent", True))
+                     for q in record["data_quality"]]
     # Re-tiered only when a field the tier rules read changed: the lead's tier may come from more
     # than its record (a repeat from a partner source raised it, the rules changed since), and a
     # corrected title must not move it, nor its SLA.
@@ -591,15 +592,15 @@ def updated_record(record: dict[str, Any], update: dict[str, Any]) -> dict[str, 
 
 
 def flawed_fields(record: dict[str, Any]) -> set[str]:
-    return {q.get("field") for q in record.get("data_quality") or []}
+    return {q.get("field") for q in record.get("data_quality") or [] if q.get("kept_as_sent", True)}
 
 
 def lead_columns(record: dict[str, Any]) -> dict[str, Any]:
     """The dedupe index values of a lead's record: a value kept as sent identifies no one."""
-    contact, flawed = record.get("contact") or {}, flawed_fields(record)
+    contact, kept = record.get("contact") or {}, flawed_fields(record)
     return {
-        "email": contact.get("email") if "contact.email" not in flawed else None,
-        "phone": contact.get("phone") if "contact.phone" not in flawed else None,
+        "email": contact.get("email") if "contact.email" not in kept else None,
+        "phone": contact.get("phone") if "contact.phone" not in kept else None,
         "tier": record["tier"],
     }
 

@@ -32,17 +32,26 @@ from .country_names import NAMES as COUNTRY_NAMES
 
 @dataclass(frozen=True)
 class Issue:
-    """A value kept as sent (or dropped, for typed fields) because it could not be normalized."""
+    """A value kept as sent (or dropped, for typed fields) because it could not be normalized; or,
+    not `kept_as_sent`, a note on a value that was read ('several values given; the first is used'):
+    such a value still identifies the lead and fills its field."""
 
     field: str
     message: str
     value: Any = None
+    kept_as_sent: bool = True
 
     def warning(self) -> dict[str, str]:
         return {"field": self.field, "message": self.message}
 
     def quality(self) -> dict[str, Any]:
-        return {"field": self.field, "message": self.message, "value": self.value}
+        quality = {"field": self.field, "message": self.message, "value": self.value}
+        return quality if self.kept_as_sent else {**quality, "kept_as_sent": False}
+
+
+def flawed(issues: list[Issue]) -> set[str]:
+    """The fields holding a value kept as sent: they identify nobody and count as missing."""
+    return {i.field for i in issues if i.kept_as_sent}
 
 
 @dataclass
@@ -747,8 +756,8 @@ class _Reader:
             target = target.setdefault(part, {})
         _put(target, path[-1], value)
 
-    def warn(self, field_name: str, message: str, value: Any = None) -> None:
-        self.issues.append(Issue(field_name, message, value))
+    def warn(self, field_name: str, message: str, value: Any = None, *, kept_as_sent: bool = True) -> None:
+        self.issues.append(Issue(field_name, message, value, kept_as_sent))
 
     def normalized(self, out: dict[str, Any], key: str, field_name: str,
                    normalize: Callable[[Any], Any], value: Any) -> bool:
@@ -774,7 +783,8 @@ class _Reader:
             return str(value)
         if isinstance(value, list) and value and all(isinstance(v, (str, int)) for v in value):
             if len(value) > 1:
-                self.warn(name, "several values given; the first is used, all kept in attributes", value)
+                self.warn(name, "several values given; the first is used, all kept in attributes", value,
+                          kept_as_sent=False)
             return self.text(name, value[0])
         if not isinstance(value, str):
             raise TypeError
@@ -1060,7 +1070,7 @@ def _consent(r: _Reader, value: Any) -> Consent:
         if name in ("marketing", "contact") and (item is None or name in out):
             if item is not None:  # given twice ('Marketing' after 'marketing'): the first holds
                 r.warn(f"consent.{name}", f"given again as {str(key)!r}; the first is used, this one kept in "
-                                          "attributes", item)
+                                          "attributes", item, kept_as_sent=False)
             r.keep(("consent", str(key)), item)
         elif name in ("marketing", "contact"):
             try:
@@ -1096,7 +1106,8 @@ def _submitted_at(r: _Reader, value: Any, source: IntakeSource) -> datetime | No
         r.keep(("submitted_at",), value)
         return None
     if assumed:
-        r.warn("submitted_at", f"has no UTC offset; read in the source's time zone {zone}", value)
+        r.warn("submitted_at", f"has no UTC offset; read in the source's time zone {zone}", value,
+               kept_as_sent=False)
     return parsed
 
 

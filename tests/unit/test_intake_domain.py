@@ -17,6 +17,7 @@ from services.intake.domain import (
     identity_keys,
     intent_vocabulary,
     is_contactable,
+    lead_columns,
     missing_fields,
     read_disposition,
     same_person,
@@ -118,6 +119,17 @@ def test_missing_fields_count_values_kept_as_sent_as_missing() -> None:
 def test_values_kept_as_sent_never_identify_anyone() -> None:
     sub = submission(contact={"email": "ada@example.com", "phone": "555 0100 9999"})
     assert identity_keys(sub, ["email", "phone"]) == [("email", "ada@example.com")]
+
+
+def test_a_value_read_from_several_given_still_identifies_the_lead_and_fills_its_field() -> None:
+    """'several values given; the first is used' was counted as a value kept as sent: the lead's
+    email and phone identified nobody (a repeat was a new lead) and counted as missing."""
+    sub = submission(contact={"email": ["Ada@Example.com", "ada@work.example"], "phone": ["4155552671", "2125550100"],
+                              "country": "US"}, company={"name": "Acme"})
+    assert identity_keys(sub, ["email", "phone"]) == [("email", "ada@example.com"), ("phone", "+14155552671")]
+    assert missing_fields(sub) == []
+    record = {"contact": sub.snapshot()["contact"], "data_quality": sub.data_quality, "tier": "B"}
+    assert lead_columns(record) == {"email": "ada@example.com", "phone": "+14155552671", "tier": "B"}
 
 
 def test_tiers_rank_in_rule_order_with_the_default_last() -> None:
