@@ -262,7 +262,25 @@ def _masked_lines(text: str) -> list[str]:
     def mask(match: re.Match[str]) -> str:
         digest = hashlib.sha256(match.group(2).strip("\"'").encode()).hexdigest()[:8]
         return f"{match.group(1)}'********' (sha256 {digest}...)"
-    return [_SECRET_VALUE.sub(mask, line) for line in text.splitlines(keepends=True)]
+
+    masked, block_indent = [], None  # inside a block scalar (`secret: |`): lines indented past its key
+    for line in text.splitlines(keepends=True):
+        indent = len(line) - len(line.lstrip(" "))
+        if block_indent is not None and (indent > block_indent or not line.strip()):
+            digest = hashlib.sha256(line.strip().encode()).hexdigest()[:8]
+            masked.append(f"{' ' * indent}******** (sha256 {digest}...)\n" if line.strip() else line)
+            continue
+        block_indent = None
+        block = _SECRET_BLOCK.search(line)
+        if block is not None:
+            block_indent = indent
+            masked.append(line)
+        else:
+            masked.append(_SECRET_VALUE.sub(mask, line))
+    return masked
+
+
+_SECRET_BLOCK = re.compile(r"\bsecret\s*:\s*[|>][-+0-9]*\s*(?:#.*)?$")
 
 
 async def _create_key(database_url: str, name: str, role: str) -> str:

@@ -44,8 +44,8 @@ MAX_DURATION = 3650 * 86400.0
 
 def parse_duration(value: str | int | float) -> float:
     """'90s', '5m', '1h30m', '2d' or a number of seconds (also in quotes: '300') -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration like '5m', '1h30m' or a number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # also blank (null), a list
+        raise ValueError("a duration like '5m', '1h30m' or a number of seconds is required")
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif _SECONDS.match(value.strip()):
@@ -269,7 +269,7 @@ class CalendarConfig(Strict):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # 'Europe' is a directory
             raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
@@ -379,7 +379,7 @@ class RuleMatch(Strict):
     sources: Condition[str] = None
     intents: Condition[str] = None
     products: Condition[str] = None
-    languages: Condition[str] = None
+    languages: Condition[Annotated[str, AfterValidator(_language_code)]] = None  # as owners' are read
     company_sizes: Condition[str] = None  # bands like "1-50", "201-500", "1000+"
     industries: Condition[str] = None
     # any attribute of the lead -> accepted values
@@ -622,11 +622,29 @@ class ChannelRateLimit(Strict):
     per: Duration = 60.0
 
 
+def _env_name(value: str) -> str:
+    """The name of an environment variable, never its value: a URL or a password pasted into a
+    `*_env` field was printed in every delivery error ('environment variable https://… is not set')."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        raise ValueError("is the name of an environment variable (letters, digits and _), not its value")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+def _no_reference(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", value.get_secret_value()):
+        raise ValueError("looks like a reference to an environment variable, which the file does not "
+                         "expand: name it in `secret_env` instead")
+    return value
+
+
 class WebhookChannel(Strict):
     type: Literal["webhook"] = "webhook"
     url: HttpUrl
-    secret: SecretStr | None = None
-    secret_env: str | None = None
+    secret: Annotated[SecretStr | None, AfterValidator(_no_reference)] = None
+    secret_env: EnvName | None = None
     timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     rate_limit: ChannelRateLimit | None = None
@@ -661,7 +679,7 @@ class SlackChannel(Strict):
     """A Slack-compatible incoming webhook. Its URL is the secret, so it comes from the environment."""
 
     type: Literal["slack"]
-    url_env: str
+    url_env: EnvName
     timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=5, ge=1)
     rate_limit: ChannelRateLimit | None = None
@@ -680,7 +698,7 @@ class EmailChannel(Strict):
     tls: Literal["starttls", "tls", "none"] = "starttls"
     validate_certs: bool = True
     username: str | None = None
-    password_env: str | None = None
+    password_env: EnvName | None = None
     from_address: EmailAddress = Field(alias="from")
     reply_to: EmailAddress | None = None
     timeout_seconds: float = Field(default=10.0, gt=0)
@@ -765,9 +783,18 @@ def _some_channel(channels: list[str]) -> list[str]:
     return channels
 
 
+def _step_delay(value: Any) -> float:
+    """A step's delay: a duration, or none at all in any spelling ('0', '0s', '0m')."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    if isinstance(value, str) and re.fullmatch(r"\s*0+\s*[smhd]?\s*", value):
+        return 0.0
+    return parse_duration(value)
+
+
 class EscalationStep(Strict):
     step: int = Field(ge=1)
-    after: Annotated[float, BeforeValidator(lambda v: 0.0 if v in (0, "0", "0s") else parse_duration(v))] = 0.0
+    after: Annotated[float, BeforeValidator(_step_delay)] = 0.0
     notify: list[Literal["owner", "manager", "lead_ops"]] = Field(default_factory=lambda: ["owner"])
     channels: Annotated[list[str], AfterValidator(_some_channel)]
     reassign: bool = False  # when the step fires, the router also routes the lead to someone else
@@ -803,7 +830,7 @@ class IntakeSource(Strict):
         if value is not None:
             try:
                 ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # 'Europe' is a directory
                 raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
@@ -1229,7 +1256,7 @@ class ConfigError(ValueError):
 class _ConfigLoader(yaml.SafeLoader):
     """Safe YAML whose dates stay text for the models to read: YAML's own reading of a date
     like 2026-12-32 raised out of the parser with no path to the field. Booleans are only
-    true/false and there are no base-60 numbers, as in YAML 1.2: YAML 1.1 read Norway's `NO`,
+    true/false and there are no base-60 or octal numbers, as in YAML 1.2: YAML 1.1 read Norway's `NO`,
     Ontario's `ON` or a reason `no` as booleans, and `5:00` as the number 300 (5 minutes or
     5 hours?). Boolean fields still take yes/no/on/off, as text."""
 
@@ -1242,13 +1269,24 @@ _ConfigLoader.yaml_implicit_resolvers = {
 }
 _ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-# YAML 1.1's numbers less the base-60 forms (190:20:30).
+# YAML 1.1's numbers less the base-60 forms (190:20:30) and octal: 010 is ten, as in YAML 1.2
+# (a `target: 0300` was 192 seconds).
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
-    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X),
+    r"""^(?:[-+]?0b[0-1_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$""", re.X),
     list("-+0123456789"))
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    if text.lstrip("+-")[:2].lower() in ("0b", "0x"):
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    return int(text, 10)  # '010' is ten: YAML 1.1 read a leading zero as octal (8)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = None) -> list[str]:
@@ -1277,7 +1315,10 @@ def _keys_given_twice(node: yaml.Node, path: str = "", seen: set[int] | None = N
 
 def load_yaml(text: str) -> Any:
     """The file's YAML document (None when it holds none), read as the configuration is read."""
-    loader = _ConfigLoader(text)
+    try:
+        loader = _ConfigLoader(text)  # it refuses a control character (pasted from Word) at once
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -1286,9 +1327,23 @@ def load_yaml(text: str) -> Any:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}") from exc
+        raise ConfigError(f"not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the quoted line PyYAML adds: it may hold a secret."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{exc.context + ', ' if exc.context else ''}{exc.problem or 'unreadable'}{where}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{exc.reason} (character #x{exc.character:04x} at position {exc.position})" if isinstance(
+            exc.character, int) else str(exc.reason)
+    return type(exc).__name__
 
 
 def parse_config(text: str) -> Config:
@@ -1332,7 +1387,8 @@ def _yaml_typing_hint(err: Any) -> str:
     value = err.get("input")
     if err["type"] != "string_type" or not isinstance(value, (bool, int, float)):
         return ""
-    read_as = "true or false" if isinstance(value, bool) else f"the number {value!r}"
+    secret = any(isinstance(p, str) and ("secret" in p or "password" in p) for p in err["loc"])
+    read_as = "true or false" if isinstance(value, bool) else "a number" if secret else f"the number {value!r}"
     return f"; YAML read the value as {read_as}: put it in quotes"
 
 

@@ -1,6 +1,7 @@
-"""Text as Postgres can keep it: pure, for the models at every service's edge."""
+"""Text as Postgres can keep it, and names as people type them: pure, for every service's edge."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -23,3 +24,9 @@ def storable(value: Any) -> Any:
         for item in value:
             storable(item)
     return value
+
+
+def spelled(value: str) -> str:
+    """A name as people type it in a CRM picklist ('No Budget', 'Opt-Out') in the one form
+    configurations and the contract use ('no_budget', 'opt_out')."""
+    return re.sub(r"[\s-]+", "_", value.strip().lower())

@@ -4,7 +4,6 @@ same rules serve HTTP and Kafka input, and facts and `now` come in as arguments.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +35,7 @@ from shared.config import (
     per_config,
 )
 from shared.events import Contact, LeadUpdated, WireModel
-from shared.text import storable
+from shared.text import spelled, storable
 
 from .normalize import Issue, Submission, clean_text, flawed, parse_timestamp, read_submission
 
@@ -190,17 +189,13 @@ TYPES_WITH_OUTCOME = {
 }
 
 
-def _spelled(value: str) -> str:
-    return re.sub(r"[\s-]+", "_", value.strip().lower())
-
-
 def _activity_type(value: Any) -> Any:
     """A type as the contract names it: "Call", "Opt-Out", "opt out", "Phone Call", "E-mail" (CRMs
     spell types their own way); anything but text as it is."""
     if not isinstance(value, str):
         return value
-    spelled = _spelled(value)
-    return ACTIVITY_TYPE_ALIASES.get(spelled, spelled)
+    name = spelled(value)
+    return ACTIVITY_TYPE_ALIASES.get(name, name)
 
 
 class ActivityIn(FormInput):
@@ -259,7 +254,7 @@ class ActivityIn(FormInput):
         "Meeting Booked", "Voicemail": a meeting or call with that outcome."""
         value = data.get("type") if isinstance(data, dict) else None
         if isinstance(value, str):
-            found = TYPES_WITH_OUTCOME.get(_spelled(value))
+            found = TYPES_WITH_OUTCOME.get(spelled(value))
             if found is not None:
                 return {**data, "type": found[0], "outcome": data.get("outcome") or found[1]}
         return data
@@ -272,10 +267,10 @@ class ActivityIn(FormInput):
     @model_validator(mode="after")
     def _outcome_spelling(self) -> ActivityIn:
         if self.outcome:
-            spelled = _spelled(self.outcome)
-            spelled = OUTCOME_ALIASES.get(self.type, {}).get(spelled, spelled)
-            if spelled in OUTCOMES.get(self.type, ()):
-                self.outcome = spelled
+            name = spelled(self.outcome)
+            name = OUTCOME_ALIASES.get(self.type, {}).get(name, name)
+            if name in OUTCOMES.get(self.type, ()):
+                self.outcome = name
         return self
 
     def _unknown_outcome(self) -> bool:
@@ -372,7 +367,7 @@ def _configured(value: str | None, names: Sequence[str]) -> str | None:
     (a CRM picklist shows "No Budget" for the admin's `no_budget`)."""
     if value is None or value in names:
         return value
-    return next((name for name in names if _spelled(name) == _spelled(value)), None)
+    return next((name for name in names if spelled(name) == spelled(value)), None)
 
 
 def read_disposition(disposition: DispositionIn | None, reasons: dict[str, list[str]],

@@ -37,6 +37,7 @@ from shared.events import (
     new_event,
     utc_iso,
 )
+from shared.text import spelled
 
 from .domain import (
     LEAD_NOTED,
@@ -220,7 +221,9 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
             await _apply(store, config, lead, row, step, event, now, rules)
         return
     disposition = activity.disposition.status if activity.disposition else None
-    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disposition == DISQUALIFIED else None
+    # As the configuration spells it, which may be 'Disqualified': the status means what it says.
+    disqualified = disposition is not None and spelled(disposition) == DISQUALIFIED
+    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disqualified else None
     if leaving is not None:
         await _leave(store, config, lead, leaving, at, event, now, rules)
         return

@@ -483,3 +483,83 @@ def test_a_link_template_needs_the_lead_id_and_an_http_url() -> None:
     message = errors_of(EXAMPLE.read_text().replace(
         "link_base_url: http://127.0.0.1:8005", "link_template: crm/{lead_id}"))
     assert "notifier.link_template: 'crm/{lead_id}' is not an http(s) URL" in message
+
+
+# ---- an audit with the mistakes admins make (tenth session) -----------------------------------
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("sla_policies:\n  - id: p\n    metrics:\n      first_response:\n        target:\n",
+     "sla_policies.0.metrics.first_response.target: a duration like '5m'"),
+    ("dedupe: {window: [30d]}\n", "dedupe.window: a duration like '5m'"),
+    ("calendars: {c: {timezone: Europe}}\n", "calendars.c.timezone: 'Europe' is not an IANA time zone"),
+    ("intake: {timezone: US}\n", "intake.timezone: 'US' is not an IANA time zone"),
+    ('owners: [{id: alice, name: "Ali\x0bce"}]\n', "not valid YAML: special characters are not allowed"),
+    ("x: " + "[" * 2000 + "]" * 2000 + "\n", "not valid YAML: nested too deeply"),
+])
+def test_what_crashed_the_reading_is_an_error_naming_its_place(text: str, message: str) -> None:
+    """A blank duration (AttributeError), a region for a zone (IsADirectoryError), a control
+    character pasted from a word processor (ReaderError): tracebacks, not errors, for the admin."""
+    assert message in errors_of(text)
+
+
+@pytest.mark.parametrize("text", [
+    "channels: {w: {url: 'https://x.example.com', secret: 8675309123456}}\n",
+    "channels:\n  w:\n    url: https://x.example.com\n\tsecret: 8675309123456\n",
+    'channels:\n  w:\n    url: https://x.example.com\n    secret: "8675309123456\n',
+])
+def test_a_secret_is_never_quoted_in_an_error(text: str) -> None:
+    assert "8675309123456" not in errors_of(text)
+
+
+@pytest.mark.parametrize(("channel", "field"), [
+    ("{type: slack, url_env: 'https://hooks.slack.com/services/T0/B0/XXXX'}", "url_env"),
+    ("{type: email, host: h, from: a@example.com, username: u, password_env: 'my real password'}", "password_env"),
+])
+def test_an_env_field_takes_a_variable_s_name_not_its_value(channel: str, field: str) -> None:
+    """The value was printed in every delivery error as the 'name' of a variable that is not set."""
+    message = errors_of(f"channels: {{c: {channel}}}\n")
+    assert f"channels.c.{field}: is the name of an environment variable" in message
+    assert "XXXX" not in message and "real password" not in message
+
+
+def test_a_secret_written_as_a_reference_is_refused_not_used_as_the_key() -> None:
+    message = errors_of("channels: {w: {url: 'https://x.example.com', secret: '${LEADSLA_WEBHOOK_SECRET}'}}\n")
+    assert "channels.w.secret: looks like a reference to an environment variable" in message
+
+
+def test_numbers_with_a_leading_zero_are_decimal_as_in_yaml_1_2() -> None:
+    """`target: 0300` was 192 seconds and `capacity: 010` eight leads (YAML 1.1's octal)."""
+    config = parse_config("owners: [{id: alice, capacity: 010}]\n"
+                          "sla_policies: [{id: p, metrics: {first_response: {target: 0300, warn_at: [050]}}}]\n")
+    assert config.owners[0].capacity == 10
+    target = config.sla_policies[0].metrics["first_response"]
+    assert (target.target, target.warn_at) == (300, [50])
+    assert parse_config("owners: [{id: alice, capacity: 0x10}]\n").owners[0].capacity == 16
+
+
+def test_routing_rule_languages_are_read_as_owners_languages_are() -> None:
+    """'German' or 'deu' on a rule never matched a `de` lead (the same on an owner was read as `de`)."""
+    text = ("owners: [{id: a}]\nteams: [{id: sdr, members: [a]}]\n"
+            "routing: {rules: [{id: de, match: {languages: [DEU, de-AT]}, team: sdr}, {id: all, team: sdr}]}\n")
+    assert parse_config(text).routing.rules[0].match.languages == ["de", "de"]
+    assert "routing.rules.0.match.languages.0: 'German' is not a language code; did you mean 'de'?" in errors_of(
+        text.replace("DEU", "German"))
+
+
+@pytest.mark.parametrize("after", ["0", "0s", "0m", "0h", 0])
+def test_an_escalation_step_without_delay_is_written_any_way(after) -> None:
+    text = ("owners: [{id: a}]\nchannels: {w: {url: 'https://x.example.com', secret: s}}\n"
+            f"escalation_policies: [{{id: e, steps: [{{step: 1, after: {after!r}, notify: [owner], channels: [w]}}]}}]\n")
+    assert parse_config(text).escalation_policies[0].steps[0].after == 0
+
+
+def test_a_dry_run_masks_a_secret_written_as_a_block_scalar_too() -> None:
+    """Only a one-line `secret:` was masked: `secret: |` printed the value on the lines below it."""
+    from leadsla.cli import _masked_lines
+
+    text = "channels:\n  w:\n    secret: |\n      whsec_TopSecret\n    url: https://x.example.com\nowners: []\n"
+    shown = "".join(_masked_lines(text))
+    assert "whsec_TopSecret" not in shown
+    assert shown.splitlines()[4:] == ["    url: https://x.example.com", "owners: []"]
+    assert _masked_lines(text.replace("TopSecret", "Other")) != _masked_lines(text)  # a change still shows

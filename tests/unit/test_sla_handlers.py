@@ -320,3 +320,17 @@ sla_policies:
     breach = store.recorded[-1][1]
     assert (breach.type, breach.data["owner_id"], breach.data["root_cause"]) == ("sla.breached", "alice",
                                                                                 "owner_missed")
+
+
+async def test_a_disqualification_spelled_as_the_configuration_spells_it_cancels_the_timers() -> None:
+    """With `disposition_reasons: {Disqualified: [...]}` intake records the status as 'Disqualified':
+    the clock compared it with 'disqualified' exactly, and the disqualified lead's timers breached."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    event = new_event("activity.recorded", service="intake", lead_id=lead_id, time=T0 + timedelta(minutes=1),
+                      data=ActivityRecorded(lead_id=lead_id, activity_id=str(uuid.uuid4()), type="disposition",
+                                            actor="alice", occurred_at=T0 + timedelta(minutes=1),
+                                            disposition={"status": "Disqualified", "reason": "no_budget"}))
+    await handle(store, on_activity, event)
+    assert [t.state for t in await store.timers(lead_id)] == ["cancelled"]
+    assert store.recorded[-1][1].data["reason"] == "disqualified"
