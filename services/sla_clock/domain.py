@@ -208,14 +208,15 @@ def judge(timer: Timer, now: datetime, seen: datetime | None, confirm_wait: time
 
 
 def touch(timer: Timer, at: datetime) -> Step:
-    """A qualifying touch: meets an open timer if it happened before the deadline (a paused timer's
+    """A qualifying touch: meets an open timer if it happened before the deadline, strictly (a paused timer's
     deadline is not running, so any touch meets it)."""
     # Touches stamped a little before the timer started (CRM clocks drift) still count.
     if timer.state == "paused" and not is_history(at, timer.started_at):
-        return Step(replace(timer, state="met", paused_at=None), (Met(at),))
+        # `paused_at` stays: the timer's time stopped there, not at the touch (see views.timer_view).
+        return Step(replace(timer, state="met"), (Met(at),))
     if timer.state != "open" or is_history(at, timer.started_at):
         return Step(timer)
-    if at <= timer.due_at:
+    if at < timer.due_at:  # as `tick` breaches at the deadline: a touch there met or breached by arrival order
         return Step(replace(timer, state="met"), (Met(at),))
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
 
@@ -289,7 +290,7 @@ def resume(timer: Timer, at: datetime, calendar: BusinessCalendar) -> Step:
 def cancel(timer: Timer, reason: str, at: datetime) -> Step:
     if timer.state not in ("open", "paused"):
         return Step(timer)
-    return _overdue(timer, at) or Step(replace(timer, state="cancelled", paused_at=None), (Cancelled(reason),))
+    return _overdue(timer, at) or Step(replace(timer, state="cancelled"), (Cancelled(reason),))  # paused_at: as touch
 
 
 def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCalendar) -> Step:
@@ -324,12 +325,12 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
     if ends_cadence:
         if timer.state == "breached":
             return Step(timer)  # the missed follow-up stays missed; nothing more is due
-        return Step(replace(timer, state="met", paused_at=None), tuple(outcomes))
+        return Step(replace(timer, state="met"), tuple(outcomes))
     cadence = policy.metrics["next_action"]  # type: ignore[index]
     exhausted = timer.step >= cadence.touches or (
         cadence.within is not None and calendar.elapsed(cadence_start, at) >= cadence.within)
     if exhausted:
-        return Step(replace(timer, state="cancelled", paused_at=None),
+        return Step(replace(timer, state="cancelled"),
                     (*outcomes, Cancelled("cadence_exhausted")))
     nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
                       timer.tier, at, calendar, timer.step + 1)
@@ -363,19 +364,19 @@ class Successor:
     metric: str
     start: datetime
     step: int = 1
-    paused_seconds: float = 0.0
-    paused: bool = False
+    paused_seconds: float = 0.0  # the predecessor's pauses that ended, in its calendar's business time
+    paused_since: datetime | None = None  # the pause running at the change: measured in the new calendar
 
 
-def replan(timers: Iterable[Timer], policy: SlaPolicy | None, at: datetime,
-           calendars: Mapping[str, BusinessCalendar], starts: Mapping[str, datetime | None],
+def replan(timers: Iterable[Timer], policy: SlaPolicy | None, at: datetime, starts: Mapping[str, datetime | None],
            ) -> tuple[list[tuple[Timer, Step]], list[Successor]]:
     """The lead's tier now selects `policy` (another than its timers run under): every running or
     paused timer ends (`policy_changed`; one already past its deadline at `at` breached first and
     its metric stays decided), and the new policy's metrics run from the same clock start: a
     faster tier does not give the owner a fresh window. A metric already met or breached stays
     so; one never timed starts at `starts[metric]` (see `clock_start`), if that has come.
-    `timers`: the lead's current timers; `calendars`: the live ones' calendars by sla_id."""
+    `timers`: the lead's current timers. A pause running at the change is handed over by its
+    start, to be measured in the successor's calendar (a night paused counts no office hours)."""
     ended: list[tuple[Timer, Step]] = []
     successors: list[Successor] = []
     metrics = policy.metrics if policy is not None else {}
@@ -386,10 +387,8 @@ def replan(timers: Iterable[Timer], policy: SlaPolicy | None, at: datetime,
         ended.append((timer, step))
         if step.timer.state != "cancelled" or timer.metric not in metrics:
             continue
-        paused = timer.paused_seconds
-        if timer.state == "paused" and timer.paused_at is not None:
-            paused += calendars[timer.sla_id].elapsed(timer.paused_at, max(at, timer.paused_at))
-        successors.append(Successor(timer.metric, timer.started_at, timer.step, paused, timer.state == "paused"))
+        since = min(timer.paused_at or at, at) if timer.state == "paused" else None
+        successors.append(Successor(timer.metric, timer.started_at, timer.step, timer.paused_seconds, since))
     decided = {t.metric for t in timers}
     for metric in metrics:
         start = starts.get(metric)
@@ -430,7 +429,10 @@ def root_cause(
         return "capacity" if queued_reason and "capacity" in queued_reason else "no_owner"
     if not contactable:
         return "missing_data"
-    if owner_calendar is not None and not owner_calendar.is_open(due_at):
+    # Open just before the deadline, not at it: a deadline is often a closing time (1h from 16:00
+    # on 09:00-17:00 is 17:00), and spans are half-open, so the owner who had the whole hour was
+    # blamed on coverage.
+    if owner_calendar is not None and not owner_calendar.is_open(due_at - timedelta(microseconds=1)):
         return "off_hours_coverage"
     return "owner_missed"
 

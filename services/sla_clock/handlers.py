@@ -291,25 +291,26 @@ async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], de
     if lead.closed_reason is not None or (before and before.id) == (policy and policy.id):
         return  # out of the funnel, or the same policy: the timers stand as they are
     current = [r for r in await store.timers(lead.lead_id, None) if r.reason != POLICY_CHANGED]
-    calendars = {r.sla_id: _calendar(config, r.calendar, r.timezone) for r in current if r.state in LIVE}
     starts = {metric: clock_start(policy, metric, received_at=lead.received_at,
                                   # assigned before assigned_at was kept: receipt, never a later start
                                   assigned_at=lead.assigned_at or (lead.received_at if lead.owner_id else None),
                                   first_touch_at=lead.first_touch_at,
                                   unowned_timed=lead.owner_id is None and lead.queued_reason is not None)
               for metric in (policy.metrics if policy else {})}
-    ended, successors = replan([_timer(r) for r in current], policy, at, calendars, starts)
+    ended, successors = replan([_timer(r) for r in current], policy, at, starts)
+    lead_paused = any(r.state == "paused" for r in current)  # the lead is, if any of its timers is
     rows = {r.sla_id: r for r in current}
     for timer, step in ended:
         await _apply(store, config, lead, rows[timer.sla_id], step, event, now, rules)
     for successor in successors:
         assert policy is not None
         row = await _start_one(store, config, version, lead, policy, successor.metric, successor.start, lead.owner_id,
-                               event, now, step=successor.step, paused_seconds=successor.paused_seconds)
+                               event, now, step=successor.step, paused_seconds=successor.paused_seconds,
+                               paused_since=successor.paused_since, paused_until=at)
         if row is None:
             continue
         step = catch_up(_timer(row), at)
-        if successor.paused and step.timer.state == "open":  # a paused lead stays paused
+        if lead_paused and step.timer.state == "open":  # a paused lead stays paused, new metrics too
             paused = pause(step.timer, at)
             step = Step(paused.timer, (*step.outcomes, *paused.outcomes))
         await _apply(store, config, lead, row, step, event, now, rules)
@@ -433,16 +434,21 @@ async def _start_all(
 async def _start_one(
     store: ClockStore, config: Config, version: int, lead: Row, policy: SlaPolicy, metric: str, start: datetime,
     owner_id: str | None, cause: CloudEvent, now: datetime, *, step: int = 1, paused_seconds: float = 0.0,
+    paused_since: datetime | None = None, paused_until: datetime | None = None,
 ) -> Row | None:
-    """Start the lead's timer for the metric, unless one already runs (or ran); the stored row."""
+    """Start the lead's timer for the metric, unless one already runs (or ran); the stored row.
+    `paused_since`..`paused_until`: a pause its predecessor was in, counted in this timer's calendar."""
     earlier = await store.reasons(lead.lead_id, metric)
     if any(reason != POLICY_CHANGED for reason in earlier):
         return None
     # The first timer of a metric keeps its historic id; a successor after a tier change is numbered.
     sla_id = deterministic_id("sla", lead.lead_id, metric, *([str(len(earlier))] if earlier else []))
     name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
-    timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start,
-                        _calendar(config, name, zone), step, paused_seconds)
+    calendar = _calendar(config, name, zone)
+    if paused_since is not None and paused_until is not None:
+        paused_seconds += calendar.elapsed(paused_since, max(paused_until, paused_since))
+    timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start, calendar, step,
+                        paused_seconds)
     state = {"calendar": name, "timezone": zone, "closed_at": None, "root_cause": None, "reason": None,
              **_columns(timer)}
     # A concurrent start of the same timer makes this command conflict at commit (the lead's

@@ -19,8 +19,9 @@ def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
     if row.timezone:
         calendar_config = calendar_config.model_copy(update={"timezone": row.timezone})
     calendar = BusinessCalendar(calendar_config)
-    # Time stops while paused and when the timer closes; paused business time never counts.
-    end = row.closed_at or row.paused_at or now
+    # Time stops while paused and when the timer closes (a timer closed while paused keeps the
+    # pause's start: it stopped there); paused business time never counts.
+    end = min(filter(None, (row.closed_at, row.paused_at)), default=now)
     if row.state == "breached":
         # Its window ended at the deadline; closed_at is when the clock judged it (later in an outage).
         end = min(end, row.due_at)
@@ -35,7 +36,7 @@ def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
         "elapsed_seconds": round(elapsed, 3), "remaining_seconds": round(remaining, 3),
         "root_cause": row.root_cause,
     }
-    if row.paused_at is not None:
+    if row.state == "paused" and row.paused_at is not None:
         view["paused_at"] = utc_iso(row.paused_at)
     if row.reason is not None:
         view["cancel_reason"] = row.reason

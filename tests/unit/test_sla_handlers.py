@@ -334,3 +334,61 @@ async def test_a_disqualification_spelled_as_the_configuration_spells_it_cancels
     await handle(store, on_activity, event)
     assert [t.state for t in await store.timers(lead_id)] == ["cancelled"]
     assert store.recorded[-1][1].data["reason"] == "disqualified"
+
+
+TWO_CALENDARS = parse_config("""
+owners: [{id: alice}]
+calendars:
+  office: {timezone: America/New_York, hours: {mon: ["09:00-17:00"], tue: ["09:00-17:00"], wed: ["09:00-17:00"]}}
+sla_policies:
+  - id: hot
+    filter: {tiers: [A]}
+    calendar: office
+    metrics:
+      first_response: {target: 1h, warn_at: []}
+      qualification: {target: 2d, warn_at: [], start_on: received}
+  - id: standard
+    filter: {tiers: [B]}
+    metrics:
+      first_response: {target: 8h, warn_at: []}
+""")
+MON_16 = datetime(2026, 3, 9, 20, 0, tzinfo=UTC)  # Monday 16:00 in New York
+
+
+async def tier_b_paused_then_upgraded(store: InMemoryClockStore) -> str:
+    """Received and assigned as tier B (8h around the clock) Mon 16:00, paused 16:30, upgraded to
+    A (1h of office time) Tue 08:30, before the office opens."""
+    lead_id = str(uuid.uuid4())
+    b = TWO_CALENDARS
+    await handle(store, on_lead_received, new_event("lead.received", service="intake", lead_id=lead_id, time=MON_16,
+                 data=LeadReceived(lead_id=lead_id, source="web", tier="B", contact=Contact(email="a@example.com"),
+                                   company=Company(), intent=Intent(type="trial"), consent=Consent(),
+                                   contactable=True, received_at=MON_16)), b)
+    await handle(store, on_lead_assigned, new_event("lead.assigned", service="router", lead_id=lead_id, time=MON_16,
+                 data=LeadAssigned(lead_id=lead_id, owner_id="alice", team_id="sdr", rule_id="r", method="round_robin",
+                                   reason="rule_match", assignment_no=1, candidates=[], assigned_at=MON_16, tier="B")), b)
+    await handle(store, on_activity, activity(lead_id, MON_16 + timedelta(minutes=30), "pause"), b)
+    upgrade = MON_16 + timedelta(hours=16, minutes=30)
+    await handle(store, on_lead_updated, new_event("lead.updated", service="intake", lead_id=lead_id, time=upgrade,
+                 data=LeadUpdated(lead_id=lead_id, changed={"tier": {"old": "B", "new": "A"}}, tier="A",
+                                  previous_tier="B", reason="upgraded")), b)
+    return lead_id
+
+
+async def test_a_pause_running_at_a_tier_change_is_counted_in_the_new_policy_s_hours() -> None:
+    """The night paused was handed over as 16 hours (the old policy's around-the-clock time) and
+    added to the office calendar's target: due Wednesday 17:00, two business days late."""
+    store = InMemoryClockStore()
+    lead_id = await tier_b_paused_then_upgraded(store)
+    await handle(store, on_activity, activity(lead_id, MON_16 + timedelta(hours=17), "resume"), TWO_CALENDARS)
+    timers = {t.metric: t for t in await store.timers(lead_id) if t.policy_id == "hot"}
+    # 30 office minutes were used before the pause (16:00-16:30), none during it: 30 left from Tue 09:00.
+    assert (timers["first_response"].state, timers["first_response"].due_at) == (
+        "open", MON_16 + timedelta(hours=17, minutes=30))
+
+
+async def test_a_metric_only_the_new_policy_has_starts_paused_on_a_paused_lead() -> None:
+    store = InMemoryClockStore()
+    lead_id = await tier_b_paused_then_upgraded(store)
+    assert {t.metric: t.state for t in await store.timers(lead_id) if t.policy_id == "hot"} == {
+        "first_response": "paused", "qualification": "paused"}

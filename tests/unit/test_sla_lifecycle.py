@@ -196,3 +196,25 @@ def test_a_metric_calendar_must_exist() -> None:
 def test_a_policy_without_metrics_is_refused() -> None:
     with pytest.raises(ValueError, match=r"sla_policies.0.metrics"):
         parse_config("sla_policies: [{id: p, metrics: {}}]")
+
+
+def test_a_touch_at_the_deadline_is_judged_as_the_clock_judges_it_there() -> None:
+    """`tick` breaches at the deadline and `touch` met at it: the outcome of a touch stamped exactly
+    then depended on which the clock handled first. Both now say breached."""
+    timer = start_timer("s", "l", "first_response", POLICY, 1, "alice", "A", T0, ALWAYS)
+    assert [type(o).__name__ for o in touch(timer, timer.due_at).outcomes] == ["Breached"]
+    assert [type(o).__name__ for o in tick(timer, timer.due_at).outcomes] == ["Breached"]
+    assert [type(o).__name__ for o in touch(timer, timer.due_at - timedelta(microseconds=1)).outcomes] == ["Met"]
+
+
+def test_a_deadline_at_closing_time_is_the_owner_s_miss_not_a_coverage_gap() -> None:
+    """1h from 16:00 on 09:00-17:00 is 17:00, when the half-open span has just closed: the owner
+    who worked the whole hour was reported as `off_hours_coverage`."""
+    office = BusinessCalendar(CalendarConfig(timezone="UTC", hours={d: ["09:00-17:00"] for d in
+                                                                    ("mon", "tue", "wed", "thu", "fri")}))
+    due = office.add(datetime(2026, 11, 17, 16, tzinfo=UTC), 3600)
+    assert due == datetime(2026, 11, 17, 17, tzinfo=UTC)
+    assert root_cause(owner_id="alice", contactable=True, owner_calendar=office, due_at=due) == "owner_missed"
+    before_opening = datetime(2026, 11, 17, 9, tzinfo=UTC)
+    assert root_cause(owner_id="alice", contactable=True, owner_calendar=office,
+                      due_at=before_opening) == "off_hours_coverage"

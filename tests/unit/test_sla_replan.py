@@ -47,7 +47,7 @@ def slow(metric: str = "first_response", sla_id: str = "s1"):
 
 
 def test_running_timers_end_as_policy_changed_and_successors_keep_their_clock_start() -> None:
-    ended, successors = replan([slow(), slow("qualification", "s2")], FAST, at(3), {"s1": ALWAYS, "s2": ALWAYS},
+    ended, successors = replan([slow(), slow("qualification", "s2")], FAST, at(3),
                                {"next_action": None, "qualification": at(1)})
     assert [(t.sla_id, s.outcomes) for t, s in ended] == [("s1", (Cancelled(POLICY_CHANGED),)),
                                                          ("s2", (Cancelled(POLICY_CHANGED),))]
@@ -56,32 +56,32 @@ def test_running_timers_end_as_policy_changed_and_successors_keep_their_clock_st
 
 def test_a_metric_the_new_policy_lacks_ends_without_successor() -> None:
     ended, successors = replan([slow("qualification")], FAST.model_copy(update={"metrics": {
-        "first_response": FAST.metrics["first_response"]}}), at(3), {"s1": ALWAYS}, {"first_response": T0})
+        "first_response": FAST.metrics["first_response"]}}), at(3), {"first_response": T0})
     assert ended[0][1].outcomes == (Cancelled(POLICY_CHANGED),) and successors == [Successor("first_response", T0)]
 
 
 def test_a_decided_metric_stays_decided_and_a_never_timed_one_starts_when_its_clock_has() -> None:
     met = touch(slow(), at(2)).timer
-    _, successors = replan([met], FAST, at(3), {}, {"first_response": T0, "next_action": at(2),
+    _, successors = replan([met], FAST, at(3), {"first_response": T0, "next_action": at(2),
                                                     "qualification": None})
     assert successors == [Successor("next_action", at(2))]
 
 
 def test_a_timer_past_its_deadline_at_the_change_breached_first_and_has_no_successor() -> None:
-    ended, successors = replan([slow()], FAST, at(61), {"s1": ALWAYS}, {})
+    ended, successors = replan([slow()], FAST, at(61), {})
     assert ended[0][1].outcomes == (Breached(at(60)),) and successors == []
 
 
 def test_a_paused_timer_hands_its_paused_time_and_its_pause_to_the_successor() -> None:
     paused = pause(slow(), at(1)).timer
-    _, successors = replan([paused], FAST, at(10), {"s1": ALWAYS}, {})
-    assert successors == [Successor("first_response", T0, 1, 9 * 60.0, True)]
+    _, successors = replan([paused], FAST, at(10), {})
+    assert successors == [Successor("first_response", T0, 1, 0.0, at(1))]
     successor = start_timer("s2", "l", "first_response", FAST, 1, "alice", "A", T0, ALWAYS, 1, 9 * 60.0)
     assert successor.due_at == at(14) and successor.warnings == ((50, at(11.5)),)
 
 
 def test_no_new_policy_ends_every_running_timer_and_starts_nothing() -> None:
-    ended, successors = replan([slow()], None, at(3), {"s1": ALWAYS}, {})
+    ended, successors = replan([slow()], None, at(3), {})
     assert ended[0][1].outcomes == (Cancelled(POLICY_CHANGED),) and successors == []
 
 

@@ -42,3 +42,19 @@ def test_a_breached_timer_shows_its_whole_window_used_however_late_it_was_judged
     view = timer_view(judged_late, CONFIG, T0 + timedelta(hours=1))
     assert view["state"] == "breached" and view["closed_at"] == "2026-11-17T09:11:30Z"
     assert view["elapsed_seconds"] == 600 and view["remaining_seconds"] == 0
+
+
+def test_a_timer_met_while_paused_counted_until_the_pause_not_until_the_touch() -> None:
+    """Met (or cancelled) a day into a pause, it showed the day as elapsed: 8h on a 10 min target.
+    The domain keeps the pause's start on the closed timer; the view stops there."""
+    from services.sla_clock.domain import pause, start_timer, touch
+    from shared.business_hours import BusinessCalendar
+    from shared.config import CalendarConfig
+
+    timer = start_timer("s", "l", "first_response", CONFIG.sla_policies[0], 1, "alice", "A", T0,
+                        BusinessCalendar(CalendarConfig()))
+    met = touch(pause(timer, T0 + timedelta(minutes=3)).timer, T0 + timedelta(days=1)).timer
+    view = timer_view(row(state=met.state, paused_at=met.paused_at, closed_at=T0 + timedelta(days=1)), CONFIG,
+                      T0 + timedelta(days=2))
+    assert (view["state"], view["elapsed_seconds"], view["remaining_seconds"]) == ("met", 180, 420)
+    assert "paused_at" not in view
