@@ -142,7 +142,7 @@ async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: 
 
 async def on_lead_updated(uow: UnitOfWork, received: Received[LeadUpdated], deps: NotifierDeps) -> None:
     await _keep_facts(uow, received, deps, tier=received.data.tier)
-    if received.data.reason == "opted_out":
+    if received.data.withdraws_consent:
         await _stop_lead_chains(uow, received, deps)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
@@ -212,9 +212,12 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
     owner_id = known.owner_id if known else None
     # Steps already due when the touch is read still go, fired or not (the breach did happen, and
     # whether the delivery loop got to them first must not decide it); those still to come stop.
-    await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
-        deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at),
-        due_after=deps.now)
+    if activity.leaves_the_funnel:  # a closed lead escalates no further: nobody is to work it
+        await _stop_lead_chains(uow, received, deps, due_after=deps.now)
+    else:
+        await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
+            deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at),
+            due_after=deps.now)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
@@ -311,7 +314,7 @@ async def on_run(uow: UnitOfWork, run: list[Received[Any]], deps: NotifierDeps) 
     slas = [r.data.sla_id for r in run if HANDLERS[type(r.data)] is on_sla_chain_stopping
             or isinstance(r.data, SlaBreached)]
     chains_may_stop = [r.data.lead_id for r in run if isinstance(r.data, ActivityRecorded | SlaStarted)
-                       or (isinstance(r.data, LeadUpdated) and r.data.reason == "opted_out")]
+                       or (isinstance(r.data, LeadUpdated) and r.data.withdraws_consent)]
     store = await run_store(uow.conn, leads, slas, chains_may_stop)
     await uow.load_versions(leads)
     run_uow, run_deps = RunUnitOfWork(uow, store), replace(deps, store=lambda _: store)

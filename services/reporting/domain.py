@@ -27,6 +27,7 @@ from shared.events import (
     SlaStarted,
     SlaWarning,
     utc_iso,
+    withdraws_consent,
 )
 
 
@@ -173,7 +174,7 @@ def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     if d.get("missing_fields") is not None:
         profile["missing_fields"] = d["missing_fields"]
     s["profile"] = profile
-    if d.get("reason") == "opted_out":
+    if withdraws_consent(d.get("reason"), d.get("changed") or {}):  # an opt-out, or consent withdrawn by a PATCH
         _advance(s, "opted_out")
 
 

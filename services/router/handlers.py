@@ -521,32 +521,40 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
     if not closes and activity.type not in TOUCH_TYPES:
         return
     if closes:
-        await store.lock_routing()  # before the row lock, as reassignment does
+        opted_out = activity.type == "opt_out"
+        await _close(store, config, activity.lead_id, activity.occurred_at, "opt_out" if opted_out else "disposition",
+                     "opted_out" if opted_out else "dispositioned", event, clock.now())
+        return
     await store.load_version(activity.lead_id)  # a concurrent decision on the lead: retry from fresh state
     row = await store.assignment(activity.lead_id)
     now = clock.now()
-    if closes:
-        if row is None:
-            # Closed while it waited (opted out, dispositioned): it leaves the queue, never to be
-            # assigned; nor do newer leads wait behind it.
-            waiting = await store.queued(activity.lead_id, for_update=True)
-            if waiting is not None:
-                reason = "opted_out" if activity.type == "opt_out" else "dispositioned"
-                await _record_dequeued(store, waiting.facts, reason, waiting.queued_at, now, cause=event,
-                                       assignment_no=waiting.assignment_no)
-            return
-        if row.closed_at is not None:
-            return
-        await store.record(None, new_event(
-            LeadClosed.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
-            data=LeadClosed(lead_id=activity.lead_id, closed_at=activity.occurred_at,
-                            cause="disposition" if activity.disposition is not None else activity.type)))
-        await drain_queue(store, config, now)
-    elif (row is not None and row.touched_at is None
-          and works_the_lead(activity.type, activity.outcome, activity.occurred_at, row.assigned_at)):
+    if (row is not None and row.touched_at is None
+            and works_the_lead(activity.type, activity.outcome, activity.occurred_at, row.assigned_at)):
         await store.record(None, new_event(
             LeadTouched.TYPE, service=SERVICE, lead_id=activity.lead_id, time=now, cause=event,
             data=LeadTouched(lead_id=activity.lead_id, touched_at=activity.occurred_at)))
+
+
+async def _close(store: Any, config: Config, lead_id: str, closed_at: datetime, cause: str, dequeue_reason: str,
+                 event: CloudEvent, now: datetime) -> None:
+    """The lead is out of the funnel (opted out, dispositioned): its claim on its owner's capacity
+    ends and the queue moves on; a lead still waiting leaves the queue, never to be assigned (nor
+    do newer leads wait behind it)."""
+    await store.lock_routing()  # before the row lock, as reassignment does
+    await store.load_version(lead_id)  # a concurrent decision on the lead: retry from fresh state
+    row = await store.assignment(lead_id)
+    if row is None:
+        waiting = await store.queued(lead_id, for_update=True)
+        if waiting is not None:
+            await _record_dequeued(store, waiting.facts, dequeue_reason, waiting.queued_at, now, cause=event,
+                                   assignment_no=waiting.assignment_no)
+        return
+    if row.closed_at is not None:
+        return
+    await store.record(None, new_event(
+        LeadClosed.TYPE, service=SERVICE, lead_id=lead_id, time=now, cause=event,
+        data=LeadClosed(lead_id=lead_id, closed_at=closed_at, cause=cause)))
+    await drain_queue(store, config, now)
 
 
 # ---- leads completed or corrected -------------------------------------------------------------
@@ -558,6 +566,10 @@ async def on_lead_updated(uow: Any, received: Received[LeadUpdated], deps: Route
     now given, a new tier in the queue's order) instead of waiting for the fallback owner."""
     data, config, now = received.data, deps.config, deps.clock.now()
     store = deps.store(uow)
+    if data.withdraws_consent:  # as the opt_out activity: the buyer asked not to be contacted
+        await _close(store, config, data.lead_id, received.envelope.time, "opt_out", "opted_out", received.envelope,
+                     now)
+        return
 
     async def lead_as_routed(*, for_update: bool) -> QueuedLead | Assignment | None:
         return (await store.queued(data.lead_id, for_update=for_update)

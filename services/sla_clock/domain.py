@@ -397,11 +397,6 @@ def replan(timers: Iterable[Timer], policy: SlaPolicy | None, at: datetime, star
     return ended, successors
 
 
-def withdraws_consent(reason: str, changed: Mapping[str, Mapping[str, object]]) -> bool:
-    """A lead.updated that takes the lead out of reach: an opt-out, or contact consent withdrawn."""
-    return reason == "opted_out" or changed.get("consent.contact", {}).get("new") is False
-
-
 def catch_up(timer: Timer, at: datetime) -> Step:
     """A timer started at `at` on a clock that began earlier (a successor): what is already due
     happens now; a breach is one nobody could know of before `at`, so its lateness counts from there."""

@@ -37,7 +37,6 @@ from shared.events import (
     new_event,
     utc_iso,
 )
-from shared.text import spelled
 
 from .domain import (
     LEAD_NOTED,
@@ -78,7 +77,6 @@ from .domain import (
     touch,
     touch_counts,
     touch_time,
-    withdraws_consent,
 )
 
 if TYPE_CHECKING:
@@ -220,10 +218,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
                     else resume(timer, at, _calendar(config, row.calendar, row.timezone)))
             await _apply(store, config, lead, row, step, event, now, rules)
         return
-    disposition = activity.disposition.status if activity.disposition else None
-    # As the configuration spells it, which may be 'Disqualified': the status means what it says.
-    disqualified = disposition is not None and spelled(disposition) == DISQUALIFIED
-    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if disqualified else None
+    leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if activity.disqualifies else None
     if leaving is not None:
         await _leave(store, config, lead, leaving, at, event, now, rules)
         return
@@ -282,7 +277,7 @@ async def on_lead_updated(store: ClockStore, received: Received[LeadUpdated], de
     if lead is None:
         return  # lead.received precedes it on the same partition: a lead we never timed
     at = min(event.time, now)
-    if withdraws_consent(updated.reason, updated.changed):
+    if updated.withdraws_consent:
         await _leave(store, config, lead, "opted_out", at, event, now, rules)
         return
     before = select_policy(config, lead.tier, lead.source)

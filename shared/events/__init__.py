@@ -53,6 +53,7 @@ from .payloads import (
     SlaWarning,
     decode_payload,
     payload_class,
+    withdraws_consent,
 )
 from .received import Received
 
@@ -108,4 +109,5 @@ __all__ = [
     "new_event",
     "payload_class",
     "utc_iso",
+    "withdraws_consent",
 ]

@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, model_validator
 
+from shared.text import spelled
+
 from .envelope import BadEvent, CloudEvent, WireModel, describe_validation_error
 
 PAYLOADS: dict[str, type[Payload]] = {}
@@ -134,6 +136,17 @@ class LeadUpdated(Payload):
     # the lead's missing fields re-evaluated after the change (None: unchanged)
     missing_fields: list[str] | None = None
 
+    @property
+    def withdraws_consent(self) -> bool:
+        return withdraws_consent(self.reason, self.changed)
+
+
+def withdraws_consent(reason: str | None, changed: dict[str, Any]) -> bool:
+    """The lead is out of reach: an opt-out, or contact consent withdrawn by a PATCH, which every
+    service takes as the opt_out activity (timers end, the owner's claim ends, no escalation,
+    reported opted out). `changed` as lead.updated carries it (dotted paths)."""
+    return reason == "opted_out" or (changed.get("consent.contact") or {}).get("new") is False
+
 
 class LeadMerged(Payload):
     TYPE: ClassVar[str] = "lead.merged"
@@ -165,6 +178,17 @@ class ActivityRecorded(Payload):
     reason: str | None = None
     # Fields the sender gave that the contract does not name (a call's duration, CRM ids), as sent.
     attributes: dict[str, Any] | None = None
+
+    @property
+    def disqualifies(self) -> bool:
+        """A disposition whose status is `disqualified`, as the configuration spells it (intake
+        records the configured spelling, which may be 'Disqualified')."""
+        return self.disposition is not None and spelled(self.disposition.status) == "disqualified"
+
+    @property
+    def leaves_the_funnel(self) -> bool:
+        """An opt-out or a disqualification: every timer is cancelled, nobody is to work the lead."""
+        return self.type == "opt_out" or self.disqualifies
 
 
 class Candidate(WireModel):

@@ -160,6 +160,26 @@ async def test_an_opt_out_after_a_breach_stops_the_chain(make_ctx, clock, engine
     assert to(receiver, opted_out) == [(1, "alice")]  # nothing escalates after the opt-out
 
 
+@pytest.mark.parametrize("activity", [
+    {"type": "disposition", "disposition": {"status": "Disqualified", "reason": "student"}},
+    {"type": "opt_out"},
+])
+async def test_a_disqualification_or_opt_out_after_a_breach_stops_the_chain(make_ctx, clock, receiver, http,
+                                                                           activity):
+    """A disposition answered only a qualification or follow-up chain: lead ops was paged about a
+    breached first response of a lead already disqualified."""
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]"))
+    d = deliverer(ctx, clock, http)
+    escalated, closed = await two_breached_leads(ctx, clock, d, receiver)
+    await consume(ctx, new_event("activity.recorded", service="intake", lead_id=closed, time=clock.now(),
+                                 data=ActivityRecorded(lead_id=closed, activity_id=str(uuid.uuid4()), actor="alice",
+                                                       occurred_at=clock.now(), **activity)))
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
+    assert to(receiver, closed) == [(1, "alice")]
+
+
 async def test_a_breach_the_system_caused_goes_to_lead_ops_not_the_owner(make_ctx, clock, receiver, http):
     ctx = make_ctx("notifier", config_for(receiver))
     lead_id = str(uuid.uuid4())

@@ -626,6 +626,28 @@ async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_
     assert await router.types(opted) == ["lead.queued", "lead.dequeued"]
 
 
+async def test_a_contact_consent_withdrawn_by_patch_closes_the_lead_as_an_opt_out_does(router) -> None:
+    """Only the SLA clock took it as an opt-out: the queued lead was later assigned to a rep, and
+    an assigned one kept its place in its owner's capacity."""
+    withdrawn = {"consent.contact": {"old": True, "new": False}}
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    queued = await router.receive()
+    await router.updated(queued, withdrawn, tier="A")
+    assert await router.types(queued) == ["lead.queued", "lead.dequeued"]
+    assert (await router.events(queued))[-1].data["reason"] == "opted_out"
+
+    assert (await router.put("ann", status="active", capacity=1)).status_code == 200
+    assert await router.types(queued) == ["lead.queued", "lead.dequeued"]  # never handed to a rep
+    taken = await router.receive()
+    assert (await router.events(taken))[0].data["owner_id"] == router.owner("ann")
+    assert (await router.owners())["ann"]["open_leads"] == 1
+    await router.updated(taken, withdrawn, tier="A")
+    assert (await router.owners())["ann"]["open_leads"] == 0
+    after = await router.receive()  # ann has room again
+    assert (await router.events(after))[0].data["owner_id"] == router.owner("ann")
+
+
 async def test_going_out_of_office_again_after_an_absence_ran_out_hands_back_untouched_leads(router) -> None:
     assert (await router.put("ann", capacity=5)).status_code == 200
     assert (await router.put("ben", capacity=5)).status_code == 200

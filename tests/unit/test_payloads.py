@@ -11,6 +11,7 @@ from shared.events import (
     CloudEvent,
     LeadDequeued,
     LeadQueued,
+    LeadUpdated,
     Payload,
     Received,
     SlaBreached,
@@ -131,7 +132,6 @@ def test_lead_updated_has_one_shape_and_an_upgrade_stored_with_whole_objects_rea
     """Repeats that raised the tier stored `changed: {"intent": {"old": {...}, "new": {...}}}`
     while PATCH says `"intent.type": {old, new}`: the router read no intent from the first (a rule
     on intent never saw the upgrade). Stored events of that shape are read as PATCH's."""
-    from shared.events import LeadUpdated
     stored = {"lead_id": "l1", "tier": "A", "previous_tier": "C", "reason": "upgraded", "changed": {
         "intent": {"old": {"type": "content_download", "message": None, "product": "x"},
                    "new": {"type": "demo_request"}},
@@ -142,3 +142,13 @@ def test_lead_updated_has_one_shape_and_an_upgrade_stored_with_whole_objects_rea
         "tier": {"old": "C", "new": "A"}}
     patched = {"contact.title": {"old": None, "new": "CTO"}, "contactable": {"old": True, "new": False}}
     assert LeadUpdated.model_validate({**stored, "changed": patched}).changed == patched
+
+
+def test_an_opt_out_or_a_withdrawn_contact_consent_takes_the_lead_out_of_reach() -> None:
+    def update(reason: str, changed: dict) -> LeadUpdated:
+        return LeadUpdated(lead_id="l", changed=changed, tier="A", previous_tier="A", reason=reason)
+
+    assert update("opted_out", {}).withdraws_consent
+    assert update("patched", {"consent.contact": {"old": True, "new": False}}).withdraws_consent
+    assert not update("patched", {"consent.marketing": {"old": True, "new": False}}).withdraws_consent
+    assert not update("upgraded", {"tier": {"old": "B", "new": "A"}}).withdraws_consent

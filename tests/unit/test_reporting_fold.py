@@ -55,6 +55,12 @@ def test_an_opted_out_lead_reads_opted_out_whatever_comes_after() -> None:
     assert replay(RECEIVED, ASSIGNED, event("lead.updated", reason="corrected", tier="A"))["status"] == "assigned"
 
 
+def test_a_contact_consent_withdrawn_by_patch_reads_opted_out() -> None:
+    withdrawn = event("lead.updated", reason="patched", contactable=False, tier="A",
+                      changed={"consent.contact": {"old": True, "new": False}})
+    assert replay(RECEIVED, ASSIGNED, withdrawn)["status"] == "opted_out"
+
+
 def test_out_of_order_events_do_not_move_status_backwards() -> None:
     assert replay(ASSIGNED, RECEIVED)["status"] == "assigned"
 

@@ -13,7 +13,6 @@ from services.sla_clock.domain import (
     replan,
     start_timer,
     touch,
-    withdraws_consent,
 )
 from shared.business_hours import BusinessCalendar
 from shared.config import CalendarConfig, parse_config
@@ -99,10 +98,3 @@ def test_the_clock_start_of_a_never_timed_metric_follows_start_on() -> None:
     assert clock_start(FAST, "qualification", assigned_at=None, **facts) is None  # starts at assignment
     assert clock_start(FAST, "qualification", assigned_at=None, **{**facts, "unowned_timed": True}) == T0
     assert clock_start(FAST, "next_action", assigned_at=at(2), **{**facts, "first_touch_at": at(4)}) == at(4)
-
-
-def test_an_opt_out_or_a_withdrawn_contact_consent_takes_the_lead_out_of_reach() -> None:
-    assert withdraws_consent("opted_out", {})
-    assert withdraws_consent("patched", {"consent.contact": {"old": True, "new": False}})
-    assert not withdraws_consent("patched", {"consent.marketing": {"old": True, "new": False}})
-    assert not withdraws_consent("upgraded", {"tier": {"old": "B", "new": "A"}})
