@@ -499,29 +499,33 @@ def _outcomes(
     state.update(_columns(timer))
     if timezone is not None:
         state["timezone"] = timezone
-    events: list[tuple[str, Timer, dict]] = []
+    # Each event carries the timer as its own transition left it: a follow-up met (step 1) and the
+    # next one started (step 2) in one step were both sent with step 2's record.
+    events: list[tuple[str, Timer, dict, dict]] = []
     for outcome in step.outcomes:
         if isinstance(outcome, Warned):
-            events.append(("sla.warning", timer, {"percent": outcome.percent}))
+            events.append(("sla.warning", timer, {"percent": outcome.percent}, dict(state)))
             observe(metrics.sla_warnings.labels(timer.metric, timer.tier).inc)
         elif isinstance(outcome, Met):
+            met = {**state, **_columns(replace(before, state="met")), "closed_at": outcome.at}
             state.update(closed_at=outcome.at)
-            events.append(("sla.met", before, {"met_at": outcome.at}))
+            events.append(("sla.met", before, {"met_at": outcome.at}, met))
             observe(metrics.sla_met.labels(timer.metric, timer.tier).inc)
             if timer.metric == FIRST_RESPONSE:
                 observe(partial(metrics.time_to_first_response.labels(timer.tier, "met").observe,
                                 max((outcome.at - before.started_at).total_seconds(), 0)))
         elif isinstance(outcome, Paused):
-            events.append(("sla.paused", timer, {"at": outcome.at, "paused_at": outcome.at}))
+            events.append(("sla.paused", timer, {"at": outcome.at, "paused_at": outcome.at}, dict(state)))
         elif isinstance(outcome, Resumed):
-            events.append(("sla.resumed", timer, {"at": outcome.at, "resumed_at": outcome.at}))
+            events.append(("sla.resumed", timer, {"at": outcome.at, "resumed_at": outcome.at}, dict(state)))
         elif isinstance(outcome, Cancelled):
             state.update(closed_at=now, reason=outcome.reason)
-            events.append(("sla.cancelled", timer, {"reason": outcome.reason}))
+            events.append(("sla.cancelled", timer, {"reason": outcome.reason}, dict(state)))
         elif isinstance(outcome, Started):
             state.update(closed_at=None, root_cause=None)
-            events.append(("sla.started", timer, {"at": outcome.at}))
-    return [_event(kind, subject, cause, correlation, now, state=state, **extra) for kind, subject, extra in events]
+            events.append(("sla.started", timer, {"at": outcome.at}, dict(state)))
+    return [_event(kind, subject, cause, correlation, now, state=record, **extra)
+            for kind, subject, extra, record in events]
 
 
 class _Stamped(CloudEvent):

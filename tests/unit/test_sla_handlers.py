@@ -392,3 +392,18 @@ async def test_a_metric_only_the_new_policy_has_starts_paused_on_a_paused_lead()
     lead_id = await tier_b_paused_then_upgraded(store)
     assert {t.metric: t.state for t in await store.timers(lead_id) if t.policy_id == "hot"} == {
         "first_response": "paused", "qualification": "paused"}
+
+
+async def test_a_follow_up_met_carries_its_own_step_s_timer_not_the_next_one_s() -> None:
+    """sla.met for follow-up 1 carried data.timer of follow-up 2 (step 2, open): a consumer reading
+    the timer saw a met event say "open"."""
+    store = InMemoryClockStore()
+    lead_id = await started(store)
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=3)))  # first response
+    await handle(store, on_activity, activity(lead_id, T0 + timedelta(minutes=20)))  # follow-up 1
+    met, started_next = [e for _, e in store.recorded[-2:]]
+    assert (met.type, met.data["step"], met.data["timer"]["step"], met.data["timer"]["state"]) == (
+        "sla.met", 1, 1, "met")
+    assert met.data["timer"]["closed_at"].startswith("2026-11-17T09:20:00")
+    assert (started_next.type, started_next.data["timer"]["step"], started_next.data["timer"]["state"]) == (
+        "sla.started", 2, "open")
