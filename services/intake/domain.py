@@ -37,7 +37,15 @@ from shared.config import (
 from shared.events import Contact, LeadUpdated, WireModel
 from shared.text import spelled, storable
 
-from .normalize import Issue, Submission, clean_text, flawed, parse_timestamp, read_submission
+from .normalize import (
+    Issue,
+    Submission,
+    clean_text,
+    flawed,
+    parse_timestamp,
+    read_submission,
+    snake,
+)
 
 Short = Annotated[str, Field(max_length=200)]
 
@@ -198,6 +206,50 @@ def _activity_type(value: Any) -> Any:
     return ACTIVITY_TYPE_ALIASES.get(name, name)
 
 
+# Other spellings CRMs and sequencers give an activity's fields (after `snake`: 'occurredAt',
+# 'Activity Date', 'ownerId'), each read when the contract's own name is not given.
+ACTIVITY_FIELDS = {
+    "occurred_at": ("occurred", "occurred_on", "timestamp", "activity_date", "activity_time", "date", "time",
+                    "completed_at", "created_at", "performed_at"),
+    "actor": ("owner", "owner_id", "user", "user_id", "rep", "performed_by", "created_by", "assigned_to"),
+    "type": ("activity_type", "kind", "event_type", "engagement_type"),
+    "external_id": ("id", "engagement_id"),
+    "outcome": ("result", "call_result", "call_outcome"),
+}
+_ACTIVITY_NAMES = {alias: name for name, aliases in ACTIVITY_FIELDS.items() for alias in (name, *aliases)}
+
+
+@per_config
+def _owners_by_email(config: Config) -> dict[str, str]:
+    return {str(o.email).casefold(): o.id for o in config.owners if o.email}
+
+
+def actor_id(actor: str | None, config: Config) -> str | None:
+    """The owner an actor names: CRMs name the rep by their email ('Alice@Example.com'), the SLA
+    policies (`touch_actors: owner`) and reports by the owner id; anyone else as sent."""
+    if actor is None or "@" not in actor:
+        return actor
+    return _owners_by_email(config).get(actor.strip().casefold(), actor)
+
+
+def _activity_fields(data: Any) -> Any:
+    """The body with its fields under the contract's names ('occurredAt' was kept in attributes,
+    and the touch dated when intake took it, not when it was made). The first spelling given
+    wins; the others stay as sent (in attributes)."""
+    if not isinstance(data, dict):
+        return data
+    out = {k: v for k, v in data.items() if k in _ACTIVITY_NAMES.values()}
+    for key, value in data.items():
+        if key in out:
+            continue
+        name = _ACTIVITY_NAMES.get(snake(str(key)))
+        if name is not None and name not in out and value not in (None, ""):
+            out[name] = value
+        else:
+            out[key] = value
+    return out
+
+
 class ActivityIn(FormInput):
     """The body of POST /v1/leads/{lead_id}/activities."""
 
@@ -226,6 +278,7 @@ class ActivityIn(FormInput):
         """occurred_at in any spelling `parse_timestamp` reads (ISO 8601, RFC 2822, common local
         formats, Unix seconds or milliseconds); one without an offset stays naive until `dated`
         reads it in the sender's zone. One nobody can read does not refuse the touch."""
+        data = _activity_fields(data)
         unreadable = local = None
         value = data.get("occurred_at") if isinstance(data, dict) else None
         if value is not None and not isinstance(value, datetime) and not (isinstance(value, str) and not value.strip()):

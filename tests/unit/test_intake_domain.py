@@ -12,6 +12,7 @@ from services.intake.domain import (
     New,
     Repeat,
     Replay,
+    actor_id,
     classify_tier,
     dedupe,
     identity_keys,
@@ -449,3 +450,24 @@ def test_a_call_s_disposition_as_text_is_kept_not_a_reason_to_refuse_the_call() 
     assert closed.disposition.status == "Qualified" and closed.attributes() == {}
     with pytest.raises(ValidationError, match="disposition"):
         ActivityIn.model_validate({"type": "disposition", "disposition": ["x"]})
+
+
+def test_an_activity_s_fields_in_a_crm_s_spelling_are_read() -> None:
+    """'occurredAt' was kept in attributes and the touch dated when intake took it: a call made
+    before the deadline and sent late counted as late."""
+    activity = ActivityIn.model_validate({"Activity Type": "Call", "occurredAt": "2026-11-17T09:03:00Z",
+                                          "ownerId": "alice", "callResult": "No Answer", "id": 42,
+                                          "timestamp": "2026-11-17T09:10:00Z"})
+    assert (activity.type, activity.actor, activity.outcome, activity.external_id) == (
+        "call", "alice", "no_answer", "42")
+    assert activity.occurred_at == datetime(2026, 11, 17, 9, 3, tzinfo=UTC)
+    assert activity.attributes() == {"timestamp": "2026-11-17T09:10:00Z"}  # a second spelling: kept as sent
+
+
+def test_an_actor_named_by_an_owner_s_email_is_that_owner() -> None:
+    """HubSpot and Salesloft name the rep by email: `touch_actors: owner` and the routing report
+    compared it with the owner id and never matched."""
+    config = parse_config("owners: [{id: alice, email: Alice@Example.com}, {id: bob}]")
+    assert actor_id("alice@example.COM ", config) == "alice"
+    assert actor_id("carol@example.com", config) == "carol@example.com"
+    assert actor_id("bob", config) == "bob" and actor_id(None, config) is None
