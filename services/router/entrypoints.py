@@ -19,7 +19,7 @@ from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, conflict, field_errors, not_found, require_key
 from shared.openapi import problem
 from shared.runtime import ServiceContext
-from shared.text import storable
+from shared.text import spelled, storable
 
 from . import views
 from .adapters import effective_owners, queue_depths
@@ -50,11 +50,19 @@ def _no_bool(value: Any) -> Any:
 Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=0, le=MAX_COUNT)]
 
 
+def _status(value: Any) -> Any:
+    """'Away', 'Out of office', 'OOO', 'available': as CRMs and admins write a rep's status."""
+    if not isinstance(value, str):
+        return value
+    name = spelled(value)
+    return {"available": "active", "ooo": "out_of_office", "out_of_the_office": "out_of_office"}.get(name, name)
+
+
 class OwnerChange(BaseModel):
     """PUT /v1/owners/{owner_id}: only the fields sent change."""
 
     model_config = ConfigDict(extra="forbid")
-    status: Literal["active", "away", "out_of_office"] | None = None
+    status: Annotated[Literal["active", "away", "out_of_office"] | None, BeforeValidator(_status)] = None
     until: datetime | None = None
     capacity: Count | None = None
     daily_cap: Count | None = None
@@ -87,6 +95,11 @@ class ReassignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     owner_id: str | None = Field(default=None, min_length=1)  # null or left out: route the lead again
     reason: str = Field(min_length=1, max_length=200)
+
+    @field_validator("owner_id", mode="before")
+    @classmethod
+    def _blank_is_null(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value  # a form's empty field: route again
 
     @field_validator("owner_id", "reason")
     @classmethod

@@ -319,6 +319,16 @@ async def test_reassign_to_a_named_owner_and_route_again(router) -> None:
     again = (await router.events(lead))[-1].data
     assert again["from_owner_id"] == router.owner("cat") and again["assignment_no"] == 3
     assert again["to_owner_id"] in (first, other)
+    # A form's empty field is "route again" too (it was a 422).
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": "", "reason": "rr"})
+    assert response.status_code == 202 and (await router.events(lead))[-1].data["assignment_no"] == 4
+
+
+async def test_an_owner_s_status_is_read_as_admins_and_crms_write_it(router) -> None:
+    for sent, status in (("Out of office", "out_of_office"), ("Away", "away"), ("available", "active")):
+        assert (await router.put("ann", status=sent)).status_code == 200, sent
+        assert (await router.owners())["ann"]["status"] == status
+    assert (await router.put("ann", status="busy")).status_code == 422
 
 
 async def test_reassign_errors(router) -> None:
