@@ -546,10 +546,10 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     record = copy.deepcopy(lead.record)
     new = patch.snapshot()
     changed: dict[str, dict[str, Any]] = {}
-    kept = flawed(patch.issues)
+    ignored = unapplied(lead, patch)
     for name in sorted(patch.given):
         section, _, key = name.partition(".")
-        if name in kept and (record.get(section) or {}).get(key) is not None:
+        if name in ignored:
             continue  # an unreadable correction never overwrites a value that was usable
         targets = [key]
         if name == "contact.phone":
@@ -585,9 +585,11 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
                 record.setdefault("consent", {})[key] = value
     if not changed:
         return None
-    # A corrected field drops its earlier data-quality note; the patch's own notes are added.
+    # A corrected field drops its earlier data-quality note; the patch's own notes are added (not
+    # those of a correction not applied: the usable value it left in place is no flaw).
+    notes = [q for q in patch.data_quality if q["field"] not in ignored]
     record["data_quality"] = [q for q in record.get("data_quality") or [] if q.get("field") not in changed]
-    record["data_quality"] += patch.data_quality
+    record["data_quality"] += notes
     merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
                              partial=True)
     merged.issues = [Issue(q["field"], q["message"], q.get("value"), q.get("kept_as_sent", True))
@@ -601,8 +603,20 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
         changed["tier"] = {"old": lead.tier, "new": tier}  # as an upgrade names it
     contactable = bool(record.get("contactable", True)) and is_contactable(merged, config.intake.suppression)
     return LeadUpdated(lead_id=lead.lead_id, changed=changed, tier=tier, previous_tier=lead.tier, reason="patched",
-                       contactable=contactable, data_quality=patch.data_quality,
-                       missing_fields=missing_fields(merged))
+                       contactable=contactable, data_quality=notes, missing_fields=missing_fields(merged))
+
+
+def unapplied(lead: KnownLead, patch: Submission) -> set[str]:
+    """The fields a PATCH gives unreadably where the lead has a usable value: left as they are."""
+    record = lead.record
+    return {name for name in flawed(patch.issues) & patch.given
+            if (record.get(name.partition(".")[0]) or {}).get(name.partition(".")[2]) is not None}
+
+
+def as_not_applied(issues: list[Issue], fields: set[str]) -> list[Issue]:
+    """A PATCH's warnings: for a correction not applied, that it was not (not "kept as sent")."""
+    return [Issue(i.field, i.message.removesuffix("; kept as sent") + "; not applied: the lead keeps its value",
+                  i.value, i.kept_as_sent) if i.field in fields else i for i in issues]
 
 
 def _as_body(record: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from .domain import (
     Replay,
     activity_zone,
     actor_id,
+    as_not_applied,
     classify_tier,
     dedupe,
     identity_keys,
@@ -56,6 +57,7 @@ from .domain import (
     opt_out,
     patch_lead,
     read_disposition,
+    unapplied,
     upgrade,
 )
 from .normalize import Submission, clean_text
@@ -318,6 +320,8 @@ async def update_lead(
         raise UnknownLead(lead_id)
     if source is not None and lead.source != source:
         raise OtherSourcesLead(lead_id)
+    # The answer's warnings say which unreadable corrections were not applied (`patch` is this request's).
+    patch.issues = as_not_applied(patch.issues, unapplied(lead, patch))
     update = patch_lead(lead, patch, config)
     if update is None:
         return lead.tier, {}

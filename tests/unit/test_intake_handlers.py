@@ -141,6 +141,23 @@ async def test_a_patch_records_the_changes_and_the_store_folds_them(uow) -> None
         await update_lead(uow, uow.store, CONFIG, "nobody", sub({"score": 3}, partial=True), now=NOW)
 
 
+async def test_an_unreadable_correction_is_not_applied_says_so_and_leaves_no_flaw(uow) -> None:
+    """'Narnia' for a lead in GB: not applied (right), but the answer said "kept as sent" and the
+    note made the lead's good country count as missing."""
+    lead = await submit(uow, {"contact": {"email": "a@example.com", "country": "GB"}, "company": {"name": "Acme"},
+                              "intent": {"type": "trial"}})
+    patch = sub({"contact": {"country": "Narnia"}, "score": 40}, partial=True)
+    _, changed = await update_lead(uow, uow.store, CONFIG, lead.lead_id, patch, now=NOW)
+    await uow.commit()
+    assert "contact.country" not in changed and changed["score"]["new"] == 40
+    assert patch.warnings == [{"field": "contact.country", "message": "'Narnia' is not a known country; not applied: "
+                                                                      "the lead keeps its value"}]
+    known = await uow.store.lead(lead.lead_id)
+    assert known.record["contact"]["country"] == "GB" and known.record["data_quality"] == []
+    [update] = [p.event for p in uow.committed if p.event.type == "lead.updated"]
+    assert "contact.country" not in update.data["missing_fields"] and update.data["data_quality"] == []
+
+
 async def test_an_opt_out_is_recorded_once_and_makes_the_lead_not_contactable(uow) -> None:
     lead = await submit(uow, {"contact": {"email": "a@example.com"}})
     opt_out = ActivityIn(type="opt_out", external_id="o-1", reason="asked")
