@@ -981,7 +981,7 @@ class Config(Strict):
                             f"escalation_policies.{i}.steps.{j}.channels.{k}: unknown channel {channel!r}"
                         )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))  # one per line: a message may hold "; " itself
         return self
 
     def _targets_beyond_horizon(self) -> list[str]:
@@ -1360,7 +1360,7 @@ def parse_config(text: str) -> Config:
             path = _path(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             if not err["loc"]:  # cross-reference checks already name their paths
-                lines.extend(msg.split("; "))
+                lines.extend(msg.split("\n"))
             else:
                 lines.append(f"{path}: {msg}{_yaml_typing_hint(err)}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -563,3 +563,12 @@ def test_a_dry_run_masks_a_secret_written_as_a_block_scalar_too() -> None:
     assert "whsec_TopSecret" not in shown
     assert shown.splitlines()[4:] == ["    url: https://x.example.com", "owners: []"]
     assert _masked_lines(text.replace("TopSecret", "Other")) != _masked_lines(text)  # a change still shows
+
+
+def test_each_cross_reference_problem_is_one_line_with_its_path() -> None:
+    """Problems were joined with '; ' and split again: a hint after '; ' (or an id holding one)
+    became a line of its own without a path."""
+    message = errors_of("owners: [{id: alice}]\nteams: [{id: t, members: [alice, 'al; ice', alice]}]\n")
+    assert message.splitlines()[1:] == [
+        "  teams.0.members.1: unknown owner 'al; ice'",
+        "  teams.0.members.2: 'alice' is listed twice (also members.0); for a larger share use the owner's `weight`"]
