@@ -1357,8 +1357,8 @@ def parse_config(text: str) -> Config:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            path = _path(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            path = _path(err["loc"], raw)
+            msg = _in_admin_words(err["msg"].removeprefix("Value error, "))
             if not err["loc"]:  # cross-reference checks already name their paths
                 lines.extend(msg.split("\n"))
             else:
@@ -1366,16 +1366,40 @@ def parse_config(text: str) -> Config:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
-# Pydantic names the member of a union it tried (`str`, `TouchRule`, `function-after[...]`) in an
-# error's location; an admin knows the field by its path alone.
-_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z][A-Za-z]*)$")
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc if not (isinstance(p, str) and _UNION_MEMBER.match(p) and _is_type_name(p))]
-    if len(parts) > 2 and parts[0] == "channels" and parts[2] in _CHANNEL_TYPES:
-        del parts[2]  # the channel's type, which pydantic adds to the location: `type` is a key of its own
+def _path(loc: tuple[int | str, ...], raw: Any) -> str:
+    """The error's location as the admin wrote the file: the keys and indexes found in it, walking
+    down from the top. Pydantic adds names the file does not hold (the union member it tried,
+    `str` or `TouchRule`; a channel's type), which are left out; a calendar named `Team` or
+    `none` is a key of the file and stays. A last name not in the file is a field missing there."""
+    parts, node = [], raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif i < len(loc) - 1 or (isinstance(part, str) and _UNION_MEMBER.match(part) and _is_type_name(part)):
+            continue
+        parts.append(str(part))
     return ".".join(parts) or "(root)"
+
+
+# Pydantic's wording, as an admin reads a YAML file (it named the models' classes).
+_ADMIN_WORDS = (
+    (re.compile(r"Input should be a valid dictionary or instance of \w+"),
+     "should be a mapping of fields (key: value lines or {key: value}), not a single value"),
+    (re.compile(r"^Extra inputs are not permitted$"), "is not a field here (a typo, or in the wrong section?)"),
+    (re.compile(r"^Datetimes provided to dates should have zero time.*"), "should be a date like 2026-12-25"),
+)
+
+
+def _in_admin_words(message: str) -> str:
+    for pattern, words in _ADMIN_WORDS:
+        message = pattern.sub(words, message)
+    return message
+
+
+# Pydantic's names for the member of a union it tried: `str`, `function-after[...]`, a model's name.
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z][A-Za-z]*)$")
 
 
 def _is_type_name(part: str) -> bool:

@@ -572,3 +572,18 @@ def test_each_cross_reference_problem_is_one_line_with_its_path() -> None:
     assert message.splitlines()[1:] == [
         "  teams.0.members.1: unknown owner 'al; ice'",
         "  teams.0.members.2: 'alice' is listed twice (also members.0); for a larger share use the owner's `weight`"]
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("calendars: {Team: {timezone: Mars/Base}}\n", "calendars.Team.timezone: 'Mars/Base' is not an IANA time zone"),
+    ("calendars: {none: {timezone: Mars/Base}}\n", "calendars.none.timezone: 'Mars/Base' is not an IANA time zone"),
+    ("sla_policy: []\n", "sla_policy: is not a field here (a typo, or in the wrong section?)"),
+    ("sla_policies: [{id: p, metrics: {first_response: 5m}}]\n",
+     "sla_policies.0.metrics.first_response: should be a mapping of fields"),
+    ("calendars: {c: {holidays: [20261225]}}\n", "calendars.c.holidays.0: should be a date like 2026-12-25"),
+    ("owners: [{name: x}]\n", "owners.0.id: Field required"),
+])
+def test_an_error_names_the_place_as_the_file_writes_it_in_an_admin_s_words(text: str, line: str) -> None:
+    """A calendar named like a model (`Team`) lost its name from the path, and messages named the
+    models' classes ('instance of MetricTarget')."""
+    assert line in errors_of(text)
