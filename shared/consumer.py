@@ -505,7 +505,7 @@ class EventConsumer:
             new_event(
                 "deadletter",
                 service=self._service,
-                lead_id=(key or "")[:200],
+                lead_id=key[:200] if key else None,  # a raw topic's key is the lead's id, if any
                 time=self._clock.now(),
                 data=DeadLetter(
                     topic=record.topic,

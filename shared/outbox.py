@@ -105,7 +105,7 @@ async def enqueue_in_order(producer: AIOKafkaProducer, rows, refused_keys: set[s
         if row.key in refused_keys:
             outcomes.append(_HELD)
             continue
-        key = row.key.encode()
+        key = row.key.encode() if row.key else None  # an event of no lead (a dead letter without a key)
         headers = record_headers(row.payload, CONTENT_TYPE)
         try:
             if DefaultRecordBatchBuilder.estimate_size_in_bytes(key, row.payload, headers) > MAX_REQUEST_BYTES:

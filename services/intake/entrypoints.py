@@ -96,8 +96,8 @@ def decode_raw(record: ConsumerRecord) -> CloudEvent:
             body = {**body, "data": _data_from_base64(body.pop("data_base64"))}
         if not isinstance(body.get("data", {}), dict):
             raise BadEvent("a CloudEvent on a raw topic needs a JSON object as its data")
-        try:
-            return CloudEvent.model_validate({"time": received, **body, **raw})
+        try:  # the record's key names the lead when the event has no subject (as in binary mode)
+            return CloudEvent.model_validate({"time": received, "subject": key, **body, **raw})
         except ValidationError as exc:
             raise BadEvent("not a CloudEvent: " + describe_validation_error(exc)) from None
     return CloudEvent(

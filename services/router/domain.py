@@ -413,12 +413,6 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
         return f"out of office until {owner.until.isoformat()}" if owner.until else "out of office"
     if status != "active":
         return f"status {status}"
-    load = state.open_leads.get(owner.id, 0)
-    if owner.capacity is not None and load >= owner.capacity:
-        return f"at capacity ({load}/{owner.capacity})"
-    today = state.today.get(owner.id, 0)
-    if owner.daily_cap is not None and today >= owner.daily_cap:
-        return f"daily cap reached ({today}/{owner.daily_cap})"
     if (owner.languages and lead.language and _LANGUAGE_TAG.fullmatch(lead.language)
             and _primary(lead.language) not in owner.languages):  # the configuration reads them as codes
         return f"does not speak {lead.language}"
@@ -426,6 +420,14 @@ def eligibility(owner: Owner | None, lead: LeadFacts, state: RoutingState, confi
     if calendar is not None and not BusinessCalendar(calendar).is_open(now):
         if lead.tier not in config.routing.off_hours_tiers:
             return "outside working hours"
+    # Load last: an owner who is full but could not take the lead anyway (another language, off
+    # hours) is no shortage of people, and freeing capacity would not help (see `decide`).
+    load = state.open_leads.get(owner.id, 0)
+    if owner.capacity is not None and load >= owner.capacity:
+        return f"at capacity ({load}/{owner.capacity})"
+    today = state.today.get(owner.id, 0)
+    if owner.daily_cap is not None and today >= owner.daily_cap:
+        return f"daily cap reached ({today}/{owner.daily_cap})"
     return None
 
 
@@ -504,7 +506,10 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
                             picked.cursor, weights=picked.weights)
         # Every member full (capacity, daily cap) is a shortage of people, which the SLA clock
         # blames a queued lead's breach on (root cause `capacity`); anything else is nobody eligible.
-        full = [c.why.startswith(FULL) for c in candidates if not c.eligible]
+        # The rule's own people only: not an account owner tried first, nor one rerouted away from.
+        scope = {rule.owner} if rule.method == "owner" else set(team_of(config, rule).members)
+        full = [c.why.startswith(FULL) for c in candidates
+                if not c.eligible and c.owner_id in scope and c.owner_id not in exclude]
         reason = "at_capacity" if full and all(full) else "no_eligible_owner"
         fallback = rule.fallback_owner or fallback
 
@@ -548,7 +553,8 @@ def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _
     """The rule's method applied to its team, or None when nobody in it is eligible."""
     if rule.method == "owner":
         assert rule.owner is not None
-        return _Pick(rule.owner, rule.team) if consider(rule.owner, "named by the rule") else None
+        named = consider(rule.owner, "named by the rule")  # their team, as for anyone no rule's turn picked
+        return _Pick(rule.owner, home_team(config, rule.owner, rule)) if named else None
     team = team_of(config, rule)
     members = team.members
     if rule.method == "round_robin":

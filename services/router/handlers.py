@@ -345,6 +345,8 @@ async def drain_queue(target: RouterStore | UnitOfWork, config: Config, now: dat
                                assignment_no=queued.assignment_no)
         await _record_assigned(store, config, state, facts, decision, queued.assignment_no, now, None)
         state = record(state, decision, config, now)
+        if facts.company_domain:  # the company's next queued lead goes to the same owner, as new ones do
+            by_domain[facts.company_domain] = decision.owner_id
         assigned += 1
         if not anyone_available(config, state, now):
             return assigned, None

@@ -255,7 +255,7 @@ def new_event(
     type: str,
     *,
     service: str,
-    lead_id: str,
+    lead_id: str | None,
     data: BaseModel | Mapping[str, Any],
     time: datetime,
     cause: CloudEvent | None = None,
@@ -279,7 +279,7 @@ def new_event(
         id=event_id,
         source=f"leadsla/{service}",
         type=type,
-        subject=lead_id,
+        subject=lead_id or None,  # CloudEvents: a subject, when present, is not empty
         time=time,
         correlationid=correlation_id,
         causationid=cause.id if cause else correlation_id,

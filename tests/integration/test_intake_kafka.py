@@ -100,6 +100,20 @@ async def test_a_touch_naming_its_lead_by_a_numeric_crm_id_is_recorded_on_that_l
     assert events[2].data["activity_id"] != events[1].data["activity_id"]  # not the resend twice
 
 
+async def test_a_structured_cloudevent_touch_keyed_by_its_lead_needs_no_subject(intake, engine, producer) -> None:
+    """The contract keys records by lead_id: a structured CloudEvent without `subject` was dead-lettered
+    ("an activity needs lead_id"), while the same body bare or in binary mode was recorded."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait(submissions, json.dumps({"external_id": ref, "contact": {"email": f"{ref}@x.com"}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    touch = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "crm/x", "type": "com.crm.activity",
+             "data": {"type": "call", "actor": "al", "outcome": "connected"}}
+    await producer.send_and_wait(activities, json.dumps(touch).encode(), key=lead_id.encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
+    assert events[1].type == "activity.recorded" and events[1].data["outcome"] == "connected"
+
+
 async def test_an_activity_by_external_id_goes_to_its_own_source_s_lead(intake, engine, producer) -> None:
     """External ids are unique per source only: a CRM's touch that names its source (the
     CloudEvent's `source`) lands on that source's lead, never on another source's lead with the

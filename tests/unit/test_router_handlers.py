@@ -61,7 +61,8 @@ routing:
 class Router:
     """The router's handlers over one in-memory state, each call its own committed unit of work."""
 
-    def __init__(self) -> None:
+    def __init__(self, config=CONFIG) -> None:
+        self.config = config
         self.data = InMemoryRouterData()
         self.clock = ManualClock(datetime(2026, 11, 17, 10, 0, tzinfo=UTC))
         self.last: InMemoryRouterStore | None = None
@@ -72,7 +73,7 @@ class Router:
 
     @property
     def deps(self) -> RouterDeps:
-        return RouterDeps(CONFIG, self.clock, store=self.store)
+        return RouterDeps(self.config, self.clock, store=self.store)
 
     async def commit(self) -> None:
         assert self.last is not None
@@ -309,3 +310,22 @@ async def test_an_opened_email_or_a_back_filled_call_is_not_the_owner_working_th
     await update_owner(router.store(), CONFIG, router.clock.now(), "ann", {"status": "out_of_office"}, "admin")
     await router.commit()
     assert (router.owner_of(opened), router.owner_of(history)) == ("ben", "ben")
+
+
+async def test_a_company_s_queued_leads_drain_to_one_owner_as_new_ones_would_go() -> None:
+    """The drain read the companies' owners once per page: acme's three queued leads went to ann,
+    ben and ann (new leads of one company all go to the owner of its first)."""
+    accounts = parse_config("""
+owners: [{id: ann, status: out_of_office, until: "2026-11-17T11:00:00Z"},
+         {id: ben, status: out_of_office, until: "2026-11-17T11:00:00Z"}]
+teams: [{id: sdr, members: [ann, ben]}]
+routing: {account_match: true, rules: [{id: rr, team: sdr}]}
+""")
+    router = Router(accounts)
+    leads = [await router.receive(domain="acme.com") for _ in range(3)]
+    assert [router.owner_of(lead) for lead in leads] == [None, None, None]
+    router.clock.advance(timedelta(hours=2))  # both back at once
+    await drain_queue(router.store(), accounts, router.clock.now())
+    await router.commit()
+    owners = [router.owner_of(lead) for lead in leads]
+    assert owners[0] is not None and owners == [owners[0]] * 3

@@ -431,3 +431,49 @@ def test_account_match_off_routes_a_lead_of_a_company_with_an_open_lead_by_the_r
     facts = LeadFacts("l", "A", "web", company_domain="acme.com")
     decision = decide(off, facts, state(off, account_owner="jp"), NOW)
     assert decision.method != "account_match" and decision.reason == "rule_match"
+
+
+FULL_TEAM = parse_config("""
+calendars:
+  ny: {timezone: America/New_York, hours: {mon: ["09:00-17:00"], tue: ["09:00-17:00"], wed: ["09:00-17:00"]}}
+owners: [{id: a, capacity: 1, languages: [de]}, {id: b, capacity: 1, calendar: ny}, {id: acct, status: away},
+         {id: fb, capacity: 1}, {id: vip}]
+teams: [{id: t, members: [a, b]}, {id: vipteam, members: [vip, fb]}]
+routing:
+  account_match: true
+  rules:
+    - {id: named, match: {tiers: [N]}, method: owner, owner: a}
+    - {id: elsewhere, match: {tiers: [X]}, method: owner, owner: a, team: vipteam}
+    - {id: r, team: t}
+  fallback_owner: fb
+""")
+
+
+def test_a_full_team_is_at_capacity_whoever_else_was_tried() -> None:
+    """An away account owner tried first, or the owner a reroute moves the lead from, turned the
+    reason into no_eligible_owner, and the SLA clock blamed a breach on nobody instead of capacity."""
+    full = state(FULL_TEAM, open_leads={"a": 1, "b": 1, "fb": 1})
+    working = datetime(2026, 11, 17, 15, tzinfo=UTC)  # 10:00 in New York: b works
+    lead_of_acme = lead(tier="A", company_domain="acme.com")
+    assert decide(FULL_TEAM, lead_of_acme, full, working).reason == "at_capacity"
+    with_account = state(FULL_TEAM, open_leads={"a": 1, "b": 1, "fb": 1}, account_owner="acct")
+    assert decide(FULL_TEAM, lead_of_acme, with_account, working).reason == "at_capacity"
+    rerouted = state(FULL_TEAM, open_leads={"b": 1, "fb": 1})
+    assert decide(FULL_TEAM, lead_of_acme, rerouted, working, exclude=frozenset({"a"})).reason == "at_capacity"
+
+
+def test_an_owner_who_could_not_take_the_lead_anyway_is_no_shortage_of_people() -> None:
+    """Full and also speaking another language (or off hours): the lead was queued at_capacity,
+    though freeing capacity would not help."""
+    night = datetime(2026, 3, 4, 3, tzinfo=UTC)  # 22:00 in New York
+    french = lead(tier="C", language="fr")
+    full = state(FULL_TEAM, open_leads={"a": 1, "b": 1, "fb": 1})
+    decision = decide(FULL_TEAM, french, full, night)
+    assert decision.reason == "no_eligible_owner"
+    assert {c.owner_id: c.why for c in decision.candidates}["a"] == "does not speak fr"
+
+
+def test_a_lead_a_rule_names_its_owner_for_goes_to_that_owner_s_team() -> None:
+    """`method: owner` carried the rule's team as written: none, or one the owner is not in."""
+    assert decide(FULL_TEAM, lead(tier="N"), state(FULL_TEAM), NOW).team_id == "t"
+    assert decide(FULL_TEAM, lead(tier="X"), state(FULL_TEAM), NOW).team_id == "t"
