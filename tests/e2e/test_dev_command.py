@@ -81,3 +81,25 @@ def test_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [c.cmdline() for c in alive]
     assert all(port_is_free(p) for p in SERVICE_PORTS.values())
+
+
+def test_a_broker_port_taken_since_it_was_chosen_is_chosen_again_not_a_failure() -> None:
+    """The chaos stack chose its broker's port, started Postgres (many client connections, each on
+    an ephemeral port), and found the port taken: every chaos test errored in a CI run. A port
+    the caller named is still an error: clients were told it."""
+    import socket
+
+    from leadsla.devstack import EmbeddedBroker
+
+    chosen = EmbeddedBroker()
+    with socket.socket() as taker:
+        taker.bind(("127.0.0.1", chosen.port))
+        taker.listen()
+        taken = chosen.port
+        try:
+            assert chosen.start() != f"127.0.0.1:{taken}"
+        finally:
+            chosen.stop()
+        named = EmbeddedBroker(taken)
+        with pytest.raises(RuntimeError, match="is taken"):
+            named.start()
