@@ -605,9 +605,17 @@ def _classify(value: str, aliases: tuple[tuple[str, tuple[str, ...]], ...]) -> s
             return canonical
     padded = f"_{key}_"
     for alias, canonical in table:  # a known phrase inside longer text; strongest type first
-        if f"_{alias}_" in padded:
+        at = padded.find(f"_{alias}_")
+        if at >= 0 and not _NEGATIONS.intersection(padded[:at].split("_")[-_NEGATION_REACH:]):
             return canonical
     return None
+
+
+# A phrase a few words after one of these is not asked for: "Not interested in a demo" is no demo
+# request (it was tier A, with a 5-minute SLA). Words as `slug` leaves them ("don't": don, t).
+_NEGATIONS = frozenset({"not", "no", "never", "without", "don", "dont", "doesn", "didn", "won", "nicht", "kein",
+                        "keine", "pas", "sans"})
+_NEGATION_REACH = 4
 
 
 # ---- the submission -------------------------------------------------------------------------

@@ -641,3 +641,13 @@ def test_a_company_domain_is_the_host_however_it_was_written(company: dict, doma
 def test_a_domain_that_is_none_is_kept_as_sent_and_named() -> None:
     sub = read({"email": EMAIL, "company": {"domain": "Acme Inc"}})
     assert sub.company.domain == "Acme Inc" and [w["field"] for w in sub.warnings] == ["company.domain"]
+
+
+@pytest.mark.parametrize(("text", "intent"), [
+    ("Not interested in a demo", None), ("No demo, thanks", None),
+    ("I don't want a demo, just pricing", "pricing"), ("Not now, but send the ebook", "content_download"),
+    ("Request a demo", "demo_request"), ("Book a demo!", "demo_request"),
+])
+def test_a_phrase_just_after_a_negation_is_not_asked_for(text: str, intent: str | None) -> None:
+    """"Not interested in a demo" was a demo request: tier A, and a 5-minute SLA for a lead who said no."""
+    assert classify_intent(text) == intent
