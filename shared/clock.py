@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class Clock(Protocol):
@@ -40,3 +41,13 @@ def as_utc(value: datetime) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether `name` is an IANA time zone. 'Europe' or 'US' is a folder of zones, not one:
+    ZoneInfo raises IsADirectoryError for it, not ZoneInfoNotFoundError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True

@@ -15,7 +15,6 @@ from email.utils import parseaddr
 from itertools import pairwise
 from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -32,6 +31,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .clock import is_time_zone
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -267,10 +268,8 @@ class CalendarConfig(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):  # 'Europe' is a directory
-            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        if not is_time_zone(value):
+            raise ValueError(f"{value!r} is not an IANA time zone")
         return value
 
     @field_validator("hours")
@@ -827,12 +826,7 @@ class IntakeSource(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError, OSError):  # 'Europe' is a directory
-                raise ValueError(f"{value!r} is not an IANA time zone") from None
-        return value
+        return None if value is None else CalendarConfig._known_zone(value)
 
 
 def _e164(text: str, region: str | None) -> str:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache, partial
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import PrivateAttr
 
 from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar
+from shared.clock import is_time_zone
 from shared.config import Config, SlaPolicy, is_history
 from shared.events import (
     SLA_PAYLOADS,
@@ -669,13 +669,7 @@ def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: s
 
 def _valid_zone(name: str | None) -> str | None:
     """contact.timezone is kept as sent: use it only if it is a real IANA zone."""
-    if not name:
-        return None
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-    return name
+    return name if name and is_time_zone(name) else None
 
 
 async def _note_lead(store: ClockStore, lead_id: str, cause: CloudEvent, now: datetime,

@@ -407,3 +407,16 @@ async def test_a_follow_up_met_carries_its_own_step_s_timer_not_the_next_one_s()
     assert met.data["timer"]["closed_at"].startswith("2026-11-17T09:20:00")
     assert (started_next.type, started_next.data["timer"]["step"], started_next.data["timer"]["state"]) == (
         "sla.started", 2, "open")
+
+
+async def test_a_lead_whose_time_zone_is_kept_as_sent_is_timed_in_its_policy_s_zone() -> None:
+    """Intake keeps an unknown contact.timezone as sent: 'US' or 'Europe' (a folder of zones, not
+    one) made the clock's zone check raise IsADirectoryError, and the lead was never timed."""
+    store = InMemoryClockStore()
+    lead_id = str(uuid.uuid4())
+    event = received(lead_id)
+    event = event.model_copy(update={"data": {**event.data, "contact": {**event.data["contact"], "timezone": "US"}}})
+    await handle(store, on_lead_received, event)
+    await handle(store, on_lead_assigned, assigned(lead_id))
+    [timer] = await store.timers(lead_id)
+    assert (timer.state, timer.due_at) == ("open", T0 + timedelta(minutes=5))
