@@ -729,9 +729,6 @@ Channel = Annotated[
 ]
 
 
-_CHANNEL_TYPES = ("webhook", "slack", "email")
-
-
 class QuietHours(Strict):
     # Messages to people (Slack, email) wait until the recipient's calendar (owners.*.calendar)
     # opens, except for leads of these tiers. Webhooks go to systems and are never held.
@@ -836,11 +833,11 @@ def _e164(text: str, region: str | None) -> str:
 
     try:
         return normalize_phone(text, region).e164
-    except ValueError as exc:
+    except ValueError:
         if region is None and not text.strip().startswith("+"):
             raise ValueError("has no country code (+44 ...) and there is no intake.default_region to read "
                              "it in") from None
-        raise ValueError(str(exc)) from None
+        raise
 
 
 class Suppression(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
@@ -592,8 +592,7 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
     record["data_quality"] += notes
     merged = read_submission(_as_body(record), config.intake.source(lead.source), intent_vocabulary(config),
                              partial=True)
-    merged.issues = [Issue(q["field"], q["message"], q.get("value"), q.get("kept_as_sent", True))
-                     for q in record["data_quality"]]
+    merged.issues = [Issue.of(q) for q in record["data_quality"]]
     # Re-tiered only when a field the tier rules read changed: the lead's tier may come from more
     # than its record (a repeat from a partner source raised it, the rules changed since), and a
     # corrected title must not move it, nor its SLA.
@@ -608,15 +607,17 @@ def patch_lead(lead: KnownLead, patch: Submission, config: Config) -> LeadUpdate
 
 def unapplied(lead: KnownLead, patch: Submission) -> set[str]:
     """The fields a PATCH gives unreadably where the lead has a usable value: left as they are."""
-    record = lead.record
-    return {name for name in flawed(patch.issues) & patch.given
-            if (record.get(name.partition(".")[0]) or {}).get(name.partition(".")[2]) is not None}
+    def usable(name: str) -> bool:
+        section, _, key = name.partition(".")
+        return (lead.record.get(section) or {}).get(key) is not None
+
+    return {name for name in flawed(patch.issues) & patch.given if usable(name)}
 
 
 def as_not_applied(issues: list[Issue], fields: set[str]) -> list[Issue]:
     """A PATCH's warnings: for a correction not applied, that it was not (not "kept as sent")."""
-    return [Issue(i.field, i.message.removesuffix("; kept as sent") + "; not applied: the lead keeps its value",
-                  i.value, i.kept_as_sent) if i.field in fields else i for i in issues]
+    return [replace(i, message=i.message.removesuffix("; kept as sent") + "; not applied: the lead keeps its value")
+            if i.field in fields else i for i in issues]
 
 
 def _as_body(record: dict[str, Any]) -> dict[str, Any]:
@@ -654,7 +655,7 @@ def updated_record(record: dict[str, Any], update: dict[str, Any]) -> dict[str, 
 
 
 def flawed_fields(record: dict[str, Any]) -> set[str]:
-    return {q.get("field") for q in record.get("data_quality") or [] if q.get("kept_as_sent", True)}
+    return flawed([Issue.of(q) for q in record.get("data_quality") or []])
 
 
 def lead_columns(record: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -25,7 +25,7 @@ from email_validator import EmailNotValidError, validate_email
 from shared.clock import as_utc
 from shared.config import IntakeSource
 from shared.events import Company, Consent, Contact, Intent
-from shared.phones import Phone, dialling_region, normalize_phone
+from shared.phones import dialling_region, normalize_phone
 
 from .country_names import NAMES as COUNTRY_NAMES
 
@@ -47,6 +47,12 @@ class Issue:
     def quality(self) -> dict[str, Any]:
         quality = {"field": self.field, "message": self.message, "value": self.value}
         return quality if self.kept_as_sent else {**quality, "kept_as_sent": False}
+
+    @classmethod
+    def of(cls, quality: dict[str, Any]) -> Issue:
+        """The issue a `data_quality` item (as `quality` wrote it) stands for."""
+        return cls(quality.get("field", ""), quality.get("message", ""), quality.get("value"),
+                   quality.get("kept_as_sent", True))
 
 
 def flawed(issues: list[Issue]) -> set[str]:
@@ -174,13 +180,7 @@ def normalize_email(value: str) -> str:
         parts = [part for part in re.split(r"[,;\s]+", text) if part]
         if len(parts) == 1:  # 'ada@@acme.com': one address, unusable (read again, it recursed forever)
             raise ValueError("not a usable email address (more than one '@')")
-        problem: ValueError | None = None
-        for part in parts:
-            try:
-                return normalize_email(part)
-            except ValueError as exc:
-                problem = problem or exc
-        raise problem or ValueError("not a usable email address")
+        return _first_read(parts, normalize_email)
     if _PLAIN_EMAIL.fullmatch(text.lower()):
         return text.lower()
     try:
@@ -240,15 +240,19 @@ def normalize_country(value: str) -> str:
 _PHONE_SEPARATORS = re.compile(r"\s*(?:[,;/|\n]|\bor\b)\s*", flags=re.IGNORECASE)
 
 
-def _first_phone(numbers: list[str], region: str | None) -> Phone:
-    """Of several numbers in one field, the first usable one (ValueError: the first one's)."""
+_T = TypeVar("_T")
+
+
+def _first_read(parts: list[str], read: Callable[[str], _T]) -> _T:
+    """Of several values in one field (addresses, numbers), the first `read` takes; its ValueError
+    for the first one when none is usable."""
     problem: ValueError | None = None
-    for number in numbers:
+    for part in parts:
         try:
-            return normalize_phone(number, region)
+            return read(part)
         except ValueError as exc:
             problem = problem or exc
-    raise problem or ValueError("is not a phone number")
+    raise problem or ValueError("holds no value")
 
 
 def dialable(value: str) -> bool:
@@ -764,6 +768,14 @@ class _Reader:
             target = target.setdefault(part, {})
         _put(target, path[-1], value)
 
+    def keep_as_sent(self, field_name: str, text: str) -> None:
+        """Keep a field of several values, of which the first usable was read, where the sender put
+        it (the others are not lost); one sent as a list is kept already."""
+        section, _, name = field_name.partition(".")
+        path, item = self.sent_at.get(field_name, ((section, name), text))
+        if not isinstance(item, list):
+            self.keep(path, item)
+
     def warn(self, field_name: str, message: str, value: Any = None, *, kept_as_sent: bool = True) -> None:
         self.issues.append(Issue(field_name, message, value, kept_as_sent))
 
@@ -969,11 +981,7 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
     if email := raw.get("email"):
         usable = r.normalized(out, "email", "contact.email", normalize_email, email)
         if usable and email.count("@") > 1 and not email.lstrip().startswith('"'):
-            # Several addresses in one field: the first usable one is the contact's; the field as
-            # sent (a list is kept already) keeps the others where the sender put them.
-            path, item = r.sent_at.get("contact.email", (("contact", "email"), email))
-            if not isinstance(item, list):
-                r.keep(path, item)
+            r.keep_as_sent("contact.email", email)  # several addresses: the first usable is the contact's
     if country := raw.get("country"):
         r.normalized(out, "country", "contact.country", normalize_country, country)
     phone_zone = None
@@ -984,10 +992,8 @@ def _contact(r: _Reader, raw: dict[str, Any], company_country: str | None,
         numbers = [part for part in _PHONE_SEPARATORS.split(phone) if dialable(part)]
         try:
             if len(numbers) > 1:  # '+1 415 555 2671, +1 212 555 0100' (or ';': not an extension)
-                parsed = _first_phone(numbers, region)
-                path, item = r.sent_at.get("contact.phone", (("contact", "phone"), phone))
-                if not isinstance(item, list):  # the field as sent keeps the others (a list is kept already)
-                    r.keep(path, item)
+                parsed = _first_read(numbers, lambda number: normalize_phone(number, region))
+                r.keep_as_sent("contact.phone", phone)
             else:
                 parsed = normalize_phone(phone, region)
             out["phone"], out["phone_extension"] = parsed.e164, parsed.extension
