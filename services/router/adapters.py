@@ -241,7 +241,8 @@ def _state_sql(owners_filtered: bool, rules_filtered: bool, contexts: bool = Fal
         f"WHERE closed_at IS NULL{owner_filter}{counted} GROUP BY owner_id "
         f"UNION ALL SELECT 'day', owner_id, assigned, day, NULL{more} FROM router.daily_assignments "
         f"WHERE day >= CAST(:since AS date){owner_filter} "
-        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, counts{more} FROM router.rr_cursors{rule_filter}"
+        f"UNION ALL SELECT 'cursor', rule_id, last_index, NULL, "
+        f"jsonb_build_object('counts', counts, 'last_owner', last_owner){more} FROM router.rr_cursors{rule_filter}"
     )
 
 
@@ -286,7 +287,7 @@ def _owners_by_id(config: Config) -> Mapping[str, Owner]:
 
 
 def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_leads: Mapping[str, int],
-              days: Iterable[tuple[str, date, int]], cursors: Mapping[str, int],
+              days: Iterable[tuple[str, date, int]], cursors: Mapping[str, int], last_turns: Mapping[str, str],
               weighted: Mapping[str, Mapping[str, int]]) -> RoutingState:
     configured = _owners_by_id(config)  # shared, never changed: a decision reads it only
     effective = {**configured, **{owner: effective_owner(configured[owner], changed)
@@ -294,7 +295,7 @@ def _state_of(config: Config, now: datetime, changes: Mapping[str, Any], open_le
     today = {owner: n for owner, day, n in days if owner in effective
              and day == owner_day(effective[owner], config, now)}  # each owner's own day
     return RoutingState(owners=effective, open_leads=dict(open_leads), today=today, cursors=dict(cursors),
-                        weighted={k: dict(v) for k, v in weighted.items()})
+                        last_turns=dict(last_turns), weighted={k: dict(v) for k, v in weighted.items()})
 
 
 def _state_params(config: Config, now: datetime, owners: set[str] | None, rules: set[str] | None) -> dict[str, Any]:
@@ -321,6 +322,7 @@ def _state_from(config: Config, now: datetime, rows: Iterable[Any],
     open_leads: dict[str, int] = {}
     days: list[tuple[str, date, int]] = []
     cursors: dict[str, int] = {}
+    last_turns: dict[str, str] = {}
     weighted: dict[str, Any] = {}
     for kind, key, n, day, value, *context in rows:  # one pass: a run's state can be a thousand rows
         if kind == "open":
@@ -328,14 +330,16 @@ def _state_from(config: Config, now: datetime, rows: Iterable[Any],
         elif kind == "day":
             days.append((key, day, n))
         elif kind == "cursor":
-            cursors[key], weighted[key] = n, value or {}
+            cursors[key], weighted[key] = n, value["counts"] or {}
+            if value["last_owner"] is not None:
+                last_turns[key] = value["last_owner"]
         elif kind == "lead":
             known, account_owner, queue_ahead = context
             contexts[key] = LeadContext(known, account_owner, queue_ahead, n)
         else:
             changes[key] = value
     return _state_of(config, now, changes=changes, open_leads=open_leads, days=days, cursors=cursors,
-                     weighted=weighted)
+                     last_turns=last_turns, weighted=weighted)
 
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
@@ -533,7 +537,7 @@ class InMemoryRouterData:
     queue: dict[str, _Waiting] = field(default_factory=dict)
     owner_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
     daily: dict[tuple[str, date], int] = field(default_factory=dict)
-    cursors: dict[str, tuple[int, dict[str, int] | None]] = field(default_factory=dict)
+    cursors: dict[str, tuple[int, str | None, dict[str, int] | None]] = field(default_factory=dict)
     events: list[tuple[str | None, str, CloudEvent]] = field(default_factory=list)
 
     def version(self, stream: str) -> int:
@@ -648,8 +652,9 @@ class InMemoryRouterStore:
             changes={o: c for o, (c, _) in self.data.owner_state.items()},
             open_leads=open_leads,
             days=[(o, d, n) for (o, d), n in self.data.daily.items() if d >= since and wanted(o)],
-            cursors={r: i for r, (i, _) in chosen.items()},
-            weighted={r: w or {} for r, (_, w) in chosen.items()},
+            cursors={r: i for r, (i, _, _) in chosen.items()},
+            last_turns={r: o for r, (_, o, _) in chosen.items() if o is not None},
+            weighted={r: w or {} for r, (_, _, w) in chosen.items()},
         )
 
     async def account_owners(self, domains: set[str]) -> dict[str, str]:
@@ -752,8 +757,9 @@ def _routed(store: InMemoryRouterData, data: LeadRouted, event: CloudEvent) -> N
         if data.day is not None:
             store.daily[(data.owner_id, data.day)] = store.daily.get((data.owner_id, data.day), 0) + 1
     if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
-        index, weights = store.cursors.get(data.rule_id, (-1, None))
+        index, last_owner, weights = store.cursors.get(data.rule_id, (-1, None, None))
         store.cursors[data.rule_id] = (index if data.cursor is None else data.cursor,
+                                       last_owner if data.cursor is None else data.owner_id,
                                        weights if data.weights is None else dict(data.weights))
 
 

@@ -395,6 +395,7 @@ class RoutingState:
     open_leads: Mapping[str, int] = field(default_factory=dict)
     today: Mapping[str, int] = field(default_factory=dict)  # assignments today, owner's own day
     cursors: Mapping[str, int] = field(default_factory=dict)  # rule -> index of the last owner
+    last_turns: Mapping[str, str] = field(default_factory=dict)  # rule -> the owner it last gave a turn
     weighted: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # rule -> owner -> credit
     account_owner: str | None = None  # owner of an open lead of the same company domain
 
@@ -558,8 +559,12 @@ def _pick(config: Config, rule: RoutingRule, state: RoutingState, consider) -> _
     team = team_of(config, rule)
     members = team.members
     if rule.method == "round_robin":
+        # Start just after whoever got the previous lead of this rule, found by id: an admin who
+        # adds or removes a member before them shifts every index. If they left the team, whoever
+        # took their place is next.
         last = state.cursors.get(rule.id, -1)
-        # Start just after whoever got the previous lead of this rule.
+        if (previous := state.last_turns.get(rule.id)) is not None:
+            last = members.index(previous) if previous in members else last - 1
         for step in range(1, len(members) + 1):
             index = (last + step) % len(members)
             if consider(members[index], "next in turn"):
@@ -590,14 +595,14 @@ def record(state: RoutingState, decision: Decision, config: Config, now: datetim
     owner_id = decision.owner_id
     open_leads = {**state.open_leads, owner_id: state.open_leads.get(owner_id, 0) + 1}
     today = {**state.today, owner_id: state.today.get(owner_id, 0) + 1}
-    cursors = dict(state.cursors)
+    cursors, last_turns = dict(state.cursors), dict(state.last_turns)
     weighted = dict(state.weighted)
     if decision.rule_id is not None and decision.next_cursor is not None:
-        cursors[decision.rule_id] = decision.next_cursor
+        cursors[decision.rule_id], last_turns[decision.rule_id] = decision.next_cursor, owner_id
     if decision.rule_id is not None and decision.weights is not None:
         weighted[decision.rule_id] = decision.weights
-    return replace(state, open_leads=open_leads, today=today, cursors=cursors, weighted=weighted,
-                   account_owner=None)
+    return replace(state, open_leads=open_leads, today=today, cursors=cursors, last_turns=last_turns,
+                   weighted=weighted, account_owner=None)
 
 
 def release(state: RoutingState, owner_id: str) -> RoutingState:

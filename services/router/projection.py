@@ -138,7 +138,7 @@ async def _assigned_and_routed(conn: AsyncConnection,
             assigned.assignment_no, assigned.assigned_at, _json(routed.facts), routed.company_domain, routed.day,
             routed.rule_id if counted else None,
             # -1: no cursor in this decision (a cursor is an index into the rule's owners, never negative)
-            -1 if routed.cursor is None else routed.cursor,
+            -1 if routed.cursor is None else routed.cursor, routed.owner_id,
             None if routed.weights is None else _json(routed.weights)))
     await _flush_fused(conn, rows)
 
@@ -154,7 +154,7 @@ async def _flush_fused(conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> No
 
 
 _FUSED_COLUMNS = ("lead_id", "owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts",
-                  "company_domain", "day", "cursor_rule", "last_index", "counts")
+                  "company_domain", "day", "cursor_rule", "last_index", "last_owner", "counts")
 
 
 def _fused_statement():
@@ -174,12 +174,14 @@ def _fused_statement():
 
     counted = select(run.c.cursor_rule,
                      func.coalesce(last(run.c.last_index, run.c.last_index >= 0), -1),
+                     last(run.c.last_owner, run.c.last_index >= 0),
                      cast(last(run.c.counts, run.c.counts.is_not(None)), JSONB)
                      ).where(run.c.cursor_rule.is_not(None)).group_by(run.c.cursor_rule)
-    cursor = pg_insert(cursors).from_select(["rule_id", "last_index", "counts"], counted)
+    cursor = pg_insert(cursors).from_select(["rule_id", "last_index", "last_owner", "counts"], counted)
     cursor = cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_={
         # A decision without a cursor (or credits) leaves the rule's as it was.
         "last_index": case((cursor.excluded.last_index >= 0, cursor.excluded.last_index), else_=cursors.c.last_index),
+        "last_owner": case((cursor.excluded.last_index >= 0, cursor.excluded.last_owner), else_=cursors.c.last_owner),
         "counts": func.coalesce(cursor.excluded.counts, cursors.c.counts)})
     columns = ("owner_id", "team_id", "rule_id", "tier", "assignment_no", "assigned_at", "facts", "company_domain")
     latest = (select(run.c.lead_id, *(cast(run.c.facts, JSONB) if c == "facts" else run.c[c] for c in columns))
@@ -205,10 +207,12 @@ def _counters(data: LeadRouted) -> list:
     if data.rule_id is not None and (data.cursor is not None or data.weights is not None):
         insert_cursor = pg_insert(cursors).values(
             rule_id=data.rule_id, last_index=-1 if data.cursor is None else data.cursor,
+            last_owner=None if data.cursor is None else data.owner_id,
             counts=null() if data.weights is None else data.weights)  # SQL NULL, not JSON null
         changed = {}
         if data.cursor is not None:
             changed["last_index"] = insert_cursor.excluded.last_index
+            changed["last_owner"] = insert_cursor.excluded.last_owner
         if data.weights is not None:
             changed["counts"] = insert_cursor.excluded.counts
         parts.append(insert_cursor.on_conflict_do_update(index_elements=[cursors.c.rule_id], set_=changed)

@@ -43,6 +43,7 @@ cursors = Table(
     metadata,
     Column("rule_id", String, primary_key=True),
     Column("last_index", Integer, nullable=False),
+    Column("last_owner", String),  # who had the last turn: found by id, as indexes shift (migration 0019)
     Column("counts", JSONB),  # owner -> credit under the `weighted` method (smooth weighted round robin)
     schema=SCHEMA,
 )

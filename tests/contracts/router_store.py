@@ -126,7 +126,7 @@ class RouterStoreContract:
                                       received_at=NOW)
         assert row.version == 2  # lead.assigned and router.lead_routed
         assert state.open_leads["ben"] == 1 and state.today["ben"] == 1  # ben's own (Tokyo) day
-        assert state.cursors["rr"] == 1
+        assert state.cursors["rr"] == 1 and state.last_turns["rr"] == "ben"  # found by id when the team changes
 
     async def test_counts_and_cursors_can_be_read_for_some_owners_and_rules_only(self) -> None:
         await self.assign("ann", cursor=0)
@@ -161,7 +161,7 @@ class RouterStoreContract:
         await self.assign("ann", rule="w", cursor=None, weights={"ann": -1, "ben": 1})
         await self.assign("ben", rule="w", cursor=None, weights={"ann": 1, "ben": -1})
         state = await self.state()
-        assert state.weighted["w"] == {"ann": 1, "ben": -1} and state.cursors["w"] == -1
+        assert state.weighted["w"] == {"ann": 1, "ben": -1} and state.cursors["w"] == -1 and "w" not in state.last_turns
 
     async def test_a_closed_lead_stops_counting_and_closes_once(self) -> None:
         lead_id = await self.assign("ann")

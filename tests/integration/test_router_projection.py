@@ -68,6 +68,7 @@ async def test_a_run_applied_at_once_leaves_the_state_of_its_events_applied_one_
     assert at_once == one_by_one
     rows, days, ruled = at_once
     assert (ann, monday, 7) in days and (ben, tuesday, 1) in days  # 5 before, 2 in the run; one each
-    assert ruled == [(mixed, 4, {ann: 1}), (rr, 2, None), (weighted, -1, {ann: 0, ben: 1})]
+    # Each cursor with who had the turn (ben at 4, ann at 2), kept when a later decision has none.
+    assert ruled == [(mixed, 4, ben, {ann: 1}), (rr, 2, ann, None), (weighted, -1, None, {ann: 0, ben: 1})]
     by_lead = {row[0]: row for row in rows}
     assert [(by_lead[x][1], by_lead[x][5]) for x in (leads[0], leads[5])] == [(ben, 2), (ann, 2)]  # owner, number

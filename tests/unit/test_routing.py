@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -55,6 +56,41 @@ def test_round_robin_takes_turns_among_eligible_owners() -> None:
         owners.append(decision.owner_id)
         s = record(s, decision, CONFIG, NOW)
     assert owners == ["a", "c", "a", "c"]  # b is away
+
+
+def _turns(config, s: RoutingState, n: int) -> tuple[list[str], RoutingState]:
+    owners = []
+    for _ in range(n):
+        decision = decide(config, lead(), s, NOW)
+        owners.append(decision.owner_id)
+        s = record(s, decision, config, NOW)
+    return owners, s
+
+
+def _team(members: str):
+    return parse_config(f"""
+owners: [{{id: a}}, {{id: b}}, {{id: c}}, {{id: d}}, {{id: z}}]
+teams: [{{id: t, members: [{members}]}}]
+routing: {{rules: [{{id: rr, team: t}}]}}
+""")
+
+
+@pytest.mark.parametrize(("members", "expected"), [
+    ("z, a, b, c", ["c", "z", "a", "b"]),  # a member added before the last turn: b does not get two in a row
+    ("b, c", ["c", "b", "c", "b"]),  # a member before removed: c is not skipped
+    ("a, c, d", ["c", "d", "a", "c"]),  # the last turn's owner removed: whoever took their place is next
+])
+def test_round_robin_goes_on_after_whoever_had_the_last_turn_when_the_team_changes(members, expected) -> None:
+    before = _team("a, b, c")
+    _, s = _turns(before, state(before), 2)  # a, then b
+    assert s.cursors["rr"] == 1 and s.last_turns["rr"] == "b"
+    after = _team(members)
+    assert _turns(after, replace(s, owners={o.id: o for o in after.owners}), 4)[0] == expected
+
+
+def test_a_turn_stored_as_an_index_only_still_counts() -> None:
+    config = _team("a, b, c")
+    assert _turns(config, state(config, cursors={"rr": 1}), 2)[0] == ["c", "a"]
 
 
 def test_every_candidate_says_why() -> None:
