@@ -311,7 +311,9 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
     """A next_action touch: meets the due follow-up, then either the next one starts (due `target`
     after this touch; paused, while the lead is) or the cadence ends: `ends_cadence` (a booked meeting or a disposition) closes
     it met; the last of its `touches`, or its `within` window used up, cancels it as
-    cadence_exhausted (the lead goes to nurture). A touch after a missed follow-up restarts it."""
+    cadence_exhausted (the lead goes to nurture). So does a next follow-up that would fall due
+    after the window closes: nobody promised it, so it must not breach. A touch after a missed
+    follow-up restarts it."""
     if timer.state == "open" and is_history(at, timer.started_at):
         return Step(timer)
     if timer.state not in ("open", "paused", "breached"):
@@ -327,13 +329,15 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
             return Step(timer)  # the missed follow-up stays missed; nothing more is due
         return Step(replace(timer, state="met"), tuple(outcomes))
     cadence = policy.metrics["next_action"]  # type: ignore[index]
-    exhausted = timer.step >= cadence.touches or (
-        cadence.within is not None and calendar.elapsed(cadence_start, at) >= cadence.within)
-    if exhausted:
+    nxt = None
+    if timer.step < cadence.touches:
+        nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
+                          timer.tier, at, calendar, timer.step + 1)
+        if cadence.within is not None and calendar.elapsed(cadence_start, nxt.due_at) > cadence.within:
+            nxt = None
+    if nxt is None:
         return Step(replace(timer, state="cancelled"),
                     (*outcomes, Cancelled("cadence_exhausted")))
-    nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
-                      timer.tier, at, calendar, timer.step + 1)
     if timer.state == "paused":  # the lead is paused: the next follow-up waits for the resume
         return Step(replace(nxt, state="paused", paused_at=at), (*outcomes, Started(at), Paused(at)))
     return Step(nxt, (*outcomes, Started(at)))

@@ -136,6 +136,20 @@ def test_the_cadence_is_exhausted_after_its_touches_or_its_window() -> None:
     assert late.outcomes[-1] == Cancelled("cadence_exhausted")  # two hours after the first response
 
 
+def test_a_follow_up_that_would_fall_due_after_the_window_closes_is_not_started() -> None:
+    # The window (2 h from the first response at 2 min) closes at 122 min; a follow-up is due 1 h
+    # after the touch. Started at 70 min it would be due at 130: nobody promised it, and with no
+    # touch it would breach. The cadence ends with the touch that met the last one in the window.
+    ended = follow_up(timer("next_action", at(20)), POLICY, at(70), at(2), ALWAYS, ends_cadence=False)
+    assert ended.outcomes == (Met(at(70)), Cancelled("cadence_exhausted")) and ended.timer.state == "cancelled"
+    due_at_the_close = follow_up(timer("next_action", at(20)), POLICY, at(62), at(2), ALWAYS, ends_cadence=False)
+    assert due_at_the_close.outcomes == (Met(at(62)), Started(at(62))) and due_at_the_close.timer.due_at == at(122)
+    # After a missed follow-up too: the one a late touch would start is past the window.
+    missed = follow_up(timer("next_action", at(2)), POLICY, at(70), at(2), ALWAYS, ends_cadence=False)
+    assert follow_up(missed.timer, POLICY, at(75), at(2), ALWAYS, ends_cadence=False).outcomes == (
+        Cancelled("cadence_exhausted"),)
+
+
 def test_a_booked_meeting_ends_the_cadence_met() -> None:
     step = follow_up(timer("next_action", at(2)), POLICY, at(30), at(2), ALWAYS, ends_cadence=True)
     assert step.outcomes == (Met(at(30)),) and step.timer.state == "met" and step.timer.next_fire_at is None
@@ -144,7 +158,9 @@ def test_a_booked_meeting_ends_the_cadence_met() -> None:
 def test_a_touch_after_a_missed_follow_up_starts_the_next_one() -> None:
     missed = follow_up(timer("next_action", at(2)), POLICY, at(70), at(2), ALWAYS, ends_cadence=False)
     assert missed.timer.state == "breached"
-    step = follow_up(missed.timer, POLICY, at(75), at(2), ALWAYS, ends_cadence=False)
+    wider = POLICY.model_copy(update={"metrics": {**POLICY.metrics, "next_action": POLICY.metrics[
+        "next_action"].model_copy(update={"within": 3 * 3600.0})}})  # the next one due within it
+    step = follow_up(missed.timer, wider, at(75), at(2), ALWAYS, ends_cadence=False)
     assert step.outcomes == (Started(at(75)),) and step.timer.step == 2 and step.timer.due_at == at(135)
 
 
