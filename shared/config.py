@@ -516,6 +516,16 @@ def is_history(occurred_at: datetime, began: datetime) -> bool:
     return occurred_at < began - HISTORY_DRIFT
 
 
+def keeps_owner(state: str, due_at: datetime | str | None, as_of: datetime | None) -> bool:
+    """Whether a live timer stays with its owner through an owner change made at `as_of`: one
+    already past its deadline then (not judged yet) stays with the owner who missed it. The SLA
+    clock and reporting's per-owner views hand timers over by this one rule."""
+    if as_of is None or due_at is None or state != "open":
+        return False
+    due = datetime.fromisoformat(due_at) if isinstance(due_at, str) else due_at
+    return due < as_of
+
+
 # The contract's activity types; intake reads other names CRMs and engagement tools give them as these.
 ActivityType = Literal["call", "email", "meeting", "sms", "chat", "note", "disposition", "pause", "resume", "opt_out"]
 ACTIVITY_TYPES: tuple[str, ...] = get_args(ActivityType)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
-from shared.config import ENGAGEMENT_OUTCOMES, TOUCH_TYPES, is_history
+from shared.config import ENGAGEMENT_OUTCOMES, TOUCH_TYPES, is_history, keeps_owner
 from shared.events import (
     PAYLOADS,
     ActivityRecorded,
@@ -89,7 +89,7 @@ Answers = Callable[[dict[str, Any], dict[str, Any]], bool]
 class PolicyRules(Protocol):
     """The SLA policies as the fold reads them (see `handlers.PolicyRules`)."""
 
-    def __call__(self, policy_id: str | None) -> BusinessCalendar | None: ...
+    def __call__(self, timer: dict[str, Any]) -> BusinessCalendar | None: ...
     def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
 
 
@@ -150,7 +150,8 @@ PROFILE_FIELDS = ("contact", "company", "intent", "score", "consent", "contactab
 def _received(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
     s["profile"] = {k: d.get(k) for k in PROFILE_FIELDS}
-    _advance(s, "received")
+    # Received without consent to contact: opted out from the start (never timed, as by an opt-out).
+    _advance(s, "opted_out" if (d.get("consent") or {}).get("contact") is False else "received")
 
 
 def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
@@ -319,6 +320,9 @@ def _fold_timer(timer: dict[str, Any] | None, event: Event, kind: type[Payload] 
         t["root_cause"] = d["root_cause"]
     if kind is SlaCancelled:
         t["cancel_reason"] = d.get("reason")
+    clock = d.get("timer")
+    if isinstance(clock, dict) and clock.get("calendar"):  # as the SLA clock timed it
+        t["calendar"], t["timezone"] = clock["calendar"], clock.get("timezone")
     state = SLA_STATE.get(kind)  # type: ignore[arg-type]
     if state is not None and t.get("state") not in TERMINAL:
         t["state"] = state
@@ -338,7 +342,8 @@ def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: E
     back to the previous owner."""
     assigned_at = _at(lead.get("assigned_at"))
     if (timer.get("state") in LIVE and lead.get("owner_id") and assigned_at is not None
-            and event.time < assigned_at and timer.get("owner_id") != lead["owner_id"]):
+            and event.time < assigned_at and timer.get("owner_id") != lead["owner_id"]
+            and not keeps_owner(timer["state"], timer.get("due_at"), assigned_at)):
         timer["owner_id"] = lead["owner_id"]
     return timer
 
@@ -403,8 +408,8 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
     `timers` (lead id -> sla id -> row) are updated in place; a lead is copied at its first event
     here and its later ones fold into that copy (a copy per event was a tenth of a rebuild's
     fold). An `sla.*` event changes its own timer; a touch every first_response timer of the
-    lead (a late touch still answers a timer that already breached). `calendar_of(policy_id)`
-    gives the policy's business calendar. The live projection (a fetched batch) and the rebuild
+    lead (a late touch still answers a timer that already breached). `calendar_of(timer)`
+    gives the business calendar the timer was timed by. The live projection (a fetched batch) and the rebuild
     (the whole timeline) both fold through here, so they cannot disagree. Returns the ids of the
     leads and of the timers that changed."""
     changed_leads: set[str] = set()
@@ -437,16 +442,21 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
             timer = _in_owner_team(_held_by_current_owner(_fold_timer(current, event, kind), lead, event),
                                    current, lead)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
-                                            calendar_of(timer.get("policy_id")))
+                                            calendar_of(timer))
             changed_timers.add(timer["sla_id"])
-        elif kind in (LeadAssigned, LeadReassigned) and lead.get("owner_id"):
+        elif kind in (LeadAssigned, LeadReassigned, LeadQueued) and (
+                lead.get("owner_id") or (kind is LeadQueued and d.get("from_owner_id"))):
             # The SLA clock hands the running timers to the lead's owner (sla_clock.owner_changed,
-            # no sla.* event on the topic): so does the read model, or the board and the per-owner
-            # reports keep chasing the person the lead was taken from. A timer judged before this
-            # assignment arrived (leads.sla is read apart) learns its owner's team from it.
+            # no sla.* event on the topic), or to nobody when the lead is taken back into the queue:
+            # so does the read model, or the board and the per-owner reports keep chasing the
+            # person the lead was taken from. As the clock, it leaves a timer already past its
+            # deadline then with the owner who missed it. A timer judged before this assignment
+            # arrived (leads.sla is read apart) learns its owner's team from it.
             for sla_id, timer in own.items():
-                if timer.get("state") in LIVE and timer.get("owner_id") != lead["owner_id"]:
-                    own[sla_id] = {**timer, "owner_id": lead["owner_id"], "team_id": lead.get("team_id")}
+                if (timer.get("state") in LIVE and timer.get("owner_id") != lead.get("owner_id")
+                        and not keeps_owner(timer["state"], timer.get("due_at"), event.time)):
+                    own[sla_id] = {**timer, "owner_id": lead.get("owner_id"), "team_id": lead.get("team_id")
+                                   if lead.get("owner_id") else None}
                     changed_timers.add(sla_id)
                 elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"))) is not None:
                     own[sla_id] = {**timer, "team_id": team}
@@ -455,7 +465,7 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
             first_touch = _at(lead.get("first_response_at"))
             for sla_id, timer in own.items():
                 if timer["metric"] == "first_response":
-                    own[sla_id] = with_response(timer, first_touch, calendar_of(timer.get("policy_id")))
+                    own[sla_id] = with_response(timer, first_touch, calendar_of(timer))
                     changed_timers.add(sla_id)
     return changed_leads, changed_timers
 

@@ -37,18 +37,20 @@ async def project(store: ReadModelStore, events: Sequence[CloudEvent], rules: Po
 
 
 class PolicyRules:
-    """What reporting needs of the SLA policies: policy id -> its business calendar (called like a
-    function, built once per policy), and whether an activity answers a lead's first response."""
+    """What reporting needs of the SLA policies: a timer's business calendar (called like a
+    function, built once per calendar and zone), and whether an activity answers a lead's first
+    response."""
 
     def __init__(self, config: Config | None) -> None:
         self._config = config
-        self._calendars: dict[str | None, BusinessCalendar | None] = {}
+        self._calendars: dict[tuple[str | None, str | None, str | None, str | None], BusinessCalendar | None] = {}
         self._policies: dict[tuple[str, str], SlaPolicy | None] = {}
 
-    def __call__(self, policy_id: str | None) -> BusinessCalendar | None:
-        if policy_id not in self._calendars:
-            self._calendars[policy_id] = _policy_calendar(self._config, policy_id)
-        return self._calendars[policy_id]
+    def __call__(self, timer: dict[str, Any]) -> BusinessCalendar | None:
+        key = (timer.get("policy_id"), timer.get("metric"), timer.get("calendar"), timer.get("timezone"))
+        if key not in self._calendars:
+            self._calendars[key] = _timer_calendar(self._config, *key)
+        return self._calendars[key]
 
     def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool:
         """A first response under the lead's policy (the one the SLA clock judges it by: tier and
@@ -70,9 +72,18 @@ def calendars(config: Config | None) -> PolicyRules:
     return PolicyRules(config)
 
 
-def _policy_calendar(config: Config | None, policy_id: str | None) -> BusinessCalendar | None:
-    """Business time is measured on the policy's calendar; an unknown policy falls back to wall time."""
+def _timer_calendar(config: Config | None, policy_id: str | None, metric: str | None, calendar: str | None,
+                    timezone: str | None) -> BusinessCalendar | None:
+    """Business time is measured on the calendar and in the zone the SLA clock timed the timer by
+    (its sla.* events say); for a timer that does not say, the metric's calendar (else the
+    policy's) in its own zone. An unknown policy falls back to wall time."""
     if config is None:
         return None
-    policy = config.sla_policy_by_id(policy_id)
-    return BusinessCalendar(config.calendar(policy.calendar)) if policy else None
+    if calendar is None:
+        policy = config.sla_policy_by_id(policy_id)
+        if policy is None:
+            return None
+        target = policy.metrics.get(metric) if metric else None
+        calendar = (target.calendar if target else None) or policy.calendar
+    hours = config.calendar(calendar)
+    return BusinessCalendar(hours.model_copy(update={"timezone": timezone}) if timezone else hours)

@@ -90,6 +90,10 @@ sla_timers = Table(
     Column("ttfr_business_seconds", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("team_id", String),  # the team of the owner who held it (the SLA report by team)
+    # The calendar and zone the SLA clock timed it by (the metric's own, the owner's or lead's
+    # zone): business time to first response is measured on them (migration 0020).
+    Column("calendar", String),
+    Column("timezone", String),
     Index("ix_reporting_sla_timers_lead", "lead_id"),
     Index("ix_reporting_sla_timers_started", "metric", "started_at"),
     schema=SCHEMA,

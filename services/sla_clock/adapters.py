@@ -15,11 +15,12 @@ from typing import Any, Protocol
 
 from sqlalchemy import Text, cast, func, literal_column, select, tuple_
 
+from shared.config import keeps_owner
 from shared.db import any_text
 from shared.events import TOPIC_SLA, CloudEvent
 from shared.uow import UnitOfWork
 
-from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, keeps_owner
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged
 from .projection import LIVE, PROJECTION, TIMER_EVENTS, lead_rows, plain, timer_row
 from .tables import leads, open_timer_counts, timers
 

@@ -56,14 +56,6 @@ class OwnerChanged(WireModel):
     as_of: datetime | None = None
 
 
-def keeps_owner(state: str, due_at: datetime | str, as_of: datetime | None) -> bool:
-    """Whether a live timer stays with its owner through an owner change made at `as_of`."""
-    if as_of is None or state != "open":
-        return False
-    due = datetime.fromisoformat(due_at) if isinstance(due_at, str) else due_at
-    return due < as_of
-
-
 class TimerRecord(WireModel):
     """A timer as an sla.* event leaves it: every stored column but its identity (sla_id, lead_id,
     metric, which the event names). `next_fire_at`: when the clock next has to look at it (the

@@ -48,11 +48,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.postgresql.dml import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from shared.config import keeps_owner
 from shared.db import any_text, insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
-from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord, keeps_owner
+from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord
 from .tables import leads, open_timer_counts, timers
 
 SERVICE = "sla_clock"

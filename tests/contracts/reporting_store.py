@@ -38,7 +38,8 @@ def a_timer(lead_id: str, sla_id: str | None = None, metric: str = "first_respon
     return {"sla_id": sla_id or new_id("sla"), "lead_id": lead_id, "metric": metric, "policy_id": "office",
             "tier": "A", "owner_id": "alice", "state": "open", "started_at": T0, "due_at": T0 + timedelta(minutes=5),
             "met_at": None, "breached_at": None, "root_cause": None, "cancel_reason": None, "responded_at": None,
-            "ttfr_seconds": None, "ttfr_business_seconds": None, "updated_at": T0, "team_id": "sdr", **changes}
+            "ttfr_seconds": None, "ttfr_business_seconds": None, "updated_at": T0, "team_id": "sdr",
+            "calendar": "office", "timezone": "America/New_York", **changes}
 
 
 class ReadModelStoreContract:

@@ -178,3 +178,65 @@ async def test_a_timer_judged_before_its_assignment_arrived_takes_its_owner_s_te
 ])
 def test_a_csv_cell_that_a_spreadsheet_would_run_as_a_formula_is_shown_as_text(value, cell) -> None:
     assert csv_cell(value) == cell
+
+
+OFFICE_CONFIG = parse_config("""
+calendars:
+  office: {timezone: UTC, hours: {mon: ["09:00-17:00"], tue: ["09:00-17:00"], wed: ["09:00-17:00"],
+                                  thu: ["09:00-17:00"], fri: ["09:00-17:00"]}}
+sla_policies:
+  - {id: fast, metrics: {first_response: {target: 1h, calendar: office}}}
+""")
+FRIDAY = datetime(2026, 11, 20, 16, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("timed_by", [
+    {"calendar": "office"},  # as the SLA clock's events say
+    None,  # events that do not say: the metric's own calendar, not the policy's (always open)
+    {"calendar": "office", "timezone": "Asia/Tokyo"},  # in the zone the clock used (the owner's, say)
+])
+async def test_business_time_to_first_response_is_measured_on_the_calendar_the_clock_timed_it_by(timed_by) -> None:
+    store = InMemoryReadModels()
+    monday = datetime(2026, 11, 23, 9, 29, tzinfo=UTC)
+    timer = {} if timed_by is None else {"timer": timed_by}
+    start = event("sla.started", at=FRIDAY, sla_id="s1", metric="first_response", policy_id="fast", tier="A",
+                  owner_id="alice", started_at=FRIDAY, due_at=monday, **timer)
+    done = event("sla.met", at=monday, sla_id="s1", metric="first_response", policy_id="fast", tier="A",
+                 owner_id="alice", started_at=FRIDAY, due_at=monday, met_at=monday, **timer)
+    for e in (start, done):
+        await project(store, [e], calendars(OFFICE_CONFIG))
+    business = store.sla_timers["s1"]["ttfr_business_seconds"]
+    if timed_by and timed_by.get("timezone"):
+        # Tokyo's office: Friday 16:30 UTC is Saturday 01:30 there, Monday 09:29 UTC is 18:29:
+        # Monday's whole day in Tokyo (00:00-08:00 UTC) lies between.
+        assert business == 8 * 3600
+    else:
+        assert business == 30 * 60 + 29 * 60  # Friday's last half hour and Monday's first 29 minutes
+
+
+async def test_a_lead_taken_back_into_the_queue_leaves_its_running_timers_to_nobody() -> None:
+    """The SLA clock's timers lose their owner when the lead is taken back (out of office, say):
+    the board and the report by owner must not keep blaming the owner it was taken from."""
+    store = InMemoryReadModels()
+    taken = event("lead.queued", at=T0 + timedelta(minutes=2), tier="A", queue="A", reason="owner_unavailable",
+                  from_owner_id="alice", assignment_no=2)
+    await project_all(store, received(), assigned("alice", "sdr", 1, T0), started("s1"), taken)
+    assert (store.sla_timers["s1"]["owner_id"], store.sla_timers["s1"]["team_id"]) == (None, None)
+    await project_all(store, assigned("bob", "ae", 2, T0 + timedelta(minutes=3)))
+    assert (store.sla_timers["s1"]["owner_id"], store.sla_timers["s1"]["team_id"]) == ("bob", "ae")
+
+
+async def test_a_timer_past_its_deadline_when_the_lead_moves_stays_with_the_owner_who_missed_it() -> None:
+    """As the SLA clock holds it until the breach is judged: the board must not show the new owner
+    as overdue for a deadline the previous one let pass."""
+    store = InMemoryReadModels()
+    await project_all(store, received(), assigned("alice", "sdr", 1, T0), started("s1"),  # due at 5 min
+                      assigned("carol", "ae", 2, T0 + timedelta(minutes=6)))
+    assert (store.sla_timers["s1"]["owner_id"], store.sla_timers["s1"]["team_id"]) == ("alice", "sdr")
+
+
+async def test_a_lead_received_without_consent_to_contact_reads_opted_out() -> None:
+    store = InMemoryReadModels()
+    await project_all(store, event("lead.received", source="web", tier="A", received_at=T0,
+                                   consent={"contact": False}, contactable=False))
+    assert store.leads_by_id["l1"]["status"] == "opted_out"
