@@ -91,6 +91,7 @@ class PolicyRules(Protocol):
 
     def __call__(self, timer: dict[str, Any]) -> BusinessCalendar | None: ...
     def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
+    def team_of(self, owner_id: str) -> str | None: ...
 
 
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
@@ -348,24 +349,26 @@ def _held_by_current_owner(timer: dict[str, Any], lead: dict[str, Any], event: E
     return timer
 
 
-def _team_of(lead: dict[str, Any], owner_id: str | None) -> str | None:
+def _team_of(lead: dict[str, Any], owner_id: str | None, rules: PolicyRules) -> str | None:
     """The team the lead was assigned in to `owner_id`, as far as the lead's facts tell: its
-    current owner's or its first owner's (an owner in between: unknown)."""
+    current owner's or its first owner's; for an owner in between, the first team the
+    configuration lists them in."""
     if owner_id is None:
         return None
     if owner_id == lead.get("owner_id"):
         return lead.get("team_id")
     if owner_id == lead.get("first_owner_id"):
         return lead.get("first_team_id")
-    return None
+    return rules.team_of(owner_id)
 
 
-def _in_owner_team(timer: dict[str, Any], before: dict[str, Any] | None, lead: dict[str, Any]) -> dict[str, Any]:
+def _in_owner_team(timer: dict[str, Any], before: dict[str, Any] | None, lead: dict[str, Any],
+                   rules: PolicyRules) -> dict[str, Any]:
     """A timer counts for the team of the owner who held it (the SLA report by team), not the
     lead's team now: a lead reassigned to another team leaves its judged SLAs where they were. Kept
     while the owner stays; found anew when the owner changes (unknown: none)."""
     if before is None or timer.get("owner_id") != before.get("owner_id") or timer.get("team_id") is None:
-        timer["team_id"] = _team_of(lead, timer.get("owner_id"))
+        timer["team_id"] = _team_of(lead, timer.get("owner_id"), rules)
     return timer
 
 
@@ -440,7 +443,7 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 changed_timers.add(done["sla_id"])
                 current = None
             timer = _in_owner_team(_held_by_current_owner(_fold_timer(current, event, kind), lead, event),
-                                   current, lead)
+                                   current, lead, calendar_of)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
                                             calendar_of(timer))
             changed_timers.add(timer["sla_id"])
@@ -458,7 +461,7 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                     own[sla_id] = {**timer, "owner_id": lead.get("owner_id"), "team_id": lead.get("team_id")
                                    if lead.get("owner_id") else None}
                     changed_timers.add(sla_id)
-                elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"))) is not None:
+                elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"), calendar_of)) is not None:
                     own[sla_id] = {**timer, "team_id": team}
                     changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):

@@ -67,6 +67,14 @@ class PolicyRules:
                                       activity.get("actor"), lead.get("owner_id"))
 
 
+    def team_of(self, owner_id: str) -> str | None:
+        """The first team the configuration lists the owner in (the router's home team of an
+        owner no rule picked)."""
+        if self._config is None:
+            return None
+        return next((team.id for team in self._config.teams if owner_id in team.members), None)
+
+
 def calendars(config: Config | None) -> PolicyRules:
     """The policies' calendars and touch rules, each built once."""
     return PolicyRules(config)

@@ -240,3 +240,24 @@ async def test_a_lead_received_without_consent_to_contact_reads_opted_out() -> N
     await project_all(store, event("lead.received", source="web", tier="A", received_at=T0,
                                    consent={"contact": False}, contactable=False))
     assert store.leads_by_id["l1"]["status"] == "opted_out"
+
+
+async def test_a_timer_of_an_owner_between_the_first_and_the_current_counts_for_their_team() -> None:
+    """carol (ae) had the lead first, alice (sdr) second, bob has it now; alice let the deadline
+    pass before the lead went to bob, so the breach is hers, and her team's, not nobody's. Here
+    leads.routing is folded ahead of leads.sla (they are read apart)."""
+    config = parse_config("""
+owners: [{id: alice}, {id: bob}, {id: carol}]
+teams: [{id: ae, members: [carol, bob]}, {id: sdr, members: [alice]}]
+sla_policies: [{id: fast, metrics: {first_response: {target: 5m}}}]
+""")
+    store = InMemoryReadModels()
+    breached = event("sla.breached", at=T0 + timedelta(minutes=7), sla_id="s1", metric="first_response",
+                     policy_id="fast", tier="A", owner_id="alice", started_at=T0, due_at=T0 + timedelta(minutes=5),
+                     breached_at=T0 + timedelta(minutes=5), root_cause="owner_missed")
+    start = event("sla.started", sla_id="s1", metric="first_response", policy_id="fast", tier="A", owner_id="carol",
+                  started_at=T0, due_at=T0 + timedelta(minutes=5))
+    for e in (received(), assigned("carol", "ae", 1, T0), assigned("alice", "sdr", 2, T0 + timedelta(minutes=1)),
+              assigned("bob", "ae", 3, T0 + timedelta(minutes=6)), start, breached):
+        await project(store, [e], calendars(config))
+    assert (store.sla_timers["s1"]["owner_id"], store.sla_timers["s1"]["team_id"]) == ("alice", "sdr")
