@@ -3,6 +3,7 @@ incoming webhook, CRM subscription) or SMTP. Each returns an `Attempt`; none rai
 receiver's failure, and none logs a secret, an address or a URL's credentials."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -39,7 +40,12 @@ def _compact(payload: dict) -> bytes:
 async def post(client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str],
                timeout: float) -> Attempt:
     try:
-        response = await client.post(url, content=body, headers=headers, timeout=timeout)
+        # `timeout` bounds the whole exchange: httpx's bounds each read, so a receiver trickling
+        # its answer a byte at a time never timed out.
+        async with asyncio.timeout(timeout):
+            response = await client.post(url, content=body, headers=headers, timeout=timeout)
+    except TimeoutError:
+        return Attempt(error="TimeoutError")
     except httpx.HTTPError as exc:
         # The exception text can carry the URL (a Slack URL is a secret): keep only its kind.
         return Attempt(error=f"{type(exc).__name__}")

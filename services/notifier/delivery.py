@@ -55,6 +55,8 @@ from .tables import deliveries, subscription_deliveries
 log = structlog.get_logger()
 
 SUBSCRIPTION_CHANNEL = "subscription"  # the `channel` of a CRM delivery in events and metrics
+# The part of a lease a send may take: the rest is for recording its outcome.
+SEND_SHARE_OF_LEASE = 0.8
 LEASE_STREAM = "notifier.leases"  # a lease round covers many leads: its events have a stream of their own
 RETENTION_STREAM = "notifier.retention"
 PRUNE_AT_ONCE = 5000  # deliveries removed by one retention transaction
@@ -306,8 +308,16 @@ class Deliverer:
         return list(await asyncio.gather(*(self._send_one(item, now) for item in leased)))
 
     async def _send_one(self, item: Leased, now: datetime) -> Attempt:
+        # A send ends well within its lease, whatever the channel's timeout or a receiver that
+        # trickles its answer: past the lease the row is leased again and sent again, and this
+        # send's outcome, no longer ours to record, is lost, so a slow receiver got the same
+        # message every lease period without end and max_attempts never ended it.
+        deadline = self._config().notifier.lease_seconds * SEND_SHARE_OF_LEASE
         try:
-            return await self._send(item, now)
+            async with asyncio.timeout(deadline):
+                return await self._send(item, now)
+        except TimeoutError:
+            return Attempt(error=f"TimeoutError: no answer within {deadline:g} s")
         except Exception as exc:  # a sender bug must not lose the outcome of the others
             log.exception("notifier.sender_failed", kind=item.kind)
             return Attempt(error=f"{type(exc).__name__}: {exc}"[:500])

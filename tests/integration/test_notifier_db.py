@@ -17,7 +17,7 @@ from services.notifier.delivery import Deliverer
 from services.notifier.domain import Attempt
 from services.notifier.handlers import HANDLERS, NotifierDeps, on_run
 from services.notifier.tables import deliveries, subscription_deliveries
-from shared.clock import ManualClock
+from shared.clock import ManualClock, SystemClock
 from shared.events import (
     SLA_PAYLOADS,
     TOPIC_NOTIFICATIONS,
@@ -26,8 +26,8 @@ from shared.events import (
     Received,
     new_event,
 )
-from tests.integration.receivers import HttpReceiver
-from tests.support import handle_event, stored_events
+from tests.integration.receivers import HttpReceiver, StallingReceiver
+from tests.support import eventually, handle_event, stored_events
 
 SECRET = "notifier-test-secret"
 
@@ -513,3 +513,40 @@ async def test_a_timer_reset_on_reassignment_stops_the_warning_steps_of_its_prev
     clock.advance(timedelta(minutes=10))
     await d.run_once()
     assert to(receiver, lead_id) == [(1, "alice")]
+
+
+async def test_a_receiver_slower_than_the_lease_gets_a_timed_out_attempt_not_the_message_again_every_lease(
+        make_ctx, clock, engine, http):
+    """A send outliving its lease was leased and sent again, and its outcome (no longer the
+    lease holder's) was dropped: the same message every lease period, attempts never counted."""
+    stalling = StallingReceiver()
+    try:
+        hook = f"http://127.0.0.1:{stalling.port}/hook"
+        ctx = make_ctx("notifier", f"""
+owners: [{{id: alice}}]
+channels:
+  hook: {{url: "{hook}", secret: "{SECRET}", timeout_seconds: 30, max_attempts: 2}}
+notifier: {{lease_seconds: 1}}
+escalation_policies:
+  - {{id: breach, triggers: [sla.breached], steps: [{{step: 1, notify: [owner], channels: [hook]}}]}}
+""")
+        lead_id = str(uuid.uuid4())
+        stalling.hold_all = True
+        now = SystemClock()  # the lease runs out in real time, while the receiver stalls
+        await consume(ctx, sla_event("breached", lead_id, now.now()))
+        rounds = Deliverer(ctx.uow, lambda: ctx.config.config, Senders(http, ctx.engine, lambda: ctx.config.config),
+                           now, jitter=lambda: 0.0)
+
+        async def timed_out():
+            await rounds.start_round()  # as the notifier's loop: a round finds what is due again
+            async with engine.connect() as conn:
+                return (await conn.execute(deliveries.select().where(
+                    (deliveries.c.lead_id == lead_id) & deliveries.c.last_error.is_not(None)))).first()
+
+        row = await eventually(timed_out, timeout=10, what="the stalled send's outcome recorded")
+        await rounds.drain()
+        assert (row.state, row.attempts) == ("pending", 1) and row.last_error.startswith("TimeoutError")
+        assert row.next_attempt_at > now.now()  # retried after a backoff, counted against max_attempts
+        assert len(stalling.arrivals) == 1  # not sent again while the first send hung
+    finally:
+        stalling.stop()
