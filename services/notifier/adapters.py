@@ -42,6 +42,7 @@ class KnownLead:
     source: str | None = None
     owner_id: str | None = None
     received_at: datetime | None = None
+    routed: bool = False
 
 
 @dataclass(frozen=True)

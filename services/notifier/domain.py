@@ -517,6 +517,7 @@ class LeadNoted(InternalEvent):
     source: str | None = None
     received_at: datetime | None = None
     owner_id: str | None = None
+    routed: bool = False  # an assignment, reassignment or queueing: owner_id (None too) is the router's
 
 
 class PlannedEscalation(WireModel):

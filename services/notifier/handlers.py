@@ -123,20 +123,22 @@ async def on_lead_received(uow: UnitOfWork, received: Received[LeadReceived], de
 
 async def on_lead_assigned(uow: UnitOfWork, received: Received[LeadAssigned], deps: NotifierDeps) -> None:
     assigned = received.data
-    await _keep_facts(uow, received, deps, owner_id=assigned.owner_id,
+    await _keep_facts(uow, received, deps, owner_id=assigned.owner_id, routed=True,
                       **({"tier": assigned.tier} if assigned.tier else {}))
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned], deps: NotifierDeps) -> None:
-    await _keep_facts(uow, received, deps, owner_id=received.data.to_owner_id)
+    await _keep_facts(uow, received, deps, owner_id=received.data.to_owner_id, routed=True)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
 async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: NotifierDeps) -> None:
     if received.data.from_owner_id is not None:
         # Taken from its owner into the queue: nobody's now, so its escalations do not go to them.
-        await _keep_facts(uow, received, deps, owner_id=None)
+        await _keep_facts(uow, received, deps, owner_id=None, routed=True)
+    else:
+        await _keep_facts(uow, received, deps, routed=True)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
@@ -439,7 +441,10 @@ async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation,
 
 async def lead_facts(store: NotifierStore, config: Config, lead_id: str, fallback_owner: str | None) -> LeadFacts:
     known = await store.lead(lead_id)
-    owner_id = (known.owner_id if known else None) or fallback_owner
+    # The trigger's owner only while the lead's routing has not been seen (leads.routing is read
+    # apart): once it has, no owner means nobody's (queued), and a step goes to lead ops, not to
+    # the manager of an owner the lead was taken from.
+    owner_id = known.owner_id if known and known.routed else (known.owner_id if known else None) or fallback_owner
     owner = config.owner(owner_id) if owner_id else None
     return LeadFacts(lead_id=lead_id, name=known.name if known else None, company=known.company if known else None,
                      tier=known.tier if known else None, owner_id=owner_id, owner_name=owner.name if owner else None)

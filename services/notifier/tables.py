@@ -1,5 +1,6 @@
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -9,6 +10,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -29,6 +31,9 @@ leads = Table(
     Column("source", String),
     Column("owner_id", String),
     Column("received_at", DateTime(timezone=True)),
+    # Its routing seen (assigned, reassigned, queued): `owner_id` is then the router's word, and
+    # NULL means nobody's (queued), not "not heard of yet" (migration 0021).
+    Column("routed", Boolean, nullable=False, server_default=false()),
     schema=SCHEMA,
 )
 

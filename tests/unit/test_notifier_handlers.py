@@ -59,8 +59,8 @@ def world() -> tuple[InMemoryStore, InMemoryUnitOfWork]:
     return store, InMemoryUnitOfWork(store)
 
 
-async def consume(uow: InMemoryUnitOfWork, event, now: datetime = NOW) -> None:
-    await handle_event(HANDLERS, uow, event, NotifierDeps(CONFIG, now, store=lambda _: uow.store))
+async def consume(uow: InMemoryUnitOfWork, event, now: datetime = NOW, config=CONFIG) -> None:
+    await handle_event(HANDLERS, uow, event, NotifierDeps(config, now, store=lambda _: uow.store))
 
 
 def breached(lead_id: str, now: datetime = NOW):
@@ -158,7 +158,7 @@ async def test_lead_facts_are_noted_and_messages_carry_them() -> None:
     await consume(uow, received(lead_id))
     await consume(uow, assigned(lead_id))
     assert [n.fields for n in recorded(uow, LeadNoted)] == [
-        ["company", "name", "received_at", "source", "tier"], ["owner_id", "tier"]]
+        ["company", "name", "received_at", "source", "tier"], ["owner_id", "routed", "tier"]]
     await consume(uow, breached(lead_id))
     await fire_due_steps(uow, CONFIG, NOW, store=store)
     lead = next(d.payload["lead"] for f in recorded(uow, StepFired) for d in f.deliveries if d.channel == "hook")
@@ -318,6 +318,31 @@ async def test_a_lead_taken_from_its_owner_into_the_queue_escalates_to_lead_ops_
     await fire_due_steps(uow, CONFIG, NOW, store=store)
     hook = next(f for f in recorded(uow, StepFired) if f.deliveries and f.deliveries[0].channel == "hook")
     assert [d.recipient for d in hook.deliveries] == ["ops"]
+
+
+async def test_a_step_that_fires_after_the_lead_was_taken_into_the_queue_goes_to_lead_ops() -> None:
+    """alice missed the deadline (the breach names her); before the manager step fired, the lead
+    was taken from her into the queue. The notifier holds no owner for it then, and fell back to
+    the breach's owner: the step went to alice's manager about a lead nobody has."""
+    config = parse_config("""
+owners: [{id: alice, manager_id: maria}, {id: maria}, {id: ops}]
+lead_ops: [ops]
+channels: {hook: {url: "http://127.0.0.1:9/hook", secret: "0123456789abcdef"}}
+escalation_policies:
+  - id: breach
+    triggers: [sla.breached]
+    steps: [{step: 1, notify: [owner], channels: [hook]}, {step: 2, after: 15m, notify: [manager], channels: [hook]}]
+""")
+    store, uow = world()
+    lead_id = str(uuid.uuid4())
+    for event in (received(lead_id), assigned(lead_id), breached(lead_id)):
+        await consume(uow, event, config=config)
+    await fire_due_steps(uow, config, NOW, store=store)
+    await consume(uow, new_event("lead.queued", service="router", lead_id=lead_id, time=NOW, data=LeadQueued(
+        lead_id=lead_id, tier="A", queue="tier-A", reason="owner_unavailable", assignment_no=2,
+        from_owner_id="alice")), config=config)
+    await fire_due_steps(uow, config, NOW + timedelta(minutes=15), store=store)
+    assert [[d.recipient for d in f.deliveries] for f in recorded(uow, StepFired)] == [["alice"], ["ops"]]
 
 
 async def test_a_link_template_links_messages_to_the_lead_in_the_crm() -> None:
