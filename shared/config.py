@@ -104,13 +104,21 @@ def is_country_code(value: str | None) -> bool:
     return value is not None and len(value) == 2 and value.isalpha() and value.isupper()
 
 
+def is_http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host, no blanks and a port in range: anything else fails at
+    every send, after it was accepted (a webhook, a CRM subscription), and a link leads nowhere."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value.strip()):
+        return False
+    try:
+        return parts.port is None or 0 < parts.port
+    except ValueError:  # not a number, or beyond 65535
+        return False
+
+
 def _http_url(value: str | None) -> str | None:
-    """An absolute http(s) URL: without its scheme and host a webhook fails at every send, after the
-    configuration was accepted, and a message's link leads nowhere."""
-    if value is not None:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"{value!r} is not an http(s) URL like 'https://hooks.example.com/leadsla'")
+    if value is not None and not is_http_url(value):
+        raise ValueError(f"{value!r} is not an http(s) URL like 'https://hooks.example.com/leadsla'")
     return value
 
 

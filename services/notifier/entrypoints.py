@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.aio import run_loop
+from shared.config import is_http_url
 from shared.consumer import Subscription, bind
 from shared.events import (
     TOPIC_INTAKE,
@@ -60,8 +61,9 @@ class SubscriptionIn(BaseModel):
 
 def _check(body: SubscriptionIn) -> None:
     errors = []
-    if not body.url.startswith(("https://", "http://")):
-        errors.append({"field": "url", "message": "must be an http:// or https:// URL"})
+    if not is_http_url(body.url):
+        errors.append({"field": "url", "message": "must be an http:// or https:// URL with a host, "
+                                                  "like https://crm.example.com/leadsla"})
     for i, pattern in enumerate(body.event_types):
         why = invalid_event_type(pattern)
         if why:

@@ -149,6 +149,14 @@ async def test_a_bad_subscription_is_refused_naming_the_field(api) -> None:
     assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == ["event_types.0"]
 
 
+@pytest.mark.parametrize("url", ["http://", "http:// spaces.example.com/x", "https://crm.example.com:99999/x",
+                                 "https://crm.example.com:port/x", "https://:443/x"])
+async def test_a_subscription_url_no_send_could_reach_is_refused(api, url) -> None:
+    # Each was accepted, and every event it asked for failed at every send.
+    response = await api.post("/v1/subscriptions", json={"url": url, "event_types": ["lead.assigned"]})
+    assert response.status_code == 422 and [e["field"] for e in response.json()["errors"]] == ["url"]
+
+
 @pytest.mark.parametrize("body", [b'{"url": "https://crm.example.com/hook", ', b"url=https://crm.example.com"])
 async def test_a_body_that_is_not_json_is_a_problem_on_the_body_not_on_a_field_named_by_its_offset(api, body) -> None:
     response = await api.post("/v1/subscriptions", content=body, headers={"Content-Type": "application/json"})
