@@ -450,7 +450,7 @@ DIGEST_LINES = 25
 def render_digest(items: list[dict], total: int, recipient: Recipient, window_end: datetime,
                   link_base: str | None) -> Message:
     """One message standing for `total` escalations (the first `items` listed)."""
-    subject = f"{total} lead escalations for you (digest until {_fmt(window_end)})"
+    subject = f"{total} lead escalation{'' if total == 1 else 's'} for you (digest until {_fmt(window_end)})"
     lines = [f"- {i['subject']}" + (f" {i['link']}" if i.get("link") else "") for i in items[:DIGEST_LINES]]
     more = total - min(len(items), DIGEST_LINES)
     if more > 0:

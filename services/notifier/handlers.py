@@ -427,6 +427,10 @@ async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation,
     start, end = digest_window(now, digest.window)
     if not goes_to_digest(await store.recent_singles(person.id, channel, start), digest.after):
         return None
+    if send_at > end:
+        # Held by the person's quiet hours: it joins the digest of the window it may go in, not
+        # this one's, which would carry it out at this window's end, hours too early.
+        start, end = digest_window(send_at, digest.window)
     digest_id = digest_key(person.id, channel, start)
     delivery = NewDelivery(
         notification_id=digest_id, channel=channel, recipient=person.id, kind="digest",
@@ -434,8 +438,10 @@ async def _into_digest(store: NotifierStore, config: Config, esc: DueEscalation,
         payload={"notification_id": digest_id, "kind": "digest", "window_end": utc_iso(end),
                  "recipient": {"id": person.id, "role": person.role, "name": person.name, "email": person.email},
                  "trigger": {"correlation_id": esc.trigger.get("correlation_id")}})
+    # The escalation: a chain that stops takes its lines out of a digest not yet sent.
     item = DigestEntry(notification_id=digest_id, item={"subject": message.subject, "link": message.link,
-                                                        "step": esc.step, "idempotency_key": key})
+                                                        "step": esc.step, "idempotency_key": key,
+                                                        "escalation_id": esc.escalation_id})
     return delivery, item
 
 

@@ -105,6 +105,18 @@ async def chain_stopped(conn: AsyncConnection, e: ChainStopped) -> None:
         d.c.escalation_id.in_(select(escalations.c.escalation_id).where(*chain)),
         d.c.state == "pending", d.c.kind == "single", d.c.attempts == 0, d.c.next_attempt_at > e.stopped_at,
     ).values(state="cancelled"))
+    # Its lines in digests not yet sent go too (a message that no longer stands, sent minutes
+    # later with a countdown long past), and a digest left with no line is not sent at all.
+    unsent = select(d.c.notification_id).where(d.c.kind == "digest", d.c.state == "pending", d.c.attempts == 0)
+    emptied = (await conn.execute(delete(digest_items).where(
+        digest_items.c.lead_id == e.lead_id, digest_items.c.notification_id.in_(unsent),
+        digest_items.c.item["escalation_id"].astext.in_(select(escalations.c.escalation_id).where(*chain)),
+    ).returning(digest_items.c.notification_id))).scalars().all()
+    if emptied:
+        await conn.execute(update(d).where(
+            d.c.notification_id.in_(set(emptied)), d.c.kind == "digest", d.c.state == "pending", d.c.attempts == 0,
+            ~select(digest_items.c.seq).where(digest_items.c.notification_id == d.c.notification_id).exists(),
+        ).values(state="cancelled"))
 
 
 async def step_fired(conn: AsyncConnection, e: StepFired) -> None:

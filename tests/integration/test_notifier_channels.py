@@ -215,3 +215,43 @@ async def test_quiet_hours_hold_a_message_until_the_recipient_works_but_let_urge
             clock.advance(timedelta(minutes=1))
             await d.run_once()
         assert [p["text"].split(", tier ")[1][0] for p in slack.payloads] == ["A", "C"]
+
+
+async def test_a_digest_keeps_quiet_hours_and_drops_the_lines_of_chains_that_stopped(make_ctx, monkeypatch):
+    """In a storm, a message quiet hours hold went into the digest of the window it fired in, out
+    at that window's end (22:05 in London, not 09:00); and a line whose SLA was met meanwhile
+    was still sent."""
+    clock = ManualClock(datetime(2026, 11, 17, 22, 0, tzinfo=UTC))  # Tuesday evening in London
+    manager = f"m-{uuid.uuid4().hex[:8]}"
+    with SlackLikeReceiver() as slack:
+        monkeypatch.setenv(SLACK_ENV, slack.url)
+        ctx = make_ctx("notifier", people_config(manager, "digest: {window: 5m, after: 2}, "
+                                                          "quiet_hours: {urgent_tiers: [A]}"))
+        ctx.clock = clock
+        async with httpx.AsyncClient() as http:
+            d = Deliverer(ctx.uow, lambda: ctx.config.config,
+                          Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
+            await breach_leads(ctx, clock, ["A", "A"])
+            await d.run_once()
+            assert len(slack.payloads) == 2  # urgent: at once
+            _, _, answered = await breach_leads(ctx, clock, ["A", "B", "C"])  # a storm now: into digests
+            await d.run_once()
+            assert len(slack.payloads) == 2
+            async with ctx.uow() as uow:
+                await handle_event(HANDLERS, uow, new_event(
+                    "sla.met", service="sla_clock", lead_id=answered, time=clock.now(), data=SlaMet(
+                        lead_id=answered, sla_id=answered, metric="first_response", policy_id="p",
+                        policy_version=1, owner_id="alice", due_at=clock.now())),
+                    NotifierDeps(ctx.config.config, clock.now()))
+                await uow.commit()
+            clock.advance(timedelta(minutes=5))
+            await d.run_once()
+            assert len(slack.payloads) == 3  # the urgent line's digest, at the window's end
+            tonight = str(slack.payloads[-1])
+            assert "tier A" in tonight and "tier B" not in tonight and "tier C" not in tonight
+            clock.advance(timedelta(hours=11))  # 09:05 London: the end of the first window of the day
+            await d.run_once()
+        assert len(slack.payloads) == 4
+        digest = str(slack.payloads[-1])
+        assert slack.payloads[-1]["text"].startswith("1 lead escalation for you")
+        assert "tier B" in digest and "tier C" not in digest
