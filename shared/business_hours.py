@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from .config import BUSINESS_HORIZON_DAYS, CalendarConfig
+from .config import BUSINESS_HORIZON_DAYS, CalendarConfig, Config
 
 # A calendar with no open hours in the next few years would loop forever; stop and say so
 # (the configuration refuses a target longer than that).
@@ -121,3 +121,9 @@ class BusinessCalendar:
                 break
             total += min(b, end) - a
         return total.total_seconds()
+
+
+def business_calendar(config: Config, name: str, zone: str | None = None) -> BusinessCalendar:
+    """The configuration's calendar `name`, read in `zone` (an owner's, a lead's) when given."""
+    hours = config.calendar(name)
+    return BusinessCalendar(hours.model_copy(update={"timezone": zone}) if zone else hours)

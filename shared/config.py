@@ -524,6 +524,12 @@ def is_history(occurred_at: datetime, began: datetime) -> bool:
     return occurred_at < began - HISTORY_DRIFT
 
 
+def metric_calendar(policy: SlaPolicy, metric: str) -> str:
+    """The calendar a policy's metric is timed by: its own, else the policy's (the SLA clock times
+    it so; reporting measures business time on it)."""
+    return policy.metrics[metric].calendar or policy.calendar  # type: ignore[index]
+
+
 def keeps_owner(state: str, due_at: datetime | str | None, as_of: datetime | None) -> bool:
     """Whether a live timer stays with its owner through an owner change made at `as_of`: one
     already past its deadline then (not judged yet) stays with the owner who missed it. The SLA

@@ -134,11 +134,9 @@ async def on_lead_reassigned(uow: UnitOfWork, received: Received[LeadReassigned]
 
 
 async def on_lead_queued(uow: UnitOfWork, received: Received[LeadQueued], deps: NotifierDeps) -> None:
-    if received.data.from_owner_id is not None:
-        # Taken from its owner into the queue: nobody's now, so its escalations do not go to them.
-        await _keep_facts(uow, received, deps, owner_id=None, routed=True)
-    else:
-        await _keep_facts(uow, received, deps, routed=True)
+    # Taken from its owner into the queue: nobody's now, so its escalations do not go to them.
+    taken = {"owner_id": None} if received.data.from_owner_id is not None else {}
+    await _keep_facts(uow, received, deps, routed=True, **taken)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 
@@ -450,7 +448,9 @@ async def lead_facts(store: NotifierStore, config: Config, lead_id: str, fallbac
     # The trigger's owner only while the lead's routing has not been seen (leads.routing is read
     # apart): once it has, no owner means nobody's (queued), and a step goes to lead ops, not to
     # the manager of an owner the lead was taken from.
-    owner_id = known.owner_id if known and known.routed else (known.owner_id if known else None) or fallback_owner
+    owner_id = known.owner_id if known else None
+    if owner_id is None and not (known and known.routed):
+        owner_id = fallback_owner
     owner = config.owner(owner_id) if owner_id else None
     return LeadFacts(lead_id=lead_id, name=known.name if known else None, company=known.company if known else None,
                      tier=known.tier if known else None, owner_id=owner_id, owner_name=owner.name if owner else None)

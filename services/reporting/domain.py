@@ -405,13 +405,13 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     return t
 
 
-def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[str, dict[str, Any]],
+def fold_events(events: Iterable[Event], rules: PolicyRules, leads: dict[str, dict[str, Any]],
                 timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
     """The events in order, each on its lead (`event.subject`): `leads` (lead id -> facts) and
     `timers` (lead id -> sla id -> row) are updated in place; a lead is copied at its first event
     here and its later ones fold into that copy (a copy per event was a tenth of a rebuild's
     fold). An `sla.*` event changes its own timer; a touch every first_response timer of the
-    lead (a late touch still answers a timer that already breached). `calendar_of(timer)`
+    lead (a late touch still answers a timer that already breached). `rules(timer)`
     gives the business calendar the timer was timed by. The live projection (a fetched batch) and the rebuild
     (the whole timeline) both fold through here, so they cannot disagree. Returns the ids of the
     leads and of the timers that changed."""
@@ -431,7 +431,7 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
             changed_leads.add(lead_id)
         lead, own = found
         kind = PAYLOADS.get(event.type)
-        _fold(lead, event, kind, calendar_of.answers)
+        _fold(lead, event, kind, rules.answers)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
             current = own.get(d["sla_id"])
@@ -443,9 +443,9 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                 changed_timers.add(done["sla_id"])
                 current = None
             timer = _in_owner_team(_held_by_current_owner(_fold_timer(current, event, kind), lead, event),
-                                   current, lead, calendar_of)
+                                   current, lead, rules)
             own[timer["sla_id"]] = _respond(timer, _at(lead.get("first_response_at")),
-                                            calendar_of(timer))
+                                            rules(timer))
             changed_timers.add(timer["sla_id"])
         elif kind in (LeadAssigned, LeadReassigned, LeadQueued) and (
                 lead.get("owner_id") or (kind is LeadQueued and d.get("from_owner_id"))):
@@ -461,14 +461,14 @@ def fold_events(events: Iterable[Event], calendar_of: PolicyRules, leads: dict[s
                     own[sla_id] = {**timer, "owner_id": lead.get("owner_id"), "team_id": lead.get("team_id")
                                    if lead.get("owner_id") else None}
                     changed_timers.add(sla_id)
-                elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"), calendar_of)) is not None:
+                elif timer.get("team_id") is None and (team := _team_of(lead, timer.get("owner_id"), rules)) is not None:
                     own[sla_id] = {**timer, "team_id": team}
                     changed_timers.add(sla_id)
         elif kind is ActivityRecorded and is_touch(d):
             first_touch = _at(lead.get("first_response_at"))
             for sla_id, timer in own.items():
                 if timer["metric"] == "first_response":
-                    own[sla_id] = with_response(timer, first_touch, calendar_of(timer))
+                    own[sla_id] = with_response(timer, first_touch, rules(timer))
                     changed_timers.add(sla_id)
     return changed_leads, changed_timers
 

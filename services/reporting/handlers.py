@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from shared.business_hours import BusinessCalendar
-from shared.config import Config, SlaPolicy
+from shared.business_hours import BusinessCalendar, business_calendar
+from shared.config import Config, SlaPolicy, metric_calendar
 from shared.events import CloudEvent
 
 from .domain import fold_events, is_touch
@@ -66,7 +66,6 @@ class PolicyRules:
         return policy.counts_as_touch("first_response", activity.get("type"), activity.get("outcome"),
                                       activity.get("actor"), lead.get("owner_id"))
 
-
     def team_of(self, owner_id: str) -> str | None:
         """The first team the configuration lists the owner in (the router's home team of an
         owner no rule picked)."""
@@ -91,7 +90,5 @@ def _timer_calendar(config: Config | None, policy_id: str | None, metric: str | 
         policy = config.sla_policy_by_id(policy_id)
         if policy is None:
             return None
-        target = policy.metrics.get(metric) if metric else None
-        calendar = (target.calendar if target else None) or policy.calendar
-    hours = config.calendar(calendar)
-    return BusinessCalendar(hours.model_copy(update={"timezone": timezone}) if timezone else hours)
+        calendar = metric_calendar(policy, metric) if metric in policy.metrics else policy.calendar
+    return business_calendar(config, calendar, timezone)

@@ -213,10 +213,6 @@ def touch(timer: Timer, at: datetime) -> Step:
     return Step(replace(timer, state="breached"), (Breached(timer.due_at),))
 
 
-def metric_calendar(policy: SlaPolicy, metric: str) -> str:
-    return policy.metrics[metric].calendar or policy.calendar  # type: ignore[index]
-
-
 def metric_start_on(policy: SlaPolicy, metric: str) -> str:
     return policy.metrics[metric].start_on or policy.start_on  # type: ignore[index]
 

@@ -20,9 +20,9 @@ import orjson
 from pydantic import PrivateAttr
 
 from shared import metrics, tracing
-from shared.business_hours import BusinessCalendar
+from shared.business_hours import BusinessCalendar, business_calendar
 from shared.clock import is_time_zone
-from shared.config import Config, SlaPolicy, is_history
+from shared.config import Config, SlaPolicy, is_history, metric_calendar
 from shared.events import (
     SLA_PAYLOADS,
     ActivityRecorded,
@@ -62,7 +62,6 @@ from .domain import (
     follow_up,
     judge,
     judging_horizon,
-    metric_calendar,
     metric_on_reassign,
     metric_start_on,
     metric_zone,
@@ -192,7 +191,7 @@ async def on_lead_reassigned(store: ClockStore, received: Received[LeadReassigne
         zone = _zone(config, policy, row.metric, lead, moved.to_owner_id)
         timer = _timer(row)
         step = restart(replace(timer, owner_id=moved.to_owner_id), policy, event.time,
-                       _calendar(config, row.calendar, zone))
+                       business_calendar(config, row.calendar, zone))
         await _apply(store, config, lead, row, step, event, now, rules, timezone=zone)
 
 
@@ -215,7 +214,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
         for row in rows:
             timer = _timer(row)
             step = (pause(timer, at) if activity.type == "pause"
-                    else resume(timer, at, _calendar(config, row.calendar, row.timezone)))
+                    else resume(timer, at, business_calendar(config, row.calendar, row.timezone)))
             await _apply(store, config, lead, row, step, event, now, rules)
         return
     leaving = "opted_out" if activity.type == "opt_out" else DISQUALIFIED if activity.disqualifies else None
@@ -254,7 +253,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
             step = touch(timer, at)
         elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
             step = follow_up(timer, policy, at, lead.first_touch_at or at,
-                             _calendar(config, row.calendar, row.timezone), ends_cadence=ends_cadence)
+                             business_calendar(config, row.calendar, row.timezone), ends_cadence=ends_cadence)
         else:
             continue
         await _apply(store, config, lead, row, step, event, now, rules)
@@ -439,7 +438,7 @@ async def _start_one(
     # The first timer of a metric keeps its historic id; a successor after a tier change is numbered.
     sla_id = deterministic_id("sla", lead.lead_id, metric, *([str(len(earlier))] if earlier else []))
     name, zone = metric_calendar(policy, metric), _zone(config, policy, metric, lead, owner_id)
-    calendar = _calendar(config, name, zone)
+    calendar = business_calendar(config, name, zone)
     if paused_since is not None and paused_until is not None:
         paused_seconds += calendar.elapsed(paused_since, max(paused_until, paused_since))
     timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start, calendar, step,
@@ -649,11 +648,6 @@ def _timer(row: Row) -> Timer:
         warned=tuple(int(p) for p in row.warned), state=row.state, target_seconds=row.target_seconds,
         paused_at=row.paused_at, paused_seconds=row.paused_seconds, step=row.step,
     )
-
-
-def _calendar(config: Config, name: str, zone: str | None = None) -> BusinessCalendar:
-    calendar = config.calendar(name)
-    return BusinessCalendar(calendar.model_copy(update={"timezone": zone}) if zone else calendar)
 
 
 def _zone(config: Config, policy: SlaPolicy, metric: str, lead: Row, owner_id: str | None) -> str | None:

@@ -157,12 +157,8 @@ def test_a_timer_across_the_spring_forward_weekend_counts_business_hours_not_wal
 
 
 def test_a_metrics_own_settings_win_over_its_policys_and_its_zone_is_the_chosen_partys() -> None:
-    from services.sla_clock.domain import (
-        metric_calendar,
-        metric_on_reassign,
-        metric_start_on,
-        metric_zone,
-    )
+    from services.sla_clock.domain import metric_on_reassign, metric_start_on, metric_zone
+    from shared.config import metric_calendar
 
     config = parse_config("""
 calendars: {office: {timezone: Europe/London, hours: {mon: ["09:00-17:00"]}}}
