@@ -26,7 +26,14 @@ from sqlalchemy.sql.elements import TextClause
 
 from shared.config import Config, Owner, Tiers, per_config
 from shared.db import xact_lock
-from shared.events import CloudEvent, LeadAssigned, LeadDequeued, LeadQueued, LeadReassigned
+from shared.events import (
+    PAYLOADS,
+    CloudEvent,
+    LeadAssigned,
+    LeadDequeued,
+    LeadQueued,
+    LeadReassigned,
+)
 from shared.eventstore import EVENTS, ConcurrencyConflict
 from shared.uow import UnitOfWork
 
@@ -161,6 +168,9 @@ class RouterStore(Protocol):
         """The owner's runtime changes and their stream version (0: none yet)."""
 
     async def queue_depths(self) -> dict[str, int]: ...
+
+    async def reassign_reasons(self, lead_id: str) -> set[str]:
+        """The reasons of the lead's reassignments so far (`lead.reassigned` data.reason)."""
 
 
 def tier_rank_sql(column: Any, tiers: Tiers) -> Any:
@@ -491,6 +501,12 @@ class PostgresRouterStore:
     async def queue_depths(self) -> dict[str, int]:
         return await queue_depths(self.conn)
 
+    async def reassign_reasons(self, lead_id: str) -> set[str]:
+        events = EVENTS[SCHEMA]
+        payloads = await self.conn.scalars(
+            select(events.c.payload).where(events.c.stream_id == lead_id, events.c.event_type == "lead.reassigned"))
+        return {CloudEvent.from_bytes(p).data["reason"] for p in payloads}
+
 
 # ---- in memory --------------------------------------------------------------------------------
 
@@ -719,6 +735,10 @@ class InMemoryRouterStore:
         for waiting in self.data.queue.values():
             depths[waiting.tier] = depths.get(waiting.tier, 0) + 1
         return depths
+
+    async def reassign_reasons(self, lead_id: str) -> set[str]:
+        return {e.data["reason"] for _, stream, e in self.data.events
+                if stream == lead_id and PAYLOADS.get(e.type) is LeadReassigned}
 
 
 # The projection, in memory: the same events change the same state as projection.py's statements.

@@ -496,15 +496,21 @@ async def _assign_queued(store: RouterStore, config: Config, now: datetime, lead
 
 async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps: RouterDeps) -> None:
     """An escalation step configured with `reassign: true` fired: route the lead again, away
-    from the owner who let it breach."""
+    from the owner who let it breach. Once per lead and step: with `on_reassign: reset` the new
+    owner's timer starts again and its chain reaches the step again; rerouting once more would
+    pass the lead round the team for ever, never breaching. The step then only notifies."""
     data, config, clock = received.data, deps.config, deps.clock
     policy = next((p for p in config.escalation_policies if p.id == data.policy_id), None)
     step = next((s for s in policy.steps if s.step == data.step), None) if policy else None
     if step is None or not step.reassign:
         return
+    store, reason = deps.store(uow), f"escalation:{data.policy_id}:{data.step}"
+    if reason in await store.reassign_reasons(data.lead_id):
+        log.info("router.escalation_reassign_done_before", lead_id=data.lead_id, policy_id=data.policy_id,
+                 step=data.step)
+        return
     try:
-        await reassign(deps.store(uow), config, clock.now(), data.lead_id, None,
-                       f"escalation:{data.policy_id}:{data.step}", cause=received.envelope)
+        await reassign(store, config, clock.now(), data.lead_id, None, reason, cause=received.envelope)
     except (UnknownLead, NobodyEligible):
         log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)

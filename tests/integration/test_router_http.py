@@ -448,6 +448,8 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_to_someone_else(
     assert reassigned.data["from_owner_id"] == first and reassigned.data["to_owner_id"] != first
     assert reassigned.data["reason"] == f"escalation:breach-{router.s}:2"
     assert reassigned.data["assignment_no"] == 2
+    await escalation(2)  # the new owner's timer, restarted, reached the step too: it only notifies
+    assert await router.types(lead) == ["lead.assigned", "lead.reassigned"]
 
 
 async def test_owner_changes_out_of_range_or_in_the_wrong_shape_are_422_naming_the_field(router) -> None:

@@ -214,6 +214,27 @@ async def test_an_escalation_step_with_reassign_routes_the_lead_away_from_its_ow
     assert router.data.assignments[lead_id].assignment_no == 2
 
 
+async def test_an_escalation_step_reroutes_a_lead_once_however_often_it_fires(router) -> None:
+    """`on_reassign: reset` restarts the new owner's timer, and its chain reaches the step again:
+    rerouting each time would pass the lead between owners for ever, so it never breached."""
+    lead_id = await router.receive()  # ann
+
+    async def escalate(step: int) -> None:
+        event = new_event("escalation.triggered", service="notifier", lead_id=lead_id, time=router.clock.now(),
+                          data=EscalationTriggered(lead_id=lead_id, escalation_id=str(uuid.uuid4()),
+                                                   policy_id="breach", step=step, trigger_event_id="t",
+                                                   trigger_type="sla.warning", recipients=["x"]))
+        await on_escalation(None, Received.of(event), router.deps)
+        await router.commit()
+
+    await escalate(2)
+    assert router.owner_of(lead_id) == "ben"
+    router.clock.advance(timedelta(minutes=30))
+    await escalate(2)  # ben's restarted timer warned in turn
+    assert router.owner_of(lead_id) == "ben"
+    assert [e.type for e in router.data.recorded if e.subject == lead_id].count("lead.reassigned") == 1
+
+
 async def test_a_decision_on_a_lead_that_moved_meanwhile_conflicts(router) -> None:
     lead_id = await router.receive()
     stale = InMemoryRouterStore(router.data)
