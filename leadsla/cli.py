@@ -12,6 +12,7 @@ import shutil
 import signal
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -408,7 +409,7 @@ async def _release(settings: Settings, services: tuple[str, ...]) -> int:
         await engine.dispose()
 
 
-async def _replay_reporting(database_url: str, verify: bool) -> tuple[int, float, dict[str, int]]:
+async def _replay_reporting(database_url: str, verify: bool, touch_skew: timedelta) -> tuple[int, float, dict[str, int]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from services.reporting.replay import count_events, rebuild
@@ -424,7 +425,7 @@ async def _replay_reporting(database_url: str, verify: bool) -> tuple[int, float
                       console=console) as bar:
             task = bar.add_task("verifying reporting" if verify else "rebuilding reporting", total=total)
             result = await rebuild(engine, versioned.config if versioned else None, verify=verify,
-                                   progress=lambda n: bar.advance(task, n))
+                                   progress=lambda n: bar.advance(task, n), touch_skew=touch_skew)
         return result.events, result.seconds, result.differences
     finally:
         await engine.dispose()
@@ -480,7 +481,8 @@ def replay(
     settings = Settings()
     if service == "reporting":
         try:
-            events, seconds, differences = _run(_replay_reporting(settings.database_url, verify), settings)
+            events, seconds, differences = _run(_replay_reporting(settings.database_url, verify,
+                                                                      timedelta(seconds=settings.sla_touch_skew_seconds)), settings)
         except ConfigError as exc:
             _fail(f"cannot replay reporting: {exc}")
         examples: dict[str, list[str]] = {}

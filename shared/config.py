@@ -524,6 +524,18 @@ def is_history(occurred_at: datetime, began: datetime) -> bool:
     return occurred_at < began - HISTORY_DRIFT
 
 
+# How far a sender's occurred_at may precede intake's acceptance and still date a touch (the
+# default of LEADSLA_SLA_TOUCH_SKEW_SECONDS).
+TOUCH_SKEW = timedelta(minutes=5)
+
+
+def touch_time(occurred_at: datetime, accepted_at: datetime, now: datetime, skew: timedelta) -> datetime:
+    """When a touch counts as made: the sender's occurred_at, kept within `skew` before intake
+    accepted it, and never after the acceptance (nor after `now`, if the clocks disagree). The SLA
+    clock judges by it, and reporting measures time to first response by it."""
+    return max(min(occurred_at, accepted_at, now), min(accepted_at, now) - skew)
+
+
 def metric_calendar(policy: SlaPolicy, metric: str) -> str:
     """The calendar a policy's metric is timed by: its own, else the policy's (the SLA clock times
     it so; reporting measures business time on it)."""

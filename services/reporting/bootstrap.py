@@ -2,6 +2,8 @@
 overdue-timer gauge."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from shared.consumer import Subscription, bind
 from shared.events import TOPIC_INTAKE, TOPIC_NOTIFICATIONS, TOPIC_ROUTING, TOPIC_SLA, CloudEvent
 from shared.runtime import ServiceContext, ServiceSpec
@@ -15,7 +17,7 @@ PROJECTED_TOPICS = (TOPIC_INTAKE, TOPIC_ROUTING, TOPIC_SLA, TOPIC_NOTIFICATIONS)
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     def deps() -> ReportingDeps:
-        return ReportingDeps(ctx.config.config)
+        return ReportingDeps(ctx.config.config, timedelta(seconds=ctx.settings.sla_touch_skew_seconds))
 
     async def unknown_type(uow: UnitOfWork, event: CloudEvent) -> None:
         await project(uow.conn, [event], ctx.config.config)  # kept in the timeline; the fold skips it

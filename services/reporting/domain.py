@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from shared.business_hours import BusinessCalendar
-from shared.config import ENGAGEMENT_OUTCOMES, TOUCH_TYPES, is_history, keeps_owner
+from shared.config import (
+    ENGAGEMENT_OUTCOMES,
+    TOUCH_SKEW,
+    TOUCH_TYPES,
+    is_history,
+    keeps_owner,
+    touch_time,
+)
 from shared.events import (
     PAYLOADS,
     ActivityRecorded,
@@ -92,6 +99,7 @@ class PolicyRules(Protocol):
     def __call__(self, timer: dict[str, Any]) -> BusinessCalendar | None: ...
     def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
     def team_of(self, owner_id: str) -> str | None: ...
+    touch_skew: timedelta  # how the SLA clock dates touches (`touch_time`)
 
 
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
@@ -121,11 +129,11 @@ def _own_copy(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fold(s: dict[str, Any], event: Event, kind: type[Payload] | None,
-          answers: Answers | None = None) -> None:
+          answers: Answers | None = None, touch_skew: timedelta = TOUCH_SKEW) -> None:
     """`fold` into an own copy (`_own_copy`), in place. `answers` judges first responses (any
-    touch without one)."""
+    touch without one); `touch_skew` dates them as the SLA clock does (`touch_time`)."""
     if kind is ActivityRecorded:
-        _activity(s, event.data, event, answers)
+        _activity(s, event.data, event, answers, touch_skew)
     else:
         projector = PROJECTORS.get(kind)  # type: ignore[arg-type]
         if projector is not None:
@@ -283,7 +291,8 @@ def _assign(s: dict[str, Any], d: dict[str, Any], event: Event, *, first: bool) 
         s.setdefault("team_id", d.get("team_id"))
 
 
-def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answers | None = None) -> None:
+def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answers | None = None,
+              touch_skew: timedelta = TOUCH_SKEW) -> None:
     at = d["occurred_at"]
     if d.get("disposition"):
         if s.get("dispositioned_at") is None or not _earlier(s["dispositioned_at"], at):
@@ -292,9 +301,11 @@ def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answe
         _advance(s, "dispositioned")
     elif is_touch(d) and not _before_lead(s, at) and (answers is None or answers(s, d)):
         # A first response as the SLA clock judges it: what the lead's policy counts (an unanswered
-        # call may be a cadence attempt only), not any touch.
-        if _earlier(s.get("first_response_at"), at):
-            s.update(first_response_at=at, first_touch_actor=d.get("actor"))
+        # call may be a cadence attempt only), not any touch; and made when the clock dates it, at
+        # most `touch_skew` before intake accepted it (a CRM syncing its calls an hour late).
+        counted = utc_iso(touch_time(_at(at), event.time, event.time, touch_skew))  # type: ignore[arg-type]
+        if _earlier(s.get("first_response_at"), counted):
+            s.update(first_response_at=counted, first_touch_actor=d.get("actor"))
         _advance(s, "responded")
     if d.get("type") == "meeting" and d.get("outcome") == "booked" and _earlier(s.get("meeting_booked_at"), at):
         s["meeting_booked_at"] = at
@@ -431,7 +442,7 @@ def fold_events(events: Iterable[Event], rules: PolicyRules, leads: dict[str, di
             changed_leads.add(lead_id)
         lead, own = found
         kind = PAYLOADS.get(event.type)
-        _fold(lead, event, kind, rules.answers)
+        _fold(lead, event, kind, rules.answers, rules.touch_skew)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
             current = own.get(d["sla_id"])

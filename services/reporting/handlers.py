@@ -4,10 +4,11 @@ leads' facts and their SLA timers. Short orchestration through a `ReadModelStore
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.business_hours import BusinessCalendar, business_calendar
-from shared.config import Config, SlaPolicy, metric_calendar
+from shared.config import TOUCH_SKEW, Config, SlaPolicy, metric_calendar
 from shared.events import CloudEvent
 
 from .domain import fold_events, is_touch
@@ -41,8 +42,9 @@ class PolicyRules:
     function, built once per calendar and zone), and whether an activity answers a lead's first
     response."""
 
-    def __init__(self, config: Config | None) -> None:
+    def __init__(self, config: Config | None, touch_skew: timedelta = TOUCH_SKEW) -> None:
         self._config = config
+        self.touch_skew = touch_skew
         self._calendars: dict[tuple[str | None, str | None, str | None, str | None], BusinessCalendar | None] = {}
         self._policies: dict[tuple[str, str], SlaPolicy | None] = {}
 
@@ -74,9 +76,9 @@ class PolicyRules:
         return next((team.id for team in self._config.teams if owner_id in team.members), None)
 
 
-def calendars(config: Config | None) -> PolicyRules:
+def calendars(config: Config | None, touch_skew: timedelta = TOUCH_SKEW) -> PolicyRules:
     """The policies' calendars and touch rules, each built once."""
-    return PolicyRules(config)
+    return PolicyRules(config, touch_skew)
 
 
 def _timer_calendar(config: Config | None, policy_id: str | None, metric: str | None, calendar: str | None,

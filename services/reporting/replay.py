@@ -17,7 +17,7 @@ import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
@@ -25,7 +25,7 @@ from orjson import loads
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from shared.config import Config
+from shared.config import TOUCH_SKEW, Config
 
 from .adapters import LEAD_COLUMNS, READ_MODELS_LOCK, TIMER_COLUMNS, lead_row, timer_row
 from .domain import fold_events
@@ -57,7 +57,7 @@ async def count_events(engine: AsyncEngine) -> int:
 
 
 async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = False,
-                  progress: Progress | None = None) -> ReplayResult:
+                  progress: Progress | None = None, touch_skew: timedelta = TOUCH_SKEW) -> ReplayResult:
     started = time.perf_counter()
     async with engine.connect() as conn, conn.begin() as tx:
         await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(READ_MODELS_LOCK))))
@@ -77,7 +77,7 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
             collecting = gc.isenabled()
             gc.disable()
             try:
-                events = await _rebuild_tables(conn, source, config, progress)
+                events = await _rebuild_tables(conn, source, calendars(config, touch_skew), progress)
             finally:
                 if collecting:
                     gc.enable()
@@ -89,7 +89,7 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
     return ReplayResult(events, time.perf_counter() - started, differences)
 
 
-async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, config: Config | None,
+async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, rules: PolicyRules,
                           progress: Progress | None) -> int:
     """Folds the timeline a page of leads at a time, each lead's events in arrival order (the
     order the live projection folded them in; leads do not depend on each other). A page's rows
@@ -100,7 +100,7 @@ async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, config
     events = 0
     storing: asyncio.Future[None] | None = None
     try:
-        async for leads, timers, folded in _folded_pages(source, calendars(config)):
+        async for leads, timers, folded in _folded_pages(source, rules):
             if storing is not None:
                 await storing
             storing = asyncio.ensure_future(_store(raw, leads, timers))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from shared.business_hours import BusinessCalendar
-from shared.config import Config, SlaPolicy, is_history
+from shared.config import TOUCH_SKEW, Config, SlaPolicy, is_history
 from shared.events import WireModel
 
 TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
@@ -504,16 +504,10 @@ class ClockRules:
     # the recovery after it (reconnect backoff, a backlog) still meets the SLA when it arrives.
     confirm_wait: timedelta = timedelta(seconds=300)
     # How far a sender's occurred_at may precede intake's acceptance and still date the touch.
-    touch_skew: timedelta = timedelta(minutes=5)
+    touch_skew: timedelta = TOUCH_SKEW
     # The latest outages of the clock's inputs (the watermark's hold): breaches due in them are
     # system_delay.
     input_outages: tuple[Outage, ...] = ()
-
-
-def touch_time(occurred_at: datetime, accepted_at: datetime, now: datetime, skew: timedelta) -> datetime:
-    """When a touch counts as made: the sender's occurred_at, kept within `skew` before intake
-    accepted it, and never after the acceptance (nor after `now`, if the clocks disagree)."""
-    return max(min(occurred_at, accepted_at, now), min(accepted_at, now) - skew)
 
 
 # --- The watermark: how far the clock has consumed its inputs ---------------------------------

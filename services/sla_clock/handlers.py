@@ -22,7 +22,7 @@ from pydantic import PrivateAttr
 from shared import metrics, tracing
 from shared.business_hours import BusinessCalendar, business_calendar
 from shared.clock import is_time_zone
-from shared.config import Config, SlaPolicy, is_history, metric_calendar
+from shared.config import Config, SlaPolicy, is_history, metric_calendar, touch_time
 from shared.events import (
     SLA_PAYLOADS,
     ActivityRecorded,
@@ -75,7 +75,6 @@ from .domain import (
     tick,
     touch,
     touch_counts,
-    touch_time,
 )
 
 if TYPE_CHECKING:

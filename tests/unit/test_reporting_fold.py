@@ -8,8 +8,12 @@ from shared.events import CloudEvent
 NOW = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 
 
-def event(type_: str, **data) -> CloudEvent:
-    return CloudEvent(id=type_, source="test", type=type_, subject="l1", time=NOW, data={"lead_id": "l1", **data})
+def event(type_: str, accepted_at: datetime | None = None, **data) -> CloudEvent:
+    """An event of the lead `l1`; an activity accepted by intake when it occurred, unless told."""
+    if accepted_at is None:
+        accepted_at = datetime.fromisoformat(data["occurred_at"]) if "occurred_at" in data else NOW
+    return CloudEvent(id=type_, source="test", type=type_, subject="l1", time=accepted_at,
+                      data={"lead_id": "l1", **data})
 
 
 RECEIVED = event("lead.received", source="web", tier="A", received_at="2026-11-17T09:00:00Z",
@@ -70,6 +74,17 @@ def test_earliest_touch_is_the_first_response() -> None:
     early = event("activity.recorded", type="email", occurred_at="2026-11-17T09:02:00Z")
     state = replay(RECEIVED, late, early)
     assert state["first_response_at"] == "2026-11-17T09:02:00Z" and state["status"] == "responded"
+
+
+def test_a_touch_synced_late_counts_from_five_minutes_before_intake_took_it_as_the_sla_clock_dates_it() -> None:
+    """A CRM syncing its calls an hour late: the SLA clock dates the call at most 5 minutes before
+    intake accepted it (it breached), and reporting's time to first response must say the same."""
+    synced = event("activity.recorded", type="call", occurred_at="2026-11-17T09:03:00Z",
+                   accepted_at=datetime(2026, 11, 17, 10, 3, tzinfo=UTC))
+    assert replay(RECEIVED, ASSIGNED, synced)["first_response_at"] == "2026-11-17T09:58:00Z"
+    prompt = event("activity.recorded", type="call", occurred_at="2026-11-17T09:03:00Z",
+                   accepted_at=datetime(2026, 11, 17, 9, 7, tzinfo=UTC))  # within the skew: as sent
+    assert replay(RECEIVED, ASSIGNED, prompt)["first_response_at"] == "2026-11-17T09:03:00Z"
 
 
 # ---- SLA timer rows and time to first response ------------------------------------------------

@@ -21,9 +21,9 @@ from services.sla_clock.domain import (
     judge,
     settled_watermark,
     touch,
-    touch_time,
     upstream_settled,
 )
+from shared.config import touch_time
 
 T0 = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
 TOLERANCE = timedelta(seconds=60)
