@@ -1,8 +1,29 @@
 """Text as Postgres can keep it, and names as people type them: pure, for every service's edge."""
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+
+def loads_json(data: str | bytes) -> Any:
+    """`json.loads`, but an integer too long for Python to read (over 4,300 digits: CPython's guard
+    against quadratic parsing) stays its digits, a string. Intake then keeps that field as sent
+    with a warning, as any value it cannot read, instead of the whole body failing (a 500, or a
+    lead dead-lettered as undecodable). Other errors are json.loads' own."""
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        return json.loads(data, parse_int=_int_or_digits)
+
+
+def _int_or_digits(digits: str) -> int | str:
+    try:
+        return int(digits)
+    except ValueError:
+        return digits
 
 
 def storable(value: Any) -> Any:

@@ -19,6 +19,7 @@ from shared.eventstore import retry_on_conflict
 from shared.http import DirectRoute, ProblemError, not_found, require_key
 from shared.ratelimit import KeyLimiter
 from shared.runtime import ServiceContext
+from shared.text import loads_json
 
 from . import openapi
 from .adapters import PostgresIntakeStore
@@ -69,7 +70,7 @@ def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
         except (UnicodeDecodeError, ValueError):
             raise Refused([{"field": "(body)", "message": "is not form data"}]) from None
     try:
-        return json.loads(raw.decode(charset) if charset else raw)
+        return loads_json(raw.decode(charset) if charset else raw)
     except LookupError:
         raise Refused([{"field": "(body)", "message": f"is in an unknown charset {charset!r}"}]) from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -101,7 +102,7 @@ def _form_fields(text: str) -> dict[str, Any]:
     wrapped = body.get("data.json")
     if len(body) <= 2 and isinstance(wrapped, str):  # beside it at most data.xml
         try:
-            inner = json.loads(wrapped)
+            inner = loads_json(wrapped)
         except (json.JSONDecodeError, RecursionError):
             inner = None
         if isinstance(inner, dict):

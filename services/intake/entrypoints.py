@@ -29,6 +29,7 @@ from shared.events import (
 from shared.http import MAX_BODY_BYTES
 from shared.runtime import ServiceContext
 from shared.supervisor import Loop
+from shared.text import loads_json
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore, forget_beats, record_beat
@@ -71,7 +72,7 @@ def decode_raw(record: ConsumerRecord) -> CloudEvent:
         # would not fit the broker. The dead letter keeps it whole in Postgres.
         raise BadEvent(f"too large: {size} bytes, the limit is {MAX_RAW_RECORD_BYTES} (as for HTTP bodies)")
     try:
-        body = json.loads(record.value or b"")
+        body = loads_json(record.value or b"")
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BadEvent(f"not JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -116,7 +117,7 @@ def _data_from_base64(encoded: object) -> object:
     """A structured CloudEvent's `data_base64`: the data's bytes, which on a raw topic must be the
     JSON body of the matching HTTP endpoint."""
     try:
-        return json.loads(base64.b64decode(str(encoded), validate=True))
+        return loads_json(base64.b64decode(str(encoded), validate=True))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadEvent("data_base64 is not base64-encoded JSON") from None
 

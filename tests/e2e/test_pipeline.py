@@ -288,11 +288,12 @@ async def test_sla_clock_killed_mid_timer_still_breaches_exactly_once(system: Sy
 
 async def test_a_1mb_record_and_a_poison_record_stop_nothing(system: System, producer, engine) -> None:
     """Once, a 1 MB record's dead letter (base64, over the broker's limit) blocked intake's relay
-    for good, and a 5,000-digit number crash-looped intake. Now both are dead letters and the
-    leads behind them, from Kafka and from HTTP, reach reporting."""
+    for good, and a 5,000-digit number crash-looped intake (it is a lead now, the number kept as
+    sent). The 1 MB record and JSON nested 100,000 deep are dead letters, and the leads behind
+    them, from Kafka and from HTTP, reach reporting."""
     big = b'{"contact": {"email": "big@example.com"}, "intent": {"type": "trial"}, "x": "' + \
         b"y" * 1_000_000 + b'"}'
-    poison = b'{"contact": {"email": "p@example.com"}, "intent": {"type": "trial"}, "score": ' + b"9" * 5000 + b"}"
+    poison = b"[" * 100_000 + b"]" * 100_000
     external_id = f"after-{uuid.uuid4().hex[:8]}"
     follower = json.dumps({"source": "chat", "external_id": external_id,
                            "contact": {"email": f"{external_id}@example.com"}, "intent": {"type": "trial"}}).encode()

@@ -131,6 +131,25 @@ async def test_values_that_cannot_be_normalized_are_kept_and_named_not_refused(a
     assert "contact.phone" in data["missing_fields"]
 
 
+async def test_an_integer_too_long_for_python_is_kept_as_sent_not_a_lost_lead(api, engine) -> None:
+    """Past 4,300 digits Python refuses to read an integer: the whole body failed, a 500 (and one
+    such item failed a whole batch)."""
+    digits = "9" * 5000
+
+    def raw(lead: dict) -> str:  # the score as a bare JSON number of 5,000 digits
+        return json.dumps({**lead, "score": "DIGITS"}).replace('"DIGITS"', digits)
+
+    response = await api.post("/v1/leads", content=raw(lead_body()), headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    assert [w["field"] for w in response.json()["warnings"]] == ["score"]
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
+    assert event.data["attributes"]["score"] == digits
+    batch = f'{{"leads": [{raw(lead_body())}, {json.dumps(lead_body())}]}}'
+    response = await api.post("/v1/leads:batch", content=batch, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]
+
+
 async def test_a_colleague_on_the_same_switchboard_is_a_lead_of_their_own(api, engine) -> None:
     switchboard = "+44 20 7946 0000"
     ada = await api.post("/v1/leads", json={

@@ -310,6 +310,18 @@ async def test_a_fetched_batch_is_taken_together_and_a_refused_record_is_dead_le
     assert _rejected() == before + 1
 
 
+async def test_a_record_with_an_integer_too_long_for_python_is_a_lead_not_a_dead_letter(
+        intake, engine, producer) -> None:
+    submissions, _ = intake
+    ref = uuid.uuid4().hex[:8]
+    record = json.dumps({"external_id": f"big-{ref}", "contact": {"email": f"{ref}@example.com"},
+                         "score": "DIGITS"}).replace('"DIGITS"', "9" * 5000)
+    await (await producer.send(submissions, record.encode()))
+    lead_id = await eventually(lambda: lead_with_external_id(engine, f"big-{ref}"), what="the lead", timeout=120)
+    [event] = await stored_events(engine, "intake", lead_id)
+    assert event.data["attributes"]["score"] == "9" * 5000
+
+
 async def test_a_batch_body_on_the_submissions_topic_is_dead_lettered_saying_so(intake, engine, producer) -> None:
     """`{"leads": [...]}` is the body of POST /v1/leads:batch, not of POST /v1/leads: its dead
     letter says so, where it said the lead had no email or phone (an operator went looking for
