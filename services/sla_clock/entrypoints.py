@@ -16,10 +16,11 @@ from sqlalchemy import select
 
 from shared import metrics
 from shared.aio import run_loop
+from shared.auth import Principal
 from shared.config import Config
 from shared.consumer import Subscription, bind
 from shared.events import TOPIC_INTAKE, TOPIC_ROUTING, Received
-from shared.http import not_found, require_key
+from shared.http import ProblemError, not_found, require_key
 from shared.runtime import ServiceContext
 from shared.supervisor import Loop
 from shared.uow import UnitOfWork
@@ -27,7 +28,7 @@ from shared.uow import UnitOfWork
 from .adapters import ClockStore, PostgresClockStore, RunClockStore
 from .domain import ClockRules, judging_horizon
 from .handlers import HANDLERS, Ready, SlaDeps, fire_due, next_due, open_timer_counts, prepare_due
-from .tables import timers
+from .tables import leads, timers
 from .views import timer_view
 from .watermark import InputWatermark, describe, lag_seconds
 
@@ -186,14 +187,20 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
 def build_api(ctx: ServiceContext, watermark: InputWatermark) -> APIRouter:
     api = APIRouter()
 
-    @api.get("/v1/leads/{lead_id}/sla", dependencies=[Depends(require_key("source"))])
-    async def lead_sla(lead_id: str) -> dict[str, Any]:
+    @api.get("/v1/leads/{lead_id}/sla")
+    async def lead_sla(lead_id: str, principal: Principal = Depends(require_key("source"))) -> dict[str, Any]:
         async with ctx.engine.connect() as conn:
             rows = (await conn.execute(
                 select(timers).where(timers.c.lead_id == lead_id).order_by(timers.c.started_at, timers.c.metric)
             )).all()
+            source = await conn.scalar(select(leads.c.source).where(leads.c.lead_id == lead_id))
         if not rows:
             raise not_found("lead_id", "No SLA timers", f"No timers for lead {lead_id!r}.")
+        if not principal.is_admin and source != principal.name:
+            # Owners and deadlines of another source's leads (whose ids a repeat submission tells).
+            raise ProblemError(403, "Forbidden", "A source key may read only the leads its source submitted; "
+                               "use an admin key.", [{"field": "Authorization",
+                                                     "message": "is the key of another source"}])
         return {"lead_id": lead_id, "timers": [timer_view(row, ctx.config.config, ctx.clock.now()) for row in rows]}
 
     @api.get("/v1/watermark", dependencies=[Depends(require_key("source"))])

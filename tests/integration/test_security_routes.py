@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from sqlalchemy import select, text
 
 from leadsla.cli import _keys
 from services import SERVICE_NAMES
+from services.sla_clock.tables import leads, timers
 from shared.auth import create_key
 from shared.db import api_keys
 from shared.http import BODY_LIMIT_OVERRIDES, MAX_BODY_BYTES
@@ -337,3 +340,26 @@ async def test_a_body_that_is_not_utf8_is_not_json_like_any_other(apps, keys) ->
                               [e["field"] for e in response.json().get("errors", [])]))
     assert found == [(s, m, p, keyed, 422 if keyed else 401, ["(body)"] if keyed else ["Authorization"])
                      for s, m, p, keyed, *_ in found]
+
+
+async def test_a_source_key_reads_the_sla_of_its_own_source_s_leads_only(apps, engine, keys) -> None:
+    """Another source's lead id is easy to learn (a repeat submission of its email answers with it):
+    its owner and deadlines are for that source and admins."""
+    now = datetime.now(UTC)
+    ours, theirs = f"own-{uuid.uuid4()}", f"other-{uuid.uuid4()}"
+    async with engine.begin() as conn:
+        for lead_id, source in ((ours, "webform"), (theirs, "webinar")):
+            await conn.execute(leads.insert().values(lead_id=lead_id, tier="A", source=source, contactable=True,
+                                                     received_at=now, owner_id="alice"))
+            await conn.execute(timers.insert().values(
+                sla_id=f"sla-{lead_id}", lead_id=lead_id, metric="first_response", policy_id="p", policy_version=1,
+                calendar="24x7", owner_id="alice", tier="A", started_at=now, due_at=now + timedelta(minutes=10),
+                warnings=[], warned=[], state="open", next_fire_at=now + timedelta(minutes=10)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps["sla_clock"]), base_url="http://sla") as client:
+        def get(lead_id: str, role: str):
+            return client.get(f"/v1/leads/{lead_id}/sla", headers={"Authorization": f"Bearer {keys[role]}"})
+
+        assert (await get(ours, "source")).status_code == 200
+        refused = await get(theirs, "source")
+        assert refused.status_code == 403 and names_the_header(refused), refused.text
+        assert (await get(theirs, "admin")).status_code == 200
