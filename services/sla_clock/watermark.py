@@ -149,18 +149,21 @@ class InputWatermark:
         seen = settled_watermark(self._checks, broker_seen)
         # Checks the broker has passed are spent, except the one that set `seen`.
         self._checks = [c for c in self._checks if broker_seen is None or c[0] > broker_seen or c[1] == seen]
+        # Outages: intake not accepting (its heartbeat; with "intake" among the producers), and
+        # rounds of ours far apart (the broker or the database away, this process stalled). Read
+        # before `seen` moves: with no await between the two, the timer loop never judges by a
+        # `seen` past an outage without the hold that outage puts on it.
+        intake = await self._intake_runs() if "intake" in self._producers else None
         before = self.judged_until
         if seen is not None and (self.seen is None or seen > self.seen):
             self.seen = seen
-        # Outages: intake not accepting (its heartbeat; with "intake" among the producers), and
-        # rounds of ours far apart (the broker or the database away, this process stalled).
         now = self._clock.now()
         if self._last_round is not None and now - self._last_round > _BLIND_AFTER:
             self._blind = Outage(self._last_round, now)
         self._last_round = now
         hold = after_outage(self._blind, now, self._outage_grace)
-        if "intake" in self._producers:
-            runs, db_now = await self._intake_runs()
+        if intake is not None:
+            runs, db_now = intake
             hold &= after_outage(intake_outage(runs, db_now, self._intake_gap), db_now, self._outage_grace)
         self.hold = hold
         after = self.judged_until

@@ -14,6 +14,7 @@ from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.intake.tables import availability
 from services.sla_clock.watermark import InputWatermark
 from shared.clock import SystemClock
 from shared.eventstore import EVENTS, RELAY
@@ -107,3 +108,41 @@ async def test_an_event_a_producer_has_not_published_yet_holds_the_watermark(set
         await conn.execute(pg_insert(relay).values(id=1, published_position=row.position).on_conflict_do_update(
             index_elements=[relay.c.id], set_={"published_position": row.position}))
     await eventually(lambda: watermark.seen > row.recorded_at, what="the watermark once the row is published")
+
+
+async def test_the_clock_never_judges_past_an_intake_outage_before_it_knows_of_it(kafka_bootstrap, engine) -> None:
+    """After an outage the watermark's round moved `seen` past it, then read intake's heartbeats to
+    learn of it: the timer loop, judging in between, breached deadlines due in the outage as the
+    owner's miss (found by the chaos auditor) instead of holding them and calling them system_delay."""
+    topic = await create_topic(kafka_bootstrap, 1)
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:  # intake beat until 20 s ago, was silent, and beats again
+        await conn.execute(insert(availability).values([
+            {"interval_id": str(uuid.uuid4()), "first_beat": now - timedelta(minutes=5),
+             "last_beat": now - timedelta(seconds=20)},
+            {"interval_id": str(uuid.uuid4()), "first_beat": now - timedelta(seconds=1), "last_beat": now}]))
+    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
+                               group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
+                               commit_allowance=ALLOWANCE, interval=0.05)
+    outage_began = now - timedelta(seconds=20)
+    judged_past_unknown: list[datetime] = []
+    stop = asyncio.Event()
+
+    async def timer_loop_view() -> None:  # what the timer loop may read at any turn of the event loop
+        while not stop.is_set():
+            judged = watermark.judged_until
+            if judged is not None and judged > outage_began and not watermark.hold.outages:
+                judged_past_unknown.append(judged)
+            await asyncio.sleep(0)
+
+    viewing = asyncio.create_task(timer_loop_view())
+    running = asyncio.create_task(watermark.run(stop))
+    try:
+        await eventually(lambda: watermark.hold.outages, what="the outage known")
+        await rounds_later(watermark)
+    finally:
+        stop.set()
+        await running
+        await viewing
+    assert judged_past_unknown == []
+    assert watermark.judged_until <= outage_began  # held for the grace after it
