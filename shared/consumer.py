@@ -279,9 +279,7 @@ class EventConsumer:
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         assigned = list(consumer.assignment())
-        if not assigned:
-            return
-        ends = await consumer.end_offsets(assigned)
+        ends = await consumer.end_offsets(assigned) if assigned else {}
         lag: dict[str, int] = {}
         for tp in assigned:
             # The group's committed offset is what has been handled: the loop commits after each batch.
@@ -289,6 +287,11 @@ class EventConsumer:
             lag[tp.topic] = lag.get(tp.topic, 0) + max(ends[tp] - handled, 0)
         for topic, behind in lag.items():
             metrics.consumer_lag.labels(topic, self.sub.group).set(behind)
+        # A topic whose partitions a rebalance gave to another member: its last figure would stand
+        # for ever (and a max over members report lag nobody has).
+        for topic in set(self.sub.topics) - set(lag):
+            with contextlib.suppress(KeyError):
+                metrics.consumer_lag.remove(topic, self.sub.group)
 
     async def _process_batch(self, records: list[ConsumerRecord], stop: asyncio.Event) -> int:
         """Handle a fetched batch in one transaction; returns how many records (a prefix) are done.

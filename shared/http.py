@@ -259,7 +259,7 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        if scope.get("path") in ("/v1/leads", "/v1/leads:batch"):
+        if scope["method"] == "POST" and scope.get("path") in ("/v1/leads", "/v1/leads:batch"):
             # The key is not checked yet, so the sender is unknown.
             metrics.leads_rejected.labels("unknown", "too_large").inc()
         # Field-level like every other problem (CONTRACT: problem+json with `errors`): the field is the body.

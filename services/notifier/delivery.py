@@ -169,8 +169,8 @@ async def lease(uow: UnitOfWork, channel_rows: list[Row], subscription_rows: lis
 
 async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt, now: datetime,
                  jitter: float) -> str | None:
-    """Store the outcome if the lease is still ours; returns the final state (sent|failed), or
-    None while retrying or when another sender took the delivery over."""
+    """Store the outcome if the lease is still ours; returns the state it leaves: sent, failed or
+    retrying; None when another sender took the delivery over (its outcome is theirs to count)."""
     row = item.row
     if item.kind == "channel":
         channel = config.channels.get(row.channel)
@@ -192,7 +192,7 @@ async def record(uow: UnitOfWork, config: Config, item: Leased, attempt: Attempt
             lead_id=row.lead_id, **ref, state=decision.state, error=decision.error,
             next_attempt_at=decision.next_attempt_at, at=now), time=now, stream=row.lead_id)
     if decision.state == "pending":
-        return None
+        return "retrying"
     _emit_outcome(uow, item, decision, now)
     return decision.state
 
@@ -334,8 +334,10 @@ class Deliverer:
             return outcomes
 
         for item, outcome in await retry_on_conflict(attempt):
+            if outcome is None:
+                continue
             channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
-            metrics.notifications.labels(channel, outcome or "retrying").inc()
+            metrics.notifications.labels(channel, outcome).inc()
             if outcome == "failed":  # its message went to leads.deadletter (_emit_outcome)
                 metrics.deadletter.labels(TOPIC_NOTIFICATIONS, "delivery_failed").inc()
 

@@ -131,6 +131,13 @@ async def _record_assigned(store: RouterStore, config: Config, state: RoutingSta
                            decision: Decision, assignment_no: int, now: datetime, cause: CloudEvent | None) -> None:
     await store.record_all(_assigned(config, state, facts, decision, assignment_no, now, cause))  # one statement
     _count_assigned(store, decision)
+    if assignment_no == 1:  # a queued lead's first owner: the wait is what the histogram is for
+        _observe_latency(store, facts, now)
+
+
+def _observe_latency(store: RouterStore, facts: LeadFacts, now: datetime) -> None:
+    latency = max((now - facts.received_at).total_seconds(), 0) if facts.received_at else 0
+    store.after_commit(lambda: metrics.routing_latency.observe(latency))
 
 
 def _count_assigned(store: RouterStore, decision: Decision) -> None:
@@ -257,8 +264,7 @@ async def route_leads(uow: Any, run: list[Received[LeadReceived]], deps: RouterD
             continue
         recorded += _assigned(config, state, lead.facts, decision, 1, now, lead.event)  # state: for owners' days
         _count_assigned(store, decision)
-        latency = max((now - lead.facts.received_at).total_seconds(), 0) if lead.facts.received_at else 0
-        store.after_commit(lambda latency=latency: metrics.routing_latency.observe(latency))
+        _observe_latency(store, lead.facts, now)
     await store.record_all(recorded)
     if deps.wake_queue is not None and any(d.reason == "queue_ahead" for _, d in decided):
         deps.wake_queue.set()  # someone is free: drain now (it waits for this commit's locks)

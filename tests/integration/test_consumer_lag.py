@@ -6,6 +6,7 @@ import uuid
 
 from prometheus_client import REGISTRY
 
+from shared import metrics
 from shared.clock import SystemClock
 from shared.consumer import EventConsumer, Subscription
 from shared.events import CloudEvent
@@ -48,3 +49,20 @@ async def test_lag_grows_while_the_consumer_is_stuck_and_falls_when_it_moves_aga
         unstuck.set()
         stop.set()
         await running
+
+
+async def test_a_topic_whose_partitions_went_to_another_member_stops_reporting_this_member_s_lag(engine) -> None:
+    """After a rebalance took a topic's partitions away, its last figure stood for ever: a max over
+    the group's members then showed lag nobody had. (An assignment without that topic stands in
+    for the rebalance: two members of a group on one broker take a rejoin of several seconds.)"""
+    group, topic = f"test-lag-{uuid.uuid4().hex[:6]}", f"gone-{uuid.uuid4().hex[:6]}"
+    consumer = EventConsumer(Subscription(group, (topic,), {}), service="reporting", bootstrap="127.0.0.1:9",
+                             engine=engine, relay_wakeup=asyncio.Event(), clock=SystemClock())
+
+    class NoPartitions:
+        def assignment(self) -> set:
+            return set()
+
+    metrics.consumer_lag.labels(topic, group).set(42)
+    await consumer._report_lag(NoPartitions())  # type: ignore[arg-type]
+    assert lag(topic, group) is None

@@ -255,6 +255,21 @@ async def test_the_queue_drains_when_an_owner_gets_capacity_back(router) -> None
     assert router.owner_of(waiting) == "boss" and not router.data.queue
 
 
+async def test_a_lead_assigned_from_the_queue_counts_its_wait_in_the_routing_latency(router) -> None:
+    """The histogram's hour and day buckets are for leads that waited: they were never observed."""
+    def latency() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("leadsla_routing_latency_seconds_count") or 0.0,
+                REGISTRY.get_sample_value("leadsla_routing_latency_seconds_sum") or 0.0)
+
+    await router.receive(), await router.receive()
+    await router.receive()  # queued: ann and ben are full
+    count, total = latency()
+    router.clock.advance(timedelta(minutes=5))
+    await update_owner(router.store(), CONFIG, router.clock.now(), "boss", {"capacity": 1}, "admin")
+    await router.commit()
+    assert latency()[0] == count + 1 and latency()[1] - total == pytest.approx(300, abs=1)
+
+
 async def test_assignments_are_counted_only_once_committed(router) -> None:
     def counted() -> float:
         return REGISTRY.get_sample_value("leadsla_assignments_total",
