@@ -26,7 +26,7 @@ from leadsla.webhook_receiver import WebhookReceiver
 from shared.auth import create_key
 from shared.bus import make_producer
 from shared.db import make_engine
-from tests.chaos.ledger import Ledger, SentLead, Touch
+from tests.chaos.ledger import PROBE_PREFIX, Ledger, SentLead, Touch
 
 WEBHOOK_SECRET = "chaos-webhook-secret"
 CONFIG = """
@@ -77,7 +77,8 @@ class ChaosRun:
         self.workdir, self.target, self.seed = workdir, target, seed
         self.rng = random.Random(seed)
         self.stack = Stack(workdir)
-        self.ledger = Ledger(target_seconds=target)
+        self.ledger = Ledger(target_seconds=target, tolerance_seconds=float(
+            os.environ.get("LEADSLA_SLA_DELAY_TOLERANCE_SECONDS", "60")))  # the services inherit this env
         self.outages: list[Outage] = []
         self.server_errors: list[str] = []
         self._lock = threading.Lock()
@@ -127,41 +128,48 @@ class ChaosRun:
     # ---- load ------------------------------------------------------------------------------
 
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict, ok: tuple[int, ...],
-                    method: str = "POST", give_up_after: float = 90) -> httpx.Response | None:
-        """A real sender: retry 503/429 after Retry-After and connection errors after a moment."""
+                    method: str = "POST", give_up_after: float = 90) -> tuple[httpx.Response | None, str]:
+        """A real sender: retry 503/429 after Retry-After and connection errors after a moment.
+        Returns the final response (None: gave up) and the last answer (a status or an error's name)."""
         route = path if "/activities" not in path else "/v1/leads/{id}/activities"
         deadline = time.monotonic() + give_up_after
+        last = "never sent"
         while time.monotonic() < deadline:
             try:
                 response = await client.request(method, f"{self.url('intake')}{path}", json=body)
             except httpx.HTTPError as exc:
-                self.ledger.count(f"{method} {route} {type(exc).__name__}")
+                last = type(exc).__name__
+                self.ledger.count(f"{method} {route} {last}")
                 await asyncio.sleep(0.3)
                 continue
+            last = str(response.status_code)
             self.ledger.count(f"{method} {route} {response.status_code}")
             if response.status_code >= 500 and response.status_code != 503:
                 self.server_errors.append(f"{method} {path}: {response.status_code} {response.text[:200]}")
             if response.status_code in ok:
-                return response
+                return response, last
             if response.status_code in (429, 503):
                 if "retry-after" not in response.headers:
                     self.server_errors.append(f"{method} {path}: {response.status_code} without Retry-After")
                 await asyncio.sleep(min(float(response.headers.get("retry-after", "1")), 2.0))
                 continue
-            return response  # a refusal: not accepted
-        return None
+            return response, last  # a refusal: not accepted
+        return None, f"{last}, gave up after {give_up_after:g} s"
 
-    async def _produce(self, topic: str, value: dict, key: str) -> bool:
+    async def _produce(self, topic: str, value: dict, key: str) -> tuple[bool, str]:
         """At least once, as a real producer: a send that times out (broker frozen) is sent
-        again; intake takes a repeat of the same external id as the same lead or touch."""
+        again; intake takes a repeat of the same external id as the same lead or touch. Returns
+        whether the broker acked it and the last answer ("acked" or the last error's name)."""
+        last = "never sent"
         for _ in range(10):
             try:
                 await self.producer.send_and_wait(topic, json.dumps(value).encode(), key=key.encode())
-                return True
+                return True, "acked"
             except Exception as exc:  # noqa: BLE001 - KafkaTimeoutError and kin: try again
-                self.ledger.count(f"produce {topic} {type(exc).__name__}")
+                last = type(exc).__name__
+                self.ledger.count(f"produce {topic} {last}")
                 await asyncio.sleep(1)
-        return False
+        return False, f"{last}, gave up after 10 tries"
 
     def _lead_body(self, lead: SentLead) -> dict:
         body = {"external_id": lead.external_id,
@@ -178,23 +186,24 @@ class ChaosRun:
         body = {"type": "call", "actor": "alice", "outcome": "connected", "occurred_at": iso(touch.occurred_at),
                 "external_id": f"{lead.external_id}-t{len(lead.touches)}"}
         if via == "http":
-            response = await self._post(client, f"/v1/leads/{ref}/activities", body, (202,))
+            response, touch.status = await self._post(client, f"/v1/leads/{ref}/activities", body, (202,))
             touch.accepted = response is not None and response.status_code == 202
         else:
-            touch.accepted = await self._produce(RAW_ACTIVITIES, {**body, "lead_id": ref}, ref)
+            touch.accepted, touch.status = await self._produce(RAW_ACTIVITIES, {**body, "lead_id": ref}, ref)
         touch.accepted_at = time.time() if touch.accepted else None
 
     async def _one_lead(self, client: httpx.AsyncClient, lead: SentLead, plan: str, touch_via: str) -> None:
         await asyncio.sleep(max(lead.sent_at - time.time(), 0))
         lead.sent_at = time.time()
         if lead.via == "http":
-            response = await self._post(client, "/v1/leads", self._lead_body(lead), (200, 201))
+            response, lead.status = await self._post(client, "/v1/leads", self._lead_body(lead), (200, 201))
             if response is None or response.status_code not in (200, 201):
                 return
             lead.lead_id = response.json()["lead_id"]
         else:
-            if not await self._produce(RAW_SUBMISSIONS, {**self._lead_body(lead), "source": "chat"},
-                                       lead.external_id):
+            acked, lead.status = await self._produce(RAW_SUBMISSIONS, {**self._lead_body(lead), "source": "chat"},
+                                                     lead.external_id)
+            if not acked:
                 return
         lead.accepted = True
         accepted_at = time.time()
@@ -278,12 +287,13 @@ class ChaosRun:
         return outage
 
     async def inject(self, seconds: float, pause: float, outage_seconds: float) -> None:
-        """Faults one after another for `seconds`: every kind at least once, then at random."""
+        """Faults one after another for `seconds`: every kind once first (a kill -9, then the
+        broker frozen and Postgres stopped in either order), whatever the time (a slow machine
+        must not cut one off), then at random while the time lasts."""
         end = time.time() + seconds
-        kinds = ["kill", "freeze", "postgres", "kill"]
-        self.rng.shuffle(kinds)
-        while time.time() < end - outage_seconds:
-            kind = kinds.pop() if kinds else self.rng.choice(["kill", "kill", "freeze", "postgres"])
+        first = ["kill", *self.rng.sample(["freeze", "postgres"], 2)]
+        while first or time.time() < end - outage_seconds:
+            kind = first.pop(0) if first else self.rng.choice(["kill", "kill", "freeze", "postgres"])
             if kind == "kill":
                 await self.kill()
             elif kind == "freeze":
@@ -294,14 +304,25 @@ class ChaosRun:
 
     # ---- outage probes ---------------------------------------------------------------------
 
+    def _probe_lead(self, kind: str) -> SentLead:
+        """A lead an outage probe sends, in the ledger (its external id says it is a probe)."""
+        tag = f"{self.seed}-{uuid.uuid4().hex[:8]}"
+        lead = SentLead(n=-1, via="http", external_id=f"{PROBE_PREFIX}{kind.split()[0]}-{tag}",
+                        email=f"chaos.{tag}@example.org", phone="", sent_at=time.time(), probe=kind)
+        self.ledger.leads.append(lead)
+        return lead
+
     def write_requests(self) -> list[tuple[str, str, str, dict, str]]:
         """(service, method, path, body, key) for every write route: each must answer 503 +
-        Retry-After while the database is down. The bodies would be refused if it were up."""
+        Retry-After while the database is down. The two leads are in the ledger as probes (the
+        auditor checks that a 503 left nothing in intake); the other bodies would be refused if
+        the database were up."""
         ghost = "00000000-0000-0000-0000-000000000000"
         src, adm = self.source_key, self.admin_key
+        one, batched = self._probe_lead("postgres stopped"), self._probe_lead("postgres stopped")
         return [
-            ("intake", "POST", "/v1/leads", {"contact": {"email": "probe@example.net"}}, src),
-            ("intake", "POST", "/v1/leads:batch", {"leads": [{"contact": {"email": "probe2@example.net"}}]}, src),
+            ("intake", "POST", "/v1/leads", self._lead_body(one), src),
+            ("intake", "POST", "/v1/leads:batch", {"leads": [self._lead_body(batched)]}, src),
             ("intake", "PATCH", f"/v1/leads/{ghost}", {"company": {"name": "x"}}, src),
             ("intake", "POST", f"/v1/leads/{ghost}/activities", {"type": "call"}, src),
             ("router", "PUT", "/v1/owners/nobody", {"status": "away"}, adm),
@@ -329,13 +350,25 @@ class ChaosRun:
                 outage.problems.append(f"{service} /readyz never said the database was down")
 
             await asyncio.gather(*(not_ready(s) for s in self.stack.services))
-            for service, method, path, body, key in self.write_requests():
+            requests = self.write_requests()
+            probes = {lead.external_id: lead for lead in self.ledger.leads if lead.probe and lead.status is None}
+            for service, method, path, body, key in requests:
+                sent = [probes[b["external_id"]] for b in body.get("leads", [body]) if b.get("external_id") in probes]
                 try:
                     response = await client.request(method, f"{self.url(service)}{path}", json=body,
                                                     headers={"Authorization": f"Bearer {key}"})
                 except httpx.HTTPError as exc:
                     outage.problems.append(f"{method} {service}{path}: {type(exc).__name__}")
+                    for lead in sent:
+                        lead.status = type(exc).__name__
                     continue
+                answered = response.json() if response.status_code in (200, 201) else {}
+                answers = answered.get("results", [answered])  # :batch answers one result per lead
+                for i, lead in enumerate(sent):  # accepted only if intake said so (it should say 503)
+                    lead.status = str(response.status_code)
+                    answer = answers[i] if i < len(answers) else {}
+                    if answer.get("lead_id") and answer.get("status") in ("accepted", "duplicate"):
+                        lead.accepted, lead.lead_id = True, answer["lead_id"]
                 outage.checked += 1
                 if response.status_code != 503 or not response.headers.get("retry-after"):
                     outage.problems.append(f"{method} {service}{path} answered {response.status_code} "
@@ -343,21 +376,21 @@ class ChaosRun:
 
     async def _probe_frozen_broker(self, outage: Outage, until: float) -> None:
         """Intake keeps accepting leads over HTTP while the broker is frozen (they are in its
-        store; the relay publishes them afterwards). The probe leads are audited like the rest."""
+        store; the relay publishes them afterwards). The probe leads are audited like the rest;
+        one answered 503 (intake just killed) must not be in intake."""
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(timeout=4, headers={"Authorization": f"Bearer {self.source_key}"}) as client:
             for i in range(3):
                 if i and time.time() > until - 1:
                     break
-                tag = f"{self.seed}-frozen-{uuid.uuid4().hex[:8]}"
-                lead = SentLead(n=-1, via="http", external_id=f"chaos-{tag}", email=f"chaos.{tag}@example.org",
-                                phone="", sent_at=time.time())
-                self.ledger.leads.append(lead)
+                lead = self._probe_lead("broker frozen")
                 try:
                     response = await client.post(f"{self.url('intake')}/v1/leads", json=self._lead_body(lead))
                 except httpx.HTTPError as exc:
+                    lead.status = type(exc).__name__
                     outage.problems.append(f"POST /v1/leads while the broker was frozen: {type(exc).__name__}")
                     continue
+                lead.status = str(response.status_code)
                 outage.checked += 1
                 if response.status_code == 201:
                     lead.accepted, lead.lead_id = True, response.json()["lead_id"]

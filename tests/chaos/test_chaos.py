@@ -9,6 +9,7 @@ A bounded run is part of the normal suite (about a minute); a long one by flag:
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import re
 import subprocess
@@ -90,6 +91,7 @@ async def test_nothing_lost_doubled_or_misjudged_under_faults(chaos: ChaosRun) -
     assert chaos.server_errors == [], chaos.server_errors
     kinds = {o.kind for o in chaos.outages}
     assert {"broker frozen", "postgres stopped"} <= kinds
+    assert any(f["kind"] == "kill -9" for f in chaos.ledger.faults), chaos.ledger.faults
     assert [p for o in chaos.outages for p in o.problems] == []
     assert report.violations == [], report.text(limit=40)
     accepted = [lead for lead in chaos.ledger.leads if lead.accepted]
@@ -167,19 +169,53 @@ async def test_the_auditor_names_each_kind_of_violation(chaos: ChaosRun) -> None
         lost = await conn.fetchrow("DELETE FROM reporting.timeline WHERE event_id = (SELECT event_id FROM "
                                    "reporting.timeline WHERE type = 'lead.assigned' AND lead_id NOT IN ($1, $2, $3) "
                                    "LIMIT 1) RETURNING lead_id", met["lead_id"], twice["key"], owned["lead_id"])
-        doubled = await conn.fetchrow("SELECT * FROM notifier.deliveries LIMIT 1")
+        # The same breach notified twice: a second escalation of its sla_id (as a second breach
+        # event of the timer would make), with its own notification ids and keys.
+        doubled = await conn.fetchrow("SELECT d.*, e.sla_id FROM notifier.deliveries d JOIN notifier.escalations e "
+                                      "USING (escalation_id) WHERE d.kind = 'single' AND d.lead_id NOT IN "
+                                      "($1, $2, $3, $4) LIMIT 1", met["lead_id"], twice["key"], owned["lead_id"],
+                                      lost["lead_id"])
+        await conn.execute("INSERT INTO notifier.escalations (escalation_id, lead_id, policy_id, step, "
+                           "trigger_event_id, created_at, sla_id, due_at, triggered_at, trigger) "
+                           "SELECT escalation_id || '-again', lead_id, policy_id, step, trigger_event_id || '-again', "
+                           "created_at, sla_id, due_at, triggered_at, trigger FROM notifier.escalations "
+                           "WHERE escalation_id = $1", doubled["escalation_id"])
         await conn.execute("INSERT INTO notifier.deliveries (notification_id, escalation_id, lead_id, channel, "
-                           "recipient, payload, state, next_attempt_at, idempotency_key) "
-                           "SELECT notification_id || '-again', escalation_id, lead_id, channel, recipient, payload, "
-                           "state, next_attempt_at, idempotency_key FROM notifier.deliveries "
-                           "WHERE notification_id = $1", doubled["notification_id"])
+                           "recipient, payload, state, next_attempt_at, idempotency_key, step, kind) "
+                           "SELECT notification_id || '-again', escalation_id || '-again', lead_id, channel, "
+                           "recipient, payload, state, next_attempt_at, idempotency_key || '-again', step, kind "
+                           "FROM notifier.deliveries WHERE notification_id = $1", doubled["notification_id"])
+        # An owned lead whose assignment events are gone, and one whose store holds a number no event carries.
+        taken = (met["lead_id"], twice["key"], owned["lead_id"], lost["lead_id"], doubled["lead_id"])
+        unannounced = await conn.fetchval("SELECT lead_id FROM router.assignments WHERE closed_at IS NULL "
+                                          "AND lead_id <> ALL($1::text[]) LIMIT 1", list(taken))
+        table = "outbox" if await conn.fetchval("SELECT to_regclass('router.outbox')") else "events"
+        await conn.execute(f"UPDATE router.{table} SET key = key || '-moved' WHERE key = $1 AND event_type IN "
+                           "('lead.assigned', 'lead.reassigned', 'lead.dequeued')", unannounced)
+        renumbered = await conn.fetchval("UPDATE router.assignments SET assignment_no = assignment_no + 5 WHERE "
+                                         "lead_id = (SELECT lead_id FROM router.assignments WHERE closed_at IS NULL "
+                                         "AND lead_id <> ALL($1::text[]) LIMIT 1) RETURNING lead_id",
+                                         [*taken, unannounced])
     finally:
         await conn.close()
     undelivered = await _one_other_delivery(chaos, doubled["lead_id"])
-    report = await audit(chaos.database_url, chaos.ledger,
+
+    # The ledger doctored: a touch that was never accepted, a lead intake holds that the ledger
+    # never sent, an outage probe answered 503 that intake holds anyway (half-written), and a
+    # tolerance so small that every breach left late enough to be system_delay.
+    ledger = copy.deepcopy(chaos.ledger)
+    accepted = [lead for lead in ledger.leads if lead.accepted and not lead.probe and lead.lead_id
+                and lead.lead_id not in (*taken, unannounced, renumbered)]
+    refused = next(lead for lead in accepted if lead.touches)
+    refused.touches[0].accepted, refused.touches[0].status = False, "503, gave up after 90 s"
+    unsent, half_written = accepted[-1], accepted[-2]
+    ledger.leads.remove(unsent)
+    half_written.accepted, half_written.status, half_written.probe = False, "503", "postgres stopped"
+    ledger.tolerance_seconds = 0.5
+    report = await audit(chaos.database_url, ledger, recovery_bound=-1e6,
                          delivered_keys=chaos.delivered_keys() - {undelivered["idempotency_key"]})
     said = [str(v) for v in report.violations]
-    print(report.text())
+    print(report.text(limit=400))
 
     def named(lead_id: str, words: str) -> bool:
         return any(v.startswith(f"{lead_id}: ") and words in v for v in said)
@@ -189,8 +225,17 @@ async def test_the_auditor_names_each_kind_of_violation(chaos: ChaosRun) -> None
     assert named(twice["key"], "assignment_no")
     assert named(owned["lead_id"], "and queued at once")
     assert named(lost["lead_id"], "timeline lacks lead.assigned")
-    assert named(doubled["lead_id"], f"idempotency key {doubled['idempotency_key']} recorded 2 times")
+    assert named(doubled["lead_id"], f"2 notifications for {doubled['sla_id']} step {doubled['step']} to "
+                                     f"{doubled['recipient']} via {doubled['channel']}")
     assert named(undelivered["lead_id"], "never reached the receiver")
+    assert named(unannounced, "but no lead.assigned or lead.reassigned")
+    assert named(renumbered, "router store holds assignment_no")
+    assert named(refused.lead_id, "touch 1 (via") and named(refused.lead_id, "never accepted: last answer 503")
+    assert named(unsent.lead_id, f"in intake (external id {unsent.external_id}), never sent")
+    assert named(half_written.lead_id, "postgres stopped probe") and named(half_written.lead_id, "half-written")
+    assert any("(tolerance 0.5s) with root cause" in v for v in said)
+    if report.figures.get("breaches_due_during_faults"):
+        assert any("after the fault ended (bound -1e+06s)" in v for v in said)
 
 
 async def _one_other_delivery(chaos: ChaosRun, not_lead: str):
