@@ -10,7 +10,7 @@ from .projection import PROJECTION
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     rules, watermark = clock_rules(ctx), make_watermark(ctx)
     return ServiceSpec(
-        subscriptions=[subscription(ctx, rules)],
+        subscriptions=[subscription(ctx, rules, watermark)],
         loops=[timer_loop(ctx, watermark, rules), watermark.run],
         routers=[build_api(ctx, watermark)],
         projection=PROJECTION,

@@ -68,10 +68,19 @@ def clock_rules(ctx: ServiceContext) -> ClockRules:
                       touch_skew=timedelta(seconds=ctx.settings.sla_touch_skew_seconds))
 
 
-def subscription(ctx: ServiceContext, rules: ClockRules) -> Subscription:
+def consumer_deps(ctx: ServiceContext, rules: ClockRules, watermark: InputWatermark) -> Callable[[], SlaDeps]:
+    """The handlers' view, per batch: the outages the watermark knows of go with it, for a touch,
+    pause or reroute read after a deadline that fell in one breaches the timer there and then (its
+    root cause is system_delay, as the timer loop's would be)."""
     def deps() -> SlaDeps:
-        return SlaDeps(ctx.config.config, ctx.config.version, ctx.clock.now(), rules)
+        return SlaDeps(ctx.config.config, ctx.config.version, ctx.clock.now(),
+                       replace(rules, input_outages=watermark.hold.outages))
 
+    return deps
+
+
+def subscription(ctx: ServiceContext, rules: ClockRules, watermark: InputWatermark) -> Subscription:
+    deps = consumer_deps(ctx, rules, watermark)
     return Subscription(GROUP, INPUTS, bind(on_postgres(HANDLERS), deps),
                         batched=bind(dict.fromkeys(HANDLERS, on_run), deps))
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from services.sla_clock.domain import ClockRules
-from services.sla_clock.entrypoints import subscription
+from services.sla_clock.domain import ClockRules, InputHold, Outage
+from services.sla_clock.entrypoints import make_watermark, subscription
 from services.sla_clock.tables import leads, timers
 from shared.events import (
     CloudEvent,
@@ -79,7 +79,7 @@ def ctx(make_ctx):
 
 
 async def one_by_one(ctx, events: list[CloudEvent]) -> None:
-    sub = subscription(ctx, ClockRules())
+    sub = subscription(ctx, ClockRules(), make_watermark(ctx))
     for event in events:
         async def once(typed: Received = sub.typed(event)) -> None:
             async with ctx.uow() as uow:
@@ -90,7 +90,7 @@ async def one_by_one(ctx, events: list[CloudEvent]) -> None:
 
 
 async def as_one_run(ctx, events: list[CloudEvent]) -> None:
-    sub = subscription(ctx, ClockRules())
+    sub = subscription(ctx, ClockRules(), make_watermark(ctx))
     run: list[Received] = [sub.typed(event) for event in events]
     handler = sub.batched[type(run[0].data)]
     assert all(sub.batched[type(r.data)] is handler for r in run)  # one run, whatever the classes
@@ -138,3 +138,32 @@ async def test_a_run_of_several_events_per_lead_leaves_what_event_by_event_handl
         events, timer_rows, _ = by_run
         assert events and timer_rows, name  # each life started timers
 
+
+
+async def test_a_touch_read_after_a_deadline_in_an_input_outage_breaches_it_as_system_delay(ctx, clock, engine) -> None:
+    """A touch (or pause, or reroute) read after a deadline breaches the timer in the consumer, not
+    in the timer loop, and that path judged without the outages the watermark knew of: a deadline
+    that fell while nobody could log a touch was the owner's miss (found by the chaos auditor)."""
+    start = clock.now() - timedelta(minutes=10)
+    rules = ClockRules(tolerance=timedelta(hours=1))  # late by minutes, yet not by the tolerance
+    causes = {}
+    for name, outages in (("no outage", ()), ("outage", (Outage(start + timedelta(minutes=4),
+                                                                start + timedelta(minutes=7)),))):
+        watermark = make_watermark(ctx)
+        watermark.hold = InputHold(None, outages)
+        sub = subscription(ctx, rules, watermark)
+        lead_id = str(uuid.uuid4())
+        # Due at start + 5m; the touch came at start + 8m.
+        for event in (received(lead_id, start), assigned(lead_id, start), activity(lead_id, start + timedelta(minutes=8))):
+            typed = sub.typed(event)
+
+            async def once(typed: Received = typed, handler=sub.handlers[type(typed.data)]) -> None:
+                async with ctx.uow() as uow:
+                    await handler(uow, typed)
+                    await uow.commit()
+
+            await retry_on_conflict(once)
+        events, _, _ = await outcome(engine, lead_id)
+        [breach] = [e for e in events if e["type"] == "sla.breached" and e["data"]["metric"] == "first_response"]
+        causes[name] = breach["data"]["root_cause"]
+    assert causes == {"no outage": "owner_missed", "outage": "system_delay"}
