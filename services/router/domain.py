@@ -74,8 +74,11 @@ class LeadFacts:
 
 def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts:
     company = lead.company.model_dump()
-    extra = lead.model_extra or {}
-    attributes = extra.get("attributes") or extra.get("custom_fields") or {}
+    # What the sender sent beyond the contract (`attributes`), a CRM's custom fields among them.
+    attributes = dict(lead.attributes)
+    custom = attributes.get("custom_fields")
+    for key, value in (custom.items() if isinstance(custom, dict) else ()):
+        attributes.setdefault(key, value)
     domain = (company.get("domain") or "").strip().lower().removeprefix("www.") or None
     if domain is None and lead.contact.email and "@" in lead.contact.email:
         domain = lead.contact.email.rsplit("@", 1)[1].lower()
@@ -93,7 +96,7 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         industry=company.get("industry"),
         email=bool(lead.contact.email),
         phone=bool(lead.contact.phone),
-        attributes=attributes if isinstance(attributes, dict) else {},
+        attributes=attributes,
         contactable=lead.contactable,
         received_at=lead.received_at,
         correlation_id=correlation_id,

@@ -513,3 +513,32 @@ def test_a_lead_a_rule_names_its_owner_for_goes_to_that_owner_s_team() -> None:
     """`method: owner` carried the rule's team as written: none, or one the owner is not in."""
     assert decide(FULL_TEAM, lead(tier="N"), state(FULL_TEAM), NOW).team_id == "t"
     assert decide(FULL_TEAM, lead(tier="X"), state(FULL_TEAM), NOW).team_id == "t"
+
+
+def test_a_rule_on_an_attribute_routes_the_leads_that_carry_it() -> None:
+    """`attributes` became a declared field of lead.received, and the router went on reading it
+    from the undeclared extras: rules on attributes never matched, and a rule requiring one sent
+    every lead to the fallback as missing_data."""
+    from shared.events import Company, Consent, Contact, Intent, LeadReceived
+    config = parse_config("""
+owners: [{id: vip-desk}, {id: ann}, {id: boss}]
+teams: [{id: sdr, members: [ann]}]
+routing:
+  fallback_owner: boss
+  rules:
+    - {id: vip, match: {attributes: {segment: [vip]}}, method: owner, owner: vip-desk}
+    - {id: plans, match: {sources: [app]}, team: sdr, requires: [attributes.plan]}
+    - {id: catch, team: sdr}
+""")
+
+    def lead(source: str, attributes: dict) -> LeadReceived:
+        return LeadReceived(lead_id="l1", source=source, tier="A", contact=Contact(email="a@b.example"),
+                            company=Company(), intent=Intent(type="demo_request"), consent=Consent(),
+                            contactable=True, received_at=NOW, attributes=attributes)
+
+    assert decide(config, facts_of(lead("web", {"segment": "VIP"})), state(config), NOW).owner_id == "vip-desk"
+    assert decide(config, facts_of(lead("web", {"custom_fields": {"segment": "vip"}})), state(config),
+                  NOW).owner_id == "vip-desk"
+    assert decide(config, facts_of(lead("web", {"segment": "smb"})), state(config), NOW).rule_id == "catch"
+    planned = decide(config, facts_of(lead("app", {"plan": "pro"})), state(config), NOW)
+    assert (planned.rule_id, planned.owner_id) == ("plans", "ann")
