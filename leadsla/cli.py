@@ -162,8 +162,9 @@ async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
         async with engine.connect() as conn:
             left = await open_leads_of_unknown_owners(conn, parse_config(text))
         warnings = [f"owners: {owner} is not in the file but holds {n} open lead{'s' * (n != 1)}; they stay "
-                    f"assigned to {owner} (reassign them: POST /v1/leads/{{lead_id}}/reassign, or keep {owner} "
-                    "with status out_of_office and routing.on_out_of_office: reroute_untouched)"
+                    f"assigned to {owner} (reassign them: POST /v1/leads/{{lead_id}}/reassign, or keep {owner} in "
+                    f"the file and set them out of office with PUT /v1/owners/{owner} "
+                    "{\"status\": \"out_of_office\"}, under routing.on_out_of_office: reroute_untouched)"
                     for owner, n in left.items()]
         if dry_run:
             async with engine.connect() as conn:
