@@ -5,6 +5,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import SERVICE_PORTS  # noqa: F401 - re-exported for the CLI and tests
+from shared.config import TOUCH_SKEW
 
 
 class Settings(BaseSettings):
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     # ... and judges a deadline its watermark has not confirmed after this many seconds anyway.
     sla_confirm_wait_seconds: float = Field(default=300.0, ge=0)
     # A touch is dated by intake's acceptance; the sender's occurred_at counts up to this much earlier.
-    sla_touch_skew_seconds: float = Field(default=300.0, ge=0)
+    sla_touch_skew_seconds: float = Field(default=TOUCH_SKEW.total_seconds(), ge=0)
     # Intake beats this often while it can accept (its process up, the database answering) ...
     intake_beat_seconds: float = Field(default=0.5, gt=0)
     # ... and a silence this long means it could not (an outage; so do 3 s without the SLA clock

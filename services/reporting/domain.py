@@ -99,7 +99,6 @@ class PolicyRules(Protocol):
     def __call__(self, timer: dict[str, Any]) -> BusinessCalendar | None: ...
     def answers(self, lead: dict[str, Any], activity: dict[str, Any]) -> bool: ...
     def team_of(self, owner_id: str) -> str | None: ...
-    touch_skew: timedelta  # how the SLA clock dates touches (`touch_time`)
 
 
 def fold(state: dict[str, Any], event: Event) -> dict[str, Any]:
@@ -417,13 +416,15 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
 
 
 def fold_events(events: Iterable[Event], rules: PolicyRules, leads: dict[str, dict[str, Any]],
-                timers: dict[str, dict[str, dict[str, Any]]]) -> tuple[set[str], set[str]]:
+                timers: dict[str, dict[str, dict[str, Any]]],
+                touch_skew: timedelta = TOUCH_SKEW) -> tuple[set[str], set[str]]:
     """The events in order, each on its lead (`event.subject`): `leads` (lead id -> facts) and
     `timers` (lead id -> sla id -> row) are updated in place; a lead is copied at its first event
     here and its later ones fold into that copy (a copy per event was a tenth of a rebuild's
     fold). An `sla.*` event changes its own timer; a touch every first_response timer of the
     lead (a late touch still answers a timer that already breached). `rules(timer)`
-    gives the business calendar the timer was timed by. The live projection (a fetched batch) and the rebuild
+    gives the business calendar the timer was timed by; `touch_skew` dates touches as the SLA
+    clock does (LEADSLA_SLA_TOUCH_SKEW_SECONDS). The live projection (a fetched batch) and the rebuild
     (the whole timeline) both fold through here, so they cannot disagree. Returns the ids of the
     leads and of the timers that changed."""
     changed_leads: set[str] = set()
@@ -442,7 +443,7 @@ def fold_events(events: Iterable[Event], rules: PolicyRules, leads: dict[str, di
             changed_leads.add(lead_id)
         lead, own = found
         kind = PAYLOADS.get(event.type)
-        _fold(lead, event, kind, rules.answers, rules.touch_skew)
+        _fold(lead, event, kind, rules.answers, touch_skew)
         d = event.data
         if kind in SLA_STATE and d.get("sla_id") and d.get("metric"):
             current = own.get(d["sla_id"])

@@ -16,7 +16,8 @@ from .domain import fold_events, is_touch
 if TYPE_CHECKING:
     from .adapters import ReadModelStore
 
-async def project(store: ReadModelStore, events: Sequence[CloudEvent], rules: PolicyRules) -> int:
+async def project(store: ReadModelStore, events: Sequence[CloudEvent], rules: PolicyRules,
+                  touch_skew: timedelta = TOUCH_SKEW) -> int:
     """Fold a run of events, in order, into the read models: kept in their leads' timelines, then
     the leads and their timers read once, folded in memory and written once. Returns how many
     changed something (an event without a lead, or seen before, changes nothing)."""
@@ -31,7 +32,7 @@ async def project(store: ReadModelStore, events: Sequence[CloudEvent], rules: Po
         return 0
     lead_ids = {event.subject for event in todo}
     leads, timers = await store.leads(lead_ids), await store.timers(lead_ids)
-    changed_leads, changed_timers = fold_events(todo, rules, leads, timers)
+    changed_leads, changed_timers = fold_events(todo, rules, leads, timers, touch_skew)
     await store.save([leads[i] for i in changed_leads],
                      [t for own in timers.values() for sla_id, t in own.items() if sla_id in changed_timers])
     return len(todo)
@@ -42,9 +43,8 @@ class PolicyRules:
     function, built once per calendar and zone), and whether an activity answers a lead's first
     response."""
 
-    def __init__(self, config: Config | None, touch_skew: timedelta = TOUCH_SKEW) -> None:
+    def __init__(self, config: Config | None) -> None:
         self._config = config
-        self.touch_skew = touch_skew
         self._calendars: dict[tuple[str | None, str | None, str | None, str | None], BusinessCalendar | None] = {}
         self._policies: dict[tuple[str, str], SlaPolicy | None] = {}
 
@@ -76,9 +76,9 @@ class PolicyRules:
         return next((team.id for team in self._config.teams if owner_id in team.members), None)
 
 
-def calendars(config: Config | None, touch_skew: timedelta = TOUCH_SKEW) -> PolicyRules:
+def calendars(config: Config | None) -> PolicyRules:
     """The policies' calendars and touch rules, each built once."""
-    return PolicyRules(config, touch_skew)
+    return PolicyRules(config)
 
 
 def _timer_calendar(config: Config | None, policy_id: str | None, metric: str | None, calendar: str | None,

@@ -39,10 +39,7 @@ async def project(conn: AsyncConnection, events: list[CloudEvent], config: Confi
                   touch_skew: timedelta = TOUCH_SKEW) -> None:
     # The calendars kept from batch to batch while the configuration stays the same (a calendar
     # remembers its span edges: built anew per batch, every batch started cold).
-    kept = _calendars(config)
-    if touch_skew not in kept:
-        kept[touch_skew] = handlers.calendars(config, touch_skew)
-    await handlers.project(PostgresReadModels(conn), events, kept[touch_skew])
+    await handlers.project(PostgresReadModels(conn), events, _calendars(config), touch_skew)
 
 
-_calendars: Any = per_config(lambda _: {})  # configuration -> touch skew -> its PolicyRules
+_calendars = per_config(handlers.calendars)

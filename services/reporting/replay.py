@@ -77,7 +77,7 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
             collecting = gc.isenabled()
             gc.disable()
             try:
-                events = await _rebuild_tables(conn, source, calendars(config, touch_skew), progress)
+                events = await _rebuild_tables(conn, source, calendars(config), touch_skew, progress)
             finally:
                 if collecting:
                     gc.enable()
@@ -90,7 +90,7 @@ async def rebuild(engine: AsyncEngine, config: Config | None, *, verify: bool = 
 
 
 async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, rules: PolicyRules,
-                          progress: Progress | None) -> int:
+                          touch_skew: timedelta, progress: Progress | None) -> int:
     """Folds the timeline a page of leads at a time, each lead's events in arrival order (the
     order the live projection folded them in; leads do not depend on each other). A page's rows
     are final once it is folded: Postgres stores them while the next page is folded, and only
@@ -100,7 +100,7 @@ async def _rebuild_tables(conn: AsyncConnection, source: AsyncConnection, rules:
     events = 0
     storing: asyncio.Future[None] | None = None
     try:
-        async for leads, timers, folded in _folded_pages(source, rules):
+        async for leads, timers, folded in _folded_pages(source, rules, touch_skew):
             if storing is not None:
                 await storing
             storing = asyncio.ensure_future(_store(raw, leads, timers))
@@ -123,7 +123,7 @@ async def _store(raw: Any, leads: list[list[Any]], timers: list[tuple[Any, ...]]
                                     records=timers)
 
 
-async def _folded_pages(source: AsyncConnection, rules: PolicyRules
+async def _folded_pages(source: AsyncConnection, rules: PolicyRules, touch_skew: timedelta
                         ) -> AsyncIterator[tuple[list[list[Any]], list[tuple[Any, ...]], int]]:
     """Per page of leads: their COPY records, their timers', and how many events they had."""
     await source.execute(text("SET TRANSACTION READ ONLY"))
@@ -151,7 +151,7 @@ async def _folded_pages(source: AsyncConnection, rules: PolicyRules
                 events = [_Recorded(lead_id, kind, datetime.fromisoformat(at), data)
                           for lead_id, recorded in page[start:start + LEADS_PER_SLICE]
                           for kind, at, data in loads(recorded)]
-                fold_events(events, rules, leads, timers)
+                fold_events(events, rules, leads, timers, touch_skew)
                 count += len(events)
                 # The previous page's COPY and the next page's fetch move on between slices: a
                 # page folded in one go left them waiting for it, and then this process for them.

@@ -504,7 +504,7 @@ class PostgresRouterStore:
     async def reassign_reasons(self, lead_id: str) -> set[str]:
         events = EVENTS[SCHEMA]
         payloads = await self.conn.scalars(
-            select(events.c.payload).where(events.c.stream_id == lead_id, events.c.event_type == "lead.reassigned"))
+            select(events.c.payload).where(events.c.stream_id == lead_id, events.c.event_type == LeadReassigned.TYPE))
         return {CloudEvent.from_bytes(p).data["reason"] for p in payloads}
 
 
