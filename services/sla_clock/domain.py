@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Literal
 
 from shared.business_hours import BusinessCalendar
@@ -468,22 +469,36 @@ def after_outage(outage: Outage | None, now: datetime, grace: timedelta) -> Inpu
     return InputHold(None, (outage,))
 
 
-def intake_outage(runs: Iterable[tuple[datetime, datetime]], now: datetime, gap: timedelta) -> Outage | None:
-    """Intake's latest outage from its runs of heartbeats (first, last), every process's: runs less
-    than `gap` apart are one time of availability; a silence longer than `gap` is an outage (down,
-    or its database away). No runs at all: intake never ran here, no outage."""
+def after_outages(outages: Iterable[Outage], now: datetime, grace: timedelta) -> InputHold:
+    """`after_outage` for each: held at the earliest that still holds, every one named (a breach
+    due in an earlier outage, judged after a later one began, is the system's delay too)."""
+    hold = InputHold()
+    for outage in outages:
+        hold &= after_outage(outage, now, grace)
+    return hold
+
+
+def intake_outages(runs: Iterable[tuple[datetime, datetime]], now: datetime, gap: timedelta) -> list[Outage]:
+    """Intake's outages, oldest first, from its runs of heartbeats (first, last), every process's:
+    runs less than `gap` apart are one time of availability; a silence longer than `gap` is an
+    outage (down, or its database away), the last one still going on if intake is silent now. No
+    runs at all: intake never ran here, no outage."""
     spans: list[list[datetime]] = []
     for first, last in sorted(runs):
         if spans and first <= spans[-1][1] + gap:
             spans[-1][1] = max(spans[-1][1], last)
         else:
             spans.append([first, last])
-    if not spans:
-        return None
-    back, last_beat = spans[-1]
-    if now - last_beat > gap:
-        return Outage(last_beat)
-    return Outage(spans[-2][1], back) if len(spans) > 1 else None
+    outages = [Outage(before[1], after[0]) for before, after in pairwise(spans)]
+    if spans and now - spans[-1][1] > gap:
+        outages.append(Outage(spans[-1][1]))
+    return outages
+
+
+def intake_outage(runs: Iterable[tuple[datetime, datetime]], now: datetime, gap: timedelta) -> Outage | None:
+    """Intake's latest outage (`intake_outages`), or None."""
+    outages = intake_outages(runs, now, gap)
+    return outages[-1] if outages else None
 
 
 def held_watermark(seen: datetime | None, hold: InputHold) -> datetime | None:

@@ -34,11 +34,11 @@ from .domain import (
     Outage,
     PartitionMarks,
     add_marks,
-    after_outage,
+    after_outages,
     consume,
     held_watermark,
     inputs_seen_until,
-    intake_outage,
+    intake_outages,
     settled_watermark,
     upstream_settled,
 )
@@ -94,7 +94,7 @@ class InputWatermark:
         self.seen: datetime | None = None  # every input stamped before it has been handled
         self.hold = InputHold()  # after outages of intake or of our own reading (see `round`)
         self._last_round: datetime | None = None
-        self._blind: Outage | None = None
+        self._blinds: list[Outage] = []  # the last hour's (as intake's runs are read)
         self.rounds = 0  # completed rounds, for operators (and tests) to see it is alive
         # Set whenever `judged_until` moves forward, so the timer loop judges at once.
         self.advanced = asyncio.Event()
@@ -158,13 +158,16 @@ class InputWatermark:
         if seen is not None and (self.seen is None or seen > self.seen):
             self.seen = seen
         now = self._clock.now()
+        # Every outage of the last hour, not the latest only: a breach due in one and judged after
+        # the next began (faults back to back) is the system's delay all the same.
         if self._last_round is not None and now - self._last_round > _BLIND_AFTER:
-            self._blind = Outage(self._last_round, now)
+            self._blinds.append(Outage(self._last_round, now))
+        self._blinds = [o for o in self._blinds if o.ended is not None and o.ended > now - _INTAKE_RUNS_READ]
         self._last_round = now
-        hold = after_outage(self._blind, now, self._outage_grace)
+        hold = after_outages(self._blinds, now, self._outage_grace)
         if intake is not None:
             runs, db_now = intake
-            hold &= after_outage(intake_outage(runs, db_now, self._intake_gap), db_now, self._outage_grace)
+            hold &= after_outages(intake_outages(runs, db_now, self._intake_gap), db_now, self._outage_grace)
         self.hold = hold
         after = self.judged_until
         if after is not None and (before is None or after > before):

@@ -146,3 +146,28 @@ async def test_the_clock_never_judges_past_an_intake_outage_before_it_knows_of_i
         await viewing
     assert judged_past_unknown == []
     assert watermark.judged_until <= outage_began  # held for the grace after it
+
+
+async def test_the_watermark_names_every_recent_outage_of_intake_not_the_latest_only(kafka_bootstrap, engine) -> None:
+    """Faults back to back: a breach due in the first outage, judged after the second began, was
+    blamed on the owner, because the hold named the latest outage only."""
+    topic = await create_topic(kafka_bootstrap, 1)
+    now = datetime.now(UTC)
+    beats = [(now - timedelta(minutes=10), now - timedelta(minutes=5)),  # out 5 min ago, for 30 s
+             (now - timedelta(minutes=4, seconds=30), now - timedelta(seconds=40)),  # out 40 s ago, for 20 s
+             (now - timedelta(seconds=20), now)]
+    async with engine.begin() as conn:
+        await conn.execute(insert(availability).values([
+            {"interval_id": str(uuid.uuid4()), "first_beat": first, "last_beat": last} for first, last in beats]))
+    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
+                               group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
+                               commit_allowance=ALLOWANCE, interval=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(watermark.run(stop))
+    try:
+        await eventually(lambda: watermark.hold.outages, what="the outages known")
+    finally:
+        stop.set()
+        await running
+    began = sorted(o.began for o in watermark.hold.outages)
+    assert began == [beats[0][1], beats[1][1]]

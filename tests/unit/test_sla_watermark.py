@@ -13,11 +13,13 @@ from services.sla_clock.domain import (
     Warned,
     add_marks,
     after_outage,
+    after_outages,
     breach_root_cause,
     consume,
     held_watermark,
     inputs_seen_until,
     intake_outage,
+    intake_outages,
     judge,
     settled_watermark,
     touch,
@@ -171,6 +173,20 @@ def test_runs_closer_than_the_gap_are_one_time_of_availability() -> None:
 def test_a_silent_intake_is_out_since_its_last_beat() -> None:
     assert intake_outage([(at(0), at(90))], at(100), GAP) == Outage(at(90))
     assert intake_outage([(at(0), at(90)), (at(120), at(130))], at(130), GAP) == Outage(at(90), at(120))
+
+
+def test_every_outage_of_intake_is_named_not_the_latest_only() -> None:
+    """Faults back to back (Postgres stopped, then intake killed): the clock named only the latest
+    outage, so a breach due in the first and judged after the second began was the owner's."""
+    runs = [(at(0), at(50)), (at(56), at(80)), (at(90), at(99.9))]
+    first, second = Outage(at(50), at(56)), Outage(at(80), at(90))
+    assert intake_outages(runs, at(100), GAP) == [first, second]
+    assert intake_outages(runs, at(103), GAP) == [first, second, Outage(at(99.9))]
+    hold = after_outages([first, second, Outage(at(99.9))], at(103), GRACE)
+    assert hold.until == at(80) and hold.outages == (first, second, Outage(at(99.9)))  # the first: over
+    later = after_outages([first, second], at(150), GRACE)
+    assert later.until is None  # every grace over: nothing held, both still named
+    assert breach_root_cause("owner_missed", at(53), at(150), timedelta(seconds=60), later.outages) == "system_delay"
 
 
 def test_while_out_nothing_after_the_outage_began_is_judged() -> None:
