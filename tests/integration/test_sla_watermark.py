@@ -117,6 +117,7 @@ async def test_the_clock_never_judges_past_an_intake_outage_before_it_knows_of_i
     topic = await create_topic(kafka_bootstrap, 1)
     now = datetime.now(UTC)
     async with engine.begin() as conn:  # intake beat until 20 s ago, was silent, and beats again
+        await conn.execute(availability.delete())  # this module's database: only these beats
         await conn.execute(insert(availability).values([
             {"interval_id": str(uuid.uuid4()), "first_beat": now - timedelta(minutes=5),
              "last_beat": now - timedelta(seconds=20)},
@@ -155,8 +156,9 @@ async def test_the_watermark_names_every_recent_outage_of_intake_not_the_latest_
     now = datetime.now(UTC)
     beats = [(now - timedelta(minutes=10), now - timedelta(minutes=5)),  # out 5 min ago, for 30 s
              (now - timedelta(minutes=4, seconds=30), now - timedelta(seconds=40)),  # out 40 s ago, for 20 s
-             (now - timedelta(seconds=20), now)]
+             (now - timedelta(seconds=20), now + timedelta(minutes=1))]  # beating still, however slow the round
     async with engine.begin() as conn:
+        await conn.execute(availability.delete())  # this module's database: another test's beats would fill the gaps
         await conn.execute(insert(availability).values([
             {"interval_id": str(uuid.uuid4()), "first_beat": first, "last_beat": last} for first, last in beats]))
     watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
