@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,8 +19,29 @@ from pathlib import Path
 import httpx
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152  # IANA's range (macOS, Windows)
+
+
+_PORT_POOL = 8000  # ports below the ephemeral range that free_port draws from
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port for a server started soon after: below the kernel's ephemeral range, so no
+    outgoing connection (which takes its source port from that range) can take it meanwhile (a
+    service of the e2e stack failed to bind its port, exit 3, in CI), and never the same one
+    twice in a process (a port chosen and not yet bound looks free again)."""
+    low = _ephemeral_low()
+    pool = range(max(low - _PORT_POOL, 10_000), low)
+    for port in random.sample(pool, min(len(pool), 200)):
+        if port not in _given and port_is_free(port):
+            _given.add(port)
+            return port
+    with socket.socket() as s:  # no room below the range: any port the kernel gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
