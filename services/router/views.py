@@ -16,6 +16,8 @@ from .tables import assignments, owner_state, queue
 
 
 async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> list[dict[str, Any]]:
+    """Every configured owner with their live load and availability, then every owner the
+    configuration no longer names who still holds open leads (status `removed`)."""
     state = await load_state(conn, config, now)
     owners = state.owners
     versions = dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.version))).all())
@@ -45,6 +47,16 @@ async def list_owners(conn: AsyncConnection, config: Config, now: datetime) -> l
             "version": versions.get(o.id, 0),
         }
         for o in owners.values()
+    ] + [
+        # Taken out of the file, still holding leads: ops must see whose they are.
+        {
+            "owner_id": owner_id, "name": None, "status": "removed", "until": None, "capacity": None,
+            "daily_cap": None, "weight": None, "languages": [], "calendar": None, "working_hours": None,
+            "open_leads": n, "assigned_today": state.today.get(owner_id, 0), "available_now": False,
+            "unavailable_because": "not in the configuration; their open leads stay theirs until reassigned",
+            "teams": [], "version": versions.get(owner_id, 0),
+        }
+        for owner_id, n in (await open_leads_of_unknown_owners(conn, config)).items()
     ]
 
 

@@ -268,8 +268,8 @@ async def test_outbox_retry_with_a_broker_it_cannot_reach_ends_with_one_line_and
 
 
 async def test_config_apply_names_an_owner_taken_out_of_the_file_who_still_holds_leads(database, tmp_path: Path) -> None:
-    """Nothing reroutes an owner's leads when the owner leaves the file: they would sit with
-    someone who is gone, unseen in GET /v1/owners. `config apply` says so, dry run or not."""
+    """Nothing reroutes an owner's leads when the owner leaves the file: they stay with someone
+    who is gone (GET /v1/owners lists them as `removed`). `config apply` says so, dry run or not."""
     from services.router.tables import assignments
 
     engine = make_engine(database.url)
