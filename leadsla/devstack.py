@@ -31,10 +31,10 @@ _given: set[int] = set()
 
 
 def free_port() -> int:
-    """A free port for a server started soon after: below the kernel's ephemeral range, so no
-    outgoing connection (which takes its source port from that range) can take it meanwhile (a
-    service of the e2e stack failed to bind its port, exit 3, in CI), and never the same one
-    twice in a process (a port chosen and not yet bound looks free again)."""
+    """A free port for a server started soon after: below the kernel's ephemeral range, where
+    neither outgoing connections nor any program's bind(0) draw ports, and never the same one
+    twice in a process (a port chosen and not yet bound looks free again). With ports from
+    bind(0), a service of the e2e stack once found its port taken (uvicorn's exit 3) in CI."""
     low = _ephemeral_low()
     pool = range(max(low - _PORT_POOL, 10_000), low)
     for port in random.sample(pool, min(len(pool), 200)):
