@@ -78,6 +78,9 @@ class ConfigHolder:
     def __init__(self, engine: AsyncEngine, current: VersionedConfig) -> None:
         self._engine = engine
         self.current = current
+        # Set on every newly loaded version: a loop that sleeps by the configuration (the router's
+        # queue check) wakes to act on the new one at once, not after the old wait.
+        self.reloaded: list[asyncio.Event] = []
 
     @property
     def config(self) -> Config:
@@ -98,6 +101,8 @@ class ConfigHolder:
         if latest is not None and latest.version != self.current.version:
             log.info("config.reloaded", old=self.current.version, new=latest.version)
             self.current = latest
+            for event in self.reloaded:
+                event.set()
             return True
         return False
 

@@ -14,6 +14,7 @@ from .projection import PROJECTION
 
 def bootstrap(ctx: ServiceContext) -> ServiceSpec:
     wake_queue = asyncio.Event()
+    ctx.config.reloaded.append(wake_queue)  # owners added, hours or the check interval changed
 
     def deps() -> RouterDeps:
         return RouterDeps(ctx.config.config, ctx.clock, wake_queue)

@@ -265,7 +265,7 @@ def queue_loop(ctx: ServiceContext, wake: asyncio.Event):
     async def drain_round() -> float | None:
         await drain_all(ctx)
         await refresh_queue_depth(ctx)
-        return ctx.config.config.routing.queue_check_seconds  # or less, when woken (config reloads count)
+        return ctx.config.config.routing.queue_check_seconds  # or less, when woken (a config reload too)
 
     async def run(stop: asyncio.Event) -> None:
         # A failed round (database away) is tried again after the backoff; routing itself goes on.

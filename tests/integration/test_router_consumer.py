@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.router.bootstrap import bootstrap
 from services.router.handlers import RouterDeps, route_lead, update_owner
 from services.router.tables import assignments, queue
+from shared.config_store import apply_config
 from shared.consumer import EventConsumer
 from shared.events import (
     ActivityRecorded,
@@ -360,3 +361,43 @@ async def test_a_surge_of_ten_thousand_queued_leads_drains_in_priority_order_wit
         waiting = await conn.scalar(select(func.count()).select_from(queue))
     assert all(n <= 40 for n in open_now.values()) and sum(open_now.values()) == 200
     assert waiting == 10_000 - 250
+
+
+async def test_owners_added_by_a_new_configuration_take_the_queue_at_once(make_ctx, clock, engine,
+                                                                          empty_queue) -> None:
+    """The queue is checked every `queue_check_seconds` (an hour here), and at once when a new
+    configuration is loaded: owners added to drain a queue take it without waiting the hour."""
+    s = uuid.uuid4().hex[:6]
+    nobody = f"""
+owners: [{{id: ben-{s}, status: out_of_office}}]
+teams: [{{id: sdr-{s}, members: [ben-{s}]}}]
+routing: {{queue_check_seconds: 3600, rules: [{{id: rr-{s}, team: sdr-{s}}}]}}
+"""
+    ctx = make_ctx("router", nobody, version=0)  # any version applied below is newer
+    spec = bootstrap(ctx)
+    lead = received(clock.now())
+    async with ctx.uow() as uow:
+        await route_lead(uow, Received.of(lead), RouterDeps(ctx.config.config, clock))
+        await uow.commit()
+    assert [e.type for e in await published_events(engine, "router", lead.subject)] == ["lead.queued"]
+
+    stop = asyncio.Event()
+    loop = asyncio.create_task(spec.loops[0](stop))
+    try:
+        async with engine.begin() as conn:
+            await apply_config(conn, nobody.replace(f"[{{id: ben-{s}, status: out_of_office}}]",
+                                                    f"[{{id: ben-{s}, status: out_of_office}}, {{id: ann-{s}}}]")
+                               .replace(f"members: [ben-{s}]", f"members: [ben-{s}, ann-{s}]"))
+        assert await ctx.config.refresh()  # what the config watch does within config_poll_seconds
+
+        async def assigned() -> bool:
+            return await _ends_with_assignment(published_types(engine, lead.subject))
+
+        await eventually(assigned, timeout=10, what="the queued lead assigned to the new owner")
+    finally:
+        stop.set()
+        await loop
+
+
+async def published_types(engine, lead_id: str) -> list[str]:
+    return [e.type for e in await published_events(engine, "router", lead_id)]
