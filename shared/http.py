@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
+from .docs_pages import add_docs_pages
 from .migrate import current_revision, head_revision
 from .openapi import api_routes, document_problems, key_role
 from .ratelimit import KeyLimiter
@@ -372,7 +373,8 @@ def create_app(
 ) -> FastAPI:
     """The service's app. `key_limits`: every keyed request counts against its key's limit
     (`LEADSLA_API_RATE_LIMIT_PER_SECOND`; intake limits per source instead, in its routes)."""
-    app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0")
+    app = FastAPI(title=f"leadsla {ctx.name}", version="0.1.0", docs_url=None, redoc_url=None)
+    add_docs_pages(app)  # pinned, integrity-checked scripts (shared.docs_pages)
     app.state.ctx = ctx
     if key_limits:
         app.state.key_limiter = KeyLimiter()

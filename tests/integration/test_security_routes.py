@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -373,3 +374,20 @@ async def test_a_source_key_reads_the_sla_of_its_own_source_s_leads_only(apps, e
         refused = await get(theirs, "source")
         assert refused.status_code == 403 and names_the_header(refused), refused.text
         assert (await get(theirs, "admin")).status_code == 200
+
+
+async def test_the_docs_pages_run_only_pinned_integrity_checked_scripts(apps) -> None:
+    """/docs and /redoc load their scripts from a CDN: each at a fixed version with its SRI hash
+    (a file changed there is not run), and nothing else from outside."""
+    for service, app in apps.items():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            for page in ("/docs", "/redoc"):
+                response = await c.get(page)
+                assert response.status_code == 200, (service, page)
+                html = response.text
+                assert "/openapi.json" in html
+                external = re.findall(r'<(?:script|link)[^>]*(?:src|href)="(https?://[^"]+)"[^>]*>', html)
+                assert external, (service, page)
+                for tag in re.findall(r'<(?:script|link)[^>]*(?:src|href)="https?://[^"]+"[^>]*>', html):
+                    assert re.search(r'@\d+\.\d+\.\d+/', tag) and 'integrity="sha384-' in tag, tag
+                assert "fonts.googleapis" not in html and "tiangolo" not in html
