@@ -208,8 +208,11 @@ def _queued(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
         s["queued_at"] = at
     number = d.get("assignment_no")
     if d.get("from_owner_id") and number is not None and number > (s.get("assignment_no") or 0):
-        # Taken from its owner into the queue: nobody's until the hand-out (same number) comes.
+        # Taken from its owner into the queue: nobody's until the hand-out (same number) comes,
+        # and waiting again (a lead list filtered by status `queued` shows it), unless worked.
         s.update(assignment_no=number, owner_id=None)
+        if s.get("status") == "assigned":
+            s["status"] = "queued"
     _advance(s, "queued")
 
 

@@ -178,10 +178,12 @@ def test_a_lead_taken_into_the_queue_is_nobody_s_until_handed_out_and_that_count
     handed = CloudEvent(id="a2", source="test", type="lead.assigned", subject="l1", time=NOW, data={
         "lead_id": "l1", "owner_id": "bob", "team_id": "sdr", "assignment_no": 2, "assigned_at": "2026-11-17T09:10:00Z"})
     waiting = replay(RECEIVED, ASSIGNED, queued)
-    assert waiting["owner_id"] is None
+    assert (waiting["owner_id"], waiting["status"]) == (None, "queued")  # it read `assigned`, to nobody
     state = replay(RECEIVED, ASSIGNED, queued, handed)
     assert (state["owner_id"], state["reassignments"], state["first_owner_id"]) == ("bob", 1, "alice")
-    assert replay(RECEIVED, ASSIGNED, handed, queued)["owner_id"] == "bob"  # a late queue event changes nothing
+    assert state["status"] == "assigned"
+    late = replay(RECEIVED, ASSIGNED, handed, queued)  # a late queue event changes nothing
+    assert (late["owner_id"], late["status"]) == ("bob", "assigned")
 
 
 def test_a_tier_upgrade_moves_the_lead_to_its_new_tier() -> None:
