@@ -25,6 +25,7 @@ from . import metrics
 from .auth import Principal
 from .db import database_outage, is_database_unavailable
 from .docs_pages import add_docs_pages
+from .eventstore import ConcurrencyConflict
 from .migrate import current_revision, head_revision
 from .openapi import api_routes, document_problems, key_role
 from .ratelimit import KeyLimiter
@@ -153,18 +154,29 @@ def install_error_handlers(app: FastAPI, on_invalid: InvalidRequestHook | None =
         retry_after = str(getattr(request.app.state, "retry_after_seconds", 5))
         # A statement that got no answer may have been the commit, which a server that answers
         # again still carries out: the client is told so (a retried lead is recognised).
-        detail = (_NO_ANSWER if isinstance(exc, TimeoutError) else
+        detail = (_BUSY if busy else _NO_ANSWER if isinstance(exc, TimeoutError) else
                   "The database is unreachable; nothing was stored. Retry after the time in Retry-After.")
         return problem_response(
             ProblemError(503, "Service unavailable", detail, headers={"Retry-After": retry_after}),
             request.url.path)
 
+    async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+        # A command that lost the race on its stream every time it was retried (many writers of
+        # one lead at once): nothing was stored, and trying again is the answer.
+        return problem_response(ProblemError(
+            409, "Conflict", "The lead kept changing concurrently; nothing was stored. Retry.",
+            [{"field": "(request)", "message": "lost a race with concurrent changes of the same lead"}],
+            headers={"Retry-After": "1"}), request.url.path)
+
+    app.add_exception_handler(ConcurrencyConflict, _conflict)
     # Registered by class (not as the catch-all 500 handler, which Starlette re-raises and logs).
     for error_class in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, asyncpg.PostgresError,
                         asyncpg.InterfaceError, TimeoutError):
         app.add_exception_handler(error_class, _database_error)
 
 
+_BUSY = ("The database is busy: no connection came free in time; nothing was stored. Retry after the time "
+         "in Retry-After.")
 _NO_ANSWER = ("The database did not answer in time. Retry after the time in Retry-After: the request was not "
               "stored unless its commit had reached the database, and a lead sent again is recognised as the "
               "same lead (its Idempotency-Key, or its contact within the dedupe window).")

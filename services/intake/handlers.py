@@ -341,6 +341,9 @@ async def record_activity(
 ) -> str:
     """Record a touch (activity.recorded); a repeat of the same external id changes nothing.
     An opt-out also makes the lead not contactable (lead.updated)."""
+    # Writers of one lead's touches wait for each other, not race: a CRM syncing a lead's calls in
+    # parallel lost the race on its stream five times over (a 500), 16 of 40 concurrent posts.
+    await store.lock([f"lead:{lead_id}"])
     await uow.load_version(lead_id)
     lead = await store.lead(lead_id)
     if lead is None:

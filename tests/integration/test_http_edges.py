@@ -107,3 +107,23 @@ async def test_a_direct_route_answers_as_the_router_would(make_ctx) -> None:
     assert database.status_code == 503 and database.headers["Retry-After"]
     assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "POST"
     assert slash.status_code in (307, 404)
+
+
+async def test_a_command_that_keeps_losing_its_race_is_a_409_problem_to_retry(make_ctx) -> None:
+    """Retries used up against concurrent writers of one lead: a 409 saying to retry, as the
+    README says, not a plain-text 500."""
+    from fastapi import APIRouter
+
+    from shared.eventstore import ConcurrencyConflict
+
+    racing = APIRouter()
+
+    @racing.post("/v1/race")
+    async def race() -> None:
+        raise ConcurrencyConflict("lead:x", 3, 4)
+
+    app = create_app(make_ctx("intake", "tiers: {default: A}\n"), [racing])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        response = await c.post("/v1/race")
+    assert response.status_code == 409 and response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "1" and response.json()["errors"][0]["field"] == "(request)"

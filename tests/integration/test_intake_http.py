@@ -1,6 +1,7 @@
 """POST /v1/leads and activities through the real app, database and outbox."""
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -177,6 +178,17 @@ async def test_bodies_over_64_kib_are_refused(api) -> None:
     body = lead_body(attributes={"blob": "x" * 70_000})
     response = await api.post("/v1/leads", json=body)
     assert response.status_code == 413 and response.json()["status"] == 413
+
+
+async def test_a_crm_syncing_a_lead_s_touches_in_parallel_gets_every_one_recorded(api, engine) -> None:
+    """40 touches of one lead at once (a webhook-driven CRM): each lost the race on the lead's
+    stream to the others, five retries over, and 16 of 40 got a plain-text 500."""
+    lead_id = (await api.post("/v1/leads", json=lead_body())).json()["lead_id"]
+    touches = [{"type": "email", "actor": "alice", "external_id": f"sync-{i}"} for i in range(40)]
+    answers = await asyncio.gather(*(api.post(f"/v1/leads/{lead_id}/activities", json=t) for t in touches))
+    assert [r.status_code for r in answers] == [202] * 40, {r.status_code: r.text for r in answers}
+    recorded = [e for e in await stored_events(engine, "intake", lead_id) if e.type == "activity.recorded"]
+    assert len(recorded) == 40 and len({e.data["activity_id"] for e in recorded}) == 40
 
 
 async def test_activities(api, engine) -> None:
