@@ -26,6 +26,7 @@ from .adapters import PostgresIntakeStore
 from .domain import ActivityIn, activity_zone, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
+    FUTURE_TOLERANCE,
     Accepted,
     LeadRequest,
     OtherSourcesLead,
@@ -287,7 +288,8 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         if activity.external_id is None and key:
             activity = activity.model_copy(update={"external_id": key})
         zone = activity_zone(ctx.config.config, principal.name)
-        warnings, activity = activity.warnings(zone), activity.dated(zone)
+        warnings = activity.warnings(zone, latest=ctx.clock.now() + FUTURE_TOLERANCE)
+        activity = activity.dated(zone)
 
         async def record() -> tuple[str, str]:
             async with ctx.uow() as uow:

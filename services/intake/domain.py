@@ -386,9 +386,10 @@ class ActivityIn(FormInput):
         # own field must not cost the touch (the insert failed, 500, and the SLA breached).
         return clean_text(kept)
 
-    def warnings(self, zone: str) -> list[dict[str, str]]:
+    def warnings(self, zone: str, latest: datetime | None = None) -> list[dict[str, str]]:
         """What was kept as sent or read by assumption, by field, so an integrator sees a
-        misspelt `outcome` or a CRM's local timestamps at once (call before `dated`)."""
+        misspelt `outcome` or a CRM's local timestamps at once (call before `dated`). `latest`:
+        the latest time a touch may have happened (`undated_if_after`'s limit)."""
         unknown = [*(self.model_extra or {}),
                    *(f"disposition.{name}" for name in (self.disposition.model_extra or {} if self.disposition else {}))]
         found = [{"field": name, "message": "not an activity field; kept in attributes"} for name in unknown]
@@ -405,7 +406,14 @@ class ActivityIn(FormInput):
                                                              f"source's time zone {zone}; kept in attributes, the touch "
                                                              "is dated when intake accepted it"})
         elif self.occurred_at is not None and self.occurred_at.tzinfo is None:
-            found.append({"field": "occurred_at", "message": f"has no UTC offset; read in the source's time zone {zone}"})
+            local = self._in_zone(zone)
+            if latest is not None and local is not None and local > latest:
+                found.append({"field": "occurred_at", "message": f"has no UTC offset, and read in the source's time "
+                                                                 f"zone {zone} it lies in the future; kept in attributes, "
+                                                                 "the touch is dated when intake accepted it"})
+            else:
+                found.append({"field": "occurred_at",
+                              "message": f"has no UTC offset; read in the source's time zone {zone}"})
         return found
 
 

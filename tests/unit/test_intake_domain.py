@@ -471,3 +471,18 @@ def test_an_actor_named_by_an_owner_s_email_is_that_owner() -> None:
     assert actor_id("alice@example.COM ", config) == "alice"
     assert actor_id("carol@example.com", config) == "carol@example.com"
     assert actor_id("bob", config) == "bob" and actor_id(None, config) is None
+
+
+def test_a_local_occurred_at_that_its_source_s_zone_puts_in_the_future_is_warned_as_kept_not_as_read() -> None:
+    """08:09 without an offset, sent at 08:10 UTC by a New York source: read there it is 13:09
+    UTC, in the future, so the touch is dated when accepted and the time kept in attributes; the
+    warning said it was read in New York's zone."""
+    activity = ActivityIn.model_validate({"type": "call", "occurred_at": "2026-11-27T08:09:12"})
+    latest = datetime(2026, 11, 27, 8, 15, tzinfo=UTC)  # accepted at 08:10, five minutes' tolerance
+    [warning] = activity.warnings("America/New_York", latest=latest)
+    assert warning["field"] == "occurred_at" and "future; kept in attributes" in warning["message"]
+    kept = activity.dated("America/New_York").undated_if_after(latest)
+    assert kept.occurred_at is None and kept.attributes() == {"occurred_at": "2026-11-27T08:09:12"}
+    # Read in London's zone it is in the past: read so, as the warning says.
+    [read] = activity.warnings("Europe/London", latest=latest)
+    assert read["message"] == "has no UTC offset; read in the source's time zone Europe/London"
