@@ -198,6 +198,10 @@ class EventConsumer:
         self._session_timeout_ms = session_timeout_ms
         self._lag_interval = lag_interval
         self.ready = asyncio.Event()
+        # When (time.monotonic()) this consumer last knew it had handled every record on its
+        # partitions: the start of a fetch that came back empty, or of one whose records it handled
+        # up to the partitions' high watermarks. None until it has fetched since starting.
+        self.caught_up_at: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(
@@ -232,6 +236,7 @@ class EventConsumer:
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
+                fetched_at = time.monotonic()
                 batch = await consumer.getmany(timeout_ms=300)
                 # Commit exactly what was handled: a bare commit() would also commit the records
                 # fetched but left unhandled when a shutdown arrives mid-batch, losing them.
@@ -242,6 +247,9 @@ class EventConsumer:
                 handled = await self._process_batch(records, stop) if records else 0
                 for record in records[:handled]:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
+                if handled == len(records) and all((consumer.highwater(tp) or 0) <= next_offset.offset
+                                                   for tp, next_offset in done.items()):
+                    self.caught_up_at = fetched_at
                 to_commit.update(done)
                 if to_commit and (committing is None or committing.done()):
                     committing = asyncio.create_task(self._commit(consumer, to_commit))

@@ -725,3 +725,13 @@ class ActivityReleased(WireModel):
 KEY_BOUND = IdempotencyKeyBound.TYPE
 ACTIVITY_HELD = ActivityHeld.TYPE
 ACTIVITY_RELEASED = ActivityReleased.TYPE
+
+
+def raw_topics_taken_in(caught_up_at: Sequence[float | None], now: float, within: float) -> bool:
+    """Whether intake may beat (vouch to the SLA clock that it holds what senders handed it until
+    now): each raw-topic consumer handled everything on its partitions within `within` seconds of
+    `now`. A consumer behind a backlog (a CRM's back-fill of 20,000 touches ahead of a live one),
+    or not yet fetching since it started, is not: intake falls silent, the clock sees an outage
+    of its inputs and holds the deadlines in it, so a touch the broker took in time is not judged
+    missing (it was, `owner_missed`, acked 59 s before the deadline)."""
+    return all(at is not None and now - at <= within for at in caught_up_at)

@@ -33,7 +33,7 @@ from shared.text import loads_json
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore, forget_beats, record_beat
-from .domain import ActivityIn, activity_zone, intent_vocabulary
+from .domain import ActivityIn, activity_zone, intent_vocabulary, raw_topics_taken_in
 from .handlers import (
     EXPIRE_BATCH,
     LeadRequest,
@@ -232,10 +232,11 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         await run_loop("intake.expire", expire_round, stop, idle=every())
 
     async def beat_loop(stop: asyncio.Event) -> None:
-        """Say, every `intake_beat_seconds`, that intake can accept. A run of beats is one row; after
-        a silence (the database away, the process stalled) a new row starts, so the rows show when
-        intake could not accept and the SLA clock waits for senders' retries (sla_clock's
-        `intake_outage`)."""
+        """Say, every `intake_beat_seconds`, that intake can accept, and has taken in what was
+        handed to it on the raw topics (`raw_topics_taken_in`). A run of beats is one row; after a
+        silence (the database away, the process stalled, a backlog on a raw topic) a new row
+        starts, so the rows show when intake could not accept and the SLA clock waits for senders'
+        retries (sla_clock's `intake_outage`)."""
         settings = ctx.settings
         gap = timedelta(seconds=settings.intake_outage_gap_seconds)
         interval_id: str | None = None
@@ -243,6 +244,8 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
 
         async def beat_round() -> float:
             nonlocal interval_id, last_forget
+            if not raw_topics_taken_in([c.caught_up_at for c in ctx.consumers], time.monotonic(), gap.total_seconds()):
+                return settings.intake_beat_seconds  # silent until the raw topics' backlog is handled
             async with ctx.engine.begin() as conn:
                 interval_id = await record_beat(conn, interval_id, gap)
                 if time.monotonic() - last_forget > BEATS_FORGET_EVERY:

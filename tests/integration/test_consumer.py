@@ -464,3 +464,44 @@ async def test_a_record_whose_statement_times_out_past_the_patience_is_dead_lett
     async with _consumer_behind_a_lock(engine, producer, kafka_bootstrap, database_url, patience=1.0) as (_, event):
         stored = await eventually(lambda: _stored(engine, event), timeout=60, what="a dead letter")
     assert stored == ["deadletter"]
+
+
+async def test_a_consumer_behind_a_backlog_does_not_say_it_is_caught_up(engine, producer, kafka_bootstrap) -> None:
+    """`caught_up_at` is when the consumer last knew it had handled everything on its partitions
+    (intake beats to the SLA clock only while its raw-topic consumers are so): a backlog it is
+    still working through, fetched in batches, keeps it where it was before the backlog came."""
+    import time
+
+    topic = await create_topic(kafka_bootstrap, partitions=1)
+    lead = f"lead-{uuid.uuid4()}"
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    async def handler(uow: UnitOfWork, received: Received[LeadQueued]) -> None:
+        entered.set()
+        await gate.wait()  # a slow handler: the backlog stays a backlog until the gate opens
+
+    consumer = EventConsumer(Subscription(f"test-{uuid.uuid4().hex[:6]}", (topic,), {LeadQueued: handler}),
+                             service="notifier", bootstrap=kafka_bootstrap, engine=engine,
+                             relay_wakeup=asyncio.Event(), clock=ManualClock(NOW))
+    assert consumer.caught_up_at is None
+    stop = asyncio.Event()
+    running = asyncio.create_task(consumer.run(stop))
+    try:
+        await eventually(lambda: consumer.caught_up_at is not None, what="an empty fetch: caught up")
+        before = time.monotonic()
+        for i in range(1500):  # more than one fetch holds (max_poll_records 1000)
+            event = new_event("lead.queued", service="router", lead_id=lead, time=NOW,
+                              data=LeadQueued(lead_id=lead, tier="A", queue="q", reason=f"r{i}"))
+            await producer.send(topic, event.to_bytes(), key=lead.encode())
+        await producer.flush()
+        # While the handler is held on the backlog, the consumer does not claim to have caught up.
+        await eventually(entered.is_set, what="the backlog's first batch in the handler")
+        assert consumer.caught_up_at < before
+        produced = time.monotonic()
+        gate.set()
+        await eventually(lambda: consumer.caught_up_at > produced, timeout=60,
+                         what="caught up again once the backlog is handled")
+    finally:
+        gate.set()
+        stop.set()
+        await running

@@ -486,3 +486,11 @@ def test_a_local_occurred_at_that_its_source_s_zone_puts_in_the_future_is_warned
     # Read in London's zone it is in the past: read so, as the warning says.
     [read] = activity.warnings("Europe/London", latest=latest)
     assert read["message"] == "has no UTC offset; read in the source's time zone Europe/London"
+
+
+def test_intake_beats_only_while_every_raw_topic_consumer_is_caught_up() -> None:
+    from services.intake.domain import raw_topics_taken_in
+    assert raw_topics_taken_in([100.0, 101.5], now=102.0, within=2.0)
+    assert not raw_topics_taken_in([100.0, 97.0], now=102.0, within=2.0)  # one behind a backlog for 5 s
+    assert not raw_topics_taken_in([None, 101.0], now=102.0, within=2.0)  # one not fetching yet since its start
+    assert raw_topics_taken_in([], now=102.0, within=2.0)  # no raw consumers (a test's intake): nothing to wait for
