@@ -155,10 +155,11 @@ def routes(ctx: ServiceContext) -> APIRouter:
         start: FromQ = None, end: ToQ = None,
         status: LeadStatus | None = None, owner_id: str | None = None, team_id: str | None = None,
         tier: str | None = None, source: str | None = None, breached: bool | None = None,
+        external_id: str | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50, cursor: str | None = None,
     ) -> dict[str, Any]:
         f = views.LeadFilter(status=status, owner_id=owner_id, team_id=team_id, tier=tier, source=source,
-                             breached=breached, period=_period(start, end))
+                             breached=breached, external_id=external_id, period=_period(start, end))
         try:
             leads, next_cursor = await read(views.list_leads, f, limit, cursor)
         except views.BadCursor as exc:

@@ -226,6 +226,7 @@ class LeadFilter:
     tier: str | None = None
     source: str | None = None
     breached: bool | None = None
+    external_id: str | None = None  # the sender's own id for the lead (index: migration 0022)
     period: Period = Period()
 
 
@@ -251,7 +252,11 @@ async def list_leads(conn: AsyncConnection, f: LeadFilter, limit: int,
     """Newest first (by received time, then id); keyset pagination, so pages stay stable while
     new leads arrive at the top."""
     l = lead_state.c  # noqa: E741
-    q = select(*(getattr(l, name) for name in LIST_FIELDS), l.sla).where(l.received_at.is_not(None))
+    external_id = l.profile["external_id"].astext
+    q = select(*(getattr(l, name) for name in LIST_FIELDS), l.sla, external_id.label("external_id")).where(
+        l.received_at.is_not(None))
+    if f.external_id is not None:
+        q = q.where(external_id == f.external_id)
     for column, value in (("status", f.status), ("owner_id", f.owner_id), ("team_id", f.team_id),
                           ("tier", f.tier), ("source", f.source), ("breached", f.breached)):
         if value is not None:
@@ -268,6 +273,7 @@ async def list_leads(conn: AsyncConnection, f: LeadFilter, limit: int,
     leads = []
     for r in page:
         lead = {k: utc_iso(r[k]) if isinstance(r[k], datetime) else r[k] for k in LIST_FIELDS}
+        lead["external_id"] = r["external_id"]
         lead["sla"] = {metric: shown_state(entry.get("state")) for metric, entry in (r["sla"] or {}).items()}
         leads.append(lead)
     next_cursor = encode_cursor(page[-1]["received_at"], page[-1]["lead_id"]) if len(rows) > limit else None

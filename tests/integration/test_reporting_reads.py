@@ -495,3 +495,19 @@ async def test_reports_by_team_count_a_lead_moved_to_another_team_where_its_owne
     assert [lead["lead_id"] for lead in listed] == [lead_id]
     verified = await rebuild(reporting.engine, parse_config(CONFIG), verify=True)
     assert not verified.differences
+
+
+async def test_a_crm_finds_a_lead_by_its_own_record_id(reporting: Reporting) -> None:
+    """A CRM that sends touches by its record's id (external_id) maps the lead's owner and SLA
+    back to that record: the list names each lead's external_id and filters on it."""
+    mine, other = f"crm-{uuid.uuid4().hex[:8]}", f"crm-{uuid.uuid4().hex[:8]}"
+    record_id = f"hs-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=23)
+    topic, first = received(mine, t)
+    first.data["external_id"] = record_id
+    await reporting.publish((topic, first), received(other, t))
+    found = (await reporting.client.get("/v1/leads", params={"external_id": record_id})).json()["leads"]
+    assert [(lead["lead_id"], lead["external_id"]) for lead in found] == [(mine, record_id)]
+    everyone = (await reporting.client.get("/v1/leads", params=window(t))).json()["leads"]
+    assert {lead["lead_id"]: lead["external_id"] for lead in everyone if lead["lead_id"] in (mine, other)} == {
+        mine: record_id, other: None}
