@@ -205,6 +205,10 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
             activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
+        if activity.occurred_at is None and event.time <= now:
+            # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
+            # when the broker took the record, not when intake got to it behind a backlog.
+            activity = activity.model_copy(update={"occurred_at": event.time})
         lead_id = await resolve_lead(store, ref, named)
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.

@@ -7,7 +7,7 @@ import base64
 import json
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -369,3 +369,18 @@ async def test_bad_touches_on_the_raw_topic_are_dead_lettered_with_their_bytes_a
     assert [base64.b64decode(d.data["original_bytes_b64"]) for d in dead] == bad
     assert "not JSON" in dead[0].data["error"] and "type" in dead[1].data["error"]
     assert "disposition.status" in dead[2].data["error"] and all(d.data["topic"] == activities for d in dead)
+
+
+async def test_a_touch_on_kafka_without_its_own_time_is_dated_by_its_cloudevent_time(intake, engine, producer, clock) -> None:
+    """CloudEvents' `time` is when the occurrence happened: a CRM's call sent as a CloudEvent with
+    no occurred_at in its data was dated when intake got to it (behind a backlog, after the deadline)."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait(submissions, json.dumps({"external_id": ref, "contact": {"email": f"{ref}@x.com"}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    called = clock.now() - timedelta(minutes=3)
+    touch = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "crm/x", "type": "com.crm.activity",
+             "time": called.isoformat(), "data": {"type": "call", "actor": "al", "outcome": "connected"}}
+    await producer.send_and_wait(activities, json.dumps(touch).encode(), key=lead_id.encode())
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
+    assert datetime.fromisoformat(events[1].data["occurred_at"]) == called
