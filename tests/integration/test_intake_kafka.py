@@ -17,7 +17,7 @@ from services.intake.bootstrap import bootstrap
 from services.intake.tables import leads, pending_activities
 from shared.consumer import EventConsumer
 from shared.db import deadletters
-from shared.events import CloudEvent
+from shared.events import CloudEvent, deterministic_id
 from shared.eventstore import EVENTS
 from tests.support import create_topic, eventually, stored_events
 
@@ -384,3 +384,7 @@ async def test_a_touch_on_kafka_without_its_own_time_is_dated_by_its_cloudevent_
     await producer.send_and_wait(activities, json.dumps(touch).encode(), key=lead_id.encode())
     events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the touch", timeout=120)
     assert datetime.fromisoformat(events[1].data["occurred_at"]) == called
+    # Its ce_id is its idempotency key, as an Idempotency-Key over HTTP is (the same id, the same
+    # touch), and its ce_source is kept.
+    assert events[1].data["activity_id"] == deterministic_id("activity", lead_id, touch["id"])
+    assert events[1].data["attributes"] == {"ce_source": "crm/x"}
