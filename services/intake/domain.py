@@ -401,19 +401,17 @@ class ActivityIn(FormInput):
         if self._unreadable_time is not None:
             found.append({"field": "occurred_at", "message": "is not a timestamp; kept in attributes, "
                                                              "the touch is dated when intake accepted it"})
-        elif self.occurred_at is not None and self.occurred_at.tzinfo is None and self._in_zone(zone) is None:
-            found.append({"field": "occurred_at", "message": f"has no instant in the years 1 to 9999 in UTC read in the "
-                                                             f"source's time zone {zone}; kept in attributes, the touch "
-                                                             "is dated when intake accepted it"})
         elif self.occurred_at is not None and self.occurred_at.tzinfo is None:
             local = self._in_zone(zone)
-            if latest is not None and local is not None and local > latest:
-                found.append({"field": "occurred_at", "message": f"has no UTC offset, and read in the source's time "
-                                                                 f"zone {zone} it lies in the future; kept in attributes, "
-                                                                 "the touch is dated when intake accepted it"})
+            if local is None:
+                message = (f"has no instant in the years 1 to 9999 in UTC read in the source's time zone {zone}; "
+                           "kept in attributes, the touch is dated when intake accepted it")
+            elif latest is not None and local > latest:
+                message = (f"has no UTC offset, and read in the source's time zone {zone} it lies in the future; "
+                           "kept in attributes, the touch is dated when intake accepted it")
             else:
-                found.append({"field": "occurred_at",
-                              "message": f"has no UTC offset; read in the source's time zone {zone}"})
+                message = f"has no UTC offset; read in the source's time zone {zone}"
+            found.append({"field": "occurred_at", "message": message})
         return found
 
 

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -205,18 +206,20 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
             activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
         except ValidationError as exc:
             raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
+        given: dict[str, Any] = {}
         if not (event.model_extra or {}).get(BARE):
             # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
             # submission (the same id as an Idempotency-Key over HTTP is the same touch), and its
             # source is kept.
             if activity.external_id is None:
-                activity = activity.model_copy(update={"external_id": event.id})
+                given["external_id"] = event.id
             if "ce_source" not in (activity.model_extra or {}):
-                activity = activity.model_copy(update={"ce_source": event.source})
+                given["ce_source"] = event.source
         if activity.occurred_at is None and event.time <= now:
             # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
             # when the broker took the record, not when intake got to it behind a backlog.
-            activity = activity.model_copy(update={"occurred_at": event.time})
+            given["occurred_at"] = event.time
+        activity = activity.model_copy(update=given) if given else activity
         lead_id = await resolve_lead(store, ref, named)
         if lead_id is None:
             # The raw topics are consumed independently: the lead may still be on its way.
