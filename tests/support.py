@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -161,3 +163,27 @@ def service_apps(engine, producer, settings, config_yaml: str, *, key_limits: bo
         built[name] = (create_app(ctx, spec.routers, spec.on_invalid_request,
                                   key_limits=key_limits and spec.key_limits), spec)
     return built
+
+
+# What the SLA clock's watermark tests give a transaction in flight (sla_commit_allowance_seconds).
+WATERMARK_ALLOWANCE = timedelta(milliseconds=200)
+
+
+@contextlib.asynccontextmanager
+async def running_watermark(kafka_bootstrap: str, engine, topics: list[str],
+                            group: str | None = None) -> AsyncIterator:
+    """The SLA clock's input watermark over `topics`, for intake's store, running in rounds every
+    50 ms until the block ends."""
+    from services.sla_clock.watermark import InputWatermark
+    from shared.clock import SystemClock
+
+    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
+                               group=group or f"wm-{uuid.uuid4().hex[:8]}", topics=topics, producers=["intake"],
+                               commit_allowance=WATERMARK_ALLOWANCE, interval=0.05)
+    stop = asyncio.Event()
+    running = asyncio.create_task(watermark.run(stop))
+    try:
+        yield watermark
+    finally:
+        stop.set()
+        await running

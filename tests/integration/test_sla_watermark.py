@@ -16,10 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.tables import availability
 from services.sla_clock.watermark import InputWatermark
-from shared.clock import SystemClock
 from shared.eventstore import EVENTS, RELAY
 from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
-from tests.support import create_topic, eventually
+from tests.support import WATERMARK_ALLOWANCE, create_topic, eventually, running_watermark
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def engine(own_database: OwnDatabase) -> AsyncEngine:  # noqa: F811
     return own_database.engine
 
 
-ALLOWANCE = timedelta(milliseconds=200)
+ALLOWANCE = WATERMARK_ALLOWANCE
 
 
 @pytest.fixture
@@ -37,13 +36,8 @@ async def setup(kafka_bootstrap, engine) -> AsyncIterator[tuple[InputWatermark, 
     topic = await create_topic(kafka_bootstrap, 2)
     group = f"wm-{uuid.uuid4().hex[:8]}"
     # No relay runs in integration tests: rows other tests left unpublished would hold the watermark.
-    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(), group=group,
-                               topics=[topic], producers=["intake"], commit_allowance=ALLOWANCE, interval=0.05)
-    stop = asyncio.Event()
-    task = asyncio.create_task(watermark.run(stop))
-    yield watermark, topic, group
-    stop.set()
-    await task
+    async with running_watermark(kafka_bootstrap, engine, [topic], group) as watermark:
+        yield watermark, topic, group
 
 
 async def rounds_later(watermark: InputWatermark, n: int = 3) -> None:
@@ -122,29 +116,25 @@ async def test_the_clock_never_judges_past_an_intake_outage_before_it_knows_of_i
             {"interval_id": str(uuid.uuid4()), "first_beat": now - timedelta(minutes=5),
              "last_beat": now - timedelta(seconds=20)},
             {"interval_id": str(uuid.uuid4()), "first_beat": now - timedelta(seconds=1), "last_beat": now}]))
-    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
-                               group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
-                               commit_allowance=ALLOWANCE, interval=0.05)
     outage_began = now - timedelta(seconds=20)
     judged_past_unknown: list[datetime] = []
-    stop = asyncio.Event()
+    viewed = asyncio.Event()
 
-    async def timer_loop_view() -> None:  # what the timer loop may read at any turn of the event loop
-        while not stop.is_set():
+    async def timer_loop_view(watermark: InputWatermark) -> None:  # what the timer loop may read at any turn
+        while not viewed.is_set():
             judged = watermark.judged_until
             if judged is not None and judged > outage_began and not watermark.hold.outages:
                 judged_past_unknown.append(judged)
             await asyncio.sleep(0)
 
-    viewing = asyncio.create_task(timer_loop_view())
-    running = asyncio.create_task(watermark.run(stop))
-    try:
-        await eventually(lambda: watermark.hold.outages, what="the outage known")
-        await rounds_later(watermark)
-    finally:
-        stop.set()
-        await running
-        await viewing
+    async with running_watermark(kafka_bootstrap, engine, [topic]) as watermark:
+        viewing = asyncio.create_task(timer_loop_view(watermark))
+        try:
+            await eventually(lambda: watermark.hold.outages, what="the outage known")
+            await rounds_later(watermark)
+        finally:
+            viewed.set()
+            await viewing
     assert judged_past_unknown == []
     assert watermark.judged_until <= outage_began  # held for the grace after it
 
@@ -161,15 +151,7 @@ async def test_the_watermark_names_every_recent_outage_of_intake_not_the_latest_
         await conn.execute(availability.delete())  # this module's database: another test's beats would fill the gaps
         await conn.execute(insert(availability).values([
             {"interval_id": str(uuid.uuid4()), "first_beat": first, "last_beat": last} for first, last in beats]))
-    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
-                               group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
-                               commit_allowance=ALLOWANCE, interval=0.05)
-    stop = asyncio.Event()
-    running = asyncio.create_task(watermark.run(stop))
-    try:
+    async with running_watermark(kafka_bootstrap, engine, [topic]) as watermark:
         await eventually(lambda: watermark.hold.outages, what="the outages known")
-    finally:
-        stop.set()
-        await running
     began = sorted(o.began for o in watermark.hold.outages)
     assert began == [beats[0][1], beats[1][1]]

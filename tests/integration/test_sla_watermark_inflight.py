@@ -11,20 +11,17 @@ open (e.g. by reading pg_stat_activity.xact_start of the producers' connections,
 application_name set per service in shared/db.make_engine). It now does."""
 from __future__ import annotations
 
-import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from services.sla_clock.watermark import InputWatermark
-from shared.clock import SystemClock
 from shared.db import make_engine
 from shared.events import CloudEvent
 from shared.uow import UnitOfWork
-from tests.support import create_topic, eventually
+from tests.support import WATERMARK_ALLOWANCE, create_topic, eventually, running_watermark
 
-ALLOWANCE = timedelta(milliseconds=200)
+ALLOWANCE = WATERMARK_ALLOWANCE
 
 
 async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_still_open(
@@ -32,13 +29,9 @@ async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_sti
 ) -> None:
     intake_engine = make_engine(database_url, service="intake")  # as intake's own process names itself
     topic = await create_topic(kafka_bootstrap, 1)
-    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
-                               group=f"wm-{uuid.uuid4().hex[:8]}", topics=[topic], producers=["intake"],
-                               commit_allowance=ALLOWANCE, interval=0.05)
-    stop = asyncio.Event()
-    running = asyncio.create_task(watermark.run(stop))
     try:
-        async with UnitOfWork(intake_engine, "intake") as uow:  # intake handling a batch, slowly
+        async with running_watermark(kafka_bootstrap, engine, [topic]) as watermark, \
+                UnitOfWork(intake_engine, "intake") as uow:  # intake handling a batch, slowly
             await uow.conn.execute(text("SELECT 1"))
             stamped = datetime.now(UTC)
             uow.emit(topic, CloudEvent(id=str(uuid.uuid4()), source="leadsla/intake", type="activity.recorded",
@@ -50,8 +43,6 @@ async def test_the_watermark_does_not_pass_an_event_stamped_in_a_transaction_sti
             seen_while_open = watermark.seen
             await uow.commit()
     finally:
-        stop.set()
-        await running
         await intake_engine.dispose()
     assert seen_while_open is None or seen_while_open < stamped, (
         f"the watermark passed the stamp by {(seen_while_open - stamped).total_seconds():.2f}s "
