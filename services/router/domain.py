@@ -56,6 +56,7 @@ class LeadFacts:
     contactable: bool = True
     received_at: datetime | None = None
     correlation_id: str | None = None
+    external_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Field by field: dataclasses.asdict deep-copies every value, a hot spot of routing.
@@ -100,6 +101,7 @@ def facts_of(lead: LeadReceived, correlation_id: str | None = None) -> LeadFacts
         contactable=lead.contactable,
         received_at=lead.received_at,
         correlation_id=correlation_id,
+        external_id=lead.external_id,
     )
 
 
@@ -124,7 +126,8 @@ def updated_facts(facts: LeadFacts, changed: Mapping[str, Mapping[str, Any]], ti
     values: dict[str, Any] = {"tier": tier, "contactable": contactable}
     attributes = dict(facts.attributes)
     simple = {"contact.language": "language", "company.name": "company_name",
-              "company.industry": "industry", "intent.type": "intent", "intent.product": "product"}
+              "company.industry": "industry", "intent.type": "intent", "intent.product": "product",
+              "external_id": "external_id"}
     for name, change in changed.items():
         new = change.get("new")
         if name in simple:

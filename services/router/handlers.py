@@ -163,7 +163,7 @@ def _assigned(config: Config, state: RoutingState, facts: LeadFacts, decision: D
             candidates=[Candidate.wire(owner_id=c.owner_id, eligible=c.eligible, why=c.why)
                         for c in decision.candidates],
             tier=facts.tier, source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
-            missing_fields=list(decision.missing_fields),
+            missing_fields=list(decision.missing_fields), external_id=facts.external_id,
         ),
     )
     routed = _routed(facts, decision, assignment_no, _owner_day(config, state, decision.owner_id, now), now, cause)
@@ -438,6 +438,7 @@ async def _move(store: RouterStore, config: Config, state: RoutingState, now: da
             assignment_no=assignment_no, method=decision.method, team_id=decision.team_id,
             rule_id=decision.rule_id, candidates=list(decision.candidates), assigned_at=now, tier=facts.tier,
             source=facts.source, contactable=facts.contactable, received_at=facts.received_at,
+            external_id=facts.external_id,
         ),
     ))
     await store.record(None, _routed(facts, decision, assignment_no,

@@ -215,6 +215,7 @@ class LeadAssigned(Payload):
     contactable: bool | None = None
     received_at: datetime | None = None
     missing_fields: list[str] = Field(default_factory=list)  # reason missing_data: what the rule needed
+    external_id: str | None = None  # the sender's id of the lead: a CRM maps the owner back to its record
 
 
 class LeadReassigned(Payload):
@@ -234,6 +235,7 @@ class LeadReassigned(Payload):
     source: str | None = None
     contactable: bool | None = None
     received_at: datetime | None = None
+    external_id: str | None = None
 
 
 class QueueChange(Payload):

@@ -16,6 +16,7 @@ from services.router.handlers import (
     drain_queue,
     on_activity,
     on_escalation,
+    on_lead_updated,
     reassign,
     route_lead,
     route_leads,
@@ -33,6 +34,7 @@ from shared.events import (
     EscalationTriggered,
     Intent,
     LeadReceived,
+    LeadUpdated,
     Received,
     new_event,
 )
@@ -79,13 +81,14 @@ class Router:
         assert self.last is not None
         await self.last.commit()
 
-    async def receive(self, domain: str | None = None, lead_id: str | None = None) -> str:
+    async def receive(self, domain: str | None = None, lead_id: str | None = None,
+                      external_id: str | None = None) -> str:
         lead_id = lead_id or str(uuid.uuid4())
         now = self.clock.now()
         event = new_event("lead.received", service="intake", lead_id=lead_id, time=now, data=LeadReceived(
             lead_id=lead_id, source="web", tier="A", contact=Contact(email=f"x@{lead_id[:8]}.example"),
             company=Company(domain=domain), intent=Intent(type="demo_request"), consent=Consent(),
-            contactable=True, received_at=now))
+            contactable=True, received_at=now, external_id=external_id))
         await route_lead(None, Received.of(event), self.deps)
         await self.commit()
         return lead_id
@@ -194,6 +197,23 @@ async def test_reassigning_to_a_named_owner_records_the_next_assignment_number(r
         await reassign(router.store(), CONFIG, router.clock.now(), lead_id, "ben", "again")
     with pytest.raises(UnknownLead):
         await reassign(router.store(), CONFIG, router.clock.now(), "nobody-knows", None, "x")
+
+
+async def test_assignments_name_the_senders_id_of_the_lead_as_corrected_since(router) -> None:
+    lead_id = await router.receive(external_id="crm-42")  # ann
+    assigned = next(e for e in router.data.recorded if e.type == "lead.assigned")
+    assert assigned.data["external_id"] == "crm-42"  # a CRM's webhook maps the owner back to its record
+    now = router.clock.now()
+    await on_lead_updated(None, Received.of(new_event("lead.updated", service="intake", lead_id=lead_id, time=now,
+                                                      data=LeadUpdated(lead_id=lead_id, tier="A", previous_tier="A", reason="patched",
+                                                                       changed={"external_id": {"old": "crm-42",
+                                                                                                "new": "crm-43"}}))),
+                          router.deps)
+    await router.commit()
+    await reassign(router.store(), CONFIG, now, lead_id, "ben", "vacation")
+    await router.commit()
+    reassigned = next(e for e in router.data.recorded if e.type == "lead.reassigned")
+    assert reassigned.data["external_id"] == "crm-43"
 
 
 async def test_an_escalation_step_with_reassign_routes_the_lead_away_from_its_owner(router) -> None:
