@@ -26,7 +26,7 @@ SERVICES: dict[str, ServiceInfo] = {
     s.name: s
     for s in (
         ServiceInfo("intake", 8001, ("leads_received", "leads_duplicates", "leads_rejected")),
-        ServiceInfo("router", 8002, ("assignments", "queue_depth", "routing_latency")),
+        ServiceInfo("router", 8002, ("assignments", "queue_depth", "queue_oldest_wait", "routing_latency")),
         ServiceInfo(
             "sla_clock",
             8003,

@@ -11,6 +11,9 @@ leads_duplicates = Counter("leadsla_leads_duplicates_total", "Repeat submissions
 leads_rejected = Counter("leadsla_leads_rejected_total", "Submissions rejected", ["source", "reason"])
 assignments = Counter("leadsla_assignments_total", "Lead assignments", ["team", "method", "reason"])
 queue_depth = Gauge("leadsla_queue_depth", "Leads waiting for an owner", ["tier"])
+# No SLA timer runs while a lead waits for an owner (start_on: assigned): this is how long it has.
+queue_oldest_wait = Gauge("leadsla_queue_oldest_wait_seconds", "How long the longest-waiting queued lead has waited",
+                          ["tier"])
 routing_latency = Histogram(
     "leadsla_routing_latency_seconds",
     "Lead received to lead assigned",

@@ -353,8 +353,13 @@ def _state_from(config: Config, now: datetime, rows: Iterable[Any],
 
 
 async def queue_depths(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(select(queue.c.tier, func.count()).group_by(queue.c.tier))
-    return dict(rows.all())
+    return {tier: depth for tier, (depth, _) in (await queue_waits(conn)).items()}
+
+
+async def queue_waits(conn: AsyncConnection) -> dict[str, tuple[int, datetime]]:
+    """Per tier: how many leads are queued, and since when the longest-waiting one is."""
+    rows = await conn.execute(select(queue.c.tier, func.count(), func.min(queue.c.queued_at)).group_by(queue.c.tier))
+    return {tier: (depth, oldest) for tier, depth, oldest in rows.all()}
 
 
 class _Savepoint:

@@ -22,7 +22,7 @@ from shared.runtime import ServiceContext
 from shared.text import spelled, storable
 
 from . import views
-from .adapters import effective_owners, queue_depths
+from .adapters import effective_owners, queue_waits
 from .domain import current_status
 from .handlers import (
     NobodyEligible,
@@ -246,16 +246,18 @@ _seen_tiers: set[str] = set()
 
 
 async def refresh_queue_depth(ctx: ServiceContext) -> dict[str, int]:
-    """queue_depth{tier} from the queue table itself: right after restarts, and it goes down.
-    Every configured tier has a series from the start (0), so an alert on it has something to
-    read before the first lead ever waits."""
+    """queue_depth{tier} and queue_oldest_wait_seconds{tier} from the queue table itself: right
+    after restarts, and they go down. Every configured tier has its series from the start (0), so
+    an alert on them has something to read before the first lead ever waits."""
     async with ctx.engine.connect() as conn:
-        depths = await queue_depths(conn)
-    tiers = ctx.config.config.tiers
-    _seen_tiers.update(depths, [tiers.default], [rule.tier for rule in tiers.rules])
+        waits = await queue_waits(conn)
+    tiers, now = ctx.config.config.tiers, ctx.clock.now()
+    _seen_tiers.update(waits, [tiers.default], [rule.tier for rule in tiers.rules])
     for tier in _seen_tiers:
-        metrics.queue_depth.labels(tier).set(depths.get(tier, 0))
-    return depths
+        depth, oldest = waits.get(tier, (0, now))
+        metrics.queue_depth.labels(tier).set(depth)
+        metrics.queue_oldest_wait.labels(tier).set(max((now - oldest).total_seconds(), 0.0))
+    return {tier: depth for tier, (depth, _) in waits.items()}
 
 
 def queue_loop(ctx: ServiceContext, wake: asyncio.Event):

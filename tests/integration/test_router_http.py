@@ -248,6 +248,11 @@ async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_agai
     assert [q["lead_id"] for q in queued] == [a, older_b, newer_b]  # tier, then age
     assert (await refresh_queue_depth(router.ctx)) == {"A": 1, "B": 2}
     assert metrics.queue_depth.labels("B")._value.get() == 2
+    # No SLA timer runs while a lead waits for an owner: how long the oldest has waited shows it.
+    router.ctx.clock.advance(timedelta(minutes=5))
+    await refresh_queue_depth(router.ctx)
+    assert REGISTRY.get_sample_value("leadsla_queue_oldest_wait_seconds", {"tier": "B"}) == 302
+    assert REGISTRY.get_sample_value("leadsla_queue_oldest_wait_seconds", {"tier": "A"}) == 301
 
     # One owner back with room for one lead: the highest tier goes first, in the same request.
     assert (await router.put("ann", status="active")).status_code == 200
@@ -263,6 +268,7 @@ async def test_a_queued_lead_leaves_the_queue_as_soon_as_an_owner_is_active_agai
     assert await router.types(newer_b) == ["lead.queued"]
     assert (await refresh_queue_depth(router.ctx)) == {"B": 1}
     assert metrics.queue_depth.labels("A")._value.get() == 0
+    assert REGISTRY.get_sample_value("leadsla_queue_oldest_wait_seconds", {"tier": "A"}) == 0
     # The configuration's default tier never queued here, and still has its series.
     assert REGISTRY.get_sample_value("leadsla_queue_depth", {"tier": "C"}) == 0
 
