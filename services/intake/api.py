@@ -1,5 +1,6 @@
 """HTTP entrypoints: turn requests into service-layer calls, nothing more."""
 
+import hashlib
 import json
 import math
 import time
@@ -109,6 +110,15 @@ def _form_fields(text: str) -> dict[str, Any]:
         if isinstance(inner, dict):
             return inner
     return body
+
+
+def _item_key(key: str, item: Any) -> str:
+    """A batch item's idempotency key: the request's key and the item itself, not its position. A
+    client that sends again only the items that failed, corrected, under the same key (as clients
+    retry) gets each item matched with itself: by position, the corrected lead took the key of the
+    lead first sent there and was answered "duplicate" of it, and lost."""
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{key}#{hashlib.sha256(canonical.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 async def _json_body(request: Request) -> Any:
@@ -228,7 +238,8 @@ def build_router(ctx: ServiceContext) -> APIRouter:
             except Refused as exc:
                 metrics.leads_rejected.labels(label(principal, sources[index]), "invalid").inc()
                 results[index] = {"index": index, "status": "invalid", "errors": exc.errors}
-        requests = [LeadRequest(sub, sources[index], f"{key}#{index}" if key else None) for index, sub in valid]
+        requests = [LeadRequest(sub, sources[index], _item_key(key, items[index]) if key else None)
+                    for index, sub in valid]
 
         async def submit() -> list[Accepted]:
             async with ctx.uow() as uow:

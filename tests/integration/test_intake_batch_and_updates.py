@@ -90,6 +90,23 @@ async def test_each_batch_item_is_idempotent_on_its_own(api) -> None:
     assert [r["lead_id"] for r in again.json()["results"]] == [r["lead_id"] for r in first.json()["results"]]
 
 
+async def test_a_batch_sent_again_in_part_under_its_key_matches_each_lead_with_itself(api) -> None:
+    """A sender resends, under the same Idempotency-Key, only what failed (corrected) or a part in
+    another order: each lead is matched with itself, never with the lead first sent at its place."""
+    kept, fixed, other = email(), email(), email()
+    key = f"batch-{uuid.uuid4().hex[:6]}"
+    first = (await api.post("/v1/leads:batch", json={"leads": [{"contact": {"email": kept}},
+                                                              {"contact": {"email": "not an address"}},
+                                                              {"contact": {"email": other}}]},
+                            headers={"Idempotency-Key": key})).json()["results"]
+    assert [r["status"] for r in first] == ["accepted", "invalid", "accepted"]
+    again = (await api.post("/v1/leads:batch", json={"leads": [{"contact": {"email": fixed}},
+                                                              {"contact": {"email": other}}]},
+                            headers={"Idempotency-Key": key})).json()["results"]
+    assert again[0]["status"] == "accepted" and again[0]["lead_id"] not in (first[0]["lead_id"], first[2]["lead_id"])
+    assert (again[1]["status"], again[1]["lead_id"]) == ("duplicate", first[2]["lead_id"])
+
+
 async def test_batches_are_bounded_in_count_and_size(api) -> None:
     too_many = await api.post("/v1/leads:batch", json={"leads": [{"contact": {"email": "a@b.co"}}] * 501})
     assert too_many.status_code == 422 and too_many.json()["errors"][0]["field"] == "leads"
