@@ -24,7 +24,7 @@ from shared.text import loads_json
 
 from . import openapi
 from .adapters import PostgresIntakeStore
-from .domain import ActivityIn, activity_zone, intent_vocabulary
+from .domain import MAX_SOURCE, ActivityIn, activity_zone, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
     FUTURE_TOLERANCE,
@@ -42,7 +42,6 @@ from .normalize import Refused, Submission, read_submission
 
 MAX_BATCH = 500
 MAX_IDEMPOTENCY_KEY = 200
-MAX_SOURCE = 100  # an admin body's source, as a lead's source name
 
 
 class RateLimiter:

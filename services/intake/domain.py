@@ -72,6 +72,7 @@ class FormInput(BaseModel):
 
 
 RECOMMENDED_FIELDS = ("contact.email", "contact.phone", "contact.country", "company.name")
+MAX_SOURCE = 100  # a source name a body gives (an admin key's over HTTP, a raw record's), as a lead's source
 
 
 def missing_fields(sub: Submission) -> list[str]:
@@ -502,6 +503,17 @@ def dedupe(facts: DedupeFacts, contact: Contact, match_on: list[str]) -> Replay 
         if kind:
             return Repeat(lead, kind)
     return New()
+
+
+def brings_news(lead: KnownLead, snapshot: dict[str, Any]) -> bool:
+    """A repeat gives a value the lead does not hold (a new email or phone, a changed company, a
+    custom field): a sender re-sending its record by the same external id with changes. What it
+    leaves out is no news (a field the lead has stays)."""
+    for part in ("contact", "company", "intent", "attributes"):
+        known = lead.record.get(part) or {}
+        if any(known.get(name) != value for name, value in (snapshot.get(part) or {}).items() if value is not None):
+            return True
+    return False
 
 
 # ---- updates ------------------------------------------------------------------------------

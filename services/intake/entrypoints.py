@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from shared import metrics
 from shared.aio import run_loop
+from shared.config import named_sources
 from shared.consumer import Subscription, record_position
 from shared.events import (
     TOPIC_ACTIVITIES_RAW,
@@ -34,7 +35,7 @@ from shared.text import loads_json
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore, forget_beats, record_beat
-from .domain import ActivityIn, activity_zone, intent_vocabulary, raw_topics_taken_in
+from .domain import MAX_SOURCE, ActivityIn, activity_zone, intent_vocabulary, raw_topics_taken_in
 from .handlers import (
     EXPIRE_BATCH,
     LeadRequest,
@@ -144,9 +145,23 @@ def without_raw(event: CloudEvent) -> CloudEvent:
 
 
 def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
-    """The source a raw record counts under (Kafka has no keys): the configured intake source it
-    names (`named_source`), else "kafka". Metric labels stay bounded whatever producers send."""
-    return named_source(event, ctx.config.config) or "kafka"
+    """A raw record's lead source (Kafka has no keys): a source the configuration names, given as
+    the CloudEvent's `source` or the body's (`named_source`); else the body's `source`, as an
+    admin key's body gives it over HTTP (a webinar tool's "webinar" reads so in reports, not as
+    "kafka"); else "kafka"."""
+    named = named_source(event, ctx.config.config)
+    if named is not None:
+        return named
+    given = event.data.get("source") if isinstance(event.data, dict) else None
+    if isinstance(given, str) and given.strip() and len(given.strip()) <= MAX_SOURCE:
+        return given.strip()
+    return "kafka"
+
+
+def _label(source: str, ctx: ServiceContext) -> str:
+    """A raw record's source as a metric label: only one the configuration names, else "kafka"
+    (labels stay bounded whatever producers send)."""
+    return source if source in named_sources(ctx.config.config) else "kafka"
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
@@ -167,7 +182,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
 
         def counted() -> None:
             for request, result in zip(requests, results, strict=True):
-                count(result, request.source)
+                count(result, _label(request.source, ctx))
 
         uow.after_commit(counted)
 
@@ -175,7 +190,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         try:
             request = lead_request(received.envelope)
         except Refused as exc:
-            metrics.leads_rejected.labels(_source_of(received.envelope, ctx), "invalid").inc()
+            metrics.leads_rejected.labels(_label(_source_of(received.envelope, ctx), ctx), "invalid").inc()
             raise BadEvent(f"invalid submission: {exc}") from None
         await submit(uow, [request])
 

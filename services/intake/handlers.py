@@ -48,6 +48,7 @@ from .domain import (
     activity_zone,
     actor_id,
     as_not_applied,
+    brings_news,
     classify_tier,
     dedupe,
     identity_keys,
@@ -180,13 +181,17 @@ async def submit_lead(
     # A repeat: decide from the lead as it is at its stream's version.
     await uow.load_version(decision.lead.lead_id)
     lead = await store.lead(decision.lead.lead_id) or decision.lead
-    if decision.match_on is not None:
+    snapshot = sub.snapshot()
+    # A repeat by the sender's own id merges too when it brings news (its record re-sent with a
+    # new email or phone): what it says is kept on the lead's stream, as a person's repeat is.
+    match_on = decision.match_on or ("external_id" if brings_news(lead, snapshot) else None)
+    if match_on is not None:
         await uow.record(TOPIC_INTAKE, new_event(
             "lead.merged", service=SERVICE, lead_id=lead.lead_id, time=now, cause=cause,
             correlation_id=lead.correlation_id,
-            data=LeadMerged(lead_id=lead.lead_id, match_on=decision.match_on, duplicate_submission=sub.snapshot(),
-                            source=source),
+            data=LeadMerged(lead_id=lead.lead_id, match_on=match_on, duplicate_submission=snapshot, source=source),
         ))
+    if decision.match_on is not None:
         if sub.external_id:  # the repeat's own id now names this lead (projection.merged_row)
             await _release_held(uow, store, config, [(sub.external_id, lead.lead_id, source)], now)
     update = upgrade(lead, sub.intent.model_dump(mode="json", exclude_none=True), tier, config.tiers, sub.score)

@@ -95,8 +95,8 @@ def merged_row(event: CloudEvent) -> dict[str, Any] | None:
     per source only: under a guessed source it could take another source's touches)."""
     data = event.data
     external_id, source = (data.get("duplicate_submission") or {}).get("external_id"), data.get("source")
-    if not external_id or not source:
-        return None
+    if not external_id or not source or data.get("match_on") == "external_id":
+        return None  # (a repeat by the lead's own external id: the lead holds that id already)
     return {"external_id": external_id, "source": source, "lead_id": data["lead_id"], "merged_at": event.time}
 
 

@@ -80,6 +80,27 @@ async def test_repeats_are_duplicates_by_key_external_id_or_identity(api, engine
     assert events[1].data["match_on"] == "email"
 
 
+async def test_a_record_re_sent_by_its_external_id_with_news_keeps_them_on_the_lead(api, engine) -> None:
+    """A CRM re-sends its record (same external_id) with a new email and phone: the answer is the
+    same lead, and what the repeat says is kept on its stream (lead.merged), not dropped; the
+    same record re-sent unchanged adds nothing."""
+    crm_id, email = f"crm-{uuid.uuid4().hex[:6]}", f"{uuid.uuid4().hex[:8]}@example.com"
+    lead_id = (await api.post("/v1/leads", json=lead_body(email, external_id=crm_id))).json()["lead_id"]
+    unchanged = await api.post("/v1/leads", json=lead_body(email, external_id=crm_id))
+    assert unchanged.json() == {"lead_id": lead_id, "status": "duplicate"}
+    assert [e.type for e in await stored_events(engine, "intake", lead_id)] == ["lead.received"]
+
+    moved = lead_body(f"new-{email}", external_id=crm_id)
+    moved["contact"]["phone"] = "+44 20 7946 0958"
+    again = await api.post("/v1/leads", json=moved)
+    assert again.json() == {"lead_id": lead_id, "status": "duplicate"}
+    events = await stored_events(engine, "intake", lead_id)
+    assert [e.type for e in events] == ["lead.received", "lead.merged"]
+    assert events[1].data["match_on"] == "external_id"
+    kept = events[1].data["duplicate_submission"]["contact"]
+    assert (kept["email"], kept["phone"]) == (f"new-{email}", "+442079460958")
+
+
 async def test_only_leads_without_a_usable_email_or_phone_are_refused_naming_the_fields(api) -> None:
     response = await api.post("/v1/leads", json={"contact": {"email": "nope", "phone": "12"}, "intent": {}})
     assert response.status_code == 422

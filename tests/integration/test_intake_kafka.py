@@ -322,6 +322,29 @@ async def test_a_record_with_an_integer_too_long_for_python_is_a_lead_not_a_dead
     assert event.data["attributes"]["score"] == "9" * 5000
 
 
+def _received(source: str) -> float:
+    return REGISTRY.get_sample_value("leadsla_leads_received_total", {"source": source, "tier": "C"}) or 0
+
+
+async def test_a_record_s_lead_takes_the_source_its_body_names_as_over_http(intake, engine, producer) -> None:
+    """A webinar tool publishing {"source": "webinar", ...} on the raw topic: its lead's source is
+    "webinar" (as an admin key's body over HTTP), so reports by source show it; the metric label
+    stays "kafka" for a source the configuration does not name. Without a source: "kafka"."""
+    submissions, _ = intake
+    ref = uuid.uuid4().hex[:8]
+    counted = _received("kafka")
+    await (await producer.send(submissions, json.dumps({"source": "webinar", "external_id": f"w-{ref}",
+                                                        "contact": {"email": f"w-{ref}@example.com"}}).encode()))
+    await (await producer.send(submissions, json.dumps({"external_id": f"n-{ref}",
+                                                        "contact": {"email": f"n-{ref}@example.com"}}).encode()))
+    named = await eventually(lambda: lead_with_external_id(engine, f"w-{ref}"), what="the webinar lead", timeout=120)
+    unnamed = await eventually(lambda: lead_with_external_id(engine, f"n-{ref}"), what="the other lead", timeout=120)
+    assert (await stored_events(engine, "intake", named))[0].data["source"] == "webinar"
+    assert (await stored_events(engine, "intake", unnamed))[0].data["source"] == "kafka"
+    await eventually(lambda: _received("kafka") == counted + 2, what="both counted under kafka")
+    assert _received("webinar") == 0
+
+
 async def test_a_batch_body_on_the_submissions_topic_is_dead_lettered_saying_so(intake, engine, producer) -> None:
     """`{"leads": [...]}` is the body of POST /v1/leads:batch, not of POST /v1/leads: its dead
     letter says so, where it said the lead had no email or phone (an operator went looking for

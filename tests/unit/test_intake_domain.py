@@ -13,6 +13,7 @@ from services.intake.domain import (
     Repeat,
     Replay,
     actor_id,
+    brings_news,
     classify_tier,
     dedupe,
     identity_keys,
@@ -247,6 +248,22 @@ ADA = Contact(email="ada@example.com", phone="+14155550100", first_name="Ada")
 ], ids=["nothing", "key-first", "external-id-next", "same-email", "switchboard-skipped", "phone-other-name"])
 def test_dedupe_precedence(facts: DedupeFacts, expected) -> None:
     assert dedupe(facts, ADA, ["email", "phone"]) == expected
+
+
+def test_a_repeat_brings_news_only_with_a_value_the_lead_does_not_hold() -> None:
+    lead = KnownLead("l1", "C", {"contact": {"email": "ada@example.com", "phone": None, "country": "GB"},
+                                 "company": {"name": "Acme"}, "attributes": {"plan": "pro"}}, "corr")
+
+    def repeat(contact=None, company=None, attributes=None) -> dict:
+        return {"contact": contact or {"email": "ada@example.com"}, "company": company or {}, "intent": {},
+                "attributes": attributes or {}}
+
+    assert not brings_news(lead, repeat())  # the same record, or less of it
+    assert not brings_news(lead, repeat(company={"name": "Acme"}, attributes={"plan": "pro"}))
+    assert brings_news(lead, repeat({"email": "ada@example.com", "phone": "+442079460958"}))  # a phone it lacked
+    assert brings_news(lead, repeat({"email": "ada@new.example"}))
+    assert brings_news(lead, repeat(company={"name": "Acme Ltd"}))
+    assert brings_news(lead, repeat(attributes={"plan": "enterprise"}))
 
 
 def test_an_update_folds_changed_paths_notes_tier_and_missing_fields_into_the_record() -> None:

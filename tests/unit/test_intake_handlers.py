@@ -79,12 +79,18 @@ async def test_a_replayed_idempotency_key_gets_the_same_lead_and_records_nothing
     assert bound.topic is None and bound.stream_id == "idempotency:webform:k-1" and bound.event.subject is None
 
 
-async def test_a_repeat_by_external_id_is_a_duplicate_without_a_merge_and_binds_its_key(uow) -> None:
+async def test_a_repeat_by_external_id_is_a_duplicate_merged_only_with_news_and_binds_its_key(uow) -> None:
     first = await submit(uow, {"external_id": "crm-1", "contact": {"email": "a@example.com"}})
-    again = await submit(uow, {"external_id": "crm-1", "contact": {"email": "b@example.com"}}, key="k-2")
+    again = await submit(uow, {"external_id": "crm-1", "contact": {"email": "a@example.com"}}, key="k-2")
     assert (again.lead_id, again.status, again.upgraded) == (first.lead_id, "duplicate", False)
     assert types(uow) == ["lead.received", KEY_BOUND]
     assert uow.store.keys[("webform", "k-2")]["lead_id"] == first.lead_id
+    # The record re-sent with another email: kept on the lead's stream, not dropped.
+    moved = await submit(uow, {"external_id": "crm-1", "contact": {"email": "b@example.com"}})
+    assert (moved.lead_id, moved.status) == (first.lead_id, "duplicate")
+    assert types(uow) == ["lead.received", KEY_BOUND, "lead.merged"]
+    merged = uow.committed[2].event.data
+    assert merged["match_on"] == "external_id" and merged["duplicate_submission"]["contact"]["email"] == "b@example.com"
 
 
 async def test_the_same_person_with_a_higher_intent_is_merged_and_upgraded(uow) -> None:
