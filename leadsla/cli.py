@@ -622,12 +622,14 @@ def dev(
         raise typer.Exit(1) from None
     finally:
         console.print("stopping…")
-        for service in services:
-            service.stop()
-        receiver.stop()
-        mail_catcher.stop()
-        broker.stop()
-        postgres.stop()
+        # Each part is stopped whatever the others do: one that fails to stop (or never started)
+        # must not leave the broker or Postgres running behind it.
+        for stop in (*(service.stop for service in services), receiver.stop, mail_catcher.stop, broker.stop,
+                     postgres.stop):
+            try:
+                stop()
+            except Exception as exc:  # noqa: BLE001 - reported, and the next part is stopped all the same
+                console.print(f"[red]while stopping: {type(exc).__name__}: {exc}[/red]")
         console.print("stopped")
 
 

@@ -77,9 +77,13 @@ class MailCatcher:
 
         self.port = port
         self._controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        self._started = False
 
     def start(self) -> None:
         self._controller.start()
+        self._started = True
 
     def stop(self) -> None:
-        self._controller.stop()
+        if self._started:  # aiosmtpd asserts on a stop without a start (a start-up that failed before it)
+            self._controller.stop()
+            self._started = False

@@ -17,7 +17,9 @@ import pytest
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import make_url
 
-from leadsla.cli import _dev_admin_key
+from leadsla.cli import DEV_SMTP_PORT, DEV_WEBHOOK_PORT, _dev_admin_key
+from leadsla.devstack import free_port, port_is_free
+from services import SERVICE_PORTS
 from shared.auth import verify_key
 from shared.db import api_keys, config_versions, make_engine
 from tests.integration.own_database import fresh_database
@@ -298,3 +300,19 @@ async def test_each_dev_start_revokes_the_admin_key_the_one_before_printed(datab
         live = (await conn.execute(select(func.count()).select_from(api_keys).where(
             api_keys.c.name == "dev-admin", api_keys.c.revoked_at.is_(None)))).scalar_one()
     assert principal is not None and principal.is_admin and live == 1
+
+
+async def test_dev_with_a_bad_configuration_names_it_exits_2_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """`leadsla dev --config FILE` with a mistake in the file: the error, exit 2, and everything it
+    had started stopped. The mail catcher, not yet started, failed to stop: a traceback, exit 1,
+    and the broker left holding its port, so the next `leadsla dev` could not start."""
+    if not all(port_is_free(port) for port in (*SERVICE_PORTS.values(), DEV_WEBHOOK_PORT, DEV_SMTP_PORT)):
+        pytest.skip("a `leadsla dev` is running on this machine: its ports are taken")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("first_response: {target: 1h}", "first_response: {target: soon}"))
+    kafka_port = free_port()
+    code, out, err = await leadsla("dev", "--config", str(bad), "--data-dir", str(tmp_path / "dev"),
+                                   "--kafka-port", str(kafka_port), database_url="", timeout=180)
+    assert code == 2, (out, err)
+    assert "Traceback" not in out + err and "target" in out + err and "stopped" in out + err, out + err
+    assert port_is_free(kafka_port)  # the broker it had started is gone
