@@ -79,8 +79,8 @@ def problem_response(err: ProblemError, instance: str | None = None) -> JSONResp
         body["detail"] = err.detail
     if instance:
         body["instance"] = instance
-    if err.errors:
-        body["errors"] = err.errors
+    # Always there, empty when no field is to blame (a database outage's 503): one shape to parse.
+    body["errors"] = err.errors or []
     return JSONResponse(body, status_code=err.status, media_type=PROBLEM_JSON, headers=err.headers)
 
 
