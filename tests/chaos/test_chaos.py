@@ -162,8 +162,9 @@ async def test_the_auditor_names_each_kind_of_violation(chaos: ChaosRun) -> None
                                "payload) VALUES ($1, $2, $3, $4, $5, $6, $7)", twice["stream_id"] + "-again",
                                twice["version"], twice["event_id"] + "-again", twice["event_type"], twice["topic"],
                                twice["key"], twice["payload"])
-        owned = await conn.fetchrow("SELECT lead_id, tier, facts FROM router.assignments WHERE lead_id NOT IN ($1, $2) "
-                                    "LIMIT 1", met["lead_id"], twice["key"])
+        # An open assignment: a closed one (dispositioned, opted out) is nobody's, and queued is its right place.
+        owned = await conn.fetchrow("SELECT lead_id, tier, facts FROM router.assignments WHERE closed_at IS NULL "
+                                    "AND lead_id NOT IN ($1, $2) LIMIT 1", met["lead_id"], twice["key"])
         await conn.execute("INSERT INTO router.queue (lead_id, tier, reason, facts) VALUES ($1, $2, 'test', $3)",
                            owned["lead_id"], owned["tier"], owned["facts"])
         lost = await conn.fetchrow("DELETE FROM reporting.timeline WHERE event_id = (SELECT event_id FROM "
