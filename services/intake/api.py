@@ -24,7 +24,7 @@ from shared.text import loads_json
 
 from . import openapi
 from .adapters import PostgresIntakeStore
-from .domain import MAX_SOURCE, ActivityIn, activity_zone, intent_vocabulary
+from .domain import ActivityIn, activity_zone, given_source, intent_vocabulary
 from .groupcommit import GroupCommitter
 from .handlers import (
     FUTURE_TOLERANCE,
@@ -184,9 +184,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
         """The source a lead counts under. A source key is bound to its source; an admin key (an
         operator or an integration sending for several sources) submits for the body's `source`."""
         named = body.get("source") if principal.is_admin and isinstance(body, dict) else None
-        if isinstance(named, str) and named.strip() and len(named.strip()) <= MAX_SOURCE:
-            return named.strip()
-        return principal.name
+        return given_source(named) or principal.name
 
     def label(principal: Principal, source: str) -> str:
         """The source as a metric label: the key's own name for a source the configuration does not

@@ -72,7 +72,15 @@ class FormInput(BaseModel):
 
 
 RECOMMENDED_FIELDS = ("contact.email", "contact.phone", "contact.country", "company.name")
-MAX_SOURCE = 100  # a source name a body gives (an admin key's over HTTP, a raw record's), as a lead's source
+MAX_SOURCE = 100  # a source name a body gives, as a lead's source
+
+
+def given_source(value: Any) -> str | None:
+    """The source a body names (an admin key's over HTTP, a raw record's on Kafka), trimmed; None
+    when it names none usable (not text, blank, longer than MAX_SOURCE)."""
+    if isinstance(value, str) and value.strip() and len(value.strip()) <= MAX_SOURCE:
+        return value.strip()
+    return None
 
 
 def missing_fields(sub: Submission) -> list[str]:

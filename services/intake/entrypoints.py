@@ -35,7 +35,7 @@ from shared.text import loads_json
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore, forget_beats, record_beat
-from .domain import MAX_SOURCE, ActivityIn, activity_zone, intent_vocabulary, raw_topics_taken_in
+from .domain import ActivityIn, activity_zone, given_source, intent_vocabulary, raw_topics_taken_in
 from .handlers import (
     EXPIRE_BATCH,
     LeadRequest,
@@ -149,19 +149,14 @@ def _source_of(event: CloudEvent, ctx: ServiceContext) -> str:
     the CloudEvent's `source` or the body's (`named_source`); else the body's `source`, as an
     admin key's body gives it over HTTP (a webinar tool's "webinar" reads so in reports, not as
     "kafka"); else "kafka"."""
-    named = named_source(event, ctx.config.config)
-    if named is not None:
-        return named
-    given = event.data.get("source") if isinstance(event.data, dict) else None
-    if isinstance(given, str) and given.strip() and len(given.strip()) <= MAX_SOURCE:
-        return given.strip()
-    return "kafka"
+    body = event.data if isinstance(event.data, dict) else {}
+    return named_source(event, ctx.config.config) or given_source(body.get("source")) or "kafka"
 
 
-def _label(source: str, ctx: ServiceContext) -> str:
-    """A raw record's source as a metric label: only one the configuration names, else "kafka"
-    (labels stay bounded whatever producers send)."""
-    return source if source in named_sources(ctx.config.config) else "kafka"
+def _label(source: str, named: frozenset[str]) -> str:
+    """A raw record's source as a metric label: only one the configuration names (`named_sources`),
+    else "kafka" (labels stay bounded whatever producers send)."""
+    return source if source in named else "kafka"
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
@@ -181,8 +176,9 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
                                      now=ctx.clock.now())
 
         def counted() -> None:
+            named = named_sources(ctx.config.config)  # once a batch, not once a lead
             for request, result in zip(requests, results, strict=True):
-                count(result, _label(request.source, ctx))
+                count(result, _label(request.source, named))
 
         uow.after_commit(counted)
 
@@ -190,7 +186,8 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         try:
             request = lead_request(received.envelope)
         except Refused as exc:
-            metrics.leads_rejected.labels(_label(_source_of(received.envelope, ctx), ctx), "invalid").inc()
+            source = _label(_source_of(received.envelope, ctx), named_sources(ctx.config.config))
+            metrics.leads_rejected.labels(source, "invalid").inc()
             raise BadEvent(f"invalid submission: {exc}") from None
         await submit(uow, [request])
 
