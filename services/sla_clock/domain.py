@@ -404,6 +404,18 @@ def touch_counts(policy: SlaPolicy, metric: str, activity_type: str, outcome: st
     return policy.counts_as_touch(metric, activity_type, outcome, actor, owner_id)
 
 
+# Every root cause `root_cause` and `breach_root_cause` give, for the breach counter's series.
+ROOT_CAUSES = ("missing_data", "capacity", "no_owner", "off_hours_coverage", "owner_missed", "system_delay")
+
+
+def counted_series(config: Config) -> list[tuple[str, str]]:
+    """(metric, tier) of every met and breach count the configuration can produce. Created at 0
+    before the first breach: `increase()` over a series born inside its window misses its first
+    count, so the first burst of breaches of a kind would not raise the alert on them."""
+    measured = dict.fromkeys(metric for policy in config.sla_policies for metric in policy.metrics)
+    return [(metric, tier) for metric in measured for tier in config.tiers.order]
+
+
 def root_cause(
     *, owner_id: str | None, contactable: bool, owner_calendar: BusinessCalendar | None, due_at: datetime,
     queued_reason: str | None = None,
@@ -499,6 +511,15 @@ def intake_outage(runs: Iterable[tuple[datetime, datetime]], now: datetime, gap:
     """Intake's latest outage (`intake_outages`), or None."""
     outages = intake_outages(runs, now, gap)
     return outages[-1] if outages else None
+
+
+def blind_since(last_round: datetime | None, now: datetime, after: timedelta) -> Outage | None:
+    """The clock's own outage still going on: no round of its watermark completed for longer than
+    `after` (the broker or the database away, the process stalled), so it cannot know whether
+    touches could be logged since its last one. None: a round is recent (or none ran yet)."""
+    if last_round is None or now - last_round <= after:
+        return None
+    return Outage(last_round)
 
 
 def held_watermark(seen: datetime | None, hold: InputHold) -> datetime | None:

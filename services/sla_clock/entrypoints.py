@@ -26,7 +26,7 @@ from shared.supervisor import Loop
 from shared.uow import UnitOfWork
 
 from .adapters import ClockStore, PostgresClockStore, RunClockStore
-from .domain import ClockRules, judging_horizon
+from .domain import ROOT_CAUSES, ClockRules, counted_series, judging_horizon
 from .handlers import HANDLERS, Ready, SlaDeps, fire_due, next_due, open_timer_counts, prepare_due
 from .tables import leads, timers
 from .views import timer_view
@@ -73,8 +73,8 @@ def consumer_deps(ctx: ServiceContext, rules: ClockRules, watermark: InputWaterm
     pause or reroute read after a deadline that fell in one breaches the timer there and then (its
     root cause is system_delay, as the timer loop's would be)."""
     def deps() -> SlaDeps:
-        return SlaDeps(ctx.config.config, ctx.config.version, ctx.clock.now(),
-                       replace(rules, input_outages=watermark.hold.outages))
+        now = ctx.clock.now()
+        return SlaDeps(ctx.config.config, ctx.config.version, now, replace(rules, input_outages=watermark.outages(now)))
 
     return deps
 
@@ -162,6 +162,15 @@ class Firing:
         return min(poll, (upcoming - now).total_seconds())
 
 
+def zero_counts(config: Config) -> None:
+    """Every met and breach series the configuration can produce, at 0 until it counts (a new
+    policy or tier too, after a reload): see `counted_series`."""
+    for metric, tier in counted_series(config):
+        metrics.sla_met.labels(metric, tier)
+        for cause in ROOT_CAUSES:
+            metrics.sla_breaches.labels(metric, tier, cause)
+
+
 def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules) -> Loop:
     settings = ctx.settings
 
@@ -175,7 +184,7 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
         async def fire_round() -> float:
             nonlocal last_gauge
             seen = watermark.judged_until  # read after the loop cleared `advanced`: a later advance wakes us
-            firing.rules = replace(rules, input_outages=watermark.hold.outages)
+            firing.rules = replace(rules, input_outages=watermark.outages(ctx.clock.now()))
             # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
             metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
             if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
@@ -184,6 +193,7 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
                 metrics.sla_open_timers.clear()
                 for metric, tier, count in counts:
                     metrics.sla_open_timers.labels(metric, tier).set(count)
+                zero_counts(ctx.config.config)
                 last_gauge = loop.time()
             return await firing.round(ctx.config.config, seen, poll)
 

@@ -35,6 +35,7 @@ from .domain import (
     PartitionMarks,
     add_marks,
     after_outages,
+    blind_since,
     consume,
     held_watermark,
     inputs_seen_until,
@@ -93,7 +94,7 @@ class InputWatermark:
         self._intake_gap, self._outage_grace = intake_gap, outage_grace
         self.seen: datetime | None = None  # every input stamped before it has been handled
         self.hold = InputHold()  # after outages of intake or of our own reading (see `round`)
-        self._last_round: datetime | None = None
+        self.last_round: datetime | None = None  # when a round last completed
         self._blinds: list[Outage] = []  # the last hour's (as intake's runs are read)
         self.rounds = 0  # completed rounds, for operators (and tests) to see it is alive
         # Set whenever `judged_until` moves forward, so the timer loop judges at once.
@@ -160,10 +161,11 @@ class InputWatermark:
         now = self._clock.now()
         # Every outage of the last hour, not the latest only: a breach due in one and judged after
         # the next began (faults back to back) is the system's delay all the same.
-        if self._last_round is not None and now - self._last_round > _BLIND_AFTER:
-            self._blinds.append(Outage(self._last_round, now))
+        blind = blind_since(self.last_round, now, _BLIND_AFTER)
+        if blind is not None:
+            self._blinds.append(Outage(blind.began, now))
         self._blinds = [o for o in self._blinds if o.ended is not None and o.ended > now - _INTAKE_RUNS_READ]
-        self._last_round = now
+        self.last_round = now
         hold = after_outages(self._blinds, now, self._outage_grace)
         if intake is not None:
             runs, db_now = intake
@@ -173,6 +175,15 @@ class InputWatermark:
         if after is not None and (before is None or after > before):
             self.advanced.set()
         self.rounds += 1
+
+    def outages(self, now: datetime) -> tuple[Outage, ...]:
+        """The outages a breach judged at `now` is to know of: the hold's, and the time since the
+        last round if that is long ago. After the database or the broker came back, the consumer
+        may read a touch before this watermark completes a round (its backoff, a round hanging on
+        a broker just thawed); judged with the hold alone, a deadline in the outage it has not yet
+        learned of was the owner's miss (the chaos auditor, CI)."""
+        blind = blind_since(self.last_round, now, _BLIND_AFTER)
+        return self.hold.outages if blind is None else (*self.hold.outages, blind)
 
     async def _intake_runs(self) -> tuple[list[tuple[datetime, datetime]], datetime]:
         """Intake's recent heartbeat runs and the database's time (the beats' clock)."""
@@ -290,5 +301,5 @@ def describe(watermark: InputWatermark, now: datetime) -> dict[str, object]:
             # After an outage (intake down, the broker away), judging waits for senders' retries.
             "held_until": utc_iso(hold.until) if hold.until else None,
             "outages": [{"from": utc_iso(o.began), "to": utc_iso(o.ended) if o.ended else None}
-                        for o in hold.outages],
+                        for o in watermark.outages(now)],
             "rounds": watermark.rounds}

@@ -143,14 +143,22 @@ async def test_a_run_of_several_events_per_lead_leaves_what_event_by_event_handl
 async def test_a_touch_read_after_a_deadline_in_an_input_outage_breaches_it_as_system_delay(ctx, clock, engine) -> None:
     """A touch (or pause, or reroute) read after a deadline breaches the timer in the consumer, not
     in the timer loop, and that path judged without the outages the watermark knew of: a deadline
-    that fell while nobody could log a touch was the owner's miss (found by the chaos auditor)."""
+    that fell while nobody could log a touch was the owner's miss (found by the chaos auditor).
+    Nor may it judge by what the watermark knew before its rounds stopped: after Postgres and then
+    the broker were away, the consumer read a touch before the watermark's next round had learned
+    of the outage (CI's chaos run)."""
     start = clock.now() - timedelta(minutes=10)
     rules = ClockRules(tolerance=timedelta(hours=1))  # late by minutes, yet not by the tolerance
+    known_outage = (Outage(start + timedelta(minutes=4), start + timedelta(minutes=7)),)
+    cases = {  # (the outages the watermark's last round knew of, when that round was)
+        "no outage": ((), clock.now()),
+        "outage": (known_outage, clock.now()),
+        "no round since before the deadline": ((), start + timedelta(minutes=4)),
+    }
     causes = {}
-    for name, outages in (("no outage", ()), ("outage", (Outage(start + timedelta(minutes=4),
-                                                                start + timedelta(minutes=7)),))):
+    for name, (outages, last_round) in cases.items():
         watermark = make_watermark(ctx)
-        watermark.hold = InputHold(None, outages)
+        watermark.hold, watermark.last_round = InputHold(None, outages), last_round
         sub = subscription(ctx, rules, watermark)
         lead_id = str(uuid.uuid4())
         # Due at start + 5m; the touch came at start + 8m.
@@ -166,4 +174,5 @@ async def test_a_touch_read_after_a_deadline_in_an_input_outage_breaches_it_as_s
         events, _, _ = await outcome(engine, lead_id)
         [breach] = [e for e in events if e["type"] == "sla.breached" and e["data"]["metric"] == "first_response"]
         causes[name] = breach["data"]["root_cause"]
-    assert causes == {"no outage": "owner_missed", "outage": "system_delay"}
+    assert causes == {"no outage": "owner_missed", "outage": "system_delay",
+                      "no round since before the deadline": "system_delay"}

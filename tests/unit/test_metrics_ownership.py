@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import re
 
+from prometheus_client import REGISTRY
+
 from shared import metrics
+from shared.config import parse_config
 from shared.settings import SERVICE_PORTS
 
 
@@ -57,3 +60,23 @@ def test_the_sla_clocks_watermark_lag_goes_out_from_the_sla_clock_only() -> None
     assert "leadsla_sla_clock_watermark_lag_seconds" in families("sla_clock")
     for service in set(SERVICE_PORTS) - {"sla_clock"}:
         assert "leadsla_sla_clock_watermark_lag_seconds" not in families(service), service
+
+
+def test_the_clock_creates_every_met_and_breach_series_at_zero_before_the_first_count() -> None:
+    """`increase()` misses the first count of a series born inside its window: the first burst of
+    a kind of breach (a tier's first owner_missed ones) would not raise LeadslaSlaBreachesRising."""
+    from services.sla_clock.domain import ROOT_CAUSES
+    from services.sla_clock.entrypoints import zero_counts
+
+    config = parse_config("""
+tiers: {default: cold-zero, rules: [{tier: hot-zero, when: {intent: [demo_request]}}]}
+sla_policies:
+  - {id: p, metrics: {first_response: {target: 5m}, qualification: {target: 1d}}}
+""")
+    zero_counts(config)
+    for metric in ("first_response", "qualification"):
+        for tier in ("hot-zero", "cold-zero"):
+            labels = {"metric": metric, "tier": tier}
+            assert REGISTRY.get_sample_value("leadsla_sla_met_total", labels) == 0
+            for cause in ROOT_CAUSES:
+                assert REGISTRY.get_sample_value("leadsla_sla_breaches_total", {**labels, "root_cause": cause}) == 0

@@ -14,6 +14,7 @@ from services.sla_clock.domain import (
     add_marks,
     after_outage,
     after_outages,
+    blind_since,
     breach_root_cause,
     consume,
     held_watermark,
@@ -220,3 +221,14 @@ def test_a_breach_due_in_an_outage_is_the_systems_delay() -> None:
     assert breach_root_cause("owner_missed", at(90), at(91), TOLERANCE, (outage,)) == "owner_missed"
     assert breach_root_cause("owner_missed", at(125), at(151), TOLERANCE, (outage,)) == "owner_missed"
     assert breach_root_cause("owner_missed", at(500), at(501), TOLERANCE, (Outage(at(90)),)) == "system_delay"
+
+
+def test_a_clock_whose_rounds_stopped_is_blind_since_its_last_one() -> None:
+    # Rounds every fraction of a second: no outage of its own between them, nor before the first.
+    assert blind_since(at(99), at(100), timedelta(seconds=3)) is None
+    assert blind_since(None, at(100), timedelta(seconds=3)) is None
+    # None completed for 10 s (the database, then the broker away): a deadline since is the system's.
+    blind = blind_since(at(90), at(100), timedelta(seconds=3))
+    assert blind == Outage(at(90))
+    assert breach_root_cause("owner_missed", at(95), at(100), TOLERANCE, (blind,)) == "system_delay"
+    assert breach_root_cause("owner_missed", at(89), at(100), TOLERANCE, (blind,)) == "owner_missed"
