@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import xact_locks
+from shared.db import any_text, xact_locks
 from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
@@ -78,7 +78,8 @@ class IntakeStore(Protocol):
 
     async def lead(self, lead_id: str) -> KnownLead | None: ...
 
-    async def has_activity(self, activity_id: str) -> bool: ...
+    async def known_activities(self, activity_ids: Iterable[str]) -> set[str]:
+        """Which of these activities are recorded already."""
 
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         """A lead by its id, else by a sender's external id: the newest lead of `source` with it
@@ -148,9 +149,12 @@ class PostgresIntakeStore:
         row = (await self.conn.execute(select(*_LEAD).where(leads.c.lead_id == lead_id))).first()
         return _known(row) if row is not None else None
 
-    async def has_activity(self, activity_id: str) -> bool:
-        found = await self.conn.scalar(select(activities.c.activity_id).where(activities.c.activity_id == activity_id))
-        return found is not None
+    async def known_activities(self, activity_ids: Iterable[str]) -> set[str]:
+        wanted = sorted(set(activity_ids))
+        if not wanted:
+            return set()
+        found = await self.conn.scalars(select(activities.c.activity_id).where(activities.c.activity_id == any_text(wanted)))
+        return set(found)
 
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         found = await self.conn.scalar(select(leads.c.lead_id).where(leads.c.lead_id == ref))
@@ -274,8 +278,8 @@ class InMemoryIntakeStore:
         row = self.leads.get(lead_id)
         return self._lead(row) if row is not None else None
 
-    async def has_activity(self, activity_id: str) -> bool:
-        return activity_id in self.activities
+    async def known_activities(self, activity_ids: Iterable[str]) -> set[str]:
+        return {a for a in activity_ids if a in self.activities}
 
     async def resolve(self, ref: str, source: str | None = None) -> str | None:
         if ref in self.leads:
@@ -322,6 +326,9 @@ class FakeUnitOfWork:
     async def load_version(self, stream_id: str) -> int:
         self.expected.setdefault(stream_id, self.versions.get(stream_id, 0))
         return self.expected[stream_id]
+
+    async def load_versions(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        return {stream_id: await self.load_version(stream_id) for stream_id in stream_ids}
 
     def expect(self, stream_id: str, version: int) -> None:
         self.expected.setdefault(stream_id, version)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from shared import metrics
 from shared.aio import run_loop
-from shared.config import named_sources
+from shared.config import Config, named_sources
 from shared.consumer import Subscription, record_position
 from shared.events import (
     TOPIC_ACTIVITIES_RAW,
@@ -40,13 +40,12 @@ from .handlers import (
     EXPIRE_BATCH,
     LeadRequest,
     RawPosition,
+    RawTouch,
     RejectedActivity,
     count,
     expire_pending,
     named_source,
-    park_activity,
-    record_activity,
-    resolve_lead,
+    record_touches,
     submit_leads,
 )
 from .normalize import Refused, clean_text, read_submission
@@ -201,8 +200,8 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
             raise BadEvent(f"invalid submission: {exc}") from None
         await submit(uow, requests)
 
-    async def on_activity(uow: UnitOfWork, received: Received[RawActivity]) -> None:
-        event = received.envelope
+    def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
+        """A raw record's activity, read as its HTTP twin would be; raises `BadEvent`."""
         data = dict(event.data)
         ref = data.pop("lead_id", None) or event.subject
         # Read as a submission's external id is (a NUL in it failed the lookup: a handler error;
@@ -212,7 +211,6 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         ref = clean_text(ref) if isinstance(ref, str) else None
         if not ref:
             raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
-        config, now, store = ctx.config.config, ctx.clock.now(), PostgresIntakeStore(uow.conn)
         named = named_source(event, config)
         try:
             activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
@@ -232,15 +230,20 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
             # when the broker took the record, not when intake got to it behind a backlog.
             given["occurred_at"] = event.time
         activity = activity.model_copy(update=given) if given else activity
-        lead_id = await resolve_lead(store, ref, named)
-        if lead_id is None:
-            # The raw topics are consumed independently: the lead may still be on its way.
-            await park_activity(uow, config, ref, without_raw(event), raw_position(event), now)
-            return
+        return RawTouch(ref, named, activity, without_raw(event), raw_position(event))
+
+    async def on_activities(uow: UnitOfWork, batch: list[Received[RawActivity]]) -> None:
+        """A fetched batch's touches in one go (`record_touches`). A refused one fails the run:
+        the consumer reruns the batch a record at a time, which dead-letters it alone."""
+        config, now = ctx.config.config, ctx.clock.now()
+        touches = [raw_touch(received.envelope, config, now) for received in batch]
         try:
-            await record_activity(uow, store, config, lead_id, activity, now=now, cause=without_raw(event))
+            await record_touches(uow, PostgresIntakeStore(uow.conn), config, touches, now=now)
         except RejectedActivity as exc:
             raise BadEvent(f"invalid activity: {exc.field}: {exc}") from None
+
+    async def on_activity(uow: UnitOfWork, received: Received[RawActivity]) -> None:
+        await on_activities(uow, [received])
 
     async def expire_loop(stop: asyncio.Event) -> None:
         """Dead-letter activities whose lead did not arrive within `intake.activity_wait`."""
@@ -287,7 +290,7 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         Subscription("intake.submissions", (TOPIC_SUBMISSIONS_RAW,), {RawSubmission: on_submission}, decode_raw,
                      payload_of=lambda _: RawSubmission, batched={RawSubmission: on_submissions}),
         Subscription("intake.activities", (TOPIC_ACTIVITIES_RAW,), {RawActivity: on_activity}, decode_raw,
-                     payload_of=lambda _: RawActivity),
+                     payload_of=lambda _: RawActivity, batched={RawActivity: on_activities}),
     ], [expire_loop, beat_loop]
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from services.intake.adapters import PostgresIntakeStore
 from services.intake.domain import intent_vocabulary
-from services.intake.handlers import RawPosition, park_activity, resolve_lead, submit_lead
+from services.intake.handlers import RawPosition, park_activity, resolve_leads, submit_lead
 from services.intake.normalize import read_submission
 from services.intake.projection import PROJECTION
 from services.intake.tables import activities, pending_activities
@@ -41,7 +41,7 @@ async def test_an_activity_parked_while_its_lead_is_being_accepted_is_recorded(m
     # The activity's transaction: the lead is not there yet, so the activity is parked ...
     activity_uow = UnitOfWork(engine, "intake", projection=PROJECTION)
     await activity_uow.__aenter__()
-    assert await resolve_lead(PostgresIntakeStore(activity_uow.conn), external_id) is None
+    assert await resolve_leads(PostgresIntakeStore(activity_uow.conn), [(external_id, None)]) == {(external_id, None): None}
     await park_activity(activity_uow, config, external_id, touch,
                         RawPosition("leads.activities.raw", 0, 1, external_id, b"{}"), now)
 

@@ -17,11 +17,14 @@ from services.intake.domain import (
 from services.intake.handlers import (
     LeadRequest,
     RawPosition,
+    RawTouch,
     RejectedActivity,
     UnknownLead,
     expire_pending,
     park_activity,
     record_activity,
+    record_touches,
+    resolve_leads,
     submit_lead,
     submit_leads,
     update_lead,
@@ -321,3 +324,59 @@ async def test_a_patch_of_a_field_tiering_does_not_read_keeps_the_tier_a_repeat_
     tier, changed = await update_lead(uow, uow.store, BY_SOURCE, first.lead_id,
                                       read({"contact": {"title": "CTO"}}, partial=True), now=NOW + timedelta(hours=2))
     assert (tier, changed) == ("A", {"contact.title": {"old": None, "new": "CTO"}})
+
+
+def raw_touch(ref: str, offset: int, **activity) -> RawTouch:
+    cause = CloudEvent(id=f"t-{offset}", source="crm", type="activity", subject=ref, time=NOW,
+                       data={"lead_id": ref, **activity})
+    return RawTouch(ref, None, ActivityIn.model_validate(activity), cause,
+                    RawPosition("raw", 0, offset, ref, b'{"raw": 1}'))
+
+
+async def test_a_batch_of_raw_touches_records_what_one_at_a_time_would_in_the_same_order() -> None:
+    """A fetched batch is decided at once (a CRM back-fill read one touch at a time, six round trips
+    each): the same events, in the same order, as the touches taken one by one: a repeat once, a
+    touch whose lead is not here yet held, an opt-out changing its lead in its place."""
+    batch = [
+        raw_touch("crm-1", 1, type="call", external_id="c-1"),
+        raw_touch("crm-2", 2, type="email", external_id="e-1"),
+        raw_touch("crm-1", 3, type="call", external_id="c-1"),  # the same touch again
+        raw_touch("crm-404", 4, type="call", external_id="c-9"),  # its lead is on its way
+        raw_touch("crm-1", 5, type="opt_out", external_id="o-1", reason="asked"),
+        raw_touch("crm-1", 6, type="note", external_id="n-1"),
+        raw_touch("crm-2", 7, type="email", external_id="e-1"),
+    ]
+    async def one_at_a_time(uow: FakeUnitOfWork, touches: list[RawTouch]) -> None:
+        for touch in touches:
+            [lead_id] = (await resolve_leads(uow.store, [(touch.ref, touch.source)])).values()
+            if lead_id is None:
+                await park_activity(uow, CONFIG, touch.ref, touch.cause, touch.position, NOW)
+            else:
+                await record_activity(uow, uow.store, CONFIG, lead_id, touch.activity, now=NOW, cause=touch.cause)
+            await uow.commit()
+
+    async def at_once(uow: FakeUnitOfWork, touches: list[RawTouch]) -> None:
+        await record_touches(uow, uow.store, CONFIG, touches, now=NOW)
+        await uow.commit()
+
+    outcomes = []
+    for record in (at_once, one_at_a_time):
+        uow = FakeUnitOfWork()
+        refs = {"held:crm-404": "held"}  # stream -> the ref that named it
+        for ref in ("crm-1", "crm-2"):
+            refs[(await submit(uow, {"external_id": ref, "contact": {"email": f"{ref}@example.com"}})).lead_id] = ref
+        await record(uow, batch)
+        outcomes.append([(p.event.type, refs[p.stream_id], p.event.data.get("type") or p.event.data.get("reason"))
+                         for p in uow.committed[2:]])
+    assert outcomes[0] == outcomes[1]
+    assert [t for t, _, _ in outcomes[0]] == ["activity.recorded", "activity.recorded", ACTIVITY_HELD,
+                                          "activity.recorded", "lead.updated", "activity.recorded"]
+
+
+async def test_a_batch_of_raw_touches_with_one_refused_is_refused_whole(uow) -> None:
+    """The consumer then takes the batch a record at a time, and dead-letters the refused one alone."""
+    await submit(uow, {"external_id": "crm-1", "contact": {"email": "a@example.com"}})
+    future = (NOW + timedelta(hours=1)).isoformat()
+    with pytest.raises(RejectedActivity):
+        await record_touches(uow, uow.store, CONFIG, [raw_touch("crm-1", 1, type="call"),
+                                                      raw_touch("crm-1", 2, type="call", occurred_at=future)], now=NOW)
