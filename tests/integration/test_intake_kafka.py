@@ -411,3 +411,41 @@ async def test_a_touch_on_kafka_without_its_own_time_is_dated_by_its_cloudevent_
     # touch), and its ce_source is kept.
     assert events[1].data["activity_id"] == deterministic_id("activity", lead_id, touch["id"])
     assert events[1].data["attributes"] == {"ce_source": "crm/x"}
+
+
+async def test_touches_sent_at_once_are_taken_together_and_a_refused_one_is_dead_lettered_alone(
+        intake, engine, producer) -> None:
+    """A CRM's sync arrives in one fetch: touches of two leads, a repeat, one for a lead not here
+    yet, one refused. The good ones are recorded once each on their leads, the early one is held,
+    the refused one is dead-lettered with its bytes."""
+    submissions, activities = intake
+    first, second, early = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("crm", "crm", "later"))
+    for ref in (first, second):
+        await producer.send_and_wait(submissions, json.dumps({"external_id": ref,
+                                                              "contact": {"email": f"{ref}@example.com"}}).encode())
+    first_id = await eventually(lambda: lead_with_external_id(engine, first), what="the first lead", timeout=120)
+    second_id = await eventually(lambda: lead_with_external_id(engine, second), what="the second lead", timeout=120)
+
+    def touch(ref: str, external_id: str, **more) -> bytes:
+        return json.dumps({"lead_id": ref, "type": "call", "external_id": external_id, **more}).encode()
+
+    refused = touch(first, "c-2", type="disposition", disposition={"status": "won"})
+    sent = [await producer.send(activities, value, key=b"one-partition", partition=0) for value in (
+        touch(first, "c-1"), refused, touch(second, "c-1"), touch(first, "c-1"), touch(early, "c-1"),
+        touch(first, "c-3", outcome="connected"))]
+    await asyncio.gather(*sent)
+
+    recorded = await eventually(lambda: _events_when(engine, first_id, 3), what="the first lead's touches", timeout=120)
+    assert [e.data["activity_id"] for e in recorded[1:]] == [
+        deterministic_id("activity", first_id, "c-1"), deterministic_id("activity", first_id, "c-3")]
+    assert [e.type for e in await _events_when(engine, second_id, 2)] == ["lead.received", "activity.recorded"]
+    assert await parked(engine, early) == 1
+
+    async def letter():
+        async with engine.connect() as conn:
+            return (await conn.execute(select(deadletters).where(deadletters.c.topic == activities,
+                                                                 deadletters.c.original == refused))).first()
+
+    row = await eventually(letter, what="the refused touch's dead letter")
+    assert "disposition.status" in row.error
+    assert len(await stored_events(engine, "intake", first_id)) == 3  # nothing more came of the repeat
