@@ -14,6 +14,8 @@ LEADSLA_TEST_KAFKA_BOOTSTRAP) and prints leads per second and the ratio to each 
   POST /v1/leads:batch 500 leads per request, one transaction
   raw broker           aiokafka produce (acks=all) + consume of the same bare bodies
   Kafka raw path       bare bodies on a raw topic -> intake's consumer -> lead.received in the store
+  Kafka raw touches    a CRM's sync: bare touches on the raw activities topic, ten for each of the
+                       leads the Kafka path accepted -> intake's consumer -> activity.recorded
   no I/O               the same leads read, normalized, tiered and made into lead.received bytes in
                        a loop, nothing else: a ceiling for the Kafka path on one core, as a ratio
                        to the raw broker too (the Kafka path cannot go faster than its own CPU work)
@@ -36,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
@@ -163,7 +166,11 @@ async def new_topic(bootstrap: str) -> str:
 
 
 async def produce(producer, topic: str, start: int, n: int) -> None:
-    futures = [await producer.send(topic, json.dumps(lead(start + i)).encode()) for i in range(n)]
+    await produce_bodies(producer, topic, [json.dumps(lead(start + i)).encode() for i in range(n)])
+
+
+async def produce_bodies(producer, topic: str, bodies: list[bytes]) -> None:
+    futures = [await producer.send(topic, body) for body in bodies]
     await asyncio.gather(*futures)
 
 
@@ -187,8 +194,28 @@ async def raw_broker(bootstrap: str, producer, n: int, first: int) -> float:
 
 async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: int, first: int) -> float:
     """Bare bodies on a raw topic -> intake's submission handler -> lead.received (store)."""
-    topic = await new_topic(bootstrap)
-    handler = wire(ctx, intake_bootstrap).subscriptions[0]
+    bodies = [json.dumps(lead(first + i)).encode() for i in range(n)]
+    return await consumed(ctx, engine, bootstrap, producer, 0, bodies)
+
+
+async def kafka_touches(ctx: ServiceContext, engine, bootstrap: str, producer, n: int) -> float:
+    """A CRM's sync on the raw activities topic: n bare touches, ten for each of the newest n/10
+    leads, -> intake's activity handler -> activity.recorded (store)."""
+    async with engine.connect() as conn:
+        lead_ids = list((await conn.execute(text(
+            "SELECT lead_id FROM intake.leads ORDER BY received_at DESC LIMIT :n"), {"n": max(n // 10, 1)})).scalars())
+    sync = uuid.uuid4().hex[:6]
+    bodies = [json.dumps({"lead_id": lead_ids[i % len(lead_ids)], "type": "call", "outcome": "no_answer",
+                          "actor": "rep-1", "external_id": f"{sync}-{i}"}).encode() for i in range(n)]
+    return await consumed(ctx, engine, bootstrap, producer, 1, bodies)
+
+
+async def consumed(ctx: ServiceContext, engine, bootstrap: str, producer, subscription: int,
+                   bodies: list[bytes]) -> float:
+    """Records per second from producing `bodies` on a fresh topic to intake's consumer (its
+    `subscription`: 0 submissions, 1 activities) having committed them all."""
+    topic, n = await new_topic(bootstrap), len(bodies)
+    handler = wire(ctx, intake_bootstrap).subscriptions[subscription]
     done, count = asyncio.Event(), 0
 
     [(payload, handle)] = handler.handlers.items()
@@ -218,7 +245,7 @@ async def kafka_path(ctx: ServiceContext, engine, bootstrap: str, producer, n: i
     task = asyncio.create_task(member.run(stop))
     await asyncio.wait_for(member.ready.wait(), 120)
     start = time.perf_counter()
-    await produce(producer, topic, first, n)
+    await produce_bodies(producer, topic, bodies)
     await asyncio.wait_for(done.wait(), 900)
     elapsed = time.perf_counter() - start
     stop.set()
@@ -255,6 +282,7 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, busy: int, rou
             await http_rounds(ctx, engine, n, concurrency, busy, rates, base)
             await rates.measure("broker", n, raw_broker(bootstrap, producer, n, base + 2 * max(n, 1000)))
             await rates.measure("kafka", n, kafka_path(ctx, engine, bootstrap, producer, n, base + 3 * max(n, 1000)))
+            await rates.measure("touches", n, kafka_touches(ctx, engine, bootstrap, producer, n))
             await rates.measure("no_io", n, no_io(ctx, n, base + 3 * max(n, 1000)))
         rows = [
             (f"bare FastAPI endpoint (c={concurrency})", "bare", None),
@@ -264,6 +292,7 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, busy: int, rou
             ("POST /v1/leads:batch (500 per request)", "batch", "bare"),
             ("raw broker produce + consume", "broker", None),
             ("Kafka raw topic -> lead.received", "kafka", "broker"),
+            ("Kafka raw touches -> activity.recorded", "touches", "broker"),
             ("no I/O: normalize, tier, event (1 core)", "no_io", "broker"),
         ]
         print(f"\nbest of {rounds} alternating rounds; CPU: this process (client, app, driver), per lead")
@@ -282,6 +311,8 @@ async def run(url: str, bootstrap: str, n: int, concurrency: int, busy: int, rou
             "intake_post_busy_cpu_ms": round(rates.best["single_busy"][1], 3),
             "intake_batch_vs_bare": round(batch / bare, 3), "intake_kafka_per_s": round(kafka, 1),
             "intake_kafka_vs_broker": round(kafka / broker_rate, 4),
+            "intake_kafka_touches_per_s": round(rates.rate("touches"), 1),
+            "intake_kafka_touches_vs_broker": round(rates.rate("touches") / broker_rate, 4),
             "intake_no_io_per_s": round(rates.rate("no_io"), 1),
             "intake_no_io_vs_broker": round(rates.rate("no_io") / broker_rate, 4),
             "intake_post_cpu_ms": round(rates.best["single"][1], 3),

@@ -39,6 +39,8 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "intake_http_vs_bare_fastapi_busy": ("intake_post_busy_vs_bare",
                                          "x a bare FastAPI endpoint, 32 requests in flight (goal >= 0.4)"),
     "intake_kafka_vs_raw_broker": ("intake_kafka_vs_broker", "x raw aiokafka produce"),
+    "intake_kafka_touches_vs_raw_broker": ("intake_kafka_touches_vs_broker",
+                                           "x raw aiokafka produce, a CRM's touches on the raw topic"),
     "consumer_vs_raw_postgres_tx": ("pipeline_consumer_vs_peer", "x one-row Postgres transactions (goal >= 1.0)"),
     "relay_vs_raw_produce": ("pipeline_outbox_relay_vs_peer", "x raw aiokafka produce (goal >= 0.8)"),
     "lead_to_assigned_p99_ms": ("router_latency_p99_ms", "ms at the offered rate (goal <= 50 at 200/s)"),
