@@ -454,6 +454,13 @@ class RawTouch:
     position: RawPosition
 
 
+def held_touch_id(touch: RawTouch) -> str | None:
+    """The hold of a touch that says which touch it is (None: it does not; it is held by its
+    record's position)."""
+    external_id = touch.activity.external_id
+    return deterministic_id("held", touch.ref, touch.source or "", external_id) if external_id else None
+
+
 async def record_touches(uow: Recorder, store: IntakeStore, config: Config, touches: Sequence[RawTouch], *,
                          now: datetime) -> None:
     """A fetched batch of raw touches, in order, decided as `record_activity` decides one, with a
@@ -477,6 +484,7 @@ async def record_touches(uow: Recorder, store: IntakeStore, config: Config, touc
                                        if lead_id is not None else ("", touch.activity))))
     known = await store.known_activities(activity_id for _, lead, activity_id, _ in checked if lead is not None)
     records: list[tuple[str | None, CloudEvent, str | None]] = []
+    held: dict[str, set[str]] = {}  # ref -> the ids of its holds, read when a touch is first held for it
     for touch, lead, activity_id, activity in checked:
         if lead is not None and activity.type != "opt_out":
             if activity_id not in known:
@@ -486,8 +494,16 @@ async def record_touches(uow: Recorder, store: IntakeStore, config: Config, touc
         await uow.record_all(records)  # what came before it first, in order
         records = []
         if lead is None:
-            # The raw topics are consumed independently: the lead may still be on its way.
-            await park_activity(uow, config, touch.ref, touch.cause, touch.position, now)
+            # The raw topics are consumed independently: the lead may still be on its way. A touch
+            # with an identity (its external id, or its CloudEvent id) is held once however often
+            # its sender resends it before the lead comes, as it is recorded once after.
+            hold_id = held_touch_id(touch)
+            if hold_id is not None and touch.ref not in held:
+                held[touch.ref] = {h.id for h in await store.held_for([touch.ref])}
+            if hold_id is None or hold_id not in held[touch.ref]:
+                await park_activity(uow, config, touch.ref, touch.cause, touch.position, now, hold_id)
+                if hold_id is not None:
+                    held[touch.ref].add(hold_id)
         else:
             known.add(await record_activity(uow, store, config, lead.lead_id, touch.activity, now=now,
                                             cause=touch.cause))
@@ -500,10 +516,11 @@ def _held_stream(ref: str) -> str:
 
 async def park_activity(
     uow: Recorder, config: Config, ref: str, event: CloudEvent, position: RawPosition, now: datetime,
+    hold_id: str | None = None,
 ) -> None:
     """Hold an activity until its lead arrives, at most `intake.activity_wait`."""
     held = ActivityHeld(
-        hold_id=deterministic_id("held", position.topic, str(position.partition), str(position.offset)),
+        hold_id=hold_id or deterministic_id("held", position.topic, str(position.partition), str(position.offset)),
         # Storable (no NUL, no lone surrogate, as any JSON may carry): else the hold failed and
         # the touch was dead-lettered at once. Its fields the contract names refuse such text
         # before it is held; the rest reach `attributes` cleaned alike; the dead letter keeps the bytes.

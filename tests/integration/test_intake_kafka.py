@@ -449,3 +449,29 @@ async def test_touches_sent_at_once_are_taken_together_and_a_refused_one_is_dead
     row = await eventually(letter, what="the refused touch's dead letter")
     assert "disposition.status" in row.error
     assert len(await stored_events(engine, "intake", first_id)) == 3  # nothing more came of the repeat
+
+
+async def test_a_touch_resent_before_its_lead_comes_is_held_once_and_recorded_once(intake, engine, producer) -> None:
+    """A CRM resending its sync while the lead is on its way: each copy was held (and would each
+    have been a dead letter had the lead never come)."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    call = json.dumps({"lead_id": ref, "type": "call", "external_id": f"{ref}-call"}).encode()
+    await asyncio.gather(*[await producer.send(activities, call, key=ref.encode()) for _ in range(2)])
+    await producer.send_and_wait(activities, call, key=ref.encode())
+    # Behind the copies on their partition: once it is held, every copy has been read.
+    note = json.dumps({"lead_id": ref, "type": "note", "external_id": f"{ref}-note"}).encode()
+    await producer.send_and_wait(activities, note, key=ref.encode())
+    await eventually(lambda: _at_least(parked(engine, ref), 2), what="the call and the note held", timeout=120)
+    assert await parked(engine, ref) == 2
+
+    await producer.send_and_wait(submissions, json.dumps({"external_id": ref, "contact": {"email": f"{ref}@example.com"}}).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    events = await eventually(lambda: _events_when(engine, lead_id, 3), what="the lead and its touches")
+    assert [(e.type, e.data.get("type")) for e in events] == [
+        ("lead.received", None), ("activity.recorded", "call"), ("activity.recorded", "note")]
+    assert await parked(engine, ref) == 0
+
+
+async def _at_least(count, n: int) -> bool:
+    return await count >= n

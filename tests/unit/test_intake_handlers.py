@@ -380,3 +380,19 @@ async def test_a_batch_of_raw_touches_with_one_refused_is_refused_whole(uow) -> 
     with pytest.raises(RejectedActivity):
         await record_touches(uow, uow.store, CONFIG, [raw_touch("crm-1", 1, type="call"),
                                                       raw_touch("crm-1", 2, type="call", occurred_at=future)], now=NOW)
+
+
+async def test_a_touch_resent_before_its_lead_comes_is_held_once(uow) -> None:
+    """A CRM resending its sync while the lead is on its way: each copy was held (600 holds for
+    300 touches), and had the lead never come, each copy would have been a dead letter."""
+    copies = [raw_touch("crm-7", offset, type="call", external_id="c-1") for offset in (1, 2, 3)]
+    others = [raw_touch("crm-7", 4, type="call", external_id="c-2"), raw_touch("crm-7", 5, type="email"),
+              raw_touch("crm-7", 6, type="email")]  # another touch, and two that say not which they are
+    await record_touches(uow, uow.store, CONFIG, copies[:2], now=NOW)
+    await uow.commit()
+    await record_touches(uow, uow.store, CONFIG, [others[1], copies[2], others[0], others[2]], now=NOW)
+    await uow.commit()
+    assert len(uow.store.held) == len([p for p in uow.committed if p.event.type == ACTIVITY_HELD]) == 4
+    lead = await submit(uow, {"external_id": "crm-7", "contact": {"email": "a@example.com"}})
+    recorded = [p.event.data for p in uow.committed if p.event.type == "activity.recorded"]
+    assert len(recorded) == 4 and {r["lead_id"] for r in recorded} == {lead.lead_id} and uow.store.held == {}
