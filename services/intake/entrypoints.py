@@ -158,6 +158,39 @@ def _label(source: str, named: frozenset[str]) -> str:
     return source if source in named else "kafka"
 
 
+def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
+    """A raw record's activity, read as its HTTP twin would be; raises `BadEvent`."""
+    data = dict(event.data)
+    ref = data.pop("lead_id", None) or event.subject
+    # Read as a submission's external id is (a NUL in it failed the lookup: a handler error;
+    # a CRM's numeric record id, HubSpot's, is its text).
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        ref = str(ref)
+    ref = clean_text(ref) if isinstance(ref, str) else None
+    if not ref:
+        raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
+    named = named_source(event, config)
+    try:
+        activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
+    except ValidationError as exc:
+        raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
+    given: dict[str, Any] = {}
+    if not (event.model_extra or {}).get(BARE):
+        # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
+        # submission (the same id as an Idempotency-Key over HTTP is the same touch), and its
+        # source is kept.
+        if activity.external_id is None:
+            given["external_id"] = event.id
+        if "ce_source" not in (activity.model_extra or {}):
+            given["ce_source"] = event.source
+    if activity.occurred_at is None and event.time <= now:
+        # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
+        # when the broker took the record, not when intake got to it behind a backlog.
+        given["occurred_at"] = event.time
+    activity = activity.model_copy(update=given) if given else activity
+    return RawTouch(ref, named, activity, without_raw(event), raw_position(event))
+
+
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:
     def lead_request(event: CloudEvent) -> LeadRequest:
         """A raw record's submission, read as its HTTP twin would be; raises `Refused`."""
@@ -199,38 +232,6 @@ def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[L
         except Refused as exc:
             raise BadEvent(f"invalid submission: {exc}") from None
         await submit(uow, requests)
-
-    def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
-        """A raw record's activity, read as its HTTP twin would be; raises `BadEvent`."""
-        data = dict(event.data)
-        ref = data.pop("lead_id", None) or event.subject
-        # Read as a submission's external id is (a NUL in it failed the lookup: a handler error;
-        # a CRM's numeric record id, HubSpot's, is its text).
-        if isinstance(ref, int) and not isinstance(ref, bool):
-            ref = str(ref)
-        ref = clean_text(ref) if isinstance(ref, str) else None
-        if not ref:
-            raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
-        named = named_source(event, config)
-        try:
-            activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
-        except ValidationError as exc:
-            raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-        given: dict[str, Any] = {}
-        if not (event.model_extra or {}).get(BARE):
-            # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
-            # submission (the same id as an Idempotency-Key over HTTP is the same touch), and its
-            # source is kept.
-            if activity.external_id is None:
-                given["external_id"] = event.id
-            if "ce_source" not in (activity.model_extra or {}):
-                given["ce_source"] = event.source
-        if activity.occurred_at is None and event.time <= now:
-            # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
-            # when the broker took the record, not when intake got to it behind a backlog.
-            given["occurred_at"] = event.time
-        activity = activity.model_copy(update=given) if given else activity
-        return RawTouch(ref, named, activity, without_raw(event), raw_position(event))
 
     async def on_activities(uow: UnitOfWork, batch: list[Received[RawActivity]]) -> None:
         """A fetched batch's touches in one go (`record_touches`). A refused one fails the run:

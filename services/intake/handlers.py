@@ -474,19 +474,22 @@ async def record_touches(uow: Recorder, store: IntakeStore, config: Config, touc
     await store.lock([lead_lock(lead_id) for lead_id in lead_ids])
     await uow.load_versions(lead_ids)
     leads = {lead_id: await store.lead(lead_id) for lead_id in lead_ids}
-    checked: list[tuple[RawTouch, KnownLead | None, str, ActivityIn]] = []
+    # (touch, its lead, the activity's id and the activity as recorded); lead None: not here yet.
+    checked: list[tuple[RawTouch, KnownLead | None, str | None, ActivityIn]] = []
     for touch in touches:
         lead_id = resolved[(touch.ref, touch.source)]
-        lead = leads[lead_id] if lead_id is not None else None
-        if lead_id is not None and lead is None:
+        if lead_id is None:
+            checked.append((touch, None, None, touch.activity))
+            continue
+        lead = leads[lead_id]
+        if lead is None:
             raise UnknownLead(lead_id)
-        checked.append((touch, lead, *(_checked_activity(config, lead_id, touch.activity, now)
-                                       if lead_id is not None else ("", touch.activity))))
-    known = await store.known_activities(activity_id for _, lead, activity_id, _ in checked if lead is not None)
+        checked.append((touch, lead, *_checked_activity(config, lead_id, touch.activity, now)))
+    known = await store.known_activities(activity_id for _, _, activity_id, _ in checked if activity_id is not None)
     records: list[tuple[str | None, CloudEvent, str | None]] = []
     held: dict[str, set[str]] = {}  # ref -> the ids of its holds, read when a touch is first held for it
     for touch, lead, activity_id, activity in checked:
-        if lead is not None and activity.type != "opt_out":
+        if lead is not None and activity_id is not None and activity.type != "opt_out":
             if activity_id not in known:
                 known.add(activity_id)
                 records.append((TOPIC_INTAKE, _recorded(config, lead, activity_id, activity, now, touch.cause), None))

@@ -184,9 +184,10 @@ def timer_loop(ctx: ServiceContext, watermark: InputWatermark, rules: ClockRules
         async def fire_round() -> float:
             nonlocal last_gauge
             seen = watermark.judged_until  # read after the loop cleared `advanced`: a later advance wakes us
-            firing.rules = replace(rules, input_outages=watermark.outages(ctx.clock.now()))
+            now = ctx.clock.now()
+            firing.rules = replace(rules, input_outages=watermark.outages(now))
             # Here, not in the watermark's rounds: a round hanging on a frozen broker must show.
-            metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, ctx.clock.now(), began))
+            metrics.sla_clock_watermark_lag.set(lag_seconds(watermark, now, began))
             if loop.time() - last_gauge > GAUGE_REFRESH_SECONDS:
                 async with ctx.uow() as uow:
                     counts = await open_timer_counts(PostgresClockStore(uow))
