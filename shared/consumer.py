@@ -61,6 +61,10 @@ from .uow import UnitOfWork
 log = structlog.get_logger()
 
 CONFLICT_RETRIES = 5
+# How old the broker's last answer about a partition may be, before the fetch that finds the
+# consumer at its end, and still tell where that end is: an idle partition is answered every
+# fetch wait (50 to 500 ms); a broker frozen or gone answers none.
+ANSWER_SLACK_MS = 1000
 
 # One signature for every handler a subscription dispatches to: the unit of work, and the event
 # with its payload already decoded into the class the handler is registered under.
@@ -77,6 +81,14 @@ T = TypeVar("T")
 D = TypeVar("D")
 Decoder = Callable[[ConsumerRecord], CloudEvent]
 PayloadOf = Callable[[CloudEvent], type[BaseModel] | None]
+
+
+def _broker_answered(consumer: AIOKafkaConsumer, *, since_ms: float) -> bool:
+    """Whether the broker told this consumer where each of its partitions ends since `since_ms`
+    (epoch ms). A fetch that comes back empty because the broker did not answer (frozen, gone)
+    shows nothing: taken for "at the end", it had intake vouch to the SLA clock through a frozen
+    broker, and the outage the clock saw died with it when it restarted (the long chaos run)."""
+    return all((consumer.last_poll_timestamp(tp) or 0) >= since_ms for tp in consumer.assignment())
 
 
 def record_position(record: ConsumerRecord) -> str:
@@ -200,7 +212,8 @@ class EventConsumer:
         self.ready = asyncio.Event()
         # When (time.monotonic()) this consumer last knew it had handled every record on its
         # partitions: the start of a fetch that came back empty, or of one whose records it handled
-        # up to the partitions' high watermarks. None until it has fetched since starting.
+        # up to the partitions' high watermarks, with every partition's end freshly told by the
+        # broker (`_broker_answered`). None until it has fetched since starting.
         self.caught_up_at: float | None = None
         # Per partition, the offset after the last record fetched: a floor for its end that the
         # lag reads beside the broker's figures, which can stop at a producer's last batch.
@@ -239,7 +252,7 @@ class EventConsumer:
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
-                fetched_at = time.monotonic()
+                fetched_at, asked_ms = time.monotonic(), time.time() * 1000
                 batch = await consumer.getmany(timeout_ms=300)
                 for tp, fetched in batch.items():
                     self._fetched_to[tp] = fetched[-1].offset + 1
@@ -253,7 +266,8 @@ class EventConsumer:
                 for record in records[:handled]:
                     done[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset + 1, "")
                 if handled == len(records) and all((consumer.highwater(tp) or 0) <= next_offset.offset
-                                                   for tp, next_offset in done.items()):
+                                                   for tp, next_offset in done.items()) \
+                        and _broker_answered(consumer, since_ms=asked_ms - ANSWER_SLACK_MS):
                     self.caught_up_at = fetched_at
                 to_commit.update(done)
                 if to_commit and (committing is None or committing.done()):

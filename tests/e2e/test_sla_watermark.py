@@ -189,6 +189,34 @@ async def test_sla_clock_restarted_across_a_deadline_with_the_touch_already_publ
     wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
 
 
+async def test_a_breach_due_while_the_broker_was_frozen_stays_the_systems_delay_across_a_restart_of_the_clock(
+    stack: Stack, engine
+) -> None:
+    """The broker frozen across a deadline (nobody could log a touch on Kafka, nor the clock read
+    one), then the clock killed inside its grace after the freeze and started after the grace: the
+    breach is still the system's delay. What the clock saw of the freeze itself dies with it;
+    intake, which cannot tell it has taken what the broker holds, falls silent, and that outage is
+    in Postgres (the long chaos run: 44 breaches due in a freeze blamed on owners and on no_owner)."""
+    sla_clock = stack.services["sla_clock"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        lead_id, due = await open_timer(client, stack, "outage_probe")
+        freeze(stack.broker, True)
+        try:
+            # Intake's silence must show (its gap, 2 s, after a second without the broker's answers)
+            # before the deadline.
+            assert due - datetime.now(UTC) > timedelta(seconds=5), "the machine was too slow to freeze in time"
+            wait_until(lambda: time.time() > due.timestamp() + 1, 60, "the deadline to pass, broker frozen")
+        finally:
+            freeze(stack.broker, False)
+        thawed = time.time()
+        sla_clock.kill()
+        wait_until(lambda: time.time() > thawed + OUTAGE_GRACE + 2, 60, "the grace after the freeze to end")
+        sla_clock.start()
+        result = await outcome(engine, lead_id)
+        wait_until(sla_clock.ready, 90, "sla_clock to rejoin", 0.2)
+    assert result["type"] == "sla.breached" and result["root_cause"] == "system_delay", result
+
+
 async def test_intake_down_across_a_deadline_a_touch_retried_after_it_meets_and_no_touch_is_the_systems_delay(
     stack: Stack, engine
 ) -> None:
