@@ -171,13 +171,13 @@ WATERMARK_ALLOWANCE = timedelta(milliseconds=200)
 
 @contextlib.asynccontextmanager
 async def running_watermark(kafka_bootstrap: str, engine, topics: list[str],
-                            group: str | None = None) -> AsyncIterator:
+                            group: str | None = None, clock=None) -> AsyncIterator:
     """The SLA clock's input watermark over `topics`, for intake's store, running in rounds every
-    50 ms until the block ends."""
+    50 ms until the block ends (by `clock`, the system's by default)."""
     from services.sla_clock.watermark import InputWatermark
     from shared.clock import SystemClock
 
-    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=SystemClock(),
+    watermark = InputWatermark(bootstrap=kafka_bootstrap, engine=engine, clock=clock or SystemClock(),
                                group=group or f"wm-{uuid.uuid4().hex[:8]}", topics=topics, producers=["intake"],
                                commit_allowance=WATERMARK_ALLOWANCE, interval=0.05)
     stop = asyncio.Event()

@@ -80,3 +80,14 @@ open_timer_counts = Table(
     Column("open", BigInteger, nullable=False),
     schema=SCHEMA,
 )
+
+# The clock's own outages: its watermark's rounds far apart (the broker or the database away from
+# it, the process stalled). Kept so that a clock restarted soon after one still knows of it: the
+# breaches due in it are the system's delay. Not a projection; a replay leaves it.
+blind_outages = Table(
+    "blind_outages",
+    metadata,
+    Column("began", DateTime(timezone=True), primary_key=True),
+    Column("ended", DateTime(timezone=True), nullable=False, index=True),
+    schema=SCHEMA,
+)

@@ -21,6 +21,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record import MemoryRecords
 from sqlalchemy import column, func, select, table
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.aio import next_backoff, sleep_unless_stopped
@@ -43,6 +44,7 @@ from .domain import (
     settled_watermark,
     upstream_settled,
 )
+from .tables import blind_outages
 
 log = structlog.get_logger()
 
@@ -96,6 +98,8 @@ class InputWatermark:
         self.hold = InputHold()  # after outages of intake or of our own reading (see `round`)
         self.last_round: datetime | None = None  # when a round last completed
         self._blinds: list[Outage] = []  # the last hour's (as intake's runs are read)
+        self._unsaved: list[Outage] = []  # blinds not yet in Postgres (the database away)
+        self._restored = False  # the blinds an earlier process saved, read before the first round
         self.rounds = 0  # completed rounds, for operators (and tests) to see it is alive
         # Set whenever `judged_until` moves forward, so the timer loop judges at once.
         self.advanced = asyncio.Event()
@@ -112,6 +116,8 @@ class InputWatermark:
         try:
             while not stop.is_set():
                 try:
+                    if not self._restored:  # first, and without the broker (it may be the outage)
+                        await self._restore()
                     if not started:
                         await client.bootstrap()
                         await admin.start()
@@ -164,6 +170,7 @@ class InputWatermark:
         blind = blind_since(self.last_round, now, _BLIND_AFTER)
         if blind is not None:
             self._blinds.append(Outage(blind.began, now))
+            self._unsaved.append(Outage(blind.began, now))
         self._blinds = [o for o in self._blinds if o.ended is not None and o.ended > now - _INTAKE_RUNS_READ]
         self.last_round = now
         hold = after_outages(self._blinds, now, self._outage_grace)
@@ -175,6 +182,33 @@ class InputWatermark:
         if after is not None and (before is None or after > before):
             self.advanced.set()
         self.rounds += 1
+        if self._unsaved:  # after the hold is set (no await before it); kept for the next round if this fails
+            await self._save_blinds(now)
+
+    async def _restore(self) -> None:
+        """The clock's own outages of the last hour, as an earlier process saved them, held at
+        once: a clock restarted inside the grace after one still holds its deadlines, and the
+        consumer, judging a touch read before the first round, knows of them."""
+        now = self._clock.now()
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(blind_outages.c.began, blind_outages.c.ended)
+                                      .where(blind_outages.c.ended > now - _INTAKE_RUNS_READ)
+                                      .order_by(blind_outages.c.began))
+            self._blinds = [Outage(began, ended) for began, ended in rows] + self._blinds
+        self.hold = after_outages(self._blinds, now, self._outage_grace)
+        self._restored = True
+
+    async def _save_blinds(self, now: datetime) -> None:
+        """Keep the clock's own outages past a restart: what it saw of a frozen broker otherwise
+        died with it, and a clock killed inside the grace after one judged the breaches due in it
+        as the owners' when it came back (when intake saw no outage of its own)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(blind_outages.delete().where(blind_outages.c.ended <= now - _INTAKE_RUNS_READ))
+            stmt = insert(blind_outages).values([{"began": o.began, "ended": o.ended} for o in self._unsaved])
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=[blind_outages.c.began], set_={"ended": func.greatest(blind_outages.c.ended,
+                                                                                      stmt.excluded.ended)}))
+        self._unsaved = []
 
     def outages(self, now: datetime) -> tuple[Outage, ...]:
         """The outages a breach judged at `now` is to know of: the hold's, and the time since the

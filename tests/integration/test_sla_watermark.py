@@ -15,7 +15,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.intake.tables import availability
+from services.sla_clock.tables import blind_outages
 from services.sla_clock.watermark import InputWatermark
+from shared.clock import ManualClock
 from shared.eventstore import EVENTS, RELAY
 from tests.integration.own_database import OwnDatabase, own_database  # noqa: F401 - a fixture
 from tests.support import WATERMARK_ALLOWANCE, create_topic, eventually, running_watermark
@@ -155,3 +157,24 @@ async def test_the_watermark_names_every_recent_outage_of_intake_not_the_latest_
         await eventually(lambda: watermark.hold.outages, what="the outages known")
     began = sorted(o.began for o in watermark.hold.outages)
     assert began == [beats[0][1], beats[1][1]]
+
+
+async def test_the_clocks_own_outage_is_still_held_after_it_restarts(kafka_bootstrap, engine) -> None:
+    """Rounds of the watermark far apart (the broker frozen, as the clock saw it) are an outage of
+    its inputs. A clock killed inside the grace after it came back knowing nothing of it: the
+    breaches due in it left at once, blamed on owners, whenever intake had seen no outage of its own."""
+    topic = await create_topic(kafka_bootstrap, 1)
+    async with engine.begin() as conn:  # this module's database: only this test's outages
+        await conn.execute(availability.delete())
+        await conn.execute(blind_outages.delete())
+    clock = ManualClock(datetime.now(UTC))
+    async with running_watermark(kafka_bootstrap, engine, [topic], clock=clock) as watermark:
+        await rounds_later(watermark, 1)
+        clock.advance(timedelta(seconds=10))  # the next round comes 10 s after the last, by the clock
+        await eventually(lambda: watermark.hold.outages, what="the clock's own outage known")
+    [outage] = watermark.hold.outages
+    clock.advance(timedelta(seconds=5))  # restarted 5 s after it, inside the 30 s grace
+    async with running_watermark(kafka_bootstrap, engine, [topic], clock=clock) as restarted:
+        await rounds_later(restarted, 1)
+        assert restarted.hold.outages == (outage,)
+        assert restarted.hold.until == outage.began  # no deadline after it began is judged yet
