@@ -169,8 +169,9 @@ class InputWatermark:
         # the next began (faults back to back) is the system's delay all the same.
         blind = blind_since(self.last_round, now, _BLIND_AFTER)
         if blind is not None:
-            self._blinds.append(Outage(blind.began, now))
-            self._unsaved.append(Outage(blind.began, now))
+            ended = Outage(blind.began, now)
+            self._blinds.append(ended)
+            self._unsaved.append(ended)
         self._blinds = [o for o in self._blinds if o.ended is not None and o.ended > now - _INTAKE_RUNS_READ]
         self.last_round = now
         hold = after_outages(self._blinds, now, self._outage_grace)
