@@ -129,6 +129,38 @@ def clean_text(value: Any) -> Any:
     return value
 
 
+def text_repairs(value: Any, path: str = "") -> list[Issue]:
+    """Where `clean_text` changes text (a NUL removed, a lone surrogate replaced), by the field's
+    dotted path as cleaned: the lead keeps the cleaned text and its warnings say so (a value not
+    kept as sent, and not refused either)."""
+    found: list[Issue] = []
+    if isinstance(value, str):
+        if repair := _text_repair(value):
+            found.append(Issue(path, repair, clean_text(value), kept_as_sent=False))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = clean_text(str(key))
+            at = f"{path}.{name}" if path else name
+            if repair := _text_repair(str(key)):
+                found.append(Issue(at, f"field name: {repair}", kept_as_sent=False))
+            found += text_repairs(item, at)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += text_repairs(item, f"{path}[{index}]")
+    return found
+
+
+def _text_repair(text: str) -> str | None:
+    repairs = []
+    if "\x00" in text:
+        repairs.append("NUL characters removed")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        repairs.append("characters that are not valid Unicode (lone surrogates) replaced with '?'")
+    return "; ".join(repairs) or None
+
+
 _INVISIBLE = re.compile("[\u200b-\u200d\u2060\ufeff]")  # zero-width spaces and joiners, BOM
 
 
@@ -846,11 +878,14 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
     not an object, or (unless `partial`, for PATCH) no usable email and no usable phone."""
     if not isinstance(body, dict):
         raise Refused([{"field": "(body)", "message": "must be a JSON object"}])
+    r = _Reader()
     try:
-        body = clean_text(body)
+        cleaned = clean_text(body)
+        if cleaned != body:  # rare: only then walk the body again to name what changed
+            r.issues += text_repairs(body)
     except RecursionError:
         raise Refused([{"field": "(body)", "message": "is nested too deeply"}]) from None
-    r = _Reader()
+    body = cleaned
     raw: dict[str, Any] = {"contact": {}, "company": {}, "intent": {}}
     flat: dict[str, dict[str, Any]] = {"contact": {}, "company": {}, "intent": {}}
     top: dict[str, Any] = {}

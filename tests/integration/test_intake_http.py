@@ -172,6 +172,28 @@ async def test_an_integer_too_long_for_python_is_kept_as_sent_not_a_lost_lead(ap
     assert [r["status"] for r in response.json()["results"]] == ["accepted", "accepted"]
 
 
+async def test_text_postgres_cannot_store_is_cleaned_and_the_answer_says_where(api, engine) -> None:
+    """A NUL or a lone surrogate (valid JSON escapes) cannot be stored as sent: the lead is taken
+    with the text cleaned, and the 201's warnings and the event's data quality name each field
+    changed, so the sender learns that its value was not kept verbatim."""
+    email = f"{uuid.uuid4().hex[:8]}@example.com"
+    # JSON escapes as a sender writes them (json.dumps would refuse the lone surrogate).
+    raw = ('{"contact": {"email": "EMAIL", "first_name": "A\\u0000da", "last_name": "\\ud800"},'
+           ' "x\\u0000y": "v\\u0000"}').replace("EMAIL", email)
+    response = await api.post("/v1/leads", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    warned = [(w["field"], w["message"]) for w in response.json()["warnings"]]
+    assert warned == [("contact.first_name", "NUL characters removed"),
+                      ("contact.last_name", "characters that are not valid Unicode (lone surrogates) replaced with '?'"),
+                      ("xy", "field name: NUL characters removed"), ("xy", "NUL characters removed")]
+    [event] = await stored_events(engine, "intake", response.json()["lead_id"])
+    assert event.data["contact"]["first_name"] == "Ada" and event.data["contact"]["last_name"] == "?"
+    assert event.data["attributes"] == {"xy": "v"}
+    assert [(q["field"], q["value"]) for q in event.data["data_quality"]] == [
+        ("contact.first_name", "Ada"), ("contact.last_name", "?"), ("xy", None), ("xy", "v")]
+    assert not {"contact.first_name", "contact.last_name"} & set(event.data["missing_fields"])
+
+
 async def test_a_colleague_on_the_same_switchboard_is_a_lead_of_their_own(api, engine) -> None:
     switchboard = "+44 20 7946 0000"
     ada = await api.post("/v1/leads", json={

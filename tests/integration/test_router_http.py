@@ -562,6 +562,17 @@ async def test_an_owner_who_cannot_take_the_lead_either_sends_it_to_the_queue_wh
     assert await router.types(lead) == ["lead.assigned", "lead.queued"]
 
 
+async def test_routing_again_a_queued_lead_nobody_can_take_leaves_it_queued_without_an_event(router) -> None:
+    for name in ("ann", "ben"):
+        assert (await router.put(name, status="away")).status_code == 200
+    lead = await router.receive()
+    response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "try"})
+    assert response.status_code == 202
+    assert response.json() == {"lead_id": lead, "status": "queued", "owner_id": None}
+    assert await router.types(lead) == ["lead.queued"]
+    assert [q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]] == [lead]
+
+
 async def test_assigning_a_queued_lead_by_hand_counts_without_the_free_text_reason_as_a_label(router) -> None:
     for name in ("ann", "ben"):
         assert (await router.put(name, status="away")).status_code == 200

@@ -11,6 +11,7 @@ import pytest
 from services.intake.normalize import (
     Refused,
     classify_intent,
+    flawed,
     normalize_country,
     normalize_language,
     normalize_size,
@@ -292,9 +293,25 @@ def test_national_phones_are_read_in_contact_then_company_then_source_country() 
     assert kept.contact.phone == "(415) 555-2671" and kept.warnings[0]["field"] == "contact.phone"
 
 
-def test_text_postgres_cannot_store_is_cleaned_not_refused() -> None:
-    sub = read({"contact": {"email": EMAIL, "first_name": "A\x00da"}, "intent": {"message": "lone \ud800 x"}})
-    assert sub.contact.first_name == "Ada" and "\ud800" not in (sub.intent.message or "")
+def test_text_postgres_cannot_store_is_cleaned_not_refused_and_named_in_the_warnings() -> None:
+    """Postgres stores no NUL and no lone surrogate, so such text is cleaned, not kept as sent: the
+    lead is taken, and its warnings and data quality say which fields were changed and how."""
+    sub = read({"contact": {"email": EMAIL, "first_name": "A\x00da"}, "intent": {"message": "lone \ud800 x"},
+                "crm\x00id": "7\x00", "tags": ["ok", "b\x00"]})
+    assert sub.contact.first_name == "Ada" and sub.intent.message == "lone ? x"
+    assert sub.attributes["crmid"] == "7" and sub.attributes["tags"] == ["ok", "b"]
+    assert sub.warnings == [
+        {"field": "contact.first_name", "message": "NUL characters removed"},
+        {"field": "intent.message", "message": "characters that are not valid Unicode (lone surrogates) replaced with '?'"},
+        {"field": "crmid", "message": "field name: NUL characters removed"},
+        {"field": "crmid", "message": "NUL characters removed"},
+        {"field": "tags[1]", "message": "NUL characters removed"},
+    ]
+    assert sub.data_quality[0] == {"field": "contact.first_name", "message": "NUL characters removed",
+                                   "value": "Ada", "kept_as_sent": False}
+    assert flawed(sub.issues) == set()  # cleaned text fills its field: not "kept as sent", not missing
+    clean = read({"contact": {"email": EMAIL, "first_name": "Ada"}})
+    assert clean.warnings == []
 
 
 def test_huge_integers_are_kept_as_text() -> None:
