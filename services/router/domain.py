@@ -542,6 +542,13 @@ def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -
     return rule.id, owners
 
 
+def fallback_of(config: Config, lead: LeadFacts) -> str | None:
+    """The one fallback owner a decision for `lead` tries (`decide`): its rule's, else the
+    configuration's."""
+    rule = first_match(config, lead)
+    return (rule.fallback_owner if rule else None) or config.routing.fallback_owner
+
+
 def fallback_owners(config: Config) -> set[str]:
     found = {r.fallback_owner for r in config.routing.rules if r.fallback_owner}
     return found | ({config.routing.fallback_owner} if config.routing.fallback_owner else set())

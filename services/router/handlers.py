@@ -50,6 +50,7 @@ from .domain import (
     effective_owner,
     eligibility,
     facts_of,
+    fallback_of,
     fallback_owners,
     first_match,
     home_team,
@@ -313,11 +314,13 @@ async def _decide_run(store: RouterStore, config: Config, todo: list[_New], stat
 
 def _wanted_by_queue(config: Config, waiting: list[LeadFacts], owner_id: str, state: RoutingState,
                      now: datetime) -> bool:
-    """Whether a queued lead that drains before the new one could go to `owner_id` now."""
+    """Whether a queued lead that drains before the new one could go to `owner_id` now: one its
+    rule picks from or its own fallback (not any rule's fallback: that held new leads back behind
+    queued leads that could never take their owner)."""
     owner = state.owners.get(owner_id)
     for queued in waiting:
         _, scope = decision_scope(config, queued, None)
-        if ((owner_id in scope or owner_id in fallback_owners(config))
+        if ((owner_id in scope or owner_id == fallback_of(config, queued))
                 and eligibility(owner, queued, state, config, now) is None):
             return True
     return False

@@ -136,6 +136,20 @@ tiers:
 """
 
 
+# Both of the sdr team are some other rule's fallback owner; the night rule (cat only) has none.
+FALLBACKS_CONFIG = CONFIG.replace(
+    "    - {{id: rr-{s}, team: sdr-{s}}}",
+    "    - {{id: ann-first-{s}, match: {{sources: [fair]}}, team: late-{s}, fallback_owner: ann-{s}}}\n"
+    "    - {{id: ben-first-{s}, match: {{sources: [expo]}}, team: late-{s}, fallback_owner: ben-{s}}}\n"
+    "    - {{id: rr-{s}, team: sdr-{s}}}")
+
+
+@pytest.fixture
+async def fallbacks_router(make_ctx, engine):
+    async for running in _router(make_ctx, engine, FALLBACKS_CONFIG):
+        yield running
+
+
 @pytest.fixture
 async def ranked_router(make_ctx, engine):
     async for running in _router(make_ctx, engine, RANKED_CONFIG):
@@ -306,6 +320,21 @@ async def test_a_new_lead_does_not_jump_a_queued_lead_of_a_higher_ranked_tier(ra
     assert (queued.type, queued.data["reason"]) == ("lead.queued", "queue_ahead")
     assert await drain_all(router.ctx) == 2
     assert (await router.events(waiting))[-1].data["owner_id"] == router.owner("cat")
+
+
+async def test_a_new_lead_waits_only_behind_queued_leads_that_could_take_its_owner(fallbacks_router) -> None:
+    """Found by an acceptance sweep: a queued lead was taken to want any rule's fallback owner, so
+    a new lead for an owner that lead can never reach (not in its rule's team, not its rule's
+    fallback) was queued behind it (`queue_ahead`) and dequeued a moment later: a spurious
+    queued/dequeued pair, an ownerless lead meanwhile, and a queue count in the routing report."""
+    router = fallbacks_router
+    waiting = await router.receive(source="night")  # only cat, outside her hours at 09:00: queued
+    assert await router.types(waiting) == ["lead.queued"]
+    newcomer = await router.receive()  # ann or ben, each another rule's fallback, never the night lead's
+    [assigned] = await router.events(newcomer)
+    assert (assigned.type, assigned.data["reason"]) == ("lead.assigned", "rule_match")
+    assert assigned.data["owner_id"] in (router.owner("ann"), router.owner("ben"))
+    assert [q["lead_id"] for q in (await router.client.get("/v1/queue")).json()["leads"]] == [waiting]
 
 
 async def test_an_absence_that_ends_and_working_hours_that_start_drain_the_queue(router) -> None:
