@@ -7,7 +7,6 @@ import base64
 import json
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -35,8 +34,9 @@ from shared.text import loads_json
 from shared.uow import UnitOfWork
 
 from .adapters import PostgresIntakeStore, forget_beats, record_beat
-from .domain import ActivityIn, activity_zone, given_source, intent_vocabulary, raw_topics_taken_in
+from .domain import given_source, intent_vocabulary, raw_topics_taken_in
 from .handlers import (
+    BARE,
     EXPIRE_BATCH,
     LeadRequest,
     RawPosition,
@@ -45,6 +45,7 @@ from .handlers import (
     count,
     expire_pending,
     named_source,
+    raw_activity,
     record_touches,
     submit_leads,
 )
@@ -59,7 +60,6 @@ BEATS_FORGET_EVERY = 600.0
 RAW_SOURCE_PREFIX = "kafka:"
 MAX_RAW_RECORD_BYTES = MAX_BODY_BYTES
 RAW_POSITION = "intakerawrecord"  # extension attribute: [topic, partition, offset, key, value base64]
-BARE = "intakebare"  # extension attribute: the record was a bare JSON body, not a CloudEvent
 
 
 def decode_raw(record: ConsumerRecord) -> CloudEvent:
@@ -138,8 +138,9 @@ def raw_position(event: CloudEvent) -> RawPosition:
 
 
 def without_raw(event: CloudEvent) -> CloudEvent:
-    """The event as its sender meant it (what is kept while an activity waits)."""
-    extra = {k: v for k, v in (event.model_extra or {}).items() if k not in (RAW_POSITION, BARE)}
+    """The event as its sender meant it (what is kept while an activity waits), with whether it
+    was a bare body (`BARE`): the activity is read from it again when its lead comes."""
+    extra = {k: v for k, v in (event.model_extra or {}).items() if k != RAW_POSITION}
     return CloudEvent.model_validate({**event.model_dump(exclude=set(event.model_extra or {})), **extra})
 
 
@@ -160,8 +161,7 @@ def _label(source: str, named: frozenset[str]) -> str:
 
 def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
     """A raw record's activity, read as its HTTP twin would be; raises `BadEvent`."""
-    data = dict(event.data)
-    ref = data.pop("lead_id", None) or event.subject
+    ref = event.data.get("lead_id") or event.subject
     # Read as a submission's external id is (a NUL in it failed the lookup: a handler error;
     # a CRM's numeric record id, HubSpot's, is its text).
     if isinstance(ref, int) and not isinstance(ref, bool):
@@ -169,26 +169,11 @@ def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
     ref = clean_text(ref) if isinstance(ref, str) else None
     if not ref:
         raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
-    named = named_source(event, config)
     try:
-        activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
+        activity = raw_activity(event, config, now)
     except ValidationError as exc:
         raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-    given: dict[str, Any] = {}
-    if not (event.model_extra or {}).get(BARE):
-        # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
-        # submission (the same id as an Idempotency-Key over HTTP is the same touch), and its
-        # source is kept.
-        if activity.external_id is None:
-            given["external_id"] = event.id
-        if "ce_source" not in (activity.model_extra or {}):
-            given["ce_source"] = event.source
-    if activity.occurred_at is None and event.time <= now:
-        # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
-        # when the broker took the record, not when intake got to it behind a backlog.
-        given["occurred_at"] = event.time
-    activity = activity.model_copy(update=given) if given else activity
-    return RawTouch(ref, named, activity, without_raw(event), raw_position(event))
+    return RawTouch(ref, named_source(event, config), activity, without_raw(event), raw_position(event))
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:

@@ -421,6 +421,32 @@ class RawPosition:
     original: bytes
 
 
+BARE = "intakebare"  # extension attribute: the record was a bare JSON body, not a CloudEvent
+
+
+def raw_activity(event: CloudEvent, config: Config, now: datetime) -> ActivityIn:
+    """A raw record's activity as its sender meant it, read as it arrives and again when it is
+    released from its wait for its lead (else a held touch lost its CloudEvent time and was dated
+    when its lead came: an instant first response for a call made hours before). Raises
+    pydantic's ValidationError."""
+    data = {k: v for k, v in event.data.items() if k != "lead_id"}
+    activity = ActivityIn.model_validate(data).dated(activity_zone(config, named_source(event, config)))
+    given: dict[str, Any] = {}
+    if not (event.model_extra or {}).get(BARE):
+        # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
+        # submission (the same id as an Idempotency-Key over HTTP is the same touch), and its
+        # source is kept.
+        if activity.external_id is None:
+            given["external_id"] = event.id
+        if "ce_source" not in (activity.model_extra or {}):
+            given["ce_source"] = event.source
+    if activity.occurred_at is None and event.time <= now:
+        # No time of its own: the CloudEvent's `time` ("when the occurrence happened"), or
+        # when the broker took the record, not when intake got to it behind a backlog.
+        given["occurred_at"] = event.time
+    return activity.model_copy(update=given) if given else activity
+
+
 def named_source(event: CloudEvent, config: Config) -> str | None:
     """The source a raw record names, when the configuration names it too (`named_sources`): its
     CloudEvent `source`, else its body's `source`; None when it names none (Kafka has no keys)."""
@@ -555,8 +581,7 @@ async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
         lead_id = next((lead for lead, source in leads_of[held.lead_ref] if named in (None, source)), None)
         if lead_id is None:
             continue
-        activity = ActivityIn.model_validate({k: v for k, v in event.data.items() if k != "lead_id"}).dated(
-            activity_zone(config, named))
+        activity = raw_activity(event, config, held.parked_at)  # as it was read when it came
         try:
             await record_activity(uow, store, config, lead_id, activity, now=now, cause=event)
         except RejectedActivity as exc:

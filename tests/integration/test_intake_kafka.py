@@ -413,6 +413,28 @@ async def test_a_touch_on_kafka_without_its_own_time_is_dated_by_its_cloudevent_
     assert events[1].data["attributes"] == {"ce_source": "crm/x"}
 
 
+async def test_a_cloudevent_touch_that_waited_for_its_lead_keeps_its_time_id_and_source(
+        intake, engine, producer, clock) -> None:
+    """Found by an acceptance sweep: a touch held for its lead was read again from its body alone
+    when the lead came, so a call made hours before (the CloudEvent's `time`) was dated when the
+    lead arrived, an instant first response; its ce_id and ce_source were lost too."""
+    submissions, activities = intake
+    ref = f"crm-{uuid.uuid4().hex[:8]}"
+    called = clock.now() - timedelta(hours=2)
+    touch = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": "crm/x", "type": "com.crm.activity",
+             "subject": ref, "time": called.isoformat(), "data": {"type": "call", "actor": "al", "outcome": "connected"}}
+    await producer.send_and_wait(activities, json.dumps(touch).encode(), key=ref.encode())
+    await eventually(lambda: parked(engine, ref), what="the touch held for its lead", timeout=120)
+    lead = {"external_id": ref, "contact": {"email": f"{ref}@example.com"}}
+    await producer.send_and_wait(submissions, json.dumps(lead).encode())
+    lead_id = await eventually(lambda: lead_with_external_id(engine, ref), what="the lead", timeout=120)
+    events = await eventually(lambda: _events_when(engine, lead_id, 2), what="the released touch", timeout=120)
+    assert events[1].type == "activity.recorded"
+    assert datetime.fromisoformat(events[1].data["occurred_at"]) == called
+    assert events[1].data["activity_id"] == deterministic_id("activity", lead_id, touch["id"])
+    assert events[1].data["attributes"] == {"ce_source": "crm/x"}
+
+
 async def test_touches_sent_at_once_are_taken_together_and_a_refused_one_is_dead_lettered_alone(
         intake, engine, producer) -> None:
     """A CRM's sync arrives in one fetch: touches of two leads, a repeat, one for a lead not here
