@@ -519,6 +519,7 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
         log.info("router.escalation_reassign_done_before", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)
         return
+    await store.lock_routing()  # then the time, as the HTTP reassignment does
     try:
         await reassign(store, config, clock.now(), data.lead_id, None, reason, cause=received.envelope)
     except (UnknownLead, NobodyEligible):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from services.router.adapters import lock_routing
 from services.router.bootstrap import bootstrap
@@ -42,7 +42,7 @@ from shared.events import (
 )
 from shared.eventstore import EVENTS, read_stream
 from shared.http import create_app
-from tests.support import published_events
+from tests.support import eventually, published_events
 
 CONFIG = """
 calendars:
@@ -589,6 +589,33 @@ async def test_an_owner_who_cannot_take_the_lead_either_sends_it_to_the_queue_wh
     response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": None, "reason": "rr"})
     assert response.status_code == 202 and response.json()["status"] == "queued"
     assert await router.types(lead) == ["lead.assigned", "lead.queued"]
+
+
+async def test_a_reassignment_that_waited_for_another_is_stamped_after_it(router, engine) -> None:
+    """Found by an acceptance sweep: concurrent reassignments read the time before waiting for the
+    routing state, so one that waited for another was stamped earlier than it, and a subscriber
+    behind (a lead's deliveries go in event-time order) got the two swapped: the CRM kept the
+    owner of the earlier one. Here the other one is the test, holding the routing state while the
+    clock moves on."""
+    lead = await router.receive()
+    async with engine.connect() as blocker:
+        await blocker.begin()
+        await lock_routing(blocker)
+        request = asyncio.create_task(router.client.post(
+            f"/v1/leads/{lead}/reassign", json={"owner_id": router.owner("cat"), "reason": "speaks Welsh"}))
+
+        async def waiting_for_the_routing_state() -> bool:
+            async with engine.connect() as conn:
+                return bool(await conn.scalar(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")))
+
+        await eventually(waiting_for_the_routing_state, what="the reassignment waiting for the routing state")
+        router.ctx.clock.advance(timedelta(minutes=1))
+        moved_on = router.ctx.clock.now()
+        await blocker.rollback()
+    assert (await request).status_code == 202
+    reassigned = (await router.events(lead))[-1]
+    assert reassigned.type == "lead.reassigned" and reassigned.time == moved_on
 
 
 async def test_routing_again_a_queued_lead_nobody_can_take_leaves_it_queued_without_an_event(router) -> None:
