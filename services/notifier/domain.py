@@ -85,7 +85,8 @@ def is_stale_warning(due_at: datetime | None, now: datetime) -> bool:
 def roles_for(roles: list[str], root_cause: str | None, *, owned: bool = True) -> list[str]:
     """A breach the system caused (`system_delay`) is lead ops' to fix, not the owner's:
     owner and manager give way to lead ops. So do they for a lead nobody owns (queued: its
-    breach is no_owner or capacity), who has neither: the step would reach nobody."""
+    breach is no_owner or capacity), or whose owner has left the configuration, who has neither:
+    the step would reach nobody."""
     if root_cause == "system_delay":
         return ["lead_ops"]
     if owned:
@@ -127,7 +128,10 @@ def step_recipients(config: Config, policy_id: str, step: int, owner_id: str | N
     found = next((s for s in policy.steps if s.step == step), None) if policy else None
     if found is None:
         return [], []
-    roles = roles_for(list(found.notify), root_cause, owned=owner_id is not None)
+    # An owner the configuration no longer names (they left; their open leads stay theirs until
+    # reassigned) is no owner to reach either: nobody reads their messages, and they have no manager.
+    owned = owner_id is not None and config.owner(owner_id) is not None
+    roles = roles_for(list(found.notify), root_cause, owned=owned)
     return recipients(config, roles, owner_id), list(found.channels)
 
 

@@ -92,6 +92,15 @@ def test_a_step_for_a_lead_nobody_owns_goes_to_lead_ops_instead_of_the_missing_o
     assert [p.id for p in step_recipients(CONFIG, "breach", 1, "alice", root_cause)[0]] == ["alice", "maria"]
 
 
+def test_a_step_for_a_lead_whose_owner_left_the_configuration_goes_to_lead_ops() -> None:
+    """Found by an acceptance sweep: an owner taken out of the file keeps their open leads (until
+    reassigned), and a breach on one reached that owner alone, whom no channel can find (no
+    email) and who has no manager any more: nobody heard of it."""
+    people, channels = step_recipients(CONFIG, "breach", 1, "carl-who-left", "owner_missed")
+    assert [(p.id, p.role) for p in people] == [("ops", "lead_ops"), ("maria", "lead_ops")]
+    assert channels == ["hook"]
+
+
 def test_a_step_removed_from_the_configuration_reaches_nobody() -> None:
     assert step_recipients(CONFIG, "breach", 9, "alice", None) == ([], [])
     assert step_recipients(CONFIG, "gone", 1, "alice", None) == ([], [])
