@@ -462,6 +462,10 @@ def outbox_skip(service: Annotated[str, typer.Argument(help="the service whose s
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
     settings = Settings()
     skipped = _run(_skip(settings.database_url, service, positions), settings)
+    if skipped < len(set(positions)):
+        # A mistyped position (or one sent since) must not pass in a runbook's script unnoticed.
+        _fail(f"{skipped} of {len(set(positions))} refused events skipped: the others are not parked "
+              f"in {service}'s store (see `leadsla outbox list`)", 1)
     console.print(f"{skipped} refused events skipped")
 
 

@@ -269,6 +269,14 @@ async def test_outbox_retry_with_a_broker_it_cannot_reach_ends_with_one_line_and
                           "cannot reach the broker", bootstrap)  # the client's own log line may come first
 
 
+async def test_outbox_skip_of_a_position_that_is_not_parked_says_so_and_exits_1(database) -> None:
+    """Found by an acceptance sweep: a mistyped position printed "0 refused events skipped" and
+    exited 0, so a runbook's script went on as if the parked event were skipped."""
+    code, out, err = await leadsla("outbox", "skip", "intake", "99999", database_url=database.url)
+    assert code == 1, (out, err)
+    assert "0 of 1 refused events skipped" in out + err and "not parked in intake's store" in out + err
+
+
 async def test_config_apply_names_an_owner_taken_out_of_the_file_who_still_holds_leads(database, tmp_path: Path) -> None:
     """Nothing reroutes an owner's leads when the owner leaves the file: they stay with someone
     who is gone (GET /v1/owners lists them as `removed`). `config apply` says so, dry run or not."""
