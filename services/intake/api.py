@@ -81,7 +81,8 @@ def _parse_body(raw: bytes, content_type: str | None = None) -> Any:
 
 def _form_fields(text: str) -> dict[str, Any]:
     """Form fields as an object: PHP-style brackets nest ('contact[email]'), '[]' and repeated
-    names make lists; a lone `data.json` field holding an object (Unbounce) is that object."""
+    names make lists; a `data.json` field holding an object (Unbounce) is that object, with the
+    fields beside it."""
     body: dict[str, Any] = {}
     for name, value in parse_qsl(text, keep_blank_values=True, strict_parsing=False, max_num_fields=1000):
         head, *rest = name.split("[")
@@ -101,13 +102,15 @@ def _form_fields(text: str) -> dict[str, Any]:
         else:
             target[key] = [value] if listed else value
     wrapped = body.get("data.json")
-    if len(body) <= 2 and isinstance(wrapped, str):  # beside it at most data.xml
+    if isinstance(wrapped, str):
         try:
             inner = loads_json(wrapped)
         except (json.JSONDecodeError, RecursionError):
             inner = None
         if isinstance(inner, dict):
-            return inner
+            # Unbounce posts page_id, page_name, page_url and variant beside it (kept, as unknown
+            # fields are); its data.xml says the same again.
+            return {**{k: v for k, v in body.items() if k not in ("data.json", "data.xml")}, **inner}
     return body
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -947,7 +947,8 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
 
     company = _company(r, raw["company"])
     if _junk("email", raw["contact"].get("email")) and _junk("phone", raw["contact"].get("phone")):
-        _contact_from_labels(r, raw["contact"])
+        # Not inside a batch posted where one lead goes: its answer says where the batch goes.
+        _contact_from_labels(r, raw["contact"], deep=not isinstance(body.get("leads"), list))
     contact, usable = _contact(r, raw["contact"], company.country, source)
     if not usable and not partial:
         errors = [{"field": "contact", "message": "needs a usable email or phone"}]
@@ -972,7 +973,7 @@ def read_submission(body: Any, source: IntakeSource, aliases: dict[str, list[str
 _LABELS = {"email": ("mail",), "phone": ("phone", "mobile", "cell", "tel")}
 
 
-def _contact_from_labels(r: _Reader, contact: dict[str, Any]) -> None:
+def _contact_from_labels(r: _Reader, contact: dict[str, Any], *, deep: bool = True) -> None:
     """Without an email or phone it could use, before a lead is refused: a field of the body (or
     of its contact) unknown by name whose name says email or phone and whose value looks usable is
     read as the contact's, with a warning naming it (a form builder's labels are endless)."""
@@ -986,6 +987,59 @@ def _contact_from_labels(r: _Reader, contact: dict[str, Any]) -> None:
                 # Named by the field sent: a warning on contact.email would mark it kept as sent.
                 r.warn(str(key), f"read as contact.{target}; kept here too", value)
                 break
+    if "email" in contact or "phone" in contact or not deep:
+        return
+    # A vendor's envelope (HubSpot's fields, Meta's field_data, Google's user_column_data,
+    # Typeform's answers, a webhook's data/payload/properties): the same search, however deep,
+    # taking only what is unambiguous: of several records (Marketo's input list), one taken and
+    # the others left in attributes would be leads lost without a word; refused, the sender knows.
+    found = list(_labelled_texts(r.attributes, ""))
+    for target, words in _LABELS.items():
+        usable = [(path, value) for path, label, value in found
+                  if any(w in snake(label) for w in words) and not _junk(target, value)
+                  and not any(w in snake(path) for w in _NOT_THE_LEADS)]
+        if len({value.strip().lower() for _, value in usable}) == 1:
+            path, value = usable[0]
+            contact[target] = value.strip()
+            r.warn(path, f"read as contact.{target}; kept here too", value)
+
+
+# Whose an email or phone found deep in an envelope is not: the webinar's host, the CRM's owner...
+_NOT_THE_LEADS = ("host", "owner", "organizer", "organiser", "agent", "admin", "manager", "assignee", "sender")
+# A {name, value} pair as vendors list form fields: the keys naming the field and holding its value.
+_PAIR_LABELS = ("name", "column_id", "column_name", "key", "label", "ref", "type")
+_PAIR_VALUES = ("value", "values", "string_value", "answer")
+
+
+def _text_of(value: Any) -> str | None:
+    """A field's text: itself, the first of a list, or a {value} object's (HubSpot's properties,
+    Pipedrive's [{value, primary}])."""
+    if isinstance(value, list) and value:
+        value = value[0]
+    if isinstance(value, dict) and not any(k in value for k in _PAIR_LABELS):  # not a list of pairs
+        value = value.get("value")
+    return value if isinstance(value, str) else None
+
+
+def _labelled_texts(value: Any, path: str, depth: int = 0) -> Iterator[tuple[str, str, str]]:
+    """(where, its label, the text) for every text in `value`, depth first: a field by its name,
+    a {name, value} pair by the name it gives."""
+    if depth > 8:
+        return
+    if isinstance(value, dict):
+        label = next((value[k] for k in _PAIR_LABELS if isinstance(value.get(k), str)), None)
+        text = next((_text_of(value[k]) for k in _PAIR_VALUES if k in value), None)
+        if label is not None and text is not None:
+            yield path, label, text
+        for key, item in value.items():
+            at = f"{path}.{key}" if path else str(key)
+            if (text := _text_of(item)) is not None:
+                yield at, str(key), text
+            else:
+                yield from _labelled_texts(item, at, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:200]):
+            yield from _labelled_texts(item, f"{path}[{index}]", depth + 1)
 
 
 # What follows a comma after a full name without being a first name ("Ada Lovelace, PhD").

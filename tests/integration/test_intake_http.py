@@ -422,6 +422,16 @@ async def test_a_form_encoded_post_is_read_as_the_same_lead(api, engine) -> None
         {"email": [f"x{email}"], "page_name": ["Demo"]}).encode().replace(b"&", b"%26"),
         headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert wrapped.status_code == 201, wrapped.text
+    # As Unbounce really posts it: the page's fields beside it (refused, found by an acceptance sweep).
+    from urllib.parse import urlencode
+    page = await api.post("/v1/leads", content=urlencode({
+        "page_id": "abc", "page_name": "LP", "page_url": "https://lp.example", "variant": "a",
+        "data.json": json.dumps({"email": [f"y{email}"], "phone_number": ["+1 415 555 0141"]}),
+        "data.xml": "<x/>"}).encode(), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert page.status_code == 201, page.text
+    [event] = await stored_events(engine, "intake", page.json()["lead_id"])
+    assert (event.data["contact"]["email"], event.data["contact"]["phone"]) == (f"y{email}", "+14155550141")
+    assert event.data["attributes"]["page_id"] == "abc" and "data.xml" not in event.data["attributes"]
     refused = await api.post("/v1/leads", content=b"first_name=Ada",
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "contact"

@@ -314,6 +314,57 @@ def test_text_postgres_cannot_store_is_cleaned_not_refused_and_named_in_the_warn
     assert clean.warnings == []
 
 
+# Vendors' own webhook envelopes, as they send them (the contact nowhere the contract names it).
+VENDOR_ENVELOPES = {
+    "hubspot form": ({"submittedAt": "1732723200000", "context": {"pageUri": "https://x.example/demo"},
+                      "fields": [{"name": "email", "value": "Ada.Lovelace@Example.com"},
+                                 {"name": "firstname", "value": "Ada"}, {"name": "phone", "value": "+1 (415) 555-0132"}]},
+                     "ada.lovelace@example.com", "+14155550132"),
+    "hubspot properties": ({"objectId": 1234, "properties": {"email": {"value": "grace@hopper.io"},
+                                                             "phone": {"value": "2025550143"}}},
+                           "grace@hopper.io", "+12025550143"),
+    "typeform": ({"event_type": "form_response", "form_response": {"answers": [
+        {"type": "text", "text": "Linus", "field": {"ref": "first_name"}},
+        {"type": "email", "email": "linus@kernel.org", "field": {"id": "f2", "ref": "9b1c"}},
+        {"type": "phone_number", "phone_number": "+358401234567", "field": {"id": "f3"}}]}},
+        "linus@kernel.org", "+358401234567"),
+    "meta lead ads": ({"id": "444", "field_data": [{"name": "full_name", "values": ["Hedy Lamarr"]},
+                                                   {"name": "email", "values": ["hedy@lamarr.at"]},
+                                                   {"name": "phone_number", "values": ["+436641234567"]}]},
+                      "hedy@lamarr.at", "+436641234567"),
+    "google ads": ({"lead_id": "T", "user_column_data": [
+        {"column_name": "User Email", "string_value": "barbara@mit.edu", "column_id": "EMAIL"},
+        {"column_name": "User Phone", "string_value": "+16175550100", "column_id": "PHONE_NUMBER"}]},
+        "barbara@mit.edu", "+16175550100"),
+    "intercom": ({"topic": "contact.lead.created", "data": {"item": {"role": "lead", "email": "dorothy@vaughan.org"}}},
+                 "dorothy@vaughan.org", None),
+    "zoom": ({"event": "webinar.registration_created", "payload": {"object": {
+        "host_email": "host@zoom.example", "registrant": {"email": "ida@rhodes.org"}}}}, "ida@rhodes.org", None),
+    "pipedrive": ({"name": "P", "email": [{"value": "pd@x.com", "primary": True}]}, "pd@x.com", None),
+}
+
+
+@pytest.mark.parametrize("name", list(VENDOR_ENVELOPES))
+def test_a_contact_inside_a_vendors_envelope_is_found_not_refused(name: str) -> None:
+    """Found by an acceptance sweep: HubSpot, Typeform, Meta, Google Ads, Intercom, Zoom... post
+    their own envelopes, and the contact's email and phone sat where no field name reached them:
+    422, a lead lost at the edge. Before refusing, the envelope is searched (a field or a {name,
+    value} pair whose name says email or phone), the whole body kept in attributes, and the
+    warning names where each was found. Not a host's or an owner's email."""
+    body, email, phone = VENDOR_ENVELOPES[name]
+    sub = read(body)
+    assert (sub.contact.email, sub.contact.phone) == (email, phone)
+    assert {w["message"] for w in sub.warnings} >= {"read as contact.email; kept here too"}
+    assert sub.attributes  # the envelope itself, kept
+
+
+def test_an_envelope_with_only_someone_elses_email_or_several_people_is_still_refused() -> None:
+    with pytest.raises(Refused):
+        read({"data": {"note": "call back", "host_email": "host@zoom.example", "owner": {"email": "rep@crm.example"}}})
+    with pytest.raises(Refused):  # two records: taking one would drop the other without a word
+        read({"input": [{"email": "kathy@nasa.gov"}, {"email": "dorothy@nasa.gov"}], "action": "createOrUpdate"})
+
+
 def test_huge_integers_are_kept_as_text() -> None:
     sub = read({"contact": {"email": EMAIL}, "crm_id": 10**30})
     assert sub.attributes["crm_id"] == str(10**30)
