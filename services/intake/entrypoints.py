@@ -169,11 +169,12 @@ def raw_touch(event: CloudEvent, config: Config, now: datetime) -> RawTouch:
     ref = clean_text(ref) if isinstance(ref, str) else None
     if not ref:
         raise BadEvent("an activity needs lead_id (in the body or as the CloudEvent subject)")
+    named = named_source(event, config)
     try:
-        activity = raw_activity(event, config, now)
+        activity = raw_activity(event, config, named, now)
     except ValidationError as exc:
         raise BadEvent("invalid activity: " + describe_validation_error(exc)) from None
-    return RawTouch(ref, named_source(event, config), activity, without_raw(event), raw_position(event))
+    return RawTouch(ref, named, activity, without_raw(event), raw_position(event))
 
 
 def consumers_and_loops(ctx: ServiceContext) -> tuple[list[Subscription], list[Loop]]:

@@ -424,13 +424,13 @@ class RawPosition:
 BARE = "intakebare"  # extension attribute: the record was a bare JSON body, not a CloudEvent
 
 
-def raw_activity(event: CloudEvent, config: Config, now: datetime) -> ActivityIn:
-    """A raw record's activity as its sender meant it, read as it arrives and again when it is
-    released from its wait for its lead (else a held touch lost its CloudEvent time and was dated
-    when its lead came: an instant first response for a call made hours before). Raises
-    pydantic's ValidationError."""
+def raw_activity(event: CloudEvent, config: Config, named: str | None, now: datetime) -> ActivityIn:
+    """A raw record's activity as its sender meant it (`named`: its `named_source`), read as it
+    arrives and again when it is released from its wait for its lead (else a held touch lost its
+    CloudEvent time and was dated when its lead came: an instant first response for a call made
+    hours before). Raises pydantic's ValidationError."""
     data = {k: v for k, v in event.data.items() if k != "lead_id"}
-    activity = ActivityIn.model_validate(data).dated(activity_zone(config, named_source(event, config)))
+    activity = ActivityIn.model_validate(data).dated(activity_zone(config, named))
     given: dict[str, Any] = {}
     if not (event.model_extra or {}).get(BARE):
         # A CloudEvent's own id (ce_id) is the producer's idempotency key for the touch, as for a
@@ -581,7 +581,7 @@ async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
         lead_id = next((lead for lead, source in leads_of[held.lead_ref] if named in (None, source)), None)
         if lead_id is None:
             continue
-        activity = raw_activity(event, config, held.parked_at)  # as it was read when it came
+        activity = raw_activity(event, config, named, held.parked_at)  # as it was read when it came
         try:
             await record_activity(uow, store, config, lead_id, activity, now=now, cause=event)
         except RejectedActivity as exc:

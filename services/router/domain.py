@@ -496,13 +496,12 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
             return Decision(state.account_owner, home_team(config, state.account_owner, rule), None,
                             "account_match", "account_match", tuple(candidates))
 
-    fallback = config.routing.fallback_owner
+    fallback = _fallback(config, rule)
     missing: tuple[str, ...] = ()
     if rule is None:
         reason = "no_matching_rule"
     elif missing := tuple(missing_fields(rule, lead)):
         reason = "missing_data"  # the team cannot work it without these fields
-        fallback = rule.fallback_owner or fallback
     else:
         picked = _pick(config, rule, state, consider)
         if picked is not None:
@@ -518,7 +517,6 @@ def decide(config: Config, lead: LeadFacts, state: RoutingState, now: datetime,
         full = [c.why.startswith(FULL) for c in candidates
                 if not c.eligible and c.owner_id in scope and c.owner_id not in exclude]
         reason = "at_capacity" if full and all(full) else "no_eligible_owner"
-        fallback = rule.fallback_owner or fallback
 
     rule_id = rule.id if rule else None
     team_id = rule.team if rule else None
@@ -543,9 +541,12 @@ def decision_scope(config: Config, lead: LeadFacts, account_owner: str | None) -
 
 
 def fallback_of(config: Config, lead: LeadFacts) -> str | None:
-    """The one fallback owner a decision for `lead` tries (`decide`): its rule's, else the
-    configuration's."""
-    rule = first_match(config, lead)
+    """The one fallback owner a decision for `lead` tries (`decide`)."""
+    return _fallback(config, first_match(config, lead))
+
+
+def _fallback(config: Config, rule: RoutingRule | None) -> str | None:
+    """The matching rule's fallback owner, else the configuration's."""
     return (rule.fallback_owner if rule else None) or config.routing.fallback_owner
 
 
