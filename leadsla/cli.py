@@ -410,7 +410,7 @@ async def _release(settings: Settings, services: tuple[str, ...]) -> int:
         await engine.dispose()
 
 
-async def _replay_reporting(database_url: str, verify: bool, touch_skew: timedelta) -> tuple[int, float, dict[str, int]]:
+async def _replay_reporting(database_url: str, verify: bool, touch_skew: timedelta):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from services.reporting.replay import count_events, rebuild
@@ -427,7 +427,7 @@ async def _replay_reporting(database_url: str, verify: bool, touch_skew: timedel
             task = bar.add_task("verifying reporting" if verify else "rebuilding reporting", total=total)
             result = await rebuild(engine, versioned.config if versioned else None, verify=verify,
                                    progress=lambda n: bar.advance(task, n), touch_skew=touch_skew)
-        return result.events, result.seconds, result.differences
+        return result
     finally:
         await engine.dispose()
 
@@ -486,16 +486,15 @@ def replay(
     settings = Settings()
     if service == "reporting":
         try:
-            events, seconds, differences = _run(_replay_reporting(settings.database_url, verify,
-                                                                      timedelta(seconds=settings.sla_touch_skew_seconds)), settings)
+            result = _run(_replay_reporting(settings.database_url, verify,
+                                            timedelta(seconds=settings.sla_touch_skew_seconds)), settings)
         except ConfigError as exc:
             _fail(f"cannot replay reporting: {exc}")
-        examples: dict[str, list[str]] = {}
         source = "its timeline"
     else:
         result = _run(_replay_store(settings.database_url, service, verify), settings)
-        events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
         source = "its event store"
+    events, seconds, differences, examples = result.events, result.seconds, result.differences, result.examples
     rate = events / seconds if seconds > 0 else 0.0
     console.print(f"{'verified' if verify else 'rebuilt'} {service} from {events} events of {source} in "
                   f"{seconds:.2f}s ({rate:,.0f} events/s)")

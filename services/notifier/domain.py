@@ -49,7 +49,8 @@ def plan_steps(config: Config, event_type: str, triggered_at: datetime) -> list[
 
 
 def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outcome: str | None,
-                  actor: str | None, owner_id: str | None, occurred_at: datetime | None = None) -> bool:
+                  actor: str | None, owner_id: str | None, occurred_at: datetime | None = None, *,
+                  disposition: bool = False) -> bool:
     """Whether an activity recorded after an escalation chain started answers what the chain
     escalates (`sla`: its trigger's data), so its later steps have no news left to tell: a touch
     for the SLA's metric under its policy, the rule the SLA clock judges by (a follow-up is also
@@ -61,9 +62,10 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     if occurred_at is not None and started is not None and is_history(occurred_at, started):
         return False
     metric = sla.get("metric")
+    disposition = disposition or activity_type == "disposition"  # one carried by a call counts too
     if metric == "qualification":
-        return activity_type == "disposition"
-    if metric == "next_action" and (activity_type == "disposition" or (activity_type, outcome) == ("meeting", "booked")):
+        return disposition
+    if metric == "next_action" and (disposition or (activity_type, outcome) == ("meeting", "booked")):
         return True
     policy = config.sla_policy_by_id(sla.get("policy_id"))
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)

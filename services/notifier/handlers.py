@@ -216,7 +216,8 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
         await _stop_lead_chains(uow, received, deps, due_after=deps.now)
     else:
         await _stop_lead_chains(uow, received, deps, lambda sla: answers_chain(
-            deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at),
+            deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at,
+            disposition=activity.is_disposition),
             due_after=deps.now)
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 

@@ -78,8 +78,7 @@ def _earlier(current: str | None, candidate: str) -> bool:
 
 def is_touch(data: dict[str, Any]) -> bool:
     # An email opened or clicked is the buyer's engagement, no touch (shared.config.ENGAGEMENT_OUTCOMES).
-    return (data.get("type") in TOUCH_TYPES and not data.get("disposition")
-            and data.get("outcome") not in ENGAGEMENT_OUTCOMES)
+    return data.get("type") in TOUCH_TYPES and data.get("outcome") not in ENGAGEMENT_OUTCOMES
 
 
 def _before_lead(s: dict[str, Any], at: str) -> bool:
@@ -301,7 +300,8 @@ def _activity(s: dict[str, Any], d: dict[str, Any], event: Event, answers: Answe
             s.update(disposition_status=d["disposition"].get("status"),
                      disposition_reason=d["disposition"].get("reason"), dispositioned_at=at)
         _advance(s, "dispositioned")
-    elif is_touch(d) and not _before_lead(s, at) and (answers is None or answers(s, d)):
+    # A call that carries its disposition is a touch too, as the SLA clock judges it.
+    if is_touch(d) and not _before_lead(s, at) and (answers is None or answers(s, d)):
         # A first response as the SLA clock judges it: what the lead's policy counts (an unanswered
         # call may be a cadence attempt only), not any touch; and made when the clock dates it, at
         # most `touch_skew` before intake accepted it (a CRM syncing its calls an hour late).
@@ -337,6 +337,7 @@ def _fold_timer(timer: dict[str, Any] | None, event: Event, kind: type[Payload] 
     clock = d.get("timer")
     if isinstance(clock, dict) and clock.get("calendar"):  # as the SLA clock timed it
         t["calendar"], t["timezone"] = clock["calendar"], clock.get("timezone")
+        t["paused_seconds"], t["paused_at"] = clock.get("paused_seconds"), _at(clock.get("paused_at"))
     state = SLA_STATE.get(kind)  # type: ignore[arg-type]
     if state is not None and t.get("state") not in TERMINAL:
         t["state"] = state
@@ -413,9 +414,22 @@ def _respond(t: dict[str, Any], first_touch_at: datetime | None, calendar: Busin
     if responded == t.get("responded_at") and wall == t.get("ttfr_seconds") and "ttfr_business_seconds" in t:
         return t  # same start, same answer: the business time stands (it costs a calendar walk)
     t["responded_at"], t["ttfr_seconds"] = responded, wall
-    t["ttfr_business_seconds"] = (None if responded is None
-                                  else calendar.elapsed(started, responded) if calendar else wall)
+    t["ttfr_business_seconds"] = None if responded is None else _business(t, started, responded, calendar)
     return t
+
+
+def _business(t: dict[str, Any], started: datetime, responded: datetime, calendar: BusinessCalendar | None) -> float:
+    """Business time from the start to the response, less the time the timer spent paused (the
+    SLA clock's `elapsed_seconds`: a pause stops the clock), up to the response if it came while
+    paused."""
+    def elapsed(since: datetime, until: datetime) -> float:
+        return calendar.elapsed(since, until) if calendar else max((until - since).total_seconds(), 0.0)
+
+    paused = t.get("paused_seconds") or 0.0
+    paused_at = t.get("paused_at")
+    if paused_at is not None and responded > paused_at:
+        paused += elapsed(paused_at, responded)
+    return max(elapsed(started, responded) - paused, 0.0)
 
 
 def fold_events(events: Iterable[Event], rules: PolicyRules, leads: dict[str, dict[str, Any]],

@@ -94,6 +94,10 @@ sla_timers = Table(
     # zone): business time to first response is measured on them (migration 0020).
     Column("calendar", String),
     Column("timezone", String),
+    # Business time it spent paused (and since when, while paused), as the SLA clock counts it:
+    # not part of the business time to first response (migration 0024).
+    Column("paused_seconds", Float),
+    Column("paused_at", DateTime(timezone=True)),
     Index("ix_reporting_sla_timers_lead", "lead_id"),
     Index("ix_reporting_sla_timers_started", "metric", "started_at"),
     schema=SCHEMA,

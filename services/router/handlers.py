@@ -536,7 +536,7 @@ async def on_activity(uow: Any, received: Received[ActivityRecorded], deps: Rout
     worked leads)."""
     activity, config, clock, event = received.data, deps.config, deps.clock, received.envelope
     store = deps.store(uow)
-    closes = activity.disposition is not None or activity.type == "opt_out"
+    closes = activity.is_disposition or activity.type == "opt_out"
     if not closes and activity.type not in TOUCH_TYPES:
         return
     if closes:

@@ -229,7 +229,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
     if is_history(activity.occurred_at, lead.received_at):
         return  # a touch from before the lead came: it answers nothing the clock times
     first = counts(FIRST_RESPONSE)
-    ends_cadence = activity.type == "disposition" or (activity.type == "meeting" and activity.outcome == "booked")
+    ends_cadence = activity.is_disposition or (activity.type == "meeting" and activity.outcome == "booked")
     first_ever = first and lead.first_touch_at is None
     # The lead is paused if any of its timers is (a response while paused meets its timer, which
     # then no longer says so): a cadence that starts now starts paused too.
@@ -248,7 +248,7 @@ async def on_activity(store: ClockStore, received: Received[ActivityRecorded], d
                 # A late first response is a response time too: Grafana shows the real distribution.
                 store.observe(partial(metrics.time_to_first_response.labels(timer.tier, "breached").observe,
                                       max((at - timer.started_at).total_seconds(), 0)))
-        elif row.metric == QUALIFICATION and activity.type == "disposition":
+        elif row.metric == QUALIFICATION and activity.is_disposition:
             step = touch(timer, at)
         elif row.metric == NEXT_ACTION and (ends_cadence or counts(NEXT_ACTION)):
             step = follow_up(timer, policy, at, lead.first_touch_at or at,

@@ -180,6 +180,13 @@ class ActivityRecorded(Payload):
     attributes: dict[str, Any] | None = None
 
     @property
+    def is_disposition(self) -> bool:
+        """A disposition of the lead: a `disposition` activity, or any activity carrying a
+        `disposition` (a call logged with its result, as CRMs do). Every service reads it so: it
+        meets qualification and ends a cadence as it closes the lead's claim on its owner."""
+        return self.disposition is not None
+
+    @property
     def disqualifies(self) -> bool:
         """A disposition whose status is `disqualified`, as the configuration spells it (intake
         records the configured spelling, which may be 'Disqualified')."""

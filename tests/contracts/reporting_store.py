@@ -39,7 +39,7 @@ def a_timer(lead_id: str, sla_id: str | None = None, metric: str = "first_respon
             "tier": "A", "owner_id": "alice", "state": "open", "started_at": T0, "due_at": T0 + timedelta(minutes=5),
             "met_at": None, "breached_at": None, "root_cause": None, "cancel_reason": None, "responded_at": None,
             "ttfr_seconds": None, "ttfr_business_seconds": None, "updated_at": T0, "team_id": "sdr",
-            "calendar": "office", "timezone": "America/New_York", **changes}
+            "calendar": "office", "timezone": "America/New_York", "paused_seconds": None, "paused_at": None, **changes}
 
 
 class ReadModelStoreContract:

@@ -458,6 +458,9 @@ async def test_replay_verify_finds_a_damaged_row_and_changes_nothing_until_rebui
         await conn.execute(update(lead_state).where(lead_state.c.lead_id == damaged).values(tier="Z"))
     verified = await rebuild(projected.ctx.engine, projected.ctx.config.config, verify=True)
     assert verified.differences == {"reporting.leads": 2}  # the live row, and its rebuilt twin
+    # Named, with what a replay would change: the lead and the column, live -> rebuilt.
+    [example] = verified.examples["reporting.leads"]
+    assert example.startswith(f"lead_id={damaged}: ") and "tier 'Z' -> " in example, example
     assert (await projected.client.get(f"/v1/leads/{damaged}")).json()["lead"]["tier"] == "Z"  # rolled back
 
     await rebuild(projected.ctx.engine, projected.ctx.config.config)
@@ -489,6 +492,7 @@ async def test_the_replay_command_reports_events_per_second_and_exits_1_on_a_dif
                            .values(status="lost"))
     code, out = await run("--verify")
     assert code == 1 and "reporting.leads" in out, out
+    assert f"lead_id={projected.scenario.lead_ids[4]}: status 'lost' -> " in out, out  # which row, what changes
     assert (await run())[0] == 0 and (await run("--verify"))[0] == 0
 
 

@@ -341,3 +341,10 @@ def test_a_long_name_with_ampersands_is_cut_before_it_is_escaped_for_slack() -> 
     sla = {"metric": "first_response", "due_at": "2026-11-17T08:48:00Z"}
     text = render(lead, "sla.breached", sla, Recipient("maria", "manager"), 1, None, NOW).slack["text"]
     assert text.startswith("SLA breached: &amp;") and "&" not in text.replace("&amp;", "")
+
+
+def test_a_call_logged_with_its_disposition_answers_a_qualification_chain_as_a_disposition_does() -> None:
+    """The SLA clock meets qualification with it (a disposition carried by any activity)."""
+    for metric in ("qualification", "next_action"):
+        sla = {"metric": metric, "policy_id": "fast", "owner_id": "alice"}
+        assert answers_chain(ANSWERING, sla, "call", "no_answer", "bob", "alice", disposition=True) is True

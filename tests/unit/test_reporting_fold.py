@@ -143,6 +143,32 @@ def test_business_time_to_first_response_skips_closed_hours() -> None:
     assert answered["ttfr_seconds"] == 18 * 3600 and answered["ttfr_business_seconds"] == 2 * 3600
 
 
+
+def test_business_time_to_first_response_leaves_out_the_time_the_timer_was_paused() -> None:
+    """Paused from +5 s to +25 s, answered at +50 s: the SLA clock's elapsed time is 30 s (a pause
+    stops the clock), and so is the report's business time; wall time stays 50 s. Answered while
+    still paused, the pause counts up to the answer."""
+    clock = {"calendar": "always", "timezone": None}
+    paused = fold_timer(fold_timer(None, sla("started")), sla("paused", timer={
+        **clock, "paused_at": "2026-11-17T09:00:05Z", "paused_seconds": 0.0}))
+    resumed = fold_timer(paused, sla("resumed", timer={**clock, "paused_at": None, "paused_seconds": 20.0}))
+    met = fold_timer(resumed, sla("met", met_at="2026-11-17T09:00:50Z", timer={
+        **clock, "paused_at": None, "paused_seconds": 20.0}))
+    answered = with_response(met, None, None)
+    assert answered["ttfr_seconds"] == 50 and answered["ttfr_business_seconds"] == 30
+    met_while_paused = fold_timer(paused, sla("met", met_at="2026-11-17T09:00:50Z", timer={
+        **clock, "paused_at": "2026-11-17T09:00:05Z", "paused_seconds": 0.0}))
+    assert with_response(met_while_paused, None, None)["ttfr_business_seconds"] == 5
+
+
+def test_a_call_logged_with_its_disposition_is_the_lead_s_disposition_and_its_first_response() -> None:
+    """As the SLA clock judges it: the disposition meets qualification, the connected call answers."""
+    call = event("activity.recorded", type="call", outcome="connected", actor="carol",
+                 occurred_at="2026-11-17T09:02:00Z", disposition={"status": "unreachable", "reason": "no_answer_5x"})
+    state = replay(RECEIVED, ASSIGNED, call)
+    assert (state["status"], state["disposition_status"]) == ("dispositioned", "unreachable")
+    assert (state["first_response_at"], state["first_touch_actor"]) == ("2026-11-17T09:02:00Z", "carol")
+
 def test_a_met_timer_is_answered_when_it_was_met_not_by_an_earlier_non_qualifying_touch() -> None:
     timer = fold_timer(None, sla("met", met_at="2026-11-17T09:03:00Z"))
     assert with_response(timer, NOW + timedelta(minutes=1), None)["ttfr_seconds"] == 180

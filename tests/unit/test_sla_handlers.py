@@ -336,6 +336,32 @@ async def test_a_disqualification_spelled_as_the_configuration_spells_it_cancels
     assert store.recorded[-1][1].data["reason"] == "disqualified"
 
 
+
+async def test_a_call_logged_with_its_disposition_meets_qualification_and_answers_the_lead() -> None:
+    """A CRM logs a call with its result as a disposition (`type: call`, `disposition: {...}`):
+    it is the lead's disposition, as the router and reporting read it, so it meets qualification
+    (it was left running and breached on the owner, while the reports showed the lead
+    dispositioned) and ends the cadence; a connected call, it is the first response too."""
+    config = parse_config("""
+owners: [{id: alice}]
+sla_policies:
+  - id: demo
+    metrics:
+      first_response: {target: 5m, warn_at: []}
+      next_action: {target: 1h, touches: 2, warn_at: []}
+      qualification: {target: 1d, warn_at: []}
+""")
+    store = InMemoryClockStore()
+    lead_id = await started(store, config)
+    at = T0 + timedelta(minutes=2)
+    await handle(store, on_activity, new_event(
+        "activity.recorded", service="intake", lead_id=lead_id, time=at, data=ActivityRecorded(
+            lead_id=lead_id, activity_id=str(uuid.uuid4()), type="call", outcome="connected", actor="alice",
+            occurred_at=at, disposition={"status": "unreachable", "reason": "no_answer_5x"})), config)
+    assert {t.metric: t.state for t in await store.timers(lead_id)} == {"first_response": "met", "qualification": "met"}
+    assert [e.type for _, e in store.recorded if e.type.startswith("sla.")].count("sla.met") == 2
+
+
 TWO_CALENDARS = parse_config("""
 owners: [{id: alice}]
 calendars:
