@@ -21,6 +21,7 @@ from shared.events import (
     ActivityRecorded,
     LeadAssigned,
     LeadDequeued,
+    LeadMerged,
     LeadQueued,
     LeadReassigned,
     LeadReceived,
@@ -156,9 +157,26 @@ PROFILE_FIELDS = ("contact", "company", "intent", "score", "consent", "contactab
 
 def _received(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
     s.update(source=d["source"], tier=d["tier"], received_at=d["received_at"])
+    merged = (s.get("profile") or {}).get(MERGED_IDS)
     s["profile"] = {k: d.get(k) for k in PROFILE_FIELDS}
+    if merged:
+        s["profile"][MERGED_IDS] = merged
     # Received without consent to contact: opted out from the start (never timed, as by an opt-out).
     _advance(s, "opted_out" if (d.get("consent") or {}).get("contact") is False else "received")
+
+
+MERGED_IDS = "merged_external_ids"
+
+
+def _merged(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
+    """A repeat merged into the lead: the sender's own id for the repeat (its record of the second
+    form fill) finds the lead in `GET /v1/leads?external_id=`, as it does for the sender's touches."""
+    external_id = (d.get("duplicate_submission") or {}).get("external_id")
+    profile = s.get("profile") or {}
+    known = profile.get(MERGED_IDS) or []
+    if external_id is None or str(external_id) in known or str(external_id) == profile.get("external_id"):
+        return
+    s["profile"] = {**profile, MERGED_IDS: [*known, str(external_id)]}  # replaced, never changed in place
 
 
 def _updated(s: dict[str, Any], d: dict[str, Any], event: Event) -> None:
@@ -510,6 +528,7 @@ PROJECTORS: dict[type[Payload], Projector] = {
     LeadReassigned: _reassigned,
     LeadQueued: _queued,
     LeadDequeued: _dequeued,
+    LeadMerged: _merged,
     ActivityRecorded: _activity,
     **{cls: _sla_projector(cls) for cls in SLA_STATE},
 }

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.events import utc_iso
 
+from .domain import MERGED_IDS
 from .tables import lead_state, timeline
 
 # <group> -> SQL over `t` (an SLA timer) joined with `l` (its lead). Owner, team and policy are
@@ -255,8 +256,8 @@ async def list_leads(conn: AsyncConnection, f: LeadFilter, limit: int,
     external_id = l.profile["external_id"].astext
     q = select(*(getattr(l, name) for name in LIST_FIELDS), l.sla, external_id.label("external_id")).where(
         l.received_at.is_not(None))
-    if f.external_id is not None:
-        q = q.where(external_id == f.external_id)
+    if f.external_id is not None:  # the lead's own, or a repeat's merged into it (migrations 0022, 0025)
+        q = q.where(or_(external_id == f.external_id, l.profile[MERGED_IDS].contains([f.external_id])))
     for column, value in (("status", f.status), ("owner_id", f.owner_id), ("team_id", f.team_id),
                           ("tier", f.tier), ("source", f.source), ("breached", f.breached)):
         if value is not None:

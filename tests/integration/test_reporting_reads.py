@@ -511,3 +511,18 @@ async def test_a_crm_finds_a_lead_by_its_own_record_id(reporting: Reporting) -> 
     everyone = (await reporting.client.get("/v1/leads", params=window(t))).json()["leads"]
     assert {lead["lead_id"]: lead["external_id"] for lead in everyone if lead["lead_id"] in (mine, other)} == {
         mine: record_id, other: None}
+
+
+
+async def test_a_crm_finds_a_lead_by_the_record_id_of_a_repeat_merged_into_it(reporting: Reporting) -> None:
+    """The CRM's record came from the second form fill, merged into the first lead: its touches
+    by that id reach the lead (intake resolves it), and so does the lookup (it found nothing),
+    after a replay too."""
+    lead_id, repeat_id = f"crm-{uuid.uuid4().hex[:8]}", f"hs-{uuid.uuid4().hex[:8]}"
+    t = NOW + timedelta(days=24)
+    merged = event("lead.merged", lead_id, t + timedelta(minutes=5), "intake", match_on="email", source="website",
+                   duplicate_submission={"external_id": repeat_id, "contact": {"email": f"{lead_id}@example.com"}})
+    await reporting.publish(received(lead_id, t), (TOPIC_INTAKE, merged))
+    found = (await reporting.client.get("/v1/leads", params={"external_id": repeat_id})).json()["leads"]
+    assert [lead["lead_id"] for lead in found] == [lead_id]
+    assert not (await rebuild(reporting.engine, parse_config(CONFIG), verify=True)).differences
