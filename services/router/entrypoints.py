@@ -15,6 +15,7 @@ from shared import metrics
 from shared.aio import run_loop
 from shared.clock import as_utc
 from shared.config import CalendarConfig
+from shared.events import utc_iso
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, conflict, field_errors, not_found, require_key
 from shared.openapi import problem
@@ -25,6 +26,7 @@ from . import views
 from .adapters import effective_owners, lock_routing, queue_waits
 from .domain import current_status
 from .handlers import (
+    ClosedLead,
     NobodyEligible,
     SameOwner,
     UnknownLead,
@@ -198,7 +200,8 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         return JSONResponse(owner)
 
     @api.post("/v1/leads/{lead_id}/reassign", status_code=202, responses={
-        409: problem("Already that owner's, nobody else can take it now, or it kept changing concurrently")})
+        409: problem("Already that owner's, closed (dispositioned or opted out), nobody else can take it now, "
+                     "or it kept changing concurrently")})
     async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
         async def command() -> dict[str, Any]:
             async with ctx.uow() as uow:
@@ -218,6 +221,9 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
             raise not_found("lead_id", "Not found", f"The router knows no lead {lead_id!r}.") from None
         except UnknownOwner:
             raise _invalid("owner_id", f"unknown owner {body.owner_id!r}") from None
+        except ClosedLead as closed:
+            raise conflict("lead_id", f"The lead was closed (dispositioned or opted out) at {utc_iso(closed.args[0])}: "
+                                      "nobody is to work it, so it is handed to nobody.") from None
         except SameOwner:
             raise conflict("owner_id", f"The lead is already owned by {body.owner_id!r}.") from None
         except NobodyEligible:

@@ -100,6 +100,11 @@ class NobodyEligible(LookupError):
     pass
 
 
+class ClosedLead(ValueError):
+    """The lead is out of the funnel (dispositioned, opted out): nobody is to work it, so it is
+    handed to nobody (a rep who got an opted-out buyer's lead would contact them)."""
+
+
 def _with_account(state: RoutingState, facts: LeadFacts, by_domain: Mapping[str, str]) -> RoutingState:
     owner = by_domain.get(facts.company_domain) if facts.company_domain else None
     return replace(state, account_owner=owner)
@@ -401,8 +406,8 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
                    to_owner: str | None, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
     `cause`: the event that asked for it (an escalation), the causation id of what is emitted.
-    Raises UnknownLead, UnknownOwner (the named owner), SameOwner, NobodyEligible (routing again:
-    nobody else can take the lead now, and it is closed or its owner can still work it)."""
+    Raises UnknownLead, UnknownOwner (the named owner), ClosedLead, SameOwner, NobodyEligible
+    (routing again: nobody else can take the lead now, and its owner can still work it)."""
     store = store_of(target)
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
@@ -411,6 +416,8 @@ async def reassign(target: RouterStore | UnitOfWork, config: Config, now: dateti
     row = await store.assignment(lead_id, for_update=True)
     if row is None:
         return await _assign_queued(store, config, now, lead_id, to_owner, reason, cause)
+    if row.closed_at is not None:
+        raise ClosedLead(row.closed_at)
     if to_owner == row.owner_id:
         raise SameOwner(to_owner)
     if to_owner is None:
@@ -522,7 +529,7 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
     await store.lock_routing()  # then the time, as the HTTP reassignment does
     try:
         await reassign(store, config, clock.now(), data.lead_id, None, reason, cause=received.envelope)
-    except (UnknownLead, NobodyEligible):
+    except (UnknownLead, NobodyEligible, ClosedLead):
         log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)
 

@@ -731,6 +731,24 @@ async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_
     assert await router.types(opted) == ["lead.queued", "lead.dequeued"]
 
 
+
+async def test_a_closed_lead_is_handed_to_nobody(router) -> None:
+    """Opted out or dispositioned, a lead is out of the funnel: a reassignment, named or routing
+    again, was 202 with a lead.reassigned (a rep got an opted-out buyer to call, and used up a
+    round-robin turn). Now 409 naming the lead, and nothing is emitted."""
+    opted, disqualified = await router.receive(), await router.receive()
+    await router.activity(opted, "opt_out")
+    await router.activity(disqualified, "disposition", Disposition(status="disqualified", reason="spam"))
+    for lead in (opted, disqualified):
+        before = await router.types(lead)
+        owner = (await router.events(lead))[0].data["owner_id"]
+        other = router.owner("ben") if owner == router.owner("ann") else router.owner("ann")
+        for owner_id in (other, None):
+            response = await router.client.post(f"/v1/leads/{lead}/reassign", json={"owner_id": owner_id, "reason": "x"})
+            assert response.status_code == 409, response.text
+            assert response.json()["errors"][0]["field"] == "lead_id" and "closed" in response.json()["detail"]
+        assert await router.types(lead) == before
+
 async def test_a_contact_consent_withdrawn_by_patch_closes_the_lead_as_an_opt_out_does(router) -> None:
     """Only the SLA clock took it as an opt-out: the queued lead was later assigned to a rep, and
     an assigned one kept its place in its owner's capacity."""
