@@ -152,6 +152,7 @@ async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
     """Apply a configuration file (a new version, in one transaction), or with `dry_run` only
     compare it with the active version; with what the file leaves behind in the running system
     (warnings: owners it no longer names who hold open leads)."""
+    from services.router.adapters import runtime_owner_changes
     from services.router.views import open_leads_of_unknown_owners
     from shared.config import parse_config
     from shared.config_store import apply_config, preview_config
@@ -159,13 +160,18 @@ async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
 
     engine = make_engine(database_url)
     try:
+        config = parse_config(text)
         async with engine.connect() as conn:
-            left = await open_leads_of_unknown_owners(conn, parse_config(text))
+            left = await open_leads_of_unknown_owners(conn, config)
+            changed = await runtime_owner_changes(conn)
         warnings = [f"owners: {owner} is not in the file but holds {n} open lead{'s' * (n != 1)}; they stay "
                     f"assigned to {owner} (reassign them: POST /v1/leads/{{lead_id}}/reassign, or keep {owner} in "
                     f"the file and set them out of office with PUT /v1/owners/{owner} "
                     "{\"status\": \"out_of_office\"}, under routing.on_out_of_office: reroute_untouched)"
                     for owner, n in left.items()]
+        warnings += [_runtime_change_stays(owner.id, field, value, written)
+                     for owner in config.owners for field, value in (changed.get(owner.id) or {}).items()
+                     if (written := owner.model_dump(mode="json").get(field)) != value]
         if dry_run:
             async with engine.connect() as conn:
                 return await preview_config(conn, text), warnings
@@ -173,6 +179,13 @@ async def _apply_config(database_url: str, text: str, *, dry_run: bool = False):
             return await apply_config(conn, text), warnings
     finally:
         await engine.dispose()
+
+
+def _runtime_change_stays(owner_id: str, field: str, value: Any, written: Any) -> str:
+    """The warning for a field set with PUT /v1/owners that the file sets otherwise."""
+    file_says = "the default" if written is None else f"this file's {written!r}"
+    return (f"owners: {owner_id}'s {field} stays {value!r}, as set with PUT /v1/owners/{owner_id}, over {file_says} "
+            "(changes made at runtime stay in force over files; PUT the owner again to change it)")
 
 
 async def _dev_config(database_url: str, config: Path | None) -> tuple[int, str]:

@@ -421,14 +421,15 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return PlainTextResponse(metrics.exposition(ctx.name), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/config", dependencies=[Depends(require_key("admin"))])
-    async def effective_config() -> dict[str, Any]:
-        return {"version": ctx.config.version, "config": ctx.config.config.model_dump(mode="json")}
+    served = {getattr(route, "path", None) for router in routers for route in router.routes}
+    if "/v1/config" not in served:  # else the service's own (the router lays its owners' runtime changes over it)
+        @app.get("/v1/config", dependencies=[Depends(require_key("admin"))])
+        async def effective_config() -> dict[str, Any]:
+            return {"version": ctx.config.version, "config": ctx.config.config.model_dump(mode="json")}
 
     app.include_router(schema_router())
     for router in routers:
         app.include_router(router)
-    served = {getattr(route, "path", None) for router in routers for route in router.routes}
     body_limits.update({path: limit for path, limit in BODY_LIMIT_OVERRIDES.items() if path in served})
     routes = api_routes(app.routes)
     direct.update({(method, route.path): route for route in routes if isinstance(route, DirectRoute)

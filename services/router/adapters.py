@@ -219,9 +219,14 @@ def _stream_version(lead_id):
 
 
 async def effective_owners(conn: AsyncConnection, config: Config) -> dict[str, Owner]:
-    rows = await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))
-    changes = dict(rows.all())
+    changes = await runtime_owner_changes(conn)
     return {o.id: effective_owner(o, changes.get(o.id)) for o in config.owners}
+
+
+async def runtime_owner_changes(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+    """Owner id -> the fields set at runtime (PUT /v1/owners/{id}), which stay in force over later
+    configuration files."""
+    return dict((await conn.execute(select(owner_state.c.owner_id, owner_state.c.changes))).all())
 
 
 async def account_owners(conn: AsyncConnection, domains: set[str]) -> dict[str, str]:

@@ -23,8 +23,8 @@ from shared.runtime import ServiceContext
 from shared.text import spelled, storable
 
 from . import views
-from .adapters import effective_owners, lock_routing, queue_waits
-from .domain import current_status
+from .adapters import effective_owners, lock_routing, queue_waits, runtime_owner_changes
+from .domain import current_status, effective_owner
 from .handlers import (
     ClosedLead,
     NobodyEligible,
@@ -163,6 +163,21 @@ def _own_hours(hours: dict[str, Any]) -> CalendarConfig:
 def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
     api = APIRouter()
     admin = require_key("admin")
+
+    @api.get("/v1/config", dependencies=[Depends(admin)])
+    async def effective_config() -> dict[str, Any]:
+        """The configuration as routing uses it: owners with the changes made at runtime (PUT
+        /v1/owners/{id}) laid over the file's values, since those stay in force over later files;
+        `runtime_changes` names each such field."""
+        versioned = ctx.config
+        async with ctx.engine.connect() as conn:
+            changes = await runtime_owner_changes(conn)
+        config = versioned.config.model_dump(mode="json")
+        named = {o.id for o in versioned.config.owners}
+        config["owners"] = [effective_owner(o, changes.get(o.id)).model_dump(mode="json")
+                            for o in versioned.config.owners]
+        return {"version": versioned.version, "config": config,
+                "runtime_changes": {"owners": {k: v for k, v in changes.items() if k in named and v}}}
 
     @api.get("/v1/owners", dependencies=[Depends(admin)])
     async def get_owners() -> dict[str, Any]:

@@ -324,3 +324,22 @@ async def test_dev_with_a_bad_configuration_names_it_exits_2_and_leaves_nothing_
     assert code == 2, (out, err)
     assert "Traceback" not in out + err and "target" in out + err and "stopped" in out + err, out + err
     assert port_is_free(kafka_port)  # the broker it had started is gone
+
+
+async def test_config_apply_names_an_owner_field_set_at_runtime_that_stays_over_the_file(database) -> None:
+    """A capacity set with PUT /v1/owners stays in force over later files (the README says so),
+    but `config apply` said nothing: an admin raised it in the file and routing kept the old one."""
+    from services.router.tables import owner_state
+
+    engine = make_engine(database.url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(owner_state).values(owner_id="alice", changes={"capacity": 3}, version=1,
+                                                          updated_at=datetime(2026, 11, 20, 10, tzinfo=UTC)))
+        code, _, err = await leadsla("config", "apply", "--dry-run", str(EXAMPLE), database_url=database.url)
+        assert code == 0, err
+        assert "warning: owners: alice's capacity stays 3, as set with PUT /v1/owners/alice" in err, err
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(owner_state).where(owner_state.c.owner_id == "alice"))
+        await engine.dispose()

@@ -732,6 +732,17 @@ async def test_a_queued_lead_that_opts_out_or_is_dispositioned_leaves_the_queue_
 
 
 
+
+async def test_the_router_s_config_shows_owners_as_routing_uses_them_runtime_changes_included(router) -> None:
+    """GET /v1/config showed the file's capacity and status while routing used the ones set with
+    PUT /v1/owners (which stay in force over later files): an admin reading it was misled."""
+    assert (await router.put("ann", status="away", capacity=2)).status_code == 200
+    body = (await router.client.get("/v1/config")).json()
+    [ann] = [o for o in body["config"]["owners"] if o["id"] == router.owner("ann")]
+    assert (ann["status"], ann["capacity"]) == ("away", 2)
+    changed = body["runtime_changes"]["owners"][router.owner("ann")]
+    assert (changed["status"], changed["capacity"]) == ("away", 2)
+
 async def test_a_closed_lead_is_handed_to_nobody(router) -> None:
     """Opted out or dispositioned, a lead is out of the funnel: a reassignment, named or routing
     again, was 202 with a lead.reassigned (a rep got an opted-out buyer to call, and used up a
