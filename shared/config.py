@@ -1216,24 +1216,51 @@ def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
 
 def _covers(earlier: RuleMatch, later: RuleMatch, regions: dict[str, list[str]]) -> bool:
     """Whether every lead `later` matches, `earlier` matches too: each of its conditions is left
-    out or accepts all that `later`'s accepts (values compared as the router folds them, regions
-    by their countries)."""
-    def folded(values: list[str]) -> set[str]:
+    out or accepts all that `later`'s accepts, as the router reads them: values folded; a rule's
+    countries are those of its `countries` and its `regions` together (a region's rule covers a
+    rule for one of its countries); sizes by the numbers their bands take in."""
+    def folded(values: Iterable[str]) -> set[str]:
         return {str(v).strip().casefold() for v in values}
 
     def wider(mine: list[str] | None, theirs: list[str] | None) -> bool:
         return mine is None or (theirs is not None and folded(theirs) <= folded(mine))
 
-    def countries(names: list[str] | None) -> list[str] | None:
-        return None if names is None else [c for name in names for c in regions.get(name, [])]
+    def countries(m: RuleMatch) -> set[str] | None:
+        named = [folded(m.countries)] if m.countries is not None else []
+        if m.regions is not None:
+            named.append(folded(c for name in m.regions for c in regions.get(name, [])))
+        return set.intersection(*named) if named else None
 
-    fields = [name for name in type(earlier).model_fields if name not in ("attributes", "regions")]
-    if not all(wider(getattr(earlier, name), getattr(later, name)) for name in fields):
+    mine_countries, their_countries = countries(earlier), countries(later)
+    if mine_countries is not None and (their_countries is None or not their_countries <= mine_countries):
         return False
-    if not wider(countries(earlier.regions), countries(later.regions)):
+    if not _bands_cover(earlier.company_sizes, later.company_sizes):
+        return False
+    fields = [name for name in type(earlier).model_fields
+              if name not in ("attributes", "regions", "countries", "company_sizes")]
+    if not all(wider(getattr(earlier, name), getattr(later, name)) for name in fields):
         return False
     theirs = later.attributes or {}
     return all(key in theirs and wider(values, theirs[key]) for key, values in (earlier.attributes or {}).items())
+
+
+def _bands_cover(mine: list[str] | None, theirs: list[str] | None) -> bool:
+    """Whether the size bands `mine` take in every size `theirs` do (None: any size, and leads
+    without one). The router places a lead's size by its lower bound."""
+    if mine is None:
+        return True
+    if theirs is None:
+        return False
+    merged: list[list[int | None]] = []  # the bands' numbers as disjoint runs, lowest first
+    for low, high in sorted(b for band in mine if (b := size_band(band)) is not None):
+        last = merged[-1] if merged else None
+        if last is not None and (last[1] is None or low <= last[1] + 1):
+            last[1] = None if last[1] is None or high is None else max(last[1], high)
+        else:
+            merged.append([low, high])
+    bands = [b for band in theirs if (b := size_band(band)) is not None]
+    return all(any(low >= run_low and (run_high is None or (high is not None and high <= run_high))  # type: ignore[operator]
+                   for run_low, run_high in merged) for low, high in bands)
 
 
 def _shadowed_rules(rules: list[RoutingRule], regions: dict[str, list[str]]) -> list[str]:

@@ -379,6 +379,30 @@ def test_a_rule_an_earlier_rule_always_takes_first_is_a_warning() -> None:
         "matches (a lead goes by the first rule that matches)"]
 
 
+
+@pytest.mark.parametrize(("earlier", "later", "shadowed"), [
+    ("regions: [uki]", "countries: [IE]", True),  # a region's rule covers one of its countries
+    ("countries: [GB, IE]", "regions: [uki]", True),
+    ("regions: [uki]", "countries: [FR]", False),
+    ("regions: [uki], countries: [GB]", "countries: [IE]", False),  # both: the countries they share
+    ('company_sizes: ["1000+"]', 'company_sizes: ["5000+"]', True),  # by the numbers a band takes in
+    ('company_sizes: ["1-50", "51-200"]', 'company_sizes: ["10-100"]', True),
+    ('company_sizes: ["1000+"]', 'company_sizes: ["500+"]', False),
+    ('company_sizes: ["1-50", "60-200"]', 'company_sizes: ["10-100"]', False),
+    ('company_sizes: ["1000+"]', "tiers: [A]", False),  # any size, and leads without one
+    ("languages: [en]", "languages: [en-GB]", True),  # both read as the primary language
+    ("languages: [en]", "languages: [en, de]", False),
+])
+def test_a_rule_shadowed_through_a_region_or_a_size_band_is_a_warning(earlier, later, shadowed) -> None:
+    """An acceptance sweep: a country rule after its region's rule, a 5000+ rule after a 1000+ one,
+    never matched and `config apply` said nothing (only identical lists were compared)."""
+    text = example_with("- {id: inbound-round-robin",
+                        f"- {{id: first, match: {{{earlier}}}, team: sdr}}\n"
+                        f"    - {{id: second, match: {{{later}}}, team: sdr}}\n"
+                        "    - {id: inbound-round-robin")
+    warned = [w for w in config_warnings(parse_config(text)) if w.startswith("routing.rules.2: never matches")]
+    assert bool(warned) is shadowed, warned
+
 # ---- touches, escalations and channels -------------------------------------------------------
 
 
