@@ -243,7 +243,8 @@ class InMemoryStore:
                     DueEscalation(p.escalation_id, e.lead_id, p.policy_id, p.step, e.trigger), e.sla_id, p.due_at))
         elif isinstance(e, ChainStopped):
             stopped = {k for k, esc in self.escalations.items() if esc.sla_id == e.sla_id
-                       and (e.due_after is None or esc.due_at > e.due_after)}
+                       and (e.due_after is None or esc.due_at > e.due_after)
+                       and (e.except_trigger is None or esc.due.trigger.get("event_id") != e.except_trigger)}
             for k in stopped:
                 esc = self.escalations[k]
                 if esc.triggered_at is None and esc.cancelled_at is None:

@@ -547,13 +547,15 @@ class ChainStopped(InternalEvent):
     """The SLA was met or cancelled: its steps not yet fired are cancelled, and so are its
     messages held back by quiet hours and never tried. With `due_after` (a late touch answering a
     breach), only the steps due after it: the breach did happen, so its steps already due when the
-    touch was read still tell it."""
+    touch was read still tell it. With `except_trigger` (a breach), the chains of that event stay:
+    a breach stops its warnings' steps and their messages not sent yet, not its own."""
 
     TYPE: ClassVar[str] = "notifier.chain_stopped"
     lead_id: str
     sla_id: str
     stopped_at: datetime
     due_after: datetime | None = None
+    except_trigger: str | None = None
 
 
 class NewDelivery(WireModel):

@@ -160,10 +160,11 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
         return
     if isinstance(sla, SlaBreached):
         await uow.load_version(sla.lead_id)  # a step firing for this lead meanwhile: retry from fresh state
-        if await store.pending_triggers(sla.sla_id) - {event.id}:
+        if await store.has_escalations(sla.sla_id):
             # The warnings' steps still to come are superseded by the breach's own chain (whose own
-            # steps, planned already if this breach is read again, stay).
-            await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now)
+            # steps, planned already if this breach is read again, stay), and so are their messages
+            # not sent yet (held by quiet hours, lines of a digest): "due in 5 min" after the deadline.
+            await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now, except_trigger=event.id)
     trigger = {"type": event.type, "event_id": event.id, "correlation_id": event.correlationid,
                "traceparent": event.traceparent, "data": sla.model_dump(mode="json", exclude_none=True)}
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
@@ -238,11 +239,12 @@ async def _stop_lead_chains(uow: UnitOfWork, received: Received[Any], deps: Noti
 
 
 async def _stop_chain(uow: UnitOfWork, received: Received[Any], lead_id: str, sla_id: str, now: datetime,
-                      *id_parts: str, due_after: datetime | None = None) -> None:
-    """Record that the SLA's steps still to come (due after `due_after`, if given) are cancelled,
-    because of `received` (its id and `id_parts` make the stop's id, so a handler run again records
-    the same stop)."""
-    await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now, due_after=due_after), time=now,
+                      *id_parts: str, due_after: datetime | None = None, except_trigger: str | None = None) -> None:
+    """Record that the SLA's steps still to come (due after `due_after`, if given; but those of
+    `except_trigger`) are cancelled, because of `received` (its id and `id_parts` make the stop's
+    id, so a handler run again records the same stop)."""
+    await record(uow, ChainStopped(lead_id=lead_id, sla_id=sla_id, stopped_at=now, due_after=due_after,
+                                   except_trigger=except_trigger), time=now,
                  stream=lead_id, event_id=deterministic_id(received.id, "stopped", *id_parts), cause=received.envelope)
 
 

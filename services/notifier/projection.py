@@ -98,6 +98,8 @@ async def chain_stopped(conn: AsyncConnection, e: ChainStopped) -> None:
     chain = [escalations.c.sla_id == e.sla_id]
     if e.due_after is not None:
         chain.append(escalations.c.due_at > e.due_after)
+    if e.except_trigger is not None:
+        chain.append(escalations.c.trigger_event_id != e.except_trigger)
     await conn.execute(update(escalations).where(
         *chain, escalations.c.triggered_at.is_(None), escalations.c.cancelled_at.is_(None),
     ).values(cancelled_at=e.stopped_at))

@@ -23,6 +23,7 @@ from shared.events import (
     LeadReceived,
     SlaBreached,
     SlaMet,
+    SlaWarning,
     new_event,
 )
 from tests.integration.receivers import SlackLikeReceiver, SmtpCatcher
@@ -255,3 +256,39 @@ async def test_a_digest_keeps_quiet_hours_and_drops_the_lines_of_chains_that_sto
         digest = str(slack.payloads[-1])
         assert slack.payloads[-1]["text"].startswith("1 lead escalation for you")
         assert "tier B" in digest and "tier C" not in digest
+
+
+async def test_a_breach_drops_its_warning_s_message_still_held_so_no_countdown_goes_out_after_it(make_ctx,
+                                                                                                 monkeypatch):
+    """A warning's step fired into quiet hours (held until morning); the SLA then breached. The
+    breach's own message went at 09:00, and so did the warning, "due in 5 min", eleven hours after
+    the deadline: a breach stopped only its warnings' steps not fired yet, not their messages."""
+    clock = ManualClock(datetime(2026, 11, 17, 22, 0, tzinfo=UTC))  # Tuesday evening in London
+    manager = f"m-{uuid.uuid4().hex[:8]}"
+    warn_and_breach = people_config(manager, "quiet_hours: {urgent_tiers: [A]}").replace(
+        "  - id: breach\n", "  - id: warn\n    triggers: [sla.warning]\n"
+        "    steps: [{step: 1, notify: [manager], channels: [team-slack]}]\n  - id: breach\n")
+    lead_id = str(uuid.uuid4())
+    timer = {"lead_id": lead_id, "sla_id": lead_id, "metric": "first_response", "policy_id": "p",
+             "policy_version": 1, "owner_id": "alice", "tier": "C"}
+    with SlackLikeReceiver() as slack:
+        monkeypatch.setenv(SLACK_ENV, slack.url)
+        ctx = make_ctx("notifier", warn_and_breach)
+        ctx.clock = clock
+        async with httpx.AsyncClient() as http:
+            d = Deliverer(ctx.uow, lambda: ctx.config.config,
+                          Senders(http, ctx.engine, lambda: ctx.config.config), clock, jitter=lambda: 0.0)
+            due = clock.now() + timedelta(minutes=5)
+            for event in (new_event("sla.warning", service="sla_clock", lead_id=lead_id, time=clock.now(),
+                                    data=SlaWarning(**timer, due_at=due, percent=50)),
+                          new_event("sla.breached", service="sla_clock", lead_id=lead_id, time=due,
+                                    data=SlaBreached(**timer, due_at=due, breached_at=due, root_cause="owner_missed"))):
+                clock.advance(max(event.time - clock.now(), timedelta(0)))
+                async with ctx.uow() as uow:
+                    await handle_event(HANDLERS, uow, event, NotifierDeps(ctx.config.config, clock.now()))
+                    await uow.commit()
+                await d.run_once()
+            assert slack.payloads == []  # both held by quiet hours
+            clock.advance(timedelta(hours=11))  # 09:05 London
+            await d.run_once()
+        assert [p["text"].split(":")[0] for p in slack.payloads] == ["SLA breached"]
