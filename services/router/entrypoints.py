@@ -192,7 +192,9 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
             raise not_found("owner_id", "Not found", f"No owner {owner_id!r} in the configuration.")
         for attempt in range(WRITE_RETRIES):
             async with ctx.uow() as uow:
-                await lock_routing(uow.conn)  # then the time, as for a reassignment
+                # The time is read once the routing state is ours, as `reassign` does (the change
+                # is decided from it); `update_owner` takes the lock again, at no cost.
+                await lock_routing(uow.conn)
                 now = ctx.clock.now()
                 owner = (await effective_owners(uow.conn, config))[owner_id]
                 changes = owner_changes(ctx, owner_id, body, current_status(owner, now), now, owner.until)
@@ -220,11 +222,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
     async def post_reassign(lead_id: str, body: ReassignRequest, _=Depends(admin)) -> dict[str, Any]:
         async def command() -> dict[str, Any]:
             async with ctx.uow() as uow:
-                # The time is read once the routing state is ours: read before, a reassignment that
-                # waited for a concurrent one stamped its lead.reassigned earlier than that one's,
-                # and a subscriber behind (its deliveries in event-time order) got them swapped.
-                await lock_routing(uow.conn)
-                result = await reassign(uow, ctx.config.config, ctx.clock.now(), lead_id, body.owner_id, body.reason)
+                result = await reassign(uow, ctx.config.config, ctx.clock, lead_id, body.owner_id, body.reason)
                 await uow.commit()
             return result
 

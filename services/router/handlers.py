@@ -402,16 +402,20 @@ async def update_owner(target: RouterStore | UnitOfWork, config: Config, now: da
 # ---- reassignment ---------------------------------------------------------------------------
 
 
-async def reassign(target: RouterStore | UnitOfWork, config: Config, now: datetime, lead_id: str,
+async def reassign(target: RouterStore | UnitOfWork, config: Config, clock: Clock, lead_id: str,
                    to_owner: str | None, reason: str, cause: CloudEvent | None = None) -> dict[str, Any]:
     """Give the lead to `to_owner`, or route it again (None) to someone other than its owner.
     `cause`: the event that asked for it (an escalation), the causation id of what is emitted.
+    The time is read once the routing state is ours: read before, a reassignment that waited for
+    a concurrent one was stamped earlier than it, and a subscriber behind (a lead's deliveries go
+    in event-time order) got the two lead.reassigned swapped.
     Raises UnknownLead, UnknownOwner (the named owner), ClosedLead, SameOwner, NobodyEligible
     (routing again: nobody else can take the lead now, and its owner can still work it)."""
     store = store_of(target)
     if to_owner is not None and config.owner(to_owner) is None:
         raise UnknownOwner(to_owner)
     await store.lock_routing()
+    now = clock.now()
     await store.load_version(lead_id)
     row = await store.assignment(lead_id, for_update=True)
     if row is None:
@@ -526,9 +530,8 @@ async def on_escalation(uow: Any, received: Received[EscalationTriggered], deps:
         log.info("router.escalation_reassign_done_before", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)
         return
-    await store.lock_routing()  # then the time, as the HTTP reassignment does
     try:
-        await reassign(store, config, clock.now(), data.lead_id, None, reason, cause=received.envelope)
+        await reassign(store, config, clock, data.lead_id, None, reason, cause=received.envelope)
     except (UnknownLead, NobodyEligible, ClosedLead):
         log.info("router.escalation_reassign_skipped", lead_id=data.lead_id, policy_id=data.policy_id,
                  step=data.step)

@@ -118,7 +118,7 @@ class Traffic:
 
     async def reassign(self, name: str, to_owner: str | None) -> None:
         async with self.ctx.uow() as uow:
-            await reassign(uow, self.ctx.config.config, self.clock.now(), self.leads[name], to_owner, "test")
+            await reassign(uow, self.ctx.config.config, self.clock, self.leads[name], to_owner, "test")
             await uow.commit()
 
     async def updated(self, name: str, changed: dict, tier: str) -> None:

@@ -188,15 +188,15 @@ async def test_a_lead_taken_from_its_owner_into_the_queue_says_from_whom_and_num
 
 async def test_reassigning_to_a_named_owner_records_the_next_assignment_number(router) -> None:
     lead_id = await router.receive()  # ann
-    result = await reassign(router.store(), CONFIG, router.clock.now(), lead_id, "ben", "vacation")
+    result = await reassign(router.store(), CONFIG, router.clock, lead_id, "ben", "vacation")
     await router.commit()
     assert result == {"lead_id": lead_id, "status": "reassigned", "owner_id": "ben", "assignment_no": 2}
     reassigned = next(e for e in router.data.recorded if e.type == "lead.reassigned")
     assert (reassigned.data["from_owner_id"], reassigned.data["to_owner_id"]) == ("ann", "ben")
     with pytest.raises(SameOwner):
-        await reassign(router.store(), CONFIG, router.clock.now(), lead_id, "ben", "again")
+        await reassign(router.store(), CONFIG, router.clock, lead_id, "ben", "again")
     with pytest.raises(UnknownLead):
-        await reassign(router.store(), CONFIG, router.clock.now(), "nobody-knows", None, "x")
+        await reassign(router.store(), CONFIG, router.clock, "nobody-knows", None, "x")
 
 
 async def test_assignments_name_the_senders_id_of_the_lead_as_corrected_since(router) -> None:
@@ -210,7 +210,7 @@ async def test_assignments_name_the_senders_id_of_the_lead_as_corrected_since(ro
                                                                                                 "new": "crm-43"}}))),
                           router.deps)
     await router.commit()
-    await reassign(router.store(), CONFIG, now, lead_id, "ben", "vacation")
+    await reassign(router.store(), CONFIG, router.clock, lead_id, "ben", "vacation")
     await router.commit()
     reassigned = next(e for e in router.data.recorded if e.type == "lead.reassigned")
     assert reassigned.data["external_id"] == "crm-43"
@@ -261,7 +261,7 @@ async def test_a_decision_on_a_lead_that_moved_meanwhile_conflicts(router) -> No
     await stale.load_version(lead_id)
     await router.activity(lead_id, "call")  # another writer commits first
     await drain_queue(stale, CONFIG, router.clock.now())
-    await reassign(stale, CONFIG, router.clock.now(), lead_id, "ben", "x")
+    await reassign(stale, CONFIG, router.clock, lead_id, "ben", "x")
     with pytest.raises(ConcurrencyConflict):
         await stale.commit()
 
