@@ -193,7 +193,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         for attempt in range(WRITE_RETRIES):
             async with ctx.uow() as uow:
                 # The time is read once the routing state is ours, as `reassign` does (the change
-                # is decided from it); `update_owner` takes the lock again, at no cost.
+                # is decided from it); `update_owner` takes it again (re-entrant: one round trip).
                 await lock_routing(uow.conn)
                 now = ctx.clock.now()
                 owner = (await effective_owners(uow.conn, config))[owner_id]
