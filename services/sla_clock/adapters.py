@@ -53,7 +53,8 @@ class ClockStore(Protocol):
         """The end reason of each timer the lead ever had for the metric (None: not cancelled)."""
 
     async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
-        """Open timers to look at by `horizon`, soonest first, skipping those another unit of
+        """Timers to look at by `horizon` (open ones, and missed follow-ups whose cadence ends by
+        time), soonest first, skipping those another unit of
         work holds (so that replicas never fire one twice) and held for this one: (sla_id,
         version), the version changing with every write of the timer's row or of its lead's."""
 
@@ -112,7 +113,7 @@ class PostgresClockStore:
     async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         return list((await self.uow.conn.execute(
             select(timers.c.sla_id, _VERSION).select_from(_WITH_LEAD)
-            .where(timers.c.state == "open", timers.c.next_fire_at <= horizon)
+            .where(timers.c.next_fire_at <= horizon)  # open, or a missed follow-up (Timer.next_fire_at)
             .order_by(timers.c.next_fire_at).limit(limit).with_for_update(skip_locked=True, of=timers)
         )).all())  # rows unpack like tuples (Result.tuples() is deprecated and warns on every call)
 
@@ -132,7 +133,7 @@ class PostgresClockStore:
         return [(row, row.version) for row in rows]
 
     async def next_due(self) -> datetime | None:
-        return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)).where(timers.c.state == "open"))
+        return await self.uow.conn.scalar(select(func.min(timers.c.next_fire_at)))
 
     async def open_counts(self) -> list[tuple[str, str, int]]:
         # Kept by the projection as it writes timers: a few rows, however many timers are open.
@@ -228,7 +229,7 @@ class InMemoryClockStore:
 
     async def due(self, horizon: datetime, limit: int) -> list[tuple[str, str]]:
         rows = [r for r in self.timer_rows.values()
-                if r["state"] == "open" and r["next_fire_at"] is not None and r["next_fire_at"] <= horizon]
+                if r["next_fire_at"] is not None and r["next_fire_at"] <= horizon]
         return [(r["sla_id"], self._version(r)) for r in sorted(rows, key=lambda r: r["next_fire_at"])[:limit]]
 
     async def timers_by_id(self, sla_ids: Sequence[str]) -> dict[str, Any]:
@@ -245,8 +246,8 @@ class InMemoryClockStore:
         return f"{self.writes.get(('timer', timer['sla_id']))}:{lead}"
 
     async def next_due(self) -> datetime | None:
-        return min((r["next_fire_at"] for r in self.timer_rows.values()
-                    if r["state"] == "open" and r["next_fire_at"] is not None), default=None)
+        return min((r["next_fire_at"] for r in self.timer_rows.values() if r["next_fire_at"] is not None),
+                   default=None)
 
     async def open_counts(self) -> list[tuple[str, str, int]]:
         counts: dict[tuple[str, str], int] = {}

@@ -19,9 +19,11 @@ TimerState = Literal["open", "paused", "met", "breached", "cancelled"]
 # --- What the clock keeps, as its own events ---------------------------------------------------
 # The clock's state (services/sla_clock/projection.py) is derived from its store alone: the
 # contract's sla.* events carry the timer as the transition leaves it (`timer`: a TimerRecord), and
-# two internal events, kept in the store and never published, carry what it notes about a lead.
+# internal events, kept in the store and never published, carry what it notes about a lead (and a
+# timer's change that is no news).
 LEAD_NOTED = "sla_clock.lead_noted"
 OWNER_CHANGED = "sla_clock.owner_changed"
+TIMER_NOTED = "sla_clock.timer_noted"  # a timer's new record that is nobody's news (see `Settled`)
 
 
 class LeadFacts(WireModel):
@@ -81,6 +83,7 @@ class TimerRecord(WireModel):
     paused_seconds: float = 0.0
     step: int = 1
     reason: str | None = None
+    exhausts_at: datetime | None = None
 
 
 def compute_deadline(start: datetime, target_seconds: float, calendar: BusinessCalendar) -> datetime:
@@ -116,9 +119,14 @@ class Timer:
     paused_at: datetime | None = None
     paused_seconds: float = 0.0  # business time spent paused so far
     step: int = 1  # next_action: which follow-up of the cadence is due
+    # next_action: once this follow-up is missed, the cadence ends at this instant (or at the
+    # deadline, if later; see `cadence_exhausts_at`). None: a touch may start the next one any time.
+    exhausts_at: datetime | None = None
 
     @property
     def next_fire_at(self) -> datetime | None:
+        if self.state == "breached":  # a missed follow-up: when nothing can follow it any more
+            return None if self.exhausts_at is None else max(self.due_at, self.exhausts_at)
         if self.state != "open":
             return None
         pending = [at for pct, at in self.warnings if pct not in self.warned and at < self.due_at]
@@ -165,7 +173,13 @@ class Started:
     at: datetime
 
 
-Outcome = Warned | Breached | Met | Paused | Resumed | Cancelled | Started
+@dataclass(frozen=True)
+class Settled:
+    """The timer changed with no news for anyone: a missed follow-up whose cadence a booked
+    meeting, a disposition or the lead's leaving ended no longer ends by time (see `settle`)."""
+
+
+Outcome = Warned | Breached | Met | Paused | Resumed | Cancelled | Started | Settled
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,10 @@ class Step:
 
 
 def tick(timer: Timer, now: datetime) -> Step:
-    """Everything that has come due by `now`: passed warnings in order, then the breach."""
+    """Everything that has come due by `now`: passed warnings in order, then the breach; for a
+    missed follow-up, the end of its cadence once no touch can start another inside its window."""
+    if timer.state == "breached" and timer.next_fire_at is not None and now >= timer.next_fire_at:
+        return Step(replace(timer, state="cancelled"), (Cancelled(CADENCE_EXHAUSTED),))
     if timer.state != "open":
         return Step(timer)
     if now >= timer.due_at:
@@ -230,19 +247,39 @@ def metric_zone(policy: SlaPolicy, metric: str, *, owner_zone: str | None, lead_
     return {"owner": owner_zone, "lead": lead_zone, "team": team_zone}.get(choice)
 
 
+CADENCE_EXHAUSTED = "cadence_exhausted"
+
+
+def cadence_exhausts_at(policy: SlaPolicy, step: int, cadence_start: datetime,
+                        calendar: BusinessCalendar) -> datetime | None:
+    """When a missed follow-up (`step` of the next_action cadence that began at `cadence_start`)
+    ends the cadence: after the last one, nothing is due any more (its start: at once, the breach
+    being later); before, once a touch could no longer start another that falls due inside the
+    window (`within - target` into it, as `follow_up` judges). None: no window, never by time."""
+    cadence = policy.metrics["next_action"]  # type: ignore[index]
+    if step >= cadence.touches:
+        return cadence_start
+    if cadence.within is None:
+        return None
+    return calendar.add(cadence_start, max(cadence.within - cadence.target, 0))
+
+
 def start_timer(sla_id: str, lead_id: str, metric: str, policy: SlaPolicy, version: int, owner_id: str | None,
                 tier: str, start: datetime, calendar: BusinessCalendar, step: int = 1,
-                paused_seconds: float = 0.0) -> Timer:
+                paused_seconds: float = 0.0, cadence_start: datetime | None = None) -> Timer:
     """`paused_seconds`: business time the lead already spent paused since `start` (a successor
-    under a new policy keeps its predecessor's pauses): the deadline and warnings move by it."""
+    under a new policy keeps its predecessor's pauses): the deadline and warnings move by it.
+    `cadence_start`: for next_action, when the cadence began (the first response; else `start`)."""
     target = policy.metrics[metric]  # type: ignore[index]
+    exhausts_at = (cadence_exhausts_at(policy, step, cadence_start or start, calendar)
+                   if metric == "next_action" else None)
     return Timer(
         sla_id=sla_id, lead_id=lead_id, metric=metric, policy_id=policy.id, policy_version=version,
         owner_id=owner_id, tier=tier, started_at=start,
         due_at=compute_deadline(start, target.target + paused_seconds, calendar),
         warnings=tuple((pct, calendar.add(start, target.target * pct / 100 + paused_seconds))
                        for pct in sorted(target.warn_at)),
-        target_seconds=target.target, step=step, paused_seconds=paused_seconds,
+        target_seconds=target.target, step=step, paused_seconds=paused_seconds, exhausts_at=exhausts_at,
     )
 
 
@@ -288,11 +325,21 @@ def restart(timer: Timer, policy: SlaPolicy, at: datetime, calendar: BusinessCal
     judged (not breached here: a touch made in time may still be on its way on the intake topic)."""
     if timer.state not in ("open", "paused") or (timer.state == "open" and at > timer.due_at):
         return Step(timer)
-    fresh = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
-                        timer.tier, at, calendar, timer.step)
+    fresh = replace(start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version,
+                                timer.owner_id, timer.tier, at, calendar, timer.step),
+                    exhausts_at=timer.exhausts_at)  # the cadence's window stands as it began
     if timer.state == "paused":  # a paused lead stays paused under its new owner
         fresh = replace(fresh, state="paused", paused_at=at)
     return Step(fresh, (Started(at),))
+
+
+def settle(timer: Timer) -> Step:
+    """A missed follow-up whose cadence ended otherwise (a booked meeting, a disposition, the lead
+    leaving the funnel): it stays missed, and its cadence no longer ends by time (no
+    cadence_exhausted sends the lead to nurture later)."""
+    if timer.state != "breached" or timer.exhausts_at is None:
+        return Step(timer)
+    return Step(replace(timer, exhausts_at=None), (Settled(),))
 
 
 def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: datetime, calendar: BusinessCalendar,
@@ -315,18 +362,18 @@ def follow_up(timer: Timer, policy: SlaPolicy, at: datetime, cadence_start: date
             return met
     if ends_cadence:
         if timer.state == "breached":
-            return Step(timer)  # the missed follow-up stays missed; nothing more is due
+            return settle(timer)  # the missed follow-up stays missed; nothing more is due
         return Step(replace(timer, state="met"), tuple(outcomes))
     cadence = policy.metrics["next_action"]  # type: ignore[index]
     nxt = None
     if timer.step < cadence.touches:
         nxt = start_timer(timer.sla_id, timer.lead_id, timer.metric, policy, timer.policy_version, timer.owner_id,
-                          timer.tier, at, calendar, timer.step + 1)
+                          timer.tier, at, calendar, timer.step + 1, cadence_start=cadence_start)
         if cadence.within is not None and calendar.elapsed(cadence_start, nxt.due_at) > cadence.within:
             nxt = None
     if nxt is None:
         return Step(replace(timer, state="cancelled"),
-                    (*outcomes, Cancelled("cadence_exhausted")))
+                    (*outcomes, Cancelled(CADENCE_EXHAUSTED)))
     if timer.state == "paused":  # the lead is paused: the next follow-up waits for the resume
         return Step(replace(nxt, state="paused", paused_at=at), (*outcomes, Started(at), Paused(at)))
     return Step(nxt, (*outcomes, Started(at)))

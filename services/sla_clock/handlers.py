@@ -42,6 +42,7 @@ from .domain import (
     LEAD_NOTED,
     OWNER_CHANGED,
     POLICY_CHANGED,
+    TIMER_NOTED,
     Breached,
     Cancelled,
     ClockRules,
@@ -50,6 +51,7 @@ from .domain import (
     OwnerChanged,
     Paused,
     Resumed,
+    Settled,
     Started,
     Step,
     Timer,
@@ -71,6 +73,7 @@ from .domain import (
     resume,
     root_cause,
     select_policy,
+    settle,
     start_timer,
     tick,
     touch,
@@ -441,7 +444,7 @@ async def _start_one(
     if paused_since is not None and paused_until is not None:
         paused_seconds += calendar.elapsed(paused_since, max(paused_until, paused_since))
     timer = start_timer(sla_id, lead.lead_id, metric, policy, version, owner_id, lead.tier, start, calendar, step,
-                        paused_seconds)
+                        paused_seconds, cadence_start=lead.first_touch_at)
     state = {"calendar": name, "timezone": zone, "closed_at": None, "root_cause": None, "reason": None,
              **_columns(timer)}
     # A concurrent start of the same timer makes this command conflict at commit (the lead's
@@ -454,8 +457,10 @@ async def _leave(store: ClockStore, config: Config, lead: Row, reason: str, at: 
                  now: datetime, rules: ClockRules) -> None:
     """The lead left the funnel (opted out, disqualified): every timer ends, none starts again."""
     await _note_lead(store, lead.lead_id, cause, now, None, closed_reason=lead.closed_reason or reason)
-    for row in await store.timers(lead.lead_id, LIVE):
-        await _apply(store, config, lead, row, cancel(_timer(row), reason, at), cause, now, rules)
+    for row in await store.timers(lead.lead_id, (*LIVE, "breached")):
+        timer = _timer(row)
+        await _apply(store, config, lead, row, settle(timer) if row.state == "breached" else cancel(timer, reason, at),
+                     cause, now, rules)
 
 
 def _columns(timer: Timer) -> dict:
@@ -463,7 +468,8 @@ def _columns(timer: Timer) -> dict:
             "owner_id": timer.owner_id, "started_at": timer.started_at, "due_at": timer.due_at,
             "warnings": list(timer.warnings), "warned": list(timer.warned),
             "state": timer.state, "next_fire_at": timer.next_fire_at, "target_seconds": timer.target_seconds,
-            "paused_at": timer.paused_at, "paused_seconds": timer.paused_seconds, "step": timer.step}
+            "paused_at": timer.paused_at, "paused_seconds": timer.paused_seconds, "step": timer.step,
+            "exhausts_at": timer.exhausts_at}
 
 
 # The stored columns a step leaves as they were unless one of its outcomes sets them.
@@ -518,11 +524,17 @@ def _outcomes(
             events.append(("sla.resumed", timer, {"at": outcome.at, "resumed_at": outcome.at}, dict(state)))
         elif isinstance(outcome, Cancelled):
             state.update(closed_at=now, reason=outcome.reason)
-            events.append(("sla.cancelled", timer, {"reason": outcome.reason}, dict(state)))
+            cancelled: dict[str, object] = {"reason": outcome.reason}
+            if before.state == "breached":  # a missed follow-up's cadence ended: the miss stands
+                cancelled["breached_at"] = before.due_at
+            events.append(("sla.cancelled", timer, cancelled, dict(state)))
+        elif isinstance(outcome, Settled):
+            events.append((TIMER_NOTED, timer, {}, dict(state)))
         elif isinstance(outcome, Started):
             state.update(closed_at=None, root_cause=None)
             events.append(("sla.started", timer, {"at": outcome.at}, dict(state)))
-    return [_event(kind, subject, cause, correlation, now, state=record, **extra)
+    return [_noted(subject, cause, now, record) if kind == TIMER_NOTED
+            else _event(kind, subject, cause, correlation, now, state=record, **extra)
             for kind, subject, extra, record in events]
 
 
@@ -618,6 +630,14 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
                       queued_reason=lead.queued_reason if lead else None)
 
 
+def _noted(timer: Timer, cause: CloudEvent | None, now: datetime, state: dict) -> CloudEvent:
+    """sla_clock.timer_noted: the timer's new record, kept in the store only (no news to publish)."""
+    return new_event(TIMER_NOTED, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause,
+                     event_id=deterministic_id(timer.sla_id, TIMER_NOTED, utc_iso(timer.started_at), utc_iso(now)),
+                     data={"lead_id": timer.lead_id, "sla_id": timer.sla_id, "metric": timer.metric,
+                           "timer": TimerRecord.wire(**state)})
+
+
 def _event(kind: str, timer: Timer, cause: CloudEvent | None, correlation_id: str | None, now: datetime,
            *, state: dict, at: datetime | None = None, **extra: object) -> CloudEvent:
     # Derived from the timer: the same transition always carries the same id. A run of the timer
@@ -645,7 +665,7 @@ def _timer(row: Row) -> Timer:
         policy_version=row.policy_version, owner_id=row.owner_id, tier=row.tier, started_at=row.started_at,
         due_at=row.due_at, warnings=tuple((int(p), datetime.fromisoformat(at)) for p, at in row.warnings),
         warned=tuple(int(p) for p in row.warned), state=row.state, target_seconds=row.target_seconds,
-        paused_at=row.paused_at, paused_seconds=row.paused_seconds, step=row.step,
+        paused_at=row.paused_at, paused_seconds=row.paused_seconds, step=row.step, exhausts_at=row.exhausts_at,
     )
 
 

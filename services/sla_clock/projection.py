@@ -53,7 +53,7 @@ from shared.db import any_text, insert_rows, json_rows
 from shared.events import CloudEvent
 from shared.replay import Projection
 
-from .domain import LEAD_NOTED, OWNER_CHANGED, LeadFacts, OwnerChanged, TimerRecord
+from .domain import LEAD_NOTED, OWNER_CHANGED, TIMER_NOTED, LeadFacts, OwnerChanged, TimerRecord
 from .tables import leads, open_timer_counts, timers
 
 SERVICE = "sla_clock"
@@ -168,7 +168,7 @@ async def _owner_changed(staged: _Staged, conn: AsyncConnection, event: CloudEve
 
 Applier = Callable[[_Staged, AsyncConnection, CloudEvent], Awaitable[None]]
 APPLIERS: dict[str, Applier] = {
-    **{kind: _timer_changed for kind in TIMER_EVENTS},
+    **{kind: _timer_changed for kind in (*TIMER_EVENTS, TIMER_NOTED)},
     LEAD_NOTED: _lead_noted,
     OWNER_CHANGED: _owner_changed,
 }

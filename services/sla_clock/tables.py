@@ -61,11 +61,13 @@ timers = Table(
     Column("step", Integer, nullable=False, server_default="1"),  # next_action: which follow-up is due
     Column("reason", String),  # why it was cancelled
     Column("timezone", String),  # the zone the calendar is read in, when not the calendar's own
+    Column("exhausts_at", DateTime(timezone=True)),  # next_action: when a missed follow-up ends its cadence
     # A tier change cancels a timer and starts its successor: one live timer per metric at a time.
     Index("ux_sla_clock_timers_live", "lead_id", "metric", unique=True,
           postgresql_where=text("state IN ('open', 'paused')")),
     Index("ix_sla_clock_timers_lead", "lead_id"),
-    Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("state = 'open'")),
+    # What the clock has to look at: open timers, and missed follow-ups whose cadence ends by time.
+    Index("ix_sla_clock_timers_due", "next_fire_at", postgresql_where=text("next_fire_at IS NOT NULL")),
     schema=SCHEMA,
 )
 

@@ -134,6 +134,38 @@ async def test_a_missed_follow_up_breaches_and_a_booked_meeting_ends_the_cadence
     assert cadence == [("sla.started", "next_action"), ("sla.breached", "next_action")]
 
 
+async def test_a_missed_last_follow_up_ends_the_cadence_and_the_lead_goes_to_nurture(ctx, clock, engine) -> None:
+    """Nobody touches the lead after the last follow-up was missed: the clock ends the cadence by
+    itself (it waited for a touch that could change nothing), and says the miss stands."""
+    lead_id = await start(ctx, clock)
+    await act(ctx, activity(lead_id, minutes(clock, 2)))
+    await act(ctx, activity(lead_id, minutes(clock, 30), outcome="no_answer"))  # follow-up 1 of 2
+    await fire(ctx, minutes(clock, 90))  # follow-up 2, due at 90 min, missed
+    await fire(ctx, minutes(clock, 90))
+    cadence = [e for e in await sla_events(engine, lead_id) if e.data["metric"] == "next_action"]
+    assert [(e.type, e.data.get("reason")) for e in cadence[-2:]] == [
+        ("sla.breached", None), ("sla.cancelled", "cadence_exhausted")]
+    assert cadence[-1].data["breached_at"] == cadence[-2].data["breached_at"]
+    async with ctx.uow() as uow:
+        rows = await PostgresClockStore(uow).timers(lead_id, None, "next_action")
+        assert [(r.state, r.reason, r.next_fire_at) for r in rows] == [("cancelled", "cadence_exhausted", None)]
+
+
+async def test_a_meeting_booked_after_a_missed_last_follow_up_keeps_the_lead_out_of_nurture(ctx, clock, engine) -> None:
+    lead_id = await start(ctx, clock)
+    await act(ctx, activity(lead_id, minutes(clock, 2)))
+    await act(ctx, activity(lead_id, minutes(clock, 30), outcome="no_answer"))
+    await fire(ctx, minutes(clock, 90))
+    await act(ctx, activity(lead_id, minutes(clock, 91), type_="meeting", outcome="booked"))
+    await fire(ctx, minutes(clock, 600))
+    cadence = [(e.type, e.data.get("step")) for e in await sla_events(engine, lead_id)
+               if e.data["metric"] == "next_action"]
+    assert cadence[-1] == ("sla.breached", 2)
+    async with ctx.uow() as uow:
+        rows = await PostgresClockStore(uow).timers(lead_id, None, "next_action")
+        assert [(r.state, r.next_fire_at) for r in rows] == [("breached", None)]
+
+
 async def test_a_touch_by_someone_other_than_the_owner_does_not_count_when_the_policy_says_owner_only(
     ctx, clock, engine
 ) -> None:

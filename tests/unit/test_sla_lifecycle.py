@@ -10,6 +10,7 @@ from services.sla_clock.domain import (
     Met,
     Paused,
     Resumed,
+    Settled,
     Started,
     cancel,
     follow_up,
@@ -17,6 +18,7 @@ from services.sla_clock.domain import (
     restart,
     resume,
     root_cause,
+    settle,
     start_timer,
     tick,
     touch,
@@ -148,6 +150,58 @@ def test_a_follow_up_that_would_fall_due_after_the_window_closes_is_not_started(
     missed = follow_up(timer("next_action", at(2)), POLICY, at(70), at(2), ALWAYS, ends_cadence=False)
     assert follow_up(missed.timer, POLICY, at(75), at(2), ALWAYS, ends_cadence=False).outcomes == (
         Cancelled("cadence_exhausted"),)
+
+
+def _with_cadence(**changes: object):
+    cadence = POLICY.metrics["next_action"].model_copy(update=changes)
+    return POLICY.model_copy(update={"metrics": {**POLICY.metrics, "next_action": cadence}})
+
+
+def _missed(policy, step: int = 1):
+    """Follow-up `step` of the cadence begun by the first response at 2 min, started then, missed."""
+    started = start_timer("s", "l", "next_action", policy, 1, "alice", "A", at(2), ALWAYS, step, cadence_start=at(2))
+    missed = tick(started, started.due_at)
+    assert missed.outcomes == (Breached(at(62)),)
+    return missed.timer
+
+
+def test_a_missed_follow_up_ends_its_cadence_when_no_touch_can_start_another_inside_the_window() -> None:
+    """Nobody touches the lead after the miss: when the window leaves no room for another
+    follow-up (a touch later would start one due after it closes), the cadence is over and the
+    lead goes to nurture, as a touch then would have decided. The clock looks again then."""
+    missed = _missed(_with_cadence(within=3 * 3600.0))  # 3 h from 2 min: a touch by 122 min starts one
+    assert missed.next_fire_at == at(122)
+    assert tick(missed, at(121)).outcomes == ()
+    ended = tick(missed, at(122))
+    assert ended.outcomes == (Cancelled("cadence_exhausted"),) and ended.timer.next_fire_at is None
+    # Agrees with what a touch decides on either side of that instant.
+    assert follow_up(missed, _with_cadence(within=3 * 3600.0), at(122), at(2), ALWAYS,
+                     ends_cadence=False).outcomes == (Started(at(122)),)
+    assert follow_up(missed, _with_cadence(within=3 * 3600.0), at(123), at(2), ALWAYS,
+                     ends_cadence=False).outcomes == (Cancelled("cadence_exhausted"),)
+
+
+def test_a_missed_last_follow_up_or_one_whose_window_is_used_up_ends_the_cadence_at_once() -> None:
+    assert _missed(POLICY, step=3).next_fire_at == at(62)  # the last of its touches: nothing can follow
+    assert tick(_missed(POLICY, step=3), at(62)).outcomes == (Cancelled("cadence_exhausted"),)
+    # Window 2 h: by the miss at 62 min, another follow-up would fall due after 122 min.
+    assert tick(_missed(_with_cadence(within=3600.0 + 60)), at(62)).outcomes == (Cancelled("cadence_exhausted"),)
+
+
+def test_a_missed_follow_up_without_a_window_waits_for_the_next_touch() -> None:
+    missed = _missed(_with_cadence(within=None))
+    assert missed.next_fire_at is None and tick(missed, at(10_000)).outcomes == ()
+
+
+def test_a_booked_meeting_or_the_lead_leaving_after_a_miss_settles_the_cadence_quietly() -> None:
+    """The miss stands, but nothing will send the lead to nurture later: a buyer with a meeting
+    booked is not a nurture lead."""
+    missed = _missed(POLICY, step=3)
+    booked = follow_up(missed, POLICY, at(70), at(2), ALWAYS, ends_cadence=True)
+    assert booked.outcomes == (Settled(),) and booked.timer.state == "breached"
+    assert booked.timer.next_fire_at is None and tick(booked.timer, at(10_000)).outcomes == ()
+    assert settle(missed) == booked
+    assert settle(booked.timer).outcomes == () and settle(timer("next_action")).outcomes == ()
 
 
 def test_a_booked_meeting_ends_the_cadence_met() -> None:
