@@ -333,13 +333,16 @@ class Deliverer:
                 await uow.commit()
             return outcomes
 
-        for item, outcome in await retry_on_conflict(attempt):
+        for (item, outcome), tried in zip(await retry_on_conflict(attempt), attempts, strict=True):
             if outcome is None:
                 continue
             channel = item.row.channel if item.kind == "channel" else SUBSCRIPTION_CHANNEL
             metrics.notifications.labels(channel, outcome).inc()
             if outcome == "failed":  # its message went to leads.deadletter (_emit_outcome)
                 metrics.deadletter.labels(TOPIC_NOTIFICATIONS, "delivery_failed").inc()
+                log.warning("notifier.delivery_given_up", channel=channel, lead_id=item.row.lead_id,
+                            delivery=_delivery_name(item), attempts=item.row.attempts, status=tried.status,
+                            error=_error_kind(tried.error))
 
     async def _deliver(self, item: Leased) -> None:
         attempt = await self._send_one(item, self._clock.now())
@@ -369,3 +372,16 @@ class Deliverer:
         found = await self.start_round()
         await self.drain()
         return found
+
+
+def _delivery_name(item: Leased) -> str:
+    """Which delivery, for an operator to look up: ids only, never its recipient (an address)."""
+    if item.kind == "channel":
+        return str(item.row.notification_id)
+    return f"{item.row.subscription_id}/{item.row.event_id}"
+
+
+def _error_kind(error: str | None) -> str | None:
+    """The error's kind without its text, which may quote a recipient's address or a URL with its
+    token (an SMTP refusal, a Slack webhook)."""
+    return error.split(":", 1)[0][:80] if error else None

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import update
+from structlog.testing import capture_logs
 
 from services.notifier.channels import Senders
 from services.notifier.delivery import Deliverer
@@ -267,10 +268,16 @@ async def test_an_unreachable_receiver_fails_after_the_last_try(make_ctx, clock,
     await consume(ctx, sla_event("breached", lead_id, clock.now()))
     await d.run_once()
     clock.advance(timedelta(seconds=5))
-    await d.run_once()
+    with capture_logs() as logs:
+        await d.run_once()
     [failed] = [e for e in await stored_events(engine, "notifier", lead_id, published_only=True) if e.type.startswith("notification.")]
     assert failed.type == "notification.failed" and failed.data["attempts"] == 2
     assert failed.data["error"] == "ConnectError"
+    # An operator sees it in the log too (ids, never the recipient's address), not only in metrics.
+    [given_up] = [entry for entry in logs if entry["event"] == "notifier.delivery_given_up"]
+    assert given_up["log_level"] == "warning" and given_up["lead_id"] == lead_id
+    assert (given_up["channel"], given_up["attempts"], given_up["error"]) == ("hook", 2, "ConnectError")
+    assert given_up["delivery"] == failed.data["notification_id"]
 
 
 async def test_a_crash_between_send_and_record_resends_the_same_key_once_the_lease_expires(
