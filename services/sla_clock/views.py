@@ -22,14 +22,17 @@ def timer_view(row: Row, config: Config, now: datetime) -> dict[str, Any]:
     # Time stops while paused and when the timer closes (a timer closed while paused keeps the
     # pause's start: it stopped there); paused business time never counts.
     end = min(filter(None, (row.closed_at, row.paused_at)), default=now)
-    if row.state == "breached":
+    # A missed follow-up whose cadence then ended (cancelled, cadence_exhausted) is shown as the
+    # miss it was, as the reports keep it, with the cancel reason beside it.
+    missed = row.state == "breached" or (row.state == "cancelled" and row.root_cause is not None)
+    if missed:
         # Its window ended at the deadline; closed_at is when the clock judged it (later in an outage).
         end = min(end, row.due_at)
     elapsed = max(calendar.elapsed(row.started_at, end) - row.paused_seconds, 0.0)
     remaining = (row.target_seconds - elapsed if row.target_seconds is not None
                  else calendar.elapsed(end, row.due_at))
     view: dict[str, Any] = {
-        "sla_id": row.sla_id, "metric": row.metric, "state": _STATES.get(row.state, row.state),
+        "sla_id": row.sla_id, "metric": row.metric, "state": "breached" if missed else _STATES.get(row.state, row.state),
         "policy_id": row.policy_id, "policy_version": row.policy_version, "owner_id": row.owner_id,
         "started_at": utc_iso(row.started_at), "due_at": utc_iso(row.due_at),
         "closed_at": utc_iso(row.closed_at) if row.closed_at else None,

@@ -37,6 +37,17 @@ def test_a_cancelled_cadence_shows_its_reason_and_step() -> None:
     assert view["elapsed_seconds"] == 300
 
 
+def test_a_missed_follow_up_whose_cadence_then_ended_shows_as_the_miss_it_was() -> None:
+    """Reports keep it breached; the clock's own view said "cancelled", with 40 minutes elapsed
+    on a 10-minute target."""
+    ended = row(metric="next_action", state="cancelled", reason="cadence_exhausted", root_cause="owner_missed",
+                step=3, closed_at=T0 + timedelta(minutes=40))
+    view = timer_view(ended, CONFIG, T0 + timedelta(hours=1))
+    assert (view["state"], view["cancel_reason"], view["root_cause"]) == ("breached", "cadence_exhausted",
+                                                                          "owner_missed")
+    assert view["elapsed_seconds"] == 600 and view["remaining_seconds"] == 0
+
+
 def test_a_breached_timer_shows_its_whole_window_used_however_late_it_was_judged() -> None:
     judged_late = row(state="breached", root_cause="system_delay", closed_at=T0 + timedelta(minutes=11, seconds=30))
     view = timer_view(judged_late, CONFIG, T0 + timedelta(hours=1))
