@@ -43,6 +43,7 @@ class KnownLead:
     owner_id: str | None = None
     received_at: datetime | None = None
     routed: bool = False
+    touches: list[dict[str, Any]] | None = None  # the latest read (domain.noted_touches)
 
 
 @dataclass(frozen=True)

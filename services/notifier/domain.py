@@ -71,6 +71,37 @@ def answers_chain(config: Config, sla: dict[str, Any], activity_type: str, outco
     return policy is not None and policy.counts_as_touch(str(metric), activity_type, outcome, actor, owner_id)
 
 
+# How many of a lead's latest touches the notifier keeps: a breach's answer comes soon after its
+# deadline, and a CRM back-filling its history must not grow the row without end.
+KEPT_TOUCHES = 5
+
+
+def noted_touches(kept: list[dict[str, Any]] | None, *, type_: str, outcome: str | None, actor: str | None,
+                  at: datetime, owner_id: str | None, disposition: bool) -> list[dict[str, Any]]:
+    """The lead's latest touches with this one: what `answered_before` reads, the latest last."""
+    touch = {"type": type_, "outcome": outcome, "actor": actor, "at": at.isoformat(), "owner_id": owner_id,
+             "disposition": disposition}
+    return sorted([*(kept or []), touch], key=lambda t: datetime.fromisoformat(t["at"]))[-KEPT_TOUCHES:]
+
+
+def answered_before(config: Config, sla: dict[str, Any], touches: list[dict[str, Any]] | None) -> bool:
+    """Whether a touch read before a breach (`sla`: its data) answers it: made at or after its
+    deadline (one before it would have met the SLA), and a touch for its metric as `answers_chain`
+    judges. The late touch and the breach reach the notifier on different topics, in either order;
+    the clock often sends the breach just after the touch, which confirmed that the deadline
+    passed. Read in that order, the breach must escalate no further than it would have with the
+    touch read just after it: its steps already due go, the rest do not."""
+    due = _iso(sla.get("due_at"))
+    if due is None:
+        return False
+    for t in touches or ():
+        at = datetime.fromisoformat(t["at"])
+        if at >= due and answers_chain(config, sla, t["type"], t["outcome"], t["actor"], t["owner_id"], at,
+                                       disposition=t["disposition"]):
+            return True
+    return False
+
+
 def of_an_earlier_run(sla: dict[str, Any], sla_id: str, started_at: datetime) -> bool:
     """Whether a chain's trigger (`sla`: its data) tells of an earlier run of the timer `sla_id`,
     which has started again at `started_at` (reset on reassignment): its deadline no longer stands."""
@@ -524,6 +555,9 @@ class LeadNoted(InternalEvent):
     received_at: datetime | None = None
     owner_id: str | None = None
     routed: bool = False  # an assignment, reassignment or queueing: owner_id (None too) is the router's
+    # The lead's latest touches read (see `noted_touches`): a breach read after one that answers it
+    # escalates no further than its steps already due (`answered_before`).
+    touches: list[dict[str, Any]] | None = None
 
 
 class PlannedEscalation(WireModel):

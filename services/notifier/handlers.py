@@ -24,7 +24,7 @@ from sqlalchemy import Row
 
 from shared import tracing
 from shared.business_hours import BusinessCalendar
-from shared.config import Config
+from shared.config import TOUCH_SKEW, Config, touch_time
 from shared.events import (
     PAYLOADS,
     TOPIC_NOTIFICATIONS,
@@ -67,6 +67,7 @@ from .domain import (
     Recipient,
     StepFired,
     SubscriptionQueued,
+    answered_before,
     answers_chain,
     deliver_at,
     digest_key,
@@ -74,6 +75,7 @@ from .domain import (
     goes_to_digest,
     idempotency_key,
     is_stale_warning,
+    noted_touches,
     of_an_earlier_run,
     plan_steps,
     render,
@@ -171,6 +173,10 @@ async def on_sla_escalating(uow: UnitOfWork, received: Received[SlaEventData], d
     steps = [PlannedEscalation(escalation_id=deterministic_id("escalation", event.id, p.policy_id, str(p.step)),
                                policy_id=p.policy_id, step=p.step, due_at=p.due_at)
              for p in plan_steps(deps.config, event.type, _happened(event, now))]
+    if isinstance(sla, SlaBreached) and steps:
+        known = await store.lead(sla.lead_id)
+        if known is not None and answered_before(deps.config, trigger["data"], known.touches):
+            steps = [step for step in steps if step.due_at <= now]  # as if the touch came just after
     if steps:
         await record(uow, EscalationsPlanned(lead_id=sla.lead_id, sla_id=sla.sla_id, trigger_event_id=event.id,
                                              trigger=trigger, planned_at=now, steps=steps),
@@ -224,6 +230,11 @@ async def on_activity_recorded(uow: UnitOfWork, received: Received[ActivityRecor
             deps.config, sla, activity.type, activity.outcome, activity.actor, owner_id, activity.occurred_at,
             disposition=activity.is_disposition),
             due_after=deps.now)
+        if activity.type not in ("pause", "resume"):  # kept for a breach read after it (answered_before)
+            at = touch_time(activity.occurred_at, received.envelope.time, received.envelope.time, TOUCH_SKEW)
+            await _keep_facts(uow, received, deps, touches=noted_touches(
+                known.touches if known else None, type_=activity.type, outcome=activity.outcome,
+                actor=activity.actor, at=at, owner_id=owner_id, disposition=activity.is_disposition))
     await fan_out(uow, received.envelope, deps.now, store=deps.store(uow))
 
 

@@ -34,6 +34,8 @@ leads = Table(
     # Its routing seen (assigned, reassigned, queued): `owner_id` is then the router's word, and
     # NULL means nobody's (queued), not "not heard of yet" (migration 0021).
     Column("routed", Boolean, nullable=False, server_default=false()),
+    # Its latest touches read: a breach read after one that answers it stops at its due steps.
+    Column("touches", JSONB),
     schema=SCHEMA,
 )
 

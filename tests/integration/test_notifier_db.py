@@ -398,6 +398,37 @@ async def test_a_late_touch_read_before_the_breachs_first_step_went_still_lets_i
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
+async def test_a_late_touch_read_before_its_breach_stops_the_steps_after_it_as_one_read_after(
+        make_ctx, clock, engine, receiver, http, batched):
+    """Found by a chaos audit (17 of 17 leads): the owner's call half a second after the deadline
+    reached the notifier before the breach, which the clock sent just after the call (the call
+    confirmed the deadline had passed), on another topic. The chain, planned after the touch was
+    read, went whole: lead ops heard of a lead its owner had reached. Read in either order, the
+    breach's first step goes and the steps after the touch do not; a touch that is no answer (a
+    call not connected) stops nothing."""
+    ctx = make_ctx("notifier", config_for(receiver, notify="[owner]") + TOUCHES)
+    d = deliverer(ctx, clock, http)
+    answered, escalated = str(uuid.uuid4()), str(uuid.uuid4())
+    deadline = clock.now()
+    clock.advance(timedelta(milliseconds=500))
+    events = [touch_event(answered, clock.now()), touch_event(escalated, clock.now(), outcome="no_answer")]
+    clock.advance(timedelta(milliseconds=50))
+    events += [sla_event("breached", lead, deadline, sla_id=f"sla-{lead}").model_copy(update={"time": clock.now()})
+               for lead in (answered, escalated)]
+    if batched:
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(e) for e in events], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    else:
+        await consume(ctx, *events)
+    await d.run_once()
+    clock.advance(timedelta(minutes=15))
+    await d.run_once()
+    assert to(receiver, answered) == [(1, "alice")]
+    assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["event by event", "as a consumer's run"])
 async def test_a_late_first_response_stops_the_chain_a_non_qualifying_touch_does_not(make_ctx, clock, engine,
                                                                                    receiver, http, batched):
     # The breach stands (the timer ends there, no sla.met follows), but once the owner has

@@ -6,6 +6,7 @@ from services.notifier.domain import (
     Attempt,
     LeadFacts,
     Recipient,
+    answered_before,
     answers_chain,
     backoff,
     decide,
@@ -17,6 +18,7 @@ from services.notifier.domain import (
     idempotency_key,
     invalid_event_type,
     is_retryable,
+    noted_touches,
     parse_retry_after,
     plan_steps,
     rate_room,
@@ -289,6 +291,36 @@ def test_a_call_from_before_the_sla_began_a_back_filled_history_answers_no_chain
     history, drifted = started - timedelta(days=3), started - timedelta(minutes=1)
     assert answers_chain(ANSWERING, sla, "call", "connected", "alice", "alice", history) is False
     assert answers_chain(ANSWERING, sla, "call", "connected", "alice", "alice", drifted) is True  # clocks drift
+
+
+def test_a_breach_read_after_its_late_answer_knows_of_it_and_not_of_earlier_or_other_touches() -> None:
+    due = datetime(2026, 11, 17, 9, 5, tzinfo=UTC)
+    sla = {"metric": "first_response", "policy_id": "fast", "owner_id": "alice",
+           "started_at": "2026-11-17T09:00:00Z", "due_at": "2026-11-17T09:05:00Z"}
+
+    def touches(*made: tuple[str, str | None, str, timedelta]) -> list[dict]:
+        kept: list[dict] | None = None
+        for type_, outcome, actor, after in made:
+            kept = noted_touches(kept, type_=type_, outcome=outcome, actor=actor, at=due + after, owner_id="alice",
+                                 disposition=False)
+        return kept or []
+
+    assert answered_before(ANSWERING, sla, touches(("call", "connected", "alice", timedelta(seconds=1)))) is True
+    assert answered_before(ANSWERING, sla, touches(("call", "connected", "alice", timedelta(0)))) is True
+    # Before the deadline (it met the SLA, or the clock judged it otherwise), not an answer, not the owner's.
+    assert answered_before(ANSWERING, sla, touches(("call", "connected", "alice", -timedelta(minutes=1)))) is False
+    assert answered_before(ANSWERING, sla, touches(("call", "no_answer", "alice", timedelta(seconds=1)),
+                                                   ("email", None, "bob", timedelta(seconds=2)))) is False
+    assert answered_before(ANSWERING, sla, None) is False
+
+
+def test_a_lead_keeps_only_its_latest_touches_the_latest_last_whatever_order_they_came_in() -> None:
+    start = datetime(2026, 11, 17, 9, 0, tzinfo=UTC)
+    kept = None
+    for minute in (7, 1, 3, 9, 2, 8, 5):  # a CRM syncing out of order
+        kept = noted_touches(kept, type_="call", outcome="connected", actor="alice",
+                             at=start + timedelta(minutes=minute), owner_id="alice", disposition=False)
+    assert [datetime.fromisoformat(t["at"]).minute for t in kept] == [3, 5, 7, 8, 9]
 
 
 def _slack_texts(payload: dict) -> list[tuple[str, str]]:
