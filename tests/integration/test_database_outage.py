@@ -27,7 +27,7 @@ from shared.consumer import EventConsumer
 from shared.db import database_outage, deadletters, make_engine
 from shared.events import TOPIC_INTAKE
 from shared.eventstore import EVENTS
-from shared.http import create_app
+from shared.http import create_app, database_check
 from shared.migrate import upgrade
 from shared.outbox import OutboxRelay
 from shared.runtime import ServiceContext, ServiceSpec, service_engine, wire
@@ -282,5 +282,23 @@ async def test_no_free_database_connection_is_a_503_not_a_500(database_url, prod
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "3"
         assert response.headers["content-type"] == "application/problem+json"
+    finally:
+        await engine.dispose()
+
+
+async def test_readiness_answers_within_its_bound_on_a_frozen_database(own_postgres) -> None:
+    """An audit found /readyz taking 5 s, not 3, at the start of a freeze: the check gave up on
+    its query, then waited for it to wind down: asyncpg cancels a query through a new connection,
+    which a frozen server never accepts (the 5 s connect timeout). The check now answers at its own
+    bound (1 s here, well inside the 3 s deadline; the old way took 6 s), and what it gave up on
+    ends in the background."""
+    server, url = own_postgres
+    engine = make_engine(url, service="intake", statement_timeout=60)
+    try:
+        await _open_pooled_connections(engine, 2)
+        assert await database_check(engine) is not None
+        with server.frozen():
+            with pytest.raises(TimeoutError, match="no answer within 1 s"):  # not the test's deadline
+                await asyncio.wait_for(database_check(engine, 1.0), 3)
     finally:
         await engine.dispose()
