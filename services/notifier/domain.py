@@ -516,14 +516,25 @@ def render_digest(items: list[dict], total: int, recipient: Recipient, window_en
 HOLD_FOR_RECEIVED = timedelta(seconds=60)
 
 
-def subscription_send_at(is_received: bool, received_seen: bool, wants_received: bool, now: datetime) -> datetime:
-    """When a subscription delivery may first go. A lead's other events wait for its lead.received
-    (bounded by HOLD_FOR_RECEIVED) if the subscription takes lead.received and the notifier has
-    not seen it yet; once seen, lead.received goes first because pending deliveries of one lead
-    leave in event-time order. `is_received`: this delivery is the lead.received."""
+# A lead's news comes from four topics, read by separate fetches: one stamped earlier can be read a
+# little later than one stamped after it (an sla.started and a lead.assigned made milliseconds
+# apart). Each delivery waits this long after its own time, so that the earlier one, read by then,
+# goes first (a lead's pending deliveries leave in event-time order).
+ORDER_WINDOW = timedelta(seconds=1)
+
+
+def subscription_send_at(is_received: bool, received_seen: bool, wants_received: bool, now: datetime,
+                         event_time: datetime) -> datetime:
+    """When a subscription delivery may first go: `ORDER_WINDOW` after its event's time (at once
+    if read later than that; a time ahead of `now`, a sender's clock, counts as `now`). A lead's
+    other events wait for its lead.received (bounded by HOLD_FOR_RECEIVED) if the subscription
+    takes lead.received and the notifier has not seen it yet; once seen, lead.received goes first
+    because pending deliveries of one lead leave in event-time order. `is_received`: this delivery
+    is the lead.received."""
+    ordered = max(now, min(event_time, now) + ORDER_WINDOW)
     if is_received or received_seen or not wants_received:
-        return now
-    return now + HOLD_FOR_RECEIVED
+        return ordered
+    return max(ordered, now + HOLD_FOR_RECEIVED)
 
 
 # ---- the notifier's own events (kept in its store only, never published) --------------------

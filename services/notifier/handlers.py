@@ -295,7 +295,7 @@ async def fan_out(uow: UnitOfWork, event: CloudEvent, now: datetime, *, store: N
     seen = is_received or not lead_id or await store.received_seen(lead_id)
     queued = [QueuedFor(subscription_id=sub_id,
                         next_attempt_at=subscription_send_at(is_received, seen, subscribed(types, "lead.received"),
-                                                             now))
+                                                             now, _happened(event, now)))
               for sub_id, types in wanted]
     if not queued and not (is_received and await store.holds_for(lead_id, now)):
         return

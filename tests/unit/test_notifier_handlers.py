@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from services.notifier.adapters import InMemoryStore, InMemoryUnitOfWork
 from services.notifier.domain import (
     HOLD_FOR_RECEIVED,
+    ORDER_WINDOW,
     ChainStopped,
     EscalationsPlanned,
     LeadNoted,
@@ -199,7 +200,7 @@ async def test_an_assignment_waits_for_its_lead_received_and_is_released_by_it()
     await consume(uow, assigned(lead_id))
     [queued] = recorded(uow, SubscriptionQueued)
     send_at = {q.subscription_id: q.next_attempt_at for q in queued.deliveries}
-    assert send_at == {wants_received: NOW + HOLD_FOR_RECEIVED, only_assigned: NOW}
+    assert send_at == {wants_received: NOW + HOLD_FOR_RECEIVED, only_assigned: NOW + ORDER_WINDOW}
     assert not queued.releases_held
 
     await consume(uow, received(lead_id), NOW + timedelta(seconds=3))
@@ -209,12 +210,16 @@ async def test_an_assignment_waits_for_its_lead_received_and_is_released_by_it()
         NOW + timedelta(seconds=3)
 
 
-async def test_once_its_lead_received_was_seen_a_leads_news_goes_at_once() -> None:
+async def test_once_its_lead_received_was_seen_a_leads_news_goes_as_soon_as_nothing_earlier_is_on_its_way() -> None:
+    """Not held for lead.received: only `ORDER_WINDOW` after its own time (at once if read later
+    than that), for an event stamped before it on another topic."""
     _, uow = world()
     sub_id = await subscribe(uow, ["lead.*"])
     lead_id = str(uuid.uuid4())
     await consume(uow, received(lead_id))
     await consume(uow, assigned(lead_id))
+    assert [q.next_attempt_at for q in recorded(uow, SubscriptionQueued)[-1].deliveries] == [NOW + ORDER_WINDOW]
+    await consume(uow, assigned(lead_id, NOW - timedelta(seconds=1)))  # read 1 s after it happened
     assert [q.next_attempt_at for q in recorded(uow, SubscriptionQueued)[-1].deliveries] == [NOW]
     assert sub_id
 
