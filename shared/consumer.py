@@ -14,9 +14,7 @@ the field, and a type the subscription has no handler for is tracked and skipped
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import heapq
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,12 +41,11 @@ from .db import (
     is_timeout,
 )
 from .events import (
-    DEADLETTER_PREFIX_BYTES,
     TOPIC_DEADLETTER,
     BadEvent,
     CloudEvent,
-    DeadLetter,
     Received,
+    dead_letter,
     decode_payload,
     deterministic_id,
     new_event,
@@ -541,19 +538,9 @@ class EventConsumer:
                 service=self._service,
                 lead_id=key[:200] if key else None,  # a raw topic's key is the lead's id, if any
                 time=self._clock.now(),
-                data=DeadLetter(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=key[:200] if key else None,
-                    original_bytes_b64=base64.b64encode(original[:DEADLETTER_PREFIX_BYTES]).decode(),
-                    error=error,
-                    service=self._service,
-                    deadletter_id=letter_id,
-                    original_size=len(original),
-                    original_sha256=hashlib.sha256(original).hexdigest(),
-                    truncated=len(original) > DEADLETTER_PREFIX_BYTES,
-                ),
+                data=dead_letter(topic=record.topic, partition=record.partition, offset=record.offset,
+                                 key=key[:200] if key else None, original=original, error=error,
+                                 service=self._service, letter_id=letter_id),
             ),
         )
         return True

@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import any_text, xact_locks
+from shared.db import any_text, deadletters, xact_locks
 from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
@@ -92,6 +93,10 @@ class IntakeStore(Protocol):
 
     async def expired(self, now: datetime, limit: int) -> list[Held]:
         """Held activities whose wait is over (in Postgres, rows another worker holds are skipped)."""
+
+    async def keep_dead_letter(self, letter_id: str, held: Held, error: str) -> None:
+        """Keep a held activity that became a dead letter whole (`leadsla.deadletters`), as the
+        consumer keeps every record it dead-letters."""
 
 
 def _known(row: Any) -> KnownLead:
@@ -180,6 +185,11 @@ class PostgresIntakeStore:
                                        .order_by(*_HELD_ORDER).limit(limit).with_for_update(skip_locked=True))
         return [Held(**r._mapping) for r in rows]
 
+    async def keep_dead_letter(self, letter_id: str, held: Held, error: str) -> None:
+        await self.conn.execute(pg_insert(deadletters).values(
+            id=letter_id, service="intake", topic=held.topic, partition=held.partition, offset=held.offset,
+            key=held.key, original=held.original, error=error).on_conflict_do_nothing())
+
 
 _HELD_ORDER = (pending_activities.c.parked_at, pending_activities.c.topic, pending_activities.c.partition,
                pending_activities.c.offset)
@@ -195,6 +205,7 @@ class InMemoryIntakeStore:
         self.held: dict[str, dict[str, Any]] = {}
         self.merged: dict[tuple[str, str], dict[str, Any]] = {}  # (external id, source) -> row
         self.locked: list[str] = []
+        self.dead_letters: dict[str, tuple[Held, str]] = {}
 
     def apply(self, events: Sequence[CloudEvent]) -> None:
         for event in events:
@@ -299,6 +310,9 @@ class InMemoryIntakeStore:
 
     async def expired(self, now: datetime, limit: int) -> list[Held]:
         return self._ordered(r for r in self.held.values() if r["expires_at"] <= now)[:limit]
+
+    async def keep_dead_letter(self, letter_id: str, held: Held, error: str) -> None:
+        self.dead_letters.setdefault(letter_id, (held, error))
 
 
 @dataclass

@@ -24,11 +24,11 @@ from shared.events import (
     TOPIC_INTAKE,
     ActivityRecorded,
     CloudEvent,
-    DeadLetter,
     Disposition,
     LeadMerged,
     LeadReceived,
     LeadUpdated,
+    dead_letter,
     deterministic_id,
     new_event,
 )
@@ -585,19 +585,21 @@ async def _release_held(uow: Recorder, store: IntakeStore, config: Config,
         try:
             await record_activity(uow, store, config, lead_id, activity, now=now, cause=event)
         except RejectedActivity as exc:
-            _deadletter(uow, held, f"invalid_data: invalid activity: {exc.field}: {exc}", now)
+            await _deadletter(uow, store, held, f"invalid_data: invalid activity: {exc.field}: {exc}", now)
             await _release(uow, held, "rejected", lead_id, now)
         else:
             await _release(uow, held, "recorded", lead_id, now)
 
 
-def _deadletter(uow: Recorder, held: Held, error: str, now: datetime) -> None:
+async def _deadletter(uow: Recorder, store: IntakeStore, held: Held, error: str, now: datetime) -> None:
+    """A held activity becomes a dead letter: kept whole in Postgres, and on leads.deadletter as
+    the consumer sends every dead letter (reference, size, SHA-256, bounded bytes)."""
+    letter_id = deterministic_id("deadletter", "pending", held.topic, str(held.partition), str(held.offset))
+    await store.keep_dead_letter(letter_id, held, error[:2000])
     uow.emit(TOPIC_DEADLETTER, new_event(
-        "deadletter", service=SERVICE, lead_id=held.key or "", time=now,
-        event_id=deterministic_id("deadletter", "pending", held.topic, str(held.partition), str(held.offset)),
-        data=DeadLetter(topic=held.topic, partition=held.partition, offset=held.offset, key=held.key,
-                        original_bytes_b64=base64.b64encode(held.original).decode(), error=error[:2000],
-                        service=SERVICE),
+        "deadletter", service=SERVICE, lead_id=held.key or "", time=now, event_id=letter_id,
+        data=dead_letter(topic=held.topic, partition=held.partition, offset=held.offset, key=held.key,
+                         original=held.original, error=error[:2000], service=SERVICE, letter_id=letter_id),
     ))
 
 
@@ -606,6 +608,7 @@ async def expire_pending(uow: Recorder, store: IntakeStore, now: datetime, limit
     expired = await store.expired(now, limit)
     for held in expired:
         waited = (held.expires_at - held.parked_at).total_seconds()
-        _deadletter(uow, held, f"unknown_lead: no lead {held.lead_ref!r} arrived within {waited:g}s", now)
+        await _deadletter(uow, store, held, f"unknown_lead: no lead {held.lead_ref!r} arrived within {waited:g}s",
+                          now)
         await _release(uow, held, "expired", None, now)
     return [held.topic for held in expired]

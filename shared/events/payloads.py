@@ -5,6 +5,8 @@ so a class and its registry entry cannot drift apart. Classes without a `TYPE` (
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -379,6 +381,17 @@ class DeadLetter(Payload):
 
 # Bounded so that a dead letter always fits the broker's 1 MiB record limit, whatever it wraps.
 DEADLETTER_PREFIX_BYTES = 64 * 1024
+
+
+def dead_letter(*, topic: str, partition: int, offset: int, key: str | None, original: bytes, error: str,
+                service: str, letter_id: str) -> DeadLetter:
+    """The dead letter of a record kept whole in `leadsla.deadletters` as `letter_id`: its
+    reference, size and SHA-256, and its bytes up to `DEADLETTER_PREFIX_BYTES`."""
+    return DeadLetter(topic=topic, partition=partition, offset=offset, key=key,
+                      original_bytes_b64=base64.b64encode(original[:DEADLETTER_PREFIX_BYTES]).decode(),
+                      error=error, service=service, deadletter_id=letter_id, original_size=len(original),
+                      original_sha256=hashlib.sha256(original).hexdigest(),
+                      truncated=len(original) > DEADLETTER_PREFIX_BYTES)
 
 
 # sla.<kind> -> its payload class (the clock emits them by kind).

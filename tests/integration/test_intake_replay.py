@@ -5,6 +5,7 @@ other test's rows (or retention) stand between the store and the tables."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import uuid
@@ -25,7 +26,8 @@ from shared.auth import create_key
 from shared.clock import ManualClock
 from shared.config import parse_config
 from shared.config_store import ConfigHolder, VersionedConfig
-from shared.events import CloudEvent
+from shared.db import deadletters
+from shared.events import CloudEvent, deterministic_id
 from shared.http import create_app
 from shared.replay import rebuild
 from shared.runtime import ServiceContext, wire
@@ -157,6 +159,9 @@ async def traffic(database):
         await uow.commit()
     async with engine.connect() as conn:
         counts = {t.name: await conn.scalar(select(func.count()).select_from(t)) for t in PROJECTION.tables}
+        kept = await conn.scalar(select(deadletters.c.original).where(deadletters.c.id == deterministic_id(
+            "deadletter", "pending", "leads.activities.raw", "0", "2")))  # crm-never's touch, kept whole
+        assert kept is not None and json.loads(kept)["data"]["type"] == "note"
     assert counts["leads"] >= 20 and counts["idempotency_keys"] >= 8 and counts["activities"] >= 7
     assert counts["merged_external_ids"] == 1
     assert counts["pending_activities"] == 1

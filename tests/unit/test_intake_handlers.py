@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -251,6 +252,11 @@ async def test_held_activities_whose_lead_never_comes_are_dead_lettered(uow) -> 
     letter = uow.committed[1].event.data
     assert base64.b64decode(letter["original_bytes_b64"]) == b'{"raw": 1}'
     assert letter["error"].startswith("unknown_lead") and uow.store.held == {}
+    # Kept whole where every dead letter is (an audit found these on the topic only), and named.
+    kept, error = uow.store.dead_letters[letter["deadletter_id"]]
+    assert kept.original == b'{"raw": 1}' and error == letter["error"]
+    assert (letter["original_size"], letter["truncated"]) == (10, False)
+    assert letter["original_sha256"] == hashlib.sha256(b'{"raw": 1}').hexdigest()
 
 
 async def test_lead_received_wire_form(uow) -> None:
