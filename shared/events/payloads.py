@@ -363,7 +363,7 @@ class NotificationFailed(NotificationResult):
 class DeadLetter(Payload):
     """`original_bytes_b64` holds the whole record when it is small, else its first
     `DEADLETTER_PREFIX_BYTES` (then `truncated` is true); the whole record is always kept in
-    Postgres (`leadsla.deadletters`, row `deadletter_id`), fetchable with `GET /v1/deadletters/{id}`."""
+    Postgres (`leadsla.deadletters`, row `deadletter_id`)."""
     TYPE: ClassVar[str] = "deadletter"
 
     topic: str
