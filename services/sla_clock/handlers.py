@@ -633,7 +633,8 @@ def _root_cause(timer: Timer, lead: Row | None, config: Config) -> str:
 def _noted(timer: Timer, cause: CloudEvent | None, now: datetime, state: dict) -> CloudEvent:
     """sla_clock.timer_noted: the timer's new record, kept in the store only (no news to publish)."""
     return new_event(TIMER_NOTED, service=SERVICE, lead_id=timer.lead_id, time=now, cause=cause,
-                     event_id=deterministic_id(timer.sla_id, TIMER_NOTED, utc_iso(timer.started_at), utc_iso(now)),
+                     # Named by what caused it: handled again, the same event.
+                     event_id=deterministic_id(timer.sla_id, TIMER_NOTED, cause.id if cause else utc_iso(now)),
                      data={"lead_id": timer.lead_id, "sla_id": timer.sla_id, "metric": timer.metric,
                            "timer": TimerRecord.wire(**state)})
 
