@@ -79,8 +79,7 @@ def _unusable_peer(exc: BaseException, settings: Settings) -> str | None:
     from shared.settings import DatabaseUrlError
 
     try:
-        url = make_url(settings.database_url)  # never shown whole: it may hold a password
-        database = f"the database {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+        database = f"the database {_database_address(make_url(settings.database_url))}"
     except Exception:
         database = "the database"
     for error in wrapped_errors(exc):
@@ -99,6 +98,15 @@ def _unusable_peer(exc: BaseException, settings: Settings) -> str | None:
         reason = next((str(e) for e in wrapped_errors(exc) if isinstance(e, OSError) and str(e)), "no answer")
         return f"cannot reach {database} (LEADSLA_DATABASE_URL): {reason}"
     return None
+
+
+def _database_address(url: Any) -> str:
+    """Where a database URL points, without its password: host and port, or the socket directory
+    of a `?host=/path` URL (`leadsla dev`'s), and the database."""
+    socket = url.query.get("host")
+    if not url.host and isinstance(socket, str) and socket.startswith("/"):
+        return f"{socket} (socket)/{url.database or ''}"
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
 
 def _bootstrap_of(service: str):

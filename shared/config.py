@@ -1187,15 +1187,41 @@ def _day_targets_on_business_calendars(config: Config) -> list[str]:
     return warnings
 
 
+def shown(config: Config) -> dict[str, Any]:
+    """The configuration as `GET /v1/config` shows it: under the names a file takes (a mail
+    channel's `from`, not the field behind it), secrets masked."""
+    return config.model_dump(mode="json", by_alias=True)
+
+
 def _shadowed_tier_rules(tiers: Tiers) -> list[str]:
-    """A tier rule without conditions gives every lead its tier: the rules after it and the default
-    never apply (a rule with an empty `when` is easy to leave behind when editing one out)."""
+    """A lead gets the first tier rule that fits: a rule whose every lead an earlier rule already
+    takes never applies (`demo_request` after a rule for `[demo_request, contact_sales]`,
+    `min_score: 80` after `min_score: 70`). A rule without conditions gives every lead its tier:
+    the rules after it and the default never apply (a `when` easy to leave empty when editing)."""
     first = next((i for i, rule in enumerate(tiers.rules) if rule.when == TierCondition()), None)
+    warnings = []
+    for j, later in enumerate(tiers.rules[:first]):
+        for i, earlier in enumerate(tiers.rules[:j]):
+            if _tier_covers(earlier.when, later.when):
+                warnings.append(f"tiers.rules.{j}: never applies: tiers.rules.{i} (tier {earlier.tier!r}) comes "
+                                "first and takes every lead it fits (a lead gets the first rule that fits)")
+                break
     if first is None:
-        return []
+        return warnings
     why = (f"never applies: tiers.rules.{first} has no `when` and gives every lead tier {tiers.rules[first].tier!r} "
            "first (a lead gets the first rule that fits)")
-    return [*(f"tiers.rules.{i}: {why}" for i in range(first + 1, len(tiers.rules))), f"tiers.default: {why}"]
+    return [*warnings, *(f"tiers.rules.{i}: {why}" for i in range(first + 1, len(tiers.rules))),
+            f"tiers.default: {why}"]
+
+
+def _tier_covers(earlier: TierCondition, later: TierCondition) -> bool:
+    """Whether every lead `later` fits, `earlier` fits too, as intake classifies (values exact)."""
+    def wider(mine: list[str] | None, theirs: list[str] | None) -> bool:
+        return mine is None or (theirs is not None and set(theirs) <= set(mine))
+
+    return (wider(earlier.intent, later.intent) and wider(earlier.source, later.source)
+            and wider(earlier.countries, later.countries)
+            and (earlier.min_score is None or (later.min_score is not None and later.min_score >= earlier.min_score)))
 
 
 def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:

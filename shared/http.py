@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .auth import Principal
+from .config import shown
 from .db import database_outage, is_database_unavailable
 from .docs_pages import add_docs_pages
 from .eventstore import ConcurrencyConflict
@@ -429,7 +430,7 @@ def create_app(
     if "/v1/config" not in served:  # else the service's own (the router lays its owners' runtime changes over it)
         @app.get("/v1/config", dependencies=[Depends(require_key("admin"))])
         async def effective_config() -> dict[str, Any]:
-            return {"version": ctx.config.version, "config": ctx.config.config.model_dump(mode="json")}
+            return {"version": ctx.config.version, "config": shown(ctx.config.config)}
 
     app.include_router(schema_router())
     for router in routers:

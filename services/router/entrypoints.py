@@ -14,7 +14,7 @@ from sqlalchemy import exc as sa_exc
 from shared import metrics
 from shared.aio import run_loop
 from shared.clock import as_utc
-from shared.config import CalendarConfig
+from shared.config import CalendarConfig, shown
 from shared.events import utc_iso
 from shared.eventstore import ConcurrencyConflict, retry_on_conflict
 from shared.http import ProblemError, conflict, field_errors, not_found, require_key
@@ -172,7 +172,7 @@ def build_api(ctx: ServiceContext, wake_queue: asyncio.Event) -> APIRouter:
         versioned = ctx.config
         async with ctx.engine.connect() as conn:
             changes = await runtime_owner_changes(conn)
-        config = versioned.config.model_dump(mode="json")
+        config = shown(versioned.config)
         named = {o.id for o in versioned.config.owners}
         config["owners"] = [effective_owner(o, changes.get(o.id)).model_dump(mode="json")
                             for o in versioned.config.owners]

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from leadsla.cli import app
@@ -45,3 +46,17 @@ def test_command_lists_flow_each_summary_instead_of_breaking_it_where_the_docstr
     assert "its read models, from its timeline of the events" in listing, listing
     config = CliRunner().invoke(app, ["config", "--help"], env={"COLUMNS": "200"}).output
     assert "if it changed); running services pick it up" in config, config
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    # `leadsla dev`'s URL: a socket directory, no host; it was named as localhost:5432.
+    ("postgresql://ghost:@/postgres?host=/srv/app/.leadsla/dev/pg", "/srv/app/.leadsla/dev/pg (socket)/postgres"),
+    ("postgresql://u:secret@db.example:6543/leads", "db.example:6543/leads"),
+    ("postgresql:///leads", "localhost:5432/leads"),
+])
+def test_a_database_error_names_where_the_url_points_without_its_password(url: str, named: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from leadsla.cli import _database_address
+
+    assert _database_address(make_url(url)) == named

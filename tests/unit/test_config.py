@@ -3,7 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, config_warnings, parse_config, parse_duration, per_config
+from shared.config import (
+    ConfigError,
+    config_warnings,
+    parse_config,
+    parse_duration,
+    per_config,
+    shown,
+)
 
 EXAMPLE = Path(__file__).parents[2] / "leadsla" / "example-config.yaml"
 
@@ -465,6 +472,23 @@ def test_tier_rules_after_one_without_conditions_are_a_warning() -> None:
         "(a lead gets the first rule that fits)"]
 
 
+@pytest.mark.parametrize(("earlier", "later", "shadowed"), [
+    ("{intent: [demo_request, contact_sales]}", "{intent: [demo_request]}", True),
+    ("{min_score: 70}", "{min_score: 80}", True),
+    ("{min_score: 70}", "{min_score: 80, intent: [trial]}", True),  # a narrower lead still fits the first
+    ("{intent: [demo_request], source: [webform]}", "{intent: [demo_request]}", False),  # other sources
+    ("{min_score: 80}", "{min_score: 70}", False),
+    ("{countries: [DE, AT]}", "{countries: [AT]}", True),
+    ("{countries: [DE]}", "{countries: [AT]}", False),
+    ("{intent: [trial]}", "{intent: [trial, webinar]}", False),  # webinar leads still get the second
+])
+def test_a_tier_rule_an_earlier_one_always_takes_first_is_a_warning(earlier: str, later: str, shadowed: bool) -> None:
+    config = parse_config(f"tiers: {{rules: [{{tier: A, when: {earlier}}}, {{tier: B, when: {later}}}]}}")
+    expected = ["tiers.rules.1: never applies: tiers.rules.0 (tier 'A') comes first and takes every lead it fits "
+                "(a lead gets the first rule that fits)"]
+    assert [w for w in config_warnings(config) if w.startswith("tiers.")] == (expected if shadowed else [])
+
+
 def test_a_bad_touch_or_overlap_is_named_beside_the_other_errors_of_its_policy_or_calendar() -> None:
     message = errors_of(example_with("{target: 5m, warn_at", "{target: soon, warn_at").replace("      - sms\n", "      - smss\n")
                         .replace('mon: ["09:00-17:30"]', 'mon: ["09:00-12:00", "11:00-17:30"]')
@@ -611,3 +635,15 @@ def test_an_error_names_the_place_as_the_file_writes_it_in_an_admin_s_words(text
     """A calendar named like a model (`Team`) lost its name from the path, and messages named the
     models' classes ('instance of MetricTarget')."""
     assert line in errors_of(text)
+
+
+def test_the_configuration_is_shown_under_the_names_a_file_takes_with_secrets_masked() -> None:
+    """`GET /v1/config` showed a mail channel's sender as `from_address`, a key a file refuses."""
+    config = parse_config("""
+channels:
+  hook: {url: "https://crm.example/hook", secret: "s3cret-signing-0123456789"}
+  mail: {type: email, host: smtp.example, from: "leads@example.com"}
+""")
+    channels = shown(config)["channels"]
+    assert channels["mail"]["from"] == "leads@example.com" and "from_address" not in channels["mail"]
+    assert "s3cret-signing" not in str(channels)
