@@ -1,6 +1,6 @@
 """The event interfaces integrators read: one JSON Schema per event type (the whole CloudEvent,
 its `data` generated from the payload class registered for the type in `shared.events`) and an AsyncAPI 3.0
-document of the topics. Committed under docs/ (regenerate with `python -m shared.schemas`, checked
+document of the topics. Committed under docs/ (regenerate with `leadsla schemas`, checked
 by a unit test; also `leadsla schemas [--check]`) and served by every service:
 
   GET /v1/schemas                 the event types and where their schemas are
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in out:
             print(f"stale: {args.docs / path}", file=sys.stderr)
         if out:
-            print("regenerate with `python -m shared.schemas`", file=sys.stderr)
+            print("regenerate with `leadsla schemas`", file=sys.stderr)
         return 1 if out else 0
     for path in write(args.docs):
         print(args.docs / path)

@@ -24,7 +24,7 @@ def validator(event_type: str) -> jsonschema.Draft7Validator:
 
 def test_committed_files_are_current() -> None:
     assert schemas.DOCS == ROOT / "docs"
-    assert schemas.stale() == [], "regenerate with `python -m shared.schemas`"
+    assert schemas.stale() == [], "regenerate with `leadsla schemas`"
 
 
 def test_a_changed_model_makes_the_committed_files_stale(tmp_path: Path) -> None:
