@@ -363,6 +363,16 @@ def touch_event(lead_id: str, now, activity_type: str = "call", outcome: str | N
         outcome=outcome))
 
 
+async def read(ctx, clock, events, *, batched: bool) -> None:
+    """The events read one by one, or `batched` as a consumer hands a fetched batch's run over."""
+    if batched:
+        async with ctx.uow() as uow:
+            await on_run(uow, [Received.of(e) for e in events], NotifierDeps(ctx.config.config, clock.now()))
+            await uow.commit()
+    else:
+        await consume(ctx, *events)
+
+
 TOUCHES = """
 sla_policies:
   - id: p
@@ -383,13 +393,7 @@ async def test_a_late_touch_read_before_the_breachs_first_step_went_still_lets_i
     lead = str(uuid.uuid4())
     await consume(ctx, sla_event("breached", lead, clock.now(), sla_id=f"sla-{lead}"))
     clock.advance(timedelta(seconds=1))
-    late = touch_event(lead, clock.now())
-    if batched:
-        async with ctx.uow() as uow:
-            await on_run(uow, [Received.of(late)], NotifierDeps(ctx.config.config, clock.now()))
-            await uow.commit()
-    else:
-        await consume(ctx, late)
+    await read(ctx, clock, [touch_event(lead, clock.now())], batched=batched)
     await d.run_once()
     assert to(receiver, lead) == [(1, "alice")]
     clock.advance(timedelta(minutes=15))
@@ -415,12 +419,7 @@ async def test_a_late_touch_read_before_its_breach_stops_the_steps_after_it_as_o
     clock.advance(timedelta(milliseconds=50))
     events += [sla_event("breached", lead, deadline, sla_id=f"sla-{lead}").model_copy(update={"time": clock.now()})
                for lead in (answered, escalated)]
-    if batched:
-        async with ctx.uow() as uow:
-            await on_run(uow, [Received.of(e) for e in events], NotifierDeps(ctx.config.config, clock.now()))
-            await uow.commit()
-    else:
-        await consume(ctx, *events)
+    await read(ctx, clock, events, batched=batched)
     await d.run_once()
     clock.advance(timedelta(minutes=15))
     await d.run_once()
@@ -438,12 +437,7 @@ async def test_a_late_first_response_stops_the_chain_a_non_qualifying_touch_does
     escalated, answered = await two_breached_leads(ctx, clock, d, receiver)
     events = [touch_event(escalated, clock.now(), outcome="no_answer"),  # not a touch under policy p
               touch_event(answered, clock.now())]
-    if batched:
-        async with ctx.uow() as uow:
-            await on_run(uow, [Received.of(e) for e in events], NotifierDeps(ctx.config.config, clock.now()))
-            await uow.commit()
-    else:
-        await consume(ctx, *events)
+    await read(ctx, clock, events, batched=batched)
     clock.advance(timedelta(minutes=15))
     await d.run_once()
     assert to(receiver, escalated) == [(1, "alice"), (2, "ops")]
