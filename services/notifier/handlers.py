@@ -195,13 +195,13 @@ async def on_sla_chain_stopping(uow: UnitOfWork, received: Received[SlaEventData
     sla, now = received.data, deps.now
     store = deps.store(uow)
     await uow.load_version(sla.lead_id)  # a step firing for this lead meanwhile: retry from fresh state
-    # A missed follow-up whose cadence has ended (sla.cancelled after its breach): the miss stands
-    # and is still escalated (a touch that answers it stops its chain itself, see on_activity_recorded).
-    ends_a_miss = isinstance(sla, SlaCancelled) and sla.breached_at is not None
-    if not ends_a_miss and await store.has_escalations(sla.sla_id):
+    if await store.has_escalations(sla.sla_id):
         # Steps not fired yet, and messages held back by quiet hours and never tried, are news
-        # nobody needs any more.
-        await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now)
+        # nobody needs any more. But a missed follow-up whose cadence then ended (sla.cancelled
+        # after its breach, often at once after the last one) did breach: its steps already due
+        # still go, as for a late touch, so its owner hears of the miss.
+        ends_a_miss = isinstance(sla, SlaCancelled) and sla.breached_at is not None
+        await _stop_chain(uow, received, sla.lead_id, sla.sla_id, now, due_after=now if ends_a_miss else None)
     await fan_out(uow, received.envelope, now, store=store)
 
 

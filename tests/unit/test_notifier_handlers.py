@@ -130,18 +130,19 @@ async def test_a_met_sla_stops_the_rest_of_its_chain() -> None:
     assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == []
 
 
-async def test_the_end_of_a_missed_follow_ups_cadence_does_not_stop_the_breachs_chain() -> None:
-    """sla.cancelled (cadence_exhausted) after the breach of a follow-up: no more follow-ups are
-    due, but the miss stands, and its manager and lead ops still hear of it."""
+async def test_the_end_of_a_missed_follow_ups_cadence_stops_its_chain_but_not_its_steps_already_due() -> None:
+    """sla.cancelled (cadence_exhausted) right after the breach of the last follow-up: a cancelled
+    SLA stops its chain (CONTRACT), but the breach did happen, and its first step, due at once,
+    still tells the owner (read in one run with the breach, it was cancelled with the rest)."""
     store, uow = world()
     lead_id = str(uuid.uuid4())
     await consume(uow, breached(lead_id))
-    await fire_due_steps(uow, CONFIG, NOW, store=store)
     await consume(uow, new_event("sla.cancelled", service="sla_clock", lead_id=lead_id, time=NOW, data=SlaCancelled(
-        lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="first_response", policy_id="p", policy_version=1,
+        lead_id=lead_id, sla_id=f"sla-{lead_id}", metric="next_action", policy_id="p", policy_version=1,
         owner_id="alice", due_at=NOW, breached_at=NOW, reason="cadence_exhausted")))
-    assert recorded(uow, ChainStopped) == []
-    assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == [2]
+    assert [c.sla_id for c in recorded(uow, ChainStopped)] == [f"sla-{lead_id}"]
+    assert sorted(await fire_due_steps(uow, CONFIG, NOW, store=store)) == [1, 1]  # the breach's first steps
+    assert await fire_due_steps(uow, CONFIG, NOW + timedelta(hours=1), store=store) == []  # step 2 stopped
 
 
 def opted_out(lead_id: str, now: datetime):
