@@ -523,10 +523,12 @@ def _outcomes(
         elif isinstance(outcome, Resumed):
             events.append(("sla.resumed", timer, {"at": outcome.at, "resumed_at": outcome.at}, dict(state)))
         elif isinstance(outcome, Cancelled):
-            state.update(closed_at=now, reason=outcome.reason)
             cancelled: dict[str, object] = {"reason": outcome.reason}
-            if before.state == "breached":  # a missed follow-up's cadence ended: the miss stands
-                cancelled["breached_at"] = before.due_at
+            if before.state == "breached":  # a missed follow-up's cadence ended: the miss stands,
+                cancelled["breached_at"] = before.due_at  # closed when the clock judged it
+                state.update(reason=outcome.reason)
+            else:
+                state.update(closed_at=now, reason=outcome.reason)
             events.append(("sla.cancelled", timer, cancelled, dict(state)))
         elif isinstance(outcome, Settled):
             events.append((TIMER_NOTED, timer, {}, dict(state)))

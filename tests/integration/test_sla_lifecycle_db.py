@@ -141,7 +141,7 @@ async def test_a_missed_last_follow_up_ends_the_cadence_and_the_lead_goes_to_nur
     await act(ctx, activity(lead_id, minutes(clock, 2)))
     await act(ctx, activity(lead_id, minutes(clock, 30), outcome="no_answer"))  # follow-up 1 of 2
     await fire(ctx, minutes(clock, 90))  # follow-up 2, due at 90 min, missed
-    await fire(ctx, minutes(clock, 90))
+    await fire(ctx, minutes(clock, 91))
     cadence = [e for e in await sla_events(engine, lead_id) if e.data["metric"] == "next_action"]
     assert [(e.type, e.data.get("reason")) for e in cadence[-2:]] == [
         ("sla.breached", None), ("sla.cancelled", "cadence_exhausted")]
@@ -149,6 +149,7 @@ async def test_a_missed_last_follow_up_ends_the_cadence_and_the_lead_goes_to_nur
     async with ctx.uow() as uow:
         rows = await PostgresClockStore(uow).timers(lead_id, None, "next_action")
         assert [(r.state, r.reason, r.next_fire_at) for r in rows] == [("cancelled", "cadence_exhausted", None)]
+        assert rows[0].closed_at == minutes(clock, 90)  # when the miss was judged, as a breached timer shows
 
 
 async def test_a_meeting_booked_after_a_missed_last_follow_up_keeps_the_lead_out_of_nurture(ctx, clock, engine) -> None:
