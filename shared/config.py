@@ -1216,24 +1216,24 @@ def _shadowed_tier_rules(tiers: Tiers) -> list[str]:
 
 def _tier_covers(earlier: TierCondition, later: TierCondition) -> bool:
     """Whether every lead `later` fits, `earlier` fits too, as intake classifies (values exact)."""
-    def wider(mine: list[str] | None, theirs: list[str] | None) -> bool:
-        return mine is None or (theirs is not None and set(theirs) <= set(mine))
-
-    return (wider(earlier.intent, later.intent) and wider(earlier.source, later.source)
-            and wider(earlier.countries, later.countries)
+    return (_takes_all(earlier.intent, later.intent) and _takes_all(earlier.source, later.source)
+            and _takes_all(earlier.countries, later.countries)
             and (earlier.min_score is None or (later.min_score is not None and later.min_score >= earlier.min_score)))
+
+
+def _takes_all(mine: list[str] | None, theirs: list[str] | None) -> bool:
+    """Whether a condition list takes every value `theirs` does (None: any value), values exact."""
+    return mine is None or (theirs is not None and set(theirs) <= set(mine))
 
 
 def _shadowed_policies(policies: list[SlaPolicy]) -> list[str]:
     """A lead gets the first policy whose filter it passes: one whose every lead an earlier
     policy already takes never applies."""
-    def covers(earlier: list[str] | None, later: list[str] | None) -> bool:
-        return earlier is None or (later is not None and set(later) <= set(earlier))
-
     warnings = []
     for j, later in enumerate(policies):
         for i, earlier in enumerate(policies[:j]):
-            if covers(earlier.filter.tiers, later.filter.tiers) and covers(earlier.filter.sources, later.filter.sources):
+            if (_takes_all(earlier.filter.tiers, later.filter.tiers)
+                    and _takes_all(earlier.filter.sources, later.filter.sources)):
                 warnings.append(f"sla_policies.{j}: never applies: sla_policies.{i} ({earlier.id!r}) comes first "
                                 f"and takes every lead its filter passes (a lead gets the first policy that fits)")
                 break

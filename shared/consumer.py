@@ -36,9 +36,9 @@ from .clock import Clock
 from .db import (
     PROCESSED,
     database_outage,
-    deadletters,
     is_database_unavailable,
     is_timeout,
+    keep_dead_letter,
 )
 from .events import (
     TOPIC_DEADLETTER,
@@ -525,12 +525,9 @@ class EventConsumer:
             return False
         key = record.key.decode(errors="replace") if record.key else None
         error = f"{kind}: {reason}"[:2000]
-        await uow.conn.execute(
-            pg_insert(deadletters)
-            .values(id=letter_id, service=self._service, topic=record.topic, partition=record.partition,
-                    offset=record.offset, key=key, original=original, error=error)
-            .on_conflict_do_nothing()
-        )
+        await keep_dead_letter(uow.conn, letter_id=letter_id, service=self._service, topic=record.topic,
+                               partition=record.partition, offset=record.offset, key=key, original=original,
+                               error=error)
         uow.emit(
             TOPIC_DEADLETTER,
             new_event(

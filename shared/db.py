@@ -131,6 +131,14 @@ def any_text(values: Iterable[str]) -> Any:
     return func.any(bindparam("values", list(values), type_=ARRAY(String)))
 
 
+async def keep_dead_letter(conn: AsyncConnection, *, letter_id: str, service: str, topic: str, partition: int,
+                           offset: int, key: str | None, original: bytes, error: str) -> None:
+    """Keep a dead-lettered record whole (`deadletters`), once: written again, nothing changes."""
+    await conn.execute(pg_insert(deadletters).values(
+        id=letter_id, service=service, topic=topic, partition=partition, offset=offset, key=key, original=original,
+        error=error).on_conflict_do_nothing())
+
+
 async def xact_lock(conn: AsyncConnection, name: str) -> None:
     """Serialise transactions that touch the same `name` until this transaction ends."""
     await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(name))))

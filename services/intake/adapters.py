@@ -12,10 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from shared.db import any_text, deadletters, xact_locks
+from shared.db import any_text, keep_dead_letter, xact_locks
 from shared.events import ActivityRecorded, CloudEvent, LeadMerged, LeadReceived, LeadUpdated
 from shared.eventstore import Pending
 
@@ -186,9 +185,9 @@ class PostgresIntakeStore:
         return [Held(**r._mapping) for r in rows]
 
     async def keep_dead_letter(self, letter_id: str, held: Held, error: str) -> None:
-        await self.conn.execute(pg_insert(deadletters).values(
-            id=letter_id, service="intake", topic=held.topic, partition=held.partition, offset=held.offset,
-            key=held.key, original=held.original, error=error).on_conflict_do_nothing())
+        await keep_dead_letter(self.conn, letter_id=letter_id, service="intake", topic=held.topic,
+                               partition=held.partition, offset=held.offset, key=held.key, original=held.original,
+                               error=error)
 
 
 _HELD_ORDER = (pending_activities.c.parked_at, pending_activities.c.topic, pending_activities.c.partition,
